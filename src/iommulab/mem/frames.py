@@ -1,0 +1,153 @@
+"""Buddy allocator of physical page frames (mm/page_alloc.c, simplified).
+
+Blocks are naturally aligned runs of ``1 << order`` 4K frames, order 0 (4K)
+to :data:`MAX_ORDER` (1G). Allocation takes the lowest-addressed free block
+of the smallest order that fits and splits it (``__rmqueue_smallest`` +
+``expand``); freeing merges with the buddy while it is free
+(``__free_one_page``). Unlike Linux, 1G blocks come from the buddy lists
+rather than from CMA/``alloc_contig_range``, and the lowest address is taken
+first rather than the list head, so runs are deterministic. Each operation is
+O(MAX_ORDER · log n); nothing is kept per free frame.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+
+__all__ = ["MAX_ORDER", "FrameAllocator"]
+
+#: Largest block: order 18 = 2^18 frames of 4K = 1 GiB.
+MAX_ORDER = 18
+
+
+class FrameAllocator:
+    """Free lists per order over a set of RAM frame ranges."""
+
+    def __init__(self) -> None:
+        self._free: list[set[int]] = [set() for _ in range(MAX_ORDER + 1)]
+        # Lazy min-heaps mirroring _free (stale entries skipped on pop).
+        self._heap: list[list[int]] = [[] for _ in range(MAX_ORDER + 1)]
+        self._allocated: dict[int, int] = {}  # block pfn -> order
+        self.total_frames = 0
+        self.free_frames = 0
+
+    # -- set-up ---------------------------------------------------------------
+    def add_range(self, pfn: int, count: int) -> None:
+        """Hand ``count`` frames starting at ``pfn`` to the allocator (memblock_free_all)."""
+        end = pfn + count
+        while pfn < end:
+            order = MAX_ORDER
+            while order and (pfn & ((1 << order) - 1) or pfn + (1 << order) > end):
+                order -= 1
+            self._push(pfn, order)
+            pfn += 1 << order
+        self.total_frames += count
+        self.free_frames += count
+
+    # -- allocation -----------------------------------------------------------
+    def alloc(self, order: int) -> int | None:
+        """Allocate a naturally aligned block of ``1 << order`` frames; None if none."""
+        if not 0 <= order <= MAX_ORDER:
+            raise ValueError(f"order must be 0..{MAX_ORDER}, not {order}")
+        for cur in range(order, MAX_ORDER + 1):
+            pfn = self._pop(cur)
+            if pfn is None:
+                continue
+            while cur > order:  # expand(): give back the upper halves
+                cur -= 1
+                self._push(pfn + (1 << cur), cur)
+            self._allocated[pfn] = order
+            self.free_frames -= 1 << order
+            return pfn
+        return None
+
+    def alloc_at(self, pfn: int) -> bool:
+        """Take the single free frame ``pfn`` out of whatever free block holds it."""
+        for order in range(MAX_ORDER + 1):
+            base = pfn & ~((1 << order) - 1)
+            if base in self._free[order]:
+                self._free[order].discard(base)
+                while order:  # split, keeping the half that holds pfn
+                    order -= 1
+                    half = 1 << order
+                    if pfn >= base + half:
+                        self._push(base, order)
+                        base += half
+                    else:
+                        self._push(base + half, order)
+                self._allocated[pfn] = 0
+                self.free_frames -= 1
+                return True
+        return False
+
+    def free(self, pfn: int, order: int) -> None:
+        """Return a block; it must be exactly a block ``alloc`` handed out."""
+        got = self._allocated.get(pfn)
+        if got != order:
+            raise ValueError(
+                f"freeing pfn {pfn:#x} order {order}, but it was "
+                + ("not allocated" if got is None else f"allocated with order {got}"))
+        del self._allocated[pfn]
+        self.free_frames += 1 << order
+        while order < MAX_ORDER:
+            buddy = pfn ^ (1 << order)
+            if buddy not in self._free[order]:
+                break
+            self._free[order].discard(buddy)
+            pfn &= ~(1 << order)
+            order += 1
+        self._push(pfn, order)
+
+    def order_of(self, pfn: int) -> int | None:
+        """Order of the allocated block starting at ``pfn``, or None."""
+        return self._allocated.get(pfn)
+
+    # -- queries --------------------------------------------------------------
+    def free_blocks(self, order: int) -> Iterator[int]:
+        """Free block pfns of exactly ``order`` (unordered)."""
+        return iter(tuple(self._free[order]))
+
+    def largest_free_order(self) -> int:
+        for order in range(MAX_ORDER, -1, -1):
+            if self._free[order]:
+                return order
+        return -1
+
+    @property
+    def allocated_blocks(self) -> int:
+        return len(self._allocated)
+
+    def _check(self) -> None:
+        """O(n): free blocks aligned, disjoint from each other and from allocations."""
+        seen: list[tuple[int, int]] = []
+        free = 0
+        for order, blocks in enumerate(self._free):
+            for pfn in blocks:
+                assert pfn & ((1 << order) - 1) == 0, f"free block {pfn:#x} misaligned"
+                if order < MAX_ORDER:
+                    assert pfn ^ (1 << order) not in blocks, f"unmerged buddies at {pfn:#x}"
+                seen.append((pfn, pfn + (1 << order)))
+                free += 1 << order
+            assert blocks <= set(self._heap[order]), f"order {order} heap lost a free block"
+        for pfn, order in self._allocated.items():
+            seen.append((pfn, pfn + (1 << order)))
+        seen.sort()
+        for (_, end), (start, _) in itertools.pairwise(seen):
+            assert end <= start, f"overlapping blocks at {start:#x}"
+        assert free == self.free_frames, f"free count {self.free_frames} != {free}"
+
+    # -- internals --------------------------------------------------------------
+    def _push(self, pfn: int, order: int) -> None:
+        self._free[order].add(pfn)
+        heapq.heappush(self._heap[order], pfn)
+
+    def _pop(self, order: int) -> int | None:
+        heap, free = self._heap[order], self._free[order]
+        while heap:
+            pfn = heapq.heappop(heap)
+            if pfn in free:
+                free.discard(pfn)
+                return pfn
+        return None

@@ -1,0 +1,205 @@
+"""Physical memory: RAM and MMIO regions, frames, contents and pin counts.
+
+Page tables, user memory and DMA all live here: a page-table page is a block
+of frames whose bytes are the table, so a hardware model can walk it by
+physical address.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import BadAddress, OutOfMemory
+from ..sizes import parse_size
+from .contents import PAGE_BYTES, SparseContents
+from .fault import FailNth
+from .frames import MAX_ORDER, FrameAllocator
+from .pins import PinCounts
+
+__all__ = ["MemRegion", "PhysMem", "get_order"]
+
+PAGE_SHIFT = 12
+
+
+def get_order(size: int) -> int:
+    """Smallest order whose block holds ``size`` bytes (include/asm-generic/getorder.h)."""
+    if size <= PAGE_BYTES:
+        return 0
+    return ((size - 1) >> PAGE_SHIFT).bit_length()
+
+
+@dataclass(frozen=True)
+class MemRegion:
+    """A range of physical address space: RAM or a device's MMIO."""
+
+    start: int
+    size: int
+    kind: Literal["ram", "mmio"]
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    def __repr__(self) -> str:
+        return f"MemRegion({self.kind} {self.name!r} [{self.start:#x}, {self.end:#x}))"
+
+
+class PhysMem:
+    """The machine's physical address space.
+
+    ``ram`` bytes of RAM start at ``ram_base`` (QEMU's arm ``virt`` puts RAM at
+    1 GiB; the platform presets choose their own layout with :meth:`add_ram`).
+    """
+
+    def __init__(self, ram: int | str = "4G", *, ram_base: int = 0x4000_0000) -> None:
+        self._regions: list[MemRegion] = []
+        self._starts: list[int] = []
+        self.frames = FrameAllocator()
+        self.contents = SparseContents()
+        self.pins = PinCounts()
+        self.fail_nth = FailNth()
+        self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
+        self._fragment_frames: list[int] = []
+        size = parse_size(ram)
+        if size:
+            self.add_ram(ram_base, size)
+
+    # -- layout -----------------------------------------------------------------
+    @property
+    def regions(self) -> tuple[MemRegion, ...]:
+        return tuple(self._regions)
+
+    def add_ram(self, start: int, size: int | str, name: str = "System RAM") -> MemRegion:
+        nbytes = parse_size(size)
+        if start % PAGE_BYTES or nbytes % PAGE_BYTES or not nbytes:
+            raise ValueError(f"RAM must be whole 4K pages: start {start:#x} size {nbytes:#x}")
+        region = self._add(MemRegion(start, nbytes, "ram", name))
+        self.frames.add_range(start >> PAGE_SHIFT, nbytes >> PAGE_SHIFT)
+        return region
+
+    def add_mmio(self, start: int, size: int | str, name: str) -> MemRegion:
+        return self._add(MemRegion(start, parse_size(size), "mmio", name))
+
+    def _add(self, region: MemRegion) -> MemRegion:
+        i = bisect.bisect(self._starts, region.start)
+        if (i and self._regions[i - 1].end > region.start) or (
+                i < len(self._regions) and region.end > self._regions[i].start):
+            raise ValueError(f"{region!r} overlaps an existing region")
+        self._regions.insert(i, region)
+        self._starts.insert(i, region.start)
+        return region
+
+    def region_at(self, pa: int) -> MemRegion | None:
+        i = bisect.bisect(self._starts, pa) - 1
+        if i >= 0 and pa < self._regions[i].end:
+            return self._regions[i]
+        return None
+
+    def is_ram(self, pa: int) -> bool:
+        region = self.region_at(pa)
+        return region is not None and region.kind == "ram"
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(r.size for r in self._regions if r.kind == "ram")
+
+    # -- frames -------------------------------------------------------------------
+    def alloc_pages(self, order: int, *, site: str = "alloc_pages") -> int:
+        """Allocate ``1 << order`` contiguous frames; returns the first pfn (ENOMEM if none)."""
+        self.fail_nth.check(site)
+        pfn = self.frames.alloc(order)
+        if pfn is None:
+            raise OutOfMemory(f"{site}: no free block of order {order} "
+                              f"({self.frames.free_frames} frames free)")
+        return pfn
+
+    def free_pages(self, pfn: int, order: int) -> None:
+        """Free a block; its contents are forgotten (freed memory reads as zeros)."""
+        self.frames.free(pfn, order)
+        self.contents.drop(pfn, 1 << order)
+
+    def alloc_iommu_pages(self, size: int) -> tuple[int, npt.NDArray[np.uint64]]:
+        """Zeroed, naturally aligned table memory (``iommu_alloc_pages_node_sz``).
+
+        Rounded up to a power-of-two number of pages ("sub page allocations
+        result in a full page"); returns the physical address and the block as
+        little-endian 64-bit entries, sharing memory with the contents.
+        """
+        order = get_order(size)
+        pfn = self.alloc_pages(order, site="iommu_alloc_pages")
+        buf = np.zeros(PAGE_BYTES << order, dtype=np.uint8)
+        self.contents.attach(pfn, buf)
+        self.iommu_pages += 1 << order
+        return pfn << PAGE_SHIFT, buf.view("<u8")
+
+    def free_iommu_pages(self, pa: int) -> None:
+        """``iommu_free_pages``: give a table block back."""
+        pfn = pa >> PAGE_SHIFT
+        order = self.frames.order_of(pfn)
+        if order is None:
+            raise ValueError(f"iommu_free_pages({pa:#x}): not an allocated block")
+        self.free_pages(pfn, order)
+        self.iommu_pages -= 1 << order
+
+    # -- fragmentation (lab) ------------------------------------------------------
+    def fragment(self, order: int = 9, fraction: float = 1.0, seed: int = 0) -> int:
+        """Lab: punch a held 4K hole in ``fraction`` of the free ``order``-sized regions.
+
+        Afterwards no free block of ``order`` or more remains in the chosen
+        regions, so huge-page allocations fall back to smaller frames. Returns
+        the number of frames now held; :meth:`release_fragmentation` frees them.
+        """
+        if not 1 <= order <= MAX_ORDER or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fragment(order={order}, fraction={fraction}): "
+                             f"need 1 <= order <= {MAX_ORDER} and 0 <= fraction <= 1")
+        rng = random.Random(seed)
+        regions = sorted(
+            base + (i << order)
+            for cur in range(order, MAX_ORDER + 1)
+            for base in self.frames.free_blocks(cur)
+            for i in range(1 << (cur - order)))
+        chosen = rng.sample(regions, round(len(regions) * fraction))
+        for base in sorted(chosen):
+            pfn = base + rng.randrange(1 << order)
+            taken = self.frames.alloc_at(pfn)
+            assert taken, f"frame {pfn:#x} of a free region was not free"
+            self._fragment_frames.append(pfn)
+        return len(self._fragment_frames)
+
+    def release_fragmentation(self) -> None:
+        for pfn in self._fragment_frames:
+            self.frames.free(pfn, 0)
+        self._fragment_frames.clear()
+
+    # -- contents -------------------------------------------------------------------
+    def _check_range(self, pa: int, n: int) -> None:
+        region = self.region_at(pa)
+        if region is None or pa + n > region.end:
+            raise BadAddress(f"physical range [{pa:#x}, {pa + n:#x}) is not backed by one region")
+
+    def read(self, pa: int, n: int) -> bytes:
+        self._check_range(pa, n)
+        return self.contents.read(pa, n)
+
+    def write(self, pa: int, data: bytes | bytearray | memoryview) -> None:
+        self._check_range(pa, len(data))
+        self.contents.write(pa, data)
+
+    def read_u64(self, pa: int) -> int:
+        """One little-endian 64-bit load (a descriptor fetch by a table walker)."""
+        page = self.contents.page(pa >> PAGE_SHIFT)
+        off = pa & (PAGE_BYTES - 1)
+        return int.from_bytes(page[off:off + 8].tobytes(), "little")
+
+    # -- checks -----------------------------------------------------------------------
+    def _check(self) -> None:
+        self.frames._check()
+        self.pins._check()
+        assert 0 <= self.iommu_pages <= self.frames.total_frames
