@@ -1,0 +1,65 @@
+"""What one page-table format provides to the shared walker.
+
+This is the generic_pt shape (drivers/iommu/generic_pt/pt_defs.h): a format
+is geometry plus a handful of per-entry hooks (load, install leaf, install
+table, attributes, dirty test/clear); map, unmap, walk and dirty scans are
+written once in :mod:`.walker`. Hooks come in scalar form (one entry, for the
+descent) and array form (a run of entries of one table, for bulk work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Level", "PtFormat", "U64Array"]
+
+U64Array = npt.NDArray[np.uint64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a table instance, top level first.
+
+    ``lvl`` is the format's own level number (ARM: 0..3, 3 = last);
+    ``entries`` bounds a walk of one table at this level (the PGD may be
+    smaller or, concatenated, larger than a granule).
+    """
+
+    lvl: int
+    shift: int
+    index_mask: int
+    entries: int
+    table_bytes: int
+
+    @property
+    def block_size(self) -> int:
+        return 1 << self.shift
+
+
+class PtFormat(Protocol):
+    """Per-format hooks; ``depth`` indexes :attr:`levels` (0 = top)."""
+
+    name: str
+    levels: tuple[Level, ...]
+    granule: int
+    ptes_per_page: int  # entries of one table page: runs never cross it
+    sw_sync_bit: int  # set in table entries once synced on non-coherent walkers (0: none)
+
+    def iova_in_range(self, iova: int) -> bool: ...
+    def prot_to_attrs(self, prot: int) -> int: ...
+    def is_leaf(self, pte: int, depth: int) -> bool: ...
+    def is_table(self, pte: int, depth: int) -> bool: ...
+    def leaf_mask(self, ptes: U64Array, depth: int) -> BoolArray: ...
+    def table_mask(self, ptes: U64Array, depth: int) -> BoolArray: ...
+    def make_table(self, table_pa: int) -> int: ...
+    def table_pa(self, pte: int) -> int: ...
+    def leaf_oa(self, pte: int) -> int: ...
+    def fill_leaves(self, out: U64Array, attrs: int, depth: int, pa: int, size: int) -> None: ...
+    def write_dirty_mask(self, ptes: U64Array) -> BoolArray: ...
+    def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None: ...
+    def describe(self, pte: int, depth: int) -> str: ...
