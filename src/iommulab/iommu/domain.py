@@ -1,0 +1,259 @@
+"""``struct iommu_domain`` and the core's map/unmap paths (drivers/iommu/iommu.c).
+
+The core calls a driver through :class:`DomainOps` (``iommu_domain_ops``):
+``map_pages``/``unmap_pages`` in a loop driven by :func:`iommu_pgsize`, then
+``iotlb_sync`` with the gathered range. Linux 7.0 semantics, with the fix of
+commit 6fc7e8a3b811 to ``iommu_map_nosync`` (errors are returned).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import InvalidArgument, KernelError, NoDevice
+from .gather import IommuIotlbGather
+from .pgsize import iommu_pgsize
+
+if TYPE_CHECKING:
+    from ..pgtable import IoPgtable
+
+__all__ = [
+    "DomainGeometry",
+    "DomainOps",
+    "DomainType",
+    "IommuDomain",
+    "SgEntry",
+    "TlbStats",
+]
+
+_PAGING = 1 << 0  # __IOMMU_DOMAIN_PAGING
+
+
+class DomainType(enum.IntEnum):
+    """``IOMMU_DOMAIN_*`` (type bits as in include/linux/iommu.h)."""
+
+    BLOCKED = 0
+    UNMANAGED = _PAGING
+    DMA = _PAGING | 1 << 1
+    IDENTITY = 1 << 2
+    DMA_FQ = _PAGING | 1 << 1 | 1 << 3
+    SVA = 1 << 4
+    PLATFORM = 1 << 5
+    NESTED = 1 << 6
+
+
+@dataclass
+class DomainGeometry:
+    """``struct iommu_domain_geometry``: the aperture a domain can map."""
+
+    aperture_start: int = 0
+    aperture_end: int = (1 << 64) - 1
+    force_aperture: bool = False
+
+
+@dataclass(frozen=True)
+class SgEntry:
+    """A scatterlist entry as ``iommu_map_sg`` reads it (``sg_phys``, ``length``)."""
+
+    phys: int
+    length: int
+    bus_address: bool = False  # sg_dma_is_bus_address(): P2P, skipped
+
+
+@dataclass
+class TlbStats:
+    """Lab counters of every invalidation a driver was asked for."""
+
+    flush_all: int = 0  # tlb_flush_all / flush_iotlb_all
+    flush_walk: int = 0  # tlb_flush_walk calls
+    flush_walk_bytes: int = 0
+    add_page: int = 0  # tlb_add_page calls (leaves queued for invalidation)
+    iotlb_sync: int = 0  # iotlb_sync calls that reached the driver
+    sync_bytes: int = 0  # sum of the synced ranges' lengths
+    sync_map: int = 0  # iotlb_sync_map calls
+
+
+class DomainOps(Protocol):
+    """The driver side of a domain (``struct iommu_domain_ops``)."""
+
+    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
+                  prot: int, gfp: int) -> int:
+        """Map up to ``pgcount`` pages; return bytes mapped, raise KernelError(.mapped)."""
+
+    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
+                    gather: IommuIotlbGather) -> int:
+        """Unmap; return bytes unmapped, 0 on failure."""
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int: ...
+    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None: ...
+    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None: ...
+    def flush_iotlb_all(self, domain: IommuDomain) -> None: ...
+    def free(self, domain: IommuDomain) -> None: ...
+
+
+class IommuDomain:
+    """An IOMMU domain: an address space devices are attached to.
+
+    ``ops`` is None for domains without page tables (blocked, identity).
+    ``pgtbl`` (lab) is the driver's io-pgtable when it uses one.
+    """
+
+    def __init__(self, type: DomainType, ops: DomainOps | None = None, pgsize_bitmap: int = 0,
+                 geometry: DomainGeometry | None = None) -> None:
+        self.type = type
+        self.ops = ops
+        self.pgsize_bitmap = pgsize_bitmap
+        self.geometry = geometry or DomainGeometry()
+        self.tlb_stats = TlbStats()
+        self.warnings: Counter[str] = Counter()  # WARN()/pr_err() the kernel would print
+        self.pgtbl: IoPgtable | None = None
+
+    def __repr__(self) -> str:
+        return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"
+
+    @property
+    def is_paging(self) -> bool:
+        return bool(self.type & _PAGING)
+
+    # -- map ------------------------------------------------------------------------------
+    def map(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
+        """``iommu_map``: map ``size`` bytes; on any error nothing stays mapped.
+
+        Raises EINVAL (not a paging domain, or iova/paddr/size not aligned to
+        the smallest page size), ENODEV (no map op), or the driver's errno
+        (EEXIST, ENOMEM, ERANGE, …). O(pages / entries per table) calls.
+        """
+        self.map_nosync(iova, paddr, size, prot, gfp)
+        try:
+            self.sync_map(iova, size)
+        except KernelError:
+            self.unmap(iova, size)
+            raise
+
+    def map_nosync(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
+        """``iommu_map_nosync`` / ``__iommu_map_domain_pgtbl``: map and roll back on error."""
+        if not self.is_paging:
+            raise InvalidArgument(f"iommu_map: {self.type.name} domain is not a paging domain")
+        if self.ops is None or not self.pgsize_bitmap:
+            self.warnings["iommu_map: no map_pages or empty pgsize_bitmap"] += 1
+            raise NoDevice("iommu_map: domain has no map_pages op or no page sizes")
+        min_pagesz = self.pgsize_bitmap & -self.pgsize_bitmap
+        if (iova | paddr | size) & (min_pagesz - 1):
+            self.warnings["iommu_map: unaligned"] += 1
+            raise InvalidArgument(f"unaligned: iova {iova:#x} pa {paddr:#x} size {size:#x} "
+                                  f"min_pagesz {min_pagesz:#x}")
+        orig_iova, orig_size = iova, size
+        ops = self.ops
+        while size:
+            pgsize, count = iommu_pgsize(self.pgsize_bitmap, iova, paddr, size)
+            try:
+                mapped = ops.map_pages(self, iova, paddr, pgsize, count, prot, gfp)
+            except KernelError as err:
+                size -= err.mapped  # some pages may be mapped even on error
+                self.unmap(orig_iova, orig_size - size)
+                raise
+            size -= mapped
+            iova += mapped
+            paddr += mapped
+
+    def sync_map(self, iova: int, size: int) -> None:
+        """``iommu_sync_map``: the driver's ``iotlb_sync_map``, if it has one."""
+        if self.ops is not None:
+            self.ops.iotlb_sync_map(self, iova, size)
+
+    def map_sg(self, iova: int, sg: Sequence[SgEntry], prot: int, gfp: int = 0) -> int:
+        """``iommu_map_sg``: map physically contiguous runs of ``sg`` back to back at ``iova``.
+
+        Returns the bytes mapped; on error unmaps everything it mapped and
+        raises. Bus-address (P2P) entries are skipped. Follows the kernel's
+        loop exactly, including its final pass over the last entry.
+        """
+        nents = len(sg)
+        if not nents:
+            self.sync_map(iova, 0)
+            return 0
+        length = mapped = start = 0
+        cur = i = 0
+        try:
+            while i <= nents:
+                s = sg[cur]
+                if length and s.phys != start + length:
+                    self.map_nosync(iova + mapped, start, length, prot, gfp)
+                    mapped += length
+                    length = 0
+                if not s.bus_address:
+                    if length:
+                        length += s.length
+                    else:
+                        length, start = s.length, s.phys
+                i += 1
+                if i < nents:
+                    cur += 1
+            self.sync_map(iova, mapped)
+        except KernelError:
+            self.unmap(iova, mapped)
+            raise
+        return mapped
+
+    # -- unmap --------------------------------------------------------------------------------
+    def unmap(self, iova: int, size: int) -> int:
+        """``iommu_unmap``: bytes unmapped (may exceed ``size``; ``iova + ret`` is where it
+        stopped), then one IOTLB sync of the gathered range. Never raises for bad input."""
+        gather = IommuIotlbGather()
+        unmapped = self.unmap_fast(iova, size, gather)
+        self.iotlb_sync(gather)
+        return unmapped
+
+    def unmap_fast(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
+        """``iommu_unmap_fast`` / ``__iommu_unmap_domain_pgtbl``: unmap without syncing."""
+        if not self.is_paging:
+            return 0
+        if self.ops is None or not self.pgsize_bitmap:
+            self.warnings["iommu_unmap: no unmap_pages or empty pgsize_bitmap"] += 1
+            return 0
+        min_pagesz = self.pgsize_bitmap & -self.pgsize_bitmap
+        if (iova | size) & (min_pagesz - 1):
+            self.warnings["iommu_unmap: unaligned"] += 1
+            return 0
+        ops = self.ops
+        unmapped = 0
+        while unmapped < size:
+            pgsize, count = iommu_pgsize(self.pgsize_bitmap, iova, iova, size - unmapped)
+            done = ops.unmap_pages(self, iova, pgsize, count, gather)
+            if not done:
+                break
+            if gather.start >= gather.end:  # driver did not gather: make sync happen
+                gather.add_range(iova, size)
+            iova += done
+            unmapped += done
+        return unmapped
+
+    def iotlb_sync(self, gather: IommuIotlbGather) -> None:
+        """``iommu_iotlb_sync``: flush the gathered range if non-empty, then reset it."""
+        if self.ops is not None and gather.start < gather.end:
+            self.ops.iotlb_sync(self, gather)
+        gather.init()
+
+    def flush_iotlb_all(self) -> None:
+        """``iommu_flush_iotlb_all``."""
+        if self.ops is not None:
+            self.ops.flush_iotlb_all(self)
+
+    # -- lookups / teardown -----------------------------------------------------------------
+    def iova_to_phys(self, iova: int) -> int:
+        """``iommu_iova_to_phys``: identity returns iova, blocked 0, else the driver's walk."""
+        if self.type == DomainType.IDENTITY:
+            return iova
+        if self.type == DomainType.BLOCKED or self.ops is None:
+            return 0
+        return self.ops.iova_to_phys(self, iova)
+
+    def free(self) -> None:
+        """``iommu_domain_free``."""
+        if self.ops is not None:
+            self.ops.free(self)
+            self.ops = None

@@ -1,0 +1,97 @@
+"""A driver's domain over an io-pgtable, as arm-smmu-v3 and arm-smmu build theirs.
+
+The page-table code calls back into :class:`PgtblFlushOps` for TLB
+maintenance; leaves go into the core's gather (``iommu_iotlb_gather_add_page``,
+as ``arm_smmu_tlb_inv_page_nosync`` does) and ``iotlb_sync`` flushes the
+range. A real hardware model (the SMMUv3 driver) subclasses these to turn
+the same calls into invalidation commands; here every call is counted in the
+domain's :class:`~.domain.TlbStats`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..mem import PhysMem
+from ..pgtable import (
+    IommuFlushOps,
+    IoPgtable,
+    IoPgtableCfg,
+    IoPgtableFmt,
+    alloc_io_pgtable_ops,
+    free_io_pgtable_ops,
+)
+from .domain import DomainGeometry, DomainType, IommuDomain
+from .gather import IommuIotlbGather, iommu_iotlb_gather_add_page
+
+__all__ = ["PgtblDomainOps", "PgtblFlushOps", "alloc_paging_domain"]
+
+
+class PgtblFlushOps(IommuFlushOps):
+    """``iommu_flush_ops`` whose cookie is the :class:`IommuDomain`."""
+
+    def tlb_flush_all(self, cookie: Any) -> None:
+        cookie.tlb_stats.flush_all += 1
+
+    def tlb_flush_walk(self, iova: int, size: int, granule: int, cookie: Any) -> None:
+        stats = cookie.tlb_stats
+        stats.flush_walk += 1
+        stats.flush_walk_bytes += size
+
+    def tlb_add_page(self, gather: Any, iova: int, granule: int, cookie: Any) -> None:
+        cookie.tlb_stats.add_page += 1
+        iommu_iotlb_gather_add_page(cookie, gather, iova, granule)
+
+    def tlb_add_pages(self, gather: Any, iova: int, granule: int, count: int,
+                      cookie: Any) -> None:
+        # The first page may sync a gather of another granule or range; the rest
+        # are adjacent and of the same granule, so they only widen the range.
+        self.tlb_add_page(gather, iova, granule, cookie)
+        if count > 1:
+            cookie.tlb_stats.add_page += count - 1
+            gather.add_range(iova + granule, (count - 1) * granule)
+
+
+class PgtblDomainOps:
+    """``iommu_domain_ops`` forwarding to an io-pgtable; syncs are counted."""
+
+    def __init__(self, pgtbl: IoPgtable) -> None:
+        self.pgtbl = pgtbl
+
+    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
+                  prot: int, gfp: int) -> int:
+        return self.pgtbl.map_pages(iova, paddr, pgsize, pgcount, prot, gfp)
+
+    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
+                    gather: IommuIotlbGather) -> int:
+        return self.pgtbl.unmap_pages(iova, pgsize, pgcount, gather)
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
+        return self.pgtbl.iova_to_phys(iova)
+
+    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
+        stats = domain.tlb_stats
+        stats.iotlb_sync += 1
+        stats.sync_bytes += gather.end - gather.start + 1
+
+    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
+        """Nothing to do for a coherent table walker (arm-smmu-v3 has no iotlb_sync_map)."""
+
+    def flush_iotlb_all(self, domain: IommuDomain) -> None:
+        domain.tlb_stats.flush_all += 1
+
+    def free(self, domain: IommuDomain) -> None:
+        free_io_pgtable_ops(self.pgtbl)
+
+
+def alloc_paging_domain(fmt: IoPgtableFmt, cfg: IoPgtableCfg, *, mem: PhysMem | None = None,
+                        type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
+    """A paging domain whose driver keeps an io-pgtable of ``fmt`` (aperture = ias)."""
+    domain = IommuDomain(type)
+    pgtbl = alloc_io_pgtable_ops(fmt, replace(cfg, tlb=PgtblFlushOps()), domain, mem=mem)
+    domain.ops = PgtblDomainOps(pgtbl)
+    domain.pgtbl = pgtbl
+    domain.pgsize_bitmap = pgtbl.cfg.pgsize_bitmap
+    domain.geometry = DomainGeometry(0, (1 << pgtbl.cfg.ias) - 1, True)
+    return domain
