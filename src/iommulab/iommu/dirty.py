@@ -40,24 +40,28 @@ class IovaBitmap:
         if last >= first:
             self._bits[first >> self._shift:(last >> self._shift) + 1] = True
 
-    def set_pages(self, iovas: npt.NDArray[np.uint64], length: int) -> None:
-        """``set(iova, length)`` for each of ``iovas`` (vectorised)."""
-        if length >> self._shift > _SLICE_LOOP_PAGES:
-            for iova in iovas.tolist():
-                self.set(iova, length)
-            return
-        rel = iovas.astype(np.int64) - self.iova
-        keep = (rel + length > 0) & (rel < self.length)
-        first = np.maximum(rel[keep], 0)
-        last = np.minimum(rel[keep] + length, self.length) - 1
-        first >>= self._shift
-        last >>= self._shift
-        span = int((last - first).max(initial=0)) + 1
-        if span == 1:
-            self._bits[first] = True
-            return
-        idx = first[:, None] + np.arange(span)
-        self._bits[np.where(idx <= last[:, None], idx, first[:, None])] = True
+    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
+        """``set(iova + i * size, size)`` for each ``hit[i]``, in O(1) numpy operations.
+
+        Leaves aligned to the bitmap either cover whole bitmap pages (each hit
+        repeated over its pages) or fall inside one page (each hit marks its
+        page); anything else, and huge leaves, go leaf by leaf.
+        """
+        ps = self.page_size
+        rel = iova - self.iova
+        if not rel % ps and not size % ps and size // ps <= _SLICE_LOOP_PAGES:
+            ratio = size // ps
+            marks = hit if ratio == 1 else np.repeat(hit, ratio)
+            first = rel // ps
+            lo, hi = max(first, 0), min(first + len(marks), len(self._bits))
+            if lo < hi:
+                self._bits[lo:hi] |= marks[lo - first:hi - first]
+        elif not rel % size and not ps % size:
+            pages = (rel + np.flatnonzero(hit) * size) // ps
+            self._bits[pages[(pages >= 0) & (pages < len(self._bits))]] = True
+        else:
+            for i in np.flatnonzero(hit).tolist():
+                self.set(iova + i * size, size)
 
     def is_set(self, iova: int) -> bool:
         return bool(self._bits[(iova - self.iova) >> self._shift])
@@ -95,11 +99,12 @@ class IommuDirtyBitmap:
         if self.gather is not None:
             self.gather.add_range(iova, length)
 
-    def record_pages(self, iovas: npt.NDArray[np.uint64], size: int) -> None:
-        """``record(iova, size)`` for each of ``iovas`` (one gather widening)."""
-        if not len(iovas):
-            return
+    def record_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
+        """``record(iova + i * size, size)`` for each ``hit[i]`` (one gather widening)."""
         if self.bitmap is not None:
-            self.bitmap.set_pages(iovas, size)
+            self.bitmap.set_run(iova, size, hit)
         if self.gather is not None:
-            self.gather.add_range(int(iovas.min()), int(iovas.max()) + size - int(iovas.min()))
+            pos = np.flatnonzero(hit)
+            if len(pos):
+                first, last = int(pos[0]), int(pos[-1])
+                self.gather.add_range(iova + first * size, (last - first + 1) * size)

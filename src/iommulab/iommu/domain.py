@@ -136,7 +136,7 @@ class IommuDomain:
 
     def map_nosync(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
         """``iommu_map_nosync`` / ``__iommu_map_domain_pgtbl``: map and roll back on error."""
-        if not self.is_paging:
+        if not self.type & _PAGING:
             raise InvalidArgument(f"iommu_map: {self.type.name} domain is not a paging domain")
         if self.ops is None or not self.pgsize_bitmap:
             self.warnings["iommu_map: no map_pages or empty pgsize_bitmap"] += 1
@@ -210,7 +210,7 @@ class IommuDomain:
 
     def unmap_fast(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
         """``iommu_unmap_fast`` / ``__iommu_unmap_domain_pgtbl``: unmap without syncing."""
-        if not self.is_paging:
+        if not self.type & _PAGING:
             return 0
         if self.ops is None or not self.pgsize_bitmap:
             self.warnings["iommu_unmap: no unmap_pages or empty pgsize_bitmap"] += 1

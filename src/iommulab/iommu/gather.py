@@ -10,7 +10,7 @@ __all__ = ["ULONG_MAX", "IommuIotlbGather", "SyncsGather", "iommu_iotlb_gather_a
 ULONG_MAX = (1 << 64) - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class IommuIotlbGather:
     """Range of a pending IOTLB flush: ``[start, end]`` inclusive, flush granule ``pgsize``.
 

@@ -16,6 +16,8 @@ def iommu_pgsize(pgsize_bitmap: int, iova: int, paddr: int, size: int) -> tuple[
     and enough length left). The kernel BUG()s when no size fits; this raises
     ValueError naming the arguments. O(1).
     """
+    if size == pgsize_bitmap & -pgsize_bitmap and not (iova | paddr) & (size - 1):
+        return size, 1  # one smallest page: what the general path computes, sooner
     addr_merge = paddr | iova
     pgsizes = pgsize_bitmap & ((1 << size.bit_length()) - 1)  # GENMASK(__fls(size), 0)
     if addr_merge:

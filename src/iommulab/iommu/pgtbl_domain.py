@@ -45,12 +45,13 @@ class PgtblFlushOps(IommuFlushOps):
 
     def tlb_add_pages(self, gather: Any, iova: int, granule: int, count: int,
                       cookie: Any) -> None:
-        # The first page may sync a gather of another granule or range; the rest
-        # are adjacent and of the same granule, so they only widen the range.
-        self.tlb_add_page(gather, iova, granule, cookie)
-        if count > 1:
-            cookie.tlb_stats.add_page += count - 1
-            gather.add_range(iova + granule, (count - 1) * granule)
+        # count x iommu_iotlb_gather_add_page: only the first page can sync (a
+        # gather of another granule or range); the rest are adjacent, same granule.
+        cookie.tlb_stats.add_page += count
+        if (gather.pgsize and gather.pgsize != granule) or gather.is_disjoint(iova, granule):
+            cookie.iotlb_sync(gather)
+        gather.pgsize = granule
+        gather.add_range(iova, count * granule)
 
 
 class PgtblDomainOps:

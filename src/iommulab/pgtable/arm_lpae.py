@@ -29,12 +29,12 @@ from .cfg import (
     IoPgtableFmt,
     Quirk,
 )
-from .format import BoolArray, Level, U64Array
+from .format import INVALID, LEAF, TABLE, BoolArray, Level, U64Array
 
 __all__ = [
     "S1_LEAF",
     "S2_LEAF",
-    "TABLE",
+    "TABLE_DESC",
     "ArmLpaeFormat",
     "arm_lpae_alloc",
 ]
@@ -70,7 +70,7 @@ S2_LEAF = Layout("ARM LPAE stage-2 leaf", (
     _SH, _AF, _OA, _DBM, _XN,
 ))
 
-TABLE = Layout("ARM LPAE table", (
+TABLE_DESC = Layout("ARM LPAE table", (
     _TYPE,
     Field("NLTA", 47, 12, "next-level table address", address=True),
     Field("SW_SYNC", 55, 55, "software: synced to a non-coherent walker"),
@@ -90,8 +90,8 @@ PTE_NS = S1_LEAF["NS"].mask
 PTE_AP_UNPRIV = S1_LEAF["AP_UNPRIV"].mask
 PTE_AP_RDONLY = S1_LEAF["AP_RDONLY"].mask
 PTE_AP_WR_CLEAN_MASK = PTE_AP_RDONLY | PTE_DBM
-PTE_SW_SYNC = TABLE["SW_SYNC"].mask
-PTE_NSTABLE = TABLE["NSTABLE"].mask
+PTE_SW_SYNC = TABLE_DESC["SW_SYNC"].mask
+PTE_NSTABLE = TABLE_DESC["NSTABLE"].mask
 SH_OS = _SH.put(2)
 SH_IS = _SH.put(3)
 HAP_READ = 1 << 6
@@ -265,6 +265,8 @@ class ArmLpaeFormat:
     """The hooks of one ARM LPAE table instance (see :class:`~.format.PtFormat`)."""
 
     sw_sync_bit = PTE_SW_SYNC
+    kind_mask = TYPE_MASK
+    table_key_mask = ADDR_MASK  # the NLTA field, packed as paddr_to_iopte packs it
 
     def __init__(self, fmt: IoPgtableFmt, cfg: IoPgtableCfg, geo: _Geometry) -> None:
         self.fmt = fmt
@@ -293,6 +295,11 @@ class ArmLpaeFormat:
         self._leaf_type = tuple(TYPE_PAGE if d == self.last_depth else TYPE_BLOCK
                                 for d in range(len(levels)))
         self._leaf_type_u64 = tuple(np.uint64(t) for t in self._leaf_type)
+        # iopte_leaf / iopte_table by type bits; types 0b00 and 0b10 are invalid.
+        self.kinds: tuple[tuple[int, ...], ...] = tuple(
+            (INVALID, LEAF, INVALID, LEAF) if d == self.last_depth
+            else (INVALID, LEAF, INVALID, TABLE)
+            for d in range(len(levels)))
         self._steps = {d: np.arange(self.ptes_per_page, dtype=np.uint64)
                        * np.uint64(lvl.block_size)
                        for d, lvl in enumerate(levels)}
@@ -379,6 +386,10 @@ class ArmLpaeFormat:
     def leaf_oa(self, pte: int) -> int:
         return self._iopte_to_paddr(pte)
 
+    def leaf_value(self, attrs: int, depth: int, pa: int) -> int:
+        """One leaf: ``attrs | type | paddr_to_iopte(pa)``."""
+        return attrs | self._leaf_type[depth] | self._paddr_to_iopte(pa)
+
     def fill_leaves(self, out: U64Array, attrs: int, depth: int, pa: int, size: int) -> None:
         """``__arm_lpae_init_pte``: ``out[i] = attrs | type | paddr_to_iopte(pa + i*size)``."""
         n = len(out)
@@ -397,15 +408,19 @@ class ArmLpaeFormat:
         return cast(BoolArray, (ptes & np.uint64(PTE_AP_WR_CLEAN_MASK)) == np.uint64(PTE_DBM))
 
     def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None:
-        """``iopte_set_writeable_clean`` on the masked entries: set AP_RDONLY."""
-        ptes[mask] |= np.uint64(PTE_AP_RDONLY)
+        """``iopte_set_writeable_clean`` on the masked (writable-dirty) entries.
+
+        Sets AP[2] wherever DBM is set: the dirty entries are exactly the DBM
+        entries without AP[2], so this changes the same entries, in one pass.
+        """
+        ptes |= (ptes & np.uint64(PTE_DBM)) >> np.uint64(_DBM.lo - 7)
 
     # -- text ---------------------------------------------------------------------------
     def describe(self, pte: int, depth: int) -> str:
         if pte == 0:
             return "empty"
         if self.is_table(pte, depth):
-            return "table " + TABLE.describe(pte)
+            return "table " + TABLE_DESC.describe(pte)
         kind = "page" if depth == self.last_depth else "block"
         layout = S1_LEAF if self.stage1 else S2_LEAF
         if not self.is_leaf(pte, depth):

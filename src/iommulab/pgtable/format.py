@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Level", "PtFormat", "U64Array"]
+__all__ = ["INVALID", "LEAF", "TABLE", "BoolArray", "Level", "PtFormat", "U64Array"]
 
 U64Array = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
@@ -41,14 +41,27 @@ class Level:
         return 1 << self.shift
 
 
+#: Entry kinds in :attr:`PtFormat.kinds` (an empty entry is the value 0).
+INVALID, TABLE, LEAF = 0, 1, 2
+
+
 class PtFormat(Protocol):
-    """Per-format hooks; ``depth`` indexes :attr:`levels` (0 = top)."""
+    """Per-format hooks; ``depth`` indexes :attr:`levels` (0 = top).
+
+    The descent reads two pieces of data instead of calling hooks, so that a
+    single map or lookup costs a few operations per level: ``kinds[depth]``
+    indexed by ``pte & kind_mask`` gives INVALID/TABLE/LEAF, and
+    ``pte & table_key_mask`` identifies the next-level table.
+    """
 
     name: str
     levels: tuple[Level, ...]
     granule: int
     ptes_per_page: int  # entries of one table page: runs never cross it
     sw_sync_bit: int  # set in table entries once synced on non-coherent walkers (0: none)
+    kind_mask: int
+    kinds: tuple[tuple[int, ...], ...]
+    table_key_mask: int
 
     def iova_in_range(self, iova: int) -> bool: ...
     def prot_to_attrs(self, prot: int) -> int: ...
@@ -59,6 +72,7 @@ class PtFormat(Protocol):
     def make_table(self, table_pa: int) -> int: ...
     def table_pa(self, pte: int) -> int: ...
     def leaf_oa(self, pte: int) -> int: ...
+    def leaf_value(self, attrs: int, depth: int, pa: int) -> int: ...
     def fill_leaves(self, out: U64Array, attrs: int, depth: int, pa: int, size: int) -> None: ...
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray: ...
     def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None: ...

@@ -24,12 +24,13 @@ from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, OutOfRang
 from ..mem import PhysMem
 from ..prot import Prot
 from .cfg import IoPgtableCfg, IoPgtableFmt, Quirk
-from .format import PtFormat, U64Array
+from .format import LEAF, TABLE, BoolArray, PtFormat, U64Array
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
 
 #: ``IOMMU_DIRTY_NO_CLEAR``: read dirty bits without clearing them.
 IOMMU_DIRTY_NO_CLEAR = 1 << 0
+_READ_WRITE = int(Prot.READ | Prot.WRITE)  # a plain int: IntFlag arithmetic is slow
 
 
 class GatherLike(Protocol):
@@ -41,14 +42,16 @@ class GatherLike(Protocol):
 class DirtyRecorder(Protocol):
     """``struct iommu_dirty_bitmap`` as the page-table code uses it."""
 
-    def record_pages(self, iovas: U64Array, size: int) -> None:
-        """``iommu_dirty_bitmap_record(dirty, iova, size)`` for each of ``iovas``."""
+    def record_run(self, iova: int, size: int, hit: BoolArray) -> None:
+        """``iommu_dirty_bitmap_record(dirty, iova + i * size, size)`` for each ``hit[i]``."""
 
 
 @dataclass
 class PgtableStats:
     """Lab counters of one table (reports read these; nothing recomputes them)."""
 
+    map_pages: int = 0  # calls that reached the table walk
+    unmap_pages: int = 0
     tables_allocated: int = 0
     tables_freed: int = 0
     table_bytes: int = 0  # bytes of table memory held now (allocation-rounded)
@@ -76,20 +79,35 @@ class IoPgtable:
         self.mem = mem
         self.cookie = cookie
         self.stats = PgtableStats()
-        self._tables: dict[int, U64Array] = {}
+        self._tables: dict[int, U64Array] = {}  # by pte & table_key_mask of an entry to it
         self._attrs: dict[int, int] = {}
         self._no_warn = bool(cfg.quirks & Quirk.NO_WARN)
         self._warned_once: set[str] = set()
         self._levels = pt.levels
         self._last = len(pt.levels) - 1
         self._freed = False
+        # Hot-path data, read into locals by the descents.
+        self._shifts = tuple(lv.shift for lv in pt.levels)
+        self._masks = tuple(lv.index_mask for lv in pt.levels)
+        self._sizes = tuple(lv.block_size for lv in pt.levels)
+        self._depth_of = {lv.block_size: d for d, lv in enumerate(pt.levels)}
+        self._kinds, self._kind_mask, self._key_mask = pt.kinds, pt.kind_mask, pt.table_key_mask
+        self._per = pt.ptes_per_page
+        # Lab memo: last-level tables by iova >> (shift of the level above). A
+        # path of tables only changes when a table is freed, which clears it;
+        # single-page maps, unmaps and lookups then skip the upper levels.
+        self._leaf_tables: dict[int, U64Array] = {}
+        self._above_last = self._shifts[-2] if len(pt.levels) > 1 else 64
         self.pgd_pa, self._pgd = self._alloc_table(pt.levels[0].table_bytes)
 
     # -- table memory -------------------------------------------------------------------
+    def _key(self, table_pa: int) -> int:
+        return self.format.make_table(table_pa) & self._key_mask
+
     def _alloc_table(self, size: int) -> tuple[int, U64Array]:
         """``__arm_lpae_alloc_pages``: zeroed table memory (ENOMEM on failure)."""
         pa, table = self.mem.alloc_iommu_pages(max(size, 64))
-        self._tables[pa] = table
+        self._tables[self._key(pa)] = table
         self.stats.tables_allocated += 1
         self.stats.table_bytes += table.nbytes
         if not self.cfg.coherent_walk:  # dma_map_single(..., DMA_TO_DEVICE)
@@ -97,17 +115,18 @@ class IoPgtable:
         return pa, table
 
     def _free_table_pages(self, pa: int) -> None:
-        table = self._tables.pop(pa)
+        self._leaf_tables.clear()
+        table = self._tables.pop(self._key(pa))
         self.mem.free_iommu_pages(pa)
         self.stats.tables_freed += 1
         self.stats.table_bytes -= table.nbytes
 
     def _deref(self, pte: int) -> U64Array:
         """``iopte_deref``: the table an entry points at."""
-        pa = self.format.table_pa(pte)
-        table = self._tables.get(pa)
+        table = self._tables.get(pte & self._key_mask)
         if table is None:
-            raise CorruptPageTable(f"entry {pte:#018x} points at {pa:#x}, not a page table")
+            raise CorruptPageTable(f"entry {pte:#018x} points at "
+                                   f"{self.format.table_pa(pte):#x}, not a page table")
         return table
 
     def _free_pgtable(self, pte: int, depth: int) -> None:
@@ -133,9 +152,8 @@ class IoPgtable:
             self._warned_once.add(message)
             self._warn(message)
 
-    def _check_live(self) -> None:
-        if self._freed:
-            raise InvalidArgument("io-pgtable ops used after free_io_pgtable_ops()")
+    def _use_after_free(self) -> InvalidArgument:
+        return InvalidArgument("io-pgtable ops used after free_io_pgtable_ops()")
 
     # -- map ----------------------------------------------------------------------------------
     def map_pages(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int,
@@ -148,7 +166,8 @@ class IoPgtable:
         the way), ENOMEM (no table memory); the exception's ``mapped`` is the
         bytes mapped before the failure. O(levels + pgcount).
         """
-        self._check_live()
+        if self._freed:
+            raise self._use_after_free()
         cfg, pt = self.cfg, self.format
         if not pgsize or (pgsize & cfg.pgsize_bitmap) != pgsize:
             self._warn("map_pages: bad pgsize")
@@ -158,48 +177,71 @@ class IoPgtable:
             self._warn("map_pages: address out of range")
             raise OutOfRange(f"map_pages: iova {iova:#x} / paddr {paddr:#x} outside "
                              f"ias {cfg.ias} / oas {cfg.oas}")
-        if not prot & (Prot.READ | Prot.WRITE):
-            raise InvalidArgument(f"map_pages: prot {prot:#x} has neither READ nor WRITE")
-        attrs = self._attrs.get(prot)
+        self.stats.map_pages += 1
+        attrs = self._attrs.get(prot)  # cached per prot value; only valid prots are cached
         if attrs is None:
-            attrs = self._attrs[prot] = pt.prot_to_attrs(prot)
+            if not int(prot) & _READ_WRITE:
+                raise InvalidArgument(f"map_pages: prot {prot:#x} has neither READ nor WRITE")
+            attrs = self._attrs[prot] = pt.prot_to_attrs(int(prot))
 
-        table, depth = self._pgd, 0
-        while True:  # __arm_lpae_map, one level per iteration
-            level = self._levels[depth]
-            idx = (iova >> level.shift) & level.index_mask
-            if level.block_size == pgsize:
-                break
-            if depth >= self._last:
-                self._warn("map_pages: no level for pgsize")
-                raise InvalidArgument(f"map_pages: no level maps pgsize {pgsize:#x}")
-            pte = int(table[idx])
-            if not pte:
-                pa, _ = self._alloc_table(pt.granule)
-                pte = pt.make_table(pa)
-                if not cfg.coherent_walk:
-                    self._sync(8)
-                    pte |= pt.sw_sync_bit
-                table[idx] = pte
-            elif not cfg.coherent_walk and not pte & pt.sw_sync_bit:
-                self._sync(8)
-            if pt.is_leaf(pte, depth):
-                if not self._no_warn:
-                    self._warn("map_pages: leaf in the way (unmap first)")
-                raise AlreadyExists(f"map_pages: iova {iova:#x} is inside a "
-                                    f"{level.block_size:#x} block mapped at level {level.lvl}")
-            table = self._deref(pte)
-            depth += 1
-
-        per = pt.ptes_per_page
-        n = min(pgcount, per - (idx & (per - 1)))  # arm_lpae_max_entries
-        run = table[idx:idx + n]
-        if run.any():
-            self._clear_for_leaves(run, iova, depth)
-        pt.fill_leaves(run, attrs, depth, paddr, pgsize)
+        depth = self._depth_of.get(pgsize, -1)
+        table = self._leaf_tables.get(iova >> self._above_last) if depth == self._last else None
+        if table is None:
+            table = self._map_descend(iova, pgsize, depth)
+        idx = (iova >> self._shifts[depth]) & self._masks[depth]
+        per = self._per
+        n = per - (idx & (per - 1))  # arm_lpae_max_entries
+        if pgcount < n:
+            n = pgcount
+        if n == 1 and not table.item(idx):
+            table[idx] = pt.leaf_value(attrs, depth, paddr)
+        elif n:
+            run = table[idx:idx + n]
+            if run.any():
+                self._clear_for_leaves(run, iova, depth)
+            pt.fill_leaves(run, attrs, depth, paddr, pgsize)
         if not cfg.coherent_walk:
             self._sync(8 * n)
         return n * pgsize
+
+    def _map_descend(self, iova: int, pgsize: int, target: int) -> U64Array:
+        """``__arm_lpae_map`` above the leaf level: the table at depth ``target``.
+
+        Installs missing tables; a size with no level (target -1) descends to
+        the last level, allocating on the way, and fails there as the kernel does.
+        """
+        pt = self.format
+        shifts, masks, kinds, kmask = self._shifts, self._masks, self._kinds, self._kind_mask
+        tables, key_mask = self._tables, self._key_mask
+        coherent = self.cfg.coherent_walk
+        table, depth = self._pgd, 0
+        while depth != target:
+            if depth >= self._last:
+                self._warn("map_pages: no level for pgsize")
+                raise InvalidArgument(f"map_pages: no level maps pgsize {pgsize:#x}")
+            idx = (iova >> shifts[depth]) & masks[depth]
+            pte = table.item(idx)
+            if not pte:
+                pa, _ = self._alloc_table(pt.granule)
+                pte = pt.make_table(pa)
+                if not coherent:
+                    self._sync(8)
+                    pte |= pt.sw_sync_bit
+                table[idx] = pte
+            elif not coherent and not pte & pt.sw_sync_bit:
+                self._sync(8)
+            if kinds[depth][pte & kmask] == LEAF:
+                if not self._no_warn:
+                    self._warn("map_pages: leaf in the way (unmap first)")
+                raise AlreadyExists(f"map_pages: iova {iova:#x} is inside a "
+                                    f"{self._sizes[depth]:#x} block mapped at level "
+                                    f"{self._levels[depth].lvl}")
+            next_table = tables.get(pte & key_mask)
+            table = next_table if next_table is not None else self._deref(pte)
+            depth += 1
+            if depth == self._last:
+                self._leaf_tables[iova >> self._above_last] = table
+        return table
 
     def _clear_for_leaves(self, run: U64Array, iova: int, depth: int) -> None:
         """``arm_lpae_init_pte``'s checks: refuse leaves; free tables, in entry order."""
@@ -229,7 +271,8 @@ class IoPgtable:
         each leaf is added to ``gather`` unless it is queued. Unmapping part of
         a larger leaf returns 0 and changes nothing (Linux 6.13+). O(levels + pgcount).
         """
-        self._check_live()
+        if self._freed:
+            raise self._use_after_free()
         cfg, pt = self.cfg, self.format
         if not pgsize or (pgsize & cfg.pgsize_bitmap) != pgsize or not pgcount:
             self._warn("unmap_pages: bad pgsize or pgcount")
@@ -237,50 +280,66 @@ class IoPgtable:
         if not pt.iova_in_range(iova):
             self._warn("unmap_pages: iova out of range")
             return 0
+        self.stats.unmap_pages += 1
+        shifts, masks, kinds, kmask = self._shifts, self._masks, self._kinds, self._kind_mask
+        sizes, tables, key_mask = self._sizes, self._tables, self._key_mask
         table, depth = self._pgd, 0
+        if pgsize == sizes[-1] and self._last:
+            cached = self._leaf_tables.get(iova >> self._above_last)
+            if cached is not None:
+                table, depth = cached, self._last
         while True:  # __arm_lpae_unmap, one level per iteration
             if depth > self._last:
                 self._warn("unmap_pages: ran out of page table")
                 return 0
-            level = self._levels[depth]
-            idx = (iova >> level.shift) & level.index_mask
-            pte = int(table[idx])
+            idx = (iova >> shifts[depth]) & masks[depth]
+            pte = table.item(idx)
             if not pte:
                 if not self._no_warn:
                     self._warn("unmap_pages: unmapping an empty entry")
                 return 0
-            if level.block_size == pgsize:
+            kind = kinds[depth][pte & kmask]
+            if sizes[depth] == pgsize:
                 break
-            if pt.is_leaf(pte, depth):
+            if kind == LEAF:
                 self._warn_once("Unmap of a partial large IOPTE is not allowed")
                 return 0
-            table = self._deref(pte)
+            next_table = tables.get(pte & key_mask)
+            table = next_table if next_table is not None else self._deref(pte)
             depth += 1
 
-        per = pt.ptes_per_page
+        per = self._per
         n = min(pgcount, per - (idx & (per - 1)))
-        run = table[idx:idx + n]
-        k = n
-        if np.count_nonzero(run) != n:
-            k = int(np.argmin(run != 0))  # stop at the first empty entry
-            if not self._no_warn:
-                self._warn("unmap_pages: unmapping an empty entry")
-            run = run[:k]
-        leaves = pt.leaf_mask(run, depth)
-        if not leaves.all():
-            for i in np.flatnonzero(~leaves).tolist():  # tables under the run
-                sub = int(run[i])
-                run[i] = 0
-                if not cfg.coherent_walk:
-                    self._sync(8)
-                self._tlb_flush_walk(iova + i * pgsize, pgsize)
-                self._free_pgtable(sub, depth + 1)
-        run[:] = 0
+        if n == 1 and kind == LEAF:
+            table[idx] = 0
+            k = 1
+        else:
+            k = self._unmap_run(table[idx:idx + n], iova, pgsize, depth)
         if not cfg.coherent_walk and k:
             self._sync(8 * k)
         if gather is not None and not gather.queued and k and cfg.tlb is not None:
             cfg.tlb.tlb_add_pages(gather, iova, pgsize, k, self.cookie)
         return k * pgsize
+
+    def _unmap_run(self, run: U64Array, iova: int, pgsize: int, depth: int) -> int:
+        """Clear a run up to its first empty entry, freeing tables in it; returns entries."""
+        n = k = len(run)
+        if np.count_nonzero(run) != n:
+            k = int(np.argmin(run != 0))  # stop at the first empty entry
+            if not self._no_warn:
+                self._warn("unmap_pages: unmapping an empty entry")
+            run = run[:k]
+        leaves = self.format.leaf_mask(run, depth)
+        if not leaves.all():
+            for i in np.flatnonzero(~leaves).tolist():  # tables under the run
+                sub = int(run[i])
+                run[i] = 0
+                if not self.cfg.coherent_walk:
+                    self._sync(8)
+                self._tlb_flush_walk(iova + i * pgsize, pgsize)
+                self._free_pgtable(sub, depth + 1)
+        run[:] = 0
+        return k
 
     def _tlb_flush_walk(self, iova: int, size: int) -> None:
         if self.cfg.tlb is not None:
@@ -289,17 +348,23 @@ class IoPgtable:
     # -- walks ---------------------------------------------------------------------------------
     def iova_to_phys(self, iova: int) -> int:
         """``arm_lpae_iova_to_phys``: the physical address, or 0 if not mapped. O(levels)."""
-        self._check_live()
-        pt = self.format
+        if self._freed:
+            raise self._use_after_free()
+        shifts, masks, kinds, kmask = self._shifts, self._masks, self._kinds, self._kind_mask
+        tables, key_mask = self._tables, self._key_mask
         table, depth = self._pgd, 0
+        cached = self._leaf_tables.get(iova >> self._above_last)
+        if cached is not None:
+            table, depth = cached, self._last
         while True:
-            level = self._levels[depth]
-            pte = int(table[(iova >> level.shift) & level.index_mask])
-            if pt.is_leaf(pte, depth):
-                return pt.leaf_oa(pte) | (iova & (level.block_size - 1))
-            if not pt.is_table(pte, depth):
+            pte = table.item((iova >> shifts[depth]) & masks[depth])
+            kind = kinds[depth][pte & kmask]
+            if kind == LEAF:
+                return self.format.leaf_oa(pte) | (iova & (self._sizes[depth] - 1))
+            if kind != TABLE:
                 return 0
-            table = self._deref(pte)
+            next_table = tables.get(pte & key_mask)
+            table = next_table if next_table is not None else self._deref(pte)
             depth += 1
 
     def pgtable_walk(self, iova: int) -> list[int]:
@@ -308,7 +373,8 @@ class IoPgtable:
         The walk stops at a leaf or at an entry that is neither leaf nor table
         (which is then the last element). O(levels).
         """
-        self._check_live()
+        if self._freed:
+            raise self._use_after_free()
         pt = self.format
         out: list[int] = []
         table, depth = self._pgd, 0
@@ -332,7 +398,8 @@ class IoPgtable:
         in the kernel). No TLB invalidation here; the caller syncs. O(entries)
         in vector steps of one table run.
         """
-        self._check_live()
+        if self._freed:
+            raise self._use_after_free()
         if not size:
             self._warn("read_and_clear_dirty: zero size")
             raise InvalidArgument("read_and_clear_dirty: size is 0")
@@ -345,36 +412,50 @@ class IoPgtable:
         self._walk_dirty(self._pgd, 0, _DirtyWalk(iova, iova + size, flags, dirty))
 
     def _walk_dirty(self, table: U64Array, depth: int, w: _DirtyWalk) -> None:
+        """``__arm_lpae_iopte_walk`` with ``visit_dirty``, by runs of leaves.
+
+        The walk cursor ``w.addr`` advances exactly as the kernel's
+        ``walk_data->addr`` does (by each visited leaf's size), so a walk that
+        starts inside a block behaves as the kernel's does.
+        """
         pt = self.format
         level = self._levels[depth]
         size = level.block_size
         idx = (w.addr >> level.shift) & level.index_mask
-        while idx < level.entries and w.addr < w.end:
-            n = min(level.entries - idx, -(-(w.end - w.addr) // size))
-            run = table[idx:idx + n]
-            leaves = pt.leaf_mask(run, depth)
-            p = n if leaves.all() else int(np.argmin(leaves))
-            if p:
-                leaf_run = run[:p]
-                hit = pt.write_dirty_mask(leaf_run)
+        if idx >= level.entries or w.addr >= w.end:
+            return
+        seg = table[idx:level.entries]
+        stops = np.flatnonzero(~pt.leaf_mask(seg, depth)).tolist()  # tables and holes
+        stops.append(len(seg))
+        clear = not w.flags & IOMMU_DIRTY_NO_CLEAR
+        pos = 0
+        for stop in stops:
+            if stop > pos:
+                n = min(stop - pos, -(-(w.end - w.addr) // size))
+                run = seg[pos:pos + n]
+                hit = pt.write_dirty_mask(run)
                 if hit.any():
-                    pos = np.flatnonzero(hit).astype(np.uint64)
-                    w.dirty.record_pages(np.uint64(w.addr) + pos * np.uint64(size), size)
-                    if not w.flags & IOMMU_DIRTY_NO_CLEAR:
-                        pt.make_write_clean(leaf_run, hit)
-                w.addr += p * size
-                idx += p
-            if p < n:
-                pte = int(run[p])
-                if not pt.is_table(pte, depth):
-                    raise InvalidArgument(f"read_and_clear_dirty: hole at iova {w.addr:#x}")
-                self._walk_dirty(self._deref(pte), depth + 1, w)
-                idx += 1
+                    w.dirty.record_run(w.addr, size, hit)
+                    if clear:
+                        pt.make_write_clean(run, hit)
+                w.addr += n * size
+                if w.addr >= w.end:
+                    return
+            if stop == len(seg):
+                return
+            pte = seg.item(stop)
+            if not pt.is_table(pte, depth):
+                raise InvalidArgument(f"read_and_clear_dirty: hole at iova {w.addr:#x}")
+            self._walk_dirty(self._deref(pte), depth + 1, w)
+            if w.addr >= w.end:
+                return
+            pos = stop + 1
 
     # -- teardown ----------------------------------------------------------------------------
     def free(self) -> None:
         """``free_io_pgtable_ops``: flush the whole TLB, then free every table."""
-        self._check_live()
+        if self._freed:
+            raise self._use_after_free()
         if self.cfg.tlb is not None:
             self.cfg.tlb.tlb_flush_all(self.cookie)
         self._free_pgtable(self.format.make_table(self.pgd_pa), 0)
@@ -439,13 +520,13 @@ class IoPgtable:
         """O(entries): every table reached once, entries well formed, nothing leaked."""
         pt = self.format
         seen: set[int] = set()
-        stack = [(self.pgd_pa, 0)]
+        stack = [(self._key(self.pgd_pa), 0)]
         while stack:
-            pa, depth = stack.pop()
-            assert pa not in seen, f"table {pa:#x} reached twice"
-            seen.add(pa)
+            key, depth = stack.pop()
+            assert key not in seen, f"table {key:#x} reached twice"
+            seen.add(key)
             level = self._levels[depth]
-            entries = self._tables[pa][:level.entries]
+            entries = self._tables[key][:level.entries]
             live = entries[entries != 0]
             leaves = pt.leaf_mask(live, depth)
             tables = pt.table_mask(live, depth)
@@ -455,7 +536,7 @@ class IoPgtable:
                 oa = pt.leaf_oa(pte)
                 assert oa % level.block_size == 0, f"leaf OA {oa:#x} not block aligned"
                 assert oa >> self.cfg.oas == 0, f"leaf OA {oa:#x} beyond oas"
-            stack.extend((pt.table_pa(p), depth + 1) for p in live[tables].tolist())
+            stack.extend((p & self._key_mask, depth + 1) for p in live[tables].tolist())
         assert seen == set(self._tables), (
             f"{len(set(self._tables) - seen)} unreachable tables (leaked)")
         assert self.stats.table_bytes == sum(t.nbytes for t in self._tables.values())
