@@ -1,61 +1,93 @@
 """A plain reference model of an ARM LPAE paging domain (Linux 6.13+ semantics).
 
-State is two dicts: leaves ``{iova: (size, pa)}`` and the set of table
-entries ``{(block_size, iova)}`` (tables stay when their leaves go, as in
-io-pgtable-arm). Page sizes are chosen greedily (the largest size aligned for
-both addresses that fits), which is what ``iommu_pgsize`` amounts to; a run
-of equal leaves is one ``map_pages`` call, cut at table-page boundaries.
-Written per leaf, with no arrays, so it shares no code with the model.
+The table is a tree of dicts: a node maps the aligned iova of each entry to
+a leaf ``(size, pa)`` or a child node, and nodes stay when their leaves go,
+as io-pgtable-arm's tables do. Page sizes are chosen greedily (the largest
+size aligned for both addresses that fits), which is what ``iommu_pgsize``
+amounts to; a run of equal leaves is one ``map_pages`` call, cut at
+table-page boundaries. Written per entry with no arrays, physical memory or
+shared code with the model.
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import Union
+
+Leaf = tuple[int, int]  # (size, pa)
+Node = dict[int, Union[Leaf, "Node"]]
 
 
-@dataclass
 class ArmLpaeReference:
-    level_sizes: tuple[int, ...]  # block size per level, top first (last = granule)
-    bitmap: int
-    per_page: int  # entries per table page
-    leaves: dict[int, tuple[int, int]] = field(default_factory=dict)
-    tables: set[tuple[int, int]] = field(default_factory=set)
+    def __init__(self, level_sizes: tuple[int, ...], bitmap: int, per_page: int) -> None:
+        self.level_sizes = level_sizes  # block size per level, top first
+        self.bitmap = bitmap
+        self.per_page = per_page
+        self.root: Node = {}
+        self._sizes_desc = sorted((s for s in level_sizes if s & bitmap), reverse=True)
 
-    def _sizes_desc(self) -> list[int]:
-        return sorted((s for s in self.level_sizes if s & self.bitmap), reverse=True)
+    # -- views --------------------------------------------------------------------------
+    def _walk(self, node: Node, depth: int) -> Iterator[tuple[int, int, Leaf | None]]:
+        for base, entry in sorted(node.items()):
+            if isinstance(entry, dict):
+                yield base, self.level_sizes[depth], None
+                yield from self._walk(entry, depth + 1)
+            else:
+                yield base, self.level_sizes[depth], entry
 
-    def _leaf_at(self, size: int, base: int) -> bool:
-        leaf = self.leaves.get(base)
-        return leaf is not None and leaf[0] == size
+    @property
+    def leaves(self) -> dict[int, Leaf]:
+        return {base: entry for base, _, entry in self._walk(self.root, 0) if entry}
 
-    def _drop_under(self, size: int, base: int) -> None:
-        """Free the table in entry (size, base): everything below it goes."""
-        end = base + size
-        for iova in [i for i, (s, _) in self.leaves.items() if base <= i < end and s < size]:
-            del self.leaves[iova]
-        self.tables = {(s, i) for s, i in self.tables
-                       if not (base <= i < end and s < size)}
-        self.tables.discard((size, base))
+    @property
+    def tables(self) -> set[tuple[int, int]]:
+        return {(size, base) for base, size, entry in self._walk(self.root, 0) if not entry}
 
-    def _greedy(self, iova: int, pa: int, size: int) -> list[tuple[int, int, int]]:
-        plan = []
+    def leaves_in(self, va: int, length: int) -> list[tuple[int, int]]:
+        """(iova, size) of the leaves overlapping ``[va, va + length)``."""
+        out: list[tuple[int, int]] = []
+
+        def visit(node: Node, depth: int, lo: int, hi: int) -> None:
+            size = self.level_sizes[depth]
+            for base in range(lo - lo % size, hi, size):
+                entry = node.get(base)
+                if isinstance(entry, dict):
+                    visit(entry, depth + 1, max(lo, base), min(hi, base + size))
+                elif entry is not None:
+                    out.append((base, size))
+
+        visit(self.root, 0, va, va + length)
+        return out
+
+    def iova_to_phys(self, iova: int) -> int:
+        node = self.root
+        for size in self.level_sizes:
+            entry = node.get(iova - iova % size)
+            if entry is None:
+                return 0
+            if not isinstance(entry, dict):
+                return entry[1] + iova % size
+            node = entry
+        return 0
+
+    # -- map ------------------------------------------------------------------------------
+    def _greedy(self, iova: int, pa: int, size: int) -> Iterator[tuple[int, int, int]]:
         while size:
-            s = next(s for s in self._sizes_desc() if not (iova | pa) % s and s <= size)
-            plan.append((iova, pa, s))
+            s = next(s for s in self._sizes_desc if not (iova | pa) % s and s <= size)
+            yield iova, pa, s
             iova, pa, size = iova + s, pa + s, size - s
-        return plan
 
-    def _batches(self, plan: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
+    def _batches(self, iova: int, pa: int, size: int) -> list[tuple[int, int, int, int]]:
         out: list[tuple[int, int, int, int]] = []
-        for iova, pa, s in plan:
+        for v, p, s in self._greedy(iova, pa, size):
             if out:
                 v0, p0, s0, n = out[-1]
-                same_page = (v0 // (s0 * self.per_page)) == (iova // (s * self.per_page))
-                if s0 == s and v0 + n * s == iova and same_page:
+                same_page = v0 // (s0 * self.per_page) == v // (s * self.per_page)
+                if s0 == s and v0 + n * s == v and same_page:
                     out[-1] = (v0, p0, s0, n + 1)
                     continue
-            out.append((iova, pa, s, 1))
+            out.append((v, p, s, 1))
         return out
 
     def map(self, iova: int, pa: int, size: int) -> int:
@@ -64,7 +96,7 @@ class ArmLpaeReference:
         if (iova | pa | size) % min_size:
             return errno.EINVAL
         mapped = 0
-        for v0, p0, s, n in self._batches(self._greedy(iova, pa, size)):
+        for v0, p0, s, n in self._batches(iova, pa, size):
             err = self._map_batch(v0, p0, s, n)
             if err:
                 self.unmap(iova, mapped)
@@ -73,30 +105,32 @@ class ArmLpaeReference:
         return 0
 
     def _map_batch(self, v0: int, p0: int, s: int, n: int) -> int:
+        node = self.root
         for big in self.level_sizes:
             if big == s:
                 break
-            base = v0 - v0 % big
-            if self._leaf_at(big, base):
+            entry = node.setdefault(v0 - v0 % big, {})  # a missing table is allocated
+            if not isinstance(entry, dict):
                 return errno.EEXIST
-            self.tables.add((big, base))
+            node = entry
         for i in range(n):
-            b = v0 + i * s
-            if self._leaf_at(s, b):
+            entry = node.get(v0 + i * s)
+            if entry is not None and not isinstance(entry, dict):
                 return errno.EEXIST
-            if (s, b) in self.tables:
-                self._drop_under(s, b)
+            if entry is not None:
+                del node[v0 + i * s]  # a block replaces the table and all under it
         for i in range(n):
-            self.leaves[v0 + i * s] = (s, p0 + i * s)
+            node[v0 + i * s] = (s, p0 + i * s)
         return 0
 
+    # -- unmap ----------------------------------------------------------------------------
     def unmap(self, iova: int, size: int) -> int:
         min_size = self.bitmap & -self.bitmap
         if (iova | size) % min_size:
             return 0
         done = 0
         while done < size:
-            s = next(s for s in self._sizes_desc() if not iova % s and s <= size - done)
+            s = next(s for s in self._sizes_desc if not iova % s and s <= size - done)
             if not self._unmap_one(iova, s):
                 break
             iova += s
@@ -104,25 +138,12 @@ class ArmLpaeReference:
         return done
 
     def _unmap_one(self, iova: int, s: int) -> bool:
+        node = self.root
         for big in self.level_sizes:
             if big == s:
                 break
-            base = iova - iova % big
-            if self._leaf_at(big, base):
-                return False  # part of a larger leaf: refused
-            if (big, base) not in self.tables:
-                return False  # empty entry on the way
-        if self._leaf_at(s, iova):
-            del self.leaves[iova]
-            return True
-        if (s, iova) in self.tables:
-            self._drop_under(s, iova)
-            return True
-        return False
-
-    def iova_to_phys(self, iova: int) -> int:
-        for s in self.level_sizes:
-            base = iova - iova % s
-            if self._leaf_at(s, base):
-                return self.leaves[base][1] + iova - base
-        return 0
+            entry = node.get(iova - iova % big)
+            if not isinstance(entry, dict):
+                return False  # empty on the way, or part of a larger leaf: refused
+            node = entry
+        return node.pop(iova, None) is not None  # a leaf, or a table and all under it

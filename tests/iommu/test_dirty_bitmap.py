@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from iommulab.iommu import IommuDirtyBitmap, IommuIotlbGather, IovaBitmap
-from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K
+from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_64K
 
 
 def test_set_marks_overlapping_pages_and_clips() -> None:
@@ -17,18 +17,21 @@ def test_set_marks_overlapping_pages_and_clips() -> None:
     assert b.count() == 4
 
 
-def test_set_pages_matches_set() -> None:
-    rng = np.random.default_rng(0)
-    for length in (SZ_4K, 3 * SZ_4K, SZ_2M):
-        a, b = IovaBitmap(0, 64 * SZ_2M, SZ_4K), IovaBitmap(0, 64 * SZ_2M, SZ_4K)
-        iovas = np.unique(rng.integers(-4, 70 * SZ_2M // SZ_4K, 300)) * SZ_4K + 512
-        for iova in iovas.tolist():
-            a.set(iova, length)
-        b.set_pages(iovas.astype(np.uint64) if (iovas >= 0).all() else
-                    iovas[iovas >= 0].astype(np.uint64), length)
-        if (iovas < 0).any():
-            for iova in iovas[iovas < 0].tolist():
-                b.set(iova, length)
+@pytest.mark.parametrize(("page_size", "leaf", "start"), [
+    (SZ_4K, SZ_4K, 0), (SZ_4K, SZ_2M, 0), (SZ_4K, SZ_1G, 0),  # leaves of whole pages
+    (SZ_2M, SZ_4K, SZ_2M), (SZ_64K, SZ_4K, 3 * SZ_4K),  # leaves inside one bitmap page
+    (SZ_4K, 3 * SZ_4K, 512), (SZ_4K, SZ_4K, -8 * SZ_4K),  # unaligned; starts before the bitmap
+])
+def test_set_run_matches_set(page_size: int, leaf: int, start: int) -> None:
+    rng = np.random.default_rng(page_size ^ leaf)
+    base = 4 * SZ_1G
+    for n in (1, 7, 512):
+        hit = rng.random(n) < 0.4
+        a = IovaBitmap(base, 64 * SZ_2M, page_size)
+        b = IovaBitmap(base, 64 * SZ_2M, page_size)
+        for i in np.flatnonzero(hit).tolist():
+            a.set(base + start + i * leaf, leaf)
+        b.set_run(base + start, leaf, hit)
         assert a.to_bytes() == b.to_bytes()
 
 
@@ -44,8 +47,11 @@ def test_to_bytes_is_little_endian_u64_words() -> None:
 def test_record_widens_the_gather() -> None:
     g = IommuIotlbGather()
     d = IommuDirtyBitmap(None, g)
-    d.record_pages(np.array([0x5000, 0x1000], dtype=np.uint64), SZ_4K)
+    d.record_run(0x1000, SZ_4K, np.array([True, False, False, False, True, False]))
+    assert (g.start, g.end) == (0x1000, 0x5FFF)
     d.record(0x9000, SZ_4K)
+    assert (g.start, g.end) == (0x1000, 0x9FFF)
+    d.record_run(0x20000, SZ_4K, np.zeros(4, dtype=np.bool_))
     assert (g.start, g.end) == (0x1000, 0x9FFF)
 
 

@@ -124,28 +124,34 @@ def test_b5_random_map(bitmap: int, ias: int) -> None:
     ref = ArmLpaeReference(tuple(lv.block_size for lv in pgtbl.format.levels),
                            pgtbl.cfg.pgsize_bitmap, pgtbl.format.ptes_per_page)
     limit = min(1 << ias, 64 * SZ_1G)
+    block = ref.level_sizes[-2]
     collisions = 0
     for _ in range(1000):
-        length = min(rng.choice([1, 3, 64, 512, 2000, 1 << 18]) * g, SZ_1G)
-        va = rng.randrange(0, limit - length, g)
+        pages = rng.choice([1, 3, 64, 512, 2000, 0])
+        if pages:
+            length = pages * g
+            va = rng.randrange(0, limit - length, g)
+        else:  # up to 1G, block aligned: big leaves rather than 10^5 small ones
+            length = min(rng.randrange(1, 1 << 14) * block, SZ_1G)
+            va = rng.randrange(0, limit - length, block)
         expected = ref.map(va, va, length)
         try:
             d.map(va, va, length, RW)
         except AlreadyExists:
             assert expected == errno.EEXIST
             collisions += 1
-            for start, (size, _) in list(ref.leaves.items()):
-                if start < va + length and va < start + size:
-                    assert d.unmap(start, size) == ref.unmap(start, size) == size
+            for start, size in ref.leaves_in(va, length):
+                assert d.unmap(start, size) == ref.unmap(start, size) == size
             assert ref.map(va, va, length) == 0
             d.map(va, va, length, RW)
         else:
             assert expected == 0
     assert collisions
-    for start, (size, _) in ref.leaves.items():
+    leaves = ref.leaves
+    for start, (size, _) in leaves.items():
         for probe in (start, start + size - g):
             assert d.iova_to_phys(probe) == probe
-    for start, (size, _) in list(ref.leaves.items()):
+    for start, (size, _) in leaves.items():
         assert d.unmap(start, size) == size
     assert _valid_entries(d) == 0
     pgtbl._check()

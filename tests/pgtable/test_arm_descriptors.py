@@ -14,7 +14,7 @@ import pytest
 
 from iommulab import Prot
 from iommulab.pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
-from iommulab.pgtable.arm_lpae import S1_LEAF, S2_LEAF, TABLE
+from iommulab.pgtable.arm_lpae import S1_LEAF, S2_LEAF, TABLE_DESC
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_64K, SZ_512M
 
 R, W, C, X, M, P = Prot.READ, Prot.WRITE, Prot.CACHE, Prot.NOEXEC, Prot.MMIO, Prot.PRIV
@@ -83,7 +83,7 @@ def test_noncoherent_tables_carry_sw_sync() -> None:
     assert all(pte >> 55 & 1 for pte in walk[:-1]) and not walk[-1] >> 55 & 1
     # pgd map + 3 table allocs + 3 table entries + 1 run of leaves
     assert ops.stats.cache_syncs == 8
-    assert TABLE.decode(walk[0])["SW_SYNC"] == 1
+    assert TABLE_DESC.decode(walk[0])["SW_SYNC"] == 1
 
 
 def test_52bit_output_address_packing_with_64k_granule() -> None:

@@ -18,8 +18,7 @@ from iommulab import Prot
 from iommulab.errors import AlreadyExists
 from iommulab.pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from iommulab.sizes import SZ_1G, SZ_2G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
-
-from .conftest import RecordingTlb
+from iommulab.testing import RecordingTlb
 
 PGSIZES = (SZ_4K | SZ_2M | SZ_1G, SZ_16K | SZ_32M, SZ_64K | SZ_512M)
 ADDRESS_SIZES = (32, 36, 40, 42, 44, 48)

@@ -19,8 +19,7 @@ from iommulab.pgtable import (
     alloc_io_pgtable_ops,
 )
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K
-
-from .conftest import RecordingTlb
+from iommulab.testing import RecordingTlb
 
 RW = Prot.READ | Prot.WRITE
 G4K = SZ_4K | SZ_2M | SZ_1G

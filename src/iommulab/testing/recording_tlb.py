@@ -1,29 +1,31 @@
-"""Helpers shared by the page-table tests."""
+"""An ``iommu_flush_ops`` that records every call, like the kernel selftest's dummy ops."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from iommulab.pgtable import IommuFlushOps
+from ..pgtable import IommuFlushOps
 
-S1_S2 = ("ARM_64_LPAE_S1", "ARM_64_LPAE_S2")
+__all__ = ["RecordingTlb"]
 
 
 class RecordingTlb(IommuFlushOps):
-    """Records every callback; fails on a foreign cookie or a size outside the bitmap.
+    """Records each callback as a tuple; asserts on a foreign cookie or a bad size.
 
-    This is the kernel selftest's ``dummy_tlb_ops`` with the WARN_ONs made
-    into assertions.
+    The kernel's ``dummy_tlb_ops`` WARN when the cookie is not the one given
+    to ``alloc_io_pgtable_ops`` or a walk/page flush size is not in the
+    table's page sizes; these are assertions here. Set :attr:`bitmap` to the
+    allocated table's ``cfg.pgsize_bitmap`` to enable the size check.
     """
 
-    def __init__(self, cookie: object) -> None:
+    def __init__(self, cookie: object = None) -> None:
         self.cookie = cookie
-        self.bitmap = 0  # set once the table's restricted bitmap is known
+        self.bitmap = 0
         self.calls: list[tuple[Any, ...]] = []
 
     def _check(self, cookie: Any, size: int | None = None) -> None:
         assert cookie is self.cookie, "TLB callback with a foreign cookie"
-        if size is not None:
+        if size is not None and self.bitmap:
             assert size & self.bitmap, f"flush size {size:#x} outside {self.bitmap:#x}"
 
     def tlb_flush_all(self, cookie: Any) -> None:
