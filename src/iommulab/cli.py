@@ -1,0 +1,59 @@
+"""The ``iommulab`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .report import format_size, format_table
+from .workload.pgtable_tour import TourResult, run_pgtable_tour
+
+__all__ = ["main"]
+
+
+def _render_tour(r: TourResult) -> str:
+    out = [f"iommulab demo: one paging domain, {r.fmt} (seed {r.seed})", ""]
+    rows = []
+    for reg in r.regions:
+        sizes = ", ".join(f"{n} x {format_size(s)}" for s, n in sorted(reg.leaves.items()))
+        rows.append([reg.name, f"{reg.iova:#x}", format_size(reg.size), reg.runs, sizes])
+    out.append(format_table(["region", "iova", "size", "runs", "IOPTEs"], rows, "lrrrl"))
+    out.append("")
+    rows = [[format_size(size), count, format_size(size * count)]
+            for size, count in r.leaf_histogram.items()]
+    total = sum(s * c for s, c in r.leaf_histogram.items())
+    rows.append(["total", sum(r.leaf_histogram.values()), format_size(total)])
+    out.append(format_table(["IOPTE size", "entries", "bytes mapped"], rows))
+    out.append("")
+    tables = ", ".join(f"level {lvl}: {n}" for lvl, n in r.tables_by_level.items())
+    out.append(f"table memory: {format_size(r.table_bytes)} in "
+               f"{sum(r.tables_by_level.values())} tables ({tables}); "
+               f"{r.table_bytes / total * 1e6:.1f} bytes per MiB mapped")
+    out.append(f"map_pages calls: {r.pgtable.map_pages}, unmap_pages calls: "
+               f"{r.pgtable.unmap_pages}, iotlb syncs: {r.tlb.iotlb_sync}, "
+               f"leaves invalidated: {r.tlb.add_page}, walk flushes: {r.tlb.flush_walk}")
+    out.append(f"unmapped {format_size(r.unmapped)} afterwards; all table memory freed")
+    out.append("")
+    reg = r.regions[-1]
+    out.append(f"walk of {reg.iova:#x} ({reg.name}):")
+    out.extend(f"  level {lvl}: {desc}" for lvl, desc in reg.walk)
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iommulab", description=(
+        "An executable, faithful model of the Linux IOMMU stack."))
+    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="map a few GiB with mixed page sizes and report")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the fragmentation")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        print(_render_tour(run_pgtable_tour(seed=args.seed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

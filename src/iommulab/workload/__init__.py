@@ -1,0 +1,1 @@
+"""Scenarios that drive the model and collect what its counters recorded."""
