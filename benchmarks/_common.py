@@ -1,0 +1,42 @@
+"""Shared helpers for the benchmark scripts: timing by median, a figure table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    target: float | None = None  # upper bound the issue sets, same unit
+
+    def row(self) -> str:
+        verdict = ""
+        if self.target is not None:
+            verdict = f"target <= {self.target:g} {self.unit}: " + (
+                "met" if self.value <= self.target else "MISSED")
+        return f"{self.name:<52} {self.value:>10.2f} {self.unit:<10} {verdict}"
+
+
+def median_seconds(run: Callable[[], object], setup: Callable[[], object] | None,
+                   repeat: int) -> float:
+    """Median wall time of ``run`` over ``repeat`` runs, each after a fresh ``setup``."""
+    times = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def print_figures(title: str, figures: list[Figure]) -> None:
+    print(title)
+    for fig in figures:
+        print("  " + fig.row())

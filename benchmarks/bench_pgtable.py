@@ -1,0 +1,120 @@
+"""Bulk page-table figures: map, unmap, dirty scan, iova_to_phys, model memory.
+
+Maps ``--size`` bytes (default 16 GiB) through an ARM LPAE stage-1 paging
+domain with iommu_map, once with 4K pages (physical address offset so that
+no block fits) and once with 2M blocks; times iommu_unmap of both; times
+read_and_clear_dirty over the 4K mapping with every page clean and with
+every page dirty; times iova_to_phys of ``--lookups`` random addresses; and
+measures the model's memory (tracemalloc) against the bytes a real table
+of that shape occupies. Times are medians of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tracemalloc
+
+import numpy as np
+
+from _common import Figure, median_seconds, print_figures
+from iommulab import Prot
+from iommulab.iommu import IommuDirtyBitmap, IommuDomain, IommuIotlbGather, IovaBitmap
+from iommulab.iommu import alloc_paging_domain as _alloc
+from iommulab.mem import PhysMem
+from iommulab.pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, Quirk
+from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, parse_size
+
+RW = Prot.READ | Prot.WRITE
+PA_4K = 0x10_0000_1000  # iova ^ pa not 2M-aligned: only 4K pages fit
+PA_2M = 0x10_0020_0000  # 2M-aligned, not 1G: only 2M blocks fit
+
+
+def _domain() -> tuple[IommuDomain, IoPgtable]:
+    mem = PhysMem("64G")
+    d = _alloc(IoPgtableFmt.ARM_64_LPAE_S1,
+               IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 48, 48, quirks=Quirk.ARM_HD), mem=mem)
+    assert d.pgtbl is not None
+    return d, d.pgtbl
+
+
+def _model_ratio(size: int, pa: int) -> float:
+    d, pgtbl = _domain()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    d.map(0, pa, size, RW)
+    model = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return model / (pgtbl.stats.table_bytes - pgtbl.format.levels[0].table_bytes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="16G")
+    ap.add_argument("--lookups", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    ptes = size // SZ_4K
+    blocks = size // SZ_2M
+    figs: list[Figure] = []
+    state: dict[str, IommuDomain] = {}
+
+    def fresh() -> None:
+        state["d"] = _domain()[0]
+
+    def mapped(pa: int) -> None:
+        fresh()
+        state["d"].map(0, pa, size, RW)
+
+    t = median_seconds(lambda: state["d"].map(0, PA_4K, size, RW), fresh, args.repeat)
+    figs.append(Figure(f"iommu_map {args.size} in 4K pages", t * 1e9 / ptes, "ns/4K PTE", 50))
+    t = median_seconds(lambda: state["d"].unmap(0, size), lambda: mapped(PA_4K), args.repeat)
+    figs.append(Figure(f"iommu_unmap {args.size} of 4K pages", t * 1e9 / ptes, "ns/4K PTE",
+                       50))
+    t = median_seconds(lambda: state["d"].map(0, PA_2M, size, RW), fresh, args.repeat)
+    figs.append(Figure(f"iommu_map {args.size} in 2M blocks", t * 1e9 / blocks, "ns/2M PTE"))
+    figs.append(Figure("  the same per 4K page mapped", t * 1e9 / ptes, "ns/4K page", 50))
+    t = median_seconds(lambda: state["d"].unmap(0, size), lambda: mapped(PA_2M), args.repeat)
+    figs.append(Figure(f"iommu_unmap {args.size} of 2M blocks", t * 1e9 / blocks, "ns/2M PTE"))
+
+    d, pgtbl = _domain()
+    d.map(0, PA_4K, size, RW)
+
+    def scan() -> None:
+        bitmap = IovaBitmap(0, size, SZ_4K)
+        pgtbl.read_and_clear_dirty(0, size, 0, IommuDirtyBitmap(bitmap, IommuIotlbGather()))
+
+    scan()  # fresh writable mappings start dirty: clear them
+    t = median_seconds(scan, None, args.repeat)
+    figs.append(Figure("read_and_clear_dirty, all 4K pages clean", t * 1e9 / ptes,
+                       "ns/4K PTE", 50))
+
+    def dirty_all() -> None:  # what HTTU leaves after a write to every page
+        for _, table in pgtbl._iter_tables():
+            table[:] &= ~np.uint64(1 << 7)
+
+    t = median_seconds(scan, dirty_all, args.repeat)
+    figs.append(Figure("read_and_clear_dirty, all 4K pages dirty", t * 1e9 / ptes,
+                       "ns/4K PTE", 50))
+
+    rng = np.random.default_rng(0)
+    iovas = rng.integers(0, size, args.lookups).tolist()
+    lookup = pgtbl.iova_to_phys
+
+    def lookups() -> None:
+        for iova in iovas:
+            lookup(iova)
+
+    t = median_seconds(lookups, None, args.repeat)
+    figs.append(Figure(f"iova_to_phys, {args.lookups} random iovas", t * 1e9 / len(iovas),
+                       "ns/call"))
+    figs.append(Figure("model memory / real table bytes, 4K map", _model_ratio(size, PA_4K),
+                       "x", 1.25))
+    figs.append(Figure("model memory / real table bytes, 2M map", _model_ratio(size, PA_2M),
+                       "x", 1.25))
+    print_figures(f"bench_pgtable: ARM LPAE S1 4K granule, {args.size}, "
+                  f"median of {args.repeat}", figs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Each benchmark script runs end to end at a tiny size (no timing is asserted)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize(("script", "args", "lines"), [
+    ("bench_pgtable.py", ["--size", "64M", "--lookups", "2000", "--repeat", "1"], 10),
+    ("bench_domain_single.py", ["--calls", "200", "--repeat", "1"], 1),
+])
+def test_benchmark_smoke(script: str, args: list[str], lines: int) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, check=True, timeout=120)
+    figures = [ln for ln in done.stdout.splitlines()[1:] if ln.strip()]
+    assert len(figures) == lines, done.stdout
+    assert all(any(ch.isdigit() for ch in ln) for ln in figures)
