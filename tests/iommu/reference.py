@@ -114,10 +114,10 @@ class ArmLpaeReference:
                 return errno.EEXIST
             node = entry
         for i in range(n):
-            entry = node.get(v0 + i * s)
-            if entry is not None and not isinstance(entry, dict):
+            old = node.get(v0 + i * s)
+            if old is not None and not isinstance(old, dict):
                 return errno.EEXIST
-            if entry is not None:
+            if old is not None:
                 del node[v0 + i * s]  # a block replaces the table and all under it
         for i in range(n):
             node[v0 + i * s] = (s, p0 + i * s)
