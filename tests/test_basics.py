@@ -35,6 +35,7 @@ def test_errors_are_oserrors_with_the_errno(cls: type[errors.KernelError], err: 
 def test_kernel_error_for_an_unlisted_errno() -> None:
     e = errors.kernel_error(errno.ENOTTY, "unknown ioctl 0x1234")
     assert isinstance(e, errors.KernelError) and e.errno == errno.ENOTTY
+    assert type(errors.kernel_error(errno.ENOTTY, "again")) is type(e)
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -121,8 +121,7 @@ _BY_ERRNO: dict[int, type[KernelError]] = {
 def kernel_error(err: int, message: str) -> KernelError:
     """Build the :class:`KernelError` subclass for ``err`` (any errno value)."""
     cls = _BY_ERRNO.get(err)
-    if cls is not None:
-        return cls(message)
-    generic: type[KernelError] = type(
-        f"KernelError_{_errno.errorcode.get(err, err)}", (KernelError,), {"errno_value": err})
-    return generic(message)
+    if cls is None:  # one class per errno, made once
+        cls = _BY_ERRNO[err] = type(f"KernelError_{_errno.errorcode.get(err, err)}",
+                                    (KernelError,), {"errno_value": err})
+    return cls(message)

@@ -115,10 +115,6 @@ class IommuDomain:
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"
 
-    @property
-    def is_paging(self) -> bool:
-        return bool(self.type & _PAGING)
-
     # -- map ------------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
         """``iommu_map``: map ``size`` bytes; on any error nothing stays mapped.
@@ -226,7 +222,7 @@ class IommuDomain:
             done = ops.unmap_pages(self, iova, pgsize, count, gather)
             if not done:
                 break
-            if gather.start >= gather.end:  # driver did not gather: make sync happen
+            if gather.empty:  # the driver did not gather: make the sync happen
                 gather.add_range(iova, size)
             iova += done
             unmapped += done
@@ -234,7 +230,7 @@ class IommuDomain:
 
     def iotlb_sync(self, gather: IommuIotlbGather) -> None:
         """``iommu_iotlb_sync``: flush the gathered range if non-empty, then reset it."""
-        if self.ops is not None and gather.start < gather.end:
+        if self.ops is not None and not gather.empty:
             self.ops.iotlb_sync(self, gather)
         gather.init()
 

@@ -19,7 +19,7 @@ from ..errors import InvalidArgument
 from ..mem import FailNth
 from ..prot import Prot
 from ..sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
-from .bits import Field, Layout, genmask
+from .bits import Field, Layout
 from .cfg import (
     ArmLpaeS1Cfg,
     ArmLpaeS2Cfg,
@@ -274,7 +274,6 @@ class ArmLpaeFormat:
         self.stage1 = fmt in _STAGE1
         self.quirks = cfg.quirks
         self.ias, self.oas = cfg.ias, cfg.oas
-        self.start_level = geo.start_level
         self.granule = geo.granule
         self.ptes_per_page = self.granule // 8
         bpl = geo.bits_per_level
@@ -288,7 +287,6 @@ class ArmLpaeFormat:
                                 entries * 8 if top else self.granule))
         self.levels = tuple(levels)
         self.last_depth = len(levels) - 1
-        self.pgd_bytes = levels[0].table_bytes
         self._ttbr1 = bool(cfg.quirks & Quirk.ARM_TTBR1)
         # 64K granule with 52-bit PAs folds PA[51:48] into bits 15:12.
         self._packed_oa = self.granule == SZ_64K and cfg.oas > 48
@@ -413,7 +411,7 @@ class ArmLpaeFormat:
         Sets AP[2] wherever DBM is set: the dirty entries are exactly the DBM
         entries without AP[2], so this changes the same entries, in one pass.
         """
-        ptes |= (ptes & np.uint64(PTE_DBM)) >> np.uint64(_DBM.lo - 7)
+        ptes |= (ptes & np.uint64(PTE_DBM)) >> np.uint64(_DBM.lo - S1_LEAF["AP_RDONLY"].lo)
 
     # -- text ---------------------------------------------------------------------------
     def describe(self, pte: int, depth: int) -> str:
@@ -427,5 +425,3 @@ class ArmLpaeFormat:
             kind = "invalid"
         return f"{kind} " + layout.describe(pte)
 
-
-assert genmask(47, 12) == ADDR_MASK

@@ -7,7 +7,7 @@ way the kernel's ``GENMASK`` constants do.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["Field", "Layout", "genmask"]
@@ -95,6 +95,3 @@ class Layout:
             if v or not only_set:
                 parts.append(f"{name}={v:#x}" if v > 9 else f"{name}={v}")
         return " ".join(parts) or "0"
-
-    def masks(self) -> Mapping[str, int]:
-        return {f.name: f.mask for f in self.fields}

@@ -164,7 +164,8 @@ class IoPgtable:
         kernel; the caller loops. Errors: EINVAL (pgsize not in the bitmap, no
         READ/WRITE), ERANGE (iova or paddr out of range), EEXIST (a leaf is in
         the way), ENOMEM (no table memory); the exception's ``mapped`` is the
-        bytes mapped before the failure. O(levels + pgcount).
+        bytes mapped before the failure. ``gfp`` is accepted as in the kernel
+        and has no effect (the model has no allocation contexts). O(levels + pgcount).
         """
         if self._freed:
             raise self._use_after_free()
@@ -309,7 +310,9 @@ class IoPgtable:
             depth += 1
 
         per = self._per
-        n = min(pgcount, per - (idx & (per - 1)))
+        n = per - (idx & (per - 1))  # arm_lpae_max_entries
+        if pgcount < n:
+            n = pgcount
         if n == 1 and kind == LEAF:
             table[idx] = 0
             k = 1
