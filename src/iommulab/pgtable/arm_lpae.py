@@ -51,6 +51,8 @@ _SH = Field("SH", 9, 8, "shareability: 0 non, 2 outer, 3 inner")
 _AF = Field("AF", 10, 10, "access flag")
 _DBM = Field("DBM", 51, 51, "dirty bit modifier (HTTU)")
 _XN = Field("XN", 54, 53, "execute never (UXN|PXN)")
+# Bits 58:55 of a leaf are for software; the lab marks pages split_blocks made.
+_SW_SPLIT = Field("SW_SPLIT", 56, 56, "lab: page made by split_blocks (software bit)")
 
 S1_LEAF = Layout("ARM LPAE stage-1 leaf", (
     _TYPE,
@@ -60,14 +62,14 @@ S1_LEAF = Layout("ARM LPAE stage-1 leaf", (
     Field("AP_RDONLY", 7, 7, "AP[2]: read-only; the writable-clean state with DBM"),
     _SH, _AF,
     Field("nG", 11, 11, "not global (ASID-tagged)"),
-    _OA, _DBM, _XN,
+    _OA, _DBM, _XN, _SW_SPLIT,
 ))
 
 S2_LEAF = Layout("ARM LPAE stage-2 leaf", (
     _TYPE,
     Field("MEMATTR", 5, 2, "0xf OIWB, 0x5 NC, 0x1 device, 0x6 FWB write-back"),
     Field("S2AP", 7, 6, "bit 6 read, bit 7 write"),
-    _SH, _AF, _OA, _DBM, _XN,
+    _SH, _AF, _OA, _DBM, _XN, _SW_SPLIT,
 ))
 
 TABLE_DESC = Layout("ARM LPAE table", (
@@ -85,6 +87,7 @@ ADDR_MASK = _OA.mask  # GENMASK_ULL(47, 12)
 PTE_AF = _AF.mask
 PTE_DBM = _DBM.mask
 PTE_XN = _XN.mask
+PTE_SW_SPLIT = _SW_SPLIT.mask
 PTE_nG = S1_LEAF["nG"].mask
 PTE_NS = S1_LEAF["NS"].mask
 PTE_AP_UNPRIV = S1_LEAF["AP_UNPRIV"].mask
@@ -265,6 +268,7 @@ class ArmLpaeFormat:
     """The hooks of one ARM LPAE table instance (see :class:`~.format.PtFormat`)."""
 
     sw_sync_bit = PTE_SW_SYNC
+    split_mark = PTE_SW_SPLIT
     kind_mask = TYPE_MASK
     table_key_mask = ADDR_MASK  # the NLTA field, packed as paddr_to_iopte packs it
 
@@ -399,6 +403,35 @@ class ArmLpaeFormat:
         pas = steps + np.uint64(pa)
         np.bitwise_and(pas | (pas >> np.uint64(36)), np.uint64(ADDR_MASK), out=out)
         out |= np.uint64(base)
+
+    def make_tables(self, table_pas: U64Array) -> U64Array:
+        """``make_table`` for many tables at once."""
+        out = (table_pas | (table_pas >> np.uint64(36))) & np.uint64(ADDR_MASK)
+        extra = TYPE_TABLE | (PTE_NSTABLE if self.quirks & Quirk.ARM_NS else 0)
+        return cast(U64Array, out | np.uint64(extra))
+
+    def leaf_oas(self, ptes: U64Array) -> U64Array:
+        """``iopte_to_paddr`` of many leaves."""
+        oa = ptes & np.uint64(ADDR_MASK)
+        if self.granule < SZ_64K:
+            return cast(U64Array, oa)
+        return cast(U64Array, (oa | (oa << np.uint64(36))) & np.uint64(ADDR_MASK << 4))
+
+    def leaf_attrs(self, ptes: U64Array) -> U64Array:
+        """Attribute bits of leaves (no type, no OA), dirty state normalised to clean.
+
+        A stage-1 DBM entry is writable-clean with AP[2] set and dirty
+        without it; the normalised form sets AP[2] wherever DBM is, so two
+        entries differing only in dirty state compare equal.
+        """
+        attrs = ptes & np.uint64(~(ADDR_MASK | TYPE_MASK) & (1 << 64) - 1)
+        if self.stage1:
+            attrs |= (attrs & np.uint64(PTE_DBM)) >> np.uint64(_DBM.lo - S1_LEAF["AP_RDONLY"].lo)
+        return cast(U64Array, attrs)
+
+    def with_dirty(self, attrs: int) -> int:
+        """The writable-dirty form of normalised attributes (stage-1 DBM entries)."""
+        return attrs & ~PTE_AP_RDONLY if self.stage1 and attrs & PTE_DBM else attrs
 
     # -- dirty (HTTU DBM scheme) ---------------------------------------------------------
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray:

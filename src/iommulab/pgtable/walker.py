@@ -25,6 +25,7 @@ from ..mem import PhysMem
 from ..prot import Prot
 from .cfg import IoPgtableCfg, IoPgtableFmt, Quirk
 from .format import LEAF, TABLE, BoolArray, PtFormat, U64Array
+from .reshape import StepHook, merge_pages, split_blocks
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
 
@@ -55,6 +56,9 @@ class PgtableStats:
     tables_allocated: int = 0
     tables_freed: int = 0
     table_bytes: int = 0  # bytes of table memory held now (allocation-rounded)
+    blocks_split: int = 0  # lab: split_blocks / merge_pages
+    blocks_merged: int = 0
+    bbm_breaks: int = 0  # entries made invalid for a break-before-make window
     cache_syncs: int = 0  # dma_sync/dma_map calls for a non-coherent walker
     cache_sync_bytes: int = 0
     warnings: Counter[str] = field(default_factory=Counter)  # WARN()s the kernel would print
@@ -453,6 +457,18 @@ class IoPgtable:
             if w.addr >= w.end:
                 return
             pos = stop + 1
+
+    # -- lab: split and merge ------------------------------------------------------------------
+    def split_blocks(self, iova: int, size: int, granule: int | None = None, *,
+                     bbm_level: int = 0, on_step: StepHook | None = None) -> int:
+        """Lab: split blocks in a range into ``granule`` entries (see :mod:`.reshape`)."""
+        return split_blocks(self, iova, size, granule, bbm_level=bbm_level, on_step=on_step)
+
+    def merge_pages(self, iova: int, size: int, *, bbm_level: int = 0,
+                    on_step: StepHook | None = None, split_only: bool = False) -> int:
+        """Lab: merge runs of entries in a range back into blocks (see :mod:`.reshape`)."""
+        return merge_pages(self, iova, size, bbm_level=bbm_level, on_step=on_step,
+                           split_only=split_only)
 
     # -- teardown ----------------------------------------------------------------------------
     def free(self) -> None:
