@@ -56,6 +56,19 @@ def test_iommu_pages_share_memory_with_contents() -> None:
     mem._check()
 
 
+def test_coherent_driver_memory_is_not_table_memory() -> None:
+    mem = PhysMem("1G")
+    pa, words = mem.alloc_dma_coherent(3 * SZ_4K)  # rounded to 4 pages, aligned
+    assert pa % SZ_16K == 0 and len(words) == 2048 and mem.iommu_pages == 0
+    mem.write_u64(pa + 4096, 0xFFFF_0000_1234_5678)  # a device writing a queue entry
+    assert int(words[512]) == 0xFFFF_0000_1234_5678
+    assert mem.read(pa + 4096, 2) == b"\x78\x56"
+    mem.free_zeroed(pa)
+    assert mem.frames.allocated_blocks == 0
+    with pytest.raises(ValueError, match="not an allocated block"):
+        mem.free_zeroed(pa)
+
+
 def test_sub_page_table_takes_a_whole_page() -> None:
     mem = PhysMem("1G")
     pa, table = mem.alloc_iommu_pages(64)

@@ -125,28 +125,45 @@ class PhysMem:
         self.frames.free(pfn, order)
         self.contents.drop(pfn, 1 << order)
 
-    def alloc_iommu_pages(self, size: int) -> tuple[int, npt.NDArray[np.uint64]]:
-        """Zeroed, naturally aligned table memory (``iommu_alloc_pages_node_sz``).
+    def alloc_zeroed(self, size: int, site: str = "alloc_pages") -> tuple[
+            int, npt.NDArray[np.uint64]]:
+        """Zeroed, naturally aligned memory as little-endian 64-bit words.
 
-        Rounded up to a power-of-two number of pages ("sub page allocations
-        result in a full page"); returns the physical address and the block as
-        little-endian 64-bit entries, sharing memory with the contents.
+        Rounded up to a power-of-two number of pages; the array shares memory
+        with the contents, so what the CPU writes there a device reads.
         """
         order = get_order(size)
-        pfn = self.alloc_pages(order, site="iommu_alloc_pages")
+        pfn = self.alloc_pages(order, site=site)
         buf = np.zeros(PAGE_BYTES << order, dtype=np.uint8)
         self.contents.attach(pfn, buf)
-        self.iommu_pages += 1 << order
         return pfn << PAGE_SHIFT, buf.view("<u8")
 
-    def free_iommu_pages(self, pa: int) -> None:
-        """``iommu_free_pages``: give a table block back."""
+    def alloc_dma_coherent(self, size: int) -> tuple[int, npt.NDArray[np.uint64]]:
+        """``dma_alloc_coherent`` for driver structures (queues, stream tables)."""
+        return self.alloc_zeroed(size, site="dma_alloc_coherent")
+
+    def free_zeroed(self, pa: int) -> None:
         pfn = pa >> PAGE_SHIFT
         order = self.frames.order_of(pfn)
         if order is None:
-            raise ValueError(f"iommu_free_pages({pa:#x}): not an allocated block")
+            raise ValueError(f"free of {pa:#x}: not an allocated block")
         self.free_pages(pfn, order)
-        self.iommu_pages -= 1 << order
+
+    def alloc_iommu_pages(self, size: int) -> tuple[int, npt.NDArray[np.uint64]]:
+        """``iommu_alloc_pages_node_sz``: zeroed table memory, counted in NR_IOMMU_PAGES.
+
+        Rounded up to a power-of-two number of pages ("sub page allocations
+        result in a full page") and naturally aligned.
+        """
+        pa, table = self.alloc_zeroed(size, site="iommu_alloc_pages")
+        self.iommu_pages += table.nbytes >> PAGE_SHIFT
+        return pa, table
+
+    def free_iommu_pages(self, pa: int) -> None:
+        """``iommu_free_pages``: give a table block back."""
+        order = self.frames.order_of(pa >> PAGE_SHIFT)
+        self.free_zeroed(pa)
+        self.iommu_pages -= 1 << (order or 0)
 
     # -- fragmentation (lab) ------------------------------------------------------
     def fragment(self, order: int = 9, fraction: float = 1.0, seed: int = 0) -> int:
@@ -195,8 +212,12 @@ class PhysMem:
     def read_u64(self, pa: int) -> int:
         """One little-endian 64-bit load (a descriptor fetch by a table walker)."""
         page = self.contents.page(pa >> PAGE_SHIFT)
-        off = pa & (PAGE_BYTES - 1)
-        return int.from_bytes(page[off:off + 8].tobytes(), "little")
+        return int(page.view("<u8")[(pa & (PAGE_BYTES - 1)) >> 3])
+
+    def write_u64(self, pa: int, value: int) -> None:
+        """One little-endian 64-bit store (an HTTU descriptor update, a queue entry)."""
+        page = self.contents.page_for_write(pa >> PAGE_SHIFT)
+        page.view("<u8")[(pa & (PAGE_BYTES - 1)) >> 3] = value
 
     # -- checks -----------------------------------------------------------------------
     def _check(self) -> None:
