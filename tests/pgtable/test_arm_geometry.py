@@ -91,6 +91,20 @@ def test_granule_follows_page_size() -> None:
     assert big.cfg.pgsize_bitmap == G64K | 1 << 42 and (big.cfg.ias, big.cfg.oas) == (52, 52)
 
 
+def test_a_52_bit_pgd_need_not_be_64k_aligned() -> None:
+    # The 8K PGD of a 52-bit 64K-granule table is only 8K aligned; no descriptor points
+    # at it, so its bits 15:12 must not go through the PA[51:48] packing (freeing it did).
+    mem = PhysMem("1G")
+    mem.alloc_pages(1)  # an 8K block first: the PGD lands 8K past a 64K boundary
+    ops = alloc_io_pgtable_ops(S1, IoPgtableCfg(G64K, 52, 52), mem=mem)
+    assert ops.pgd_pa % SZ_64K == 0x2000 and ops.format.levels[0].table_bytes == 0x2000
+    ops.map_pages(1 << 51, 0x8000_0000, SZ_64K, 1, 3)
+    assert ops.iova_to_phys((1 << 51) + 5) == 0x8000_0005
+    ops._check()
+    ops.free()
+    assert mem.iommu_pages == 0
+
+
 @pytest.mark.parametrize(("fmt", "cfg", "match"), [
     (S1, IoPgtableCfg(SZ_1G, 48, 48), "no 4K, 16K or 64K granule"),
     (S1, IoPgtableCfg(G4K, 48, 48, quirks=Quirk.ARM_S2FWB), "ARM_S2FWB"),

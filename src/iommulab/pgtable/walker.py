@@ -133,9 +133,15 @@ class IoPgtable:
                                    f"{self.format.table_pa(pte):#x}, not a page table")
         return table
 
-    def _free_pgtable(self, pte: int, depth: int) -> None:
-        """``__arm_lpae_free_pgtable``: free a table and every table under it."""
-        pa = self.format.table_pa(pte)
+    def _free_pgtable(self, pte: int, depth: int, pa: int | None = None) -> None:
+        """``__arm_lpae_free_pgtable``: free a table and every table under it.
+
+        ``pa`` is given for the PGD, which no descriptor points at (a 52-bit
+        64K-granule PGD of 8K need not be 64K aligned, so packing its address
+        into a descriptor would lose bits 15:12).
+        """
+        if pa is None:
+            pa = self.format.table_pa(pte)
         table = self._deref(pte)
         if depth != self._last:
             entries = table[:self._levels[depth].entries]
@@ -477,7 +483,7 @@ class IoPgtable:
             raise self._use_after_free()
         if self.cfg.tlb is not None:
             self.cfg.tlb.tlb_flush_all(self.cookie)
-        self._free_pgtable(self.format.make_table(self.pgd_pa), 0)
+        self._free_pgtable(self.format.make_table(self.pgd_pa), 0, self.pgd_pa)
         self._freed = True
 
     # -- lab views -------------------------------------------------------------------------------
