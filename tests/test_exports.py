@@ -16,9 +16,15 @@ PUBLIC = {
         "IoPgtableFmt", "IommuFlushOps", "Layout", "Level", "PgtableStats", "PtFormat",
         "Quirk", "alloc_io_pgtable_ops", "free_io_pgtable_ops", "genmask"},
     "iommulab.iommu": {
-        "DomainGeometry", "DomainOps", "DomainType", "IommuDirtyBitmap", "IommuDomain",
-        "IommuIotlbGather", "IovaBitmap", "PgtblDomainOps", "PgtblFlushOps", "SgEntry",
+        "MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "DirtyOps", "DomainGeometry", "DomainOps",
+        "DomainType", "IommuCap", "IommuDirtyBitmap", "IommuDomain", "IommuIotlbGather",
+        "IovaBitmap", "PgtblDomainOps", "PgtblFlushOps", "ResvRegion", "ResvType", "SgEntry",
         "TlbStats", "alloc_paging_domain", "iommu_iotlb_gather_add_page", "iommu_pgsize"},
+    "iommulab.drivers.smmuv3": {
+        "HWPT_ALLOC_DIRTY_TRACKING", "HWPT_ALLOC_NEST_PARENT", "HWPT_ALLOC_PASID",
+        "ArmSmmuDevice", "ArmSmmuDomain", "ArmSmmuMaster", "Feature", "HwStats", "Iotlb",
+        "IotlbConfig", "IotlbEntry", "IotlbStats", "SmmuEvent", "SmmuV3Config", "SmmuV3Hw"},
+    "iommulab.devices": {"DmaDevice", "DmaStats", "Translator"},
     "iommulab.testing": {"RecordingTlb"},
     "iommulab.report": {"format_size", "format_table"},
 }

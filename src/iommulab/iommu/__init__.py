@@ -1,21 +1,37 @@
-"""The IOMMU core: domains, ``iommu_pgsize``, map/unmap/map_sg, IOTLB gathers, dirty bitmaps."""
+"""The IOMMU core: domains, ``iommu_pgsize``, map/unmap/map_sg, IOTLB gathers, dirty tracking,
+reserved regions."""
 
 from .dirty import IommuDirtyBitmap, IovaBitmap
-from .domain import DomainGeometry, DomainOps, DomainType, IommuDomain, SgEntry, TlbStats
+from .domain import (
+    DirtyOps,
+    DomainGeometry,
+    DomainOps,
+    DomainType,
+    IommuDomain,
+    SgEntry,
+    TlbStats,
+)
 from .gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from .pgsize import iommu_pgsize
 from .pgtbl_domain import PgtblDomainOps, PgtblFlushOps, alloc_paging_domain
+from .resv import MSI_IOVA_BASE, MSI_IOVA_LENGTH, IommuCap, ResvRegion, ResvType
 
 __all__ = [
+    "MSI_IOVA_BASE",
+    "MSI_IOVA_LENGTH",
+    "DirtyOps",
     "DomainGeometry",
     "DomainOps",
     "DomainType",
+    "IommuCap",
     "IommuDirtyBitmap",
     "IommuDomain",
     "IommuIotlbGather",
     "IovaBitmap",
     "PgtblDomainOps",
     "PgtblFlushOps",
+    "ResvRegion",
+    "ResvType",
     "SgEntry",
     "TlbStats",
     "alloc_paging_domain",

@@ -14,14 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import InvalidArgument, KernelError, NoDevice
+from ..errors import InvalidArgument, KernelError, NoDevice, NotSupported
+from ..pgtable import IOMMU_DIRTY_NO_CLEAR
+from .dirty import IommuDirtyBitmap, IovaBitmap
 from .gather import IommuIotlbGather
 from .pgsize import iommu_pgsize
 
 if TYPE_CHECKING:
     from ..pgtable import IoPgtable
+    from ..pgtable.reshape import StepHook
 
 __all__ = [
+    "DirtyOps",
     "DomainGeometry",
     "DomainOps",
     "DomainType",
@@ -95,11 +99,22 @@ class DomainOps(Protocol):
     def free(self, domain: IommuDomain) -> None: ...
 
 
+class DirtyOps(Protocol):
+    """``struct iommu_dirty_ops``, hung off ``domain.dirty_ops``."""
+
+    def set_dirty_tracking(self, domain: IommuDomain, enabled: bool) -> None: ...
+    def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int, flags: int,
+                             dirty: IommuDirtyBitmap) -> None: ...
+
+
 class IommuDomain:
     """An IOMMU domain: an address space devices are attached to.
 
-    ``ops`` is None for domains without page tables (blocked, identity).
-    ``pgtbl`` (lab) is the driver's io-pgtable when it uses one.
+    ``ops`` is None for domains without page tables (blocked, identity);
+    ``dirty_ops`` is set by drivers that track dirty pages. Lab attributes:
+    ``pgtbl`` is the driver's io-pgtable when it uses one, and
+    ``max_bbm_level`` the break-before-make level the hardware supports
+    (split/merge at a higher level is refused).
     """
 
     def __init__(self, type: DomainType, ops: DomainOps | None = None, pgsize_bitmap: int = 0,
@@ -110,7 +125,10 @@ class IommuDomain:
         self.geometry = geometry or DomainGeometry()
         self.tlb_stats = TlbStats()
         self.warnings: Counter[str] = Counter()  # WARN()/pr_err() the kernel would print
+        self.dirty_ops: DirtyOps | None = None
         self.pgtbl: IoPgtable | None = None
+        self.max_bbm_level = 0
+        self.dirty_granule: int | None = None  # lab: granule blocks were split to, if any
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"
@@ -238,6 +256,64 @@ class IommuDomain:
         """``iommu_flush_iotlb_all``."""
         if self.ops is not None:
             self.ops.flush_iotlb_all(self)
+
+    # -- dirty tracking -------------------------------------------------------------------------
+    def set_dirty_tracking(self, enabled: bool, *, granule: int | None = None,
+                           bbm_level: int | None = None, on_step: StepHook | None = None
+                           ) -> int:
+        """``iommu_dirty_ops.set_dirty_tracking`` (EOPNOTSUPP without dirty ops).
+
+        Lab: with ``granule`` on enable, every block of the aperture is split
+        into entries of that size first; the next disable merges exactly those
+        runs back (pages mapped as pages stay pages). ``bbm_level`` defaults to
+        the highest the hardware supports (``max_bbm_level``). Returns the
+        number of blocks split or merged (0 for the upstream behaviour).
+        """
+        if self.dirty_ops is None:
+            raise NotSupported(f"set_dirty_tracking: {self!r} has no dirty tracking ops")
+        reshape = granule is not None if enabled else self.dirty_granule is not None
+        level = self.max_bbm_level if bbm_level is None else bbm_level
+        if reshape:
+            if self.pgtbl is None:
+                raise NotSupported("set_dirty_tracking: split/merge needs an io-pgtable domain")
+            if level > self.max_bbm_level:
+                raise NotSupported(f"set_dirty_tracking: BBM level {level} is above the "
+                                   f"hardware's {self.max_bbm_level}")
+        self.dirty_ops.set_dirty_tracking(self, enabled)
+        if not reshape:
+            return 0
+        assert self.pgtbl is not None
+        start = self.geometry.aperture_start
+        size = self.geometry.aperture_end - start + 1
+        if enabled:
+            changed = self.pgtbl.split_blocks(start, size, granule, bbm_level=level,
+                                              on_step=on_step)
+            self.dirty_granule = granule
+        else:
+            changed = self.pgtbl.merge_pages(start, size, bbm_level=level, on_step=on_step,
+                                             split_only=True)
+            self.dirty_granule = None
+        return changed
+
+    def read_and_clear_dirty(self, iova: int, size: int, flags: int = 0,
+                             bitmap: IovaBitmap | None = None) -> IovaBitmap:
+        """Read dirty leaves into ``bitmap`` and clear them, as iommufd does.
+
+        ``iommu_read_and_clear_dirty``: the driver's ``read_and_clear_dirty``
+        records into a bitmap and a gather; then ``iommu_iotlb_sync`` unless
+        IOMMU_DIRTY_NO_CLEAR. Without ``bitmap`` one at the smallest page
+        size is made. Returns the bitmap.
+        """
+        if self.dirty_ops is None:
+            raise NotSupported(f"read_and_clear_dirty: {self!r} has no dirty tracking ops")
+        if bitmap is None:
+            bitmap = IovaBitmap(iova, size, self.pgsize_bitmap & -self.pgsize_bitmap)
+        gather = IommuIotlbGather()
+        self.dirty_ops.read_and_clear_dirty(self, iova, size, flags,
+                                            IommuDirtyBitmap(bitmap, gather))
+        if not flags & IOMMU_DIRTY_NO_CLEAR:
+            self.iotlb_sync(gather)
+        return bitmap
 
     # -- lookups / teardown -----------------------------------------------------------------
     def iova_to_phys(self, iova: int) -> int:
