@@ -16,10 +16,13 @@ __all__ = [
     "BadAddress",
     "Busy",
     "CorruptPageTable",
+    "DmaFault",
     "InvalidArgument",
     "KernelError",
     "NoDevice",
     "NoEntry",
+    "NoSpace",
+    "NoSuchDevice",
     "NotPermitted",
     "NotSupported",
     "OutOfMemory",
@@ -91,6 +94,30 @@ class Overflow(KernelError):
     errno_value = _errno.EOVERFLOW
 
 
+class NoSpace(KernelError):
+    errno_value = _errno.ENOSPC
+
+
+class NoSuchDevice(KernelError):
+    """ENXIO: "No such device or address" (a probe that finds no usable hardware)."""
+
+    errno_value = _errno.ENXIO
+
+
+class DmaFault(KernelError):
+    """A device's DMA was refused by the IOMMU; nothing was read or written.
+
+    Carries what the IOMMU recorded: the stream, the address, the direction
+    and the fault (``reason``, e.g. ``"F_TRANSLATION"``).
+    """
+
+    errno_value = _errno.EIO
+
+    def __init__(self, message: str, *, sid: int, iova: int, write: bool, reason: str) -> None:
+        super().__init__(message)
+        self.sid, self.iova, self.write, self.reason = sid, iova, write, reason
+
+
 class CorruptPageTable(RuntimeError):
     """A descriptor the kernel would dereference as garbage (not a kernel errno).
 
@@ -114,6 +141,8 @@ _BY_ERRNO: dict[int, type[KernelError]] = {
         NotPermitted,
         AddressInUse,
         Overflow,
+        NoSpace,
+        NoSuchDevice,
     )
 }
 

@@ -1,0 +1,1 @@
+"""Hardware models and the kernel drivers that program them."""
