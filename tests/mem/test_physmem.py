@@ -130,3 +130,30 @@ def test_out_of_memory_names_the_order() -> None:
     mem = PhysMem("1M")
     with pytest.raises(OutOfMemory, match="order 9"):
         mem.alloc_pages(9)
+
+
+def test_bulk_table_allocation_is_many_single_blocks() -> None:
+    mem = PhysMem("1G")
+    pas, rows = mem.alloc_iommu_pages_bulk(SZ_4K, 3)
+    assert rows.shape == (3, 512) and mem.iommu_pages == 3 and len(set(pas)) == 3
+    rows[1, 7] = 0x55
+    assert mem.read_u64(pas[1] + 7 * 8) == 0x55  # each row is its block's memory
+    mem.free_iommu_pages(pas[0])  # blocks are freed one by one or in bulk
+    mem.free_iommu_pages_bulk(pas[1:])
+    assert mem.iommu_pages == 0 and mem.frames.allocated_blocks == 0
+    mem.fail_nth.arm(3)
+    with pytest.raises(OutOfMemory):
+        mem.alloc_iommu_pages_bulk(SZ_4K, 5)
+    assert mem.iommu_pages == 0 and mem.frames.allocated_blocks == 0  # the two taken returned
+    with pytest.raises(ValueError, match="not an allocated block"):
+        mem.free_iommu_pages_bulk([pas[0]])
+
+
+def test_range_checks_still_refuse_after_a_cached_region() -> None:
+    mem = PhysMem("1G")
+    base = 0x4000_0000
+    mem.write(base, b"x")  # caches the RAM region
+    with pytest.raises(BadAddress):
+        mem.read(base + (1 << 30) - 2, 4)
+    with pytest.raises(BadAddress):
+        mem.read(base - 8, 4)

@@ -56,6 +56,10 @@ class SparseContents:
         return page
 
     def read(self, pa: int, n: int) -> bytes:
+        off = pa & (PAGE_BYTES - 1)
+        if off + n <= PAGE_BYTES:  # within one page (most device accesses)
+            page = self._pages.get(pa >> 12)
+            return bytes(n) if page is None else page[off:off + n].tobytes()
         out = bytearray(n)
         done = 0
         while done < n:

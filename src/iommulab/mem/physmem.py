@@ -61,6 +61,7 @@ class PhysMem:
     def __init__(self, ram: int | str = "4G", *, ram_base: int = 0x4000_0000) -> None:
         self._regions: list[MemRegion] = []
         self._starts: list[int] = []
+        self._last_region: MemRegion | None = None  # cache for _check_range
         self.frames = FrameAllocator()
         self.contents = SparseContents()
         self.pins = PinCounts()
@@ -159,11 +160,47 @@ class PhysMem:
         self.iommu_pages += table.nbytes >> PAGE_SHIFT
         return pa, table
 
+    def alloc_iommu_pages_bulk(self, size: int, count: int) -> tuple[
+            list[int], npt.NDArray[np.uint64]]:
+        """``count`` calls of :meth:`alloc_iommu_pages` at once.
+
+        Each block is a separate allocation (and fault-injection point) and
+        is freed on its own; their words come back as the rows of one array.
+        On ENOMEM the blocks already taken are given back.
+        """
+        order = get_order(size)
+        pfns: list[int] = []
+        try:
+            for _ in range(count):
+                pfns.append(self.alloc_pages(order, site="iommu_alloc_pages"))
+        except OutOfMemory:
+            for pfn in pfns:
+                self.frames.free(pfn, order)
+            raise
+        buf = np.zeros((count, PAGE_BYTES << order), dtype=np.uint8)
+        attach = self.contents.attach
+        for row, pfn in enumerate(pfns):
+            attach(pfn, buf[row])
+        self.iommu_pages += count << order
+        return [pfn << PAGE_SHIFT for pfn in pfns], buf.view("<u8")
+
     def free_iommu_pages(self, pa: int) -> None:
         """``iommu_free_pages``: give a table block back."""
         order = self.frames.order_of(pa >> PAGE_SHIFT)
         self.free_zeroed(pa)
         self.iommu_pages -= 1 << (order or 0)
+
+    def free_iommu_pages_bulk(self, pas: list[int]) -> None:
+        """:meth:`free_iommu_pages` for each of ``pas``."""
+        frames, drop = self.frames, self.contents.drop
+        for pa in pas:
+            pfn = pa >> PAGE_SHIFT
+            order = frames.order_of(pfn)
+            if order is None:
+                raise ValueError(f"free of {pa:#x}: not an allocated block")
+            frames.free(pfn, order)
+            drop(pfn, 1 << order)
+            self.iommu_pages -= 1 << order
 
     # -- fragmentation (lab) ------------------------------------------------------
     def fragment(self, order: int = 9, fraction: float = 1.0, seed: int = 0) -> int:
@@ -197,9 +234,13 @@ class PhysMem:
 
     # -- contents -------------------------------------------------------------------
     def _check_range(self, pa: int, n: int) -> None:
+        region = self._last_region  # accesses cluster: try the region of the last one
+        if region is not None and region.start <= pa and pa + n <= region.end:
+            return
         region = self.region_at(pa)
         if region is None or pa + n > region.end:
             raise BadAddress(f"physical range [{pa:#x}, {pa + n:#x}) is not backed by one region")
+        self._last_region = region
 
     def read(self, pa: int, n: int) -> bytes:
         self._check_range(pa, n)

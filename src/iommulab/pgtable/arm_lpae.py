@@ -297,6 +297,7 @@ class ArmLpaeFormat:
         self._leaf_type = tuple(TYPE_PAGE if d == self.last_depth else TYPE_BLOCK
                                 for d in range(len(levels)))
         self._leaf_type_u64 = tuple(np.uint64(t) for t in self._leaf_type)
+        self._table_bits = TYPE_TABLE | (PTE_NSTABLE if cfg.quirks & Quirk.ARM_NS else 0)
         # iopte_leaf / iopte_table by type bits; types 0b00 and 0b10 are invalid.
         self.kinds: tuple[tuple[int, ...], ...] = tuple(
             (INVALID, LEAF, INVALID, LEAF) if d == self.last_depth
@@ -376,11 +377,8 @@ class ArmLpaeFormat:
         return (paddr | (paddr << 36)) & (ADDR_MASK << 4)
 
     def make_table(self, table_pa: int) -> int:
-        """``arm_lpae_install_table``'s new entry."""
-        pte = self._paddr_to_iopte(table_pa) | TYPE_TABLE
-        if self.quirks & Quirk.ARM_NS:
-            pte |= PTE_NSTABLE
-        return pte
+        """``arm_lpae_install_table``'s new entry (NSTABLE with the ARM_NS quirk)."""
+        return ((table_pa | (table_pa >> 36)) & ADDR_MASK) | self._table_bits
 
     def table_pa(self, pte: int) -> int:
         return self._iopte_to_paddr(pte)
@@ -407,8 +405,12 @@ class ArmLpaeFormat:
     def make_tables(self, table_pas: U64Array) -> U64Array:
         """``make_table`` for many tables at once."""
         out = (table_pas | (table_pas >> np.uint64(36))) & np.uint64(ADDR_MASK)
-        extra = TYPE_TABLE | (PTE_NSTABLE if self.quirks & Quirk.ARM_NS else 0)
-        return cast(U64Array, out | np.uint64(extra))
+        return cast(U64Array, out | np.uint64(self._table_bits))
+
+    def make_leaves(self, attrs: U64Array, depth: int, oas: U64Array) -> U64Array:
+        """``leaf_value`` elementwise (arrays broadcast): attrs | type | paddr_to_iopte(oa)."""
+        packed = (oas | (oas >> np.uint64(36))) & np.uint64(ADDR_MASK)
+        return cast(U64Array, packed | attrs | self._leaf_type_u64[depth])
 
     def leaf_oas(self, ptes: U64Array) -> U64Array:
         """``iopte_to_paddr`` of many leaves."""
@@ -428,6 +430,23 @@ class ArmLpaeFormat:
         if self.stage1:
             attrs |= (attrs & np.uint64(PTE_DBM)) >> np.uint64(_DBM.lo - S1_LEAF["AP_RDONLY"].lo)
         return cast(U64Array, attrs)
+
+    def run_rows(self, entries: U64Array, depth: int, ignore: int) -> BoolArray:
+        """Rows of ``entries`` that are runs: leaves with contiguous OAs, one attribute set.
+
+        Attributes are compared with the dirty state normalised and the
+        ``ignore`` bits dropped. The OA field is linear in the OA within an
+        aligned block (bits 15:12 of a 52-bit OA stay fixed), so a run is
+        exactly ``row == row[0] + i * size``: a few passes over the stack.
+        """
+        norm = entries | ((entries & np.uint64(PTE_DBM)) >> np.uint64(_DBM.lo - 7)) \
+            if self.stage1 else entries.copy()
+        if ignore:
+            norm &= np.uint64(~ignore & ((1 << 64) - 1))
+        expected = self._steps[depth][:entries.shape[1]] + norm[:, :1]
+        ok = (norm == expected).all(axis=1)
+        ok &= (norm[:, 0] & np.uint64(TYPE_MASK)) == self._leaf_type_u64[depth]
+        return cast(BoolArray, ok)
 
     def with_dirty(self, attrs: int) -> int:
         """The writable-dirty form of normalised attributes (stage-1 DBM entries)."""

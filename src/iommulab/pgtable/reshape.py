@@ -14,6 +14,9 @@ the shared walker:
   dirty state), then replaces exactly those; a merged block is dirty if any
   of its pages was.
 
+Both work level by level on all the tables concerned at once (numpy over a
+stack of tables), so the Python work is per block, not per entry.
+
 Both follow the Arm architecture's break-before-make rules at the BBM level
 asked for. Level 0 writes invalid entries, invalidates, then writes the
 replacements, so DMA in that window faults; levels 1 and 2 replace entries
@@ -39,10 +42,11 @@ from .format import U64Array
 if TYPE_CHECKING:
     from .walker import IoPgtable
 
-__all__ = ["BBM_LEVELS", "merge_pages", "split_blocks"]
+__all__ = ["BBM_LEVELS", "StepHook", "merge_pages", "split_blocks"]
 
 BBM_LEVELS = (0, 1, 2)
 StepHook = Callable[[str], None]
+_CHUNK = 1024  # tables analysed per numpy step (bounds the temporary arrays)
 
 
 @dataclass
@@ -53,16 +57,6 @@ class _Change:
     size: int  # bytes the entry maps
     new: int  # replacement entry
     old: int  # entry before
-    allocated: list[int] = field(default_factory=list)  # split: tables made for it (PAs)
-
-
-@dataclass(frozen=True)
-class _Run:
-    """A table whose entries could all be one leaf one level up."""
-
-    oa: int
-    attrs: int  # normalised (clean) attributes, split mark included
-    dirty: bool
 
 
 def _check_args(pt: IoPgtable, bbm_level: int) -> None:
@@ -108,7 +102,7 @@ def split_blocks(pt: IoPgtable, iova: int, size: int, granule: int | None = None
 
     Returns the number of blocks replaced. Table memory for all of them is
     allocated before any entry changes, so ENOMEM leaves the table as it
-    was. O(blocks + new entries), in vector steps of one table.
+    was. O(blocks) Python steps, O(new entries) vector work.
     """
     _check_args(pt, bbm_level)
     granule = granule or pt.cfg.pgsize_bitmap & -pt.cfg.pgsize_bitmap
@@ -118,27 +112,23 @@ def split_blocks(pt: IoPgtable, iova: int, size: int, granule: int | None = None
                               f"pgsize_bitmap {pt.cfg.pgsize_bitmap:#x}")
     if not size:
         return 0
-    blocks: list[tuple[U64Array, int, int, int, int]] = []  # table, idx, depth, iova, pte
-    _find_blocks(pt, pt._pgd, 0, 0, iova, iova + size, target, blocks)
+    found: list[tuple[U64Array, int, int, int, int]] = []  # table, idx, depth, iova, pte
+    _find_blocks(pt, pt._pgd, 0, 0, iova, iova + size, target, found)
+    by_depth: dict[int, list[tuple[U64Array, int, int, int, int]]] = {}
+    for block in found:
+        by_depth.setdefault(block[2], []).append(block)
     changes: list[_Change] = []
+    allocated: list[int] = []
     try:
-        for table, idx, depth, biova, pte in blocks:
-            change = _Change(table, idx, biova, pt._sizes[depth], 0, pte)
-            changes.append(change)
-            attrs = int(pt.format.leaf_attrs(np.array([pte], dtype=np.uint64))[0])
-            attrs |= pt.format.split_mark
-            if pt.format.write_dirty_mask(np.array([pte], dtype=np.uint64))[0]:
-                attrs = pt.format.with_dirty(attrs)
-            sub_pa = _build(pt, depth + 1, target, attrs, pt.format.leaf_oa(pte),
-                            change.allocated)
-            change.new = pt.format.make_table(sub_pa)
-            if not pt.cfg.coherent_walk:
-                change.new |= pt.format.sw_sync_bit
+        for depth, blocks in sorted(by_depth.items()):
+            tops = _build_tables(pt, depth, target, blocks, allocated)
+            for (table, idx, _, biova, pte), new in zip(blocks, tops, strict=True):
+                changes.append(_Change(table, idx, biova, pt._sizes[depth], new, pte))
     except KernelError:
-        for change in changes:
-            for pa in change.allocated:
-                pt._free_table_pages(pa)
+        for pa in allocated:
+            pt._free_table_pages(pa)
         raise
+    changes.sort(key=lambda c: c.iova)
     _apply(pt, changes, bbm_level, on_step)
     pt.stats.blocks_split += len(changes)
     return len(changes)
@@ -157,108 +147,164 @@ def _find_blocks(pt: IoPgtable, table: U64Array, depth: int, base: int, lo: int,
         out.append((table, first + i, depth, base + ((first + i) << level.shift), int(seg[i])))
     if depth + 1 < target:
         for i in np.flatnonzero(pt.format.table_mask(seg, depth)).tolist():
-            pte = int(seg[i])
-            _find_blocks(pt, pt._deref(pte), depth + 1, base + ((first + i) << level.shift),
-                         lo, hi, target, out)
+            _find_blocks(pt, pt._deref(int(seg[i])), depth + 1,
+                         base + ((first + i) << level.shift), lo, hi, target, out)
 
 
-def _build(pt: IoPgtable, depth: int, target: int, attrs: int, oa: int,
-           allocated: list[int]) -> int:
-    """A table at ``depth`` mapping ``oa`` on with ``target``-level entries; returns its PA."""
-    pa, table = pt._alloc_table(pt.format.granule)
-    allocated.append(pa)
+def _build_tables(pt: IoPgtable, depth: int, target: int,
+                  blocks: list[tuple[U64Array, int, int, int, int]],
+                  allocated: list[int]) -> list[int]:
+    """The tables replacing ``blocks`` (all at ``depth``), level by level; their entries."""
+    fmt = pt.format
+    ptes = np.array([b[4] for b in blocks], dtype=np.uint64)
+    oas = fmt.leaf_oas(ptes)
+    attrs = fmt.leaf_attrs(ptes) | np.uint64(fmt.split_mark)
+    for i in np.flatnonzero(fmt.write_dirty_mask(ptes)).tolist():  # keep the dirty state
+        attrs[i] = fmt.with_dirty(int(attrs[i]))
+    sync_bit = np.uint64(0 if pt.cfg.coherent_walk else fmt.sw_sync_bit)
     per = pt._per
-    size = pt._sizes[depth]
-    if depth == target:
-        pt.format.fill_leaves(table[:per], attrs, depth, oa, size)
-    else:
-        pas = np.array([_build(pt, depth + 1, target, attrs, oa + i * size, allocated)
-                        for i in range(per)], dtype=np.uint64)
-        table[:per] = pt.format.make_tables(pas)
-        if not pt.cfg.coherent_walk:
-            table[:per] |= np.uint64(pt.format.sw_sync_bit)
-    return pa
+    top: list[int] = []
+    parent_rows: U64Array | None = None
+    for level in range(depth + 1, target + 1):
+        pas, rows = pt._alloc_tables(len(oas))
+        allocated.extend(pas)
+        if parent_rows is None:
+            top = pas
+        else:
+            parent_rows[:] = (fmt.make_tables(np.array(pas, dtype=np.uint64)) | sync_bit
+                              ).reshape(parent_rows.shape)
+        steps = np.arange(per, dtype=np.uint64) * np.uint64(pt._sizes[level])
+        child_oas = oas[:, None] + steps[None, :]
+        if level == target:
+            rows[:, :per] = fmt.make_leaves(attrs[:, None], level, child_oas)
+        else:
+            parent_rows = rows[:, :per]
+            oas, attrs = child_oas.ravel(), np.repeat(attrs, per)
+    return [fmt.make_table(pa) | int(sync_bit) for pa in top]
 
 
 # -- merge ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Node:
+    """A table wholly inside the merge range, and the entry above that points at it."""
+
+    table: U64Array
+    iova: int
+    parent: _Node | None  # None: the parent table is not wholly in range
+    parent_table: U64Array
+    parent_idx: int
+    children: list[_Node] = field(default_factory=list)
+    merged: int | None = None  # the block entry it would become (split mark kept)
+
+
 def merge_pages(pt: IoPgtable, iova: int, size: int, *, bbm_level: int = 0,
                 on_step: StepHook | None = None, split_only: bool = False) -> int:
     """Replace each mergeable table inside ``[iova, iova + size)`` by one block.
 
     With ``split_only`` a run merges only if all its pages carry the split
     mark (what ``split_blocks`` made), so runs mapped as pages stay pages.
-    Returns the number of blocks made. O(entries), in vector steps of one table.
+    Returns the number of blocks made. O(tables) Python steps, O(entries)
+    vector work, nothing changed before the whole range is analysed.
     """
     _check_args(pt, bbm_level)
     if not size:
         return 0
+    by_depth: dict[int, list[_Node]] = {}
+    _collect(pt, pt._pgd, 0, 0, iova, iova + size, None, by_depth)
+    for depth in sorted(by_depth, reverse=True):  # bottom-up
+        if pt._sizes[depth - 1] & pt.cfg.pgsize_bitmap:
+            nodes = by_depth[depth]
+            for start in range(0, len(nodes), _CHUNK):
+                _judge(pt, depth, nodes[start:start + _CHUNK], split_only)
     changes: list[_Change] = []
-    freed: list[int] = []
-    _, plans = _analyze(pt, pt._pgd, 0, 0, iova, iova + size, split_only)
-    for table, idx, depth, biova, run in plans:
-        attrs = run.attrs & ~pt.format.split_mark
-        if run.dirty:
-            attrs = pt.format.with_dirty(attrs)
-        old = int(table[idx])
-        changes.append(_Change(table, idx, biova, pt._sizes[depth],
-                               pt.format.leaf_value(attrs, depth, run.oa), old))
-        freed.append(old)
+    mark = pt.format.split_mark
+    for depth in sorted(by_depth):  # top-down: the highest merge of each subtree wins
+        for node in by_depth[depth]:
+            if node.merged is None or _covered(node):
+                continue
+            old = int(node.parent_table[node.parent_idx])
+            changes.append(_Change(node.parent_table, node.parent_idx, node.iova,
+                                   pt._sizes[depth - 1], node.merged & ~mark, old))
+    changes.sort(key=lambda c: c.iova)
     _apply(pt, changes, bbm_level, on_step)
-    for old, change in zip(freed, changes, strict=True):
-        depth = pt._depth_of[change.size]
-        pt._free_pgtable(old, depth + 1)  # after the invalidation: walkers are done with it
+    # After the invalidation: walkers are done with the old tables. Every table under a
+    # merged one was itself merged (a run has no other tables), so the nodes are all of them.
+    fmt = pt.format
+    old_tables: list[int] = []
+    for change in changes:
+        old_tables.append(fmt.table_pa(change.old))
+    for depth in sorted(by_depth):
+        for node in by_depth[depth]:
+            if node.merged is not None and _covered(node):
+                old_tables.append(fmt.table_pa(int(node.parent_table[node.parent_idx])))
+    pt._free_tables(old_tables)
     pt.stats.blocks_merged += len(changes)
     return len(changes)
 
 
-_Plan = tuple[U64Array, int, int, int, _Run]  # table, idx, depth, iova, the run to merge
+def _covered(node: _Node) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.merged is not None:
+            return True
+        parent = parent.parent
+    return False
 
 
-def _analyze(pt: IoPgtable, table: U64Array, depth: int, base: int, lo: int, hi: int,
-             split_only: bool) -> tuple[_Run | None, list[_Plan]]:
-    """Bottom-up: can this whole table become one leaf above, and what merges inside it.
-
-    Returns the table's run (if every entry is, or would be after merging,
-    a leaf of this level's size with contiguous OAs and equal attributes)
-    and the merges found within it, which the caller drops if it merges the
-    whole table instead.
-    """
-    fmt = pt.format
+def _collect(pt: IoPgtable, table: U64Array, depth: int, base: int, lo: int, hi: int,
+             node: _Node | None, out: dict[int, list[_Node]]) -> None:
+    """Every table under ``table`` that lies wholly in ``[lo, hi)``, by depth."""
     level = pt._levels[depth]
-    size = level.block_size
-    entries = table[:level.entries]
     first = max((lo - base) >> level.shift, 0)
     last = min(((hi - 1 - base) >> level.shift) + 1, level.entries)
-    whole = first == 0 and last == level.entries and base >= lo and \
-        base + (level.entries << level.shift) <= hi
-    leaves = fmt.leaf_mask(entries, depth)
-    plans: list[_Plan] = []
-    oas = np.zeros(level.entries, dtype=np.uint64)
-    attrs = np.zeros(level.entries, dtype=np.uint64)
-    known = leaves.copy()  # entries that are (or would be) leaves of this level
-    dirty = bool(fmt.write_dirty_mask(entries[leaves]).any())
-    oas[leaves] = fmt.leaf_oas(entries[leaves])
-    attrs[leaves] = fmt.leaf_attrs(entries[leaves])
-    if depth + 1 < len(pt._levels) and first < last:
-        mergeable_here = bool(size & pt.cfg.pgsize_bitmap)
-        subs = np.flatnonzero(fmt.table_mask(entries[first:last], depth)) + first
-        for i in subs.tolist():
-            eiova = base + (i << level.shift)
-            run, inner = _analyze(pt, pt._deref(int(entries[i])), depth + 1, eiova, lo, hi,
-                                  split_only)
-            inside = lo <= eiova and eiova + size <= hi
-            if run is not None and mergeable_here and inside and not run.oa % size:
-                plans.append((table, i, depth, eiova, run))
-                known[i] = True
-                oas[i], attrs[i] = run.oa, run.attrs
-                dirty = dirty or run.dirty
-            else:
-                plans.extend(inner)
-    if not whole or not known.all():
-        return None, plans
-    oa0, attrs0 = int(oas[0]), int(attrs[0])
-    steps = np.arange(level.entries, dtype=np.uint64) * np.uint64(size)
-    if (split_only and not attrs0 & fmt.split_mark) or not (attrs == attrs[0]).all() or \
-            not (oas == steps + np.uint64(oa0)).all():
-        return None, plans
-    return _Run(oa0, attrs0, dirty), plans
+    if first >= last:
+        return
+    seg = table[first:last]
+    size = level.block_size
+    for i in np.flatnonzero(pt.format.table_mask(seg, depth)).tolist():
+        idx = first + i
+        child_iova = base + (idx << level.shift)
+        child = pt._deref(int(seg[i]))
+        inside = lo <= child_iova and child_iova + size <= hi
+        child_node = None
+        if inside:
+            child_node = _Node(child, child_iova, node, table, idx)
+            out.setdefault(depth + 1, []).append(child_node)
+            if node is not None:
+                node.children.append(child_node)
+        if depth + 2 < len(pt._levels):
+            _collect(pt, child, depth + 1, child_iova, lo, hi,
+                     child_node if inside else None, out)
+
+
+def _judge(pt: IoPgtable, depth: int, nodes: list[_Node], split_only: bool) -> None:
+    """Decide which of these tables (all at ``depth``) can become one block above."""
+    fmt = pt.format
+    per = pt._levels[depth].entries
+    entries = np.stack([node.table[:per] for node in nodes])
+    rows, cols, values = [], [], []
+    for row, node in enumerate(nodes):  # children that merge count as the block they become
+        for child in node.children:
+            if child.merged is not None:
+                rows.append(row)
+                cols.append(child.parent_idx)
+                values.append(child.merged)
+    if rows:
+        entries[rows, cols] = np.array(values, dtype=np.uint64)
+    mark = fmt.split_mark
+    ok = fmt.run_rows(entries, depth, 0 if split_only else mark)
+    firsts = entries[:, 0]
+    ok &= fmt.leaf_oas(firsts) % np.uint64(pt._sizes[depth - 1]) == 0
+    if split_only:
+        ok &= firsts & np.uint64(mark) != 0
+    rows_ok = np.flatnonzero(ok)
+    if not len(rows_ok):
+        return
+    dirty = fmt.write_dirty_mask(entries[rows_ok]).any(axis=1)
+    attrs = fmt.leaf_attrs(firsts[rows_ok])
+    oas = fmt.leaf_oas(firsts[rows_ok])
+    blocks = fmt.make_leaves(attrs, depth - 1, oas)
+    for k in np.flatnonzero(dirty).tolist():  # a block is dirty if any of its entries was
+        blocks[k] = fmt.leaf_value(fmt.with_dirty(int(attrs[k])), depth - 1, int(oas[k]))
+    for row, block in zip(rows_ok.tolist(), blocks.tolist(), strict=True):
+        nodes[row].merged = block

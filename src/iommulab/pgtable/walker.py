@@ -118,6 +118,37 @@ class IoPgtable:
             self._sync(size)
         return pa, table
 
+    def _alloc_tables(self, count: int) -> tuple[list[int], U64Array]:
+        """``count`` granule-sized tables at once; their entries as the rows of one array."""
+        size = self.format.granule
+        pas, rows = self.mem.alloc_iommu_pages_bulk(size, count)
+        keys = (self.format.make_tables(np.array(pas, dtype=np.uint64))
+                & np.uint64(self._key_mask)).tolist()
+        tables = self._tables
+        for key, row in zip(keys, rows, strict=True):
+            tables[key] = row
+        self.stats.tables_allocated += count
+        self.stats.table_bytes += rows.nbytes
+        if not self.cfg.coherent_walk:
+            for _ in range(count):
+                self._sync(size)
+        return pas, rows
+
+    def _free_tables(self, pas: list[int]) -> None:
+        """:meth:`_free_table_pages` for many tables at once."""
+        if not pas:
+            return
+        self._leaf_tables.clear()
+        keys = (self.format.make_tables(np.array(pas, dtype=np.uint64))
+                & np.uint64(self._key_mask)).tolist()
+        tables = self._tables
+        freed = 0
+        for key in keys:
+            freed += tables.pop(key).nbytes
+        self.mem.free_iommu_pages_bulk(pas)
+        self.stats.tables_freed += len(pas)
+        self.stats.table_bytes -= freed
+
     def _free_table_pages(self, pa: int) -> None:
         self._leaf_tables.clear()
         table = self._tables.pop(self._key(pa))
