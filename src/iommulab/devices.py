@@ -54,7 +54,8 @@ class DmaDevice:
     def dma_read(self, iova: int, n: int, *, privileged: bool = False) -> bytes:
         """Read ``n`` bytes at ``iova``; DmaFault (nothing read) if any part faults."""
         runs = self._translate(iova, n, False, privileged)
-        out = b"".join(self.mem.read(pa, length) for pa, length in runs)
+        read = self.mem.read
+        out = read(*runs[0]) if len(runs) == 1 else b"".join(read(pa, k) for pa, k in runs)
         self.stats.reads += 1
         self.stats.bytes_read += n
         return out
@@ -76,16 +77,23 @@ class DmaDevice:
         """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf."""
         if n < 0:
             raise ValueError(f"DMA length must not be negative, not {n}")
+        if not n:
+            return []
         if self.iommu is None:
-            return [(iova, n)] if n else []
-        runs: list[tuple[int, int]] = []
+            return [(iova, n)]
         pos, end = iova, iova + n
         try:
+            pa, leaf_end = self.iommu.translate_run(self.sid, pos, write, privileged)
+            self.stats.translations += 1
+            if leaf_end >= end:  # one leaf holds the whole transfer
+                return [(pa, n)]
+            runs = [(pa, leaf_end - pos)]
+            pos = leaf_end
             while pos < end:
                 pa, leaf_end = self.iommu.translate_run(self.sid, pos, write, privileged)
                 self.stats.translations += 1
                 length = min(end, leaf_end) - pos
-                if runs and runs[-1][0] + runs[-1][1] == pa:
+                if runs[-1][0] + runs[-1][1] == pa:
                     runs[-1] = (runs[-1][0], runs[-1][1] + length)
                 else:
                     runs.append((pa, length))

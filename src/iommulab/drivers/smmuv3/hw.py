@@ -110,6 +110,10 @@ class _StreamCfg:
     ha: bool = False
     hd: bool = False
     record: bool = True
+    translates: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.translates = self.mode in (SteConfig.S1_TRANS, SteConfig.S2_TRANS)
 
 
 class _Fault(Exception):
@@ -128,6 +132,7 @@ class SmmuV3Hw:
         self.iotlb = make_iotlb(c.iotlb)
         self.recent_commands: deque[tuple[Cmd, int, int]] = deque(maxlen=4096)
         self._configs: dict[int, _StreamCfg] = {}
+        self._smmuen = False
         shifts: set[int] = set()  # every leaf size a TLBI may have to find
         for g in c.granules:
             shifts.update(_leaf_shifts(g.bit_length() - 1, c.oas))
@@ -161,14 +166,15 @@ class SmmuV3Hw:
         self._regs[offset] = value
         if offset == Reg.CR0:
             self._regs[Reg.CR0ACK] = value
-            if not value & regs.CR0_SMMUEN:
+            self._smmuen = bool(value & regs.CR0_SMMUEN)
+            if not self._smmuen:
                 self._configs.clear()
         elif offset in (Reg.CMDQ_PROD, Reg.GERRORN):  # a new command, or an error acknowledged
             self._consume_commands()
 
     @property
     def enabled(self) -> bool:
-        return bool(self._regs[Reg.CR0] & regs.CR0_SMMUEN)
+        return self._smmuen
 
     # -- command queue ------------------------------------------------------------------------
     @property
@@ -275,6 +281,7 @@ class SmmuV3Hw:
         the tables in memory and fills the IOTLB. With the SMMU disabled,
         everything passes through (GBPA). O(levels) on a miss, O(leaf sizes) on a hit.
         """
+        access = int(access)
         pa, _ = self.translate_run(sid, iova, bool(access & _WRITE), bool(access & _PRIV))
         return pa
 
@@ -285,26 +292,39 @@ class SmmuV3Hw:
         Devices move data up to that end with this one translation, as one
         IOTLB entry covers the whole leaf.
         """
-        self.stats.translations += 1
-        if not self._regs[Reg.CR0] & regs.CR0_SMMUEN:
-            return iova, (iova | 0xFFF) + 1
+        stats = self.stats
+        stats.translations += 1
         cfg = self._configs.get(sid)
+        if cfg is not None and cfg.translates and self._smmuen:  # the common case
+            stats.config_hits += 1
+            entry = self.iotlb.lookup(cfg.tag, iova, cfg.shifts)
+            if entry is not None and (entry.writable if write else entry.readable) and \
+                    (privileged or entry.user):
+                shift = entry.shift
+                return entry.pa | (iova & ((1 << shift) - 1)), entry.va + (1 << shift)
+            return self._translate_slow(cfg, sid, iova, write, privileged, entry)
+        if not self._smmuen:
+            return iova, (iova | 0xFFF) + 1
         if cfg is None:
             cfg = self._load_config(sid, iova, write, privileged)
         else:
-            self.stats.config_hits += 1
-        if cfg.mode != SteConfig.S1_TRANS and cfg.mode != SteConfig.S2_TRANS:
+            stats.config_hits += 1
+        if not cfg.translates:
             if cfg.mode == SteConfig.BYPASS:
                 return iova, (iova | 0xFFF) + 1
-            self.stats.faults["ABORT"] += 1
+            stats.faults["ABORT"] += 1
             raise DmaFault(f"SID {sid:#x}: stream aborted by its STE", sid=sid, iova=iova,
                            write=write, reason="ABORT")
         entry = self.iotlb.lookup(cfg.tag, iova, cfg.shifts)
+        return self._translate_slow(cfg, sid, iova, write, privileged, entry)
+
+    def _translate_slow(self, cfg: _StreamCfg, sid: int, iova: int, write: bool,
+                        privileged: bool, entry: IotlbEntry | None) -> tuple[int, int]:
         if entry is None or (write and not entry.writable) or \
                 (not write and not entry.readable) or (not privileged and not entry.user):
             entry = self._walk(cfg, sid, iova, write, privileged, entry)
-        end = entry.va + (1 << entry.shift)
-        return entry.pa | (iova & ((1 << entry.shift) - 1)), end
+        shift = entry.shift
+        return entry.pa | (iova & ((1 << shift) - 1)), entry.va + (1 << shift)
 
     def _fault(self, cfg: _StreamCfg | None, sid: int, iova: int, write: bool,
                privileged: bool, f: _Fault) -> DmaFault:

@@ -91,6 +91,8 @@ class IotlbStats:
 class Iotlb:
     """The common part: a dict of entries by key, invalidation by tag and range."""
 
+    _touches = False  # whether a hit updates replacement state (LRU)
+
     def __init__(self, config: IotlbConfig) -> None:
         if config.entries < 1:
             raise ValueError(f"IOTLB needs at least one entry, not {config.entries}")
@@ -112,7 +114,8 @@ class Iotlb:
             entry = m.get(((base | shift) << _VPN_BITS) | (iova >> shift))
             if entry is not None:
                 self.stats.hits += 1
-                self._touch(entry)
+                if self._touches:
+                    self._touch(entry)
                 return entry
         self.stats.misses += 1
         return None
@@ -193,6 +196,8 @@ class QemuIotlb(Iotlb):
 class LruIotlb(Iotlb):
     """Fully associative, least recently used replacement."""
 
+    _touches = True
+
     def __init__(self, config: IotlbConfig) -> None:
         super().__init__(config)
         self._order: OrderedDict[int, None] = OrderedDict()
@@ -228,13 +233,13 @@ class SetAssocIotlb(Iotlb):
         self._nsets = config.entries // config.ways
         self._sets: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(self._nsets)]
         self._rr = [0] * self._nsets
+        self._touches = config.policy == "lru"
 
     def _set_of(self, key: int) -> int:
         return (key ^ (key >> _VPN_BITS)) % self._nsets
 
     def _touch(self, entry: IotlbEntry) -> None:
-        if self.config.policy == "lru":
-            self._sets[self._set_of(entry.key)].move_to_end(entry.key)
+        self._sets[self._set_of(entry.key)].move_to_end(entry.key)
 
     def _insert(self, entry: IotlbEntry) -> None:
         key = entry.key
