@@ -13,13 +13,15 @@ class Figure:
     name: str
     value: float
     unit: str
-    target: float | None = None  # upper bound the issue sets, same unit
+    target: float | None = None  # bound the issue sets, same unit
+    at_least: bool = False  # the target is a lower bound (a speedup), not an upper one
 
     def row(self) -> str:
         verdict = ""
         if self.target is not None:
-            verdict = f"target <= {self.target:g} {self.unit}: " + (
-                "met" if self.value <= self.target else "MISSED")
+            met = self.value >= self.target if self.at_least else self.value <= self.target
+            verdict = f"target {'>=' if self.at_least else '<='} {self.target:g} {self.unit}: " \
+                + ("met" if met else "MISSED")
         return f"{self.name:<52} {self.value:>10.2f} {self.unit:<10} {verdict}"
 
 

@@ -12,6 +12,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize(("script", "args", "lines"), [
     ("bench_pgtable.py", ["--size", "64M", "--lookups", "2000", "--repeat", "1"], 10),
     ("bench_domain_single.py", ["--calls", "200", "--repeat", "1"], 1),
+    ("bench_split_merge.py", ["--size", "32M", "--repeat", "1"], 5),
+    ("bench_translate.py", ["--calls", "200", "--repeat", "1"], 3),
 ])
 def test_benchmark_smoke(script: str, args: list[str], lines: int) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
