@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .report import format_size, format_table
+from .workload.bbm_window import BbmWindowResult, run_bbm_window
 from .workload.migration import MigrationResult, run_migration
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
 
@@ -74,6 +75,17 @@ def _render_migration(runs: dict[str, MigrationResult]) -> str:
     return "\n".join(out)
 
 
+def _render_bbm(results: list[BbmWindowResult]) -> str:
+    r0 = results[0]
+    out = [f"a device translating every 4K page of {format_size(r0.guest_ram)} while its 2M "
+           f"blocks are split and merged ({r0.accesses} accesses per level):"]
+    rows = [[f"BBM level {r.bbm_level}", r.faults, r.wrong,
+             f"{r.events} (+{r.events_lost} lost)" if r.events_lost else r.events]
+            for r in results]
+    out.append(format_table(["", "transient faults", "wrong address", "fault events"], rows))
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iommulab", description=(
         "An executable, faithful model of the Linux IOMMU stack."))
@@ -88,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(_render_migration({mode: run_migration(mode, seed=args.seed)
                                  for mode in ("upstream", "split", "sync_fix")}))
+        print()
+        print(_render_bbm([run_bbm_window(level, guest_ram=32 << 20) for level in (0, 1, 2)]))
     return 0
 
 
