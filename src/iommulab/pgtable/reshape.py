@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidArgument, KernelError
-from .format import U64Array
+from .format import Level, U64Array
 
 if TYPE_CHECKING:
     from .walker import IoPgtable
@@ -64,6 +64,13 @@ def _check_args(pt: IoPgtable, bbm_level: int) -> None:
         raise pt._use_after_free()
     if bbm_level not in BBM_LEVELS:
         raise InvalidArgument(f"bbm_level must be one of {BBM_LEVELS}, not {bbm_level}")
+
+
+def _overlap(level: Level, base: int, lo: int, hi: int) -> tuple[int, int]:
+    """Indices ``[first, last)`` of a table at ``base`` whose entries overlap ``[lo, hi)``."""
+    first = max((lo - base) >> level.shift, 0)
+    last = min(((hi - 1 - base) >> level.shift) + 1, level.entries)
+    return first, last
 
 
 def _apply(pt: IoPgtable, changes: list[_Change], bbm_level: int,
@@ -137,8 +144,7 @@ def split_blocks(pt: IoPgtable, iova: int, size: int, granule: int | None = None
 def _find_blocks(pt: IoPgtable, table: U64Array, depth: int, base: int, lo: int, hi: int,
                  target: int, out: list[tuple[U64Array, int, int, int, int]]) -> None:
     level = pt._levels[depth]
-    first = max((lo - base) >> level.shift, 0)
-    last = min(((hi - 1 - base) >> level.shift) + 1, level.entries)
+    first, last = _overlap(level, base, lo, hi)
     if first >= last:
         return
     seg = table[first:last]
@@ -255,8 +261,7 @@ def _collect(pt: IoPgtable, table: U64Array, depth: int, base: int, lo: int, hi:
              node: _Node | None, out: dict[int, list[_Node]]) -> None:
     """Every table under ``table`` that lies wholly in ``[lo, hi)``, by depth."""
     level = pt._levels[depth]
-    first = max((lo - base) >> level.shift, 0)
-    last = min(((hi - 1 - base) >> level.shift) + 1, level.entries)
+    first, last = _overlap(level, base, lo, hi)
     if first >= last:
         return
     seg = table[first:last]

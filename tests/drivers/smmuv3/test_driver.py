@@ -369,7 +369,10 @@ def test_an_illegal_command_is_skipped_and_the_queue_resumes(plat: Platform) -> 
 
 def test_remove_refuses_while_devices_or_domains_remain(plat: Platform) -> None:
     master, _ = plat.device()
-    plat.domain(master)
+    d = plat.domain(master)
+    with pytest.raises(KernelError, match="still attached to StreamIDs 0x10") as exc:
+        d.free()
+    assert exc.value.errno == errno.EBUSY and d.pgtbl is not None and d.ops is not None
     with pytest.raises(KernelError) as exc:
         plat.smmu.remove()
     assert exc.value.errno == errno.EBUSY and "0x10" in str(exc.value)

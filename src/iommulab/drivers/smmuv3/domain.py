@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from ...errors import Busy
 from ...iommu import (
     DomainType,
     IommuDirtyBitmap,
@@ -111,11 +112,18 @@ class ArmSmmuDomainOps(PgtblDomainOps):
             domain.smmu.tlb_inv_context(domain)
 
     def free(self, domain: IommuDomain) -> None:
-        """``arm_smmu_domain_free_paging``: the tables, then the ASID or VMID."""
-        super().free(domain)
+        """``arm_smmu_domain_free_paging``: the tables, then the ASID or VMID.
+
+        EBUSY while a stream is still attached (the core never frees one then;
+        its STE would point at freed tables).
+        """
         assert isinstance(domain, ArmSmmuDomain)
+        if domain.masters:
+            sids = ", ".join(hex(sid) for m in domain.masters for sid in m.sids)
+            raise Busy(f"free: {domain!r} is still attached to StreamIDs {sids}")
+        super().free(domain)
         if domain.smmu is not None:
-            domain.smmu._release_tag(domain)
+            domain.smmu.release_tag(domain)
 
 
 class ArmSmmuDirtyOps:

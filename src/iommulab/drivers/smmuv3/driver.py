@@ -123,9 +123,9 @@ class ArmSmmuDevice:
 
     ``va_bits`` and ``cpu_page_size`` are the kernel's VA_BITS (a stage-1
     domain's ias is at most that) and PAGE_SIZE (which picks the granule of
-    every domain's page table). Lab option ``sync_dirty_clear``: make ``iotlb_sync`` invalidate a
-    gathered range even when no page size was gathered, which the kernel
-    does not do (see the README on dirty tracking).
+    every domain's page table). Lab option ``sync_dirty_clear``: make
+    ``iotlb_sync`` invalidate a gathered range even when no page size was
+    gathered, which the kernel does not do (see the README on dirty tracking).
     """
 
     def __init__(self, hw: SmmuV3Hw, *, va_bits: int = 48, cpu_page_size: int = SZ_4K,
@@ -335,8 +335,12 @@ class ArmSmmuDevice:
     def domain_inv_range(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
                          leaf: bool) -> None:
         """``arm_smmu_domain_inv_range``: TLBI by range, or the whole context if too big."""
-        if not domain.masters:  # an empty invalidation array: nothing is cached
-            return
+        if domain.masters:  # else an empty invalidation array: nothing is cached
+            self.submit(self._inv_commands(domain, iova, size, granule, leaf))
+
+    def _inv_commands(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
+                      leaf: bool) -> list[Command]:
+        """``arm_smmu_inv_to_cmdq_batch`` for the domain's ASID or VMID."""
         ril = bool(self.features & Feature.RANGE_INV)
         if domain.stage == 1:
             ids = {"asid": domain.asid}
@@ -345,11 +349,9 @@ class ArmSmmuDevice:
             ids = {"vmid": domain.vmid}
             range_op, ctx_op = Cmd.TLBI_S2_IPA, Cmd.TLBI_S12_VMALL
         if inv_size_too_big(size, granule, ril):
-            cmds = [tlbi_context(ctx_op, **ids)]
-        else:
-            pgshift = (domain.pgsize_bitmap & -domain.pgsize_bitmap).bit_length() - 1
-            cmds = tlbi_range(range_op, iova, size, granule, pgshift, leaf, ril=ril, **ids)
-        self.submit(cmds)
+            return [tlbi_context(ctx_op, **ids)]
+        pgshift = (domain.pgsize_bitmap & -domain.pgsize_bitmap).bit_length() - 1
+        return tlbi_range(range_op, iova, size, granule, pgshift, leaf, ril=ril, **ids)
 
     def tlb_inv_context(self, domain: ArmSmmuDomain) -> None:
         """``arm_smmu_tlb_inv_context``: NH_ASID (stage 1) or S12_VMALL (stage 2), synced."""
@@ -496,7 +498,8 @@ class ArmSmmuDevice:
             self.vmids.add(vmid)
             domain.vmid = vmid
 
-    def _release_tag(self, domain: ArmSmmuDomain) -> None:
+    def release_tag(self, domain: ArmSmmuDomain) -> None:
+        """Give a freed domain's ASID (``arm_smmu_asid_xa``) or VMID back."""
         if domain.stage == 1:
             self.asids.pop(domain.asid, None)
         else:
@@ -532,9 +535,7 @@ class ArmSmmuDevice:
         if isinstance(old, ArmSmmuDomain) and old is not domain:
             old.masters.remove(master)
             if not old.masters:  # the last user left: drop what the IOTLB holds for it
-                old.masters.append(master)
-                self.tlb_inv_context(old)
-                old.masters.clear()
+                self.submit(self._inv_commands(old, 0, 0, 0, leaf=False))
 
     def _paging_ste(self, domain: ArmSmmuDomain, master: ArmSmmuMaster) -> Entry:
         pgtbl = domain.pgtbl

@@ -12,7 +12,8 @@ AP[2] on a write to a writable-clean DBM entry.
 Sources: IHI 0070 (SMMUv3 architecture) for STE/CD/command/event semantics;
 DDI0487 D8 for the table walk; the field layouts in :mod:`.regs`.
 Simplifications: a linear stream table, SubstreamID 0 only, no walk cache,
-no ATS/PRI/stalls; commands complete when CMDQ_PROD is written.
+no ATS/PRI/stalls, no stage-2 dirty state (S2HD; Linux does not use it);
+commands complete when CMDQ_PROD is written.
 """
 
 from __future__ import annotations
@@ -245,7 +246,6 @@ class SmmuV3Hw:
         num = regs.CMD_TLBI0["NUM"].get(w0) + 1
         return addr, addr + (num << regs.CMD_TLBI0["SCALE"].get(w0)) * granule
 
-
     # -- event queue ---------------------------------------------------------------------------
     def _record(self, evt: Evt, sid: int, iova: int, write: bool, privileged: bool, s2: bool,
                 klass: int, ipa: int) -> None:
@@ -322,7 +322,7 @@ class SmmuV3Hw:
                         privileged: bool, entry: IotlbEntry | None) -> tuple[int, int]:
         if entry is None or (write and not entry.writable) or \
                 (not write and not entry.readable) or (not privileged and not entry.user):
-            entry = self._walk(cfg, sid, iova, write, privileged, entry)
+            entry = self._walk(cfg, sid, iova, write, privileged)
         shift = entry.shift
         return entry.pa | (iova & ((1 << shift) - 1)), entry.va + (1 << shift)
 
@@ -378,11 +378,8 @@ class SmmuV3Hw:
                               bool(regs.STE2["S2HA"].get(w[2])),
                               bool(regs.STE2["S2HD"].get(w[2])),
                               bool(regs.STE2["S2R"].get(w[2])))
-        cd_pa = regs.STE0["S1CTXPTR"].get(w[0])
-        try:
-            cd = [self.mem.read_u64(cd_pa + 8 * i) for i in range(2)]
-        except Exception:  # pragma: no cover - unbacked memory reads as zero here
-            raise _Fault(Evt.F_CD_FETCH, regs.EVT_CLASS_CD) from None
+        cd_pa = regs.STE0["S1CTXPTR"].get(w[0])  # SSID 0 of a linear CD table
+        cd = [self.mem.read_u64(cd_pa + 8 * i) for i in range(2)]
         if not regs.CD0["V"].get(cd[0]) or not regs.CD0["AA64"].get(cd[0]):
             raise _Fault(Evt.C_BAD_CD, regs.EVT_CLASS_CD)
         tg = regs.CD0["TG0"].get(cd[0])
@@ -402,14 +399,15 @@ class SmmuV3Hw:
                           bool(regs.CD0["HD"].get(cd[0])) and httu >= 2,
                           bool(regs.CD0["R"].get(cd[0])))
 
-    def _walk(self, cfg: _StreamCfg, sid: int, iova: int, write: bool, privileged: bool,
-              stale: IotlbEntry | None) -> IotlbEntry:
+    def _walk(self, cfg: _StreamCfg, sid: int, iova: int, write: bool, privileged: bool
+              ) -> IotlbEntry:
+        """Walk for a miss or an entry without the permission; cache what it finds.
+
+        A faulting walk leaves whatever the IOTLB holds: only a TLBI removes it.
+        """
         try:
             entry = self._walk_tables(cfg, iova, write, privileged)
         except _Fault as f:
-            if stale is not None:
-                self.iotlb.invalidate_range("walk-replace", stale.tag, stale.va,
-                                            stale.va + 1, (stale.shift,))
             raise self._fault(cfg, sid, iova, write, privileged, f) from None
         self.iotlb.insert(entry)
         return entry
