@@ -77,8 +77,8 @@ def _render_migration(runs: dict[str, MigrationResult]) -> str:
 
 def _render_bbm(results: list[BbmWindowResult]) -> str:
     r0 = results[0]
-    out = [f"a device translating every 4K page of {format_size(r0.guest_ram)} while its 2M "
-           f"blocks are split and merged ({r0.accesses} accesses per level):"]
+    out = [f"a device stream over every 4K page of {format_size(r0.guest_ram)} while its 2M "
+           f"blocks are split and merged,", f"{r0.accesses} accesses at each BBM level:"]
     rows = [[f"BBM level {r.bbm_level}", r.faults, r.wrong,
              f"{r.events} (+{r.events_lost} lost)" if r.events_lost else r.events]
             for r in results]
