@@ -186,9 +186,7 @@ class PhysMem:
 
     def free_iommu_pages(self, pa: int) -> None:
         """``iommu_free_pages``: give a table block back."""
-        order = self.frames.order_of(pa >> PAGE_SHIFT)
-        self.free_zeroed(pa)
-        self.iommu_pages -= 1 << (order or 0)
+        self.free_iommu_pages_bulk([pa])
 
     def free_iommu_pages_bulk(self, pas: list[int]) -> None:
         """:meth:`free_iommu_pages` for each of ``pas``."""

@@ -108,6 +108,12 @@ class IoPgtable:
     def _key(self, table_pa: int) -> int:
         return self.format.make_table(table_pa) & self._key_mask
 
+    def _keys(self, table_pas: list[int]) -> list[int]:
+        """:meth:`_key` of many tables at once."""
+        pas = np.array(table_pas, dtype=np.uint64)
+        keys: list[int] = (self.format.make_tables(pas) & np.uint64(self._key_mask)).tolist()
+        return keys
+
     def _alloc_table(self, size: int) -> tuple[int, U64Array]:
         """``__arm_lpae_alloc_pages``: zeroed table memory (ENOMEM on failure)."""
         pa, table = self.mem.alloc_iommu_pages(max(size, 64))
@@ -122,10 +128,8 @@ class IoPgtable:
         """``count`` granule-sized tables at once; their entries as the rows of one array."""
         size = self.format.granule
         pas, rows = self.mem.alloc_iommu_pages_bulk(size, count)
-        keys = (self.format.make_tables(np.array(pas, dtype=np.uint64))
-                & np.uint64(self._key_mask)).tolist()
         tables = self._tables
-        for key, row in zip(keys, rows, strict=True):
+        for key, row in zip(self._keys(pas), rows, strict=True):
             tables[key] = row
         self.stats.tables_allocated += count
         self.stats.table_bytes += rows.nbytes
@@ -139,11 +143,9 @@ class IoPgtable:
         if not pas:
             return
         self._leaf_tables.clear()
-        keys = (self.format.make_tables(np.array(pas, dtype=np.uint64))
-                & np.uint64(self._key_mask)).tolist()
         tables = self._tables
         freed = 0
-        for key in keys:
+        for key in self._keys(pas):
             freed += tables.pop(key).nbytes
         self.mem.free_iommu_pages_bulk(pas)
         self.stats.tables_freed += len(pas)
