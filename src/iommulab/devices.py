@@ -7,17 +7,31 @@ is translated before any byte moves, so a fault means nothing was read or
 written (the IOMMU has queued its fault event); translations done before
 the faulting one may already have set access and dirty flags, as a real
 device's earlier transactions would have.
+
+A device also carries what the kernel's ``struct device`` holds for the DMA
+and IOMMU layers: its DMA masks, whether it snoops CPU caches, reserved
+regions firmware declares for it (RMRR, IORT RMR), its IOMMU group and
+``dev->iommu`` once the IOMMU core has probed it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import DmaFault
 from .mem import PhysMem
 
-__all__ = ["DmaDevice", "DmaStats", "Translator"]
+if TYPE_CHECKING:
+    from .iommu.core import DevIommu, IommuGroup
+    from .iommu.resv import ResvRegion
+
+__all__ = ["DMA_BIT_MASK", "DmaDevice", "DmaStats", "Translator"]
+
+
+def DMA_BIT_MASK(n: int) -> int:
+    """``DMA_BIT_MASK(n)``: the highest address an n-bit DMA engine can drive."""
+    return (1 << n) - 1 if n < 64 else (1 << 64) - 1
 
 
 class Translator(Protocol):
@@ -36,17 +50,30 @@ class DmaStats:
     bytes_written: int = 0
     translations: int = 0
     faults: int = 0
+    msi_writes: int = 0
 
 
 class DmaDevice:
     """A device with StreamID/RID ``sid`` behind ``iommu`` (None: no IOMMU, iova = pa)."""
 
-    def __init__(self, name: str, mem: PhysMem, iommu: Translator | None, sid: int) -> None:
+    def __init__(self, name: str, mem: PhysMem, iommu: Translator | None, sid: int, *,
+                 pci: bool = True, coherent: bool = True) -> None:
         self.name = name
         self.mem = mem
         self.iommu = iommu
         self.sid = sid
         self.stats = DmaStats()
+        self.is_pci = pci
+        self.coherent = coherent  # dev_is_dma_coherent()
+        self.dma_mask = DMA_BIT_MASK(32)  # what the PCI core sets before a driver probes
+        self.coherent_dma_mask = DMA_BIT_MASK(32)
+        self.bus_dma_limit = 0  # 0: no limit beyond the masks
+        self.max_seg_size = 0x10000  # dma_get_max_seg_size() default (64K)
+        self.seg_boundary_mask = 0xFFFF_FFFF  # dma_get_seg_boundary() default
+        self.firmware_resv: list[ResvRegion] = []  # regions firmware reserves for it
+        self.iommu_group: IommuGroup | None = None
+        self.dev_iommu: DevIommu | None = None
+        self.notices: list[str] = []  # dev_notice() lines
 
     def __repr__(self) -> str:
         return f"<DmaDevice {self.name} sid={self.sid:#x}>"
@@ -67,10 +94,15 @@ class DmaDevice:
         runs = self._translate(iova, len(view), True, privileged)
         done = 0
         for pa, length in runs:
-            self.mem.write(pa, view[done:done + length])
+            self.mem.write(pa, view[done:done + length], source=self.sid)
             done += length
         self.stats.writes += 1
         self.stats.bytes_written += len(view)
+
+    def msi_write(self, address: int, data: int) -> None:
+        """Signal an MSI: a 32-bit write of ``data`` to ``address`` through the IOMMU."""
+        self.dma_write(address, (data & 0xFFFF_FFFF).to_bytes(4, "little"))
+        self.stats.msi_writes += 1
 
     def _translate(self, iova: int, n: int, write: bool, privileged: bool
                    ) -> list[tuple[int, int]]:

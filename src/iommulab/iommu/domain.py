@@ -21,6 +21,7 @@ from .gather import IommuIotlbGather
 from .pgsize import iommu_pgsize
 
 if TYPE_CHECKING:
+    from ..dma.cookie import DmaCookie, MsiCookie
     from ..pgtable import IoPgtable
     from ..pgtable.reshape import StepHook
 
@@ -129,6 +130,7 @@ class IommuDomain:
         self.pgtbl: IoPgtable | None = None
         self.max_bbm_level = 0
         self.dirty_granule: int | None = None  # lab: granule blocks were split to, if any
+        self.cookie: DmaCookie | MsiCookie | None = None  # iova_cookie / msi_cookie
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"

@@ -7,11 +7,22 @@ as ``device_iommu_capable`` asks it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from ..prot import Prot
 
-__all__ = ["MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "IommuCap", "ResvRegion", "ResvType"]
+__all__ = [
+    "MSI_IOVA_BASE",
+    "MSI_IOVA_LENGTH",
+    "IommuCap",
+    "ResvRegion",
+    "ResvType",
+    "insert_resv_region",
+    "merge_resv_regions",
+]
+
+_ULLONG_MAX = (1 << 64) - 1
 
 #: The software-managed MSI window ARM drivers reserve (arm-smmu-v3.c, arm-smmu.c, virtio-iommu).
 MSI_IOVA_BASE = 0x8000000
@@ -44,6 +55,44 @@ class ResvRegion:
     def __repr__(self) -> str:
         return (f"ResvRegion({self.type.name} [{self.start:#x}, {self.last:#x}] "
                 f"prot={self.prot!r})")
+
+
+def insert_resv_region(new: ResvRegion, regions: list[ResvRegion]) -> None:
+    """``iommu_insert_resv_region``: insert ``new`` in place, merging regions of its type.
+
+    The list is kept sorted by start, then type; regions of ``new``'s type
+    that overlap or touch (``start <= top_end + 1``) become one; regions of
+    other types are never merged, even when they overlap. O(n).
+    """
+    at = next((i for i, it in enumerate(regions)
+               if new.start < it.start or (new.start == it.start and new.type <= it.type)),
+              len(regions))
+    regions.insert(at, new)
+    stack: list[ResvRegion] = []
+    for it in regions:
+        if it.type != new.type:
+            stack.append(it)
+            continue
+        top = next((k for k in range(len(stack) - 1, -1, -1) if stack[k].type == it.type), -1)
+        if top < 0:
+            stack.append(it)
+            continue
+        top_end = stack[top].last
+        if top_end != _ULLONG_MAX and it.start > top_end + 1:
+            stack.append(it)
+        else:
+            stack[top] = replace(stack[top],
+                                 length=max(top_end, it.last) - stack[top].start + 1)
+    regions[:] = stack
+
+
+def merge_resv_regions(per_device: Iterable[Iterable[ResvRegion]]) -> list[ResvRegion]:
+    """``iommu_get_group_resv_regions``: every device's regions inserted in turn."""
+    out: list[ResvRegion] = []
+    for regions in per_device:
+        for region in regions:
+            insert_resv_region(region, out)
+    return out
 
 
 class IommuCap(enum.IntEnum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +52,9 @@ class MemRegion:
         return f"MemRegion({self.kind} {self.name!r} [{self.start:#x}, {self.end:#x}))"
 
 
+MmioWrite = Callable[[int, bytes, int | None], None]
+
+
 class PhysMem:
     """The machine's physical address space.
 
@@ -68,6 +72,7 @@ class PhysMem:
         self.fail_nth = FailNth()
         self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
         self._fragment_frames: list[int] = []
+        self._mmio_writes: dict[int, MmioWrite] = {}
         size = parse_size(ram)
         if size:
             self.add_ram(ram_base, size)
@@ -85,8 +90,14 @@ class PhysMem:
         self.frames.add_range(start >> PAGE_SHIFT, nbytes >> PAGE_SHIFT)
         return region
 
-    def add_mmio(self, start: int, size: int | str, name: str) -> MemRegion:
-        return self._add(MemRegion(start, parse_size(size), "mmio", name))
+    def add_mmio(self, start: int, size: int | str, name: str,
+                 on_write: MmioWrite | None = None) -> MemRegion:
+        """A device's registers; writes go to ``on_write(pa, data, source)`` if given
+        (``source`` is the writing device's requester ID, None for the CPU)."""
+        region = self._add(MemRegion(start, parse_size(size), "mmio", name))
+        if on_write is not None:
+            self._mmio_writes[region.start] = on_write
+        return region
 
     def _add(self, region: MemRegion) -> MemRegion:
         i = bisect.bisect(self._starts, region.start)
@@ -231,21 +242,26 @@ class PhysMem:
         self._fragment_frames.clear()
 
     # -- contents -------------------------------------------------------------------
-    def _check_range(self, pa: int, n: int) -> None:
+    def _check_range(self, pa: int, n: int) -> MemRegion:
         region = self._last_region  # accesses cluster: try the region of the last one
         if region is not None and region.start <= pa and pa + n <= region.end:
-            return
+            return region
         region = self.region_at(pa)
         if region is None or pa + n > region.end:
             raise BadAddress(f"physical range [{pa:#x}, {pa + n:#x}) is not backed by one region")
         self._last_region = region
+        return region
 
     def read(self, pa: int, n: int) -> bytes:
         self._check_range(pa, n)
         return self.contents.read(pa, n)
 
-    def write(self, pa: int, data: bytes | bytearray | memoryview) -> None:
-        self._check_range(pa, len(data))
+    def write(self, pa: int, data: bytes | bytearray | memoryview, *,
+              source: int | None = None) -> None:
+        region = self._check_range(pa, len(data))
+        if region.kind == "mmio" and region.start in self._mmio_writes:
+            self._mmio_writes[region.start](pa, bytes(data), source)
+            return
         self.contents.write(pa, data)
 
     def read_u64(self, pa: int) -> int:

@@ -1,0 +1,124 @@
+"""The driver-facing DMA API (kernel/dma/mapping.c) for devices behind an IOMMU.
+
+Devices whose group's default domain is a DMA domain go through dma-iommu
+(:mod:`.iommu_dma`); the others (identity domain, no IOMMU) use the direct
+mapping: the DMA address is the physical address, if the mask reaches it.
+``cpu`` is the CPU the caller runs on (per-CPU IOVA caches and flush queues).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..iommu.domain import DomainType
+from . import iommu_dma
+from .cookie import MsiPage
+from .types import DMA_MAPPING_ERROR, CoherentBuffer, DmaDirection, Scatterlist
+
+if TYPE_CHECKING:
+    from ..devices import DmaDevice
+
+__all__ = [
+    "dma_alloc_coherent",
+    "dma_free_coherent",
+    "dma_get_msi_page",
+    "dma_map_page",
+    "dma_map_sg",
+    "dma_mapping_error",
+    "dma_set_coherent_mask",
+    "dma_set_mask",
+    "dma_set_mask_and_coherent",
+    "dma_unmap_page",
+    "dma_unmap_sg",
+    "use_dma_iommu",
+]
+
+
+def use_dma_iommu(dev: DmaDevice) -> bool:
+    """``use_dma_iommu``: the device's default domain is a DMA (or DMA_FQ) domain."""
+    group = dev.iommu_group
+    domain = group.default_domain if group is not None else None
+    return domain is not None and bool(domain.type & DomainType.DMA & ~DomainType.UNMANAGED)
+
+
+def dma_mapping_error(dev: DmaDevice, addr: int) -> bool:
+    """``dma_mapping_error``."""
+    return addr == DMA_MAPPING_ERROR
+
+
+def dma_set_mask(dev: DmaDevice, mask: int) -> None:
+    """``dma_set_mask``: dma-iommu supports any mask."""
+    dev.dma_mask = mask & ((1 << 64) - 1)
+
+
+def dma_set_coherent_mask(dev: DmaDevice, mask: int) -> None:
+    """``dma_set_coherent_mask``."""
+    dev.coherent_dma_mask = mask & ((1 << 64) - 1)
+
+
+def dma_set_mask_and_coherent(dev: DmaDevice, mask: int) -> None:
+    """``dma_set_mask_and_coherent``."""
+    dma_set_mask(dev, mask)
+    dma_set_coherent_mask(dev, mask)
+
+
+def _direct(dev: DmaDevice, phys: int, size: int, mask: int) -> int:
+    """``dma_direct_map_phys`` without swiotlb: phys itself if the mask reaches it."""
+    limit = min(mask, dev.bus_dma_limit) if dev.bus_dma_limit else mask
+    return phys if size and phys + size - 1 <= limit else DMA_MAPPING_ERROR
+
+
+def dma_map_page(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int = 0, *,
+                 cpu: int = 0) -> int:
+    """``dma_map_page_attrs``/``dma_map_phys``: the DMA address or DMA_MAPPING_ERROR."""
+    if use_dma_iommu(dev):
+        return iommu_dma.map_phys(dev, phys, size, dir, attrs, cpu)
+    return _direct(dev, phys, size, dev.dma_mask)
+
+
+def dma_unmap_page(dev: DmaDevice, addr: int, size: int, dir: DmaDirection, attrs: int = 0,
+                   *, cpu: int = 0) -> None:
+    """``dma_unmap_page_attrs``."""
+    if use_dma_iommu(dev):
+        iommu_dma.unmap_phys(dev, addr, size, dir, attrs, cpu)
+
+
+def dma_map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int = 0, *,
+               cpu: int = 0) -> int:
+    """``dma_map_sg_attrs``: the number of DMA segments, 0 on failure."""
+    if use_dma_iommu(dev):
+        return max(iommu_dma.map_sg(dev, sg, dir, attrs, cpu), 0)
+    for s in sg:
+        s.dma_address = _direct(dev, s.phys, s.length, dev.dma_mask)
+        s.dma_length = s.length
+        if s.dma_address == DMA_MAPPING_ERROR:
+            return 0
+    return len(sg)
+
+
+def dma_unmap_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int = 0,
+                 *, cpu: int = 0) -> None:
+    """``dma_unmap_sg_attrs``."""
+    if use_dma_iommu(dev):
+        iommu_dma.unmap_sg(dev, sg, dir, attrs, cpu)
+
+
+def dma_alloc_coherent(dev: DmaDevice, size: int, attrs: int = 0, *,
+                       cpu: int = 0) -> CoherentBuffer | None:
+    """``dma_alloc_attrs`` through dma-iommu: zeroed pages at one DMA range, or None."""
+    if not use_dma_iommu(dev):
+        raise NotImplementedError("dma_alloc_coherent needs a DMA domain in this model")
+    return iommu_dma.alloc_coherent(dev, size, attrs, cpu)
+
+
+def dma_free_coherent(dev: DmaDevice, buf: CoherentBuffer, *, cpu: int = 0) -> None:
+    """``dma_free_attrs``."""
+    iommu_dma.free_coherent(dev, buf, cpu)
+
+
+def dma_get_msi_page(dev: DmaDevice, msi_addr: int) -> MsiPage | None:
+    """``iommu_dma_get_msi_page`` for the domain ``dev`` is attached to."""
+    group = dev.iommu_group
+    if group is None or group.domain is None:
+        raise ValueError(f"{dev.name} is not attached to a domain")
+    return iommu_dma.get_msi_page(dev, msi_addr, group.domain)

@@ -1,0 +1,239 @@
+"""Devices, groups and default domains: the part of drivers/iommu/iommu.c around them (7.0).
+
+``IommuCore.probe_device`` is ``__iommu_probe_device``: the driver probes the
+device, the device joins a group, the group gets its default domain (DMA, or
+DMA_FQ when lazy) with direct mappings for the firmware's DIRECT regions,
+and the device's DMA goes through dma-iommu from then on
+(``iommu_setup_dma_ops``). ``set_group_domain`` is ``__iommu_group_set_domain``
+with the ``require_direct`` rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..clock import Clock
+from ..errors import InvalidArgument, KernelError
+from .domain import DomainType, IommuDomain
+from .resv import IommuCap, ResvRegion, ResvType, merge_resv_regions
+
+if TYPE_CHECKING:
+    from ..devices import DmaDevice
+
+__all__ = ["DevIommu", "IommuCore", "IommuDriver", "IommuGroup"]
+
+
+class IommuDriver(Protocol):
+    """What the core calls on an IOMMU driver (a subset of ``struct iommu_ops``)."""
+
+    blocked_domain: IommuDomain
+    identity_domain: IommuDomain
+
+    def probe_device(self, sids: int) -> Any: ...
+    def release_device(self, master: Any) -> None: ...
+    def get_resv_regions(self, master: Any) -> list[ResvRegion]: ...
+    def domain_alloc_paging(self, master: Any, type: DomainType = ...) -> Any: ...
+    def attach_dev(self, domain: IommuDomain, master: Any) -> None: ...
+    def capable(self, master: Any, cap: IommuCap) -> bool: ...
+
+
+@dataclass
+class DevIommu:
+    """``struct dev_iommu``: the driver's handle and the core's per-device flags."""
+
+    driver: IommuDriver
+    priv: Any  # the driver's per-device structure (e.g. ArmSmmuMaster)
+    require_direct: bool = False
+    pci_32bit_workaround: bool = False
+    shadow_on_flush: bool = False
+
+
+class IommuGroup:
+    """``struct iommu_group``: devices that share one IOMMU context."""
+
+    def __init__(self, core: IommuCore, id: int) -> None:
+        self.core = core
+        self.id = id
+        self.devices: list[DmaDevice] = []
+        self.default_domain: IommuDomain | None = None
+        self.domain: IommuDomain | None = None
+
+    def __repr__(self) -> str:
+        return f"<IommuGroup {self.id} {[d.name for d in self.devices]}>"
+
+    def resv_regions(self) -> list[ResvRegion]:
+        """``iommu_get_group_resv_regions``: every device's regions, merged per type."""
+        return merge_resv_regions(self.core.get_resv_regions(d) for d in self.devices)
+
+    def sysfs_reserved_regions(self) -> str:
+        """``/sys/kernel/iommu_groups/N/reserved_regions``."""
+        names = {ResvType.DIRECT: "direct", ResvType.DIRECT_RELAXABLE: "direct-relaxable",
+                 ResvType.RESERVED: "reserved", ResvType.MSI: "msi", ResvType.SW_MSI: "msi"}
+        return "".join(f"0x{r.start:016x} 0x{r.last:016x} {names[r.type]}\n"
+                       for r in self.resv_regions())
+
+
+class IommuCore:
+    """One machine's IOMMU subsystem over ``driver``.
+
+    ``strict`` is ``iommu.strict=`` (Arm kernels default to strict, x86 to
+    lazy); ``forcedac`` is ``iommu.forcedac=``; ``ncpus`` CPUs own per-CPU
+    IOVA caches and flush queues; timers run on ``clock``.
+    """
+
+    def __init__(self, driver: IommuDriver, *, clock: Clock | None = None, ncpus: int = 1,
+                 strict: bool = True, forcedac: bool = False) -> None:
+        self.driver = driver
+        self.clock = clock if clock is not None else Clock()
+        self.ncpus = ncpus
+        self.strict = strict
+        self.forcedac = forcedac
+        self.groups: dict[int, IommuGroup] = {}
+        self.log: list[str] = []  # pr_warn()/dev_warn() lines
+
+    def get_resv_regions(self, dev: DmaDevice) -> list[ResvRegion]:
+        """``iommu_get_resv_regions``: the driver's regions, then the firmware's for ``dev``."""
+        assert dev.dev_iommu is not None
+        return [*self.driver.get_resv_regions(dev.dev_iommu.priv), *dev.firmware_resv]
+
+    # -- probe / release ------------------------------------------------------------------------
+    def probe_device(self, dev: DmaDevice, group: IommuGroup | None = None) -> IommuGroup:
+        """``__iommu_probe_device``: probe, join ``group`` (or a new one), default domain.
+
+        The first device of a group allocates its default domain (DMA_FQ
+        unless ``strict``) and a DMA cookie; the others attach to it. On
+        failure the device is released again and the error raised.
+        """
+        from ..dma.cookie import DmaCookie
+        from ..dma.iommu_dma import init_domain
+
+        if dev.dev_iommu is not None:
+            raise InvalidArgument(f"{dev.name} is already probed (group "
+                                  f"{dev.iommu_group.id if dev.iommu_group else '?'})")
+        master = self.driver.probe_device(dev.sid)
+        dev.dev_iommu = DevIommu(self.driver, master)
+        new_group = group is None
+        if group is None:
+            group = IommuGroup(self, next(i for i in range(len(self.groups) + 1)
+                                          if i not in self.groups))
+            self.groups[group.id] = group
+        group.devices.append(dev)
+        dev.iommu_group = group
+        try:
+            if group.default_domain is None:
+                dtype = DomainType.DMA if self.strict else DomainType.DMA_FQ
+                domain = self.driver.domain_alloc_paging(master, dtype)
+                domain.cookie = DmaCookie(self.clock)  # iommu_get_dma_cookie
+                group.default_domain = domain
+                try:
+                    self.set_group_domain(group, domain)
+                except KernelError:
+                    group.default_domain = None
+                    domain.cookie = None
+                    domain.free()
+                    raise
+            else:
+                assert group.domain is not None
+                self._set_device_domain(group, dev, group.domain)
+            assert group.default_domain is not None
+            self.create_direct_mappings(group.default_domain, dev)
+            if dev.is_pci:  # iommu_setup_dma_ops
+                dev.dev_iommu.pci_32bit_workaround = not self.forcedac
+            if group.default_domain.type & DomainType.DMA & ~DomainType.UNMANAGED:
+                init_domain(group.default_domain, dev, self)
+        except KernelError:
+            self.release_device(dev)
+            if new_group and not group.devices:
+                self.groups.pop(group.id, None)
+            raise
+        return group
+
+    def release_device(self, dev: DmaDevice) -> None:
+        """``iommu_release_device``: block the device, leave the group; the last one out
+        frees the default domain (its cookie, IOVAs and MSI pages with it)."""
+        from ..dma.cookie import DmaCookie
+
+        dev_iommu, group = dev.dev_iommu, dev.iommu_group
+        if dev_iommu is None:
+            return
+        self.driver.release_device(dev_iommu.priv)
+        if group is not None and dev in group.devices:
+            group.devices.remove(dev)
+            if not group.devices:
+                domain = group.default_domain
+                if domain is not None:
+                    cookie = domain.cookie
+                    if isinstance(cookie, DmaCookie):
+                        cookie.free_fq()
+                        if cookie.iovad is not None:
+                            cookie.iovad.put()
+                    domain.cookie = None
+                    domain.free()
+                group.default_domain = group.domain = None
+                self.groups.pop(group.id, None)
+        dev.dev_iommu = None
+        dev.iommu_group = None
+
+    # -- domains ----------------------------------------------------------------------------------
+    def _set_device_domain(self, group: IommuGroup, dev: DmaDevice,
+                           domain: IommuDomain) -> None:
+        """``__iommu_device_set_domain``: EINVAL when firmware needs 1:1 and this blocks."""
+        assert dev.dev_iommu is not None
+        if dev.dev_iommu.require_direct and domain.type == DomainType.BLOCKED:
+            msg = (f"{dev.name}: Firmware has requested this device have a 1:1 IOMMU "
+                   "mapping, rejecting configuring the device without a 1:1 mapping. "
+                   "Contact your platform vendor.")
+            self.log.append(msg)
+            raise InvalidArgument(msg)
+        self.driver.attach_dev(domain, dev.dev_iommu.priv)
+
+    def set_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
+        """``__iommu_group_set_domain``: every device to ``domain``; on failure the ones
+        already moved go back to the old domain (if there was one)."""
+        old = group.domain
+        moved: list[DmaDevice] = []
+        try:
+            for dev in group.devices:
+                self._set_device_domain(group, dev, domain)
+                moved.append(dev)
+        except KernelError:
+            if old is not None:
+                for dev in moved:
+                    assert dev.dev_iommu is not None
+                    self.driver.attach_dev(old, dev.dev_iommu.priv)
+            raise
+        group.domain = domain
+
+    def blocking_domain(self) -> IommuDomain:
+        return self.driver.blocked_domain
+
+    def create_direct_mappings(self, domain: IommuDomain, dev: DmaDevice) -> None:
+        """``iommu_create_device_direct_mappings``: DIRECT marks ``require_direct``; a DMA
+        domain maps DIRECT and DIRECT_RELAXABLE regions 1:1 where nothing is mapped yet.
+
+        Start and end are rounded *up* to the smallest page size, as ALIGN()
+        does; runs of unmapped pages go to ``iommu_map`` one run at a time.
+        """
+        assert dev.dev_iommu is not None
+        pg_size = domain.pgsize_bitmap & -domain.pgsize_bitmap
+        is_dma = bool(domain.type & DomainType.DMA & ~DomainType.UNMANAGED)
+        regions = self.get_resv_regions(dev)
+        for entry in regions:
+            if entry.type == ResvType.DIRECT:
+                dev.dev_iommu.require_direct = True
+            if entry.type not in (ResvType.DIRECT, ResvType.DIRECT_RELAXABLE) or not is_dma:
+                continue
+            start = -(-entry.start // pg_size) * pg_size
+            end = -(-(entry.start + entry.length) // pg_size) * pg_size
+            map_size = 0
+            addr = start
+            while addr <= end:
+                if addr != end and not domain.iova_to_phys(addr):
+                    map_size += pg_size
+                elif map_size:
+                    domain.map(addr - map_size, addr - map_size, map_size, entry.prot)
+                    map_size = 0
+                addr += pg_size
+        if regions and is_dma:
+            domain.flush_iotlb_all()
