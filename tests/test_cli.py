@@ -16,7 +16,7 @@ def test_demo_prints_iopte_sizes_and_table_memory(capsys: pytest.CaptureFixture[
     assert "(seed 3)" in out
     for needle in ("IOPTE size", "1G", "2M", "4K", "table memory:", "level 3: page",
                    "live migration", "split 4K: resent", "blocks split when tracking started",
-                   "BBM level 0", "transient faults"):
+                   "BBM level 0", "transient faults", "stale pages", "exposed B/map"):
         assert needle in out
 
 
