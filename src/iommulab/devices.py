@@ -73,6 +73,7 @@ class DmaDevice:
         self.firmware_resv: list[ResvRegion] = []  # regions firmware reserves for it
         self.iommu_group: IommuGroup | None = None
         self.dev_iommu: DevIommu | None = None
+        self.dma_iommu = False  # dev->dma_iommu: DMA API calls go through dma-iommu
         self.notices: list[str] = []  # dev_notice() lines
 
     def __repr__(self) -> str:

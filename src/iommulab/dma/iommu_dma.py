@@ -61,16 +61,28 @@ _DMA_BIT_MASK_32 = (1 << 32) - 1
 
 def dma_info_to_prot(dir: DmaDirection, coherent: bool, attrs: int) -> Prot:
     """``dma_info_to_prot``: IOMMU_READ/WRITE from the direction, CACHE/MMIO/PRIV from the rest."""
-    prot = Prot.MMIO if attrs & DMA_ATTR_MMIO else (Prot.CACHE if coherent else Prot(0))
-    if attrs & DMA_ATTR_PRIVILEGED:
-        prot |= Prot.PRIV
-    if dir == DmaDirection.BIDIRECTIONAL:
-        return prot | Prot.READ | Prot.WRITE
-    if dir == DmaDirection.TO_DEVICE:
-        return prot | Prot.READ
-    if dir == DmaDirection.FROM_DEVICE:
-        return prot | Prot.WRITE
-    return Prot(0)
+    key = (dir, coherent, attrs & _PROT_ATTRS)
+    prot = _PROT_CACHE.get(key)
+    if prot is None:
+        prot = Prot.MMIO if attrs & DMA_ATTR_MMIO else (Prot.CACHE if coherent else Prot(0))
+        if attrs & DMA_ATTR_PRIVILEGED:
+            prot |= Prot.PRIV
+        if dir == DmaDirection.BIDIRECTIONAL:
+            prot |= Prot.READ | Prot.WRITE
+        elif dir == DmaDirection.TO_DEVICE:
+            prot |= Prot.READ
+        elif dir == DmaDirection.FROM_DEVICE:
+            prot |= Prot.WRITE
+        else:
+            prot = Prot(0)
+        _PROT_CACHE[key] = prot
+    return prot
+
+
+_PROT_CACHE: dict[tuple[DmaDirection, bool, int], Prot] = {}
+_PROT_ATTRS = DMA_ATTR_MMIO | DMA_ATTR_PRIVILEGED
+_VALID_DIRS = frozenset((DmaDirection.BIDIRECTIONAL, DmaDirection.TO_DEVICE,
+                         DmaDirection.FROM_DEVICE))
 
 
 def _domain(dev: DmaDevice) -> tuple[IommuDomain, DmaCookie, IovaDomain]:
@@ -187,26 +199,14 @@ def free_iova(domain: IommuDomain, iova: int, size: int, gather: IommuIotlbGathe
 
 
 # -- streaming mappings ---------------------------------------------------------------------
-def _map(dev: DmaDevice, phys: int, size: int, prot: int, dma_mask: int, cpu: int) -> int:
-    """``__iommu_dma_map``: whole IOMMU pages around ``[phys, phys + size)``."""
-    domain, _, iovad = _domain(dev)
-    gmask = iovad.granule - 1
-    iova_off = phys & gmask
-    size = (size + iova_off + gmask) & ~gmask
-    iova = alloc_iova(domain, size, dma_mask, dev, cpu)
-    if not iova:
-        return DMA_MAPPING_ERROR
-    try:
-        domain.map(iova, phys - iova_off, size, prot)
-    except KernelError:
-        free_iova(domain, iova, size, None, cpu)
-        return DMA_MAPPING_ERROR
-    return iova + iova_off
-
-
 def _unmap(dev: DmaDevice, dma_addr: int, size: int, cpu: int) -> None:
     """``__iommu_dma_unmap``: unmap without syncing; strict syncs now, lazy queues."""
-    domain, cookie, iovad = _domain(dev)
+    _unmap_in(_domain(dev), dma_addr, size, cpu)
+
+
+def _unmap_in(state: tuple[IommuDomain, DmaCookie, IovaDomain], dma_addr: int, size: int,
+              cpu: int) -> None:
+    domain, cookie, iovad = state
     gmask = iovad.granule - 1
     iova_off = dma_addr & gmask
     dma_addr -= iova_off
@@ -222,29 +222,45 @@ def _unmap(dev: DmaDevice, dma_addr: int, size: int, cpu: int) -> None:
 
 
 def _check_dir(dir: DmaDirection) -> None:
-    if dir not in (DmaDirection.BIDIRECTIONAL, DmaDirection.TO_DEVICE,
-                   DmaDirection.FROM_DEVICE):
+    if dir not in _VALID_DIRS:
         raise ValueError(f"invalid DMA direction {dir!r}")  # BUG_ON(!valid_dma_direction)
 
 
 def map_phys(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int = 0,
              cpu: int = 0) -> int:
-    """``iommu_dma_map_phys`` (``dma_map_page``): the DMA address, or DMA_MAPPING_ERROR."""
-    _check_dir(dir)
-    prot = dma_info_to_prot(dir, dev.coherent, attrs)
-    return _map(dev, phys, size, prot, dev.dma_mask, cpu)
+    """``iommu_dma_map_phys`` (``dma_map_page``): the DMA address, or DMA_MAPPING_ERROR.
+
+    ``__iommu_dma_map`` inlined: this is the path every streaming DMA takes.
+    """
+    if dir not in _VALID_DIRS:
+        _check_dir(dir)
+    prot = _PROT_CACHE.get((dir, dev.coherent, attrs & _PROT_ATTRS))
+    if prot is None:
+        prot = dma_info_to_prot(dir, dev.coherent, attrs)
+    domain, _, iovad = _domain(dev)
+    gmask = iovad.granule - 1
+    iova_off = phys & gmask
+    size = (size + iova_off + gmask) & ~gmask
+    iova = alloc_iova(domain, size, dev.dma_mask, dev, cpu)
+    if not iova:
+        return DMA_MAPPING_ERROR
+    try:
+        domain.map(iova, phys - iova_off, size, prot)
+    except KernelError:
+        free_iova(domain, iova, size, None, cpu)
+        return DMA_MAPPING_ERROR
+    return iova + iova_off
 
 
 def unmap_phys(dev: DmaDevice, handle: int, size: int, dir: DmaDirection, attrs: int = 0,
                cpu: int = 0) -> None:
     """``iommu_dma_unmap_phys`` (``dma_unmap_page``); a WARN if nothing is mapped there."""
     _check_dir(dir)
-    if not attrs & DMA_ATTR_MMIO:
-        domain, _, _ = _domain(dev)
-        if not domain.iova_to_phys(handle):
-            domain.warnings["iommu_dma_unmap_phys: no mapping (double unmap?)"] += 1
-            return
-    _unmap(dev, handle, size, cpu)
+    state = _domain(dev)
+    if not attrs & DMA_ATTR_MMIO and not state[0].iova_to_phys(handle):
+        state[0].warnings["iommu_dma_unmap_phys: no mapping (double unmap?)"] += 1
+        return
+    _unmap_in(state, handle, size, cpu)
 
 
 def map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int = 0,

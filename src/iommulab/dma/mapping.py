@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..iommu.domain import DomainType
 from . import iommu_dma
 from .cookie import MsiPage
 from .types import DMA_MAPPING_ERROR, CoherentBuffer, DmaDirection, Scatterlist
@@ -35,10 +34,9 @@ __all__ = [
 
 
 def use_dma_iommu(dev: DmaDevice) -> bool:
-    """``use_dma_iommu``: the device's default domain is a DMA (or DMA_FQ) domain."""
-    group = dev.iommu_group
-    domain = group.default_domain if group is not None else None
-    return domain is not None and bool(domain.type & DomainType.DMA & ~DomainType.UNMANAGED)
+    """``use_dma_iommu``: ``dev->dma_iommu``, set when the IOMMU core gave the device a
+    DMA (or DMA_FQ) default domain."""
+    return dev.dma_iommu
 
 
 def dma_mapping_error(dev: DmaDevice, addr: int) -> bool:

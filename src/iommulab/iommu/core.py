@@ -140,9 +140,12 @@ class IommuCore:
             self.create_direct_mappings(group.default_domain, dev)
             if dev.is_pci:  # iommu_setup_dma_ops
                 dev.dev_iommu.pci_32bit_workaround = not self.forcedac
-            if group.default_domain.type & DomainType.DMA & ~DomainType.UNMANAGED:
+            dev.dma_iommu = bool(group.default_domain.type & DomainType.DMA
+                                 & ~DomainType.UNMANAGED)
+            if dev.dma_iommu:
                 init_domain(group.default_domain, dev, self)
         except KernelError:
+            dev.dma_iommu = False
             self.release_device(dev)
             if new_group and not group.devices:
                 self.groups.pop(group.id, None)
@@ -174,6 +177,7 @@ class IommuCore:
                 self.groups.pop(group.id, None)
         dev.dev_iommu = None
         dev.iommu_group = None
+        dev.dma_iommu = False
 
     # -- domains ----------------------------------------------------------------------------------
     def _set_device_domain(self, group: IommuGroup, dev: DmaDevice,
