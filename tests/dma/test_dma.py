@@ -38,6 +38,20 @@ def plat(request: pytest.FixtureRequest) -> Iterator[DmaPlatform]:
     p.close()
 
 
+@pytest.fixture
+def strict_plat() -> Iterator[DmaPlatform]:
+    p = make_dma_platform(strict=True)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def lazy_plat() -> Iterator[DmaPlatform]:
+    p = make_dma_platform(strict=False)
+    yield p
+    p.close()
+
+
 def _cookie(dev_domain: IommuDomain | None) -> DmaCookie:
     assert dev_domain is not None and isinstance(dev_domain.cookie, DmaCookie)
     return dev_domain.cookie
@@ -69,9 +83,8 @@ def test_map_page_offsets_and_top_down_iovas(plat: DmaPlatform) -> None:
     dma_unmap_page(dev, a, 0x20, TO_DEV)
 
 
-def test_strict_invalidates_every_unmap(plat: DmaPlatform) -> None:
-    if not plat.core.strict:
-        pytest.skip("strict only")
+def test_strict_invalidates_every_unmap(strict_plat: DmaPlatform) -> None:
+    plat = strict_plat
     dev = plat.device()
     pa = plat.page(b"s")
     domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
@@ -87,9 +100,8 @@ def test_strict_invalidates_every_unmap(plat: DmaPlatform) -> None:
     assert plat.hw.stats.commands["TLBI_NH_VA"] >= 5
 
 
-def test_lazy_defers_to_one_flush(plat: DmaPlatform) -> None:
-    if plat.core.strict:
-        pytest.skip("lazy only")
+def test_lazy_defers_to_one_flush(lazy_plat: DmaPlatform) -> None:
+    plat = lazy_plat
     dev = plat.device()
     pa = plat.page(b"L")
     domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
@@ -116,9 +128,8 @@ def test_lazy_defers_to_one_flush(plat: DmaPlatform) -> None:
     dma_unmap_page(dev, addrs[-1], 64, TO_DEV)
 
 
-def test_full_ring_flushes_before_queueing(plat: DmaPlatform) -> None:
-    if plat.core.strict:
-        pytest.skip("lazy only")
+def test_full_ring_flushes_before_queueing(lazy_plat: DmaPlatform) -> None:
+    plat = lazy_plat
     dev = plat.device()
     pa = plat.page()
     cookie = _cookie(dev.iommu_group.default_domain)  # type: ignore[union-attr]
@@ -134,9 +145,8 @@ def test_full_ring_flushes_before_queueing(plat: DmaPlatform) -> None:
     assert cookie.fq_stats.freed == 255
 
 
-def test_iova_reuse_only_after_the_covering_flush(plat: DmaPlatform) -> None:
-    if plat.core.strict:
-        pytest.skip("lazy only")
+def test_iova_reuse_only_after_the_covering_flush(lazy_plat: DmaPlatform) -> None:
+    plat = lazy_plat
     dev = plat.device()
     pa = plat.page()
     domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
