@@ -16,6 +16,8 @@ from iommulab.iommu import IommuCore, ResvRegion
 from iommulab.irqchip import GicV3Its
 from iommulab.mem import PhysMem
 
+from ..drivers.smmuv3.platform import check_no_leaks
+
 
 @dataclass
 class DmaPlatform:
@@ -55,9 +57,7 @@ class DmaPlatform:
         self.smmu.remove()
         for pa in self.pages:
             self.mem.free_pages(pa >> 12, 0)
-        assert self.mem.iommu_pages == 0, f"{self.mem.iommu_pages} table pages leaked"
-        assert self.mem.frames.allocated_blocks == 0, "frames leaked"
-        self.mem._check()
+        check_no_leaks(self.mem)
 
 
 def make_dma_platform(*, strict: bool, ncpus: int = 1, ram: str = "4G",

@@ -108,7 +108,7 @@ def test_reserve_extends_an_allocated_node() -> None:
 def test_reserve_rejects_nonsensical_pfns() -> None:
     d = IovaDomain(4096, 1)
     assert d.reserve_iova(1 << 52, 1 << 52) is None
-    assert d.rcaches.warnings["reserve_iova: nonsensical pfns"] == 1
+    assert d.warnings["reserve_iova: nonsensical pfns"] == 1
     assert d.ranges() == []
 
 

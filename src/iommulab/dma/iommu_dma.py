@@ -122,13 +122,11 @@ def init_domain(domain: IommuDomain, dev: DmaDevice, core: IommuCore) -> None:
         cookie.fq_size, cookie.fq_timeout = IOVA_SINGLE_FQ_SIZE, IOVA_SINGLE_FQ_TIMEOUT
     if domain.type == DomainType.DMA_FQ:
         fq_ok = dev_iommu.driver.capable(dev_iommu.priv, IommuCap.DEFERRED_FLUSH)
+        if fq_ok and dev.mem.fail_nth.fails("alloc_percpu(iova_fq)"):
+            core.log.append("iova flush queue initialization failed")
+            fq_ok = False
         if fq_ok:
-            try:
-                dev.mem.fail_nth.check("alloc_percpu(iova_fq)")
-                cookie.init_fq(domain, core.ncpus)
-            except OutOfMemory:
-                core.log.append("iova flush queue initialization failed")
-                fq_ok = False
+            cookie.init_fq(domain, core.ncpus)
         if not fq_ok:
             domain.type = DomainType.DMA
     _reserve_regions(domain, cookie, cookie.iovad, dev, core)
@@ -232,11 +230,8 @@ def map_phys(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int
 
     ``__iommu_dma_map`` inlined: this is the path every streaming DMA takes.
     """
-    if dir not in _VALID_DIRS:
-        _check_dir(dir)
-    prot = _PROT_CACHE.get((dir, dev.coherent, attrs & _PROT_ATTRS))
-    if prot is None:
-        prot = dma_info_to_prot(dir, dev.coherent, attrs)
+    _check_dir(dir)
+    prot = dma_info_to_prot(dir, dev.coherent, attrs)
     domain, _, iovad = _domain(dev)
     gmask = iovad.granule - 1
     iova_off = phys & gmask
@@ -278,7 +273,6 @@ def map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int 
     prot = dma_info_to_prot(dir, dev.coherent, attrs)
     gmask = iovad.granule - 1
     mask = dev.seg_boundary_mask
-    saved = [(s.offset, s.length) for s in sg]
     widened: list[int] = []  # the IOVA length of each entry, padding included
     iova_len = 0
     for s in sg:
@@ -291,31 +285,41 @@ def map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int 
         widened.append(s_length)
         iova_len += s_length
     if not iova_len:
-        return _finalise_sg(dev, sg, saved, widened, 0, gmask)
+        return _finalise_sg(dev, sg, widened, 0, gmask)
     iova = alloc_iova(domain, iova_len, dev.dma_mask, dev, cpu)
     if not iova:
         _invalidate_sg(sg)
         return -12
     entries = [SgEntry(s.phys - (s.offset & gmask), n) for s, n in zip(sg, widened, strict=True)]
+    if not _map_all_or_free(domain, iova, iova_len, entries, prot, cpu):
+        _invalidate_sg(sg)
+        return -22
+    return _finalise_sg(dev, sg, widened, iova, gmask)
+
+
+def _map_all_or_free(domain: IommuDomain, iova: int, size: int, entries: list[SgEntry],
+                     prot: int, cpu: int) -> bool:
+    """``iommu_map_sg`` of ``size`` bytes at ``iova``; on error or a short map the IOVA is
+    freed (nothing was mapped, so nothing to flush) and False returned."""
     try:
         mapped = domain.map_sg(iova, entries, prot)
     except KernelError:
         mapped = -1
-    if mapped < iova_len:
-        free_iova(domain, iova, iova_len, None, cpu)
-        _invalidate_sg(sg)
-        return -22
-    return _finalise_sg(dev, sg, saved, widened, iova, gmask)
+    if mapped < size:
+        free_iova(domain, iova, size, None, cpu)
+        return False
+    return True
 
 
-def _finalise_sg(dev: DmaDevice, sg: list[Scatterlist], saved: list[tuple[int, int]],
-                 widened: list[int], dma_addr: int, gmask: int) -> int:
+def _finalise_sg(dev: DmaDevice, sg: list[Scatterlist], widened: list[int], dma_addr: int,
+                 gmask: int) -> int:
     """``__finalise_sg``: DMA segments, joining entries that start on a granule boundary."""
     seg_mask = dev.seg_boundary_mask
     max_len = dev.max_seg_size
     cur = -1
     cur_len = count = 0
-    for s, (_, s_length), s_iova_len in zip(sg, saved, widened, strict=True):
+    for s, s_iova_len in zip(sg, widened, strict=True):
+        s_length = s.length  # the caller's entries are never widened in place here
         s_iova_off = s.offset & gmask
         s.dma_address, s.dma_length = DMA_MAPPING_ERROR, 0
         if cur_len and not s_iova_off and dma_addr & seg_mask and max_len - cur_len >= s_length:
@@ -394,12 +398,7 @@ def alloc_coherent(dev: DmaDevice, size: int, attrs: int = 0,
     extra = count * _PAGE - size
     if extra > 0:  # the map covers 'size' bytes of IOVA
         runs[-1] = SgEntry(runs[-1].phys, runs[-1].length - extra)
-    try:
-        mapped = domain.map_sg(iova, runs, prot)
-    except KernelError:
-        mapped = -1
-    if mapped < size:
-        free_iova(domain, iova, size, None, cpu)
+    if not _map_all_or_free(domain, iova, size, runs, prot, cpu):
         _free_blocks(dev, blocks)
         return None
     return CoherentBuffer(size, iova, pages, blocks)
@@ -460,9 +459,7 @@ def get_msi_page(dev: DmaDevice, msi_addr: int, domain: IommuDomain) -> MsiPage 
     for page in cookie.msi_pages:
         if page.phys == msi_addr:
             return page
-    try:
-        dev.mem.fail_nth.check("kzalloc(iommu_dma_msi_page)")
-    except OutOfMemory:
+    if dev.mem.fail_nth.fails("kzalloc(iommu_dma_msi_page)"):
         return None
     iova = alloc_iova(domain, size, dev.dma_mask, dev)
     if not iova:

@@ -209,9 +209,6 @@ class IommuCore:
             raise
         group.domain = domain
 
-    def blocking_domain(self) -> IommuDomain:
-        return self.driver.blocked_domain
-
     def create_direct_mappings(self, domain: IommuDomain, dev: DmaDevice) -> None:
         """``iommu_create_device_direct_mappings``: DIRECT marks ``require_direct``; a DMA
         domain maps DIRECT and DIRECT_RELAXABLE regions 1:1 where nothing is mapped yet.

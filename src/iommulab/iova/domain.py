@@ -11,6 +11,7 @@ per-CPU range caches (magazines and depot) sit on top in :mod:`.rcache`.
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -83,6 +84,7 @@ class IovaDomain:
         self.clock = clock if clock is not None else Clock()
         self.fail_nth = fail_nth
         self.stats = IovaStats()
+        self.warnings: Counter[str] = Counter()  # WARN()s the kernel would print
         self.rcaches = Rcaches(self, ncpus)
 
     def __repr__(self) -> str:
@@ -101,12 +103,7 @@ class IovaDomain:
 
     def _alloc_iova_mem(self) -> bool:
         """``alloc_iova_mem``: kmem_cache_zalloc(GFP_ATOMIC); False when it fails."""
-        if self.fail_nth is not None:
-            try:
-                self.fail_nth.check("kmem_cache_zalloc(iova)")
-            except OSError:
-                return False
-        return True
+        return self.fail_nth is None or not self.fail_nth.fails("kmem_cache_zalloc(iova)")
 
     def _find_index(self, pfn: int) -> int:
         """``private_find_iova``: index of the node containing ``pfn``, or -1."""
@@ -233,7 +230,7 @@ class IovaDomain:
         if pfn_lo > pfn_hi:
             raise ValueError(f"reserve_iova: pfn_lo {pfn_lo:#x} is above pfn_hi {pfn_hi:#x}")
         if (pfn_hi | pfn_lo) > _ULLONG_MAX >> self.shift or pfn_hi >= IOVA_ANCHOR:
-            self.rcaches.warnings["reserve_iova: nonsensical pfns"] += 1
+            self.warnings["reserve_iova: nonsensical pfns"] += 1
             return None
         los, his = self._los, self._his
         overlap = False

@@ -9,7 +9,6 @@ depot, an unbounded LIFO that delayed work trims by one magazine every
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -58,7 +57,6 @@ class Rcaches:
         self.iovad = iovad
         self.ncpus = ncpus
         self.online = set(range(ncpus))
-        self.warnings: Counter[str] = Counter()
         self.depot_trims = 0
         self.magazines = 0
         self.classes: list[_Rcache] = []
@@ -72,11 +70,8 @@ class Rcaches:
     def _magazine_alloc(self) -> bool:
         """``iova_magazine_alloc``: False when the allocation fails."""
         fail = self.iovad.fail_nth
-        if fail is not None:
-            try:
-                fail.check("kmem_cache_alloc(iova_magazine)")
-            except OSError:
-                return False
+        if fail is not None and fail.fails("kmem_cache_alloc(iova_magazine)"):
+            return False
         self.magazines += 1
         return True
 
@@ -146,7 +141,7 @@ class Rcaches:
         for pfn in mag:
             i = iovad._find_index(pfn)
             if i < 0:
-                self.warnings["iova_magazine_free_pfns: pfn not in the tree"] += 1
+                iovad.warnings["iova_magazine_free_pfns: pfn not in the tree"] += 1
                 continue
             iovad._remove_index(i)
         mag.clear()

@@ -36,6 +36,14 @@ class FailNth:
     def armed(self) -> bool:
         return self._remaining != 0
 
+    def fails(self, site: str) -> bool:
+        """Like :meth:`check`, for allocation points that return NULL instead of raising."""
+        try:
+            self.check(site)
+        except OutOfMemory:
+            return True
+        return False
+
     def check(self, site: str) -> None:
         """Called by an allocation point; raises ENOMEM if this is the armed call."""
         self.calls += 1

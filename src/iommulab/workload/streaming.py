@@ -88,13 +88,16 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
     windows: list[int] = []
     stale_reads = stale_max = exposed = 0
     payload = bytes(range(256)) * (buffer_size // 256 + 1)
-    for i in range(packets):
-        clock = core.clock
+    clock = core.clock
+    i = 0
+    while i < packets or stale:  # after the last packet, until every window has ended
         clock.advance(interval_ns)
         reached = _probe(nic, stale, windows, clock.now_ns)
         stale_reads += reached
         stale_max = max(stale_max, reached)
         smmu.handle_events()
+        if i == packets:
+            continue
         pa = slots[i % len(slots)]
         addr = dma_map_page(nic, pa, buffer_size, DmaDirection.FROM_DEVICE)
         nic.dma_write(addr, payload[:buffer_size])
@@ -105,13 +108,7 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
         exposed += end - buffer_size
         dma_unmap_page(nic, addr, buffer_size, DmaDirection.FROM_DEVICE)
         stale[addr] = clock.now_ns
-    clock = core.clock
-    while stale:  # let the queue drain: every window ends
-        clock.advance(interval_ns)
-        reached = _probe(nic, stale, windows, clock.now_ns)
-        stale_reads += reached
-        stale_max = max(stale_max, reached)
-        smmu.handle_events()
+        i += 1
     windows = [w - interval_ns for w in windows]  # the first probe found it already gone
     cmds = hw.stats.commands
     result = StreamingResult(

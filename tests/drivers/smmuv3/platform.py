@@ -65,9 +65,14 @@ class Platform:
         self.smmu.remove()
         for pfn, order in self.buffers:
             self.mem.free_pages(pfn, order)
-        assert self.mem.iommu_pages == 0, f"{self.mem.iommu_pages} table pages leaked"
-        assert self.mem.frames.allocated_blocks == 0, "frames leaked"
-        self.mem._check()
+        check_no_leaks(self.mem)
+
+
+def check_no_leaks(mem: PhysMem) -> None:
+    """No table page and no frame is left allocated, and the memory model is consistent."""
+    assert mem.iommu_pages == 0, f"{mem.iommu_pages} table pages leaked"
+    assert mem.frames.allocated_blocks == 0, "frames leaked"
+    mem._check()
 
 
 def make_platform(**config: Any) -> Platform:
