@@ -161,7 +161,9 @@ class DmaCookie:
     def queue_iova(self, pfn: int, pages: int, cpu: int) -> None:
         """``queue_iova``: park an unmapped range until a flush that covers it finishes."""
         ring = self.rings[0 if self.single_queue else cpu]
-        self._ring_free(ring, cpu)
+        head = ring.head
+        if head != ring.tail and ring.entries[head][2] < self.fq_flush_finish_cnt:
+            self._ring_free(ring, cpu)  # (it would find nothing to free otherwise)
         if ((ring.tail + 1) & ring.mod_mask) == ring.head:  # fq_full
             self.fq_stats.full_flushes += 1
             self.flush_iotlb()

@@ -210,13 +210,15 @@ def _unmap_in(state: tuple[IommuDomain, DmaCookie, IovaDomain], dma_addr: int, s
     dma_addr -= iova_off
     size = (size + iova_off + gmask) & ~gmask
     gather = IommuIotlbGather()
-    gather.queued = cookie.fq_domain is not None
-    unmapped = domain.unmap_fast(dma_addr, size, gather)
-    if unmapped != size:
+    gather.queued = queued = cookie.fq_domain is not None
+    if domain.unmap_fast(dma_addr, size, gather) != size:
         domain.warnings["__iommu_dma_unmap: unmapped != size"] += 1
-    if not gather.queued:
+    if queued:  # iommu_dma_free_iova, lazy
+        shift = iovad.shift
+        cookie.queue_iova(dma_addr >> shift, size >> shift, cpu)
+    else:
         domain.iotlb_sync(gather)
-    free_iova(domain, dma_addr, size, gather, cpu)
+        free_iova(domain, dma_addr, size, None, cpu)
 
 
 def _check_dir(dir: DmaDirection) -> None:
@@ -230,7 +232,8 @@ def map_phys(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int
 
     ``__iommu_dma_map`` inlined: this is the path every streaming DMA takes.
     """
-    _check_dir(dir)
+    if dir not in _VALID_DIRS:
+        _check_dir(dir)
     prot = dma_info_to_prot(dir, dev.coherent, attrs)
     domain, _, iovad = _domain(dev)
     gmask = iovad.granule - 1
@@ -250,7 +253,8 @@ def map_phys(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int
 def unmap_phys(dev: DmaDevice, handle: int, size: int, dir: DmaDirection, attrs: int = 0,
                cpu: int = 0) -> None:
     """``iommu_dma_unmap_phys`` (``dma_unmap_page``); a WARN if nothing is mapped there."""
-    _check_dir(dir)
+    if dir not in _VALID_DIRS:
+        _check_dir(dir)
     state = _domain(dev)
     if not attrs & DMA_ATTR_MMIO and not state[0].iova_to_phys(handle):
         state[0].warnings["iommu_dma_unmap_phys: no mapping (double unmap?)"] += 1

@@ -69,7 +69,7 @@ def _direct(dev: DmaDevice, phys: int, size: int, mask: int) -> int:
 def dma_map_page(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int = 0, *,
                  cpu: int = 0) -> int:
     """``dma_map_page_attrs``/``dma_map_phys``: the DMA address or DMA_MAPPING_ERROR."""
-    if use_dma_iommu(dev):
+    if dev.dma_iommu:  # use_dma_iommu()
         return iommu_dma.map_phys(dev, phys, size, dir, attrs, cpu)
     return _direct(dev, phys, size, dev.dma_mask)
 
@@ -77,7 +77,7 @@ def dma_map_page(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs:
 def dma_unmap_page(dev: DmaDevice, addr: int, size: int, dir: DmaDirection, attrs: int = 0,
                    *, cpu: int = 0) -> None:
     """``dma_unmap_page_attrs``."""
-    if use_dma_iommu(dev):
+    if dev.dma_iommu:  # use_dma_iommu()
         iommu_dma.unmap_phys(dev, addr, size, dir, attrs, cpu)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -82,6 +82,9 @@ class TlbStats:
     sync_map: int = 0  # iotlb_sync_map calls
 
 
+_IDENTITY, _BLOCKED = int(DomainType.IDENTITY), int(DomainType.BLOCKED)  # plain ints: fast
+
+
 class DomainOps(Protocol):
     """The driver side of a domain (``struct iommu_domain_ops``)."""
 
@@ -95,7 +98,8 @@ class DomainOps(Protocol):
 
     def iova_to_phys(self, domain: IommuDomain, iova: int) -> int: ...
     def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None: ...
-    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None: ...
+    # optional, as in the kernel: None when the driver has no iotlb_sync_map
+    iotlb_sync_map: Callable[[IommuDomain, int, int], None] | None
     def flush_iotlb_all(self, domain: IommuDomain) -> None: ...
     def free(self, domain: IommuDomain) -> None: ...
 
@@ -144,11 +148,12 @@ class IommuDomain:
         (EEXIST, ENOMEM, ERANGE, …). O(pages / entries per table) calls.
         """
         self.map_nosync(iova, paddr, size, prot, gfp)
-        try:
-            self.sync_map(iova, size)
-        except KernelError:
-            self.unmap(iova, size)
-            raise
+        if self.ops is not None and self.ops.iotlb_sync_map is not None:
+            try:
+                self.ops.iotlb_sync_map(self, iova, size)
+            except KernelError:
+                self.unmap(iova, size)
+                raise
 
     def map_nosync(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
         """``iommu_map_nosync`` / ``__iommu_map_domain_pgtbl``: map and roll back on error."""
@@ -162,8 +167,11 @@ class IommuDomain:
             self.warnings["iommu_map: unaligned"] += 1
             raise InvalidArgument(f"unaligned: iova {iova:#x} pa {paddr:#x} size {size:#x} "
                                   f"min_pagesz {min_pagesz:#x}")
-        orig_iova, orig_size = iova, size
         ops = self.ops
+        if size == min_pagesz:  # what iommu_pgsize() gives for one smallest page, sooner
+            ops.map_pages(self, iova, paddr, size, 1, prot, gfp)  # nothing stays on error
+            return
+        orig_iova, orig_size = iova, size
         while size:
             pgsize, count = iommu_pgsize(self.pgsize_bitmap, iova, paddr, size)
             try:
@@ -178,7 +186,7 @@ class IommuDomain:
 
     def sync_map(self, iova: int, size: int) -> None:
         """``iommu_sync_map``: the driver's ``iotlb_sync_map``, if it has one."""
-        if self.ops is not None:
+        if self.ops is not None and self.ops.iotlb_sync_map is not None:
             self.ops.iotlb_sync_map(self, iova, size)
 
     def map_sg(self, iova: int, sg: Sequence[SgEntry], prot: int, gfp: int = 0) -> int:
@@ -236,6 +244,11 @@ class IommuDomain:
             self.warnings["iommu_unmap: unaligned"] += 1
             return 0
         ops = self.ops
+        if size == min_pagesz:  # one smallest page: the loop below, once
+            done = ops.unmap_pages(self, iova, size, 1, gather)
+            if done and gather.start >= gather.end and not gather.queued:
+                gather.add_range(iova, size)  # the driver did not gather
+            return done
         unmapped = 0
         while unmapped < size:
             pgsize, count = iommu_pgsize(self.pgsize_bitmap, iova, iova, size - unmapped)
@@ -320,9 +333,10 @@ class IommuDomain:
     # -- lookups / teardown -----------------------------------------------------------------
     def iova_to_phys(self, iova: int) -> int:
         """``iommu_iova_to_phys``: identity returns iova, blocked 0, else the driver's walk."""
-        if self.type == DomainType.IDENTITY:
+        type = self.type
+        if type == _IDENTITY:
             return iova
-        if self.type == DomainType.BLOCKED or self.ops is None:
+        if type == _BLOCKED or self.ops is None:
             return 0
         return self.ops.iova_to_phys(self, iova)
 

@@ -10,6 +10,7 @@ domain's :class:`~.domain.TlbStats`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -76,8 +77,8 @@ class PgtblDomainOps:
         stats.iotlb_sync += 1
         stats.sync_bytes += gather.end - gather.start + 1
 
-    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
-        """Nothing to do for a coherent table walker (arm-smmu-v3 has no iotlb_sync_map)."""
+    # arm-smmu-v3 (and any coherent table walker) has no iotlb_sync_map
+    iotlb_sync_map: Callable[[IommuDomain, int, int], None] | None = None
 
     def flush_iotlb_all(self, domain: IommuDomain) -> None:
         domain.tlb_stats.flush_all += 1

@@ -75,10 +75,8 @@ class Rcaches:
         self.magazines += 1
         return True
 
-    def _cpu(self, cpu: int) -> int:
-        if cpu not in self.online:
-            raise ValueError(f"CPU {cpu} is not online (online: {sorted(self.online)})")
-        return cpu
+    def _offline(self, cpu: int) -> ValueError:
+        return ValueError(f"CPU {cpu} is not online (online: {sorted(self.online)})")
 
     # -- insert / get ----------------------------------------------------------------------
     def insert(self, pfn: int, size: int, cpu: int) -> bool:
@@ -86,8 +84,10 @@ class Rcaches:
         log = (size - 1).bit_length()  # order_base_2
         if log >= IOVA_RANGE_CACHE_MAX_SIZE:
             return False
+        if cpu not in self.online:
+            raise self._offline(cpu)
         rcache = self.classes[log]
-        c = rcache.cpu[self._cpu(cpu)]
+        c = rcache.cpu[cpu]
         loaded = c.loaded
         if len(loaded) < IOVA_MAG_SIZE:
             loaded.append(pfn)
@@ -109,8 +109,10 @@ class Rcaches:
         log = (size - 1).bit_length()
         if log >= IOVA_RANGE_CACHE_MAX_SIZE:
             return 0
+        if cpu not in self.online:
+            raise self._offline(cpu)
         rcache = self.classes[log]
-        c = rcache.cpu[self._cpu(cpu)]
+        c = rcache.cpu[cpu]
         limit_pfn -= size  # the cached value is pfn_lo: the range must end below the limit
         mag = c.loaded
         if not mag:
@@ -172,7 +174,9 @@ class Rcaches:
 
     def cpu_dead(self, cpu: int) -> None:
         """``iova_cpuhp_dead``: an unplugged CPU's cached ranges go back to the tree."""
-        self.free_cpu_cached(self._cpu(cpu))
+        if cpu not in self.online:
+            raise self._offline(cpu)
+        self.free_cpu_cached(cpu)
         self.online.discard(cpu)
 
     def cpu_online(self, cpu: int) -> None:

@@ -291,7 +291,9 @@ class ArmLpaeFormat:
                                 entries * 8 if top else self.granule))
         self.levels = tuple(levels)
         self.last_depth = len(levels) - 1
-        self._ttbr1 = bool(cfg.quirks & Quirk.ARM_TTBR1)
+        # arm_lpae_map_pages' iaext test: all ones above ias with TTBR1, else zero
+        self.ia_shift = self.ias
+        self.ia_ext = (1 << (64 - self.ias)) - 1 if cfg.quirks & Quirk.ARM_TTBR1 else 0
         # 64K granule with 52-bit PAs folds PA[51:48] into bits 15:12.
         self._packed_oa = self.granule == SZ_64K and cfg.oas > 48
         self._leaf_type = tuple(TYPE_PAGE if d == self.last_depth else TYPE_BLOCK
@@ -306,14 +308,6 @@ class ArmLpaeFormat:
         self._steps = {d: np.arange(self.ptes_per_page, dtype=np.uint64)
                        * np.uint64(lvl.block_size)
                        for d, lvl in enumerate(levels)}
-
-    # -- address checks ------------------------------------------------------------
-    def iova_in_range(self, iova: int) -> bool:
-        """The ``iaext`` test of arm_lpae_map_pages / unmap_pages (TTBR1: upper range)."""
-        iaext = iova >> self.ias
-        if self._ttbr1:
-            return iaext == (1 << (64 - self.ias)) - 1
-        return iaext == 0
 
     # -- attributes ----------------------------------------------------------------
     def prot_to_attrs(self, prot: int) -> int:
@@ -367,28 +361,22 @@ class ArmLpaeFormat:
             return np.zeros(len(ptes), dtype=np.bool_)
         return cast(BoolArray, (ptes & np.uint64(TYPE_MASK)) == np.uint64(TYPE_TABLE))
 
-    def _paddr_to_iopte(self, pa: int) -> int:
-        return (pa | (pa >> 36)) & ADDR_MASK
+    def make_table(self, table_pa: int) -> int:
+        """``arm_lpae_install_table``'s new entry (NSTABLE with the ARM_NS quirk)."""
+        return ((table_pa | (table_pa >> 36)) & ADDR_MASK) | self._table_bits
 
-    def _iopte_to_paddr(self, pte: int) -> int:
+    def leaf_oa(self, pte: int) -> int:
+        """``iopte_to_paddr`` (of a leaf or, as ``table_pa``, a table entry)."""
         paddr = pte & ADDR_MASK
         if self.granule < SZ_64K:
             return paddr
         return (paddr | (paddr << 36)) & (ADDR_MASK << 4)
 
-    def make_table(self, table_pa: int) -> int:
-        """``arm_lpae_install_table``'s new entry (NSTABLE with the ARM_NS quirk)."""
-        return ((table_pa | (table_pa >> 36)) & ADDR_MASK) | self._table_bits
-
-    def table_pa(self, pte: int) -> int:
-        return self._iopte_to_paddr(pte)
-
-    def leaf_oa(self, pte: int) -> int:
-        return self._iopte_to_paddr(pte)
-
     def leaf_value(self, attrs: int, depth: int, pa: int) -> int:
         """One leaf: ``attrs | type | paddr_to_iopte(pa)``."""
-        return attrs | self._leaf_type[depth] | self._paddr_to_iopte(pa)
+        return attrs | self._leaf_type[depth] | ((pa | (pa >> 36)) & ADDR_MASK)
+
+    table_pa = leaf_oa
 
     def fill_leaves(self, out: U64Array, attrs: int, depth: int, pa: int, size: int) -> None:
         """``__arm_lpae_init_pte``: ``out[i] = attrs | type | paddr_to_iopte(pa + i*size)``."""

@@ -217,7 +217,7 @@ class IoPgtable:
             self._warn("map_pages: bad pgsize")
             raise InvalidArgument(f"map_pages: pgsize {pgsize:#x} is not one of the sizes in "
                                   f"pgsize_bitmap {cfg.pgsize_bitmap:#x}")
-        if not pt.iova_in_range(iova) or paddr >> cfg.oas:
+        if iova >> pt.ia_shift != pt.ia_ext or paddr >> cfg.oas:
             self._warn("map_pages: address out of range")
             raise OutOfRange(f"map_pages: iova {iova:#x} / paddr {paddr:#x} outside "
                              f"ias {cfg.ias} / oas {cfg.oas}")
@@ -321,7 +321,7 @@ class IoPgtable:
         if not pgsize or (pgsize & cfg.pgsize_bitmap) != pgsize or not pgcount:
             self._warn("unmap_pages: bad pgsize or pgcount")
             return 0
-        if not pt.iova_in_range(iova):
+        if iova >> pt.ia_shift != pt.ia_ext:
             self._warn("unmap_pages: iova out of range")
             return 0
         self.stats.unmap_pages += 1
