@@ -25,9 +25,9 @@ class Figure:
         return f"{self.name:<52} {self.value:>10.2f} {self.unit:<10} {verdict}"
 
 
-def median_seconds(run: Callable[[], object], setup: Callable[[], object] | None,
-                   repeat: int) -> float:
-    """Median wall time of ``run`` over ``repeat`` runs, each after a fresh ``setup``."""
+def run_seconds(run: Callable[[], object], setup: Callable[[], object] | None,
+                repeat: int) -> list[float]:
+    """Wall time of ``run`` in each of ``repeat`` runs, each after a fresh ``setup``."""
     times = []
     for _ in range(repeat):
         if setup is not None:
@@ -35,7 +35,13 @@ def median_seconds(run: Callable[[], object], setup: Callable[[], object] | None
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(run: Callable[[], object], setup: Callable[[], object] | None,
+                   repeat: int) -> float:
+    """Median wall time of ``run`` over ``repeat`` runs, each after a fresh ``setup``."""
+    return statistics.median(run_seconds(run, setup, repeat))
 
 
 def print_figures(title: str, figures: list[Figure]) -> None:
