@@ -97,6 +97,9 @@ class IoPgtable:
         self._depth_of = {lv.block_size: d for d, lv in enumerate(pt.levels)}
         self._kinds, self._kind_mask, self._key_mask = pt.kinds, pt.kind_mask, pt.table_key_mask
         self._per = pt.ptes_per_page
+        self._page_size = self._sizes[-1]
+        self._hot = (self._shifts, self._masks, self._kinds, self._kind_mask, self._sizes,
+                     self._tables, self._key_mask)
         # Lab memo: last-level tables by iova >> (shift of the level above). A
         # path of tables only changes when a table is freed, which clears it;
         # single-page maps, unmaps and lookups then skip the upper levels.
@@ -325,13 +328,12 @@ class IoPgtable:
             self._warn("unmap_pages: iova out of range")
             return 0
         self.stats.unmap_pages += 1
-        shifts, masks, kinds, kmask = self._shifts, self._masks, self._kinds, self._kind_mask
-        sizes, tables, key_mask = self._sizes, self._tables, self._key_mask
         table, depth = self._pgd, 0
-        if pgsize == sizes[-1] and self._last:
+        if pgsize == self._page_size and self._last:
             cached = self._leaf_tables.get(iova >> self._above_last)
             if cached is not None:
                 table, depth = cached, self._last
+        shifts, masks, kinds, kmask, sizes, tables, key_mask = self._hot
         while True:  # __arm_lpae_unmap, one level per iteration
             if depth > self._last:
                 self._warn("unmap_pages: ran out of page table")
@@ -396,12 +398,11 @@ class IoPgtable:
         """``arm_lpae_iova_to_phys``: the physical address, or 0 if not mapped. O(levels)."""
         if self._freed:
             raise self._use_after_free()
-        shifts, masks, kinds, kmask = self._shifts, self._masks, self._kinds, self._kind_mask
-        tables, key_mask = self._tables, self._key_mask
         table, depth = self._pgd, 0
         cached = self._leaf_tables.get(iova >> self._above_last)
         if cached is not None:
             table, depth = cached, self._last
+        shifts, masks, kinds, kmask, _, tables, key_mask = self._hot
         while True:
             pte = table.item((iova >> shifts[depth]) & masks[depth])
             kind = kinds[depth][pte & kmask]
