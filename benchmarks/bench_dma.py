@@ -13,7 +13,6 @@ The target is checked against the best batch.
 from __future__ import annotations
 
 import argparse
-
 import statistics
 
 from _common import Figure, print_figures, run_seconds
