@@ -168,8 +168,9 @@ def alloc_iova(domain: IommuDomain, size: int, dma_limit: int, dev: DmaDevice,
     iova_len = size >> shift
     if dev.bus_dma_limit:
         dma_limit = min(dma_limit, dev.bus_dma_limit) if dma_limit else dev.bus_dma_limit
-    if domain.geometry.force_aperture:
-        dma_limit = min(dma_limit, domain.geometry.aperture_end)
+    geometry = domain.geometry
+    if geometry.force_aperture and dma_limit > geometry.aperture_end:
+        dma_limit = geometry.aperture_end
     dev_iommu = dev.dev_iommu
     if dma_limit > _DMA_BIT_MASK_32 and dev_iommu is not None and \
             dev_iommu.pci_32bit_workaround:
