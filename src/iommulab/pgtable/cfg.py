@@ -33,6 +33,7 @@ class IoPgtableFmt(enum.IntEnum):
     AMD_IOMMU_V2 = 7
     APPLE_DART = 8
     APPLE_DART2 = 9
+    INTEL_VTD_SS = 100  # lab: VT-d second stage, which the kernel keeps outside io-pgtable
 
 
 class Quirk(enum.IntFlag):

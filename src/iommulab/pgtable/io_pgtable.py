@@ -10,6 +10,7 @@ from ..mem import PhysMem
 from ..sizes import PAGE_SIZE
 from .arm_lpae import LPAE_FORMATS, arm_lpae_alloc
 from .cfg import IoPgtableCfg, IoPgtableFmt
+from .vtd_ss import vtd_ss_alloc
 from .walker import IoPgtable
 
 __all__ = ["alloc_io_pgtable_ops", "free_io_pgtable_ops"]
@@ -26,10 +27,13 @@ def alloc_io_pgtable_ops(fmt: IoPgtableFmt, cfg: IoPgtableCfg, cookie: Any = Non
     configuration the format refuses (naming why), OutOfMemory when the
     table memory cannot be had.
     """
-    if fmt not in LPAE_FORMATS:
+    if fmt not in LPAE_FORMATS and fmt != IoPgtableFmt.INTEL_VTD_SS:
         raise InvalidArgument(f"alloc_io_pgtable_ops: format {fmt!r} is not modelled")
     if mem is None:
         mem = PhysMem("4G")
+    if fmt == IoPgtableFmt.INTEL_VTD_SS:
+        vtd, filled = vtd_ss_alloc(cfg)
+        return IoPgtable(fmt, filled, vtd, mem, cookie)
     pt, filled = arm_lpae_alloc(fmt, cfg, cpu_page_size, mem.fail_nth)
     ops = IoPgtable(fmt, filled, pt, mem, cookie)
     if filled.arm_lpae_s1_cfg is not None:

@@ -1,0 +1,172 @@
+"""Intel VT-d as QEMU's ``intel-iommu`` emulates it in legacy mode, and the intel-iommu driver.
+
+What a q35 guest with ``-device intel-iommu,caching-mode=on`` sees (and what
+the oracle recordings were made on): second-stage tables of 3 levels (39-bit
+address width), 4K pages with 2M and 1G superpages, no snoop control (so
+``enforce_cache_coherency`` fails and VFIO_DMA_CC_IOMMU is 0), no dirty
+tracking, the interrupt range 0xfee00000-0xfeefffff as the only reserved
+region (``intel_iommu_get_resv_regions``: IOMMU_RESV_MSI), and caching mode,
+which makes the driver invalidate after every map (``iotlb_sync_map``).
+
+The hardware side walks the context's tables from physical memory for
+each DMA (the model keeps no IOTLB for VT-d) and records faults with the
+legacy fault reasons of the VT-d spec (rev. 4, Appendix A), as dmar.c
+prints them. Sources: drivers/iommu/intel/iommu.c, dmar.c (Linux 6.12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import DmaFault, InvalidArgument
+from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
+from ..iommu.pgtbl_domain import PgtblDomainOps, PgtblFlushOps
+from ..iommu.resv import IommuCap, ResvRegion, ResvType
+from ..mem import PhysMem
+from ..pgtable import IoPgtableCfg, IoPgtableFmt, alloc_io_pgtable_ops
+from ..pgtable.vtd_ss import ADDR_MASK, DMA_PTE_LARGE_PAGE, DMA_PTE_READ, DMA_PTE_WRITE
+from ..prot import Prot
+from ..sizes import SZ_1G, SZ_2M, SZ_4K
+
+__all__ = ["IOAPIC_RANGE_END", "IOAPIC_RANGE_START", "IntelIommu", "VtdFault", "VtdHw"]
+
+IOAPIC_RANGE_START = 0xFEE0_0000
+IOAPIC_RANGE_END = 0xFEEF_FFFF
+
+#: dmar.c ``dma_remap_fault_reasons`` (legacy translation faults used here).
+FAULT_READ = 6  # "PTE Read access is not set"
+FAULT_WRITE = 5  # "PTE Write access is not set"
+FAULT_MGAW = 4  # "Access beyond MGAW"
+FAULT_NO_CONTEXT = 2  # "Present bit in context entry is clear"
+FAULT_REASONS = {
+    FAULT_NO_CONTEXT: "Present bit in context entry is clear",
+    FAULT_MGAW: "Access beyond MGAW",
+    FAULT_WRITE: "PTE Write access is not set",
+    FAULT_READ: "PTE Read access is not set",
+}
+
+
+@dataclass(frozen=True)
+class VtdFault:
+    """One fault record, as ``dmar_fault_do_one`` logs it."""
+
+    source_id: int
+    addr: int
+    write: bool
+    reason: int
+
+    def __str__(self) -> str:
+        kind = "Write" if self.write else "Read"
+        bus, devfn = self.source_id >> 8, self.source_id & 0xFF
+        return (f"DMAR: [DMA {kind} NO_PASID] Request device [{bus:02x}:{devfn >> 3:02x}."
+                f"{devfn & 7}] fault addr {self.addr:#x} [fault reason {self.reason:#04x}] "
+                f"{FAULT_REASONS[self.reason]}")
+
+
+@dataclass
+class VtdHw:
+    """The remapping unit: context entries by source id, fault records, a walk per access."""
+
+    mem: PhysMem
+    aw: int = 39  # MGAW
+    contexts: dict[int, tuple[int, int]] = field(default_factory=dict)  # sid -> (root, levels)
+    faults: list[VtdFault] = field(default_factory=list)
+    walks: int = 0
+
+    def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
+                      ) -> tuple[int, int]:
+        """The physical address of ``iova`` and the end of its leaf, or DmaFault (recorded)."""
+        ctx = self.contexts.get(sid)
+        if ctx is None:
+            raise self._fault(sid, iova, write, FAULT_NO_CONTEXT)
+        if iova >> self.aw:
+            raise self._fault(sid, iova, write, FAULT_MGAW)
+        table, levels = ctx
+        self.walks += 1
+        need = DMA_PTE_WRITE if write else DMA_PTE_READ
+        for level in range(levels, 0, -1):
+            shift = 12 + 9 * (level - 1)
+            pte = self.mem.read_u64(table + ((iova >> shift) & 511) * 8)
+            if not pte & need:  # not present reads as "access not set"
+                raise self._fault(sid, iova, write, FAULT_WRITE if write else FAULT_READ)
+            if level == 1 or pte & DMA_PTE_LARGE_PAGE:
+                size = 1 << shift
+                return (pte & ADDR_MASK) | (iova & (size - 1)), (iova | (size - 1)) + 1
+            table = pte & ADDR_MASK
+        raise AssertionError("unreachable: level 1 always ends the walk")
+
+    def _fault(self, sid: int, iova: int, write: bool, reason: int) -> DmaFault:
+        record = VtdFault(sid, iova & ~0xFFF, write, reason)
+        self.faults.append(record)
+        return DmaFault(str(record), sid=sid, iova=iova, write=write,
+                        reason=FAULT_REASONS[reason])
+
+
+class _VtdDomainOps(PgtblDomainOps):
+    """``intel_iommu_ops.default_domain_ops``; caching mode flushes after each map."""
+
+    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
+        """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
+        domain.tlb_stats.sync_map += 1
+
+
+@dataclass
+class _Master:
+    sid: int
+    domain: IommuDomain | None = None
+
+
+class IntelIommu:
+    """The intel-iommu driver over one :class:`VtdHw` (the subset the core and VFIO use)."""
+
+    pgsize_bitmap = SZ_4K | SZ_2M | SZ_1G
+
+    def __init__(self, hw: VtdHw) -> None:
+        self.hw = hw
+        self.blocked_domain = IommuDomain(DomainType.BLOCKED)
+        self.identity_domain = IommuDomain(DomainType.IDENTITY)
+
+    def probe_device(self, sid: int) -> _Master:
+        return _Master(sid)
+
+    def release_device(self, master: _Master) -> None:
+        self.hw.contexts.pop(master.sid, None)
+        master.domain = None
+
+    def get_resv_regions(self, master: _Master) -> list[ResvRegion]:
+        """``intel_iommu_get_resv_regions`` with no RMRRs: the IOAPIC/MSI range."""
+        return [ResvRegion(IOAPIC_RANGE_START, IOAPIC_RANGE_END - IOAPIC_RANGE_START + 1,
+                           Prot(0), ResvType.MSI)]
+
+    def domain_alloc_paging(self, master: _Master | None = None,
+                            type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
+        """``intel_iommu_domain_alloc_paging_flags``: second-stage tables of ``aw`` bits."""
+        domain = IommuDomain(type)
+        cfg = IoPgtableCfg(self.pgsize_bitmap, self.hw.aw, self.hw.aw, tlb=PgtblFlushOps())
+        pgtbl = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, cfg, domain, mem=self.hw.mem)
+        domain.ops = _VtdDomainOps(pgtbl)
+        domain.pgtbl = pgtbl
+        domain.pgsize_bitmap = pgtbl.cfg.pgsize_bitmap
+        domain.geometry = DomainGeometry(0, (1 << self.hw.aw) - 1, True)
+        return domain
+
+    def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
+        """Point the device's context entry at the domain (blocked: no context entry)."""
+        if domain.type == DomainType.IDENTITY:
+            raise InvalidArgument("the model's VT-d has no pass-through context")
+        if domain.type == DomainType.BLOCKED or domain.pgtbl is None:
+            self.hw.contexts.pop(master.sid, None)
+        else:
+            levels = len(domain.pgtbl.format.levels)
+            self.hw.contexts[master.sid] = (domain.pgtbl.pgd_pa, levels)
+        master.domain = domain
+
+    def capable(self, master: _Master, cap: IommuCap) -> bool:
+        """``intel_iommu_capable``: coherent DMA and deferred flush always; enforced
+        coherency needs snoop control (ECAP.SC) and dirty tracking SSADS, which QEMU's
+        legacy mode has neither of."""
+        return cap in (IommuCap.CACHE_COHERENCY, IommuCap.DEFERRED_FLUSH)
+
+    def enforce_cache_coherency(self, domain: IommuDomain) -> bool:
+        """``intel_iommu_enforce_cache_coherency``: needs ECAP.SC, which QEMU lacks."""
+        return False

@@ -1,0 +1,192 @@
+"""Intel VT-d second-stage (second-level) paging entries, as the intel-iommu driver writes them.
+
+Sources: drivers/iommu/intel/iommu.h (``DMA_PTE_READ``/``WRITE``/``LARGE_PAGE``/``SNP``,
+``dma_pte_present``, ``dma_pte_superpage``), iommu.c (``pfn_to_dma_pte`` installs
+tables as ``phys | DMA_PTE_READ | DMA_PTE_WRITE``; ``__domain_mapping`` leaves as
+``phys | prot | LARGE_PAGE`` above level 1; ``intel_iommu_map`` takes READ/WRITE
+from the IOMMU prot and SNP only when ``set_pte_snp``), and the VT-d spec
+(rev. 4, 9.8 "Second-Stage Paging Entries"). A table of 512 entries per 4K
+page; the adjusted guest address width picks 3 levels (39 bits) or 4 (48).
+Legacy (non-scalable) mode has no access/dirty bits, so no dirty tracking.
+Lab: the kernel's VT-d tables are not an io-pgtable format (they are
+generic_pt ``vtdss`` since Linux 6.19); the model runs them on the shared walker.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from ..prot import Prot
+from ..sizes import SZ_1G, SZ_2M, SZ_4K
+from .bits import Field, Layout
+from .cfg import IoPgtableCfg
+from .format import INVALID, LEAF, TABLE, BoolArray, Level, U64Array
+
+__all__ = ["VTD_SS_LEAF", "VTD_SS_TABLE", "VtdSsFormat", "vtd_ss_alloc"]
+
+DMA_PTE_READ = 1 << 0
+DMA_PTE_WRITE = 1 << 1
+DMA_PTE_LARGE_PAGE = 1 << 7
+DMA_PTE_SNP = 1 << 11
+
+_R = Field("R", 0, 0, "read")
+_W = Field("W", 1, 1, "write")
+_ADDR = Field("ADDR", 51, 12, "address of the page, superpage or next table", address=True)
+# Bits 61:52 are ignored by hardware; the lab marks pages split_blocks made.
+_SW_SPLIT = Field("SW_SPLIT", 58, 58, "lab: page made by split_blocks (ignored bit)")
+
+VTD_SS_LEAF = Layout("VT-d second-stage leaf", (
+    _R, _W,
+    Field("X", 2, 2, "execute (requests with PASID only)"),
+    Field("EMT", 5, 3, "extended memory type (only with extended capability)"),
+    Field("IPAT", 6, 6, "ignore PAT"),
+    Field("PS", 7, 7, "superpage (2M at level 2, 1G at level 3)"),
+    Field("SNP", 11, 11, "snoop: force a snooped access"),
+    _ADDR, _SW_SPLIT,
+))
+VTD_SS_TABLE = Layout("VT-d second-stage table", (_R, _W, _ADDR))
+
+ADDR_MASK = _ADDR.mask
+PTE_SW_SPLIT = _SW_SPLIT.mask
+_PRESENT = DMA_PTE_READ | DMA_PTE_WRITE
+_KIND_MASK = DMA_PTE_LARGE_PAGE | _PRESENT
+_PGSIZES = SZ_4K | SZ_2M | SZ_1G
+_LEVEL_STRIDE = 9
+
+
+def vtd_ss_alloc(cfg: IoPgtableCfg, *, set_pte_snp: bool = False
+                 ) -> tuple[VtdSsFormat, IoPgtableCfg]:
+    """The geometry ``intel_iommu_domain_alloc_paging`` gets from the address width.
+
+    ``ias`` is the adjusted guest address width: 39 gives 3 levels, 48 gives 4
+    (``agaw_to_level``). Page sizes are 4K plus the superpages the hardware
+    reports (2M, 1G). ``set_pte_snp`` is what ``enforce_cache_coherency``
+    turns on when the unit has snoop control.
+    """
+    if cfg.ias not in (39, 48):
+        raise InvalidArgument(f"VT-d second stage: address width {cfg.ias} is neither "
+                              "39 (3 levels) nor 48 (4 levels)")
+    if not cfg.pgsize_bitmap & SZ_4K or cfg.pgsize_bitmap & ~_PGSIZES:
+        raise InvalidArgument(f"VT-d second stage: pgsize_bitmap {cfg.pgsize_bitmap:#x} "
+                              "must hold 4K and only 4K, 2M and 1G")
+    return VtdSsFormat(cfg, set_pte_snp), cfg
+
+
+class VtdSsFormat:
+    """The hooks of one VT-d second-stage table (see :class:`~.format.PtFormat`)."""
+
+    name = "INTEL_VTD_SS"
+    granule = SZ_4K
+    ptes_per_page = 512
+    sw_sync_bit = 0  # the model's VT-d walks coherently (ECAP.C)
+    split_mark = PTE_SW_SPLIT
+    kind_mask = _KIND_MASK
+    table_key_mask = ADDR_MASK
+
+    def __init__(self, cfg: IoPgtableCfg, set_pte_snp: bool) -> None:
+        nlevels = (cfg.ias - 12) // _LEVEL_STRIDE
+        self.levels = tuple(
+            Level(lvl, 12 + _LEVEL_STRIDE * (lvl - 1), 511, 512, SZ_4K)
+            for lvl in range(nlevels, 0, -1))
+        self.last_depth = nlevels - 1
+        self.ia_shift, self.ia_ext = cfg.ias, 0
+        self.set_pte_snp = set_pte_snp
+        self._leaf_type = tuple(0 if d == self.last_depth else DMA_PTE_LARGE_PAGE
+                                for d in range(nlevels))
+        # dma_pte_present is R|W != 0; above level 1 the PS bit makes it a leaf.
+        self.kinds: tuple[tuple[int, ...], ...] = tuple(
+            tuple(INVALID if not v & _PRESENT
+                  else LEAF if d == self.last_depth or v & DMA_PTE_LARGE_PAGE else TABLE
+                  for v in range(_KIND_MASK + 1))
+            for d in range(nlevels))
+        self._steps = {d: np.arange(512, dtype=np.uint64) * np.uint64(lvl.block_size)
+                       for d, lvl in enumerate(self.levels)}
+
+    def prot_to_attrs(self, prot: int) -> int:
+        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control."""
+        attrs = 0
+        if prot & Prot.READ:
+            attrs |= DMA_PTE_READ
+        if prot & Prot.WRITE:
+            attrs |= DMA_PTE_WRITE
+        if self.set_pte_snp:
+            attrs |= DMA_PTE_SNP
+        return attrs
+
+    def is_leaf(self, pte: int, depth: int) -> bool:
+        return self.kinds[depth][pte & _KIND_MASK] == LEAF
+
+    def is_table(self, pte: int, depth: int) -> bool:
+        return self.kinds[depth][pte & _KIND_MASK] == TABLE
+
+    def leaf_mask(self, ptes: U64Array, depth: int) -> BoolArray:
+        present = (ptes & np.uint64(_PRESENT)) != 0
+        if depth == self.last_depth:
+            return cast(BoolArray, present)
+        return cast(BoolArray, present & ((ptes & np.uint64(DMA_PTE_LARGE_PAGE)) != 0))
+
+    def table_mask(self, ptes: U64Array, depth: int) -> BoolArray:
+        if depth == self.last_depth:
+            return np.zeros(len(ptes), dtype=np.bool_)
+        present = (ptes & np.uint64(_PRESENT)) != 0
+        return cast(BoolArray, present & ((ptes & np.uint64(DMA_PTE_LARGE_PAGE)) == 0))
+
+    def make_table(self, table_pa: int) -> int:
+        """``pfn_to_dma_pte``: ``virt_to_phys(table) | DMA_PTE_READ | DMA_PTE_WRITE``."""
+        return table_pa | _PRESENT
+
+    def leaf_oa(self, pte: int) -> int:
+        """``dma_pte_addr``."""
+        return pte & ADDR_MASK
+
+    table_pa = leaf_oa
+
+    def leaf_value(self, attrs: int, depth: int, pa: int) -> int:
+        return attrs | self._leaf_type[depth] | pa
+
+    def fill_leaves(self, out: U64Array, attrs: int, depth: int, pa: int, size: int) -> None:
+        """``__domain_mapping``: consecutive leaves of one size from ``pa``."""
+        np.add(self._steps[depth][:len(out)], np.uint64(attrs | self._leaf_type[depth] | pa),
+               out=out)
+
+    def make_tables(self, table_pas: U64Array) -> U64Array:
+        return cast(U64Array, table_pas | np.uint64(_PRESENT))
+
+    def make_leaves(self, attrs: U64Array, depth: int, oas: U64Array) -> U64Array:
+        return cast(U64Array, oas | attrs | np.uint64(self._leaf_type[depth]))
+
+    def leaf_oas(self, ptes: U64Array) -> U64Array:
+        return cast(U64Array, ptes & np.uint64(ADDR_MASK))
+
+    def leaf_attrs(self, ptes: U64Array) -> U64Array:
+        return cast(U64Array, ptes & np.uint64(~(ADDR_MASK | DMA_PTE_LARGE_PAGE) & (1 << 64) - 1))
+
+    def run_rows(self, entries: U64Array, depth: int, ignore: int) -> BoolArray:
+        """Rows that are one run: leaves with consecutive addresses and one attribute set."""
+        norm = entries & np.uint64(~ignore & ((1 << 64) - 1)) if ignore else entries
+        expected = self._steps[depth][:entries.shape[1]] + norm[:, :1]
+        ok = (norm == expected).all(axis=1)
+        ok &= self.leaf_mask(norm[:, 0], depth)
+        return cast(BoolArray, ok)
+
+    def with_dirty(self, attrs: int) -> int:
+        return attrs  # no dirty state in legacy mode
+
+    def write_dirty_mask(self, ptes: U64Array) -> BoolArray:
+        return np.zeros(len(ptes), dtype=np.bool_)
+
+    def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None:
+        """Nothing to clear: legacy-mode entries carry no dirty bit."""
+
+    def describe(self, pte: int, depth: int) -> str:
+        if pte == 0:
+            return "empty"
+        if self.is_table(pte, depth):
+            return "table " + VTD_SS_TABLE.describe(pte)
+        if not self.is_leaf(pte, depth):
+            return "invalid " + VTD_SS_LEAF.describe(pte)
+        kind = "page" if depth == self.last_depth else "superpage"
+        return f"{kind} " + VTD_SS_LEAF.describe(pte)
