@@ -1,4 +1,4 @@
-"""VT-d second-stage entries and the legacy-mode remapping unit (values from iommu.h and the spec)."""
+"""VT-d second-stage entries and the legacy-mode unit (values from iommu.h and the spec)."""
 
 from __future__ import annotations
 
