@@ -71,13 +71,18 @@ class DmaDevice:
         self.max_seg_size = 0x10000  # dma_get_max_seg_size() default (64K)
         self.seg_boundary_mask = 0xFFFF_FFFF  # dma_get_seg_boundary() default
         self.firmware_resv: list[ResvRegion] = []  # regions firmware reserves for it
-        self.iommu_group: IommuGroup | None = None
+        self.group: IommuGroup | None = None  # dev->iommu_group
         self.dev_iommu: DevIommu | None = None
         self.dma_iommu = False  # dev->dma_iommu: DMA API calls go through dma-iommu
         self.notices: list[str] = []  # dev_notice() lines
 
     def __repr__(self) -> str:
         return f"<DmaDevice {self.name} sid={self.sid:#x}>"
+
+    @property
+    def iommu_group(self) -> int | None:
+        """The IOMMU group number (``/sys/bus/pci/devices/<bdf>/iommu_group``), if probed."""
+        return None if self.group is None else self.group.id
 
     def dma_read(self, iova: int, n: int, *, privileged: bool = False) -> bytes:
         """Read ``n`` bytes at ``iova``; DmaFault (nothing read) if any part faults."""

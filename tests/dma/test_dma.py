@@ -59,7 +59,7 @@ def _cookie(dev_domain: IommuDomain | None) -> DmaCookie:
 
 def test_default_domain_follows_the_policy(plat: DmaPlatform) -> None:
     dev = plat.device()
-    group = dev.iommu_group
+    group = dev.group
     assert group is not None and group.domain is group.default_domain
     expect = DomainType.DMA if plat.core.strict else DomainType.DMA_FQ
     assert group.default_domain is not None and group.default_domain.type == expect
@@ -87,7 +87,7 @@ def test_strict_invalidates_every_unmap(strict_plat: DmaPlatform) -> None:
     plat = strict_plat
     dev = plat.device()
     pa = plat.page(b"s")
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None
     base = domain.tlb_stats.iotlb_sync
     for _ in range(5):
@@ -104,7 +104,7 @@ def test_lazy_defers_to_one_flush(lazy_plat: DmaPlatform) -> None:
     plat = lazy_plat
     dev = plat.device()
     pa = plat.page(b"L")
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None
     cookie = _cookie(domain)
     flush0 = domain.tlb_stats.flush_all
@@ -132,7 +132,7 @@ def test_full_ring_flushes_before_queueing(lazy_plat: DmaPlatform) -> None:
     plat = lazy_plat
     dev = plat.device()
     pa = plat.page()
-    cookie = _cookie(dev.iommu_group.default_domain)  # type: ignore[union-attr]
+    cookie = _cookie(dev.group.default_domain)  # type: ignore[union-attr]
     seen: set[int] = set()
     for i in range(300):
         a = dma_map_page(dev, pa, 64, TO_DEV)
@@ -149,7 +149,7 @@ def test_iova_reuse_only_after_the_covering_flush(lazy_plat: DmaPlatform) -> Non
     plat = lazy_plat
     dev = plat.device()
     pa = plat.page()
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     cookie = _cookie(domain)
     live: dict[int, int] = {}  # IOVA page -> flush count when it was unmapped
     for step in range(2000):
@@ -221,14 +221,14 @@ def test_coherent_alloc_is_zeroed_and_shared(plat: DmaPlatform) -> None:
 def test_direct_regions_are_mapped_and_reserved(plat: DmaPlatform) -> None:
     rmrr = ResvRegion(0x8000_0000, 0x3000, Prot.READ | Prot.WRITE, ResvType.DIRECT)
     dev = plat.device(resv=[rmrr])
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None
     for off in (0, 0x1000, 0x2000):
         assert domain.iova_to_phys(0x8000_0000 + off) == 0x8000_0000 + off
     cookie = _cookie(domain)
     assert cookie.iovad is not None and cookie.iovad.find_iova(0x80001) is not None
     assert dev.dev_iommu is not None and dev.dev_iommu.require_direct
-    group = dev.iommu_group
+    group = dev.group
     assert group is not None
     with pytest.raises(OSError, match="Firmware has requested this device have a 1:1") as e:
         plat.core.set_group_domain(group, plat.smmu.blocked_domain)
@@ -239,7 +239,7 @@ def test_relaxable_regions_do_not_require_direct(plat: DmaPlatform) -> None:
     usb = ResvRegion(0x8000_0000, 0x1000, Prot.READ, ResvType.DIRECT_RELAXABLE)
     dev = plat.device(resv=[usb])
     assert dev.dev_iommu is not None and not dev.dev_iommu.require_direct
-    group = dev.iommu_group
+    group = dev.group
     assert group is not None and group.default_domain is not None
     assert group.default_domain.iova_to_phys(0x8000_0000) == 0x8000_0000
     plat.core.set_group_domain(group, plat.smmu.blocked_domain)
@@ -248,10 +248,10 @@ def test_relaxable_regions_do_not_require_direct(plat: DmaPlatform) -> None:
 
 def test_second_device_in_a_group_shares_the_domain(plat: DmaPlatform) -> None:
     a = plat.device(0x10, "a")
-    assert a.iommu_group is not None
+    assert a.group is not None
     b = plat.device(0x11, "b", probe=False)
-    plat.core.probe_device(b, a.iommu_group)
-    assert b.iommu_group is a.iommu_group and len(a.iommu_group.devices) == 2
+    plat.core.probe_device(b, a.group)
+    assert b.group is a.group and len(a.group.devices) == 2
     pa = plat.page(b"g")
     addr = dma_map_page(a, pa, 8, TO_DEV)
     assert b.dma_read(addr, 1) == b"g"  # one domain: b sees a's mapping
@@ -263,7 +263,7 @@ def test_double_unmap_warns_and_changes_nothing(plat: DmaPlatform) -> None:
     pa = plat.page()
     a = dma_map_page(dev, pa, 8, TO_DEV)
     dma_unmap_page(dev, a, 8, TO_DEV)
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None
     dma_unmap_page(dev, a, 8, TO_DEV)
     assert domain.warnings["iommu_dma_unmap_phys: no mapping (double unmap?)"] == 1

@@ -33,7 +33,7 @@ def test_dma_domain_maps_the_doorbell_once(plat: DmaPlatform) -> None:
     assert addr == 0xFFFFF000 | (doorbell & 0xFFF)  # from the IOVA allocator, top-down
     page = dma_get_msi_page(dev, doorbell + 4)  # same page: the same mapping
     assert page is not None and page.iova == 0xFFFFF000 and page.phys == doorbell & ~0xFFF
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None and domain.iova_to_phys(page.iova) == page.phys
     assert prepare_msi(dev, doorbell) == addr
     dev.msi_write(addr, 7)
@@ -48,7 +48,7 @@ def test_dma_domain_maps_the_doorbell_once(plat: DmaPlatform) -> None:
 
 def test_msi_cookie_rules_and_bump_allocator(plat: DmaPlatform) -> None:
     dev = plat.device()
-    group = dev.iommu_group
+    group = dev.group
     assert group is not None and group.default_domain is not None
     with pytest.raises(OSError, match="not UNMANAGED") as e:
         get_msi_cookie(group.default_domain, MSI_IOVA_BASE)
@@ -81,7 +81,7 @@ def test_msi_cookie_rules_and_bump_allocator(plat: DmaPlatform) -> None:
 
 def test_identity_passes_the_doorbell_through(plat: DmaPlatform) -> None:
     dev = plat.device()
-    group = dev.iommu_group
+    group = dev.group
     assert group is not None and group.default_domain is not None
     plat.core.set_group_domain(group, plat.smmu.identity_domain)
     assert prepare_msi(dev, plat.its.doorbell) == plat.its.doorbell
@@ -95,5 +95,5 @@ def test_hardware_msi_region_is_identity(plat: DmaPlatform) -> None:
     dev = plat.device(resv=[hw_msi])
     # cookie_init_hw_msi_region pre-entered identity pages: nothing new is mapped
     assert prepare_msi(dev, plat.its.doorbell) == plat.its.doorbell
-    domain = dev.iommu_group.default_domain  # type: ignore[union-attr]
+    domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None and domain.iova_to_phys(plat.its.doorbell) == 0

@@ -87,7 +87,7 @@ _VALID_DIRS = frozenset((DmaDirection.BIDIRECTIONAL, DmaDirection.TO_DEVICE,
 
 def _domain(dev: DmaDevice) -> tuple[IommuDomain, DmaCookie, IovaDomain]:
     """``iommu_get_dma_domain`` and its cookie, for a device using dma-iommu."""
-    group = dev.iommu_group
+    group = dev.group
     domain = group.default_domain if group is not None else None
     cookie = domain.cookie if domain is not None else None
     if domain is None or not isinstance(cookie, DmaCookie) or cookie.iovad is None:
@@ -486,7 +486,7 @@ def prepare_msi(dev: DmaDevice, msi_addr: int) -> int:
     through; a domain without a DMA or MSI cookie is EOPNOTSUPP; ENOMEM when
     the doorbell page cannot be mapped.
     """
-    group = dev.iommu_group
+    group = dev.group
     domain = group.domain if group is not None else None
     if domain is None or domain.type == DomainType.IDENTITY:
         return msi_addr

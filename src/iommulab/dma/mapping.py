@@ -116,7 +116,7 @@ def dma_free_coherent(dev: DmaDevice, buf: CoherentBuffer, *, cpu: int = 0) -> N
 
 def dma_get_msi_page(dev: DmaDevice, msi_addr: int) -> MsiPage | None:
     """``iommu_dma_get_msi_page`` for the domain ``dev`` is attached to."""
-    group = dev.iommu_group
+    group = dev.group
     if group is None or group.domain is None:
         raise ValueError(f"{dev.name} is not attached to a domain")
     return iommu_dma.get_msi_page(dev, msi_addr, group.domain)

@@ -110,7 +110,7 @@ class IommuCore:
 
         if dev.dev_iommu is not None:
             raise InvalidArgument(f"{dev.name} is already probed (group "
-                                  f"{dev.iommu_group.id if dev.iommu_group else '?'})")
+                                  f"{dev.group.id if dev.group else '?'})")
         master = self.driver.probe_device(dev.sid)
         dev.dev_iommu = DevIommu(self.driver, master)
         new_group = group is None
@@ -119,7 +119,7 @@ class IommuCore:
                                           if i not in self.groups))
             self.groups[group.id] = group
         group.devices.append(dev)
-        dev.iommu_group = group
+        dev.group = group
         try:
             if group.default_domain is None:
                 dtype = DomainType.DMA if self.strict else DomainType.DMA_FQ
@@ -157,7 +157,7 @@ class IommuCore:
         frees the default domain (its cookie, IOVAs and MSI pages with it)."""
         from ..dma.cookie import DmaCookie
 
-        dev_iommu, group = dev.dev_iommu, dev.iommu_group
+        dev_iommu, group = dev.dev_iommu, dev.group
         if dev_iommu is None:
             return
         self.driver.release_device(dev_iommu.priv)
@@ -176,7 +176,7 @@ class IommuCore:
                 group.default_domain = group.domain = None
                 self.groups.pop(group.id, None)
         dev.dev_iommu = None
-        dev.iommu_group = None
+        dev.group = None
         dev.dma_iommu = False
 
     # -- domains ----------------------------------------------------------------------------------

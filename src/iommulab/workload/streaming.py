@@ -74,7 +74,7 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
     core = IommuCore(smmu, clock=Clock(hz=hz), strict=mode == "strict")
     nic = DmaDevice("nic", mem, hw, 0x10)
     core.probe_device(nic)
-    group = nic.iommu_group
+    group = nic.group
     assert group is not None and group.default_domain is not None
     domain = group.default_domain
     cookie = domain.cookie

@@ -1,0 +1,240 @@
+"""A process's address space: VMAs, their backing, fault-in, pinning and locked_vm (mm/).
+
+Each VMA keeps the pfn of every 4K page it maps (-1 where nothing is
+faulted in yet), filled a folio at a time: anonymous memory takes 4K
+frames, THP takes a 2M folio for every 2M-aligned stretch wholly inside
+the VMA when the frame allocator has one (4K frames otherwise), hugetlb
+takes its huge pages at mmap time (the reservation; ENOMEM if the machine
+cannot supply them). A VMA made from a device region is VM_PFNMAP over
+MMIO: it has pfns but no pages, so it cannot be pinned. GUP
+(``pin_user_pages``) faults pages in, refuses writes to read-only VMAs and
+stops at a hole, as ``__get_user_pages`` does; a munmapped page that is
+still pinned stays allocated until its last unpin.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import BadAddress, InvalidArgument, OutOfMemory
+from ..sizes import parse_size
+from .physmem import PhysMem
+
+__all__ = ["BACKINGS", "MmStruct", "Vma"]
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+#: backing -> folio order a fault tries first
+BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
+_TASK_TOP = 0x7FFF_F000_0000  # mmap_base: mappings grow down from here
+I64Array = npt.NDArray[np.int64]
+
+@dataclass
+class Vma:
+    """``struct vm_area_struct``: ``[start, end)`` with a pfn per page (-1: not present)."""
+
+    start: int
+    end: int
+    backing: str
+    writable: bool
+    pfns: I64Array = field(repr=False)
+    pfnmap: bool = False  # VM_PFNMAP | VM_IO (a device region)
+    folios: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (pfn, order)
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+class MmStruct:
+    """One process's memory: VMAs in address order, ``locked_vm`` in pages."""
+
+    def __init__(self, mem: PhysMem) -> None:
+        self.mem = mem
+        self.vmas: list[Vma] = []
+        self._starts: list[int] = []
+        self.locked_vm = 0  # pages charged against RLIMIT_MEMLOCK (mm->locked_vm)
+        self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
+        self._top = _TASK_TOP
+        self._orphans: list[tuple[int, int]] = []  # munmapped folios still pinned
+
+    # -- mmap / munmap -------------------------------------------------------------------------
+    def mmap(self, length: int | str, backing: str = "anon", *, writable: bool = True,
+             populate: bool = False, mmio_pa: int | None = None) -> int:
+        """A new mapping of ``length`` bytes (rounded up to pages, or to the huge page for
+        hugetlb); THP and hugetlb mappings of 2M or more are aligned to their huge size."""
+        nbytes = parse_size(length)
+        if nbytes <= 0:
+            raise InvalidArgument(f"mmap: length {nbytes:#x} must be positive")
+        if backing not in BACKINGS:
+            raise InvalidArgument(f"mmap: backing {backing!r} is not one of {sorted(BACKINGS)}")
+        order = BACKINGS[backing] if mmio_pa is None else 0
+        huge = PAGE_SIZE << order
+        if backing.startswith("hugetlb") and mmio_pa is None:
+            nbytes = -(-nbytes // huge) * huge
+        nbytes = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
+        align = huge if order and nbytes >= huge else PAGE_SIZE
+        start = (self._top - nbytes) & ~(align - 1)
+        vma = Vma(start, start + nbytes, backing, writable,
+                  np.full(nbytes >> PAGE_SHIFT, -1, dtype=np.int64), pfnmap=mmio_pa is not None)
+        if mmio_pa is not None:
+            vma.pfns[:] = np.arange(vma.npages, dtype=np.int64) + (mmio_pa >> PAGE_SHIFT)
+        elif backing.startswith("hugetlb") or populate:
+            self._fault(vma, 0, vma.npages, strict=True)
+        self._top = start - PAGE_SIZE  # a guard gap between mappings
+        i = bisect.bisect(self._starts, start)
+        self.vmas.insert(i, vma)
+        self._starts.insert(i, start)
+        return start
+
+    def munmap(self, addr: int, length: int) -> None:
+        """Remove whole VMAs inside ``[addr, addr + length)`` (EINVAL for a partial one)."""
+        if addr & (PAGE_SIZE - 1) or length <= 0:
+            raise InvalidArgument(f"munmap: addr {addr:#x} length {length:#x}")
+        end = addr + length
+        for vma in [v for v in self.vmas if v.start < end and addr < v.end]:
+            if vma.start < addr or vma.end > end:
+                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) splits {vma!r} "
+                                      "(the model unmaps whole mappings)")
+            self._drop(vma)
+
+    def close(self) -> None:
+        """exit_mmap: every mapping goes."""
+        for vma in list(self.vmas):
+            self._drop(vma)
+
+    def _drop(self, vma: Vma) -> None:
+        i = self.vmas.index(vma)
+        del self.vmas[i], self._starts[i]
+        pins = self.mem.pins
+        for pfn, order in vma.folios:
+            if pins.counts(pfn, 1 << order).any():
+                self._orphans.append((pfn, order))
+            else:
+                self.mem.free_pages(pfn, order)
+        vma.folios.clear()
+        vma.pfns[:] = -1
+
+    # -- faults ----------------------------------------------------------------------------------
+    def find_vma(self, addr: int) -> Vma | None:
+        i = bisect.bisect(self._starts, addr) - 1
+        if i >= 0 and addr < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def _fault(self, vma: Vma, first: int, count: int, *, strict: bool = False) -> None:
+        """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time."""
+        pfns = vma.pfns
+        missing = np.flatnonzero(pfns[first:first + count] < 0) + first
+        if not len(missing):
+            return
+        order = BACKINGS[vma.backing]
+        hugetlb = vma.backing.startswith("hugetlb")
+        mem = self.mem
+        if order:
+            per = 1 << order
+            vstart = vma.start >> PAGE_SHIFT
+            # folios whose whole aligned range lies inside the VMA
+            heads = np.unique((missing + vstart) // per * per - vstart)
+            for head in heads.tolist():
+                if head >= 0 and head + per <= vma.npages:
+                    pfn = mem.frames.alloc(order)
+                    if pfn is not None:
+                        pfns[head:head + per] = np.arange(pfn, pfn + per, dtype=np.int64)
+                        vma.folios.append((pfn, order))
+                        continue
+                if hugetlb:
+                    raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
+                                      f"{vma.start + (head << PAGE_SHIFT):#x}")
+            missing = np.flatnonzero(pfns[first:first + count] < 0) + first
+        for i in missing.tolist():
+            pfn = mem.frames.alloc(0)
+            if pfn is None:
+                raise OutOfMemory(f"page fault at {vma.start + (i << PAGE_SHIFT):#x}: "
+                                  "out of memory")
+            pfns[i] = pfn
+            vma.folios.append((pfn, 0))
+
+    # -- GUP -------------------------------------------------------------------------------------
+    def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
+        """``pin_user_pages_remote(FOLL_LONGTERM)``: the pfns of the first pages that could
+        be pinned (fewer than ``npages`` at a hole, a PFNMAP or a read-only VMA for a
+        write; none there raises EFAULT, as vfio turns a 0 return into EFAULT)."""
+        out: list[I64Array] = []
+        done = 0
+        while done < npages:
+            vaddr = addr + (done << PAGE_SHIFT)
+            vma = self.find_vma(vaddr)
+            if vma is None or vma.pfnmap or (write and not vma.writable):
+                break
+            first = (vaddr - vma.start) >> PAGE_SHIFT
+            n = min(npages - done, vma.npages - first)
+            self._fault(vma, first, n)
+            out.append(vma.pfns[first:first + n])
+            done += n
+        if not done:
+            raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
+        pfns = np.concatenate(out) if len(out) > 1 else out[0].copy()
+        self._pin_runs(pfns, +1)
+        return pfns
+
+    def unpin_user_pages(self, pfns: I64Array) -> None:
+        """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
+        self._pin_runs(pfns, -1)
+        if self._orphans:
+            pins = self.mem.pins
+            keep = []
+            for pfn, order in self._orphans:
+                if pins.counts(pfn, 1 << order).any():
+                    keep.append((pfn, order))
+                else:
+                    self.mem.free_pages(pfn, order)
+            self._orphans = keep
+
+    def _pin_runs(self, pfns: I64Array, sign: int) -> None:
+        if not len(pfns):
+            return
+        brk = np.flatnonzero(np.diff(pfns) != 1) + 1
+        bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
+        pins = self.mem.pins
+        for a, b in itertools.pairwise(bounds):
+            (pins.pin if sign > 0 else pins.unpin)(int(pfns[a]), b - a)
+        self.pinned_pages += sign * len(pfns)
+
+    def follow_pfn(self, addr: int) -> tuple[int, int] | None:
+        """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end) or None."""
+        vma = self.find_vma(addr)
+        if vma is None or not vma.pfnmap:
+            return None
+        i = (addr - vma.start) >> PAGE_SHIFT
+        return int(vma.pfns[i]), vma.npages - i
+
+    # -- the CPU's view --------------------------------------------------------------------------
+    def _runs(self, addr: int, n: int, write: bool) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        pos, end = addr, addr + n
+        while pos < end:
+            vma = self.find_vma(pos)
+            if vma is None or (write and not vma.writable):
+                raise BadAddress(f"{'write' if write else 'read'} at {pos:#x}: "
+                                 "no mapping allows it (SIGSEGV)")
+            i = (pos - vma.start) >> PAGE_SHIFT
+            self._fault(vma, i, 1)
+            k = min(end, (pos | (PAGE_SIZE - 1)) + 1) - pos
+            runs.append(((int(vma.pfns[i]) << PAGE_SHIFT) | (pos & (PAGE_SIZE - 1)), k))
+            pos += k
+        return runs
+
+    def read(self, addr: int, n: int) -> bytes:
+        return b"".join(self.mem.read(pa, k) for pa, k in self._runs(addr, n, False))
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        done = 0
+        for pa, k in self._runs(addr, len(view), True):
+            self.mem.write(pa, view[done:done + k])
+            done += k
