@@ -1,8 +1,9 @@
-"""iommulab: an executable, faithful model of the Linux IOMMU stack."""
+"""iommulab: an executable model of the Linux IOMMU stack."""
 
 from . import errors, sizes
+from .machine import Machine, PciDevice, Process
 from .prot import Prot
 
 __version__ = "0.1.0"
 
-__all__ = ["Prot", "__version__", "errors", "sizes"]
+__all__ = ["Machine", "PciDevice", "Process", "Prot", "__version__", "errors", "sizes"]

@@ -14,6 +14,7 @@ __all__ = [
     "AddressInUse",
     "AlreadyExists",
     "BadAddress",
+    "BadFileDescriptor",
     "Busy",
     "CorruptPageTable",
     "DmaFault",
@@ -23,11 +24,13 @@ __all__ = [
     "NoEntry",
     "NoSpace",
     "NoSuchDevice",
+    "NotATty",
     "NotPermitted",
     "NotSupported",
     "OutOfMemory",
     "OutOfRange",
     "Overflow",
+    "PermissionDenied",
     "kernel_error",
 ]
 
@@ -96,6 +99,20 @@ class Overflow(KernelError):
 
 class NoSpace(KernelError):
     errno_value = _errno.ENOSPC
+
+
+class BadFileDescriptor(KernelError):
+    errno_value = _errno.EBADF
+
+
+class PermissionDenied(KernelError):
+    errno_value = _errno.EACCES
+
+
+class NotATty(KernelError):
+    """ENOTTY: the file has no such ioctl."""
+
+    errno_value = _errno.ENOTTY
 
 
 class NoSuchDevice(KernelError):

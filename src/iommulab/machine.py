@@ -1,0 +1,195 @@
+"""A machine with an IOMMU, PCI devices and processes that open, mmap and ioctl as on Linux.
+
+``Machine(platform)`` builds physical memory, the platform's IOMMU (hardware
+model and driver) and the IOMMU core; ``add_pci_device`` puts a device in
+its own group; ``spawn_process`` gives a process with its own address space,
+memlock limit and file table. ``Process.ioctl`` follows ``fcntl.ioctl``: the
+argument is an int, or a bytes/bytearray standing for the user memory at the
+argument pointer (a bytearray is written back in place); failure raises
+``OSError`` with the kernel's errno. The VFIO files behind ``/dev/vfio`` are
+in :mod:`iommulab.vfio.files`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .clock import Clock
+from .devices import DmaDevice
+from .errors import BadFileDescriptor, InvalidArgument, NoEntry
+from .iommu import IommuCore
+from .mem import PhysMem
+from .mem.mm import MmStruct
+from .sizes import SZ_1M, parse_size
+
+if TYPE_CHECKING:
+    from .vfio.files import VfioFile
+
+__all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
+
+#: name -> (RAM base, first BAR address, IOMMU core strict)
+PLATFORMS = {
+    "x86-vtd": (0x1_0000_0000, 0xE000_0000, False),
+    "arm64-smmuv3": (0x4000_0000, 0x1000_0000, True),
+}
+
+
+class PciDevice(DmaDevice):
+    """A PCI function at ``bdf`` with BAR 0 (MMIO) and the driver bound to it."""
+
+    def __init__(self, machine: Machine, bdf: str, driver: str, bar0: int,
+                 bar0_size: int) -> None:
+        bus, devfn = _parse_bdf(bdf)
+        iommu: Any = machine.translator
+        super().__init__(bdf, machine.mem, iommu, (bus << 8) | devfn)
+        self.bdf = bdf
+        self.driver = driver
+        self.bar0, self.bar0_size = bar0, bar0_size
+
+
+def _parse_bdf(bdf: str) -> tuple[int, int]:
+    """``DDDD:BB:DD.F`` -> (bus, devfn); ValueError naming the text otherwise."""
+    try:
+        dom, bus, rest = bdf.split(":")
+        dev, fn = rest.split(".")
+        b, d, f = int(bus, 16), int(dev, 16), int(fn, 16)
+        int(dom, 16)
+    except ValueError:
+        raise ValueError(f"bad PCI address {bdf!r} (want DDDD:BB:DD.F)") from None
+    if b > 255 or d > 31 or f > 7:
+        raise ValueError(f"bad PCI address {bdf!r}: bus, device or function out of range")
+    return b, d << 3 | f
+
+
+class Machine:
+    """One machine: ``platform`` is ``"x86-vtd"`` or ``"arm64-smmuv3"``."""
+
+    def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0) -> None:
+        if platform not in PLATFORMS:
+            raise ValueError(f"unknown platform {platform!r} (available: {sorted(PLATFORMS)})")
+        ram_base, self._next_bar, strict = PLATFORMS[platform]
+        self.platform = platform
+        self.seed = seed
+        self.mem = PhysMem(ram, ram_base=ram_base)
+        self.clock = Clock()
+        self.module_params: dict[str, int] = {
+            "vfio_iommu_type1.dma_entry_limit": 65535,
+            "vfio_iommu_type1.disable_hugepages": 0,
+            "vfio_iommu_type1.allow_unsafe_interrupts": 0,
+        }
+        self.translator: Any
+        self.driver: Any
+        if platform == "x86-vtd":
+            from .drivers.vtd import IntelIommu, VtdHw
+            self.translator = VtdHw(self.mem)
+            self.driver = IntelIommu(self.translator)
+        else:
+            from .drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
+            self.translator = SmmuV3Hw(self.mem, SmmuV3Config())
+            self.driver = ArmSmmuDevice(self.translator)
+        self.core = IommuCore(self.driver, clock=self.clock, strict=strict)
+        self.devices: dict[str, PciDevice] = {}
+        self.open_groups: set[int] = set()  # groups with an open /dev/vfio/N
+
+    def __repr__(self) -> str:
+        return f"<Machine {self.platform} ram={self.mem.ram_bytes:#x} seed={self.seed}>"
+
+    @property
+    def faults(self) -> list[Any]:
+        """The platform's fault records (VT-d fault log or SMMUv3 event queue)."""
+        if self.platform == "x86-vtd":
+            return list(self.translator.faults)
+        self.driver.handle_events()
+        return list(self.driver.events)
+
+    def add_pci_device(self, bdf: str, driver: str = "vfio-pci",
+                       bar0_size: int | str = SZ_1M) -> PciDevice:
+        """A device at ``bdf`` alone in a new IOMMU group, BAR 0 in the MMIO window."""
+        if bdf in self.devices:
+            raise ValueError(f"{bdf} is already on the bus")
+        size = parse_size(bar0_size)
+        if size < 4096 or size & (size - 1):
+            raise ValueError(f"bar0_size {size:#x} must be a power of two of at least 4K")
+        bar = -(-self._next_bar // size) * size
+        self.mem.add_mmio(bar, size, f"{bdf} BAR0")
+        self._next_bar = bar + size
+        dev = PciDevice(self, bdf, driver, bar, size)
+        self.core.probe_device(dev)
+        self.devices[bdf] = dev
+        return dev
+
+    def group_devices(self, group: int) -> list[PciDevice]:
+        return [d for d in self.devices.values() if d.iommu_group == group]
+
+    def spawn_process(self, memlock_limit: int | str | None = None,
+                      cap_ipc_lock: bool = False) -> Process:
+        limit = None if memlock_limit is None else parse_size(memlock_limit)
+        return Process(self, limit, cap_ipc_lock)
+
+
+@dataclass
+class Process:
+    """A process: address space, RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, files."""
+
+    machine: Machine
+    memlock_limit: int | None
+    cap_ipc_lock: bool
+    mm: MmStruct = field(init=False)
+    files: dict[int, VfioFile] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.mm = MmStruct(self.machine.mem)
+
+    # -- memory ------------------------------------------------------------------------------------
+    def mmap(self, length: int | str, backing: str = "anon", prot: str = "rw",
+             populate: bool = False, fd: int | None = None, offset: int = 0) -> int:
+        """``mmap``: anonymous memory of ``backing``, or (``fd``) a VFIO device region."""
+        if prot not in ("rw", "r"):
+            raise InvalidArgument(f"mmap: prot {prot!r} is not 'rw' or 'r'")
+        mmio = None
+        if fd is not None:
+            mmio = self._file(fd).mmap_region(parse_size(length), offset)
+        return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
+                            mmio_pa=mmio)
+
+    def munmap(self, vaddr: int, length: int) -> None:
+        self.mm.munmap(vaddr, length)
+
+    def read(self, vaddr: int, n: int) -> bytes:
+        return self.mm.read(vaddr, n)
+
+    def write(self, vaddr: int, data: bytes | bytearray | memoryview) -> None:
+        self.mm.write(vaddr, data)
+
+    # -- files -------------------------------------------------------------------------------------
+    def open(self, path: str) -> int:
+        from .vfio.files import open_vfio_path
+        if not path.startswith("/dev/vfio/"):
+            raise NoEntry(f"open: {path}: No such file or directory")
+        return self.install(open_vfio_path(self, path))
+
+    def install(self, f: VfioFile) -> int:
+        fd = next(i for i in range(3, len(self.files) + 4) if i not in self.files)
+        self.files[fd] = f
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._file(fd).release()
+        del self.files[fd]
+
+    def ioctl(self, fd: int, request: int, arg: int | bytes | bytearray = 0) -> int:
+        """``ioctl(2)``: the return value, or OSError with the kernel's errno."""
+        return self._file(fd).ioctl(self, request, arg)
+
+    def exit(self) -> None:
+        """Close every file, then drop the address space."""
+        for fd in sorted(self.files):
+            self.close(fd)
+        self.mm.close()
+
+    def _file(self, fd: int) -> VfioFile:
+        f = self.files.get(fd)
+        if f is None:
+            raise BadFileDescriptor(f"fd {fd} is not open")
+        return f
