@@ -1,0 +1,151 @@
+"""VFIO type1 behaviour the recordings do not cover: runs, accounting, unmap rules, teardown."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from iommulab import Machine, Process
+from iommulab.errors import DmaFault
+from iommulab.vfio import uapi as u
+
+IOVA = 1 << 32
+
+
+class Vm:
+    """A process with one container holding one vfio-pci device's group, TYPE1v2 or v1."""
+
+    def __init__(self, *, v2: bool = True, memlock: int | None = None, cap: bool = False,
+                 disable_hugepages: bool = False) -> None:
+        self.m = Machine("x86-vtd", ram="2G")
+        self.m.module_params["vfio_iommu_type1.disable_hugepages"] = int(disable_hugepages)
+        self.dev = self.m.add_pci_device("0000:00:02.0")
+        self.p: Process = self.m.spawn_process(memlock_limit=memlock, cap_ipc_lock=cap)
+        self.c = self.p.open("/dev/vfio/vfio")
+        self.g = self.p.open(f"/dev/vfio/{self.dev.iommu_group}")
+        self.p.ioctl(self.g, u.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", self.c)))
+        self.p.ioctl(self.c, u.VFIO_SET_IOMMU,
+                     u.VFIO_TYPE1v2_IOMMU if v2 else u.VFIO_TYPE1_IOMMU)
+
+    def map(self, vaddr: int, iova: int, size: int, flags: int = 3) -> None:
+        self.p.ioctl(self.c, u.VFIO_IOMMU_MAP_DMA,
+                     bytearray(u.DMA_MAP.pack(32, flags, vaddr, iova, size)))
+
+    def unmap(self, iova: int, size: int, flags: int = 0) -> int:
+        buf = bytearray(u.DMA_UNMAP.pack(24, flags, iova, size))
+        self.p.ioctl(self.c, u.VFIO_IOMMU_UNMAP_DMA, buf)
+        return int(u.DMA_UNMAP.unpack(buf)[3])
+
+    def histogram(self) -> dict[int, int]:
+        assert self.dev.group is not None and self.dev.group.domain is not None
+        pgtbl = self.dev.group.domain.pgtbl
+        assert pgtbl is not None
+        return pgtbl.leaf_histogram()
+
+    def close(self) -> None:
+        self.p.exit()
+        assert self.m.mem.pins.pins == 0
+        assert self.p.mm.locked_vm == 0
+
+
+@pytest.fixture
+def vm() -> Iterator[Vm]:
+    v = Vm()
+    yield v
+    v.close()
+
+
+def test_thp_and_hugetlb_map_as_large_entries(vm: Vm) -> None:
+    thp = vm.p.mmap(8 << 20, "thp")
+    vm.map(thp, IOVA, 8 << 20)
+    assert vm.histogram() == {2 << 20: 4}
+    assert vm.p.mm.locked_vm == 2048
+    huge = vm.p.mmap(1 << 30, "hugetlb-1G")
+    vm.map(huge, 1 << 34, 1 << 30)
+    assert vm.histogram() == {2 << 20: 4, 1 << 30: 1}
+    assert vm.unmap(0, 0, u.VFIO_DMA_UNMAP_FLAG_ALL) == (8 << 20) + (1 << 30)
+    assert vm.histogram() == {} and vm.p.mm.locked_vm == 0
+
+
+def test_fragmented_memory_and_disable_hugepages_map_4k() -> None:
+    v = Vm(disable_hugepages=True)
+    thp = v.p.mmap(4 << 20, "thp")
+    v.map(thp, IOVA, 4 << 20)
+    assert v.histogram() == {4096: 1024}
+    v.close()
+    frag = Vm()
+    frag.m.mem.fragment(order=9)
+    buf = frag.p.mmap(4 << 20, "thp")
+    frag.map(buf, IOVA, 4 << 20)
+    assert 2 << 20 not in frag.histogram()
+    frag.m.mem.release_fragmentation()
+    frag.close()
+
+
+def test_device_dma_goes_through_the_mapping_and_faults_outside(vm: Vm) -> None:
+    buf = vm.p.mmap(1 << 16, "anon")
+    vm.p.write(buf + 0x2000, b"guest")
+    vm.map(buf, IOVA, 1 << 16)
+    assert vm.dev.dma_read(IOVA + 0x2000, 5) == b"guest"
+    vm.dev.dma_write(IOVA + 0x3000, b"device")
+    assert vm.p.read(buf + 0x3000, 6) == b"device"
+    with pytest.raises(DmaFault):
+        vm.dev.dma_read(IOVA + (1 << 16), 1)
+    assert vm.m.faults[-1].addr == IOVA + (1 << 16)
+
+
+def test_memlock_limit_refuses_and_leaves_nothing() -> None:
+    v = Vm(memlock=64 << 10)
+    buf = v.p.mmap(1 << 20, "anon")
+    with pytest.raises(OSError) as err:
+        v.map(buf, IOVA, 1 << 20)
+    assert err.value.errno == 12
+    assert v.p.mm.locked_vm == 0 and v.m.mem.pins.pins == 0
+    v.map(buf, IOVA, 64 << 10)  # exactly at the limit
+    assert v.p.mm.locked_vm == 16
+    v.close()
+
+
+def test_mmio_bar_is_mapped_but_not_pinned_or_charged() -> None:
+    v = Vm(memlock=4096)
+    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:02.0\0")
+    info = bytearray(u.REGION_INFO.pack(32, 0, 0, 0, 0, 0))
+    v.p.ioctl(dfd, u.VFIO_DEVICE_GET_REGION_INFO, info)
+    _, flags, _, _, size, offset = u.REGION_INFO.unpack(info)
+    assert size == 1 << 20 and flags & u.VFIO_REGION_INFO_FLAG_MMAP
+    bar = v.p.mmap(size, fd=dfd, offset=offset)
+    v.map(bar, IOVA, size)
+    assert v.p.mm.locked_vm == 0 and v.m.mem.pins.pins == 0
+    assert v.unmap(IOVA, size) == size
+    v.p.close(dfd)
+    v.close()
+
+
+def test_v2_refuses_bisection_v1_unmaps_whole_mappings() -> None:
+    v2 = Vm()
+    buf = v2.p.mmap(1 << 20, "anon")
+    v2.map(buf, IOVA, 1 << 16)
+    with pytest.raises(OSError) as err:
+        v2.unmap(IOVA + 0x1000, 0x1000)
+    assert err.value.errno == 22
+    with pytest.raises(OSError) as err:  # covers the first page only: bisects at the end
+        v2.unmap(IOVA - 0x1000, 0x2000)
+    assert err.value.errno == 22
+    assert v2.unmap(IOVA - 0x1000, 0x12000) == 1 << 16  # covers it whole
+    v2.close()
+    v1 = Vm(v2=False)
+    buf = v1.p.mmap(1 << 20, "anon")
+    v1.map(buf, IOVA, 1 << 16)
+    assert v1.unmap(IOVA + 0x1000, 0x1000) == 0  # starts inside: nothing, success
+    assert v1.unmap(IOVA, 0x1000) == 1 << 16  # covers the first iova: all of it
+    v1.close()
+
+
+def test_closing_the_group_unmaps_and_unpins_everything(vm: Vm) -> None:
+    buf = vm.p.mmap(2 << 20, "thp")
+    vm.map(buf, IOVA, 2 << 20)
+    vm.p.close(vm.g)
+    assert vm.m.mem.pins.pins == 0 and vm.p.mm.locked_vm == 0
+    assert vm.dev.group is not None and vm.dev.group.domain is vm.dev.group.default_domain
