@@ -17,7 +17,7 @@ from typing import Any
 from iommulab import Machine, Process
 from iommulab.vfio import uapi as u
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "oracle-sample"
+SAMPLES = Path(__file__).resolve().parents[1] / "oracle"  # copied from shared/oracle-sample
 BDF = "0000:00:02.0"
 
 
