@@ -15,7 +15,6 @@ still pinned stays allocated until its last unpin.
 from __future__ import annotations
 
 import bisect
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..errors import BadAddress, InvalidArgument, OutOfMemory
 from ..sizes import parse_size
 from .physmem import PhysMem
 
-__all__ = ["BACKINGS", "MmStruct", "Vma"]
+__all__ = ["BACKINGS", "MmStruct", "Vma", "pfn_runs"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -49,6 +48,16 @@ class Vma:
     @property
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
+
+def pfn_runs(pfns: I64Array) -> list[tuple[int, int]]:
+    """``(first pfn, count)`` of each run of consecutive pfns, in order."""
+    if not len(pfns):
+        return []
+    brk = np.flatnonzero(np.diff(pfns) != 1) + 1
+    bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
+    firsts = pfns[bounds[:-1]].tolist()
+    return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
+
 
 class MmStruct:
     """One process's memory: VMAs in address order, ``locked_vm`` in pages."""
@@ -196,13 +205,9 @@ class MmStruct:
             self._orphans = keep
 
     def _pin_runs(self, pfns: I64Array, sign: int) -> None:
-        if not len(pfns):
-            return
-        brk = np.flatnonzero(np.diff(pfns) != 1) + 1
-        bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
-        pins = self.mem.pins
-        for a, b in itertools.pairwise(bounds):
-            (pins.pin if sign > 0 else pins.unpin)(int(pfns[a]), b - a)
+        change = self.mem.pins.pin if sign > 0 else self.mem.pins.unpin
+        for pfn, count in pfn_runs(pfns):
+            change(pfn, count)
         self.pinned_pages += sign * len(pfns)
 
     def follow_pfn(self, addr: int) -> tuple[int, int] | None:
@@ -215,6 +220,7 @@ class MmStruct:
 
     # -- the CPU's view --------------------------------------------------------------------------
     def _runs(self, addr: int, n: int, write: bool) -> list[tuple[int, int]]:
+        """``(pa, length)`` runs of ``[addr, addr + n)``, faulting it in a VMA at a time."""
         runs: list[tuple[int, int]] = []
         pos, end = addr, addr + n
         while pos < end:
@@ -222,11 +228,17 @@ class MmStruct:
             if vma is None or (write and not vma.writable):
                 raise BadAddress(f"{'write' if write else 'read'} at {pos:#x}: "
                                  "no mapping allows it (SIGSEGV)")
-            i = (pos - vma.start) >> PAGE_SHIFT
-            self._fault(vma, i, 1)
-            k = min(end, (pos | (PAGE_SIZE - 1)) + 1) - pos
-            runs.append(((int(vma.pfns[i]) << PAGE_SHIFT) | (pos & (PAGE_SIZE - 1)), k))
-            pos += k
+            seg_end = min(end, vma.end)
+            first = (pos - vma.start) >> PAGE_SHIFT
+            count = ((seg_end - 1 - vma.start) >> PAGE_SHIFT) - first + 1
+            self._fault(vma, first, count)
+            page_va = vma.start + (first << PAGE_SHIFT)  # start of the run's first page
+            for pfn, pages in pfn_runs(vma.pfns[first:first + count]):
+                lo = max(pos, page_va)
+                hi = min(seg_end, page_va + (pages << PAGE_SHIFT))
+                runs.append(((pfn << PAGE_SHIFT) + lo - page_va, hi - lo))
+                page_va += pages << PAGE_SHIFT
+            pos = seg_end
         return runs
 
     def read(self, addr: int, n: int) -> bytes:

@@ -12,8 +12,6 @@ Lab: ``stats`` counts bytes at each IOPTE size, pins, locked_vm and map calls.
 from __future__ import annotations
 
 import bisect
-import itertools
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +31,7 @@ from ..errors import (
 from ..iommu.domain import IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import ResvType
+from ..mem.mm import pfn_runs
 from ..prot import Prot
 from . import uapi as u
 
@@ -86,7 +85,6 @@ class Type1Stats:
     iommu_unmap_calls: int = 0
     iotlb_syncs: int = 0
     pinned_pages: int = 0  # pages pinned now
-    mapped_bytes: Counter[int] = field(default_factory=Counter)  # by IOPTE size, now
     log: list[str] = field(default_factory=list)
 
 
@@ -116,15 +114,11 @@ class VfioIommu:
     # -- the dma tree ----------------------------------------------------------------------------
     def find_dma(self, start: int, size: int) -> VfioDma | None:
         """``vfio_find_dma``: a node overlapping ``[start, start + size)`` (size 0: one
-        with ``iova < start < end``)."""
-        i = bisect.bisect_right(self._starts, start + size - (1 if size else 0))
-        if size == 0:
-            i = bisect.bisect_left(self._starts, start)
-        for dma in self.dmas[max(0, i - 1):i + 1]:
-            if size and dma.iova < start + size and start < dma.end:
-                return dma
-            if not size and dma.iova < start < dma.end:
-                return dma
+        with ``iova < start < end``). Nodes never overlap, so only the last one starting
+        before ``start + size`` can."""
+        i = bisect.bisect_left(self._starts, start + size)
+        if i and self.dmas[i - 1].end > start:
+            return self.dmas[i - 1]
         return None
 
     def _first_node(self, start: int, size: int) -> int:
@@ -227,11 +221,6 @@ class VfioIommu:
             count = min(npage, pfn_run[1])
             return [(pfn_run[0], count, True)], np.empty(0, dtype=np.int64)
         n = len(pfns)
-        if self.disable_hugepages:
-            bounds = list(range(n + 1))
-        else:
-            brk = np.flatnonzero(np.diff(pfns) != 1) + 1
-            bounds = np.concatenate(([0], brk, [n])).tolist()
         if not dma.lock_cap and limit is not None and mm.locked_vm + n > limit >> PAGE_SHIFT:
             mm.unpin_user_pages(pfns)
             msg = f"RLIMIT_MEMLOCK ({limit}) exceeded"
@@ -240,8 +229,9 @@ class VfioIommu:
         mm.locked_vm += n
         dma.locked_vm += n
         self.stats.pinned_pages += n
-        return [(int(pfns[a]), b - a, False)
-                for a, b in itertools.pairwise(bounds)], pfns
+        if self.disable_hugepages:
+            return [(pfn, 1, False) for pfn in pfns.tolist()], pfns
+        return [(pfn, count, False) for pfn, count in pfn_runs(pfns)], pfns
 
     def _iommu_map(self, iova: int, pfn: int, npage: int, prot: int) -> None:
         """``vfio_iommu_map``: the run into every domain (IOMMU_CACHE added); unwinds the
