@@ -1,6 +1,10 @@
 """The buddy frame allocator."""
 
+import random
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from iommulab.mem import MAX_ORDER, FrameAllocator
 
@@ -80,3 +84,49 @@ def test_alloc_at_takes_one_specific_frame() -> None:
 def test_bad_order_is_rejected() -> None:
     with pytest.raises(ValueError, match="19"):
         FrameAllocator().alloc(MAX_ORDER + 1)
+
+
+def _state(fa: FrameAllocator) -> tuple[list[set[int]], dict[int, int], int]:
+    return [set(b) for b in fa._free], dict(fa._allocated), fa.free_frames
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=30),
+       st.integers(1, 3000), st.randoms(use_true_random=False))
+def test_bulk_alloc_and_free_match_page_by_page(history: list[tuple[int, bool]], n: int,
+                                                rnd: random.Random) -> None:
+    """alloc_bulk(n) gives the frames of n alloc(0) calls; free_bulk leaves the same lists."""
+    one, bulk = _alloc([(5, 4000)]), _alloc([(5, 4000)])
+    held: list[tuple[int, int]] = []
+    for order, free in history:  # the same fragmented state in both
+        if free and held:
+            block, o = held.pop(rnd.randrange(len(held)))
+            one.free(block, o)
+            bulk.free(block, o)
+        elif (got := one.alloc(order)) is not None:
+            assert bulk.alloc(order) == got
+            held.append((got, order))
+    runs = bulk.alloc_bulk(n)
+    if n > one.free_frames:
+        assert runs is None and _state(one) == _state(bulk)
+        return
+    pages = [one.alloc(0) for _ in range(n)]
+    assert runs is not None and None not in pages
+    assert [p for pfn, k in runs for p in range(pfn, pfn + k)] == pages
+    assert _state(one) == _state(bulk)
+    rnd.shuffle(pages)
+    for page in pages:
+        assert page is not None
+        one.free(page, 0)
+    bulk.free_bulk(runs)
+    assert _state(one) == _state(bulk)
+    bulk._check()
+
+
+def test_free_bulk_refuses_a_frame_it_did_not_hand_out() -> None:
+    fa = _alloc([(0, 64)])
+    runs = fa.alloc_bulk(4)
+    assert runs == [(0, 4)]
+    before = _state(fa)
+    with pytest.raises(ValueError, match="pfn 0x4 order 0, but it was not allocated"):
+        fa.free_bulk([(0, 5)])
+    assert _state(fa) == before

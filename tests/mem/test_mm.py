@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iommulab.errors import BadAddress
+from iommulab.errors import BadAddress, OutOfMemory
 from iommulab.mem import PhysMem
 from iommulab.mem.mm import MmStruct, pfn_runs
 
@@ -28,3 +28,30 @@ def test_unaligned_access_across_pages(backing: str) -> None:
         mm.write(ro, b"x")
     mm.close()
     assert mm.mem.frames.allocated_blocks == 0
+
+
+@pytest.mark.parametrize("backing", ["anon", "thp"])
+def test_munmapped_pinned_pages_live_until_their_last_unpin(backing: str) -> None:
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(4 << 20, backing)
+    mm.write(va + 0x5000, b"kept")
+    pinned = mm.pin_user_pages(va + 0x4000, 3, write=True)
+    mm.munmap(va, 4 << 20)
+    held = 512 if backing == "thp" else 3  # a pinned THP keeps its whole folio
+    assert mem.frames.free_frames == mem.frames.total_frames - held
+    assert mem.read(int(pinned[1]) << 12 | 0x000, 4) == b"kept"
+    mm.unpin_user_pages(pinned)
+    assert mem.frames.free_frames == mem.frames.total_frames
+    assert mem.frames.allocated_blocks == 0 and mem.pins.pins == 0
+
+
+def test_anon_fault_is_one_injection_point_and_takes_nothing_on_failure() -> None:
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(1 << 20)
+    mem.fail_nth.arm(1)
+    with pytest.raises(OutOfMemory):
+        mm.pin_user_pages(va, 256, write=True)
+    assert mem.frames.allocated_blocks == 0 and mem.pins.pins == 0
+    assert len(mm.pin_user_pages(va, 256, write=True)) == 256

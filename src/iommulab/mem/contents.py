@@ -42,6 +42,10 @@ class SparseContents:
         if count == 1:
             pages.pop(pfn, None)
             return
+        if count > len(pages):  # e.g. a 1G page of which few 4K pages were written
+            for key in [k for k in pages if pfn <= k < pfn + count]:
+                del pages[key]
+            return
         for i in range(count):
             pages.pop(pfn + i, None)
 

@@ -22,6 +22,17 @@ __all__ = ["MAX_ORDER", "FrameAllocator"]
 MAX_ORDER = 18
 
 
+def _aligned_blocks(pfn: int, count: int) -> Iterator[tuple[int, int]]:
+    """``[pfn, pfn + count)`` as the largest naturally aligned blocks, in order."""
+    end = pfn + count
+    while pfn < end:
+        order = MAX_ORDER
+        while order and (pfn & ((1 << order) - 1) or pfn + (1 << order) > end):
+            order -= 1
+        yield pfn, order
+        pfn += 1 << order
+
+
 class FrameAllocator:
     """Free lists per order over a set of RAM frame ranges."""
 
@@ -36,13 +47,7 @@ class FrameAllocator:
     # -- set-up ---------------------------------------------------------------
     def add_range(self, pfn: int, count: int) -> None:
         """Hand ``count`` frames starting at ``pfn`` to the allocator (memblock_free_all)."""
-        end = pfn + count
-        while pfn < end:
-            order = MAX_ORDER
-            while order and (pfn & ((1 << order) - 1) or pfn + (1 << order) > end):
-                order -= 1
-            self._push(pfn, order)
-            pfn += 1 << order
+        self._push_range(pfn, count)
         self.total_frames += count
         self.free_frames += count
 
@@ -62,6 +67,50 @@ class FrameAllocator:
             self.free_frames -= 1 << order
             return pfn
         return None
+
+    def alloc_bulk(self, n: int) -> list[tuple[int, int]] | None:
+        """``n`` order-0 allocations at once: the same frames ``n`` calls of ``alloc(0)``
+        would give, as ``(first pfn, count)`` runs; None (nothing taken) if fewer are free.
+
+        Each call of ``alloc(0)`` takes the lowest block of the smallest order and
+        splits it, so consecutive calls walk through that block page by page; this
+        takes whole blocks instead and gives back the tail of the last one.
+        """
+        if n > self.free_frames:
+            return None
+        runs: list[tuple[int, int]] = []
+        left = n
+        while left:
+            order = next(o for o in range(MAX_ORDER + 1) if self._free[o])
+            pfn = self._pop(order)
+            assert pfn is not None
+            take = min(left, 1 << order)
+            self._push_range(pfn + take, (1 << order) - take)
+            runs.append((pfn, take))
+            left -= take
+        allocated = self._allocated
+        for pfn, count in runs:
+            allocated.update(dict.fromkeys(range(pfn, pfn + count), 0))
+        self.free_frames -= n
+        return runs
+
+    def free_bulk(self, runs: list[tuple[int, int]]) -> None:
+        """Free order-0 allocations given as ``(first pfn, count)`` runs, merging as
+        ``count`` calls of ``free(pfn, 0)`` would (the buddy state does not depend on
+        the order of frees)."""
+        allocated = self._allocated
+        for pfn, count in runs:
+            if any(allocated.get(p) != 0 for p in range(pfn, pfn + count)):
+                bad = next(p for p in range(pfn, pfn + count) if allocated.get(p) != 0)
+                raise ValueError(f"freeing pfn {bad:#x} order 0, but it was "
+                                 + ("not allocated" if bad not in allocated else
+                                    f"allocated with order {allocated[bad]}"))
+        for pfn, count in runs:
+            for p in range(pfn, pfn + count):
+                del allocated[p]
+            self.free_frames += count
+            for block, order in _aligned_blocks(pfn, count):
+                self._merge_free(block, order)
 
     def alloc_at(self, pfn: int) -> bool:
         """Take the single free frame ``pfn`` out of whatever free block holds it."""
@@ -91,6 +140,10 @@ class FrameAllocator:
                 + ("not allocated" if got is None else f"allocated with order {got}"))
         del self._allocated[pfn]
         self.free_frames += 1 << order
+        self._merge_free(pfn, order)
+
+    def _merge_free(self, pfn: int, order: int) -> None:
+        """``__free_one_page``: merge with free buddies, then onto the free list."""
         while order < MAX_ORDER:
             buddy = pfn ^ (1 << order)
             if buddy not in self._free[order]:
@@ -139,6 +192,11 @@ class FrameAllocator:
         assert free == self.free_frames, f"free count {self.free_frames} != {free}"
 
     # -- internals --------------------------------------------------------------
+    def _push_range(self, pfn: int, count: int) -> None:
+        """Free ``[pfn, pfn + count)`` (inside one split block) as aligned blocks."""
+        for block, order in _aligned_blocks(pfn, count):
+            self._push(block, order)
+
     def _push(self, pfn: int, order: int) -> None:
         self._free[order].add(pfn)
         heapq.heappush(self._heap[order], pfn)

@@ -43,7 +43,8 @@ class Vma:
     writable: bool
     pfns: I64Array = field(repr=False)
     pfnmap: bool = False  # VM_PFNMAP | VM_IO (a device region)
-    folios: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (pfn, order)
+    folios: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (pfn, order>0)
+    pages: list[tuple[int, int]] = field(default_factory=list, repr=False)  # 4K pages' runs
 
     @property
     def npages(self) -> int:
@@ -70,6 +71,7 @@ class MmStruct:
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
         self._top = _TASK_TOP
         self._orphans: list[tuple[int, int]] = []  # munmapped folios still pinned
+        self._orphan_pages: list[tuple[int, int]] = []  # munmapped 4K pages still pinned
 
     # -- mmap / munmap -------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", *, writable: bool = True,
@@ -126,7 +128,26 @@ class MmStruct:
             else:
                 self.mem.free_pages(pfn, order)
         vma.folios.clear()
+        self._orphan_pages += self._free_unpinned(vma.pages)
+        vma.pages.clear()
         vma.pfns[:] = -1
+
+    def _free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Free the pages of ``runs`` nobody pins; return the runs of those still pinned."""
+        pins = self.mem.pins
+        free: list[tuple[int, int]] = []
+        kept: list[tuple[int, int]] = []
+        for pfn, count in runs:
+            pinned = pins.counts(pfn, count) > 0
+            if not pinned.any():
+                free.append((pfn, count))
+                continue
+            pfns = np.arange(pfn, pfn + count, dtype=np.int64)
+            free += pfn_runs(pfns[~pinned])
+            kept += pfn_runs(pfns[pinned])
+        if free:
+            self.mem.free_page_runs(free)
+        return kept
 
     # -- faults ----------------------------------------------------------------------------------
     def find_vma(self, addr: int) -> Vma | None:
@@ -160,13 +181,15 @@ class MmStruct:
                     raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
                                       f"{vma.start + (head << PAGE_SHIFT):#x}")
             missing = np.flatnonzero(pfns[first:first + count] < 0) + first
-        for i in missing.tolist():
-            pfn = mem.frames.alloc(0)
-            if pfn is None:
-                raise OutOfMemory(f"page fault at {vma.start + (i << PAGE_SHIFT):#x}: "
-                                  "out of memory")
-            pfns[i] = pfn
-            vma.folios.append((pfn, 0))
+        if len(missing):
+            try:
+                runs = mem.alloc_page_runs(len(missing), site="alloc_pages(page fault)")
+            except OutOfMemory as err:
+                raise OutOfMemory(f"page fault at {vma.start + (int(missing[0]) << PAGE_SHIFT):#x}"
+                                  f": {err}") from None
+            pfns[missing] = np.concatenate([np.arange(p, p + n, dtype=np.int64)
+                                            for p, n in runs])
+            vma.pages += runs
 
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
@@ -203,6 +226,8 @@ class MmStruct:
                 else:
                     self.mem.free_pages(pfn, order)
             self._orphans = keep
+        if self._orphan_pages:
+            self._orphan_pages = self._free_unpinned(self._orphan_pages)
 
     def _pin_runs(self, pfns: I64Array, sign: int) -> None:
         change = self.mem.pins.pin if sign > 0 else self.mem.pins.unpin

@@ -137,6 +137,21 @@ class PhysMem:
         self.frames.free(pfn, order)
         self.contents.drop(pfn, 1 << order)
 
+    def alloc_page_runs(self, n: int, *, site: str = "alloc_pages") -> list[tuple[int, int]]:
+        """``n`` single-page allocations at once, as ``(first pfn, count)`` runs (ENOMEM,
+        nothing taken, if fewer are free). One fault-injection point for the lot."""
+        self.fail_nth.check(site)
+        runs = self.frames.alloc_bulk(n)
+        if runs is None:
+            raise OutOfMemory(f"{site}: {n} pages wanted, {self.frames.free_frames} free")
+        return runs
+
+    def free_page_runs(self, runs: list[tuple[int, int]]) -> None:
+        """Free single-page allocations given as runs; their contents are forgotten."""
+        self.frames.free_bulk(runs)
+        for pfn, count in runs:
+            self.contents.drop(pfn, count)
+
     def alloc_zeroed(self, size: int, site: str = "alloc_pages") -> tuple[
             int, npt.NDArray[np.uint64]]:
         """Zeroed, naturally aligned memory as little-endian 64-bit words.
