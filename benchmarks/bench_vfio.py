@@ -30,7 +30,7 @@ def run(backing: str, gib: int) -> tuple[float, float, dict[int, int]]:
     p.ioctl(c, u.VFIO_IOMMU_MAP_DMA, bytearray(u.DMA_MAP.pack(32, 3, va, 1 << 32, size)))
     t_map = time.perf_counter() - t0
     domain = dev.group.domain if dev.group is not None else None
-    hist = domain.pgtbl.leaf_histogram() if domain is not None and domain.pgtbl else {}
+    hist = domain.leaf_histogram() if domain is not None else {}
     t0 = time.perf_counter()
     p.ioctl(c, u.VFIO_IOMMU_UNMAP_DMA, bytearray(u.DMA_UNMAP.pack(24, 0, 1 << 32, size)))
     t_unmap = time.perf_counter() - t0

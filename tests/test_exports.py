@@ -8,8 +8,8 @@ import iommulab
 
 PUBLIC = {
     "iommulab": {"Machine", "PciDevice", "Process", "Prot", "__version__", "errors", "sizes"},
-    "iommulab.vfio": {"Container", "DeviceFile", "GroupFile", "Type1Stats", "VfioDma", "VfioFile",
-                      "VfioIommu", "type1_check_extension", "uapi"},
+    "iommulab.vfio": {"Container", "DeviceFile", "GroupFile", "Type1Report", "Type1Stats",
+                      "VfioDma", "VfioFile", "VfioIommu", "type1_check_extension", "uapi"},
     "iommulab.mem": {"MAX_ORDER", "PAGE_BYTES", "SECTION_FRAMES", "FailNth", "FrameAllocator",
                      "MemRegion", "PhysMem", "PinCounts", "SparseContents", "get_order"},
     "iommulab.pgtable": {

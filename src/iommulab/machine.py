@@ -32,6 +32,7 @@ __all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
 PLATFORMS = {
     "x86-vtd": (0x1_0000_0000, 0xE000_0000, False),
     "arm64-smmuv3": (0x4000_0000, 0x1000_0000, True),
+    "mock": (0x4000_0000, 0x1000_0000, True),
 }
 
 
@@ -63,7 +64,8 @@ def _parse_bdf(bdf: str) -> tuple[int, int]:
 
 
 class Machine:
-    """One machine: ``platform`` is ``"x86-vtd"`` or ``"arm64-smmuv3"``."""
+    """One machine: ``platform`` is ``"x86-vtd"``, ``"arm64-smmuv3"`` or ``"mock"`` (the
+    iommufd selftest's mock IOMMU: 2K IO pages, aperture [1 << 24, (1 << 31) - 1])."""
 
     def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0) -> None:
         if platform not in PLATFORMS:
@@ -84,6 +86,10 @@ class Machine:
             from .drivers.vtd import IntelIommu, VtdHw
             self.translator = VtdHw(self.mem)
             self.driver = IntelIommu(self.translator)
+        elif platform == "mock":
+            from .drivers.mock import MockHw, MockIommu
+            self.translator = MockHw(self.mem.fail_nth)
+            self.driver = MockIommu(self.translator)
         else:
             from .drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
             self.translator = SmmuV3Hw(self.mem, SmmuV3Config())
@@ -97,8 +103,9 @@ class Machine:
 
     @property
     def faults(self) -> list[Any]:
-        """The platform's fault records (VT-d fault log or SMMUv3 event queue)."""
-        if self.platform == "x86-vtd":
+        """The platform's fault records (VT-d fault log, SMMUv3 event queue, or the lab's
+        record of the mock's untranslated accesses)."""
+        if self.platform != "arm64-smmuv3":
             return list(self.translator.faults)
         self.driver.handle_events()
         return list(self.driver.events)

@@ -40,9 +40,7 @@ class Vm:
 
     def histogram(self) -> dict[int, int]:
         assert self.dev.group is not None and self.dev.group.domain is not None
-        pgtbl = self.dev.group.domain.pgtbl
-        assert pgtbl is not None
-        return pgtbl.leaf_histogram()
+        return self.dev.group.domain.leaf_histogram()
 
     def close(self) -> None:
         self.p.exit()

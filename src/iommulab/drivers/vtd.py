@@ -125,6 +125,7 @@ class IntelIommu:
         self.hw = hw
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
+        self.default_domain: IommuDomain | None = None  # DMA domains are allocated
 
     def probe_device(self, sid: int) -> _Master:
         return _Master(sid)

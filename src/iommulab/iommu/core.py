@@ -29,6 +29,7 @@ class IommuDriver(Protocol):
 
     blocked_domain: IommuDomain
     identity_domain: IommuDomain
+    default_domain: IommuDomain | None  # iommu_ops.default_domain: a static one, or None
 
     def probe_device(self, sids: int) -> Any: ...
     def release_device(self, master: Any) -> None: ...
@@ -102,7 +103,9 @@ class IommuCore:
         """``__iommu_probe_device``: probe, join ``group`` (or a new one), default domain.
 
         The first device of a group allocates its default domain (DMA_FQ
-        unless ``strict``) and a DMA cookie; the others attach to it. On
+        unless ``strict``) and a DMA cookie, or takes the driver's static
+        ``default_domain`` (the iommufd mock's blocking domain); the others
+        attach to it. On
         failure the device is released again and the error raised.
         """
         from ..dma.cookie import DmaCookie
@@ -121,7 +124,14 @@ class IommuCore:
         group.devices.append(dev)
         dev.group = group
         try:
-            if group.default_domain is None:
+            if group.default_domain is None and self.driver.default_domain is not None:
+                group.default_domain = self.driver.default_domain
+                try:
+                    self.set_group_domain(group, group.default_domain)
+                except KernelError:
+                    group.default_domain = None
+                    raise
+            elif group.default_domain is None:
                 dtype = DomainType.DMA if self.strict else DomainType.DMA_FQ
                 domain = self.driver.domain_alloc_paging(master, dtype)
                 domain.cookie = DmaCookie(self.clock)  # iommu_get_dma_cookie
@@ -165,7 +175,7 @@ class IommuCore:
             group.devices.remove(dev)
             if not group.devices:
                 domain = group.default_domain
-                if domain is not None:
+                if domain is not None and domain is not self.driver.default_domain:
                     cookie = domain.cookie
                     if isinstance(cookie, DmaCookie):
                         cookie.free_fq()

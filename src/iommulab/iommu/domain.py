@@ -103,6 +103,11 @@ class DomainOps(Protocol):
         """Optional, as in the kernel: None when the driver has no iotlb_sync_map."""
     def flush_iotlb_all(self, domain: IommuDomain) -> None: ...
     def free(self, domain: IommuDomain) -> None: ...
+    def leaf_runs(self, domain: IommuDomain, iova: int, size: int
+                  ) -> list[tuple[int, int, int]]:
+        """Lab: ``(iova, pa, length)`` of the mapped parts, merged while both continue."""
+    def leaf_histogram(self, domain: IommuDomain) -> dict[int, int]:
+        """Lab: number of leaf entries by mapping size."""
 
 
 class DirtyOps(Protocol):
@@ -340,6 +345,15 @@ class IommuDomain:
         if type == _BLOCKED or self.ops is None:
             return 0
         return self.ops.iova_to_phys(self, iova)
+
+    def leaf_runs(self, iova: int, size: int) -> list[tuple[int, int, int]]:
+        """Lab: the runs ``vfio_unmap_unpin`` finds by probing ``iova_to_phys`` page by
+        page, as ``(iova, pa, length)``, found by table or by slot range instead."""
+        return [] if self.ops is None else self.ops.leaf_runs(self, iova, size)
+
+    def leaf_histogram(self) -> dict[int, int]:
+        """Lab: number of leaf entries (IOPTEs) by mapping size."""
+        return {} if self.ops is None else self.ops.leaf_histogram(self)
 
     def free(self) -> None:
         """``iommu_domain_free``."""

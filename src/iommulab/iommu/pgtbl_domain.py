@@ -86,6 +86,13 @@ class PgtblDomainOps:
     def free(self, domain: IommuDomain) -> None:
         free_io_pgtable_ops(self.pgtbl)
 
+    def leaf_runs(self, domain: IommuDomain, iova: int, size: int
+                  ) -> list[tuple[int, int, int]]:
+        return self.pgtbl.leaf_runs(iova, size)
+
+    def leaf_histogram(self, domain: IommuDomain) -> dict[int, int]:
+        return self.pgtbl.leaf_histogram()
+
 
 def alloc_paging_domain(fmt: IoPgtableFmt, cfg: IoPgtableCfg, *, mem: PhysMem | None = None,
                         type: DomainType = DomainType.UNMANAGED) -> IommuDomain:

@@ -2,12 +2,13 @@
 
 from . import uapi
 from .files import Container, DeviceFile, GroupFile, VfioFile
-from .type1 import Type1Stats, VfioDma, VfioIommu, type1_check_extension
+from .type1 import Type1Report, Type1Stats, VfioDma, VfioIommu, type1_check_extension
 
 __all__ = [
     "Container",
     "DeviceFile",
     "GroupFile",
+    "Type1Report",
     "Type1Stats",
     "VfioDma",
     "VfioFile",

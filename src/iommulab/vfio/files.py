@@ -26,7 +26,7 @@ from ..errors import (
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import ResvType
 from . import uapi as u
-from .type1 import VfioIommu, type1_check_extension
+from .type1 import Type1Report, VfioIommu, type1_check_extension
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
@@ -94,6 +94,12 @@ class Container(VfioFile):
         self.machine = machine
         self.groups: list[GroupFile] = []
         self.iommu: VfioIommu | None = None
+
+    def report(self) -> Type1Report:
+        """Lab statistics of the container (:meth:`VfioIommu.report`)."""
+        if self.iommu is None:
+            raise InvalidArgument("report: no IOMMU driver set on the container")
+        return self.iommu.report()
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         if request == u.VFIO_GET_API_VERSION:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
     from ..mem.mm import I64Array, MmStruct
 
-__all__ = ["Type1Stats", "VfioDma", "VfioIommu", "type1_check_extension"]
+__all__ = ["Type1Report", "Type1Stats", "VfioDma", "VfioIommu", "type1_check_extension"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -86,6 +86,25 @@ class Type1Stats:
     iotlb_syncs: int = 0
     pinned_pages: int = 0  # pages pinned now
     log: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Type1Report:
+    """Lab statistics of one container at one moment.
+
+    ``iopte_bytes`` has, per domain in the container's order, the bytes
+    mapped at each IOPTE size; ``locked_vm`` counts the pages this container
+    charged to RLIMIT_MEMLOCK (MMIO is never charged).
+    """
+
+    dma_entries: int
+    mapped_bytes: int
+    iopte_bytes: tuple[dict[int, int], ...]
+    pinned_pages: int
+    locked_vm: int
+    iommu_map_calls: int
+    iommu_unmap_calls: int
+    iotlb_syncs: int
 
 
 class VfioIommu:
@@ -273,10 +292,9 @@ class VfioIommu:
             d.domain.unmap(dma.iova, dma.size)
             self.stats.iommu_unmap_calls += 1
         first = self.domains[0].domain
-        assert first.pgtbl is not None
         gather = IommuIotlbGather()
         pending: list[tuple[int, int]] = []
-        for iova, pa, length in first.pgtbl.leaf_runs(dma.iova, dma.size):
+        for iova, pa, length in first.leaf_runs(dma.iova, dma.size):
             first.unmap_fast(iova, length, gather)
             self.stats.iommu_unmap_calls += 1
             pending.append((pa, length))
@@ -393,6 +411,15 @@ class VfioIommu:
             self._update_user_bitmap((pgsize, user, mm), self.dmas[i], iova)
             i += 1
 
+    def report(self) -> Type1Report:
+        """Lab: what is mapped, at which IOPTE sizes, pinned and charged, and the calls."""
+        st = self.stats
+        iopte = tuple({size: size * n for size, n in d.domain.leaf_histogram().items()}
+                      for d in self.domains)
+        return Type1Report(len(self.dmas), sum(d.size for d in self.dmas), iopte,
+                           st.pinned_pages, sum(d.locked_vm for d in self.dmas),
+                           st.iommu_map_calls, st.iommu_unmap_calls, st.iotlb_syncs)
+
     def set_dirty_tracking(self, start: bool) -> None:
         self.dirty_page_tracking = start
         for dma in self.dmas:
@@ -448,8 +475,7 @@ class VfioIommu:
             for dma in self.dmas:
                 if dma.iommu_mapped:
                     src = self.domains[0].domain
-                    assert src.pgtbl is not None
-                    for iova, pa, length in src.pgtbl.leaf_runs(dma.iova, dma.size):
+                    for iova, pa, length in src.leaf_runs(dma.iova, dma.size):
                         domain.map(iova, pa, length, dma.prot | Prot.CACHE)
                         self.stats.iommu_map_calls += 1
                         mapped.append((iova, length))

@@ -147,6 +147,7 @@ class ArmSmmuDevice:
         self.vmids: set[int] = set()  # smmu->vmid_map
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
+        self.default_domain: IommuDomain | None = None  # DMA domains are allocated
         self._allocated: list[int] = []  # devm-managed DMA memory, by PA
         self._hw_probe()
         try:

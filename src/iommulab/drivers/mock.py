@@ -1,0 +1,333 @@
+"""The iommufd selftest's mock IOMMU: a 2K-page domain whose "page table" is an xarray.
+
+Follows drivers/iommu/iommufd/selftest.c as of Linux 6.12 (the kernel the
+oracle recordings come from; 7.0 moved the mock onto generic_pt's AMDv1
+format). Each 2K IO page of a domain is one xarray slot at index
+``iova / MOCK_IO_PAGE_SIZE`` holding ``(paddr / MOCK_IO_PAGE_SIZE) | flags``:
+the first and last slot of every ``map_pages`` call carry
+``MOCK_PFN_START_IOVA`` (= ``MOCK_PFN_LAST_IOVA``), every slot of a map with a
+page size above 2K carries ``MOCK_PFN_HUGE_IOVA``. ``unmap_pages`` WARNs
+unless it starts on a START slot and ends on a LAST slot (unmaps must be a
+strict superset of maps) when the domain has no huge page size. The mock
+ignores ``prot`` and has no IOTLB.
+
+The xarray is modelled by :class:`MockPfns`, numpy chunks of slots, so maps
+and unmaps work on ranges. DMA through the mock (``MockHw``) reads the same
+slots; a missing slot is a fault recorded in ``MockHw.faults`` (a lab record:
+the mock has no fault queue).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DmaFault, NoEntry
+from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
+from ..iommu.gather import IommuIotlbGather
+from ..iommu.resv import IommuCap, ResvRegion
+from ..mem import FailNth
+from ..sizes import PAGE_SIZE
+
+__all__ = [
+    "MOCK_APERTURE_LAST",
+    "MOCK_APERTURE_START",
+    "MOCK_FLAGS_DEVICE_HUGE_IOVA",
+    "MOCK_FLAGS_DEVICE_NO_DIRTY",
+    "MOCK_HUGE_PAGE_SIZE",
+    "MOCK_IO_PAGE_SIZE",
+    "MOCK_PFN_HUGE_IOVA",
+    "MOCK_PFN_MASK",
+    "MOCK_PFN_START_IOVA",
+    "MockDomainOps",
+    "MockFault",
+    "MockHw",
+    "MockIommu",
+    "MockPfns",
+]
+
+U64Array = npt.NDArray[np.uint64]
+
+MOCK_APERTURE_START = 1 << 24
+MOCK_APERTURE_LAST = (1 << 31) - 1
+MOCK_IO_PAGE_SIZE = PAGE_SIZE // 2
+MOCK_HUGE_PAGE_SIZE = 512 * MOCK_IO_PAGE_SIZE
+MOCK_PFN_MASK = ((1 << 64) - 1) // MOCK_IO_PAGE_SIZE
+MOCK_PFN_START_IOVA = MOCK_PFN_MASK + 1
+MOCK_PFN_LAST_IOVA = MOCK_PFN_START_IOVA
+MOCK_PFN_DIRTY_IOVA = MOCK_PFN_START_IOVA << 1
+MOCK_PFN_HUGE_IOVA = MOCK_PFN_START_IOVA << 2
+
+MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
+MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
+
+_SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
+_EMPTY = np.uint64((1 << 64) - 1)  # no xarray value can be all ones (flags stop at bit 55)
+_CHUNK_SHIFT = 12  # 4096 slots (8 MiB of IOVA) per chunk
+
+
+class MockPfns:
+    """The domain's xarray of slot values, kept as numpy chunks of 4096 slots."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, U64Array] = {}
+        self.count = 0  # present slots
+
+    def _spans(self, first: int, n: int) -> Iterator[tuple[int, int, int, int]]:
+        """(chunk number, offset in chunk, offset in the range, length) over a range."""
+        done = 0
+        while done < n:
+            index = first + done
+            c, off = index >> _CHUNK_SHIFT, index & ((1 << _CHUNK_SHIFT) - 1)
+            k = min(n - done, (1 << _CHUNK_SHIFT) - off)
+            yield c, off, done, k
+            done += k
+
+    def store(self, first: int, values: U64Array) -> int:
+        """``xa_store`` of ``values`` at ``first``…; returns how many slots were occupied."""
+        occupied = 0
+        for c, off, at, k in self._spans(first, len(values)):
+            chunk = self._chunks.get(c)
+            if chunk is None:
+                chunk = self._chunks[c] = np.full(1 << _CHUNK_SHIFT, _EMPTY, dtype=np.uint64)
+            occupied += int(np.count_nonzero(chunk[off:off + k] != _EMPTY))
+            chunk[off:off + k] = values[at:at + k]
+        self.count += len(values) - occupied
+        return occupied
+
+    def erase(self, first: int, n: int) -> U64Array:
+        """``xa_erase`` of ``n`` slots; their old values (``_EMPTY`` where there was none)."""
+        old = np.full(n, _EMPTY, dtype=np.uint64)
+        for c, off, at, k in self._spans(first, n):
+            chunk = self._chunks.get(c)
+            if chunk is None:
+                continue
+            old[at:at + k] = chunk[off:off + k]
+            chunk[off:off + k] = _EMPTY
+            if not np.any(chunk != _EMPTY):
+                del self._chunks[c]
+        self.count -= int(np.count_nonzero(old != _EMPTY))
+        return old
+
+    def load(self, index: int) -> int | None:
+        """``xa_load``: the slot's value, or None."""
+        chunk = self._chunks.get(index >> _CHUNK_SHIFT)
+        if chunk is None:
+            return None
+        value = int(chunk[index & ((1 << _CHUNK_SHIFT) - 1)])
+        return None if value == int(_EMPTY) else value
+
+    def present(self, first: int, n: int) -> tuple[npt.NDArray[np.int64], U64Array]:
+        """Indices and values of the occupied slots in ``[first, first + n)``."""
+        idx: list[npt.NDArray[np.int64]] = []
+        vals: list[U64Array] = []
+        for c, off, _at, k in self._spans(first, n):
+            chunk = self._chunks.get(c)
+            if chunk is None:
+                continue
+            part = chunk[off:off + k]
+            hit = np.flatnonzero(part != _EMPTY)
+            if len(hit):
+                idx.append(hit.astype(np.int64) + ((c << _CHUNK_SHIFT) + off))
+                vals.append(part[hit])
+        if not idx:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+        return np.concatenate(idx), np.concatenate(vals)
+
+    def spans_all(self) -> tuple[int, int]:
+        """First slot and slot count covering every chunk (for whole-domain views)."""
+        if not self._chunks:
+            return 0, 0
+        lo, hi = min(self._chunks), max(self._chunks) + 1
+        return lo << _CHUNK_SHIFT, (hi - lo) << _CHUNK_SHIFT
+
+
+class MockDomainOps:
+    """``mock_ops.default_domain_ops``: map/unmap/iova_to_phys over :class:`MockPfns`."""
+
+    iotlb_sync_map = None  # the mock has none
+
+    def __init__(self, fail_nth: FailNth) -> None:
+        self.pfns = MockPfns()
+        self.fail_nth = fail_nth
+
+    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
+                  prot: int, gfp: int) -> int:
+        """``mock_domain_map_pages``: one slot per 2K; START on the first, LAST on the last,
+        HUGE on all when ``pgsize`` is not 2K. ``iommufd_should_fail`` gives ENOENT."""
+        if self.fail_nth.fails("iommufd_should_fail(mock_domain_map_pages)"):
+            raise NoEntry("mock_domain_map_pages: injected failure")
+        if iova % MOCK_IO_PAGE_SIZE:
+            domain.warnings["mock_domain_map_pages: iova not 2K aligned"] += 1
+        if pgsize % MOCK_IO_PAGE_SIZE:
+            domain.warnings["mock_domain_map_pages: pgsize not a multiple of 2K"] += 1
+        n = pgsize * pgcount >> _SHIFT
+        values = np.arange(paddr >> _SHIFT, (paddr >> _SHIFT) + n, dtype=np.uint64)
+        values[0] |= np.uint64(MOCK_PFN_START_IOVA)
+        values[-1] |= np.uint64(MOCK_PFN_LAST_IOVA)
+        if pgsize != MOCK_IO_PAGE_SIZE:
+            values |= np.uint64(MOCK_PFN_HUGE_IOVA)
+        if self.pfns.store(iova >> _SHIFT, values):
+            domain.warnings["mock_domain_map_pages: slot already in use"] += 1
+        return n << _SHIFT
+
+    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
+                    gather: IommuIotlbGather) -> int:
+        """``mock_domain_unmap_pages``: erase every slot; the whole size is returned even for
+        empty slots. Without a huge page size the range must start at a START slot and end
+        at a LAST slot."""
+        if iova % MOCK_IO_PAGE_SIZE:
+            domain.warnings["mock_domain_unmap_pages: iova not 2K aligned"] += 1
+        if pgsize % MOCK_IO_PAGE_SIZE:
+            domain.warnings["mock_domain_unmap_pages: pgsize not a multiple of 2K"] += 1
+        n = pgsize * pgcount >> _SHIFT
+        old = self.pfns.erase(iova >> _SHIFT, n)
+        if not domain.pgsize_bitmap & MOCK_HUGE_PAGE_SIZE and n:
+            start = np.uint64(MOCK_PFN_START_IOVA)
+            if old[0] != _EMPTY and not old[0] & start:
+                domain.warnings["mock_domain_unmap_pages: unmap does not start a map"] += 1
+            if old[-1] != _EMPTY and not old[-1] & start:
+                domain.warnings["mock_domain_unmap_pages: unmap does not end a map"] += 1
+        return n << _SHIFT
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
+        """``mock_domain_iova_to_phys``: the slot's 2K-aligned address (no offset added)."""
+        if iova % MOCK_IO_PAGE_SIZE:
+            domain.warnings["mock_domain_iova_to_phys: iova not 2K aligned"] += 1
+        value = self.pfns.load(iova >> _SHIFT)
+        if value is None:
+            domain.warnings["mock_domain_iova_to_phys: no entry"] += 1
+            return 0
+        return (value & MOCK_PFN_MASK) << _SHIFT
+
+    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
+        """The mock has no ``iotlb_sync``; the lab still counts the calls."""
+        domain.tlb_stats.iotlb_sync += 1
+
+    def flush_iotlb_all(self, domain: IommuDomain) -> None:
+        domain.tlb_stats.flush_all += 1
+
+    def free(self, domain: IommuDomain) -> None:
+        """``mock_domain_free``: WARN_ON(!xa_empty())."""
+        if self.pfns.count:
+            domain.warnings["mock_domain_free: slots still mapped"] += 1
+
+    # -- lab views -------------------------------------------------------------------------------
+    def leaf_runs(self, domain: IommuDomain, iova: int, size: int) -> list[tuple[int, int, int]]:
+        """``(iova, pa, length)`` runs where both addresses continue slot to slot."""
+        first = iova >> _SHIFT
+        last = (iova + size + MOCK_IO_PAGE_SIZE - 1) >> _SHIFT
+        idx, vals = self.pfns.present(first, last - first)
+        if not len(idx):
+            return []
+        pfn = (vals & np.uint64(MOCK_PFN_MASK)).astype(np.int64)
+        cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(pfn) != 1)) + 1
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [len(idx)]))
+        return [(int(idx[s]) << _SHIFT, int(pfn[s]) << _SHIFT, int(e - s) << _SHIFT)
+                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+    def leaf_histogram(self, domain: IommuDomain) -> dict[int, int]:
+        """Entries by size: 512 HUGE slots are one 1M entry, any other slot one 2K entry."""
+        _, vals = self.pfns.present(*self.pfns.spans_all())
+        huge = int(np.count_nonzero(vals & np.uint64(MOCK_PFN_HUGE_IOVA)))
+        counts: Counter[int] = Counter()
+        if len(vals) - huge:
+            counts[MOCK_IO_PAGE_SIZE] = len(vals) - huge
+        if huge:
+            counts[MOCK_HUGE_PAGE_SIZE] = huge // 512
+        return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class MockFault:
+    """Lab record of a DMA the mock could not translate."""
+
+    sid: int
+    iova: int
+    write: bool
+
+    def __str__(self) -> str:
+        kind = "write" if self.write else "read"
+        return f"mock: {kind} of {self.iova:#x} by {self.sid:#x}: no mapping"
+
+
+@dataclass
+class MockHw:
+    """What devices behind the mock translate through: the attached domain's slots."""
+
+    fail_nth: FailNth
+    domains: dict[int, IommuDomain] = field(default_factory=dict)  # sid -> paging domain
+    faults: list[MockFault] = field(default_factory=list)
+
+    def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
+                      ) -> tuple[int, int]:
+        """The physical address of ``iova`` and the end of its slot (or 1M huge entry)."""
+        domain = self.domains.get(sid)
+        value = None
+        if domain is not None and isinstance(domain.ops, MockDomainOps):
+            value = domain.ops.pfns.load(iova >> _SHIFT)
+        if value is None:
+            self.faults.append(MockFault(sid, iova, write))
+            raise DmaFault(str(self.faults[-1]), sid=sid, iova=iova, write=write,
+                           reason="no mapping")
+        size = MOCK_HUGE_PAGE_SIZE if value & MOCK_PFN_HUGE_IOVA else MOCK_IO_PAGE_SIZE
+        pa = ((value & MOCK_PFN_MASK) << _SHIFT) | (iova & (MOCK_IO_PAGE_SIZE - 1))
+        return pa, (iova | (size - 1)) + 1
+
+
+@dataclass
+class _MockDev:
+    sid: int
+    flags: int = 0
+
+
+class MockIommu:
+    """``mock_ops``: 2K pages (plus 1M with MOCK_FLAGS_DEVICE_HUGE_IOVA), the mock aperture,
+    a blocking default domain, no reserved regions."""
+
+    pgsize_bitmap = MOCK_IO_PAGE_SIZE
+
+    def __init__(self, hw: MockHw) -> None:
+        self.hw = hw
+        self.blocked_domain = IommuDomain(DomainType.BLOCKED)
+        self.identity_domain = IommuDomain(DomainType.IDENTITY)
+        self.default_domain = self.blocked_domain  # mock_ops.default_domain
+        self.device_flags: dict[int, int] = {}  # sid -> MOCK_FLAGS_DEVICE_*
+
+    def probe_device(self, sid: int) -> _MockDev:
+        return _MockDev(sid, self.device_flags.get(sid, 0))
+
+    def release_device(self, dev: _MockDev) -> None:
+        self.hw.domains.pop(dev.sid, None)
+
+    def get_resv_regions(self, dev: _MockDev) -> list[ResvRegion]:
+        return []
+
+    def domain_alloc_paging(self, dev: _MockDev | None = None,
+                            type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
+        """``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA."""
+        domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
+                             DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True))
+        if dev is not None and dev.flags & MOCK_FLAGS_DEVICE_HUGE_IOVA:
+            domain.pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE
+        return domain
+
+    def attach_dev(self, domain: IommuDomain, dev: _MockDev) -> None:
+        """``mock_domain_nop_attach``: the model routes the device's DMA to ``domain``."""
+        if domain.type & DomainType.UNMANAGED:  # any paging domain
+            self.hw.domains[dev.sid] = domain
+        else:
+            self.hw.domains.pop(dev.sid, None)
+
+    def capable(self, dev: _MockDev, cap: IommuCap) -> bool:
+        """``mock_domain_capable``: coherent, and dirty tracking unless NO_DIRTY."""
+        if cap == IommuCap.CACHE_COHERENCY:
+            return True
+        if cap == IommuCap.DIRTY_TRACKING:
+            return not dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY
+        return False
