@@ -7,6 +7,7 @@ import pytest
 
 from iommulab.cli import main
 from iommulab.report import format_size, format_table
+from iommulab.workload.guest_ram import run_guest_ram
 from iommulab.workload.pgtable_tour import run_pgtable_tour
 
 
@@ -15,6 +16,7 @@ def test_demo_prints_iopte_sizes_and_table_memory(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "(seed 3)" in out
     for needle in ("IOPTE size", "1G", "2M", "4K", "table memory:", "level 3: page",
+                   "VFIO type1 on x86-vtd", "hugetlb-1G", "iommu_map calls",
                    "live migration", "split 4K: resent", "blocks split when tracking started",
                    "BBM level 0", "transient faults", "stale pages", "exposed B/map"):
         assert needle in out
@@ -31,6 +33,21 @@ def test_tour_lands_where_iommu_pgsize_says() -> None:
     # Runs of the fragmented buffer are shorter than the 16 frames between holes.
     frag = next(reg for reg in r.regions if reg.name.startswith("16M"))
     assert frag.runs > 4096 // 16
+
+
+@pytest.mark.parametrize(("backing", "expected"), [
+    # Sections not 2M-aligned at their ends ([0, 0xa0000) and [0xc0000, 0x200000)) are 4K;
+    # with 1G pages, [1G, 2G) and [4G, 5G) are 1G entries and [2M, 1G) 2M ones.
+    ("thp", {4096: 0x1E_0000, 2 << 20: (3 << 30) - (2 << 20)}),
+    ("hugetlb-1G", {4096: 0x1E_0000, 2 << 20: (1 << 30) - (2 << 20), 1 << 30: 2 << 30}),
+    ("fragmented", {4096: (3 << 30) - 0x2_0000}),
+])
+def test_guest_ram_lands_at_the_iopte_sizes_the_backing_allows(backing: str,
+                                                               expected: dict[int, int]) -> None:
+    r = run_guest_ram(backing)
+    assert r.report.iopte_bytes == (expected,)
+    assert r.report.locked_vm == r.report.pinned_pages == ((3 << 30) - 0x2_0000) >> 12
+    assert r.unmapped == (3 << 30) - 0x2_0000 and r.pins_left == 0
 
 
 def test_the_console_entry_point_runs() -> None:
