@@ -62,11 +62,11 @@ def _render_guest_ram(results: list[GuestRamResult]) -> str:
            "backing:"]
     sizes = sorted({s for r in results for s in r.report.iopte_bytes[0]})
     rows: list[list[object]] = [
-        [f"{format_size(s)} IOPTEs"] + [_exact_size(r.report.iopte_bytes[0].get(s, 0))
-                                        for r in results] for s in sizes]
-    rows.append(["iommu_map calls"] + [r.report.iommu_map_calls for r in results])
-    rows.append(["pinned = locked_vm"] + [_exact_size(r.report.locked_vm * 4096)
-                                          for r in results])
+        [f"{format_size(s)} IOPTEs", *(_exact_size(r.report.iopte_bytes[0].get(s, 0))
+                                       for r in results)] for s in sizes]
+    rows.append(["iommu_map calls", *(r.report.iommu_map_calls for r in results)])
+    rows.append(["pinned = locked_vm", *(_exact_size(r.report.locked_vm * 4096)
+                                         for r in results)])
     out.append(format_table(["bytes mapped at", *(r.backing for r in results)], rows))
     out.append("fragmented: THP asked for, but every free 2M region of the host holds a "
                "used 4K frame.")
