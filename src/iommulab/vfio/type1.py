@@ -191,6 +191,7 @@ class VfioIommu:
         if self.iova_list and not any(lo <= iova and end <= hi for lo, hi in self.iova_list):
             raise InvalidArgument(f"MAP_DMA: [{iova:#x}, {end:#x}] is not inside one valid "
                                   "IOVA range")
+        mm.mem.fail_nth.check("kzalloc(vfio_dma)")
         self.dma_avail -= 1
         dma = VfioDma(iova, vaddr, 0, int(prot), mm, lock_cap)
         self._link(dma)
