@@ -141,7 +141,7 @@ def test_fail_nth_through_map_leaves_nothing_behind(platform: str, backing: str,
     # 4K off a 2M boundary, in another 1G: new table pages at every level below the top
     target = base + (1 << 30) + 0x1000 if platform == "x86-vtd" else base + (4 << 20)
     fail = vm.m.mem.fail_nth
-    seen: set[int] = set()
+    seen: set[int | None] = set()
     for nth in range(1, 200):
         fail.arm(nth)
         try:
