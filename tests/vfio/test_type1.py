@@ -113,3 +113,18 @@ def test_closing_the_group_unmaps_and_unpins_everything(vm: Vm) -> None:
     vm.p.close(vm.g)
     assert vm.m.mem.pins.pins == 0 and vm.p.mm.locked_vm == 0
     assert vm.dev.group is not None and vm.dev.group.domain is vm.dev.group.default_domain
+
+
+def test_arm64_machine_maps_through_the_smmu_and_records_the_fault_event() -> None:
+    v = Vm(platform="arm64-smmuv3", ram="256M")
+    buf = v.p.mmap(2 << 20, "thp")
+    v.p.write(buf + 0x1234, b"arm")
+    v.map(buf, IOVA, 2 << 20)
+    assert v.histogram() == {2 << 20: 1}
+    assert v.dev.dma_read(IOVA + 0x1234, 3) == b"arm"
+    with pytest.raises(DmaFault):
+        v.dev.dma_write(IOVA + (2 << 20), b"x")
+    event = v.m.faults[-1]
+    assert (event.name, event.sid, event.iova, event.read) == (
+        "F_TRANSLATION", v.dev.sid, IOVA + (2 << 20), False)
+    v.close()
