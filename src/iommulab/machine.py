@@ -40,10 +40,9 @@ class PciDevice(DmaDevice):
     """A PCI function at ``bdf`` with BAR 0 (MMIO) and the driver bound to it."""
 
     def __init__(self, machine: Machine, bdf: str, driver: str, bar0: int,
-                 bar0_size: int) -> None:
+                 bar0_size: int, translator: Any) -> None:
         bus, devfn = _parse_bdf(bdf)
-        iommu: Any = machine.translator
-        super().__init__(bdf, machine.mem, iommu, (bus << 8) | devfn)
+        super().__init__(bdf, machine.mem, translator, (bus << 8) | devfn)
         self.bdf = bdf
         self.driver = driver
         self.bar0, self.bar0_size = bar0, bar0_size
@@ -105,23 +104,45 @@ class Machine:
     def faults(self) -> list[Any]:
         """The platform's fault records (VT-d fault log, SMMUv3 event queue, or the lab's
         record of the mock's untranslated accesses)."""
-        if self.platform != "arm64-smmuv3":
+        if self.platform == "x86-vtd":
+            return [f for unit in self.driver.units for f in unit.faults]
+        if self.platform == "mock":
             return list(self.translator.faults)
         self.driver.handle_events()
         return list(self.driver.events)
 
+    def add_iommu_unit(self, *, aw: int = 39, snoop_control: bool = False) -> int:
+        """x86-vtd: another DMAR unit (address width, ECAP.SC); returns its number for
+        ``add_pci_device(..., iommu_unit=)``. Unit 0 is QEMU's: 39 bits, no SC."""
+        if self.platform != "x86-vtd":
+            raise ValueError(f"{self.platform}: only x86-vtd machines have several units")
+        from .drivers.vtd import VtdHw
+        if aw not in (39, 48):
+            raise ValueError(f"aw {aw}: the model's VT-d has 39- or 48-bit units")
+        self.driver.units.append(VtdHw(self.mem, aw, snoop_control))
+        return len(self.driver.units) - 1
+
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",
-                       bar0_size: int | str = SZ_1M) -> PciDevice:
-        """A device at ``bdf`` alone in a new IOMMU group, BAR 0 in the MMIO window."""
+                       bar0_size: int | str = SZ_1M, *, iommu_unit: int = 0) -> PciDevice:
+        """A device at ``bdf`` alone in a new IOMMU group, BAR 0 in the MMIO window, behind
+        DMAR unit ``iommu_unit`` (x86-vtd)."""
         if bdf in self.devices:
             raise ValueError(f"{bdf} is already on the bus")
+        translator = self.translator
+        if iommu_unit:
+            units = self.driver.units if self.platform == "x86-vtd" else [translator]
+            if not 0 <= iommu_unit < len(units):
+                raise ValueError(f"iommu_unit {iommu_unit}: the machine has {len(units)}")
+            translator = units[iommu_unit]
         size = parse_size(bar0_size)
         if size < 4096 or size & (size - 1):
             raise ValueError(f"bar0_size {size:#x} must be a power of two of at least 4K")
         bar = -(-self._next_bar // size) * size
         self.mem.add_mmio(bar, size, f"{bdf} BAR0")
         self._next_bar = bar + size
-        dev = PciDevice(self, bdf, driver, bar, size)
+        dev = PciDevice(self, bdf, driver, bar, size, translator)
+        if translator is not self.translator:
+            self.driver.unit_of[dev.sid] = translator
         self.core.probe_device(dev)
         self.devices[bdf] = dev
         return dev

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import pytest
 
+from iommulab import Machine, PciDevice
 from iommulab.errors import DmaFault
+from iommulab.iommu import IommuDomain
+from iommulab.vfio import Container
 from iommulab.vfio import uapi as u
 
 from .vm import Vm
@@ -128,3 +132,69 @@ def test_arm64_machine_maps_through_the_smmu_and_records_the_fault_event() -> No
     assert (event.name, event.sid, event.iova, event.read) == (
         "F_TRANSLATION", v.dev.sid, IOVA + (2 << 20), False)
     v.close()
+
+
+def _second_group(v: Vm, unit: int) -> tuple[PciDevice, int]:
+    dev = v.m.add_pci_device("0000:00:03.0", iommu_unit=unit)
+    g = v.p.open(f"/dev/vfio/{dev.iommu_group}")
+    v.p.ioctl(g, u.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", v.c)))
+    return dev, g
+
+
+def _domains(v: Vm) -> list[IommuDomain]:
+    container = v.p.files[v.c]
+    assert isinstance(container, Container) and container.iommu is not None
+    return [d.domain for d in container.iommu.domains]
+
+
+def test_a_group_whose_unit_refuses_the_domain_gets_its_own_with_the_mappings_replayed() -> None:
+    """A 48-bit domain cannot go onto a 39-bit unit (paging_domain_compatible): the
+    second group keeps a new domain, and vfio_iommu_replay copies every mapping into it
+    by the runs of the first, without pinning again."""
+    m = Machine("x86-vtd", ram="512M")
+    wide = m.add_iommu_unit(aw=48)
+    v = Vm.on(m, iommu_unit=wide)
+    buf = v.p.mmap(4 << 20, "thp")
+    v.p.write(buf + 0x20_0010, b"replayed")
+    v.map(buf, IOVA, 4 << 20)
+    pins = m.mem.pins.pins
+    dev2, _ = _second_group(v, 0)
+    first, second = _domains(v)
+    assert (first.ops.gaw, second.ops.gaw) == (48, 39)  # type: ignore[union-attr]
+    assert second.leaf_runs(IOVA, 4 << 20) == first.leaf_runs(IOVA, 4 << 20)
+    assert dev2.dma_read(IOVA + 0x20_0010, 8) == b"replayed"
+    assert m.mem.pins.pins == pins and v.report().iopte_bytes == ({2 << 20: 4 << 20},) * 2
+    v.map(buf + (2 << 20), IOVA + (8 << 20), 2 << 20)  # new maps go into both
+    assert dev2.dma_read(IOVA + (8 << 20) + 0x10, 8) == b"replayed"
+    assert v.unmap(0, 0, u.VFIO_DMA_UNMAP_FLAG_ALL) == 6 << 20
+    assert first.leaf_histogram() == second.leaf_histogram() == {}
+    v.close()
+
+
+def test_a_snooping_domain_is_not_shared_with_a_unit_without_snoop_control() -> None:
+    m = Machine("x86-vtd", ram="512M")
+    sc = m.add_iommu_unit(aw=39, snoop_control=True)
+    v = Vm.on(m, iommu_unit=sc)
+    assert v.p.ioctl(v.c, u.VFIO_CHECK_EXTENSION, u.VFIO_DMA_CC_IOMMU) == 1
+    buf = v.p.mmap(1 << 20, "anon")
+    v.map(buf, IOVA, 1 << 20)
+    (snooping,) = _domains(v)
+    assert snooping.pgtbl is not None
+    leaves = [pte for _, _, leaf, pte in snooping.pgtbl.iter_entries() if leaf]
+    assert leaves and all(pte & 1 << 11 for pte in leaves)  # DMA_PTE_SNP
+    _second_group(v, 0)
+    plain = _domains(v)[1]
+    assert plain.leaf_runs(IOVA, 1 << 20) == snooping.leaf_runs(IOVA, 1 << 20)
+    assert v.p.ioctl(v.c, u.VFIO_CHECK_EXTENSION, u.VFIO_DMA_CC_IOMMU) == 0
+    v.close()
+
+
+def test_iommu_units_are_checked() -> None:
+    with pytest.raises(ValueError, match="only x86-vtd"):
+        Machine("mock", ram="64M").add_iommu_unit()
+    m = Machine("x86-vtd", ram="64M")
+    with pytest.raises(ValueError, match="aw 40"):
+        m.add_iommu_unit(aw=40)
+    with pytest.raises(ValueError, match="iommu_unit 1: the machine has 1"):
+        m.add_pci_device("0000:00:04.0", iommu_unit=1)
+    assert not m.devices and not m.mem.region_at(0xE000_0000)

@@ -14,16 +14,21 @@ class Vm:
 
     def __init__(self, *, v2: bool = True, memlock: int | None = None, cap: bool = False,
                  disable_hugepages: bool = False, platform: str = "x86-vtd",
-                 ram: str = "2G") -> None:
-        self.m = Machine(platform, ram=ram)
+                 ram: str = "2G", machine: Machine | None = None, iommu_unit: int = 0) -> None:
+        self.m = machine or Machine(platform, ram=ram)
         self.m.module_params["vfio_iommu_type1.disable_hugepages"] = int(disable_hugepages)
-        self.dev = self.m.add_pci_device("0000:00:02.0")
+        self.dev = self.m.add_pci_device("0000:00:02.0", iommu_unit=iommu_unit)
         self.p: Process = self.m.spawn_process(memlock_limit=memlock, cap_ipc_lock=cap)
         self.c = self.p.open("/dev/vfio/vfio")
         self.g = self.p.open(f"/dev/vfio/{self.dev.iommu_group}")
         self.p.ioctl(self.g, u.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", self.c)))
         self.p.ioctl(self.c, u.VFIO_SET_IOMMU,
                      u.VFIO_TYPE1v2_IOMMU if v2 else u.VFIO_TYPE1_IOMMU)
+
+    @classmethod
+    def on(cls, machine: Machine, *, iommu_unit: int = 0) -> Vm:
+        """A VMM on an existing machine, its device behind ``iommu_unit``."""
+        return cls(machine=machine, iommu_unit=iommu_unit)
 
     def map(self, vaddr: int, iova: int, size: int, flags: int = 3) -> None:
         self.p.ioctl(self.c, u.VFIO_IOMMU_MAP_DMA,

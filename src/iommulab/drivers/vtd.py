@@ -8,6 +8,11 @@ tracking, the interrupt range 0xfee00000-0xfeefffff as the only reserved
 region (``intel_iommu_get_resv_regions``: IOMMU_RESV_MSI), and caching mode,
 which makes the driver invalidate after every map (``iotlb_sync_map``).
 
+A machine may have more DMAR units (``Machine.add_iommu_unit``), each with
+its own width and snoop control; a domain only attaches where its tables
+fit and its snooping is honoured (``paging_domain_compatible``), which is
+what makes VFIO replay mappings into a second domain.
+
 The hardware side walks the context's tables from physical memory for
 each DMA (the model keeps no IOTLB for VT-d) and records faults with the
 legacy fault reasons of the VT-d spec (rev. 4, Appendix A), as dmar.c
@@ -23,8 +28,14 @@ from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.pgtbl_domain import PgtblDomainOps, PgtblFlushOps
 from ..iommu.resv import IommuCap, ResvRegion, ResvType
 from ..mem import PhysMem
-from ..pgtable import IoPgtableCfg, IoPgtableFmt, alloc_io_pgtable_ops
-from ..pgtable.vtd_ss import ADDR_MASK, DMA_PTE_LARGE_PAGE, DMA_PTE_READ, DMA_PTE_WRITE
+from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, alloc_io_pgtable_ops
+from ..pgtable.vtd_ss import (
+    ADDR_MASK,
+    DMA_PTE_LARGE_PAGE,
+    DMA_PTE_READ,
+    DMA_PTE_WRITE,
+    VtdSsFormat,
+)
 from ..prot import Prot
 from ..sizes import SZ_1G, SZ_2M, SZ_4K
 
@@ -69,6 +80,7 @@ class VtdHw:
 
     mem: PhysMem
     aw: int = 39  # MGAW
+    snoop_control: bool = False  # ECAP.SC
     contexts: dict[int, tuple[int, int]] = field(default_factory=dict)  # sid -> (root, levels)
     faults: list[VtdFault] = field(default_factory=list)
     walks: int = 0
@@ -103,7 +115,17 @@ class VtdHw:
 
 
 class _VtdDomainOps(PgtblDomainOps):
-    """``intel_iommu_ops.default_domain_ops``; caching mode flushes after each map."""
+    """``intel_iommu_ops.default_domain_ops``; caching mode flushes after each map.
+
+    Also holds what ``struct dmar_domain`` keeps: the address width the
+    tables were built for, ``force_snooping`` and the devices attached.
+    """
+
+    def __init__(self, pgtbl: IoPgtable, gaw: int) -> None:
+        super().__init__(pgtbl)
+        self.gaw = gaw
+        self.force_snooping = False
+        self.devices: list[_Master] = []
 
     def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
         """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
@@ -113,26 +135,30 @@ class _VtdDomainOps(PgtblDomainOps):
 @dataclass
 class _Master:
     sid: int
+    unit: VtdHw
     domain: IommuDomain | None = None
 
 
 class IntelIommu:
-    """The intel-iommu driver over one :class:`VtdHw` (the subset the core and VFIO use)."""
+    """The intel-iommu driver over the DMAR units of a machine (the subset the core and
+    VFIO use). Devices are behind the first unit unless ``unit_of`` says otherwise."""
 
     pgsize_bitmap = SZ_4K | SZ_2M | SZ_1G
 
     def __init__(self, hw: VtdHw) -> None:
         self.hw = hw
+        self.units = [hw]
+        self.unit_of: dict[int, VtdHw] = {}  # sid -> its DMAR unit
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
         self.default_domain: IommuDomain | None = None  # DMA domains are allocated
 
     def probe_device(self, sid: int) -> _Master:
-        return _Master(sid)
+        return _Master(sid, self.unit_of.get(sid, self.hw))
 
     def release_device(self, master: _Master) -> None:
-        self.hw.contexts.pop(master.sid, None)
-        master.domain = None
+        self._detach(master)
+        master.unit.contexts.pop(master.sid, None)
 
     def get_resv_regions(self, master: _Master) -> list[ResvRegion]:
         """``intel_iommu_get_resv_regions`` with no RMRRs: the IOAPIC/MSI range."""
@@ -141,33 +167,71 @@ class IntelIommu:
 
     def domain_alloc_paging(self, master: _Master | None = None,
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
-        """``intel_iommu_domain_alloc_paging_flags``: second-stage tables of ``aw`` bits."""
+        """``intel_iommu_domain_alloc_paging_flags``: second-stage tables as wide as the
+        device's unit (the first unit's without a device)."""
+        aw = (self.hw if master is None else master.unit).aw
         domain = IommuDomain(type)
-        cfg = IoPgtableCfg(self.pgsize_bitmap, self.hw.aw, self.hw.aw, tlb=PgtblFlushOps())
+        cfg = IoPgtableCfg(self.pgsize_bitmap, aw, aw, tlb=PgtblFlushOps())
         pgtbl = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, cfg, domain, mem=self.hw.mem)
-        domain.ops = _VtdDomainOps(pgtbl)
+        domain.ops = _VtdDomainOps(pgtbl, aw)
         domain.pgtbl = pgtbl
         domain.pgsize_bitmap = pgtbl.cfg.pgsize_bitmap
-        domain.geometry = DomainGeometry(0, (1 << self.hw.aw) - 1, True)
+        domain.geometry = DomainGeometry(0, (1 << aw) - 1, True)
         return domain
 
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
-        """Point the device's context entry at the domain (blocked: no context entry)."""
+        """``intel_iommu_attach_device``: ``paging_domain_compatible`` (a snooping domain
+        needs ECAP.SC, the tables must fit the unit's width; EINVAL otherwise), then the
+        device's context entry points at the tables (blocked: no context entry)."""
         if domain.type == DomainType.IDENTITY:
             raise InvalidArgument("the model's VT-d has no pass-through context")
+        unit = master.unit
+        ops = domain.ops
+        if isinstance(ops, _VtdDomainOps):
+            if ops.force_snooping and not unit.snoop_control:
+                raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping "
+                                      "and the unit has no snoop control")
+            if ops.gaw > unit.aw:
+                raise InvalidArgument(f"attach {master.sid:#x}: {ops.gaw}-bit tables on a "
+                                      f"{unit.aw}-bit unit")
+        self._detach(master)
         if domain.type == DomainType.BLOCKED or domain.pgtbl is None:
-            self.hw.contexts.pop(master.sid, None)
+            unit.contexts.pop(master.sid, None)
         else:
             levels = len(domain.pgtbl.format.levels)
-            self.hw.contexts[master.sid] = (domain.pgtbl.pgd_pa, levels)
+            unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, levels)
+        if isinstance(ops, _VtdDomainOps):
+            ops.devices.append(master)
         master.domain = domain
+
+    @staticmethod
+    def _detach(master: _Master) -> None:
+        old = master.domain
+        if old is not None and isinstance(old.ops, _VtdDomainOps) and master in old.ops.devices:
+            old.ops.devices.remove(master)
+        master.domain = None
 
     def capable(self, master: _Master, cap: IommuCap) -> bool:
         """``intel_iommu_capable``: coherent DMA and deferred flush always; enforced
-        coherency needs snoop control (ECAP.SC) and dirty tracking SSADS, which QEMU's
-        legacy mode has neither of."""
+        coherency with the unit's snoop control (ECAP.SC); no dirty tracking (SSADS),
+        which QEMU's legacy mode lacks."""
+        if cap == IommuCap.ENFORCE_CACHE_COHERENCY:
+            return master.unit.snoop_control
         return cap in (IommuCap.CACHE_COHERENCY, IommuCap.DEFERRED_FLUSH)
 
     def enforce_cache_coherency(self, domain: IommuDomain) -> bool:
-        """``intel_iommu_enforce_cache_coherency``: needs ECAP.SC, which QEMU lacks."""
-        return False
+        """``intel_iommu_enforce_cache_coherency``: when every attached device's unit has
+        snoop control (QEMU's has not), force snooping: later maps set DMA_PTE_SNP."""
+        ops = domain.ops
+        if not isinstance(ops, _VtdDomainOps):
+            return False
+        if ops.force_snooping:
+            return True
+        if not all(m.unit.snoop_control for m in ops.devices):
+            return False
+        ops.force_snooping = True
+        assert domain.pgtbl is not None
+        fmt = domain.pgtbl.format
+        assert isinstance(fmt, VtdSsFormat)
+        fmt.set_pte_snp = True
+        return True

@@ -149,20 +149,31 @@ class Container(VfioFile):
         """Allocate a paging domain, attach the group, let type1 check and keep or swap it."""
         core = self.machine.core
         group = g.group
-        domain: IommuDomain = core.driver.domain_alloc_paging(None, DomainType.UNMANAGED)
+        first = group.devices[0].dev_iommu  # iommu_paging_domain_alloc(first device)
+        domain: IommuDomain = core.driver.domain_alloc_paging(
+            first.priv if first is not None else None, DomainType.UNMANAGED)
+
+        def join(existing: IommuDomain) -> bool:
+            """iommu_attach_group(d->domain): False (back on ``domain``) if refused."""
+            try:
+                core.set_group_domain(group, existing)
+            except KernelError:
+                core.set_group_domain(group, domain)
+                return False
+            return True
+
         try:
             core.set_group_domain(group, domain)
             enforce_cc = bool(getattr(core.driver, "enforce_cache_coherency",
                                       lambda d: False)(domain))
             target = iommu.attach_group(group, domain, msi_isolated=True,
-                                        enforce_cc=enforce_cc)
+                                        enforce_cc=enforce_cc, join=join)
         except KernelError:
-            if group.domain is domain:
+            if group.domain is not _default(group):
                 core.set_group_domain(group, _default(group))
             domain.free()
             raise
         if target is not domain:  # joined an existing domain
-            core.set_group_domain(group, target)
             domain.free()
             return
         sw_msi = [r for r in group.resv_regions() if r.type == ResvType.SW_MSI]

@@ -12,6 +12,7 @@ Lab: ``stats`` counts bytes at each IOPTE size, pins, locked_vm and map calls.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -428,11 +429,16 @@ class VfioIommu:
 
     # -- groups ----------------------------------------------------------------------------------
     def attach_group(self, group: IommuGroup, domain: IommuDomain, *, msi_isolated: bool,
-                     enforce_cc: bool) -> IommuDomain:
+                     enforce_cc: bool, join: Callable[[IommuDomain], bool] | None = None
+                     ) -> IommuDomain:
         """``vfio_iommu_type1_attach_group`` after the new domain is allocated and attached:
         aperture and reserved regions against existing mappings, the IOVA list, MSI
         isolation, then reuse of a compatible domain or replay into the new one.
-        Returns the domain the group must end up on (``domain`` unless reused)."""
+
+        A domain with the same driver ops and coherency is tried with ``join``,
+        which moves the group onto it (``iommu_attach_group``) and says whether
+        the driver accepted; a refusal leaves the group on ``domain``. Returns
+        the domain the group ends up on."""
         if self.vaddr_invalid_count:
             raise Busy("attach: mappings with invalidated vaddr exist")
         geo = domain.geometry
@@ -453,8 +459,9 @@ class VfioIommu:
                                "(allow_unsafe_interrupts is off)")
         self.iova_list = ranges
         self.num_non_pinned_groups += 1
-        for d in self.domains:  # same driver ops and coherency: join that domain
-            if type(d.domain.ops) is type(domain.ops) and d.enforce_cache_coherency == enforce_cc:
+        for d in self.domains:  # same driver ops and coherency: try that domain
+            if (type(d.domain.ops) is type(domain.ops) and d.enforce_cache_coherency ==
+                    enforce_cc and (join is None or join(d.domain))):
                 d.groups.append(group)
                 return d.domain
         self._replay(domain)
