@@ -3,9 +3,10 @@
 Guest RAM backed by THP (2M folios) and by hugetlb 1G pages; the kernel
 pins and maps by physically contiguous runs, so the IOMMU gets 2M/1G
 entries. A third pair maps 4K anonymous memory of a fragmented host
-(faulted in and freed by runs of frames, not page by page). Each figure is one wall-clock run (the memory is faulted in by the
-pin, inside the THP figure, as the kernel's GUP does it; hugetlb pages are
-taken at mmap time). Target: <= 2 s each.
+(faulted in and freed by runs of frames, not page by page). Each figure is
+one wall-clock run (the memory is faulted in by the pin, inside the MAP
+figure, as the kernel's GUP does it; hugetlb pages are taken at mmap time).
+Target: <= 2 s each for the 64 GiB maps and unmaps.
 """
 
 from __future__ import annotations
