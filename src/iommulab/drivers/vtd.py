@@ -180,13 +180,16 @@ class IntelIommu:
         return domain
 
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
-        """``intel_iommu_attach_device``: ``paging_domain_compatible`` (a snooping domain
-        needs ECAP.SC, the tables must fit the unit's width; EINVAL otherwise), then the
-        device's context entry points at the tables (blocked: no context entry)."""
+        """``intel_iommu_attach_device``: block the device (``device_block_translation``),
+        then ``paging_domain_compatible`` (a snooping domain needs ECAP.SC, the tables
+        must fit the unit's width; EINVAL, the device left blocked), then point the
+        context entry at the tables (blocked: no context entry)."""
         if domain.type == DomainType.IDENTITY:
             raise InvalidArgument("the model's VT-d has no pass-through context")
         unit = master.unit
         ops = domain.ops
+        self._detach(master)
+        unit.contexts.pop(master.sid, None)
         if isinstance(ops, _VtdDomainOps):
             if ops.force_snooping and not unit.snoop_control:
                 raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping "
@@ -194,10 +197,7 @@ class IntelIommu:
             if ops.gaw > unit.aw:
                 raise InvalidArgument(f"attach {master.sid:#x}: {ops.gaw}-bit tables on a "
                                       f"{unit.aw}-bit unit")
-        self._detach(master)
-        if domain.type == DomainType.BLOCKED or domain.pgtbl is None:
-            unit.contexts.pop(master.sid, None)
-        else:
+        if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
             levels = len(domain.pgtbl.format.levels)
             unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, levels)
         if isinstance(ops, _VtdDomainOps):

@@ -105,8 +105,8 @@ class IommuCore:
         The first device of a group allocates its default domain (DMA_FQ
         unless ``strict``) and a DMA cookie, or takes the driver's static
         ``default_domain`` (the iommufd mock's blocking domain); the others
-        attach to it. On
-        failure the device is released again and the error raised.
+        attach to it. On failure the device is released again and the error
+        raised.
         """
         from ..dma.cookie import DmaCookie
         from ..dma.iommu_dma import init_domain
@@ -204,16 +204,17 @@ class IommuCore:
 
     def set_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
         """``__iommu_group_set_domain``: every device to ``domain``; on failure the ones
-        already moved go back to the old domain (if there was one)."""
+        already moved and the one that failed go back to the old domain (if there was
+        one), as ``err_revert`` does."""
         old = group.domain
-        moved: list[DmaDevice] = []
+        tried: list[DmaDevice] = []
         try:
             for dev in group.devices:
+                tried.append(dev)
                 self._set_device_domain(group, dev, domain)
-                moved.append(dev)
         except KernelError:
             if old is not None:
-                for dev in moved:
+                for dev in tried:
                     assert dev.dev_iommu is not None
                     self.driver.attach_dev(old, dev.dev_iommu.priv)
             raise
