@@ -6,7 +6,8 @@ domain of the container, so the IOMMU core can use 2M and 1G entries where
 IOVA and physical alignment allow. Unmapping finds the runs again through
 the first domain (``vfio_unmap_unpin``). Check order and errno follow
 ``vfio_dma_do_map`` / ``vfio_dma_do_unmap`` (see kernel_upper.md §1).
-Lab: ``stats`` counts bytes at each IOPTE size, pins, locked_vm and map calls.
+Lab: ``stats`` counts pins and calls; ``report()`` adds the bytes mapped at each IOPTE
+size (from the domains' tables) and the pages charged to locked_vm.
 """
 
 from __future__ import annotations
