@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iommulab.errors import BadAddress, OutOfMemory
+from iommulab.errors import BadAddress, InvalidArgument, OutOfMemory
 from iommulab.mem import PhysMem
 from iommulab.mem.mm import MmStruct, pfn_runs
 
@@ -55,3 +55,53 @@ def test_anon_fault_is_one_injection_point_and_takes_nothing_on_failure() -> Non
         mm.pin_user_pages(va, 256, write=True)
     assert mem.frames.allocated_blocks == 0 and mem.pins.pins == 0
     assert len(mm.pin_user_pages(va, 256, write=True)) == 256
+
+
+@pytest.mark.parametrize("backing", ["anon", "thp"])
+def test_munmap_of_a_middle_part_leaves_two_mappings(backing: str) -> None:
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(8 << 20, backing, populate=True)
+    mm.write(va + (1 << 20), b"left")
+    mm.write(va + (7 << 20), b"right")
+    mm.munmap(va + (3 << 20) + 0x5000, (2 << 20) + 0x1000)  # through two THP folios
+    assert [(v.start - va, v.end - va) for v in mm.vmas] == [
+        (0, (3 << 20) + 0x5000), ((5 << 20) + 0x6000, 8 << 20)]
+    assert mm.read(va + (1 << 20), 4) == b"left" and mm.read(va + (7 << 20), 5) == b"right"
+    with pytest.raises(BadAddress):
+        mm.read(va + (4 << 20), 1)
+    freed = (2 << 20) + 0x1000
+    assert mem.frames.free_frames == mem.frames.total_frames - ((8 << 20) - freed) // 4096
+    pinned = mm.pin_user_pages(va + (3 << 20), 5, write=True)  # the last 5 pages before the cut
+    mm.munmap(va, 8 << 20)
+    assert mem.frames.free_frames == mem.frames.total_frames - 5
+    mm.unpin_user_pages(pinned)
+    assert mem.frames.allocated_blocks == 0 and not mm.vmas
+    mem.frames._check()
+
+
+def test_munmap_may_not_cut_a_hugetlb_page_and_then_changes_nothing() -> None:
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(4 << 20, "hugetlb-2M")
+    with pytest.raises(InvalidArgument, match="cuts a hugetlb-2M page"):
+        mm.munmap(va + 0x1000, 2 << 20)
+    assert len(mm.vmas) == 1 and mem.frames.free_frames == mem.frames.total_frames - 1024
+    mm.munmap(va + (2 << 20), 2 << 20)
+    assert mm.vmas[0].end == va + (2 << 20)
+    assert mem.frames.free_frames == mem.frames.total_frames - 512
+    mm.close()
+    assert mem.frames.allocated_blocks == 0
+
+
+def test_munmap_of_pages_in_a_pinned_thp_frees_them_on_the_last_unpin() -> None:
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(2 << 20, "thp", populate=True)
+    pinned = mm.pin_user_pages(va, 512, write=True)
+    mm.munmap(va + (1 << 20), 1 << 20)
+    assert mem.frames.free_frames == mem.frames.total_frames - 512  # pinned: not freed
+    mm.unpin_user_pages(pinned)
+    assert mem.frames.free_frames == mem.frames.total_frames - 256
+    mm.close()
+    assert mem.frames.allocated_blocks == 0 and mem.pins.pins == 0

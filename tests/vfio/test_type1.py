@@ -198,3 +198,19 @@ def test_iommu_units_are_checked() -> None:
     with pytest.raises(ValueError, match="iommu_unit 1: the machine has 1"):
         m.add_pci_device("0000:00:04.0", iommu_unit=1)
     assert not m.devices and not m.mem.region_at(0xE000_0000)
+
+
+def test_munmap_under_a_mapping_keeps_the_pages_until_unmap(vm: Vm) -> None:
+    """The IOMMU keeps what was pinned; a new map over the hole fails with EFAULT."""
+    buf = vm.p.mmap(4 << 20, "thp")
+    vm.p.write(buf + (3 << 20), b"still here")
+    vm.map(buf, IOVA, 4 << 20)
+    vm.p.munmap(buf + (2 << 20), 2 << 20)
+    assert vm.dev.dma_read(IOVA + (3 << 20), 10) == b"still here"
+    with pytest.raises(OSError) as err:
+        vm.map(buf, IOVA + (8 << 20), 4 << 20)
+    assert err.value.errno == 14  # EFAULT: the second half is gone
+    frames = vm.m.mem.frames
+    used = frames.total_frames - frames.free_frames
+    assert vm.unmap(IOVA, 4 << 20) == 4 << 20
+    assert frames.total_frames - frames.free_frames <= used - 512  # the cut half is freed

@@ -112,6 +112,14 @@ class FrameAllocator:
             for block, order in _aligned_blocks(pfn, count):
                 self._merge_free(block, order)
 
+    def split(self, pfn: int, order: int) -> None:
+        """``split_page``: an allocated block becomes ``1 << order`` single-page ones."""
+        got = self._allocated.get(pfn)
+        if got != order:
+            raise ValueError(f"splitting pfn {pfn:#x} order {order}, but it was "
+                             + ("not allocated" if got is None else f"allocated with order {got}"))
+        self._allocated.update(dict.fromkeys(range(pfn, pfn + (1 << order)), 0))
+
     def alloc_at(self, pfn: int) -> bool:
         """Take the single free frame ``pfn`` out of whatever free block holds it."""
         for order in range(MAX_ORDER + 1):

@@ -5,8 +5,9 @@ faulted in yet), filled a folio at a time: anonymous memory takes 4K
 frames, THP takes a 2M folio for every 2M-aligned stretch wholly inside
 the VMA when the frame allocator has one (4K frames otherwise), hugetlb
 takes its huge pages at mmap time (the reservation; ENOMEM if the machine
-cannot supply them). A VMA made from a device region is VM_PFNMAP over
-MMIO: it has pfns but no pages, so it cannot be pinned. GUP
+cannot supply them); ``munmap`` may cut a VMA in two. A VMA made from a
+device region is VM_PFNMAP over MMIO: it has pfns but no pages, so it
+cannot be pinned. GUP
 (``pin_user_pages``) faults pages in, refuses writes to read-only VMAs and
 stops at a hole, as ``__get_user_pages`` does; a munmapped page that is
 still pinned stays allocated until its last unpin.
@@ -103,15 +104,29 @@ class MmStruct:
         return start
 
     def munmap(self, addr: int, length: int) -> None:
-        """Remove whole VMAs inside ``[addr, addr + length)`` (EINVAL for a partial one)."""
+        """``munmap``: unmap ``[addr, addr + length)`` (length rounded up to pages),
+        splitting the VMAs it cuts. EINVAL for an unaligned ``addr``, a length of 0, or a
+        cut through a hugetlb page (nothing is changed then).
+
+        A THP folio the cut goes through is split into 4K pages (``split_huge_page``,
+        which Linux defers): the pages outside the range stay mapped, those inside are
+        freed unless pinned, in which case they go with their last unpin.
+        """
         if addr & (PAGE_SIZE - 1) or length <= 0:
             raise InvalidArgument(f"munmap: addr {addr:#x} length {length:#x}")
-        end = addr + length
-        for vma in [v for v in self.vmas if v.start < end and addr < v.end]:
-            if vma.start < addr or vma.end > end:
-                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) splits {vma!r} "
-                                      "(the model unmaps whole mappings)")
-            self._drop(vma)
+        end = addr + -(-length // PAGE_SIZE) * PAGE_SIZE
+        hit = [v for v in self.vmas if v.start < end and addr < v.end]
+        for vma in hit:
+            huge = PAGE_SIZE << BACKINGS[vma.backing]
+            if vma.backing.startswith("hugetlb") and not vma.pfnmap and (
+                    (vma.start < addr and addr % huge) or (end < vma.end and end % huge)):
+                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) cuts a "
+                                      f"{vma.backing} page of {vma!r}")
+        for vma in hit:
+            if addr <= vma.start and vma.end <= end:
+                self._drop(vma)
+            else:
+                self._cut(vma, max(addr, vma.start), min(end, vma.end))
 
     def close(self) -> None:
         """exit_mmap: every mapping goes."""
@@ -131,6 +146,43 @@ class MmStruct:
         self._orphan_pages += self._free_unpinned(vma.pages)
         vma.pages.clear()
         vma.pfns[:] = -1
+
+    def _cut(self, vma: Vma, lo: int, hi: int) -> None:
+        """Unmap ``[lo, hi)``, strictly inside ``vma``: the parts left and right of it
+        become VMAs of their own, each with the folios and pages it maps."""
+        i0, i1 = (lo - vma.start) >> PAGE_SHIFT, (hi - vma.start) >> PAGE_SHIFT
+        pfns = vma.pfns
+        heads = np.array([pfn for pfn, _ in vma.folios], dtype=np.int64)
+        pos = np.flatnonzero(np.isin(pfns, heads)) if len(heads) else np.zeros(0, np.int64)
+        where = {int(pfns[i]): int(i) for i in pos}  # folio head pfn -> its page index
+        covered = np.zeros(vma.npages, dtype=bool)  # pages of folios that stay whole
+        parts: list[list[tuple[int, int]]] = [[], [], []]  # folios left, cut out, right
+        for pfn, order in vma.folios:
+            at, n = where[pfn], 1 << order
+            if at + n <= i0 or at >= i1 or (i0 <= at and at + n <= i1):
+                parts[0 if at < i0 else 2 if at >= i1 else 1].append((pfn, order))
+                covered[at:at + n] = True
+            else:  # the cut goes through it: split_huge_page
+                self.mem.frames.split(pfn, order)
+        small = (pfns >= 0) & ~covered
+        gone = pfns[i0:i1][small[i0:i1]]
+        for pfn, order in parts[1]:
+            if self.mem.pins.counts(pfn, 1 << order).any():
+                self._orphans.append((pfn, order))
+            else:
+                self.mem.free_pages(pfn, order)
+        self._orphan_pages += self._free_unpinned(pfn_runs(gone))
+        i = self.vmas.index(vma)
+        del self.vmas[i], self._starts[i]
+        for first, last, folios in ((0, i0, parts[0]), (i1, vma.npages, parts[2])):
+            if first == last:
+                continue
+            piece = Vma(vma.start + (first << PAGE_SHIFT), vma.start + (last << PAGE_SHIFT),
+                        vma.backing, vma.writable, pfns[first:last].copy(), vma.pfnmap,
+                        folios, pfn_runs(pfns[first:last][small[first:last]]))
+            j = bisect.bisect(self._starts, piece.start)
+            self.vmas.insert(j, piece)
+            self._starts.insert(j, piece.start)
 
     def _free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Free the pages of ``runs`` nobody pins; return the runs of those still pinned."""
