@@ -31,6 +31,7 @@ __all__ = [
     "OutOfRange",
     "Overflow",
     "PermissionDenied",
+    "TooBig",
     "kernel_error",
 ]
 
@@ -101,6 +102,12 @@ class NoSpace(KernelError):
     errno_value = _errno.ENOSPC
 
 
+class TooBig(KernelError):
+    """E2BIG: e.g. a longer-than-known iommufd struct whose extra bytes are not zero."""
+
+    errno_value = _errno.E2BIG
+
+
 class BadFileDescriptor(KernelError):
     errno_value = _errno.EBADF
 
@@ -160,6 +167,7 @@ _BY_ERRNO: dict[int, type[KernelError]] = {
         Overflow,
         NoSpace,
         NoSuchDevice,
+        TooBig,
     )
 }
 
