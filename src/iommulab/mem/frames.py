@@ -99,12 +99,12 @@ class FrameAllocator:
         ``count`` calls of ``free(pfn, 0)`` would (the buddy state does not depend on
         the order of frees)."""
         allocated = self._allocated
-        for pfn, count in runs:
-            if any(allocated.get(p) != 0 for p in range(pfn, pfn + count)):
-                bad = next(p for p in range(pfn, pfn + count) if allocated.get(p) != 0)
-                raise ValueError(f"freeing pfn {bad:#x} order 0, but it was "
-                                 + ("not allocated" if bad not in allocated else
-                                    f"allocated with order {allocated[bad]}"))
+        bad = next((p for pfn, count in runs for p in range(pfn, pfn + count)
+                    if allocated.get(p) != 0), None)
+        if bad is not None:
+            raise ValueError(f"freeing pfn {bad:#x} order 0, but it was "
+                             + ("not allocated" if bad not in allocated else
+                                f"allocated with order {allocated[bad]}"))
         for pfn, count in runs:
             for p in range(pfn, pfn + count):
                 del allocated[p]

@@ -98,9 +98,7 @@ class MmStruct:
         elif backing.startswith("hugetlb") or populate:
             self._fault(vma, 0, vma.npages, strict=True)
         self._top = start - PAGE_SIZE  # a guard gap between mappings
-        i = bisect.bisect(self._starts, start)
-        self.vmas.insert(i, vma)
-        self._starts.insert(i, start)
+        self._link(vma)
         return start
 
     def munmap(self, addr: int, length: int) -> None:
@@ -133,15 +131,18 @@ class MmStruct:
         for vma in list(self.vmas):
             self._drop(vma)
 
-    def _drop(self, vma: Vma) -> None:
+    def _link(self, vma: Vma) -> None:
+        i = bisect.bisect(self._starts, vma.start)
+        self.vmas.insert(i, vma)
+        self._starts.insert(i, vma.start)
+
+    def _unlink(self, vma: Vma) -> None:
         i = self.vmas.index(vma)
         del self.vmas[i], self._starts[i]
-        pins = self.mem.pins
-        for pfn, order in vma.folios:
-            if pins.counts(pfn, 1 << order).any():
-                self._orphans.append((pfn, order))
-            else:
-                self.mem.free_pages(pfn, order)
+
+    def _drop(self, vma: Vma) -> None:
+        self._unlink(vma)
+        self._orphans += self._free_unpinned_folios(vma.folios)
         vma.folios.clear()
         self._orphan_pages += self._free_unpinned(vma.pages)
         vma.pages.clear()
@@ -166,23 +167,27 @@ class MmStruct:
                 self.mem.frames.split(pfn, order)
         small = (pfns >= 0) & ~covered
         gone = pfns[i0:i1][small[i0:i1]]
-        for pfn, order in parts[1]:
-            if self.mem.pins.counts(pfn, 1 << order).any():
-                self._orphans.append((pfn, order))
-            else:
-                self.mem.free_pages(pfn, order)
+        self._orphans += self._free_unpinned_folios(parts[1])
         self._orphan_pages += self._free_unpinned(pfn_runs(gone))
-        i = self.vmas.index(vma)
-        del self.vmas[i], self._starts[i]
+        self._unlink(vma)
         for first, last, folios in ((0, i0, parts[0]), (i1, vma.npages, parts[2])):
             if first == last:
                 continue
             piece = Vma(vma.start + (first << PAGE_SHIFT), vma.start + (last << PAGE_SHIFT),
                         vma.backing, vma.writable, pfns[first:last].copy(), vma.pfnmap,
                         folios, pfn_runs(pfns[first:last][small[first:last]]))
-            j = bisect.bisect(self._starts, piece.start)
-            self.vmas.insert(j, piece)
-            self._starts.insert(j, piece.start)
+            self._link(piece)
+
+    def _free_unpinned_folios(self, folios: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Free the folios nobody pins; return those still pinned (freed on the last unpin)."""
+        pins = self.mem.pins
+        kept = []
+        for pfn, order in folios:
+            if pins.counts(pfn, 1 << order).any():
+                kept.append((pfn, order))
+            else:
+                self.mem.free_pages(pfn, order)
+        return kept
 
     def _free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Free the pages of ``runs`` nobody pins; return the runs of those still pinned."""
@@ -270,14 +275,7 @@ class MmStruct:
         """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
         self._pin_runs(pfns, -1)
         if self._orphans:
-            pins = self.mem.pins
-            keep = []
-            for pfn, order in self._orphans:
-                if pins.counts(pfn, 1 << order).any():
-                    keep.append((pfn, order))
-                else:
-                    self.mem.free_pages(pfn, order)
-            self._orphans = keep
+            self._orphans = self._free_unpinned_folios(self._orphans)
         if self._orphan_pages:
             self._orphan_pages = self._free_unpinned(self._orphan_pages)
 

@@ -154,11 +154,11 @@ class Container(VfioFile):
             first.priv if first is not None else None, DomainType.UNMANAGED)
 
         def join(existing: IommuDomain) -> bool:
-            """iommu_attach_group(d->domain): False (back on ``domain``) if refused."""
+            """iommu_attach_group(d->domain): False if refused (the core's revert has put
+            the group back on ``domain``)."""
             try:
                 core.set_group_domain(group, existing)
             except KernelError:
-                core.set_group_domain(group, domain)
                 return False
             return True
 

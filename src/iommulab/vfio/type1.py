@@ -344,12 +344,7 @@ class VfioIommu:
             raise InvalidArgument("UNMAP_DMA: dirty bitmap without tracking or with another "
                                   "page size")
         if self.v2 and not unmap_all:
-            dma = self.find_dma(iova, 1)
-            if dma is not None and dma.iova != iova:
-                raise InvalidArgument("UNMAP_DMA: the range bisects a mapping at its start")
-            dma = self.find_dma(iova + size - 1, 0)
-            if dma is not None and dma.end != iova + size:
-                raise InvalidArgument("UNMAP_DMA: the range bisects a mapping at its end")
+            self._check_no_bisection(iova, size, "UNMAP_DMA")
         unmapped = 0
         end = iova + size
         i = self._first_node(iova, size)
@@ -403,12 +398,7 @@ class VfioIommu:
             raise InvalidArgument("dirty bitmap: iova or size not aligned")
         if not self.dirty_page_tracking:
             raise InvalidArgument("dirty bitmap: tracking is not started")
-        dma = self.find_dma(iova, 1)
-        if dma is not None and dma.iova != iova:
-            raise InvalidArgument("dirty bitmap: the range bisects a mapping")
-        dma = self.find_dma(iova + size - 1, 0)
-        if dma is not None and dma.end != iova + size:
-            raise InvalidArgument("dirty bitmap: the range bisects a mapping")
+        self._check_no_bisection(iova, size, "dirty bitmap")
         i = self._first_node(iova, size)
         while i < len(self.dmas) and self.dmas[i].iova < iova + size:
             self._update_user_bitmap((pgsize, user, mm), self.dmas[i], iova)
@@ -422,6 +412,16 @@ class VfioIommu:
         return Type1Report(len(self.dmas), sum(d.size for d in self.dmas), iopte,
                            st.pinned_pages, sum(d.locked_vm for d in self.dmas),
                            st.iommu_map_calls, st.iommu_unmap_calls, st.iotlb_syncs)
+
+    def _check_no_bisection(self, iova: int, size: int, what: str) -> None:
+        """The v2 rule of ``vfio_dma_do_unmap`` and ``vfio_iova_dirty_bitmap``: EINVAL when
+        ``[iova, iova + size)`` starts or ends inside a mapping."""
+        dma = self.find_dma(iova, 1)
+        if dma is not None and dma.iova != iova:
+            raise InvalidArgument(f"{what}: the range bisects a mapping at its start")
+        dma = self.find_dma(iova + size - 1, 0)
+        if dma is not None and dma.end != iova + size:
+            raise InvalidArgument(f"{what}: the range bisects a mapping at its end")
 
     def set_dirty_tracking(self, start: bool) -> None:
         self.dirty_page_tracking = start
