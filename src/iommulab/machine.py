@@ -12,6 +12,7 @@ in :mod:`iommulab.vfio.files`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from .clock import Clock
 from .devices import DmaDevice
 from .errors import BadFileDescriptor, InvalidArgument, NoEntry
 from .iommu import IommuCore
+from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
 from .mem import PhysMem
 from .mem.mm import MmStruct
 from .sizes import SZ_1M, parse_size
@@ -96,6 +98,11 @@ class Machine:
         self.core = IommuCore(self.driver, clock=self.clock, strict=strict)
         self.devices: dict[str, PciDevice] = {}
         self.open_groups: set[int] = set()  # groups with an open /dev/vfio/N
+        self.users: dict[int, UserStruct] = {}  # uid -> user_struct (locked_vm)
+        self.iommufd_test_memory_limit = [TEMP_MEMORY_LIMIT]  # selftest-tunable, global
+        #: Lab: the granule iommufd's SET_DIRTY_TRACKING splits blocks to (None: upstream).
+        self.dirty_granule: int | None = None
+        self._mock_sids = itertools.count(0x1000)
 
     def __repr__(self) -> str:
         return f"<Machine {self.platform} ram={self.mem.ram_bytes:#x} seed={self.seed}>"
@@ -150,10 +157,28 @@ class Machine:
     def group_devices(self, group: int) -> list[PciDevice]:
         return [d for d in self.devices.values() if d.iommu_group == group]
 
+    def add_mock_device(self, flags: int = 0) -> DmaDevice:
+        """mock: a selftest device (``MOCK_FLAGS_DEVICE_*``) in a new group, as
+        IOMMU_TEST_OP_MOCK_DOMAIN creates; :meth:`remove_device` takes it away."""
+        if self.platform != "mock":
+            raise ValueError(f"{self.platform}: mock devices are for the mock platform")
+        sid = next(self._mock_sids)
+        self.driver.device_flags[sid] = flags
+        dev = DmaDevice(f"mock{sid:#x}", self.mem, self.translator, sid)
+        self.core.probe_device(dev)
+        return dev
+
+    def remove_device(self, dev: DmaDevice) -> None:
+        """Hot-unplug: ``iommu_release_device``."""
+        self.core.release_device(dev)
+        self.devices.pop(getattr(dev, "bdf", ""), None)
+
     def spawn_process(self, memlock_limit: int | str | None = None,
-                      cap_ipc_lock: bool = False) -> Process:
+                      cap_ipc_lock: bool = False, *, uid: int = 1000,
+                      cap_sys_resource: bool = False) -> Process:
+        """A process of user ``uid`` (processes of one uid share its ``locked_vm``)."""
         limit = None if memlock_limit is None else parse_size(memlock_limit)
-        return Process(self, limit, cap_ipc_lock)
+        return Process(self, limit, cap_ipc_lock, uid, cap_sys_resource)
 
 
 @dataclass
@@ -163,11 +188,18 @@ class Process:
     machine: Machine
     memlock_limit: int | None
     cap_ipc_lock: bool
+    uid: int = 1000
+    cap_sys_resource: bool = False
     mm: MmStruct = field(init=False)
     files: dict[int, VfioFile] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.mm = MmStruct(self.machine.mem)
+
+    @property
+    def user(self) -> UserStruct:
+        """``current_user()``: shared by every process of this uid."""
+        return self.machine.users.setdefault(self.uid, UserStruct(self.uid))
 
     # -- memory ------------------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", prot: str = "rw",
@@ -175,11 +207,32 @@ class Process:
         """``mmap``: anonymous memory of ``backing``, or (``fd``) a VFIO device region."""
         if prot not in ("rw", "r"):
             raise InvalidArgument(f"mmap: prot {prot!r} is not 'rw' or 'r'")
+        from .iommufd.file import MemFdFile
         mmio = None
+        memfd = None
         if fd is not None:
-            mmio = self._file(fd).mmap_region(parse_size(length), offset)
+            f = self._file(fd)
+            if isinstance(f, MemFdFile):
+                memfd = f.memfd
+            else:
+                mmio = f.mmap_region(parse_size(length), offset)
         return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
-                            mmio_pa=mmio)
+                            mmio_pa=mmio, file=memfd, offset=offset)
+
+    def memfd_create(self, name: str, size: int | str = 0, hugetlb: str | None = None) -> int:
+        """``memfd_create`` (MFD_HUGETLB with ``hugetlb`` "2M" or "1G") and ``ftruncate``
+        to ``size``: the fd."""
+        from .iommufd.file import MemFdFile
+        from .mem.memfd import MemFd
+        return self.install(MemFdFile(MemFd(self.machine.mem, name, parse_size(size),
+                                            hugetlb)))
+
+    def ftruncate(self, fd: int, size: int | str) -> None:
+        from .iommufd.file import MemFdFile
+        f = self._file(fd)
+        if not isinstance(f, MemFdFile):
+            raise InvalidArgument(f"ftruncate: fd {fd} is not a memfd")
+        f.memfd.ftruncate(parse_size(size))
 
     def munmap(self, vaddr: int, length: int) -> None:
         self.mm.munmap(vaddr, length)
@@ -192,7 +245,12 @@ class Process:
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str) -> int:
+        """``/dev/iommu``, ``/dev/vfio/vfio``, ``/dev/vfio/<group>``,
+        ``/dev/vfio/devices/vfio<N>``."""
         from .vfio.files import open_vfio_path
+        if path == "/dev/iommu":
+            from .iommufd.file import IommufdFile
+            return self.install(IommufdFile(self.machine))
         if not path.startswith("/dev/vfio/"):
             raise NoEntry(f"open: {path}: No such file or directory")
         return self.install(open_vfio_path(self, path))

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DmaFault, NoEntry
+from ..errors import DmaFault, InvalidArgument, NoEntry, NotSupported
+from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvRegion
 from ..mem import FailNth
+from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..sizes import PAGE_SIZE
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "MOCK_PFN_HUGE_IOVA",
     "MOCK_PFN_MASK",
     "MOCK_PFN_START_IOVA",
+    "MockDirtyOps",
     "MockDomainOps",
     "MockFault",
     "MockHw",
@@ -64,6 +67,7 @@ MOCK_PFN_HUGE_IOVA = MOCK_PFN_START_IOVA << 2
 
 MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
 MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
+HWPT_ALLOC_NEST_PARENT, HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_PASID = 1 << 0, 1 << 1, 1 << 3
 
 _SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
 _EMPTY = np.uint64((1 << 64) - 1)  # no xarray value can be all ones (flags stop at bit 55)
@@ -137,6 +141,13 @@ class MockPfns:
         if not idx:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
         return np.concatenate(idx), np.concatenate(vals)
+
+    def update(self, idx: npt.NDArray[np.int64], values: U64Array) -> None:
+        """Rewrite occupied slots ``idx`` (from :meth:`present`) with ``values``."""
+        chunks = idx >> _CHUNK_SHIFT
+        for c in np.unique(chunks).tolist():
+            sel = chunks == c
+            self._chunks[c][idx[sel] & ((1 << _CHUNK_SHIFT) - 1)] = values[sel]
 
     def values(self) -> U64Array:
         """Every occupied slot's value (for whole-domain views)."""
@@ -241,6 +252,63 @@ class MockDomainOps:
         return dict(sorted(counts.items()))
 
 
+class MockDirtyOps:
+    """``dirty_ops`` of the mock (selftest.c, 6.12): a domain-wide MOCK_DIRTY_TRACK flag and
+    a MOCK_PFN_DIRTY_IOVA bit per slot, set by IOMMU_TEST_OP_DIRTY; a dirty huge entry
+    reports its whole 1M."""
+
+    def __init__(self) -> None:
+        self.tracking = False  # MOCK_DIRTY_TRACK
+
+    def set_dirty_tracking(self, domain: IommuDomain, enabled: bool) -> None:
+        self.tracking = enabled
+
+    def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int, flags: int,
+                             dirty: IommuDirtyBitmap) -> None:
+        """``mock_domain_read_and_clear_dirty``: EINVAL with a bitmap while not tracking."""
+        if not self.tracking and dirty.bitmap is not None:
+            raise InvalidArgument("mock: read_and_clear_dirty while not tracking")
+        assert isinstance(domain.ops, MockDomainOps)
+        pfns = domain.ops.pfns
+        first = iova >> _SHIFT
+        n = -(-(iova + size) // MOCK_IO_PAGE_SIZE) - first
+        idx, vals = pfns.present(first, n)
+        flag = np.uint64(MOCK_PFN_DIRTY_IOVA)
+        hit = (vals & flag) != 0
+        if not hit.any():
+            return
+        huge = (vals & np.uint64(MOCK_PFN_HUGE_IOVA)) != 0
+        small = hit & ~huge
+        if small.any():
+            mask = np.zeros(n, dtype=np.bool_)
+            mask[idx[small] - first] = True
+            dirty.record_run(first << _SHIFT, MOCK_IO_PAGE_SIZE, mask)
+        heads = np.unique((idx[hit & huge] << _SHIFT) & ~(MOCK_HUGE_PAGE_SIZE - 1))
+        for head in heads.tolist():
+            dirty.record(head, MOCK_HUGE_PAGE_SIZE)
+        if not flags & IOMMU_DIRTY_NO_CLEAR:
+            clear = hit.copy()
+            if len(heads):  # every slot of a dirty huge entry
+                clear |= huge & np.isin((idx << _SHIFT) & ~(MOCK_HUGE_PAGE_SIZE - 1), heads)
+            pfns.update(idx[clear], vals[clear] & ~flag)
+
+    def set_dirty(self, domain: IommuDomain, iovas: npt.NDArray[np.int64]) -> int:
+        """IOMMU_TEST_OP_DIRTY: mark the slots at ``iovas`` dirty; how many exist."""
+        assert isinstance(domain.ops, MockDomainOps)
+        if not len(iovas):
+            return 0
+        idx, vals = _slots(domain.ops.pfns, iovas >> _SHIFT)
+        domain.ops.pfns.update(idx, vals | np.uint64(MOCK_PFN_DIRTY_IOVA))
+        return len(idx)
+
+
+def _slots(pfns: MockPfns, want: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], U64Array]:
+    """The occupied slots among the indexes ``want`` (sorted)."""
+    idx, vals = pfns.present(int(want[0]), int(want[-1] - want[0]) + 1)
+    keep = np.isin(idx, want)
+    return idx[keep], vals[keep]
+
+
 @dataclass(frozen=True)
 class MockFault:
     """Lab record of a DMA the mock could not translate."""
@@ -315,8 +383,24 @@ class MockIommu:
             domain.pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE
         return domain
 
+    def domain_alloc_paging_flags(self, dev: _MockDev | None, flags: int = 0) -> IommuDomain:
+        """``mock_domain_alloc_paging_flags``: EOPNOTSUPP for unknown flags or dirty
+        tracking on a NO_DIRTY device; dirty ops only when asked for."""
+        if flags & ~(HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING | HWPT_ALLOC_PASID):
+            raise NotSupported(f"mock: HWPT flags {flags:#x}")
+        dirty = bool(flags & HWPT_ALLOC_DIRTY_TRACKING)
+        if dirty and dev is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
+            raise NotSupported("mock: dirty tracking on a NO_DIRTY device")
+        domain = self.domain_alloc_paging(dev)
+        if dirty:
+            domain.dirty_ops = MockDirtyOps()
+        return domain
+
     def attach_dev(self, domain: IommuDomain, dev: _MockDev) -> None:
-        """``mock_domain_nop_attach``: the model routes the device's DMA to ``domain``."""
+        """``mock_domain_nop_attach``: EINVAL for a NO_DIRTY device on a dirty-tracking
+        domain; the model routes the device's DMA to ``domain``."""
+        if domain.dirty_ops is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
+            raise InvalidArgument("mock: a NO_DIRTY device cannot join a dirty-tracking domain")
         if domain.type & DomainType.UNMANAGED:  # any paging domain
             self.hw.domains[dev.sid] = domain
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import BadAddress, InvalidArgument, TooBig
 
@@ -54,6 +55,7 @@ IOMMU_VIOMMU_ALLOC = _io(0x90)
 IOMMU_VDEVICE_ALLOC = _io(0x91)
 IOMMU_IOAS_CHANGE_PROCESS = _io(0x92)
 IOMMU_VEVENTQ_ALLOC = _io(0x93)
+IOMMU_TEST_CMD = _io(0x80 + 32)  # iommufd_test.h: IOMMUFD_CMD_BASE + 32 (CONFIG_IOMMUFD_TEST)
 
 # flags and enums
 IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
@@ -74,6 +76,8 @@ IOMMU_HWPT_DATA_NONE = 0
 IOMMU_HW_INFO_TYPE_NONE = 0
 IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
 IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2
+IOMMU_HW_INFO_TYPE_SELFTEST = 0xFEEDBEEF  # iommufd_test.h
+IOMMU_HW_INFO_SELFTEST_REGVAL = 0xDEADBEEF
 IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0
 IOMMU_HWPT_DIRTY_TRACKING_ENABLE = 1
 IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR = 1
@@ -129,7 +133,7 @@ COMMANDS: dict[int, Command] = {c.request: c for c in (
 )}
 
 
-def read_ucmd(buf: bytes | bytearray, cmd: Command) -> tuple[tuple[int, ...], int]:
+def read_ucmd(buf: bytes | bytearray, cmd: Command) -> tuple[tuple[Any, ...], int]:
     """The command's fields as ``iommufd_fops_ioctl`` sees them, and the user ``size``.
 
     ``buf`` stands for the user memory at the argument pointer: EFAULT if it

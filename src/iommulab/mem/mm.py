@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,9 @@ import numpy.typing as npt
 from ..errors import BadAddress, InvalidArgument, OutOfMemory
 from ..sizes import parse_size
 from .physmem import PhysMem
+
+if TYPE_CHECKING:
+    from .memfd import MemFd
 
 __all__ = ["BACKINGS", "MmStruct", "Vma", "pfn_runs"]
 
@@ -46,6 +50,7 @@ class Vma:
     pfnmap: bool = False  # VM_PFNMAP | VM_IO (a device region)
     folios: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (pfn, order>0)
     pages: list[tuple[int, int]] = field(default_factory=list, repr=False)  # 4K pages' runs
+    file: MemFd | None = field(default=None, repr=False)  # MAP_SHARED of a memfd
 
     @property
     def npages(self) -> int:
@@ -69,6 +74,7 @@ class MmStruct:
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
         self.locked_vm = 0  # pages charged against RLIMIT_MEMLOCK (mm->locked_vm)
+        self.pinned_vm = 0  # mm->pinned_vm (iommufd charges it in every account mode)
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
         self._top = _TASK_TOP
         self._orphans: list[tuple[int, int]] = []  # munmapped folios still pinned
@@ -76,9 +82,12 @@ class MmStruct:
 
     # -- mmap / munmap -------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", *, writable: bool = True,
-             populate: bool = False, mmio_pa: int | None = None) -> int:
+             populate: bool = False, mmio_pa: int | None = None, file: MemFd | None = None,
+             offset: int = 0) -> int:
         """A new mapping of ``length`` bytes (rounded up to pages, or to the huge page for
-        hugetlb); THP and hugetlb mappings of 2M or more are aligned to their huge size."""
+        hugetlb); THP and hugetlb mappings of 2M or more are aligned to their huge size.
+        ``file``: a MAP_SHARED mapping of a memfd from byte ``offset``, its pages the
+        file's (allocated now)."""
         nbytes = parse_size(length)
         if nbytes <= 0:
             raise InvalidArgument(f"mmap: length {nbytes:#x} must be positive")
@@ -95,6 +104,12 @@ class MmStruct:
                   np.full(nbytes >> PAGE_SHIFT, -1, dtype=np.int64), pfnmap=mmio_pa is not None)
         if mmio_pa is not None:
             vma.pfns[:] = np.arange(vma.npages, dtype=np.int64) + (mmio_pa >> PAGE_SHIFT)
+        elif file is not None:
+            if offset % PAGE_SIZE or offset + nbytes > -(-file.size // PAGE_SIZE) * PAGE_SIZE:
+                raise InvalidArgument(f"mmap: [{offset:#x}, +{nbytes:#x}) is not inside "
+                                      f"memfd {file.name} of {file.size:#x} bytes")
+            vma.pfns[:] = file.pages(offset >> PAGE_SHIFT, vma.npages)
+            vma.file = file.get()
         elif backing.startswith("hugetlb") or populate:
             self._fault(vma, 0, vma.npages, strict=True)
         self._top = start - PAGE_SIZE  # a guard gap between mappings
@@ -142,6 +157,9 @@ class MmStruct:
 
     def _drop(self, vma: Vma) -> None:
         self._unlink(vma)
+        if vma.file is not None:
+            vma.file.put()
+            vma.file = None
         self._orphans += self._free_unpinned_folios(vma.folios)
         vma.folios.clear()
         self._orphan_pages += self._free_unpinned(vma.pages)
@@ -165,7 +183,7 @@ class MmStruct:
                 covered[at:at + n] = True
             else:  # the cut goes through it: split_huge_page
                 self.mem.frames.split(pfn, order)
-        small = (pfns >= 0) & ~covered
+        small = (pfns >= 0) & ~covered & (vma.file is None)  # the file keeps its pages
         gone = pfns[i0:i1][small[i0:i1]]
         self._orphans += self._free_unpinned_folios(parts[1])
         self._orphan_pages += self._free_unpinned(pfn_runs(gone))
@@ -175,8 +193,11 @@ class MmStruct:
                 continue
             piece = Vma(vma.start + (first << PAGE_SHIFT), vma.start + (last << PAGE_SHIFT),
                         vma.backing, vma.writable, pfns[first:last].copy(), vma.pfnmap,
-                        folios, pfn_runs(pfns[first:last][small[first:last]]))
+                        folios, pfn_runs(pfns[first:last][small[first:last]]),
+                        vma.file.get() if vma.file is not None else None)
             self._link(piece)
+        if vma.file is not None:
+            vma.file.put()
 
     def _free_unpinned_folios(self, folios: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Free the folios nobody pins; return those still pinned (freed on the last unpin)."""

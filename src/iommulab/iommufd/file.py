@@ -1,0 +1,453 @@
+"""``/dev/iommu``: the iommufd ioctls, their argument checks in the kernel's order and their
+responses (drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c, 7.0).
+
+Every command goes through :func:`~iommulab.iommufd.uapi.read_ucmd` (ENOTTY
+for an unknown number, then the size rule); the handlers follow the
+kernel's functions named in their docstrings. Arrays and bitmaps the
+commands point at are user memory of the calling process (EFAULT when not
+mapped). The mock platform adds ``IOMMU_TEST_CMD``
+(:mod:`iommulab.iommufd.selftest`); the VFIO compatibility container
+(:mod:`iommulab.iommufd.vfio_compat`) answers the VFIO container ioctls.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import (
+    BadAddress,
+    BadFileDescriptor,
+    InvalidArgument,
+    KernelError,
+    NoDevice,
+    NotATty,
+    NotPermitted,
+    NotSupported,
+    Overflow,
+    kernel_error,
+)
+from ..iommu.dirty import IovaBitmap
+from ..iommu.resv import IommuCap
+from ..mem.memfd import MemFd
+from ..pgtable import IOMMU_DIRTY_NO_CLEAR
+from ..prot import Prot
+from ..sizes import PAGE_SIZE
+from ..vfio.files import VfioFile
+from . import uapi as u
+from .io_pagetable import PagesSlice
+from .iova_space import ULONG_MAX
+from .objects import Device, HwptPaging, Ioas, IommufdCtx
+from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages
+from .sources import FileSource, UserSource
+
+if TYPE_CHECKING:
+    from ..machine import Machine, Process
+
+__all__ = ["IommufdFile", "MemFdFile"]
+
+_MAP_FLAGS = u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_WRITEABLE | \
+    u.IOMMU_IOAS_MAP_READABLE
+_SIZE_MAX = ULONG_MAX
+
+
+class MemFdFile(VfioFile):
+    """The fd ``memfd_create`` returns."""
+
+    def __init__(self, memfd: MemFd) -> None:
+        self.memfd = memfd
+
+    def release(self) -> None:
+        self.memfd.put()
+
+
+def _prot(flags: int) -> int:
+    """``conv_iommu_prot``: IOMMU_CACHE always."""
+    prot = int(Prot.CACHE)
+    if flags & u.IOMMU_IOAS_MAP_WRITEABLE:
+        prot |= Prot.WRITE
+    if flags & u.IOMMU_IOAS_MAP_READABLE:
+        prot |= Prot.READ
+    return prot
+
+
+class IommufdFile(VfioFile):
+    """One open of ``/dev/iommu``: an :class:`IommufdCtx` and its ioctls."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit)
+        self.compat: Any = None  # VfioCompat, made on first VFIO ioctl
+
+    def release(self) -> None:
+        self.ctx.release()
+
+    def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
+        cmd = u.COMMANDS.get(request)
+        if cmd is None:
+            if request == u.IOMMU_TEST_CMD and self.machine.platform == "mock":
+                from .selftest import test_cmd
+                return test_cmd(self, proc, _buf(arg))
+            # the VFIO container ioctls come with the compatibility layer
+            raise NotATty(f"ioctl {request:#x}: not an iommufd command")
+        buf = _buf(arg)
+        fields, usize = u.read_ucmd(buf, cmd)
+        handler = getattr(self, "_" + cmd.name.removeprefix("IOMMU_").lower())
+        return int(handler(proc, buf, usize, *fields[1:]))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _respond(self, buf: bytearray, request: int, usize: int, *fields: Any) -> None:
+        u.respond(buf, u.COMMANDS[request], usize, (usize, *fields))
+
+    def ioas(self, id: int) -> Ioas:
+        obj: Ioas = self.ctx.get(id, Ioas)
+        return obj
+
+    def account(self, proc: Process) -> Account:
+        """``iopt_alloc_pages``' accounting: NONE with CAP_IPC_LOCK, else USER, or MM
+        when the context was switched to it."""
+        mode = ACCOUNT_NONE if proc.cap_ipc_lock else ACCOUNT_USER
+        if mode == ACCOUNT_USER and self.ctx.account_mode == ACCOUNT_MM:
+            mode = ACCOUNT_MM
+        return Account(mode, proc.mm, proc.user, proc.memlock_limit)
+
+    def new_pages(self, proc: Process, source: UserSource | FileSource, start_byte: int,
+                  length: int, writable: bool) -> IoptPages:
+        """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
+        if length > _SIZE_MAX - PAGE_SIZE or not length:
+            raise InvalidArgument(f"map: length {length:#x}")
+        self.machine.mem.fail_nth.check("kzalloc(iopt_pages)")
+        npages = -(-(length + start_byte) // PAGE_SIZE)
+        return IoptPages(source, npages, writable, self.account(proc),
+                         fail_nth=self.machine.mem.fail_nth, stats=self.ctx.stats,
+                         limit=self.ctx.temp_memory_limit)
+
+    def map_pages(self, ioas: Ioas, pages: IoptPages, start_byte: int, length: int,
+                  iova: int, flags: int, addr: int) -> int:
+        """``iopt_map_common``: the pages go if nothing uses them after an error."""
+        try:
+            fixed = bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA)
+            return ioas.iopt.map_pages([PagesSlice(pages, start_byte, length)], iova,
+                                       _prot(flags), fixed=fixed, addr=addr)
+        finally:
+            if not pages.users:
+                pages.destroy()
+
+    # -- commands --------------------------------------------------------------------------
+    def _destroy(self, proc: Process, buf: bytearray, usize: int, id: int) -> int:
+        """``iommufd_destroy``."""
+        self.ctx.destroy(id)
+        return 0
+
+    def _ioas_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
+                    out: int) -> int:
+        """``iommufd_ioas_alloc_ioctl``: EOPNOTSUPP for any flag."""
+        if flags:
+            raise NotSupported(f"IOAS_ALLOC: flags {flags:#x}")
+        ioas = self.ctx.ioas_alloc()
+        self._respond(buf, u.IOMMU_IOAS_ALLOC, usize, flags, ioas.id)
+        return 0
+
+    def _ioas_iova_ranges(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
+                          num: int, rsvd: int, uptr: int, align: int) -> int:
+        """``iommufd_ioas_iova_ranges``: the holes of the reserved ranges; ``num_iovas`` is
+        set to how many there are and EMSGSIZE returned (after the copy back) when the
+        user's array was too short."""
+        if rsvd:
+            raise NotSupported("IOVA_RANGES: __reserved is not zero")
+        ioas = self.ioas(ioas_id)
+        holes = ioas.iopt.space.holes_of_reserved()
+        for i, (start, last) in enumerate(holes[:num]):
+            proc.mm.write(uptr + 16 * i, u.IOVA_RANGE.pack(start, last))
+        self._respond(buf, u.IOMMU_IOAS_IOVA_RANGES, usize, ioas_id, len(holes), 0, uptr,
+                      ioas.iopt.iova_alignment)
+        if len(holes) > num:
+            raise kernel_error(90, f"IOVA_RANGES: {len(holes)} ranges, room for {num}")
+        return 0
+
+    def _ioas_allow_iovas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
+                          num: int, rsvd: int, uptr: int) -> int:
+        """``iommufd_ioas_allow_iovas``."""
+        if rsvd:
+            raise NotSupported("ALLOW_IOVAS: __reserved is not zero")
+        ioas = self.ioas(ioas_id)
+        ranges = [u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16)) for i in range(num)]
+        ioas.iopt.space.set_allowed([(int(a), int(b)) for a, b in ranges])
+        return 0
+
+    def _ioas_map(self, proc: Process, buf: bytearray, usize: int, flags: int, ioas_id: int,
+                  rsvd: int, user_va: int, length: int, iova: int) -> int:
+        """``iommufd_ioas_map`` / ``iopt_map_user_pages``."""
+        if flags & ~_MAP_FLAGS or rsvd:
+            raise NotSupported(f"IOAS_MAP: flags {flags:#x} or __reserved")
+        if iova >= ULONG_MAX or length >= ULONG_MAX:
+            raise Overflow(f"IOAS_MAP: iova {iova:#x} or length {length:#x}")
+        if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
+            raise InvalidArgument("IOAS_MAP: neither READABLE nor WRITEABLE")
+        ioas = self.ioas(ioas_id)
+        if user_va + length > ULONG_MAX:
+            raise Overflow(f"IOAS_MAP: user_va {user_va:#x} + length wraps")
+        start_byte = user_va % PAGE_SIZE
+        pages = self.new_pages(proc, UserSource(proc.mm, user_va - start_byte), start_byte,
+                               length, bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
+        iova = self.map_pages(ioas, pages, start_byte, length, iova, flags, user_va)
+        self._respond(buf, u.IOMMU_IOAS_MAP, usize, flags, ioas_id, 0, user_va, length, iova)
+        return 0
+
+    def _ioas_map_file(self, proc: Process, buf: bytearray, usize: int, flags: int,
+                       ioas_id: int, fd: int, start: int, length: int, iova: int) -> int:
+        """``iommufd_ioas_map_file`` / ``iopt_map_file_pages``."""
+        if flags & ~_MAP_FLAGS:
+            raise NotSupported(f"IOAS_MAP_FILE: flags {flags:#x}")
+        if iova >= ULONG_MAX or length >= ULONG_MAX:
+            raise Overflow(f"IOAS_MAP_FILE: iova {iova:#x} or length {length:#x}")
+        if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
+            raise InvalidArgument("IOAS_MAP_FILE: neither READABLE nor WRITEABLE")
+        ioas = self.ioas(ioas_id)
+        f = proc.files.get(fd)
+        if f is None:
+            raise BadFileDescriptor(f"IOAS_MAP_FILE: fd {fd} is not open")
+        if not isinstance(f, MemFdFile):
+            raise InvalidArgument(f"IOAS_MAP_FILE: fd {fd} is not a memfd")
+        if start + length > ULONG_MAX:
+            raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length wraps")
+        start_byte = start % PAGE_SIZE
+        pages = self.new_pages(proc, FileSource(f.memfd.get(), start - start_byte),
+                               start_byte, length, bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
+        iova = self.map_pages(ioas, pages, start_byte, length, iova, flags, start)
+        self._respond(buf, u.IOMMU_IOAS_MAP_FILE, usize, flags, ioas_id, fd, start, length,
+                      iova)
+        return 0
+
+    def _ioas_copy(self, proc: Process, buf: bytearray, usize: int, flags: int, dst_id: int,
+                   src_id: int, length: int, dst_iova: int, src_iova: int) -> int:
+        """``iommufd_ioas_copy``: the destination shares the source's pages."""
+        if flags & ~_MAP_FLAGS:
+            raise NotSupported(f"IOAS_COPY: flags {flags:#x}")
+        if length >= ULONG_MAX or src_iova >= ULONG_MAX or dst_iova >= ULONG_MAX:
+            raise Overflow("IOAS_COPY: length or an iova is ULONG_MAX")
+        if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
+            raise InvalidArgument("IOAS_COPY: neither READABLE nor WRITEABLE")
+        src = self.ioas(src_id)
+        slices = src.iopt.get_pages(src_iova, length)
+        dst = self.ioas(dst_id)
+        first = slices[0]
+        addr = first.start_byte + _source_addr(first.pages)
+        iova = dst.iopt.map_pages(slices, dst_iova, _prot(flags),
+                                  fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA), addr=addr)
+        self._respond(buf, u.IOMMU_IOAS_COPY, usize, flags, dst_id, src_id, length, iova,
+                      src_iova)
+        return 0
+
+    def _ioas_unmap(self, proc: Process, buf: bytearray, usize: int, ioas_id: int, iova: int,
+                    length: int) -> int:
+        """``iommufd_ioas_unmap``: (0, U64_MAX) unmaps everything; ``length`` out."""
+        ioas = self.ioas(ioas_id)
+        if iova == 0 and length == ULONG_MAX:
+            unmapped = ioas.iopt.unmap_all()
+        else:
+            if iova >= ULONG_MAX or length >= ULONG_MAX:
+                raise Overflow(f"IOAS_UNMAP: iova {iova:#x} or length {length:#x}")
+            unmapped = ioas.iopt.unmap(iova, length)
+        self._respond(buf, u.IOMMU_IOAS_UNMAP, usize, ioas_id, iova, unmapped)
+        return 0
+
+    def _option(self, proc: Process, buf: bytearray, usize: int, option: int, op: int,
+                rsvd: int, object_id: int, val64: int) -> int:
+        """``iommufd_option``: RLIMIT_MODE (global) and HUGE_PAGES (per IOAS)."""
+        if rsvd:
+            raise NotSupported("OPTION: __reserved is not zero")
+        if option == u.IOMMU_OPTION_RLIMIT_MODE:
+            if object_id:
+                raise NotSupported("OPTION RLIMIT_MODE: object_id must be 0")
+            if op == u.IOMMU_OPTION_OP_GET:
+                val64 = int(self.ctx.account_mode == ACCOUNT_MM)
+            elif op == u.IOMMU_OPTION_OP_SET:
+                if not proc.cap_sys_resource:
+                    raise NotPermitted("OPTION RLIMIT_MODE: needs CAP_SYS_RESOURCE")
+                if self.ctx.objects:
+                    raise kernel_error(16, "OPTION RLIMIT_MODE: objects exist")
+                if val64 not in (0, 1):
+                    raise InvalidArgument(f"OPTION RLIMIT_MODE: value {val64}")
+                self.ctx.account_mode = ACCOUNT_MM if val64 else ACCOUNT_USER
+            else:
+                raise NotSupported(f"OPTION: op {op}")
+        elif option == u.IOMMU_OPTION_HUGE_PAGES:
+            ioas = self.ioas(object_id)
+            if op == u.IOMMU_OPTION_OP_GET:
+                val64 = int(not ioas.iopt.disable_large_pages)
+            elif op == u.IOMMU_OPTION_OP_SET:
+                if val64 not in (0, 1):
+                    raise InvalidArgument(f"OPTION HUGE_PAGES: value {val64}")
+                ioas.iopt.set_large_pages(bool(val64))
+            else:
+                raise NotSupported(f"OPTION: op {op}")
+        else:
+            raise NotSupported(f"OPTION: option {option}")
+        self._respond(buf, u.IOMMU_OPTION, usize, option, op, 0, object_id, val64)
+        return 0
+
+    def _vfio_ioas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int, op: int,
+                   rsvd: int) -> int:
+        """``iommufd_vfio_ioas``: GET (ENODEV without one), SET, CLEAR."""
+        if rsvd:
+            raise NotSupported("VFIO_IOAS: __reserved is not zero")
+        if op == u.IOMMU_VFIO_IOAS_GET:
+            if self.ctx.vfio_ioas is None:
+                raise NoDevice("VFIO_IOAS GET: no compatibility IOAS")
+            self._respond(buf, u.IOMMU_VFIO_IOAS, usize, self.ctx.vfio_ioas.id, op, 0)
+        elif op == u.IOMMU_VFIO_IOAS_SET:
+            self.ctx.vfio_ioas = self.ioas(ioas_id)
+        elif op == u.IOMMU_VFIO_IOAS_CLEAR:
+            self.ctx.vfio_ioas = None
+        else:
+            raise NotSupported(f"VFIO_IOAS: op {op}")
+        return 0
+
+    def _hwpt_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
+                    pt_id: int, out: int, rsvd: int, data_type: int, data_len: int,
+                    data_uptr: int, fault_id: int, rsvd2: int) -> int:
+        """``iommufd_hwpt_alloc``: a paging HWPT on an IOAS for a device."""
+        if rsvd:
+            raise NotSupported("HWPT_ALLOC: __reserved is not zero")
+        if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
+            raise InvalidArgument(f"HWPT_ALLOC: data_type {data_type} with {data_len} bytes")
+        idev: Device = self.ctx.get(dev_id, Device)
+        ioas = self.ctx.objects.get(pt_id)
+        if ioas is None:
+            self.ctx.get(pt_id, Ioas)
+        if not isinstance(ioas, Ioas):
+            raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS")
+        valid = u.IOMMU_HWPT_ALLOC_NEST_PARENT | u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING | \
+            u.IOMMU_HWPT_ALLOC_PASID
+        if flags & ~valid:
+            raise NotSupported(f"HWPT_ALLOC: flags {flags:#x}")
+        if data_type != u.IOMMU_HWPT_DATA_NONE:
+            raise NotSupported(f"HWPT_ALLOC: driver data type {data_type} for a paging HWPT")
+        hwpt = self.ctx.hwpt_paging_alloc(ioas, idev, flags & ~u.IOMMU_HWPT_ALLOC_NEST_PARENT,
+                                          auto=False)
+        self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id, 0,
+                      data_type, data_len, data_uptr, fault_id, 0)
+        return 0
+
+    def _get_hw_info(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
+                     data_len: int, data_uptr: int, out_type: int, pasid: int, rsvd: bytes,
+                     caps: int) -> int:
+        """``iommufd_get_hw_info``: the driver's info struct (zero-filled to ``data_len``),
+        its length and type, and IOMMU_HW_CAP_DIRTY_TRACKING."""
+        if flags or any(rsvd):
+            raise NotSupported(f"GET_HW_INFO: flags {flags:#x} or __reserved")
+        idev: Device = self.ctx.get(dev_id, Device)
+        info_type, data = _hw_info(self.machine)
+        if data_len:
+            out = data[:data_len].ljust(data_len, b"\0")
+            proc.mm.write(data_uptr, out)
+        master = idev.dev.dev_iommu.priv if idev.dev.dev_iommu else None
+        caps = u.IOMMU_HW_CAP_DIRTY_TRACKING if self.machine.core.driver.capable(
+            master, IommuCap.DIRTY_TRACKING) else 0
+        self._respond(buf, u.IOMMU_GET_HW_INFO, usize, flags, dev_id, len(data) if not data_len
+                      else min(data_len, len(data)), data_uptr, info_type, 0, b"\0" * 3, caps)
+        return 0
+
+    def _hwpt_set_dirty_tracking(self, proc: Process, buf: bytearray, usize: int, flags: int,
+                                 hwpt_id: int, rsvd: int) -> int:
+        """``iommufd_hwpt_set_dirty_tracking`` / ``iopt_set_dirty_tracking``: on enable
+        every area's dirty bits are cleared first, for a clean snapshot."""
+        if flags & ~u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE or rsvd:
+            raise NotSupported(f"SET_DIRTY_TRACKING: flags {flags:#x} or __reserved")
+        hwpt: HwptPaging = self.ctx.get(hwpt_id, HwptPaging)
+        domain = hwpt.domain
+        if domain.dirty_ops is None:
+            raise NotSupported(f"SET_DIRTY_TRACKING: {domain!r} cannot track dirty pages")
+        enable = bool(flags & u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
+        if enable:
+            for area in hwpt.ioas.iopt.areas():
+                domain.read_and_clear_dirty(area.iova, area.length, 0,
+                                            IovaBitmap(area.iova, area.length, PAGE_SIZE))
+        granule = self.machine.dirty_granule if enable else None
+        domain.set_dirty_tracking(enable, granule=granule)
+        return 0
+
+    def _hwpt_get_dirty_bitmap(self, proc: Process, buf: bytearray, usize: int, hwpt_id: int,
+                               flags: int, rsvd: int, iova: int, length: int, page_size: int,
+                               data: int) -> int:
+        """``iommufd_hwpt_get_dirty_bitmap`` / ``iopt_read_and_clear_dirty_data``: the bits
+        are OR-ed into the user bitmap (one bit per ``page_size`` from ``iova``)."""
+        if flags & ~u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR or rsvd:
+            raise NotSupported(f"GET_DIRTY_BITMAP: flags {flags:#x} or __reserved")
+        hwpt: HwptPaging = self.ctx.get(hwpt_id, HwptPaging)
+        iopt = hwpt.ioas.iopt
+        if not length:  # length - 1 wraps: an overflow unless iova is 0
+            raise (Overflow if iova else InvalidArgument)("GET_DIRTY_BITMAP: length 0")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise Overflow(f"GET_DIRTY_BITMAP: [{iova:#x}, +{length:#x}) wraps")
+        align = iopt.iova_alignment
+        if iova & (align - 1) or (last + 1) & (align - 1):
+            raise InvalidArgument(f"GET_DIRTY_BITMAP: range not aligned to {align:#x}")
+        if not page_size or iova % page_size or (last + 1) % page_size:
+            raise InvalidArgument(f"GET_DIRTY_BITMAP: page_size {page_size:#x}")
+        domain = hwpt.domain
+        if domain.dirty_ops is None:
+            raise NotSupported(f"GET_DIRTY_BITMAP: {domain!r} cannot track dirty pages")
+        bitmap = IovaBitmap(iova, length, page_size)
+        nwords = -(-bitmap.npages // 64)
+        old = np.frombuffer(proc.mm.read(data, nwords * 8), dtype=np.uint8)
+        for area in iopt.areas(iova, last):
+            lo, hi = max(iova, area.iova), min(last, area.last)
+            domain.read_and_clear_dirty(lo, hi - lo + 1,
+                                        IOMMU_DIRTY_NO_CLEAR if flags else 0, bitmap)
+        new = np.frombuffer(bitmap.to_bytes()[:nwords * 8].ljust(nwords * 8, b"\0"),
+                            dtype=np.uint8)
+        proc.mm.write(data, (old | new).tobytes())
+        return 0
+
+    def _ioas_change_process(self, proc: Process, buf: bytearray, usize: int,
+                             rsvd: int) -> int:
+        """``iommufd_ioas_change_process``: only memfd-backed maps can move (EINVAL)."""
+        if rsvd:
+            raise NotSupported("IOAS_CHANGE_PROCESS: __reserved is not zero")
+        pages = {id(a.pages): a.pages for o in self.ctx.objects.values()
+                 if isinstance(o, Ioas) for a in o.iopt.areas() if a.pages is not None}
+        if any(not p.source.is_file for p in pages.values()):
+            raise InvalidArgument("IOAS_CHANGE_PROCESS: a mapping is not of a file")
+        new = self.account(proc)
+        moved: list[tuple[IoptPages, Account]] = []
+        try:
+            for p in pages.values():
+                old = p.account
+                new_account = Account(old.mode, new.mm, new.user, new.memlock_limit)
+                new_account.charge(p.npinned)
+                moved.append((p, old))
+                p.account = new_account
+        except KernelError:
+            for p, old in moved:
+                p.account.uncharge(p.npinned)
+                p.account = old
+            raise
+        for p, old in moved:
+            old.uncharge(p.npinned)
+        return 0
+
+
+def _buf(arg: int | bytes | bytearray) -> bytearray:
+    if isinstance(arg, int):
+        raise BadAddress("iommufd: the argument must point at the command struct")
+    return arg if isinstance(arg, bytearray) else bytearray(arg)
+
+
+def _source_addr(pages: IoptPages) -> int:
+    src = pages.source
+    if isinstance(src, UserSource):
+        return src.uptr
+    assert isinstance(src, FileSource)
+    return src.start
+
+
+def _hw_info(machine: Machine) -> tuple[int, bytes]:
+    """The driver's ``hw_info``: type and data."""
+    if machine.platform == "mock":
+        return u.IOMMU_HW_INFO_TYPE_SELFTEST, struct.pack("<II", 0, u.IOMMU_HW_INFO_SELFTEST_REGVAL)
+    return u.IOMMU_HW_INFO_TYPE_NONE, b""

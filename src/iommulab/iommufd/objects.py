@@ -1,0 +1,473 @@
+"""The objects of an iommufd context: IOAS, paging HWPT, device, access
+(drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c, 7.0).
+
+Objects get the lowest free id from 1 (``xa_alloc`` with XA_FLAGS_ALLOC1).
+An object another one depends on is busy: an IOAS while a HWPT or an access
+uses it, a HWPT while a device is attached to it (IOMMU_DESTROY gives EBUSY).
+Attaching a device to an IOAS reuses one of the IOAS's automatic HWPTs the
+device accepts (a refusal with EINVAL tries the next) or allocates a new
+one; an automatic HWPT goes with its last device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import (
+    Busy,
+    InvalidArgument,
+    KernelError,
+    NoEntry,
+    NotPermitted,
+    NotSupported,
+    Overflow,
+)
+from ..iommu.domain import DomainType, IommuDomain
+from ..iommu.resv import IommuCap, ResvType
+from ..prot import Prot
+from ..sizes import PAGE_SIZE
+from .io_pagetable import IoPagetable
+from .iova_space import ULONG_MAX
+from .pages import ACCOUNT_USER, PagesStats
+
+if TYPE_CHECKING:
+    from ..devices import DmaDevice
+    from ..iommu.core import IommuCore
+    from ..mem import PhysMem
+    from .area import IoptArea
+
+__all__ = [
+    "HWPT_ALLOC_DIRTY_TRACKING",
+    "Access",
+    "Device",
+    "HwptPaging",
+    "Ioas",
+    "IommufdCtx",
+    "IommufdObject",
+]
+
+HWPT_ALLOC_DIRTY_TRACKING = 1 << 1  # IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+ACCESS_RW_WRITE = 1 << 0  # IOMMUFD_ACCESS_RW_WRITE
+
+
+@dataclass(eq=False)
+class IommufdObject:
+    """``struct iommufd_object``: ``users`` counts the objects that depend on this one."""
+
+    id: int = 0
+    users: int = field(default=0, init=False)
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        """Undo everything the object holds (the object's ``destroy`` op)."""
+
+
+@dataclass(eq=False, kw_only=True)
+class Ioas(IommufdObject):
+    """``struct iommufd_ioas``."""
+
+    iopt: IoPagetable = field(repr=False)
+    hwpts: list[HwptPaging] = field(default_factory=list, repr=False)
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        """``iommufd_ioas_destroy``: unmap everything."""
+        self.iopt.unmap_all()
+
+
+@dataclass(eq=False, kw_only=True)
+class HwptPaging(IommufdObject):
+    """``struct iommufd_hwpt_paging``."""
+
+    domain: IommuDomain = field(repr=False)
+    ioas: Ioas = field(repr=False)
+    auto_domain: bool = False
+    enforce_cache_coherency: bool = False
+    devices: list[Device] = field(default_factory=list, repr=False)
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        """``iommufd_hwpt_paging_destroy``: out of the IOAS, domain freed."""
+        self.ioas.iopt.remove_domain(self.domain)
+        self.ioas.hwpts.remove(self)
+        self.ioas.users -= 1
+        self.domain.free()
+
+
+@dataclass(eq=False, kw_only=True)
+class Device(IommufdObject):
+    """``struct iommufd_device``: a bound device and what it is attached to."""
+
+    dev: DmaDevice = field(repr=False)
+    enforce_cache_coherency: bool = False
+    hwpt: HwptPaging | None = None
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        if self.hwpt is not None:
+            ctx.detach(self)
+
+
+@dataclass(eq=False, kw_only=True)
+class Access(IommufdObject):
+    """``struct iommufd_access``: an in-kernel user of an IOAS's pages (an emulated
+    device). ``on_unmap`` is ``ops->unmap``; an access that pins must have one."""
+
+    ioas: Ioas | None = None
+    iova_alignment: int = 1
+    on_unmap: Any = None  # Callable[[int, int], None] | None
+    ctx: IommufdCtx | None = field(default=None, repr=False)
+
+    def notify_unmap(self, iova: int, length: int) -> None:
+        if self.on_unmap is not None:
+            self.on_unmap(iova, length)
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        if self.ioas is not None:
+            ctx.access_detach(self)
+
+
+class IommufdCtx:
+    """``struct iommufd_ctx``: one open of /dev/iommu."""
+
+    def __init__(self, core: IommuCore, mem: PhysMem, temp_memory_limit: list[int]) -> None:
+        self.core = core
+        self.mem = mem
+        self.objects: dict[int, IommufdObject] = {}
+        self.account_mode = ACCOUNT_USER
+        self.stats = PagesStats()
+        self.temp_memory_limit = temp_memory_limit  # global; selftest SET_TEMP_MEMORY_LIMIT
+        self.vfio_ioas: Ioas | None = None  # the VFIO compatibility IOAS
+
+    # -- the object table ----------------------------------------------------------------
+    def add(self, obj: IommufdObject) -> IommufdObject:
+        """``iommufd_object_finalize``: the lowest free id from 1."""
+        obj.id = next(i for i in itertools.count(1) if i not in self.objects)
+        self.objects[obj.id] = obj
+        return obj
+
+    def get(self, id: int, kind: type[Any]) -> Any:
+        """``iommufd_get_object``: ENOENT for a missing id or an object of another kind."""
+        obj = self.objects.get(id)
+        if not isinstance(obj, kind):
+            raise NoEntry(f"no {kind.__name__} with id {id}")
+        return obj
+
+    def destroy(self, id: int) -> None:
+        """IOMMU_DESTROY: ENOENT for no object, EBUSY while something depends on it."""
+        obj = self.objects.get(id)
+        if obj is None:
+            raise NoEntry(f"DESTROY: no object {id}")
+        if obj.users:
+            raise Busy(f"DESTROY: object {id} is in use by {obj.users} other object(s)")
+        del self.objects[id]
+        obj.destroy(self)
+        if obj is self.vfio_ioas:
+            self.vfio_ioas = None
+
+    def release(self) -> None:
+        """``iommufd_fops_release``: destroy every object, dependents first."""
+        while self.objects:
+            free = [o for o in self.objects.values() if not o.users]
+            if not free:  # pragma: no cover - a reference cycle would be a model bug
+                raise RuntimeError(f"iommufd release: objects still in use {self.objects}")
+            for obj in sorted(free, key=lambda o: -o.id):
+                if obj.id in self.objects and not obj.users:
+                    self.destroy(obj.id)
+
+    # -- IOAS ------------------------------------------------------------------------------
+    def ioas_alloc(self) -> Ioas:
+        """``iommufd_ioas_alloc_ioctl``."""
+        self.mem.fail_nth.check("kzalloc(iommufd_ioas)")
+        ioas = Ioas(iopt=IoPagetable(self.mem.fail_nth))
+        self.add(ioas)
+        return ioas
+
+    # -- HWPT ------------------------------------------------------------------------------
+    def hwpt_paging_alloc(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool) -> HwptPaging:
+        """``iommufd_hwpt_paging_alloc``: a domain for ``idev``, coherency enforced if the
+        device needs it, attached at once when automatic, and added to the IOAS."""
+        master = _master(idev.dev)
+        driver = self.core.driver
+        if flags & HWPT_ALLOC_DIRTY_TRACKING and \
+                not driver.capable(master, IommuCap.DIRTY_TRACKING):
+            raise NotSupported("HWPT_ALLOC: the device's IOMMU cannot track dirty pages")
+        if hasattr(driver, "domain_alloc_paging_flags"):
+            domain = driver.domain_alloc_paging_flags(master, flags)
+        elif flags:
+            raise NotSupported(f"HWPT_ALLOC: flags {flags:#x} not supported by the driver")
+        else:
+            domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)
+        hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto)
+        try:
+            if idev.enforce_cache_coherency:
+                self._enforce_cc(hwpt)
+            if auto:
+                self._attach_domain(idev, hwpt)
+            try:
+                ioas.iopt.add_domain(domain)
+            except KernelError:
+                if auto:
+                    self._detach_domain(idev, hwpt)
+                raise
+        except KernelError:
+            domain.free()
+            raise
+        ioas.hwpts.append(hwpt)
+        ioas.users += 1
+        self.add(hwpt)
+        return hwpt
+
+    def _enforce_cc(self, hwpt: HwptPaging) -> None:
+        """``iommufd_hwpt_paging_enforce_cc``: EINVAL if the domain cannot."""
+        if hwpt.enforce_cache_coherency:
+            return
+        enforce = getattr(self.core.driver, "enforce_cache_coherency", None)
+        if enforce is None or not enforce(hwpt.domain):
+            raise InvalidArgument(f"{hwpt.domain!r} cannot enforce cache coherency")
+        hwpt.enforce_cache_coherency = True
+
+    # -- devices -------------------------------------------------------------------------
+    def bind(self, dev: DmaDevice) -> Device:
+        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU."""
+        driver = self.core.driver
+        master = _master(dev)
+        if not driver.capable(master, IommuCap.CACHE_COHERENCY):
+            raise InvalidArgument(f"{dev.name}: the IOMMU is not cache coherent")
+        idev = Device(dev=dev, enforce_cache_coherency=driver.capable(
+            master, IommuCap.ENFORCE_CACHE_COHERENCY))
+        self.add(idev)
+        return idev
+
+    def attach(self, idev: Device, pt_id: int) -> int:
+        """``iommufd_device_attach``: to a HWPT, or to an IOAS through an automatic HWPT;
+        EINVAL if already attached (use replace); the HWPT id."""
+        if idev.hwpt is not None:
+            raise InvalidArgument(f"device {idev.id} is already attached")
+        return self._change_pt(idev, pt_id)
+
+    def replace(self, idev: Device, pt_id: int) -> int:
+        """``iommufd_device_replace``: move an attached device to ``pt_id``."""
+        if idev.hwpt is None:
+            raise InvalidArgument(f"device {idev.id} is not attached")
+        return self._change_pt(idev, pt_id)
+
+    def _change_pt(self, idev: Device, pt_id: int) -> int:
+        obj = self.objects.get(pt_id)
+        old = idev.hwpt
+        if isinstance(obj, HwptPaging):
+            if obj is old:
+                return obj.id
+            self._attach_hwpt(idev, obj)
+            new = obj
+        elif isinstance(obj, Ioas):
+            new = self._auto_get_domain(idev, obj)
+        elif obj is None:
+            raise NoEntry(f"attach: no object {pt_id}")
+        else:
+            raise InvalidArgument(f"attach: object {pt_id} is not an IOAS or a HWPT")
+        if old is not None and old is not new:
+            self._drop_device(old, idev)
+        return new.id
+
+    def _auto_get_domain(self, idev: Device, ioas: Ioas) -> HwptPaging:
+        """``iommufd_device_auto_get_domain``."""
+        for hwpt in list(ioas.hwpts):
+            if not hwpt.auto_domain:
+                continue
+            if hwpt is idev.hwpt:
+                return hwpt
+            try:
+                self._attach_hwpt(idev, hwpt)
+            except InvalidArgument:
+                continue  # incompatible domain: try the next
+            return hwpt
+        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto=True)
+        hwpt.devices.append(idev)
+        hwpt.users += 1
+        idev.hwpt = hwpt
+        return hwpt
+
+    def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
+        """``iommufd_hw_pagetable_attach``: coherency, the device's reserved regions into
+        the IOAS, then the group onto the domain."""
+        if idev.enforce_cache_coherency:
+            self._enforce_cc(hwpt)
+        self._attach_domain(idev, hwpt)
+        hwpt.devices.append(idev)
+        hwpt.users += 1
+        idev.hwpt = hwpt
+
+    def _attach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+        iopt = hwpt.ioas.iopt
+        self._enforce_resv_regions(idev, iopt)
+        try:
+            group = idev.dev.group
+            assert group is not None
+            self.core.set_group_domain(group, hwpt.domain)
+        except KernelError:
+            iopt.space.remove_reservations(idev)
+            raise
+
+    def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+        group = idev.dev.group
+        assert group is not None
+        self.core.set_group_domain(group, _blocking(self.core, group))
+        hwpt.ioas.iopt.space.remove_reservations(idev)
+
+    def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
+        """``iopt_table_enforce_dev_resv_regions``: every region but DIRECT_RELAXABLE is
+        reserved, owned by the device (EADDRINUSE over an area or allowed range)."""
+        self.mem.fail_nth.check("iommufd_should_fail(enforce_dev_resv_regions)")
+        try:
+            for r in self.core.get_resv_regions(idev.dev):
+                if r.type != ResvType.DIRECT_RELAXABLE:
+                    iopt.space.reserve(r.start, r.last, idev)
+        except KernelError:
+            iopt.space.remove_reservations(idev)
+            raise
+
+    def detach(self, idev: Device) -> None:
+        """``iommufd_device_detach``: back to blocking; an automatic HWPT goes with its
+        last device."""
+        hwpt = idev.hwpt
+        if hwpt is None:
+            return
+        self._drop_device(hwpt, idev, detach=True)
+
+    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False) -> None:
+        if detach:
+            self._detach_domain(idev, hwpt)
+        else:
+            hwpt.ioas.iopt.space.remove_reservations(idev)
+        hwpt.devices.remove(idev)
+        hwpt.users -= 1
+        if detach:
+            idev.hwpt = None
+        if hwpt.auto_domain and not hwpt.devices and hwpt.id in self.objects:
+            self.destroy(hwpt.id)
+
+    def unbind(self, idev: Device) -> None:
+        """``iommufd_device_unbind``."""
+        self.detach(idev)
+        if idev.id in self.objects:
+            del self.objects[idev.id]
+
+    # -- accesses ----------------------------------------------------------------------
+    def access_create(self, ioas: Ioas, on_unmap: Any, needs_pin: bool) -> Access:
+        """``iommufd_access_create`` + ``iommufd_access_attach``."""
+        access = Access(iova_alignment=PAGE_SIZE if needs_pin else 1, on_unmap=on_unmap,
+                        ctx=self)
+        ioas.iopt.add_access(access)
+        access.ioas = ioas
+        ioas.users += 1
+        self.add(access)
+        return access
+
+    def access_detach(self, access: Access) -> None:
+        ioas = access.ioas
+        assert ioas is not None
+        if access.on_unmap is not None:
+            access.on_unmap(0, ULONG_MAX)
+        ioas.iopt.remove_access(access)
+        ioas.users -= 1
+        access.ioas = None
+
+    def access_pin(self, access: Access, iova: int, length: int, write: bool
+                   ) -> np.ndarray:
+        """``iommufd_access_pin_pages``: the PFNs of ``[iova, +length)``."""
+        areas = self._access_areas(access, iova, length, write, pin=True)
+        last = iova + length - 1
+        done: list[tuple[IoptArea, int, int]] = []
+        out = []
+        try:
+            for area in areas:
+                lo, hi = max(iova, area.iova), min(last, area.last)
+                first, last_index = area.iova_to_index(lo), area.iova_to_index(hi)
+                assert area.pages is not None
+                out.append(area.pages.add_access(first, last_index))
+                area.num_accesses += 1
+                done.append((area, first, last_index))
+        except KernelError:
+            for area, first, last_index in done:
+                assert area.pages is not None
+                area.pages.remove_access(first, last_index)
+                area.num_accesses -= 1
+            raise
+        return np.concatenate(out)
+
+    def access_unpin(self, access: Access, iova: int, length: int) -> None:
+        """``iommufd_access_unpin_pages``: exactly a range that was pinned."""
+        assert access.ioas is not None
+        last = iova + length - 1
+        for area in access.ioas.iopt.contig_areas(iova, last):
+            lo, hi = max(iova, area.iova), min(last, area.last)
+            assert area.pages is not None
+            area.pages.remove_access(area.iova_to_index(lo), area.iova_to_index(hi))
+            area.num_accesses -= 1
+
+    def _access_areas(self, access: Access, iova: int, length: int, write: bool,
+                      pin: bool) -> list[IoptArea]:
+        """The checks ``iommufd_access_pin_pages`` and ``_rw`` share: EINVAL, EOVERFLOW,
+        ENOENT (detached, or a gap), EINVAL (an area being unmapped, or unaligned for a
+        pin), EPERM (the area's protection)."""
+        if not length:
+            raise InvalidArgument("access: length 0")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise Overflow(f"access: [{iova:#x}, +{length:#x}) wraps")
+        if access.ioas is None:
+            raise NoEntry("access: not attached to an IOAS")
+        areas = access.ioas.iopt.contig_areas(iova, last)
+        for i, area in enumerate(areas):
+            if area.prevent_access:
+                raise InvalidArgument(f"access: area {area.iova:#x} is being unmapped")
+            if pin:
+                cur = max(iova, area.iova)
+                if area.start_byte_of(cur) % PAGE_SIZE or (
+                        i < len(areas) - 1 and
+                        area.start_byte_of(area.last) % PAGE_SIZE != PAGE_SIZE - 1):
+                    raise InvalidArgument(f"access: area {area.iova:#x} is not page aligned")
+            need = Prot.WRITE if write else Prot.READ
+            if not area.prot & need:
+                raise NotPermitted(f"access: area {area.iova:#x} does not allow "
+                                   f"{'writes' if write else 'reads'}")
+        return areas
+
+    def access_rw(self, access: Access, iova: int, data: bytearray, write: bool) -> None:
+        """``iommufd_access_rw``: copy between ``data`` and ``[iova, +len(data))``."""
+        areas = self._access_areas(access, iova, len(data), write, pin=False)
+        last = iova + len(data) - 1
+        done = 0
+        for area in areas:
+            lo, hi = max(iova, area.iova), min(last, area.last)
+            pages = area.pages
+            assert pages is not None
+            byte0 = area.start_byte_of(lo)
+            first, last_index = byte0 // PAGE_SIZE, area.start_byte_of(hi) // PAGE_SIZE
+            pfns, fresh = pages.read_transient(first, last_index)
+            try:
+                pos, left = byte0, hi - lo + 1
+                for pfn in pfns.tolist():
+                    k = min(left, PAGE_SIZE - pos % PAGE_SIZE)
+                    pa = pfn * PAGE_SIZE + pos % PAGE_SIZE
+                    if write:
+                        self.mem.write(pa, data[done:done + k])
+                    else:
+                        data[done:done + k] = self.mem.read(pa, k)
+                    done, pos, left = done + k, pos + k, left - k
+            finally:
+                pages.release_transient(pfns, fresh)
+
+
+def _master(dev: DmaDevice) -> Any:
+    assert dev.dev_iommu is not None, f"{dev.name} has no IOMMU"
+    return dev.dev_iommu.priv
+
+
+def _blocking(core: IommuCore, group: Any) -> IommuDomain:
+    """The domain a device bound to iommufd sits in when not attached."""
+    blocked = getattr(core.driver, "blocked_domain", None)
+    domain: IommuDomain = blocked if blocked is not None else group.default_domain
+    return domain
+

@@ -1,0 +1,56 @@
+"""Where an ``iopt_pages`` gets pages nobody holds yet: GUP on the source mm
+(``pin_user_pages_fast`` / ``_remote``) or ``memfd_pin_folios`` (pages.c ``pfn_reader_user``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..mem.memfd import MemFd
+from ..mem.mm import MmStruct
+from ..sizes import PAGE_SHIFT
+
+__all__ = ["FileSource", "UserSource"]
+
+I64Array = npt.NDArray[np.int64]
+
+
+@dataclass
+class UserSource:
+    """``IOPT_ADDRESS_USER``: pages from ``uptr`` (page aligned) in ``mm``."""
+
+    mm: MmStruct
+    uptr: int
+    is_file = False
+
+    def pin(self, index: int, n: int, write: bool) -> I64Array:
+        """GUP with FOLL_LONGTERM (| FOLL_WRITE): fewer pages at a hole, EFAULT for none."""
+        return self.mm.pin_user_pages(self.uptr + (index << PAGE_SHIFT), n, write)
+
+    def unpin(self, pfns: I64Array) -> None:
+        self.mm.unpin_user_pages(pfns)
+
+    def close(self) -> None:
+        """The mm is only grabbed (``mmgrab``): nothing to drop in the model."""
+
+
+@dataclass
+class FileSource:
+    """``IOPT_ADDRESS_FILE``: pages of ``file`` from byte ``start`` (page aligned); the
+    pages hold a reference on the file."""
+
+    file: MemFd
+    start: int
+    is_file = True
+
+    def pin(self, index: int, n: int, write: bool) -> I64Array:
+        return self.file.pin((self.start >> PAGE_SHIFT) + index, n, write)
+
+    def unpin(self, pfns: I64Array) -> None:
+        self.file.unpin(pfns)
+
+    def close(self) -> None:
+        self.file.put()
