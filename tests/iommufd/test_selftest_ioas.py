@@ -1,5 +1,5 @@
 """tools/testing/selftests/iommu/iommufd.c, ported: the iommufd, iommufd_ioas and
-iommufd_mock_domain groups (reference §2.17 cases 1–5, 7–23, 26–30, 32–36) on the mock
+iommufd_mock_domain groups (reference §2.17 cases 1-5, 7-23, 26-30, 32-36) on the mock
 platform, with the kernel's errno. Every test ends with nothing pinned or charged.
 """
 
@@ -16,13 +16,11 @@ from iommulab.iommufd import uapi as u
 
 from .selftest_lib import (
     BUFFER_SIZE,
-    FIXED,
     HUGEPAGE_SIZE,
     MOCK_APERTURE_LAST,
     MOCK_APERTURE_START,
     MOCK_PAGE_SIZE,
     PAGE_SIZE,
-    RW,
     Selftest,
 )
 
@@ -463,7 +461,7 @@ def test_mock_domain_all_aligns(md: tuple[Selftest, int, list, str]) -> None:
 
 
 def test_mock_domain_all_aligns_copy(md: tuple[Selftest, int, list, str]) -> None:
-    t, ioas, mds, variant = md
+    t, ioas, _mds, variant = md
     if variant != "one":
         return
     end = 3 * PAGE_SIZE
@@ -497,7 +495,7 @@ def test_mock_domain_user_copy(md: tuple[Selftest, int, list, str]) -> None:
 
 
 def test_mock_domain_replace(md: tuple[Selftest, int, list, str]) -> None:
-    t, ioas, mds, variant = md
+    t, ioas, mds, _variant = md
     other = t.ioas_alloc()
     new_hwpts = {t.mock_domain_replace(m.stdev_id, other) for m in mds}
     assert len(new_hwpts) == 1 and mds[0].hwpt_id not in new_hwpts  # one shared auto HWPT
