@@ -21,6 +21,7 @@ from .selftest_lib import (
     MOCK_APERTURE_START,
     MOCK_PAGE_SIZE,
     PAGE_SIZE,
+    MockDomain,
     Selftest,
 )
 
@@ -55,7 +56,8 @@ def test_cmd_fail(t: Selftest) -> None:
 
 
 @pytest.mark.parametrize("cmd", sorted(u.COMMANDS.values(), key=lambda c: c.request),
-                         ids=lambda c: c.name)
+                         ids=[c.name for c in sorted(u.COMMANDS.values(),
+                                                     key=lambda c: c.request)])
 def test_cmd_length(t: Selftest, cmd: u.Command) -> None:
     """One byte short of the last mandatory field: EINVAL; one byte more than the struct
     with a non-zero tail: E2BIG; with a zero tail: the same answer as the exact size."""
@@ -401,8 +403,10 @@ def test_copy_sweep(f: IoasFix) -> None:
 
 
 # -- FIXTURE(iommufd_mock_domain) ---------------------------------------------------------------
+MdFix = tuple[Selftest, int, list[MockDomain], str]
+
 @pytest.fixture(params=["one", "two", "hugepage", "file", "file_hugepage"])
-def md(request: pytest.FixtureRequest) -> Iterator[tuple[Selftest, int, list, str]]:
+def md(request: pytest.FixtureRequest) -> Iterator[MdFix]:
     t = Selftest()
     ioas = t.ioas_alloc()
     n = 2 if request.param == "two" else 1
@@ -421,7 +425,7 @@ def _mock_buffer(t: Selftest, variant: str, size: int) -> tuple[int, int | None]
     return t.p.mmap(size, "hugetlb-2M" if huge else "anon"), None
 
 
-def test_mock_domain_basic(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_basic(md: MdFix) -> None:
     t, ioas, mds, variant = md
     size = HUGEPAGE_SIZE if "hugepage" in variant else PAGE_SIZE * 4
     buf, mfd = _mock_buffer(t, variant, size)
@@ -444,7 +448,7 @@ def test_mock_domain_basic(md: tuple[Selftest, int, list, str]) -> None:
         expect_errno(errno.EINVAL, t.map_file, ioas, mfd, 0, PAGE_SIZE)
 
 
-def test_mock_domain_all_aligns(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_all_aligns(md: MdFix) -> None:
     t, ioas, mds, variant = md
     if variant != "one":
         return
@@ -460,7 +464,7 @@ def test_mock_domain_all_aligns(md: tuple[Selftest, int, list, str]) -> None:
     t.check_refs(t.buffer, end, 0)
 
 
-def test_mock_domain_all_aligns_copy(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_all_aligns_copy(md: MdFix) -> None:
     t, ioas, _mds, variant = md
     if variant != "one":
         return
@@ -475,7 +479,7 @@ def test_mock_domain_all_aligns_copy(md: tuple[Selftest, int, list, str]) -> Non
     t.check_refs(t.buffer, end, 0)
 
 
-def test_mock_domain_user_copy(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_user_copy(md: MdFix) -> None:
     t, ioas, mds, variant = md
     if variant != "one":
         return
@@ -494,7 +498,7 @@ def test_mock_domain_user_copy(md: tuple[Selftest, int, list, str]) -> None:
     t.p.close(access)
 
 
-def test_mock_domain_replace(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_replace(md: MdFix) -> None:
     t, ioas, mds, _variant = md
     other = t.ioas_alloc()
     new_hwpts = {t.mock_domain_replace(m.stdev_id, other) for m in mds}
@@ -505,7 +509,7 @@ def test_mock_domain_replace(md: tuple[Selftest, int, list, str]) -> None:
         assert t.mock_domain_replace(m.stdev_id, ioas) not in new_hwpts
 
 
-def test_mock_domain_alloc_hwpt(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_alloc_hwpt(md: MdFix) -> None:
     t, ioas, mds, _ = md
     for m in mds:
         expect_errno(errno.EOPNOTSUPP, t.hwpt_alloc, m.idev_id, ioas, 1 << 31)
@@ -516,7 +520,7 @@ def test_mock_domain_alloc_hwpt(md: tuple[Selftest, int, list, str]) -> None:
         t.destroy(hwpt)
 
 
-def test_mock_domain_two_domains_share_pins(md: tuple[Selftest, int, list, str]) -> None:
+def test_mock_domain_two_domains_share_pins(md: MdFix) -> None:
     """Not in the C file: with two domains each page is still pinned once."""
     t, ioas, mds, variant = md
     if variant != "two":
