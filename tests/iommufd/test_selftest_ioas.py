@@ -55,9 +55,10 @@ def test_cmd_fail(t: Selftest) -> None:
     expect_errno(errno.ENOTTY, t.p.ioctl, t.fd, u._io(0x7F), bytearray(8))
 
 
-@pytest.mark.parametrize("cmd", sorted(u.COMMANDS.values(), key=lambda c: c.request),
-                         ids=[c.name for c in sorted(u.COMMANDS.values(),
-                                                     key=lambda c: c.request)])
+_CMDS = [u.COMMANDS[r] for r in sorted(u.COMMANDS)]
+
+
+@pytest.mark.parametrize("cmd", _CMDS, ids=[c.name for c in _CMDS])
 def test_cmd_length(t: Selftest, cmd: u.Command) -> None:
     """One byte short of the last mandatory field: EINVAL; one byte more than the struct
     with a non-zero tail: E2BIG; with a zero tail: the same answer as the exact size."""
