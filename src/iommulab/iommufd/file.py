@@ -29,7 +29,8 @@ from ..errors import (
     Overflow,
     kernel_error,
 )
-from ..iommu.dirty import IovaBitmap
+from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap
+from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
 from ..mem.memfd import MemFd
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
@@ -362,10 +363,12 @@ class IommufdFile(VfioFile):
         if domain.dirty_ops is None:
             raise NotSupported(f"SET_DIRTY_TRACKING: {domain!r} cannot track dirty pages")
         enable = bool(flags & u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
-        if enable:
+        if enable:  # iopt_clear_dirty_data: no bitmap, one gather, one sync
+            gather = IommuIotlbGather()
             for area in hwpt.ioas.iopt.areas():
-                domain.read_and_clear_dirty(area.iova, area.length, 0,
-                                            IovaBitmap(area.iova, area.length, PAGE_SIZE))
+                domain.dirty_ops.read_and_clear_dirty(domain, area.iova, area.length, 0,
+                                                      IommuDirtyBitmap(None, gather))
+            domain.iotlb_sync(gather)
         granule = self.machine.dirty_granule if enable else None
         domain.set_dirty_tracking(enable, granule=granule)
         return 0
