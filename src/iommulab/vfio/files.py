@@ -71,11 +71,17 @@ class VfioFile:
 
 
 def open_vfio_path(proc: Process, path: str) -> VfioFile:
-    """``/dev/vfio/vfio`` (a new container) or ``/dev/vfio/<group>``."""
+    """``/dev/vfio/vfio`` (a new container), ``/dev/vfio/<group>`` or a device cdev
+    ``/dev/vfio/devices/vfio<N>``."""
     m = proc.machine
     name = path.removeprefix("/dev/vfio/")
     if name == "vfio":
         return Container(m)
+    if name.startswith("devices/vfio") and name[12:].isdigit():
+        from .cdev import DeviceCdev, cdev_devices
+        devices = cdev_devices(m)
+        if int(name[12:]) < len(devices):
+            return DeviceCdev(m, devices[int(name[12:])])
     if name.isdigit() and m.group_devices(int(name)):
         group_id = int(name)
         if any(d.driver != "vfio-pci" for d in m.group_devices(group_id)):

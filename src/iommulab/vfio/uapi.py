@@ -32,6 +32,9 @@ VFIO_IOMMU_GET_INFO = _io(12)
 VFIO_IOMMU_MAP_DMA = _io(13)
 VFIO_IOMMU_UNMAP_DMA = _io(14)
 VFIO_IOMMU_DIRTY_PAGES = _io(17)
+VFIO_DEVICE_BIND_IOMMUFD = _io(18)
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(19)
+VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(20)
 
 # extensions / IOMMU types
 VFIO_TYPE1_IOMMU = 1
@@ -103,3 +106,9 @@ DIRTY_BITMAP_GET = struct.Struct("<QQQQQ")  # iova, size, then a vfio_bitmap
 DEVICE_INFO = struct.Struct("<IIIIII")  # argsz, flags, num_regions, num_irqs, cap_offset, pad
 DEVICE_INFO_MINSZ = 16  # offsetofend(num_irqs)
 REGION_INFO = struct.Struct("<IIIIQQ")  # argsz, flags, index, cap_offset, size, offset
+
+# the device cdev (/dev/vfio/devices/vfioN)
+BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid
+ATTACH_IOMMUFD_PT = struct.Struct("<IIII")  # argsz, flags, pt_id, pasid
+DETACH_IOMMUFD_PT = struct.Struct("<III")  # argsz, flags, pasid
+VFIO_DEVICE_ATTACH_PASID = 1 << 0

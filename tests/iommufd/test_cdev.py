@@ -1,0 +1,181 @@
+"""VFIO device cdevs bound to iommufd on the VT-d and SMMUv3 machines: bind, attach to an
+IOAS (automatic HWPT) or a HWPT, replace, detach; device DMA through the IOAS; dirty
+tracking through HWPT_SET_DIRTY_TRACKING / GET_DIRTY_BITMAP on the SMMUv3, with the lab's
+split granule; two domains sharing one pin per page."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from iommulab import Machine, Process
+from iommulab.devices import DmaDevice
+from iommulab.iommufd import uapi as u
+from iommulab.vfio import uapi as v
+
+from .test_selftest_ioas import expect_errno
+
+SZ_2M = 2 << 20
+
+
+@dataclass
+class Host:
+    m: Machine
+    p: Process
+    iommufd: int
+
+    def ioctl(self, fd: int, request: int, buf: bytes) -> bytearray:
+        arg = bytearray(buf)
+        self.p.ioctl(fd, request, arg)
+        return arg
+
+    def bind(self, n: int) -> tuple[int, int]:
+        cdev = self.p.open(f"/dev/vfio/devices/vfio{n}")
+        out = self.ioctl(cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
+                         v.BIND_IOMMUFD.pack(16, 0, self.iommufd, 0))
+        return cdev, v.BIND_IOMMUFD.unpack(out)[3]
+
+    def attach(self, cdev: int, pt_id: int) -> int:
+        out = self.ioctl(cdev, v.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                         v.ATTACH_IOMMUFD_PT.pack(16, 0, pt_id, 0))
+        return int(v.ATTACH_IOMMUFD_PT.unpack(out)[2])
+
+    def ioas(self) -> int:
+        out = self.ioctl(self.iommufd, u.IOMMU_IOAS_ALLOC, u.IOAS_ALLOC.pack(12, 0, 0))
+        return int(u.IOAS_ALLOC.unpack(out)[2])
+
+    def map(self, ioas: int, va: int, length: int) -> int:
+        out = self.ioctl(self.iommufd, u.IOMMU_IOAS_MAP,
+                         u.IOAS_MAP.pack(40, 6, ioas, 0, va, length, 0))
+        return int(u.IOAS_MAP.unpack(out)[6])
+
+    def hwpt(self, devid: int, ioas: int, flags: int = 0) -> int:
+        out = self.ioctl(self.iommufd, u.IOMMU_HWPT_ALLOC,
+                         u.HWPT_ALLOC.pack(48, flags, devid, ioas, 0, 0, 0, 0, 0, 0, 0))
+        return int(u.HWPT_ALLOC.unpack(out)[4])
+
+    def dirty_pages(self, hwpt: int, iova: int, length: int, page: int = 4096) -> list[int]:
+        nbytes = -(-(length // page) // 64) * 8
+        bm = self.p.mmap(max(nbytes, 4096))
+        self.ioctl(self.iommufd, u.IOMMU_HWPT_GET_DIRTY_BITMAP,
+                   u.HWPT_GET_DIRTY_BITMAP.pack(48, hwpt, 0, 0, iova, length, page, bm))
+        bits = np.unpackbits(np.frombuffer(self.p.read(bm, nbytes), dtype=np.uint8),
+                             bitorder="little")
+        self.p.munmap(bm, max(nbytes, 4096))
+        return np.flatnonzero(bits).tolist()
+
+
+def _host(platform: str, ndev: int) -> tuple[Host, list[DmaDevice]]:
+    m = Machine(platform, ram="1G")
+    devs: list[DmaDevice] = [m.add_pci_device(f"0000:00:0{2 + i}.0") for i in range(ndev)]
+    p = m.spawn_process(memlock_limit="64M")
+    return Host(m, p, p.open("/dev/iommu")), devs
+
+
+@pytest.fixture(params=["x86-vtd", "arm64-smmuv3"])
+def host(request: pytest.FixtureRequest) -> Iterator[tuple[Host, list[DmaDevice]]]:
+    h, devs = _host(request.param, 2)
+    yield h, devs
+    h.p.exit()
+    assert h.m.mem.pins.pins == 0 and h.p.mm.pinned_vm == 0
+    assert h.p.user.locked_vm == 0
+
+
+def test_bind_attach_dma(host: tuple[Host, list[DmaDevice]]) -> None:
+    h, (dev, _) = host
+    cdev, devid = h.bind(0)
+    expect_errno(errno.EINVAL, h.p.ioctl, cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
+                 bytearray(v.BIND_IOMMUFD.pack(16, 0, h.iommufd, 0)))  # bound already
+    ioas = h.ioas()
+    hwpt = h.attach(cdev, ioas)  # an automatic HWPT
+    buf = h.p.mmap(4 * SZ_2M, "thp", populate=True)
+    iova = h.map(ioas, buf, 4 * SZ_2M)
+    assert iova % SZ_2M == 0  # the automatic IOVA keeps the 2M alignment of the buffer
+    dev.dma_write(iova + 5000, b"through iommufd")
+    assert h.p.read(buf + 5000, 15) == b"through iommufd"
+    assert h.p.mm.pinned_vm == 4 * 512 and h.p.user.locked_vm == 4 * 512  # USER mode
+    expect_errno(errno.EBUSY, h.p.ioctl, h.iommufd, u.IOMMU_DESTROY,
+                 bytearray(u.DESTROY.pack(8, hwpt)))
+    h.ioctl(cdev, v.VFIO_DEVICE_DETACH_IOMMUFD_PT, v.DETACH_IOMMUFD_PT.pack(12, 0, 0))
+    expect_errno(errno.ENOENT, h.p.ioctl, h.iommufd, u.IOMMU_DESTROY,
+                 bytearray(u.DESTROY.pack(8, hwpt)))  # went with its last device
+    with pytest.raises(OSError):
+        dev.dma_read(iova, 4)  # blocked now
+    assert h.p.mm.pinned_vm == 0  # no domain left: unpinned
+
+
+def test_two_domains_one_pin(host: tuple[Host, list[DmaDevice]]) -> None:
+    """Two devices on one IOAS each with their own HWPT: one pin per page, both map it."""
+    h, (dev0, dev1) = host
+    ioas = h.ioas()
+    (c0, d0), (c1, d1) = h.bind(0), h.bind(1)
+    h0, h1 = h.hwpt(d0, ioas), h.hwpt(d1, ioas)
+    assert (h.attach(c0, h0), h.attach(c1, h1)) == (h0, h1)
+    buf = h.p.mmap(SZ_2M, "thp", populate=True)
+    iova = h.map(ioas, buf, SZ_2M)
+    assert h.p.mm.pinned_vm == 512
+    assert h.m.mem.pins.pins == 512  # pinned once for both domains
+    dev0.dma_write(iova, b"zero")
+    assert dev1.dma_read(iova, 4) == b"zero"
+    for c in (c0, c1):
+        h.p.close(c)
+    h.p.ioctl(h.iommufd, u.IOMMU_DESTROY, bytearray(u.DESTROY.pack(8, h0)))
+    assert h.m.mem.pins.pins == 512  # the other domain still holds them
+    h.p.ioctl(h.iommufd, u.IOMMU_DESTROY, bytearray(u.DESTROY.pack(8, h1)))
+    assert h.m.mem.pins.pins == 0
+
+
+def test_memlock_limit_user_mode() -> None:
+    h, _ = _host("x86-vtd", 1)
+    cdev, _ = h.bind(0)
+    ioas = h.ioas()
+    h.attach(cdev, ioas)
+    buf = h.p.mmap(128 << 20, "anon", populate=True)
+    expect_errno(errno.ENOMEM, h.map, ioas, buf, 128 << 20)  # 64M limit
+    assert h.m.mem.pins.pins == 0 and h.p.user.locked_vm == 0
+    h.map(ioas, buf, 64 << 20)
+    assert h.p.user.locked_vm == (64 << 20) // 4096
+    h.p.exit()
+    assert h.m.mem.pins.pins == 0 and h.p.user.locked_vm == 0
+
+
+@pytest.mark.parametrize("granule", [None, 4096])
+def test_smmuv3_dirty_tracking(granule: int | None) -> None:
+    h, (dev,) = _host("arm64-smmuv3", 1)
+    h.m.dirty_granule = granule
+    cdev, devid = h.bind(0)
+    ioas = h.ioas()
+    hwpt = h.hwpt(devid, ioas, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    h.attach(cdev, hwpt)
+    buf = h.p.mmap(2 * SZ_2M, "thp", populate=True)
+    iova = h.map(ioas, buf, 2 * SZ_2M)
+    h.ioctl(h.iommufd, u.IOMMU_HWPT_SET_DIRTY_TRACKING,
+            u.HWPT_SET_DIRTY_TRACKING.pack(16, 1, hwpt, 0))
+    assert h.dirty_pages(hwpt, iova, 2 * SZ_2M) == []  # a clean snapshot
+    dev.dma_write(iova + SZ_2M + 3 * 4096 + 7, b"!")
+    want = [512 + 3] if granule else list(range(512, 1024))  # a 4K page, or the block
+    assert h.dirty_pages(hwpt, iova, 2 * SZ_2M) == want
+    assert h.dirty_pages(hwpt, iova, 2 * SZ_2M) == []
+    h.ioctl(h.iommufd, u.IOMMU_HWPT_SET_DIRTY_TRACKING,
+            u.HWPT_SET_DIRTY_TRACKING.pack(16, 0, hwpt, 0))
+    h.p.exit()
+    assert h.m.mem.pins.pins == 0
+
+
+def test_cdev_refuses_before_bind_and_bad_fds() -> None:
+    h, _ = _host("x86-vtd", 1)
+    cdev = h.p.open("/dev/vfio/devices/vfio0")
+    expect_errno(errno.EINVAL, h.p.ioctl, cdev, v.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                 bytearray(v.ATTACH_IOMMUFD_PT.pack(16, 0, 1, 0)))
+    expect_errno(errno.EBADF, h.p.ioctl, cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
+                 bytearray(v.BIND_IOMMUFD.pack(16, 0, 99, 0)))
+    expect_errno(77, h.p.ioctl, cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
+                 bytearray(v.BIND_IOMMUFD.pack(16, 0, cdev, 0)))  # EBADFD: not iommufd
+    expect_errno(errno.EINVAL, h.p.ioctl, cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
+                 bytearray(v.BIND_IOMMUFD.pack(16, 1, h.iommufd, 0)))  # flags
+    expect_errno(errno.ENOENT, h.p.open, "/dev/vfio/devices/vfio7")
+    h.p.exit()
