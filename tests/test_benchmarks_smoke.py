@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_iova.py", ["--calls", "600", "--pairs", "2000", "--live", "100", "--repeat", "1"],
      3),
     ("bench_vfio.py", ["--gib", "1", "--frag-gib", "1"], 7),
+    ("bench_iommufd.py", ["--gib", "1"], 4),
 ])
 def test_benchmark_smoke(script: str, args: list[str], lines: int) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,

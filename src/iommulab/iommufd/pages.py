@@ -134,21 +134,22 @@ class PfnSource(Protocol):
 
 
 def domain_pfns(domain: IommuDomain, iovas: I64Array) -> I64Array:
-    """``iommu_iova_to_phys(iova) >> PAGE_SHIFT`` for sorted ``iovas``, by runs (0 where
-    nothing is mapped, as ``iova_to_phys`` returns)."""
+    """``iommu_iova_to_phys(iova) >> PAGE_SHIFT`` for sorted ``iovas``, by leaf runs (0
+    where nothing is mapped, as ``iova_to_phys`` returns): each run's offset is spread
+    over the IOVAs it covers, so the cost is one pass over the array."""
     lo, hi = int(iovas[0]), int(iovas[-1])
     runs = domain.leaf_runs(lo, hi - lo + 1)
     out = np.zeros(len(iovas), dtype=np.int64)
     if not runs:
         return out
-    r_iova = np.array([r[0] for r in runs], dtype=np.uint64)
-    r_pa = np.array([r[1] for r in runs], dtype=np.uint64)
-    r_end = r_iova + np.array([r[2] for r in runs], dtype=np.uint64)
-    u = iovas.astype(np.uint64)
-    i = np.searchsorted(r_iova, u, side="right") - 1
-    ok = (i >= 0) & (u < r_end[np.maximum(i, 0)])
-    j = i[ok]
-    out[ok] = ((r_pa[j] + (u[ok] - r_iova[j])) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+    r = np.array(runs, dtype=np.int64)  # (iova, pa, length)
+    starts = np.searchsorted(iovas, r[:, 0])
+    counts = np.diff(np.append(starts, len(iovas)))
+    head = int(starts[0])
+    seg = iovas[head:]
+    delta = np.repeat(r[:, 1] - r[:, 0], counts)
+    ok = seg < np.repeat(r[:, 0] + r[:, 2], counts)
+    out[head:][ok] = (seg[ok] + delta[ok]) >> PAGE_SHIFT
     return out
 
 

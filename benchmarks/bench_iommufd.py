@@ -1,0 +1,125 @@
+"""IOMMU_IOAS_MAP / UNMAP of 64 GiB of THP memory into an IOAS with two domains, and a
+dirty-bitmap read over 64 GiB.
+
+x86-vtd: two devices behind two DMAR units, one without snoop control (its
+domain cannot enforce coherency) and one with it, each on its own
+automatic HWPT of one IOAS: every page is pinned once and mapped into both
+domains. arm64-smmuv3: one device on a dirty-tracking HWPT;
+HWPT_GET_DIRTY_BITMAP over the whole 64 GiB after the device wrote one byte
+in every 2M block. Each figure is one wall-clock run (the memory is faulted
+in by the pin, inside the MAP figure). Target: <= 2 s each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from _common import Figure, print_figures
+from iommulab import Machine, Process
+from iommulab.iommufd import uapi as u
+from iommulab.vfio import uapi as v
+
+IOVA = 1 << 32
+
+
+def _bind(p: Process, iommufd: int, n: int, pt_id: int, flags: int = 0) -> int:
+    cdev = p.open(f"/dev/vfio/devices/vfio{n}")
+    out = bytearray(v.BIND_IOMMUFD.pack(16, 0, iommufd, 0))
+    p.ioctl(cdev, v.VFIO_DEVICE_BIND_IOMMUFD, out)
+    if flags:  # a HWPT of its own, with these flags
+        devid = v.BIND_IOMMUFD.unpack(out)[3]
+        hw = bytearray(u.HWPT_ALLOC.pack(48, flags, devid, pt_id, 0, 0, 0, 0, 0, 0, 0))
+        p.ioctl(iommufd, u.IOMMU_HWPT_ALLOC, hw)
+        pt_id = u.HWPT_ALLOC.unpack(hw)[4]
+    att = bytearray(v.ATTACH_IOMMUFD_PT.pack(16, 0, pt_id, 0))
+    p.ioctl(cdev, v.VFIO_DEVICE_ATTACH_IOMMUFD_PT, att)
+    return int(v.ATTACH_IOMMUFD_PT.unpack(att)[2])
+
+
+def _ioas(p: Process, iommufd: int) -> int:
+    out = bytearray(u.IOAS_ALLOC.pack(12, 0, 0))
+    p.ioctl(iommufd, u.IOMMU_IOAS_ALLOC, out)
+    return int(u.IOAS_ALLOC.unpack(out)[2])
+
+
+def _map(p: Process, iommufd: int, ioas: int, va: int, size: int) -> float:
+    t0 = time.perf_counter()
+    p.ioctl(iommufd, u.IOMMU_IOAS_MAP, bytearray(u.IOAS_MAP.pack(40, 7, ioas, 0, va, size,
+                                                                 IOVA)))
+    return time.perf_counter() - t0
+
+
+def _unmap(p: Process, iommufd: int, ioas: int, size: int) -> float:
+    t0 = time.perf_counter()
+    p.ioctl(iommufd, u.IOMMU_IOAS_UNMAP, bytearray(u.IOAS_UNMAP.pack(24, ioas, IOVA, size)))
+    return time.perf_counter() - t0
+
+
+def two_domains(gib: int) -> tuple[float, float, int]:
+    m = Machine("x86-vtd", ram=f"{gib + 4}G")
+    unit = m.add_iommu_unit(aw=48, snoop_control=True)
+    m.add_pci_device("0000:00:02.0")  # behind unit 0: no snoop control
+    m.add_pci_device("0000:00:03.0", iommu_unit=unit)
+    p = m.spawn_process(cap_ipc_lock=True)
+    fd = p.open("/dev/iommu")
+    ioas = _ioas(p, fd)
+    hwpts = {_bind(p, fd, 0, ioas), _bind(p, fd, 1, ioas)}
+    assert len(hwpts) == 2, "the two units must need two domains"
+    size = gib << 30
+    va = p.mmap(size, "thp")
+    t_map = _map(p, fd, ioas, va, size)
+    pins = m.mem.pins.pins
+    t_unmap = _unmap(p, fd, ioas, size)
+    p.exit()
+    assert m.mem.pins.pins == 0
+    return t_map, t_unmap, pins
+
+
+def dirty_bitmap(gib: int) -> tuple[float, float, int]:
+    m = Machine("arm64-smmuv3", ram=f"{gib + 4}G")
+    dev = m.add_pci_device("0000:00:02.0")
+    p = m.spawn_process(cap_ipc_lock=True)
+    fd = p.open("/dev/iommu")
+    ioas = _ioas(p, fd)
+    hwpt = _bind(p, fd, 0, ioas, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    size = gib << 30
+    va = p.mmap(size, "thp")
+    t_map = _map(p, fd, ioas, va, size)
+    p.ioctl(fd, u.IOMMU_HWPT_SET_DIRTY_TRACKING,
+            bytearray(u.HWPT_SET_DIRTY_TRACKING.pack(16, 1, hwpt, 0)))
+    for off in range(0, size, 2 << 20):  # the device dirties every 2M block once
+        dev.dma_write(IOVA + off, b"\x01")
+    nbytes = size // 4096 // 8
+    bitmap = p.mmap(nbytes)
+    t0 = time.perf_counter()
+    p.ioctl(fd, u.IOMMU_HWPT_GET_DIRTY_BITMAP, bytearray(u.HWPT_GET_DIRTY_BITMAP.pack(
+        48, hwpt, 0, 0, IOVA, size, 4096, bitmap)))
+    t_read = time.perf_counter() - t0
+    dirty = int(np.unpackbits(np.frombuffer(p.read(bitmap, nbytes), dtype=np.uint8)).sum())
+    t_unmap = _unmap(p, fd, ioas, size)
+    p.exit()
+    assert m.mem.pins.pins == 0
+    return t_read, t_unmap, dirty
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gib", type=int, default=64)
+    args = ap.parse_args()
+    gib = args.gib
+    t_map, t_unmap, pins = two_domains(gib)
+    t_read, t_unmap2, dirty = dirty_bitmap(gib)
+    print_figures(f"bench_iommufd: {gib} GiB of THP", [
+        Figure(f"IOAS_MAP {gib} GiB, two VT-d domains ({pins} pins)", t_map, "s", 2.0),
+        Figure(f"IOAS_UNMAP {gib} GiB, two VT-d domains", t_unmap, "s", 2.0),
+        Figure(f"GET_DIRTY_BITMAP {gib} GiB at 4K, SMMUv3 ({dirty} bits set)", t_read, "s",
+               2.0),
+        Figure(f"IOAS_UNMAP {gib} GiB, SMMUv3 dirty-tracking domain", t_unmap2, "s", 2.0),
+    ])
+
+
+if __name__ == "__main__":
+    main()
