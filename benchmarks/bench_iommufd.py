@@ -87,7 +87,7 @@ def dirty_bitmap(gib: int) -> tuple[float, float, int]:
     hwpt = _bind(p, fd, 0, ioas, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
     size = gib << 30
     va = p.mmap(size, "thp")
-    t_map = _map(p, fd, ioas, va, size)
+    _map(p, fd, ioas, va, size)
     p.ioctl(fd, u.IOMMU_HWPT_SET_DIRTY_TRACKING,
             bytearray(u.HWPT_SET_DIRTY_TRACKING.pack(16, 1, hwpt, 0)))
     for off in range(0, size, 2 << 20):  # the device dirties every 2M block once

@@ -87,7 +87,7 @@ def host(request: pytest.FixtureRequest) -> Iterator[tuple[Host, list[DmaDevice]
 
 def test_bind_attach_dma(host: tuple[Host, list[DmaDevice]]) -> None:
     h, (dev, _) = host
-    cdev, devid = h.bind(0)
+    cdev, _devid = h.bind(0)
     expect_errno(errno.EINVAL, h.p.ioctl, cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
                  bytearray(v.BIND_IOMMUFD.pack(16, 0, h.iommufd, 0)))  # bound already
     ioas = h.ioas()
