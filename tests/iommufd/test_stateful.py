@@ -138,7 +138,7 @@ class IoasMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.pinned))
     @rule(data=st.data())
     def access_unpin(self, data: st.DataObject) -> None:
-        item, area = self.pinned.pop(data.draw(st.integers(0, len(self.pinned) - 1)))
+        item, _area = self.pinned.pop(data.draw(st.integers(0, len(self.pinned) - 1)))
         self.t.destroy_access_pages(self.access, item)
 
     def _drop_pins(self, area: Area) -> None:
