@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, Selftest
+from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, MockDomain, Selftest
 
 NPAGES = 24
 NEEDS_PIN = 1 << 0
@@ -47,7 +47,7 @@ class IoasMachine(RuleBasedStateMachine):
         self.t = Selftest(cap_ipc_lock=False)
         self.buf = self.t.p.mmap(NPAGES * PAGE_SIZE, "anon", populate=True)
         self.ioas = [self.t.ioas_alloc(), self.t.ioas_alloc()]
-        self.domains: dict[int, list] = {i: [self.t.mock_domain(i)] for i in self.ioas}
+        self.domains: dict[int, list[MockDomain]] = {i: [self.t.mock_domain(i)] for i in self.ioas}
         self.model: list[Area] = []
         self.next_pages = 0
         self.access = self.t.create_access(self.ioas[0], NEEDS_PIN)
@@ -154,7 +154,7 @@ class IoasMachine(RuleBasedStateMachine):
 
     @invariant()
     def each_page_pinned_once_per_pages(self) -> None:
-        per_page = [set() for _ in range(NPAGES)]
+        per_page: list[set[int]] = [set() for _ in range(NPAGES)]
         for a in self.model:
             for page in range(a.offset // PAGE_SIZE, (a.offset + a.length) // PAGE_SIZE):
                 per_page[page].add(a.pages_id)
