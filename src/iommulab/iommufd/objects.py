@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import IommuCap, ResvType
+from ..mem.mm import pfn_runs
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
 from .io_pagetable import IoPagetable
@@ -447,15 +448,18 @@ class IommufdCtx:
             first, last_index = byte0 // PAGE_SIZE, area.start_byte_of(hi) // PAGE_SIZE
             pfns, fresh = pages.read_transient(first, last_index)
             try:
-                pos, left = byte0, hi - lo + 1
-                for pfn in pfns.tolist():
-                    k = min(left, PAGE_SIZE - pos % PAGE_SIZE)
-                    pa = pfn * PAGE_SIZE + pos % PAGE_SIZE
+                end_byte = byte0 + hi - lo + 1
+                index = first
+                for pfn, count in pfn_runs(pfns):  # one copy per run of contiguous pages
+                    start = max(byte0, index * PAGE_SIZE)
+                    stop = min(end_byte, (index + count) * PAGE_SIZE)
+                    pa = pfn * PAGE_SIZE + start - index * PAGE_SIZE
                     if write:
-                        self.mem.write(pa, data[done:done + k])
+                        self.mem.write(pa, data[done:done + stop - start])
                     else:
-                        data[done:done + k] = self.mem.read(pa, k)
-                    done, pos, left = done + k, pos + k, left - k
+                        data[done:done + stop - start] = self.mem.read(pa, stop - start)
+                    done += stop - start
+                    index += count
             finally:
                 pages.release_transient(pfns, fresh)
 
