@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ..errors import InvalidArgument, OutOfMemory
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
-from .physmem import PhysMem
+from .physmem import PhysMem, pfn_runs
 
 __all__ = ["HUGETLB_ORDERS", "MemFd"]
 
@@ -36,7 +36,8 @@ class MemFd:
         self.pfns = np.zeros(0, dtype=np.int64)
         self.size = 0
         self.refs = 1  # the fd
-        self._orphans: list[tuple[int, int]] = []
+        self._orphans: list[tuple[int, int]] = []  # runs of cut-off 4K pages still pinned
+        self._orphan_folios: list[tuple[int, int]] = []  # (pfn, order) still pinned
         self.ftruncate(size)
 
     @property
@@ -81,16 +82,18 @@ class MemFd:
             raise InvalidArgument(f"memfd_pin_folios: pages [{index}, +{n}) end past the "
                                   f"size {self.size:#x} of {self.name}")
         pfns = self.pages(index, n)
-        for pfn, count in _runs(pfns):
+        for pfn, count in pfn_runs(pfns):
             self.mem.pins.pin(pfn, count)
         return pfns
 
     def unpin(self, pfns: I64Array) -> None:
         """``unpin_folios``; pages the file no longer has go with their last pin."""
-        for pfn, count in _runs(pfns):
+        for pfn, count in pfn_runs(pfns):
             self.mem.pins.unpin(pfn, count)
         if self._orphans:
-            self._orphans = self._free(self._orphans)
+            self._orphans = self.mem.free_unpinned(self._orphans)
+        if self._orphan_folios:
+            self._orphan_folios = self.mem.free_unpinned_folios(self._orphan_folios)
 
     def get(self) -> MemFd:
         self.refs += 1
@@ -107,33 +110,7 @@ class MemFd:
         """Drop pages ``keep`` and on from the page cache (a folio at a time for hugetlb)."""
         tail = self.pfns[keep:]
         if self.order:
-            folios = [(pfn, 1 << self.order) for pfn in tail[::1 << self.order].tolist()
-                      if pfn >= 0]
+            self._orphan_folios += self.mem.free_unpinned_folios(
+                [(pfn, self.order) for pfn in tail[::1 << self.order].tolist() if pfn >= 0])
         else:
-            folios = _runs(tail[tail >= 0])
-        self._orphans += self._free(folios)
-
-    def _free(self, folios: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Free what nobody pins of ``(pfn, pages)`` folios (runs of 4K pages for shmem);
-        return the ``(pfn, pages)`` still pinned."""
-        kept: list[tuple[int, int]] = []
-        small: list[tuple[int, int]] = []
-        for pfn, n in folios:
-            pinned = self.mem.pins.counts(pfn, n) > 0
-            if self.order:
-                if pinned.any():
-                    kept.append((pfn, n))
-                else:
-                    self.mem.free_pages(pfn, self.order)
-                continue
-            pfns = np.arange(pfn, pfn + n, dtype=np.int64)
-            small += _runs(pfns[~pinned])
-            kept += _runs(pfns[pinned])
-        if small:
-            self.mem.free_page_runs(small)
-        return kept
-
-
-def _runs(pfns: I64Array) -> list[tuple[int, int]]:
-    from .mm import pfn_runs
-    return pfn_runs(pfns)
+            self._orphans += self.mem.free_unpinned(pfn_runs(tail[tail >= 0]))

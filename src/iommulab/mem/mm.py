@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ..errors import BadAddress, InvalidArgument, OutOfMemory
 from ..sizes import parse_size
-from .physmem import PhysMem
+from .physmem import PhysMem, pfn_runs
 
 if TYPE_CHECKING:
     from .memfd import MemFd
@@ -55,16 +55,6 @@ class Vma:
     @property
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
-
-def pfn_runs(pfns: I64Array) -> list[tuple[int, int]]:
-    """``(first pfn, count)`` of each run of consecutive pfns, in order."""
-    if not len(pfns):
-        return []
-    brk = np.flatnonzero(np.diff(pfns) != 1) + 1
-    bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
-    firsts = pfns[bounds[:-1]].tolist()
-    return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
-
 
 class MmStruct:
     """One process's memory: VMAs in address order, ``locked_vm`` in pages."""
@@ -160,9 +150,9 @@ class MmStruct:
         if vma.file is not None:
             vma.file.put()
             vma.file = None
-        self._orphans += self._free_unpinned_folios(vma.folios)
+        self._orphans += self.mem.free_unpinned_folios(vma.folios)
         vma.folios.clear()
-        self._orphan_pages += self._free_unpinned(vma.pages)
+        self._orphan_pages += self.mem.free_unpinned(vma.pages)
         vma.pages.clear()
         vma.pfns[:] = -1
 
@@ -185,8 +175,8 @@ class MmStruct:
                 self.mem.frames.split(pfn, order)
         small = (pfns >= 0) & ~covered & (vma.file is None)  # the file keeps its pages
         gone = pfns[i0:i1][small[i0:i1]]
-        self._orphans += self._free_unpinned_folios(parts[1])
-        self._orphan_pages += self._free_unpinned(pfn_runs(gone))
+        self._orphans += self.mem.free_unpinned_folios(parts[1])
+        self._orphan_pages += self.mem.free_unpinned(pfn_runs(gone))
         self._unlink(vma)
         for first, last, folios in ((0, i0, parts[0]), (i1, vma.npages, parts[2])):
             if first == last:
@@ -198,34 +188,6 @@ class MmStruct:
             self._link(piece)
         if vma.file is not None:
             vma.file.put()
-
-    def _free_unpinned_folios(self, folios: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Free the folios nobody pins; return those still pinned (freed on the last unpin)."""
-        pins = self.mem.pins
-        kept = []
-        for pfn, order in folios:
-            if pins.counts(pfn, 1 << order).any():
-                kept.append((pfn, order))
-            else:
-                self.mem.free_pages(pfn, order)
-        return kept
-
-    def _free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Free the pages of ``runs`` nobody pins; return the runs of those still pinned."""
-        pins = self.mem.pins
-        free: list[tuple[int, int]] = []
-        kept: list[tuple[int, int]] = []
-        for pfn, count in runs:
-            pinned = pins.counts(pfn, count) > 0
-            if not pinned.any():
-                free.append((pfn, count))
-                continue
-            pfns = np.arange(pfn, pfn + count, dtype=np.int64)
-            free += pfn_runs(pfns[~pinned])
-            kept += pfn_runs(pfns[pinned])
-        if free:
-            self.mem.free_page_runs(free)
-        return kept
 
     # -- faults ----------------------------------------------------------------------------------
     def find_vma(self, addr: int) -> Vma | None:
@@ -296,9 +258,9 @@ class MmStruct:
         """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
         self._pin_runs(pfns, -1)
         if self._orphans:
-            self._orphans = self._free_unpinned_folios(self._orphans)
+            self._orphans = self.mem.free_unpinned_folios(self._orphans)
         if self._orphan_pages:
-            self._orphan_pages = self._free_unpinned(self._orphan_pages)
+            self._orphan_pages = self.mem.free_unpinned(self._orphan_pages)
 
     def _pin_runs(self, pfns: I64Array, sign: int) -> None:
         change = self.mem.pins.pin if sign > 0 else self.mem.pins.unpin

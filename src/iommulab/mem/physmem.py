@@ -23,7 +23,7 @@ from .fault import FailNth
 from .frames import MAX_ORDER, FrameAllocator
 from .pins import PinCounts
 
-__all__ = ["MemRegion", "PhysMem", "get_order"]
+__all__ = ["MemRegion", "PhysMem", "get_order", "pfn_runs"]
 
 PAGE_SHIFT = 12
 
@@ -33,6 +33,16 @@ def get_order(size: int) -> int:
     if size <= PAGE_BYTES:
         return 0
     return ((size - 1) >> PAGE_SHIFT).bit_length()
+
+
+def pfn_runs(pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+    """``(first pfn, count)`` of each run of consecutive pfns, in order."""
+    if not len(pfns):
+        return []
+    brk = np.flatnonzero(np.diff(pfns) != 1) + 1
+    bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
+    firsts = pfns[bounds[:-1]].tolist()
+    return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,34 @@ class PhysMem:
         self.frames.free_bulk(runs)
         for pfn, count in runs:
             self.contents.drop(pfn, count)
+
+    def free_unpinned_folios(self, folios: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Free the ``(pfn, order)`` folios nobody pins; return those still pinned (the
+        owner frees them on their last unpin)."""
+        kept = []
+        for pfn, order in folios:
+            if self.pins.counts(pfn, 1 << order).any():
+                kept.append((pfn, order))
+            else:
+                self.free_pages(pfn, order)
+        return kept
+
+    def free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Free the 4K pages of ``runs`` nobody pins; return the runs of those still
+        pinned."""
+        free: list[tuple[int, int]] = []
+        kept: list[tuple[int, int]] = []
+        for pfn, count in runs:
+            pinned = self.pins.counts(pfn, count) > 0
+            if not pinned.any():
+                free.append((pfn, count))
+                continue
+            pfns = np.arange(pfn, pfn + count, dtype=np.int64)
+            free += pfn_runs(pfns[~pinned])
+            kept += pfn_runs(pfns[pinned])
+        if free:
+            self.free_page_runs(free)
+        return kept
 
     def alloc_zeroed(self, size: int, site: str = "alloc_pages") -> tuple[
             int, npt.NDArray[np.uint64]]:
