@@ -153,6 +153,12 @@ class IoasMachine(RuleBasedStateMachine):
                 self.t.check_map(md.hwpt_id, area.iova, self.buf + area.offset, area.length)
 
     @invariant()
+    def tables_are_consistent(self) -> None:
+        ctx = self.t.p.files[self.t.fd].ctx  # type: ignore[attr-defined]
+        for ioas in self.ioas:
+            ctx.objects[ioas].iopt._check()
+
+    @invariant()
     def each_page_pinned_once_per_pages(self) -> None:
         per_page: list[set[int]] = [set() for _ in range(NPAGES)]
         for a in self.model:

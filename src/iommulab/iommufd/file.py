@@ -23,6 +23,7 @@ from ..errors import (
     InvalidArgument,
     KernelError,
     NoDevice,
+    NoEntry,
     NotATty,
     NotPermitted,
     NotSupported,
@@ -181,12 +182,7 @@ class IommufdFile(VfioFile):
     def _ioas_map(self, proc: Process, buf: bytearray, usize: int, flags: int, ioas_id: int,
                   rsvd: int, user_va: int, length: int, iova: int) -> int:
         """``iommufd_ioas_map`` / ``iopt_map_user_pages``."""
-        if flags & ~_MAP_FLAGS or rsvd:
-            raise NotSupported(f"IOAS_MAP: flags {flags:#x} or __reserved")
-        if iova >= ULONG_MAX or length >= ULONG_MAX:
-            raise Overflow(f"IOAS_MAP: iova {iova:#x} or length {length:#x}")
-        if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
-            raise InvalidArgument("IOAS_MAP: neither READABLE nor WRITEABLE")
+        _check_map_args("IOAS_MAP", flags, length, iova, rsvd=rsvd)
         ioas = self.ioas(ioas_id)
         if user_va + length > ULONG_MAX:
             raise Overflow(f"IOAS_MAP: user_va {user_va:#x} + length wraps")
@@ -200,12 +196,7 @@ class IommufdFile(VfioFile):
     def _ioas_map_file(self, proc: Process, buf: bytearray, usize: int, flags: int,
                        ioas_id: int, fd: int, start: int, length: int, iova: int) -> int:
         """``iommufd_ioas_map_file`` / ``iopt_map_file_pages``."""
-        if flags & ~_MAP_FLAGS:
-            raise NotSupported(f"IOAS_MAP_FILE: flags {flags:#x}")
-        if iova >= ULONG_MAX or length >= ULONG_MAX:
-            raise Overflow(f"IOAS_MAP_FILE: iova {iova:#x} or length {length:#x}")
-        if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
-            raise InvalidArgument("IOAS_MAP_FILE: neither READABLE nor WRITEABLE")
+        _check_map_args("IOAS_MAP_FILE", flags, length, iova)
         ioas = self.ioas(ioas_id)
         f = proc.files.get(fd)
         if f is None:
@@ -225,12 +216,7 @@ class IommufdFile(VfioFile):
     def _ioas_copy(self, proc: Process, buf: bytearray, usize: int, flags: int, dst_id: int,
                    src_id: int, length: int, dst_iova: int, src_iova: int) -> int:
         """``iommufd_ioas_copy``: the destination shares the source's pages."""
-        if flags & ~_MAP_FLAGS:
-            raise NotSupported(f"IOAS_COPY: flags {flags:#x}")
-        if length >= ULONG_MAX or src_iova >= ULONG_MAX or dst_iova >= ULONG_MAX:
-            raise Overflow("IOAS_COPY: length or an iova is ULONG_MAX")
-        if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
-            raise InvalidArgument("IOAS_COPY: neither READABLE nor WRITEABLE")
+        _check_map_args("IOAS_COPY", flags, length, src_iova, dst_iova)
         src = self.ioas(src_id)
         slices = src.iopt.get_pages(src_iova, length)
         dst = self.ioas(dst_id)
@@ -318,7 +304,7 @@ class IommufdFile(VfioFile):
         idev: Device = self.ctx.get(dev_id, Device)
         ioas = self.ctx.objects.get(pt_id)
         if ioas is None:
-            self.ctx.get(pt_id, Ioas)
+            raise NoEntry(f"HWPT_ALLOC: no object {pt_id}")
         if not isinstance(ioas, Ioas):
             raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS")
         valid = u.IOMMU_HWPT_ALLOC_NEST_PARENT | u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING | \
@@ -433,6 +419,18 @@ class IommufdFile(VfioFile):
         for p, old in moved:
             old.uncharge(p.npinned)
         return 0
+
+
+def _check_map_args(what: str, flags: int, length: int, *iovas: int, rsvd: int = 0) -> None:
+    """The checks MAP, MAP_FILE and COPY open with, in order: unknown flags or a non-zero
+    ``__reserved`` EOPNOTSUPP, a length or IOVA of ULONG_MAX EOVERFLOW, neither READABLE
+    nor WRITEABLE EINVAL."""
+    if flags & ~_MAP_FLAGS or rsvd:
+        raise NotSupported(f"{what}: flags {flags:#x} or __reserved")
+    if length >= ULONG_MAX or any(iova >= ULONG_MAX for iova in iovas):
+        raise Overflow(f"{what}: length {length:#x} or an iova is ULONG_MAX")
+    if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
+        raise InvalidArgument(f"{what}: neither READABLE nor WRITEABLE")
 
 
 def _buf(arg: int | bytes | bytearray) -> bytearray:

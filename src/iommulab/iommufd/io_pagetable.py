@@ -11,6 +11,7 @@ area into it; the first domain becomes each area's storage domain.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,6 +24,7 @@ from ..errors import (
     NoEntry,
     NotPermitted,
     Overflow,
+    kernel_error,
 )
 from ..iommu.domain import IommuDomain
 from ..prot import Prot
@@ -218,16 +220,11 @@ class IoPagetable:
         if last > ULONG_MAX:
             raise Overflow(f"copy: [{iova:#x}, +{length:#x}) wraps")
         out: list[PagesSlice] = []
-        cur = iova
-        for area_first, area_last, area in self.space.areas(iova, last):
-            if area_first > cur or area.pages is None:
-                break
-            end = min(last, area_last)
-            out.append(PagesSlice(area.pages, area.start_byte_of(cur), end - cur + 1))
-            cur = end + 1
-            if cur > last:
-                return out
-        raise NoEntry(f"copy: [{iova:#x}, {last:#x}] is not covered by contiguous areas")
+        for area in self.contig_areas(iova, last):
+            lo, hi = max(iova, area.iova), min(last, area.last)
+            assert area.pages is not None
+            out.append(PagesSlice(area.pages, area.start_byte_of(lo), hi - lo + 1))
+        return out
 
     # -- domains -------------------------------------------------------------------------
     def add_domain(self, domain: IommuDomain) -> None:
@@ -378,7 +375,4 @@ class IoPagetable:
 
 def kernel_deadlock(iova: int) -> KernelError:
     """EDEADLOCK after too many tries to get accesses off an area."""
-    import errno
-
-    from ..errors import kernel_error
     return kernel_error(errno.EDEADLOCK, f"unmap: accesses keep area {iova:#x} pinned")

@@ -446,7 +446,7 @@ class IommufdCtx:
             assert pages is not None
             byte0 = area.start_byte_of(lo)
             first, last_index = byte0 // PAGE_SIZE, area.start_byte_of(hi) // PAGE_SIZE
-            pfns, fresh = pages.read_transient(first, last_index)
+            pfns, fresh, _ = pages.read(first, last_index)
             try:
                 end_byte = byte0 + hi - lo + 1
                 index = first
@@ -461,7 +461,7 @@ class IommufdCtx:
                     done += stop - start
                     index += count
             finally:
-                pages.release_transient(pfns, fresh)
+                pages.release(pfns, fresh)
 
 
 def _master(dev: DmaDevice) -> Any:

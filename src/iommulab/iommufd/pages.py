@@ -153,6 +153,15 @@ def domain_pfns(domain: IommuDomain, iovas: I64Array) -> I64Array:
     return out
 
 
+def _area_pfns(area: IoptArea, domain: IommuDomain, lo: int, hi: int) -> I64Array:
+    """The PFNs of pages ``[lo, hi]`` of ``area`` as ``domain`` maps them (at
+    ``iopt_area_index_to_iova`` of each page)."""
+    idx = np.arange(lo, hi + 1, dtype=np.int64)
+    iovas = area.iova - area.page_offset + (idx - area.index) * PAGE_SIZE
+    iovas[idx == area.index] = area.iova
+    return domain_pfns(domain, iovas)
+
+
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for lo, hi in sorted(intervals):
@@ -215,11 +224,8 @@ class IoptPages:
         while index <= hi:
             area = next(a for a in self.domain_areas if a.index <= index <= a.last_index)
             end = min(area.last_index, hi)
-            idx = np.arange(index, end + 1, dtype=np.int64)
-            iovas = area.iova - area.page_offset + (idx - area.index) * PAGE_SIZE
-            iovas[idx == area.index] = area.iova
             assert area.storage_domain is not None
-            parts.append(domain_pfns(area.storage_domain, iovas))
+            parts.append(_area_pfns(area, area.storage_domain, index, end))
             index = end + 1
         self.stats.read_from_domain += hi - lo + 1
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -264,7 +270,7 @@ class IoptPages:
                     pfns[a:b] = self._pin(lo, hi)
                     fresh[a:b] = True
         except KernelError:
-            self._unpin(pfns[fresh])
+            self.release(pfns, fresh)
             raise
         return pfns, fresh, cuts[1:]
 
@@ -319,7 +325,7 @@ class IoptPages:
         except KernelError:
             for domain, iova, size in reversed(done):
                 domain.unmap(iova, size)
-            self._unpin(pfns[fresh])
+            self.release(pfns, fresh)
             self.update_pinned()
             raise
 
@@ -333,17 +339,11 @@ class IoptPages:
         nobody else holds from ``domain``, unmap, then unpin them."""
         holes = [(lo, hi) for kind, lo, hi in self._spans(area.index, area.last_index)
                  if kind == 0]
-        drop = [self._domain_read(area, domain, lo, hi) for lo, hi in holes]
+        drop = [_area_pfns(area, domain, lo, hi) for lo, hi in holes]
         self.unmap_domain(area, domain)
         for pfns in drop:
             self._unpin(pfns)
         self.update_pinned()
-
-    def _domain_read(self, area: IoptArea, domain: IommuDomain, lo: int, hi: int) -> I64Array:
-        idx = np.arange(lo, hi + 1, dtype=np.int64)
-        iovas = area.iova - area.page_offset + (idx - area.index) * PAGE_SIZE
-        iovas[idx == area.index] = area.iova
-        return domain_pfns(domain, iovas)
 
     # -- accesses ------------------------------------------------------------------------
     def add_access(self, first: int, last: int) -> I64Array:
@@ -358,7 +358,7 @@ class IoptPages:
         try:
             self.update_pinned()
         except KernelError:
-            self._unpin(pfns[fresh])
+            self.release(pfns, fresh)
             self.update_pinned()
             raise
         if self._xarray is None:
@@ -386,12 +386,9 @@ class IoptPages:
             self._xarray = None
         self.update_pinned()
 
-    def read_transient(self, first: int, last: int) -> tuple[I64Array, npt.NDArray[np.bool_]]:
-        """PFNs for a copy (``iopt_pages_rw_slow``); release with :meth:`release_transient`."""
-        pfns, fresh, _ = self.read(first, last)
-        return pfns, fresh
-
-    def release_transient(self, pfns: I64Array, fresh: npt.NDArray[np.bool_]) -> None:
+    def release(self, pfns: I64Array, fresh: npt.NDArray[np.bool_]) -> None:
+        """Unpin what a :meth:`read` pinned from the origin (its ``fresh`` pages), as
+        ``pfn_reader_release_pins`` does after an error or a copy."""
         self._unpin(pfns[fresh])
 
     def destroy(self) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import BadAddress, Busy, InvalidArgument, NotATty, kernel_error
+from ..errors import Busy, InvalidArgument, NotATty, kernel_error
 from . import uapi as u
-from .files import VfioFile
+from .files import VfioFile, _Arg
 
 if TYPE_CHECKING:
     from ..iommufd.objects import Device, IommufdCtx
@@ -40,9 +40,7 @@ class DeviceCdev(VfioFile):
         self.idev: Device | None = None
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
-        if isinstance(arg, int):
-            raise BadAddress("vfio cdev: the argument must point at a struct")
-        buf = arg
+        buf = _Arg(arg)
         if request == u.VFIO_DEVICE_BIND_IOMMUFD:
             return self._bind(proc, buf)
         if self.idev is None:
@@ -58,8 +56,7 @@ class DeviceCdev(VfioFile):
                 hwpt = self.ctx.attach(self.idev, pt_id)
             else:
                 hwpt = self.ctx.replace(self.idev, pt_id)
-            if isinstance(buf, bytearray):
-                buf[8:12] = hwpt.to_bytes(4, "little")
+            buf.write(8, hwpt.to_bytes(4, "little"))
             return 0
         if request == u.VFIO_DEVICE_DETACH_IOMMUFD_PT:
             argsz, flags, _ = u.DETACH_IOMMUFD_PT.unpack(_read(buf, 8, 12))
@@ -70,7 +67,7 @@ class DeviceCdev(VfioFile):
             return 0
         raise NotATty(f"ioctl {request:#x}: unknown to a vfio device cdev")
 
-    def _bind(self, proc: Process, buf: bytes | bytearray) -> int:
+    def _bind(self, proc: Process, buf: _Arg) -> int:
         """``vfio_df_ioctl_bind_iommufd``."""
         from ..iommufd.file import IommufdFile
         argsz, flags, fd, _ = u.BIND_IOMMUFD.unpack(_read(buf, 16, 16))
@@ -88,8 +85,7 @@ class DeviceCdev(VfioFile):
             raise kernel_error(EBADFD, f"BIND_IOMMUFD: fd {fd} is not /dev/iommu")
         self.ctx = f.ctx
         self.idev = f.ctx.bind(self.dev)
-        if isinstance(buf, bytearray):
-            buf[12:16] = self.idev.id.to_bytes(4, "little")
+        buf.write(12, self.idev.id.to_bytes(4, "little"))
         return 0
 
     def release(self) -> None:
@@ -99,7 +95,8 @@ class DeviceCdev(VfioFile):
         self.idev = None
 
 
-def _read(buf: bytes | bytearray, minsz: int, size: int) -> bytes:
-    if len(buf) < minsz:
-        raise BadAddress(f"copy_from_user of {minsz} bytes: the buffer has {len(buf)}")
-    return bytes(buf[:size]).ljust(size, b"\0")
+def _read(buf: _Arg, minsz: int, size: int) -> bytes:
+    """``copy_from_user`` of ``minsz`` bytes (EFAULT past the buffer), zero-extended to
+    the struct's ``size``."""
+    buf.read(0, minsz)
+    return bytes(buf.buf[:size]).ljust(size, b"\0")
