@@ -81,6 +81,9 @@ class Machine:
             "vfio_iommu_type1.disable_hugepages": 0,
             "vfio_iommu_type1.allow_unsafe_interrupts": 0,
         }
+        # CONFIG_IOMMUFD_VFIO_CONTAINER: /dev/vfio/vfio is iommufd's compatibility
+        # container instead of the VFIO type1 one
+        self.kconfig: dict[str, bool] = {"CONFIG_IOMMUFD_VFIO_CONTAINER": False}
         self.translator: Any
         self.driver: Any
         if platform == "x86-vtd":

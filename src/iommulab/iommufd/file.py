@@ -24,7 +24,6 @@ from ..errors import (
     KernelError,
     NoDevice,
     NoEntry,
-    NotATty,
     NotPermitted,
     NotSupported,
     Overflow,
@@ -81,7 +80,6 @@ class IommufdFile(VfioFile):
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit)
-        self.compat: Any = None  # VfioCompat, made on first VFIO ioctl
 
     def release(self) -> None:
         self.ctx.release()
@@ -92,8 +90,8 @@ class IommufdFile(VfioFile):
             if request == u.IOMMU_TEST_CMD and self.machine.platform == "mock":
                 from .selftest import test_cmd
                 return test_cmd(self, proc, _buf(arg))
-            # the VFIO container ioctls come with the compatibility layer
-            raise NotATty(f"ioctl {request:#x}: not an iommufd command")
+            from .vfio_compat import vfio_compat_ioctl
+            return vfio_compat_ioctl(self, proc, request, arg)
         buf = _buf(arg)
         fields, usize = u.read_ucmd(buf, cmd)
         handler = getattr(self, "_" + cmd.name.removeprefix("IOMMU_").lower())
@@ -126,13 +124,24 @@ class IommufdFile(VfioFile):
                          fail_nth=self.machine.mem.fail_nth, stats=self.ctx.stats,
                          limit=self.ctx.temp_memory_limit)
 
+    def map_user_pages(self, proc: Process, ioas: Ioas, user_va: int, length: int,
+                       iova: int, prot: int, *, fixed: bool) -> int:
+        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps (before the length
+        check of :meth:`new_pages`); the IOVA used."""
+        if user_va + length > ULONG_MAX:
+            raise Overflow(f"map: user_va {user_va:#x} + length {length:#x} wraps")
+        start_byte = user_va % PAGE_SIZE
+        pages = self.new_pages(proc, UserSource(proc.mm, user_va - start_byte), start_byte,
+                               length, bool(prot & Prot.WRITE))
+        return self.map_pages(ioas, pages, start_byte, length, iova, prot, fixed=fixed,
+                              addr=user_va)
+
     def map_pages(self, ioas: Ioas, pages: IoptPages, start_byte: int, length: int,
-                  iova: int, flags: int, addr: int) -> int:
+                  iova: int, prot: int, *, fixed: bool, addr: int) -> int:
         """``iopt_map_common``: the pages go if nothing uses them after an error."""
         try:
-            fixed = bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA)
-            return ioas.iopt.map_pages([PagesSlice(pages, start_byte, length)], iova,
-                                       _prot(flags), fixed=fixed, addr=addr)
+            return ioas.iopt.map_pages([PagesSlice(pages, start_byte, length)], iova, prot,
+                                       fixed=fixed, addr=addr)
         finally:
             if not pages.users:
                 pages.destroy()
@@ -184,12 +193,8 @@ class IommufdFile(VfioFile):
         """``iommufd_ioas_map`` / ``iopt_map_user_pages``."""
         _check_map_args("IOAS_MAP", flags, length, iova, rsvd=rsvd)
         ioas = self.ioas(ioas_id)
-        if user_va + length > ULONG_MAX:
-            raise Overflow(f"IOAS_MAP: user_va {user_va:#x} + length wraps")
-        start_byte = user_va % PAGE_SIZE
-        pages = self.new_pages(proc, UserSource(proc.mm, user_va - start_byte), start_byte,
-                               length, bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
-        iova = self.map_pages(ioas, pages, start_byte, length, iova, flags, user_va)
+        iova = self.map_user_pages(proc, ioas, user_va, length, iova, _prot(flags),
+                                   fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA))
         self._respond(buf, u.IOMMU_IOAS_MAP, usize, flags, ioas_id, 0, user_va, length, iova)
         return 0
 
@@ -208,7 +213,8 @@ class IommufdFile(VfioFile):
         start_byte = start % PAGE_SIZE
         pages = self.new_pages(proc, FileSource(f.memfd.get(), start - start_byte),
                                start_byte, length, bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
-        iova = self.map_pages(ioas, pages, start_byte, length, iova, flags, start)
+        iova = self.map_pages(ioas, pages, start_byte, length, iova, _prot(flags),
+                              fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA), addr=start)
         self._respond(buf, u.IOMMU_IOAS_MAP_FILE, usize, flags, ioas_id, fd, start, length,
                       iova)
         return 0

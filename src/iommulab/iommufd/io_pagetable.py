@@ -157,7 +157,16 @@ class IoPagetable:
     def unmap_range(self, start: int, last: int) -> int:
         """``iopt_unmap_iova_range``: every area inside ``[start, last]``; ENOENT if one
         sticks out or nothing is there, EBUSY for a locked area. Not atomic: areas before
-        the offending one are already gone."""
+        the offending one are already gone, and the error carries how many bytes that was
+        in ``unmapped`` (the kernel's out parameter, which the VFIO compat layer reports)."""
+        done = [0]
+        try:
+            return self._unmap_range(start, last, done)
+        except KernelError as e:
+            e.unmapped = done[0]  # type: ignore[attr-defined]
+            raise
+
+    def _unmap_range(self, start: int, last: int, done: list[int]) -> int:
         unmapped = 0
         tries: dict[int, int] = {}
         found = False
@@ -183,6 +192,7 @@ class IoPagetable:
                 continue
             self._remove_area(area)
             unmapped += area.length
+            done[0] = unmapped
         if not found:
             raise NoEntry(f"unmap: nothing mapped in [{start:#x}, {last:#x}]")
         return unmapped
@@ -209,6 +219,47 @@ class IoPagetable:
         pages.domain_areas.remove(area)
         pages.unfill(area, storage)
         area.storage_domain = None
+
+    # -- VFIO type1 v1 ------------------------------------------------------------------
+    def cut_iova(self, iovas: list[int]) -> None:
+        """``iopt_cut_iova``: split the area holding each IOVA so that it ends there."""
+        for iova in iovas:
+            hit = self.space.first_area(iova, iova)
+            if hit is not None:
+                self._split_area(hit[2], iova)
+
+    def _split_area(self, area: IoptArea, iova: int) -> None:
+        """``iopt_area_split``: ``iova`` becomes the last byte of the left part; both parts
+        keep the pages, the storage domain and the domains' mappings. EBUSY while the area
+        is being set up or torn down, EINVAL for a cut off the alignment, an area with
+        accesses or one a domain may hold in large pages."""
+        if iova in (area.iova, area.last):
+            return
+        pages = area.pages
+        if pages is None or area.prevent_access:
+            raise Busy(f"split: area [{area.iova:#x}, {area.last:#x}] is busy")
+        new_start = iova + 1
+        align = self.space.iova_alignment
+        if new_start & (align - 1) or area.start_byte_of(new_start) & (align - 1):
+            raise InvalidArgument(f"split at {iova:#x}: {new_start:#x} is not aligned to "
+                                  f"{align:#x}")
+        self.fail_nth.check("kzalloc(iopt_area)")
+        self.fail_nth.check("kzalloc(iopt_area)")
+        if area.num_accesses:
+            raise InvalidArgument(f"split at {iova:#x}: the area has accesses")
+        if area.storage_domain is not None and not self.disable_large_pages:
+            raise InvalidArgument(f"split at {iova:#x}: a domain may map the area with "
+                                  "large pages")
+        lhs = IoptArea(area.iova, iova, pages, area.start_byte, area.prot, area.storage_domain)
+        rhs = IoptArea(new_start, area.last, pages, area.start_byte_of(new_start), area.prot,
+                       area.storage_domain)
+        self.space.remove_area(area.iova)
+        self.space.insert_area(lhs.iova, lhs.last, lhs)
+        self.space.insert_area(rhs.iova, rhs.last, rhs)
+        if area.storage_domain is not None:
+            i = pages.domain_areas.index(area)
+            pages.domain_areas[i:i + 1] = [lhs, rhs]
+        pages.users += 1
 
     # -- COPY ----------------------------------------------------------------------------
     def get_pages(self, iova: int, length: int) -> list[PagesSlice]:

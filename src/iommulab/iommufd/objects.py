@@ -184,6 +184,15 @@ class IommufdCtx:
         self.add(ioas)
         return ioas
 
+    def compat_ioas_create(self) -> Ioas:
+        """``iommufd_vfio_compat_ioas_create``: the compatibility IOAS, allocated (as an
+        ordinary object) if there is none yet."""
+        if self.vfio_ioas is not None:
+            self.mem.fail_nth.check("kzalloc(iommufd_ioas)")  # allocated, then aborted
+            return self.vfio_ioas
+        self.vfio_ioas = self.ioas_alloc()
+        return self.vfio_ioas
+
     # -- HWPT ------------------------------------------------------------------------------
     def hwpt_paging_alloc(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool) -> HwptPaging:
         """``iommufd_hwpt_paging_alloc``: a domain for ``idev``, coherency enforced if the

@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING
 
 from ..errors import Busy, InvalidArgument, NotATty, kernel_error
 from . import uapi as u
-from .files import VfioFile, _Arg
+from .files import EBADFD, VfioFile, _Arg
 
 if TYPE_CHECKING:
     from ..iommufd.objects import Device, IommufdCtx
     from ..machine import Machine, PciDevice, Process
 
 __all__ = ["DeviceCdev", "cdev_devices"]
-
-EBADFD = 77
 
 
 def cdev_devices(machine: Machine) -> list[PciDevice]:

@@ -22,6 +22,7 @@ from ..errors import (
     NoEntry,
     NotATty,
     PermissionDenied,
+    kernel_error,
 )
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import ResvType
@@ -30,7 +31,12 @@ from .type1 import Type1Report, VfioIommu, type1_check_extension
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
+    from ..iommufd.file import IommufdFile
+    from ..iommufd.objects import Device as IommufdDevice
+    from ..iommufd.objects import IommufdCtx
     from ..machine import Machine, PciDevice, Process
+
+EBADFD = 77
 
 __all__ = ["Container", "DeviceFile", "GroupFile", "VfioFile", "open_vfio_path"]
 
@@ -76,6 +82,9 @@ def open_vfio_path(proc: Process, path: str) -> VfioFile:
     m = proc.machine
     name = path.removeprefix("/dev/vfio/")
     if name == "vfio":
+        if m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"]:
+            from ..iommufd.file import IommufdFile
+            return IommufdFile(m)
         return Container(m)
     if name.startswith("devices/vfio") and name[12:].isdigit():
         from .cdev import DeviceCdev, cdev_devices
@@ -321,6 +330,7 @@ class GroupFile(VfioFile):
         self.machine = machine
         self.id = group_id
         self.container: Container | None = None
+        self.iommufd: IommufdFile | None = None  # group->iommufd
         self.devices_open = 0
         group = machine.core.groups[group_id]
         self.group = group
@@ -343,34 +353,52 @@ class GroupFile(VfioFile):
             f = proc.files.get(fd)
             if f is None:
                 raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
-            if self.container is not None or not isinstance(f, Container):
-                raise InvalidArgument("GROUP_SET_CONTAINER: already set, or not a container")
-            f.add_group(self)
-            self.container = f
+            self._set_container(f)
             return 0
         if request == u.VFIO_GROUP_UNSET_CONTAINER:
-            if self.container is None:
+            if self.container is None and self.iommufd is None:
                 raise InvalidArgument("GROUP_UNSET_CONTAINER: no container")
-            if self.devices_open:
+            if self.container is not None and self.devices_open:
                 raise Busy("GROUP_UNSET_CONTAINER: device fds are open")
             self.unset_container()
             return 0
         if request == u.VFIO_GROUP_GET_DEVICE_FD:
             raw = bytes(_Arg(arg).buf)
             name = raw.split(b"\0", 1)[0].decode(errors="replace")
-            if self.container is None or self.container.iommu is None:
+            if self.iommufd is None and (self.container is None or
+                                         self.container.iommu is None):
                 raise InvalidArgument("GROUP_GET_DEVICE_FD: the group has no IOMMU yet")
             dev = next((d for d in self.machine.group_devices(self.id) if d.bdf == name), None)
             if dev is None:
                 raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
+            df = DeviceFile(self, dev)
+            if self.iommufd is not None:
+                df.bind_compat(self.iommufd)
             self.devices_open += 1
-            return proc.install(DeviceFile(self, dev))
+            return proc.install(df)
         raise NotATty(f"ioctl {request:#x}: unknown to a VFIO group")
+
+    def _set_container(self, f: VfioFile) -> None:
+        """``vfio_group_ioctl_set_container``: EINVAL when already set; a type1 container
+        takes the group, an iommufd gets its compatibility IOAS; EBADFD for other files."""
+        from ..iommufd.file import IommufdFile
+        if self.container is not None or self.iommufd is not None:
+            raise InvalidArgument("GROUP_SET_CONTAINER: the group already has one")
+        if isinstance(f, Container):
+            f.add_group(self)
+            self.container = f
+        elif isinstance(f, IommufdFile):
+            f.ctx.compat_ioas_create()
+            self.iommufd = f
+        else:
+            raise kernel_error(EBADFD, "GROUP_SET_CONTAINER: the fd is neither a container "
+                               "nor an iommufd")
 
     def unset_container(self) -> None:
         if self.container is not None:
             self.container.remove_group(self)
             self.container = None
+        self.iommufd = None
 
     def release(self) -> None:
         self.unset_container()
@@ -383,6 +411,20 @@ class DeviceFile(VfioFile):
     def __init__(self, group: GroupFile, dev: PciDevice) -> None:
         self.group = group
         self.dev = dev
+        self.iommufd: IommufdCtx | None = None
+        self.idev: IommufdDevice | None = None
+
+    def bind_compat(self, f: IommufdFile) -> None:
+        """``vfio_df_iommufd_bind`` then ``vfio_iommufd_compat_attach_ioas``: the device
+        joins the context's compatibility IOAS (ENODEV if it was cleared)."""
+        from ..iommufd.vfio_compat import compat_ioas
+        idev = f.ctx.bind(self.dev)
+        try:
+            f.ctx.attach(idev, compat_ioas(f).id)
+        except KernelError:
+            f.ctx.unbind(idev)
+            raise
+        self.iommufd, self.idev = f.ctx, idev
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         if request == u.VFIO_DEVICE_GET_INFO:
@@ -426,5 +468,7 @@ class DeviceFile(VfioFile):
         return self.dev.bar0 + start
 
     def release(self) -> None:
+        if self.iommufd is not None and self.idev is not None:
+            self.iommufd.unbind(self.idev)
         self.group.devices_open -= 1
 
