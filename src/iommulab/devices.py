@@ -65,6 +65,8 @@ class DmaDevice:
         self.stats = DmaStats()
         self.is_pci = pci
         self.coherent = coherent  # dev_is_dma_coherent()
+        self.snoop = True  # lab: its DMA snoops CPU caches (no PCIe No Snoop attribute)
+        self._forced_snoop = False
         self.dma_mask = DMA_BIT_MASK(32)  # what the PCI core sets before a driver probes
         self.coherent_dma_mask = DMA_BIT_MASK(32)
         self.bus_dma_limit = 0  # 0: no limit beyond the masks
@@ -87,8 +89,13 @@ class DmaDevice:
     def dma_read(self, iova: int, n: int, *, privileged: bool = False) -> bytes:
         """Read ``n`` bytes at ``iova``; DmaFault (nothing read) if any part faults."""
         runs = self._translate(iova, n, False, privileged)
-        read = self.mem.read
-        out = read(*runs[0]) if len(runs) == 1 else b"".join(read(pa, k) for pa, k in runs)
+        cache = self.mem.cpu_cache
+        if cache is not None:
+            out = cache.device_read(runs, self._snoops(), self.name)
+        elif len(runs) == 1:
+            out = self.mem.read(*runs[0])
+        else:
+            out = b"".join(self.mem.read(pa, k) for pa, k in runs)
         self.stats.reads += 1
         self.stats.bytes_read += n
         return out
@@ -98,9 +105,14 @@ class DmaDevice:
         """Write ``data`` at ``iova``; DmaFault (nothing written) if any part faults."""
         view = memoryview(data).cast("B")
         runs = self._translate(iova, len(view), True, privileged)
+        cache = self.mem.cpu_cache
+        snoop = self._snoops() if cache is not None else True
         done = 0
         for pa, length in runs:
-            self.mem.write(pa, view[done:done + length], source=self.sid)
+            if cache is not None:
+                cache.device_write(pa, view[done:done + length], snoop, self.sid)
+            else:
+                self.mem.write(pa, view[done:done + length], source=self.sid)
             done += length
         self.stats.writes += 1
         self.stats.bytes_written += len(view)
@@ -110,6 +122,11 @@ class DmaDevice:
         self.dma_write(address, (data & 0xFFFF_FFFF).to_bytes(4, "little"))
         self.stats.msi_writes += 1
 
+    def _snoops(self) -> bool:
+        """Whether the transfer just translated snoops: the device does, or the IOMMU forced
+        it for every leaf (VT-d's SNP bit with snoop control)."""
+        return self.snoop or self._forced_snoop
+
     def _translate(self, iova: int, n: int, write: bool, privileged: bool
                    ) -> list[tuple[int, int]]:
         """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf."""
@@ -117,19 +134,24 @@ class DmaDevice:
             raise ValueError(f"DMA length must not be negative, not {n}")
         if not n:
             return []
+        self._forced_snoop = False
         if self.iommu is None:
             return [(iova, n)]
         pos, end = iova, iova + n
+        iommu = self.iommu
         try:
-            pa, leaf_end = self.iommu.translate_run(self.sid, pos, write, privileged)
+            pa, leaf_end = iommu.translate_run(self.sid, pos, write, privileged)
             self.stats.translations += 1
+            forced = getattr(iommu, "last_snoop", False)
             if leaf_end >= end:  # one leaf holds the whole transfer
+                self._forced_snoop = forced
                 return [(pa, n)]
             runs = [(pa, leaf_end - pos)]
             pos = leaf_end
             while pos < end:
-                pa, leaf_end = self.iommu.translate_run(self.sid, pos, write, privileged)
+                pa, leaf_end = iommu.translate_run(self.sid, pos, write, privileged)
                 self.stats.translations += 1
+                forced = forced and getattr(iommu, "last_snoop", False)
                 length = min(end, leaf_end) - pos
                 if runs[-1][0] + runs[-1][1] == pa:
                     runs[-1] = (runs[-1][0], runs[-1][1] + length)
@@ -139,4 +161,5 @@ class DmaDevice:
         except DmaFault:
             self.stats.faults += 1
             raise
+        self._forced_snoop = forced
         return runs

@@ -20,8 +20,10 @@ from .clock import Clock
 from .devices import DmaDevice
 from .errors import BadFileDescriptor, InvalidArgument, NoEntry
 from .iommu import IommuCore
+from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
 from .mem import PhysMem
+from .mem.cpu_cache import CpuCache
 from .mem.mm import MmStruct
 from .sizes import SZ_1M, parse_size
 
@@ -84,6 +86,8 @@ class Machine:
         # CONFIG_IOMMUFD_VFIO_CONTAINER: /dev/vfio/vfio is iommufd's compatibility
         # container instead of the VFIO type1 one
         self.kconfig: dict[str, bool] = {"CONFIG_IOMMUFD_VFIO_CONTAINER": False}
+        # lab: iommufd's CPU cache flushes for non-coherent domains (none: mainline)
+        self.cache_flush = CacheFlush(self.mem)
         self.translator: Any
         self.driver: Any
         if platform == "x86-vtd":
@@ -133,9 +137,11 @@ class Machine:
         return len(self.driver.units) - 1
 
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",
-                       bar0_size: int | str = SZ_1M, *, iommu_unit: int = 0) -> PciDevice:
+                       bar0_size: int | str = SZ_1M, *, iommu_unit: int = 0,
+                       snoop: bool = True) -> PciDevice:
         """A device at ``bdf`` alone in a new IOMMU group, BAR 0 in the MMIO window, behind
-        DMAR unit ``iommu_unit`` (x86-vtd)."""
+        DMAR unit ``iommu_unit`` (x86-vtd). A device that does not ``snoop`` (PCIe No
+        Snoop) turns on the CPU cache model (:meth:`enable_cpu_cache`)."""
         if bdf in self.devices:
             raise ValueError(f"{bdf} is already on the bus")
         translator = self.translator
@@ -151,11 +157,21 @@ class Machine:
         self.mem.add_mmio(bar, size, f"{bdf} BAR0")
         self._next_bar = bar + size
         dev = PciDevice(self, bdf, driver, bar, size, translator)
+        dev.snoop = snoop
+        if not snoop:
+            self.enable_cpu_cache()
         if translator is not self.translator:
             self.driver.unit_of[dev.sid] = translator
         self.core.probe_device(dev)
         self.devices[bdf] = dev
         return dev
+
+    def enable_cpu_cache(self, capacity: int | str = "32M") -> CpuCache:
+        """Model the CPU cache as non-snooping DMA sees it (:mod:`iommulab.mem.cpu_cache`);
+        once on, it stays on."""
+        if self.mem.cpu_cache is None:
+            self.mem.cpu_cache = CpuCache(self.mem, capacity)
+        return self.mem.cpu_cache
 
     def group_devices(self, group: int) -> list[PciDevice]:
         return [d for d in self.devices.values() if d.iommu_group == group]
@@ -245,6 +261,11 @@ class Process:
 
     def write(self, vaddr: int, data: bytes | bytearray | memoryview) -> None:
         self.mm.write(vaddr, data)
+
+    def clflush(self, vaddr: int, n: int) -> None:
+        """``clflush`` over ``[vaddr, vaddr + n)``: what a driver for a device that does not
+        snoop does around its DMA (lab: the CPU cache model)."""
+        self.mm.clflush(vaddr, n)
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str) -> int:

@@ -33,6 +33,7 @@ from ..pgtable.vtd_ss import (
     ADDR_MASK,
     DMA_PTE_LARGE_PAGE,
     DMA_PTE_READ,
+    DMA_PTE_SNP,
     DMA_PTE_WRITE,
     VtdSsFormat,
 )
@@ -84,6 +85,7 @@ class VtdHw:
     contexts: dict[int, tuple[int, int]] = field(default_factory=dict)  # sid -> (root, levels)
     faults: list[VtdFault] = field(default_factory=list)
     walks: int = 0
+    last_snoop: bool = False  # the last leaf forced a snooped access (SNP)
 
     def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
                       ) -> tuple[int, int]:
@@ -102,6 +104,8 @@ class VtdHw:
             if not pte & need:  # not present reads as "access not set"
                 raise self._fault(sid, iova, write, FAULT_WRITE if write else FAULT_READ)
             if level == 1 or pte & DMA_PTE_LARGE_PAGE:
+                # SNP forces a snooped access; reserved (ignored) without snoop control
+                self.last_snoop = bool(pte & DMA_PTE_SNP) and self.snoop_control
                 size = 1 << shift
                 return (pte & ADDR_MASK) | (iova & (size - 1)), (iova | (size - 1)) + 1
             table = pte & ADDR_MASK

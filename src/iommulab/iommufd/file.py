@@ -79,7 +79,8 @@ class IommufdFile(VfioFile):
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
-        self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit)
+        self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit,
+                              machine.cache_flush)
 
     def release(self) -> None:
         self.ctx.release()
@@ -122,7 +123,7 @@ class IommufdFile(VfioFile):
         npages = -(-(length + start_byte) // PAGE_SIZE)
         return IoptPages(source, npages, writable, self.account(proc),
                          fail_nth=self.machine.mem.fail_nth, stats=self.ctx.stats,
-                         limit=self.ctx.temp_memory_limit)
+                         limit=self.ctx.temp_memory_limit, flusher=self.ctx.cache_flush)
 
     def map_user_pages(self, proc: Process, ioas: Ioas, user_va: int, length: int,
                        iova: int, prot: int, *, fixed: bool) -> int:

@@ -34,6 +34,7 @@ from .iova_space import ULONG_MAX, IovaSpace
 
 if TYPE_CHECKING:
     from ..mem import FailNth
+    from .cache_flush import CacheFlush
     from .pages import IoptPages
 
 __all__ = ["AccessHook", "IoPagetable", "PagesSlice"]
@@ -63,9 +64,11 @@ class AccessHook(Protocol):
 class IoPagetable:
     """One IOAS's table: :class:`IovaSpace` plus domains and accesses."""
 
-    def __init__(self, fail_nth: FailNth) -> None:
+    def __init__(self, fail_nth: FailNth, cache_flush: CacheFlush | None = None) -> None:
         self.space = IovaSpace()
         self.domains: list[IommuDomain] = []  # dense, as the xarray is kept
+        self.noncoherent: list[IommuDomain] = []  # lab: domains not enforcing coherency
+        self.cache_flush = cache_flush
         self.accesses: list[AccessHook] = []
         self.disable_large_pages = False
         self.fail_nth = fail_nth
@@ -126,9 +129,11 @@ class IoPagetable:
         if not self.domains:
             return
         done: list[tuple[IoptArea, IoptPages]] = []
+        nc = bool(self.noncoherent)
         try:
             for area, pages in new:
-                pages.fill(area, self.domains, self.disable_large_pages)
+                pages.fill(area, self.domains, self.disable_large_pages,
+                           flush=self._flush_at_map(pages, nc, nc))
                 area.storage_domain = self.domains[0]
                 pages.domain_areas.append(area)
                 done.append((area, pages))
@@ -215,10 +220,30 @@ class IoPagetable:
             return
         for domain in self.domains:
             if domain is not storage:
-                pages.unmap_domain(area, domain)
+                pages.unmap_domain(area, domain,
+                                   flush=self._flush_at_unmap(domain, "area-other"))
         pages.domain_areas.remove(area)
-        pages.unfill(area, storage)
+        pages.unfill(area, storage, flush=self._flush_at_unmap(storage, "area"))
         area.storage_domain = None
+
+    # -- lab: the cache flush policy's questions -------------------------------------------
+    def _flush_at_map(self, pages: IoptPages, into_nc: bool, ioas_nc: bool) -> bool:
+        cf = self.cache_flush
+        return cf is not None and cf.at_map(pages, into_nc, ioas_nc)
+
+    def _flush_at_unmap(self, domain: IommuDomain, why: str) -> str:
+        """The point name (``unmap`` or ``detach``) if the policy wants a flush after
+        unmapping from ``domain``; see :meth:`CacheFlush.at_unmap` for ``why``."""
+        cf = self.cache_flush
+        if cf is None or not cf.at_unmap(domain in self.noncoherent, bool(self.noncoherent),
+                                         why):
+            return ""
+        return "detach" if why == "domain" else "unmap"
+
+    def set_coherent(self, domain: IommuDomain) -> None:
+        """The domain's HWPT now enforces cache coherency."""
+        if domain in self.noncoherent:
+            self.noncoherent.remove(domain)
 
     # -- VFIO type1 v1 ------------------------------------------------------------------
     def cut_iova(self, iovas: list[int]) -> None:
@@ -278,8 +303,8 @@ class IoPagetable:
         return out
 
     # -- domains -------------------------------------------------------------------------
-    def add_domain(self, domain: IommuDomain) -> None:
-        """``iopt_table_add_domain``."""
+    def add_domain(self, domain: IommuDomain, *, coherent: bool = False) -> None:
+        """``iopt_table_add_domain``; ``coherent`` is its HWPT's enforce_cache_coherency."""
         space = self.space
         if domain in self.domains:
             raise AlreadyExists(f"{domain!r} is already in this IOAS")
@@ -294,23 +319,27 @@ class IoPagetable:
                 space.reserve(0, geo.aperture_start - 1, domain)
             if geo.aperture_end != ULONG_MAX:
                 space.reserve(geo.aperture_end + 1, ULONG_MAX, domain)
-            self._fill_domain(domain)
+            self._fill_domain(domain, not coherent)
         except KernelError:
             space.remove_reservations(domain)
             raise
         space.iova_alignment = align
         self.domains.append(domain)
+        if not coherent:
+            self.noncoherent.append(domain)
 
-    def _fill_domain(self, domain: IommuDomain) -> None:
+    def _fill_domain(self, domain: IommuDomain, nc: bool) -> None:
         """``iopt_fill_domain``: map every area into the new domain."""
         first = not self.domains
         done: list[IoptArea] = []
+        ioas_nc = nc or bool(self.noncoherent)
         try:
             for area in self.areas():
                 pages = area.pages
                 if pages is None:
                     continue
-                pages.fill(area, [domain], self.disable_large_pages)
+                pages.fill(area, [domain], self.disable_large_pages,
+                           flush=self._flush_at_map(pages, nc, ioas_nc))
                 if area.storage_domain is None:
                     area.storage_domain = domain
                     pages.domain_areas.append(area)
@@ -334,6 +363,7 @@ class IoPagetable:
         tail = self.domains.pop()
         if tail is not domain:
             self.domains[i] = tail
+        flush = self._flush_at_unmap(domain, "domain")
         for area in self.areas():
             pages = area.pages
             if pages is None:
@@ -341,11 +371,13 @@ class IoPagetable:
             if self.domains:
                 if area.storage_domain is domain:
                     area.storage_domain = self.domains[0]
-                pages.unmap_domain(area, domain)
+                pages.unmap_domain(area, domain, flush=flush)
             else:
                 pages.domain_areas.remove(area)
                 area.storage_domain = None
-                pages.unfill(area, domain)
+                pages.unfill(area, domain, flush=flush)
+        if domain in self.noncoherent:
+            self.noncoherent.remove(domain)
         self.space.remove_reservations(domain)
         self.calculate_alignment()
 

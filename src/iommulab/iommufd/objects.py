@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..iommu.core import IommuCore
     from ..mem import PhysMem
     from .area import IoptArea
+    from .cache_flush import CacheFlush
 
 __all__ = [
     "HWPT_ALLOC_DIRTY_TRACKING",
@@ -131,9 +132,11 @@ class Access(IommufdObject):
 class IommufdCtx:
     """``struct iommufd_ctx``: one open of /dev/iommu."""
 
-    def __init__(self, core: IommuCore, mem: PhysMem, temp_memory_limit: list[int]) -> None:
+    def __init__(self, core: IommuCore, mem: PhysMem, temp_memory_limit: list[int],
+                 cache_flush: CacheFlush | None = None) -> None:
         self.core = core
         self.mem = mem
+        self.cache_flush = cache_flush  # lab: the machine's flush policy
         self.objects: dict[int, IommufdObject] = {}
         self.account_mode = ACCOUNT_USER
         self.stats = PagesStats()
@@ -180,7 +183,7 @@ class IommufdCtx:
     def ioas_alloc(self) -> Ioas:
         """``iommufd_ioas_alloc_ioctl``."""
         self.mem.fail_nth.check("kzalloc(iommufd_ioas)")
-        ioas = Ioas(iopt=IoPagetable(self.mem.fail_nth))
+        ioas = Ioas(iopt=IoPagetable(self.mem.fail_nth, self.cache_flush))
         self.add(ioas)
         return ioas
 
@@ -215,7 +218,7 @@ class IommufdCtx:
             if auto:
                 self._attach_domain(idev, hwpt)
             try:
-                ioas.iopt.add_domain(domain)
+                ioas.iopt.add_domain(domain, coherent=hwpt.enforce_cache_coherency)
             except KernelError:
                 if auto:
                     self._detach_domain(idev, hwpt)
@@ -236,6 +239,7 @@ class IommufdCtx:
         if enforce is None or not enforce(hwpt.domain):
             raise InvalidArgument(f"{hwpt.domain!r} cannot enforce cache coherency")
         hwpt.enforce_cache_coherency = True
+        hwpt.ioas.iopt.set_coherent(hwpt.domain)
 
     # -- devices -------------------------------------------------------------------------
     def bind(self, dev: DmaDevice) -> Device:

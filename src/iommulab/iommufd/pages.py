@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..mem import FailNth
     from ..mem.mm import MmStruct
     from .area import IoptArea
+    from .cache_flush import CacheFlush
 
 __all__ = [
     "ACCOUNT_MM",
@@ -181,7 +182,8 @@ class IoptPages:
     """One ``iopt_pages``: ``npages`` pages of ``source``, shared by the areas using it."""
 
     def __init__(self, source: PfnSource, npages: int, writable: bool, account: Account,
-                 *, fail_nth: FailNth, stats: PagesStats, limit: list[int]) -> None:
+                 *, fail_nth: FailNth, stats: PagesStats, limit: list[int],
+                 flusher: CacheFlush | None = None) -> None:
         self.source = source
         self.npages = npages
         self.writable = writable
@@ -195,6 +197,8 @@ class IoptPages:
         self.domain_areas: list[IoptArea] = []  # domains_itree
         self.accesses: dict[tuple[int, int], int] = {}  # access_itree: range -> users
         self._xarray: I64Array | None = None  # pinned_pfns, for access-held indexes
+        self.flusher = flusher  # lab: the machine's cache flush policy
+        self.cache_flush_required = False  # lab: the "sticky" policy's bit
 
     # -- the double span over access_itree and domains_itree ------------------------------
     def _spans(self, first: int, last: int) -> list[tuple[int, int, int]]:
@@ -276,6 +280,8 @@ class IoptPages:
 
     def _unpin(self, pfns: I64Array) -> None:
         if len(pfns):
+            if self.flusher is not None and self.flusher.at_unpin(self):
+                self.flusher.flush(pfns, "unpin")
             self.source.unpin(pfns)
             self.npinned -= len(pfns)
 
@@ -309,12 +315,16 @@ class IoptPages:
         self.stats.batches += -(-len(out) // max(1, self._limit[0] // _BATCH_ELEMENT))
         return out
 
-    def fill(self, area: IoptArea, domains: list[IommuDomain], small: bool) -> None:
+    def fill(self, area: IoptArea, domains: list[IommuDomain], small: bool, *,
+             flush: bool = False) -> None:
         """``iopt_area_fill_domains`` (a new area, every domain) and ``iopt_area_fill_domain``
-        (a new domain): map the area's PFNs; on error nothing stays mapped or pinned."""
+        (a new domain): map the area's PFNs, flushed first if the policy says so; on error
+        nothing stays mapped or pinned."""
         pfns, fresh, cuts = self.read(area.index, area.last_index)
         done: list[tuple[IommuDomain, int, int]] = []
         try:
+            if flush and self.flusher is not None:
+                self.flusher.flush(pfns, "map")
             runs = self._runs(area, area.index, pfns, cuts, small)
             for domain in domains:
                 for iova, pa, size in runs:
@@ -329,18 +339,22 @@ class IoptPages:
             self.update_pinned()
             raise
 
-    def unmap_domain(self, area: IoptArea, domain: IommuDomain) -> None:
-        """``iopt_area_unmap_domain``: unmap without unpinning (another domain holds them)."""
+    def unmap_domain(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
+        """``iopt_area_unmap_domain``: unmap without unpinning (another domain holds them);
+        then the flush the policy asked for at point ``flush``, if any."""
+        pfns = _area_pfns(area, domain, area.index, area.last_index) if flush else None
         domain.unmap(area.iova, area.length)
         self.stats.unmap_calls += 1
+        if pfns is not None and self.flusher is not None:
+            self.flusher.flush(pfns, flush)
 
-    def unfill(self, area: IoptArea, domain: IommuDomain) -> None:
+    def unfill(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
         """``iopt_area_unfill_domain`` (``area`` already out of domains_itree): read the PFNs
-        nobody else holds from ``domain``, unmap, then unpin them."""
+        nobody else holds from ``domain``, unmap (and flush), then unpin them."""
         holes = [(lo, hi) for kind, lo, hi in self._spans(area.index, area.last_index)
                  if kind == 0]
         drop = [_area_pfns(area, domain, lo, hi) for lo, hi in holes]
-        self.unmap_domain(area, domain)
+        self.unmap_domain(area, domain, flush=flush)
         for pfns in drop:
             self._unpin(pfns)
         self.update_pinned()

@@ -90,6 +90,8 @@ class MemFd:
         """``unpin_folios``; pages the file no longer has go with their last pin."""
         for pfn, count in pfn_runs(pfns):
             self.mem.pins.unpin(pfn, count)
+        if self.mem.cpu_cache is not None:
+            self.mem.cpu_cache.unpinned(pfns)
         if self._orphans:
             self._orphans = self.mem.free_unpinned(self._orphans)
         if self._orphan_folios:

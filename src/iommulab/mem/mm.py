@@ -257,6 +257,8 @@ class MmStruct:
     def unpin_user_pages(self, pfns: I64Array) -> None:
         """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
         self._pin_runs(pfns, -1)
+        if self.mem.cpu_cache is not None:
+            self.mem.cpu_cache.unpinned(pfns)
         if self._orphans:
             self._orphans = self.mem.free_unpinned_folios(self._orphans)
         if self._orphan_pages:
@@ -305,6 +307,21 @@ class MmStruct:
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         done = 0
+        cache = self.mem.cpu_cache
         for pa, k in self._runs(addr, len(view), True):
-            self.mem.write(pa, view[done:done + k])
+            if cache is not None and self.mem.is_ram(pa):
+                cache.cpu_write(pa, view[done:done + k])
+            else:
+                self.mem.write(pa, view[done:done + k])
             done += k
+
+    def clflush(self, addr: int, n: int) -> None:
+        """``clflush`` of every line of ``[addr, addr + n)`` (lab: the CPU cache model; a
+        flush is per page there)."""
+        cache = self.mem.cpu_cache
+        if cache is None or n <= 0:
+            return
+        base = addr & ~(PAGE_SIZE - 1)
+        runs = self._runs(base, -(-(addr - base + n) // PAGE_SIZE) * PAGE_SIZE, False)
+        cache.flush_pfns(np.concatenate([np.arange(pa >> PAGE_SHIFT, (pa + k) >> PAGE_SHIFT)
+                                         for pa, k in runs]))

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from ..errors import BadAddress, OutOfMemory
 from ..sizes import parse_size
 from .contents import PAGE_BYTES, SparseContents
+from .cpu_cache import CpuCache
 from .fault import FailNth
 from .frames import MAX_ORDER, FrameAllocator
 from .pins import PinCounts
@@ -81,6 +82,7 @@ class PhysMem:
         self.pins = PinCounts()
         self.fail_nth = FailNth()
         self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
+        self.cpu_cache: CpuCache | None = None  # lab: set when a device does not snoop
         self._fragment_frames: list[int] = []
         self._mmio_writes: dict[int, MmioWrite] = {}
         size = parse_size(ram)
