@@ -222,13 +222,22 @@ class Process:
 
     # -- memory ------------------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", prot: str = "rw",
-             populate: bool = False, fd: int | None = None, offset: int = 0) -> int:
-        """``mmap``: anonymous memory of ``backing``, or (``fd``) a VFIO device region."""
+             populate: bool = False, fd: int | None = None, offset: int = 0, *,
+             shared: bool = False) -> int:
+        """``mmap``: anonymous memory of ``backing`` (``shared``: MAP_SHARED | MAP_ANONYMOUS,
+        shmem that a forked child shares), a memfd or a VFIO device region (``fd``)."""
         if prot not in ("rw", "r"):
             raise InvalidArgument(f"mmap: prot {prot!r} is not 'rw' or 'r'")
         from .iommufd.file import MemFdFile
         mmio = None
         memfd = None
+        if shared and fd is None:
+            from .mem.memfd import MemFd
+            shmem = MemFd(self.machine.mem, "/dev/zero (deleted)", parse_size(length))
+            try:
+                return self.mm.mmap(length, writable=prot == "rw", file=shmem)
+            finally:
+                shmem.put()  # the mapping holds it now
         if fd is not None:
             f = self._file(fd)
             if isinstance(f, MemFdFile):
@@ -285,8 +294,22 @@ class Process:
         return fd
 
     def close(self, fd: int) -> None:
-        self._file(fd).release()
+        f = self._file(fd)
         del self.files[fd]
+        f.refs -= 1
+        if not f.refs:
+            f.release()
+
+    def fork(self) -> Process:
+        """``fork``: a child with the same credentials and limits, a copy of the address
+        space (:meth:`MmStruct.fork`) and the same open files."""
+        child = Process(self.machine, self.memlock_limit, self.cap_ipc_lock, self.uid,
+                        self.cap_sys_resource)
+        child.mm = self.mm.fork()
+        for fd, f in self.files.items():
+            f.refs += 1
+            child.files[fd] = f
+        return child
 
     def ioctl(self, fd: int, request: int, arg: int | bytes | bytearray = 0) -> int:
         """``ioctl(2)``: the return value, or OSError with the kernel's errno."""

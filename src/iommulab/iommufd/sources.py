@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import BadAddress
 from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct
 from ..sizes import PAGE_SHIFT
@@ -27,7 +28,10 @@ class UserSource:
     is_file = False
 
     def pin(self, index: int, n: int, write: bool) -> I64Array:
-        """GUP with FOLL_LONGTERM (| FOLL_WRITE): fewer pages at a hole, EFAULT for none."""
+        """GUP with FOLL_LONGTERM (| FOLL_WRITE): fewer pages at a hole, EFAULT for none,
+        EFAULT when the process is gone (``mmget_not_zero`` in ``pfn_reader_user_pin``)."""
+        if self.mm.gone:
+            raise BadAddress("iommufd: the process that mapped these pages is gone")
         return self.mm.pin_user_pages(self.uptr + (index << PAGE_SHIFT), n, write)
 
     def unpin(self, pfns: I64Array) -> None:

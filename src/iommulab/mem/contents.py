@@ -49,6 +49,10 @@ class SparseContents:
         for i in range(count):
             pages.pop(pfn + i, None)
 
+    def pfns(self) -> list[int]:
+        """The pages that have been written."""
+        return list(self._pages)
+
     def page(self, pfn: int) -> npt.NDArray[np.uint8]:
         """The page's bytes, read-only zeros if never written."""
         return self._pages.get(pfn, _ZERO_PAGE)

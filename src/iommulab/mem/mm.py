@@ -69,6 +69,7 @@ class MmStruct:
         self._top = _TASK_TOP
         self._orphans: list[tuple[int, int]] = []  # munmapped folios still pinned
         self._orphan_pages: list[tuple[int, int]] = []  # munmapped 4K pages still pinned
+        self.gone = False  # exit_mmap ran: mmget_not_zero() fails from now on
 
     # -- mmap / munmap -------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", *, writable: bool = True,
@@ -132,9 +133,39 @@ class MmStruct:
                 self._cut(vma, max(addr, vma.start), min(end, vma.end))
 
     def close(self) -> None:
-        """exit_mmap: every mapping goes."""
+        """exit_mmap: every mapping goes; the mm can no longer be pinned from."""
         for vma in list(self.vmas):
             self._drop(vma)
+        self.gone = True
+
+    def fork(self) -> MmStruct:
+        """``dup_mmap``: the child's copy. Shared memfd mappings share the file's pages and
+        device regions their PFNs; private memory is copied now, folio by folio as the
+        parent has it (the model copies eagerly where Linux copies on write; pinned pages
+        are copied at fork by Linux too), so the two never share a private page."""
+        child = MmStruct(self.mem)
+        child._top = self._top
+        for vma in self.vmas:
+            copy = Vma(vma.start, vma.end, vma.backing, vma.writable,
+                       np.full(vma.npages, -1, dtype=np.int64), vma.pfnmap)
+            if vma.pfnmap or vma.file is not None:
+                copy.pfns[:] = vma.pfns
+                copy.file = vma.file.get() if vma.file is not None else None
+            else:
+                present = np.flatnonzero(vma.pfns >= 0)
+                for first, count in pfn_runs(present):
+                    child._fault(copy, first, count, strict=True)
+                self._copy_contents(vma.pfns[present], copy.pfns[present])
+            child._link(copy)
+        return child
+
+    def _copy_contents(self, src: I64Array, dst: I64Array) -> None:
+        """Copy the bytes of the pages that have any (others read as zeros anyway)."""
+        written = np.fromiter(self.mem.contents.pfns(), dtype=np.int64)
+        has = np.isin(src, written)
+        contents = self.mem.contents
+        for s, d in zip(src[has].tolist(), dst[has].tolist(), strict=True):
+            contents.page_for_write(d)[:] = contents.page(s)
 
     def _link(self, vma: Vma) -> None:
         i = bisect.bisect(self._starts, vma.start)

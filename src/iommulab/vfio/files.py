@@ -64,7 +64,10 @@ class _Arg:
 
 
 class VfioFile:
-    """An open file; ``ioctl`` dispatches, ``release`` is the last close."""
+    """An open file; ``ioctl`` dispatches, ``release`` is the last close (``refs`` counts
+    the fds pointing at it, in this process and in children that inherited it)."""
+
+    refs = 1
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         raise NotATty(f"ioctl {request:#x}: not supported by this file")
