@@ -14,6 +14,7 @@ import pytest
 
 from iommulab import Machine, Process
 from iommulab.devices import DmaDevice
+from iommulab.drivers.smmuv3 import regs
 from iommulab.iommufd import uapi as u
 from iommulab.vfio import uapi as v
 
@@ -178,4 +179,28 @@ def test_cdev_refuses_before_bind_and_bad_fds() -> None:
     expect_errno(errno.EINVAL, h.p.ioctl, cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
                  bytearray(v.BIND_IOMMUFD.pack(16, 1, h.iommufd, 0)))  # flags
     expect_errno(errno.ENOENT, h.p.open, "/dev/vfio/devices/vfio7")
+    h.p.exit()
+
+
+def test_get_hw_info_smmuv3_registers() -> None:
+    """GET_HW_INFO on the SMMUv3: struct iommu_hw_info_arm_smmuv3 with the ID registers the
+    hardware model exposes, truncated to data_len and zero-filled past the struct."""
+    h, _ = _host("arm64-smmuv3", 1)
+    cdev, devid = h.bind(0)
+    data = h.p.mmap(4096)
+    h.p.write(data, b"\xff" * 64)
+    out = h.ioctl(h.iommufd, u.IOMMU_GET_HW_INFO,
+                  u.HW_INFO.pack(40, 0, devid, 48, data, 0, 0, b"\0" * 3, 0))
+    _, _, _, data_len, _, info_type, _, _, caps = u.HW_INFO.unpack(out)
+    assert (info_type, data_len) == (u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3, 40)
+    raw = h.p.read(data, 48)
+    fields = u.HW_INFO_ARM_SMMUV3.unpack(raw[:40])
+    hw = h.m.translator
+    assert fields[2] == hw.read_reg(0) and fields[3] == hw.read_reg(4)  # IDR0, IDR1
+    assert fields[4] == 0 and fields[5] == hw.read_reg(0xC)  # IDR2 (not modelled), IDR3
+    assert fields[7] == hw.read_reg(0x14)  # IDR5
+    assert raw[40:] == bytes(8)
+    httu = regs.IDR0["HTTU"].get(fields[2])  # 2: access and dirty flag updates
+    assert caps == (u.IOMMU_HW_CAP_DIRTY_TRACKING if httu == 2 else 0)
+    h.p.close(cdev)
     h.p.exit()

@@ -455,7 +455,16 @@ def _source_addr(pages: IoptPages) -> int:
 
 
 def _hw_info(machine: Machine) -> tuple[int, bytes]:
-    """The driver's ``hw_info``: type and data."""
+    """The driver's ``hw_info``: type and data. SMMUv3 (``arm_smmu_hw_info``): struct
+    iommu_hw_info_arm_smmuv3, IDR0-5, IIDR and AIDR as the registers read (IDR2 and IDR4 are
+    not modelled and read 0). VT-d's CAP/ECAP registers are not modelled: type NONE."""
     if machine.platform == "mock":
         return u.IOMMU_HW_INFO_TYPE_SELFTEST, struct.pack("<II", 0, u.IOMMU_HW_INFO_SELFTEST_REGVAL)
+    if machine.platform == "arm64-smmuv3":
+        from ..drivers.smmuv3.regs import Reg
+        hw = machine.translator
+        idr = [hw.read_reg(4 * i) if 4 * i in (Reg.IDR0, Reg.IDR1, Reg.IDR3, Reg.IDR5) else 0
+               for i in range(6)]
+        return u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3, u.HW_INFO_ARM_SMMUV3.pack(
+            0, 0, *idr, hw.read_reg(Reg.IIDR), hw.read_reg(Reg.AIDR))
     return u.IOMMU_HW_INFO_TYPE_NONE, b""

@@ -95,6 +95,7 @@ IOAS_UNMAP = struct.Struct("<IIQQ")  # size, ioas_id, iova, length
 OPTION = struct.Struct("<IIHHIQ")  # size, option_id, op, rsvd, object_id, val64
 VFIO_IOAS = struct.Struct("<IIHH")  # size, ioas_id, op, rsvd
 HWPT_ALLOC = struct.Struct("<IIIIIIIIQII")  # size flags dev pt out rsvd type len uptr fault rsvd2
+HW_INFO_ARM_SMMUV3 = struct.Struct("<II6III")  # flags __reserved idr[6] iidr aidr
 HW_INFO = struct.Struct("<IIIIQIB3sQ")  # size flags dev_id data_len data_uptr type pasid rsvd caps
 HWPT_SET_DIRTY_TRACKING = struct.Struct("<IIII")  # size, flags, hwpt_id, rsvd
 HWPT_GET_DIRTY_BITMAP = struct.Struct("<IIIIQQQQ")  # size hwpt flags rsvd iova len pgsz data
