@@ -223,9 +223,10 @@ class Process:
     # -- memory ------------------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", prot: str = "rw",
              populate: bool = False, fd: int | None = None, offset: int = 0, *,
-             shared: bool = False) -> int:
+             shared: bool = False, private: bool = False) -> int:
         """``mmap``: anonymous memory of ``backing`` (``shared``: MAP_SHARED | MAP_ANONYMOUS,
-        shmem that a forked child shares), a memfd or a VFIO device region (``fd``)."""
+        shmem that a forked child shares), a memfd (MAP_SHARED, or MAP_PRIVATE with
+        ``private``: copied on write) or a VFIO device region (``fd``)."""
         if prot not in ("rw", "r"):
             raise InvalidArgument(f"mmap: prot {prot!r} is not 'rw' or 'r'")
         from .iommufd.file import MemFdFile
@@ -245,7 +246,8 @@ class Process:
             else:
                 mmio = f.mmap_region(parse_size(length), offset)
         return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
-                            mmio_pa=mmio, file=memfd, offset=offset)
+                            mmio_pa=mmio, file=memfd, offset=offset,
+                            private=private and memfd is not None)
 
     def memfd_create(self, name: str, size: int | str = 0, hugetlb: str | None = None) -> int:
         """``memfd_create`` (MFD_HUGETLB with ``hugetlb`` "2M" or "1G") and ``ftruncate``

@@ -535,3 +535,19 @@ def test_mock_domain_two_domains_share_pins(md: MdFix) -> None:
     t.check_refs(t.buffer, BUFFER_SIZE, 1)
     t.unmap(ioas, iova, BUFFER_SIZE)
 
+
+
+def test_mock_domain_ro_unshare(md: MdFix) -> None:
+    """Case 31: a READABLE-only map of a MAP_PRIVATE file page; the CPU's write afterwards
+    must not change the PFN the domain maps (the long-term pin took a private copy)."""
+    t, ioas, mds, _ = md
+    mfd = t.p.memfd_create("exe", PAGE_SIZE)
+    buf = t.p.mmap(PAGE_SIZE, fd=mfd, private=True)
+    t.p.close(mfd)
+    iova = t.map(ioas, buf, PAGE_SIZE, flags=u.IOMMU_IOAS_MAP_READABLE)
+    for m in mds:
+        t.check_map(m.hwpt_id, iova, buf, PAGE_SIZE)
+    t.p.write(buf, b"\x01" * PAGE_SIZE)
+    for m in mds:
+        t.check_map(m.hwpt_id, iova, buf, PAGE_SIZE)
+    t.p.munmap(buf, PAGE_SIZE)

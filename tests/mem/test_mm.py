@@ -105,3 +105,28 @@ def test_munmap_of_pages_in_a_pinned_thp_frees_them_on_the_last_unpin() -> None:
     assert mem.frames.free_frames == mem.frames.total_frames - 256
     mm.close()
     assert mem.frames.allocated_blocks == 0 and mem.pins.pins == 0
+
+
+def test_map_private_file_copies_on_write() -> None:
+    """MAP_PRIVATE of a memfd: reads see the file, the first write copies the page (the
+    file and other mappings keep the old bytes); munmap frees only the copies."""
+    from iommulab import Machine
+    m = Machine("x86-vtd", ram="64M")
+    p = m.spawn_process()
+    mfd = p.memfd_create("f", 2 * 4096)
+    shared = p.mmap(2 * 4096, fd=mfd)
+    p.write(shared, b"file" * 2048)
+    private = p.mmap(2 * 4096, fd=mfd, private=True)
+    assert p.read(private, 4) == b"file"
+    before = m.mem.frames.allocated_blocks
+    p.write(private + 4096, b"mine")
+    assert m.mem.frames.allocated_blocks == before + 1
+    assert p.read(private + 4096, 4) == b"mine" and p.read(shared + 4096, 4) == b"file"
+    child = p.fork()
+    assert child.read(private + 4096, 4) == b"mine"
+    child.write(private + 4096, b"kid!")
+    assert p.read(private + 4096, 4) == b"mine"
+    child.exit()
+    p.munmap(private, 2 * 4096)
+    assert m.mem.frames.allocated_blocks == before
+    p.exit()

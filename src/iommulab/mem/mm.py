@@ -50,7 +50,9 @@ class Vma:
     pfnmap: bool = False  # VM_PFNMAP | VM_IO (a device region)
     folios: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (pfn, order>0)
     pages: list[tuple[int, int]] = field(default_factory=list, repr=False)  # 4K pages' runs
-    file: MemFd | None = field(default=None, repr=False)  # MAP_SHARED of a memfd
+    file: MemFd | None = field(default=None, repr=False)  # a mapping of a memfd
+    cow: npt.NDArray[np.bool_] | None = field(default=None, repr=False)  # MAP_PRIVATE of
+    # a file: True where the page is still the file's (copied on the first write)
 
     @property
     def npages(self) -> int:
@@ -74,11 +76,11 @@ class MmStruct:
     # -- mmap / munmap -------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", *, writable: bool = True,
              populate: bool = False, mmio_pa: int | None = None, file: MemFd | None = None,
-             offset: int = 0) -> int:
+             offset: int = 0, private: bool = False) -> int:
         """A new mapping of ``length`` bytes (rounded up to pages, or to the huge page for
         hugetlb); THP and hugetlb mappings of 2M or more are aligned to their huge size.
-        ``file``: a MAP_SHARED mapping of a memfd from byte ``offset``, its pages the
-        file's (allocated now)."""
+        ``file``: a mapping of a memfd from byte ``offset``, its pages the file's
+        (allocated now); ``private`` (MAP_PRIVATE) copies a page on its first write."""
         nbytes = parse_size(length)
         if nbytes <= 0:
             raise InvalidArgument(f"mmap: length {nbytes:#x} must be positive")
@@ -101,6 +103,8 @@ class MmStruct:
                                       f"memfd {file.name} of {file.size:#x} bytes")
             vma.pfns[:] = file.pages(offset >> PAGE_SHIFT, vma.npages)
             vma.file = file.get()
+            if private:
+                vma.cow = np.ones(vma.npages, dtype=np.bool_)
         elif backing.startswith("hugetlb") or populate:
             self._fault(vma, 0, vma.npages, strict=True)
         self._top = start - PAGE_SIZE  # a guard gap between mappings
@@ -151,6 +155,10 @@ class MmStruct:
             if vma.pfnmap or vma.file is not None:
                 copy.pfns[:] = vma.pfns
                 copy.file = vma.file.get() if vma.file is not None else None
+                if vma.cow is not None:  # the parent's private copies are copied again
+                    copy.cow = ~vma.cow
+                    child._unshare(copy, 0, vma.npages)
+                    copy.cow[:] = vma.cow
             else:
                 present = np.flatnonzero(vma.pfns >= 0)
                 for first, count in pfn_runs(present):
@@ -204,7 +212,8 @@ class MmStruct:
                 covered[at:at + n] = True
             else:  # the cut goes through it: split_huge_page
                 self.mem.frames.split(pfn, order)
-        small = (pfns >= 0) & ~covered & (vma.file is None)  # the file keeps its pages
+        own = ~vma.cow if vma.cow is not None else np.full(vma.npages, vma.file is None)
+        small = (pfns >= 0) & ~covered & own  # the file keeps its pages
         gone = pfns[i0:i1][small[i0:i1]]
         self._orphans += self.mem.free_unpinned_folios(parts[1])
         self._orphan_pages += self.mem.free_unpinned(pfn_runs(gone))
@@ -215,7 +224,8 @@ class MmStruct:
             piece = Vma(vma.start + (first << PAGE_SHIFT), vma.start + (last << PAGE_SHIFT),
                         vma.backing, vma.writable, pfns[first:last].copy(), vma.pfnmap,
                         folios, pfn_runs(pfns[first:last][small[first:last]]),
-                        vma.file.get() if vma.file is not None else None)
+                        vma.file.get() if vma.file is not None else None,
+                        vma.cow[first:last].copy() if vma.cow is not None else None)
             self._link(piece)
         if vma.file is not None:
             vma.file.put()
@@ -262,6 +272,21 @@ class MmStruct:
                                             for p, n in runs])
             vma.pages += runs
 
+    def _unshare(self, vma: Vma, first: int, count: int) -> None:
+        """``wp_page_copy`` / FAULT_FLAG_UNSHARE: the file pages of ``[first, first +
+        count)`` in a MAP_PRIVATE mapping become private copies."""
+        if vma.cow is None:
+            return
+        idx = np.flatnonzero(vma.cow[first:first + count]) + first
+        if not len(idx):
+            return
+        runs = self.mem.alloc_page_runs(len(idx), site="alloc_pages(copy on write)")
+        new = np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in runs])
+        self._copy_contents(vma.pfns[idx], new)
+        vma.pfns[idx] = new
+        vma.cow[idx] = False
+        vma.pages += runs
+
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
         """``pin_user_pages_remote(FOLL_LONGTERM)``: the pfns of the first pages that could
@@ -277,6 +302,9 @@ class MmStruct:
             first = (vaddr - vma.start) >> PAGE_SHIFT
             n = min(npages - done, vma.npages - first)
             self._fault(vma, first, n)
+            # a long-term pin of a file page in a private mapping, even read-only, takes a
+            # private copy first (gup_must_unshare), so later writes keep the pinned page
+            self._unshare(vma, first, n)
             out.append(vma.pfns[first:first + n])
             done += n
         if not done:
@@ -323,6 +351,8 @@ class MmStruct:
             first = (pos - vma.start) >> PAGE_SHIFT
             count = ((seg_end - 1 - vma.start) >> PAGE_SHIFT) - first + 1
             self._fault(vma, first, count)
+            if write:
+                self._unshare(vma, first, count)
             page_va = vma.start + (first << PAGE_SHIFT)  # start of the run's first page
             for pfn, pages in pfn_runs(vma.pfns[first:first + count]):
                 lo = max(pos, page_va)
