@@ -82,16 +82,12 @@ class MemFd:
             raise InvalidArgument(f"memfd_pin_folios: pages [{index}, +{n}) end past the "
                                   f"size {self.size:#x} of {self.name}")
         pfns = self.pages(index, n)
-        for pfn, count in pfn_runs(pfns):
-            self.mem.pins.pin(pfn, count)
+        self.mem.pin_pages(pfns)
         return pfns
 
     def unpin(self, pfns: I64Array) -> None:
         """``unpin_folios``; pages the file no longer has go with their last pin."""
-        for pfn, count in pfn_runs(pfns):
-            self.mem.pins.unpin(pfn, count)
-        if self.mem.cpu_cache is not None:
-            self.mem.cpu_cache.unpinned(pfns)
+        self.mem.unpin_pages(pfns)
         if self._orphans:
             self._orphans = self.mem.free_unpinned(self._orphans)
         if self._orphan_folios:

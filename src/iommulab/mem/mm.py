@@ -310,24 +310,18 @@ class MmStruct:
         if not done:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
         pfns = np.concatenate(out) if len(out) > 1 else out[0].copy()
-        self._pin_runs(pfns, +1)
+        self.mem.pin_pages(pfns)
+        self.pinned_pages += len(pfns)
         return pfns
 
     def unpin_user_pages(self, pfns: I64Array) -> None:
         """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
-        self._pin_runs(pfns, -1)
-        if self.mem.cpu_cache is not None:
-            self.mem.cpu_cache.unpinned(pfns)
+        self.mem.unpin_pages(pfns)
+        self.pinned_pages -= len(pfns)
         if self._orphans:
             self._orphans = self.mem.free_unpinned_folios(self._orphans)
         if self._orphan_pages:
             self._orphan_pages = self.mem.free_unpinned(self._orphan_pages)
-
-    def _pin_runs(self, pfns: I64Array, sign: int) -> None:
-        change = self.mem.pins.pin if sign > 0 else self.mem.pins.unpin
-        for pfn, count in pfn_runs(pfns):
-            change(pfn, count)
-        self.pinned_pages += sign * len(pfns)
 
     def follow_pfn(self, addr: int) -> tuple[int, int] | None:
         """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end) or None."""

@@ -175,6 +175,19 @@ class PhysMem:
                 self.free_pages(pfn, order)
         return kept
 
+    def pin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
+        """Take a pin on each page (GUP and memfd_pin_folios), a run at a time."""
+        for pfn, count in pfn_runs(pfns):
+            self.pins.pin(pfn, count)
+
+    def unpin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
+        """Drop a pin on each page; the CPU cache model counts unpins of pages a
+        non-snooping device wrote and nobody flushed."""
+        for pfn, count in pfn_runs(pfns):
+            self.pins.unpin(pfn, count)
+        if self.cpu_cache is not None:
+            self.cpu_cache.unpinned(pfns)
+
     def free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Free the 4K pages of ``runs`` nobody pins; return the runs of those still
         pinned."""
