@@ -164,42 +164,37 @@ class IoPagetable:
         sticks out or nothing is there, EBUSY for a locked area. Not atomic: areas before
         the offending one are already gone, and the error carries how many bytes that was
         in ``unmapped`` (the kernel's out parameter, which the VFIO compat layer reports)."""
-        done = [0]
-        try:
-            return self._unmap_range(start, last, done)
-        except KernelError as e:
-            e.unmapped = done[0]  # type: ignore[attr-defined]
-            raise
-
-    def _unmap_range(self, start: int, last: int, done: list[int]) -> int:
         unmapped = 0
         tries: dict[int, int] = {}
         found = False
-        while True:
-            hit = self.space.first_area(start, last)
-            if hit is None:
-                break
-            area_first, area_last, area = hit
-            found = True
-            if area.pages is None or area.num_locks:
-                raise Busy(f"unmap: area [{area_first:#x}, {area_last:#x}] is busy")
-            if area_first < start or area_last > last:
-                raise NoEntry(f"unmap: [{start:#x}, {last:#x}] cuts area "
-                              f"[{area_first:#x}, {area_last:#x}]")
-            if area.num_accesses:
-                tries[area_first] = tries.get(area_first, 0) + 1
-                if tries[area_first] > _MAX_UNMAP_TRIES:
-                    raise kernel_deadlock(area_first)
-                area.prevent_access = True
-                for access in list(self.accesses):
-                    access.notify_unmap(area_first, area.length)
-                area.prevent_access = False
-                continue
-            self._remove_area(area)
-            unmapped += area.length
-            done[0] = unmapped
-        if not found:
-            raise NoEntry(f"unmap: nothing mapped in [{start:#x}, {last:#x}]")
+        try:
+            while True:
+                hit = self.space.first_area(start, last)
+                if hit is None:
+                    break
+                area_first, area_last, area = hit
+                found = True
+                if area.pages is None or area.num_locks:
+                    raise Busy(f"unmap: area [{area_first:#x}, {area_last:#x}] is busy")
+                if area_first < start or area_last > last:
+                    raise NoEntry(f"unmap: [{start:#x}, {last:#x}] cuts area "
+                                  f"[{area_first:#x}, {area_last:#x}]")
+                if area.num_accesses:
+                    tries[area_first] = tries.get(area_first, 0) + 1
+                    if tries[area_first] > _MAX_UNMAP_TRIES:
+                        raise kernel_deadlock(area_first)
+                    area.prevent_access = True
+                    for access in list(self.accesses):
+                        access.notify_unmap(area_first, area.length)
+                    area.prevent_access = False
+                    continue
+                self._remove_area(area)
+                unmapped += area.length
+            if not found:
+                raise NoEntry(f"unmap: nothing mapped in [{start:#x}, {last:#x}]")
+        except KernelError as e:
+            e.unmapped = unmapped  # type: ignore[attr-defined]
+            raise
         return unmapped
 
     def _remove_area(self, area: IoptArea) -> None:
