@@ -2,14 +2,12 @@
 
 Only what a device that does not snoop can observe is modelled. The machine's
 contents are what the CPU sees. For a page the CPU has written since it was
-last flushed or evicted, the cache keeps a separate copy of what DRAM holds,
-with two 64-bit masks of 64-byte lines:
-
-- ``dirty``: lines the CPU wrote that DRAM does not have yet. A device read
-  that does not snoop gets DRAM's old bytes there: a *stale read*;
-- ``device``: lines a non-snooping device wrote to DRAM under the CPU's
-  cached copy. The CPU still sees the old line until it is invalidated, and
-  a dirty line written back over them loses the device's data.
+last flushed or evicted, the cache keeps a separate copy of what DRAM holds
+and a 64-bit mask of its ``dirty`` 64-byte lines: lines the CPU wrote that
+DRAM does not have yet. A device read that does not snoop gets DRAM's old
+bytes there: a *stale read*. A non-snooping device write goes to the DRAM
+copy under the CPU's cached one: the CPU still sees the old line until it is
+invalidated, and a dirty line written back over it loses the device's data.
 
 ``flush`` is ``clflush`` over a range (``clflush_cache_range``,
 ``arch_clean_nonsnoop_dma``): dirty lines are written back, all lines
@@ -92,7 +90,6 @@ class CpuCache:
         self.capacity_pages = max(1, parse_size(capacity) // PAGE_BYTES)
         self.dram: dict[int, npt.NDArray[np.uint8]] = {}  # oldest first
         self.dirty: dict[int, int] = {}
-        self.device: dict[int, int] = {}
         top = max((r.end for r in mem.regions if r.kind == "ram"), default=0)
         self.written = np.zeros(top >> _SHIFT, dtype=np.bool_)  # by non-snooping DMA
         self.stats = CacheStats()
@@ -111,9 +108,7 @@ class CpuCache:
             self.mem.contents.write(pa, view[:last[2] + last[3]])
         for pfn, off, at, k in pieces:
             self._allocate(pfn)
-            lines = _mask(off, k)
-            self.dirty[pfn] |= lines
-            self.device[pfn] &= ~lines  # the device's bytes there go with the next write-back
+            self.dirty[pfn] |= _mask(off, k)  # a device's bytes there go at write-back
             self.mem.contents.page_for_write(pfn)[off:off + k] = np.frombuffer(
                 view[at:at + k], dtype=np.uint8)
 
@@ -122,7 +117,6 @@ class CpuCache:
             return
         self.dram[pfn] = self.mem.contents.page(pfn).copy()
         self.dirty[pfn] = 0
-        self.device[pfn] = 0
         while len(self.dram) > self.capacity_pages:
             self._evict(next(iter(self.dram)))
             self.stats.evictions += 1
@@ -132,12 +126,11 @@ class CpuCache:
         dram = self.dram.pop(pfn, None)
         if dram is None:
             return
-        dirty, device = self.dirty.pop(pfn), self.device.pop(pfn)
+        dirty = self.dirty.pop(pfn)
         page = self.mem.contents.page_for_write(pfn)
         keep = _bytes_of(dirty)
-        page[~keep] = dram[~keep]
+        page[~keep] = dram[~keep]  # including what a device wrote under clean lines
         self.stats.writebacks += bin(dirty).count("1")
-        del device  # device lines the CPU had not overwritten are now visible
 
     # -- devices --------------------------------------------------------------------------
     def device_read(self, runs: list[tuple[int, int]], snoop: bool, who: str) -> bytes:
@@ -180,17 +173,15 @@ class CpuCache:
             if dram is None:
                 self.mem.contents.page_for_write(pfn)[off:off + k] = chunk
                 continue
-            lines = _mask(off, k)
             if snoop:  # the dirty lines are written back, then the device's bytes merge
+                lines = _mask(off, k)
                 page = self.mem.contents.page_for_write(pfn)
                 page[off:off + k] = chunk
                 span = _bytes_of(lines)
                 dram[span] = page[span]
                 self.dirty[pfn] &= ~lines
-                self.device[pfn] &= ~lines
             else:
                 dram[off:off + k] = chunk
-                self.device[pfn] |= lines
 
     # -- flushes and unpins ---------------------------------------------------------------
     def flush_pfns(self, pfns: npt.NDArray[np.int64]) -> None:
@@ -219,4 +210,4 @@ class CpuCache:
 
     def _check(self) -> None:
         assert len(self.dram) <= self.capacity_pages
-        assert self.dram.keys() == self.dirty.keys() == self.device.keys()
+        assert self.dram.keys() == self.dirty.keys()
