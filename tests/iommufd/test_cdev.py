@@ -201,6 +201,80 @@ def test_get_hw_info_smmuv3_registers() -> None:
     assert fields[7] == hw.read_reg(0x14)  # IDR5
     assert raw[40:] == bytes(8)
     httu = regs.IDR0["HTTU"].get(fields[2])  # 2: access and dirty flag updates
-    assert caps == (u.IOMMU_HW_CAP_DIRTY_TRACKING if httu == 2 else 0)
+    assert caps == (u.IOMMU_HW_CAP_DIRTY_TRACKING if httu == 2 else 0) \
+        | u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED  # IDR0.ATS clear
+    h.p.close(cdev)
+    h.p.exit()
+
+
+#: A QEMU 4.2 q35 guest with ``-device intel-iommu,intremap=on,caching-mode=on`` and
+#: ``kernel-irqchip=split`` (so EIM is on) printed "DMAR: dmar0: reg_base_addr fed90000
+#: ver 1:0 cap d2008c22260286 ecap f00f5a" (qemu-devel, 2020-10-07, "Re: Fwd: Enable IOMMU
+#: Inside QEMU"). The driver reports these registers unchanged.
+QEMU_INTREMAP_CAP, QEMU_INTREMAP_ECAP = 0xD2008C22260286, 0xF00F5A
+
+
+def _vtd_hw_info(h: Host, devid: int, data_len: int, flags: int = 0,
+                 in_type: int = 0) -> tuple[tuple[int, ...], bytes]:
+    data = h.p.mmap(4096)
+    h.p.write(data, b"\xff" * 64)
+    out = h.ioctl(h.iommufd, u.IOMMU_GET_HW_INFO,
+                  u.HW_INFO.pack(40, flags, devid, data_len, data, in_type, 0, b"\0" * 3, 0))
+    return u.HW_INFO.unpack(out), h.p.read(data, 32)
+
+
+def test_get_hw_info_vtd_registers_match_a_real_guest() -> None:
+    """GET_HW_INFO on VT-d: struct iommu_hw_info_vtd with the errata flag and the CAP and
+    ECAP registers, equal to what a real QEMU guest's kernel printed for the same options."""
+    h, _ = _host("x86-vtd", 1)
+    unit = h.m.driver.units[0]
+    unit.intremap = unit.eim = True
+    cdev, devid = h.bind(0)
+    fields, raw = _vtd_hw_info(h, devid, 32)
+    assert (fields[3], fields[5]) == (24, u.IOMMU_HW_INFO_TYPE_INTEL_VTD)
+    assert u.HW_INFO_VTD.unpack(raw[:24]) == (u.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17, 0,
+                                              QEMU_INTREMAP_CAP, QEMU_INTREMAP_ECAP)
+    assert raw[24:] == bytes(8)  # zero-filled up to data_len
+    # no dirty tracking (no SLADS) and no ATS (ECAP.DT clear)
+    assert fields[8] == u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    h.p.close(cdev)
+    h.p.exit()
+
+
+def test_get_hw_info_vtd_short_buffer_and_second_unit() -> None:
+    """A short data_len gets only that many bytes but the full length back; a 48-bit unit
+    with snoop control reports SAGAW 39|48, MGAW 47 and ECAP.SC; the QEMU default (no
+    interrupt remapping) has QI, IRO and PT only."""
+    m = Machine("x86-vtd", ram="1G")
+    m.add_pci_device("0000:00:02.0")
+    m.add_pci_device("0000:00:03.0", iommu_unit=m.add_iommu_unit(aw=48, snoop_control=True))
+    p = m.spawn_process(memlock_limit="64M")
+    h = Host(m, p, p.open("/dev/iommu"))
+    cdev0, dev0 = h.bind(0)
+    fields, raw = _vtd_hw_info(h, dev0, 12)
+    assert fields[3] == 24 and raw[:12] == u.HW_INFO_VTD.pack(1, 0, QEMU_INTREMAP_CAP, 0)[:12]
+    assert raw[12:] == b"\xff" * 20  # nothing written past data_len
+    assert u.HW_INFO_VTD.unpack(_vtd_hw_info(h, dev0, 24)[1][:24])[3] == 0xF42
+    cdev1, dev1 = h.bind(1)
+    _, cap, ecap = u.HW_INFO_VTD.unpack(_vtd_hw_info(h, dev1, 24)[1][:24])[1:]
+    assert (cap >> 8) & 0x1F == 0b110 and (cap >> 16) & 0x3F == 47
+    assert ecap == 0xF42 | 1 << 7
+    for fd in (cdev0, cdev1):
+        p.close(fd)
+    p.exit()
+
+
+def test_get_hw_info_input_type() -> None:
+    """IOMMU_HW_INFO_FLAG_INPUT_TYPE: the driver's own type or DEFAULT is answered, another
+    is EOPNOTSUPP; without the flag the type field is ignored; other flags are EOPNOTSUPP."""
+    h, _ = _host("x86-vtd", 1)
+    cdev, devid = h.bind(0)
+    flag = u.IOMMU_HW_INFO_FLAG_INPUT_TYPE
+    for in_type in (u.IOMMU_HW_INFO_TYPE_DEFAULT, u.IOMMU_HW_INFO_TYPE_INTEL_VTD):
+        assert _vtd_hw_info(h, devid, 24, flag, in_type)[0][5] == u.IOMMU_HW_INFO_TYPE_INTEL_VTD
+    assert _vtd_hw_info(h, devid, 24, 0, u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3)[0][5] == 1
+    expect_errno(errno.EOPNOTSUPP, _vtd_hw_info, h, devid, 24, flag,
+                 u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3)
+    expect_errno(errno.EOPNOTSUPP, _vtd_hw_info, h, devid, 24, 2)
     h.p.close(cdev)
     h.p.exit()

@@ -75,17 +75,64 @@ class VtdFault:
                 f"{FAULT_REASONS[self.reason]}")
 
 
+#: Register offsets and capability fields QEMU's ``vtd_init`` reports (hw/i386/intel_iommu.c,
+#: intel_iommu_internal.h): fault recording at 0x220 (one record), IOTLB registers at 0xf0,
+#: 16-bit domain ids, page-selective invalidation of up to 2^18 pages, 2M and 1G superpages.
+DMAR_FRCD_REG_OFFSET = 0x220
+DMAR_FRCD_REG_NR = 1
+DMAR_IOTLB_REG_OFFSET = 0xF0
+CAP_ND_16BIT = (16 - 4) // 2
+CAP_CM = 1 << 7
+CAP_SAGAW_39BIT, CAP_SAGAW_48BIT = 0x2 << 8, 0x4 << 8
+CAP_SLLPS_2M_1G = (1 << 34) | (1 << 35)
+CAP_PSI = 1 << 39
+CAP_MAMV = 18 << 48
+CAP_DRAIN = (1 << 54) | (1 << 55)
+ECAP_QI, ECAP_DT, ECAP_IR, ECAP_EIM = 1 << 1, 1 << 2, 1 << 3, 1 << 4
+ECAP_PT, ECAP_SC = 1 << 6, 1 << 7
+ECAP_MHMV = 15 << 20
+
+
 @dataclass
 class VtdHw:
-    """The remapping unit: context entries by source id, fault records, a walk per access."""
+    """The remapping unit: context entries by source id, fault records, a walk per access.
+
+    The flags below are QEMU's ``intel-iommu`` properties of the same names; they only
+    shape the CAP and ECAP registers (the model's walks do not depend on them)."""
 
     mem: PhysMem
     aw: int = 39  # MGAW
     snoop_control: bool = False  # ECAP.SC
+    caching_mode: bool = True  # CAP.CM (caching-mode=on)
+    dma_drain: bool = True  # CAP.DRD/DWD
+    intremap: bool = False  # ECAP.IR and MHMV
+    eim: bool = False  # ECAP.EIM (32-bit x2APIC ids; only with intremap)
+    pt: bool = True  # ECAP.PT (pass-through)
+    device_iotlb: bool = False  # ECAP.DT (ATS)
     contexts: dict[int, tuple[int, int]] = field(default_factory=dict)  # sid -> (root, levels)
     faults: list[VtdFault] = field(default_factory=list)
     walks: int = 0
     last_snoop: bool = False  # the last leaf forced a snooped access (SNP)
+
+    @property
+    def cap_reg(self) -> int:
+        """CAP_REG as QEMU's ``vtd_init`` builds it (legacy mode)."""
+        cap = ((DMAR_FRCD_REG_OFFSET >> 4) << 24 | (DMAR_FRCD_REG_NR - 1) << 40 | CAP_ND_16BIT
+               | CAP_MAMV | CAP_PSI | CAP_SLLPS_2M_1G | ((self.aw - 1) & 0x3F) << 16)
+        cap |= CAP_DRAIN if self.dma_drain else 0
+        cap |= CAP_SAGAW_39BIT if self.aw >= 39 else 0
+        cap |= CAP_SAGAW_48BIT if self.aw >= 48 else 0
+        return cap | (CAP_CM if self.caching_mode else 0)
+
+    @property
+    def ecap_reg(self) -> int:
+        """ECAP_REG as QEMU's ``vtd_init`` builds it (legacy mode)."""
+        ecap = ECAP_QI | (DMAR_IOTLB_REG_OFFSET >> 4) << 8
+        if self.intremap:
+            ecap |= ECAP_IR | ECAP_MHMV | (ECAP_EIM if self.eim else 0)
+        ecap |= ECAP_DT if self.device_iotlb else 0
+        ecap |= ECAP_PT if self.pt else 0
+        return ecap | (ECAP_SC if self.snoop_control else 0)
 
     def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
                       ) -> tuple[int, int]:

@@ -12,7 +12,6 @@ mapped). The mock platform adds ``IOMMU_TEST_CMD``
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -327,22 +326,30 @@ class IommufdFile(VfioFile):
         return 0
 
     def _get_hw_info(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
-                     data_len: int, data_uptr: int, out_type: int, pasid: int, rsvd: bytes,
+                     data_len: int, data_uptr: int, data_type: int, pasid: int, rsvd: bytes,
                      caps: int) -> int:
-        """``iommufd_get_hw_info``: the driver's info struct (zero-filled to ``data_len``),
-        its length and type, and IOMMU_HW_CAP_DIRTY_TRACKING."""
-        if flags or any(rsvd):
-            raise NotSupported(f"GET_HW_INFO: flags {flags:#x} or __reserved")
+        """``iommufd_get_hw_info`` (Linux 7.0): the driver's info struct, cut or zero-filled
+        to ``data_len``; the driver's full length, its type, IOMMU_HW_CAP_DIRTY_TRACKING and
+        IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED (no modelled device does ATS). Without
+        IOMMU_HW_INFO_FLAG_INPUT_TYPE the type field is ignored on input."""
+        if flags & ~u.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
+            raise NotSupported(f"GET_HW_INFO: flags {flags:#x}")
+        if any(rsvd):
+            raise NotSupported("GET_HW_INFO: __reserved is not zero")
+        if not flags & u.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
+            data_type = u.IOMMU_HW_INFO_TYPE_DEFAULT
         idev: Device = self.ctx.get(dev_id, Device)
-        info_type, data = _hw_info(self.machine)
-        if data_len:
-            out = data[:data_len].ljust(data_len, b"\0")
-            proc.mm.write(data_uptr, out)
         master = idev.dev.dev_iommu.priv if idev.dev.dev_iommu else None
-        caps = u.IOMMU_HW_CAP_DIRTY_TRACKING if self.machine.core.driver.capable(
+        info_type, data = _hw_info(self.machine, master, data_type)
+        if data_len:
+            proc.mm.write(data_uptr, data[:data_len].ljust(data_len, b"\0"))
+        driver = self.machine.core.driver
+        caps = u.IOMMU_HW_CAP_DIRTY_TRACKING if driver.capable(
             master, IommuCap.DIRTY_TRACKING) else 0
-        self._respond(buf, u.IOMMU_GET_HW_INFO, usize, flags, dev_id, len(data) if not data_len
-                      else min(data_len, len(data)), data_uptr, info_type, 0, b"\0" * 3, caps)
+        if not driver.capable(master, IommuCap.PCI_ATS_SUPPORTED):
+            caps |= u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+        self._respond(buf, u.IOMMU_GET_HW_INFO, usize, flags, dev_id, len(data), data_uptr,
+                      info_type, 0, b"\0" * 3, caps)
         return 0
 
     def _hwpt_set_dirty_tracking(self, proc: Process, buf: bytearray, usize: int, flags: int,
@@ -454,17 +461,29 @@ def _source_addr(pages: IoptPages) -> int:
     return src.start
 
 
-def _hw_info(machine: Machine) -> tuple[int, bytes]:
-    """The driver's ``hw_info``: type and data. SMMUv3 (``arm_smmu_hw_info``): struct
-    iommu_hw_info_arm_smmuv3, IDR0-5, IIDR and AIDR as the registers read (IDR2 and IDR4 are
-    not modelled and read 0). VT-d's CAP/ECAP registers are not modelled: type NONE."""
+def _hw_info(machine: Machine, master: Any, in_type: int) -> tuple[int, bytes]:
+    """The driver's ``hw_info``: type and data, EOPNOTSUPP when the caller asks for a type
+    other than the driver's own. Mock (``mock_domain_hw_info``): the test register.
+    SMMUv3 (``arm_smmu_hw_info``): IDR0-5, IIDR and AIDR as the registers read (IDR2 and
+    IDR4 are not modelled and read 0). VT-d (``intel_iommu_hw_info``): the errata flag
+    and the unit's CAP and ECAP registers."""
     if machine.platform == "mock":
-        return u.IOMMU_HW_INFO_TYPE_SELFTEST, struct.pack("<II", 0, u.IOMMU_HW_INFO_SELFTEST_REGVAL)
-    if machine.platform == "arm64-smmuv3":
+        own = u.IOMMU_HW_INFO_TYPE_SELFTEST
+        data = u.HW_INFO_SELFTEST.pack(0, u.IOMMU_HW_INFO_SELFTEST_REGVAL)
+    elif machine.platform == "arm64-smmuv3":
         from ..drivers.smmuv3.regs import Reg
         hw = machine.translator
         idr = [hw.read_reg(4 * i) if 4 * i in (Reg.IDR0, Reg.IDR1, Reg.IDR3, Reg.IDR5) else 0
                for i in range(6)]
-        return u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3, u.HW_INFO_ARM_SMMUV3.pack(
-            0, 0, *idr, hw.read_reg(Reg.IIDR), hw.read_reg(Reg.AIDR))
-    return u.IOMMU_HW_INFO_TYPE_NONE, b""
+        own = u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3
+        data = u.HW_INFO_ARM_SMMUV3.pack(0, 0, *idr, hw.read_reg(Reg.IIDR), hw.read_reg(Reg.AIDR))
+    elif machine.platform == "x86-vtd":
+        unit = master.unit
+        own = u.IOMMU_HW_INFO_TYPE_INTEL_VTD
+        data = u.HW_INFO_VTD.pack(u.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17, 0, unit.cap_reg,
+                                  unit.ecap_reg)
+    else:  # no hw_info op: type NONE, whatever was asked
+        return u.IOMMU_HW_INFO_TYPE_NONE, b""
+    if in_type not in (u.IOMMU_HW_INFO_TYPE_DEFAULT, own):
+        raise NotSupported(f"GET_HW_INFO: data type {in_type:#x}; this IOMMU reports {own:#x}")
+    return own, data
