@@ -19,6 +19,7 @@ __all__ = [
     "CorruptPageTable",
     "DmaFault",
     "InvalidArgument",
+    "IoError",
     "KernelError",
     "NoDevice",
     "NoEntry",
@@ -126,6 +127,10 @@ class NoSuchDevice(KernelError):
     """ENXIO: "No such device or address" (a probe that finds no usable hardware)."""
 
     errno_value = _errno.ENXIO
+
+
+class IoError(KernelError):
+    errno_value = _errno.EIO
 
 
 class DmaFault(KernelError):

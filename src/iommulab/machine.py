@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .devices import DmaDevice
-from .errors import BadFileDescriptor, InvalidArgument, NoEntry
+from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
@@ -37,6 +37,7 @@ PLATFORMS = {
     "x86-vtd": (0x1_0000_0000, 0xE000_0000, False),
     "arm64-smmuv3": (0x4000_0000, 0x1000_0000, True),
     "mock": (0x4000_0000, 0x1000_0000, True),
+    "ppc64-pseries": (0, 0x2000_8000_0000, True),  # QEMU spapr: RAM at 0, MMIO32 window
 }
 
 
@@ -67,8 +68,11 @@ def _parse_bdf(bdf: str) -> tuple[int, int]:
 
 
 class Machine:
-    """One machine: ``platform`` is ``"x86-vtd"``, ``"arm64-smmuv3"`` or ``"mock"`` (the
-    iommufd selftest's mock IOMMU: 2K IO pages, aperture [1 << 24, (1 << 31) - 1])."""
+    """One machine: ``platform`` is ``"x86-vtd"``, ``"arm64-smmuv3"``, ``"mock"`` (the
+    iommufd selftest's mock IOMMU: 2K IO pages, aperture [1 << 24, (1 << 31) - 1]) or
+    ``"ppc64-pseries"`` (a PAPR guest: each device in its own PE behind its own PHB, DMA
+    through TCE tables and DDW; :attr:`pseries` and :attr:`dma` are its DMA code, and
+    there is no IOMMU core, VFIO or iommufd on it)."""
 
     def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0) -> None:
         if platform not in PLATFORMS:
@@ -90,7 +94,14 @@ class Machine:
         self.cache_flush = CacheFlush(self.mem)
         self.translator: Any
         self.driver: Any
-        if platform == "x86-vtd":
+        self.pseries: Any = None
+        self.dma: Any = None
+        if platform == "ppc64-pseries":
+            from .drivers.pseries import PseriesDma, PseriesIommu
+            self.pseries = PseriesIommu(self.mem)
+            self.dma = PseriesDma(self.pseries)
+            self.translator = self.driver = None
+        elif platform == "x86-vtd":
             from .drivers.vtd import IntelIommu, VtdHw
             self.translator = VtdHw(self.mem)
             self.driver = IntelIommu(self.translator)
@@ -102,7 +113,8 @@ class Machine:
             from .drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
             self.translator = SmmuV3Hw(self.mem, SmmuV3Config())
             self.driver = ArmSmmuDevice(self.translator)
-        self.core = IommuCore(self.driver, clock=self.clock, strict=strict)
+        self.core: Any = None if self.pseries else IommuCore(self.driver, clock=self.clock,
+                                                             strict=strict)
         self.devices: dict[str, PciDevice] = {}
         self.open_groups: set[int] = set()  # groups with an open /dev/vfio/N
         self.users: dict[int, UserStruct] = {}  # uid -> user_struct (locked_vm)
@@ -122,6 +134,9 @@ class Machine:
             return [f for unit in self.driver.units for f in unit.faults]
         if self.platform == "mock":
             return list(self.translator.faults)
+        if self.pseries is not None:
+            return [f for d in self.devices.values()
+                    for f in self.pseries.devs[d.sid].pdn.phb.faults]
         self.driver.handle_events()
         return list(self.driver.events)
 
@@ -138,12 +153,18 @@ class Machine:
 
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",
                        bar0_size: int | str = SZ_1M, *, iommu_unit: int = 0,
-                       snoop: bool = True) -> PciDevice:
+                       snoop: bool = True, ddw: Any = None) -> PciDevice:
         """A device at ``bdf`` alone in a new IOMMU group, BAR 0 in the MMIO window, behind
         DMAR unit ``iommu_unit`` (x86-vtd). A device that does not ``snoop`` (PCIe No
-        Snoop) turns on the CPU cache model (:meth:`enable_cpu_cache`)."""
+        Snoop) turns on the CPU cache model (:meth:`enable_cpu_cache`). On ppc64-pseries
+        the device gets its own PHB offering ``ddw`` (a :class:`~.drivers.pseries.DdwOffer`;
+        default QEMU's)."""
         if bdf in self.devices:
             raise ValueError(f"{bdf} is already on the bus")
+        if self.pseries is not None:
+            return self._add_pseries_device(bdf, driver, parse_size(bar0_size), ddw)
+        if ddw is not None:
+            raise ValueError(f"{self.platform}: ddw= is for ppc64-pseries devices")
         translator = self.translator
         if iommu_unit:
             units = self.driver.units if self.platform == "x86-vtd" else [translator]
@@ -163,6 +184,18 @@ class Machine:
         if translator is not self.translator:
             self.driver.unit_of[dev.sid] = translator
         self.core.probe_device(dev)
+        self.devices[bdf] = dev
+        return dev
+
+    def _add_pseries_device(self, bdf: str, driver: str, size: int, offer: Any) -> PciDevice:
+        from .drivers.pseries import SpaprPhb
+        phb = SpaprPhb(self.mem, offer, buid=0x800000020000000 + len(self.devices),
+                       liobn_base=0x80000000 + 0x100 * len(self.devices))
+        bar = -(-self._next_bar // size) * size
+        self.mem.add_mmio(bar, size, f"{bdf} BAR0")
+        self._next_bar = bar + size
+        dev = PciDevice(self, bdf, driver, bar, size, phb)
+        self.pseries.probe(dev, phb)
         self.devices[bdf] = dev
         return dev
 
@@ -188,8 +221,11 @@ class Machine:
         return dev
 
     def remove_device(self, dev: DmaDevice) -> None:
-        """Hot-unplug: ``iommu_release_device``."""
-        self.core.release_device(dev)
+        """Hot-unplug: ``iommu_release_device`` (pSeries: the PE's tables)."""
+        if self.pseries is not None:
+            self.pseries.release(dev)
+        else:
+            self.core.release_device(dev)
         self.devices.pop(getattr(dev, "bdf", ""), None)
 
     def spawn_process(self, memlock_limit: int | str | None = None,
@@ -283,6 +319,9 @@ class Process:
         """``/dev/iommu``, ``/dev/vfio/vfio``, ``/dev/vfio/<group>``,
         ``/dev/vfio/devices/vfio<N>``."""
         from .vfio.files import open_vfio_path
+        if self.machine.pseries is not None and path.startswith(("/dev/iommu", "/dev/vfio")):
+            raise NoDevice(f"open: {path}: ppc64-pseries has no VFIO or iommufd in the model "
+                           "(SPAPR TCE is not modelled)")
         if path == "/dev/iommu":
             from .iommufd.file import IommufdFile
             return self.install(IommufdFile(self.machine))

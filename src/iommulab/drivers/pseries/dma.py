@@ -1,0 +1,231 @@
+"""The DMA API of a pSeries device: ``dma_iommu_ops`` over its TCE table, or dma-direct at
+``dma_offset`` once a direct DDW maps all RAM (arch/powerpc/kernel/dma-iommu.c, iommu.c).
+
+- ``dma_set_mask``: ``dma_supported`` (which may run ``enable_ddw``), then the mask.
+- ``map_phys``: direct when ``dma_ops_bypass`` and the mask reaches all of RAM, or when
+  a bus limit (vPMEM hybrid) still covers the buffer; otherwise ``iommu_map_phys``:
+  ``iommu_num_pages`` entries, aligned to the kernel page when the IO page is smaller
+  and the buffer is a whole, aligned kernel page, below ``mask >> it_page_shift``.
+- ``map_sg``: ``ppc_iommu_map_sg`` with its handle continuation and merging of
+  contiguous segments up to ``max_seg_size``; ``-EIO`` undoes what was mapped.
+- ``alloc_coherent``: zeroed pages of ``get_order(size)`` (EINVAL-free NULL above
+  ``IOMAP_MAX_ORDER``), mapped with ``get_iommu_order`` alignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...devices import DmaDevice
+from ...errors import InvalidArgument, IoError
+from .ddw import PseriesDev, PseriesIommu
+from .table import DMA_MAPPING_ERROR, IommuTable
+
+__all__ = ["IOMAP_MAX_ORDER", "PseriesDma", "SgEntry"]
+
+IOMAP_MAX_ORDER = 13
+
+
+def iommu_num_pages(addr: int, length: int, io_page_size: int) -> int:
+    return -(-((addr & (io_page_size - 1)) + length) // io_page_size)
+
+
+@dataclass
+class SgEntry:
+    """One scatterlist entry: ``phys``/``length`` in, ``dma_address``/``dma_length`` out."""
+
+    phys: int
+    length: int
+    dma_address: int = 0
+    dma_length: int = 0
+
+
+class PseriesDma:
+    """DMA API calls for the pSeries devices of one machine."""
+
+    def __init__(self, iommu: PseriesIommu) -> None:
+        self.iommu = iommu
+        self.page_shift = iommu.kernel_page_shift
+
+    def _pdev(self, dev: DmaDevice) -> PseriesDev:
+        return self.iommu.devs[dev.sid]
+
+    def dma_set_mask(self, dev: DmaDevice, mask: int) -> None:
+        """``dma_set_mask``: EIO if the platform cannot honour the mask."""
+        if not self.iommu.dma_supported(dev, mask):
+            raise IoError(f"{dev.name}: DMA mask {mask:#x} not supported")
+        dev.dma_mask = mask
+
+    def _direct(self, dev: DmaDevice, pdev: PseriesDev, phys: int, size: int) -> bool:
+        """``dma_map_direct`` / ``arch_dma_map_phys_direct``."""
+        if pdev.dma_ops_bypass:
+            required = pdev.dma_offset + self.iommu.ram_end() - 1
+            return dev.dma_mask >= (1 << required.bit_length()) - 1
+        if dev.bus_dma_limit:
+            return pdev.dma_offset + phys + size - 1 <= dev.bus_dma_limit
+        return False
+
+    def map_phys(self, dev: DmaDevice, phys: int, size: int, write: bool = True,
+                 cpu: int = 0) -> int:
+        """``dma_map_phys``: the bus address, or DMA_MAPPING_ERROR."""
+        pdev = self._pdev(dev)
+        if self._direct(dev, pdev, phys, size):
+            addr = pdev.dma_offset + phys
+            limit = min(dev.dma_mask, dev.bus_dma_limit or dev.dma_mask)
+            return addr if addr + size - 1 <= limit else DMA_MAPPING_ERROR
+        tbl = pdev.table
+        if tbl is None:
+            return DMA_MAPPING_ERROR
+        npages = iommu_num_pages(phys, size, tbl.page_size)
+        align = 0
+        if tbl.it_page_shift < self.page_shift and size >= 1 << self.page_shift \
+                and not phys & ((1 << self.page_shift) - 1):
+            align = self.page_shift - tbl.it_page_shift
+        handle = self._alloc(dev, tbl, phys & ~(tbl.page_size - 1), npages, write,
+                             dev.dma_mask >> tbl.it_page_shift, align, cpu)
+        if handle == DMA_MAPPING_ERROR:
+            return handle
+        return handle | (phys & (tbl.page_size - 1))
+
+    def _alloc(self, dev: DmaDevice, tbl: IommuTable, pa: int, npages: int, write: bool,
+               mask: int, align_order: int, cpu: int) -> int:
+        """``iommu_alloc``: entries, then their TCEs; a failed build frees them."""
+        entry = tbl.range_alloc(npages, mask, align_order, cpu=cpu,
+                                boundary_pages=self._boundary(dev, tbl))
+        if entry == DMA_MAPPING_ERROR:
+            return entry
+        entry += tbl.it_offset
+        if tbl.ops.set(tbl, entry, npages, pa, write):
+            tbl.free(entry << tbl.it_page_shift, npages)
+            return DMA_MAPPING_ERROR
+        return entry << tbl.it_page_shift
+
+    @staticmethod
+    def _boundary(dev: DmaDevice, tbl: IommuTable) -> int:
+        """``dma_get_seg_boundary_nr_pages``."""
+        return (dev.seg_boundary_mask >> tbl.it_page_shift) + 1
+
+    def unmap_phys(self, dev: DmaDevice, dma_addr: int, size: int) -> None:
+        """``dma_unmap_phys``; an address outside the table is only reported."""
+        pdev = self._pdev(dev)
+        tbl = pdev.table
+        if tbl is None or self._is_direct_addr(pdev, dev, dma_addr):
+            return
+        if not tbl.free(dma_addr, iommu_num_pages(dma_addr, size, tbl.page_size)):
+            dev.notices.append(f"iommu_free: invalid entry, dma_addr {dma_addr:#x}")
+
+    @staticmethod
+    def _is_direct_addr(pdev: PseriesDev, dev: DmaDevice, dma_addr: int) -> bool:
+        if pdev.dma_ops_bypass:
+            return True
+        return bool(dev.bus_dma_limit) and dma_addr <= dev.bus_dma_limit and \
+            dma_addr >= pdev.dma_offset
+
+    def map_sg(self, dev: DmaDevice, sgl: list[SgEntry], write: bool = True,
+               cpu: int = 0) -> int:
+        """``ppc_iommu_map_sg`` (or dma-direct per entry): segments out, ``-EIO`` on
+        failure with everything undone."""
+        pdev = self._pdev(dev)
+        if not sgl:
+            raise InvalidArgument("map_sg: no entries")
+        if all(self._direct(dev, pdev, s.phys, s.length) for s in sgl):
+            for s in sgl:
+                s.dma_address, s.dma_length = pdev.dma_offset + s.phys, s.length
+            return len(sgl)
+        tbl = pdev.table
+        if tbl is None:
+            raise InvalidArgument("map_sg: no table")
+        handle = [0]
+        outs, outcount, dma_next = 0, 1, 0
+        segstart = 0
+        sgl[0].dma_length = 0
+        for i, s in enumerate(sgl):
+            if s.length == 0:
+                dma_next = 0
+                continue
+            npages = iommu_num_pages(s.phys, s.length, tbl.page_size)
+            align = 0
+            if tbl.it_page_shift < self.page_shift and s.length >= 1 << self.page_shift \
+                    and not s.phys & ((1 << self.page_shift) - 1):
+                align = self.page_shift - tbl.it_page_shift
+            entry = tbl.range_alloc(npages, dev.dma_mask >> tbl.it_page_shift, align,
+                                    cpu=cpu, boundary_pages=self._boundary(dev, tbl),
+                                    handle=handle)
+            if entry == DMA_MAPPING_ERROR:
+                return self._sg_failure(tbl, sgl, outs)
+            entry += tbl.it_offset
+            dma_addr = entry << tbl.it_page_shift | (s.phys & (tbl.page_size - 1))
+            if tbl.ops.set(tbl, entry, npages, s.phys & ~(tbl.page_size - 1), write):
+                tbl.free(entry << tbl.it_page_shift, npages)
+                return self._sg_failure(tbl, sgl, outs)
+            if segstart != i:
+                if dma_addr != dma_next or sgl[outs].dma_length + s.length > dev.max_seg_size:
+                    segstart = i
+                    outcount += 1
+                    outs += 1
+                else:
+                    sgl[outs].dma_length += s.length
+            if segstart == i:
+                sgl[outs].dma_address, sgl[outs].dma_length = dma_addr, s.length
+            dma_next = dma_addr + s.length
+        if outcount < len(sgl):
+            sgl[outs + 1].dma_length = 0
+        return outcount
+
+    @staticmethod
+    def _sg_failure(tbl: IommuTable, sgl: list[SgEntry], outs: int) -> int:
+        for i, s in enumerate(sgl):
+            if s.dma_length:
+                tbl.free(s.dma_address & ~(tbl.page_size - 1),
+                         iommu_num_pages(s.dma_address, s.dma_length, tbl.page_size))
+                s.dma_length = 0
+            if i == outs:
+                break
+        return -5  # -EIO
+
+    def unmap_sg(self, dev: DmaDevice, sgl: list[SgEntry]) -> None:
+        """``ppc_iommu_unmap_sg``: up to the first empty segment."""
+        pdev = self._pdev(dev)
+        tbl = pdev.table
+        for s in sgl:
+            if s.dma_length == 0:
+                break
+            if tbl is not None and not self._is_direct_addr(pdev, dev, s.dma_address):
+                tbl.free(s.dma_address, iommu_num_pages(s.dma_address, s.dma_length,
+                                                        tbl.page_size))
+
+    def alloc_coherent(self, dev: DmaDevice, size: int, cpu: int = 0) -> tuple[int, int]:
+        """``iommu_alloc_coherent`` (or dma-direct): (physical address, bus address);
+        (0, DMA_MAPPING_ERROR) when it fails, as the kernel returns NULL."""
+        ps = self.page_shift
+        size = -(-size >> ps) << ps
+        order = max(0, (size - 1).bit_length() - ps) if size > 1 << ps else 0
+        if order >= IOMAP_MAX_ORDER:
+            return 0, DMA_MAPPING_ERROR
+        pdev = self._pdev(dev)
+        pfn = self.iommu.mem.alloc_pages(order + ps - 12, site="alloc_coherent")
+        phys = pfn << 12
+        if self._direct(dev, pdev, phys, size):
+            return phys, pdev.dma_offset + phys
+        tbl = pdev.table
+        if tbl is None:
+            self.iommu.mem.free_pages(pfn, order + ps - 12)
+            return 0, DMA_MAPPING_ERROR
+        nio = -(-size >> tbl.it_page_shift)
+        io_order = ((size - 1) >> tbl.it_page_shift).bit_length()
+        mapping = self._alloc(dev, tbl, phys, nio, True,
+                              dev.coherent_dma_mask >> tbl.it_page_shift, io_order, cpu)
+        if mapping == DMA_MAPPING_ERROR:
+            self.iommu.mem.free_pages(pfn, order + ps - 12)
+            return 0, DMA_MAPPING_ERROR
+        return phys, mapping | (phys & (tbl.page_size - 1))
+
+    def free_coherent(self, dev: DmaDevice, size: int, phys: int, dma_addr: int) -> None:
+        ps = self.page_shift
+        size = -(-size >> ps) << ps
+        order = max(0, (size - 1).bit_length() - ps) if size > 1 << ps else 0
+        pdev = self._pdev(dev)
+        tbl = pdev.table
+        if tbl is not None and not self._is_direct_addr(pdev, dev, dma_addr):
+            tbl.free(dma_addr, -(-size >> tbl.it_page_shift))
+        self.iommu.mem.free_pages(phys >> 12, order + ps - 12)

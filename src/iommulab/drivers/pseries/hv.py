@@ -1,0 +1,316 @@
+"""The PAPR hypervisor side of a pSeries PHB: TCE hcalls, DDW RTAS calls, DMA translation.
+
+Follows QEMU's sPAPR model (``hw/ppc/spapr_iommu.c``, ``hw/ppc/spapr_rtas_ddw.c``,
+``spapr_pci.c``) with what it offers made configurable (:class:`DdwOffer`), so PowerVM's
+answers (one window per PE, a small largest block, 2M pages, the 6-word query) can be
+asked for too:
+
+- ``H_PUT_TCE``, ``H_GET_TCE``: one entry; the IOBA is rounded down to the IO page;
+  an unknown LIOBN or an entry outside the window is ``H_PARAMETER``.
+- ``H_PUT_TCE_INDIRECT``: up to 512 entries read big-endian from a 4K-aligned list in
+  guest memory; more, or an unaligned list, is ``H_PARAMETER``; entries are written in
+  order up to the first one outside the window.
+- ``H_STUFF_TCE``: one value into ``npages`` entries; more pages than the table has is
+  ``H_PARAMETER``.
+- ``ibm,query-pe-dma-window`` (5 outputs, or 6 with the query-size extension),
+  ``ibm,create-pe-dma-window``, ``ibm,remove-pe-dma-window``,
+  ``ibm,reset-pe-dma-windows`` (back to the default 32-bit window, 4K pages; with the
+  limited-addressing argument when that extension is offered), with RTAS status 0,
+  -1 (hardware error) and -3 (parameter error).
+
+DMA through a window walks nothing: the entry of the IO page is read and its permission
+bits are checked; a missing or read-only entry is a fault (EEH would freeze the PE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ...errors import DmaFault
+from ...mem import PhysMem
+from ...pgtable.tce import TCE_PCI_READ, TCE_PCI_WRITE, TceTable, tce_rpn_address
+
+__all__ = [
+    "DDW_PAGE_SHIFTS",
+    "H_NOT_ENOUGH_RESOURCES",
+    "H_PARAMETER",
+    "H_SUCCESS",
+    "RTAS_HW_ERROR",
+    "RTAS_PARAM_ERROR",
+    "DdwOffer",
+    "SpaprPhb",
+    "TceFault",
+]
+
+H_SUCCESS = 0
+H_PARAMETER = -4
+H_NOT_ENOUGH_RESOURCES = -44
+RTAS_SUCCESS = 0
+RTAS_HW_ERROR = -1
+RTAS_PARAM_ERROR = -3
+TCE_LIST_MAX = 512  # SPAPR_TCE_PAGE_SIZE / sizeof(u64)
+
+#: LoPAR "IO Page Sizes" bits of ibm,query-pe-dma-window, in bit order (2M comes last).
+DDW_PAGE_SHIFTS = (12, 16, 24, 25, 26, 27, 28, 34, 21)
+
+#: ibm,ddw-applicable tokens (query, create, remove) and the reset token, as QEMU numbers
+#: its RTAS calls (RTAS_IBM_QUERY_PE_DMA_WINDOW...).
+RTAS_TOKENS = {"query": 0x2023, "create": 0x2024, "remove": 0x2025, "reset": 0x2026}
+
+
+@dataclass
+class DdwOffer:
+    """What the hypervisor offers one PE. Defaults are QEMU's ``spapr-pci-host-bridge``:
+    a 1 GiB default window at bus address 0 with 4K pages, two windows at most, the
+    64-bit one at ``1 << 59``, 4K and 64K pages, a largest block of 2^31 TCEs and the
+    reset extension only."""
+
+    max_windows: int = 2
+    largest_block: int = 0x8000_0000  # TCEs
+    page_shifts: tuple[int, ...] = (12, 16)
+    dma32_size: int = 0x4000_0000
+    dma64_base: int = 0x0800_0000_0000_0000
+    reset_extension: bool = True  # LoPAR 2.7 ibm,reset-pe-dma-windows
+    query_out_6: bool = False  # LoPAR 2.8: 64-bit largest block
+    limited_addressing: bool | None = None  # LoPAR 2.13: None absent, else supported?
+    limited_base: int = 1 << 32  # lab: where a window goes in limited addressing mode
+    migration_mask: int = 0
+
+    def page_mask(self) -> int:
+        """The query's "IO Page Sizes" bit field."""
+        bad = [s for s in self.page_shifts if s not in DDW_PAGE_SHIFTS]
+        if bad:
+            raise ValueError(f"page shifts {bad}: LoPAR has no bit for them")
+        return sum(1 << DDW_PAGE_SHIFTS.index(s) for s in set(self.page_shifts))
+
+    def extensions(self) -> list[int]:
+        """``ibm,ddw-extensions``: the count, then the values by index (1 reset token,
+        2 query output size, 3 limited addressing)."""
+        ext: list[int] = []
+        if self.reset_extension or self.query_out_6 or self.limited_addressing is not None:
+            ext = [RTAS_TOKENS["reset"] if self.reset_extension else 0]
+        if self.query_out_6 or self.limited_addressing is not None:
+            ext.append(1 if self.query_out_6 else 0)
+        if self.limited_addressing is not None:
+            ext.append(1 if self.limited_addressing else 0)
+        return [len(ext), *ext] if ext else []
+
+
+@dataclass
+class TceFault:
+    """A DMA the PHB refused (the model's record of what EEH would report)."""
+
+    sid: int
+    iova: int
+    write: bool
+    reason: str
+
+
+@dataclass
+class HcallStats:
+    """Counters (lab): hcalls by name, entries they wrote, RTAS calls by name."""
+
+    hcalls: dict[str, int] = field(default_factory=dict)
+    tces_written: int = 0
+    rtas: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.hcalls[name] = self.hcalls.get(name, 0) + n
+
+
+class SpaprPhb:
+    """One PHB and its PE's DMA windows, keyed by LIOBN (window 0 is the default one)."""
+
+    def __init__(self, mem: PhysMem, offer: DdwOffer | None = None, *,
+                 buid: int = 0x800000020000000, liobn_base: int = 0x80000000) -> None:
+        self.mem = mem
+        self.offer = offer or DdwOffer()
+        self.buid = buid
+        self.liobns = (liobn_base, liobn_base + 1)  # SPAPR_PCI_LIOBN(index, 0/1)
+        self.windows: dict[int, TceTable] = {}
+        self.limited_mode = False
+        self.stats = HcallStats()
+        self.faults: list[TceFault] = []
+        self.reset()
+
+    # -- windows -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """``spapr_phb_dma_reset``: every window gone, the default one back, empty."""
+        self.windows.clear()
+        self.windows[self.liobns[0]] = TceTable(0, 12, self.offer.dma32_size >> 12)
+
+    def window_of(self, liobn: int) -> TceTable | None:
+        return self.windows.get(liobn)
+
+    def _locate(self, liobn: int, ioba: int) -> tuple[TceTable, int] | None:
+        """The window and entry index of ``ioba`` (``put_tce_emu``'s bounds check, with
+        the unsigned wrap of an IOBA below the window)."""
+        tbl = self.windows.get(liobn)
+        if tbl is None:
+            return None
+        index = ((ioba & ~((1 << tbl.page_shift) - 1)) - tbl.bus_offset) >> tbl.page_shift
+        if not 0 <= index < tbl.nb_table:
+            return None
+        return tbl, index
+
+    # -- hcalls -------------------------------------------------------------------------------
+    def h_put_tce(self, liobn: int, ioba: int, tce: int) -> int:
+        self.stats.count("H_PUT_TCE")
+        hit = self._locate(liobn, ioba)
+        if hit is None:
+            return H_PARAMETER
+        tbl, index = hit
+        tbl.put(index, np.array([tce], dtype=np.uint64))
+        self.stats.tces_written += 1
+        return H_SUCCESS
+
+    def h_get_tce(self, liobn: int, ioba: int) -> tuple[int, int]:
+        """(return code, entry)."""
+        self.stats.count("H_GET_TCE")
+        hit = self._locate(liobn, ioba)
+        if hit is None:
+            return H_PARAMETER, 0
+        tbl, index = hit
+        return H_SUCCESS, tbl.get(index)
+
+    def h_put_tce_indirect(self, liobn: int, ioba: int, tce_list: int, npages: int) -> int:
+        """Entries from the list at guest address ``tce_list`` (big-endian u64s)."""
+        self.stats.count("H_PUT_TCE_INDIRECT")
+        if liobn not in self.windows:
+            return H_PARAMETER
+        if npages > TCE_LIST_MAX or tce_list & 0xFFF:
+            return H_PARAMETER
+        if not npages:  # the loop never runs: QEMU's initial H_PARAMETER
+            return H_PARAMETER
+        raw = self.mem.read(tce_list, npages * 8)
+        tces = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        return self._put_run(liobn, ioba, tces)
+
+    def h_stuff_tce(self, liobn: int, ioba: int, tce_value: int, npages: int) -> int:
+        self.stats.count("H_STUFF_TCE")
+        tbl = self.windows.get(liobn)
+        if tbl is None or npages > tbl.nb_table or not npages:
+            return H_PARAMETER
+        hit = self._locate(liobn, ioba)
+        if hit is None:
+            return H_PARAMETER
+        _, index = hit
+        n = min(npages, tbl.nb_table - index)
+        tbl.stuff(index, n, tce_value)
+        self.stats.tces_written += n
+        return H_SUCCESS if n == npages else H_PARAMETER
+
+    def put_tce_indirect_run(self, liobn: int, ioba: int, tces: npt.NDArray[np.uint64]) -> int:
+        """Lab fast path: exactly what consecutive ``H_PUT_TCE_INDIRECT`` calls of 512
+        entries (the last one shorter) do, counted as those calls, without staging each
+        list in guest memory. Stops at the first failing call, as the callers' loops do."""
+        if liobn not in self.windows:
+            self.stats.count("H_PUT_TCE_INDIRECT")
+            return H_PARAMETER
+        tbl = self.windows[liobn]
+        n = len(tces)
+        calls = -(-n // TCE_LIST_MAX)
+        hit = self._locate(liobn, ioba)
+        room = 0 if hit is None else tbl.nb_table - hit[1]
+        if room >= n:
+            self.stats.count("H_PUT_TCE_INDIRECT", calls)
+            return self._put_run(liobn, ioba, tces)
+        ok_calls = room // TCE_LIST_MAX  # whole calls that fit
+        self.stats.count("H_PUT_TCE_INDIRECT", ok_calls + 1)
+        done = ok_calls * TCE_LIST_MAX
+        self._put_run(liobn, ioba, tces[:done])
+        step = 1 << tbl.page_shift
+        return self._put_run(liobn, ioba + done * step, tces[done:done + TCE_LIST_MAX])
+
+    def _put_run(self, liobn: int, ioba: int, tces: npt.NDArray[np.uint64]) -> int:
+        """Entries in order from ``ioba``: those inside the window are written, the first
+        one outside ends the call with ``H_PARAMETER``."""
+        if not len(tces):
+            return H_SUCCESS
+        hit = self._locate(liobn, ioba)
+        if hit is None:
+            return H_PARAMETER
+        tbl, index = hit
+        n = min(len(tces), tbl.nb_table - index)
+        tbl.put(index, tces[:n])
+        self.stats.tces_written += n
+        return H_SUCCESS if n == len(tces) else H_PARAMETER
+
+    # -- RTAS ---------------------------------------------------------------------------------
+    def _pe_ok(self, buid_hi: int, buid_lo: int) -> bool:
+        return (buid_hi << 32 | buid_lo) == self.buid
+
+    def rtas_query(self, cfg_addr: int, buid_hi: int, buid_lo: int) -> list[int]:
+        """``ibm,query-pe-dma-window``: [status, avail, largest block (1 or 2 words),
+        page sizes, migration]."""
+        self.stats.rtas["query"] = self.stats.rtas.get("query", 0) + 1
+        if not self._pe_ok(buid_hi, buid_lo):
+            return [RTAS_PARAM_ERROR]
+        o = self.offer
+        avail = max(0, o.max_windows - len(self.windows))
+        largest = [o.largest_block >> 32, o.largest_block & 0xFFFF_FFFF] if o.query_out_6 \
+            else [min(o.largest_block, 0xFFFF_FFFF)]
+        return [RTAS_SUCCESS, avail, *largest, o.page_mask(), o.migration_mask]
+
+    def rtas_create(self, cfg_addr: int, buid_hi: int, buid_lo: int, page_shift: int,
+                    window_shift: int) -> list[int]:
+        """``ibm,create-pe-dma-window``: [status, liobn, bus address hi, lo]."""
+        self.stats.rtas["create"] = self.stats.rtas.get("create", 0) + 1
+        o = self.offer
+        if not self._pe_ok(buid_hi, buid_lo) or page_shift not in o.page_shifts \
+                or window_shift < page_shift:
+            return [RTAS_PARAM_ERROR]
+        free = [liobn for liobn in self.liobns if liobn not in self.windows]
+        if not free or len(self.windows) >= o.max_windows \
+                or (window_shift - page_shift) > 63 \
+                or 1 << (window_shift - page_shift) > o.largest_block:
+            return [RTAS_HW_ERROR]
+        base = 0 if not self.windows else o.dma64_base
+        if self.limited_mode and base:
+            base = o.limited_base  # above 4G, below what a short mask reaches
+        liobn = free[0]
+        self.windows[liobn] = TceTable(base, page_shift, 1 << (window_shift - page_shift))
+        return [RTAS_SUCCESS, liobn, base >> 32, base & 0xFFFF_FFFF]
+
+    def rtas_remove(self, liobn: int) -> list[int]:
+        """``ibm,remove-pe-dma-window``: [status]; the entries go with the window."""
+        self.stats.rtas["remove"] = self.stats.rtas.get("remove", 0) + 1
+        if self.windows.pop(liobn, None) is None:
+            return [RTAS_PARAM_ERROR]
+        return [RTAS_SUCCESS]
+
+    def rtas_reset(self, cfg_addr: int, buid_hi: int, buid_lo: int,
+                   limited: int | None = None) -> list[int]:
+        """``ibm,reset-pe-dma-windows``: [status]; the default window restored."""
+        self.stats.rtas["reset"] = self.stats.rtas.get("reset", 0) + 1
+        if not self._pe_ok(buid_hi, buid_lo) or not self.offer.reset_extension:
+            return [RTAS_PARAM_ERROR]
+        if limited is not None and not self.offer.limited_addressing:
+            return [RTAS_PARAM_ERROR]
+        self.reset()
+        self.limited_mode = bool(limited)
+        return [RTAS_SUCCESS]
+
+    # -- DMA ------------------------------------------------------------------------------------
+    def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
+                      ) -> tuple[int, int]:
+        """The physical address of ``iova`` and the end of its IO page."""
+        for tbl in self.windows.values():
+            index = (iova - tbl.bus_offset) >> tbl.page_shift
+            if iova - tbl.bus_offset >= 0 and index < tbl.nb_table:
+                tce = tbl.get(index)
+                if not tce & (TCE_PCI_WRITE if write else TCE_PCI_READ):
+                    raise self._fault(sid, iova, write, "no valid TCE" if not tce
+                                      else "TCE does not allow the access")
+                size = 1 << tbl.page_shift
+                return tce_rpn_address(tce, tbl.page_shift) | (iova & (size - 1)), \
+                    (iova | (size - 1)) + 1
+        raise self._fault(sid, iova, write, "outside every DMA window")
+
+    def _fault(self, sid: int, iova: int, write: bool, reason: str) -> DmaFault:
+        self.faults.append(TceFault(sid, iova, write, reason))
+        return DmaFault(f"PHB {self.buid:#x}: DMA {'write' if write else 'read'} at "
+                        f"{iova:#x}: {reason}", sid=sid, iova=iova, write=write, reason=reason)
