@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from . import __version__
 from .report import format_size, format_table
 from .workload.bbm_window import BbmWindowResult, run_bbm_window
+from .workload.ddw import DEMO_CASES, DdwResult, run_ddw
 from .workload.guest_ram import BACKINGS as GUEST_BACKINGS
 from .workload.guest_ram import GUEST_RAM, GUEST_SECTIONS, GuestRamResult, run_guest_ram
 from .workload.migration import MigrationResult, run_migration
@@ -149,6 +150,23 @@ def _render_noncoherent(results: list[NoncoherentResult]) -> str:
     return "\n".join(out)
 
 
+def _render_ddw(results: list[DdwResult]) -> str:
+    out = ["ppc64-pseries: a driver maps a buffer under a 32-bit mask, then asks for 64 bits "
+           "(enable_ddw on each hypervisor offer)"]
+    rows = [[r.case.name, r.mode, r.window, f"{r.dma_before:#x}", f"{r.dma_after:#x}",
+             " ".join(f"{k} {v}" for k, v in sorted(r.rtas.items())),
+             r.hcalls.get("H_PUT_TCE_INDIRECT", 0), "yes" if r.dma_ok else "NO"]
+            for r in results]
+    out.append(format_table(["offer", "result", "64-bit window", "bus addr (32)",
+                             "bus addr (64)", "RTAS calls", "indirect hcalls", "DMA ok"],
+                            rows, "lllrrlrl"))
+    refused = [line for r in results for line in r.log if "in use" in line]
+    if refused:
+        out.append(f"Refused with the default table in use: \"{refused[0]}\" "
+                   "(the 32-bit mapping keeps working).")
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iommulab", description=(
         "An executable, faithful model of the Linux IOMMU stack."))
@@ -157,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="map a few GiB with mixed page sizes, guest RAM "
                           "through VFIO under THP, hugetlb and fragmented backing, a short "
                           "migration with dirty tracking, streaming DMA strict vs lazy, "
-                          "cache flush policies for non-coherent DMA")
+                          "cache flush policies for non-coherent DMA, pSeries dynamic DMA windows")
     demo.add_argument("--seed", type=int, default=0, help="seed for the fragmentation")
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -173,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_render_streaming([run_streaming(mode) for mode in ("strict", "lazy")]))
         print()
         print(_render_noncoherent(compare_flush_policies()))
+        print()
+        print(_render_ddw([run_ddw(c) for c in DEMO_CASES]))
     return 0
 
 
