@@ -117,8 +117,15 @@ class TceTable:
     def raw(self, index: int, n: int) -> bytes:
         """The entries' bytes as the PHB reads them from table memory (big-endian)."""
         out = np.zeros(n, dtype=_BE64)
-        for k in range(n):
-            out[k] = self.get(index + k)
+        done = 0
+        while done < n:
+            i = index + done
+            off = i & (CHUNK_ENTRIES - 1)
+            k = min(n - done, CHUNK_ENTRIES - off)
+            chunk = self._chunks.get(i >> CHUNK_SHIFT)
+            if chunk is not None:
+                out[done:done + k] = chunk[off:off + k]
+            done += k
         return out.tobytes()
 
     def clear(self) -> None:

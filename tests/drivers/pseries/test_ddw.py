@@ -111,6 +111,13 @@ def test_small_largest_block_gives_a_dynamic_window() -> None:
     assert tbl.bus_start <= dma < tbl.bus_start + (1 << 30)
 
 
+def test_no_ddw_applicable_property_fails_without_rtas() -> None:
+    m, dev, pd = _dev()
+    pd.pdn.ddw_applicable = False
+    m.dma.dma_set_mask(dev, M64)
+    assert pd.pdn.failed and pd.pdn.phb.stats.rtas == {} and not pd.dma_ops_bypass
+
+
 def test_no_page_size_offered_fails() -> None:
     m, dev, pd = _dev(page_shifts=())
     m.dma.dma_set_mask(dev, M64)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ...devices import DmaDevice
 from ...mem import PhysMem
-from .hv import RTAS_TOKENS, SpaprPhb
+from .hv import DDW_PAGE_SHIFTS, RTAS_TOKENS, SpaprPhb
 from .lpar import LparTceOps, setrange, stuff_range
 from .table import IommuTable, iommu_init_table
 
@@ -335,6 +335,5 @@ class PseriesIommu:
 
 def _largest_page_shift(query_page_size: int) -> int:
     """``iommu_get_page_shift``: the largest IO page size the query offers."""
-    from .hv import DDW_PAGE_SHIFTS
     return max((s for i, s in enumerate(DDW_PAGE_SHIFTS) if query_page_size & (1 << i)),
                default=0)

@@ -8,8 +8,8 @@
   and the buffer is a whole, aligned kernel page, below ``mask >> it_page_shift``.
 - ``map_sg``: ``ppc_iommu_map_sg`` with its handle continuation and merging of
   contiguous segments up to ``max_seg_size``; ``-EIO`` undoes what was mapped.
-- ``alloc_coherent``: zeroed pages of ``get_order(size)`` (EINVAL-free NULL above
-  ``IOMAP_MAX_ORDER``), mapped with ``get_iommu_order`` alignment.
+- ``alloc_coherent``: pages of ``get_order(size)`` (nothing from order
+  ``IOMAP_MAX_ORDER`` up), mapped with ``get_iommu_order`` alignment.
 """
 
 from __future__ import annotations
