@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ...devices import DmaDevice
 from ...errors import InvalidArgument, IoError
+from ...mem import get_order
 from .ddw import PseriesDev, PseriesIommu
 from .table import DMA_MAPPING_ERROR, IommuTable
 
@@ -56,6 +57,19 @@ class PseriesDma:
             raise IoError(f"{dev.name}: DMA mask {mask:#x} not supported")
         dev.dma_mask = mask
 
+    def _align_order(self, tbl: IommuTable, phys: int, size: int) -> int:
+        """A whole, aligned kernel page mapped with smaller IO pages keeps its alignment."""
+        if tbl.it_page_shift < self.page_shift and size >= 1 << self.page_shift \
+                and not phys & ((1 << self.page_shift) - 1):
+            return self.page_shift - tbl.it_page_shift
+        return 0
+
+    def _coherent_size(self, size: int) -> tuple[int, int]:
+        """``PAGE_ALIGN(size)`` in kernel pages and the order of 4K frames that holds it."""
+        ps = self.page_shift
+        size = -(-size >> ps) << ps
+        return size, get_order(size)
+
     def _direct(self, dev: DmaDevice, pdev: PseriesDev, phys: int, size: int) -> bool:
         """``dma_map_direct`` / ``arch_dma_map_phys_direct``."""
         if pdev.dma_ops_bypass:
@@ -77,12 +91,9 @@ class PseriesDma:
         if tbl is None:
             return DMA_MAPPING_ERROR
         npages = iommu_num_pages(phys, size, tbl.page_size)
-        align = 0
-        if tbl.it_page_shift < self.page_shift and size >= 1 << self.page_shift \
-                and not phys & ((1 << self.page_shift) - 1):
-            align = self.page_shift - tbl.it_page_shift
         handle = self._alloc(dev, tbl, phys & ~(tbl.page_size - 1), npages, write,
-                             dev.dma_mask >> tbl.it_page_shift, align, cpu)
+                             dev.dma_mask >> tbl.it_page_shift,
+                             self._align_order(tbl, phys, size), cpu)
         if handle == DMA_MAPPING_ERROR:
             return handle
         return handle | (phys & (tbl.page_size - 1))
@@ -144,11 +155,8 @@ class PseriesDma:
                 dma_next = 0
                 continue
             npages = iommu_num_pages(s.phys, s.length, tbl.page_size)
-            align = 0
-            if tbl.it_page_shift < self.page_shift and s.length >= 1 << self.page_shift \
-                    and not s.phys & ((1 << self.page_shift) - 1):
-                align = self.page_shift - tbl.it_page_shift
-            entry = tbl.range_alloc(npages, dev.dma_mask >> tbl.it_page_shift, align,
+            entry = tbl.range_alloc(npages, dev.dma_mask >> tbl.it_page_shift,
+                                    self._align_order(tbl, s.phys, s.length),
                                     cpu=cpu, boundary_pages=self._boundary(dev, tbl),
                                     handle=handle)
             if entry == DMA_MAPPING_ERROR:
@@ -197,35 +205,31 @@ class PseriesDma:
     def alloc_coherent(self, dev: DmaDevice, size: int, cpu: int = 0) -> tuple[int, int]:
         """``iommu_alloc_coherent`` (or dma-direct): (physical address, bus address);
         (0, DMA_MAPPING_ERROR) when it fails, as the kernel returns NULL."""
-        ps = self.page_shift
-        size = -(-size >> ps) << ps
-        order = max(0, (size - 1).bit_length() - ps) if size > 1 << ps else 0
-        if order >= IOMAP_MAX_ORDER:
+        size, frames = self._coherent_size(size)
+        if frames - (self.page_shift - 12) >= IOMAP_MAX_ORDER:  # order in kernel pages
             return 0, DMA_MAPPING_ERROR
         pdev = self._pdev(dev)
-        pfn = self.iommu.mem.alloc_pages(order + ps - 12, site="alloc_coherent")
+        pfn = self.iommu.mem.alloc_pages(frames, site="alloc_coherent")
         phys = pfn << 12
         if self._direct(dev, pdev, phys, size):
             return phys, pdev.dma_offset + phys
         tbl = pdev.table
         if tbl is None:
-            self.iommu.mem.free_pages(pfn, order + ps - 12)
+            self.iommu.mem.free_pages(pfn, frames)
             return 0, DMA_MAPPING_ERROR
         nio = -(-size >> tbl.it_page_shift)
         io_order = ((size - 1) >> tbl.it_page_shift).bit_length()
         mapping = self._alloc(dev, tbl, phys, nio, True,
                               dev.coherent_dma_mask >> tbl.it_page_shift, io_order, cpu)
         if mapping == DMA_MAPPING_ERROR:
-            self.iommu.mem.free_pages(pfn, order + ps - 12)
+            self.iommu.mem.free_pages(pfn, frames)
             return 0, DMA_MAPPING_ERROR
         return phys, mapping | (phys & (tbl.page_size - 1))
 
     def free_coherent(self, dev: DmaDevice, size: int, phys: int, dma_addr: int) -> None:
-        ps = self.page_shift
-        size = -(-size >> ps) << ps
-        order = max(0, (size - 1).bit_length() - ps) if size > 1 << ps else 0
+        size, frames = self._coherent_size(size)
         pdev = self._pdev(dev)
         tbl = pdev.table
         if tbl is not None and not self._is_direct_addr(pdev, dev, dma_addr):
             tbl.free(dma_addr, -(-size >> tbl.it_page_shift))
-        self.iommu.mem.free_pages(phys >> 12, order + ps - 12)
+        self.iommu.mem.free_pages(phys >> 12, frames)

@@ -120,6 +120,9 @@ class HcallStats:
     def count(self, name: str, n: int = 1) -> None:
         self.hcalls[name] = self.hcalls.get(name, 0) + n
 
+    def count_rtas(self, name: str) -> None:
+        self.rtas[name] = self.rtas.get(name, 0) + 1
+
 
 class SpaprPhb:
     """One PHB and its PE's DMA windows, keyed by LIOBN (window 0 is the default one)."""
@@ -210,20 +213,13 @@ class SpaprPhb:
         if liobn not in self.windows:
             self.stats.count("H_PUT_TCE_INDIRECT")
             return H_PARAMETER
-        tbl = self.windows[liobn]
-        n = len(tces)
-        calls = -(-n // TCE_LIST_MAX)
         hit = self._locate(liobn, ioba)
-        room = 0 if hit is None else tbl.nb_table - hit[1]
-        if room >= n:
-            self.stats.count("H_PUT_TCE_INDIRECT", calls)
-            return self._put_run(liobn, ioba, tces)
-        ok_calls = room // TCE_LIST_MAX  # whole calls that fit
-        self.stats.count("H_PUT_TCE_INDIRECT", ok_calls + 1)
-        done = ok_calls * TCE_LIST_MAX
-        self._put_run(liobn, ioba, tces[:done])
-        step = 1 << tbl.page_shift
-        return self._put_run(liobn, ioba + done * step, tces[done:done + TCE_LIST_MAX])
+        room = 0 if hit is None else self.windows[liobn].nb_table - hit[1]
+        # every call fits, or the calls up to the one that runs off the window are made
+        calls = -(-len(tces) // TCE_LIST_MAX) if room >= len(tces) \
+            else room // TCE_LIST_MAX + 1
+        self.stats.count("H_PUT_TCE_INDIRECT", calls)
+        return self._put_run(liobn, ioba, tces[:calls * TCE_LIST_MAX])
 
     def _put_run(self, liobn: int, ioba: int, tces: npt.NDArray[np.uint64]) -> int:
         """Entries in order from ``ioba``: those inside the window are written, the first
@@ -246,7 +242,7 @@ class SpaprPhb:
     def rtas_query(self, cfg_addr: int, buid_hi: int, buid_lo: int) -> list[int]:
         """``ibm,query-pe-dma-window``: [status, avail, largest block (1 or 2 words),
         page sizes, migration]."""
-        self.stats.rtas["query"] = self.stats.rtas.get("query", 0) + 1
+        self.stats.count_rtas("query")
         if not self._pe_ok(buid_hi, buid_lo):
             return [RTAS_PARAM_ERROR]
         o = self.offer
@@ -258,7 +254,7 @@ class SpaprPhb:
     def rtas_create(self, cfg_addr: int, buid_hi: int, buid_lo: int, page_shift: int,
                     window_shift: int) -> list[int]:
         """``ibm,create-pe-dma-window``: [status, liobn, bus address hi, lo]."""
-        self.stats.rtas["create"] = self.stats.rtas.get("create", 0) + 1
+        self.stats.count_rtas("create")
         o = self.offer
         if not self._pe_ok(buid_hi, buid_lo) or page_shift not in o.page_shifts \
                 or window_shift < page_shift:
@@ -277,7 +273,7 @@ class SpaprPhb:
 
     def rtas_remove(self, liobn: int) -> list[int]:
         """``ibm,remove-pe-dma-window``: [status]; the entries go with the window."""
-        self.stats.rtas["remove"] = self.stats.rtas.get("remove", 0) + 1
+        self.stats.count_rtas("remove")
         if self.windows.pop(liobn, None) is None:
             return [RTAS_PARAM_ERROR]
         return [RTAS_SUCCESS]
@@ -285,7 +281,7 @@ class SpaprPhb:
     def rtas_reset(self, cfg_addr: int, buid_hi: int, buid_lo: int,
                    limited: int | None = None) -> list[int]:
         """``ibm,reset-pe-dma-windows``: [status]; the default window restored."""
-        self.stats.rtas["reset"] = self.stats.rtas.get("reset", 0) + 1
+        self.stats.count_rtas("reset")
         if not self._pe_ok(buid_hi, buid_lo) or not self.offer.reset_extension:
             return [RTAS_PARAM_ERROR]
         if limited is not None and not self.offer.limited_addressing:

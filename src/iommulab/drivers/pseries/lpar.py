@@ -54,13 +54,8 @@ class LparTceOps:
         return 0
 
     def clear(self, tbl: IommuTable, index: int, npages: int) -> None:
-        done, rc = 0, 0
-        while done < npages and not rc:
-            limit = min(npages - done, TCE_LIST_MAX)
-            rc = self.phb.h_stuff_tce(tbl.it_index, (index + done) << tbl.it_page_shift, 0,
-                                      limit)
-            done += limit
-        if rc:
+        shift = tbl.it_page_shift
+        if stuff_range(self.phb, tbl.it_index, index << shift, npages, shift):
             self.failures += 1
 
     def get(self, tbl: IommuTable, index: int) -> int:
