@@ -162,7 +162,7 @@ class Machine:
         if bdf in self.devices:
             raise ValueError(f"{bdf} is already on the bus")
         if self.pseries is not None:
-            return self._add_pseries_device(bdf, driver, parse_size(bar0_size), ddw)
+            return self._add_pseries_device(bdf, driver, bar0_size, ddw)
         if ddw is not None:
             raise ValueError(f"{self.platform}: ddw= is for ppc64-pseries devices")
         translator = self.translator
@@ -171,12 +171,7 @@ class Machine:
             if not 0 <= iommu_unit < len(units):
                 raise ValueError(f"iommu_unit {iommu_unit}: the machine has {len(units)}")
             translator = units[iommu_unit]
-        size = parse_size(bar0_size)
-        if size < 4096 or size & (size - 1):
-            raise ValueError(f"bar0_size {size:#x} must be a power of two of at least 4K")
-        bar = -(-self._next_bar // size) * size
-        self.mem.add_mmio(bar, size, f"{bdf} BAR0")
-        self._next_bar = bar + size
+        bar, size = self._place_bar0(bdf, bar0_size)
         dev = PciDevice(self, bdf, driver, bar, size, translator)
         dev.snoop = snoop
         if not snoop:
@@ -187,13 +182,22 @@ class Machine:
         self.devices[bdf] = dev
         return dev
 
-    def _add_pseries_device(self, bdf: str, driver: str, size: int, offer: Any) -> PciDevice:
-        from .drivers.pseries import SpaprPhb
-        phb = SpaprPhb(self.mem, offer, buid=0x800000020000000 + len(self.devices),
-                       liobn_base=0x80000000 + 0x100 * len(self.devices))
+    def _place_bar0(self, bdf: str, bar0_size: int | str) -> tuple[int, int]:
+        """BAR 0 of ``bdf``: naturally aligned at the next free MMIO address."""
+        size = parse_size(bar0_size)
+        if size < 4096 or size & (size - 1):
+            raise ValueError(f"bar0_size {size:#x} must be a power of two of at least 4K")
         bar = -(-self._next_bar // size) * size
         self.mem.add_mmio(bar, size, f"{bdf} BAR0")
         self._next_bar = bar + size
+        return bar, size
+
+    def _add_pseries_device(self, bdf: str, driver: str, bar0_size: int | str,
+                            offer: Any) -> PciDevice:
+        from .drivers.pseries import SpaprPhb
+        bar, size = self._place_bar0(bdf, bar0_size)
+        phb = SpaprPhb(self.mem, offer, buid=0x800000020000000 + len(self.devices),
+                       liobn_base=0x80000000 + 0x100 * len(self.devices))
         dev = PciDevice(self, bdf, driver, bar, size, phb)
         self.pseries.probe(dev, phb)
         self.devices[bdf] = dev

@@ -212,3 +212,10 @@ def test_no_vfio_on_pseries() -> None:
     with pytest.raises(OSError) as e:
         p.open("/dev/vfio/vfio")
     assert e.value.errno == errno.ENODEV
+
+
+def test_bar_size_is_checked_as_on_other_platforms() -> None:
+    m = Machine("ppc64-pseries", ram="1G")
+    with pytest.raises(ValueError, match="power of two"):
+        m.add_pci_device("0000:00:01.0", bar0_size=3000)
+    assert not m.devices and not m.pseries.devs
