@@ -17,9 +17,9 @@ def test_demo_prints_iopte_sizes_and_table_memory(capsys: pytest.CaptureFixture[
     assert "(seed 3)" in out
     for needle in ("IOPTE size", "1G", "2M", "4K", "table memory:", "level 3: page",
                    "VFIO type1 on x86-vtd", "hugetlb-1G", "iommu_map calls",
-                   "live migration", "split 4K: resent", "blocks split when tracking started",
-                   "BBM level 0", "transient faults", "stale pages", "exposed B/map",
-                   "cache flush policy", "unflushed unpins", "Fewest pages flushed"):
+                   "live migration", "split BBM0", "transient faults", "stale pages",
+                   "exposed B/map", "MSI writes by domain set-up", "cache flush policy",
+                   "unflushed unpins", "Fewest pages flushed", "window chosen by RAM size"):
         assert needle in out
 
 

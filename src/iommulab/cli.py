@@ -1,21 +1,23 @@
-"""The ``iommulab`` command."""
+"""The ``iommulab`` command: ``demo``, ``run SCENARIO``, ``replay TRACE``, ``inspect STATE``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .inspect import BadState, load_states, page_table_tree, render_address_space
+from .machine import PLATFORMS
 from .report import format_size, format_table
-from .workload.bbm_window import BbmWindowResult, run_bbm_window
-from .workload.ddw import DEMO_CASES, DdwResult, run_ddw
-from .workload.guest_ram import BACKINGS as GUEST_BACKINGS
-from .workload.guest_ram import GUEST_RAM, GUEST_SECTIONS, GuestRamResult, run_guest_ram
-from .workload.migration import MigrationResult, run_migration
-from .workload.noncoherent import NoncoherentResult, compare_flush_policies
+from .report.html import render_html
+from .report.json_report import report_document
+from .report.scenario_text import render_text
+from .scenarios import SCENARIOS, Progress, ScenarioResult, UsageError, run_scenario
+from .trace import REPLAY_PLATFORMS, TraceError, parse_trace_file, replay
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
-from .workload.streaming import StreamingResult, run_streaming
 
 __all__ = ["main"]
 
@@ -49,151 +51,189 @@ def _render_tour(r: TourResult) -> str:
     return "\n".join(out)
 
 
-def _exact_size(n: int) -> str:
-    """``n`` in the largest binary unit that divides it (no rounding)."""
-    for shift, unit in ((30, "G"), (20, "M"), (10, "K")):
-        if n and not n % (1 << shift):
-            return f"{n >> shift}{unit}"
-    return str(n)
+class FileError(Exception):
+    """A file the command cannot use: exit status 3, with a one-line message."""
 
 
-def _render_guest_ram(results: list[GuestRamResult]) -> str:
-    sections = ", ".join(f"[{gpa:#x}, {gpa + n:#x})" for gpa, _, n in GUEST_SECTIONS)
-    out = [f"VFIO type1 on x86-vtd: a q35 guest's {format_size(GUEST_RAM)} of RAM, mapped "
-           "with one MAP_DMA per section", f"{sections},", "from one host buffer of each "
-           "backing:"]
-    sizes = sorted({s for r in results for s in r.report.iopte_bytes[0]})
-    rows: list[list[object]] = [
-        [f"{format_size(s)} IOPTEs", *(_exact_size(r.report.iopte_bytes[0].get(s, 0))
-                                       for r in results)] for s in sizes]
-    rows.append(["iommu_map calls", *(r.report.iommu_map_calls for r in results)])
-    rows.append(["pinned = locked_vm", *(_exact_size(r.report.locked_vm * 4096)
-                                         for r in results)])
-    out.append(format_table(["bytes mapped at", *(r.backing for r in results)], rows))
-    out.append("fragmented: THP asked for, but every free 2M region of the host holds a "
-               "used 4K frame.")
-    return "\n".join(out)
+#: exit statuses
+EXIT_OK, EXIT_DISAGREE, EXIT_USAGE, EXIT_BAD_FILE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
 
-def _render_migration(runs: dict[str, MigrationResult]) -> str:
-    up, split, fix = runs["upstream"], runs["split"], runs["sync_fix"]
-    out = [f"live migration through the SMMUv3 model: {format_size(up.guest_ram)} of guest "
-           f"RAM on 2M blocks, a device writing each round (seed {up.seed})", ""]
-    rows = []
-    for n, (a, b, c) in enumerate(zip(up.rounds, split.rounds, fix.rounds, strict=True)):
-        rows.append([n + 1, format_size(a.written_pages * 4096),
-                     format_size(a.reported_pages * 4096), a.missed_pages,
-                     format_size(b.reported_pages * 4096), b.missed_pages,
-                     format_size(c.reported_pages * 4096), c.missed_pages])
-    rows.append(["total", format_size(sum(r.written_pages for r in up.rounds) * 4096),
-                 format_size(up.reported_bytes), up.missed_pages,
-                 format_size(split.reported_bytes), split.missed_pages,
-                 format_size(fix.reported_bytes), fix.missed_pages])
-    out.append(format_table(
-        ["round", "written", "2M: resent", "missed", "split 4K: resent", "missed",
-         "+sync fix: resent", "missed"], rows))
-    out.append("")
-    out.append(f"split/merge: {split.blocks_split} blocks split when tracking started, "
-               f"{split.blocks_merged} merged back when it stopped")
-    out.append("written: 4K pages the device wrote (ground truth); resent: pages the dirty "
-               "bitmap reported;")
-    out.append("missed: written but not reported. The model's IOTLB keeps the dirty state of "
-               "entries it wrote")
-    out.append("through (the architecture allows it) and Linux 7.0's arm_smmu_iotlb_sync "
-               "skips a gather with no")
-    out.append("page size, so read_and_clear_dirty never invalidates them; the lab's sync fix "
-               "does.")
-    return "\n".join(out)
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise FileError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
-def _render_bbm(results: list[BbmWindowResult]) -> str:
-    r0 = results[0]
-    out = [f"a device stream over every 4K page of {format_size(r0.guest_ram)} while its 2M "
-           f"blocks are split and merged,", f"{r0.accesses} accesses at each BBM level:"]
-    rows = [[f"BBM level {r.bbm_level}", r.faults, r.wrong,
-             f"{r.events} (+{r.events_lost} lost)" if r.events_lost else r.events]
-            for r in results]
-    out.append(format_table(["", "transient faults", "wrong address", "fault events"], rows))
-    return "\n".join(out)
+def _emit(results: list[ScenarioResult], args: argparse.Namespace) -> None:
+    """Print ``results`` and write the files the options ask for."""
+    print("\n\n".join(render_text(r) for r in results))
+    if getattr(args, "json", None):
+        docs = [report_document(r) for r in results]
+        _write(args.json, json.dumps(docs[0] if len(docs) == 1 else docs, indent=1) + "\n")
+    if getattr(args, "html", None):
+        _write(args.html, render_html(results))
+    if getattr(args, "save_state", None):
+        states = {f"{r.name or r.scenario}/{k}": v for r in results for k, v in r.states.items()}
+        if not states:
+            raise FileError(f"{args.save_state}: the run kept no domain state to save")
+        _write(args.save_state, json.dumps({"states": states}) + "\n")
 
 
-def _render_streaming(results: list[StreamingResult]) -> str:
-    r0 = results[0]
-    out = [f"a NIC streaming {r0.packets} receive buffers of {r0.buffer_size} bytes through "
-           "the DMA API and the SMMUv3:"]
-    rows = [[r.mode, r.iotlb_syncs, r.flush_all, r.tlbi_commands, r.cmd_syncs,
-             r.stale_pages_max, f"{r.stale_ns_max / 1000:.0f} us",
-             f"{r.stale_ns_mean / 1000:.0f} us", r.exposed_bytes // r.packets]
-            for r in results]
-    out.append(format_table(
-        ["mode", "range syncs", "flush-all", "TLBI cmds", "CMD_SYNC", "stale pages",
-         "stale max", "stale mean", "exposed B/map"], rows))
-    out.append("stale: unmapped IOVAs the device could still read (stale IOTLB entries), "
-               "and for how long after")
-    out.append("dma_unmap_page returned; exposed: bytes of each mapped page beyond the buffer "
-               "the device could read.")
-    return "\n".join(out)
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress(sys.stderr if sys.stderr.isatty() and not args.no_progress else None)
 
 
-def _render_noncoherent(results: list[NoncoherentResult]) -> str:
-    out = ["iommufd with a GPU that does not snoop (two non-coherent HWPTs, one coherent): "
-           "the same VMM workload under each cache flush policy"]
-    rows = [[r.policy, r.stale_reads, r.unflushed_unpins, r.flush_calls, r.flush_pages,
-             ", ".join(f"{k} {v}" for k, v in sorted(r.flush_pages_by_point.items())) or "-"]
-            for r in results]
-    out.append(format_table(["policy", "stale reads", "unflushed unpins", "flushes",
-                             "pages flushed", "by point"], rows, "lrrrrl"))
-    safe = [r for r in results if r.policy != "none"]
-    best = min(safe, key=lambda r: r.flush_pages)
-    out.append(f"none is mainline. Fewest pages flushed with no stale read and no unflushed "
-               f"unpin: {best.policy} ({best.flush_pages} pages).")
-    return "\n".join(out)
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.list or not args.scenario:
+        if not args.list:
+            raise UsageError("run: name a scenario (iommulab run --list shows them)")
+        print("\n\n".join(s.describe() for s in SCENARIOS.values()))
+        return EXIT_OK
+    result = run_scenario(args.scenario, platform=args.platform, settings=tuple(args.set),
+                          seed=args.seed, quick=args.quick, progress=_progress(args),
+                          save_states=bool(args.save_state))
+    _emit([result], args)
+    return EXIT_OK
 
 
-def _render_ddw(results: list[DdwResult]) -> str:
-    out = ["ppc64-pseries: a driver maps a buffer under a 32-bit mask, then asks for 64 bits "
-           "(enable_ddw on each hypervisor offer)"]
-    rows = [[r.case.name, r.mode, r.window, f"{r.dma_before:#x}", f"{r.dma_after:#x}",
-             " ".join(f"{k} {v}" for k, v in sorted(r.rtas.items())),
-             r.hcalls.get("H_PUT_TCE_INDIRECT", 0), "yes" if r.dma_ok else "NO"]
-            for r in results]
-    out.append(format_table(["offer", "result", "64-bit window", "bus addr (32)",
-                             "bus addr (64)", "RTAS calls", "indirect hcalls", "DMA ok"],
-                            rows, "lllrrlrl"))
-    refused = [line for r in results for line in r.log if "in use" in line]
-    if refused:
-        out.append(f"Refused with the default table in use: \"{refused[0]}\" "
-                   "(the 32-bit mapping keeps working).")
-    return "\n".join(out)
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(_render_tour(run_pgtable_tour(seed=args.seed)))
+    results = []
+    for name in SCENARIOS:
+        print()
+        r = run_scenario(name, seed=args.seed, quick=True, progress=_progress(args))
+        print(render_text(r))
+        results.append(r)
+    if args.html:
+        _write(args.html, render_html(results, "iommulab demo"))
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        trace = parse_trace_file(args.trace, strict=args.strict)
+    except TraceError as e:
+        raise FileError(str(e)) from None
+    result = replay(trace, platform=args.platform, strict_invalidation=not args.lazy,
+                    address_width=args.address_width, save_states=bool(args.save_state),
+                    progress=_progress(args))
+    _emit([result], args)
+    if args.check and result.details.get("disagreements"):
+        return EXIT_DISAGREE
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        views = load_states(args.state)
+        if args.domain is not None:
+            if args.domain not in views:
+                raise UsageError(f"{args.state}: no domain {args.domain!r} (domains: "
+                                 f"{', '.join(views)})")
+            views = {args.domain: views[args.domain]}
+        out = []
+        for name, view in views.items():
+            if not args.map_only:
+                out.append(page_table_tree(view, max_lines=args.max_lines, iova=args.iova))
+            if not args.tree_only:
+                out.append(f"{name}: address space\n"
+                           + render_address_space(view, holes=args.holes))
+    except BadState as e:
+        raise FileError(str(e)) from None
+    print("\n\n".join(out))
+    return EXIT_OK
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iommulab", description=(
+        "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
+        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
+        "4 internal error."))
+    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def outputs(p: argparse.ArgumentParser, save: str) -> None:
+        p.add_argument("--json", metavar="FILE", help="write the report as JSON "
+                       "(schema iommulab.report, version 1)")
+        p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
+                       "with plots")
+        p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser("demo", help="a quick tour: one paging domain walked, then every "
+                          "scenario in --quick mode")
+    demo.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
+    demo.add_argument("--html", metavar="FILE", help="also write the HTML report")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    run = sub.add_parser("run", help="run a built-in scenario")
+    run.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
+    run.add_argument("--list", action="store_true", help="list scenarios and parameters")
+    run.add_argument("--platform", choices=sorted(PLATFORMS), help="default: the "
+                     "scenario's first platform")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a scenario parameter (repeatable)")
+    run.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
+    run.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    outputs(run, "the domains' page tables")
+
+    rep = sub.add_parser("replay", help="replay an ftrace text trace of iommu and dma events")
+    rep.add_argument("trace", help="ftrace text output (/sys/kernel/tracing/trace, a "
+                     "trace_event= boot log or a pasted excerpt)")
+    rep.add_argument("--platform", choices=REPLAY_PLATFORMS, default="x86-vtd")
+    rep.add_argument("--address-width", type=_int, default=48, help="IOVA bits of the "
+                     "replayed domains (VT-d: 39 or 48; default 48)")
+    rep.add_argument("--lazy", action="store_true", help="replay with lazy invalidation "
+                     "(default strict, as iommu.strict=1)")
+    rep.add_argument("--strict", action="store_true", help="stop at the first line that "
+                     "cannot be parsed (exit 3)")
+    rep.add_argument("--check", action="store_true", help="exit 1 when the model disagrees "
+                     "with the trace")
+    outputs(rep, "each replayed domain's page table")
+
+    ins = sub.add_parser("inspect", help="a saved domain state as a page-table tree and an "
+                         "address-space map")
+    ins.add_argument("state", help="a file written by --save-state")
+    ins.add_argument("--domain", help="only this domain (default: all)")
+    ins.add_argument("--iova", type=_int, help="only the walk to this address")
+    ins.add_argument("--max-lines", type=_int, default=200, help="tree lines per domain")
+    ins.add_argument("--holes", action="store_true", help="list unmapped holes too")
+    view = ins.add_mutually_exclusive_group()
+    view.add_argument("--tree-only", action="store_true")
+    view.add_argument("--map-only", action="store_true")
+    return parser
+
+
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "replay": _cmd_replay, "inspect": _cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iommulab", description=(
-        "An executable, faithful model of the Linux IOMMU stack."))
-    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="map a few GiB with mixed page sizes, guest RAM "
-                          "through VFIO under THP, hugetlb and fragmented backing, a short "
-                          "migration with dirty tracking, streaming DMA strict vs lazy, "
-                          "cache flush policies for non-coherent DMA, pSeries dynamic DMA windows")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the fragmentation")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        print(_render_tour(run_pgtable_tour(seed=args.seed)))
-        print()
-        print(_render_guest_ram([run_guest_ram(b, seed=args.seed) for b in GUEST_BACKINGS]))
-        print()
-        print(_render_migration({mode: run_migration(mode, seed=args.seed)
-                                 for mode in ("upstream", "split", "sync_fix")}))
-        print()
-        print(_render_bbm([run_bbm_window(level, guest_ram=32 << 20) for level in (0, 1, 2)]))
-        print()
-        print(_render_streaming([run_streaming(mode) for mode in ("strict", "lazy")]))
-        print()
-        print(_render_noncoherent(compare_flush_policies()))
-        print()
-        print(_render_ddw([run_ddw(c) for c in DEMO_CASES]))
-    return 0
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 on bad usage
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"iommulab {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileError as e:
+        print(f"iommulab {args.command}: {e}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    except Exception as e:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("IOMMULAB_DEBUG"):
+            raise
+        print(f"iommulab {args.command}: internal error: {type(e).__name__}: {e} "
+              "(IOMMULAB_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

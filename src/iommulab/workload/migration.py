@@ -51,6 +51,7 @@ class MigrationResult:
     blocks_merged: int = 0
     tlbi_commands: int = 0
     frames_left: int = -1  # frames still allocated after teardown (0: nothing leaked)
+    state: dict[str, object] | None = None  # the domain before tracking stopped, if asked
 
     @property
     def reported_bytes(self) -> int:
@@ -62,9 +63,11 @@ class MigrationResult:
 
 
 def run_migration(mode: str = "upstream", *, guest_ram: int = 256 << 20, rounds: int = 4,
-                  writes_per_round: int = 300, seed: int = 0,
-                  config: SmmuV3Config | None = None) -> MigrationResult:
-    """Run ``rounds`` dirty-tracking rounds of a device writing into guest RAM."""
+                  writes_per_round: int = 300, seed: int = 0, bbm_level: int | None = None,
+                  config: SmmuV3Config | None = None, save_state: bool = False
+                  ) -> MigrationResult:
+    """Run ``rounds`` dirty-tracking rounds of a device writing into guest RAM; ``bbm_level``
+    is the break-before-make level of the split and merge (None: the highest supported)."""
     if mode not in ("upstream", "split", "sync_fix"):
         raise ValueError(f"mode must be upstream, split or sync_fix, not {mode!r}")
     if guest_ram % SZ_2M or guest_ram <= 0:
@@ -89,7 +92,7 @@ def run_migration(mode: str = "upstream", *, guest_ram: int = 256 << 20, rounds:
 
     domain.read_and_clear_dirty(GUEST_IOVA, guest_ram)  # iommufd clears before enabling
     result.blocks_split = domain.set_dirty_tracking(
-        True, granule=SZ_4K if mode != "upstream" else None)
+        True, granule=SZ_4K if mode != "upstream" else None, bbm_level=bbm_level)
     for _ in range(rounds):
         written: set[int] = set()
         nbytes = 0
@@ -107,7 +110,10 @@ def run_migration(mode: str = "upstream", *, guest_ram: int = 256 << 20, rounds:
         reported = {i for i in written if bitmap.is_set(GUEST_IOVA + i * SZ_4K)}
         result.rounds.append(MigrationRound(len(written), nbytes, bitmap.count(),
                                             len(written) - len(reported)))
-    result.blocks_merged = domain.set_dirty_tracking(False)
+    if save_state:
+        from ..inspect import save_domain
+        result.state = save_domain(domain, name=f"{mode} while tracking")
+    result.blocks_merged = domain.set_dirty_tracking(False, bbm_level=bbm_level)
     result.tlbi_commands = sum(v for k, v in hw.stats.commands.items()
                                if k.startswith("TLBI")) - commands_before
 

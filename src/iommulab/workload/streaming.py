@@ -46,6 +46,8 @@ class StreamingResult:
     exposed_bytes: int  # bytes beyond the buffers the device could read
     iova_rcache_hits: int
     iova_tree_allocs: int
+    iotlb_lookups: int
+    iotlb_hits: int
 
 
 def _probe(dev: DmaDevice, stale: dict[int, int], windows: list[int], now: int) -> int:
@@ -116,7 +118,8 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
         sum(n for name, n in cmds.items() if name.startswith("TLBI")), cmds["CMD_SYNC"],
         stale_max, stale_reads, max(windows, default=0),
         sum(windows) / len(windows) if windows else 0.0, exposed,
-        cookie.iovad.stats.rcache_hits, cookie.iovad.stats.tree_allocs)
+        cookie.iovad.stats.rcache_hits, cookie.iovad.stats.tree_allocs,
+        hw.iotlb.stats.lookups, hw.iotlb.stats.hits)
     core.release_device(nic)
     smmu.remove()
     mem.free_pages(base >> 12, 6)

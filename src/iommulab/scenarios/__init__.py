@@ -1,0 +1,57 @@
+"""Built-in scenarios of ``iommulab run`` (lab): one small module each."""
+
+from __future__ import annotations
+
+from . import ddw, migration_dirty, msi_doorbell, noncoherent_flush, streaming_dma, vfio_hugepages
+from .base import (
+    Param,
+    Plot,
+    Progress,
+    RunContext,
+    Scenario,
+    ScenarioResult,
+    Table,
+    UsageError,
+    parse_params,
+)
+
+__all__ = [
+    "SCENARIOS",
+    "Param",
+    "Plot",
+    "Progress",
+    "RunContext",
+    "Scenario",
+    "ScenarioResult",
+    "Table",
+    "UsageError",
+    "parse_params",
+    "run_scenario",
+]
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    vfio_hugepages.SCENARIO, migration_dirty.SCENARIO, msi_doorbell.SCENARIO,
+    streaming_dma.SCENARIO, noncoherent_flush.SCENARIO, ddw.SCENARIO)}
+
+
+def run_scenario(name: str, *, platform: str | None = None, settings: tuple[str, ...] = (),
+                 seed: int = 0, quick: bool = False, progress: Progress | None = None,
+                 save_states: bool = False) -> ScenarioResult:
+    """Run scenario ``name``: ``settings`` are ``key=value`` strings, ``platform`` one of
+    the scenario's (default: its first). Raises :class:`UsageError` for bad names."""
+    import time
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        raise UsageError(f"no scenario {name!r} (scenarios: {', '.join(SCENARIOS)})")
+    platform = platform or scenario.platforms[0]
+    if platform not in scenario.platforms:
+        raise UsageError(f"{name} runs on {', '.join(scenario.platforms)}, not {platform}")
+    params = parse_params(scenario.params, settings, quick)
+    ctx = RunContext(params, seed, platform, quick, progress or Progress(), save_states)
+    start = time.perf_counter()
+    try:
+        result = scenario.run(ctx)
+    finally:
+        ctx.progress.close()
+    result.host["wall_seconds"] = round(time.perf_counter() - start, 3)
+    return result

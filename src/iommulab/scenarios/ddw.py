@@ -1,0 +1,76 @@
+"""ddw: pSeries dynamic DMA window choices for several RAM sizes and hypervisor offers.
+
+On ppc64-pseries each device's PE gets a hypervisor offer (windows, largest block,
+page sizes). A driver maps a buffer under a 32-bit mask, asks for 64 bits, and
+``enable_ddw`` decides: a direct window covering all RAM (the device bypasses the
+TCE allocator), a dynamic window of TCEs mapped on demand, or a refusal that
+keeps the default 32-bit window (:mod:`iommulab.workload.ddw`).
+
+Offers (``offers``): ``qemu`` (QEMU's spapr-pci-host-bridge: two windows, 4K and
+64K pages, a largest block of 2^31 TCEs), ``one-window`` (the default window must
+be removed first; its table is idle), ``one-window-in-use`` (the driver keeps its
+32-bit mapping, so the table is in use and the kernel refuses), ``small-block``
+(a largest block of 2^15 TCEs), ``16M-pages`` (4K, 64K and 16M pages).
+
+Parameters: ``rams`` (guest RAM sizes), ``offers``.
+"""
+
+from __future__ import annotations
+
+from ..drivers.pseries import DdwOffer
+from ..report import format_size
+from ..workload.ddw import DdwCase, run_ddw
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, first_paragraph
+
+#: offer name -> (offer, the driver keeps its 32-bit mapping)
+OFFERS: dict[str, tuple[DdwOffer, bool]] = {
+    "qemu": (DdwOffer(), False),
+    "one-window": (DdwOffer(max_windows=1), False),
+    "one-window-in-use": (DdwOffer(max_windows=1), True),
+    "small-block": (DdwOffer(largest_block=1 << 15), False),
+    "16M-pages": (DdwOffer(page_shifts=(12, 16, 24)), False),
+}
+
+PARAMS = (
+    Param("rams", "size", (8 << 30, 64 << 30, 1 << 40), "guest RAM sizes", quick=(8 << 30,),
+          many=True, minimum=1 << 30),
+    Param("offers", "str", tuple(OFFERS), "hypervisor offers", many=True,
+          choices=tuple(OFFERS)),
+)
+
+
+def run(ctx: RunContext) -> ScenarioResult:
+    p = ctx.params
+    res = SCENARIO.result(ctx, "ppc64-pseries: a driver maps under a 32-bit mask, then asks "
+                               "for 64 bits (enable_ddw on each hypervisor offer)")
+    cases = [(ram, name) for ram in p["rams"] for name in p["offers"]]
+    rows: list[list[object]] = []
+    indirect: list[float] = []
+    for n, (ram, name) in enumerate(cases):
+        ctx.progress(n, len(cases), f"{format_size(ram)} {name}")
+        offer, keep = OFFERS[name]
+        r = run_ddw(DdwCase(name, str(ram), offer, keep_mapping=keep))
+        rows.append([format_size(ram), name, r.mode, r.window, f"{r.dma_before:#x}",
+                     f"{r.dma_after:#x}", " ".join(f"{k} {v}" for k, v in sorted(r.rtas.items())),
+                     r.hcalls.get("H_PUT_TCE_INDIRECT", 0), "yes" if r.dma_ok else "NO"])
+        indirect.append(float(r.hcalls.get("H_PUT_TCE_INDIRECT", 0)))
+        key = f"{format_size(ram)}.{name}"
+        res.headline[f"{key}.mode"] = r.mode
+        res.headline[f"{key}.dma_ok"] = int(r.dma_ok)
+        res.headline[f"{key}.put_tce_indirect"] = r.hcalls.get("H_PUT_TCE_INDIRECT", 0)
+        refused = [line for line in r.log if "in use" in line]
+        if refused and not any("Refused" in note for note in res.notes):
+            res.notes.append(f"Refused with the default table in use: \"{refused[0]}\" "
+                             "(the 32-bit mapping keeps working).")
+    ctx.progress(len(cases), len(cases))
+    res.tables.append(Table("window chosen by RAM size and offer", [
+        "RAM", "offer", "result", "64-bit window", "bus addr (32)", "bus addr (64)",
+        "RTAS calls", "indirect hcalls", "DMA ok"], rows, "rlllrrlrl"))
+    res.plots.append(Plot("H_PUT_TCE_INDIRECT calls to set the window up", "hcalls",
+                          [f"{row[0]} {row[1]}" for row in rows],
+                          {"H_PUT_TCE_INDIRECT": indirect}))
+    return res
+
+
+SCENARIO = Scenario("ddw", first_paragraph(__doc__).split(": ", 1)[1], __doc__ or "", PARAMS,
+                    ("ppc64-pseries",), run)
