@@ -1,12 +1,15 @@
 """The iommulab command and the text report helpers."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from iommulab.cli import main
 from iommulab.report import format_size, format_table
+from iommulab.scenarios import SCENARIOS, RunContext, Scenario, ScenarioResult
 from iommulab.workload.guest_ram import run_guest_ram
 from iommulab.workload.pgtable_tour import run_pgtable_tour
 
@@ -72,3 +75,81 @@ def test_format_size(n: int, text: str) -> None:
 def test_format_table() -> None:
     text = format_table(["size", "n"], [["4K", 12], ["1G", 3]])
     assert text.splitlines() == ["size   n", "----  --", "4K    12", "1G     3"]
+
+
+FIXTURES = Path(__file__).parent / "trace" / "fixtures"
+
+
+def test_run_writes_json_html_and_a_state_inspect_reads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "html", "state")}
+    assert main(["run", "vfio-hugepages", "--quick", "--set", "backings=hugetlb-1G",
+                 "--json", str(out["json"]), "--html", str(out["html"]),
+                 "--save-state", str(out["state"])]) == 0
+    text = capsys.readouterr().out
+    assert "1G IOPTEs" in text and "backings=hugetlb-1G" in text
+    doc = json.loads(out["json"].read_text())
+    assert doc["schema"] == "iommulab.report" and doc["version"] == 1
+    assert doc["headline"]["hugetlb-1G.iopte_1G"] == 2
+    assert out["html"].read_text().startswith("<!DOCTYPE html>")
+    assert main(["inspect", str(out["state"]), "--map-only"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("1 x 1G -> pa") == 2 and "reserved: MSI" in shown
+    assert main(["inspect", str(out["state"]), "--iova", "0x1000", "--tree-only"]) == 0
+    assert "page" in capsys.readouterr().out
+    assert main(["inspect", str(out["state"]), "--domain", "nope"]) == 2
+
+
+def test_replay_reports_disagreements_and_check_sets_the_status(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    trace = str(FIXTURES / "ath12k_use_after_unmap.txt")
+    assert main(["replay", trace, "--check"]) == 0
+    assert main(["replay", trace, "--lazy", "--check", "--json",
+                 str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    assert "fault the model misses" in out and "not an ftrace record" in out
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["kind"] == "replay" and doc["details"]["unparsed"][0]["line"] == 23
+
+
+@pytest.mark.parametrize(("argv", "status", "message"), [
+    (["run", "nope"], 2, "iommulab run: no scenario 'nope'"),
+    (["run"], 2, "iommulab run: name a scenario"),
+    (["run", "ddw", "--set", "offers=x"], 2, "'x' is not one of"),
+    (["replay", "missing.txt"], 3, "iommulab replay: missing.txt: cannot read"),
+    (["replay", str(FIXTURES / "malformed.txt"), "--strict"], 3, "malformed.txt:3: map:"),
+    (["replay", str(FIXTURES / "ath12k_use_after_unmap.txt"), "--address-width", "40"], 2,
+     "--address-width 40"),
+    (["inspect", str(FIXTURES / "malformed.txt")], 3, "malformed.txt:1: not JSON"),
+])
+def test_exit_statuses_and_one_line_messages(argv: list[str], status: int, message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_argparse_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", "ddw", "--seed", "x"])
+    assert e.value.code == 2
+
+
+def test_an_internal_error_is_one_line_and_status_4(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(ctx: RunContext) -> ScenarioResult:
+        raise RuntimeError("model bug")
+
+    bad = Scenario("broken", "always fails", "", (), ("x86-vtd",), broken)
+    monkeypatch.setitem(SCENARIOS, "broken", bad)
+    assert main(["run", "broken"]) == 4
+    assert capsys.readouterr().err == ("iommulab run: internal error: RuntimeError: model bug "
+                                       "(IOMMULAB_DEBUG=1 shows the traceback)\n")
+
+
+def test_run_list_shows_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in SCENARIOS:
+        assert f"{name}: " in out
+    assert "guest_ram=8G; --quick: 3G" in out

@@ -89,7 +89,7 @@ def _progress(args: argparse.Namespace) -> Progress:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.list or not args.scenario:
         if not args.list:
-            raise UsageError("run: name a scenario (iommulab run --list shows them)")
+            raise UsageError("name a scenario (iommulab run --list shows them)")
         print("\n\n".join(s.describe() for s in SCENARIOS.values()))
         return EXIT_OK
     result = run_scenario(args.scenario, platform=args.platform, settings=tuple(args.set),

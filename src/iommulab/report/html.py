@@ -23,6 +23,8 @@ __all__ = ["SERIES_COLOURS", "render_html", "svg_bar_chart"]
 SERIES_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00",
                   "#f0e442", "#000000")
 
+_LEGEND_STEP = 140  # pixels per legend entry
+
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; }
@@ -61,8 +63,11 @@ def _tick_label(v: float) -> str:
 
 def svg_bar_chart(plot: Plot, width: int = 760, height: int = 300) -> str:
     """``plot`` as an SVG grouped bar chart (one colour per series, a legend on top)."""
-    left, right, top, bottom = 60, 10, 40, 70
-    w, h = width - left - right, height - top - bottom
+    per_row = max(1, (width - 60) // _LEGEND_STEP)
+    legend_rows = -(-max(len(plot.series), 1) // per_row)
+    left, right, top, bottom = 60, 10, 22 + 18 * legend_rows, 70
+    w, h = width - left - right, height + 18 * legend_rows - top - bottom
+    height += 18 * legend_rows
     values = [v for vals in plot.series.values() for v in vals]
     peak = max(values, default=0.0)
     ticks = _ticks(peak, plot.log)
@@ -98,9 +103,10 @@ def svg_bar_chart(plot: Plot, width: int = 760, height: int = 300) -> str:
             parts.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar - 1:.1f}" '
                          f'height="{top + h - y:.1f}" fill="{colour}"><title>'
                          f'{_esc(name)} / {_esc(plot.categories[c])}: {v:g}</title></rect>')
-        lx = left + s * 150
-        parts.append(f'<rect x="{lx}" y="8" width="12" height="12" fill="{colour}"/>'
-                     f'<text x="{lx + 16}" y="18">{_esc(name)}</text>')
+        lx = left + (s % per_row) * _LEGEND_STEP
+        ly = 8 + 18 * (s // per_row)
+        parts.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colour}"/>'
+                     f'<text x="{lx + 16}" y="{ly + 10}">{_esc(name)}</text>')
     parts.append(f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" '
                  'stroke="#333"/>')
     for c, cat in enumerate(plot.categories):
