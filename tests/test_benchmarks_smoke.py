@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_vfio.py", ["--gib", "1", "--frag-gib", "1"], 7),
     ("bench_iommufd.py", ["--gib", "1"], 4),
     ("bench_pseries.py", ["--pairs", "300", "--ram", "4G"], 2),
+    ("bench_replay.py", ["--packets", "500"], 2),
 ])
 def test_benchmark_smoke(script: str, args: list[str], lines: int) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,

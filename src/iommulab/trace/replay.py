@@ -20,13 +20,14 @@ replayed in a stream of its task and reported as not attributed to a device
 Disagreements reported: a map the model refuses (its errno), an
 ``unmapped_size`` other than the model's, a fault the trace shows where the
 model has a live translation, or one the model would not raise because the
-IOVA sits in the lazy flush queue (``--lazy``), and a device access (a sync or
-an unmap through the DMA API) to an IOVA the trace unmapped before and did
-not map again, where the model predicts a fault the trace does not show.
+IOVA sits in the lazy flush queue (``--lazy``), and a sync through the DMA API
+on an IOVA the trace unmapped before and did not map again, where the model
+predicts a fault the trace does not show.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,9 +54,9 @@ _MAP_DMA = {"dma_map_page", "dma_map_resource", "dma_map_phys", "dma_alloc", "dm
             "dma_alloc_sgt", "dma_map_sg"}
 _UNMAP_DMA = {"dma_unmap_page", "dma_unmap_resource", "dma_unmap_phys", "dma_free",
               "dma_free_pages", "dma_free_sgt"}
+# calls that need the device's mapping live (dma_unmap_* is traced after the unmap)
 _ACCESS_DMA = {"dma_sync_single_for_cpu", "dma_sync_single_for_device", "dma_sync_sg_for_cpu",
-               "dma_sync_sg_for_device", "dma_unmap_page", "dma_unmap_phys",
-               "dma_unmap_resource"}
+               "dma_sync_sg_for_device"}
 
 
 def _dma_addrs(ev: TraceEvent) -> list[int]:
@@ -91,13 +92,50 @@ class Stream:
     iopte: Counter[int] = field(default_factory=Counter)  # IOPTE size -> entries written
     table_bytes_peak: int = 0
     how: Counter[str] = field(default_factory=Counter)  # attribution method -> events
-    stale: list[tuple[int, int]] = field(default_factory=list)  # lazy: unmapped, not flushed
+    stale: Ranges = field(default_factory=lambda: Ranges())  # lazy: unmapped, not flushed
+    stale_entries: int = 0  # unmaps queued since the last flush
     stale_since: float = -1.0
-    unmapped_ranges: list[tuple[int, int]] = field(default_factory=list)  # for use after unmap
+    unmapped: Ranges = field(default_factory=lambda: Ranges())  # unmapped, not mapped again
 
 
-def _in(ranges: list[tuple[int, int]], iova: int) -> bool:
-    return any(a <= iova < b for a, b in ranges)
+class Ranges:
+    """Disjoint ``[start, end)`` IOVA ranges in sorted lists (bisect: O(log n) lookups)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def __contains__(self, iova: int) -> bool:
+        i = bisect.bisect_right(self.starts, iova) - 1
+        return i >= 0 and iova < self.ends[i]
+
+    def remove(self, lo: int, hi: int) -> None:
+        """Take ``[lo, hi)`` out, trimming the ranges it cuts."""
+        i = max(bisect.bisect_right(self.starts, lo) - 1, 0)
+        j = bisect.bisect_left(self.starts, hi)
+        keep_s: list[int] = []
+        keep_e: list[int] = []
+        for a, b in zip(self.starts[i:j], self.ends[i:j], strict=True):
+            if a < lo:
+                keep_s.append(a)
+                keep_e.append(min(b, lo))
+            if b > hi:
+                keep_s.append(max(a, hi))
+                keep_e.append(b)
+        self.starts[i:j], self.ends[i:j] = keep_s, keep_e
+
+    def add(self, lo: int, hi: int) -> None:
+        self.remove(lo, hi)
+        i = bisect.bisect_left(self.starts, lo)
+        self.starts.insert(i, lo)
+        self.ends.insert(i, hi)
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
 
 
 class _Replay:
@@ -173,10 +211,11 @@ class _Replay:
         self.disagreements.append({"line": ev.line, "ts": ev.ts, "kind": kind,
                                    "stream": stream, "text": text})
 
-    def _flush_stale(self, s: Stream, now: float, force: bool = False) -> None:
-        if s.stale and (force or len(s.stale) >= FQ_SIZE or now - s.stale_since >= FQ_TIMEOUT):
+    def _flush_stale(self, s: Stream, now: float) -> None:
+        if s.stale and (s.stale_entries >= FQ_SIZE or now - s.stale_since >= FQ_TIMEOUT):
             s.domain.flush_iotlb_all()
             s.stale.clear()
+            s.stale_entries = 0
 
     def _map(self, ev: TraceEvent, s: Stream) -> None:
         iova, paddr, size = ev.fields["iova"], ev.fields["paddr"], ev.fields["size"]
@@ -189,9 +228,8 @@ class _Replay:
                            f"{e}")
             return
         s.mapped_bytes += size
-        s.stale = [(a, b) for a, b in s.stale if b <= iova or a >= iova + size]
-        s.unmapped_ranges = [(a, b) for a, b in s.unmapped_ranges
-                             if b <= iova or a >= iova + size]
+        s.stale.remove(iova, iova + size)
+        s.unmapped.remove(iova, iova + size)
         bitmap = s.domain.pgsize_bitmap
         a, p, left = iova, paddr, size
         while left:
@@ -212,11 +250,12 @@ class _Replay:
             if got:
                 if not s.stale:
                     s.stale_since = ev.ts
-                s.stale.append((iova, iova + got))
+                s.stale.add(iova, iova + got)
+                s.stale_entries += 1
                 self._flush_stale(s, ev.ts)
         s.unmapped_bytes += got
         if got:
-            s.unmapped_ranges.append((iova, iova + got))
+            s.unmapped.add(iova, iova + got)
         if got != recorded:
             self._disagree(ev, "unmapped_size differs", s.key,
                            f"unmap of {format_size(size)} at {iova:#x}: the trace says "
@@ -235,7 +274,7 @@ class _Replay:
         if pa:
             self._disagree(ev, "fault where the model translates", s.key,
                            f"{dev} faulted at {iova:#x}; the model maps it to {pa:#x}")
-        elif _in(s.stale, iova):
+        elif iova in s.stale:
             self._disagree(ev, "fault the model misses", s.key,
                            f"{dev} faulted at {iova:#x}; under lazy invalidation the "
                            "unmapped IOVA is still in the flush queue, so a cached "
@@ -244,13 +283,13 @@ class _Replay:
             s.faults_agreed += 1
 
     def _access(self, ev: TraceEvent) -> None:
-        """A DMA API call that implies the device's mapping is live (sync, unmap)."""
+        """A DMA API call that needs the device's mapping live (a sync)."""
         dev = ev.fields["device"]
         s = self.streams.get(dev)
         if s is None:
             return
         for addr in _dma_addrs(ev):
-            if not s.domain.iova_to_phys(addr) and _in(s.unmapped_ranges, addr) and \
+            if not s.domain.iova_to_phys(addr) and addr in s.unmapped and \
                     (dev, addr & ~(SZ_4K - 1)) not in self.faults_seen:
                 self._disagree(ev, "fault the model predicts", s.key,
                                f"{ev.name} on {dev} at {addr:#x}, which the trace unmapped "
