@@ -140,7 +140,7 @@ def test_an_internal_error_is_one_line_and_status_4(
     def broken(ctx: RunContext) -> ScenarioResult:
         raise RuntimeError("model bug")
 
-    bad = Scenario("broken", "always fails", "", (), ("x86-vtd",), broken)
+    bad = Scenario("broken", "broken: always fails", (), ("x86-vtd",), broken)
     monkeypatch.setitem(SCENARIOS, "broken", bad)
     assert main(["run", "broken"]) == 4
     assert capsys.readouterr().err == ("iommulab run: internal error: RuntimeError: model bug "

@@ -67,16 +67,16 @@ def _write(path: str, text: str) -> None:
         raise FileError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
-def _emit(results: list[ScenarioResult], args: argparse.Namespace) -> None:
-    """Print ``results`` and write the files the options ask for."""
-    print("\n\n".join(render_text(r) for r in results))
-    if getattr(args, "json", None):
-        docs = [report_document(r) for r in results]
-        _write(args.json, json.dumps(docs[0] if len(docs) == 1 else docs, indent=1) + "\n")
-    if getattr(args, "html", None):
-        _write(args.html, render_html(results))
-    if getattr(args, "save_state", None):
-        states = {f"{r.name or r.scenario}/{k}": v for r in results for k, v in r.states.items()}
+def _emit(result: ScenarioResult, args: argparse.Namespace) -> None:
+    """Print ``result`` and write the files the options of run and replay ask for."""
+    print(render_text(result))
+    if args.json:
+        _write(args.json, json.dumps(report_document(result), indent=1) + "\n")
+    if args.html:
+        _write(args.html, render_html([result]))
+    if args.save_state:
+        name = result.name or result.scenario
+        states = {f"{name}/{k}": v for k, v in result.states.items()}
         if not states:
             raise FileError(f"{args.save_state}: the run kept no domain state to save")
         _write(args.save_state, json.dumps({"states": states}) + "\n")
@@ -95,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_scenario(args.scenario, platform=args.platform, settings=tuple(args.set),
                           seed=args.seed, quick=args.quick, progress=_progress(args),
                           save_states=bool(args.save_state))
-    _emit([result], args)
+    _emit(result, args)
     return EXIT_OK
 
 
@@ -120,7 +120,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     result = replay(trace, platform=args.platform, strict_invalidation=not args.lazy,
                     address_width=args.address_width, save_states=bool(args.save_state),
                     progress=_progress(args))
-    _emit([result], args)
+    _emit(result, args)
     if args.check and result.details.get("disagreements"):
         return EXIT_DISAGREE
     return EXIT_OK

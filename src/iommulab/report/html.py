@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from .scenario_text import param_text
 
 if TYPE_CHECKING:
@@ -148,7 +149,6 @@ def _section(r: ScenarioResult) -> str:
 
 def render_html(results: Sequence[ScenarioResult], title: str = "iommulab report") -> str:
     """One self-contained HTML page with a section per result."""
-    from .. import __version__
     body = "".join(_section(r) for r in results)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"

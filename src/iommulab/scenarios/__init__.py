@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from . import ddw, migration_dirty, msi_doorbell, noncoherent_flush, streaming_dma, vfio_hugepages
 from .base import (
     Param,
@@ -39,7 +41,6 @@ def run_scenario(name: str, *, platform: str | None = None, settings: tuple[str,
                  save_states: bool = False) -> ScenarioResult:
     """Run scenario ``name``: ``settings`` are ``key=value`` strings, ``platform`` one of
     the scenario's (default: its first). Raises :class:`UsageError` for bad names."""
-    import time
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise UsageError(f"no scenario {name!r} (scenarios: {', '.join(SCENARIOS)})")

@@ -4,14 +4,14 @@ A scenario is a small module with a :class:`Scenario` at its bottom. ``iommulab 
 parses ``--set key=value`` against the scenario's :class:`Param` list, runs it and
 renders the :class:`ScenarioResult` as terminal tables, versioned JSON
 (:mod:`iommulab.report.json_report`) or one self-contained HTML file
-(:mod:`iommulab.report.html`). Everything in a result but ``wall_seconds`` is a
+(:mod:`iommulab.report.html`). Everything in a result but ``host`` (timings) is a
 function of the parameters and the seed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,6 @@ def _as_int(text: str) -> int:
     return int(text, 0)
 
 
-def _as_size(text: str) -> int:
-    return parse_size(text)
-
-
 def _as_bool(text: str) -> bool:
     if text.lower() in ("1", "yes", "true", "on"):
         return True
@@ -50,7 +46,7 @@ def _as_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-_KINDS: dict[str, Callable[[str], Any]] = {"int": _as_int, "size": _as_size, "bool": _as_bool,
+_KINDS: dict[str, Callable[[str], Any]] = {"int": _as_int, "size": parse_size, "bool": _as_bool,
                                            "str": str}
 
 
@@ -192,14 +188,19 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A named scenario: ``doc`` is its module docstring, shown by ``iommulab run --list``."""
+    """A named scenario: ``doc`` is its module docstring, whose first paragraph reads
+    ``name: summary``; ``iommulab run --list`` shows the summary."""
 
     name: str
-    summary: str
     doc: str
     params: tuple[Param, ...]
     platforms: tuple[str, ...]
     run: Callable[[RunContext], ScenarioResult]
+
+    @property
+    def summary(self) -> str:
+        first = _first_paragraph(self.doc)
+        return first.removeprefix(f"{self.name}: ")
 
     def result(self, ctx: RunContext, title: str) -> ScenarioResult:
         """An empty result of this scenario for ``ctx``."""
@@ -218,11 +219,7 @@ class Scenario:
         return "\n".join(lines)
 
 
-def first_paragraph(doc: str | None) -> str:
+def _first_paragraph(doc: str | None) -> str:
     """The first paragraph of a docstring, on one line."""
     text = (doc or "").strip().split("\n\n")[0]
     return re.sub(r"\s+", " ", text)
-
-
-def by_name(values: Mapping[str, Any], names: Sequence[str]) -> list[Any]:
-    return [values[n] for n in names]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..drivers.pseries import DdwOffer
 from ..report import format_size
 from ..workload.ddw import DdwCase, run_ddw
-from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, first_paragraph
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
 
 #: offer name -> (offer, the driver keeps its 32-bit mapping)
 OFFERS: dict[str, tuple[DdwOffer, bool]] = {
@@ -50,14 +50,15 @@ def run(ctx: RunContext) -> ScenarioResult:
         ctx.progress(n, len(cases), f"{format_size(ram)} {name}")
         offer, keep = OFFERS[name]
         r = run_ddw(DdwCase(name, str(ram), offer, keep_mapping=keep))
+        calls = r.hcalls.get("H_PUT_TCE_INDIRECT", 0)
         rows.append([format_size(ram), name, r.mode, r.window, f"{r.dma_before:#x}",
                      f"{r.dma_after:#x}", " ".join(f"{k} {v}" for k, v in sorted(r.rtas.items())),
-                     r.hcalls.get("H_PUT_TCE_INDIRECT", 0), "yes" if r.dma_ok else "NO"])
-        indirect.append(float(r.hcalls.get("H_PUT_TCE_INDIRECT", 0)))
+                     calls, "yes" if r.dma_ok else "NO"])
+        indirect.append(float(calls))
         key = f"{format_size(ram)}.{name}"
         res.headline[f"{key}.mode"] = r.mode
         res.headline[f"{key}.dma_ok"] = int(r.dma_ok)
-        res.headline[f"{key}.put_tce_indirect"] = r.hcalls.get("H_PUT_TCE_INDIRECT", 0)
+        res.headline[f"{key}.put_tce_indirect"] = calls
         refused = [line for line in r.log if "in use" in line]
         if refused and not any("Refused" in note for note in res.notes):
             res.notes.append(f"Refused with the default table in use: \"{refused[0]}\" "
@@ -72,5 +73,5 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("ddw", first_paragraph(__doc__).split(": ", 1)[1], __doc__ or "", PARAMS,
+SCENARIO = Scenario("ddw", __doc__ or "", PARAMS,
                     ("ppc64-pseries",), run)

@@ -31,7 +31,6 @@ from .base import (
     ScenarioResult,
     Table,
     UsageError,
-    first_paragraph,
 )
 
 MODES = ("upstream", "split", "sync_fix")
@@ -54,7 +53,7 @@ def run(ctx: RunContext) -> ScenarioResult:
     p = ctx.params
     for level in p["bbm_levels"]:
         if level > 2:
-                raise UsageError(f"--set bbm_levels: {level} is not a BBM level (0, 1, 2)")
+            raise UsageError(f"--set bbm_levels: {level} is not a BBM level (0, 1, 2)")
     res = SCENARIO.result(ctx, f"live migration through the SMMUv3 model: "
                                f"{format_size(p['guest_ram'])} of guest RAM on 2M blocks")
     runs = [(mode, None if mode == "upstream" else level) for mode in p["modes"]
@@ -74,7 +73,7 @@ def run(ctx: RunContext) -> ScenarioResult:
         summary.append([label, format_size(written), format_size(r.reported_bytes),
                         f"{r.reported_bytes / written:.1f}x" if written else "-",
                         r.missed_pages, r.blocks_split, r.blocks_merged, r.tlbi_commands,
-                        faults.get(level, 0) if level is not None else 0])
+                        faults[level] if level is not None else 0])
         per_round[label] = [float(x.reported_pages * 4096) for x in r.rounds]
         key = label.replace(" ", "_")
         res.headline[f"{key}.resent_bytes"] = r.reported_bytes
@@ -112,5 +111,4 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("migration-dirty", first_paragraph(__doc__).split(": ", 1)[1], __doc__ or "",
-                    PARAMS, ("arm64-smmuv3",), run)
+SCENARIO = Scenario("migration-dirty", __doc__ or "", PARAMS, ("arm64-smmuv3",), run)

@@ -32,7 +32,7 @@ from ..errors import DmaFault, NotSupported
 from ..iommu import MSI_IOVA_BASE, IommuCore
 from ..irqchip import GicV3Its
 from ..mem import PhysMem
-from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, first_paragraph
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
 
 CASES = ("dma-domain", "vfio-cookie", "two-its", "no-cookie", "identity")
 _SECOND_ITS = 0x080A_0000  # lab: a second ITS right after QEMU virt's (0x08080000)
@@ -146,5 +146,4 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("msi-doorbell", first_paragraph(__doc__).split(": ", 1)[1], __doc__ or "",
-                    PARAMS, ("arm64-smmuv3",), run)
+SCENARIO = Scenario("msi-doorbell", __doc__ or "", PARAMS, ("arm64-smmuv3",), run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..iommufd.cache_flush import POLICIES
 from ..workload.noncoherent import run_noncoherent
-from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, first_paragraph
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
 
 PARAMS = (
     Param("rounds", "int", 16, "buffers per stream phase", quick=4, minimum=0),
@@ -65,5 +65,4 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("noncoherent-flush", first_paragraph(__doc__).split(": ", 1)[1],
-                    __doc__ or "", PARAMS, ("x86-vtd",), run)
+SCENARIO = Scenario("noncoherent-flush", __doc__ or "", PARAMS, ("x86-vtd",), run)

@@ -25,7 +25,6 @@ from .base import (
     ScenarioResult,
     Table,
     UsageError,
-    first_paragraph,
 )
 
 PARAMS = (
@@ -82,5 +81,4 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("streaming-dma", first_paragraph(__doc__).split(": ", 1)[1], __doc__ or "",
-                    PARAMS, ("arm64-smmuv3",), run)
+SCENARIO = Scenario("streaming-dma", __doc__ or "", PARAMS, ("arm64-smmuv3",), run)

@@ -28,7 +28,6 @@ from .base import (
     ScenarioResult,
     Table,
     UsageError,
-    first_paragraph,
 )
 
 PARAMS = (
@@ -87,5 +86,4 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("vfio-hugepages", first_paragraph(__doc__).split(": ", 1)[1], __doc__ or "",
-                    PARAMS, ("x86-vtd", "arm64-smmuv3"), run)
+SCENARIO = Scenario("vfio-hugepages", __doc__ or "", PARAMS, ("x86-vtd", "arm64-smmuv3"), run)

@@ -187,7 +187,11 @@ _fmt(["dma_sync_sg_for_cpu", "dma_sync_sg_for_device"], "dma sync sg",
      rf"{_DEV} dir={_DIR} dma_addrs={_ARRAY} sizes={_ARRAY}",
      ("device", str), ("dir", str), ("dma_addrs", _array), ("sizes", _array))
 
-KNOWN_EVENTS = frozenset(n for names, *_ in _FORMATS for n in names)
+_BY_EVENT: dict[str, list[tuple[str, re.Pattern[str], tuple[_Conv, ...]]]] = {}
+for _names, _label, _pattern, _conv in _FORMATS:
+    for _name in _names:
+        _BY_EVENT.setdefault(_name, []).append((_label, _pattern, _conv))
+KNOWN_EVENTS = frozenset(_BY_EVENT)
 
 _FRAME = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
@@ -200,14 +204,11 @@ _QUOTE = re.compile(r"^(?:\s?>)+\s?")
 def _parse_body(name: str, body: str) -> tuple[dict[str, Any], str] | None:
     """The fields of an event body, or None when no format of ``name`` matches it."""
     body = body.strip()
-    for names, label, pattern, conv in _FORMATS:
-        if name not in names:
-            continue
+    for label, pattern, conv in _BY_EVENT.get(name, ()):
         m = pattern.match(body)
         if m is None:
             continue
-        fields = {key: (bool(value) if fn is bool else fn(value))
-                  for (key, fn), value in zip(conv, m.groups(), strict=True)}
+        fields = {key: fn(value) for (key, fn), value in zip(conv, m.groups(), strict=True)}
         if "dir" in fields and fields["dir"] not in DMA_DIRECTIONS:
             continue
         return fields, label

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import KernelError
+from ..inspect import save_domain
 from ..iommu import IommuDomain, alloc_paging_domain
+from ..iommu.gather import IommuIotlbGather
 from ..iommu.pgsize import iommu_pgsize
 from ..mem import PhysMem
 from ..pgtable import IoPgtableCfg, IoPgtableFmt
@@ -245,7 +247,6 @@ class _Replay:
         if self.strict:
             got = s.domain.unmap(iova, size)
         else:
-            from ..iommu.gather import IommuIotlbGather
             got = s.domain.unmap_fast(iova, size, IommuIotlbGather())
             if got:
                 if not s.stale:
@@ -367,7 +368,6 @@ def replay(trace: ParsedTrace, *, platform: str = "x86-vtd", strict_invalidation
         res.headline[f"{key}.iotlb_syncs"] = st.iotlb_sync
         res.headline[f"{key}.faults_agreed"] = s.faults_agreed
         if save_states:
-            from ..inspect import save_domain
             res.states[key] = save_domain(s.domain, name=s.key)
         s.domain.free()
     res.tables.append(Table("events", ["event", "count"],

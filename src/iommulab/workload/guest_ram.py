@@ -20,10 +20,9 @@ from ..sizes import SZ_1G, SZ_2G
 from ..vfio import Container, Type1Report
 from ..vfio import uapi as u
 
-__all__ = ["BACKINGS", "GUEST_SECTIONS", "GuestRamResult", "guest_sections", "run_guest_ram"]
+__all__ = ["BACKINGS", "GUEST_RAM", "GuestRamResult", "guest_sections", "run_guest_ram"]
 
 _VGA_START, _VGA_END = 0xA0000, 0xC0000
-
 
 
 def guest_sections(guest_ram: int) -> tuple[tuple[int, int, int], ...]:
@@ -40,7 +39,6 @@ def guest_sections(guest_ram: int) -> tuple[tuple[int, int, int], ...]:
 
 
 GUEST_RAM = 3 * SZ_1G
-GUEST_SECTIONS = guest_sections(GUEST_RAM)
 
 #: demo name -> (mmap backing, fragment the host first)
 BACKINGS = {
@@ -90,7 +88,7 @@ def run_guest_ram(backing: str, *, platform: str = "x86-vtd", seed: int = 0,
         from ..inspect import save_domain
         assert container.iommu is not None
         group = m.core.groups[dev.iommu_group]
-        state = save_domain(container.iommu.domains[0].domain, name=f"{backing}",
+        state = save_domain(container.iommu.domains[0].domain, name=backing,
                             resv=group.resv_regions())
     unmap = bytearray(u.DMA_UNMAP.pack(u.DMA_UNMAP.size, u.VFIO_DMA_UNMAP_FLAG_ALL, 0, 0))
     p.ioctl(c, u.VFIO_IOMMU_UNMAP_DMA, unmap)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..devices import DmaDevice
     from ..machine import Process
 
-__all__ = ["NoncoherentResult", "compare_flush_policies", "run_noncoherent"]
+__all__ = ["NoncoherentResult", "run_noncoherent"]
 
 _PAGE = 4096
 _RW = u.IOMMU_IOAS_MAP_READABLE | u.IOMMU_IOAS_MAP_WRITEABLE
@@ -157,8 +157,3 @@ def run_noncoherent(policy: str, *, rounds: int = 16, ram: int = 4 << 20,
                              cache.stats.unflushed_unpins, flushes.total_calls,
                              flushes.total_pages, dict(flushes.pages), reads)
 
-
-def compare_flush_policies(*, rounds: int = 16) -> list[NoncoherentResult]:
-    """The same workload under mainline (no flush) and the three tracking policies."""
-    from ..iommufd.cache_flush import POLICIES
-    return [run_noncoherent(policy, rounds=rounds) for policy in POLICIES]
