@@ -36,6 +36,8 @@ PUBLIC = {
         "dma_set_mask_and_coherent", "dma_unmap_page", "dma_unmap_sg", "get_msi_cookie",
         "prepare_msi", "use_dma_iommu"},
     "iommulab.clock": {"NSEC_PER_SEC", "Clock", "Timer"},
+    "iommulab.kernel": {"DEFAULT_KERNEL", "KERNEL_VERSIONS", "LINUX_6_12", "LINUX_7_0",
+                        "KernelVersion"},
     "iommulab.irqchip": {"GITS_TRANSLATER", "GicV3Its"},
     "iommulab.drivers.smmuv3": {
         "HWPT_ALLOC_DIRTY_TRACKING", "HWPT_ALLOC_NEST_PARENT", "HWPT_ALLOC_PASID",

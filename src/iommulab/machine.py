@@ -22,6 +22,7 @@ from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
+from .kernel import DEFAULT_KERNEL, KernelVersion
 from .mem import PhysMem
 from .mem.cpu_cache import CpuCache
 from .mem.mm import MmStruct
@@ -74,11 +75,14 @@ class Machine:
     through TCE tables and DDW; :attr:`pseries` and :attr:`dma` are its DMA code, and
     there is no IOMMU core, VFIO or iommufd on it)."""
 
-    def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0) -> None:
+    def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0, *,
+                 kernel: KernelVersion | str = DEFAULT_KERNEL) -> None:
         if platform not in PLATFORMS:
             raise ValueError(f"unknown platform {platform!r} (available: {sorted(PLATFORMS)})")
         ram_base, self._next_bar, strict = PLATFORMS[platform]
         self.platform = platform
+        #: The Linux release the machine answers as (:mod:`iommulab.kernel`).
+        self.kernel = KernelVersion.parse(kernel)
         self.seed = seed
         self.mem = PhysMem(ram, ram_base=ram_base)
         self.clock = Clock()
@@ -104,15 +108,15 @@ class Machine:
         elif platform == "x86-vtd":
             from .drivers.vtd import IntelIommu, VtdHw
             self.translator = VtdHw(self.mem)
-            self.driver = IntelIommu(self.translator)
+            self.driver = IntelIommu(self.translator, kernel=self.kernel)
         elif platform == "mock":
             from .drivers.mock import MockHw, MockIommu
             self.translator = MockHw(self.mem.fail_nth)
-            self.driver = MockIommu(self.translator)
+            self.driver = MockIommu(self.translator, kernel=self.kernel)
         else:
             from .drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
             self.translator = SmmuV3Hw(self.mem, SmmuV3Config())
-            self.driver = ArmSmmuDevice(self.translator)
+            self.driver = ArmSmmuDevice(self.translator, kernel=self.kernel)
         self.core: Any = None if self.pseries else IommuCore(self.driver, clock=self.clock,
                                                              strict=strict)
         self.devices: dict[str, PciDevice] = {}
@@ -124,7 +128,8 @@ class Machine:
         self._mock_sids = itertools.count(0x1000)
 
     def __repr__(self) -> str:
-        return f"<Machine {self.platform} ram={self.mem.ram_bytes:#x} seed={self.seed}>"
+        return (f"<Machine {self.platform} ram={self.mem.ram_bytes:#x} seed={self.seed} "
+                f"kernel={self.kernel}>")
 
     @property
     def faults(self) -> list[Any]:

@@ -31,6 +31,7 @@ from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvRegion
+from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..mem import FailNth
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..sizes import PAGE_SIZE
@@ -358,8 +359,9 @@ class MockIommu:
 
     pgsize_bitmap = MOCK_IO_PAGE_SIZE
 
-    def __init__(self, hw: MockHw) -> None:
+    def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw
+        self.kernel = kernel
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
         self.default_domain = self.blocked_domain  # mock_ops.default_domain

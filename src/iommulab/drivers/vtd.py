@@ -27,6 +27,7 @@ from ..errors import DmaFault, InvalidArgument
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.pgtbl_domain import PgtblDomainOps, PgtblFlushOps
 from ..iommu.resv import IommuCap, ResvRegion, ResvType
+from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..mem import PhysMem
 from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, alloc_io_pgtable_ops
 from ..pgtable.vtd_ss import (
@@ -196,8 +197,9 @@ class IntelIommu:
 
     pgsize_bitmap = SZ_4K | SZ_2M | SZ_1G
 
-    def __init__(self, hw: VtdHw) -> None:
+    def __init__(self, hw: VtdHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw
+        self.kernel = kernel
         self.units = [hw]
         self.unit_of: dict[int, VtdHw] = {}  # sid -> its DMAR unit
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)

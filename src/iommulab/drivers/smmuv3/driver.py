@@ -46,6 +46,7 @@ from ...iommu import (
     ResvRegion,
     ResvType,
 )
+from ...kernel import DEFAULT_KERNEL, KernelVersion
 from ...pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from ...prot import Prot
 from ...sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -129,8 +130,9 @@ class ArmSmmuDevice:
     """
 
     def __init__(self, hw: SmmuV3Hw, *, va_bits: int = 48, cpu_page_size: int = SZ_4K,
-                 sync_dirty_clear: bool = False) -> None:
+                 sync_dirty_clear: bool = False, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw
+        self.kernel = kernel
         self.mem = hw.mem
         self.va_bits = va_bits
         self.cpu_page_size = cpu_page_size
