@@ -224,7 +224,7 @@ class IntelIommu:
         device's unit (the first unit's without a device)."""
         aw = (self.hw if master is None else master.unit).aw
         domain = IommuDomain(type)
-        cfg = IoPgtableCfg(self.pgsize_bitmap, aw, aw, tlb=PgtblFlushOps())
+        cfg = IoPgtableCfg(self.pgsize_bitmap, aw, aw, tlb=PgtblFlushOps(), kernel=self.kernel)
         pgtbl = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, cfg, domain, mem=self.hw.mem)
         domain.ops = _VtdDomainOps(pgtbl, aw)
         domain.pgtbl = pgtbl

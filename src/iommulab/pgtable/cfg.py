@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..kernel import DEFAULT_KERNEL, KernelVersion
+
 if TYPE_CHECKING:
     from .flush import IommuFlushOps
 
@@ -100,7 +102,8 @@ class IoPgtableCfg:
 
     :func:`~iommulab.pgtable.alloc_io_pgtable_ops` returns ops whose ``cfg`` is
     this value filled in: the restricted ``pgsize_bitmap``, clamped ``ias``/
-    ``oas`` and the register values for the driver.
+    ``oas`` and the register values for the driver. ``kernel`` is the release whose
+    io-pgtable code the table follows (the driver passes its machine's).
     """
 
     pgsize_bitmap: int
@@ -111,6 +114,7 @@ class IoPgtableCfg:
     tlb: IommuFlushOps | None = None
     arm_lpae_s1_cfg: ArmLpaeS1Cfg | None = None
     arm_lpae_s2_cfg: ArmLpaeS2Cfg | None = None
+    kernel: KernelVersion = DEFAULT_KERNEL
 
     def __repr__(self) -> str:
         parts = [f"pgsize_bitmap={self.pgsize_bitmap:#x}", f"ias={self.ias}", f"oas={self.oas}"]
@@ -121,4 +125,6 @@ class IoPgtableCfg:
         for extra in (self.arm_lpae_s1_cfg, self.arm_lpae_s2_cfg):
             if extra is not None:
                 parts.append(repr(extra))
+        if self.kernel != DEFAULT_KERNEL:
+            parts.append(f"kernel={self.kernel}")
         return f"IoPgtableCfg({', '.join(parts)})"

@@ -464,7 +464,7 @@ class ArmSmmuDevice:
                 quirks |= Quirk.ARM_S2FWB
         cfg = IoPgtableCfg(self.pgsize_bitmap, ias, self.oas, quirks=quirks,
                            coherent_walk=bool(self.features & Feature.COHERENCY),
-                           tlb=ArmSmmuFlushOps())
+                           tlb=ArmSmmuFlushOps(), kernel=self.kernel)
         try:
             pgtbl = alloc_io_pgtable_ops(fmt, cfg, domain, mem=self.mem,
                                          cpu_page_size=self.cpu_page_size)
