@@ -124,7 +124,7 @@ class PseriesIommu:
         window = phb.window_of(liobn)
         assert window is not None
         pdn = PciDn(phb, ops, (liobn, window.bus_offset, window.window_size),
-                    ddw_extensions=phb.offer.extensions())
+                    ddw_applicable=phb.offer.ddw, ddw_extensions=phb.offer.extensions())
         tbl = IommuTable(liobn, window.bus_offset >> 12, window.window_size >> 12, 12, ops)
         iommu_init_table(tbl, 0, 0)
         pdn.tables[0] = tbl
@@ -146,12 +146,13 @@ class PseriesIommu:
         return pdn.phb.buid >> 32, pdn.phb.buid & 0xFFFF_FFFF
 
     def _query(self, pdev: PseriesDev) -> tuple[int, int, int, int]:
-        """``query_ddw``: (status, windows available, largest block, page size bits)."""
+        """``query_ddw``: (status, windows available, largest block, page size bits); six
+        outputs are asked for when the query-size extension says 1."""
         pdn = pdev.pdn
-        out = pdn.phb.rtas_query(pdev.cfg_addr, *self._buid(pdn))
+        six = pdn.read_ext(DDW_EXT_QUERY_OUT_SIZE) == 1
+        out = pdn.phb.rtas_query(pdev.cfg_addr, *self._buid(pdn), nret=6 if six else 5)
         if out[0]:
             return out[0], 0, 0, 0
-        six = pdn.read_ext(DDW_EXT_QUERY_OUT_SIZE) == 1
         largest = (out[2] << 32 | out[3]) if six else out[2]
         pages = out[4] if six else out[3]
         pdn.log.append(f"ibm,query-pe-dma-windows({RTAS_TOKENS['query']:x}) "
