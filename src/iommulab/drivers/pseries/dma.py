@@ -7,7 +7,8 @@
   ``iommu_num_pages`` entries, aligned to the kernel page when the IO page is smaller
   and the buffer is a whole, aligned kernel page, below ``mask >> it_page_shift``.
 - ``map_sg``: ``ppc_iommu_map_sg`` with its handle continuation and merging of
-  contiguous segments up to ``max_seg_size``; ``-EIO`` undoes what was mapped.
+  contiguous segments up to ``max_seg_size``; ``-EIO`` undoes the segments made so far
+  (kernel wart kept: not the one whose TCEs failed, whose entries stay allocated).
 - ``alloc_coherent``: pages of ``get_order(size)`` (nothing from order
   ``IOMAP_MAX_ORDER`` up), mapped with ``get_iommu_order`` alignment.
 """
@@ -164,7 +165,8 @@ class PseriesDma:
             entry += tbl.it_offset
             dma_addr = entry << tbl.it_page_shift | (s.phys & (tbl.page_size - 1))
             if tbl.ops.set(tbl, entry, npages, s.phys & ~(tbl.page_size - 1), write):
-                tbl.free(entry << tbl.it_page_shift, npages)
+                # the kernel backs out the finished segments only: this one's entries
+                # stay allocated in it_map
                 return self._sg_failure(tbl, sgl, outs)
             if segstart != i:
                 if dma_addr != dma_next or sgl[outs].dma_length + s.length > dev.max_seg_size:
