@@ -166,11 +166,23 @@ def test_limited_addressing() -> None:
     m, dev, pd = _dev()
     m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
     assert pd.pdn.failed and "reset" not in pd.pdn.phb.stats.rtas
-    assert any("Limited Address Space" in line for line in pd.pdn.log)
+    assert "Limited Address Space for DDW not Supported, err: -75" in pd.pdn.log
     m, dev, pd = _dev(limited_addressing=True)
     m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
     assert pd.pdn.phb.limited_mode and pd.dma_ops_bypass
     assert pd.dma_offset + (1 << 32) - 1 <= DMA_BIT_MASK(48)
+
+
+def test_limited_addressing_refusals_as_limited_dma_window_logs_them() -> None:
+    """``limited_dma_window``: an extension list without the LoPAR 2.13 entry is
+    -EOVERFLOW, one saying no is -EPROTO (both logged); no reset extension at all fails
+    before anything is logged."""
+    m, dev, pd = _dev(limited_addressing=False)
+    m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
+    assert "Limited Address Space for DDW not Supported, err: -71" in pd.pdn.log
+    m, dev, pd = _dev(reset_extension=False, query_out_6=False)
+    m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
+    assert pd.pdn.failed and not any("Limited" in line for line in pd.pdn.log)
 
 
 def test_32bit_mask_and_disable_ddw_use_the_table() -> None:

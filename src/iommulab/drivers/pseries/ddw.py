@@ -31,6 +31,7 @@ sending what lies above the limit through the table and coherent allocations dir
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 from ...devices import DmaDevice
@@ -225,6 +226,8 @@ class PseriesIommu:
             length = max_ram_len
             if self.pmem_present and ddw_sz >= MAX_PHYSMEM_BITS:
                 length = MAX_PHYSMEM_BITS
+            elif self.pmem_present:
+                pdn.log.append("Skipping ibm,pmemory")
             dynamic_offset = 0
             if ddw_sz < length:
                 length, dynamic = ddw_sz, True
@@ -248,11 +251,16 @@ class PseriesIommu:
         return self._done(dev, pdev, direct, length, max_ram_len)
 
     def _limited(self, pdev: PseriesDev) -> bool:
-        """``limited_dma_window``: reset the PE into limited addressing mode."""
+        """``limited_dma_window``: reset the PE into limited addressing mode. No reset
+        extension fails quietly; a missing limited-addressing extension (-EOVERFLOW) or
+        one saying no (-EPROTO) is logged."""
         pdn = pdev.pdn
+        if pdn.read_ext(DDW_EXT_RESET_DMA_WIN) is None:
+            return False
         las = pdn.read_ext(DDW_EXT_LIMITED_ADDR_MODE)
-        if pdn.read_ext(DDW_EXT_RESET_DMA_WIN) is None or not las:
-            pdn.log.append("Limited Address Space for DDW not Supported")
+        if not las:
+            err = -errno.EOVERFLOW if las is None else -errno.EPROTO
+            pdn.log.append(f"Limited Address Space for DDW not Supported, err: {err}")
             return False
         return self._reset(pdev, limited=True) == 0
 
