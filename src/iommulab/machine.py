@@ -102,7 +102,7 @@ class Machine:
         self.dma: Any = None
         if platform == "ppc64-pseries":
             from .drivers.pseries import PseriesDma, PseriesIommu
-            self.pseries = PseriesIommu(self.mem)
+            self.pseries = PseriesIommu(self.mem, kernel=self.kernel)
             self.dma = PseriesDma(self.pseries)
             self.translator = self.driver = None
         elif platform == "x86-vtd":

@@ -6,11 +6,12 @@ page sizes). A driver maps a buffer under a 32-bit mask, asks for 64 bits, and
 TCE allocator), a dynamic window of TCEs mapped on demand, or a refusal that
 keeps the default 32-bit window (:mod:`iommulab.workload.ddw`).
 
-Offers (``offers``): ``qemu`` (QEMU's spapr-pci-host-bridge: two windows, 4K and
-64K pages, a largest block of 2^31 TCEs), ``one-window`` (the default window must
-be removed first; its table is idle), ``one-window-in-use`` (the driver keeps its
-32-bit mapping, so the table is in use and the kernel refuses), ``small-block``
-(a largest block of 2^15 TCEs), ``16M-pages`` (4K, 64K and 16M pages).
+Offers (``offers``): ``qemu`` (QEMU 10's spapr-pci-host-bridge: two windows, 4K, 64K,
+2M and 16M pages, the 6-output query with a largest block of 2^37 TCEs),
+``qemu-before-7.1`` (4K and 64K pages, the 5-output query with 2^31 TCEs), ``one-window``
+(the default window must be removed first; its table is idle), ``one-window-in-use``
+(the driver keeps its 32-bit mapping, so the table is in use and the kernel refuses),
+``small-block`` (a largest block of 2^7 TCEs: 2 GiB of 16M pages).
 
 Parameters: ``rams`` (guest RAM sizes), ``offers``.
 """
@@ -25,10 +26,10 @@ from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
 #: offer name -> (offer, the driver keeps its 32-bit mapping)
 OFFERS: dict[str, tuple[DdwOffer, bool]] = {
     "qemu": (DdwOffer(), False),
+    "qemu-before-7.1": (DdwOffer.qemu_before_7_1(), False),
     "one-window": (DdwOffer(max_windows=1), False),
     "one-window-in-use": (DdwOffer(max_windows=1), True),
-    "small-block": (DdwOffer(largest_block=1 << 15), False),
-    "16M-pages": (DdwOffer(page_shifts=(12, 16, 24)), False),
+    "small-block": (DdwOffer(largest_block=1 << 7), False),
 }
 
 PARAMS = (

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..devices import DMA_BIT_MASK
 from ..drivers.pseries import DMA_MAPPING_ERROR, DdwOffer
 from ..machine import Machine
+from ..report import format_size
 
 __all__ = ["DEMO_CASES", "DdwCase", "DdwResult", "run_ddw"]
 
@@ -46,7 +47,7 @@ DEMO_CASES = (
                                                               page_shifts=(12, 16, 24))),
     DdwCase("one window, default table in use", "8G", DdwOffer(max_windows=1),
             keep_mapping=True),
-    DdwCase("small largest block", "8G", DdwOffer(largest_block=1 << 15)),
+    DdwCase("small largest block", "8G", DdwOffer(largest_block=1 << 7)),
 )
 
 
@@ -70,7 +71,7 @@ def run_ddw(case: DdwCase, buf: int = 0x1234_5000) -> DdwResult:
     else:
         mode = "direct" if pdev.dma_ops_bypass else "dynamic"
         window = (f"2^{ddw.window_shift} at {ddw.dma_base:#x}, "
-                  f"{1 << ddw.tce_shift >> 10}K pages")
+                  f"{format_size(1 << ddw.tce_shift)} pages")
     phb = pdev.pdn.phb
     return DdwResult(case, mode, window, before, after, dict(phb.stats.rtas),
                      dict(phb.stats.hcalls), ok, list(pdev.pdn.log))

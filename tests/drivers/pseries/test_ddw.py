@@ -29,15 +29,16 @@ def _roundtrip(m: Machine, dev: DmaDevice, pa: int) -> int:
 
 
 def test_qemu_default_second_window_maps_all_ram_directly() -> None:
-    """QEMU offers a second window: the default one stays, a 64K-page window covering
-    RAM (2^32) is created at 1 << 59 and pre-mapped; DMA bypasses the table."""
+    """QEMU 10 offers a second window with 4K, 64K, 2M and 16M pages: the default one
+    stays, a window of the largest pages (16M) covering RAM (2^32) is created at 1 << 59
+    and pre-mapped with one H_PUT_TCE_INDIRECT of 256 entries; DMA bypasses the table."""
     m, dev, pd = _dev()
     m.dma.dma_set_mask(dev, M64)
     assert pd.dma_ops_bypass and pd.dma_offset == 1 << 59
     assert pd.pdn.ddw is not None and pd.pdn.ddw.name == "linux,direct64-ddr-window-info"
-    assert (pd.pdn.ddw.tce_shift, pd.pdn.ddw.window_shift) == (16, 32)
+    assert (pd.pdn.ddw.tce_shift, pd.pdn.ddw.window_shift) == (24, 32)
     assert pd.pdn.tables[0] is not None and pd.pdn.dma_window is not None
-    assert pd.pdn.phb.stats.hcalls["H_PUT_TCE_INDIRECT"] == (1 << 16) // 512
+    assert pd.pdn.phb.stats.hcalls["H_PUT_TCE_INDIRECT"] == 1
     assert _roundtrip(m, dev, 0xABC000) == (1 << 59) + 0xABC000
     queries = pd.pdn.phb.stats.rtas["query"]
     m.dma.dma_set_mask(dev, M64)  # the window is reused, no RTAS call
@@ -79,7 +80,7 @@ def test_default_table_in_use_refuses_ddw_and_mappings_keep_working() -> None:
 
 
 def test_no_reset_extension_keeps_the_default_window() -> None:
-    m, dev, pd = _dev(max_windows=1, reset_extension=False)
+    m, dev, pd = _dev(max_windows=1, reset_extension=False, query_out_6=False)
     m.dma.dma_set_mask(dev, M64)
     assert pd.pdn.failed and "remove" not in pd.pdn.phb.stats.rtas
     assert pd.table is pd.pdn.tables[0] is not None
@@ -99,7 +100,7 @@ def test_nothing_after_removal_resets_the_default_window() -> None:
 def test_small_largest_block_gives_a_dynamic_window() -> None:
     """2^14 TCEs of 64K cannot cover 4G: a 1 GiB dynamic window with its own table;
     DMA goes through TCEs there, above the 64-bit window base."""
-    m, dev, pd = _dev(largest_block=1 << 14)
+    m, dev, pd = _dev(largest_block=1 << 14, page_shifts=(12, 16))
     m.dma.dma_set_mask(dev, M64)
     assert not pd.dma_ops_bypass and pd.pdn.ddw is not None
     assert pd.pdn.ddw.name == "linux,dma64-ddr-window-info" and pd.pdn.ddw.window_shift == 30
@@ -128,7 +129,7 @@ def test_vpmem_hybrid_splits_the_window() -> None:
     """SR-IOV with vPMEM: default window removed, the window made as large as offered,
     RAM direct below 1 << max_ram_len, a dynamic table above it; a bus DMA limit keeps
     dma_ops_bypass off, RAM still goes direct and the rest through the table."""
-    m, dev, pd = _dev(max_windows=1, largest_block=1 << 20)
+    m, dev, pd = _dev(max_windows=1, largest_block=1 << 20, page_shifts=(12, 16))
     m.pseries.pmem_present = True
     m.dma.dma_set_mask(dev, M64)
     assert pd.pdn.ddw is not None and pd.pdn.ddw.name == "linux,direct64-ddr-window-info"
@@ -141,7 +142,8 @@ def test_vpmem_hybrid_splits_the_window() -> None:
 
 
 def test_vpmem_with_a_window_too_small_to_split_is_dynamic_only() -> None:
-    m, dev, pd = _dev(max_windows=1, largest_block=1 << 16)  # 2^32: RAM but not 2G more
+    # 2^32: RAM but not 2G more
+    m, dev, pd = _dev(max_windows=1, largest_block=1 << 16, page_shifts=(12, 16))
     m.pseries.pmem_present = True
     m.dma.dma_set_mask(dev, M64)
     assert not pd.pdn.direct and pd.pdn.ddw is not None and pd.pdn.ddw.window_shift == 32
@@ -164,11 +166,23 @@ def test_limited_addressing() -> None:
     m, dev, pd = _dev()
     m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
     assert pd.pdn.failed and "reset" not in pd.pdn.phb.stats.rtas
-    assert any("Limited Address Space" in line for line in pd.pdn.log)
+    assert "Limited Address Space for DDW not Supported, err: -75" in pd.pdn.log
     m, dev, pd = _dev(limited_addressing=True)
     m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
     assert pd.pdn.phb.limited_mode and pd.dma_ops_bypass
     assert pd.dma_offset + (1 << 32) - 1 <= DMA_BIT_MASK(48)
+
+
+def test_limited_addressing_refusals_as_limited_dma_window_logs_them() -> None:
+    """``limited_dma_window``: an extension list without the LoPAR 2.13 entry is
+    -EOVERFLOW, one saying no is -EPROTO (both logged); no reset extension at all fails
+    before anything is logged."""
+    m, dev, pd = _dev(limited_addressing=False)
+    m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
+    assert "Limited Address Space for DDW not Supported, err: -71" in pd.pdn.log
+    m, dev, pd = _dev(reset_extension=False, query_out_6=False)
+    m.dma.dma_set_mask(dev, DMA_BIT_MASK(48))
+    assert pd.pdn.failed and not any("Limited" in line for line in pd.pdn.log)
 
 
 def test_32bit_mask_and_disable_ddw_use_the_table() -> None:
@@ -181,7 +195,7 @@ def test_32bit_mask_and_disable_ddw_use_the_table() -> None:
 
 
 def test_mask_below_the_table_is_eio() -> None:
-    m, dev, _ = _dev(largest_block=1 << 14)
+    m, dev, _ = _dev(largest_block=1 << 14, page_shifts=(12, 16))
     m.dma.dma_set_mask(dev, M64)  # dynamic window at 1 << 59
     with pytest.raises(OSError) as e:
         m.dma.dma_set_mask(dev, DMA_BIT_MASK(40))

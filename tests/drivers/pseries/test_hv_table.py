@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from iommulab import Machine
-from iommulab.drivers.pseries.hv import H_PARAMETER, H_SUCCESS, DdwOffer, SpaprPhb
+from iommulab.drivers.pseries import SgEntry
+from iommulab.drivers.pseries.hv import (
+    H_NOT_ENOUGH_RESOURCES,
+    H_PARAMETER,
+    H_SUCCESS,
+    DdwOffer,
+    SpaprPhb,
+)
 from iommulab.drivers.pseries.lpar import LparTceOps
 from iommulab.drivers.pseries.table import (
     DMA_MAPPING_ERROR,
@@ -140,3 +147,63 @@ def test_free_outside_the_window_is_refused() -> None:
     tbl = _table(1024, offset=0x100)
     assert not tbl.free(0x10 << 12, 1)
     assert not tbl.free((0x100 + 1020) << 12, 8)
+
+
+def test_buildmulti_clears_only_the_calls_before_the_failing_one() -> None:
+    """``tce_buildmulti_pSeriesLP`` on H_NOT_ENOUGH_RESOURCES frees
+    ``npages_start - (npages + limit)`` entries: those of the H_PUT_TCE_INDIRECT calls
+    before the failing one (one H_STUFF_TCE of 512 here, not of all 600), then returns
+    the error; ``iommu_alloc`` then frees the whole range (two more H_STUFF_TCE)."""
+    m = Machine("ppc64-pseries", ram="1G")
+    dev = m.add_pci_device("0000:00:01.0")
+    pd = m.pseries.devs[dev.sid]
+    phb, tbl = pd.pdn.phb, pd.table
+    assert tbl is not None
+    tbl_ops = tbl.ops
+    assert isinstance(tbl_ops, LparTceOps)
+    phb.tce_resources.arm(2)  # the second H_PUT_TCE_INDIRECT of the mapping
+    stuffs = phb.stats.hcalls.get("H_STUFF_TCE", 0)
+    assert tbl_ops.set(tbl, 64, 600, 0x100000, True) == H_NOT_ENOUGH_RESOURCES
+    assert phb.stats.hcalls["H_STUFF_TCE"] - stuffs == 1
+    window = phb.window_of(tbl.it_index)
+    assert window is not None and window.used() == 0
+    phb.tce_resources.arm(1)
+    before = phb.stats.hcalls["H_STUFF_TCE"]
+    assert m.dma.map_phys(dev, 0x100000, 600 << 12) == DMA_MAPPING_ERROR
+    assert phb.stats.hcalls["H_STUFF_TCE"] - before == 1 + 2  # 0 entries, then 512 + 88
+    assert not tbl.in_use()
+
+
+def test_buildmulti_failing_first_call_still_makes_one_stuff_call() -> None:
+    """When the first H_PUT_TCE_INDIRECT fails, the kernel's do-while clear still makes
+    one H_STUFF_TCE, of 0 entries, which QEMU refuses (the kernel prints it)."""
+    phb = _phb()
+    tbl = iommu_init_table(IommuTable(LIOBN, 0, 1 << 18, 12, LparTceOps(phb, phb.mem)), 0, 0)
+    ops = tbl.ops
+    assert isinstance(ops, LparTceOps)
+    phb.tce_resources.arm(1)
+    stuffs = phb.stats.hcalls["H_STUFF_TCE"]
+    assert ops.set(tbl, 16, 20, 0x100000, True) == H_NOT_ENOUGH_RESOURCES
+    assert phb.stats.hcalls["H_STUFF_TCE"] - stuffs == 1 and ops.failures == 1
+    phb.tce_resources.arm(1)  # one page: H_PUT_TCE, nothing written before it
+    assert ops.set(tbl, 16, 1, 0x100000, True) == H_NOT_ENOUGH_RESOURCES
+    assert phb.stats.hcalls["H_STUFF_TCE"] - stuffs == 1
+    ops.release()
+
+
+def test_map_sg_leaks_the_segment_whose_tces_failed() -> None:
+    """``ppc_iommu_map_sg``: when ``it_ops->set`` fails it jumps to ``failure``, which
+    frees the segments already made (up to ``outs``) but not the entries just allocated
+    for the failing one: they stay set in ``it_map`` (kernel wart, kept), though the
+    mapping returns -EIO."""
+    m = Machine("ppc64-pseries", ram="1G")
+    dev = m.add_pci_device("0000:00:01.0")
+    pd = m.pseries.devs[dev.sid]
+    tbl = pd.table
+    assert tbl is not None
+    taken = int(tbl.it_map.sum())
+    pd.pdn.phb.tce_resources.arm(2)  # the second segment's H_PUT_TCE
+    sgl = [SgEntry(0x10_0000, 0x1000), SgEntry(0x30_0000, 0x1000)]
+    assert m.dma.map_sg(dev, sgl) == -5
+    assert sgl[0].dma_length == 0
+    assert int(tbl.it_map.sum()) == taken + 1 and tbl.in_use()

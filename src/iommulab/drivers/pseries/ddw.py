@@ -17,17 +17,25 @@ more than 32 bits of DMA mask, :meth:`PseriesIommu.enable_ddw` runs ``enable_ddw
    vPMEM when it can);
 5. too small: a dynamic window of ``ddw_sz`` bits with a new table; big enough: a direct
    window (all RAM pre-mapped, the default table dropped if it was removed); with the
-   default window removed and vPMEM present, the hybrid split: RAM direct below
-   ``1 << max_ram_len``, a dynamic table above, when the window has 2 GiB to spare;
+   default window removed and vPMEM present, the hybrid split: RAM direct below the
+   split, a dynamic table above, when the window has 2 GiB to spare;
 6. any failure resets the default window (if removed or in limited mode) and puts the PE
    on the failed list; ``dma_offset`` is the window's bus address.
+
+Where 6.12 and 7.0 differ (``kernel``): the hybrid split sits at the end of RAM
+(``pseries_ddw_max_ram``, 6.12) or at ``1 << max_ram_len`` (7.0); 6.12 sets a bus DMA
+limit (the end of RAM) only for a direct window that leaves vPMEM out, 7.0 sets one
+(``1 << max_ram_len``) for every direct window and then keeps ``dma_ops_bypass`` on,
+sending what lies above the limit through the table and coherent allocations direct.
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 from ...devices import DmaDevice
+from ...kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ...mem import PhysMem
 from .hv import DDW_PAGE_SHIFTS, RTAS_TOKENS, SpaprPhb
 from .lpar import LparTceOps, setrange, stuff_range
@@ -104,11 +112,13 @@ class PseriesIommu:
     kernels for POWER use); ``pmem_present`` stands for an ``ibm,pmemory`` node;
     ``memory_hotplug_max`` for ``ddw_memory_hotplug_max`` (default: the end of RAM);
     ``mmio32`` is the PHB's 32-bit MMIO resource (CPU addresses), reserved in dynamic
-    tables."""
+    tables; ``kernel`` the Linux release answered as."""
 
     def __init__(self, mem: PhysMem, *, kernel_page_shift: int = 16,
-                 pmem_present: bool = False, disable_ddw: bool = False) -> None:
+                 pmem_present: bool = False, disable_ddw: bool = False,
+                 kernel: KernelVersion | str = DEFAULT_KERNEL) -> None:
         self.mem = mem
+        self.kernel = KernelVersion.parse(kernel)
         self.kernel_page_shift = kernel_page_shift
         self.pmem_present = pmem_present
         self.disable_ddw = disable_ddw
@@ -124,7 +134,7 @@ class PseriesIommu:
         window = phb.window_of(liobn)
         assert window is not None
         pdn = PciDn(phb, ops, (liobn, window.bus_offset, window.window_size),
-                    ddw_extensions=phb.offer.extensions())
+                    ddw_applicable=phb.offer.ddw, ddw_extensions=phb.offer.extensions())
         tbl = IommuTable(liobn, window.bus_offset >> 12, window.window_size >> 12, 12, ops)
         iommu_init_table(tbl, 0, 0)
         pdn.tables[0] = tbl
@@ -146,12 +156,13 @@ class PseriesIommu:
         return pdn.phb.buid >> 32, pdn.phb.buid & 0xFFFF_FFFF
 
     def _query(self, pdev: PseriesDev) -> tuple[int, int, int, int]:
-        """``query_ddw``: (status, windows available, largest block, page size bits)."""
+        """``query_ddw``: (status, windows available, largest block, page size bits); six
+        outputs are asked for when the query-size extension says 1."""
         pdn = pdev.pdn
-        out = pdn.phb.rtas_query(pdev.cfg_addr, *self._buid(pdn))
+        six = pdn.read_ext(DDW_EXT_QUERY_OUT_SIZE) == 1
+        out = pdn.phb.rtas_query(pdev.cfg_addr, *self._buid(pdn), nret=6 if six else 5)
         if out[0]:
             return out[0], 0, 0, 0
-        six = pdn.read_ext(DDW_EXT_QUERY_OUT_SIZE) == 1
         largest = (out[2] << 32 | out[3]) if six else out[2]
         pages = out[4] if six else out[3]
         pdn.log.append(f"ibm,query-pe-dma-windows({RTAS_TOKENS['query']:x}) "
@@ -169,7 +180,8 @@ class PseriesIommu:
 
     # -- enable_ddw ------------------------------------------------------------------------------
     def ram_end(self) -> int:
-        """``ddw_memory_hotplug_max``."""
+        """``ddw_memory_hotplug_max`` (6.12 keeps it from boot as ``pseries_ddw_max_ram``;
+        the model's RAM does not change after boot, so both read the same)."""
         if self.memory_hotplug_max is not None:
             return self.memory_hotplug_max
         return max(r.end for r in self.mem.regions if r.kind == "ram")
@@ -214,6 +226,8 @@ class PseriesIommu:
             length = max_ram_len
             if self.pmem_present and ddw_sz >= MAX_PHYSMEM_BITS:
                 length = MAX_PHYSMEM_BITS
+            elif self.pmem_present:
+                pdn.log.append("Skipping ibm,pmemory")
             dynamic_offset = 0
             if ddw_sz < length:
                 length, dynamic = ddw_sz, True
@@ -221,8 +235,9 @@ class PseriesIommu:
                 direct = (not default_removed or length == MAX_PHYSMEM_BITS
                           or (not self.pmem_present and length == max_ram_len))
                 if default_removed and self.pmem_present and not direct:
-                    if 1 << ddw_sz >= MIN_DDW_VPMEM_DMA_WINDOW + (1 << max_ram_len):
-                        direct, dynamic_offset = True, 1 << max_ram_len
+                    split = self._ram_limit(max_ram_len)
+                    if 1 << ddw_sz >= MIN_DDW_VPMEM_DMA_WINDOW + split:
+                        direct, dynamic_offset = True, split
                     dynamic, length = True, ddw_sz
             ok = self._create(dev, pdev, page_shift, length, direct, dynamic,
                               default_removed, dynamic_offset)
@@ -236,11 +251,16 @@ class PseriesIommu:
         return self._done(dev, pdev, direct, length, max_ram_len)
 
     def _limited(self, pdev: PseriesDev) -> bool:
-        """``limited_dma_window``: reset the PE into limited addressing mode."""
+        """``limited_dma_window``: reset the PE into limited addressing mode. No reset
+        extension fails quietly; a missing limited-addressing extension (-EOVERFLOW) or
+        one saying no (-EPROTO) is logged."""
         pdn = pdev.pdn
+        if pdn.read_ext(DDW_EXT_RESET_DMA_WIN) is None:
+            return False
         las = pdn.read_ext(DDW_EXT_LIMITED_ADDR_MODE)
-        if pdn.read_ext(DDW_EXT_RESET_DMA_WIN) is None or not las:
-            pdn.log.append("Limited Address Space for DDW not Supported")
+        if not las:
+            err = -errno.EOVERFLOW if las is None else -errno.EPROTO
+            pdn.log.append(f"Limited Address Space for DDW not Supported, err: {err}")
             return False
         return self._reset(pdev, limited=True) == 0
 
@@ -300,10 +320,19 @@ class PseriesIommu:
         pdev.dma_offset = win_addr
         return True
 
+    def _ram_limit(self, max_ram_len: int) -> int:
+        """Where pre-mapped RAM ends in a direct window: the end of RAM
+        (``pseries_ddw_max_ram``, 6.12) or ``1 << max_ram_len`` (7.0)."""
+        return 1 << max_ram_len if self.kernel >= LINUX_7_0 else self.ram_end()
+
     def _done(self, dev: DmaDevice, pdev: PseriesDev, direct: bool, length: int,
               max_ram_len: int) -> bool:
-        if self.pmem_present and direct and length != MAX_PHYSMEM_BITS:
-            dev.bus_dma_limit = pdev.dma_offset + (1 << max_ram_len)
+        """``enable_ddw``'s exit: the bus DMA limit of pre-mapped RAM. 7.0 sets it for
+        every direct window; 6.12 only when vPMEM is left out of the window."""
+        limited = direct if self.kernel >= LINUX_7_0 else (
+            self.pmem_present and direct and length != MAX_PHYSMEM_BITS)
+        if limited:
+            dev.bus_dma_limit = pdev.dma_offset + self._ram_limit(max_ram_len)
         return direct
 
     # -- dma_supported --------------------------------------------------------------------
@@ -314,12 +343,14 @@ class PseriesIommu:
         return self.enable_ddw(dev, mask)
 
     def dma_supported(self, dev: DmaDevice, mask: int) -> bool:
-        """``dma_iommu_dma_supported``: bypass when DDW maps all RAM (unless a bus limit
-        remains), else the table must start below the mask."""
+        """``dma_iommu_dma_supported``: bypass when DDW maps all RAM, else the table must
+        start below the mask. 6.12 turns ``dma_ops_bypass`` on only without a bus DMA
+        limit (and warns when there is one); 7.0 always, and always says the limit."""
         pdev = self.devs[dev.sid]
         if self.bypass_supported(dev, mask):
-            pdev.dma_ops_bypass = dev.bus_dma_limit == 0
-            if not pdev.dma_ops_bypass:
+            seven = self.kernel >= LINUX_7_0
+            pdev.dma_ops_bypass = seven or dev.bus_dma_limit == 0
+            if seven or not pdev.dma_ops_bypass:
                 dev.notices.append(f"iommu: 64-bit OK but direct DMA is limited by "
                                    f"{dev.bus_dma_limit:x}")
             return True

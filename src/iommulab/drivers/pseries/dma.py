@@ -2,14 +2,25 @@
 ``dma_offset`` once a direct DDW maps all RAM (arch/powerpc/kernel/dma-iommu.c, iommu.c).
 
 - ``dma_set_mask``: ``dma_supported`` (which may run ``enable_ddw``), then the mask.
-- ``map_phys``: direct when ``dma_ops_bypass`` and the mask reaches all of RAM, or when
-  a bus limit (vPMEM hybrid) still covers the buffer; otherwise ``iommu_map_phys``:
-  ``iommu_num_pages`` entries, aligned to the kernel page when the IO page is smaller
-  and the buffer is a whole, aligned kernel page, below ``mask >> it_page_shift``.
+- ``map_phys``: direct when ``dma_ops_bypass`` and the mask (or the bus DMA limit, if
+  lower) reaches the required mask (``dma_go_direct``), or when the bus DMA limit
+  reaches the buffer's end (``arch_dma_map_phys_direct``); otherwise
+  ``iommu_map_phys``: ``iommu_num_pages`` entries, aligned to the kernel page when the
+  IO page is smaller and the buffer is a whole, aligned kernel page, below
+  ``mask >> it_page_shift``.
+- ``unmap``: direct when ``dma_go_direct`` or, with a bus DMA limit, when the handle's
+  end lies at or above ``dma_offset`` (``arch_dma_unmap_phys_direct``). Kernel wart
+  kept: in the vPMEM hybrid split the table's handles lie above ``dma_offset`` too, so
+  their unmaps go the direct way and leave their TCEs and table entries behind.
 - ``map_sg``: ``ppc_iommu_map_sg`` with its handle continuation and merging of
-  contiguous segments up to ``max_seg_size``; ``-EIO`` undoes what was mapped.
-- ``alloc_coherent``: pages of ``get_order(size)`` (nothing from order
-  ``IOMAP_MAX_ORDER`` up), mapped with ``get_iommu_order`` alignment.
+  contiguous segments up to ``max_seg_size``; ``-EIO`` undoes the segments made so far
+  (kernel wart kept: not the one whose TCEs failed, whose entries stay allocated).
+  Direct per ``arch_dma_map_sg_direct``, which counts each entry's in-page offset twice
+  (``sg_phys(s) + s->offset + s->length``).
+- ``alloc_coherent``: direct when ``dma_go_direct`` for the coherent mask, or (7.0's
+  ``arch_dma_alloc_direct``) when ``dma_ops_bypass`` is on with a bus DMA limit; else
+  pages of ``get_order(size)`` (nothing from order ``IOMAP_MAX_ORDER`` up), mapped with
+  ``get_iommu_order`` alignment.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from dataclasses import dataclass
 
 from ...devices import DmaDevice
 from ...errors import InvalidArgument, IoError
+from ...kernel import LINUX_7_0
 from ...mem import get_order
 from .ddw import PseriesDev, PseriesIommu
 from .table import DMA_MAPPING_ERROR, IommuTable
@@ -57,6 +69,17 @@ class PseriesDma:
             raise IoError(f"{dev.name}: DMA mask {mask:#x} not supported")
         dev.dma_mask = mask
 
+    def dma_set_coherent_mask(self, dev: DmaDevice, mask: int) -> None:
+        """``dma_set_coherent_mask``: the same check, for ``coherent_dma_mask``."""
+        if not self.iommu.dma_supported(dev, mask):
+            raise IoError(f"{dev.name}: coherent DMA mask {mask:#x} not supported")
+        dev.coherent_dma_mask = mask
+
+    def dma_set_mask_and_coherent(self, dev: DmaDevice, mask: int) -> None:
+        """``dma_set_mask_and_coherent``: the streaming mask first, then the coherent."""
+        self.dma_set_mask(dev, mask)
+        self.dma_set_coherent_mask(dev, mask)
+
     def _align_order(self, tbl: IommuTable, phys: int, size: int) -> int:
         """A whole, aligned kernel page mapped with smaller IO pages keeps its alignment."""
         if tbl.it_page_shift < self.page_shift and size >= 1 << self.page_shift \
@@ -70,14 +93,35 @@ class PseriesDma:
         size = -(-size >> ps) << ps
         return size, get_order(size)
 
+    def _required_mask(self, pdev: PseriesDev) -> int:
+        """``dma_direct_get_required_mask``: the mask covering the bus address of the last
+        RAM page, ``(max_pfn - 1) << PAGE_SHIFT`` at ``dma_offset``."""
+        top = max(r.end for r in self.iommu.mem.regions if r.kind == "ram")
+        max_dma = pdev.dma_offset + top - (1 << self.page_shift)
+        return (1 << max_dma.bit_length()) - 1
+
+    def _go_direct(self, dev: DmaDevice, pdev: PseriesDev, mask: int) -> bool:
+        """``dma_go_direct`` for dma_iommu_ops: only with ``dma_ops_bypass``, when the
+        mask (or a lower bus DMA limit: ``min_not_zero``) reaches the required mask."""
+        if not pdev.dma_ops_bypass:
+            return False
+        limit = min(mask, dev.bus_dma_limit) if dev.bus_dma_limit else mask
+        return limit >= self._required_mask(pdev)
+
     def _direct(self, dev: DmaDevice, pdev: PseriesDev, phys: int, size: int) -> bool:
-        """``dma_map_direct`` / ``arch_dma_map_phys_direct``."""
-        if pdev.dma_ops_bypass:
-            required = pdev.dma_offset + self.iommu.ram_end() - 1
-            return dev.dma_mask >= (1 << required.bit_length()) - 1
-        if dev.bus_dma_limit:
-            return pdev.dma_offset + phys + size - 1 <= dev.bus_dma_limit
-        return False
+        """``dma_map_direct(dev, ops) || arch_dma_map_phys_direct(dev, phys + size)``."""
+        if self._go_direct(dev, pdev, dev.dma_mask):
+            return True
+        return bool(dev.bus_dma_limit) and \
+            dev.bus_dma_limit >= pdev.dma_offset + phys + size
+
+    def _alloc_direct(self, dev: DmaDevice, pdev: PseriesDev) -> bool:
+        """``dma_alloc_direct``, or 7.0's ``arch_dma_alloc_direct`` (bypass with a bus DMA
+        limit: RAM is pre-mapped, so coherent buffers never use the table)."""
+        if self._go_direct(dev, pdev, dev.coherent_dma_mask):
+            return True
+        return self.iommu.kernel >= LINUX_7_0 and pdev.dma_ops_bypass \
+            and bool(dev.bus_dma_limit)
 
     def map_phys(self, dev: DmaDevice, phys: int, size: int, write: bool = True,
                  cpu: int = 0) -> int:
@@ -120,17 +164,18 @@ class PseriesDma:
         """``dma_unmap_phys``; an address outside the table is only reported."""
         pdev = self._pdev(dev)
         tbl = pdev.table
-        if tbl is None or self._is_direct_addr(pdev, dev, dma_addr):
+        if tbl is None or self._unmap_direct(dev, pdev, dma_addr + size):
             return
         if not tbl.free(dma_addr, iommu_num_pages(dma_addr, size, tbl.page_size)):
             dev.notices.append(f"iommu_free: invalid entry, dma_addr {dma_addr:#x}")
 
-    @staticmethod
-    def _is_direct_addr(pdev: PseriesDev, dev: DmaDevice, dma_addr: int) -> bool:
-        if pdev.dma_ops_bypass:
+    def _unmap_direct(self, dev: DmaDevice, pdev: PseriesDev, handle_end: int) -> bool:
+        """``dma_map_direct(dev, ops) || arch_dma_unmap_phys_direct(dev, addr + size)``:
+        with a bus DMA limit any handle ending at or above ``dma_offset`` is taken for a
+        direct one (``is_direct_handle``)."""
+        if self._go_direct(dev, pdev, dev.dma_mask):
             return True
-        return bool(dev.bus_dma_limit) and dma_addr <= dev.bus_dma_limit and \
-            dma_addr >= pdev.dma_offset
+        return bool(dev.bus_dma_limit) and handle_end >= pdev.dma_offset
 
     def map_sg(self, dev: DmaDevice, sgl: list[SgEntry], write: bool = True,
                cpu: int = 0) -> int:
@@ -139,7 +184,7 @@ class PseriesDma:
         pdev = self._pdev(dev)
         if not sgl:
             raise InvalidArgument("map_sg: no entries")
-        if all(self._direct(dev, pdev, s.phys, s.length) for s in sgl):
+        if self._sg_direct(dev, pdev, sgl):
             for s in sgl:
                 s.dma_address, s.dma_length = pdev.dma_offset + s.phys, s.length
             return len(sgl)
@@ -164,7 +209,8 @@ class PseriesDma:
             entry += tbl.it_offset
             dma_addr = entry << tbl.it_page_shift | (s.phys & (tbl.page_size - 1))
             if tbl.ops.set(tbl, entry, npages, s.phys & ~(tbl.page_size - 1), write):
-                tbl.free(entry << tbl.it_page_shift, npages)
+                # the kernel backs out the finished segments only: this one's entries
+                # stay allocated in it_map
                 return self._sg_failure(tbl, sgl, outs)
             if segstart != i:
                 if dma_addr != dma_next or sgl[outs].dma_length + s.length > dev.max_seg_size:
@@ -191,32 +237,48 @@ class PseriesDma:
                 break
         return -5  # -EIO
 
+    def _sg_direct(self, dev: DmaDevice, pdev: PseriesDev, sgl: list[SgEntry]) -> bool:
+        """``dma_map_direct || arch_dma_map_sg_direct``: every entry's
+        ``sg_phys(s) + s->offset + s->length`` (the in-page offset counted twice) within
+        the bus DMA limit."""
+        if self._go_direct(dev, pdev, dev.dma_mask):
+            return True
+        page_mask = (1 << self.page_shift) - 1
+        return bool(dev.bus_dma_limit) and all(
+            dev.bus_dma_limit >= pdev.dma_offset + s.phys + (s.phys & page_mask) + s.length
+            for s in sgl)
+
     def unmap_sg(self, dev: DmaDevice, sgl: list[SgEntry]) -> None:
-        """``ppc_iommu_unmap_sg``: up to the first empty segment."""
+        """``dma_unmap_sg``: direct when ``dma_go_direct`` or when every entry's
+        ``dma_address + length`` is a direct handle (``arch_dma_unmap_sg_direct``), else
+        ``ppc_iommu_unmap_sg`` up to the first empty segment."""
         pdev = self._pdev(dev)
         tbl = pdev.table
+        if tbl is None or self._go_direct(dev, pdev, dev.dma_mask) or (
+                dev.bus_dma_limit and all(s.dma_address + s.length >= pdev.dma_offset
+                                          for s in sgl)):
+            return
         for s in sgl:
             if s.dma_length == 0:
                 break
-            if tbl is not None and not self._is_direct_addr(pdev, dev, s.dma_address):
-                tbl.free(s.dma_address, iommu_num_pages(s.dma_address, s.dma_length,
-                                                        tbl.page_size))
+            tbl.free(s.dma_address, iommu_num_pages(s.dma_address, s.dma_length,
+                                                    tbl.page_size))
 
     def alloc_coherent(self, dev: DmaDevice, size: int, cpu: int = 0) -> tuple[int, int]:
         """``iommu_alloc_coherent`` (or dma-direct): (physical address, bus address);
         (0, DMA_MAPPING_ERROR) when it fails, as the kernel returns NULL."""
         size, frames = self._coherent_size(size)
+        pdev = self._pdev(dev)
+        if self._alloc_direct(dev, pdev):
+            phys = self.iommu.mem.alloc_pages(frames, site="alloc_coherent") << 12
+            return phys, pdev.dma_offset + phys
         if frames - (self.page_shift - 12) >= IOMAP_MAX_ORDER:  # order in kernel pages
             return 0, DMA_MAPPING_ERROR
-        pdev = self._pdev(dev)
+        tbl = pdev.table
+        if tbl is None:  # the kernel reads tbl->it_page_shift first: lab, a plain failure
+            return 0, DMA_MAPPING_ERROR
         pfn = self.iommu.mem.alloc_pages(frames, site="alloc_coherent")
         phys = pfn << 12
-        if self._direct(dev, pdev, phys, size):
-            return phys, pdev.dma_offset + phys
-        tbl = pdev.table
-        if tbl is None:
-            self.iommu.mem.free_pages(pfn, frames)
-            return 0, DMA_MAPPING_ERROR
         nio = -(-size >> tbl.it_page_shift)
         io_order = ((size - 1) >> tbl.it_page_shift).bit_length()
         mapping = self._alloc(dev, tbl, phys, nio, True,
@@ -226,10 +288,18 @@ class PseriesDma:
             return 0, DMA_MAPPING_ERROR
         return phys, mapping | (phys & (tbl.page_size - 1))
 
+    def _free_direct(self, dev: DmaDevice, pdev: PseriesDev, dma_addr: int) -> bool:
+        """``dma_alloc_direct``, or 7.0's ``arch_dma_free_direct`` (bypass with a bus DMA
+        limit and a handle at or above ``dma_offset``)."""
+        if self._go_direct(dev, pdev, dev.coherent_dma_mask):
+            return True
+        return self.iommu.kernel >= LINUX_7_0 and pdev.dma_ops_bypass \
+            and bool(dev.bus_dma_limit) and dma_addr >= pdev.dma_offset
+
     def free_coherent(self, dev: DmaDevice, size: int, phys: int, dma_addr: int) -> None:
         size, frames = self._coherent_size(size)
         pdev = self._pdev(dev)
         tbl = pdev.table
-        if tbl is not None and not self._is_direct_addr(pdev, dev, dma_addr):
+        if tbl is not None and not self._free_direct(dev, pdev, dma_addr):
             tbl.free(dma_addr, -(-size >> tbl.it_page_shift))
         self.iommu.mem.free_pages(phys >> 12, frames)
