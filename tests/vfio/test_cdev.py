@@ -45,7 +45,12 @@ class Host:
     def ioctl(self, fd: int, request: int, buf: bytes) -> bytearray:
         arg = bytearray(buf)
         self.p.ioctl(fd, request, arg)
+        self.check()
         return arg
+
+    def check(self) -> None:
+        for vdev in self.m.vfio_devices.values():
+            vdev._check()
 
     def cdev(self) -> int:
         return self.p.open("/dev/vfio/devices/vfio0")
@@ -108,6 +113,7 @@ class Host:
                             BDF.encode() + b"\0")
 
     def close(self) -> None:
+        self.check()
         self.p.exit()
         assert not self.ctx.objects  # the context went with its last reference
         for vdev in self.m.vfio_devices.values():

@@ -53,6 +53,22 @@ class VfioDevice:
         self.iommufd_attached = False
         self.cdev_opened = False
 
+    def _check(self) -> None:
+        """Invariants (tests only): bound only while open, through one context file that
+        is still open; ``iommufd_attached`` exactly when the device object has a HWPT; a
+        bound cdev is the device's only opener."""
+        assert self.open_count >= 0
+        assert (self.iommufd is None) == (self.idev is None)
+        if self.idev is not None:
+            assert self.iommufd is not None and self.iommufd.refs > 0
+            assert self.open_count >= 1
+            assert self.iommufd.ctx.objects.get(self.idev.id) is self.idev
+            assert self.iommufd_attached == (self.idev.hwpt is not None)
+        else:
+            assert not self.iommufd_attached
+        if self.cdev_opened:
+            assert self.idev is not None and self.open_count == 1
+
     # -- vfio_df_open / vfio_df_close (vfio_main.c) ------------------------------------------
     def df_open(self, df: VfioDeviceFile) -> None:
         """``vfio_df_open``: EINVAL when a cdev opens a device that is already open (only
