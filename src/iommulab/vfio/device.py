@@ -28,14 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DeviceFile", "VfioDevice", "VfioDeviceFile", "vfio_device"]
 
-#: sizeof(struct vfio_device_info): argsz, flags, num_regions, num_irqs, cap_offset, pad
-_DEVICE_INFO_SIZE = u.DEVICE_INFO.size
-
-
 def vfio_device(machine: Machine, dev: PciDevice) -> VfioDevice:
     """The ``struct vfio_device`` vfio-pci registered for ``dev``."""
     vdev = machine.vfio_devices.get(dev.bdf)
-    if vdev is None or vdev.dev is not dev:
+    if vdev is None:
         vdev = machine.vfio_devices[dev.bdf] = VfioDevice(dev)
     return vdev
 
@@ -163,7 +159,7 @@ class VfioDevice:
             raise InvalidArgument(f"DEVICE_GET_INFO: argsz {argsz} < {u.DEVICE_INFO_MINSZ}")
         info = u.DEVICE_INFO.pack(argsz, u.VFIO_DEVICE_FLAGS_PCI | u.VFIO_DEVICE_FLAGS_RESET,
                                   u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS, 0, 0)
-        a.write(0, info[:min(argsz, _DEVICE_INFO_SIZE)])
+        a.write(0, info[:min(argsz, u.DEVICE_INFO.size)])
         return 0
 
     def _get_region_info(self, a: _Arg) -> int:
