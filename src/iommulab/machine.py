@@ -29,6 +29,7 @@ from .mem.mm import MmStruct
 from .sizes import SZ_1M, parse_size
 
 if TYPE_CHECKING:
+    from .vfio.device import VfioDevice
     from .vfio.files import VfioFile
 
 __all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
@@ -121,6 +122,7 @@ class Machine:
                                                              strict=strict)
         self.devices: dict[str, PciDevice] = {}
         self.open_groups: set[int] = set()  # groups with an open /dev/vfio/N
+        self.vfio_devices: dict[str, VfioDevice] = {}  # bdf -> struct vfio_device, once opened
         self.users: dict[int, UserStruct] = {}  # uid -> user_struct (locked_vm)
         self.iommufd_test_memory_limit = [TEMP_MEMORY_LIMIT]  # selftest-tunable, global
         #: Lab: the granule iommufd's SET_DIRTY_TRACKING splits blocks to (None: upstream).
@@ -236,6 +238,7 @@ class Machine:
         else:
             self.core.release_device(dev)
         self.devices.pop(getattr(dev, "bdf", ""), None)
+        self.vfio_devices.pop(getattr(dev, "bdf", ""), None)
 
     def spawn_process(self, memlock_limit: int | str | None = None,
                       cap_ipc_lock: bool = False, *, uid: int = 1000,

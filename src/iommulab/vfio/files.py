@@ -1,5 +1,6 @@
-"""The files behind /dev/vfio: container, group and device fds (drivers/vfio/container.c,
-group.c, vfio_main.c, vfio_iommu_type1.c's ioctl handlers, vfio_pci_core.c).
+"""The files behind /dev/vfio: container and group fds (drivers/vfio/container.c, group.c,
+vfio_iommu_type1.c's ioctl handlers); the device fds are in :mod:`.device` and
+:mod:`.cdev`.
 
 Each ioctl reads the argument the way the kernel copies it (``minsz`` first,
 then ``argsz`` rules), checks in the kernel's order and writes back what
@@ -9,7 +10,7 @@ gives EFAULT.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..dma.cookie import get_msi_cookie
 from ..errors import (
@@ -32,13 +33,12 @@ from .type1 import Type1Report, VfioIommu, type1_check_extension
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
     from ..iommufd.file import IommufdFile
-    from ..iommufd.objects import Device as IommufdDevice
-    from ..iommufd.objects import IommufdCtx
-    from ..machine import Machine, PciDevice, Process
+    from ..machine import Machine, Process
+    from .device import VfioDevice
 
 EBADFD = 77
 
-__all__ = ["Container", "DeviceFile", "GroupFile", "VfioFile", "open_vfio_path"]
+__all__ = ["Container", "GroupFile", "VfioFile", "fput", "get_file", "open_vfio_path"]
 
 
 class _Arg:
@@ -79,6 +79,23 @@ class VfioFile:
         """Nothing to undo."""
 
 
+VfioFileT = TypeVar("VfioFileT", bound=VfioFile)
+
+
+def get_file(f: VfioFileT) -> VfioFileT:
+    """``get_file``: the kernel keeps ``f`` open (a bound device its iommufd, a group its
+    iommufd, a device its group) whatever the process closes."""
+    f.refs += 1
+    return f
+
+
+def fput(f: VfioFile) -> None:
+    """``fput``: drop such a reference; the last one releases the file."""
+    f.refs -= 1
+    if not f.refs:
+        f.release()
+
+
 def open_vfio_path(proc: Process, path: str) -> VfioFile:
     """``/dev/vfio/vfio`` (a new container), ``/dev/vfio/<group>`` or a device cdev
     ``/dev/vfio/devices/vfio<N>``."""
@@ -96,13 +113,24 @@ def open_vfio_path(proc: Process, path: str) -> VfioFile:
             return DeviceCdev(m, devices[int(name[12:])])
     if name.isdigit() and m.group_devices(int(name)):
         group_id = int(name)
-        if any(d.driver != "vfio-pci" for d in m.group_devices(group_id)):
+        devices = m.group_devices(group_id)
+        if any(d.driver != "vfio-pci" for d in devices):
             raise NoEntry(f"open: {path}: the group's devices are not bound to vfio-pci")
+        # vfio_group_fops_open: EBUSY while a cdev of one of its devices is bound
+        # (cdev_device_open_cnt), then while the group is open
+        bound = [vd.dev.bdf for vd in _vfio_devices(m, group_id) if vd.cdev_opened]
+        if bound:
+            raise Busy(f"open: {path}: the cdev of {', '.join(bound)} is bound to an iommufd")
         if group_id in m.open_groups:
             raise Busy(f"open: {path}: the group is already open")
         m.open_groups.add(group_id)
         return GroupFile(m, group_id)
     raise NoEntry(f"open: {path}: No such file or directory")
+
+
+def _vfio_devices(m: Machine, group_id: int) -> list[VfioDevice]:
+    """The ``struct vfio_device`` of each device of the group that has been opened."""
+    return [vd for d in m.group_devices(group_id) if (vd := m.vfio_devices.get(d.bdf))]
 
 
 class Container(VfioFile):
@@ -327,7 +355,8 @@ def _default(group: IommuGroup) -> IommuDomain:
 
 
 class GroupFile(VfioFile):
-    """``/dev/vfio/<group>``."""
+    """``/dev/vfio/<group>``. ``devices_open`` counts the devices using its container
+    (``container_users`` - 1); each holds the group file open."""
 
     def __init__(self, machine: Machine, group_id: int) -> None:
         self.machine = machine
@@ -340,15 +369,7 @@ class GroupFile(VfioFile):
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         if request == u.VFIO_GROUP_GET_STATUS:
-            a = _Arg(arg)
-            argsz, _ = u.GROUP_STATUS.unpack(a.read(0, u.GROUP_STATUS.size))
-            if argsz < u.GROUP_STATUS.size:
-                raise InvalidArgument(f"GROUP_GET_STATUS: argsz {argsz} < 8")
-            flags = u.VFIO_GROUP_FLAGS_VIABLE
-            if self.container is not None:
-                flags |= u.VFIO_GROUP_FLAGS_CONTAINER_SET
-            a.write(0, u.GROUP_STATUS.pack(argsz, flags))
-            return 0
+            return self._get_status(_Arg(arg))
         if request == u.VFIO_GROUP_SET_CONTAINER:
             fd = int.from_bytes(_Arg(arg).read(0, 4), "little", signed=True)
             if fd < 0:
@@ -366,20 +387,38 @@ class GroupFile(VfioFile):
             self.unset_container()
             return 0
         if request == u.VFIO_GROUP_GET_DEVICE_FD:
-            raw = bytes(_Arg(arg).buf)
-            name = raw.split(b"\0", 1)[0].decode(errors="replace")
-            if self.iommufd is None and (self.container is None or
-                                         self.container.iommu is None):
-                raise InvalidArgument("GROUP_GET_DEVICE_FD: the group has no IOMMU yet")
-            dev = next((d for d in self.machine.group_devices(self.id) if d.bdf == name), None)
-            if dev is None:
-                raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
-            df = DeviceFile(self, dev)
-            if self.iommufd is not None:
-                df.bind_compat(self.iommufd)
-            self.devices_open += 1
-            return proc.install(df)
+            return self._get_device_fd(proc, _Arg(arg))
         raise NotATty(f"ioctl {request:#x}: unknown to a VFIO group")
+
+    def has_iommu(self) -> bool:
+        """``vfio_group_has_iommu``: a container or an iommufd."""
+        return self.container is not None or self.iommufd is not None
+
+    def _get_status(self, a: _Arg) -> int:
+        """``vfio_group_ioctl_get_status``: VIABLE | CONTAINER_SET once the group has a
+        container or an iommufd; before that VIABLE unless its DMA is owned (an iommufd
+        bound one of its devices)."""
+        argsz, _ = u.GROUP_STATUS.unpack(a.read(0, u.GROUP_STATUS.size))
+        if argsz < u.GROUP_STATUS.size:
+            raise InvalidArgument(f"GROUP_GET_STATUS: argsz {argsz} < {u.GROUP_STATUS.size}")
+        if self.has_iommu():
+            flags = u.VFIO_GROUP_FLAGS_VIABLE | u.VFIO_GROUP_FLAGS_CONTAINER_SET
+        elif any(vd.idev is not None for vd in _vfio_devices(self.machine, self.id)):
+            flags = 0  # iommu_group_dma_owner_claimed()
+        else:
+            flags = u.VFIO_GROUP_FLAGS_VIABLE
+        a.write(0, u.GROUP_STATUS.pack(argsz, flags))
+        return 0
+
+    def _get_device_fd(self, proc: Process, a: _Arg) -> int:
+        """``vfio_group_ioctl_get_device_fd``: ENODEV for a name no device of the group
+        has, then ``vfio_device_open_file`` (EINVAL without a container or iommufd)."""
+        from .device import DeviceFile
+        name = bytes(a.buf).split(b"\0", 1)[0].decode(errors="replace")
+        dev = next((d for d in self.machine.group_devices(self.id) if d.bdf == name), None)
+        if dev is None:
+            raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
+        return proc.install(DeviceFile.open(self, dev))
 
     def _set_container(self, f: VfioFile) -> None:
         """``vfio_group_ioctl_set_container``: EINVAL when already set; a type1 container
@@ -392,7 +431,7 @@ class GroupFile(VfioFile):
             self.container = f
         elif isinstance(f, IommufdFile):
             f.ctx.compat_ioas_create()
-            self.iommufd = f
+            self.iommufd = get_file(f)  # iommufd_ctx_from_file: held until unset
         else:
             raise kernel_error(EBADFD, "GROUP_SET_CONTAINER: the fd is neither a container "
                                "nor an iommufd")
@@ -401,77 +440,10 @@ class GroupFile(VfioFile):
         if self.container is not None:
             self.container.remove_group(self)
             self.container = None
-        self.iommufd = None
+        if self.iommufd is not None:
+            fput(self.iommufd)  # iommufd_ctx_put
+            self.iommufd = None
 
     def release(self) -> None:
         self.unset_container()
         self.machine.open_groups.discard(self.id)
-
-
-class DeviceFile(VfioFile):
-    """A vfio-pci device fd: GET_INFO, GET_REGION_INFO, BAR mmap."""
-
-    def __init__(self, group: GroupFile, dev: PciDevice) -> None:
-        self.group = group
-        self.dev = dev
-        self.iommufd: IommufdCtx | None = None
-        self.idev: IommufdDevice | None = None
-
-    def bind_compat(self, f: IommufdFile) -> None:
-        """``vfio_df_iommufd_bind`` then ``vfio_iommufd_compat_attach_ioas``: the device
-        joins the context's compatibility IOAS (ENODEV if it was cleared)."""
-        from ..iommufd.vfio_compat import compat_ioas
-        idev = f.ctx.bind(self.dev)
-        try:
-            f.ctx.attach(idev, compat_ioas(f).id)
-        except KernelError:
-            f.ctx.unbind(idev)
-            raise
-        self.iommufd, self.idev = f.ctx, idev
-
-    def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
-        if request == u.VFIO_DEVICE_GET_INFO:
-            a = _Arg(arg)
-            argsz = int.from_bytes(a.read(0, 4), "little")
-            a.read(0, u.DEVICE_INFO_MINSZ)
-            if argsz < u.DEVICE_INFO_MINSZ:
-                raise InvalidArgument(f"DEVICE_GET_INFO: argsz {argsz}")
-            info = u.DEVICE_INFO.pack(argsz, u.VFIO_DEVICE_FLAGS_PCI | u.VFIO_DEVICE_FLAGS_RESET,
-                                      u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS, 0, 0)
-            a.write(0, info[:u.DEVICE_INFO_MINSZ])
-            return 0
-        if request == u.VFIO_DEVICE_GET_REGION_INFO:
-            a = _Arg(arg)
-            argsz, _, index, _, _, _ = u.REGION_INFO.unpack(a.read(0, u.REGION_INFO.size))
-            if argsz < u.REGION_INFO.size:
-                raise InvalidArgument(f"DEVICE_GET_REGION_INFO: argsz {argsz}")
-            if index >= u.VFIO_PCI_NUM_REGIONS:
-                raise InvalidArgument(f"DEVICE_GET_REGION_INFO: index {index}")
-            size, flags = 0, 0
-            if index == u.VFIO_PCI_BAR0_REGION_INDEX:
-                size = self.dev.bar0_size
-                flags = (u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE |
-                         u.VFIO_REGION_INFO_FLAG_MMAP)
-            elif index == u.VFIO_PCI_CONFIG_REGION_INDEX:
-                size = 256
-                flags = u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE
-            a.write(0, u.REGION_INFO.pack(argsz, flags, index, 0, size,
-                                          index << u.VFIO_PCI_OFFSET_SHIFT))
-            return 0
-        raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
-
-    def mmap_region(self, length: int, offset: int) -> int:
-        """``vfio_pci_core_mmap``: BAR 0 only, within its size; the BAR's physical address."""
-        index = offset >> u.VFIO_PCI_OFFSET_SHIFT
-        start = offset & ((1 << u.VFIO_PCI_OFFSET_SHIFT) - 1)
-        if index != u.VFIO_PCI_BAR0_REGION_INDEX or start & 0xFFF or \
-                start + length > self.dev.bar0_size:
-            raise InvalidArgument(f"mmap: offset {offset:#x} length {length:#x} is not "
-                                  "inside BAR 0")
-        return self.dev.bar0 + start
-
-    def release(self) -> None:
-        if self.iommufd is not None and self.idev is not None:
-            self.iommufd.unbind(self.idev)
-        self.group.devices_open -= 1
-

@@ -72,6 +72,7 @@ VFIO_DEVICE_FLAGS_RESET = 1 << 0
 VFIO_DEVICE_FLAGS_PCI = 1 << 1
 VFIO_PCI_BAR0_REGION_INDEX = 0
 VFIO_PCI_CONFIG_REGION_INDEX = 7
+VFIO_PCI_VGA_REGION_INDEX = 8
 VFIO_PCI_NUM_REGIONS = 9
 VFIO_PCI_NUM_IRQS = 5
 VFIO_REGION_INFO_FLAG_READ = 1 << 0
@@ -107,8 +108,13 @@ DEVICE_INFO = struct.Struct("<IIIIII")  # argsz, flags, num_regions, num_irqs, c
 DEVICE_INFO_MINSZ = 16  # offsetofend(num_irqs)
 REGION_INFO = struct.Struct("<IIIIQQ")  # argsz, flags, index, cap_offset, size, offset
 
-# the device cdev (/dev/vfio/devices/vfioN)
-BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid
-ATTACH_IOMMUFD_PT = struct.Struct("<IIII")  # argsz, flags, pt_id, pasid
-DETACH_IOMMUFD_PT = struct.Struct("<III")  # argsz, flags, pasid
-VFIO_DEVICE_ATTACH_PASID = 1 << 0
+# the device cdev (/dev/vfio/devices/vfioN); minsz is offsetofend of the field named
+BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid (minsz, 6.12's struct)
+BIND_IOMMUFD_TOKEN = struct.Struct("<IIiIQ")  # 6.17+: ..., token_uuid_ptr
+ATTACH_IOMMUFD_PT = struct.Struct("<IIII")  # argsz, flags, pt_id, pasid (6.15+)
+ATTACH_IOMMUFD_PT_MINSZ = 12  # offsetofend(pt_id), 6.12's struct
+DETACH_IOMMUFD_PT = struct.Struct("<III")  # argsz, flags, pasid (6.15+)
+DETACH_IOMMUFD_PT_MINSZ = 8  # offsetofend(flags), 6.12's struct
+VFIO_DEVICE_BIND_FLAG_TOKEN = 1 << 0  # 6.17+
+VFIO_DEVICE_ATTACH_PASID = 1 << 0  # 6.15+
+VFIO_DEVICE_DETACH_PASID = 1 << 0  # 6.15+

@@ -1,0 +1,290 @@
+"""A VFIO device and its files (drivers/vfio/vfio_main.c, the group side of group.c,
+iommufd.c's physical ops, vfio_pci_core.c's ioctls and mmap).
+
+:class:`VfioDevice` is ``struct vfio_device``: what VFIO keeps per device whichever
+file opened it. A device fd from VFIO_GROUP_GET_DEVICE_FD (:class:`DeviceFile`) and a
+device cdev (:class:`~.cdev.DeviceCdev`) are both ``struct vfio_device_file`` with the
+same file operations: the cdev answers nothing but BIND_IOMMUFD until it is bound, then
+both answer the device's ioctls and mmap. ``vfio_df_open`` counts the opens of a device
+and does the first one's work (bind to the file's iommufd, or use the group's container);
+``vfio_df_close`` undoes it at the last. Only a group's device fds may open a device
+that is already open, so a second device fd from the group shares the first one's
+iommufd binding and attachment, and closing one of them keeps both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidArgument, KernelError, NotATty
+from . import uapi as u
+from .files import VfioFile, _Arg, fput, get_file
+
+if TYPE_CHECKING:
+    from ..iommufd.file import IommufdFile
+    from ..iommufd.objects import Device as IommufdDevice
+    from ..machine import Machine, PciDevice, Process
+    from .files import GroupFile
+
+__all__ = ["DeviceFile", "VfioDevice", "VfioDeviceFile", "vfio_device"]
+
+def vfio_device(machine: Machine, dev: PciDevice) -> VfioDevice:
+    """The ``struct vfio_device`` vfio-pci registered for ``dev``."""
+    vdev = machine.vfio_devices.get(dev.bdf)
+    if vdev is None:
+        vdev = machine.vfio_devices[dev.bdf] = VfioDevice(dev)
+    return vdev
+
+
+class VfioDevice:
+    """``struct vfio_device`` of a vfio-pci device: ``open_count`` over every file that
+    opened it, the iommufd binding (``iommufd_device``, ``iommufd_attached``) and
+    ``cdev_opened`` while a cdev of it is bound."""
+
+    def __init__(self, dev: PciDevice) -> None:
+        self.dev = dev
+        self.open_count = 0
+        self.iommufd: IommufdFile | None = None  # the context iommufd_device is bound to
+        self.idev: IommufdDevice | None = None
+        self.iommufd_attached = False
+        self.cdev_opened = False
+
+    def _check(self) -> None:
+        """Invariants (tests only): bound only while open, through one context file that
+        is still open; ``iommufd_attached`` exactly when the device object has a HWPT; a
+        bound cdev is the device's only opener."""
+        assert self.open_count >= 0
+        assert (self.iommufd is None) == (self.idev is None)
+        if self.idev is not None:
+            assert self.iommufd is not None and self.iommufd.refs > 0
+            assert self.open_count >= 1
+            assert self.iommufd.ctx.objects.get(self.idev.id) is self.idev
+            assert self.iommufd_attached == (self.idev.hwpt is not None)
+        else:
+            assert not self.iommufd_attached
+        if self.cdev_opened:
+            assert self.idev is not None and self.open_count == 1
+
+    # -- vfio_df_open / vfio_df_close (vfio_main.c) ------------------------------------------
+    def df_open(self, df: VfioDeviceFile) -> None:
+        """``vfio_df_open``: EINVAL when a cdev opens a device that is already open (only
+        the group path may open it again); the first open binds the device to the file's
+        iommufd or uses the group's container, and is undone if it fails."""
+        if self.open_count and df.group is None:
+            raise InvalidArgument(f"{self.dev.bdf} is already open (open_count "
+                                  f"{self.open_count}): a cdev cannot open it again")
+        self.open_count += 1
+        if self.open_count == 1:
+            try:
+                self._first_open(df)
+            except KernelError:
+                self.open_count -= 1
+                raise
+
+    def df_close(self, df: VfioDeviceFile) -> None:
+        """``vfio_df_close``: the last close undoes the first open."""
+        if self.open_count == 1:
+            self._last_close(df)
+        self.open_count -= 1
+
+    def _first_open(self, df: VfioDeviceFile) -> None:
+        """``vfio_df_device_first_open``: ``vfio_df_iommufd_bind`` or
+        ``vfio_device_group_use_iommu``, as the opening file says."""
+        if df.iommufd is not None:
+            df.devid = self.physical_bind(df.iommufd)
+        else:
+            assert df.group is not None
+            _group_use_container(df.group)
+
+    def _last_close(self, df: VfioDeviceFile) -> None:
+        """``vfio_df_device_last_close``: chosen by the closing file, as the kernel does."""
+        if df.iommufd is not None:
+            self.physical_unbind()
+        else:
+            assert df.group is not None
+            _group_unuse_container(df.group)
+
+    # -- vfio_iommufd_physical_* (drivers/vfio/iommufd.c) ------------------------------------
+    def physical_bind(self, f: IommufdFile) -> int:
+        """``vfio_iommufd_physical_bind``: ``iommufd_device_bind``, whose device holds a
+        reference to the context's file until it is unbound; the device id."""
+        idev = f.ctx.bind(self.dev)
+        self.iommufd, self.idev = get_file(f), idev
+        return idev.id
+
+    def physical_unbind(self) -> None:
+        """``vfio_iommufd_physical_unbind``: detach if attached, then unbind."""
+        f, idev = self.iommufd, self.idev
+        assert f is not None and idev is not None
+        if self.iommufd_attached:
+            f.ctx.detach(idev)
+            self.iommufd_attached = False
+        f.ctx.unbind(idev)
+        self.iommufd = self.idev = None
+        fput(f)
+
+    def physical_attach_ioas(self, pt_id: int) -> int:
+        """``vfio_iommufd_physical_attach_ioas``: attach, or replace once attached; the
+        HWPT the device ended on."""
+        f, idev = self.iommufd, self.idev
+        if f is None or idev is None:  # WARN_ON(!vdev->iommufd_device)
+            raise InvalidArgument(f"{self.dev.bdf} is not bound to an iommufd")
+        change = f.ctx.replace if self.iommufd_attached else f.ctx.attach
+        hwpt = change(idev, pt_id)
+        self.iommufd_attached = True
+        return hwpt
+
+    def physical_detach_ioas(self) -> None:
+        """``vfio_iommufd_physical_detach_ioas``: nothing to do unless attached."""
+        if self.iommufd is None or self.idev is None or not self.iommufd_attached:
+            return
+        self.iommufd.ctx.detach(self.idev)
+        self.iommufd_attached = False
+
+    # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
+    def pci_ioctl(self, request: int, a: _Arg) -> int:
+        """``vfio_pci_core_ioctl``: GET_INFO and GET_REGION_INFO; ENOTTY for a request
+        vfio-pci does not know (the model has no IRQ, reset or config-space ioctls)."""
+        if request == u.VFIO_DEVICE_GET_INFO:
+            return self._get_info(a)
+        if request == u.VFIO_DEVICE_GET_REGION_INFO:
+            return self._get_region_info(a)
+        raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
+
+    def _get_info(self, a: _Arg) -> int:
+        """``vfio_pci_ioctl_get_info``: writes back ``min(argsz, sizeof(info))`` bytes,
+        ``cap_offset`` 0 (no zPCI or AtomicOps capability)."""
+        argsz = int.from_bytes(a.read(0, u.DEVICE_INFO_MINSZ)[:4], "little")
+        if argsz < u.DEVICE_INFO_MINSZ:
+            raise InvalidArgument(f"DEVICE_GET_INFO: argsz {argsz} < {u.DEVICE_INFO_MINSZ}")
+        info = u.DEVICE_INFO.pack(argsz, u.VFIO_DEVICE_FLAGS_PCI | u.VFIO_DEVICE_FLAGS_RESET,
+                                  u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS, 0, 0)
+        a.write(0, info[:min(argsz, u.DEVICE_INFO.size)])
+        return 0
+
+    def _get_region_info(self, a: _Arg) -> int:
+        """``vfio_pci_ioctl_get_region_info``: BAR 0 (the only BAR), config space, an
+        empty ROM; EINVAL for the VGA region (no VGA) and past the last region. The
+        ``cap_offset`` the caller passed is copied back unchanged (no capability)."""
+        argsz, _, index, cap_offset, _, _ = u.REGION_INFO.unpack(a.read(0, u.REGION_INFO.size))
+        if argsz < u.REGION_INFO.size:
+            raise InvalidArgument(f"DEVICE_GET_REGION_INFO: argsz {argsz} < "
+                                  f"{u.REGION_INFO.size}")
+        if index == u.VFIO_PCI_VGA_REGION_INDEX or index >= u.VFIO_PCI_NUM_REGIONS:
+            raise InvalidArgument(f"DEVICE_GET_REGION_INFO: index {index}: no such region")
+        size, flags = 0, 0
+        if index == u.VFIO_PCI_BAR0_REGION_INDEX:
+            size = self.dev.bar0_size
+            flags = (u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE |
+                     u.VFIO_REGION_INFO_FLAG_MMAP)
+        elif index == u.VFIO_PCI_CONFIG_REGION_INDEX:
+            size = 256
+            flags = u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE
+        a.write(0, u.REGION_INFO.pack(argsz, flags, index, cap_offset, size,
+                                      index << u.VFIO_PCI_OFFSET_SHIFT))
+        return 0
+
+    def pci_mmap(self, length: int, offset: int) -> int:
+        """``vfio_pci_core_mmap``: BAR 0 only, within its size; the BAR's physical
+        address."""
+        index = offset >> u.VFIO_PCI_OFFSET_SHIFT
+        start = offset & ((1 << u.VFIO_PCI_OFFSET_SHIFT) - 1)
+        if index != u.VFIO_PCI_BAR0_REGION_INDEX or start & 0xFFF or \
+                start + length > self.dev.bar0_size:
+            raise InvalidArgument(f"mmap: offset {offset:#x} length {length:#x} is not "
+                                  "inside BAR 0")
+        return self.dev.bar0 + start
+
+
+def _group_use_container(group: GroupFile) -> None:
+    """``vfio_device_group_use_iommu``: EINVAL before VFIO_SET_IOMMU; the device holds
+    the group file open (so closing the group fd leaves the container in place) and
+    counts as a container user (UNSET_CONTAINER is EBUSY)."""
+    assert group.container is not None
+    if group.container.iommu is None:
+        raise InvalidArgument(f"group {group.id}: no IOMMU driver set on the container")
+    get_file(group)
+    group.devices_open += 1
+
+
+def _group_unuse_container(group: GroupFile) -> None:
+    """``vfio_device_group_unuse_iommu``."""
+    group.devices_open -= 1
+    fput(group)
+
+
+class VfioDeviceFile(VfioFile):
+    """``struct vfio_device_file`` and ``vfio_device_fops``: the file of a group's device
+    fd (``group`` set) or of a device cdev (``group`` None)."""
+
+    def __init__(self, machine: Machine, vdev: VfioDevice, group: GroupFile | None) -> None:
+        self.machine = machine
+        self.vdev = vdev
+        self.group = group
+        self.iommufd: IommufdFile | None = None  # df->iommufd
+        self.access_granted = False
+        self.devid = 0
+
+    @property
+    def dev(self) -> PciDevice:
+        return self.vdev.dev
+
+    def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
+        """``vfio_device_fops_unl_ioctl``: BIND_IOMMUFD first; EINVAL for anything else
+        until access is granted; ATTACH and DETACH_IOMMUFD_PT on a cdev only (a group's
+        device fd passes them to vfio-pci, which does not know them); then the device's
+        own ioctls."""
+        from . import cdev
+        if request == u.VFIO_DEVICE_BIND_IOMMUFD:
+            return cdev.bind_iommufd(self, proc, _Arg(arg))
+        if not self.access_granted:
+            raise InvalidArgument(f"ioctl {request:#x}: the device cdev is not bound to an "
+                                  "iommufd")
+        if self.group is None:
+            if request == u.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+                return cdev.attach_pt(self, _Arg(arg))
+            if request == u.VFIO_DEVICE_DETACH_IOMMUFD_PT:
+                return cdev.detach_pt(self, _Arg(arg))
+        return self.vdev.pci_ioctl(request, _Arg(arg))
+
+    def mmap_region(self, length: int, offset: int) -> int:
+        """``vfio_device_fops_mmap``: EINVAL until access is granted, then vfio-pci's."""
+        if not self.access_granted:
+            raise InvalidArgument("mmap: the device cdev is not bound to an iommufd")
+        return self.vdev.pci_mmap(length, offset)
+
+
+class DeviceFile(VfioDeviceFile):
+    """A device fd from VFIO_GROUP_GET_DEVICE_FD (group.c)."""
+
+    @classmethod
+    def open(cls, group: GroupFile, dev: PciDevice) -> DeviceFile:
+        """``vfio_device_open_file``."""
+        df = cls(group.machine, vfio_device(group.machine, dev), group)
+        df._group_open()
+        return df
+
+    def _group_open(self) -> None:
+        """``vfio_df_group_open``: EINVAL while the group has neither a container nor an
+        iommufd; the device's first open through an iommufd binds it and attaches it to
+        the compatibility IOAS (ENODEV when there is none), a later one only counts."""
+        from ..iommufd.vfio_compat import compat_ioas
+        group = self.group
+        assert group is not None
+        if not group.has_iommu():
+            raise InvalidArgument(f"GROUP_GET_DEVICE_FD: group {group.id} has no container "
+                                  "or iommufd")
+        self.iommufd = group.iommufd
+        self.vdev.df_open(self)
+        if self.iommufd is not None and self.vdev.open_count == 1:
+            try:  # vfio_iommufd_compat_attach_ioas
+                self.vdev.physical_attach_ioas(compat_ioas(self.iommufd).id)
+            except KernelError:
+                self.vdev.df_close(self)
+                raise
+        self.access_granted = True
+
+    def release(self) -> None:
+        """``vfio_df_group_close``."""
+        self.vdev.df_close(self)
+        self.iommufd = None
