@@ -36,15 +36,21 @@ def _delta(p: Platform, before: Counter[str]) -> dict[str, int]:
 
 
 # -- probe ----------------------------------------------------------------------------------
-def test_probe_derives_features_and_sizes(plat: Platform) -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_probe_derives_features_and_sizes(kernel: str) -> None:
+    """arm_smmu_device_hw_probe; IDR3.BBM == 2 gives ARM_SMMU_FEAT_BBML2 in 7.0 only."""
+    plat = make_platform(kernel=kernel)
     s = plat.smmu
     want = (Feature.TRANS_S1 | Feature.TRANS_S2 | Feature.NESTING | Feature.HA | Feature.HD |
-            Feature.COHERENCY | Feature.RANGE_INV | Feature.BBML2 | Feature.TT_LE)
-    assert s.features & want == want and not s.features & Feature.VAX
+            Feature.COHERENCY | Feature.RANGE_INV | Feature.TT_LE)
+    if kernel == "7.0":
+        want |= Feature.BBML2
+    assert s.features & (want | Feature.BBML2) == want and not s.features & Feature.VAX
     assert (s.ias, s.oas, s.asid_bits, s.vmid_bits, s.sid_bits) == (48, 48, 16, 16, 8)
     assert s.pgsize_bitmap == 0x62215000  # 4K|2M|1G, 16K|32M, 64K|512M
     assert plat.hw.enabled
     assert _commands(plat) == Counter({"CFGI_ALL": 1, "TLBI_NSNH_ALL": 1, "CMD_SYNC": 2})
+    plat.close()
 
 
 def test_52_bit_output_adds_the_4tb_page_and_vax_widens_stage1() -> None:
@@ -153,7 +159,8 @@ def test_probe_device_errors(plat: Platform) -> None:
 ])
 def test_domain_stage_follows_the_flags(config: dict[str, object], flags: int,
                                         stage: int) -> None:
-    p = make_platform(**config)
+    """arm_smmu_domain_alloc_paging_flags (7.0)."""
+    p = make_platform(kernel="7.0", **config)
     master, _ = p.device()
     d = p.domain(master, flags, attach=False)
     assert d.stage == stage
@@ -170,7 +177,8 @@ def test_domain_stage_follows_the_flags(config: dict[str, object], flags: int,
 ])
 def test_domain_alloc_refusals_are_eopnotsupp(config: dict[str, object], flags: int,
                                               match: str) -> None:
-    p = make_platform(**config)
+    """arm_smmu_domain_alloc_paging_flags (7.0): ``default: ret = -EOPNOTSUPP``."""
+    p = make_platform(kernel="7.0", **config)
     master, _ = p.device()
     with pytest.raises(KernelError, match=match) as exc:
         p.smmu.domain_alloc_paging_flags(master, flags)
@@ -234,7 +242,8 @@ def test_stage1_attach_writes_the_kernels_cd_and_ste(plat: Platform) -> None:
 
 
 def test_switching_domains_updates_entries_safely_and_flushes_the_old_asid(
-        plat: Platform) -> None:
+        plat7: Platform) -> None:
+    plat = plat7
     master, _ = plat.device()
     a = plat.domain(master)
     b = plat.domain(master, attach=False)
@@ -313,7 +322,8 @@ def test_unmap_invalidates_by_range_with_the_leaf_level(plat: Platform) -> None:
     assert _last_tlbis(plat, 2)[0][:2] == ("TLBI_NH_ASID", d.asid << 48 | 0x11)
 
 
-def test_stage2_uses_ipa_and_vmall(plat: Platform) -> None:
+def test_stage2_uses_ipa_and_vmall(plat7: Platform) -> None:
+    plat = plat7
     master, _ = plat.device()
     d = plat.domain(master, HWPT_ALLOC_NEST_PARENT)
     d.map(SZ_1G, 0x8000_0000, SZ_4K, RW)

@@ -1,0 +1,152 @@
+"""Where arm-smmu-v3.c of Linux 6.12 and 7.0 differ: domain allocation flags, the sizes
+of the page tables (``smmu->ias``), the features probed, and the one ASID space."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from iommulab.drivers.smmuv3 import (
+    HWPT_ALLOC_DIRTY_TRACKING,
+    HWPT_ALLOC_NEST_PARENT,
+    HWPT_ALLOC_PASID,
+    ArmSmmuDevice,
+    Feature,
+    SmmuV3Config,
+    SmmuV3Hw,
+)
+from iommulab.drivers.smmuv3.regs import CD0
+from iommulab.errors import KernelError
+from iommulab.kernel import LINUX_6_12, LINUX_7_0, KernelVersion
+from iommulab.mem import PhysMem
+from iommulab.pgtable import Quirk
+
+from .platform import Platform, make_platform
+
+
+@pytest.mark.parametrize(("config", "flags", "stage"), [
+    ({}, 0, 1),
+    ({}, HWPT_ALLOC_DIRTY_TRACKING, 1),
+    ({"stages": "s2"}, 0, 2),  # finalise: no stage 1, so stage 2
+])
+def test_6_12_domain_alloc_user_gives_stage_1_where_there_is_one(
+        config: dict[str, object], flags: int, stage: int) -> None:
+    """arm_smmu_domain_alloc_user (6.12): the kzalloc'ed stage is S1, and
+    arm_smmu_domain_finalise moves it to S2 only when the SMMU lacks stage 1."""
+    p = make_platform(kernel="6.12", **config)
+    master, _ = p.device()
+    d = p.domain(master, flags, attach=False)
+    assert (d.stage, d.nest_parent) == (stage, False)
+    assert (d.dirty_ops is not None) == bool(flags)
+    p.close()
+
+
+@pytest.mark.parametrize(("config", "flags", "match"), [
+    ({}, HWPT_ALLOC_NEST_PARENT, "only IOMMU_HWPT_ALLOC_DIRTY_TRACKING"),
+    ({}, HWPT_ALLOC_PASID, "only IOMMU_HWPT_ALLOC_DIRTY_TRACKING"),
+    ({}, HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING, "only"),
+    ({"stages": "s2"}, HWPT_ALLOC_DIRTY_TRACKING, "stage 2"),
+])
+def test_6_12_domain_alloc_user_refuses_all_but_dirty_tracking(
+        config: dict[str, object], flags: int, match: str) -> None:
+    """arm_smmu_domain_alloc_user (6.12): PAGING_FLAGS is IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+    alone, ``if (flags & ~PAGING_FLAGS) return ERR_PTR(-EOPNOTSUPP)``; a stage-2 domain
+    with dirty tracking is EOPNOTSUPP in finalise. 7.0 makes NEST_PARENT a stage-2 nest
+    parent and PASID a stage-1 domain (test_driver.py)."""
+    p = make_platform(kernel="6.12", **config)
+    master, _ = p.device()
+    with pytest.raises(KernelError, match=match) as exc:
+        p.smmu.domain_alloc_paging_flags(master, flags)
+    assert exc.value.errno == errno.EOPNOTSUPP
+    assert not p.smmu.asids and not p.smmu.vmids
+    p.close()
+
+
+def test_7_0_nest_parent_with_dirty_tracking_is_eopnotsupp() -> None:
+    p = make_platform(kernel="7.0")
+    master, _ = p.device()
+    with pytest.raises(KernelError) as exc:
+        p.smmu.domain_alloc_paging_flags(master, HWPT_ALLOC_NEST_PARENT |
+                                         HWPT_ALLOC_DIRTY_TRACKING)
+    assert exc.value.errno == errno.EOPNOTSUPP
+    nest = p.domain(master, HWPT_ALLOC_NEST_PARENT, attach=False)
+    assert (nest.stage, nest.nest_parent) == (2, True)
+    p.close()
+
+
+@pytest.mark.parametrize(("kernel", "s1_oas", "ips", "s2_ias"), [
+    ("6.12", 40, 2, 40),  # smmu->ias = 40 (AArch32 TTF) = max(ias, oas)
+    ("7.0", 36, 1, 36),  # no ias: the OAS everywhere
+])
+def test_aarch32_table_format_sizes_by_version(kernel: str, s1_oas: int, ips: int,
+                                               s2_ias: int) -> None:
+    """arm_smmu_domain_finalise, 6.12: S1 ``pgtbl_cfg.oas = smmu->ias``, S2
+    ``pgtbl_cfg.ias = smmu->ias`` with ``smmu->ias = 40`` for IDR0_TTF_AARCH32_64 and
+    ``max(smmu->ias, smmu->oas)``; 7.0 uses ``smmu->oas`` for both."""
+    p = make_platform(kernel=kernel, ttf=3, oas=36)
+    master, _ = p.device()
+    s1 = p.domain(master)
+    assert s1.pgtbl is not None and s1.pgtbl.cfg.oas == s1_oas
+    assert CD0["IPS"].get(int(master.cd_table[0])) == ips  # type: ignore[index]
+    s2_plat = make_platform(kernel=kernel, ttf=3, oas=36, stages="s2")
+    s2_master = s2_plat.device(0x20)[0]
+    s2 = s2_plat.domain(s2_master)
+    assert s2.pgtbl is not None and s2.pgtbl.cfg.ias == s2_ias
+    assert s2.geometry.aperture_end == (1 << s2_ias) - 1
+    s2_vtcr = s2.pgtbl.cfg.arm_lpae_s2_cfg
+    assert s2_vtcr is not None and s2_vtcr.vtcr.tsz == 64 - s2_ias
+    s2_plat.close()
+    p.close()
+
+
+@pytest.mark.parametrize("kernel", [LINUX_6_12, LINUX_7_0])
+def test_s2fwb_is_probed_by_7_0_only(kernel: KernelVersion) -> None:
+    """IDR3.FWB gives ARM_SMMU_FEAT_S2FWB (and the nest parent's S2FWB quirk) in 7.0;
+    6.12 does not read it."""
+    p = make_platform(kernel=str(kernel), fwb=True)
+    assert bool(p.smmu.features & Feature.S2FWB) == (kernel == LINUX_7_0)
+    if kernel == LINUX_7_0:
+        master, _ = p.device()
+        nest = p.domain(master, HWPT_ALLOC_NEST_PARENT, attach=False)
+        assert nest.pgtbl is not None and nest.pgtbl.cfg.quirks == Quirk.ARM_S2FWB
+    p.close()
+
+
+def test_one_asid_space_for_every_smmu_of_a_machine(plat: Platform) -> None:
+    """arm_smmu_asid_xa is file-global (DEFINE_XARRAY_ALLOC1): a second SMMU's first
+    stage-1 domain gets ASID 2, and freeing gives the number back to both."""
+    other = ArmSmmuDevice(SmmuV3Hw(plat.mem, SmmuV3Config()))
+    a = plat.domain(plat.device()[0], attach=False)
+    b = other.domain_alloc_paging_flags(other.probe_device(0x10))
+    assert (a.asid, b.asid) == (1, 2)
+    assert sorted(plat.smmu.asid_xa) == [1, 2] and plat.smmu.asid_xa is other.asid_xa
+    a.free()
+    plat.domains.remove(a)
+    c = other.domain_alloc_paging_flags(other.probe_device(0x11))
+    assert c.asid == 1
+    for d in (b, c):
+        d.free()
+    for master in list(other.masters.values()):
+        other.release_device(master)
+    other.remove()
+    assert not plat.smmu.asid_xa
+    assert ArmSmmuDevice(SmmuV3Hw(PhysMem("64M"), SmmuV3Config())).asid_xa == {}  # own kernel
+
+
+def test_asid_exhaustion_is_shared_between_smmus() -> None:
+    """xa_alloc(..., XA_LIMIT(1, (1 << smmu->asid_bits) - 1)) fails with EBUSY when the
+    shared xarray has no free index in this SMMU's range."""
+    p = make_platform(asid_bits=8)
+    other = ArmSmmuDevice(SmmuV3Hw(p.mem, SmmuV3Config(asid_bits=8)))
+    om = other.probe_device(0x10)
+    taken = [other.domain_alloc_paging_flags(om) for _ in range(255)]
+    master, _ = p.device()
+    with pytest.raises(KernelError) as exc:
+        p.smmu.domain_alloc_paging_flags(master)
+    assert exc.value.errno == errno.EBUSY
+    for d in taken:
+        d.free()
+    other.release_device(om)
+    other.remove()
+    p.close()
