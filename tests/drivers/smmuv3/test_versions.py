@@ -4,6 +4,7 @@ of the page tables (``smmu->ias``), the features probed, and the one ASID space.
 from __future__ import annotations
 
 import errno
+from collections import Counter
 
 import pytest
 
@@ -21,8 +22,17 @@ from iommulab.errors import KernelError
 from iommulab.kernel import LINUX_6_12, LINUX_7_0, KernelVersion
 from iommulab.mem import PhysMem
 from iommulab.pgtable import Quirk
+from iommulab.sizes import SZ_2M
 
-from .platform import Platform, make_platform
+from .platform import RW, Platform, make_platform
+
+
+def _commands(p: Platform) -> Counter[str]:
+    return Counter(p.hw.stats.commands)
+
+
+def _delta(p: Platform, before: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in (_commands(p) - before).items() if v}
 
 
 @pytest.mark.parametrize(("config", "flags", "stage"), [
@@ -149,4 +159,53 @@ def test_asid_exhaustion_is_shared_between_smmus() -> None:
         d.free()
     other.release_device(om)
     other.remove()
+    p.close()
+
+
+def test_6_12_without_ril_every_granule_gets_its_own_command() -> None:
+    """__arm_smmu_tlb_inv_range (6.12) has no MAX_TLBI_OPS cut-off: the walk flush of a
+    2M table of 4K pages is 512 TLBI_NH_VA (batches of 64, the last synced), then the
+    gathered 2M leaf one more; 7.0 sends one TLBI_NH_ASID for the walk flush."""
+    p = make_platform(ril=False, kernel="6.12")
+    master, _ = p.device()
+    d = p.domain(master)
+    d.map(0, 0x8000_1000, SZ_2M, RW)  # unaligned PA: a table of 512 pages
+    before = _commands(p)
+    d.unmap(0, SZ_2M)
+    assert _delta(p, before) == {"TLBI_NH_VA": 513, "CMD_SYNC": 2}
+    p.close()
+
+
+def test_6_12_invalidates_unattached_domains_and_on_free() -> None:
+    """6.12 arm_smmu_tlb_inv_range_domain / arm_smmu_tlb_inv_context send their commands
+    whether or not a stream is attached (there is no invalidation array); freeing the
+    domain flushes its ASID (free_io_pgtable_ops -> tlb_flush_all)."""
+    p = make_platform(kernel="6.12")
+    master, _ = p.device()
+    d = p.domain(master, attach=False)
+    before = _commands(p)
+    d.map(0, 0x8000_0000, SZ_2M, RW)
+    d.unmap(0, SZ_2M)
+    d.flush_iotlb_all()
+    assert _delta(p, before) == {"TLBI_NH_VA": 1, "TLBI_NH_ASID": 1, "CMD_SYNC": 2}
+    before = _commands(p)
+    d.free()
+    p.domains.remove(d)
+    assert _delta(p, before) == {"TLBI_NH_ASID": 1, "CMD_SYNC": 1}
+    p.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_the_last_stream_leaving_flushes_the_asid_in_7_0_only(kernel: str) -> None:
+    """7.0 arm_smmu_install_old_domain_invs: an ASID no longer in any invalidation array
+    is flushed at once (arm_smmu_inv_flush_iotlb_tag); 6.12's attach does not flush."""
+    p = make_platform(kernel=kernel)
+    master, _ = p.device()
+    p.domain(master)
+    b = p.domain(master, attach=False)
+    before = _commands(p)
+    p.smmu.attach_dev(b, master)
+    flush = {"TLBI_NH_ASID": 1} if kernel == "7.0" else {}
+    syncs = 4 if kernel == "7.0" else 3
+    assert _delta(p, before) == {"CFGI_CD": 3, "CMD_SYNC": syncs, "PREFETCH_CFG": 1, **flush}
     p.close()

@@ -18,9 +18,12 @@ stage 1 where there is one) and knows neither S2FWB nor BBML2; 7.0 uses the OAS
 throughout and ``arm_smmu_domain_alloc_paging_flags`` (NEST_PARENT gives a
 stage-2 nest parent, PASID a stage-1 domain). ASIDs come from the one
 ``arm_smmu_asid_xa`` of the kernel, shared by every SMMU of a machine.
-Invalidations reach the hardware only for domains attached to a stream,
-as with Linux 7.0's per-domain invalidation arrays; when the last stream
-leaves a domain its ASID/VMID is flushed. Not modelled: ATS, PRI, stalls,
+In 7.0 invalidations reach the hardware only for domains attached to a
+stream (the per-domain invalidation arrays), a range of MAX_TLBI_OPS
+granules or more without RIL becomes one whole-context command, and when
+the last stream leaves a domain its ASID/VMID is flushed; 6.12 sends every
+invalidation, attached or not, range by range however long, and flushes a
+domain's tag when the domain is freed. Not modelled: ATS, PRI, stalls,
 PASIDs other than 0, nesting, 2-level stream and CD tables, MSIs.
 """
 
@@ -364,28 +367,52 @@ class ArmSmmuDevice:
     # -- invalidation -------------------------------------------------------------------------
     def domain_inv_range(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
                          leaf: bool) -> None:
-        """``arm_smmu_domain_inv_range``: TLBI by range, or the whole context if too big."""
-        if domain.masters:  # else an empty invalidation array: nothing is cached
+        """Invalidate ``size`` bytes at ``iova`` of ``domain``'s ASID or VMID.
+
+        7.0, ``arm_smmu_domain_inv_range``: only while a stream is attached (else the
+        invalidation array is empty), by range, or one whole-context command when the
+        range is too big (``arm_smmu_inv_size_too_big``). 6.12,
+        ``arm_smmu_tlb_inv_range_domain``: whether or not anything is attached, always
+        by range however long (``__arm_smmu_tlb_inv_range``; nothing for size 0).
+        """
+        if self.kernel < LINUX_7_0:
+            if size:
+                self.submit(self._range_commands(domain, iova, size, granule, leaf))
+        elif domain.masters:
             self.submit(self._inv_commands(domain, iova, size, granule, leaf))
 
     def _inv_commands(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
                       leaf: bool) -> list[Command]:
-        """``arm_smmu_inv_to_cmdq_batch`` for the domain's ASID or VMID."""
+        """``arm_smmu_inv_to_cmdq_batch`` for the domain's ASID or VMID (7.0)."""
+        if inv_size_too_big(size, granule, bool(self.features & Feature.RANGE_INV)):
+            return [self._context_command(domain)]
+        return self._range_commands(domain, iova, size, granule, leaf)
+
+    def _range_commands(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
+                        leaf: bool) -> list[Command]:
+        """TLBI_NH_VA (stage 1) or TLBI_S2_IPA (stage 2) commands covering the range."""
+        pgshift = (domain.pgsize_bitmap & -domain.pgsize_bitmap).bit_length() - 1
         ril = bool(self.features & Feature.RANGE_INV)
         if domain.stage == 1:
-            ids = {"asid": domain.asid}
-            range_op, ctx_op = Cmd.TLBI_NH_VA, Cmd.TLBI_NH_ASID
-        else:
-            ids = {"vmid": domain.vmid}
-            range_op, ctx_op = Cmd.TLBI_S2_IPA, Cmd.TLBI_S12_VMALL
-        if inv_size_too_big(size, granule, ril):
-            return [tlbi_context(ctx_op, **ids)]
-        pgshift = (domain.pgsize_bitmap & -domain.pgsize_bitmap).bit_length() - 1
-        return tlbi_range(range_op, iova, size, granule, pgshift, leaf, ril=ril, **ids)
+            return tlbi_range(Cmd.TLBI_NH_VA, iova, size, granule, pgshift, leaf, ril=ril,
+                              asid=domain.asid)
+        return tlbi_range(Cmd.TLBI_S2_IPA, iova, size, granule, pgshift, leaf, ril=ril,
+                          vmid=domain.vmid)
+
+    @staticmethod
+    def _context_command(domain: ArmSmmuDomain) -> Command:
+        """TLBI_NH_ASID (stage 1) or TLBI_S12_VMALL (stage 2) of the domain's tag."""
+        if domain.stage == 1:
+            return tlbi_context(Cmd.TLBI_NH_ASID, asid=domain.asid)
+        return tlbi_context(Cmd.TLBI_S12_VMALL, vmid=domain.vmid)
 
     def tlb_inv_context(self, domain: ArmSmmuDomain) -> None:
-        """``arm_smmu_tlb_inv_context``: NH_ASID (stage 1) or S12_VMALL (stage 2), synced."""
-        self.domain_inv_range(domain, 0, 0, 0, leaf=False)
+        """``arm_smmu_tlb_inv_context``: NH_ASID (stage 1) or S12_VMALL (stage 2), synced;
+        in 6.12 (``arm_smmu_tlb_inv_asid``) whether or not a stream is attached."""
+        if self.kernel < LINUX_7_0:
+            self.issue([self._context_command(domain)], sync=True)
+        else:
+            self.domain_inv_range(domain, 0, 0, 0, leaf=False)
 
     # -- devices ------------------------------------------------------------------------------
     def probe_device(self, sids: int | Iterable[int]) -> ArmSmmuMaster:
@@ -590,8 +617,10 @@ class ArmSmmuDevice:
             domain.masters.append(master)
         if isinstance(old, ArmSmmuDomain) and old is not domain:
             old.masters.remove(master)
-            if not old.masters:  # the last user left: drop what the IOTLB holds for it
-                self.submit(self._inv_commands(old, 0, 0, 0, leaf=False))
+            if not old.masters and self.kernel >= LINUX_7_0:
+                # arm_smmu_install_old_domain_invs: the tag left the last invalidation
+                # array, so it is flushed now (6.12 flushes nothing on detach)
+                self.submit([self._context_command(old)])
 
     def _paging_ste(self, domain: ArmSmmuDomain, master: ArmSmmuMaster) -> Entry:
         pgtbl = domain.pgtbl
