@@ -380,7 +380,8 @@ class MockIommu:
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
         """``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA."""
         domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
-                             DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True))
+                             DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True),
+                             kernel=self.kernel)
         if dev is not None and dev.flags & MOCK_FLAGS_DEVICE_HUGE_IOVA:
             domain.pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE
         return domain

@@ -498,7 +498,7 @@ class ArmSmmuDevice:
         else:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} not supported "
                                "together")
-        domain = ArmSmmuDomain(type, stage)
+        domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
         domain.nest_parent = flags == HWPT_ALLOC_NEST_PARENT
         self._finalise(domain, flags)
         return domain
@@ -510,7 +510,7 @@ class ArmSmmuDevice:
                                f"IOMMU_HWPT_ALLOC_DIRTY_TRACKING {_USER_FLAGS_6_12:#x})")
         # stage 0 from kzalloc is S1; arm_smmu_domain_finalise falls back to what exists
         stage = 1 if self.features & Feature.TRANS_S1 else 2
-        domain = ArmSmmuDomain(type, stage)
+        domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
         self._finalise(domain, flags)
         return domain
 

@@ -1,0 +1,84 @@
+"""Where iommu.c of Linux 6.12 and 7.0 differ in paths the core model runs: the empty
+IOTLB gather, the direct mappings of a default domain, and the revert of a failed
+group attach."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from iommulab import Prot
+from iommulab.errors import KernelError
+from iommulab.iommu import ResvRegion, ResvType
+
+from .platform import make_dma_platform
+
+RW = Prot.READ | Prot.WRITE
+
+
+@pytest.mark.parametrize(("kernel", "syncs"), [("6.12", 1), ("7.0", 0)])
+def test_iotlb_sync_of_an_empty_gather_reaches_the_driver_in_6_12_only(
+        kernel: str, syncs: int) -> None:
+    """iommu_iotlb_sync: 6.12 ``if (domain->ops->iotlb_sync) domain->ops->iotlb_sync(...)``;
+    7.0 adds ``&& likely(iotlb_gather->start < iotlb_gather->end)``. An unmap of nothing
+    gathers nothing."""
+    p = make_dma_platform(strict=True, kernel=kernel)
+    dev = p.device()
+    assert dev.group is not None and dev.group.domain is not None
+    domain = dev.group.domain
+    before = domain.tlb_stats.iotlb_sync
+    assert domain.unmap(0x10_0000_0000, 0x1000) == 0
+    assert domain.tlb_stats.iotlb_sync - before == syncs
+    p.close()
+
+
+@pytest.mark.parametrize(("kernel", "mapped"), [("6.12", 0), ("7.0", 0x1000)])
+def test_direct_mapping_at_iova_0_by_version(kernel: str, mapped: int) -> None:
+    """iommu_create_device_direct_mappings: 7.0 asks iommu_iova_to_phys(addr ? addr : 1)
+    ("Return address by iommu_iova_to_phys for 0 is ambiguous"); 6.12 asks about 0, which
+    a 1:1 page at 0 answers with 0, so a second device's region [0, 8K) is mapped whole
+    again, fails with EEXIST (ignored by __iommu_probe_device) and 4K stays unmapped."""
+    p = make_dma_platform(strict=True, kernel=kernel)
+    first = p.device(resv=[ResvRegion(0, 0x1000, RW, ResvType.DIRECT)])
+    second = p.device(0x20, "second", probe=False,
+                      resv=[ResvRegion(0, 0x2000, RW, ResvType.DIRECT)])
+    assert first.group is not None
+    p.core.probe_device(second, first.group)
+    domain = first.group.default_domain
+    assert domain is not None
+    assert domain.iova_to_phys(0x1000) == mapped
+    p.close()
+
+
+@pytest.mark.parametrize(("kernel", "flushes"), [("6.12", 1), ("7.0", 0)])
+def test_6_12_flushes_the_iotlb_after_the_direct_mappings(kernel: str, flushes: int) -> None:
+    """6.12: ``if (!list_empty(&mappings) && iommu_is_dma_domain(domain))
+    iommu_flush_iotlb_all(domain);`` 7.0 has no such flush."""
+    p = make_dma_platform(strict=True, kernel=kernel)
+    dev = p.device(resv=[ResvRegion(0x8000_0000, 0x1000, RW, ResvType.DIRECT)])
+    assert dev.group is not None and dev.group.default_domain is not None
+    assert dev.group.default_domain.tlb_stats.flush_all == flushes
+    p.close()
+
+
+@pytest.mark.parametrize(("kernel", "prefetches"), [("6.12", 3), ("7.0", 2)])
+def test_a_failed_group_attach_reverts_the_failing_device_in_6_12_only(
+        kernel: str, prefetches: int) -> None:
+    """__iommu_group_set_domain_internal, err_revert: 6.12 moves every device up to and
+    including the one that failed back to group->domain; 7.0 stops before the failing
+    one ("No need to revert the last gdev that failed to set domain"). The second device
+    has a DIRECT region, so the blocking domain is refused for it (EINVAL)."""
+    p = make_dma_platform(strict=True, kernel=kernel)
+    first = p.device()
+    second = p.device(0x20, "second", probe=False,
+                      resv=[ResvRegion(0x8000_0000, 0x1000, RW, ResvType.DIRECT)])
+    assert first.group is not None
+    group = first.group
+    p.core.probe_device(second, group)
+    before = Counter(p.hw.stats.commands)
+    with pytest.raises(KernelError, match="1:1"):
+        p.core.set_group_domain(group, p.smmu.blocked_domain)
+    assert (Counter(p.hw.stats.commands) - before)["PREFETCH_CFG"] == prefetches
+    assert group.domain is group.default_domain
+    p.close()
