@@ -1,6 +1,6 @@
-"""Where iommu.c of Linux 6.12 and 7.0 differ in paths the core model runs: the empty
-IOTLB gather, the direct mappings of a default domain, and the revert of a failed
-group attach."""
+"""Where iommu.c and the DMA API of Linux 6.12 and 7.0 differ in paths the model runs:
+the empty IOTLB gather, the direct mappings of a default domain, the revert of a failed
+group attach, and DMA_ATTR_MMIO."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from collections import Counter
 import pytest
 
 from iommulab import Prot
+from iommulab.dma import (
+    DMA_ATTR_MMIO,
+    DmaDirection,
+    dma_map_page,
+    dma_map_resource,
+    dma_unmap_page,
+    dma_unmap_resource,
+)
 from iommulab.errors import KernelError
 from iommulab.iommu import ResvRegion, ResvType
 
@@ -81,4 +89,28 @@ def test_a_failed_group_attach_reverts_the_failing_device_in_6_12_only(
         p.core.set_group_domain(group, p.smmu.blocked_domain)
     assert (Counter(p.hw.stats.commands) - before)["PREFETCH_CFG"] == prefetches
     assert group.domain is group.default_domain
+    p.close()
+
+
+def _attr_index(domain: object, iova: int) -> int:
+    pgtbl = domain.pgtbl  # type: ignore[attr-defined]
+    return int(pgtbl.pgtable_walk(iova)[-1] >> 2 & 7)
+
+
+@pytest.mark.parametrize(("kernel", "attr_index"), [("6.12", 1), ("7.0", 2)])
+def test_dma_attr_mmio_exists_in_7_0_only(kernel: str, attr_index: int) -> None:
+    """7.0 dma_info_to_prot: ``if (attrs & DMA_ATTR_MMIO) prot = IOMMU_MMIO`` (device
+    memory, MAIR index 2); 6.12 has no DMA_ATTR_MMIO, so a coherent device's page is
+    IOMMU_CACHE (index 1). dma_map_resource gives IOMMU_MMIO in both."""
+    p = make_dma_platform(strict=True, kernel=kernel)
+    dev = p.device()
+    assert dev.group is not None
+    domain = dev.group.default_domain
+    bar = 0x10_0000_0000
+    addr = dma_map_page(dev, bar, 0x1000, DmaDirection.FROM_DEVICE, DMA_ATTR_MMIO)
+    assert _attr_index(domain, addr) == attr_index
+    res = dma_map_resource(dev, bar, 0x1000, DmaDirection.FROM_DEVICE)
+    assert _attr_index(domain, res) == 2
+    dma_unmap_resource(dev, res, 0x1000, DmaDirection.FROM_DEVICE)
+    dma_unmap_page(dev, addr, 0x1000, DmaDirection.FROM_DEVICE, DMA_ATTR_MMIO)
     p.close()

@@ -20,6 +20,7 @@ from ..iommu.domain import DomainType, IommuDomain, SgEntry
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvType
 from ..iova import IovaDomain
+from ..kernel import LINUX_7_0
 from ..prot import Prot
 from .cookie import (
     IOVA_SINGLE_FQ_SIZE,
@@ -486,9 +487,10 @@ def get_msi_page(dev: DmaDevice, msi_addr: int, domain: IommuDomain) -> MsiPage 
 def prepare_msi(dev: DmaDevice, msi_addr: int) -> int:
     """``iommu_dma_prepare_msi`` + compose: the address the device must write its MSI to.
 
-    An identity domain (or no domain) passes the doorbell's physical address
-    through; a domain without a DMA or MSI cookie is EOPNOTSUPP; ENOMEM when
-    the doorbell page cannot be mapped.
+    No domain, an identity domain, and (6.12: ``if (!domain || !domain->iova_cookie)``)
+    any domain without a cookie pass the doorbell's physical address through
+    untranslated; in 7.0 a domain whose cookie is neither DMA nor MSI is EOPNOTSUPP
+    (``default: ret = -EOPNOTSUPP``). ENOMEM when the doorbell page cannot be mapped.
     """
     group = dev.group
     domain = group.domain if group is not None else None
@@ -496,6 +498,9 @@ def prepare_msi(dev: DmaDevice, msi_addr: int) -> int:
         return msi_addr
     cookie = domain.cookie
     if not isinstance(cookie, (DmaCookie, MsiCookie)):
+        assert group is not None
+        if group.core.kernel < LINUX_7_0:
+            return msi_addr
         raise NotSupported(f"iommu_dma_prepare_msi: {domain!r} has no MSI-capable cookie")
     page = get_msi_page(dev, msi_addr, domain)
     if page is None:
