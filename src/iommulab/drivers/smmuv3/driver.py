@@ -418,8 +418,10 @@ class ArmSmmuDevice:
     def probe_device(self, sids: int | Iterable[int]) -> ArmSmmuMaster:
         """``arm_smmu_probe_device`` / ``arm_smmu_insert_master`` for a device's StreamIDs.
 
-        ERANGE for a StreamID beyond the stream table, ENODEV for one another
-        device already has. The device's STEs stay abort until it is attached.
+        ERANGE for a StreamID beyond the stream table; for one another device
+        already has, ENODEV ("Aliasing StreamID ... unsupported", 7.0) or EINVAL
+        ("stream ... already in tree", 6.12). The device's STEs stay abort until it
+        is attached.
         """
         ids = tuple(sorted({sids} if isinstance(sids, int) else set(sids)))
         if not ids:
@@ -429,6 +431,10 @@ class ArmSmmuDevice:
                 raise OutOfRange(f"probe_device: StreamID {sid:#x} is beyond the stream "
                                  f"table ({1 << self.sid_bits} entries)")
             if sid in self.masters:
+                if self.kernel < LINUX_7_0:  # arm_smmu_insert_master, 6.12
+                    self.log.append(f"stream {sid} already in tree")
+                    raise InvalidArgument(f"probe_device: StreamID {sid:#x} belongs to "
+                                          "another device")
                 self.log.append(f"Aliasing StreamID {sid:#x} unsupported, expect DMA to be "
                                 "broken")
                 raise NoDevice(f"probe_device: StreamID {sid:#x} belongs to another device")
