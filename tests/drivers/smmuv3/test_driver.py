@@ -263,9 +263,11 @@ def test_switching_domains_updates_entries_safely_and_flushes_the_old_asid(
     s2 = plat.domain(master, HWPT_ALLOC_NEST_PARENT, attach=False)
     before = _commands(plat)
     plat.smmu.attach_dev(s2, master)
-    # S1 -> S2 changes STE words 0 and 2: breaking, 3 syncs.
-    assert _delta(plat, before) == {"CFGI_STE": 3, "TLBI_NH_ASID": 1, "CMD_SYNC": 4,
-                                    "PREFETCH_CFG": 1}
+    # S1 -> S2 changes STE words 0 and 2: breaking, 3 syncs; then arm_smmu_clear_cd
+    # zeroes CD 0 hitlessly (V first, then the rest: 2 syncs).
+    assert _delta(plat, before) == {"CFGI_STE": 3, "CFGI_CD": 2, "TLBI_NH_ASID": 1,
+                                    "CMD_SYNC": 6, "PREFETCH_CFG": 1}
+    assert [int(w) for w in master.cd_table[:8]] == [0] * 8  # type: ignore[index]
 
 
 def test_blocked_and_identity_domains(plat: Platform) -> None:
@@ -459,3 +461,16 @@ def test_fail_nth_sweep_over_domain_setup() -> None:
             if not nth:
                 break
     assert all(failures[step] for step in _Setup.STEPS), failures
+
+
+@pytest.mark.parametrize("target", ["blocked", "identity"])
+def test_blocked_and_identity_attach_clear_cd_0(plat: Platform, target: str) -> None:
+    """arm_smmu_attach_dev_ste ends with arm_smmu_clear_cd(master, IOMMU_NO_PASID): the
+    stage-1 CD a device had is zeroed (V first), so nothing can walk with it later."""
+    master, _ = plat.device()
+    plat.domain(master)
+    before = _commands(plat)
+    domain = plat.smmu.blocked_domain if target == "blocked" else plat.smmu.identity_domain
+    plat.smmu.attach_dev(domain, master)
+    assert _delta(plat, before)["CFGI_CD"] == 2
+    assert [int(w) for w in master.cd_table[:8]] == [0] * 8  # type: ignore[index]

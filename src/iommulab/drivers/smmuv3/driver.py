@@ -600,8 +600,11 @@ class ArmSmmuDevice:
 
         ``arm_smmu_attach_dev`` (CD for SSID 0 then a CD-table STE, or an S2
         STE), ``arm_smmu_attach_dev_blocked`` (abort STE) and
-        ``arm_smmu_attach_dev_identity`` (bypass STE). EINVAL for a domain
-        of another SMMU, ENOMEM when the CD table cannot be allocated.
+        ``arm_smmu_attach_dev_identity`` (bypass STE); every attach but stage 1
+        then clears CD 0 if the device has a CD table (``arm_smmu_clear_cd``: an
+        S2 attach right after its STE, blocked and identity after the commit).
+        EINVAL for a domain of another SMMU, ENOMEM when the CD table cannot be
+        allocated.
         """
         if master.smmu is not self:
             raise InvalidArgument(f"attach_dev: {master!r} is not behind this SMMU")
@@ -617,6 +620,9 @@ class ArmSmmuDevice:
             raise InvalidArgument(f"attach_dev: cannot attach {domain!r}")
         for sid in master.sids:
             self._write_ste(sid, target)
+        stage2 = isinstance(domain, ArmSmmuDomain) and domain.stage == 2
+        if stage2:
+            self._clear_cd(master)
         old = master.domain
         master.domain = domain
         if isinstance(domain, ArmSmmuDomain) and master not in domain.masters:
@@ -627,6 +633,14 @@ class ArmSmmuDevice:
                 # arm_smmu_install_old_domain_invs: the tag left the last invalidation
                 # array, so it is flushed now (6.12 flushes nothing on detach)
                 self.submit([self._context_command(old)])
+        if not isinstance(domain, ArmSmmuDomain):  # blocked, identity
+            self._clear_cd(master)
+
+    def _clear_cd(self, master: ArmSmmuMaster) -> None:
+        """``arm_smmu_clear_cd(master, IOMMU_NO_PASID)``: a zero CD 0, if there is a table."""
+        if master.cd_table is not None:
+            write_entry(master.cd_table[:ENTRY_QWORDS], (0,) * ENTRY_QWORDS, cd_used,
+                        lambda: self.submit([cfgi_cd(sid) for sid in master.sids]))
 
     def _paging_ste(self, domain: ArmSmmuDomain, master: ArmSmmuMaster) -> Entry:
         pgtbl = domain.pgtbl
