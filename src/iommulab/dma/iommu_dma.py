@@ -1,4 +1,4 @@
-"""The DMA API over IOMMU DMA domains: drivers/iommu/dma-iommu.c (Linux 7.0).
+"""The DMA API over IOMMU DMA domains: drivers/iommu/dma-iommu.c (Linux 6.12 and 7.0).
 
 Streaming mappings take an IOVA from the domain's :class:`~iommulab.iova.IovaDomain`
 (32-bit addresses first for PCI devices), map it with ``iommu_map`` and hand

@@ -1,4 +1,4 @@
-"""The IOVA allocator of drivers/iommu/iova.c (Linux 7.0): ``struct iova_domain``.
+"""The IOVA allocator of drivers/iommu/iova.c (the same in Linux 6.12 and 7.0).
 
 The kernel keeps allocated ranges in an rb-tree ordered by ``pfn_lo`` with an
 anchor node at ``~0UL`` above the space, and searches top-down from a cached
