@@ -330,16 +330,18 @@ def test_unmap_invalidates_by_range_with_the_leaf_level(plat: Platform) -> None:
     assert _last_tlbis(plat, 2)[0][:2] == ("TLBI_NH_ASID", d.asid << 48 | 0x11)
 
 
-def test_stage2_uses_ipa_and_vmall(plat7: Platform) -> None:
-    plat = plat7
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_stage2_uses_ipa_and_vmall(kernel: str) -> None:
+    plat = make_platform(kernel=kernel, stages="s2")
     master, _ = plat.device()
-    d = plat.domain(master, HWPT_ALLOC_NEST_PARENT)
+    d = plat.domain(master)
     d.map(SZ_1G, 0x8000_0000, SZ_4K, RW)
     d.unmap(SZ_1G, SZ_4K)
     (op, w0, w1), _ = _last_tlbis(plat, 2)
     assert op == "TLBI_S2_IPA" and (w0 >> 32) & 0xFFFF == d.vmid and w1 & ~0xFFF == SZ_1G
     d.flush_iotlb_all()
     assert _last_tlbis(plat, 2)[0][0] == "TLBI_S12_VMALL"
+    plat.close()
 
 
 def test_without_ril_large_ranges_become_one_asid_invalidation() -> None:

@@ -235,3 +235,19 @@ def test_unmapping_4k_of_a_2m_block_through_the_smmu(kernel: str) -> None:
         assert unmapped == 0 and _delta(p, before) == {}
     d.unmap(0x4000_0000, SZ_2M)
     p.close()
+
+
+def test_7_0_nest_parent_invalidation_also_clears_the_nested_stage_1() -> None:
+    """__arm_smmu_domain_inv_range (7.0): a nest parent's array holds INV_TYPE_S2_VMID and
+    INV_TYPE_S2_VMID_S1_CLEAR; the TLBI_S2_IPA batch is synced, then TLBI_NH_ALL of the
+    VMID goes in a batch of its own (arm_smmu_invs_end_batch)."""
+    p = make_platform(kernel="7.0")
+    master, _ = p.device()
+    nest = p.domain(master, HWPT_ALLOC_NEST_PARENT)
+    nest.map(SZ_2M, 0x8000_0000, SZ_2M, RW)
+    recent = len(p.hw.recent_commands)
+    nest.unmap(SZ_2M, SZ_2M)
+    ops = [c.name for c, _, _ in list(p.hw.recent_commands)[recent:]]
+    assert ops == ["TLBI_S2_IPA", "CMD_SYNC", "TLBI_NH_ALL", "CMD_SYNC"]
+    p.smmu.attach_dev(p.smmu.blocked_domain, master)
+    p.close()

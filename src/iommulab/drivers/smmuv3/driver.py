@@ -371,7 +371,9 @@ class ArmSmmuDevice:
 
         7.0, ``arm_smmu_domain_inv_range``: only while a stream is attached (else the
         invalidation array is empty), by range, or one whole-context command when the
-        range is too big (``arm_smmu_inv_size_too_big``). 6.12,
+        range is too big (``arm_smmu_inv_size_too_big``), followed for a nest parent
+        by TLBI_NH_ALL of its VMID (its nested stage-1 entries; S12_VMALL covers
+        them when the range is too big). 6.12,
         ``arm_smmu_tlb_inv_range_domain``: whether or not anything is attached, always
         by range however long (``__arm_smmu_tlb_inv_range``; nothing for size 0).
         """
@@ -380,6 +382,11 @@ class ArmSmmuDevice:
                 self.submit(self._range_commands(domain, iova, size, granule, leaf))
         elif domain.masters:
             self.submit(self._inv_commands(domain, iova, size, granule, leaf))
+            if domain.nest_parent and not inv_size_too_big(
+                    size, granule, bool(self.features & Feature.RANGE_INV)):
+                # INV_TYPE_S2_VMID_S1_CLEAR, in a batch of its own after the S2 one
+                # (arm_smmu_invs_end_batch): the nested stage-1 entries of the VMID
+                self.submit([tlbi_context(Cmd.TLBI_NH_ALL, vmid=domain.vmid)])
 
     def _inv_commands(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
                       leaf: bool) -> list[Command]:
