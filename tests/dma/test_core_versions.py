@@ -114,3 +114,15 @@ def test_dma_attr_mmio_exists_in_7_0_only(kernel: str, attr_index: int) -> None:
     dma_unmap_resource(dev, res, 0x1000, DmaDirection.FROM_DEVICE)
     dma_unmap_page(dev, addr, 0x1000, DmaDirection.FROM_DEVICE, DMA_ATTR_MMIO)
     p.close()
+
+
+def test_setting_the_domain_a_group_is_on_does_nothing() -> None:
+    """__iommu_group_set_domain_internal: ``if (group->domain == new_domain) return 0;``
+    (both releases): no attach_dev, so no STE write and no command."""
+    p = make_dma_platform(strict=True)
+    dev = p.device()
+    assert dev.group is not None and dev.group.domain is not None
+    before = Counter(p.hw.stats.commands)
+    p.core.set_group_domain(dev.group, dev.group.domain)
+    assert Counter(p.hw.stats.commands) == before
+    p.close()

@@ -228,11 +228,14 @@ class IommuCore:
         self.driver.attach_dev(domain, dev.dev_iommu.priv)
 
     def set_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
-        """``__iommu_group_set_domain``: every device to ``domain``; on failure the ones
+        """``__iommu_group_set_domain``: nothing if the group is on ``domain`` already; else
+        every device to ``domain``; on failure the ones
         already moved go back to the old domain (if there was one), as ``err_revert``
         does, and in 6.12 the one that failed too (7.0: "No need to revert the last
         gdev that failed to set domain")."""
         old = group.domain
+        if old is domain:  # "if (group->domain == new_domain) return 0;"
+            return
         tried: list[DmaDevice] = []
         try:
             for dev in group.devices:
