@@ -136,7 +136,7 @@ class IommuDomain:
                  geometry: DomainGeometry | None = None, *,
                  kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.type = type
-        self.kernel = kernel  # the release whose core paths this domain follows
+        self.kernel = kernel
         self.ops = ops
         self.pgsize_bitmap = pgsize_bitmap
         self.geometry = geometry or DomainGeometry()
@@ -150,6 +150,16 @@ class IommuDomain:
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"
+
+    @property
+    def kernel(self) -> KernelVersion:
+        """The release whose core paths (gather, iotlb_sync) this domain follows."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, kernel: KernelVersion) -> None:
+        self._kernel = kernel
+        self._sync_empty_gathers = kernel < LINUX_7_0  # read on the unmap fast path
 
     # -- map ------------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
@@ -256,7 +266,7 @@ class IommuDomain:
             self.warnings["iommu_unmap: unaligned"] += 1
             return 0
         ops = self.ops
-        gather_for_driver = self.kernel >= LINUX_7_0
+        gather_for_driver = not self._sync_empty_gathers
         if size == min_pagesz:  # one smallest page: the loop below, once
             done = ops.unmap_pages(self, iova, size, 1, gather)
             if done and gather.start >= gather.end and not gather.queued and gather_for_driver:
@@ -278,7 +288,7 @@ class IommuDomain:
         """``iommu_iotlb_sync``: the driver's iotlb_sync, then reset the gather. 7.0 skips an
         empty gather (``likely(iotlb_gather->start < iotlb_gather->end)``); 6.12 calls the
         driver whatever the gather holds."""
-        if self.ops is not None and (not gather.empty or self.kernel < LINUX_7_0):
+        if self.ops is not None and (not gather.empty or self._sync_empty_gathers):
             self.ops.iotlb_sync(self, gather)
         gather.init()
 
