@@ -14,6 +14,7 @@ from iommulab.devices import DmaDevice
 from iommulab.drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
 from iommulab.iommu import IommuCore, ResvRegion
 from iommulab.irqchip import GicV3Its
+from iommulab.kernel import KernelVersion
 from iommulab.mem import PhysMem
 
 from ..drivers.smmuv3.platform import check_no_leaks
@@ -60,10 +61,10 @@ class DmaPlatform:
         check_no_leaks(self.mem)
 
 
-def make_dma_platform(*, strict: bool, ncpus: int = 1, ram: str = "4G",
+def make_dma_platform(*, strict: bool, ncpus: int = 1, ram: str = "4G", kernel: str = "6.12",
                       **config: Any) -> DmaPlatform:
     mem = PhysMem(ram)
     hw = SmmuV3Hw(mem, SmmuV3Config(**config))
-    smmu = ArmSmmuDevice(hw)
+    smmu = ArmSmmuDevice(hw, kernel=KernelVersion.parse(kernel))
     core = IommuCore(smmu, clock=Clock(hz=250), ncpus=ncpus, strict=strict)
     return DmaPlatform(mem, hw, smmu, core, GicV3Its(mem))

@@ -21,6 +21,7 @@ from iommulab.dma import (
     dma_set_mask_and_coherent,
     dma_unmap_page,
     dma_unmap_sg,
+    iommu_dma,
 )
 from iommulab.errors import DmaFault
 from iommulab.iommu import DomainType, IommuDomain, ResvRegion, ResvType
@@ -273,3 +274,27 @@ def test_bad_direction_is_refused(plat: DmaPlatform) -> None:
     dev = plat.device()
     with pytest.raises(ValueError, match="invalid DMA direction"):
         dma_map_page(dev, plat.page(), 8, DmaDirection.NONE)
+
+
+def test_map_sg_returns_the_page_tables_enomem(strict_plat: DmaPlatform) -> None:
+    """iommu_dma_map_sg: ``ret = iommu_map_sg(...)`` fails with -ENOMEM when the page
+    table cannot grow, and ``if (ret != -ENOMEM && ret != -EREMOTEIO) return -EINVAL;
+    return ret;`` hands that -ENOMEM back, with the list's DMA fields invalidated."""
+    dev = strict_plat.device()
+    sg = [Scatterlist.at(strict_plat.page(b"a"), 0x1000)]
+    strict_plat.mem.fail_nth.arm(2)  # kmem_cache iova, then iommu_alloc_pages in the walk
+    try:
+        assert iommu_dma.map_sg(dev, sg, TO_DEV) == -errno.ENOMEM
+    finally:
+        strict_plat.mem.fail_nth.disarm()
+    assert (sg[0].dma_address, sg[0].dma_length) == (DMA_MAPPING_ERROR, 0)
+    assert dma_map_sg(dev, sg, TO_DEV) == 1  # and nothing was left behind
+    dma_unmap_sg(dev, sg, TO_DEV)
+
+
+def test_map_sg_folds_other_map_errors_into_einval(strict_plat: DmaPlatform) -> None:
+    """A physical address beyond the table's oas: io-pgtable's -ERANGE becomes -EINVAL."""
+    dev = strict_plat.device()
+    sg = [Scatterlist.at(1 << 50, 0x1000)]
+    assert iommu_dma.map_sg(dev, sg, TO_DEV) == -errno.EINVAL
+    assert (sg[0].dma_address, sg[0].dma_length) == (DMA_MAPPING_ERROR, 0)

@@ -9,7 +9,7 @@ import pytest
 
 from iommulab import Prot
 from iommulab.dma import MsiCookie, dma_get_msi_page, get_msi_cookie, prepare_msi
-from iommulab.errors import DmaFault
+from iommulab.errors import DmaFault, KernelError
 from iommulab.iommu import MSI_IOVA_BASE, DomainType, ResvRegion, ResvType
 
 from .platform import DmaPlatform, make_dma_platform
@@ -97,3 +97,30 @@ def test_hardware_msi_region_is_identity(plat: DmaPlatform) -> None:
     assert prepare_msi(dev, plat.its.doorbell) == plat.its.doorbell
     domain = dev.group.default_domain  # type: ignore[union-attr]
     assert domain is not None and domain.iova_to_phys(plat.its.doorbell) == 0
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_a_domain_without_cookie_by_version(kernel: str) -> None:
+    """6.12 iommu_dma_prepare_msi: ``if (!domain || !domain->iova_cookie)`` the doorbell is
+    used as is (so the write is translated by a domain that never mapped it: a fault);
+    7.0 iommu_dma_prepare_msi: a cookie neither DMA nor MSI is ``-EOPNOTSUPP``."""
+    p = make_dma_platform(strict=True, kernel=kernel)
+    dev = p.device()
+    group = dev.group
+    assert group is not None and group.default_domain is not None and dev.dev_iommu
+    bare = p.smmu.domain_alloc_paging_flags(dev.dev_iommu.priv)
+    p.core.set_group_domain(group, bare)
+    try:
+        if kernel == "6.12":
+            assert prepare_msi(dev, p.its.doorbell) == p.its.doorbell
+            with pytest.raises(DmaFault):
+                dev.msi_write(p.its.doorbell, 1)
+            p.smmu.handle_events()
+        else:
+            with pytest.raises(KernelError) as exc:
+                prepare_msi(dev, p.its.doorbell)
+            assert exc.value.errno == errno.EOPNOTSUPP
+    finally:
+        p.core.set_group_domain(group, group.default_domain)
+        bare.free()
+        p.close()

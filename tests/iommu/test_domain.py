@@ -21,6 +21,7 @@ from iommulab.iommu import (
     SgEntry,
     alloc_paging_domain,
 )
+from iommulab.kernel import LINUX_7_0
 from iommulab.mem import PhysMem
 from iommulab.pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, Quirk
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -35,7 +36,8 @@ CONFIGS = [(B4K, 39), (B4K, 48), (SZ_16K | SZ_32M, 47), (SZ_64K | SZ_512M, 48)]
 def _domain(bitmap: int = B4K, ias: int = 48, mem: PhysMem | None = None,
             quirks: Quirk = Quirk.NO_WARN) -> IommuDomain:
     return alloc_paging_domain(IoPgtableFmt.ARM_64_LPAE_S1,
-                               IoPgtableCfg(bitmap, ias, 48, quirks=quirks), mem=mem)
+                               IoPgtableCfg(bitmap, ias, 48, quirks=quirks, kernel=LINUX_7_0),
+                               mem=mem)
 
 
 def _pgtbl(domain: IommuDomain) -> IoPgtable:

@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from iommulab import Prot
 from iommulab.errors import KernelError
 from iommulab.iommu import IommuDomain, alloc_paging_domain
+from iommulab.kernel import LINUX_7_0
 from iommulab.mem import PhysMem
 from iommulab.pgtable import IoPgtableCfg, IoPgtableFmt, Quirk
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_64K, SZ_512M
@@ -29,7 +30,8 @@ class _DomainMachine(RuleBasedStateMachine):
         self.mem = PhysMem("256M")
         self.domain: IommuDomain = alloc_paging_domain(
             IoPgtableFmt.ARM_64_LPAE_S1,
-            IoPgtableCfg(self.BITMAP, self.IAS, 40, quirks=Quirk.NO_WARN), mem=self.mem)
+            IoPgtableCfg(self.BITMAP, self.IAS, 40, quirks=Quirk.NO_WARN, kernel=LINUX_7_0),
+            mem=self.mem)
         pgtbl = self.domain.pgtbl
         assert pgtbl is not None
         self.pgtbl = pgtbl

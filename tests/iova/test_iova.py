@@ -22,6 +22,16 @@ def test_init_geometry() -> None:
             IovaDomain(bad, 1)
 
 
+def test_granule_1_is_a_power_of_two_and_accepted() -> None:
+    """init_iova_domain: BUG_ON((granule > PAGE_SIZE) || !is_power_of_2(granule)) lets 1
+    through (iova_shift 0: a pfn is a byte address, the 32-bit boundary is 1 << 32)."""
+    d = IovaDomain(1, 1)
+    assert (d.shift, d.dma_32bit_pfn) == (0, 1 << 32)
+    assert d.alloc_iova(0x1000, (1 << 32) - 1, True) == Iova(0xFFFF_F000, 0xFFFF_FFFF)
+    assert d.alloc_iova_fast(3, (1 << 32) - 1, True) == 0xFFFF_EFFC
+    d._check()
+
+
 def test_top_down_order_and_alignment() -> None:
     d = IovaDomain(4096, 1)
     assert d.alloc_iova(1, LIMIT32, True) == Iova(0xFFFFF, 0xFFFFF)

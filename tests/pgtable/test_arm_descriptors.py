@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from iommulab import Prot
+from iommulab.kernel import LINUX_7_0
 from iommulab.pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from iommulab.pgtable.arm_lpae import S1_LEAF, S2_LEAF, TABLE_DESC
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_64K, SZ_512M
@@ -24,7 +25,8 @@ G4K = SZ_4K | SZ_2M | SZ_1G
 
 def _leaf(fmt: IoPgtableFmt, prot: int, pa: int, size: int = SZ_4K,
           quirks: Quirk = Quirk.NO_WARN, bitmap: int = G4K, oas: int = 48) -> int:
-    ops = alloc_io_pgtable_ops(fmt, IoPgtableCfg(bitmap, 48, oas, quirks=quirks))
+    cfg = IoPgtableCfg(bitmap, 48, oas, quirks=quirks, kernel=LINUX_7_0)  # NO_WARN, S2FWB
+    ops = alloc_io_pgtable_ops(fmt, cfg)
     ops.map_pages(0x4000_0000, pa, size, 1, prot)
     return ops.pgtable_walk(0x4000_0000)[-1]
 

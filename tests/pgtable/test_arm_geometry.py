@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from iommulab.errors import InvalidArgument, OutOfMemory
+from iommulab.kernel import LINUX_6_12, LINUX_7_0, KernelVersion
 from iommulab.mem import PhysMem
 from iommulab.pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -16,7 +17,7 @@ G4K, G16K, G64K = SZ_4K | SZ_2M | SZ_1G, SZ_16K | SZ_32M, SZ_64K | SZ_512M
 
 # (granule bitmap, ias, S1 levels, S1 PGD entries, S2 levels, S2 PGD entries) with
 # oas = ias, from the reference's re-derivation of the Linux 7.0 rules.
-GEOMETRY = [
+GEOMETRY_7_0 = [
     (G4K, 32, 3, 4, 3, 4), (G4K, 36, 3, 64, 3, 64), (G4K, 40, 4, 2, 3, 1024),
     (G4K, 42, 4, 8, 3, 4096), (G4K, 44, 4, 32, 4, 32), (G4K, 48, 4, 512, 4, 512),
     (G16K, 32, 2, 128, 2, 128), (G16K, 36, 2, 2048, 2, 2048), (G16K, 40, 3, 16, 2, 32768),
@@ -26,11 +27,19 @@ GEOMETRY = [
 ]
 
 
-@pytest.mark.parametrize(("bitmap", "ias", "l1", "e1", "l2", "e2"), GEOMETRY)
-def test_levels_and_pgd_entries(bitmap: int, ias: int, l1: int, e1: int, l2: int,
-                                e2: int) -> None:
+# Linux 6.12 concatenates a stage-2 PGD only when the walk would start at level 0 and
+# at most 16 tables do (arm_64_lpae_alloc_pgtable_s2): 16K with ias 40 starts at
+# level 1 and stays there; every other row is the same as 7.0's.
+GEOMETRY_6_12 = [(G16K, 40, 3, 16, 3, 16) if (b, i) == (G16K, 40) else (b, i, *rest)
+                 for b, i, *rest in GEOMETRY_7_0]
+
+
+@pytest.mark.parametrize("kernel", [LINUX_6_12, LINUX_7_0])
+@pytest.mark.parametrize("row", range(len(GEOMETRY_7_0)))
+def test_levels_and_pgd_entries(kernel: KernelVersion, row: int) -> None:
+    bitmap, ias, l1, e1, l2, e2 = (GEOMETRY_7_0 if kernel == LINUX_7_0 else GEOMETRY_6_12)[row]
     for fmt, levels, entries in ((S1, l1, e1), (S2, l2, e2)):
-        ops = alloc_io_pgtable_ops(fmt, IoPgtableCfg(bitmap, ias, ias))
+        ops = alloc_io_pgtable_ops(fmt, IoPgtableCfg(bitmap, ias, ias, kernel=kernel))
         assert (len(ops.format.levels), ops.format.levels[0].entries) == (levels, entries)
         # The PGD is allocated whole pages (iommu_alloc_pages rounds up), naturally aligned.
         pgd_bytes = max(entries * 8, SZ_4K)
@@ -72,7 +81,7 @@ def test_stage1_registers_noncoherent_outer_wbwa_ttbr1() -> None:
     (G64K, 42, 1, 1),  # level 2
 ])
 def test_stage2_vtcr_sl0(bitmap: int, ias: int, sl0: int, tg: int) -> None:
-    ops = alloc_io_pgtable_ops(S2, IoPgtableCfg(bitmap, ias, ias))
+    ops = alloc_io_pgtable_ops(S2, IoPgtableCfg(bitmap, ias, ias, kernel=LINUX_7_0))
     s2 = ops.cfg.arm_lpae_s2_cfg
     assert s2 is not None
     assert (s2.vtcr.sl, s2.vtcr.tg, s2.vtcr.tsz) == (sl0, tg, 64 - ias)
@@ -130,10 +139,37 @@ def test_invalid_configurations_fail(fmt: IoPgtableFmt, cfg: IoPgtableCfg, match
 def test_stage2_concatenation_beyond_16_tables_fails() -> None:
     # 16K, ias = oas = 40: 16 level-1 entries become 16 concatenated level-2
     # tables (32768 entries). With ias 44 there would be 256 level-1 entries.
-    ops = alloc_io_pgtable_ops(S2, IoPgtableCfg(G16K, 40, 40))
+    ops = alloc_io_pgtable_ops(S2, IoPgtableCfg(G16K, 40, 40, kernel=LINUX_7_0))
     assert ops.format.levels[0].entries == 32768
     with pytest.raises(InvalidArgument, match="exceeds 16"):
-        alloc_io_pgtable_ops(S2, IoPgtableCfg(G16K, 44, 40))
+        alloc_io_pgtable_ops(S2, IoPgtableCfg(G16K, 44, 40, kernel=LINUX_7_0))
+
+
+@pytest.mark.parametrize(("bitmap", "ias", "oas", "levels", "entries", "sl0"), [
+    (G4K, 40, 48, 3, 1024, 1),  # level 0 with 2 tables: concatenated (7.0: only for oas 40/42)
+    (G16K, 40, 40, 3, 16, 2),  # starts at level 1: never concatenated (7.0: 16 tables)
+    (G16K, 44, 40, 3, 256, 2),  # level 1 again: no WARN, no NULL (7.0 refuses it)
+    (G4K, 44, 44, 4, 32, 2),  # level 0 but 32 tables: not concatenated
+])
+def test_stage2_concatenation_6_12_whenever_level_0_fits_16_tables(
+        bitmap: int, ias: int, oas: int, levels: int, entries: int, sl0: int) -> None:
+    """arm_64_lpae_alloc_pgtable_s2 (6.12): ``if (data->start_level == 0)`` and
+    ``pgd_pages <= ARM_LPAE_S2_MAX_CONCAT_PAGES``, then start one level lower."""
+    ops = alloc_io_pgtable_ops(S2, IoPgtableCfg(bitmap, ias, oas, kernel=LINUX_6_12))
+    assert (len(ops.format.levels), ops.format.levels[0].entries) == (levels, entries)
+    s2 = ops.cfg.arm_lpae_s2_cfg
+    assert s2 is not None and s2.vtcr.sl == sl0
+
+
+@pytest.mark.parametrize(("fmt", "quirks"), [
+    (S1, Quirk.NO_WARN), (S2, Quirk.NO_WARN), (S2, Quirk.ARM_S2FWB)])
+def test_6_12_knows_neither_no_warn_nor_s2fwb(fmt: IoPgtableFmt, quirks: Quirk) -> None:
+    """Linux 6.12: stage 1 takes NS|TTBR1|OUTER_WBWA|HD, stage 2 no quirk at all
+    (``if (cfg->quirks) return NULL``); IO_PGTABLE_QUIRK_NO_WARN and _ARM_S2FWB came later."""
+    with pytest.raises(InvalidArgument, match=quirks.name or ""):
+        alloc_io_pgtable_ops(fmt, IoPgtableCfg(G4K, 48, 48, quirks=quirks, kernel=LINUX_6_12))
+    assert alloc_io_pgtable_ops(fmt, IoPgtableCfg(G4K, 48, 48, quirks=quirks,
+                                                  kernel=LINUX_7_0)).cfg.quirks == quirks
 
 
 def test_32bit_formats_restrict_to_4k() -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from iommulab import Prot
 from iommulab.errors import InvalidArgument, OutOfMemory
 from iommulab.iommu import IommuDirtyBitmap, IovaBitmap
+from iommulab.kernel import LINUX_7_0
 from iommulab.mem import PhysMem
 from iommulab.pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -29,7 +30,7 @@ def _ops(fmt: IoPgtableFmt = S1, bitmap: int = SZ_4K | SZ_2M | SZ_1G,
     if fmt == S2:
         quirks &= ~Quirk.ARM_HD
     cfg = IoPgtableCfg(bitmap, 48, 48, quirks=quirks | Quirk.NO_WARN, coherent_walk=coherent,
-                       tlb=tlb)
+                       tlb=tlb, kernel=LINUX_7_0)  # NO_WARN is 6.14+
     # No size check on the recorder: one walk flush covers the whole span changed,
     # which need not be a page size (the kernel's selftest never splits or merges).
     return alloc_io_pgtable_ops(fmt, cfg, cookie, mem=mem or PhysMem("8G")), tlb

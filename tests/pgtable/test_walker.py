@@ -9,6 +9,7 @@ import pytest
 from iommulab import Prot
 from iommulab.errors import AlreadyExists, InvalidArgument, OutOfMemory, OutOfRange
 from iommulab.iommu import IommuDirtyBitmap, IommuIotlbGather, IovaBitmap
+from iommulab.kernel import LINUX_7_0
 from iommulab.mem import PhysMem
 from iommulab.pgtable import (
     IOMMU_DIRTY_NO_CLEAR,
@@ -29,8 +30,8 @@ S1 = IoPgtableFmt.ARM_64_LPAE_S1
 def _ops(quirks: Quirk = Quirk.NO_WARN, ias: int = 48, fmt: IoPgtableFmt = S1,
          mem: PhysMem | None = None) -> tuple[IoPgtable, RecordingTlb]:
     tlb = RecordingTlb(cookie := object())
-    ops = alloc_io_pgtable_ops(fmt, IoPgtableCfg(G4K, ias, 48, quirks=quirks, tlb=tlb), cookie,
-                               mem=mem)
+    cfg = IoPgtableCfg(G4K, ias, 48, quirks=quirks, tlb=tlb, kernel=LINUX_7_0)  # NO_WARN
+    ops = alloc_io_pgtable_ops(fmt, cfg, cookie, mem=mem)
     tlb.bitmap = ops.cfg.pgsize_bitmap
     return ops, tlb
 

@@ -69,7 +69,8 @@ def test_msi_doorbell_needs_a_cookie_and_shares_its_page() -> None:
     for case in ("dma-domain", "vfio-cookie", "two-its", "identity"):
         assert h[f"{case}.delivered"] == h[f"{case}.sent"] == 8
         assert h[f"{case}.faults"] == h[f"{case}.wrong_id"] == h[f"{case}.refused"] == 0
-    assert (h["no-cookie.refused"], h["no-cookie.delivered"], h["no-cookie.faults"]) == (2, 0, 8)
+    # 6.12 iommu_dma_prepare_msi: no iova_cookie, so the doorbell goes out untranslated
+    assert (h["no-cookie.refused"], h["no-cookie.delivered"], h["no-cookie.faults"]) == (0, 0, 8)
 
 
 def test_streaming_dma_strict_has_no_stale_window_and_lazy_fewer_invalidations() -> None:

@@ -1,4 +1,4 @@
-"""The DMA API over IOMMU DMA domains: drivers/iommu/dma-iommu.c (Linux 7.0).
+"""The DMA API over IOMMU DMA domains: drivers/iommu/dma-iommu.c (Linux 6.12 and 7.0).
 
 Streaming mappings take an IOVA from the domain's :class:`~iommulab.iova.IovaDomain`
 (32-bit addresses first for PCI devices), map it with ``iommu_map`` and hand
@@ -12,6 +12,7 @@ model comes with iommufd), P2P bus addresses, the dma_iova_* link API.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 from ..errors import BadAddress, InvalidArgument, KernelError, NotSupported, OutOfMemory
@@ -19,6 +20,7 @@ from ..iommu.domain import DomainType, IommuDomain, SgEntry
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvType
 from ..iova import IovaDomain
+from ..kernel import LINUX_7_0
 from ..prot import Prot
 from .cookie import (
     IOVA_SINGLE_FQ_SIZE,
@@ -266,7 +268,10 @@ def unmap_phys(dev: DmaDevice, handle: int, size: int, dir: DmaDirection, attrs:
 def map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int = 0,
            cpu: int = 0) -> int:
     """``iommu_dma_map_sg``: one IOVA range for the whole list; the number of DMA segments,
-    or a negative errno (-ENOMEM, else -EINVAL) with the list as it was.
+    or a negative errno with the list's DMA fields invalidated: -ENOMEM when no IOVA
+    is left, otherwise ``iommu_map_sg``'s own -ENOMEM or -EREMOTEIO, and -EINVAL for any
+    other failure or a short map (``if (ret != -ENOMEM && ret != -EREMOTEIO) return
+    -EINVAL``).
 
     Each entry is widened to whole IOVA granules; an entry that would cross
     the device's segment boundary gets the previous one padded up to it;
@@ -294,26 +299,26 @@ def map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int 
     iova = alloc_iova(domain, iova_len, dev.dma_mask, dev, cpu)
     if not iova:
         _invalidate_sg(sg)
-        return -12
+        return -errno.ENOMEM
     entries = [SgEntry(s.phys - (s.offset & gmask), n) for s, n in zip(sg, widened, strict=True)]
-    if not _map_all_or_free(domain, iova, iova_len, entries, prot, cpu):
+    ret = _map_all_or_free(domain, iova, iova_len, entries, prot, cpu)
+    if ret < iova_len:
         _invalidate_sg(sg)
-        return -22
+        return ret if ret in (-errno.ENOMEM, -errno.EREMOTEIO) else -errno.EINVAL
     return _finalise_sg(dev, sg, widened, iova, gmask)
 
 
 def _map_all_or_free(domain: IommuDomain, iova: int, size: int, entries: list[SgEntry],
-                     prot: int, cpu: int) -> bool:
-    """``iommu_map_sg`` of ``size`` bytes at ``iova``; on error or a short map the IOVA is
-    freed (nothing was mapped, so nothing to flush) and False returned."""
+                     prot: int, cpu: int) -> int:
+    """``iommu_map_sg`` of ``size`` bytes at ``iova``: the bytes mapped or -errno. On an
+    error or a short map the IOVA is freed (nothing stays mapped, so nothing to flush)."""
     try:
-        mapped = domain.map_sg(iova, entries, prot)
-    except KernelError:
-        mapped = -1
-    if mapped < size:
+        ret = domain.map_sg(iova, entries, prot)
+    except KernelError as err:
+        ret = -err.errno_value
+    if ret < size:
         free_iova(domain, iova, size, None, cpu)
-        return False
-    return True
+    return ret
 
 
 def _finalise_sg(dev: DmaDevice, sg: list[Scatterlist], widened: list[int], dma_addr: int,
@@ -403,7 +408,7 @@ def alloc_coherent(dev: DmaDevice, size: int, attrs: int = 0,
     extra = count * _PAGE - size
     if extra > 0:  # the map covers 'size' bytes of IOVA
         runs[-1] = SgEntry(runs[-1].phys, runs[-1].length - extra)
-    if not _map_all_or_free(domain, iova, size, runs, prot, cpu):
+    if _map_all_or_free(domain, iova, size, runs, prot, cpu) < size:
         _free_blocks(dev, blocks)
         return None
     return CoherentBuffer(size, iova, pages, blocks)
@@ -482,9 +487,10 @@ def get_msi_page(dev: DmaDevice, msi_addr: int, domain: IommuDomain) -> MsiPage 
 def prepare_msi(dev: DmaDevice, msi_addr: int) -> int:
     """``iommu_dma_prepare_msi`` + compose: the address the device must write its MSI to.
 
-    An identity domain (or no domain) passes the doorbell's physical address
-    through; a domain without a DMA or MSI cookie is EOPNOTSUPP; ENOMEM when
-    the doorbell page cannot be mapped.
+    No domain, an identity domain, and (6.12: ``if (!domain || !domain->iova_cookie)``)
+    any domain without a cookie pass the doorbell's physical address through
+    untranslated; in 7.0 a domain whose cookie is neither DMA nor MSI is EOPNOTSUPP
+    (``default: ret = -EOPNOTSUPP``). ENOMEM when the doorbell page cannot be mapped.
     """
     group = dev.group
     domain = group.domain if group is not None else None
@@ -492,6 +498,9 @@ def prepare_msi(dev: DmaDevice, msi_addr: int) -> int:
         return msi_addr
     cookie = domain.cookie
     if not isinstance(cookie, (DmaCookie, MsiCookie)):
+        assert group is not None
+        if group.core.kernel < LINUX_7_0:
+            return msi_addr
         raise NotSupported(f"iommu_dma_prepare_msi: {domain!r} has no MSI-capable cookie")
     page = get_msi_page(dev, msi_addr, domain)
     if page is None:

@@ -4,15 +4,25 @@ Devices whose group's default domain is a DMA domain go through dma-iommu
 (:mod:`.iommu_dma`); the others (identity domain, no IOMMU) use the direct
 mapping: the DMA address is the physical address, if the mask reaches it.
 ``cpu`` is the CPU the caller runs on (per-CPU IOVA caches and flush queues).
+``DMA_ATTR_MMIO`` is 7.0's (6.18+) way to map MMIO with ``dma_map_page``/
+``dma_map_phys``; Linux 6.12 has no such attribute (the bit means nothing there)
+and maps MMIO with ``dma_map_resource`` only, which both releases have.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..kernel import LINUX_7_0
 from . import iommu_dma
 from .cookie import MsiPage
-from .types import DMA_MAPPING_ERROR, CoherentBuffer, DmaDirection, Scatterlist
+from .types import (
+    DMA_ATTR_MMIO,
+    DMA_MAPPING_ERROR,
+    CoherentBuffer,
+    DmaDirection,
+    Scatterlist,
+)
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
@@ -22,12 +32,14 @@ __all__ = [
     "dma_free_coherent",
     "dma_get_msi_page",
     "dma_map_page",
+    "dma_map_resource",
     "dma_map_sg",
     "dma_mapping_error",
     "dma_set_coherent_mask",
     "dma_set_mask",
     "dma_set_mask_and_coherent",
     "dma_unmap_page",
+    "dma_unmap_resource",
     "dma_unmap_sg",
     "use_dma_iommu",
 ]
@@ -66,11 +78,19 @@ def _direct(dev: DmaDevice, phys: int, size: int, mask: int) -> int:
     return phys if size and phys + size - 1 <= limit else DMA_MAPPING_ERROR
 
 
+def _known_attrs(dev: DmaDevice, attrs: int) -> int:
+    """``attrs`` as the device's kernel reads them: 6.12 has no DMA_ATTR_MMIO."""
+    group = dev.group
+    if attrs & DMA_ATTR_MMIO and group is not None and group.core.kernel < LINUX_7_0:
+        return attrs & ~DMA_ATTR_MMIO
+    return attrs
+
+
 def dma_map_page(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int = 0, *,
                  cpu: int = 0) -> int:
     """``dma_map_page_attrs``/``dma_map_phys``: the DMA address or DMA_MAPPING_ERROR."""
     if dev.dma_iommu:  # use_dma_iommu()
-        return iommu_dma.map_phys(dev, phys, size, dir, attrs, cpu)
+        return iommu_dma.map_phys(dev, phys, size, dir, _known_attrs(dev, attrs), cpu)
     return _direct(dev, phys, size, dev.dma_mask)
 
 
@@ -78,7 +98,25 @@ def dma_unmap_page(dev: DmaDevice, addr: int, size: int, dir: DmaDirection, attr
                    *, cpu: int = 0) -> None:
     """``dma_unmap_page_attrs``."""
     if dev.dma_iommu:  # use_dma_iommu()
-        iommu_dma.unmap_phys(dev, addr, size, dir, attrs, cpu)
+        iommu_dma.unmap_phys(dev, addr, size, dir, _known_attrs(dev, attrs), cpu)
+
+
+def dma_map_resource(dev: DmaDevice, phys: int, size: int, dir: DmaDirection,
+                     attrs: int = 0, *, cpu: int = 0) -> int:
+    """``dma_map_resource``: MMIO (a peer's BAR, a doorbell) mapped IOMMU_MMIO and never
+    cacheable. 6.12 ``iommu_dma_map_resource`` (``dma_info_to_prot(dir, false, attrs) |
+    IOMMU_MMIO``) and 7.0 ``dma_map_phys(..., attrs | DMA_ATTR_MMIO)`` give the same
+    prot."""
+    if dev.dma_iommu:
+        return iommu_dma.map_phys(dev, phys, size, dir, attrs | DMA_ATTR_MMIO, cpu)
+    return _direct(dev, phys, size, dev.dma_mask)
+
+
+def dma_unmap_resource(dev: DmaDevice, addr: int, size: int, dir: DmaDirection,
+                       attrs: int = 0, *, cpu: int = 0) -> None:
+    """``dma_unmap_resource``: unmapped without looking the address up first."""
+    if dev.dma_iommu:
+        iommu_dma.unmap_phys(dev, addr, size, dir, attrs | DMA_ATTR_MMIO, cpu)
 
 
 def dma_map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int = 0, *,

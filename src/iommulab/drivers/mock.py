@@ -31,7 +31,7 @@ from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvRegion
-from ..kernel import DEFAULT_KERNEL, KernelVersion
+from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import FailNth
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..sizes import PAGE_SIZE
@@ -380,16 +380,24 @@ class MockIommu:
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
         """``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA."""
         domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
-                             DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True))
+                             DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True),
+                             kernel=self.kernel)
         if dev is not None and dev.flags & MOCK_FLAGS_DEVICE_HUGE_IOVA:
             domain.pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE
         return domain
 
     def domain_alloc_paging_flags(self, dev: _MockDev | None, flags: int = 0) -> IommuDomain:
-        """``mock_domain_alloc_paging_flags``: EOPNOTSUPP for unknown flags or dirty
-        tracking on a NO_DIRTY device; dirty ops only when asked for."""
-        if flags & ~(HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING | HWPT_ALLOC_PASID):
-            raise NotSupported(f"mock: HWPT flags {flags:#x}")
+        """``mock_domain_alloc_user`` (6.12: NEST_PARENT and DIRTY_TRACKING) or
+        ``mock_domain_alloc_paging_flags`` (7.0: PASID too): EOPNOTSUPP for another flag
+        or dirty tracking on a NO_DIRTY device; dirty ops only when asked for.
+
+        Under 7.0 the domain is still the 6.12 mock's (2K xarray slots); 7.0's
+        generic_pt AMDv1 mock table is not modelled (see the README)."""
+        valid = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
+        if self.kernel >= LINUX_7_0:
+            valid |= HWPT_ALLOC_PASID
+        if flags & ~valid:
+            raise NotSupported(f"mock: HWPT flags {flags:#x} (valid: {valid:#x})")
         dirty = bool(flags & HWPT_ALLOC_DIRTY_TRACKING)
         if dirty and dev is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise NotSupported("mock: dirty tracking on a NO_DIRTY device")

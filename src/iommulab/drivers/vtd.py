@@ -223,7 +223,7 @@ class IntelIommu:
         """``intel_iommu_domain_alloc_paging_flags``: second-stage tables as wide as the
         device's unit (the first unit's without a device)."""
         aw = (self.hw if master is None else master.unit).aw
-        domain = IommuDomain(type)
+        domain = IommuDomain(type, kernel=self.kernel)
         cfg = IoPgtableCfg(self.pgsize_bitmap, aw, aw, tlb=PgtblFlushOps(), kernel=self.kernel)
         pgtbl = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, cfg, domain, mem=self.hw.mem)
         domain.ops = _VtdDomainOps(pgtbl, aw)

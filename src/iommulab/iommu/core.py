@@ -1,20 +1,24 @@
-"""Devices, groups and default domains: the part of drivers/iommu/iommu.c around them (7.0).
+"""Devices, groups and default domains: the part of drivers/iommu/iommu.c around them.
 
 ``IommuCore.probe_device`` is ``__iommu_probe_device``: the driver probes the
 device, the device joins a group, the group gets its default domain (DMA, or
 DMA_FQ when lazy) with direct mappings for the firmware's DIRECT regions,
 and the device's DMA goes through dma-iommu from then on
 (``iommu_setup_dma_ops``). ``set_group_domain`` is ``__iommu_group_set_domain``
-with the ``require_direct`` rule.
+with the ``require_direct`` rule. Linux 6.12 and 7.0 (the driver's ``kernel``)
+differ in the direct mappings (6.12 probes IOVA 0 as is and flushes the IOTLB
+after mapping) and in which devices a failed group attach moves back.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import Clock
 from ..errors import InvalidArgument, KernelError
+from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from .domain import DomainType, IommuDomain
 from .resv import IommuCap, ResvRegion, ResvType, merge_resv_regions
 
@@ -92,6 +96,8 @@ class IommuCore:
         self.forcedac = forcedac
         self.groups: dict[int, IommuGroup] = {}
         self.log: list[str] = []  # pr_warn()/dev_warn() lines
+        #: The release the core follows: the driver's.
+        self.kernel: KernelVersion = getattr(driver, "kernel", DEFAULT_KERNEL)
 
     def get_resv_regions(self, dev: DmaDevice) -> list[ResvRegion]:
         """``iommu_get_resv_regions``: the driver's regions, then the firmware's for ``dev``."""
@@ -104,9 +110,12 @@ class IommuCore:
 
         The first device of a group allocates its default domain (DMA_FQ
         unless ``strict``) and a DMA cookie, or takes the driver's static
-        ``default_domain`` (the iommufd mock's blocking domain); the others
-        attach to it. On failure the device is released again and the error
-        raised.
+        ``default_domain`` (the iommufd mock's blocking domain), maps its
+        direct regions and attaches (``iommu_setup_default_domain``: mappings
+        that fail before the attach are tried again after it, and then fail the
+        probe); the others get their direct mappings, whose errors the kernel
+        ignores, then attach to the group's domain. On failure the device is
+        released again and the error raised.
         """
         from ..dma.cookie import DmaCookie
         from ..dma.iommu_dma import init_domain
@@ -125,29 +134,23 @@ class IommuCore:
         dev.group = group
         try:
             if group.default_domain is None and self.driver.default_domain is not None:
-                group.default_domain = self.driver.default_domain
-                try:
-                    self.set_group_domain(group, group.default_domain)
-                except KernelError:
-                    group.default_domain = None
-                    raise
+                self._setup_default_domain(group, self.driver.default_domain)
             elif group.default_domain is None:
                 dtype = DomainType.DMA if self.strict else DomainType.DMA_FQ
                 domain = self.driver.domain_alloc_paging(master, dtype)
                 domain.cookie = DmaCookie(self.clock)  # iommu_get_dma_cookie
-                group.default_domain = domain
                 try:
-                    self.set_group_domain(group, domain)
+                    self._setup_default_domain(group, domain)
                 except KernelError:
-                    group.default_domain = None
                     domain.cookie = None
                     domain.free()
                     raise
             else:
                 assert group.domain is not None
+                with contextlib.suppress(KernelError):  # __iommu_probe_device ignores it
+                    self.create_direct_mappings(group.default_domain, dev)
                 self._set_device_domain(group, dev, group.domain)
             assert group.default_domain is not None
-            self.create_direct_mappings(group.default_domain, dev)
             if dev.is_pci:  # iommu_setup_dma_ops
                 dev.dev_iommu.pci_32bit_workaround = not self.forcedac
             dev.dma_iommu = bool(group.default_domain.type & DomainType.DMA
@@ -161,6 +164,28 @@ class IommuCore:
                 self.groups.pop(group.id, None)
             raise
         return group
+
+    def _setup_default_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
+        """``iommu_setup_default_domain`` for a new group: direct mappings before the
+        attach, then again after it for whatever failed before (now an error)."""
+        direct_failed = False
+        for dev in group.devices:
+            try:
+                self.create_direct_mappings(domain, dev)
+            except KernelError:
+                direct_failed = True
+        if direct_failed:
+            self.log.append("IOMMU driver was not able to establish FW requested direct "
+                            "mapping.")
+        group.default_domain = domain
+        try:
+            self.set_group_domain(group, domain)
+            if direct_failed:
+                for dev in group.devices:
+                    self.create_direct_mappings(domain, dev)
+        except KernelError:
+            group.default_domain = None
+            raise
 
     def release_device(self, dev: DmaDevice) -> None:
         """``iommu_release_device``: block the device, leave the group; the last one out
@@ -203,10 +228,14 @@ class IommuCore:
         self.driver.attach_dev(domain, dev.dev_iommu.priv)
 
     def set_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
-        """``__iommu_group_set_domain``: every device to ``domain``; on failure the ones
-        already moved and the one that failed go back to the old domain (if there was
-        one), as ``err_revert`` does."""
+        """``__iommu_group_set_domain``: nothing if the group is on ``domain`` already; else
+        every device to ``domain``; on failure the ones
+        already moved go back to the old domain (if there was one), as ``err_revert``
+        does, and in 6.12 the one that failed too (7.0: "No need to revert the last
+        gdev that failed to set domain")."""
         old = group.domain
+        if old is domain:  # "if (group->domain == new_domain) return 0;"
+            return
         tried: list[DmaDevice] = []
         try:
             for dev in group.devices:
@@ -214,7 +243,7 @@ class IommuCore:
                 self._set_device_domain(group, dev, domain)
         except KernelError:
             if old is not None:
-                for dev in tried:
+                for dev in tried if self.kernel < LINUX_7_0 else tried[:-1]:
                     assert dev.dev_iommu is not None
                     self.driver.attach_dev(old, dev.dev_iommu.priv)
             raise
@@ -225,12 +254,17 @@ class IommuCore:
         domain maps DIRECT and DIRECT_RELAXABLE regions 1:1 where nothing is mapped yet.
 
         Start and end are rounded *up* to the smallest page size, as ALIGN()
-        does; runs of unmapped pages go to ``iommu_map`` one run at a time.
+        does; runs of unmapped pages go to ``iommu_map`` one run at a time. "Mapped"
+        is ``iommu_iova_to_phys() != 0``: 7.0 asks about IOVA 1 for IOVA 0, 6.12 about
+        0 itself, so a page mapped 1:1 at 0 looks unmapped and is mapped again
+        (EEXIST). 6.12 then flushes the whole IOTLB of a DMA domain if the device has
+        any reserved region; 7.0 does not flush.
         """
         assert dev.dev_iommu is not None
         pg_size = domain.pgsize_bitmap & -domain.pgsize_bitmap
         is_dma = bool(domain.type & DomainType.DMA & ~DomainType.UNMANAGED)
         regions = self.get_resv_regions(dev)
+        probe_zero = 0 if self.kernel < LINUX_7_0 else 1  # "Offset to address 1 if addr is 0"
         for entry in regions:
             if entry.type == ResvType.DIRECT:
                 dev.dev_iommu.require_direct = True
@@ -241,11 +275,11 @@ class IommuCore:
             map_size = 0
             addr = start
             while addr <= end:
-                if addr != end and not domain.iova_to_phys(addr):
+                if addr != end and not domain.iova_to_phys(addr or probe_zero):
                     map_size += pg_size
                 elif map_size:
                     domain.map(addr - map_size, addr - map_size, map_size, entry.prot)
                     map_size = 0
                 addr += pg_size
-        if regions and is_dma:
+        if regions and is_dma and self.kernel < LINUX_7_0:
             domain.flush_iotlb_all()

@@ -2,8 +2,11 @@
 
 The core calls a driver through :class:`DomainOps` (``iommu_domain_ops``):
 ``map_pages``/``unmap_pages`` in a loop driven by :func:`iommu_pgsize`, then
-``iotlb_sync`` with the gathered range. Linux 7.0 semantics, with the fix of
-commit 6fc7e8a3b811 to ``iommu_map_nosync`` (errors are returned).
+``iotlb_sync`` with the gathered range. A domain follows the release its driver
+set in :attr:`IommuDomain.kernel`: 7.0 (with the fix of commit 6fc7e8a3b811 to
+``iommu_map_nosync``: errors are returned) skips ``iotlb_sync`` for an empty
+gather and gives a driver that gathers nothing the unmapped range; 6.12's
+``iommu_iotlb_sync`` calls the driver whatever the gather holds.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InvalidArgument, KernelError, NoDevice, NotSupported
+from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from .dirty import IommuDirtyBitmap, IovaBitmap
 from .gather import IommuIotlbGather
@@ -129,8 +133,10 @@ class IommuDomain:
     """
 
     def __init__(self, type: DomainType, ops: DomainOps | None = None, pgsize_bitmap: int = 0,
-                 geometry: DomainGeometry | None = None) -> None:
+                 geometry: DomainGeometry | None = None, *,
+                 kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.type = type
+        self.kernel = kernel
         self.ops = ops
         self.pgsize_bitmap = pgsize_bitmap
         self.geometry = geometry or DomainGeometry()
@@ -144,6 +150,16 @@ class IommuDomain:
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"
+
+    @property
+    def kernel(self) -> KernelVersion:
+        """The release whose core paths (gather, iotlb_sync) this domain follows."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, kernel: KernelVersion) -> None:
+        self._kernel = kernel
+        self._sync_empty_gathers = kernel < LINUX_7_0  # read on the unmap fast path
 
     # -- map ------------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
@@ -250,9 +266,10 @@ class IommuDomain:
             self.warnings["iommu_unmap: unaligned"] += 1
             return 0
         ops = self.ops
+        gather_for_driver = not self._sync_empty_gathers
         if size == min_pagesz:  # one smallest page: the loop below, once
             done = ops.unmap_pages(self, iova, size, 1, gather)
-            if done and gather.start >= gather.end and not gather.queued:
+            if done and gather.start >= gather.end and not gather.queued and gather_for_driver:
                 gather.add_range(iova, size)  # the driver did not gather
             return done
         unmapped = 0
@@ -261,15 +278,17 @@ class IommuDomain:
             done = ops.unmap_pages(self, iova, pgsize, count, gather)
             if not done:
                 break
-            if gather.empty:  # the driver did not gather: make the sync happen
+            if gather.empty and gather_for_driver:  # the driver did not gather: sync anyway
                 gather.add_range(iova, size)
             iova += done
             unmapped += done
         return unmapped
 
     def iotlb_sync(self, gather: IommuIotlbGather) -> None:
-        """``iommu_iotlb_sync``: flush the gathered range if non-empty, then reset it."""
-        if self.ops is not None and not gather.empty:
+        """``iommu_iotlb_sync``: the driver's iotlb_sync, then reset the gather. 7.0 skips an
+        empty gather (``likely(iotlb_gather->start < iotlb_gather->end)``); 6.12 calls the
+        driver whatever the gather holds."""
+        if self.ops is not None and (not gather.empty or self._sync_empty_gathers):
             self.ops.iotlb_sync(self, gather)
         gather.init()
 

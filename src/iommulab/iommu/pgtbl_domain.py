@@ -75,7 +75,8 @@ class PgtblDomainOps:
     def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
         stats = domain.tlb_stats
         stats.iotlb_sync += 1
-        stats.sync_bytes += gather.end - gather.start + 1
+        if not gather.empty:  # 6.12 syncs empty gathers too: no range to count
+            stats.sync_bytes += gather.end - gather.start + 1
 
     # arm-smmu-v3 (and any coherent table walker) has no iotlb_sync_map
     iotlb_sync_map: Callable[[IommuDomain, int, int], None] | None = None
@@ -97,7 +98,7 @@ class PgtblDomainOps:
 def alloc_paging_domain(fmt: IoPgtableFmt, cfg: IoPgtableCfg, *, mem: PhysMem | None = None,
                         type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
     """A paging domain whose driver keeps an io-pgtable of ``fmt`` (aperture = ias)."""
-    domain = IommuDomain(type)
+    domain = IommuDomain(type, kernel=cfg.kernel)
     pgtbl = alloc_io_pgtable_ops(fmt, replace(cfg, tlb=PgtblFlushOps()), domain, mem=mem)
     domain.ops = PgtblDomainOps(pgtbl)
     domain.pgtbl = pgtbl

@@ -62,7 +62,9 @@ def insert_resv_region(new: ResvRegion, regions: list[ResvRegion]) -> None:
 
     The list is kept sorted by start, then type; regions of ``new``'s type
     that overlap or touch (``start <= top_end + 1``) become one; regions of
-    other types are never merged, even when they overlap. O(n).
+    other types are never merged, even when they overlap. The arithmetic is the
+    kernel's u64: a region ending at ULLONG_MAX has ``top_end + 1 == 0``, so every
+    later region of its type stays a separate (overlapping) entry. O(n).
     """
     at = next((i for i, it in enumerate(regions)
                if new.start < it.start or (new.start == it.start and new.type <= it.type)),
@@ -77,12 +79,12 @@ def insert_resv_region(new: ResvRegion, regions: list[ResvRegion]) -> None:
         if top < 0:
             stack.append(it)
             continue
-        top_end = stack[top].last
-        if top_end != _ULLONG_MAX and it.start > top_end + 1:
+        top_end = stack[top].last & _ULLONG_MAX
+        if it.start > (top_end + 1) & _ULLONG_MAX:
             stack.append(it)
         else:
-            stack[top] = replace(stack[top],
-                                 length=max(top_end, it.last) - stack[top].start + 1)
+            length = (max(top_end, it.last & _ULLONG_MAX) - stack[top].start + 1) & _ULLONG_MAX
+            stack[top] = replace(stack[top], length=length)
     regions[:] = stack
 
 

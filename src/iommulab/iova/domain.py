@@ -1,4 +1,4 @@
-"""The IOVA allocator of drivers/iommu/iova.c (Linux 7.0): ``struct iova_domain``.
+"""The IOVA allocator of drivers/iommu/iova.c (the same in Linux 6.12 and 7.0).
 
 The kernel keeps allocated ranges in an rb-tree ordered by ``pfn_lo`` with an
 anchor node at ``~0UL`` above the space, and searches top-down from a cached
@@ -67,9 +67,10 @@ class IovaDomain:
     def __init__(self, granule: int, start_pfn: int, *, ncpus: int = 1,
                  clock: Clock | None = None, fail_nth: FailNth | None = None,
                  cpu_page_size: int = _CPU_PAGE_SIZE) -> None:
-        if granule <= 1 or granule > cpu_page_size or granule & (granule - 1):
+        # BUG_ON((granule > PAGE_SIZE) || !is_power_of_2(granule)): 1 is a power of two.
+        if granule < 1 or granule > cpu_page_size or granule & (granule - 1):
             raise ValueError(f"init_iova_domain: granule must be a power of two in "
-                             f"[2, {cpu_page_size:#x}], not {granule:#x}")  # BUG_ON
+                             f"[1, {cpu_page_size:#x}], not {granule:#x}")
         if start_pfn < 0:
             raise ValueError(f"init_iova_domain: start_pfn must not be negative ({start_pfn})")
         self.granule = granule

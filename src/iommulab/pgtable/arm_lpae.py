@@ -1,21 +1,26 @@
 """ARM LPAE (VMSAv8-64 long descriptor) stage 1 and stage 2, as io-pgtable-arm.c.
 
-Sources: drivers/iommu/io-pgtable-arm.c and io-pgtable-arm.h (Linux 7.0),
-Arm DDI0487 D8 (translation table format, descriptor bits) and the SMMUv3
-spec for the TCR/VTCR fields. The geometry follows ``arm_lpae_alloc_pgtable``
-and ``arm_lpae_restrict_pgsizes``; stage-2 concatenation follows
-``arm_lpae_concat_mandatory`` (DDI0487 K.a R_DXBSH / R_SRKBC); descriptors
-follow ``arm_lpae_prot_to_pte``, ``paddr_to_iopte`` and ``iopte_to_paddr``.
+Sources: drivers/iommu/io-pgtable-arm.c and io-pgtable-arm.h (Linux 6.12 and
+7.0), Arm DDI0487 D8 (translation table format, descriptor bits) and the
+SMMUv3 spec for the TCR/VTCR fields. The geometry follows
+``arm_lpae_alloc_pgtable`` and ``arm_lpae_restrict_pgsizes``; stage-2
+concatenation follows ``arm_lpae_concat_mandatory`` (7.0; DDI0487 K.a R_DXBSH /
+R_SRKBC) or 6.12's "level 0 with at most 16 tables"; descriptors follow
+``arm_lpae_prot_to_pte``, ``paddr_to_iopte`` and ``iopte_to_paddr``. Where the
+two releases differ the table follows ``cfg.kernel``: the quirks each stage
+accepts, the stage-2 concatenation rule, and the partial unmap of a block,
+which 6.12 splits (:func:`split_blk_unmap`) and 6.13+ refuses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, OutOfMemory
+from ..kernel import LINUX_7_0
 from ..mem import FailNth
 from ..prot import Prot
 from ..sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -30,6 +35,9 @@ from .cfg import (
     Quirk,
 )
 from .format import INVALID, LEAF, TABLE, BoolArray, Level, U64Array
+
+if TYPE_CHECKING:
+    from .walker import IoPgtable
 
 __all__ = [
     "S1_LEAF",
@@ -95,6 +103,9 @@ PTE_AP_RDONLY = S1_LEAF["AP_RDONLY"].mask
 PTE_AP_WR_CLEAN_MASK = PTE_AP_RDONLY | PTE_DBM
 PTE_SW_SYNC = TABLE_DESC["SW_SYNC"].mask
 PTE_NSTABLE = TABLE_DESC["NSTABLE"].mask
+# ARM_LPAE_PTE_ATTR_MASK (6.12): what iopte_prot() keeps of a block for the pages a
+# split makes: bits 11:2, DBM and XN; not the contiguous bit nor the software bits.
+PTE_ATTR_MASK = (0x3FF << 2) | PTE_XN | PTE_DBM
 SH_OS = _SH.put(2)
 SH_IS = _SH.put(3)
 HAP_READ = 1 << 6
@@ -122,6 +133,10 @@ TCR_PS = {32: 0, 36: 1, 40: 2, 42: 3, 44: 4, 48: 5, 52: 6}
 
 S1_QUIRKS = Quirk.ARM_NS | Quirk.ARM_TTBR1 | Quirk.ARM_OUTER_WBWA | Quirk.ARM_HD | Quirk.NO_WARN
 S2_QUIRKS = Quirk.ARM_S2FWB | Quirk.NO_WARN
+# Linux 6.12 knows neither NO_WARN nor S2FWB, and its stage 2 takes no quirk at all
+# ("The NS quirk doesn't apply at stage 2": if (cfg->quirks) return NULL).
+S1_QUIRKS_6_12 = Quirk.ARM_NS | Quirk.ARM_TTBR1 | Quirk.ARM_OUTER_WBWA | Quirk.ARM_HD
+S2_QUIRKS_6_12 = Quirk(0)
 _STAGE1 = (IoPgtableFmt.ARM_64_LPAE_S1, IoPgtableFmt.ARM_32_LPAE_S1)
 _STAGE2 = (IoPgtableFmt.ARM_64_LPAE_S2, IoPgtableFmt.ARM_32_LPAE_S2)
 LPAE_FORMATS = _STAGE1 + _STAGE2
@@ -188,6 +203,10 @@ def _geometry(cfg: IoPgtableCfg) -> _Geometry:
 
 def _concat_mandatory(cfg: IoPgtableCfg, geo: _Geometry) -> bool:
     """``arm_lpae_concat_mandatory`` (Linux 7.0; DDI0487 K.a R_DXBSH, R_SRKBC)."""
+    if cfg.kernel < LINUX_7_0:
+        # 6.12 arm_64_lpae_alloc_pgtable_s2: concatenate whenever the walk starts at
+        # level 0 and at most ARM_LPAE_S2_MAX_CONCAT_PAGES tables would do.
+        return geo.start_level == 0 and 1 << geo.pgd_bits <= ARM_LPAE_S2_MAX_CONCAT_PAGES
     if geo.granule == SZ_16K and geo.start_level == 0:
         return cfg.oas == 48 or cfg.ias == 48
     if geo.granule == SZ_4K and geo.start_level == 0:
@@ -217,7 +236,10 @@ def arm_lpae_alloc(fmt: IoPgtableFmt, cfg: IoPgtableCfg, cpu_page_size: int,
         if cfg.ias > 40 or cfg.oas > 40:
             raise _null(fmt, f"ias {cfg.ias} / oas {cfg.oas} exceed 40 bits")
         cfg = replace(cfg, pgsize_bitmap=cfg.pgsize_bitmap & (SZ_4K | SZ_2M | SZ_1G))
-    allowed = S1_QUIRKS if stage1 else S2_QUIRKS
+    if cfg.kernel < LINUX_7_0:
+        allowed = S1_QUIRKS_6_12 if stage1 else S2_QUIRKS_6_12
+    else:
+        allowed = S1_QUIRKS if stage1 else S2_QUIRKS
     if cfg.quirks & ~allowed:
         raise _null(fmt, f"quirks {Quirk(cfg.quirks & ~allowed)!r} not supported "
                          f"(allowed: {allowed!r})")
@@ -300,6 +322,8 @@ class ArmLpaeFormat:
                                 for d in range(len(levels)))
         self._leaf_type_u64 = tuple(np.uint64(t) for t in self._leaf_type)
         self._table_bits = TYPE_TABLE | (PTE_NSTABLE if cfg.quirks & Quirk.ARM_NS else 0)
+        # The walker's answer to unmapping part of a block: 6.12 splits it, 6.13+ refuse.
+        self.split_blk_unmap = split_blk_unmap if cfg.kernel < (6, 13) else None
         # iopte_leaf / iopte_table by type bits; types 0b00 and 0b10 are invalid.
         self.kinds: tuple[tuple[int, ...], ...] = tuple(
             (INVALID, LEAF, INVALID, LEAF) if d == self.last_depth
@@ -465,3 +489,55 @@ class ArmLpaeFormat:
             kind = "invalid"
         return f"{kind} " + layout.describe(pte)
 
+
+
+def split_blk_unmap(pgtbl: IoPgtable, table: U64Array, idx: int, depth: int, iova: int,
+                    size: int, pgcount: int, gather: Any) -> int | None:
+    """``arm_lpae_split_blk_unmap`` (Linux 6.12; gone in 6.13 with commit 33729a5fc0ca).
+
+    Unmapping ``size`` (smaller than the block) inside the block at ``table[idx]``
+    (depth ``depth``) puts a table one level down in the block's place, mapping the
+    whole block at that level's size with the block's ``iopte_prot`` attributes (bits
+    11:2, DBM and XN, so the dirty state carries over; the software bits do not).
+    When ``size`` is that level's size, the entries asked for (``pgcount``, up to the
+    end of the new table) are left empty, each is added to ``gather`` (even a queued
+    one: this path does not ask) and their bytes are returned. Otherwise None: the
+    walker goes on unmapping inside the new table, which splits again one level down.
+    0 when the table cannot be allocated (GFP_ATOMIC), with nothing changed. No walk
+    flush: only the gathered pages are invalidated. O(entries of one table), in
+    vector steps.
+    """
+    pt = pgtbl.format
+    split_depth = depth + 1
+    if split_depth >= len(pt.levels):  # WARN_ON(lvl == ARM_LPAE_MAX_LEVELS)
+        pgtbl._warn("split_blk_unmap: no level below the block")
+        return 0
+    blk_pte = table.item(idx)
+    try:
+        table_pa, tablep = pgtbl._alloc_table(pt.granule)
+    except OutOfMemory:
+        return 0
+    level = pt.levels[split_depth]
+    per = pt.ptes_per_page
+    entries = tablep[:per]
+    pt.fill_leaves(entries, blk_pte & PTE_ATTR_MASK, split_depth, pt.leaf_oa(blk_pte),
+                   level.block_size)
+    first = num = 0
+    if size == level.block_size:
+        first = (iova >> level.shift) & level.index_mask
+        num = min(pgcount, per - (first & (per - 1)))  # arm_lpae_max_entries
+        entries[first:first + num] = 0
+    cfg, stats = pgtbl.cfg, pgtbl.stats
+    new = pt.make_table(table_pa)
+    if not cfg.coherent_walk:
+        # __arm_lpae_init_pte syncs each entry it writes, arm_lpae_install_table the
+        # new table entry, which then carries the software "synced" bit.
+        stats.cache_syncs += per - num + 1
+        stats.cache_sync_bytes += 8 * (per - num + 1)
+        new |= pt.sw_sync_bit
+    table[idx] = new
+    if size != level.block_size:
+        return None
+    if cfg.tlb is not None:
+        cfg.tlb.tlb_add_pages(gather, iova, size, num, pgtbl.cookie)
+    return num * size

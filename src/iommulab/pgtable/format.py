@@ -10,12 +10,16 @@ descent) and array form (a run of entries of one table, for bulk work).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["INVALID", "LEAF", "TABLE", "BoolArray", "Level", "PtFormat", "U64Array"]
+if TYPE_CHECKING:
+    from .walker import IoPgtable
+
+__all__ = ["INVALID", "LEAF", "TABLE", "BoolArray", "Level", "PtFormat", "SplitBlkUnmap",
+           "U64Array"]
 
 U64Array = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
@@ -43,6 +47,16 @@ class Level:
 
 #: Entry kinds in :attr:`PtFormat.kinds` (an empty entry is the value 0).
 INVALID, TABLE, LEAF = 0, 1, 2
+
+
+class SplitBlkUnmap(Protocol):
+    """A format's answer to an unmap of ``size`` that lands inside the larger leaf at
+    ``table[idx]`` (depth ``depth``): the bytes unmapped, or None to go on unmapping in
+    the table it put there. Formats without one refuse (the walker WARNs once, returns
+    0); ARM LPAE under 6.12 has :func:`~.arm_lpae.split_blk_unmap`."""
+
+    def __call__(self, pgtbl: IoPgtable, table: U64Array, idx: int, depth: int, iova: int,
+                 size: int, pgcount: int, gather: Any) -> int | None: ...
 
 
 class PtFormat(Protocol):

@@ -4,8 +4,9 @@ Written once over a format's hooks (:class:`~.format.PtFormat`), following
 io-pgtable-arm.c's algorithms: ``__arm_lpae_map`` (descend, allocate tables,
 write a run of leaves that stops at the table page boundary),
 ``__arm_lpae_unmap`` (a run at the matching level; tables under it freed;
-a partial large IOPTE refused), ``__arm_lpae_iopte_walk`` (iova_to_phys,
-pgtable_walk, read_and_clear_dirty) and ``__arm_lpae_free_pgtable``.
+a partial large IOPTE refused or given to the format's ``split_blk_unmap``),
+``__arm_lpae_iopte_walk`` (iova_to_phys, pgtable_walk, read_and_clear_dirty)
+and ``__arm_lpae_free_pgtable``.
 
 Tables are arrays of 64-bit entries living in :class:`~iommulab.mem.PhysMem`
 (one array per table allocation); a run of entries is handled with numpy
@@ -21,10 +22,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, OutOfRange
+from ..kernel import LINUX_7_0
 from ..mem import PhysMem
 from ..prot import Prot
 from .cfg import IoPgtableCfg, IoPgtableFmt, Quirk
-from .format import LEAF, TABLE, BoolArray, PtFormat, U64Array
+from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array
 from .reshape import StepHook, merge_pages, split_blocks
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
@@ -89,6 +91,8 @@ class IoPgtable:
         self._warned_once: set[str] = set()
         self._levels = pt.levels
         self._last = len(pt.levels) - 1
+        # Optional format hook for an unmap inside a larger leaf (ARM LPAE under 6.12).
+        self._split_blk_unmap: SplitBlkUnmap | None = getattr(pt, "split_blk_unmap", None)
         self._freed = False
         # Hot-path data, read into locals by the descents.
         self._shifts = tuple(lv.shift for lv in pt.levels)
@@ -316,7 +320,8 @@ class IoPgtable:
         Unmaps a run at the level of ``pgsize`` up to the table page end or the
         first empty entry; tables in the run are freed (with a walk flush), and
         each leaf is added to ``gather`` unless it is queued. Unmapping part of
-        a larger leaf returns 0 and changes nothing (Linux 6.13+). O(levels + pgcount).
+        a larger leaf returns 0 and changes nothing (Linux 6.13+), or is the
+        format's ``split_blk_unmap`` (ARM LPAE under 6.12). O(levels + pgcount).
         """
         if self._freed:
             raise self._use_after_free()
@@ -348,8 +353,14 @@ class IoPgtable:
             if sizes[depth] == pgsize:
                 break
             if kind == LEAF:
-                self._warn_once("Unmap of a partial large IOPTE is not allowed")
-                return 0
+                if self._split_blk_unmap is None:
+                    self._warn_once("Unmap of a partial large IOPTE is not allowed")
+                    return 0
+                done = self._split_blk_unmap(self, table, idx, depth, iova, pgsize, pgcount,
+                                             gather)
+                if done is not None:
+                    return done
+                pte = table.item(idx)  # the table that replaced the block
             next_table = tables.get(pte & key_mask)
             table = next_table if next_table is not None else self._deref(pte)
             depth += 1
@@ -492,6 +503,8 @@ class IoPgtable:
                 return
             pte = seg.item(stop)
             if not pt.is_table(pte, depth):
+                if self.cfg.kernel < LINUX_7_0:  # 6.12: WARN_ON(!iopte_table(pte, lvl))
+                    self._warn("read_and_clear_dirty: hole")
                 raise InvalidArgument(f"read_and_clear_dirty: hole at iova {w.addr:#x}")
             self._walk_dirty(self._deref(pte), depth + 1, w)
             if w.addr >= w.end:

@@ -200,11 +200,14 @@ class Container(VfioFile):
             first.priv if first is not None else None, DomainType.UNMANAGED)
 
         def join(existing: IommuDomain) -> bool:
-            """iommu_attach_group(d->domain): False if refused (the core's revert has put
-            the group back on ``domain``)."""
+            """vfio_iommu_type1_attach_group's move onto a compatible domain: detach from
+            ``domain``, iommu_attach_group(d->domain), and if that is refused attach
+            ``domain`` again (7.0's revert leaves the refusing device where it was)."""
+            core.set_group_domain(group, _default(group))  # iommu_detach_group
             try:
                 core.set_group_domain(group, existing)
             except KernelError:
+                core.set_group_domain(group, domain)
                 return False
             return True
 

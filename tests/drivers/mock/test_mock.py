@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 
 import pytest
@@ -19,8 +20,9 @@ from iommulab.drivers.mock import (
     MockHw,
     MockIommu,
 )
-from iommulab.errors import DmaFault, NoEntry
+from iommulab.errors import DmaFault, KernelError, NoEntry
 from iommulab.iommu import DomainType, IommuDomain
+from iommulab.kernel import KernelVersion
 from iommulab.mem import FailNth
 from iommulab.vfio import Container
 from iommulab.vfio import uapi as u
@@ -153,3 +155,20 @@ def test_vfio_type1_on_the_mock_maps_2k_slots_in_the_aperture() -> None:
     assert not domain.warnings  # type1 unmapped exactly what it mapped
     p.exit()
     assert m.mem.pins.pins == 0 and p.mm.locked_vm == 0
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_pasid_flag_is_a_7_0_flag(kernel: str) -> None:
+    """mock_domain_alloc_user (6.12) takes IOMMU_HWPT_ALLOC_NEST_PARENT |
+    IOMMU_HWPT_ALLOC_DIRTY_TRACKING only; 7.0's mock_domain_alloc_paging_flags adds
+    IOMMU_HWPT_ALLOC_PASID."""
+    drv = MockIommu(MockHw(FailNth()), kernel=KernelVersion.parse(kernel))
+    dev = drv.probe_device(7)
+    pasid = 1 << 3
+    if kernel == "6.12":
+        with pytest.raises(KernelError) as exc:
+            drv.domain_alloc_paging_flags(dev, pasid)
+        assert exc.value.errno == errno.EOPNOTSUPP
+    else:
+        assert drv.domain_alloc_paging_flags(dev, pasid).pgsize_bitmap == MOCK_IO_PAGE_SIZE
+    assert drv.domain_alloc_paging_flags(dev, 1 << 0 | 1 << 1).dirty_ops is not None

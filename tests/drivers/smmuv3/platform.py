@@ -20,6 +20,7 @@ from iommulab.drivers.smmuv3 import (
     SmmuV3Config,
     SmmuV3Hw,
 )
+from iommulab.kernel import KernelVersion
 from iommulab.mem import PhysMem
 
 RW = Prot.READ | Prot.WRITE
@@ -75,11 +76,12 @@ def check_no_leaks(mem: PhysMem) -> None:
     mem._check()
 
 
-def make_platform(**config: Any) -> Platform:
-    """A platform with ``ram`` (default "4G") and the SmmuV3Config fields given."""
+def make_platform(*, kernel: str = "6.12", **config: Any) -> Platform:
+    """A platform with ``ram`` (default "4G") and the SmmuV3Config fields given, whose
+    driver answers as Linux ``kernel``."""
     mem = PhysMem(config.pop("ram", "4G"))
     hw = SmmuV3Hw(mem, SmmuV3Config(**config))
-    return Platform(mem, hw, ArmSmmuDevice(hw))
+    return Platform(mem, hw, ArmSmmuDevice(hw, kernel=KernelVersion.parse(kernel)))
 
 
 def page_word(pa: int) -> bytes:

@@ -36,15 +36,21 @@ def _delta(p: Platform, before: Counter[str]) -> dict[str, int]:
 
 
 # -- probe ----------------------------------------------------------------------------------
-def test_probe_derives_features_and_sizes(plat: Platform) -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_probe_derives_features_and_sizes(kernel: str) -> None:
+    """arm_smmu_device_hw_probe; IDR3.BBM == 2 gives ARM_SMMU_FEAT_BBML2 in 7.0 only."""
+    plat = make_platform(kernel=kernel)
     s = plat.smmu
     want = (Feature.TRANS_S1 | Feature.TRANS_S2 | Feature.NESTING | Feature.HA | Feature.HD |
-            Feature.COHERENCY | Feature.RANGE_INV | Feature.BBML2 | Feature.TT_LE)
-    assert s.features & want == want and not s.features & Feature.VAX
+            Feature.COHERENCY | Feature.RANGE_INV | Feature.TT_LE)
+    if kernel == "7.0":
+        want |= Feature.BBML2
+    assert s.features & (want | Feature.BBML2) == want and not s.features & Feature.VAX
     assert (s.ias, s.oas, s.asid_bits, s.vmid_bits, s.sid_bits) == (48, 48, 16, 16, 8)
     assert s.pgsize_bitmap == 0x62215000  # 4K|2M|1G, 16K|32M, 64K|512M
     assert plat.hw.enabled
     assert _commands(plat) == Counter({"CFGI_ALL": 1, "TLBI_NSNH_ALL": 1, "CMD_SYNC": 2})
+    plat.close()
 
 
 def test_52_bit_output_adds_the_4tb_page_and_vax_widens_stage1() -> None:
@@ -129,18 +135,24 @@ def test_reserved_regions_are_the_software_msi_window(plat: Platform) -> None:
 
 
 # -- devices and domains -------------------------------------------------------------------------
-def test_probe_device_errors(plat: Platform) -> None:
+@pytest.mark.parametrize(("kernel", "alias_errno"), [("6.12", errno.EINVAL),
+                                                     ("7.0", errno.ENODEV)])
+def test_probe_device_errors(kernel: str, alias_errno: int) -> None:
+    """arm_smmu_insert_master: a StreamID another device has is -EINVAL ("stream %u already
+    in tree", 6.12) or -ENODEV ("Aliasing StreamID ... unsupported", 7.0)."""
+    plat = make_platform(kernel=kernel)
     plat.device(0x10)
     with pytest.raises(KernelError) as exc:
         plat.smmu.probe_device(0x100)
     assert exc.value.errno == errno.ERANGE and "0x100" in str(exc.value)
     with pytest.raises(KernelError) as exc:
         plat.smmu.probe_device([0x11, 0x10])
-    assert exc.value.errno == errno.ENODEV
+    assert exc.value.errno == alias_errno
     assert sorted(plat.smmu.masters) == [0x10]  # nothing half-registered
     with pytest.raises(KernelError) as exc:
         plat.smmu.probe_device([])
     assert exc.value.errno == errno.EINVAL
+    plat.close()
 
 
 @pytest.mark.parametrize(("config", "flags", "stage"), [
@@ -153,7 +165,8 @@ def test_probe_device_errors(plat: Platform) -> None:
 ])
 def test_domain_stage_follows_the_flags(config: dict[str, object], flags: int,
                                         stage: int) -> None:
-    p = make_platform(**config)
+    """arm_smmu_domain_alloc_paging_flags (7.0)."""
+    p = make_platform(kernel="7.0", **config)
     master, _ = p.device()
     d = p.domain(master, flags, attach=False)
     assert d.stage == stage
@@ -170,7 +183,8 @@ def test_domain_stage_follows_the_flags(config: dict[str, object], flags: int,
 ])
 def test_domain_alloc_refusals_are_eopnotsupp(config: dict[str, object], flags: int,
                                               match: str) -> None:
-    p = make_platform(**config)
+    """arm_smmu_domain_alloc_paging_flags (7.0): ``default: ret = -EOPNOTSUPP``."""
+    p = make_platform(kernel="7.0", **config)
     master, _ = p.device()
     with pytest.raises(KernelError, match=match) as exc:
         p.smmu.domain_alloc_paging_flags(master, flags)
@@ -234,7 +248,8 @@ def test_stage1_attach_writes_the_kernels_cd_and_ste(plat: Platform) -> None:
 
 
 def test_switching_domains_updates_entries_safely_and_flushes_the_old_asid(
-        plat: Platform) -> None:
+        plat7: Platform) -> None:
+    plat = plat7
     master, _ = plat.device()
     a = plat.domain(master)
     b = plat.domain(master, attach=False)
@@ -248,9 +263,11 @@ def test_switching_domains_updates_entries_safely_and_flushes_the_old_asid(
     s2 = plat.domain(master, HWPT_ALLOC_NEST_PARENT, attach=False)
     before = _commands(plat)
     plat.smmu.attach_dev(s2, master)
-    # S1 -> S2 changes STE words 0 and 2: breaking, 3 syncs.
-    assert _delta(plat, before) == {"CFGI_STE": 3, "TLBI_NH_ASID": 1, "CMD_SYNC": 4,
-                                    "PREFETCH_CFG": 1}
+    # S1 -> S2 changes STE words 0 and 2: breaking, 3 syncs; then arm_smmu_clear_cd
+    # zeroes CD 0 hitlessly (V first, then the rest: 2 syncs).
+    assert _delta(plat, before) == {"CFGI_STE": 3, "CFGI_CD": 2, "TLBI_NH_ASID": 1,
+                                    "CMD_SYNC": 6, "PREFETCH_CFG": 1}
+    assert [int(w) for w in master.cd_table[:8]] == [0] * 8  # type: ignore[index]
 
 
 def test_blocked_and_identity_domains(plat: Platform) -> None:
@@ -313,19 +330,24 @@ def test_unmap_invalidates_by_range_with_the_leaf_level(plat: Platform) -> None:
     assert _last_tlbis(plat, 2)[0][:2] == ("TLBI_NH_ASID", d.asid << 48 | 0x11)
 
 
-def test_stage2_uses_ipa_and_vmall(plat: Platform) -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_stage2_uses_ipa_and_vmall(kernel: str) -> None:
+    plat = make_platform(kernel=kernel, stages="s2")
     master, _ = plat.device()
-    d = plat.domain(master, HWPT_ALLOC_NEST_PARENT)
+    d = plat.domain(master)
     d.map(SZ_1G, 0x8000_0000, SZ_4K, RW)
     d.unmap(SZ_1G, SZ_4K)
     (op, w0, w1), _ = _last_tlbis(plat, 2)
     assert op == "TLBI_S2_IPA" and (w0 >> 32) & 0xFFFF == d.vmid and w1 & ~0xFFF == SZ_1G
     d.flush_iotlb_all()
     assert _last_tlbis(plat, 2)[0][0] == "TLBI_S12_VMALL"
+    plat.close()
 
 
 def test_without_ril_large_ranges_become_one_asid_invalidation() -> None:
-    p = make_platform(ril=False)
+    """arm_smmu_inv_size_too_big (7.0): MAX_TLBI_OPS per-granule commands or more become
+    the whole-context command."""
+    p = make_platform(ril=False, kernel="7.0")
     master, _ = p.device()
     d = p.domain(master)
     d.map(0, 0x8000_0000, SZ_2M, RW)
@@ -345,7 +367,9 @@ def test_without_ril_large_ranges_become_one_asid_invalidation() -> None:
     p.close()
 
 
-def test_unattached_domains_send_no_invalidations(plat: Platform) -> None:
+def test_unattached_domains_send_no_invalidations(plat7: Platform) -> None:
+    """7.0: an unattached domain's invalidation array is empty."""
+    plat = plat7
     master, _ = plat.device()
     d = plat.domain(master, attach=False)
     before = _commands(plat)
@@ -439,3 +463,16 @@ def test_fail_nth_sweep_over_domain_setup() -> None:
             if not nth:
                 break
     assert all(failures[step] for step in _Setup.STEPS), failures
+
+
+@pytest.mark.parametrize("target", ["blocked", "identity"])
+def test_blocked_and_identity_attach_clear_cd_0(plat: Platform, target: str) -> None:
+    """arm_smmu_attach_dev_ste ends with arm_smmu_clear_cd(master, IOMMU_NO_PASID): the
+    stage-1 CD a device had is zeroed (V first), so nothing can walk with it later."""
+    master, _ = plat.device()
+    plat.domain(master)
+    before = _commands(plat)
+    domain = plat.smmu.blocked_domain if target == "blocked" else plat.smmu.identity_domain
+    plat.smmu.attach_dev(domain, master)
+    assert _delta(plat, before)["CFGI_CD"] == 2
+    assert [int(w) for w in master.cd_table[:8]] == [0] * 8  # type: ignore[index]

@@ -24,6 +24,7 @@ from ...iommu import (
     PgtblDomainOps,
     PgtblFlushOps,
 )
+from ...kernel import DEFAULT_KERNEL, KernelVersion
 
 if TYPE_CHECKING:
     from .driver import ArmSmmuDevice
@@ -59,8 +60,9 @@ class ArmSmmuMaster:
 class ArmSmmuDomain(IommuDomain):
     """``struct arm_smmu_domain``: a paging domain with its stage and ASID or VMID."""
 
-    def __init__(self, type: DomainType, stage: int) -> None:
-        super().__init__(type)
+    def __init__(self, type: DomainType, stage: int, *,
+                 kernel: KernelVersion = DEFAULT_KERNEL) -> None:
+        super().__init__(type, kernel=kernel)
         self.smmu: ArmSmmuDevice | None = None  # set once finalised
         self.stage = stage  # 1 or 2
         self.asid = 0
@@ -99,7 +101,7 @@ class ArmSmmuDomainOps(PgtblDomainOps):
             return
         pgsize = gather.pgsize
         if not pgsize:
-            if not smmu.sync_dirty_clear:
+            if not smmu.sync_dirty_clear or gather.empty:
                 return
             pgsize = domain.pgsize_bitmap & -domain.pgsize_bitmap  # lab fix, see ArmSmmuDevice
         smmu.domain_inv_range(domain, gather.start, gather.end - gather.start + 1, pgsize,

@@ -1,6 +1,6 @@
 """The arm-smmu-v3 driver, programming :class:`~.hw.SmmuV3Hw` through registers and memory.
 
-Follows drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c (Linux 7.0):
+Follows drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c of Linux 6.12 and 7.0 (``kernel``):
 ``arm_smmu_device_hw_probe`` (features from the ID registers),
 ``arm_smmu_init_structures`` and ``arm_smmu_device_reset`` (linear stream
 table of abort STEs, command and event queues), ``arm_smmu_probe_device``,
@@ -11,15 +11,26 @@ tracking), attach (CD and STE written with ``arm_smmu_write_entry``), the
 :mod:`.cmds`, in batches of 64 ending with CMD_SYNC), ``arm_smmu_capable``,
 ``arm_smmu_get_resv_regions`` and the event-queue thread.
 
-Invalidations reach the hardware only for domains attached to a stream,
-as with Linux 7.0's per-domain invalidation arrays; when the last stream
-leaves a domain its ASID/VMID is flushed. Not modelled: ATS, PRI, stalls,
+Where the releases differ: 6.12 sizes stage-1 outputs and stage-2 inputs with
+``smmu->ias`` (40 with the AArch32 table format, at least the OAS), allocates
+user domains with ``arm_smmu_domain_alloc_user`` (dirty tracking only, always
+stage 1 where there is one) and knows neither S2FWB nor BBML2; 7.0 uses the OAS
+throughout and ``arm_smmu_domain_alloc_paging_flags`` (NEST_PARENT gives a
+stage-2 nest parent, PASID a stage-1 domain). ASIDs come from the one
+``arm_smmu_asid_xa`` of the kernel, shared by every SMMU of a machine.
+In 7.0 invalidations reach the hardware only for domains attached to a
+stream (the per-domain invalidation arrays), a range of MAX_TLBI_OPS
+granules or more without RIL becomes one whole-context command, and when
+the last stream leaves a domain its ASID/VMID is flushed; 6.12 sends every
+invalidation, attached or not, range by range however long, and flushes a
+domain's tag when the domain is freed. Not modelled: ATS, PRI, stalls,
 PASIDs other than 0, nesting, 2-level stream and CD tables, MSIs.
 """
 
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -46,7 +57,8 @@ from ...iommu import (
     ResvRegion,
     ResvType,
 )
-from ...kernel import DEFAULT_KERNEL, KernelVersion
+from ...kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
+from ...mem import PhysMem
 from ...pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from ...prot import Prot
 from ...sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -92,11 +104,26 @@ from .regs import Cmd, Reg
 __all__ = ["ArmSmmuDevice", "Feature"]
 
 _PAGING_FLAGS = HWPT_ALLOC_DIRTY_TRACKING | HWPT_ALLOC_PASID | HWPT_ALLOC_NEST_PARENT
+_USER_FLAGS_6_12 = HWPT_ALLOC_DIRTY_TRACKING  # arm_smmu_domain_alloc_user's PAGING_FLAGS
 _CMDQ_MAX_SZ_SHIFT = 22 - 4  # Q_MAX_SZ_SHIFT (PAGE_SHIFT + MAX_PAGE_ORDER) - CMDQ_ENT_SZ_SHIFT
 _EVTQ_MAX_SZ_SHIFT = 22 - 5
 _Q_BASE_RWA = 1 << 62
 _STRTAB_BASE_RA = 1 << 62
 _STE_BYTES = 8 * ENTRY_QWORDS
+
+
+# arm_smmu_asid_xa is a file-global xarray: one ASID space for every SMMU the kernel
+# drives. The model's kernel is a machine, whose SMMUs share its PhysMem.
+_ASID_XA: weakref.WeakKeyDictionary[PhysMem, dict[int, ArmSmmuDomain]] = \
+    weakref.WeakKeyDictionary()
+
+
+def arm_smmu_asid_xa(mem: PhysMem) -> dict[int, ArmSmmuDomain]:
+    """The ``arm_smmu_asid_xa`` of the kernel whose memory is ``mem``: ASID -> domain."""
+    xa = _ASID_XA.get(mem)
+    if xa is None:
+        xa = _ASID_XA[mem] = {}
+    return xa
 
 
 class Feature(enum.IntFlag):
@@ -145,7 +172,8 @@ class ArmSmmuDevice:
         self.log: list[str] = []  # what the kernel would print (dev_err/dev_warn/dev_info)
         self.events: list[SmmuEvent] = []
         self.masters: dict[int, ArmSmmuMaster] = {}  # by StreamID (the kernel's rb-tree)
-        self.asids: dict[int, ArmSmmuDomain] = {}  # arm_smmu_asid_xa
+        self.asid_xa = arm_smmu_asid_xa(self.mem)  # shared with the machine's other SMMUs
+        self.asids: dict[int, ArmSmmuDomain] = {}  # this SMMU's entries of asid_xa
         self.vmids: set[int] = set()  # smmu->vmid_map
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
@@ -207,11 +235,12 @@ class ArmSmmuDevice:
         idr3 = hw.read_reg(Reg.IDR3)
         if regs.IDR3["RIL"].get(idr3):
             f |= Feature.RANGE_INV
-        if regs.IDR3["FWB"].get(idr3):
-            f |= Feature.S2FWB
-        self.bbml = regs.IDR3["BBML"].get(idr3)
-        if self.bbml == 2:
-            f |= Feature.BBML2
+        self.bbml = regs.IDR3["BBML"].get(idr3)  # lab: the split/merge BBM level
+        if self.kernel >= LINUX_7_0:  # 6.12 reads neither IDR3.FWB nor IDR3.BBM
+            if regs.IDR3["FWB"].get(idr3):
+                f |= Feature.S2FWB
+            if self.bbml == 2:
+                f |= Feature.BBML2
 
         idr5 = hw.read_reg(Reg.IDR5)
         if regs.IDR5["GRAN64K"].get(idr5):
@@ -229,6 +258,7 @@ class ArmSmmuDevice:
         self.oas = OAS_BITS[oas]
         if self.oas == 52:
             self.pgsize_bitmap |= 1 << 42  # 4TB
+        # smmu->ias (6.12 only; 7.0 has no ias and sizes everything by the OAS).
         self.ias = max(self.ias, self.oas)
         if f & Feature.TRANS_S1 and f & Feature.TRANS_S2:
             f |= Feature.NESTING
@@ -337,35 +367,68 @@ class ArmSmmuDevice:
     # -- invalidation -------------------------------------------------------------------------
     def domain_inv_range(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
                          leaf: bool) -> None:
-        """``arm_smmu_domain_inv_range``: TLBI by range, or the whole context if too big."""
-        if domain.masters:  # else an empty invalidation array: nothing is cached
+        """Invalidate ``size`` bytes at ``iova`` of ``domain``'s ASID or VMID.
+
+        7.0, ``arm_smmu_domain_inv_range``: only while a stream is attached (else the
+        invalidation array is empty), by range, or one whole-context command when the
+        range is too big (``arm_smmu_inv_size_too_big``), followed for a nest parent
+        by TLBI_NH_ALL of its VMID (its nested stage-1 entries; S12_VMALL covers
+        them when the range is too big). 6.12,
+        ``arm_smmu_tlb_inv_range_domain``: whether or not anything is attached, always
+        by range however long (``__arm_smmu_tlb_inv_range``; nothing for size 0).
+        """
+        if self.kernel < LINUX_7_0:
+            if size:
+                self.submit(self._range_commands(domain, iova, size, granule, leaf))
+        elif domain.masters:
             self.submit(self._inv_commands(domain, iova, size, granule, leaf))
+            if domain.nest_parent and not inv_size_too_big(
+                    size, granule, bool(self.features & Feature.RANGE_INV)):
+                # INV_TYPE_S2_VMID_S1_CLEAR, in a batch of its own after the S2 one
+                # (arm_smmu_invs_end_batch): the nested stage-1 entries of the VMID
+                self.submit([tlbi_context(Cmd.TLBI_NH_ALL, vmid=domain.vmid)])
 
     def _inv_commands(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
                       leaf: bool) -> list[Command]:
-        """``arm_smmu_inv_to_cmdq_batch`` for the domain's ASID or VMID."""
+        """``arm_smmu_inv_to_cmdq_batch`` for the domain's ASID or VMID (7.0)."""
+        if inv_size_too_big(size, granule, bool(self.features & Feature.RANGE_INV)):
+            return [self._context_command(domain)]
+        return self._range_commands(domain, iova, size, granule, leaf)
+
+    def _range_commands(self, domain: ArmSmmuDomain, iova: int, size: int, granule: int,
+                        leaf: bool) -> list[Command]:
+        """TLBI_NH_VA (stage 1) or TLBI_S2_IPA (stage 2) commands covering the range."""
+        pgshift = (domain.pgsize_bitmap & -domain.pgsize_bitmap).bit_length() - 1
         ril = bool(self.features & Feature.RANGE_INV)
         if domain.stage == 1:
-            ids = {"asid": domain.asid}
-            range_op, ctx_op = Cmd.TLBI_NH_VA, Cmd.TLBI_NH_ASID
-        else:
-            ids = {"vmid": domain.vmid}
-            range_op, ctx_op = Cmd.TLBI_S2_IPA, Cmd.TLBI_S12_VMALL
-        if inv_size_too_big(size, granule, ril):
-            return [tlbi_context(ctx_op, **ids)]
-        pgshift = (domain.pgsize_bitmap & -domain.pgsize_bitmap).bit_length() - 1
-        return tlbi_range(range_op, iova, size, granule, pgshift, leaf, ril=ril, **ids)
+            return tlbi_range(Cmd.TLBI_NH_VA, iova, size, granule, pgshift, leaf, ril=ril,
+                              asid=domain.asid)
+        return tlbi_range(Cmd.TLBI_S2_IPA, iova, size, granule, pgshift, leaf, ril=ril,
+                          vmid=domain.vmid)
+
+    @staticmethod
+    def _context_command(domain: ArmSmmuDomain) -> Command:
+        """TLBI_NH_ASID (stage 1) or TLBI_S12_VMALL (stage 2) of the domain's tag."""
+        if domain.stage == 1:
+            return tlbi_context(Cmd.TLBI_NH_ASID, asid=domain.asid)
+        return tlbi_context(Cmd.TLBI_S12_VMALL, vmid=domain.vmid)
 
     def tlb_inv_context(self, domain: ArmSmmuDomain) -> None:
-        """``arm_smmu_tlb_inv_context``: NH_ASID (stage 1) or S12_VMALL (stage 2), synced."""
-        self.domain_inv_range(domain, 0, 0, 0, leaf=False)
+        """``arm_smmu_tlb_inv_context``: NH_ASID (stage 1) or S12_VMALL (stage 2), synced;
+        in 6.12 (``arm_smmu_tlb_inv_asid``) whether or not a stream is attached."""
+        if self.kernel < LINUX_7_0:
+            self.issue([self._context_command(domain)], sync=True)
+        else:
+            self.domain_inv_range(domain, 0, 0, 0, leaf=False)
 
     # -- devices ------------------------------------------------------------------------------
     def probe_device(self, sids: int | Iterable[int]) -> ArmSmmuMaster:
         """``arm_smmu_probe_device`` / ``arm_smmu_insert_master`` for a device's StreamIDs.
 
-        ERANGE for a StreamID beyond the stream table, ENODEV for one another
-        device already has. The device's STEs stay abort until it is attached.
+        ERANGE for a StreamID beyond the stream table; for one another device
+        already has, ENODEV ("Aliasing StreamID ... unsupported", 7.0) or EINVAL
+        ("stream ... already in tree", 6.12). The device's STEs stay abort until it
+        is attached.
         """
         ids = tuple(sorted({sids} if isinstance(sids, int) else set(sids)))
         if not ids:
@@ -375,6 +438,10 @@ class ArmSmmuDevice:
                 raise OutOfRange(f"probe_device: StreamID {sid:#x} is beyond the stream "
                                  f"table ({1 << self.sid_bits} entries)")
             if sid in self.masters:
+                if self.kernel < LINUX_7_0:  # arm_smmu_insert_master, 6.12
+                    self.log.append(f"stream {sid} already in tree")
+                    raise InvalidArgument(f"probe_device: StreamID {sid:#x} belongs to "
+                                          "another device")
                 self.log.append(f"Aliasing StreamID {sid:#x} unsupported, expect DMA to be "
                                 "broken")
                 raise NoDevice(f"probe_device: StreamID {sid:#x} belongs to another device")
@@ -412,12 +479,20 @@ class ArmSmmuDevice:
     # -- domains ------------------------------------------------------------------------------
     def domain_alloc_paging_flags(self, master: ArmSmmuMaster, flags: int = 0, *,
                                   type: DomainType = DomainType.UNMANAGED) -> ArmSmmuDomain:
-        """``arm_smmu_domain_alloc_paging_flags`` then ``arm_smmu_domain_finalise``.
+        """A paging domain for iommufd's HWPT_ALLOC ``flags`` (``IOMMU_HWPT_ALLOC_*``, passed
+        as the user gave them, FAULT_ID_VALID taken out), then ``arm_smmu_domain_finalise``.
 
-        EOPNOTSUPP for unknown flags or a combination the hardware cannot do;
-        ENOMEM when the page table cannot be allocated; EBUSY when ASIDs or
-        ENOSPC when VMIDs run out.
+        7.0, ``arm_smmu_domain_alloc_paging_flags``: 0 is stage 1 where there is one;
+        NEST_PARENT alone a stage-2 nest parent (EOPNOTSUPP without nesting);
+        DIRTY_TRACKING and/or PASID stage 1 (EOPNOTSUPP without it); any other
+        combination, NEST_PARENT|DIRTY_TRACKING among them, EOPNOTSUPP. 6.12,
+        ``arm_smmu_domain_alloc_user``: any flag but DIRTY_TRACKING is EOPNOTSUPP
+        (NEST_PARENT and PASID included); the domain is stage 1 unless the SMMU has
+        only stage 2, where dirty tracking is EOPNOTSUPP. Both: ENOMEM when the page
+        table cannot be allocated, EBUSY when ASIDs or ENOSPC when VMIDs run out.
         """
+        if self.kernel < LINUX_7_0:
+            return self._domain_alloc_user(flags, type)
         if flags & ~_PAGING_FLAGS:
             raise NotSupported(f"domain_alloc_paging_flags: unknown flags {flags:#x}")
         f = self.features
@@ -436,8 +511,19 @@ class ArmSmmuDevice:
         else:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} not supported "
                                "together")
-        domain = ArmSmmuDomain(type, stage)
+        domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
         domain.nest_parent = flags == HWPT_ALLOC_NEST_PARENT
+        self._finalise(domain, flags)
+        return domain
+
+    def _domain_alloc_user(self, flags: int, type: DomainType) -> ArmSmmuDomain:
+        """``arm_smmu_domain_alloc_user`` (6.12, no parent, no user data)."""
+        if flags & ~_USER_FLAGS_6_12:
+            raise NotSupported(f"domain_alloc_user: flags {flags:#x} not supported (only "
+                               f"IOMMU_HWPT_ALLOC_DIRTY_TRACKING {_USER_FLAGS_6_12:#x})")
+        # stage 0 from kzalloc is S1; arm_smmu_domain_finalise falls back to what exists
+        stage = 1 if self.features & Feature.TRANS_S1 else 2
+        domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
         self._finalise(domain, flags)
         return domain
 
@@ -447,22 +533,27 @@ class ArmSmmuDevice:
         return self.domain_alloc_paging_flags(master, 0, type=type)
 
     def _finalise(self, domain: ArmSmmuDomain, flags: int) -> None:
-        """``arm_smmu_domain_finalise``."""
+        """``arm_smmu_domain_finalise``: the io-pgtable sizes are, in 6.12, stage 1 ias
+        (48, or 52 with VAX, at most VA_BITS) and oas ``smmu->ias``, stage 2 ias
+        ``smmu->ias`` and oas the OAS; in 7.0 the OAS wherever 6.12 has ``smmu->ias``."""
         dirty = bool(flags & HWPT_ALLOC_DIRTY_TRACKING)
         quirks = Quirk(0)
+        ias_6_12 = self.kernel < LINUX_7_0
+        oas = self.oas
         if domain.stage == 1:
             ias = min(52 if self.features & Feature.VAX else 48, self.va_bits)
+            oas = self.ias if ias_6_12 else self.oas
             fmt = IoPgtableFmt.ARM_64_LPAE_S1
             if dirty:
                 quirks |= Quirk.ARM_HD
         else:
             if dirty:
                 raise NotSupported("dirty tracking is not supported on stage 2")
-            ias = self.oas
+            ias = self.ias if ias_6_12 else self.oas
             fmt = IoPgtableFmt.ARM_64_LPAE_S2
             if self.features & Feature.S2FWB and flags & HWPT_ALLOC_NEST_PARENT:
                 quirks |= Quirk.ARM_S2FWB
-        cfg = IoPgtableCfg(self.pgsize_bitmap, ias, self.oas, quirks=quirks,
+        cfg = IoPgtableCfg(self.pgsize_bitmap, ias, oas, quirks=quirks,
                            coherent_walk=bool(self.features & Feature.COHERENCY),
                            tlb=ArmSmmuFlushOps(), kernel=self.kernel)
         try:
@@ -486,12 +577,13 @@ class ArmSmmuDevice:
 
     def _alloc_tag(self, domain: ArmSmmuDomain) -> None:
         """``arm_smmu_domain_finalise_s1/_s2``: the lowest free ASID / VMID from 1."""
-        if domain.stage == 1:
-            limit = 1 << self.asid_bits
-            asid = next((a for a in range(1, limit) if a not in self.asids), None)
-            if asid is None:  # xa_alloc with XA_LIMIT(1, max)
-                raise Busy(f"domain_finalise: all {limit - 1} ASIDs are in use")
-            self.asids[asid] = domain
+        if domain.stage == 1:  # xa_alloc(&arm_smmu_asid_xa, ..., XA_LIMIT(1, max))
+            limit, xa = 1 << self.asid_bits, self.asid_xa
+            asid = next((a for a in range(1, limit) if a not in xa), None)
+            if asid is None:
+                raise Busy(f"domain_finalise: all {limit - 1} ASIDs are in use "
+                           f"({len(self.asids)} by this SMMU)")
+            xa[asid] = self.asids[asid] = domain
             domain.asid = asid
         else:
             limit = 1 << self.vmid_bits
@@ -504,7 +596,8 @@ class ArmSmmuDevice:
     def release_tag(self, domain: ArmSmmuDomain) -> None:
         """Give a freed domain's ASID (``arm_smmu_asid_xa``) or VMID back."""
         if domain.stage == 1:
-            self.asids.pop(domain.asid, None)
+            if self.asids.pop(domain.asid, None) is not None:
+                del self.asid_xa[domain.asid]
         else:
             self.vmids.discard(domain.vmid)
 
@@ -514,8 +607,11 @@ class ArmSmmuDevice:
 
         ``arm_smmu_attach_dev`` (CD for SSID 0 then a CD-table STE, or an S2
         STE), ``arm_smmu_attach_dev_blocked`` (abort STE) and
-        ``arm_smmu_attach_dev_identity`` (bypass STE). EINVAL for a domain
-        of another SMMU, ENOMEM when the CD table cannot be allocated.
+        ``arm_smmu_attach_dev_identity`` (bypass STE); every attach but stage 1
+        then clears CD 0 if the device has a CD table (``arm_smmu_clear_cd``: an
+        S2 attach right after its STE, blocked and identity after the commit).
+        EINVAL for a domain of another SMMU, ENOMEM when the CD table cannot be
+        allocated.
         """
         if master.smmu is not self:
             raise InvalidArgument(f"attach_dev: {master!r} is not behind this SMMU")
@@ -531,14 +627,27 @@ class ArmSmmuDevice:
             raise InvalidArgument(f"attach_dev: cannot attach {domain!r}")
         for sid in master.sids:
             self._write_ste(sid, target)
+        stage2 = isinstance(domain, ArmSmmuDomain) and domain.stage == 2
+        if stage2:
+            self._clear_cd(master)
         old = master.domain
         master.domain = domain
         if isinstance(domain, ArmSmmuDomain) and master not in domain.masters:
             domain.masters.append(master)
         if isinstance(old, ArmSmmuDomain) and old is not domain:
             old.masters.remove(master)
-            if not old.masters:  # the last user left: drop what the IOTLB holds for it
-                self.submit(self._inv_commands(old, 0, 0, 0, leaf=False))
+            if not old.masters and self.kernel >= LINUX_7_0:
+                # arm_smmu_install_old_domain_invs: the tag left the last invalidation
+                # array, so it is flushed now (6.12 flushes nothing on detach)
+                self.submit([self._context_command(old)])
+        if not isinstance(domain, ArmSmmuDomain):  # blocked, identity
+            self._clear_cd(master)
+
+    def _clear_cd(self, master: ArmSmmuMaster) -> None:
+        """``arm_smmu_clear_cd(master, IOMMU_NO_PASID)``: a zero CD 0, if there is a table."""
+        if master.cd_table is not None:
+            write_entry(master.cd_table[:ENTRY_QWORDS], (0,) * ENTRY_QWORDS, cd_used,
+                        lambda: self.submit([cfgi_cd(sid) for sid in master.sids]))
 
     def _paging_ste(self, domain: ArmSmmuDomain, master: ArmSmmuMaster) -> Entry:
         pgtbl = domain.pgtbl
