@@ -545,3 +545,17 @@ def test_dma_beyond_the_context_width_is_a_mgaw_fault() -> None:
         drv.release_device(m)
     d.unmap(0x1000, SZ_4K)
     d.free()
+
+
+def test_a_saved_state_keeps_the_table_depth() -> None:
+    """A 4-level table with 39-bit IOVAs (SAGAW 4-level only) reads back as 4 levels."""
+    from iommulab.inspect import address_space_map, save_domain, view_state
+    v = _vtd(LINUX_7_0, aw=39, sagaw=0b100)
+    d = v.domain
+    d.map(SZ_2M, 0x4000_0000, SZ_2M, RW)
+    view = view_state(save_domain(d, name="deep"))
+    assert len(view.pt.levels) == 4
+    assert [r for r in address_space_map(view) if r.kind == "mapped"] == [
+        r for r in address_space_map(d) if r.kind == "mapped"]
+    d.unmap(SZ_2M, SZ_2M)
+    v.close()
