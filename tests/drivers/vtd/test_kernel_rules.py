@@ -559,3 +559,37 @@ def test_a_saved_state_keeps_the_table_depth() -> None:
         r for r in address_space_map(d) if r.kind == "mapped"]
     d.unmap(SZ_2M, SZ_2M)
     v.close()
+
+
+def test_612_vfio_puts_a_narrow_units_group_into_the_wide_domain() -> None:
+    """Through VFIO type1 (its "match an existing compatible domain" loop) on 6.12: the
+    39-bit unit's group joins the 48-bit domain, which prepare_domain_attach_device cuts
+    to 3 levels; the first device's context still holds the freed 4-level root, so its
+    DMA no longer translates (the kernel's use-after-free; the model's freed page reads
+    zero). 7.0 refuses the join (tests/vfio/test_type1.py keeps two domains)."""
+    import struct
+
+    from iommulab import Machine
+    from iommulab.vfio import Container
+    from iommulab.vfio import uapi as u
+
+    from ...vfio.vm import Vm
+
+    m = Machine("x86-vtd", ram="512M", kernel="6.12")
+    v = Vm.on(m, iommu_unit=m.add_iommu_unit(aw=48))
+    buf = v.p.mmap(2 << 20, "thp")
+    v.p.write(buf + 0x10, b"shared")
+    v.map(buf, 1 << 32, 2 << 20)
+    assert v.dev.dma_read((1 << 32) + 0x10, 6) == b"shared"
+    dev2 = m.add_pci_device("0000:00:03.0")
+    g = v.p.open(f"/dev/vfio/{dev2.iommu_group}")
+    v.p.ioctl(g, u.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", v.c)))
+    container = v.p.files[v.c]
+    assert isinstance(container, Container) and container.iommu is not None
+    (shared,) = [d.domain for d in container.iommu.domains]
+    assert shared.pgtbl is not None and len(shared.pgtbl.format.levels) == 3
+    assert dev2.dma_read((1 << 32) + 0x10, 6) == b"shared"
+    with pytest.raises(DmaFault):
+        v.dev.dma_read((1 << 32) + 0x10, 6)
+    assert v.unmap(0, 0, u.VFIO_DMA_UNMAP_FLAG_ALL) == 2 << 20
+    v.close()
