@@ -412,8 +412,6 @@ class IntelIommu:
     VFIO use), as ``kernel`` has it. Devices are behind the first unit unless
     ``unit_of`` says otherwise."""
 
-    pgsize_bitmap = _PGSIZES
-
     def __init__(self, hw: VtdHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw
         self.kernel = kernel
