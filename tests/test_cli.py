@@ -110,6 +110,17 @@ def test_replay_reports_disagreements_and_check_sets_the_status(
     assert "fault the model misses" in out and "not an ftrace record" in out
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["kind"] == "replay" and doc["details"]["unparsed"][0]["line"] == 23
+    assert doc["params"]["kernel"] == "6.12"
+
+
+def test_replay_kernel_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--kernel picks the release the trace is checked against (VT-d differs)."""
+    trace = str(FIXTURES / "i915_high_iova.txt")
+    assert main(["replay", trace, "--kernel", "7.0", "--address-width", "39", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "Linux 7.0" in out and "ERANGE" in out
+    with pytest.raises(SystemExit):
+        main(["replay", trace, "--kernel", "5.4"])
 
 
 @pytest.mark.parametrize(("argv", "status", "message"), [
@@ -118,8 +129,8 @@ def test_replay_reports_disagreements_and_check_sets_the_status(
     (["run", "ddw", "--set", "offers=x"], 2, "'x' is not one of"),
     (["replay", "missing.txt"], 3, "iommulab replay: missing.txt: cannot read"),
     (["replay", str(FIXTURES / "malformed.txt"), "--strict"], 3, "malformed.txt:3: map:"),
-    (["replay", str(FIXTURES / "ath12k_use_after_unmap.txt"), "--address-width", "40"], 2,
-     "--address-width 40"),
+    (["replay", str(FIXTURES / "ath12k_use_after_unmap.txt"), "--address-width", "58"], 2,
+     "--address-width 58"),
     (["inspect", str(FIXTURES / "malformed.txt")], 3, "malformed.txt:1: not JSON"),
 ])
 def test_exit_statuses_and_one_line_messages(argv: list[str], status: int, message: str,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .inspect import BadState, load_states, page_table_tree, render_address_space
+from .kernel import DEFAULT_KERNEL, KERNEL_VERSIONS
 from .machine import PLATFORMS
 from .report import format_size, format_table
 from .report.html import render_html
@@ -119,7 +120,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise FileError(str(e)) from None
     result = replay(trace, platform=args.platform, strict_invalidation=not args.lazy,
                     address_width=args.address_width, save_states=bool(args.save_state),
-                    progress=_progress(args))
+                    progress=_progress(args), kernel=args.kernel)
     _emit(result, args)
     if args.check and result.details.get("disagreements"):
         return EXIT_DISAGREE
@@ -192,7 +193,11 @@ def _parser() -> argparse.ArgumentParser:
                      "trace_event= boot log or a pasted excerpt)")
     rep.add_argument("--platform", choices=REPLAY_PLATFORMS, default="x86-vtd")
     rep.add_argument("--address-width", type=_int, default=48, help="IOVA bits of the "
-                     "replayed domains (VT-d: 39 or 48; default 48)")
+                     "replayed domains (VT-d: the unit's MGAW, 32-57; default 48)")
+    rep.add_argument("--kernel", choices=KERNEL_VERSIONS, default=str(DEFAULT_KERNEL),
+                     help="the Linux release whose answers the trace is checked against "
+                     "(VT-d differs: 6.12's own table code, 7.0's generic_pt; "
+                     f"default {DEFAULT_KERNEL})")
     rep.add_argument("--lazy", action="store_true", help="replay with lazy invalidation "
                      "(default strict, as iommu.strict=1)")
     rep.add_argument("--strict", action="store_true", help="stop at the first line that "

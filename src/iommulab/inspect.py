@@ -130,7 +130,8 @@ def save_domain(domain: IommuDomain, *, name: str = "",
         "format": view.fmt.name,
         "cfg": {"pgsize_bitmap": cfg.pgsize_bitmap, "ias": cfg.ias, "oas": cfg.oas,
                 "quirks": int(cfg.quirks),
-                "set_pte_snp": bool(getattr(view.pt, "set_pte_snp", False))},
+                "set_pte_snp": bool(getattr(view.pt, "set_pte_snp", False)),
+                "levels": len(view.pt.levels)},
         "pgd": view.pgd,
         "tables": [{"key": key, "data": base64.b64encode(
             table.astype("<u8").tobytes()).decode("ascii")}
@@ -143,7 +144,9 @@ def _format_of(fmt: IoPgtableFmt, cfg: dict[str, Any]) -> PtFormat:
     io_cfg = IoPgtableCfg(int(cfg["pgsize_bitmap"]), int(cfg["ias"]), int(cfg["oas"]),
                           Quirk(int(cfg.get("quirks", 0))))
     if fmt == IoPgtableFmt.INTEL_VTD_SS:
-        return vtd_ss_alloc(io_cfg, set_pte_snp=bool(cfg.get("set_pte_snp")))[0]
+        levels = cfg.get("levels")  # VT-d depth comes from SAGAW, not the width
+        return vtd_ss_alloc(io_cfg, set_pte_snp=bool(cfg.get("set_pte_snp")),
+                            levels=None if levels is None else int(levels))[0]
     if fmt in LPAE_FORMATS:
         return arm_lpae_alloc(fmt, io_cfg, PAGE_SIZE, FailNth())[0]
     raise InvalidArgument(f"format {fmt.name} is not modelled")

@@ -147,15 +147,17 @@ class Machine:
         self.driver.handle_events()
         return list(self.driver.events)
 
-    def add_iommu_unit(self, *, aw: int = 39, snoop_control: bool = False) -> int:
-        """x86-vtd: another DMAR unit (address width, ECAP.SC); returns its number for
-        ``add_pci_device(..., iommu_unit=)``. Unit 0 is QEMU's: 39 bits, no SC."""
+    def add_iommu_unit(self, *, aw: int = 39, snoop_control: bool = False,
+                       sagaw: int = 0) -> int:
+        """x86-vtd: another DMAR unit; returns its number for ``add_pci_device(...,
+        iommu_unit=)``. ``aw`` is MGAW (13-64 bits), ``sagaw`` the CAP.SAGAW table depths
+        (bit 1: 3 levels, 2: 4, 3: 5; 0 means every depth up to the one ``aw`` needs, as
+        QEMU reports for 39 and 48), ``snoop_control`` ECAP.SC. Unit 0 is QEMU's: 39
+        bits, 3 levels, no SC. ValueError for a unit the kernel would ignore."""
         if self.platform != "x86-vtd":
             raise ValueError(f"{self.platform}: only x86-vtd machines have several units")
         from .drivers.vtd import VtdHw
-        if aw not in (39, 48):
-            raise ValueError(f"aw {aw}: the model's VT-d has 39- or 48-bit units")
-        self.driver.units.append(VtdHw(self.mem, aw, snoop_control))
+        self.driver.units.append(VtdHw(self.mem, aw, snoop_control, sagaw=sagaw))
         return len(self.driver.units) - 1
 
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",

@@ -123,7 +123,9 @@ def init_domain(domain: IommuDomain, dev: DmaDevice, core: IommuCore) -> None:
         cookie.single_queue = True
         cookie.fq_size, cookie.fq_timeout = IOVA_SINGLE_FQ_SIZE, IOVA_SINGLE_FQ_TIMEOUT
     if domain.type == DomainType.DMA_FQ:
-        fq_ok = dev_iommu.driver.capable(dev_iommu.priv, IommuCap.DEFERRED_FLUSH)
+        # iommu_domain_supports_fq: generic_pt domains always can (7.0)
+        fq_ok = domain.iommupt is not None or \
+            dev_iommu.driver.capable(dev_iommu.priv, IommuCap.DEFERRED_FLUSH)
         if fq_ok and dev.mem.fail_nth.fails("alloc_percpu(iova_fq)"):
             core.log.append("iova flush queue initialization failed")
             fq_ok = False

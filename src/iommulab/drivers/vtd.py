@@ -8,28 +8,45 @@ tracking, the interrupt range 0xfee00000-0xfeefffff as the only reserved
 region (``intel_iommu_get_resv_regions``: IOMMU_RESV_MSI), and caching mode,
 which makes the driver invalidate after every map (``iotlb_sync_map``).
 
-A machine may have more DMAR units (``Machine.add_iommu_unit``), each with
-its own width and snoop control; a domain only attaches where its tables
-fit and its snooping is honoured (``paging_domain_compatible``), which is
-what makes VFIO replay mappings into a second domain.
+A machine may have more DMAR units (``Machine.add_iommu_unit``), each with its
+own address width (MGAW), table depths (SAGAW) and snoop control; a domain only
+attaches where it fits (``prepare_domain_attach_device`` in 6.12,
+``paging_domain_compatible`` in 7.0), which is what makes VFIO replay mappings
+into a second domain.
 
-The hardware side walks the context's tables from physical memory for
-each DMA (the model keeps no IOTLB for VT-d) and records faults with the
-legacy fault reasons of the VT-d spec (rev. 4, Appendix A), as dmar.c
-prints them. Sources: drivers/iommu/intel/iommu.c, dmar.c (Linux 6.12).
+The driver follows the machine's kernel. Linux 6.12 keeps its own table code
+(:mod:`iommulab.pgtable.vtd_legacy`): a domain from ``domain_alloc`` is 57 bits
+wide with 4K pages until its first attach sizes it to the unit, ``map_pages`` /
+``unmap_pages`` under the core's ``iommu_pgsize`` loop, EFAULT past ``gaw``,
+unmaps rounded up to the entry they start in, and the gather filled with
+``iommu_iotlb_gather_add_page``. Linux 7.0 runs the tables on generic_pt
+(:mod:`iommulab.pgtable.iommu_pt`): sized to the unit at allocation
+(``compute_vasz_lg2_ss``), ``map_range``/``unmap_range`` called by the core for
+whole ranges, EADDRINUSE over a present entry, ERANGE past the IOVA width or a
+52-bit output address, one widened gather range per unmap.
+
+The hardware side walks the context's tables from physical memory for each
+DMA (the model keeps no IOTLB for VT-d) and records faults with the legacy
+fault reasons of the VT-d spec (rev. 4, Appendix A), as dmar.c prints them.
+Sources: drivers/iommu/intel/iommu.c, iommu.h, dmar.c (Linux 6.12 and 7.0),
+drivers/iommu/generic_pt/fmt/vtdss.h (7.0).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ..errors import DmaFault, InvalidArgument
+from ..errors import BadAddress, DmaFault, InvalidArgument, KernelError, NotSupported
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
-from ..iommu.pgtbl_domain import PgtblDomainOps, PgtblFlushOps
+from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
+from ..iommu.pgtbl_domain import PgtblDomainOps
 from ..iommu.resv import IommuCap, ResvRegion, ResvType
-from ..kernel import DEFAULT_KERNEL, KernelVersion
+from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import PhysMem
-from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, alloc_io_pgtable_ops
+from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt
+from ..pgtable import vtd_legacy as legacy
+from ..pgtable.iommu_pt import PtIommu
 from ..pgtable.vtd_ss import (
     ADDR_MASK,
     DMA_PTE_LARGE_PAGE,
@@ -37,6 +54,7 @@ from ..pgtable.vtd_ss import (
     DMA_PTE_SNP,
     DMA_PTE_WRITE,
     VtdSsFormat,
+    vtd_ss_alloc,
 )
 from ..prot import Prot
 from ..sizes import SZ_1G, SZ_2M, SZ_4K
@@ -84,7 +102,6 @@ DMAR_FRCD_REG_NR = 1
 DMAR_IOTLB_REG_OFFSET = 0xF0
 CAP_ND_16BIT = (16 - 4) // 2
 CAP_CM = 1 << 7
-CAP_SAGAW_39BIT, CAP_SAGAW_48BIT = 0x2 << 8, 0x4 << 8
 CAP_SLLPS_2M_1G = (1 << 34) | (1 << 35)
 CAP_PSI = 1 << 39
 CAP_MAMV = 18 << 48
@@ -92,13 +109,35 @@ CAP_DRAIN = (1 << 54) | (1 << 55)
 ECAP_QI, ECAP_DT, ECAP_IR, ECAP_EIM = 1 << 1, 1 << 2, 1 << 3, 1 << 4
 ECAP_PT, ECAP_SC = 1 << 6, 1 << 7
 ECAP_MHMV = 15 << 20
+#: CAP.SAGAW bits: 1 = 3-level (39-bit) tables, 2 = 4-level (48), 3 = 5-level (57).
+SAGAW_3LEVEL, SAGAW_4LEVEL, SAGAW_5LEVEL = 1 << 1, 1 << 2, 1 << 3
+#: CAP.SLLPS as cap_super_page_val() reads it: 2M (bit 0) and 1G (bit 1).
+SSLPS_2M, SSLPS_1G = 1 << 0, 1 << 1
+#: ``DEFAULT_DOMAIN_ADDRESS_WIDTH`` (6.12 ``md_domain_init`` and the agaw search).
+DEFAULT_DOMAIN_ADDRESS_WIDTH = 57
+#: vtdss ``PT_MAX_OUTPUT_ADDRESS_LG2``: what 7.0 checks output addresses against.
+VTDSS_MAX_OA_LG2 = 52
+HWPT_ALLOC_NEST_PARENT, HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_PASID = 1 << 0, 1 << 1, 1 << 3
+_PGSIZES = SZ_4K | SZ_2M | SZ_1G
+
+
+def _default_sagaw(aw: int) -> int:
+    """Every table depth from 3 levels up to the one that holds ``aw`` bits: QEMU's
+    39 (3 levels) and 48 (3 or 4); for other widths what real parts report alike."""
+    sagaw = SAGAW_3LEVEL
+    if aw > 39:
+        sagaw |= SAGAW_4LEVEL
+    if aw > 48:
+        sagaw |= SAGAW_5LEVEL
+    return sagaw
 
 
 @dataclass
 class VtdHw:
     """The remapping unit: context entries by source id, fault records, a walk per access.
 
-    The flags below are QEMU's ``intel-iommu`` properties of the same names; they only
+    ``aw`` is MGAW and ``sagaw`` the CAP.SAGAW bits (0: :func:`_default_sagaw`). The
+    other flags are QEMU's ``intel-iommu`` properties of the same names; they only
     shape the CAP and ECAP registers (the model's walks do not depend on them)."""
 
     mem: PhysMem
@@ -110,19 +149,38 @@ class VtdHw:
     eim: bool = False  # ECAP.EIM (32-bit x2APIC ids; only with intremap)
     pt: bool = True  # ECAP.PT (pass-through)
     device_iotlb: bool = False  # ECAP.DT (ATS)
+    sagaw: int = 0  # CAP.SAGAW (0: from aw)
     contexts: dict[int, tuple[int, int]] = field(default_factory=dict)  # sid -> (root, levels)
     faults: list[VtdFault] = field(default_factory=list)
     walks: int = 0
     last_snoop: bool = False  # the last leaf forced a snooped access (SNP)
 
+    def __post_init__(self) -> None:
+        if not 13 <= self.aw <= 64:
+            raise ValueError(f"aw {self.aw}: MGAW is between 13 and 64 bits")
+        if not self.sagaw:
+            self.sagaw = _default_sagaw(self.aw)
+        if not self.sagaw & (SAGAW_3LEVEL | SAGAW_4LEVEL | SAGAW_5LEVEL) or self.sagaw & ~0xF:
+            raise ValueError(f"sagaw {self.sagaw:#x}: the unit must offer 3-, 4- or 5-level "
+                             "tables (SAGAW bits 1-3); the kernel ignores one that does not")
+
+    @property
+    def agaw(self) -> int:
+        """6.12 ``iommu_calculate_agaw``: the deepest SAGAW table up to 57 bits (levels - 2)."""
+        return (self.sagaw & 0xF).bit_length() - 1
+
+    @property
+    def sslps(self) -> int:
+        """``cap_super_page_val``: QEMU offers 2M and 1G superpages."""
+        return SSLPS_2M | SSLPS_1G
+
     @property
     def cap_reg(self) -> int:
         """CAP_REG as QEMU's ``vtd_init`` builds it (legacy mode)."""
         cap = ((DMAR_FRCD_REG_OFFSET >> 4) << 24 | (DMAR_FRCD_REG_NR - 1) << 40 | CAP_ND_16BIT
-               | CAP_MAMV | CAP_PSI | CAP_SLLPS_2M_1G | ((self.aw - 1) & 0x3F) << 16)
+               | CAP_MAMV | CAP_PSI | CAP_SLLPS_2M_1G | ((self.aw - 1) & 0x3F) << 16
+               | self.sagaw << 8)
         cap |= CAP_DRAIN if self.dma_drain else 0
-        cap |= CAP_SAGAW_39BIT if self.aw >= 39 else 0
-        cap |= CAP_SAGAW_48BIT if self.aw >= 48 else 0
         return cap | (CAP_CM if self.caching_mode else 0)
 
     @property
@@ -137,13 +195,16 @@ class VtdHw:
 
     def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
                       ) -> tuple[int, int]:
-        """The physical address of ``iova`` and the end of its leaf, or DmaFault (recorded)."""
+        """The physical address of ``iova`` and the end of its leaf, or DmaFault (recorded).
+
+        An IOVA beyond MGAW or the context's table width faults "Access beyond MGAW"
+        (QEMU's ``vtd_iova_range_check``)."""
         ctx = self.contexts.get(sid)
         if ctx is None:
             raise self._fault(sid, iova, write, FAULT_NO_CONTEXT)
-        if iova >> self.aw:
-            raise self._fault(sid, iova, write, FAULT_MGAW)
         table, levels = ctx
+        if iova >> min(self.aw, 12 + 9 * levels):
+            raise self._fault(sid, iova, write, FAULT_MGAW)
         self.walks += 1
         need = DMA_PTE_WRITE if write else DMA_PTE_READ
         for level in range(levels, 0, -1):
@@ -166,24 +227,6 @@ class VtdHw:
                         reason=FAULT_REASONS[reason])
 
 
-class _VtdDomainOps(PgtblDomainOps):
-    """``intel_iommu_ops.default_domain_ops``; caching mode flushes after each map.
-
-    Also holds what ``struct dmar_domain`` keeps: the address width the
-    tables were built for, ``force_snooping`` and the devices attached.
-    """
-
-    def __init__(self, pgtbl: IoPgtable, gaw: int) -> None:
-        super().__init__(pgtbl)
-        self.gaw = gaw
-        self.force_snooping = False
-        self.devices: list[_Master] = []
-
-    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
-        """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
-        domain.tlb_stats.sync_map += 1
-
-
 @dataclass
 class _Master:
     sid: int
@@ -191,15 +234,189 @@ class _Master:
     domain: IommuDomain | None = None
 
 
+class _DmarDomain(PgtblDomainOps):
+    """``struct dmar_domain``: what both releases keep around the table.
+
+    ``gaw`` is the IOVA width the domain answers for, ``force_snooping`` whether
+    ``enforce_cache_coherency`` succeeded, ``sync_on_map`` the driver's
+    ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters and
+    ``iommus`` the units it is attached through, with a reference count each.
+    """
+
+    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int) -> None:
+        super().__init__(pgtbl)
+        self.domain = domain
+        self.gaw = gaw
+        self.force_snooping = False
+        self.sync_on_map = False
+        self.devices: list[_Master] = []
+        self.iommus: dict[int, list[Any]] = {}  # id(unit) -> [unit, refcnt] (iommu_array)
+
+    @property
+    def levels(self) -> int:
+        return len(self.pgtbl.format.levels)
+
+    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
+        """``intel_iommu_tlb_sync``: ``cache_tag_flush_range`` over the gathered range."""
+        stats = domain.tlb_stats
+        stats.iotlb_sync += 1
+        stats.sync_bytes += max(gather.end - gather.start + 1, 0)
+
+    def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
+        """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
+        if self.sync_on_map:
+            domain.tlb_stats.sync_map += 1
+
+    def attach_iommu(self, unit: VtdHw) -> bool:
+        """``domain_attach_iommu``: one more reference; True for a new unit."""
+        held = self.iommus.get(id(unit))
+        if held is not None:
+            held[1] += 1
+            return False
+        self.iommus[id(unit)] = [unit, 1]
+        return True
+
+    def detach_iommu(self, unit: VtdHw) -> None:
+        """``domain_detach_iommu``: drop a reference."""
+        held = self.iommus[id(unit)]
+        held[1] -= 1
+        if not held[1]:
+            del self.iommus[id(unit)]
+
+    def free(self, domain: IommuDomain) -> None:
+        """``intel_iommu_domain_free``: the tables go without an IOTLB flush."""
+        self.pgtbl.free()
+
+
+class _LegacyDomain(_DmarDomain):
+    """Linux 6.12's ``dmar_domain``: ``agaw`` is the table depth (levels - 2), ``gaw``
+    the width ``intel_iommu_map`` allows, ``max_addr`` the end of the highest map."""
+
+    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int, superpage: int) -> None:
+        super().__init__(pgtbl, domain, gaw)
+        self.max_addr = 0
+        self.iommu_superpage = superpage
+        self.set_pte_snp = False
+        self.has_mappings = False
+
+    @property
+    def agaw(self) -> int:
+        return self.levels - 2
+
+    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
+                  prot: int, gfp: int) -> int:
+        """``intel_iommu_map_pages``: EINVAL for another size or a misaligned address,
+        then ``intel_iommu_map`` of all ``pgcount`` pages at once. On failure nothing
+        counts as mapped (``*mapped`` is only set on success), so what the call
+        wrote before failing stays mapped after the core's rollback."""
+        if pgsize not in (SZ_4K, SZ_2M, SZ_1G):
+            raise InvalidArgument(f"intel_iommu_map_pages: pgsize {pgsize:#x} is not 4K, 2M "
+                                  "or 1G")
+        if (iova | paddr) & (pgsize - 1):
+            raise InvalidArgument(f"intel_iommu_map_pages: iova {iova:#x} / paddr {paddr:#x} "
+                                  f"not aligned to {pgsize:#x}")
+        size = pgsize * pgcount
+        self._map(iova, paddr, size, prot)
+        return size
+
+    def _map(self, iova: int, paddr: int, size: int, prot: int) -> None:
+        """``intel_iommu_map``: EFAULT when ``iova + size`` passes ``2^gaw``."""
+        # IOMMU_READ/IOMMU_WRITE are bits 0/1, as DMA_PTE_READ/DMA_PTE_WRITE
+        attr = int(prot) & (DMA_PTE_READ | DMA_PTE_WRITE) | (DMA_PTE_SNP if self.set_pte_snp
+                                                             else 0)
+        end = iova + size
+        if self.max_addr < end:
+            if (1 << self.gaw) < end:
+                self.domain.warnings["intel_iommu_map: iommu width is not sufficient"] += 1
+                raise BadAddress(f"intel_iommu_map: iommu width ({self.gaw}) is not sufficient "
+                                 f"for the mapped address ({end:#x})")
+            self.max_addr = end
+        nr_pages = ((paddr & 0xFFF) + size + 0xFFF) >> 12  # aligned_nrpages
+        try:
+            legacy.domain_mapping(self.pgtbl, iova >> 12, paddr >> 12, nr_pages, attr,
+                                  self.iommu_superpage, self._flush_range)
+        except InvalidArgument:  # its checks failed before it set has_mappings
+            raise
+        except KernelError:
+            self.has_mappings = True
+            raise
+        self.has_mappings = True
+
+    def _flush_range(self, start_pfn: int, end_pfn: int) -> None:
+        """``cache_tag_flush_range`` for tables a superpage replaced (counted as a walk
+        flush)."""
+        stats = self.domain.tlb_stats
+        stats.flush_walk += 1
+        stats.flush_walk_bytes += (end_pfn - start_pfn + 1) << 12
+
+    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
+                    gather: IommuIotlbGather) -> int:
+        """``intel_iommu_unmap_pages``: the size rounded up to the entry the walk stops at,
+        ``max_addr`` lowered when the top mapping goes, and the range added to the
+        gather with ``iommu_iotlb_gather_add_page`` unless queued."""
+        size = legacy.intel_iommu_unmap(self.pgtbl, iova, pgsize * pgcount)
+        if not size:
+            return 0
+        if self.max_addr == iova + size:
+            self.max_addr = iova
+        if not gather.queued:
+            domain.tlb_stats.add_page += 1
+            iommu_iotlb_gather_add_page(domain, gather, iova, size)
+        return size
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
+        return legacy.intel_iommu_iova_to_phys(self.pgtbl, iova)
+
+
+class _SsDomain(_DmarDomain):
+    """Linux 7.0's second-stage ``dmar_domain`` on generic_pt (``sspt``): the core calls
+    :meth:`map_range` and :meth:`unmap_range` (``domain.iommupt`` is this object)."""
+
+    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, vasz: int) -> None:
+        super().__init__(pgtbl, domain, vasz)
+        self.pt = PtIommu(pgtbl, max_vasz_lg2=vasz, max_oasz_lg2=VTDSS_MAX_OA_LG2,
+                          new_gather=IommuIotlbGather, iotlb_sync=domain.iotlb_sync)
+
+    def map_range(self, iova: int, paddr: int, size: int, prot: int, gfp: int) -> int:
+        return self.pt.map_range(iova, paddr, size, prot, self.domain.pgsize_bitmap)
+
+    def unmap_range(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
+        return self.pt.unmap_range(iova, size, gather)
+
+    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
+                  prot: int, gfp: int) -> int:
+        raise AssertionError("a generic_pt domain is mapped with map_range")
+
+    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
+                    gather: IommuIotlbGather) -> int:
+        raise AssertionError("a generic_pt domain is unmapped with unmap_range")
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
+        return self.pt.iova_to_phys(iova)
+
+
+def compute_vasz_lg2_ss(mgaw: int, sagaw: int) -> tuple[int, int]:
+    """7.0 ``compute_vasz_lg2_ss``: (IOVA width, top level) from MGAW and SAGAW, the
+    largest table both support; (0, 0) when none (domain allocation then fails)."""
+    if mgaw > 48 and sagaw >= SAGAW_5LEVEL:
+        return min(57, mgaw), 4
+    if mgaw > 39 and sagaw >= SAGAW_4LEVEL:
+        return min(48, mgaw), 3 + _ffs(sagaw >> 3)
+    if mgaw > 30 and sagaw >= SAGAW_3LEVEL:
+        return min(39, mgaw), 2 + _ffs(sagaw >> 2)
+    return 0, 0
+
+
 class IntelIommu:
     """The intel-iommu driver over the DMAR units of a machine (the subset the core and
-    VFIO use). Devices are behind the first unit unless ``unit_of`` says otherwise."""
-
-    pgsize_bitmap = SZ_4K | SZ_2M | SZ_1G
+    VFIO use), as ``kernel`` has it. Devices are behind the first unit unless
+    ``unit_of`` says otherwise."""
 
     def __init__(self, hw: VtdHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw
         self.kernel = kernel
+        #: 7.0 runs second-stage tables on generic_pt; 6.12 has its own table code.
+        self.generic_pt = kernel >= LINUX_7_0
         self.units = [hw]
         self.unit_of: dict[int, VtdHw] = {}  # sid -> its DMAR unit
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
@@ -218,73 +435,233 @@ class IntelIommu:
         return [ResvRegion(IOAPIC_RANGE_START, IOAPIC_RANGE_END - IOAPIC_RANGE_START + 1,
                            Prot(0), ResvType.MSI)]
 
+    # -- domain allocation ---------------------------------------------------------------------
     def domain_alloc_paging(self, master: _Master | None = None,
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
-        """``intel_iommu_domain_alloc_paging_flags``: second-stage tables as wide as the
-        device's unit (the first unit's without a device)."""
-        aw = (self.hw if master is None else master.unit).aw
+        """The core's paging domain (DMA, or UNMANAGED for VFIO type1).
+
+        6.12 ``intel_iommu_domain_alloc`` (``md_domain_init`` at 57 bits): a 5-level
+        table, 4K pages only and a 57-bit aperture until the first attach sizes it to
+        the unit. 7.0: :meth:`domain_alloc_paging_flags` for the device's unit (the
+        first unit's without a device)."""
+        if self.generic_pt:
+            return self.domain_alloc_paging_flags(master, 0, type=type)
         domain = IommuDomain(type, kernel=self.kernel)
-        cfg = IoPgtableCfg(self.pgsize_bitmap, aw, aw, tlb=PgtblFlushOps(), kernel=self.kernel)
-        pgtbl = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, cfg, domain, mem=self.hw.mem)
-        domain.ops = _VtdDomainOps(pgtbl, aw)
-        domain.pgtbl = pgtbl
-        domain.pgsize_bitmap = pgtbl.cfg.pgsize_bitmap
-        domain.geometry = DomainGeometry(0, (1 << aw) - 1, True)
+        width = DEFAULT_DOMAIN_ADDRESS_WIDTH
+        self._legacy_domain(domain, width, -(-(width - 12) // 9), SZ_4K, 0)
         return domain
 
+    def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0, *,
+                                  type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
+        """iommufd's domains. 6.12 ``intel_iommu_domain_alloc_user``
+        (``paging_domain_alloc``: as wide as the unit's agaw and MGAW allow, its
+        superpages); 7.0 ``intel_iommu_domain_alloc_paging_flags`` (a second-stage
+        domain; legacy mode has no first stage). EOPNOTSUPP for flags the unit cannot
+        honour (no nesting or dirty tracking in legacy mode; PASID is 7.0's)."""
+        unit = self.hw if master is None else master.unit
+        known = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
+        if self.generic_pt:
+            known |= HWPT_ALLOC_PASID
+        if flags & ~known:
+            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} are not "
+                               f"supported (only {known:#x})")
+        if flags & (HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING):
+            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need nesting or "
+                               "second-stage dirty tracking, which legacy mode lacks")
+        domain = IommuDomain(type, kernel=self.kernel)
+        if self.generic_pt:
+            self._second_stage_domain(domain, unit)
+        else:
+            width = min(12 + 9 * (unit.agaw + 2), unit.aw)
+            super_bits = unit.sslps.bit_length()  # iommu_superpage_capability
+            self._legacy_domain(domain, width, unit.agaw + 2,
+                                SZ_4K | _super_pgsize_bitmap(super_bits), super_bits)
+        return domain
+
+    def _new_table(self, domain: IommuDomain, width: int, levels: int) -> IoPgtable:
+        cfg = IoPgtableCfg(_PGSIZES, width, VTDSS_MAX_OA_LG2, kernel=self.kernel)
+        fmt, cfg = vtd_ss_alloc(cfg, levels=levels)
+        return IoPgtable(IoPgtableFmt.INTEL_VTD_SS, cfg, fmt, self.hw.mem, domain)
+
+    def _legacy_domain(self, domain: IommuDomain, gaw: int, levels: int, pgsizes: int,
+                       superpage: int) -> None:
+        """6.12: a ``dmar_domain`` of ``gaw`` bits over a ``levels``-deep table."""
+        pgtbl = self._new_table(domain, 12 + 9 * levels, levels)
+        domain.ops = _LegacyDomain(pgtbl, domain, gaw, superpage)
+        domain.pgtbl = pgtbl
+        domain.pgsize_bitmap = pgsizes
+        domain.geometry = DomainGeometry(0, (1 << gaw) - 1, True)
+
+    def _second_stage_domain(self, domain: IommuDomain, unit: VtdHw) -> None:
+        """7.0 ``intel_iommu_domain_alloc_second_stage`` with ``pt_iommu_vtdss_init``:
+        the IOVA width and depth from MGAW and SAGAW, page sizes from the unit's
+        superpages, ``iotlb_sync_map`` in caching mode; EINVAL when no depth fits."""
+        vasz, top_level = compute_vasz_lg2_ss(unit.aw, unit.sagaw)
+        if not vasz:
+            raise InvalidArgument(f"pt_iommu_vtdss_init: MGAW {unit.aw} with SAGAW "
+                                  f"{unit.sagaw:#x} leaves no IOVA width")
+        pgtbl = self._new_table(domain, vasz, top_level + 1)
+        ops = _SsDomain(pgtbl, domain, vasz)
+        ops.sync_on_map = unit.caching_mode
+        domain.ops = ops
+        domain.iommupt = ops
+        domain.pgtbl = pgtbl
+        domain.pgsize_bitmap = _sslps_pgsizes(unit.sslps)
+        domain.geometry = DomainGeometry(0, (1 << vasz) - 1, True)
+
+    # -- attach ------------------------------------------------------------------------------------
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
         """``intel_iommu_attach_device``: block the device (``device_block_translation``),
-        then ``paging_domain_compatible`` (a snooping domain needs ECAP.SC, the tables
-        must fit the unit's width; EINVAL, the device left blocked), then point the
-        context entry at the tables (blocked: no context entry)."""
+        check the domain fits the unit (EINVAL, the device left blocked), then point
+        the context entry at the tables (blocked: no context entry)."""
         if domain.type == DomainType.IDENTITY:
             raise InvalidArgument("the model's VT-d has no pass-through context")
         unit = master.unit
         ops = domain.ops
         self._detach(master)
         unit.contexts.pop(master.sid, None)
-        if isinstance(ops, _VtdDomainOps):
-            if ops.force_snooping and not unit.snoop_control:
-                raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping "
-                                      "and the unit has no snoop control")
-            if ops.gaw > unit.aw:
-                raise InvalidArgument(f"attach {master.sid:#x}: {ops.gaw}-bit tables on a "
-                                      f"{unit.aw}-bit unit")
-        if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
-            levels = len(domain.pgtbl.format.levels)
-            unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, levels)
-        if isinstance(ops, _VtdDomainOps):
+        if isinstance(ops, _LegacyDomain):
+            self._prepare_domain_attach_device(ops, master)
+        elif isinstance(ops, _SsDomain):
+            self._paging_domain_compatible(ops, master)
+        if isinstance(ops, _DmarDomain):
+            if ops.attach_iommu(unit) and isinstance(ops, _LegacyDomain):
+                self._domain_update_iommu_cap(ops)
+            if isinstance(ops, _LegacyDomain) and unit.caching_mode:
+                ops.sync_on_map = True  # domain_need_iotlb_sync_map
             ops.devices.append(master)
+        if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
+            unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, len(domain.pgtbl.format.levels))
         master.domain = domain
+
+    def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
+        """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping
+        and the unit has no snoop control, or something is mapped above what the unit
+        can address; then the domain takes the unit's width (``gaw``, which may grow)
+        and drops table levels the unit cannot walk ("Knock out extra levels")."""
+        unit = master.unit
+        if ops.force_snooping and not unit.snoop_control:
+            raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
+                                  "the unit has no snoop control")
+        addr_width = min(12 + 9 * (unit.agaw + 2), unit.aw)
+        if ops.max_addr > 1 << addr_width:
+            raise InvalidArgument(f"attach {master.sid:#x}: mapped up to {ops.max_addr:#x}, "
+                                  f"beyond the unit's {addr_width}-bit width")
+        ops.gaw = addr_width
+        while unit.agaw < ops.agaw:
+            self._knock_out_top_level(ops)
+
+    @staticmethod
+    def _knock_out_top_level(ops: _LegacyDomain) -> None:
+        """One round of the knock-out: the table under entry 0 becomes the root and the
+        old root page is freed. The kernel leaks whatever the other root entries
+        hold (the lab frees it and counts a warning); when entry 0 is empty the same
+        page stays the root, one level lower."""
+        pt = ops.pgtbl
+        levels = ops.levels - 1
+        fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.set_pte_snp, levels)
+        pt.cfg = replace(pt.cfg, ias=12 + 9 * levels)
+        first = pt._pgd.item(0)
+        if not first & (DMA_PTE_READ | DMA_PTE_WRITE):
+            pt.replace_root(fmt, pt.pgd_pa)
+            return
+        old_pa = pt.pgd_pa
+        for pte in pt._pgd[1:][pt.format.table_mask(pt._pgd[1:], 0)].tolist():
+            ops.domain.warnings["lab: 6.12 leaks the tables under the knocked-out root"] += 1
+            pt._free_pgtable(pte, 1)
+        pt.replace_root(fmt, first & ADDR_MASK)
+        pt._free_table_pages(old_pa)
+
+    def _domain_update_iommu_cap(self, ops: _LegacyDomain) -> None:
+        """6.12 ``domain_update_iommu_cap``: superpages every active unit offers, the
+        aperture from ``gaw``; page sizes are only ever added."""
+        mask = SSLPS_2M | SSLPS_1G
+        for unit in self.units:
+            mask &= unit.sslps
+        ops.iommu_superpage = mask.bit_length()
+        domain = ops.domain
+        domain.geometry = DomainGeometry(0, (1 << ops.gaw) - 1, True)
+        domain.pgsize_bitmap |= _super_pgsize_bitmap(ops.iommu_superpage)
+
+    @staticmethod
+    def _paging_domain_compatible(ops: _SsDomain, master: _Master) -> None:
+        """7.0 ``paging_domain_compatible_second_stage``: EINVAL when the unit's MGAW is
+        below the domain's IOVA width, its SAGAW lacks the table depth, it lacks a
+        page size the domain uses, it is in caching mode and the domain does not sync
+        on map, or the domain forces snooping and the unit has no snoop control."""
+        unit, sid = master.unit, master.sid
+        if unit.aw < ops.gaw:
+            raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit IOVAs on a unit with "
+                                  f"MGAW {unit.aw}")
+        if not unit.sagaw & 1 << (ops.levels - 2):
+            raise InvalidArgument(f"attach {sid:#x}: a {ops.levels}-level table on a unit "
+                                  f"with SAGAW {unit.sagaw:#x}")
+        bitmap = ops.domain.pgsize_bitmap
+        if (bitmap & SZ_2M and not unit.sslps & SSLPS_2M) or \
+                (bitmap & SZ_1G and not unit.sslps & SSLPS_1G):
+            raise InvalidArgument(f"attach {sid:#x}: page sizes {bitmap:#x} the unit lacks")
+        if unit.caching_mode and not ops.sync_on_map:
+            raise InvalidArgument(f"attach {sid:#x}: the unit is in caching mode and the "
+                                  "domain does not sync on map")
+        if ops.force_snooping and not unit.snoop_control:
+            raise InvalidArgument(f"attach {sid:#x}: the domain forces snooping and the unit "
+                                  "has no snoop control")
 
     @staticmethod
     def _detach(master: _Master) -> None:
+        """``device_block_translation``: leave the domain (and its unit reference)."""
         old = master.domain
-        if old is not None and isinstance(old.ops, _VtdDomainOps) and master in old.ops.devices:
+        if old is not None and isinstance(old.ops, _DmarDomain) and master in old.ops.devices:
             old.ops.devices.remove(master)
+            old.ops.detach_iommu(master.unit)
         master.domain = None
 
+    # -- capabilities ------------------------------------------------------------------------------
     def capable(self, master: _Master, cap: IommuCap) -> bool:
-        """``intel_iommu_capable``: coherent DMA and deferred flush always; enforced
-        coherency with the unit's snoop control (ECAP.SC); no dirty tracking (SSADS),
-        which QEMU's legacy mode lacks."""
+        """``intel_iommu_capable``: coherent DMA always; enforced coherency with the unit's
+        snoop control (ECAP.SC); no dirty tracking (SSADS), which QEMU's legacy mode
+        lacks, and no ATS (no device has it). DEFERRED_FLUSH is 6.12's; 7.0 dropped it
+        (dma-iommu lets every generic_pt domain use the flush queue)."""
         if cap == IommuCap.ENFORCE_CACHE_COHERENCY:
             return master.unit.snoop_control
-        return cap in (IommuCap.CACHE_COHERENCY, IommuCap.DEFERRED_FLUSH)
+        if cap == IommuCap.DEFERRED_FLUSH:
+            return not self.generic_pt
+        return cap == IommuCap.CACHE_COHERENCY
 
     def enforce_cache_coherency(self, domain: IommuDomain) -> bool:
-        """``intel_iommu_enforce_cache_coherency``: when every attached device's unit has
-        snoop control (QEMU's has not), force snooping: later maps set DMA_PTE_SNP."""
+        """Force snooping (later maps set DMA_PTE_SNP) when every attached device's unit
+        has snoop control (QEMU's has not). 6.12 ``intel_iommu_enforce_cache_coherency``
+        answers True again once forced, and refuses a domain that has ever mapped
+        something; 7.0 ``intel_iommu_enforce_cache_coherency_ss`` checks the units
+        every time and does not look at what is mapped (earlier leaves keep no SNP)."""
         ops = domain.ops
-        if not isinstance(ops, _VtdDomainOps):
+        if not isinstance(ops, _DmarDomain):
             return False
-        if ops.force_snooping:
+        if isinstance(ops, _LegacyDomain) and ops.force_snooping:
             return True
         if not all(m.unit.snoop_control for m in ops.devices):
             return False
-        ops.force_snooping = True
-        assert domain.pgtbl is not None
-        fmt = domain.pgtbl.format
+        if isinstance(ops, _LegacyDomain):
+            if ops.has_mappings:
+                return False
+            ops.set_pte_snp = True
+        fmt = ops.pgtbl.format
         assert isinstance(fmt, VtdSsFormat)
-        fmt.set_pte_snp = True
+        fmt.set_pte_snp = True  # 7.0 PT_FEAT_VTDSS_FORCE_COHERENCE
+        ops.force_snooping = True
         return True
+
+
+def _super_pgsize_bitmap(superpage: int) -> int:
+    """6.12 ``domain_super_pgsize_bitmap``: 1 superpage level is 2M, 2 are 2M and 1G."""
+    return {0: 0, 1: SZ_2M}.get(superpage, SZ_2M | SZ_1G)
+
+
+def _sslps_pgsizes(sslps: int) -> int:
+    """7.0: the table's 4K/2M/1G less the superpages the unit lacks."""
+    return SZ_4K | (SZ_2M if sslps & SSLPS_2M else 0) | (SZ_1G if sslps & SSLPS_1G else 0)
+
+
+def _ffs(x: int) -> int:
+    """``ffs``: the 1-based index of the lowest set bit, 0 for 0."""
+    return (x & -x).bit_length()

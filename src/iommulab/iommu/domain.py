@@ -35,6 +35,7 @@ __all__ = [
     "DomainOps",
     "DomainType",
     "IommuDomain",
+    "PtIommuOps",
     "SgEntry",
     "TlbStats",
 ]
@@ -114,6 +115,17 @@ class DomainOps(Protocol):
         """Lab: number of leaf entries by mapping size."""
 
 
+class PtIommuOps(Protocol):
+    """A generic_pt table's ``pt_iommu_ops`` (Linux 7.0: VT-d, AMD, RISC-V): the core
+    hands it whole ranges instead of looping ``map_pages``/``unmap_pages``."""
+
+    def map_range(self, iova: int, paddr: int, size: int, prot: int, gfp: int) -> int:
+        """Map ``size`` bytes; raise KernelError with ``mapped`` set on failure."""
+
+    def unmap_range(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
+        """Unmap; return bytes unmapped (0 for a bad range)."""
+
+
 class DirtyOps(Protocol):
     """``struct iommu_dirty_ops``, hung off ``domain.dirty_ops``."""
 
@@ -126,7 +138,9 @@ class IommuDomain:
     """An IOMMU domain: an address space devices are attached to.
 
     ``ops`` is None for domains without page tables (blocked, identity);
-    ``dirty_ops`` is set by drivers that track dirty pages. Lab attributes:
+    ``dirty_ops`` is set by drivers that track dirty pages; ``iommupt`` by drivers
+    whose tables are generic_pt's (``iommupt_from_domain``); ``kernel`` is the release
+    whose core paths the domain follows (its driver's). Lab attributes:
     ``pgtbl`` is the driver's io-pgtable when it uses one, and
     ``max_bbm_level`` the break-before-make level the hardware supports
     (split/merge at a higher level is refused).
@@ -143,6 +157,7 @@ class IommuDomain:
         self.tlb_stats = TlbStats()
         self.warnings: Counter[str] = Counter()  # WARN()/pr_err() the kernel would print
         self.dirty_ops: DirtyOps | None = None
+        self.iommupt: PtIommuOps | None = None
         self.pgtbl: IoPgtable | None = None
         self.max_bbm_level = 0
         self.dirty_granule: int | None = None  # lab: granule blocks were split to, if any
@@ -178,7 +193,19 @@ class IommuDomain:
                 raise
 
     def map_nosync(self, iova: int, paddr: int, size: int, prot: int, gfp: int = 0) -> None:
-        """``iommu_map_nosync`` / ``__iommu_map_domain_pgtbl``: map and roll back on error."""
+        """``iommu_map_nosync`` / ``__iommu_map_domain_pgtbl``: map and roll back on error.
+
+        A generic_pt domain gets the whole range in one ``map_range`` (no paging-type,
+        alignment or ``iommu_pgsize`` step in the core), and what it mapped before
+        failing is unmapped again."""
+        pt = self.iommupt
+        if pt is not None:
+            try:
+                pt.map_range(iova, paddr, size, prot, gfp)
+            except KernelError as err:
+                self.unmap(iova, err.mapped)
+                raise
+            return
         if not self.type & _PAGING:
             raise InvalidArgument(f"iommu_map: {self.type.name} domain is not a paging domain")
         if self.ops is None or not self.pgsize_bitmap:
@@ -255,7 +282,11 @@ class IommuDomain:
         return unmapped
 
     def unmap_fast(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
-        """``iommu_unmap_fast`` / ``__iommu_unmap_domain_pgtbl``: unmap without syncing."""
+        """``iommu_unmap_fast`` / ``__iommu_unmap_domain_pgtbl``: unmap without syncing
+        (a generic_pt domain's ``unmap_range`` takes the whole range)."""
+        pt = self.iommupt
+        if pt is not None:
+            return pt.unmap_range(iova, size, gather)
         if not self.type & _PAGING:
             return 0
         if self.ops is None or not self.pgsize_bitmap:

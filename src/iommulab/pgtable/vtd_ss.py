@@ -5,11 +5,16 @@ Sources: drivers/iommu/intel/iommu.h (``DMA_PTE_READ``/``WRITE``/``LARGE_PAGE``/
 tables as ``phys | DMA_PTE_READ | DMA_PTE_WRITE``; ``__domain_mapping`` leaves as
 ``phys | prot | LARGE_PAGE`` above level 1; ``intel_iommu_map`` takes READ/WRITE
 from the IOMMU prot and SNP only when ``set_pte_snp``), and the VT-d spec
-(rev. 4, 9.8 "Second-Stage Paging Entries"). A table of 512 entries per 4K
-page; the adjusted guest address width picks 3 levels (39 bits) or 4 (48).
-Legacy (non-scalable) mode has no access/dirty bits, so no dirty tracking.
-Lab: the kernel's VT-d tables are not an io-pgtable format (they are
-generic_pt ``vtdss`` since Linux 6.19); the model runs them on the shared walker.
+(rev. 4, 9.8 "Second-Stage Paging Entries"), and for Linux 7.0 generic_pt's
+``fmt/vtdss.h``. A table of 512 entries per 4K page, 3, 4 or 5 levels; the depth
+(SAGAW) and the IOVA width (MGAW) are separate, so a 4-level table may hold a
+46-bit or even a 39-bit IOVA space. Legacy (non-scalable) mode has no
+access/dirty bits, so no dirty tracking.
+Lab: the kernel's VT-d tables are not an io-pgtable format (they are generic_pt
+``vtdss`` in Linux 7.0); the model keeps them in the shared walker's table storage.
+The kernel's map and unmap algorithms run on it from :mod:`.vtd_legacy` (6.12's
+intel-iommu code) and :mod:`.iommu_pt` (7.0's generic_pt); the walker's own
+``map_pages``/``unmap_pages`` are the lab's io-pgtable view of the format.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from .bits import Field, Layout
 from .cfg import IoPgtableCfg
 from .format import INVALID, LEAF, TABLE, BoolArray, Level, U64Array
 
-__all__ = ["VTD_SS_LEAF", "VTD_SS_TABLE", "VtdSsFormat", "vtd_ss_alloc"]
+__all__ = ["VTD_SS_LEAF", "VTD_SS_TABLE", "VtdSsFormat", "vtd_levels_for", "vtd_ss_alloc"]
 
 DMA_PTE_READ = 1 << 0
 DMA_PTE_WRITE = 1 << 1
@@ -55,24 +60,35 @@ _PRESENT = DMA_PTE_READ | DMA_PTE_WRITE
 _KIND_MASK = DMA_PTE_LARGE_PAGE | _PRESENT
 _PGSIZES = SZ_4K | SZ_2M | SZ_1G
 _LEVEL_STRIDE = 9
+_IOMMU_READ, _IOMMU_WRITE = int(Prot.READ), int(Prot.WRITE)  # plain ints: IntFlag is slow
 
 
-def vtd_ss_alloc(cfg: IoPgtableCfg, *, set_pte_snp: bool = False
+def vtd_levels_for(width: int) -> int:
+    """The fewest table levels (3, 4 or 5) whose IOVA space holds ``width`` bits."""
+    return max(3, -(-(width - 12) // _LEVEL_STRIDE))
+
+
+def vtd_ss_alloc(cfg: IoPgtableCfg, *, set_pte_snp: bool = False, levels: int | None = None
                  ) -> tuple[VtdSsFormat, IoPgtableCfg]:
-    """The geometry ``intel_iommu_domain_alloc_paging`` gets from the address width.
+    """A VT-d second-stage table: ``levels`` deep, IOVAs of ``cfg.ias`` bits.
 
-    ``ias`` is the adjusted guest address width: 39 gives 3 levels, 48 gives 4
-    (``agaw_to_level``). Page sizes are 4K plus the superpages the hardware
-    reports (2M, 1G). ``set_pte_snp`` is what ``enforce_cache_coherency``
-    turns on when the unit has snoop control.
+    The driver picks the depth from SAGAW and the IOVA width from MGAW
+    (``compute_vasz_lg2_ss`` in 7.0, ``agaw``/``gaw`` in 6.12); without ``levels``
+    the table is the shallowest that holds ``ias`` bits. Page sizes are 4K plus
+    the superpages the hardware reports (2M, 1G). ``set_pte_snp`` is what
+    ``enforce_cache_coherency`` turns on when the unit has snoop control.
+    EINVAL for a depth other than 3-5 or a width the table cannot hold.
     """
-    if cfg.ias not in (39, 48):
-        raise InvalidArgument(f"VT-d second stage: address width {cfg.ias} is neither "
-                              "39 (3 levels) nor 48 (4 levels)")
+    depth = vtd_levels_for(cfg.ias) if levels is None else levels
+    if not 3 <= depth <= 5:
+        raise InvalidArgument(f"VT-d second stage: {depth} levels (SAGAW offers 3, 4 or 5)")
+    if not 12 < cfg.ias <= 12 + _LEVEL_STRIDE * depth:
+        raise InvalidArgument(f"VT-d second stage: an address width of {cfg.ias} bits does not "
+                              f"fit a {depth}-level table (at most {12 + _LEVEL_STRIDE * depth})")
     if not cfg.pgsize_bitmap & SZ_4K or cfg.pgsize_bitmap & ~_PGSIZES:
         raise InvalidArgument(f"VT-d second stage: pgsize_bitmap {cfg.pgsize_bitmap:#x} "
                               "must hold 4K and only 4K, 2M and 1G")
-    return VtdSsFormat(cfg, set_pte_snp), cfg
+    return VtdSsFormat(cfg, set_pte_snp, depth), cfg
 
 
 class VtdSsFormat:
@@ -86,8 +102,7 @@ class VtdSsFormat:
     kind_mask = _KIND_MASK
     table_key_mask = ADDR_MASK
 
-    def __init__(self, cfg: IoPgtableCfg, set_pte_snp: bool) -> None:
-        nlevels = (cfg.ias - 12) // _LEVEL_STRIDE
+    def __init__(self, cfg: IoPgtableCfg, set_pte_snp: bool, nlevels: int) -> None:
         self.levels = tuple(
             Level(lvl, 12 + _LEVEL_STRIDE * (lvl - 1), 511, 512, SZ_4K)
             for lvl in range(nlevels, 0, -1))
@@ -108,9 +123,9 @@ class VtdSsFormat:
     def prot_to_attrs(self, prot: int) -> int:
         """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control."""
         attrs = 0
-        if prot & Prot.READ:
+        if prot & _IOMMU_READ:
             attrs |= DMA_PTE_READ
-        if prot & Prot.WRITE:
+        if prot & _IOMMU_WRITE:
             attrs |= DMA_PTE_WRITE
         if self.set_pte_snp:
             attrs |= DMA_PTE_SNP

@@ -81,7 +81,6 @@ class IoPgtable:
                  cookie: Any) -> None:
         self.fmt = fmt
         self.cfg = cfg
-        self.format = pt
         self.mem = mem
         self.cookie = cookie
         self.stats = PgtableStats()
@@ -89,12 +88,21 @@ class IoPgtable:
         self._attrs: dict[int, int] = {}
         self._no_warn = bool(cfg.quirks & Quirk.NO_WARN)
         self._warned_once: set[str] = set()
+        self._freed = False
+        # Lab memo: last-level tables by iova >> (shift of the level above). A
+        # path of tables only changes when a table is freed, which clears it;
+        # single-page maps, unmaps and lookups then skip the upper levels.
+        self._leaf_tables: dict[int, U64Array] = {}
+        self._set_format(pt)
+        self.pgd_pa, self._pgd = self._alloc_table(pt.levels[0].table_bytes)
+
+    def _set_format(self, pt: PtFormat) -> None:
+        """Hot-path data of ``pt``'s geometry, read into locals by the descents."""
+        self.format = pt
         self._levels = pt.levels
         self._last = len(pt.levels) - 1
         # Optional format hook for an unmap inside a larger leaf (ARM LPAE under 6.12).
         self._split_blk_unmap: SplitBlkUnmap | None = getattr(pt, "split_blk_unmap", None)
-        self._freed = False
-        # Hot-path data, read into locals by the descents.
         self._shifts = tuple(lv.shift for lv in pt.levels)
         self._masks = tuple(lv.index_mask for lv in pt.levels)
         self._sizes = tuple(lv.block_size for lv in pt.levels)
@@ -104,12 +112,15 @@ class IoPgtable:
         self._page_size = self._sizes[-1]
         self._hot = (self._shifts, self._masks, self._kinds, self._kind_mask, self._sizes,
                      self._tables, self._key_mask)
-        # Lab memo: last-level tables by iova >> (shift of the level above). A
-        # path of tables only changes when a table is freed, which clears it;
-        # single-page maps, unmaps and lookups then skip the upper levels.
-        self._leaf_tables: dict[int, U64Array] = {}
         self._above_last = self._shifts[-2] if len(pt.levels) > 1 else 64
-        self.pgd_pa, self._pgd = self._alloc_table(pt.levels[0].table_bytes)
+        self._leaf_tables.clear()
+
+    def replace_root(self, pt: PtFormat, pgd_pa: int) -> None:
+        """VT-d hook: make the table at ``pgd_pa`` the root of a table of ``pt``'s
+        geometry (6.12's ``prepare_domain_attach_device`` knocks out top levels)."""
+        self._pgd = self._tables[self._key(pgd_pa)]
+        self.pgd_pa = pgd_pa
+        self._set_format(pt)
 
     # -- table memory -------------------------------------------------------------------
     def _key(self, table_pa: int) -> int:

@@ -1,11 +1,13 @@
 """Replaying a parsed trace through the model's page tables (lab).
 
-Each stream of mappings gets its own paging domain of the chosen platform's
-format (``x86-vtd``: VT-d second stage, 48-bit, 4K/2M/1G; ``arm64-smmuv3``:
-LPAE stage 1, 48-bit, 4K/2M/1G). Every ``map`` event is an ``iommu_map`` of the
-same IOVA, physical address and size (``iommu_pgsize`` picks the IOPTE sizes),
-every ``unmap`` an ``iommu_unmap``; the model's answers are compared with what
-the trace recorded.
+Each stream of mappings gets its own paging domain of the chosen platform
+(``x86-vtd``: the intel-iommu driver's DMA domain on a DMAR unit of the chosen
+address width, 4K/2M/1G; ``arm64-smmuv3``: LPAE stage 1, 48-bit, 4K/2M/1G), as
+the chosen kernel release has it (``kernel``: VT-d answers differently in 6.12
+and 7.0, see :mod:`iommulab.drivers.vtd`). Every ``map`` event is an
+``iommu_map`` of the same IOVA, physical address and size, every ``unmap`` an
+``iommu_unmap``; the model's answers are compared with what the trace recorded,
+and WARNs the kernel would have printed are listed.
 
 Attribution. ``iommu`` map/unmap events name no device, so a stream is found,
 in this order, by (1) the ``dev=`` field of the unmerged variant; (2) pairing
@@ -32,11 +34,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..drivers.vtd import IntelIommu, VtdHw
 from ..errors import KernelError
 from ..inspect import save_domain
-from ..iommu import IommuDomain, alloc_paging_domain
+from ..iommu import DomainType, IommuDomain, alloc_paging_domain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.pgsize import iommu_pgsize
+from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..mem import PhysMem
 from ..pgtable import IoPgtableCfg, IoPgtableFmt
 from ..prot import Prot
@@ -68,13 +72,37 @@ def _dma_addrs(ev: TraceEvent) -> list[int]:
     return [f["dma_addr"]] if "dma_addr" in f else []
 
 
-def _new_domain(platform: str, address_width: int) -> IommuDomain:
-    pgsizes = SZ_4K | SZ_2M | SZ_1G
-    if platform == "x86-vtd":
-        fmt, cfg = IoPgtableFmt.INTEL_VTD_SS, IoPgtableCfg(pgsizes, address_width, 48)
-    else:
-        fmt, cfg = IoPgtableFmt.ARM_64_LPAE_S1, IoPgtableCfg(pgsizes, address_width, 48)
-    return alloc_paging_domain(fmt, cfg, mem=PhysMem("64G"))
+#: IOVA widths a replayed domain may have: any MGAW a VT-d unit reports; LPAE's IAS values.
+VTD_WIDTHS = range(32, 58)
+LPAE_WIDTHS = (32, 36, 40, 42, 44, 48)
+
+
+class _Domains:
+    """Where the replayed domains come from: one DMAR unit of the chosen width (a DMA
+    domain per stream, attached to a device of its own), or LPAE stage-1 tables."""
+
+    def __init__(self, platform: str, address_width: int, kernel: KernelVersion) -> None:
+        self.platform, self.address_width, self.kernel = platform, address_width, kernel
+        self.vtd: IntelIommu | None = None
+        if platform == "x86-vtd":
+            self.vtd = IntelIommu(VtdHw(PhysMem("64G"), aw=address_width), kernel=kernel)
+        self.masters: list[Any] = []
+
+    def new(self) -> IommuDomain:
+        if self.vtd is None:
+            cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, self.address_width, 48,
+                               kernel=self.kernel)
+            return alloc_paging_domain(IoPgtableFmt.ARM_64_LPAE_S1, cfg, mem=PhysMem("64G"))
+        master = self.vtd.probe_device(len(self.masters) + 1)
+        self.masters.append(master)
+        domain = self.vtd.domain_alloc_paging(master, DomainType.DMA)
+        self.vtd.attach_dev(domain, master)
+        return domain
+
+    def release(self) -> None:
+        if self.vtd is not None:
+            for master in self.masters:
+                self.vtd.release_device(master)
 
 
 @dataclass
@@ -142,10 +170,10 @@ class Ranges:
 
 class _Replay:
     def __init__(self, trace: ParsedTrace, platform: str, strict: bool,
-                 address_width: int) -> None:
+                 address_width: int, kernel: KernelVersion) -> None:
         self.trace = trace
         self.platform = platform
-        self.address_width = address_width
+        self.domains = _Domains(platform, address_width, kernel)
         self.strict = strict
         self.streams: dict[str, Stream] = {}
         self.disagreements: list[dict[str, Any]] = []
@@ -187,8 +215,7 @@ class _Replay:
     def _stream(self, key: str, device: str | None) -> Stream:
         s = self.streams.get(key)
         if s is None:
-            s = self.streams[key] = Stream(key, device, _new_domain(self.platform,
-                                                                 self.address_width))
+            s = self.streams[key] = Stream(key, device, self.domains.new())
         return s
 
     def _attribute(self, i: int, ev: TraceEvent) -> tuple[Stream, str]:
@@ -323,22 +350,31 @@ class _Replay:
 
 def replay(trace: ParsedTrace, *, platform: str = "x86-vtd", strict_invalidation: bool = True,
            address_width: int = 48, save_states: bool = False,
-           progress: Progress | None = None) -> ScenarioResult:
-    """Replay ``trace`` on ``platform`` with domains of ``address_width`` bits (VT-d: 39
-    or 48); the result's ``details`` hold the disagreements and the unparsed lines, its
-    tables the per-stream figures."""
+           progress: Progress | None = None,
+           kernel: KernelVersion | str = DEFAULT_KERNEL) -> ScenarioResult:
+    """Replay ``trace`` on ``platform`` with domains of ``address_width`` bits (VT-d:
+    32-57, a unit's MGAW; LPAE: an IAS) as Linux ``kernel`` ("6.12" or "7.0") answers;
+    the result's ``details`` hold the disagreements and the unparsed lines, its tables
+    the per-stream figures."""
     if platform not in REPLAY_PLATFORMS:
         raise UsageError(f"replay runs on {', '.join(REPLAY_PLATFORMS)}, not {platform}")
-    widths = (39, 48) if platform == "x86-vtd" else (32, 36, 40, 42, 44, 48)
-    if address_width not in widths:
+    if platform == "x86-vtd" and address_width not in VTD_WIDTHS:
+        raise UsageError(f"--address-width {address_width}: x86-vtd domains take "
+                         f"{VTD_WIDTHS.start} to {VTD_WIDTHS.stop - 1} bits")
+    if platform != "x86-vtd" and address_width not in LPAE_WIDTHS:
         raise UsageError(f"--address-width {address_width}: {platform} domains take "
-                         f"{', '.join(map(str, widths))}")
-    r = _Replay(trace, platform, strict_invalidation, address_width)
+                         f"{', '.join(map(str, LPAE_WIDTHS))}")
+    try:
+        version = KernelVersion.parse(kernel)
+    except ValueError as e:
+        raise UsageError(f"--kernel: {e}") from None
+    r = _Replay(trace, platform, strict_invalidation, address_width, version)
     r.run(progress or Progress())
-    res = ScenarioResult("replay", f"replay of {trace.source} on {platform} "
+    res = ScenarioResult("replay", f"replay of {trace.source} on {platform}, Linux {version} "
                          f"({'strict' if strict_invalidation else 'lazy'} invalidation)",
                          platform, 0, False, {"strict": strict_invalidation,
-                                              "address_width": address_width},
+                                              "address_width": address_width,
+                                              "kernel": str(version)},
                          name=trace.source)
     events = Counter(ev.name for ev in trace.events)
     devices = sorted({ev.fields["device"] for ev in trace.events if "device" in ev.fields})
@@ -369,7 +405,12 @@ def replay(trace: ParsedTrace, *, platform: str = "x86-vtd", strict_invalidation
         res.headline[f"{key}.faults_agreed"] = s.faults_agreed
         if save_states:
             res.states[key] = save_domain(s.domain, name=s.key)
+        warned = s.domain.warnings + s.domain.pgtbl.stats.warnings
+        if warned:
+            res.notes.append(f"{s.key}: Linux {version} would have warned: " + "; ".join(
+                f"{k} ({v}x)" for k, v in sorted(warned.items())))
         s.domain.free()
+    r.domains.release()
     res.tables.append(Table("events", ["event", "count"],
                             [[k, v] for k, v in sorted(events.items())]))
     if trace.formats:

@@ -10,7 +10,7 @@ from iommulab.errors import DmaFault
 from iommulab.iommu.resv import ResvType
 from iommulab.mem import PhysMem
 from iommulab.pgtable import IoPgtableCfg, IoPgtableFmt, alloc_io_pgtable_ops
-from iommulab.pgtable.vtd_ss import VtdSsFormat
+from iommulab.pgtable.vtd_ss import VtdSsFormat, vtd_ss_alloc
 from iommulab.prot import Prot
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K
 
@@ -40,11 +40,22 @@ def test_descriptors_are_the_drivers(mem: PhysMem) -> None:
 
 
 def test_four_levels_at_48_bits_and_bad_widths(mem: PhysMem) -> None:
-    pt = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, IoPgtableCfg(SZ_4K, 48, 48), mem=mem)
-    assert [lv.lvl for lv in pt.format.levels] == [4, 3, 2, 1]
-    pt.free()
-    with pytest.raises(OSError):
-        alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, IoPgtableCfg(SZ_4K, 40, 40), mem=mem)
+    """The shallowest table that holds the width (40 and 46 bits: 4 levels, as MGAW 46
+    parts have); more than 57 bits, or a depth SAGAW cannot offer, is EINVAL."""
+    for width in (40, 46, 48):
+        pt = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, IoPgtableCfg(SZ_4K, width, 48),
+                                  mem=mem)
+        assert [lv.lvl for lv in pt.format.levels] == [4, 3, 2, 1]
+        pt.map_pages((1 << width) - SZ_4K, 0x5000, SZ_4K, 1, Prot.READ)
+        with pytest.raises(OSError, match="outside ias"):
+            pt.map_pages(1 << width, 0x5000, SZ_4K, 1, Prot.READ)
+        pt.free()
+    with pytest.raises(OSError, match="6 levels"):
+        alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS, IoPgtableCfg(SZ_4K, 58, 48), mem=mem)
+    with pytest.raises(OSError, match="2 levels"):
+        vtd_ss_alloc(IoPgtableCfg(SZ_4K, 30, 48), levels=2)
+    with pytest.raises(OSError, match="49 bits does not fit a 4-level table"):
+        vtd_ss_alloc(IoPgtableCfg(SZ_4K, 49, 48), levels=4)
 
 
 def test_leaf_runs_merge_what_continues(mem: PhysMem) -> None:

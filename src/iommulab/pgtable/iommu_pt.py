@@ -1,0 +1,369 @@
+"""generic_pt's IOMMU operations (drivers/iommu/generic_pt/iommu_pt.h, Linux 7.0).
+
+``map_range``, ``unmap_range`` and ``iova_to_phys`` as iommupt runs them for a
+format, over the shared walker's table storage (:class:`~.walker.IoPgtable`).
+Linux 7.0 runs VT-d second-stage tables this way (``fmt/vtdss.h``); the core
+calls these instead of looping ``map_pages``/``unmap_pages`` with
+``iommu_pgsize``. Where they differ from io-pgtable:
+
+- a present entry in the way of a map is -EADDRINUSE, with no WARN; a leaf
+  over a table is allowed only when every table under it is empty, and those
+  tables are freed through the map's own gather, synced before returning;
+- an unmap that starts at the first byte of a large entry removes all of it
+  and counts its size, however short the range; one that starts inside it, or
+  reaches an empty entry, stops there (-EINVAL inside, so a short count);
+  tables the range covers entirely are freed;
+- the gather gets one range per unmap (``gather_range_pages`` with
+  ``PT_FEAT_FLUSH_RANGE`` only widens it) and is left alone when queued;
+- ``iova_to_phys`` of an IOVA outside the table returns ``-ERANGE`` as a
+  ``phys_addr_t`` (2^64 - 34), not 0.
+
+Runs of entries in one table are handled with numpy operations; the Python
+loops step per table, or per table found inside a range, never per 4K page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
+
+from ..errors import AddressInUse, InvalidArgument, KernelError, NoSuchDevice, OutOfRange, Overflow
+from ..prot import Prot
+from ..sizes import PAGE_SIZE
+from .format import LEAF, TABLE, U64Array
+from .walker import IoPgtable
+
+__all__ = ["ERANGE_PHYS", "PtIommu", "RangeGather", "pt_compute_best_pgsize", "pt_pgsz_count"]
+
+_U64_MAX = (1 << 64) - 1
+_RW = int(Prot.READ | Prot.WRITE)
+#: What 7.0's ``iova_to_phys`` returns for an IOVA beyond the table: ``(phys_addr_t)-ERANGE``.
+ERANGE_PHYS = -34 & _U64_MAX
+
+
+class RangeGather(Protocol):
+    """What iommupt uses of ``struct iommu_iotlb_gather``."""
+
+    queued: bool
+
+    def add_range(self, iova: int, size: int) -> None: ...
+
+
+G = TypeVar("G", bound=RangeGather)
+
+
+def pt_compute_best_pgsize(pgsz_bitmap: int, va: int, last_va: int, oa: int) -> int:
+    """``pt_compute_best_pgsize``: the largest size in the bitmap that ``va`` and ``oa``
+    start at and that ends by ``last_va`` (0 if none, or if ``va >= last_va``)."""
+    if va >= last_va:
+        return 0
+    length = last_va - va + 1
+    mask = va | oa | 1 << (length.bit_length() - 1)
+    best = (mask & -mask).bit_length() - 1
+    fits = pgsz_bitmap & ((2 << best) - 1)
+    return 1 << (fits.bit_length() - 1) if fits else 0
+
+
+def pt_pgsz_count(pgsz_bitmap: int, va: int, last_va: int, oa: int, pgsize: int) -> int:
+    """``pt_pgsz_count``: leaves of ``pgsize`` from ``va`` before the next larger size
+    could take over (VA and OA equally offset in it) or the range ends."""
+    length = last_va - va + 1
+    bigger = pgsz_bitmap & ~((pgsize << 1) - 1)
+    if bigger:
+        nxt = bigger & -bigger
+        if not (va ^ oa) & (nxt - 1):
+            length = min(length, (va | (nxt - 1)) - va + 1)
+    return length // pgsize
+
+
+class PtIommu(Generic[G]):
+    """``struct pt_iommu`` of one table: its VA and OA limits and its ops.
+
+    ``max_vasz_lg2`` is the IOVA width (``hw_max_vasz_lg2``), ``max_oasz_lg2`` the
+    output width (52 for vtdss). ``new_gather`` and ``iotlb_sync`` are the domain's
+    (``iommu_iotlb_gather_init`` and ``iommu_iotlb_sync``), used when a map frees
+    tables. Attributes of new leaves come from the format's ``prot_to_attrs``
+    (``pt_iommu_set_prot``).
+    """
+
+    def __init__(self, pgtbl: IoPgtable, *, max_vasz_lg2: int, max_oasz_lg2: int,
+                 new_gather: Callable[[], G], iotlb_sync: Callable[[G], None]) -> None:
+        self.pgtbl = pgtbl
+        self.max_vasz_lg2 = max_vasz_lg2
+        self.max_oasz_lg2 = max_oasz_lg2
+        self._new_gather = new_gather
+        self._iotlb_sync = iotlb_sync
+
+    # -- map --------------------------------------------------------------------------------
+    def map_range(self, iova: int, paddr: int, length: int, prot: int, pgsize_bitmap: int
+                  ) -> int:
+        """``map_range``: map ``length`` bytes; returns them, or raises with ``mapped``.
+
+        Checks in the kernel's order: no READ/WRITE (EINVAL, WARN), an OA beyond
+        ``max_oasz_lg2`` (ERANGE), length 0 (EINVAL), a wrapping range
+        (EOVERFLOW), an IOVA/OA pair no page size fits (ENXIO), a range outside
+        the table (ERANGE); then, while mapping, a present entry in the way
+        (EADDRINUSE) or no table memory (ENOMEM). Leaf sizes are the largest
+        ``pgsize_bitmap`` allows at each step. O(tables touched).
+        """
+        pt = self.pgtbl
+        prot = int(prot)  # a plain int: IntFlag arithmetic is slow
+        if not prot & _RW:
+            pt.stats.warnings["map_range: no READ or WRITE"] += 1
+            raise InvalidArgument(f"map_range: prot {prot:#x} has neither READ nor WRITE")
+        if paddr >> self.max_oasz_lg2:
+            raise OutOfRange(f"map_range: paddr {paddr:#x} is beyond the table's "
+                             f"{self.max_oasz_lg2}-bit output addresses")
+        attrs = pt.format.prot_to_attrs(prot)  # pt_iommu_set_prot
+        last = self._make_range(iova, length)
+        if length == PAGE_SIZE:
+            if (iova | paddr) & (PAGE_SIZE - 1):
+                raise NoSuchDevice(f"map_range: iova {iova:#x} / paddr {paddr:#x} are not "
+                                   "aligned to a 4K page")
+        elif not pt_compute_best_pgsize(pgsize_bitmap, iova, last, paddr):
+            raise NoSuchDevice(f"map_range: no page size in {pgsize_bitmap:#x} fits iova "
+                               f"{iova:#x} paddr {paddr:#x} length {length:#x}")
+        self._check_range(iova, last, "map_range")
+        pt.stats.map_pages += 1
+        if length == PAGE_SIZE:  # __do_map_single_page into a table that exists
+            table = pt._leaf_tables.get(iova >> pt._above_last)
+            if table is not None:
+                idx = (iova >> 12) & 511
+                if table.item(idx):
+                    raise AddressInUse(f"map_range: iova {iova:#x} is already mapped "
+                                       f"({pt.format.describe(table.item(idx), pt._last)})")
+                table[idx] = pt.format.leaf_value(attrs, pt._last, paddr)
+                return length
+        gather = self._new_gather()
+        freed: list[int] = []
+        va, oa = iova, paddr
+        try:
+            while va <= last:
+                pgsize = pt_compute_best_pgsize(pgsize_bitmap, va, last, oa)
+                if not pgsize:  # a length that is not a whole number of pages
+                    raise NoSuchDevice(f"map_range: no page size in {pgsize_bitmap:#x} "
+                                       f"fits the rest [{va:#x}, {last:#x}]")
+                count = pt_pgsz_count(pgsize_bitmap, va, last, oa, pgsize)
+                done = self._map_leaves(va, oa, pgsize, count, attrs, gather, freed)
+                va += done
+                oa += done
+        except KernelError as err:
+            err.mapped += va - iova  # what earlier sizes mapped, plus this one's part
+            raise
+        finally:
+            if freed:  # "Table levels were freed and replaced with large items"
+                pt._free_tables(freed)
+                self._iotlb_sync(gather)
+        return length
+
+    def _map_leaves(self, va: int, oa: int, pgsize: int, count: int, attrs: int,
+                    gather: G, freed: list[int]) -> int:
+        """``__map_range_leaf`` for ``count`` leaves, a table page at a time; returns the
+        bytes installed, or raises with ``mapped`` set to what it installed."""
+        pt = self.pgtbl
+        fmt = pt.format
+        depth = pt._depth_of[pgsize]
+        per = pt._per
+        done = start = 0  # bytes of finished table pages; leaves installed in this one
+        try:
+            while done < count * pgsize:
+                at = va + done
+                start = 0
+                table = self._descend(at, depth)
+                idx = (at >> pt._shifts[depth]) & pt._masks[depth]
+                n = min(count - done // pgsize, per - (idx & (per - 1)))
+                run = table[idx:idx + n]
+                for i in np.flatnonzero(run).tolist():  # entries in the way, in order
+                    fmt.fill_leaves(run[start:i], attrs, depth, oa + done + start * pgsize,
+                                    pgsize)
+                    start = i
+                    self._clear_contig(run, i, at + i * pgsize, depth, gather, freed)
+                fmt.fill_leaves(run[start:], attrs, depth, oa + done + start * pgsize, pgsize)
+                done += n * pgsize
+        except KernelError as err:
+            err.mapped = done + start * pgsize
+            raise
+        return done
+
+    def _descend(self, va: int, target: int) -> U64Array:
+        """``__map_range`` above the leaves: the table at depth ``target`` for ``va``,
+        installing missing tables; EADDRINUSE where a leaf is in the way."""
+        pt = self.pgtbl
+        if target == pt._last:
+            cached = pt._leaf_tables.get(va >> pt._above_last)
+            if cached is not None:
+                return cached
+        fmt = pt.format
+        table, depth = pt._pgd, 0
+        while depth != target:
+            idx = (va >> pt._shifts[depth]) & pt._masks[depth]
+            pte = table.item(idx)
+            if not pte:
+                table_pa, _ = pt._alloc_table(fmt.granule)
+                pte = fmt.make_table(table_pa)
+                table[idx] = pte
+            elif pt._kinds[depth][pte & pt._kind_mask] != TABLE:
+                raise AddressInUse(f"map_range: iova {va:#x} is inside a "
+                                   f"{pt._sizes[depth]:#x} leaf ({fmt.describe(pte, depth)})")
+            table = pt._deref(pte)
+            depth += 1
+        if target == pt._last:
+            pt._leaf_tables[va >> pt._above_last] = table
+        return table
+
+    def _clear_contig(self, run: U64Array, i: int, va: int, depth: int, gather: G,
+                      freed: list[int]) -> None:
+        """``clear_contig``: a table in the way goes if nothing under it is mapped (its
+        tables freed through the gather); any leaf is EADDRINUSE."""
+        pt = self.pgtbl
+        pte = int(run[i])
+        if pt._kinds[depth][pte & pt._kind_mask] != TABLE:
+            raise AddressInUse(f"map_range: iova {va:#x} is already mapped "
+                               f"({pt.format.describe(pte, depth)})")
+        tables = [pt.format.table_pa(pte)]
+        self._collect_tables(pt._deref(pte), depth + 1, va, tables)
+        run[i] = 0
+        pt._leaf_tables.clear()
+        if not gather.queued:  # gather_range_pages
+            gather.add_range(va, pt._sizes[depth])
+        freed.extend(tables)
+
+    def _collect_tables(self, table: U64Array, depth: int, va: int, out: list[int]) -> None:
+        """``__collect_tables`` with ``check_mapped``: EADDRINUSE at any leaf."""
+        pt = self.pgtbl
+        entries = table[:pt._levels[depth].entries]
+        live = np.flatnonzero(entries)
+        if not len(live):
+            return
+        leaves = pt.format.leaf_mask(entries[live], depth)
+        if leaves.any():
+            at = va + int(live[np.argmax(leaves)]) * pt._sizes[depth]
+            raise AddressInUse(f"map_range: iova {at:#x} is mapped under the table "
+                               "a larger leaf would replace")
+        for j in live.tolist():
+            pte = int(entries[j])
+            out.append(pt.format.table_pa(pte))
+            self._collect_tables(pt._deref(pte), depth + 1, va + j * pt._sizes[depth], out)
+
+    # -- unmap ------------------------------------------------------------------------------
+    def unmap_range(self, iova: int, length: int, gather: G) -> int:
+        """``unmap_range``: bytes unmapped from ``iova`` up to the first hole (0 for a bad
+        range). A leaf at the start is removed whole even if the range ends inside it;
+        a start inside a leaf unmaps nothing. Covered tables are freed. The gather
+        gets ``[iova, iova + unmapped)`` unless queued. O(tables touched)."""
+        pt = self.pgtbl
+        if not length or iova + length - 1 > _U64_MAX:
+            return 0
+        last = iova + length - 1
+        if (iova | last) >> self.max_vasz_lg2:
+            return 0
+        pt.stats.unmap_pages += 1
+        table = pt._leaf_tables.get(iova >> pt._above_last)
+        if table is not None and iova >> pt._above_last == last >> pt._above_last and \
+                last - iova < (1 << pt._above_last) - 1:
+            # inside one last-level table and not all of it: no table can be freed
+            unmapped = self._unmap_leaves(table, iova, last)
+        else:
+            freed: list[int] = []
+            unmapped, _ = self._unmap_level(pt._pgd, 0, iova, last, freed)
+            pt._free_tables(freed)
+        if not gather.queued:  # gather_range_pages: PT_FEAT_FLUSH_RANGE widens the range
+            gather.add_range(iova, unmapped)
+        return unmapped
+
+    @staticmethod
+    def _unmap_leaves(table: U64Array, iova: int, last: int) -> int:
+        """``__unmap_range`` at the last level: up to the first empty entry, nothing when
+        the range starts inside a page."""
+        run = table[(iova >> 12) & 511:((last >> 12) & 511) + 1]
+        if iova & (PAGE_SIZE - 1) and run.item(0):
+            return 0
+        if len(run) == 1:
+            if not run.item(0):
+                return 0
+            run[0] = 0
+            return PAGE_SIZE
+        holes = np.flatnonzero(run == 0)
+        stop = int(holes[0]) if len(holes) else len(run)
+        run[:stop] = 0
+        return stop * PAGE_SIZE
+
+    def _unmap_level(self, table: U64Array, depth: int, va: int, last: int,
+                     freed: list[int]) -> tuple[int, bool]:
+        """``__unmap_range`` over one table: (bytes unmapped here and below, finished)."""
+        pt = self.pgtbl
+        fmt = pt.format
+        shift, size = pt._shifts[depth], pt._sizes[depth]
+        i0 = (va >> shift) & pt._masks[depth]
+        run = table[i0:i0 + ((last >> shift) - (va >> shift)) + 1]
+        first = run.item(0)
+        if first and fmt.is_leaf(first, depth) and va & (size - 1):
+            return 0, False  # starts inside a large entry: -EINVAL
+        holes = np.flatnonzero(run == 0)
+        stop = int(holes[0]) if len(holes) else len(run)
+        subs = np.flatnonzero(fmt.table_mask(run[:stop], depth)).tolist() if depth < pt._last \
+            else []
+        unmapped, start, ok = 0, 0, stop == len(run)
+        for t in subs:
+            unmapped += self._clear_leaves(run, start, t, size)
+            base = ((va >> shift) + t) << shift
+            lo, hi = max(va, base), min(last, base + size - 1)
+            pte = run.item(t)
+            sub, done = self._unmap_level(pt._deref(pte), depth + 1, lo, hi, freed)
+            unmapped += sub
+            start = t + 1
+            if not done:
+                return unmapped, False
+            if lo == base and hi == base + size - 1:
+                # fully covered, so every entry under it was present and is gone now
+                freed.append(fmt.table_pa(pte))
+                run[t] = 0
+        unmapped += self._clear_leaves(run, start, stop, size)
+        return unmapped, ok
+
+    @staticmethod
+    def _clear_leaves(run: U64Array, start: int, stop: int, size: int) -> int:
+        """Clear the leaves ``run[start:stop]`` (no tables among them); their bytes."""
+        if stop > start:
+            run[start:stop] = 0
+        return max(stop - start, 0) * size
+
+    # -- lookups ------------------------------------------------------------------------------
+    def iova_to_phys(self, iova: int) -> int:
+        """``iova_to_phys``: the OA with the offset, 0 if unmapped; an IOVA outside the
+        table gives ``(phys_addr_t)-ERANGE`` (:data:`ERANGE_PHYS`), as 7.0 returns it."""
+        if iova >> self.max_vasz_lg2:
+            return ERANGE_PHYS
+        pt = self.pgtbl
+        table, depth = pt._pgd, 0
+        cached = pt._leaf_tables.get(iova >> pt._above_last)
+        if cached is not None:
+            table, depth = cached, pt._last
+        while True:
+            pte = table.item((iova >> pt._shifts[depth]) & pt._masks[depth])
+            kind = pt._kinds[depth][pte & pt._kind_mask]
+            if kind == LEAF:
+                return pt.format.leaf_oa(pte) | (iova & (pt._sizes[depth] - 1))
+            if kind != TABLE:
+                return 0
+            table = pt._deref(pte)
+            depth += 1
+
+    # -- checks -------------------------------------------------------------------------------
+    @staticmethod
+    def _make_range(iova: int, length: int) -> int:
+        """``make_range_no_check``: the last IOVA (EINVAL for 0 bytes, EOVERFLOW on wrap)."""
+        if not length:
+            raise InvalidArgument("map_range: length 0")
+        last = iova + length - 1
+        if last > _U64_MAX:
+            raise Overflow(f"map_range: [{iova:#x}, +{length:#x}) wraps past 2^64")
+        return last
+
+    def _check_range(self, iova: int, last: int, what: str) -> None:
+        """``pt_check_range``: ERANGE outside ``[0, 2^max_vasz_lg2)``."""
+        if (iova | last) >> self.max_vasz_lg2:
+            raise OutOfRange(f"{what}: [{iova:#x}, {last:#x}] is beyond the table's "
+                             f"{self.max_vasz_lg2}-bit IOVA space")
