@@ -29,14 +29,23 @@ from .physmem import PhysMem, pfn_runs
 if TYPE_CHECKING:
     from .memfd import MemFd
 
-__all__ = ["BACKINGS", "MmStruct", "Vma", "pfn_runs"]
+__all__ = ["BACKINGS", "TASK_SIZE_MAX", "MmStruct", "Vma", "access_ok", "pfn_runs"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+#: x86_64 ``TASK_SIZE_MAX`` with 4-level paging: the end of user space
+TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
 #: backing -> folio order a fault tries first
 BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
 _TASK_TOP = 0x7FFF_F000_0000  # mmap_base: mappings grow down from here
 I64Array = npt.NDArray[np.int64]
+
+
+def access_ok(addr: int, size: int) -> bool:
+    """x86_64 ``access_ok``: a range check only (``addr + size`` within user space and not
+    wrapping), whether or not anything is mapped there; the copy itself faults (EFAULT)."""
+    return addr >= 0 and addr + size <= TASK_SIZE_MAX
+
 
 @dataclass
 class Vma:
@@ -323,11 +332,16 @@ class MmStruct:
         if self._orphan_pages:
             self._orphan_pages = self.mem.free_unpinned(self._orphan_pages)
 
-    def follow_pfn(self, addr: int) -> tuple[int, int] | None:
-        """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end) or None."""
+    def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
+        """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
+        when ``addr`` is not in one. EFAULT for a write through a read-only mapping (its
+        PTEs are not writable: ``if (write_fault && !args.writable) ret = -EFAULT``)."""
         vma = self.find_vma(addr)
         if vma is None or not vma.pfnmap:
             return None
+        if write and not vma.writable:
+            raise BadAddress(f"follow_fault_pfn: write through the read-only PFNMAP at "
+                             f"{addr:#x}")
         i = (addr - vma.start) >> PAGE_SHIFT
         return int(vma.pfns[i]), vma.npages - i
 
@@ -358,6 +372,20 @@ class MmStruct:
 
     def read(self, addr: int, n: int) -> bytes:
         return b"".join(self.mem.read(pa, k) for pa, k in self._runs(addr, n, False))
+
+    def copy_to_user(self, addr: int, data: bytes) -> int:
+        """``copy_to_user``: write what fits in writable mappings from ``addr`` on and
+        return the bytes left uncopied (the copy stops at the first page it cannot
+        write, as x86's does)."""
+        end, pos = addr + len(data), addr
+        while pos < end:
+            vma = self.find_vma(pos)
+            if vma is None or not vma.writable:
+                break
+            pos = min(end, vma.end)
+        if pos > addr:
+            self.write(addr, data[:pos - addr])
+        return end - pos
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
