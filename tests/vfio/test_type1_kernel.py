@@ -170,6 +170,26 @@ def test_get_device_fd_looks_the_name_up_before_asking_for_an_iommu() -> None:
     p.exit()
 
 
+def test_closing_the_container_fd_leaves_the_group_in_it() -> None:
+    """vfio_fops_release only puts the file's reference: a group holds the container
+    (vfio_container_get in vfio_container_attach_group), so after the container fd is
+    closed the group still has it, DMA still goes through the mappings, and only the
+    group leaving (UNSET_CONTAINER or its close) tears them down."""
+    vm = Vm()
+    buf = vm.p.mmap(MiB)
+    vm.p.write(buf, b"kept")
+    vm.map(buf, IOVA, MiB)
+    vm.p.close(vm.c)
+    status = bytearray(u.GROUP_STATUS.pack(8, 0))
+    vm.p.ioctl(vm.g, u.VFIO_GROUP_GET_STATUS, status)
+    assert u.GROUP_STATUS.unpack(status)[1] == (u.VFIO_GROUP_FLAGS_VIABLE |
+                                                u.VFIO_GROUP_FLAGS_CONTAINER_SET)
+    assert vm.dev.dma_read(IOVA, 4) == b"kept" and vm.p.mm.locked_vm == 256
+    vm.p.ioctl(vm.g, u.VFIO_GROUP_UNSET_CONTAINER)
+    assert vm.p.mm.locked_vm == 0 and vm.m.mem.pins.pins == 0
+    vm.close()
+
+
 # -- attach, detach and the IOVA list -----------------------------------------------------------
 def test_a_domain_that_goes_gives_its_aperture_back() -> None:
     """vfio_iommu_type1_detach_group: when a group's domain goes, vfio_iommu_aper_expand
@@ -429,6 +449,11 @@ def test_replay_pins_under_the_attaching_process_memlock_limit() -> None:
     assert iommu.unmap_dma(0, IOVA, MiB) == MiB
     assert p.mm.locked_vm == 0 and m.mem.pins.pins == 0
     iommu._check()
+    assert iommu.detach_group(group) is domain
+    assert group.default_domain is not None
+    m.core.set_group_domain(group, group.default_domain)
+    domain.free()
+    p.exit()
 
 
 # -- pinning: batches, limits, PFNMAP ----------------------------------------------------------

@@ -326,8 +326,9 @@ class Container(VfioFile):
         return 0
 
     def release(self) -> None:
-        for g in list(self.groups):
-            g.unset_container()
+        """``vfio_fops_release`` only puts the file's reference to the container: each
+        group holds one too (``vfio_container_get`` in SET_CONTAINER), so its groups stay
+        attached, their mappings mapped and the IOMMU set until the last group leaves."""
 
 
 def _verify_bitmap(data: int, bsize: int, npages: int) -> None:
