@@ -532,3 +532,23 @@ def test_vaddr_update_charges_the_new_owner_under_its_limit() -> None:
     assert v.unmap(IOVA, 32 * MiB) == 32 * MiB and child.mm.locked_vm == 0
     child.exit()
     v.close()
+
+
+def test_pages_munmapped_under_a_mapping_are_freed_by_the_new_owners_unpin() -> None:
+    """unpin_user_pages frees a page whose last pin goes, whoever pinned it: after a VADDR
+    update moved the mapping to another process, its unmap frees the pages the first
+    process munmapped while they were pinned."""
+    v = Vm()
+    frames = v.m.mem.frames
+    free = frames.free_frames
+    buf = v.p.mmap(4 * MiB)
+    v.map(buf, IOVA, 4 * MiB)
+    v.unmap(IOVA, 4 * MiB, u.VFIO_DMA_UNMAP_FLAG_VADDR)
+    child = v.p.fork()
+    v.p.munmap(buf, 4 * MiB)  # pinned: the pages stay until their last unpin
+    child.ioctl(v.c, u.VFIO_IOMMU_MAP_DMA,
+                bytearray(u.DMA_MAP.pack(32, u.VFIO_DMA_MAP_FLAG_VADDR, buf, IOVA, 4 * MiB)))
+    assert v.unmap(IOVA, 4 * MiB) == 4 * MiB
+    child.exit()
+    v.close()
+    assert frames.free_frames >= free  # the domain's tables went with the container

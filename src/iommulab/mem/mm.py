@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +68,18 @@ class Vma:
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
 
+
+@dataclass
+class _Orphans:
+    """Pages munmapped while pinned: freed with their last unpin, whichever process's GUP
+    pin that is (a pin can move to another process with VFIO's VADDR update)."""
+
+    folios: list[tuple[int, int]] = field(default_factory=list)  # (pfn, order)
+    pages: list[tuple[int, int]] = field(default_factory=list)  # 4K pages' runs
+
+
+_ORPHANS: WeakKeyDictionary[PhysMem, _Orphans] = WeakKeyDictionary()
+
 class MmStruct:
     """One process's memory: VMAs in address order, ``locked_vm`` in pages."""
 
@@ -78,8 +91,7 @@ class MmStruct:
         self.pinned_vm = 0  # mm->pinned_vm (iommufd charges it in every account mode)
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
         self._top = _TASK_TOP
-        self._orphans: list[tuple[int, int]] = []  # munmapped folios still pinned
-        self._orphan_pages: list[tuple[int, int]] = []  # munmapped 4K pages still pinned
+        self._orphans = _ORPHANS.setdefault(mem, _Orphans())  # shared by the machine's mms
         self.gone = False  # exit_mmap ran: mmget_not_zero() fails from now on
 
     # -- mmap / munmap -------------------------------------------------------------------------
@@ -198,9 +210,9 @@ class MmStruct:
         if vma.file is not None:
             vma.file.put()
             vma.file = None
-        self._orphans += self.mem.free_unpinned_folios(vma.folios)
+        self._orphans.folios += self.mem.free_unpinned_folios(vma.folios)
         vma.folios.clear()
-        self._orphan_pages += self.mem.free_unpinned(vma.pages)
+        self._orphans.pages += self.mem.free_unpinned(vma.pages)
         vma.pages.clear()
         vma.pfns[:] = -1
 
@@ -224,8 +236,8 @@ class MmStruct:
         own = ~vma.cow if vma.cow is not None else np.full(vma.npages, vma.file is None)
         small = (pfns >= 0) & ~covered & own  # the file keeps its pages
         gone = pfns[i0:i1][small[i0:i1]]
-        self._orphans += self.mem.free_unpinned_folios(parts[1])
-        self._orphan_pages += self.mem.free_unpinned(pfn_runs(gone))
+        self._orphans.folios += self.mem.free_unpinned_folios(parts[1])
+        self._orphans.pages += self.mem.free_unpinned(pfn_runs(gone))
         self._unlink(vma)
         for first, last, folios in ((0, i0, parts[0]), (i1, vma.npages, parts[2])):
             if first == last:
@@ -327,10 +339,11 @@ class MmStruct:
         """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
         self.mem.unpin_pages(pfns)
         self.pinned_pages -= len(pfns)
-        if self._orphans:
-            self._orphans = self.mem.free_unpinned_folios(self._orphans)
-        if self._orphan_pages:
-            self._orphan_pages = self.mem.free_unpinned(self._orphan_pages)
+        orphans = self._orphans
+        if orphans.folios:
+            orphans.folios = self.mem.free_unpinned_folios(orphans.folios)
+        if orphans.pages:
+            orphans.pages = self.mem.free_unpinned(orphans.pages)
 
     def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
         """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
