@@ -261,37 +261,53 @@ class MmStruct:
     def _fault(self, vma: Vma, first: int, count: int, *, strict: bool = False) -> None:
         """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time."""
         pfns = vma.pfns
-        missing = np.flatnonzero(pfns[first:first + count] < 0) + first
-        if not len(missing):
+        if not (pfns[first:first + count] < 0).any():
             return
         order = BACKINGS[vma.backing]
-        hugetlb = vma.backing.startswith("hugetlb")
-        mem = self.mem
         if order:
-            per = 1 << order
-            vstart = vma.start >> PAGE_SHIFT
-            # folios whose whole aligned range lies inside the VMA
-            heads = np.unique((missing + vstart) // per * per - vstart)
-            for head in heads.tolist():
-                if head >= 0 and head + per <= vma.npages:
-                    pfn = mem.frames.alloc(order)
-                    if pfn is not None:
-                        pfns[head:head + per] = np.arange(pfn, pfn + per, dtype=np.int64)
-                        vma.folios.append((pfn, order))
-                        continue
-                if hugetlb:
-                    raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
-                                      f"{vma.start + (head << PAGE_SHIFT):#x}")
-            missing = np.flatnonzero(pfns[first:first + count] < 0) + first
+            self._fault_folios(vma, first, count, order)
+        missing = np.flatnonzero(pfns[first:first + count] < 0) + first
         if len(missing):
             try:
-                runs = mem.alloc_page_runs(len(missing), site="alloc_pages(page fault)")
+                runs = self.mem.alloc_page_runs(len(missing), site="alloc_pages(page fault)")
             except OutOfMemory as err:
                 raise OutOfMemory(f"page fault at {vma.start + (int(missing[0]) << PAGE_SHIFT):#x}"
                                   f": {err}") from None
             pfns[missing] = np.concatenate([np.arange(p, p + n, dtype=np.int64)
                                             for p, n in runs])
             vma.pages += runs
+
+    def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> None:
+        """A folio of ``order`` for each aligned stretch wholly inside ``vma`` and wholly
+        unpopulated that holds a page of ``[first, first + count)``, while the frame
+        allocator has one (a stretch that already has 4K pages keeps faulting 4K pages, as a
+        PMD with a page table does); hugetlb has no 4K fallback (ENOMEM). O(pages) numpy
+        work and one allocation call per folio."""
+        per = 1 << order
+        off = -(vma.start >> PAGE_SHIFT) % per  # index of the VMA's first aligned stretch
+        slots = (vma.npages - off) // per
+        lo = max(0, (first - off) // per)
+        hi = min(slots, -(-(first + count - off) // per))
+        if lo >= hi:
+            return
+        stretches = vma.pfns[off + lo * per:off + hi * per].reshape(hi - lo, per)
+        rows: list[int] = []
+        got: list[int] = []
+        try:
+            for row in np.flatnonzero((stretches < 0).all(axis=1)).tolist():
+                pfn = self.mem.frames.alloc(order)
+                if pfn is not None:
+                    rows.append(row)
+                    got.append(pfn)
+                elif vma.backing.startswith("hugetlb"):
+                    raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
+                                      f"{vma.start + ((off + (lo + row) * per) << PAGE_SHIFT):#x}")
+        finally:  # the folios taken so far are mapped even when hugetlb runs out
+            vma.folios += [(pfn, order) for pfn in got]
+            offsets = np.arange(per, dtype=np.int64)
+            for i in range(0, len(rows), 4096):  # bounded temporaries
+                stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
+                                                       dtype=np.int64)[:, None] + offsets
 
     def _unshare(self, vma: Vma, first: int, count: int) -> None:
         """``wp_page_copy`` / FAULT_FLAG_UNSHARE: the file pages of ``[first, first +
