@@ -513,6 +513,19 @@ def test_a_writable_map_of_a_read_only_pfnmap_is_efault() -> None:
     v.close()
 
 
+def test_disable_hugepages_maps_a_pfnmap_a_page_per_call_too() -> None:
+    """vfio_pin_pages_remote with disable_hugepages takes one page per call (6.12 breaks
+    out after its one-entry batch, 7.0 sets ``npage = 1``), PFNMAP pages included: one
+    iommu_map per page of a BAR."""
+    v = Vm(disable_hugepages=True)
+    dfd, bar, size = _bar(v, "rw")
+    v.map(bar, IOVA, size)
+    assert v.report().iommu_map_calls == size >> 12 and v.histogram() == {4096: size >> 12}
+    assert v.unmap(IOVA, size) == size
+    v.p.close(dfd)
+    v.close()
+
+
 def test_vaddr_update_charges_the_new_owner_under_its_limit() -> None:
     """vfio_change_dma_owner: ``mm_lock_acct(task, mm, lock_cap, npage)`` charges the new
     process's mm first, so a new owner whose RLIMIT_MEMLOCK is below the mapping gets

@@ -311,19 +311,15 @@ class VfioIommu:
     def _pfnmap_run(self, dma: VfioDma, vaddr: int, npage: int, write: bool, batch: _Batch,
                     err: BadAddress) -> list[tuple[int, int, bool]]:
         """``vaddr_get_pfns`` where GUP found nothing: a VM_PFNMAP of MMIO gives a reserved
-        run (``follow_fault_pfn``, EFAULT for a write through a read-only mapping), which
-        goes on while the next pages' pfns follow; a PFNMAP of RAM, or no PFNMAP, is
-        GUP's EFAULT."""
+        run (``follow_fault_pfn``, EFAULT for a write through a read-only mapping) to the
+        end of the VMA, whose pfns follow each other (the page after it is a guard gap
+        here, never a PFNMAP that could continue the run); a PFNMAP of RAM, or no PFNMAP,
+        is GUP's EFAULT."""
         mm = dma.mm
         first = mm.follow_pfn(vaddr, write)
         if first is None or mm.mem.is_ram(first[0] << PAGE_SHIFT):
             raise err
         pfn, count = first[0], min(npage, first[1])
-        while count < npage:
-            more = mm.follow_pfn(vaddr + (count << PAGE_SHIFT), write)
-            if more is None or more[0] != pfn + count or mm.mem.is_ram(more[0] << PAGE_SHIFT):
-                break
-            count = min(npage, count + more[1])
         batch.start = vaddr + (count << PAGE_SHIFT)  # PFNMAP pages leave the batch empty
         if self.disable_hugepages:
             return [(pfn + i, 1, True) for i in range(count)]
@@ -703,12 +699,9 @@ class VfioIommu:
             refreshed = self._resv_refresh(ranges)
             if refreshed:
                 self.iova_list = refreshed
+            # the kernel's vfio_iommu_populate_bitmap_full here sets bits that every report
+            # sets anyway while a group that does not pin through VFIO (any group here) is in
             self.num_non_pinned_groups -= 1
-            if self.dirty_page_tracking:  # vfio_iommu_populate_bitmap_full
-                pgshift = _ffs(self.pgsize)
-                for dma in self.dmas:
-                    assert dma.bitmap is not None
-                    dma.bitmap |= (1 << (dma.size >> pgshift)) - 1
             return freed
         return None
 
