@@ -130,3 +130,21 @@ def test_map_private_file_copies_on_write() -> None:
     p.munmap(private, 2 * 4096)
     assert m.mem.frames.allocated_blocks == before
     p.exit()
+
+
+def test_a_thp_stretch_with_4k_pages_keeps_faulting_4k_pages() -> None:
+    """A THP fault allocates a folio only for a PMD range with nothing mapped yet (a PMD
+    that already has a page table of 4K pages gets another 4K page), so what the 4K
+    pages hold is kept."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(2 << 20, "thp")
+    mem.fragment(order=9)  # no 2M block: the first fault falls back to a 4K page
+    mm.write(va, b"kept")
+    mem.release_fragmentation()
+    mm.write(va + 0x1000, b"next")
+    assert mm.read(va, 4) == b"kept" and mm.read(va + 0x1000, 4) == b"next"
+    vma = mm.find_vma(va)
+    assert vma is not None and not vma.folios and sum(n for _, n in vma.pages) == 2
+    mm.close()
+    assert mem.frames.allocated_blocks == 0

@@ -54,13 +54,20 @@ class Type1Replayer:
 
     def fresh_section(self, section: str) -> None:
         p = self.p
-        if self.container >= 0:
+        if self.container >= 0:  # a group keeps its container alive: leave it first
+            if u.GROUP_STATUS.unpack(self._status())[1] & u.VFIO_GROUP_FLAGS_CONTAINER_SET:
+                p.ioctl(self.group, u.VFIO_GROUP_UNSET_CONTAINER)
             p.close(self.container)
         self.container = p.open("/dev/vfio/vfio")
         if section != "type1_setup":
             p.ioctl(self.group, u.VFIO_GROUP_SET_CONTAINER,
                     bytearray(struct.pack("<i", self.container)))
             p.ioctl(self.container, u.VFIO_SET_IOMMU, u.VFIO_TYPE1v2_IOMMU)
+
+    def _status(self) -> bytearray:
+        buf = bytearray(u.GROUP_STATUS.pack(8, 0))
+        self.p.ioctl(self.group, u.VFIO_GROUP_GET_STATUS, buf)
+        return buf
 
     def vaddr(self, text: str) -> int:
         if text.startswith("buf+"):

@@ -160,7 +160,7 @@ def test_a_group_whose_unit_refuses_the_domain_gets_its_own_with_the_mappings_re
     v.map(buf, IOVA, 4 << 20)
     pins = m.mem.pins.pins
     dev2, _ = _second_group(v, 0)
-    first, second = _domains(v)
+    second, first = _domains(v)  # newest first: list_add() puts a domain at the head
     assert (first.ops.gaw, second.ops.gaw) == (48, 39)  # type: ignore[union-attr]
     assert second.leaf_runs(IOVA, 4 << 20) == first.leaf_runs(IOVA, 4 << 20)
     assert dev2.dma_read(IOVA + 0x20_0010, 8) == b"replayed"
@@ -184,7 +184,7 @@ def test_a_snooping_domain_is_not_shared_with_a_unit_without_snoop_control() -> 
     leaves = [pte for _, _, leaf, pte in snooping.pgtbl.iter_entries() if leaf]
     assert leaves and all(pte & 1 << 11 for pte in leaves)  # DMA_PTE_SNP
     _second_group(v, 0)
-    plain = _domains(v)[1]
+    plain = _domains(v)[0]
     assert plain.leaf_runs(IOVA, 1 << 20) == snooping.leaf_runs(IOVA, 1 << 20)
     assert v.p.ioctl(v.c, u.VFIO_CHECK_EXTENSION, u.VFIO_DMA_CC_IOMMU) == 0
     v.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
@@ -29,14 +30,23 @@ from .physmem import PhysMem, pfn_runs
 if TYPE_CHECKING:
     from .memfd import MemFd
 
-__all__ = ["BACKINGS", "MmStruct", "Vma", "pfn_runs"]
+__all__ = ["BACKINGS", "TASK_SIZE_MAX", "MmStruct", "Vma", "access_ok", "pfn_runs"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+#: x86_64 ``TASK_SIZE_MAX`` with 4-level paging: the end of user space
+TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
 #: backing -> folio order a fault tries first
 BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
 _TASK_TOP = 0x7FFF_F000_0000  # mmap_base: mappings grow down from here
 I64Array = npt.NDArray[np.int64]
+
+
+def access_ok(addr: int, size: int) -> bool:
+    """x86_64 ``access_ok``: a range check only (``addr + size`` within user space and not
+    wrapping), whether or not anything is mapped there; the copy itself faults (EFAULT)."""
+    return addr >= 0 and addr + size <= TASK_SIZE_MAX
+
 
 @dataclass
 class Vma:
@@ -58,6 +68,18 @@ class Vma:
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
 
+
+@dataclass
+class _Orphans:
+    """Pages munmapped while pinned: freed with their last unpin, whichever process's GUP
+    pin that is (a pin can move to another process with VFIO's VADDR update)."""
+
+    folios: list[tuple[int, int]] = field(default_factory=list)  # (pfn, order)
+    pages: list[tuple[int, int]] = field(default_factory=list)  # 4K pages' runs
+
+
+_ORPHANS: WeakKeyDictionary[PhysMem, _Orphans] = WeakKeyDictionary()
+
 class MmStruct:
     """One process's memory: VMAs in address order, ``locked_vm`` in pages."""
 
@@ -69,8 +91,7 @@ class MmStruct:
         self.pinned_vm = 0  # mm->pinned_vm (iommufd charges it in every account mode)
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
         self._top = _TASK_TOP
-        self._orphans: list[tuple[int, int]] = []  # munmapped folios still pinned
-        self._orphan_pages: list[tuple[int, int]] = []  # munmapped 4K pages still pinned
+        self._orphans = _ORPHANS.setdefault(mem, _Orphans())  # shared by the machine's mms
         self.gone = False  # exit_mmap ran: mmget_not_zero() fails from now on
 
     # -- mmap / munmap -------------------------------------------------------------------------
@@ -189,9 +210,9 @@ class MmStruct:
         if vma.file is not None:
             vma.file.put()
             vma.file = None
-        self._orphans += self.mem.free_unpinned_folios(vma.folios)
+        self._orphans.folios += self.mem.free_unpinned_folios(vma.folios)
         vma.folios.clear()
-        self._orphan_pages += self.mem.free_unpinned(vma.pages)
+        self._orphans.pages += self.mem.free_unpinned(vma.pages)
         vma.pages.clear()
         vma.pfns[:] = -1
 
@@ -215,8 +236,8 @@ class MmStruct:
         own = ~vma.cow if vma.cow is not None else np.full(vma.npages, vma.file is None)
         small = (pfns >= 0) & ~covered & own  # the file keeps its pages
         gone = pfns[i0:i1][small[i0:i1]]
-        self._orphans += self.mem.free_unpinned_folios(parts[1])
-        self._orphan_pages += self.mem.free_unpinned(pfn_runs(gone))
+        self._orphans.folios += self.mem.free_unpinned_folios(parts[1])
+        self._orphans.pages += self.mem.free_unpinned(pfn_runs(gone))
         self._unlink(vma)
         for first, last, folios in ((0, i0, parts[0]), (i1, vma.npages, parts[2])):
             if first == last:
@@ -240,37 +261,53 @@ class MmStruct:
     def _fault(self, vma: Vma, first: int, count: int, *, strict: bool = False) -> None:
         """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time."""
         pfns = vma.pfns
-        missing = np.flatnonzero(pfns[first:first + count] < 0) + first
-        if not len(missing):
+        if not (pfns[first:first + count] < 0).any():
             return
         order = BACKINGS[vma.backing]
-        hugetlb = vma.backing.startswith("hugetlb")
-        mem = self.mem
         if order:
-            per = 1 << order
-            vstart = vma.start >> PAGE_SHIFT
-            # folios whose whole aligned range lies inside the VMA
-            heads = np.unique((missing + vstart) // per * per - vstart)
-            for head in heads.tolist():
-                if head >= 0 and head + per <= vma.npages:
-                    pfn = mem.frames.alloc(order)
-                    if pfn is not None:
-                        pfns[head:head + per] = np.arange(pfn, pfn + per, dtype=np.int64)
-                        vma.folios.append((pfn, order))
-                        continue
-                if hugetlb:
-                    raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
-                                      f"{vma.start + (head << PAGE_SHIFT):#x}")
-            missing = np.flatnonzero(pfns[first:first + count] < 0) + first
+            self._fault_folios(vma, first, count, order)
+        missing = np.flatnonzero(pfns[first:first + count] < 0) + first
         if len(missing):
             try:
-                runs = mem.alloc_page_runs(len(missing), site="alloc_pages(page fault)")
+                runs = self.mem.alloc_page_runs(len(missing), site="alloc_pages(page fault)")
             except OutOfMemory as err:
                 raise OutOfMemory(f"page fault at {vma.start + (int(missing[0]) << PAGE_SHIFT):#x}"
                                   f": {err}") from None
             pfns[missing] = np.concatenate([np.arange(p, p + n, dtype=np.int64)
                                             for p, n in runs])
             vma.pages += runs
+
+    def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> None:
+        """A folio of ``order`` for each aligned stretch wholly inside ``vma`` and wholly
+        unpopulated that holds a page of ``[first, first + count)``, while the frame
+        allocator has one (a stretch that already has 4K pages keeps faulting 4K pages, as a
+        PMD with a page table does); hugetlb has no 4K fallback (ENOMEM). O(pages) numpy
+        work and one allocation call per folio."""
+        per = 1 << order
+        off = -(vma.start >> PAGE_SHIFT) % per  # index of the VMA's first aligned stretch
+        slots = (vma.npages - off) // per
+        lo = max(0, (first - off) // per)
+        hi = min(slots, -(-(first + count - off) // per))
+        if lo >= hi:
+            return
+        stretches = vma.pfns[off + lo * per:off + hi * per].reshape(hi - lo, per)
+        rows: list[int] = []
+        got: list[int] = []
+        try:
+            for row in np.flatnonzero((stretches < 0).all(axis=1)).tolist():
+                pfn = self.mem.frames.alloc(order)
+                if pfn is not None:
+                    rows.append(row)
+                    got.append(pfn)
+                elif vma.backing.startswith("hugetlb"):
+                    raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
+                                      f"{vma.start + ((off + (lo + row) * per) << PAGE_SHIFT):#x}")
+        finally:  # the folios taken so far are mapped even when hugetlb runs out
+            vma.folios += [(pfn, order) for pfn in got]
+            offsets = np.arange(per, dtype=np.int64)
+            for i in range(0, len(rows), 4096):  # bounded temporaries
+                stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
+                                                       dtype=np.int64)[:, None] + offsets
 
     def _unshare(self, vma: Vma, first: int, count: int) -> None:
         """``wp_page_copy`` / FAULT_FLAG_UNSHARE: the file pages of ``[first, first +
@@ -318,16 +355,22 @@ class MmStruct:
         """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
         self.mem.unpin_pages(pfns)
         self.pinned_pages -= len(pfns)
-        if self._orphans:
-            self._orphans = self.mem.free_unpinned_folios(self._orphans)
-        if self._orphan_pages:
-            self._orphan_pages = self.mem.free_unpinned(self._orphan_pages)
+        orphans = self._orphans
+        if orphans.folios:
+            orphans.folios = self.mem.free_unpinned_folios(orphans.folios)
+        if orphans.pages:
+            orphans.pages = self.mem.free_unpinned(orphans.pages)
 
-    def follow_pfn(self, addr: int) -> tuple[int, int] | None:
-        """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end) or None."""
+    def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
+        """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
+        when ``addr`` is not in one. EFAULT for a write through a read-only mapping (its
+        PTEs are not writable: ``if (write_fault && !args.writable) ret = -EFAULT``)."""
         vma = self.find_vma(addr)
         if vma is None or not vma.pfnmap:
             return None
+        if write and not vma.writable:
+            raise BadAddress(f"follow_fault_pfn: write through the read-only PFNMAP at "
+                             f"{addr:#x}")
         i = (addr - vma.start) >> PAGE_SHIFT
         return int(vma.pfns[i]), vma.npages - i
 
@@ -358,6 +401,20 @@ class MmStruct:
 
     def read(self, addr: int, n: int) -> bytes:
         return b"".join(self.mem.read(pa, k) for pa, k in self._runs(addr, n, False))
+
+    def copy_to_user(self, addr: int, data: bytes) -> int:
+        """``copy_to_user``: write what fits in writable mappings from ``addr`` on and
+        return the bytes left uncopied (the copy stops at the first page it cannot
+        write, as x86's does)."""
+        end, pos = addr + len(data), addr
+        while pos < end:
+            vma = self.find_vma(pos)
+            if vma is None or not vma.writable:
+                break
+            pos = min(end, vma.end)
+        if pos > addr:
+            self.write(addr, data[:pos - addr])
+        return end - pos
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")

@@ -27,8 +27,10 @@ from ..errors import (
 )
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import ResvType
+from ..kernel import LINUX_7_0
+from ..mem.mm import access_ok
 from . import uapi as u
-from .type1 import Type1Report, VfioIommu, type1_check_extension
+from .type1 import Type1Report, VfioIommu, check_range_7_0, type1_check_extension
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
@@ -151,9 +153,9 @@ class Container(VfioFile):
         if request == u.VFIO_GET_API_VERSION:
             return u.VFIO_API_VERSION
         if request == u.VFIO_CHECK_EXTENSION:
-            return type1_check_extension(self.iommu, _int(arg))
+            return type1_check_extension(self.iommu, _int(arg), self.machine.kernel)
         if request == u.VFIO_SET_IOMMU:
-            self._set_iommu(_int(arg))
+            self._set_iommu(_int(arg), proc.memlock_limit)
             return 0
         if self.iommu is None:  # no driver: the kernel's default -EINVAL
             raise InvalidArgument(f"ioctl {request:#x}: no IOMMU driver set on the container")
@@ -168,22 +170,30 @@ class Container(VfioFile):
         raise NotATty(f"ioctl {request:#x}: unknown to the type1 IOMMU")
 
     # -- SET_IOMMU and groups ----------------------------------------------------------------------
-    def _set_iommu(self, type: int) -> None:
-        """``vfio_ioctl_set_iommu``: EINVAL without a group or with a driver already set,
-        ENODEV for a type no driver takes; then every group is attached."""
+    def _set_iommu(self, type: int, memlock_limit: int | None) -> None:
+        """``vfio_ioctl_set_iommu``: EINVAL without a group or with a driver already set;
+        the type1 driver takes a type its CHECK_EXTENSION answers for (ENODEV otherwise),
+        and its ``open`` refuses the extensions that are not IOMMU types (EINVAL); then
+        every group is attached, the newest first (``list_add`` puts a group at the head
+        of the container's list)."""
         if not self.groups or self.iommu is not None:
             raise InvalidArgument("SET_IOMMU: no group in the container, or already set")
-        if type not in (u.VFIO_TYPE1_IOMMU, u.VFIO_TYPE1v2_IOMMU, u.VFIO_TYPE1_NESTING_IOMMU):
+        kernel = self.machine.kernel
+        if type1_check_extension(None, type, kernel) <= 0:
             raise NoDevice(f"SET_IOMMU: no IOMMU driver for type {type}")
+        if type not in (u.VFIO_TYPE1_IOMMU, u.VFIO_TYPE1v2_IOMMU, u.VFIO_TYPE1_NESTING_IOMMU):
+            raise InvalidArgument(f"SET_IOMMU: type {type} is an extension, not an IOMMU "
+                                  "type (vfio_iommu_type1_open)")
         params = self.machine.module_params
-        iommu = VfioIommu(type != u.VFIO_TYPE1_IOMMU,
+        iommu = VfioIommu(type == u.VFIO_TYPE1v2_IOMMU,
                           params["vfio_iommu_type1.dma_entry_limit"],
                           bool(params["vfio_iommu_type1.disable_hugepages"]),
-                          bool(params["vfio_iommu_type1.allow_unsafe_interrupts"]))
+                          bool(params["vfio_iommu_type1.allow_unsafe_interrupts"]),
+                          kernel=kernel, nesting=type == u.VFIO_TYPE1_NESTING_IOMMU)
         attached: list[GroupFile] = []
         try:
             for g in self.groups:
-                self._attach(iommu, g)
+                self._attach(iommu, g, memlock_limit)
                 attached.append(g)
         except KernelError:
             for g in reversed(attached):
@@ -191,13 +201,20 @@ class Container(VfioFile):
             raise
         self.iommu = iommu
 
-    def _attach(self, iommu: VfioIommu, g: GroupFile) -> None:
-        """Allocate a paging domain, attach the group, let type1 check and keep or swap it."""
+    def _attach(self, iommu: VfioIommu, g: GroupFile, memlock_limit: int | None) -> None:
+        """Allocate a paging domain, attach the group, let type1 check and keep or swap it
+        (``memlock_limit``: the attaching process's, for a replay that pins)."""
         core = self.machine.core
         group = g.group
         first = group.devices[0].dev_iommu  # iommu_paging_domain_alloc(first device)
         domain: IommuDomain = core.driver.domain_alloc_paging(
             first.priv if first is not None else None, DomainType.UNMANAGED)
+        if iommu.nesting:
+            try:
+                _iommu_enable_nesting(core.driver, domain)
+            except KernelError:
+                domain.free()
+                raise
 
         def join(existing: IommuDomain) -> bool:
             """vfio_iommu_type1_attach_group's move onto a compatible domain: detach from
@@ -216,7 +233,8 @@ class Container(VfioFile):
             enforce_cc = bool(getattr(core.driver, "enforce_cache_coherency",
                                       lambda d: False)(domain))
             target = iommu.attach_group(group, domain, msi_isolated=True,
-                                        enforce_cc=enforce_cc, join=join)
+                                        enforce_cc=enforce_cc, join=join,
+                                        memlock_limit=memlock_limit)
         except KernelError:
             if group.domain is not _default(group):
                 core.set_group_domain(group, _default(group))
@@ -225,9 +243,9 @@ class Container(VfioFile):
         if target is not domain:  # joined an existing domain
             domain.free()
             return
-        sw_msi = [r for r in group.resv_regions() if r.type == ResvType.SW_MSI]
-        if sw_msi and domain.cookie is None:
-            get_msi_cookie(domain, sw_msi[0].start)
+        msi_base = _sw_msi_base(group)
+        if msi_base is not None and domain.cookie is None:
+            get_msi_cookie(domain, msi_base)
 
     def _detach(self, iommu: VfioIommu, g: GroupFile) -> None:
         core = self.machine.core
@@ -237,11 +255,12 @@ class Container(VfioFile):
             freed.cookie = None
             freed.free()
 
-    def add_group(self, g: GroupFile) -> None:
-        """``vfio_container_attach_group``: with a driver set, the group is attached now."""
+    def add_group(self, g: GroupFile, memlock_limit: int | None) -> None:
+        """``vfio_container_attach_group``: with a driver set, the group is attached now;
+        the group goes to the head of the list (``list_add``)."""
         if self.iommu is not None:
-            self._attach(self.iommu, g)
-        self.groups.append(g)
+            self._attach(self.iommu, g, memlock_limit)
+        self.groups.insert(0, g)
 
     def remove_group(self, g: GroupFile) -> None:
         """``vfio_group_detach_container``; the last group out drops the IOMMU driver."""
@@ -253,10 +272,13 @@ class Container(VfioFile):
 
     # -- type1 ioctls ------------------------------------------------------------------------------
     def _get_info(self, a: _Arg) -> int:
-        """``vfio_iommu_type1_get_info``: the argsz-growth rule for the capability chain."""
+        """``vfio_iommu_type1_get_info``: the argsz-growth rule for the capability chain;
+        ``min(argsz, 24)`` bytes of the struct are written back, from the argsz the user
+        gave, not the grown one."""
         argsz = int.from_bytes(a.read(0, u.IOMMU_INFO_MINSZ)[:4], "little")
         if argsz < u.IOMMU_INFO_MINSZ:
             raise InvalidArgument(f"GET_INFO: argsz {argsz} < {u.IOMMU_INFO_MINSZ}")
+        minsz = min(argsz, u.IOMMU_INFO.size)
         assert self.iommu is not None
         caps = self.iommu.info_caps()
         flags = u.VFIO_IOMMU_INFO_PGSIZES | (u.VFIO_IOMMU_INFO_CAPS if caps else 0)
@@ -268,7 +290,7 @@ class Container(VfioFile):
                 a.write(u.IOMMU_INFO.size, caps)
                 cap_offset = u.IOMMU_INFO.size
         info = u.IOMMU_INFO.pack(argsz, flags, self.iommu.pgsize_bitmap, cap_offset, 0)
-        a.write(0, info[:min(argsz, u.IOMMU_INFO.size)])
+        a.write(0, info[:minsz])
         return 0
 
     def _map_dma(self, proc: Process, a: _Arg) -> int:
@@ -296,7 +318,7 @@ class Container(VfioFile):
             if argsz < u.DMA_UNMAP.size + u.BITMAP.size:
                 raise InvalidArgument(f"UNMAP_DMA: argsz {argsz} leaves no room for a bitmap")
             pgsize, bsize, data = u.BITMAP.unpack(a.read(u.DMA_UNMAP.size, u.BITMAP.size))
-            _verify_bitmap(proc, data, bsize, size >> _ffs(pgsize) if pgsize else 0)
+            _verify_bitmap(data, bsize, size >> _ffs(pgsize) if pgsize else 0)
             dirty = (pgsize, data, proc.mm)
         assert self.iommu is not None
         unmapped = self.iommu.unmap_dma(flags, iova, size, dirty)
@@ -304,7 +326,9 @@ class Container(VfioFile):
         return 0
 
     def _dirty_pages(self, proc: Process, a: _Arg) -> int:
-        """``vfio_iommu_type1_dirty_pages``: EACCES for v1; one of START, STOP, GET_BITMAP."""
+        """``vfio_iommu_type1_dirty_pages``: EACCES for v1; exactly one of START, STOP,
+        GET_BITMAP (no flag falls through every branch to EINVAL). Linux 7.0 checks a
+        GET_BITMAP range's size and wrap before the bitmap, the wrap with EOVERFLOW."""
         assert self.iommu is not None
         if not self.iommu.v2:
             raise PermissionDenied("DIRTY_PAGES: needs a TYPE1v2 container")
@@ -322,24 +346,51 @@ class Container(VfioFile):
                 raise InvalidArgument("DIRTY_PAGES GET_BITMAP: argsz too small")
             iova, size, pgsize, bsize, data = u.DIRTY_BITMAP_GET.unpack(
                 a.read(u.DIRTY_BITMAP.size, u.DIRTY_BITMAP_GET.size))
-            if iova + size >= 1 << 64:  # iova + size < iova in u64
+            if self.machine.kernel >= LINUX_7_0:
+                check_range_7_0("DIRTY_PAGES GET_BITMAP", iova, size)
+            elif iova + size >= 1 << 64:  # iova + size < iova in u64
                 raise InvalidArgument("DIRTY_PAGES GET_BITMAP: range wraps")
-            _verify_bitmap(proc, data, bsize, size >> _ffs(pgsize) if pgsize else 0)
+            _verify_bitmap(data, bsize, size >> _ffs(pgsize) if pgsize else 0)
             self.iommu.dirty_get_bitmap(iova, size, pgsize, data, proc.mm)
+        else:
+            raise InvalidArgument("DIRTY_PAGES: no flag set")
         return 0
 
     def release(self) -> None:
-        for g in list(self.groups):
-            g.unset_container()
+        """``vfio_fops_release`` only puts the file's reference to the container: each
+        group holds one too (``vfio_container_get`` in SET_CONTAINER), so its groups stay
+        attached, their mappings mapped and the IOMMU set until the last group leaves."""
 
 
-def _verify_bitmap(proc: Process, data: int, bsize: int, npages: int) -> None:
-    """``access_ok`` then ``verify_bitmap_size``."""
+def _verify_bitmap(data: int, bsize: int, npages: int) -> None:
+    """``access_ok`` (an address range check: an unmapped bitmap passes and faults when
+    written, EFAULT) then ``verify_bitmap_size``."""
+    if not access_ok(data, bsize):
+        raise InvalidArgument(f"dirty bitmap [{data:#x}, +{bsize:#x}) is not in user space")
     if not npages or not bsize or bsize > u.DIRTY_BITMAP_SIZE_MAX or \
             bsize < u.DIRTY_BITMAP_BYTES(npages):
         raise InvalidArgument(f"dirty bitmap of {bsize} bytes for {npages} pages")
-    if proc.mm.find_vma(data) is None:
-        raise InvalidArgument(f"dirty bitmap at {data:#x} is not user memory")
+
+
+def _iommu_enable_nesting(driver: object, domain: IommuDomain) -> None:
+    """``iommu_enable_nesting`` (Linux 6.12, for VFIO_TYPE1_NESTING_IOMMU): EINVAL unless
+    the driver has ``enable_nesting`` (of the model's drivers only arm-smmu-v3 has)."""
+    enable = getattr(driver, "enable_nesting", None)
+    if domain.type != DomainType.UNMANAGED or enable is None:
+        raise InvalidArgument("SET_IOMMU: the IOMMU driver cannot enable nesting")
+    enable(domain)
+
+
+def _sw_msi_base(group: IommuGroup) -> int | None:
+    """``vfio_iommu_has_sw_msi``: the last IOMMU_RESV_SW_MSI region's start, or None when
+    the group has a hardware MSI region (which takes precedence)."""
+    base = None
+    for r in group.resv_regions():
+        if r.type == ResvType.MSI:
+            return None
+        if r.type == ResvType.SW_MSI:
+            base = r.start
+    return base
 
 
 def _ffs(x: int) -> int:
@@ -375,12 +426,10 @@ class GroupFile(VfioFile):
             return self._get_status(_Arg(arg))
         if request == u.VFIO_GROUP_SET_CONTAINER:
             fd = int.from_bytes(_Arg(arg).read(0, 4), "little", signed=True)
-            if fd < 0:
-                raise InvalidArgument(f"GROUP_SET_CONTAINER: fd {fd}")
             f = proc.files.get(fd)
-            if f is None:
+            if f is None:  # fdget(): a negative fd is as closed as any other
                 raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
-            self._set_container(f)
+            self._set_container(f, proc.memlock_limit)
             return 0
         if request == u.VFIO_GROUP_UNSET_CONTAINER:
             if self.container is None and self.iommufd is None:
@@ -423,14 +472,14 @@ class GroupFile(VfioFile):
             raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
         return proc.install(DeviceFile.open(self, dev))
 
-    def _set_container(self, f: VfioFile) -> None:
+    def _set_container(self, f: VfioFile, memlock_limit: int | None) -> None:
         """``vfio_group_ioctl_set_container``: EINVAL when already set; a type1 container
         takes the group, an iommufd gets its compatibility IOAS; EBADFD for other files."""
         from ..iommufd.file import IommufdFile
         if self.container is not None or self.iommufd is not None:
             raise InvalidArgument("GROUP_SET_CONTAINER: the group already has one")
         if isinstance(f, Container):
-            f.add_group(self)
+            f.add_group(self, memlock_limit)
             self.container = f
         elif isinstance(f, IommufdFile):
             f.ctx.compat_ioas_create()

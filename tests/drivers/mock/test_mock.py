@@ -145,6 +145,10 @@ def test_vfio_type1_on_the_mock_maps_2k_slots_in_the_aperture() -> None:
     assert dev.dma_read(BASE + 0x1802, 5) == b"two-k"
     domain = dev.group.domain if dev.group else None
     assert domain is not None and domain.leaf_histogram() == {2048: 512}
+    # 6.12's vfio_test_domain_fgsp unmapped its two-page map a page at a time: the mock
+    # WARNs that neither unmap matches the map, as the kernel's would
+    probe_warnings = domain.warnings.copy()
+    assert sum(probe_warnings.values()) == 2
     container = p.files[c]
     assert isinstance(container, Container)
     report = container.report()
@@ -152,7 +156,7 @@ def test_vfio_type1_on_the_mock_maps_2k_slots_in_the_aperture() -> None:
     buf2 = bytearray(u.DMA_UNMAP.pack(24, 0, BASE, 1 << 20))
     p.ioctl(c, u.VFIO_IOMMU_UNMAP_DMA, buf2)
     assert u.DMA_UNMAP.unpack(buf2)[3] == 1 << 20
-    assert not domain.warnings  # type1 unmapped exactly what it mapped
+    assert domain.warnings == probe_warnings  # type1 unmapped exactly what it mapped
     p.exit()
     assert m.mem.pins.pins == 0 and p.mm.locked_vm == 0
 

@@ -43,6 +43,7 @@ from ...errors import (
     NoDevice,
     NoSpace,
     NoSuchDevice,
+    NotPermitted,
     NotSupported,
     OutOfMemory,
     OutOfRange,
@@ -531,6 +532,14 @@ class ArmSmmuDevice:
                             type: DomainType = DomainType.DMA) -> ArmSmmuDomain:
         """``domain_alloc_paging``: a default (DMA) domain, stage 1 if there is one."""
         return self.domain_alloc_paging_flags(master, 0, type=type)
+
+    def enable_nesting(self, domain: ArmSmmuDomain) -> None:
+        """``arm_smmu_enable_nesting`` (Linux 6.12, for VFIO_TYPE1_NESTING_IOMMU; gone in
+        6.13): EPERM once the domain is bound to an SMMU, which ``domain_alloc_paging``
+        with a device (VFIO's case) already did; else the domain becomes stage 2."""
+        if domain.smmu is not None:
+            raise NotPermitted("enable_nesting: the domain is already finalised")
+        domain.stage = 2
 
     def _finalise(self, domain: ArmSmmuDomain, flags: int) -> None:
         """``arm_smmu_domain_finalise``: the io-pgtable sizes are, in 6.12, stage 1 ias
