@@ -604,7 +604,7 @@ class IommufdCtx:
             assert pages is not None
             byte0 = area.start_byte_of(lo)
             first, last_index = byte0 // PAGE_SIZE, area.start_byte_of(hi) // PAGE_SIZE
-            pfns, fresh, _ = pages.read(first, last_index)
+            pfns, fresh = pages.read(first, last_index)
             try:
                 end_byte = byte0 + hi - lo + 1
                 index = first
