@@ -455,3 +455,100 @@ def test_vfio_unmap_dma_writes_back_minsz_bytes() -> None:
     assert struct.unpack_from("<IIQQ", buf) == (32, 0, MOCK_APERTURE_START, 0)
     assert buf[24:] == b"\xaa" * 8
     t.close()
+
+
+# -- accesses ------------------------------------------------------------------------------------
+def test_access_rw_copies_at_the_users_address_unless_slow() -> None:
+    """``iopt_pages_rw_access``: for the caller's own user memory the copy is a
+    ``copy_from_user`` at the address it was mapped from (the IOAS's pinned pages are
+    not looked at: after a munmap it is EFAULT); with MOCK_ACCESS_RW_SLOW_PATH one page
+    is pinned again at that address (``iopt_pages_rw_page``, EFAULT too) and more than
+    one are read from the pages the IOAS holds."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    buf = t.p.mmap(2 * PAGE_SIZE, populate=True)
+    t.p.write(buf, b"pinned bytes")
+    t.mock_domain(ioas)
+    t.map_fixed(ioas, buf, 2 * PAGE_SIZE, MOCK_APERTURE_START)
+    access = t.create_access(ioas)
+    out = t.p.mmap(2 * PAGE_SIZE)
+    t.p.munmap(buf, 2 * PAGE_SIZE)
+    expect_errno(errno.EFAULT, t.access_rw, access, MOCK_APERTURE_START, out, 12)
+    slow = 1 << 2  # MOCK_ACCESS_RW_SLOW_PATH: one page is pinned at the user's address
+    expect_errno(errno.EFAULT, t.access_rw, access, MOCK_APERTURE_START, out, 12, slow)
+    t.access_rw(access, MOCK_APERTURE_START, out, PAGE_SIZE + 1, slow)  # two: the pins
+    assert t.p.read(out, 12) == b"pinned bytes"
+    t.p.close(access)
+    t.close()
+
+
+def test_access_rw_copies_area_by_area_before_a_gap() -> None:
+    """``iommufd_access_rw`` copies each contiguous area as it reaches it and finds the gap
+    after them: a write over [area][gap] writes the area's bytes, then ENOENT."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    buf = t.p.mmap(PAGE_SIZE, populate=True)
+    t.map_fixed(ioas, buf, PAGE_SIZE, MOCK_APERTURE_START)
+    access = t.create_access(ioas)
+    src = t.p.mmap(2 * PAGE_SIZE)
+    t.p.write(src, b"w" * 2 * PAGE_SIZE)
+    expect_errno(errno.ENOENT, t.access_rw, access, MOCK_APERTURE_START, src, 2 * PAGE_SIZE,
+                 1 | 1 << 2)  # write, slow path
+    assert t.p.read(buf, PAGE_SIZE) == b"w" * PAGE_SIZE
+    t.p.close(access)
+    t.close()
+
+
+def test_access_pin_checks_an_area_before_finding_the_gap() -> None:
+    """``iommufd_access_pin_pages`` checks each area when it reaches it: a read-only area
+    followed by a gap is EPERM for a write pin, not the gap's ENOENT."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    t.map_fixed(ioas, t.buffer, PAGE_SIZE, MOCK_APERTURE_START, u.IOMMU_IOAS_MAP_READABLE)
+    access = t.create_access(ioas, 1)
+    expect_errno(errno.EPERM, t.access_pages, access, MOCK_APERTURE_START, 2 * PAGE_SIZE,
+                 t.buffer, 1)
+    expect_errno(errno.ENOENT, t.access_pages, access, MOCK_APERTURE_START, 2 * PAGE_SIZE,
+                 t.buffer)
+    t.check_refs(t.buffer, PAGE_SIZE, 0)
+    t.p.close(access)
+    t.close()
+
+
+# -- IOAS_MAP and IOAS_MAP_FILE argument order ----------------------------------------------------
+def test_map_length_checks_before_or_after_the_wrap_check() -> None:
+    """6.12 ``iopt_alloc_pages`` refuses a length past SIZE_MAX - PAGE_SIZE (EINVAL) before
+    it tests ``uptr + length`` for a wrap (EOVERFLOW); 7.0's ``iopt_alloc_user_pages``
+    tests the wrap first."""
+    for kernel, err in (("6.12", errno.EINVAL), ("7.0", errno.EOVERFLOW)):
+        t = Selftest(kernel=kernel)
+        ioas = t.ioas_alloc()
+        expect_errno(err, t.map, ioas, t.buffer, (1 << 64) - 2)
+        t.close()
+
+
+def test_map_file_checks_in_the_kernels_order() -> None:
+    """``iopt_map_file_pages`` (7.0): a length of 0 is EINVAL and a wrapping range
+    EOVERFLOW before the fd is looked at (EBADF); a range ending at the last byte of the
+    address space does not wrap."""
+    t = Selftest(kernel="7.0")
+    ioas = t.ioas_alloc()
+    expect_errno(errno.EINVAL, t.map_file, ioas, 99, 0, 0)
+    expect_errno(errno.EOVERFLOW, t.map_file, ioas, 99, 1 << 63, 1 << 63 | 4096)
+    expect_errno(errno.EBADF, t.map_file, ioas, 99, (1 << 64) - PAGE_SIZE, PAGE_SIZE)
+    t.close()
+
+
+def test_map_file_of_a_file_that_is_not_a_memfd() -> None:
+    """7.0 ``iopt_alloc_file_pages`` takes any file: without a domain the map succeeds (the
+    pages hold the file); attaching a device then needs the pages and
+    ``memfd_pin_folios`` refuses (EINVAL)."""
+    t = Selftest(kernel="7.0")
+    ioas = t.ioas_alloc()
+    other = t.p.open("/dev/iommu")
+    t.map_file(ioas, other, 0, PAGE_SIZE, MOCK_APERTURE_START, RW | FIXED)
+    t.p.close(other)
+    assert t.p.files[t.fd].ctx.objects[ioas].iopt.areas()[0].pages.source.file.refs == 1  # type: ignore[attr-defined]
+    expect_errno(errno.EINVAL, t.mock_domain, ioas)
+    assert t.unmap(ioas, 0, (1 << 64) - 1) == PAGE_SIZE
+    t.close()

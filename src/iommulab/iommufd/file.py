@@ -43,8 +43,8 @@ from . import uapi as u
 from .io_pagetable import PagesSlice
 from .iova_space import ULONG_MAX
 from .objects import Device, HwptPaging, Ioas, IommufdCtx
-from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages
-from .sources import FileSource, UserSource
+from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages, PfnSource
+from .sources import FileSource, OtherFileSource, UserSource
 
 if TYPE_CHECKING:
     from ..machine import Machine, Process
@@ -118,11 +118,10 @@ class IommufdFile(VfioFile):
             mode = ACCOUNT_MM
         return Account(mode, proc.mm, proc.user, proc.memlock_limit)
 
-    def new_pages(self, proc: Process, source: UserSource | FileSource, start_byte: int,
+    def new_pages(self, proc: Process, source: PfnSource, start_byte: int,
                   length: int, writable: bool) -> IoptPages:
         """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
-        if length > _SIZE_MAX - PAGE_SIZE or not length:
-            raise InvalidArgument(f"map: length {length:#x}")
+        _check_pages_length(length)
         self.machine.mem.fail_nth.check("kzalloc(iopt_pages)")
         npages = -(-(length + start_byte) // PAGE_SIZE)
         return IoptPages(source, npages, writable, self.account(proc),
@@ -131,8 +130,11 @@ class IommufdFile(VfioFile):
 
     def map_user_pages(self, proc: Process, ioas: Ioas, user_va: int, length: int,
                        iova: int, prot: int, *, fixed: bool) -> int:
-        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps (before the length
-        check of :meth:`new_pages`); the IOVA used."""
+        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps, tested after the
+        length check of :meth:`new_pages` in 6.12 (``iopt_alloc_pages``) and before it
+        in 7.0 (``iopt_alloc_user_pages``); the IOVA used."""
+        if self.machine.kernel < LINUX_7_0:
+            _check_pages_length(length)
         if user_va + length > ULONG_MAX:
             raise Overflow(f"map: user_va {user_va:#x} + length {length:#x} wraps")
         start_byte = user_va % PAGE_SIZE
@@ -205,19 +207,28 @@ class IommufdFile(VfioFile):
 
     def _ioas_map_file(self, proc: Process, buf: bytearray, usize: int, flags: int,
                        ioas_id: int, fd: int, start: int, length: int, iova: int) -> int:
-        """``iommufd_ioas_map_file`` / ``iopt_map_file_pages``."""
+        """``iommufd_ioas_map_file`` / ``iopt_map_file_pages`` (7.0): EINVAL for a length
+        of 0 and EOVERFLOW for a range that wraps, then EBADF for a closed fd. Any file
+        maps (the pages hold it); only a memfd can be pinned, so another file fails
+        (EINVAL) once a domain or an access needs its pages."""
         _check_map_args("IOAS_MAP_FILE", flags, length, iova)
         ioas = self.ioas(ioas_id)
+        if not length:
+            raise InvalidArgument("IOAS_MAP_FILE: length 0")
+        if start + length - 1 > ULONG_MAX:
+            raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length {length:#x} wraps")
         f = proc.files.get(fd)
         if f is None:
             raise BadFileDescriptor(f"IOAS_MAP_FILE: fd {fd} is not open")
-        if not isinstance(f, MemFdFile):
-            raise InvalidArgument(f"IOAS_MAP_FILE: fd {fd} is not a memfd")
-        if start + length > ULONG_MAX:
-            raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length wraps")
         start_byte = start % PAGE_SIZE
-        pages = self.new_pages(proc, FileSource(f.memfd.get(), start - start_byte),
-                               start_byte, length, bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
+        source: FileSource | OtherFileSource
+        if isinstance(f, MemFdFile):
+            source = FileSource(f.memfd.get(), start - start_byte)
+        else:
+            f.refs += 1  # get_file
+            source = OtherFileSource(f, start - start_byte)
+        pages = self.new_pages(proc, source, start_byte, length,
+                               bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
         iova = self.map_pages(ioas, pages, start_byte, length, iova, _prot(flags),
                               fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA), addr=start)
         self._respond(buf, u.IOMMU_IOAS_MAP_FILE, usize, flags, ioas_id, fd, start, length,
@@ -563,6 +574,12 @@ class _DirtyBitmap(IovaBitmap):
         super().set_run(iova, size, keep)
 
 
+def _check_pages_length(length: int) -> None:
+    """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
+    if length > _SIZE_MAX - PAGE_SIZE or not length:
+        raise InvalidArgument(f"map: length {length:#x}")
+
+
 def _check_map_args(what: str, flags: int, length: int, *iovas: int, rsvd: int = 0) -> None:
     """The checks MAP, MAP_FILE and COPY open with, in order: unknown flags or a non-zero
     ``__reserved`` EOPNOTSUPP, a length or IOVA of ULONG_MAX EOVERFLOW, neither READABLE
@@ -585,7 +602,7 @@ def _source_addr(pages: IoptPages) -> int:
     src = pages.source
     if isinstance(src, UserSource):
         return src.uptr
-    assert isinstance(src, FileSource)
+    assert isinstance(src, FileSource | OtherFileSource)
     return src.start
 
 

@@ -17,6 +17,7 @@ next) or allocates a new one; an automatic HWPT goes with its last device.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +41,17 @@ from ..sizes import PAGE_SIZE
 from .io_pagetable import IoPagetable
 from .iova_space import ULONG_MAX
 from .pages import ACCOUNT_MM, ACCOUNT_USER, PagesStats
+from .sources import UserSource
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
     from ..iommu.core import IommuCore
     from ..mem import PhysMem
+    from ..mem.mm import MmStruct
     from ..vfio.files import VfioFile
     from .area import IoptArea
     from .cache_flush import CacheFlush
+    from .pages import IoptPages
 
 __all__ = [
     "HWPT_ALLOC_DIRTY_TRACKING",
@@ -533,13 +537,13 @@ class IommufdCtx:
 
     def access_pin(self, access: Access, iova: int, length: int, write: bool
                    ) -> np.ndarray:
-        """``iommufd_access_pin_pages``: the PFNs of ``[iova, +length)``."""
-        areas = self._access_areas(access, iova, length, write, pin=True)
+        """``iommufd_access_pin_pages``: the PFNs of ``[iova, +length)``, pinned area by
+        area; an error at an area or a gap after the areas unpins what was pinned."""
         last = iova + length - 1
         done: list[tuple[IoptArea, int, int]] = []
         out = []
         try:
-            for area in areas:
+            for area in self._access_areas(access, iova, length, write, pin=True):
                 lo, hi = max(iova, area.iova), min(last, area.last)
                 first, last_index = area.iova_to_index(lo), area.iova_to_index(hi)
                 assert area.pages is not None
@@ -566,10 +570,12 @@ class IommufdCtx:
             area.num_accesses -= 1
 
     def _access_areas(self, access: Access, iova: int, length: int, write: bool,
-                      pin: bool) -> list[IoptArea]:
-        """The checks ``iommufd_access_pin_pages`` and ``_rw`` share: EINVAL, EOVERFLOW,
-        ENOENT (detached, or a gap), EINVAL (an area being unmapped, or unaligned for a
-        pin), EPERM (the area's protection)."""
+                      pin: bool) -> Iterator[IoptArea]:
+        """The walk ``iommufd_access_pin_pages`` and ``_rw`` share: EINVAL for a length of
+        0, EOVERFLOW for a range that wraps, ENOENT when detached; then each contiguous
+        area in turn, checked when it is reached (EINVAL while being unmapped or, for a
+        pin, not page aligned at its ends; EPERM for its protection) and handed to the
+        caller; ENOENT after the last one if they do not reach the end (a gap)."""
         if not length:
             raise InvalidArgument("access: length 0")
         last = iova + length - 1
@@ -577,49 +583,95 @@ class IommufdCtx:
             raise Overflow(f"access: [{iova:#x}, +{length:#x}) wraps")
         if access.ioas is None:
             raise NoEntry("access: not attached to an IOAS")
-        areas = access.ioas.iopt.contig_areas(iova, last)
-        for i, area in enumerate(areas):
+        areas, covered = access.ioas.iopt.contig_run(iova, last)
+        for area in areas:
             if area.prevent_access:
                 raise InvalidArgument(f"access: area {area.iova:#x} is being unmapped")
-            if pin:
+            if pin:  # iopt_area_contig_is_aligned
                 cur = max(iova, area.iova)
                 if area.start_byte_of(cur) % PAGE_SIZE or (
-                        i < len(areas) - 1 and
+                        area.last < last and
                         area.start_byte_of(area.last) % PAGE_SIZE != PAGE_SIZE - 1):
                     raise InvalidArgument(f"access: area {area.iova:#x} is not page aligned")
             need = Prot.WRITE if write else Prot.READ
             if not area.prot & need:
                 raise NotPermitted(f"access: area {area.iova:#x} does not allow "
                                    f"{'writes' if write else 'reads'}")
-        return areas
+            yield area
+        if not covered:
+            raise NoEntry(f"access: [{iova:#x}, {last:#x}] is not covered by contiguous "
+                          "areas")
 
-    def access_rw(self, access: Access, iova: int, data: bytearray, write: bool) -> None:
-        """``iommufd_access_rw``: copy between ``data`` and ``[iova, +len(data))``."""
-        areas = self._access_areas(access, iova, len(data), write, pin=False)
+    def access_rw(self, access: Access, iova: int, data: bytearray, write: bool, *,
+                  mm: MmStruct | None = None, slow: bool = False) -> None:
+        """``iommufd_access_rw``: copy between ``data`` and ``[iova, +len(data))`` area by
+        area (what went before a failing area or a gap stays copied). ``mm`` is the
+        caller's: ``iopt_pages_rw_access`` copies to or from the user's address itself
+        when the pages are the caller's own user memory (``copy_to_user``, EFAULT), pins
+        that one page of the owner's address space when another process asks for a
+        single page (``iopt_pages_rw_page``), and otherwise reads the PFNs the IOAS holds
+        (``iopt_pages_rw_slow``; always with ``slow``, the selftest's
+        MOCK_ACCESS_RW_SLOW_PATH)."""
         last = iova + len(data) - 1
         done = 0
-        for area in areas:
+        for area in self._access_areas(access, iova, len(data), write, pin=False):
             lo, hi = max(iova, area.iova), min(last, area.last)
             pages = area.pages
             assert pages is not None
-            byte0 = area.start_byte_of(lo)
-            first, last_index = byte0 // PAGE_SIZE, area.start_byte_of(hi) // PAGE_SIZE
-            pfns, fresh = pages.read(first, last_index)
-            try:
-                end_byte = byte0 + hi - lo + 1
-                index = first
-                for pfn, count in pfn_runs(pfns):  # one copy per run of contiguous pages
-                    start = max(byte0, index * PAGE_SIZE)
-                    stop = min(end_byte, (index + count) * PAGE_SIZE)
-                    pa = pfn * PAGE_SIZE + start - index * PAGE_SIZE
-                    if write:
-                        self.mem.write(pa, data[done:done + stop - start])
-                    else:
-                        data[done:done + stop - start] = self.mem.read(pa, stop - start)
-                    done += stop - start
-                    index += count
-            finally:
-                pages.release(pfns, fresh)
+            if write and not pages.writable:
+                raise NotPermitted(f"access: pages of area {area.iova:#x} are read only")
+            chunk = memoryview(data)[done:done + hi - lo + 1]
+            self._rw_pages(pages, area.start_byte_of(lo), chunk, write, mm, slow)
+            done += hi - lo + 1
+
+    def _rw_pages(self, pages: IoptPages, byte0: int, chunk: memoryview, write: bool,
+                  mm: MmStruct | None, slow: bool) -> None:
+        """``iopt_pages_rw_access`` for ``len(chunk)`` bytes from byte ``byte0``."""
+        src = pages.source
+        first, last_index = byte0 // PAGE_SIZE, (byte0 + len(chunk) - 1) // PAGE_SIZE
+        if isinstance(src, UserSource) and mm is not None:
+            change_mm = slow or src.mm is not mm
+            if not change_mm:  # copy_to_user / copy_from_user at the user's address
+                _copy_user(src.mm, src.uptr + byte0, chunk, write)
+                return
+            if first == last_index and not src.mm.gone:  # iopt_pages_rw_page
+                page = src.uptr + first * PAGE_SIZE
+                pfns = src.mm.pin_user_pages(page, 1, write)
+                try:
+                    self._copy_pfns(pfns, first, byte0, chunk, write)
+                finally:
+                    src.mm.unpin_user_pages(pfns)
+                return
+        pfns, fresh = pages.read(first, last_index)  # iopt_pages_rw_slow
+        try:
+            self._copy_pfns(pfns, first, byte0, chunk, write)
+        finally:
+            pages.release(pfns, fresh)
+
+    def _copy_pfns(self, pfns: np.ndarray, first: int, byte0: int, chunk: memoryview,
+                   write: bool) -> None:
+        """Copy between ``chunk`` and the bytes from ``byte0`` of pages ``first..`` held
+        at ``pfns``, one copy per run of contiguous pages."""
+        end_byte = byte0 + len(chunk)
+        index, done = first, 0
+        for pfn, count in pfn_runs(pfns):
+            start = max(byte0, index * PAGE_SIZE)
+            stop = min(end_byte, (index + count) * PAGE_SIZE)
+            pa = pfn * PAGE_SIZE + start - index * PAGE_SIZE
+            if write:
+                self.mem.write(pa, chunk[done:done + stop - start])
+            else:
+                chunk[done:done + stop - start] = self.mem.read(pa, stop - start)
+            done += stop - start
+            index += count
+
+
+def _copy_user(mm: MmStruct, addr: int, chunk: memoryview, write: bool) -> None:
+    """``copy_to_user`` / ``copy_from_user`` at ``addr`` of ``mm`` (EFAULT)."""
+    if write:
+        mm.write(addr, chunk)
+    else:
+        chunk[:] = mm.read(addr, len(chunk))
 
 
 def _hwpt_paging_flags(kernel: KernelVersion) -> int:

@@ -351,7 +351,8 @@ def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     data = bytearray(proc.mm.read(uptr, length)) if write else bytearray(length)
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
-    file.ctx.access_rw(af.access, iova, data, write)
+    file.ctx.access_rw(af.access, iova, data, write, mm=proc.mm,
+                       slow=bool(flags & MOCK_ACCESS_RW_SLOW_PATH))
     if not write:
         proc.mm.write(uptr, bytes(data))
     return False
