@@ -552,3 +552,23 @@ def test_map_file_of_a_file_that_is_not_a_memfd() -> None:
     expect_errno(errno.EINVAL, t.mock_domain, ioas)
     assert t.unmap(ioas, 0, (1 << 64) - 1) == PAGE_SIZE
     t.close()
+
+
+def test_allow_iovas_reads_and_checks_one_range_at_a_time() -> None:
+    """``iommufd_ioas_load_iovas`` copies a range, checks it (``start >= last`` or an
+    overlap with an earlier one: EINVAL), then copies the next: a bad first range is
+    EINVAL even when the second cannot be read (EFAULT only for a readable bad-free
+    prefix)."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    arr = t.p.mmap(2 * PAGE_SIZE)
+    t.p.munmap(arr + PAGE_SIZE, PAGE_SIZE)
+    first = arr + PAGE_SIZE - 16  # range 0 at the end of the page, range 1 unmapped
+
+    def allow(start: int, last: int) -> None:
+        t.p.write(first, u.IOVA_RANGE.pack(start, last))
+        t.ioctl(u.IOMMU_IOAS_ALLOW_IOVAS, u.IOAS_ALLOW_IOVAS.pack(24, ioas, 2, 0, first))
+
+    expect_errno(errno.EINVAL, allow, PAGE_SIZE, PAGE_SIZE)  # start >= last
+    expect_errno(errno.EFAULT, allow, PAGE_SIZE, 2 * PAGE_SIZE - 1)
+    t.close()

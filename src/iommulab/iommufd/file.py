@@ -13,6 +13,7 @@ mapped). The mock platform adds ``IOMMU_TEST_CMD``
 
 from __future__ import annotations
 
+import bisect
 import errno
 from typing import TYPE_CHECKING, Any
 
@@ -187,12 +188,24 @@ class IommufdFile(VfioFile):
 
     def _ioas_allow_iovas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
                           num: int, rsvd: int, uptr: int) -> int:
-        """``iommufd_ioas_allow_iovas``."""
+        """``iommufd_ioas_allow_iovas``: the ranges are read one at a time
+        (``iommufd_ioas_load_iovas``: EFAULT, or EINVAL for ``start >= last`` or an
+        overlap with one read before), then set at once (EADDRINUSE over a
+        reservation)."""
         if rsvd:
             raise NotSupported("ALLOW_IOVAS: __reserved is not zero")
         ioas = self.ioas(ioas_id)
-        ranges = [u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16)) for i in range(num)]
-        ioas.iopt.space.set_allowed([(int(a), int(b)) for a, b in ranges])
+        ranges: list[tuple[int, int]] = []
+        for i in range(num):
+            start, last = u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16))
+            if start >= last:
+                raise InvalidArgument(f"ALLOW_IOVAS: range {i} [{start:#x}, {last:#x}]")
+            at = bisect.bisect(ranges, (start, last))
+            below = at and ranges[at - 1][1] >= start
+            if below or (at < len(ranges) and ranges[at][0] <= last):
+                raise InvalidArgument(f"ALLOW_IOVAS: range {i} overlaps another")
+            ranges.insert(at, (start, last))
+        ioas.iopt.space.set_allowed(ranges)
         return 0
 
     def _ioas_map(self, proc: Process, buf: bytearray, usize: int, flags: int, ioas_id: int,
@@ -402,10 +415,12 @@ class IommufdFile(VfioFile):
         enable = bool(flags & u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
         if enable:  # iopt_clear_dirty_data: no bitmap, one gather, one sync
             gather = IommuIotlbGather()
-            for area in hwpt.ioas.iopt.areas():
-                domain.dirty_ops.read_and_clear_dirty(domain, area.iova, area.length, 0,
-                                                      IommuDirtyBitmap(None, gather))
-            domain.iotlb_sync(gather)
+            try:
+                for area in hwpt.ioas.iopt.areas():
+                    domain.dirty_ops.read_and_clear_dirty(domain, area.iova, area.length, 0,
+                                                          IommuDirtyBitmap(None, gather))
+            finally:
+                domain.iotlb_sync(gather)
         granule = self.machine.dirty_granule if enable else None
         domain.set_dirty_tracking(enable, granule=granule)
         return 0
