@@ -572,3 +572,33 @@ def test_allow_iovas_reads_and_checks_one_range_at_a_time() -> None:
     expect_errno(errno.EINVAL, allow, PAGE_SIZE, PAGE_SIZE)  # start >= last
     expect_errno(errno.EFAULT, allow, PAGE_SIZE, 2 * PAGE_SIZE - 1)
     t.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_hwpt_invalidate_without_a_nested_hwpt(kernel: str) -> None:
+    """``iommufd_hwpt_invalidate`` (in both releases' tables): EOPNOTSUPP for
+    ``__reserved``, EINVAL for entries without data (6.12 also for an entry longer than
+    a page); the target must be a nested HWPT (7.0: or a vIOMMU): 6.12 answers ENOENT
+    for a paging HWPT, 7.0 EINVAL; no object is ENOENT. ``entry_num`` comes back 0."""
+    t = Selftest(kernel=kernel)
+    md = t.mock_domain(t.ioas_alloc())
+    data = t.p.mmap(PAGE_SIZE)
+
+    def invalidate(hwpt: int, entry_len: int, num: int, rsvd: int = 0) -> bytearray:
+        buf = bytearray(u.HWPT_INVALIDATE.pack(32, hwpt, data, 0xDEAD, entry_len, num, rsvd))
+        with pytest.raises(OSError) as err:
+            t.p.ioctl(t.fd, u.IOMMU_HWPT_INVALIDATE, buf)
+        buf[:0] = (err.value.errno or 0).to_bytes(4, "little")
+        return buf
+
+    def errno_of(buf: bytearray) -> int:
+        return int.from_bytes(buf[:4], "little")
+
+    assert errno_of(invalidate(md.hwpt_id, 8, 1, rsvd=1)) == errno.EOPNOTSUPP
+    assert errno_of(invalidate(md.hwpt_id, 0, 1)) == errno.EINVAL
+    long_entry = errno_of(invalidate(99, 2 * PAGE_SIZE, 1))
+    assert long_entry == (errno.EINVAL if kernel == "6.12" else errno.ENOENT)
+    out = invalidate(md.hwpt_id, 8, 3)
+    assert errno_of(out) == (errno.ENOENT if kernel == "6.12" else errno.EINVAL)
+    assert u.HWPT_INVALIDATE.unpack(out[4:])[5] == 0  # entry_num: none done
+    t.close()

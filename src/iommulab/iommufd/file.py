@@ -510,6 +510,34 @@ class IommufdFile(VfioFile):
                 proc.mm.write(pos, (old | new).tobytes())
             pos = stop
 
+    def _hwpt_invalidate(self, proc: Process, buf: bytearray, usize: int, hwpt_id: int,
+                         data_uptr: int, data_type: int, entry_len: int, entry_num: int,
+                         rsvd: int) -> int:
+        """``iommufd_hwpt_invalidate``: the invalidation goes to a nested HWPT (7.0: or a
+        vIOMMU), which the model never has, so after the argument checks it fails:
+        EOPNOTSUPP for ``__reserved``; EINVAL for entries without data or length (6.12
+        also for ``entry_len`` past PAGE_SIZE or more than 1 << 19 entries); 6.12 ENOENT
+        for any id (``iommufd_get_hwpt_nested``), 7.0 ENOENT for no object and EINVAL for
+        one of another kind. The command is copied back with ``entry_num`` 0 whatever
+        the error."""
+        err: KernelError
+        new = self.machine.kernel >= LINUX_7_0
+        bad_entries = not data_uptr or not entry_len or (
+            not new and (entry_len > PAGE_SIZE or entry_num > 1 << 19))
+        if rsvd:
+            err = NotSupported("HWPT_INVALIDATE: __reserved is not zero")
+        elif entry_num and bad_entries:
+            err = InvalidArgument(f"HWPT_INVALIDATE: {entry_num} entries of {entry_len} "
+                                  f"bytes at {data_uptr:#x}")
+        elif new and hwpt_id in self.ctx.objects:
+            err = InvalidArgument(f"HWPT_INVALIDATE: object {hwpt_id} is not a nested HWPT "
+                                  "or a vIOMMU")
+        else:
+            err = NoEntry(f"HWPT_INVALIDATE: no nested HWPT {hwpt_id} (not modelled)")
+        self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr, data_type,
+                      entry_len, 0, rsvd)
+        raise err
+
     def _ioas_change_process(self, proc: Process, buf: bytearray, usize: int,
                              rsvd: int) -> int:
         """``iommufd_ioas_change_process``: EINVAL unless every area of every IOAS maps a

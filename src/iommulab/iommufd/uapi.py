@@ -109,6 +109,7 @@ HW_INFO = struct.Struct("<IIIIQIB3sQ")  # size flags dev_id data_len data_uptr t
 HWPT_SET_DIRTY_TRACKING = struct.Struct("<IIII")  # size, flags, hwpt_id, rsvd
 HWPT_GET_DIRTY_BITMAP = struct.Struct("<IIIIQQQQ")  # size hwpt flags rsvd iova len pgsz data
 IOAS_CHANGE_PROCESS = struct.Struct("<II")  # size, rsvd
+HWPT_INVALIDATE = struct.Struct("<IIQIIII")  # size hwpt_id data_uptr type entry_len num rsvd
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ COMMANDS: dict[int, Command] = {c.request: c for c in (
             HWPT_SET_DIRTY_TRACKING, 16),  # __reserved
     Command("IOMMU_HWPT_GET_DIRTY_BITMAP", IOMMU_HWPT_GET_DIRTY_BITMAP,
             HWPT_GET_DIRTY_BITMAP, 48),  # data
+    Command("IOMMU_HWPT_INVALIDATE", IOMMU_HWPT_INVALIDATE, HWPT_INVALIDATE, 32),  # rsvd
     Command("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE, IOAS_MAP_FILE, 40,  # iova
             LINUX_7_0),
     Command("IOMMU_IOAS_CHANGE_PROCESS", IOMMU_IOAS_CHANGE_PROCESS, IOAS_CHANGE_PROCESS, 8,
