@@ -385,11 +385,11 @@ class IoptPages:
         ``sizeof(ulong) + sizeof(u32)`` cut to the temporary memory limit."""
         return max(1, min(max_pages * _BATCH_ELEMENT, self._limit[0]) // _BATCH_ELEMENT)
 
-    def _entries(self, area: IoptArea, pfns: I64Array) -> list[tuple[int, int, int]]:
+    def _entries(self, area: IoptArea, pfns: I64Array, starts: I64Array
+                 ) -> list[tuple[int, int, int]]:
         """``batch_to_domain``'s ``(iova, paddr, size)`` per run of contiguous PFNs of the
-        area's pages (``batch_add_pfn`` merges whatever their source); the area's first
-        and last page may be partial."""
-        starts = _run_starts(pfns)
+        area's pages (``batch_add_pfn`` merges whatever their source), the runs starting
+        at ``starts``; the area's first and last page may be partial."""
         first = area.index
         end_byte = area.start_byte + area.length
         lo = np.maximum((first + starts) * PAGE_SIZE, area.start_byte)
@@ -418,7 +418,7 @@ class IoptPages:
         nbatch = fill_batches(len(starts), err is None, cap)
         end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
         bounds = np.append(starts[::cap][:nbatch], end)
-        entries = self._entries(area, pfns[:stop]) if nbatch else []
+        entries = self._entries(area, pfns[:stop], starts) if nbatch else []
         ends = [first + stop] * len(domains)  # how far each domain is filled on an error
         try:
             if flush and self.flusher is not None:
