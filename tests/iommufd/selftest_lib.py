@@ -49,8 +49,8 @@ class Selftest:
     """A process with /dev/iommu open and a hugepage-aligned 16-page ``buffer``."""
 
     def __init__(self, *, memlock: int | None = None, cap_ipc_lock: bool = True,
-                 ram: str = "1G", platform: str = "mock") -> None:
-        self.m = Machine(platform, ram=ram)
+                 ram: str = "1G", platform: str = "mock", kernel: str = "6.12") -> None:
+        self.m = Machine(platform, ram=ram, kernel=kernel)
         self.p = self.m.spawn_process(memlock_limit=memlock, cap_ipc_lock=cap_ipc_lock,
                                       cap_sys_resource=True)
         self.fd = self.p.open("/dev/iommu")
@@ -142,6 +142,13 @@ class Selftest:
         out = self.ioctl(u.IOMMU_TEST_CMD, TEST_CMD.pack(72, op, id, 0, union.ljust(48, b"\0"),
                                                         0))
         return bytes(TEST_CMD.unpack(out)[4])
+
+    def raw_test_cmd(self, op: int, id: int, union: bytes, *, rsvd: int = 0,
+                     last: int = 0) -> bytearray:
+        """The whole ``struct iommu_test_cmd`` as the kernel left it in the caller's
+        memory (``size, op, id, __reserved, union, last``)."""
+        return self.ioctl(u.IOMMU_TEST_CMD, TEST_CMD.pack(72, op, id, rsvd,
+                                                         union.ljust(48, b"\0"), last))
 
     def add_reserved(self, ioas: int, start: int, length: int) -> None:
         self.test_cmd(OP_ADD_RESERVED, ioas, struct.pack("<QQ", start, length))

@@ -70,8 +70,8 @@ class Host:
         return np.flatnonzero(bits).tolist()
 
 
-def _host(platform: str, ndev: int) -> tuple[Host, list[DmaDevice]]:
-    m = Machine(platform, ram="1G")
+def _host(platform: str, ndev: int, kernel: str = "6.12") -> tuple[Host, list[DmaDevice]]:
+    m = Machine(platform, ram="1G", kernel=kernel)
     devs: list[DmaDevice] = [m.add_pci_device(f"0000:00:0{2 + i}.0") for i in range(ndev)]
     p = m.spawn_process(memlock_limit="64M")
     return Host(m, p, p.open("/dev/iommu")), devs
@@ -183,9 +183,10 @@ def test_cdev_refuses_before_bind_and_bad_fds() -> None:
 
 
 def test_get_hw_info_smmuv3_registers() -> None:
-    """GET_HW_INFO on the SMMUv3: struct iommu_hw_info_arm_smmuv3 with the ID registers the
-    hardware model exposes, truncated to data_len and zero-filled past the struct."""
-    h, _ = _host("arm64-smmuv3", 1)
+    """GET_HW_INFO on the SMMUv3 (7.0, ``arm_smmu_hw_info``): struct iommu_hw_info_arm_smmuv3
+    with the ID registers the hardware model exposes, truncated to data_len and zero-filled
+    past the struct."""
+    h, _ = _host("arm64-smmuv3", 1, "7.0")
     cdev, devid = h.bind(0)
     data = h.p.mmap(4096)
     h.p.write(data, b"\xff" * 64)
@@ -235,8 +236,7 @@ def test_get_hw_info_vtd_registers_match_a_real_guest() -> None:
     assert u.HW_INFO_VTD.unpack(raw[:24]) == (u.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17, 0,
                                               QEMU_INTREMAP_CAP, QEMU_INTREMAP_ECAP)
     assert raw[24:] == bytes(8)  # zero-filled up to data_len
-    # no dirty tracking (no SLADS) and no ATS (ECAP.DT clear)
-    assert fields[8] == u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    assert fields[8] == 0  # no dirty tracking (no SLADS); 6.12 has no ATS capability bit
     h.p.close(cdev)
     h.p.exit()
 
@@ -264,10 +264,38 @@ def test_get_hw_info_vtd_short_buffer_and_second_unit() -> None:
     p.exit()
 
 
+def test_get_hw_info_smmuv3_has_no_hw_info_before_7_0() -> None:
+    """6.12's arm-smmu-v3 has no ``hw_info`` op: type NONE, length 0, the user's buffer
+    zeroed up to data_len (``clear_user``), no IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED."""
+    h, _ = _host("arm64-smmuv3", 1)
+    cdev, devid = h.bind(0)
+    data = h.p.mmap(4096)
+    h.p.write(data, b"\xff" * 64)
+    out = h.ioctl(h.iommufd, u.IOMMU_GET_HW_INFO,
+                  u.HW_INFO.pack(40, 0, devid, 48, data, 0, 0, b"\0" * 3, 0))
+    _, _, _, data_len, _, info_type, _, _, caps = u.HW_INFO.unpack(out)
+    assert (info_type, data_len) == (u.IOMMU_HW_INFO_TYPE_NONE, 0)
+    assert h.p.read(data, 64) == bytes(48) + b"\xff" * 16
+    assert not caps & u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    h.p.close(cdev)
+    h.p.exit()
+
+
+def test_get_hw_info_vtd_reports_ats_not_supported_from_7_0() -> None:
+    """7.0's ``iommufd_get_hw_info`` sets IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED when the device
+    cannot use ATS (ECAP.DT clear on QEMU's VT-d)."""
+    h, _ = _host("x86-vtd", 1, "7.0")
+    cdev, devid = h.bind(0)
+    assert _vtd_hw_info(h, devid, 24)[0][8] == u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    h.p.close(cdev)
+    h.p.exit()
+
+
 def test_get_hw_info_input_type() -> None:
-    """IOMMU_HW_INFO_FLAG_INPUT_TYPE: the driver's own type or DEFAULT is answered, another
-    is EOPNOTSUPP; without the flag the type field is ignored; other flags are EOPNOTSUPP."""
-    h, _ = _host("x86-vtd", 1)
+    """IOMMU_HW_INFO_FLAG_INPUT_TYPE (7.0): the driver's own type or DEFAULT is answered,
+    another is EOPNOTSUPP; without the flag the type field is ignored; other flags are
+    EOPNOTSUPP."""
+    h, _ = _host("x86-vtd", 1, "7.0")
     cdev, devid = h.bind(0)
     flag = u.IOMMU_HW_INFO_FLAG_INPUT_TYPE
     for in_type in (u.IOMMU_HW_INFO_TYPE_DEFAULT, u.IOMMU_HW_INFO_TYPE_INTEL_VTD):
@@ -276,5 +304,16 @@ def test_get_hw_info_input_type() -> None:
     expect_errno(errno.EOPNOTSUPP, _vtd_hw_info, h, devid, 24, flag,
                  u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3)
     expect_errno(errno.EOPNOTSUPP, _vtd_hw_info, h, devid, 24, 2)
+    h.p.close(cdev)
+    h.p.exit()
+
+
+def test_get_hw_info_takes_no_flag_before_7_0() -> None:
+    """6.12's ``iommufd_get_hw_info`` refuses every flag, IOMMU_HW_INFO_FLAG_INPUT_TYPE
+    included (EOPNOTSUPP)."""
+    h, _ = _host("x86-vtd", 1)
+    cdev, devid = h.bind(0)
+    expect_errno(errno.EOPNOTSUPP, _vtd_hw_info, h, devid, 24, u.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+                 u.IOMMU_HW_INFO_TYPE_INTEL_VTD)
     h.p.close(cdev)
     h.p.exit()

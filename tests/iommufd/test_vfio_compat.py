@@ -242,7 +242,18 @@ def test_unmap_reports_size_on_error(c: Compat) -> None:
         return
     expect_errno(errno.ENOENT, c.p.ioctl, c.fd, v.VFIO_IOMMU_UNMAP_DMA, buf)
     assert v.DMA_UNMAP.unpack(buf)[3] == PAGE_SIZE  # the first area went before the error
-    expect_errno(errno.ENOENT, c.unmap_dma, MOCK_APERTURE_START, PAGE_SIZE)  # empty range
+
+
+def test_unmap_of_an_empty_range_succeeds_with_size_0(c: Compat) -> None:
+    """``iommufd_vfio_unmap_dma``: ``iopt_unmap_iova_range`` starts from rc = 0, so a range
+    holding no mapping unmaps 0 bytes and succeeds; only IOMMU_IOAS_UNMAP turns nothing
+    unmapped into ENOENT."""
+    c.map_dma(c.buffer, MOCK_APERTURE_START + 4 * PAGE_SIZE, PAGE_SIZE)
+    buf = bytearray(v.DMA_UNMAP.pack(24, 0, MOCK_APERTURE_START, 4 * PAGE_SIZE))
+    assert c.p.ioctl(c.fd, v.VFIO_IOMMU_UNMAP_DMA, buf) == 0
+    assert v.DMA_UNMAP.unpack(buf) == (24, 0, MOCK_APERTURE_START, 0)
+    expect_errno(errno.ENOENT, c.unmap, c.ioas_id, MOCK_APERTURE_START, 4 * PAGE_SIZE)
+    assert c.unmap_dma(MOCK_APERTURE_START + 4 * PAGE_SIZE, PAGE_SIZE) == PAGE_SIZE
 
 
 def test_map_without_read_or_write(c: Compat) -> None:
@@ -270,8 +281,9 @@ def test_legacy_vmm_on_iommufd(platform: str) -> None:
     vm.dev.dma_write((1 << 30) + 100, b"legacy ABI, iommufd inside")
     assert vm.p.read(buf + 100, 26) == b"legacy ABI, iommufd inside"
     assert vm.histogram() == {2 << 20: 2}  # huge pages stay on for TYPE1v2
-    assert vm.p.user.locked_vm == 1024  # iommufd's USER accounting
-    expect_errno(errno.ENOENT, vm.unmap, 1 << 29, 4096)  # type1 would return 0 bytes
+    # /dev/vfio/vfio opened as iommufd accounts to the mm, as VFIO does
+    assert (vm.p.mm.locked_vm, vm.p.user.locked_vm) == (1024, 0)
+    assert vm.unmap(1 << 29, 4096) == 0  # nothing there: 0 bytes, as type1
     expect_errno(errno.ENOENT, vm.unmap, 1 << 30, 4096)  # type1 would say EINVAL
     # neither the default VT-d unit (no snoop control) nor the SMMUv3 enforces coherency
     assert vm.p.ioctl(vm.c, v.VFIO_CHECK_EXTENSION, v.VFIO_DMA_CC_IOMMU) == 0

@@ -1,9 +1,10 @@
 """``/dev/iommu``: the iommufd ioctls, their argument checks in the kernel's order and their
-responses (drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c, 7.0).
+responses (drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c), as Linux 6.12
+or 7.0 answers them (the machine's ``kernel``).
 
 Every command goes through :func:`~iommulab.iommufd.uapi.read_ucmd` (ENOTTY
-for an unknown number, then the size rule); the handlers follow the
-kernel's functions named in their docstrings. Arrays and bitmaps the
+for a number the release's table lacks, then the size rule); the handlers
+follow the kernel's functions named in their docstrings. Arrays and bitmaps the
 commands point at are user memory of the calling process (EFAULT when not
 mapped). The mock platform adds ``IOMMU_TEST_CMD``
 (:mod:`iommulab.iommufd.selftest`); the VFIO compatibility container
@@ -12,9 +13,12 @@ mapped). The mock platform adds ``IOMMU_TEST_CMD``
 
 from __future__ import annotations
 
+import bisect
+import errno
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import (
     BadAddress,
@@ -31,8 +35,8 @@ from ..errors import (
 from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
+from ..kernel import LINUX_7_0
 from ..mem.memfd import MemFd
-from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
 from ..vfio.files import VfioFile
@@ -40,8 +44,8 @@ from . import uapi as u
 from .io_pagetable import PagesSlice
 from .iova_space import ULONG_MAX
 from .objects import Device, HwptPaging, Ioas, IommufdCtx
-from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages
-from .sources import FileSource, UserSource
+from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages, PfnSource
+from .sources import FileSource, OtherFileSource, UserSource
 
 if TYPE_CHECKING:
     from ..machine import Machine, Process
@@ -74,18 +78,20 @@ def _prot(flags: int) -> int:
 
 
 class IommufdFile(VfioFile):
-    """One open of ``/dev/iommu``: an :class:`IommufdCtx` and its ioctls."""
+    """One open of ``/dev/iommu`` (or of ``/dev/vfio/vfio`` when iommufd provides it:
+    ``vfio_container``): an :class:`IommufdCtx` and its ioctls."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, *, vfio_container: bool = False) -> None:
         self.machine = machine
         self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit,
-                              machine.cache_flush)
+                              machine.cache_flush, kernel=machine.kernel,
+                              vfio_container=vfio_container, file=self)
 
     def release(self) -> None:
         self.ctx.release()
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
-        cmd = u.COMMANDS.get(request)
+        cmd = u.command(request, self.machine.kernel)
         if cmd is None:
             if request == u.IOMMU_TEST_CMD and self.machine.platform == "mock":
                 from .selftest import test_cmd
@@ -113,11 +119,10 @@ class IommufdFile(VfioFile):
             mode = ACCOUNT_MM
         return Account(mode, proc.mm, proc.user, proc.memlock_limit)
 
-    def new_pages(self, proc: Process, source: UserSource | FileSource, start_byte: int,
+    def new_pages(self, proc: Process, source: PfnSource, start_byte: int,
                   length: int, writable: bool) -> IoptPages:
         """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
-        if length > _SIZE_MAX - PAGE_SIZE or not length:
-            raise InvalidArgument(f"map: length {length:#x}")
+        _check_pages_length(length)
         self.machine.mem.fail_nth.check("kzalloc(iopt_pages)")
         npages = -(-(length + start_byte) // PAGE_SIZE)
         return IoptPages(source, npages, writable, self.account(proc),
@@ -126,8 +131,11 @@ class IommufdFile(VfioFile):
 
     def map_user_pages(self, proc: Process, ioas: Ioas, user_va: int, length: int,
                        iova: int, prot: int, *, fixed: bool) -> int:
-        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps (before the length
-        check of :meth:`new_pages`); the IOVA used."""
+        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps, tested after the
+        length check of :meth:`new_pages` in 6.12 (``iopt_alloc_pages``) and before it
+        in 7.0 (``iopt_alloc_user_pages``); the IOVA used."""
+        if self.machine.kernel < LINUX_7_0:
+            _check_pages_length(length)
         if user_va + length > ULONG_MAX:
             raise Overflow(f"map: user_va {user_va:#x} + length {length:#x} wraps")
         start_byte = user_va % PAGE_SIZE
@@ -180,12 +188,24 @@ class IommufdFile(VfioFile):
 
     def _ioas_allow_iovas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
                           num: int, rsvd: int, uptr: int) -> int:
-        """``iommufd_ioas_allow_iovas``."""
+        """``iommufd_ioas_allow_iovas``: the ranges are read one at a time
+        (``iommufd_ioas_load_iovas``: EFAULT, or EINVAL for ``start >= last`` or an
+        overlap with one read before), then set at once (EADDRINUSE over a
+        reservation)."""
         if rsvd:
             raise NotSupported("ALLOW_IOVAS: __reserved is not zero")
         ioas = self.ioas(ioas_id)
-        ranges = [u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16)) for i in range(num)]
-        ioas.iopt.space.set_allowed([(int(a), int(b)) for a, b in ranges])
+        ranges: list[tuple[int, int]] = []
+        for i in range(num):
+            start, last = u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16))
+            if start >= last:
+                raise InvalidArgument(f"ALLOW_IOVAS: range {i} [{start:#x}, {last:#x}]")
+            at = bisect.bisect(ranges, (start, last))
+            below = at and ranges[at - 1][1] >= start
+            if below or (at < len(ranges) and ranges[at][0] <= last):
+                raise InvalidArgument(f"ALLOW_IOVAS: range {i} overlaps another")
+            ranges.insert(at, (start, last))
+        ioas.iopt.space.set_allowed(ranges)
         return 0
 
     def _ioas_map(self, proc: Process, buf: bytearray, usize: int, flags: int, ioas_id: int,
@@ -200,19 +220,28 @@ class IommufdFile(VfioFile):
 
     def _ioas_map_file(self, proc: Process, buf: bytearray, usize: int, flags: int,
                        ioas_id: int, fd: int, start: int, length: int, iova: int) -> int:
-        """``iommufd_ioas_map_file`` / ``iopt_map_file_pages``."""
+        """``iommufd_ioas_map_file`` / ``iopt_map_file_pages`` (7.0): EINVAL for a length
+        of 0 and EOVERFLOW for a range that wraps, then EBADF for a closed fd. Any file
+        maps (the pages hold it); only a memfd can be pinned, so another file fails
+        (EINVAL) once a domain or an access needs its pages."""
         _check_map_args("IOAS_MAP_FILE", flags, length, iova)
         ioas = self.ioas(ioas_id)
+        if not length:
+            raise InvalidArgument("IOAS_MAP_FILE: length 0")
+        if start + length - 1 > ULONG_MAX:
+            raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length {length:#x} wraps")
         f = proc.files.get(fd)
         if f is None:
             raise BadFileDescriptor(f"IOAS_MAP_FILE: fd {fd} is not open")
-        if not isinstance(f, MemFdFile):
-            raise InvalidArgument(f"IOAS_MAP_FILE: fd {fd} is not a memfd")
-        if start + length > ULONG_MAX:
-            raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length wraps")
         start_byte = start % PAGE_SIZE
-        pages = self.new_pages(proc, FileSource(f.memfd.get(), start - start_byte),
-                               start_byte, length, bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
+        source: FileSource | OtherFileSource
+        if isinstance(f, MemFdFile):
+            source = FileSource(f.memfd.get(), start - start_byte)
+        else:
+            f.refs += 1  # get_file
+            source = OtherFileSource(f, start - start_byte)
+        pages = self.new_pages(proc, source, start_byte, length,
+                               bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
         iova = self.map_pages(ioas, pages, start_byte, length, iova, _prot(flags),
                               fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA), addr=start)
         self._respond(buf, u.IOMMU_IOAS_MAP_FILE, usize, flags, ioas_id, fd, start, length,
@@ -221,7 +250,12 @@ class IommufdFile(VfioFile):
 
     def _ioas_copy(self, proc: Process, buf: bytearray, usize: int, flags: int, dst_id: int,
                    src_id: int, length: int, dst_iova: int, src_iova: int) -> int:
-        """``iommufd_ioas_copy``: the destination shares the source's pages."""
+        """``iommufd_ioas_copy``: the destination shares the source's pages. On the mock
+        platform (a CONFIG_IOMMUFD_TEST kernel) MOCK_FLAGS_ACCESS_SYZ first turns
+        ``src_iova`` from syzkaller's "nth area + offset" into an IOVA."""
+        if self.machine.platform == "mock":
+            from .selftest import copy_syz_src_iova
+            flags, src_iova = copy_syz_src_iova(self.ctx, src_id, flags, src_iova)
         _check_map_args("IOAS_COPY", flags, length, src_iova, dst_iova)
         src = self.ioas(src_id)
         slices = src.iopt.get_pages(src_iova, length)
@@ -236,7 +270,9 @@ class IommufdFile(VfioFile):
 
     def _ioas_unmap(self, proc: Process, buf: bytearray, usize: int, ioas_id: int, iova: int,
                     length: int) -> int:
-        """``iommufd_ioas_unmap``: (0, U64_MAX) unmaps everything; ``length`` out."""
+        """``iommufd_ioas_unmap``: (0, U64_MAX) unmaps everything, even nothing; any other
+        range that held no area is ENOENT (the io_pagetable itself calls that success);
+        ``length`` out."""
         ioas = self.ioas(ioas_id)
         if iova == 0 and length == ULONG_MAX:
             unmapped = ioas.iopt.unmap_all()
@@ -244,6 +280,8 @@ class IommufdFile(VfioFile):
             if iova >= ULONG_MAX or length >= ULONG_MAX:
                 raise Overflow(f"IOAS_UNMAP: iova {iova:#x} or length {length:#x}")
             unmapped = ioas.iopt.unmap(iova, length)
+            if not unmapped:
+                raise NoEntry(f"IOAS_UNMAP: nothing mapped in [{iova:#x}, +{length:#x})")
         self._respond(buf, u.IOMMU_IOAS_UNMAP, usize, ioas_id, iova, unmapped)
         return 0
 
@@ -302,37 +340,48 @@ class IommufdFile(VfioFile):
     def _hwpt_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
                     pt_id: int, out: int, rsvd: int, data_type: int, data_len: int,
                     data_uptr: int, fault_id: int, rsvd2: int) -> int:
-        """``iommufd_hwpt_alloc``: a paging HWPT on an IOAS for a device."""
+        """``iommufd_hwpt_alloc``: EOPNOTSUPP for ``__reserved``, EINVAL for a data type
+        without data or the other way round, ENOENT for no such device, EINVAL for a
+        ``pt_id`` that is no object at all. An IOAS gets a paging HWPT; a paging HWPT is
+        the parent of a nested one (checked as far as the driver, which the model does
+        not have); any other object is EINVAL. With FAULT_ID_VALID (valid from 7.0) the
+        fault object is looked up after the HWPT was made, and the HWPT is destroyed
+        again when there is none (ENOENT: the model has no fault queues)."""
         if rsvd:
             raise NotSupported("HWPT_ALLOC: __reserved is not zero")
         if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
             raise InvalidArgument(f"HWPT_ALLOC: data_type {data_type} with {data_len} bytes")
         idev: Device = self.ctx.get(dev_id, Device)
-        ioas = self.ctx.objects.get(pt_id)
-        if ioas is None:
-            raise NoEntry(f"HWPT_ALLOC: no object {pt_id}")
-        if not isinstance(ioas, Ioas):
-            raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS")
-        valid = u.IOMMU_HWPT_ALLOC_NEST_PARENT | u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING | \
-            u.IOMMU_HWPT_ALLOC_PASID
-        if flags & ~valid:
-            raise NotSupported(f"HWPT_ALLOC: flags {flags:#x}")
-        if data_type != u.IOMMU_HWPT_DATA_NONE:
-            raise NotSupported(f"HWPT_ALLOC: driver data type {data_type} for a paging HWPT")
-        hwpt = self.ctx.hwpt_paging_alloc(ioas, idev, flags & ~u.IOMMU_HWPT_ALLOC_NEST_PARENT,
-                                          auto=False)
-        self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id, 0,
-                      data_type, data_len, data_uptr, fault_id, 0)
+        pt = self.ctx.objects.get(pt_id)
+        if pt is None:  # iommufd_get_object's ENOENT becomes EINVAL here
+            raise InvalidArgument(f"HWPT_ALLOC: no object {pt_id}")
+        if isinstance(pt, Ioas):
+            hwpt = self.ctx.hwpt_paging_alloc(pt, idev, flags, auto=False,
+                                              user_data=bool(data_len), finalize=False)
+        elif isinstance(pt, HwptPaging):
+            self.ctx.check_nested_parent(pt, idev, flags, data_len)
+            raise NotSupported(f"HWPT_ALLOC: nested HWPTs (data type {data_type:#x} on "
+                               f"HWPT {pt_id}) are not modelled")
+        else:
+            raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS or a HWPT")
+        if flags & u.IOMMU_HWPT_FAULT_ID_VALID:  # iommufd_get_fault
+            self.ctx.abort_hwpt(hwpt)
+            raise NoEntry(f"HWPT_ALLOC: no fault object {fault_id}")
+        self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id, rsvd,
+                      data_type, data_len, data_uptr, fault_id, rsvd2)
+        self.ctx.add(hwpt, hwpt.id)
         return 0
 
     def _get_hw_info(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
                      data_len: int, data_uptr: int, data_type: int, pasid: int, rsvd: bytes,
                      caps: int) -> int:
-        """``iommufd_get_hw_info`` (Linux 7.0): the driver's info struct, cut or zero-filled
-        to ``data_len``; the driver's full length, its type, IOMMU_HW_CAP_DIRTY_TRACKING and
-        IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED (no modelled device does ATS). Without
-        IOMMU_HW_INFO_FLAG_INPUT_TYPE the type field is ignored on input."""
-        if flags & ~u.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
+        """``iommufd_get_hw_info``: the driver's info struct, cut or zero-filled to
+        ``data_len``; the driver's full length, its type and IOMMU_HW_CAP_DIRTY_TRACKING.
+        7.0 also takes IOMMU_HW_INFO_FLAG_INPUT_TYPE (without it the type field is
+        ignored on input; 6.12 refuses every flag) and reports
+        IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED (no modelled device does ATS)."""
+        new = self.machine.kernel >= LINUX_7_0
+        if flags & ~(u.IOMMU_HW_INFO_FLAG_INPUT_TYPE if new else 0):
             raise NotSupported(f"GET_HW_INFO: flags {flags:#x}")
         if any(rsvd):
             raise NotSupported("GET_HW_INFO: __reserved is not zero")
@@ -346,7 +395,7 @@ class IommufdFile(VfioFile):
         driver = self.machine.core.driver
         caps = u.IOMMU_HW_CAP_DIRTY_TRACKING if driver.capable(
             master, IommuCap.DIRTY_TRACKING) else 0
-        if not driver.capable(master, IommuCap.PCI_ATS_SUPPORTED):
+        if new and not driver.capable(master, IommuCap.PCI_ATS_SUPPORTED):
             caps |= u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
         self._respond(buf, u.IOMMU_GET_HW_INFO, usize, flags, dev_id, len(data), data_uptr,
                       info_type, 0, b"\0" * 3, caps)
@@ -354,10 +403,11 @@ class IommufdFile(VfioFile):
 
     def _hwpt_set_dirty_tracking(self, proc: Process, buf: bytearray, usize: int, flags: int,
                                  hwpt_id: int, rsvd: int) -> int:
-        """``iommufd_hwpt_set_dirty_tracking`` / ``iopt_set_dirty_tracking``: on enable
-        every area's dirty bits are cleared first, for a clean snapshot."""
-        if flags & ~u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE or rsvd:
-            raise NotSupported(f"SET_DIRTY_TRACKING: flags {flags:#x} or __reserved")
+        """``iommufd_hwpt_set_dirty_tracking`` / ``iopt_set_dirty_tracking``: EOPNOTSUPP for
+        an unknown flag (``__reserved`` is not looked at) or a domain without dirty ops;
+        on enable every area's dirty bits are cleared first, for a clean snapshot."""
+        if flags & ~u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE:
+            raise NotSupported(f"SET_DIRTY_TRACKING: flags {flags:#x}")
         hwpt: HwptPaging = self.ctx.get(hwpt_id, HwptPaging)
         domain = hwpt.domain
         if domain.dirty_ops is None:
@@ -365,10 +415,12 @@ class IommufdFile(VfioFile):
         enable = bool(flags & u.IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
         if enable:  # iopt_clear_dirty_data: no bitmap, one gather, one sync
             gather = IommuIotlbGather()
-            for area in hwpt.ioas.iopt.areas():
-                domain.dirty_ops.read_and_clear_dirty(domain, area.iova, area.length, 0,
-                                                      IommuDirtyBitmap(None, gather))
-            domain.iotlb_sync(gather)
+            try:
+                for area in hwpt.ioas.iopt.areas():
+                    domain.dirty_ops.read_and_clear_dirty(domain, area.iova, area.length, 0,
+                                                          IommuDirtyBitmap(None, gather))
+            finally:
+                domain.iotlb_sync(gather)
         granule = self.machine.dirty_granule if enable else None
         domain.set_dirty_tracking(enable, granule=granule)
         return 0
@@ -376,63 +428,199 @@ class IommufdFile(VfioFile):
     def _hwpt_get_dirty_bitmap(self, proc: Process, buf: bytearray, usize: int, hwpt_id: int,
                                flags: int, rsvd: int, iova: int, length: int, page_size: int,
                                data: int) -> int:
-        """``iommufd_hwpt_get_dirty_bitmap`` / ``iopt_read_and_clear_dirty_data``: the bits
-        are OR-ed into the user bitmap (one bit per ``page_size`` from ``iova``)."""
+        """``iommufd_hwpt_get_dirty_bitmap`` / ``iopt_read_and_clear_dirty_data``: the
+        range checks of ``iommufd_check_iova_range``, then the dirty bits of the areas
+        contiguous from ``iova`` OR-ed into the user bitmap (one bit per
+        ``1 << __ffs(page_size)`` from ``iova``) and one IOTLB sync unless NO_CLEAR.
+
+        At a hole, or when the driver fails, the walk stops. 6.12 then returns the
+        error (EINVAL for a hole), or EPROTO when the driver reported a range outside
+        the bitmap (``iova_bitmap_set`` refuses it); 7.0 returns 0 whatever happened.
+        The bits already set stay in the user bitmap either way."""
         if flags & ~u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR or rsvd:
             raise NotSupported(f"GET_DIRTY_BITMAP: flags {flags:#x} or __reserved")
         hwpt: HwptPaging = self.ctx.get(hwpt_id, HwptPaging)
         iopt = hwpt.ioas.iopt
-        if not length:  # length - 1 wraps: an overflow unless iova is 0
-            raise (Overflow if iova else InvalidArgument)("GET_DIRTY_BITMAP: length 0")
-        last = iova + length - 1
+        last = self._check_iova_range(iopt.iova_alignment, iova, length, page_size)
+        domain = hwpt.domain
+        ops = domain.dirty_ops
+        if ops is None:
+            raise NotSupported(f"GET_DIRTY_BITMAP: {domain!r} cannot track dirty pages")
+        areas, done = iopt.contig_run(iova, last)
+        if not length:  # 7.0 with iova 0: the bitmap reaches as far as the areas do
+            length = max((a.last + 1 for a in areas), default=iova + 1) - iova
+        bitmap_type = IovaBitmap if self.machine.kernel >= LINUX_7_0 else _DirtyBitmap
+        bitmap = bitmap_type(iova, length, page_size & -page_size)
+        gather = IommuIotlbGather()
+        dirty = IommuDirtyBitmap(bitmap, gather)
+        err: KernelError | None = None
+        try:
+            for area in areas:
+                lo, hi = max(iova, area.iova), min(last, area.last)
+                ops.read_and_clear_dirty(domain, lo, hi - lo + 1, flags, dirty)
+            if not done:
+                err = InvalidArgument(f"GET_DIRTY_BITMAP: [{iova:#x}, {last:#x}] is not "
+                                      "covered by contiguous areas")
+        except KernelError as e:
+            err = e
+        if not flags & u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR:
+            domain.iotlb_sync(gather)
+        self._or_bitmap(proc, data, bitmap)
+        if self.machine.kernel >= LINUX_7_0:
+            return 0  # iommu_read_and_clear_dirty ignores iova_bitmap_for_each's result
+        if err is None and isinstance(bitmap, _DirtyBitmap) and bitmap.refused:
+            err = kernel_error(errno.EPROTO, f"GET_DIRTY_BITMAP: the IOMMU reported a dirty "
+                               f"range outside [{iova:#x}, {last:#x}]")
+        if err is not None:
+            raise err
+        return 0
+
+    def _check_iova_range(self, align: int, iova: int, length: int, page_size: int) -> int:
+        """``iommufd_check_iova_range``, with masks as the kernel tests alignment (a page
+        size that is not a power of two passes when the range fits its mask): the
+        range's last byte. 6.12 refuses a length of 0 (EINVAL); 7.0 lets ``length - 1``
+        wrap, an overflow unless ``iova`` is 0."""
+        if not length and self.machine.kernel < LINUX_7_0:
+            raise InvalidArgument("GET_DIRTY_BITMAP: length 0")
+        last = iova + ((length - 1) & ULONG_MAX)
         if last > ULONG_MAX:
             raise Overflow(f"GET_DIRTY_BITMAP: [{iova:#x}, +{length:#x}) wraps")
-        align = iopt.iova_alignment
-        if iova & (align - 1) or (last + 1) & (align - 1):
+        end = (last + 1) & ULONG_MAX
+        if iova & (align - 1) or end & (align - 1):
             raise InvalidArgument(f"GET_DIRTY_BITMAP: range not aligned to {align:#x}")
-        if not page_size or iova % page_size or (last + 1) % page_size:
+        if not page_size or iova & (page_size - 1) or end & (page_size - 1):
             raise InvalidArgument(f"GET_DIRTY_BITMAP: page_size {page_size:#x}")
-        domain = hwpt.domain
-        if domain.dirty_ops is None:
-            raise NotSupported(f"GET_DIRTY_BITMAP: {domain!r} cannot track dirty pages")
-        bitmap = IovaBitmap(iova, length, page_size)
-        nwords = -(-bitmap.npages // 64)
-        old = np.frombuffer(proc.mm.read(data, nwords * 8), dtype=np.uint8)
-        for area in iopt.areas(iova, last):
-            lo, hi = max(iova, area.iova), min(last, area.last)
-            domain.read_and_clear_dirty(lo, hi - lo + 1,
-                                        IOMMU_DIRTY_NO_CLEAR if flags else 0, bitmap)
-        new = np.frombuffer(bitmap.to_bytes()[:nwords * 8].ljust(nwords * 8, b"\0"),
-                            dtype=np.uint8)
-        proc.mm.write(data, (old | new).tobytes())
-        return 0
+        return last
+
+    @staticmethod
+    def _or_bitmap(proc: Process, data: int, bitmap: IovaBitmap) -> None:
+        """Set the bitmap's bits in the user bitmap, as ``iova_bitmap_set`` does on the
+        pages it pins for writing: up to the word of the last set bit, each page OR-ed
+        in place; a page that cannot be pinned loses its bits without an error."""
+        raw = bitmap.to_bytes()
+        nbytes = -(-len(raw.rstrip(b"\0")) // 8) * 8
+        pos, end = data, data + nbytes
+        while pos < end:
+            stop = min(end, (pos | (PAGE_SIZE - 1)) + 1)
+            vma = proc.mm.find_vma(pos)
+            if vma is not None and vma.writable and not vma.pfnmap:
+                stop = min(end, vma.end)
+                old = np.frombuffer(proc.mm.read(pos, stop - pos), dtype=np.uint8)
+                new = np.frombuffer(raw[pos - data:stop - data], dtype=np.uint8)
+                proc.mm.write(pos, (old | new).tobytes())
+            pos = stop
+
+    def _hwpt_invalidate(self, proc: Process, buf: bytearray, usize: int, hwpt_id: int,
+                         data_uptr: int, data_type: int, entry_len: int, entry_num: int,
+                         rsvd: int) -> int:
+        """``iommufd_hwpt_invalidate``: the invalidation goes to a nested HWPT (7.0: or a
+        vIOMMU), which the model never has, so after the argument checks it fails:
+        EOPNOTSUPP for ``__reserved``; EINVAL for entries without data or length (6.12
+        also for ``entry_len`` past PAGE_SIZE or more than 1 << 19 entries); 6.12 ENOENT
+        for any id (``iommufd_get_hwpt_nested``), 7.0 ENOENT for no object and EINVAL for
+        one of another kind. The command is copied back with ``entry_num`` 0 whatever
+        the error."""
+        err: KernelError
+        new = self.machine.kernel >= LINUX_7_0
+        bad_entries = not data_uptr or not entry_len or (
+            not new and (entry_len > PAGE_SIZE or entry_num > 1 << 19))
+        if rsvd:
+            err = NotSupported("HWPT_INVALIDATE: __reserved is not zero")
+        elif entry_num and bad_entries:
+            err = InvalidArgument(f"HWPT_INVALIDATE: {entry_num} entries of {entry_len} "
+                                  f"bytes at {data_uptr:#x}")
+        elif new and hwpt_id in self.ctx.objects:
+            err = InvalidArgument(f"HWPT_INVALIDATE: object {hwpt_id} is not a nested HWPT "
+                                  "or a vIOMMU")
+        else:
+            err = NoEntry(f"HWPT_INVALIDATE: no nested HWPT {hwpt_id} (not modelled)")
+        self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr, data_type,
+                      entry_len, 0, rsvd)
+        raise err
 
     def _ioas_change_process(self, proc: Process, buf: bytearray, usize: int,
                              rsvd: int) -> int:
-        """``iommufd_ioas_change_process``: only memfd-backed maps can move (EINVAL)."""
+        """``iommufd_ioas_change_process``: EINVAL unless every area of every IOAS maps a
+        file. The pins of the pages whose charge would move (``need_charge_update``:
+        USER when the user or the mm differs, MM when the mm does, never NONE) are
+        charged to the caller, summed per accounting mode, then released from their
+        old owner; every pages then belongs to the caller. Pages that need no update
+        keep their charge where it was, NONE pages included, whose later unpin is
+        taken from the new mm's ``pinned_vm`` (a kernel wart kept)."""
         if rsvd:
             raise NotSupported("IOAS_CHANGE_PROCESS: __reserved is not zero")
-        pages = {id(a.pages): a.pages for o in self.ctx.objects.values()
-                 if isinstance(o, Ioas) for a in o.iopt.areas() if a.pages is not None}
-        if any(not p.source.is_file for p in pages.values()):
+        areas = [a for o in self.ctx.objects.values() if isinstance(o, Ioas)
+                 for a in o.iopt.areas()]
+        if any(a.pages is None or not a.pages.source.is_file for a in areas):
             raise InvalidArgument("IOAS_CHANGE_PROCESS: a mapping is not of a file")
-        new = self.account(proc)
-        moved: list[tuple[IoptPages, Account]] = []
-        try:
-            for p in pages.values():
-                old = p.account
-                new_account = Account(old.mode, new.mm, new.user, new.memlock_limit)
-                new_account.charge(p.npinned)
-                moved.append((p, old))
-                p.account = new_account
-        except KernelError:
-            for p, old in moved:
-                p.account.uncharge(p.npinned)
-                p.account = old
-            raise
-        for p, old in moved:
-            old.uncharge(p.npinned)
+        pages = list({id(a.pages): a.pages for a in areas if a.pages is not None}.values())
+        moving = [p for p in pages if _need_charge_update(p.account, proc)]
+        _charge_current(proc, moving)
+        for p in moving:
+            p.account.uncharge(p.npinned)
+        for p in pages:
+            p.account = Account(p.account.mode, proc.mm, proc.user, proc.memlock_limit)
         return 0
+
+
+def _need_charge_update(account: Account, proc: Process) -> bool:
+    """``need_charge_update``: whether the pins would be charged elsewhere if ``proc``
+    took the pages over."""
+    if account.mode == ACCOUNT_NONE:
+        return False
+    if account.mode == ACCOUNT_MM:
+        return account.mm is not proc.mm
+    return account.user is not proc.user or account.mm is not proc.mm
+
+
+def _charge_current(proc: Process, pages: list[IoptPages]) -> None:
+    """``charge_current``: one charge per accounting mode, in mode order, of the pins of
+    ``pages`` to ``proc``; ENOMEM (the earlier charges undone) over its limit."""
+    done: list[Account] = []
+    total: dict[int, int] = {}
+    for p in pages:
+        total[p.account.mode] = total.get(p.account.mode, 0) + p.npinned
+    try:
+        for mode in sorted(total):
+            if total[mode]:
+                tmp = Account(mode, proc.mm, proc.user, proc.memlock_limit)
+                tmp.charge(total[mode])
+                done.append(tmp)
+    except KernelError:
+        for tmp in reversed(done):
+            tmp.uncharge(total[tmp.mode])
+        raise
+
+
+class _DirtyBitmap(IovaBitmap):
+    """An :class:`IovaBitmap` that, as 6.12's ``iova_bitmap_set`` does, refuses a record
+    that does not lie inside the bitmap's range (nothing of it is set) and remembers
+    that it did (the ioctl then fails with EPROTO)."""
+
+    refused = False
+
+    def set(self, iova: int, length: int) -> None:
+        if not length or iova < self.iova or iova + length > self.iova + self.length:
+            self.refused = True
+            return
+        super().set(iova, length)
+
+    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
+        starts = iova + np.flatnonzero(hit) * size
+        inside = (starts >= self.iova) & (starts + size <= self.iova + self.length)
+        if inside.all():
+            super().set_run(iova, size, hit)
+            return
+        self.refused = True
+        keep = np.zeros_like(hit)
+        keep[np.flatnonzero(hit)[inside]] = True
+        super().set_run(iova, size, keep)
+
+
+def _check_pages_length(length: int) -> None:
+    """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
+    if length > _SIZE_MAX - PAGE_SIZE or not length:
+        raise InvalidArgument(f"map: length {length:#x}")
 
 
 def _check_map_args(what: str, flags: int, length: int, *iovas: int, rsvd: int = 0) -> None:
@@ -457,20 +645,21 @@ def _source_addr(pages: IoptPages) -> int:
     src = pages.source
     if isinstance(src, UserSource):
         return src.uptr
-    assert isinstance(src, FileSource)
+    assert isinstance(src, FileSource | OtherFileSource)
     return src.start
 
 
 def _hw_info(machine: Machine, master: Any, in_type: int) -> tuple[int, bytes]:
-    """The driver's ``hw_info``: type and data, EOPNOTSUPP when the caller asks for a type
-    other than the driver's own. Mock (``mock_domain_hw_info``): the test register.
-    SMMUv3 (``arm_smmu_hw_info``): IDR0-5, IIDR and AIDR as the registers read (IDR2 and
-    IDR4 are not modelled and read 0). VT-d (``intel_iommu_hw_info``): the errata flag
-    and the unit's CAP and ECAP registers."""
+    """The driver's ``hw_info``: type and data, EOPNOTSUPP (7.0) when the caller asks for
+    a type other than the driver's own. Mock (``mock_domain_hw_info``): the test
+    register. SMMUv3 (``arm_smmu_hw_info``, 7.0; 6.12's driver has no ``hw_info`` and
+    reports type NONE): IDR0-5, IIDR and AIDR as the registers read (IDR2 and IDR4 are
+    not modelled and read 0). VT-d (``intel_iommu_hw_info``): the errata flag and the
+    unit's CAP and ECAP registers."""
     if machine.platform == "mock":
         own = u.IOMMU_HW_INFO_TYPE_SELFTEST
         data = u.HW_INFO_SELFTEST.pack(0, u.IOMMU_HW_INFO_SELFTEST_REGVAL)
-    elif machine.platform == "arm64-smmuv3":
+    elif machine.platform == "arm64-smmuv3" and machine.kernel >= LINUX_7_0:
         from ..drivers.smmuv3.regs import Reg
         hw = machine.translator
         idr = [hw.read_reg(4 * i) if 4 * i in (Reg.IDR0, Reg.IDR1, Reg.IDR3, Reg.IDR5) else 0

@@ -153,27 +153,23 @@ class IoPagetable:
         return self.unmap_range(iova, last)
 
     def unmap_all(self) -> int:
-        """``iopt_unmap_all``: ENOENT (nothing mapped) counts as success."""
-        try:
-            return self.unmap_range(0, ULONG_MAX)
-        except NoEntry:
-            return 0
+        """``iopt_unmap_all``: an empty IOAS unmaps 0 bytes."""
+        return self.unmap_range(0, ULONG_MAX)
 
     def unmap_range(self, start: int, last: int) -> int:
-        """``iopt_unmap_iova_range``: every area inside ``[start, last]``; ENOENT if one
-        sticks out or nothing is there, EBUSY for a locked area. Not atomic: areas before
-        the offending one are already gone, and the error carries how many bytes that was
-        in ``unmapped`` (the kernel's out parameter, which the VFIO compat layer reports)."""
+        """``iopt_unmap_iova_range``: every area inside ``[start, last]``, the bytes
+        unmapped (0, and success, when nothing is there); ENOENT if an area sticks out,
+        EBUSY for a locked area. Not atomic: areas before the offending one are already
+        gone, and the error carries how many bytes that was in ``unmapped`` (the kernel's
+        out parameter, which the VFIO compat layer reports)."""
         unmapped = 0
         tries: dict[int, int] = {}
-        found = False
         try:
             while True:
                 hit = self.space.first_area(start, last)
                 if hit is None:
                     break
                 area_first, area_last, area = hit
-                found = True
                 if area.pages is None or area.num_locks:
                     raise Busy(f"unmap: area [{area_first:#x}, {area_last:#x}] is busy")
                 if area_first < start or area_last > last:
@@ -190,8 +186,6 @@ class IoPagetable:
                     continue
                 self._remove_area(area)
                 unmapped += area.length
-            if not found:
-                raise NoEntry(f"unmap: nothing mapped in [{start:#x}, {last:#x}]")
         except KernelError as e:
             e.unmapped = unmapped  # type: ignore[attr-defined]
             raise
@@ -429,9 +423,10 @@ class IoPagetable:
         self.accesses.remove(access)
         self.calculate_alignment()
 
-    def contig_areas(self, iova: int, last: int) -> list[IoptArea]:
-        """``iopt_for_each_contig_area``: the areas covering ``[iova, last]`` without a gap
-        (ENOENT at a gap or an area being torn down)."""
+    def contig_run(self, iova: int, last: int) -> tuple[list[IoptArea], bool]:
+        """``iopt_for_each_contig_area``: the areas covering ``[iova, last]`` from its
+        start without a gap (stopping at a gap or an area being torn down), and whether
+        they reach ``last`` (``iopt_area_contig_done``)."""
         out: list[IoptArea] = []
         cur = iova
         for area_first, area_last, area in self.space.areas(iova, last):
@@ -440,8 +435,15 @@ class IoPagetable:
             out.append(area)
             cur = area_last + 1
             if area_last >= last:
-                return out
-        raise NoEntry(f"[{iova:#x}, {last:#x}] is not covered by contiguous areas")
+                return out, True
+        return out, False
+
+    def contig_areas(self, iova: int, last: int) -> list[IoptArea]:
+        """:meth:`contig_run`, ENOENT unless the areas cover the whole range."""
+        out, done = self.contig_run(iova, last)
+        if not done:
+            raise NoEntry(f"[{iova:#x}, {last:#x}] is not covered by contiguous areas")
+        return out
 
     def _check(self) -> None:
         self.space._check()

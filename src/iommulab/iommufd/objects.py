@@ -1,17 +1,23 @@
 """The objects of an iommufd context: IOAS, paging HWPT, device, access
-(drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c, 7.0).
+(drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c; 6.12 and 7.0).
 
-Objects get the lowest free id from 1 (``xa_alloc`` with XA_FLAGS_ALLOC1).
-An object another one depends on is busy: an IOAS while a HWPT or an access
-uses it, a HWPT while a device is attached to it (IOMMU_DESTROY gives EBUSY).
-Attaching a device to an IOAS reuses one of the IOAS's automatic HWPTs the
-device accepts (a refusal with EINVAL tries the next) or allocates a new
-one; an automatic HWPT goes with its last device.
+Objects get the lowest free id from 1 (``xa_alloc`` with XA_FLAGS_ALLOC1),
+reserved when the object is allocated and published when it is finalized.
+An object something depends on is busy (IOMMU_DESTROY gives EBUSY): an IOAS
+while a HWPT or an access uses it, a HWPT while a device is attached to it,
+a device while its driver has it bound and an access until the driver that
+made it destroys it (both take a ``users`` reference of their own). A bound
+device (other than a selftest mock device) and an access hold the context's
+file, as ``iommufd_ctx_get`` does, so closing the fd does not release the
+context while they exist. Attaching a device to an IOAS reuses one of the
+IOAS's automatic HWPTs the device accepts (a refusal with EINVAL tries the
+next) or allocates a new one; an automatic HWPT goes with its last device.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,19 +34,24 @@ from ..errors import (
 )
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import IommuCap, ResvType
+from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem.mm import pfn_runs
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
 from .io_pagetable import IoPagetable
 from .iova_space import ULONG_MAX
-from .pages import ACCOUNT_USER, PagesStats
+from .pages import ACCOUNT_MM, ACCOUNT_USER, PagesStats
+from .sources import UserSource
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
     from ..iommu.core import IommuCore
     from ..mem import PhysMem
+    from ..mem.mm import MmStruct
+    from ..vfio.files import VfioFile
     from .area import IoptArea
     from .cache_flush import CacheFlush
+    from .pages import IoptPages
 
 __all__ = [
     "HWPT_ALLOC_DIRTY_TRACKING",
@@ -53,6 +64,9 @@ __all__ = [
 ]
 
 HWPT_ALLOC_DIRTY_TRACKING = 1 << 1  # IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+_NEST_PARENT = 1 << 0  # IOMMU_HWPT_ALLOC_NEST_PARENT
+_FAULT_ID_VALID = 1 << 2  # IOMMU_HWPT_FAULT_ID_VALID
+_PASID = 1 << 3  # IOMMU_HWPT_ALLOC_PASID (7.0)
 ACCESS_RW_WRITE = 1 << 0  # IOMMUFD_ACCESS_RW_WRITE
 
 
@@ -86,6 +100,7 @@ class HwptPaging(IommufdObject):
     domain: IommuDomain = field(repr=False)
     ioas: Ioas = field(repr=False)
     auto_domain: bool = False
+    nest_parent: bool = False
     enforce_cache_coherency: bool = False
     devices: list[Device] = field(default_factory=list, repr=False)
 
@@ -99,15 +114,21 @@ class HwptPaging(IommufdObject):
 
 @dataclass(eq=False, kw_only=True)
 class Device(IommufdObject):
-    """``struct iommufd_device``: a bound device and what it is attached to."""
+    """``struct iommufd_device``: a bound device and what it is attached to.
+    ``holds_ctx``: the device holds the context's file (every device but a selftest
+    mock device, ``iommufd_selftest_is_mock_dev``)."""
 
     dev: DmaDevice = field(repr=False)
     enforce_cache_coherency: bool = False
     hwpt: HwptPaging | None = None
+    holds_ctx: bool = True
 
     def destroy(self, ctx: IommufdCtx) -> None:
+        """``iommufd_device_destroy``: the context's file is put back."""
         if self.hwpt is not None:
             ctx.detach(self)
+        if self.holds_ctx:
+            ctx.ctx_put()
 
 
 @dataclass(eq=False, kw_only=True)
@@ -116,37 +137,72 @@ class Access(IommufdObject):
     device). ``on_unmap`` is ``ops->unmap``; an access that pins must have one."""
 
     ioas: Ioas | None = None
+    ioas_unpin: Ioas | None = None  # what unpin uses while a change blocks new pins
     iova_alignment: int = 1
     on_unmap: Any = None  # Callable[[int, int], None] | None
-    ctx: IommufdCtx | None = field(default=None, repr=False)
 
     def notify_unmap(self, iova: int, length: int) -> None:
         if self.on_unmap is not None:
             self.on_unmap(iova, length)
 
     def destroy(self, ctx: IommufdCtx) -> None:
+        """``iommufd_access_destroy_object``: detached, the context's file put back."""
         if self.ioas is not None:
-            ctx.access_detach(self)
+            ctx.access_change_ioas(self, None)
+        ctx.ctx_put()
 
 
 class IommufdCtx:
-    """``struct iommufd_ctx``: one open of /dev/iommu."""
+    """``struct iommufd_ctx``: one open of /dev/iommu (or of /dev/vfio/vfio, which
+    accounts pinned pages to the mm as VFIO does: ``iommufd_fops_open``)."""
 
     def __init__(self, core: IommuCore, mem: PhysMem, temp_memory_limit: list[int],
-                 cache_flush: CacheFlush | None = None) -> None:
+                 cache_flush: CacheFlush | None = None, *,
+                 kernel: KernelVersion = DEFAULT_KERNEL, vfio_container: bool = False,
+                 file: VfioFile | None = None) -> None:
         self.core = core
         self.mem = mem
+        self.kernel = kernel
+        self.file = file  # ictx->file: what iommufd_ctx_get/put hold
         self.cache_flush = cache_flush  # lab: the machine's flush policy
         self.objects: dict[int, IommufdObject] = {}
-        self.account_mode = ACCOUNT_USER
+        self._reserved: set[int] = set()  # ids allocated, not yet finalized
+        self.account_mode = ACCOUNT_MM if vfio_container else ACCOUNT_USER
         self.stats = PagesStats()
         self.temp_memory_limit = temp_memory_limit  # global; selftest SET_TEMP_MEMORY_LIMIT
         self.vfio_ioas: Ioas | None = None  # the VFIO compatibility IOAS
 
+    # -- the context's file ------------------------------------------------------------
+    def ctx_get(self) -> None:
+        """``iommufd_ctx_get``: hold the context's file open."""
+        if self.file is not None:
+            self.file.refs += 1
+
+    def ctx_put(self) -> None:
+        """``iommufd_ctx_put``: the last reference releases the context."""
+        if self.file is not None:
+            self.file.refs -= 1
+            if not self.file.refs:
+                self.file.release()
+
     # -- the object table ----------------------------------------------------------------
-    def add(self, obj: IommufdObject) -> IommufdObject:
-        """``iommufd_object_finalize``: the lowest free id from 1."""
-        obj.id = next(i for i in itertools.count(1) if i not in self.objects)
+    def reserve_id(self) -> int:
+        """``_iommufd_object_alloc``: the lowest id neither used nor reserved (the
+        ``XA_ZERO_ENTRY`` an allocated, unfinished object holds)."""
+        id = next(i for i in itertools.count(1)
+                  if i not in self.objects and i not in self._reserved)
+        self._reserved.add(id)
+        return id
+
+    def abort_id(self, id: int) -> None:
+        """``iommufd_object_abort``: give a reserved id back."""
+        self._reserved.discard(id)
+
+    def add(self, obj: IommufdObject, id: int = 0) -> IommufdObject:
+        """``iommufd_object_finalize``: publish ``obj`` under the id reserved for it, or
+        (with none) under a new one."""
+        obj.id = id or self.reserve_id()
+        self._reserved.discard(obj.id)
         self.objects[obj.id] = obj
         return obj
 
@@ -164,10 +220,23 @@ class IommufdCtx:
             raise NoEntry(f"DESTROY: no object {id}")
         if obj.users:
             raise Busy(f"DESTROY: object {id} is in use by {obj.users} other object(s)")
-        del self.objects[id]
-        obj.destroy(self)
+        self.remove(obj)
+
+    def remove(self, obj: IommufdObject) -> None:
+        """Take ``obj`` out of the table and run its destroy op."""
+        del self.objects[obj.id]
         if obj is self.vfio_ioas:
             self.vfio_ioas = None
+        obj.destroy(self)
+
+    def destroy_user(self, obj: IommufdObject) -> None:
+        """``iommufd_object_destroy_user``: the driver drops its own reference (the one
+        ``iommufd_device_bind`` or ``iommufd_access_create`` took) and destroys the
+        object, which nothing else may use by then."""
+        obj.users -= 1
+        assert not obj.users, f"{obj!r} is still in use"
+        if obj.id in self.objects:
+            self.remove(obj)
 
     def release(self) -> None:
         """``iommufd_fops_release``: destroy every object, dependents first."""
@@ -177,7 +246,7 @@ class IommufdCtx:
                 raise RuntimeError(f"iommufd release: objects still in use {self.objects}")
             for obj in sorted(free, key=lambda o: -o.id):
                 if obj.id in self.objects and not obj.users:
-                    self.destroy(obj.id)
+                    self.remove(obj)
 
     # -- IOAS ------------------------------------------------------------------------------
     def ioas_alloc(self) -> Ioas:
@@ -197,21 +266,53 @@ class IommufdCtx:
         return self.vfio_ioas
 
     # -- HWPT ------------------------------------------------------------------------------
-    def hwpt_paging_alloc(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool) -> HwptPaging:
-        """``iommufd_hwpt_paging_alloc``: a domain for ``idev``, coherency enforced if the
-        device needs it, attached at once when automatic, and added to the IOAS."""
+    def hwpt_paging_alloc(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool,
+                          user_data: bool = False, finalize: bool = True) -> HwptPaging:
+        """``iommufd_hwpt_paging_alloc``: EOPNOTSUPP, in the kernel's order, for flags or
+        driver data without the driver op that takes them, a flag outside the valid ones
+        (6.12: NEST_PARENT, DIRTY_TRACKING; 7.0 adds FAULT_ID_VALID and PASID), dirty
+        tracking the IOMMU cannot do, and FAULT_ID_VALID with NEST_PARENT. The driver
+        gets ``flags`` without FAULT_ID_VALID. Then a domain for ``idev``, coherency
+        enforced if the device needs it, attached at once when automatic, added to the
+        IOAS. Unless ``finalize``, the HWPT keeps a reserved id for the caller to
+        :meth:`add` or :meth:`abort_hwpt`."""
         master = _master(idev.dev)
         driver = self.core.driver
+        has_op = hasattr(driver, "domain_alloc_paging_flags")
+        if (flags or user_data) and not has_op:
+            raise NotSupported(f"HWPT_ALLOC: flags {flags:#x} or driver data, and the "
+                               "driver cannot allocate with them")
+        if flags & ~_hwpt_paging_flags(self.kernel):
+            raise NotSupported(f"HWPT_ALLOC: flags {flags:#x}")
         if flags & HWPT_ALLOC_DIRTY_TRACKING and \
                 not driver.capable(master, IommuCap.DIRTY_TRACKING):
             raise NotSupported("HWPT_ALLOC: the device's IOMMU cannot track dirty pages")
+        if flags & _FAULT_ID_VALID and flags & _NEST_PARENT:
+            raise NotSupported("HWPT_ALLOC: FAULT_ID_VALID with NEST_PARENT")
+        id = self.reserve_id()
+        try:
+            hwpt = self._new_hwpt_paging(ioas, idev, flags, auto=auto, user_data=user_data)
+        except KernelError:
+            self.abort_id(id)
+            raise
+        if finalize:
+            self.add(hwpt, id)
+        else:
+            hwpt.id = id
+        return hwpt
+
+    def _new_hwpt_paging(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool,
+                         user_data: bool) -> HwptPaging:
+        master = _master(idev.dev)
+        driver = self.core.driver
+        if user_data:  # every driver refuses driver data for a paging domain
+            raise NotSupported("HWPT_ALLOC: driver data for a paging HWPT")
         if hasattr(driver, "domain_alloc_paging_flags"):
-            domain = driver.domain_alloc_paging_flags(master, flags)
-        elif flags:
-            raise NotSupported(f"HWPT_ALLOC: flags {flags:#x} not supported by the driver")
+            domain = driver.domain_alloc_paging_flags(master, flags & ~_FAULT_ID_VALID)
         else:
             domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)
-        hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto)
+        hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto,
+                          nest_parent=bool(flags & _NEST_PARENT))
         try:
             if idev.enforce_cache_coherency:
                 self._enforce_cc(hwpt)
@@ -228,8 +329,28 @@ class IommufdCtx:
             raise
         ioas.hwpts.append(hwpt)
         ioas.users += 1
-        self.add(hwpt)
         return hwpt
+
+    def abort_hwpt(self, hwpt: HwptPaging) -> None:
+        """``iommufd_object_abort_and_destroy`` of a HWPT that was never finalized."""
+        hwpt.destroy(self)
+        self.abort_id(hwpt.id)
+
+    def check_nested_parent(self, parent: HwptPaging, idev: Device, flags: int,
+                            data_len: int) -> None:
+        """``iommufd_hwpt_nested_alloc`` up to the driver: EOPNOTSUPP for a flag beyond
+        FAULT_ID_VALID (7.0: and PASID), no driver data, or a driver without the nested
+        op (6.12: ``domain_alloc_user``; 7.0: ``domain_alloc_nested``, which arm-smmu-v3
+        lacks as its nesting goes through a vIOMMU); EINVAL for a parent that is
+        automatic, not a nest parent, or of another driver."""
+        valid = _FAULT_ID_VALID | (_PASID if self.kernel >= LINUX_7_0 else 0)
+        driver = self.core.driver
+        if flags & ~valid or not data_len or \
+                type(driver).__name__ not in _nested_op_drivers(self.kernel):
+            raise NotSupported(f"HWPT_ALLOC: a nested HWPT with flags {flags:#x} and "
+                               f"{data_len} bytes of data")
+        if parent.auto_domain or not parent.nest_parent:
+            raise InvalidArgument(f"HWPT_ALLOC: HWPT {parent.id} is not a nesting parent")
 
     def _enforce_cc(self, hwpt: HwptPaging) -> None:
         """``iommufd_hwpt_paging_enforce_cc``: EINVAL if the domain cannot."""
@@ -242,14 +363,19 @@ class IommufdCtx:
         hwpt.ioas.iopt.set_coherent(hwpt.domain)
 
     # -- devices -------------------------------------------------------------------------
-    def bind(self, dev: DmaDevice) -> Device:
-        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU."""
+    def bind(self, dev: DmaDevice, *, mock: bool = False) -> Device:
+        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU.
+        The driver holds a reference until :meth:`unbind` (IOMMU_DESTROY of the device
+        is EBUSY), and the device holds the context unless it is a selftest ``mock``."""
         driver = self.core.driver
         master = _master(dev)
         if not driver.capable(master, IommuCap.CACHE_COHERENCY):
             raise InvalidArgument(f"{dev.name}: the IOMMU is not cache coherent")
         idev = Device(dev=dev, enforce_cache_coherency=driver.capable(
-            master, IommuCap.ENFORCE_CACHE_COHERENCY))
+            master, IommuCap.ENFORCE_CACHE_COHERENCY), holds_ctx=not mock)
+        if idev.holds_ctx:
+            self.ctx_get()
+        idev.users += 1  # the calling driver is a user until iommufd_device_unbind()
         self.add(idev)
         return idev
 
@@ -362,40 +488,62 @@ class IommufdCtx:
             self.destroy(hwpt.id)
 
     def unbind(self, idev: Device) -> None:
-        """``iommufd_device_unbind``."""
+        """``iommufd_device_unbind``, after the driver's detach."""
         self.detach(idev)
-        if idev.id in self.objects:
-            del self.objects[idev.id]
+        self.destroy_user(idev)
 
     # -- accesses ----------------------------------------------------------------------
-    def access_create(self, ioas: Ioas, on_unmap: Any, needs_pin: bool) -> Access:
-        """``iommufd_access_create`` + ``iommufd_access_attach``."""
-        access = Access(iova_alignment=PAGE_SIZE if needs_pin else 1, on_unmap=on_unmap,
-                        ctx=self)
-        ioas.iopt.add_access(access)
-        access.ioas = ioas
-        ioas.users += 1
+    def access_create(self, on_unmap: Any, needs_pin: bool) -> Access:
+        """``iommufd_access_create``: published at once; the driver is a user until
+        :meth:`access_destroy` and the access holds the context."""
+        access = Access(iova_alignment=PAGE_SIZE if needs_pin else 1, on_unmap=on_unmap)
+        access.users += 1
+        self.ctx_get()
         self.add(access)
         return access
 
-    def access_detach(self, access: Access) -> None:
-        ioas = access.ioas
-        assert ioas is not None
-        if access.on_unmap is not None:
-            access.on_unmap(0, ULONG_MAX)
-        ioas.iopt.remove_access(access)
-        ioas.users -= 1
-        access.ioas = None
+    def access_destroy(self, access: Access) -> None:
+        """``iommufd_access_destroy``."""
+        self.destroy_user(access)
+
+    def access_attach(self, access: Access, ioas_id: int) -> None:
+        """``iommufd_access_attach``: ENOENT for no such IOAS."""
+        assert access.ioas is None
+        self.access_change_ioas(access, self.get(ioas_id, Ioas))
+
+    def access_replace(self, access: Access, ioas_id: int) -> None:
+        """``iommufd_access_replace``: ENOENT for a detached access or no such IOAS."""
+        if access.ioas is None:
+            raise NoEntry("access replace: the access is not attached")
+        self.access_change_ioas(access, self.get(ioas_id, Ioas))
+
+    def access_change_ioas(self, access: Access, new: Ioas | None) -> None:
+        """``iommufd_access_change_ioas``: join ``new`` first (its alignment check can
+        fail, leaving the access where it was), then have the driver unpin everything
+        (``ops->unmap`` of the whole space) and leave the old IOAS. The same IOAS is a
+        no-op."""
+        cur = access.ioas
+        if cur is new:
+            return
+        if new is not None:
+            new.iopt.add_access(access)
+            new.users += 1
+        if cur is not None:
+            access.ioas = None  # blocks new pins while the driver unpins
+            access.notify_unmap(0, ULONG_MAX)
+            cur.iopt.remove_access(access)
+            cur.users -= 1
+        access.ioas = access.ioas_unpin = new
 
     def access_pin(self, access: Access, iova: int, length: int, write: bool
                    ) -> np.ndarray:
-        """``iommufd_access_pin_pages``: the PFNs of ``[iova, +length)``."""
-        areas = self._access_areas(access, iova, length, write, pin=True)
+        """``iommufd_access_pin_pages``: the PFNs of ``[iova, +length)``, pinned area by
+        area; an error at an area or a gap after the areas unpins what was pinned."""
         last = iova + length - 1
         done: list[tuple[IoptArea, int, int]] = []
         out = []
         try:
-            for area in areas:
+            for area in self._access_areas(access, iova, length, write, pin=True):
                 lo, hi = max(iova, area.iova), min(last, area.last)
                 first, last_index = area.iova_to_index(lo), area.iova_to_index(hi)
                 assert area.pages is not None
@@ -412,19 +560,22 @@ class IommufdCtx:
 
     def access_unpin(self, access: Access, iova: int, length: int) -> None:
         """``iommufd_access_unpin_pages``: exactly a range that was pinned."""
-        assert access.ioas is not None
+        ioas = access.ioas_unpin
+        assert ioas is not None
         last = iova + length - 1
-        for area in access.ioas.iopt.contig_areas(iova, last):
+        for area in ioas.iopt.contig_areas(iova, last):
             lo, hi = max(iova, area.iova), min(last, area.last)
             assert area.pages is not None
             area.pages.remove_access(area.iova_to_index(lo), area.iova_to_index(hi))
             area.num_accesses -= 1
 
     def _access_areas(self, access: Access, iova: int, length: int, write: bool,
-                      pin: bool) -> list[IoptArea]:
-        """The checks ``iommufd_access_pin_pages`` and ``_rw`` share: EINVAL, EOVERFLOW,
-        ENOENT (detached, or a gap), EINVAL (an area being unmapped, or unaligned for a
-        pin), EPERM (the area's protection)."""
+                      pin: bool) -> Iterator[IoptArea]:
+        """The walk ``iommufd_access_pin_pages`` and ``_rw`` share: EINVAL for a length of
+        0, EOVERFLOW for a range that wraps, ENOENT when detached; then each contiguous
+        area in turn, checked when it is reached (EINVAL while being unmapped or, for a
+        pin, not page aligned at its ends; EPERM for its protection) and handed to the
+        caller; ENOENT after the last one if they do not reach the end (a gap)."""
         if not length:
             raise InvalidArgument("access: length 0")
         last = iova + length - 1
@@ -432,49 +583,113 @@ class IommufdCtx:
             raise Overflow(f"access: [{iova:#x}, +{length:#x}) wraps")
         if access.ioas is None:
             raise NoEntry("access: not attached to an IOAS")
-        areas = access.ioas.iopt.contig_areas(iova, last)
-        for i, area in enumerate(areas):
+        areas, covered = access.ioas.iopt.contig_run(iova, last)
+        for area in areas:
             if area.prevent_access:
                 raise InvalidArgument(f"access: area {area.iova:#x} is being unmapped")
-            if pin:
+            if pin:  # iopt_area_contig_is_aligned
                 cur = max(iova, area.iova)
                 if area.start_byte_of(cur) % PAGE_SIZE or (
-                        i < len(areas) - 1 and
+                        area.last < last and
                         area.start_byte_of(area.last) % PAGE_SIZE != PAGE_SIZE - 1):
                     raise InvalidArgument(f"access: area {area.iova:#x} is not page aligned")
             need = Prot.WRITE if write else Prot.READ
             if not area.prot & need:
                 raise NotPermitted(f"access: area {area.iova:#x} does not allow "
                                    f"{'writes' if write else 'reads'}")
-        return areas
+            yield area
+        if not covered:
+            raise NoEntry(f"access: [{iova:#x}, {last:#x}] is not covered by contiguous "
+                          "areas")
 
-    def access_rw(self, access: Access, iova: int, data: bytearray, write: bool) -> None:
-        """``iommufd_access_rw``: copy between ``data`` and ``[iova, +len(data))``."""
-        areas = self._access_areas(access, iova, len(data), write, pin=False)
+    def access_rw(self, access: Access, iova: int, data: bytearray, write: bool, *,
+                  mm: MmStruct | None = None, slow: bool = False) -> None:
+        """``iommufd_access_rw``: copy between ``data`` and ``[iova, +len(data))`` area by
+        area (what went before a failing area or a gap stays copied). ``mm`` is the
+        caller's: ``iopt_pages_rw_access`` copies to or from the user's address itself
+        when the pages are the caller's own user memory (``copy_to_user``, EFAULT), pins
+        that one page of the owner's address space when another process asks for a
+        single page (``iopt_pages_rw_page``), and otherwise reads the PFNs the IOAS holds
+        (``iopt_pages_rw_slow``; always with ``slow``, the selftest's
+        MOCK_ACCESS_RW_SLOW_PATH)."""
         last = iova + len(data) - 1
         done = 0
-        for area in areas:
+        for area in self._access_areas(access, iova, len(data), write, pin=False):
             lo, hi = max(iova, area.iova), min(last, area.last)
             pages = area.pages
             assert pages is not None
-            byte0 = area.start_byte_of(lo)
-            first, last_index = byte0 // PAGE_SIZE, area.start_byte_of(hi) // PAGE_SIZE
-            pfns, fresh, _ = pages.read(first, last_index)
-            try:
-                end_byte = byte0 + hi - lo + 1
-                index = first
-                for pfn, count in pfn_runs(pfns):  # one copy per run of contiguous pages
-                    start = max(byte0, index * PAGE_SIZE)
-                    stop = min(end_byte, (index + count) * PAGE_SIZE)
-                    pa = pfn * PAGE_SIZE + start - index * PAGE_SIZE
-                    if write:
-                        self.mem.write(pa, data[done:done + stop - start])
-                    else:
-                        data[done:done + stop - start] = self.mem.read(pa, stop - start)
-                    done += stop - start
-                    index += count
-            finally:
-                pages.release(pfns, fresh)
+            if write and not pages.writable:
+                raise NotPermitted(f"access: pages of area {area.iova:#x} are read only")
+            chunk = memoryview(data)[done:done + hi - lo + 1]
+            self._rw_pages(pages, area.start_byte_of(lo), chunk, write, mm, slow)
+            done += hi - lo + 1
+
+    def _rw_pages(self, pages: IoptPages, byte0: int, chunk: memoryview, write: bool,
+                  mm: MmStruct | None, slow: bool) -> None:
+        """``iopt_pages_rw_access`` for ``len(chunk)`` bytes from byte ``byte0``."""
+        src = pages.source
+        first, last_index = byte0 // PAGE_SIZE, (byte0 + len(chunk) - 1) // PAGE_SIZE
+        if isinstance(src, UserSource) and mm is not None:
+            change_mm = slow or src.mm is not mm
+            if not change_mm:  # copy_to_user / copy_from_user at the user's address
+                _copy_user(src.mm, src.uptr + byte0, chunk, write)
+                return
+            if first == last_index and not src.mm.gone:  # iopt_pages_rw_page
+                page = src.uptr + first * PAGE_SIZE
+                pfns = src.mm.pin_user_pages(page, 1, write)
+                try:
+                    self._copy_pfns(pfns, first, byte0, chunk, write)
+                finally:
+                    src.mm.unpin_user_pages(pfns)
+                return
+        pfns, fresh = pages.read(first, last_index)  # iopt_pages_rw_slow
+        try:
+            self._copy_pfns(pfns, first, byte0, chunk, write)
+        finally:
+            pages.release(pfns, fresh)
+
+    def _copy_pfns(self, pfns: np.ndarray, first: int, byte0: int, chunk: memoryview,
+                   write: bool) -> None:
+        """Copy between ``chunk`` and the bytes from ``byte0`` of pages ``first..`` held
+        at ``pfns``, one copy per run of contiguous pages."""
+        end_byte = byte0 + len(chunk)
+        index, done = first, 0
+        for pfn, count in pfn_runs(pfns):
+            start = max(byte0, index * PAGE_SIZE)
+            stop = min(end_byte, (index + count) * PAGE_SIZE)
+            pa = pfn * PAGE_SIZE + start - index * PAGE_SIZE
+            if write:
+                self.mem.write(pa, chunk[done:done + stop - start])
+            else:
+                chunk[done:done + stop - start] = self.mem.read(pa, stop - start)
+            done += stop - start
+            index += count
+
+
+def _copy_user(mm: MmStruct, addr: int, chunk: memoryview, write: bool) -> None:
+    """``copy_to_user`` / ``copy_from_user`` at ``addr`` of ``mm`` (EFAULT)."""
+    if write:
+        mm.write(addr, chunk)
+    else:
+        chunk[:] = mm.read(addr, len(chunk))
+
+
+def _hwpt_paging_flags(kernel: KernelVersion) -> int:
+    """``valid_flags`` of ``iommufd_hwpt_paging_alloc``: 6.12 knows NEST_PARENT and
+    DIRTY_TRACKING; by 7.0 FAULT_ID_VALID and PASID are valid too."""
+    flags = _NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
+    if kernel >= LINUX_7_0:
+        flags |= _FAULT_ID_VALID | _PASID
+    return flags
+
+
+def _nested_op_drivers(kernel: KernelVersion) -> frozenset[str]:
+    """The model's drivers whose kernel ``iommu_ops`` have the op a nested HWPT needs:
+    6.12 ``domain_alloc_user`` (mock, intel, arm-smmu-v3); 7.0 ``domain_alloc_nested``
+    (mock and intel; arm-smmu-v3 nests through a vIOMMU instead)."""
+    if kernel >= LINUX_7_0:
+        return frozenset({"MockIommu", "IntelIommu"})
+    return frozenset({"MockIommu", "IntelIommu", "ArmSmmuDevice"})
 
 
 def _master(dev: DmaDevice) -> Any:

@@ -1,5 +1,6 @@
 """``struct iopt_pages``: a linear stretch of user memory or of a memfd, pinned once however
-many areas, IOASes and domains use it (drivers/iommu/iommufd/pages.c, 7.0).
+many areas, IOASes and domains use it (drivers/iommu/iommufd/pages.c; 6.12 and 7.0
+fill and unfill alike).
 
 A PFN lives in one of three places, read in this order by the kernel's
 ``pfn_reader``: the pages' xarray (only for page indexes some in-kernel
@@ -15,13 +16,16 @@ account mode NONE (CAP_IPC_LOCK) charges nothing, USER charges the user's
 ``locked_vm`` as VFIO does; every mode adds to the mm's ``pinned_vm``. A
 failed charge unwinds everything that was just pinned.
 
-Model notes: a fill reads every PFN of the range first and then maps the
-runs batch by batch (the kernel alternates reading and mapping a batch at a
-time; the end state, and the state after an error, are the same), and an
-unfill unmaps a whole area from a domain in one ``iommu_unmap`` (the kernel
-unmaps batch by batch, cut where PFNs are not contiguous). Batches still
-hold at most ``temp_memory_limit / 12`` runs and GUP calls at most
-``temp_memory_limit / 8`` pages, and are counted in :class:`PagesStats`.
+Fill and unfill go a batch at a time as the kernel's do: a batch holds at most
+``temp_memory_limit / 12`` runs of contiguous PFNs (a run goes on across the
+sources), each run is one ``iommu_map`` into each domain in turn, and an
+unfill unmaps batch by batch (:func:`unfill_batches`); GUP calls pin at most
+as many pages as the reader's first hole had, up to ``temp_memory_limit / 8``.
+The model reads the PFNs of a whole area at once and then replays the
+batches (one numpy pass, one loop turn per batch); where a read fails it
+replays only the batches the kernel would have completed before the error,
+so the map and unmap calls, and the IOTLB syncs they cause, are the kernel's.
+Calls are counted in :class:`PagesStats`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ __all__ = [
     "PfnSource",
     "UserStruct",
     "domain_pfns",
+    "fill_batches",
+    "unfill_batches",
 ]
 
 I64Array = npt.NDArray[np.int64]
@@ -63,6 +69,7 @@ ACCOUNT_NONE, ACCOUNT_USER, ACCOUNT_MM = 0, 1, 2  # IOPT_PAGES_ACCOUNT_*
 TEMP_MEMORY_LIMIT = 65536  # bytes of temporary arrays per operation (selftest-tunable)
 _BATCH_ELEMENT = 8 + 4  # sizeof(*batch->pfns) + sizeof(*batch->npfns)
 _UPAGE = 8  # sizeof(struct page *)
+_NO_PFNS = np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -163,6 +170,66 @@ def _area_pfns(area: IoptArea, domain: IommuDomain, lo: int, hi: int) -> I64Arra
     return domain_pfns(domain, iovas)
 
 
+def _run_starts(pfns: I64Array) -> I64Array:
+    """Where a run of contiguous PFNs starts (0 and every break)."""
+    if not len(pfns):
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(([0], np.flatnonzero(np.diff(pfns) != 1) + 1)).astype(np.int64)
+
+
+def fill_batches(nruns: int, complete: bool, cap: int) -> int:
+    """How many batches of at most ``cap`` PFN runs ``pfn_reader_next`` hands over for
+    ``nruns`` runs read. Unless the read was ``complete`` (it stopped at an error), a
+    batch counts only when the first PFN of the next run was read: the reader learns
+    that a full batch is full only from the PFN that does not fit."""
+    if complete:
+        return -(-nruns // cap)
+    return max(nruns - 1, 0) // cap
+
+
+def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]],
+                   cap: int) -> list[tuple[int, int]]:
+    """The page ranges ``__iopt_area_unfill_domain`` unmaps, one per ``iommu_unmap``.
+
+    ``pfns`` are what the domain maps at pages ``first..`` and ``spans`` the double
+    span over them (kind 0: a hole nothing else holds). Each hole is read a batch at a
+    time (``iopt_area_unpin_domain``): at most ``cap`` runs of contiguous PFNs; a batch
+    that reaches the hole's end reads on to the end of its run
+    (``batch_from_domain_continue``) and unmaps that too, the pages past the hole being
+    the "carry" that the next used span skips (``batch_skip_carry``) and the next hole
+    starts with. Whatever is left after the last hole is unmapped in one call. One
+    loop turn per batch."""
+    last = first + len(pfns) - 1
+    brk = np.flatnonzero(np.diff(pfns) != 1) + 1 + first  # where a PFN run starts
+    out: list[tuple[int, int]] = []
+    unmapped_end, carry = first, 0
+    for kind, lo, hi in spans:
+        if kind:
+            carry = max(0, carry - (hi - lo + 1))
+            continue
+        start = lo
+        while start <= hi:
+            total, batch_last = carry, hi
+            if unmapped_end <= hi:  # a batch: the carry (one run) and new runs up to cap
+                read_from = max(start, unmapped_end)
+                i = int(np.searchsorted(brk, read_from, side="right"))
+                room = cap - 1 if carry else cap
+                stop = int(brk[i + room - 1]) if i + room - 1 < len(brk) else last + 1
+                total += min(stop, hi + 1) - read_from
+                batch_last = start + total - 1
+                if batch_last == hi and hi != last:  # read on to the end of the run
+                    j = int(np.searchsorted(brk, hi, side="right"))
+                    total += (int(brk[j]) if j < len(brk) else last + 1) - hi - 1
+            if unmapped_end <= batch_last:
+                out.append((unmapped_end, start + total - 1))
+                unmapped_end = start + total
+            start = batch_last + 1
+            carry = unmapped_end - batch_last - 1
+    if unmapped_end != last + 1:
+        out.append((unmapped_end, last))
+    return out
+
+
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for lo, hi in sorted(intervals):
@@ -234,49 +301,63 @@ class IoptPages:
         self.stats.read_from_domain += hi - lo + 1
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def _pin(self, lo: int, hi: int) -> I64Array:
-        """``pfn_reader_user_pin`` repeated: GUP calls of at most the temporary limit."""
-        chunk = max(1, self._limit[0] // _UPAGE)
+    def _pin(self, lo: int, hi: int, chunk: list[int]) -> I64Array:
+        """``pfn_reader_user_pin`` repeated over the hole ``[lo, hi]``: GUP calls of at
+        most ``chunk[0]`` pages, the size of the page array the reader allocated for its
+        first hole (``temp_kmalloc``: that hole's pages, at most the temporary limit).
+        On an error the pages of this hole stay pinned, in ``exc.pinned``."""
+        if not chunk[0]:
+            chunk[0] = max(1, min(hi - lo + 1, self._limit[0] // _UPAGE))
         parts: list[I64Array] = []
         index = lo
         try:
             while index <= hi:
                 self.stats.gup_calls += 1
-                got = self.source.pin(index, min(chunk, hi - index + 1), self.writable)
+                got = self.source.pin(index, min(chunk[0], hi - index + 1), self.writable)
                 parts.append(got)
                 self.npinned += len(got)
                 index += len(got)
-        except KernelError:
-            for p in parts:
-                self.source.unpin(p)
-                self.npinned -= len(p)
+        except KernelError as e:
+            e.pinned = np.concatenate(parts) if parts else _NO_PFNS  # type: ignore[attr-defined]
             raise
         self.stats.pinned_from_origin += hi - lo + 1
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def read(self, first: int, last: int) -> tuple[I64Array, npt.NDArray[np.bool_], list[int]]:
-        """``pfn_reader`` over ``[first, last]``: the PFNs, which of them this read pinned
-        from the origin, and the offsets where a span of another source starts."""
+    def read(self, first: int, last: int) -> tuple[I64Array, npt.NDArray[np.bool_]]:
+        """``pfn_reader`` over ``[first, last]``: the PFNs, and which of them this read
+        pinned from the origin; on an error nothing stays pinned."""
+        pfns, fresh, stop, err = self._read_prefix(first, last)
+        if err is not None:
+            self.release(pfns[:stop], fresh[:stop])
+            raise err
+        return pfns, fresh
+
+    def _read_prefix(self, first: int, last: int) -> tuple[
+            I64Array, npt.NDArray[np.bool_], int, KernelError | None]:
+        """:meth:`read` that stops at the first page the origin refuses: the PFNs, the
+        pages this read pinned, how many pages were read (``last - first + 1`` unless
+        there was an error) and the error. Nothing is released."""
         n = last - first + 1
         pfns = np.empty(n, dtype=np.int64)
         fresh = np.zeros(n, dtype=np.bool_)
-        cuts: list[int] = []
-        try:
-            for kind, lo, hi in self._spans(first, last):
-                a, b = lo - first, hi - first + 1
-                cuts.append(a)
-                if kind == 1:
-                    assert self._xarray is not None
-                    pfns[a:b] = self._xarray[lo:hi + 1]
-                elif kind == 2:
-                    pfns[a:b] = self._from_domain(lo, hi)
-                else:
-                    pfns[a:b] = self._pin(lo, hi)
-                    fresh[a:b] = True
-        except KernelError:
-            self.release(pfns, fresh)
-            raise
-        return pfns, fresh, cuts[1:]
+        chunk = [0]
+        for kind, lo, hi in self._spans(first, last):
+            a, b = lo - first, hi - first + 1
+            if kind == 1:
+                assert self._xarray is not None
+                pfns[a:b] = self._xarray[lo:hi + 1]
+            elif kind == 2:
+                pfns[a:b] = self._from_domain(lo, hi)
+            else:
+                try:
+                    pfns[a:b] = self._pin(lo, hi, chunk)
+                except KernelError as e:
+                    got: I64Array = e.pinned  # type: ignore[attr-defined]
+                    pfns[a:a + len(got)] = got
+                    fresh[a:a + len(got)] = True
+                    return pfns, fresh, a + len(got), e
+                fresh[a:b] = True
+        return pfns, fresh, n, None
 
     def _unpin(self, pfns: I64Array) -> None:
         if len(pfns):
@@ -299,64 +380,146 @@ class IoptPages:
         self.last_npinned = self.npinned
 
     # -- domains -----------------------------------------------------------------------
-    def _runs(self, area: IoptArea, first: int, pfns: I64Array, cuts: list[int],
-              small: bool) -> list[tuple[int, int, int]]:
-        """``batch_to_domain``: ``(iova, paddr, size)`` per run of contiguous PFNs (per page
-        with large pages disabled); the area's first and last page may be partial."""
-        brk = np.flatnonzero(np.diff(pfns) != 1) + 1 if not small else np.arange(1, len(pfns))
-        bounds = sorted({0, len(pfns), *brk.tolist(), *cuts})
+    def _batch_cap(self, max_pages: int) -> int:
+        """``__batch_init``: PFN runs a batch holds, ``max_pages`` elements of
+        ``sizeof(ulong) + sizeof(u32)`` cut to the temporary memory limit."""
+        return max(1, min(max_pages * _BATCH_ELEMENT, self._limit[0]) // _BATCH_ELEMENT)
+
+    def _entries(self, area: IoptArea, pfns: I64Array, starts: I64Array
+                 ) -> list[tuple[int, int, int]]:
+        """``batch_to_domain``'s ``(iova, paddr, size)`` per run of contiguous PFNs of the
+        area's pages (``batch_add_pfn`` merges whatever their source), the runs starting
+        at ``starts``; the area's first and last page may be partial."""
+        first = area.index
         end_byte = area.start_byte + area.length
-        out = []
-        for a, b in itertools.pairwise(bounds):
-            lo = max((first + a) * PAGE_SIZE, area.start_byte)
-            hi = min((first + b) * PAGE_SIZE, end_byte)
-            pa = (int(pfns[a]) << PAGE_SHIFT) + lo - (first + a) * PAGE_SIZE
-            out.append((area.iova + lo - area.start_byte, pa, hi - lo))
-        self.stats.batches += -(-len(out) // max(1, self._limit[0] // _BATCH_ELEMENT))
-        return out
+        lo = np.maximum((first + starts) * PAGE_SIZE, area.start_byte)
+        hi = np.minimum((first + np.append(starts[1:], len(pfns))) * PAGE_SIZE, end_byte)
+        pa = (pfns[starts] << PAGE_SHIFT) + lo - (first + starts) * PAGE_SIZE
+        iova = area.iova + lo - area.start_byte
+        return list(zip(iova.tolist(), pa.tolist(), (hi - lo).tolist(), strict=True))
 
     def fill(self, area: IoptArea, domains: list[IommuDomain], small: bool, *,
              flush: bool = False) -> None:
         """``iopt_area_fill_domains`` (a new area, every domain) and ``iopt_area_fill_domain``
-        (a new domain): map the area's PFNs, flushed first if the policy says so; on error
-        nothing stays mapped or pinned."""
-        pfns, fresh, cuts = self.read(area.index, area.last_index)
-        done: list[tuple[IommuDomain, int, int]] = []
+        (a new domain), a batch at a time: the PFN runs of a batch mapped into each
+        domain in turn (page by page with large pages disabled,
+        ``batch_iommu_map_small``), then the next batch is read. A batch ends when it holds
+        :meth:`_batch_cap` runs and the next PFN does not continue the last one.
+
+        On an error (a map, a page the origin refuses, the memlock charge) the kernel's
+        unwinding runs: the failing batch's own maps go in one unmap; every domain but
+        the last is unmapped in one call up to where it was filled, and the last is
+        unfilled batch by batch as :meth:`unfill` does; then nothing stays mapped or
+        pinned. The lab's flush policy runs on the PFNs read, before mapping."""
+        first, last = area.index, area.last_index
+        pfns, fresh, stop, err = self._read_prefix(first, last)
+        starts = _run_starts(pfns[:stop])
+        cap = self._batch_cap(last - first + 1)
+        nbatch = fill_batches(len(starts), err is None, cap)
+        end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
+        bounds = np.append(starts[::cap][:nbatch], end)
+        entries = self._entries(area, pfns[:stop], starts) if nbatch else []
+        ends = [first + stop] * len(domains)  # how far each domain is filled on an error
         try:
             if flush and self.flusher is not None:
-                self.flusher.flush(pfns, "map")
-            runs = self._runs(area, area.index, pfns, cuts, small)
-            for domain in domains:
-                for iova, pa, size in runs:
-                    domain.map(iova, pa, size, area.prot)
-                    self.stats.map_calls += 1
-                    done.append((domain, iova, size))
+                self.flusher.flush(pfns[:stop], "map")
+            for b in range(nbatch):
+                batch = entries[b * cap:(b + 1) * cap]
+                for k, domain in enumerate(domains):
+                    ends = [first + int(bounds[b + (i < k)]) for i in range(len(domains))]
+                    self._batch_to_domain(domain, batch, area.prot, small)
+                self.stats.batches += 1
+            ends = [first + int(bounds[nbatch])] * len(domains)
+            if err is not None:
+                raise err
             self.update_pinned()
         except KernelError:
-            for domain, iova, size in reversed(done):
-                domain.unmap(iova, size)
-            self.release(pfns, fresh)
+            for i, domain in enumerate(domains):
+                if ends[i] == first:
+                    continue
+                if i < len(domains) - 1:
+                    self._unmap_range(area, domain, first, ends[i] - 1)
+                else:
+                    self._unfill_unmaps(area, domain, ends[i] - 1)
+            self.release(pfns[:stop], fresh[:stop])
             self.update_pinned()
             raise
 
-    def unmap_domain(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
-        """``iopt_area_unmap_domain``: unmap without unpinning (another domain holds them);
-        then the flush the policy asked for at point ``flush``, if any."""
-        pfns = _area_pfns(area, domain, area.index, area.last_index) if flush else None
-        domain.unmap(area.iova, area.length)
+    def _batch_to_domain(self, domain: IommuDomain, batch: list[tuple[int, int, int]],
+                         prot: int, small: bool) -> None:
+        """``batch_to_domain``: one ``iommu_map`` per run (per page when ``small``); on an
+        error what this batch mapped goes in one unmap (the failing run's pages first,
+        in one of their own)."""
+        done = 0
+        for iova, pa, size in batch:
+            try:
+                if small:
+                    self._map_small(domain, iova, pa, size, prot)
+                else:
+                    domain.map(iova, pa, size, prot)
+                    self.stats.map_calls += 1
+            except KernelError:
+                if done:
+                    domain.unmap(batch[0][0], done)
+                    self.stats.unmap_calls += 1
+                raise
+            done += size
+
+    def _map_small(self, domain: IommuDomain, iova: int, pa: int, size: int,
+                   prot: int) -> None:
+        """``batch_iommu_map_small``: PAGE_SIZE at a time (a Python loop per page, as the
+        kernel's), what it mapped unmapped in one call on an error."""
+        done = 0
+        try:
+            while done < size:
+                domain.map(iova + done, pa + done, PAGE_SIZE, prot)
+                self.stats.map_calls += 1
+                done += PAGE_SIZE
+        except KernelError:
+            if done:
+                domain.unmap(iova, done)
+                self.stats.unmap_calls += 1
+            raise
+
+    def _unmap_range(self, area: IoptArea, domain: IommuDomain, lo: int, hi: int) -> None:
+        """``iopt_area_unmap_domain_range``: pages ``[lo, hi]`` of the area, one unmap."""
+        start = area.index_to_iova(lo)
+        end = area.last if hi == area.last_index else area.index_to_iova(hi + 1) - 1
+        domain.unmap(start, end - start + 1)
         self.stats.unmap_calls += 1
+
+    def _unfill_unmaps(self, area: IoptArea, domain: IommuDomain, last: int,
+                       pfns: I64Array | None = None) -> None:
+        """The unmaps of ``__iopt_area_unfill_domain`` over pages ``[area.index, last]``
+        (:func:`unfill_batches`); ``pfns``: what ``domain`` maps there, if already read."""
+        first = area.index
+        if pfns is None:
+            pfns = _area_pfns(area, domain, first, last)
+        spans = self._spans(first, last)
+        for lo, hi in unfill_batches(pfns, first, spans, self._batch_cap(last + 1)):
+            self._unmap_range(area, domain, lo, hi)
+
+    def unmap_domain(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
+        """``iopt_area_unmap_domain``: unmap without unpinning (another domain holds them),
+        in one call; then the flush the policy asked for at point ``flush``, if any."""
+        pfns = _area_pfns(area, domain, area.index, area.last_index) if flush else None
+        self._unmap_range(area, domain, area.index, area.last_index)
         if pfns is not None and self.flusher is not None:
             self.flusher.flush(pfns, flush)
 
     def unfill(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
-        """``iopt_area_unfill_domain`` (``area`` already out of domains_itree): read the PFNs
-        nobody else holds from ``domain``, unmap (and flush), then unpin them."""
-        holes = [(lo, hi) for kind, lo, hi in self._spans(area.index, area.last_index)
-                 if kind == 0]
-        drop = [_area_pfns(area, domain, lo, hi) for lo, hi in holes]
-        self.unmap_domain(area, domain, flush=flush)
-        for pfns in drop:
-            self._unpin(pfns)
+        """``iopt_area_unfill_domain`` (``area`` already out of domains_itree): unmap a
+        batch at a time (:meth:`_unfill_unmaps`), the lab's flush, then unpin the pages
+        nobody else holds."""
+        first, last = area.index, area.last_index
+        pfns = _area_pfns(area, domain, first, last)
+        drop = [pfns[lo - first:hi - first + 1] for kind, lo, hi in self._spans(first, last)
+                if kind == 0]
+        self._unfill_unmaps(area, domain, last, pfns)
+        if flush and self.flusher is not None:
+            self.flusher.flush(pfns, flush)
+        for unpin in drop:
+            self._unpin(unpin)
         self.update_pinned()
 
     # -- accesses ------------------------------------------------------------------------
@@ -368,7 +531,7 @@ class IoptPages:
             self.accesses[key] += 1
             assert self._xarray is not None
             return self._xarray[first:last + 1].copy()
-        pfns, fresh, _ = self.read(first, last)
+        pfns, fresh = self.read(first, last)
         try:
             self.update_pinned()
         except KernelError:

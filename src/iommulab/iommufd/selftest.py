@@ -1,76 +1,101 @@
 """``IOMMU_TEST_CMD`` on the mock platform: the selftest-only operations of
-drivers/iommu/iommufd/selftest.c (6.12) the ported selftests use.
+drivers/iommu/iommufd/selftest.c (6.12; where 7.0 answers otherwise, as 7.0 does).
 
 ``struct iommu_test_cmd`` is ``size, op, id, __reserved``, a 48-byte union
-at offset 16 and ``last`` at 64 (72 bytes, minimum 68). Mock devices are
-made by MOCK_DOMAIN and go with their selftest object; accesses are handed
-out as fds, as ``iommufd_test_create_access`` does, and the other access
-operations take that fd as their id.
+at offset 16 and ``last`` at 64 (72 bytes, minimum 68). An operation that
+answers copies the whole command back (``iommufd_ucmd_respond``): the
+caller's bytes come back as they went in, with only the ``out_`` fields
+set. Mock devices are made by MOCK_DOMAIN and go with their selftest
+object; accesses are handed out as fds, as ``iommufd_test_create_access``
+does, and the other access operations take that fd as their id.
+MOCK_FLAGS_ACCESS_SYZ (syzkaller's "nth area + offset" IOVAs) is honoured
+where the kernel honours it.
 """
 
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..drivers.mock import MOCK_IO_PAGE_SIZE, MOCK_PFN_MASK, MockDirtyOps, MockDomainOps
 from ..errors import (
+    BadAddress,
     InvalidArgument,
+    IoError,
+    KernelError,
     NoEntry,
     NotSupported,
     OutOfMemory,
+    Overflow,
     kernel_error,
 )
+from ..kernel import LINUX_7_0
+from ..mem.mm import pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 from ..vfio.files import VfioFile
 from . import uapi as u
+from .iova_space import ULONG_MAX
 from .objects import Access, Device, HwptPaging, Ioas, IommufdCtx, IommufdObject
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
     from ..machine import Process
     from .file import IommufdFile
+    from .io_pagetable import IoPagetable
 
-__all__ = ["TEST_CMD", "test_cmd"]
+__all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
+
+I64Array = npt.NDArray[np.int64]
 
 TEST_CMD = struct.Struct("<IIII48sI4x")  # size, op, id, __reserved, union, last
 TEST_CMD_MIN = 68  # offsetofend(last)
 (OP_ADD_RESERVED, OP_MOCK_DOMAIN, OP_MD_CHECK_MAP, OP_MD_CHECK_REFS, OP_CREATE_ACCESS,
  OP_DESTROY_ACCESS_PAGES, OP_ACCESS_PAGES, OP_ACCESS_RW, OP_SET_TEMP_MEMORY_LIMIT,
- OP_MOCK_DOMAIN_REPLACE, OP_ACCESS_REPLACE_IOAS, OP_MOCK_DOMAIN_FLAGS, OP_DIRTY) = range(1, 14)
+ OP_MOCK_DOMAIN_REPLACE, OP_ACCESS_REPLACE_IOAS, OP_MOCK_DOMAIN_FLAGS, OP_DIRTY,
+ OP_MD_CHECK_IOTLB, OP_TRIGGER_IOPF) = range(1, 16)
 MOCK_FLAGS_ACCESS_WRITE = 1 << 0
+MOCK_FLAGS_ACCESS_SYZ = 1 << 16
 MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
 MOCK_ACCESS_RW_WRITE = 1 << 0
 MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
-_DEVICE_FLAGS = (1 << 0) | (1 << 1)  # NO_DIRTY | HUGE_IOVA (6.12)
+MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
+MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1  # 6.12 only
+MOCK_FLAGS_DEVICE_PASID = 1 << 2  # 7.0 only
+_GUP_PIN_COUNTING_BIAS = 1024
+_MAX_ACCESS_LENGTH = 16 << 20  # the kvzalloc guard of ACCESS_PAGES and ACCESS_RW
+_MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
 
 
 @dataclass(eq=False, kw_only=True)
 class SelftestDevice(IommufdObject):
-    """``struct selftest_obj`` of type SELFTEST_OBJ_MOCK: a mock device bound to the ctx."""
+    """``struct selftest_obj`` of type TYPE_IDEV: a mock device bound to the ctx."""
 
     dev: DmaDevice = field(repr=False)
     idev: Device = field(repr=False)
     machine: Any = field(repr=False)
 
     def destroy(self, ctx: IommufdCtx) -> None:
+        """``iommufd_selftest_destroy``: detach, unbind, unplug."""
         ctx.unbind(self.idev)
         self.machine.remove_device(self.dev)
 
 
 class AccessFile(VfioFile):
-    """The fd of a selftest access: its pinned items, released on close."""
+    """``struct selftest_access``, the fd of a selftest access: its pinned items (ids
+    from 0, never reused), released on close."""
 
-    def __init__(self, ctx: IommufdCtx, ioas: Ioas, needs_pin: bool) -> None:
+    def __init__(self, ctx: IommufdCtx, needs_pin: bool) -> None:
         self.ctx = ctx
-        self.items: dict[int, tuple[int, int]] = {}  # id -> (iova, length)
-        self.access: Access = ctx.access_create(
-            ioas, self._unmap if needs_pin else None, needs_pin)
         self.needs_pin = needs_pin
+        self.items: dict[int, tuple[int, int]] = {}  # id -> (iova, length)
+        self.next_id = 0
+        self.access: Access = ctx.access_create(self._unmap, needs_pin)
 
     def _unmap(self, iova: int, length: int) -> None:
         """``iommufd_test_access_unmap``: unpin every item the range touches."""
@@ -78,188 +103,429 @@ class AccessFile(VfioFile):
         for item_id, (start, n) in list(self.items.items()):
             if iova > start + n - 1 or last < start:
                 continue
-            self.ctx.access_unpin(self.access, start, n)
             del self.items[item_id]
+            self.ctx.access_unpin(self.access, start, n)
 
     def release(self) -> None:
-        """``iommufd_test_access_release`` → ``iommufd_access_destroy``."""
-        if self.access.id in self.ctx.objects:
-            del self.ctx.objects[self.access.id]
-            self.access.destroy(self.ctx)
+        """``iommufd_test_staccess_release``: unpin everything, destroy the access."""
+        self._unmap(0, ULONG_MAX)
+        self.ctx.access_destroy(self.access)
+
+
+@dataclass
+class _Cmd:
+    """The kernel's copy of the command: what :func:`_respond` writes back."""
+
+    usize: int
+    op: int
+    id: int
+    rsvd: int
+    union: bytearray
+    last: int
+
+    def put(self, fmt: str, offset: int, *values: int) -> None:
+        struct.pack_into(fmt, self.union, offset, *values)
 
 
 def test_cmd(file: IommufdFile, proc: Process, buf: bytearray) -> int:
-    """``iommufd_test``: dispatch on ``op`` (EOPNOTSUPP for others)."""
-    (_, op, id, rsvd, union, _last), usize = u.read_ucmd(buf, _CMD)
-    ctx = file.ctx
-    out: bytes | None = None
-    if op == OP_ADD_RESERVED:
-        start, length = struct.unpack_from("<QQ", union)
-        file.ioas(id).iopt.space.reserve(start, start + length - 1, None)
-    elif op in (OP_MOCK_DOMAIN, OP_MOCK_DOMAIN_FLAGS):
-        flags = struct.unpack_from("<12xI", union)[0] if op == OP_MOCK_DOMAIN_FLAGS else 0
-        out = struct.pack("<IIII", *_mock_domain(file, id, flags), flags)
-    elif op == OP_MOCK_DOMAIN_REPLACE:
-        stdev: SelftestDevice = ctx.get(id, SelftestDevice)
-        (pt_id,) = struct.unpack_from("<I", union)
-        out = struct.pack("<I", ctx.replace(stdev.idev, pt_id))
-    elif op == OP_MD_CHECK_MAP:
-        _check_map(ctx, proc, id, *struct.unpack_from("<QQQ", union))
-    elif op == OP_MD_CHECK_REFS:
-        _check_refs(proc, *struct.unpack_from("<QQI", union))
-    elif op == OP_CREATE_ACCESS:
-        (_, flags) = struct.unpack_from("<II", union)
-        if flags & ~MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
-            raise NotSupported(f"CREATE_ACCESS: flags {flags:#x}")
-        af = AccessFile(ctx, file.ioas(id), bool(flags))
-        out = struct.pack("<II", proc.install(af), flags)
-    elif op == OP_DESTROY_ACCESS_PAGES:
-        af = _access_file(proc, id)
-        (item_id,) = struct.unpack_from("<I", union)
-        item = af.items.pop(item_id, None)
-        if item is None:
-            raise NoEntry(f"DESTROY_ACCESS_PAGES: no item {item_id}")
-        ctx.access_unpin(af.access, *item)
-    elif op == OP_ACCESS_PAGES:
-        flags, _, iova, length, uptr = struct.unpack_from("<IIQQQ", union)
-        item_id = _access_pages(ctx, proc, _access_file(proc, id), flags, iova, length, uptr)
-        out = struct.pack("<II", flags, item_id)
-    elif op == OP_ACCESS_RW:
-        iova, length, uptr, flags = struct.unpack_from("<QQQI", union)
-        _access_rw(ctx, proc, _access_file(proc, id), iova, length, uptr, flags)
-    elif op == OP_SET_TEMP_MEMORY_LIMIT:
-        (limit,) = struct.unpack_from("<I", union)
-        ctx.temp_memory_limit[0] = limit
-    elif op == OP_ACCESS_REPLACE_IOAS:
-        af = _access_file(proc, id)
-        (ioas_id,) = struct.unpack_from("<I", union)
-        ioas = file.ioas(ioas_id)
-        af.access.destroy(ctx)
-        ctx.objects.pop(af.access.id, None)
-        af.items.clear()
-        af.access = ctx.access_create(ioas, af._unmap if af.needs_pin else None, af.needs_pin)
-    elif op == OP_DIRTY:
-        flags, iova, length, page_size, uptr = struct.unpack_from("<I4xQQQQ", union)
-        nr = _dirty(ctx, proc, id, iova, length, page_size, uptr)
-        out = struct.pack("<I4xQQQQQ", flags, iova, length, page_size, uptr, nr)
-    else:
+    """``iommufd_test``: dispatch on ``op`` (EOPNOTSUPP for others); the operations that
+    answer copy the whole command back."""
+    (_, op, id, rsvd, union, last), usize = u.read_ucmd(buf, _CMD)
+    cmd = _Cmd(usize, op, id, rsvd, bytearray(union), last)
+    handler = _HANDLERS.get(op)
+    if handler is None:
         raise NotSupported(f"IOMMU_TEST_CMD: op {op}")
-    if out is not None:
-        union = out.ljust(48, b"\0")
-        u.respond(buf, _CMD, usize, (usize, op, id, rsvd, union, 0))
+    if handler(file, proc, cmd):
+        u.respond(buf, _CMD, usize, (usize, op, id, rsvd, bytes(cmd.union), last))
     return 0
 
 
-def _mock_domain(file: IommufdFile, pt_id: int, flags: int) -> tuple[int, int, int]:
-    """``iommufd_test_mock_domain``: a mock device, bound and attached to ``pt_id``."""
-    if flags & ~_DEVICE_FLAGS:
-        raise InvalidArgument(f"MOCK_DOMAIN: device flags {flags:#x}")
+# Each handler returns whether the command is copied back.
+
+def _add_reserved(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_add_reserved``: EINVAL for a length of 0, EOVERFLOW when the range
+    wraps, then the IOAS."""
+    start, length = struct.unpack_from("<QQ", cmd.union)
+    if not length:
+        raise InvalidArgument("ADD_RESERVED: length 0")
+    if start + length - 1 > ULONG_MAX:
+        raise Overflow(f"ADD_RESERVED: [{start:#x}, +{length:#x}) wraps")
+    file.ioas(cmd.id).iopt.space.reserve(start, start + length - 1, None)
+    return False
+
+
+def _mock_domain(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_mock_domain``: the selftest object's id is taken first, then a mock
+    device (EINVAL for an unknown device flag: 6.12 knows NO_DIRTY and HUGE_IOVA, 7.0
+    NO_DIRTY and PASID), bound and attached to ``id``; out: the three ids."""
+    ctx = file.ctx
+    flags = struct.unpack_from("<12xI", cmd.union)[0] if cmd.op == OP_MOCK_DOMAIN_FLAGS else 0
+    new = file.machine.kernel >= LINUX_7_0
+    valid = MOCK_FLAGS_DEVICE_NO_DIRTY | (MOCK_FLAGS_DEVICE_PASID if new else
+                                          MOCK_FLAGS_DEVICE_HUGE_IOVA)
+    stdev_id = ctx.reserve_id()
+    try:
+        if flags & ~valid:
+            raise InvalidArgument(f"MOCK_DOMAIN: device flags {flags:#x}")
+        if flags & MOCK_FLAGS_DEVICE_PASID:
+            raise NotSupported("MOCK_DOMAIN: PASID-capable mock devices are not modelled")
+        stdev = _new_mock_device(file, cmd.id, flags)
+    except KernelError:
+        ctx.abort_id(stdev_id)
+        raise
+    ctx.add(stdev, stdev_id)
+    assert stdev.idev.hwpt is not None
+    cmd.put("<III", 0, stdev.id, stdev.idev.hwpt.id, stdev.idev.id)
+    return True
+
+
+def _new_mock_device(file: IommufdFile, pt_id: int, flags: int) -> SelftestDevice:
     ctx = file.ctx
     dev = file.machine.add_mock_device(flags)
     try:
-        idev = ctx.bind(dev)
-    except Exception:
+        idev = ctx.bind(dev, mock=True)
+    except KernelError:
         file.machine.remove_device(dev)
         raise
     try:
-        hwpt_id = ctx.attach(idev, pt_id)
-    except Exception:
+        ctx.attach(idev, pt_id)
+    except KernelError:
         ctx.unbind(idev)
         file.machine.remove_device(dev)
         raise
-    stdev = SelftestDevice(dev=dev, idev=idev, machine=file.machine)
-    ctx.add(stdev)
-    return stdev.id, hwpt_id, idev.id
+    return SelftestDevice(dev=dev, idev=idev, machine=file.machine)
 
 
-def _access_file(proc: Process, fd: int) -> AccessFile:
-    f = proc.files.get(fd)
-    if not isinstance(f, AccessFile):
-        raise kernel_error(9, f"access fd {fd} is not an access")  # EBADF
-    return f
+def _mock_domain_replace(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_mock_domain_replace``: out: the HWPT now used."""
+    stdev: SelftestDevice = file.ctx.get(cmd.id, SelftestDevice)
+    (pt_id,) = struct.unpack_from("<I", cmd.union)
+    cmd.put("<I", 0, file.ctx.replace(stdev.idev, pt_id))
+    return True
 
 
-def _user_pfns(proc: Process, uptr: int, length: int) -> np.ndarray:
-    """The pfn of every 4K page of ``[uptr, +length)`` (faulted in, as GUP does)."""
-    runs = proc.mm._runs(uptr & ~(PAGE_SIZE - 1), -(-(uptr % PAGE_SIZE + length) //
-                                                     PAGE_SIZE) * PAGE_SIZE, False)
-    return np.concatenate([np.arange(pa >> PAGE_SHIFT, (pa + n) >> PAGE_SHIFT,
-                                     dtype=np.int64) for pa, n in runs])
+def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_md_check_pa``: every IO page of ``[iova, +length)`` maps the same
+    bytes as ``uptr``; EINVAL at the first that does not, the GUP error at the first
+    user page that cannot be had. 6.12 checks 2K alignment before looking the HWPT up
+    and reads the mock's slots; 7.0 looks it up first, checks alignment to the
+    domain's smallest page and compares ``iova_to_phys``. A length of 0 checks
+    nothing."""
+    iova, length, uptr = struct.unpack_from("<QQQ", cmd.union)
+    new = file.machine.kernel >= LINUX_7_0
+    if not new:
+        _check_aligned("MD_CHECK_MAP", MOCK_IO_PAGE_SIZE, iova, length, uptr)
+    hwpt = _mock_hwpt(file.ctx, cmd.id)
+    domain = hwpt.domain
+    ops = domain.ops
+    assert isinstance(ops, MockDomainOps)
+    page = domain.pgsize_bitmap & -domain.pgsize_bitmap if new else MOCK_IO_PAGE_SIZE
+    if new:
+        _check_aligned("MD_CHECK_MAP", page, iova, length, uptr)
+    n = length // page
+    if not n:
+        return False
+    offsets = np.arange(n, dtype=np.int64) * page
+    pfns, err = _gup(proc, uptr + offsets)
+    want = pfns * PAGE_SIZE + (uptr + offsets[:len(pfns)]) % PAGE_SIZE
+    # the mock maps 2K slots: iova_to_phys is the slot's address (0 where none, 7.0);
+    # 6.12's test finds no slot (-1 here, never a match)
+    first = iova // MOCK_IO_PAGE_SIZE
+    slots = first + offsets[:len(pfns)] // MOCK_IO_PAGE_SIZE
+    idx, vals = ops.pfns.present(first, int(slots[-1]) - first + 1) if len(slots) else \
+        (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64))
+    phys = np.full(int(slots[-1]) - first + 1 if len(slots) else 0, 0 if new else -1,
+                   dtype=np.int64)
+    phys[idx - first] = (vals & np.uint64(MOCK_PFN_MASK)).astype(np.int64) * MOCK_IO_PAGE_SIZE
+    got = phys[slots - first]
+    bad = np.flatnonzero(got != want)
+    if len(bad):
+        raise InvalidArgument(f"MD_CHECK_MAP: IOVA {iova + int(bad[0]) * page:#x} does "
+                              f"not map the bytes at {uptr + int(bad[0]) * page:#x}")
+    if err is not None:
+        raise err
+    return False
 
 
-def _check_map(ctx: IommufdCtx, proc: Process, hwpt_id: int, iova: int, length: int,
-               uptr: int) -> None:
-    """``iommufd_test_md_check_pa``: every 2K IO page maps the matching 2K of ``uptr``."""
-    hwpt: HwptPaging = ctx.get(hwpt_id, HwptPaging)
-    ops = hwpt.domain.ops
-    if not isinstance(ops, MockDomainOps):
-        raise InvalidArgument("MD_CHECK_MAP: not a mock domain")
-    if iova % MOCK_IO_PAGE_SIZE or length % MOCK_IO_PAGE_SIZE or uptr % MOCK_IO_PAGE_SIZE:
-        raise InvalidArgument("MD_CHECK_MAP: not 2K aligned")
-    n = length // MOCK_IO_PAGE_SIZE
-    pfns = _user_pfns(proc, uptr, length)
-    byte = uptr % PAGE_SIZE + np.arange(n, dtype=np.int64) * MOCK_IO_PAGE_SIZE
-    want = (pfns[byte // PAGE_SIZE] * PAGE_SIZE + byte % PAGE_SIZE) // MOCK_IO_PAGE_SIZE
-    idx, vals = ops.pfns.present(iova // MOCK_IO_PAGE_SIZE, n)
-    if len(idx) != n or not np.array_equal(
-            (vals & np.uint64(MOCK_PFN_MASK)).astype(np.int64), want):
-        raise InvalidArgument(f"MD_CHECK_MAP: [{iova:#x}, +{length:#x}) does not map "
-                              f"{uptr:#x}")
-
-
-def _check_refs(proc: Process, length: int, uptr: int, refs: int) -> None:
-    """``iommufd_test_md_check_refs``: each page's pin count is ``refs`` (EIO if not)."""
-    if length % PAGE_SIZE or uptr % PAGE_SIZE:
-        raise InvalidArgument("MD_CHECK_REFS: not page aligned")
+def _check_refs(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_md_check_refs``: every page of ``[uptr, +length)`` that is not part
+    of a compound page (THP, hugetlb) is pinned ``refs`` times (EIO at the first that is
+    not); the GUP error at the first page that cannot be had. A length of 0 checks
+    nothing."""
+    length, uptr, refs = struct.unpack_from("<QQI", cmd.union)
+    _check_aligned("MD_CHECK_REFS", PAGE_SIZE, 0, length, uptr)
+    pfns, err = _gup(proc, uptr + np.arange(length // PAGE_SIZE, dtype=np.int64) * PAGE_SIZE)
     pins = proc.machine.mem.pins
-    for pfn in _user_pfns(proc, uptr, length).tolist():
-        if pins.count(pfn) != refs:
-            raise kernel_error(5, f"MD_CHECK_REFS: pfn {pfn:#x} has {pins.count(pfn)} pins, "
-                               f"not {refs}")
+    counts = np.concatenate([pins.counts(pfn, n) for pfn, n in pfn_runs(pfns)]) \
+        if len(pfns) else np.zeros(0, dtype=np.int32)
+    bad = np.flatnonzero((counts != refs) & ~_compound(proc, pfns))
+    if len(bad):
+        pfn = int(pfns[bad[0]])
+        raise IoError(f"MD_CHECK_REFS: pfn {pfn:#x} has {pins.count(pfn)} pins, not {refs}")
+    if err is not None:
+        raise err
+    return False
 
 
-def _access_pages(ctx: IommufdCtx, proc: Process, af: AccessFile, flags: int, iova: int,
-                  length: int, uptr: int) -> int:
-    """``iommufd_test_access_pages``: pin, check against ``uptr``, keep as an item."""
-    if flags & ~MOCK_FLAGS_ACCESS_WRITE:
+def _create_access(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_create_access``: EOPNOTSUPP for an unknown flag; the access is
+    made, then attached to ``id`` (ENOENT destroys it again); out: its fd."""
+    (_, flags) = struct.unpack_from("<II", cmd.union)
+    if flags & ~MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
+        raise NotSupported(f"CREATE_ACCESS: flags {flags:#x}")
+    af = AccessFile(file.ctx, bool(flags))
+    try:
+        file.ctx.access_attach(af.access, cmd.id)
+    except KernelError:
+        file.ctx.access_destroy(af.access)
+        raise
+    cmd.put("<I", 0, proc.install(af))
+    return True
+
+
+def _destroy_access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_access_item_destroy``: ENOENT for an item the access has not."""
+    af = _access_file(proc, cmd.id)
+    (item_id,) = struct.unpack_from("<I", cmd.union)
+    item = af.items.pop(item_id, None)
+    if item is None:
+        raise NoEntry(f"DESTROY_ACCESS_PAGES: no item {item_id}")
+    file.ctx.access_unpin(af.access, *item)
+    return False
+
+
+def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_access_pages``: ENOMEM past 16 MiB, EOPNOTSUPP for an unknown flag
+    or an access made without pin ops; pin ``[iova, +length)``, then (unless ``uptr``
+    is 0) check each page is the one at ``uptr`` less the IOVA's page offset (EBADE
+    otherwise, the GUP error for a page that cannot be had; the pins go again); keep
+    it as an item; out: the item's id."""
+    flags, _, iova, length, uptr = struct.unpack_from("<IIQQQ", cmd.union)
+    if length > _MAX_ACCESS_LENGTH:
+        raise OutOfMemory(f"ACCESS_PAGES: length {length:#x}")
+    if flags & ~(MOCK_FLAGS_ACCESS_WRITE | MOCK_FLAGS_ACCESS_SYZ):
         raise NotSupported(f"ACCESS_PAGES: flags {flags:#x}")
+    af = _access_file(proc, cmd.id)
     if not af.needs_pin:
-        raise InvalidArgument("ACCESS_PAGES: the access was made without pin ops")
+        raise NotSupported("ACCESS_PAGES: the access was made without pin ops")
+    ctx = file.ctx
+    if flags & MOCK_FLAGS_ACCESS_SYZ:
+        iova = _syz_access_iova(af.access, iova)
     pfns = ctx.access_pin(af.access, iova, length, bool(flags & MOCK_FLAGS_ACCESS_WRITE))
-    if uptr and not np.array_equal(pfns, _user_pfns(proc, uptr, len(pfns) * PAGE_SIZE)):
-        ctx.access_unpin(af.access, iova, length)
-        raise InvalidArgument("ACCESS_PAGES: the pinned pages are not those of uptr")
-    item_id = next(i for i in range(1, len(af.items) + 2) if i not in af.items)
+    if uptr:
+        try:
+            _check_pages(proc, uptr - iova % PAGE_SIZE, pfns)
+        except KernelError:
+            ctx.access_unpin(af.access, iova, length)
+            raise
+    item_id = af.next_id
+    af.next_id = (af.next_id + 1) & 0xFFFFFFFF
     af.items[item_id] = (iova, length)
-    return item_id
+    cmd.put("<I", 4, item_id)
+    return True
 
 
-def _access_rw(ctx: IommufdCtx, proc: Process, af: AccessFile, iova: int, length: int,
-               uptr: int, flags: int) -> None:
-    """``iommufd_test_access_rw``: through a kernel buffer of at most 16 MiB."""
-    if flags & ~(MOCK_ACCESS_RW_WRITE | MOCK_ACCESS_RW_SLOW_PATH):
+def _check_pages(proc: Process, uptr: int, pfns: I64Array) -> None:
+    """``iommufd_test_check_pages``: page by page from ``uptr``; the GUP error, or EBADE
+    at the first page that is not the pinned one."""
+    got, err = _gup(proc, uptr + np.arange(len(pfns), dtype=np.int64) * PAGE_SIZE)
+    bad = np.flatnonzero(got != pfns[:len(got)])
+    if len(bad):
+        raise kernel_error(errno.EBADE, f"ACCESS_PAGES: page {int(bad[0])} is not the one "
+                           f"at {uptr + int(bad[0]) * PAGE_SIZE:#x}")
+    if err is not None:
+        raise err
+
+
+def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_access_rw``: ENOMEM past 16 MiB, EOPNOTSUPP for an unknown flag;
+    through a kernel buffer, the user's bytes read before the access (EFAULT) and
+    written after it."""
+    iova, length, uptr, flags = struct.unpack_from("<QQQI", cmd.union)
+    if length > _MAX_ACCESS_LENGTH:
+        raise OutOfMemory(f"ACCESS_RW: length {length:#x}")
+    if flags & ~(MOCK_ACCESS_RW_WRITE | MOCK_ACCESS_RW_SLOW_PATH | MOCK_FLAGS_ACCESS_SYZ):
         raise NotSupported(f"ACCESS_RW: flags {flags:#x}")
-    if length > 16 << 20:
-        raise OutOfMemory(f"ACCESS_RW: {length:#x} bytes")
+    af = _access_file(proc, cmd.id)
     write = bool(flags & MOCK_ACCESS_RW_WRITE)
     data = bytearray(proc.mm.read(uptr, length)) if write else bytearray(length)
-    ctx.access_rw(af.access, iova, data, write)
+    if flags & MOCK_FLAGS_ACCESS_SYZ:
+        iova = _syz_access_iova(af.access, iova)
+    file.ctx.access_rw(af.access, iova, data, write, mm=proc.mm,
+                       slow=bool(flags & MOCK_ACCESS_RW_SLOW_PATH))
     if not write:
         proc.mm.write(uptr, bytes(data))
+    return False
 
 
-def _dirty(ctx: IommufdCtx, proc: Process, hwpt_id: int, iova: int, length: int,
-           page_size: int, uptr: int) -> int:
-    """``iommufd_test_dirty``: set the mock's dirty bit of the entry at each page whose
-    bit is set in the user bitmap; how many were set."""
-    hwpt: HwptPaging = ctx.get(hwpt_id, HwptPaging)
+def _set_temp_memory_limit(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """EINVAL below one batch element (``sizeof(unsigned long) + sizeof(u32)``)."""
+    (limit,) = struct.unpack_from("<I", cmd.union)
+    if limit < 8 + 4:
+        raise InvalidArgument(f"SET_TEMP_MEMORY_LIMIT: {limit} is below 12")
+    file.ctx.temp_memory_limit[0] = limit
+    return False
+
+
+def _access_replace_ioas(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_access_replace_ioas`` / ``iommufd_access_replace``: the same access
+    moves to another IOAS; its items are unpinned on the way."""
+    af = _access_file(proc, cmd.id)
+    (ioas_id,) = struct.unpack_from("<I", cmd.union)
+    file.ctx.access_replace(af.access, ioas_id)
+    return False
+
+
+def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_dirty``: EINVAL for a bad range or page size, then the mock HWPT,
+    EINVAL unless it tracks dirty pages, the user bitmap (``max`` bits, EFAULT); each set
+    bit marks a page dirty. 6.12 refuses more than 16M * 8 bits (EOVERFLOW), looks the
+    slot up at ``iova / page_size`` (right only for a page_size of 2K, a kernel wart
+    kept) and counts the slots it found; 7.0 marks ``iova + i * page_size`` and counts
+    every set bit. Out: the count."""
+    _, iova, length, page_size, uptr = struct.unpack_from("<I4xQQQQ", cmd.union)
     if not page_size or not length or iova % page_size or length % page_size or not uptr:
         raise InvalidArgument("DIRTY: bad range or page size")
+    nbits = length // page_size
+    new = file.machine.kernel >= LINUX_7_0
+    if not new and nbits > _MAX_DIRTY_BITS:
+        raise Overflow(f"DIRTY: {nbits} bits")
+    hwpt = _mock_hwpt(file.ctx, cmd.id)
     ops = hwpt.domain.dirty_ops
     if not isinstance(ops, MockDirtyOps) or not ops.tracking:
         raise InvalidArgument("DIRTY: the domain is not tracking dirty pages")
-    npages = length // page_size
-    raw = proc.mm.read(uptr, -(-npages // 64) * 8)
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:npages]
+    raw = proc.mm.read(uptr, -(-nbits // 8))
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:nbits]
     pages = np.flatnonzero(bits).astype(np.int64)
-    return ops.set_dirty(hwpt.domain, iova + pages * page_size)
+    if new:
+        ops.set_dirty(hwpt.domain, iova + pages * page_size)
+        count = len(pages)
+    else:
+        slots = (iova + pages * page_size) // page_size
+        count = ops.set_dirty(hwpt.domain, slots * MOCK_IO_PAGE_SIZE)
+    cmd.put("<Q", 40, count)
+    return True
+
+
+def _check_iotlb(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_md_check_iotlb``: the id must be a nested mock HWPT, and the model
+    has none (ENOENT)."""
+    raise NoEntry(f"MD_CHECK_IOTLB: no nested HWPT {cmd.id}")
+
+
+def _trigger_iopf(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_trigger_iopf``: ENOENT for no such device, EINVAL for one that is
+    not a mock device; the fault is reported and goes nowhere (the model has no fault
+    queues), which is success."""
+    (dev_id,) = struct.unpack_from("<I", cmd.union)
+    idev: Device = file.ctx.get(dev_id, Device)
+    if idev.holds_ctx:  # only mock devices leave the context alone
+        raise InvalidArgument(f"TRIGGER_IOPF: device {dev_id} is not a mock device")
+    return False
+
+
+_HANDLERS = {
+    OP_ADD_RESERVED: _add_reserved, OP_MOCK_DOMAIN: _mock_domain,
+    OP_MOCK_DOMAIN_FLAGS: _mock_domain, OP_MOCK_DOMAIN_REPLACE: _mock_domain_replace,
+    OP_MD_CHECK_MAP: _check_map, OP_MD_CHECK_REFS: _check_refs,
+    OP_MD_CHECK_IOTLB: _check_iotlb, OP_CREATE_ACCESS: _create_access,
+    OP_ACCESS_REPLACE_IOAS: _access_replace_ioas, OP_ACCESS_PAGES: _access_pages,
+    OP_ACCESS_RW: _access_rw, OP_DESTROY_ACCESS_PAGES: _destroy_access_pages,
+    OP_SET_TEMP_MEMORY_LIMIT: _set_temp_memory_limit, OP_DIRTY: _dirty,
+    OP_TRIGGER_IOPF: _trigger_iopf,
+}
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _check_aligned(what: str, page: int, iova: int, length: int, uptr: int) -> None:
+    """EINVAL unless ``iova``, ``length`` and ``uptr`` are multiples of ``page`` and
+    ``uptr + length`` does not wrap."""
+    if iova % page or length % page or uptr % page or uptr + length > ULONG_MAX:
+        raise InvalidArgument(f"{what}: [{iova:#x}, +{length:#x}) at {uptr:#x} is not "
+                              f"{page:#x} aligned")
+
+
+def _mock_hwpt(ctx: IommufdCtx, hwpt_id: int) -> HwptPaging:
+    """``get_md_pagetable``: ENOENT for no paging HWPT, EINVAL for one not of the mock."""
+    hwpt: HwptPaging = ctx.get(hwpt_id, HwptPaging)
+    if not isinstance(hwpt.domain.ops, MockDomainOps):
+        raise InvalidArgument(f"HWPT {hwpt_id} is not a mock domain")
+    return hwpt
+
+
+def _access_file(proc: Process, fd: int) -> AccessFile:
+    """``iommufd_access_get``: EBADFD for a closed fd or a file that is no access."""
+    f = proc.files.get(fd)
+    if not isinstance(f, AccessFile):
+        raise kernel_error(errno.EBADFD, f"access fd {fd} is not a selftest access")
+    return f
+
+
+def _gup(proc: Process, addrs: I64Array) -> tuple[I64Array, KernelError | None]:
+    """``get_user_pages_fast`` of one page at each of ``addrs`` (in order), faulting
+    them in: the pfns up to the first address that cannot be had, and EFAULT for it."""
+    pfns = np.empty(len(addrs), dtype=np.int64)
+    pages = addrs >> PAGE_SHIFT
+    i = 0
+    while i < len(addrs):
+        va = int(pages[i]) << PAGE_SHIFT
+        vma = proc.mm.find_vma(va)
+        if vma is None or vma.pfnmap:
+            return pfns[:i], BadAddress(f"GUP: nothing at {va:#x}")
+        j = i + int(np.searchsorted(pages[i:], vma.end >> PAGE_SHIFT))
+        lo, hi = int(pages[i]), int(pages[j - 1])
+        run = _vma_pfns(proc, lo << PAGE_SHIFT, hi - lo + 1)
+        pfns[i:j] = run[pages[i:j] - lo]
+        i = j
+    return pfns, None
+
+
+def _vma_pfns(proc: Process, addr: int, npages: int) -> I64Array:
+    """The pfn of each of ``npages`` pages from ``addr`` (inside one VMA), faulted in."""
+    runs = proc.mm._runs(addr, npages * PAGE_SIZE, False)
+    return np.concatenate([np.arange(pa >> PAGE_SHIFT, (pa + n) >> PAGE_SHIFT, dtype=np.int64)
+                           for pa, n in runs])
+
+
+def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
+    """``PageCompound`` of each page: part of a THP or hugetlb folio of one of the
+    process's VMAs, or of a hugetlb memfd a VMA maps."""
+    out = np.zeros(len(pfns), dtype=np.bool_)
+    folios = sorted((p, 1 << o) for vma in proc.mm.vmas for p, o in vma.folios)
+    if folios:
+        heads = np.array([h for h, _ in folios], dtype=np.int64)
+        ends = heads + np.array([n for _, n in folios], dtype=np.int64)
+        i = np.searchsorted(heads, pfns, side="right") - 1
+        out |= (i >= 0) & (pfns < ends[np.maximum(i, 0)])
+    for vma in proc.mm.vmas:
+        if vma.file is not None and vma.file.order:
+            out |= np.isin(pfns, vma.file.pfns)
+    return out
+
+
+def syz_conv_iova(iopt: IoPagetable, iova: int) -> int:
+    """``__iommufd_test_syz_conv_iova``: ``iova`` read as syzkaller's (u32 nth area, u32
+    offset) pair; the IOVA ``offset`` bytes into the nth area, 0 if there is none."""
+    nth, offset = iova & 0xFFFFFFFF, iova >> 32
+    areas = iopt.areas()
+    return areas[nth].iova + offset if nth < len(areas) else 0
+
+
+def _syz_access_iova(access: Access, iova: int) -> int:
+    """``iommufd_test_syz_conv_iova``: 0 for a detached access."""
+    return syz_conv_iova(access.ioas.iopt, iova) if access.ioas is not None else 0
+
+
+def copy_syz_src_iova(ctx: IommufdCtx, src_id: int, flags: int, src_iova: int
+                      ) -> tuple[int, int]:
+    """``iommufd_test_syz_conv_iova_id`` for IOAS_COPY: with MOCK_FLAGS_ACCESS_SYZ the
+    flag is dropped and ``src_iova`` converted in the source IOAS (left as it is if
+    there is no such IOAS)."""
+    if not flags & MOCK_FLAGS_ACCESS_SYZ:
+        return flags, src_iova
+    flags &= ~MOCK_FLAGS_ACCESS_SYZ
+    ioas = ctx.objects.get(src_id)
+    if isinstance(ioas, Ioas):
+        src_iova = syz_conv_iova(ioas.iopt, src_iova)
+    return flags, src_iova

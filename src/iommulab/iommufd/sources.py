@@ -5,16 +5,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BadAddress
+from ..errors import BadAddress, InvalidArgument
 from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct
 from ..sizes import PAGE_SHIFT
 
-__all__ = ["FileSource", "UserSource"]
+if TYPE_CHECKING:
+    from ..vfio.files import VfioFile
+
+__all__ = ["FileSource", "OtherFileSource", "UserSource"]
 
 I64Array = npt.NDArray[np.int64]
 
@@ -58,3 +62,26 @@ class FileSource:
 
     def close(self) -> None:
         self.file.put()
+
+
+@dataclass
+class OtherFileSource:
+    """``IOPT_ADDRESS_FILE`` of a file that is neither a memfd nor hugetlbfs (7.0's
+    ``iopt_alloc_file_pages`` takes any file): it maps while no domain or access needs
+    its pages, and every pin is ``memfd_pin_folios``' EINVAL. The pages hold the file."""
+
+    file: VfioFile
+    start: int
+    is_file = True
+
+    def pin(self, index: int, n: int, write: bool) -> I64Array:
+        raise InvalidArgument("memfd_pin_folios: the file is not a memfd or hugetlbfs file")
+
+    def unpin(self, pfns: I64Array) -> None:
+        """Nothing was ever pinned."""
+
+    def close(self) -> None:
+        """``fput``."""
+        self.file.refs -= 1
+        if not self.file.refs:
+            self.file.release()

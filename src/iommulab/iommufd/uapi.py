@@ -7,8 +7,9 @@ mandatory field (EINVAL), copies ``min(size, sizeof)`` bytes, and refuses a
 longer struct whose extra bytes are not all zero (E2BIG,
 ``copy_struct_from_user``). Responses copy back ``min(size, sizeof)``
 bytes. :data:`COMMANDS` holds, per command number, the layout and that
-minimum, as ``iommufd_ioctl_ops[]`` (drivers/iommu/iommufd/main.c, 7.0)
-declares them.
+minimum, as ``iommufd_ioctl_ops[]`` (drivers/iommu/iommufd/main.c) declares
+them, and the first release that has the command: 6.12's table lacks
+IOMMU_IOAS_MAP_FILE and IOMMU_IOAS_CHANGE_PROCESS (:func:`command`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadAddress, InvalidArgument, TooBig
+from ..kernel import LINUX_6_12, LINUX_7_0, KernelVersion
 
 __all__ = [
     "COMMANDS",
     "IOMMUFD_TYPE",
     "Command",
+    "command",
     "read_ucmd",
     "respond",
 ]
@@ -106,6 +109,7 @@ HW_INFO = struct.Struct("<IIIIQIB3sQ")  # size flags dev_id data_len data_uptr t
 HWPT_SET_DIRTY_TRACKING = struct.Struct("<IIII")  # size, flags, hwpt_id, rsvd
 HWPT_GET_DIRTY_BITMAP = struct.Struct("<IIIIQQQQ")  # size hwpt flags rsvd iova len pgsz data
 IOAS_CHANGE_PROCESS = struct.Struct("<II")  # size, rsvd
+HWPT_INVALIDATE = struct.Struct("<IIQIIII")  # size hwpt_id data_uptr type entry_len num rsvd
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Command:
     request: int
     layout: struct.Struct
     min_size: int  # offsetofend(struct, last mandatory field)
+    since: KernelVersion = LINUX_6_12  # the first modelled release whose table has it
 
 
 #: request number -> command (``IOCTL_OP(num, fn, struct, last)``).
@@ -135,9 +140,19 @@ COMMANDS: dict[int, Command] = {c.request: c for c in (
             HWPT_SET_DIRTY_TRACKING, 16),  # __reserved
     Command("IOMMU_HWPT_GET_DIRTY_BITMAP", IOMMU_HWPT_GET_DIRTY_BITMAP,
             HWPT_GET_DIRTY_BITMAP, 48),  # data
-    Command("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE, IOAS_MAP_FILE, 40),  # iova
-    Command("IOMMU_IOAS_CHANGE_PROCESS", IOMMU_IOAS_CHANGE_PROCESS, IOAS_CHANGE_PROCESS, 8),
+    Command("IOMMU_HWPT_INVALIDATE", IOMMU_HWPT_INVALIDATE, HWPT_INVALIDATE, 32),  # rsvd
+    Command("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE, IOAS_MAP_FILE, 40,  # iova
+            LINUX_7_0),
+    Command("IOMMU_IOAS_CHANGE_PROCESS", IOMMU_IOAS_CHANGE_PROCESS, IOAS_CHANGE_PROCESS, 8,
+            LINUX_7_0),
 )}
+
+
+def command(request: int, kernel: KernelVersion) -> Command | None:
+    """The entry of ``kernel``'s ioctl table for ``request``; None where that release
+    has none (``iommufd_fops_ioctl`` then answers ENOTTY)."""
+    cmd = COMMANDS.get(request)
+    return cmd if cmd is not None and kernel >= cmd.since else None
 
 
 def read_ucmd(buf: bytes | bytearray, cmd: Command) -> tuple[tuple[Any, ...], int]:

@@ -8,8 +8,9 @@ ENODEV. Where the layer differs from real type1 it is on purpose, as the
 kernel documents it (reference §2.15):
 
 - MAP takes READ/WRITE only (VADDR is EINVAL) and does not require either;
-- UNMAP takes ALL only; a range that cuts a mapping or holds nothing is
-  ENOENT, and the size unmapped is written back even on error;
+- UNMAP takes ALL only; a range that cuts a mapping is ENOENT, one that
+  holds nothing unmaps 0 bytes (``iopt_unmap_iova_range`` starts from
+  rc = 0), and the size unmapped is written back even on error;
 - TYPE1 (v1) disables large pages on the IOAS and cuts areas at the ends of
   the range before unmapping, so any page-aligned sub-range unmaps exactly;
 - GET_INFO's chain is DMA_AVAIL (``U32_MAX``) then IOVA_RANGE, no MIGRATION;

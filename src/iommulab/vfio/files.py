@@ -106,7 +106,7 @@ def open_vfio_path(proc: Process, path: str) -> VfioFile:
     if name == "vfio":
         if m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"]:
             from ..iommufd.file import IommufdFile
-            return IommufdFile(m)
+            return IommufdFile(m, vfio_container=True)
         return Container(m)
     if name.startswith("devices/vfio") and name[12:].isdigit():
         from .cdev import DeviceCdev, cdev_devices

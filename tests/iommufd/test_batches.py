@@ -1,0 +1,249 @@
+"""iopt_pages fill and unfill a batch at a time, as drivers/iommu/iommufd/pages.c does.
+
+:func:`fill_batches` and :func:`unfill_batches` are checked against a transcription of
+the kernel's loops that moves one PFN at a time (``batch_add_pfn``, ``pfn_reader_next``,
+``iopt_area_unpin_domain``, ``__iopt_area_unfill_domain``) on random inputs; then the
+map and unmap calls (and IOTLB syncs) a real fill and unfill make are counted."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from iommulab.drivers.mock import MOCK_PFN_HUGE_IOVA
+from iommulab.iommufd import uapi as u
+from iommulab.iommufd.pages import fill_batches, unfill_batches
+from iommulab.iommufd.selftest import OP_SET_TEMP_MEMORY_LIMIT
+
+from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, Selftest
+
+
+class _Batch:
+    """``struct pfn_batch``, one PFN at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pfns: list[int] = []
+        self.npfns: list[int] = []
+
+    @property
+    def total(self) -> int:
+        return sum(self.npfns)
+
+    def add(self, pfn: int) -> bool:
+        if self.pfns and pfn == self.pfns[-1] + self.npfns[-1]:
+            self.npfns[-1] += 1
+            return True
+        if len(self.pfns) == self.size:
+            return False
+        self.pfns.append(pfn)
+        self.npfns.append(1)
+        return True
+
+    def clear_carry(self, keep: int) -> None:
+        if not keep:
+            self.pfns, self.npfns = [], []
+            return
+        self.pfns = [self.pfns[-1] + self.npfns[-1] - keep]
+        self.npfns = [keep]
+
+    def skip_carry(self, skip: int) -> None:
+        if not self.total:
+            return
+        skip = min(self.total, skip)
+        self.pfns[0] += skip
+        self.npfns[0] -= skip
+        if not self.npfns[0]:
+            self.pfns, self.npfns = [], []
+
+
+def _kernel_unfill(pfns: list[int], first: int, spans: list[tuple[int, int, int]],
+                   cap: int) -> list[tuple[int, int]]:
+    last = first + len(pfns) - 1
+    out: list[tuple[int, int]] = []
+    batch = _Batch(cap)
+    unmapped_end = first
+
+    def from_domain(start: int, stop: int) -> None:
+        while start <= stop and batch.add(pfns[start - first]):
+            start += 1
+
+    for kind, lo, hi in spans:
+        if kind:
+            batch.skip_carry(hi - lo + 1)
+            continue
+        start = lo
+        while start <= hi:
+            if unmapped_end <= hi:
+                from_domain(max(start, unmapped_end), hi)
+                batch_last = start + batch.total - 1
+            else:
+                batch_last = hi
+            if batch_last == hi and hi != last:
+                size, batch.size = batch.size, len(batch.pfns)
+                from_domain(hi + 1, last)
+                batch.size = size
+            if unmapped_end <= batch_last:
+                out.append((unmapped_end, start + batch.total - 1))
+                unmapped_end = start + batch.total
+            start = batch_last + 1
+            batch.clear_carry(unmapped_end - batch_last - 1)
+    if unmapped_end != last + 1:
+        out.append((unmapped_end, last))
+    return out
+
+
+def _kernel_fill_batches(pfns: list[int], readable: int, cap: int) -> int:
+    """Batches ``pfn_reader_next`` completes when only the first ``readable`` PFNs can be
+    read (the next one is a GUP error)."""
+    done, index = 0, 0
+    while index < len(pfns):
+        batch = _Batch(cap)
+        while index < len(pfns):
+            if index >= readable:
+                return done
+            if not batch.add(pfns[index]):
+                break
+            index += 1
+        done += 1
+    return done
+
+
+def _random_pfns(rng: random.Random, n: int) -> list[int]:
+    out, pfn = [], rng.randrange(1000)
+    for _ in range(n):
+        out.append(pfn)
+        pfn = pfn + 1 if rng.random() < 0.6 else rng.randrange(10_000)
+    return out
+
+
+def _random_spans(rng: random.Random, first: int, n: int) -> list[tuple[int, int, int]]:
+    spans: list[tuple[int, int, int]] = []
+    lo = first
+    while lo < first + n:
+        hi = min(first + n - 1, lo + rng.randrange(6))
+        kind = 0 if not spans or spans[-1][0] else rng.choice((0, 1, 2))
+        if spans and spans[-1][0] == kind:
+            spans[-1] = (kind, spans[-1][1], hi)
+        else:
+            spans.append((kind, lo, hi))
+        lo = hi + 1
+    return spans
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_unfill_batches_match_the_kernel_loop(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randrange(1, 40)
+    first = rng.randrange(5)
+    pfns = _random_pfns(rng, n)
+    spans = _random_spans(rng, first, n)
+    cap = rng.randrange(1, 6)
+    assert unfill_batches(np.array(pfns, dtype=np.int64), first, spans, cap) == \
+        _kernel_unfill(pfns, first, spans, cap)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_fill_batches_match_the_kernel_reader(seed: int) -> None:
+    rng = random.Random(seed)
+    pfns = _random_pfns(rng, rng.randrange(1, 40))
+    readable = rng.randrange(len(pfns) + 1)
+    cap = rng.randrange(1, 6)
+    prefix = np.array(pfns[:readable], dtype=np.int64)
+    nruns = int(np.count_nonzero(np.diff(prefix) != 1)) + 1 if readable else 0
+    complete = readable == len(pfns)
+    assert fill_batches(nruns, complete, cap) == _kernel_fill_batches(pfns, readable, cap)
+
+
+def _scattered(t: Selftest, npages: int) -> int:
+    """A buffer of ``npages`` pages none of which is physically next to another: two
+    buffers faulted in page by page, in turns."""
+    va, other = t.p.mmap(npages * PAGE_SIZE), t.p.mmap(npages * PAGE_SIZE)
+    for i in range(npages):
+        t.p.write(va + i * PAGE_SIZE, b"a")
+        t.p.write(other + i * PAGE_SIZE, b"b")
+    return va
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_fill_and_unfill_a_batch_at_a_time(kernel: str) -> None:
+    """SET_TEMP_MEMORY_LIMIT 48: batches of 4 PFN runs. A 10-run area is mapped with 10
+    ``iommu_map`` calls in 3 batches and, with nothing else holding its pages, unmapped
+    with 3 ``iommu_unmap`` calls (``__iopt_area_unfill_domain``); a second domain is
+    unmapped in one call (``iopt_area_unmap_domain``)."""
+    t = Selftest(kernel=kernel)
+    ioas = t.ioas_alloc()
+    t.mock_domain(ioas)
+    stats = t.p.files[t.fd].ctx.stats  # type: ignore[attr-defined]
+    t.test_cmd(OP_SET_TEMP_MEMORY_LIMIT, 0, struct.pack("<I", 48))
+    va = _scattered(t, 10)
+    t.map_fixed(ioas, va, 10 * PAGE_SIZE, MOCK_APERTURE_START)
+    assert (stats.map_calls, stats.batches) == (10, 3)
+    md = t.mock_domain(ioas)
+    out = t.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(48, 0, md.idev_id, ioas, 0, 0, 0, 0,
+                                                        0, 0, 0))
+    second = int(u.HWPT_ALLOC.unpack(out)[4])  # filled from the first: batches again
+    assert (stats.map_calls, stats.batches) == (20, 6)
+    assert t.unmap(ioas, MOCK_APERTURE_START, 10 * PAGE_SIZE) == 10 * PAGE_SIZE
+    assert stats.unmap_calls == 1 + 3
+    t.destroy(second)
+    t.close()
+
+
+def test_a_run_held_partly_by_an_access_is_mapped_whole() -> None:
+    """``batch_add_pfn`` extends the last run with the next contiguous PFN whatever span it
+    came from (an access's xarray, a domain, a fresh pin): a hugetlb page an access pinned
+    one 4K page of is still mapped by the mock as huge IO pages."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    buf = t.p.mmap(2 << 20, "hugetlb-2M", populate=True)
+    t.map_fixed(ioas, buf, 2 << 20, MOCK_APERTURE_START)
+    access = t.create_access(ioas, 1)
+    item = t.access_pages(access, MOCK_APERTURE_START + 5 * PAGE_SIZE, PAGE_SIZE,
+                          buf + 5 * PAGE_SIZE)
+    md = t.mock_domain(ioas, 1 << 1)  # MOCK_FLAGS_DEVICE_HUGE_IOVA: 2K and 1M pages
+    hwpt = t.p.files[t.fd].ctx.objects[md.hwpt_id]  # type: ignore[attr-defined]
+    idx, vals = hwpt.domain.ops.pfns.present(MOCK_APERTURE_START // 2048, 1024)
+    assert len(idx) == 1024 and (vals & np.uint64(MOCK_PFN_HUGE_IOVA)).all()
+    t.destroy_access_pages(access, item)
+    t.p.close(access)
+    t.close()
+
+
+def test_a_failed_fill_unwinds_as_the_kernel_does() -> None:
+    """Every allocation point of an IOAS_MAP into two mock domains failed in turn
+    (fail_nth): the kernel's unwinding (the failing batch's own maps, every domain but the
+    last up to where it got, the last one batch by batch) leaves nothing mapped or pinned
+    and never unmaps part of a map (the mock WARNs on that)."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    md = t.mock_domain(ioas)
+    out = t.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(48, 0, md.idev_id, ioas, 0, 0, 0, 0,
+                                                        0, 0, 0))
+    ctx = t.p.files[t.fd].ctx  # type: ignore[attr-defined]
+    domains = [ctx.objects[md.hwpt_id].domain,
+               ctx.objects[int(u.HWPT_ALLOC.unpack(out)[4])].domain]
+    t.test_cmd(OP_SET_TEMP_MEMORY_LIMIT, 0, struct.pack("<I", 48))
+    va = _scattered(t, 10)
+    fail_nth = t.m.mem.fail_nth
+    failures = 0
+    for nth in range(1, 200):
+        fail_nth.arm(nth)
+        try:
+            t.map_fixed(ioas, va, 10 * PAGE_SIZE, MOCK_APERTURE_START)
+        except OSError:
+            failures += 1
+            assert t.m.mem.pins.pins == 0
+            for d in domains:
+                assert not len(d.ops.pfns.present(0, 1 << 20)[0]) and not d.warnings
+            continue
+        finally:
+            fail_nth.disarm()
+        break
+    assert failures >= 20  # the 20 map calls at least
+    assert t.unmap(ioas, MOCK_APERTURE_START, 10 * PAGE_SIZE) == 10 * PAGE_SIZE
+    assert not any(d.warnings for d in domains)
+    t.close()
