@@ -6,6 +6,7 @@ table page or driver structure is left behind.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,3 +88,13 @@ def make_platform(*, kernel: str = "6.12", **config: Any) -> Platform:
 def page_word(pa: int) -> bytes:
     """What :meth:`Platform.buffer` wrote at the start of the page holding ``pa``."""
     return (pa >> 12).to_bytes(8, "little")
+
+
+def commands(p: Platform) -> Counter[str]:
+    """Commands the SMMU has consumed so far, by name."""
+    return Counter(p.hw.stats.commands)
+
+
+def command_delta(p: Platform, before: Counter[str]) -> dict[str, int]:
+    """Commands consumed since ``before`` (a :func:`commands` count), by name."""
+    return {k: v for k, v in (commands(p) - before).items() if v}

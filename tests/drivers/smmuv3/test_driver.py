@@ -24,15 +24,7 @@ from iommulab.iommu import MSI_IOVA_BASE, IommuCap, ResvType
 from iommulab.mem import PhysMem
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, SZ_64K, SZ_512M
 
-from .platform import RW, Platform, make_platform
-
-
-def _commands(p: Platform) -> Counter[str]:
-    return Counter(p.hw.stats.commands)
-
-
-def _delta(p: Platform, before: Counter[str]) -> dict[str, int]:
-    return {k: v for k, v in (_commands(p) - before).items() if v}
+from .platform import RW, Platform, command_delta, commands, make_platform
 
 
 # -- probe ----------------------------------------------------------------------------------
@@ -49,7 +41,7 @@ def test_probe_derives_features_and_sizes(kernel: str) -> None:
     assert (s.ias, s.oas, s.asid_bits, s.vmid_bits, s.sid_bits) == (48, 48, 16, 16, 8)
     assert s.pgsize_bitmap == 0x62215000  # 4K|2M|1G, 16K|32M, 64K|512M
     assert plat.hw.enabled
-    assert _commands(plat) == Counter({"CFGI_ALL": 1, "TLBI_NSNH_ALL": 1, "CMD_SYNC": 2})
+    assert commands(plat) == Counter({"CFGI_ALL": 1, "TLBI_NSNH_ALL": 1, "CMD_SYNC": 2})
     plat.close()
 
 
@@ -226,9 +218,9 @@ def test_domain_alloc_failure_is_enomem_and_allocates_no_tag(plat: Platform) -> 
 # -- attach ----------------------------------------------------------------------------------------
 def test_stage1_attach_writes_the_kernels_cd_and_ste(plat: Platform) -> None:
     master, _ = plat.device(0x21)
-    before = _commands(plat)
+    before = commands(plat)
     d = plat.domain(master, HWPT_ALLOC_DIRTY_TRACKING)
-    assert _delta(plat, before) == {"CFGI_CD": 2, "CFGI_STE": 2, "CMD_SYNC": 4,
+    assert command_delta(plat, before) == {"CFGI_CD": 2, "CFGI_STE": 2, "CMD_SYNC": 4,
                                     "PREFETCH_CFG": 1}
     assert master.cd_table is not None and d.pgtbl is not None
     cd = [int(w) for w in master.cd_table[:8]]
@@ -253,19 +245,19 @@ def test_switching_domains_updates_entries_safely_and_flushes_the_old_asid(
     master, _ = plat.device()
     a = plat.domain(master)
     b = plat.domain(master, attach=False)
-    before = _commands(plat)
+    before = commands(plat)
     plat.smmu.attach_dev(b, master)
     # The CD changes ASID and TTB0: a breaking update (V=0, rest, word 0), 3 syncs; the
     # STE is unchanged; A lost its last stream, so its ASID is flushed.
-    assert _delta(plat, before) == {"CFGI_CD": 3, "TLBI_NH_ASID": 1, "CMD_SYNC": 4,
+    assert command_delta(plat, before) == {"CFGI_CD": 3, "TLBI_NH_ASID": 1, "CMD_SYNC": 4,
                                     "PREFETCH_CFG": 1}
     assert a.masters == [] and b.masters == [master]
     s2 = plat.domain(master, HWPT_ALLOC_NEST_PARENT, attach=False)
-    before = _commands(plat)
+    before = commands(plat)
     plat.smmu.attach_dev(s2, master)
     # S1 -> S2 changes STE words 0 and 2: breaking, 3 syncs; then arm_smmu_clear_cd
     # zeroes CD 0 hitlessly (V first, then the rest: 2 syncs).
-    assert _delta(plat, before) == {"CFGI_STE": 3, "CFGI_CD": 2, "TLBI_NH_ASID": 1,
+    assert command_delta(plat, before) == {"CFGI_STE": 3, "CFGI_CD": 2, "TLBI_NH_ASID": 1,
                                     "CMD_SYNC": 6, "PREFETCH_CFG": 1}
     assert [int(w) for w in master.cd_table[:8]] == [0] * 8  # type: ignore[index]
 
@@ -360,10 +352,10 @@ def test_without_ril_large_ranges_become_one_asid_invalidation() -> None:
     assert [c[0] for c in _last_tlbis(p, 4)] == ["TLBI_NH_ASID", "CMD_SYNC", "TLBI_NH_VA",
                                                  "CMD_SYNC"]
     d.map(SZ_1G, 0x9000_0000, 300 * SZ_4K, RW)
-    before = _commands(p)
+    before = commands(p)
     d.unmap(SZ_1G, 300 * SZ_4K)
     # 300 per-page commands in batches of 64; only the last batch ends with a CMD_SYNC.
-    assert _delta(p, before) == {"TLBI_NH_VA": 300, "CMD_SYNC": 1}
+    assert command_delta(p, before) == {"TLBI_NH_VA": 300, "CMD_SYNC": 1}
     p.close()
 
 
@@ -372,11 +364,11 @@ def test_unattached_domains_send_no_invalidations(plat7: Platform) -> None:
     plat = plat7
     master, _ = plat.device()
     d = plat.domain(master, attach=False)
-    before = _commands(plat)
+    before = commands(plat)
     d.map(0, 0x8000_0000, SZ_2M, RW)
     d.unmap(0, SZ_2M)
     d.flush_iotlb_all()
-    assert _delta(plat, before) == {}
+    assert command_delta(plat, before) == {}
     assert d.tlb_stats.iotlb_sync == 1 and d.tlb_stats.flush_all == 1  # the calls happened
 
 
@@ -386,9 +378,9 @@ def test_an_illegal_command_is_skipped_and_the_queue_resumes(plat: Platform) -> 
     assert any("Illegal command" in line for line in plat.smmu.log)
     assert not plat.hw.cmdq_error
     assert plat.hw.read_reg(Reg.CMDQ_CONS) == plat.smmu.cmdq_prod  # everything consumed
-    before = _commands(plat)
+    before = commands(plat)
     plat.smmu.issue([], sync=True)
-    assert _delta(plat, before) == {"CMD_SYNC": 1}
+    assert command_delta(plat, before) == {"CMD_SYNC": 1}
 
 
 def test_remove_refuses_while_devices_or_domains_remain(plat: Platform) -> None:
@@ -471,8 +463,8 @@ def test_blocked_and_identity_attach_clear_cd_0(plat: Platform, target: str) -> 
     stage-1 CD a device had is zeroed (V first), so nothing can walk with it later."""
     master, _ = plat.device()
     plat.domain(master)
-    before = _commands(plat)
+    before = commands(plat)
     domain = plat.smmu.blocked_domain if target == "blocked" else plat.smmu.identity_domain
     plat.smmu.attach_dev(domain, master)
-    assert _delta(plat, before)["CFGI_CD"] == 2
+    assert command_delta(plat, before)["CFGI_CD"] == 2
     assert [int(w) for w in master.cd_table[:8]] == [0] * 8  # type: ignore[index]

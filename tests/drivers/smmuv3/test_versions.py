@@ -4,7 +4,6 @@ of the page tables (``smmu->ias``), the features probed, and the one ASID space.
 from __future__ import annotations
 
 import errno
-from collections import Counter
 
 import pytest
 
@@ -24,15 +23,7 @@ from iommulab.mem import PhysMem
 from iommulab.pgtable import Quirk
 from iommulab.sizes import SZ_2M
 
-from .platform import RW, Platform, make_platform
-
-
-def _commands(p: Platform) -> Counter[str]:
-    return Counter(p.hw.stats.commands)
-
-
-def _delta(p: Platform, before: Counter[str]) -> dict[str, int]:
-    return {k: v for k, v in (_commands(p) - before).items() if v}
+from .platform import RW, Platform, command_delta, commands, make_platform
 
 
 @pytest.mark.parametrize(("config", "flags", "stage"), [
@@ -170,9 +161,9 @@ def test_6_12_without_ril_every_granule_gets_its_own_command() -> None:
     master, _ = p.device()
     d = p.domain(master)
     d.map(0, 0x8000_1000, SZ_2M, RW)  # unaligned PA: a table of 512 pages
-    before = _commands(p)
+    before = commands(p)
     d.unmap(0, SZ_2M)
-    assert _delta(p, before) == {"TLBI_NH_VA": 513, "CMD_SYNC": 2}
+    assert command_delta(p, before) == {"TLBI_NH_VA": 513, "CMD_SYNC": 2}
     p.close()
 
 
@@ -183,15 +174,15 @@ def test_6_12_invalidates_unattached_domains_and_on_free() -> None:
     p = make_platform(kernel="6.12")
     master, _ = p.device()
     d = p.domain(master, attach=False)
-    before = _commands(p)
+    before = commands(p)
     d.map(0, 0x8000_0000, SZ_2M, RW)
     d.unmap(0, SZ_2M)
     d.flush_iotlb_all()
-    assert _delta(p, before) == {"TLBI_NH_VA": 1, "TLBI_NH_ASID": 1, "CMD_SYNC": 2}
-    before = _commands(p)
+    assert command_delta(p, before) == {"TLBI_NH_VA": 1, "TLBI_NH_ASID": 1, "CMD_SYNC": 2}
+    before = commands(p)
     d.free()
     p.domains.remove(d)
-    assert _delta(p, before) == {"TLBI_NH_ASID": 1, "CMD_SYNC": 1}
+    assert command_delta(p, before) == {"TLBI_NH_ASID": 1, "CMD_SYNC": 1}
     p.close()
 
 
@@ -203,11 +194,11 @@ def test_the_last_stream_leaving_flushes_the_asid_in_7_0_only(kernel: str) -> No
     master, _ = p.device()
     p.domain(master)
     b = p.domain(master, attach=False)
-    before = _commands(p)
+    before = commands(p)
     p.smmu.attach_dev(b, master)
     flush = {"TLBI_NH_ASID": 1} if kernel == "7.0" else {}
     syncs = 4 if kernel == "7.0" else 3
-    assert _delta(p, before) == {"CFGI_CD": 3, "CMD_SYNC": syncs, "PREFETCH_CFG": 1, **flush}
+    assert command_delta(p, before) == {"CFGI_CD": 3, "CMD_SYNC": syncs, "PREFETCH_CFG": 1, **flush}
     p.close()
 
 
@@ -222,17 +213,17 @@ def test_unmapping_4k_of_a_2m_block_through_the_smmu(kernel: str) -> None:
     buf = p.buffer(SZ_2M)
     d.map(0x4000_0000, buf, SZ_2M, RW)
     assert dev.dma_read(0x4000_1000, 8)  # the block is in the IOTLB now
-    before = _commands(p)
+    before = commands(p)
     unmapped = d.unmap(0x4000_1000, 0x1000)
     if kernel == "6.12":
         assert unmapped == 0x1000
-        assert _delta(p, before) == {"TLBI_NH_VA": 1, "CMD_SYNC": 1}
+        assert command_delta(p, before) == {"TLBI_NH_VA": 1, "CMD_SYNC": 1}
         with pytest.raises(DmaFault):
             dev.dma_read(0x4000_1000, 8)
         p.smmu.handle_events()
         assert dev.dma_read(0x4000_2000, 8) == (buf + 0x2000 >> 12).to_bytes(8, "little")
     else:
-        assert unmapped == 0 and _delta(p, before) == {}
+        assert unmapped == 0 and command_delta(p, before) == {}
     d.unmap(0x4000_0000, SZ_2M)
     p.close()
 
