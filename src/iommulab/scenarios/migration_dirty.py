@@ -102,7 +102,7 @@ def run(ctx: RunContext) -> ScenarioResult:
     res.plots.append(Plot("Bytes the dirty bitmap made the VMM resend, per round", "bytes",
                           [f"round {i + 1}" for i in range(p["rounds"])], per_round, log=True))
     res.notes.append("missed: written but not reported. The model's IOTLB keeps the dirty "
-                     "state of entries it wrote through, and Linux 7.0's arm_smmu_iotlb_sync "
+                     "state of entries it wrote through, and arm_smmu_iotlb_sync (6.12 and 7.0) "
                      "skips a gather with no page size, so read_and_clear_dirty never "
                      "invalidates them; the lab's sync fix does.")
     res.notes.append("transient faults: BBM level 0 breaks each block before making the "
