@@ -16,6 +16,8 @@ from .gather import IommuIotlbGather
 
 __all__ = ["IommuDirtyBitmap", "IovaBitmap"]
 
+I64Array = npt.NDArray[np.int64]
+
 _SLICE_LOOP_PAGES = 64  # leaves covering more pages than this are set by slices
 
 
@@ -31,7 +33,8 @@ class IovaBitmap:
         self.length = length
         self.page_size = page_size
         self._shift = page_size.bit_length() - 1
-        self._bits = np.zeros(((length - 1) >> self._shift) + 1, dtype=np.bool_)
+        self._nbits = ((length - 1) >> self._shift) + 1
+        self._bits = np.zeros(self._nbits, dtype=np.bool_)
 
     def set(self, iova: int, length: int) -> None:
         """``iova_bitmap_set``: mark every page overlapping ``[iova, iova+length)``."""
@@ -63,16 +66,33 @@ class IovaBitmap:
             for i in np.flatnonzero(hit).tolist():
                 self.set(iova + i * size, size)
 
+    def set_ranges(self, iovas: I64Array, lengths: I64Array) -> None:
+        """:meth:`set` of each ``(iovas[i], lengths[i])``, in O(pages + ranges)."""
+        rel = iovas - self.iova
+        first = np.maximum(rel, 0)
+        last = np.minimum(rel + lengths, self.length) - 1
+        keep = last >= first
+        self._mark(first[keep] >> self._shift, last[keep] >> self._shift)
+
+    def _mark(self, first: I64Array, last: I64Array) -> None:
+        """Set bits ``[first[i], last[i]]`` for each ``i`` (all inside ``_bits``)."""
+        if not len(first):
+            return
+        edges = np.zeros(len(self._bits) + 1, dtype=np.int64)
+        np.add.at(edges, first, 1)
+        np.add.at(edges, last + 1, -1)
+        self._bits |= np.cumsum(edges[:-1]) > 0
+
     def is_set(self, iova: int) -> bool:
         return bool(self._bits[(iova - self.iova) >> self._shift])
 
     @property
     def npages(self) -> int:
-        return len(self._bits)
+        return self._nbits
 
     def count(self) -> int:
         """Number of dirty pages."""
-        return int(np.count_nonzero(self._bits))
+        return int(np.count_nonzero(self._bits[:self._nbits]))
 
     def to_bytes(self) -> bytes:
         """The bitmap as the kernel writes it: u64 words, bit i = page i."""
@@ -98,6 +118,17 @@ class IommuDirtyBitmap:
             self.bitmap.set(iova, length)
         if self.gather is not None:
             self.gather.add_range(iova, length)
+
+    def record_ranges(self, iovas: I64Array, lengths: I64Array, *, gather: bool) -> None:
+        """``iova_bitmap_set`` of each range when there is a bitmap; with ``gather``, each
+        added to the gather too (generic_pt's ``record_dirty``)."""
+        if not len(iovas):
+            return
+        if self.bitmap is not None:
+            self.bitmap.set_ranges(iovas, lengths)
+        if gather and self.gather is not None:
+            start = int(iovas.min())
+            self.gather.add_range(start, int((iovas + lengths).max()) - start)
 
     def record_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
         """``record(iova + i * size, size)`` for each ``hit[i]`` (one gather widening)."""
