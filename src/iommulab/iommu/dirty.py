@@ -14,11 +14,13 @@ import numpy.typing as npt
 
 from .gather import IommuIotlbGather
 
-__all__ = ["IommuDirtyBitmap", "IovaBitmap"]
+__all__ = ["IommuDirtyBitmap", "IovaBitmap", "UserIovaBitmap"]
 
 I64Array = npt.NDArray[np.int64]
 
 _SLICE_LOOP_PAGES = 64  # leaves covering more pages than this are set by slices
+_BITMAP_PAGE = 4096  # PAGE_SIZE of the pages iova_bitmap pins
+_MAX_PINNED_PAGES = _BITMAP_PAGE // 8  # PAGE_SIZE / sizeof(struct page *)
 
 
 class IovaBitmap:
@@ -102,6 +104,61 @@ class IovaBitmap:
 
     def clear(self) -> None:
         self._bits[:] = False
+
+
+class UserIovaBitmap(IovaBitmap):
+    """Linux 7.0's ``iova_bitmap_set`` into the user's bitmap at ``data``.
+
+    A record inside the range sets its bits. One that starts before the range sets
+    nothing (``iova_bitmap_advance_to`` finds no such word). One that starts in a
+    word of the bitmap but ends past the range is not cut: its bits go on past the
+    bitmap's last one, into the user's memory, as far as the pages pinned for it
+    reach: ``iova_bitmap_get`` pins from the page of the start's word, one page more
+    than the remaining words need when that word is not page aligned, at most 512
+    pages a window. 6.12 refuses such a record instead (EPROTO); 7.0 dropped the
+    check. :meth:`to_bytes` holds those bits too.
+    """
+
+    def __init__(self, iova: int, length: int, page_size: int, data: int) -> None:
+        super().__init__(iova, length, page_size)
+        self.data = data
+        self._words = ((length - 1) >> self._shift) // 64 + 1  # mapped_total_index
+
+    def _reach(self, word: int) -> int:
+        """The first bit (counted from ``data``) the pins for a record starting in
+        ``word`` cannot reach: window after window while words remain."""
+        while True:
+            addr = self.data + 8 * word
+            npages = min(-(-(self._words - word) * 8 // _BITMAP_PAGE)
+                         + (addr % _BITMAP_PAGE != 0), _MAX_PINNED_PAGES)
+            end_bit = ((addr & ~(_BITMAP_PAGE - 1)) + npages * _BITMAP_PAGE - self.data) * 8
+            if end_bit >> 6 >= self._words:
+                return end_bit
+            word = end_bit >> 6
+
+    def set(self, iova: int, length: int) -> None:
+        self.set_ranges(np.array([iova], dtype=np.int64), np.array([length], dtype=np.int64))
+
+    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
+        starts = iova + np.flatnonzero(hit).astype(np.int64) * size
+        self.set_ranges(starts, np.full(len(starts), size, dtype=np.int64))
+
+    def set_ranges(self, iovas: I64Array, lengths: I64Array) -> None:
+        rel = iovas - self.iova
+        first = rel >> self._shift
+        last = (rel + lengths - 1) >> self._shift
+        keep = (rel >= 0) & (first >> 6 < self._words)
+        first, last = first[keep], last[keep]
+        over = last >= self._nbits
+        if over.any():
+            reach = np.array([self._reach(int(w)) for w in (first[over] >> 6).tolist()],
+                             dtype=np.int64)
+            last[over] = np.minimum(last[over], reach - 1)
+            if int(last.max()) >= len(self._bits):
+                grown = np.zeros(int(last.max()) + 1, dtype=np.bool_)
+                grown[:len(self._bits)] = self._bits
+                self._bits = grown
+        self._mark(first, last)
 
 
 class IommuDirtyBitmap:
