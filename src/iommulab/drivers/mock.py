@@ -71,7 +71,8 @@ MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
 HWPT_ALLOC_NEST_PARENT, HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_PASID = 1 << 0, 1 << 1, 1 << 3
 
 _SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
-_EMPTY = np.uint64((1 << 64) - 1)  # no xarray value can be all ones (flags stop at bit 55)
+_U64 = (1 << 64) - 1
+_EMPTY = np.uint64(_U64)  # no xarray value can be all ones (flags stop at bit 55)
 _CHUNK_SHIFT = 12  # 4096 slots (8 MiB of IOVA) per chunk
 
 
@@ -181,8 +182,9 @@ class MockDomainOps:
         values[-1] |= np.uint64(MOCK_PFN_LAST_IOVA)
         if pgsize != MOCK_IO_PAGE_SIZE:
             values |= np.uint64(MOCK_PFN_HUGE_IOVA)
-        if self.pfns.store(iova >> _SHIFT, values):
-            domain.warnings["mock_domain_map_pages: slot already in use"] += 1
+        occupied = self.pfns.store(iova >> _SHIFT, values)
+        if occupied:  # WARN_ON(old) for each slot that held a value
+            domain.warnings["mock_domain_map_pages: slot already in use"] += occupied
         return n << _SHIFT
 
     def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
@@ -256,7 +258,7 @@ class MockDomainOps:
 class MockDirtyOps:
     """``dirty_ops`` of the mock (selftest.c, 6.12): a domain-wide MOCK_DIRTY_TRACK flag and
     a MOCK_PFN_DIRTY_IOVA bit per slot, set by IOMMU_TEST_OP_DIRTY; a dirty huge entry
-    reports its whole 1M."""
+    is cleared whole and reported as 1M from where the walk stepped on it."""
 
     def __init__(self) -> None:
         self.tracking = False  # MOCK_DIRTY_TRACK
@@ -266,32 +268,31 @@ class MockDirtyOps:
 
     def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int, flags: int,
                              dirty: IommuDirtyBitmap) -> None:
-        """``mock_domain_read_and_clear_dirty``: EINVAL with a bitmap while not tracking."""
+        """``mock_domain_read_and_clear_dirty``: EINVAL with a bitmap while not tracking.
+
+        The walk starts at ``iova`` and steps 2K past an empty or ordinary slot and 1M
+        past a HUGE one. At a HUGE slot every slot of the 1M region around it
+        (``head = iova & ~(1M - 1)``) is tested and cleared, but the dirty range is
+        recorded from the walked IOVA, not the head, so a walk that starts inside a
+        huge entry records 1M from there (into the next entry's bits) and goes on at
+        the same offset into each following 1M (a kernel wart kept). A vector step per
+        stretch of 2K or of 1M steps."""
         if not self.tracking and dirty.bitmap is not None:
             raise InvalidArgument("mock: read_and_clear_dirty while not tracking")
         assert isinstance(domain.ops, MockDomainOps)
         pfns = domain.ops.pfns
-        first = iova >> _SHIFT
-        n = -(-(iova + size) // MOCK_IO_PAGE_SIZE) - first
-        idx, vals = pfns.present(first, n)
-        flag = np.uint64(MOCK_PFN_DIRTY_IOVA)
-        hit = (vals & flag) != 0
-        if not hit.any():
-            return
-        huge = (vals & np.uint64(MOCK_PFN_HUGE_IOVA)) != 0
-        small = hit & ~huge
-        if small.any():
-            mask = np.zeros(n, dtype=np.bool_)
-            mask[idx[small] - first] = True
-            dirty.record_run(first << _SHIFT, MOCK_IO_PAGE_SIZE, mask)
-        heads = np.unique((idx[hit & huge] << _SHIFT) & ~(MOCK_HUGE_PAGE_SIZE - 1))
-        for head in heads.tolist():
-            dirty.record(head, MOCK_HUGE_PAGE_SIZE)
-        if not flags & IOMMU_DIRTY_NO_CLEAR:
-            clear = hit.copy()
-            if len(heads):  # every slot of a dirty huge entry
-                clear |= huge & np.isin((idx << _SHIFT) & ~(MOCK_HUGE_PAGE_SIZE - 1), heads)
-            pfns.update(idx[clear], vals[clear] & ~flag)
+        end = iova + size
+        # every slot a 1M head may test lies in the 1M regions the walk touches
+        lo = (iova & ~(MOCK_HUGE_PAGE_SIZE - 1)) >> _SHIFT
+        hi = -(-end // MOCK_HUGE_PAGE_SIZE) * (MOCK_HUGE_PAGE_SIZE >> _SHIFT)
+        idx, vals = pfns.present(lo, hi - lo)
+        walk = _DirtyWalk(idx, vals, vals.copy(), end, flags, dirty)
+        pos = iova
+        while pos < end:  # the kernel's do-while: size is never 0 here
+            pos = walk.huge_steps(pos) if walk.is_huge(pos) else walk.small_steps(pos)
+        changed = walk.vals != walk.orig
+        if changed.any():
+            pfns.update(idx[changed], walk.vals[changed])
 
     def set_dirty(self, domain: IommuDomain, iovas: npt.NDArray[np.int64]) -> int:
         """IOMMU_TEST_OP_DIRTY: mark the slots at ``iovas`` dirty; how many exist."""
@@ -308,6 +309,68 @@ def _slots(pfns: MockPfns, want: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.
     idx, vals = pfns.present(int(want[0]), int(want[-1] - want[0]) + 1)
     keep = np.isin(idx, want)
     return idx[keep], vals[keep]
+
+
+@dataclass
+class _DirtyWalk:
+    """The state of one 6.12 ``mock_domain_read_and_clear_dirty`` walk over the present
+    slots ``idx`` (sorted) and their values ``vals`` (cleared as the walk goes)."""
+
+    idx: npt.NDArray[np.int64]
+    vals: U64Array
+    orig: U64Array
+    end: int
+    flags: int
+    dirty: IommuDirtyBitmap
+
+    def _slot_flags(self, slots: npt.NDArray[np.int64], flag: int) -> npt.NDArray[np.bool_]:
+        """Whether each slot is present and carries ``flag``."""
+        if not len(self.idx):
+            return np.zeros(len(slots), dtype=np.bool_)
+        k = np.minimum(np.searchsorted(self.idx, slots), len(self.idx) - 1)
+        found: npt.NDArray[np.bool_] = (self.idx[k] == slots) & (
+            (self.vals[k] & np.uint64(flag)) != 0)
+        return found
+
+    def is_huge(self, pos: int) -> bool:
+        return bool(self._slot_flags(np.array([pos >> _SHIFT]), MOCK_PFN_HUGE_IOVA)[0])
+
+    def small_steps(self, pos: int) -> int:
+        """2K steps from ``pos`` up to the first HUGE slot (or the end): each dirty slot is
+        recorded as ``(step iova, 2K)`` and cleared; returns where the walk goes on."""
+        n = -(-(self.end - pos) // MOCK_IO_PAGE_SIZE)
+        s0 = pos >> _SHIFT
+        k0, k1 = np.searchsorted(self.idx, [s0, s0 + n])
+        huge = np.flatnonzero(self.vals[k0:k1] & np.uint64(MOCK_PFN_HUGE_IOVA))
+        steps = int(self.idx[k0 + huge[0]]) - s0 if len(huge) else n
+        k1 = k0 + int(np.searchsorted(self.idx[k0:k1], s0 + steps))
+        hit = (self.vals[k0:k1] & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
+        if hit.any():
+            mask = np.zeros(steps, dtype=np.bool_)
+            mask[self.idx[k0:k1][hit] - s0] = True
+            self.dirty.record_run(pos, MOCK_IO_PAGE_SIZE, mask)
+            if not self.flags & IOMMU_DIRTY_NO_CLEAR:
+                self.vals[k0:k1][hit] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
+        return pos + steps * MOCK_IO_PAGE_SIZE
+
+    def huge_steps(self, pos: int) -> int:
+        """1M steps from ``pos`` while the slot stepped on is HUGE: each tests and clears
+        the 1M region around it (``mock_test_and_clear_dirty(head, 1M)``) and records
+        ``(step iova, 1M)`` if any slot there was dirty; returns where the walk goes on."""
+        m = -(-(self.end - pos) // MOCK_HUGE_PAGE_SIZE)
+        steps = pos + np.arange(m, dtype=np.int64) * MOCK_HUGE_PAGE_SIZE
+        huge = self._slot_flags(steps >> _SHIFT, MOCK_PFN_HUGE_IOVA)
+        stop = int(np.argmin(huge)) if not huge.all() else m
+        regions = steps[:stop] // MOCK_HUGE_PAGE_SIZE
+        slot_regions = self.idx // (MOCK_HUGE_PAGE_SIZE >> _SHIFT)
+        dirty_slots = (self.vals & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
+        hit = np.isin(regions, slot_regions[dirty_slots])
+        if hit.any():
+            self.dirty.record_run(pos, MOCK_HUGE_PAGE_SIZE, hit)
+            if not self.flags & IOMMU_DIRTY_NO_CLEAR:
+                clear = dirty_slots & np.isin(slot_regions, regions[hit])
+                self.vals[clear] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
+        return pos + stop * MOCK_HUGE_PAGE_SIZE
 
 
 @dataclass(frozen=True)
