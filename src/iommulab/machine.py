@@ -113,7 +113,7 @@ class Machine:
         elif platform == "mock":
             from .drivers.mock import MockHw, MockIommu
             self.translator = MockHw(self.mem.fail_nth)
-            self.driver = MockIommu(self.translator, kernel=self.kernel)
+            self.driver = MockIommu(self.translator, kernel=self.kernel, mem=self.mem)
         else:
             from .drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
             self.translator = SmmuV3Hw(self.mem, SmmuV3Config())

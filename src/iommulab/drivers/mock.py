@@ -2,9 +2,10 @@
 
 Follows drivers/iommu/iommufd/selftest.c as of Linux 6.12 (the kernel the
 oracle recordings come from; 7.0 moved the mock onto generic_pt's AMDv1
-format). Each 2K IO page of a domain is one xarray slot at index
-``iova / MOCK_IO_PAGE_SIZE`` holding ``(paddr / MOCK_IO_PAGE_SIZE) | flags``:
-the first and last slot of every ``map_pages`` call carry
+format, :mod:`.mock_pt`, which :class:`MockIommu` uses under 7.0). Each 2K IO
+page of a domain is one xarray slot at index ``iova / MOCK_IO_PAGE_SIZE`` holding
+``(paddr / MOCK_IO_PAGE_SIZE) | flags``: the first and last slot of every
+``map_pages`` call carry
 ``MOCK_PFN_START_IOVA`` (= ``MOCK_PFN_LAST_IOVA``), every slot of a map with a
 page size above 2K carries ``MOCK_PFN_HUGE_IOVA``. ``unmap_pages`` WARNs
 unless it starts on a START slot and ends on a LAST slot (unmaps must be a
@@ -31,10 +32,12 @@ from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvRegion
+from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
-from ..mem import FailNth
+from ..mem import FailNth, PhysMem
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..sizes import PAGE_SIZE
+from .mock_pt import MockPtDomainOps, check_user_data_type, mock_domain_alloc_pgtable
 
 __all__ = [
     "MOCK_APERTURE_LAST",
@@ -388,7 +391,8 @@ class MockFault:
 
 @dataclass
 class MockHw:
-    """What devices behind the mock translate through: the attached domain's slots."""
+    """What devices behind the mock translate through: the attached domain's slots (6.12)
+    or table (7.0)."""
 
     fail_nth: FailNth
     domains: dict[int, IommuDomain] = field(default_factory=dict)  # sid -> paging domain
@@ -398,16 +402,20 @@ class MockHw:
                       ) -> tuple[int, int]:
         """The physical address of ``iova`` and the end of its slot (or 1M huge entry)."""
         domain = self.domains.get(sid)
-        value = None
-        if domain is not None and isinstance(domain.ops, MockDomainOps):
+        found = None
+        if domain is not None and isinstance(domain.ops, MockPtDomainOps):
+            found = domain.ops.translate(iova)  # 7.0: the AMDv1 table
+        elif domain is not None and isinstance(domain.ops, MockDomainOps):
             value = domain.ops.pfns.load(iova >> _SHIFT)
-        if value is None:
+            if value is not None:
+                size = MOCK_HUGE_PAGE_SIZE if value & MOCK_PFN_HUGE_IOVA else MOCK_IO_PAGE_SIZE
+                pa = ((value & MOCK_PFN_MASK) << _SHIFT) | (iova & (MOCK_IO_PAGE_SIZE - 1))
+                found = pa, (iova | (size - 1)) + 1
+        if found is None:
             self.faults.append(MockFault(sid, iova, write))
             raise DmaFault(str(self.faults[-1]), sid=sid, iova=iova, write=write,
                            reason="no mapping")
-        size = MOCK_HUGE_PAGE_SIZE if value & MOCK_PFN_HUGE_IOVA else MOCK_IO_PAGE_SIZE
-        pa = ((value & MOCK_PFN_MASK) << _SHIFT) | (iova & (MOCK_IO_PAGE_SIZE - 1))
-        return pa, (iova | (size - 1)) + 1
+        return found
 
 
 @dataclass
@@ -417,14 +425,19 @@ class _MockDev:
 
 
 class MockIommu:
-    """``mock_ops``: 2K pages (plus 1M with MOCK_FLAGS_DEVICE_HUGE_IOVA), the mock aperture,
-    a blocking default domain, no reserved regions."""
+    """``mock_ops``: a blocking default domain, no reserved regions, and paging domains
+    as ``kernel`` makes them: 6.12's xarray of 2K slots (1M pages too with
+    MOCK_FLAGS_DEVICE_HUGE_IOVA) in the mock aperture, or 7.0's generic_pt AMDv1 table
+    (:mod:`.mock_pt`), whose tables come from ``mem``."""
 
     pgsize_bitmap = MOCK_IO_PAGE_SIZE
+    takes_user_data = True  # domain_alloc_paging_flags reads HWPT_ALLOC's driver data
 
-    def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
+    def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL,
+                 mem: PhysMem | None = None) -> None:
         self.hw = hw
         self.kernel = kernel
+        self._mem = mem
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
         self.default_domain = self.blocked_domain  # mock_ops.default_domain
@@ -439,9 +452,22 @@ class MockIommu:
     def get_resv_regions(self, dev: _MockDev) -> list[ResvRegion]:
         return []
 
+    @property
+    def mem(self) -> PhysMem:
+        """Where 7.0's tables live (a private 1G when the machine gave none)."""
+        if self._mem is None:
+            self._mem = PhysMem("1G")
+        return self._mem
+
     def domain_alloc_paging(self, dev: _MockDev | None = None,
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
-        """``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA."""
+        """6.12 ``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA.
+        7.0 has no such op: ``iommu_paging_domain_alloc`` calls
+        :meth:`domain_alloc_paging_flags` without flags or data."""
+        if self.kernel >= LINUX_7_0:
+            domain = self.domain_alloc_paging_flags(dev, 0)
+            domain.type = type
+            return domain
         domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
                              DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True),
                              kernel=self.kernel)
@@ -449,21 +475,29 @@ class MockIommu:
             domain.pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE
         return domain
 
-    def domain_alloc_paging_flags(self, dev: _MockDev | None, flags: int = 0) -> IommuDomain:
+    def domain_alloc_paging_flags(self, dev: _MockDev | None, flags: int = 0,
+                                  user_data: IommuUserData | None = None) -> IommuDomain:
         """``mock_domain_alloc_user`` (6.12: NEST_PARENT and DIRTY_TRACKING) or
         ``mock_domain_alloc_paging_flags`` (7.0: PASID too): EOPNOTSUPP for another flag
         or dirty tracking on a NO_DIRTY device; dirty ops only when asked for.
 
-        Under 7.0 the domain is still the 6.12 mock's (2K xarray slots); 7.0's
-        generic_pt AMDv1 mock table is not modelled (see the README)."""
+        6.12 refuses driver data for a paging domain (EOPNOTSUPP). 7.0 reads a
+        ``struct iommu_hwpt_selftest`` from it (:func:`.mock_pt.check_user_data_type`)
+        and makes the AMDv1 table of its ``pagetable_type``."""
+        new = self.kernel >= LINUX_7_0
         valid = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
-        if self.kernel >= LINUX_7_0:
+        if new:
             valid |= HWPT_ALLOC_PASID
         if flags & ~valid:
             raise NotSupported(f"mock: HWPT flags {flags:#x} (valid: {valid:#x})")
         dirty = bool(flags & HWPT_ALLOC_DIRTY_TRACKING)
+        if user_data is not None and not new:
+            raise NotSupported("mock: driver data for a paging domain")
         if dirty and dev is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise NotSupported("mock: dirty tracking on a NO_DIRTY device")
+        if new:
+            cfg = check_user_data_type(user_data)
+            return mock_domain_alloc_pgtable(self.mem, cfg, dirty, self.kernel)
         domain = self.domain_alloc_paging(dev)
         if dirty:
             domain.dirty_ops = MockDirtyOps()

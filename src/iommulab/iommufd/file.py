@@ -35,6 +35,7 @@ from ..errors import (
 from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, UserIovaBitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
+from ..iommu.user_data import IommuUserData
 from ..kernel import LINUX_7_0
 from ..mem.memfd import MemFd
 from ..prot import Prot
@@ -356,8 +357,10 @@ class IommufdFile(VfioFile):
         if pt is None:  # iommufd_get_object's ENOENT becomes EINVAL here
             raise InvalidArgument(f"HWPT_ALLOC: no object {pt_id}")
         if isinstance(pt, Ioas):
+            user_data = IommuUserData(data_type, data_uptr, data_len, proc.mm.read) \
+                if data_len else None
             hwpt = self.ctx.hwpt_paging_alloc(pt, idev, flags, auto=False,
-                                              user_data=bool(data_len), finalize=False)
+                                              user_data=user_data, finalize=False)
         elif isinstance(pt, HwptPaging):
             self.ctx.check_nested_parent(pt, idev, flags, data_len)
             raise NotSupported(f"HWPT_ALLOC: nested HWPTs (data type {data_type:#x} on "
