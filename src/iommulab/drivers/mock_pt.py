@@ -25,6 +25,7 @@ one item that holds the IOVA.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,8 +77,7 @@ def read_hwpt_selftest(user_data: IommuUserData) -> HwptSelftest:
     """``iommu_copy_struct_from_user(&user_cfg, user_data, IOMMU_HWPT_DATA_SELFTEST,
     iotlb)``: EINVAL for another type or a length outside [4, 8], EFAULT."""
     raw = iommu_copy_struct_from_user(user_data, IOMMU_HWPT_DATA_SELFTEST, 8, 4)
-    iotlb, pagetable_type = np.frombuffer(raw, dtype="<u4").tolist()
-    return HwptSelftest(int(iotlb), int(pagetable_type))
+    return HwptSelftest(*struct.unpack("<II", raw))
 
 
 def _mock_vasz_lg2() -> int:
