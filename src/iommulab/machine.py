@@ -71,7 +71,8 @@ def _parse_bdf(bdf: str) -> tuple[int, int]:
 
 class Machine:
     """One machine: ``platform`` is ``"x86-vtd"``, ``"arm64-smmuv3"``, ``"mock"`` (the
-    iommufd selftest's mock IOMMU: 2K IO pages, aperture [1 << 24, (1 << 31) - 1]) or
+    iommufd selftest's mock IOMMU, aperture [1 << 24, (1 << 31) - 1]: 6.12's 2K IO pages,
+    7.0's generic_pt AMDv1 table with every power of two from 2K) or
     ``"ppc64-pseries"`` (a PAPR guest: each device in its own PE behind its own PHB, DMA
     through TCE tables and DDW; :attr:`pseries` and :attr:`dma` are its DMA code, and
     there is no IOMMU core, VFIO or iommufd on it)."""
@@ -113,7 +114,7 @@ class Machine:
         elif platform == "mock":
             from .drivers.mock import MockHw, MockIommu
             self.translator = MockHw(self.mem.fail_nth)
-            self.driver = MockIommu(self.translator, kernel=self.kernel)
+            self.driver = MockIommu(self.translator, kernel=self.kernel, mem=self.mem)
         else:
             from .drivers.smmuv3 import ArmSmmuDevice, SmmuV3Config, SmmuV3Hw
             self.translator = SmmuV3Hw(self.mem, SmmuV3Config())

@@ -30,6 +30,9 @@ from iommulab.iommufd.selftest import (
 
 PAGE_SIZE = 4096
 MOCK_PAGE_SIZE = 2048
+MOCK_HUGE_PAGE_SIZE = 512 * MOCK_PAGE_SIZE
+IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+MOCK_IOMMUPT_DEFAULT, MOCK_IOMMUPT_HUGE = 0, 1
 MOCK_APERTURE_START = 1 << 24
 MOCK_APERTURE_LAST = (1 << 31) - 1
 HUGEPAGE_SIZE = 2 << 20
@@ -127,6 +130,27 @@ class Selftest:
         out = self.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(48, flags, dev_id, pt_id, 0, 0,
                                                               0, 0, 0, 0, 0))
         return int(u.HWPT_ALLOC.unpack(out)[4])
+
+    def hwpt_alloc_data(self, dev_id: int, pt_id: int, flags: int, data_type: int,
+                        data: bytes, data_len: int | None = None) -> int:
+        """HWPT_ALLOC with driver data: ``data`` copied into the process, ``data_len`` (the
+        length of ``data`` by default) passed as the struct's ``data_len``."""
+        uptr = self.p.mmap(PAGE_SIZE)
+        self.p.write(uptr, data)
+        size = len(data) if data_len is None else data_len
+        try:
+            out = self.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
+                48, flags, dev_id, pt_id, 0, 0, data_type, size, uptr, 0, 0))
+        finally:
+            self.p.munmap(uptr, PAGE_SIZE)
+        return int(u.HWPT_ALLOC.unpack(out)[4])
+
+    def hwpt_alloc_iommupt(self, dev_id: int, pt_id: int, flags: int,
+                           pagetable_type: int) -> int:
+        """``test_cmd_hwpt_alloc_iommupt`` (7.0): a ``struct iommu_hwpt_selftest`` with
+        ``pagetable_type`` as IOMMU_HWPT_DATA_SELFTEST data."""
+        return self.hwpt_alloc_data(dev_id, pt_id, flags, IOMMU_HWPT_DATA_SELFTEST,
+                                    struct.pack("<II", 0, pagetable_type))
 
     def set_dirty_tracking(self, hwpt: int, enable: bool) -> None:
         self.ioctl(u.IOMMU_HWPT_SET_DIRTY_TRACKING,

@@ -2,9 +2,10 @@
 
 Follows drivers/iommu/iommufd/selftest.c as of Linux 6.12 (the kernel the
 oracle recordings come from; 7.0 moved the mock onto generic_pt's AMDv1
-format). Each 2K IO page of a domain is one xarray slot at index
-``iova / MOCK_IO_PAGE_SIZE`` holding ``(paddr / MOCK_IO_PAGE_SIZE) | flags``:
-the first and last slot of every ``map_pages`` call carry
+format, :mod:`.mock_pt`, which :class:`MockIommu` uses under 7.0). Each 2K IO
+page of a domain is one xarray slot at index ``iova / MOCK_IO_PAGE_SIZE`` holding
+``(paddr / MOCK_IO_PAGE_SIZE) | flags``: the first and last slot of every
+``map_pages`` call carry
 ``MOCK_PFN_START_IOVA`` (= ``MOCK_PFN_LAST_IOVA``), every slot of a map with a
 page size above 2K carries ``MOCK_PFN_HUGE_IOVA``. ``unmap_pages`` WARNs
 unless it starts on a START slot and ends on a LAST slot (unmaps must be a
@@ -31,10 +32,12 @@ from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvRegion
+from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
-from ..mem import FailNth
+from ..mem import FailNth, PhysMem
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..sizes import PAGE_SIZE
+from .mock_pt import MockPtDomainOps, check_user_data_type, mock_domain_alloc_pgtable
 
 __all__ = [
     "MOCK_APERTURE_LAST",
@@ -71,7 +74,8 @@ MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
 HWPT_ALLOC_NEST_PARENT, HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_PASID = 1 << 0, 1 << 1, 1 << 3
 
 _SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
-_EMPTY = np.uint64((1 << 64) - 1)  # no xarray value can be all ones (flags stop at bit 55)
+_U64 = (1 << 64) - 1
+_EMPTY = np.uint64(_U64)  # no xarray value can be all ones (flags stop at bit 55)
 _CHUNK_SHIFT = 12  # 4096 slots (8 MiB of IOVA) per chunk
 
 
@@ -181,8 +185,9 @@ class MockDomainOps:
         values[-1] |= np.uint64(MOCK_PFN_LAST_IOVA)
         if pgsize != MOCK_IO_PAGE_SIZE:
             values |= np.uint64(MOCK_PFN_HUGE_IOVA)
-        if self.pfns.store(iova >> _SHIFT, values):
-            domain.warnings["mock_domain_map_pages: slot already in use"] += 1
+        occupied = self.pfns.store(iova >> _SHIFT, values)
+        if occupied:  # WARN_ON(old) for each slot that held a value
+            domain.warnings["mock_domain_map_pages: slot already in use"] += occupied
         return n << _SHIFT
 
     def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
@@ -256,7 +261,7 @@ class MockDomainOps:
 class MockDirtyOps:
     """``dirty_ops`` of the mock (selftest.c, 6.12): a domain-wide MOCK_DIRTY_TRACK flag and
     a MOCK_PFN_DIRTY_IOVA bit per slot, set by IOMMU_TEST_OP_DIRTY; a dirty huge entry
-    reports its whole 1M."""
+    is cleared whole and reported as 1M from where the walk stepped on it."""
 
     def __init__(self) -> None:
         self.tracking = False  # MOCK_DIRTY_TRACK
@@ -266,32 +271,31 @@ class MockDirtyOps:
 
     def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int, flags: int,
                              dirty: IommuDirtyBitmap) -> None:
-        """``mock_domain_read_and_clear_dirty``: EINVAL with a bitmap while not tracking."""
+        """``mock_domain_read_and_clear_dirty``: EINVAL with a bitmap while not tracking.
+
+        The walk starts at ``iova`` and steps 2K past an empty or ordinary slot and 1M
+        past a HUGE one. At a HUGE slot every slot of the 1M region around it
+        (``head = iova & ~(1M - 1)``) is tested and cleared, but the dirty range is
+        recorded from the walked IOVA, not the head, so a walk that starts inside a
+        huge entry records 1M from there (into the next entry's bits) and goes on at
+        the same offset into each following 1M (a kernel wart kept). A vector step per
+        stretch of 2K or of 1M steps."""
         if not self.tracking and dirty.bitmap is not None:
             raise InvalidArgument("mock: read_and_clear_dirty while not tracking")
         assert isinstance(domain.ops, MockDomainOps)
         pfns = domain.ops.pfns
-        first = iova >> _SHIFT
-        n = -(-(iova + size) // MOCK_IO_PAGE_SIZE) - first
-        idx, vals = pfns.present(first, n)
-        flag = np.uint64(MOCK_PFN_DIRTY_IOVA)
-        hit = (vals & flag) != 0
-        if not hit.any():
-            return
-        huge = (vals & np.uint64(MOCK_PFN_HUGE_IOVA)) != 0
-        small = hit & ~huge
-        if small.any():
-            mask = np.zeros(n, dtype=np.bool_)
-            mask[idx[small] - first] = True
-            dirty.record_run(first << _SHIFT, MOCK_IO_PAGE_SIZE, mask)
-        heads = np.unique((idx[hit & huge] << _SHIFT) & ~(MOCK_HUGE_PAGE_SIZE - 1))
-        for head in heads.tolist():
-            dirty.record(head, MOCK_HUGE_PAGE_SIZE)
-        if not flags & IOMMU_DIRTY_NO_CLEAR:
-            clear = hit.copy()
-            if len(heads):  # every slot of a dirty huge entry
-                clear |= huge & np.isin((idx << _SHIFT) & ~(MOCK_HUGE_PAGE_SIZE - 1), heads)
-            pfns.update(idx[clear], vals[clear] & ~flag)
+        end = iova + size
+        # every slot a 1M head may test lies in the 1M regions the walk touches
+        lo = (iova & ~(MOCK_HUGE_PAGE_SIZE - 1)) >> _SHIFT
+        hi = -(-end // MOCK_HUGE_PAGE_SIZE) * (MOCK_HUGE_PAGE_SIZE >> _SHIFT)
+        idx, vals = pfns.present(lo, hi - lo)
+        walk = _DirtyWalk(idx, vals, vals.copy(), end, flags, dirty)
+        pos = iova
+        while pos < end:  # the kernel's do-while: size is never 0 here
+            pos = walk.huge_steps(pos) if walk.is_huge(pos) else walk.small_steps(pos)
+        changed = walk.vals != walk.orig
+        if changed.any():
+            pfns.update(idx[changed], walk.vals[changed])
 
     def set_dirty(self, domain: IommuDomain, iovas: npt.NDArray[np.int64]) -> int:
         """IOMMU_TEST_OP_DIRTY: mark the slots at ``iovas`` dirty; how many exist."""
@@ -310,6 +314,68 @@ def _slots(pfns: MockPfns, want: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.
     return idx[keep], vals[keep]
 
 
+@dataclass
+class _DirtyWalk:
+    """The state of one 6.12 ``mock_domain_read_and_clear_dirty`` walk over the present
+    slots ``idx`` (sorted) and their values ``vals`` (cleared as the walk goes)."""
+
+    idx: npt.NDArray[np.int64]
+    vals: U64Array
+    orig: U64Array
+    end: int
+    flags: int
+    dirty: IommuDirtyBitmap
+
+    def _slot_flags(self, slots: npt.NDArray[np.int64], flag: int) -> npt.NDArray[np.bool_]:
+        """Whether each slot is present and carries ``flag``."""
+        if not len(self.idx):
+            return np.zeros(len(slots), dtype=np.bool_)
+        k = np.minimum(np.searchsorted(self.idx, slots), len(self.idx) - 1)
+        found: npt.NDArray[np.bool_] = (self.idx[k] == slots) & (
+            (self.vals[k] & np.uint64(flag)) != 0)
+        return found
+
+    def is_huge(self, pos: int) -> bool:
+        return bool(self._slot_flags(np.array([pos >> _SHIFT]), MOCK_PFN_HUGE_IOVA)[0])
+
+    def small_steps(self, pos: int) -> int:
+        """2K steps from ``pos`` up to the first HUGE slot (or the end): each dirty slot is
+        recorded as ``(step iova, 2K)`` and cleared; returns where the walk goes on."""
+        n = -(-(self.end - pos) // MOCK_IO_PAGE_SIZE)
+        s0 = pos >> _SHIFT
+        k0, k1 = np.searchsorted(self.idx, [s0, s0 + n])
+        huge = np.flatnonzero(self.vals[k0:k1] & np.uint64(MOCK_PFN_HUGE_IOVA))
+        steps = int(self.idx[k0 + huge[0]]) - s0 if len(huge) else n
+        k1 = k0 + int(np.searchsorted(self.idx[k0:k1], s0 + steps))
+        hit = (self.vals[k0:k1] & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
+        if hit.any():
+            mask = np.zeros(steps, dtype=np.bool_)
+            mask[self.idx[k0:k1][hit] - s0] = True
+            self.dirty.record_run(pos, MOCK_IO_PAGE_SIZE, mask)
+            if not self.flags & IOMMU_DIRTY_NO_CLEAR:
+                self.vals[k0:k1][hit] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
+        return pos + steps * MOCK_IO_PAGE_SIZE
+
+    def huge_steps(self, pos: int) -> int:
+        """1M steps from ``pos`` while the slot stepped on is HUGE: each tests and clears
+        the 1M region around it (``mock_test_and_clear_dirty(head, 1M)``) and records
+        ``(step iova, 1M)`` if any slot there was dirty; returns where the walk goes on."""
+        m = -(-(self.end - pos) // MOCK_HUGE_PAGE_SIZE)
+        steps = pos + np.arange(m, dtype=np.int64) * MOCK_HUGE_PAGE_SIZE
+        huge = self._slot_flags(steps >> _SHIFT, MOCK_PFN_HUGE_IOVA)
+        stop = int(np.argmin(huge)) if not huge.all() else m
+        regions = steps[:stop] // MOCK_HUGE_PAGE_SIZE
+        slot_regions = self.idx // (MOCK_HUGE_PAGE_SIZE >> _SHIFT)
+        dirty_slots = (self.vals & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
+        hit = np.isin(regions, slot_regions[dirty_slots])
+        if hit.any():
+            self.dirty.record_run(pos, MOCK_HUGE_PAGE_SIZE, hit)
+            if not self.flags & IOMMU_DIRTY_NO_CLEAR:
+                clear = dirty_slots & np.isin(slot_regions, regions[hit])
+                self.vals[clear] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
+        return pos + stop * MOCK_HUGE_PAGE_SIZE
+
+
 @dataclass(frozen=True)
 class MockFault:
     """Lab record of a DMA the mock could not translate."""
@@ -325,7 +391,8 @@ class MockFault:
 
 @dataclass
 class MockHw:
-    """What devices behind the mock translate through: the attached domain's slots."""
+    """What devices behind the mock translate through: the attached domain's slots (6.12)
+    or table (7.0)."""
 
     fail_nth: FailNth
     domains: dict[int, IommuDomain] = field(default_factory=dict)  # sid -> paging domain
@@ -335,16 +402,20 @@ class MockHw:
                       ) -> tuple[int, int]:
         """The physical address of ``iova`` and the end of its slot (or 1M huge entry)."""
         domain = self.domains.get(sid)
-        value = None
-        if domain is not None and isinstance(domain.ops, MockDomainOps):
+        found = None
+        if domain is not None and isinstance(domain.ops, MockPtDomainOps):
+            found = domain.ops.translate(iova)  # 7.0: the AMDv1 table
+        elif domain is not None and isinstance(domain.ops, MockDomainOps):
             value = domain.ops.pfns.load(iova >> _SHIFT)
-        if value is None:
+            if value is not None:
+                size = MOCK_HUGE_PAGE_SIZE if value & MOCK_PFN_HUGE_IOVA else MOCK_IO_PAGE_SIZE
+                pa = ((value & MOCK_PFN_MASK) << _SHIFT) | (iova & (MOCK_IO_PAGE_SIZE - 1))
+                found = pa, (iova | (size - 1)) + 1
+        if found is None:
             self.faults.append(MockFault(sid, iova, write))
             raise DmaFault(str(self.faults[-1]), sid=sid, iova=iova, write=write,
                            reason="no mapping")
-        size = MOCK_HUGE_PAGE_SIZE if value & MOCK_PFN_HUGE_IOVA else MOCK_IO_PAGE_SIZE
-        pa = ((value & MOCK_PFN_MASK) << _SHIFT) | (iova & (MOCK_IO_PAGE_SIZE - 1))
-        return pa, (iova | (size - 1)) + 1
+        return found
 
 
 @dataclass
@@ -354,14 +425,19 @@ class _MockDev:
 
 
 class MockIommu:
-    """``mock_ops``: 2K pages (plus 1M with MOCK_FLAGS_DEVICE_HUGE_IOVA), the mock aperture,
-    a blocking default domain, no reserved regions."""
+    """``mock_ops``: a blocking default domain, no reserved regions, and paging domains
+    as ``kernel`` makes them: 6.12's xarray of 2K slots (1M pages too with
+    MOCK_FLAGS_DEVICE_HUGE_IOVA) in the mock aperture, or 7.0's generic_pt AMDv1 table
+    (:mod:`.mock_pt`), whose tables come from ``mem``."""
 
     pgsize_bitmap = MOCK_IO_PAGE_SIZE
+    takes_user_data = True  # domain_alloc_paging_flags reads HWPT_ALLOC's driver data
 
-    def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
+    def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL,
+                 mem: PhysMem | None = None) -> None:
         self.hw = hw
         self.kernel = kernel
+        self._mem = mem
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
         self.default_domain = self.blocked_domain  # mock_ops.default_domain
@@ -376,9 +452,22 @@ class MockIommu:
     def get_resv_regions(self, dev: _MockDev) -> list[ResvRegion]:
         return []
 
+    @property
+    def mem(self) -> PhysMem:
+        """Where 7.0's tables live (a private 1G when the machine gave none)."""
+        if self._mem is None:
+            self._mem = PhysMem("1G")
+        return self._mem
+
     def domain_alloc_paging(self, dev: _MockDev | None = None,
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
-        """``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA."""
+        """6.12 ``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA.
+        7.0 has no such op: ``iommu_paging_domain_alloc`` calls
+        :meth:`domain_alloc_paging_flags` without flags or data."""
+        if self.kernel >= LINUX_7_0:
+            domain = self.domain_alloc_paging_flags(dev, 0)
+            domain.type = type
+            return domain
         domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
                              DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True),
                              kernel=self.kernel)
@@ -386,21 +475,29 @@ class MockIommu:
             domain.pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE
         return domain
 
-    def domain_alloc_paging_flags(self, dev: _MockDev | None, flags: int = 0) -> IommuDomain:
+    def domain_alloc_paging_flags(self, dev: _MockDev | None, flags: int = 0,
+                                  user_data: IommuUserData | None = None) -> IommuDomain:
         """``mock_domain_alloc_user`` (6.12: NEST_PARENT and DIRTY_TRACKING) or
         ``mock_domain_alloc_paging_flags`` (7.0: PASID too): EOPNOTSUPP for another flag
         or dirty tracking on a NO_DIRTY device; dirty ops only when asked for.
 
-        Under 7.0 the domain is still the 6.12 mock's (2K xarray slots); 7.0's
-        generic_pt AMDv1 mock table is not modelled (see the README)."""
+        6.12 refuses driver data for a paging domain (EOPNOTSUPP). 7.0 reads a
+        ``struct iommu_hwpt_selftest`` from it (:func:`.mock_pt.check_user_data_type`)
+        and makes the AMDv1 table of its ``pagetable_type``."""
+        new = self.kernel >= LINUX_7_0
         valid = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
-        if self.kernel >= LINUX_7_0:
+        if new:
             valid |= HWPT_ALLOC_PASID
         if flags & ~valid:
             raise NotSupported(f"mock: HWPT flags {flags:#x} (valid: {valid:#x})")
         dirty = bool(flags & HWPT_ALLOC_DIRTY_TRACKING)
+        if user_data is not None and not new:
+            raise NotSupported("mock: driver data for a paging domain")
         if dirty and dev is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise NotSupported("mock: dirty tracking on a NO_DIRTY device")
+        if new:
+            cfg = check_user_data_type(user_data)
+            return mock_domain_alloc_pgtable(self.mem, cfg, dirty, self.kernel)
         domain = self.domain_alloc_paging(dev)
         if dirty:
             domain.dirty_ops = MockDirtyOps()

@@ -14,9 +14,13 @@ import numpy.typing as npt
 
 from .gather import IommuIotlbGather
 
-__all__ = ["IommuDirtyBitmap", "IovaBitmap"]
+__all__ = ["IommuDirtyBitmap", "IovaBitmap", "UserIovaBitmap"]
+
+I64Array = npt.NDArray[np.int64]
 
 _SLICE_LOOP_PAGES = 64  # leaves covering more pages than this are set by slices
+_BITMAP_PAGE = 4096  # PAGE_SIZE of the pages iova_bitmap pins
+_MAX_PINNED_PAGES = _BITMAP_PAGE // 8  # PAGE_SIZE / sizeof(struct page *)
 
 
 class IovaBitmap:
@@ -31,7 +35,8 @@ class IovaBitmap:
         self.length = length
         self.page_size = page_size
         self._shift = page_size.bit_length() - 1
-        self._bits = np.zeros(((length - 1) >> self._shift) + 1, dtype=np.bool_)
+        self._nbits = ((length - 1) >> self._shift) + 1
+        self._bits = np.zeros(self._nbits, dtype=np.bool_)
 
     def set(self, iova: int, length: int) -> None:
         """``iova_bitmap_set``: mark every page overlapping ``[iova, iova+length)``."""
@@ -63,16 +68,33 @@ class IovaBitmap:
             for i in np.flatnonzero(hit).tolist():
                 self.set(iova + i * size, size)
 
+    def set_ranges(self, iovas: I64Array, lengths: I64Array) -> None:
+        """:meth:`set` of each ``(iovas[i], lengths[i])``, in O(pages + ranges)."""
+        rel = iovas - self.iova
+        first = np.maximum(rel, 0)
+        last = np.minimum(rel + lengths, self.length) - 1
+        keep = last >= first
+        self._mark(first[keep] >> self._shift, last[keep] >> self._shift)
+
+    def _mark(self, first: I64Array, last: I64Array) -> None:
+        """Set bits ``[first[i], last[i]]`` for each ``i`` (all inside ``_bits``)."""
+        if not len(first):
+            return
+        edges = np.zeros(len(self._bits) + 1, dtype=np.int64)
+        np.add.at(edges, first, 1)
+        np.add.at(edges, last + 1, -1)
+        self._bits |= np.cumsum(edges[:-1]) > 0
+
     def is_set(self, iova: int) -> bool:
         return bool(self._bits[(iova - self.iova) >> self._shift])
 
     @property
     def npages(self) -> int:
-        return len(self._bits)
+        return self._nbits
 
     def count(self) -> int:
         """Number of dirty pages."""
-        return int(np.count_nonzero(self._bits))
+        return int(np.count_nonzero(self._bits[:self._nbits]))
 
     def to_bytes(self) -> bytes:
         """The bitmap as the kernel writes it: u64 words, bit i = page i."""
@@ -82,6 +104,61 @@ class IovaBitmap:
 
     def clear(self) -> None:
         self._bits[:] = False
+
+
+class UserIovaBitmap(IovaBitmap):
+    """Linux 7.0's ``iova_bitmap_set`` into the user's bitmap at ``data``.
+
+    A record inside the range sets its bits. One that starts before the range sets
+    nothing (``iova_bitmap_advance_to`` finds no such word). One that starts in a
+    word of the bitmap but ends past the range is not cut: its bits go on past the
+    bitmap's last one, into the user's memory, as far as the pages pinned for it
+    reach: ``iova_bitmap_get`` pins from the page of the start's word, one page more
+    than the remaining words need when that word is not page aligned, at most 512
+    pages a window. 6.12 refuses such a record instead (EPROTO); 7.0 dropped the
+    check. :meth:`to_bytes` holds those bits too.
+    """
+
+    def __init__(self, iova: int, length: int, page_size: int, data: int) -> None:
+        super().__init__(iova, length, page_size)
+        self.data = data
+        self._words = ((length - 1) >> self._shift) // 64 + 1  # mapped_total_index
+
+    def _reach(self, word: int) -> int:
+        """The first bit (counted from ``data``) the pins for a record starting in
+        ``word`` cannot reach: window after window while words remain."""
+        while True:
+            addr = self.data + 8 * word
+            npages = min(-(-(self._words - word) * 8 // _BITMAP_PAGE)
+                         + (addr % _BITMAP_PAGE != 0), _MAX_PINNED_PAGES)
+            end_bit = ((addr & ~(_BITMAP_PAGE - 1)) + npages * _BITMAP_PAGE - self.data) * 8
+            if end_bit >> 6 >= self._words:
+                return end_bit
+            word = end_bit >> 6
+
+    def set(self, iova: int, length: int) -> None:
+        self.set_ranges(np.array([iova], dtype=np.int64), np.array([length], dtype=np.int64))
+
+    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
+        starts = iova + np.flatnonzero(hit).astype(np.int64) * size
+        self.set_ranges(starts, np.full(len(starts), size, dtype=np.int64))
+
+    def set_ranges(self, iovas: I64Array, lengths: I64Array) -> None:
+        rel = iovas - self.iova
+        first = rel >> self._shift
+        last = (rel + lengths - 1) >> self._shift
+        keep = (rel >= 0) & (first >> 6 < self._words)
+        first, last = first[keep], last[keep]
+        over = last >= self._nbits
+        if over.any():
+            reach = np.array([self._reach(int(w)) for w in (first[over] >> 6).tolist()],
+                             dtype=np.int64)
+            last[over] = np.minimum(last[over], reach - 1)
+            if int(last.max()) >= len(self._bits):
+                grown = np.zeros(int(last.max()) + 1, dtype=np.bool_)
+                grown[:len(self._bits)] = self._bits
+                self._bits = grown
+        self._mark(first, last)
 
 
 class IommuDirtyBitmap:
@@ -98,6 +175,17 @@ class IommuDirtyBitmap:
             self.bitmap.set(iova, length)
         if self.gather is not None:
             self.gather.add_range(iova, length)
+
+    def record_ranges(self, iovas: I64Array, lengths: I64Array, *, gather: bool) -> None:
+        """``iova_bitmap_set`` of each range when there is a bitmap; with ``gather``, each
+        added to the gather too (generic_pt's ``record_dirty``)."""
+        if not len(iovas):
+            return
+        if self.bitmap is not None:
+            self.bitmap.set_ranges(iovas, lengths)
+        if gather and self.gather is not None:
+            start = int(iovas.min())
+            self.gather.add_range(start, int((iovas + lengths).max()) - start)
 
     def record_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
         """``record(iova + i * size, size)`` for each ``hit[i]`` (one gather widening)."""

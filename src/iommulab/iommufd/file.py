@@ -32,9 +32,10 @@ from ..errors import (
     Overflow,
     kernel_error,
 )
-from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap
+from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, UserIovaBitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
+from ..iommu.user_data import IommuUserData
 from ..kernel import LINUX_7_0
 from ..mem.memfd import MemFd
 from ..prot import Prot
@@ -356,8 +357,10 @@ class IommufdFile(VfioFile):
         if pt is None:  # iommufd_get_object's ENOENT becomes EINVAL here
             raise InvalidArgument(f"HWPT_ALLOC: no object {pt_id}")
         if isinstance(pt, Ioas):
+            user_data = IommuUserData(data_type, data_uptr, data_len, proc.mm.read) \
+                if data_len else None
             hwpt = self.ctx.hwpt_paging_alloc(pt, idev, flags, auto=False,
-                                              user_data=bool(data_len), finalize=False)
+                                              user_data=user_data, finalize=False)
         elif isinstance(pt, HwptPaging):
             self.ctx.check_nested_parent(pt, idev, flags, data_len)
             raise NotSupported(f"HWPT_ALLOC: nested HWPTs (data type {data_type:#x} on "
@@ -435,8 +438,10 @@ class IommufdFile(VfioFile):
 
         At a hole, or when the driver fails, the walk stops. 6.12 then returns the
         error (EINVAL for a hole), or EPROTO when the driver reported a range outside
-        the bitmap (``iova_bitmap_set`` refuses it); 7.0 returns 0 whatever happened.
-        The bits already set stay in the user bitmap either way."""
+        the bitmap (``iova_bitmap_set`` refuses it); 7.0 returns 0 whatever happened,
+        and writes a range that runs past the bitmap's end into the user's memory
+        after it (:class:`~iommulab.iommu.dirty.UserIovaBitmap`). The bits already set
+        stay in the user bitmap either way."""
         if flags & ~u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR or rsvd:
             raise NotSupported(f"GET_DIRTY_BITMAP: flags {flags:#x} or __reserved")
         hwpt: HwptPaging = self.ctx.get(hwpt_id, HwptPaging)
@@ -449,8 +454,9 @@ class IommufdFile(VfioFile):
         areas, done = iopt.contig_run(iova, last)
         if not length:  # 7.0 with iova 0: the bitmap reaches as far as the areas do
             length = max((a.last + 1 for a in areas), default=iova + 1) - iova
-        bitmap_type = IovaBitmap if self.machine.kernel >= LINUX_7_0 else _DirtyBitmap
-        bitmap = bitmap_type(iova, length, page_size & -page_size)
+        bitmap = UserIovaBitmap(iova, length, page_size & -page_size, data) \
+            if self.machine.kernel >= LINUX_7_0 else _DirtyBitmap(iova, length,
+                                                                  page_size & -page_size)
         gather = IommuIotlbGather()
         dirty = IommuDirtyBitmap(bitmap, gather)
         err: KernelError | None = None
@@ -604,6 +610,12 @@ class _DirtyBitmap(IovaBitmap):
             self.refused = True
             return
         super().set(iova, length)
+
+    def set_ranges(self, iovas: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> None:
+        inside = (lengths > 0) & (iovas >= self.iova) & (iovas + lengths <= self.iova + self.length)
+        if not inside.all():
+            self.refused = True
+        super().set_ranges(iovas[inside], lengths[inside])
 
     def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
         starts = iova + np.flatnonzero(hit) * size

@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import IommuCap, ResvType
+from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem.mm import pfn_runs
 from ..prot import Prot
@@ -267,7 +268,8 @@ class IommufdCtx:
 
     # -- HWPT ------------------------------------------------------------------------------
     def hwpt_paging_alloc(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool,
-                          user_data: bool = False, finalize: bool = True) -> HwptPaging:
+                          user_data: IommuUserData | None = None, finalize: bool = True
+                          ) -> HwptPaging:
         """``iommufd_hwpt_paging_alloc``: EOPNOTSUPP, in the kernel's order, for flags or
         driver data without the driver op that takes them, a flag outside the valid ones
         (6.12: NEST_PARENT, DIRTY_TRACKING; 7.0 adds FAULT_ID_VALID and PASID), dirty
@@ -279,7 +281,7 @@ class IommufdCtx:
         master = _master(idev.dev)
         driver = self.core.driver
         has_op = hasattr(driver, "domain_alloc_paging_flags")
-        if (flags or user_data) and not has_op:
+        if (flags or user_data is not None) and not has_op:
             raise NotSupported(f"HWPT_ALLOC: flags {flags:#x} or driver data, and the "
                                "driver cannot allocate with them")
         if flags & ~_hwpt_paging_flags(self.kernel):
@@ -302,12 +304,16 @@ class IommufdCtx:
         return hwpt
 
     def _new_hwpt_paging(self, ioas: Ioas, idev: Device, flags: int, *, auto: bool,
-                         user_data: bool) -> HwptPaging:
+                         user_data: IommuUserData | None) -> HwptPaging:
         master = _master(idev.dev)
         driver = self.core.driver
-        if user_data:  # every driver refuses driver data for a paging domain
+        takes_data = getattr(driver, "takes_user_data", False)
+        if user_data is not None and not takes_data:  # the VT-d and SMMUv3 drivers refuse it
             raise NotSupported("HWPT_ALLOC: driver data for a paging HWPT")
-        if hasattr(driver, "domain_alloc_paging_flags"):
+        if takes_data and hasattr(driver, "domain_alloc_paging_flags"):  # the mock
+            domain = driver.domain_alloc_paging_flags(master, flags & ~_FAULT_ID_VALID,
+                                                      user_data)
+        elif hasattr(driver, "domain_alloc_paging_flags"):
             domain = driver.domain_alloc_paging_flags(master, flags & ~_FAULT_ID_VALID)
         else:
             domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)

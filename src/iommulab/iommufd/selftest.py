@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..drivers.mock import MOCK_IO_PAGE_SIZE, MOCK_PFN_MASK, MockDirtyOps, MockDomainOps
+from ..drivers.mock_pt import MockPtDirtyOps, MockPtDomainOps
 from ..errors import (
     BadAddress,
     InvalidArgument,
@@ -209,16 +210,14 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     bytes as ``uptr``; EINVAL at the first that does not, the GUP error at the first
     user page that cannot be had. 6.12 checks 2K alignment before looking the HWPT up
     and reads the mock's slots; 7.0 looks it up first, checks alignment to the
-    domain's smallest page and compares ``iova_to_phys``. A length of 0 checks
-    nothing."""
+    domain's smallest page and compares the domain's ``iova_to_phys`` (the OA with
+    the offset into the leaf). A length of 0 checks nothing."""
     iova, length, uptr = struct.unpack_from("<QQQ", cmd.union)
     new = file.machine.kernel >= LINUX_7_0
     if not new:
         _check_aligned("MD_CHECK_MAP", MOCK_IO_PAGE_SIZE, iova, length, uptr)
     hwpt = _mock_hwpt(file.ctx, cmd.id)
     domain = hwpt.domain
-    ops = domain.ops
-    assert isinstance(ops, MockDomainOps)
     page = domain.pgsize_bitmap & -domain.pgsize_bitmap if new else MOCK_IO_PAGE_SIZE
     if new:
         _check_aligned("MD_CHECK_MAP", page, iova, length, uptr)
@@ -228,16 +227,10 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     offsets = np.arange(n, dtype=np.int64) * page
     pfns, err = _gup(proc, uptr + offsets)
     want = pfns * PAGE_SIZE + (uptr + offsets[:len(pfns)]) % PAGE_SIZE
-    # the mock maps 2K slots: iova_to_phys is the slot's address (0 where none, 7.0);
-    # 6.12's test finds no slot (-1 here, never a match)
-    first = iova // MOCK_IO_PAGE_SIZE
-    slots = first + offsets[:len(pfns)] // MOCK_IO_PAGE_SIZE
-    idx, vals = ops.pfns.present(first, int(slots[-1]) - first + 1) if len(slots) else \
-        (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64))
-    phys = np.full(int(slots[-1]) - first + 1 if len(slots) else 0, 0 if new else -1,
-                   dtype=np.int64)
-    phys[idx - first] = (vals & np.uint64(MOCK_PFN_MASK)).astype(np.int64) * MOCK_IO_PAGE_SIZE
-    got = phys[slots - first]
+    iovas = iova + offsets[:len(pfns)]
+    ops = domain.ops
+    got = _pt_iova_to_phys(ops, iovas) if isinstance(ops, MockPtDomainOps) else \
+        _slot_phys(ops, iovas)
     bad = np.flatnonzero(got != want)
     if len(bad):
         raise InvalidArgument(f"MD_CHECK_MAP: IOVA {iova + int(bad[0]) * page:#x} does "
@@ -245,6 +238,33 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     if err is not None:
         raise err
     return False
+
+
+def _slot_phys(ops: object, iovas: I64Array) -> I64Array:
+    """6.12: the address in each IOVA's xarray slot (2K aligned); -1, which never
+    matches, where the slot is empty."""
+    assert isinstance(ops, MockDomainOps)
+    phys = np.full(len(iovas), -1, dtype=np.int64)
+    if not len(iovas):
+        return phys
+    slots = iovas // MOCK_IO_PAGE_SIZE
+    first = int(slots.min())
+    idx, vals = ops.pfns.present(first, int(slots.max()) - first + 1)
+    if len(idx):
+        k = np.minimum(np.searchsorted(idx, slots), len(idx) - 1)
+        found = idx[k] == slots
+        pfn = (vals[k[found]] & np.uint64(MOCK_PFN_MASK)).astype(np.int64)
+        phys[found] = pfn * MOCK_IO_PAGE_SIZE
+    return phys
+
+
+def _pt_iova_to_phys(ops: MockPtDomainOps, iovas: I64Array) -> I64Array:
+    """7.0: generic_pt's ``iova_to_phys`` of each IOVA (0 where nothing is mapped, -ERANGE
+    as a phys_addr_t, which never matches, past the table)."""
+    inside = (iovas >> ops.pt.max_vasz_lg2) == 0
+    phys = np.full(len(iovas), -34, dtype=np.int64)
+    phys[inside] = ops.pt.iova_to_phys_many(iovas[inside])
+    return phys
 
 
 def _check_refs(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
@@ -392,12 +412,12 @@ def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
         raise Overflow(f"DIRTY: {nbits} bits")
     hwpt = _mock_hwpt(file.ctx, cmd.id)
     ops = hwpt.domain.dirty_ops
-    if not isinstance(ops, MockDirtyOps) or not ops.tracking:
+    if not isinstance(ops, MockDirtyOps | MockPtDirtyOps) or not ops.tracking:
         raise InvalidArgument("DIRTY: the domain is not tracking dirty pages")
     raw = proc.mm.read(uptr, -(-nbits // 8))
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:nbits]
     pages = np.flatnonzero(bits).astype(np.int64)
-    if new:
+    if isinstance(ops, MockPtDirtyOps):
         ops.set_dirty(hwpt.domain, iova + pages * page_size)
         count = len(pages)
     else:
@@ -449,7 +469,7 @@ def _check_aligned(what: str, page: int, iova: int, length: int, uptr: int) -> N
 def _mock_hwpt(ctx: IommufdCtx, hwpt_id: int) -> HwptPaging:
     """``get_md_pagetable``: ENOENT for no paging HWPT, EINVAL for one not of the mock."""
     hwpt: HwptPaging = ctx.get(hwpt_id, HwptPaging)
-    if not isinstance(hwpt.domain.ops, MockDomainOps):
+    if not isinstance(hwpt.domain.ops, MockDomainOps | MockPtDomainOps):
         raise InvalidArgument(f"HWPT {hwpt_id} is not a mock domain")
     return hwpt
 

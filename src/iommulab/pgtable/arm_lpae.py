@@ -385,8 +385,9 @@ class ArmLpaeFormat:
             return np.zeros(len(ptes), dtype=np.bool_)
         return cast(BoolArray, (ptes & np.uint64(TYPE_MASK)) == np.uint64(TYPE_TABLE))
 
-    def make_table(self, table_pa: int) -> int:
-        """``arm_lpae_install_table``'s new entry (NSTABLE with the ARM_NS quirk)."""
+    def make_table(self, table_pa: int, depth: int = 0) -> int:
+        """``arm_lpae_install_table``'s new entry (NSTABLE with the ARM_NS quirk), the same
+        at every depth."""
         return ((table_pa | (table_pa >> 36)) & ADDR_MASK) | self._table_bits
 
     def leaf_oa(self, pte: int) -> int:

@@ -10,7 +10,7 @@ descent) and array form (a run of entries of one table, for bulk work).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -18,8 +18,8 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from .walker import IoPgtable
 
-__all__ = ["INVALID", "LEAF", "TABLE", "BoolArray", "Level", "PtFormat", "SplitBlkUnmap",
-           "U64Array"]
+__all__ = ["INVALID", "LEAF", "TABLE", "BoolArray", "ContigLeaves", "Level", "PtFormat",
+           "SplitBlkUnmap", "U64Array", "contig_leaves"]
 
 U64Array = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
@@ -85,7 +85,10 @@ class PtFormat(Protocol):
     def is_table(self, pte: int, depth: int) -> bool: ...
     def leaf_mask(self, ptes: U64Array, depth: int) -> BoolArray: ...
     def table_mask(self, ptes: U64Array, depth: int) -> BoolArray: ...
-    def make_table(self, table_pa: int) -> int: ...
+    def make_table(self, table_pa: int, depth: int = 0) -> int:
+        """The entry at ``depth`` that points at the table at ``table_pa`` (AMDv1 writes
+        the entry's level into it; the walker keys tables by ``make_table(pa) &
+        table_key_mask``, which is the same at every depth)."""
     def table_pa(self, pte: int) -> int: ...
     def leaf_oa(self, pte: int) -> int: ...
     def leaf_value(self, attrs: int, depth: int, pa: int) -> int: ...
@@ -99,3 +102,20 @@ class PtFormat(Protocol):
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray: ...
     def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None: ...
     def describe(self, pte: int, depth: int) -> str: ...
+
+
+class ContigLeaves(Protocol):
+    """Hooks of a format whose leaves may cover several items of one table (generic_pt's
+    contiguous entries, AMDv1's encoded page sizes): each item of such a leaf holds the
+    same entry, and ``leaf_oa`` is the OA at the leaf's start."""
+
+    def contig_lg2(self, pte: int, depth: int) -> int:
+        """``pt_entry_num_contig_lg2``: log2 of the items the leaf ``pte`` covers."""
+
+    def contig_lg2s(self, ptes: U64Array, depth: int) -> U64Array:
+        """:meth:`contig_lg2` of many leaves."""
+
+
+def contig_leaves(pt: PtFormat) -> ContigLeaves | None:
+    """``pt``'s contiguous-leaf hooks, or None if every leaf is one item."""
+    return cast(ContigLeaves, pt) if hasattr(pt, "contig_lg2s") else None

@@ -149,8 +149,9 @@ class VtdSsFormat:
         present = (ptes & np.uint64(_PRESENT)) != 0
         return cast(BoolArray, present & ((ptes & np.uint64(DMA_PTE_LARGE_PAGE)) == 0))
 
-    def make_table(self, table_pa: int) -> int:
-        """``pfn_to_dma_pte``: ``virt_to_phys(table) | DMA_PTE_READ | DMA_PTE_WRITE``."""
+    def make_table(self, table_pa: int, depth: int = 0) -> int:
+        """``pfn_to_dma_pte``: ``virt_to_phys(table) | DMA_PTE_READ | DMA_PTE_WRITE`` at every
+        depth."""
         return table_pa | _PRESENT
 
     def leaf_oa(self, pte: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from ..kernel import LINUX_7_0
 from ..mem import PhysMem
 from ..prot import Prot
 from .cfg import IoPgtableCfg, IoPgtableFmt, Quirk
-from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array
+from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array, contig_leaves
 from .reshape import StepHook, merge_pages, split_blocks
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
@@ -285,7 +285,7 @@ class IoPgtable:
             pte = table.item(idx)
             if not pte:
                 pa, _ = self._alloc_table(pt.granule)
-                pte = pt.make_table(pa)
+                pte = pt.make_table(pa, depth)
                 if not coherent:
                     self._sync(8)
                     pte |= pt.sw_sync_bit
@@ -553,11 +553,19 @@ class IoPgtable:
     def leaf_histogram(self) -> dict[int, int]:
         """Lab: number of leaf entries by mapping size, over the whole table."""
         counts: Counter[int] = Counter()
+        contig = contig_leaves(self.format)
         for depth, table in self._iter_tables():
             entries = table[:self._levels[depth].entries]
-            leaves = int(np.count_nonzero(self.format.leaf_mask(entries, depth)))
-            if leaves:
-                counts[self._levels[depth].block_size] += leaves
+            leaves = self.format.leaf_mask(entries, depth)
+            size = self._levels[depth].block_size
+            if contig is None:
+                if leaves.any():
+                    counts[size] += int(np.count_nonzero(leaves))
+                continue
+            lg2s, items = np.unique(contig.contig_lg2s(entries[leaves], depth),
+                                    return_counts=True)
+            for n, k in zip(lg2s.tolist(), items.tolist(), strict=True):
+                counts[size << n] += k >> n  # a contiguous leaf is 2^n identical items
         return dict(sorted(counts.items()))
 
     def table_histogram(self) -> dict[int, int]:
@@ -599,6 +607,7 @@ class IoPgtable:
         oas: list[U64Array] = []
         lens: list[U64Array] = []
         pt = self.format
+        contig = contig_leaves(pt)
 
         def visit(table: U64Array, depth: int, base: int) -> None:
             level = self._levels[depth]
@@ -612,6 +621,11 @@ class IoPgtable:
             if len(idx):
                 blk = np.uint64(base) + (idx + first).astype(np.uint64) * np.uint64(bs)
                 oa = pt.leaf_oas(entries[idx])
+                if contig is not None:  # the item's own OA inside its contiguous leaf
+                    lg2 = contig.contig_lg2s(entries[idx], depth)
+                    into = (idx + first).astype(np.uint64) & ((np.uint64(1) << lg2)
+                                                              - np.uint64(1))
+                    oa = cast(U64Array, oa + into * np.uint64(bs))
                 # clip blocks that stick out of the range (a run never starts mid-leaf)
                 head = np.maximum(blk, np.uint64(iova)) - blk
                 tail = np.minimum(blk + np.uint64(bs), np.uint64(end))

@@ -174,5 +174,5 @@ def test_pasid_flag_is_a_7_0_flag(kernel: str) -> None:
             drv.domain_alloc_paging_flags(dev, pasid)
         assert exc.value.errno == errno.EOPNOTSUPP
     else:
-        assert drv.domain_alloc_paging_flags(dev, pasid).pgsize_bitmap == MOCK_IO_PAGE_SIZE
+        assert drv.domain_alloc_paging_flags(dev, pasid).type == DomainType.UNMANAGED
     assert drv.domain_alloc_paging_flags(dev, 1 << 0 | 1 << 1).dirty_ops is not None

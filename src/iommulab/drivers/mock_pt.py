@@ -1,0 +1,219 @@
+"""Linux 7.0's iommufd selftest mock domain: a generic_pt AMDv1 table with 2K pages.
+
+Follows drivers/iommu/iommufd/selftest.c (``mock_domain_alloc_pgtable``,
+``amdv1_mock_ops``, ``amdv1_mock_dirty_ops``, ``mock_iotlb_sync``) and
+drivers/iommu/generic_pt/fmt/iommu_mock.c: ``pt_iommu_amdv1_mock_init`` with a
+2K granule, a 56-bit hardware VA, a 51-bit OA and starting level 2, so the table
+has three levels and a 38-bit IOVA space. The core maps and unmaps it through
+generic_pt (:mod:`iommulab.pgtable.iommu_pt`), so a present entry in the way is
+EADDRINUSE (no WARN, no overwrite) and there is no fault injection in the map
+path (only table allocations fail, ENOMEM).
+
+Two page-table types come from ``struct iommu_hwpt_selftest`` (HWPT_ALLOC with
+IOMMU_HWPT_DATA_SELFTEST; every other domain is the default):
+
+- ``MOCK_IOMMUPT_DEFAULT``: every power of two from 2K to 128G
+  (``pt_possible_sizes`` of levels 0-2), the aperture narrowed to the mock's
+  ``[1 << 24, (1 << 31) - 1]``;
+- ``MOCK_IOMMUPT_HUGE``: the bitmap cut to 1M | PAGE_SIZE ("userspace should
+  only provide huge pages"), the table's whole aperture ``[0, 2^38 - 1]``.
+
+Dirty tracking (HWPT_ALLOC_DIRTY_TRACKING) reads and clears the D bit of each
+table item; IOMMU_TEST_OP_DIRTY sets it with generic_pt's ``set_dirty`` in the
+one item that holds the IOVA.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import KernelError, NotSupported
+from ..iommu.dirty import IommuDirtyBitmap
+from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
+from ..iommu.gather import IommuIotlbGather
+from ..iommu.user_data import IommuUserData, iommu_copy_struct_from_user
+from ..kernel import KernelVersion
+from ..mem import PhysMem
+from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt
+from ..pgtable.amdv1 import AMDV1_MOCK, Amdv1Format
+from ..pgtable.iommu_pt import PtIommu
+from ..sizes import PAGE_SIZE
+
+__all__ = [
+    "IOMMU_HWPT_DATA_SELFTEST",
+    "MOCK_IOMMUPT_DEFAULT",
+    "MOCK_IOMMUPT_HUGE",
+    "HwptSelftest",
+    "MockPtDirtyOps",
+    "MockPtDomainOps",
+    "check_user_data_type",
+    "mock_domain_alloc_pgtable",
+    "read_hwpt_selftest",
+]
+
+I64Array = npt.NDArray[np.int64]
+
+IOMMU_HWPT_DATA_NONE, IOMMU_HWPT_DATA_SELFTEST = 0, 0xDEAD  # iommufd.h, iommufd_test.h
+MOCK_IOMMUPT_DEFAULT, MOCK_IOMMUPT_HUGE = 0, 1
+MOCK_APERTURE_START, MOCK_APERTURE_LAST = 1 << 24, (1 << 31) - 1
+MOCK_HUGE_PAGE_SIZE = 512 * 2048
+_HW_MAX_VASZ_LG2, _HW_MAX_OASZ_LG2, _STARTING_LEVEL = 56, 51, 2
+_ITEMS_LG2 = 9  # 512 entries per 4K table
+
+
+@dataclass(frozen=True)
+class HwptSelftest:
+    """``struct iommu_hwpt_selftest``."""
+
+    iotlb: int = 0
+    pagetable_type: int = MOCK_IOMMUPT_DEFAULT
+
+
+def read_hwpt_selftest(user_data: IommuUserData) -> HwptSelftest:
+    """``iommu_copy_struct_from_user(&user_cfg, user_data, IOMMU_HWPT_DATA_SELFTEST,
+    iotlb)``: EINVAL for another type or a length outside [4, 8], EFAULT."""
+    raw = iommu_copy_struct_from_user(user_data, IOMMU_HWPT_DATA_SELFTEST, 8, 4)
+    return HwptSelftest(*struct.unpack("<II", raw))
+
+
+def _mock_vasz_lg2() -> int:
+    """``amdv1pt_iommu_fmt_init`` without PT_FEAT_DYNAMIC_TOP below the top level: the
+    starting level's reach, within the hardware's VA."""
+    return min(AMDV1_MOCK.granule_lg2 + _ITEMS_LG2 * (_STARTING_LEVEL + 1), _HW_MAX_VASZ_LG2)
+
+
+class MockPtDomainOps:
+    """``amdv1_mock_ops`` (and the identical ``amdv1_mock_huge_ops``): ``map_range`` /
+    ``unmap_range`` for the core (``domain.iommupt`` is this object), generic_pt's
+    ``iova_to_phys``, and ``mock_iotlb_sync``, which only frees the gathered tables."""
+
+    iotlb_sync_map = None
+
+    def __init__(self, domain: IommuDomain, mem: PhysMem, kernel: KernelVersion) -> None:
+        vasz = _mock_vasz_lg2()
+        oasz = min(AMDV1_MOCK.max_oa_lg2, _HW_MAX_OASZ_LG2)
+        self.format = Amdv1Format(AMDV1_MOCK, _STARTING_LEVEL, vasz)
+        cfg = IoPgtableCfg(pgsize_bitmap=self.format.pgsize_bitmap(oasz), ias=vasz, oas=oasz,
+                           kernel=kernel)
+        self.pgtbl = IoPgtable(IoPgtableFmt.AMD_IOMMU_V1, cfg, self.format, mem, None)
+        self.pt = PtIommu(self.pgtbl, max_vasz_lg2=vasz, max_oasz_lg2=oasz,
+                          new_gather=IommuIotlbGather, iotlb_sync=domain.iotlb_sync)
+        self.domain = domain
+
+    # -- generic_pt ops ---------------------------------------------------------------------
+    def map_range(self, iova: int, paddr: int, size: int, prot: int, gfp: int) -> int:
+        return self.pt.map_range(iova, paddr, size, prot, self.domain.pgsize_bitmap)
+
+    def unmap_range(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
+        return self.pt.unmap_range(iova, size, gather)
+
+    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
+                  prot: int, gfp: int) -> int:
+        raise AssertionError("a generic_pt domain is mapped with map_range")
+
+    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
+                    gather: IommuIotlbGather) -> int:
+        raise AssertionError("a generic_pt domain is unmapped with unmap_range")
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
+        """generic_pt ``iova_to_phys``: the OA with the offset into the leaf, 0 where
+        nothing is mapped, ``(phys_addr_t)-ERANGE`` past 2^38."""
+        return self.pt.iova_to_phys(iova)
+
+    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
+        """``mock_iotlb_sync``: ``iommu_put_pages_list`` of the gather's freelist (the
+        model frees tables when they leave the table); the lab counts the call."""
+        domain.tlb_stats.iotlb_sync += 1
+        domain.tlb_stats.sync_bytes += max(gather.end - gather.start + 1, 0)
+
+    def flush_iotlb_all(self, domain: IommuDomain) -> None:
+        domain.tlb_stats.flush_all += 1
+
+    def free(self, domain: IommuDomain) -> None:
+        """``mock_domain_free``: ``pt_iommu_deinit`` frees every table, mapped or not."""
+        self.pgtbl.free()
+
+    # -- lab views ------------------------------------------------------------------------------
+    def leaf_runs(self, domain: IommuDomain, iova: int, size: int) -> list[tuple[int, int, int]]:
+        return self.pgtbl.leaf_runs(iova, size)
+
+    def leaf_histogram(self, domain: IommuDomain) -> dict[int, int]:
+        return self.pgtbl.leaf_histogram()
+
+    def translate(self, iova: int) -> tuple[int, int] | None:
+        """What the mock's DMA finds at ``iova``: ``(pa, end of the leaf)`` or None."""
+        if iova >> self.pt.max_vasz_lg2:
+            return None
+        return self.pt.lookup(iova)
+
+
+class MockPtDirtyOps:
+    """``amdv1_mock_dirty_ops``: generic_pt's ``read_and_clear_dirty`` (no check of the
+    tracking flag, unlike 6.12's) and ``mock_domain_set_dirty_tracking``, which flips
+    MOCK_DIRTY_TRACK, the flag IOMMU_TEST_OP_DIRTY requires."""
+
+    def __init__(self) -> None:
+        self.tracking = False  # MOCK_DIRTY_TRACK
+
+    def set_dirty_tracking(self, domain: IommuDomain, enabled: bool) -> None:
+        self.tracking = enabled
+
+    def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int, flags: int,
+                             dirty: IommuDirtyBitmap) -> None:
+        """``pt_iommu_amdv1_mock_read_and_clear_dirty``; a failed ``make_range`` WARNs
+        (``PT_WARN_ON(ret)``) and returns its errno."""
+        ops = _pt_ops(domain)
+        try:
+            ops.pt.read_and_clear_dirty(iova, size, flags, dirty)
+        except KernelError:
+            domain.warnings["read_and_clear_dirty: PT_WARN_ON(ret)"] += 1
+            raise
+
+    def set_dirty(self, domain: IommuDomain, iovas: I64Array) -> None:
+        """``mock->iommu.ops->set_dirty`` at each IOVA (IOMMU_TEST_OP_DIRTY)."""
+        _pt_ops(domain).pt.set_dirty(iovas)
+
+
+def _pt_ops(domain: IommuDomain) -> MockPtDomainOps:
+    ops = domain.ops
+    assert isinstance(ops, MockPtDomainOps)
+    return ops
+
+
+def mock_domain_alloc_pgtable(mem: PhysMem, cfg: HwptSelftest, dirty: bool,
+                              kernel: KernelVersion) -> IommuDomain:
+    """``mock_domain_alloc_pgtable``: EOPNOTSUPP for a page-table type other than DEFAULT
+    and HUGE; ENOMEM when the top table cannot be had. See the module docstring for
+    the two types' page sizes and apertures."""
+    if cfg.pagetable_type not in (MOCK_IOMMUPT_DEFAULT, MOCK_IOMMUPT_HUGE):
+        raise NotSupported(f"mock: pagetable_type {cfg.pagetable_type}")
+    domain = IommuDomain(DomainType.UNMANAGED, kernel=kernel)
+    ops = MockPtDomainOps(domain, mem, kernel)  # pt_iommu_amdv1_mock_init
+    domain.ops = ops
+    domain.iommupt = ops
+    domain.pgsize_bitmap = ops.pgtbl.cfg.pgsize_bitmap  # pt_iommu_init_domain
+    domain.geometry = DomainGeometry(0, (1 << ops.pt.max_vasz_lg2) - 1, True)
+    if cfg.pagetable_type == MOCK_IOMMUPT_HUGE:
+        domain.pgsize_bitmap = MOCK_HUGE_PAGE_SIZE | PAGE_SIZE
+    else:  # "Override the real aperture to the MOCK aperture for test purposes"
+        domain.geometry.aperture_start = MOCK_APERTURE_START
+        domain.geometry.aperture_end = MOCK_APERTURE_LAST
+    if dirty:
+        domain.dirty_ops = MockPtDirtyOps()
+    return domain
+
+
+def check_user_data_type(user_data: IommuUserData | None) -> HwptSelftest:
+    """``mock_domain_alloc_paging_flags``' reading of driver data: EOPNOTSUPP for a type
+    other than SELFTEST or NONE, then the copy's errors (EINVAL for NONE, which iommufd
+    never passes with data)."""
+    if user_data is None:
+        return HwptSelftest()
+    if user_data.type not in (IOMMU_HWPT_DATA_SELFTEST, IOMMU_HWPT_DATA_NONE):
+        raise NotSupported(f"mock: HWPT data type {user_data.type:#x}")
+    return read_hwpt_selftest(user_data)
+
