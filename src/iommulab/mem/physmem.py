@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from ..errors import BadAddress, OutOfMemory
 from ..sizes import parse_size
+from .anon import AnonPages
 from .contents import PAGE_BYTES, SparseContents
 from .cpu_cache import CpuCache
 from .fault import FailNth
@@ -80,6 +81,7 @@ class PhysMem:
         self.frames = FrameAllocator()
         self.contents = SparseContents()
         self.pins = PinCounts()
+        self.anon = AnonPages(self)  # the anonymous pages processes map
         self.fail_nth = FailNth()
         self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
         self.cpu_cache: CpuCache | None = None  # lab: set when a device does not snoop
@@ -204,6 +206,10 @@ class PhysMem:
         if free:
             self.free_page_runs(free)
         return kept
+
+    def free_unpinned_pages(self, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+        """:meth:`free_unpinned` of a set of 4K pages in any order."""
+        return self.free_unpinned(pfn_runs(np.sort(pfns)))
 
     def alloc_zeroed(self, size: int, site: str = "alloc_pages") -> tuple[
             int, npt.NDArray[np.uint64]]:
@@ -346,4 +352,5 @@ class PhysMem:
     def _check(self) -> None:
         self.frames._check()
         self.pins._check()
+        self.anon._check()
         assert 0 <= self.iommu_pages <= self.frames.total_frames
