@@ -28,6 +28,7 @@ has. A pin therefore always holds a page of the pinning process's own.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,14 @@ def access_ok(addr: int, size: int) -> bool:
     """x86_64 ``access_ok``: a range check only (``addr + size`` within user space and not
     wrapping), whether or not anything is mapped there; the copy itself faults (EFAULT)."""
     return addr >= 0 and addr + size <= TASK_SIZE_MAX
+
+
+@functools.cache
+def _offsets(order: int) -> I64Array:
+    """0 .. 2**order - 1, made once per order (read-only)."""
+    out = np.arange(1 << order, dtype=np.int64)
+    out.flags.writeable = False
+    return out
 
 
 def _aranges(runs: list[tuple[int, int]]) -> I64Array:
@@ -434,8 +443,10 @@ class MmStruct:
         finally:  # the folios taken so far are mapped even when hugetlb runs out
             vma.folios.update(dict.fromkeys(got, order))
             self.anon.new_folios(got, order)
-            offsets = np.arange(per, dtype=np.int64)
-            for i in range(0, len(rows), 4096):  # bounded temporaries
+            offsets = _offsets(order)
+            if len(rows) == 1:  # a batch's fault: one folio
+                stretches[rows[0]] = got[0] + offsets
+            for i in range(0, len(rows) if len(rows) > 1 else 0, 4096):  # bounded temporaries
                 stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                        dtype=np.int64)[:, None] + offsets
             excl[rows] = True
@@ -583,10 +594,10 @@ class MmStruct:
         return pfns
 
     def gup_fast(self, addr: int, npages: int, write: bool) -> int:
-        """How many pages from ``addr`` GUP would pin as they are: present, in a VMA it
-        may pin from, and needing no copy (the pages ``gup_fast`` takes without a fault;
-        lab: callers pin those in one go and fault the rest as the kernel's batches do).
-        O(pages) numpy work."""
+        """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:
+        present, in a VMA it may pin from, and needing no copy (the pages ``gup_fast``
+        takes without a fault; lab: callers pin those in one go and fault the rest as
+        the kernel's batches do). O(the answer) numpy work: windows that double."""
         done = 0
         while done < npages:
             vaddr = addr + (done << PAGE_SHIFT)
@@ -594,12 +605,15 @@ class MmStruct:
             if vma is None or vma.pfnmap or (write and not vma.writable):
                 break
             first = (vaddr - vma.start) >> PAGE_SHIFT
-            n = min(npages - done, vma.npages - first)
-            ready = vma.pfns[first:first + n] >= 0 if vma.shared else vma.excl[first:first + n]
-            k = n if ready.all() else int(np.argmin(ready))
-            done += k
-            if k < n:
-                break
+            end = first + min(npages - done, vma.npages - first)
+            pos, window = first, 512
+            while pos < end:
+                hi = min(end, pos + window)
+                ready = vma.pfns[pos:hi] >= 0 if vma.shared else vma.excl[pos:hi]
+                if not ready.all():
+                    return done + pos - first + int(np.argmin(ready))
+                pos, window = hi, window * 2
+            done += end - first
         return done
 
     def unpin_user_pages(self, pfns: I64Array) -> None:

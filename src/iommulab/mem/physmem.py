@@ -41,8 +41,10 @@ def pfn_runs(pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
     """``(first pfn, count)`` of each run of consecutive pfns, in order."""
     if not len(pfns):
         return []
-    brk = np.flatnonzero(np.diff(pfns) != 1) + 1
-    bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
+    brk = np.flatnonzero(np.diff(pfns) != 1)
+    if not len(brk):  # one run: the common case of a batch
+        return [(int(pfns[0]), len(pfns))]
+    bounds = [0, *(brk + 1).tolist(), len(pfns)]
     firsts = pfns[bounds[:-1]].tolist()
     return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
 
@@ -179,8 +181,7 @@ class PhysMem:
 
     def pin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Take a pin on each page (GUP and memfd_pin_folios), a run at a time."""
-        for pfn, count in pfn_runs(pfns):
-            self.pins.pin(pfn, count)
+        self.pins.add_runs(pfn_runs(pfns), 1, zeros=False)
 
     def unpin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Drop a pin on each page; the CPU cache model counts unpins of pages a

@@ -33,6 +33,9 @@ class FrameCounts:
 
     # -- ranges ---------------------------------------------------------------------------------
     def _spans(self, pfn: int, count: int) -> list[tuple[int, int, int]]:
+        lo = pfn & (SECTION_FRAMES - 1)
+        if lo + count <= SECTION_FRAMES:  # most runs: inside one section
+            return [(pfn >> SECTION_SHIFT, lo, lo + count)]
         spans = []
         end = pfn + count
         while pfn < end:
@@ -54,29 +57,27 @@ class FrameCounts:
         self.add_runs([(pfn, count)], delta, zeros=False)
 
     def add_runs(self, runs: list[tuple[int, int]], delta: int, *,
-                  zeros: bool = True) -> I64Array:
+                 zeros: bool = True) -> I64Array:
         """Add ``delta`` over each ``(pfn, count)`` run; with ``zeros``, the frames a
         negative ``delta`` took to 0."""
-        spans = [(pfn, count, self._spans(pfn, count)) for pfn, count in runs]
+        spans = [span for pfn, count in runs for span in self._spans(pfn, count)]
         if delta < 0:
-            for pfn, count, parts in spans:
-                for sec, lo, hi in parts:
-                    arr = self._sections.get(sec)
-                    if arr is None or (arr[lo:hi] < -delta).any():
-                        raise ValueError(f"count of some frame of [{pfn:#x}, +{count}) "
-                                         f"would go below zero")
+            for sec, lo, hi in spans:
+                arr = self._sections.get(sec)
+                if arr is None or (arr[lo:hi] < -delta).any():
+                    raise ValueError(f"count of some frame of [{(sec << SECTION_SHIFT) + lo:#x}"
+                                     f", {(sec << SECTION_SHIFT) + hi:#x}) would go below zero")
         found: list[I64Array] = []
-        for _, count, parts in spans:
-            for sec, lo, hi in parts:
-                seg = self._section(sec)[lo:hi]
-                before = int(np.count_nonzero(seg))
-                seg += delta
-                after = int(np.count_nonzero(seg))
-                self.nonzero_frames += after - before
-                if zeros and delta < 0 and after < hi - lo:
-                    found.append(np.flatnonzero(seg == 0).astype(np.int64)
-                                 + ((sec << SECTION_SHIFT) + lo))
-            self.total += delta * count
+        for sec, lo, hi in spans:
+            seg = self._section(sec)[lo:hi]
+            before = int(np.count_nonzero(seg))
+            seg += delta
+            after = int(np.count_nonzero(seg))
+            self.nonzero_frames += after - before
+            self.total += delta * (hi - lo)
+            if zeros and delta < 0 and after < hi - lo:
+                found.append(np.flatnonzero(seg == 0).astype(np.int64)
+                             + ((sec << SECTION_SHIFT) + lo))
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def range(self, pfn: int, count: int) -> I32Array:
