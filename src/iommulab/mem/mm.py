@@ -572,6 +572,20 @@ class MmStruct:
         write fault) and for a read-only pin too (``gup_must_unshare``: a shared
         anonymous page, a file page of a private mapping), so later writes keep the
         pinned page. Sets MMF_HAS_PINNED first, as ``__get_user_pages_locked`` does."""
+        pfns = self._gup(addr, npages, write)
+        self.mem.pin_pages(pfns)
+        self.pinned_pages += len(pfns)
+        return pfns
+
+    def pin_user_page_runs(self, addr: int, npages: int, write: bool) -> list[tuple[int, int]]:
+        """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs."""
+        runs = pfn_runs(self._gup(addr, npages, write))
+        self.mem.pin_runs(runs)
+        self.pinned_pages += sum(n for _, n in runs)
+        return runs
+
+    def _gup(self, addr: int, npages: int, write: bool) -> I64Array:
+        """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own."""
         self.has_pinned = True
         out: list[I64Array] = []
         done = 0
@@ -588,10 +602,7 @@ class MmStruct:
             done += n
         if not done:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
-        pfns = np.concatenate(out) if len(out) > 1 else out[0].copy()
-        self.mem.pin_pages(pfns)
-        self.pinned_pages += len(pfns)
-        return pfns
+        return np.concatenate(out) if len(out) > 1 else out[0].copy()
 
     def gup_fast(self, addr: int, npages: int, write: bool) -> int:
         """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:

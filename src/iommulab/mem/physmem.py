@@ -181,7 +181,11 @@ class PhysMem:
 
     def pin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Take a pin on each page (GUP and memfd_pin_folios), a run at a time."""
-        self.pins.add_runs(pfn_runs(pfns), 1, zeros=False)
+        self.pin_runs(pfn_runs(pfns))
+
+    def pin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`pin_pages` of the ``(first pfn, pages)`` runs."""
+        self.pins.add_runs(runs, 1, zeros=False)
 
     def unpin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Drop a pin on each page; the CPU cache model counts unpins of pages a

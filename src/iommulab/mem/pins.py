@@ -60,7 +60,8 @@ class FrameCounts:
                  zeros: bool = True) -> I64Array:
         """Add ``delta`` over each ``(pfn, count)`` run; with ``zeros``, the frames a
         negative ``delta`` took to 0."""
-        spans = [span for pfn, count in runs for span in self._spans(pfn, count)]
+        spans = self._spans(*runs[0]) if len(runs) == 1 else \
+            [span for pfn, count in runs for span in self._spans(pfn, count)]
         if delta < 0:
             for sec, lo, hi in spans:
                 arr = self._sections.get(sec)

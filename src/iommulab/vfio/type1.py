@@ -47,7 +47,6 @@ from ..iommu.domain import IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import ResvRegion, ResvType
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
-from ..mem.mm import pfn_runs
 from ..prot import Prot
 from . import uapi as u
 
@@ -336,7 +335,7 @@ class VfioIommu:
         if ready > want:
             want = npage if ready == npage else ready // batch.capacity * batch.capacity
         try:
-            pfns = mm.pin_user_pages(vaddr, want, write)
+            runs = mm.pin_user_page_runs(vaddr, want, write)
         except BadAddress as err:
             first = mm.follow_pfn(vaddr, write)
             if first is None or mm.mem.is_ram(first[0] << PAGE_SHIFT):
@@ -344,7 +343,7 @@ class VfioIommu:
             batch.runs.append((first[0], min(npage, first[1])))
             batch.rsvd = True
             return
-        batch.runs.extend(pfn_runs(pfns))
+        batch.runs.extend(runs)
         batch.rsvd = False
 
     def _batch_unpin(self, dma: VfioDma, batch: _Batch) -> None:
