@@ -123,17 +123,22 @@ class Vma:
             return (pfns >= 0) & ~self.cow[lo:hi]
         return pfns >= 0
 
-    def pmd_slots(self) -> tuple[I64Array, I64Array]:
-        """The page index and first pfn of each folio the VMA maps with a PMD, in address
-        order. O(pages / folio size)."""
+    def pmd_slots(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
+        """The page index and first pfn of each folio the VMA maps with a PMD (that holds
+        a page of ``[lo, hi)``), in address order. O(pages / folio size)."""
         if not self.folios:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
         per = 1 << self.order
         off = -(self.start >> PAGE_SHIFT) % per
-        starts = np.arange(off, self.npages - per + 1, per, dtype=np.int64)
+        first = off + max(0, (lo - off) // per) * per
+        last = self.npages - per if hi is None else min(self.npages - per, hi - 1)
+        starts = np.arange(first, last + 1, per, dtype=np.int64)
         heads = self.pfns[starts]
-        keep = np.isin(heads, np.fromiter(self.folios, dtype=np.int64, count=len(self.folios)))
+        if len(heads) <= 64:  # a fault's few stretches
+            keep = np.array([h in self.folios for h in heads.tolist()], dtype=np.bool_)
+        else:
+            keep = np.isin(heads, np.fromiter(self.folios, np.int64, count=len(self.folios)))
         return starts[keep], heads[keep]
 
     def pmd_mask(self, at: I64Array) -> BoolArray:
@@ -480,9 +485,9 @@ class MmStruct:
         """``do_huge_pmd_wp_page`` for each shared THP of ``[first, hi)`` mapped by a PMD:
         reused whole when this PMD is its only reference (every page mapped once, no
         pin), else the PMD is split and the written pages are copied one by one."""
-        at, heads = vma.pmd_slots()
+        at, heads = vma.pmd_slots(first, hi)
         per = 1 << vma.order
-        hit = (at < hi) & (at + per > first) & ~vma.excl[at]
+        hit = ~vma.excl[at]
         for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
             only_ref = (self.anon.maps.range(head, per) == 1).all() and \
                 not self.mem.pins.range(head, per).any()
@@ -543,9 +548,9 @@ class MmStruct:
         is its only mapping, else copied whole into a new huge page (ENOMEM if the
         machine has none; Linux would take the page from the children when the writer
         owns the mapping's reservation, which the model does not keep)."""
-        at, heads = vma.pmd_slots()
+        at, heads = vma.pmd_slots(first, hi)
         per = 1 << vma.order
-        hit = (at < hi) & (at + per > first) & ~vma.excl[at]
+        hit = ~vma.excl[at]
         span = np.arange(per, dtype=np.int64)
         for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
             if self.anon.maps.range(head, 1)[0] == 1:
