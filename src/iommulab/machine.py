@@ -264,7 +264,7 @@ class Process:
     files: dict[int, VfioFile] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.mm = MmStruct(self.machine.mem)
+        self.mm = MmStruct(self.machine.mem, self.machine.kernel)
 
     @property
     def user(self) -> UserStruct:
@@ -357,8 +357,9 @@ class Process:
             f.release()
 
     def fork(self) -> Process:
-        """``fork``: a child with the same credentials and limits, a copy of the address
-        space (:meth:`MmStruct.fork`) and the same open files."""
+        """``fork``: a child with the same credentials and limits, the address space as
+        ``dup_mmap`` gives it (:meth:`MmStruct.fork`: private memory shared until written,
+        pages that may be pinned copied now) and the same open files."""
         child = Process(self.machine, self.memlock_limit, self.cap_ipc_lock, self.uid,
                         self.cap_sys_resource)
         child.mm = self.mm.fork()

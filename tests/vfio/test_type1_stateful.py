@@ -140,12 +140,15 @@ def test_fail_nth_through_map_leaves_nothing_behind(platform: str, backing: str,
                 vm.m.mem.pins.pins, vm.p.mm.locked_vm)
 
     before = state()
-    buf = vm.p.mmap(4 << 20, backing)
     # 4K off a 2M boundary, in another 1G: new table pages at every level below the top
     target = base + (1 << 30) + 0x1000 if platform == "x86-vtd" else base + (4 << 20)
     fail = vm.m.mem.fail_nth
     seen: set[int | None] = set()
+    buf = 0
     for nth in range(1, 200):
+        if buf:  # a failed map leaves faulted in what it faulted: start each try afresh
+            vm.p.munmap(buf, 4 << 20)
+        buf = vm.p.mmap(4 << 20, backing)
         fail.arm(nth)
         try:
             vm.map(buf, target, 4 << 20)

@@ -509,15 +509,9 @@ def _vma_pfns(proc: Process, addr: int, npages: int) -> I64Array:
 
 
 def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
-    """``PageCompound`` of each page: part of a THP or hugetlb folio of one of the
-    process's VMAs, or of a hugetlb memfd a VMA maps."""
-    out = np.zeros(len(pfns), dtype=np.bool_)
-    folios = sorted((p, 1 << o) for vma in proc.mm.vmas for p, o in vma.folios)
-    if folios:
-        heads = np.array([h for h, _ in folios], dtype=np.int64)
-        ends = heads + np.array([n for _, n in folios], dtype=np.int64)
-        i = np.searchsorted(heads, pfns, side="right") - 1
-        out |= (i >= 0) & (pfns < ends[np.maximum(i, 0)])
+    """``PageCompound`` of each page: part of a large anonymous folio (THP, hugetlb), or
+    of a hugetlb memfd a VMA of the process maps."""
+    out = proc.mm.anon.compound(pfns)
     for vma in proc.mm.vmas:
         if vma.file is not None and vma.file.order:
             out |= np.isin(pfns, vma.file.pfns)

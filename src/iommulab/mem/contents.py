@@ -53,6 +53,21 @@ class SparseContents:
         """The pages that have been written."""
         return list(self._pages)
 
+    def copy_pages(self, src: npt.NDArray[np.int64], dst: npt.NDArray[np.int64]) -> None:
+        """Copy page ``src[i]`` to ``dst[i]`` (fresh frames, no bytes yet) for the pages
+        that have bytes; the others read as zeros anyway. O(min(pages, written pages))
+        Python steps: the written pages are the ones the model holds bytes for."""
+        pages = self._pages
+        if len(src) <= len(pages):
+            pairs = [(s, d) for s, d in zip(src.tolist(), dst.tolist(), strict=True)
+                     if s in pages]
+        else:
+            written = np.fromiter(pages, dtype=np.int64, count=len(pages))
+            has = np.isin(src, written)
+            pairs = list(zip(src[has].tolist(), dst[has].tolist(), strict=True))
+        for s, d in pairs:
+            self.page_for_write(d)[:] = pages[s]
+
     def page(self, pfn: int) -> npt.NDArray[np.uint8]:
         """The page's bytes, read-only zeros if never written."""
         return self._pages.get(pfn, _ZERO_PAGE)

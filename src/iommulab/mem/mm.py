@@ -1,4 +1,5 @@
-"""A process's address space: VMAs, their backing, fault-in, pinning and locked_vm (mm/).
+"""A process's address space: VMAs, their backing, fault-in, copy-on-write, pinning and
+locked_vm (mm/).
 
 Each VMA keeps the pfn of every 4K page it maps (-1 where nothing is
 faulted in yet), filled a folio at a time: anonymous memory takes 4K
@@ -11,19 +12,31 @@ cannot be pinned. GUP
 (``pin_user_pages``) faults pages in, refuses writes to read-only VMAs and
 stops at a hole, as ``__get_user_pages`` does; a munmapped page that is
 still pinned stays allocated until its last unpin.
+
+Private memory is copied on write. ``fork`` shares the parent's anonymous pages with
+the child read-only (``copy_page_range``: a THP by its PMD, a hugetlb page whole) and
+only copies at once, for the child, the pages that may be DMA-pinned
+(``folio_needs_cow_for_dma``: the parent has pinned since it exists, MMF_HAS_PINNED,
+and the page, or for a large folio any page of it, holds a pin). The first write to a
+shared page, or a pin of one (GUP breaks COW for FOLL_WRITE and unshares for a
+FOLL_PIN: ``gup_must_unshare``), copies it unless the writer's mapping is the only
+one left (``do_wp_page``); each VMA keeps ``PageAnonExclusive`` per page and the
+machine's :class:`~iommulab.mem.anon.AnonPages` how many mappings each anonymous page
+has. A pin therefore always holds a page of the pinning process's own.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import BadAddress, InvalidArgument, OutOfMemory
+from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..sizes import parse_size
 from .physmem import PhysMem, pfn_runs
 
@@ -39,13 +52,29 @@ TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
 #: backing -> folio order a fault tries first
 BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
 _TASK_TOP = 0x7FFF_F000_0000  # mmap_base: mappings grow down from here
+#: the release whose do_wp_page reuses a page of a PTE-mapped THP the writer's mm alone
+#: maps (``__wp_can_reuse_large_anon_folio``, commit 1da190f4d0a6); 6.12 always copies it
+LARGE_FOLIO_COW_REUSE = (6, 15)
 I64Array = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 def access_ok(addr: int, size: int) -> bool:
     """x86_64 ``access_ok``: a range check only (``addr + size`` within user space and not
     wrapping), whether or not anything is mapped there; the copy itself faults (EFAULT)."""
     return addr >= 0 and addr + size <= TASK_SIZE_MAX
+
+
+@functools.cache
+def _offsets(order: int) -> I64Array:
+    """0 .. 2**order - 1, made once per order (read-only)."""
+    out = np.arange(1 << order, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def _aranges(runs: list[tuple[int, int]]) -> I64Array:
+    return np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in runs])
 
 
 @dataclass
@@ -58,40 +87,88 @@ class Vma:
     writable: bool
     pfns: I64Array = field(repr=False)
     pfnmap: bool = False  # VM_PFNMAP | VM_IO (a device region)
-    folios: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (pfn, order>0)
-    pages: list[tuple[int, int]] = field(default_factory=list, repr=False)  # 4K pages' runs
+    #: the large folios mapped whole by a PMD (PUD for 1G hugetlb): first pfn -> order
+    folios: dict[int, int] = field(default_factory=dict, repr=False)
     file: MemFd | None = field(default=None, repr=False)  # a mapping of a memfd
-    cow: npt.NDArray[np.bool_] | None = field(default=None, repr=False)  # MAP_PRIVATE of
+    cow: BoolArray | None = field(default=None, repr=False)  # MAP_PRIVATE of
     # a file: True where the page is still the file's (copied on the first write)
+    #: PageAnonExclusive: the anonymous page mapped here is this mapping's alone, so a
+    #: write or a pin needs no copy (False for a page a fork shares, and for file pages)
+    excl: BoolArray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.excl = np.zeros(self.npages, dtype=np.bool_)
 
     @property
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
 
+    @property
+    def order(self) -> int:
+        """The order of the folios a fault gives this VMA."""
+        return 0 if self.pfnmap else BACKINGS[self.backing]
 
-@dataclass
-class _Orphans:
-    """Pages munmapped while pinned: freed with their last unpin, whichever process's GUP
-    pin that is (a pin can move to another process with VFIO's VADDR update)."""
+    @property
+    def shared(self) -> bool:
+        """Written in place, never copied: a MAP_SHARED file or a device region."""
+        return self.pfnmap or (self.file is not None and self.cow is None)
 
-    folios: list[tuple[int, int]] = field(default_factory=list)  # (pfn, order)
-    pages: list[tuple[int, int]] = field(default_factory=list)  # 4K pages' runs
+    def anon(self, lo: int = 0, hi: int | None = None) -> BoolArray:
+        """Where ``[lo, hi)`` maps an anonymous page: any present page of private memory,
+        the private copies of a MAP_PRIVATE file."""
+        pfns = self.pfns[lo:hi]
+        if self.shared:
+            return np.zeros(len(pfns), dtype=np.bool_)
+        if self.cow is not None:
+            return (pfns >= 0) & ~self.cow[lo:hi]
+        return pfns >= 0
 
+    def pmd_slots(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
+        """The page index and first pfn of each folio the VMA maps with a PMD (that holds
+        a page of ``[lo, hi)``), in address order. O(pages / folio size)."""
+        if not self.folios:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        per = 1 << self.order
+        off = -(self.start >> PAGE_SHIFT) % per
+        first = off + max(0, (lo - off) // per) * per
+        last = self.npages - per if hi is None else min(self.npages - per, hi - 1)
+        starts = np.arange(first, last + 1, per, dtype=np.int64)
+        heads = self.pfns[starts]
+        if len(heads) <= 64:  # a fault's few stretches
+            keep = np.array([h in self.folios for h in heads.tolist()], dtype=np.bool_)
+        else:
+            keep = np.isin(heads, np.fromiter(self.folios, np.int64, count=len(self.folios)))
+        return starts[keep], heads[keep]
 
-_ORPHANS: WeakKeyDictionary[PhysMem, _Orphans] = WeakKeyDictionary()
+    def pmd_mask(self, at: I64Array) -> BoolArray:
+        """The pages of the PMD-mapped folios at page indices ``at`` (from
+        :meth:`pmd_slots`)."""
+        mask = np.zeros(self.npages, dtype=np.bool_)
+        if len(at):
+            per = 1 << self.order
+            off = int(at[0]) % per
+            rows = mask[off:off + (self.npages - off) // per * per].reshape(-1, per)
+            rows[(at - off) // per] = True
+        return mask
+
 
 class MmStruct:
-    """One process's memory: VMAs in address order, ``locked_vm`` in pages."""
+    """One process's memory: VMAs in address order, ``locked_vm`` in pages. ``kernel``
+    is the release whose copy-on-write rules it follows."""
 
-    def __init__(self, mem: PhysMem) -> None:
+    def __init__(self, mem: PhysMem, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.mem = mem
+        self.kernel = kernel
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
         self.locked_vm = 0  # pages charged against RLIMIT_MEMLOCK (mm->locked_vm)
         self.pinned_vm = 0  # mm->pinned_vm (iommufd charges it in every account mode)
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
+        self.has_pinned = False  # MMF_HAS_PINNED: FOLL_PIN has run on this mm, never cleared
         self._top = _TASK_TOP
-        self._orphans = _ORPHANS.setdefault(mem, _Orphans())  # shared by the machine's mms
+        self.anon = mem.anon  # the mapcounts it shares with the machine's other processes
+        self.anon.mms.add(self)
         self.gone = False  # exit_mmap ran: mmget_not_zero() fails from now on
 
     # -- mmap / munmap -------------------------------------------------------------------------
@@ -137,9 +214,9 @@ class MmStruct:
         splitting the VMAs it cuts. EINVAL for an unaligned ``addr``, a length of 0, or a
         cut through a hugetlb page (nothing is changed then).
 
-        A THP folio the cut goes through is split into 4K pages (``split_huge_page``,
-        which Linux defers): the pages outside the range stay mapped, those inside are
-        freed unless pinned, in which case they go with their last unpin.
+        A THP folio the cut goes through is mapped by 4K pages from then on (its PMD is
+        split); the pages no process maps any more are freed unless pinned, in which
+        case they go with their last unpin (:class:`~iommulab.mem.anon.AnonPages`).
         """
         if addr & (PAGE_SIZE - 1) or length <= 0:
             raise InvalidArgument(f"munmap: addr {addr:#x} length {length:#x}")
@@ -162,39 +239,7 @@ class MmStruct:
         for vma in list(self.vmas):
             self._drop(vma)
         self.gone = True
-
-    def fork(self) -> MmStruct:
-        """``dup_mmap``: the child's copy. Shared memfd mappings share the file's pages and
-        device regions their PFNs; private memory is copied now, folio by folio as the
-        parent has it (the model copies eagerly where Linux copies on write; pinned pages
-        are copied at fork by Linux too), so the two never share a private page."""
-        child = MmStruct(self.mem)
-        child._top = self._top
-        for vma in self.vmas:
-            copy = Vma(vma.start, vma.end, vma.backing, vma.writable,
-                       np.full(vma.npages, -1, dtype=np.int64), vma.pfnmap)
-            if vma.pfnmap or vma.file is not None:
-                copy.pfns[:] = vma.pfns
-                copy.file = vma.file.get() if vma.file is not None else None
-                if vma.cow is not None:  # the parent's private copies are copied again
-                    copy.cow = ~vma.cow
-                    child._unshare(copy, 0, vma.npages)
-                    copy.cow[:] = vma.cow
-            else:
-                present = np.flatnonzero(vma.pfns >= 0)
-                for first, count in pfn_runs(present):
-                    child._fault(copy, first, count, strict=True)
-                self._copy_contents(vma.pfns[present], copy.pfns[present])
-            child._link(copy)
-        return child
-
-    def _copy_contents(self, src: I64Array, dst: I64Array) -> None:
-        """Copy the bytes of the pages that have any (others read as zeros anyway)."""
-        written = np.fromiter(self.mem.contents.pfns(), dtype=np.int64)
-        has = np.isin(src, written)
-        contents = self.mem.contents
-        for s, d in zip(src[has].tolist(), dst[has].tolist(), strict=True):
-            contents.page_for_write(d)[:] = contents.page(s)
+        self.anon.mms.discard(self)
 
     def _link(self, vma: Vma) -> None:
         i = bisect.bisect(self._starts, vma.start)
@@ -207,49 +252,145 @@ class MmStruct:
 
     def _drop(self, vma: Vma) -> None:
         self._unlink(vma)
+        self._zap(vma, 0, vma.npages)
         if vma.file is not None:
             vma.file.put()
             vma.file = None
-        self._orphans.folios += self.mem.free_unpinned_folios(vma.folios)
         vma.folios.clear()
-        self._orphans.pages += self.mem.free_unpinned(vma.pages)
-        vma.pages.clear()
         vma.pfns[:] = -1
+        vma.excl[:] = False
 
     def _cut(self, vma: Vma, lo: int, hi: int) -> None:
         """Unmap ``[lo, hi)``, strictly inside ``vma``: the parts left and right of it
-        become VMAs of their own, each with the folios and pages it maps."""
+        become VMAs of their own. A folio the cut goes through stays mapped by 4K pages
+        on either side (``__split_huge_pmd``)."""
         i0, i1 = (lo - vma.start) >> PAGE_SHIFT, (hi - vma.start) >> PAGE_SHIFT
-        pfns = vma.pfns
-        heads = np.array([pfn for pfn, _ in vma.folios], dtype=np.int64)
-        pos = np.flatnonzero(np.isin(pfns, heads)) if len(heads) else np.zeros(0, np.int64)
-        where = {int(pfns[i]): int(i) for i in pos}  # folio head pfn -> its page index
-        covered = np.zeros(vma.npages, dtype=bool)  # pages of folios that stay whole
-        parts: list[list[tuple[int, int]]] = [[], [], []]  # folios left, cut out, right
-        for pfn, order in vma.folios:
-            at, n = where[pfn], 1 << order
-            if at + n <= i0 or at >= i1 or (i0 <= at and at + n <= i1):
-                parts[0 if at < i0 else 2 if at >= i1 else 1].append((pfn, order))
-                covered[at:at + n] = True
-            else:  # the cut goes through it: split_huge_page
-                self.mem.frames.split(pfn, order)
-        own = ~vma.cow if vma.cow is not None else np.full(vma.npages, vma.file is None)
-        small = (pfns >= 0) & ~covered & own  # the file keeps its pages
-        gone = pfns[i0:i1][small[i0:i1]]
-        self._orphans.folios += self.mem.free_unpinned_folios(parts[1])
-        self._orphans.pages += self.mem.free_unpinned(pfn_runs(gone))
+        at, heads = vma.pmd_slots()
+        per = 1 << vma.order
         self._unlink(vma)
-        for first, last, folios in ((0, i0, parts[0]), (i1, vma.npages, parts[2])):
+        self._zap(vma, i0, i1)
+        for first, last, whole in ((0, i0, at + per <= i0), (i1, vma.npages, at >= i1)):
             if first == last:
                 continue
             piece = Vma(vma.start + (first << PAGE_SHIFT), vma.start + (last << PAGE_SHIFT),
-                        vma.backing, vma.writable, pfns[first:last].copy(), vma.pfnmap,
-                        folios, pfn_runs(pfns[first:last][small[first:last]]),
+                        vma.backing, vma.writable, vma.pfns[first:last].copy(), vma.pfnmap,
+                        dict.fromkeys(heads[whole].tolist(), vma.order),
                         vma.file.get() if vma.file is not None else None,
                         vma.cow[first:last].copy() if vma.cow is not None else None)
+            piece.excl[:] = vma.excl[first:last]
             self._link(piece)
         if vma.file is not None:
             vma.file.put()
+
+    def _zap(self, vma: Vma, lo: int, hi: int) -> None:
+        """``zap_page_range`` of the anonymous pages of ``[lo, hi)``: a PMD-mapped folio
+        wholly inside goes as one mapping, every other page on its own."""
+        at, heads = vma.pmd_slots()
+        inside = (at >= lo) & (at + (1 << vma.order) <= hi)
+        pages = vma.anon(lo, hi) & ~vma.pmd_mask(at[inside])[lo:hi]
+        self.anon.unmap_folios(heads[inside], vma.order)
+        self.anon.unmap(vma.pfns[lo:hi][pages])
+
+    # -- fork ------------------------------------------------------------------------------------
+    def fork(self) -> MmStruct:
+        """``dup_mmap``: the child's address space. Device regions and MAP_SHARED memory
+        are the same pages; private memory is shared until written (:meth:`_dup_anon`).
+        ENOMEM (the child torn down) when the pages to copy now cannot be had."""
+        child = MmStruct(self.mem, self.kernel)
+        child._top = self._top
+        pinned = self._pinned_folios()
+        try:
+            for vma in self.vmas:
+                copy = Vma(vma.start, vma.end, vma.backing, vma.writable,
+                           vma.pfns.copy(), vma.pfnmap)
+                if vma.file is not None:
+                    copy.file = vma.file.get()
+                    copy.cow = vma.cow.copy() if vma.cow is not None else None
+                child._link(copy)
+                self._dup_anon(vma, copy, pinned)
+        except OutOfMemory:
+            child.close()
+            raise
+        return child
+
+    def _dup_anon(self, src: Vma, dst: Vma, pinned: I64Array | None) -> None:
+        """``copy_page_range`` of the anonymous pages of ``src`` into the child's ``dst``
+        (which starts with the parent's pfns; ``pinned``: :meth:`_pinned_folios`). A page
+        is shared (both lose PageAnonExclusive, its mapcount grows), except an exclusive
+        page that may be pinned (``folio_try_dup_anon_rmap_*`` fails), which the child
+        gets a copy of now (``copy_present_page``). A THP goes by its PMD
+        (``copy_huge_pmd``), unless it may be pinned: then the parent's PMD is split and
+        each of its pages copied. A hugetlb page is shared or copied whole
+        (``copy_hugetlb_page_range``). O(pages) numpy work, a Python step per run of
+        shared folios and per folio copied."""
+        anon = src.anon()
+        at, heads = src.pmd_slots()
+        copy_folio = np.zeros(len(at), dtype=np.bool_)
+        if pinned is not None:
+            copy_folio = np.isin(heads, pinned) & src.excl[at]
+        copied_pmds = src.pmd_mask(at[copy_folio])
+        shared_pmds = src.pmd_mask(at[~copy_folio])
+        ptes = anon & ~copied_pmds & ~shared_pmds
+        copy_ptes = np.zeros(src.npages, dtype=np.bool_)
+        if pinned is not None:
+            idx = np.flatnonzero(ptes & src.excl)
+            copy_ptes[idx] = self._maybe_pinned(src.pfns[idx], pinned)
+        shared_ptes = ptes & ~copy_ptes
+        dst.pfns[copied_pmds | copy_ptes] = -1  # nothing up to the copies can fail
+        self.anon.map_folios(heads[~copy_folio], src.order)
+        self.anon.map_pages(src.pfns[shared_ptes])
+        src.excl[shared_pmds | shared_ptes] = False
+        dst.folios.update(dict.fromkeys(heads[~copy_folio].tolist(), src.order))
+        if src.backing.startswith("hugetlb"):
+            for i, head in zip(at[copy_folio].tolist(), heads[copy_folio].tolist(),
+                               strict=True):
+                self._copy_huge(src, dst, i, head)
+            return
+        for head in heads[copy_folio].tolist():
+            del src.folios[head]  # __split_huge_pmd: its pages are copied one by one
+        copy = np.flatnonzero(copied_pmds | copy_ptes)
+        if len(copy):
+            dst.pfns[copy] = self._copies(src.pfns[copy], "alloc_pages(fork)")
+            dst.excl[copy] = True
+
+    def _copy_huge(self, src: Vma, dst: Vma, i: int, head: int) -> None:
+        """The child's own copy of the huge page at page ``i`` (``copy_hugetlb_page_range``
+        when ``hugetlb_try_dup_anon_rmap`` fails); ENOMEM if there is no free one."""
+        per = 1 << src.order
+        new = self.mem.frames.alloc(src.order)
+        if new is None:
+            raise OutOfMemory(f"fork: no free {PAGE_SIZE << src.order:#x} hugetlb page to "
+                              f"copy the pinned one at {src.start + (i << PAGE_SHIFT):#x}")
+        span = np.arange(per, dtype=np.int64)
+        self.anon.new_folios([new], src.order)
+        self.mem.contents.copy_pages(head + span, new + span)
+        dst.pfns[i:i + per] = new + span
+        dst.excl[i:i + per] = True
+        dst.folios[new] = src.order
+
+    def _pinned_folios(self) -> I64Array | None:
+        """The first pfns of the large folios that hold a pin, or None when nothing this
+        mm maps may be pinned (no MMF_HAS_PINNED, or no pin at all)."""
+        if not self.has_pinned or not self.mem.pins.pins:
+            return None
+        heads = self.anon.folio_of(self.mem.pins.nonzero())
+        return np.unique(heads[heads >= 0])
+
+    def _maybe_pinned(self, pfns: I64Array, pinned: I64Array) -> BoolArray:
+        """``folio_maybe_dma_pinned`` of the folio of each of ``pfns`` (mapped by PTEs):
+        for a large folio a pin on any of its pages (``pinned``: those folios), for a 4K
+        page a pin on it (the kernel guesses from its refcount, the model knows)."""
+        out: BoolArray = (self.mem.pins.get(pfns) > 0) | np.isin(self.anon.folio_of(pfns),
+                                                                 pinned)
+        return out
+
+    def _copies(self, old: I64Array, site: str) -> I64Array:
+        """New 4K anonymous pages holding the bytes of ``old`` (one allocation call, so
+        one fault-injection point, for the lot; ENOMEM takes nothing)."""
+        new = _aranges(self.mem.alloc_page_runs(len(old), site=site))
+        self.mem.contents.copy_pages(old, new)
+        self.anon.map_pages(new)
+        return new
 
     # -- faults ----------------------------------------------------------------------------------
     def find_vma(self, addr: int) -> Vma | None:
@@ -259,7 +400,8 @@ class MmStruct:
         return None
 
     def _fault(self, vma: Vma, first: int, count: int, *, strict: bool = False) -> None:
-        """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time."""
+        """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time; new
+        pages are the mapping's alone."""
         pfns = vma.pfns
         if not (pfns[first:first + count] < 0).any():
             return
@@ -273,9 +415,9 @@ class MmStruct:
             except OutOfMemory as err:
                 raise OutOfMemory(f"page fault at {vma.start + (int(missing[0]) << PAGE_SHIFT):#x}"
                                   f": {err}") from None
-            pfns[missing] = np.concatenate([np.arange(p, p + n, dtype=np.int64)
-                                            for p, n in runs])
-            vma.pages += runs
+            pfns[missing] = _aranges(runs)
+            vma.excl[missing] = True
+            self.anon.map_pages(pfns[missing])
 
     def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> None:
         """A folio of ``order`` for each aligned stretch wholly inside ``vma`` and wholly
@@ -291,6 +433,7 @@ class MmStruct:
         if lo >= hi:
             return
         stretches = vma.pfns[off + lo * per:off + hi * per].reshape(hi - lo, per)
+        excl = vma.excl[off + lo * per:off + hi * per].reshape(hi - lo, per)
         rows: list[int] = []
         got: list[int] = []
         try:
@@ -303,32 +446,152 @@ class MmStruct:
                     raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
                                       f"{vma.start + ((off + (lo + row) * per) << PAGE_SHIFT):#x}")
         finally:  # the folios taken so far are mapped even when hugetlb runs out
-            vma.folios += [(pfn, order) for pfn in got]
-            offsets = np.arange(per, dtype=np.int64)
-            for i in range(0, len(rows), 4096):  # bounded temporaries
+            vma.folios.update(dict.fromkeys(got, order))
+            self.anon.new_folios(got, order)
+            offsets = _offsets(order)
+            if len(rows) == 1:  # a batch's fault: one folio
+                stretches[rows[0]] = got[0] + offsets
+            for i in range(0, len(rows) if len(rows) > 1 else 0, 4096):  # bounded temporaries
                 stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                        dtype=np.int64)[:, None] + offsets
+            excl[rows] = True
 
-    def _unshare(self, vma: Vma, first: int, count: int) -> None:
-        """``wp_page_copy`` / FAULT_FLAG_UNSHARE: the file pages of ``[first, first +
-        count)`` in a MAP_PRIVATE mapping become private copies."""
-        if vma.cow is None:
+    # -- copy on write ---------------------------------------------------------------------------
+    def _break_cow(self, vma: Vma, first: int, count: int) -> None:
+        """The write fault (``do_wp_page``) or, for a pin, the unshare fault
+        (FAULT_FLAG_UNSHARE) of every present page of ``[first, first + count)`` the
+        mapping does not have alone: afterwards each is an anonymous page exclusive to
+        it. Shared mappings are written in place."""
+        hi = first + count
+        if vma.shared or vma.excl[first:hi].all():
             return
-        idx = np.flatnonzero(vma.cow[first:first + count]) + first
+        if vma.backing.startswith("hugetlb") and vma.file is None:
+            self._hugetlb_wp(vma, first, hi)
+            return
+        if vma.folios:
+            self._huge_pmd_wp(vma, first, hi)
+        idx = np.flatnonzero(~vma.excl[first:hi] & (vma.pfns[first:hi] >= 0)) + first
         if not len(idx):
             return
-        runs = self.mem.alloc_page_runs(len(idx), site="alloc_pages(copy on write)")
-        new = np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in runs])
-        self._copy_contents(vma.pfns[idx], new)
+        file_page = vma.cow[idx] if vma.cow is not None else np.zeros(len(idx), np.bool_)
+        anon = idx[~file_page]
+        reuse = self._can_reuse(vma, anon)
+        vma.excl[anon[reuse]] = True
+        copy = np.sort(np.concatenate([idx[file_page], anon[~reuse]]))
+        if len(copy):
+            self._wp_page_copy(vma, copy)
+
+    def _huge_pmd_wp(self, vma: Vma, first: int, hi: int) -> None:
+        """``do_huge_pmd_wp_page`` for each shared THP of ``[first, hi)`` mapped by a PMD:
+        reused whole when this PMD is its only reference (every page mapped once, no
+        pin), else the PMD is split and the written pages are copied one by one."""
+        at, heads = vma.pmd_slots(first, hi)
+        per = 1 << vma.order
+        hit = ~vma.excl[at]
+        for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
+            only_ref = (self.anon.maps.range(head, per) == 1).all() and \
+                not self.mem.pins.range(head, per).any()
+            if only_ref:
+                vma.excl[i:i + per] = True
+            else:
+                del vma.folios[head]
+
+    def _can_reuse(self, vma: Vma, idx: I64Array) -> BoolArray:
+        """``wp_can_reuse_anon_folio`` of the anonymous pages at ``idx``: a 4K page when
+        its mapping here is its only reference. A page of a large folio mapped by 4K
+        pages: never in 6.12; from 6.15 when all the folio's references are mappings in
+        this mm and there is more than one (``__wp_can_reuse_large_anon_folio``)."""
+        pfns = vma.pfns[idx]
+        heads = self.anon.folio_of(pfns)
+        small = heads < 0
+        reuse: BoolArray = small & (self.anon.maps.get(pfns) == 1) & \
+            (self.mem.pins.get(pfns) == 0)
+        if self.kernel >= LARGE_FOLIO_COW_REUSE:
+            for head in np.unique(heads[~small]).tolist():
+                if self._folio_mapped_here_only(vma, int(idx[heads == head][0]), head):
+                    reuse[heads == head] = True
+        return reuse
+
+    def _folio_mapped_here_only(self, vma: Vma, i: int, head: int) -> bool:
+        """Every reference of the large folio at ``head`` is a mapping in this mm, and it
+        has more than one. A page of an anonymous folio is mapped at most once per mm,
+        at the address it was first faulted at, which ``vma``'s page ``i`` gives."""
+        per = 1 << self.anon.folios[head]
+        maps = self.anon.maps.range(head, per)
+        total = int(maps.sum())
+        if total <= 1 or self.mem.pins.range(head, per).any():
+            return False
+        base = vma.start + ((i - (int(vma.pfns[i]) - head)) << PAGE_SHIFT)
+        mine = 0
+        for other in self.vmas:
+            lo, hi = max(base, other.start), min(base + (per << PAGE_SHIFT), other.end)
+            if lo < hi:
+                got = other.pfns[(lo - other.start) >> PAGE_SHIFT:(hi - other.start) >> PAGE_SHIFT]
+                k0 = (lo - base) >> PAGE_SHIFT
+                mine += int(np.count_nonzero(got == head + k0 + np.arange(len(got))))
+        return mine == total
+
+    def _wp_page_copy(self, vma: Vma, idx: I64Array) -> None:
+        """``wp_page_copy``: the pages at ``idx`` become new copies of their own; the old
+        anonymous ones lose this mapping (a file page stays the file's)."""
+        old = vma.pfns[idx]
+        new = self._copies(old, "alloc_pages(copy on write)")
+        was_anon = ~vma.cow[idx] if vma.cow is not None else np.ones(len(idx), np.bool_)
         vma.pfns[idx] = new
-        vma.cow[idx] = False
-        vma.pages += runs
+        vma.excl[idx] = True
+        if vma.cow is not None:
+            vma.cow[idx] = False
+        self.anon.unmap(old[was_anon])
+
+    def _hugetlb_wp(self, vma: Vma, first: int, hi: int) -> None:
+        """``hugetlb_wp`` for each shared huge page of ``[first, hi)``: reused when this
+        is its only mapping, else copied whole into a new huge page (ENOMEM if the
+        machine has none; Linux would take the page from the children when the writer
+        owns the mapping's reservation, which the model does not keep)."""
+        at, heads = vma.pmd_slots(first, hi)
+        per = 1 << vma.order
+        hit = ~vma.excl[at]
+        span = np.arange(per, dtype=np.int64)
+        for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
+            if self.anon.maps.range(head, 1)[0] == 1:
+                vma.excl[i:i + per] = True
+                continue
+            new = self.mem.frames.alloc(vma.order)
+            if new is None:
+                raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << vma.order:#x} page to copy "
+                                  f"{vma.start + (i << PAGE_SHIFT):#x} on write")
+            self.anon.new_folios([new], vma.order)
+            self.mem.contents.copy_pages(head + span, new + span)
+            del vma.folios[head]
+            vma.folios[new] = vma.order
+            vma.pfns[i:i + per] = new + span
+            vma.excl[i:i + per] = True
+            self.anon.unmap(head + span)
 
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
         """``pin_user_pages_remote(FOLL_LONGTERM)``: the pfns of the first pages that could
         be pinned (fewer than ``npages`` at a hole, a PFNMAP or a read-only VMA for a
-        write; none there raises EFAULT, as vfio turns a 0 return into EFAULT)."""
+        write; none there raises EFAULT, as vfio turns a 0 return into EFAULT). A page
+        the mapping does not have alone is copied first, for a write (FOLL_WRITE's
+        write fault) and for a read-only pin too (``gup_must_unshare``: a shared
+        anonymous page, a file page of a private mapping), so later writes keep the
+        pinned page. Sets MMF_HAS_PINNED first, as ``__get_user_pages_locked`` does."""
+        pfns = self._gup(addr, npages, write)
+        self.mem.pin_pages(pfns)
+        self.pinned_pages += len(pfns)
+        return pfns
+
+    def pin_user_page_runs(self, addr: int, npages: int, write: bool) -> list[tuple[int, int]]:
+        """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs."""
+        runs = pfn_runs(self._gup(addr, npages, write))
+        self.mem.pin_runs(runs)
+        self.pinned_pages += sum(n for _, n in runs)
+        return runs
+
+    def _gup(self, addr: int, npages: int, write: bool) -> I64Array:
+        """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own."""
+        self.has_pinned = True
         out: list[I64Array] = []
         done = 0
         while done < npages:
@@ -339,27 +602,42 @@ class MmStruct:
             first = (vaddr - vma.start) >> PAGE_SHIFT
             n = min(npages - done, vma.npages - first)
             self._fault(vma, first, n)
-            # a long-term pin of a file page in a private mapping, even read-only, takes a
-            # private copy first (gup_must_unshare), so later writes keep the pinned page
-            self._unshare(vma, first, n)
+            self._break_cow(vma, first, n)
             out.append(vma.pfns[first:first + n])
             done += n
         if not done:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
-        pfns = np.concatenate(out) if len(out) > 1 else out[0].copy()
-        self.mem.pin_pages(pfns)
-        self.pinned_pages += len(pfns)
-        return pfns
+        return np.concatenate(out) if len(out) > 1 else out[0].copy()
+
+    def gup_fast(self, addr: int, npages: int, write: bool) -> int:
+        """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:
+        present, in a VMA it may pin from, and needing no copy (the pages ``gup_fast``
+        takes without a fault; lab: callers pin those in one go and fault the rest as
+        the kernel's batches do). O(the answer) numpy work: windows that double."""
+        done = 0
+        while done < npages:
+            vaddr = addr + (done << PAGE_SHIFT)
+            vma = self.find_vma(vaddr)
+            if vma is None or vma.pfnmap or (write and not vma.writable):
+                break
+            first = (vaddr - vma.start) >> PAGE_SHIFT
+            end = first + min(npages - done, vma.npages - first)
+            pos, window = first, 512
+            while pos < end:
+                hi = min(end, pos + window)
+                ready = vma.pfns[pos:hi] >= 0 if vma.shared else vma.excl[pos:hi]
+                if not ready.all():
+                    return done + pos - first + int(np.argmin(ready))
+                pos, window = hi, window * 2
+            done += end - first
+        return done
 
     def unpin_user_pages(self, pfns: I64Array) -> None:
-        """``unpin_user_pages``; a munmapped folio is freed with its last pin."""
+        """``unpin_user_pages``; a page no process maps any more is freed with its last
+        pin."""
         self.mem.unpin_pages(pfns)
         self.pinned_pages -= len(pfns)
-        orphans = self._orphans
-        if orphans.folios:
-            orphans.folios = self.mem.free_unpinned_folios(orphans.folios)
-        if orphans.pages:
-            orphans.pages = self.mem.free_unpinned(orphans.pages)
+        self.anon.release_orphans()
 
     def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
         """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
@@ -389,7 +667,7 @@ class MmStruct:
             count = ((seg_end - 1 - vma.start) >> PAGE_SHIFT) - first + 1
             self._fault(vma, first, count)
             if write:
-                self._unshare(vma, first, count)
+                self._break_cow(vma, first, count)
             page_va = vma.start + (first << PAGE_SHIFT)  # start of the run's first page
             for pfn, pages in pfn_runs(vma.pfns[first:first + count]):
                 lo = max(pos, page_va)
@@ -437,3 +715,28 @@ class MmStruct:
         runs = self._runs(base, -(-(addr - base + n) // PAGE_SIZE) * PAGE_SIZE, False)
         cache.flush_pfns(np.concatenate([np.arange(pa >> PAGE_SHIFT, (pa + k) >> PAGE_SHIFT)
                                          for pa, k in runs]))
+
+    # -- checks ----------------------------------------------------------------------------------
+    def anon_pfns(self) -> I64Array:
+        """The anonymous pages this mm maps, one entry per mapping."""
+        parts = [vma.pfns[vma.anon()] for vma in self.vmas]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _check(self) -> None:
+        """O(pages): VMAs ordered and disjoint; a page is exclusive only where an anonymous
+        page is mapped; a PMD-mapped folio is a live large folio mapped whole here."""
+        assert self._starts == [v.start for v in self.vmas] == sorted(self._starts)
+        for prev, vma in zip(self.vmas, self.vmas[1:], strict=False):
+            assert prev.end <= vma.start, f"{prev!r} overlaps {vma!r}"
+        for vma in self.vmas:
+            assert len(vma.pfns) == len(vma.excl) == vma.npages
+            assert not (vma.excl & ~vma.anon()).any(), f"{vma!r}: exclusive non-anon page"
+            assert (self.anon.maps.get(vma.pfns[vma.excl]) == 1).all(), \
+                f"{vma!r}: an exclusive page has another mapping"
+            at, heads = vma.pmd_slots()
+            assert len(heads) == len(vma.folios), f"{vma!r}: a PMD folio is not in place"
+            for i, head in zip(at.tolist(), heads.tolist(), strict=True):
+                assert self.anon.folios.get(head) == vma.order, f"{head:#x}: no such folio"
+                per = 1 << vma.order
+                assert (vma.pfns[i:i + per] == head + np.arange(per)).all()
+                assert len(set(vma.excl[i:i + per].tolist())) == 1

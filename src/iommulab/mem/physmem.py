@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from ..errors import BadAddress, OutOfMemory
 from ..sizes import parse_size
+from .anon import AnonPages
 from .contents import PAGE_BYTES, SparseContents
 from .cpu_cache import CpuCache
 from .fault import FailNth
@@ -40,8 +41,10 @@ def pfn_runs(pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
     """``(first pfn, count)`` of each run of consecutive pfns, in order."""
     if not len(pfns):
         return []
-    brk = np.flatnonzero(np.diff(pfns) != 1) + 1
-    bounds = np.concatenate(([0], brk, [len(pfns)])).tolist()
+    brk = np.flatnonzero(np.diff(pfns) != 1)
+    if not len(brk):  # one run: the common case of a batch
+        return [(int(pfns[0]), len(pfns))]
+    bounds = [0, *(brk + 1).tolist(), len(pfns)]
     firsts = pfns[bounds[:-1]].tolist()
     return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
 
@@ -80,6 +83,7 @@ class PhysMem:
         self.frames = FrameAllocator()
         self.contents = SparseContents()
         self.pins = PinCounts()
+        self.anon = AnonPages(self)  # the anonymous pages processes map
         self.fail_nth = FailNth()
         self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
         self.cpu_cache: CpuCache | None = None  # lab: set when a device does not snoop
@@ -177,8 +181,11 @@ class PhysMem:
 
     def pin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Take a pin on each page (GUP and memfd_pin_folios), a run at a time."""
-        for pfn, count in pfn_runs(pfns):
-            self.pins.pin(pfn, count)
+        self.pin_runs(pfn_runs(pfns))
+
+    def pin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`pin_pages` of the ``(first pfn, pages)`` runs."""
+        self.pins.add_runs(runs, 1, zeros=False)
 
     def unpin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Drop a pin on each page; the CPU cache model counts unpins of pages a
@@ -204,6 +211,10 @@ class PhysMem:
         if free:
             self.free_page_runs(free)
         return kept
+
+    def free_unpinned_pages(self, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+        """:meth:`free_unpinned` of a set of 4K pages in any order."""
+        return self.free_unpinned(pfn_runs(np.sort(pfns)))
 
     def alloc_zeroed(self, size: int, site: str = "alloc_pages") -> tuple[
             int, npt.NDArray[np.uint64]]:
@@ -346,4 +357,5 @@ class PhysMem:
     def _check(self) -> None:
         self.frames._check()
         self.pins._check()
+        self.anon._check()
         assert 0 <= self.iommu_pages <= self.frames.total_frames

@@ -1,9 +1,12 @@
-"""Per-frame pin counts kept by memory section, as arrays.
+"""Per-frame counts kept by memory section, as arrays: pins, and the mappings of anonymous
+pages.
 
-Linux keeps a pin count in each ``struct page`` (``GUP_PIN_COUNTING_BIAS``);
-the model keeps one ``int32`` per frame in an array per memory section
-(128 MiB, x86_64's ``SECTION_SIZE_BITS = 27``), created when a frame of the
-section is first pinned. Pinning a range is a slice update per section.
+Linux keeps a pin count in each ``struct page`` (``GUP_PIN_COUNTING_BIAS``) and a
+mapcount (``page->_mapcount``); the model keeps one ``int32`` per frame in an array
+per memory section (128 MiB, x86_64's ``SECTION_SIZE_BITS = 27``), created when a
+frame of the section is first counted. A range is a slice update per section; a set
+of scattered frames is one fancy-indexed update per stretch of the set that stays in
+one section (O(n) numpy work, a Python step per section change).
 """
 
 from __future__ import annotations
@@ -11,21 +14,28 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SECTION_FRAMES", "PinCounts"]
+__all__ = ["SECTION_FRAMES", "FrameCounts", "PinCounts"]
 
 SECTION_SHIFT = 27 - 12
 SECTION_FRAMES = 1 << SECTION_SHIFT
+I32Array = npt.NDArray[np.int32]
+I64Array = npt.NDArray[np.int64]
 
 
-class PinCounts:
-    """Pin counts by pfn; all mutations are checked first, then applied."""
+class FrameCounts:
+    """A non-negative count per pfn; ``nonzero_frames`` and ``total`` are kept up to date.
+    Every mutation is checked first (a count may not go below zero), then applied."""
 
     def __init__(self) -> None:
-        self._sections: dict[int, npt.NDArray[np.int32]] = {}
-        self.pinned_frames = 0  # frames with a non-zero count
-        self.pins = 0  # sum of all counts
+        self._sections: dict[int, I32Array] = {}
+        self.nonzero_frames = 0  # frames with a non-zero count
+        self.total = 0  # sum of all counts
 
+    # -- ranges ---------------------------------------------------------------------------------
     def _spans(self, pfn: int, count: int) -> list[tuple[int, int, int]]:
+        lo = pfn & (SECTION_FRAMES - 1)
+        if lo + count <= SECTION_FRAMES:  # most runs: inside one section
+            return [(pfn >> SECTION_SHIFT, lo, lo + count)]
         spans = []
         end = pfn + count
         while pfn < end:
@@ -36,35 +46,43 @@ class PinCounts:
             pfn += hi - lo
         return spans
 
-    def pin(self, pfn: int, count: int = 1) -> None:
-        for sec, lo, hi in self._spans(pfn, count):
-            arr = self._sections.get(sec)
-            if arr is None:
-                arr = self._sections[sec] = np.zeros(SECTION_FRAMES, dtype=np.int32)
-            seg = arr[lo:hi]
-            self.pinned_frames += int(np.count_nonzero(seg == 0))
-            seg += 1
-        self.pins += count
+    def _section(self, sec: int) -> I32Array:
+        arr = self._sections.get(sec)
+        if arr is None:
+            arr = self._sections[sec] = np.zeros(SECTION_FRAMES, dtype=np.int32)
+        return arr
 
-    def unpin(self, pfn: int, count: int = 1) -> None:
-        spans = self._spans(pfn, count)
+    def add_range(self, pfn: int, count: int, delta: int) -> None:
+        """Add ``delta`` to the count of each of ``count`` frames from ``pfn``."""
+        self.add_runs([(pfn, count)], delta, zeros=False)
+
+    def add_runs(self, runs: list[tuple[int, int]], delta: int, *,
+                 zeros: bool = True) -> I64Array:
+        """Add ``delta`` over each ``(pfn, count)`` run; with ``zeros``, the frames a
+        negative ``delta`` took to 0."""
+        spans = self._spans(*runs[0]) if len(runs) == 1 else \
+            [span for pfn, count in runs for span in self._spans(pfn, count)]
+        if delta < 0:
+            for sec, lo, hi in spans:
+                arr = self._sections.get(sec)
+                if arr is None or (arr[lo:hi] < -delta).any():
+                    raise ValueError(f"count of some frame of [{(sec << SECTION_SHIFT) + lo:#x}"
+                                     f", {(sec << SECTION_SHIFT) + hi:#x}) would go below zero")
+        found: list[I64Array] = []
         for sec, lo, hi in spans:
-            arr = self._sections.get(sec)
-            if arr is None or not arr[lo:hi].all():
-                raise ValueError(
-                    f"unpin of {count} frames at pfn {pfn:#x}: some frame is not pinned")
-        for sec, lo, hi in spans:
-            seg = self._sections[sec][lo:hi]
-            seg -= 1
-            self.pinned_frames -= int(np.count_nonzero(seg == 0))
-        self.pins -= count
+            seg = self._section(sec)[lo:hi]
+            before = int(np.count_nonzero(seg))
+            seg += delta
+            after = int(np.count_nonzero(seg))
+            self.nonzero_frames += after - before
+            self.total += delta * (hi - lo)
+            if zeros and delta < 0 and after < hi - lo:
+                found.append(np.flatnonzero(seg == 0).astype(np.int64)
+                             + ((sec << SECTION_SHIFT) + lo))
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
-    def count(self, pfn: int) -> int:
-        arr = self._sections.get(pfn >> SECTION_SHIFT)
-        return 0 if arr is None else int(arr[pfn & (SECTION_FRAMES - 1)])
-
-    def counts(self, pfn: int, count: int) -> npt.NDArray[np.int32]:
-        """Pin counts of ``count`` frames from ``pfn`` (a copy)."""
+    def range(self, pfn: int, count: int) -> I32Array:
+        """The counts of ``count`` frames from ``pfn`` (a copy)."""
         out = np.zeros(count, dtype=np.int32)
         done = 0
         for sec, lo, hi in self._spans(pfn, count):
@@ -74,10 +92,112 @@ class PinCounts:
             done += hi - lo
         return out
 
+    # -- sets of frames -------------------------------------------------------------------------
+    @staticmethod
+    def _few_runs(pfns: I64Array) -> list[tuple[int, int]] | None:
+        """``pfns`` as ``(first, count)`` runs when they are long (a Python step per run
+        beats a scattered update), else None."""
+        if len(pfns) < 2:
+            return [(int(pfns[0]), 1)] if len(pfns) else []
+        brk = np.flatnonzero(np.diff(pfns) != 1)
+        if len(brk) > max(16, len(pfns) >> 6):
+            return None
+        bounds = [0, *(brk + 1).tolist(), len(pfns)]
+        firsts = pfns[bounds[:-1]].tolist()
+        return [(f, b - a) for f, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
+
+    @staticmethod
+    def _stretches(pfns: I64Array) -> list[tuple[int, int, int]]:
+        """``(section, first, last + 1)`` of each stretch of ``pfns`` in one section."""
+        if not len(pfns):
+            return []
+        secs = pfns >> SECTION_SHIFT
+        cuts = (np.flatnonzero(secs[1:] != secs[:-1]) + 1).tolist()
+        bounds = [0, *cuts, len(pfns)]
+        heads = secs[bounds[:-1]].tolist()
+        return [(s, a, b) for s, a, b in zip(heads, bounds[:-1], bounds[1:], strict=True)]
+
+    def add(self, pfns: I64Array, delta: int) -> I64Array:
+        """Add ``delta`` to the count of each of ``pfns`` (distinct frames); for a negative
+        ``delta``, the frames whose count is now 0 (else an empty array)."""
+        runs = self._few_runs(pfns)
+        if runs is not None:
+            return self.add_runs(runs, delta)
+        stretches = self._stretches(pfns)
+        mask = SECTION_FRAMES - 1
+        if delta < 0:
+            for sec, a, b in stretches:
+                arr = self._sections.get(sec)
+                if arr is None or (arr[pfns[a:b] & mask] < -delta).any():
+                    raise ValueError(f"count of some frame of {len(pfns)} from "
+                                     f"{int(pfns[0]):#x} would go below zero")
+        zeros: list[I64Array] = []
+        for sec, a, b in stretches:
+            arr = self._section(sec)
+            idx = pfns[a:b] & mask
+            before = int(np.count_nonzero(arr[idx]))
+            arr[idx] += delta
+            now = arr[idx]
+            self.nonzero_frames += int(np.count_nonzero(now)) - before
+            if delta < 0:
+                zeros.append(pfns[a:b][now == 0])
+        self.total += delta * len(pfns)
+        return np.concatenate(zeros) if zeros else np.zeros(0, dtype=np.int64)
+
+    def get(self, pfns: I64Array) -> I32Array:
+        """The count of each of ``pfns``."""
+        runs = self._few_runs(pfns)
+        if runs is not None:
+            parts = [self.range(pfn, count) for pfn, count in runs]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        out = np.zeros(len(pfns), dtype=np.int32)
+        mask = SECTION_FRAMES - 1
+        for sec, a, b in self._stretches(pfns):
+            arr = self._sections.get(sec)
+            if arr is not None:
+                out[a:b] = arr[pfns[a:b] & mask]
+        return out
+
+    def nonzero(self) -> I64Array:
+        """The frames with a non-zero count, in address order. O(counted sections)."""
+        parts = [np.flatnonzero(self._sections[sec]).astype(np.int64) + (sec << SECTION_SHIFT)
+                 for sec in sorted(self._sections)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     def _check(self) -> None:
-        frames = pins = 0
+        frames = total = 0
         for arr in self._sections.values():
-            assert (arr >= 0).all(), "negative pin count"
+            assert (arr >= 0).all(), "negative count"
             frames += int(np.count_nonzero(arr))
-            pins += int(arr.sum())
-        assert frames == self.pinned_frames and pins == self.pins, "pin totals drifted"
+            total += int(arr.sum())
+        assert frames == self.nonzero_frames and total == self.total, "count totals drifted"
+
+
+class PinCounts(FrameCounts):
+    """Pin counts by pfn (``pinned_frames`` frames hold ``pins`` pins)."""
+
+    @property
+    def pinned_frames(self) -> int:
+        return self.nonzero_frames
+
+    @property
+    def pins(self) -> int:
+        return self.total
+
+    def pin(self, pfn: int, count: int = 1) -> None:
+        self.add_range(pfn, count, 1)
+
+    def unpin(self, pfn: int, count: int = 1) -> None:
+        try:
+            self.add_range(pfn, count, -1)
+        except ValueError:
+            raise ValueError(f"unpin of {count} frames at pfn {pfn:#x}: some frame is not "
+                             "pinned") from None
+
+    def count(self, pfn: int) -> int:
+        arr = self._sections.get(pfn >> SECTION_SHIFT)
+        return 0 if arr is None else int(arr[pfn & (SECTION_FRAMES - 1)])
+
+    def counts(self, pfn: int, count: int) -> I32Array:
+        """Pin counts of ``count`` frames from ``pfn`` (a copy)."""
+        return self.range(pfn, count)

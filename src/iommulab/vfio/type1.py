@@ -3,9 +3,12 @@
 Mappings (``vfio_dma``) sit in a sorted list standing for the rb-tree; each
 is pinned and mapped by runs of physically contiguous pages, into every
 domain of the container, so the IOMMU core can use 2M and 1G entries where
-IOVA and physical alignment allow. GUP is asked for pages as the kernel's
-512-entry ``vfio_batch`` would ask where that decides what gets faulted in (a
-RLIMIT_MEMLOCK refusal, a hole), and for the whole rest of the range otherwise.
+IOVA and physical alignment allow. Where GUP has to fault pages in (or copy
+them) it is asked for one 512-entry ``vfio_batch`` at a time, and only when the
+run being built reaches the end of the last one, as ``vfio_pin_pages_remote``
+does; pages it can pin as they are go in one call (lab: the end state is the
+same). So a RLIMIT_MEMLOCK refusal, a hole or a failed ``iommu_map`` leaves
+faulted in exactly the batches the kernel fetched.
 Unmapping finds the runs again through the first domain (``vfio_unmap_unpin``).
 Check order and errno follow ``vfio_dma_do_map`` / ``vfio_dma_do_unmap``; a
 mapping's dirty bitmap is the kernel's ``dma->bitmap``, shifted in place by
@@ -21,6 +24,7 @@ size (from the domains' tables) and the pages charged to locked_vm.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -43,7 +47,6 @@ from ..iommu.domain import IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import ResvRegion, ResvType
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
-from ..mem.mm import pfn_runs
 from ..prot import Prot
 from . import uapi as u
 
@@ -99,12 +102,13 @@ class VfioDomain:
 
 @dataclass
 class _Batch:
-    """``struct vfio_batch`` as far as it decides what GUP faults in: how many pages one
-    ``pin_user_pages_remote`` asks for, and where the current sequence of full batches
-    began (a batch cut short by a hole or a PFNMAP run starts the next one there)."""
+    """``struct vfio_batch``: the pages one refill got that no run has used yet, as
+    ``(first pfn, pages)`` runs in address order; ``rsvd`` when they are a PFNMAP run
+    (MMIO: no struct page, nothing pinned)."""
 
     capacity: int
-    start: int
+    runs: deque[tuple[int, int]] = field(default_factory=deque)
+    rsvd: bool = False
 
 
 @dataclass
@@ -247,83 +251,107 @@ class VfioIommu:
 
     def _pin_map(self, dma: VfioDma, size: int, limit: int | None,
                  domains: list[VfioDomain]) -> None:
-        """``vfio_pin_map_dma``: pin and map run by run until ``size`` is mapped into
-        ``domains``; pages pinned but not yet mapped when a map fails are unpinned here,
-        the mapped part goes with the dma. One batch serves the whole mapping."""
-        npage = size >> PAGE_SHIFT
-        capacity = 1 if self.disable_hugepages else VFIO_BATCH_MAX_CAPACITY
-        batch = _Batch(capacity, dma.vaddr + dma.size)
-        while dma.size < size:
-            runs, pfns = self._pin_pages_remote(dma, dma.vaddr + dma.size,
-                                                npage - (dma.size >> PAGE_SHIFT), limit, batch)
-            used = 0
-            for start, count, rsvd in runs:
+        """``vfio_pin_map_dma``: pin a run, map it, until ``size`` is mapped into
+        ``domains``. When a map fails, the run and what the batch still holds are
+        unpinned (the pages stay faulted in); the mapped part goes with the dma. One
+        batch serves the whole mapping."""
+        batch = _Batch(1 if self.disable_hugepages else VFIO_BATCH_MAX_CAPACITY)
+        try:
+            while dma.size < size:
+                pfn, npage, rsvd = self._pin_pages_remote(
+                    dma, dma.vaddr + dma.size, (size - dma.size) >> PAGE_SHIFT, limit, batch)
                 try:
-                    self._iommu_map(domains, dma.iova + dma.size, start, count, dma.prot)
+                    self._iommu_map(domains, dma.iova + dma.size, pfn, npage, dma.prot)
                 except KernelError:
-                    self._unpin(dma, pfns[used:])
+                    if not rsvd:  # vfio_unpin_pages_remote(..., true)
+                        self._unpin(dma, np.arange(pfn, pfn + npage, dtype=np.int64))
                     raise
-                dma.size += count << PAGE_SHIFT
-                used += 0 if rsvd else count
+                dma.size += npage << PAGE_SHIFT
+        finally:
+            self._batch_unpin(dma, batch)
 
     def _pin_pages_remote(self, dma: VfioDma, vaddr: int, npage: int, limit: int | None,
-                          batch: _Batch) -> tuple[list[tuple[int, int, bool]], I64Array]:
-        """``vfio_pin_pages_remote`` repeated: the runs of ``[vaddr, +npage)`` as ``(first
-        pfn, pages, reserved)`` up to a hole or a PFNMAP boundary, and the pfns pinned.
-        RAM pages are pinned and charged, a PFNMAP run of MMIO (no struct page) is neither.
-
-        GUP is asked for the whole range unless the RLIMIT_MEMLOCK check will refuse one
-        of its pages; then only for what the kernel's batches pin up to that refusal:
-        the batch holding the first page over the limit is pinned (faulted in) before it
-        is refused. 6.12 checks the limit page by page, 7.0 by contiguous chunks of a
-        batch (``num_pages_contiguous``): the same page is refused after the same pins.
-        Nothing pinnable at ``vaddr`` raises EFAULT, the limit ENOMEM.
-        """
+                          batch: _Batch) -> tuple[int, int, bool]:
+        """``vfio_pin_pages_remote``: ``(first pfn, pages, reserved)`` of the physically
+        contiguous run from ``vaddr``, taken from the batch and refilled while the run
+        reaches its end; the pages are charged to locked_vm (a PFNMAP run of MMIO is
+        neither pinned nor charged). With large pages disabled a run is one page (6.12's
+        one-page batch, 7.0's ``npage = 1``). The page that would take locked_vm past
+        RLIMIT_MEMLOCK is refused with ENOMEM (6.12 checks page by page, 7.0 by
+        contiguous chunks of the batch: the same page of the same batch); that, or a
+        refill that finds nothing (EFAULT), unpins the run and the batch."""
         mm = dma.mm
-        write = bool(dma.prot & Prot.WRITE)
         budget = None if dma.lock_cap or limit is None else \
             (limit >> PAGE_SHIFT) - mm.locked_vm
-        want = npage
-        if budget is not None and npage > budget:
-            done = (vaddr - batch.start) >> PAGE_SHIFT  # pages of full batches before vaddr
-            refused = done + max(budget, 0)
-            want = min(npage, (refused // batch.capacity + 1) * batch.capacity - done)
+        if self.disable_hugepages:
+            npage = 1
+        base, pinned, rsvd = 0, 0, False
         try:
-            pfns = mm.pin_user_pages(vaddr, want, write)
-        except BadAddress as err:
-            return self._pfnmap_run(dma, vaddr, npage, write, batch, err), \
-                np.empty(0, dtype=np.int64)
-        n = len(pfns)
-        if n < want:  # GUP stopped at a hole: the next batch starts there
-            batch.start = vaddr + (n << PAGE_SHIFT)
-        if budget is not None and n > budget:
-            mm.unpin_user_pages(pfns)
-            msg = f"RLIMIT_MEMLOCK ({limit}) exceeded"
-            self.stats.log.append(msg)
-            raise OutOfMemory(f"MAP_DMA: {msg}")
-        mm.locked_vm += n
-        dma.locked_vm += n
-        self.stats.pinned_pages += n
-        if self.disable_hugepages:
-            return [(pfn, 1, False) for pfn in pfns.tolist()], pfns
-        return [(pfn, count, False) for pfn, count in pfn_runs(pfns)], pfns
+            while npage:
+                if not batch.runs:
+                    self._refill(dma, vaddr, npage, batch)
+                pfn, count = batch.runs[0]
+                if not pinned:
+                    base, rsvd = pfn, batch.rsvd
+                elif pfn != base + pinned or batch.rsvd != rsvd:
+                    break
+                take = min(count, npage)
+                if not rsvd and budget is not None and pinned + take > budget:
+                    msg = f"RLIMIT_MEMLOCK ({limit}) exceeded"
+                    self.stats.log.append(msg)
+                    raise OutOfMemory(f"MAP_DMA: {msg}")
+                if take < count:
+                    batch.runs[0] = (pfn + take, count - take)
+                else:
+                    batch.runs.popleft()
+                pinned += take
+                npage -= take
+                vaddr += take << PAGE_SHIFT
+                if batch.runs:  # the batch's next page does not continue the run
+                    break
+        except KernelError:
+            if pinned and not rsvd:
+                mm.unpin_user_pages(np.arange(base, base + pinned, dtype=np.int64))
+            self._batch_unpin(dma, batch)
+            raise
+        if not rsvd:  # vfio_lock_acct
+            mm.locked_vm += pinned
+            dma.locked_vm += pinned
+            self.stats.pinned_pages += pinned
+        return base, pinned, rsvd
 
-    def _pfnmap_run(self, dma: VfioDma, vaddr: int, npage: int, write: bool, batch: _Batch,
-                    err: BadAddress) -> list[tuple[int, int, bool]]:
-        """``vaddr_get_pfns`` where GUP found nothing: a VM_PFNMAP of MMIO gives a reserved
-        run (``follow_fault_pfn``, EFAULT for a write through a read-only mapping) to the
-        end of the VMA, whose pfns follow each other (the page after it is a guard gap
-        here, never a PFNMAP that could continue the run); a PFNMAP of RAM, or no PFNMAP,
-        is GUP's EFAULT."""
+    def _refill(self, dma: VfioDma, vaddr: int, npage: int, batch: _Batch) -> None:
+        """``vaddr_get_pfns`` into an empty batch: ``pin_user_pages_remote`` of up to a
+        batch of pages (GUP faults them in); pages it can pin as they are, in whole
+        batches, all at once (lab: pinning them changes nothing else, and the kernel's
+        next refills would pin the same). Nothing pinnable at ``vaddr``: a PFNMAP of
+        MMIO gives a reserved run (``follow_fault_pfn``, EFAULT for a write through a
+        read-only mapping) to the end of the VMA, whose pfns follow each other (the
+        page after it is a guard gap here); a PFNMAP of RAM, or nothing, is EFAULT."""
         mm = dma.mm
-        first = mm.follow_pfn(vaddr, write)
-        if first is None or mm.mem.is_ram(first[0] << PAGE_SHIFT):
-            raise err
-        pfn, count = first[0], min(npage, first[1])
-        batch.start = vaddr + (count << PAGE_SHIFT)  # PFNMAP pages leave the batch empty
-        if self.disable_hugepages:
-            return [(pfn + i, 1, True) for i in range(count)]
-        return [(pfn, count, True)]
+        write = bool(dma.prot & Prot.WRITE)
+        want = min(npage, batch.capacity)
+        ready = mm.gup_fast(vaddr, npage, write)
+        if ready > want:
+            want = npage if ready == npage else ready // batch.capacity * batch.capacity
+        try:
+            runs = mm.pin_user_page_runs(vaddr, want, write)
+        except BadAddress as err:
+            first = mm.follow_pfn(vaddr, write)
+            if first is None or mm.mem.is_ram(first[0] << PAGE_SHIFT):
+                raise err from None
+            batch.runs.append((first[0], min(npage, first[1])))
+            batch.rsvd = True
+            return
+        batch.runs.extend(runs)
+        batch.rsvd = False
+
+    def _batch_unpin(self, dma: VfioDma, batch: _Batch) -> None:
+        """``vfio_batch_unpin``: drop the pins of the pages no run used (never charged)."""
+        if batch.runs and not batch.rsvd:
+            dma.mm.unpin_user_pages(np.concatenate(
+                [np.arange(p, p + n, dtype=np.int64) for p, n in batch.runs]))
+        batch.runs.clear()
 
     def _iommu_map(self, domains: list[VfioDomain], iova: int, pfn: int, npage: int,
                    prot: int) -> None:
