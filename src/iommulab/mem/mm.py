@@ -639,6 +639,13 @@ class MmStruct:
         self.pinned_pages -= len(pfns)
         self.anon.release_orphans()
 
+    def unpin_user_page_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`unpin_user_pages` of ``(first pfn, pages)`` runs, as
+        ``unpin_user_page_range_dirty_lock`` takes them."""
+        self.mem.unpin_runs(runs)
+        self.pinned_pages -= sum(n for _, n in runs)
+        self.anon.release_orphans()
+
     def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
         """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
         when ``addr`` is not in one. EFAULT for a write through a read-only mapping (its

@@ -190,9 +190,25 @@ class PhysMem:
     def unpin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Drop a pin on each page; the CPU cache model counts unpins of pages a
         non-snooping device wrote and nobody flushed."""
-        for pfn, count in pfn_runs(pfns):
-            self.pins.unpin(pfn, count)
+        self._unpin(pfn_runs(pfns), pfns)
+
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`unpin_pages` of the ``(first pfn, pages)`` runs (no array per page
+        unless the CPU cache model needs one)."""
+        self._unpin(runs, None)
+
+    def _unpin(self, runs: list[tuple[int, int]],
+               pfns: npt.NDArray[np.int64] | None) -> None:
+        """Every count is checked before any changes (ValueError naming the runs)."""
+        try:
+            self.pins.add_runs(runs, -1, zeros=False)
+        except ValueError as err:
+            raise ValueError(f"unpin of {sum(n for _, n in runs)} frames: some frame is not "
+                             f"pinned ({err})") from None
         if self.cpu_cache is not None:
+            if pfns is None:
+                pfns = np.concatenate([np.arange(pfn, pfn + n, dtype=np.int64)
+                                       for pfn, n in runs] or [np.zeros(0, np.int64)])
             self.cpu_cache.unpinned(pfns)
 
     def free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:

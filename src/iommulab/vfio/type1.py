@@ -52,7 +52,7 @@ from . import uapi as u
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
-    from ..mem.mm import I64Array, MmStruct
+    from ..mem.mm import MmStruct
     from ..mem.physmem import PhysMem
 
 __all__ = ["Type1Report", "Type1Stats", "VfioDma", "VfioIommu", "type1_check_extension"]
@@ -264,7 +264,8 @@ class VfioIommu:
                     self._iommu_map(domains, dma.iova + dma.size, pfn, npage, dma.prot)
                 except KernelError:
                     if not rsvd:  # vfio_unpin_pages_remote(..., true)
-                        self._unpin(dma, np.arange(pfn, pfn + npage, dtype=np.int64))
+                        dma.mm.unpin_user_page_runs([(pfn, npage)])
+                        self._unpinned(dma, npage)
                     raise
                 dma.size += npage << PAGE_SHIFT
         finally:
@@ -349,8 +350,7 @@ class VfioIommu:
     def _batch_unpin(self, dma: VfioDma, batch: _Batch) -> None:
         """``vfio_batch_unpin``: drop the pins of the pages no run used (never charged)."""
         if batch.runs and not batch.rsvd:
-            dma.mm.unpin_user_pages(np.concatenate(
-                [np.arange(p, p + n, dtype=np.int64) for p, n in batch.runs]))
+            dma.mm.unpin_user_page_runs(list(batch.runs))
         batch.runs.clear()
 
     def _iommu_map(self, domains: list[VfioDomain], iova: int, pfn: int, npage: int,
@@ -389,12 +389,11 @@ class VfioIommu:
         dma.mm, dma.lock_cap = mm, lock_cap
 
     # -- unmap -----------------------------------------------------------------------------------
-    def _unpin(self, dma: VfioDma, pfns: I64Array) -> None:
-        if len(pfns):
-            dma.mm.unpin_user_pages(pfns)
-            dma.mm.locked_vm -= len(pfns)
-            dma.locked_vm -= len(pfns)
-            self.stats.pinned_pages -= len(pfns)
+    def _unpinned(self, dma: VfioDma, pages: int) -> None:
+        """The accounting ``vfio_unpin_pages_remote`` does for ``pages`` unpinned."""
+        dma.mm.locked_vm -= pages
+        dma.locked_vm -= pages
+        self.stats.pinned_pages -= pages
 
     def _unmap_unpin(self, dma: VfioDma) -> None:
         """``vfio_unmap_unpin``: other domains in one call each, then the first one by the
@@ -426,10 +425,12 @@ class VfioIommu:
         """``vfio_sync_unpin``: one IOTLB sync, then unpin every queued RAM run."""
         domain.iotlb_sync(gather)
         self.stats.iotlb_syncs += 1
-        ram = [np.arange(pa >> PAGE_SHIFT, (pa + n) >> PAGE_SHIFT, dtype=np.int64)
-               for pa, n in pending if dma.mm.mem.is_ram(pa)]
+        ram = [(pa >> PAGE_SHIFT, n >> PAGE_SHIFT) for pa, n in pending
+               if dma.mm.mem.is_ram(pa)]
         if ram:
-            self._unpin(dma, np.concatenate(ram))
+            pages = sum(n for _, n in ram)
+            dma.mm.unpin_user_page_runs(ram)
+            self._unpinned(dma, pages)
         pending.clear()
 
     def _remove_dma(self, dma: VfioDma) -> None:
