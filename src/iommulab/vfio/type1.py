@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..errors import (
     AlreadyExists,
     BadAddress,
@@ -312,7 +310,7 @@ class VfioIommu:
                     break
         except KernelError:
             if pinned and not rsvd:
-                mm.unpin_user_pages(np.arange(base, base + pinned, dtype=np.int64))
+                mm.unpin_user_page_runs([(base, pinned)])
             self._batch_unpin(dma, batch)
             raise
         if not rsvd:  # vfio_lock_acct
