@@ -35,6 +35,7 @@ from ..errors import KernelError, NotSupported
 from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
+from ..iommu.pt_domain import PtDomainOps
 from ..iommu.user_data import IommuUserData, iommu_copy_struct_from_user
 from ..kernel import KernelVersion
 from ..mem import PhysMem
@@ -86,7 +87,7 @@ def _mock_vasz_lg2() -> int:
     return min(AMDV1_MOCK.granule_lg2 + _ITEMS_LG2 * (_STARTING_LEVEL + 1), _HW_MAX_VASZ_LG2)
 
 
-class MockPtDomainOps:
+class MockPtDomainOps(PtDomainOps):
     """``amdv1_mock_ops`` (and the identical ``amdv1_mock_huge_ops``): ``map_range`` /
     ``unmap_range`` for the core (``domain.iommupt`` is this object), generic_pt's
     ``iova_to_phys``, and ``mock_iotlb_sync``, which only frees the gathered tables."""
@@ -103,26 +104,6 @@ class MockPtDomainOps:
         self.pt = PtIommu(self.pgtbl, max_vasz_lg2=vasz, max_oasz_lg2=oasz,
                           new_gather=IommuIotlbGather, iotlb_sync=domain.iotlb_sync)
         self.domain = domain
-
-    # -- generic_pt ops ---------------------------------------------------------------------
-    def map_range(self, iova: int, paddr: int, size: int, prot: int, gfp: int) -> int:
-        return self.pt.map_range(iova, paddr, size, prot, self.domain.pgsize_bitmap)
-
-    def unmap_range(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
-        return self.pt.unmap_range(iova, size, gather)
-
-    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
-                  prot: int, gfp: int) -> int:
-        raise AssertionError("a generic_pt domain is mapped with map_range")
-
-    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
-                    gather: IommuIotlbGather) -> int:
-        raise AssertionError("a generic_pt domain is unmapped with unmap_range")
-
-    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
-        """generic_pt ``iova_to_phys``: the OA with the offset into the leaf, 0 where
-        nothing is mapped, ``(phys_addr_t)-ERANGE`` past 2^38."""
-        return self.pt.iova_to_phys(iova)
 
     def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
         """``mock_iotlb_sync``: ``iommu_put_pages_list`` of the gather's freelist (the

@@ -41,6 +41,7 @@ from ..errors import BadAddress, DmaFault, InvalidArgument, KernelError, NotSupp
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from ..iommu.pgtbl_domain import PgtblDomainOps
+from ..iommu.pt_domain import PtDomainOps
 from ..iommu.resv import IommuCap, ResvRegion, ResvType
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import PhysMem
@@ -368,7 +369,7 @@ class _LegacyDomain(_DmarDomain):
         return legacy.intel_iommu_iova_to_phys(self.pgtbl, iova)
 
 
-class _SsDomain(_DmarDomain):
+class _SsDomain(PtDomainOps, _DmarDomain):
     """Linux 7.0's second-stage ``dmar_domain`` on generic_pt (``sspt``): the core calls
     :meth:`map_range` and :meth:`unmap_range` (``domain.iommupt`` is this object)."""
 
@@ -376,23 +377,6 @@ class _SsDomain(_DmarDomain):
         super().__init__(pgtbl, domain, vasz)
         self.pt = PtIommu(pgtbl, max_vasz_lg2=vasz, max_oasz_lg2=VTDSS_MAX_OA_LG2,
                           new_gather=IommuIotlbGather, iotlb_sync=domain.iotlb_sync)
-
-    def map_range(self, iova: int, paddr: int, size: int, prot: int, gfp: int) -> int:
-        return self.pt.map_range(iova, paddr, size, prot, self.domain.pgsize_bitmap)
-
-    def unmap_range(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
-        return self.pt.unmap_range(iova, size, gather)
-
-    def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
-                  prot: int, gfp: int) -> int:
-        raise AssertionError("a generic_pt domain is mapped with map_range")
-
-    def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
-                    gather: IommuIotlbGather) -> int:
-        raise AssertionError("a generic_pt domain is unmapped with unmap_range")
-
-    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int:
-        return self.pt.iova_to_phys(iova)
 
 
 def compute_vasz_lg2_ss(mgaw: int, sagaw: int) -> tuple[int, int]:
