@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -593,19 +594,11 @@ class MmStruct:
         """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own."""
         self.has_pinned = True
         out: list[I64Array] = []
-        done = 0
-        while done < npages:
-            vaddr = addr + (done << PAGE_SHIFT)
-            vma = self.find_vma(vaddr)
-            if vma is None or vma.pfnmap or (write and not vma.writable):
-                break
-            first = (vaddr - vma.start) >> PAGE_SHIFT
-            n = min(npages - done, vma.npages - first)
+        for vma, first, n in self._gup_vmas(addr, npages, write):
             self._fault(vma, first, n)
             self._break_cow(vma, first, n)
             out.append(vma.pfns[first:first + n])
-            done += n
-        if not done:
+        if not out:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
         return np.concatenate(out) if len(out) > 1 else out[0].copy()
 
@@ -615,22 +608,30 @@ class MmStruct:
         takes without a fault; lab: callers pin those in one go and fault the rest as
         the kernel's batches do). O(the answer) numpy work: windows that double."""
         done = 0
-        while done < npages:
-            vaddr = addr + (done << PAGE_SHIFT)
-            vma = self.find_vma(vaddr)
-            if vma is None or vma.pfnmap or (write and not vma.writable):
-                break
-            first = (vaddr - vma.start) >> PAGE_SHIFT
-            end = first + min(npages - done, vma.npages - first)
-            pos, window = first, 512
+        for vma, first, n in self._gup_vmas(addr, npages, write):
+            pos, end, window = first, first + n, 512
             while pos < end:
                 hi = min(end, pos + window)
                 ready = vma.pfns[pos:hi] >= 0 if vma.shared else vma.excl[pos:hi]
                 if not ready.all():
                     return done + pos - first + int(np.argmin(ready))
                 pos, window = hi, window * 2
-            done += end - first
+            done += n
         return done
+
+    def _gup_vmas(self, addr: int, npages: int, write: bool) -> Iterator[tuple[Vma, int, int]]:
+        """``(vma, first page, pages)`` of ``[addr, addr + npages pages)`` VMA by VMA, up to
+        the first page GUP may not pin (a hole, a PFNMAP, a write to a read-only VMA)."""
+        done = 0
+        while done < npages:
+            vaddr = addr + (done << PAGE_SHIFT)
+            vma = self.find_vma(vaddr)
+            if vma is None or vma.pfnmap or (write and not vma.writable):
+                return
+            first = (vaddr - vma.start) >> PAGE_SHIFT
+            n = min(npages - done, vma.npages - first)
+            yield vma, first, n
+            done += n
 
     def unpin_user_pages(self, pfns: I64Array) -> None:
         """``unpin_user_pages``; a page no process maps any more is freed with its last
