@@ -501,35 +501,44 @@ class MmStruct:
         """``wp_can_reuse_anon_folio`` of the anonymous pages at ``idx``: a 4K page when
         its mapping here is its only reference. A page of a large folio mapped by 4K
         pages: never in 6.12; from 6.15 when all the folio's references are mappings in
-        this mm and there is more than one (``__wp_can_reuse_large_anon_folio``)."""
+        this mm and there is more than one (``__wp_can_reuse_large_anon_folio``), decided
+        once per folio. O(pages) numpy work and a Python step per large folio."""
         pfns = vma.pfns[idx]
         heads = self.anon.folio_of(pfns)
         small = heads < 0
         reuse: BoolArray = small & (self.anon.maps.get(pfns) == 1) & \
             (self.mem.pins.get(pfns) == 0)
         if self.kernel >= LARGE_FOLIO_COW_REUSE:
-            for head in np.unique(heads[~small]).tolist():
-                if self._folio_mapped_here_only(vma, int(idx[heads == head][0]), head):
-                    reuse[heads == head] = True
+            large = np.flatnonzero(~small)
+            folios, first, which = np.unique(heads[large], return_index=True,
+                                             return_inverse=True)
+            here_only = np.array([self._folio_mapped_here_only(vma, i, head) for i, head in
+                                  zip(idx[large[first]].tolist(), folios.tolist(),
+                                      strict=True)], dtype=np.bool_)
+            reuse[large] = here_only[which]
         return reuse
 
     def _folio_mapped_here_only(self, vma: Vma, i: int, head: int) -> bool:
         """Every reference of the large folio at ``head`` is a mapping in this mm, and it
         has more than one. A page of an anonymous folio is mapped at most once per mm,
-        at the address it was first faulted at, which ``vma``'s page ``i`` gives."""
-        per = 1 << self.anon.folios[head]
-        maps = self.anon.maps.range(head, per)
-        total = int(maps.sum())
+        at the address it was first faulted at, which ``vma``'s page ``i`` gives: only
+        the VMAs over that folio-sized stretch are looked at (found by bisection)."""
+        order = self.anon.folios[head]
+        per = 1 << order
+        total = int(self.anon.maps.range(head, per).sum())
         if total <= 1 or self.mem.pins.range(head, per).any():
             return False
         base = vma.start + ((i - (int(vma.pfns[i]) - head)) << PAGE_SHIFT)
+        end = base + (per << PAGE_SHIFT)
         mine = 0
-        for other in self.vmas:
-            lo, hi = max(base, other.start), min(base + (per << PAGE_SHIFT), other.end)
+        for j in range(max(0, bisect.bisect(self._starts, base) - 1),
+                       bisect.bisect_left(self._starts, end)):
+            other = self.vmas[j]
+            lo, hi = max(base, other.start), min(end, other.end)
             if lo < hi:
                 got = other.pfns[(lo - other.start) >> PAGE_SHIFT:(hi - other.start) >> PAGE_SHIFT]
-                k0 = (lo - base) >> PAGE_SHIFT
-                mine += int(np.count_nonzero(got == head + k0 + np.arange(len(got))))
+                want = head + ((lo - base) >> PAGE_SHIFT) + _offsets(order)[:len(got)]
+                mine += int(np.count_nonzero(got == want))
         return mine == total
 
     def _wp_page_copy(self, vma: Vma, idx: I64Array) -> None:
