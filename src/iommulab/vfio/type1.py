@@ -93,9 +93,6 @@ class VfioDomain:
     domain: IommuDomain
     groups: list[IommuGroup] = field(default_factory=list)
     enforce_cache_coherency: bool = False
-    #: fine-grained superpages, as Linux 6.12's probe found; no format of the model has
-    #: them (AMD-Vi's has), so the page-at-a-time unmap 6.12 uses for them never runs here
-    fgsp: bool = False
 
 
 @dataclass
@@ -637,10 +634,10 @@ class VfioIommu:
                 self.iova_list = ranges
                 self.num_non_pinned_groups += 1
                 return d.domain
-        fgsp = self.kernel < LINUX_7_0 and _test_domain_fgsp(domain, ranges,
-                                                             group.devices[0].mem)
+        if self.kernel < LINUX_7_0:
+            _test_domain_fgsp(domain, ranges, group.devices[0].mem)
         self._replay(domain, memlock_limit)
-        self.domains.insert(0, VfioDomain(domain, [group], enforce_cc, fgsp))
+        self.domains.insert(0, VfioDomain(domain, [group], enforce_cc))
         self._update_pgsize_bitmap()
         self.iova_list = ranges
         self.num_non_pinned_groups += 1
@@ -795,17 +792,19 @@ def check_range_7_0(what: str, iova: int, size: int, vaddr: int | None = None) -
 
 
 def _test_domain_fgsp(domain: IommuDomain, ranges: list[tuple[int, int]],
-                      mem: PhysMem) -> bool:
+                      mem: PhysMem) -> None:
     """``vfio_test_domain_fgsp`` (Linux 6.12; gone by 7.0): map two zeroed pages at the
-    first 8K-aligned IOVA of the valid ranges that has room, unmap the first page; an
-    IOMMU that unmaps more than that page has fine-grained superpages (AMD-Vi's; none of
-    the model's formats does). Failures only skip the probe. Its map and unmap are not
-    counted in the lab's ``stats``, which count what the user's mappings cost."""
+    first 8K-aligned IOVA of the valid ranges that has room, unmap the first page, and
+    the second when the first unmap took only that page. An IOMMU that unmaps more has
+    fine-grained superpages (AMD-Vi's), which makes 6.12's ``vfio_unmap_unpin`` unmap a
+    page at a time; none of the model's formats has them, so only the probe's map, its
+    unmaps and its allocation are modelled, not its answer. Failures only skip the
+    probe. Its map and unmaps are not counted in the lab's ``stats``, which count what
+    the user's mappings cost."""
     try:
         pfn = mem.alloc_pages(1, site="alloc_pages(vfio_test_domain_fgsp)")
     except OutOfMemory:
-        return False
-    fgsp = False
+        return
     for lo, hi in ranges:
         start = -(-lo // (2 * PAGE_SIZE)) * 2 * PAGE_SIZE
         if start >= hi or hi - start < 2 * PAGE_SIZE:
@@ -817,11 +816,8 @@ def _test_domain_fgsp(domain: IommuDomain, ranges: list[tuple[int, int]],
             break
         if domain.unmap(start, PAGE_SIZE) == PAGE_SIZE:
             domain.unmap(start + PAGE_SIZE, PAGE_SIZE)
-        else:
-            fgsp = True
         break
     mem.free_pages(pfn, 1)
-    return fgsp
 
 
 def _aper_resize(ranges: list[tuple[int, int]], start: int, end: int
