@@ -263,3 +263,28 @@ def test_fork_that_cannot_copy_a_pinned_page_fails_and_leaves_nothing() -> None:
     p.mm.unpin_user_pages(pins)
     p.exit()
     clean(m)
+
+
+def test_a_hugetlb_page_to_copy_without_a_free_one_is_enomem() -> None:
+    """A hugetlb page is copied whole, into a new huge page: at fork for a pinned one
+    (copy_hugetlb_page_range), on the first write to a shared one (hugetlb_wp). With no
+    free huge page both are ENOMEM naming the address, and nothing changes."""
+    m = Machine("x86-vtd", ram="4M")
+    p = m.spawn_process()
+    va = p.mmap(4 * M, "hugetlb-2M")  # every huge page of the machine
+    p.write(va + M, b"data")
+    pins = p.mm.pin_user_pages(va, 1, write=True)
+    with pytest.raises(OutOfMemory, match=f"fork of a pinned page: .* the one at {va:#x}"):
+        p.fork()
+    check(m, p)
+    p.mm.unpin_user_pages(pins)
+    c = p.fork()
+    with pytest.raises(OutOfMemory, match=f"copy on write: .* the one at {va:#x}"):
+        c.write(va + M, b"kid")
+    assert pfn(c, va) == pfn(p, va) and c.read(va + M, 4) == b"data"
+    check(m, p, c)
+    c.exit()
+    p.write(va + M, b"mine")  # alone again: reused, no copy needed
+    assert p.read(va + M, 4) == b"mine"
+    p.exit()
+    clean(m)

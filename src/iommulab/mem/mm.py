@@ -342,10 +342,14 @@ class MmStruct:
         self.anon.map_pages(src.pfns[shared_ptes])
         src.excl[shared_pmds | shared_ptes] = False
         dst.folios.update(dict.fromkeys(heads[~copy_folio].tolist(), src.order))
-        if src.backing.startswith("hugetlb"):
+        if src.backing.startswith("hugetlb"):  # hugetlb_try_dup_anon_rmap failed: a copy
+            per = 1 << src.order
             for i, head in zip(at[copy_folio].tolist(), heads[copy_folio].tolist(),
                                strict=True):
-                self._copy_huge(src, dst, i, head)
+                new = self._copy_huge(src, i, head, "fork of a pinned page")
+                dst.pfns[i:i + per] = new + _offsets(src.order)
+                dst.excl[i:i + per] = True
+                dst.folios[new] = src.order
             return
         for head in heads[copy_folio].tolist():
             del src.folios[head]  # __split_huge_pmd: its pages are copied one by one
@@ -354,20 +358,19 @@ class MmStruct:
             dst.pfns[copy] = self._copies(src.pfns[copy], "alloc_pages(fork)")
             dst.excl[copy] = True
 
-    def _copy_huge(self, src: Vma, dst: Vma, i: int, head: int) -> None:
-        """The child's own copy of the huge page at page ``i`` (``copy_hugetlb_page_range``
-        when ``hugetlb_try_dup_anon_rmap`` fails); ENOMEM if there is no free one."""
-        per = 1 << src.order
-        new = self.mem.frames.alloc(src.order)
+    def _copy_huge(self, vma: Vma, i: int, head: int, why: str) -> int:
+        """A new huge page of ``vma``'s order holding the bytes of the one at ``head``
+        (mapped at page ``i``), counted as mapped once: the copy ``copy_hugetlb_page_range``
+        makes for the child of a fork and ``hugetlb_wp`` for a writer. Returns its first
+        pfn; ENOMEM, naming ``why``, if the machine has no free one."""
+        new = self.mem.frames.alloc(vma.order)
         if new is None:
-            raise OutOfMemory(f"fork: no free {PAGE_SIZE << src.order:#x} hugetlb page to "
-                              f"copy the pinned one at {src.start + (i << PAGE_SHIFT):#x}")
-        span = np.arange(per, dtype=np.int64)
-        self.anon.new_folios([new], src.order)
+            raise OutOfMemory(f"{why}: no free {PAGE_SIZE << vma.order:#x} hugetlb page to "
+                              f"copy the one at {vma.start + (i << PAGE_SHIFT):#x}")
+        span = _offsets(vma.order)
+        self.anon.new_folios([new], vma.order)
         self.mem.contents.copy_pages(head + span, new + span)
-        dst.pfns[i:i + per] = new + span
-        dst.excl[i:i + per] = True
-        dst.folios[new] = src.order
+        return new
 
     def _pinned_folios(self) -> I64Array | None:
         """The first pfns of the large folios that hold a pin, or None when nothing this
@@ -560,23 +563,16 @@ class MmStruct:
         owns the mapping's reservation, which the model does not keep)."""
         at, heads = vma.pmd_slots(first, hi)
         per = 1 << vma.order
+        span = _offsets(vma.order)
         hit = ~vma.excl[at]
-        span = np.arange(per, dtype=np.int64)
         for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
-            if self.anon.maps.range(head, 1)[0] == 1:
-                vma.excl[i:i + per] = True
-                continue
-            new = self.mem.frames.alloc(vma.order)
-            if new is None:
-                raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << vma.order:#x} page to copy "
-                                  f"{vma.start + (i << PAGE_SHIFT):#x} on write")
-            self.anon.new_folios([new], vma.order)
-            self.mem.contents.copy_pages(head + span, new + span)
-            del vma.folios[head]
-            vma.folios[new] = vma.order
-            vma.pfns[i:i + per] = new + span
+            if self.anon.maps.range(head, 1)[0] != 1:
+                new = self._copy_huge(vma, i, head, "hugetlb copy on write")
+                del vma.folios[head]
+                vma.folios[new] = vma.order
+                vma.pfns[i:i + per] = new + span
+                self.anon.unmap(head + span)
             vma.excl[i:i + per] = True
-            self.anon.unmap(head + span)
 
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
