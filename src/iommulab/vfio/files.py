@@ -30,7 +30,7 @@ from ..iommu.resv import ResvType
 from ..kernel import LINUX_7_0
 from ..mem.mm import access_ok
 from . import uapi as u
-from .type1 import Type1Report, VfioIommu, check_range_7_0, type1_check_extension
+from .type1 import Type1Report, VfioIommu, _ffs, check_range_7_0, type1_check_extension
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
@@ -391,10 +391,6 @@ def _sw_msi_base(group: IommuGroup) -> int | None:
         if r.type == ResvType.SW_MSI:
             base = r.start
     return base
-
-
-def _ffs(x: int) -> int:
-    return (x & -x).bit_length() - 1
 
 
 def _int(arg: int | bytes | bytearray) -> int:
