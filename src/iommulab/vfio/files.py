@@ -85,14 +85,16 @@ VfioFileT = TypeVar("VfioFileT", bound=VfioFile)
 
 
 def get_file(f: VfioFileT) -> VfioFileT:
-    """``get_file``: the kernel keeps ``f`` open (a bound device its iommufd, a group its
-    iommufd, a device its group) whatever the process closes."""
+    """``get_file``: one more reference to ``f``, for an fd a fork copies (``dup_fd``) or
+    where the kernel keeps ``f`` open whatever the process closes (a bound device its
+    iommufd, a group its iommufd, a device its group)."""
     f.refs += 1
     return f
 
 
 def fput(f: VfioFile) -> None:
-    """``fput``: drop such a reference; the last one releases the file."""
+    """``fput``: drop such a reference (``close`` drops its fd's); the last one releases
+    the file."""
     f.refs -= 1
     if not f.refs:
         f.release()
