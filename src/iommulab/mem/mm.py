@@ -453,9 +453,7 @@ class MmStruct:
             vma.folios.update(dict.fromkeys(got, order))
             self.anon.new_folios(got, order)
             offsets = _offsets(order)
-            if len(rows) == 1:  # a batch's fault: one folio
-                stretches[rows[0]] = got[0] + offsets
-            for i in range(0, len(rows) if len(rows) > 1 else 0, 4096):  # bounded temporaries
+            for i in range(0, len(rows), 4096):  # bounded temporaries
                 stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                        dtype=np.int64)[:, None] + offsets
             excl[rows] = True
