@@ -205,7 +205,7 @@ class MmStruct:
             if private:
                 vma.cow = np.ones(vma.npages, dtype=np.bool_)
         elif backing.startswith("hugetlb") or populate:
-            self._fault(vma, 0, vma.npages, strict=True)
+            self._fault(vma, 0, vma.npages)
         self._top = start - PAGE_SIZE  # a guard gap between mappings
         self._link(vma)
         return start
@@ -403,7 +403,7 @@ class MmStruct:
             return self.vmas[i]
         return None
 
-    def _fault(self, vma: Vma, first: int, count: int, *, strict: bool = False) -> None:
+    def _fault(self, vma: Vma, first: int, count: int) -> None:
         """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time; new
         pages are the mapping's alone."""
         pfns = vma.pfns
