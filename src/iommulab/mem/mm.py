@@ -581,29 +581,39 @@ class MmStruct:
         write fault) and for a read-only pin too (``gup_must_unshare``: a shared
         anonymous page, a file page of a private mapping), so later writes keep the
         pinned page. Sets MMF_HAS_PINNED first, as ``__get_user_pages_locked`` does."""
-        pfns = self._gup(addr, npages, write)
+        views = self._gup(addr, npages, write)
+        pfns = np.concatenate(views) if len(views) > 1 else views[0].copy()
         self.mem.pin_pages(pfns)
         self.pinned_pages += len(pfns)
         return pfns
 
     def pin_user_page_runs(self, addr: int, npages: int, write: bool) -> list[tuple[int, int]]:
-        """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs."""
-        runs = pfn_runs(self._gup(addr, npages, write))
+        """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs, found
+        VMA by VMA in the VMAs' own pfns (no array of the pages is made); a run that
+        goes on across a VMA boundary is one run."""
+        runs: list[tuple[int, int]] = []
+        for view in self._gup(addr, npages, write):
+            more = pfn_runs(view)
+            if runs and runs[-1][0] + runs[-1][1] == more[0][0]:
+                pfn, count = runs.pop()
+                more[0] = (pfn, count + more[0][1])
+            runs += more
         self.mem.pin_runs(runs)
         self.pinned_pages += sum(n for _, n in runs)
         return runs
 
-    def _gup(self, addr: int, npages: int, write: bool) -> I64Array:
-        """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own."""
+    def _gup(self, addr: int, npages: int, write: bool) -> list[I64Array]:
+        """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own:
+        a view of each VMA's pfns, in address order (valid until the mm next changes)."""
         self.has_pinned = True
-        out: list[I64Array] = []
+        views: list[I64Array] = []
         for vma, first, n in self._gup_vmas(addr, npages, write):
             self._fault(vma, first, n)
             self._break_cow(vma, first, n)
-            out.append(vma.pfns[first:first + n])
-        if not out:
+            views.append(vma.pfns[first:first + n])
+        if not views:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
-        return np.concatenate(out) if len(out) > 1 else out[0].copy()
+        return views
 
     def gup_fast(self, addr: int, npages: int, write: bool) -> int:
         """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:
