@@ -71,8 +71,7 @@ def run_pin_after_fork(gib: int, kernel: str) -> Figure:
     p.mm.unpin_user_page_runs(runs)
     p.exit()
     assert m.mem.pins.pins == 0 and frames.free_frames == frames.total_frames
-    return Figure(f"pin of {gib} GiB THP after fork, {kernel} ({copied} pages copied)",
-                  t_pin, "s")
+    return Figure(f"pin of {gib} GiB THP after fork, {kernel}: {copied} copied", t_pin, "s")
 
 
 def main() -> None:
