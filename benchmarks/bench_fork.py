@@ -6,12 +6,20 @@ A second run pins 1 GiB of the parent first (as VFIO would): fork copies those
 pages for the child at once, 4K at a time (the parent's PMDs split), and shares
 the rest. Each figure is one wall-clock run on a machine with 4 GiB to spare,
 where a fork that copied everything could not run.
+
+A third run pins all of it again after two forks (MAP_DMA after the child of a fork
+has gone): pin, fork, unpin, fork, pin. The parent's THPs are mapped by 4K pages by
+then and none of its pages is its own exclusively any more, so the pin makes each page
+its own: 6.12 copies every page of a large folio, 7.0 reuses them
+(``__wp_can_reuse_large_anon_folio``), deciding once per folio.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+import numpy as np
 
 from _common import Figure, print_figures
 from iommulab import Machine
@@ -44,12 +52,35 @@ def run(gib: int, pinned_gib: int) -> list[Figure]:
             Figure(f"exit of the child ({what})", t_exit, "s")]
 
 
+def run_pin_after_fork(gib: int, kernel: str) -> Figure:
+    m = Machine("x86-vtd", ram=f"{2 * gib + 4}G", kernel=kernel)
+    frames = m.mem.frames
+    p = m.spawn_process()
+    va = p.mmap(gib << 30, "thp", populate=True)
+    pins = p.mm.pin_user_pages(va, gib << 18, write=True)
+    p.fork().exit()  # the pinned THPs were copied for the child: the parent's PMDs split
+    p.mm.unpin_user_pages(pins)
+    p.fork().exit()  # every page shared by its PTE, then the parent is alone again
+    vma = p.mm.find_vma(va)
+    assert vma is not None
+    before = vma.pfns.copy()
+    t0 = time.perf_counter()
+    runs = p.mm.pin_user_page_runs(va, gib << 18, write=True)
+    t_pin = time.perf_counter() - t0
+    copied = int(np.count_nonzero(vma.pfns != before))
+    p.mm.unpin_user_page_runs(runs)
+    p.exit()
+    assert m.mem.pins.pins == 0 and frames.free_frames == frames.total_frames
+    return Figure(f"pin of {gib} GiB THP after fork, {kernel}: {copied} copied", t_pin, "s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gib", type=int, default=64)
     ap.add_argument("--pinned-gib", type=int, default=1)
     args = ap.parse_args()
     figs = run(args.gib, 0) + run(args.gib, args.pinned_gib)
+    figs += [run_pin_after_fork(args.gib, kernel) for kernel in ("6.12", "7.0")]
     print_figures(f"bench_fork: x86-vtd, {args.gib} GiB", figs)
 
 

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_iova.py", ["--calls", "600", "--pairs", "2000", "--live", "100", "--repeat", "1"],
      3),
     ("bench_vfio.py", ["--gib", "1", "--frag-gib", "1"], 7),
-    ("bench_fork.py", ["--gib", "1", "--pinned-gib", "1"], 6),
+    ("bench_fork.py", ["--gib", "1", "--pinned-gib", "1"], 8),
     ("bench_iommufd.py", ["--gib", "1"], 4),
     ("bench_pseries.py", ["--pairs", "300", "--ram", "4G"], 2),
     ("bench_replay.py", ["--packets", "500"], 2),

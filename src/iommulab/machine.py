@@ -27,6 +27,7 @@ from .mem import PhysMem
 from .mem.cpu_cache import CpuCache
 from .mem.mm import MmStruct
 from .sizes import SZ_1M, parse_size
+from .vfio.files import fput, get_file
 
 if TYPE_CHECKING:
     from .vfio.device import VfioDevice
@@ -352,9 +353,7 @@ class Process:
     def close(self, fd: int) -> None:
         f = self._file(fd)
         del self.files[fd]
-        f.refs -= 1
-        if not f.refs:
-            f.release()
+        fput(f)
 
     def fork(self) -> Process:
         """``fork``: a child with the same credentials and limits, the address space as
@@ -363,9 +362,7 @@ class Process:
         child = Process(self.machine, self.memlock_limit, self.cap_ipc_lock, self.uid,
                         self.cap_sys_resource)
         child.mm = self.mm.fork()
-        for fd, f in self.files.items():
-            f.refs += 1
-            child.files[fd] = f
+        child.files = {fd: get_file(f) for fd, f in self.files.items()}
         return child
 
     def ioctl(self, fd: int, request: int, arg: int | bytes | bytearray = 0) -> int:

@@ -7,6 +7,7 @@ pins. After every test no frame, pin or locked page is left."""
 from __future__ import annotations
 
 import errno
+import time
 
 import pytest
 
@@ -175,6 +176,46 @@ def test_a_thp_mapped_by_4k_pages_is_reused_only_from_6_15(kernel: str, copied: 
     clean(m)
 
 
+def _pin_after_two_forks(kernel: str, size: int, other_vmas: int) -> tuple[float, int]:
+    """CPU seconds of a pin of ``size`` bytes of THP that two forks left mapped by 4K
+    pages and not exclusive, with ``other_vmas`` small VMAs elsewhere in the mm; and the
+    pages the pin copied."""
+    m = Machine("x86-vtd", ram=2 * size + 64 * M, kernel=kernel)
+    p = m.spawn_process()
+    for _ in range(other_vmas):
+        p.mmap(K)
+    va = p.mmap(size, "thp", populate=True)
+    pins = p.mm.pin_user_pages(va, size // K, write=True)
+    p.fork().exit()
+    p.mm.unpin_user_pages(pins)
+    p.fork().exit()
+    vma = p.mm.find_vma(va)
+    assert vma is not None and not vma.folios and not vma.excl.any()
+    before = vma.pfns.copy()
+    t0 = time.process_time()
+    runs = p.mm.pin_user_page_runs(va, size // K, write=True)
+    seconds = time.process_time() - t0
+    copied = int((vma.pfns != before).sum())
+    check(m, p)
+    p.mm.unpin_user_page_runs(runs)
+    p.exit()
+    clean(m)
+    return seconds, copied
+
+
+def test_7_0_large_folio_reuse_is_decided_once_per_folio() -> None:
+    """__wp_can_reuse_large_anon_folio answers for a whole folio: a pin (FOLL_PIN's
+    unshare) of 1 GiB of PTE-mapped THP the parent is alone with reuses every page in
+    7.0, in O(pages) whatever else the mm maps, so it costs no more than 6.12's copy of
+    every page (work that grows with folios x pages, or folios x VMAs, fails this)."""
+    best: dict[str, float] = {}
+    for kernel, want_copied in (("6.12", 1 << 18), ("7.0", 0)):
+        runs = [_pin_after_two_forks(kernel, 1 << 30, 2000) for _ in range(3)]
+        assert all(copied == want_copied for _, copied in runs)
+        best[kernel] = min(seconds for seconds, _ in runs)
+    assert best["7.0"] <= 2 * best["6.12"], best
+
+
 def test_munmap_of_a_shared_thp_frees_only_what_no_process_maps() -> None:
     """A page goes with its last mapping: half a THP munmapped by the parent stays for
     the child; when the child exits that half is freed (the THP split) and the rest
@@ -220,5 +261,30 @@ def test_fork_that_cannot_copy_a_pinned_page_fails_and_leaves_nothing() -> None:
     assert nth > 1 and pfn(c, other) == pfn(p, other)
     c.exit()
     p.mm.unpin_user_pages(pins)
+    p.exit()
+    clean(m)
+
+
+def test_a_hugetlb_page_to_copy_without_a_free_one_is_enomem() -> None:
+    """A hugetlb page is copied whole, into a new huge page: at fork for a pinned one
+    (copy_hugetlb_page_range), on the first write to a shared one (hugetlb_wp). With no
+    free huge page both are ENOMEM naming the address, and nothing changes."""
+    m = Machine("x86-vtd", ram="4M")
+    p = m.spawn_process()
+    va = p.mmap(4 * M, "hugetlb-2M")  # every huge page of the machine
+    p.write(va + M, b"data")
+    pins = p.mm.pin_user_pages(va, 1, write=True)
+    with pytest.raises(OutOfMemory, match=f"fork of a pinned page: .* the one at {va:#x}"):
+        p.fork()
+    check(m, p)
+    p.mm.unpin_user_pages(pins)
+    c = p.fork()
+    with pytest.raises(OutOfMemory, match=f"copy on write: .* the one at {va:#x}"):
+        c.write(va + M, b"kid")
+    assert pfn(c, va) == pfn(p, va) and c.read(va + M, 4) == b"data"
+    check(m, p, c)
+    c.exit()
+    p.write(va + M, b"mine")  # alone again: reused, no copy needed
+    assert p.read(va + M, 4) == b"mine"
     p.exit()
     clean(m)

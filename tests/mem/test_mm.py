@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from iommulab.errors import BadAddress, InvalidArgument, OutOfMemory
 from iommulab.mem import PhysMem
-from iommulab.mem.mm import MmStruct, pfn_runs
+from iommulab.mem.mm import MmStruct, Vma, pfn_runs
+from iommulab.mem.pins import _BREAKS_CHUNK
 
 
 def test_pfn_runs() -> None:
@@ -148,3 +151,72 @@ def test_a_thp_stretch_with_4k_pages_keeps_faulting_4k_pages() -> None:
     assert vma is not None and not vma.folios and int((vma.pfns >= 0).sum()) == 2
     mm.close()
     assert mem.frames.allocated_blocks == 0
+
+
+def _split_vma(mm: MmStruct, va: int, at: int) -> None:
+    """``split_vma`` at page ``at`` of the VMA at ``va`` (what an mprotect of a part does,
+    which the model has no call for): two VMAs, end to end, over the same pages."""
+    vma = mm.find_vma(va)
+    assert vma is not None and not vma.folios and vma.file is None
+    mm._unlink(vma)
+    cut = vma.start + (at << 12)
+    for lo, hi, a, b in ((vma.start, cut, 0, at), (cut, vma.end, at, vma.npages)):
+        piece = Vma(lo, hi, vma.backing, vma.writable, vma.pfns[a:b].copy())
+        piece.excl[:] = vma.excl[a:b]
+        mm._link(piece)
+
+
+def test_pinned_runs_go_on_across_vma_boundaries() -> None:
+    """pin_user_page_runs finds runs VMA by VMA; pages that follow each other physically
+    across two VMAs end to end are one run, as pfn_runs of pin_user_pages' pfns gives."""
+    mm = MmStruct(PhysMem("64M"))
+    va = mm.mmap(64 << 12, populate=True)
+    vma = mm.find_vma(va)
+    assert vma is not None and pfn_runs(vma.pfns) == [(int(vma.pfns[0]), 64)]
+    _split_vma(mm, va, 24)
+    runs = mm.pin_user_page_runs(va, 64, write=True)
+    pfns = mm.pin_user_pages(va, 64, write=True)
+    assert runs == pfn_runs(pfns) == [(int(pfns[0]), 64)]
+    assert len(mm.vmas) == 2 and mm.mem.pins.pins == 128
+    mm.unpin_user_page_runs(runs)
+    mm.unpin_user_pages(pfns)
+    mm._check()
+    mm.close()
+    assert mm.mem.pins.pins == 0 and mm.mem.frames.allocated_blocks == 0
+
+
+def test_pfn_runs_across_the_chunks_it_compares_by() -> None:
+    """pfn_runs looks for the ends of runs a chunk of pfns at a time; runs that end just
+    before, at or after a chunk's edge come out as from one comparison of them all."""
+    n = 3 * _BREAKS_CHUNK + 5
+    pfns = np.arange(n, dtype=np.int64) + 1000
+    for at in (_BREAKS_CHUNK - 1, _BREAKS_CHUNK, _BREAKS_CHUNK + 1, 2 * _BREAKS_CHUNK, n - 1):
+        pfns[at:] += 7
+    want: list[tuple[int, int]] = []
+    for pfn in pfns.tolist():
+        if want and want[-1][0] + want[-1][1] == pfn:
+            want[-1] = (want[-1][0], want[-1][1] + 1)
+        else:
+            want.append((pfn, 1))
+    assert pfn_runs(pfns) == want and len(want) == 6
+
+
+def test_pin_user_page_runs_makes_no_array_of_the_pages() -> None:
+    """The runs of a pin come from the VMA's own pfns a chunk at a time: pinning 4 GiB
+    (1M pages) allocates less than a quarter of an array of its pfns."""
+    mm = MmStruct(PhysMem("5G"))
+    va = mm.mmap(4 << 30, "hugetlb-1G")
+    npages = 1 << 20
+    mm.unpin_user_page_runs(mm.pin_user_page_runs(va, npages, write=True))  # count arrays
+    tracemalloc.start()
+    try:
+        runs = mm.pin_user_page_runs(va, npages, write=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    vma = mm.find_vma(va)
+    assert vma is not None and runs == pfn_runs(vma.pfns)
+    assert peak < npages * 8 // 4, peak
+    mm.unpin_user_page_runs(runs)
+    mm.close()
+    assert mm.mem.pins.pins == 0 and mm.mem.frames.allocated_blocks == 0

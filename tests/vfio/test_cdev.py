@@ -261,6 +261,61 @@ def test_70_attach_with_the_pasid_flag(h70: Host) -> None:
     assert h.dma_works()
 
 
+def _pasid_attach(h: Host, cdev: int, pt_id: int, pasid: int) -> int:
+    out = h.ioctl(cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                  u.ATTACH_IOMMUFD_PT.pack(16, u.VFIO_DEVICE_ATTACH_PASID, pt_id, pasid))
+    return int(u.ATTACH_IOMMUFD_PT.unpack(out)[2])
+
+
+def _detach(h: Host, cdev: int, pasid: int | None = None) -> None:
+    flags = 0 if pasid is None else u.VFIO_DEVICE_DETACH_PASID
+    h.ioctl(cdev, u.VFIO_DEVICE_DETACH_IOMMUFD_PT,
+            u.DETACH_IOMMUFD_PT.pack(12, flags, pasid or 0))
+
+
+def test_70_pasid_0_attach_is_the_device_attach(h70: Host) -> None:
+    """7.0 vfio_iommufd_physical_pasid_attach_ioas with PASID 0 (IOMMU_NO_PASID): the
+    ida takes 0 and ``iommufd_device_attach(idev, 0, pt_id)`` is the ordinary attach of
+    the device: the HWPT id is written back and DMA goes through the IOAS. A second PASID
+    0 attach replaces (``ida_exists``). vfio does not set ``iommufd_attached``, so the
+    ordinary DETACH leaves it; DETACH with the PASID flag and PASID 0 detaches it."""
+    h = h70
+    cdev = h.cdev()
+    h.bind(cdev)
+    ioas = h.ioas()
+    h.map(ioas, 1 << 30)
+    hwpt = _pasid_attach(h, cdev, ioas, 0)
+    assert hwpt in h.ctx.objects and hwpt != ioas and h.dma_works()
+    other = h.ioas()
+    assert _pasid_attach(h, cdev, other, 0) not in (hwpt, other)  # replaced
+    assert not h.dma_works()  # nothing is mapped in the other IOAS
+    assert _pasid_attach(h, cdev, ioas, 0) in h.ctx.objects and h.dma_works()
+    _detach(h, cdev)  # vfio_iommufd_physical_detach_ioas: not iommufd_attached
+    assert h.dma_works()
+    _detach(h, cdev, 1)  # not in vdev->pasids: nothing
+    assert h.dma_works()
+    _detach(h, cdev, 0)
+    assert not h.dma_works()
+    _pasid_attach(h, cdev, ioas, 0)  # held at close: unbind detaches vdev->pasids
+
+
+def test_70_pasid_0_and_the_ordinary_attach_exclude_each_other(h70: Host) -> None:
+    """iommufd_hw_pagetable_attach (7.0) finds the device in the attachment of
+    IOMMU_NO_PASID already: EBUSY for an ordinary ATTACH while PASID 0 holds it and for a
+    PASID 0 ATTACH while the ordinary one does. The refused PASID attach gives its ida
+    entry back, so a PASID 0 DETACH then leaves the ordinary attachment alone."""
+    h = h70
+    cdev, ioas = h.mapped_through_cdev()
+    expect_errno(errno.EBUSY, _pasid_attach, h, cdev, ioas, 0)
+    _detach(h, cdev, 0)
+    assert h.dma_works()
+    _detach(h, cdev)
+    assert not h.dma_works()
+    _pasid_attach(h, cdev, ioas, 0)
+    expect_errno(errno.EBUSY, h.attach, cdev, ioas)
+    assert h.dma_works()
+
+
 # -- row 13: the group is busy while a cdev is bound ---------------------------------------------
 def test_group_open_is_busy_while_a_cdev_of_its_device_is_bound(h: Host) -> None:
     """group.c vfio_group_fops_open: EBUSY while ``cdev_device_open_cnt`` (raised by

@@ -2,7 +2,8 @@
 iommufd, against a plain model of what vfio_main.c, device_cdev.c and group.c promise.
 
 The plain model keeps the device's ``open_count``, which cdev fd is bound, whether the
-device is attached and the group's state. A cdev binds only a device nobody has open
+device is attached (ordinarily, or in 7.0 as PASID 0, each excluding the other) and the
+group's state. A cdev binds only a device nobody has open
 (EINVAL) and only while the group is closed (EBUSY); the group opens only while no cdev is
 bound and it is not open (EBUSY); a group's device fd needs the group on the iommufd
 (EINVAL) and binds and attaches the device on its first open only; the last close unbinds.
@@ -51,7 +52,8 @@ class CdevGroupMachine(RuleBasedStateMachine):
         # the plain model
         self.open_count = 0
         self.bound: int | None = None  # the bound cdev fd
-        self.attached = False
+        self.attached = False  # vdev->iommufd_attached
+        self.pasid0 = False  # attached as PASID 0 (7.0's PASID flag)
         self.group: int | None = None  # the group fd
         self.group_on_iommufd = False
 
@@ -93,28 +95,40 @@ class CdevGroupMachine(RuleBasedStateMachine):
             self.bound, self.open_count = cdev, 1
             assert u.BIND_IOMMUFD.unpack(arg)[3] in self.ctx.objects
 
-    @rule(cdev=cdevs)
-    def attach(self, cdev: int) -> None:
-        got = self._errno(self.p.ioctl, cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-                          bytearray(u.ATTACH_IOMMUFD_PT.pack(12, 0, self.ioas, 0)))
-        assert got == (0 if cdev == self.bound else errno.EINVAL)
-        self.attached |= cdev == self.bound
+    @rule(cdev=cdevs, pasid0=st.booleans())
+    def attach(self, cdev: int, pasid0: bool) -> None:
+        """Ordinarily, or with the PASID flag and PASID 0: each is EBUSY while the other
+        holds the device; a PASID 0 attach again replaces."""
+        arg = u.ATTACH_IOMMUFD_PT.pack(16, int(pasid0), self.ioas, 0)
+        got = self._errno(self.p.ioctl, cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT, bytearray(arg))
+        if cdev != self.bound or (pasid0 and self.kernel == "6.12"):
+            assert got == errno.EINVAL
+        elif self.attached if pasid0 else self.pasid0:  # the other one holds the device
+            assert got == errno.EBUSY
+        else:
+            assert got == 0
+            self.pasid0 |= pasid0
+            self.attached |= not pasid0
 
-    @rule(cdev=cdevs, pasid=st.booleans())
-    def detach(self, cdev: int, pasid: bool) -> None:
-        arg = u.DETACH_IOMMUFD_PT.pack(12, int(pasid), 3)
+    @rule(cdev=cdevs, pasid=st.sampled_from([None, 0, 3]))
+    def detach(self, cdev: int, pasid: int | None) -> None:
+        flags = 0 if pasid is None else u.VFIO_DEVICE_DETACH_PASID
+        arg = u.DETACH_IOMMUFD_PT.pack(12, flags, pasid or 0)
         got = self._errno(self.p.ioctl, cdev, u.VFIO_DEVICE_DETACH_IOMMUFD_PT, bytearray(arg))
-        if cdev != self.bound or (pasid and self.kernel == "6.12"):
+        if cdev != self.bound or (flags and self.kernel == "6.12"):
             assert got == errno.EINVAL
         else:
             assert got == 0
-            self.attached &= pasid  # a PASID detach leaves the RID alone
+            if pasid is None:  # the RID only, not PASID 0
+                self.attached = False
+            elif pasid == 0:
+                self.pasid0 = False
 
     @rule(cdev=consumes(cdevs))
     def close_cdev(self, cdev: int) -> None:
         self.p.close(cdev)
         if cdev == self.bound:
-            self.bound, self.open_count, self.attached = None, 0, False
+            self.bound, self.open_count, self.attached, self.pasid0 = None, 0, False, False
 
     # -- the group and its device fds -----------------------------------------------------
     @rule()
@@ -192,7 +206,7 @@ class CdevGroupMachine(RuleBasedStateMachine):
             works = True
         except OSError:
             works = False
-        assert works == self.attached
+        assert works == (self.attached or self.pasid0)
 
     @invariant()
     def group_status(self) -> None:

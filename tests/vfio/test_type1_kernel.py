@@ -9,12 +9,14 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from iommulab import Machine, PciDevice, Process
 from iommulab.iommu import DomainType
+from iommulab.iommu.domain import IommuDomain
 from iommulab.iommu.resv import ResvRegion, ResvType
 from iommulab.mem import PhysMem
 from iommulab.mem.mm import MmStruct
@@ -288,7 +290,7 @@ def test_6_12_probes_a_new_domain_for_fine_grained_superpages(kernel: str) -> No
     (vd,) = s.iommu.domains
     stats = vd.domain.tlb_stats
     assert (stats.add_page, stats.iotlb_sync) == ((2, 2) if kernel == "6.12" else (0, 0))
-    assert not vd.fgsp and vd.domain.leaf_histogram() == {}
+    assert vd.domain.leaf_histogram() == {}
     s.close()
 
 
@@ -421,57 +423,175 @@ def test_stop_and_start_give_fresh_bitmaps() -> None:
     vm.close()
 
 
-def _domainless(limit_ram: str = "64M") -> tuple[VfioIommu, MmStruct]:
+@dataclass
+class _Task:
+    """A process as type1 sees it (:class:`iommulab.vfio.type1.Task`), without a machine."""
+
+    mm: MmStruct
+    memlock_limit: int | None = None
+    cap_ipc_lock: bool = False
+
+
+def _domainless(limit_ram: str = "64M") -> tuple[VfioIommu, _Task]:
     """A type1 IOMMU with no domain yet (as with only emulated groups): MAP_DMA records
     the mapping and pins nothing."""
-    return VfioIommu(True, 65535, False), MmStruct(PhysMem(limit_ram))
+    return VfioIommu(True, 65535, False), _Task(MmStruct(PhysMem(limit_ram)))
 
 
 def test_a_dirty_bitmap_of_more_than_int_max_pages_is_einval() -> None:
     """vfio_dma_bitmap_alloc: ``npages > DIRTY_BITMAP_PAGES_MAX`` (INT_MAX) is EINVAL,
     at MAP_DMA under tracking (the mapping is removed) and at START (no bitmap stays,
     tracking stays off)."""
-    iommu, mm = _domainless()
+    iommu, task = _domainless()
     huge = (u.DIRTY_BITMAP_PAGES_MAX + 1) << 12
     iommu.set_dirty_tracking(True)
-    assert _errno(iommu.map_dma, mm, 3, 1 << 40, 1 << 44, huge, memlock_limit=None,
-                  lock_cap=False) == errno.EINVAL
+    assert _errno(iommu.map_dma, task, 3, 1 << 40, 1 << 44, huge) == errno.EINVAL
     assert not iommu.dmas and iommu.dma_avail == 65535
     iommu.set_dirty_tracking(False)
-    iommu.map_dma(mm, 3, 0, 0, 1 << 20, memlock_limit=None, lock_cap=False)
-    iommu.map_dma(mm, 3, 1 << 40, 1 << 44, huge, memlock_limit=None, lock_cap=False)
+    iommu.map_dma(task, 3, 0, 0, 1 << 20)
+    iommu.map_dma(task, 3, 1 << 40, 1 << 44, huge)
     assert _errno(iommu.set_dirty_tracking, True) == errno.EINVAL
     assert not iommu.dirty_page_tracking and all(d.bitmap is None for d in iommu.dmas)
     iommu._check()
 
 
+class _Replay:
+    """A type1 IOMMU (driven directly: no ioctl makes a mapping without a domain) whose
+    mapping of ``MiB`` at IOVA was made by ``mapper`` before the device's group, on a
+    new paging domain, is attached."""
+
+    def __init__(self, mapper: Process) -> None:
+        self.m = mapper.machine
+        self.dev = self.m.add_pci_device("0000:00:02.0")
+        self.iommu = VfioIommu(True, 65535, False)
+        self.buf = mapper.mmap(MiB)
+        mapper.write(self.buf, b"mapper's")
+        self.iommu.map_dma(mapper, 3, self.buf, IOVA, MiB)
+        self.group = self.m.core.groups[self.dev.iommu_group]
+        assert self.dev.dev_iommu is not None
+        self.domain = self.m.core.driver.domain_alloc_paging(self.dev.dev_iommu.priv,
+                                                             DomainType.UNMANAGED)
+        self.m.core.set_group_domain(self.group, self.domain)
+
+    def attach(self, current: Process) -> IommuDomain:
+        return self.iommu.attach_group(self.group, self.domain, msi_isolated=True,
+                                       enforce_cc=False, current=current)
+
+    def refused(self, current: Process) -> int:
+        """The attach fails; nothing is pinned, charged or mapped."""
+        err = _errno(self.attach, current)
+        assert not self.iommu.domains and not self.iommu.iova_list
+        assert self.m.mem.pins.pins == 0 and self.domain.leaf_histogram() == {}
+        assert self.iommu.dmas[0].locked_vm == 0 and not self.iommu.dmas[0].iommu_mapped
+        return err
+
+    def close(self) -> None:
+        attached = bool(self.iommu.domains)
+        assert self.iommu.unmap_dma(0, IOVA, MiB) == MiB
+        self.iommu._check()
+        if attached:
+            assert self.iommu.detach_group(self.group) is self.domain
+        assert self.group.default_domain is not None
+        self.m.core.set_group_domain(self.group, self.group.default_domain)
+        self.domain.free()
+        assert self.m.mem.pins.pins == 0
+
+
 def test_replay_pins_under_the_attaching_process_memlock_limit() -> None:
     """vfio_iommu_replay pins a mapping made without a domain with vfio_pin_pages_remote
-    under ``rlimit(RLIMIT_MEMLOCK)``: ENOMEM over it, and the attach changes nothing."""
+    under ``rlimit(RLIMIT_MEMLOCK)`` of ``current``, the process attaching: ENOMEM over
+    it, and the attach changes nothing; under it the pages are charged to the mapper."""
     m = Machine("x86-vtd", ram="256M")
-    dev = m.add_pci_device("0000:00:02.0")
-    iommu = VfioIommu(True, 65535, False)
     p = m.spawn_process()
-    buf = p.mmap(MiB)
-    iommu.map_dma(p.mm, 3, buf, IOVA, MiB, memlock_limit=None, lock_cap=False)
-    group = m.core.groups[dev.iommu_group]
-    assert dev.dev_iommu is not None
-    domain = m.core.driver.domain_alloc_paging(dev.dev_iommu.priv, DomainType.UNMANAGED)
-    m.core.set_group_domain(group, domain)
-    assert _errno(iommu.attach_group, group, domain, msi_isolated=True, enforce_cc=False,
-                  memlock_limit=64 << 10) == errno.ENOMEM
-    assert not iommu.domains and not iommu.iova_list and iommu.num_non_pinned_groups == 0
-    assert p.mm.locked_vm == 0 and m.mem.pins.pins == 0 and domain.leaf_histogram() == {}
-    assert iommu.attach_group(group, domain, msi_isolated=True, enforce_cc=False,
-                              memlock_limit=None) is domain
-    assert p.mm.locked_vm == 256 and domain.leaf_histogram() == {4096: 256}
-    assert iommu.unmap_dma(0, IOVA, MiB) == MiB
-    assert p.mm.locked_vm == 0 and m.mem.pins.pins == 0
-    iommu._check()
-    assert iommu.detach_group(group) is domain
-    assert group.default_domain is not None
-    m.core.set_group_domain(group, group.default_domain)
-    domain.free()
+    r = _Replay(p)
+    child = p.fork()  # the same memory at the same address, its own limit
+    child.memlock_limit = 64 << 10
+    assert r.refused(child) == errno.ENOMEM
+    assert p.mm.locked_vm == child.mm.locked_vm == 0
+    assert r.attach(p) is r.domain
+    assert p.mm.locked_vm == 256 and r.domain.leaf_histogram() == {4096: 256}
+    r.close()
+    assert p.mm.locked_vm == 0
+    child.exit()
+    p.exit()
+
+
+def test_replay_pins_from_the_attaching_process_address_space() -> None:
+    """vfio_pin_pages_remote pins from ``current->mm``: a replay by another process maps
+    the pages that process has at the mapping's vaddr (faulting them in there), not the
+    mapper's, and vfio_lock_acct charges them to the mapping's mm (``dma->mm``), not to
+    the process that pinned them."""
+    m = Machine("x86-vtd", ram="256M")
+    p = m.spawn_process()
+    r = _Replay(p)
+    other = m.spawn_process()
+    assert other.mmap(MiB) == r.buf
+    other.write(r.buf, b"attacher")
+    r.attach(other)
+    assert r.dev.dma_read(IOVA, 8) == b"attacher"
+    assert (p.mm.locked_vm, other.mm.locked_vm) == (256, 0)
+    assert r.iommu.report().locked_vm == 256
+    r.close()
+    assert p.mm.locked_vm == 0 and p.read(r.buf, 8) == b"mapper's"
+    free = m.mem.frames.free_frames
+    other.exit()
+    assert m.mem.frames.free_frames == free + 256  # unpinned: they go with the attacher
+    p.exit()
+
+
+def test_replay_by_a_process_without_the_memory_is_efault() -> None:
+    """vaddr_get_pfns of ``current->mm``: nothing mapped at the mapping's vaddr in the
+    attaching process is EFAULT, even though the mapper has it."""
+    m = Machine("x86-vtd", ram="256M")
+    p = m.spawn_process()
+    r = _Replay(p)
+    other = m.spawn_process()
+    assert r.refused(other) == errno.EFAULT
+    assert r.attach(p) is r.domain
+    r.close()
+    other.exit()
+    p.exit()
+
+
+def test_replay_charges_the_mapper_under_its_own_limit() -> None:
+    """vfio_lock_acct ends in ``__account_locked_vm(dma->mm, ..., dma->task,
+    dma->lock_cap)``: the pages the attaching process may pin are still refused (ENOMEM,
+    unpinned) when they take the mapper's locked_vm past the mapper's RLIMIT_MEMLOCK."""
+    m = Machine("x86-vtd", ram="256M")
+    p = m.spawn_process(memlock_limit=64 << 10)
+    r = _Replay(p)  # nothing pinned yet: the mapping was within any limit
+    child = p.fork()
+    child.memlock_limit = None
+    assert r.refused(child) == errno.ENOMEM
+    assert p.mm.locked_vm == child.mm.locked_vm == 0
+    p.memlock_limit = MiB  # setrlimit: dma->task's limit is read when charging
+    assert r.attach(child) is r.domain and p.mm.locked_vm == 256
+    r.close()
+    child.exit()
+    p.exit()
+
+
+def test_replay_bypasses_the_limits_with_the_mappers_cap_ipc_lock() -> None:
+    """vfio_pin_pages_remote and vfio_lock_acct both test ``dma->lock_cap``, the
+    mapper's CAP_IPC_LOCK at MAP_DMA: with it no limit applies whoever attaches;
+    without it the attaching process's own CAP_IPC_LOCK does not lift its limit."""
+    m = Machine("x86-vtd", ram="256M")
+    capped = m.spawn_process(memlock_limit=0, cap_ipc_lock=True)
+    r = _Replay(capped)
+    child = capped.fork()
+    child.cap_ipc_lock = False
+    assert r.attach(child) is r.domain and capped.mm.locked_vm == 256
+    r.close()
+    child.exit()
+    capped.exit()
+    m = Machine("x86-vtd", ram="256M")
+    p = m.spawn_process()
+    r = _Replay(p)
+    child = p.fork()
+    child.memlock_limit, child.cap_ipc_lock = 64 << 10, True
+    assert r.refused(child) == errno.ENOMEM
+    r.close()
+    child.exit()
     p.exit()
 
 

@@ -387,9 +387,12 @@ class IommufdCtx:
 
     def attach(self, idev: Device, pt_id: int) -> int:
         """``iommufd_device_attach``: to a HWPT, or to an IOAS through an automatic HWPT;
-        EINVAL if already attached (use replace); the HWPT id."""
+        the HWPT id. A device already attached (use replace) is EBUSY in 7.0 (its
+        ``xa_insert`` into the attachment's device array); 6.12's callers never attach
+        twice (EINVAL here)."""
         if idev.hwpt is not None:
-            raise InvalidArgument(f"device {idev.id} is already attached")
+            refused = Busy if self.kernel >= LINUX_7_0 else InvalidArgument
+            raise refused(f"device {idev.id} is already attached")
         return self._change_pt(idev, pt_id)
 
     def replace(self, idev: Device, pt_id: int) -> int:

@@ -66,14 +66,8 @@ class AnonPages:
             return
         self.folios.update(dict.fromkeys(heads, order))
         self._sorted = None
-        per = 1 << order
-        runs: list[tuple[int, int]] = []
-        for head in sorted(heads):  # a fault's folios, one by one anyway
-            if runs and runs[-1][0] + runs[-1][1] == head:
-                runs[-1] = (runs[-1][0], runs[-1][1] + per)
-            else:
-                runs.append((head, per))
-        self.maps.add_runs(runs, 1, zeros=False)
+        self.maps.add_runs(_folio_runs(np.sort(np.array(heads, dtype=np.int64)), order), 1,
+                           zeros=False)
 
     def map_folios(self, heads: I64Array, order: int) -> None:
         """One more mapping of every page of each folio (a PMD); O(runs of folios)."""

@@ -205,7 +205,7 @@ class MmStruct:
             if private:
                 vma.cow = np.ones(vma.npages, dtype=np.bool_)
         elif backing.startswith("hugetlb") or populate:
-            self._fault(vma, 0, vma.npages, strict=True)
+            self._fault(vma, 0, vma.npages)
         self._top = start - PAGE_SIZE  # a guard gap between mappings
         self._link(vma)
         return start
@@ -342,10 +342,14 @@ class MmStruct:
         self.anon.map_pages(src.pfns[shared_ptes])
         src.excl[shared_pmds | shared_ptes] = False
         dst.folios.update(dict.fromkeys(heads[~copy_folio].tolist(), src.order))
-        if src.backing.startswith("hugetlb"):
+        if src.backing.startswith("hugetlb"):  # hugetlb_try_dup_anon_rmap failed: a copy
+            per = 1 << src.order
             for i, head in zip(at[copy_folio].tolist(), heads[copy_folio].tolist(),
                                strict=True):
-                self._copy_huge(src, dst, i, head)
+                new = self._copy_huge(src, i, head, "fork of a pinned page")
+                dst.pfns[i:i + per] = new + _offsets(src.order)
+                dst.excl[i:i + per] = True
+                dst.folios[new] = src.order
             return
         for head in heads[copy_folio].tolist():
             del src.folios[head]  # __split_huge_pmd: its pages are copied one by one
@@ -354,20 +358,19 @@ class MmStruct:
             dst.pfns[copy] = self._copies(src.pfns[copy], "alloc_pages(fork)")
             dst.excl[copy] = True
 
-    def _copy_huge(self, src: Vma, dst: Vma, i: int, head: int) -> None:
-        """The child's own copy of the huge page at page ``i`` (``copy_hugetlb_page_range``
-        when ``hugetlb_try_dup_anon_rmap`` fails); ENOMEM if there is no free one."""
-        per = 1 << src.order
-        new = self.mem.frames.alloc(src.order)
+    def _copy_huge(self, vma: Vma, i: int, head: int, why: str) -> int:
+        """A new huge page of ``vma``'s order holding the bytes of the one at ``head``
+        (mapped at page ``i``), counted as mapped once: the copy ``copy_hugetlb_page_range``
+        makes for the child of a fork and ``hugetlb_wp`` for a writer. Returns its first
+        pfn; ENOMEM, naming ``why``, if the machine has no free one."""
+        new = self.mem.frames.alloc(vma.order)
         if new is None:
-            raise OutOfMemory(f"fork: no free {PAGE_SIZE << src.order:#x} hugetlb page to "
-                              f"copy the pinned one at {src.start + (i << PAGE_SHIFT):#x}")
-        span = np.arange(per, dtype=np.int64)
-        self.anon.new_folios([new], src.order)
+            raise OutOfMemory(f"{why}: no free {PAGE_SIZE << vma.order:#x} hugetlb page to "
+                              f"copy the one at {vma.start + (i << PAGE_SHIFT):#x}")
+        span = _offsets(vma.order)
+        self.anon.new_folios([new], vma.order)
         self.mem.contents.copy_pages(head + span, new + span)
-        dst.pfns[i:i + per] = new + span
-        dst.excl[i:i + per] = True
-        dst.folios[new] = src.order
+        return new
 
     def _pinned_folios(self) -> I64Array | None:
         """The first pfns of the large folios that hold a pin, or None when nothing this
@@ -400,7 +403,7 @@ class MmStruct:
             return self.vmas[i]
         return None
 
-    def _fault(self, vma: Vma, first: int, count: int, *, strict: bool = False) -> None:
+    def _fault(self, vma: Vma, first: int, count: int) -> None:
         """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time; new
         pages are the mapping's alone."""
         pfns = vma.pfns
@@ -450,9 +453,7 @@ class MmStruct:
             vma.folios.update(dict.fromkeys(got, order))
             self.anon.new_folios(got, order)
             offsets = _offsets(order)
-            if len(rows) == 1:  # a batch's fault: one folio
-                stretches[rows[0]] = got[0] + offsets
-            for i in range(0, len(rows) if len(rows) > 1 else 0, 4096):  # bounded temporaries
+            for i in range(0, len(rows), 4096):  # bounded temporaries
                 stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                        dtype=np.int64)[:, None] + offsets
             excl[rows] = True
@@ -501,35 +502,44 @@ class MmStruct:
         """``wp_can_reuse_anon_folio`` of the anonymous pages at ``idx``: a 4K page when
         its mapping here is its only reference. A page of a large folio mapped by 4K
         pages: never in 6.12; from 6.15 when all the folio's references are mappings in
-        this mm and there is more than one (``__wp_can_reuse_large_anon_folio``)."""
+        this mm and there is more than one (``__wp_can_reuse_large_anon_folio``), decided
+        once per folio. O(pages) numpy work and a Python step per large folio."""
         pfns = vma.pfns[idx]
         heads = self.anon.folio_of(pfns)
         small = heads < 0
         reuse: BoolArray = small & (self.anon.maps.get(pfns) == 1) & \
             (self.mem.pins.get(pfns) == 0)
         if self.kernel >= LARGE_FOLIO_COW_REUSE:
-            for head in np.unique(heads[~small]).tolist():
-                if self._folio_mapped_here_only(vma, int(idx[heads == head][0]), head):
-                    reuse[heads == head] = True
+            large = np.flatnonzero(~small)
+            folios, first, which = np.unique(heads[large], return_index=True,
+                                             return_inverse=True)
+            here_only = np.array([self._folio_mapped_here_only(vma, i, head) for i, head in
+                                  zip(idx[large[first]].tolist(), folios.tolist(),
+                                      strict=True)], dtype=np.bool_)
+            reuse[large] = here_only[which]
         return reuse
 
     def _folio_mapped_here_only(self, vma: Vma, i: int, head: int) -> bool:
         """Every reference of the large folio at ``head`` is a mapping in this mm, and it
         has more than one. A page of an anonymous folio is mapped at most once per mm,
-        at the address it was first faulted at, which ``vma``'s page ``i`` gives."""
-        per = 1 << self.anon.folios[head]
-        maps = self.anon.maps.range(head, per)
-        total = int(maps.sum())
+        at the address it was first faulted at, which ``vma``'s page ``i`` gives: only
+        the VMAs over that folio-sized stretch are looked at (found by bisection)."""
+        order = self.anon.folios[head]
+        per = 1 << order
+        total = int(self.anon.maps.range(head, per).sum())
         if total <= 1 or self.mem.pins.range(head, per).any():
             return False
         base = vma.start + ((i - (int(vma.pfns[i]) - head)) << PAGE_SHIFT)
+        end = base + (per << PAGE_SHIFT)
         mine = 0
-        for other in self.vmas:
-            lo, hi = max(base, other.start), min(base + (per << PAGE_SHIFT), other.end)
+        for j in range(max(0, bisect.bisect(self._starts, base) - 1),
+                       bisect.bisect_left(self._starts, end)):
+            other = self.vmas[j]
+            lo, hi = max(base, other.start), min(end, other.end)
             if lo < hi:
                 got = other.pfns[(lo - other.start) >> PAGE_SHIFT:(hi - other.start) >> PAGE_SHIFT]
-                k0 = (lo - base) >> PAGE_SHIFT
-                mine += int(np.count_nonzero(got == head + k0 + np.arange(len(got))))
+                want = head + ((lo - base) >> PAGE_SHIFT) + _offsets(order)[:len(got)]
+                mine += int(np.count_nonzero(got == want))
         return mine == total
 
     def _wp_page_copy(self, vma: Vma, idx: I64Array) -> None:
@@ -551,23 +561,16 @@ class MmStruct:
         owns the mapping's reservation, which the model does not keep)."""
         at, heads = vma.pmd_slots(first, hi)
         per = 1 << vma.order
+        span = _offsets(vma.order)
         hit = ~vma.excl[at]
-        span = np.arange(per, dtype=np.int64)
         for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
-            if self.anon.maps.range(head, 1)[0] == 1:
-                vma.excl[i:i + per] = True
-                continue
-            new = self.mem.frames.alloc(vma.order)
-            if new is None:
-                raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << vma.order:#x} page to copy "
-                                  f"{vma.start + (i << PAGE_SHIFT):#x} on write")
-            self.anon.new_folios([new], vma.order)
-            self.mem.contents.copy_pages(head + span, new + span)
-            del vma.folios[head]
-            vma.folios[new] = vma.order
-            vma.pfns[i:i + per] = new + span
+            if self.anon.maps.range(head, 1)[0] != 1:
+                new = self._copy_huge(vma, i, head, "hugetlb copy on write")
+                del vma.folios[head]
+                vma.folios[new] = vma.order
+                vma.pfns[i:i + per] = new + span
+                self.anon.unmap(head + span)
             vma.excl[i:i + per] = True
-            self.anon.unmap(head + span)
 
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
@@ -578,29 +581,39 @@ class MmStruct:
         write fault) and for a read-only pin too (``gup_must_unshare``: a shared
         anonymous page, a file page of a private mapping), so later writes keep the
         pinned page. Sets MMF_HAS_PINNED first, as ``__get_user_pages_locked`` does."""
-        pfns = self._gup(addr, npages, write)
+        views = self._gup(addr, npages, write)
+        pfns = np.concatenate(views) if len(views) > 1 else views[0].copy()
         self.mem.pin_pages(pfns)
         self.pinned_pages += len(pfns)
         return pfns
 
     def pin_user_page_runs(self, addr: int, npages: int, write: bool) -> list[tuple[int, int]]:
-        """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs."""
-        runs = pfn_runs(self._gup(addr, npages, write))
+        """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs, found
+        VMA by VMA in the VMAs' own pfns (no array of the pages is made); a run that
+        goes on across a VMA boundary is one run."""
+        runs: list[tuple[int, int]] = []
+        for view in self._gup(addr, npages, write):
+            more = pfn_runs(view)
+            if runs and runs[-1][0] + runs[-1][1] == more[0][0]:
+                pfn, count = runs.pop()
+                more[0] = (pfn, count + more[0][1])
+            runs += more
         self.mem.pin_runs(runs)
         self.pinned_pages += sum(n for _, n in runs)
         return runs
 
-    def _gup(self, addr: int, npages: int, write: bool) -> I64Array:
-        """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own."""
+    def _gup(self, addr: int, npages: int, write: bool) -> list[I64Array]:
+        """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own:
+        a view of each VMA's pfns, in address order (valid until the mm next changes)."""
         self.has_pinned = True
-        out: list[I64Array] = []
+        views: list[I64Array] = []
         for vma, first, n in self._gup_vmas(addr, npages, write):
             self._fault(vma, first, n)
             self._break_cow(vma, first, n)
-            out.append(vma.pfns[first:first + n])
-        if not out:
+            views.append(vma.pfns[first:first + n])
+        if not views:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
-        return np.concatenate(out) if len(out) > 1 else out[0].copy()
+        return views
 
     def gup_fast(self, addr: int, npages: int, write: bool) -> int:
         """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:

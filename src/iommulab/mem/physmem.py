@@ -23,7 +23,7 @@ from .contents import PAGE_BYTES, SparseContents
 from .cpu_cache import CpuCache
 from .fault import FailNth
 from .frames import MAX_ORDER, FrameAllocator
-from .pins import PinCounts
+from .pins import PinCounts, pfn_runs
 
 __all__ = ["MemRegion", "PhysMem", "get_order", "pfn_runs"]
 
@@ -35,18 +35,6 @@ def get_order(size: int) -> int:
     if size <= PAGE_BYTES:
         return 0
     return ((size - 1) >> PAGE_SHIFT).bit_length()
-
-
-def pfn_runs(pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
-    """``(first pfn, count)`` of each run of consecutive pfns, in order."""
-    if not len(pfns):
-        return []
-    brk = np.flatnonzero(np.diff(pfns) != 1)
-    if not len(brk):  # one run: the common case of a batch
-        return [(int(pfns[0]), len(pfns))]
-    bounds = [0, *(brk + 1).tolist(), len(pfns)]
-    firsts = pfns[bounds[:-1]].tolist()
-    return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,44 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SECTION_FRAMES", "FrameCounts", "PinCounts"]
+__all__ = ["SECTION_FRAMES", "FrameCounts", "PinCounts", "pfn_runs"]
 
 SECTION_SHIFT = 27 - 12
 SECTION_FRAMES = 1 << SECTION_SHIFT
 I32Array = npt.NDArray[np.int32]
 I64Array = npt.NDArray[np.int64]
+
+
+#: pfns compared per step when looking for the ends of runs: small temporaries, in cache
+_BREAKS_CHUNK = 1 << 16
+
+
+def pfn_runs(pfns: I64Array) -> list[tuple[int, int]]:
+    """``(first pfn, count)`` of each run of consecutive pfns, in order. O(n) numpy work
+    with no temporary larger than ``_BREAKS_CHUNK`` entries, and a Python step per run."""
+    return _runs_at(pfns, _breaks(pfns))
+
+
+def _breaks(pfns: I64Array) -> I64Array:
+    """The indices ``i`` where ``pfns[i + 1]`` is not ``pfns[i] + 1``, a chunk at a time."""
+    parts = []
+    for lo in range(0, len(pfns) - 1, _BREAKS_CHUNK):
+        seg = pfns[lo:lo + _BREAKS_CHUNK + 1]
+        parts.append(np.flatnonzero(seg[1:] != seg[:-1] + 1) + lo)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _runs_at(pfns: I64Array, brk: I64Array) -> list[tuple[int, int]]:
+    """The runs of ``pfns``, which break after each index of ``brk``."""
+    if not len(pfns):
+        return []
+    if not len(brk):  # one run: the common case of a batch
+        return [(int(pfns[0]), len(pfns))]
+    bounds = [0, *(brk + 1).tolist(), len(pfns)]
+    firsts = pfns[bounds[:-1]].tolist()
+    return [(pfn, b - a) for pfn, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
 
 
 class FrameCounts:
@@ -97,14 +129,8 @@ class FrameCounts:
     def _few_runs(pfns: I64Array) -> list[tuple[int, int]] | None:
         """``pfns`` as ``(first, count)`` runs when they are long (a Python step per run
         beats a scattered update), else None."""
-        if len(pfns) < 2:
-            return [(int(pfns[0]), 1)] if len(pfns) else []
-        brk = np.flatnonzero(np.diff(pfns) != 1)
-        if len(brk) > max(16, len(pfns) >> 6):
-            return None
-        bounds = [0, *(brk + 1).tolist(), len(pfns)]
-        firsts = pfns[bounds[:-1]].tolist()
-        return [(f, b - a) for f, a, b in zip(firsts, bounds[:-1], bounds[1:], strict=True)]
+        brk = _breaks(pfns)
+        return None if len(brk) > max(16, len(pfns) >> 6) else _runs_at(pfns, brk)
 
     @staticmethod
     def _stretches(pfns: I64Array) -> list[tuple[int, int, int]]:

@@ -10,7 +10,9 @@ unbinds. Once bound, the cdev answers the device's ioctls and mmap as a group's 
 fd does (:mod:`.device`).
 
 Versions: 6.15 taught ATTACH and DETACH the PASID flag (``pasid`` past the 6.12 struct;
-detaching a PASID that is not attached leaves the device as it is); 6.17 reads BIND with
+PASID 0 is the device itself, other PASIDs are not modelled, see
+:meth:`~.device.VfioDevice.physical_pasid_attach_ioas`; detaching a PASID that is not
+attached leaves the device as it is); 6.17 reads BIND with
 ``copy_struct_from_user`` (E2BIG for a non-zero byte past the struct) and added
 VFIO_DEVICE_BIND_FLAG_TOKEN. 6.12 knows neither flag and ignores what lies past its
 struct.
@@ -26,8 +28,6 @@ from ..errors import (
     Busy,
     InvalidArgument,
     KernelError,
-    NoEntry,
-    NoSpace,
     TooBig,
     kernel_error,
 )
@@ -48,8 +48,6 @@ PASID_RELEASE = (6, 15)
 #: so any set byte of token_uuid_ptr was E2BIG; 6.18 passes sizeof, as 7.0 does and the
 #: model follows.)
 BIND_TOKEN_RELEASE = (6, 17)
-#: ida_alloc_range() refuses an id that does not fit an int.
-_INT_MAX = (1 << 31) - 1
 
 
 def cdev_devices(machine: Machine) -> list[PciDevice]:
@@ -177,8 +175,10 @@ def attach_pt(df: VfioDeviceFile, a: _Arg) -> int:
     if argsz < minsz or flags & ~pasid_flag:
         raise InvalidArgument(f"ATTACH_IOMMUFD_PT: argsz {argsz} flags {flags:#x}")
     if flags:
-        return _pasid_attach(df, _read_pasid(a, argsz, minsz, "ATTACH"), pt_id)
-    hwpt = df.vdev.physical_attach_ioas(pt_id)
+        hwpt = df.vdev.physical_pasid_attach_ioas(_read_pasid(a, argsz, minsz, "ATTACH"),
+                                                  pt_id)
+    else:
+        hwpt = df.vdev.physical_attach_ioas(pt_id)
     a.write(8, hwpt.to_bytes(4, "little"))
     return 0
 
@@ -193,11 +193,9 @@ def detach_pt(df: VfioDeviceFile, a: _Arg) -> int:
     if argsz < minsz or flags & ~pasid_flag:
         raise InvalidArgument(f"DETACH_IOMMUFD_PT: argsz {argsz} flags {flags:#x}")
     if flags:
-        _read_pasid(a, argsz, minsz, "DETACH")
-        # vfio_iommufd_physical_pasid_detach_ioas returns at once for a PASID that is not
-        # in vdev->pasids, and no PASID is ever attached in the model (_pasid_attach)
-        return 0
-    df.vdev.physical_detach_ioas()
+        df.vdev.physical_pasid_detach_ioas(_read_pasid(a, argsz, minsz, "DETACH"))
+    else:
+        df.vdev.physical_detach_ioas()
     return 0
 
 
@@ -207,18 +205,3 @@ def _read_pasid(a: _Arg, argsz: int, minsz: int, what: str) -> int:
     if argsz < minsz + 4:
         raise InvalidArgument(f"{what}_IOMMUFD_PT: argsz {argsz} does not cover pasid")
     return int.from_bytes(a.read(minsz, 4), "little")
-
-
-def _pasid_attach(df: VfioDeviceFile, pasid: int, pt_id: int) -> int:
-    """``vfio_iommufd_physical_pasid_attach_ioas``: ENOSPC for a PASID ``ida_alloc_range``
-    cannot hold, then ``iommufd_device_attach`` with the PASID: ENOENT for no object
-    ``pt_id``. Lab: PASID attach is not modelled (no HWPT of the model is PASID
-    compatible), so every PASID attach that gets this far is refused with EINVAL."""
-    vdev = df.vdev
-    if vdev.iommufd is None:  # WARN_ON(!vdev->iommufd_device)
-        raise InvalidArgument(f"{vdev.dev.bdf} is not bound to an iommufd")
-    if pasid > _INT_MAX:
-        raise NoSpace(f"ATTACH_IOMMUFD_PT: PASID {pasid:#x} does not fit the PASID ida")
-    if pt_id not in vdev.iommufd.ctx.objects:
-        raise NoEntry(f"ATTACH_IOMMUFD_PT: no object {pt_id}")
-    raise InvalidArgument(f"ATTACH_IOMMUFD_PT: PASID {pasid} attach is not modelled")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidArgument, KernelError, NotATty
+from ..errors import InvalidArgument, KernelError, NoEntry, NoSpace, NotATty
 from . import uapi as u
 from .files import VfioFile, _Arg, fput, get_file
 
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DeviceFile", "VfioDevice", "VfioDeviceFile", "vfio_device"]
 
+#: the PASID of the device's own DMA, without a PASID (include/linux/iommu.h)
+IOMMU_NO_PASID = 0
+#: ``ida_alloc_range`` refuses an id that does not fit an int
+_INT_MAX = (1 << 31) - 1
+
 def vfio_device(machine: Machine, dev: PciDevice) -> VfioDevice:
     """The ``struct vfio_device`` vfio-pci registered for ``dev``."""
     vdev = machine.vfio_devices.get(dev.bdf)
@@ -38,8 +43,9 @@ def vfio_device(machine: Machine, dev: PciDevice) -> VfioDevice:
 
 class VfioDevice:
     """``struct vfio_device`` of a vfio-pci device: ``open_count`` over every file that
-    opened it, the iommufd binding (``iommufd_device``, ``iommufd_attached``) and
-    ``cdev_opened`` while a cdev of it is bound."""
+    opened it, the iommufd binding (``iommufd_device``, ``iommufd_attached``, the
+    ``pasids`` attached through the PASID flag) and ``cdev_opened`` while a cdev of it is
+    bound."""
 
     def __init__(self, dev: PciDevice) -> None:
         self.dev = dev
@@ -47,21 +53,25 @@ class VfioDevice:
         self.iommufd: IommufdFile | None = None  # the context iommufd_device is bound to
         self.idev: IommufdDevice | None = None
         self.iommufd_attached = False
+        self.pasids: set[int] = set()  # vdev->pasids, the ida of attached PASIDs
         self.cdev_opened = False
 
     def _check(self) -> None:
         """Invariants (tests only): bound only while open, through one context file that
-        is still open; ``iommufd_attached`` exactly when the device object has a HWPT; a
-        bound cdev is the device's only opener."""
+        is still open; the device object has a HWPT exactly when it is attached, through
+        ``iommufd_attached`` or PASID 0, not both; a bound cdev is the device's only
+        opener."""
         assert self.open_count >= 0
         assert (self.iommufd is None) == (self.idev is None)
+        assert self.pasids <= {IOMMU_NO_PASID}, "only PASID 0 can be attached in the model"
         if self.idev is not None:
             assert self.iommufd is not None and self.iommufd.refs > 0
             assert self.open_count >= 1
             assert self.iommufd.ctx.objects.get(self.idev.id) is self.idev
-            assert self.iommufd_attached == (self.idev.hwpt is not None)
+            assert not (self.iommufd_attached and self.pasids)
+            assert (self.iommufd_attached or bool(self.pasids)) == (self.idev.hwpt is not None)
         else:
-            assert not self.iommufd_attached
+            assert not self.iommufd_attached and not self.pasids
         if self.cdev_opened:
             assert self.idev is not None and self.open_count == 1
 
@@ -110,12 +120,17 @@ class VfioDevice:
         reference to the context's file until it is unbound; the device id."""
         idev = f.ctx.bind(self.dev)
         self.iommufd, self.idev = get_file(f), idev
+        self.pasids = set()  # ida_init
         return idev.id
 
     def physical_unbind(self) -> None:
-        """``vfio_iommufd_physical_unbind``: detach if attached, then unbind."""
+        """``vfio_iommufd_physical_unbind``: detach every PASID of ``vdev->pasids``, then
+        the device if attached, then unbind."""
         f, idev = self.iommufd, self.idev
         assert f is not None and idev is not None
+        for _ in sorted(self.pasids):  # only PASID 0, the device itself, in the model
+            f.ctx.detach(idev)
+        self.pasids.clear()
         if self.iommufd_attached:
             f.ctx.detach(idev)
             self.iommufd_attached = False
@@ -140,6 +155,42 @@ class VfioDevice:
             return
         self.iommufd.ctx.detach(self.idev)
         self.iommufd_attached = False
+
+    def physical_pasid_attach_ioas(self, pasid: int, pt_id: int) -> int:
+        """``vfio_iommufd_physical_pasid_attach_ioas`` (6.15+): a PASID already in
+        ``vdev->pasids`` is replaced; else ``ida_alloc_range`` takes it (ENOSPC past
+        INT_MAX) and ``iommufd_device_attach`` attaches it (the id given back if that
+        fails); the HWPT id.
+
+        PASID 0 is IOMMU_NO_PASID: iommufd attaches the device itself, as the ordinary
+        ATTACH does, but vfio does not set ``iommufd_attached``. So the ordinary DETACH
+        leaves it attached, the ordinary ATTACH is refused while it holds (EBUSY from
+        iommufd, as a PASID 0 attach is while the ordinary one holds), a DETACH with the
+        PASID flag and PASID 0 detaches it, and unbind does. Lab: other PASIDs are not
+        modelled (no HWPT of the model is PASID compatible): after ENOENT for no object
+        ``pt_id`` they are refused with EINVAL."""
+        f, idev = self.iommufd, self.idev
+        if f is None or idev is None:  # WARN_ON(!vdev->iommufd_device)
+            raise InvalidArgument(f"{self.dev.bdf} is not bound to an iommufd")
+        if pasid in self.pasids:
+            return f.ctx.replace(idev, pt_id)
+        if pasid > _INT_MAX:
+            raise NoSpace(f"ATTACH_IOMMUFD_PT: PASID {pasid:#x} does not fit the PASID ida")
+        if pasid != IOMMU_NO_PASID:
+            if pt_id not in f.ctx.objects:
+                raise NoEntry(f"ATTACH_IOMMUFD_PT: no object {pt_id}")
+            raise InvalidArgument(f"ATTACH_IOMMUFD_PT: PASID {pasid} attach is not modelled")
+        hwpt = f.ctx.attach(idev, pt_id)
+        self.pasids.add(pasid)
+        return hwpt
+
+    def physical_pasid_detach_ioas(self, pasid: int) -> None:
+        """``vfio_iommufd_physical_pasid_detach_ioas``: nothing unless ``pasid`` is in
+        ``vdev->pasids``; then ``iommufd_device_detach`` of it."""
+        if self.iommufd is None or self.idev is None or pasid not in self.pasids:
+            return
+        self.iommufd.ctx.detach(self.idev)
+        self.pasids.discard(pasid)
 
     # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
     def pci_ioctl(self, request: int, a: _Arg) -> int:

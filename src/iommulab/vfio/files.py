@@ -30,7 +30,7 @@ from ..iommu.resv import ResvType
 from ..kernel import LINUX_7_0
 from ..mem.mm import access_ok
 from . import uapi as u
-from .type1 import Type1Report, VfioIommu, check_range_7_0, type1_check_extension
+from .type1 import Type1Report, VfioIommu, _ffs, check_range_7_0, type1_check_extension
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
@@ -85,14 +85,16 @@ VfioFileT = TypeVar("VfioFileT", bound=VfioFile)
 
 
 def get_file(f: VfioFileT) -> VfioFileT:
-    """``get_file``: the kernel keeps ``f`` open (a bound device its iommufd, a group its
-    iommufd, a device its group) whatever the process closes."""
+    """``get_file``: one more reference to ``f``, for an fd a fork copies (``dup_fd``) or
+    where the kernel keeps ``f`` open whatever the process closes (a bound device its
+    iommufd, a group its iommufd, a device its group)."""
     f.refs += 1
     return f
 
 
 def fput(f: VfioFile) -> None:
-    """``fput``: drop such a reference; the last one releases the file."""
+    """``fput``: drop such a reference (``close`` drops its fd's); the last one releases
+    the file."""
     f.refs -= 1
     if not f.refs:
         f.release()
@@ -155,7 +157,7 @@ class Container(VfioFile):
         if request == u.VFIO_CHECK_EXTENSION:
             return type1_check_extension(self.iommu, _int(arg), self.machine.kernel)
         if request == u.VFIO_SET_IOMMU:
-            self._set_iommu(_int(arg), proc.memlock_limit)
+            self._set_iommu(_int(arg), proc)
             return 0
         if self.iommu is None:  # no driver: the kernel's default -EINVAL
             raise InvalidArgument(f"ioctl {request:#x}: no IOMMU driver set on the container")
@@ -170,7 +172,7 @@ class Container(VfioFile):
         raise NotATty(f"ioctl {request:#x}: unknown to the type1 IOMMU")
 
     # -- SET_IOMMU and groups ----------------------------------------------------------------------
-    def _set_iommu(self, type: int, memlock_limit: int | None) -> None:
+    def _set_iommu(self, type: int, proc: Process) -> None:
         """``vfio_ioctl_set_iommu``: EINVAL without a group or with a driver already set;
         the type1 driver takes a type its CHECK_EXTENSION answers for (ENODEV otherwise),
         and its ``open`` refuses the extensions that are not IOMMU types (EINVAL); then
@@ -193,7 +195,7 @@ class Container(VfioFile):
         attached: list[GroupFile] = []
         try:
             for g in self.groups:
-                self._attach(iommu, g, memlock_limit)
+                self._attach(iommu, g, proc)
                 attached.append(g)
         except KernelError:
             for g in reversed(attached):
@@ -201,9 +203,9 @@ class Container(VfioFile):
             raise
         self.iommu = iommu
 
-    def _attach(self, iommu: VfioIommu, g: GroupFile, memlock_limit: int | None) -> None:
+    def _attach(self, iommu: VfioIommu, g: GroupFile, proc: Process) -> None:
         """Allocate a paging domain, attach the group, let type1 check and keep or swap it
-        (``memlock_limit``: the attaching process's, for a replay that pins)."""
+        (``proc``: the process attaching, ``current`` for a replay that pins)."""
         core = self.machine.core
         group = g.group
         first = group.devices[0].dev_iommu  # iommu_paging_domain_alloc(first device)
@@ -234,7 +236,7 @@ class Container(VfioFile):
                                       lambda d: False)(domain))
             target = iommu.attach_group(group, domain, msi_isolated=True,
                                         enforce_cc=enforce_cc, join=join,
-                                        memlock_limit=memlock_limit)
+                                        current=proc)
         except KernelError:
             if group.domain is not _default(group):
                 core.set_group_domain(group, _default(group))
@@ -255,11 +257,11 @@ class Container(VfioFile):
             freed.cookie = None
             freed.free()
 
-    def add_group(self, g: GroupFile, memlock_limit: int | None) -> None:
+    def add_group(self, g: GroupFile, proc: Process) -> None:
         """``vfio_container_attach_group``: with a driver set, the group is attached now;
         the group goes to the head of the list (``list_add``)."""
         if self.iommu is not None:
-            self._attach(self.iommu, g, memlock_limit)
+            self._attach(self.iommu, g, proc)
         self.groups.insert(0, g)
 
     def remove_group(self, g: GroupFile) -> None:
@@ -299,8 +301,7 @@ class Container(VfioFile):
         if argsz < u.DMA_MAP.size or flags & ~valid:
             raise InvalidArgument(f"MAP_DMA: argsz {argsz} or flags {flags:#x} invalid")
         assert self.iommu is not None
-        self.iommu.map_dma(proc.mm, flags, vaddr, iova, size,
-                           memlock_limit=proc.memlock_limit, lock_cap=proc.cap_ipc_lock)
+        self.iommu.map_dma(proc, flags, vaddr, iova, size)
         return 0
 
     def _unmap_dma(self, proc: Process, a: _Arg) -> int:
@@ -393,10 +394,6 @@ def _sw_msi_base(group: IommuGroup) -> int | None:
     return base
 
 
-def _ffs(x: int) -> int:
-    return (x & -x).bit_length() - 1
-
-
 def _int(arg: int | bytes | bytearray) -> int:
     if not isinstance(arg, int):
         raise InvalidArgument("ioctl: this request takes an integer argument")
@@ -429,7 +426,7 @@ class GroupFile(VfioFile):
             f = proc.files.get(fd)
             if f is None:  # fdget(): a negative fd is as closed as any other
                 raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
-            self._set_container(f, proc.memlock_limit)
+            self._set_container(f, proc)
             return 0
         if request == u.VFIO_GROUP_UNSET_CONTAINER:
             if self.container is None and self.iommufd is None:
@@ -472,14 +469,14 @@ class GroupFile(VfioFile):
             raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
         return proc.install(DeviceFile.open(self, dev))
 
-    def _set_container(self, f: VfioFile, memlock_limit: int | None) -> None:
+    def _set_container(self, f: VfioFile, proc: Process) -> None:
         """``vfio_group_ioctl_set_container``: EINVAL when already set; a type1 container
         takes the group, an iommufd gets its compatibility IOAS; EBADFD for other files."""
         from ..iommufd.file import IommufdFile
         if self.container is not None or self.iommufd is not None:
             raise InvalidArgument("GROUP_SET_CONTAINER: the group already has one")
         if isinstance(f, Container):
-            f.add_group(self, memlock_limit)
+            f.add_group(self, proc)
             self.container = f
         elif isinstance(f, IommufdFile):
             f.ctx.compat_ioas_create()
