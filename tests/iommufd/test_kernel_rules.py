@@ -557,6 +557,57 @@ def test_map_file_of_a_file_that_is_not_a_memfd() -> None:
     t.close()
 
 
+def test_map_file_takes_the_file_only_once_its_pages_exist() -> None:
+    """7.0 ``iopt_alloc_file_pages``: ``get_file`` comes after ``iopt_alloc_pages``
+    succeeded, so a length past SIZE_MAX - PAGE_SIZE (EINVAL) leaves the memfd's and
+    another file's reference counts as they were."""
+    t = Selftest(kernel="7.0")
+    ioas = t.ioas_alloc()
+    mfd = t.p.memfd_create("guest", PAGE_SIZE)
+    other = t.p.open("/dev/iommu")
+    memfd, other_file = t.p.files[mfd].memfd, t.p.files[other]  # type: ignore[attr-defined]
+    for fd in (mfd, other):
+        expect_errno(errno.EINVAL, t.map_file, ioas, fd, 0, (1 << 64) - PAGE_SIZE)
+    assert memfd.refs == 1 and other_file.refs == 1
+    t.close()
+
+
+@pytest.mark.parametrize("memfd", [True, False], ids=["memfd", "other-file"])
+def test_map_file_fail_nth_leaves_the_file_references_as_they_were(memfd: bool) -> None:
+    """Every allocation point of an IOAS_MAP_FILE (7.0) failed in turn, the kernel's
+    fail_nth sweep: ENOMEM, nothing mapped or pinned, and the file's reference count as
+    before the call (the pages take theirs only once ``iopt_alloc_pages`` succeeded and
+    drop it when the map fails); the map then succeeds and holds one reference."""
+    t = Selftest(kernel="7.0")
+    ioas = t.ioas_alloc()
+    if memfd:  # a domain to pin and map into: the pin, shmem and map allocations
+        t.mock_domain(ioas)
+        fd = t.p.memfd_create("guest", 4 * PAGE_SIZE)
+    else:  # a file that cannot be pinned maps into an IOAS without a domain
+        fd = t.p.open("/dev/iommu")
+    f = t.p.files[fd]
+    refs = (lambda: f.memfd.refs) if memfd else (lambda: f.refs)  # type: ignore[attr-defined]
+    fail_nth = t.m.mem.fail_nth
+    iopt = t.p.files[t.fd].ctx.objects[ioas].iopt  # type: ignore[attr-defined]
+    failures = 0
+    for nth in range(1, 100):
+        fail_nth.arm(nth)
+        try:
+            t.map_file(ioas, fd, 0, 4 * PAGE_SIZE, MOCK_APERTURE_START, RW | FIXED)
+        except OSError as e:
+            assert e.errno == errno.ENOMEM and fail_nth.triggered
+            assert refs() == 1 and not iopt.areas() and t.m.mem.pins.pins == 0
+            failures += 1
+            continue
+        finally:
+            fail_nth.disarm()
+        break
+    assert failures >= 2 and refs() == 2
+    assert t.unmap(ioas, 0, (1 << 64) - 1) == 4 * PAGE_SIZE
+    assert refs() == 1
+    t.close()
+
+
 def test_allow_iovas_reads_and_checks_one_range_at_a_time() -> None:
     """``iommufd_ioas_load_iovas`` copies a range, checks it (``start >= last`` or an
     overlap with an earlier one: EINVAL), then copies the next: a bad first range is

@@ -237,12 +237,12 @@ class IommufdFile(VfioFile):
         start_byte = start % PAGE_SIZE
         source: FileSource | OtherFileSource
         if isinstance(f, MemFdFile):
-            source = FileSource(f.memfd.get(), start - start_byte)
+            source = FileSource(f.memfd, start - start_byte)
         else:
-            f.refs += 1  # get_file
             source = OtherFileSource(f, start - start_byte)
         pages = self.new_pages(proc, source, start_byte, length,
                                bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
+        source.hold()  # iopt_alloc_file_pages: get_file once the pages exist
         iova = self.map_pages(ioas, pages, start_byte, length, iova, _prot(flags),
                               fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA), addr=start)
         self._respond(buf, u.IOMMU_IOAS_MAP_FILE, usize, flags, ioas_id, fd, start, length,
