@@ -193,16 +193,19 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
 
     ``pfns`` are what the domain maps at pages ``first..`` and ``spans`` the double
     span over them (kind 0: a hole nothing else holds). Each hole is read a batch at a
-    time (``iopt_area_unpin_domain``): at most ``cap`` runs of contiguous PFNs; a batch
-    that reaches the hole's end reads on to the end of its run
+    time (``iopt_area_unpin_domain``): at most ``cap`` entries, each a run of contiguous
+    PFNs; a batch that reaches the hole's end reads on to the end of its run
     (``batch_from_domain_continue``) and unmaps that too, the pages past the hole being
-    the "carry" that the next used span skips (``batch_skip_carry``) and the next hole
-    starts with. Whatever is left after the last hole is unmapped in one call. One
-    loop turn per batch."""
+    the "carry" that stays in entry 0 for the next hole. A used span skips the carry
+    (``batch_skip_carry``) but leaves entry 0 in place even when it swallows all of
+    it: the next batch then has ``cap - 1`` free entries, and the first PFN it reads
+    joins entry 0 if it is the one after the carry's last; with ``cap`` 1 and no join
+    that batch reads nothing and unmaps only the used pages before the hole. Whatever
+    is left after the last hole is unmapped in one call. One loop turn per batch."""
     last = first + len(pfns) - 1
     brk = np.flatnonzero(np.diff(pfns) != 1) + 1 + first  # where a PFN run starts
     out: list[tuple[int, int]] = []
-    unmapped_end, carry = first, 0
+    unmapped_end, carry, entry0 = first, 0, False  # entry0: batch->end is 1, not 0
     for kind, lo, hi in spans:
         if kind:
             carry = max(0, carry - (hi - lo + 1))
@@ -210,11 +213,16 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
         start = lo
         while start <= hi:
             total, batch_last = carry, hi
-            if unmapped_end <= hi:  # a batch: the carry (one run) and new runs up to cap
+            if unmapped_end <= hi:  # a batch: the carry's entry and new runs up to cap
                 read_from = max(start, unmapped_end)
+                # entry 0 ends at the PFN after page unmapped_end - 1's (a break when
+                # read_from is unmapped_end, so only a swallowed carry's entry can join)
+                joins = entry0 and int(pfns[read_from - first]) == \
+                    int(pfns[unmapped_end - 1 - first]) + 1
+                runs = cap - entry0 + joins
                 i = int(np.searchsorted(brk, read_from, side="right"))
-                room = cap - 1 if carry else cap
-                stop = int(brk[i + room - 1]) if i + room - 1 < len(brk) else last + 1
+                stop = read_from if not runs else \
+                    int(brk[i + runs - 1]) if i + runs - 1 < len(brk) else last + 1
                 total += min(stop, hi + 1) - read_from
                 batch_last = start + total - 1
                 if batch_last == hi and hi != last:  # read on to the end of the run
@@ -225,6 +233,7 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
                 unmapped_end = start + total
             start = batch_last + 1
             carry = unmapped_end - batch_last - 1
+            entry0 = carry > 0  # batch_clear_carry
     if unmapped_end != last + 1:
         out.append((unmapped_end, last))
     return out
