@@ -156,6 +156,55 @@ def test_smmuv3_7_0_has_no_nested_op() -> None:
     h.p.exit()
 
 
+@pytest.mark.parametrize(("platform", "kernel", "flags", "refusal"), [
+    # 6.12 intel_iommu_domain_alloc_user: unknown flags, NEST_PARENT without nesting, then
+    # user_data (with DIRTY_TRACKING without SSADS)
+    ("x86-vtd", "6.12", NEST_PARENT, "need nesting"),
+    ("x86-vtd", "6.12", 0, "driver data of type 0xdead"),
+    # 7.0 intel_iommu_domain_alloc_paging_flags: user_data before anything else
+    ("x86-vtd", "7.0", NEST_PARENT, "driver data of type 0xdead"),
+    # arm_smmu_domain_alloc_user (6.12) and _paging_flags (7.0): unknown flags, then data
+    ("arm64-smmuv3", "6.12", NEST_PARENT, "not supported"),
+    ("arm64-smmuv3", "6.12", 0, "driver data of type 0xdead"),
+    ("arm64-smmuv3", "7.0", NEST_PARENT, "driver data of type 0xdead"),
+])
+def test_driver_data_for_a_paging_hwpt_is_refused_by_the_driver(
+        platform: str, kernel: str, flags: int, refusal: str) -> None:
+    """``iommufd_hwpt_paging_alloc`` hands ``user_data`` to the driver's
+    ``domain_alloc_user`` (6.12) / ``domain_alloc_paging_flags`` (7.0); VT-d and SMMUv3
+    refuse it (EOPNOTSUPP) at their own place among their flag checks."""
+    h, _ = _host(platform, 1, kernel)
+    cdev, devid = h.bind(0)
+    ioas = h.ioas()
+    data = h.p.mmap(PAGE_SIZE)
+    with pytest.raises(OSError, match=refusal) as e:
+        h.ioctl(h.iommufd, u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
+            48, flags, devid, ioas, 0, 0, 0xDEAD, 8, data, 0, 0))
+    assert e.value.errno == errno.EOPNOTSUPP
+    h.p.close(cdev)
+    h.p.exit()
+
+
+@pytest.mark.parametrize(("platform", "kernel", "err"), [
+    ("x86-vtd", "6.12", errno.EINVAL), ("x86-vtd", "7.0", errno.EINVAL),
+    ("arm64-smmuv3", "6.12", errno.EINVAL), ("arm64-smmuv3", "7.0", errno.EOPNOTSUPP),
+])
+def test_the_nested_op_is_the_drivers_for_its_kernel(platform: str, kernel: str,
+                                                     err: int) -> None:
+    """``iommufd_hwpt_nested_alloc`` refuses (EOPNOTSUPP) a driver without the nested op
+    before it looks at the parent: 6.12's is ``domain_alloc_user``, which intel and
+    arm-smmu-v3 have; 7.0's is ``domain_alloc_nested``, which arm-smmu-v3 lacks. With
+    the op, a parent that is not a nest parent is EINVAL."""
+    h, _ = _host(platform, 1, kernel)
+    cdev, devid = h.bind(0)
+    parent = h.hwpt(devid, h.ioas())
+    data = h.p.mmap(PAGE_SIZE)
+    expect_errno(err, h.ioctl, h.iommufd, u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
+        48, 0, devid, parent, 0, 0, 1, 16, data, 0, 0))
+    h.p.close(cdev)
+    h.p.exit()
+
+
 def test_nest_parent_reaches_the_smmuv3_driver() -> None:
     """``iommufd_hwpt_paging_alloc`` hands the driver ``flags & ~IOMMU_HWPT_FAULT_ID_VALID``:
     arm-smmu-v3 (7.0) makes a NEST_PARENT HWPT a stage-2 domain and refuses NEST_PARENT
