@@ -13,7 +13,6 @@ mapped). The mock platform adds ``IOMMU_TEST_CMD``
 
 from __future__ import annotations
 
-import bisect
 import errno
 from typing import TYPE_CHECKING, Any
 
@@ -189,23 +188,12 @@ class IommufdFile(VfioFile):
 
     def _ioas_allow_iovas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
                           num: int, rsvd: int, uptr: int) -> int:
-        """``iommufd_ioas_allow_iovas``: the ranges are read one at a time
-        (``iommufd_ioas_load_iovas``: EFAULT, or EINVAL for ``start >= last`` or an
-        overlap with one read before), then set at once (EADDRINUSE over a
-        reservation)."""
+        """``iommufd_ioas_allow_iovas``: the ranges are read one at a time from user
+        memory (EFAULT) as :meth:`~.iova_space.IovaSpace.set_allowed` checks them."""
         if rsvd:
             raise NotSupported("ALLOW_IOVAS: __reserved is not zero")
         ioas = self.ioas(ioas_id)
-        ranges: list[tuple[int, int]] = []
-        for i in range(num):
-            start, last = u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16))
-            if start >= last:
-                raise InvalidArgument(f"ALLOW_IOVAS: range {i} [{start:#x}, {last:#x}]")
-            at = bisect.bisect(ranges, (start, last))
-            below = at and ranges[at - 1][1] >= start
-            if below or (at < len(ranges) and ranges[at][0] <= last):
-                raise InvalidArgument(f"ALLOW_IOVAS: range {i} overlaps another")
-            ranges.insert(at, (start, last))
+        ranges = (u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16)) for i in range(num))
         ioas.iopt.space.set_allowed(ranges)
         return 0
 
