@@ -677,6 +677,41 @@ def test_allow_iovas_reads_and_checks_one_range_at_a_time() -> None:
     t.close()
 
 
+def test_allow_iovas_allocates_a_node_per_range_once_it_is_checked() -> None:
+    """``iommufd_ioas_load_iovas`` allocates each range's node (``kzalloc``, a fail_nth
+    point) after checking it and before reading the next: failing the nth allocation is
+    ENOMEM with the allowed ranges as they were, and a bad second range is not reached
+    when the first range's node cannot be had."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    space = t.p.files[t.fd].ctx.objects[ioas].iopt.space  # type: ignore[attr-defined]
+    t.allow_iovas(ioas, [(PAGE_SIZE, 2 * PAGE_SIZE - 1)])
+    arr = t.p.mmap(PAGE_SIZE, populate=True)
+    fail_nth = t.m.mem.fail_nth
+
+    def allow(ranges: list[tuple[int, int]], nth: int) -> None:
+        for i, r in enumerate(ranges):
+            t.p.write(arr + 16 * i, u.IOVA_RANGE.pack(*r))
+        fail_nth.arm(nth)
+        try:
+            t.ioctl(u.IOMMU_IOAS_ALLOW_IOVAS, u.IOAS_ALLOW_IOVAS.pack(24, ioas, len(ranges),
+                                                                     0, arr))
+        finally:
+            fail_nth.disarm()
+
+    ranges = [(4 * PAGE_SIZE, 5 * PAGE_SIZE - 1), (8 * PAGE_SIZE, 9 * PAGE_SIZE - 1)]
+    for nth in (1, 2):
+        expect_errno(errno.ENOMEM, allow, ranges, nth)
+        assert fail_nth.triggered and space.allowed == [(PAGE_SIZE, 2 * PAGE_SIZE - 1)]
+    bad = [ranges[0], (PAGE_SIZE, PAGE_SIZE)]
+    expect_errno(errno.ENOMEM, allow, bad, 1)
+    expect_errno(errno.EINVAL, allow, bad, 2)
+    assert not fail_nth.triggered
+    allow(ranges, 3)
+    assert not fail_nth.triggered and space.allowed == ranges
+    t.close()
+
+
 @pytest.mark.parametrize("kernel", ["6.12", "7.0"])
 def test_hwpt_invalidate_without_a_nested_hwpt(kernel: str) -> None:
     """``iommufd_hwpt_invalidate`` (in both releases' tables): EOPNOTSUPP for

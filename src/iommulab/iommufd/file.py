@@ -14,6 +14,7 @@ mapped). The mock platform adds ``IOMMU_TEST_CMD``
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -189,12 +190,20 @@ class IommufdFile(VfioFile):
     def _ioas_allow_iovas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
                           num: int, rsvd: int, uptr: int) -> int:
         """``iommufd_ioas_allow_iovas``: the ranges are read one at a time from user
-        memory (EFAULT) as :meth:`~.iova_space.IovaSpace.set_allowed` checks them."""
+        memory (EFAULT) as :meth:`~.iova_space.IovaSpace.set_allowed` checks them, and
+        a node is allocated for each once it passed (``iommufd_ioas_load_iovas``)."""
         if rsvd:
             raise NotSupported("ALLOW_IOVAS: __reserved is not zero")
         ioas = self.ioas(ioas_id)
-        ranges = (u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16)) for i in range(num))
-        ioas.iopt.space.set_allowed(ranges)
+        fail_nth = self.machine.mem.fail_nth
+
+        def ranges() -> Iterator[tuple[int, int]]:
+            for i in range(num):
+                yield u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16))
+                # resumed when set_allowed asks for the next range: this one is checked
+                fail_nth.check("kzalloc(iopt_allowed)")
+
+        ioas.iopt.space.set_allowed(ranges())
         return 0
 
     def _ioas_map(self, proc: Process, buf: bytearray, usize: int, flags: int, ioas_id: int,
