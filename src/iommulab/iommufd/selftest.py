@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
 
 I64Array = npt.NDArray[np.int64]
+_NO_PFNS = np.zeros(0, dtype=np.int64)
 
 TEST_CMD = struct.Struct("<IIII48sI4x")  # size, op, id, __reserved, union, last
 TEST_CMD_MIN = 68  # offsetofend(last)
@@ -484,29 +485,23 @@ def _access_file(proc: Process, fd: int) -> AccessFile:
 
 
 def _gup(proc: Process, addrs: I64Array) -> tuple[I64Array, KernelError | None]:
-    """``get_user_pages_fast`` of one page at each of ``addrs`` (in order), faulting
-    them in: the pfns up to the first address that cannot be had, and EFAULT for it."""
-    pfns = np.empty(len(addrs), dtype=np.int64)
+    """``get_user_pages_fast`` of the page of each of ``addrs`` (ascending, at most a
+    page apart, as the selftest's checks step), faulting them in: the pfns up to the
+    first address whose page cannot be had, and EFAULT for it. One
+    :meth:`~iommulab.mem.mm.MmStruct.get_user_pages` over the pages they span."""
     pages = addrs >> PAGE_SHIFT
-    i = 0
-    while i < len(addrs):
-        va = int(pages[i]) << PAGE_SHIFT
-        vma = proc.mm.find_vma(va)
-        if vma is None or vma.pfnmap:
-            return pfns[:i], BadAddress(f"GUP: nothing at {va:#x}")
-        j = i + int(np.searchsorted(pages[i:], vma.end >> PAGE_SHIFT))
-        lo, hi = int(pages[i]), int(pages[j - 1])
-        run = _vma_pfns(proc, lo << PAGE_SHIFT, hi - lo + 1)
-        pfns[i:j] = run[pages[i:j] - lo]
-        i = j
+    if not len(pages):
+        return _NO_PFNS, None
+    first = int(pages[0])
+    try:
+        got = proc.mm.get_user_pages(first << PAGE_SHIFT, int(pages[-1]) - first + 1)
+    except BadAddress as e:
+        return _NO_PFNS, e
+    ok = int(np.searchsorted(pages, first + len(got)))  # the addresses whose page was had
+    pfns = got[pages[:ok] - first]
+    if ok < len(addrs):
+        return pfns, BadAddress(f"GUP: nothing at {int(addrs[ok]):#x}")
     return pfns, None
-
-
-def _vma_pfns(proc: Process, addr: int, npages: int) -> I64Array:
-    """The pfn of each of ``npages`` pages from ``addr`` (inside one VMA), faulted in."""
-    runs = proc.mm._runs(addr, npages * PAGE_SIZE, False)
-    return np.concatenate([np.arange(pa >> PAGE_SHIFT, (pa + n) >> PAGE_SHIFT, dtype=np.int64)
-                           for pa, n in runs])
 
 
 def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
