@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ..errors import (
     BadAddress,
@@ -32,7 +31,7 @@ from ..errors import (
     Overflow,
     kernel_error,
 )
-from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, UserIovaBitmap
+from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, user_iova_bitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
 from ..iommu.user_data import IommuUserData
@@ -437,7 +436,7 @@ class IommufdFile(VfioFile):
         error (EINVAL for a hole), or EPROTO when the driver reported a range outside
         the bitmap (``iova_bitmap_set`` refuses it); 7.0 returns 0 whatever happened,
         and writes a range that runs past the bitmap's end into the user's memory
-        after it (:class:`~iommulab.iommu.dirty.UserIovaBitmap`). The bits already set
+        after it (:func:`~iommulab.iommu.dirty.user_iova_bitmap`). The bits already set
         stay in the user bitmap either way."""
         if flags & ~u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR or rsvd:
             raise NotSupported(f"GET_DIRTY_BITMAP: flags {flags:#x} or __reserved")
@@ -451,9 +450,8 @@ class IommufdFile(VfioFile):
         areas, done = iopt.contig_run(iova, last)
         if not length:  # 7.0 with iova 0: the bitmap reaches as far as the areas do
             length = max((a.last + 1 for a in areas), default=iova + 1) - iova
-        bitmap = UserIovaBitmap(iova, length, page_size & -page_size, data) \
-            if self.machine.kernel >= LINUX_7_0 else _DirtyBitmap(iova, length,
-                                                                  page_size & -page_size)
+        bitmap = user_iova_bitmap(self.machine.kernel, iova, length, page_size & -page_size,
+                                  data)
         gather = IommuIotlbGather()
         dirty = IommuDirtyBitmap(bitmap, gather)
         err: KernelError | None = None
@@ -471,7 +469,7 @@ class IommufdFile(VfioFile):
         self._or_bitmap(proc, data, bitmap)
         if self.machine.kernel >= LINUX_7_0:
             return 0  # iommu_read_and_clear_dirty ignores iova_bitmap_for_each's result
-        if err is None and isinstance(bitmap, _DirtyBitmap) and bitmap.refused:
+        if err is None and bitmap.refused:
             err = kernel_error(errno.EPROTO, f"GET_DIRTY_BITMAP: the IOMMU reported a dirty "
                                f"range outside [{iova:#x}, {last:#x}]")
         if err is not None:
@@ -593,37 +591,6 @@ def _charge_current(proc: Process, pages: list[IoptPages]) -> None:
         for tmp in reversed(done):
             tmp.uncharge(total[tmp.mode])
         raise
-
-
-class _DirtyBitmap(IovaBitmap):
-    """An :class:`IovaBitmap` that, as 6.12's ``iova_bitmap_set`` does, refuses a record
-    that does not lie inside the bitmap's range (nothing of it is set) and remembers
-    that it did (the ioctl then fails with EPROTO)."""
-
-    refused = False
-
-    def set(self, iova: int, length: int) -> None:
-        if not length or iova < self.iova or iova + length > self.iova + self.length:
-            self.refused = True
-            return
-        super().set(iova, length)
-
-    def set_ranges(self, iovas: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> None:
-        inside = (lengths > 0) & (iovas >= self.iova) & (iovas + lengths <= self.iova + self.length)
-        if not inside.all():
-            self.refused = True
-        super().set_ranges(iovas[inside], lengths[inside])
-
-    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
-        starts = iova + np.flatnonzero(hit) * size
-        inside = (starts >= self.iova) & (starts + size <= self.iova + self.length)
-        if inside.all():
-            super().set_run(iova, size, hit)
-            return
-        self.refused = True
-        keep = np.zeros_like(hit)
-        keep[np.flatnonzero(hit)[inside]] = True
-        super().set_run(iova, size, keep)
 
 
 def _check_pages_length(length: int) -> None:
