@@ -120,9 +120,13 @@ class IommufdFile(VfioFile):
         return Account(mode, proc.mm, proc.user, proc.memlock_limit)
 
     def new_pages(self, proc: Process, source: PfnSource, start_byte: int,
-                  length: int, writable: bool) -> IoptPages:
-        """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
+                  length: int, writable: bool, *, uptr: int | None = None) -> IoptPages:
+        """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE;
+        given ``uptr`` (6.12's takes the user address), then EOVERFLOW when ``uptr +
+        length`` wraps; then the allocation."""
         _check_pages_length(length)
+        if uptr is not None:
+            _check_user_wrap(uptr, length)
         self.machine.mem.fail_nth.check("kzalloc(iopt_pages)")
         npages = -(-(length + start_byte) // PAGE_SIZE)
         return IoptPages(source, npages, writable, self.account(proc),
@@ -131,16 +135,16 @@ class IommufdFile(VfioFile):
 
     def map_user_pages(self, proc: Process, ioas: Ioas, user_va: int, length: int,
                        iova: int, prot: int, *, fixed: bool) -> int:
-        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps, tested after the
-        length check of :meth:`new_pages` in 6.12 (``iopt_alloc_pages``) and before it
-        in 7.0 (``iopt_alloc_user_pages``); the IOVA used."""
-        if self.machine.kernel < LINUX_7_0:
-            _check_pages_length(length)
-        if user_va + length > ULONG_MAX:
-            raise Overflow(f"map: user_va {user_va:#x} + length {length:#x} wraps")
+        """``iopt_map_user_pages``: the IOVA used. 7.0's ``iopt_alloc_user_pages`` tests
+        the user range for a wrap (EOVERFLOW) before :meth:`new_pages` tests the length;
+        6.12's ``iopt_alloc_pages`` tests the length first."""
+        new = self.machine.kernel >= LINUX_7_0
+        if new:
+            _check_user_wrap(user_va, length)
         start_byte = user_va % PAGE_SIZE
         pages = self.new_pages(proc, UserSource(proc.mm, user_va - start_byte), start_byte,
-                               length, bool(prot & Prot.WRITE))
+                               length, bool(prot & Prot.WRITE),
+                               uptr=None if new else user_va)
         return self.map_pages(ioas, pages, start_byte, length, iova, prot, fixed=fixed,
                               addr=user_va)
 
@@ -597,6 +601,12 @@ def _check_pages_length(length: int) -> None:
     """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
     if length > _SIZE_MAX - PAGE_SIZE or not length:
         raise InvalidArgument(f"map: length {length:#x}")
+
+
+def _check_user_wrap(uptr: int, length: int) -> None:
+    """``check_add_overflow(uptr, length)``: EOVERFLOW when the user range wraps."""
+    if uptr + length > ULONG_MAX:
+        raise Overflow(f"map: user_va {uptr:#x} + length {length:#x} wraps")
 
 
 def _check_map_args(what: str, flags: int, length: int, *iovas: int, rsvd: int = 0) -> None:

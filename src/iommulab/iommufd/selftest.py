@@ -42,6 +42,7 @@ from ..vfio.files import VfioFile
 from . import uapi as u
 from .iova_space import ULONG_MAX
 from .objects import Access, Device, HwptPaging, Ioas, IommufdCtx, IommufdObject
+from .pages import _BATCH_ELEMENT
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
@@ -68,7 +69,6 @@ MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
 MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
 MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1  # 6.12 only
 MOCK_FLAGS_DEVICE_PASID = 1 << 2  # 7.0 only
-_GUP_PIN_COUNTING_BIAS = 1024
 _MAX_ACCESS_LENGTH = 16 << 20  # the kvzalloc guard of ACCESS_PAGES and ACCESS_RW
 _MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
@@ -382,8 +382,8 @@ def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 def _set_temp_memory_limit(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """EINVAL below one batch element (``sizeof(unsigned long) + sizeof(u32)``)."""
     (limit,) = struct.unpack_from("<I", cmd.union)
-    if limit < 8 + 4:
-        raise InvalidArgument(f"SET_TEMP_MEMORY_LIMIT: {limit} is below 12")
+    if limit < _BATCH_ELEMENT:
+        raise InvalidArgument(f"SET_TEMP_MEMORY_LIMIT: {limit} is below {_BATCH_ELEMENT}")
     file.ctx.temp_memory_limit[0] = limit
     return False
 
