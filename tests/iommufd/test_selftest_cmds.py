@@ -28,6 +28,7 @@ from iommulab.iommufd.selftest import (
 )
 from iommulab.vfio import uapi as v
 
+from ..helpers import expect_errno
 from .selftest_lib import (
     HUGEPAGE_SIZE,
     MOCK_APERTURE_START,
@@ -35,7 +36,6 @@ from .selftest_lib import (
     PAGE_SIZE,
     Selftest,
 )
-from .test_selftest_ioas import expect_errno
 
 SYZ = 1 << 16
 OP_MD_CHECK_IOTLB, OP_TRIGGER_IOPF = 14, 15  # iommufd_test.h
