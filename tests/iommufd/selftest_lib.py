@@ -6,6 +6,7 @@ Each helper builds the real struct bytes and calls ``Process.ioctl`` on the
 
 from __future__ import annotations
 
+import random
 import struct
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ HUGEPAGE_SIZE = 2 << 20
 BUFFER_SIZE = 16 * PAGE_SIZE
 RW = u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE
 FIXED = u.IOMMU_IOAS_MAP_FIXED_IOVA
+MOCK_ACCESS_RW_WRITE = 1 << 0
+MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
 
 
 @dataclass
@@ -126,9 +129,11 @@ class Selftest:
         out = self.ioctl(u.IOMMU_OPTION, u.OPTION.pack(24, option, op, 0, object_id, val))
         return int(u.OPTION.unpack(out)[5])
 
-    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0) -> int:
-        out = self.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(48, flags, dev_id, pt_id, 0, 0,
-                                                              0, 0, 0, 0, 0))
+    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0, *, data_type: int = 0,
+                   data_len: int = 0, data_uptr: int = 0, fault_id: int = 0) -> int:
+        """IOMMU_HWPT_ALLOC with the struct's fields as given: the new HWPT's id."""
+        out = self.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
+            48, flags, dev_id, pt_id, 0, 0, data_type, data_len, data_uptr, fault_id, 0))
         return int(u.HWPT_ALLOC.unpack(out)[4])
 
     def hwpt_alloc_data(self, dev_id: int, pt_id: int, flags: int, data_type: int,
@@ -139,11 +144,10 @@ class Selftest:
         self.p.write(uptr, data)
         size = len(data) if data_len is None else data_len
         try:
-            out = self.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
-                48, flags, dev_id, pt_id, 0, 0, data_type, size, uptr, 0, 0))
+            return self.hwpt_alloc(dev_id, pt_id, flags, data_type=data_type, data_len=size,
+                                   data_uptr=uptr)
         finally:
             self.p.munmap(uptr, PAGE_SIZE)
-        return int(u.HWPT_ALLOC.unpack(out)[4])
 
     def hwpt_alloc_iommupt(self, dev_id: int, pt_id: int, flags: int,
                            pagetable_type: int) -> int:
@@ -227,3 +231,39 @@ class Selftest:
         assert self.m.mem.pins.pins == 0, f"{self.m.mem.pins.pins} pins left"
         assert self.p.mm.locked_vm == 0 and self.p.mm.pinned_vm == 0
         assert all(user.locked_vm == 0 for user in self.m.users.values())
+
+
+class IoasFix:
+    """FIXTURE(iommufd_ioas) of ``variant``: an IOAS with none, one or two mock domains
+    (``mock_domain_limit``: one, with a 16-byte temporary memory limit)."""
+
+    def __init__(self, variant: str) -> None:
+        self.t = Selftest()
+        self.ioas = self.t.ioas_alloc()
+        self.domains = {"no_domain": 0, "mock_domain": 1, "two_mock_domain": 2,
+                        "mock_domain_limit": 1}[variant]
+        if variant == "mock_domain_limit":
+            self.t.set_temp_memory_limit(16)
+        self.mds = [self.t.mock_domain(self.ioas) for _ in range(self.domains)]
+        self.base_iova = MOCK_APERTURE_START if self.domains else 0
+
+
+def access_rw_sweep(t: Selftest, access: int, iova: int, buffer: int) -> None:
+    """``check_access_rw``: reads and writes through the access at IOVAs around a page
+    boundary, of lengths 1-63, by the fast and the slow path, compared with ``buffer``
+    (mapped at ``iova``); then one read of four pages."""
+    tmp = t.p.mmap(PAGE_SIZE * 4)
+    for access_iova in range(iova + PAGE_SIZE - 50, iova + PAGE_SIZE + 50, 7):
+        for length in range(1, 64, 9):
+            for flags in (0, MOCK_ACCESS_RW_SLOW_PATH):
+                t.p.write(tmp, bytes(length))
+                t.access_rw(access, access_iova, tmp, length, flags)
+                assert t.p.read(tmp, length) == t.p.read(buffer + access_iova - iova, length)
+                data = bytes(random.Random(access_iova + length).randrange(256)
+                             for _ in range(length))
+                t.p.write(tmp, data)
+                t.access_rw(access, access_iova, tmp, length, flags | MOCK_ACCESS_RW_WRITE)
+                assert t.p.read(buffer + access_iova - iova, length) == data
+    t.access_rw(access, iova, tmp, PAGE_SIZE * 4)
+    assert t.p.read(tmp, PAGE_SIZE * 4) == t.p.read(buffer, PAGE_SIZE * 4)
+    t.p.munmap(tmp, PAGE_SIZE * 4)

@@ -22,77 +22,101 @@ from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, Selftest
 
 
 class _Batch:
-    """``struct pfn_batch``, one PFN at a time."""
+    """``struct pfn_batch``, one PFN at a time: ``array_size`` entries of which ``end``
+    are used, each a first PFN and a count (a count may drop to 0: ``batch_skip_carry``
+    leaves the entry in place)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.pfns: list[int] = []
-        self.npfns: list[int] = []
+    def __init__(self, array_size: int) -> None:
+        self.array_size = array_size
+        self.pfns = [0] * array_size
+        self.npfns = [0] * array_size
+        self.clear()
 
-    @property
-    def total(self) -> int:
-        return sum(self.npfns)
+    def clear(self) -> None:
+        """``batch_clear``."""
+        self.total = self.end = 0
+        self.pfns[0] = self.npfns[0] = 0
 
     def add(self, pfn: int) -> bool:
-        if self.pfns and pfn == self.pfns[-1] + self.npfns[-1]:
-            self.npfns[-1] += 1
-            return True
-        if len(self.pfns) == self.size:
+        """``batch_add_pfn`` (runs never reach the u32 limit here)."""
+        end = self.end
+        if end and pfn == self.pfns[end - 1] + self.npfns[end - 1]:
+            self.npfns[end - 1] += 1
+        elif end < self.array_size:
+            self.pfns[end], self.npfns[end] = pfn, 1
+            self.end += 1
+        else:
             return False
-        self.pfns.append(pfn)
-        self.npfns.append(1)
+        self.total += 1
         return True
 
     def clear_carry(self, keep: int) -> None:
+        """``batch_clear_carry``: the last ``keep`` PFNs of the last entry become entry 0."""
         if not keep:
-            self.pfns, self.npfns = [], []
+            self.clear()
             return
-        self.pfns = [self.pfns[-1] + self.npfns[-1] - keep]
-        self.npfns = [keep]
+        assert self.end and self.npfns[self.end - 1] >= keep  # the kernel's WARN_ON
+        self.total = keep
+        self.pfns[0] = self.pfns[self.end - 1] + self.npfns[self.end - 1] - keep
+        self.npfns[0] = keep
+        self.end = 1
 
     def skip_carry(self, skip: int) -> None:
+        """``batch_skip_carry``: entry 0 stays, even when nothing is left of it."""
         if not self.total:
             return
+        assert self.total == self.npfns[0]  # the kernel's WARN_ON
         skip = min(self.total, skip)
         self.pfns[0] += skip
         self.npfns[0] -= skip
-        if not self.npfns[0]:
-            self.pfns, self.npfns = [], []
+        self.total -= skip
 
 
 def _kernel_unfill(pfns: list[int], first: int, spans: list[tuple[int, int, int]],
                    cap: int) -> list[tuple[int, int]]:
+    """``__iopt_area_unfill_domain`` and ``iopt_area_unpin_domain``, statement by
+    statement: the ``(first, last)`` page ranges ``iopt_area_unmap_domain_range`` gets."""
     last = first + len(pfns) - 1
     out: list[tuple[int, int]] = []
     batch = _Batch(cap)
     unmapped_end = first
 
-    def from_domain(start: int, stop: int) -> None:
+    def from_domain(start: int, stop: int) -> None:  # batch_from_domain
         while start <= stop and batch.add(pfns[start - first]):
             start += 1
 
-    for kind, lo, hi in spans:
-        if kind:
-            batch.skip_carry(hi - lo + 1)
-            continue
-        start = lo
+    def from_domain_continue(start: int, stop: int) -> None:  # batch_from_domain_continue
+        array_size, batch.array_size = batch.array_size, batch.end
+        from_domain(start, stop)
+        batch.array_size = array_size
+
+    def unpin_domain(start: int, hi: int) -> None:  # iopt_area_unpin_domain
+        nonlocal unmapped_end
         while start <= hi:
             if unmapped_end <= hi:
+                if batch.total:
+                    assert unmapped_end - batch.total == start  # the kernel's WARN_ON
                 from_domain(max(start, unmapped_end), hi)
                 batch_last = start + batch.total - 1
             else:
                 batch_last = hi
+            assert batch_last <= last  # the kernel's WARN_ON
             if batch_last == hi and hi != last:
-                size, batch.size = batch.size, len(batch.pfns)
-                from_domain(hi + 1, last)
-                batch.size = size
+                from_domain_continue(hi + 1, last)
             if unmapped_end <= batch_last:
                 out.append((unmapped_end, start + batch.total - 1))
                 unmapped_end = start + batch.total
             start = batch_last + 1
             batch.clear_carry(unmapped_end - batch_last - 1)
+
+    for kind, lo, hi in spans:
+        if kind:
+            batch.skip_carry(hi - lo + 1)
+        else:
+            unpin_domain(lo, hi)
     if unmapped_end != last + 1:
         out.append((unmapped_end, last))
+    assert not batch.total  # the kernel's WARN_ON
     return out
 
 
@@ -112,20 +136,23 @@ def _kernel_fill_batches(pfns: list[int], readable: int, cap: int) -> int:
     return done
 
 
-def _random_pfns(rng: random.Random, n: int) -> list[int]:
-    out, pfn = [], rng.randrange(1000)
+def _random_pfns(rng: random.Random, n: int, spread: int) -> list[int]:
+    """Runs of contiguous PFNs; a break jumps to any PFN below ``spread`` (a small spread
+    makes a PFN continue a run that ended pages before, as a page mapped twice can)."""
+    out, pfn = [], rng.randrange(spread)
     for _ in range(n):
         out.append(pfn)
-        pfn = pfn + 1 if rng.random() < 0.6 else rng.randrange(10_000)
+        pfn = pfn + 1 if rng.random() < 0.6 else rng.randrange(spread)
     return out
 
 
 def _random_spans(rng: random.Random, first: int, n: int) -> list[tuple[int, int, int]]:
+    """Holes (kind 0) and spans an access (1) or another domain (2) holds, in any order."""
     spans: list[tuple[int, int, int]] = []
     lo = first
     while lo < first + n:
         hi = min(first + n - 1, lo + rng.randrange(6))
-        kind = 0 if not spans or spans[-1][0] else rng.choice((0, 1, 2))
+        kind = rng.choice((0, 0, 1, 2))
         if spans and spans[-1][0] == kind:
             spans[-1] = (kind, spans[-1][1], hi)
         else:
@@ -134,22 +161,45 @@ def _random_spans(rng: random.Random, first: int, n: int) -> list[tuple[int, int
     return spans
 
 
-@pytest.mark.parametrize("seed", range(300))
+@pytest.mark.parametrize("seed", range(600))
 def test_unfill_batches_match_the_kernel_loop(seed: int) -> None:
     rng = random.Random(seed)
     n = rng.randrange(1, 40)
     first = rng.randrange(5)
-    pfns = _random_pfns(rng, n)
+    pfns = _random_pfns(rng, n, 10_000 if seed % 2 else 60)
     spans = _random_spans(rng, first, n)
     cap = rng.randrange(1, 6)
     assert unfill_batches(np.array(pfns, dtype=np.int64), first, spans, cap) == \
         _kernel_unfill(pfns, first, spans, cap)
 
 
+@pytest.mark.parametrize(("pfns", "spans", "cap", "unmaps"), [
+    # cap 1: the next hole's first batch has no free entry, reads nothing and unmaps the
+    # used pages before the hole alone
+    ([100, 200, 300, 400, 500, 600, 601, 700, 800, 900], [(0, 3, 8), (1, 9, 11), (0, 12, 12)],
+     1, [(3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 9), (10, 11), (12, 12)]),
+    # cap 2: the next hole's first batch holds one new run
+    ([100, 200, 201, 500, 700, 300, 400], [(0, 3, 4), (2, 5, 6), (0, 7, 9)],
+     2, [(3, 5), (6, 7), (8, 9)]),
+    # cap 2: page 7's PFN is the one after the carry's last, so it joins entry 0 and the
+    # batch still holds two runs
+    ([100, 200, 201, 500, 202, 300, 400], [(0, 3, 4), (2, 5, 6), (0, 7, 9)],
+     2, [(3, 5), (6, 8), (9, 9)]),
+], ids=["cap-1", "cap-2", "join"])
+def test_a_carry_a_used_span_swallows_keeps_its_batch_entry(
+        pfns: list[int], spans: list[tuple[int, int, int]], cap: int,
+        unmaps: list[tuple[int, int]]) -> None:
+    """``batch_skip_carry`` lowers entry 0's count to 0 but leaves ``batch->end`` at 1, so
+    the next hole's first batch has ``cap - 1`` free entries, and ``batch_add_pfn``
+    extends entry 0 with a PFN that follows the carry's last."""
+    assert _kernel_unfill(pfns, 3, spans, cap) == unmaps
+    assert unfill_batches(np.array(pfns, dtype=np.int64), 3, spans, cap) == unmaps
+
+
 @pytest.mark.parametrize("seed", range(200))
 def test_fill_batches_match_the_kernel_reader(seed: int) -> None:
     rng = random.Random(seed)
-    pfns = _random_pfns(rng, rng.randrange(1, 40))
+    pfns = _random_pfns(rng, rng.randrange(1, 40), 10_000)
     readable = rng.randrange(len(pfns) + 1)
     cap = rng.randrange(1, 6)
     prefix = np.array(pfns[:readable], dtype=np.int64)

@@ -7,79 +7,23 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
-from iommulab import Machine, Process
+from iommulab import Machine
 from iommulab.devices import DmaDevice
 from iommulab.drivers.smmuv3 import regs
 from iommulab.iommufd import uapi as u
 from iommulab.vfio import uapi as v
 
-from .test_selftest_ioas import expect_errno
+from ..helpers import Host, expect_errno, make_host
 
 SZ_2M = 2 << 20
 
 
-@dataclass
-class Host:
-    m: Machine
-    p: Process
-    iommufd: int
-
-    def ioctl(self, fd: int, request: int, buf: bytes) -> bytearray:
-        arg = bytearray(buf)
-        self.p.ioctl(fd, request, arg)
-        return arg
-
-    def bind(self, n: int) -> tuple[int, int]:
-        cdev = self.p.open(f"/dev/vfio/devices/vfio{n}")
-        out = self.ioctl(cdev, v.VFIO_DEVICE_BIND_IOMMUFD,
-                         v.BIND_IOMMUFD.pack(16, 0, self.iommufd, 0))
-        return cdev, v.BIND_IOMMUFD.unpack(out)[3]
-
-    def attach(self, cdev: int, pt_id: int) -> int:
-        out = self.ioctl(cdev, v.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-                         v.ATTACH_IOMMUFD_PT.pack(16, 0, pt_id, 0))
-        return int(v.ATTACH_IOMMUFD_PT.unpack(out)[2])
-
-    def ioas(self) -> int:
-        out = self.ioctl(self.iommufd, u.IOMMU_IOAS_ALLOC, u.IOAS_ALLOC.pack(12, 0, 0))
-        return int(u.IOAS_ALLOC.unpack(out)[2])
-
-    def map(self, ioas: int, va: int, length: int) -> int:
-        out = self.ioctl(self.iommufd, u.IOMMU_IOAS_MAP,
-                         u.IOAS_MAP.pack(40, 6, ioas, 0, va, length, 0))
-        return int(u.IOAS_MAP.unpack(out)[6])
-
-    def hwpt(self, devid: int, ioas: int, flags: int = 0) -> int:
-        out = self.ioctl(self.iommufd, u.IOMMU_HWPT_ALLOC,
-                         u.HWPT_ALLOC.pack(48, flags, devid, ioas, 0, 0, 0, 0, 0, 0, 0))
-        return int(u.HWPT_ALLOC.unpack(out)[4])
-
-    def dirty_pages(self, hwpt: int, iova: int, length: int, page: int = 4096) -> list[int]:
-        nbytes = -(-(length // page) // 64) * 8
-        bm = self.p.mmap(max(nbytes, 4096))
-        self.ioctl(self.iommufd, u.IOMMU_HWPT_GET_DIRTY_BITMAP,
-                   u.HWPT_GET_DIRTY_BITMAP.pack(48, hwpt, 0, 0, iova, length, page, bm))
-        bits = np.unpackbits(np.frombuffer(self.p.read(bm, nbytes), dtype=np.uint8),
-                             bitorder="little")
-        self.p.munmap(bm, max(nbytes, 4096))
-        return np.flatnonzero(bits).tolist()
-
-
-def _host(platform: str, ndev: int, kernel: str = "6.12") -> tuple[Host, list[DmaDevice]]:
-    m = Machine(platform, ram="1G", kernel=kernel)
-    devs: list[DmaDevice] = [m.add_pci_device(f"0000:00:0{2 + i}.0") for i in range(ndev)]
-    p = m.spawn_process(memlock_limit="64M")
-    return Host(m, p, p.open("/dev/iommu")), devs
-
-
 @pytest.fixture(params=["x86-vtd", "arm64-smmuv3"])
 def host(request: pytest.FixtureRequest) -> Iterator[tuple[Host, list[DmaDevice]]]:
-    h, devs = _host(request.param, 2)
+    h, devs = make_host(request.param, 2)
     yield h, devs
     h.p.exit()
     assert h.m.mem.pins.pins == 0 and h.p.mm.pinned_vm == 0
@@ -131,7 +75,7 @@ def test_two_domains_one_pin(host: tuple[Host, list[DmaDevice]]) -> None:
 
 
 def test_memlock_limit_user_mode() -> None:
-    h, _ = _host("x86-vtd", 1)
+    h, _ = make_host("x86-vtd", 1)
     cdev, _ = h.bind(0)
     ioas = h.ioas()
     h.attach(cdev, ioas)
@@ -146,7 +90,7 @@ def test_memlock_limit_user_mode() -> None:
 
 @pytest.mark.parametrize("granule", [None, 4096])
 def test_smmuv3_dirty_tracking(granule: int | None) -> None:
-    h, (dev,) = _host("arm64-smmuv3", 1)
+    h, (dev,) = make_host("arm64-smmuv3", 1)
     h.m.dirty_granule = granule
     cdev, devid = h.bind(0)
     ioas = h.ioas()
@@ -168,7 +112,7 @@ def test_smmuv3_dirty_tracking(granule: int | None) -> None:
 
 
 def test_cdev_refuses_before_bind_and_bad_fds() -> None:
-    h, _ = _host("x86-vtd", 1)
+    h, _ = make_host("x86-vtd", 1)
     cdev = h.p.open("/dev/vfio/devices/vfio0")
     expect_errno(errno.EINVAL, h.p.ioctl, cdev, v.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
                  bytearray(v.ATTACH_IOMMUFD_PT.pack(16, 0, 1, 0)))
@@ -186,7 +130,7 @@ def test_get_hw_info_smmuv3_registers() -> None:
     """GET_HW_INFO on the SMMUv3 (7.0, ``arm_smmu_hw_info``): struct iommu_hw_info_arm_smmuv3
     with the ID registers the hardware model exposes, truncated to data_len and zero-filled
     past the struct."""
-    h, _ = _host("arm64-smmuv3", 1, "7.0")
+    h, _ = make_host("arm64-smmuv3", 1, "7.0")
     cdev, devid = h.bind(0)
     data = h.p.mmap(4096)
     h.p.write(data, b"\xff" * 64)
@@ -227,7 +171,7 @@ def _vtd_hw_info(h: Host, devid: int, data_len: int, flags: int = 0,
 def test_get_hw_info_vtd_registers_match_a_real_guest() -> None:
     """GET_HW_INFO on VT-d: struct iommu_hw_info_vtd with the errata flag and the CAP and
     ECAP registers, equal to what a real QEMU guest's kernel printed for the same options."""
-    h, _ = _host("x86-vtd", 1)
+    h, _ = make_host("x86-vtd", 1)
     unit = h.m.driver.units[0]
     unit.intremap = unit.eim = True
     cdev, devid = h.bind(0)
@@ -267,7 +211,7 @@ def test_get_hw_info_vtd_short_buffer_and_second_unit() -> None:
 def test_get_hw_info_smmuv3_has_no_hw_info_before_7_0() -> None:
     """6.12's arm-smmu-v3 has no ``hw_info`` op: type NONE, length 0, the user's buffer
     zeroed up to data_len (``clear_user``), no IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED."""
-    h, _ = _host("arm64-smmuv3", 1)
+    h, _ = make_host("arm64-smmuv3", 1)
     cdev, devid = h.bind(0)
     data = h.p.mmap(4096)
     h.p.write(data, b"\xff" * 64)
@@ -284,7 +228,7 @@ def test_get_hw_info_smmuv3_has_no_hw_info_before_7_0() -> None:
 def test_get_hw_info_vtd_reports_ats_not_supported_from_7_0() -> None:
     """7.0's ``iommufd_get_hw_info`` sets IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED when the device
     cannot use ATS (ECAP.DT clear on QEMU's VT-d)."""
-    h, _ = _host("x86-vtd", 1, "7.0")
+    h, _ = make_host("x86-vtd", 1, "7.0")
     cdev, devid = h.bind(0)
     assert _vtd_hw_info(h, devid, 24)[0][8] == u.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
     h.p.close(cdev)
@@ -295,7 +239,7 @@ def test_get_hw_info_input_type() -> None:
     """IOMMU_HW_INFO_FLAG_INPUT_TYPE (7.0): the driver's own type or DEFAULT is answered,
     another is EOPNOTSUPP; without the flag the type field is ignored; other flags are
     EOPNOTSUPP."""
-    h, _ = _host("x86-vtd", 1, "7.0")
+    h, _ = make_host("x86-vtd", 1, "7.0")
     cdev, devid = h.bind(0)
     flag = u.IOMMU_HW_INFO_FLAG_INPUT_TYPE
     for in_type in (u.IOMMU_HW_INFO_TYPE_DEFAULT, u.IOMMU_HW_INFO_TYPE_INTEL_VTD):
@@ -311,7 +255,7 @@ def test_get_hw_info_input_type() -> None:
 def test_get_hw_info_takes_no_flag_before_7_0() -> None:
     """6.12's ``iommufd_get_hw_info`` refuses every flag, IOMMU_HW_INFO_FLAG_INPUT_TYPE
     included (EOPNOTSUPP)."""
-    h, _ = _host("x86-vtd", 1)
+    h, _ = make_host("x86-vtd", 1)
     cdev, devid = h.bind(0)
     expect_errno(errno.EOPNOTSUPP, _vtd_hw_info, h, devid, 24, u.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
                  u.IOMMU_HW_INFO_TYPE_INTEL_VTD)

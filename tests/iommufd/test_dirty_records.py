@@ -12,10 +12,8 @@ import numpy as np
 from iommulab import Machine
 from iommulab.iommufd import uapi as u
 
+from ..helpers import Host, expect_errno
 from .selftest_lib import MOCK_APERTURE_START, MOCK_PAGE_SIZE, Selftest
-from .test_cdev import Host
-from .test_kernel_rules import _hwpt_alloc
-from .test_selftest_ioas import expect_errno
 
 PAGE = 4096
 HUGE_IOVA = 1 << 1  # MOCK_FLAGS_DEVICE_HUGE_IOVA (6.12)
@@ -42,12 +40,6 @@ def _smmu_dirty_block(kernel: str, block: int) -> tuple[Host, int, int]:
     return h, hwpt, iova
 
 
-def _read_bitmap(h: Host, hwpt: int, iova: int, length: int, data: int, flags: int = 0
-                 ) -> None:
-    h.ioctl(h.iommufd, u.IOMMU_HWPT_GET_DIRTY_BITMAP,
-            u.HWPT_GET_DIRTY_BITMAP.pack(48, hwpt, flags, 0, iova, length, PAGE, data))
-
-
 def _set_bytes(h: Host, addr: int, n: int) -> list[int]:
     raw = np.frombuffer(h.p.read(addr, n), dtype=np.uint8)
     nz = np.flatnonzero(raw)
@@ -64,10 +56,10 @@ def test_7_0_iova_bitmap_set_writes_a_long_record_past_the_bitmap() -> None:
         h, hwpt, iova = _smmu_dirty_block(kernel, 2 << 20)
         data = h.p.mmap(2 * PAGE)
         if kernel == "6.12":
-            expect_errno(errno.EPROTO, _read_bitmap, h, hwpt, iova, 1 << 20, data)
+            expect_errno(errno.EPROTO, h.get_dirty_bitmap, hwpt, iova, 1 << 20, data)
             assert _set_bytes(h, data, 2 * PAGE) == []
         else:
-            _read_bitmap(h, hwpt, iova, 1 << 20, data)
+            h.get_dirty_bitmap(hwpt, iova, 1 << 20, data)
             assert _set_bytes(h, data, 2 * PAGE) == [0, 64]
         h.p.exit()
         assert h.m.mem.pins.pins == 0
@@ -80,10 +72,11 @@ def test_7_0_record_past_the_bitmap_stops_at_the_pages_pinned_for_it() -> None:
     and no more; the same bitmap 16 bytes before a page boundary gets two pages."""
     h, hwpt, iova = _smmu_dirty_block("7.0", 1 << 30)
     area = h.p.mmap(4 * PAGE)
-    _read_bitmap(h, hwpt, iova, 1 << 20, area, u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR)
+    h.get_dirty_bitmap(hwpt, iova, 1 << 20, area,
+                       flags=u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR)
     assert _set_bytes(h, area, 4 * PAGE) == [0, PAGE]
     h.p.write(area, bytes(4 * PAGE))
-    _read_bitmap(h, hwpt, iova, 1 << 20, area + PAGE - 16)
+    h.get_dirty_bitmap(hwpt, iova, 1 << 20, area + PAGE - 16)
     assert _set_bytes(h, area, 4 * PAGE) == [PAGE - 16, 2 * PAGE]
     h.p.exit()
     assert h.m.mem.pins.pins == 0
@@ -94,7 +87,7 @@ def _huge_mock_6_12() -> tuple[Selftest, int, int, int]:
     t = Selftest()
     ioas = t.ioas_alloc()
     md = t.mock_domain(ioas, HUGE_IOVA)
-    hwpt = _hwpt_alloc(t, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING, md.idev_id, ioas)
+    hwpt = t.hwpt_alloc(md.idev_id, ioas, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
     t.mock_domain_replace(md.stdev_id, hwpt)
     buf = t.p.mmap(2 << 20, "hugetlb-2M", populate=True)
     iova = t.map_fixed(ioas, buf, 2 << 20, MOCK_APERTURE_START)

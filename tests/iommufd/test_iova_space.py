@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given
@@ -121,3 +121,18 @@ def test_auto_iova_is_the_lowest_free_aligned_fit(maps: list[tuple[int, int]], n
     align = 1 << (n - 1).bit_length()
     want = next(p for p in range(align, 1 << 20, align) if taken.isdisjoint(range(p, p + n)))
     assert s.alloc_iova(0, n * P) == want * P
+
+
+def test_set_allowed_checks_each_range_before_it_takes_the_next() -> None:
+    """``iommufd_ioas_load_iovas``: range i is copied and checked before range i + 1 is
+    copied, so a bad range stops the reading (the ranges after it are never taken)."""
+    s = IovaSpace()
+    taken: list[int] = []
+
+    def ranges() -> Iterator[tuple[int, int]]:
+        for i, r in enumerate([(P, 2 * P), (3 * P, 3 * P), (4 * P, 5 * P)]):
+            taken.append(i)
+            yield r
+
+    assert _errno(s.set_allowed, ranges()) == errno.EINVAL
+    assert taken == [0, 1] and s.allowed == []

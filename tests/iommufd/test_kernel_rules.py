@@ -13,6 +13,7 @@ from iommulab import Machine
 from iommulab.iommufd import uapi as u
 from iommulab.vfio import uapi as v
 
+from ..helpers import expect_errno, make_host
 from .selftest_lib import (
     BUFFER_SIZE,
     FIXED,
@@ -22,20 +23,10 @@ from .selftest_lib import (
     RW,
     Selftest,
 )
-from .test_cdev import _host
-from .test_selftest_ioas import expect_errno
 
 NEST_PARENT = u.IOMMU_HWPT_ALLOC_NEST_PARENT
 DIRTY = u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
 FAULT_ID_VALID = u.IOMMU_HWPT_FAULT_ID_VALID
-
-
-def _hwpt_alloc(t: Selftest, flags: int, dev_id: int, pt_id: int, *, data_type: int = 0,
-                data_len: int = 0, data_uptr: int = 0, fault_id: int = 0) -> int:
-    out = t.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(48, flags, dev_id, pt_id, 0, 0,
-                                                        data_type, data_len, data_uptr,
-                                                        fault_id, 0))
-    return int(u.HWPT_ALLOC.unpack(out)[4])
 
 
 # -- objects the driver holds (rows 16, 27) ----------------------------------------------------
@@ -43,7 +34,7 @@ def test_destroy_of_a_bound_device_is_ebusy() -> None:
     """``iommufd_device_bind``: "The calling driver is a user until iommufd_device_unbind()"
     (``refcount_inc(&idev->obj.users)``), so IOMMU_DESTROY of the device id is EBUSY and
     the device keeps working; unbind (closing the cdev) destroys it."""
-    h, devs = _host("x86-vtd", 1)
+    h, devs = make_host("x86-vtd", 1)
     cdev, devid = h.bind(0)
     ioas = h.ioas()
     h.attach(cdev, ioas)
@@ -62,7 +53,7 @@ def test_a_bound_device_holds_the_iommufd_open() -> None:
     """``iommufd_device_bind`` takes ``iommufd_ctx_get`` for a real device: closing the
     /dev/iommu fd while a cdev is bound does not release the context (the device stays
     attached, its pages pinned); the unbind releases it."""
-    h, devs = _host("x86-vtd", 1)
+    h, devs = make_host("x86-vtd", 1)
     cdev, _ = h.bind(0)
     ioas = h.ioas()
     h.attach(cdev, ioas)
@@ -112,8 +103,8 @@ def test_hwpt_alloc_on_a_missing_pt_id_is_einval() -> None:
     ``pt_id`` is EINVAL, not the lookup's ENOENT (a missing ``dev_id`` stays ENOENT)."""
     t = Selftest()
     md = t.mock_domain(t.ioas_alloc())
-    expect_errno(errno.EINVAL, _hwpt_alloc, t, 0, md.idev_id, 999)
-    expect_errno(errno.ENOENT, _hwpt_alloc, t, 0, 999, md.hwpt_id)
+    expect_errno(errno.EINVAL, t.hwpt_alloc, md.idev_id, 999)
+    expect_errno(errno.ENOENT, t.hwpt_alloc, 999, md.hwpt_id)
     t.close()
 
 
@@ -127,16 +118,16 @@ def test_hwpt_alloc_on_a_paging_hwpt_goes_the_nested_way(kernel: str) -> None:
     ioas = t.ioas_alloc()
     md = t.mock_domain(ioas)
     data = t.p.mmap(PAGE_SIZE)
-    expect_errno(errno.EOPNOTSUPP, _hwpt_alloc, t, 0, md.idev_id, md.hwpt_id)
-    plain = _hwpt_alloc(t, 0, md.idev_id, ioas)
-    parent = _hwpt_alloc(t, NEST_PARENT, md.idev_id, ioas)
+    expect_errno(errno.EOPNOTSUPP, t.hwpt_alloc, md.idev_id, md.hwpt_id)
+    plain = t.hwpt_alloc(md.idev_id, ioas)
+    parent = t.hwpt_alloc(md.idev_id, ioas, NEST_PARENT)
     for pt in (md.hwpt_id, plain):
-        expect_errno(errno.EINVAL, _hwpt_alloc, t, 0, md.idev_id, pt, data_type=0xDEAD,
+        expect_errno(errno.EINVAL, t.hwpt_alloc, md.idev_id, pt, 0, data_type=0xDEAD,
                      data_len=4, data_uptr=data)
-    expect_errno(errno.EOPNOTSUPP, _hwpt_alloc, t, DIRTY, md.idev_id, parent,
+    expect_errno(errno.EOPNOTSUPP, t.hwpt_alloc, md.idev_id, parent, DIRTY,
                  data_type=0xDEAD, data_len=4, data_uptr=data)
     with pytest.raises(OSError, match="not modelled"):
-        _hwpt_alloc(t, 0, md.idev_id, parent, data_type=0xDEAD, data_len=4, data_uptr=data)
+        t.hwpt_alloc(md.idev_id, parent, 0, data_type=0xDEAD, data_len=4, data_uptr=data)
     for hwpt in (plain, parent):
         t.destroy(hwpt)
     t.close()
@@ -145,7 +136,7 @@ def test_hwpt_alloc_on_a_paging_hwpt_goes_the_nested_way(kernel: str) -> None:
 def test_smmuv3_7_0_has_no_nested_op() -> None:
     """7.0's arm-smmu-v3 nests through a vIOMMU and has no ``domain_alloc_nested``: a
     nested HWPT_ALLOC on a nest parent is EOPNOTSUPP before the parent is looked at."""
-    h, _ = _host("arm64-smmuv3", 1, "7.0")
+    h, _ = make_host("arm64-smmuv3", 1, "7.0")
     cdev, devid = h.bind(0)
     ioas = h.ioas()
     parent = h.hwpt(devid, ioas, NEST_PARENT)
@@ -156,11 +147,60 @@ def test_smmuv3_7_0_has_no_nested_op() -> None:
     h.p.exit()
 
 
+@pytest.mark.parametrize(("platform", "kernel", "flags", "refusal"), [
+    # 6.12 intel_iommu_domain_alloc_user: unknown flags, NEST_PARENT without nesting, then
+    # user_data (with DIRTY_TRACKING without SSADS)
+    ("x86-vtd", "6.12", NEST_PARENT, "need nesting"),
+    ("x86-vtd", "6.12", 0, "driver data of type 0xdead"),
+    # 7.0 intel_iommu_domain_alloc_paging_flags: user_data before anything else
+    ("x86-vtd", "7.0", NEST_PARENT, "driver data of type 0xdead"),
+    # arm_smmu_domain_alloc_user (6.12) and _paging_flags (7.0): unknown flags, then data
+    ("arm64-smmuv3", "6.12", NEST_PARENT, "not supported"),
+    ("arm64-smmuv3", "6.12", 0, "driver data of type 0xdead"),
+    ("arm64-smmuv3", "7.0", NEST_PARENT, "driver data of type 0xdead"),
+])
+def test_driver_data_for_a_paging_hwpt_is_refused_by_the_driver(
+        platform: str, kernel: str, flags: int, refusal: str) -> None:
+    """``iommufd_hwpt_paging_alloc`` hands ``user_data`` to the driver's
+    ``domain_alloc_user`` (6.12) / ``domain_alloc_paging_flags`` (7.0); VT-d and SMMUv3
+    refuse it (EOPNOTSUPP) at their own place among their flag checks."""
+    h, _ = make_host(platform, 1, kernel)
+    cdev, devid = h.bind(0)
+    ioas = h.ioas()
+    data = h.p.mmap(PAGE_SIZE)
+    with pytest.raises(OSError, match=refusal) as e:
+        h.ioctl(h.iommufd, u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
+            48, flags, devid, ioas, 0, 0, 0xDEAD, 8, data, 0, 0))
+    assert e.value.errno == errno.EOPNOTSUPP
+    h.p.close(cdev)
+    h.p.exit()
+
+
+@pytest.mark.parametrize(("platform", "kernel", "err"), [
+    ("x86-vtd", "6.12", errno.EINVAL), ("x86-vtd", "7.0", errno.EINVAL),
+    ("arm64-smmuv3", "6.12", errno.EINVAL), ("arm64-smmuv3", "7.0", errno.EOPNOTSUPP),
+])
+def test_the_nested_op_is_the_drivers_for_its_kernel(platform: str, kernel: str,
+                                                     err: int) -> None:
+    """``iommufd_hwpt_nested_alloc`` refuses (EOPNOTSUPP) a driver without the nested op
+    before it looks at the parent: 6.12's is ``domain_alloc_user``, which intel and
+    arm-smmu-v3 have; 7.0's is ``domain_alloc_nested``, which arm-smmu-v3 lacks. With
+    the op, a parent that is not a nest parent is EINVAL."""
+    h, _ = make_host(platform, 1, kernel)
+    cdev, devid = h.bind(0)
+    parent = h.hwpt(devid, h.ioas())
+    data = h.p.mmap(PAGE_SIZE)
+    expect_errno(err, h.ioctl, h.iommufd, u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(
+        48, 0, devid, parent, 0, 0, 1, 16, data, 0, 0))
+    h.p.close(cdev)
+    h.p.exit()
+
+
 def test_nest_parent_reaches_the_smmuv3_driver() -> None:
     """``iommufd_hwpt_paging_alloc`` hands the driver ``flags & ~IOMMU_HWPT_FAULT_ID_VALID``:
     arm-smmu-v3 (7.0) makes a NEST_PARENT HWPT a stage-2 domain and refuses NEST_PARENT
     with DIRTY_TRACKING (EOPNOTSUPP)."""
-    h, _ = _host("arm64-smmuv3", 1, "7.0")
+    h, _ = make_host("arm64-smmuv3", 1, "7.0")
     cdev, devid = h.bind(0)
     ioas = h.ioas()
     parent = h.hwpt(devid, ioas, NEST_PARENT)
@@ -178,8 +218,7 @@ def test_fault_id_valid_is_a_flag_from_7_0() -> None:
     NEST_PARENT it is EOPNOTSUPP."""
     old = Selftest()
     md = old.mock_domain(old.ioas_alloc())
-    expect_errno(errno.EOPNOTSUPP, _hwpt_alloc, old, FAULT_ID_VALID, md.idev_id, 1,
-                 fault_id=77)
+    expect_errno(errno.EOPNOTSUPP, old.hwpt_alloc, md.idev_id, 1, FAULT_ID_VALID, fault_id=77)
     old.close()
     t = Selftest(kernel="7.0")
     ioas = t.ioas_alloc()
@@ -187,12 +226,12 @@ def test_fault_id_valid_is_a_flag_from_7_0() -> None:
     buf = t.p.mmap(PAGE_SIZE, populate=True)
     t.map(ioas, buf, PAGE_SIZE)
     pins = t.m.mem.pins.pins
-    expect_errno(errno.ENOENT, _hwpt_alloc, t, FAULT_ID_VALID, md.idev_id, ioas, fault_id=77)
-    expect_errno(errno.EOPNOTSUPP, _hwpt_alloc, t, FAULT_ID_VALID | NEST_PARENT, md.idev_id,
-                 ioas, fault_id=77)
+    expect_errno(errno.ENOENT, t.hwpt_alloc, md.idev_id, ioas, FAULT_ID_VALID, fault_id=77)
+    expect_errno(errno.EOPNOTSUPP, t.hwpt_alloc, md.idev_id, ioas, FAULT_ID_VALID | NEST_PARENT,
+                 fault_id=77)
     ioas_obj = t.p.files[t.fd].ctx.objects[ioas]  # type: ignore[attr-defined]
     assert len(ioas_obj.hwpts) == 1 and t.m.mem.pins.pins == pins
-    assert _hwpt_alloc(t, 0, md.idev_id, ioas) == md.hwpt_id + 1  # the id was given back
+    assert t.hwpt_alloc(md.idev_id, ioas) == md.hwpt_id + 1  # the id was given back
     t.close()
 
 
@@ -205,9 +244,9 @@ def test_hwpt_alloc_pasid_flag_is_7_0() -> None:
         ioas = t.ioas_alloc()
         md = t.mock_domain(ioas)
         if ok:
-            t.destroy(_hwpt_alloc(t, pasid, md.idev_id, ioas))
+            t.destroy(t.hwpt_alloc(md.idev_id, ioas, pasid))
         else:
-            expect_errno(errno.EOPNOTSUPP, _hwpt_alloc, t, pasid, md.idev_id, ioas)
+            expect_errno(errno.EOPNOTSUPP, t.hwpt_alloc, md.idev_id, ioas, pasid)
         t.close()
 
 
@@ -219,7 +258,7 @@ def _dirty_setup(kernel: str) -> tuple[Selftest, int, int]:
         # the AMDv1 mock's leaves are the size the dirty bits are counted in
         t.option(u.IOMMU_OPTION_HUGE_PAGES, u.IOMMU_OPTION_OP_SET, ioas, 0)
     md = t.mock_domain(ioas)
-    hwpt = _hwpt_alloc(t, DIRTY, md.idev_id, ioas)
+    hwpt = t.hwpt_alloc(md.idev_id, ioas, DIRTY)
     t.mock_domain_replace(md.stdev_id, hwpt)
     return t, ioas, hwpt
 
@@ -326,7 +365,7 @@ def test_dirty_record_outside_the_bitmap_is_eproto_in_6_12() -> None:
     t = Selftest()
     ioas = t.ioas_alloc()
     md = t.mock_domain(ioas, 1 << 1)  # MOCK_FLAGS_DEVICE_HUGE_IOVA
-    hwpt = _hwpt_alloc(t, DIRTY, md.idev_id, ioas)
+    hwpt = t.hwpt_alloc(md.idev_id, ioas, DIRTY)
     t.mock_domain_replace(md.stdev_id, hwpt)
     buf = t.p.mmap(2 << 20, "hugetlb-2M", populate=True)
     t.map_fixed(ioas, buf, 2 << 20, MOCK_APERTURE_START)
@@ -557,6 +596,57 @@ def test_map_file_of_a_file_that_is_not_a_memfd() -> None:
     t.close()
 
 
+def test_map_file_takes_the_file_only_once_its_pages_exist() -> None:
+    """7.0 ``iopt_alloc_file_pages``: ``get_file`` comes after ``iopt_alloc_pages``
+    succeeded, so a length past SIZE_MAX - PAGE_SIZE (EINVAL) leaves the memfd's and
+    another file's reference counts as they were."""
+    t = Selftest(kernel="7.0")
+    ioas = t.ioas_alloc()
+    mfd = t.p.memfd_create("guest", PAGE_SIZE)
+    other = t.p.open("/dev/iommu")
+    memfd, other_file = t.p.files[mfd].memfd, t.p.files[other]  # type: ignore[attr-defined]
+    for fd in (mfd, other):
+        expect_errno(errno.EINVAL, t.map_file, ioas, fd, 0, (1 << 64) - PAGE_SIZE)
+    assert memfd.refs == 1 and other_file.refs == 1
+    t.close()
+
+
+@pytest.mark.parametrize("memfd", [True, False], ids=["memfd", "other-file"])
+def test_map_file_fail_nth_leaves_the_file_references_as_they_were(memfd: bool) -> None:
+    """Every allocation point of an IOAS_MAP_FILE (7.0) failed in turn, the kernel's
+    fail_nth sweep: ENOMEM, nothing mapped or pinned, and the file's reference count as
+    before the call (the pages take theirs only once ``iopt_alloc_pages`` succeeded and
+    drop it when the map fails); the map then succeeds and holds one reference."""
+    t = Selftest(kernel="7.0")
+    ioas = t.ioas_alloc()
+    if memfd:  # a domain to pin and map into: the pin, shmem and map allocations
+        t.mock_domain(ioas)
+        fd = t.p.memfd_create("guest", 4 * PAGE_SIZE)
+    else:  # a file that cannot be pinned maps into an IOAS without a domain
+        fd = t.p.open("/dev/iommu")
+    f = t.p.files[fd]
+    refs = (lambda: f.memfd.refs) if memfd else (lambda: f.refs)  # type: ignore[attr-defined]
+    fail_nth = t.m.mem.fail_nth
+    iopt = t.p.files[t.fd].ctx.objects[ioas].iopt  # type: ignore[attr-defined]
+    failures = 0
+    for nth in range(1, 100):
+        fail_nth.arm(nth)
+        try:
+            t.map_file(ioas, fd, 0, 4 * PAGE_SIZE, MOCK_APERTURE_START, RW | FIXED)
+        except OSError as e:
+            assert e.errno == errno.ENOMEM and fail_nth.triggered
+            assert refs() == 1 and not iopt.areas() and t.m.mem.pins.pins == 0
+            failures += 1
+            continue
+        finally:
+            fail_nth.disarm()
+        break
+    assert failures >= 2 and refs() == 2
+    assert t.unmap(ioas, 0, (1 << 64) - 1) == 4 * PAGE_SIZE
+    assert refs() == 1
+    t.close()
+
+
 def test_allow_iovas_reads_and_checks_one_range_at_a_time() -> None:
     """``iommufd_ioas_load_iovas`` copies a range, checks it (``start >= last`` or an
     overlap with an earlier one: EINVAL), then copies the next: a bad first range is
@@ -574,6 +664,41 @@ def test_allow_iovas_reads_and_checks_one_range_at_a_time() -> None:
 
     expect_errno(errno.EINVAL, allow, PAGE_SIZE, PAGE_SIZE)  # start >= last
     expect_errno(errno.EFAULT, allow, PAGE_SIZE, 2 * PAGE_SIZE - 1)
+    t.close()
+
+
+def test_allow_iovas_allocates_a_node_per_range_once_it_is_checked() -> None:
+    """``iommufd_ioas_load_iovas`` allocates each range's node (``kzalloc``, a fail_nth
+    point) after checking it and before reading the next: failing the nth allocation is
+    ENOMEM with the allowed ranges as they were, and a bad second range is not reached
+    when the first range's node cannot be had."""
+    t = Selftest()
+    ioas = t.ioas_alloc()
+    space = t.p.files[t.fd].ctx.objects[ioas].iopt.space  # type: ignore[attr-defined]
+    t.allow_iovas(ioas, [(PAGE_SIZE, 2 * PAGE_SIZE - 1)])
+    arr = t.p.mmap(PAGE_SIZE, populate=True)
+    fail_nth = t.m.mem.fail_nth
+
+    def allow(ranges: list[tuple[int, int]], nth: int) -> None:
+        for i, r in enumerate(ranges):
+            t.p.write(arr + 16 * i, u.IOVA_RANGE.pack(*r))
+        fail_nth.arm(nth)
+        try:
+            t.ioctl(u.IOMMU_IOAS_ALLOW_IOVAS, u.IOAS_ALLOW_IOVAS.pack(24, ioas, len(ranges),
+                                                                     0, arr))
+        finally:
+            fail_nth.disarm()
+
+    ranges = [(4 * PAGE_SIZE, 5 * PAGE_SIZE - 1), (8 * PAGE_SIZE, 9 * PAGE_SIZE - 1)]
+    for nth in (1, 2):
+        expect_errno(errno.ENOMEM, allow, ranges, nth)
+        assert fail_nth.triggered and space.allowed == [(PAGE_SIZE, 2 * PAGE_SIZE - 1)]
+    bad = [ranges[0], (PAGE_SIZE, PAGE_SIZE)]
+    expect_errno(errno.ENOMEM, allow, bad, 1)
+    expect_errno(errno.EINVAL, allow, bad, 2)
+    assert not fail_nth.triggered
+    allow(ranges, 3)
+    assert not fail_nth.triggered and space.allowed == ranges
     t.close()
 
 

@@ -26,7 +26,9 @@ from iommulab.iommufd.selftest import (
     OP_SET_TEMP_MEMORY_LIMIT,
     TEST_CMD,
 )
+from iommulab.vfio import uapi as v
 
+from ..helpers import expect_errno
 from .selftest_lib import (
     HUGEPAGE_SIZE,
     MOCK_APERTURE_START,
@@ -34,7 +36,6 @@ from .selftest_lib import (
     PAGE_SIZE,
     Selftest,
 )
-from .test_selftest_ioas import expect_errno
 
 SYZ = 1 << 16
 OP_MD_CHECK_IOTLB, OP_TRIGGER_IOPF = 14, 15  # iommufd_test.h
@@ -362,6 +363,26 @@ def test_check_iotlb_and_trigger_iopf() -> None:
     t.test_cmd(OP_TRIGGER_IOPF, 0, struct.pack("<IIIIQ", md.idev_id, 0, 0, 0, 0))
     expect_errno(errno.ENOENT, t.test_cmd, OP_TRIGGER_IOPF, 0, struct.pack("<I", 99))
     expect_errno(errno.EOPNOTSUPP, t.test_cmd, 99, 0, b"")
+    t.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_trigger_iopf_on_a_device_that_is_not_a_mock(kernel: str) -> None:
+    """6.12 ``iommufd_test_trigger_iopf`` refuses a device that is not a mock device
+    (``iommufd_selftest_is_mock_dev``: EINVAL); 7.0 has no such check and reports the
+    fault on any bound device (0)."""
+    t = Selftest(kernel=kernel)
+    t.m.add_pci_device("0000:00:02.0")
+    cdev = t.p.open("/dev/vfio/devices/vfio0")
+    out = bytearray(v.BIND_IOMMUFD.pack(16, 0, t.fd, 0))
+    t.p.ioctl(cdev, v.VFIO_DEVICE_BIND_IOMMUFD, out)
+    devid = v.BIND_IOMMUFD.unpack(out)[3]
+    iopf = struct.pack("<IIIIQ", devid, 0, 0, 0, 0)
+    if kernel == "6.12":
+        expect_errno(errno.EINVAL, t.test_cmd, OP_TRIGGER_IOPF, 0, iopf)
+    else:
+        t.test_cmd(OP_TRIGGER_IOPF, 0, iopf)
+    t.p.close(cdev)
     t.close()
 
 

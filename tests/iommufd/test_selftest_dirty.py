@@ -14,8 +14,8 @@ import pytest
 
 from iommulab.iommufd import uapi as u
 
+from ..helpers import expect_errno
 from .selftest_lib import MOCK_APERTURE_START, MOCK_PAGE_SIZE, PAGE_SIZE, Selftest
-from .test_selftest_ioas import expect_errno
 
 NO_DIRTY, HUGE_IOVA = 1 << 0, 1 << 1
 MOCK_HUGE_PAGE_SIZE = 512 * MOCK_PAGE_SIZE

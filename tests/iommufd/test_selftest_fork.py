@@ -11,8 +11,15 @@ import pytest
 
 from iommulab.iommufd import uapi as u
 
-from .selftest_lib import BUFFER_SIZE, MOCK_APERTURE_START, PAGE_SIZE, Selftest
-from .test_selftest_ioas import IoasFix, _access_rw_sweep, expect_errno, f  # noqa: F401
+from ..helpers import expect_errno
+from .selftest_lib import (
+    BUFFER_SIZE,
+    MOCK_APERTURE_START,
+    PAGE_SIZE,
+    IoasFix,
+    Selftest,
+    access_rw_sweep,
+)
 
 
 def _shared_buffer(t: Selftest) -> int:
@@ -21,7 +28,7 @@ def _shared_buffer(t: Selftest) -> int:
     return buf
 
 
-def test_fork_gone(f: IoasFix) -> None:  # noqa: F811
+def test_fork_gone(f: IoasFix) -> None:
     t = f.t
     buf = _shared_buffer(t)
     access = t.create_access(f.ioas)
@@ -33,7 +40,7 @@ def test_fork_gone(f: IoasFix) -> None:  # noqa: F811
     if f.domains:
         # everything was pinned within the fork: the new domain copies from the old one
         t.mock_domain(f.ioas)
-        _access_rw_sweep(t, access, MOCK_APERTURE_START, buf)
+        access_rw_sweep(t, access, MOCK_APERTURE_START, buf)
     else:
         # pinning now would need the child's mm, which is gone
         expect_errno(errno.EFAULT, t.mock_domain, f.ioas)
@@ -41,7 +48,7 @@ def test_fork_gone(f: IoasFix) -> None:  # noqa: F811
     assert child.mm.pinned_vm == (BUFFER_SIZE // PAGE_SIZE if f.domains else 0)
 
 
-def test_fork_present(f: IoasFix) -> None:  # noqa: F811
+def test_fork_present(f: IoasFix) -> None:
     t = f.t
     buf = _shared_buffer(t)
     access = t.create_access(f.ioas)
@@ -50,7 +57,7 @@ def test_fork_present(f: IoasFix) -> None:  # noqa: F811
     t.map_fixed(f.ioas, buf, BUFFER_SIZE, MOCK_APERTURE_START)
     t.p = parent
     t.mock_domain(f.ioas)  # reads the pages from the remote process
-    _access_rw_sweep(t, access, MOCK_APERTURE_START, buf)
+    access_rw_sweep(t, access, MOCK_APERTURE_START, buf)
     assert child.mm.pinned_vm == BUFFER_SIZE // PAGE_SIZE
     assert parent.mm.pinned_vm == 0
     t.p.close(access)

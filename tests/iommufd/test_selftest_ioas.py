@@ -6,7 +6,6 @@ platform, with the kernel's errno. Every test ends with nothing pinned or charge
 from __future__ import annotations
 
 import errno
-import random
 import struct
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ import pytest
 
 from iommulab.iommufd import uapi as u
 
+from ..helpers import expect_errno
 from .selftest_lib import (
     BUFFER_SIZE,
     HUGEPAGE_SIZE,
@@ -21,19 +21,13 @@ from .selftest_lib import (
     MOCK_APERTURE_START,
     MOCK_PAGE_SIZE,
     PAGE_SIZE,
+    IoasFix,
     MockDomain,
     Selftest,
+    access_rw_sweep,
 )
 
-MOCK_ACCESS_RW_WRITE = 1 << 0
-MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
 NEEDS_PIN = 1 << 0
-
-
-def expect_errno(code: int, fn: object, *args: object, **kw: object) -> None:
-    with pytest.raises(OSError) as info:
-        fn(*args, **kw)  # type: ignore[operator]
-    assert info.value.errno == code, (errno.errorcode[code], info.value)
 
 
 # -- FIXTURE(iommufd) -------------------------------------------------------------------------
@@ -116,26 +110,7 @@ def test_global_options(t: Selftest) -> None:
     t.destroy(ioas)
 
 
-# -- FIXTURE(iommufd_ioas) with its variants ---------------------------------------------------
-class IoasFix:
-    def __init__(self, variant: str) -> None:
-        self.t = Selftest()
-        self.ioas = self.t.ioas_alloc()
-        self.domains = {"no_domain": 0, "mock_domain": 1, "two_mock_domain": 2,
-                        "mock_domain_limit": 1}[variant]
-        if variant == "mock_domain_limit":
-            self.t.set_temp_memory_limit(16)
-        self.mds = [self.t.mock_domain(self.ioas) for _ in range(self.domains)]
-        self.base_iova = MOCK_APERTURE_START if self.domains else 0
-
-
-@pytest.fixture(params=["no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit"])
-def f(request: pytest.FixtureRequest) -> Iterator[IoasFix]:
-    fix = IoasFix(request.param)
-    yield fix
-    fix.t.close()
-
-
+# -- FIXTURE(iommufd_ioas) with its variants: IoasFix and the fixture f (conftest.py) --------
 def test_ioas_auto_destroy(f: IoasFix) -> None:
     pass
 
@@ -334,29 +309,11 @@ def test_access_pin_unmap(f: IoasFix) -> None:
     t.p.close(access)
 
 
-def _access_rw_sweep(t: Selftest, access: int, iova: int, buffer: int) -> None:
-    tmp = t.p.mmap(PAGE_SIZE * 4)
-    for access_iova in range(iova + PAGE_SIZE - 50, iova + PAGE_SIZE + 50, 7):
-        for length in range(1, 64, 9):
-            for flags in (0, MOCK_ACCESS_RW_SLOW_PATH):
-                t.p.write(tmp, bytes(length))
-                t.access_rw(access, access_iova, tmp, length, flags)
-                assert t.p.read(tmp, length) == t.p.read(buffer + access_iova - iova, length)
-                data = bytes(random.Random(access_iova + length).randrange(256)
-                             for _ in range(length))
-                t.p.write(tmp, data)
-                t.access_rw(access, access_iova, tmp, length, flags | MOCK_ACCESS_RW_WRITE)
-                assert t.p.read(buffer + access_iova - iova, length) == data
-    t.access_rw(access, iova, tmp, PAGE_SIZE * 4)
-    assert t.p.read(tmp, PAGE_SIZE * 4) == t.p.read(buffer, PAGE_SIZE * 4)
-    t.p.munmap(tmp, PAGE_SIZE * 4)
-
-
 def test_access_rw(f: IoasFix) -> None:
     t, ioas = f.t, f.ioas
     iova = t.map_fixed(ioas, t.buffer, BUFFER_SIZE, MOCK_APERTURE_START)
     access = t.create_access(ioas)
-    _access_rw_sweep(t, access, iova, t.buffer)
+    access_rw_sweep(t, access, iova, t.buffer)
     t.p.close(access)
 
 

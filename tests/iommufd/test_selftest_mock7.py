@@ -15,6 +15,7 @@ import pytest
 
 from iommulab.iommufd import uapi as u
 
+from ..helpers import expect_errno
 from .selftest_lib import (
     HUGEPAGE_SIZE,
     IOMMU_HWPT_DATA_SELFTEST,
@@ -27,7 +28,6 @@ from .selftest_lib import (
     PAGE_SIZE,
     Selftest,
 )
-from .test_selftest_ioas import expect_errno
 
 DIRTY = u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
 NO_CLEAR = u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR

@@ -16,6 +16,7 @@ from iommulab import Machine
 from iommulab.iommufd import uapi as u
 from iommulab.vfio import uapi as v
 
+from ..helpers import expect_errno
 from ..vfio.vm import Vm
 from .selftest_lib import (
     BUFFER_SIZE,
@@ -25,7 +26,6 @@ from .selftest_lib import (
     PAGE_SIZE,
     Selftest,
 )
-from .test_selftest_ioas import expect_errno
 
 VFIO_IOAS = struct.Struct("<IIHH")  # size, ioas_id, op, __reserved
 

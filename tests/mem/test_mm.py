@@ -220,3 +220,27 @@ def test_pin_user_page_runs_makes_no_array_of_the_pages() -> None:
     mm.unpin_user_page_runs(runs)
     mm.close()
     assert mm.mem.pins.pins == 0 and mm.mem.frames.allocated_blocks == 0
+
+
+def test_get_user_pages_is_a_plain_get() -> None:
+    """``get_user_pages_fast(addr, n, 0, pages)`` without FOLL_PIN: the pages are faulted
+    in and nothing is pinned, unshared or marked (MMF_HAS_PINNED stays clear), so a page
+    fork shared stays shared; the walk stops at a hole or a PFNMAP VMA, and with no page
+    at all it is EFAULT."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(4 << 12)
+    mm.write(va, b"shared")
+    child = mm.fork()
+    got = mm.get_user_pages(va, 4)
+    assert len(got) == 4 and (got >= 0).all() and mem.pins.pins == 0
+    assert not mm.has_pinned
+    assert int(got[0]) == int(child.get_user_pages(va, 1)[0])  # not unshared
+    mmio = mm.mmap(2 << 12, mmio_pa=0x1000_0000)
+    with pytest.raises(BadAddress):
+        mm.get_user_pages(mmio, 1)
+    mm.munmap(va + (2 << 12), 1 << 12)
+    assert mm.get_user_pages(va, 4).tolist() == got[:2].tolist()
+    child.close()
+    mm.close()
+    assert mem.frames.allocated_blocks == 0

@@ -19,32 +19,28 @@ from iommulab.iommufd.file import IommufdFile
 from iommulab.iommufd.objects import Device
 from iommulab.vfio import uapi as u
 
+from ..helpers import Host, expect_errno
+
 BDF = "0000:00:02.0"
 SZ_2M = 2 << 20
 
 
-def expect_errno(code: int, fn: object, *args: object) -> None:
-    with pytest.raises(OSError) as info:
-        fn(*args)  # type: ignore[operator]
-    assert info.value.errno == code, (errno.errorcode[code], info.value)
-
-
-class Host:
-    """A process on a one-device machine with a /dev/iommu open."""
+class VfioHost(Host):
+    """A process on a one-device machine with a /dev/iommu open; every VFIO device is
+    checked after each ioctl."""
 
     def __init__(self, kernel: str = "6.12", platform: str = "x86-vtd") -> None:
-        self.m = Machine(platform, ram="1G", kernel=kernel)
-        self.dev = self.m.add_pci_device(BDF)
-        self.p: Process = self.m.spawn_process(memlock_limit="64M")
-        self.iommufd = self.p.open("/dev/iommu")
+        m = Machine(platform, ram="1G", kernel=kernel)
+        self.dev = m.add_pci_device(BDF)
+        p: Process = m.spawn_process(memlock_limit="64M")
+        super().__init__(m, p, p.open("/dev/iommu"))
         f = self.p.files[self.iommufd]
         assert isinstance(f, IommufdFile)
         self.ctx = f.ctx
         self.group_path = f"/dev/vfio/{self.dev.iommu_group}"
 
     def ioctl(self, fd: int, request: int, buf: bytes) -> bytearray:
-        arg = bytearray(buf)
-        self.p.ioctl(fd, request, arg)
+        arg = super().ioctl(fd, request, buf)
         self.check()
         return arg
 
@@ -52,24 +48,8 @@ class Host:
         for vdev in self.m.vfio_devices.values():
             vdev._check()
 
-    def cdev(self) -> int:
-        return self.p.open("/dev/vfio/devices/vfio0")
-
-    def bind(self, cdev: int) -> int:
-        out = self.ioctl(cdev, u.VFIO_DEVICE_BIND_IOMMUFD,
-                         u.BIND_IOMMUFD.pack(16, 0, self.iommufd, 0))
-        return int(u.BIND_IOMMUFD.unpack(out)[3])
-
-    def ioas(self) -> int:
-        out = self.ioctl(self.iommufd, iu.IOMMU_IOAS_ALLOC, iu.IOAS_ALLOC.pack(12, 0, 0))
-        return int(iu.IOAS_ALLOC.unpack(out)[2])
-
-    def attach(self, cdev: int, pt_id: int) -> int:
-        out = self.ioctl(cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-                         u.ATTACH_IOMMUFD_PT.pack(16, 0, pt_id, 0))
-        return int(u.ATTACH_IOMMUFD_PT.unpack(out)[2])
-
-    def map(self, ioas: int, iova: int, length: int = SZ_2M) -> int:
+    def map_buffer(self, ioas: int, iova: int, length: int = SZ_2M) -> int:
+        """``length`` bytes of THP memory mapped at ``iova``: their address."""
         buf = self.p.mmap(length, "thp", populate=True)
         self.ioctl(self.iommufd, iu.IOMMU_IOAS_MAP,
                    iu.IOAS_MAP.pack(40, 7, ioas, 0, buf, length, iova))  # FIXED|W|R
@@ -77,11 +57,11 @@ class Host:
 
     def mapped_through_cdev(self) -> tuple[int, int]:
         """A bound cdev attached to an IOAS with 2M mapped at IOVA 1G."""
-        cdev = self.cdev()
-        self.bind(cdev)
+        cdev = self.open_cdev()
+        self.bind_cdev(cdev)
         ioas = self.ioas()
         self.attach(cdev, ioas)
-        self.map(ioas, 1 << 30)
+        self.map_buffer(ioas, 1 << 30)
         return cdev, ioas
 
     def dma_works(self) -> bool:
@@ -106,9 +86,7 @@ class Host:
     def device_fd(self, kind: str) -> int:
         """A bound cdev, or a device fd of the group set to the iommufd."""
         if kind == "cdev":
-            cdev = self.cdev()
-            self.bind(cdev)
-            return cdev
+            return self.bind(0)[0]
         return self.p.ioctl(self.group_on_iommufd(), u.VFIO_GROUP_GET_DEVICE_FD,
                             BDF.encode() + b"\0")
 
@@ -124,28 +102,28 @@ class Host:
 
 
 @pytest.fixture(params=["6.12", "7.0"])
-def h(request: pytest.FixtureRequest) -> Iterator[Host]:
-    host = Host(request.param)
+def h(request: pytest.FixtureRequest) -> Iterator[VfioHost]:
+    host = VfioHost(request.param)
     yield host
     host.close()
 
 
 @pytest.fixture
-def h612() -> Iterator[Host]:
-    host = Host("6.12")
+def h612() -> Iterator[VfioHost]:
+    host = VfioHost("6.12")
     yield host
     host.close()
 
 
 @pytest.fixture
-def h70() -> Iterator[Host]:
-    host = Host("7.0")
+def h70() -> Iterator[VfioHost]:
+    host = VfioHost("7.0")
     yield host
     host.close()
 
 
 # -- row 4: GET_STATUS of a group on an iommufd -------------------------------------------------
-def test_group_status_with_an_iommufd_is_viable_and_container_set(h: Host) -> None:
+def test_group_status_with_an_iommufd_is_viable_and_container_set(h: VfioHost) -> None:
     """group.c vfio_group_ioctl_get_status: ``vfio_group_has_iommu()`` is a container or an
     iommufd, and then the flags are VIABLE | CONTAINER_SET."""
     g = h.p.open(h.group_path)
@@ -156,7 +134,7 @@ def test_group_status_with_an_iommufd_is_viable_and_container_set(h: Host) -> No
     assert h.group_status(g) == u.VFIO_GROUP_FLAGS_VIABLE
 
 
-def test_group_status_not_viable_while_an_iommufd_owns_its_dma(h: Host) -> None:
+def test_group_status_not_viable_while_an_iommufd_owns_its_dma(h: VfioHost) -> None:
     """Without a container VIABLE needs ``!iommu_group_dma_owner_claimed()``: a device fd
     of the iommufd path outlives its group fd (it holds no reference to it), keeps the
     device bound, and the group opened again is not viable."""
@@ -170,15 +148,15 @@ def test_group_status_not_viable_while_an_iommufd_owns_its_dma(h: Host) -> None:
 
 
 # -- row 11: a bound cdev is a device fd ---------------------------------------------------------
-def test_bound_cdev_answers_the_device_ioctls_and_mmap(h: Host) -> None:
+def test_bound_cdev_answers_the_device_ioctls_and_mmap(h: VfioHost) -> None:
     """vfio_main.c vfio_device_fops_unl_ioctl / _mmap: once ``access_granted``, what is not
     a cdev ioctl goes to ``device->ops`` (vfio-pci) as for a group's device fd; before
     that every ioctl but BIND and mmap are EINVAL."""
-    cdev = h.cdev()
+    cdev = h.open_cdev()
     info = u.DEVICE_INFO.pack(24, 0, 0, 0, 0, 0)
     expect_errno(errno.EINVAL, h.p.ioctl, cdev, u.VFIO_DEVICE_GET_INFO, bytearray(info))
     expect_errno(errno.EINVAL, h.p.mmap, 4096, "anon", "rw", False, cdev, 0)
-    h.bind(cdev)
+    h.bind_cdev(cdev)
     out = u.DEVICE_INFO.unpack(h.ioctl(cdev, u.VFIO_DEVICE_GET_INFO, info))
     assert out[1:4] == (u.VFIO_DEVICE_FLAGS_PCI | u.VFIO_DEVICE_FLAGS_RESET,
                         u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS)
@@ -192,7 +170,7 @@ def test_bound_cdev_answers_the_device_ioctls_and_mmap(h: Host) -> None:
     h.p.munmap(bar, 4096)
 
 
-def test_group_device_fd_refuses_the_cdev_ioctls(h: Host) -> None:
+def test_group_device_fd_refuses_the_cdev_ioctls(h: VfioHost) -> None:
     """BIND_IOMMUFD on a group's device fd reads its struct then is EINVAL (``df->group``);
     ATTACH/DETACH are cdev-only, so vfio-pci gets them and answers ENOTTY."""
     g = h.group_on_iommufd()
@@ -209,7 +187,7 @@ def test_group_device_fd_refuses_the_cdev_ioctls(h: Host) -> None:
 
 
 # -- row 12: DETACH_IOMMUFD_PT and the PASID flag ------------------------------------------------
-def test_612_cdev_knows_no_pasid(h612: Host) -> None:
+def test_612_cdev_knows_no_pasid(h612: VfioHost) -> None:
     """6.12 device_cdev.c: ATTACH and DETACH want ``flags`` 0 (EINVAL otherwise), whatever
     ``argsz``; the refused DETACH leaves the device attached."""
     h = h612
@@ -224,7 +202,7 @@ def test_612_cdev_knows_no_pasid(h612: Host) -> None:
     assert h.dma_works()
 
 
-def test_70_detach_of_an_unattached_pasid_keeps_the_device_attached(h70: Host) -> None:
+def test_70_detach_of_an_unattached_pasid_keeps_the_device_attached(h70: VfioHost) -> None:
     """7.0 vfio_df_ioctl_detach_pt: with VFIO_DEVICE_DETACH_PASID ``argsz`` must cover
     ``pasid`` (EINVAL at 8), then ``vfio_iommufd_physical_pasid_detach_ioas`` returns for a
     PASID not in ``vdev->pasids``: 0, and the RID stays attached. Without the flag the
@@ -244,7 +222,7 @@ def test_70_detach_of_an_unattached_pasid_keeps_the_device_attached(h70: Host) -
     assert not h.dma_works()
 
 
-def test_70_attach_with_the_pasid_flag(h70: Host) -> None:
+def test_70_attach_with_the_pasid_flag(h70: VfioHost) -> None:
     """7.0 vfio_df_ioctl_attach_pt with VFIO_DEVICE_ATTACH_PASID: ``argsz`` must cover
     ``pasid`` (EINVAL at 12); ``ida_alloc_range`` cannot hold a PASID past INT_MAX
     (ENOSPC); ``iommufd_device_attach`` finds no object ``pt_id`` (ENOENT). The refused
@@ -261,29 +239,29 @@ def test_70_attach_with_the_pasid_flag(h70: Host) -> None:
     assert h.dma_works()
 
 
-def _pasid_attach(h: Host, cdev: int, pt_id: int, pasid: int) -> int:
+def _pasid_attach(h: VfioHost, cdev: int, pt_id: int, pasid: int) -> int:
     out = h.ioctl(cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
                   u.ATTACH_IOMMUFD_PT.pack(16, u.VFIO_DEVICE_ATTACH_PASID, pt_id, pasid))
     return int(u.ATTACH_IOMMUFD_PT.unpack(out)[2])
 
 
-def _detach(h: Host, cdev: int, pasid: int | None = None) -> None:
+def _detach(h: VfioHost, cdev: int, pasid: int | None = None) -> None:
     flags = 0 if pasid is None else u.VFIO_DEVICE_DETACH_PASID
     h.ioctl(cdev, u.VFIO_DEVICE_DETACH_IOMMUFD_PT,
             u.DETACH_IOMMUFD_PT.pack(12, flags, pasid or 0))
 
 
-def test_70_pasid_0_attach_is_the_device_attach(h70: Host) -> None:
+def test_70_pasid_0_attach_is_the_device_attach(h70: VfioHost) -> None:
     """7.0 vfio_iommufd_physical_pasid_attach_ioas with PASID 0 (IOMMU_NO_PASID): the
     ida takes 0 and ``iommufd_device_attach(idev, 0, pt_id)`` is the ordinary attach of
     the device: the HWPT id is written back and DMA goes through the IOAS. A second PASID
     0 attach replaces (``ida_exists``). vfio does not set ``iommufd_attached``, so the
     ordinary DETACH leaves it; DETACH with the PASID flag and PASID 0 detaches it."""
     h = h70
-    cdev = h.cdev()
-    h.bind(cdev)
+    cdev = h.open_cdev()
+    h.bind_cdev(cdev)
     ioas = h.ioas()
-    h.map(ioas, 1 << 30)
+    h.map_buffer(ioas, 1 << 30)
     hwpt = _pasid_attach(h, cdev, ioas, 0)
     assert hwpt in h.ctx.objects and hwpt != ioas and h.dma_works()
     other = h.ioas()
@@ -299,7 +277,7 @@ def test_70_pasid_0_attach_is_the_device_attach(h70: Host) -> None:
     _pasid_attach(h, cdev, ioas, 0)  # held at close: unbind detaches vdev->pasids
 
 
-def test_70_pasid_0_and_the_ordinary_attach_exclude_each_other(h70: Host) -> None:
+def test_70_pasid_0_and_the_ordinary_attach_exclude_each_other(h70: VfioHost) -> None:
     """iommufd_hw_pagetable_attach (7.0) finds the device in the attachment of
     IOMMU_NO_PASID already: EBUSY for an ordinary ATTACH while PASID 0 holds it and for a
     PASID 0 ATTACH while the ordinary one does. The refused PASID attach gives its ida
@@ -317,45 +295,45 @@ def test_70_pasid_0_and_the_ordinary_attach_exclude_each_other(h70: Host) -> Non
 
 
 # -- row 13: the group is busy while a cdev is bound ---------------------------------------------
-def test_group_open_is_busy_while_a_cdev_of_its_device_is_bound(h: Host) -> None:
+def test_group_open_is_busy_while_a_cdev_of_its_device_is_bound(h: VfioHost) -> None:
     """group.c vfio_group_fops_open: EBUSY while ``cdev_device_open_cnt`` (raised by
     ``vfio_device_block_group`` at BIND, dropped at unbind). An unbound cdev does not
     count; BIND is EBUSY the other way round."""
-    cdev = h.cdev()
+    cdev = h.open_cdev()
     g = h.p.open(h.group_path)  # an open cdev that is not bound blocks nothing
-    expect_errno(errno.EBUSY, h.bind, cdev)
+    expect_errno(errno.EBUSY, h.bind_cdev, cdev)
     h.p.close(g)
-    h.bind(cdev)
+    h.bind_cdev(cdev)
     expect_errno(errno.EBUSY, h.p.open, h.group_path)
     h.p.close(cdev)
     h.p.close(h.p.open(h.group_path))
 
 
 # -- row 14: a second cdev fd of an open device ---------------------------------------------------
-def test_bind_of_a_second_cdev_fd_is_einval(h: Host) -> None:
+def test_bind_of_a_second_cdev_fd_is_einval(h: VfioHost) -> None:
     """vfio_main.c vfio_df_open: ``open_count != 0 && !df->group`` is EINVAL, so a second
     cdev fd of a bound device cannot bind (no second device object), and neither can a
     cdev while a group's device fd keeps the device open."""
-    first = h.cdev()
-    h.bind(first)
-    second = h.cdev()
-    expect_errno(errno.EINVAL, h.bind, second)
+    first = h.open_cdev()
+    h.bind_cdev(first)
+    second = h.open_cdev()
+    expect_errno(errno.EINVAL, h.bind_cdev, second)
     assert h.devices() == 1
     expect_errno(errno.EINVAL, h.p.ioctl, second, u.VFIO_DEVICE_GET_INFO,
                  bytearray(u.DEVICE_INFO.pack(16, 0, 0, 0, 0, 0)))  # still no access
     h.p.close(first)
-    h.bind(second)  # the device is closed now
+    h.bind_cdev(second)  # the device is closed now
     h.p.close(second)
     g = h.group_on_iommufd()
     dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
     h.p.close(g)  # the iommufd path's device fd holds no reference to the group
-    cdev = h.cdev()
-    expect_errno(errno.EINVAL, h.bind, cdev)
+    cdev = h.open_cdev()
+    expect_errno(errno.EINVAL, h.bind_cdev, cdev)
     h.p.close(dfd)
 
 
 # -- row 15: the group's iommufd path opens a device once ----------------------------------------
-def test_group_iommufd_binds_on_first_open_and_keeps_it_until_the_last(h: Host) -> None:
+def test_group_iommufd_binds_on_first_open_and_keeps_it_until_the_last(h: VfioHost) -> None:
     """group.c vfio_df_group_open: the device is bound by its first open and attached to
     the compatibility IOAS only when ``open_count == 1``; a second device fd only counts,
     and closing one of the two keeps the binding and the attachment."""
@@ -374,11 +352,11 @@ def test_group_iommufd_binds_on_first_open_and_keeps_it_until_the_last(h: Host) 
 
 
 # -- row 17: BIND reads its struct with copy_struct_from_user in 7.0 ------------------------------
-def test_bind_bytes_past_the_struct(h: Host) -> None:
+def test_bind_bytes_past_the_struct(h: VfioHost) -> None:
     """7.0 vfio_df_ioctl_bind_iommufd: ``copy_struct_from_user`` of ``argsz`` bytes, E2BIG
     for a non-zero byte past its 24-byte struct (and EFAULT if ``argsz`` runs past the
     buffer); 6.12 copies 16 bytes and ignores the rest."""
-    cdev = h.cdev()
+    cdev = h.open_cdev()
     arg = bytearray(40)
     u.BIND_IOMMUFD.pack_into(arg, 0, 40, 0, h.iommufd, 0)
     arg[32] = 1
@@ -391,12 +369,12 @@ def test_bind_bytes_past_the_struct(h: Host) -> None:
     assert u.BIND_IOMMUFD.unpack(arg[:16])[3] > 0 and h.devices() == 1
 
 
-def test_bind_token_flag(h: Host) -> None:
+def test_bind_token_flag(h: VfioHost) -> None:
     """VFIO_DEVICE_BIND_FLAG_TOKEN: EINVAL in 6.12 (``flags`` must be 0); in 7.0
     ``vfio_df_check_token`` reads the UUID (EFAULT from a bad pointer) and vfio-pci refuses
     a token for a device that is neither a PF nor a VF (EINVAL). Without the flag the
     pointer is ignored."""
-    cdev = h.cdev()
+    cdev = h.open_cdev()
     uuid = h.p.mmap(4096)
     flag = u.VFIO_DEVICE_BIND_FLAG_TOKEN
     if h.m.kernel >= (6, 17):
@@ -411,7 +389,7 @@ def test_bind_token_flag(h: Host) -> None:
 
 
 # -- references the kernel holds on files --------------------------------------------------------
-def test_a_bound_cdev_keeps_its_iommufd_open(h: Host) -> None:
+def test_a_bound_cdev_keeps_its_iommufd_open(h: VfioHost) -> None:
     """``iommufd_ctx_from_fd`` (BIND) and ``iommufd_device_bind`` take references on the
     iommufd's file: closing the /dev/iommu fd first leaves the context, the device object
     and the DMA mapping in place until the cdev is closed."""
@@ -422,7 +400,7 @@ def test_a_bound_cdev_keeps_its_iommufd_open(h: Host) -> None:
     assert not h.ctx.objects and h.m.mem.pins.pins == 0
 
 
-def test_a_group_keeps_its_iommufd_open(h: Host) -> None:
+def test_a_group_keeps_its_iommufd_open(h: VfioHost) -> None:
     """SET_CONTAINER with an iommufd holds it (``iommufd_ctx_from_file``) until UNSET or
     the group's release: the compatibility IOAS survives the /dev/iommu fd's close and a
     device fd can still be had."""
@@ -457,7 +435,7 @@ def test_a_container_device_fd_keeps_its_group_open() -> None:
     assert m.mem.pins.pins == 0 and p.mm.locked_vm == 0
 
 
-def test_get_device_fd_looks_the_name_up_first(h: Host) -> None:
+def test_get_device_fd_looks_the_name_up_first(h: VfioHost) -> None:
     """group.c vfio_group_ioctl_get_device_fd: ``vfio_device_get_from_name`` (ENODEV) runs
     before ``vfio_df_group_open`` checks for a container or an iommufd (EINVAL)."""
     g = h.p.open(h.group_path)
@@ -467,7 +445,7 @@ def test_get_device_fd_looks_the_name_up_first(h: Host) -> None:
 
 # -- vfio-pci's GET_INFO and GET_REGION_INFO, on either kind of device fd ------------------------
 @pytest.mark.parametrize("kind", ["cdev", "group"])
-def test_device_get_info_writes_back_up_to_argsz(h: Host, kind: str) -> None:
+def test_device_get_info_writes_back_up_to_argsz(h: VfioHost, kind: str) -> None:
     """vfio_pci_ioctl_get_info copies back ``min(argsz, sizeof(info))`` bytes: with
     ``argsz`` 24 ``cap_offset`` and the pad are zeroed, and a 16-byte buffer is EFAULT."""
     cdev = h.device_fd(kind)
@@ -480,7 +458,7 @@ def test_device_get_info_writes_back_up_to_argsz(h: Host, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["cdev", "group"])
-def test_device_region_info_vga_and_cap_offset(h: Host, kind: str) -> None:
+def test_device_region_info_vga_and_cap_offset(h: VfioHost, kind: str) -> None:
     """vfio_pci_ioctl_get_region_info: EINVAL for the VGA region of a device without VGA
     and past the last region; with no capability ``cap_offset`` is copied back as the
     caller passed it; an absent BAR and the ROM read as size 0, flags 0."""

@@ -431,7 +431,9 @@ class MockIommu:
     (:mod:`.mock_pt`), whose tables come from ``mem``."""
 
     pgsize_bitmap = MOCK_IO_PAGE_SIZE
-    takes_user_data = True  # domain_alloc_paging_flags reads HWPT_ALLOC's driver data
+    #: ``mock_ops`` has the op a nested HWPT is allocated with (6.12
+    #: ``domain_alloc_user`` given a parent, 7.0 ``domain_alloc_nested``).
+    has_domain_alloc_nested = True
 
     def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL,
                  mem: PhysMem | None = None) -> None:

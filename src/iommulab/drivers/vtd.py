@@ -43,6 +43,7 @@ from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from ..iommu.pgtbl_domain import PgtblDomainOps
 from ..iommu.pt_domain import PtDomainOps
 from ..iommu.resv import IommuCap, ResvRegion, ResvType
+from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import PhysMem
 from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt
@@ -396,6 +397,10 @@ class IntelIommu:
     VFIO use), as ``kernel`` has it. Devices are behind the first unit unless
     ``unit_of`` says otherwise."""
 
+    #: ``intel_iommu_ops`` has the op a nested HWPT is allocated with (6.12
+    #: ``domain_alloc_user`` given a parent, 7.0 ``domain_alloc_nested``).
+    has_domain_alloc_nested = True
+
     def __init__(self, hw: VtdHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw
         self.kernel = kernel
@@ -435,13 +440,18 @@ class IntelIommu:
         self._legacy_domain(domain, width, -(-(width - 12) // 9), SZ_4K, 0)
         return domain
 
-    def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0, *,
+    def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0,
+                                  user_data: IommuUserData | None = None, *,
                                   type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
         """iommufd's domains. 6.12 ``intel_iommu_domain_alloc_user``
         (``paging_domain_alloc``: as wide as the unit's agaw and MGAW allow, its
         superpages); 7.0 ``intel_iommu_domain_alloc_paging_flags`` (a second-stage
-        domain; legacy mode has no first stage). EOPNOTSUPP for flags the unit cannot
-        honour (no nesting or dirty tracking in legacy mode; PASID is 7.0's)."""
+        domain; legacy mode has no first stage). EOPNOTSUPP for driver data (7.0
+        before anything else, 6.12 after the flags nesting needs) and for flags the unit
+        cannot honour (no nesting or dirty tracking in legacy mode; PASID is 7.0's)."""
+        if user_data is not None and self.generic_pt:
+            raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
+                               f"{user_data.type:#x} for a paging domain")
         unit = self.hw if master is None else master.unit
         known = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
         if self.generic_pt:
@@ -449,8 +459,14 @@ class IntelIommu:
         if flags & ~known:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} are not "
                                f"supported (only {known:#x})")
-        if flags & (HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING):
-            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need nesting or "
+        if flags & HWPT_ALLOC_NEST_PARENT:
+            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need nesting, "
+                               "which legacy mode lacks")
+        if user_data is not None:
+            raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
+                               f"{user_data.type:#x} for a paging domain")
+        if flags & HWPT_ALLOC_DIRTY_TRACKING:
+            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need "
                                "second-stage dirty tracking, which legacy mode lacks")
         domain = IommuDomain(type, kernel=self.kernel)
         if self.generic_pt:

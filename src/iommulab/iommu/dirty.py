@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from ..kernel import LINUX_7_0, KernelVersion
 from .gather import IommuIotlbGather
 
-__all__ = ["IommuDirtyBitmap", "IovaBitmap", "UserIovaBitmap"]
+__all__ = ["CheckedIovaBitmap", "IommuDirtyBitmap", "IovaBitmap", "UserIovaBitmap",
+           "user_iova_bitmap"]
 
 I64Array = npt.NDArray[np.int64]
 
@@ -106,6 +108,47 @@ class IovaBitmap:
         self._bits[:] = False
 
 
+def user_iova_bitmap(kernel: KernelVersion, iova: int, length: int, page_size: int,
+                     data: int) -> CheckedIovaBitmap | UserIovaBitmap:
+    """The ``struct iova_bitmap`` IOMMU_HWPT_GET_DIRTY_BITMAP fills for the user's bitmap
+    at ``data``, as ``kernel``'s ``iova_bitmap_set`` records: 6.12
+    :class:`CheckedIovaBitmap`, 7.0 :class:`UserIovaBitmap`."""
+    if kernel >= LINUX_7_0:
+        return UserIovaBitmap(iova, length, page_size, data)
+    return CheckedIovaBitmap(iova, length, page_size)
+
+
+class CheckedIovaBitmap(IovaBitmap):
+    """Linux 6.12's ``iova_bitmap_set``: a record that does not lie inside the bitmap's
+    range (or is empty) sets nothing and is remembered in ``refused``, for the ioctl to
+    fail with EPROTO (``bitmap->err``)."""
+
+    refused = False
+
+    def set(self, iova: int, length: int) -> None:
+        if not length or iova < self.iova or iova + length > self.iova + self.length:
+            self.refused = True
+            return
+        super().set(iova, length)
+
+    def set_ranges(self, iovas: I64Array, lengths: I64Array) -> None:
+        inside = (lengths > 0) & (iovas >= self.iova) & (iovas + lengths <= self.iova + self.length)
+        if not inside.all():
+            self.refused = True
+        super().set_ranges(iovas[inside], lengths[inside])
+
+    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
+        starts = iova + np.flatnonzero(hit) * size
+        inside = (starts >= self.iova) & (starts + size <= self.iova + self.length)
+        if inside.all():
+            super().set_run(iova, size, hit)
+            return
+        self.refused = True
+        keep = np.zeros_like(hit)
+        keep[np.flatnonzero(hit)[inside]] = True
+        super().set_run(iova, size, keep)
+
+
 class UserIovaBitmap(IovaBitmap):
     """Linux 7.0's ``iova_bitmap_set`` into the user's bitmap at ``data``.
 
@@ -116,8 +159,10 @@ class UserIovaBitmap(IovaBitmap):
     reach: ``iova_bitmap_get`` pins from the page of the start's word, one page more
     than the remaining words need when that word is not page aligned, at most 512
     pages a window. 6.12 refuses such a record instead (EPROTO); 7.0 dropped the
-    check. :meth:`to_bytes` holds those bits too.
+    check (``refused`` stays False). :meth:`to_bytes` holds those bits too.
     """
+
+    refused = False
 
     def __init__(self, iova: int, length: int, page_size: int, data: int) -> None:
         super().__init__(iova, length, page_size)

@@ -13,12 +13,11 @@ mapped). The mock platform adds ``IOMMU_TEST_CMD``
 
 from __future__ import annotations
 
-import bisect
 import errno
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ..errors import (
     BadAddress,
@@ -32,7 +31,7 @@ from ..errors import (
     Overflow,
     kernel_error,
 )
-from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, UserIovaBitmap
+from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, user_iova_bitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
 from ..iommu.user_data import IommuUserData
@@ -121,9 +120,13 @@ class IommufdFile(VfioFile):
         return Account(mode, proc.mm, proc.user, proc.memlock_limit)
 
     def new_pages(self, proc: Process, source: PfnSource, start_byte: int,
-                  length: int, writable: bool) -> IoptPages:
-        """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
+                  length: int, writable: bool, *, uptr: int | None = None) -> IoptPages:
+        """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE;
+        given ``uptr`` (6.12's takes the user address), then EOVERFLOW when ``uptr +
+        length`` wraps; then the allocation."""
         _check_pages_length(length)
+        if uptr is not None:
+            _check_user_wrap(uptr, length)
         self.machine.mem.fail_nth.check("kzalloc(iopt_pages)")
         npages = -(-(length + start_byte) // PAGE_SIZE)
         return IoptPages(source, npages, writable, self.account(proc),
@@ -132,16 +135,16 @@ class IommufdFile(VfioFile):
 
     def map_user_pages(self, proc: Process, ioas: Ioas, user_va: int, length: int,
                        iova: int, prot: int, *, fixed: bool) -> int:
-        """``iopt_map_user_pages``: EOVERFLOW when the user range wraps, tested after the
-        length check of :meth:`new_pages` in 6.12 (``iopt_alloc_pages``) and before it
-        in 7.0 (``iopt_alloc_user_pages``); the IOVA used."""
-        if self.machine.kernel < LINUX_7_0:
-            _check_pages_length(length)
-        if user_va + length > ULONG_MAX:
-            raise Overflow(f"map: user_va {user_va:#x} + length {length:#x} wraps")
+        """``iopt_map_user_pages``: the IOVA used. 7.0's ``iopt_alloc_user_pages`` tests
+        the user range for a wrap (EOVERFLOW) before :meth:`new_pages` tests the length;
+        6.12's ``iopt_alloc_pages`` tests the length first."""
+        new = self.machine.kernel >= LINUX_7_0
+        if new:
+            _check_user_wrap(user_va, length)
         start_byte = user_va % PAGE_SIZE
         pages = self.new_pages(proc, UserSource(proc.mm, user_va - start_byte), start_byte,
-                               length, bool(prot & Prot.WRITE))
+                               length, bool(prot & Prot.WRITE),
+                               uptr=None if new else user_va)
         return self.map_pages(ioas, pages, start_byte, length, iova, prot, fixed=fixed,
                               addr=user_va)
 
@@ -189,24 +192,21 @@ class IommufdFile(VfioFile):
 
     def _ioas_allow_iovas(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
                           num: int, rsvd: int, uptr: int) -> int:
-        """``iommufd_ioas_allow_iovas``: the ranges are read one at a time
-        (``iommufd_ioas_load_iovas``: EFAULT, or EINVAL for ``start >= last`` or an
-        overlap with one read before), then set at once (EADDRINUSE over a
-        reservation)."""
+        """``iommufd_ioas_allow_iovas``: the ranges are read one at a time from user
+        memory (EFAULT) as :meth:`~.iova_space.IovaSpace.set_allowed` checks them, and
+        a node is allocated for each once it passed (``iommufd_ioas_load_iovas``)."""
         if rsvd:
             raise NotSupported("ALLOW_IOVAS: __reserved is not zero")
         ioas = self.ioas(ioas_id)
-        ranges: list[tuple[int, int]] = []
-        for i in range(num):
-            start, last = u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16))
-            if start >= last:
-                raise InvalidArgument(f"ALLOW_IOVAS: range {i} [{start:#x}, {last:#x}]")
-            at = bisect.bisect(ranges, (start, last))
-            below = at and ranges[at - 1][1] >= start
-            if below or (at < len(ranges) and ranges[at][0] <= last):
-                raise InvalidArgument(f"ALLOW_IOVAS: range {i} overlaps another")
-            ranges.insert(at, (start, last))
-        ioas.iopt.space.set_allowed(ranges)
+        fail_nth = self.machine.mem.fail_nth
+
+        def ranges() -> Iterator[tuple[int, int]]:
+            for i in range(num):
+                yield u.IOVA_RANGE.unpack(proc.mm.read(uptr + 16 * i, 16))
+                # resumed when set_allowed asks for the next range: this one is checked
+                fail_nth.check("kzalloc(iopt_allowed)")
+
+        ioas.iopt.space.set_allowed(ranges())
         return 0
 
     def _ioas_map(self, proc: Process, buf: bytearray, usize: int, flags: int, ioas_id: int,
@@ -237,12 +237,12 @@ class IommufdFile(VfioFile):
         start_byte = start % PAGE_SIZE
         source: FileSource | OtherFileSource
         if isinstance(f, MemFdFile):
-            source = FileSource(f.memfd.get(), start - start_byte)
+            source = FileSource(f.memfd, start - start_byte)
         else:
-            f.refs += 1  # get_file
             source = OtherFileSource(f, start - start_byte)
         pages = self.new_pages(proc, source, start_byte, length,
                                bool(flags & u.IOMMU_IOAS_MAP_WRITEABLE))
+        source.hold()  # iopt_alloc_file_pages: get_file once the pages exist
         iova = self.map_pages(ioas, pages, start_byte, length, iova, _prot(flags),
                               fixed=bool(flags & u.IOMMU_IOAS_MAP_FIXED_IOVA), addr=start)
         self._respond(buf, u.IOMMU_IOAS_MAP_FILE, usize, flags, ioas_id, fd, start, length,
@@ -440,7 +440,7 @@ class IommufdFile(VfioFile):
         error (EINVAL for a hole), or EPROTO when the driver reported a range outside
         the bitmap (``iova_bitmap_set`` refuses it); 7.0 returns 0 whatever happened,
         and writes a range that runs past the bitmap's end into the user's memory
-        after it (:class:`~iommulab.iommu.dirty.UserIovaBitmap`). The bits already set
+        after it (:func:`~iommulab.iommu.dirty.user_iova_bitmap`). The bits already set
         stay in the user bitmap either way."""
         if flags & ~u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR or rsvd:
             raise NotSupported(f"GET_DIRTY_BITMAP: flags {flags:#x} or __reserved")
@@ -454,9 +454,8 @@ class IommufdFile(VfioFile):
         areas, done = iopt.contig_run(iova, last)
         if not length:  # 7.0 with iova 0: the bitmap reaches as far as the areas do
             length = max((a.last + 1 for a in areas), default=iova + 1) - iova
-        bitmap = UserIovaBitmap(iova, length, page_size & -page_size, data) \
-            if self.machine.kernel >= LINUX_7_0 else _DirtyBitmap(iova, length,
-                                                                  page_size & -page_size)
+        bitmap = user_iova_bitmap(self.machine.kernel, iova, length, page_size & -page_size,
+                                  data)
         gather = IommuIotlbGather()
         dirty = IommuDirtyBitmap(bitmap, gather)
         err: KernelError | None = None
@@ -474,7 +473,7 @@ class IommufdFile(VfioFile):
         self._or_bitmap(proc, data, bitmap)
         if self.machine.kernel >= LINUX_7_0:
             return 0  # iommu_read_and_clear_dirty ignores iova_bitmap_for_each's result
-        if err is None and isinstance(bitmap, _DirtyBitmap) and bitmap.refused:
+        if err is None and bitmap.refused:
             err = kernel_error(errno.EPROTO, f"GET_DIRTY_BITMAP: the IOMMU reported a dirty "
                                f"range outside [{iova:#x}, {last:#x}]")
         if err is not None:
@@ -598,41 +597,16 @@ def _charge_current(proc: Process, pages: list[IoptPages]) -> None:
         raise
 
 
-class _DirtyBitmap(IovaBitmap):
-    """An :class:`IovaBitmap` that, as 6.12's ``iova_bitmap_set`` does, refuses a record
-    that does not lie inside the bitmap's range (nothing of it is set) and remembers
-    that it did (the ioctl then fails with EPROTO)."""
-
-    refused = False
-
-    def set(self, iova: int, length: int) -> None:
-        if not length or iova < self.iova or iova + length > self.iova + self.length:
-            self.refused = True
-            return
-        super().set(iova, length)
-
-    def set_ranges(self, iovas: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> None:
-        inside = (lengths > 0) & (iovas >= self.iova) & (iovas + lengths <= self.iova + self.length)
-        if not inside.all():
-            self.refused = True
-        super().set_ranges(iovas[inside], lengths[inside])
-
-    def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
-        starts = iova + np.flatnonzero(hit) * size
-        inside = (starts >= self.iova) & (starts + size <= self.iova + self.length)
-        if inside.all():
-            super().set_run(iova, size, hit)
-            return
-        self.refused = True
-        keep = np.zeros_like(hit)
-        keep[np.flatnonzero(hit)[inside]] = True
-        super().set_run(iova, size, keep)
-
-
 def _check_pages_length(length: int) -> None:
     """``iopt_alloc_pages``: EINVAL for a length of 0 or past SIZE_MAX - PAGE_SIZE."""
     if length > _SIZE_MAX - PAGE_SIZE or not length:
         raise InvalidArgument(f"map: length {length:#x}")
+
+
+def _check_user_wrap(uptr: int, length: int) -> None:
+    """``check_add_overflow(uptr, length)``: EOVERFLOW when the user range wraps."""
+    if uptr + length > ULONG_MAX:
+        raise Overflow(f"map: user_va {uptr:#x} + length {length:#x} wraps")
 
 
 def _check_map_args(what: str, flags: int, length: int, *iovas: int, rsvd: int = 0) -> None:

@@ -16,8 +16,7 @@ from merging those lists.
 from __future__ import annotations
 
 import bisect
-import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,19 +101,25 @@ class IovaSpace:
         """``iopt_remove_reserved_iova``: drop every reservation of ``owner``."""
         self.reserved = [r for r in self.reserved if r.owner is not owner]
 
-    def set_allowed(self, ranges: list[tuple[int, int]]) -> None:
-        """``iopt_set_allow_iova``: replace the allowed set at once (``[]`` clears it).
+    def set_allowed(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """``iommufd_ioas_load_iovas`` and ``iopt_set_allow_iova``: replace the allowed set
+        at once (no ranges clear it).
 
-        EINVAL for a range with ``start >= last`` or overlapping another one,
-        EADDRINUSE when one meets a reservation; the old set stays then.
+        Each range is taken from ``ranges`` and checked before the next is taken (the
+        ioctl reads them lazily from user memory, so a fault there comes after the
+        earlier ranges' checks): EINVAL for ``start >= last`` or an overlap with an
+        earlier range. Then EADDRINUSE when one meets a reservation. The old set stays
+        on any error.
         """
-        new = sorted(ranges)
-        for lo, hi in new:
+        new: list[tuple[int, int]] = []
+        for i, (lo, hi) in enumerate(ranges):
             if lo >= hi:
-                raise InvalidArgument(f"allowed range [{lo:#x}, {hi:#x}]: start >= last")
-        for (_, hi), (lo, _) in itertools.pairwise(new):
-            if lo <= hi:
-                raise InvalidArgument(f"allowed ranges overlap at {lo:#x}")
+                raise InvalidArgument(f"allowed range {i} [{lo:#x}, {hi:#x}]: start >= last")
+            at = bisect.bisect(new, (lo, hi))
+            if (at and new[at - 1][1] >= lo) or (at < len(new) and new[at][0] <= hi):
+                raise InvalidArgument(f"allowed range {i} [{lo:#x}, {hi:#x}] overlaps an "
+                                      "earlier one")
+            new.insert(at, (lo, hi))
         for lo, hi in new:
             if self.reserved_first(lo, hi) is not None:
                 raise AddressInUse(f"allowed range [{lo:#x}, {hi:#x}] meets a reservation")

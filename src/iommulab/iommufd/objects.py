@@ -280,7 +280,7 @@ class IommufdCtx:
         :meth:`add` or :meth:`abort_hwpt`."""
         master = _master(idev.dev)
         driver = self.core.driver
-        has_op = hasattr(driver, "domain_alloc_paging_flags")
+        has_op = hasattr(driver, "domain_alloc_paging_flags")  # 6.12: domain_alloc_user
         if (flags or user_data is not None) and not has_op:
             raise NotSupported(f"HWPT_ALLOC: flags {flags:#x} or driver data, and the "
                                "driver cannot allocate with them")
@@ -307,14 +307,9 @@ class IommufdCtx:
                          user_data: IommuUserData | None) -> HwptPaging:
         master = _master(idev.dev)
         driver = self.core.driver
-        takes_data = getattr(driver, "takes_user_data", False)
-        if user_data is not None and not takes_data:  # the VT-d and SMMUv3 drivers refuse it
-            raise NotSupported("HWPT_ALLOC: driver data for a paging HWPT")
-        if takes_data and hasattr(driver, "domain_alloc_paging_flags"):  # the mock
+        if hasattr(driver, "domain_alloc_paging_flags"):  # the driver judges flags and data
             domain = driver.domain_alloc_paging_flags(master, flags & ~_FAULT_ID_VALID,
                                                       user_data)
-        elif hasattr(driver, "domain_alloc_paging_flags"):
-            domain = driver.domain_alloc_paging_flags(master, flags & ~_FAULT_ID_VALID)
         else:
             domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)
         hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto,
@@ -350,9 +345,8 @@ class IommufdCtx:
         lacks as its nesting goes through a vIOMMU); EINVAL for a parent that is
         automatic, not a nest parent, or of another driver."""
         valid = _FAULT_ID_VALID | (_PASID if self.kernel >= LINUX_7_0 else 0)
-        driver = self.core.driver
-        if flags & ~valid or not data_len or \
-                type(driver).__name__ not in _nested_op_drivers(self.kernel):
+        has_op = getattr(self.core.driver, "has_domain_alloc_nested", False)
+        if flags & ~valid or not data_len or not has_op:
             raise NotSupported(f"HWPT_ALLOC: a nested HWPT with flags {flags:#x} and "
                                f"{data_len} bytes of data")
         if parent.auto_domain or not parent.nest_parent:
@@ -690,15 +684,6 @@ def _hwpt_paging_flags(kernel: KernelVersion) -> int:
     if kernel >= LINUX_7_0:
         flags |= _FAULT_ID_VALID | _PASID
     return flags
-
-
-def _nested_op_drivers(kernel: KernelVersion) -> frozenset[str]:
-    """The model's drivers whose kernel ``iommu_ops`` have the op a nested HWPT needs:
-    6.12 ``domain_alloc_user`` (mock, intel, arm-smmu-v3); 7.0 ``domain_alloc_nested``
-    (mock and intel; arm-smmu-v3 nests through a vIOMMU instead)."""
-    if kernel >= LINUX_7_0:
-        return frozenset({"MockIommu", "IntelIommu"})
-    return frozenset({"MockIommu", "IntelIommu", "ArmSmmuDevice"})
 
 
 def _master(dev: DmaDevice) -> Any:

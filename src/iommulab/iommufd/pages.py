@@ -193,16 +193,19 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
 
     ``pfns`` are what the domain maps at pages ``first..`` and ``spans`` the double
     span over them (kind 0: a hole nothing else holds). Each hole is read a batch at a
-    time (``iopt_area_unpin_domain``): at most ``cap`` runs of contiguous PFNs; a batch
-    that reaches the hole's end reads on to the end of its run
+    time (``iopt_area_unpin_domain``): at most ``cap`` entries, each a run of contiguous
+    PFNs; a batch that reaches the hole's end reads on to the end of its run
     (``batch_from_domain_continue``) and unmaps that too, the pages past the hole being
-    the "carry" that the next used span skips (``batch_skip_carry``) and the next hole
-    starts with. Whatever is left after the last hole is unmapped in one call. One
-    loop turn per batch."""
+    the "carry" that stays in entry 0 for the next hole. A used span skips the carry
+    (``batch_skip_carry``) but leaves entry 0 in place even when it swallows all of
+    it: the next batch then has ``cap - 1`` free entries, and the first PFN it reads
+    joins entry 0 if it is the one after the carry's last; with ``cap`` 1 and no join
+    that batch reads nothing and unmaps only the used pages before the hole. Whatever
+    is left after the last hole is unmapped in one call. One loop turn per batch."""
     last = first + len(pfns) - 1
     brk = np.flatnonzero(np.diff(pfns) != 1) + 1 + first  # where a PFN run starts
     out: list[tuple[int, int]] = []
-    unmapped_end, carry = first, 0
+    unmapped_end, carry, entry0 = first, 0, False  # entry0: batch->end is 1, not 0
     for kind, lo, hi in spans:
         if kind:
             carry = max(0, carry - (hi - lo + 1))
@@ -210,11 +213,16 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
         start = lo
         while start <= hi:
             total, batch_last = carry, hi
-            if unmapped_end <= hi:  # a batch: the carry (one run) and new runs up to cap
+            if unmapped_end <= hi:  # a batch: the carry's entry and new runs up to cap
                 read_from = max(start, unmapped_end)
+                # entry 0 ends at the PFN after page unmapped_end - 1's (a break when
+                # read_from is unmapped_end, so only a swallowed carry's entry can join)
+                joins = entry0 and int(pfns[read_from - first]) == \
+                    int(pfns[unmapped_end - 1 - first]) + 1
+                runs = cap - entry0 + joins
                 i = int(np.searchsorted(brk, read_from, side="right"))
-                room = cap - 1 if carry else cap
-                stop = int(brk[i + room - 1]) if i + room - 1 < len(brk) else last + 1
+                stop = read_from if not runs else \
+                    int(brk[i + runs - 1]) if i + runs - 1 < len(brk) else last + 1
                 total += min(stop, hi + 1) - read_from
                 batch_last = start + total - 1
                 if batch_last == hi and hi != last:  # read on to the end of the run
@@ -225,6 +233,7 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
                 unmapped_end = start + total
             start = batch_last + 1
             carry = unmapped_end - batch_last - 1
+            entry0 = carry > 0  # batch_clear_carry
     if unmapped_end != last + 1:
         out.append((unmapped_end, last))
     return out
@@ -301,27 +310,27 @@ class IoptPages:
         self.stats.read_from_domain += hi - lo + 1
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def _pin(self, lo: int, hi: int, chunk: list[int]) -> I64Array:
-        """``pfn_reader_user_pin`` repeated over the hole ``[lo, hi]``: GUP calls of at
-        most ``chunk[0]`` pages, the size of the page array the reader allocated for its
-        first hole (``temp_kmalloc``: that hole's pages, at most the temporary limit).
-        On an error the pages of this hole stay pinned, in ``exc.pinned``."""
-        if not chunk[0]:
-            chunk[0] = max(1, min(hi - lo + 1, self._limit[0] // _UPAGE))
+    def _pin(self, lo: int, hi: int, chunk: int) -> tuple[I64Array, KernelError | None]:
+        """``pfn_reader_user_pin`` repeated over the hole ``[lo, hi]`` in GUP calls of at
+        most ``chunk`` pages: the pages pinned, all of the hole's unless the origin
+        refused one, and that error (the pages before it stay pinned)."""
         parts: list[I64Array] = []
         index = lo
+        err: KernelError | None = None
         try:
             while index <= hi:
                 self.stats.gup_calls += 1
-                got = self.source.pin(index, min(chunk[0], hi - index + 1), self.writable)
+                got = self.source.pin(index, min(chunk, hi - index + 1), self.writable)
                 parts.append(got)
                 self.npinned += len(got)
                 index += len(got)
         except KernelError as e:
-            e.pinned = np.concatenate(parts) if parts else _NO_PFNS  # type: ignore[attr-defined]
-            raise
-        self.stats.pinned_from_origin += hi - lo + 1
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+            err = e
+        else:
+            self.stats.pinned_from_origin += hi - lo + 1
+        if len(parts) == 1:
+            return parts[0], err
+        return (np.concatenate(parts) if parts else _NO_PFNS), err
 
     def read(self, first: int, last: int) -> tuple[I64Array, npt.NDArray[np.bool_]]:
         """``pfn_reader`` over ``[first, last]``: the PFNs, and which of them this read
@@ -340,7 +349,7 @@ class IoptPages:
         n = last - first + 1
         pfns = np.empty(n, dtype=np.int64)
         fresh = np.zeros(n, dtype=np.bool_)
-        chunk = [0]
+        chunk = 0  # the page array temp_kmalloc'ed for the first hole, then reused
         for kind, lo, hi in self._spans(first, last):
             a, b = lo - first, hi - first + 1
             if kind == 1:
@@ -349,14 +358,12 @@ class IoptPages:
             elif kind == 2:
                 pfns[a:b] = self._from_domain(lo, hi)
             else:
-                try:
-                    pfns[a:b] = self._pin(lo, hi, chunk)
-                except KernelError as e:
-                    got: I64Array = e.pinned  # type: ignore[attr-defined]
-                    pfns[a:a + len(got)] = got
-                    fresh[a:a + len(got)] = True
-                    return pfns, fresh, a + len(got), e
-                fresh[a:b] = True
+                chunk = chunk or max(1, min(hi - lo + 1, self._limit[0] // _UPAGE))
+                got, err = self._pin(lo, hi, chunk)
+                pfns[a:a + len(got)] = got
+                fresh[a:a + len(got)] = True
+                if err is not None:
+                    return pfns, fresh, a + len(got), err
         return pfns, fresh, n, None
 
     def _unpin(self, pfns: I64Array) -> None:
@@ -419,28 +426,28 @@ class IoptPages:
         end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
         bounds = np.append(starts[::cap][:nbatch], end)
         entries = self._entries(area, pfns[:stop], starts) if nbatch else []
-        ends = [first + stop] * len(domains)  # how far each domain is filled on an error
+        b = k = 0  # the batch being mapped and the domain it is going into
         try:
             if flush and self.flusher is not None:
                 self.flusher.flush(pfns[:stop], "map")
             for b in range(nbatch):
                 batch = entries[b * cap:(b + 1) * cap]
-                for k, domain in enumerate(domains):
-                    ends = [first + int(bounds[b + (i < k)]) for i in range(len(domains))]
-                    self._batch_to_domain(domain, batch, area.prot, small)
+                for k in range(len(domains)):
+                    self._batch_to_domain(domains[k], batch, area.prot, small)
                 self.stats.batches += 1
-            ends = [first + int(bounds[nbatch])] * len(domains)
+            b, k = nbatch, 0
             if err is not None:
                 raise err
             self.update_pinned()
         except KernelError:
-            for i, domain in enumerate(domains):
-                if ends[i] == first:
+            for i, domain in enumerate(domains):  # domains before k hold batch b too
+                end = int(bounds[b + (i < k)])
+                if not end:
                     continue
                 if i < len(domains) - 1:
-                    self._unmap_range(area, domain, first, ends[i] - 1)
+                    self._unmap_range(area, domain, first, first + end - 1)
                 else:
-                    self._unfill_unmaps(area, domain, ends[i] - 1)
+                    self._unfill_unmaps(area, domain, first + end - 1, pfns[:end])
             self.release(pfns[:stop], fresh[:stop])
             self.update_pinned()
             raise
@@ -489,12 +496,10 @@ class IoptPages:
         self.stats.unmap_calls += 1
 
     def _unfill_unmaps(self, area: IoptArea, domain: IommuDomain, last: int,
-                       pfns: I64Array | None = None) -> None:
+                       pfns: I64Array) -> None:
         """The unmaps of ``__iopt_area_unfill_domain`` over pages ``[area.index, last]``
-        (:func:`unfill_batches`); ``pfns``: what ``domain`` maps there, if already read."""
+        (:func:`unfill_batches`); ``pfns``: what ``domain`` maps there."""
         first = area.index
-        if pfns is None:
-            pfns = _area_pfns(area, domain, first, last)
         spans = self._spans(first, last)
         for lo, hi in unfill_batches(pfns, first, spans, self._batch_cap(last + 1)):
             self._unmap_range(area, domain, lo, hi)

@@ -42,6 +42,7 @@ from ..vfio.files import VfioFile
 from . import uapi as u
 from .iova_space import ULONG_MAX
 from .objects import Access, Device, HwptPaging, Ioas, IommufdCtx, IommufdObject
+from .pages import _BATCH_ELEMENT
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
 
 I64Array = npt.NDArray[np.int64]
+_NO_PFNS = np.zeros(0, dtype=np.int64)
 
 TEST_CMD = struct.Struct("<IIII48sI4x")  # size, op, id, __reserved, union, last
 TEST_CMD_MIN = 68  # offsetofend(last)
@@ -67,7 +69,6 @@ MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
 MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
 MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1  # 6.12 only
 MOCK_FLAGS_DEVICE_PASID = 1 << 2  # 7.0 only
-_GUP_PIN_COUNTING_BIAS = 1024
 _MAX_ACCESS_LENGTH = 16 << 20  # the kvzalloc guard of ACCESS_PAGES and ACCESS_RW
 _MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
@@ -381,8 +382,8 @@ def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 def _set_temp_memory_limit(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """EINVAL below one batch element (``sizeof(unsigned long) + sizeof(u32)``)."""
     (limit,) = struct.unpack_from("<I", cmd.union)
-    if limit < 8 + 4:
-        raise InvalidArgument(f"SET_TEMP_MEMORY_LIMIT: {limit} is below 12")
+    if limit < _BATCH_ELEMENT:
+        raise InvalidArgument(f"SET_TEMP_MEMORY_LIMIT: {limit} is below {_BATCH_ELEMENT}")
     file.ctx.temp_memory_limit[0] = limit
     return False
 
@@ -434,12 +435,13 @@ def _check_iotlb(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 
 def _trigger_iopf(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
-    """``iommufd_test_trigger_iopf``: ENOENT for no such device, EINVAL for one that is
-    not a mock device; the fault is reported and goes nowhere (the model has no fault
-    queues), which is success."""
+    """``iommufd_test_trigger_iopf``: ENOENT for no such device; 6.12 then refuses one
+    that is not a mock device (EINVAL), 7.0 reports the fault on any device. The fault
+    goes nowhere (the model has no fault queues), which is success."""
     (dev_id,) = struct.unpack_from("<I", cmd.union)
     idev: Device = file.ctx.get(dev_id, Device)
-    if idev.holds_ctx:  # only mock devices leave the context alone
+    mock = not idev.holds_ctx  # iommufd_selftest_is_mock_dev: only they leave the ctx alone
+    if not mock and file.machine.kernel < LINUX_7_0:
         raise InvalidArgument(f"TRIGGER_IOPF: device {dev_id} is not a mock device")
     return False
 
@@ -483,29 +485,23 @@ def _access_file(proc: Process, fd: int) -> AccessFile:
 
 
 def _gup(proc: Process, addrs: I64Array) -> tuple[I64Array, KernelError | None]:
-    """``get_user_pages_fast`` of one page at each of ``addrs`` (in order), faulting
-    them in: the pfns up to the first address that cannot be had, and EFAULT for it."""
-    pfns = np.empty(len(addrs), dtype=np.int64)
+    """``get_user_pages_fast`` of the page of each of ``addrs`` (ascending, at most a
+    page apart, as the selftest's checks step), faulting them in: the pfns up to the
+    first address whose page cannot be had, and EFAULT for it. One
+    :meth:`~iommulab.mem.mm.MmStruct.get_user_pages` over the pages they span."""
     pages = addrs >> PAGE_SHIFT
-    i = 0
-    while i < len(addrs):
-        va = int(pages[i]) << PAGE_SHIFT
-        vma = proc.mm.find_vma(va)
-        if vma is None or vma.pfnmap:
-            return pfns[:i], BadAddress(f"GUP: nothing at {va:#x}")
-        j = i + int(np.searchsorted(pages[i:], vma.end >> PAGE_SHIFT))
-        lo, hi = int(pages[i]), int(pages[j - 1])
-        run = _vma_pfns(proc, lo << PAGE_SHIFT, hi - lo + 1)
-        pfns[i:j] = run[pages[i:j] - lo]
-        i = j
+    if not len(pages):
+        return _NO_PFNS, None
+    first = int(pages[0])
+    try:
+        got = proc.mm.get_user_pages(first << PAGE_SHIFT, int(pages[-1]) - first + 1)
+    except BadAddress as e:
+        return _NO_PFNS, e
+    ok = int(np.searchsorted(pages, first + len(got)))  # the addresses whose page was had
+    pfns = got[pages[:ok] - first]
+    if ok < len(addrs):
+        return pfns, BadAddress(f"GUP: nothing at {int(addrs[ok]):#x}")
     return pfns, None
-
-
-def _vma_pfns(proc: Process, addr: int, npages: int) -> I64Array:
-    """The pfn of each of ``npages`` pages from ``addr`` (inside one VMA), faulted in."""
-    runs = proc.mm._runs(addr, npages * PAGE_SIZE, False)
-    return np.concatenate([np.arange(pa >> PAGE_SHIFT, (pa + n) >> PAGE_SHIFT, dtype=np.int64)
-                           for pa, n in runs])
 
 
 def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:

@@ -48,11 +48,15 @@ class UserSource:
 @dataclass
 class FileSource:
     """``IOPT_ADDRESS_FILE``: pages of ``file`` from byte ``start`` (page aligned); the
-    pages hold a reference on the file."""
+    pages hold a reference on the file (:meth:`hold`, once they exist)."""
 
     file: MemFd
     start: int
     is_file = True
+
+    def hold(self) -> None:
+        """``get_file``: the reference :meth:`close` drops."""
+        self.file.get()
 
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         return self.file.pin((self.start >> PAGE_SHIFT) + index, n, write)
@@ -73,6 +77,10 @@ class OtherFileSource:
     file: VfioFile
     start: int
     is_file = True
+
+    def hold(self) -> None:
+        """``get_file``: the reference :meth:`close` drops."""
+        self.file.refs += 1
 
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         raise InvalidArgument("memfd_pin_folios: the file is not a memfd or hugetlbfs file")

@@ -632,6 +632,20 @@ class MmStruct:
             done += n
         return done
 
+    def get_user_pages(self, addr: int, npages: int) -> I64Array:
+        """``get_user_pages_fast(addr, npages, 0, pages)``, a plain read get (no FOLL_PIN,
+        so nothing is unshared or marked pinned): the pfns of the first pages that could
+        be had, faulted in; fewer than ``npages`` at a hole or a PFNMAP, none raises
+        EFAULT. The model keeps no page references, so nothing is held afterwards (the
+        callers ``put_page`` at once)."""
+        out: list[I64Array] = []
+        for vma, first, n in self._gup_vmas(addr, npages, False):
+            self._fault(vma, first, n)
+            out.append(vma.pfns[first:first + n])
+        if not out:
+            raise BadAddress(f"get_user_pages: nothing to get at {addr:#x}")
+        return np.concatenate(out) if len(out) > 1 else out[0].copy()
+
     def _gup_vmas(self, addr: int, npages: int, write: bool) -> Iterator[tuple[Vma, int, int]]:
         """``(vma, first page, pages)`` of ``[addr, addr + npages pages)`` VMA by VMA, up to
         the first page GUP may not pin (a hole, a PFNMAP, a write to a read-only VMA)."""

@@ -58,6 +58,7 @@ from ...iommu import (
     ResvRegion,
     ResvType,
 )
+from ...iommu.user_data import IommuUserData
 from ...kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ...mem import PhysMem
 from ...pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
@@ -125,6 +126,13 @@ def arm_smmu_asid_xa(mem: PhysMem) -> dict[int, ArmSmmuDomain]:
     if xa is None:
         xa = _ASID_XA[mem] = {}
     return xa
+
+
+def _refuse_user_data(user_data: IommuUserData | None) -> None:
+    """A paging domain takes no driver data (``if (user_data) return -EOPNOTSUPP``)."""
+    if user_data is not None:
+        raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
+                           f"{user_data.type:#x} for a paging domain")
 
 
 class Feature(enum.IntFlag):
@@ -478,7 +486,15 @@ class ArmSmmuDevice:
                            Prot.WRITE | Prot.NOEXEC | Prot.MMIO, ResvType.SW_MSI)]
 
     # -- domains ------------------------------------------------------------------------------
-    def domain_alloc_paging_flags(self, master: ArmSmmuMaster, flags: int = 0, *,
+    @property
+    def has_domain_alloc_nested(self) -> bool:
+        """Whether ``arm_smmu_ops`` has the op a nested HWPT is allocated with: 6.12's
+        ``domain_alloc_user`` takes a parent (and refuses it); 7.0 has no
+        ``domain_alloc_nested``, its nesting goes through a vIOMMU."""
+        return self.kernel < LINUX_7_0
+
+    def domain_alloc_paging_flags(self, master: ArmSmmuMaster, flags: int = 0,
+                                  user_data: IommuUserData | None = None, *,
                                   type: DomainType = DomainType.UNMANAGED) -> ArmSmmuDomain:
         """A paging domain for iommufd's HWPT_ALLOC ``flags`` (``IOMMU_HWPT_ALLOC_*``, passed
         as the user gave them, FAULT_ID_VALID taken out), then ``arm_smmu_domain_finalise``.
@@ -489,13 +505,15 @@ class ArmSmmuDevice:
         combination, NEST_PARENT|DIRTY_TRACKING among them, EOPNOTSUPP. 6.12,
         ``arm_smmu_domain_alloc_user``: any flag but DIRTY_TRACKING is EOPNOTSUPP
         (NEST_PARENT and PASID included); the domain is stage 1 unless the SMMU has
-        only stage 2, where dirty tracking is EOPNOTSUPP. Both: ENOMEM when the page
-        table cannot be allocated, EBUSY when ASIDs or ENOSPC when VMIDs run out.
+        only stage 2, where dirty tracking is EOPNOTSUPP. Both refuse driver data
+        (EOPNOTSUPP) right after the unknown flags. Both: ENOMEM when the page table
+        cannot be allocated, EBUSY when ASIDs or ENOSPC when VMIDs run out.
         """
         if self.kernel < LINUX_7_0:
-            return self._domain_alloc_user(flags, type)
+            return self._domain_alloc_user(flags, user_data, type)
         if flags & ~_PAGING_FLAGS:
             raise NotSupported(f"domain_alloc_paging_flags: unknown flags {flags:#x}")
+        _refuse_user_data(user_data)
         f = self.features
         if flags == 0:
             stage = 1 if f & Feature.TRANS_S1 else 2
@@ -517,11 +535,13 @@ class ArmSmmuDevice:
         self._finalise(domain, flags)
         return domain
 
-    def _domain_alloc_user(self, flags: int, type: DomainType) -> ArmSmmuDomain:
-        """``arm_smmu_domain_alloc_user`` (6.12, no parent, no user data)."""
+    def _domain_alloc_user(self, flags: int, user_data: IommuUserData | None,
+                           type: DomainType) -> ArmSmmuDomain:
+        """``arm_smmu_domain_alloc_user`` (6.12) without a parent."""
         if flags & ~_USER_FLAGS_6_12:
             raise NotSupported(f"domain_alloc_user: flags {flags:#x} not supported (only "
                                f"IOMMU_HWPT_ALLOC_DIRTY_TRACKING {_USER_FLAGS_6_12:#x})")
+        _refuse_user_data(user_data)
         # stage 0 from kzalloc is S1; arm_smmu_domain_finalise falls back to what exists
         stage = 1 if self.features & Feature.TRANS_S1 else 2
         domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
