@@ -291,11 +291,13 @@ class _DmarDomain(PgtblDomainOps):
 
 class _LegacyDomain(_DmarDomain):
     """Linux 6.12's ``dmar_domain``: ``agaw`` is the table depth (levels - 2), ``gaw``
-    the width ``intel_iommu_map`` allows, ``max_addr`` the end of the highest map."""
+    the width ``intel_iommu_map`` allows, ``max_addr`` the end of the highest map (or,
+    higher, the top of the width ``paging_domain_alloc`` gave it)."""
 
-    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int, superpage: int) -> None:
+    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int, superpage: int,
+                 max_addr: int) -> None:
         super().__init__(pgtbl, domain, gaw)
-        self.max_addr = 0
+        self.max_addr = max_addr
         self.iommu_superpage = superpage
         self.set_pte_snp = False
         self.has_mappings = False
@@ -432,7 +434,7 @@ class IntelIommu:
             return self.domain_alloc_paging_flags(master, 0, type=type)
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
-        self._legacy_domain(domain, width, -(-(width - 12) // 9), SZ_4K, 0)
+        self._legacy_domain(domain, width, -(-(width - 12) // 9), SZ_4K, 0, max_addr=0)
         return domain
 
     def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0, *,
@@ -459,7 +461,8 @@ class IntelIommu:
             width = min(12 + 9 * (unit.agaw + 2), unit.aw)
             super_bits = unit.sslps.bit_length()  # iommu_superpage_capability
             self._legacy_domain(domain, width, unit.agaw + 2,
-                                SZ_4K | _super_pgsize_bitmap(super_bits), super_bits)
+                                SZ_4K | _super_pgsize_bitmap(super_bits), super_bits,
+                                max_addr=(1 << width) - 1)  # __DOMAIN_MAX_ADDR(addr_width)
         return domain
 
     def _new_table(self, domain: IommuDomain, width: int, levels: int) -> IoPgtable:
@@ -468,10 +471,13 @@ class IntelIommu:
         return IoPgtable(IoPgtableFmt.INTEL_VTD_SS, cfg, fmt, self.hw.mem, domain)
 
     def _legacy_domain(self, domain: IommuDomain, gaw: int, levels: int, pgsizes: int,
-                       superpage: int) -> None:
-        """6.12: a ``dmar_domain`` of ``gaw`` bits over a ``levels``-deep table."""
+                       superpage: int, *, max_addr: int) -> None:
+        """6.12: a ``dmar_domain`` of ``gaw`` bits over a ``levels``-deep table;
+        ``max_addr`` is 0 from ``md_domain_init``, the top of ``gaw`` from
+        ``paging_domain_alloc`` (so ``prepare_domain_attach_device`` refuses an iommufd
+        domain on a narrower unit)."""
         pgtbl = self._new_table(domain, 12 + 9 * levels, levels)
-        domain.ops = _LegacyDomain(pgtbl, domain, gaw, superpage)
+        domain.ops = _LegacyDomain(pgtbl, domain, gaw, superpage, max_addr)
         domain.pgtbl = pgtbl
         domain.pgsize_bitmap = pgsizes
         domain.geometry = DomainGeometry(0, (1 << gaw) - 1, True)
@@ -520,16 +526,18 @@ class IntelIommu:
 
     def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
         """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping
-        and the unit has no snoop control, or something is mapped above what the unit
-        can address; then the domain takes the unit's width (``gaw``, which may grow)
-        and drops table levels the unit cannot walk ("Knock out extra levels")."""
+        and the unit has no snoop control, or its ``max_addr`` (the end of the highest
+        map; for an iommufd domain at least the top of the width it was allocated
+        with) is above what the unit can address; then the domain takes the unit's
+        width (``gaw``, which may grow) and drops table levels the unit cannot walk
+        ("Knock out extra levels")."""
         unit = master.unit
         if ops.force_snooping and not unit.snoop_control:
             raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
                                   "the unit has no snoop control")
         addr_width = min(12 + 9 * (unit.agaw + 2), unit.aw)
         if ops.max_addr > 1 << addr_width:
-            raise InvalidArgument(f"attach {master.sid:#x}: mapped up to {ops.max_addr:#x}, "
+            raise InvalidArgument(f"attach {master.sid:#x}: max_addr {ops.max_addr:#x} is "
                                   f"beyond the unit's {addr_width}-bit width")
         ops.gaw = addr_width
         while unit.agaw < ops.agaw:
