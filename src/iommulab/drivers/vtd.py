@@ -242,6 +242,9 @@ class _DmarDomain(PgtblDomainOps):
     ``enforce_cache_coherency`` succeeded, ``sync_on_map`` the driver's
     ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters and
     ``iommus`` the units it is attached through, with a reference count each.
+    ``iotlb_sync`` (``intel_iommu_tlb_sync``: ``cache_tag_flush_range`` over the
+    gathered range) and ``free`` (``intel_iommu_domain_free``: the tables go without
+    an IOTLB flush, the table has no flush ops) are the io-pgtable domain's.
     """
 
     def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int) -> None:
@@ -256,12 +259,6 @@ class _DmarDomain(PgtblDomainOps):
     @property
     def levels(self) -> int:
         return len(self.pgtbl.format.levels)
-
-    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
-        """``intel_iommu_tlb_sync``: ``cache_tag_flush_range`` over the gathered range."""
-        stats = domain.tlb_stats
-        stats.iotlb_sync += 1
-        stats.sync_bytes += max(gather.end - gather.start + 1, 0)
 
     def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
         """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
@@ -283,10 +280,6 @@ class _DmarDomain(PgtblDomainOps):
         held[1] -= 1
         if not held[1]:
             del self.iommus[id(unit)]
-
-    def free(self, domain: IommuDomain) -> None:
-        """``intel_iommu_domain_free``: the tables go without an IOTLB flush."""
-        self.pgtbl.free()
 
 
 class _LegacyDomain(_DmarDomain):
