@@ -35,7 +35,6 @@ drivers/iommu/generic_pt/fmt/vtdss.h (7.0).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ..errors import BadAddress, DmaFault, InvalidArgument, KernelError, NotSupported
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
@@ -240,8 +239,9 @@ class _DmarDomain(PgtblDomainOps):
 
     ``gaw`` is the IOVA width the domain answers for, ``force_snooping`` whether
     ``enforce_cache_coherency`` succeeded, ``sync_on_map`` the driver's
-    ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters and
-    ``iommus`` the units it is attached through, with a reference count each.
+    ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters. The
+    units it is attached through (``iommu_array``, with a reference per device that
+    ``domain_attach_iommu`` took) are the units of ``devices``.
     ``iotlb_sync`` (``intel_iommu_tlb_sync``: ``cache_tag_flush_range`` over the
     gathered range) and ``free`` (``intel_iommu_domain_free``: the tables go without
     an IOTLB flush, the table has no flush ops) are the io-pgtable domain's.
@@ -254,7 +254,6 @@ class _DmarDomain(PgtblDomainOps):
         self.force_snooping = False
         self.sync_on_map = False
         self.devices: list[_Master] = []
-        self.iommus: dict[int, list[Any]] = {}  # id(unit) -> [unit, refcnt] (iommu_array)
 
     @property
     def levels(self) -> int:
@@ -265,21 +264,9 @@ class _DmarDomain(PgtblDomainOps):
         if self.sync_on_map:
             domain.tlb_stats.sync_map += 1
 
-    def attach_iommu(self, unit: VtdHw) -> bool:
-        """``domain_attach_iommu``: one more reference; True for a new unit."""
-        held = self.iommus.get(id(unit))
-        if held is not None:
-            held[1] += 1
-            return False
-        self.iommus[id(unit)] = [unit, 1]
-        return True
-
-    def detach_iommu(self, unit: VtdHw) -> None:
-        """``domain_detach_iommu``: drop a reference."""
-        held = self.iommus[id(unit)]
-        held[1] -= 1
-        if not held[1]:
-            del self.iommus[id(unit)]
+    def attached_through(self, unit: VtdHw) -> bool:
+        """Whether ``iommu_array`` holds ``unit``: a device behind it is attached."""
+        return any(m.unit is unit for m in self.devices)
 
 
 class _LegacyDomain(_DmarDomain):
@@ -508,11 +495,12 @@ class IntelIommu:
         elif isinstance(ops, _SsDomain):
             self._paging_domain_compatible(ops, master)
         if isinstance(ops, _DmarDomain):
-            if ops.attach_iommu(unit) and isinstance(ops, _LegacyDomain):
+            new_unit = not ops.attached_through(unit)  # domain_attach_iommu's first reference
+            ops.devices.append(master)
+            if new_unit and isinstance(ops, _LegacyDomain):
                 self._domain_update_iommu_cap(ops)
             if isinstance(ops, _LegacyDomain) and unit.caching_mode:
                 ops.sync_on_map = True  # domain_need_iotlb_sync_map
-            ops.devices.append(master)
         if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
             unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, len(domain.pgtbl.format.levels))
         master.domain = domain
@@ -594,11 +582,10 @@ class IntelIommu:
 
     @staticmethod
     def _detach(master: _Master) -> None:
-        """``device_block_translation``: leave the domain (and its unit reference)."""
+        """``device_block_translation``: leave the domain (and drop its unit reference)."""
         old = master.domain
         if old is not None and isinstance(old.ops, _DmarDomain) and master in old.ops.devices:
             old.ops.devices.remove(master)
-            old.ops.detach_iommu(master.unit)
         master.domain = None
 
     # -- capabilities ------------------------------------------------------------------------------
