@@ -580,13 +580,18 @@ class IntelIommu:
             raise InvalidArgument(f"attach {sid:#x}: the domain forces snooping and the unit "
                                   "has no snoop control")
 
-    @staticmethod
-    def _detach(master: _Master) -> None:
-        """``device_block_translation``: leave the domain (and drop its unit reference)."""
+    def _detach(self, master: _Master) -> None:
+        """``device_block_translation``: leave the domain and drop its unit reference
+        (``domain_detach_iommu``); in 6.12 the unit's last reference going runs
+        ``domain_update_iommu_cap``."""
         old = master.domain
-        if old is not None and isinstance(old.ops, _DmarDomain) and master in old.ops.devices:
-            old.ops.devices.remove(master)
         master.domain = None
+        if old is None or not isinstance(old.ops, _DmarDomain) or master not in old.ops.devices:
+            return
+        ops = old.ops
+        ops.devices.remove(master)
+        if isinstance(ops, _LegacyDomain) and not ops.attached_through(master.unit):
+            self._domain_update_iommu_cap(ops)
 
     # -- capabilities ------------------------------------------------------------------------------
     def capable(self, master: _Master, cap: IommuCap) -> bool:

@@ -328,6 +328,32 @@ def test_iommufd_gives_a_narrow_units_device_its_own_hwpt(kernel: str) -> None:
     assert m.mem.pins.pins == 0 and m.mem.iommu_pages == tables
 
 
+def test_612_the_last_device_of_a_unit_leaving_updates_the_aperture() -> None:
+    """6.12 domain_detach_iommu: when the unit's reference count drops to 0 it runs
+    domain_update_iommu_cap, which sets the aperture from gaw. A 48-bit unit's device
+    joining after a 39-bit unit's has cut gaw to 39 sets gaw back to 48
+    (prepare_domain_attach_device) without an update (its unit is already held), so
+    the aperture stays 39 bits until the 39-bit unit's device leaves."""
+    mem = PhysMem("8G")
+    wide, narrow = VtdHw(mem, aw=48), VtdHw(mem, aw=39)
+    drv = IntelIommu(wide, kernel=LINUX_6_12)
+    drv.units.append(narrow)
+    drv.unit_of[0x18] = narrow
+    m1, m2, m3 = drv.probe_device(0x10), drv.probe_device(0x18), drv.probe_device(0x20)
+    d = drv.domain_alloc_paging(m1)
+    apertures = []
+    for m in (m1, m2, m3):
+        drv.attach_dev(d, m)
+        apertures.append(d.geometry.aperture_end.bit_length())
+    drv.release_device(m2)
+    apertures.append(d.geometry.aperture_end.bit_length())
+    assert apertures == [48, 39, 39, 48]
+    for m in (m1, m3):
+        drv.release_device(m)
+    d.free()
+    assert mem.iommu_pages == 0
+
+
 def test_70_attach_checks_sagaw_depth() -> None:
     """7.0 paging_domain_compatible_second_stage: !(cap_sagaw & BIT(pt_info.aw)) is EINVAL
     (a 4-level domain on a 3-level-only unit of the same MGAW)."""
