@@ -237,8 +237,7 @@ class _Master:
 class _DmarDomain(PgtblDomainOps):
     """``struct dmar_domain``: what both releases keep around the table.
 
-    ``gaw`` is the IOVA width the domain answers for, ``force_snooping`` whether
-    ``enforce_cache_coherency`` succeeded, ``sync_on_map`` the driver's
+    ``gaw`` is the IOVA width the domain answers for, ``sync_on_map`` the driver's
     ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters. The
     units it is attached through (``iommu_array``, with a reference per device that
     ``domain_attach_iommu`` took) are the units of ``devices``.
@@ -251,13 +250,25 @@ class _DmarDomain(PgtblDomainOps):
         super().__init__(pgtbl)
         self.domain = domain
         self.gaw = gaw
-        self.force_snooping = False
         self.sync_on_map = False
         self.devices: list[_Master] = []
 
     @property
+    def format(self) -> VtdSsFormat:
+        fmt = self.pgtbl.format
+        assert isinstance(fmt, VtdSsFormat)
+        return fmt
+
+    @property
     def levels(self) -> int:
-        return len(self.pgtbl.format.levels)
+        return len(self.format.levels)
+
+    @property
+    def force_snooping(self) -> bool:
+        """``enforce_cache_coherency`` succeeded: the table puts SNP in new leaves (6.12
+        ``force_snooping`` with ``set_pte_snp``, 7.0 ``force_snooping`` with
+        PT_FEAT_VTDSS_FORCE_COHERENCE); the table's flag is the one record of it."""
+        return self.format.set_pte_snp
 
     def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
         """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
@@ -279,7 +290,6 @@ class _LegacyDomain(_DmarDomain):
         super().__init__(pgtbl, domain, gaw)
         self.max_addr = max_addr
         self.iommu_superpage = superpage
-        self.set_pte_snp = False
         self.has_mappings = False
 
     @property
@@ -304,9 +314,7 @@ class _LegacyDomain(_DmarDomain):
 
     def _map(self, iova: int, paddr: int, size: int, prot: int) -> None:
         """``intel_iommu_map``: EFAULT when ``iova + size`` passes ``2^gaw``."""
-        # IOMMU_READ/IOMMU_WRITE are bits 0/1, as DMA_PTE_READ/DMA_PTE_WRITE
-        attr = int(prot) & (DMA_PTE_READ | DMA_PTE_WRITE) | (DMA_PTE_SNP if self.set_pte_snp
-                                                             else 0)
+        attr = self.format.prot_to_attrs(int(prot))  # READ, WRITE, SNP if set_pte_snp
         end = iova + size
         if self.max_addr < end:
             if (1 << self.gaw) < end:
@@ -532,7 +540,7 @@ class IntelIommu:
         page stays the root, one level lower."""
         pt = ops.pgtbl
         levels = ops.levels - 1
-        fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.set_pte_snp, levels)
+        fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.force_snooping, levels)
         pt.cfg = replace(pt.cfg, ias=12 + 9 * levels)
         first = pt._pgd.item(0)
         if not first & (DMA_PTE_READ | DMA_PTE_WRITE):
@@ -618,14 +626,9 @@ class IntelIommu:
             return True
         if not all(m.unit.snoop_control for m in ops.devices):
             return False
-        if isinstance(ops, _LegacyDomain):
-            if ops.has_mappings:
-                return False
-            ops.set_pte_snp = True
-        fmt = ops.pgtbl.format
-        assert isinstance(fmt, VtdSsFormat)
-        fmt.set_pte_snp = True  # 7.0 PT_FEAT_VTDSS_FORCE_COHERENCE
-        ops.force_snooping = True
+        if isinstance(ops, _LegacyDomain) and ops.has_mappings:
+            return False
+        ops.format.set_pte_snp = True  # and so force_snooping
         return True
 
 
