@@ -54,6 +54,7 @@ from ..pgtable.vtd_ss import (
     DMA_PTE_SNP,
     DMA_PTE_WRITE,
     VtdSsFormat,
+    vtd_levels_for,
     vtd_ss_alloc,
 )
 from ..prot import Prot
@@ -168,6 +169,12 @@ class VtdHw:
     def agaw(self) -> int:
         """6.12 ``iommu_calculate_agaw``: the deepest SAGAW table up to 57 bits (levels - 2)."""
         return (self.sagaw & 0xF).bit_length() - 1
+
+    @property
+    def addr_width(self) -> int:
+        """6.12's ``agaw_to_width(iommu->agaw)`` capped at MGAW: how wide a domain on this
+        unit is (``paging_domain_alloc``) and may be (``prepare_domain_attach_device``)."""
+        return min(12 + 9 * (self.agaw + 2), self.aw)
 
     @property
     def sslps(self) -> int:
@@ -422,7 +429,7 @@ class IntelIommu:
             return self.domain_alloc_paging_flags(master, 0, type=type)
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
-        self._legacy_domain(domain, width, -(-(width - 12) // 9), SZ_4K, 0, max_addr=0)
+        self._legacy_domain(domain, width, vtd_levels_for(width), SZ_4K, 0, max_addr=0)
         return domain
 
     def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0, *,
@@ -446,7 +453,7 @@ class IntelIommu:
         if self.generic_pt:
             self._second_stage_domain(domain, unit)
         else:
-            width = min(12 + 9 * (unit.agaw + 2), unit.aw)
+            width = unit.addr_width
             super_bits = unit.sslps.bit_length()  # iommu_superpage_capability
             self._legacy_domain(domain, width, unit.agaw + 2,
                                 SZ_4K | _super_pgsize_bitmap(super_bits), super_bits,
@@ -524,7 +531,7 @@ class IntelIommu:
         if ops.force_snooping and not unit.snoop_control:
             raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
                                   "the unit has no snoop control")
-        addr_width = min(12 + 9 * (unit.agaw + 2), unit.aw)
+        addr_width = unit.addr_width
         if ops.max_addr > 1 << addr_width:
             raise InvalidArgument(f"attach {master.sid:#x}: max_addr {ops.max_addr:#x} is "
                                   f"beyond the unit's {addr_width}-bit width")
