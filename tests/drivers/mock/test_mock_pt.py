@@ -148,3 +148,4 @@ def test_7_0_dirty_read_of_a_bad_range_fails_without_a_warning(iova: int, size: 
     with pytest.raises(KernelError) as exc:
         d.dirty_ops.read_and_clear_dirty(d, iova, size, 0, IommuDirtyBitmap())
     assert exc.value.errno == err and not d.warnings
+    assert str(exc.value.strerror).startswith("read_and_clear_dirty: ")
