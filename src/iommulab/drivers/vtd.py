@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..errors import BadAddress, DmaFault, InvalidArgument, KernelError, NotSupported
+from ..errors import BadAddress, DmaFault, InvalidArgument, NotSupported
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from ..iommu.pgtbl_domain import PgtblDomainOps
@@ -330,15 +330,10 @@ class _LegacyDomain(_DmarDomain):
                                  f"for the mapped address ({end:#x})")
             self.max_addr = end
         nr_pages = ((paddr & 0xFFF) + size + 0xFFF) >> 12  # aligned_nrpages
-        try:
-            legacy.domain_mapping(self.pgtbl, iova >> 12, paddr >> 12, nr_pages, attr,
-                                  self.iommu_superpage, self._flush_range)
-        except InvalidArgument:  # its checks failed before it set has_mappings
-            raise
-        except KernelError:
-            self.has_mappings = True
-            raise
-        self.has_mappings = True
+        legacy.domain_mapping_checks(self.pgtbl, iova >> 12, nr_pages, attr)
+        self.has_mappings = True  # before the first entry is written, even if none is
+        legacy.domain_mapping(self.pgtbl, iova >> 12, paddr >> 12, nr_pages, attr,
+                              self.iommu_superpage, self._flush_range)
 
     def _flush_range(self, start_pfn: int, end_pfn: int) -> None:
         """``cache_tag_flush_range`` for tables a superpage replaced (counted as a walk

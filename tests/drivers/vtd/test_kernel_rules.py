@@ -565,6 +565,30 @@ def test_enforce_cache_coherency_after_mappings() -> None:
         v.close()
 
 
+def test_612_a_map_counts_as_mappings_once_past_its_checks() -> None:
+    """6.12 __domain_mapping sets has_mappings after its EINVAL checks (no READ/WRITE,
+    beyond the table) and before writing anything: a map they refuse leaves
+    enforce_cache_coherency possible; one that fails later (ENOMEM for a table) does
+    not."""
+    v = _vtd(LINUX_6_12, snoop_control=True)
+    d = v.domain
+    assert d.ops is not None
+    with pytest.raises(OSError) as err:
+        d.ops.map_pages(d, 0x1000, 0x5000, SZ_4K, 1, 0, 0)
+    assert err.value.errno == errno.EINVAL
+    fresh = v.new_domain()
+    v.mem.fail_nth.arm(1)
+    with pytest.raises(OSError) as err:
+        fresh.map(1 << 30, 0x5000, SZ_4K, RW)
+    v.mem.fail_nth.disarm()
+    assert err.value.errno == errno.ENOMEM
+    assert (v.drv.enforce_cache_coherency(d), v.drv.enforce_cache_coherency(fresh)) == (
+        True, False)
+    v.drv.attach_dev(d, v.master)
+    fresh.free()
+    v.close()
+
+
 def test_deferred_flush_capability_and_the_flush_queue() -> None:
     """6.12 intel_iommu_capable lists IOMMU_CAP_DEFERRED_FLUSH; 7.0 does not, and
     dma-iommu's iommu_domain_supports_fq lets generic_pt domains use the queue anyway."""
