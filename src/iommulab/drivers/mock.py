@@ -451,13 +451,17 @@ class MockIommu:
     """``mock_ops``: a blocking default domain, no reserved regions, and paging domains
     as ``kernel`` makes them: 6.12's xarray of 2K slots (1M pages too with
     MOCK_FLAGS_DEVICE_HUGE_IOVA) in the mock aperture, or 7.0's generic_pt AMDv1 table
-    (:mod:`.mock_pt`), whose tables come from ``mem``."""
+    (:mod:`.mock_pt`), whose tables come from ``mem``, the machine's memory (so they
+    share its accounting and fault injection); 7.0 needs it (ValueError without)."""
 
     pgsize_bitmap = MOCK_IO_PAGE_SIZE
     takes_user_data = True  # domain_alloc_paging_flags reads HWPT_ALLOC's driver data
 
     def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL,
                  mem: PhysMem | None = None) -> None:
+        if mem is None and kernel >= LINUX_7_0:
+            raise ValueError(f"MockIommu: Linux {kernel}'s mock keeps generic_pt tables in "
+                             "the machine's memory: pass mem=")
         self.hw = hw
         self.kernel = kernel
         self._mem = mem
@@ -477,9 +481,8 @@ class MockIommu:
 
     @property
     def mem(self) -> PhysMem:
-        """Where 7.0's tables live (a private 1G when the machine gave none)."""
-        if self._mem is None:
-            self._mem = PhysMem("1G")
+        """Where 7.0's tables live."""
+        assert self._mem is not None, "6.12's mock keeps no tables in memory"
         return self._mem
 
     def domain_alloc_paging(self, dev: _MockDev | None = None,

@@ -24,7 +24,7 @@ from iommulab.drivers.mock import (
 from iommulab.errors import DmaFault, KernelError, NoEntry
 from iommulab.iommu import DomainType, IommuDomain
 from iommulab.kernel import KernelVersion
-from iommulab.mem import FailNth
+from iommulab.mem import FailNth, PhysMem
 from iommulab.vfio import Container
 from iommulab.vfio import uapi as u
 
@@ -167,7 +167,8 @@ def test_pasid_flag_is_a_7_0_flag(kernel: str) -> None:
     """mock_domain_alloc_user (6.12) takes IOMMU_HWPT_ALLOC_NEST_PARENT |
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING only; 7.0's mock_domain_alloc_paging_flags adds
     IOMMU_HWPT_ALLOC_PASID."""
-    drv = MockIommu(MockHw(FailNth()), kernel=KernelVersion.parse(kernel))
+    mem = PhysMem("64M")
+    drv = MockIommu(MockHw(mem.fail_nth), kernel=KernelVersion.parse(kernel), mem=mem)
     dev = drv.probe_device(7)
     pasid = 1 << 3
     if kernel == "6.12":
@@ -291,3 +292,12 @@ def test_6_12_dirty_read_is_linear_in_the_layout_changes() -> None:
     took = time.perf_counter() - t0
     assert bitmap.count() == bitmap.npages
     assert took < 4.0, f"{took:.2f} s for {2 * periods} stretches"
+
+
+def test_7_0_mock_needs_the_machines_memory() -> None:
+    """7.0's mock domains are generic_pt tables in the machine's memory (its page
+    accounting and fail_nth): a MockIommu without ``mem`` would keep them in memory of
+    its own, so 7.0 refuses to build one; 6.12's xarray mock needs none."""
+    with pytest.raises(ValueError, match="pass mem="):
+        MockIommu(MockHw(FailNth()), kernel=KernelVersion.parse("7.0"))
+    assert MockIommu(MockHw(FailNth())).domain_alloc_paging().pgsize_bitmap == MOCK_IO_PAGE_SIZE
