@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
-from .format import LEAF, TABLE, BoolArray, U64Array, contig_leaves
+from .format import LEAF, TABLE, BoolArray, U64Array
 from .walker import IOMMU_DIRTY_NO_CLEAR, IoPgtable
 
 __all__ = ["ERANGE_PHYS", "DirtyRanges", "PtIommu", "RangeGather", "pt_compute_best_pgsize",
@@ -124,7 +124,7 @@ class PtIommu(Generic[G]):
         self.max_oasz_lg2 = max_oasz_lg2
         self._new_gather = new_gather
         self._iotlb_sync = iotlb_sync
-        self._contig = contig_leaves(pgtbl.format)
+        self._contig = pgtbl.format.contig_leaves
         # pt_has_system_page_size: the 4K fast path needs 4K items at the last level
         self._system_page = pgtbl._page_size == PAGE_SIZE
 
@@ -468,7 +468,7 @@ class PtIommu(Generic[G]):
         is made write-dirty, not the rest of its leaf. An IOVA outside the table
         (ERANGE) or with nothing mapped (ENOENT) is skipped, as the selftest ignores
         the error."""
-        make_dirty = getattr(self.pgtbl.format, "make_write_dirty", None)
+        make_dirty = self.pgtbl.format.make_write_dirty
         if make_dirty is None:
             raise NotSupported(f"set_dirty: {self.pgtbl.format.name} has no dirty bit")
         iovas = iovas[(iovas >> self.max_vasz_lg2) == 0]
