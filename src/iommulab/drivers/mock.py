@@ -317,7 +317,10 @@ def _slots(pfns: MockPfns, want: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.
 @dataclass
 class _DirtyWalk:
     """The state of one 6.12 ``mock_domain_read_and_clear_dirty`` walk over the present
-    slots ``idx`` (sorted) and their values ``vals`` (cleared as the walk goes)."""
+    slots ``idx`` (sorted) and their values ``vals`` (cleared as the walk goes).
+
+    Each stretch of 2K or of 1M steps looks only at the slots it walks (found by
+    binary search), so a walk costs O(stretches x log slots + slots walked)."""
 
     idx: npt.NDArray[np.int64]
     vals: U64Array
@@ -325,54 +328,74 @@ class _DirtyWalk:
     end: int
     flags: int
     dirty: IommuDirtyBitmap
+    huge: npt.NDArray[np.int64] = field(init=False)  # the HUGE slots (the walk keeps them)
 
-    def _slot_flags(self, slots: npt.NDArray[np.int64], flag: int) -> npt.NDArray[np.bool_]:
-        """Whether each slot is present and carries ``flag``."""
-        if not len(self.idx):
+    def __post_init__(self) -> None:
+        self.huge = self.idx[(self.vals & np.uint64(MOCK_PFN_HUGE_IOVA)) != 0]
+
+    def _are_huge(self, slots: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Whether each slot is present and HUGE."""
+        if not len(self.huge):
             return np.zeros(len(slots), dtype=np.bool_)
-        k = np.minimum(np.searchsorted(self.idx, slots), len(self.idx) - 1)
-        found: npt.NDArray[np.bool_] = (self.idx[k] == slots) & (
-            (self.vals[k] & np.uint64(flag)) != 0)
+        k = np.minimum(np.searchsorted(self.huge, slots), len(self.huge) - 1)
+        found: npt.NDArray[np.bool_] = self.huge[k] == slots
         return found
 
     def is_huge(self, pos: int) -> bool:
-        return bool(self._slot_flags(np.array([pos >> _SHIFT]), MOCK_PFN_HUGE_IOVA)[0])
+        return bool(self._are_huge(np.array([pos >> _SHIFT]))[0])
+
+    def _clear(self, k0: int, k1: int, hit: npt.NDArray[np.bool_]) -> None:
+        """Clear the dirty bit of the slots ``k0 + hit`` unless IOMMU_DIRTY_NO_CLEAR."""
+        if not self.flags & IOMMU_DIRTY_NO_CLEAR:
+            self.vals[k0:k1][hit] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
 
     def small_steps(self, pos: int) -> int:
         """2K steps from ``pos`` up to the first HUGE slot (or the end): each dirty slot is
         recorded as ``(step iova, 2K)`` and cleared; returns where the walk goes on."""
         n = -(-(self.end - pos) // MOCK_IO_PAGE_SIZE)
         s0 = pos >> _SHIFT
-        k0, k1 = np.searchsorted(self.idx, [s0, s0 + n])
-        huge = np.flatnonzero(self.vals[k0:k1] & np.uint64(MOCK_PFN_HUGE_IOVA))
-        steps = int(self.idx[k0 + huge[0]]) - s0 if len(huge) else n
-        k1 = k0 + int(np.searchsorted(self.idx[k0:k1], s0 + steps))
+        h = int(np.searchsorted(self.huge, s0))
+        steps = min(int(self.huge[h]) - s0, n) if h < len(self.huge) else n
+        k0, k1 = (int(k) for k in np.searchsorted(self.idx, [s0, s0 + steps]))
         hit = (self.vals[k0:k1] & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
         if hit.any():
             mask = np.zeros(steps, dtype=np.bool_)
             mask[self.idx[k0:k1][hit] - s0] = True
             self.dirty.record_run(pos, MOCK_IO_PAGE_SIZE, mask)
-            if not self.flags & IOMMU_DIRTY_NO_CLEAR:
-                self.vals[k0:k1][hit] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
+            self._clear(k0, k1, hit)
         return pos + steps * MOCK_IO_PAGE_SIZE
+
+    def _huge_run(self, pos: int) -> int:
+        """How many 1M steps from ``pos`` land on HUGE slots, in windows that double, so
+        the search costs what the run is long."""
+        m = -(-(self.end - pos) // MOCK_HUGE_PAGE_SIZE)
+        done, window = 0, 64
+        while done < m:
+            n = min(window, m - done)
+            slots = (pos >> _SHIFT) + (done + np.arange(n, dtype=np.int64)) * (
+                MOCK_HUGE_PAGE_SIZE >> _SHIFT)
+            huge = self._are_huge(slots)
+            if not huge.all():
+                return done + int(np.argmin(huge))
+            done += n
+            window *= 2
+        return m
 
     def huge_steps(self, pos: int) -> int:
         """1M steps from ``pos`` while the slot stepped on is HUGE: each tests and clears
         the 1M region around it (``mock_test_and_clear_dirty(head, 1M)``) and records
-        ``(step iova, 1M)`` if any slot there was dirty; returns where the walk goes on."""
-        m = -(-(self.end - pos) // MOCK_HUGE_PAGE_SIZE)
-        steps = pos + np.arange(m, dtype=np.int64) * MOCK_HUGE_PAGE_SIZE
-        huge = self._slot_flags(steps >> _SHIFT, MOCK_PFN_HUGE_IOVA)
-        stop = int(np.argmin(huge)) if not huge.all() else m
-        regions = steps[:stop] // MOCK_HUGE_PAGE_SIZE
-        slot_regions = self.idx // (MOCK_HUGE_PAGE_SIZE >> _SHIFT)
-        dirty_slots = (self.vals & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
-        hit = np.isin(regions, slot_regions[dirty_slots])
-        if hit.any():
+        ``(step iova, 1M)`` if any slot there was dirty; returns where the walk goes on.
+        The steps' regions follow one another, so their slots are one slice."""
+        stop = self._huge_run(pos)
+        per = MOCK_HUGE_PAGE_SIZE >> _SHIFT
+        first = pos // MOCK_HUGE_PAGE_SIZE
+        k0, k1 = (int(k) for k in np.searchsorted(self.idx, [first * per, (first + stop) * per]))
+        dirty = (self.vals[k0:k1] & np.uint64(MOCK_PFN_DIRTY_IOVA)) != 0
+        if dirty.any():
+            hit = np.zeros(stop, dtype=np.bool_)
+            hit[self.idx[k0:k1][dirty] // per - first] = True
             self.dirty.record_run(pos, MOCK_HUGE_PAGE_SIZE, hit)
-            if not self.flags & IOMMU_DIRTY_NO_CLEAR:
-                clear = dirty_slots & np.isin(slot_regions, regions[hit])
-                self.vals[clear] &= np.uint64(~MOCK_PFN_DIRTY_IOVA & _U64)
+            self._clear(k0, k1, dirty)
         return pos + stop * MOCK_HUGE_PAGE_SIZE
 
 
@@ -428,7 +451,8 @@ class MockIommu:
     """``mock_ops``: a blocking default domain, no reserved regions, and paging domains
     as ``kernel`` makes them: 6.12's xarray of 2K slots (1M pages too with
     MOCK_FLAGS_DEVICE_HUGE_IOVA) in the mock aperture, or 7.0's generic_pt AMDv1 table
-    (:mod:`.mock_pt`), whose tables come from ``mem``."""
+    (:mod:`.mock_pt`), whose tables come from ``mem``, the machine's memory (so they
+    share its accounting and fault injection); 7.0 needs it (ValueError without)."""
 
     pgsize_bitmap = MOCK_IO_PAGE_SIZE
     #: ``mock_ops`` has the op a nested HWPT is allocated with (6.12
@@ -437,6 +461,9 @@ class MockIommu:
 
     def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL,
                  mem: PhysMem | None = None) -> None:
+        if mem is None and kernel >= LINUX_7_0:
+            raise ValueError(f"MockIommu: Linux {kernel}'s mock keeps generic_pt tables in "
+                             "the machine's memory: pass mem=")
         self.hw = hw
         self.kernel = kernel
         self._mem = mem
@@ -456,9 +483,8 @@ class MockIommu:
 
     @property
     def mem(self) -> PhysMem:
-        """Where 7.0's tables live (a private 1G when the machine gave none)."""
-        if self._mem is None:
-            self._mem = PhysMem("1G")
+        """Where 7.0's tables live."""
+        assert self._mem is not None, "6.12's mock keeps no tables in memory"
         return self._mem
 
     def domain_alloc_paging(self, dev: _MockDev | None = None,

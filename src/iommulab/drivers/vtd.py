@@ -35,9 +35,8 @@ drivers/iommu/generic_pt/fmt/vtdss.h (7.0).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from ..errors import BadAddress, DmaFault, InvalidArgument, KernelError, NotSupported
+from ..errors import BadAddress, DmaFault, InvalidArgument, NotSupported
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from ..iommu.pgtbl_domain import PgtblDomainOps
@@ -56,6 +55,7 @@ from ..pgtable.vtd_ss import (
     DMA_PTE_SNP,
     DMA_PTE_WRITE,
     VtdSsFormat,
+    vtd_levels_for,
     vtd_ss_alloc,
 )
 from ..prot import Prot
@@ -172,6 +172,12 @@ class VtdHw:
         return (self.sagaw & 0xF).bit_length() - 1
 
     @property
+    def addr_width(self) -> int:
+        """6.12's ``agaw_to_width(iommu->agaw)`` capped at MGAW: how wide a domain on this
+        unit is (``paging_domain_alloc``) and may be (``prepare_domain_attach_device``)."""
+        return min(12 + 9 * (self.agaw + 2), self.aw)
+
+    @property
     def sslps(self) -> int:
         """``cap_super_page_val``: QEMU offers 2M and 1G superpages."""
         return SSLPS_2M | SSLPS_1G
@@ -239,66 +245,59 @@ class _Master:
 class _DmarDomain(PgtblDomainOps):
     """``struct dmar_domain``: what both releases keep around the table.
 
-    ``gaw`` is the IOVA width the domain answers for, ``force_snooping`` whether
-    ``enforce_cache_coherency`` succeeded, ``sync_on_map`` the driver's
-    ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters and
-    ``iommus`` the units it is attached through, with a reference count each.
+    ``gaw`` is the IOVA width the domain answers for, ``sync_on_map`` the driver's
+    ``iotlb_sync_map`` flag (caching mode), ``devices`` the attached masters. The
+    units it is attached through (``iommu_array``, with a reference per device that
+    ``domain_attach_iommu`` took) are the units of ``devices``.
+    ``iotlb_sync`` (``intel_iommu_tlb_sync``: ``cache_tag_flush_range`` over the
+    gathered range) and ``free`` (``intel_iommu_domain_free``: the tables go without
+    an IOTLB flush, the table has no flush ops) are the io-pgtable domain's.
     """
 
     def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int) -> None:
         super().__init__(pgtbl)
         self.domain = domain
         self.gaw = gaw
-        self.force_snooping = False
         self.sync_on_map = False
         self.devices: list[_Master] = []
-        self.iommus: dict[int, list[Any]] = {}  # id(unit) -> [unit, refcnt] (iommu_array)
+
+    @property
+    def format(self) -> VtdSsFormat:
+        fmt = self.pgtbl.format
+        assert isinstance(fmt, VtdSsFormat)
+        return fmt
 
     @property
     def levels(self) -> int:
-        return len(self.pgtbl.format.levels)
+        return len(self.format.levels)
 
-    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
-        """``intel_iommu_tlb_sync``: ``cache_tag_flush_range`` over the gathered range."""
-        stats = domain.tlb_stats
-        stats.iotlb_sync += 1
-        stats.sync_bytes += max(gather.end - gather.start + 1, 0)
+    @property
+    def force_snooping(self) -> bool:
+        """``enforce_cache_coherency`` succeeded: the table puts SNP in new leaves (6.12
+        ``force_snooping`` with ``set_pte_snp``, 7.0 ``force_snooping`` with
+        PT_FEAT_VTDSS_FORCE_COHERENCE); the table's flag is the one record of it."""
+        return self.format.set_pte_snp
 
     def iotlb_sync_map(self, domain: IommuDomain, iova: int, size: int) -> None:
         """``intel_iommu_iotlb_sync_map``: in caching mode, invalidate the new range."""
         if self.sync_on_map:
             domain.tlb_stats.sync_map += 1
 
-    def attach_iommu(self, unit: VtdHw) -> bool:
-        """``domain_attach_iommu``: one more reference; True for a new unit."""
-        held = self.iommus.get(id(unit))
-        if held is not None:
-            held[1] += 1
-            return False
-        self.iommus[id(unit)] = [unit, 1]
-        return True
-
-    def detach_iommu(self, unit: VtdHw) -> None:
-        """``domain_detach_iommu``: drop a reference."""
-        held = self.iommus[id(unit)]
-        held[1] -= 1
-        if not held[1]:
-            del self.iommus[id(unit)]
-
-    def free(self, domain: IommuDomain) -> None:
-        """``intel_iommu_domain_free``: the tables go without an IOTLB flush."""
-        self.pgtbl.free()
+    def attached_through(self, unit: VtdHw) -> bool:
+        """Whether ``iommu_array`` holds ``unit``: a device behind it is attached."""
+        return any(m.unit is unit for m in self.devices)
 
 
 class _LegacyDomain(_DmarDomain):
     """Linux 6.12's ``dmar_domain``: ``agaw`` is the table depth (levels - 2), ``gaw``
-    the width ``intel_iommu_map`` allows, ``max_addr`` the end of the highest map."""
+    the width ``intel_iommu_map`` allows, ``max_addr`` the end of the highest map (or,
+    higher, the top of the width ``paging_domain_alloc`` gave it)."""
 
-    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int, superpage: int) -> None:
+    def __init__(self, pgtbl: IoPgtable, domain: IommuDomain, gaw: int, superpage: int,
+                 max_addr: int) -> None:
         super().__init__(pgtbl, domain, gaw)
-        self.max_addr = 0
+        self.max_addr = max_addr
         self.iommu_superpage = superpage
-        self.set_pte_snp = False
         self.has_mappings = False
 
     @property
@@ -323,9 +322,7 @@ class _LegacyDomain(_DmarDomain):
 
     def _map(self, iova: int, paddr: int, size: int, prot: int) -> None:
         """``intel_iommu_map``: EFAULT when ``iova + size`` passes ``2^gaw``."""
-        # IOMMU_READ/IOMMU_WRITE are bits 0/1, as DMA_PTE_READ/DMA_PTE_WRITE
-        attr = int(prot) & (DMA_PTE_READ | DMA_PTE_WRITE) | (DMA_PTE_SNP if self.set_pte_snp
-                                                             else 0)
+        attr = self.format.prot_to_attrs(int(prot))  # READ, WRITE, SNP if set_pte_snp
         end = iova + size
         if self.max_addr < end:
             if (1 << self.gaw) < end:
@@ -334,15 +331,10 @@ class _LegacyDomain(_DmarDomain):
                                  f"for the mapped address ({end:#x})")
             self.max_addr = end
         nr_pages = ((paddr & 0xFFF) + size + 0xFFF) >> 12  # aligned_nrpages
-        try:
-            legacy.domain_mapping(self.pgtbl, iova >> 12, paddr >> 12, nr_pages, attr,
-                                  self.iommu_superpage, self._flush_range)
-        except InvalidArgument:  # its checks failed before it set has_mappings
-            raise
-        except KernelError:
-            self.has_mappings = True
-            raise
-        self.has_mappings = True
+        legacy.domain_mapping_checks(self.pgtbl, iova >> 12, nr_pages, attr)
+        self.has_mappings = True  # before the first entry is written, even if none is
+        legacy.domain_mapping(self.pgtbl, iova >> 12, paddr >> 12, nr_pages, attr,
+                              self.iommu_superpage, self._flush_range)
 
     def _flush_range(self, start_pfn: int, end_pfn: int) -> None:
         """``cache_tag_flush_range`` for tables a superpage replaced (counted as a walk
@@ -437,7 +429,7 @@ class IntelIommu:
             return self.domain_alloc_paging_flags(master, 0, type=type)
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
-        self._legacy_domain(domain, width, -(-(width - 12) // 9), SZ_4K, 0)
+        self._legacy_domain(domain, width, vtd_levels_for(width), SZ_4K, 0, max_addr=0)
         return domain
 
     def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0,
@@ -472,10 +464,11 @@ class IntelIommu:
         if self.generic_pt:
             self._second_stage_domain(domain, unit)
         else:
-            width = min(12 + 9 * (unit.agaw + 2), unit.aw)
+            width = unit.addr_width
             super_bits = unit.sslps.bit_length()  # iommu_superpage_capability
             self._legacy_domain(domain, width, unit.agaw + 2,
-                                SZ_4K | _super_pgsize_bitmap(super_bits), super_bits)
+                                SZ_4K | _super_pgsize_bitmap(super_bits), super_bits,
+                                max_addr=(1 << width) - 1)  # __DOMAIN_MAX_ADDR(addr_width)
         return domain
 
     def _new_table(self, domain: IommuDomain, width: int, levels: int) -> IoPgtable:
@@ -484,10 +477,13 @@ class IntelIommu:
         return IoPgtable(IoPgtableFmt.INTEL_VTD_SS, cfg, fmt, self.hw.mem, domain)
 
     def _legacy_domain(self, domain: IommuDomain, gaw: int, levels: int, pgsizes: int,
-                       superpage: int) -> None:
-        """6.12: a ``dmar_domain`` of ``gaw`` bits over a ``levels``-deep table."""
+                       superpage: int, *, max_addr: int) -> None:
+        """6.12: a ``dmar_domain`` of ``gaw`` bits over a ``levels``-deep table;
+        ``max_addr`` is 0 from ``md_domain_init``, the top of ``gaw`` from
+        ``paging_domain_alloc`` (so ``prepare_domain_attach_device`` refuses an iommufd
+        domain on a narrower unit)."""
         pgtbl = self._new_table(domain, 12 + 9 * levels, levels)
-        domain.ops = _LegacyDomain(pgtbl, domain, gaw, superpage)
+        domain.ops = _LegacyDomain(pgtbl, domain, gaw, superpage, max_addr)
         domain.pgtbl = pgtbl
         domain.pgsize_bitmap = pgsizes
         domain.geometry = DomainGeometry(0, (1 << gaw) - 1, True)
@@ -525,27 +521,30 @@ class IntelIommu:
         elif isinstance(ops, _SsDomain):
             self._paging_domain_compatible(ops, master)
         if isinstance(ops, _DmarDomain):
-            if ops.attach_iommu(unit) and isinstance(ops, _LegacyDomain):
+            new_unit = not ops.attached_through(unit)  # domain_attach_iommu's first reference
+            ops.devices.append(master)
+            if new_unit and isinstance(ops, _LegacyDomain):
                 self._domain_update_iommu_cap(ops)
             if isinstance(ops, _LegacyDomain) and unit.caching_mode:
                 ops.sync_on_map = True  # domain_need_iotlb_sync_map
-            ops.devices.append(master)
         if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
             unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, len(domain.pgtbl.format.levels))
         master.domain = domain
 
     def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
         """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping
-        and the unit has no snoop control, or something is mapped above what the unit
-        can address; then the domain takes the unit's width (``gaw``, which may grow)
-        and drops table levels the unit cannot walk ("Knock out extra levels")."""
+        and the unit has no snoop control, or its ``max_addr`` (the end of the highest
+        map; for an iommufd domain at least the top of the width it was allocated
+        with) is above what the unit can address; then the domain takes the unit's
+        width (``gaw``, which may grow) and drops table levels the unit cannot walk
+        ("Knock out extra levels")."""
         unit = master.unit
         if ops.force_snooping and not unit.snoop_control:
             raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
                                   "the unit has no snoop control")
-        addr_width = min(12 + 9 * (unit.agaw + 2), unit.aw)
+        addr_width = unit.addr_width
         if ops.max_addr > 1 << addr_width:
-            raise InvalidArgument(f"attach {master.sid:#x}: mapped up to {ops.max_addr:#x}, "
+            raise InvalidArgument(f"attach {master.sid:#x}: max_addr {ops.max_addr:#x} is "
                                   f"beyond the unit's {addr_width}-bit width")
         ops.gaw = addr_width
         while unit.agaw < ops.agaw:
@@ -559,7 +558,7 @@ class IntelIommu:
         page stays the root, one level lower."""
         pt = ops.pgtbl
         levels = ops.levels - 1
-        fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.set_pte_snp, levels)
+        fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.force_snooping, levels)
         pt.cfg = replace(pt.cfg, ias=12 + 9 * levels)
         first = pt._pgd.item(0)
         if not first & (DMA_PTE_READ | DMA_PTE_WRITE):
@@ -607,14 +606,18 @@ class IntelIommu:
             raise InvalidArgument(f"attach {sid:#x}: the domain forces snooping and the unit "
                                   "has no snoop control")
 
-    @staticmethod
-    def _detach(master: _Master) -> None:
-        """``device_block_translation``: leave the domain (and its unit reference)."""
+    def _detach(self, master: _Master) -> None:
+        """``device_block_translation``: leave the domain and drop its unit reference
+        (``domain_detach_iommu``); in 6.12 the unit's last reference going runs
+        ``domain_update_iommu_cap``."""
         old = master.domain
-        if old is not None and isinstance(old.ops, _DmarDomain) and master in old.ops.devices:
-            old.ops.devices.remove(master)
-            old.ops.detach_iommu(master.unit)
         master.domain = None
+        if old is None or not isinstance(old.ops, _DmarDomain) or master not in old.ops.devices:
+            return
+        ops = old.ops
+        ops.devices.remove(master)
+        if isinstance(ops, _LegacyDomain) and not ops.attached_through(master.unit):
+            self._domain_update_iommu_cap(ops)
 
     # -- capabilities ------------------------------------------------------------------------------
     def capable(self, master: _Master, cap: IommuCap) -> bool:
@@ -641,14 +644,9 @@ class IntelIommu:
             return True
         if not all(m.unit.snoop_control for m in ops.devices):
             return False
-        if isinstance(ops, _LegacyDomain):
-            if ops.has_mappings:
-                return False
-            ops.set_pte_snp = True
-        fmt = ops.pgtbl.format
-        assert isinstance(fmt, VtdSsFormat)
-        fmt.set_pte_snp = True  # 7.0 PT_FEAT_VTDSS_FORCE_COHERENCE
-        ops.force_snooping = True
+        if isinstance(ops, _LegacyDomain) and ops.has_mappings:
+            return False
+        ops.format.set_pte_snp = True  # and so force_snooping
         return True
 
 

@@ -79,13 +79,20 @@ class IovaBitmap:
         self._mark(first[keep] >> self._shift, last[keep] >> self._shift)
 
     def _mark(self, first: I64Array, last: I64Array) -> None:
-        """Set bits ``[first[i], last[i]]`` for each ``i`` (all inside ``_bits``)."""
+        """Set bits ``[first[i], last[i]]`` for each ``i`` (all inside ``_bits``), in
+        O(ranges + bits from the lowest ``first`` to the highest ``last``): a dirty read
+        marks once per table, so the cost must not grow with the whole bitmap."""
         if not len(first):
             return
-        edges = np.zeros(len(self._bits) + 1, dtype=np.int64)
-        np.add.at(edges, first, 1)
-        np.add.at(edges, last + 1, -1)
-        self._bits |= np.cumsum(edges[:-1]) > 0
+        lo, hi = int(first.min()), int(last.max()) + 1
+        if len(first) == 1:
+            self._bits[lo:hi] = True
+            return
+        span = hi - lo
+        # ranges open at each bit of the span: +1 where one starts, -1 after one ends
+        depth = np.bincount(first - lo, minlength=span + 1) - \
+            np.bincount(last + 1 - lo, minlength=span + 1)
+        self._bits[lo:hi] |= np.cumsum(depth[:span]) > 0
 
     def is_set(self, iova: int) -> bool:
         return bool(self._bits[(iova - self.iova) >> self._shift])

@@ -98,6 +98,7 @@ class Amdv1Format:
     split_mark = 1 << 1  # an ignored bit; the lab's split/merge do not run here
     kind_mask = _KIND_MASK
     table_key_mask = OA_MASK
+    split_blk_unmap = None  # generic_pt refuses to unmap part of a leaf
 
     def __init__(self, variant: Amdv1Variant, top_level: int, vasz_lg2: int,
                  force_coherence: bool = False) -> None:
@@ -192,6 +193,11 @@ class Amdv1Format:
         if (pte >> 9) & 7 == NL_SIZE:
             field &= field + 1
         return field << self._g
+
+    @property
+    def contig_leaves(self) -> Amdv1Format:
+        """A leaf may cover several items (its encoded page size): the hooks are below."""
+        return self
 
     def contig_lg2(self, pte: int, depth: int) -> int:
         """``amdv1pt_entry_num_contig_lg2``: log2 of the items one leaf covers, read as the

@@ -34,7 +34,7 @@ from .cfg import (
     IoPgtableFmt,
     Quirk,
 )
-from .format import INVALID, LEAF, TABLE, BoolArray, Level, U64Array
+from .format import INVALID, LEAF, TABLE, BoolArray, Level, SplitBlkUnmap, U64Array
 
 if TYPE_CHECKING:
     from .walker import IoPgtable
@@ -293,6 +293,8 @@ class ArmLpaeFormat:
     split_mark = PTE_SW_SPLIT
     kind_mask = TYPE_MASK
     table_key_mask = ADDR_MASK  # the NLTA field, packed as paddr_to_iopte packs it
+    contig_leaves = None  # every leaf is one entry (the contiguous hint is not modelled)
+    make_write_dirty = None
 
     def __init__(self, fmt: IoPgtableFmt, cfg: IoPgtableCfg, geo: _Geometry) -> None:
         self.fmt = fmt
@@ -323,7 +325,8 @@ class ArmLpaeFormat:
         self._leaf_type_u64 = tuple(np.uint64(t) for t in self._leaf_type)
         self._table_bits = TYPE_TABLE | (PTE_NSTABLE if cfg.quirks & Quirk.ARM_NS else 0)
         # The walker's answer to unmapping part of a block: 6.12 splits it, 6.13+ refuse.
-        self.split_blk_unmap = split_blk_unmap if cfg.kernel < (6, 13) else None
+        self.split_blk_unmap: SplitBlkUnmap | None = \
+            split_blk_unmap if cfg.kernel < (6, 13) else None
         # iopte_leaf / iopte_table by type bits; types 0b00 and 0b10 are invalid.
         self.kinds: tuple[tuple[int, ...], ...] = tuple(
             (INVALID, LEAF, INVALID, LEAF) if d == self.last_depth

@@ -9,8 +9,9 @@ descent) and array form (a run of entries of one table, for bulk work).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from .walker import IoPgtable
 
 __all__ = ["INVALID", "LEAF", "TABLE", "BoolArray", "ContigLeaves", "Level", "PtFormat",
-           "SplitBlkUnmap", "U64Array", "contig_leaves"]
+           "SplitBlkUnmap", "U64Array"]
 
 U64Array = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
@@ -59,6 +60,18 @@ class SplitBlkUnmap(Protocol):
                  size: int, pgcount: int, gather: Any) -> int | None: ...
 
 
+class ContigLeaves(Protocol):
+    """Hooks of a format whose leaves may cover several items of one table (generic_pt's
+    contiguous entries, AMDv1's encoded page sizes): each item of such a leaf holds the
+    same entry, and ``leaf_oa`` is the OA at the leaf's start."""
+
+    def contig_lg2(self, pte: int, depth: int) -> int:
+        """``pt_entry_num_contig_lg2``: log2 of the items the leaf ``pte`` covers."""
+
+    def contig_lg2s(self, ptes: U64Array, depth: int) -> U64Array:
+        """:meth:`contig_lg2` of many leaves."""
+
+
 class PtFormat(Protocol):
     """Per-format hooks; ``depth`` indexes :attr:`levels` (0 = top).
 
@@ -66,6 +79,9 @@ class PtFormat(Protocol):
     single map or lookup costs a few operations per level: ``kinds[depth]``
     indexed by ``pte & kind_mask`` gives INVALID/TABLE/LEAF, and
     ``pte & table_key_mask`` identifies the next-level table.
+
+    The optional hooks (:attr:`split_blk_unmap`, :attr:`contig_leaves`,
+    :attr:`make_write_dirty`) are None where a format has none.
     """
 
     name: str
@@ -103,19 +119,15 @@ class PtFormat(Protocol):
     def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None: ...
     def describe(self, pte: int, depth: int) -> str: ...
 
+    @property
+    def split_blk_unmap(self) -> SplitBlkUnmap | None:
+        """What an unmap inside a larger leaf does (ARM LPAE under 6.12), else None."""
 
-class ContigLeaves(Protocol):
-    """Hooks of a format whose leaves may cover several items of one table (generic_pt's
-    contiguous entries, AMDv1's encoded page sizes): each item of such a leaf holds the
-    same entry, and ``leaf_oa`` is the OA at the leaf's start."""
+    @property
+    def contig_leaves(self) -> ContigLeaves | None:
+        """The contiguous-leaf hooks, or None if every leaf is one item."""
 
-    def contig_lg2(self, pte: int, depth: int) -> int:
-        """``pt_entry_num_contig_lg2``: log2 of the items the leaf ``pte`` covers."""
-
-    def contig_lg2s(self, ptes: U64Array, depth: int) -> U64Array:
-        """:meth:`contig_lg2` of many leaves."""
-
-
-def contig_leaves(pt: PtFormat) -> ContigLeaves | None:
-    """``pt``'s contiguous-leaf hooks, or None if every leaf is one item."""
-    return cast(ContigLeaves, pt) if hasattr(pt, "contig_lg2s") else None
+    @property
+    def make_write_dirty(self) -> Callable[[U64Array], U64Array] | None:
+        """``pt_entry_make_write_dirty`` of many items (generic_pt's ``set_dirty``, for the
+        iommufd selftest), or None where the format has no such op."""

@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
-from .format import LEAF, TABLE, BoolArray, U64Array, contig_leaves
+from .format import LEAF, TABLE, BoolArray, U64Array
 from .walker import IOMMU_DIRTY_NO_CLEAR, IoPgtable
 
 __all__ = ["ERANGE_PHYS", "DirtyRanges", "PtIommu", "RangeGather", "pt_compute_best_pgsize",
@@ -124,7 +124,7 @@ class PtIommu(Generic[G]):
         self.max_oasz_lg2 = max_oasz_lg2
         self._new_gather = new_gather
         self._iotlb_sync = iotlb_sync
-        self._contig = contig_leaves(pgtbl.format)
+        self._contig = pgtbl.format.contig_leaves
         # pt_has_system_page_size: the 4K fast path needs 4K items at the last level
         self._system_page = pgtbl._page_size == PAGE_SIZE
 
@@ -165,7 +165,7 @@ class PtIommu(Generic[G]):
             raise OutOfRange(f"map_range: paddr {paddr:#x} is beyond the table's "
                              f"{self.max_oasz_lg2}-bit output addresses")
         attrs = pt.format.prot_to_attrs(prot)  # pt_iommu_set_prot
-        last = self._make_range(iova, length)
+        last = self._make_range(iova, length, "map_range")
         single = self._system_page and length == PAGE_SIZE
         if single:
             if (iova | paddr) & (PAGE_SIZE - 1):
@@ -468,7 +468,7 @@ class PtIommu(Generic[G]):
         is made write-dirty, not the rest of its leaf. An IOVA outside the table
         (ERANGE) or with nothing mapped (ENOENT) is skipped, as the selftest ignores
         the error."""
-        make_dirty = getattr(self.pgtbl.format, "make_write_dirty", None)
+        make_dirty = self.pgtbl.format.make_write_dirty
         if make_dirty is None:
             raise NotSupported(f"set_dirty: {self.pgtbl.format.name} has no dirty bit")
         iovas = iovas[(iovas >> self.max_vasz_lg2) == 0]
@@ -488,9 +488,7 @@ class PtIommu(Generic[G]):
         item short of the leaf when the range covers it (a kernel wart kept: a 4K leaf
         of the mock's 2K items records 2K). O(tables touched), a vector step per
         table."""
-        if not size:
-            raise InvalidArgument("read_and_clear_dirty: size 0")
-        last = self._make_range(iova, size)
+        last = self._make_range(iova, size, "read_and_clear_dirty")
         self._check_range(iova, last, "read_and_clear_dirty")
         self._dirty_level(self.pgtbl._pgd, 0, iova, last, iova, flags, dirty)
 
@@ -555,13 +553,14 @@ class PtIommu(Generic[G]):
 
     # -- checks -------------------------------------------------------------------------------
     @staticmethod
-    def _make_range(iova: int, length: int) -> int:
-        """``make_range_no_check``: the last IOVA (EINVAL for 0 bytes, EOVERFLOW on wrap)."""
+    def _make_range(iova: int, length: int, what: str) -> int:
+        """``make_range_no_check`` for the operation ``what``: the last IOVA (EINVAL for 0
+        bytes, EOVERFLOW on wrap)."""
         if not length:
-            raise InvalidArgument("map_range: length 0")
+            raise InvalidArgument(f"{what}: length 0")
         last = iova + length - 1
         if last > _U64_MAX:
-            raise Overflow(f"map_range: [{iova:#x}, +{length:#x}) wraps past 2^64")
+            raise Overflow(f"{what}: [{iova:#x}, +{length:#x}) wraps past 2^64")
         return last
 
     def _check_range(self, iova: int, last: int, what: str) -> None:

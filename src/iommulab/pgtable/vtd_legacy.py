@@ -43,6 +43,7 @@ __all__ = [
     "DMA_FL_PTE_PRESENT",
     "DmaPte",
     "domain_mapping",
+    "domain_mapping_checks",
     "domain_pfn_supported",
     "domain_unmap",
     "hardware_largepage_caps",
@@ -140,18 +141,23 @@ def hardware_largepage_caps(support: int, iov_pfn: int, phy_pfn: int, pages: int
     return level
 
 
-def domain_mapping(pt: IoPgtable, iov_pfn: int, phys_pfn: int, nr_pages: int, prot: int,
-                   superpage: int, flush: FlushRange) -> None:
-    """``__domain_mapping``: map ``nr_pages`` 4K pages, superpages where ``superpage``
-    levels and the alignment allow. EINVAL beyond the table or without READ/WRITE,
-    ENOMEM when a table cannot be had (entries written so far stay). Entries already
-    set at 4K are kept with a WARN each; superpages replace what was there
-    (``switch_to_super_page``). O(table pages written)."""
+def domain_mapping_checks(pt: IoPgtable, iov_pfn: int, nr_pages: int, prot: int) -> None:
+    """``__domain_mapping``'s checks, made before it marks the domain as having mappings
+    (``has_mappings``, the driver's): EINVAL beyond the table or without READ/WRITE."""
     if not domain_pfn_supported(pt, iov_pfn + nr_pages - 1):
         raise InvalidArgument(f"__domain_mapping: pfn {iov_pfn + nr_pages - 1:#x} is beyond "
                               f"the {len(pt.format.levels)}-level table")
     if not prot & _PRESENT:
         raise InvalidArgument(f"__domain_mapping: prot {prot:#x} has neither READ nor WRITE")
+
+
+def domain_mapping(pt: IoPgtable, iov_pfn: int, phys_pfn: int, nr_pages: int, prot: int,
+                   superpage: int, flush: FlushRange) -> None:
+    """``__domain_mapping`` once :func:`domain_mapping_checks` passed: map ``nr_pages`` 4K
+    pages, superpages where ``superpage`` levels and the alignment allow. ENOMEM when a
+    table cannot be had (entries written so far stay). Entries already set at 4K are
+    kept with a WARN each; superpages replace what was there
+    (``switch_to_super_page``). O(table pages written)."""
     attr = prot & (DMA_PTE_READ | DMA_PTE_WRITE | DMA_PTE_SNP) | DMA_FL_PTE_PRESENT
     pt.stats.map_pages += 1
     if nr_pages == 1:  # lab: one page into a last-level table that exists

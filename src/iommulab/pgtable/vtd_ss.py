@@ -101,6 +101,9 @@ class VtdSsFormat:
     split_mark = PTE_SW_SPLIT
     kind_mask = _KIND_MASK
     table_key_mask = ADDR_MASK
+    split_blk_unmap = None  # generic_pt and 6.12's own code never split a superpage
+    contig_leaves = None
+    make_write_dirty = None  # no second-stage dirty tracking in the modelled legacy mode
 
     def __init__(self, cfg: IoPgtableCfg, set_pte_snp: bool, nlevels: int) -> None:
         self.levels = tuple(

@@ -26,7 +26,7 @@ from ..kernel import LINUX_7_0
 from ..mem import PhysMem
 from ..prot import Prot
 from .cfg import IoPgtableCfg, IoPgtableFmt, Quirk
-from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array, contig_leaves
+from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array
 from .reshape import StepHook, merge_pages, split_blocks
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
@@ -102,7 +102,7 @@ class IoPgtable:
         self._levels = pt.levels
         self._last = len(pt.levels) - 1
         # Optional format hook for an unmap inside a larger leaf (ARM LPAE under 6.12).
-        self._split_blk_unmap: SplitBlkUnmap | None = getattr(pt, "split_blk_unmap", None)
+        self._split_blk_unmap: SplitBlkUnmap | None = pt.split_blk_unmap
         self._shifts = tuple(lv.shift for lv in pt.levels)
         self._masks = tuple(lv.index_mask for lv in pt.levels)
         self._sizes = tuple(lv.block_size for lv in pt.levels)
@@ -553,7 +553,7 @@ class IoPgtable:
     def leaf_histogram(self) -> dict[int, int]:
         """Lab: number of leaf entries by mapping size, over the whole table."""
         counts: Counter[int] = Counter()
-        contig = contig_leaves(self.format)
+        contig = self.format.contig_leaves
         for depth, table in self._iter_tables():
             entries = table[:self._levels[depth].entries]
             leaves = self.format.leaf_mask(entries, depth)
@@ -607,7 +607,7 @@ class IoPgtable:
         oas: list[U64Array] = []
         lens: list[U64Array] = []
         pt = self.format
-        contig = contig_leaves(pt)
+        contig = pt.contig_leaves
 
         def visit(table: U64Array, depth: int, base: int) -> None:
             level = self._levels[depth]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import struct
 
+import numpy as np
 import pytest
 
 from iommulab import Machine
@@ -23,7 +24,7 @@ from iommulab.drivers.mock import (
 from iommulab.errors import DmaFault, KernelError, NoEntry
 from iommulab.iommu import DomainType, IommuDomain
 from iommulab.kernel import KernelVersion
-from iommulab.mem import FailNth
+from iommulab.mem import FailNth, PhysMem
 from iommulab.vfio import Container
 from iommulab.vfio import uapi as u
 
@@ -166,7 +167,8 @@ def test_pasid_flag_is_a_7_0_flag(kernel: str) -> None:
     """mock_domain_alloc_user (6.12) takes IOMMU_HWPT_ALLOC_NEST_PARENT |
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING only; 7.0's mock_domain_alloc_paging_flags adds
     IOMMU_HWPT_ALLOC_PASID."""
-    drv = MockIommu(MockHw(FailNth()), kernel=KernelVersion.parse(kernel))
+    mem = PhysMem("64M")
+    drv = MockIommu(MockHw(mem.fail_nth), kernel=KernelVersion.parse(kernel), mem=mem)
     dev = drv.probe_device(7)
     pasid = 1 << 3
     if kernel == "6.12":
@@ -176,3 +178,126 @@ def test_pasid_flag_is_a_7_0_flag(kernel: str) -> None:
     else:
         assert drv.domain_alloc_paging_flags(dev, pasid).type == DomainType.UNMANAGED
     assert drv.domain_alloc_paging_flags(dev, 1 << 0 | 1 << 1).dirty_ops is not None
+
+
+# -- 6.12 mock_domain_read_and_clear_dirty -------------------------------------------------------
+_DIRTY = MOCK_PFN_START_IOVA << 1  # MOCK_PFN_DIRTY_IOVA
+
+
+def _reference_read_and_clear_dirty(slots: dict[int, int], iova: int, size: int, flags: int
+                                    ) -> list[tuple[int, int]]:
+    """selftest.c's loop, a slot at a time: the records ``(iova, pgsize)`` it makes, and
+    ``slots`` cleared as it clears them."""
+    records = []
+    end = iova + size
+    while True:  # do { ... } while (iova < end)
+        ent = slots.get(iova // MOCK_IO_PAGE_SIZE)
+        pgsize = MOCK_IO_PAGE_SIZE
+        if ent is not None:
+            if ent & MOCK_PFN_HUGE_IOVA:
+                pgsize = MOCK_HUGE_PAGE_SIZE
+            head = iova & ~(pgsize - 1)
+            dirty = False
+            # mock_test_and_clear_dirty
+            for cur in range(head, head + pgsize - 1, MOCK_IO_PAGE_SIZE):
+                slot = cur // MOCK_IO_PAGE_SIZE
+                if slot in slots and slots[slot] & _DIRTY:
+                    dirty = True
+                    if not flags & 1:  # IOMMU_DIRTY_NO_CLEAR
+                        slots[slot] &= ~_DIRTY
+            if dirty:
+                records.append((iova, pgsize))
+        iova += pgsize
+        if iova >= end:
+            return records
+
+
+def _mixed_dirty_domain(rng: np.random.Generator, periods: int) -> IommuDomain:
+    """Runs of 1M HUGE entries and of 2K slots, with holes, some slots dirty."""
+    d = _domain(MOCK_FLAGS_DEVICE_HUGE_IOVA)
+    assert isinstance(d.ops, MockDomainOps)
+    iova = BASE
+    for _ in range(periods):
+        kind = int(rng.integers(3))
+        n = int(rng.integers(1, 4))
+        if kind == 0:
+            d.ops.map_pages(d, iova, PA, MOCK_HUGE_PAGE_SIZE, n, 3, 0)
+        elif kind == 1:
+            slots = int(rng.integers(1, 700))
+            d.ops.map_pages(d, iova, PA, MOCK_IO_PAGE_SIZE, slots, 3, 0)
+        iova += n * MOCK_HUGE_PAGE_SIZE
+    idx, vals = d.ops.pfns.present(BASE >> 11, (iova - BASE) >> 11)
+    dirty = rng.random(len(idx)) < 0.05
+    d.ops.pfns.update(idx[dirty], vals[dirty] | np.uint64(_DIRTY))
+    return d
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_6_12_dirty_read_follows_the_kernels_walk(seed: int) -> None:
+    """``mock_domain_read_and_clear_dirty`` against selftest.c's loop run slot by slot:
+    steps of 2K past empty and ordinary slots, of 1M from a HUGE slot (testing and
+    clearing the whole 1M region around it, recording 1M from the walked IOVA); the
+    same bitmap, gather and slots afterwards, with and without NO_CLEAR, from aligned
+    and unaligned starts."""
+    from iommulab.drivers.mock import MockDirtyOps
+    from iommulab.iommu import IommuDirtyBitmap, IommuIotlbGather, IovaBitmap
+
+    rng = np.random.default_rng(seed)
+    d = _mixed_dirty_domain(rng, 40)
+    assert isinstance(d.ops, MockDomainOps)
+    ops = MockDirtyOps()
+    ops.tracking = True
+    length = 40 * 3 * MOCK_HUGE_PAGE_SIZE
+    for _ in range(4):
+        start = BASE + int(rng.integers(0, length // 2)) // MOCK_IO_PAGE_SIZE * MOCK_IO_PAGE_SIZE
+        size = int(rng.integers(1, length // 2)) // MOCK_IO_PAGE_SIZE * MOCK_IO_PAGE_SIZE
+        flags = int(rng.integers(2))
+        idx, vals = d.ops.pfns.present(BASE >> 11, length >> 11)
+        slots = dict(zip(idx.tolist(), vals.tolist(), strict=True))
+        records = _reference_read_and_clear_dirty(slots, start, size, flags)
+        want, got = IovaBitmap(BASE, 2 * length, MOCK_IO_PAGE_SIZE), \
+            IovaBitmap(BASE, 2 * length, MOCK_IO_PAGE_SIZE)
+        want_gather, gather = IommuIotlbGather(), IommuIotlbGather()
+        for iova, pgsize in records:
+            IommuDirtyBitmap(want, want_gather).record(iova, pgsize)
+        ops.read_and_clear_dirty(d, start, size, flags, IommuDirtyBitmap(got, gather))
+        assert got.to_bytes() == want.to_bytes()
+        assert (gather.start, gather.end) == (want_gather.start, want_gather.end)
+        idx, vals = d.ops.pfns.present(BASE >> 11, length >> 11)
+        assert dict(zip(idx.tolist(), vals.tolist(), strict=True)) == slots
+
+
+def test_6_12_dirty_read_is_linear_in_the_layout_changes() -> None:
+    """A walk that alternates 1M and 2K steps (1024 periods of one HUGE entry and 1M of
+    2K slots, all dirty) costs a vector step per stretch: each stretch looks only at the
+    slots it walks, not at every slot of the range again (which took 18 s)."""
+    import time
+
+    from iommulab.drivers.mock import MockDirtyOps
+    from iommulab.iommu import IommuDirtyBitmap, IovaBitmap
+
+    d = _domain(MOCK_FLAGS_DEVICE_HUGE_IOVA)
+    assert isinstance(d.ops, MockDomainOps)
+    periods, period = 1024, 2 * MOCK_HUGE_PAGE_SIZE
+    for i in range(periods):
+        d.ops.map_pages(d, i * period, PA, MOCK_HUGE_PAGE_SIZE, 1, 3, 0)
+        d.ops.map_pages(d, i * period + MOCK_HUGE_PAGE_SIZE, PA, MOCK_IO_PAGE_SIZE, 512, 3, 0)
+    idx, vals = d.ops.pfns.present(0, periods * period >> 11)
+    d.ops.pfns.update(idx, vals | np.uint64(_DIRTY))
+    ops = MockDirtyOps()
+    ops.tracking = True
+    bitmap = IovaBitmap(0, periods * period, 4096)
+    t0 = time.perf_counter()
+    ops.read_and_clear_dirty(d, 0, periods * period, 0, IommuDirtyBitmap(bitmap))
+    took = time.perf_counter() - t0
+    assert bitmap.count() == bitmap.npages
+    assert took < 4.0, f"{took:.2f} s for {2 * periods} stretches"
+
+
+def test_7_0_mock_needs_the_machines_memory() -> None:
+    """7.0's mock domains are generic_pt tables in the machine's memory (its page
+    accounting and fail_nth): a MockIommu without ``mem`` would keep them in memory of
+    its own, so 7.0 refuses to build one; 6.12's xarray mock needs none."""
+    with pytest.raises(ValueError, match="pass mem="):
+        MockIommu(MockHw(FailNth()), kernel=KernelVersion.parse("7.0"))
+    assert MockIommu(MockHw(FailNth())).domain_alloc_paging().pgsize_bitmap == MOCK_IO_PAGE_SIZE

@@ -132,3 +132,20 @@ def test_machine_mock_7_0_dma_and_vfio_type1_use_the_table() -> None:
     p.exit()
     assert m.mem.pins.pins == 0 and p.mm.locked_vm == 0
     assert m.kernel == LINUX_7_0
+
+
+@pytest.mark.parametrize(("iova", "size", "err"), [
+    (BASE, 0, errno.EINVAL), ((1 << 64) - 0x1000, 0x2000, errno.EOVERFLOW),
+    (1 << 38, 0x1000, errno.ERANGE)])
+def test_7_0_dirty_read_of_a_bad_range_fails_without_a_warning(iova: int, size: int,
+                                                                err: int) -> None:
+    """generic_pt ``read_and_clear_dirty`` returns ``make_range``'s error (EINVAL for no
+    bytes, EOVERFLOW on wrap, ERANGE past the 38-bit table) as it is: its
+    ``PT_WARN_ON(ret)`` only follows ``pt_walk_range`` (and is compiled out without
+    CONFIG_DEBUG_GENERIC_PT)."""
+    d = _domain("7.0", dirty=True)
+    assert d.dirty_ops is not None
+    with pytest.raises(KernelError) as exc:
+        d.dirty_ops.read_and_clear_dirty(d, iova, size, 0, IommuDirtyBitmap())
+    assert exc.value.errno == err and not d.warnings
+    assert str(exc.value.strerror).startswith("read_and_clear_dirty: ")

@@ -115,13 +115,15 @@ def test_s2fwb_is_probed_by_7_0_only(kernel: KernelVersion) -> None:
 
 
 def test_one_asid_space_for_every_smmu_of_a_machine(plat: Platform) -> None:
-    """arm_smmu_asid_xa is file-global (DEFINE_XARRAY_ALLOC1): a second SMMU's first
-    stage-1 domain gets ASID 2, and freeing gives the number back to both."""
-    other = ArmSmmuDevice(SmmuV3Hw(plat.mem, SmmuV3Config()))
+    """arm_smmu_asid_xa is file-global (DEFINE_XARRAY_ALLOC1): a second SMMU of the same
+    kernel (given the same asid_xa) gets ASID 2 for its first stage-1 domain, and
+    freeing gives the number back to both. An SMMU given none is its kernel's only one."""
+    other = ArmSmmuDevice(SmmuV3Hw(plat.mem, SmmuV3Config()), asid_xa=plat.smmu.asid_xa)
     a = plat.domain(plat.device()[0], attach=False)
     b = other.domain_alloc_paging_flags(other.probe_device(0x10))
     assert (a.asid, b.asid) == (1, 2)
     assert sorted(plat.smmu.asid_xa) == [1, 2] and plat.smmu.asid_xa is other.asid_xa
+    assert (list(plat.smmu.asids), list(other.asids)) == ([1], [2])
     a.free()
     plat.domains.remove(a)
     c = other.domain_alloc_paging_flags(other.probe_device(0x11))
@@ -132,14 +134,15 @@ def test_one_asid_space_for_every_smmu_of_a_machine(plat: Platform) -> None:
         other.release_device(master)
     other.remove()
     assert not plat.smmu.asid_xa
-    assert ArmSmmuDevice(SmmuV3Hw(PhysMem("64M"), SmmuV3Config())).asid_xa == {}  # own kernel
+    alone = ArmSmmuDevice(SmmuV3Hw(PhysMem("64M"), SmmuV3Config()))
+    assert alone.asid_xa == {} and alone.asid_xa is not plat.smmu.asid_xa
 
 
 def test_asid_exhaustion_is_shared_between_smmus() -> None:
     """xa_alloc(..., XA_LIMIT(1, (1 << smmu->asid_bits) - 1)) fails with EBUSY when the
     shared xarray has no free index in this SMMU's range."""
     p = make_platform(asid_bits=8)
-    other = ArmSmmuDevice(SmmuV3Hw(p.mem, SmmuV3Config(asid_bits=8)))
+    other = ArmSmmuDevice(SmmuV3Hw(p.mem, SmmuV3Config(asid_bits=8)), asid_xa=p.smmu.asid_xa)
     om = other.probe_device(0x10)
     taken = [other.domain_alloc_paging_flags(om) for _ in range(255)]
     master, _ = p.device()

@@ -269,6 +269,91 @@ def test_612_attach_refuses_a_domain_mapped_beyond_the_unit() -> None:
     assert mem.iommu_pages == 0
 
 
+@pytest.mark.parametrize("kernel", KERNELS, ids=str)
+def test_an_iommufd_domain_of_a_wide_unit_does_not_attach_to_a_narrow_one(
+        kernel: KernelVersion) -> None:
+    """6.12 paging_domain_alloc (intel_iommu_domain_alloc_user's domains) sets
+    max_addr = __DOMAIN_MAX_ADDR(addr_width), so prepare_domain_attach_device's
+    max_addr > 1 << addr_width refuses the unmapped 48-bit domain on a 39-bit unit
+    (EINVAL, the device left blocked, the table untouched), and takes it on a unit as
+    wide. Only md_domain_init's domains start at max_addr 0. 7.0
+    paging_domain_compatible_second_stage refuses it too (MGAW below the width)."""
+    mem = PhysMem("8G")
+    wide, narrow, twin = VtdHw(mem, aw=48), VtdHw(mem, aw=39), VtdHw(mem, aw=48)
+    drv = IntelIommu(wide, kernel=kernel)
+    drv.units += [narrow, twin]
+    drv.unit_of.update({0x18: narrow, 0x20: twin})
+    m1, m2, m3 = drv.probe_device(0x10), drv.probe_device(0x18), drv.probe_device(0x20)
+    d = drv.domain_alloc_paging_flags(m1)
+    assert d.pgtbl is not None and len(d.pgtbl.format.levels) == 4
+    with pytest.raises(OSError, match=r"beyond the unit's 39-bit width|MGAW 39") as err:
+        drv.attach_dev(d, m2)
+    assert err.value.errno == errno.EINVAL and m2.domain is None and not narrow.contexts
+    assert len(d.pgtbl.format.levels) == 4 and d.geometry.aperture_end == (1 << 48) - 1
+    drv.attach_dev(d, m3)
+    d.map((1 << 48) - SZ_4K, 0x10_0000, SZ_4K, RW)
+    assert d.iova_to_phys((1 << 48) - SZ_4K) == 0x10_0000
+    for m in (m1, m2, m3):
+        drv.release_device(m)
+    d.unmap((1 << 48) - SZ_4K, SZ_4K)
+    d.free()
+    assert mem.iommu_pages == 0
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_iommufd_gives_a_narrow_units_device_its_own_hwpt(kernel: str) -> None:
+    """What the rule above means through iommufd: the auto domain of a device behind
+    the 48-bit unit refuses the 39-bit unit's device (EINVAL), so
+    iommufd_device_auto_get_domain allocates it a second HWPT on the same IOAS, and
+    both devices translate."""
+    from iommulab import Machine
+
+    from ...helpers import Host
+
+    m = Machine("x86-vtd", ram="256M", kernel=kernel)
+    wide = m.add_iommu_unit(aw=48)
+    devs = [m.add_pci_device("0000:00:02.0", iommu_unit=wide),
+            m.add_pci_device("0000:00:03.0")]
+    tables = m.mem.iommu_pages  # the default domains'
+    p = m.spawn_process(memlock_limit=None)
+    h = Host(m, p, p.open("/dev/iommu"))
+    ioas = h.ioas()
+    hwpts = [h.attach(h.bind(n)[0], ioas) for n in (0, 1)]
+    assert hwpts[0] != hwpts[1]
+    buf = p.mmap(SZ_2M, "thp")
+    p.write(buf, b"both")
+    iova = h.map(ioas, buf, SZ_2M)
+    assert [d.dma_read(iova, 4) for d in devs] == [b"both", b"both"]
+    p.exit()
+    assert m.mem.pins.pins == 0 and m.mem.iommu_pages == tables
+
+
+def test_612_the_last_device_of_a_unit_leaving_updates_the_aperture() -> None:
+    """6.12 domain_detach_iommu: when the unit's reference count drops to 0 it runs
+    domain_update_iommu_cap, which sets the aperture from gaw. A 48-bit unit's device
+    joining after a 39-bit unit's has cut gaw to 39 sets gaw back to 48
+    (prepare_domain_attach_device) without an update (its unit is already held), so
+    the aperture stays 39 bits until the 39-bit unit's device leaves."""
+    mem = PhysMem("8G")
+    wide, narrow = VtdHw(mem, aw=48), VtdHw(mem, aw=39)
+    drv = IntelIommu(wide, kernel=LINUX_6_12)
+    drv.units.append(narrow)
+    drv.unit_of[0x18] = narrow
+    m1, m2, m3 = drv.probe_device(0x10), drv.probe_device(0x18), drv.probe_device(0x20)
+    d = drv.domain_alloc_paging(m1)
+    apertures = []
+    for m in (m1, m2, m3):
+        drv.attach_dev(d, m)
+        apertures.append(d.geometry.aperture_end.bit_length())
+    drv.release_device(m2)
+    apertures.append(d.geometry.aperture_end.bit_length())
+    assert apertures == [48, 39, 39, 48]
+    for m in (m1, m3):
+        drv.release_device(m)
+    d.free()
+    assert mem.iommu_pages == 0
+
+
 def test_70_attach_checks_sagaw_depth() -> None:
     """7.0 paging_domain_compatible_second_stage: !(cap_sagaw & BIT(pt_info.aw)) is EINVAL
     (a 4-level domain on a 3-level-only unit of the same MGAW)."""
@@ -478,6 +563,30 @@ def test_enforce_cache_coherency_after_mappings() -> None:
         assert bool(_leaf(d, 0x2000) & 1 << 11) is ok and not _leaf(d, 0x1000) & 1 << 11
         d.unmap(0x1000, 2 * SZ_4K)
         v.close()
+
+
+def test_612_a_map_counts_as_mappings_once_past_its_checks() -> None:
+    """6.12 __domain_mapping sets has_mappings after its EINVAL checks (no READ/WRITE,
+    beyond the table) and before writing anything: a map they refuse leaves
+    enforce_cache_coherency possible; one that fails later (ENOMEM for a table) does
+    not."""
+    v = _vtd(LINUX_6_12, snoop_control=True)
+    d = v.domain
+    assert d.ops is not None
+    with pytest.raises(OSError) as err:
+        d.ops.map_pages(d, 0x1000, 0x5000, SZ_4K, 1, 0, 0)
+    assert err.value.errno == errno.EINVAL
+    fresh = v.new_domain()
+    v.mem.fail_nth.arm(1)
+    with pytest.raises(OSError) as err:
+        fresh.map(1 << 30, 0x5000, SZ_4K, RW)
+    v.mem.fail_nth.disarm()
+    assert err.value.errno == errno.ENOMEM
+    assert (v.drv.enforce_cache_coherency(d), v.drv.enforce_cache_coherency(fresh)) == (
+        True, False)
+    v.drv.attach_dev(d, v.master)
+    fresh.free()
+    v.close()
 
 
 def test_deferred_flush_capability_and_the_flush_queue() -> None:

@@ -16,8 +16,8 @@ Where the releases differ: 6.12 sizes stage-1 outputs and stage-2 inputs with
 user domains with ``arm_smmu_domain_alloc_user`` (dirty tracking only, always
 stage 1 where there is one) and knows neither S2FWB nor BBML2; 7.0 uses the OAS
 throughout and ``arm_smmu_domain_alloc_paging_flags`` (NEST_PARENT gives a
-stage-2 nest parent, PASID a stage-1 domain). ASIDs come from the one
-``arm_smmu_asid_xa`` of the kernel, shared by every SMMU of a machine.
+stage-2 nest parent, PASID a stage-1 domain). ASIDs come from the kernel's one
+``arm_smmu_asid_xa``, which every SMMU of that kernel is given (``asid_xa``).
 In 7.0 invalidations reach the hardware only for domains attached to a
 stream (the per-domain invalidation arrays), a range of MAX_TLBI_OPS
 granules or more without RIL becomes one whole-context command, and when
@@ -30,7 +30,6 @@ PASIDs other than 0, nesting, 2-level stream and CD tables, MSIs.
 from __future__ import annotations
 
 import enum
-import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -60,7 +59,6 @@ from ...iommu import (
 )
 from ...iommu.user_data import IommuUserData
 from ...kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
-from ...mem import PhysMem
 from ...pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from ...prot import Prot
 from ...sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -114,20 +112,6 @@ _STRTAB_BASE_RA = 1 << 62
 _STE_BYTES = 8 * ENTRY_QWORDS
 
 
-# arm_smmu_asid_xa is a file-global xarray: one ASID space for every SMMU the kernel
-# drives. The model's kernel is a machine, whose SMMUs share its PhysMem.
-_ASID_XA: weakref.WeakKeyDictionary[PhysMem, dict[int, ArmSmmuDomain]] = \
-    weakref.WeakKeyDictionary()
-
-
-def arm_smmu_asid_xa(mem: PhysMem) -> dict[int, ArmSmmuDomain]:
-    """The ``arm_smmu_asid_xa`` of the kernel whose memory is ``mem``: ASID -> domain."""
-    xa = _ASID_XA.get(mem)
-    if xa is None:
-        xa = _ASID_XA[mem] = {}
-    return xa
-
-
 def _refuse_user_data(user_data: IommuUserData | None) -> None:
     """A paging domain takes no driver data (``if (user_data) return -EOPNOTSUPP``)."""
     if user_data is not None:
@@ -160,13 +144,18 @@ class ArmSmmuDevice:
 
     ``va_bits`` and ``cpu_page_size`` are the kernel's VA_BITS (a stage-1
     domain's ias is at most that) and PAGE_SIZE (which picks the granule of
-    every domain's page table). Lab option ``sync_dirty_clear``: make
-    ``iotlb_sync`` invalidate a gathered range even when no page size was
-    gathered, which the kernel does not do (see the README on dirty tracking).
+    every domain's page table). ``asid_xa`` is the kernel's ``arm_smmu_asid_xa``
+    (ASID -> stage-1 domain), a file-global xarray: one ASID space for every SMMU
+    the kernel drives, so the SMMUs of one machine are given the same dict; without
+    it the SMMU has one of its own, as the only SMMU of its kernel. Lab option
+    ``sync_dirty_clear``: make ``iotlb_sync`` invalidate a gathered range even when
+    no page size was gathered, which the kernel does not do (see the README on
+    dirty tracking).
     """
 
     def __init__(self, hw: SmmuV3Hw, *, va_bits: int = 48, cpu_page_size: int = SZ_4K,
-                 sync_dirty_clear: bool = False, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
+                 sync_dirty_clear: bool = False, kernel: KernelVersion = DEFAULT_KERNEL,
+                 asid_xa: dict[int, ArmSmmuDomain] | None = None) -> None:
         self.hw = hw
         self.kernel = kernel
         self.mem = hw.mem
@@ -181,8 +170,7 @@ class ArmSmmuDevice:
         self.log: list[str] = []  # what the kernel would print (dev_err/dev_warn/dev_info)
         self.events: list[SmmuEvent] = []
         self.masters: dict[int, ArmSmmuMaster] = {}  # by StreamID (the kernel's rb-tree)
-        self.asid_xa = arm_smmu_asid_xa(self.mem)  # shared with the machine's other SMMUs
-        self.asids: dict[int, ArmSmmuDomain] = {}  # this SMMU's entries of asid_xa
+        self.asid_xa: dict[int, ArmSmmuDomain] = {} if asid_xa is None else asid_xa
         self.vmids: set[int] = set()  # smmu->vmid_map
         self.blocked_domain = IommuDomain(DomainType.BLOCKED)
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
@@ -195,6 +183,11 @@ class ArmSmmuDevice:
             self._free_allocated()
             raise
         self._device_reset()
+
+    @property
+    def asids(self) -> dict[int, ArmSmmuDomain]:
+        """This SMMU's entries of ``asid_xa``."""
+        return {asid: d for asid, d in self.asid_xa.items() if d.smmu is self}
 
     # -- probe -----------------------------------------------------------------------------
     def _hw_probe(self) -> None:
@@ -612,7 +605,7 @@ class ArmSmmuDevice:
             if asid is None:
                 raise Busy(f"domain_finalise: all {limit - 1} ASIDs are in use "
                            f"({len(self.asids)} by this SMMU)")
-            xa[asid] = self.asids[asid] = domain
+            xa[asid] = domain
             domain.asid = asid
         else:
             limit = 1 << self.vmid_bits
@@ -625,7 +618,7 @@ class ArmSmmuDevice:
     def release_tag(self, domain: ArmSmmuDomain) -> None:
         """Give a freed domain's ASID (``arm_smmu_asid_xa``) or VMID back."""
         if domain.stage == 1:
-            if self.asids.pop(domain.asid, None) is not None:
+            if self.asid_xa.get(domain.asid) is domain:
                 del self.asid_xa[domain.asid]
         else:
             self.vmids.discard(domain.vmid)
