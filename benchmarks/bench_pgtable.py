@@ -9,7 +9,9 @@ measures the model's memory (tracemalloc) against the bytes a real table
 of that shape occupies. Then Linux 7.0's generic_pt read_and_clear_dirty over
 ``--size`` of dirty 4K leaves of the iommufd selftest's mock domain (AMDv1, 2K
 items), into a user bitmap as IOMMU_HWPT_GET_DIRTY_BITMAP makes it (one record
-per table). Times are medians of ``--repeat`` runs.
+per table), and Linux 6.12's xarray mock read over 1024 periods of one dirty 1M
+entry and 512 dirty 2K entries (a walk that changes step 2048 times). Times are
+medians of ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ import numpy as np
 
 from _common import Figure, median_seconds, print_figures
 from iommulab import Prot
+from iommulab.drivers.mock import (
+    MOCK_FLAGS_DEVICE_HUGE_IOVA,
+    MOCK_HUGE_PAGE_SIZE,
+    MOCK_IO_PAGE_SIZE,
+    MOCK_PFN_DIRTY_IOVA,
+    MockDirtyOps,
+    MockDomainOps,
+    MockHw,
+    MockIommu,
+)
 from iommulab.drivers.mock_pt import (
     MOCK_IOMMUPT_HUGE,
     HwptSelftest,
@@ -32,7 +44,7 @@ from iommulab.iommu import IommuDirtyBitmap, IommuDomain, IommuIotlbGather, Iova
 from iommulab.iommu import alloc_paging_domain as _alloc
 from iommulab.iommu.dirty import UserIovaBitmap
 from iommulab.kernel import LINUX_7_0
-from iommulab.mem import PhysMem
+from iommulab.mem import FailNth, PhysMem
 from iommulab.pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt, Quirk
 from iommulab.sizes import SZ_1G, SZ_2M, SZ_4K, parse_size
 
@@ -77,6 +89,33 @@ def _mock_7_0_scan_seconds(size: int, repeat: int) -> float:
     d.unmap(0, size)
     d.free()
     return t
+
+
+def _mock_6_12_mixed_scan_seconds(repeat: int, periods: int = 1024) -> float:
+    """6.12 mock: read_and_clear_dirty over ``periods`` of one dirty 1M entry followed by
+    512 dirty 2K entries, so the walk changes its step at every stretch."""
+    drv = MockIommu(MockHw(FailNth()))
+    drv.device_flags[7] = MOCK_FLAGS_DEVICE_HUGE_IOVA
+    d = drv.domain_alloc_paging(drv.probe_device(7))
+    ops = d.ops
+    assert isinstance(ops, MockDomainOps)
+    period = 2 * MOCK_HUGE_PAGE_SIZE
+    for i in range(periods):
+        ops.map_pages(d, i * period, PA_2M, MOCK_HUGE_PAGE_SIZE, 1, RW, 0)
+        ops.map_pages(d, i * period + MOCK_HUGE_PAGE_SIZE, PA_2M, MOCK_IO_PAGE_SIZE, 512, RW,
+                      0)
+    dirty_ops = MockDirtyOps()
+    dirty_ops.tracking = True
+
+    def dirty_all() -> None:
+        idx, vals = ops.pfns.present(0, periods * period // MOCK_IO_PAGE_SIZE)
+        ops.pfns.update(idx, vals | np.uint64(MOCK_PFN_DIRTY_IOVA))
+
+    def scan() -> None:
+        bitmap = IovaBitmap(0, periods * period, SZ_4K)
+        dirty_ops.read_and_clear_dirty(d, 0, periods * period, 0, IommuDirtyBitmap(bitmap))
+
+    return median_seconds(scan, dirty_all, repeat)
 
 
 def main() -> None:
@@ -147,6 +186,9 @@ def main() -> None:
     t = _mock_7_0_scan_seconds(size, args.repeat)
     figs.append(Figure("7.0 mock read_and_clear_dirty, 4K leaves dirty", t * 1e9 / ptes,
                        "ns/4K PTE"))
+    t = _mock_6_12_mixed_scan_seconds(args.repeat)
+    figs.append(Figure("6.12 mock read_and_clear_dirty, 1M/2K mix",
+                       t * 1e3, "ms"))
     print_figures(f"bench_pgtable: ARM LPAE S1 4K granule, {args.size}, "
                   f"median of {args.repeat}", figs)
 

@@ -10,7 +10,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize(("script", "args", "lines"), [
-    ("bench_pgtable.py", ["--size", "64M", "--lookups", "2000", "--repeat", "1"], 11),
+    ("bench_pgtable.py", ["--size", "64M", "--lookups", "2000", "--repeat", "1"], 12),
     ("bench_domain_single.py", ["--calls", "200", "--repeat", "1"], 1),
     ("bench_split_merge.py", ["--size", "32M", "--repeat", "1"], 5),
     ("bench_translate.py", ["--calls", "200", "--repeat", "1"], 3),

