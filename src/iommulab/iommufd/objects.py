@@ -125,9 +125,11 @@ class Device(IommufdObject):
     holds_ctx: bool = True
 
     def destroy(self, ctx: IommufdCtx) -> None:
-        """``iommufd_device_destroy``: the context's file is put back."""
+        """``iommufd_device_destroy``: its DMA ownership is released (the group goes back
+        to its default domain with the last claim), the context's file is put back."""
         if self.hwpt is not None:
             ctx.detach(self)
+        ctx.core.device_release_dma_owner(self.dev)
         if self.holds_ctx:
             ctx.ctx_put()
 
@@ -364,13 +366,17 @@ class IommufdCtx:
 
     # -- devices -------------------------------------------------------------------------
     def bind(self, dev: DmaDevice, *, mock: bool = False) -> Device:
-        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU.
+        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU;
+        then the context claims the device's DMA (``iommu_device_claim_dma_owner``:
+        EPERM if another owner has the group, EBUSY if it is not on its default domain;
+        the group moves to its blocking domain), released when the device is destroyed.
         The driver holds a reference until :meth:`unbind` (IOMMU_DESTROY of the device
         is EBUSY), and the device holds the context unless it is a selftest ``mock``."""
         driver = self.core.driver
         master = _master(dev)
         if not driver.capable(master, IommuCap.CACHE_COHERENCY):
             raise InvalidArgument(f"{dev.name}: the IOMMU is not cache coherent")
+        self.core.device_claim_dma_owner(dev, self)
         idev = Device(dev=dev, enforce_cache_coherency=driver.capable(
             master, IommuCap.ENFORCE_CACHE_COHERENCY), holds_ctx=not mock)
         if idev.holds_ctx:
@@ -442,20 +448,28 @@ class IommufdCtx:
         idev.hwpt = hwpt
 
     def _attach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+        """The reserved regions, then the group onto the domain: ``iommu_attach_group``
+        for a device not attached yet (EBUSY unless the group is on a core domain),
+        ``iommu_group_replace_domain`` for one that is."""
         iopt = hwpt.ioas.iopt
         self._enforce_resv_regions(idev, iopt)
         try:
             group = idev.dev.group
             assert group is not None
-            self.core.set_group_domain(group, hwpt.domain)
+            if idev.hwpt is None:
+                self.core.attach_group(hwpt.domain, group)
+            else:
+                self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
             iopt.space.remove_reservations(idev)
             raise
 
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+        """``iommu_detach_group_handle``: the group goes back to its core domain, the
+        blocking one as the context owns it."""
         group = idev.dev.group
         assert group is not None
-        self.core.set_group_domain(group, _blocking(self.core, group))
+        self.core.detach_group(group)
         hwpt.ioas.iopt.space.remove_reservations(idev)
 
     def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
@@ -689,11 +703,3 @@ def _hwpt_paging_flags(kernel: KernelVersion) -> int:
 def _master(dev: DmaDevice) -> Any:
     assert dev.dev_iommu is not None, f"{dev.name} has no IOMMU"
     return dev.dev_iommu.priv
-
-
-def _blocking(core: IommuCore, group: Any) -> IommuDomain:
-    """The domain a device bound to iommufd sits in when not attached."""
-    blocked = getattr(core.driver, "blocked_domain", None)
-    domain: IommuDomain = blocked if blocked is not None else group.default_domain
-    return domain
-
