@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from iommulab import Machine, Process
+from iommulab.devices import DmaDevice
 from iommulab.iommu import IommuGroup
 from iommulab.iommufd import uapi as iu
 from iommulab.iommufd.file import IommufdFile
@@ -49,7 +50,7 @@ def host(request: pytest.FixtureRequest) -> Iterator[tuple[Host, PciDevice]]:
     assert h.m.mem.pins.pins == 0
 
 
-def _group(dev: PciDevice) -> IommuGroup:
+def _group(dev: DmaDevice) -> IommuGroup:
     assert dev.group is not None
     return dev.group
 
@@ -124,6 +125,31 @@ def test_a_forked_child_keeps_the_claim_until_its_exit(host: tuple[Host, PciDevi
     h.p.exit()
     assert group.owner is not None and group.owner_cnt == 1 and group.domain is attached
     child.exit()
+    _back_to_default(group)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_failed_replace_onto_an_ioas_leaves_the_device_on_its_hwpt(kernel: str) -> None:
+    """iommufd_device_auto_get_domain for a replace: the new automatic HWPT is allocated
+    without immediate_attach and the device moves only once it is complete, so when
+    iopt_table_add_domain refuses it (an area beyond the 39-bit VT-d aperture:
+    EADDRINUSE) the group stays on the old HWPT's domain and DMA still goes through it
+    (the model used to move the group to the blocking domain)."""
+    h, (dev,) = make_host("x86-vtd", 1, kernel)
+    cdev, _ = h.bind(0)
+    first, far = h.ioas(), h.ioas()
+    h.attach(cdev, first)
+    group = _group(dev)
+    attached = group.domain
+    buf = h.p.mmap(1 << 20)
+    iova = h.map(first, buf, 4096)
+    h.ioctl(h.iommufd, iu.IOMMU_IOAS_MAP,
+            iu.IOAS_MAP.pack(40, iu.IOMMU_IOAS_MAP_FIXED_IOVA | 6, far, 0, buf, 4096, 1 << 45))
+    expect_errno(errno.EADDRINUSE, h.attach, cdev, far)
+    assert group.domain is attached and group.owner is _ctx(h)
+    dev.dma_write(iova, b"still attached")
+    assert h.p.read(buf, 14) == b"still attached"
+    h.p.exit()
     _back_to_default(group)
 
 

@@ -277,9 +277,10 @@ class IommufdCtx:
         (6.12: NEST_PARENT, DIRTY_TRACKING; 7.0 adds FAULT_ID_VALID and PASID), dirty
         tracking the IOMMU cannot do, and FAULT_ID_VALID with NEST_PARENT. The driver
         gets ``flags`` without FAULT_ID_VALID. Then a domain for ``idev``, coherency
-        enforced if the device needs it, attached at once when automatic, added to the
-        IOAS. Unless ``finalize``, the HWPT keeps a reserved id for the caller to
-        :meth:`add` or :meth:`abort_hwpt`."""
+        enforced if the device needs it, attached at once when automatic for a device
+        not attached yet (``immediate_attach``), added to the IOAS. Unless ``finalize``,
+        the HWPT keeps a reserved id for the caller to :meth:`add` or
+        :meth:`abort_hwpt`."""
         master = _master(idev.dev)
         driver = self.core.driver
         has_op = hasattr(driver, "domain_alloc_paging_flags")  # 6.12: domain_alloc_user
@@ -316,15 +317,16 @@ class IommufdCtx:
             domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)
         hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto,
                           nest_parent=bool(flags & _NEST_PARENT))
+        immediate_attach = auto and idev.hwpt is None  # not for a replace
         try:
             if idev.enforce_cache_coherency:
                 self._enforce_cc(hwpt)
-            if auto:
+            if immediate_attach:
                 self._attach_domain(idev, hwpt)
             try:
                 ioas.iopt.add_domain(domain, coherent=hwpt.enforce_cache_coherency)
             except KernelError:
-                if auto:
+                if immediate_attach:
                     self._detach_domain(idev, hwpt)
                 raise
         except KernelError:
@@ -431,7 +433,18 @@ class IommufdCtx:
             except InvalidArgument:
                 continue  # incompatible domain: try the next
             return hwpt
-        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto=True)
+        # An attach allocates the HWPT attached (immediate_attach); a replace moves the
+        # device once the HWPT is complete, so a failure leaves it where it was.
+        immediate = idev.hwpt is None
+        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto=True, finalize=immediate)
+        if not immediate:
+            try:
+                self._attach_hwpt(idev, hwpt)
+            except KernelError:
+                self.abort_hwpt(hwpt)
+                raise
+            self.add(hwpt, hwpt.id)
+            return hwpt
         hwpt.devices.append(idev)
         hwpt.users += 1
         idev.hwpt = hwpt
