@@ -15,7 +15,7 @@ from iommulab.devices import DmaDevice
 from iommulab.iommufd import uapi as iu
 from iommulab.vfio import uapi as vu
 
-__all__ = ["Host", "expect_errno", "make_host"]
+__all__ = ["Host", "assert_groups_released", "expect_errno", "make_host"]
 
 
 def expect_errno(code: int, fn: object, *args: object, **kw: object) -> None:
@@ -23,6 +23,16 @@ def expect_errno(code: int, fn: object, *args: object, **kw: object) -> None:
     with pytest.raises(OSError) as info:
         fn(*args, **kw)  # type: ignore[operator]
     assert info.value.errno == code, (errno.errorcode[code], info.value)
+
+
+def assert_groups_released(m: Machine) -> None:
+    """What a fresh machine has: no user owns a group's DMA and every group is on its
+    default domain (a kernel driver's device still counts as an owner of it)."""
+    m.core._check()
+    for group in m.core.groups.values():
+        assert group.owner is None, f"group {group.id} is still owned by {group.owner!r}"
+        assert group.owner_cnt == sum(d.driver != "vfio-pci" for d in m.group_devices(group.id))
+        assert group.domain is group.default_domain, f"group {group.id} on {group.domain!r}"
 
 
 @dataclass

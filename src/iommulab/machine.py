@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
 
+#: The one driver with ``driver_managed_dma``: it takes no DMA API ownership at probe
+#: (``iommu_device_use_default_domain``); its users claim the group instead.
+VFIO_PCI = "vfio-pci"
+
 #: name -> (RAM base, first BAR address, IOMMU core strict)
 PLATFORMS = {
     "x86-vtd": (0x1_0000_0000, 0xE000_0000, False),
@@ -190,6 +194,8 @@ class Machine:
         if translator is not self.translator:
             self.driver.unit_of[dev.sid] = translator
         self.core.probe_device(dev)
+        if driver != VFIO_PCI:  # a kernel driver: DMA through the DMA API
+            self.core.device_use_default_domain(dev)
         self.devices[bdf] = dev
         return dev
 
@@ -240,6 +246,8 @@ class Machine:
         if self.pseries is not None:
             self.pseries.release(dev)
         else:
+            if getattr(dev, "driver", VFIO_PCI) != VFIO_PCI:  # the driver unbinds first
+                self.core.device_unuse_default_domain(dev)
             self.core.release_device(dev)
         self.devices.pop(getattr(dev, "bdf", ""), None)
         self.vfio_devices.pop(getattr(dev, "bdf", ""), None)

@@ -16,7 +16,7 @@ from iommulab.drivers.smmuv3 import regs
 from iommulab.iommufd import uapi as u
 from iommulab.vfio import uapi as v
 
-from ..helpers import Host, expect_errno, make_host
+from ..helpers import Host, assert_groups_released, expect_errno, make_host
 
 SZ_2M = 2 << 20
 
@@ -28,6 +28,7 @@ def host(request: pytest.FixtureRequest) -> Iterator[tuple[Host, list[DmaDevice]
     h.p.exit()
     assert h.m.mem.pins.pins == 0 and h.p.mm.pinned_vm == 0
     assert h.p.user.locked_vm == 0
+    assert_groups_released(h.m)
 
 
 def test_bind_attach_dma(host: tuple[Host, list[DmaDevice]]) -> None:

@@ -8,8 +8,9 @@ group's state. A cdev binds only a device nobody has open
 bound and it is not open (EBUSY); a group's device fd needs the group on the iommufd
 (EINVAL) and binds and attaches the device on its first open only; the last close unbinds.
 After every step the device does DMA exactly when the model says it is attached, the
-iommufd has one device object exactly while the device is open, GET_STATUS agrees, and
-the device's invariants hold.
+iommufd has one device object exactly while the device is open, the iommufd owns the
+group's DMA exactly then (on the blocking domain unless attached, on the default one
+once nobody has the device open), GET_STATUS agrees, and the device's invariants hold.
 """
 
 from __future__ import annotations
@@ -200,6 +201,23 @@ class CdevGroupMachine(RuleBasedStateMachine):
         assert devices == (1 if self.open_count else 0)
 
     @invariant()
+    def group_domain_follows_dma_ownership(self) -> None:
+        """iommufd_device_bind claims the group for the context
+        (iommu_device_claim_dma_owner: the blocking domain), attach and detach move it
+        between a HWPT's domain and the blocking one, and the unbind of the last close
+        gives it back (iommu_device_release_dma_owner: the default domain)."""
+        group = self.dev.group
+        assert group is not None
+        group._check()
+        if self.open_count:
+            assert group.owner is self.ctx and group.owner_cnt == 1
+            if not (self.attached or self.pasid0):
+                assert group.domain is group.blocking_domain
+        else:
+            assert group.owner is None and group.owner_cnt == 0
+            assert group.domain is group.default_domain
+
+    @invariant()
     def dma_only_while_attached(self) -> None:
         try:
             self.dev.dma_write(IOVA, b"x")
@@ -222,6 +240,9 @@ class CdevGroupMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.p.exit()
         assert not self.ctx.objects
+        group = self.dev.group
+        assert group is not None and group.domain is group.default_domain
+        assert group.owner is None and group.owner_cnt == 0
         assert self.m.mem.pins.pins == 0 and self.p.mm.pinned_vm == 0
         assert self.p.user.locked_vm == 0
 

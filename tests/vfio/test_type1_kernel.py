@@ -24,6 +24,7 @@ from iommulab.prot import Prot
 from iommulab.vfio import Container, VfioIommu
 from iommulab.vfio import uapi as u
 
+from ..helpers import assert_groups_released
 from .vm import Vm
 
 IOVA = 1 << 32
@@ -54,6 +55,7 @@ class Setup:
     def close(self) -> None:
         self.p.exit()
         assert self.m.mem.pins.pins == 0 and self.p.mm.locked_vm == 0
+        assert_groups_released(self.m)
 
 
 def _errno(call: Callable[..., object], *args: object, **kwargs: object) -> int:

@@ -8,6 +8,8 @@ from iommulab import Machine, Process
 from iommulab.vfio import Container, Type1Report
 from iommulab.vfio import uapi as u
 
+from ..helpers import assert_groups_released
+
 
 class Vm:
     """A process with one container holding one vfio-pci device's group, TYPE1v2 or v1."""
@@ -52,3 +54,4 @@ class Vm:
         self.p.exit()
         assert self.m.mem.pins.pins == 0
         assert self.p.mm.locked_vm == 0
+        assert_groups_released(self.m)

@@ -5,9 +5,14 @@ device, the device joins a group, the group gets its default domain (DMA, or
 DMA_FQ when lazy) with direct mappings for the firmware's DIRECT regions,
 and the device's DMA goes through dma-iommu from then on
 (``iommu_setup_dma_ops``). ``set_group_domain`` is ``__iommu_group_set_domain``
-with the ``require_direct`` rule. Linux 6.12 and 7.0 (the driver's ``kernel``)
-differ in the direct mappings (6.12 probes IOVA 0 as is and flushes the IOTLB
-after mapping) and in which devices a failed group attach moves back.
+with the ``require_direct`` rule. DMA ownership decides which core domain a group
+sits on: a group nobody owns is on its default domain; VFIO and iommufd claim it
+(``iommu_group_claim_dma_owner``, ``iommu_device_claim_dma_owner``), which moves
+it to the blocking domain, user domains come and go over that (``attach_group``,
+``detach_group``), and the last release puts the default domain back. Linux 6.12
+and 7.0 (the driver's ``kernel``) differ in the direct mappings (6.12 probes IOVA
+0 as is and flushes the IOTLB after mapping) and in which devices a failed group
+attach moves back; their ownership rules are the same.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import Clock
-from ..errors import InvalidArgument, KernelError
+from ..errors import Busy, InvalidArgument, KernelError, NoDevice, NotPermitted
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from .domain import DomainType, IommuDomain
 from .resv import IommuCap, ResvRegion, ResvType, merge_resv_regions
@@ -55,7 +60,13 @@ class DevIommu:
 
 
 class IommuGroup:
-    """``struct iommu_group``: devices that share one IOMMU context."""
+    """``struct iommu_group``: devices that share one IOMMU context.
+
+    ``owner_cnt`` counts the DMA owners: the drivers using the default domain through
+    the DMA API (``owner`` None), or the claims of one user owner (``owner``: the VFIO
+    group or iommufd context that claimed the group, compared by identity).
+    ``blocking_domain`` is allocated by the first claim and kept until the group goes.
+    """
 
     def __init__(self, core: IommuCore, id: int) -> None:
         self.core = core
@@ -63,6 +74,23 @@ class IommuGroup:
         self.devices: list[DmaDevice] = []
         self.default_domain: IommuDomain | None = None
         self.domain: IommuDomain | None = None
+        self.blocking_domain: IommuDomain | None = None
+        self.owner: object | None = None
+        self.owner_cnt = 0
+
+    def _check(self) -> None:
+        """Invariants (tests only, O(devices)): a user owner is counted and has a
+        blocking domain; a group a user owns is never on its default domain (unless
+        that is the blocking one, as the mock's is); every device is probed into it."""
+        assert self.owner_cnt >= 0
+        if self.owner is not None:
+            assert self.owner_cnt >= 1 and self.blocking_domain is not None
+            assert (self.domain is not self.default_domain
+                    or self.default_domain is self.blocking_domain)
+        if self.devices:
+            assert self.default_domain is not None and self.domain is not None
+        for dev in self.devices:
+            assert dev.group is self and dev.dev_iommu is not None
 
     def __repr__(self) -> str:
         return f"<IommuGroup {self.id} {[d.name for d in self.devices]}>"
@@ -208,46 +236,198 @@ class IommuCore:
                             cookie.iovad.put()
                     domain.cookie = None
                     domain.free()
-                group.default_domain = group.domain = None
+                group.default_domain = group.domain = group.blocking_domain = None
                 self.groups.pop(group.id, None)
         dev.dev_iommu = None
         dev.group = None
         dev.dma_iommu = False
 
     # -- domains ----------------------------------------------------------------------------------
-    def _set_device_domain(self, group: IommuGroup, dev: DmaDevice,
-                           domain: IommuDomain) -> None:
-        """``__iommu_device_set_domain``: EINVAL when firmware needs 1:1 and this blocks."""
+    def _set_device_domain(self, group: IommuGroup, dev: DmaDevice, domain: IommuDomain,
+                           must_succeed: bool = False) -> None:
+        """``__iommu_device_set_domain``: EINVAL when firmware needs 1:1 and ``domain``
+        blocks; if the driver refuses a domain that must succeed, the device goes to
+        the group's blocking domain (if it has one) before the error is raised."""
         assert dev.dev_iommu is not None
-        if dev.dev_iommu.require_direct and domain.type == DomainType.BLOCKED:
+        if dev.dev_iommu.require_direct and (domain.type == DomainType.BLOCKED
+                                             or domain is group.blocking_domain):
             msg = (f"{dev.name}: Firmware has requested this device have a 1:1 IOMMU "
                    "mapping, rejecting configuring the device without a 1:1 mapping. "
                    "Contact your platform vendor.")
             self.log.append(msg)
             raise InvalidArgument(msg)
-        self.driver.attach_dev(domain, dev.dev_iommu.priv)
+        try:
+            self.driver.attach_dev(domain, dev.dev_iommu.priv)
+        except KernelError:
+            blocking = group.blocking_domain
+            if must_succeed and blocking is not None and blocking is not domain:
+                with contextlib.suppress(KernelError):
+                    self.driver.attach_dev(blocking, dev.dev_iommu.priv)
+            raise
 
-    def set_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
-        """``__iommu_group_set_domain``: nothing if the group is on ``domain`` already; else
-        every device to ``domain``; on failure the ones
-        already moved go back to the old domain (if there was one), as ``err_revert``
-        does, and in 6.12 the one that failed too (7.0: "No need to revert the last
-        gdev that failed to set domain")."""
+    def set_group_domain(self, group: IommuGroup, domain: IommuDomain, *,
+                         must_succeed: bool = False) -> None:
+        """``__iommu_group_set_domain_internal``: nothing if the group is on ``domain``
+        already; else every device to ``domain``. On failure the ones already moved go
+        back to the old domain (if there was one), as ``err_revert`` does, and in 6.12
+        the one that failed too (7.0: "No need to revert the last gdev that failed to
+        set domain"). With ``must_succeed`` (``__iommu_group_set_domain_nofail``) a
+        refusal does not stop the others and the group is on ``domain`` whatever
+        happened: the kernel's WARN_ON, logged. O(devices)."""
         old = group.domain
         if old is domain:  # "if (group->domain == new_domain) return 0;"
             return
         tried: list[DmaDevice] = []
-        try:
-            for dev in group.devices:
-                tried.append(dev)
-                self._set_device_domain(group, dev, domain)
-        except KernelError:
-            if old is not None:
-                for dev in tried if self.kernel < LINUX_7_0 else tried[:-1]:
-                    assert dev.dev_iommu is not None
-                    self.driver.attach_dev(old, dev.dev_iommu.priv)
-            raise
+        failed: list[str] = []
+        for dev in group.devices:
+            tried.append(dev)
+            try:
+                self._set_device_domain(group, dev, domain, must_succeed)
+            except KernelError as err:
+                if not must_succeed:
+                    self._revert_group_domain(group, tried, err)
+                    raise
+                failed.append(f"{dev.name}: {err.strerror}")
+        if failed:
+            self.log.append(f"WARNING: group {group.id} could not be set to {domain!r}: "
+                            + "; ".join(failed))
         group.domain = domain
+
+    def _revert_group_domain(self, group: IommuGroup, tried: list[DmaDevice],
+                             err: KernelError) -> None:
+        """``err_revert``: the devices tried go back to ``group.domain`` as a domain that
+        must succeed (a refusal is the kernel's WARN_ON, logged)."""
+        old = group.domain
+        if old is None:  # first probe: release cleans up
+            return
+        for dev in tried if self.kernel < LINUX_7_0 else tried[:-1]:
+            try:
+                self._set_device_domain(group, dev, old, must_succeed=True)
+            except KernelError as again:
+                self.log.append(f"WARNING: {dev.name}: reverting to {old!r} after "
+                                f"{err.strerror} failed too: {again.strerror}")
+
+    def _set_core_domain(self, group: IommuGroup) -> None:
+        """``__iommu_group_set_core_domain``: the blocking domain while a user owns the
+        group, the default domain otherwise; it must succeed."""
+        core_domain = group.blocking_domain if group.owner is not None else group.default_domain
+        assert core_domain is not None
+        self.set_group_domain(group, core_domain, must_succeed=True)
+
+    def attach_group(self, domain: IommuDomain, group: IommuGroup) -> None:
+        """``iommu_attach_group`` (``__iommu_attach_group``): EBUSY while the group is on
+        a domain other than its default or blocking one (some user domain is attached
+        already: detach or replace it first); then every device to ``domain``."""
+        if group.domain is not None and group.domain is not group.default_domain and \
+                group.domain is not group.blocking_domain:
+            raise Busy(f"attach: group {group.id} is attached to {group.domain!r}, not to a "
+                       "core domain")
+        self.set_group_domain(group, domain)
+
+    def detach_group(self, group: IommuGroup) -> None:
+        """``iommu_detach_group``: back to the core domain, the blocking one while the
+        group is owned (so a detached group owned by VFIO or iommufd does no DMA)."""
+        self._set_core_domain(group)
+
+    # -- DMA ownership ----------------------------------------------------------------------------
+    def device_use_default_domain(self, dev: DmaDevice) -> None:
+        """``iommu_device_use_default_domain``, from a kernel driver's probe (a driver
+        without ``driver_managed_dma``): one more owner of the group's default domain;
+        EBUSY while a user owns the group or it is not on its default domain. (The
+        kernel's EPROBE_DEFER for a group without a default domain cannot happen here:
+        a probed device's group has one.)"""
+        group = dev.group
+        if group is None:
+            return
+        if group.owner_cnt and (group.domain is not group.default_domain
+                                or group.owner is not None):
+            raise Busy(f"{dev.name}: group {group.id} is owned for user DMA")
+        group.owner_cnt += 1
+
+    def device_unuse_default_domain(self, dev: DmaDevice) -> None:
+        """``iommu_device_unuse_default_domain``: the kernel driver is unbound."""
+        group = dev.group
+        if group is None:
+            return
+        if not group.owner_cnt:  # the kernel's WARN_ON
+            self.log.append(f"WARNING: {dev.name}: unuse_default_domain without a user")
+            return
+        group.owner_cnt -= 1
+
+    def _take_dma_ownership(self, group: IommuGroup, owner: object) -> None:
+        """``__iommu_take_dma_ownership``: EBUSY while a domain other than the default
+        one is attached; the blocking domain (the driver's static one, as both 6.12's
+        ``__iommu_domain_alloc`` and 7.0 take ``ops->blocked_domain``) goes on the
+        group, which can fail (EINVAL for a device that needs its 1:1 mappings); then
+        ``owner`` holds it. (The kernel's other EBUSY, a PASID attached, needs a user
+        domain attached, which needs an owner: the model's PASID 0 is that attach.)"""
+        if group.domain is not None and group.domain is not group.default_domain:
+            raise Busy(f"claim: group {group.id} is attached to {group.domain!r}, not to "
+                       "its default domain")
+        if group.blocking_domain is None:  # __iommu_group_alloc_blocking_domain
+            group.blocking_domain = self.driver.blocked_domain
+        self.set_group_domain(group, group.blocking_domain)
+        group.owner = owner
+        group.owner_cnt += 1
+
+    def group_claim_dma_owner(self, group: IommuGroup, owner: object) -> None:
+        """``iommu_group_claim_dma_owner`` (VFIO's container path, the whole group for
+        one owner): EPERM while anyone owns the group, a kernel driver included; then
+        :meth:`_take_dma_ownership`. O(devices)."""
+        if group.owner_cnt:
+            raise NotPermitted(f"claim: group {group.id} already has {group.owner_cnt} "
+                               "DMA owner(s)")
+        self._take_dma_ownership(group, owner)
+
+    def device_claim_dma_owner(self, dev: DmaDevice, owner: object) -> None:
+        """``iommu_device_claim_dma_owner`` (iommufd's bind): ENODEV without a group;
+        devices of one group may all claim it for the same ``owner`` (counted), any
+        other owner, a kernel driver included, is EPERM; the first claim takes it."""
+        group = dev.group
+        if group is None:
+            raise NoDevice(f"claim: {dev.name} has no IOMMU group")
+        if group.owner_cnt:
+            if group.owner is not owner:
+                raise NotPermitted(f"claim: group {group.id} of {dev.name} is owned by "
+                                   "another user or a kernel driver")
+            group.owner_cnt += 1
+            return
+        self._take_dma_ownership(group, owner)
+
+    def _release_dma_ownership(self, group: IommuGroup) -> None:
+        """``__iommu_release_dma_ownership``: unowned, back on the default domain (which
+        must succeed). A release of a group no user owns is the kernel's WARN_ON: logged,
+        nothing changes."""
+        if not group.owner_cnt or group.owner is None:
+            self.log.append(f"WARNING: release of group {group.id}, which no user owns")
+            return
+        group.owner_cnt = 0
+        group.owner = None
+        assert group.default_domain is not None
+        self.set_group_domain(group, group.default_domain, must_succeed=True)
+
+    def group_release_dma_owner(self, group: IommuGroup) -> None:
+        """``iommu_group_release_dma_owner``: undo :meth:`group_claim_dma_owner`."""
+        self._release_dma_ownership(group)
+
+    def device_release_dma_owner(self, dev: DmaDevice) -> None:
+        """``iommu_device_release_dma_owner``: one claim fewer; the last one releases."""
+        group = dev.group
+        assert group is not None, f"{dev.name} released without a group"
+        if group.owner_cnt > 1:
+            group.owner_cnt -= 1
+        else:
+            self._release_dma_ownership(group)
+
+    def group_dma_owner_claimed(self, group: IommuGroup) -> bool:
+        """``iommu_group_dma_owner_claimed``: anyone owns it (a kernel driver too)."""
+        return bool(group.owner_cnt)
+
+    def _check(self) -> None:
+        """Invariants of every group (tests only)."""
+        for id, group in self.groups.items():
+            assert group.id == id and group.devices
+            group._check()
 
     def create_direct_mappings(self, domain: IommuDomain, dev: DmaDevice) -> None:
         """``iommu_create_device_direct_mappings``: DIRECT marks ``require_direct``; a DMA

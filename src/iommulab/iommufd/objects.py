@@ -125,9 +125,11 @@ class Device(IommufdObject):
     holds_ctx: bool = True
 
     def destroy(self, ctx: IommufdCtx) -> None:
-        """``iommufd_device_destroy``: the context's file is put back."""
+        """``iommufd_device_destroy``: its DMA ownership is released (the group goes back
+        to its default domain with the last claim), the context's file is put back."""
         if self.hwpt is not None:
             ctx.detach(self)
+        ctx.core.device_release_dma_owner(self.dev)
         if self.holds_ctx:
             ctx.ctx_put()
 
@@ -275,9 +277,10 @@ class IommufdCtx:
         (6.12: NEST_PARENT, DIRTY_TRACKING; 7.0 adds FAULT_ID_VALID and PASID), dirty
         tracking the IOMMU cannot do, and FAULT_ID_VALID with NEST_PARENT. The driver
         gets ``flags`` without FAULT_ID_VALID. Then a domain for ``idev``, coherency
-        enforced if the device needs it, attached at once when automatic, added to the
-        IOAS. Unless ``finalize``, the HWPT keeps a reserved id for the caller to
-        :meth:`add` or :meth:`abort_hwpt`."""
+        enforced if the device needs it, attached at once when automatic for a device
+        not attached yet (``immediate_attach``), added to the IOAS. Unless ``finalize``,
+        the HWPT keeps a reserved id for the caller to :meth:`add` or
+        :meth:`abort_hwpt`."""
         master = _master(idev.dev)
         driver = self.core.driver
         has_op = hasattr(driver, "domain_alloc_paging_flags")  # 6.12: domain_alloc_user
@@ -314,15 +317,16 @@ class IommufdCtx:
             domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)
         hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto,
                           nest_parent=bool(flags & _NEST_PARENT))
+        immediate_attach = auto and idev.hwpt is None  # not for a replace
         try:
             if idev.enforce_cache_coherency:
                 self._enforce_cc(hwpt)
-            if auto:
+            if immediate_attach:
                 self._attach_domain(idev, hwpt)
             try:
                 ioas.iopt.add_domain(domain, coherent=hwpt.enforce_cache_coherency)
             except KernelError:
-                if auto:
+                if immediate_attach:
                     self._detach_domain(idev, hwpt)
                 raise
         except KernelError:
@@ -364,13 +368,17 @@ class IommufdCtx:
 
     # -- devices -------------------------------------------------------------------------
     def bind(self, dev: DmaDevice, *, mock: bool = False) -> Device:
-        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU.
+        """``iommufd_device_bind``: EINVAL without cache-coherent DMA through the IOMMU;
+        then the context claims the device's DMA (``iommu_device_claim_dma_owner``:
+        EPERM if another owner has the group, EBUSY if it is not on its default domain;
+        the group moves to its blocking domain), released when the device is destroyed.
         The driver holds a reference until :meth:`unbind` (IOMMU_DESTROY of the device
         is EBUSY), and the device holds the context unless it is a selftest ``mock``."""
         driver = self.core.driver
         master = _master(dev)
         if not driver.capable(master, IommuCap.CACHE_COHERENCY):
             raise InvalidArgument(f"{dev.name}: the IOMMU is not cache coherent")
+        self.core.device_claim_dma_owner(dev, self)
         idev = Device(dev=dev, enforce_cache_coherency=driver.capable(
             master, IommuCap.ENFORCE_CACHE_COHERENCY), holds_ctx=not mock)
         if idev.holds_ctx:
@@ -425,7 +433,18 @@ class IommufdCtx:
             except InvalidArgument:
                 continue  # incompatible domain: try the next
             return hwpt
-        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto=True)
+        # An attach allocates the HWPT attached (immediate_attach); a replace moves the
+        # device once the HWPT is complete, so a failure leaves it where it was.
+        immediate = idev.hwpt is None
+        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto=True, finalize=immediate)
+        if not immediate:
+            try:
+                self._attach_hwpt(idev, hwpt)
+            except KernelError:
+                self.abort_hwpt(hwpt)
+                raise
+            self.add(hwpt, hwpt.id)
+            return hwpt
         hwpt.devices.append(idev)
         hwpt.users += 1
         idev.hwpt = hwpt
@@ -442,20 +461,28 @@ class IommufdCtx:
         idev.hwpt = hwpt
 
     def _attach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+        """The reserved regions, then the group onto the domain: ``iommu_attach_group``
+        for a device not attached yet (EBUSY unless the group is on a core domain),
+        ``iommu_group_replace_domain`` for one that is."""
         iopt = hwpt.ioas.iopt
         self._enforce_resv_regions(idev, iopt)
         try:
             group = idev.dev.group
             assert group is not None
-            self.core.set_group_domain(group, hwpt.domain)
+            if idev.hwpt is None:
+                self.core.attach_group(hwpt.domain, group)
+            else:
+                self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
             iopt.space.remove_reservations(idev)
             raise
 
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+        """``iommu_detach_group_handle``: the group goes back to its core domain, the
+        blocking one as the context owns it."""
         group = idev.dev.group
         assert group is not None
-        self.core.set_group_domain(group, _blocking(self.core, group))
+        self.core.detach_group(group)
         hwpt.ioas.iopt.space.remove_reservations(idev)
 
     def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
@@ -689,11 +716,3 @@ def _hwpt_paging_flags(kernel: KernelVersion) -> int:
 def _master(dev: DmaDevice) -> Any:
     assert dev.dev_iommu is not None, f"{dev.name} has no IOMMU"
     return dev.dev_iommu.priv
-
-
-def _blocking(core: IommuCore, group: Any) -> IommuDomain:
-    """The domain a device bound to iommufd sits in when not attached."""
-    blocked = getattr(core.driver, "blocked_domain", None)
-    domain: IommuDomain = blocked if blocked is not None else group.default_domain
-    return domain
-

@@ -58,14 +58,16 @@ class VfioDevice:
 
     def _check(self) -> None:
         """Invariants (tests only): bound only while open, through one context file that
-        is still open; the device object has a HWPT exactly when it is attached, through
-        ``iommufd_attached`` or PASID 0, not both; a bound cdev is the device's only
-        opener."""
+        is still open and owns the device's group DMA; the device object has a HWPT
+        exactly when it is attached, through ``iommufd_attached`` or PASID 0, not both;
+        a bound cdev is the device's only opener."""
         assert self.open_count >= 0
         assert (self.iommufd is None) == (self.idev is None)
         assert self.pasids <= {IOMMU_NO_PASID}, "only PASID 0 can be attached in the model"
         if self.idev is not None:
             assert self.iommufd is not None and self.iommufd.refs > 0
+            group = self.dev.group
+            assert group is not None and group.owner is self.iommufd.ctx
             assert self.open_count >= 1
             assert self.iommufd.ctx.objects.get(self.idev.id) is self.idev
             assert not (self.iommufd_attached and self.pasids)

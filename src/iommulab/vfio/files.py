@@ -204,8 +204,10 @@ class Container(VfioFile):
         self.iommu = iommu
 
     def _attach(self, iommu: VfioIommu, g: GroupFile, proc: Process) -> None:
-        """Allocate a paging domain, attach the group, let type1 check and keep or swap it
-        (``proc``: the process attaching, ``current`` for a replay that pins)."""
+        """``vfio_iommu_type1_attach_group``: allocate a paging domain, attach the group
+        (``iommu_attach_group``: it is on its blocking domain, VFIO owns it), let type1
+        check and keep or swap it (``proc``: the process attaching, ``current`` for a
+        replay that pins). On failure the group is detached again, back to blocking."""
         core = self.machine.core
         group = g.group
         first = group.devices[0].dev_iommu  # iommu_paging_domain_alloc(first device)
@@ -222,24 +224,23 @@ class Container(VfioFile):
             """vfio_iommu_type1_attach_group's move onto a compatible domain: detach from
             ``domain``, iommu_attach_group(d->domain), and if that is refused attach
             ``domain`` again (7.0's revert leaves the refusing device where it was)."""
-            core.set_group_domain(group, _default(group))  # iommu_detach_group
+            core.detach_group(group)
             try:
-                core.set_group_domain(group, existing)
+                core.attach_group(existing, group)
             except KernelError:
-                core.set_group_domain(group, domain)
+                core.attach_group(domain, group)
                 return False
             return True
 
         try:
-            core.set_group_domain(group, domain)
+            core.attach_group(domain, group)
             enforce_cc = bool(getattr(core.driver, "enforce_cache_coherency",
                                       lambda d: False)(domain))
             target = iommu.attach_group(group, domain, msi_isolated=True,
                                         enforce_cc=enforce_cc, join=join,
                                         current=proc)
         except KernelError:
-            if group.domain is not _default(group):
-                core.set_group_domain(group, _default(group))
+            core.detach_group(group)  # out_detach; a no-op if the attach itself failed
             domain.free()
             raise
         if target is not domain:  # joined an existing domain
@@ -250,24 +251,38 @@ class Container(VfioFile):
             get_msi_cookie(domain, msi_base)
 
     def _detach(self, iommu: VfioIommu, g: GroupFile) -> None:
+        """``vfio_iommu_type1_detach_group``: ``iommu_detach_group`` leaves the group on
+        its blocking domain while VFIO still owns it."""
         core = self.machine.core
         freed = iommu.detach_group(g.group)
-        core.set_group_domain(g.group, _default(g.group))
+        core.detach_group(g.group)
         if freed is not None:
             freed.cookie = None
             freed.free()
 
     def add_group(self, g: GroupFile, proc: Process) -> None:
-        """``vfio_container_attach_group``: with a driver set, the group is attached now;
-        the group goes to the head of the list (``list_add``)."""
+        """``vfio_container_attach_group``: the VFIO group claims DMA ownership of its
+        IOMMU group (``iommu_group_claim_dma_owner``: EPERM if anyone owns it, EBUSY if
+        it is not on its default domain, which moves it to the blocking domain); with a
+        driver set, the group is attached now (ownership released if that fails); the
+        group goes to the head of the list (``list_add``)."""
+        core = self.machine.core
+        core.group_claim_dma_owner(g.group, g)
         if self.iommu is not None:
-            self._attach(self.iommu, g, proc)
+            try:
+                self._attach(self.iommu, g, proc)
+            except KernelError:
+                core.group_release_dma_owner(g.group)
+                raise
         self.groups.insert(0, g)
 
     def remove_group(self, g: GroupFile) -> None:
-        """``vfio_group_detach_container``; the last group out drops the IOMMU driver."""
+        """``vfio_group_detach_container``: type1 detaches the group, then its DMA
+        ownership is released (back to the default domain); the last group out drops
+        the IOMMU driver."""
         if self.iommu is not None:
             self._detach(self.iommu, g)
+        self.machine.core.group_release_dma_owner(g.group)
         self.groups.remove(g)
         if not self.groups:
             self.iommu = None
@@ -400,11 +415,6 @@ def _int(arg: int | bytes | bytearray) -> int:
     return arg
 
 
-def _default(group: IommuGroup) -> IommuDomain:
-    assert group.default_domain is not None
-    return group.default_domain
-
-
 class GroupFile(VfioFile):
     """``/dev/vfio/<group>``. ``devices_open`` counts the devices using its container
     (``container_users`` - 1); each holds the group file open."""
@@ -445,15 +455,16 @@ class GroupFile(VfioFile):
 
     def _get_status(self, a: _Arg) -> int:
         """``vfio_group_ioctl_get_status``: VIABLE | CONTAINER_SET once the group has a
-        container or an iommufd; before that VIABLE unless its DMA is owned (an iommufd
-        bound one of its devices)."""
+        container or an iommufd; before that VIABLE unless anyone owns the group's DMA
+        (``iommu_group_dma_owner_claimed``: an iommufd bound one of its devices, or a
+        kernel driver uses the DMA API)."""
         argsz, _ = u.GROUP_STATUS.unpack(a.read(0, u.GROUP_STATUS.size))
         if argsz < u.GROUP_STATUS.size:
             raise InvalidArgument(f"GROUP_GET_STATUS: argsz {argsz} < {u.GROUP_STATUS.size}")
         if self.has_iommu():
             flags = u.VFIO_GROUP_FLAGS_VIABLE | u.VFIO_GROUP_FLAGS_CONTAINER_SET
-        elif any(vd.idev is not None for vd in _vfio_devices(self.machine, self.id)):
-            flags = 0  # iommu_group_dma_owner_claimed()
+        elif self.machine.core.group_dma_owner_claimed(self.group):
+            flags = 0
         else:
             flags = u.VFIO_GROUP_FLAGS_VIABLE
         a.write(0, u.GROUP_STATUS.pack(argsz, flags))
