@@ -315,7 +315,7 @@ def replay(config: WorldConfig, ops: Sequence[Op], guard: Guard | None = None
 def minimize(config: WorldConfig, ops: list[Op], key: str, *, guard: Guard | None = None,
              budget: int = 300) -> list[Op]:
     """The shortest sub-sequence of ``ops`` found (ddmin, at most ``budget`` replays)
-    that still gives a finding keyed ``key``."""
+    that still gives a finding keyed ``key``, without the fail-nth it does not need."""
     tries = 0
 
     def still(cand: list[Op]) -> bool:
@@ -338,6 +338,11 @@ def minimize(config: WorldConfig, ops: list[Op], key: str, *, guard: Guard | Non
             if n >= len(ops):
                 break
             n = min(len(ops), 2 * n)
+    for i, op in enumerate(ops):  # then fail-nth where the finding does not need it
+        if op.fail_nth and tries < budget:
+            cand = [*ops[:i], dataclasses.replace(op, fail_nth=0), *ops[i + 1:]]
+            if still(cand):
+                ops = cand
     return ops
 
 
