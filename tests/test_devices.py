@@ -39,3 +39,19 @@ def test_a_transfer_is_translated_leaf_by_leaf_and_faults_whole() -> None:
     assert p.mem.read(a + 0xffe, 2) == b"\0\0"  # nothing was written
     assert dev.stats.faults == 1 and dev.stats.bytes_written == 8
     p.close()
+
+
+@pytest.mark.parametrize(("iova", "n"), [(1 << 64, 4), ((1 << 64) - 2, 4), (-4096, 8)])
+def test_a_transfer_outside_the_64_bit_bus_is_refused_before_any_translation(
+        iova: int, n: int) -> None:
+    """A device address is 64 bits: a transfer that starts past 2^64 or runs over it is a
+    caller's error (ValueError naming it) that reaches no IOMMU model (the SMMUv3's event
+    record of such an address overflowed its 64-bit field)."""
+    p = make_platform()
+    _, dev = p.device()
+    with pytest.raises(ValueError, match="64-bit bus"):
+        dev.dma_read(iova, n)
+    with pytest.raises(ValueError, match="64-bit bus"):
+        dev.dma_write(iova, bytes(n))
+    assert dev.stats.translations == 0 and dev.stats.faults == 0
+    p.close()

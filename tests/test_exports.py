@@ -45,7 +45,11 @@ PUBLIC = {
         "ArmSmmuDevice", "ArmSmmuDomain", "ArmSmmuMaster", "Feature", "HwStats", "Iotlb",
         "IotlbConfig", "IotlbEntry", "IotlbStats", "SmmuEvent", "SmmuV3Config", "SmmuV3Hw"},
     "iommulab.devices": {"DMA_BIT_MASK", "DmaDevice", "DmaStats", "Translator"},
-    "iommulab.testing": {"RecordingTlb"},
+    "iommulab.testing": {"LeakSnapshot", "RecordingTlb", "check_invariants", "leak_snapshot"},
+    "iommulab.testing.fuzz": {"Finding", "FuzzReport", "Fuzzer", "Guard", "Op", "ProcSpec",
+                              "SequenceResult", "World", "WorldConfig", "address_space_limit",
+                              "find_device", "minimize", "random_config", "render", "replay",
+                              "run_sequence"},
     "iommulab.report": {"format_size", "format_table"},
 }
 

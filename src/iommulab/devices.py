@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DMA_BIT_MASK", "DmaDevice", "DmaStats", "Translator"]
 
+_BUS_END = 1 << 64  # where a device's address space ends
+
 
 def DMA_BIT_MASK(n: int) -> int:
     """``DMA_BIT_MASK(n)``: the highest address an n-bit DMA engine can drive."""
@@ -132,6 +134,9 @@ class DmaDevice:
         """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf."""
         if n < 0:
             raise ValueError(f"DMA length must not be negative, not {n}")
+        if iova < 0 or iova + n > _BUS_END:  # a PCIe/AXI address is 64 bits
+            raise ValueError(f"DMA of {n:#x} bytes at {iova:#x} runs outside the 64-bit bus "
+                             "address space")
         if not n:
             return []
         self._forced_snoop = False
