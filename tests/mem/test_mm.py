@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from iommulab import Machine
 from iommulab.errors import BadAddress, InvalidArgument, OutOfMemory
 from iommulab.mem import PhysMem
 from iommulab.mem.mm import MmStruct, Vma, pfn_runs
@@ -244,3 +245,34 @@ def test_get_user_pages_is_a_plain_get() -> None:
     child.close()
     mm.close()
     assert mem.frames.allocated_blocks == 0
+
+
+@pytest.mark.parametrize("kind", ["shmem", "memfd", "truncated"])
+def test_file_pages_unmapped_while_pinned_are_freed_by_the_last_unpin(kind: str) -> None:
+    """A shmem or memfd page that no mapping and no file holds any more (munmapped and
+    the file closed, or truncated away) while pinned is kept for the pin, and the last
+    unpin frees it, whoever pinned it (the pin is the last ``put_page``)."""
+    m = Machine("x86-vtd", ram="64M")
+    p = m.spawn_process()
+    if kind == "shmem":
+        va = p.mmap(1 << 20, shared=True)
+    else:
+        mfd = p.memfd_create("m", 1 << 20)
+        va = p.mmap(1 << 20, fd=mfd)
+    p.write(va, b"pinned" * 2000)
+    pins = p.mm.pin_user_pages(va, 3, write=True)
+    if kind == "truncated":
+        p.ftruncate(mfd, 0)
+    else:
+        p.munmap(va, 1 << 20)
+        if kind == "memfd":
+            p.close(mfd)
+    frames = m.mem.frames
+    assert frames.total_frames - frames.free_frames == 3
+    assert m.mem.read(int(pins[0]) << 12, 6) == b"pinned"
+    p.mm.unpin_user_pages(pins[:1])
+    assert frames.total_frames - frames.free_frames == 2
+    p.mm.unpin_user_pages(pins[1:])
+    m.mem._check()
+    p.exit()
+    assert frames.free_frames == frames.total_frames and not m.mem.orphans.total

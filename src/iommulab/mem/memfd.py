@@ -6,7 +6,8 @@ filled a folio at a time when a page is first mapped or pinned (4K frames
 for shmem, 2M or 1G folios for hugetlb, ENOMEM if none is free).
 ``memfd_pin_folios`` refuses a range reaching past the size (EINVAL). The
 file lives while an fd, a mapping or an ``iopt_pages`` holds it; when the
-last goes its pages are freed, except pinned ones, freed at their last unpin.
+last goes its pages are freed, except pinned ones, freed at their last unpin
+(:meth:`PhysMem.free_unpinned`), whoever's pin that is.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ class MemFd:
         self.pfns = np.zeros(0, dtype=np.int64)
         self.size = 0
         self.refs = 1  # the fd
-        self._orphans: list[tuple[int, int]] = []  # runs of cut-off 4K pages still pinned
-        self._orphan_folios: list[tuple[int, int]] = []  # (pfn, order) still pinned
         self.ftruncate(size)
 
     @property
@@ -88,10 +87,6 @@ class MemFd:
     def unpin(self, pfns: I64Array) -> None:
         """``unpin_folios``; pages the file no longer has go with their last pin."""
         self.mem.unpin_pages(pfns)
-        if self._orphans:
-            self._orphans = self.mem.free_unpinned(self._orphans)
-        if self._orphan_folios:
-            self._orphan_folios = self.mem.free_unpinned_folios(self._orphan_folios)
 
     def get(self) -> MemFd:
         self.refs += 1
@@ -108,7 +103,7 @@ class MemFd:
         """Drop pages ``keep`` and on from the page cache (a folio at a time for hugetlb)."""
         tail = self.pfns[keep:]
         if self.order:
-            self._orphan_folios += self.mem.free_unpinned_folios(
+            self.mem.free_unpinned_folios(
                 [(pfn, self.order) for pfn in tail[::1 << self.order].tolist() if pfn >= 0])
         else:
-            self._orphans += self.mem.free_unpinned(pfn_runs(tail[tail >= 0]))
+            self.mem.free_unpinned(pfn_runs(tail[tail >= 0]))

@@ -661,18 +661,16 @@ class MmStruct:
             done += n
 
     def unpin_user_pages(self, pfns: I64Array) -> None:
-        """``unpin_user_pages``; a page no process maps any more is freed with its last
-        pin."""
+        """``unpin_user_pages``; a page nobody maps or caches any more is freed with its
+        last pin (:class:`PhysMem` frees it)."""
         self.mem.unpin_pages(pfns)
         self.pinned_pages -= len(pfns)
-        self.anon.release_orphans()
 
     def unpin_user_page_runs(self, runs: list[tuple[int, int]]) -> None:
         """:meth:`unpin_user_pages` of ``(first pfn, pages)`` runs, as
         ``unpin_user_page_range_dirty_lock`` takes them."""
         self.mem.unpin_runs(runs)
         self.pinned_pages -= sum(n for _, n in runs)
-        self.anon.release_orphans()
 
     def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
         """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
