@@ -56,6 +56,16 @@ class PciDevice(DmaDevice):
         self.bar0, self.bar0_size = bar0, bar0_size
 
 
+def _length_arg(size: int | str) -> int:
+    """A length given as an int or a size string ("2M"); EINVAL for text that is none."""
+    if isinstance(size, int):
+        return size
+    try:
+        return parse_size(size)
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from None
+
+
 def _parse_bdf(bdf: str) -> tuple[int, int]:
     """``DDDD:BB:DD.F`` -> (bus, devfn); ValueError naming the text otherwise."""
     try:
@@ -278,43 +288,52 @@ class Process:
              shared: bool = False, private: bool = False) -> int:
         """``mmap``: anonymous memory of ``backing`` (``shared``: MAP_SHARED | MAP_ANONYMOUS,
         shmem that a forked child shares), a memfd (MAP_SHARED, or MAP_PRIVATE with
-        ``private``: copied on write) or a VFIO device region (``fd``)."""
+        ``private``: copied on write) or a VFIO device region (``fd``). x86_64's
+        ``sys_mmap`` first: EINVAL for an offset that is not whole pages, then EBADF for
+        an fd that is not open; the rest is :meth:`MmStruct.mmap`'s (``do_mmap``): a file
+        without ``mmap`` is ENODEV, and a device region wants MAP_SHARED (EINVAL,
+        ``vfio_pci_core_mmap``)."""
         if prot not in ("rw", "r"):
             raise InvalidArgument(f"mmap: prot {prot!r} is not 'rw' or 'r'")
+        if not -(1 << 63) <= offset < 1 << 64 or offset & 0xFFF:
+            raise InvalidArgument(f"mmap: offset {offset:#x} is not a multiple of the page size")
+        if fd is None:
+            return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
+                                shared=shared, private=private)
         from .iommufd.file import MemFdFile
-        mmio = None
-        memfd = None
-        if shared and fd is None:
-            from .mem.memfd import MemFd
-            shmem = MemFd(self.machine.mem, "/dev/zero (deleted)", parse_size(length))
-            try:
-                return self.mm.mmap(length, writable=prot == "rw", file=shmem)
-            finally:
-                shmem.put()  # the mapping holds it now
-        if fd is not None:
-            f = self._file(fd)
-            if isinstance(f, MemFdFile):
-                memfd = f.memfd
-            else:
-                mmio = f.mmap_region(parse_size(length), offset)
+        f = self._file(fd)
+        if isinstance(f, MemFdFile):
+            return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
+                                file=f.memfd, offset=offset, private=private)
+
+        def region(nbytes: int) -> int:
+            pa = f.mmap_region(nbytes, offset)  # the file's ->mmap: ENODEV where none
+            if private:
+                raise InvalidArgument("mmap: a device region needs MAP_SHARED")
+            return pa
+
         return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
-                            mmio_pa=mmio, file=memfd, offset=offset,
-                            private=private and memfd is not None)
+                            device=region, offset=offset)
 
     def memfd_create(self, name: str, size: int | str = 0, hugetlb: str | None = None) -> int:
         """``memfd_create`` (MFD_HUGETLB with ``hugetlb`` "2M" or "1G") and ``ftruncate``
-        to ``size``: the fd."""
+        to ``size``: the fd. Nothing is allocated for the size."""
         from .iommufd.file import MemFdFile
         from .mem.memfd import MemFd
-        return self.install(MemFdFile(MemFd(self.machine.mem, name, parse_size(size),
+        return self.install(MemFdFile(MemFd(self.machine.mem, name, _length_arg(size),
                                             hugetlb)))
 
     def ftruncate(self, fd: int, size: int | str) -> None:
+        """``ftruncate``: EINVAL for a negative length, EBADF for an fd not open, EINVAL
+        for a file that is not a memfd (``do_sys_ftruncate``)."""
         from .iommufd.file import MemFdFile
+        length = _length_arg(size)
+        if length < 0:
+            raise InvalidArgument(f"ftruncate: length {length} is negative")
         f = self._file(fd)
         if not isinstance(f, MemFdFile):
             raise InvalidArgument(f"ftruncate: fd {fd} is not a memfd")
-        f.memfd.ftruncate(parse_size(size))
+        f.memfd.ftruncate(length)
 
     def munmap(self, vaddr: int, length: int) -> None:
         self.mm.munmap(vaddr, length)

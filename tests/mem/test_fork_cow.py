@@ -25,7 +25,7 @@ def used(m: Machine) -> int:
 def pfn(p: Process, va: int) -> int:
     vma = p.mm.find_vma(va)
     assert vma is not None
-    return int(vma.pfns[(va - vma.start) >> 12])
+    return int(vma.pfns()[(va - vma.start) >> 12])
 
 
 def check(m: Machine, *procs: Process) -> None:
@@ -165,11 +165,11 @@ def test_a_thp_mapped_by_4k_pages_is_reused_only_from_6_15(kernel: str, copied: 
     p.mm.unpin_user_pages(pins)
     p.fork().exit()  # shared page by page, then the parent is alone again, not exclusive
     vma = p.mm.find_vma(va)
-    assert vma is not None and not vma.folios and not vma.excl.any()
+    assert vma is not None and not vma.folios and not vma.excl().any()
     old = pfn(p, va + 5 * K)
     p.write(va + 5 * K, b"x")
     assert (pfn(p, va + 5 * K) != old) == copied
-    assert p.mm.anon.compound(vma.pfns[:1])[0] != copied  # the copy left the THP split
+    assert p.mm.anon.compound(vma.pfns()[:1])[0] != copied  # the copy left the THP split
     check(m, p)
     p.exit()
     clean(m)
@@ -192,10 +192,10 @@ def test_a_pin_of_pte_mapped_thp_after_two_forks(kernel: str, copied: bool) -> N
     p.mm.unpin_user_pages(pins)
     p.fork().exit()
     vma = p.mm.find_vma(va)
-    assert vma is not None and not vma.folios and not vma.excl.any()
-    before = vma.pfns.copy()
+    assert vma is not None and not vma.folios and not vma.excl().any()
+    before = vma.pfns()
     runs = p.mm.pin_user_page_runs(va, size // K, write=True)
-    assert int((vma.pfns != before).sum()) == (size // K if copied else 0)
+    assert int((vma.pfns() != before).sum()) == (size // K if copied else 0)
     check(m, p)
     p.mm.unpin_user_page_runs(runs)
     p.exit()
@@ -274,3 +274,4 @@ def test_a_hugetlb_page_to_copy_without_a_free_one_is_enomem() -> None:
     assert p.read(va + M, 4) == b"mine"
     p.exit()
     clean(m)
+
