@@ -411,7 +411,7 @@ class MmStruct:
                            pgoff=vma.pgoff, private=vma.private)
                 child._link(copy)
                 self._dup_anon(vma, copy, pinned)
-        except KernelError:
+        except BaseException:  # whatever stopped it, the half-built child goes
             child.close()
             raise
         return child
