@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import DmaFault
+from .errors import DmaFault, InvalidArgument
 from .mem import PhysMem
 
 if TYPE_CHECKING:
@@ -129,9 +129,12 @@ class DmaDevice:
 
     def _translate(self, iova: int, n: int, write: bool, privileged: bool
                    ) -> list[tuple[int, int]]:
-        """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf."""
-        if n < 0:
-            raise ValueError(f"DMA length must not be negative, not {n}")
+        """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf.
+        EINVAL for a range no device can put on the bus (a negative length, an address
+        outside 64 bits)."""
+        if n < 0 or iova < 0 or iova + n > 1 << 64:
+            raise InvalidArgument(f"DMA of {n} bytes at {iova:#x}: not a range of 64-bit bus "
+                                  "addresses")
         if not n:
             return []
         self._forced_snoop = False
