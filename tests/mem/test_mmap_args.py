@@ -226,14 +226,19 @@ def test_a_file_mapping_past_the_end_of_the_file() -> None:
 
 
 def test_mmap_flag_rules_of_files() -> None:
-    """MAP_HUGETLB with a file that is not on hugetlbfs is EINVAL (ksys_mmap_pgoff), as are
-    MAP_SHARED with MAP_PRIVATE for anonymous memory and a hugetlbfs offset that is not
-    whole huge pages (hugetlbfs_file_mmap)."""
+    """MAP_SHARED with MAP_PRIVATE for anonymous memory is EINVAL, as is a hugetlbfs
+    offset that is not whole huge pages (``hugetlbfs_file_mmap``); for a file the
+    ``backing`` argument is ignored, the file's pages are what they are."""
     m, p = _proc()
-    mfd = p.memfd_create("m", 4 * M)
-    expect_errno(errno.EINVAL, p.mmap, 2 * M, "hugetlb-2M", fd=mfd)
     expect_errno(errno.EINVAL, p.mmap, 4 * K, shared=True, private=True)
     hfd = p.memfd_create("h", 4 * M, "2M")
     expect_errno(errno.EINVAL, p.mmap, 2 * M, fd=hfd, offset=4 * K)
     _unchanged(m, p)
+    mfd = p.memfd_create("m", 4 * M)
+    va = p.mmap(2 * M, "hugetlb-2M", fd=mfd, private=True)
+    p.write(va, b"copy")
+    child = p.fork()
+    assert child.read(va, 4) == b"copy"
+    child.exit()
     p.exit()
+    assert m.mem.frames.free_frames == m.mem.frames.total_frames

@@ -141,12 +141,14 @@ class MmStruct:
         copied on first write), or a device region (``device``: the driver's mmap, given
         the page-aligned length; or ``mmio_pa``). Returns the address; on failure the
         kernel's errno, nothing changed: EINVAL for a length of 0 (also one a hugetlb
-        rounding wraps to 0), an unaligned offset, MAP_HUGETLB with a file that is not
-        hugetlbfs; ENOMEM for a length past the address space, too many mappings, no
-        hole, an accountable mapping longer than RAM, hugetlb pages the machine lacks;
-        EOVERFLOW for a file range past MAX_LFS_FILESIZE. THP and hugetlb mappings of 2M
-        or more are aligned to their huge size. O(VMAs) to find the hole; no host
-        memory in proportion to the length."""
+        rounding wraps to 0) or an unaligned offset; ENOMEM for a length past the
+        address space, too many mappings, no hole, an accountable mapping longer than
+        RAM, hugetlb pages the machine lacks; EOVERFLOW for a file range past
+        MAX_LFS_FILESIZE. THP and hugetlb mappings of 2M or more are aligned to their
+        huge size; ``backing`` is ignored for a file or a device region, whose pages are
+        what they are (the model's contract, where Linux refuses MAP_HUGETLB of a file
+        that is not on hugetlbfs). O(VMAs) to find the
+        hole; no host memory in proportion to the length."""
         if mmio_pa is not None:
             device = self._fixed_region(mmio_pa)
         if backing not in BACKINGS:
@@ -154,10 +156,9 @@ class MmStruct:
         if not -(1 << 63) <= offset <= U64_MAX or offset & (PAGE_SIZE - 1):
             raise InvalidArgument(f"mmap: offset {offset:#x} is not a multiple of the page size")
         offset &= U64_MAX
-        anon_hugetlb = backing.startswith("hugetlb") and file is None and device is None
-        if backing.startswith("hugetlb") and not anon_hugetlb and not (file and file.order):
-            raise InvalidArgument(f"mmap: MAP_HUGETLB ({backing}) of a file that is not on "
-                                  "hugetlbfs")
+        if file is not None or device is not None:
+            backing = "anon"  # the file or the device region decides what backs the pages
+        anon_hugetlb = backing.startswith("hugetlb")
         if shared and private:
             raise InvalidArgument("mmap: MAP_SHARED and MAP_PRIVATE together")
         nbytes = _unsigned_long(length, "mmap")
@@ -195,12 +196,12 @@ class MmStruct:
 
     def _vm_enough_memory(self, nbytes: int, writable: bool, shared_file: bool,
                           shared_anon: bool, hugetlb: bool) -> None:
-        # shared_file: a MAP_SHARED file or a device region (VM_SHARED, never accounted)
         """``__vm_enough_memory`` under the default heuristic overcommit (OVERCOMMIT_GUESS)
         for what ``mmap_region`` accounts: a private writable mapping
-        (``accountable_mapping``) and shared anonymous memory (``shmem_acct_size``), not
-        hugetlb (its reservation counts). ENOMEM for more pages than RAM (the model has
-        no swap)."""
+        (``accountable_mapping``) and shared anonymous memory (``shmem_acct_size``); not
+        hugetlb (its reservation counts) nor a ``shared_file`` (a MAP_SHARED file or a
+        device region, VM_SHARED). ENOMEM for more pages than RAM (the model has no
+        swap)."""
         accountable = not hugetlb and not shared_file and (writable or shared_anon)
         total = self.mem.frames.total_frames
         if accountable and nbytes >> PAGE_SHIFT > total:
