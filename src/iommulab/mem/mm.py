@@ -617,7 +617,7 @@ class MmStruct:
         if vma.shared or count <= 0:
             return
         if vma.file is None:
-            if vma.excl(first, hi).all():
+            if vma.pages.first_unset(first, hi, excl=True) == hi:  # all its own already
                 return
             if vma.backing.startswith("hugetlb"):
                 self._hugetlb_wp(vma, first, hi)
@@ -699,9 +699,12 @@ class MmStruct:
         mine = 0
         for other in self._overlapping(base, end):
             lo, hi = max(base, other.start), min(end, other.end)
-            got = other.pfns((lo - other.start) >> PAGE_SHIFT, (hi - other.start) >> PAGE_SHIFT)
-            want = head + ((lo - base) >> PAGE_SHIFT) + _offsets(order)[:len(got)]
-            mine += int(np.count_nonzero(got == want))
+            first = (other.start - base) >> PAGE_SHIFT  # page of the stretch at other's 0
+            for ext in other.pages.pieces((lo - other.start) >> PAGE_SHIFT,
+                                          (hi - other.start) >> PAGE_SHIFT):
+                at = first + ext.lo  # the folio page each of ext's pages would be
+                want = head + at + _offsets(order)[:len(ext.pfns)]
+                mine += int(np.count_nonzero(ext.pfns == want))
         return mine == total
 
     def _wp_page_copy(self, window: Extent, idx: I64Array, old: I64Array,

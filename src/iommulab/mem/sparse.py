@@ -21,10 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GRANULE", "Extent", "SparsePages"]
+__all__ = ["GRANULE", "ROOM", "Extent", "SparsePages"]
 
 #: pages per granule: the pages one PTE table maps (x86_64 and arm64 with 4K pages)
 GRANULE = 512
+#: the room, in multiples of itself, an extent that grows keeps on the side it grew on:
+#: copies of a mapping faulted in a batch at a time add up to a third of its size
+ROOM = 3
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -178,8 +181,8 @@ class SparsePages:
     def window(self, lo: int, hi: int) -> Extent:
         """Views of pages ``[lo, hi)`` that writes go through: the extents there are
         made (whole granules, within ``npages``) or merged into one. Costs host memory
-        in proportion to ``hi - lo`` (at most twice that, with the room a growing extent
-        keeps), which the caller bounds."""
+        in proportion to ``hi - lo``, which the caller bounds (the room a growing extent
+        keeps is left untouched, so the host does not back it until it is used)."""
         if hi <= lo:
             return Extent(lo, np.zeros(0, dtype=np.int64),
                           np.zeros(0, dtype=np.bool_) if self.with_excl else None)
@@ -206,11 +209,12 @@ class SparsePages:
         return run.view(lo, hi)
 
     def _grown(self, merged: list[_Run], lo: int, hi: int) -> _Run:
-        """A run for ``[lo, hi)`` holding the pages of ``merged``, with as much room again
-        on each side it grew on (none for a new run: scattered pages stay small)."""
+        """A run for ``[lo, hi)`` holding the pages of ``merged``, with :data:`ROOM` times
+        as much room on each side it grew on (none for a new run: scattered pages stay
+        small)."""
         size = hi - lo
-        left = size if merged and lo < merged[0].lo else 0
-        right = size if merged and hi > merged[-1].hi else 0
+        left = ROOM * size if merged and lo < merged[0].lo else 0
+        right = ROOM * size if merged and hi > merged[-1].hi else 0
         base = max(0, lo - left)
         run = _Run(base, min(self.npages, hi + right) - base, self.with_excl)
         pos = lo
