@@ -12,13 +12,14 @@ in :mod:`iommulab.vfio.files`.
 
 from __future__ import annotations
 
+import errno
 import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .devices import DmaDevice
-from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry
+from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry, kernel_error
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
 
+#: RLIMIT_NOFILE's usual soft limit (INR_OPEN_CUR)
+RLIMIT_NOFILE_DEFAULT = 1024
 #: name -> (RAM base, first BAR address, IOMMU core strict)
 PLATFORMS = {
     "x86-vtd": (0x1_0000_0000, 0xE000_0000, False),
@@ -256,21 +259,25 @@ class Machine:
 
     def spawn_process(self, memlock_limit: int | str | None = None,
                       cap_ipc_lock: bool = False, *, uid: int = 1000,
-                      cap_sys_resource: bool = False) -> Process:
-        """A process of user ``uid`` (processes of one uid share its ``locked_vm``)."""
+                      cap_sys_resource: bool = False,
+                      nofile_limit: int = RLIMIT_NOFILE_DEFAULT) -> Process:
+        """A process of user ``uid`` (processes of one uid share its ``locked_vm``) with
+        RLIMIT_MEMLOCK ``memlock_limit`` and RLIMIT_NOFILE ``nofile_limit``."""
         limit = None if memlock_limit is None else parse_size(memlock_limit)
-        return Process(self, limit, cap_ipc_lock, uid, cap_sys_resource)
+        return Process(self, limit, cap_ipc_lock, uid, cap_sys_resource, nofile_limit)
 
 
 @dataclass
 class Process:
-    """A process: address space, RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, files."""
+    """A process: address space, RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, files
+    (fewer than RLIMIT_NOFILE ``nofile_limit``)."""
 
     machine: Machine
     memlock_limit: int | None
     cap_ipc_lock: bool
     uid: int = 1000
     cap_sys_resource: bool = False
+    nofile_limit: int = RLIMIT_NOFILE_DEFAULT
     mm: MmStruct = field(init=False)
     files: dict[int, VfioFile] = field(default_factory=dict, init=False)
 
@@ -365,7 +372,14 @@ class Process:
         return self.install(open_vfio_path(self, path))
 
     def install(self, f: VfioFile) -> int:
+        """``get_unused_fd_flags`` + ``fd_install`` of a new file: the lowest free fd.
+        EMFILE when none is below RLIMIT_NOFILE; the caller's reference to the file is
+        dropped then, as its error path would (``fput``). O(files)."""
         fd = next(i for i in range(3, len(self.files) + 4) if i not in self.files)
+        if fd >= self.nofile_limit:
+            fput(f)
+            raise kernel_error(errno.EMFILE, f"no fd below RLIMIT_NOFILE "
+                               f"({self.nofile_limit}): {len(self.files)} files open")
         self.files[fd] = f
         return fd
 
@@ -379,7 +393,7 @@ class Process:
         ``dup_mmap`` gives it (:meth:`MmStruct.fork`: private memory shared until written,
         pages that may be pinned copied now) and the same open files."""
         child = Process(self.machine, self.memlock_limit, self.cap_ipc_lock, self.uid,
-                        self.cap_sys_resource)
+                        self.cap_sys_resource, self.nofile_limit)
         child.mm = self.mm.fork()
         child.files = {fd: get_file(f) for fd, f in self.files.items()}
         return child
