@@ -626,20 +626,23 @@ class MmStruct:
                 self._huge_pmd_wp(vma, first, hi)
         window = vma.pages.window(first, hi)
         assert window.excl is not None
-        need = ~window.excl if vma.file is not None else ~window.excl & (window.pfns >= 0)
-        idx = np.flatnonzero(need)
-        if not len(idx):
+        if vma.file is None:
+            idx = np.flatnonzero(~window.excl & (window.pfns >= 0))
+            old = window.pfns[idx]
+            reuse = self._can_reuse(vma, idx + first, old)
+            window.excl[idx[reuse]] = True
+            self._wp_page_copy(window, idx[~reuse], old[~reuse], None)
             return
-        is_file = window.pfns[idx] < 0  # a page of a private file mapping not copied yet
+        idx = np.flatnonzero(~window.excl)  # a file page not copied yet, or a shared copy
         old = window.pfns[idx]
+        is_file = old < 0
         if is_file.any():
-            assert vma.file is not None
             old[is_file] = vma.file.lookup(vma.pgoff + first, count)[idx[is_file]]
+        copy = is_file.copy()
         anon = np.flatnonzero(~is_file)
         reuse = self._can_reuse(vma, idx[anon] + first, old[anon])
         window.excl[idx[anon[reuse]]] = True
-        copy = np.ones(len(idx), dtype=np.bool_)
-        copy[anon[reuse]] = False
+        copy[anon[~reuse]] = True
         self._wp_page_copy(window, idx[copy], old[copy], is_file[copy])
 
     def _huge_pmd_wp(self, vma: Vma, first: int, hi: int) -> None:
@@ -697,7 +700,8 @@ class MmStruct:
         base = vma.start + ((i - (pfn - head)) << PAGE_SHIFT)
         end = base + (per << PAGE_SHIFT)
         mine = 0
-        for other in self._overlapping(base, end):
+        inside = vma.start <= base and end <= vma.end  # no other VMA can map a page of it
+        for other in [vma] if inside else self._overlapping(base, end):
             lo, hi = max(base, other.start), min(end, other.end)
             first = (other.start - base) >> PAGE_SHIFT  # page of the stretch at other's 0
             for ext in other.pages.pieces((lo - other.start) >> PAGE_SHIFT,
@@ -708,17 +712,17 @@ class MmStruct:
         return mine == total
 
     def _wp_page_copy(self, window: Extent, idx: I64Array, old: I64Array,
-                      was_file: BoolArray) -> None:
+                      was_file: BoolArray | None) -> None:
         """``wp_page_copy``: the pages at offsets ``idx`` of ``window`` become new copies
-        of ``old``, their own; the old anonymous ones lose this mapping (a file page stays
-        the file's)."""
+        of ``old``, their own; the old anonymous ones lose this mapping (a file page,
+        where ``was_file``, stays the file's)."""
         if not len(idx):
             return
         new = self._copies(old, "alloc_pages(copy on write)")
         assert window.excl is not None
         window.pfns[idx] = new
         window.excl[idx] = True
-        self.anon.unmap(old[~was_file])
+        self.anon.unmap(old if was_file is None else old[~was_file])
 
     def _hugetlb_wp(self, vma: Vma, first: int, hi: int) -> None:
         """``hugetlb_wp`` for each shared huge page of ``[first, hi)``: reused when this
