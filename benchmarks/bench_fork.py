@@ -63,11 +63,11 @@ def run_pin_after_fork(gib: int, kernel: str) -> Figure:
     p.fork().exit()  # every page shared by its PTE, then the parent is alone again
     vma = p.mm.find_vma(va)
     assert vma is not None
-    before = vma.pfns.copy()
+    before = vma.pfns()
     t0 = time.perf_counter()
     runs = p.mm.pin_user_page_runs(va, gib << 18, write=True)
     t_pin = time.perf_counter() - t0
-    copied = int(np.count_nonzero(vma.pfns != before))
+    copied = int(np.count_nonzero(vma.pfns() != before))
     p.mm.unpin_user_page_runs(runs)
     p.exit()
     assert m.mem.pins.pins == 0 and frames.free_frames == frames.total_frames

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import DmaFault
+from .errors import DmaFault, InvalidArgument
 from .mem import PhysMem
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from .iommu.resv import ResvRegion
 
 __all__ = ["DMA_BIT_MASK", "DmaDevice", "DmaStats", "Translator"]
-
-_BUS_END = 1 << 64  # where a device's address space ends
 
 
 def DMA_BIT_MASK(n: int) -> int:
@@ -131,12 +129,12 @@ class DmaDevice:
 
     def _translate(self, iova: int, n: int, write: bool, privileged: bool
                    ) -> list[tuple[int, int]]:
-        """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf."""
-        if n < 0:
-            raise ValueError(f"DMA length must not be negative, not {n}")
-        if iova < 0 or iova + n > _BUS_END:  # a PCIe/AXI address is 64 bits
-            raise ValueError(f"DMA of {n:#x} bytes at {iova:#x} runs outside the 64-bit bus "
-                             "address space")
+        """Physically contiguous runs covering ``[iova, iova + n)``: one translation per leaf.
+        EINVAL for a range no device can put on the bus (a negative length, an address
+        outside 64 bits)."""
+        if n < 0 or iova < 0 or iova + n > 1 << 64:
+            raise InvalidArgument(f"DMA of {n} bytes at {iova:#x}: not a range of 64-bit bus "
+                                  "addresses")
         if not n:
             return []
         self._forced_snoop = False

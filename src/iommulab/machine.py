@@ -12,13 +12,14 @@ in :mod:`iommulab.vfio.files`.
 
 from __future__ import annotations
 
+import errno
 import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .devices import DmaDevice
-from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry
+from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry, kernel_error
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
@@ -39,6 +40,9 @@ __all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
 #: (``iommu_device_use_default_domain``); its users claim the group instead.
 VFIO_PCI = "vfio-pci"
 
+#: RLIMIT_NOFILE's usual soft limit (INR_OPEN_CUR)
+RLIMIT_NOFILE_DEFAULT = 1024
+
 #: name -> (RAM base, first BAR address, IOMMU core strict)
 PLATFORMS = {
     "x86-vtd": (0x1_0000_0000, 0xE000_0000, False),
@@ -58,6 +62,16 @@ class PciDevice(DmaDevice):
         self.bdf = bdf
         self.driver = driver
         self.bar0, self.bar0_size = bar0, bar0_size
+
+
+def _length_arg(size: int | str) -> int:
+    """A length given as an int or a size string ("2M"); EINVAL for text that is none."""
+    if isinstance(size, int):
+        return size
+    try:
+        return parse_size(size)
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from None
 
 
 def _parse_bdf(bdf: str) -> tuple[int, int]:
@@ -254,21 +268,25 @@ class Machine:
 
     def spawn_process(self, memlock_limit: int | str | None = None,
                       cap_ipc_lock: bool = False, *, uid: int = 1000,
-                      cap_sys_resource: bool = False) -> Process:
-        """A process of user ``uid`` (processes of one uid share its ``locked_vm``)."""
+                      cap_sys_resource: bool = False,
+                      nofile_limit: int = RLIMIT_NOFILE_DEFAULT) -> Process:
+        """A process of user ``uid`` (processes of one uid share its ``locked_vm``) with
+        RLIMIT_MEMLOCK ``memlock_limit`` and RLIMIT_NOFILE ``nofile_limit``."""
         limit = None if memlock_limit is None else parse_size(memlock_limit)
-        return Process(self, limit, cap_ipc_lock, uid, cap_sys_resource)
+        return Process(self, limit, cap_ipc_lock, uid, cap_sys_resource, nofile_limit)
 
 
 @dataclass
 class Process:
-    """A process: address space, RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, files."""
+    """A process: address space, RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, files
+    (fewer than RLIMIT_NOFILE ``nofile_limit``)."""
 
     machine: Machine
     memlock_limit: int | None
     cap_ipc_lock: bool
     uid: int = 1000
     cap_sys_resource: bool = False
+    nofile_limit: int = RLIMIT_NOFILE_DEFAULT
     mm: MmStruct = field(init=False)
     files: dict[int, VfioFile] = field(default_factory=dict, init=False)
 
@@ -286,43 +304,52 @@ class Process:
              shared: bool = False, private: bool = False) -> int:
         """``mmap``: anonymous memory of ``backing`` (``shared``: MAP_SHARED | MAP_ANONYMOUS,
         shmem that a forked child shares), a memfd (MAP_SHARED, or MAP_PRIVATE with
-        ``private``: copied on write) or a VFIO device region (``fd``)."""
+        ``private``: copied on write) or a VFIO device region (``fd``). x86_64's
+        ``sys_mmap`` first: EINVAL for an offset that is not whole pages, then EBADF for
+        an fd that is not open; the rest is :meth:`MmStruct.mmap`'s (``do_mmap``): a file
+        without ``mmap`` is ENODEV, and a device region wants MAP_SHARED (EINVAL,
+        ``vfio_pci_core_mmap``)."""
         if prot not in ("rw", "r"):
             raise InvalidArgument(f"mmap: prot {prot!r} is not 'rw' or 'r'")
+        if not -(1 << 63) <= offset < 1 << 64 or offset & 0xFFF:
+            raise InvalidArgument(f"mmap: offset {offset:#x} is not a multiple of the page size")
+        if fd is None:
+            return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
+                                shared=shared, private=private)
         from .iommufd.file import MemFdFile
-        mmio = None
-        memfd = None
-        if shared and fd is None:
-            from .mem.memfd import MemFd
-            shmem = MemFd(self.machine.mem, "/dev/zero (deleted)", parse_size(length))
-            try:
-                return self.mm.mmap(length, writable=prot == "rw", file=shmem)
-            finally:
-                shmem.put()  # the mapping holds it now
-        if fd is not None:
-            f = self._file(fd)
-            if isinstance(f, MemFdFile):
-                memfd = f.memfd
-            else:
-                mmio = f.mmap_region(parse_size(length), offset)
+        f = self._file(fd)
+        if isinstance(f, MemFdFile):
+            return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
+                                file=f.memfd, offset=offset, private=private)
+
+        def region(nbytes: int) -> int:
+            pa = f.mmap_region(nbytes, offset)  # the file's ->mmap: ENODEV where none
+            if private:
+                raise InvalidArgument("mmap: a device region needs MAP_SHARED")
+            return pa
+
         return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
-                            mmio_pa=mmio, file=memfd, offset=offset,
-                            private=private and memfd is not None)
+                            device=region, offset=offset)
 
     def memfd_create(self, name: str, size: int | str = 0, hugetlb: str | None = None) -> int:
         """``memfd_create`` (MFD_HUGETLB with ``hugetlb`` "2M" or "1G") and ``ftruncate``
-        to ``size``: the fd."""
+        to ``size``: the fd. Nothing is allocated for the size."""
         from .iommufd.file import MemFdFile
         from .mem.memfd import MemFd
-        return self.install(MemFdFile(MemFd(self.machine.mem, name, parse_size(size),
+        return self.install(MemFdFile(MemFd(self.machine.mem, name, _length_arg(size),
                                             hugetlb)))
 
     def ftruncate(self, fd: int, size: int | str) -> None:
+        """``ftruncate``: EINVAL for a negative length, EBADF for an fd not open, EINVAL
+        for a file that is not a memfd (``do_sys_ftruncate``)."""
         from .iommufd.file import MemFdFile
+        length = _length_arg(size)
+        if length < 0:
+            raise InvalidArgument(f"ftruncate: length {length} is negative")
         f = self._file(fd)
         if not isinstance(f, MemFdFile):
             raise InvalidArgument(f"ftruncate: fd {fd} is not a memfd")
-        f.memfd.ftruncate(parse_size(size))
+        f.memfd.ftruncate(length)
 
     def munmap(self, vaddr: int, length: int) -> None:
         self.mm.munmap(vaddr, length)
@@ -354,7 +381,14 @@ class Process:
         return self.install(open_vfio_path(self, path))
 
     def install(self, f: VfioFile) -> int:
+        """``get_unused_fd_flags`` + ``fd_install`` of a new file: the lowest free fd.
+        EMFILE when none is below RLIMIT_NOFILE; the caller's reference to the file is
+        dropped then, as its error path would (``fput``). O(files)."""
         fd = next(i for i in range(3, len(self.files) + 4) if i not in self.files)
+        if fd >= self.nofile_limit:
+            fput(f)
+            raise kernel_error(errno.EMFILE, f"no fd below RLIMIT_NOFILE "
+                               f"({self.nofile_limit}): {len(self.files)} files open")
         self.files[fd] = f
         return fd
 
@@ -368,7 +402,7 @@ class Process:
         ``dup_mmap`` gives it (:meth:`MmStruct.fork`: private memory shared until written,
         pages that may be pinned copied now) and the same open files."""
         child = Process(self.machine, self.memlock_limit, self.cap_ipc_lock, self.uid,
-                        self.cap_sys_resource)
+                        self.cap_sys_resource, self.nofile_limit)
         child.mm = self.mm.fork()
         child.files = {fd: get_file(f) for fd, f in self.files.items()}
         return child

@@ -42,7 +42,7 @@ def test_an_exception_other_than_oserror_is_a_crash_named_by_its_model_frame(
     def broken(self: MmStruct, *args: Any) -> None:
         raise KeyError("broken")
 
-    monkeypatch.setattr(MmStruct, "_cut", broken)
+    monkeypatch.setattr(MmStruct, "_overlapping", broken)
     ops = [Op(0, "mmap", (4 * 4096,)), Op(0, "munmap", (0x7FFF_EFFF_C000, 4096)),
            Op(0, "open", ("/dev/iommu",))]
     found = replay(CONFIG, ops)

@@ -25,7 +25,7 @@ def used(m: Machine) -> int:
 def pfn(p: Process, va: int) -> int:
     vma = p.mm.find_vma(va)
     assert vma is not None
-    return int(vma.pfns[(va - vma.start) >> 12])
+    return int(vma.pfns()[(va - vma.start) >> 12])
 
 
 def check(m: Machine, *procs: Process) -> None:
@@ -165,11 +165,11 @@ def test_a_thp_mapped_by_4k_pages_is_reused_only_from_6_15(kernel: str, copied: 
     p.mm.unpin_user_pages(pins)
     p.fork().exit()  # shared page by page, then the parent is alone again, not exclusive
     vma = p.mm.find_vma(va)
-    assert vma is not None and not vma.folios and not vma.excl.any()
+    assert vma is not None and not vma.folios and not vma.excl().any()
     old = pfn(p, va + 5 * K)
     p.write(va + 5 * K, b"x")
     assert (pfn(p, va + 5 * K) != old) == copied
-    assert p.mm.anon.compound(vma.pfns[:1])[0] != copied  # the copy left the THP split
+    assert p.mm.anon.compound(vma.pfns()[:1])[0] != copied  # the copy left the THP split
     check(m, p)
     p.exit()
     clean(m)
@@ -192,10 +192,10 @@ def test_a_pin_of_pte_mapped_thp_after_two_forks(kernel: str, copied: bool) -> N
     p.mm.unpin_user_pages(pins)
     p.fork().exit()
     vma = p.mm.find_vma(va)
-    assert vma is not None and not vma.folios and not vma.excl.any()
-    before = vma.pfns.copy()
+    assert vma is not None and not vma.folios and not vma.excl().any()
+    before = vma.pfns()
     runs = p.mm.pin_user_page_runs(va, size // K, write=True)
-    assert int((vma.pfns != before).sum()) == (size // K if copied else 0)
+    assert int((vma.pfns() != before).sum()) == (size // K if copied else 0)
     check(m, p)
     p.mm.unpin_user_page_runs(runs)
     p.exit()
@@ -272,5 +272,60 @@ def test_a_hugetlb_page_to_copy_without_a_free_one_is_enomem() -> None:
     c.exit()
     p.write(va + M, b"mine")  # alone again: reused, no copy needed
     assert p.read(va + M, 4) == b"mine"
+    p.exit()
+    clean(m)
+
+
+
+@pytest.mark.parametrize("how", ["fail-nth", "out of frames"])
+def test_a_failed_fork_tears_the_half_built_child_down(how: str) -> None:
+    """``dup_mmap``'s error path: whatever VMA the fork fails at (a fail-nth point in
+    turn, or the machine out of frames), the child it had built is torn down: the
+    mapcounts it added, its copies and its file references go, and the machine is as it
+    was; the parent keeps its pages, pins and files. The parent has every kind of VMA,
+    among them a 32 TiB sparse one with pages at both ends and pinned pages to copy."""
+    m = Machine("x86-vtd", ram="128M")
+    p = m.spawn_process()
+    mfd = p.memfd_create("m", M)
+    vas = [p.mmap(1 << 45, prot="r"), p.mmap(4 * M, "anon"), p.mmap(4 * M, "thp"),
+           p.mmap(4 * M, "hugetlb-2M"), p.mmap(M, shared=True),
+           p.mmap(M, fd=mfd, private=True), p.mmap(M, fd=mfd), p.mmap(2 * K)]
+    for va in vas[1:]:
+        p.write(va, b"x" * 5000)
+    p.read(vas[0], 1)
+    p.read(vas[0] + (1 << 45) - K, 1)
+    pins = [p.mm.pin_user_pages(va, 2, write=True) for va in vas[1:]]
+    memfd = p.files[mfd].memfd  # type: ignore[attr-defined]
+
+    def state() -> tuple[int, ...]:
+        return (used(m), m.mem.anon.maps.total, m.mem.pins.pins, len(m.mem.anon.folios),
+                memfd.refs, p.mm.pinned_pages)
+
+    for step in range(1, 64):
+        before = state()
+        hog = None
+        if how == "fail-nth":
+            m.mem.fail_nth.arm(step)
+        elif step * 16 < m.mem.frames.free_frames:
+            hog = m.mem.alloc_page_runs(m.mem.frames.free_frames - step * 16)
+        try:
+            child = p.fork()
+        except OutOfMemory:
+            m.mem.fail_nth.disarm()
+            if hog is not None:
+                m.mem.free_page_runs(hog)
+            assert state() == before, step
+            check(m, p)
+            continue
+        m.mem.fail_nth.disarm()
+        if hog is not None:
+            m.mem.free_page_runs(hog)
+        check(m, p, child)
+        child.exit()
+        break
+    assert step > 1
+    for va, pin in zip(vas[1:], pins, strict=True):
+        assert pfn(p, va) == int(pin[0])
+        p.mm.unpin_user_pages(pin)
     p.exit()
     clean(m)

@@ -145,7 +145,7 @@ class ForkMachine(RuleBasedStateMachine):
     def _pfn(self, p: Process, va: int) -> int:
         vma = p.mm.find_vma(va)
         assert vma is not None
-        return int(vma.pfns[(va - vma.start) >> 12])
+        return int(vma.pfns()[(va - vma.start) >> 12])
 
     @invariant()
     def reads_match_the_model(self) -> None:

@@ -7,9 +7,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from iommulab import Machine
 from iommulab.errors import BadAddress, InvalidArgument, OutOfMemory
 from iommulab.mem import PhysMem
-from iommulab.mem.mm import MmStruct, Vma, pfn_runs
+from iommulab.mem.mm import MmStruct, pfn_runs
 from iommulab.mem.pins import _BREAKS_CHUNK
 
 
@@ -148,7 +149,7 @@ def test_a_thp_stretch_with_4k_pages_keeps_faulting_4k_pages() -> None:
     mm.write(va + 0x1000, b"next")
     assert mm.read(va, 4) == b"kept" and mm.read(va + 0x1000, 4) == b"next"
     vma = mm.find_vma(va)
-    assert vma is not None and not vma.folios and int((vma.pfns >= 0).sum()) == 2
+    assert vma is not None and not vma.folios and int((vma.pfns() >= 0).sum()) == 2
     mm.close()
     assert mem.frames.allocated_blocks == 0
 
@@ -158,12 +159,7 @@ def _split_vma(mm: MmStruct, va: int, at: int) -> None:
     which the model has no call for): two VMAs, end to end, over the same pages."""
     vma = mm.find_vma(va)
     assert vma is not None and not vma.folios and vma.file is None
-    mm._unlink(vma)
-    cut = vma.start + (at << 12)
-    for lo, hi, a, b in ((vma.start, cut, 0, at), (cut, vma.end, at, vma.npages)):
-        piece = Vma(lo, hi, vma.backing, vma.writable, vma.pfns[a:b].copy())
-        piece.excl[:] = vma.excl[a:b]
-        mm._link(piece)
+    mm._split_vma(vma, at)
 
 
 def test_pinned_runs_go_on_across_vma_boundaries() -> None:
@@ -172,7 +168,7 @@ def test_pinned_runs_go_on_across_vma_boundaries() -> None:
     mm = MmStruct(PhysMem("64M"))
     va = mm.mmap(64 << 12, populate=True)
     vma = mm.find_vma(va)
-    assert vma is not None and pfn_runs(vma.pfns) == [(int(vma.pfns[0]), 64)]
+    assert vma is not None and pfn_runs(vma.pfns()) == [(int(vma.pfns()[0]), 64)]
     _split_vma(mm, va, 24)
     runs = mm.pin_user_page_runs(va, 64, write=True)
     pfns = mm.pin_user_pages(va, 64, write=True)
@@ -215,7 +211,7 @@ def test_pin_user_page_runs_makes_no_array_of_the_pages() -> None:
     finally:
         tracemalloc.stop()
     vma = mm.find_vma(va)
-    assert vma is not None and runs == pfn_runs(vma.pfns)
+    assert vma is not None and runs == pfn_runs(vma.pfns())
     assert peak < npages * 8 // 4, peak
     mm.unpin_user_page_runs(runs)
     mm.close()
@@ -244,3 +240,78 @@ def test_get_user_pages_is_a_plain_get() -> None:
     child.close()
     mm.close()
     assert mem.frames.allocated_blocks == 0
+
+
+@pytest.mark.parametrize("kind", ["shmem", "memfd", "truncated"])
+def test_file_pages_unmapped_while_pinned_are_freed_by_the_last_unpin(kind: str) -> None:
+    """A shmem or memfd page that no mapping and no file holds any more (munmapped and
+    the file closed, or truncated away) while pinned is kept for the pin, and the last
+    unpin frees it, whoever pinned it (the pin is the last ``put_page``)."""
+    m = Machine("x86-vtd", ram="64M")
+    p = m.spawn_process()
+    if kind == "shmem":
+        va = p.mmap(1 << 20, shared=True)
+    else:
+        mfd = p.memfd_create("m", 1 << 20)
+        va = p.mmap(1 << 20, fd=mfd)
+    p.write(va, b"pinned" * 2000)
+    pins = p.mm.pin_user_pages(va, 3, write=True)
+    if kind == "truncated":
+        p.ftruncate(mfd, 0)
+    else:
+        p.munmap(va, 1 << 20)
+        if kind == "memfd":
+            p.close(mfd)
+    frames = m.mem.frames
+    assert frames.total_frames - frames.free_frames == 3
+    assert m.mem.read(int(pins[0]) << 12, 6) == b"pinned"
+    p.mm.unpin_user_pages(pins[:1])
+    assert frames.total_frames - frames.free_frames == 2
+    p.mm.unpin_user_pages(pins[1:])
+    m.mem._check()
+    p.exit()
+    assert frames.free_frames == frames.total_frames and not m.mem.orphans.total
+
+
+def test_a_hugetlb_mmap_the_machine_cannot_back_takes_nothing() -> None:
+    """The hugetlb reservation (``hugetlb_reserve_pages``) fails before a page is taken:
+    an mmap wanting more huge pages than are free is ENOMEM and leaves the machine as
+    it was; so does a hugetlbfs file mapping, whose writable mapping past the end would
+    have grown the file."""
+    m = Machine("x86-vtd", ram="64M")
+    p = m.spawn_process()
+    p.mmap(56 << 20, "hugetlb-2M")
+    free = m.mem.frames.free_frames
+    with pytest.raises(OutOfMemory, match="hugetlb"):
+        p.mmap(16 << 20, "hugetlb-2M")
+    mfd = p.memfd_create("h", 2 << 20, "2M")
+    with pytest.raises(OutOfMemory):
+        p.mmap(16 << 20, fd=mfd)
+    assert p.files[mfd].memfd.size == 2 << 20  # type: ignore[attr-defined]
+    assert m.mem.frames.free_frames == free and len(p.mm.vmas) == 1
+    va = p.mmap(4 << 20, fd=mfd)  # two huge pages: fits, and grows the file
+    assert p.files[mfd].memfd.size == 4 << 20  # type: ignore[attr-defined]
+    p.write(va + (3 << 20), b"x")
+    assert m.mem.frames.free_frames == free - 1024
+    p.exit()
+    m.mem._check()
+    assert m.mem.frames.free_frames == m.mem.frames.total_frames
+
+
+@pytest.mark.parametrize("backing", ["anon", "thp"])
+def test_populate_is_best_effort(backing: str) -> None:
+    """MAP_POPULATE faults the mapping in and ignores a failure (``mm_populate``): an
+    mmap whose pages the machine cannot all supply still succeeds, holding no page the
+    failed populate took; one that fits is populated."""
+    m = Machine("x86-vtd", ram="64M")
+    p = m.spawn_process()
+    frames = m.mem.frames
+    first = p.mmap(40 << 20, backing, populate=True)
+    assert frames.total_frames - frames.free_frames == 10240
+    va = p.mmap(40 << 20, backing, populate=True)  # does not fit: left unpopulated
+    assert frames.total_frames - frames.free_frames == 10240
+    p.munmap(first, 40 << 20)
+    p.write(va, b"later")  # it faults as it is used
+    p.exit()
+    m.mem._check()
+    assert frames.free_frames == frames.total_frames

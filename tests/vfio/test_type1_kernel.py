@@ -601,7 +601,7 @@ def test_replay_bypasses_the_limits_with_the_mappers_cap_ipc_lock() -> None:
 def _faulted(vm: Vm, addr: int) -> int:
     vma = vm.p.mm.find_vma(addr)
     assert vma is not None
-    return int(np.count_nonzero(vma.pfns >= 0))
+    return int(np.count_nonzero(vma.pfns() >= 0))
 
 
 @pytest.mark.parametrize(("kernel", "disable_hugepages", "used", "faulted"), [

@@ -41,7 +41,7 @@ def _fail_nth_map(v: Vm, nth: int) -> None:
 def _present(v: Vm, buf: int) -> np.ndarray:
     vma = v.p.mm.find_vma(buf)
     assert vma is not None
-    return vma.pfns >= 0
+    return vma.pfns() >= 0
 
 
 @pytest.mark.parametrize("failing_run", [1, 2, 3, 4])
@@ -64,7 +64,7 @@ def test_a_failed_map_leaves_faulted_in_only_the_batches_gup_fetched(failing_run
     vma = v.p.mm.find_vma(buf)
     assert vma is not None
     first_absent = int(np.argmin(present)) if not present.all() else len(present)
-    runs = pfn_runs(vma.pfns[:first_absent])
+    runs = pfn_runs(vma.pfns()[:first_absent])
     run_end = sum(n for _, n in runs[:failing_run])  # the page after the failed run
     fetched = min(len(present), (run_end // BATCH + 1) * BATCH)
     want = np.zeros(len(present), dtype=bool)

@@ -91,7 +91,7 @@ class Type1V2Machine(RuleBasedStateMachine):
     def iommu_translates_exactly_the_model(self) -> None:
         assert self.vm.dev.group is not None and self.vm.dev.group.domain is not None
         domain = self.vm.dev.group.domain
-        pfns = self.vm.p.mm.vmas[0].pfns  # the THP buffer is the only VMA
+        pfns = self.vm.p.mm.vmas[0].pfns()  # the THP buffer is the only VMA
         mapped = 0
         for iova, (size, vaddr) in self.model.items():
             runs = domain.leaf_runs(iova, size)

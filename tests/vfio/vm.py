@@ -16,10 +16,12 @@ class Vm:
 
     def __init__(self, *, v2: bool = True, memlock: int | None = None, cap: bool = False,
                  disable_hugepages: bool = False, platform: str = "x86-vtd",
-                 ram: str = "2G", machine: Machine | None = None, iommu_unit: int = 0) -> None:
+                 ram: str = "2G", machine: Machine | None = None, iommu_unit: int = 0,
+                 bdf: str | None = None) -> None:
         self.m = machine or Machine(platform, ram=ram)
         self.m.module_params["vfio_iommu_type1.disable_hugepages"] = int(disable_hugepages)
-        self.dev = self.m.add_pci_device("0000:00:02.0", iommu_unit=iommu_unit)
+        self.dev = self.m.devices[bdf] if bdf is not None else \
+            self.m.add_pci_device("0000:00:02.0", iommu_unit=iommu_unit)
         self.p: Process = self.m.spawn_process(memlock_limit=memlock, cap_ipc_lock=cap)
         self.c = self.p.open("/dev/vfio/vfio")
         self.g = self.p.open(f"/dev/vfio/{self.dev.iommu_group}")
@@ -28,9 +30,10 @@ class Vm:
                      u.VFIO_TYPE1v2_IOMMU if v2 else u.VFIO_TYPE1_IOMMU)
 
     @classmethod
-    def on(cls, machine: Machine, *, iommu_unit: int = 0) -> Vm:
-        """A VMM on an existing machine, its device behind ``iommu_unit``."""
-        return cls(machine=machine, iommu_unit=iommu_unit)
+    def on(cls, machine: Machine, *, iommu_unit: int = 0, bdf: str | None = None) -> Vm:
+        """A VMM on an existing machine, its device behind ``iommu_unit`` (or the device
+        ``bdf`` already on it)."""
+        return cls(machine=machine, iommu_unit=iommu_unit, bdf=bdf)
 
     def map(self, vaddr: int, iova: int, size: int, flags: int = 3) -> None:
         self.p.ioctl(self.c, u.VFIO_IOMMU_MAP_DMA,

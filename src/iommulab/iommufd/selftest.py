@@ -510,7 +510,7 @@ def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
     out = proc.mm.anon.compound(pfns)
     for vma in proc.mm.vmas:
         if vma.file is not None and vma.file.order:
-            out |= np.isin(pfns, vma.file.pfns)
+            out |= vma.file.contains(pfns)
     return out
 
 

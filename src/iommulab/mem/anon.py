@@ -4,7 +4,8 @@ Every anonymous 4K page counts the mappings it has (``page->_mapcount + 1``): on
 process that maps it, so a page a fork shared counts two until one side writes and
 gets its own copy. The large anonymous folios (THP, hugetlb) are kept too, by their
 first pfn. A page whose last mapping goes is freed, or kept until its last unpin
-(``unpin_user_pages`` frees it then, whichever process's pin that is); a large folio
+(:meth:`~iommulab.mem.physmem.PhysMem.free_unpinned`: whichever pin is the last frees
+it); a large folio
 goes when none of its pages is mapped. A THP of which only some pages stay mapped is
 split into 4K pages at once and the others freed: ``split_huge_page``, which Linux
 defers to the ``deferred_split`` shrinker under memory pressure (the model, which has
@@ -51,8 +52,6 @@ class AnonPages:
         self.maps = FrameCounts()  # mappings of each anonymous page
         self.folios: dict[int, int] = {}  # first pfn -> order of each large folio
         self._sorted: tuple[I64Array, I64Array] | None = None  # (heads, ends), rebuilt lazily
-        self.orphan_pages: list[tuple[int, int]] = []  # runs unmapped everywhere, pinned
-        self.orphan_folios: list[tuple[int, int]] = []  # (pfn, order), likewise
         self.mms: WeakSet[MmStruct] = WeakSet()  # the live address spaces (for _check)
 
     # -- mapping ----------------------------------------------------------------------------------
@@ -98,7 +97,7 @@ class AnonPages:
             for head in gone:
                 del self.folios[head]
             self._sorted = None
-            self.orphan_folios += self.mem.free_unpinned_folios([(h, order) for h in gone])
+            self.mem.free_unpinned_folios([(h, order) for h in gone])
             for row in np.flatnonzero(some & ~every).tolist():
                 self._split(int(chunk[row]), mapped[row])
 
@@ -108,7 +107,7 @@ class AnonPages:
         heads = self.folio_of(gone)
         small = gone[heads < 0]
         if len(small):
-            self.orphan_pages += self.mem.free_unpinned_pages(small)
+            self.mem.free_unpinned_pages(small)
         for head in np.unique(heads[heads >= 0]).tolist():
             mapped = self.maps.range(head, 1 << self.folios[head]) > 0
             if mapped.any():
@@ -116,7 +115,7 @@ class AnonPages:
             else:
                 order = self.folios.pop(head)
                 self._sorted = None
-                self.orphan_folios += self.mem.free_unpinned_folios([(head, order)])
+                self.mem.free_unpinned_folios([(head, order)])
 
     def _split(self, head: int, mapped: BoolArray) -> None:
         """``split_huge_page`` of a THP only some of whose pages are still mapped: the
@@ -125,15 +124,7 @@ class AnonPages:
         self._sorted = None
         assert order == 9, f"only a THP can be partly unmapped, not an order-{order} folio"
         self.mem.frames.split(head, order)
-        self.orphan_pages += self.mem.free_unpinned_pages(
-            np.flatnonzero(~mapped).astype(np.int64) + head)
-
-    def release_orphans(self) -> None:
-        """After an unpin: free the unmapped pages and folios no pin holds any more."""
-        if self.orphan_folios:
-            self.orphan_folios = self.mem.free_unpinned_folios(self.orphan_folios)
-        if self.orphan_pages:
-            self.orphan_pages = self.mem.free_unpinned(self.orphan_pages)
+        self.mem.free_unpinned_pages(np.flatnonzero(~mapped).astype(np.int64) + head)
 
     # -- queries ------------------------------------------------------------------------------
     def folio_of(self, pfns: I64Array) -> I64Array:
@@ -154,9 +145,7 @@ class AnonPages:
     def compound(self, pfns: I64Array) -> BoolArray:
         """``PageCompound`` for anonymous pages: part of a large folio (mapped, or
         unmapped and still pinned)."""
-        out = self.folio_of(pfns) >= 0
-        for head, order in self.orphan_folios:
-            out |= (pfns >= head) & (pfns < head + (1 << order))
+        out: BoolArray = (self.folio_of(pfns) >= 0) | self.mem.in_orphan_folio(pfns)
         return out
 
     def _check(self) -> None:

@@ -170,6 +170,11 @@ class FrameAllocator:
         """Free block pfns of exactly ``order`` (unordered)."""
         return iter(tuple(self._free[order]))
 
+    def free_blocks_of(self, order: int) -> int:
+        """How many blocks of ``order`` could be allocated now (free blocks of that order
+        or larger, each counted as the blocks it splits into). O(MAX_ORDER)."""
+        return sum(len(self._free[o]) << (o - order) for o in range(order, MAX_ORDER + 1))
+
     def largest_free_order(self) -> int:
         for order in range(MAX_ORDER, -1, -1):
             if self._free[order]:

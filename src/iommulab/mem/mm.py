@@ -1,17 +1,25 @@
 """A process's address space: VMAs, their backing, fault-in, copy-on-write, pinning and
 locked_vm (mm/).
 
-Each VMA keeps the pfn of every 4K page it maps (-1 where nothing is
-faulted in yet), filled a folio at a time: anonymous memory takes 4K
-frames, THP takes a 2M folio for every 2M-aligned stretch wholly inside
-the VMA when the frame allocator has one (4K frames otherwise), hugetlb
-takes its huge pages at mmap time (the reservation; ENOMEM if the machine
-cannot supply them); ``munmap`` may cut a VMA in two. A VMA made from a
-device region is VM_PFNMAP over MMIO: it has pfns but no pages, so it
-cannot be pinned. GUP
-(``pin_user_pages``) faults pages in, refuses writes to read-only VMAs and
-stops at a hole, as ``__get_user_pages`` does; a munmapped page that is
-still pinned stays allocated until its last unpin.
+``mmap`` follows ``ksys_mmap_pgoff``/``do_mmap``/``mmap_region``: EINVAL for a length
+of 0, ENOMEM for one that does not fit the address space (``TASK_SIZE``), for a hole
+that no longer fits, past ``vm.max_map_count`` mappings, or for a private writable or
+shared anonymous mapping longer than RAM (``__vm_enough_memory`` under the default
+heuristic overcommit); mappings go top-down into the highest hole that fits
+(``vm_unmapped_area``), one guard page apart (lab: the kernel merges neighbours, the
+model keeps them apart). A VMA keeps only what was faulted in
+(:class:`~iommulab.mem.vma.Vma`), so no length costs host memory before pages exist.
+
+Faults fill a folio at a time: anonymous memory takes 4K frames, THP a 2M folio for
+every 2M-aligned stretch wholly inside the VMA when the frame allocator has one (4K
+frames otherwise), hugetlb takes its huge pages at mmap time (the reservation:
+ENOMEM, nothing taken, if the machine cannot supply them). MAP_POPULATE is best
+effort, as ``mm_populate`` ignores errors. A file mapping faults the file's pages
+(past the file's end: SIGBUS, EFAULT here). ``munmap`` may cut a VMA in two. A VMA
+made from a device region is VM_PFNMAP over MMIO: it has pfns but no pages, so it
+cannot be pinned. GUP (``pin_user_pages``) faults pages in, refuses writes to
+read-only VMAs and stops at a hole, as ``__get_user_pages`` does; a munmapped page
+that is still pinned stays allocated until its last unpin.
 
 Private memory is copied on write. ``fork`` shares the parent's anonymous pages with
 the child read-only (``copy_page_range``: a THP by its PMD, a hugetlb page whole) and
@@ -29,35 +37,43 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BadAddress, InvalidArgument, OutOfMemory
+from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory, Overflow
 from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..sizes import parse_size
 from .physmem import PhysMem, pfn_runs
+from .sparse import Extent
+from .vma import BACKINGS, PAGE_SHIFT, PAGE_SIZE, Vma
 
 if TYPE_CHECKING:
     from .memfd import MemFd
 
-__all__ = ["BACKINGS", "TASK_SIZE_MAX", "MmStruct", "Vma", "access_ok", "pfn_runs"]
+__all__ = ["BACKINGS", "DEFAULT_MAX_MAP_COUNT", "TASK_SIZE_MAX", "MmStruct", "Vma",
+           "access_ok", "pfn_runs"]
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 #: x86_64 ``TASK_SIZE_MAX`` with 4-level paging: the end of user space
 TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
-#: backing -> folio order a fault tries first
-BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
-_TASK_TOP = 0x7FFF_F000_0000  # mmap_base: mappings grow down from here
+#: ``mmap_base``: mappings go top-down from here (the stack's gap above it)
+MMAP_BASE = 0x7FFF_F000_0000
+#: ``mmap_min_addr`` (CONFIG_DEFAULT_MMAP_MIN_ADDR on x86_64): nothing is mapped below
+MMAP_MIN_ADDR = 0x10000
+#: ``sysctl_max_map_count``'s default (USHRT_MAX - MAPCOUNT_ELF_CORE_MARGIN)
+DEFAULT_MAX_MAP_COUNT = 65530
+#: the largest file offset a memfd (shmem) maps: MAX_LFS_FILESIZE (``file_mmap_ok``)
+MAX_LFS_FILESIZE = (1 << 63) - 1
+U64_MAX = (1 << 64) - 1
 #: the release whose do_wp_page reuses a page of a PTE-mapped THP the writer's mm alone
 #: maps (``__wp_can_reuse_large_anon_folio``, commit 1da190f4d0a6); 6.12 always copies it
 LARGE_FOLIO_COW_REUSE = (6, 15)
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+#: the driver's ``mmap`` of a device region: the VMA's length -> the region's address
+DeviceMmap = Callable[[int], int]
 
 
 def access_ok(addr: int, size: int) -> bool:
@@ -78,80 +94,18 @@ def _aranges(runs: list[tuple[int, int]]) -> I64Array:
     return np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in runs])
 
 
-@dataclass
-class Vma:
-    """``struct vm_area_struct``: ``[start, end)`` with a pfn per page (-1: not present)."""
-
-    start: int
-    end: int
-    backing: str
-    writable: bool
-    pfns: I64Array = field(repr=False)
-    pfnmap: bool = False  # VM_PFNMAP | VM_IO (a device region)
-    #: the large folios mapped whole by a PMD (PUD for 1G hugetlb): first pfn -> order
-    folios: dict[int, int] = field(default_factory=dict, repr=False)
-    file: MemFd | None = field(default=None, repr=False)  # a mapping of a memfd
-    cow: BoolArray | None = field(default=None, repr=False)  # MAP_PRIVATE of
-    # a file: True where the page is still the file's (copied on the first write)
-    #: PageAnonExclusive: the anonymous page mapped here is this mapping's alone, so a
-    #: write or a pin needs no copy (False for a page a fork shares, and for file pages)
-    excl: BoolArray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.excl = np.zeros(self.npages, dtype=np.bool_)
-
-    @property
-    def npages(self) -> int:
-        return (self.end - self.start) >> PAGE_SHIFT
-
-    @property
-    def order(self) -> int:
-        """The order of the folios a fault gives this VMA."""
-        return 0 if self.pfnmap else BACKINGS[self.backing]
-
-    @property
-    def shared(self) -> bool:
-        """Written in place, never copied: a MAP_SHARED file or a device region."""
-        return self.pfnmap or (self.file is not None and self.cow is None)
-
-    def anon(self, lo: int = 0, hi: int | None = None) -> BoolArray:
-        """Where ``[lo, hi)`` maps an anonymous page: any present page of private memory,
-        the private copies of a MAP_PRIVATE file."""
-        pfns = self.pfns[lo:hi]
-        if self.shared:
-            return np.zeros(len(pfns), dtype=np.bool_)
-        if self.cow is not None:
-            return (pfns >= 0) & ~self.cow[lo:hi]
-        return pfns >= 0
-
-    def pmd_slots(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
-        """The page index and first pfn of each folio the VMA maps with a PMD (that holds
-        a page of ``[lo, hi)``), in address order. O(pages / folio size)."""
-        if not self.folios:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        per = 1 << self.order
-        off = -(self.start >> PAGE_SHIFT) % per
-        first = off + max(0, (lo - off) // per) * per
-        last = self.npages - per if hi is None else min(self.npages - per, hi - 1)
-        starts = np.arange(first, last + 1, per, dtype=np.int64)
-        heads = self.pfns[starts]
-        if len(heads) <= 64:  # a fault's few stretches
-            keep = np.array([h in self.folios for h in heads.tolist()], dtype=np.bool_)
-        else:
-            keep = np.isin(heads, np.fromiter(self.folios, np.int64, count=len(self.folios)))
-        return starts[keep], heads[keep]
-
-    def pmd_mask(self, at: I64Array) -> BoolArray:
-        """The pages of the PMD-mapped folios at page indices ``at`` (from
-        :meth:`pmd_slots`)."""
-        mask = np.zeros(self.npages, dtype=np.bool_)
-        if len(at):
-            per = 1 << self.order
-            off = int(at[0]) % per
-            rows = mask[off:off + (self.npages - off) // per * per].reshape(-1, per)
-            rows[(at - off) // per] = True
-        return mask
+def _unsigned_long(value: int | str, what: str) -> int:
+    """``value`` as the ``unsigned long`` a C caller passes: a size string parsed, a
+    negative int in two's complement. EINVAL for text that is no size, ENOMEM for an
+    int no ``unsigned long`` holds (larger than any address space)."""
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ValueError as err:
+            raise InvalidArgument(f"{what}: {err}") from None
+    if not -(1 << 63) <= value <= U64_MAX:
+        raise OutOfMemory(f"{what}: length {value:#x} does not fit an unsigned long")
+    return value & U64_MAX
 
 
 class MmStruct:
@@ -163,77 +117,208 @@ class MmStruct:
         self.kernel = kernel
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
+        self.max_map_count = DEFAULT_MAX_MAP_COUNT  # vm.max_map_count
         self.locked_vm = 0  # pages charged against RLIMIT_MEMLOCK (mm->locked_vm)
         self.pinned_vm = 0  # mm->pinned_vm (iommufd charges it in every account mode)
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
         self.has_pinned = False  # MMF_HAS_PINNED: FOLL_PIN has run on this mm, never cleared
-        self._top = _TASK_TOP
         self.anon = mem.anon  # the mapcounts it shares with the machine's other processes
         self.anon.mms.add(self)
         self.gone = False  # exit_mmap ran: mmget_not_zero() fails from now on
 
-    # -- mmap / munmap -------------------------------------------------------------------------
+    @property
+    def map_count(self) -> int:
+        return len(self.vmas)
+
+    # -- mmap ------------------------------------------------------------------------------------
     def mmap(self, length: int | str, backing: str = "anon", *, writable: bool = True,
-             populate: bool = False, mmio_pa: int | None = None, file: MemFd | None = None,
-             offset: int = 0, private: bool = False) -> int:
-        """A new mapping of ``length`` bytes (rounded up to pages, or to the huge page for
-        hugetlb); THP and hugetlb mappings of 2M or more are aligned to their huge size.
-        ``file``: a mapping of a memfd from byte ``offset``, its pages the file's
-        (allocated now); ``private`` (MAP_PRIVATE) copies a page on its first write."""
-        nbytes = parse_size(length)
-        if nbytes <= 0:
-            raise InvalidArgument(f"mmap: length {nbytes:#x} must be positive")
+             populate: bool = False, mmio_pa: int | None = None,
+             device: DeviceMmap | None = None, file: MemFd | None = None, offset: int = 0,
+             private: bool = False, shared: bool = False) -> int:
+        """``mmap`` of ``length`` bytes (``ksys_mmap_pgoff``, ``do_mmap``, ``mmap_region``):
+        anonymous memory of ``backing`` (``shared``: MAP_SHARED | MAP_ANONYMOUS, shmem a
+        fork shares), a memfd from byte ``offset`` (``file``; ``private``: MAP_PRIVATE,
+        copied on first write), or a device region (``device``: the driver's mmap, given
+        the page-aligned length; or ``mmio_pa``). Returns the address; on failure the
+        kernel's errno, nothing changed: EINVAL for a length of 0 (also one a hugetlb
+        rounding wraps to 0) or an unaligned offset; ENOMEM for a length past the
+        address space, too many mappings, no hole, an accountable mapping longer than
+        RAM, hugetlb pages the machine lacks; EOVERFLOW for a file range past
+        MAX_LFS_FILESIZE. THP and hugetlb mappings of 2M or more are aligned to their
+        huge size; ``backing`` is ignored for a file or a device region, whose pages are
+        what they are (the model's contract, where Linux refuses MAP_HUGETLB of a file
+        that is not on hugetlbfs). O(VMAs) to find the
+        hole; no host memory in proportion to the length."""
+        if mmio_pa is not None:
+            device = self._fixed_region(mmio_pa)
         if backing not in BACKINGS:
             raise InvalidArgument(f"mmap: backing {backing!r} is not one of {sorted(BACKINGS)}")
-        order = BACKINGS[backing] if mmio_pa is None else 0
+        if not -(1 << 63) <= offset <= U64_MAX or offset & (PAGE_SIZE - 1):
+            raise InvalidArgument(f"mmap: offset {offset:#x} is not a multiple of the page size")
+        offset &= U64_MAX
+        if file is not None or device is not None:
+            backing = "anon"  # the file or the device region decides what backs the pages
+        anon_hugetlb = backing.startswith("hugetlb")
+        if shared and private:
+            raise InvalidArgument("mmap: MAP_SHARED and MAP_PRIVATE together")
+        nbytes = _unsigned_long(length, "mmap")
+        order = file.order if file is not None and file.order else \
+            0 if device is not None else BACKINGS[backing]
         huge = PAGE_SIZE << order
-        if backing.startswith("hugetlb") and mmio_pa is None:
-            nbytes = -(-nbytes // huge) * huge
-        nbytes = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
-        align = huge if order and nbytes >= huge else PAGE_SIZE
-        start = (self._top - nbytes) & ~(align - 1)
-        vma = Vma(start, start + nbytes, backing, writable,
-                  np.full(nbytes >> PAGE_SHIFT, -1, dtype=np.int64), pfnmap=mmio_pa is not None)
-        if mmio_pa is not None:
-            vma.pfns[:] = np.arange(vma.npages, dtype=np.int64) + (mmio_pa >> PAGE_SHIFT)
+        if anon_hugetlb or (file is not None and file.order):
+            nbytes = (nbytes + huge - 1) & ~(huge - 1) & U64_MAX  # ALIGN may wrap to 0
+        if not nbytes:
+            raise InvalidArgument(f"mmap: length {length!r} is 0 (after rounding to "
+                                  f"{huge:#x})" if anon_hugetlb else "mmap: length 0")
+        aligned = (nbytes + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1) & U64_MAX
+        if not aligned:
+            raise OutOfMemory(f"mmap: length {nbytes:#x} wraps when rounded up to pages")
+        if self.map_count > self.max_map_count:
+            raise OutOfMemory(f"mmap: {self.map_count} mappings, past vm.max_map_count "
+                              f"({self.max_map_count})")
+        if aligned > TASK_SIZE_MAX:
+            raise OutOfMemory(f"mmap: length {aligned:#x} exceeds the address space "
+                              f"(TASK_SIZE {TASK_SIZE_MAX:#x})")
+        start = self._unmapped_area(aligned, huge if order and aligned >= huge else PAGE_SIZE)
+        if file is not None and aligned + offset > MAX_LFS_FILESIZE:
+            raise Overflow(f"mmap: [{offset:#x}, +{aligned:#x}) of {file.name} passes "
+                           f"MAX_LFS_FILESIZE")
+        self._vm_enough_memory(aligned, writable,
+                               device is not None or (file is not None and not private),
+                               shared, anon_hugetlb or (file is not None and file.order > 0))
+        return self._mmap_region(start, aligned, backing, writable, populate, device, file,
+                                 offset, private, shared and file is None)
+
+    @staticmethod
+    def _fixed_region(pa: int) -> DeviceMmap:
+        """A device region at ``pa`` whatever the length (the tests' direct mappings)."""
+        return lambda _length: pa
+
+    def _vm_enough_memory(self, nbytes: int, writable: bool, shared_file: bool,
+                          shared_anon: bool, hugetlb: bool) -> None:
+        """``__vm_enough_memory`` under the default heuristic overcommit (OVERCOMMIT_GUESS)
+        for what ``mmap_region`` accounts: a private writable mapping
+        (``accountable_mapping``) and shared anonymous memory (``shmem_acct_size``); not
+        hugetlb (its reservation counts) nor a ``shared_file`` (a MAP_SHARED file or a
+        device region, VM_SHARED). ENOMEM for more pages than RAM (the model has no
+        swap)."""
+        accountable = not hugetlb and not shared_file and (writable or shared_anon)
+        total = self.mem.frames.total_frames
+        if accountable and nbytes >> PAGE_SHIFT > total:
+            raise OutOfMemory(f"mmap: {nbytes:#x} bytes of committed memory, more than the "
+                              f"{total} pages of RAM (vm.overcommit_memory 0)")
+
+    def _unmapped_area(self, nbytes: int, align: int) -> int:
+        """``vm_unmapped_area`` top-down from ``mmap_base``: the highest ``align``-aligned
+        place in a hole that keeps a guard page from its neighbours; ENOMEM when none
+        fits. O(VMAs)."""
+        hi = MMAP_BASE
+        for vma in reversed(self.vmas):
+            start = (hi - nbytes) & ~(align - 1)
+            if start >= vma.end + PAGE_SIZE:
+                return start
+            hi = min(hi, vma.start - PAGE_SIZE)
+        start = (hi - nbytes) & ~(align - 1)
+        if start >= MMAP_MIN_ADDR:
+            return start
+        raise OutOfMemory(f"mmap: no hole of {nbytes:#x} bytes left in the address space")
+
+    def _mmap_region(self, start: int, nbytes: int, backing: str, writable: bool,
+                     populate: bool, device: DeviceMmap | None, file: MemFd | None,
+                     offset: int, private: bool, shared_anon: bool) -> int:
+        """``mmap_region``: the VMA, the driver's or the file's mmap (a device region's
+        address; hugetlb's reservation, taken whole here, undone on failure), then
+        MAP_POPULATE, whose failures are ignored as ``mm_populate`` ignores them."""
+        vma = Vma(start, start + nbytes, backing, writable)
+        if device is not None:
+            vma.pfnmap, vma.mmio_pfn = True, device(nbytes) >> PAGE_SHIFT
+        elif shared_anon:
+            from .memfd import MemFd
+            hugetlb = backing.split("-")[1] if backing.startswith("hugetlb") else None
+            vma.file = MemFd(self.mem, "/dev/zero (deleted)", nbytes, hugetlb)  # shmem_zero_setup
         elif file is not None:
-            if offset % PAGE_SIZE or offset + nbytes > -(-file.size // PAGE_SIZE) * PAGE_SIZE:
-                raise InvalidArgument(f"mmap: [{offset:#x}, +{nbytes:#x}) is not inside "
-                                      f"memfd {file.name} of {file.size:#x} bytes")
-            vma.pfns[:] = file.pages(offset >> PAGE_SHIFT, vma.npages)
-            vma.file = file.get()
-            if private:
-                vma.cow = np.ones(vma.npages, dtype=np.bool_)
-        elif backing.startswith("hugetlb") or populate:
-            self._fault(vma, 0, vma.npages)
-        self._top = start - PAGE_SIZE  # a guard gap between mappings
+            vma.file, vma.pgoff, vma.private = file.get(), offset >> PAGE_SHIFT, private
         self._link(vma)
+        try:
+            if vma.file is not None and vma.file.order:
+                self._hugetlb_file_reserve(vma)
+            elif backing.startswith("hugetlb") and device is None:
+                self._fault(vma, 0, vma.npages)
+        except KernelError:
+            self._drop(vma)
+            raise
+        if populate:
+            self._populate(vma)
         return start
 
+    def _hugetlb_file_reserve(self, vma: Vma) -> None:
+        """``hugetlbfs_file_mmap``: EINVAL for an offset that is not whole huge pages; the
+        mapping's huge pages, taken now (the model's reservation: ENOMEM, nothing
+        taken); a writable mapping past the end of the file grows it."""
+        file = vma.file
+        assert file is not None
+        if (vma.pgoff << PAGE_SHIFT) % file.folio_bytes:
+            raise InvalidArgument(f"mmap: offset {vma.pgoff << PAGE_SHIFT:#x} of {file.name} "
+                                  f"is not a multiple of {file.folio_bytes:#x}")
+        end = (vma.pgoff + vma.npages) << PAGE_SHIFT
+        old = file.size
+        if vma.writable and end > old:
+            file.ftruncate(end)
+        try:
+            self._fault(vma, 0, vma.file_end)
+        except KernelError:
+            if file.size != old:
+                file.ftruncate(old)
+            raise
+
+    def _populate(self, vma: Vma) -> None:
+        """``populate_vma_page_range``: fault every page in, with a write fault where a
+        write would copy (a private writable mapping); errors are ignored."""
+        try:
+            self._fault(vma, 0, vma.file_end)
+            if vma.writable:
+                self._break_cow(vma, 0, vma.file_end)
+        except OutOfMemory:
+            pass
+
+    # -- munmap ----------------------------------------------------------------------------------
     def munmap(self, addr: int, length: int) -> None:
-        """``munmap``: unmap ``[addr, addr + length)`` (length rounded up to pages),
-        splitting the VMAs it cuts. EINVAL for an unaligned ``addr``, a length of 0, or a
-        cut through a hugetlb page (nothing is changed then).
+        """``do_vmi_munmap``: unmap ``[addr, addr + length)`` (length rounded up to pages),
+        splitting the VMAs it cuts (``__split_vma``). EINVAL for an unaligned ``addr``, a
+        range past ``TASK_SIZE`` (a negative length is a huge ``size_t``), a length of 0,
+        or a cut through a hugetlb page; ENOMEM when a cut inside one VMA would pass
+        vm.max_map_count. Nothing is changed on failure.
 
         A THP folio the cut goes through is mapped by 4K pages from then on (its PMD is
         split); the pages no process maps any more are freed unless pinned, in which
-        case they go with their last unpin (:class:`~iommulab.mem.anon.AnonPages`).
+        case they go with their last unpin (:meth:`PhysMem.free_unpinned`).
         """
-        if addr & (PAGE_SIZE - 1) or length <= 0:
+        size = length & U64_MAX if -(1 << 63) <= length <= U64_MAX else U64_MAX
+        if addr & (PAGE_SIZE - 1) or not 0 <= addr <= TASK_SIZE_MAX or \
+                size > TASK_SIZE_MAX - addr:
             raise InvalidArgument(f"munmap: addr {addr:#x} length {length:#x}")
-        end = addr + -(-length // PAGE_SIZE) * PAGE_SIZE
-        hit = [v for v in self.vmas if v.start < end and addr < v.end]
+        end = addr + ((size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        if end == addr:
+            raise InvalidArgument(f"munmap: addr {addr:#x} length {length:#x}")
+        hit = self._overlapping(addr, end)
+        if not hit:
+            return
+        first, last = hit[0], hit[-1]
+        if first.start < addr and end < first.end and self.map_count >= self.max_map_count:
+            raise OutOfMemory(f"munmap: splitting {first!r} would pass vm.max_map_count "
+                              f"({self.max_map_count})")
+        for vma, at in ((first, addr), (last, end)):
+            huge = vma.hugetlb_bytes
+            if huge and vma.start < at < vma.end and at % huge:
+                kind = vma.backing if vma.file is None else f"hugetlbfs {huge:#x}"
+                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) cuts a {kind} page "
+                                      f"of {vma!r}")
+        if first.start < addr:
+            hit[0] = self._split_vma(first, (addr - first.start) >> PAGE_SHIFT)[1]
+        if end < hit[-1].end:
+            hit[-1] = self._split_vma(hit[-1], (end - hit[-1].start) >> PAGE_SHIFT)[0]
         for vma in hit:
-            huge = PAGE_SIZE << BACKINGS[vma.backing]
-            if vma.backing.startswith("hugetlb") and not vma.pfnmap and (
-                    (vma.start < addr and addr % huge) or (end < vma.end and end % huge)):
-                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) cuts a "
-                                      f"{vma.backing} page of {vma!r}")
-        for vma in hit:
-            if addr <= vma.start and vma.end <= end:
-                self._drop(vma)
-            else:
-                self._cut(vma, max(addr, vma.start), min(end, vma.end))
+            self._drop(vma)
 
     def close(self) -> None:
         """exit_mmap: every mapping goes; the mm can no longer be pinned from."""
@@ -242,121 +327,157 @@ class MmStruct:
         self.gone = True
         self.anon.mms.discard(self)
 
+    def _overlapping(self, lo: int, hi: int) -> list[Vma]:
+        """The VMAs that meet ``[lo, hi)``, in order. O(log VMAs + those)."""
+        i = max(0, bisect.bisect_right(self._starts, lo) - 1)
+        j = bisect.bisect_left(self._starts, hi)
+        return [v for v in self.vmas[i:j] if v.end > lo]
+
     def _link(self, vma: Vma) -> None:
         i = bisect.bisect(self._starts, vma.start)
         self.vmas.insert(i, vma)
         self._starts.insert(i, vma.start)
 
     def _unlink(self, vma: Vma) -> None:
-        i = self.vmas.index(vma)
+        i = bisect.bisect_left(self._starts, vma.start)
+        assert self.vmas[i] is vma
         del self.vmas[i], self._starts[i]
 
     def _drop(self, vma: Vma) -> None:
+        """Unlink ``vma`` and unmap its pages (``unmap_region`` + ``remove_vma``)."""
         self._unlink(vma)
         self._zap(vma, 0, vma.npages)
         if vma.file is not None:
             vma.file.put()
             vma.file = None
         vma.folios.clear()
-        vma.pfns[:] = -1
-        vma.excl[:] = False
+        vma.pages.clear()
 
-    def _cut(self, vma: Vma, lo: int, hi: int) -> None:
-        """Unmap ``[lo, hi)``, strictly inside ``vma``: the parts left and right of it
-        become VMAs of their own. A folio the cut goes through stays mapped by 4K pages
-        on either side (``__split_huge_pmd``)."""
-        i0, i1 = (lo - vma.start) >> PAGE_SHIFT, (hi - vma.start) >> PAGE_SHIFT
-        at, heads = vma.pmd_slots()
+    def _split_vma(self, vma: Vma, at: int) -> tuple[Vma, Vma]:
+        """``__split_vma`` at page ``at``: two VMAs end to end over the same pages. A THP
+        the cut goes through stays mapped by 4K pages on either side
+        (``__split_huge_pmd``). O(pages kept)."""
+        starts, heads = vma.pmd_slots()
         per = 1 << vma.order
-        self._unlink(vma)
-        self._zap(vma, i0, i1)
-        for first, last, whole in ((0, i0, at + per <= i0), (i1, vma.npages, at >= i1)):
-            if first == last:
-                continue
-            piece = Vma(vma.start + (first << PAGE_SHIFT), vma.start + (last << PAGE_SHIFT),
-                        vma.backing, vma.writable, vma.pfns[first:last].copy(), vma.pfnmap,
-                        dict.fromkeys(heads[whole].tolist(), vma.order),
-                        vma.file.get() if vma.file is not None else None,
-                        vma.cow[first:last].copy() if vma.cow is not None else None)
-            piece.excl[:] = vma.excl[first:last]
-            self._link(piece)
+        left = self._piece(vma, 0, at, heads[starts + per <= at])
+        right = self._piece(vma, at, vma.npages, heads[starts >= at])
         if vma.file is not None:
-            vma.file.put()
+            vma.file.get()  # one reference for each side
+        self._unlink(vma)
+        self._link(left)
+        self._link(right)
+        return left, right
+
+    @staticmethod
+    def _piece(vma: Vma, lo: int, hi: int, heads: I64Array) -> Vma:
+        """Pages ``[lo, hi)`` of ``vma`` as a VMA of their own, with the PMD folios
+        ``heads``."""
+        piece = Vma(vma.start + (lo << PAGE_SHIFT), vma.start + (hi << PAGE_SHIFT),
+                    vma.backing, vma.writable, vma.pfnmap,
+                    vma.mmio_pfn + lo if vma.pfnmap else -1,
+                    dict.fromkeys(heads.tolist(), vma.order), vma.file, vma.pgoff + lo,
+                    vma.private)
+        piece.pages = vma.pages.slice(lo, hi)
+        return piece
 
     def _zap(self, vma: Vma, lo: int, hi: int) -> None:
         """``zap_page_range`` of the anonymous pages of ``[lo, hi)``: a PMD-mapped folio
-        wholly inside goes as one mapping, every other page on its own."""
-        at, heads = vma.pmd_slots()
-        inside = (at >= lo) & (at + (1 << vma.order) <= hi)
-        pages = vma.anon(lo, hi) & ~vma.pmd_mask(at[inside])[lo:hi]
+        wholly inside goes as one mapping, every other page on its own. O(pages kept
+        there) numpy work, a Python step per GiB."""
+        if vma.shared:
+            return
+        starts, heads = vma.pmd_slots(lo, hi)
+        per = 1 << vma.order
+        inside = (starts >= lo) & (starts + per <= hi)
         self.anon.unmap_folios(heads[inside], vma.order)
-        self.anon.unmap(vma.pfns[lo:hi][pages])
+        for ext in vma.chunks(lo, hi):
+            pages = (ext.pfns >= 0) & ~vma.pmd_pages(ext, starts[inside])
+            self.anon.unmap(ext.pfns[pages])
 
     # -- fork ------------------------------------------------------------------------------------
     def fork(self) -> MmStruct:
         """``dup_mmap``: the child's address space. Device regions and MAP_SHARED memory
         are the same pages; private memory is shared until written (:meth:`_dup_anon`).
-        ENOMEM (the child torn down) when the pages to copy now cannot be had."""
+        On failure (ENOMEM: the pages to copy now cannot be had) the half-built child is
+        torn down as ``dup_mmap``'s error path does (``exit_mmap`` of it): its shares of
+        the parent's pages, its copies and its file references go; the parent keeps
+        what fork did to it (PMDs split, pages no longer exclusive), as in Linux."""
         child = MmStruct(self.mem, self.kernel)
-        child._top = self._top
+        child.max_map_count = self.max_map_count
         pinned = self._pinned_folios()
         try:
             for vma in self.vmas:
-                copy = Vma(vma.start, vma.end, vma.backing, vma.writable,
-                           vma.pfns.copy(), vma.pfnmap)
-                if vma.file is not None:
-                    copy.file = vma.file.get()
-                    copy.cow = vma.cow.copy() if vma.cow is not None else None
+                copy = Vma(vma.start, vma.end, vma.backing, vma.writable, vma.pfnmap,
+                           vma.mmio_pfn, file=vma.file.get() if vma.file is not None else None,
+                           pgoff=vma.pgoff, private=vma.private)
                 child._link(copy)
                 self._dup_anon(vma, copy, pinned)
-        except OutOfMemory:
+        except BaseException:  # whatever stopped it, the half-built child goes
             child.close()
             raise
         return child
 
     def _dup_anon(self, src: Vma, dst: Vma, pinned: I64Array | None) -> None:
         """``copy_page_range`` of the anonymous pages of ``src`` into the child's ``dst``
-        (which starts with the parent's pfns; ``pinned``: :meth:`_pinned_folios`). A page
-        is shared (both lose PageAnonExclusive, its mapcount grows), except an exclusive
-        page that may be pinned (``folio_try_dup_anon_rmap_*`` fails), which the child
-        gets a copy of now (``copy_present_page``). A THP goes by its PMD
-        (``copy_huge_pmd``), unless it may be pinned: then the parent's PMD is split and
-        each of its pages copied. A hugetlb page is shared or copied whole
-        (``copy_hugetlb_page_range``). O(pages) numpy work, a Python step per run of
-        shared folios and per folio copied."""
-        anon = src.anon()
-        at, heads = src.pmd_slots()
-        copy_folio = np.zeros(len(at), dtype=np.bool_)
-        if pinned is not None:
-            copy_folio = np.isin(heads, pinned) & src.excl[at]
-        copied_pmds = src.pmd_mask(at[copy_folio])
-        shared_pmds = src.pmd_mask(at[~copy_folio])
-        ptes = anon & ~copied_pmds & ~shared_pmds
-        copy_ptes = np.zeros(src.npages, dtype=np.bool_)
-        if pinned is not None:
-            idx = np.flatnonzero(ptes & src.excl)
-            copy_ptes[idx] = self._maybe_pinned(src.pfns[idx], pinned)
-        shared_ptes = ptes & ~copy_ptes
-        dst.pfns[copied_pmds | copy_ptes] = -1  # nothing up to the copies can fail
-        self.anon.map_folios(heads[~copy_folio], src.order)
-        self.anon.map_pages(src.pfns[shared_ptes])
-        src.excl[shared_pmds | shared_ptes] = False
-        dst.folios.update(dict.fromkeys(heads[~copy_folio].tolist(), src.order))
+        (``pinned``: :meth:`_pinned_folios`). A page is shared (both lose
+        PageAnonExclusive, its mapcount grows), except an exclusive page that may be
+        pinned (``folio_try_dup_anon_rmap_*`` fails), which the child gets a copy of now
+        (``copy_present_page``). A THP goes by its PMD (``copy_huge_pmd``), unless it may
+        be pinned: then the parent's PMD is split and each of its pages copied. A
+        hugetlb page is shared or copied whole (``copy_hugetlb_page_range``). O(pages
+        kept) numpy work, a Python step per GiB, per run of shared folios and per folio
+        copied."""
+        if src.shared or not src.pages.kept:
+            return
+        dst.pages = src.pages.copy()
+        starts, heads = src.pmd_slots()
+        copy_folio = np.zeros(len(starts), dtype=np.bool_)
+        if pinned is not None and len(starts):
+            copy_folio = np.isin(heads, pinned) & src.pages.gather_excl(starts)
+        shared_heads, copy_heads = heads[~copy_folio], heads[copy_folio]
+        copies: list[I64Array] = []
+        for s_ext, d_ext in zip(src.chunks(), dst.chunks(), strict=True):
+            copy_pmds = src.pmd_pages(s_ext, starts[copy_folio])
+            shared_pmds = src.pmd_pages(s_ext, starts[~copy_folio])
+            copies.append(self._dup_chunk(s_ext, d_ext, copy_pmds, shared_pmds, pinned)
+                          + s_ext.lo)
+        self.anon.map_folios(shared_heads, src.order)
+        dst.folios.update(dict.fromkeys(shared_heads.tolist(), src.order))
         if src.backing.startswith("hugetlb"):  # hugetlb_try_dup_anon_rmap failed: a copy
-            per = 1 << src.order
-            for i, head in zip(at[copy_folio].tolist(), heads[copy_folio].tolist(),
-                               strict=True):
+            span = _offsets(src.order)
+            for i, head in zip(starts[copy_folio].tolist(), copy_heads.tolist(), strict=True):
                 new = self._copy_huge(src, i, head, "fork of a pinned page")
-                dst.pfns[i:i + per] = new + _offsets(src.order)
-                dst.excl[i:i + per] = True
+                dst.pages.scatter(i + span, new + span, True)
                 dst.folios[new] = src.order
             return
-        for head in heads[copy_folio].tolist():
+        for head in copy_heads.tolist():
             del src.folios[head]  # __split_huge_pmd: its pages are copied one by one
-        copy = np.flatnonzero(copied_pmds | copy_ptes)
-        if len(copy):
-            dst.pfns[copy] = self._copies(src.pfns[copy], "alloc_pages(fork)")
-            dst.excl[copy] = True
+        idx = np.concatenate(copies) if copies else np.zeros(0, dtype=np.int64)
+        if len(idx):
+            dst.pages.scatter(idx, self._copies(src.pages.gather(idx), "alloc_pages(fork)"),
+                              True)
+
+    def _dup_chunk(self, src: Extent, dst: Extent, copy_pmds: BoolArray,
+                   shared_pmds: BoolArray, pinned: I64Array | None) -> I64Array:
+        """:meth:`_dup_anon` of one chunk (``dst`` starts as a copy of ``src``; the pages
+        of PMD folios to copy and to share marked): the pages shared now are counted and
+        lose exclusivity, those to copy are left out of the child; returns the offsets of
+        those, which it copies after."""
+        assert src.excl is not None and dst.excl is not None and src.lo == dst.lo
+        pfns = src.pfns
+        present = pfns >= 0
+        ptes = present & ~copy_pmds & ~shared_pmds
+        copy_ptes = np.zeros(len(pfns), dtype=np.bool_)
+        if pinned is not None:
+            at = np.flatnonzero(ptes & src.excl)
+            copy_ptes[at] = self._maybe_pinned(pfns[at], pinned)
+        shared_ptes = ptes & ~copy_ptes
+        copy = copy_pmds | copy_ptes
+        dst.pfns[copy] = -1  # nothing up to the copies can fail
+        dst.excl[:] = False
+        self.anon.map_pages(pfns[shared_ptes])
+        src.excl[shared_pmds | shared_ptes] = False
+        return np.flatnonzero(copy).astype(np.int64)
 
     def _copy_huge(self, vma: Vma, i: int, head: int, why: str) -> int:
         """A new huge page of ``vma``'s order holding the bytes of the one at ``head``
@@ -404,40 +525,65 @@ class MmStruct:
         return None
 
     def _fault(self, vma: Vma, first: int, count: int) -> None:
-        """Fault in pages ``[first, first + count)`` of ``vma``, a folio at a time; new
-        pages are the mapping's alone."""
-        pfns = vma.pfns
-        if not (pfns[first:first + count] < 0).any():
+        """Fault in pages ``[first, first + count)`` of ``vma`` (inside the file for a file
+        mapping), a folio at a time; new anonymous pages are the mapping's alone. ENOMEM,
+        before any page is taken or any array of the range made, when the machine has
+        too few free frames for the pages missing."""
+        if vma.pfnmap or count <= 0:
             return
+        if vma.file is not None:
+            vma.file.pages(vma.pgoff + first, count)  # the page cache's (checked there)
+            return
+        missing = count - vma.pages.count(first, first + count)
+        if not missing:
+            return
+        where = f"page fault in [{vma.start + (first << PAGE_SHIFT):#x}, " \
+                f"{vma.start + ((first + count) << PAGE_SHIFT):#x})"
         order = BACKINGS[vma.backing]
-        if order:
-            self._fault_folios(vma, first, count, order)
-        missing = np.flatnonzero(pfns[first:first + count] < 0) + first
-        if len(missing):
-            try:
-                runs = self.mem.alloc_page_runs(len(missing), site="alloc_pages(page fault)")
-            except OutOfMemory as err:
-                raise OutOfMemory(f"page fault at {vma.start + (int(missing[0]) << PAGE_SHIFT):#x}"
-                                  f": {err}") from None
-            pfns[missing] = _aranges(runs)
-            vma.excl[missing] = True
-            self.anon.map_pages(pfns[missing])
+        if order:  # hugetlb checks its huge pages; THP needs the frames, folios or not
+            if missing > self.mem.frames.free_frames and not vma.hugetlb_bytes:
+                raise OutOfMemory(f"{where}: {missing} pages wanted, "
+                                  f"{self.mem.frames.free_frames} free")
+            missing -= self._fault_folios(vma, first, count, order)
+            if not missing:
+                return
+        try:
+            runs = self.mem.alloc_page_runs(missing, site="alloc_pages(page fault)")
+        except OutOfMemory as err:
+            raise OutOfMemory(f"{where}: {err}") from None
+        window = vma.pages.window(first, first + count)
+        at = np.flatnonzero(window.pfns < 0)
+        window.pfns[at] = _aranges(runs)
+        assert window.excl is not None
+        window.excl[at] = True
+        self.anon.map_pages(window.pfns[at])
 
-    def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> None:
+    def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> int:
         """A folio of ``order`` for each aligned stretch wholly inside ``vma`` and wholly
         unpopulated that holds a page of ``[first, first + count)``, while the frame
         allocator has one (a stretch that already has 4K pages keeps faulting 4K pages, as a
-        PMD with a page table does); hugetlb has no 4K fallback (ENOMEM). O(pages) numpy
-        work and one allocation call per folio."""
+        PMD with a page table does); hugetlb has no 4K fallback: ENOMEM, nothing taken,
+        when the free huge pages are too few. Returns how many pages of ``[first, first +
+        count)`` it filled. O(pages) numpy work and one allocation call per folio."""
         per = 1 << order
         off = -(vma.start >> PAGE_SHIFT) % per  # index of the VMA's first aligned stretch
         slots = (vma.npages - off) // per
         lo = max(0, (first - off) // per)
         hi = min(slots, -(-(first + count - off) // per))
         if lo >= hi:
-            return
-        stretches = vma.pfns[off + lo * per:off + hi * per].reshape(hi - lo, per)
-        excl = vma.excl[off + lo * per:off + hi * per].reshape(hi - lo, per)
+            return 0
+        s_lo, s_hi = off + lo * per, off + hi * per
+        hugetlb = vma.backing.startswith("hugetlb")
+        if hugetlb:
+            need = (s_hi - s_lo - vma.pages.count(s_lo, s_hi)) // per
+            free = self.mem.frames.free_blocks_of(order)
+            if need > free:
+                raise OutOfMemory(f"hugetlb: {need} pages of {PAGE_SIZE << order:#x} wanted "
+                                  f"at {vma.start + (s_lo << PAGE_SHIFT):#x}, {free} free")
+        window = vma.pages.window(s_lo, s_hi)
+        assert window.excl is not None
+        stretches = window.pfns.reshape(hi - lo, per)
+        excl = window.excl.reshape(hi - lo, per)
         rows: list[int] = []
         got: list[int] = []
         try:
@@ -446,10 +592,10 @@ class MmStruct:
                 if pfn is not None:
                     rows.append(row)
                     got.append(pfn)
-                elif vma.backing.startswith("hugetlb"):
+                elif hugetlb:
                     raise OutOfMemory(f"hugetlb: no free {PAGE_SIZE << order:#x} page for "
-                                      f"{vma.start + ((off + (lo + row) * per) << PAGE_SHIFT):#x}")
-        finally:  # the folios taken so far are mapped even when hugetlb runs out
+                                      f"{vma.start + ((s_lo + row * per) << PAGE_SHIFT):#x}")
+        finally:  # the folios taken so far are mapped (whoever fails unmaps them)
             vma.folios.update(dict.fromkeys(got, order))
             self.anon.new_folios(got, order)
             offsets = _offsets(order)
@@ -457,54 +603,73 @@ class MmStruct:
                 stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                        dtype=np.int64)[:, None] + offsets
             excl[rows] = True
+        end = first + count
+        return sum(min(s + per, end) - max(s, first)
+                   for s in ((row + lo) * per + off for row in rows))
 
     # -- copy on write ---------------------------------------------------------------------------
     def _break_cow(self, vma: Vma, first: int, count: int) -> None:
         """The write fault (``do_wp_page``) or, for a pin, the unshare fault
         (FAULT_FLAG_UNSHARE) of every present page of ``[first, first + count)`` the
         mapping does not have alone: afterwards each is an anonymous page exclusive to
-        it. Shared mappings are written in place."""
+        it. Shared mappings are written in place. The pages are present (faulted in)."""
         hi = first + count
-        if vma.shared or vma.excl[first:hi].all():
+        if vma.shared or count <= 0:
             return
-        if vma.backing.startswith("hugetlb") and vma.file is None:
-            self._hugetlb_wp(vma, first, hi)
+        if vma.file is None:
+            if vma.pages.first_unset(first, hi, excl=True) == hi:  # all its own already
+                return
+            if vma.backing.startswith("hugetlb"):
+                self._hugetlb_wp(vma, first, hi)
+                return
+            if vma.folios:
+                self._huge_pmd_wp(vma, first, hi)
+        window = vma.pages.window(first, hi)
+        assert window.excl is not None
+        if vma.file is None:
+            idx = np.flatnonzero(~window.excl & (window.pfns >= 0))
+            old = window.pfns[idx]
+            reuse = self._can_reuse(vma, idx + first, old)
+            window.excl[idx[reuse]] = True
+            self._wp_page_copy(window, idx[~reuse], old[~reuse], None)
             return
-        if vma.folios:
-            self._huge_pmd_wp(vma, first, hi)
-        idx = np.flatnonzero(~vma.excl[first:hi] & (vma.pfns[first:hi] >= 0)) + first
-        if not len(idx):
-            return
-        file_page = vma.cow[idx] if vma.cow is not None else np.zeros(len(idx), np.bool_)
-        anon = idx[~file_page]
-        reuse = self._can_reuse(vma, anon)
-        vma.excl[anon[reuse]] = True
-        copy = np.sort(np.concatenate([idx[file_page], anon[~reuse]]))
-        if len(copy):
-            self._wp_page_copy(vma, copy)
+        idx = np.flatnonzero(~window.excl)  # a file page not copied yet, or a shared copy
+        old = window.pfns[idx]
+        is_file = old < 0
+        if is_file.any():
+            old[is_file] = vma.file.lookup(vma.pgoff + first, count)[idx[is_file]]
+        copy = is_file.copy()
+        anon = np.flatnonzero(~is_file)
+        reuse = self._can_reuse(vma, idx[anon] + first, old[anon])
+        window.excl[idx[anon[reuse]]] = True
+        copy[anon[~reuse]] = True
+        self._wp_page_copy(window, idx[copy], old[copy], is_file[copy])
 
     def _huge_pmd_wp(self, vma: Vma, first: int, hi: int) -> None:
         """``do_huge_pmd_wp_page`` for each shared THP of ``[first, hi)`` mapped by a PMD:
         reused whole when this PMD is its only reference (every page mapped once, no
         pin), else the PMD is split and the written pages are copied one by one."""
-        at, heads = vma.pmd_slots(first, hi)
+        starts, heads = vma.pmd_slots(first, hi)
         per = 1 << vma.order
-        hit = ~vma.excl[at]
-        for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
+        for i, head in zip(starts.tolist(), heads.tolist(), strict=True):
+            if vma.excl(i, i + 1)[0]:
+                continue
             only_ref = (self.anon.maps.range(head, per) == 1).all() and \
                 not self.mem.pins.range(head, per).any()
             if only_ref:
-                vma.excl[i:i + per] = True
+                excl = vma.pages.window(i, i + per).excl
+                assert excl is not None
+                excl[:] = True
             else:
                 del vma.folios[head]
 
-    def _can_reuse(self, vma: Vma, idx: I64Array) -> BoolArray:
-        """``wp_can_reuse_anon_folio`` of the anonymous pages at ``idx``: a 4K page when
-        its mapping here is its only reference. A page of a large folio mapped by 4K
-        pages: never in 6.12; from 6.15 when all the folio's references are mappings in
-        this mm and there is more than one (``__wp_can_reuse_large_anon_folio``), decided
-        once per folio. O(pages) numpy work and a Python step per large folio."""
-        pfns = vma.pfns[idx]
+    def _can_reuse(self, vma: Vma, idx: I64Array, pfns: I64Array) -> BoolArray:
+        """``wp_can_reuse_anon_folio`` of the anonymous pages ``pfns`` at page indices
+        ``idx``: a 4K page when its mapping here is its only reference. A page of a large
+        folio mapped by 4K pages: never in 6.12; from 6.15 when all the folio's
+        references are mappings in this mm and there is more than one
+        (``__wp_can_reuse_large_anon_folio``), decided once per folio. O(pages) numpy work
+        and a Python step per large folio."""
         heads = self.anon.folio_of(pfns)
         small = heads < 0
         reuse: BoolArray = small & (self.anon.maps.get(pfns) == 1) & \
@@ -513,74 +678,82 @@ class MmStruct:
             large = np.flatnonzero(~small)
             folios, first, which = np.unique(heads[large], return_index=True,
                                              return_inverse=True)
-            here_only = np.array([self._folio_mapped_here_only(vma, i, head) for i, head in
-                                  zip(idx[large[first]].tolist(), folios.tolist(),
-                                      strict=True)], dtype=np.bool_)
+            at = large[first]
+            here_only = np.array([self._folio_mapped_here_only(vma, i, pfn, head)
+                                  for i, pfn, head in zip(idx[at].tolist(), pfns[at].tolist(),
+                                                          folios.tolist(), strict=True)],
+                                 dtype=np.bool_)
             reuse[large] = here_only[which]
         return reuse
 
-    def _folio_mapped_here_only(self, vma: Vma, i: int, head: int) -> bool:
+    def _folio_mapped_here_only(self, vma: Vma, i: int, pfn: int, head: int) -> bool:
         """Every reference of the large folio at ``head`` is a mapping in this mm, and it
         has more than one. A page of an anonymous folio is mapped at most once per mm,
-        at the address it was first faulted at, which ``vma``'s page ``i`` gives: only
-        the VMAs over that folio-sized stretch are looked at (found by bisection)."""
+        at the address it was first faulted at, which ``vma``'s page ``i`` (``pfn``)
+        gives: only the VMAs over that folio-sized stretch are looked at (found by
+        bisection)."""
         order = self.anon.folios[head]
         per = 1 << order
         total = int(self.anon.maps.range(head, per).sum())
         if total <= 1 or self.mem.pins.range(head, per).any():
             return False
-        base = vma.start + ((i - (int(vma.pfns[i]) - head)) << PAGE_SHIFT)
+        base = vma.start + ((i - (pfn - head)) << PAGE_SHIFT)
         end = base + (per << PAGE_SHIFT)
         mine = 0
-        for j in range(max(0, bisect.bisect(self._starts, base) - 1),
-                       bisect.bisect_left(self._starts, end)):
-            other = self.vmas[j]
+        inside = vma.start <= base and end <= vma.end  # no other VMA can map a page of it
+        for other in [vma] if inside else self._overlapping(base, end):
             lo, hi = max(base, other.start), min(end, other.end)
-            if lo < hi:
-                got = other.pfns[(lo - other.start) >> PAGE_SHIFT:(hi - other.start) >> PAGE_SHIFT]
-                want = head + ((lo - base) >> PAGE_SHIFT) + _offsets(order)[:len(got)]
-                mine += int(np.count_nonzero(got == want))
+            first = (other.start - base) >> PAGE_SHIFT  # page of the stretch at other's 0
+            for ext in other.pages.pieces((lo - other.start) >> PAGE_SHIFT,
+                                          (hi - other.start) >> PAGE_SHIFT):
+                at = first + ext.lo  # the folio page each of ext's pages would be
+                want = head + at + _offsets(order)[:len(ext.pfns)]
+                mine += int(np.count_nonzero(ext.pfns == want))
         return mine == total
 
-    def _wp_page_copy(self, vma: Vma, idx: I64Array) -> None:
-        """``wp_page_copy``: the pages at ``idx`` become new copies of their own; the old
-        anonymous ones lose this mapping (a file page stays the file's)."""
-        old = vma.pfns[idx]
+    def _wp_page_copy(self, window: Extent, idx: I64Array, old: I64Array,
+                      was_file: BoolArray | None) -> None:
+        """``wp_page_copy``: the pages at offsets ``idx`` of ``window`` become new copies
+        of ``old``, their own; the old anonymous ones lose this mapping (a file page,
+        where ``was_file``, stays the file's)."""
+        if not len(idx):
+            return
         new = self._copies(old, "alloc_pages(copy on write)")
-        was_anon = ~vma.cow[idx] if vma.cow is not None else np.ones(len(idx), np.bool_)
-        vma.pfns[idx] = new
-        vma.excl[idx] = True
-        if vma.cow is not None:
-            vma.cow[idx] = False
-        self.anon.unmap(old[was_anon])
+        assert window.excl is not None
+        window.pfns[idx] = new
+        window.excl[idx] = True
+        self.anon.unmap(old if was_file is None else old[~was_file])
 
     def _hugetlb_wp(self, vma: Vma, first: int, hi: int) -> None:
         """``hugetlb_wp`` for each shared huge page of ``[first, hi)``: reused when this
         is its only mapping, else copied whole into a new huge page (ENOMEM if the
         machine has none; Linux would take the page from the children when the writer
         owns the mapping's reservation, which the model does not keep)."""
-        at, heads = vma.pmd_slots(first, hi)
+        starts, heads = vma.pmd_slots(first, hi)
         per = 1 << vma.order
         span = _offsets(vma.order)
-        hit = ~vma.excl[at]
-        for i, head in zip(at[hit].tolist(), heads[hit].tolist(), strict=True):
+        for i, head in zip(starts.tolist(), heads.tolist(), strict=True):
+            if vma.excl(i, i + 1)[0]:
+                continue
+            window = vma.pages.window(i, i + per)
+            assert window.excl is not None
             if self.anon.maps.range(head, 1)[0] != 1:
                 new = self._copy_huge(vma, i, head, "hugetlb copy on write")
                 del vma.folios[head]
                 vma.folios[new] = vma.order
-                vma.pfns[i:i + per] = new + span
+                window.pfns[:] = new + span
                 self.anon.unmap(head + span)
-            vma.excl[i:i + per] = True
+            window.excl[:] = True
 
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
         """``pin_user_pages_remote(FOLL_LONGTERM)``: the pfns of the first pages that could
-        be pinned (fewer than ``npages`` at a hole, a PFNMAP or a read-only VMA for a
-        write; none there raises EFAULT, as vfio turns a 0 return into EFAULT). A page
-        the mapping does not have alone is copied first, for a write (FOLL_WRITE's
-        write fault) and for a read-only pin too (``gup_must_unshare``: a shared
-        anonymous page, a file page of a private mapping), so later writes keep the
-        pinned page. Sets MMF_HAS_PINNED first, as ``__get_user_pages_locked`` does."""
+        be pinned (fewer than ``npages`` at a hole, a PFNMAP, the end of a mapped file or
+        a read-only VMA for a write; none there raises EFAULT, as vfio turns a 0 return
+        into EFAULT). A page the mapping does not have alone is copied first, for a write
+        (FOLL_WRITE's write fault) and for a read-only pin too (``gup_must_unshare``: a
+        shared anonymous page, a file page of a private mapping), so later writes keep
+        the pinned page. Sets MMF_HAS_PINNED first, as ``__get_user_pages_locked`` does."""
         views = self._gup(addr, npages, write)
         pfns = np.concatenate(views) if len(views) > 1 else views[0].copy()
         self.mem.pin_pages(pfns)
@@ -589,7 +762,7 @@ class MmStruct:
 
     def pin_user_page_runs(self, addr: int, npages: int, write: bool) -> list[tuple[int, int]]:
         """:meth:`pin_user_pages`, answering with the ``(first pfn, pages)`` runs, found
-        VMA by VMA in the VMAs' own pfns (no array of the pages is made); a run that
+        VMA by VMA in the pages' own arrays (no array of the pages is made); a run that
         goes on across a VMA boundary is one run."""
         runs: list[tuple[int, int]] = []
         for view in self._gup(addr, npages, write):
@@ -604,13 +777,13 @@ class MmStruct:
 
     def _gup(self, addr: int, npages: int, write: bool) -> list[I64Array]:
         """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own:
-        a view of each VMA's pfns, in address order (valid until the mm next changes)."""
+        views of their pfns, in address order (valid until the mm next changes)."""
         self.has_pinned = True
         views: list[I64Array] = []
         for vma, first, n in self._gup_vmas(addr, npages, write):
             self._fault(vma, first, n)
             self._break_cow(vma, first, n)
-            views.append(vma.pfns[first:first + n])
+            views += vma.views(first, first + n)
         if not views:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
         return views
@@ -619,16 +792,12 @@ class MmStruct:
         """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:
         present, in a VMA it may pin from, and needing no copy (the pages ``gup_fast``
         takes without a fault; lab: callers pin those in one go and fault the rest as
-        the kernel's batches do). O(the answer) numpy work: windows that double."""
+        the kernel's batches do). O(the answer) numpy work, no copies."""
         done = 0
         for vma, first, n in self._gup_vmas(addr, npages, write):
-            pos, end, window = first, first + n, 512
-            while pos < end:
-                hi = min(end, pos + window)
-                ready = vma.pfns[pos:hi] >= 0 if vma.shared else vma.excl[pos:hi]
-                if not ready.all():
-                    return done + pos - first + int(np.argmin(ready))
-                pos, window = hi, window * 2
+            ready = vma.ready(first, first + n)
+            if ready < first + n:
+                return done + ready - first
             done += n
         return done
 
@@ -641,14 +810,15 @@ class MmStruct:
         out: list[I64Array] = []
         for vma, first, n in self._gup_vmas(addr, npages, False):
             self._fault(vma, first, n)
-            out.append(vma.pfns[first:first + n])
+            out.append(vma.pfns(first, first + n))
         if not out:
             raise BadAddress(f"get_user_pages: nothing to get at {addr:#x}")
-        return np.concatenate(out) if len(out) > 1 else out[0].copy()
+        return np.concatenate(out) if len(out) > 1 else out[0]
 
     def _gup_vmas(self, addr: int, npages: int, write: bool) -> Iterator[tuple[Vma, int, int]]:
         """``(vma, first page, pages)`` of ``[addr, addr + npages pages)`` VMA by VMA, up to
-        the first page GUP may not pin (a hole, a PFNMAP, a write to a read-only VMA)."""
+        the first page GUP may not pin (a hole, a PFNMAP, a write to a read-only VMA, a
+        page past the end of the mapped file: SIGBUS)."""
         done = 0
         while done < npages:
             vaddr = addr + (done << PAGE_SHIFT)
@@ -656,23 +826,25 @@ class MmStruct:
             if vma is None or vma.pfnmap or (write and not vma.writable):
                 return
             first = (vaddr - vma.start) >> PAGE_SHIFT
-            n = min(npages - done, vma.npages - first)
+            n = min(npages - done, vma.file_end - first)
+            if n <= 0:
+                return
             yield vma, first, n
             done += n
+            if first + n < vma.npages:  # the request, or the mapped file, ends here
+                return
 
     def unpin_user_pages(self, pfns: I64Array) -> None:
-        """``unpin_user_pages``; a page no process maps any more is freed with its last
-        pin."""
+        """``unpin_user_pages``; a page nobody maps or caches any more is freed with its
+        last pin (:class:`PhysMem` frees it)."""
         self.mem.unpin_pages(pfns)
         self.pinned_pages -= len(pfns)
-        self.anon.release_orphans()
 
     def unpin_user_page_runs(self, runs: list[tuple[int, int]]) -> None:
         """:meth:`unpin_user_pages` of ``(first pfn, pages)`` runs, as
         ``unpin_user_page_range_dirty_lock`` takes them."""
         self.mem.unpin_runs(runs)
         self.pinned_pages -= sum(n for _, n in runs)
-        self.anon.release_orphans()
 
     def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
         """``follow_fault_pfn`` on a VM_PFNMAP VMA: (pfn, pages to the VMA's end), or None
@@ -685,11 +857,13 @@ class MmStruct:
             raise BadAddress(f"follow_fault_pfn: write through the read-only PFNMAP at "
                              f"{addr:#x}")
         i = (addr - vma.start) >> PAGE_SHIFT
-        return int(vma.pfns[i]), vma.npages - i
+        return vma.mmio_pfn + i, vma.npages - i
 
     # -- the CPU's view --------------------------------------------------------------------------
     def _runs(self, addr: int, n: int, write: bool) -> list[tuple[int, int]]:
-        """``(pa, length)`` runs of ``[addr, addr + n)``, faulting it in a VMA at a time."""
+        """``(pa, length)`` runs of ``[addr, addr + n)``, faulting it in a VMA at a time:
+        EFAULT (SIGSEGV) where nothing allows the access, (SIGBUS) past the end of a
+        mapped file, ENOMEM where the pages cannot be had."""
         runs: list[tuple[int, int]] = []
         pos, end = addr, addr + n
         while pos < end:
@@ -700,11 +874,14 @@ class MmStruct:
             seg_end = min(end, vma.end)
             first = (pos - vma.start) >> PAGE_SHIFT
             count = ((seg_end - 1 - vma.start) >> PAGE_SHIFT) - first + 1
+            if first + count > vma.file_end:
+                raise BadAddress(f"{'write' if write else 'read'} at {pos:#x}: past the end "
+                                 "of the mapped file (SIGBUS)")
             self._fault(vma, first, count)
             if write:
                 self._break_cow(vma, first, count)
             page_va = vma.start + (first << PAGE_SHIFT)  # start of the run's first page
-            for pfn, pages in pfn_runs(vma.pfns[first:first + count]):
+            for pfn, pages in pfn_runs(vma.pfns(first, first + count)):
                 lo = max(pos, page_va)
                 hi = min(seg_end, page_va + (pages << PAGE_SHIFT))
                 runs.append(((pfn << PAGE_SHIFT) + lo - page_va, hi - lo))
@@ -713,6 +890,9 @@ class MmStruct:
         return runs
 
     def read(self, addr: int, n: int) -> bytes:
+        """``n`` bytes the process reads at ``addr`` (EINVAL for a negative ``n``)."""
+        if n < 0:
+            raise InvalidArgument(f"read of {n} bytes at {addr:#x}")
         return b"".join(self.mem.read(pa, k) for pa, k in self._runs(addr, n, False))
 
     def copy_to_user(self, addr: int, data: bytes) -> int:
@@ -724,7 +904,9 @@ class MmStruct:
             vma = self.find_vma(pos)
             if vma is None or not vma.writable:
                 break
-            pos = min(end, vma.end)
+            pos = min(end, vma.end, vma.start + (vma.file_end << PAGE_SHIFT))
+            if pos < vma.end:
+                break
         if pos > addr:
             self.write(addr, data[:pos - addr])
         return end - pos
@@ -754,24 +936,33 @@ class MmStruct:
     # -- checks ----------------------------------------------------------------------------------
     def anon_pfns(self) -> I64Array:
         """The anonymous pages this mm maps, one entry per mapping."""
-        parts = [vma.pfns[vma.anon()] for vma in self.vmas]
+        parts = [vma.pages.present()[1] for vma in self.vmas if not vma.shared]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def _check(self) -> None:
         """O(pages): VMAs ordered and disjoint; a page is exclusive only where an anonymous
-        page is mapped; a PMD-mapped folio is a live large folio mapped whole here."""
+        page is mapped, and then mapped once; shared mappings keep no pages of their own;
+        a PMD-mapped folio is a live large folio mapped whole here."""
         assert self._starts == [v.start for v in self.vmas] == sorted(self._starts)
+        assert self.map_count <= self.max_map_count + 1
         for prev, vma in zip(self.vmas, self.vmas[1:], strict=False):
             assert prev.end <= vma.start, f"{prev!r} overlaps {vma!r}"
         for vma in self.vmas:
-            assert len(vma.pfns) == len(vma.excl) == vma.npages
-            assert not (vma.excl & ~vma.anon()).any(), f"{vma!r}: exclusive non-anon page"
-            assert (self.anon.maps.get(vma.pfns[vma.excl]) == 1).all(), \
-                f"{vma!r}: an exclusive page has another mapping"
-            at, heads = vma.pmd_slots()
-            assert len(heads) == len(vma.folios), f"{vma!r}: a PMD folio is not in place"
-            for i, head in zip(at.tolist(), heads.tolist(), strict=True):
-                assert self.anon.folios.get(head) == vma.order, f"{head:#x}: no such folio"
-                per = 1 << vma.order
-                assert (vma.pfns[i:i + per] == head + np.arange(per)).all()
-                assert len(set(vma.excl[i:i + per].tolist())) == 1
+            vma.pages._check()
+            assert vma.pages.npages == vma.npages
+            if vma.shared:
+                assert not vma.pages.kept and not vma.folios, f"{vma!r} keeps pages"
+            for ext in vma.chunks():
+                assert ext.excl is not None
+                assert (self.anon.maps.get(ext.pfns[ext.excl]) == 1).all(), \
+                    f"{vma!r}: an exclusive page has another mapping"
+            self._check_folios(vma)
+
+    def _check_folios(self, vma: Vma) -> None:
+        starts, heads = vma.pmd_slots()
+        assert len(heads) == len(vma.folios), f"{vma!r}: a PMD folio is not in place"
+        per = 1 << vma.order
+        for i, head in zip(starts.tolist(), heads.tolist(), strict=True):
+            assert self.anon.folios.get(head) == vma.order, f"{head:#x}: no such folio"
+            assert (vma.pfns(i, i + per) == head + np.arange(per)).all()
+            assert len(set(vma.excl(i, i + per).tolist())) == 1

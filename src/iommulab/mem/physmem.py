@@ -23,7 +23,7 @@ from .contents import PAGE_BYTES, SparseContents
 from .cpu_cache import CpuCache
 from .fault import FailNth
 from .frames import MAX_ORDER, FrameAllocator
-from .pins import PinCounts, pfn_runs
+from .pins import FrameCounts, PinCounts, pfn_runs
 
 __all__ = ["MemRegion", "PhysMem", "get_order", "pfn_runs"]
 
@@ -71,6 +71,11 @@ class PhysMem:
         self.frames = FrameAllocator()
         self.contents = SparseContents()
         self.pins = PinCounts()
+        #: frames of pages (and large folios) their owner let go while pinned: freed with
+        #: their last unpin, whichever pin that is (lab: the last ``put_page``)
+        self.orphans = FrameCounts()
+        self.orphan_folios: dict[int, int] = {}  # first pfn -> order of each such folio
+        self._orphan_heads: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self.anon = AnonPages(self)  # the anonymous pages processes map
         self.fail_nth = FailNth()
         self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
@@ -156,16 +161,16 @@ class PhysMem:
         for pfn, count in runs:
             self.contents.drop(pfn, count)
 
-    def free_unpinned_folios(self, folios: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Free the ``(pfn, order)`` folios nobody pins; return those still pinned (the
-        owner frees them on their last unpin)."""
-        kept = []
+    def free_unpinned_folios(self, folios: list[tuple[int, int]]) -> None:
+        """The ``(pfn, order)`` folios their owner (the page cache, the last mapping) lets
+        go: freed now, or kept for their last unpin when a page of one is pinned."""
         for pfn, order in folios:
             if self.pins.counts(pfn, 1 << order).any():
-                kept.append((pfn, order))
+                self.orphan_folios[pfn] = order
+                self._orphan_heads = None
+                self.orphans.add_range(pfn, 1 << order, 1)
             else:
                 self.free_pages(pfn, order)
-        return kept
 
     def pin_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """Take a pin on each page (GUP and memfd_pin_folios), a run at a time."""
@@ -187,7 +192,8 @@ class PhysMem:
 
     def _unpin(self, runs: list[tuple[int, int]],
                pfns: npt.NDArray[np.int64] | None) -> None:
-        """Every count is checked before any changes (ValueError naming the runs)."""
+        """Every count is checked before any changes (ValueError naming the runs); the
+        pages their owners let go that this leaves without a pin are freed."""
         try:
             self.pins.add_runs(runs, -1, zeros=False)
         except ValueError as err:
@@ -198,10 +204,13 @@ class PhysMem:
                 pfns = np.concatenate([np.arange(pfn, pfn + n, dtype=np.int64)
                                        for pfn, n in runs] or [np.zeros(0, np.int64)])
             self.cpu_cache.unpinned(pfns)
+        if self.orphans.total:
+            self._free_orphans(runs)
 
-    def free_unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Free the 4K pages of ``runs`` nobody pins; return the runs of those still
-        pinned."""
+    def free_unpinned(self, runs: list[tuple[int, int]]) -> None:
+        """The 4K pages of ``runs`` their owner lets go (the last mapping, the page
+        cache): freed now, or kept for their last unpin when pinned, whoever pinned
+        them (``unpin_user_page`` puts the last reference)."""
         free: list[tuple[int, int]] = []
         kept: list[tuple[int, int]] = []
         for pfn, count in runs:
@@ -214,11 +223,53 @@ class PhysMem:
             kept += pfn_runs(pfns[pinned])
         if free:
             self.free_page_runs(free)
-        return kept
+        if kept:
+            self.orphans.add_runs(kept, 1, zeros=False)
 
-    def free_unpinned_pages(self, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+    def free_unpinned_pages(self, pfns: npt.NDArray[np.int64]) -> None:
         """:meth:`free_unpinned` of a set of 4K pages in any order."""
-        return self.free_unpinned(pfn_runs(np.sort(pfns)))
+        self.free_unpinned(pfn_runs(np.sort(pfns)))
+
+    def _free_orphans(self, runs: list[tuple[int, int]]) -> None:
+        """Free the kept pages of ``runs`` that no pin holds any more: a 4K page at once,
+        a large folio when none of its pages is pinned. O(kept pages there) numpy work,
+        a Python step per folio freed."""
+        found = [self.orphans.nonzero_in(pfn, count) for pfn, count in runs]
+        kept = np.concatenate(found) if len(found) > 1 else found[0]
+        gone = np.sort(kept[self.pins.get(kept) == 0])
+        if not len(gone):
+            return
+        heads = self._orphan_folio_of(gone)
+        small = gone[heads < 0]
+        if len(small):
+            self.orphans.add(small, -1)
+            self.free_page_runs(pfn_runs(small))
+        for head in np.unique(heads[heads >= 0]).tolist():
+            order = self.orphan_folios[head]
+            if not self.pins.counts(head, 1 << order).any():
+                del self.orphan_folios[head]
+                self._orphan_heads = None
+                self.orphans.add_range(head, 1 << order, -1)
+                self.free_pages(head, order)
+
+    def _orphan_folio_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The first pfn of the kept large folio each of ``pfns`` is in, -1 for none."""
+        if not self.orphan_folios:
+            return np.full(len(pfns), -1, dtype=np.int64)
+        if self._orphan_heads is None:
+            heads = np.array(sorted(self.orphan_folios), dtype=np.int64)
+            ends = heads + np.array([1 << self.orphan_folios[h] for h in heads.tolist()],
+                                    dtype=np.int64)
+            self._orphan_heads = heads, ends
+        heads, ends = self._orphan_heads
+        i = np.maximum(np.searchsorted(heads, pfns, side="right") - 1, 0)
+        return np.where((pfns >= heads[i]) & (pfns < ends[i]), heads[i], -1)
+
+    def in_orphan_folio(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Whether each of ``pfns`` is a page of a large folio kept only for its pins
+        (``PageCompound`` of a page nobody maps any more)."""
+        out: npt.NDArray[np.bool_] = self._orphan_folio_of(pfns) >= 0
+        return out
 
     def alloc_zeroed(self, size: int, site: str = "alloc_pages") -> tuple[
             int, npt.NDArray[np.uint64]]:
@@ -359,7 +410,17 @@ class PhysMem:
 
     # -- checks -----------------------------------------------------------------------
     def _check(self) -> None:
+        """O(frames counted): the allocator, the counts, the anonymous pages; every page
+        kept for its pins is pinned (a kept folio: some page of it)."""
         self.frames._check()
         self.pins._check()
+        self.orphans._check()
         self.anon._check()
+        kept = self.orphans.nonzero()
+        small = kept[self._orphan_folio_of(kept) < 0]
+        assert (self.pins.get(small) > 0).all(), "a kept 4K page has no pin"
+        for head, order in self.orphan_folios.items():
+            assert self.frames.order_of(head) == order, f"kept folio {head:#x} not allocated"
+            assert self.pins.counts(head, 1 << order).any(), f"kept folio {head:#x} unpinned"
+            assert (self.orphans.range(head, 1 << order) == 1).all()
         assert 0 <= self.iommu_pages <= self.frames.total_frames

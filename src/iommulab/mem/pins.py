@@ -184,6 +184,19 @@ class FrameCounts:
                 out[a:b] = arr[pfns[a:b] & mask]
         return out
 
+    def nonzero_in(self, pfn: int, count: int) -> I64Array:
+        """The frames of ``[pfn, pfn + count)`` with a non-zero count, in order. O(count)
+        numpy work over the sections that have counts, a Python step per section."""
+        parts = []
+        for sec, lo, hi in self._spans(pfn, count):
+            arr = self._sections.get(sec)
+            if arr is not None:
+                parts.append(np.flatnonzero(arr[lo:hi]).astype(np.int64)
+                             + ((sec << SECTION_SHIFT) + lo))
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     def nonzero(self) -> I64Array:
         """The frames with a non-zero count, in address order. O(counted sections)."""
         parts = [np.flatnonzero(self._sections[sec]).astype(np.int64) + (sec << SECTION_SHIFT)
