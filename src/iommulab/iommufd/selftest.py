@@ -311,7 +311,7 @@ def _destroy_access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     item = af.items.pop(item_id, None)
     if item is None:
         raise NoEntry(f"DESTROY_ACCESS_PAGES: no item {item_id}")
-    file.ctx.access_unpin(af.access, *item)
+    af.ctx.access_unpin(af.access, *item)
     return False
 
 
@@ -329,7 +329,7 @@ def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     af = _access_file(proc, cmd.id)
     if not af.needs_pin:
         raise NotSupported("ACCESS_PAGES: the access was made without pin ops")
-    ctx = file.ctx
+    ctx = af.ctx
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
     pfns = ctx.access_pin(af.access, iova, length, bool(flags & MOCK_FLAGS_ACCESS_WRITE))
@@ -372,8 +372,8 @@ def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     data = bytearray(proc.mm.read(uptr, length)) if write else bytearray(length)
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
-    file.ctx.access_rw(af.access, iova, data, write, mm=proc.mm,
-                       slow=bool(flags & MOCK_ACCESS_RW_SLOW_PATH))
+    af.ctx.access_rw(af.access, iova, data, write, mm=proc.mm,
+                     slow=bool(flags & MOCK_ACCESS_RW_SLOW_PATH))
     if not write:
         proc.mm.write(uptr, bytes(data))
     return False
@@ -390,10 +390,12 @@ def _set_temp_memory_limit(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 def _access_replace_ioas(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """``iommufd_test_access_replace_ioas`` / ``iommufd_access_replace``: the same access
-    moves to another IOAS; its items are unpinned on the way."""
+    moves to another IOAS of its own context (``access->ictx``, whichever /dev/iommu
+    the command came through: an id of another file's IOAS is looked up there, ENOENT
+    if it has none); its items are unpinned on the way."""
     af = _access_file(proc, cmd.id)
     (ioas_id,) = struct.unpack_from("<I", cmd.union)
-    file.ctx.access_replace(af.access, ioas_id)
+    af.ctx.access_replace(af.access, ioas_id)
     return False
 
 
