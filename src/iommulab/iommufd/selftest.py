@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
 
 I64Array = npt.NDArray[np.int64]
+U64Array = npt.NDArray[np.uint64]
 _NO_PFNS = np.zeros(0, dtype=np.int64)
 
 TEST_CMD = struct.Struct("<IIII48sI4x")  # size, op, id, __reserved, union, last
@@ -71,6 +73,7 @@ MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1  # 6.12 only
 MOCK_FLAGS_DEVICE_PASID = 1 << 2  # 7.0 only
 _MAX_ACCESS_LENGTH = 16 << 20  # the kvzalloc guard of ACCESS_PAGES and ACCESS_RW
 _MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
+_GUP_CHUNK = 512  # pages per get_user_pages call of the checks (lab: any bound works)
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
 
 
@@ -222,33 +225,33 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     page = domain.pgsize_bitmap & -domain.pgsize_bitmap if new else MOCK_IO_PAGE_SIZE
     if new:
         _check_aligned("MD_CHECK_MAP", page, iova, length, uptr)
-    n = length // page
-    if not n:
-        return False
-    offsets = np.arange(n, dtype=np.int64) * page
-    pfns, err = _gup(proc, uptr + offsets)
-    want = pfns * PAGE_SIZE + (uptr + offsets[:len(pfns)]) % PAGE_SIZE
-    iovas = iova + offsets[:len(pfns)]
     ops = domain.ops
-    got = _pt_iova_to_phys(ops, iovas) if isinstance(ops, MockPtDomainOps) else \
-        _slot_phys(ops, iovas)
-    bad = np.flatnonzero(got != want)
-    if len(bad):
-        raise InvalidArgument(f"MD_CHECK_MAP: IOVA {iova + int(bad[0]) * page:#x} does "
-                              f"not map the bytes at {uptr + int(bad[0]) * page:#x}")
-    if err is not None:
-        raise err
+    done = 0
+    for pfns, err in _user_pages(proc, uptr, page, length // page):
+        offsets = np.arange(len(pfns), dtype=np.uint64) * np.uint64(page)
+        iovas = np.uint64(iova + done * page & ULONG_MAX) + offsets  # wraps as the kernel's
+        want = pfns * PAGE_SIZE + (uptr + done * page + offsets.astype(np.int64)) % PAGE_SIZE
+        got = _pt_iova_to_phys(ops, iovas) if isinstance(ops, MockPtDomainOps) else \
+            _slot_phys(ops, iovas)
+        bad = np.flatnonzero(got != want)
+        if len(bad):
+            at = done + int(bad[0])
+            raise InvalidArgument(f"MD_CHECK_MAP: IOVA {iova + at * page:#x} does not map "
+                                  f"the bytes at {uptr + at * page:#x}")
+        if err is not None:
+            raise err
+        done += len(pfns)
     return False
 
 
-def _slot_phys(ops: object, iovas: I64Array) -> I64Array:
+def _slot_phys(ops: object, iovas: U64Array) -> I64Array:
     """6.12: the address in each IOVA's xarray slot (2K aligned); -1, which never
     matches, where the slot is empty."""
     assert isinstance(ops, MockDomainOps)
     phys = np.full(len(iovas), -1, dtype=np.int64)
     if not len(iovas):
         return phys
-    slots = iovas // MOCK_IO_PAGE_SIZE
+    slots = (iovas // np.uint64(MOCK_IO_PAGE_SIZE)).astype(np.int64)
     first = int(slots.min())
     idx, vals = ops.pfns.present(first, int(slots.max()) - first + 1)
     if len(idx):
@@ -259,12 +262,12 @@ def _slot_phys(ops: object, iovas: I64Array) -> I64Array:
     return phys
 
 
-def _pt_iova_to_phys(ops: MockPtDomainOps, iovas: I64Array) -> I64Array:
+def _pt_iova_to_phys(ops: MockPtDomainOps, iovas: U64Array) -> I64Array:
     """7.0: generic_pt's ``iova_to_phys`` of each IOVA (0 where nothing is mapped, -ERANGE
     as a phys_addr_t, which never matches, past the table)."""
-    inside = (iovas >> ops.pt.max_vasz_lg2) == 0
+    inside = (iovas >> np.uint64(ops.pt.max_vasz_lg2)) == 0
     phys = np.full(len(iovas), -34, dtype=np.int64)
-    phys[inside] = ops.pt.iova_to_phys_many(iovas[inside])
+    phys[inside] = ops.pt.iova_to_phys_many(iovas[inside].astype(np.int64))
     return phys
 
 
@@ -275,16 +278,17 @@ def _check_refs(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     nothing."""
     length, uptr, refs = struct.unpack_from("<QQI", cmd.union)
     _check_aligned("MD_CHECK_REFS", PAGE_SIZE, 0, length, uptr)
-    pfns, err = _gup(proc, uptr + np.arange(length // PAGE_SIZE, dtype=np.int64) * PAGE_SIZE)
     pins = proc.machine.mem.pins
-    counts = np.concatenate([pins.counts(pfn, n) for pfn, n in pfn_runs(pfns)]) \
-        if len(pfns) else np.zeros(0, dtype=np.int32)
-    bad = np.flatnonzero((counts != refs) & ~_compound(proc, pfns))
-    if len(bad):
-        pfn = int(pfns[bad[0]])
-        raise IoError(f"MD_CHECK_REFS: pfn {pfn:#x} has {pins.count(pfn)} pins, not {refs}")
-    if err is not None:
-        raise err
+    for pfns, err in _user_pages(proc, uptr, PAGE_SIZE, length // PAGE_SIZE):
+        counts = np.concatenate([pins.counts(pfn, n) for pfn, n in pfn_runs(pfns)]) \
+            if len(pfns) else np.zeros(0, dtype=np.int32)
+        bad = np.flatnonzero((counts != refs) & ~_compound(proc, pfns))
+        if len(bad):
+            pfn = int(pfns[bad[0]])
+            raise IoError(f"MD_CHECK_REFS: pfn {pfn:#x} has {pins.count(pfn)} pins, "
+                          f"not {refs}")
+        if err is not None:
+            raise err
     return False
 
 
@@ -335,7 +339,7 @@ def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     pfns = ctx.access_pin(af.access, iova, length, bool(flags & MOCK_FLAGS_ACCESS_WRITE))
     if uptr:
         try:
-            _check_pages(proc, uptr - iova % PAGE_SIZE, pfns)
+            _check_pages(proc, uptr - iova % PAGE_SIZE & ULONG_MAX, pfns)
         except KernelError:
             ctx.access_unpin(af.access, iova, length)
             raise
@@ -349,13 +353,16 @@ def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 def _check_pages(proc: Process, uptr: int, pfns: I64Array) -> None:
     """``iommufd_test_check_pages``: page by page from ``uptr``; the GUP error, or EBADE
     at the first page that is not the pinned one."""
-    got, err = _gup(proc, uptr + np.arange(len(pfns), dtype=np.int64) * PAGE_SIZE)
-    bad = np.flatnonzero(got != pfns[:len(got)])
-    if len(bad):
-        raise kernel_error(errno.EBADE, f"ACCESS_PAGES: page {int(bad[0])} is not the one "
-                           f"at {uptr + int(bad[0]) * PAGE_SIZE:#x}")
-    if err is not None:
-        raise err
+    done = 0
+    for got, err in _user_pages(proc, uptr, PAGE_SIZE, len(pfns)):
+        bad = np.flatnonzero(got != pfns[done:done + len(got)])
+        if len(bad):
+            at = done + int(bad[0])
+            raise kernel_error(errno.EBADE, f"ACCESS_PAGES: page {at} is not the one at "
+                               f"{uptr + at * PAGE_SIZE & ULONG_MAX:#x}")
+        if err is not None:
+            raise err
+        done += len(got)
 
 
 def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
@@ -486,24 +493,34 @@ def _access_file(proc: Process, fd: int) -> AccessFile:
     return f
 
 
-def _gup(proc: Process, addrs: I64Array) -> tuple[I64Array, KernelError | None]:
-    """``get_user_pages_fast`` of the page of each of ``addrs`` (ascending, at most a
-    page apart, as the selftest's checks step), faulting them in: the pfns up to the
-    first address whose page cannot be had, and EFAULT for it. One
-    :meth:`~iommulab.mem.mm.MmStruct.get_user_pages` over the pages they span."""
-    pages = addrs >> PAGE_SHIFT
-    if not len(pages):
-        return _NO_PFNS, None
-    first = int(pages[0])
-    try:
-        got = proc.mm.get_user_pages(first << PAGE_SHIFT, int(pages[-1]) - first + 1)
-    except BadAddress as e:
-        return _NO_PFNS, e
-    ok = int(np.searchsorted(pages, first + len(got)))  # the addresses whose page was had
-    pfns = got[pages[:ok] - first]
-    if ok < len(addrs):
-        return pfns, BadAddress(f"GUP: nothing at {int(addrs[ok]):#x}")
-    return pfns, None
+def _user_pages(proc: Process, uptr: int, step: int, n: int
+                ) -> Iterator[tuple[I64Array, KernelError | None]]:
+    """``get_user_pages_fast`` of the page of each address ``uptr + i * step`` for ``i <
+    n`` (``step`` at most a page; the address wraps at 2^64 as a ``void __user *``
+    does), faulting them in, as the selftest's checks step through user memory: a
+    chunk at a time (:data:`_GUP_CHUNK` pages, one
+    :meth:`~iommulab.mem.mm.MmStruct.get_user_pages` each), the PFNs of the chunk's
+    addresses up to the first whose page cannot be had and EFAULT for that one (then
+    nothing more). So ``n`` sizes nothing: the work ends where the user's memory
+    does, or where the caller stops at a mismatch."""
+    per = _GUP_CHUNK * PAGE_SIZE // step
+    done = 0
+    while done < n:
+        count = min(per, n - done)
+        base = (uptr + done * step) & ULONG_MAX
+        pages = (base % PAGE_SIZE + np.arange(count, dtype=np.int64) * step) >> PAGE_SHIFT
+        try:
+            got = proc.mm.get_user_pages(base - base % PAGE_SIZE, int(pages[-1]) + 1)
+        except BadAddress as e:
+            yield _NO_PFNS, e
+            return
+        ok = int(np.searchsorted(pages, len(got)))  # the addresses whose page was had
+        if ok < count:
+            yield got[pages[:ok]], BadAddress(
+                f"GUP: nothing at {base + ok * step & ULONG_MAX:#x}")
+            return
+        yield got[pages], None
+        done += count
 
 
 def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
