@@ -8,7 +8,10 @@ import errno
 
 import pytest
 
-from ..helpers import expect_errno
+from iommulab.iommufd import uapi as u
+from iommulab.vfio import uapi as v
+
+from ..helpers import expect_errno, make_host
 from .selftest_lib import (
     BUFFER_SIZE,
     MOCK_APERTURE_START,
@@ -94,4 +97,71 @@ def test_check_refs_of_a_huge_length_stops_where_the_user_memory_ends() -> None:
     t.p.munmap(buf + BUFFER_SIZE, PAGE_SIZE)
     expect_errno(errno.EFAULT, t.check_refs, buf, 1 << 62, 0)
     expect_errno(errno.EIO, t.check_refs, buf, 1 << 62, 1)
+    t.close()
+
+
+# -- lengths that would size host memory (item 7) ----------------------------------------------
+SZ_128T = 128 << 40
+
+
+@pytest.mark.parametrize("compat", [False, True], ids=["IOAS_MAP", "compat-MAP_DMA"])
+def test_map_of_128_tib_over_a_small_buffer_is_efault(compat: bool) -> None:
+    """IOAS_MAP (or the VFIO compat MAP_DMA) of 128 TiB from a 1 MiB buffer into an IOAS
+    with an SMMUv3 domain (a 48-bit IOVA space, so the range fits): ``iopt_fill_domains``
+    pins batch by batch (``pfn_reader_user_pin``) and GUP fails at the first page past
+    the buffer, EFAULT; the batch already mapped is unmapped and unpinned. Nothing is
+    allocated for the length."""
+    h, devs = make_host("arm64-smmuv3", 1)
+    cdev, _ = h.bind(0)
+    ioas = h.ioas()
+    h.attach(cdev, ioas)
+    buf = h.p.mmap(1 << 20, populate=True)
+    if compat:
+        h.ioctl(h.iommufd, u.IOMMU_VFIO_IOAS, u.VFIO_IOAS.pack(12, ioas, u.IOMMU_VFIO_IOAS_SET, 0))
+        expect_errno(errno.EFAULT, h.ioctl, h.iommufd, v.VFIO_IOMMU_MAP_DMA, v.DMA_MAP.pack(
+            v.DMA_MAP.size, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE, buf,
+            1 << 32, SZ_128T))
+    else:
+        expect_errno(errno.EFAULT, h.map, ioas, buf, SZ_128T)
+    assert h.m.mem.pins.pins == 0 and h.p.mm.pinned_vm == 0
+    assert not h.p.files[h.iommufd].ctx.objects[ioas].iopt.areas()  # type: ignore[attr-defined]
+    iova = h.map(ioas, buf, 1 << 20)  # the IOAS still works
+    devs[0].dma_write(iova, b"fine")
+    h.p.exit()
+    assert h.m.mem.pins.pins == 0
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_map_of_128_tib_without_a_domain_pins_only_what_an_access_asks(kernel: str) -> None:
+    """Without a domain IOAS_MAP pins nothing, so 128 TiB of a 16-page buffer maps; an
+    access then pins one page of it (``iopt_pages_add_access``: the xarray holds that
+    page only) and a read past the buffer through the access is EFAULT."""
+    t = Selftest(kernel=kernel)
+    ioas = t.ioas_alloc()
+    iova = t.map(ioas, t.buffer, SZ_128T)
+    access = t.create_access(ioas, 1)
+    item = t.access_pages(access, iova + PAGE_SIZE, PAGE_SIZE, t.buffer + PAGE_SIZE)
+    assert t.m.mem.pins.pins == 1
+    expect_errno(errno.EFAULT, t.access_pages, access, iova + BUFFER_SIZE, PAGE_SIZE, 0)
+    t.destroy_access_pages(access, item)
+    assert t.unmap(ioas, 0, ULONG_MAX) == SZ_128T
+    assert t.m.mem.pins.pins == 0
+    t.close()
+
+
+def test_get_hw_info_zeroes_the_rest_without_a_buffer_of_data_len() -> None:
+    """``iommufd_get_hw_info`` copies ``min(data_len, driver's length)`` and zeroes the
+    rest with ``clear_user``: with ``data_len`` just under 4 GiB over a 16-page buffer
+    below an unmapped hole, the driver's 8 bytes are written, the buffer's other bytes
+    zeroed up to the hole, and the clear faults there (EFAULT)."""
+    t = Selftest()
+    idev = t.mock_domain(t.ioas_alloc()).idev_id
+    hole = t.p.mmap((4 << 30) + PAGE_SIZE)  # reserve, then free, room below the top
+    buf = t.p.mmap(BUFFER_SIZE, populate=True)
+    t.p.munmap(hole, (4 << 30) + PAGE_SIZE)
+    t.p.write(buf, b"\xaa" * BUFFER_SIZE)
+    expect_errno(errno.EFAULT, t.ioctl, u.IOMMU_GET_HW_INFO, u.HW_INFO.pack(
+        32, 0, idev, 0xFFFFFFFF, buf, 0, 0, b"\0" * 3, 0))
+    assert t.p.read(buf, 8) == u.HW_INFO_SELFTEST.pack(0, u.IOMMU_HW_INFO_SELFTEST_REGVAL)
+    assert t.p.read(buf + 8, BUFFER_SIZE - 8) == bytes(BUFFER_SIZE - 8)
     t.close()
