@@ -506,20 +506,20 @@ class IommufdFile(VfioFile):
     @staticmethod
     def _or_bitmap(proc: Process, data: int, bitmap: IovaBitmap) -> None:
         """Set the bitmap's bits in the user bitmap, as ``iova_bitmap_set`` does on the
-        pages it pins for writing: up to the word of the last set bit, each page OR-ed
-        in place; a page that cannot be pinned loses its bits without an error."""
-        raw = bitmap.to_bytes()
-        nbytes = -(-len(raw.rstrip(b"\0")) // 8) * 8
-        pos, end = data, data + nbytes
-        while pos < end:
-            stop = min(end, (pos | (PAGE_SIZE - 1)) + 1)
-            vma = proc.mm.find_vma(pos)
-            if vma is not None and vma.writable and not vma.pfnmap:
-                stop = min(end, vma.end)
-                old = np.frombuffer(proc.mm.read(pos, stop - pos), dtype=np.uint8)
-                new = np.frombuffer(raw[pos - data:stop - data], dtype=np.uint8)
-                proc.mm.write(pos, (old | new).tobytes())
-            pos = stop
+        pages it pins for writing: the words holding set bits, each page OR-ed in
+        place; a page that cannot be pinned loses its bits without an error."""
+        for first_word, raw in bitmap.words():
+            start = data + 8 * first_word
+            pos, end = start, start + len(raw)
+            while pos < end:
+                stop = min(end, (pos | (PAGE_SIZE - 1)) + 1)
+                vma = proc.mm.find_vma(pos)
+                if vma is not None and vma.writable and not vma.pfnmap:
+                    stop = min(end, vma.end)
+                    old = np.frombuffer(proc.mm.read(pos, stop - pos), dtype=np.uint8)
+                    new = np.frombuffer(raw[pos - start:stop - start], dtype=np.uint8)
+                    proc.mm.write(pos, (old | new).tobytes())
+                pos = stop
 
     def _hwpt_invalidate(self, proc: Process, buf: bytearray, usize: int, hwpt_id: int,
                          data_uptr: int, data_type: int, entry_len: int, entry_num: int,
