@@ -196,3 +196,60 @@ def test_dirty_bitmap_of_a_huge_length_costs_what_is_dirty(kernel: str) -> None:
         t.get_dirty_bitmap(*args)
     assert t.p.read(bits, 8) == dirty
     t.close()
+
+
+def _dirty_hwpt(t: Selftest) -> int:
+    """A mock HWPT that tracks dirty pages, over 16 pages mapped at the aperture."""
+    ioas = t.ioas_alloc()
+    md = t.mock_domain(ioas)
+    hwpt = t.hwpt_alloc(md.idev_id, ioas, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    t.mock_domain_replace(md.stdev_id, hwpt)
+    t.map_fixed(ioas, t.buffer, BUFFER_SIZE, MOCK_APERTURE_START)
+    t.set_dirty_tracking(hwpt, True)
+    return hwpt
+
+
+def test_selftest_dirty_bitmap_past_int_max_is_enomem_in_7_0() -> None:
+    """7.0's ``iommufd_test_dirty`` has no bit limit: its ``kvzalloc`` of ``DIV_ROUND_UP(max,
+    BITS_PER_LONG)`` longs fails past INT_MAX bytes (ENOMEM), before the user's bitmap
+    is read. 6.12 refuses more than 2^27 bits first (EOVERFLOW)."""
+    for kernel, code in (("7.0", errno.ENOMEM), ("6.12", errno.EOVERFLOW)):
+        t = Selftest(kernel=kernel)
+        hwpt = _dirty_hwpt(t)
+        bits = t.p.mmap(PAGE_SIZE, populate=True)
+        expect_errno(code, t.mock_dirty, hwpt, 0, 1 << 63, 1, bits)
+        t.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_selftest_dirty_at_iovas_past_2_63_marks_nothing(kernel: str) -> None:
+    """``iommufd_test_dirty`` takes any aligned ``iova``: pages at 2^63 and at the top of
+    the 64-bit space (``iova + i * page_size`` wraps there) hold nothing, so nothing is
+    marked; 7.0 counts every set bit anyway, 6.12 the slots it found (none)."""
+    t = Selftest(kernel=kernel)
+    hwpt = _dirty_hwpt(t)
+    bits = t.p.mmap(PAGE_SIZE, populate=True)
+    t.p.write(bits, b"\xff")
+    for iova in (1 << 63, ULONG_MAX + 1 - 4 * MOCK_PAGE_SIZE):
+        count = t.mock_dirty(hwpt, iova, 8 * MOCK_PAGE_SIZE, MOCK_PAGE_SIZE, bits)
+        assert count == (8 if kernel == "7.0" else 0)
+    t.p.write(bits, bytes(8))
+    t.get_dirty_bitmap(hwpt, MOCK_APERTURE_START, BUFFER_SIZE, PAGE_SIZE, bits)
+    assert t.p.read(bits, 8) == bytes(8)
+    t.close()
+
+
+def test_selftest_dirty_of_an_unreadable_bitmap_marks_nothing() -> None:
+    """``copy_from_user`` of the whole bitmap comes before any mark: a bitmap whose second
+    page is unmapped is EFAULT and the first page's bits mark nothing."""
+    t = Selftest()
+    hwpt = _dirty_hwpt(t)
+    bits = t.p.mmap(2 * PAGE_SIZE, populate=True)
+    t.p.munmap(bits + PAGE_SIZE, PAGE_SIZE)
+    t.p.write(bits, b"\xff" * PAGE_SIZE)
+    expect_errno(errno.EFAULT, t.mock_dirty, hwpt, MOCK_APERTURE_START,
+                 (PAGE_SIZE * 8 + 8) * MOCK_PAGE_SIZE, MOCK_PAGE_SIZE, bits)
+    t.p.write(bits, bytes(8))
+    t.get_dirty_bitmap(hwpt, MOCK_APERTURE_START, BUFFER_SIZE, PAGE_SIZE, bits)
+    assert t.p.read(bits, 8) == bytes(8)
+    t.close()

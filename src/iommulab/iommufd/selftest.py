@@ -37,7 +37,7 @@ from ..errors import (
     kernel_error,
 )
 from ..kernel import LINUX_7_0
-from ..mem.mm import pfn_runs
+from ..mem.mm import access_ok, pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 from ..vfio.files import VfioFile
 from . import uapi as u
@@ -73,6 +73,8 @@ MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1  # 6.12 only
 MOCK_FLAGS_DEVICE_PASID = 1 << 2  # 7.0 only
 _MAX_ACCESS_LENGTH = 16 << 20  # the kvzalloc guard of ACCESS_PAGES and ACCESS_RW
 _MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
+_DIRTY_CHUNK = 1 << 16  # bytes of the user's DIRTY bitmap read at a time (lab)
+_INT_MAX = (1 << 31) - 1
 _GUP_CHUNK = 512  # pages per get_user_pages call of the checks (lab: any bound works)
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
 
@@ -408,11 +410,13 @@ def _access_replace_ioas(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """``iommufd_test_dirty``: EINVAL for a bad range or page size, then the mock HWPT,
-    EINVAL unless it tracks dirty pages, the user bitmap (``max`` bits, EFAULT); each set
-    bit marks a page dirty. 6.12 refuses more than 16M * 8 bits (EOVERFLOW), looks the
-    slot up at ``iova / page_size`` (right only for a page_size of 2K, a kernel wart
-    kept) and counts the slots it found; 7.0 marks ``iova + i * page_size`` and counts
-    every set bit. Out: the count."""
+    EINVAL unless it tracks dirty pages; the kernel's copy of the user bitmap (``max``
+    bits; 7.0's ``kvzalloc`` ENOMEM past INT_MAX bytes or the free memory), EFAULT if
+    it cannot all be read; each set bit marks a page dirty. 6.12 refuses more than
+    16M * 8 bits first (EOVERFLOW), looks the slot up at ``iova / page_size`` (right
+    only for a page_size of 2K, a kernel wart kept) and counts the slots it found;
+    7.0 marks ``iova + i * page_size`` (wrapping at 2^64) and counts every set bit.
+    Out: the count. The model reads the bitmap a chunk at a time."""
     _, iova, length, page_size, uptr = struct.unpack_from("<I4xQQQQ", cmd.union)
     if not page_size or not length or iova % page_size or length % page_size or not uptr:
         raise InvalidArgument("DIRTY: bad range or page size")
@@ -424,16 +428,43 @@ def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     ops = hwpt.domain.dirty_ops
     if not isinstance(ops, MockDirtyOps | MockPtDirtyOps) or not ops.tracking:
         raise InvalidArgument("DIRTY: the domain is not tracking dirty pages")
-    raw = proc.mm.read(uptr, -(-nbits // 8))
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:nbits]
-    pages = np.flatnonzero(bits).astype(np.int64)
-    if isinstance(ops, MockPtDirtyOps):
-        ops.set_dirty(hwpt.domain, iova + pages * page_size)
-        count = len(pages)
-    else:
-        slots = (iova + pages * page_size) // page_size
-        count = ops.set_dirty(hwpt.domain, slots * MOCK_IO_PAGE_SIZE)
+    _kvzalloc(file.machine, -(-nbits // 64) * 8, "DIRTY: the bitmap")
+    nbytes = -(-nbits // 8)
+    if not access_ok(uptr, nbytes) or not _user_mapped(proc, uptr, nbytes):
+        raise BadAddress(f"DIRTY: copy_from_user of {nbytes:#x} bytes at {uptr:#x}")
+    count = 0
+    for at in range(0, nbytes, _DIRTY_CHUNK):
+        raw = proc.mm.read(uptr + at, min(_DIRTY_CHUNK, nbytes - at))
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+        pages = np.flatnonzero(bits[:nbits - 8 * at]).astype(np.uint64) + np.uint64(8 * at)
+        iovas = np.uint64(iova) + pages * np.uint64(page_size)  # unsigned long: wraps
+        if isinstance(ops, MockPtDirtyOps):
+            ops.set_dirty(hwpt.domain, iovas.view(np.int64))  # past 2^63: outside it
+            count += len(pages)
+        else:
+            slots = iovas // np.uint64(page_size)
+            held: I64Array = np.sort(slots[slots < np.uint64(1 << 52)].astype(np.int64))
+            count += ops.set_dirty(hwpt.domain, held * MOCK_IO_PAGE_SIZE)
     cmd.put("<Q", 40, count)
+    return True
+
+
+def _kvzalloc(machine: Any, nbytes: int, what: str) -> None:
+    """``kvzalloc``'s refusal: ENOMEM past INT_MAX bytes (``__kvmalloc_node``) or past
+    what the machine's free memory could give."""
+    if nbytes > _INT_MAX or nbytes > machine.mem.frames.free_frames * PAGE_SIZE:
+        raise OutOfMemory(f"{what}: kvzalloc of {nbytes:#x} bytes")
+
+
+def _user_mapped(proc: Process, addr: int, n: int) -> bool:
+    """Whether mappings cover ``[addr, addr + n)`` without a hole (where
+    ``copy_from_user`` would fault), without touching their pages. O(mappings)."""
+    pos, end = addr, addr + n
+    while pos < end:
+        vma = proc.mm.find_vma(pos)
+        if vma is None:
+            return False
+        pos = vma.end
     return True
 
 
