@@ -253,3 +253,24 @@ def test_selftest_dirty_of_an_unreadable_bitmap_marks_nothing() -> None:
     t.get_dirty_bitmap(hwpt, MOCK_APERTURE_START, BUFFER_SIZE, PAGE_SIZE, bits)
     assert t.p.read(bits, 8) == bytes(8)
     t.close()
+
+
+def test_syzkaller_offset_past_the_top_wraps() -> None:
+    """``__iommufd_test_syz_conv_iova`` returns ``iopt_area_iova(area) + syz->offset`` as
+    an unsigned long: for an area near the top of the 64-bit space a large offset wraps
+    to a low IOVA, where nothing is mapped (ENOENT), not past 2^64 (EOVERFLOW)."""
+    t = Selftest()
+    ioas = t.ioas_alloc()  # no domain: any IOVA can be mapped
+    top = ULONG_MAX + 1 - 16 * PAGE_SIZE
+    t.map_fixed(ioas, t.buffer, PAGE_SIZE, top)
+    access = t.create_access(ioas)
+    out = t.p.mmap(PAGE_SIZE)
+    syz = 1 << 16  # MOCK_FLAGS_ACCESS_SYZ
+    t.access_rw(access, 0 | 0x10 << 32, out, 16, syz)  # area 0, offset 0x10
+    assert t.p.read(out, 16) == t.p.read(t.buffer + 0x10, 16)
+    expect_errno(errno.ENOENT, t.access_rw, access, 0 | 0xFFFFF000 << 32, out, 16, syz)
+    other = t.ioas_alloc()
+    expect_errno(errno.ENOENT, t.copy, other, ioas, 0 | 0xFFFFF000 << 32, PAGE_SIZE,
+                 MOCK_APERTURE_START, flags=syz | 7)
+    t.p.close(access)
+    t.close()

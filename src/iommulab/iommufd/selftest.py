@@ -566,10 +566,11 @@ def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
 
 def syz_conv_iova(iopt: IoPagetable, iova: int) -> int:
     """``__iommufd_test_syz_conv_iova``: ``iova`` read as syzkaller's (u32 nth area, u32
-    offset) pair; the IOVA ``offset`` bytes into the nth area, 0 if there is none."""
+    offset) pair; the IOVA ``offset`` bytes into the nth area (an unsigned long sum,
+    which wraps), 0 if there is none."""
     nth, offset = iova & 0xFFFFFFFF, iova >> 32
     areas = iopt.areas()
-    return areas[nth].iova + offset if nth < len(areas) else 0
+    return (areas[nth].iova + offset) & ULONG_MAX if nth < len(areas) else 0
 
 
 def _syz_access_iova(access: Access, iova: int) -> int:
