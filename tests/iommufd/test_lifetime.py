@@ -7,13 +7,16 @@ from __future__ import annotations
 import errno
 import struct
 
+import pytest
+
 from iommulab.iommufd import uapi as u
 from iommulab.iommufd.file import IommufdFile
 from iommulab.iommufd.objects import Ioas, IommufdCtx
 from iommulab.iommufd.selftest import OP_ACCESS_REPLACE_IOAS, TEST_CMD
+from iommulab.vfio import uapi as v
 
-from ..helpers import expect_errno, make_host
-from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, Selftest
+from ..helpers import Host, expect_errno, make_host
+from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, RW, Selftest
 
 
 def _ctx(t: Selftest, fd: int) -> IommufdCtx:
@@ -161,3 +164,104 @@ def test_a_driver_that_keeps_pins_makes_close_warn_not_fail() -> None:
     iopt.unmap_all()
     t.close()
 
+
+
+# -- reference cycles through IOAS_MAP_FILE (7.0) ----------------------------------------------
+def _map_file(h: Host, fd: int, ioas: int) -> None:
+    """IOMMU_IOAS_MAP_FILE of a page of ``fd`` (any file) into ``ioas``, at an IOVA the
+    kernel picks: with no domain in the IOAS nothing is pinned, the pages hold the
+    file."""
+    h.ioctl(h.iommufd, u.IOMMU_IOAS_MAP_FILE,
+            u.IOAS_MAP_FILE.pack(40, RW, ioas, fd, 0, PAGE_SIZE, 0))
+
+
+def _host() -> tuple[Host, IommufdFile]:
+    h, _ = make_host("x86-vtd", 1, kernel="7.0")
+    f = h.p.files[h.iommufd]
+    assert isinstance(f, IommufdFile)
+    return h, f
+
+
+def test_map_file_of_the_iommufd_itself_is_released_with_its_last_fd() -> None:
+    """7.0 ``iopt_alloc_file_pages`` takes any file, the iommufd itself too: its pages then
+    hold its own file, which the kernel never releases after the process closes it (a
+    leak the model does not keep, see ``collect_cycles``). While the fd is open nothing
+    changes; closing it releases the context and everything in it."""
+    h, f = _host()
+    ioas = h.ioas()
+    _map_file(h, h.iommufd, ioas)
+    assert f.refs == 2 and ioas in f.ctx.objects
+    h.p.close(h.iommufd)
+    assert f.refs == 0 and not f.ctx.objects and not f.ctx.warnings
+
+
+@pytest.mark.parametrize("iommufd_first", [True, False], ids=["iommufd-first", "cdev-first"])
+def test_map_file_of_a_cdev_bound_to_it_is_released_when_both_are_closed(
+        iommufd_first: bool) -> None:
+    """The pages of an IOAS holding the fd of a cdev bound to the same iommufd (the
+    device holds the iommufd, the pages the cdev): closing one fd changes nothing,
+    closing the other releases both (the device unbound, its group free to open)."""
+    h, f = _host()
+    cdev, _ = h.bind(0)
+    dma_ioas, file_ioas = h.ioas(), h.ioas()
+    h.attach(cdev, dma_ioas)
+    _map_file(h, cdev, file_ioas)
+    order = [h.iommufd, cdev] if iommufd_first else [cdev, h.iommufd]
+    h.p.close(order[0])
+    vdev = h.m.vfio_devices["0000:00:02.0"]
+    assert vdev.cdev_opened and len(f.ctx.objects) == 4  # 2 IOASes, a HWPT, the device
+    h.p.close(order[1])
+    assert not vdev.cdev_opened and vdev.open_count == 0
+    assert f.refs == 0 and not f.ctx.objects and not f.ctx.warnings
+    group = h.p.open(f"/dev/vfio/{h.m.devices['0000:00:02.0'].iommu_group}")
+    h.p.close(group)
+    h.p.exit()
+
+
+def test_two_iommufds_holding_each_other_are_released() -> None:
+    """Each iommufd's IOAS maps the other's fd: closing both releases both."""
+    h, f = _host()
+    other_fd = h.p.open("/dev/iommu")
+    other = h.p.files[other_fd]
+    assert isinstance(other, IommufdFile)
+    _map_file(h, other_fd, h.ioas())
+    h2 = Host(h.m, h.p, other_fd)
+    _map_file(h2, h.iommufd, h2.ioas())
+    h.p.close(other_fd)
+    assert other.refs == 1 and other.ctx.objects  # still held by the first one's pages
+    h.p.close(h.iommufd)
+    assert f.refs == other.refs == 0 and not f.ctx.objects and not other.ctx.objects
+
+
+def test_map_file_of_a_selftest_access_of_the_same_iommufd() -> None:
+    """A selftest access holds its iommufd (``iommufd_ctx_get``); an IOAS whose pages hold
+    the access's fd closes the cycle: closing both fds releases the access, its IOAS
+    and the context."""
+    t = Selftest(kernel="7.0")
+    ioas, other = t.ioas_alloc(), t.ioas_alloc()
+    access = t.create_access(ioas)
+    t.map_file(other, access, 0, PAGE_SIZE)
+    ctx = _ctx(t, t.fd)
+    t.p.close(access)
+    assert len(ctx.objects) == 3  # the access stays while the pages hold its fd
+    t.p.close(t.fd)
+    assert not ctx.objects and not ctx.warnings
+    t.close()
+
+
+def test_a_cycle_held_from_outside_stays() -> None:
+    """A group set to the iommufd whose pages hold the group's fd, and a child process
+    that inherited the iommufd fd: the parent closing its fds releases nothing while
+    the child's fd holds the iommufd; the child's exit releases it all."""
+    h, f = _host()
+    group_path = f"/dev/vfio/{h.m.devices['0000:00:02.0'].iommu_group}"
+    group = h.p.open(group_path)
+    h.p.ioctl(group, v.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", h.iommufd)))
+    _map_file(h, group, h.ioas())
+    child = h.p.fork()
+    h.p.exit()
+    assert f.refs == 2 and f.ctx.objects  # the child's fd and the group's
+    expect_errno(errno.EBUSY, child.open, group_path)  # still open in the cycle
+    child.exit()
+    assert f.refs == 0 and not f.ctx.objects
+    child.close(child.open(group_path))

@@ -92,6 +92,24 @@ class IommufdFile(VfioFile):
     def release(self) -> None:
         self.ctx.release()
 
+    def holds(self) -> list[VfioFile]:
+        """The files its IOASes' pages hold (IOAS_MAP_FILE of a file that is not a
+        memfd), once per pages. O(areas)."""
+        held: dict[int, VfioFile] = {}
+        for obj in list(self.ctx.objects.values()):
+            if isinstance(obj, Ioas):
+                for area in obj.iopt.areas():
+                    pages = area.pages
+                    if pages is not None and isinstance(pages.source, OtherFileSource):
+                        held[id(pages)] = pages.source.file
+        return list(held.values())
+
+    def collect(self) -> None:
+        """Release the context now (nothing outside holds this file): the files its
+        pages hold go with their IOASes."""
+        if not self.ctx.releasing:
+            self.ctx.release()
+
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         cmd = u.command(request, self.machine.kernel)
         if cmd is None:

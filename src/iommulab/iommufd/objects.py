@@ -41,6 +41,7 @@ from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem.mm import pfn_runs
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
+from ..vfio.files import fput, get_file
 from .io_pagetable import IoPagetable
 from .iova_space import ULONG_MAX
 from .pages import ACCOUNT_MM, ACCOUNT_USER, PagesStats
@@ -180,19 +181,18 @@ class IommufdCtx:
         self.temp_memory_limit = temp_memory_limit  # global; selftest SET_TEMP_MEMORY_LIMIT
         self.vfio_ioas: Ioas | None = None  # the VFIO compatibility IOAS
         self.warnings: Counter[str] = Counter()  # WARN()s the kernel would print
+        self.releasing = False  # iommufd_fops_release has begun
 
     # -- the context's file ------------------------------------------------------------
     def ctx_get(self) -> None:
         """``iommufd_ctx_get``: hold the context's file open."""
         if self.file is not None:
-            self.file.refs += 1
+            get_file(self.file)
 
     def ctx_put(self) -> None:
         """``iommufd_ctx_put``: the last reference releases the context."""
         if self.file is not None:
-            self.file.refs -= 1
-            if not self.file.refs:
-                self.file.release()
+            fput(self.file)
 
     # -- the object table ----------------------------------------------------------------
     def reserve_id(self) -> int:
@@ -267,7 +267,10 @@ class IommufdCtx:
     def release(self) -> None:
         """``iommufd_fops_release``: destroy the objects nothing uses, in id order, until
         none is left. A pass that destroys nothing is a refcount bug, which the kernel
-        WARNs about and leaves (counted in :attr:`warnings`)."""
+        WARNs about and leaves (counted in :attr:`warnings`). Destroying an object can
+        release this context again (the last reference to its file going with it):
+        that inner release finishes the work."""
+        self.releasing = True
         while self.objects:
             free = [o for o in sorted(self.objects.values(), key=lambda o: o.id)
                     if not o.users]

@@ -113,6 +113,10 @@ class AccessFile(VfioFile):
             del self.items[item_id]
             self.ctx.access_unpin(self.access, start, n)
 
+    def holds(self) -> list[VfioFile]:
+        """The context's file (``iommufd_access_create``'s ``iommufd_ctx_get``)."""
+        return [self.ctx.file] if self.ctx.file is not None else []
+
     def release(self) -> None:
         """``iommufd_test_staccess_release``: unpin everything, destroy the access."""
         self._unmap(0, ULONG_MAX)
