@@ -265,3 +265,20 @@ def test_a_cycle_held_from_outside_stays() -> None:
     child.exit()
     assert f.refs == 0 and not f.ctx.objects
     child.close(child.open(group_path))
+
+
+def test_map_file_of_a_group_device_fd_bound_through_the_iommufd() -> None:
+    """A group set to the iommufd binds its device to it on the first device fd; an IOAS
+    whose pages hold that device fd closes a cycle (the binding holds the iommufd):
+    closing the group, device and iommufd fds releases them all."""
+    h, f = _host()
+    bdf = "0000:00:02.0"
+    group = h.p.open(f"/dev/vfio/{h.m.devices[bdf].iommu_group}")
+    h.p.ioctl(group, v.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", h.iommufd)))
+    device = h.p.ioctl(group, v.VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"))
+    _map_file(h, device, h.ioas())
+    for fd in (group, device, h.iommufd):
+        h.p.close(fd)
+    vdev = h.m.vfio_devices[bdf]
+    assert vdev.open_count == 0 and vdev.idev is None
+    assert f.refs == 0 and not f.ctx.objects and not f.ctx.warnings

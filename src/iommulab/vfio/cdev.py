@@ -33,7 +33,7 @@ from ..errors import (
 )
 from . import uapi as u
 from .device import VfioDeviceFile, vfio_device
-from .files import EBADFD, VfioFile, _Arg, fput, get_file
+from .files import EBADFD, _Arg, fput, get_file
 
 if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
@@ -63,19 +63,6 @@ class DeviceCdev(VfioDeviceFile):
 
     def release(self) -> None:
         unbind_iommufd(self)
-
-    def holds(self) -> list[VfioFile]:
-        """Once bound: its iommufd (BIND's ``iommufd_ctx_from_fd``) and, as the device's
-        only opener, what the binding holds (``vfio_iommufd_physical_bind``'s
-        ``iommufd_ctx_get`` and ``iommufd_device_bind``'s)."""
-        f = self.iommufd
-        if not self.access_granted or f is None:
-            return []
-        vdev = self.vdev
-        held: list[VfioFile] = [f]
-        if vdev.cdev_opened and vdev.iommufd is f and vdev.idev is not None:
-            held += [f, f] if vdev.idev.holds_ctx else [f]
-        return held
 
 
 # -- BIND_IOMMUFD ----------------------------------------------------------------------------
