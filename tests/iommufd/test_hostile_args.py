@@ -274,3 +274,19 @@ def test_syzkaller_offset_past_the_top_wraps() -> None:
                  MOCK_APERTURE_START, flags=syz | 7)
     t.p.close(access)
     t.close()
+
+
+def test_mock_6_12_walks_that_wrap_at_2_64_look_up_only_their_slots() -> None:
+    """6.12's MD_CHECK_MAP and DIRTY step ``iova`` as an unsigned long, so a walk that
+    starts near 2^64 goes on at 0: the slots it visits are two clusters, looked up as
+    such (not as one range of 2^53 slots). Nothing is mapped there: MD_CHECK_MAP is
+    EINVAL and DIRTY finds no slot."""
+    t = Selftest()
+    hwpt = _dirty_hwpt(t)
+    big = 1 << 20
+    expect_errno(errno.EINVAL, t.check_map, hwpt, ULONG_MAX + 1 - 4 * MOCK_PAGE_SIZE,
+                 t.buffer, 8 * MOCK_PAGE_SIZE)
+    bits = t.p.mmap(PAGE_SIZE, populate=True)
+    t.p.write(bits, b"\xff")
+    assert t.mock_dirty(hwpt, ULONG_MAX + 1 - 4 * big, 8 * big, big, bits) == 0
+    t.close()

@@ -76,6 +76,8 @@ _MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
 _DIRTY_CHUNK = 1 << 16  # bytes of the user's DIRTY bitmap read at a time (lab)
 _INT_MAX = (1 << 31) - 1
 _GUP_CHUNK = 512  # pages per get_user_pages call of the checks (lab: any bound works)
+_SLOT_CLUSTER = 1 << 20  # slots looked up together by the 6.12 checks (lab)
+_MAX_SLOT = 1 << 52  # 6.12 mock: slots * 2K stays a valid int64
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
 
 
@@ -252,20 +254,30 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 def _slot_phys(ops: object, iovas: U64Array) -> I64Array:
     """6.12: the address in each IOVA's xarray slot (2K aligned); -1, which never
-    matches, where the slot is empty."""
+    matches, where the slot is empty. The slots are looked up a cluster at a time, so
+    IOVAs that wrapped at 2^64 cost no walk over the slots between."""
     assert isinstance(ops, MockDomainOps)
     phys = np.full(len(iovas), -1, dtype=np.int64)
-    if not len(iovas):
-        return phys
-    slots = (iovas // np.uint64(MOCK_IO_PAGE_SIZE)).astype(np.int64)
-    first = int(slots.min())
-    idx, vals = ops.pfns.present(first, int(slots.max()) - first + 1)
-    if len(idx):
-        k = np.minimum(np.searchsorted(idx, slots), len(idx) - 1)
-        found = idx[k] == slots
-        pfn = (vals[k[found]] & np.uint64(MOCK_PFN_MASK)).astype(np.int64)
-        phys[found] = pfn * MOCK_IO_PAGE_SIZE
+    all_slots = (iovas // np.uint64(MOCK_IO_PAGE_SIZE)).astype(np.int64)
+    for at in _clusters(all_slots):
+        slots = all_slots[at]
+        first = int(slots.min())
+        idx, vals = ops.pfns.present(first, int(slots.max()) - first + 1)
+        if len(idx):
+            k = np.minimum(np.searchsorted(idx, slots), len(idx) - 1)
+            found = idx[k] == slots
+            pfn = (vals[k[found]] & np.uint64(MOCK_PFN_MASK)).astype(np.int64)
+            phys[at[found]] = pfn * MOCK_IO_PAGE_SIZE
     return phys
+
+
+def _clusters(slots: I64Array) -> list[I64Array]:
+    """The positions of ``slots`` in clusters whose values lie within
+    :data:`_SLOT_CLUSTER` of each other (sorted within a cluster): the slots of a walk
+    are consecutive but for where the IOVA wrapped at 2^64."""
+    order = np.argsort(slots, kind="stable")
+    cut = np.flatnonzero(np.diff(slots[order]) > _SLOT_CLUSTER) + 1
+    return [part for part in np.split(order, cut) if len(part)]
 
 
 def _pt_iova_to_phys(ops: MockPtDomainOps, iovas: U64Array) -> I64Array:
@@ -446,9 +458,10 @@ def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
             ops.set_dirty(hwpt.domain, iovas.view(np.int64))  # past 2^63: outside it
             count += len(pages)
         else:
-            slots = iovas // np.uint64(page_size)
-            held: I64Array = np.sort(slots[slots < np.uint64(1 << 52)].astype(np.int64))
-            count += ops.set_dirty(hwpt.domain, held * MOCK_IO_PAGE_SIZE)
+            slots = iovas // np.uint64(page_size)  # cur / page_size
+            held: I64Array = slots[slots < np.uint64(_MAX_SLOT)].astype(np.int64)
+            for part in _clusters(held):  # past _MAX_SLOT no slot can be held
+                count += ops.set_dirty(hwpt.domain, held[part] * MOCK_IO_PAGE_SIZE)
     cmd.put("<Q", 40, count)
     return True
 
