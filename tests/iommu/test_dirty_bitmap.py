@@ -106,3 +106,26 @@ def test_a_record_costs_what_it_touches_not_the_whole_bitmap(user: bool) -> None
         tracemalloc.stop()
     assert peak < 256 << 10, f"{peak} bytes for 1025 bits of a {size >> 12}-bit bitmap"
     assert bitmap.count() == 512 + 1 + 512
+
+
+def test_a_bitmap_of_any_length_costs_what_its_records_touch() -> None:
+    """``iova_bitmap_alloc`` allocates nothing for the length (the user's bitmap is pinned
+    a window at a time): a bitmap over 2^63 bytes at 1-byte pages, with two records 2^62
+    apart and ranges scattered over 2^40 bits, holds only the chunks they set, and
+    reports the words that hold them."""
+    tracemalloc.start()
+    try:
+        b = IovaBitmap(0, 1 << 63, 1)
+        b.set(5, 3)
+        b.set(1 << 62, 1)
+        starts = np.arange(0, 1 << 40, 1 << 30, dtype=np.int64)
+        b.set_ranges(starts, np.full(len(starts), 2, dtype=np.int64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak} bytes"
+    assert b.count() == 3 + 1 + 2 * len(starts)
+    assert b.is_set(1 << 62) and not b.is_set((1 << 62) + 1)
+    first, raw = b.words()[0]
+    assert first == 0 and raw[:1] == bytes([0b11100011])
+    assert b.words()[-1] == ((1 << 62) >> 6, (1).to_bytes(8, "little"))

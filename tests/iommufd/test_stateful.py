@@ -155,8 +155,8 @@ class IoasMachine(RuleBasedStateMachine):
     @invariant()
     def tables_are_consistent(self) -> None:
         ctx = self.t.p.files[self.t.fd].ctx  # type: ignore[attr-defined]
-        for ioas in self.ioas:
-            ctx.objects[ioas].iopt._check()
+        ctx._check()  # every IOAS's table, and the objects' users
+        assert not ctx.warnings
 
     @invariant()
     def each_page_pinned_once_per_pages(self) -> None:

@@ -195,6 +195,7 @@ class CdevGroupMachine(RuleBasedStateMachine):
             assert self.open_count == 0
             return
         vdev._check()
+        self.ctx._check()
         assert vdev.open_count == self.open_count
         assert vdev.cdev_opened == (self.bound is not None)
         devices = sum(isinstance(o, Device) for o in self.ctx.objects.values())

@@ -3,8 +3,9 @@
 :class:`IovaBitmap` stands for the kernel's ``struct iova_bitmap``
 (drivers/iommu/iommufd/iova_bitmap.c): one bit per ``page_size`` of
 ``[iova, iova + length)``, laid out as the little-endian u64 words the user
-buffer holds. The model keeps one byte per page internally and packs on
-export, so recording a run of leaves is one vector operation.
+buffer holds. The model keeps one byte per page internally, in chunks that
+exist once one of their bits is set, and packs on export, so recording a
+run of leaves is a vector operation per chunk and no length sizes the bitmap.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ __all__ = ["CheckedIovaBitmap", "IommuDirtyBitmap", "IovaBitmap", "UserIovaBitma
 I64Array = npt.NDArray[np.int64]
 
 _SLICE_LOOP_PAGES = 64  # leaves covering more pages than this are set by slices
+_I64_MAX = (1 << 63) - 1
+_CHUNK_SHIFT = 15  # bits stored together: one 4K page of the user's bitmap
+_CHUNK_BITS = 1 << _CHUNK_SHIFT
+_DENSE_SPAN_PER_RANGE = 64  # closer ranges are marked in one pass over their span
 _BITMAP_PAGE = 4096  # PAGE_SIZE of the pages iova_bitmap pins
 _MAX_PINNED_PAGES = _BITMAP_PAGE // 8  # PAGE_SIZE / sizeof(struct page *)
 
 
 class IovaBitmap:
-    """Dirty bits of ``[iova, iova + length)`` at ``page_size`` granularity."""
+    """Dirty bits of ``[iova, iova + length)`` at ``page_size`` granularity.
+
+    Bits are stored in chunks of a user bitmap page (32768 bits) that exist only once a
+    bit in them was set, so a bitmap over any length costs what its records touch, as
+    the kernel's pins the user's bitmap a window at a time."""
 
     def __init__(self, iova: int, length: int, page_size: int) -> None:
         if page_size <= 0 or page_size & (page_size - 1):
@@ -38,17 +47,47 @@ class IovaBitmap:
         self.page_size = page_size
         self._shift = page_size.bit_length() - 1
         self._nbits = ((length - 1) >> self._shift) + 1
-        self._bits = np.zeros(self._nbits, dtype=np.bool_)
+        self._chunks: dict[int, npt.NDArray[np.bool_]] = {}  # bit >> _CHUNK_SHIFT -> bits
+
+    def _fill(self, lo: int, hi: int, marks: npt.NDArray[np.bool_] | None = None) -> None:
+        """Set bits ``[lo, hi)``, or OR ``marks`` (one per bit) into them, chunk by
+        chunk."""
+        while lo < hi:
+            c = lo >> _CHUNK_SHIFT
+            base = c << _CHUNK_SHIFT
+            end = min(hi, base + _CHUNK_BITS)
+            chunk = self._chunks.get(c)
+            if chunk is None:
+                if marks is not None and not marks[:end - lo].any():
+                    marks, lo = marks[end - lo:], end
+                    continue
+                chunk = self._chunks[c] = np.zeros(_CHUNK_BITS, dtype=np.bool_)
+            if marks is None:
+                chunk[lo - base:end - base] = True
+            else:
+                chunk[lo - base:end - base] |= marks[:end - lo]
+                marks = marks[end - lo:]
+            lo = end
+
+    def _set_bits(self, bits: I64Array) -> None:
+        """Set each of ``bits``."""
+        for c in np.unique(bits >> _CHUNK_SHIFT).tolist():
+            chunk = self._chunks.get(c)
+            if chunk is None:
+                chunk = self._chunks[c] = np.zeros(_CHUNK_BITS, dtype=np.bool_)
+            mine = bits[(bits >> _CHUNK_SHIFT) == c]
+            chunk[mine - (c << _CHUNK_SHIFT)] = True
 
     def set(self, iova: int, length: int) -> None:
         """``iova_bitmap_set``: mark every page overlapping ``[iova, iova+length)``."""
         first = max(iova, self.iova) - self.iova
         last = min(iova + length, self.iova + self.length) - 1 - self.iova
         if last >= first:
-            self._bits[first >> self._shift:(last >> self._shift) + 1] = True
+            self._fill(first >> self._shift, (last >> self._shift) + 1)
 
     def set_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None:
-        """``set(iova + i * size, size)`` for each ``hit[i]``, in O(1) numpy operations.
+        """``set(iova + i * size, size)`` for each ``hit[i]``, in O(1) numpy operations
+        per chunk touched.
 
         Leaves aligned to the bitmap either cover whole bitmap pages (each hit
         repeated over its pages) or fall inside one page (each hit marks its
@@ -60,12 +99,12 @@ class IovaBitmap:
             ratio = size // ps
             marks = hit if ratio == 1 else np.repeat(hit, ratio)
             first = rel // ps
-            lo, hi = max(first, 0), min(first + len(marks), len(self._bits))
+            lo, hi = max(first, 0), min(first + len(marks), self._nbits)
             if lo < hi:
-                self._bits[lo:hi] |= marks[lo - first:hi - first]
+                self._fill(lo, hi, marks[lo - first:hi - first])
         elif not rel % size and not ps % size:
             pages = (rel + np.flatnonzero(hit) * size) // ps
-            self._bits[pages[(pages >= 0) & (pages < len(self._bits))]] = True
+            self._set_bits(pages[(pages >= 0) & (pages < self._nbits)])
         else:
             for i in np.flatnonzero(hit).tolist():
                 self.set(iova + i * size, size)
@@ -74,28 +113,41 @@ class IovaBitmap:
         """:meth:`set` of each ``(iovas[i], lengths[i])``, in O(pages + ranges)."""
         rel = iovas - self.iova
         first = np.maximum(rel, 0)
-        last = np.minimum(rel + lengths, self.length) - 1
+        last = np.minimum(rel + lengths, min(self.length, _I64_MAX)) - 1  # no IOVA is past
         keep = last >= first
         self._mark(first[keep] >> self._shift, last[keep] >> self._shift)
 
     def _mark(self, first: I64Array, last: I64Array) -> None:
-        """Set bits ``[first[i], last[i]]`` for each ``i`` (all inside ``_bits``), in
-        O(ranges + bits from the lowest ``first`` to the highest ``last``): a dirty read
-        marks once per table, so the cost must not grow with the whole bitmap."""
+        """Set bits ``[first[i], last[i]]`` for each ``i``. A dirty read marks once per
+        table, so the cost is that of the ranges and the bits they set, never of the
+        whole bitmap: ranges packed close together are summed over their span (one
+        vector pass), sparse ones merged into runs (sorted, joined where they overlap or
+        touch) that are set one by one."""
         if not len(first):
             return
         lo, hi = int(first.min()), int(last.max()) + 1
         if len(first) == 1:
-            self._bits[lo:hi] = True
+            self._fill(lo, hi)
             return
         span = hi - lo
-        # ranges open at each bit of the span: +1 where one starts, -1 after one ends
-        depth = np.bincount(first - lo, minlength=span + 1) - \
-            np.bincount(last + 1 - lo, minlength=span + 1)
-        self._bits[lo:hi] |= np.cumsum(depth[:span]) > 0
+        if span <= _DENSE_SPAN_PER_RANGE * len(first) + _CHUNK_BITS:
+            # ranges open at each bit of the span: +1 where one starts, -1 after one ends
+            depth = np.bincount(first - lo, minlength=span + 1) - \
+                np.bincount(last + 1 - lo, minlength=span + 1)
+            self._fill(lo, hi, np.cumsum(depth[:span]) > 0)
+            return
+        order = np.argsort(first, kind="stable")
+        first, last = first[order], last[order]
+        reach = np.maximum.accumulate(last)  # the furthest bit the ranges so far set
+        starts = np.concatenate(([0], np.flatnonzero(first[1:] > reach[:-1] + 1) + 1))
+        ends = np.append(starts[1:], len(first)) - 1
+        for run_lo, run_hi in zip(first[starts].tolist(), reach[ends].tolist(), strict=True):
+            self._fill(run_lo, run_hi + 1)
 
     def is_set(self, iova: int) -> bool:
-        return bool(self._bits[(iova - self.iova) >> self._shift])
+        bit = (iova - self.iova) >> self._shift
+        chunk = self._chunks.get(bit >> _CHUNK_SHIFT)
+        return chunk is not None and bool(chunk[bit & (_CHUNK_BITS - 1)])
 
     @property
     def npages(self) -> int:
@@ -103,16 +155,44 @@ class IovaBitmap:
 
     def count(self) -> int:
         """Number of dirty pages."""
-        return int(np.count_nonzero(self._bits[:self._nbits]))
+        total = 0
+        for c, chunk in self._chunks.items():
+            total += int(np.count_nonzero(chunk[:max(0, self._nbits - (c << _CHUNK_SHIFT))]))
+        return total
+
+    def set_bits(self) -> I64Array:
+        """The indexes of the set bits, in order (7.0's overrun past ``length`` too)."""
+        parts = [np.flatnonzero(self._chunks[c]) + (c << _CHUNK_SHIFT)
+                 for c in sorted(self._chunks)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def words(self) -> list[tuple[int, bytes]]:
+        """The u64 words with set bits as the kernel writes them (bit i = page i, little
+        endian), chunk by chunk in order: ``(index of the first word, the bytes from it to
+        the chunk's last word with a set bit)``."""
+        out: list[tuple[int, bytes]] = []
+        for c in sorted(self._chunks):
+            hit = np.flatnonzero(self._chunks[c])
+            if not len(hit):
+                continue
+            lo_word, hi_word = int(hit[0]) >> 6, (int(hit[-1]) >> 6) + 1
+            raw = np.packbits(self._chunks[c][lo_word * 64:hi_word * 64], bitorder="little")
+            out.append(((c << _CHUNK_SHIFT >> 6) + lo_word, raw.tobytes()))
+        return out
 
     def to_bytes(self) -> bytes:
-        """The bitmap as the kernel writes it: u64 words, bit i = page i."""
-        packed = np.packbits(self._bits, bitorder="little")
-        pad = -len(packed) % 8
-        return packed.tobytes() + bytes(pad)
+        """The whole bitmap as the kernel writes it: u64 words, bit i = page i, as far
+        as the last set bit when that lies past ``length`` (7.0's overrun). O(length):
+        for small bitmaps; the ioctl writes :meth:`words`."""
+        words = self.words()
+        last = words[-1][0] + len(words[-1][1]) // 8 if words else 0
+        out = bytearray(max((self._nbits + 63) >> 6, last) * 8)
+        for first, raw in words:
+            out[first * 8:first * 8 + len(raw)] = raw
+        return bytes(out)
 
     def clear(self) -> None:
-        self._bits[:] = False
+        self._chunks.clear()
 
 
 def user_iova_bitmap(kernel: KernelVersion, iova: int, length: int, page_size: int,
@@ -206,10 +286,6 @@ class UserIovaBitmap(IovaBitmap):
             reach = np.array([self._reach(int(w)) for w in (first[over] >> 6).tolist()],
                              dtype=np.int64)
             last[over] = np.minimum(last[over], reach - 1)
-            if int(last.max()) >= len(self._bits):
-                grown = np.zeros(int(last.max()) + 1, dtype=np.bool_)
-                grown[:len(self._bits)] = self._bits
-                self._bits = grown
         self._mark(first, last)
 
 

@@ -37,6 +37,7 @@ from ..iommu.resv import IommuCap
 from ..iommu.user_data import IommuUserData
 from ..kernel import LINUX_7_0
 from ..mem.memfd import MemFd
+from ..mem.mm import MmStruct, access_ok
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
 from ..vfio.files import VfioFile
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["IommufdFile", "MemFdFile"]
 
+_ZEROS = bytes(1 << 20)  # what _clear_user writes, a chunk at a time
 _MAP_FLAGS = u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_WRITEABLE | \
     u.IOMMU_IOAS_MAP_READABLE
 _SIZE_MAX = ULONG_MAX
@@ -89,6 +91,24 @@ class IommufdFile(VfioFile):
 
     def release(self) -> None:
         self.ctx.release()
+
+    def holds(self) -> list[VfioFile]:
+        """The files its IOASes' pages hold (IOAS_MAP_FILE of a file that is not a
+        memfd), once per pages. O(areas)."""
+        held: dict[int, VfioFile] = {}
+        for obj in list(self.ctx.objects.values()):
+            if isinstance(obj, Ioas):
+                for area in obj.iopt.areas():
+                    pages = area.pages
+                    if pages is not None and isinstance(pages.source, OtherFileSource):
+                        held[id(pages)] = pages.source.file
+        return list(held.values())
+
+    def collect(self) -> None:
+        """Release the context now (nothing outside holds this file): the files its
+        pages hold go with their IOASes."""
+        if not self.ctx.releasing:
+            self.ctx.release()
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         cmd = u.command(request, self.machine.kernel)
@@ -378,8 +398,10 @@ class IommufdFile(VfioFile):
     def _get_hw_info(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
                      data_len: int, data_uptr: int, data_type: int, pasid: int, rsvd: bytes,
                      caps: int) -> int:
-        """``iommufd_get_hw_info``: the driver's info struct, cut or zero-filled to
-        ``data_len``; the driver's full length, its type and IOMMU_HW_CAP_DIRTY_TRACKING.
+        """``iommufd_get_hw_info``: the driver's info struct, cut to ``data_len`` and the
+        rest of the user's ``data_len`` bytes zeroed (``clear_user``, without a buffer of
+        that size); out: the driver's full length, its type and
+        IOMMU_HW_CAP_DIRTY_TRACKING.
         7.0 also takes IOMMU_HW_INFO_FLAG_INPUT_TYPE (without it the type field is
         ignored on input; 6.12 refuses every flag) and reports
         IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED (no modelled device does ATS)."""
@@ -393,8 +415,10 @@ class IommufdFile(VfioFile):
         idev: Device = self.ctx.get(dev_id, Device)
         master = idev.dev.dev_iommu.priv if idev.dev.dev_iommu else None
         info_type, data = _hw_info(self.machine, master, data_type)
-        if data_len:
-            proc.mm.write(data_uptr, data[:data_len].ljust(data_len, b"\0"))
+        copy_len = min(data_len, len(data))
+        _copy_to_user(proc.mm, data_uptr, data[:copy_len])
+        if copy_len < data_len:  # the rest of the user's buffer is zeroed
+            _clear_user(proc.mm, data_uptr + copy_len, data_len - copy_len)
         driver = self.machine.core.driver
         caps = u.IOMMU_HW_CAP_DIRTY_TRACKING if driver.capable(
             master, IommuCap.DIRTY_TRACKING) else 0
@@ -500,20 +524,20 @@ class IommufdFile(VfioFile):
     @staticmethod
     def _or_bitmap(proc: Process, data: int, bitmap: IovaBitmap) -> None:
         """Set the bitmap's bits in the user bitmap, as ``iova_bitmap_set`` does on the
-        pages it pins for writing: up to the word of the last set bit, each page OR-ed
-        in place; a page that cannot be pinned loses its bits without an error."""
-        raw = bitmap.to_bytes()
-        nbytes = -(-len(raw.rstrip(b"\0")) // 8) * 8
-        pos, end = data, data + nbytes
-        while pos < end:
-            stop = min(end, (pos | (PAGE_SIZE - 1)) + 1)
-            vma = proc.mm.find_vma(pos)
-            if vma is not None and vma.writable and not vma.pfnmap:
-                stop = min(end, vma.end)
-                old = np.frombuffer(proc.mm.read(pos, stop - pos), dtype=np.uint8)
-                new = np.frombuffer(raw[pos - data:stop - data], dtype=np.uint8)
-                proc.mm.write(pos, (old | new).tobytes())
-            pos = stop
+        pages it pins for writing: the words holding set bits, each page OR-ed in
+        place; a page that cannot be pinned loses its bits without an error."""
+        for first_word, raw in bitmap.words():
+            start = data + 8 * first_word
+            pos, end = start, start + len(raw)
+            while pos < end:
+                stop = min(end, (pos | (PAGE_SIZE - 1)) + 1)
+                vma = proc.mm.find_vma(pos)
+                if vma is not None and vma.writable and not vma.pfnmap:
+                    stop = min(end, vma.end)
+                    old = np.frombuffer(proc.mm.read(pos, stop - pos), dtype=np.uint8)
+                    new = np.frombuffer(raw[pos - start:stop - start], dtype=np.uint8)
+                    proc.mm.write(pos, (old | new).tobytes())
+                pos = stop
 
     def _hwpt_invalidate(self, proc: Process, buf: bytearray, usize: int, hwpt_id: int,
                          data_uptr: int, data_type: int, entry_len: int, entry_num: int,
@@ -619,6 +643,26 @@ def _check_map_args(what: str, flags: int, length: int, *iovas: int, rsvd: int =
         raise Overflow(f"{what}: length {length:#x} or an iova is ULONG_MAX")
     if not flags & (u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_READABLE):
         raise InvalidArgument(f"{what}: neither READABLE nor WRITEABLE")
+
+
+def _copy_to_user(mm: MmStruct, addr: int, data: bytes) -> None:
+    """``copy_to_user``: EFAULT (what fits written) outside user space or at the first
+    page that cannot be written."""
+    if not access_ok(addr, len(data)) or mm.copy_to_user(addr, data):
+        raise BadAddress(f"copy_to_user of {len(data)} bytes at {addr:#x}")
+
+
+def _clear_user(mm: MmStruct, addr: int, n: int) -> None:
+    """``clear_user``: zero ``n`` bytes at ``addr`` a chunk at a time (what was cleared
+    stays so); EFAULT outside user space or where a page cannot be written. ``n`` sizes
+    no host buffer: the work ends where the user's writable memory does."""
+    if not access_ok(addr, n):
+        raise BadAddress(f"clear_user of {n:#x} bytes at {addr:#x}: not user memory")
+    done = 0
+    while done < n:
+        k = min(len(_ZEROS), n - done)
+        _copy_to_user(mm, addr + done, _ZEROS[:k])
+        done += k
 
 
 def _buf(arg: int | bytes | bytearray) -> bytearray:

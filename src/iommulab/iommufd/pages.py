@@ -272,7 +272,9 @@ class IoptPages:
         self.users = 0  # kref held by areas
         self.domain_areas: list[IoptArea] = []  # domains_itree
         self.accesses: dict[tuple[int, int], int] = {}  # access_itree: range -> users
-        self._xarray: I64Array | None = None  # pinned_pfns, for access-held indexes
+        # pinned_pfns, the xarray of access-held indexes: each access range's PFNs, so
+        # what is stored grows with what is pinned, never with npages
+        self._xarray: dict[tuple[int, int], I64Array] = {}
         self.flusher = flusher  # lab: the machine's cache flush policy
         self.cache_flush_required = False  # lab: the "sticky" policy's bit
 
@@ -345,26 +347,38 @@ class IoptPages:
             I64Array, npt.NDArray[np.bool_], int, KernelError | None]:
         """:meth:`read` that stops at the first page the origin refuses: the PFNs, the
         pages this read pinned, how many pages were read (``last - first + 1`` unless
-        there was an error) and the error. Nothing is released."""
-        n = last - first + 1
-        pfns = np.empty(n, dtype=np.int64)
-        fresh = np.zeros(n, dtype=np.bool_)
+        there was an error) and the error. Nothing is released. The arrays grow span by
+        span with what was read, so a range reaching past what the origin has sizes
+        nothing: the read ends at its first refused page."""
+        parts: list[I64Array] = []
+        fresh: list[npt.NDArray[np.bool_]] = []
+        err: KernelError | None = None
         chunk = 0  # the page array temp_kmalloc'ed for the first hole, then reused
         for kind, lo, hi in self._spans(first, last):
-            a, b = lo - first, hi - first + 1
             if kind == 1:
-                assert self._xarray is not None
-                pfns[a:b] = self._xarray[lo:hi + 1]
+                got = self._xarray_load(lo, hi)
             elif kind == 2:
-                pfns[a:b] = self._from_domain(lo, hi)
+                got = self._from_domain(lo, hi)
             else:
                 chunk = chunk or max(1, min(hi - lo + 1, self._limit[0] // _UPAGE))
                 got, err = self._pin(lo, hi, chunk)
-                pfns[a:a + len(got)] = got
-                fresh[a:a + len(got)] = True
-                if err is not None:
-                    return pfns, fresh, a + len(got), err
-        return pfns, fresh, n, None
+            parts.append(got)
+            fresh.append(np.full(len(got), kind == 0))
+            if err is not None:
+                break
+        pfns = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        read = np.concatenate(fresh) if len(fresh) != 1 else fresh[0]
+        return pfns, read, len(pfns), err
+
+    def _xarray_load(self, lo: int, hi: int) -> I64Array:
+        """The PFNs the xarray holds for ``[lo, hi]``, which access ranges cover (ranges
+        that overlap hold the same PFN for an index, pinned once). O(accesses + hi - lo)."""
+        out = np.empty(hi - lo + 1, dtype=np.int64)
+        for (a_lo, a_hi), pfns in self._xarray.items():
+            start, end = max(lo, a_lo), min(hi, a_hi)
+            if start <= end:
+                out[start - lo:end - lo + 1] = pfns[start - a_lo:end - a_lo + 1]
+        return out
 
     def _unpin(self, pfns: I64Array) -> None:
         if len(pfns):
@@ -534,8 +548,7 @@ class IoptPages:
         key = (first, last)
         if key in self.accesses:
             self.accesses[key] += 1
-            assert self._xarray is not None
-            return self._xarray[first:last + 1].copy()
+            return self._xarray[key].copy()
         pfns, fresh = self.read(first, last)
         try:
             self.update_pinned()
@@ -543,9 +556,7 @@ class IoptPages:
             self.release(pfns, fresh)
             self.update_pinned()
             raise
-        if self._xarray is None:
-            self._xarray = np.full(self.npages, -1, dtype=np.int64)
-        self._xarray[first:last + 1] = pfns
+        self._xarray[key] = pfns
         self.accesses[key] = 1
         return pfns
 
@@ -557,15 +568,10 @@ class IoptPages:
         if self.accesses[key]:
             return
         del self.accesses[key]
-        assert self._xarray is not None
+        pfns = self._xarray.pop(key)
         for kind, lo, hi in self._spans(first, last):
-            if kind == 1:
-                continue
             if kind == 0:
-                self._unpin(self._xarray[lo:hi + 1].copy())
-            self._xarray[lo:hi + 1] = -1
-        if not self.accesses:
-            self._xarray = None
+                self._unpin(pfns[lo - first:hi - first + 1].copy())
         self.update_pinned()
 
     def release(self, pfns: I64Array, fresh: npt.NDArray[np.bool_]) -> None:
@@ -581,6 +587,7 @@ class IoptPages:
     def _check(self) -> None:
         """Nothing pinned without a holder, and the charge matches (between operations)."""
         assert self.npinned == self.last_npinned, (self.npinned, self.last_npinned)
+        assert self._xarray.keys() == self.accesses.keys()
         if not self.domain_areas and not self.accesses:
             assert self.npinned == 0, f"{self.npinned} pages pinned with no holder"
 

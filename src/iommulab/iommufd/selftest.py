@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from ..errors import (
     kernel_error,
 )
 from ..kernel import LINUX_7_0
-from ..mem.mm import pfn_runs
+from ..mem.mm import access_ok, pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 from ..vfio.files import VfioFile
 from . import uapi as u
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
 
 I64Array = npt.NDArray[np.int64]
+U64Array = npt.NDArray[np.uint64]
 _NO_PFNS = np.zeros(0, dtype=np.int64)
 
 TEST_CMD = struct.Struct("<IIII48sI4x")  # size, op, id, __reserved, union, last
@@ -71,6 +73,11 @@ MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1  # 6.12 only
 MOCK_FLAGS_DEVICE_PASID = 1 << 2  # 7.0 only
 _MAX_ACCESS_LENGTH = 16 << 20  # the kvzalloc guard of ACCESS_PAGES and ACCESS_RW
 _MAX_DIRTY_BITS = (16 << 20) * 8  # SZ_16M * BITS_PER_BYTE (6.12)
+_DIRTY_CHUNK = 1 << 16  # bytes of the user's DIRTY bitmap read at a time (lab)
+_INT_MAX = (1 << 31) - 1
+_GUP_CHUNK = 512  # pages per get_user_pages call of the checks (lab: any bound works)
+_SLOT_CLUSTER = 1 << 20  # slots looked up together by the 6.12 checks (lab)
+_MAX_SLOT = 1 << 52  # 6.12 mock: slots * 2K stays a valid int64
 _CMD = u.Command("IOMMU_TEST_CMD", u.IOMMU_TEST_CMD, TEST_CMD, TEST_CMD_MIN)
 
 
@@ -107,6 +114,10 @@ class AccessFile(VfioFile):
                 continue
             del self.items[item_id]
             self.ctx.access_unpin(self.access, start, n)
+
+    def holds(self) -> list[VfioFile]:
+        """The context's file (``iommufd_access_create``'s ``iommufd_ctx_get``)."""
+        return [self.ctx.file] if self.ctx.file is not None else []
 
     def release(self) -> None:
         """``iommufd_test_staccess_release``: unpin everything, destroy the access."""
@@ -222,49 +233,59 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     page = domain.pgsize_bitmap & -domain.pgsize_bitmap if new else MOCK_IO_PAGE_SIZE
     if new:
         _check_aligned("MD_CHECK_MAP", page, iova, length, uptr)
-    n = length // page
-    if not n:
-        return False
-    offsets = np.arange(n, dtype=np.int64) * page
-    pfns, err = _gup(proc, uptr + offsets)
-    want = pfns * PAGE_SIZE + (uptr + offsets[:len(pfns)]) % PAGE_SIZE
-    iovas = iova + offsets[:len(pfns)]
     ops = domain.ops
-    got = _pt_iova_to_phys(ops, iovas) if isinstance(ops, MockPtDomainOps) else \
-        _slot_phys(ops, iovas)
-    bad = np.flatnonzero(got != want)
-    if len(bad):
-        raise InvalidArgument(f"MD_CHECK_MAP: IOVA {iova + int(bad[0]) * page:#x} does "
-                              f"not map the bytes at {uptr + int(bad[0]) * page:#x}")
-    if err is not None:
-        raise err
+    done = 0
+    for pfns, err in _user_pages(proc, uptr, page, length // page):
+        offsets = np.arange(len(pfns), dtype=np.uint64) * np.uint64(page)
+        iovas = np.uint64(iova + done * page & ULONG_MAX) + offsets  # wraps as the kernel's
+        want = pfns * PAGE_SIZE + (uptr + done * page + offsets.astype(np.int64)) % PAGE_SIZE
+        got = _pt_iova_to_phys(ops, iovas) if isinstance(ops, MockPtDomainOps) else \
+            _slot_phys(ops, iovas)
+        bad = np.flatnonzero(got != want)
+        if len(bad):
+            at = done + int(bad[0])
+            raise InvalidArgument(f"MD_CHECK_MAP: IOVA {iova + at * page:#x} does not map "
+                                  f"the bytes at {uptr + at * page:#x}")
+        if err is not None:
+            raise err
+        done += len(pfns)
     return False
 
 
-def _slot_phys(ops: object, iovas: I64Array) -> I64Array:
+def _slot_phys(ops: object, iovas: U64Array) -> I64Array:
     """6.12: the address in each IOVA's xarray slot (2K aligned); -1, which never
-    matches, where the slot is empty."""
+    matches, where the slot is empty. The slots are looked up a cluster at a time, so
+    IOVAs that wrapped at 2^64 cost no walk over the slots between."""
     assert isinstance(ops, MockDomainOps)
     phys = np.full(len(iovas), -1, dtype=np.int64)
-    if not len(iovas):
-        return phys
-    slots = iovas // MOCK_IO_PAGE_SIZE
-    first = int(slots.min())
-    idx, vals = ops.pfns.present(first, int(slots.max()) - first + 1)
-    if len(idx):
-        k = np.minimum(np.searchsorted(idx, slots), len(idx) - 1)
-        found = idx[k] == slots
-        pfn = (vals[k[found]] & np.uint64(MOCK_PFN_MASK)).astype(np.int64)
-        phys[found] = pfn * MOCK_IO_PAGE_SIZE
+    all_slots = (iovas // np.uint64(MOCK_IO_PAGE_SIZE)).astype(np.int64)
+    for at in _clusters(all_slots):
+        slots = all_slots[at]
+        first = int(slots.min())
+        idx, vals = ops.pfns.present(first, int(slots.max()) - first + 1)
+        if len(idx):
+            k = np.minimum(np.searchsorted(idx, slots), len(idx) - 1)
+            found = idx[k] == slots
+            pfn = (vals[k[found]] & np.uint64(MOCK_PFN_MASK)).astype(np.int64)
+            phys[at[found]] = pfn * MOCK_IO_PAGE_SIZE
     return phys
 
 
-def _pt_iova_to_phys(ops: MockPtDomainOps, iovas: I64Array) -> I64Array:
+def _clusters(slots: I64Array) -> list[I64Array]:
+    """The positions of ``slots`` in clusters whose values lie within
+    :data:`_SLOT_CLUSTER` of each other (sorted within a cluster): the slots of a walk
+    are consecutive but for where the IOVA wrapped at 2^64."""
+    order = np.argsort(slots, kind="stable")
+    cut = np.flatnonzero(np.diff(slots[order]) > _SLOT_CLUSTER) + 1
+    return [part for part in np.split(order, cut) if len(part)]
+
+
+def _pt_iova_to_phys(ops: MockPtDomainOps, iovas: U64Array) -> I64Array:
     """7.0: generic_pt's ``iova_to_phys`` of each IOVA (0 where nothing is mapped, -ERANGE
     as a phys_addr_t, which never matches, past the table)."""
-    inside = (iovas >> ops.pt.max_vasz_lg2) == 0
+    inside = (iovas >> np.uint64(ops.pt.max_vasz_lg2)) == 0
     phys = np.full(len(iovas), -34, dtype=np.int64)
-    phys[inside] = ops.pt.iova_to_phys_many(iovas[inside])
+    phys[inside] = ops.pt.iova_to_phys_many(iovas[inside].astype(np.int64))
     return phys
 
 
@@ -275,16 +296,17 @@ def _check_refs(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     nothing."""
     length, uptr, refs = struct.unpack_from("<QQI", cmd.union)
     _check_aligned("MD_CHECK_REFS", PAGE_SIZE, 0, length, uptr)
-    pfns, err = _gup(proc, uptr + np.arange(length // PAGE_SIZE, dtype=np.int64) * PAGE_SIZE)
     pins = proc.machine.mem.pins
-    counts = np.concatenate([pins.counts(pfn, n) for pfn, n in pfn_runs(pfns)]) \
-        if len(pfns) else np.zeros(0, dtype=np.int32)
-    bad = np.flatnonzero((counts != refs) & ~_compound(proc, pfns))
-    if len(bad):
-        pfn = int(pfns[bad[0]])
-        raise IoError(f"MD_CHECK_REFS: pfn {pfn:#x} has {pins.count(pfn)} pins, not {refs}")
-    if err is not None:
-        raise err
+    for pfns, err in _user_pages(proc, uptr, PAGE_SIZE, length // PAGE_SIZE):
+        counts = np.concatenate([pins.counts(pfn, n) for pfn, n in pfn_runs(pfns)]) \
+            if len(pfns) else np.zeros(0, dtype=np.int32)
+        bad = np.flatnonzero((counts != refs) & ~_compound(proc, pfns))
+        if len(bad):
+            pfn = int(pfns[bad[0]])
+            raise IoError(f"MD_CHECK_REFS: pfn {pfn:#x} has {pins.count(pfn)} pins, "
+                          f"not {refs}")
+        if err is not None:
+            raise err
     return False
 
 
@@ -311,7 +333,7 @@ def _destroy_access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     item = af.items.pop(item_id, None)
     if item is None:
         raise NoEntry(f"DESTROY_ACCESS_PAGES: no item {item_id}")
-    file.ctx.access_unpin(af.access, *item)
+    af.ctx.access_unpin(af.access, *item)
     return False
 
 
@@ -329,13 +351,13 @@ def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     af = _access_file(proc, cmd.id)
     if not af.needs_pin:
         raise NotSupported("ACCESS_PAGES: the access was made without pin ops")
-    ctx = file.ctx
+    ctx = af.ctx
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
     pfns = ctx.access_pin(af.access, iova, length, bool(flags & MOCK_FLAGS_ACCESS_WRITE))
     if uptr:
         try:
-            _check_pages(proc, uptr - iova % PAGE_SIZE, pfns)
+            _check_pages(proc, uptr - iova % PAGE_SIZE & ULONG_MAX, pfns)
         except KernelError:
             ctx.access_unpin(af.access, iova, length)
             raise
@@ -349,13 +371,16 @@ def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 def _check_pages(proc: Process, uptr: int, pfns: I64Array) -> None:
     """``iommufd_test_check_pages``: page by page from ``uptr``; the GUP error, or EBADE
     at the first page that is not the pinned one."""
-    got, err = _gup(proc, uptr + np.arange(len(pfns), dtype=np.int64) * PAGE_SIZE)
-    bad = np.flatnonzero(got != pfns[:len(got)])
-    if len(bad):
-        raise kernel_error(errno.EBADE, f"ACCESS_PAGES: page {int(bad[0])} is not the one "
-                           f"at {uptr + int(bad[0]) * PAGE_SIZE:#x}")
-    if err is not None:
-        raise err
+    done = 0
+    for got, err in _user_pages(proc, uptr, PAGE_SIZE, len(pfns)):
+        bad = np.flatnonzero(got != pfns[done:done + len(got)])
+        if len(bad):
+            at = done + int(bad[0])
+            raise kernel_error(errno.EBADE, f"ACCESS_PAGES: page {at} is not the one at "
+                               f"{uptr + at * PAGE_SIZE & ULONG_MAX:#x}")
+        if err is not None:
+            raise err
+        done += len(got)
 
 
 def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
@@ -372,8 +397,8 @@ def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     data = bytearray(proc.mm.read(uptr, length)) if write else bytearray(length)
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
-    file.ctx.access_rw(af.access, iova, data, write, mm=proc.mm,
-                       slow=bool(flags & MOCK_ACCESS_RW_SLOW_PATH))
+    af.ctx.access_rw(af.access, iova, data, write, mm=proc.mm,
+                     slow=bool(flags & MOCK_ACCESS_RW_SLOW_PATH))
     if not write:
         proc.mm.write(uptr, bytes(data))
     return False
@@ -390,20 +415,24 @@ def _set_temp_memory_limit(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 def _access_replace_ioas(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """``iommufd_test_access_replace_ioas`` / ``iommufd_access_replace``: the same access
-    moves to another IOAS; its items are unpinned on the way."""
+    moves to another IOAS of its own context (``access->ictx``, whichever /dev/iommu
+    the command came through: an id of another file's IOAS is looked up there, ENOENT
+    if it has none); its items are unpinned on the way."""
     af = _access_file(proc, cmd.id)
     (ioas_id,) = struct.unpack_from("<I", cmd.union)
-    file.ctx.access_replace(af.access, ioas_id)
+    af.ctx.access_replace(af.access, ioas_id)
     return False
 
 
 def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """``iommufd_test_dirty``: EINVAL for a bad range or page size, then the mock HWPT,
-    EINVAL unless it tracks dirty pages, the user bitmap (``max`` bits, EFAULT); each set
-    bit marks a page dirty. 6.12 refuses more than 16M * 8 bits (EOVERFLOW), looks the
-    slot up at ``iova / page_size`` (right only for a page_size of 2K, a kernel wart
-    kept) and counts the slots it found; 7.0 marks ``iova + i * page_size`` and counts
-    every set bit. Out: the count."""
+    EINVAL unless it tracks dirty pages; the kernel's copy of the user bitmap (``max``
+    bits; 7.0's ``kvzalloc`` ENOMEM past INT_MAX bytes or the free memory), EFAULT if
+    it cannot all be read; each set bit marks a page dirty. 6.12 refuses more than
+    16M * 8 bits first (EOVERFLOW), looks the slot up at ``iova / page_size`` (right
+    only for a page_size of 2K, a kernel wart kept) and counts the slots it found;
+    7.0 marks ``iova + i * page_size`` (wrapping at 2^64) and counts every set bit.
+    Out: the count. The model reads the bitmap a chunk at a time."""
     _, iova, length, page_size, uptr = struct.unpack_from("<I4xQQQQ", cmd.union)
     if not page_size or not length or iova % page_size or length % page_size or not uptr:
         raise InvalidArgument("DIRTY: bad range or page size")
@@ -415,16 +444,44 @@ def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     ops = hwpt.domain.dirty_ops
     if not isinstance(ops, MockDirtyOps | MockPtDirtyOps) or not ops.tracking:
         raise InvalidArgument("DIRTY: the domain is not tracking dirty pages")
-    raw = proc.mm.read(uptr, -(-nbits // 8))
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:nbits]
-    pages = np.flatnonzero(bits).astype(np.int64)
-    if isinstance(ops, MockPtDirtyOps):
-        ops.set_dirty(hwpt.domain, iova + pages * page_size)
-        count = len(pages)
-    else:
-        slots = (iova + pages * page_size) // page_size
-        count = ops.set_dirty(hwpt.domain, slots * MOCK_IO_PAGE_SIZE)
+    _kvzalloc(file.machine, -(-nbits // 64) * 8, "DIRTY: the bitmap")
+    nbytes = -(-nbits // 8)
+    if not access_ok(uptr, nbytes) or not _user_mapped(proc, uptr, nbytes):
+        raise BadAddress(f"DIRTY: copy_from_user of {nbytes:#x} bytes at {uptr:#x}")
+    count = 0
+    for at in range(0, nbytes, _DIRTY_CHUNK):
+        raw = proc.mm.read(uptr + at, min(_DIRTY_CHUNK, nbytes - at))
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+        pages = np.flatnonzero(bits[:nbits - 8 * at]).astype(np.uint64) + np.uint64(8 * at)
+        iovas = np.uint64(iova) + pages * np.uint64(page_size)  # unsigned long: wraps
+        if isinstance(ops, MockPtDirtyOps):
+            ops.set_dirty(hwpt.domain, iovas.view(np.int64))  # past 2^63: outside it
+            count += len(pages)
+        else:
+            slots = iovas // np.uint64(page_size)  # cur / page_size
+            held: I64Array = slots[slots < np.uint64(_MAX_SLOT)].astype(np.int64)
+            for part in _clusters(held):  # past _MAX_SLOT no slot can be held
+                count += ops.set_dirty(hwpt.domain, held[part] * MOCK_IO_PAGE_SIZE)
     cmd.put("<Q", 40, count)
+    return True
+
+
+def _kvzalloc(machine: Any, nbytes: int, what: str) -> None:
+    """``kvzalloc``'s refusal: ENOMEM past INT_MAX bytes (``__kvmalloc_node``) or past
+    what the machine's free memory could give."""
+    if nbytes > _INT_MAX or nbytes > machine.mem.frames.free_frames * PAGE_SIZE:
+        raise OutOfMemory(f"{what}: kvzalloc of {nbytes:#x} bytes")
+
+
+def _user_mapped(proc: Process, addr: int, n: int) -> bool:
+    """Whether mappings cover ``[addr, addr + n)`` without a hole (where
+    ``copy_from_user`` would fault), without touching their pages. O(mappings)."""
+    pos, end = addr, addr + n
+    while pos < end:
+        vma = proc.mm.find_vma(pos)
+        if vma is None:
+            return False
+        pos = vma.end
     return True
 
 
@@ -484,24 +541,34 @@ def _access_file(proc: Process, fd: int) -> AccessFile:
     return f
 
 
-def _gup(proc: Process, addrs: I64Array) -> tuple[I64Array, KernelError | None]:
-    """``get_user_pages_fast`` of the page of each of ``addrs`` (ascending, at most a
-    page apart, as the selftest's checks step), faulting them in: the pfns up to the
-    first address whose page cannot be had, and EFAULT for it. One
-    :meth:`~iommulab.mem.mm.MmStruct.get_user_pages` over the pages they span."""
-    pages = addrs >> PAGE_SHIFT
-    if not len(pages):
-        return _NO_PFNS, None
-    first = int(pages[0])
-    try:
-        got = proc.mm.get_user_pages(first << PAGE_SHIFT, int(pages[-1]) - first + 1)
-    except BadAddress as e:
-        return _NO_PFNS, e
-    ok = int(np.searchsorted(pages, first + len(got)))  # the addresses whose page was had
-    pfns = got[pages[:ok] - first]
-    if ok < len(addrs):
-        return pfns, BadAddress(f"GUP: nothing at {int(addrs[ok]):#x}")
-    return pfns, None
+def _user_pages(proc: Process, uptr: int, step: int, n: int
+                ) -> Iterator[tuple[I64Array, KernelError | None]]:
+    """``get_user_pages_fast`` of the page of each address ``uptr + i * step`` for ``i <
+    n`` (``step`` at most a page; the address wraps at 2^64 as a ``void __user *``
+    does), faulting them in, as the selftest's checks step through user memory: a
+    chunk at a time (:data:`_GUP_CHUNK` pages, one
+    :meth:`~iommulab.mem.mm.MmStruct.get_user_pages` each), the PFNs of the chunk's
+    addresses up to the first whose page cannot be had and EFAULT for that one (then
+    nothing more). So ``n`` sizes nothing: the work ends where the user's memory
+    does, or where the caller stops at a mismatch."""
+    per = _GUP_CHUNK * PAGE_SIZE // step
+    done = 0
+    while done < n:
+        count = min(per, n - done)
+        base = (uptr + done * step) & ULONG_MAX
+        pages = (base % PAGE_SIZE + np.arange(count, dtype=np.int64) * step) >> PAGE_SHIFT
+        try:
+            got = proc.mm.get_user_pages(base - base % PAGE_SIZE, int(pages[-1]) + 1)
+        except BadAddress as e:
+            yield _NO_PFNS, e
+            return
+        ok = int(np.searchsorted(pages, len(got)))  # the addresses whose page was had
+        if ok < count:
+            yield got[pages[:ok]], BadAddress(
+                f"GUP: nothing at {base + ok * step & ULONG_MAX:#x}")
+            return
+        yield got[pages], None
+        done += count
 
 
 def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
@@ -516,10 +583,11 @@ def _compound(proc: Process, pfns: I64Array) -> npt.NDArray[np.bool_]:
 
 def syz_conv_iova(iopt: IoPagetable, iova: int) -> int:
     """``__iommufd_test_syz_conv_iova``: ``iova`` read as syzkaller's (u32 nth area, u32
-    offset) pair; the IOVA ``offset`` bytes into the nth area, 0 if there is none."""
+    offset) pair; the IOVA ``offset`` bytes into the nth area (an unsigned long sum,
+    which wraps), 0 if there is none."""
     nth, offset = iova & 0xFFFFFFFF, iova >> 32
     areas = iopt.areas()
-    return areas[nth].iova + offset if nth < len(areas) else 0
+    return (areas[nth].iova + offset) & ULONG_MAX if nth < len(areas) else 0
 
 
 def _syz_access_iova(access: Access, iova: int) -> int:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -14,9 +13,7 @@ from ..errors import BadAddress, InvalidArgument
 from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct
 from ..sizes import PAGE_SHIFT
-
-if TYPE_CHECKING:
-    from ..vfio.files import VfioFile
+from ..vfio.files import VfioFile, fput, get_file
 
 __all__ = ["FileSource", "OtherFileSource", "UserSource"]
 
@@ -80,7 +77,7 @@ class OtherFileSource:
 
     def hold(self) -> None:
         """``get_file``: the reference :meth:`close` drops."""
-        self.file.refs += 1
+        get_file(self.file)
 
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         raise InvalidArgument("memfd_pin_folios: the file is not a memfd or hugetlbfs file")
@@ -90,6 +87,4 @@ class OtherFileSource:
 
     def close(self) -> None:
         """``fput``."""
-        self.file.refs -= 1
-        if not self.file.refs:
-            self.file.release()
+        fput(self.file)

@@ -300,6 +300,21 @@ class VfioDeviceFile(VfioFile):
                 return cdev.detach_pt(self, _Arg(arg))
         return self.vdev.pci_ioctl(request, _Arg(arg))
 
+    def holds(self) -> list[VfioFile]:
+        """The files this one holds references to (lab: for ``collect_cycles``): a bound
+        cdev its iommufd (BIND's ``iommufd_ctx_from_fd``); the device's only opener also
+        what the first open's iommufd binding took (``vfio_iommufd_physical_bind``'s
+        reference and ``iommufd_device_bind``'s ``iommufd_ctx_get``)."""
+        if not self.access_granted:
+            return []
+        held: list[VfioFile] = []
+        if self.group is None and self.iommufd is not None:
+            held.append(self.iommufd)
+        vdev = self.vdev
+        if vdev.open_count == 1 and vdev.iommufd is not None and vdev.idev is not None:
+            held += [vdev.iommufd] * (2 if vdev.idev.holds_ctx else 1)
+        return held
+
     def mmap_region(self, length: int, offset: int) -> int:
         """``vfio_device_fops_mmap``: EINVAL until access is granted, then vfio-pci's."""
         if not self.access_granted:

@@ -103,7 +103,7 @@ def test_7_0_dirty_set_and_read_by_items() -> None:
     d.dirty_ops.set_dirty(d, np.array([BASE + 0x1000], dtype=np.int64))  # type: ignore[attr-defined]
     bitmap = IovaBitmap(BASE, 1 << 21, 0x1000)
     d.dirty_ops.read_and_clear_dirty(d, BASE + 0x8000, 0x8000, 0, IommuDirtyBitmap(bitmap))
-    got = np.flatnonzero(bitmap._bits).tolist()
+    got = bitmap.set_bits().tolist()
     assert got == list(range(8, 8 + 256))  # 1M from +32K, past the leaf's end
     d.unmap(BASE, 1 << 20)
 
