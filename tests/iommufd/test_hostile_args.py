@@ -156,7 +156,7 @@ def test_get_hw_info_zeroes_the_rest_without_a_buffer_of_data_len() -> None:
     zeroed up to the hole, and the clear faults there (EFAULT)."""
     t = Selftest()
     idev = t.mock_domain(t.ioas_alloc()).idev_id
-    hole = t.p.mmap((4 << 30) + PAGE_SIZE)  # reserve, then free, room below the top
+    hole = t.p.mmap((4 << 30) + PAGE_SIZE, prot="r")  # reserve, then free, room at the top
     buf = t.p.mmap(BUFFER_SIZE, populate=True)
     t.p.munmap(hole, (4 << 30) + PAGE_SIZE)
     t.p.write(buf, b"\xaa" * BUFFER_SIZE)
