@@ -129,6 +129,10 @@ def test_killed_mid_call(build: Build, tmp_path: Path) -> None:
     assert st.received == st.continued + st.answered + st.gone
 
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a stand-in needs root")
+
+
+@needs_root
 def test_cannot_reach_the_real_device(build: Build, tmp_path: Path) -> None:
     """A char device node standing in for /dev/iommu, under protect=: never opened."""
     devdir = tmp_path / "dev"
@@ -144,6 +148,7 @@ def test_cannot_reach_the_real_device(build: Build, tmp_path: Path) -> None:
     assert node.exists() and not (scratch / "hardlink").exists()
 
 
+@needs_root
 def test_landlock_alone_fences_the_path(tmp_path: Path, bridge_ok: None) -> None:
     """The fence without the supervisor's own check: a child under the ruleset only."""
     from iommulab.bridge import _landlock
