@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -113,7 +114,8 @@ class KillChildren(EchoHandler):
         if pid == self.root:
             for e in kinds(self, "fork"):
                 if e[2] != pid:
-                    os.kill(int(e[2]), signal.SIGKILL)  # type: ignore[call-overload]
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(e[2]), signal.SIGKILL)  # type: ignore[call-overload]
 
 
 def test_killed_mid_call(build: Build, tmp_path: Path) -> None:
