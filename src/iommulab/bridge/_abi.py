@@ -139,39 +139,61 @@ def syscall(nr: int, *args: int | ctypes.c_void_p | ctypes.Array[ctypes.c_char])
     return ret
 
 
+_pvr = _libc.process_vm_readv
+_pvw = _libc.process_vm_writev
+for _f in (_pvr, _pvw):
+    _f.restype = ctypes.c_ssize_t
+    _f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p,
+                   ctypes.c_ulong, ctypes.c_ulong]
+# One staging buffer and one iovec pair, reused: the supervisor is single-threaded and
+# these calls sit on every ioctl's path (a fresh ctypes buffer costs more than the copy).
+_STAGE = ctypes.create_string_buffer(1 << 16)
+_STAGE_ADDR = ctypes.addressof(_STAGE)
+_LOCAL = IoVec()
+_REMOTE = IoVec()
+_LOCAL_P = ctypes.addressof(_LOCAL)
+_REMOTE_P = ctypes.addressof(_REMOTE)
+
+
+def _stage(length: int) -> tuple[int, object]:
+    if length <= len(_STAGE):
+        return _STAGE_ADDR, _STAGE
+    big = ctypes.create_string_buffer(length)
+    return ctypes.addressof(big), big
+
+
 def process_vm_readv(pid: int, addr: int, length: int) -> bytes:
     """Read up to ``length`` bytes at ``addr`` in ``pid``; short at the first fault.
 
     ``process_vm_readv(2)`` copies page by page and stops at the first page it cannot
-    read, so the result is the readable prefix (possibly empty).
+    read, so the result is the readable prefix (possibly empty). Not thread-safe.
     """
-    buf = ctypes.create_string_buffer(length)
-    local = IoVec(ctypes.addressof(buf), length)
-    remote = IoVec(addr, length)
-    ret: int = _syscall(ctypes.c_long(NR_process_vm_readv), ctypes.c_long(pid),
-                        ctypes.byref(local), ctypes.c_long(1), ctypes.byref(remote),
-                        ctypes.c_long(1), ctypes.c_long(0))
+    local, keep = _stage(length)
+    _LOCAL.iov_base, _LOCAL.iov_len = local, length
+    _REMOTE.iov_base, _REMOTE.iov_len = addr, length
+    ret: int = _pvr(pid, _LOCAL_P, 1, _REMOTE_P, 1, 0)
     if ret == -1:
         err = ctypes.get_errno()
         if err == 14:  # EFAULT: nothing readable at addr
             return b""
         raise OSError(err, os.strerror(err))
-    return buf.raw[:ret]
+    del keep
+    return ctypes.string_at(local, ret)
 
 
 def process_vm_writev(pid: int, addr: int, data: bytes) -> int:
-    """Write ``data`` at ``addr`` in ``pid``; returns bytes written (short at a fault)."""
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = IoVec(ctypes.addressof(buf), len(data))
-    remote = IoVec(addr, len(data))
-    ret: int = _syscall(ctypes.c_long(NR_process_vm_writev), ctypes.c_long(pid),
-                        ctypes.byref(local), ctypes.c_long(1), ctypes.byref(remote),
-                        ctypes.c_long(1), ctypes.c_long(0))
+    """Write ``data`` at ``addr`` in ``pid``; bytes written (short at a fault)."""
+    local, keep = _stage(len(data))
+    ctypes.memmove(local, data, len(data))
+    _LOCAL.iov_base, _LOCAL.iov_len = local, len(data)
+    _REMOTE.iov_base, _REMOTE.iov_len = addr, len(data)
+    ret: int = _pvw(pid, _LOCAL_P, 1, _REMOTE_P, 1, 0)
     if ret == -1:
         err = ctypes.get_errno()
         if err == 14:
             return 0
         raise OSError(err, os.strerror(err))
+    del keep
     return ret
 
 

@@ -71,8 +71,11 @@ class TargetMemory:
         EFAULT when nothing at ``addr`` is readable or the string runs into a fault,
         ENAMETOOLONG when no NUL appears in ``limit`` bytes (``getname``'s rules).
         """
-        data = self.read_partial(addr, limit)
+        data = self.read_partial(addr, min(256, limit))  # most paths: one short copy
         end = data.find(b"\0")
+        if end < 0 and len(data) == min(256, limit) < limit:
+            data = self.read_partial(addr, limit)
+            end = data.find(b"\0")
         if end >= 0:
             return data[:end]
         if len(data) < limit:

@@ -287,16 +287,14 @@ class Bridge:
         st.received += 1
         st.by_nr[nr] += 1
         call = self._calls.get(nr)
-        val = 0
-        err = 0
+        val = err = flags = 0
         try:
             tgid = self._tids.get(tid) or self._discover(tid)
             ret = call(nid, tid, tgid, tuple(args)) if call is not None else None
             if ret is None:
-                st.continued += 1
-                self._send(nid, 0, 0, A.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
-                return
-            val = ret
+                flags = A.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+            else:
+                val = ret
         except _Answered:
             st.answered += 1
             return
@@ -308,17 +306,23 @@ class Bridge:
         except Exception as e:  # a handler bug: the program gets EIO, the bridge lives
             self.handler_errors.append(e)
             err = errno.EIO
-        st.answered += 1
-        self._send(nid, val, -err, 0)
+        if not self._send(nid, val, -err, flags):
+            st.gone += 1
+        elif flags:
+            st.continued += 1
+        else:
+            st.answered += 1
 
-    def _send(self, nid: int, val: int, error: int, flags: int) -> None:
+    def _send(self, nid: int, val: int, error: int, flags: int) -> bool:
+        """SECCOMP_IOCTL_NOTIF_SEND; False if the caller has gone meanwhile."""
         A.NOTIF_RESP.pack_into(self._resp, 0, nid, val, error, flags)
         try:
             fcntl.ioctl(self._listener, A.SECCOMP_IOCTL_NOTIF_SEND, self._resp, True)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
-            self.stats.gone += 1
+            return False
+        return True
 
     def _valid(self, nid: int) -> None:
         """SECCOMP_IOCTL_NOTIF_ID_VALID: what was read belongs to the live caller."""
