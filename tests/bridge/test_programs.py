@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import stat
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -217,3 +218,31 @@ def test_unserved_program_runs_untouched(build: Build, tmp_path: Path) -> None:
     assert rc == 0 and "done 0" in text
     assert kinds(h, "open") == []
     assert bridge.stats.answered == 0
+
+
+def test_signals_never_interrupt_or_repeat_an_answered_call(build: Build,
+                                                            tmp_path: Path) -> None:
+    """WAIT_KILLABLE_RECV: once received, a call is answered once, whatever the signals."""
+    class Slow(EchoHandler):
+        slow_calls = 0
+
+        def ioctl(self, pid: int, handle: object, request: int, arg: int,
+                  mem: TargetMemory) -> int:
+            if request == 0x3BF5:
+                self.slow_calls += 1
+                time.sleep(0.03)  # 30 timer ticks go by in the program
+                return 77
+            return super().ioctl(pid, handle, request, arg, mem)
+
+    h = Slow()
+    rc, text, _, _ = run([build("signals")], tmp_path, handler=h)
+    assert rc == 0, text
+    assert_all_ok(text)
+    assert h.slow_calls == 3
+    assert int(text.split("ticks ")[1].split()[0]) > 0
+
+
+def test_missing_program_raises_and_cleans_up(bridge_ok: None) -> None:
+    with Bridge(EchoHandler()) as bridge, pytest.raises(FileNotFoundError):
+        bridge.run(["/nonexistent/program"])
+    assert bridge.handler_errors == []

@@ -205,15 +205,22 @@ class Bridge:
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
             **kwargs: object) -> int:
         """``spawn`` then ``serve`` until every task of the tree is gone: the exit status."""
-        popen = self.spawn(argv, **kwargs)  # type: ignore[arg-type]
         try:
-            self.serve(timeout)
-        except BaseException:
-            popen.kill()
-            raise
+            popen = self.spawn(argv, **kwargs)  # type: ignore[arg-type]
+            try:
+                self.serve(timeout)
+            except BaseException:
+                popen.kill()
+                raise
         finally:
             self.close()
         return popen.wait()
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Release what is left and drop the listener (trapped calls then get ENOSYS)."""
@@ -248,24 +255,27 @@ class Bridge:
             ready = self._poll.poll(wait)
             if not ready:
                 raise TimeoutError(f"the program still runs after {timeout} s")
+            # exits, then releases, then calls: a process's exit is reported before the
+            # release of the files it held (the kernel's exit_mm precedes exit_files),
+            # and both before any later call
             hup = False
+            calls = releases = False
             for fd, ev in ready:
                 if fd == listener:
-                    if ev & select.POLLIN:
-                        self._handle_one()
-                    elif ev & (select.POLLHUP | select.POLLERR):
-                        hup = True
-            for fd, _ev in ready:
-                if fd == self._inotify:
-                    self._reap_releases()
-            for fd, _ev in ready:
-                who = self._pidfds.get(fd)
-                if who is not None:
-                    self._reap_releases()
-                    if who[1]:
+                    calls = bool(ev & select.POLLIN)
+                    hup = not calls and bool(ev & (select.POLLHUP | select.POLLERR))
+                elif fd == self._inotify:
+                    releases = True
+                else:
+                    who = self._pidfds.get(fd)
+                    if who is not None and who[1]:
                         self._process_exit(who[0])
-                    else:
+                    elif who is not None:
                         self._thread_exit(who[0])
+            if releases:
+                self._reap_releases()
+            if calls:
+                self._handle_one()
             if hup:
                 self._poll.unregister(listener)
                 self._reap_releases()
