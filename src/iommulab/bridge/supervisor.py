@@ -463,11 +463,20 @@ class Bridge:
             raise
         acc = flags & os.O_ACCMODE
         mode = os.O_RDWR if acc == os.O_ACCMODE else acc
-        target = os.open(f"/proc/self/fd/{backing}",
-                         mode | (flags & os.O_NONBLOCK) | os.O_CLOEXEC)
+        try:
+            target = os.open(f"/proc/self/fd/{backing}",
+                             mode | (flags & os.O_NONBLOCK) | os.O_CLOEXEC)
+            try:
+                wd = A.inotify_add_watch(self._inotify, f"/proc/self/fd/{backing}", _WATCH)
+            except BaseException:
+                os.close(target)
+                raise
+        except BaseException:  # the file never reached the program: release it here
+            os.close(backing)
+            self.handler.release(handle)
+            raise
         st = os.fstat(backing)
         key = (st.st_dev, st.st_ino)
-        wd = A.inotify_add_watch(self._inotify, f"/proc/self/fd/{backing}", _WATCH)
         self._files[key] = _File(handle, node, path, backing, wd)
         self._by_wd[wd] = key
         return target
@@ -484,6 +493,8 @@ class Bridge:
             limit = resource.prlimit(self._tids.get(tid, tid), resource.RLIMIT_NOFILE)[0]
         except OSError:
             raise _Gone from None
+        if low >= limit:
+            raise OSError(errno.EINVAL, f"F_DUPFD from {low}, at or past RLIMIT_NOFILE")
         return next((n for n in range(max(low, 0), limit) if n not in used), None)
 
     def _install(self, nid: int, tid: int, src: int, *, cloexec: bool,
