@@ -57,9 +57,10 @@ def test_echo_program(build: Build, tmp_path: Path, static: bool) -> None:
     assert st.installed == 5  # open, dup, dup2, F_DUPFD_CLOEXEC, reopen
 
 
-def test_fork_children_are_met_and_files_released_at_last_close(build: Build,
-                                                                tmp_path: Path) -> None:
-    rc, text, h, _ = run([build("fork")], tmp_path)
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_fork_children_are_met_and_files_released_at_last_close(build: Build, tmp_path: Path,
+                                                                static: bool) -> None:
+    rc, text, h, _ = run([build("fork", static=static)], tmp_path)
     assert rc == 0, text
     forks = kinds(h, "fork")
     assert len(forks) == 3
@@ -149,6 +150,19 @@ def test_cannot_reach_the_real_device(build: Build, tmp_path: Path) -> None:
     assert_all_ok(text)
     assert kinds(h, "open") == []
     assert node.exists() and not (scratch / "hardlink").exists()
+
+
+@pytest.mark.parametrize("real", ["/dev/iommu", "/dev/vfio/vfio"])
+def test_cannot_reach_the_real_device_itself(build: Build, tmp_path: Path, real: str) -> None:
+    """Where the host has the real device, the default fence keeps it out of reach."""
+    if not os.path.exists(real):
+        pytest.skip(f"{real} does not exist here (the stand-in test covers the fence)")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    rc, text, h, _ = run([build("reach"), real, scratch, "--no-rename"], tmp_path)
+    assert rc == 0, text
+    assert_all_ok(text)
+    assert kinds(h, "open") == []
 
 
 @needs_root

@@ -1,6 +1,6 @@
 /* Tries every way it knows to open the "real device" at argv[1] (a char device standing in
- * for /dev/iommu; argv[2] a scratch directory). Each attempt must fail; ordinary files must
- * keep working. Prints "ok NAME" / "FAIL NAME". */
+ * for /dev/iommu; argv[2] a scratch directory; argv[3] --no-rename to leave a real device
+ * where it is). Each attempt must fail; ordinary files must keep working. Prints "ok NAME" / "FAIL NAME". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -59,9 +59,11 @@ int main(int argc, char **argv)
 	snprintf(buf, sizeof buf, "%s/node", scratch);
 	DENIED("mknod", mknod(buf, S_IFCHR | 0600, st.st_rdev));
 	DENIED("mknod-open", open(buf, O_RDWR));
-	snprintf(buf, sizeof buf, "%s/moved", scratch);
-	DENIED("rename", rename(dev, buf));
-	DENIED("rename-open", open(buf, O_RDWR));
+	if (argc < 4 || strcmp(argv[3], "--no-rename")) { /* a real device is not risked */
+		snprintf(buf, sizeof buf, "%s/moved", scratch);
+		DENIED("rename", rename(dev, buf));
+		DENIED("rename-open", open(buf, O_RDWR));
+	}
 	/* the supervisor's own view of us: ptrace-family access to outside processes */
 	DENIED("proc-ppid-mem", open("/proc/1/mem", O_RDWR));
 	/* ordinary files keep working */
