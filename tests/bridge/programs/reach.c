@@ -1,6 +1,7 @@
 /* Tries every way it knows to open the "real device" at argv[1] (a char device standing in
  * for /dev/iommu; argv[2] a scratch directory; argv[3] --no-rename to leave a real device
- * where it is). Each attempt must fail; ordinary files must keep working. Prints "ok NAME" / "FAIL NAME". */
+ * where it is). Each attempt must fail; ordinary files must keep working.
+ * Prints "ok NAME" / "FAIL NAME". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
