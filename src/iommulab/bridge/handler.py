@@ -1,0 +1,125 @@
+"""What the bridge asks of the model: the :class:`Handler` protocol and its values.
+
+A handler serves a set of paths (:meth:`Handler.lookup`) and the files opened on them,
+like a driver's ``file_operations``: ``open``, ``unlocked_ioctl``, ``read``, ``write``,
+``mmap``, ``release``; plus the process lifetime events the kernel's fork and exit paths
+see. Errors are ``OSError`` with the kernel's errno (``iommulab.errors``), answered to
+the program as ``-errno``. Calls arrive one at a time, in the order the supervisor
+receives the program's syscalls.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from ..errors import kernel_error
+from .memory import TargetMemory
+
+__all__ = ["CONTINUE", "Backing", "Continue", "Handler", "Node"]
+
+
+class Continue:
+    """Answer: let the real kernel run the call on the file's backing (a tmpfs file)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CONTINUE"
+
+
+CONTINUE: Final = Continue()
+
+
+@dataclass(frozen=True)
+class Node:
+    """What ``stat`` shows for a served path and for ``fstat`` on a file opened on it.
+
+    ``mode`` holds the type bits (``stat.S_IFCHR``, ``S_IFREG``, ``S_IFDIR``) and the
+    permission bits; ``rdev`` the device number of a character device.
+    """
+
+    mode: int
+    rdev: int = 0
+    size: int = 0
+
+    @classmethod
+    def chardev(cls, major: int, minor: int, perm: int = 0o600) -> Node:
+        return cls(stat.S_IFCHR | perm, os.makedev(major, minor))
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+class Backing:
+    """The real file behind one opened model file: an unlinked tmpfs inode.
+
+    The program's fd is an open file description of this inode, so what the handler
+    writes here is what an ``mmap`` answered with :data:`CONTINUE` maps (a vfio region
+    at ``index << 40`` needs :meth:`truncate` past it first; tmpfs files are sparse).
+    ``fd`` is the supervisor's own description, read-write, for ``mmap.mmap`` too.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        if os.pwrite(self.fd, data, offset) != len(data):
+            raise OSError(f"short write of {len(data)} bytes at {offset:#x}")
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+
+class Handler(Protocol):
+    """The model side of the bridge. Subclass it; the defaults are a bare char device's.
+
+    ``pid`` is the calling process (thread-group id); ``mem`` the calling thread's memory.
+    ``handle`` is whatever :meth:`open` returned, passed back for every call on a file
+    description opened by it (dup'd, inherited by fork or passed over a socket alike).
+    """
+
+    def lookup(self, path: str) -> Node | None:
+        """The node at the absolute, normalised ``path``, or None if not served."""
+        return None
+
+    def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
+        """The driver's ``open``: a handle for the new file description, or raise."""
+        raise kernel_error(19, f"no device at {path}")  # ENODEV
+
+    def release(self, handle: object) -> None:
+        """The last reference to the file description is gone (close, exit, munmap)."""
+
+    def ioctl(self, pid: int, handle: object, request: int, arg: int,
+              mem: TargetMemory) -> int:
+        """``unlocked_ioctl``: the return value, or raise (ENOTTY for unknown requests)."""
+        raise kernel_error(25, f"ioctl {request:#x} not supported")  # ENOTTY
+
+    def read(self, pid: int, handle: object, buf: int, count: int, offset: int,
+             mem: TargetMemory) -> int | Continue:
+        """``read`` of ``count`` bytes at file ``offset`` into ``buf``: bytes read."""
+        raise kernel_error(22, "read not supported")  # EINVAL
+
+    def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
+              mem: TargetMemory) -> int | Continue:
+        """``write`` of ``count`` bytes at ``buf`` to file ``offset``: bytes written."""
+        raise kernel_error(22, "write not supported")  # EINVAL
+
+    def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
+             flags: int, offset: int) -> Continue:
+        """Accept the mapping (:data:`CONTINUE`: the kernel maps the backing) or raise."""
+        raise kernel_error(19, "mmap not supported")  # ENODEV
+
+    def fork(self, parent: int | None, child: int) -> None:
+        """``child`` exists, forked from ``parent`` (None: the launched program itself)."""
+
+    def exit(self, pid: int) -> None:
+        """Process ``pid`` has exited (all its threads)."""

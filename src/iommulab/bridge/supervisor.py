@@ -1,0 +1,922 @@
+"""The bridge: run a real program with its IOMMU device calls answered by a handler.
+
+``Bridge.spawn`` starts the program under a seccomp filter whose listener it keeps
+(``SECCOMP_FILTER_FLAG_NEW_LISTENER``) and, where the kernel has Landlock, under a fence
+that keeps the real devices out of reach (``_landlock``). ``Bridge.serve`` then answers
+each trapped syscall (``SECCOMP_IOCTL_NOTIF_RECV``/``SEND``): through the handler when it
+concerns a served path or a file the bridge installed, with
+``SECCOMP_USER_NOTIF_FLAG_CONTINUE`` otherwise, so the real kernel runs it untouched.
+
+A file the program opens on a served path is an unlinked tmpfs inode (``O_TMPFILE``)
+installed into the program with ``SECCOMP_IOCTL_NOTIF_ADDFD`` at a number in the fd
+window, which is what lets the filter pick that fd's read/write/mmap out of all others.
+The bridge recognises its files by inode (``stat /proc/TID/fd/N``), and learns that the
+last reference to one has gone (close, exit, munmap, in any process) from inotify's
+``IN_CLOSE`` on that inode: the kernel's ``release``, exactly when the kernel calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import resource
+import select
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Final
+
+from . import _abi as A
+from . import _landlock
+from ._bpf import FilterConfig, build_filter
+from ._resolve import Resolution, Resolver
+from ._stat import pack_stat, pack_statx
+from .handler import Backing, Continue, Handler, Node
+from .memory import TargetMemory
+
+__all__ = ["DEFAULT_PROTECT", "Bridge", "BridgeStats", "fd_window"]
+
+#: The real device paths a program under the bridge must never open.
+DEFAULT_PROTECT: Final = ("/dev/iommu", "/dev/vfio")
+#: ioctls the VFS answers before the driver sees them (``do_vfs_ioctl``), on any file.
+_VFS_IOCTLS = frozenset({0x5451, 0x5450, 0x5421, 0x5452})  # FIOCLEX FIONCLEX FIONBIO FIOASYNC
+_WATCH = A.IN_CLOSE_WRITE | A.IN_CLOSE_NOWRITE
+_ZERO_NOTIF = bytes(A.NOTIF.size)
+_IOV = 16  # sizeof(struct iovec)
+_UIO_MAXIOV = 1024
+
+
+class _Gone(Exception):
+    """The notification is no longer valid: the caller died or its syscall was restarted."""
+
+
+class _Answered(Exception):
+    """The syscall has been answered already (ADDFD with SECCOMP_ADDFD_FLAG_SEND)."""
+
+
+def fd_window(soft_limit: int | None = None) -> tuple[int, int]:
+    """The default fd window ``[base, top)``: the top of ``select``'s range, below the limit.
+
+    Kept below FD_SETSIZE (1024) so that programs using ``select`` can wait on the
+    bridge's fds, and below the soft ``RLIMIT_NOFILE`` so that ADDFD may place them.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if soft_limit is None else soft_limit
+    top = min(soft if soft != resource.RLIM_INFINITY else 1024, 1024)
+    return top - min(256, top // 4), top
+
+
+@dataclass
+class _File:
+    """One file description the bridge installed: the handler's handle and its backing."""
+
+    handle: object
+    node: Node
+    path: str
+    backing: int  # the supervisor's own read-write description of the inode
+    wd: int
+
+
+@dataclass
+class BridgeStats:
+    """Counts of what the supervisor did, by outcome and by syscall number."""
+
+    received: int = 0
+    continued: int = 0
+    answered: int = 0
+    installed: int = 0
+    released: int = 0
+    gone: int = 0
+
+    def __post_init__(self) -> None:
+        self.by_nr: Counter[int] = Counter()
+
+
+_Call = Callable[[int, int, int, tuple[int, ...]], int | None]
+
+
+class Bridge:
+    """One program tree under one handler. Not thread-safe; one ``serve`` at a time.
+
+    ``protect`` lists the real paths the program may never open (the defaults are the
+    IOMMU devices; a test passes a stand-in). Without Landlock the bridge refuses to
+    start unless ``require_fence=False``, and then only its own walk guards them.
+    """
+
+    def __init__(self, handler: Handler, *, protect: Sequence[str] = DEFAULT_PROTECT,
+                 window: tuple[int, int] | None = None, deny_io_uring: bool = True,
+                 require_fence: bool = True) -> None:
+        self.handler = handler
+        self.protect = tuple(os.path.normpath(os.path.abspath(p)) for p in protect)
+        self.window = window or fd_window()
+        self.stats = BridgeStats()
+        #: Exceptions other than OSError raised by the handler (answered EIO).
+        self.handler_errors: list[BaseException] = []
+        self.fence = "landlock" if _landlock.landlock_abi() >= 1 else "none"
+        if self.fence == "none" and require_fence:
+            raise OSError(errno.EOPNOTSUPP, "Landlock is unavailable: the real devices "
+                          "could be reached; pass require_fence=False to run anyway")
+        self._filter = build_filter(FilterConfig(*self.window, deny_io_uring=deny_io_uring))
+        self._listener = -1
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._root_pid = 0
+        self._files: dict[tuple[int, int], _File] = {}
+        self._by_wd: dict[int, tuple[int, int]] = {}
+        self._tids: dict[int, int] = {}  # tid -> tgid
+        self._procs: dict[int, int] = {}  # tgid -> process pidfd
+        self._pidfds: dict[int, tuple[int, bool]] = {}  # pidfd -> (tgid or tid, is_process)
+        self._thread_pidfds: dict[int, int] = {}  # tid -> thread pidfd
+        self._inotify = A.inotify_init()
+        self._poll = select.poll()
+        self._poll.register(self._inotify, select.POLLIN)
+        self._shm = tempfile.mkdtemp(prefix="iommulab-bridge-",
+                                     dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self._resolver = Resolver(handler.lookup, lambda d, i: (d, i) in self._files)
+        self._protected = self._protected_devices()
+        self._buf = bytearray(A.NOTIF.size)
+        self._resp = bytearray(A.NOTIF_RESP.size)
+        self._idbuf = bytearray(8)
+        self._inos: dict[str, int] = {}
+        self._dev = os.stat("/dev").st_dev if os.path.isdir("/dev") else 5
+        self._epoch = int(time.time())
+        self._calls: dict[int, _Call] = self._dispatch()
+
+    # ----------------------------------------------------------------- launch
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              cwd: str | None = None, stdin: int | IO[bytes] | None = None,
+              stdout: int | IO[bytes] | None = None,
+              stderr: int | IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` under the filter and the fence; returns its ``Popen``.
+
+        The child installs both in ``preexec_fn`` (after fork, before execve) and hands
+        the listener back over a socketpair; nothing it does between the install and
+        ``execve`` is trapped, so ``Popen`` returns before the supervisor serves.
+        """
+        if self._popen is not None:
+            raise RuntimeError("a bridge runs one program tree")
+        ruleset = _landlock.make_ruleset(self.protect) if self.fence == "landlock" else -1
+        prog = ctypes.create_string_buffer(self._filter, len(self._filter))
+        fprog = ctypes.create_string_buffer(
+            (len(self._filter) // 8).to_bytes(2, "little") + bytes(6)
+            + ctypes.addressof(prog).to_bytes(8, "little"), 16)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        flags = A.SECCOMP_FILTER_FLAG_NEW_LISTENER | A.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+        need_nnp = os.geteuid() != 0
+
+        def install() -> None:  # runs in the child
+            if need_nnp:
+                A.syscall(157, 38, 1, 0, 0, 0)  # prctl(PR_SET_NO_NEW_PRIVS, 1)
+            if ruleset >= 0:
+                _landlock.restrict_self(ruleset)
+            listener = A.syscall(A.NR_seccomp, A.SECCOMP_SET_MODE_FILTER, flags,
+                                 ctypes.addressof(fprog))
+            socket.send_fds(child, [b"L"], [listener])
+            # the listener is close-on-exec: execve drops the program's copy
+
+        try:
+            popen = subprocess.Popen(list(argv), preexec_fn=install, close_fds=False,
+                                     env=env, cwd=cwd, stdin=stdin, stdout=stdout,
+                                     stderr=stderr)
+            parent.settimeout(10)
+            _, fds, _, _ = socket.recv_fds(parent, 1, 1)
+        finally:
+            parent.close()
+            child.close()
+            if ruleset >= 0:
+                os.close(ruleset)
+        self._listener = fds[0]
+        with contextlib.suppress(OSError):  # wake the target on this CPU (6.6+)
+            fcntl.ioctl(self._listener, A.SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                        A.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+        self._poll.register(self._listener, select.POLLIN)
+        self._popen = popen
+        self._root_pid = popen.pid
+        self._add_process(popen.pid, None)
+        return popen
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None,
+            **kwargs: object) -> int:
+        """``spawn`` then ``serve`` until every task of the tree is gone: the exit status."""
+        try:
+            popen = self.spawn(argv, **kwargs)  # type: ignore[arg-type]
+            try:
+                self.serve(timeout)
+            except BaseException:
+                popen.kill()
+                raise
+        finally:
+            self.close()
+        return popen.wait()
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what is left and drop the listener (trapped calls then get ENOSYS)."""
+        if self._listener >= 0:
+            os.close(self._listener)
+            self._listener = -1
+        self._reap_releases()
+        for key in list(self._files):
+            self._release(key)
+        for tgid in list(self._procs):
+            self._process_exit(tgid)
+        for pidfd in list(self._thread_pidfds.values()):
+            os.close(pidfd)
+        self._thread_pidfds.clear()
+        self._pidfds.clear()
+        if self._inotify >= 0:
+            os.close(self._inotify)
+            self._inotify = -1
+        with contextlib.suppress(OSError):
+            os.rmdir(self._shm)
+
+    # ------------------------------------------------------------------ loop
+    def serve(self, timeout: float | None = None) -> None:
+        """Answer the program's trapped calls until no task uses the filter any more.
+
+        ``timeout`` (seconds) bounds the whole run: ``TimeoutError`` when it passes.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = self._listener
+        while True:
+            wait = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1e3))
+            ready = self._poll.poll(wait)
+            if not ready:
+                raise TimeoutError(f"the program still runs after {timeout} s")
+            # exits, then releases, then calls: a process's exit is reported before the
+            # release of the files it held (the kernel's exit_mm precedes exit_files),
+            # and both before any later call
+            hup = False
+            calls = releases = False
+            for fd, ev in ready:
+                if fd == listener:
+                    calls = bool(ev & select.POLLIN)
+                    hup = not calls and bool(ev & (select.POLLHUP | select.POLLERR))
+                elif fd == self._inotify:
+                    releases = True
+                else:
+                    who = self._pidfds.get(fd)
+                    if who is not None and who[1]:
+                        self._process_exit(who[0])
+                    elif who is not None:
+                        self._thread_exit(who[0])
+            if releases:
+                self._reap_releases()
+            if calls:
+                self._handle_one()
+            if hup:
+                self._poll.unregister(listener)
+                self._reap_releases()
+                for tgid in list(self._procs):
+                    self._process_exit(tgid)
+                return
+
+    def _handle_one(self) -> None:
+        buf = self._buf
+        buf[:] = _ZERO_NOTIF
+        try:
+            fcntl.ioctl(self._listener, A.SECCOMP_IOCTL_NOTIF_RECV, buf, True)
+        except OSError as e:  # ENOENT: the caller went away before we got it
+            if e.errno in (errno.ENOENT, errno.EINTR):
+                return
+            raise
+        nid, tid, _flags, nr, _arch, _ip, *args = A.NOTIF.unpack(buf)
+        st = self.stats
+        st.received += 1
+        st.by_nr[nr] += 1
+        call = self._calls.get(nr)
+        val = err = flags = 0
+        try:
+            tgid = self._tids.get(tid) or self._discover(tid)
+            ret = call(nid, tid, tgid, tuple(args)) if call is not None else None
+            if ret is None:
+                flags = A.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+            else:
+                val = ret
+        except _Answered:
+            st.answered += 1
+            return
+        except _Gone:
+            st.gone += 1
+            return
+        except OSError as e:
+            err = e.errno if e.errno else errno.EIO
+        except Exception as e:  # a handler bug: the program gets EIO, the bridge lives
+            self.handler_errors.append(e)
+            err = errno.EIO
+        if not self._send(nid, val, -err, flags):
+            st.gone += 1
+        elif flags:
+            st.continued += 1
+        else:
+            st.answered += 1
+
+    def _send(self, nid: int, val: int, error: int, flags: int) -> bool:
+        """SECCOMP_IOCTL_NOTIF_SEND; False if the caller has gone meanwhile."""
+        A.NOTIF_RESP.pack_into(self._resp, 0, nid, val, error, flags)
+        try:
+            fcntl.ioctl(self._listener, A.SECCOMP_IOCTL_NOTIF_SEND, self._resp, True)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return False
+        return True
+
+    def _valid(self, nid: int) -> None:
+        """SECCOMP_IOCTL_NOTIF_ID_VALID: what was read belongs to the live caller."""
+        self._idbuf[:] = nid.to_bytes(8, "little")
+        try:
+            fcntl.ioctl(self._listener, A.SECCOMP_IOCTL_NOTIF_ID_VALID, self._idbuf, True)
+        except OSError:
+            raise _Gone from None
+
+    # ------------------------------------------------------- processes, files
+    def _discover(self, tid: int) -> int:
+        """First call from ``tid``: find its process; a new process is a fork."""
+        try:
+            tgid, ppid, _ = _status(tid)
+        except OSError:
+            raise _Gone from None
+        if tgid not in self._procs:
+            self._add_process(tgid, self._known_parent(ppid))
+        if tid != tgid and tid not in self._thread_pidfds:
+            try:
+                pidfd = A.pidfd_open(tid, A.PIDFD_THREAD)
+            except OSError:
+                pidfd = -1
+            if pidfd >= 0:
+                self._thread_pidfds[tid] = pidfd
+                self._pidfds[pidfd] = (tid, False)
+                self._poll.register(pidfd, select.POLLIN)
+        self._tids[tid] = tgid
+        return tgid
+
+    def _known_parent(self, ppid: int) -> int | None:
+        if ppid in self._procs:
+            return ppid
+        try:
+            tgid, grand, filtered = _status(ppid)
+        except OSError:
+            return None
+        if not filtered or ppid == os.getpid():
+            return None
+        self._add_process(tgid, self._known_parent(grand))
+        return tgid
+
+    def _add_process(self, tgid: int, parent: int | None) -> None:
+        try:
+            pidfd = A.pidfd_open(tgid)
+        except OSError:
+            return
+        self._procs[tgid] = pidfd
+        self._pidfds[pidfd] = (tgid, True)
+        self._tids[tgid] = tgid
+        self._poll.register(pidfd, select.POLLIN)
+        self.handler.fork(parent, tgid)
+
+    def _process_exit(self, tgid: int) -> None:
+        pidfd = self._procs.pop(tgid, None)
+        if pidfd is None:
+            return
+        self._poll.unregister(pidfd)
+        del self._pidfds[pidfd]
+        os.close(pidfd)
+        for tid in [t for t, g in self._tids.items() if g == tgid]:
+            del self._tids[tid]
+            self._thread_exit(tid)
+        if tgid == self._root_pid and self._popen is not None:
+            self._popen.poll()  # reap it: the filter is released when the task is
+        self.handler.exit(tgid)
+
+    def _thread_exit(self, tid: int) -> None:
+        pidfd = self._thread_pidfds.pop(tid, None)
+        if pidfd is not None:
+            self._poll.unregister(pidfd)
+            del self._pidfds[pidfd]
+            os.close(pidfd)
+            self._tids.pop(tid, None)
+
+    def _pidfd(self, tid: int) -> int:
+        fd = self._thread_pidfds.get(tid) or self._procs.get(tid)
+        if fd is None:
+            raise _Gone
+        return fd
+
+    def _file_at(self, tid: int, fd: int) -> _File | None:
+        """The bridge's file at the caller's ``fd``, None for any other (one ``stat``)."""
+        try:
+            st = os.stat(f"/proc/{tid}/fd/{fd}")
+        except OSError:
+            return None
+        return self._files.get((st.st_dev, st.st_ino))
+
+    def _reap_releases(self) -> None:
+        """Turn inotify's IN_CLOSE on a backing inode into the handler's ``release``."""
+        if self._inotify < 0:
+            return
+        while True:
+            try:
+                data = os.read(self._inotify, 4096)
+            except BlockingIOError:
+                return
+            off = 0
+            while off < len(data):
+                wd, mask, _cookie, ln = A.INOTIFY_EVENT.unpack_from(data, off)
+                off += A.INOTIFY_EVENT.size + ln
+                key = self._by_wd.get(wd)
+                if key is not None and mask & _WATCH:
+                    self._release(key)
+
+    def _release(self, key: tuple[int, int]) -> None:
+        f = self._files.pop(key)
+        del self._by_wd[f.wd]
+        os.close(f.backing)  # frees the inode; inotify drops the watch (IN_IGNORED)
+        self.stats.released += 1
+        try:
+            self.handler.release(f.handle)
+        except Exception as e:
+            self.handler_errors.append(e)
+
+    def _new_file(self, tgid: int, path: str, node: Node, flags: int) -> int:
+        """Open the model file: a backing inode, the handler's ``open``, the fd to install.
+
+        Returns a supervisor fd for the program's own description (its access mode and
+        O_NONBLOCK), which the caller installs and closes.
+        """
+        backing = os.open(self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            handle = self.handler.open(tgid, path, flags, Backing(backing))
+        except BaseException:
+            os.close(backing)
+            raise
+        acc = flags & os.O_ACCMODE
+        mode = os.O_RDWR if acc == os.O_ACCMODE else acc
+        try:
+            target = os.open(f"/proc/self/fd/{backing}",
+                             mode | (flags & os.O_NONBLOCK) | os.O_CLOEXEC)
+            try:
+                wd = A.inotify_add_watch(self._inotify, f"/proc/self/fd/{backing}", _WATCH)
+            except BaseException:
+                os.close(target)
+                raise
+        except BaseException:  # the file never reached the program: release it here
+            os.close(backing)
+            self.handler.release(handle)
+            raise
+        st = os.fstat(backing)
+        key = (st.st_dev, st.st_ino)
+        self._files[key] = _File(handle, node, path, backing, wd)
+        self._by_wd[wd] = key
+        return target
+
+    def _free_slot(self, tid: int, low: int | None = None) -> int | None:
+        base, top = self.window
+        try:
+            used = {int(n) for n in os.listdir(f"/proc/{tid}/fd")}
+        except OSError:
+            raise _Gone from None
+        if low is None:  # from the top down, away from the kernel's lowest-first choice
+            return next((n for n in range(top - 1, base - 1, -1) if n not in used), None)
+        try:
+            limit = resource.prlimit(self._tids.get(tid, tid), resource.RLIMIT_NOFILE)[0]
+        except OSError:
+            raise _Gone from None
+        if low >= limit:
+            raise OSError(errno.EINVAL, f"F_DUPFD from {low}, at or past RLIMIT_NOFILE")
+        return next((n for n in range(max(low, 0), limit) if n not in used), None)
+
+    def _install(self, nid: int, tid: int, src: int, *, cloexec: bool,
+                 slot: int | None) -> int:
+        """SECCOMP_IOCTL_NOTIF_ADDFD with SEND: ``src``'s description becomes the answer."""
+        flags = A.SECCOMP_ADDFD_FLAG_SEND | (A.SECCOMP_ADDFD_FLAG_SETFD if slot is not None
+                                             else 0)
+        req = bytearray(A.NOTIF_ADDFD.pack(nid, flags, src, slot or 0,
+                                           os.O_CLOEXEC if cloexec else 0))
+        try:
+            fd = fcntl.ioctl(self._listener, A.SECCOMP_IOCTL_NOTIF_ADDFD, req, True)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise _Gone from None
+            raise
+        self.stats.installed += 1
+        return int(fd)
+
+    def _install_new(self, nid: int, tid: int, src: int, cloexec: bool) -> None:
+        """Install a new file in the window; below it if the program's limit forbids."""
+        slot = self._free_slot(tid)
+        try:
+            self._install(nid, tid, src, cloexec=cloexec, slot=slot)
+        except OSError as e:
+            if e.errno != errno.EBADF or slot is None:  # EBADF: slot past RLIMIT_NOFILE
+                raise
+            self._install(nid, tid, src, cloexec=cloexec, slot=None)
+        raise _Answered
+
+    # ------------------------------------------------------------- syscalls
+    def _dispatch(self) -> dict[int, _Call]:
+        return {
+            A.NR_ioctl: self._sys_ioctl,
+            A.NR_open: lambda n, t, g, a: self._sys_open(n, t, g, A.AT_FDCWD, a[0], a[1]),
+            A.NR_creat: lambda n, t, g, a: self._sys_open(
+                n, t, g, A.AT_FDCWD, a[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC),
+            A.NR_openat: lambda n, t, g, a: self._sys_open(n, t, g, _int(a[0]), a[1], a[2]),
+            A.NR_openat2: self._sys_openat2,
+            A.NR_stat: lambda n, t, g, a: self._sys_stat(n, t, g, A.AT_FDCWD, a[0], a[1], 0,
+                                                         False),
+            A.NR_lstat: lambda n, t, g, a: self._sys_stat(
+                n, t, g, A.AT_FDCWD, a[0], a[1], A.AT_SYMLINK_NOFOLLOW, False),
+            A.NR_newfstatat: lambda n, t, g, a: self._sys_stat(n, t, g, _int(a[0]), a[1],
+                                                               a[2], a[3], False),
+            A.NR_statx: lambda n, t, g, a: self._sys_stat(n, t, g, _int(a[0]), a[1], a[4],
+                                                          a[2], True),
+            A.NR_fstat: self._sys_fstat,
+            A.NR_access: lambda n, t, g, a: self._sys_access(n, t, g, A.AT_FDCWD, a[0], a[1],
+                                                             0),
+            A.NR_faccessat: lambda n, t, g, a: self._sys_access(n, t, g, _int(a[0]), a[1],
+                                                                a[2], 0),
+            A.NR_faccessat2: lambda n, t, g, a: self._sys_access(n, t, g, _int(a[0]), a[1],
+                                                                 a[2], a[3]),
+            A.NR_readlink: lambda n, t, g, a: self._sys_readlink(n, t, g, A.AT_FDCWD, a[0],
+                                                                 a[1], a[2]),
+            A.NR_readlinkat: lambda n, t, g, a: self._sys_readlink(n, t, g, _int(a[0]), a[1],
+                                                                   a[2], a[3]),
+            A.NR_mmap: self._sys_mmap,
+            A.NR_read: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2], None, False),
+            A.NR_write: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2], None, True),
+            A.NR_pread64: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2],
+                                                          _int64(a[3]), False),
+            A.NR_pwrite64: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2],
+                                                           _int64(a[3]), True),
+            A.NR_readv: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2], None,
+                                                         False),
+            A.NR_writev: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2], None,
+                                                          True),
+            A.NR_preadv: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2],
+                                                          _int64(a[3]), False),
+            A.NR_pwritev: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2],
+                                                           _int64(a[3]), True),
+            A.NR_preadv2: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2],
+                                                           _pos2(a[3]), False),
+            A.NR_pwritev2: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2],
+                                                            _pos2(a[3]), True),
+            A.NR_dup: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], None, 0),
+            A.NR_dup2: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF, 0),
+            A.NR_dup3: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF,
+                                                        a[2]),
+            A.NR_fcntl: self._sys_fcntl,
+            A.NR_ftruncate: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
+            A.NR_fsync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
+            A.NR_fdatasync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
+            A.NR_fallocate: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.ENODEV),
+            A.NR_sendfile: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[1]),
+            A.NR_tee: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[1]),
+            A.NR_splice: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2]),
+            A.NR_copy_file_range: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2]),
+        }
+
+    def _sys_ioctl(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
+        f = self._file_at(tid, a[0] & 0xFFFFFFFF)
+        req = a[1] & 0xFFFFFFFF
+        if f is None or req in _VFS_IOCTLS:
+            return None
+        self._valid(nid)
+        return self.handler.ioctl(tgid, f.handle, req, a[2], TargetMemory(tid))
+
+    def _read_path(self, tid: int, addr: int) -> bytes | None:
+        try:
+            return TargetMemory(tid).read_string(addr)
+        except OSError:
+            return None  # the kernel's getname will say EFAULT/ENAMETOOLONG itself
+
+    def _resolve(self, nid: int, tid: int, tgid: int, dirfd: int, addr: int,
+                 follow: bool) -> Resolution | None:
+        raw = self._read_path(tid, addr)
+        if not raw:
+            return None
+        res = self._resolver.resolve(tid, tgid, dirfd, raw, follow=follow)
+        self._valid(nid)
+        return res
+
+    def _sys_open(self, nid: int, tid: int, tgid: int, dirfd: int, addr: int,
+                  flags: int) -> int | None:
+        flags &= 0xFFFFFFFF
+        res = self._resolve(nid, tid, tgid, dirfd, addr, not flags & os.O_NOFOLLOW)
+        if res is None:
+            return None
+        if res.error:
+            raise OSError(res.error, os.strerror(res.error))
+        if res.reopen is not None:
+            f = self._files.get(res.reopen)
+            if f is None:
+                return None
+            path, node = f.path, f.node
+        elif res.served is not None and res.node is not None:
+            path, node = res.served, res.node
+        else:
+            if res.real is not None and self._is_protected(res.real):
+                raise OSError(errno.EACCES, "a protected device")
+            return None
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise OSError(errno.EEXIST, path)
+        if node.is_dir:
+            raise OSError(errno.EOPNOTSUPP, f"{path} is a served directory")
+        if flags & os.O_DIRECTORY:
+            raise OSError(errno.ENOTDIR, path)
+        if flags & A.O_PATH:
+            return None  # an O_PATH open calls no driver; the kernel answers (ENOENT)
+        target = self._new_file(tgid, path, node, flags)
+        try:
+            self._install_new(nid, tid, target, bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(target)  # if the install failed, this is the release
+        return None  # not reached: _install_new raises _Answered
+
+    def _sys_openat2(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
+        try:
+            how = TargetMemory(tid).read(a[2], 24)
+        except OSError:
+            return None
+        flags, _mode, resolve = (int.from_bytes(how[i:i + 8], "little") for i in (0, 8, 16))
+        if resolve & (A.RESOLVE_BENEATH | A.RESOLVE_IN_ROOT | A.RESOLVE_NO_SYMLINKS
+                      | A.RESOLVE_NO_MAGICLINKS | A.RESOLVE_NO_XDEV):
+            return None  # restricted walks: the kernel's own answer (never the model)
+        return self._sys_open(nid, tid, tgid, _int(a[0]), a[1], flags)
+
+    def _node_stat(self, path: str, node: Node, statx: bool) -> bytes:
+        ino = self._inos.setdefault(path, 0x1000 + len(self._inos))
+        pack = pack_statx if statx else pack_stat
+        return pack(node.mode, node.rdev, node.size, self._dev, ino, self._epoch)
+
+    def _sys_stat(self, nid: int, tid: int, tgid: int, dirfd: int, addr: int, buf: int,
+                  flags: int, statx: bool) -> int | None:
+        raw = self._read_path(tid, addr)
+        if raw is None:
+            return None
+        if not raw:
+            if not flags & A.AT_EMPTY_PATH or dirfd == A.AT_FDCWD:
+                return None
+            f = self._file_at(tid, dirfd & 0xFFFFFFFF)
+            if f is None:
+                return None
+            self._valid(nid)
+            path, node = f.path, f.node
+        else:
+            res = self._resolver.resolve(tid, tgid, dirfd, raw,
+                                         follow=not flags & A.AT_SYMLINK_NOFOLLOW)
+            self._valid(nid)
+            if res.error:
+                raise OSError(res.error, os.strerror(res.error))
+            key = res.reopen
+            if key is not None and key in self._files:
+                path, node = self._files[key].path, self._files[key].node
+            elif res.served is not None and res.node is not None:
+                path, node = res.served, res.node
+            else:
+                return None
+        TargetMemory(tid).write(buf, self._node_stat(path, node, statx))
+        return 0
+
+    def _sys_fstat(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
+        f = self._file_at(tid, a[0] & 0xFFFFFFFF)
+        if f is None:
+            return None
+        self._valid(nid)
+        TargetMemory(tid).write(a[1], self._node_stat(f.path, f.node, False))
+        return 0
+
+    def _sys_access(self, nid: int, tid: int, tgid: int, dirfd: int, addr: int, mode: int,
+                    flags: int) -> int | None:
+        res = self._resolve(nid, tid, tgid, dirfd, addr,
+                            not flags & A.AT_SYMLINK_NOFOLLOW)
+        if res is None:
+            return None
+        if res.error:
+            raise OSError(res.error, os.strerror(res.error))
+        node = res.node if res.served is not None else (
+            self._files[res.reopen].node if res.reopen in self._files else None)
+        if node is None:
+            return None
+        if mode & os.X_OK and not node.mode & 0o111:
+            raise OSError(errno.EACCES, "not executable")
+        return 0
+
+    def _sys_readlink(self, nid: int, tid: int, tgid: int, dirfd: int, addr: int, buf: int,
+                      size: int) -> int | None:
+        res = self._resolve(nid, tid, tgid, dirfd, addr, False)
+        if res is None:
+            return None
+        if res.error:
+            raise OSError(res.error, os.strerror(res.error))
+        if res.served is not None:
+            raise OSError(errno.EINVAL, "not a symlink")
+        f = self._files.get(res.link_to) if res.link_to is not None else None
+        if f is None:
+            return None
+        if _int(size) <= 0:
+            raise OSError(errno.EINVAL, "bufsiz")
+        data = os.fsencode(f.path)[:size]
+        TargetMemory(tid).write(buf, data)
+        return len(data)
+
+    def _sys_mmap(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
+        addr, length, prot, flags, fd, off = a
+        if flags & A.MAP_ANONYMOUS:
+            return None
+        f = self._file_at(tid, fd & 0xFFFFFFFF)
+        if f is None:
+            return None
+        self._valid(nid)
+        ret = self.handler.mmap(tgid, f.handle, addr, length, prot & 0xFFFFFFFF,
+                                flags & 0xFFFFFFFF, off)
+        if isinstance(ret, Continue):
+            return None
+        raise TypeError(f"Handler.mmap must return CONTINUE or raise, not {ret!r}")
+
+    def _file_pos(self, tid: int, fd: int) -> int:
+        try:
+            with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as info:
+                head = info.readline()
+        except OSError:
+            raise _Gone from None
+        return int(head.split()[1])  # "pos:\t123"
+
+    def _set_pos(self, tid: int, fd: int, pos: int) -> None:
+        mine = A.pidfd_getfd(self._pidfd(tid), fd)
+        try:
+            os.lseek(mine, pos, os.SEEK_SET)
+        finally:
+            os.close(mine)
+
+    def _sys_rw(self, nid: int, tid: int, tgid: int, fd: int, buf: int, count: int,
+                pos: int | None, write: bool) -> int | None:
+        fd &= 0xFFFFFFFF
+        f = self._file_at(tid, fd)
+        if f is None:
+            return None
+        if pos is not None and pos < 0:
+            raise OSError(errno.EINVAL, "negative offset")
+        at = self._file_pos(tid, fd) if pos is None else pos
+        self._valid(nid)
+        mem = TargetMemory(tid)
+        op = self.handler.write if write else self.handler.read
+        done = op(tgid, f.handle, buf, min(count, 0x7FFFF000), at, mem)  # MAX_RW_COUNT
+        if isinstance(done, Continue):
+            return None
+        if pos is None and done > 0:
+            self._set_pos(tid, fd, at + done)
+        return done
+
+    def _sys_rwv(self, nid: int, tid: int, tgid: int, fd: int, iov: int, cnt: int,
+                 pos: int | None, write: bool) -> int | None:
+        fd &= 0xFFFFFFFF
+        f = self._file_at(tid, fd)
+        if f is None:
+            return None
+        if cnt > _UIO_MAXIOV:
+            raise OSError(errno.EINVAL, f"{cnt} iovecs")
+        if pos is not None and pos < 0:
+            raise OSError(errno.EINVAL, "negative offset")
+        mem = TargetMemory(tid)
+        vec = mem.read(iov, cnt * _IOV)
+        at = self._file_pos(tid, fd) if pos is None else pos
+        self._valid(nid)
+        op = self.handler.write if write else self.handler.read
+        total = 0
+        for i in range(cnt):  # do_loop_readv_writev: one ->read per segment
+            base = int.from_bytes(vec[i * _IOV:i * _IOV + 8], "little")
+            ln = int.from_bytes(vec[i * _IOV + 8:i * _IOV + 16], "little")
+            if not ln:
+                continue
+            try:
+                done = op(tgid, f.handle, base, ln, at + total, mem)
+            except OSError:
+                if total:
+                    break
+                raise
+            if isinstance(done, Continue):
+                if total:
+                    break
+                return None
+            total += done
+            if done < ln:
+                break
+        if pos is None and total > 0:
+            self._set_pos(tid, fd, at + total)
+        return total
+
+    def _sys_dup(self, nid: int, tid: int, tgid: int, old: int, new: int | None,
+                 flags: int) -> int | None:
+        old &= 0xFFFFFFFF
+        if old == new or flags & ~os.O_CLOEXEC:
+            return None  # the kernel's EINVAL (dup3) or no-op (dup2)
+        if self._file_at(tid, old) is None:
+            return None  # not ours: the kernel closes an fd of ours at ``new`` itself
+        self._valid(nid)
+        mine = A.pidfd_getfd(self._pidfd(tid), old)
+        try:
+            cloexec = bool(flags & os.O_CLOEXEC)
+            if new is None:
+                self._install_new(nid, tid, mine, cloexec)
+            self._install(nid, tid, mine, cloexec=cloexec, slot=new)
+            raise _Answered
+        finally:
+            os.close(mine)
+
+    def _sys_fcntl(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
+        old = a[0] & 0xFFFFFFFF
+        cmd = a[1] & 0xFFFFFFFF
+        if cmd not in (A.F_DUPFD, A.F_DUPFD_CLOEXEC) or self._file_at(tid, old) is None:
+            return None
+        low = _int(a[2])
+        if low < 0:
+            raise OSError(errno.EINVAL, "F_DUPFD with a negative fd")
+        self._valid(nid)
+        base, _top = self.window
+        slot = self._free_slot(tid, max(low, base))
+        if slot is None:
+            raise OSError(errno.EMFILE, "no free fd")
+        mine = A.pidfd_getfd(self._pidfd(tid), old)
+        try:
+            self._install(nid, tid, mine, cloexec=cmd == A.F_DUPFD_CLOEXEC,
+                          slot=slot)
+            raise _Answered
+        finally:
+            os.close(mine)
+
+    def _sys_chardev_only(self, nid: int, tid: int, a: tuple[int, ...], err: int) -> None:
+        f = self._file_at(tid, a[0] & 0xFFFFFFFF)
+        if f is None or not stat.S_ISCHR(f.node.mode):
+            return None
+        raise OSError(err, os.strerror(err))
+
+    def _sys_splice(self, nid: int, tid: int, fd_in: int, fd_out: int) -> None:
+        for fd in (fd_in, fd_out):
+            f = self._file_at(tid, fd & 0xFFFFFFFF)
+            if f is not None and stat.S_ISCHR(f.node.mode):
+                raise OSError(errno.EINVAL, "no splice on a device file")
+        return None
+
+    # ----------------------------------------------------------------- fence
+    def _protected_devices(self) -> frozenset[int]:
+        """Device numbers of the protected char devices that exist now."""
+        out = set()
+        for p in self.protect:
+            for root, _dirs, names in os.walk(p) if os.path.isdir(p) else [("", [], [p])]:
+                for n in names:
+                    try:
+                        st = os.stat(os.path.join(root, n))
+                    except OSError:
+                        continue
+                    if stat.S_ISCHR(st.st_mode):
+                        out.add(st.st_rdev)
+        return frozenset(out)
+
+    def _is_protected(self, st: os.stat_result) -> bool:
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev in self._protected
+
+
+def _status(pid: int) -> tuple[int, int, bool]:
+    """(Tgid, PPid, under a seccomp filter) from ``/proc/PID/status``."""
+    tgid = ppid = 0
+    filtered = False
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                tgid = int(line.split()[1])
+            elif line.startswith(b"PPid:"):
+                ppid = int(line.split()[1])
+            elif line.startswith(b"Seccomp:"):
+                filtered = line.split()[1] == b"2"
+    return tgid, ppid, filtered
+
+
+def _int(v: int) -> int:
+    """A 32-bit signed argument (an ``int`` fd, AT_FDCWD)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _int64(v: int) -> int:
+    return v - (1 << 64) if v & (1 << 63) else v
+
+
+def _pos2(v: int) -> int | None:
+    """preadv2/pwritev2: offset -1 means the file position."""
+    p = _int64(v)
+    return None if p == -1 else p
+
+
+if sys.platform != "linux":  # pragma: no cover
+    raise ImportError("the bridge needs Linux")
