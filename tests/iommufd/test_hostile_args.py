@@ -56,6 +56,18 @@ def test_check_refs_of_a_uptr_past_the_address_space_is_efault(uptr: int) -> Non
 
 
 @pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+@pytest.mark.parametrize("uptr", FAR, ids=hex)
+def test_check_map_of_a_uptr_past_the_address_space_is_efault(kernel: str, uptr: int) -> None:
+    """``iommufd_test_md_check_pa`` with a ``uptr`` near the top of the 64-bit space (a
+    kernel address): ``get_user_pages_fast`` there is EFAULT, before any comparison
+    (found by benchmarks/fuzz_long.py: the model's offset arithmetic overflowed)."""
+    t = Selftest(kernel=kernel)
+    hwpt = t.mock_domain(t.ioas_alloc()).hwpt_id
+    expect_errno(errno.EFAULT, t.check_map, hwpt, MOCK_APERTURE_START, uptr, PAGE_SIZE)
+    t.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
 def test_check_map_of_an_iova_past_the_domain_is_einval(kernel: str) -> None:
     """``iommufd_test_md_check_pa`` takes any aligned ``iova``: one at 2^63 or at the last
     page of the 64-bit space maps nothing, so the first comparison fails (EINVAL) once

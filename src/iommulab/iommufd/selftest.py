@@ -238,7 +238,8 @@ def _check_map(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     for pfns, err in _user_pages(proc, uptr, page, length // page):
         offsets = np.arange(len(pfns), dtype=np.uint64) * np.uint64(page)
         iovas = np.uint64(iova + done * page & ULONG_MAX) + offsets  # wraps as the kernel's
-        want = pfns * PAGE_SIZE + (uptr + done * page + offsets.astype(np.int64)) % PAGE_SIZE
+        first_offset = (uptr + done * page) % PAGE_SIZE  # a Python int: any uptr
+        want = pfns * PAGE_SIZE + (first_offset + offsets.astype(np.int64)) % PAGE_SIZE
         got = _pt_iova_to_phys(ops, iovas) if isinstance(ops, MockPtDomainOps) else \
             _slot_phys(ops, iovas)
         bad = np.flatnonzero(got != want)
