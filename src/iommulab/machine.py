@@ -88,6 +88,8 @@ class Machine:
         self.kernel = KernelVersion.parse(kernel)
         self.seed = seed
         self.mem = PhysMem(ram, ram_base=ram_base)
+        # the mock platform is a CONFIG_IOMMUFD_TEST kernel: iommufd_should_fail() points
+        self.mem.fail_nth.iommufd_test = platform == "mock"
         self.clock = Clock()
         self.module_params: dict[str, int] = {
             "vfio_iommu_type1.dma_entry_limit": 65535,

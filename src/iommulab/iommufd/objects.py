@@ -36,6 +36,7 @@ from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import IommuCap, ResvType
 from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
+from ..mem.fault import xa_nodes_needed
 from ..mem.mm import pfn_runs
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
@@ -195,6 +196,19 @@ class IommufdCtx:
         self._reserved.add(id)
         return id
 
+    def object_alloc(self, kind: str) -> int:
+        """``_iommufd_object_alloc``: the object (``kzalloc``), then the lowest free id
+        reserved in ``ictx->objects`` (``xa_alloc`` of an ``XA_ZERO_ENTRY``, with the
+        nodes the xarray needs for it); the id, to :meth:`add` or :meth:`abort_id`."""
+        self.mem.fail_nth.check(f"kzalloc({kind})")
+        used = np.array(sorted(self.objects.keys() | self._reserved), dtype=np.int64)
+        id = next(i for i in itertools.count(1)
+                  if i not in self.objects and i not in self._reserved)
+        self.mem.fail_nth.xa_nodes("ictx->objects",
+                                   xa_nodes_needed(used, id, id, root_ok=False))
+        self._reserved.add(id)
+        return id
+
     def abort_id(self, id: int) -> None:
         """``iommufd_object_abort``: give a reserved id back."""
         self._reserved.discard(id)
@@ -208,11 +222,19 @@ class IommufdCtx:
         return obj
 
     def get(self, id: int, kind: type[Any]) -> Any:
-        """``iommufd_get_object``: ENOENT for a missing id or an object of another kind."""
+        """``iommufd_get_object``: ENOENT for a missing id or an object of another kind
+        (or when ``iommufd_should_fail()`` says so)."""
+        self.get_object_should_fail()
         obj = self.objects.get(id)
         if not isinstance(obj, kind):
             raise NoEntry(f"no {kind.__name__} with id {id}")
         return obj
+
+    def get_object_should_fail(self, refused: type[KernelError] = NoEntry) -> None:
+        """``iommufd_get_object``'s ``iommufd_should_fail()``: ENOENT, or the error the
+        caller turns it into (``refused``)."""
+        if self.mem.fail_nth.iommufd_should_fail("iommufd_get_object"):
+            raise refused("iommufd_get_object: injected failure")
 
     def destroy(self, id: int) -> None:
         """IOMMU_DESTROY: ENOENT for no object, EBUSY while something depends on it."""
@@ -251,17 +273,17 @@ class IommufdCtx:
 
     # -- IOAS ------------------------------------------------------------------------------
     def ioas_alloc(self) -> Ioas:
-        """``iommufd_ioas_alloc_ioctl``."""
-        self.mem.fail_nth.check("kzalloc(iommufd_ioas)")
+        """``iommufd_ioas_alloc``."""
+        id = self.object_alloc("iommufd_ioas")
         ioas = Ioas(iopt=IoPagetable(self.mem.fail_nth, self.cache_flush))
-        self.add(ioas)
+        self.add(ioas, id)
         return ioas
 
     def compat_ioas_create(self) -> Ioas:
         """``iommufd_vfio_compat_ioas_create``: the compatibility IOAS, allocated (as an
         ordinary object) if there is none yet."""
         if self.vfio_ioas is not None:
-            self.mem.fail_nth.check("kzalloc(iommufd_ioas)")  # allocated, then aborted
+            self.abort_id(self.object_alloc("iommufd_ioas"))  # allocated, then aborted
             return self.vfio_ioas
         self.vfio_ioas = self.ioas_alloc()
         return self.vfio_ioas
@@ -291,7 +313,7 @@ class IommufdCtx:
             raise NotSupported("HWPT_ALLOC: the device's IOMMU cannot track dirty pages")
         if flags & _FAULT_ID_VALID and flags & _NEST_PARENT:
             raise NotSupported("HWPT_ALLOC: FAULT_ID_VALID with NEST_PARENT")
-        id = self.reserve_id()
+        id = self.object_alloc("iommufd_hwpt_paging")
         try:
             hwpt = self._new_hwpt_paging(ioas, idev, flags, auto=auto, user_data=user_data)
         except KernelError:
@@ -371,13 +393,29 @@ class IommufdCtx:
         master = _master(dev)
         if not driver.capable(master, IommuCap.CACHE_COHERENCY):
             raise InvalidArgument(f"{dev.name}: the IOMMU is not cache coherent")
+        self._get_igroup(dev)
+        id = self.object_alloc("iommufd_device")
         idev = Device(dev=dev, enforce_cache_coherency=driver.capable(
             master, IommuCap.ENFORCE_CACHE_COHERENCY), holds_ctx=not mock)
         if idev.holds_ctx:
             self.ctx_get()
         idev.users += 1  # the calling driver is a user until iommufd_device_unbind()
-        self.add(idev)
+        self.add(idev, id)
         return idev
+
+    def _get_igroup(self, dev: DmaDevice) -> None:
+        """``iommufd_get_group``: the context's ``iommufd_group`` of the device's group,
+        made (``kzalloc``, stored in ``ictx->groups`` at the group's id) unless a bound
+        device of the group already has it; it lives while such a device does."""
+        group = dev.group
+        assert group is not None
+        bound = {o.dev.group.id for o in self.objects.values()
+                 if isinstance(o, Device) and o.dev.group is not None}
+        if group.id in bound:
+            return
+        self.mem.fail_nth.check("kzalloc(iommufd_group)")
+        self.mem.fail_nth.xa_nodes("ictx->groups", xa_nodes_needed(
+            np.array(sorted(bound), dtype=np.int64), group.id, group.id))
 
     def attach(self, idev: Device, pt_id: int) -> int:
         """``iommufd_device_attach``: to a HWPT, or to an IOAS through an automatic HWPT;
@@ -396,6 +434,7 @@ class IommufdCtx:
         return self._change_pt(idev, pt_id)
 
     def _change_pt(self, idev: Device, pt_id: int) -> int:
+        self.get_object_should_fail()
         obj = self.objects.get(pt_id)
         old = idev.hwpt
         if isinstance(obj, HwptPaging):
@@ -447,6 +486,7 @@ class IommufdCtx:
         try:
             group = idev.dev.group
             assert group is not None
+            self.mem.fail_nth.check("kzalloc(iommufd_attach_handle)")
             self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
             iopt.space.remove_reservations(idev)
@@ -461,7 +501,8 @@ class IommufdCtx:
     def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
         """``iopt_table_enforce_dev_resv_regions``: every region but DIRECT_RELAXABLE is
         reserved, owned by the device (EADDRINUSE over an area or allowed range)."""
-        self.mem.fail_nth.check("iommufd_should_fail(enforce_dev_resv_regions)")
+        if self.mem.fail_nth.iommufd_should_fail("iopt_table_enforce_dev_resv_regions"):
+            raise InvalidArgument("iopt_table_enforce_dev_resv_regions: injected failure")
         try:
             for r in self.core.get_resv_regions(idev.dev):
                 if r.type != ResvType.DIRECT_RELAXABLE:
@@ -499,10 +540,11 @@ class IommufdCtx:
     def access_create(self, on_unmap: Any, needs_pin: bool) -> Access:
         """``iommufd_access_create``: published at once; the driver is a user until
         :meth:`access_destroy` and the access holds the context."""
+        id = self.object_alloc("iommufd_access")
         access = Access(iova_alignment=PAGE_SIZE if needs_pin else 1, on_unmap=on_unmap)
         access.users += 1
         self.ctx_get()
-        self.add(access)
+        self.add(access, id)
         return access
 
     def access_destroy(self, access: Access) -> None:

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import KernelError, OutOfMemory
+from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory
+from ..mem.fault import xa_nodes_needed
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ ACCOUNT_NONE, ACCOUNT_USER, ACCOUNT_MM = 0, 1, 2  # IOPT_PAGES_ACCOUNT_*
 TEMP_MEMORY_LIMIT = 65536  # bytes of temporary arrays per operation (selftest-tunable)
 _BATCH_ELEMENT = 8 + 4  # sizeof(*batch->pfns) + sizeof(*batch->npfns)
 _UPAGE = 8  # sizeof(struct page *)
+_BATCH_BACKUP_BYTES = 32 * 8  # u64 backup[BATCH_BACKUP_SIZE] of the unfill paths
 _NO_PFNS = np.zeros(0, dtype=np.int64)
 
 
@@ -239,6 +241,24 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
     return out
 
 
+def temp_kmalloc(fail_nth: FailNth, size: int, limit: int, backup_len: int = 0) -> int:
+    """``temp_kmalloc``: the bytes of temporary array an operation gets for ``size``
+    asked, 0 for none (ENOMEM). Below ``backup_len`` the caller's stack buffer serves.
+    Without a backup ``iommufd_should_fail()`` may refuse first; then a ``kmalloc`` of at
+    most the temporary memory limit, and if that fails one of a page (with a backup,
+    that failing too leaves the backup). A failed first ``kmalloc`` is no error, only a
+    smaller array, so more batches or GUP calls."""
+    if size < backup_len:
+        return size
+    if not backup_len and fail_nth.iommufd_should_fail("temp_kmalloc"):
+        return 0
+    if not fail_nth.fails("kmalloc(temp_kmalloc)"):
+        return min(size, limit)
+    if backup_len:
+        return backup_len if fail_nth.fails("kmalloc(PAGE_SIZE, temp_kmalloc)") else PAGE_SIZE
+    return 0 if fail_nth.fails("kmalloc(PAGE_SIZE, temp_kmalloc)") else PAGE_SIZE
+
+
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for lo, hi in sorted(intervals):
@@ -319,6 +339,8 @@ class IoptPages:
         err: KernelError | None = None
         try:
             while index <= hi:
+                if self.fail_nth.iommufd_should_fail("pfn_reader_user_pin"):
+                    raise BadAddress("pfn_reader_user_pin: injected failure")
                 self.stats.gup_calls += 1
                 got = self.source.pin(index, min(chunk, hi - index + 1), self.writable)
                 parts.append(got)
@@ -333,8 +355,10 @@ class IoptPages:
         return (np.concatenate(parts) if parts else _NO_PFNS), err
 
     def read(self, first: int, last: int) -> tuple[I64Array, npt.NDArray[np.bool_]]:
-        """``pfn_reader`` over ``[first, last]``: the PFNs, and which of them this read
-        pinned from the origin; on an error nothing stays pinned."""
+        """``pfn_reader`` over ``[first, last]`` (its batch first, ``pfn_reader_init``):
+        the PFNs, and which of them this read pinned from the origin; on an error nothing
+        stays pinned."""
+        self._batch_init(last - first + 1)
         pfns, fresh, stop, err = self._read_prefix(first, last)
         if err is not None:
             self.release(pfns[:stop], fresh[:stop])
@@ -358,7 +382,13 @@ class IoptPages:
             elif kind == 2:
                 pfns[a:b] = self._from_domain(lo, hi)
             else:
-                chunk = chunk or max(1, min(hi - lo + 1, self._limit[0] // _UPAGE))
+                if not chunk:  # pfn_reader_user_pin's first call: user->upages
+                    size = temp_kmalloc(self.fail_nth, (hi - lo + 1) * _UPAGE,
+                                        self._limit[0])
+                    if not size:
+                        return pfns, fresh, a, OutOfMemory("pfn_reader_user_pin: no page "
+                                                           "array (temp_kmalloc)")
+                    chunk = max(1, size // _UPAGE)
                 got, err = self._pin(lo, hi, chunk)
                 pfns[a:a + len(got)] = got
                 fresh[a:a + len(got)] = True
@@ -382,15 +412,22 @@ class IoptPages:
         if self.npinned < self.last_npinned:
             self.account.uncharge(self.last_npinned - self.npinned)
         else:
-            self.fail_nth.check("iommufd_should_fail(update_pinned)")
+            if self.fail_nth.iommufd_should_fail("pfn_reader_user_update_pinned"):
+                raise OutOfMemory("pfn_reader_user_update_pinned: injected failure")
             self.account.charge(self.npinned - self.last_npinned)
         self.last_npinned = self.npinned
 
     # -- domains -----------------------------------------------------------------------
-    def _batch_cap(self, max_pages: int) -> int:
-        """``__batch_init``: PFN runs a batch holds, ``max_pages`` elements of
-        ``sizeof(ulong) + sizeof(u32)`` cut to the temporary memory limit."""
-        return max(1, min(max_pages * _BATCH_ELEMENT, self._limit[0]) // _BATCH_ELEMENT)
+    def _batch_init(self, max_pages: int, backup: bool = False) -> int:
+        """``__batch_init``: the PFN runs a batch holds, ``max_pages`` elements of
+        ``sizeof(ulong) + sizeof(u32)`` from :func:`temp_kmalloc` (cut to the temporary
+        memory limit); ENOMEM without one. ``backup``: ``batch_init_backup`` with the
+        unfill paths' 32-word stack buffer, which cannot fail."""
+        size = temp_kmalloc(self.fail_nth, max_pages * _BATCH_ELEMENT, self._limit[0],
+                            _BATCH_BACKUP_BYTES if backup else 0)
+        if not size:
+            raise OutOfMemory("batch_init: no batch array (temp_kmalloc)")
+        return max(1, size // _BATCH_ELEMENT)
 
     def _entries(self, area: IoptArea, pfns: I64Array, starts: I64Array
                  ) -> list[tuple[int, int, int]]:
@@ -411,7 +448,7 @@ class IoptPages:
         (a new domain), a batch at a time: the PFN runs of a batch mapped into each
         domain in turn (page by page with large pages disabled,
         ``batch_iommu_map_small``), then the next batch is read. A batch ends when it holds
-        :meth:`_batch_cap` runs and the next PFN does not continue the last one.
+        :meth:`_batch_init` runs and the next PFN does not continue the last one.
 
         On an error (a map, a page the origin refuses, the memlock charge) the kernel's
         unwinding runs: the failing batch's own maps go in one unmap; every domain but
@@ -419,9 +456,9 @@ class IoptPages:
         unfilled batch by batch as :meth:`unfill` does; then nothing stays mapped or
         pinned. The lab's flush policy runs on the PFNs read, before mapping."""
         first, last = area.index, area.last_index
+        cap = self._batch_init(last - first + 1)
         pfns, fresh, stop, err = self._read_prefix(first, last)
         starts = _run_starts(pfns[:stop])
-        cap = self._batch_cap(last - first + 1)
         nbatch = fill_batches(len(starts), err is None, cap)
         end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
         bounds = np.append(starts[::cap][:nbatch], end)
@@ -501,7 +538,7 @@ class IoptPages:
         (:func:`unfill_batches`); ``pfns``: what ``domain`` maps there."""
         first = area.index
         spans = self._spans(first, last)
-        for lo, hi in unfill_batches(pfns, first, spans, self._batch_cap(last + 1)):
+        for lo, hi in unfill_batches(pfns, first, spans, self._batch_init(last + 1, backup=True)):
             self._unmap_range(area, domain, lo, hi)
 
     def unmap_domain(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
@@ -529,39 +566,100 @@ class IoptPages:
 
     # -- accesses ------------------------------------------------------------------------
     def add_access(self, first: int, last: int) -> I64Array:
-        """``iopt_pages_add_access``: hold ``[first, last]`` in the xarray (shared with an
-        access of exactly the same range); the PFNs."""
+        """``iopt_area_add_access``: hold ``[first, last]`` in the xarray (shared with an
+        access of exactly the same range, which allocates nothing); else the access's
+        node (``kzalloc``) and :meth:`_fill_xarray`. The PFNs."""
         key = (first, last)
         if key in self.accesses:
             self.accesses[key] += 1
             assert self._xarray is not None
             return self._xarray[first:last + 1].copy()
-        pfns, fresh = self.read(first, last)
-        try:
-            self.update_pinned()
-        except KernelError:
-            self.release(pfns, fresh)
-            self.update_pinned()
-            raise
-        if self._xarray is None:
-            self._xarray = np.full(self.npages, -1, dtype=np.int64)
-        self._xarray[first:last + 1] = pfns
+        self.fail_nth.check("kzalloc(iopt_pages_access)")
+        pfns = self._fill_xarray(first, last)
         self.accesses[key] = 1
         return pfns
 
+    def _fill_xarray(self, first: int, last: int) -> I64Array:
+        """``iopt_pages_fill_xarray``: span by span, what another access holds is read
+        from the xarray; what a domain holds is read from it and stored; a hole is pinned
+        from the origin in one GUP call per page run it returns (the caller's page array
+        serves, no temporary one) and stored. Then the pins are charged. On an error the
+        hole being pinned is unpinned and what was stored so far taken out again
+        (:meth:`_unfill_xarray`). One numpy pass per span."""
+        pfns = np.empty(last - first + 1, dtype=np.int64)
+        xa_end = first
+        try:
+            for kind, lo, hi in self._spans(first, last):
+                a, b = lo - first, hi - first + 1
+                if kind == 1:
+                    assert self._xarray is not None
+                    pfns[a:b] = self._xarray[lo:hi + 1]
+                    continue
+                if kind == 2:
+                    pfns[a:b] = self._from_domain(lo, hi)
+                    self._pages_to_xarray(lo, pfns[a:b])
+                else:
+                    got, err = self._pin(lo, hi, hi - lo + 1)  # iopt_pages_fill_from_mm
+                    if err is None:
+                        try:
+                            self._pages_to_xarray(lo, got)
+                        except KernelError as e:
+                            err = e
+                    if err is not None:
+                        self._unpin(got)  # iopt_pages_err_unpin
+                        raise err
+                    pfns[a:b] = got
+                xa_end = hi + 1
+            self.update_pinned()
+        except KernelError:
+            if xa_end != first:
+                self._unfill_xarray(first, xa_end - 1)
+            if not self.accesses:
+                self._xarray = None
+            raise
+        return pfns
+
+    def _pages_to_xarray(self, first: int, pfns: I64Array) -> None:
+        """``pages_to_xarray``: store ``pfns`` from index ``first``, the xarray's nodes as
+        it needs them; half way ``iommufd_should_fail()`` gives EINVAL, and what was
+        stored is cleared again."""
+        if self._xarray is None:
+            self._xarray = np.full(self.npages, -1, dtype=np.int64)
+        present = np.flatnonzero(self._xarray >= 0)
+        half = first + len(pfns) // 2
+        self.fail_nth.xa_nodes("pages->pinned_pfns",
+                               xa_nodes_needed(present, first, half - 1))
+        if self.fail_nth.iommufd_should_fail("pages_to_xarray"):
+            raise InvalidArgument("pages_to_xarray: injected failure")
+        stored = np.union1d(present, np.arange(first, half, dtype=np.int64))
+        self.fail_nth.xa_nodes("pages->pinned_pfns",
+                               xa_nodes_needed(stored, half, first + len(pfns) - 1))
+        self._xarray[first:first + len(pfns)] = pfns
+
     def remove_access(self, first: int, last: int) -> None:
-        """``iopt_pages_remove_access``: the last user of the range unpins what nothing
-        else holds (``iopt_pages_unfill_xarray``)."""
+        """``iopt_area_remove_access``: the last user of the range unpins what nothing
+        else holds (:meth:`_unfill_xarray`)."""
         key = (first, last)
         self.accesses[key] -= 1
         if self.accesses[key]:
             return
         del self.accesses[key]
+        self._unfill_xarray(first, last)
+
+    def _unfill_xarray(self, first: int, last: int) -> None:
+        """``iopt_pages_unfill_xarray`` of ``[first, last]`` (no longer an access of its
+        own): a hole's pages are unpinned and cleared (through a batch,
+        ``batch_init_backup``, which cannot fail), a domain's only cleared, another
+        access's kept; then the pins given back are uncharged."""
         assert self._xarray is not None
+        batch = False
         for kind, lo, hi in self._spans(first, last):
             if kind == 1:
                 continue
             if kind == 0:
+                if not batch:
+                    self._batch_init(last - first + 1, backup=True)
+                    batch = True
                 self._unpin(self._xarray[lo:hi + 1].copy())
             self._xarray[lo:hi + 1] = -1
         if not self.accesses:
