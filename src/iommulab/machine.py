@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .devices import DmaDevice
-from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry
+from .errors import BadFileDescriptor, InvalidArgument, KernelError, NoDevice, NoEntry
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
@@ -234,7 +234,11 @@ class Machine:
         sid = next(self._mock_sids)
         self.driver.device_flags[sid] = flags
         dev = DmaDevice(f"mock{sid:#x}", self.mem, self.translator, sid)
-        self.core.probe_device(dev)
+        try:
+            self.core.probe_device(dev)
+        except KernelError:
+            self.driver.device_flags.pop(sid, None)  # device_add failed: mock_dev freed
+            raise
         return dev
 
     def remove_device(self, dev: DmaDevice) -> None:

@@ -42,7 +42,7 @@ def snapshot(m: Machine, procs: list[Process]) -> State:
         "frames": m.mem.frames.total_frames - m.mem.frames.free_frames - m.mem.iommu_pages,
         "pins": _pins(m),
         "anon": int(m.mem.anon.maps.total),
-        "users": {uid: u.locked_vm for uid, u in m.users.items()},
+        "users": {uid: u.locked_vm for uid, u in m.users.items() if u.locked_vm},
         "procs": [_proc(p) for p in procs],
         "files": {id(f): _file(f) for f in files},
         "ctxs": [_ctx(c) for c in ctxs],
@@ -220,8 +220,7 @@ def _domain(d: IommuDomain) -> tuple[Any, ...]:
         leaves: Any = [(iova, size, pte) for iova, size, leaf, pte in pgtbl.iter_entries()
                        if leaf]
     elif isinstance(d.ops, MockDomainOps):
-        idx, vals = d.ops.pfns.present(0, 1 << 52)
-        leaves = (_digest(idx), _digest(vals))
+        leaves = sorted((c, _digest(a)) for c, a in d.ops.pfns._chunks.items())
     else:
         leaves = None
     tracking = getattr(d.dirty_ops, "tracking", None)

@@ -526,6 +526,7 @@ class MockIommu:
 
     def release_device(self, dev: _MockDev) -> None:
         self.hw.domains.pop(dev.sid, None)
+        self.device_flags.pop(dev.sid, None)  # the mock_dev is gone with its flags
 
     def get_resv_regions(self, dev: _MockDev) -> list[ResvRegion]:
         return []
@@ -538,13 +539,15 @@ class MockIommu:
 
     def domain_alloc_paging(self, dev: _MockDev | None = None,
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
-        """6.12 ``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA.
+        """6.12 ``mock_domain_alloc_paging``: the domain (``kzalloc``), the aperture, 2K
+        pages, 1M with HUGE_IOVA.
         7.0 has no such op: ``iommu_paging_domain_alloc`` calls
         :meth:`domain_alloc_paging_flags` without flags or data."""
         if self.kernel >= LINUX_7_0:
             domain = self.domain_alloc_paging_flags(dev, 0)
             domain.type = type
             return domain
+        self.hw.fail_nth.check("kzalloc(mock_iommu_domain)")
         domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
                              DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True),
                              kernel=self.kernel)

@@ -353,7 +353,7 @@ class IommufdFile(VfioFile):
         if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
             raise InvalidArgument(f"HWPT_ALLOC: data_type {data_type} with {data_len} bytes")
         idev: Device = self.ctx.get(dev_id, Device)
-        self.ctx.get_object_should_fail(InvalidArgument)
+        self.ctx.get_object_should_fail(InvalidArgument, "iommufd_hwpt_alloc")
         pt = self.ctx.objects.get(pt_id)
         if pt is None:  # iommufd_get_object's ENOENT becomes EINVAL here
             raise InvalidArgument(f"HWPT_ALLOC: no object {pt_id}")

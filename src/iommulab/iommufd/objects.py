@@ -230,10 +230,12 @@ class IommufdCtx:
             raise NoEntry(f"no {kind.__name__} with id {id}")
         return obj
 
-    def get_object_should_fail(self, refused: type[KernelError] = NoEntry) -> None:
+    def get_object_should_fail(self, refused: type[KernelError] = NoEntry,
+                               caller: str = "") -> None:
         """``iommufd_get_object``'s ``iommufd_should_fail()``: ENOENT, or the error the
-        caller turns it into (``refused``)."""
-        if self.mem.fail_nth.iommufd_should_fail("iommufd_get_object"):
+        ``caller`` turns it into (``refused``)."""
+        site = f"{caller}: iommufd_get_object" if caller else "iommufd_get_object"
+        if self.mem.fail_nth.iommufd_should_fail(site):
             raise refused("iommufd_get_object: injected failure")
 
     def destroy(self, id: int) -> None:
@@ -449,7 +451,7 @@ class IommufdCtx:
         else:
             raise InvalidArgument(f"attach: object {pt_id} is not an IOAS or a HWPT")
         if old is not None and old is not new:
-            self._drop_device(old, idev)
+            self._drop_device(old, idev, keep_resv=old.ioas is new.ioas)
         return new.id
 
     def _auto_get_domain(self, idev: Device, ioas: Ioas) -> HwptPaging:
@@ -471,25 +473,33 @@ class IommufdCtx:
         return hwpt
 
     def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
-        """``iommufd_hw_pagetable_attach``: coherency, the device's reserved regions into
-        the IOAS, then the group onto the domain."""
+        """``iommufd_hw_pagetable_attach`` (or, for an attached device,
+        ``iommufd_device_do_replace``): coherency, the device's reserved regions into the
+        IOAS, then the group onto the domain. A replace within the same IOAS keeps the
+        reservations the device has there and makes none
+        (``iommufd_group_do_replace_reserved_iova``)."""
         if idev.enforce_cache_coherency:
             self._enforce_cc(hwpt)
-        self._attach_domain(idev, hwpt)
+        same_ioas = idev.hwpt is not None and idev.hwpt.ioas is hwpt.ioas
+        self._attach_domain(idev, hwpt, reserve=not same_ioas)
         hwpt.devices.append(idev)
         hwpt.users += 1
         idev.hwpt = hwpt
 
-    def _attach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+    def _attach_domain(self, idev: Device, hwpt: HwptPaging, reserve: bool = True) -> None:
+        """The device's reserved regions into the HWPT's IOAS (unless ``reserve`` is
+        False), the attach handle (``kzalloc``), the group onto the domain."""
         iopt = hwpt.ioas.iopt
-        self._enforce_resv_regions(idev, iopt)
+        if reserve:
+            self._enforce_resv_regions(idev, iopt)
         try:
             group = idev.dev.group
             assert group is not None
             self.mem.fail_nth.check("kzalloc(iommufd_attach_handle)")
             self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
-            iopt.space.remove_reservations(idev)
+            if reserve:
+                iopt.space.remove_reservations(idev)
             raise
 
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
@@ -519,10 +529,13 @@ class IommufdCtx:
             return
         self._drop_device(hwpt, idev, detach=True)
 
-    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False) -> None:
+    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False,
+                     keep_resv: bool = False) -> None:
+        """The device off ``hwpt``: detached, or (a replace) its reservations out of the
+        old IOAS unless it stays in it (``keep_resv``)."""
         if detach:
             self._detach_domain(idev, hwpt)
-        else:
+        elif not keep_resv:
             hwpt.ioas.iopt.space.remove_reservations(idev)
         hwpt.devices.remove(idev)
         hwpt.users -= 1
