@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from iommulab.iommufd import uapi as iu
 from iommulab.iommufd.selftest import (
@@ -61,7 +62,7 @@ class Fd(Selftest):
 
 
 # -- building blocks --------------------------------------------------------------------------
-def _iommufd(platform: str, kernel: str, **proc: object) -> World:
+def _iommufd(platform: str, kernel: str, **proc: Any) -> World:
     """A world with /dev/iommu open (``h["t"]``), a populated 256K buffer (``h["buf"]``)
     and, off the mock, two vfio-pci devices."""
     w = new_world(platform, kernel, devices=0 if platform == "mock" else 2, **proc)
@@ -112,9 +113,10 @@ def _attach_pt(w: World, cdev: int, pt_id: int) -> int:
 
 
 def _ioas(domains: int = 0, mapped: bool = False, *, limit: int = 0,
-          **proc: object) -> Callable[[str, str], World]:
-    """An IOAS (``h["ioas"]``) with ``domains`` devices attached and, if ``mapped``, the
-    buffer mapped at IOVA (after the domains, so they are filled by the map)."""
+          **proc: Any) -> Callable[[str, str], World]:
+    """An IOAS (``h["ioas"]``) with ``domains`` devices attached (two on two domains)
+    and, if ``mapped``, the buffer mapped at IOVA (after the domains, so they are filled
+    by the map)."""
     def setup(platform: str, kernel: str) -> World:
         w = _iommufd(platform, kernel, **proc)
         t = _t(w)
@@ -122,6 +124,12 @@ def _ioas(domains: int = 0, mapped: bool = False, *, limit: int = 0,
             t.set_temp_memory_limit(limit)
         w.h["ioas"] = t.ioas_alloc()
         w.h["devs"] = [_attach(w, w.h["ioas"], i) for i in range(domains)]
+        if domains == 2:  # the second device on a HWPT of its own: two domains
+            hwpt = t.hwpt_alloc(w.h["devs"][1][0], w.h["ioas"])
+            if platform == "mock":
+                t.mock_domain_replace(w.h["stdevs"][1], hwpt)
+            else:
+                _attach_pt(w, w.h["cdevs"][1], hwpt)
         if mapped:
             t.map_fixed(w.h["ioas"], w.h["buf"], BUF, IOVA)
         return w

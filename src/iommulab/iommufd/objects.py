@@ -693,6 +693,8 @@ class IommufdCtx:
                 _copy_user(src.mm, src.uptr + byte0, chunk, write)
                 return
             if first == last_index and not src.mm.gone:  # iopt_pages_rw_page
+                if self.mem.fail_nth.iommufd_should_fail("iopt_pages_rw_page"):
+                    raise InvalidArgument("iopt_pages_rw_page: injected failure")
                 page = src.uptr + first * PAGE_SIZE
                 pfns = src.mm.pin_user_pages(page, 1, write)
                 try:
