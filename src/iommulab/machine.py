@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .devices import DmaDevice
-from .errors import BadFileDescriptor, InvalidArgument, NoDevice, NoEntry, kernel_error
+from .errors import (
+    BadFileDescriptor,
+    InvalidArgument,
+    KernelError,
+    NoDevice,
+    NoEntry,
+    kernel_error,
+)
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
@@ -106,6 +113,8 @@ class Machine:
         self.kernel = KernelVersion.parse(kernel)
         self.seed = seed
         self.mem = PhysMem(ram, ram_base=ram_base)
+        # the mock platform is a CONFIG_IOMMUFD_TEST kernel: iommufd_should_fail() points
+        self.mem.fail_nth.iommufd_test = platform == "mock"
         self.clock = Clock()
         self.module_params: dict[str, int] = {
             "vfio_iommu_type1.dma_entry_limit": 65535,
@@ -252,7 +261,11 @@ class Machine:
         sid = next(self._mock_sids)
         self.driver.device_flags[sid] = flags
         dev = DmaDevice(f"mock{sid:#x}", self.mem, self.translator, sid)
-        self.core.probe_device(dev)
+        try:
+            self.core.probe_device(dev)
+        except KernelError:
+            self.driver.device_flags.pop(sid, None)  # device_add failed: mock_dev freed
+            raise
         return dev
 
     def remove_device(self, dev: DmaDevice) -> None:

@@ -221,9 +221,11 @@ def _scattered(t: Selftest, npages: int) -> int:
 @pytest.mark.parametrize("kernel", ["6.12", "7.0"])
 def test_fill_and_unfill_a_batch_at_a_time(kernel: str) -> None:
     """SET_TEMP_MEMORY_LIMIT 48: batches of 4 PFN runs. A 10-run area is mapped with 10
-    ``iommu_map`` calls in 3 batches and, with nothing else holding its pages, unmapped
-    with 3 ``iommu_unmap`` calls (``__iopt_area_unfill_domain``); a second domain is
-    unmapped in one call (``iopt_area_unmap_domain``)."""
+    ``iommu_map`` calls in 3 batches. Unmapped with nothing else holding its pages, it
+    goes in one ``iommu_unmap`` (``__iopt_area_unfill_domain``): the unfill batch of
+    ``last_index + 1`` = 10 entries (120 bytes) fits the 256-byte stack backup, which
+    ``temp_kmalloc`` returns before looking at the limit; a second domain is unmapped in
+    one call (``iopt_area_unmap_domain``)."""
     t = Selftest(kernel=kernel)
     ioas = t.ioas_alloc()
     t.mock_domain(ioas)
@@ -238,7 +240,7 @@ def test_fill_and_unfill_a_batch_at_a_time(kernel: str) -> None:
     second = int(u.HWPT_ALLOC.unpack(out)[4])  # filled from the first: batches again
     assert (stats.map_calls, stats.batches) == (20, 6)
     assert t.unmap(ioas, MOCK_APERTURE_START, 10 * PAGE_SIZE) == 10 * PAGE_SIZE
-    assert stats.unmap_calls == 1 + 3
+    assert stats.unmap_calls == 1 + 1
     t.destroy(second)
     t.close()
 
@@ -265,7 +267,8 @@ def test_a_run_held_partly_by_an_access_is_mapped_whole() -> None:
 
 def test_a_failed_fill_unwinds_as_the_kernel_does() -> None:
     """Every allocation point of an IOAS_MAP into two mock domains failed in turn
-    (fail_nth): the kernel's unwinding (the failing batch's own maps, every domain but the
+    (fail_nth; one the kernel absorbs maps all the same and is unmapped again): the
+    kernel's unwinding (the failing batch's own maps, every domain but the
     last up to where it got, the last one batch by batch) leaves nothing mapped or pinned
     and never unmaps part of a map (the mock WARNs on that)."""
     t = Selftest()
@@ -292,7 +295,10 @@ def test_a_failed_fill_unwinds_as_the_kernel_does() -> None:
             continue
         finally:
             fail_nth.disarm()
-        break
+        if not fail_nth.triggered:
+            break
+        # a failure the kernel absorbs (a smaller temporary array): mapped all the same
+        assert t.unmap(ioas, MOCK_APERTURE_START, 10 * PAGE_SIZE) == 10 * PAGE_SIZE
     assert failures >= 20  # the 20 map calls at least
     assert t.unmap(ioas, MOCK_APERTURE_START, 10 * PAGE_SIZE) == 10 * PAGE_SIZE
     assert not any(d.warnings for d in domains)

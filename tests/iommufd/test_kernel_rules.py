@@ -13,6 +13,7 @@ from iommulab import Machine
 from iommulab.iommufd import uapi as u
 from iommulab.vfio import uapi as v
 
+from ..failnth.sweep import site_errno
 from ..helpers import expect_errno, make_host
 from .selftest_lib import (
     BUFFER_SIZE,
@@ -614,8 +615,8 @@ def test_map_file_takes_the_file_only_once_its_pages_exist() -> None:
 @pytest.mark.parametrize("memfd", [True, False], ids=["memfd", "other-file"])
 def test_map_file_fail_nth_leaves_the_file_references_as_they_were(memfd: bool) -> None:
     """Every allocation point of an IOAS_MAP_FILE (7.0) failed in turn, the kernel's
-    fail_nth sweep: ENOMEM, nothing mapped or pinned, and the file's reference count as
-    before the call (the pages take theirs only once ``iopt_alloc_pages`` succeeded and
+    fail_nth sweep: the point's errno, nothing mapped or pinned, and the file's reference
+    count as before the call (the pages take theirs only once ``iopt_alloc_pages`` succeeded and
     drop it when the map fails); the map then succeeds and holds one reference."""
     t = Selftest(kernel="7.0")
     ioas = t.ioas_alloc()
@@ -634,13 +635,16 @@ def test_map_file_fail_nth_leaves_the_file_references_as_they_were(memfd: bool) 
         try:
             t.map_file(ioas, fd, 0, 4 * PAGE_SIZE, MOCK_APERTURE_START, RW | FIXED)
         except OSError as e:
-            assert e.errno == errno.ENOMEM and fail_nth.triggered
+            assert fail_nth.fired is not None and e.errno == site_errno(fail_nth.fired)
             assert refs() == 1 and not iopt.areas() and t.m.mem.pins.pins == 0
             failures += 1
             continue
         finally:
             fail_nth.disarm()
-        break
+        if not fail_nth.triggered:
+            break
+        assert refs() == 2  # a failure the kernel absorbs: mapped all the same
+        assert t.unmap(ioas, 0, (1 << 64) - 1) == 4 * PAGE_SIZE
     assert failures >= 2 and refs() == 2
     assert t.unmap(ioas, 0, (1 << 64) - 1) == 4 * PAGE_SIZE
     assert refs() == 1
@@ -690,14 +694,15 @@ def test_allow_iovas_allocates_a_node_per_range_once_it_is_checked() -> None:
             fail_nth.disarm()
 
     ranges = [(4 * PAGE_SIZE, 5 * PAGE_SIZE - 1), (8 * PAGE_SIZE, 9 * PAGE_SIZE - 1)]
-    for nth in (1, 2):
+    expect_errno(errno.ENOENT, allow, ranges, 1)  # iommufd_get_ioas's should_fail point
+    for nth in (2, 3):
         expect_errno(errno.ENOMEM, allow, ranges, nth)
         assert fail_nth.triggered and space.allowed == [(PAGE_SIZE, 2 * PAGE_SIZE - 1)]
     bad = [ranges[0], (PAGE_SIZE, PAGE_SIZE)]
-    expect_errno(errno.ENOMEM, allow, bad, 1)
-    expect_errno(errno.EINVAL, allow, bad, 2)
+    expect_errno(errno.ENOMEM, allow, bad, 2)
+    expect_errno(errno.EINVAL, allow, bad, 3)
     assert not fail_nth.triggered
-    allow(ranges, 3)
+    allow(ranges, 4)
     assert not fail_nth.triggered and space.allowed == ranges
     t.close()
 

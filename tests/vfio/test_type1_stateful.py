@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from iommulab import Machine
 from iommulab.vfio import uapi as u
 
+from ..failnth.sweep import SWALLOWED
 from .vm import Vm
 
 UNIT = 1 << 16  # IOVAs, sizes and buffer offsets are multiples of 64K ...
@@ -125,7 +126,7 @@ test_type1_v2_against_the_plain_model = Type1V2Machine.TestCase
 def test_fail_nth_through_map_leaves_nothing_behind(platform: str, backing: str,
                                                    injected: int) -> None:
     """Fail the 1st, 2nd, ... allocation of a MAP_DMA (the vfio_dma, the page fault, every
-    page-table page) until the map succeeds: each failure leaves the mappings, pins and
+    page-table page) until the map succeeds untouched: each failure leaves the mappings, pins and
     locked_vm exactly as they were, and the map after it works. VT-d as in 7.0: 6.12
     leaves what a failed intel_iommu_map_pages wrote mapped (tests/drivers/vtd)."""
     kernel = "7.0" if platform == "x86-vtd" else "6.12"
@@ -159,8 +160,12 @@ def test_fail_nth_through_map_leaves_nothing_behind(platform: str, backing: str,
             continue
         finally:
             fail.disarm()
-        assert not fail.triggered
-        break
+        if not fail.triggered:
+            break
+        # a failure the kernel absorbs (an xarray node retried, a one-page vfio_batch):
+        # mapped all the same
+        assert fail.fired is not None and fail.fired.startswith(SWALLOWED), fail.fired
+        assert vm.unmap(target, 4 << 20) == 4 << 20
     else:
         pytest.fail("MAP_DMA never succeeded")
     assert nth > 2 and injected in seen

@@ -79,6 +79,14 @@ _EMPTY = np.uint64(_U64)  # no xarray value can be all ones (flags stop at bit 5
 _CHUNK_SHIFT = 12  # 4096 slots (8 MiB of IOVA) per chunk
 
 
+def _xa_height(index: int) -> int:
+    """Levels of 64 slots an xarray needs to hold ``index``."""
+    height = 1
+    while index >> (6 * height):
+        height += 1
+    return height
+
+
 class MockPfns:
     """The domain's xarray of slot values, kept as numpy chunks of 4096 slots."""
 
@@ -147,6 +155,46 @@ class MockPfns:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
         return np.concatenate(idx), np.concatenate(vals)
 
+    def xa_nodes(self, first: int, n: int) -> int:
+        """The xarray nodes ``xa_store`` allocates to fill ``[first, first + n)``: one per
+        64-slot chunk at each level that holds no slot yet, and the new top levels when
+        the tree grows (see :func:`~iommulab.mem.fault.xa_nodes_needed`). The level-1
+        chunks are read from the touched arrays, the others from the array keys."""
+        last = first + n - 1
+        keys = np.array(sorted(self._chunks), dtype=np.int64)
+        top = 0
+        if len(keys):
+            arr = self._chunks[int(keys[-1])]
+            top = int(keys[-1] << _CHUNK_SHIFT) + int(np.flatnonzero(arr != _EMPTY)[-1])
+        h_before = _xa_height(top) if self.count else 0
+        h_after = _xa_height(max(top, last))
+        nodes = 0
+        for level in range(1, h_after + 1):
+            shift = 6 * level
+            lo, hi = first >> shift, last >> shift
+            if level == 1:
+                have = self._present_blocks(lo, hi)
+            else:
+                have = int(np.count_nonzero(np.unique(keys >> (shift - _CHUNK_SHIFT)) >= lo)
+                           - np.count_nonzero(np.unique(keys >> (shift - _CHUNK_SHIFT)) > hi))
+            nodes += hi - lo + 1 - (have if level <= h_before else 0)
+            if h_before < level and self.count and lo:  # the old tree under a new root
+                nodes += 1
+        return nodes
+
+    def _present_blocks(self, lo: int, hi: int) -> int:
+        """How many 64-slot blocks ``lo..hi`` hold a slot."""
+        out = 0
+        per = 1 << (_CHUNK_SHIFT - 6)
+        for c in range(lo // per, hi // per + 1):
+            chunk = self._chunks.get(c)
+            if chunk is None:
+                continue
+            used = (chunk != _EMPTY).reshape(per, 64).any(axis=1)
+            a, b = max(lo, c * per) - c * per, min(hi, c * per + per - 1) - c * per
+            out += int(np.count_nonzero(used[a:b + 1]))
+        return out
+
     def update(self, idx: npt.NDArray[np.int64], values: U64Array) -> None:
         """Rewrite occupied slots ``idx`` (from :meth:`present`) with ``values``."""
         chunks = idx >> _CHUNK_SHIFT
@@ -173,13 +221,14 @@ class MockDomainOps:
                   prot: int, gfp: int) -> int:
         """``mock_domain_map_pages``: one slot per 2K; START on the first, LAST on the last,
         HUGE on all when ``pgsize`` is not 2K. ``iommufd_should_fail`` gives ENOENT."""
-        if self.fail_nth.fails("iommufd_should_fail(mock_domain_map_pages)"):
+        if self.fail_nth.iommufd_should_fail("mock_domain_map_pages"):
             raise NoEntry("mock_domain_map_pages: injected failure")
         if iova % MOCK_IO_PAGE_SIZE:
             domain.warnings["mock_domain_map_pages: iova not 2K aligned"] += 1
         if pgsize % MOCK_IO_PAGE_SIZE:
             domain.warnings["mock_domain_map_pages: pgsize not a multiple of 2K"] += 1
         n = pgsize * pgcount >> _SHIFT
+        self.fail_nth.xa_nodes("mock->pfns", self.pfns.xa_nodes(iova >> _SHIFT, n))
         values = np.arange(paddr >> _SHIFT, (paddr >> _SHIFT) + n, dtype=np.uint64)
         values[0] |= np.uint64(MOCK_PFN_START_IOVA)
         values[-1] |= np.uint64(MOCK_PFN_LAST_IOVA)
@@ -477,6 +526,7 @@ class MockIommu:
 
     def release_device(self, dev: _MockDev) -> None:
         self.hw.domains.pop(dev.sid, None)
+        self.device_flags.pop(dev.sid, None)  # the mock_dev is gone with its flags
 
     def get_resv_regions(self, dev: _MockDev) -> list[ResvRegion]:
         return []
@@ -489,13 +539,15 @@ class MockIommu:
 
     def domain_alloc_paging(self, dev: _MockDev | None = None,
                             type: DomainType = DomainType.UNMANAGED) -> IommuDomain:
-        """6.12 ``mock_domain_alloc_paging``: the aperture, 2K pages, 1M with HUGE_IOVA.
+        """6.12 ``mock_domain_alloc_paging``: the domain (``kzalloc``), the aperture, 2K
+        pages, 1M with HUGE_IOVA.
         7.0 has no such op: ``iommu_paging_domain_alloc`` calls
         :meth:`domain_alloc_paging_flags` without flags or data."""
         if self.kernel >= LINUX_7_0:
             domain = self.domain_alloc_paging_flags(dev, 0)
             domain.type = type
             return domain
+        self.hw.fail_nth.check("kzalloc(mock_iommu_domain)")
         domain = IommuDomain(type, MockDomainOps(self.hw.fail_nth), MOCK_IO_PAGE_SIZE,
                              DomainGeometry(MOCK_APERTURE_START, MOCK_APERTURE_LAST, True),
                              kernel=self.kernel)

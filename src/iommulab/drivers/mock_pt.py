@@ -144,9 +144,10 @@ def _pt_ops(domain: IommuDomain) -> MockPtDomainOps:
 
 def mock_domain_alloc_pgtable(mem: PhysMem, cfg: HwptSelftest, dirty: bool,
                               kernel: KernelVersion) -> IommuDomain:
-    """``mock_domain_alloc_pgtable``: EOPNOTSUPP for a page-table type other than DEFAULT
-    and HUGE; ENOMEM when the top table cannot be had. See the module docstring for
-    the two types' page sizes and apertures."""
+    """``mock_domain_alloc_pgtable``: the domain (``kzalloc``), then EOPNOTSUPP for a
+    page-table type other than DEFAULT and HUGE; ENOMEM when the top table cannot be
+    had. See the module docstring for the two types' page sizes and apertures."""
+    mem.fail_nth.check("kzalloc(mock_iommu_domain)")
     if cfg.pagetable_type not in (MOCK_IOMMUPT_DEFAULT, MOCK_IOMMUPT_HUGE):
         raise NotSupported(f"mock: pagetable_type {cfg.pagetable_type}")
     domain = IommuDomain(DomainType.UNMANAGED, kernel=kernel)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..errors import BadAddress, DmaFault, InvalidArgument, NotSupported
+from ..errors import BadAddress, DmaFault, InvalidArgument, NotSupported, OutOfMemory
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from ..iommu.pgtbl_domain import PgtblDomainOps
@@ -412,7 +412,10 @@ class IntelIommu:
         master.unit.contexts.pop(master.sid, None)
 
     def get_resv_regions(self, master: _Master) -> list[ResvRegion]:
-        """``intel_iommu_get_resv_regions`` with no RMRRs: the IOAPIC/MSI range."""
+        """``intel_iommu_get_resv_regions`` with no RMRRs: the IOAPIC/MSI range, left out
+        when its ``iommu_alloc_resv_region`` fails (no error is reported)."""
+        if self.hw.mem.fail_nth.fails("iommu_alloc_resv_region(IOAPIC)"):
+            return []
         return [ResvRegion(IOAPIC_RANGE_START, IOAPIC_RANGE_END - IOAPIC_RANGE_START + 1,
                            Prot(0), ResvType.MSI)]
 
@@ -427,6 +430,7 @@ class IntelIommu:
         first unit's without a device)."""
         if self.generic_pt:
             return self.domain_alloc_paging_flags(master, 0, type=type)
+        self.hw.mem.fail_nth.check("kzalloc(dmar_domain)")  # alloc_domain
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
         self._legacy_domain(domain, width, vtd_levels_for(width), SZ_4K, 0, max_addr=0)
@@ -460,6 +464,7 @@ class IntelIommu:
         if flags & HWPT_ALLOC_DIRTY_TRACKING:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need "
                                "second-stage dirty tracking, which legacy mode lacks")
+        self.hw.mem.fail_nth.check("kzalloc(dmar_domain)")  # paging_domain_alloc
         domain = IommuDomain(type, kernel=self.kernel)
         if self.generic_pt:
             self._second_stage_domain(domain, unit)
@@ -508,8 +513,10 @@ class IntelIommu:
     # -- attach ------------------------------------------------------------------------------------
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
         """``intel_iommu_attach_device``: block the device (``device_block_translation``),
-        check the domain fits the unit (EINVAL, the device left blocked), then point
-        the context entry at the tables (blocked: no context entry)."""
+        check the domain fits the unit (EINVAL, the device left blocked), then
+        ``dmar_domain_attach_device``: the domain's reference on the unit (its first takes
+        an ``iommu_domain_info``), the context entry at the tables (blocked: no context
+        entry), the cache tag (``kzalloc``; ENOMEM blocks the device again)."""
         if domain.type == DomainType.IDENTITY:
             raise InvalidArgument("the model's VT-d has no pass-through context")
         unit = master.unit
@@ -520,8 +527,11 @@ class IntelIommu:
             self._prepare_domain_attach_device(ops, master)
         elif isinstance(ops, _SsDomain):
             self._paging_domain_compatible(ops, master)
+        fail = self.hw.mem.fail_nth
         if isinstance(ops, _DmarDomain):
             new_unit = not ops.attached_through(unit)  # domain_attach_iommu's first reference
+            if new_unit:
+                fail.check("kzalloc(iommu_domain_info)")
             ops.devices.append(master)
             if new_unit and isinstance(ops, _LegacyDomain):
                 self._domain_update_iommu_cap(ops)
@@ -530,6 +540,11 @@ class IntelIommu:
         if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
             unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, len(domain.pgtbl.format.levels))
         master.domain = domain
+        if isinstance(ops, _DmarDomain) and fail.fails("kzalloc(cache_tag)"):
+            # cache_tag_assign_domain failed: device_block_translation
+            self._detach(master)
+            unit.contexts.pop(master.sid, None)
+            raise OutOfMemory("cache_tag_assign_domain: injected failure")
 
     def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
         """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping

@@ -134,7 +134,8 @@ class IommuCore:
 
     # -- probe / release ------------------------------------------------------------------------
     def probe_device(self, dev: DmaDevice, group: IommuGroup | None = None) -> IommuGroup:
-        """``__iommu_probe_device``: probe, join ``group`` (or a new one), default domain.
+        """``__iommu_probe_device``: probe (its ``dev_iommu``), join ``group`` (or a new
+        one: ``iommu_group`` and ``group_device`` allocated), default domain.
 
         The first device of a group allocates its default domain (DMA_FQ
         unless ``strict``) and a DMA cookie, or takes the driver's static
@@ -151,9 +152,18 @@ class IommuCore:
         if dev.dev_iommu is not None:
             raise InvalidArgument(f"{dev.name} is already probed (group "
                                   f"{dev.group.id if dev.group else '?'})")
+        fail = dev.mem.fail_nth
+        fail.check("kzalloc(dev_iommu)")  # dev_iommu_get
         master = self.driver.probe_device(dev.sid)
-        dev.dev_iommu = DevIommu(self.driver, master)
         new_group = group is None
+        try:
+            if new_group:
+                fail.check("kzalloc(iommu_group)")  # the driver's device_group
+            fail.check("kzalloc(group_device)")  # iommu_group_alloc_device
+        except KernelError:
+            self.driver.release_device(master)
+            raise
+        dev.dev_iommu = DevIommu(self.driver, master)
         if group is None:
             group = IommuGroup(self, next(i for i in range(len(self.groups) + 1)
                                           if i not in self.groups))

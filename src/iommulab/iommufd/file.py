@@ -373,6 +373,7 @@ class IommufdFile(VfioFile):
         if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
             raise InvalidArgument(f"HWPT_ALLOC: data_type {data_type} with {data_len} bytes")
         idev: Device = self.ctx.get(dev_id, Device)
+        self.ctx.get_object_should_fail(InvalidArgument, "iommufd_hwpt_alloc")
         pt = self.ctx.objects.get(pt_id)
         if pt is None:  # iommufd_get_object's ENOENT becomes EINVAL here
             raise InvalidArgument(f"HWPT_ALLOC: no object {pt_id}")
@@ -475,6 +476,9 @@ class IommufdFile(VfioFile):
         ops = domain.dirty_ops
         if ops is None:
             raise NotSupported(f"GET_DIRTY_BITMAP: {domain!r} cannot track dirty pages")
+        fail = self.machine.mem.fail_nth
+        fail.check("kzalloc(iova_bitmap)")  # iova_bitmap_alloc: ENOMEM whatever failed
+        fail.check("__get_free_page(iova_bitmap pages)")
         areas, done = iopt.contig_run(iova, last)
         if not length:  # 7.0 with iova 0: the bitmap reaches as far as the areas do
             length = max((a.last + 1 for a in areas), default=iova + 1) - iova
@@ -705,4 +709,5 @@ def _hw_info(machine: Machine, master: Any, in_type: int) -> tuple[int, bytes]:
         return u.IOMMU_HW_INFO_TYPE_NONE, b""
     if in_type not in (u.IOMMU_HW_INFO_TYPE_DEFAULT, own):
         raise NotSupported(f"GET_HW_INFO: data type {in_type:#x}; this IOMMU reports {own:#x}")
+    machine.mem.fail_nth.check("kzalloc(hw_info)")  # the driver's copy of its info
     return own, data

@@ -15,6 +15,8 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from ..errors import (
     AddressInUse,
     AlreadyExists,
@@ -27,6 +29,7 @@ from ..errors import (
     kernel_error,
 )
 from ..iommu.domain import IommuDomain
+from ..mem.fault import xa_nodes_needed
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
 from .area import IoptArea
@@ -65,7 +68,7 @@ class IoPagetable:
     """One IOAS's table: :class:`IovaSpace` plus domains and accesses."""
 
     def __init__(self, fail_nth: FailNth, cache_flush: CacheFlush | None = None) -> None:
-        self.space = IovaSpace()
+        self.space = IovaSpace(fail_nth=fail_nth)
         self.domains: list[IommuDomain] = []  # dense, as the xarray is kept
         self.noncoherent: list[IommuDomain] = []  # lab: domains not enforcing coherency
         self.cache_flush = cache_flush
@@ -84,10 +87,13 @@ class IoPagetable:
     def map_pages(self, slices: list[PagesSlice], iova: int, prot: int, *, fixed: bool,
                   addr: int) -> int:
         """``iopt_map_pages``: one area per slice (new pages, or another area's for COPY),
-        back to back from ``iova`` (or from an automatic IOVA aligned like ``addr``), then
-        every domain filled; the IOVA used. On error nothing is left."""
+        all allocated first, back to back from ``iova`` (or from an automatic IOVA
+        aligned like ``addr``), then every domain filled; the IOVA used. On error nothing
+        is left."""
         length = sum(s.length for s in slices)
         space = self.space
+        for _ in slices:  # iopt_alloc_area_pages: every area before any check
+            self.fail_nth.check("kzalloc(iopt_area)")
         if length & (space.iova_alignment - 1) or not length:
             raise InvalidArgument(f"map: length {length:#x} is not a multiple of the IOAS "
                                   f"alignment {space.iova_alignment:#x}")
@@ -119,7 +125,6 @@ class IoPagetable:
         if (s.start_byte % PAGE_SIZE) & (self.space.iova_alignment - 1):
             raise InvalidArgument(f"map: page offset {s.start_byte % PAGE_SIZE:#x} is not "
                                   f"aligned to {self.space.iova_alignment:#x}")
-        self.fail_nth.check("kzalloc(iopt_area)")
         area = IoptArea(iova, iova + s.length - 1, None, s.start_byte, prot)
         self.space.insert_area(area.iova, area.last, area)
         return area
@@ -277,18 +282,23 @@ class IoPagetable:
 
     # -- COPY ----------------------------------------------------------------------------
     def get_pages(self, iova: int, length: int) -> list[PagesSlice]:
-        """``iopt_get_pages``: the slices behind ``[iova, +length)``, which contiguous
-        areas must cover (ENOENT otherwise)."""
+        """``iopt_get_pages``: the slices behind ``[iova, +length)``, one list element
+        (``kzalloc``) per contiguous area as the walk meets it; ENOENT after them if they do
+        not cover the range."""
         if not length:
             raise InvalidArgument("copy: length 0")
         last = iova + length - 1
         if last > ULONG_MAX:
             raise Overflow(f"copy: [{iova:#x}, +{length:#x}) wraps")
         out: list[PagesSlice] = []
-        for area in self.contig_areas(iova, last):
+        areas, done = self.contig_run(iova, last)
+        for area in areas:
+            self.fail_nth.check("kzalloc(iopt_pages_list)")
             lo, hi = max(iova, area.iova), min(last, area.last)
             assert area.pages is not None
             out.append(PagesSlice(area.pages, area.start_byte_of(lo), hi - lo + 1))
+        if not done:
+            raise NoEntry(f"[{iova:#x}, {last:#x}] is not covered by contiguous areas")
         return out
 
     # -- domains -------------------------------------------------------------------------
@@ -308,6 +318,9 @@ class IoPagetable:
                 space.reserve(0, geo.aperture_start - 1, domain)
             if geo.aperture_end != ULONG_MAX:
                 space.reserve(geo.aperture_end + 1, ULONG_MAX, domain)
+            n = len(self.domains)  # xa_reserve(&iopt->domains, next_domain_id)
+            self.fail_nth.xa_nodes("iopt->domains", xa_nodes_needed(
+                np.arange(n, dtype=np.int64), n, n, root_ok=False))
             self._fill_domain(domain, not coherent)
         except KernelError:
             space.remove_reservations(domain)
@@ -411,7 +424,11 @@ class IoPagetable:
 
     # -- accesses ------------------------------------------------------------------------
     def add_access(self, access: AccessHook) -> None:
-        """``iopt_add_access``."""
+        """``iopt_add_access``: an id in ``iopt->access_list`` (``xa_alloc``, the lowest
+        free one: the accesses' ids are taken as dense), then the alignment."""
+        n = len(self.accesses)
+        self.fail_nth.xa_nodes("iopt->access_list", xa_nodes_needed(
+            np.arange(n, dtype=np.int64), n, n))
         self.accesses.append(access)
         try:
             self.calculate_alignment()

@@ -18,9 +18,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AddressInUse, AlreadyExists, InvalidArgument, NoSpace, Overflow
+
+if TYPE_CHECKING:
+    from ..mem import FailNth
 
 __all__ = ["PAGE_SIZE", "ULONG_MAX", "IovaSpace", "Reservation"]
 
@@ -54,6 +57,7 @@ class IovaSpace:
     _areas: list[Any] = field(default_factory=list)
     reserved: list[Reservation] = field(default_factory=list)  # sorted by start
     allowed: list[tuple[int, int]] = field(default_factory=list)  # sorted, disjoint
+    fail_nth: FailNth | None = field(default=None, repr=False)  # the machine's
 
     # -- areas -------------------------------------------------------------------------------
     def areas(self, start: int = 0, last: int = ULONG_MAX) -> Iterator[tuple[int, int, Any]]:
@@ -90,10 +94,13 @@ class IovaSpace:
         return any(lo <= last and start <= hi for lo, hi in self.allowed)
 
     def reserve(self, start: int, last: int, owner: Any = None) -> None:
-        """``iopt_reserve_iova``: EADDRINUSE over an area or an allowed range."""
+        """``iopt_reserve_iova``: EADDRINUSE over an area or an allowed range, then the
+        node (``kzalloc``)."""
         if self.first_area(start, last) is not None or self._allowed_intersects(start, last):
             raise AddressInUse(f"reserve [{start:#x}, {last:#x}]: an area or an allowed range "
                                "is there")
+        if self.fail_nth is not None:
+            self.fail_nth.check("kzalloc(iopt_reserved)")
         r = Reservation(start, last, owner)
         self.reserved.insert(bisect.bisect(self.reserved, start, key=lambda x: x.start), r)
 

@@ -38,6 +38,7 @@ from ..iommu.domain import DomainType, IommuDomain
 from ..iommu.resv import IommuCap, ResvType
 from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
+from ..mem.fault import xa_nodes_needed
 from ..mem.mm import pfn_runs
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
@@ -205,6 +206,19 @@ class IommufdCtx:
         self._reserved.add(id)
         return id
 
+    def object_alloc(self, kind: str) -> int:
+        """``_iommufd_object_alloc``: the object (``kzalloc``), then the lowest free id
+        reserved in ``ictx->objects`` (``xa_alloc`` of an ``XA_ZERO_ENTRY``, with the
+        nodes the xarray needs for it); the id, to :meth:`add` or :meth:`abort_id`."""
+        self.mem.fail_nth.check(f"kzalloc({kind})")
+        used = np.array(sorted(self.objects.keys() | self._reserved), dtype=np.int64)
+        id = next(i for i in itertools.count(1)
+                  if i not in self.objects and i not in self._reserved)
+        self.mem.fail_nth.xa_nodes("ictx->objects",
+                                   xa_nodes_needed(used, id, id, root_ok=False))
+        self._reserved.add(id)
+        return id
+
     def abort_id(self, id: int) -> None:
         """``iommufd_object_abort``: give a reserved id back."""
         self._reserved.discard(id)
@@ -218,11 +232,21 @@ class IommufdCtx:
         return obj
 
     def get(self, id: int, kind: type[Any]) -> Any:
-        """``iommufd_get_object``: ENOENT for a missing id or an object of another kind."""
+        """``iommufd_get_object``: ENOENT for a missing id or an object of another kind
+        (or when ``iommufd_should_fail()`` says so)."""
+        self.get_object_should_fail()
         obj = self.objects.get(id)
         if not isinstance(obj, kind):
             raise NoEntry(f"no {kind.__name__} with id {id}")
         return obj
+
+    def get_object_should_fail(self, refused: type[KernelError] = NoEntry,
+                               caller: str = "") -> None:
+        """``iommufd_get_object``'s ``iommufd_should_fail()``: ENOENT, or the error the
+        ``caller`` turns it into (``refused``)."""
+        site = f"{caller}: iommufd_get_object" if caller else "iommufd_get_object"
+        if self.mem.fail_nth.iommufd_should_fail(site):
+            raise refused("iommufd_get_object: injected failure")
 
     def destroy(self, id: int) -> None:
         """IOMMU_DESTROY (``iommufd_object_remove`` without an object): ENOENT for no
@@ -320,17 +344,17 @@ class IommufdCtx:
 
     # -- IOAS ------------------------------------------------------------------------------
     def ioas_alloc(self) -> Ioas:
-        """``iommufd_ioas_alloc_ioctl``."""
-        self.mem.fail_nth.check("kzalloc(iommufd_ioas)")
+        """``iommufd_ioas_alloc``."""
+        id = self.object_alloc("iommufd_ioas")
         ioas = Ioas(iopt=IoPagetable(self.mem.fail_nth, self.cache_flush))
-        self.add(ioas)
+        self.add(ioas, id)
         return ioas
 
     def compat_ioas_create(self) -> Ioas:
         """``iommufd_vfio_compat_ioas_create``: the compatibility IOAS, allocated (as an
         ordinary object) if there is none yet."""
         if self.vfio_ioas is not None:
-            self.mem.fail_nth.check("kzalloc(iommufd_ioas)")  # allocated, then aborted
+            self.abort_id(self.object_alloc("iommufd_ioas"))  # allocated, then aborted
             return self.vfio_ioas
         self.vfio_ioas = self.ioas_alloc()
         return self.vfio_ioas
@@ -361,7 +385,7 @@ class IommufdCtx:
             raise NotSupported("HWPT_ALLOC: the device's IOMMU cannot track dirty pages")
         if flags & _FAULT_ID_VALID and flags & _NEST_PARENT:
             raise NotSupported("HWPT_ALLOC: FAULT_ID_VALID with NEST_PARENT")
-        id = self.reserve_id()
+        id = self.object_alloc("iommufd_hwpt_paging")
         try:
             hwpt = self._new_hwpt_paging(ioas, idev, flags, auto=auto, user_data=user_data)
         except KernelError:
@@ -445,14 +469,34 @@ class IommufdCtx:
         master = _master(dev)
         if not driver.capable(master, IommuCap.CACHE_COHERENCY):
             raise InvalidArgument(f"{dev.name}: the IOMMU is not cache coherent")
+        self._get_igroup(dev)
         self.core.device_claim_dma_owner(dev, self)
+        try:
+            id = self.object_alloc("iommufd_device")
+        except KernelError:
+            self.core.device_release_dma_owner(dev)
+            raise
         idev = Device(dev=dev, enforce_cache_coherency=driver.capable(
             master, IommuCap.ENFORCE_CACHE_COHERENCY), holds_ctx=not mock)
         if idev.holds_ctx:
             self.ctx_get()
         idev.users += 1  # the calling driver is a user until iommufd_device_unbind()
-        self.add(idev)
+        self.add(idev, id)
         return idev
+
+    def _get_igroup(self, dev: DmaDevice) -> None:
+        """``iommufd_get_group``: the context's ``iommufd_group`` of the device's group,
+        made (``kzalloc``, stored in ``ictx->groups`` at the group's id) unless a bound
+        device of the group already has it; it lives while such a device does."""
+        group = dev.group
+        assert group is not None
+        bound = {o.dev.group.id for o in self.objects.values()
+                 if isinstance(o, Device) and o.dev.group is not None}
+        if group.id in bound:
+            return
+        self.mem.fail_nth.check("kzalloc(iommufd_group)")
+        self.mem.fail_nth.xa_nodes("ictx->groups", xa_nodes_needed(
+            np.array(sorted(bound), dtype=np.int64), group.id, group.id))
 
     def attach(self, idev: Device, pt_id: int) -> int:
         """``iommufd_device_attach``: to a HWPT, or to an IOAS through an automatic HWPT;
@@ -471,6 +515,7 @@ class IommufdCtx:
         return self._change_pt(idev, pt_id)
 
     def _change_pt(self, idev: Device, pt_id: int) -> int:
+        self.get_object_should_fail()
         obj = self.objects.get(pt_id)
         old = idev.hwpt
         if isinstance(obj, HwptPaging):
@@ -485,7 +530,7 @@ class IommufdCtx:
         else:
             raise InvalidArgument(f"attach: object {pt_id} is not an IOAS or a HWPT")
         if old is not None and old is not new:
-            self._drop_device(old, idev)
+            self._drop_device(old, idev, keep_resv=old.ioas is new.ioas)
         return new.id
 
     def _auto_get_domain(self, idev: Device, ioas: Ioas) -> HwptPaging:
@@ -518,30 +563,38 @@ class IommufdCtx:
         return hwpt
 
     def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
-        """``iommufd_hw_pagetable_attach``: coherency, the device's reserved regions into
-        the IOAS, then the group onto the domain."""
+        """``iommufd_hw_pagetable_attach`` (or, for an attached device,
+        ``iommufd_device_do_replace``): coherency, the device's reserved regions into the
+        IOAS, then the group onto the domain. A replace within the same IOAS keeps the
+        reservations the device has there and makes none
+        (``iommufd_group_do_replace_reserved_iova``)."""
         if idev.enforce_cache_coherency:
             self._enforce_cc(hwpt)
-        self._attach_domain(idev, hwpt)
+        same_ioas = idev.hwpt is not None and idev.hwpt.ioas is hwpt.ioas
+        self._attach_domain(idev, hwpt, reserve=not same_ioas)
         hwpt.devices.append(idev)
         hwpt.users += 1
         idev.hwpt = hwpt
 
-    def _attach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
-        """The reserved regions, then the group onto the domain: ``iommu_attach_group``
-        for a device not attached yet (EBUSY unless the group is on a core domain),
-        ``iommu_group_replace_domain`` for one that is."""
+    def _attach_domain(self, idev: Device, hwpt: HwptPaging, reserve: bool = True) -> None:
+        """The device's reserved regions into the HWPT's IOAS (unless ``reserve`` is
+        False), the attach handle (``kzalloc``), then the group onto the domain:
+        ``iommu_attach_group`` for a device not attached yet (EBUSY unless the group is
+        on a core domain), ``iommu_group_replace_domain`` for one that is."""
         iopt = hwpt.ioas.iopt
-        self._enforce_resv_regions(idev, iopt)
+        if reserve:
+            self._enforce_resv_regions(idev, iopt)
         try:
             group = idev.dev.group
             assert group is not None
+            self.mem.fail_nth.check("kzalloc(iommufd_attach_handle)")
             if idev.hwpt is None:
                 self.core.attach_group(hwpt.domain, group)
             else:
                 self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
-            iopt.space.remove_reservations(idev)
+            if reserve:
+                iopt.space.remove_reservations(idev)
             raise
 
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
@@ -555,7 +608,8 @@ class IommufdCtx:
     def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
         """``iopt_table_enforce_dev_resv_regions``: every region but DIRECT_RELAXABLE is
         reserved, owned by the device (EADDRINUSE over an area or allowed range)."""
-        self.mem.fail_nth.check("iommufd_should_fail(enforce_dev_resv_regions)")
+        if self.mem.fail_nth.iommufd_should_fail("iopt_table_enforce_dev_resv_regions"):
+            raise InvalidArgument("iopt_table_enforce_dev_resv_regions: injected failure")
         try:
             for r in self.core.get_resv_regions(idev.dev):
                 if r.type != ResvType.DIRECT_RELAXABLE:
@@ -572,10 +626,13 @@ class IommufdCtx:
             return
         self._drop_device(hwpt, idev, detach=True)
 
-    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False) -> None:
+    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False,
+                     keep_resv: bool = False) -> None:
+        """The device off ``hwpt``: detached, or (a replace) its reservations out of the
+        old IOAS unless it stays in it (``keep_resv``)."""
         if detach:
             self._detach_domain(idev, hwpt)
-        else:
+        elif not keep_resv:
             hwpt.ioas.iopt.space.remove_reservations(idev)
         hwpt.devices.remove(idev)
         hwpt.users -= 1
@@ -593,10 +650,11 @@ class IommufdCtx:
     def access_create(self, on_unmap: Any, needs_pin: bool) -> Access:
         """``iommufd_access_create``: published at once; the driver is a user until
         :meth:`access_destroy` and the access holds the context."""
+        id = self.object_alloc("iommufd_access")
         access = Access(iova_alignment=PAGE_SIZE if needs_pin else 1, on_unmap=on_unmap)
         access.users += 1
         self.ctx_get()
-        self.add(access)
+        self.add(access, id)
         return access
 
     def access_destroy(self, access: Access) -> None:
@@ -732,6 +790,8 @@ class IommufdCtx:
                 _copy_user(src.mm, src.uptr + byte0, chunk, write)
                 return
             if first == last_index and not src.mm.gone:  # iopt_pages_rw_page
+                if self.mem.fail_nth.iommufd_should_fail("iopt_pages_rw_page"):
+                    raise InvalidArgument("iopt_pages_rw_page: injected failure")
                 page = src.uptr + first * PAGE_SIZE
                 pfns = src.mm.pin_user_pages(page, 1, write)
                 try:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import KernelError, OutOfMemory
+from ..errors import BadAddress, KernelError, OutOfMemory
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ ACCOUNT_NONE, ACCOUNT_USER, ACCOUNT_MM = 0, 1, 2  # IOPT_PAGES_ACCOUNT_*
 TEMP_MEMORY_LIMIT = 65536  # bytes of temporary arrays per operation (selftest-tunable)
 _BATCH_ELEMENT = 8 + 4  # sizeof(*batch->pfns) + sizeof(*batch->npfns)
 _UPAGE = 8  # sizeof(struct page *)
+_BATCH_BACKUP_BYTES = 32 * 8  # u64 backup[BATCH_BACKUP_SIZE] of the unfill paths
 _NO_PFNS = np.zeros(0, dtype=np.int64)
 
 
@@ -239,6 +240,24 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
     return out
 
 
+def temp_kmalloc(fail_nth: FailNth, size: int, limit: int, backup_len: int = 0) -> int:
+    """``temp_kmalloc``: the bytes of temporary array an operation gets for ``size``
+    asked, 0 for none (ENOMEM). Below ``backup_len`` the caller's stack buffer serves.
+    Without a backup ``iommufd_should_fail()`` may refuse first; then a ``kmalloc`` of at
+    most the temporary memory limit, and if that fails one of a page (with a backup,
+    that failing too leaves the backup). A failed first ``kmalloc`` is no error, only a
+    smaller array, so more batches or GUP calls."""
+    if size < backup_len:
+        return size
+    if not backup_len and fail_nth.iommufd_should_fail("temp_kmalloc"):
+        return 0
+    if not fail_nth.fails("kmalloc(temp_kmalloc)"):
+        return min(size, limit)
+    if backup_len:
+        return backup_len if fail_nth.fails("kmalloc(PAGE_SIZE, temp_kmalloc)") else PAGE_SIZE
+    return 0 if fail_nth.fails("kmalloc(PAGE_SIZE, temp_kmalloc)") else PAGE_SIZE
+
+
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for lo, hi in sorted(intervals):
@@ -321,6 +340,8 @@ class IoptPages:
         err: KernelError | None = None
         try:
             while index <= hi:
+                if self.fail_nth.iommufd_should_fail("pfn_reader_user_pin"):
+                    raise BadAddress("pfn_reader_user_pin: injected failure")
                 self.stats.gup_calls += 1
                 got = self.source.pin(index, min(chunk, hi - index + 1), self.writable)
                 parts.append(got)
@@ -335,8 +356,10 @@ class IoptPages:
         return (np.concatenate(parts) if parts else _NO_PFNS), err
 
     def read(self, first: int, last: int) -> tuple[I64Array, npt.NDArray[np.bool_]]:
-        """``pfn_reader`` over ``[first, last]``: the PFNs, and which of them this read
-        pinned from the origin; on an error nothing stays pinned."""
+        """``pfn_reader`` over ``[first, last]`` (its batch first, ``pfn_reader_init``):
+        the PFNs, and which of them this read pinned from the origin; on an error nothing
+        stays pinned."""
+        self._batch_init(last - first + 1)
         pfns, fresh, stop, err = self._read_prefix(first, last)
         if err is not None:
             self.release(pfns[:stop], fresh[:stop])
@@ -360,12 +383,21 @@ class IoptPages:
             elif kind == 2:
                 got = self._from_domain(lo, hi)
             else:
-                chunk = chunk or max(1, min(hi - lo + 1, self._limit[0] // _UPAGE))
+                if not chunk:  # pfn_reader_user_pin's first call: user->upages
+                    size = temp_kmalloc(self.fail_nth, (hi - lo + 1) * _UPAGE,
+                                        self._limit[0])
+                    if not size:
+                        err = OutOfMemory("pfn_reader_user_pin: no page array "
+                                          "(temp_kmalloc)")
+                        break
+                    chunk = max(1, size // _UPAGE)
                 got, err = self._pin(lo, hi, chunk)
             parts.append(got)
             fresh.append(np.full(len(got), kind == 0))
             if err is not None:
                 break
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_), 0, err
         pfns = np.concatenate(parts) if len(parts) != 1 else parts[0]
         read = np.concatenate(fresh) if len(fresh) != 1 else fresh[0]
         return pfns, read, len(pfns), err
@@ -396,15 +428,22 @@ class IoptPages:
         if self.npinned < self.last_npinned:
             self.account.uncharge(self.last_npinned - self.npinned)
         else:
-            self.fail_nth.check("iommufd_should_fail(update_pinned)")
+            if self.fail_nth.iommufd_should_fail("pfn_reader_user_update_pinned"):
+                raise OutOfMemory("pfn_reader_user_update_pinned: injected failure")
             self.account.charge(self.npinned - self.last_npinned)
         self.last_npinned = self.npinned
 
     # -- domains -----------------------------------------------------------------------
-    def _batch_cap(self, max_pages: int) -> int:
-        """``__batch_init``: PFN runs a batch holds, ``max_pages`` elements of
-        ``sizeof(ulong) + sizeof(u32)`` cut to the temporary memory limit."""
-        return max(1, min(max_pages * _BATCH_ELEMENT, self._limit[0]) // _BATCH_ELEMENT)
+    def _batch_init(self, max_pages: int, backup: bool = False) -> int:
+        """``__batch_init``: the PFN runs a batch holds, ``max_pages`` elements of
+        ``sizeof(ulong) + sizeof(u32)`` from :func:`temp_kmalloc` (cut to the temporary
+        memory limit); ENOMEM without one. ``backup``: ``batch_init_backup`` with the
+        unfill paths' 32-word stack buffer, which cannot fail."""
+        size = temp_kmalloc(self.fail_nth, max_pages * _BATCH_ELEMENT, self._limit[0],
+                            _BATCH_BACKUP_BYTES if backup else 0)
+        if not size:
+            raise OutOfMemory("batch_init: no batch array (temp_kmalloc)")
+        return max(1, size // _BATCH_ELEMENT)
 
     def _entries(self, area: IoptArea, pfns: I64Array, starts: I64Array
                  ) -> list[tuple[int, int, int]]:
@@ -425,7 +464,7 @@ class IoptPages:
         (a new domain), a batch at a time: the PFN runs of a batch mapped into each
         domain in turn (page by page with large pages disabled,
         ``batch_iommu_map_small``), then the next batch is read. A batch ends when it holds
-        :meth:`_batch_cap` runs and the next PFN does not continue the last one.
+        :meth:`_batch_init` runs and the next PFN does not continue the last one.
 
         On an error (a map, a page the origin refuses, the memlock charge) the kernel's
         unwinding runs: the failing batch's own maps go in one unmap; every domain but
@@ -433,9 +472,9 @@ class IoptPages:
         unfilled batch by batch as :meth:`unfill` does; then nothing stays mapped or
         pinned. The lab's flush policy runs on the PFNs read, before mapping."""
         first, last = area.index, area.last_index
+        cap = self._batch_init(last - first + 1)
         pfns, fresh, stop, err = self._read_prefix(first, last)
         starts = _run_starts(pfns[:stop])
-        cap = self._batch_cap(last - first + 1)
         nbatch = fill_batches(len(starts), err is None, cap)
         end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
         bounds = np.append(starts[::cap][:nbatch], end)
@@ -515,7 +554,7 @@ class IoptPages:
         (:func:`unfill_batches`); ``pfns``: what ``domain`` maps there."""
         first = area.index
         spans = self._spans(first, last)
-        for lo, hi in unfill_batches(pfns, first, spans, self._batch_cap(last + 1)):
+        for lo, hi in unfill_batches(pfns, first, spans, self._batch_init(last + 1, backup=True)):
             self._unmap_range(area, domain, lo, hi)
 
     def unmap_domain(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
@@ -543,12 +582,14 @@ class IoptPages:
 
     # -- accesses ------------------------------------------------------------------------
     def add_access(self, first: int, last: int) -> I64Array:
-        """``iopt_pages_add_access``: hold ``[first, last]`` in the xarray (shared with an
-        access of exactly the same range); the PFNs."""
+        """``iopt_area_add_access``: hold ``[first, last]`` in the xarray (shared with an
+        access of exactly the same range, which allocates nothing); else the access's
+        node (``kzalloc``), then the pages read and charged. The PFNs."""
         key = (first, last)
         if key in self.accesses:
             self.accesses[key] += 1
             return self._xarray[key].copy()
+        self.fail_nth.check("kzalloc(iopt_pages_access)")
         pfns, fresh = self.read(first, last)
         try:
             self.update_pinned()
@@ -561,7 +602,7 @@ class IoptPages:
         return pfns
 
     def remove_access(self, first: int, last: int) -> None:
-        """``iopt_pages_remove_access``: the last user of the range unpins what nothing
+        """``iopt_area_remove_access``: the last user of the range unpins what nothing
         else holds (``iopt_pages_unfill_xarray``)."""
         key = (first, last)
         self.accesses[key] -= 1

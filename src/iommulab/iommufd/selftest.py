@@ -176,7 +176,7 @@ def _mock_domain(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     new = file.machine.kernel >= LINUX_7_0
     valid = MOCK_FLAGS_DEVICE_NO_DIRTY | (MOCK_FLAGS_DEVICE_PASID if new else
                                           MOCK_FLAGS_DEVICE_HUGE_IOVA)
-    stdev_id = ctx.reserve_id()
+    stdev_id = ctx.object_alloc("selftest_obj")
     try:
         if flags & ~valid:
             raise InvalidArgument(f"MOCK_DOMAIN: device flags {flags:#x}")
@@ -193,7 +193,14 @@ def _mock_domain(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 
 def _new_mock_device(file: IommufdFile, pt_id: int, flags: int) -> SelftestDevice:
+    """``mock_dev_create`` (the device, ``kzalloc``; its name, ``dev_set_name``; the
+    driver core's ``device_add``, one point here for its kobject and sysfs allocations,
+    then the IOMMU probe), bound and attached; undone on an error."""
     ctx = file.ctx
+    fail = file.machine.mem.fail_nth
+    fail.check("kzalloc(mock_dev)")
+    fail.check("kvasprintf(dev_set_name)")
+    fail.check("device_add")
     dev = file.machine.add_mock_device(flags)
     try:
         idev = ctx.bind(dev, mock=True)
@@ -317,6 +324,10 @@ def _create_access(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     (_, flags) = struct.unpack_from("<II", cmd.union)
     if flags & ~MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
         raise NotSupported(f"CREATE_ACCESS: flags {flags:#x}")
+    fail = file.machine.mem.fail_nth
+    fail.check("kzalloc(selftest_access)")  # iommufd_test_alloc_access
+    fail.check("d_alloc_pseudo(anon_inode_getfile)")
+    fail.check("alloc_empty_file(anon_inode_getfile)")
     af = AccessFile(file.ctx, bool(flags))
     try:
         file.ctx.access_attach(af.access, cmd.id)
@@ -355,13 +366,16 @@ def _access_pages(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     ctx = af.ctx
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
+    npages = (-(-(iova + length) // PAGE_SIZE)) - iova // PAGE_SIZE
+    file.machine.mem.fail_nth.kvmalloc("access_pages pages", npages * 8)
     pfns = ctx.access_pin(af.access, iova, length, bool(flags & MOCK_FLAGS_ACCESS_WRITE))
-    if uptr:
-        try:
+    try:
+        if uptr:
             _check_pages(proc, uptr - iova % PAGE_SIZE & ULONG_MAX, pfns)
-        except KernelError:
-            ctx.access_unpin(af.access, iova, length)
-            raise
+        file.machine.mem.fail_nth.check("kzalloc(selftest_access_item)")
+    except KernelError:
+        ctx.access_unpin(af.access, iova, length)
+        raise
     item_id = af.next_id
     af.next_id = (af.next_id + 1) & 0xFFFFFFFF
     af.items[item_id] = (iova, length)
@@ -395,6 +409,7 @@ def _access_rw(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
         raise NotSupported(f"ACCESS_RW: flags {flags:#x}")
     af = _access_file(proc, cmd.id)
     write = bool(flags & MOCK_ACCESS_RW_WRITE)
+    file.machine.mem.fail_nth.kvmalloc("access_rw tmp", length)
     data = bytearray(proc.mm.read(uptr, length)) if write else bytearray(length)
     if flags & MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_access_iova(af.access, iova)
@@ -446,6 +461,7 @@ def _dirty(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     if not isinstance(ops, MockDirtyOps | MockPtDirtyOps) or not ops.tracking:
         raise InvalidArgument("DIRTY: the domain is not tracking dirty pages")
     _kvzalloc(file.machine, -(-nbits // 64) * 8, "DIRTY: the bitmap")
+    file.machine.mem.fail_nth.kvmalloc("dirty bitmap", -(-nbits // 64) * 8)
     nbytes = -(-nbits // 8)
     if not access_ok(uptr, nbytes) or not _user_mapped(proc, uptr, nbytes):
         raise BadAddress(f"DIRTY: copy_from_user of {nbytes:#x} bytes at {uptr:#x}")

@@ -100,7 +100,7 @@ def test_iova_to_phys_returns_the_slot_without_the_offset() -> None:
 
 
 def test_injected_failure_is_enoent_and_the_core_rolls_back() -> None:
-    fail = FailNth()
+    fail = FailNth(iommufd_test=True)  # the mock exists only in CONFIG_IOMMUFD_TEST
     drv = MockIommu(MockHw(fail))
     d = drv.domain_alloc_paging(None)
     fail.arm(1)

@@ -66,6 +66,7 @@ def test_fault_injection_point(kernel: str) -> None:
     map path has no such point, so the first failure a fail_nth sweep meets is the
     table allocation's ENOMEM (``iommu_alloc_pages_node_sz``). Nothing stays mapped."""
     mem = PhysMem("1G")
+    mem.fail_nth.iommufd_test = True  # the mock exists only in CONFIG_IOMMUFD_TEST
     d = _domain(kernel, mem)
     mem.fail_nth.arm(1)
     with pytest.raises(KernelError) as err:

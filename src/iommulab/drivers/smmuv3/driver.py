@@ -59,6 +59,7 @@ from ...iommu import (
 )
 from ...iommu.user_data import IommuUserData
 from ...kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
+from ...mem.fault import xa_nodes_needed
 from ...pgtable import IoPgtableCfg, IoPgtableFmt, Quirk, alloc_io_pgtable_ops
 from ...prot import Prot
 from ...sizes import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -474,7 +475,10 @@ class ArmSmmuDevice:
         return False
 
     def get_resv_regions(self, master: ArmSmmuMaster) -> list[ResvRegion]:
-        """``arm_smmu_get_resv_regions``: the software MSI window (no firmware regions)."""
+        """``arm_smmu_get_resv_regions``: the software MSI window (no firmware regions),
+        left out when its ``iommu_alloc_resv_region`` fails (no error is reported)."""
+        if self.mem.fail_nth.fails("iommu_alloc_resv_region(SW_MSI)"):
+            return []
         return [ResvRegion(MSI_IOVA_BASE, MSI_IOVA_LENGTH,
                            Prot.WRITE | Prot.NOEXEC | Prot.MMIO, ResvType.SW_MSI)]
 
@@ -523,6 +527,7 @@ class ArmSmmuDevice:
         else:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} not supported "
                                "together")
+        self.mem.fail_nth.check("kzalloc(arm_smmu_domain)")
         domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
         domain.nest_parent = flags == HWPT_ALLOC_NEST_PARENT
         self._finalise(domain, flags)
@@ -537,6 +542,7 @@ class ArmSmmuDevice:
         _refuse_user_data(user_data)
         # stage 0 from kzalloc is S1; arm_smmu_domain_finalise falls back to what exists
         stage = 1 if self.features & Feature.TRANS_S1 else 2
+        self.mem.fail_nth.check("kzalloc(arm_smmu_domain)")
         domain = ArmSmmuDomain(type, stage, kernel=self.kernel)
         self._finalise(domain, flags)
         return domain
@@ -605,6 +611,8 @@ class ArmSmmuDevice:
             if asid is None:
                 raise Busy(f"domain_finalise: all {limit - 1} ASIDs are in use "
                            f"({len(self.asids)} by this SMMU)")
+            self.mem.fail_nth.xa_nodes("arm_smmu_asid_xa", xa_nodes_needed(
+                np.array(sorted(xa), dtype=np.int64), asid, asid))
             xa[asid] = domain
             domain.asid = asid
         else:
@@ -645,6 +653,8 @@ class ArmSmmuDevice:
             if domain.smmu is not self:
                 raise InvalidArgument(f"attach_dev: {domain!r} belongs to another SMMU")
             target = self._paging_ste(domain, master)
+            # arm_smmu_attach_prepare (6.12 and 7.0): the master on the domain's list
+            self.mem.fail_nth.check("kzalloc(arm_smmu_master_domain)")
         else:
             raise InvalidArgument(f"attach_dev: cannot attach {domain!r}")
         for sid in master.sids:
