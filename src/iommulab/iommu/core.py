@@ -68,8 +68,16 @@ class IommuGroup:
         return f"<IommuGroup {self.id} {[d.name for d in self.devices]}>"
 
     def resv_regions(self) -> list[ResvRegion]:
-        """``iommu_get_group_resv_regions``: every device's regions, merged per type."""
-        return merge_resv_regions(self.core.get_resv_regions(d) for d in self.devices)
+        """``iommu_get_group_resv_regions``: every device's regions, each copied into the
+        group's list (``iommu_insert_resv_region``: ENOMEM when a copy cannot be had),
+        merged per type."""
+        per_device = []
+        for d in self.devices:
+            regions = self.core.get_resv_regions(d)
+            for _ in regions:
+                d.mem.fail_nth.check("iommu_insert_resv_region: iommu_alloc_resv_region")
+            per_device.append(regions)
+        return merge_resv_regions(per_device)
 
     def sysfs_reserved_regions(self) -> str:
         """``/sys/kernel/iommu_groups/N/reserved_regions``."""
@@ -236,6 +244,28 @@ class IommuCore:
             self.log.append(msg)
             raise InvalidArgument(msg)
         self.driver.attach_dev(domain, dev.dev_iommu.priv)
+
+    def set_group_domain_nofail(self, group: IommuGroup, domain: IommuDomain) -> None:
+        """``__iommu_group_set_domain_nofail`` (a detach, a return to the core's domain):
+        each device to ``domain``; one whose driver refuses (an allocation it could not
+        have) is put on the blocked domain instead and the kernel WARNs, the others go
+        on, and the group is recorded on ``domain`` whatever happened
+        (IOMMU_SET_DOMAIN_MUST_SUCCEED). Failures here are the caller's to absorb."""
+        if group.domain is domain:
+            return
+        for dev in group.devices:
+            assert dev.dev_iommu is not None
+            with dev.mem.fail_nth.within("__iommu_group_set_domain_nofail"):
+                try:
+                    self._set_device_domain(group, dev, domain)
+                except KernelError as err:
+                    self.log.append(f"WARNING: {dev.name}: attach to {domain!r} failed in "
+                                    f"a nofail path ({err})")
+                    blocked = getattr(self.driver, "blocked_domain", None)
+                    if blocked is not None and blocked is not domain:
+                        with contextlib.suppress(KernelError):
+                            self.driver.attach_dev(blocked, dev.dev_iommu.priv)
+        group.domain = domain
 
     def set_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
         """``__iommu_group_set_domain``: nothing if the group is on ``domain`` already; else

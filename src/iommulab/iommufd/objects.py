@@ -505,7 +505,7 @@ class IommufdCtx:
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
         group = idev.dev.group
         assert group is not None
-        self.core.set_group_domain(group, _blocking(self.core, group))
+        self.core.set_group_domain_nofail(group, _blocking(self.core, group))
         hwpt.ioas.iopt.space.remove_reservations(idev)
 
     def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
