@@ -361,3 +361,90 @@ SCENARIOS: list[Scenario] = [
     Scenario("cdev DETACH_IOMMUFD_PT", _ioas(1, True), lambda w: _detach(w, w.h["cdevs"][0]),
              DEV_PLATFORMS),
 ]
+
+
+# -- VFIO containers and groups (type1) ---------------------------------------------------------
+def _vfio(*, container: bool = True, iommu: int = 0, group: bool = True,
+          set_container: bool = True, mapped: bool = False, tracking: bool = False,
+          second: bool = False) -> Callable[[str, str], World]:
+    """Device 0's group open (``h["g"]``) and, with ``container``, /dev/vfio/vfio
+    (``h["c"]``) set as its container (unless not ``set_container``); ``iommu``: the
+    type set on it (0: none); ``mapped``: the buffer mapped at IOVA; ``tracking``: dirty
+    tracking started; ``second``: device 1's group open too (``h["g2"]``)."""
+    def setup(platform: str, kernel: str) -> World:
+        w = new_world(platform, kernel, devices=2)
+        w.h["buf"] = w.p.mmap(BUF, populate=True)
+        w.h["bitmap"] = w.p.mmap(PAGE, populate=True)
+        dev = w.m.devices["0000:00:01.0"]
+        if container:
+            w.h["c"] = w.p.open("/dev/vfio/vfio")
+        if group:
+            w.h["g"] = w.p.open(f"/dev/vfio/{dev.iommu_group}")
+        if second:
+            w.h["g2"] = w.p.open(f"/dev/vfio/{w.m.devices['0000:00:02.0'].iommu_group}")
+        if container and group and set_container:
+            w.p.ioctl(w.h["g"], vu.VFIO_GROUP_SET_CONTAINER,
+                      bytearray(struct.pack("<i", w.h["c"])))
+        if iommu:
+            w.p.ioctl(w.h["c"], vu.VFIO_SET_IOMMU, iommu)
+        if mapped:
+            _vfio_map(w)
+        if tracking:
+            _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_START)
+        return w
+    return setup
+
+
+def _vfio_map(w: World) -> object:
+    return w.p.ioctl(w.h["c"], vu.VFIO_IOMMU_MAP_DMA,
+                     bytearray(vu.DMA_MAP.pack(32, 3, w.h["buf"], IOVA, BUF)))
+
+
+def _dirty_pages(w: World, flags: int) -> object:
+    if flags != vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP:
+        return w.p.ioctl(w.h["c"], vu.VFIO_IOMMU_DIRTY_PAGES,
+                         bytearray(vu.DIRTY_BITMAP.pack(8, flags)))
+    arg = vu.DIRTY_BITMAP.pack(8 + vu.DIRTY_BITMAP_GET.size, flags) + \
+        vu.DIRTY_BITMAP_GET.pack(IOVA, BUF, PAGE, 8, w.h["bitmap"])
+    return w.p.ioctl(w.h["c"], vu.VFIO_IOMMU_DIRTY_PAGES, bytearray(arg))
+
+
+V2 = vu.VFIO_TYPE1v2_IOMMU
+SCENARIOS += [
+    Scenario("open(/dev/vfio/vfio)", _vfio(container=False, group=False),
+             lambda w: w.p.open("/dev/vfio/vfio"), DEV_PLATFORMS),
+    Scenario("open(/dev/iommu)", _vfio(container=False, group=False),
+             lambda w: w.p.open("/dev/iommu"), DEV_PLATFORMS),
+    Scenario("open(/dev/vfio/devices/vfio0)", _vfio(container=False, group=False),
+             lambda w: w.p.open("/dev/vfio/devices/vfio0"), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_SET_CONTAINER", _vfio(set_container=False), lambda w: w.p.ioctl(
+        w.h["g"], vu.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", w.h["c"]))),
+        DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_SET_CONTAINER(second group)", _vfio(iommu=V2, mapped=True,
+                                                             second=True),
+             lambda w: w.p.ioctl(w.h["g2"], vu.VFIO_GROUP_SET_CONTAINER,
+                                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
+    Scenario("VFIO_SET_IOMMU(TYPE1v2)", _vfio(), lambda w: w.p.ioctl(
+        w.h["c"], vu.VFIO_SET_IOMMU, V2), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_GET_DEVICE_FD", _vfio(iommu=V2), lambda w: w.p.ioctl(
+        w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
+        DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_GET_INFO", _vfio(iommu=V2), lambda w: w.p.ioctl(
+        w.h["c"], vu.VFIO_IOMMU_GET_INFO, bytearray(vu.IOMMU_INFO.pack(256, 0, 0, 0, 0)) +
+        bytearray(232)), DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_MAP_DMA", _vfio(iommu=V2), _vfio_map, DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_MAP_DMA(tracking)", _vfio(iommu=V2, tracking=True), _vfio_map,
+             DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_UNMAP_DMA", _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
+        w.h["c"], vu.VFIO_IOMMU_UNMAP_DMA, bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, BUF))),
+        DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_DIRTY_PAGES(START)", _vfio(iommu=V2, mapped=True), lambda w:
+             _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_START), DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)", _vfio(iommu=V2, mapped=True, tracking=True),
+             lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP),
+             DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_DIRTY_PAGES(STOP)", _vfio(iommu=V2, mapped=True, tracking=True),
+             lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_UNSET_CONTAINER", _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
+        w.h["g"], vu.VFIO_GROUP_UNSET_CONTAINER), DEV_PLATFORMS),
+]

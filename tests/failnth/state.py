@@ -50,7 +50,8 @@ def snapshot(m: Machine, procs: list[Process]) -> State:
         "open_groups": sorted(m.open_groups),
         "vfio_devices": {bdf: (vd.open_count, id(vd.idev), vd.iommufd_attached,
                                sorted(vd.pasids), vd.cdev_opened)
-                         for bdf, vd in m.vfio_devices.items()},
+                         for bdf, vd in m.vfio_devices.items()
+                         if vd.open_count or vd.idev is not None},  # else: no state yet
         "devices": sorted(m.devices),
         "driver": _driver(m),
     }

@@ -44,7 +44,8 @@ SHOULD_FAIL_ERRNO = {
 #: falls back to a page and then to the stack; vfio_batch_init falls back to a one-page
 #: batch; unmap_unpin_fast falls back to the slow unmap; the reserved regions a driver
 #: fails to allocate are left out (``iommu_get_resv_regions`` reports no error); 6.12's
-#: fine-grained superpage probe is skipped.
+#: fine-grained superpage probe is skipped; a nofail detach WARNs and goes on; a type1
+#: detach keeps its IOVA list; a compatible domain that refuses the group is not used.
 SWALLOWED = (
     "xas_alloc(",
     "kvmalloc(",
@@ -53,7 +54,10 @@ SWALLOWED = (
     "__get_free_page(vfio_batch_init)",
     "kzalloc(vfio_regions)",
     "iommu_alloc_resv_region(",
-    "alloc_pages(vfio_test_domain_fgsp)",
+    "vfio_test_domain_fgsp:",
+    "__iommu_group_set_domain_nofail:",
+    "vfio_iommu_type1_detach_group:",
+    "vfio_iommu_type1_attach_group: iommu_attach_group(compatible)",
 )
 
 

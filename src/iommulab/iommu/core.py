@@ -96,8 +96,16 @@ class IommuGroup:
         return f"<IommuGroup {self.id} {[d.name for d in self.devices]}>"
 
     def resv_regions(self) -> list[ResvRegion]:
-        """``iommu_get_group_resv_regions``: every device's regions, merged per type."""
-        return merge_resv_regions(self.core.get_resv_regions(d) for d in self.devices)
+        """``iommu_get_group_resv_regions``: every device's regions, each copied into the
+        group's list (``iommu_insert_resv_region``: ENOMEM when a copy cannot be had),
+        merged per type."""
+        per_device = []
+        for d in self.devices:
+            regions = self.core.get_resv_regions(d)
+            for _ in regions:
+                d.mem.fail_nth.check("iommu_insert_resv_region: iommu_alloc_resv_region")
+            per_device.append(regions)
+        return merge_resv_regions(per_device)
 
     def sysfs_reserved_regions(self) -> str:
         """``/sys/kernel/iommu_groups/N/reserved_regions``."""
@@ -292,7 +300,11 @@ class IommuCore:
         for dev in group.devices:
             tried.append(dev)
             try:
-                self._set_device_domain(group, dev, domain, must_succeed)
+                if must_succeed:  # the failures of a nofail path are the caller's
+                    with dev.mem.fail_nth.within("__iommu_group_set_domain_nofail"):
+                        self._set_device_domain(group, dev, domain, must_succeed)
+                else:
+                    self._set_device_domain(group, dev, domain, must_succeed)
             except KernelError as err:
                 if not must_succeed:
                     self._revert_group_domain(group, tried, err)

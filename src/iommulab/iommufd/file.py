@@ -84,6 +84,7 @@ class IommufdFile(VfioFile):
     ``vfio_container``): an :class:`IommufdCtx` and its ioctls."""
 
     def __init__(self, machine: Machine, *, vfio_container: bool = False) -> None:
+        machine.mem.fail_nth.check("kzalloc(iommufd_ctx)")  # iommufd_fops_open
         self.machine = machine
         self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit,
                               machine.cache_flush, kernel=machine.kernel,

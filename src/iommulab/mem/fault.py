@@ -19,6 +19,9 @@ the ``iommufd_should_fail()`` points, whose errno is the caller's (ENOENT from
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 
@@ -45,6 +48,7 @@ class FailNth:
         self.fired: str | None = None
         self.iommufd_test = iommufd_test
         self.log: list[str] | None = None
+        self._within: list[str] = []  # callers that absorb a failure, innermost last
 
     def arm(self, nth: int) -> None:
         """Make the ``nth`` allocation call from now on fail (1 = the next one)."""
@@ -61,8 +65,21 @@ class FailNth:
     def armed(self) -> bool:
         return self._remaining != 0
 
+    @contextlib.contextmanager
+    def within(self, caller: str) -> Iterator[None]:
+        """Name the points reached inside ``caller`` after it (``caller: site``): a
+        caller that carries on after a failure (a ``nofail`` detach, a probe whose result
+        is optional) makes those failures its own."""
+        self._within.append(caller)
+        try:
+            yield
+        finally:
+            self._within.pop()
+
     def fails(self, site: str) -> bool:
         """Like :meth:`check`, for allocation points that return NULL instead of raising."""
+        if self._within:
+            site = f"{self._within[-1]}: {site}"
         self.calls += 1
         if self.log is not None:
             self.log.append(site)

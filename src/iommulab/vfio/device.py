@@ -271,6 +271,7 @@ class VfioDeviceFile(VfioFile):
     fd (``group`` set) or of a device cdev (``group`` None)."""
 
     def __init__(self, machine: Machine, vdev: VfioDevice, group: GroupFile | None) -> None:
+        machine.mem.fail_nth.check("kzalloc(vfio_device_file)")  # vfio_allocate_device_file
         self.machine = machine
         self.vdev = vdev
         self.group = group
@@ -327,9 +328,17 @@ class DeviceFile(VfioDeviceFile):
 
     @classmethod
     def open(cls, group: GroupFile, dev: PciDevice) -> DeviceFile:
-        """``vfio_device_open_file``."""
+        """``vfio_device_open_file``: the device file, the open, then its ``struct file``
+        (``anon_inode_getfile``: a dentry and a file; ENOMEM closes the device again)."""
         df = cls(group.machine, vfio_device(group.machine, dev), group)
         df._group_open()
+        fail = group.machine.mem.fail_nth
+        try:
+            fail.check("d_alloc_pseudo(anon_inode_getfile)")
+            fail.check("alloc_empty_file(anon_inode_getfile)")
+        except KernelError:
+            df.release()  # vfio_df_group_close
+            raise
         return df
 
     def _group_open(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, TypeVar
 
-from ..dma.cookie import get_msi_cookie
 from ..errors import (
     BadAddress,
     BadFileDescriptor,
@@ -27,14 +26,12 @@ from ..errors import (
     kernel_error,
 )
 from ..iommu.domain import DomainType, IommuDomain
-from ..iommu.resv import ResvType
 from ..kernel import LINUX_7_0
 from ..mem.mm import access_ok
 from . import uapi as u
 from .type1 import Type1Report, VfioIommu, _ffs, check_range_7_0, type1_check_extension
 
 if TYPE_CHECKING:
-    from ..iommu.core import IommuGroup
     from ..iommufd.file import IommufdFile
     from ..machine import Machine, Process
     from .device import VfioDevice
@@ -189,6 +186,7 @@ class Container(VfioFile):
     """``struct vfio_container``: groups, and the type1 IOMMU once SET_IOMMU ran."""
 
     def __init__(self, machine: Machine) -> None:
+        machine.mem.fail_nth.check("kzalloc(vfio_container)")  # vfio_fops_open
         self.machine = machine
         self.groups: list[GroupFile] = []
         self.iommu: VfioIommu | None = None
@@ -235,6 +233,7 @@ class Container(VfioFile):
             raise InvalidArgument(f"SET_IOMMU: type {type} is an extension, not an IOMMU "
                                   "type (vfio_iommu_type1_open)")
         params = self.machine.module_params
+        self.machine.mem.fail_nth.check("kzalloc(vfio_iommu)")  # vfio_iommu_type1_open
         iommu = VfioIommu(type == u.VFIO_TYPE1v2_IOMMU,
                           params["vfio_iommu_type1.dma_entry_limit"],
                           bool(params["vfio_iommu_type1.disable_hugepages"]),
@@ -252,12 +251,16 @@ class Container(VfioFile):
         self.iommu = iommu
 
     def _attach(self, iommu: VfioIommu, g: GroupFile, proc: Process) -> None:
-        """``vfio_iommu_type1_attach_group``: allocate a paging domain, attach the group
-        (``iommu_attach_group``: it is on its blocking domain, VFIO owns it), let type1
-        check and keep or swap it (``proc``: the process attaching, ``current`` for a
-        replay that pins). On failure the group is detached again, back to blocking."""
+        """``vfio_iommu_type1_attach_group``'s start: its group and domain structures
+        (``kzalloc``), a paging domain, the group attached (``iommu_attach_group``: it is
+        on its blocking domain, VFIO owns it); then type1 checks and keeps or swaps it
+        (``proc``: the process attaching, ``current`` for a replay that pins). On failure
+        the group is detached again, back to blocking."""
         core = self.machine.core
         group = g.group
+        fail = self.machine.mem.fail_nth
+        fail.check("kzalloc(vfio_iommu_group)")
+        fail.check("kzalloc(vfio_domain)")
         first = group.devices[0].dev_iommu  # iommu_paging_domain_alloc(first device)
         domain: IommuDomain = core.driver.domain_alloc_paging(
             first.priv if first is not None else None, DomainType.UNMANAGED)
@@ -293,10 +296,6 @@ class Container(VfioFile):
             raise
         if target is not domain:  # joined an existing domain
             domain.free()
-            return
-        msi_base = _sw_msi_base(group)
-        if msi_base is not None and domain.cookie is None:
-            get_msi_cookie(domain, msi_base)
 
     def _detach(self, iommu: VfioIommu, g: GroupFile) -> None:
         """``vfio_iommu_type1_detach_group``: ``iommu_detach_group`` leaves the group on
@@ -345,7 +344,7 @@ class Container(VfioFile):
             raise InvalidArgument(f"GET_INFO: argsz {argsz} < {u.IOMMU_INFO_MINSZ}")
         minsz = min(argsz, u.IOMMU_INFO.size)
         assert self.iommu is not None
-        caps = self.iommu.info_caps()
+        caps = self.iommu.info_caps(self.machine.mem.fail_nth)
         flags = u.VFIO_IOMMU_INFO_PGSIZES | (u.VFIO_IOMMU_INFO_CAPS if caps else 0)
         cap_offset = 0
         if caps:
@@ -445,18 +444,6 @@ def _iommu_enable_nesting(driver: object, domain: IommuDomain) -> None:
     enable(domain)
 
 
-def _sw_msi_base(group: IommuGroup) -> int | None:
-    """``vfio_iommu_has_sw_msi``: the last IOMMU_RESV_SW_MSI region's start, or None when
-    the group has a hardware MSI region (which takes precedence)."""
-    base = None
-    for r in group.resv_regions():
-        if r.type == ResvType.MSI:
-            return None
-        if r.type == ResvType.SW_MSI:
-            base = r.start
-    return base
-
-
 def _int(arg: int | bytes | bytearray) -> int:
     if not isinstance(arg, int):
         raise InvalidArgument("ioctl: this request takes an integer argument")
@@ -522,6 +509,7 @@ class GroupFile(VfioFile):
         """``vfio_group_ioctl_get_device_fd``: ENODEV for a name no device of the group
         has, then ``vfio_device_open_file`` (EINVAL without a container or iommufd)."""
         from .device import DeviceFile
+        self.machine.mem.fail_nth.check("strndup_user")  # the name, copied in
         name = bytes(a.buf).split(b"\0", 1)[0].decode(errors="replace")
         dev = next((d for d in self.machine.group_devices(self.id) if d.bdf == name), None)
         if dev is None:

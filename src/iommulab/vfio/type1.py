@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..dma.cookie import get_msi_cookie
 from ..errors import (
     AlreadyExists,
     BadAddress,
@@ -50,6 +51,7 @@ from . import uapi as u
 
 if TYPE_CHECKING:
     from ..iommu.core import IommuGroup
+    from ..mem.fault import FailNth
     from ..mem.mm import MmStruct
     from ..mem.physmem import PhysMem
 
@@ -268,7 +270,9 @@ class VfioIommu:
         ``domains``. When a map fails, the run and what the batch still holds are
         unpinned (the pages stay faulted in); the mapped part goes with the dma. One
         batch serves the whole mapping, pinned by ``current`` (:meth:`_pin_pages_remote`)."""
-        batch = _Batch(1 if self.disable_hugepages else VFIO_BATCH_MAX_CAPACITY)
+        fail = current.mm.mem.fail_nth  # vfio_batch_init: one page if it can, else a slot
+        batch = _Batch(1 if self.disable_hugepages or fail.fails(
+            "__get_free_page(vfio_batch_init)") else VFIO_BATCH_MAX_CAPACITY)
         try:
             while dma.size < size:
                 pfn, npage, rsvd = self._pin_pages_remote(
@@ -438,10 +442,19 @@ class VfioIommu:
     def _unmap_unpin_runs(self, domain: IommuDomain, dma: VfioDma) -> None:
         """The ``vfio_unmap_unpin`` loop over the domain that tracks the pfns: it finds the
         runs through ``iova_to_phys`` contiguity, unmaps them with a sync every 512, and
-        unpins what is RAM."""
+        unpins what is RAM. A run whose list entry (``kzalloc(vfio_regions)``) cannot be
+        had goes by ``unmap_unpin_slow``: what is queued is synced and unpinned, the run
+        unmapped with a sync of its own and unpinned."""
         gather = IommuIotlbGather()
         pending: list[tuple[int, int]] = []
+        fail = dma.mm.mem.fail_nth
         for iova, pa, length in domain.leaf_runs(dma.iova, dma.size):
+            if fail.fails("kzalloc(vfio_regions)"):
+                self._sync_unpin(domain, gather, dma, pending)
+                domain.unmap(iova, length)
+                self.stats.iommu_unmap_calls += 1
+                self._sync_unpin(domain, IommuIotlbGather(), dma, [(pa, length)])
+                continue
             domain.unmap_fast(iova, length, gather)
             self.stats.iommu_unmap_calls += 1
             pending.append((pa, length))
@@ -530,7 +543,8 @@ class VfioIommu:
         if npages > u.DIRTY_BITMAP_PAGES_MAX:
             raise InvalidArgument(f"dirty bitmap: {npages} pages at {dma.iova:#x} exceed "
                                   f"DIRTY_BITMAP_PAGES_MAX ({u.DIRTY_BITMAP_PAGES_MAX})")
-        dma.mm.mem.fail_nth.check("kvzalloc(vfio_dma bitmap)")
+        dma.mm.mem.fail_nth.kvmalloc("vfio_dma bitmap",
+                                     u.DIRTY_BITMAP_BYTES(npages) + 8)
         dma.bitmap = 0  # vfio_dma_populate_bitmap: no page pinned by a driver (no mdev)
 
     def set_dirty_tracking(self, start: bool) -> None:
@@ -634,7 +648,9 @@ class VfioIommu:
                      current: Task) -> IommuDomain:
         """``vfio_iommu_type1_attach_group`` after the new domain is allocated and attached:
         aperture and reserved regions against existing mappings, the IOVA list, MSI
-        isolation, then reuse of a compatible domain or replay into the new one.
+        isolation, then reuse of a compatible domain or replay into the new one and its
+        MSI cookie where the group has a software MSI window. The IOVA list is worked on
+        in a copy, a node allocated per range (``vfio_iova``).
 
         A domain with the same driver ops and coherency is tried, newest first, with
         ``join``, which moves the group onto it (``iommu_attach_group``) and says
@@ -649,13 +665,18 @@ class VfioIommu:
             raise InvalidArgument(f"attach: aperture [{geo.aperture_start:#x}, "
                                   f"{geo.aperture_end:#x}] conflicts with the IOVA list or "
                                   "a mapping")
+        fail = group.devices[0].mem.fail_nth
         resv = group.resv_regions()
         for r in resv:
             if r.type != ResvType.DIRECT_RELAXABLE and \
                     self.find_dma(r.start, r.length) is not None:
                 raise InvalidArgument(f"attach: reserved region {r!r} overlaps a mapping")
+        for _ in self.iova_list:  # vfio_iommu_iova_get_copy
+            fail.check("kmalloc(vfio_iova)")
+        if not self.iova_list:  # vfio_iommu_aper_resize of an empty list inserts one
+            fail.check("kmalloc(vfio_iova)")
         ranges = _resv_exclude(_aper_resize(self.iova_list, geo.aperture_start,
-                                            geo.aperture_end), resv)
+                                            geo.aperture_end), resv, fail)
         if not ranges:
             raise InvalidArgument("attach: no valid IOVA range remains")
         if not msi_isolated and not self.allow_unsafe_interrupts:
@@ -663,7 +684,7 @@ class VfioIommu:
                                "(allow_unsafe_interrupts is off)")
         for d in self.domains:  # same driver ops and coherency: try that domain
             if (type(d.domain.ops) is type(domain.ops) and d.enforce_cache_coherency ==
-                    enforce_cc and (join is None or join(d.domain))):
+                    enforce_cc and (join is None or self._join(join, d.domain, fail))):
                 d.groups.append(group)
                 self.iova_list = ranges
                 self.num_non_pinned_groups += 1
@@ -671,11 +692,23 @@ class VfioIommu:
         if self.kernel < LINUX_7_0:
             _test_domain_fgsp(domain, ranges, group.devices[0].mem)
         self._replay(domain, current)
+        msi_base = _sw_msi_base(resv)
+        if msi_base is not None:  # iommu_get_msi_cookie: the new domain goes on ENOMEM
+            fail.check("kzalloc(iommu_dma_cookie)")
+            get_msi_cookie(domain, msi_base)
         self.domains.insert(0, VfioDomain(domain, [group], enforce_cc))
         self._update_pgsize_bitmap()
         self.iova_list = ranges
         self.num_non_pinned_groups += 1
         return domain
+
+    @staticmethod
+    def _join(join: Callable[[IommuDomain], bool], existing: IommuDomain,
+              fail: FailNth) -> bool:
+        """The move onto a compatible domain: a refusal (an allocation of the attach
+        included) means "not compatible", and the new domain is kept."""
+        with fail.within("vfio_iommu_type1_attach_group: iommu_attach_group(compatible)"):
+            return join(existing)
 
     def _aper_conflict(self, start: int, end: int) -> bool:
         """``vfio_iommu_aper_conflict``: an aperture disjoint from the IOVA list, or one
@@ -746,10 +779,14 @@ class VfioIommu:
         The last group out unmaps and unpins everything. A domain that goes gives its
         aperture back (``vfio_iommu_aper_expand``), and the IOVA list is rebuilt from
         the reserved regions of the groups that stay (``vfio_iommu_resv_refresh``; the
-        old list stays if nothing valid would remain)."""
+        old list stays if nothing valid would remain, or if a node of the copy it works on
+        cannot be had: the detach absorbs those failures)."""
+        fail = group.devices[0].mem.fail_nth
         for d in self.domains:
             if group not in d.groups:
                 continue
+            with fail.within("vfio_iommu_type1_detach_group"):  # vfio_iommu_iova_get_copy
+                copied = all(not fail.fails("kmalloc(vfio_iova)") for _ in self.iova_list)
             d.groups.remove(group)
             ranges = list(self.iova_list)
             freed = None
@@ -761,7 +798,8 @@ class VfioIommu:
                 ranges = self._aper_expand(ranges)
                 self._update_pgsize_bitmap()
                 freed = d.domain
-            refreshed = self._resv_refresh(ranges)
+            with fail.within("vfio_iommu_type1_detach_group"):
+                refreshed = self._resv_refresh(ranges, fail) if copied else []
             if refreshed:
                 self.iova_list = refreshed
             # the kernel's vfio_iommu_populate_bitmap_full here sets bits that every report
@@ -781,27 +819,42 @@ class VfioIommu:
         ranges[-1] = (ranges[-1][0], end)
         return ranges
 
-    def _resv_refresh(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _resv_refresh(self, ranges: list[tuple[int, int]],
+                      fail: FailNth | None = None) -> list[tuple[int, int]]:
         """``vfio_iommu_resv_refresh``: one range from the list's first start to its last
         end, less the reserved regions of every group still attached; empty on failure."""
         if not ranges:
             return []
-        resv = [r for d in self.domains for g in d.groups for r in g.resv_regions()]
-        return _resv_exclude([(ranges[0][0], ranges[-1][1])], resv)
+        try:
+            resv = [r for d in self.domains for g in d.groups for r in g.resv_regions()]
+            if fail is not None:  # vfio_iommu_aper_resize of the emptied copy
+                fail.check("kmalloc(vfio_iova)")
+            return _resv_exclude([(ranges[0][0], ranges[-1][1])], resv, fail)
+        except OutOfMemory:  # the old list stays
+            return []
 
     # -- GET_INFO ----------------------------------------------------------------------------------
-    def info_caps(self) -> bytes:
+    def info_caps(self, fail: FailNth | None = None) -> bytes:
         """The capability chain ``vfio_iommu_type1_get_info`` builds, offsets relative to a
-        buffer whose 24-byte info struct comes first."""
+        buffer whose 24-byte info struct comes first. With ``fail``, its allocations: the
+        buffer grows by ``krealloc`` at each capability (32, 48, then 64 or more bytes:
+        a new slab object each time), and the IOVA ranges are put together first in a
+        buffer of their own (``kzalloc``); ENOMEM."""
+        def add(cap: bytes) -> None:
+            if fail is not None:
+                fail.check("krealloc(vfio_info_cap_add)")
+            caps.append(cap)
+
         caps: list[bytes] = []
-        caps.append(u.CAP_MIGRATION.pack(u.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, 1, 0, 0, 0,
-                                         self.pgsize, u.DIRTY_BITMAP_SIZE_MAX))
-        caps.append(u.CAP_DMA_AVAIL.pack(u.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1, 0,
-                                         self.dma_avail))
+        add(u.CAP_MIGRATION.pack(u.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, 1, 0, 0, 0,
+                                 self.pgsize, u.DIRTY_BITMAP_SIZE_MAX))
+        add(u.CAP_DMA_AVAIL.pack(u.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1, 0, self.dma_avail))
         if self.iova_list:
-            caps.append(u.CAP_IOVA_RANGE.pack(u.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 1, 0,
-                                              len(self.iova_list), 0)
-                        + b"".join(u.IOVA_RANGE.pack(lo, hi) for lo, hi in self.iova_list))
+            if fail is not None:
+                fail.check("kzalloc(cap_iovas)")
+            add(u.CAP_IOVA_RANGE.pack(u.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 1, 0,
+                                      len(self.iova_list), 0)
+                + b"".join(u.IOVA_RANGE.pack(lo, hi) for lo, hi in self.iova_list))
         out = bytearray()
         offset = u.IOMMU_INFO.size
         for i, cap in enumerate(caps):
@@ -854,8 +907,13 @@ def _test_domain_fgsp(domain: IommuDomain, ranges: list[tuple[int, int]],
     unmaps and its allocation are modelled, not its answer. Failures only skip the
     probe. Its map and unmaps are not counted in the lab's ``stats``, which count what
     the user's mappings cost."""
+    with mem.fail_nth.within("vfio_test_domain_fgsp"):
+        _fgsp_probe(domain, ranges, mem)
+
+
+def _fgsp_probe(domain: IommuDomain, ranges: list[tuple[int, int]], mem: PhysMem) -> None:
     try:
-        pfn = mem.alloc_pages(1, site="alloc_pages(vfio_test_domain_fgsp)")
+        pfn = mem.alloc_pages(1, site="alloc_pages")
     except OutOfMemory:
         return
     for lo, hi in ranges:
@@ -890,28 +948,43 @@ def _aper_resize(ranges: list[tuple[int, int]], start: int, end: int
     return [(lo, hi) if end > hi else (lo, end) for lo, hi in out if end > lo]
 
 
-def _resv_exclude(ranges: list[tuple[int, int]], resv: list[ResvRegion]
-                  ) -> list[tuple[int, int]]:
+def _resv_exclude(ranges: list[tuple[int, int]], resv: list[ResvRegion],
+                  fail: FailNth | None = None) -> list[tuple[int, int]]:
     """``vfio_iommu_resv_exclude``: the ranges less every reserved region except
-    DIRECT_RELAXABLE ones (empty: the kernel's EINVAL)."""
+    DIRECT_RELAXABLE ones (empty: the kernel's EINVAL); with ``fail``, each piece a
+    region leaves of a range it cuts is a new node (``vfio_iova``, ENOMEM)."""
     for r in resv:
         if r.type != ResvType.DIRECT_RELAXABLE:
-            ranges = _exclude(ranges, r.start, r.last)
+            ranges = _exclude(ranges, r.start, r.last, fail)
     return ranges
 
 
-def _exclude(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+def _exclude(ranges: list[tuple[int, int]], lo: int, hi: int,
+             fail: FailNth | None = None) -> list[tuple[int, int]]:
     """``vfio_iommu_resv_exclude`` of one region: split the ranges around ``[lo, hi]``."""
     out: list[tuple[int, int]] = []
     for a, b in ranges:
         if hi < a or lo > b:
             out.append((a, b))
             continue
-        if a < lo:
-            out.append((a, lo - 1))
-        if hi < b:
-            out.append((hi + 1, b))
+        for piece in ((a, lo - 1) if a < lo else None, (hi + 1, b) if hi < b else None):
+            if piece is not None:
+                if fail is not None:
+                    fail.check("kmalloc(vfio_iova)")
+                out.append(piece)
     return out
+
+
+def _sw_msi_base(resv: list[ResvRegion]) -> int | None:
+    """``vfio_iommu_has_sw_msi``: the last IOMMU_RESV_SW_MSI region's start, or None when
+    the group has a hardware MSI region (which takes precedence)."""
+    base = None
+    for r in resv:
+        if r.type == ResvType.MSI:
+            return None
+        if r.type == ResvType.SW_MSI:
+            base = r.start
+    return base
 
 
 def _ffs(x: int) -> int:
