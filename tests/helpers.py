@@ -5,6 +5,8 @@ cdevs through /dev/iommu with the real struct bytes (tests of iommufd and of vfi
 from __future__ import annotations
 
 import errno
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,7 @@ from iommulab.devices import DmaDevice
 from iommulab.iommufd import uapi as iu
 from iommulab.vfio import uapi as vu
 
-__all__ = ["Host", "assert_groups_released", "expect_errno", "make_host"]
+__all__ = ["Host", "assert_groups_released", "expect_errno", "make_host", "peak_host_bytes"]
 
 
 def expect_errno(code: int, fn: object, *args: object, **kw: object) -> None:
@@ -112,3 +114,14 @@ def make_host(platform: str, ndev: int, kernel: str = "6.12") -> tuple[Host, lis
     devs: list[DmaDevice] = [m.add_pci_device(f"0000:00:0{2 + i}.0") for i in range(ndev)]
     p = m.spawn_process(memlock_limit="64M")
     return Host(m, p, p.open("/dev/iommu")), devs
+
+
+def peak_host_bytes(fn: Callable[[], object]) -> int:
+    """Host bytes ``fn`` allocated at its peak (tracemalloc): what a caller-chosen length
+    must not size."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -4,14 +4,12 @@ nothing changed, and no host memory in proportion to a length the caller chose."
 from __future__ import annotations
 
 import errno
-import tracemalloc
-from collections.abc import Callable
 
 import pytest
 
 from iommulab import Machine, Process
 from iommulab.mem.mm import TASK_SIZE_MAX
-from tests.helpers import expect_errno
+from tests.helpers import expect_errno, peak_host_bytes
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 
@@ -20,15 +18,6 @@ def _proc(ram: str = "1G") -> tuple[Machine, Process]:
     m = Machine("x86-vtd", ram=ram)
     return m, m.spawn_process()
 
-
-def _peak(fn: Callable[[], object]) -> int:
-    """Host bytes ``fn`` allocated at its peak."""
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _unchanged(m: Machine, p: Process) -> None:
@@ -78,7 +67,7 @@ def test_a_long_mapping_costs_host_memory_by_what_is_faulted_in() -> None:
         nonlocal va
         va = p.mmap(1 << 45, prot="r")
 
-    assert _peak(make) < 64 * K
+    assert peak_host_bytes(make) < 64 * K
     far = va + (1 << 45) - 4 * K
 
     def use() -> None:
@@ -89,7 +78,7 @@ def test_a_long_mapping_costs_host_memory_by_what_is_faulted_in() -> None:
         assert p.read(far, 8) == bytes(8)
         assert len(p.mm.vmas) == 2 and p.mm.vmas[0].pages.count(0, p.mm.vmas[0].npages) == 1
 
-    assert _peak(use) < 1 * M
+    assert peak_host_bytes(use) < 1 * M
     p.mm._check()
     child[0].exit()
     p.exit()
@@ -191,7 +180,7 @@ def test_memfd_sizes_cost_nothing_and_bad_ones_are_einval() -> None:
         va = p.mmap(1 << 40, fd=mfd, offset=1 << 50)
         p.write(va + (1 << 39), b"one page")
 
-    assert _peak(make) < 256 * K
+    assert peak_host_bytes(make) < 256 * K
     assert m.mem.frames.total_frames - m.mem.frames.free_frames == 1
     expect_errno(errno.EINVAL, p.ftruncate, mfd, -1)
     expect_errno(errno.EINVAL, p.ftruncate, mfd, 1 << 63)

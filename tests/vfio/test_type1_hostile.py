@@ -4,29 +4,19 @@ memfd pages unmapped under a pin, MAP_DMA lengths as long as the IOVA space."""
 from __future__ import annotations
 
 import errno
-import tracemalloc
-from collections.abc import Callable
 
 import pytest
 
 from iommulab import Machine
 from iommulab.iommufd import uapi as iu
 from iommulab.vfio import uapi as u
-from tests.helpers import expect_errno, make_host
+from tests.helpers import expect_errno, make_host, peak_host_bytes
 
 from .vm import Vm
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 IOVA = 1 << 32
 
-
-def _peak(fn: Callable[[], object]) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _used(m: Machine) -> int:
@@ -51,7 +41,7 @@ def test_a_bar_mapping_has_no_pages_and_a_partial_munmap_splits_it() -> None:
         nonlocal bar
         bar = v.p.mmap(64 * G, fd=dfd)
 
-    assert _peak(mmap) < 64 * K
+    assert peak_host_bytes(mmap) < 64 * K
     expect_errno(errno.EINVAL, v.p.mmap, 4 * K, fd=dfd, private=True)
     v.p.munmap(bar + 16 * G, 4 * K)
     assert [vma.pfnmap for vma in v.p.mm.vmas] == [True, True] and _used(m) == used
@@ -131,7 +121,7 @@ def test_map_dma_of_128_tib_costs_nothing_in_proportion_to_its_length() -> None:
     def huge() -> None:
         expect_errno(errno.ENOMEM, v.map, sparse, IOVA, 1 << 47, flags=1)
 
-    assert _peak(huge) < 512 * K
+    assert peak_host_bytes(huge) < 512 * K
     assert v.p.mm.locked_vm == 0 and v.m.mem.pins.pins == 0
     assert v.report().dma_entries == 0 and v.unmap(IOVA, 1 << 47) == 0
     v.close()
