@@ -236,7 +236,9 @@ def test_unserved_program_runs_untouched(build: Build, tmp_path: Path) -> None:
 
 def test_signals_never_interrupt_or_repeat_an_answered_call(build: Build,
                                                             tmp_path: Path) -> None:
-    """WAIT_KILLABLE_RECV: once received, a call is answered once, whatever the signals."""
+    """WAIT_KILLABLE_RECV: once received, a call is answered once, whatever the signals
+    (the handler runs exactly once per call; an EINTR before receipt, which the program
+    retries, never reaches it)."""
     class Slow(EchoHandler):
         slow_calls = 0
 
