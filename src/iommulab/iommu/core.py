@@ -300,10 +300,9 @@ class IommuCore:
         for dev in group.devices:
             tried.append(dev)
             try:
-                if must_succeed:  # the failures of a nofail path are the caller's
-                    with dev.mem.fail_nth.within("__iommu_group_set_domain_nofail"):
-                        self._set_device_domain(group, dev, domain, must_succeed)
-                else:
+                # the failures of a nofail path are the caller's
+                with dev.mem.fail_nth.within("__iommu_group_set_domain_nofail") \
+                        if must_succeed else contextlib.nullcontext():
                     self._set_device_domain(group, dev, domain, must_succeed)
             except KernelError as err:
                 if not must_succeed:
