@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .kernel_sequences import SEQUENCES, Sequence, logged_sites, run_fail_nth
+from .kernel_sites import SEQUENCE_SITES
 
 CASES = [pytest.param(s, k, id=f"{s.name}-{k}") for s in SEQUENCES for k in ("6.12", "7.0")]
 
@@ -18,3 +19,5 @@ def test_fail_nth_sequence(seq: Sequence, kernel: str) -> None:
     run = run_fail_nth(seq, kernel)
     sites = logged_sites(seq, kernel)
     assert [site for site, _ in run.points] == sites
+    if kernel == "6.12":  # one step per point 6.12 has on the path (test_kernel_sites)
+        assert run.steps == len(SEQUENCE_SITES[seq.name])
