@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package
@@ -41,8 +42,7 @@ def main() -> None:
                 if (args.platform and platform not in args.platform) or \
                         (args.kernel and kernel not in args.kernel):
                     continue
-                points = sweep(lambda s=s, p=platform, k=kernel: s.setup(p, k), s.op,
-                               absorbs=s.absorbs)
+                points = sweep(partial(s.setup, platform, kernel), s.op, absorbs=s.absorbs)
                 absorbed = sum(pt.errno is None for pt in points)
                 print(f"{s.name:<44} {platform:<13} {kernel:<6} {len(points):>6} "
                       f"{absorbed:>8} {'':>5} {'':>18}")
