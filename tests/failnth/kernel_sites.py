@@ -20,7 +20,12 @@ PAGE_SLOTS = 2  # the mock's MOCK_IO_PAGE_SIZE is 2K: two xarray slots per 4K pa
 MOCK_IOVA = 1 << 24  # MOCK_APERTURE_START, where the mock sequences map
 
 GET = ("iommufd_should_fail(iommufd_get_object)", "main.c:iommufd_get_object")
-CTX = ("kzalloc(iommufd_ctx)", "main.c:iommufd_fops_open")
+#: open(2) of /dev/iommu: fs/open.c:do_sys_openat2 -> fs/namei.c:getname_flags (the
+#: path's names_cache buffer), path_openat -> fs/file_table.c:alloc_empty_file (before
+#: the walk), then misc_open -> main.c:iommufd_fops_open
+OPEN_IOMMUFD = [("getname(do_sys_openat2)", "fs/namei.c:getname_flags"),
+                ("alloc_empty_file(path_openat)", "fs/file_table.c:alloc_empty_file"),
+                ("kzalloc(iommufd_ctx)", "main.c:iommufd_fops_open")]
 OBJECTS_NODE = ("xas_alloc(ictx->objects)", "main.c:_iommufd_object_alloc: xa_alloc")
 UNFILL_BATCH = ("kmalloc(temp_kmalloc)",
                 "pages.c:__iopt_area_unfill_domain: batch_init_backup")
@@ -313,7 +318,7 @@ LIMIT_32_PINS = 64 // 4  # 256K at a 32-byte temporary limit: 4 pages a GUP call
 #: iommufd_fail_nth.c's TEST_FAIL_NTH bodies (tests/failnth/kernel_sequences.py) -> the
 #: 6.12 points after their fail_nth_enable(), call after call
 SEQUENCE_SITES: dict[str, list[Site]] = {
-    "basic": [CTX, *ioas_alloc(first_object=True), *ioas_iova_ranges(),
+    "basic": [*OPEN_IOMMUFD, *ioas_alloc(first_object=True), *ioas_iova_ranges(),
               *ioas_allow_iovas(1), *ioas_map(FAIL_NTH_PAGES, 0), *ioas_copy(0, 0),
               *ioas_unmap(0), *ioas_unmap(0)],
     "map_domain": [*mock_domain(first_domain=True),
