@@ -303,6 +303,16 @@ def run_fail_nth(seq: Sequence, kernel: str) -> FailNthRun:
         nth += 1
 
 
+class LoggingFixture(Fixture):
+    """A run 0 whose ``fail_nth_enable()`` starts the log of points reached."""
+
+    log: list[str]
+
+    def fail_nth_enable(self) -> None:
+        self.log = []
+        self.m.mem.fail_nth.log = self.log
+
+
 def logged_sites(seq: Sequence, kernel: str) -> list[str]:
     """The points ``seq`` reaches after its ``fail_nth_enable()`` when nothing fails, in
     order (lab: :attr:`FailNth.log`); a sweep fails each of them in turn."""
@@ -315,13 +325,3 @@ def logged_sites(seq: Sequence, kernel: str) -> list[str]:
     finally:
         fail.log = None
         t.teardown()
-
-
-class LoggingFixture(Fixture):
-    """A run 0 whose ``fail_nth_enable()`` starts the log of points reached."""
-
-    log: list[str]
-
-    def fail_nth_enable(self) -> None:
-        self.log = []
-        self.m.mem.fail_nth.log = self.log

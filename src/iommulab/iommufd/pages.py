@@ -663,11 +663,12 @@ class IoptPages:
             return
         del self.accesses[key]
         pfns = self._xarray.pop(key)
-        batch = 0
+        batch_inited = False
         for kind, lo, hi in self._spans(first, last):
             if kind == 0:
-                if not batch:
-                    batch = self._batch_init(last - first + 1, backup=True)
+                if not batch_inited:
+                    self._batch_init(last - first + 1, backup=True)
+                    batch_inited = True
                 self._unpin(pfns[lo - first:hi - first + 1].copy())
         self.update_pinned()
 
