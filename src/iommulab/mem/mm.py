@@ -46,6 +46,7 @@ import numpy.typing as npt
 from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory, Overflow
 from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..sizes import parse_size
+from .memfd import file_setup, resv_map_alloc
 from .physmem import PhysMem, pfn_runs
 from .sparse import Extent
 from .vma import BACKINGS, PAGE_SHIFT, PAGE_SIZE, Vma
@@ -167,6 +168,8 @@ class MmStruct:
         huge = PAGE_SIZE << order
         if anon_hugetlb or (file is not None and file.order):
             nbytes = (nbytes + huge - 1) & ~(huge - 1) & U64_MAX  # ALIGN may wrap to 0
+        if anon_hugetlb:  # ksys_mmap_pgoff: MAP_HUGETLB memory is a hugetlbfs file's
+            file_setup(self.mem.fail_nth, hugetlb=True)
         if not nbytes:
             raise InvalidArgument(f"mmap: length {length!r} is 0 (after rounding to "
                                   f"{huge:#x})" if anon_hugetlb else "mmap: length 0")
@@ -229,15 +232,23 @@ class MmStruct:
         """``mmap_region``: the VMA, the driver's or the file's mmap (a device region's
         address; hugetlb's reservation, taken whole here, undone on failure), then
         MAP_POPULATE, whose failures are ignored as ``mm_populate`` ignores them."""
+        fail = self.mem.fail_nth
+        fail.check("vm_area_alloc")
         vma = Vma(start, start + nbytes, backing, writable)
+        hugetlb = backing.split("-")[1] if backing.startswith("hugetlb") else None
         if device is not None:
             vma.pfnmap, vma.mmio_pfn = True, device(nbytes) >> PAGE_SHIFT
         elif shared_anon:
             from .memfd import MemFd
-            hugetlb = backing.split("-")[1] if backing.startswith("hugetlb") else None
-            vma.file = MemFd(self.mem, "/dev/zero (deleted)", nbytes, hugetlb)  # shmem_zero_setup
+            if hugetlb is None:
+                file_setup(fail, hugetlb=False)  # shmem_zero_setup
+            vma.file = MemFd(self.mem, "/dev/zero (deleted)", nbytes, hugetlb)
         elif file is not None:
+            if file.order and private:  # hugetlb_reserve_pages of a private mapping
+                resv_map_alloc(fail)
             vma.file, vma.pgoff, vma.private = file.get(), offset >> PAGE_SHIFT, private
+        elif hugetlb is not None:  # the hugetlbfs file's mapping is private
+            resv_map_alloc(fail)
         self._link(vma)
         try:
             if vma.file is not None and vma.file.order:
@@ -357,6 +368,7 @@ class MmStruct:
         """``__split_vma`` at page ``at``: two VMAs end to end over the same pages. A THP
         the cut goes through stays mapped by 4K pages on either side
         (``__split_huge_pmd``). O(pages kept)."""
+        self.mem.fail_nth.check("vm_area_dup(__split_vma)")
         starts, heads = vma.pmd_slots()
         per = 1 << vma.order
         left = self._piece(vma, 0, at, heads[starts + per <= at])
@@ -402,11 +414,14 @@ class MmStruct:
         torn down as ``dup_mmap``'s error path does (``exit_mmap`` of it): its shares of
         the parent's pages, its copies and its file references go; the parent keeps
         what fork did to it (PMDs split, pages no longer exclusive), as in Linux."""
+        fail = self.mem.fail_nth
+        fail.check("allocate_mm(dup_mm)")
         child = MmStruct(self.mem, self.kernel)
         child.max_map_count = self.max_map_count
         pinned = self._pinned_folios()
         try:
             for vma in self.vmas:
+                fail.check("vm_area_dup(dup_mmap)")
                 copy = Vma(vma.start, vma.end, vma.backing, vma.writable, vma.pfnmap,
                            vma.mmio_pfn, file=vma.file.get() if vma.file is not None else None,
                            pgoff=vma.pgoff, private=vma.private)
@@ -574,6 +589,7 @@ class MmStruct:
             return 0
         s_lo, s_hi = off + lo * per, off + hi * per
         hugetlb = vma.backing.startswith("hugetlb")
+        fail = self.mem.fail_nth
         if hugetlb:
             need = (s_hi - s_lo - vma.pages.count(s_lo, s_hi)) // per
             free = self.mem.frames.free_blocks_of(order)
@@ -588,7 +604,9 @@ class MmStruct:
         got: list[int] = []
         try:
             for row in np.flatnonzero((stretches < 0).all(axis=1)).tolist():
-                pfn = self.mem.frames.alloc(order)
+                # a THP that cannot be had falls back to 4K pages (VM_FAULT_FALLBACK)
+                thp_fails = not hugetlb and fail.fails("vma_alloc_folio(THP)")
+                pfn = None if thp_fails else self.mem.frames.alloc(order)
                 if pfn is not None:
                     rows.append(row)
                     got.append(pfn)

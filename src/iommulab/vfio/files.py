@@ -511,14 +511,16 @@ class GroupFile(VfioFile):
 
     def _get_device_fd(self, proc: Process, a: _Arg) -> int:
         """``vfio_group_ioctl_get_device_fd``: ENODEV for a name no device of the group
-        has, then ``vfio_device_open_file`` (EINVAL without a container or iommufd)."""
+        has, then the fd (EMFILE), then ``vfio_device_open_file`` (EINVAL without a
+        container or iommufd), installed at that fd."""
         from .device import DeviceFile
         self.machine.mem.fail_nth.check("strndup_user")  # the name, copied in
         name = bytes(a.buf).split(b"\0", 1)[0].decode(errors="replace")
         dev = next((d for d in self.machine.group_devices(self.id) if d.bdf == name), None)
         if dev is None:
             raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
-        return proc.install(DeviceFile.open(self, dev))
+        fd = proc.get_unused_fd()
+        return proc.fd_install(fd, DeviceFile.open(self, dev))
 
     def _set_container(self, f: VfioFile, proc: Process) -> None:
         """``vfio_group_ioctl_set_container``: EINVAL when already set; a type1 container
