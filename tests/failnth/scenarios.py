@@ -647,3 +647,143 @@ SCENARIOS += [
              on(OPEN, "/dev/vfio/vfio (iommufd)"), _iommufd_container,
              lambda w: w.p.open("/dev/vfio/vfio"), DEV_PLATFORMS),
 ]
+
+
+# -- process calls ----------------------------------------------------------------------------
+MM_PLATFORMS = ("mock",)  # the address space is the same on every platform
+HUGE = 2 << 20
+_PAGE_FAULTS = ("alloc_pages(page fault)",)  # mm_populate ignores a failed fault
+_FILE_FAULTS = ("shmem_alloc_folio",)
+_COW_FAULTS = ("alloc_pages(copy on write)",)
+
+
+def _proc(*, ram: str = "256M", memfd: int | str | None = None, hugetlb: str | None = None,
+          files: int = 0, device: bool = False) -> Callable[[str, str], World]:
+    """One process; ``memfd``: a memfd of that size (``h["memfd"]``, hugetlb pages of
+    ``hugetlb``) with its pages made (``h["memfd_va"]``); ``files``: that many fds of
+    /dev/iommu open; ``device``: device 0's fd from its group (``h["dev"]``)."""
+    def setup(platform: str, kernel: str) -> World:
+        w = _device_fd(platform, kernel) if device else new_world(platform, kernel, ram=ram)
+        for _ in range(files):
+            w.p.open("/dev/iommu")
+        if memfd is not None:
+            w.h["memfd"] = w.p.memfd_create("guest", memfd, hugetlb)
+            va = w.h["memfd_va"] = w.p.mmap(memfd, fd=w.h["memfd"], shared=True)
+            w.p.write(va, b"\1" * 64)
+        return w
+    return setup
+
+
+def _mmap(length: int, backing: str = "anon", *, populate: bool = False, shared: bool = False,
+          fd: str | None = None, private: bool = False) -> Callable[[World], object]:
+    def op(w: World) -> object:
+        return w.p.mmap(length, backing, populate=populate, shared=shared, private=private,
+                        fd=None if fd is None else w.h[fd])
+    return op
+
+
+def _mapped(platform: str, kernel: str) -> World:
+    """A populated anonymous buffer (``h["buf"]``)."""
+    w = new_world(platform, kernel)
+    w.h["buf"] = w.p.mmap(BUF, populate=True)
+    return w
+
+
+def _forkable(platform: str, kernel: str) -> World:
+    """A process with private, shared and memfd memory written and /dev/iommu open."""
+    w = _proc(memfd=BUF)(platform, kernel)
+    w.h["buf"] = w.p.mmap(BUF, populate=True)
+    w.h["shared"] = w.p.mmap(BUF, shared=True)
+    w.p.write(w.h["shared"], b"\2" * 64)
+    w.p.open("/dev/iommu")
+    return w
+
+
+def _pinned(platform: str, kernel: str) -> World:
+    """The buffer pinned by an IOAS map into a domain: fork copies it for the child."""
+    return _ioas(1, True)(platform, kernel)
+
+
+def _fork(w: World) -> object:
+    w.procs.append(w.p.fork())
+    return None
+
+
+def _child(platform: str, kernel: str) -> World:
+    """:func:`_forkable` and a child of it (``w.procs[1]``)."""
+    w = _forkable(platform, kernel)
+    w.procs.append(w.p.fork())
+    return w
+
+
+def _fork_keeps_pages_shared(s: State) -> State:
+    """``dup_mmap`` write-protects the parent's anonymous pages VMA by VMA as it shares
+    them (``folio_try_dup_anon_rmap`` clears PageAnonExclusive), and a fork that fails
+    later does not give that back: the parent's next write finds the page mapped once
+    and reuses it (``do_wp_page``). So a failed fork may leave the parent's pages not
+    exclusive, and nothing else."""
+    procs = [(*p[:4], [(*v[:7], None, *v[8:]) for v in p[4]], *p[5:]) for p in s["procs"]]
+    return {**s, "procs": procs}
+
+
+def _fd_table_stays(s: State) -> State:
+    """A fd table ``expand_files`` made larger stays so when the call fails after it
+    (nothing shrinks a ``files_struct``'s table): the size may differ, nothing else."""
+    return {**s, "procs": [p[:-1] for p in s["procs"]]}
+
+
+SCENARIOS += [
+    Scenario("mmap(anon)", on(MMAP, "anon"), _proc(), _mmap(BUF), MM_PLATFORMS),
+    Scenario("mmap(anon, MAP_POPULATE)", on(MMAP, "anon"), _proc(),
+             _mmap(BUF, populate=True), MM_PLATFORMS, absorbs=_PAGE_FAULTS),
+    Scenario("mmap(thp 4M, MAP_POPULATE)", on(MMAP, "thp"), _proc(),
+             _mmap(2 * HUGE, "thp", populate=True), MM_PLATFORMS, absorbs=_PAGE_FAULTS),
+    Scenario("mmap(hugetlb-2M)", on(MMAP, "hugetlb-2M"), _proc(),
+             _mmap(2 * HUGE, "hugetlb-2M"), MM_PLATFORMS),
+    Scenario("mmap(hugetlb-1G)", on(MMAP, "hugetlb-1G"), _proc(ram="2G"),
+             _mmap(1 << 30, "hugetlb-1G"), MM_PLATFORMS),
+    Scenario("mmap(anon shared, MAP_POPULATE)", on(MMAP, "anon shared"), _proc(),
+             _mmap(BUF, shared=True, populate=True), MM_PLATFORMS, absorbs=_FILE_FAULTS),
+    Scenario("mmap(hugetlb-2M shared)", on(MMAP, "hugetlb shared"), _proc(),
+             _mmap(2 * HUGE, "hugetlb-2M", shared=True), MM_PLATFORMS),
+    Scenario("mmap(memfd, MAP_POPULATE)", on(MMAP, "memfd"), _proc(memfd=BUF),
+             _mmap(BUF, fd="memfd", populate=True), MM_PLATFORMS, absorbs=_FILE_FAULTS),
+    Scenario("mmap(memfd MAP_PRIVATE, MAP_POPULATE)", on(MMAP, "memfd private"),
+             _proc(memfd=BUF), _mmap(BUF, fd="memfd", private=True, populate=True),
+             MM_PLATFORMS, absorbs=_FILE_FAULTS + _COW_FAULTS),
+    Scenario("mmap(memfd hugetlb-2M)", on(MMAP, "memfd hugetlb"),
+             _proc(memfd="4M", hugetlb="2M"), _mmap(2 * HUGE, fd="memfd"), MM_PLATFORMS),
+    Scenario("mmap(memfd hugetlb-2M MAP_PRIVATE)", on(MMAP, "memfd hugetlb"),
+             _proc(memfd="4M", hugetlb="2M"), _mmap(2 * HUGE, fd="memfd", private=True),
+             MM_PLATFORMS),
+    Scenario("mmap(vfio-pci BAR0)", on(MMAP, "device region"), _proc(device=True),
+             _mmap(PAGE, fd="dev"), DEV_PLATFORMS),
+    Scenario("munmap(a whole VMA)", on(PROC, "munmap"), _mapped,
+             lambda w: w.p.munmap(w.h["buf"], BUF), MM_PLATFORMS),
+    Scenario("munmap(the head of a VMA)", on(PROC, "munmap"), _mapped,
+             lambda w: w.p.munmap(w.h["buf"], PAGE), MM_PLATFORMS),
+    Scenario("fork", on(PROC, "fork"), _forkable, _fork, MM_PLATFORMS,
+             relax=_fork_keeps_pages_shared),
+    Scenario("fork(pinned pages)", on(PROC, "fork"), _pinned, _fork, MM_PLATFORMS,
+             relax=_fork_keeps_pages_shared),
+    Scenario("fork(a fd past NR_OPEN_DEFAULT)", on(PROC, "fork"), _proc(files=62), _fork,
+             MM_PLATFORMS),
+    Scenario("open(/dev/iommu, the fd table full)", on(OPEN, "/dev/iommu"), _proc(files=61),
+             lambda w: w.p.open("/dev/iommu"), MM_PLATFORMS, relax=_fd_table_stays),
+    Scenario("memfd_create", on(PROC, "memfd_create"), _proc(),
+             lambda w: w.p.memfd_create("guest", BUF), MM_PLATFORMS),
+    Scenario("memfd_create(hugetlb 2M)", on(PROC, "memfd_create"), _proc(),
+             lambda w: w.p.memfd_create("guest", "4M", "2M"), MM_PLATFORMS),
+    Scenario("ftruncate(grow)", on(PROC, "ftruncate"), _proc(memfd=BUF),
+             lambda w: w.p.ftruncate(w.h["memfd"], 2 * BUF), MM_PLATFORMS),
+    Scenario("ftruncate(shrink)", on(PROC, "ftruncate"), _proc(memfd=BUF),
+             lambda w: w.p.ftruncate(w.h["memfd"], PAGE), MM_PLATFORMS),
+    Scenario("close(/dev/iommu, an IOAS mapped into a domain)", on(PROC, "close"),
+             _ioas(1, True), lambda w: w.p.close(_t(w).fd)),
+    Scenario("close(a type1 container's group)", on(PROC, "close"),
+             _vfio(iommu=V2, mapped=True), lambda w: w.p.close(w.h["g"]), DEV_PLATFORMS),
+    Scenario("close(a bound device cdev)", on(PROC, "close"), _ioas(1, True),
+             lambda w: w.p.close(w.h["cdevs"][0]), DEV_PLATFORMS),
+    Scenario("exit(a forked child)", on(PROC, "exit"), _child,
+             lambda w: w.procs[1].exit(), MM_PLATFORMS),
+]
