@@ -324,12 +324,12 @@ SCENARIOS: list[Scenario] = [
              _ioas(0, True), lambda w: _t(w).destroy(w.h["ioas"])),
     Scenario("IOAS_IOVA_RANGES", on(IOMMUFD, iu.IOMMU_IOAS_IOVA_RANGES),
              _ioas(1), lambda w: _t(w).ioctl(
-        iu.IOMMU_IOAS_IOVA_RANGES, iu.IOAS_IOVA_RANGES.pack(32, w.h["ioas"], 4, 0,
-                                                            w.h["bitmap"], 0))),
+                 iu.IOMMU_IOAS_IOVA_RANGES,
+                 iu.IOAS_IOVA_RANGES.pack(32, w.h["ioas"], 4, 0, w.h["bitmap"], 0))),
     Scenario("IOAS_ALLOW_IOVAS", on(IOMMUFD, iu.IOMMU_IOAS_ALLOW_IOVAS),
              _ioas(), lambda w: _t(w).ioctl(
-        iu.IOMMU_IOAS_ALLOW_IOVAS, iu.IOAS_ALLOW_IOVAS.pack(24, w.h["ioas"], 2, 0,
-                                                            w.h["ranges"]))),
+                 iu.IOMMU_IOAS_ALLOW_IOVAS,
+                 iu.IOAS_ALLOW_IOVAS.pack(24, w.h["ioas"], 2, 0, w.h["ranges"]))),
     Scenario("IOAS_MAP(no domain)", on(IOMMUFD, iu.IOMMU_IOAS_MAP), _ioas(), _map),
     Scenario("IOAS_MAP(1 domain)", on(IOMMUFD, iu.IOMMU_IOAS_MAP), _ioas(1), _map),
     Scenario("IOAS_MAP(2 domains)", on(IOMMUFD, iu.IOMMU_IOAS_MAP), _ioas(2), _map),
@@ -339,108 +339,109 @@ SCENARIOS: list[Scenario] = [
              _ioas(1, memlock_limit=1 << 20), _map),
     Scenario("IOAS_MAP_FILE(1 domain)", on(IOMMUFD, iu.IOMMU_IOAS_MAP_FILE),
              _memfd(1), lambda w: _t(w).map_file(
-        w.h["ioas"], w.h["memfd"], 0, BUF, IOVA, RW | FIXED), kernels=("7.0",)),
+                 w.h["ioas"], w.h["memfd"], 0, BUF, IOVA, RW | FIXED), kernels=("7.0",)),
     Scenario("IOAS_COPY", on(IOMMUFD, iu.IOMMU_IOAS_COPY),
-             _two_ioas, lambda w: _t(w).copy(w.h["ioas2"], w.h["ioas"], IOVA,
-                                                           BUF, IOVA)),
+             _two_ioas, lambda w: _t(w).copy(w.h["ioas2"], w.h["ioas"], IOVA, BUF, IOVA)),
     Scenario("IOAS_UNMAP(1 domain)", on(IOMMUFD, iu.IOMMU_IOAS_UNMAP),
-             _ioas(1, True), lambda w: _t(w).unmap(
-        w.h["ioas"], IOVA, BUF)),
+             _ioas(1, True), lambda w: _t(w).unmap(w.h["ioas"], IOVA, BUF)),
     Scenario("IOAS_UNMAP(2 domains)", on(IOMMUFD, iu.IOMMU_IOAS_UNMAP),
-             _ioas(2, True), lambda w: _t(w).unmap(
-        w.h["ioas"], IOVA, BUF)),
-    Scenario("OPTION(HUGE_PAGES=0)", on(IOMMUFD, iu.IOMMU_OPTION), _ioas(), lambda w: _t(w).option(
-        iu.IOMMU_OPTION_HUGE_PAGES, iu.IOMMU_OPTION_OP_SET, w.h["ioas"], 0)),
-    Scenario("VFIO_IOAS(SET)", on(IOMMUFD, iu.IOMMU_VFIO_IOAS), _ioas(), lambda w: _t(w).ioctl(
-        iu.IOMMU_VFIO_IOAS, iu.VFIO_IOAS.pack(12, w.h["ioas"], iu.IOMMU_VFIO_IOAS_SET, 0))),
+             _ioas(2, True), lambda w: _t(w).unmap(w.h["ioas"], IOVA, BUF)),
+    Scenario("OPTION(HUGE_PAGES=0)", on(IOMMUFD, iu.IOMMU_OPTION),
+             _ioas(), lambda w: _t(w).option(
+                 iu.IOMMU_OPTION_HUGE_PAGES, iu.IOMMU_OPTION_OP_SET, w.h["ioas"], 0)),
+    Scenario("VFIO_IOAS(SET)", on(IOMMUFD, iu.IOMMU_VFIO_IOAS),
+             _ioas(), lambda w: _t(w).ioctl(
+                 iu.IOMMU_VFIO_IOAS,
+                 iu.VFIO_IOAS.pack(12, w.h["ioas"], iu.IOMMU_VFIO_IOAS_SET, 0))),
     Scenario("HWPT_ALLOC", on(IOMMUFD, iu.IOMMU_HWPT_ALLOC),
-             _ioas(1, True), lambda w: _t(w).hwpt_alloc(
-        w.h["devs"][0][0], w.h["ioas"])),
+             _ioas(1, True), lambda w: _t(w).hwpt_alloc(w.h["devs"][0][0], w.h["ioas"])),
     Scenario("HWPT_ALLOC(DIRTY_TRACKING)", on(IOMMUFD, iu.IOMMU_HWPT_ALLOC),
              _ioas(1, True), lambda w: _t(w).hwpt_alloc(
-        w.h["devs"][0][0], w.h["ioas"], iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING), ("mock",)),
+                 w.h["devs"][0][0], w.h["ioas"], iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
+             ("mock",)),
     Scenario("HWPT_SET_DIRTY_TRACKING", on(IOMMUFD, iu.IOMMU_HWPT_SET_DIRTY_TRACKING),
              _hwpt(iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
              lambda w: _t(w).set_dirty_tracking(w.h["hwpt"], True), ("mock",)),
     Scenario("HWPT_GET_DIRTY_BITMAP", on(IOMMUFD, iu.IOMMU_HWPT_GET_DIRTY_BITMAP),
              _dirty, lambda w: _t(w).get_dirty_bitmap(
-        w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]), ("mock",)),
-    Scenario("GET_HW_INFO", on(IOMMUFD, iu.IOMMU_GET_HW_INFO), _ioas(1), lambda w: _t(w).ioctl(
-        iu.IOMMU_GET_HW_INFO, iu.HW_INFO.pack(
-            40, 0, w.h["devs"][0][0], 64, w.h["bitmap"], 0, 0, b"\0" * 3, 0))),
+                 w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]), ("mock",)),
+    Scenario("GET_HW_INFO", on(IOMMUFD, iu.IOMMU_GET_HW_INFO),
+             _ioas(1), lambda w: _t(w).ioctl(iu.IOMMU_GET_HW_INFO, iu.HW_INFO.pack(
+                 40, 0, w.h["devs"][0][0], 64, w.h["bitmap"], 0, 0, b"\0" * 3, 0))),
     # VFIO compatibility on /dev/iommu
-    Scenario("compat VFIO_SET_IOMMU", on(COMPAT, vu.VFIO_SET_IOMMU), _ioas(1), lambda w: (
-        _t(w).ioctl(iu.IOMMU_VFIO_IOAS, iu.VFIO_IOAS.pack(12, w.h["ioas"],
-                                                          iu.IOMMU_VFIO_IOAS_SET, 0)),
-        w.p.ioctl(_t(w).fd, vu.VFIO_SET_IOMMU, vu.VFIO_TYPE1_IOMMU))),
-    Scenario("compat VFIO_IOMMU_MAP_DMA", on(COMPAT, vu.VFIO_IOMMU_MAP_DMA), _compat, _compat_map),
+    Scenario("compat VFIO_SET_IOMMU", on(COMPAT, vu.VFIO_SET_IOMMU),
+             _ioas(1), lambda w: (
+                 _t(w).ioctl(iu.IOMMU_VFIO_IOAS,
+                             iu.VFIO_IOAS.pack(12, w.h["ioas"], iu.IOMMU_VFIO_IOAS_SET, 0)),
+                 w.p.ioctl(_t(w).fd, vu.VFIO_SET_IOMMU, vu.VFIO_TYPE1_IOMMU))),
+    Scenario("compat VFIO_IOMMU_MAP_DMA", on(COMPAT, vu.VFIO_IOMMU_MAP_DMA),
+             _compat, _compat_map),
     Scenario("compat VFIO_IOMMU_UNMAP_DMA(v1 cut)", on(COMPAT, vu.VFIO_IOMMU_UNMAP_DMA),
              _compat_v1_mapped, lambda w: w.p.ioctl(
-        _t(w).fd, vu.VFIO_IOMMU_UNMAP_DMA, bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, PAGE)))),
+                 _t(w).fd, vu.VFIO_IOMMU_UNMAP_DMA,
+                 bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, PAGE)))),
     Scenario("compat VFIO_IOMMU_GET_INFO", on(COMPAT, vu.VFIO_IOMMU_GET_INFO),
              _compat, lambda w: w.p.ioctl(
-        _t(w).fd, vu.VFIO_IOMMU_GET_INFO, bytearray(vu.IOMMU_INFO.pack(64, 0, 0, 0, 0)) +
-        bytearray(40))),
+                 _t(w).fd, vu.VFIO_IOMMU_GET_INFO,
+                 bytearray(vu.IOMMU_INFO.pack(64, 0, 0, 0, 0)) + bytearray(40))),
     # the selftest commands
     Scenario("TEST MOCK_DOMAIN", on(SELFTEST, OP_MOCK_DOMAIN),
-             _ioas(0, True), lambda w: _t(w).mock_domain(w.h["ioas"]),
-             ("mock",)),
+             _ioas(0, True), lambda w: _t(w).mock_domain(w.h["ioas"]), ("mock",)),
     Scenario("TEST MOCK_DOMAIN_REPLACE(ioas)", on(SELFTEST, OP_MOCK_DOMAIN_REPLACE),
-             _two_ioas, lambda w: _t(w).mock_domain_replace(
-        w.h["stdevs"][0], w.h["ioas2"]), ("mock",), absorbs=_INCOMPATIBLE),
+             _two_ioas, lambda w: _t(w).mock_domain_replace(w.h["stdevs"][0], w.h["ioas2"]),
+             ("mock",), absorbs=_INCOMPATIBLE),
     Scenario("TEST MOCK_DOMAIN_REPLACE(hwpt)", on(SELFTEST, OP_MOCK_DOMAIN_REPLACE),
-             _hwpt(), lambda w: _t(w).mock_domain_replace(
-        w.h["stdevs"][0], w.h["hwpt"]), ("mock",)),
+             _hwpt(), lambda w: _t(w).mock_domain_replace(w.h["stdevs"][0], w.h["hwpt"]),
+             ("mock",)),
     Scenario("TEST ADD_RESERVED", on(SELFTEST, OP_ADD_RESERVED),
-             _ioas(), lambda w: _t(w).add_reserved(
-        w.h["ioas"], 1 << 40, PAGE), ("mock",)),
+             _ioas(), lambda w: _t(w).add_reserved(w.h["ioas"], 1 << 40, PAGE), ("mock",)),
     Scenario("TEST CREATE_ACCESS", on(SELFTEST, OP_CREATE_ACCESS),
-             _ioas(0, True), lambda w: _t(w).create_access(
-        w.h["ioas"], 1), ("mock",)),
+             _ioas(0, True), lambda w: _t(w).create_access(w.h["ioas"], 1), ("mock",)),
     Scenario("TEST ACCESS_PAGES(no domain)", on(SELFTEST, OP_ACCESS_PAGES),
              _access(True), lambda w: _t(w).access_pages(
-        w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
+                 w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
     Scenario("TEST ACCESS_PAGES(1 domain)", on(SELFTEST, OP_ACCESS_PAGES),
              _access(True, 1), lambda w: _t(w).access_pages(
-        w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
+                 w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
     Scenario("TEST DESTROY_ACCESS_PAGES", on(SELFTEST, OP_DESTROY_ACCESS_PAGES),
              _access_item, lambda w: _t(w).test_cmd(
-        OP_DESTROY_ACCESS_PAGES, w.h["access"], struct.pack("<I", w.h["item"])), ("mock",)),
+                 OP_DESTROY_ACCESS_PAGES, w.h["access"], struct.pack("<I", w.h["item"])),
+             ("mock",)),
     Scenario("TEST ACCESS_RW(read)", on(SELFTEST, OP_ACCESS_RW),
              _rw_setup(64), _access_rw(0), ("mock",)),
     Scenario("TEST ACCESS_RW(write)", on(SELFTEST, OP_ACCESS_RW),
-             _rw_setup(64), _access_rw(MOCK_ACCESS_RW_WRITE),
-             ("mock",)),
-    Scenario("TEST ACCESS_RW(slow, one page)", on(SELFTEST, OP_ACCESS_RW), _rw_setup(64),
-             _access_rw(MOCK_ACCESS_RW_SLOW_PATH), ("mock",)),
-    Scenario("TEST ACCESS_RW(slow, 16 pages)", on(SELFTEST, OP_ACCESS_RW), _rw_setup(16 * PAGE),
-             _access_rw(MOCK_ACCESS_RW_SLOW_PATH, 16 * PAGE), ("mock",)),
+             _rw_setup(64), _access_rw(MOCK_ACCESS_RW_WRITE), ("mock",)),
+    Scenario("TEST ACCESS_RW(slow, one page)", on(SELFTEST, OP_ACCESS_RW),
+             _rw_setup(64), _access_rw(MOCK_ACCESS_RW_SLOW_PATH), ("mock",)),
+    Scenario("TEST ACCESS_RW(slow, 16 pages)", on(SELFTEST, OP_ACCESS_RW),
+             _rw_setup(16 * PAGE), _access_rw(MOCK_ACCESS_RW_SLOW_PATH, 16 * PAGE), ("mock",)),
     Scenario("TEST ACCESS_REPLACE_IOAS", on(SELFTEST, OP_ACCESS_REPLACE_IOAS),
              _access_and_ioas, lambda w: _t(w).access_replace_ioas(
-        w.h["access"], w.h["ioas2"]), ("mock",)),
-    Scenario("TEST DIRTY", on(SELFTEST, OP_DIRTY), _dirty, lambda w: _t(w).mock_dirty(
-        w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]), ("mock",)),
+                 w.h["access"], w.h["ioas2"]), ("mock",)),
+    Scenario("TEST DIRTY", on(SELFTEST, OP_DIRTY),
+             _dirty, lambda w: _t(w).mock_dirty(w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]),
+             ("mock",)),
     Scenario("TEST MD_CHECK_REFS", on(SELFTEST, OP_MD_CHECK_REFS),
              _ioas(1, True), lambda w: _t(w).test_cmd(
-        OP_MD_CHECK_REFS, 0, struct.pack("<QQI", BUF, w.h["buf"], 1)), ("mock",)),
-    Scenario("TEST TRIGGER_IOPF", on(SELFTEST, OP_TRIGGER_IOPF), _ioas(1), lambda w: _t(w).test_cmd(
-        OP_TRIGGER_IOPF, 0, struct.pack("<I", w.h["devs"][0][0])), ("mock",)),
+                 OP_MD_CHECK_REFS, 0, struct.pack("<QQI", BUF, w.h["buf"], 1)), ("mock",)),
+    Scenario("TEST TRIGGER_IOPF", on(SELFTEST, OP_TRIGGER_IOPF),
+             _ioas(1), lambda w: _t(w).test_cmd(
+                 OP_TRIGGER_IOPF, 0, struct.pack("<I", w.h["devs"][0][0])), ("mock",)),
     # VFIO device cdevs
     Scenario("cdev BIND_IOMMUFD", on(DEVICE, vu.VFIO_DEVICE_BIND_IOMMUFD),
-             _cdev(bound=False), lambda w: _bind_fd(w, w.h["cdev"]),
-             DEV_PLATFORMS),
+             _cdev(bound=False), lambda w: _bind_fd(w, w.h["cdev"]), DEV_PLATFORMS),
     Scenario("cdev ATTACH_IOMMUFD_PT(ioas)", on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
-             _cdev(bound=True), lambda w: _attach_pt(
-        w, w.h["cdev"], w.h["ioas"]), DEV_PLATFORMS),
-    Scenario("cdev ATTACH_IOMMUFD_PT(hwpt)", on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
-             _cdev(bound=True, hwpt=True), lambda w: _attach_pt(
-        w, w.h["cdev"], w.h["hwpt"]), DEV_PLATFORMS),
-    Scenario("cdev ATTACH_IOMMUFD_PT(replace, ioas)", on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
-             _two_ioas, lambda w: _attach_pt(
-        w, w.h["cdevs"][0], w.h["ioas2"]), DEV_PLATFORMS, absorbs=_INCOMPATIBLE),
-    Scenario("cdev DETACH_IOMMUFD_PT", on(DEVICE, vu.VFIO_DEVICE_DETACH_IOMMUFD_PT),
-             _ioas(1, True), lambda w: _detach(w, w.h["cdevs"][0]),
+             _cdev(bound=True), lambda w: _attach_pt(w, w.h["cdev"], w.h["ioas"]),
              DEV_PLATFORMS),
+    Scenario("cdev ATTACH_IOMMUFD_PT(hwpt)", on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+             _cdev(bound=True, hwpt=True), lambda w: _attach_pt(w, w.h["cdev"], w.h["hwpt"]),
+             DEV_PLATFORMS),
+    Scenario("cdev ATTACH_IOMMUFD_PT(replace, ioas)",
+             on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+             _two_ioas, lambda w: _attach_pt(w, w.h["cdevs"][0], w.h["ioas2"]),
+             DEV_PLATFORMS, absorbs=_INCOMPATIBLE),
+    Scenario("cdev DETACH_IOMMUFD_PT", on(DEVICE, vu.VFIO_DEVICE_DETACH_IOMMUFD_PT),
+             _ioas(1, True), lambda w: _detach(w, w.h["cdevs"][0]), DEV_PLATFORMS),
 ]
 
 
@@ -493,45 +494,44 @@ def _dirty_pages(w: World, flags: int) -> object:
 V2 = vu.VFIO_TYPE1v2_IOMMU
 SCENARIOS += [
     Scenario("open(/dev/vfio/vfio)", on(OPEN, "/dev/vfio/vfio"),
-             _vfio(container=False, group=False),
-             lambda w: w.p.open("/dev/vfio/vfio"), DEV_PLATFORMS),
-    Scenario("open(/dev/iommu)", on(OPEN, "/dev/iommu"), _vfio(container=False, group=False),
-             lambda w: w.p.open("/dev/iommu"), DEV_PLATFORMS),
+             _vfio(container=False, group=False), lambda w: w.p.open("/dev/vfio/vfio"),
+             DEV_PLATFORMS),
+    Scenario("open(/dev/iommu)", on(OPEN, "/dev/iommu"),
+             _vfio(container=False, group=False), lambda w: w.p.open("/dev/iommu"),
+             DEV_PLATFORMS),
     Scenario("open(/dev/vfio/devices/vfio0)", on(OPEN, "/dev/vfio/devices/vfio<N>"),
              _vfio(container=False, group=False),
              lambda w: w.p.open("/dev/vfio/devices/vfio0"), DEV_PLATFORMS),
     Scenario("VFIO_GROUP_SET_CONTAINER", on(GROUP, vu.VFIO_GROUP_SET_CONTAINER),
              _vfio(set_container=False), lambda w: w.p.ioctl(
-        w.h["g"], vu.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", w.h["c"]))),
-        DEV_PLATFORMS),
+                 w.h["g"], vu.VFIO_GROUP_SET_CONTAINER,
+                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
     Scenario("VFIO_GROUP_SET_CONTAINER(second group)", on(GROUP, vu.VFIO_GROUP_SET_CONTAINER),
-             _vfio(iommu=V2, mapped=True,
-                                                             second=True),
-             lambda w: w.p.ioctl(w.h["g2"], vu.VFIO_GROUP_SET_CONTAINER,
-                                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
+             _vfio(iommu=V2, mapped=True, second=True), lambda w: w.p.ioctl(
+                 w.h["g2"], vu.VFIO_GROUP_SET_CONTAINER,
+                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
     Scenario("VFIO_SET_IOMMU(TYPE1v2)", on(CONTAINER, vu.VFIO_SET_IOMMU),
-             _vfio(), lambda w: w.p.ioctl(
-        w.h["c"], vu.VFIO_SET_IOMMU, V2), DEV_PLATFORMS),
+             _vfio(), lambda w: w.p.ioctl(w.h["c"], vu.VFIO_SET_IOMMU, V2), DEV_PLATFORMS),
     Scenario("VFIO_GROUP_GET_DEVICE_FD", on(GROUP, vu.VFIO_GROUP_GET_DEVICE_FD),
              _vfio(iommu=V2), lambda w: w.p.ioctl(
-        w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
-        DEV_PLATFORMS),
+                 w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
+             DEV_PLATFORMS),
     Scenario("VFIO_IOMMU_GET_INFO", on(CONTAINER, vu.VFIO_IOMMU_GET_INFO),
              _vfio(iommu=V2), lambda w: w.p.ioctl(
-        w.h["c"], vu.VFIO_IOMMU_GET_INFO, bytearray(vu.IOMMU_INFO.pack(256, 0, 0, 0, 0)) +
-        bytearray(232)), DEV_PLATFORMS),
+                 w.h["c"], vu.VFIO_IOMMU_GET_INFO,
+                 bytearray(vu.IOMMU_INFO.pack(256, 0, 0, 0, 0)) + bytearray(232)),
+             DEV_PLATFORMS),
     Scenario("VFIO_IOMMU_MAP_DMA", on(CONTAINER, vu.VFIO_IOMMU_MAP_DMA),
              _vfio(iommu=V2), _vfio_map, DEV_PLATFORMS),
     Scenario("VFIO_IOMMU_MAP_DMA(tracking)", on(CONTAINER, vu.VFIO_IOMMU_MAP_DMA),
-             _vfio(iommu=V2, tracking=True), _vfio_map,
-             DEV_PLATFORMS),
+             _vfio(iommu=V2, tracking=True), _vfio_map, DEV_PLATFORMS),
     Scenario("VFIO_IOMMU_UNMAP_DMA", on(CONTAINER, vu.VFIO_IOMMU_UNMAP_DMA),
              _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
-        w.h["c"], vu.VFIO_IOMMU_UNMAP_DMA, bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, BUF))),
-        DEV_PLATFORMS),
+                 w.h["c"], vu.VFIO_IOMMU_UNMAP_DMA,
+                 bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, BUF))), DEV_PLATFORMS),
     Scenario("VFIO_IOMMU_DIRTY_PAGES(START)", on(CONTAINER, vu.VFIO_IOMMU_DIRTY_PAGES),
-             _vfio(iommu=V2, mapped=True), lambda w:
-             _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_START), DEV_PLATFORMS),
+             _vfio(iommu=V2, mapped=True),
+             lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_START), DEV_PLATFORMS),
     Scenario("VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)", on(CONTAINER, vu.VFIO_IOMMU_DIRTY_PAGES),
              _vfio(iommu=V2, mapped=True, tracking=True),
              lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP),
@@ -540,8 +540,8 @@ SCENARIOS += [
              _vfio(iommu=V2, mapped=True, tracking=True),
              lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), DEV_PLATFORMS),
     Scenario("VFIO_GROUP_UNSET_CONTAINER", on(GROUP, vu.VFIO_GROUP_UNSET_CONTAINER),
-             _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
-        w.h["g"], vu.VFIO_GROUP_UNSET_CONTAINER), DEV_PLATFORMS),
+             _vfio(iommu=V2, mapped=True),
+             lambda w: w.p.ioctl(w.h["g"], vu.VFIO_GROUP_UNSET_CONTAINER), DEV_PLATFORMS),
 ]
 
 
