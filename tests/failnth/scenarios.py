@@ -586,6 +586,17 @@ def _region_info(w: World) -> object:
         vu.REGION_INFO.pack(vu.REGION_INFO.size, 0, vu.VFIO_PCI_BAR0_REGION_INDEX, 0, 0, 0)))
 
 
+def _group_on_iommufd(platform: str, kernel: str) -> World:
+    """Device 0's group (``h["g"]``) given /dev/iommu as its container: the context's
+    compatibility IOAS holds the buffer mapped."""
+    w = _iommufd(platform, kernel)
+    w.h["g"] = w.p.open(f"/dev/vfio/{w.m.devices['0000:00:01.0'].iommu_group}")
+    w.p.ioctl(w.h["g"], vu.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", _t(w).fd)))
+    w.p.ioctl(_t(w).fd, vu.VFIO_SET_IOMMU, V2)
+    _compat_map(w)
+    return w
+
+
 def _iommufd_container(platform: str, kernel: str) -> World:
     """CONFIG_IOMMUFD_VFIO_CONTAINER: /dev/vfio/vfio is iommufd."""
     w = _vfio(container=False, group=False)(platform, kernel)
@@ -639,6 +650,10 @@ SCENARIOS += [
              _bound_cdev, _device_info, DEV_PLATFORMS),
     Scenario("cdev VFIO_DEVICE_GET_REGION_INFO(BAR0)",
              on(VFIO_PCI, vu.VFIO_DEVICE_GET_REGION_INFO), _bound_cdev, _region_info,
+             DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_GET_DEVICE_FD(iommufd)", on(GROUP, vu.VFIO_GROUP_GET_DEVICE_FD),
+             _group_on_iommufd, lambda w: w.p.ioctl(
+                 w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
              DEV_PLATFORMS),
     Scenario("open(/dev/vfio/<group>)", on(OPEN, "/dev/vfio/<group>"),
              _vfio(container=False, group=False), lambda w: w.p.open(
