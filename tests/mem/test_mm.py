@@ -315,3 +315,44 @@ def test_populate_is_best_effort(backing: str) -> None:
     p.exit()
     m.mem._check()
     assert frames.free_frames == frames.total_frames
+
+
+def test_a_thp_folio_that_cannot_be_had_falls_back_to_a_4k_page() -> None:
+    """``do_huge_pmd_anonymous_page`` answers VM_FAULT_FALLBACK when its folio cannot be
+    allocated: the fault is served by one 4K page, and the write succeeds."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(2 << 20, "thp")
+    mem.fail_nth.arm(1)
+    mm.write(va, b"4K")
+    mem.fail_nth.disarm()
+    assert mem.fail_nth.fired == "vma_alloc_folio(THP)"
+    vma = mm.find_vma(va)
+    assert vma is not None and not vma.folios and int((vma.pfns() >= 0).sum()) == 1
+    assert mm.read(va, 2) == b"4K"
+    mm.close()
+    assert mem.frames.allocated_blocks == 0
+
+
+@pytest.mark.parametrize(("shared", "sites"), [
+    (False, ["vm_area_alloc"]),
+    (True, ["vm_area_alloc", "alloc_inode_sb(shmem_inode_cachep)",
+            "d_alloc_pseudo(alloc_file_pseudo)", "alloc_empty_file(alloc_file_pseudo)"]),
+])
+def test_each_allocation_of_mmap_fails_it_with_enomem_and_no_mapping(
+        shared: bool, sites: list[str]) -> None:
+    """``mmap_region``'s ``vm_area_alloc`` and, for shared anonymous memory,
+    ``shmem_zero_setup``'s inode, dentry and file: each failed is ENOMEM with nothing
+    mapped."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    mem.fail_nth.log = []
+    mm.munmap(mm.mmap(1 << 20, shared=shared), 1 << 20)
+    assert mem.fail_nth.log == sites
+    mem.fail_nth.log = None
+    for n in range(1, len(sites) + 1):
+        mem.fail_nth.arm(n)
+        with pytest.raises(OutOfMemory):
+            mm.mmap(1 << 20, shared=shared)
+        assert not mm.vmas
+    mem.fail_nth.disarm()
