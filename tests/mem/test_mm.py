@@ -98,6 +98,23 @@ def test_munmap_may_not_cut_a_hugetlb_page_and_then_changes_nothing() -> None:
     assert mem.frames.allocated_blocks == 0
 
 
+def test_munmap_whose_end_cuts_a_hugetlb_page_keeps_its_first_cut() -> None:
+    """``vms_gather_munmap_vmas`` splits at the start before it tries the end: when the
+    end cuts a huge page (``hugetlb_vm_op_split``: EINVAL), the mapping stays split at
+    the start, every page still mapped."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(4 << 20, "hugetlb-2M")
+    with pytest.raises(InvalidArgument, match="cuts a hugetlb-2M page"):
+        mm.munmap(va + (2 << 20), 1 << 20)
+    assert [(v.start, v.end) for v in mm.vmas] == [(va, va + (2 << 20)),
+                                                   (va + (2 << 20), va + (4 << 20))]
+    assert mem.frames.free_frames == mem.frames.total_frames - 1024
+    mm._check()
+    mm.close()
+    assert mem.frames.allocated_blocks == 0
+
+
 def test_munmap_of_pages_in_a_pinned_thp_frees_them_on_the_last_unpin() -> None:
     mem = PhysMem("64M")
     mm = MmStruct(mem)

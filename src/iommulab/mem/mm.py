@@ -298,7 +298,9 @@ class MmStruct:
         splitting the VMAs it cuts (``__split_vma``). EINVAL for an unaligned ``addr``, a
         range past ``TASK_SIZE`` (a negative length is a huge ``size_t``), a length of 0,
         or a cut through a hugetlb page; ENOMEM when a cut inside one VMA would pass
-        vm.max_map_count. Nothing is changed on failure.
+        vm.max_map_count. As ``vms_gather_munmap_vmas``, the cut at ``addr`` is made
+        before the one at the end is tried: when the end's fails (EINVAL, or ENOMEM from
+        ``__split_vma``), the first cut stays and nothing else is changed.
 
         A THP folio the cut goes through is mapped by 4K pages from then on (its PMD is
         split); the pages no process maps any more are freed unless pinned, in which
@@ -314,22 +316,29 @@ class MmStruct:
         hit = self._overlapping(addr, end)
         if not hit:
             return
-        first, last = hit[0], hit[-1]
-        if first.start < addr and end < first.end and self.map_count >= self.max_map_count:
-            raise OutOfMemory(f"munmap: splitting {first!r} would pass vm.max_map_count "
-                              f"({self.max_map_count})")
-        for vma, at in ((first, addr), (last, end)):
-            huge = vma.hugetlb_bytes
-            if huge and vma.start < at < vma.end and at % huge:
-                kind = vma.backing if vma.file is None else f"hugetlbfs {huge:#x}"
-                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) cuts a {kind} page "
-                                      f"of {vma!r}")
+        first = hit[0]
         if first.start < addr:
+            if end < first.end and self.map_count >= self.max_map_count:
+                raise OutOfMemory(f"munmap: splitting {first!r} would pass "
+                                  f"vm.max_map_count ({self.max_map_count})")
+            self._may_split(first, addr, end)
             hit[0] = self._split_vma(first, (addr - first.start) >> PAGE_SHIFT)[1]
-        if end < hit[-1].end:
+        if end < hit[-1].end:  # a failure from here on keeps the first cut
+            self._may_split(hit[-1], end, addr)
             hit[-1] = self._split_vma(hit[-1], (end - hit[-1].start) >> PAGE_SHIFT)[0]
         for vma in hit:
             self._drop(vma)
+
+    @staticmethod
+    def _may_split(vma: Vma, at: int, other: int) -> None:
+        """``hugetlb_vm_op_split``, ``vm_ops->may_split`` of a hugetlb mapping: EINVAL for a
+        cut at ``at`` inside a huge page (``other``: the range's other end, for the
+        message)."""
+        huge = vma.hugetlb_bytes
+        if huge and at % huge:
+            kind = vma.backing if vma.file is None else f"hugetlbfs {huge:#x}"
+            lo, hi = sorted((at, other))
+            raise InvalidArgument(f"munmap: [{lo:#x}, {hi:#x}) cuts a {kind} page of {vma!r}")
 
     def close(self) -> None:
         """exit_mmap: every mapping goes; the mm can no longer be pinned from."""
