@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import InvalidArgument, KernelError, NoEntry, NoSpace, NotATty
 from . import uapi as u
 from .files import VfioFile, _Arg, fput, get_file
+from .pci_core import VfioPciCore
 
 if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
@@ -55,6 +56,7 @@ class VfioDevice:
         self.iommufd_attached = False
         self.pasids: set[int] = set()  # vdev->pasids, the ida of attached PASIDs
         self.cdev_opened = False
+        self.pci: VfioPciCore | None = None  # vfio-pci's state while the device is open
 
     def _check(self) -> None:
         """Invariants (tests only): bound only while open, through one context file that
@@ -107,9 +109,14 @@ class VfioDevice:
         else:
             assert df.group is not None
             _group_use_container(df.group)
+        self.pci = VfioPciCore(self.dev)  # ops->open_device: vfio_pci_core_enable
 
     def _last_close(self, df: VfioDeviceFile) -> None:
-        """``vfio_df_device_last_close``: chosen by the closing file, as the kernel does."""
+        """``vfio_df_device_last_close``: vfio-pci's close first, then the unbind or
+        unuse chosen by the closing file, as the kernel does."""
+        assert self.pci is not None
+        self.pci.close()  # ops->close_device
+        self.pci = None
         if df.iommufd is not None:
             self.physical_unbind()
         else:
@@ -195,23 +202,32 @@ class VfioDevice:
         self.pasids.discard(pasid)
 
     # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
-    def pci_ioctl(self, request: int, a: _Arg) -> int:
-        """``vfio_pci_core_ioctl``: GET_INFO and GET_REGION_INFO; ENOTTY for a request
-        vfio-pci does not know (the model has no IRQ, reset or config-space ioctls)."""
+    def pci_ioctl(self, proc: Process, request: int, a: _Arg) -> int:
+        """``vfio_pci_core_ioctl``: GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, SET_IRQS
+        and RESET; ENOTTY for a request the model's vfio-pci does not know (the hot
+        reset and ioeventfd ioctls are not modelled)."""
         if request == u.VFIO_DEVICE_GET_INFO:
             return self._get_info(a)
         if request == u.VFIO_DEVICE_GET_REGION_INFO:
             return self._get_region_info(a)
+        if request in (u.VFIO_DEVICE_GET_IRQ_INFO, u.VFIO_DEVICE_SET_IRQS,
+                       u.VFIO_DEVICE_RESET):
+            assert self.pci is not None
+            return self.pci.ioctl(proc, request, a)
         raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
 
     def _get_info(self, a: _Arg) -> int:
         """``vfio_pci_ioctl_get_info``: writes back ``min(argsz, sizeof(info))`` bytes,
-        ``cap_offset`` 0 (no zPCI or AtomicOps capability)."""
+        VFIO_DEVICE_FLAGS_RESET when a reset method works, ``cap_offset`` 0 (no zPCI or
+        AtomicOps capability)."""
         argsz = int.from_bytes(a.read(0, u.DEVICE_INFO_MINSZ)[:4], "little")
         if argsz < u.DEVICE_INFO_MINSZ:
             raise InvalidArgument(f"DEVICE_GET_INFO: argsz {argsz} < {u.DEVICE_INFO_MINSZ}")
-        info = u.DEVICE_INFO.pack(argsz, u.VFIO_DEVICE_FLAGS_PCI | u.VFIO_DEVICE_FLAGS_RESET,
-                                  u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS, 0, 0)
+        assert self.pci is not None
+        flags = u.VFIO_DEVICE_FLAGS_PCI | (u.VFIO_DEVICE_FLAGS_RESET if self.pci.reset_works
+                                           else 0)
+        info = u.DEVICE_INFO.pack(argsz, flags, u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS,
+                                  0, 0)
         a.write(0, info[:min(argsz, u.DEVICE_INFO.size)])
         return 0
 
@@ -299,7 +315,7 @@ class VfioDeviceFile(VfioFile):
                 return cdev.attach_pt(self, _Arg(arg))
             if request == u.VFIO_DEVICE_DETACH_IOMMUFD_PT:
                 return cdev.detach_pt(self, _Arg(arg))
-        return self.vdev.pci_ioctl(request, _Arg(arg))
+        return self.vdev.pci_ioctl(proc, request, _Arg(arg))
 
     def holds(self) -> list[VfioFile]:
         """The files this one holds references to (lab: for ``collect_cycles``): a bound
@@ -321,6 +337,43 @@ class VfioDeviceFile(VfioFile):
         if not self.access_granted:
             raise InvalidArgument("mmap: the device cdev is not bound to an iommufd")
         return self.vdev.pci_mmap(length, offset)
+
+    f_pos = 0  # the file position read(2) and write(2) use
+
+    def pread(self, n: int, pos: int) -> bytes:
+        """``vfio_device_fops_read``: EINVAL until access is granted; then
+        ``vfio_pci_core_read`` (nothing for 0 bytes)."""
+        if not self.access_granted:
+            raise InvalidArgument("read: the device cdev is not bound to an iommufd")
+        if not n:
+            return b""
+        assert self.vdev.pci is not None
+        out = self.vdev.pci.rw(pos, n, None)
+        assert isinstance(out, bytes)
+        return out
+
+    def pwrite(self, data: bytes, pos: int) -> int:
+        """``vfio_device_fops_write``: as :meth:`pread`, for ``vfio_pci_core_write``."""
+        if not self.access_granted:
+            raise InvalidArgument("write: the device cdev is not bound to an iommufd")
+        if not data:
+            return 0
+        assert self.vdev.pci is not None
+        done = self.vdev.pci.rw(pos, len(data), data)
+        assert isinstance(done, int)
+        return done
+
+    def read_fd(self, n: int) -> bytes:
+        """``read(2)``: :meth:`pread` at the file position, which moves on."""
+        out = self.pread(n, self.f_pos)
+        self.f_pos += len(out)
+        return out
+
+    def write_fd(self, data: bytes) -> int:
+        """``write(2)``: :meth:`pwrite` at the file position, which moves on."""
+        done = self.pwrite(data, self.f_pos)
+        self.f_pos += done
+        return done
 
 
 class DeviceFile(VfioDeviceFile):
