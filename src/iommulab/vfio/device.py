@@ -202,18 +202,20 @@ class VfioDevice:
         self.pasids.discard(pasid)
 
     # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
-    def pci_ioctl(self, proc: Process, request: int, a: _Arg) -> int:
+    def pci_ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         """``vfio_pci_core_ioctl``: GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, SET_IRQS
-        and RESET; ENOTTY for a request the model's vfio-pci does not know (the hot
-        reset and ioeventfd ioctls are not modelled)."""
+        and RESET (which takes no argument); ENOTTY for a request the model's vfio-pci
+        does not know (the hot reset and ioeventfd ioctls are not modelled)."""
+        pci = self.pci
+        assert pci is not None
+        if request == u.VFIO_DEVICE_RESET:
+            return pci.reset()
         if request == u.VFIO_DEVICE_GET_INFO:
-            return self._get_info(a)
+            return self._get_info(_Arg(arg))
         if request == u.VFIO_DEVICE_GET_REGION_INFO:
-            return self._get_region_info(a)
-        if request in (u.VFIO_DEVICE_GET_IRQ_INFO, u.VFIO_DEVICE_SET_IRQS,
-                       u.VFIO_DEVICE_RESET):
-            assert self.pci is not None
-            return self.pci.ioctl(proc, request, a)
+            return self._get_region_info(_Arg(arg))
+        if request in (u.VFIO_DEVICE_GET_IRQ_INFO, u.VFIO_DEVICE_SET_IRQS):
+            return pci.ioctl(proc, request, _Arg(arg))
         raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
 
     def _get_info(self, a: _Arg) -> int:
@@ -315,7 +317,7 @@ class VfioDeviceFile(VfioFile):
                 return cdev.attach_pt(self, _Arg(arg))
             if request == u.VFIO_DEVICE_DETACH_IOMMUFD_PT:
                 return cdev.detach_pt(self, _Arg(arg))
-        return self.vdev.pci_ioctl(proc, request, _Arg(arg))
+        return self.vdev.pci_ioctl(proc, request, arg)
 
     def holds(self) -> list[VfioFile]:
         """The files this one holds references to (lab: for ``collect_cycles``): a bound

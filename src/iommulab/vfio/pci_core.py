@@ -76,13 +76,11 @@ class VfioPciCore:
 
     # -- ioctls ------------------------------------------------------------------------------
     def ioctl(self, proc: Process, request: int, a: _Arg) -> int:
-        """The IRQ ioctls and RESET of ``vfio_pci_core_ioctl``."""
+        """The IRQ ioctls of ``vfio_pci_core_ioctl``."""
         if request == u.VFIO_DEVICE_GET_IRQ_INFO:
             return get_irq_info(self.irqs, a)
-        if request == u.VFIO_DEVICE_SET_IRQS:
-            return set_irqs(self.irqs, proc, a)
-        assert request == u.VFIO_DEVICE_RESET
-        return self.reset()
+        assert request == u.VFIO_DEVICE_SET_IRQS
+        return set_irqs(self.irqs, proc, a)
 
     def reset(self) -> int:
         """``vfio_pci_ioctl_reset``: EINVAL unless a reset method works; then
