@@ -173,3 +173,16 @@ def test_region_access_bounds(v: EduVmm) -> None:
     # then masks INTx at the device for it (pci_intx), so both read 0x547
     assert v.cfg(4, 2) == 0x547 and v.dev.fn.command == 0x547
     v.close()
+
+
+def test_msi_eventfd_with_count_zero_is_erange(v: EduVmm) -> None:
+    """Validation lets count 0 through with eventfd data (no data to copy), so
+    ``vfio_msi_enable(vdev, 0)`` asks ``pci_alloc_irq_vectors`` for between 1 and 0
+    vectors: ERANGE from ``__pci_enable_msi_range``, nothing enabled (found by the
+    fuzzer)."""
+    before = _irq_state(v)
+    expect_errno(errno.ERANGE, v.set_irqs, TRIGGER_EVENTFD, u.VFIO_PCI_MSI_IRQ_INDEX, 0, 0)
+    assert _irq_state(v) == before
+    # INTx with count 0 and eventfd data: vfio_pci_set_intx_trigger's count check
+    expect_errno(errno.EINVAL, v.set_irqs, TRIGGER_EVENTFD, u.VFIO_PCI_INTX_IRQ_INDEX, 0, 0)
+    v.close()

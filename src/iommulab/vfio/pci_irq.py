@@ -10,13 +10,19 @@ signal for loopback tests (the model's functions are conventional PCI, so no ERR
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import Busy, InvalidArgument, NoDevice, NotATty
-from ..eventfd import EventFdCtx, eventfd_ctx_fdget
-from ..pcihw import PCI_COMMAND_INTX_DISABLE, PCI_INTERRUPT_PIN, PCI_MSI_FLAGS, PCI_MSI_FLAGS_QMASK
+from ..errors import Busy, InvalidArgument, NoDevice, NotATty, kernel_error
+from ..eventfd import EPOLLHUP, EPOLLIN, EventFdCtx, eventfd_ctx_fdget
+from ..pcihw import (
+    PCI_COMMAND_INTX_DISABLE,
+    PCI_INTERRUPT_PIN,
+    PCI_MSI_FLAGS,
+    PCI_MSI_FLAGS_QMASK,
+)
 from . import uapi as u
 
 if TYPE_CHECKING:
@@ -28,7 +34,6 @@ __all__ = ["VfioPciIrqs", "get_irq_info", "set_irqs"]
 
 _IRQ_NONE = u.VFIO_PCI_NUM_IRQS  # vdev->irq_type when no interrupt is set up
 _U32_MAX = 0xFFFF_FFFF
-EPOLLIN, EPOLLHUP = 0x1, 0x10
 
 
 @dataclass
@@ -264,12 +269,16 @@ class VfioPciIrqs:
 
     # -- MSI ---------------------------------------------------------------------------------
     def _msi_enable(self, nvec: int) -> int:
-        """``vfio_msi_enable``: EINVAL unless no interrupt is set up; the host allocates
-        ``nvec`` vectors (``pci_alloc_irq_vectors``: each a message from the platform,
-        vector 0's written to the function, MSI enabled there and INTx disabled) or
-        returns how many it could give when fewer."""
+        """``vfio_msi_enable``: EINVAL unless no interrupt is set up; ERANGE for no vector
+        (``pci_alloc_irq_vectors(pdev, 1, 0)``: a SET_IRQS with count 0 and eventfd
+        data gets there); the host allocates ``nvec`` vectors (each a message from the
+        platform, vector 0's written to the function, MSI enabled there and INTx
+        disabled) or returns how many it could give when fewer."""
         if self.irq_type != _IRQ_NONE:
             raise InvalidArgument("SET_IRQS: another interrupt type is enabled")
+        if nvec < 1:  # __pci_enable_msi_range: maxvec below minvec (1)
+            raise kernel_error(errno.ERANGE, "SET_IRQS: MSI with start + count 0: "
+                               "pci_alloc_irq_vectors(1, 0) is ERANGE")
         supported = self.irq_count(u.VFIO_PCI_MSI_IRQ_INDEX)
         if supported < nvec:
             return supported

@@ -501,7 +501,7 @@ class Gen:
         step = rng.choices(
             ["set_container", "set_iommu", "map", "unmap", "dirty", "info", "ext", "status",
              "unset", "device_fd", "device"],
-            [0.4, 0.3, 6, 4, 2.5, 1, 1, 0.7, 0.4, 2, 2.5])[0]
+            [0.4, 0.3, 6, 4, 2.5, 1, 1, 0.7, 0.4, 2, 5])[0]
         return list(getattr(self, "_t1_" + step)(pi, c, g))
 
     def _t1_set_container(self, pi: int, c: int, g: int) -> list[Op]:
@@ -600,6 +600,11 @@ class Gen:
         devs = self.files(pi, VfioDeviceFile)
         if not devs:
             return self._t1_device_fd(pi, c, g)
+        usable = self.files(pi, VfioDeviceFile, lambda f: f.access_granted)
+        if self.rng.random() < 0.85:
+            if not usable:
+                return self._t1_device_fd(pi, c, g)
+            devs = usable
         return self._device_ioctl(pi, self.pick(devs))
 
     def _device_ioctl(self, pi: int, fd: int) -> list[Op]:
@@ -635,12 +640,17 @@ class Gen:
         rng = self.rng
         if not self.files(pi, EventFdFile) and rng.random() < 0.7:
             return [Op(pi, "eventfd", (rng.choice([0, 0, 1]),))]
-        index = rng.choice([0, 0, 1, 1, 1, 4, 2, 3, 5])
+        df = self.w.procs[pi].files.get(fd)
+        pci = df.vdev.pci if isinstance(df, VfioDeviceFile) else None
+        index = rng.choice([0, 0, 0, 1, 1, 1, 1, 4, 2, 3, 5])
+        if pci is not None and pci.dev.ident.interrupt_pin and rng.random() < 0.6:
+            in_use = pci.irqs.irq_type  # mostly the type in use, or one when none is
+            index = in_use if in_use < 2 and rng.random() < 0.7 else rng.choice([0, 1])
         action = rng.choice([vu.VFIO_IRQ_SET_ACTION_TRIGGER] * 4 + [
             vu.VFIO_IRQ_SET_ACTION_MASK, vu.VFIO_IRQ_SET_ACTION_UNMASK])
         data_type = rng.choice([vu.VFIO_IRQ_SET_DATA_EVENTFD] * 3 + [
             vu.VFIO_IRQ_SET_DATA_NONE, vu.VFIO_IRQ_SET_DATA_BOOL])
-        start, count = 0, rng.choice([1, 1, 1, 0, 2])
+        start, count = 0, rng.choice([1, 1, 1, 1, 1, 0, 2])
         if data_type == vu.VFIO_IRQ_SET_DATA_EVENTFD:
             data = b"".join(struct.pack("<i", self._eventfd(pi)) for _ in range(count))
         elif data_type == vu.VFIO_IRQ_SET_DATA_BOOL:
