@@ -39,6 +39,12 @@ class EventFdCtx:
         self.signals = 0
         self.waiters: list[Waiter] = []  # wqh
 
+    def _check(self) -> None:
+        """Invariants (tests only): a u64 counter below ULLONG_MAX, no negative kref,
+        nobody waiting on a context nobody holds."""
+        assert 0 <= self.count < _ULLONG_MAX and self.kref >= 0
+        assert self.kref or not self.waiters
+
     def _wake(self, flags: int) -> None:
         for w in list(self.waiters):
             w.wake(flags)

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .errors import NoSpace
 from .irqchip import GicV3Its
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = ["X86_MSI_BASE", "HostMsi"]
 X86_MSI_BASE = 0xFEE0_0000
 _X86_MSI_END = 0xFEF0_0000
 _FIRST_VECTOR = 0x30  # FIRST_EXTERNAL_VECTOR on x86_64
+_LAST_VECTOR = 0xEB  # below FIRST_SYSTEM_VECTOR (0xec)
 
 
 class HostMsi:
@@ -35,8 +37,15 @@ class HostMsi:
         self.machine = machine
         self.handlers: dict[tuple[int, int], Callable[[], None]] = {}
         self.spurious = 0  # messages no handler took
-        self._vectors = itertools.count(_FIRST_VECTOR)
+        self.allocated: set[tuple[int, int]] = set()  # (sid, data) of each live vector
+        self._x86_vectors: set[int] = set()
         self._its: GicV3Its | None = None
+
+    def _check(self) -> None:
+        """Invariants (tests only): a handler only on an allocated vector."""
+        assert set(self.handlers) <= self.allocated, set(self.handlers) - self.allocated
+        assert {d for _, d in self.allocated} >= self._x86_vectors or \
+            self.machine.platform == "arm64-smmuv3"
 
     def its(self) -> GicV3Its:
         """arm64: the ITS at QEMU virt's address, made at the first MSI."""
@@ -46,15 +55,30 @@ class HostMsi:
         return self._its
 
     def alloc(self, dev: PciDevice) -> tuple[int, int]:
-        """The message (address, data) of a new vector of ``dev``; on arm64 the
-        doorbell page is mapped in the device's domain first (``iommu_dma_prepare_msi``,
-        whose ENOMEM passes up)."""
+        """The message (address, data) of a new vector of ``dev``: x86, the lowest free
+        vector of the CPU (ENOSPC when none is); arm64, the device's lowest free
+        EventID, once the doorbell page is mapped in the device's domain
+        (``iommu_dma_prepare_msi``, whose ENOMEM passes up)."""
         if self.machine.platform == "arm64-smmuv3":
             from .dma import prepare_msi
             its = self.its()
-            event = next(e for e in itertools.count() if (dev.sid, e) not in self.handlers)
-            return prepare_msi(dev, its.doorbell), event
-        return X86_MSI_BASE, next(self._vectors) & 0xFF
+            event = next(e for e in itertools.count() if (dev.sid, e) not in self.allocated)
+            address = prepare_msi(dev, its.doorbell)
+            self.allocated.add((dev.sid, event))
+            return address, event
+        vector = next((v for v in range(_FIRST_VECTOR, _LAST_VECTOR + 1)
+                       if v not in self._x86_vectors), None)
+        if vector is None:
+            raise NoSpace("no free interrupt vector")
+        self._x86_vectors.add(vector)
+        self.allocated.add((dev.sid, vector))
+        return X86_MSI_BASE, vector
+
+    def release(self, dev: PciDevice, data: int) -> None:
+        """The vector goes back (``pci_free_irq_vectors``)."""
+        self.allocated.discard((dev.sid, data))
+        if self.machine.platform != "arm64-smmuv3":
+            self._x86_vectors.discard(data)
 
     def request(self, dev: PciDevice, data: int, handler: Callable[[], None]) -> None:
         """``request_irq`` on the vector whose message carries ``data``."""

@@ -147,6 +147,14 @@ class PciFunction:
             _put(wmask, _MSI_CAP + PCI_MSI_DATA_64, 2, 0xFFFF)
         self.intx_level = self._intx_out = False
 
+    def _check(self) -> None:
+        """Invariants (tests only): the status interrupt bit is the INTx level; the line
+        the host sees is the level unless INTx disable holds it."""
+        status = self.cfg_read(PCI_STATUS, 2)
+        assert bool(status & PCI_STATUS_INTERRUPT) == self.intx_level
+        assert self._intx_out == (self.intx_level and
+                                  not self.command & PCI_COMMAND_INTX_DISABLE)
+
     @property
     def msi_cap(self) -> int:
         """``pdev->msi_cap``: the MSI capability's offset, 0 when there is none."""

@@ -11,7 +11,8 @@ import pytest
 
 from iommulab import Machine
 from iommulab.iommu import MSI_IOVA_BASE
-from iommulab.testing import leak_snapshot
+from iommulab.iommufd import uapi as iu
+from iommulab.testing import check_invariants, leak_snapshot
 from iommulab.vfio import uapi as u
 
 from ..helpers import expect_errno
@@ -81,7 +82,9 @@ class EduVmm:
         self.set_reg(0x98, 1 | (2 if to_ram else 0) | 4, 8)
 
     def close(self) -> None:
+        check_invariants([self.m, self.p])
         self.p.exit()
+        check_invariants([self.m, self.p])
         assert not (diff := self.fresh.diff(leak_snapshot(self.m, processes=[self.p]))), diff
 
 
@@ -249,3 +252,39 @@ def test_eventfd_counts_like_eventfd2() -> None:
     expect_errno(errno.ESPIPE, p.pread, efd, 8, 0)
     expect_errno(errno.EINVAL, p.eventfd, 1 << 32)
     p.exit()
+
+
+def test_bound_cdev_drives_edu_through_an_ioas() -> None:
+    """The same device through /dev/vfio/devices/vfio0 bound to an iommufd: the device
+    ioctls, regions and interrupts are the device file's, whichever way it was opened."""
+    m = Machine("x86-vtd", ram="1G")
+    dev = m.add_pci_device(BDF, model="edu")
+    fresh = leak_snapshot(m)
+    p = m.spawn_process()
+    iommufd, cdev = p.open("/dev/iommu"), p.open("/dev/vfio/devices/vfio0")
+    expect_errno(errno.EINVAL, p.pread, cdev, 4, CFG)  # not bound yet
+    p.ioctl(cdev, u.VFIO_DEVICE_BIND_IOMMUFD,
+            bytearray(u.BIND_IOMMUFD.pack(16, 0, iommufd, 0)))
+    alloc = bytearray(iu.IOAS_ALLOC.pack(12, 0, 0))
+    p.ioctl(iommufd, iu.IOMMU_IOAS_ALLOC, alloc)
+    ioas = iu.IOAS_ALLOC.unpack(alloc)[2]
+    p.ioctl(cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+            bytearray(u.ATTACH_IOMMUFD_PT.pack(16, 0, ioas, 0)))
+    ram = p.mmap(1 << 16, "anon")
+    p.ioctl(iommufd, iu.IOMMU_IOAS_MAP,
+            bytearray(iu.IOAS_MAP.pack(40, 7, ioas, 0, ram, 1 << 16, IOVA)))
+    assert int.from_bytes(p.pread(cdev, 4, CFG), "little") == 0x11E8_1234
+    p.pwrite(cdev, struct.pack("<H", 0x6), CFG + 4)
+    efd = p.eventfd()
+    arg = bytearray(u.IRQ_SET.pack(24, TRIGGER_EVENTFD, u.VFIO_PCI_MSI_IRQ_INDEX, 0, 1) +
+                    struct.pack("<i", efd))
+    p.ioctl(cdev, u.VFIO_DEVICE_SET_IRQS, arg)
+    p.write(ram, b"through an IOAS")
+    p.pwrite(cdev, struct.pack("<QQQQ", IOVA, 0x40000, 15, 1 | 4), BAR0 + 0x80)
+    p.pwrite(cdev, struct.pack("<QQQQ", 0x40000, IOVA + 0x100, 15, 1 | 2), BAR0 + 0x80)
+    assert p.read(ram + 0x100, 15) == b"through an IOAS"
+    assert p.read_fd(efd, 8) == (1).to_bytes(8, "little")  # only the first asked
+    check_invariants([m, p])
+    p.exit()
+    check_invariants([m, p])
+    assert not (diff := fresh.diff(leak_snapshot(m, processes=[p]))), diff

@@ -58,7 +58,7 @@ class LeakSnapshot:
     open_files: Mapping[str, int] = field(default_factory=dict)  # kind -> files with refs
     vfio_devices: Mapping[str, str] = field(default_factory=dict)  # bdf -> open state
     eventfd_refs: int = 0  # references on eventfd contexts (files and drivers)
-    irq_handlers: int = 0  # host handlers on devices' INTx lines and MSI vectors
+    irq_handlers: int = 0  # host MSI vectors and handlers, handlers on INTx lines
 
     def diff(self, now: LeakSnapshot) -> list[str]:
         """One line per field where ``now`` differs from this (fresh) snapshot, naming the
@@ -110,7 +110,7 @@ def leak_snapshot(machine: Machine, processes: Iterable[Process] = (),
         mm_counters=_mm_counters(procs), iommufd_objects=dict(objects),
         domains=dict(domains), groups=_groups(machine), open_files=dict(open_files),
         vfio_devices=_vfio_devices(machine), eventfd_refs=eventfd_refs,
-        irq_handlers=len(machine.host_msi.handlers) + sum(
+        irq_handlers=len(machine.host_msi.handlers) + len(machine.host_msi.allocated) + sum(
             d.fn.intx_handler is not None for d in machine.devices.values()))
 
 

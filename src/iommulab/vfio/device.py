@@ -62,7 +62,7 @@ class VfioDevice:
         """Invariants (tests only): bound only while open, through one context file that
         is still open and owns the device's group DMA; the device object has a HWPT
         exactly when it is attached, through ``iommufd_attached`` or PASID 0, not both;
-        a bound cdev is the device's only opener."""
+        a bound cdev is the device's only opener; vfio-pci's state exists while open."""
         assert self.open_count >= 0
         assert (self.iommufd is None) == (self.idev is None)
         assert self.pasids <= {IOMMU_NO_PASID}, "only PASID 0 can be attached in the model"
@@ -78,6 +78,7 @@ class VfioDevice:
             assert not self.iommufd_attached and not self.pasids
         if self.cdev_opened:
             assert self.idev is not None and self.open_count == 1
+        assert (self.pci is not None) == (self.open_count > 0), "vfio-pci state iff open"
 
     # -- vfio_df_open / vfio_df_close (vfio_main.c) ------------------------------------------
     def df_open(self, df: VfioDeviceFile) -> None:

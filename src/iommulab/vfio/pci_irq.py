@@ -285,9 +285,14 @@ class VfioPciIrqs:
         host = self.dev.machine.host_msi
         msgs: list[int] = []
         address = 0
-        for _ in range(nvec):  # arm64: ENOMEM from iommu_dma_prepare_msi passes up
-            address, data = host.alloc(self.dev)
-            msgs.append(data)
+        try:
+            for _ in range(nvec):  # ENOSPC, or ENOMEM from iommu_dma_prepare_msi
+                address, data = host.alloc(self.dev)
+                msgs.append(data)
+        except OSError:
+            for data in msgs:
+                host.release(self.dev, data)
+            raise
         self.msi_msgs = msgs
         self.fn.program_msi(address, msgs[0], enable=True)
         self.fn.intx(False)  # pci_intx_for_msi
@@ -335,6 +340,8 @@ class VfioPciIrqs:
             host.free(self.dev, ctx.msg)
             if ctx.trigger is not None:
                 ctx.trigger.put()
+        for msg in self.msi_msgs:
+            host.release(self.dev, msg)
         self.msi_msgs = []
         self.fn.program_msi(0, 0, enable=False)
         self.fn.intx(True)
