@@ -279,6 +279,7 @@ def test_bound_cdev_drives_edu_through_an_ioas() -> None:
     arg = bytearray(u.IRQ_SET.pack(24, TRIGGER_EVENTFD, u.VFIO_PCI_MSI_IRQ_INDEX, 0, 1) +
                     struct.pack("<i", efd))
     p.ioctl(cdev, u.VFIO_DEVICE_SET_IRQS, arg)
+    assert dev.fn.msi_enabled and dev.fn.bus_master
     p.write(ram, b"through an IOAS")
     p.pwrite(cdev, struct.pack("<QQQQ", IOVA, 0x40000, 15, 1 | 4), BAR0 + 0x80)
     p.pwrite(cdev, struct.pack("<QQQQ", 0x40000, IOVA + 0x100, 15, 1 | 2), BAR0 + 0x80)
