@@ -186,3 +186,21 @@ def test_msi_eventfd_with_count_zero_is_erange(v: EduVmm) -> None:
     # INTx with count 0 and eventfd data: vfio_pci_set_intx_trigger's count check
     expect_errno(errno.EINVAL, v.set_irqs, TRIGGER_EVENTFD, u.VFIO_PCI_INTX_IRQ_INDEX, 0, 0)
     v.close()
+
+
+def test_hot_reset_header_checks_then_enodev(v: EduVmm) -> None:
+    """No function of the model has a slot or a bus reset (a root bus, as QEMU's q35
+    devices): after the header checks both hot reset ioctls are ENODEV."""
+    info = u.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO
+    expect_errno(errno.EFAULT, v.p.ioctl, v.d, info, bytearray(8))
+    expect_errno(errno.EINVAL, v.p.ioctl, v.d, info, bytearray(u.HOT_RESET_INFO.pack(11, 0, 0)))
+    buf = bytearray(u.HOT_RESET_INFO.pack(1 << 10, 7, 9))
+    expect_errno(errno.ENODEV, v.p.ioctl, v.d, info, buf)
+    assert buf == u.HOT_RESET_INFO.pack(1 << 10, 7, 9)  # nothing copied back
+    reset = u.VFIO_DEVICE_PCI_HOT_RESET
+    expect_errno(errno.EINVAL, v.p.ioctl, v.d, reset, bytearray(u.HOT_RESET.pack(12, 1, 1)))
+    # a group's device fd must name group fds (count > 0), a cdev must not
+    expect_errno(errno.EINVAL, v.p.ioctl, v.d, reset, bytearray(u.HOT_RESET.pack(12, 0, 0)))
+    expect_errno(errno.ENODEV, v.p.ioctl, v.d, reset,
+                 bytearray(u.HOT_RESET.pack(16, 0, 1) + struct.pack("<i", v.g)))
+    v.close()

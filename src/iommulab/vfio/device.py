@@ -204,9 +204,10 @@ class VfioDevice:
 
     # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
     def pci_ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
-        """``vfio_pci_core_ioctl``: GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, SET_IRQS
-        and RESET (which takes no argument); ENOTTY for a request the model's vfio-pci
-        does not know (the hot reset and ioeventfd ioctls are not modelled)."""
+        """``vfio_pci_core_ioctl``: GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, SET_IRQS,
+        RESET (which takes no argument) and the hot reset pair (ENODEV after their
+        header checks: no slot or bus reset in the model); ENOTTY for a request the
+        model's vfio-pci does not know (ioeventfd, device features)."""
         pci = self.pci
         assert pci is not None
         if request == u.VFIO_DEVICE_RESET:
@@ -217,6 +218,10 @@ class VfioDevice:
             return self._get_region_info(_Arg(arg))
         if request in (u.VFIO_DEVICE_GET_IRQ_INFO, u.VFIO_DEVICE_SET_IRQS):
             return pci.ioctl(proc, request, _Arg(arg))
+        if request == u.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO:
+            return pci.hot_reset_info(_Arg(arg))
+        if request == u.VFIO_DEVICE_PCI_HOT_RESET:
+            return pci.hot_reset(_Arg(arg), self.cdev_opened)
         raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
 
     def _get_info(self, a: _Arg) -> int:

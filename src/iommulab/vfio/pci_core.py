@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidArgument, IoError
+from ..errors import InvalidArgument, IoError, NoDevice
 from ..pcihw import PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 from . import uapi as u
 from .pci_config import VfioPciConfig
@@ -81,6 +81,29 @@ class VfioPciCore:
             return get_irq_info(self.irqs, a)
         assert request == u.VFIO_DEVICE_SET_IRQS
         return set_irqs(self.irqs, proc, a)
+
+    def hot_reset_info(self, a: _Arg) -> int:
+        """``vfio_pci_ioctl_get_pci_hot_reset_info``: EFAULT/EINVAL for the header, then
+        ENODEV: lab: every function of the model sits on a root bus with no slot, so
+        neither ``pci_probe_reset_slot`` nor ``pci_probe_reset_bus`` finds a reset (as
+        for QEMU's q35 devices at 0000:00:xx.0)."""
+        argsz = u.HOT_RESET_INFO.unpack(a.read(0, u.HOT_RESET_INFO.size))[0]
+        if argsz < u.HOT_RESET_INFO.size:
+            raise InvalidArgument(f"GET_PCI_HOT_RESET_INFO: argsz {argsz} < "
+                                  f"{u.HOT_RESET_INFO.size}")
+        raise NoDevice(f"GET_PCI_HOT_RESET_INFO: {self.pdev.bdf} has no slot or bus reset")
+
+    def hot_reset(self, a: _Arg, cdev_opened: bool) -> int:
+        """``vfio_pci_ioctl_pci_hot_reset``: EINVAL for a short ``argsz``, any flag, or a
+        group fd count that does not match the way the device was opened (none for a
+        cdev, some for a group's device fd); then ENODEV, as for the info."""
+        argsz, flags, count = u.HOT_RESET.unpack(a.read(0, u.HOT_RESET.size))
+        if argsz < u.HOT_RESET.size or flags:
+            raise InvalidArgument(f"PCI_HOT_RESET: argsz {argsz} or flags {flags:#x}")
+        if bool(count) == cdev_opened:
+            raise InvalidArgument(f"PCI_HOT_RESET: count {count} does not suit a device "
+                                  f"{'cdev' if cdev_opened else 'fd of a group'}")
+        raise NoDevice(f"PCI_HOT_RESET: {self.pdev.bdf} has no slot or bus reset")
 
     def reset(self) -> int:
         """``vfio_pci_ioctl_reset``: EINVAL unless a reset method works; then

@@ -30,6 +30,8 @@ VFIO_DEVICE_GET_REGION_INFO = _io(8)
 VFIO_DEVICE_GET_IRQ_INFO = _io(9)
 VFIO_DEVICE_SET_IRQS = _io(10)
 VFIO_DEVICE_RESET = _io(11)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)  # on a device fd; VFIO_IOMMU_GET_INFO on a container
+VFIO_DEVICE_PCI_HOT_RESET = _io(13)  # on a device fd; VFIO_IOMMU_MAP_DMA on a container
 VFIO_IOMMU_GET_INFO = _io(12)
 VFIO_IOMMU_MAP_DMA = _io(13)
 VFIO_IOMMU_UNMAP_DMA = _io(14)
@@ -130,6 +132,8 @@ DEVICE_INFO_MINSZ = 16  # offsetofend(num_irqs)
 REGION_INFO = struct.Struct("<IIIIQQ")  # argsz, flags, index, cap_offset, size, offset
 IRQ_INFO = struct.Struct("<IIII")  # argsz, flags, index, count (minsz: all of it)
 IRQ_SET = struct.Struct("<IIIII")  # argsz, flags, index, start, count (minsz), then data[]
+HOT_RESET_INFO = struct.Struct("<III")  # argsz, flags, count (minsz), then devices[]
+HOT_RESET = struct.Struct("<III")  # argsz, flags, count (minsz), then group_fds[]
 
 # the device cdev (/dev/vfio/devices/vfioN); minsz is offsetofend of the field named
 BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid (minsz, 6.12's struct)
