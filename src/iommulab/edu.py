@@ -71,6 +71,17 @@ class EduDevice:
         self.dma_runs = 0
         self.dma_faults = 0
 
+    def _check(self) -> None:
+        """Invariants (tests only): 32-bit registers hold 32 bits; no DMA is left
+        running (the model finishes each at once); the INTx pin is asserted exactly while
+        an interrupt is pending and MSI is off, once edu has driven it."""
+        assert all(0 <= r <= _M32 for r in (self.addr4, self.fact, self.status,
+                                              self.irq_status))
+        assert not self.dma_cmd & DMA_RUN and not self.status & STATUS_COMPUTING
+        assert len(self.dma_buf) == DMA_SIZE
+        if self.fn.intx_level:
+            assert self.irq_status
+
     # -- BAR 0 -------------------------------------------------------------------------------
     def mmio_read(self, pa: int, n: int) -> bytes:
         """``edu_mmio_read``: one load of ``n`` bytes at ``pa``."""

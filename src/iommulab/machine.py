@@ -236,7 +236,7 @@ class Machine:
         if model == "edu" and parse_size(bar0_size) != EDU_BAR0_SIZE:
             raise ValueError(f"edu's BAR 0 is 1 MiB, not {bar0_size!r}")
         if self.pseries is not None:
-            return self._add_pseries_device(bdf, driver, bar0_size, ddw)
+            return self._add_pseries_device(bdf, driver, bar0_size, ddw, model)
         if ddw is not None:
             raise ValueError(f"{self.platform}: ddw= is for ppc64-pseries devices")
         translator = self.translator
@@ -246,12 +246,7 @@ class Machine:
                 raise ValueError(f"iommu_unit {iommu_unit}: the machine has {len(units)}")
             translator = units[iommu_unit]
         bar, size = self._place_bar0(bdf, bar0_size)
-        dev = PciDevice(self, bdf, driver, bar, size, translator,
-                        EDU_IDENTITY if model == "edu" else GENERIC_IDENTITY)
-        if model == "edu":
-            edu = dev.model = EduDevice(dev, dev.fn)
-            self.mem.set_mmio_ops(bar, edu.mmio_read, edu.mmio_write)
-        dev.fn.msi_sink = self.host_msi.sink(dev)
+        dev = self._pci_device(bdf, driver, bar, size, translator, model)
         dev.snoop = snoop
         if not snoop:
             self.enable_cpu_cache()
@@ -273,13 +268,24 @@ class Machine:
         self._next_bar = bar + size
         return bar, size
 
+    def _pci_device(self, bdf: str, driver: str, bar: int, size: int, translator: Any,
+                    model: str | None) -> PciDevice:
+        """The function, its registers behind BAR 0 for a ``model``, its MSI path."""
+        dev = PciDevice(self, bdf, driver, bar, size, translator,
+                        EDU_IDENTITY if model == "edu" else GENERIC_IDENTITY)
+        if model == "edu":
+            edu = dev.model = EduDevice(dev, dev.fn)
+            self.mem.set_mmio_ops(bar, edu.mmio_read, edu.mmio_write)
+        dev.fn.msi_sink = self.host_msi.sink(dev)
+        return dev
+
     def _add_pseries_device(self, bdf: str, driver: str, bar0_size: int | str,
-                            offer: Any) -> PciDevice:
+                            offer: Any, model: str | None) -> PciDevice:
         from .drivers.pseries import SpaprPhb
         bar, size = self._place_bar0(bdf, bar0_size)
         phb = SpaprPhb(self.mem, offer, buid=0x800000020000000 + len(self.devices),
                        liobn_base=0x80000000 + 0x100 * len(self.devices))
-        dev = PciDevice(self, bdf, driver, bar, size, phb)
+        dev = self._pci_device(bdf, driver, bar, size, phb, model)
         self.pseries.probe(dev, phb)
         self.devices[bdf] = dev
         return dev

@@ -66,6 +66,7 @@ PCI_MSI_DATA_64 = 0x0C
 #: where the MSI capability goes: the first free dword after the header, as QEMU's
 #: ``pci_add_capability(offset 0)`` places it
 _MSI_CAP = 0x40
+_MSI_CAP_LEN = 14  # 64-bit message address, no per-vector masking
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class PciFunction:
         #: where an MSI write goes: ``msi_sink(address, data)`` (the platform's path)
         self.msi_sink: Callable[[int, int], None] | None = None
         self.msi_sent = 0
+        self.msi_dropped = 0
         self.intx_raised = 0
         self._power_on()
 
@@ -174,6 +176,21 @@ class PciFunction:
                 self.cfg[offset + i] = (self.cfg[offset + i] & ~m) | (byte & m)
         if offset <= PCI_COMMAND + 1 and offset + size > PCI_COMMAND:
             self._update_intx()
+        cap = self.msi_cap
+        if cap and offset < cap + _MSI_CAP_LEN and offset + size > cap:
+            self._msi_write_config(cap)
+
+    def _msi_write_config(self, cap: int) -> None:
+        """QEMU's ``msi_write_config``: once MSI is enabled a write to the capability
+        deasserts INTx (MSI and INTx are exclusive, PCI 3.0 6.8.3.3) and clamps the
+        queue size to what the function is capable of."""
+        flags = self.cfg_read(cap + PCI_MSI_FLAGS, 2)
+        if not flags & PCI_MSI_FLAGS_ENABLE:
+            return
+        self.set_intx(False)
+        qmax = (flags & PCI_MSI_FLAGS_QMASK) >> 1
+        if (flags & PCI_MSI_FLAGS_QSIZE) >> 4 > qmax:
+            _put(self.cfg, cap + PCI_MSI_FLAGS, 2, (flags & ~PCI_MSI_FLAGS_QSIZE) | qmax << 4)
 
     @property
     def command(self) -> int:
@@ -234,11 +251,15 @@ class PciFunction:
 
     def msi_notify(self) -> None:
         """Send vector 0's message (``msi_notify``): the 32-bit data to the 64-bit
-        address the capability holds, along the platform's path."""
+        address the capability holds, along the platform's path; dropped while bus
+        mastering is off (QEMU sends it through the bus master address space)."""
         cap = self.msi_cap
         addr = self.cfg_read(cap + PCI_MSI_ADDRESS_LO, 4) | \
             self.cfg_read(cap + PCI_MSI_ADDRESS_HI, 4) << 32
         data = self.cfg_read(cap + PCI_MSI_DATA_64, 2)
+        if not self.bus_master:  # the message is a memory write: bus mastering gates it
+            self.msi_dropped += 1
+            return
         self.msi_sent += 1
         if self.msi_sink is not None:
             self.msi_sink(addr, data)

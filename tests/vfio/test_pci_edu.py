@@ -289,3 +289,31 @@ def test_bound_cdev_drives_edu_through_an_ioas() -> None:
     p.exit()
     check_invariants([m, p])
     assert not (diff := fresh.diff(leak_snapshot(m, processes=[p]))), diff
+
+
+def test_mmapped_bar_reaches_edu_and_msi_takes_over_from_intx() -> None:
+    """BAR 0 mmapped: each load and store is one access of edu's registers. A pending
+    INTx is dropped when MSI is enabled (QEMU's msi_write_config deasserts it), and the
+    next interrupt goes as an MSI."""
+    v = EduVmm("arm64-smmuv3")
+    p = v.p
+    bar = p.mmap(1 << 20, fd=v.d, offset=BAR0, shared=True)
+    assert p.read(bar, 4) == (0x010000ED).to_bytes(4, "little")
+    p.write(bar + 4, (0xF0F0_0000).to_bytes(4, "little"))
+    assert v.reg(4) == 0x0F0F_FFFF
+    assert p.read(bar, 2) == b"\xff\xff"  # a 2-byte load: edu answers all ones
+    intx, msi = p.eventfd(), p.eventfd()
+    v.set_irqs(TRIGGER_EVENTFD, u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1, struct.pack("<i", intx))
+    p.write(bar + 0x60, (0x1).to_bytes(4, "little"))
+    assert v.count(intx) == 1 and v.dev.fn.intx_level
+    v.set_irqs(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER,
+               u.VFIO_PCI_INTX_IRQ_INDEX, 0, 0)  # INTx off, then MSI on
+    v.set_irqs(TRIGGER_EVENTFD, u.VFIO_PCI_MSI_IRQ_INDEX, 0, 1, struct.pack("<i", msi))
+    assert not v.dev.fn.intx_level and v.dev.model is not None and v.dev.model.irq_status
+    p.write(bar + 0x60, (0x2).to_bytes(4, "little"))  # bus mastering off: no message
+    assert v.count(msi) == 0 and v.dev.fn.msi_dropped == 1
+    v.set_cfg(4, 2, 0x6)
+    p.write(bar + 0x60, (0x2).to_bytes(4, "little"))
+    assert v.count(msi) == 1 and v.count(intx) == 0
+    p.munmap(bar, 1 << 20)
+    v.close()

@@ -126,6 +126,7 @@ def test_eventfd_closed_by_the_process_is_still_signalled(v: EduVmm) -> None:
     """``eventfd_ctx_fdget`` holds the context, not the file: closing the fd leaves the
     trigger working (and the reference goes with the trigger)."""
     efd = v.p.eventfd()
+    v.set_cfg(4, 2, 0x6)  # bus mastering: an MSI is a memory write
     v.set_irqs(TRIGGER_EVENTFD, 1, 0, 1, struct.pack("<i", efd))
     ctx = v.p.files[efd].ctx  # type: ignore[attr-defined]
     v.p.close(efd)
