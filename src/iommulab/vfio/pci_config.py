@@ -59,7 +59,7 @@ _ALL = 0xFFFF_FFFF
 @dataclass
 class _Perm:
     """``struct perm_bits``: per-byte virtual and writable masks and the handlers'
-    kind (``basic``, ``msi``, ``direct_ro``, ``raw``)."""
+    kind (``basic``, ``msi``, ``raw``)."""
 
     kind: str
     virt: bytearray
@@ -90,7 +90,6 @@ def _basic_perm() -> _Perm:
 
 
 _BASIC = _basic_perm()
-_DIRECT_RO = _Perm("direct_ro", bytearray(), bytearray())
 _UNASSIGNED = _Perm("raw", bytearray(), bytearray())
 
 
@@ -126,7 +125,9 @@ class VfioPciConfig:
 
     def __init__(self, fn: PciFunction, irqs: VfioPciIrqs) -> None:
         """``vfio_config_init``: the header and each capability copied from the
-        hardware; capabilities the model does not know are hidden."""
+        hardware. Lab: the model's functions have no capability but MSI, so only MSI's
+        length (``vfio_msi_cap_len``) is known; any other would be hidden as a length-0
+        one is."""
         self.fn, self.irqs = fn, irqs
         size = PCI_CFG_SPACE_SIZE  # pdev->cfg_size: conventional PCI
         self.cfg_size = size
@@ -231,13 +232,11 @@ class VfioPciConfig:
             perm, start = _UNASSIGNED, pos
         elif cap == PCI_CAP_ID_BASIC:
             perm, start = _BASIC, 0
-        else:
-            perm = self.msi_perm if cap == PCI_CAP_ID_MSI and self.msi_perm else _DIRECT_RO
-            start = self._find_cap_start(pos)
+        else:  # the only capability _cap_init maps
+            assert cap == PCI_CAP_ID_MSI and self.msi_perm is not None
+            perm, start = self.msi_perm, self._find_cap_start(pos)
         offset = pos - start
         if data is not None:
-            if perm.kind == "direct_ro":
-                return count  # no writefn: the write is dropped
             val = int.from_bytes(data[:count], "little")
             self._write(perm, pos, count, offset, val)
         else:
@@ -247,8 +246,6 @@ class VfioPciConfig:
     def _read(self, perm: _Perm, pos: int, count: int, offset: int) -> int:
         if perm.kind == "raw":
             return self.fn.cfg_read(pos, count)
-        if perm.kind == "direct_ro":
-            return self._direct_read(pos, count, offset)
         if perm.kind == "basic" and _is_bar(offset):
             self._bar_fixup()
         if perm.kind == "msi" and offset <= PCI_MSI_FLAGS and offset + count >= PCI_MSI_FLAGS:
@@ -267,17 +264,6 @@ class VfioPciConfig:
         virt = int.from_bytes(perm.virt[offset:offset + count], "little")
         if virt != (1 << 8 * count) - 1:
             val = (self.fn.cfg_read(pos, count) & ~virt) | (val & virt)
-        return val
-
-    def _direct_read(self, pos: int, count: int, offset: int) -> int:
-        """``vfio_direct_config_read``: the hardware, but a standard capability's ID and
-        next pointer come from ``vconfig``."""
-        val = self.fn.cfg_read(pos, count)
-        if offset == 0 and count > 1:
-            keep = min(2, count)
-            val = (val & ~((1 << 8 * keep) - 1)) | self._v(pos, keep)
-        elif offset == 1:
-            val = (val & ~0xFF) | self.vconfig[pos]
         return val
 
     def _write(self, perm: _Perm, pos: int, count: int, offset: int, val: int) -> None:
