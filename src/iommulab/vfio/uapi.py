@@ -30,8 +30,6 @@ VFIO_DEVICE_GET_REGION_INFO = _io(8)
 VFIO_DEVICE_GET_IRQ_INFO = _io(9)
 VFIO_DEVICE_SET_IRQS = _io(10)
 VFIO_DEVICE_RESET = _io(11)
-VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)  # on a device fd; VFIO_IOMMU_GET_INFO on a container
-VFIO_DEVICE_PCI_HOT_RESET = _io(13)  # on a device fd; VFIO_IOMMU_MAP_DMA on a container
 VFIO_IOMMU_GET_INFO = _io(12)
 VFIO_IOMMU_MAP_DMA = _io(13)
 VFIO_IOMMU_UNMAP_DMA = _io(14)
@@ -39,6 +37,10 @@ VFIO_IOMMU_DIRTY_PAGES = _io(17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(20)
+# the numbers of VFIO_IOMMU_GET_INFO and MAP_DMA, on a device fd (defined after them, so
+# tables keyed by number keep the container's names)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)
+VFIO_DEVICE_PCI_HOT_RESET = _io(13)
 
 # extensions / IOMMU types
 VFIO_TYPE1_IOMMU = 1
