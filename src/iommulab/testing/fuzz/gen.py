@@ -619,10 +619,12 @@ class Gen:
         if r < 0.4:
             return self.ioctl(pi, fd, specs.VFIO["IRQ_INFO"],
                               {"index": rng.choice([0, 1, 2, 3, 4, 5, U32])})
-        if r < 0.6:
-            return self._set_irqs(pi, fd)
-        if r < 0.9:
-            return self._region_rw(pi, fd)
+        if r < 0.9:  # interrupts and regions: mostly on a device that has them (edu)
+            edu = self.files(pi, VfioDeviceFile,
+                             lambda f: f.access_granted and f.dev.fn.ident.interrupt_pin)
+            if edu and rng.random() < 0.8:
+                fd = self.pick(edu)
+            return self._set_irqs(pi, fd) if r < 0.6 else self._region_rw(pi, fd)
         return [Op(pi, "ioctl", (fd, rng.choice([vu.VFIO_DEVICE_RESET, vu.VFIO_IOMMU_MAP_DMA,
                                                  iu.IOMMU_IOAS_ALLOC]), bytes(32)))]
 
