@@ -8,6 +8,8 @@ the device's domain maps the doorbell page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .mem import PhysMem
 
 __all__ = ["GITS_TRANSLATER", "GicV3Its"]
@@ -28,10 +30,15 @@ class GicV3Its:
         self.doorbell = base + GITS_TRANSLATER
         self.interrupts: list[tuple[int, int]] = []
         self.ignored_writes = 0
+        #: lab: the host's interrupt handling, called with (DeviceID, EventID)
+        self.on_interrupt: Callable[[int, int], None] | None = None
         mem.add_mmio(base, _ITS_SIZE, "GICv3 ITS", on_write=self._write)
 
     def _write(self, pa: int, data: bytes, source: int | None) -> None:
         if pa == self.doorbell and len(data) in (2, 4) and source is not None:
-            self.interrupts.append((source, int.from_bytes(data, "little")))
+            event = int.from_bytes(data, "little")
+            self.interrupts.append((source, event))
+            if self.on_interrupt is not None:
+                self.on_interrupt(source, event)
         else:
             self.ignored_writes += 1

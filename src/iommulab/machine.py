@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .devices import DmaDevice
+from .edu import EDU_BAR0_SIZE, EDU_IDENTITY, EduDevice
 from .errors import (
     BadFileDescriptor,
     InvalidArgument,
@@ -27,6 +28,7 @@ from .errors import (
     NoEntry,
     kernel_error,
 )
+from .hostirq import HostMsi
 from .iommu import IommuCore
 from .iommufd.cache_flush import CacheFlush
 from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
@@ -35,6 +37,7 @@ from .mem import PhysMem
 from .mem.cpu_cache import CpuCache
 from .mem.fault import FailNth
 from .mem.mm import MmStruct
+from .pcihw import PciFunction, PciIdentity
 from .sizes import SZ_1M, parse_size
 from .vfio.files import fput, get_file
 
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
     from .vfio.device import VfioDevice
     from .vfio.files import VfioFile
 
-__all__ = ["PLATFORMS", "Machine", "PciDevice", "Process"]
+__all__ = ["DEVICE_MODELS", "GENERIC_IDENTITY", "PLATFORMS", "Machine", "PciDevice", "Process"]
 
 #: The one driver with ``driver_managed_dma``: it takes no DMA API ownership at probe
 #: (``iommu_device_use_default_domain``); its users claim the group instead.
@@ -62,16 +65,42 @@ PLATFORMS = {
 }
 
 
+#: Lab: the identity of the plain DMA device ``add_pci_device`` makes without a
+#: ``model``: QEMU's pci-testdev IDs, no interrupt pin, no capability, and a working
+#: function reset (so GET_INFO reports VFIO_DEVICE_FLAGS_RESET for it)
+GENERIC_IDENTITY = PciIdentity(vendor=0x1B36, device=0x0005, class_code=0x00FF, reset=True)
+#: the device models ``add_pci_device(model=...)`` knows
+DEVICE_MODELS = ("edu",)
+
+
 class PciDevice(DmaDevice):
-    """A PCI function at ``bdf`` with BAR 0 (MMIO) and the driver bound to it."""
+    """A PCI function at ``bdf`` with BAR 0 (MMIO) and the driver bound to it; ``fn``
+    is its config space and interrupt pins, ``model`` the registers behind BAR 0
+    (None: plain memory)."""
 
     def __init__(self, machine: Machine, bdf: str, driver: str, bar0: int,
-                 bar0_size: int, translator: Any) -> None:
+                 bar0_size: int, translator: Any, ident: PciIdentity = GENERIC_IDENTITY
+                 ) -> None:
         bus, devfn = _parse_bdf(bdf)
         super().__init__(bdf, machine.mem, translator, (bus << 8) | devfn)
         self.bdf = bdf
         self.driver = driver
         self.bar0, self.bar0_size = bar0, bar0_size
+        self.machine = machine
+        self.fn = PciFunction(ident, bar0, bar0_size)
+        self.model: EduDevice | None = None
+
+
+#: MAX_RW_COUNT: the most one read or write moves (INT_MAX rounded down to a page)
+MAX_RW_COUNT = ((1 << 31) - 1) & ~0xFFF
+
+
+def _rw_count(n: int, pos: int) -> int:
+    """``rw_verify_area`` and the cut to MAX_RW_COUNT: EINVAL for a count that is
+    negative as an ssize_t or that takes the position past 2^63 - 1."""
+    if n < 0 or n >= 1 << 63 or pos + n >= 1 << 63:
+        raise InvalidArgument(f"read/write of {n} bytes at {pos:#x}: not a valid range")
+    return min(n, MAX_RW_COUNT)
 
 
 def _length_arg(size: int | str) -> int:
@@ -160,6 +189,7 @@ class Machine:
         #: Lab: the granule iommufd's SET_DIRTY_TRACKING splits blocks to (None: upstream).
         self.dirty_granule: int | None = None
         self._mock_sids = itertools.count(0x1000)
+        self.host_msi = HostMsi(self)
 
     def __repr__(self) -> str:
         return (f"<Machine {self.platform} ram={self.mem.ram_bytes:#x} seed={self.seed} "
@@ -194,16 +224,22 @@ class Machine:
 
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",
                        bar0_size: int | str = SZ_1M, *, iommu_unit: int = 0,
-                       snoop: bool = True, ddw: Any = None) -> PciDevice:
+                       snoop: bool = True, ddw: Any = None,
+                       model: str | None = None) -> PciDevice:
         """A device at ``bdf`` alone in a new IOMMU group, BAR 0 in the MMIO window, behind
         DMAR unit ``iommu_unit`` (x86-vtd). A device that does not ``snoop`` (PCIe No
         Snoop) turns on the CPU cache model (:meth:`enable_cpu_cache`). On ppc64-pseries
         the device gets its own PHB offering ``ddw`` (a :class:`~.drivers.pseries.DdwOffer`;
-        default QEMU's)."""
+        default QEMU's). ``model="edu"`` makes it QEMU's edu device (:mod:`iommulab.edu`,
+        BAR 0 of 1 MiB); without a model it is a plain DMA device whose BAR 0 is memory."""
         if bdf in self.devices:
             raise ValueError(f"{bdf} is already on the bus")
+        if model is not None and model not in DEVICE_MODELS:
+            raise ValueError(f"unknown device model {model!r} (available: {DEVICE_MODELS})")
+        if model == "edu" and parse_size(bar0_size) != EDU_BAR0_SIZE:
+            raise ValueError(f"edu's BAR 0 is 1 MiB, not {bar0_size!r}")
         if self.pseries is not None:
-            return self._add_pseries_device(bdf, driver, bar0_size, ddw)
+            return self._add_pseries_device(bdf, driver, bar0_size, ddw, model)
         if ddw is not None:
             raise ValueError(f"{self.platform}: ddw= is for ppc64-pseries devices")
         translator = self.translator
@@ -213,7 +249,7 @@ class Machine:
                 raise ValueError(f"iommu_unit {iommu_unit}: the machine has {len(units)}")
             translator = units[iommu_unit]
         bar, size = self._place_bar0(bdf, bar0_size)
-        dev = PciDevice(self, bdf, driver, bar, size, translator)
+        dev = self._pci_device(bdf, driver, bar, size, translator, model)
         dev.snoop = snoop
         if not snoop:
             self.enable_cpu_cache()
@@ -235,13 +271,24 @@ class Machine:
         self._next_bar = bar + size
         return bar, size
 
+    def _pci_device(self, bdf: str, driver: str, bar: int, size: int, translator: Any,
+                    model: str | None) -> PciDevice:
+        """The function, its registers behind BAR 0 for a ``model``, its MSI path."""
+        dev = PciDevice(self, bdf, driver, bar, size, translator,
+                        EDU_IDENTITY if model == "edu" else GENERIC_IDENTITY)
+        if model == "edu":
+            edu = dev.model = EduDevice(dev, dev.fn)
+            self.mem.set_mmio_ops(bar, edu.mmio_read, edu.mmio_write)
+        dev.fn.msi_sink = self.host_msi.sink(dev)
+        return dev
+
     def _add_pseries_device(self, bdf: str, driver: str, bar0_size: int | str,
-                            offer: Any) -> PciDevice:
+                            offer: Any, model: str | None) -> PciDevice:
         from .drivers.pseries import SpaprPhb
         bar, size = self._place_bar0(bdf, bar0_size)
         phb = SpaprPhb(self.mem, offer, buid=0x800000020000000 + len(self.devices),
                        liobn_base=0x80000000 + 0x100 * len(self.devices))
-        dev = PciDevice(self, bdf, driver, bar, size, phb)
+        dev = self._pci_device(bdf, driver, bar, size, phb, model)
         self.pseries.probe(dev, phb)
         self.devices[bdf] = dev
         return dev
@@ -456,6 +503,49 @@ class Process:
         f = self._file(fd)
         del self.files[fd]
         fput(f)
+
+    def eventfd(self, initval: int = 0, *, semaphore: bool = False) -> int:
+        """``eventfd(initval, EFD_SEMAPHORE if semaphore)``: EINVAL for an initial value
+        that is not an unsigned int. Read it with :meth:`read_fd` (lab: it never
+        blocks, as with EFD_NONBLOCK: EAGAIN at zero)."""
+        from .eventfd import EventFdFile
+        if not 0 <= initval <= 0xFFFF_FFFF:
+            raise InvalidArgument(f"eventfd: initval {initval} is not an unsigned int")
+        return self.install(EventFdFile(initval, semaphore))
+
+    def read_fd(self, fd: int, n: int) -> bytes:
+        """``read(fd, buf, n)``: what the file gives (an eventfd its counter, a VFIO
+        device fd the region at its file position); EINVAL for a negative ``n``, EBADF
+        for an fd not open, EINVAL for a file with no read."""
+        count = _rw_count(n, 0)
+        return self._file(fd).read_fd(count)
+
+    def write_fd(self, fd: int, data: bytes | bytearray) -> int:
+        """``write(fd, data, len(data))``: the count written."""
+        return self._file(fd).write_fd(bytes(data[:MAX_RW_COUNT]))
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """``pread64``: EINVAL for a negative ``offset`` (before the fd is looked up),
+        EBADF for an fd not open, ESPIPE for a file without positional reads (an
+        eventfd), EINVAL for one with no read or for ``offset + n`` past 2^63 - 1
+        (``rw_verify_area``); ``n`` is cut to MAX_RW_COUNT. The bytes read (fewer at
+        the end of a region)."""
+        if offset < 0 or offset >= 1 << 63:
+            raise InvalidArgument(f"pread: offset {offset:#x} is negative")
+        f = self._file(fd)
+        if not f.positional:
+            raise kernel_error(errno.ESPIPE, f"pread: fd {fd} cannot seek")
+        return f.pread(_rw_count(n, offset), offset)
+
+    def pwrite(self, fd: int, data: bytes | bytearray, offset: int) -> int:
+        """``pwrite64``: as :meth:`pread`; the count written."""
+        if offset < 0 or offset >= 1 << 63:
+            raise InvalidArgument(f"pwrite: offset {offset:#x} is negative")
+        f = self._file(fd)
+        if not f.positional:
+            raise kernel_error(errno.ESPIPE, f"pwrite: fd {fd} cannot seek")
+        count = _rw_count(len(data), offset)
+        return f.pwrite(bytes(data[:count]), offset)
 
     def fork(self) -> Process:
         """``fork``: a child with the same credentials and limits, the same open files

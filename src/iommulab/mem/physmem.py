@@ -55,6 +55,7 @@ class MemRegion:
 
 
 MmioWrite = Callable[[int, bytes, int | None], None]
+MmioRead = Callable[[int, int], bytes]
 
 
 class PhysMem:
@@ -82,6 +83,7 @@ class PhysMem:
         self.cpu_cache: CpuCache | None = None  # lab: set when a device does not snoop
         self._fragment_frames: list[int] = []
         self._mmio_writes: dict[int, MmioWrite] = {}
+        self._mmio_reads: dict[int, MmioRead] = {}
         size = parse_size(ram)
         if size:
             self.add_ram(ram_base, size)
@@ -107,6 +109,20 @@ class PhysMem:
         if on_write is not None:
             self._mmio_writes[region.start] = on_write
         return region
+
+    def set_mmio_ops(self, start: int, on_read: MmioRead, on_write: MmioWrite) -> None:
+        """Registers behind the MMIO region at ``start``: each read of ``n`` bytes at
+        ``pa`` is one access ``on_read(pa, n)``, each write one ``on_write``."""
+        region = self.region_at(start)
+        if region is None or region.kind != "mmio" or region.start != start:
+            raise ValueError(f"no MMIO region starts at {start:#x}")
+        self._mmio_reads[start] = on_read
+        self._mmio_writes[start] = on_write
+
+    def has_mmio_ops(self, pa: int) -> bool:
+        """Whether reads at ``pa`` reach a device's registers rather than plain bytes."""
+        region = self.region_at(pa)
+        return region is not None and region.start in self._mmio_reads
 
     def _add(self, region: MemRegion) -> MemRegion:
         i = bisect.bisect(self._starts, region.start)
@@ -387,7 +403,9 @@ class PhysMem:
         return region
 
     def read(self, pa: int, n: int) -> bytes:
-        self._check_range(pa, n)
+        region = self._check_range(pa, n)
+        if region.kind == "mmio" and region.start in self._mmio_reads:
+            return self._mmio_reads[region.start](pa, n)
         return self.contents.read(pa, n)
 
     def write(self, pa: int, data: bytes | bytearray | memoryview, *,

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from ..eventfd import EventFdCtx
 from ..iommu.domain import DomainType, IommuDomain
 from ..iommufd.objects import IommufdCtx
 from ..vfio.files import VfioFile
@@ -56,6 +57,8 @@ class LeakSnapshot:
     groups: Mapping[int, str] = field(default_factory=dict)  # group id -> its state
     open_files: Mapping[str, int] = field(default_factory=dict)  # kind -> files with refs
     vfio_devices: Mapping[str, str] = field(default_factory=dict)  # bdf -> open state
+    eventfd_refs: int = 0  # references on eventfd contexts (files and drivers)
+    irq_handlers: int = 0  # host MSI vectors and handlers, handlers on INTx lines
 
     def diff(self, now: LeakSnapshot) -> list[str]:
         """One line per field where ``now`` differs from this (fresh) snapshot, naming the
@@ -86,6 +89,7 @@ def leak_snapshot(machine: Machine, processes: Iterable[Process] = (),
     objects: Counter[str] = Counter()
     domains: Counter[str] = Counter()
     open_files: Counter[str] = Counter()
+    eventfd_refs = 0
     for obj in reachable([machine, *procs, *files]):
         if isinstance(obj, IommufdCtx):
             objects.update(type(o).__name__ for o in obj.objects.values())
@@ -95,6 +99,8 @@ def leak_snapshot(machine: Machine, processes: Iterable[Process] = (),
                 domains[f"{type(obj.ops).__name__} {obj.type.name}"] += 1
         elif isinstance(obj, VfioFile) and obj.refs > 0:
             open_files[type(obj).__name__] += 1
+        elif isinstance(obj, EventFdCtx):
+            eventfd_refs += obj.kref
     return LeakSnapshot(
         pins=mem.pins.pins, pinned_frames=mem.pins.pinned_frames,
         frames_in_use=frames.total_frames - frames.free_frames,
@@ -103,7 +109,9 @@ def leak_snapshot(machine: Machine, processes: Iterable[Process] = (),
         locked_vm={uid: u.locked_vm for uid, u in machine.users.items() if u.locked_vm},
         mm_counters=_mm_counters(procs), iommufd_objects=dict(objects),
         domains=dict(domains), groups=_groups(machine), open_files=dict(open_files),
-        vfio_devices=_vfio_devices(machine))
+        vfio_devices=_vfio_devices(machine), eventfd_refs=eventfd_refs,
+        irq_handlers=len(machine.host_msi.handlers) + len(machine.host_msi.allocated) + sum(
+            d.fn.intx_handler is not None for d in machine.devices.values()))
 
 
 def _mm_counters(procs: list[Process]) -> dict[str, int]:

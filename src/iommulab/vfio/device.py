@@ -14,11 +14,14 @@ iommufd binding and attachment, and closing one of them keeps both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, KernelError, NoEntry, NoSpace, NotATty
 from . import uapi as u
 from .files import VfioFile, _Arg, fput, get_file
+from .pci_core import VfioPciCore
 
 if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
@@ -55,12 +58,13 @@ class VfioDevice:
         self.iommufd_attached = False
         self.pasids: set[int] = set()  # vdev->pasids, the ida of attached PASIDs
         self.cdev_opened = False
+        self.pci: VfioPciCore | None = None  # vfio-pci's state while the device is open
 
     def _check(self) -> None:
         """Invariants (tests only): bound only while open, through one context file that
         is still open and owns the device's group DMA; the device object has a HWPT
         exactly when it is attached, through ``iommufd_attached`` or PASID 0, not both;
-        a bound cdev is the device's only opener."""
+        a bound cdev is the device's only opener; vfio-pci's state exists while open."""
         assert self.open_count >= 0
         assert (self.iommufd is None) == (self.idev is None)
         assert self.pasids <= {IOMMU_NO_PASID}, "only PASID 0 can be attached in the model"
@@ -76,6 +80,7 @@ class VfioDevice:
             assert not self.iommufd_attached and not self.pasids
         if self.cdev_opened:
             assert self.idev is not None and self.open_count == 1
+        assert (self.pci is not None) == (self.open_count > 0), "vfio-pci state iff open"
 
     # -- vfio_df_open / vfio_df_close (vfio_main.c) ------------------------------------------
     def df_open(self, df: VfioDeviceFile) -> None:
@@ -107,9 +112,14 @@ class VfioDevice:
         else:
             assert df.group is not None
             _group_use_container(df.group)
+        self.pci = VfioPciCore(self.dev)  # ops->open_device: vfio_pci_core_enable
 
     def _last_close(self, df: VfioDeviceFile) -> None:
-        """``vfio_df_device_last_close``: chosen by the closing file, as the kernel does."""
+        """``vfio_df_device_last_close``: vfio-pci's close first, then the unbind or
+        unuse chosen by the closing file, as the kernel does."""
+        assert self.pci is not None
+        self.pci.close()  # ops->close_device
+        self.pci = None
         if df.iommufd is not None:
             self.physical_unbind()
         else:
@@ -195,22 +205,44 @@ class VfioDevice:
         self.pasids.discard(pasid)
 
     # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
-    def pci_ioctl(self, request: int, a: _Arg) -> int:
-        """``vfio_pci_core_ioctl``: GET_INFO and GET_REGION_INFO; ENOTTY for a request
-        vfio-pci does not know (the model has no IRQ, reset or config-space ioctls)."""
+    def pci_ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
+        """``vfio_pci_core_ioctl``: GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, SET_IRQS,
+        RESET (which takes no argument) and the hot reset pair (ENODEV after their
+        header checks: no slot or bus reset in the model); ENOTTY for a request the
+        model's vfio-pci does not know (ioeventfd, device features)."""
         handler = _PCI_IOCTLS.get(request)
         if handler is None:
             raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
-        return handler(self, a)
+        return handler(self, proc, arg)
+
+    def _reset(self, proc: Process, arg: int | bytes | bytearray) -> int:
+        assert self.pci is not None
+        return self.pci.reset()
+
+    def _irq_ioctl(self, proc: Process, arg: int | bytes | bytearray, request: int) -> int:
+        assert self.pci is not None
+        return self.pci.ioctl(proc, request, _Arg(arg))
+
+    def _hot_reset_info(self, proc: Process, arg: int | bytes | bytearray) -> int:
+        assert self.pci is not None
+        return self.pci.hot_reset_info(_Arg(arg))
+
+    def _hot_reset(self, proc: Process, arg: int | bytes | bytearray) -> int:
+        assert self.pci is not None
+        return self.pci.hot_reset(_Arg(arg), self.cdev_opened)
 
     def _get_info(self, a: _Arg) -> int:
         """``vfio_pci_ioctl_get_info``: writes back ``min(argsz, sizeof(info))`` bytes,
-        ``cap_offset`` 0 (no zPCI or AtomicOps capability)."""
+        VFIO_DEVICE_FLAGS_RESET when a reset method works, ``cap_offset`` 0 (no zPCI or
+        AtomicOps capability)."""
         argsz = int.from_bytes(a.read(0, u.DEVICE_INFO_MINSZ)[:4], "little")
         if argsz < u.DEVICE_INFO_MINSZ:
             raise InvalidArgument(f"DEVICE_GET_INFO: argsz {argsz} < {u.DEVICE_INFO_MINSZ}")
-        info = u.DEVICE_INFO.pack(argsz, u.VFIO_DEVICE_FLAGS_PCI | u.VFIO_DEVICE_FLAGS_RESET,
-                                  u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS, 0, 0)
+        assert self.pci is not None
+        flags = u.VFIO_DEVICE_FLAGS_PCI | (u.VFIO_DEVICE_FLAGS_RESET if self.pci.reset_works
+                                           else 0)
+        info = u.DEVICE_INFO.pack(argsz, flags, u.VFIO_PCI_NUM_REGIONS, u.VFIO_PCI_NUM_IRQS,
+                                  0, 0)
         a.write(0, info[:min(argsz, u.DEVICE_INFO.size)])
         return 0
 
@@ -249,9 +281,15 @@ class VfioDevice:
 
 
 #: ``vfio_pci_core_ioctl``'s switch as modelled (VFIO_PCI_IOCTLS: its requests)
-_PCI_IOCTLS = {
-    u.VFIO_DEVICE_GET_INFO: VfioDevice._get_info,
-    u.VFIO_DEVICE_GET_REGION_INFO: VfioDevice._get_region_info,
+_PCI_IOCTLS: dict[int, Callable[[VfioDevice, Process, int | bytes | bytearray], int]] = {
+    u.VFIO_DEVICE_GET_INFO: lambda vdev, proc, arg: vdev._get_info(_Arg(arg)),
+    u.VFIO_DEVICE_GET_REGION_INFO: lambda vdev, proc, arg: vdev._get_region_info(_Arg(arg)),
+    u.VFIO_DEVICE_GET_IRQ_INFO: partial(VfioDevice._irq_ioctl,
+                                        request=u.VFIO_DEVICE_GET_IRQ_INFO),
+    u.VFIO_DEVICE_SET_IRQS: partial(VfioDevice._irq_ioctl, request=u.VFIO_DEVICE_SET_IRQS),
+    u.VFIO_DEVICE_RESET: VfioDevice._reset,
+    u.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: VfioDevice._hot_reset_info,
+    u.VFIO_DEVICE_PCI_HOT_RESET: VfioDevice._hot_reset,
 }
 VFIO_PCI_IOCTLS: tuple[int, ...] = tuple(_PCI_IOCTLS)
 
@@ -304,7 +342,7 @@ class VfioDeviceFile(VfioFile):
         handler = cdev.PT_IOCTLS.get(request) if self.group is None else None
         if handler is not None:
             return handler(self, _Arg(arg))
-        return self.vdev.pci_ioctl(request, _Arg(arg))
+        return self.vdev.pci_ioctl(proc, request, arg)
 
     def holds(self) -> list[VfioFile]:
         """The files this one holds references to (lab: for ``collect_cycles``): a bound
@@ -326,6 +364,43 @@ class VfioDeviceFile(VfioFile):
         if not self.access_granted:
             raise InvalidArgument("mmap: the device cdev is not bound to an iommufd")
         return self.vdev.pci_mmap(length, offset)
+
+    f_pos = 0  # the file position read(2) and write(2) use
+
+    def pread(self, n: int, pos: int) -> bytes:
+        """``vfio_device_fops_read``: EINVAL until access is granted; then
+        ``vfio_pci_core_read`` (nothing for 0 bytes)."""
+        if not self.access_granted:
+            raise InvalidArgument("read: the device cdev is not bound to an iommufd")
+        if not n:
+            return b""
+        assert self.vdev.pci is not None
+        out = self.vdev.pci.rw(pos, n, None)
+        assert isinstance(out, bytes)
+        return out
+
+    def pwrite(self, data: bytes, pos: int) -> int:
+        """``vfio_device_fops_write``: as :meth:`pread`, for ``vfio_pci_core_write``."""
+        if not self.access_granted:
+            raise InvalidArgument("write: the device cdev is not bound to an iommufd")
+        if not data:
+            return 0
+        assert self.vdev.pci is not None
+        done = self.vdev.pci.rw(pos, len(data), data)
+        assert isinstance(done, int)
+        return done
+
+    def read_fd(self, n: int) -> bytes:
+        """``read(2)``: :meth:`pread` at the file position, which moves on."""
+        out = self.pread(n, self.f_pos)
+        self.f_pos += len(out)
+        return out
+
+    def write_fd(self, data: bytes) -> int:
+        """``write(2)``: :meth:`pwrite` at the file position, which moves on."""
+        done = self.pwrite(data, self.f_pos)
+        self.f_pos += done
+        return done
 
 
 class DeviceFile(VfioDeviceFile):

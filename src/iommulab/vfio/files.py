@@ -77,6 +77,27 @@ class VfioFile:
     def mmap_region(self, length: int, offset: int) -> int:
         raise NoDevice("mmap: this file cannot be mapped")
 
+    #: FMODE_PREAD | FMODE_PWRITE: the open of a character device sets them, an anon
+    #: inode's file (an eventfd) lacks them, so pread/pwrite on it are ESPIPE
+    positional = True
+
+    def read_fd(self, n: int) -> bytes:
+        """``vfs_read`` at the file position: EINVAL for a file with no ``read``
+        (FMODE_CAN_READ unset), as the container, group and iommufd files are."""
+        raise InvalidArgument("read: this file has no read operation")
+
+    def write_fd(self, data: bytes) -> int:
+        """``vfs_write``: EINVAL for a file with no ``write``."""
+        raise InvalidArgument("write: this file has no write operation")
+
+    def pread(self, n: int, pos: int) -> bytes:
+        """``vfs_read`` at ``pos``: EINVAL for a file with no ``read``."""
+        raise InvalidArgument("pread: this file has no read operation")
+
+    def pwrite(self, data: bytes, pos: int) -> int:
+        """``vfs_write`` at ``pos``: EINVAL for a file with no ``write``."""
+        raise InvalidArgument("pwrite: this file has no write operation")
+
     def release(self) -> None:
         """Nothing to undo."""
 

@@ -27,6 +27,8 @@ VFIO_GROUP_UNSET_CONTAINER = _io(5)
 VFIO_GROUP_GET_DEVICE_FD = _io(6)
 VFIO_DEVICE_GET_INFO = _io(7)
 VFIO_DEVICE_GET_REGION_INFO = _io(8)
+VFIO_DEVICE_GET_IRQ_INFO = _io(9)
+VFIO_DEVICE_SET_IRQS = _io(10)
 VFIO_DEVICE_RESET = _io(11)
 VFIO_IOMMU_GET_INFO = _io(12)
 VFIO_IOMMU_MAP_DMA = _io(13)
@@ -35,6 +37,10 @@ VFIO_IOMMU_DIRTY_PAGES = _io(17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(20)
+# the numbers of VFIO_IOMMU_GET_INFO and MAP_DMA, on a device fd (defined after them, so
+# tables keyed by number keep the container's names)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)
+VFIO_DEVICE_PCI_HOT_RESET = _io(13)
 
 # extensions / IOMMU types
 VFIO_TYPE1_IOMMU = 1
@@ -73,12 +79,31 @@ VFIO_DEVICE_FLAGS_PCI = 1 << 1
 VFIO_PCI_BAR0_REGION_INDEX = 0
 VFIO_PCI_CONFIG_REGION_INDEX = 7
 VFIO_PCI_VGA_REGION_INDEX = 8
+VFIO_PCI_ROM_REGION_INDEX = 6
 VFIO_PCI_NUM_REGIONS = 9
+VFIO_PCI_INTX_IRQ_INDEX = 0
+VFIO_PCI_MSI_IRQ_INDEX = 1
+VFIO_PCI_MSIX_IRQ_INDEX = 2
+VFIO_PCI_ERR_IRQ_INDEX = 3
+VFIO_PCI_REQ_IRQ_INDEX = 4
 VFIO_PCI_NUM_IRQS = 5
+VFIO_IRQ_INFO_EVENTFD = 1 << 0
+VFIO_IRQ_INFO_MASKABLE = 1 << 1
+VFIO_IRQ_INFO_AUTOMASKED = 1 << 2
+VFIO_IRQ_INFO_NORESIZE = 1 << 3
+VFIO_IRQ_SET_DATA_NONE = 1 << 0
+VFIO_IRQ_SET_DATA_BOOL = 1 << 1
+VFIO_IRQ_SET_DATA_EVENTFD = 1 << 2
+VFIO_IRQ_SET_ACTION_MASK = 1 << 3
+VFIO_IRQ_SET_ACTION_UNMASK = 1 << 4
+VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5
+VFIO_IRQ_SET_DATA_TYPE_MASK = 0x7
+VFIO_IRQ_SET_ACTION_TYPE_MASK = 0x38
 VFIO_REGION_INFO_FLAG_READ = 1 << 0
 VFIO_REGION_INFO_FLAG_WRITE = 1 << 1
 VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
 VFIO_PCI_OFFSET_SHIFT = 40  # vfio-pci: region index in the top bits of the file offset
+VFIO_PCI_OFFSET_MASK = (1 << VFIO_PCI_OFFSET_SHIFT) - 1
 
 DIRTY_BITMAP_PAGES_MAX = (1 << 31) - 1  # INT_MAX
 
@@ -107,6 +132,10 @@ DIRTY_BITMAP_GET = struct.Struct("<QQQQQ")  # iova, size, then a vfio_bitmap
 DEVICE_INFO = struct.Struct("<IIIIII")  # argsz, flags, num_regions, num_irqs, cap_offset, pad
 DEVICE_INFO_MINSZ = 16  # offsetofend(num_irqs)
 REGION_INFO = struct.Struct("<IIIIQQ")  # argsz, flags, index, cap_offset, size, offset
+IRQ_INFO = struct.Struct("<IIII")  # argsz, flags, index, count (minsz: all of it)
+IRQ_SET = struct.Struct("<IIIII")  # argsz, flags, index, start, count (minsz), then data[]
+HOT_RESET_INFO = struct.Struct("<III")  # argsz, flags, count (minsz), then devices[]
+HOT_RESET = struct.Struct("<III")  # argsz, flags, count (minsz), then group_fds[]
 
 # the device cdev (/dev/vfio/devices/vfioN); minsz is offsetofend of the field named
 BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid (minsz, 6.12's struct)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ...devices import DmaDevice
+from ...eventfd import EventFdFile
 from ...iommufd import selftest as st
 from ...iommufd import uapi as iu
 from ...iommufd.file import IommufdFile, MemFdFile
@@ -91,7 +92,8 @@ class Gen:
     def _families(self) -> list[tuple[float, Callable[[int], list[Op]]]]:
         fams: list[tuple[float, Callable[[int], list[Op]]]] = [
             (9, self.mmap), (4, self.munmap), (2, self.rw), (1, self.memfd),
-            (1.2, self.fork_or_exit), (2, self.close), (1.5, self.open_any), (6, self.dma)]
+            (1.2, self.fork_or_exit), (2, self.close), (1.5, self.open_any), (6, self.dma),
+            (0.6, self.eventfd_ops)]
         if self.has_iommu:
             fams += [(9, self.type1), (6, self.cdev), (22, self.iommufd), (2, self.garbage)]
             if self.mock:
@@ -499,7 +501,7 @@ class Gen:
         step = rng.choices(
             ["set_container", "set_iommu", "map", "unmap", "dirty", "info", "ext", "status",
              "unset", "device_fd", "device"],
-            [0.4, 0.3, 6, 4, 2.5, 1, 1, 0.7, 0.4, 2, 2.5])[0]
+            [0.4, 0.3, 6, 4, 2.5, 1, 1, 0.7, 0.4, 2, 5])[0]
         return list(getattr(self, "_t1_" + step)(pi, c, g))
 
     def _t1_set_container(self, pi: int, c: int, g: int) -> list[Op]:
@@ -598,19 +600,120 @@ class Gen:
         devs = self.files(pi, VfioDeviceFile)
         if not devs:
             return self._t1_device_fd(pi, c, g)
+        usable = self.files(pi, VfioDeviceFile, lambda f: f.access_granted)
+        if self.rng.random() < 0.85:
+            if not usable:
+                return self._t1_device_fd(pi, c, g)
+            devs = usable
         return self._device_ioctl(pi, self.pick(devs))
 
     def _device_ioctl(self, pi: int, fd: int) -> list[Op]:
         rng = self.rng
         r = rng.random()
-        if r < 0.4:
+        if r < 0.15:
             return self.ioctl(pi, fd, specs.VFIO["DEVICE_INFO"],
                               {"argsz": rng.choice([16, 24])})
-        if r < 0.85:
+        if r < 0.3:
             return self.ioctl(pi, fd, specs.VFIO["REGION_INFO"],
                               {"index": rng.choice([0, 0, 7, 6, 8, 9, 1])})
+        if r < 0.4:
+            return self.ioctl(pi, fd, specs.VFIO["IRQ_INFO"],
+                              {"index": rng.choice([0, 1, 2, 3, 4, 5, U32])})
+        if r < 0.9:  # interrupts and regions: mostly on a device that has them (edu)
+            edu = self.files(pi, VfioDeviceFile,
+                             lambda f: f.access_granted and f.dev.fn.ident.interrupt_pin)
+            if edu and rng.random() < 0.8:
+                fd = self.pick(edu)
+            return self._set_irqs(pi, fd) if r < 0.6 else self._region_rw(pi, fd)
         return [Op(pi, "ioctl", (fd, rng.choice([vu.VFIO_DEVICE_RESET, vu.VFIO_IOMMU_MAP_DMA,
                                                  iu.IOMMU_IOAS_ALLOC]), bytes(32)))]
+
+    def _eventfd(self, pi: int) -> int:
+        """An eventfd of the process, mostly; else a bad fd (or -1, which clears)."""
+        efds = self.files(pi, EventFdFile)
+        r = self.rng.random()
+        if efds and r < 0.8:
+            return int(self.pick(efds))
+        return -1 if r < 0.88 else self.bad_fd(pi)
+
+    def _set_irqs(self, pi: int, fd: int) -> list[Op]:
+        """VFIO_DEVICE_SET_IRQS: an interrupt index and action with eventfds (made
+        first when the process has none), bools or no data."""
+        rng = self.rng
+        if not self.files(pi, EventFdFile) and rng.random() < 0.7:
+            return [Op(pi, "eventfd", (rng.choice([0, 0, 1]),))]
+        df = self.w.procs[pi].files.get(fd)
+        pci = df.vdev.pci if isinstance(df, VfioDeviceFile) else None
+        index = rng.choice([0, 0, 0, 1, 1, 1, 1, 4, 2, 3, 5])
+        if pci is not None and pci.dev.ident.interrupt_pin and rng.random() < 0.6:
+            in_use = pci.irqs.irq_type  # mostly the type in use, or one when none is
+            index = in_use if in_use < 2 and rng.random() < 0.7 else rng.choice([0, 1])
+        action = rng.choice([vu.VFIO_IRQ_SET_ACTION_TRIGGER] * 4 + [
+            vu.VFIO_IRQ_SET_ACTION_MASK, vu.VFIO_IRQ_SET_ACTION_UNMASK])
+        data_type = rng.choice([vu.VFIO_IRQ_SET_DATA_EVENTFD] * 3 + [
+            vu.VFIO_IRQ_SET_DATA_NONE, vu.VFIO_IRQ_SET_DATA_BOOL])
+        start, count = 0, rng.choice([1, 1, 1, 1, 1, 0, 2])
+        if data_type == vu.VFIO_IRQ_SET_DATA_EVENTFD:
+            data = b"".join(struct.pack("<i", self._eventfd(pi)) for _ in range(count))
+        elif data_type == vu.VFIO_IRQ_SET_DATA_BOOL:
+            data = bytes(rng.choice([0, 1]) for _ in range(count))
+        else:
+            data = b""
+        ops = self.ioctl(pi, fd, specs.VFIO["SET_IRQS"],
+                         {"argsz": 20 + len(data), "flags": data_type | action,
+                          "index": index, "start": start, "count": count})
+        op = ops[0]
+        if isinstance(op.args[2], bytes):
+            op = Op(op.who, op.call, (op.args[0], op.args[1], op.args[2] + data), note=op.note)
+        return [op]
+
+    def _region_rw(self, pi: int, fd: int) -> list[Op]:
+        """pread/pwrite of a device region: config space (its command register and BAR
+        most), BAR 0 (edu's registers: a DMA through the IOMMU to a mapped IOVA, mostly)
+        or an offset no region has."""
+        rng = self.rng
+        r = rng.random()
+        cfg = vu.VFIO_PCI_CONFIG_REGION_INDEX << vu.VFIO_PCI_OFFSET_SHIFT
+        if r < 0.35:
+            off = cfg + rng.choice([0, 4, 4, 4, 0x10, 0x3C, 0x40, 0x42, 0x44, 0xFE,
+                                    rng.randrange(0x100)])
+            n = rng.choice([1, 2, 4, 4, 8, 0x100, 1 << 40])
+            if rng.random() < 0.5:
+                return [Op(pi, "pread", (fd, n, off))]
+            value = rng.choice([0x6, 0x2, 0x406, 0, 0xFFFF_FFFF, rng.randrange(1 << 32)])
+            return [Op(pi, "pwrite", (fd, value.to_bytes(4, "little")[:min(n, 4)], off))]
+        if r < 0.8:  # edu's DMA engine: source, destination, count, command
+            h = self.hint()
+            ram = h.iova + rng.choice([0, 0, PAGE, h.length])
+            buf = 0x40000 + rng.choice([0, 0, 0x800, 0xFF8, 0x1000])
+            to_ram = rng.random() < 0.5
+            cnt = rng.choice([8, 64, PAGE, 0x801, 1 << 40])
+            regs = struct.pack("<QQQQ", buf if to_ram else ram, ram if to_ram else buf, cnt,
+                               1 | (2 if to_ram else 0) | (4 if rng.random() < 0.7 else 0))
+            return [Op(pi, "pwrite", (fd, regs, 0x80), note="edu DMA")]
+        if r < 0.95:
+            off = rng.choice([0, 4, 8, 0x20, 0x24, 0x60, 0x64, 0x98, (1 << 20) - 4, 1 << 20])
+            if rng.random() < 0.5:
+                return [Op(pi, "pread", (fd, rng.choice([1, 4, 8, 64]), off))]
+            return [Op(pi, "pwrite", (fd, rng.randrange(1 << 32).to_bytes(4, "little"), off))]
+        off = rng.choice([-1, 6 << 40, 8 << 40, 9 << 40, (1 << 63) - 2, 1 << 40])
+        return [Op(pi, "pread", (fd, 4, off))]
+
+    def eventfd_ops(self, pi: int) -> list[Op]:
+        """An eventfd made, read, written or read at an offset (ESPIPE)."""
+        rng = self.rng
+        efds = self.files(pi, EventFdFile)
+        if not efds or rng.random() < 0.2:
+            return [Op(pi, "eventfd", (rng.choice([0, 0, 5, 1 << 32]),),
+                       (("semaphore", rng.random() < 0.3),))]
+        fd = self.pick(efds) if rng.random() < 0.9 else self.bad_fd(pi)
+        r = rng.random()
+        if r < 0.6:
+            return [Op(pi, "read_fd", (fd, rng.choice([8, 8, 4, 16])))]
+        if r < 0.9:
+            value = rng.choice([1, 2, U64, U64 - 1, 0])
+            return [Op(pi, "write_fd", (fd, value.to_bytes(8, "little")))]
+        return [Op(pi, "pread", (fd, 8, 0))]
 
     # -- VFIO device cdevs -------------------------------------------------------------------
     def cdev(self, pi: int) -> list[Op]:

@@ -348,9 +348,9 @@ def minimize(config: WorldConfig, ops: list[Op], key: str, *, guard: Guard | Non
 
 def random_config(rng: random.Random, platform: str, kernel: str | None = None
                   ) -> WorldConfig:
-    """A small world: 256-512M of RAM, one to three vfio-pci devices, each kernel, the
-    iommufd-backed /dev/vfio/vfio at times, limits that bite at times, and one or two
-    processes."""
+    """A small world: 256-512M of RAM, one to three vfio-pci devices (the first QEMU's
+    edu half the time), each kernel, the iommufd-backed /dev/vfio/vfio at times, limits
+    that bite at times, and one or two processes."""
     procs = [ProcSpec(rng.choice([None, 1 << 20, 16 << 20, 64 << 20]), rng.random() < 0.3,
                       1000, rng.random() < 0.3)]
     if rng.random() < 0.2:
@@ -358,7 +358,8 @@ def random_config(rng: random.Random, platform: str, kernel: str | None = None
     return WorldConfig(platform, kernel or rng.choice(["6.12", "7.0"]),
                        rng.choice(["256M", "256M", "512M"]), rng.choice([1, 2, 2, 3]),
                        rng.random() < 0.3, rng.random() < 0.15,
-                       rng.choice([65535] * 6 + [2, 8]), rng.random() < 0.1, tuple(procs))
+                       rng.choice([65535] * 6 + [2, 8]), rng.random() < 0.1, tuple(procs),
+                       rng.random() < 0.5)
 
 
 @dataclass

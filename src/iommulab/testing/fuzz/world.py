@@ -55,8 +55,9 @@ class ProcSpec:
 @dataclass(frozen=True)
 class WorldConfig:
     """The machine a sequence runs on: ``devices`` vfio-pci devices, each in its own group
-    (the first not snooping with ``nosnoop``), CONFIG_IOMMUFD_VFIO_CONTAINER
-    (``compat``), type1's module parameters, and the processes present at the start."""
+    (the first not snooping with ``nosnoop``, QEMU's edu with ``edu``),
+    CONFIG_IOMMUFD_VFIO_CONTAINER (``compat``), type1's module parameters, and the
+    processes present at the start."""
 
     platform: str
     kernel: str = "6.12"
@@ -67,6 +68,7 @@ class WorldConfig:
     dma_entry_limit: int = 65535
     disable_hugepages: bool = False
     procs: tuple[ProcSpec, ...] = (ProcSpec(),)
+    edu: bool = False
 
     def setup_lines(self) -> list[str]:
         """The Python that builds this world (the reproducer's first lines)."""
@@ -80,7 +82,8 @@ class WorldConfig:
             out.append("m.module_params['vfio_iommu_type1.disable_hugepages'] = 1")
         for i in range(self.devices):
             snoop = "" if i or not self.nosnoop else ", snoop=False"
-            out.append(f"m.add_pci_device({_bdf(i)!r}{snoop})")
+            model = ", model='edu'" if self.edu and not i else ""
+            out.append(f"m.add_pci_device({_bdf(i)!r}{snoop}{model})")
         procs = ", ".join(f"m.spawn_process(**{p.kwargs()!r})" for p in self.procs)
         out.append(f"p = [{procs}]")
         return out
@@ -135,7 +138,8 @@ class World:
         m.module_params["vfio_iommu_type1.dma_entry_limit"] = c.dma_entry_limit
         m.module_params["vfio_iommu_type1.disable_hugepages"] = int(c.disable_hugepages)
         for i in range(c.devices):
-            m.add_pci_device(_bdf(i), snoop=bool(i or not c.nosnoop))
+            m.add_pci_device(_bdf(i), snoop=bool(i or not c.nosnoop),
+                             model="edu" if c.edu and not i else None)
 
     def spawn_initial(self) -> None:
         for spec in self.config.procs:
