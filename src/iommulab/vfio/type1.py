@@ -694,8 +694,7 @@ class VfioIommu:
         self._replay(domain, current)
         msi_base = _sw_msi_base(resv)
         if msi_base is not None:  # iommu_get_msi_cookie: the new domain goes on ENOMEM
-            fail.check("kzalloc(iommu_dma_cookie)")
-            get_msi_cookie(domain, msi_base)
+            get_msi_cookie(domain, msi_base, fail, self.kernel)
         self.domains.insert(0, VfioDomain(domain, [group], enforce_cc))
         self._update_pgsize_bitmap()
         self.iova_list = ranges
