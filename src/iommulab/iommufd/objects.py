@@ -596,8 +596,13 @@ class IommufdCtx:
         group's first device comes, for a replace always), the attach handle
         (``kzalloc``), then the group onto the domain: ``iommu_attach_group`` for a
         device not attached yet (EBUSY unless the group is on a core domain),
-        ``iommu_group_replace_domain`` for one that is. On failure the reservations go;
-        an MSI cookie made on the way stays (as in the kernel, see :meth:`_setup_msi`)."""
+        ``iommu_group_replace_domain`` for one that is. On failure the reservations go:
+        an attach takes back the device's (``iopt_remove_reserved_iova``), a replace
+        every reservation the group's attached devices hold in the new HWPT's IOAS
+        (``iommufd_group_remove_reserved_iova``), even when that IOAS is the one the
+        group stays attached through and no reservation was made: a kernel wart kept
+        (6.12 and 7.0), after which the group's reserved ranges are free to map in its
+        own IOAS. An MSI cookie made on the way stays (see :meth:`_setup_msi`)."""
         iopt = hwpt.ioas.iopt
         group = idev.dev.group
         assert group is not None
@@ -615,7 +620,11 @@ class IommufdCtx:
             else:
                 self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
-            if reserve:
+            if not attaching:
+                for o in list(self.objects.values()):
+                    if isinstance(o, Device) and o.dev.group is group and o.hwpt is not None:
+                        iopt.space.remove_reservations(o)
+            elif reserve:
                 iopt.space.remove_reservations(idev)
             raise
 
