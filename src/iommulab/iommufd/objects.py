@@ -578,12 +578,13 @@ class IommufdCtx:
 
     def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
         """``iommufd_hw_pagetable_attach`` (or, for an attached device,
-        ``iommufd_device_do_replace``): coherency, the device's reserved regions into the
-        IOAS, then the group onto the domain. A replace within the same IOAS keeps the
+        ``iommufd_device_do_replace``): the device's reserved regions into the IOAS,
+        then the group onto the domain. A replace within the same IOAS keeps the
         reservations the device has there and makes none
-        (``iommufd_group_do_replace_reserved_iova``)."""
-        if idev.enforce_cache_coherency:
-            self._enforce_cc(hwpt)
+        (``iommufd_group_do_replace_reserved_iova``). The HWPT's cache coherency is the
+        one it was allocated with ("configured here and unchanged later",
+        ``iommufd_hwpt_paging_alloc``): a device that could enforce it uses a HWPT that
+        does not as it is; a driver refuses a device that cannot honour a coherent one."""
         same_ioas = idev.hwpt is not None and idev.hwpt.ioas is hwpt.ioas
         self._attach_domain(idev, hwpt, reserve=not same_ioas)
         hwpt.devices.append(idev)
