@@ -608,15 +608,21 @@ class IommufdCtx:
         group = idev.dev.group
         assert group is not None
         attaching = idev.hwpt is None
+        fail = self.mem.fail_nth
+        others = [o for o in self.objects.values() if isinstance(o, Device) and o is not idev
+                  and o.hwpt is not None and o.dev.group is group]
+        if attaching and self.kernel >= LINUX_7_0:
+            self._reserve_attach(idev, others)
         if reserve:  # a replace passes no sw_msi_start (iommufd_group_do_replace_reserved_iova)
             self._enforce_resv_regions(idev, iopt, sw_msi=attaching)
         try:
-            first = not any(isinstance(o, Device) and o is not idev and o.hwpt is not None
-                            and o.dev.group is group for o in self.objects.values())
-            if first or not attaching:
+            if not others or not attaching:
                 self._setup_msi(group.id, hwpt)
-            self.mem.fail_nth.check("kzalloc(iommufd_attach_handle)")
+            fail.check("kzalloc(iommufd_attach_handle)")
             if attaching:
+                if self.kernel >= LINUX_7_0:  # iommu_attach_group_handle's slot: XA_ZERO_ENTRY
+                    fail.xa_nodes("group->pasid_array", xa_nodes_needed(
+                        np.array([], dtype=np.int64), 0, 0, root_ok=False))
                 self.core.attach_group(hwpt.domain, group)
             else:
                 self.core.set_group_domain(group, hwpt.domain)
@@ -628,6 +634,23 @@ class IommufdCtx:
             elif reserve:
                 iopt.space.remove_reservations(idev)
             raise
+
+    def _reserve_attach(self, idev: Device, others: list[Device]) -> None:
+        """Linux 7.0's ``iommufd_hw_pagetable_attach`` before the reserved regions: the
+        group's slot for PASID 0 in ``igroup->pasid_attach`` (``xa_cmpxchg`` of an
+        XA_ZERO_ENTRY) and its ``struct iommufd_attach`` (``kzalloc``, ENOMEM), both only
+        for the group's first attached device, then the device's slot in the
+        attachment's ``device_array`` (``xa_insert`` at its object id). The xarray nodes
+        are retried, never failed; an error later gives the slots and the attachment
+        back."""
+        fail = self.mem.fail_nth
+        if not others:
+            fail.xa_nodes("igroup->pasid_attach", xa_nodes_needed(
+                np.array([], dtype=np.int64), 0, 0, root_ok=False))
+            fail.check("kzalloc(iommufd_attach)")
+        held = np.array(sorted(o.id for o in others), dtype=np.int64)
+        fail.xa_nodes("attach->device_array",
+                      xa_nodes_needed(held, idev.id, idev.id, root_ok=False))
 
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
         """``iommu_detach_group_handle``: the group goes back to its core domain, the
