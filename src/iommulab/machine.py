@@ -381,8 +381,13 @@ class Process:
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str) -> int:
         """``/dev/iommu``, ``/dev/vfio/vfio``, ``/dev/vfio/<group>``,
-        ``/dev/vfio/devices/vfio<N>``."""
+        ``/dev/vfio/devices/vfio<N>``. ``do_sys_openat2`` copies the path in first
+        (``getname``: a names_cache allocation) and ``path_openat`` allocates the file
+        before it walks the path; either failing is ENOMEM with nothing done."""
         from .vfio.files import open_vfio_path
+        fail = self.machine.mem.fail_nth
+        fail.check("getname(do_sys_openat2)")
+        fail.check("alloc_empty_file(path_openat)")
         if self.machine.pseries is not None and path.startswith(("/dev/iommu", "/dev/vfio")):
             raise NoDevice(f"open: {path}: ppc64-pseries has no VFIO or iommufd in the model "
                            "(SPAPR TCE is not modelled)")
