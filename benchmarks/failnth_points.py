@@ -42,7 +42,8 @@ def main() -> None:
                 if (args.platform and platform not in args.platform) or \
                         (args.kernel and kernel not in args.kernel):
                     continue
-                points = sweep(partial(s.setup, platform, kernel), s.op, absorbs=s.absorbs)
+                points = sweep(partial(s.setup, platform, kernel), s.op, absorbs=s.absorbs,
+                               expect=s.expect, relax=s.relax)
                 absorbed = sum(pt.errno is None for pt in points)
                 print(f"{s.name:<44} {platform:<13} {kernel:<6} {len(points):>6} "
                       f"{absorbed:>8} {'':>5} {'':>18}")

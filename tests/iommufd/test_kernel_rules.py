@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from iommulab import Machine
 from iommulab.iommufd import uapi as u
+from iommulab.iommufd.selftest import OP_MD_CHECK_IOTLB
 from iommulab.vfio import uapi as v
 
 from ..failnth.sweep import site_errno
@@ -79,6 +81,46 @@ def test_destroy_of_a_mock_device_id_is_ebusy() -> None:
     expect_errno(errno.EBUSY, t.destroy, md.idev_id)
     t.destroy(md.stdev_id)
     expect_errno(errno.ENOENT, t.destroy, md.idev_id)
+    t.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_create_access_without_an_fd_is_enomem_and_makes_no_object(kernel: str) -> None:
+    """``iommufd_test_create_access``: the fd is taken after the selftest access and its
+    file and before ``iommufd_access_create``; any failure to get one is ENOMEM (not
+    EMFILE), and no access object (nor its id) was made."""
+    t = Selftest(kernel=kernel)
+    ioas = t.ioas_alloc()
+    t.p.nofile_limit = max(t.p.files) + 1  # every fd below the limit is taken
+    expect_errno(errno.ENOMEM, t.create_access, ioas)
+    t.p.nofile_limit = 1024
+    assert t.ioas_alloc() == ioas + 1  # the failed call took no object id
+    t.close()
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_nested_hwpt_lookups_are_iommufd_get_object_fail_points(kernel: str) -> None:
+    """HWPT_INVALIDATE (``iommufd_get_hwpt_nested``, 7.0 ``iommufd_get_object`` of any
+    kind) and the selftest's MD_CHECK_IOTLB (``get_md_pagetable_nested``) look the id up
+    with ``iommufd_get_object``, whose ``iommufd_should_fail()`` is ENOENT."""
+    t = Selftest(kernel=kernel)
+    ioas = t.ioas_alloc()
+    fail = t.m.mem.fail_nth
+    data = t.p.mmap(PAGE_SIZE, populate=True)
+    calls: list[Callable[[], object]] = [
+        lambda: t.ioctl(u.IOMMU_HWPT_INVALIDATE,
+                        u.HWPT_INVALIDATE.pack(32, ioas, data, 0, 8, 1, 0)),
+        lambda: t.test_cmd(OP_MD_CHECK_IOTLB, ioas, struct.pack("<II", 0, 0)),
+    ]
+    for call in calls:
+        fail.log = []
+        with pytest.raises(OSError):
+            call()
+        assert fail.log == ["iommufd_should_fail(iommufd_get_object)"]
+        fail.arm(1)
+        expect_errno(errno.ENOENT, call)
+        assert fail.fired == "iommufd_should_fail(iommufd_get_object)"
+    fail.log = None
     t.close()
 
 

@@ -564,6 +564,8 @@ class IommufdFile(VfioFile):
         elif entry_num and bad_entries:
             err = InvalidArgument(f"HWPT_INVALIDATE: {entry_num} entries of {entry_len} "
                                   f"bytes at {data_uptr:#x}")
+        elif self.ctx.fail_nth_get_object():
+            err = NoEntry("HWPT_INVALIDATE: iommufd_get_object: injected failure")
         elif new and hwpt_id in self.ctx.objects:
             err = InvalidArgument(f"HWPT_INVALIDATE: object {hwpt_id} is not a nested HWPT "
                                   "or a vIOMMU")

@@ -250,9 +250,14 @@ class IommufdCtx:
                                caller: str = "") -> None:
         """``iommufd_get_object``'s ``iommufd_should_fail()``: ENOENT, or the error the
         ``caller`` turns it into (``refused``)."""
-        site = f"{caller}: iommufd_get_object" if caller else "iommufd_get_object"
-        if self.mem.fail_nth.iommufd_should_fail(site):
+        if self.fail_nth_get_object(caller):
             raise refused("iommufd_get_object: injected failure")
+
+    def fail_nth_get_object(self, caller: str = "") -> bool:
+        """Whether ``iommufd_get_object``'s ``iommufd_should_fail()`` fails this lookup,
+        for callers that go on to an error path of their own."""
+        site = f"{caller}: iommufd_get_object" if caller else "iommufd_get_object"
+        return self.mem.fail_nth.iommufd_should_fail(site)
 
     def destroy(self, id: int) -> None:
         """IOMMU_DESTROY (``iommufd_object_remove`` without an object): ENOENT for no

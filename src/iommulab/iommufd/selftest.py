@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .file import IommufdFile
     from .io_pagetable import IoPagetable
 
-__all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
+__all__ = ["TEST_CMD", "TEST_OPS", "syz_conv_iova", "test_cmd"]
 
 I64Array = npt.NDArray[np.int64]
 U64Array = npt.NDArray[np.uint64]
@@ -333,8 +333,10 @@ def _check_refs(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 
 def _create_access(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
-    """``iommufd_test_create_access``: EOPNOTSUPP for an unknown flag; the access is
-    made, then attached to ``id`` (ENOENT destroys it again); out: its fd."""
+    """``iommufd_test_create_access``: EOPNOTSUPP for an unknown flag; the selftest
+    access and its file, then the fd (any failure to get one is ENOMEM there, EMFILE
+    included), then the access is made and attached to ``id`` (ENOENT destroys it
+    again); out: its fd."""
     (_, flags) = struct.unpack_from("<II", cmd.union)
     if flags & ~MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
         raise NotSupported(f"CREATE_ACCESS: flags {flags:#x}")
@@ -342,13 +344,18 @@ def _create_access(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     fail.check("kzalloc(selftest_access)")  # iommufd_test_alloc_access
     fail.check("d_alloc_pseudo(anon_inode_getfile)")
     fail.check("alloc_empty_file(anon_inode_getfile)")
+    try:
+        fd = proc.get_unused_fd()
+    except KernelError as e:
+        raise OutOfMemory(f"CREATE_ACCESS: no fd ({e})") from e
     af = AccessFile(file.ctx, bool(flags))
     try:
         file.ctx.access_attach(af.access, cmd.id)
     except KernelError:
         file.ctx.access_destroy(af.access)
         raise
-    cmd.put("<I", 0, proc.install(af))
+    cmd.put("<I", 0, fd)
+    proc.fd_install(fd, af)
     return True
 
 
@@ -517,8 +524,10 @@ def _user_mapped(proc: Process, addr: int, n: int) -> bool:
 
 
 def _check_iotlb(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
-    """``iommufd_test_md_check_iotlb``: the id must be a nested mock HWPT, and the model
-    has none (ENOENT)."""
+    """``iommufd_test_md_check_iotlb``: the id must be a nested mock HWPT
+    (``get_md_pagetable_nested``: ``iommufd_get_object``), and the model has none
+    (ENOENT)."""
+    file.ctx.get_object_should_fail()
     raise NoEntry(f"MD_CHECK_IOTLB: no nested HWPT {cmd.id}")
 
 
@@ -544,6 +553,8 @@ _HANDLERS = {
     OP_SET_TEMP_MEMORY_LIMIT: _set_temp_memory_limit, OP_DIRTY: _dirty,
     OP_TRIGGER_IOPF: _trigger_iopf,
 }
+#: the IOMMU_TEST_CMD ops ``iommufd_test`` answers (the others are EOPNOTSUPP)
+TEST_OPS: tuple[int, ...] = tuple(_HANDLERS)
 
 
 # -- helpers ---------------------------------------------------------------------------
