@@ -66,7 +66,9 @@ def two_domains(gib: int) -> tuple[float, float, int]:
     p = m.spawn_process(cap_ipc_lock=True)
     fd = p.open("/dev/iommu")
     ioas = _ioas(p, fd)
-    hwpts = {_bind(p, fd, 0, ioas), _bind(p, fd, 1, ioas)}
+    # the coherent domain first: a HWPT keeps the coherency it was made with, so the device
+    # with snoop control would share the other's non-coherent HWPT as it is
+    hwpts = {_bind(p, fd, 1, ioas), _bind(p, fd, 0, ioas)}
     assert len(hwpts) == 2, "the two units must need two domains"
     size = gib << 30
     va = p.mmap(size, "thp")

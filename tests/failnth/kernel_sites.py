@@ -29,6 +29,14 @@ OPEN_IOMMUFD = [("getname(do_sys_openat2)", "fs/namei.c:getname_flags"),
 OBJECTS_NODE = ("xas_alloc(ictx->objects)", "main.c:_iommufd_object_alloc: xa_alloc")
 UNFILL_BATCH = ("kmalloc(temp_kmalloc)",
                 "pages.c:__iopt_area_unfill_domain: batch_init_backup")
+#: DESTROY of a selftest device ends in selftest.c:mock_dev_destroy -> device_unregister;
+#: after the IOMMU let the device go (BUS_NOTIFY_REMOVED_DEVICE), device_del sends the
+#: KOBJ_REMOVE uevent, whose buffers device_del does not check (the netlink message, only
+#: allocated while a program listens for uevents, is left out)
+DEVICE_DEL = [("device_del: kzalloc(kobj_uevent_env)",
+               "lib/kobject_uevent.c:kobject_uevent_env <- drivers/base/core.c:device_del"),
+              ("device_del: kzalloc(kobject_get_path)",
+               "lib/kobject.c:kobject_get_path <- lib/kobject_uevent.c:kobject_uevent_env")]
 
 
 def xa_nodes_empty(first: int, last: int, *, root_ok: bool = True) -> int:
@@ -324,10 +332,13 @@ SEQUENCE_SITES: dict[str, list[Site]] = {
     "map_domain": [*mock_domain(first_domain=True),
                    *ioas_map(64, 1, pins=LIMIT_32_PINS),
                    UNFILL_BATCH,  # DESTROY of the device: its HWPT, the IOAS's last domain
+                   *DEVICE_DEL,
                    *mock_domain(first_domain=True, npages=64, pins=LIMIT_32_PINS)],
     "map_two_domains": [*mock_domain_joins(group_node=True),
                         *ioas_map(64, 1, pins=LIMIT_32_PINS),
+                        *DEVICE_DEL,  # the first DESTROY: the HWPT stays for the other
                         UNFILL_BATCH,  # the second DESTROY: the shared HWPT goes
+                        *DEVICE_DEL,
                         *mock_domain(first_domain=True, npages=64, pins=LIMIT_32_PINS),
                         *mock_domain_joins(group_node=True)],
     "access_rw": [*create_access(), *access_rw(64, slow=False), *access_rw(64, slow=False),
@@ -337,7 +348,8 @@ SEQUENCE_SITES: dict[str, list[Site]] = {
                    *destroy_access_pages(FAIL_NTH_PAGES, from_domain=False)],
     "access_pin_domain": [*access_pages(FAIL_NTH_PAGES, from_domain=True),
                           *destroy_access_pages(FAIL_NTH_PAGES, from_domain=True),
-                          UNFILL_BATCH],  # DESTROY of the device: the last domain
+                          UNFILL_BATCH,  # DESTROY of the device: the last domain
+                          *DEVICE_DEL],
     "device": [*mock_domain(first_domain=True, npages=1), *get_hw_info(), *hwpt_alloc(1),
                *mock_domain_replace(new_domain=True, npages=1),
                *mock_domain_replace()],

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from iommulab import Machine, Process
+from iommulab.dma.cookie import MsiCookie
 from iommulab.drivers.mock import MockDomainOps
 from iommulab.iommu.domain import IommuDomain
 from iommulab.iommufd.file import IommufdFile, MemFdFile
@@ -58,7 +59,8 @@ def snapshot(m: Machine, procs: list[Process]) -> State:
     if m.core is not None:
         s["groups"] = {gid: (id(g.domain), id(g.default_domain), [d.name for d in g.devices])
                        for gid, g in m.core.groups.items()}
-        s["domains"] = {id(d): _domain(d) for d in live_domains(m, procs)}
+        kept = _kept_msi_cookies(ctxs)
+        s["domains"] = {id(d): _domain(d, id(d) in kept) for d in live_domains(m, procs)}
     return s
 
 
@@ -213,9 +215,18 @@ def _pgtbl(d: IommuDomain) -> Any:
     return getattr(d, "pgtbl", None) or getattr(d.ops, "pgtbl", None)
 
 
-def _domain(d: IommuDomain) -> tuple[Any, ...]:
+def _kept_msi_cookies(ctxs: list[IommufdCtx]) -> set[int]:
+    """The domains of HWPTs whose MSI cookie Linux 6.12 keeps whatever the attach that
+    made it did (``iommufd_group_setup_msi`` sets ``hwpt_paging->msi_cookie`` before the
+    group is attached, and a failed attach leaves both)."""
+    return {id(o.domain) for c in ctxs for o in c.objects.values()
+            if isinstance(o, HwptPaging) and o.msi_cookie}
+
+
+def _domain(d: IommuDomain, kept_msi_cookie: bool = False) -> tuple[Any, ...]:
     """The domain's translations (leaves with their raw entries, so dirty bits count),
-    its dirty tracking state and its MSI cookie."""
+    its dirty tracking state and its MSI cookie (one a HWPT keeps with no doorbell
+    mapped yet counts as none: see :func:`_kept_msi_cookies`)."""
     pgtbl = _pgtbl(d)
     if pgtbl is not None:
         leaves: Any = [(iova, size, pte) for iova, size, leaf, pte in pgtbl.iter_entries()
@@ -225,7 +236,10 @@ def _domain(d: IommuDomain) -> tuple[Any, ...]:
     else:
         leaves = None
     tracking = getattr(d.dirty_ops, "tracking", None)
-    return (d.type, leaves, tracking, id(d.cookie), d.pgsize_bitmap)
+    cookie: Any = id(d.cookie)
+    if kept_msi_cookie and isinstance(d.cookie, MsiCookie) and not d.cookie.msi_pages:
+        cookie = id(None)
+    return (d.type, leaves, tracking, cookie, d.pgsize_bitmap)
 
 
 def _driver(m: Machine) -> tuple[Any, ...]:

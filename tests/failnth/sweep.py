@@ -46,7 +46,8 @@ SHOULD_FAIL_ERRNO = {
 #: fails to allocate are left out (``iommu_get_resv_regions`` reports no error); 6.12's
 #: fine-grained superpage probe is skipped; a nofail detach WARNs and goes on; a type1
 #: detach keeps its IOVA list; a compatible domain that refuses the group is not used; a
-#: THP fault whose folio cannot be had falls back to 4K pages (VM_FAULT_FALLBACK).
+#: THP fault whose folio cannot be had falls back to 4K pages (VM_FAULT_FALLBACK);
+#: device_del does not check its KOBJ_REMOVE uevent.
 SWALLOWED = (
     "xas_alloc(",
     "kvmalloc(",
@@ -58,6 +59,7 @@ SWALLOWED = (
     "vfio_test_domain_fgsp:",
     "__iommu_group_set_domain_nofail:",
     "vfio_iommu_type1_detach_group:",
+    "device_del:",
     "vfio_iommu_type1_attach_group: iommu_attach_group(compatible)",
     "vma_alloc_folio(THP)",
 )

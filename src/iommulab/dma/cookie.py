@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 from ..clock import Clock, Timer
 from ..errors import AlreadyExists, InvalidArgument
 from ..iommu.domain import DomainType
+from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 
 if TYPE_CHECKING:
     from ..iommu.domain import IommuDomain
     from ..iova import IovaDomain
+    from ..mem.fault import FailNth
 
 __all__ = [
     "IOVA_DEFAULT_FQ_SIZE",
@@ -191,11 +193,16 @@ class DmaCookie:
         self.fq_domain = None
 
 
-def get_msi_cookie(domain: IommuDomain, base: int) -> None:
+def get_msi_cookie(domain: IommuDomain, base: int, fail: FailNth | None = None,
+                   kernel: KernelVersion = DEFAULT_KERNEL) -> None:
     """``iommu_get_msi_cookie``: MSI remapping for a domain whose owner manages its IOVAs.
 
-    EINVAL unless the domain is UNMANAGED, EEXIST if it has a cookie already.
-    The owner must keep ``[base, base + n * PAGE_SIZE)`` free for the doorbells.
+    EINVAL unless the domain is UNMANAGED, EEXIST if it has a cookie already; then
+    the cookie is allocated (with ``fail``, a fail-nth point: 6.12's ``cookie_alloc``
+    of a whole ``iommu_dma_cookie``, 7.0's ``kzalloc`` of the smaller
+    ``iommu_dma_msi_cookie``), ENOMEM. The owner must keep
+    ``[base, base + n * PAGE_SIZE)`` free for the doorbells. The cookie goes with the
+    domain (``iommu_domain_free``).
     """
     if domain.type != DomainType.UNMANAGED:
         raise InvalidArgument(f"iommu_get_msi_cookie: {domain!r} is {domain.type.name}, "
@@ -203,4 +210,7 @@ def get_msi_cookie(domain: IommuDomain, base: int) -> None:
     if domain.cookie is not None:
         raise AlreadyExists(f"iommu_get_msi_cookie: {domain!r} already has a "
                             f"{domain.cookie.type.name} cookie")
+    if fail is not None:
+        fail.check("kzalloc(iommu_dma_msi_cookie)" if kernel >= LINUX_7_0
+                   else "kzalloc(iommu_dma_cookie)")
     domain.cookie = MsiCookie(base)

@@ -406,7 +406,9 @@ class IommuDomain:
         return {} if self.ops is None else self.ops.leaf_histogram(self)
 
     def free(self) -> None:
-        """``iommu_domain_free``."""
+        """``iommu_domain_free``: its DMA or MSI cookie goes with it
+        (``iommu_put_dma_cookie``), then the driver frees it."""
+        self.cookie = None
         if self.ops is not None:
             self.ops.free(self)
             self.ops = None

@@ -36,6 +36,7 @@ from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
 from ..iommu.user_data import IommuUserData
 from ..kernel import LINUX_7_0
+from ..mem.fault import FailNth, xa_nodes_needed
 from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct, access_ok
 from ..prot import Prot
@@ -576,8 +577,10 @@ class IommufdFile(VfioFile):
 
     def _ioas_change_process(self, proc: Process, buf: bytearray, usize: int,
                              rsvd: int) -> int:
-        """``iommufd_ioas_change_process``: EINVAL unless every area of every IOAS maps a
-        file. The pins of the pages whose charge would move (``need_charge_update``:
+        """``iommufd_ioas_change_process``: every IOAS, in id order, locked and stored in a
+        local xarray (``iommufd_take_all_iova_rwsem``: its nodes are fail-nth points an
+        xarray retries, so none fails the call), then EINVAL unless every area of every
+        IOAS maps a file. The pins of the pages whose charge would move (``need_charge_update``:
         USER when the user or the mm differs, MM when the mm does, never NONE) are
         charged to the caller, summed per accounting mode, then released from their
         old owner; every pages then belongs to the caller. Pages that need no update
@@ -585,8 +588,10 @@ class IommufdFile(VfioFile):
         taken from the new mm's ``pinned_vm`` (a kernel wart kept)."""
         if rsvd:
             raise NotSupported("IOAS_CHANGE_PROCESS: __reserved is not zero")
-        areas = [a for o in self.ctx.objects.values() if isinstance(o, Ioas)
-                 for a in o.iopt.areas()]
+        ioases = sorted((o for o in self.ctx.objects.values() if isinstance(o, Ioas)),
+                        key=lambda o: o.id)
+        _take_all_iova_rwsem(ioases, self.machine.mem.fail_nth)
+        areas = [a for o in ioases for a in o.iopt.areas()]
         if any(a.pages is None or not a.pages.source.is_file for a in areas):
             raise InvalidArgument("IOAS_CHANGE_PROCESS: a mapping is not of a file")
         pages = list({id(a.pages): a.pages for a in areas if a.pages is not None}.values())
@@ -597,6 +602,14 @@ class IommufdFile(VfioFile):
         for p in pages:
             p.account = Account(p.account.mode, proc.mm, proc.user, proc.memlock_limit)
         return 0
+
+
+def _take_all_iova_rwsem(ioases: list[Ioas], fail: FailNth) -> None:
+    """``iommufd_take_all_iova_rwsem``'s ``xa_store`` of each IOAS (in id order) into an
+    empty local xarray: the nodes each new index needs. O(IOASes² x levels), few IOASes."""
+    for n, ioas in enumerate(ioases):
+        held = np.array([o.id for o in ioases[:n]], dtype=np.int64)
+        fail.xa_nodes("ioas_list", xa_nodes_needed(held, ioas.id, ioas.id))
 
 
 def _need_charge_update(account: Account, proc: Process) -> bool:

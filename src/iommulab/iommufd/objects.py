@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..dma.cookie import get_msi_cookie
 from ..errors import (
     Busy,
     InvalidArgument,
@@ -112,6 +113,7 @@ class HwptPaging(IommufdObject):
     auto_domain: bool = False
     nest_parent: bool = False
     enforce_cache_coherency: bool = False
+    msi_cookie: bool = False  # 6.12: iommu_get_msi_cookie was called on the domain
     devices: list[Device] = field(default_factory=list, repr=False)
 
     def destroy(self, ctx: IommufdCtx) -> None:
@@ -139,6 +141,7 @@ class Device(IommufdObject):
         if self.hwpt is not None:
             ctx.detach(self)
         ctx.core.device_release_dma_owner(self.dev)
+        ctx.put_igroup(self.dev)
         if self.holds_ctx:
             ctx.ctx_put()
 
@@ -185,6 +188,9 @@ class IommufdCtx:
         self.vfio_ioas: Ioas | None = None  # the VFIO compatibility IOAS
         self.warnings: Counter[str] = Counter()  # WARN()s the kernel would print
         self.releasing = False  # iommufd_fops_release has begun
+        # iommufd_group.sw_msi_start of each group a bound device is in (by group id):
+        # the last IOMMU_RESV_SW_MSI start an attach found, kept while the group is
+        self.sw_msi_start: dict[int, int] = {}
 
     # -- the context's file ------------------------------------------------------------
     def ctx_get(self) -> None:
@@ -503,6 +509,14 @@ class IommufdCtx:
         self.mem.fail_nth.xa_nodes("ictx->groups", xa_nodes_needed(
             np.array(sorted(bound), dtype=np.int64), group.id, group.id))
 
+    def put_igroup(self, dev: DmaDevice) -> None:
+        """``iommufd_put_group`` of a destroyed device: the ``iommufd_group`` (and its
+        ``sw_msi_start``) goes with the last bound device of its group."""
+        group = dev.group
+        if group is not None and not any(
+                isinstance(o, Device) and o.dev.group is group for o in self.objects.values()):
+            self.sw_msi_start.pop(group.id, None)
+
     def attach(self, idev: Device, pt_id: int) -> int:
         """``iommufd_device_attach``: to a HWPT, or to an IOAS through an automatic HWPT;
         the HWPT id. A device already attached (use replace) is EBUSY in 7.0 (its
@@ -569,12 +583,13 @@ class IommufdCtx:
 
     def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
         """``iommufd_hw_pagetable_attach`` (or, for an attached device,
-        ``iommufd_device_do_replace``): coherency, the device's reserved regions into the
-        IOAS, then the group onto the domain. A replace within the same IOAS keeps the
+        ``iommufd_device_do_replace``): the device's reserved regions into the IOAS,
+        then the group onto the domain. A replace within the same IOAS keeps the
         reservations the device has there and makes none
-        (``iommufd_group_do_replace_reserved_iova``)."""
-        if idev.enforce_cache_coherency:
-            self._enforce_cc(hwpt)
+        (``iommufd_group_do_replace_reserved_iova``). The HWPT's cache coherency is the
+        one it was allocated with ("configured here and unchanged later",
+        ``iommufd_hwpt_paging_alloc``): a device that could enforce it uses a HWPT that
+        does not as it is; a driver refuses a device that cannot honour a coherent one."""
         same_ioas = idev.hwpt is not None and idev.hwpt.ioas is hwpt.ioas
         self._attach_domain(idev, hwpt, reserve=not same_ioas)
         hwpt.devices.append(idev)
@@ -583,24 +598,64 @@ class IommufdCtx:
 
     def _attach_domain(self, idev: Device, hwpt: HwptPaging, reserve: bool = True) -> None:
         """The device's reserved regions into the HWPT's IOAS (unless ``reserve`` is
-        False), the attach handle (``kzalloc``), then the group onto the domain:
-        ``iommu_attach_group`` for a device not attached yet (EBUSY unless the group is
-        on a core domain), ``iommu_group_replace_domain`` for one that is."""
+        False), the MSI window set up (:meth:`_setup_msi`: for an attach only when the
+        group's first device comes, for a replace always), the attach handle
+        (``kzalloc``), then the group onto the domain: ``iommu_attach_group`` for a
+        device not attached yet (EBUSY unless the group is on a core domain),
+        ``iommu_group_replace_domain`` for one that is. On failure the reservations go:
+        an attach takes back the device's (``iopt_remove_reserved_iova``), a replace
+        every reservation the group's attached devices hold in the new HWPT's IOAS
+        (``iommufd_group_remove_reserved_iova``), even when that IOAS is the one the
+        group stays attached through and no reservation was made: a kernel wart kept
+        (6.12 and 7.0), after which the group's reserved ranges are free to map in its
+        own IOAS. An MSI cookie made on the way stays (see :meth:`_setup_msi`)."""
         iopt = hwpt.ioas.iopt
-        if reserve:
-            self._enforce_resv_regions(idev, iopt)
+        group = idev.dev.group
+        assert group is not None
+        attaching = idev.hwpt is None
+        fail = self.mem.fail_nth
+        others = [o for o in self.objects.values() if isinstance(o, Device) and o is not idev
+                  and o.hwpt is not None and o.dev.group is group]
+        if attaching and self.kernel >= LINUX_7_0:
+            self._reserve_attach(idev, others)
+        if reserve:  # a replace passes no sw_msi_start (iommufd_group_do_replace_reserved_iova)
+            self._enforce_resv_regions(idev, iopt, sw_msi=attaching)
         try:
-            group = idev.dev.group
-            assert group is not None
-            self.mem.fail_nth.check("kzalloc(iommufd_attach_handle)")
-            if idev.hwpt is None:
+            if not others or not attaching:
+                self._setup_msi(group.id, hwpt)
+            fail.check("kzalloc(iommufd_attach_handle)")
+            if attaching:
+                if self.kernel >= LINUX_7_0:  # iommu_attach_group_handle's slot: XA_ZERO_ENTRY
+                    fail.xa_nodes("group->pasid_array", xa_nodes_needed(
+                        np.array([], dtype=np.int64), 0, 0, root_ok=False))
                 self.core.attach_group(hwpt.domain, group)
             else:
                 self.core.set_group_domain(group, hwpt.domain)
         except KernelError:
-            if reserve:
+            if not attaching:
+                for o in list(self.objects.values()):
+                    if isinstance(o, Device) and o.dev.group is group and o.hwpt is not None:
+                        iopt.space.remove_reservations(o)
+            elif reserve:
                 iopt.space.remove_reservations(idev)
             raise
+
+    def _reserve_attach(self, idev: Device, others: list[Device]) -> None:
+        """Linux 7.0's ``iommufd_hw_pagetable_attach`` before the reserved regions: the
+        group's slot for PASID 0 in ``igroup->pasid_attach`` (``xa_cmpxchg`` of an
+        XA_ZERO_ENTRY) and its ``struct iommufd_attach`` (``kzalloc``, ENOMEM), both only
+        for the group's first attached device, then the device's slot in the
+        attachment's ``device_array`` (``xa_insert`` at its object id). The xarray nodes
+        are retried, never failed; an error later gives the slots and the attachment
+        back."""
+        fail = self.mem.fail_nth
+        if not others:
+            fail.xa_nodes("igroup->pasid_attach", xa_nodes_needed(
+                np.array([], dtype=np.int64), 0, 0, root_ok=False))
+            fail.check("kzalloc(iommufd_attach)")
+        held = np.array(sorted(o.id for o in others), dtype=np.int64)
+        fail.xa_nodes("attach->device_array",
+                      xa_nodes_needed(held, idev.id, idev.id, root_ok=False))
 
     def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
         """``iommu_detach_group_handle``: the group goes back to its core domain, the
@@ -610,18 +665,44 @@ class IommufdCtx:
         self.core.detach_group(group)
         hwpt.ioas.iopt.space.remove_reservations(idev)
 
-    def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable) -> None:
+    def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable, *,
+                              sw_msi: bool = False) -> None:
         """``iopt_table_enforce_dev_resv_regions``: every region but DIRECT_RELAXABLE is
-        reserved, owned by the device (EADDRINUSE over an area or allowed range)."""
+        reserved, owned by the device (EADDRINUSE over an area or allowed range). With
+        ``sw_msi`` (an attach passes ``&igroup->sw_msi_start``) an IOMMU_RESV_SW_MSI
+        region's start is noted for the group as it is met, before its reservation,
+        and stays noted whatever happens next."""
         if self.mem.fail_nth.iommufd_should_fail("iopt_table_enforce_dev_resv_regions"):
             raise InvalidArgument("iopt_table_enforce_dev_resv_regions: injected failure")
+        group = idev.dev.group
+        assert group is not None
         try:
             for r in self.core.get_resv_regions(idev.dev):
-                if r.type != ResvType.DIRECT_RELAXABLE:
-                    iopt.space.reserve(r.start, r.last, idev)
+                if r.type == ResvType.DIRECT_RELAXABLE:
+                    continue
+                if sw_msi and r.type == ResvType.SW_MSI:
+                    self.sw_msi_start[group.id] = r.start
+                iopt.space.reserve(r.start, r.last, idev)
         except KernelError:
             iopt.space.remove_reservations(idev)
             raise
+
+    def _setup_msi(self, group_id: int, hwpt: HwptPaging) -> None:
+        """``iommufd_group_setup_msi``. Linux 6.12: a group whose device asked for a
+        software MSI window (IOMMU_RESV_SW_MSI: the SMMUv3's MSI_IOVA_BASE) has
+        ``iommu_get_msi_cookie`` called on the HWPT's domain, once per HWPT
+        (``hwpt_paging->msi_cookie``), ENOMEM if the cookie cannot be had. The kernel
+        keeps the cookie when the attach fails after it (the HWPT keeps its domain, and
+        a later attach finds ``msi_cookie`` set): a wart, not a leak, as the cookie goes
+        with the domain. Linux 7.0 (``iommufd_sw_msi``) makes no cookie: the domain
+        answers MSI requests itself, and the attach only installs the doorbell pages the
+        group's devices already use (``ictx->sw_msi_list``); the model's devices request
+        no interrupt, so there are none and nothing is allocated."""
+        start = self.sw_msi_start.get(group_id)
+        if start is None or self.kernel >= LINUX_7_0 or hwpt.msi_cookie:
+            return
+        get_msi_cookie(hwpt.domain, start, self.mem.fail_nth, self.kernel)
+        hwpt.msi_cookie = True
 
     def detach(self, idev: Device) -> None:
         """``iommufd_device_detach``: back to blocking; an automatic HWPT goes with its

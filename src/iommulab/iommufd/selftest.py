@@ -92,7 +92,21 @@ class SelftestDevice(IommufdObject):
     def destroy(self, ctx: IommufdCtx) -> None:
         """``iommufd_selftest_destroy``: detach, unbind, unplug."""
         ctx.unbind(self.idev)
-        self.machine.remove_device(self.dev)
+        mock_dev_destroy(self.machine, self.dev)
+
+
+def mock_dev_destroy(machine: Any, dev: DmaDevice) -> None:
+    """``mock_dev_destroy`` (``device_unregister``): the IOMMU lets the device go
+    (``iommu_release_device`` at BUS_NOTIFY_REMOVED_DEVICE), then ``device_del`` sends
+    the KOBJ_REMOVE uevent, whose buffers (``kobject_uevent_env``: the environment,
+    then the device's path) are fail-nth points a failure of which ``device_del``
+    ignores. (The netlink message is allocated only while a program listens for
+    uevents, which the model does not know: left out.)"""
+    machine.remove_device(dev)
+    fail = machine.mem.fail_nth
+    with fail.within("device_del"):
+        if not fail.fails("kzalloc(kobj_uevent_env)"):
+            fail.fails("kzalloc(kobject_get_path)")
 
 
 class AccessFile(VfioFile):
@@ -205,13 +219,13 @@ def _new_mock_device(file: IommufdFile, pt_id: int, flags: int) -> SelftestDevic
     try:
         idev = ctx.bind(dev, mock=True)
     except KernelError:
-        file.machine.remove_device(dev)
+        mock_dev_destroy(file.machine, dev)
         raise
     try:
         ctx.attach(idev, pt_id)
     except KernelError:
         ctx.unbind(idev)
-        file.machine.remove_device(dev)
+        mock_dev_destroy(file.machine, dev)
         raise
     return SelftestDevice(dev=dev, idev=idev, machine=file.machine)
 

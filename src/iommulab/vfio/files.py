@@ -320,12 +320,11 @@ class Container(VfioFile):
 
     def _detach(self, iommu: VfioIommu, g: GroupFile) -> None:
         """``vfio_iommu_type1_detach_group``: ``iommu_detach_group`` leaves the group on
-        its blocking domain while VFIO still owns it."""
+        its blocking domain while VFIO still owns it, before the mappings of a last
+        domain are unmapped and unpinned; an emptied domain is freed."""
         core = self.machine.core
-        freed = iommu.detach_group(g.group)
-        core.detach_group(g.group)
+        freed = iommu.detach_group(g.group, lambda: core.detach_group(g.group))
         if freed is not None:
-            freed.cookie = None
             freed.free()
 
     def add_group(self, g: GroupFile, proc: Process) -> None:

@@ -694,8 +694,7 @@ class VfioIommu:
         self._replay(domain, current)
         msi_base = _sw_msi_base(resv)
         if msi_base is not None:  # iommu_get_msi_cookie: the new domain goes on ENOMEM
-            fail.check("kzalloc(iommu_dma_cookie)")
-            get_msi_cookie(domain, msi_base)
+            get_msi_cookie(domain, msi_base, fail, self.kernel)
         self.domains.insert(0, VfioDomain(domain, [group], enforce_cc))
         self._update_pgsize_bitmap()
         self.iova_list = ranges
@@ -774,19 +773,27 @@ class VfioIommu:
             bitmap = (bitmap & PAGE_MASK) | PAGE_SIZE
         self.pgsize_bitmap = bitmap
 
-    def detach_group(self, group: IommuGroup) -> IommuDomain | None:
+    def detach_group(self, group: IommuGroup,
+                     iommu_detach: Callable[[], None] | None = None) -> IommuDomain | None:
         """``vfio_iommu_type1_detach_group``; returns the domain to free if it is now empty.
-        The last group out unmaps and unpins everything. A domain that goes gives its
-        aperture back (``vfio_iommu_aper_expand``), and the IOVA list is rebuilt from
-        the reserved regions of the groups that stay (``vfio_iommu_resv_refresh``; the
-        old list stays if nothing valid would remain, or if a node of the copy it works on
-        cannot be had: the detach absorbs those failures)."""
+        In the kernel's order: the IOVA list copied (``vfio_iommu_iova_get_copy``), the
+        group taken off the domain (``iommu_detach_group``: ``iommu_detach``, which
+        must not fail), and only then, for the last group of the last domain, every
+        mapping unmapped and unpinned from the domain no device uses any more; the
+        domain goes (the caller frees it: ``iommu_domain_free``, which allocates
+        nothing), giving its aperture back (``vfio_iommu_aper_expand``), and the IOVA
+        list is rebuilt from the reserved regions of the groups that stay
+        (``vfio_iommu_resv_refresh``). The old list stays if nothing valid would remain,
+        or if a node of the copy or of the new list cannot be had, or a group's regions
+        cannot be copied: the detach absorbs those failures."""
         fail = group.devices[0].mem.fail_nth
         for d in self.domains:
             if group not in d.groups:
                 continue
             with fail.within("vfio_iommu_type1_detach_group"):  # vfio_iommu_iova_get_copy
                 copied = all(not fail.fails("kmalloc(vfio_iova)") for _ in self.iova_list)
+            if iommu_detach is not None:
+                iommu_detach()
             d.groups.remove(group)
             ranges = list(self.iova_list)
             freed = None

@@ -13,7 +13,9 @@ Phases, the same for every policy (:data:`iommulab.iommufd.cache_flush.POLICIES`
 2. ``rounds`` buffers are written by the CPU, mapped, read and written by
    GPU 0, unmapped and freed (the next buffer may get the same frames);
 3. GPU 1 attaches too and the stream runs again over two non-coherent domains;
-4. the NIC is re-plugged (a new coherent domain filled from the others);
+4. the NIC is re-plugged onto a HWPT of its own (a new coherent domain filled from
+   the others; to the IOAS it would share GPU 0's automatic HWPT as that is, since a
+   HWPT keeps the coherency it was allocated with);
 5. both GPUs detach and the stream runs a third time, over the NIC's domain only;
 6. RAM is unmapped.
 
@@ -144,7 +146,7 @@ def run_noncoherent(policy: str, *, rounds: int = 16, ram: int = 4 << 20,
     gpu_fds.append(vmm.plug(2, ioas, own_hwpt=True))
     reads += _stream(vmm, ioas, gpus, rounds, buffer_pages)
     vmm.unplug(nic_fd)
-    vmm.plug(0, ioas)
+    vmm.plug(0, ioas, own_hwpt=True)
     for fd in gpu_fds:
         vmm.unplug(fd)
     reads += _stream(vmm, ioas, [], rounds, buffer_pages)
