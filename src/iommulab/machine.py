@@ -382,16 +382,24 @@ class Process:
     def open(self, path: str) -> int:
         """``/dev/iommu``, ``/dev/vfio/vfio``, ``/dev/vfio/<group>``,
         ``/dev/vfio/devices/vfio<N>``."""
+        return self.install(self.open_file(path))
+
+    def open_file(self, path: str) -> VfioFile:
+        """The driver's ``open`` of ``path``: the new file, not yet in the fd table."""
         from .vfio.files import open_vfio_path
         if self.machine.pseries is not None and path.startswith(("/dev/iommu", "/dev/vfio")):
             raise NoDevice(f"open: {path}: ppc64-pseries has no VFIO or iommufd in the model "
                            "(SPAPR TCE is not modelled)")
         if path == "/dev/iommu":
             from .iommufd.file import IommufdFile
-            return self.install(IommufdFile(self.machine))
+            return IommufdFile(self.machine)
         if not path.startswith("/dev/vfio/"):
             raise NoEntry(f"open: {path}: No such file or directory")
-        return self.install(open_vfio_path(self, path))
+        return open_vfio_path(self, path)
+
+    def fget(self, fd: int) -> VfioFile | None:
+        """``fdget``: the file at ``fd``, None when it is not open (a negative fd too)."""
+        return self.files.get(fd)
 
     def install(self, f: VfioFile) -> int:
         """``get_unused_fd_flags`` + ``fd_install`` of a new file: the lowest free fd.

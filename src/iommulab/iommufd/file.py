@@ -252,7 +252,7 @@ class IommufdFile(VfioFile):
             raise InvalidArgument("IOAS_MAP_FILE: length 0")
         if start + length - 1 > ULONG_MAX:
             raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length {length:#x} wraps")
-        f = proc.files.get(fd)
+        f = proc.fget(fd)
         if f is None:
             raise BadFileDescriptor(f"IOAS_MAP_FILE: fd {fd} is not open")
         start_byte = start % PAGE_SIZE

@@ -552,7 +552,7 @@ def _mock_hwpt(ctx: IommufdCtx, hwpt_id: int) -> HwptPaging:
 
 def _access_file(proc: Process, fd: int) -> AccessFile:
     """``iommufd_access_get``: EBADFD for a closed fd or a file that is no access."""
-    f = proc.files.get(fd)
+    f = proc.fget(fd)
     if not isinstance(f, AccessFile):
         raise kernel_error(errno.EBADFD, f"access fd {fd} is not a selftest access")
     return f

@@ -468,7 +468,7 @@ class GroupFile(VfioFile):
             return self._get_status(_Arg(arg))
         if request == u.VFIO_GROUP_SET_CONTAINER:
             fd = int.from_bytes(_Arg(arg).read(0, 4), "little", signed=True)
-            f = proc.files.get(fd)
+            f = proc.fget(fd)
             if f is None:  # fdget(): a negative fd is as closed as any other
                 raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
             self._set_container(f, proc)

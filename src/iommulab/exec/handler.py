@@ -1,0 +1,208 @@
+"""The model behind the bridge: one :class:`~iommulab.machine.Machine` answers a real
+program tree's calls on ``/dev/iommu``, ``/dev/vfio/vfio``, ``/dev/vfio/N`` and
+``/dev/vfio/devices/vfioN`` (lab: ``iommulab exec``).
+
+Each real process is a model :class:`ExecProcess` (created at the bridge's ``fork``,
+its address space torn down at ``exit``) whose ``mm`` is the program's own memory
+(:mod:`.usermem`). Each file description the program holds on a served path is one
+model file (the bridge's handle is a :class:`ModelFile`); its ``release`` is the
+model's last ``fput``. File descriptors the model reads from ioctl arguments are the
+program's own numbers, looked up through the bridge (``fdget``); files the model hands
+out (``proc.install``: device fds, selftest accesses) are installed into the program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..bridge.handler import Backing, Handler, Node
+from ..bridge.memory import TargetMemory
+from ..errors import kernel_error
+from ..machine import Machine, Process
+from ..vfio.cdev import cdev_devices
+from ..vfio.files import VfioFile, fput
+from .argmarshal import marshal
+from .usermem import SharedFiles, TargetMm
+
+if TYPE_CHECKING:
+    from ..bridge.supervisor import Bridge
+
+__all__ = ["ExecProcess", "ForeignFile", "ModelFile", "ModelHandler"]
+
+#: device numbers the served nodes show (misc 10: VFIO_MINOR 196; iommufd's misc minor
+#: and the vfio group and vfio-dev majors are dynamic: values a typical boot gives)
+_IOMMUFD_NODE = Node.chardev(10, 124, 0o666)
+_VFIO_NODE = Node.chardev(10, 196, 0o666)
+_GROUP_MAJOR = 243
+_CDEV_MAJOR = 237
+_DIR = Node(stat.S_IFDIR | 0o755)
+_ANON = Node(0o600)  # an anon_inode file: no type bits
+_CAP_IPC_LOCK = 14
+
+
+@dataclass(eq=False)
+class ModelFile:
+    """The bridge's handle of one file description: the model file behind it."""
+
+    file: VfioFile
+    path: str
+
+
+class ForeignFile(VfioFile):
+    """A file of the program the model does not serve (a pipe, a real file): what
+    ``fdget`` finds at an fd number the program passes that is open but not ours."""
+
+
+class ExecProcess(Process):
+    """A real process as the model sees it: its ``mm`` is the program's memory
+    (:class:`~.usermem.TargetMm`), its files are the program's fd table."""
+
+    def __init__(self, handler: ModelHandler, pid: int) -> None:
+        self.pid = pid
+        self.tid = pid  # the thread of the call being answered
+        self._handler = handler
+        uid, caps = _creds(pid)
+        super().__init__(handler.machine, _memlock(pid), bool(caps >> _CAP_IPC_LOCK & 1),
+                         uid)
+
+    def __post_init__(self) -> None:
+        self.target_mm = TargetMm(self.machine.mem, self.machine.kernel, self.pid,
+                                  self._handler.shared, skip_prefix=self._handler.backing_dir)
+        self.mm = self.target_mm
+
+    def refresh_limits(self) -> None:
+        """RLIMIT_MEMLOCK, CAP_IPC_LOCK and the uid as they are now (the kernel reads
+        them at each call: a child that lowered its limit is charged by the new one)."""
+        try:
+            self.memlock_limit = _memlock(self.pid)
+            uid, caps = _creds(self.pid)
+        except OSError:
+            return
+        self.uid, self.cap_ipc_lock = uid, bool(caps >> _CAP_IPC_LOCK & 1)
+
+    def fget(self, fd: int) -> VfioFile | None:
+        """``fdget`` in the program's own fd table."""
+        bridge = self._handler.bridge
+        if bridge is None or fd < 0:
+            return None
+        handle = bridge.handle_at(self.tid, fd)
+        if isinstance(handle, ModelFile):
+            return handle.file
+        return ForeignFile() if bridge.fd_is_open(self.tid, fd) else None
+
+    def install(self, f: VfioFile) -> int:
+        """``get_unused_fd_flags(O_CLOEXEC)`` + ``fd_install`` in the program."""
+        bridge = self._handler.bridge
+        if bridge is None:
+            fput(f)
+            raise kernel_error(24, "no program to install a file into")  # EMFILE
+        name = f"anon_inode:[{type(f).__name__}]"
+        try:
+            return bridge.install(self.tid, name, _ANON, ModelFile(f, name))
+        except OSError:
+            fput(f)
+            raise
+
+
+def _memlock(pid: int) -> int | None:
+    soft = resource.prlimit(pid, resource.RLIMIT_MEMLOCK)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _creds(pid: int) -> tuple[int, int]:
+    """(real uid, CapEff) of ``pid``."""
+    uid, caps = 0, 0
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                uid = int(line.split()[1])
+            elif line.startswith(b"CapEff:"):
+                caps = int(line.split()[1], 16)
+    return uid, caps
+
+
+class ModelHandler(Handler):
+    """Serves a :class:`Machine`'s device paths to a program tree under a bridge.
+
+    Set :attr:`bridge` before the program runs (``run_exec`` does): it is how the
+    model reads the program's fd numbers and installs files into it.
+    """
+
+    def __init__(self, machine: Machine, *, backing_dir: str = "") -> None:
+        self.machine = machine
+        self.bridge: Bridge | None = None
+        self.backing_dir = backing_dir
+        self.shared = SharedFiles(machine.mem)
+        self.procs: dict[int, ExecProcess] = {}
+        self.ioctls = 0
+
+    # -- the tree of served paths ------------------------------------------------------------------
+    def lookup(self, path: str) -> Node | None:
+        m = self.machine
+        if m.pseries is not None:
+            return None
+        if path == "/dev/iommu":
+            return _IOMMUFD_NODE
+        if path in ("/dev/vfio", "/dev/vfio/devices"):
+            return _DIR
+        if path == "/dev/vfio/vfio":
+            return _VFIO_NODE
+        name = path.removeprefix("/dev/vfio/")
+        if name.isdigit() and name == str(int(name)):
+            devices = m.group_devices(int(name))
+            if devices and any(d.driver == "vfio-pci" for d in devices):
+                return Node.chardev(_GROUP_MAJOR, int(name))
+        if name.startswith("devices/vfio") and name[12:].isdigit():
+            n = int(name[12:])
+            if n < len(cdev_devices(m)) and name[12:] == str(n):
+                return Node.chardev(_CDEV_MAJOR, n)
+        return None
+
+    # -- processes ---------------------------------------------------------------------------------
+    def fork(self, parent: int | None, child: int) -> None:
+        """A new model process for ``child``: the real fork already copied the memory and
+        the fd table (the files are shared descriptions, one model file each)."""
+        with contextlib.suppress(OSError):  # gone before we could read it: no exit either
+            self.procs[child] = ExecProcess(self, child)
+
+    def exit(self, pid: int) -> None:
+        """``exit_mm``: the mirror goes; the files go with their releases."""
+        proc = self.procs.pop(pid, None)
+        if proc is not None:
+            proc.target_mm.close()
+
+    def _proc(self, pid: int, tid: int) -> ExecProcess:
+        proc = self.procs.get(pid)
+        if proc is None:
+            proc = self.procs[pid] = ExecProcess(self, pid)
+        proc.tid = tid
+        return proc
+
+    # -- files -------------------------------------------------------------------------------------
+    def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
+        proc = self._proc(pid, pid)
+        return ModelFile(proc.open_file(path), path)
+
+    def release(self, handle: object) -> None:
+        assert isinstance(handle, ModelFile)
+        fput(handle.file)
+
+    def ioctl(self, pid: int, handle: object, request: int, arg: int,
+              mem: TargetMemory) -> int:
+        assert isinstance(handle, ModelFile)
+        self.ioctls += 1
+        proc = self._proc(pid, mem.tid)
+        proc.target_mm.stale = True
+        proc.refresh_limits()
+        return handle.file.ioctl(proc, request, marshal(request, arg, mem))
+
+    def close(self) -> None:
+        """After the run: the model files of shared mappings go."""
+        for pid in list(self.procs):
+            self.exit(pid)
+        self.shared.close()
+
