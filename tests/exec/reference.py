@@ -147,3 +147,102 @@ def iommufd_mock_answers() -> list[str]:
     proc.exit()
     log.lines.append("done 0")
     return log.lines
+
+
+def vfio_type1_answers(platform: str, bdf: str = "0000:00:02.0") -> list[str]:
+    """The lines ``vfio_type1.c GROUP BDF`` prints, as the model answers from Python."""
+    from iommulab.vfio import uapi as v
+    m = Machine(platform)
+    group = m.add_pci_device(bdf).iommu_group
+    proc = m.spawn_process(cap_ipc_lock=True)
+    lines: list[str] = []
+
+    def call(fd: int, request: int, arg: bytearray | bytes | int) -> tuple[int, int]:
+        try:
+            return proc.ioctl(fd, request, arg), 0
+        except OSError as e:
+            return -1, e.errno or 0
+
+    c = proc.open("/dev/vfio/vfio")
+    lines.append("open_container 0 0")
+    lines.append("api_version {} {}".format(*call(c, v.VFIO_GET_API_VERSION, 0)))
+    lines.append("check_type1v2 {} {}".format(*call(c, v.VFIO_CHECK_EXTENSION,
+                                                    v.VFIO_TYPE1v2_IOMMU)))
+    g = proc.open(f"/dev/vfio/{group}")
+    lines.append("open_group 0 0")
+    st = bytearray(v.GROUP_STATUS.pack(8, 0))
+    rc, err = call(g, v.VFIO_GROUP_GET_STATUS, st)
+    lines.append(f"group_status {rc} {err} {v.GROUP_STATUS.unpack(st)[1]}")
+    lines.append("set_iommu_early {} {}".format(*call(c, v.VFIO_SET_IOMMU,
+                                                      v.VFIO_TYPE1v2_IOMMU)))
+    lines.append("set_container {} {}".format(*call(g, v.VFIO_GROUP_SET_CONTAINER,
+                                                    struct.pack("<i", c))))
+    lines.append("set_container_bad_fd {} {}".format(
+        *call(g, v.VFIO_GROUP_SET_CONTAINER, struct.pack("<i", 1000000))))
+    lines.append("set_iommu {} {}".format(*call(c, v.VFIO_SET_IOMMU, v.VFIO_TYPE1v2_IOMMU)))
+    info = bytearray(v.IOMMU_INFO.pack(24, 0, 0, 0, 0))
+    rc, err = call(c, v.VFIO_IOMMU_GET_INFO, info)
+    argsz, flags, pgsizes, _, _ = v.IOMMU_INFO.unpack(info)
+    lines.append(f"get_info {rc} {err} {flags} {_hex(pgsizes)} {argsz}")
+    full = bytearray(argsz)
+    struct.pack_into("<I", full, 0, argsz)
+    rc, err = call(c, v.VFIO_IOMMU_GET_INFO, full)
+    _, flags, _, cap_offset, _ = v.IOMMU_INFO.unpack_from(full)
+    text = f"get_info_caps {rc} {err} {flags} {cap_offset}"
+    off = cap_offset
+    while off and off < argsz:
+        cid, ver, nxt = v.CAP_HEADER.unpack_from(full, off)
+        text += f" cap{cid}.v{ver}"
+        if cid == v.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
+            (nr,) = struct.unpack_from("<I", full, off + 8)
+            for i in range(nr):
+                start, end = v.IOVA_RANGE.unpack_from(full, off + 16 + 16 * i)
+                text += f" {_hex(start)}-{_hex(end)}"
+        elif cid == v.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
+            text += f" avail={struct.unpack_from('<I', full, off + 8)[0]}"
+        off = nxt
+    lines.append(text)
+
+    ram_size = 2 << 20
+    ram = proc.mmap(ram_size, "thp")
+    proc.write(ram, b"\x11" * ram_size)
+    page = proc.mmap(4096)
+    ro = proc.mmap(4096, prot="r")
+    rw = v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE
+    for step, va, size, iova in (("map_ram", ram, ram_size, 0x1_0000_0000),
+                                 ("map_page", page, 4096, 0x2_0000_0000),
+                                 ("map_bad_vaddr", 0x10000, 4096, 0x3_0000_0000),
+                                 ("map_overlap", page, 4096, 0x1_0000_0000),
+                                 ("map_readonly_for_write", ro, 4096, 0x4_0000_0000)):
+        lines.append("{} {} {}".format(step, *call(c, v.VFIO_IOMMU_MAP_DMA,
+                                                   v.DMA_MAP.pack(32, rw, va, iova, size))))
+    lines.append("dirty_start {} {}".format(*call(c, v.VFIO_IOMMU_DIRTY_PAGES, v.DIRTY_BITMAP.pack(
+        8, v.VFIO_IOMMU_DIRTY_PAGES_FLAG_START))))
+    words = ram_size // 4096 // 64
+    bits = proc.mmap(4096)
+    for step, data in (("unmap_dirty_bad_bitmap", 0x10000), ("unmap_dirty", bits)):
+        un = bytearray(v.DMA_UNMAP.pack(48, v.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+                                        0x1_0000_0000, ram_size)
+                       + v.BITMAP.pack(4096, words * 8, data))
+        rc, err = call(c, v.VFIO_IOMMU_UNMAP_DMA, un)
+        text = f"{step} {rc} {err} {_hex(v.DMA_UNMAP.unpack_from(un)[3])}"
+        if data == bits:
+            ones = sum(bin(b).count("1") for b in proc.read(bits, words * 8))
+            text += f" {ones}"
+        lines.append(text)
+    un = bytearray(v.DMA_UNMAP.pack(24, 0, 0x2_0000_0000, 4096))
+    rc, err = call(c, v.VFIO_IOMMU_UNMAP_DMA, un)
+    lines.append(f"unmap_page {rc} {err} {_hex(v.DMA_UNMAP.unpack(un)[3])}")
+    dev, err = call(g, v.VFIO_GROUP_GET_DEVICE_FD, bdf.encode() + b"\0")
+    lines.append(f"get_device_fd {min(dev, 0)} {err}")
+    lines.append("get_device_fd_unknown {} {}".format(
+        *call(g, v.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:1f.7\0")))
+    di = bytearray(v.DEVICE_INFO.pack(24, 0, 0, 0, 0, 0))
+    rc, err = call(dev, v.VFIO_DEVICE_GET_INFO, di)
+    _, flags, regions, irqs, _, _ = v.DEVICE_INFO.unpack(di)
+    lines.append(f"device_info {rc} {err} {flags} {regions} {irqs}")
+    proc.close(dev)
+    lines.append("unset_container {} {}".format(*call(g, v.VFIO_GROUP_UNSET_CONTAINER, 0)))
+    proc.exit()
+    lines.append("done")
+    return lines
