@@ -74,11 +74,11 @@ def marshal(request: int, arg: int, mem: TargetMemory) -> int | bytes | bytearra
         return _device_name(arg, mem)
     if request == vu.VFIO_GROUP_SET_CONTAINER:
         return UserArg(mem.read_partial(arg, 4), arg, mem)
-    head = mem.read_partial(arg, 4)
-    size = int.from_bytes(head, "little") if len(head) == 4 else 0
-    want = min(max(size, _MIN_READ), MAX_ARG_BYTES)
-    return UserArg(head + mem.read_partial(arg + 4, want - 4) if len(head) == 4 else head,
-                   arg, mem)
+    data = mem.read_partial(arg, _MIN_READ)  # one copy for every fixed struct
+    size = int.from_bytes(data[:4], "little") if len(data) >= 4 else 0
+    if size > len(data) == _MIN_READ:
+        data += mem.read_partial(arg + _MIN_READ, min(size, MAX_ARG_BYTES) - _MIN_READ)
+    return UserArg(data, arg, mem)
 
 
 def _device_name(arg: int, mem: TargetMemory) -> bytes:

@@ -59,30 +59,64 @@ class ForeignFile(VfioFile):
 
 class ExecProcess(Process):
     """A real process as the model sees it: its ``mm`` is the program's memory
-    (:class:`~.usermem.TargetMm`), its files are the program's fd table."""
+    (:class:`~.usermem.TargetMm`), its files are the program's fd table, and its
+    RLIMIT_MEMLOCK, CAP_IPC_LOCK and uid are the program's at the time of the call
+    (read when the model first asks during a call: the kernel reads them at each call,
+    so a child that lowered its limit or dropped the capability is charged by the new
+    ones)."""
 
     def __init__(self, handler: ModelHandler, pid: int) -> None:
         self.pid = pid
         self.tid = pid  # the thread of the call being answered
         self._handler = handler
-        uid, caps = _creds(pid)
-        super().__init__(handler.machine, _memlock(pid), bool(caps >> _CAP_IPC_LOCK & 1),
-                         uid)
+        self._creds: tuple[int | None, bool, int] | None = None
+        self._last_creds: tuple[int | None, bool, int] = (None, False, 0)
+        super().__init__(handler.machine, None, False, 0)
 
     def __post_init__(self) -> None:
         self.target_mm = TargetMm(self.machine.mem, self.machine.kernel, self.pid,
                                   self._handler.shared, skip_prefix=self._handler.backing_dir)
         self.mm = self.target_mm
 
-    def refresh_limits(self) -> None:
-        """RLIMIT_MEMLOCK, CAP_IPC_LOCK and the uid as they are now (the kernel reads
-        them at each call: a child that lowered its limit is charged by the new one)."""
-        try:
-            self.memlock_limit = _memlock(self.pid)
-            uid, caps = _creds(self.pid)
-        except OSError:
-            return
-        self.uid, self.cap_ipc_lock = uid, bool(caps >> _CAP_IPC_LOCK & 1)
+    def new_call(self, tid: int) -> None:
+        """A trapped call of thread ``tid`` begins: the mirror and credentials are stale."""
+        self.tid = tid
+        self.target_mm.stale = True
+        self._creds = None
+
+    def _now(self) -> tuple[int | None, bool, int]:
+        if self._creds is None:
+            try:
+                uid, caps = _creds(self.pid)
+                self._creds = (_memlock(self.pid), bool(caps >> _CAP_IPC_LOCK & 1), uid)
+            except OSError:  # gone meanwhile: what was last known
+                return self._last_creds
+            self._last_creds = self._creds
+        return self._creds
+
+    @property
+    def memlock_limit(self) -> int | None:
+        return self._now()[0]
+
+    @memlock_limit.setter
+    def memlock_limit(self, value: int | None) -> None:
+        """Set by ``Process.__init__`` only; the program's own limit is what counts."""
+
+    @property
+    def cap_ipc_lock(self) -> bool:
+        return self._now()[1]
+
+    @cap_ipc_lock.setter
+    def cap_ipc_lock(self, value: bool) -> None:
+        """Set by ``Process.__init__`` only."""
+
+    @property
+    def uid(self) -> int:
+        return self._now()[2]
+
+    @uid.setter
+    def uid(self, value: int) -> None:
+        """Set by ``Process.__init__`` only."""
 
     def fget(self, fd: int) -> VfioFile | None:
         """``fdget`` in the program's own fd table."""
@@ -115,14 +149,14 @@ def _memlock(pid: int) -> int | None:
 
 def _creds(pid: int) -> tuple[int, int]:
     """(real uid, CapEff) of ``pid``."""
-    uid, caps = 0, 0
     with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Uid:"):
-                uid = int(line.split()[1])
-            elif line.startswith(b"CapEff:"):
-                caps = int(line.split()[1], 16)
-    return uid, caps
+        text = f.read()
+    at = text.find(b"\nUid:")
+    cap = text.find(b"\nCapEff:")
+    if at < 0 or cap < 0:
+        raise OSError(f"/proc/{pid}/status has no Uid or CapEff")
+    return int(text[at + 5:text.index(b"\n", at + 1)].split()[0]), \
+        int(text[cap + 8:text.index(b"\n", cap + 1)].strip(), 16)
 
 
 class ModelHandler(Handler):
@@ -196,8 +230,7 @@ class ModelHandler(Handler):
         assert isinstance(handle, ModelFile)
         self.ioctls += 1
         proc = self._proc(pid, mem.tid)
-        proc.target_mm.stale = True
-        proc.refresh_limits()
+        proc.new_call(mem.tid)
         return handle.file.ioctl(proc, request, marshal(request, arg, mem))
 
     def close(self) -> None:
