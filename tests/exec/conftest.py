@@ -34,7 +34,8 @@ def build(tmp_path_factory: pytest.TempPathFactory,
                 if not Path(libc).is_absolute():
                     pytest.skip("no static libc (apt-get install libc6-dev)")
             exe = out / (name + ("-static" if static else ""))
-            cmd = [gcc, "-O2", "-Wall", "-Werror", "-o", str(exe), str(PROGRAMS / f"{name}.c")]
+            cmd = [gcc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(exe),
+                   str(PROGRAMS / f"{name}.c")]
             subprocess.run(cmd + (["-static"] if static else []), check=True)
             built[key] = exe
         return built[key]
