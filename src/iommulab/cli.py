@@ -200,14 +200,24 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise UsageError("name a program: iommulab exec [options] -- PROGRAM ARGS...")
-    from .exec import run_exec
+    from .exec import ExecLog, run_exec
     from .testing import leak_snapshot
     m = _exec_machine(args)
     fresh = leak_snapshot(m)
+    log = ExecLog(m) if args.report or args.html or args.text_report else None
     try:
-        result = run_exec(m, argv)
+        result = run_exec(m, argv, log=log)
     except FileNotFoundError as e:
         raise FileError(f"{argv[0]}: {e.strerror}") from None
+    if log is not None:
+        report = log.result(argv, result.status, kernel=args.kernel,
+                            left=fresh.diff(leak_snapshot(m)))
+        if args.text_report:
+            print(render_text(report), file=sys.stderr)
+        if args.report:
+            _write(args.report, json.dumps(report_document(report), indent=1) + "\n")
+        if args.html:
+            _write(args.html, render_html([report]))
     for err in result.handler_errors:
         print(f"iommulab exec: model error (answered EIO): {type(err).__name__}: {err}",
               file=sys.stderr)
@@ -292,6 +302,10 @@ def _parser() -> argparse.ArgumentParser:
                     "CONFIG_IOMMUFD_VFIO_CONTAINER=0|1, vfio_iommu_type1.PARAM=N")
     ex.add_argument("--summary", action="store_true", help="print what the model did, and "
                     "whether the machine is back to its fresh state, on stderr")
+    ex.add_argument("--report", metavar="FILE", help="write the report of what the "
+                    "program did as JSON (schema iommulab.report, version 1)")
+    ex.add_argument("--html", metavar="FILE", help="write the report as self-contained HTML")
+    ex.add_argument("--text-report", action="store_true", help="print the report on stderr")
     ex.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
 
     ins = sub.add_parser("inspect", help="a saved domain state as a page-table tree and an "

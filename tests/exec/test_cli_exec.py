@@ -30,3 +30,27 @@ def test_exec_usage_errors(capfd: pytest.CaptureFixture[str], bridge_ok: None) -
     assert main(["exec", "--", "/nonexistent/program"]) == 3
     err = capfd.readouterr().err
     assert "name a program" in err and "not a machine setting" in err
+
+
+def test_exec_report(build: Build, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import jsonschema
+
+    from iommulab.report.json_report import load_schema
+    prog = build("vfio_type1", static=True)
+    report, html = tmp_path / "r.json", tmp_path / "r.html"
+    assert main(["exec", "--report", str(report), "--html", str(html), "--",
+                 str(prog), "0", "0000:00:02.0"]) == 0
+    doc = json.loads(report.read_text())
+    jsonschema.validate(doc, load_schema())
+    head = doc["headline"]
+    assert head["model ioctls"] == 22 and head["failed ioctls"] == 7
+    assert head["machine afterwards"] == "fresh" and head["exit status"] == 0
+    assert head["peak pins"] == 513  # 2M of RAM and a page, pinned once each
+    calls = {row[0]: row[1:] for row in doc["tables"][0]["rows"]}
+    assert calls["VFIO_IOMMU_MAP_DMA"] == [5, 2, "EFAULT x2, EEXIST x1"]
+    iopte = doc["tables"][1]
+    assert iopte["rows"] == [["4K", 513, "2M"]]  # no THP: the program did not madvise
+    assert "<html" in html.read_text().lower()
+    capfd.readouterr()

@@ -7,6 +7,7 @@
 """
 
 from .handler import ExecProcess, ModelFile, ModelHandler
+from .report import ExecLog
 from .run import ExecResult, run_exec
 
-__all__ = ["ExecProcess", "ExecResult", "ModelFile", "ModelHandler", "run_exec"]
+__all__ = ["ExecLog", "ExecProcess", "ExecResult", "ModelFile", "ModelHandler", "run_exec"]

@@ -26,6 +26,7 @@ from ..machine import Machine, Process
 from ..vfio.cdev import cdev_devices
 from ..vfio.files import VfioFile, fput
 from .argmarshal import marshal
+from .report import ExecLog
 from .usermem import SharedFiles, TargetMm
 
 if TYPE_CHECKING:
@@ -166,8 +167,10 @@ class ModelHandler(Handler):
     model reads the program's fd numbers and installs files into it.
     """
 
-    def __init__(self, machine: Machine, *, backing_dir: str = "") -> None:
+    def __init__(self, machine: Machine, *, backing_dir: str = "",
+                 log: ExecLog | None = None) -> None:
         self.machine = machine
+        self.log = log  # told of every model ioctl, for the report
         self.bridge: Bridge | None = None
         self.backing_dir = backing_dir
         self.shared = SharedFiles(machine.mem)
@@ -231,7 +234,15 @@ class ModelHandler(Handler):
         self.ioctls += 1
         proc = self._proc(pid, mem.tid)
         proc.new_call(mem.tid)
-        return handle.file.ioctl(proc, request, marshal(request, arg, mem))
+        if self.log is None:
+            return handle.file.ioctl(proc, request, marshal(request, arg, mem))
+        try:
+            ret = handle.file.ioctl(proc, request, marshal(request, arg, mem))
+        except OSError as e:
+            self.log.record(pid, request, e.errno or 0)
+            raise
+        self.log.record(pid, request, 0)
+        return ret
 
     def close(self) -> None:
         """After the run: the model files of shared mappings go."""

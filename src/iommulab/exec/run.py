@@ -9,6 +9,7 @@ from typing import IO
 from ..bridge import Bridge, BridgeStats
 from ..machine import Machine
 from .handler import ModelHandler
+from .report import ExecLog
 
 __all__ = ["ExecResult", "run_exec"]
 
@@ -26,11 +27,12 @@ class ExecResult:
 def run_exec(machine: Machine, argv: Sequence[str], *, timeout: float | None = None,
              env: dict[str, str] | None = None, cwd: str | None = None,
              stdin: int | IO[bytes] | None = None, stdout: int | IO[bytes] | None = None,
-             stderr: int | IO[bytes] | None = None) -> ExecResult:
+             stderr: int | IO[bytes] | None = None, log: ExecLog | None = None) -> ExecResult:
     """Run ``argv`` with its calls on the IOMMU device paths answered by ``machine``,
     until every process of its tree has gone; the machine keeps what the program left
-    (nothing, once every file is released and every process has exited)."""
-    handler = ModelHandler(machine)
+    (nothing, once every file is released and every process has exited). ``log``, if
+    given, is told of every model ioctl (for the report)."""
+    handler = ModelHandler(machine, log=log)
     bridge = Bridge(handler)
     handler.bridge = bridge
     handler.backing_dir = bridge.backing_dir
