@@ -51,6 +51,7 @@ def test_exec_report(build: Build, tmp_path: Path, capfd: pytest.CaptureFixture[
     calls = {row[0]: row[1:] for row in doc["tables"][0]["rows"]}
     assert calls["VFIO_IOMMU_MAP_DMA"] == [5, 2, "EFAULT x2, EEXIST x1"]
     iopte = doc["tables"][1]
-    assert iopte["rows"] == [["4K", 513, "2M"]]  # no THP: the program did not madvise
+    # the RAM is THP (MADV_HUGEPAGE): the mirror faults a 2M folio, mapped by one IOPTE
+    assert iopte["rows"] == [["4K", 1, "4K"], ["2M", 1, "2M"]]
     assert "<html" in html.read_text().lower()
     capfd.readouterr()

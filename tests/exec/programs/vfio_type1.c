@@ -95,6 +95,7 @@ int main(int argc, char **argv)
 	uint8_t *ram = mmap(NULL, 2 * ram_size, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ram = (uint8_t *)(((uintptr_t)ram + ram_size - 1) & ~(uintptr_t)(ram_size - 1));
+	madvise(ram, ram_size, MADV_HUGEPAGE);  /* as QEMU asks for guest RAM */
 	memset(ram, 0x11, ram_size);
 	uint8_t *page = aligned_alloc(4096, 4096);
 	memset(page, 0x22, 4096);
