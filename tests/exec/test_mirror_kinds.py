@@ -52,3 +52,19 @@ def test_killed_program_leaves_the_machine_fresh(build: Build) -> None:
     assert result.status == -9  # SIGKILL, after its pins were taken
     assert result.ioctls == 4 and result.handler_errors == []
     assert not (diff := fresh.diff(leak_snapshot(m))), diff
+
+
+def test_write_back_faults(build: Build, tmp_path: Path) -> None:
+    """A write-back the program's memory refuses fails where the kernel's copy_to_user
+    does: IOAS_ALLOC then destroys the new IOAS, so the id is the next one's."""
+    m = Machine("mock")
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("writeback_fault"))], timeout=60, stdout=f)
+    assert result.status == 0 and result.handler_errors == []
+    assert out.read_text().splitlines() == [
+        "alloc_readonly -1 14 0", "alloc 0 0 1",
+        "alloc_straddle -1 14 12",  # the first 8 bytes were written (the same values)
+        "alloc_again 0 0 2"]
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff

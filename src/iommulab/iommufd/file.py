@@ -187,11 +187,19 @@ class IommufdFile(VfioFile):
 
     def _ioas_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
                     out: int) -> int:
-        """``iommufd_ioas_alloc_ioctl``: EOPNOTSUPP for any flag."""
+        """``iommufd_ioas_alloc_ioctl``: EOPNOTSUPP for any flag; the id is written back
+        before the IOAS is published, and an EFAULT there destroys it again
+        (``iommufd_object_abort_and_destroy``: the id is free for the next object)."""
         if flags:
             raise NotSupported(f"IOAS_ALLOC: flags {flags:#x}")
-        ioas = self.ctx.ioas_alloc()
-        self._respond(buf, u.IOMMU_IOAS_ALLOC, usize, flags, ioas.id)
+        id, ioas = self.ctx.ioas_new()
+        try:
+            self._respond(buf, u.IOMMU_IOAS_ALLOC, usize, flags, id)
+        except KernelError:
+            ioas.destroy(self.ctx)
+            self.ctx.abort_id(id)
+            raise
+        self.ctx.add(ioas, id)
         return 0
 
     def _ioas_iova_ranges(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
