@@ -400,8 +400,12 @@ class IommufdFile(VfioFile):
         if flags & u.IOMMU_HWPT_FAULT_ID_VALID:  # iommufd_get_fault
             self.ctx.abort_hwpt(hwpt)
             raise NoEntry(f"HWPT_ALLOC: no fault object {fault_id}")
-        self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id, rsvd,
-                      data_type, data_len, data_uptr, fault_id, rsvd2)
+        try:  # responded before the HWPT is published: an EFAULT destroys it (out_hwpt)
+            self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id,
+                          rsvd, data_type, data_len, data_uptr, fault_id, rsvd2)
+        except KernelError:
+            self.ctx.abort_hwpt(hwpt)
+            raise
         self.ctx.add(hwpt, hwpt.id)
         return 0
 
