@@ -246,3 +246,67 @@ def vfio_type1_answers(platform: str, bdf: str = "0000:00:02.0") -> list[str]:
     proc.exit()
     lines.append("done")
     return lines
+
+
+def iommufd_pointers_answers() -> list[str]:
+    """The lines ``iommufd_pointers.c`` prints, as the model answers from Python."""
+    m = Machine("mock")
+    proc = m.spawn_process(cap_ipc_lock=True)
+    log = Log(proc)
+    log.fd = proc.open("/dev/iommu")
+    lines = log.lines
+    ioas = log.ioas_alloc("ioas_alloc")
+    lines.clear()  # the C program does not print it
+    arr = proc.mmap(4096)
+    proc.write(arr, struct.pack("<4Q", A, A + 0x3FFFFF, A + 0x1000000, A + 0x1FFFFFF))
+    for step, ptr in (("allow_iovas", arr), ("allow_iovas_bad_ptr", 0x10000)):
+        rc, err = log.call(u.IOMMU_IOAS_ALLOW_IOVAS,
+                           bytearray(struct.pack("<IIIIQ", 24, ioas, 2, 0, ptr)))
+        lines.append(f"{step} {rc} {err}")
+    rc, err, buf = log.test(OP_MOCK_DOMAIN, ioas, b"")
+    stdev, hwpt0, idev = struct.unpack_from("<III", buf, 16)
+    lines.append(f"mock_domain {rc} {err} {stdev} {hwpt0} {idev}")
+    info = proc.mmap(4096)
+    proc.write(info, b"\xee" * 64)
+    hi = bytearray(struct.pack("<IIIIQIIQ", 40, 0, idev, 64, info, 0, 0, 0))
+    rc, err = log.call(u.IOMMU_GET_HW_INFO, hi)
+    _, _, _, data_len, _, out_type, _, caps = struct.unpack("<IIIIQIIQ", hi)
+    data = proc.read(info, 64)
+    regval = struct.unpack_from("<I", data, 4)[0]
+    lines.append(f"hw_info {rc} {err} {out_type:#x} {caps} {data_len} {regval:#x} "
+                 f"{data.count(0xEE)}")
+    struct.pack_into("<IQ", hi, 12, 64, 0x10000)
+    rc, err = log.call(u.IOMMU_GET_HW_INFO, hi)
+    lines.append(f"hw_info_bad_ptr {rc} {err}")
+    ha = bytearray(struct.pack("<IIIIIIIIQII", 48, 1 << 1, idev, ioas, 0, 0, 0, 0, 0, 0, 0))
+    rc, err = log.call(u.IOMMU_HWPT_ALLOC, ha)
+    hwpt = struct.unpack_from("<I", ha, 16)[0]
+    lines.append(f"hwpt_alloc_dirty {rc} {err} {hwpt}")
+    buf_va = proc.mmap(65536)
+    proc.write(buf_va, b"\x01" * 65536)
+    for step, iova in (("map", A), ("map_not_allowed", A + 0x800000)):
+        rc, err = log.call(u.IOMMU_IOAS_MAP, bytearray(_MAP.pack(40, 7, ioas, 0, buf_va,
+                                                                 65536, iova)))
+        lines.append(f"{step} {rc} {err}")
+    rc, err = log.call(u.IOMMU_HWPT_SET_DIRTY_TRACKING,
+                       bytearray(struct.pack("<IIII", 16, 1, hwpt, 0)))
+    lines.append(f"set_dirty_tracking {rc} {err}")
+    marks = proc.mmap(4096)
+    proc.write(marks, struct.pack("<Q", 0x80000005))
+    for step, ptr in (("test_dirty", marks), ("test_dirty_bad_ptr", 0x10000)):
+        rc, err, out = log.test(13, hwpt, struct.pack("<IIQQQQ", 0, 0, A, 65536, 2048, ptr))
+        text = f"{step} {rc} {err}"
+        if ptr == marks:
+            text += f" {struct.unpack_from('<Q', out, 16 + 40)[0]}"
+        lines.append(text)
+    bitmap = proc.mmap(4096)
+    for step, ptr in (("get_dirty_bitmap", bitmap), ("get_dirty_bitmap_bad_ptr", 0x10000)):
+        rc, err = log.call(u.IOMMU_HWPT_GET_DIRTY_BITMAP, bytearray(
+            struct.pack("<IIIIQQQQ", 48, hwpt, 0, 0, A, 65536, 4096, ptr)))
+        text = f"{step} {rc} {err}"
+        if ptr == bitmap:
+            text += f" {_hex(struct.unpack('<Q', proc.read(bitmap, 8))[0])}"
+        lines.append(text)
+    proc.exit()
+    lines.append("done")
+    return lines

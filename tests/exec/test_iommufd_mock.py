@@ -12,7 +12,7 @@ from iommulab.exec import run_exec
 from iommulab.machine import Machine
 from iommulab.testing import leak_snapshot
 
-from .reference import iommufd_mock_answers
+from .reference import iommufd_mock_answers, iommufd_pointers_answers
 
 Build = Callable[..., Path]
 
@@ -34,3 +34,17 @@ def test_iommufd_mock_program(build: Build, tmp_path: Path, static: bool) -> Non
     # the child's IOAS was its own; after the run the machine is as it was fresh
     assert not (diff := fresh.diff(leak_snapshot(m))), diff
     assert m.mem.external is not None and len(m.mem.external) == 0
+
+
+def test_pointers_inside_structs(build: Build, tmp_path: Path) -> None:
+    """IOAS_ALLOW_IOVAS's array, GET_HW_INFO's data, the selftest's DIRTY bitmap and
+    GET_DIRTY_BITMAP's output, in the program's memory, and faulting pointers."""
+    m = Machine("mock")
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("iommufd_pointers", static=True))], timeout=60,
+                          stdout=f)
+    assert result.handler_errors == [] and result.status == 0
+    assert out.read_text().splitlines() == iommufd_pointers_answers()
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff

@@ -278,6 +278,12 @@ class TargetMm(MmStruct):
         self._fresh()
         return super().gup_fast(addr, npages, write)
 
+    def find_vma(self, addr: int) -> Vma | None:
+        """The mirror's VMA at ``addr`` (what the model asks before a GUP of its own, e.g.
+        whether a bitmap's pages can be pinned), the mirror brought up to date first."""
+        self._fresh()
+        return super().find_vma(addr)
+
     def follow_pfn(self, addr: int, write: bool) -> tuple[int, int] | None:
         self._fresh()
         return super().follow_pfn(addr, write)
