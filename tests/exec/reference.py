@@ -77,9 +77,9 @@ class Log:
         self.lines.append(f"{step} {rc} {err}")
 
 
-def iommufd_mock_answers() -> list[str]:
+def iommufd_mock_answers(kernel: str = "6.12") -> list[str]:
     """The lines ``iommufd_mock.c`` prints, as the model answers its calls from Python."""
-    m = Machine("mock")
+    m = Machine("mock", kernel=kernel)
     proc = m.spawn_process(cap_ipc_lock=True)
     log = Log(proc)
     log.fd = proc.open("/dev/iommu")
@@ -248,9 +248,9 @@ def vfio_type1_answers(platform: str, bdf: str = "0000:00:02.0") -> list[str]:
     return lines
 
 
-def iommufd_pointers_answers() -> list[str]:
+def iommufd_pointers_answers(kernel: str = "6.12") -> list[str]:
     """The lines ``iommufd_pointers.c`` prints, as the model answers from Python."""
-    m = Machine("mock")
+    m = Machine("mock", kernel=kernel)
     proc = m.spawn_process(cap_ipc_lock=True)
     log = Log(proc)
     log.fd = proc.open("/dev/iommu")
