@@ -72,3 +72,17 @@ def test_write_back_faults(build: Build, tmp_path: Path) -> None:
         "mock_domain 0 0 3 5 4",  # the ids of the undone one, free again
         "fds_added 0"]  # the access fd was never installed
     assert not (diff := fresh.diff(leak_snapshot(m))), diff
+
+
+def test_memlock_is_the_programs_own_at_the_call(build: Build, tmp_path: Path) -> None:
+    """A child that drops CAP_IPC_LOCK and lowers RLIMIT_MEMLOCK to 64K is charged by
+    them (ENOMEM for 1M, 32K fits); its unchanged parent is not."""
+    m = Machine("mock")
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("memlock"))], timeout=60, stdout=f)
+    assert result.status == 0 and result.handler_errors == []
+    assert out.read_text().splitlines() == [
+        "mock_domain 0", "child_map_1M -1 12", "child_map_32K 0 0", "parent_map_1M 0 0"]
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff
