@@ -33,6 +33,7 @@ from .iommufd.pages import TEMP_MEMORY_LIMIT, UserStruct
 from .kernel import DEFAULT_KERNEL, KernelVersion
 from .mem import PhysMem
 from .mem.cpu_cache import CpuCache
+from .mem.fault import FailNth
 from .mem.mm import MmStruct
 from .sizes import SZ_1M, parse_size
 from .vfio.files import fput, get_file
@@ -49,6 +50,8 @@ VFIO_PCI = "vfio-pci"
 
 #: RLIMIT_NOFILE's usual soft limit (INR_OPEN_CUR)
 RLIMIT_NOFILE_DEFAULT = 1024
+#: the fds of the ``fdtable`` embedded in ``files_struct`` (BITS_PER_LONG)
+NR_OPEN_DEFAULT = 64
 
 #: name -> (RAM base, first BAR address, IOMMU core strict)
 PLATFORMS = {
@@ -289,6 +292,18 @@ class Machine:
         return Process(self, limit, cap_ipc_lock, uid, cap_sys_resource, nofile_limit)
 
 
+def _alloc_fdtable(fail: FailNth, slots_wanted: int) -> int:
+    """``alloc_fdtable``: a table of the smallest power of two of fds that gives
+    ``slots_wanted``: the ``fdtable``, its array of files and its bitmaps (ENOMEM,
+    nothing kept). Returns its size (``max_fds``)."""
+    nr = 1 << (slots_wanted - 1).bit_length()
+    fail.check("kmalloc(fdtable)")
+    fail.kvmalloc("fdtable fd array", nr * 8)  # kvmalloc_array(nr, sizeof(struct file *))
+    bitbit = -(-(nr // 64) // 64) * 8  # BITBIT_SIZE(nr)
+    fail.kvmalloc("fdtable bitmaps", max(2 * nr // 8 + bitbit, 64))  # L1_CACHE_BYTES
+    return nr
+
+
 @dataclass
 class Process:
     """A process: address space, RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, files
@@ -302,6 +317,7 @@ class Process:
     nofile_limit: int = RLIMIT_NOFILE_DEFAULT
     mm: MmStruct = field(init=False)
     files: dict[int, VfioFile] = field(default_factory=dict, init=False)
+    max_fds: int = field(default=NR_OPEN_DEFAULT, init=False)  # the fd table's size
 
     def __post_init__(self) -> None:
         self.mm = MmStruct(self.machine.mem, self.machine.kernel)
@@ -346,11 +362,17 @@ class Process:
 
     def memfd_create(self, name: str, size: int | str = 0, hugetlb: str | None = None) -> int:
         """``memfd_create`` (MFD_HUGETLB with ``hugetlb`` "2M" or "1G") and ``ftruncate``
-        to ``size``: the fd. Nothing is allocated for the size."""
+        to ``size``: the fd. Nothing is allocated for the size. After the flags and the
+        name are checked (EINVAL): the name's copy, the fd (EMFILE), then the shmem or
+        hugetlbfs file (:func:`~.mem.memfd.file_setup`)."""
         from .iommufd.file import MemFdFile
-        from .mem.memfd import MemFd
-        return self.install(MemFdFile(MemFd(self.machine.mem, name, _length_arg(size),
-                                            hugetlb)))
+        from .mem.memfd import MemFd, file_setup
+        memfd = MemFd(self.machine.mem, name, _length_arg(size), hugetlb)
+        fail = self.machine.mem.fail_nth
+        fail.check("kmalloc(memfd_create name)")
+        fd = self.get_unused_fd()
+        file_setup(fail, hugetlb=memfd.order > 0)
+        return self.fd_install(fd, MemFdFile(memfd))
 
     def ftruncate(self, fd: int, size: int | str) -> None:
         """``ftruncate``: EINVAL for a negative length, EBADF for an fd not open, EINVAL
@@ -381,11 +403,20 @@ class Process:
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str) -> int:
         """``/dev/iommu``, ``/dev/vfio/vfio``, ``/dev/vfio/<group>``,
-        ``/dev/vfio/devices/vfio<N>``."""
-        return self.install(self.open_file(path))
+        ``/dev/vfio/devices/vfio<N>``. ``do_sys_openat2``'s order: the path's copy
+        (``getname``: a names_cache allocation), the fd (EMFILE, before the path is
+        looked at), the file (``alloc_empty_file`` in ``path_openat``, before it walks
+        the path), then :meth:`open_file`; an allocation failing is ENOMEM with nothing
+        done."""
+        fail = self.machine.mem.fail_nth
+        fail.check("getname(do_sys_openat2)")
+        fd = self.get_unused_fd()
+        fail.check("alloc_empty_file(path_openat)")
+        return self.fd_install(fd, self.open_file(path))
 
     def open_file(self, path: str) -> VfioFile:
-        """The driver's ``open`` of ``path``: the new file, not yet in the fd table."""
+        """The lookup (ENOENT) and the device's ``open`` of ``path``: the new file, in no
+        fd table yet (what follows the VFS's own allocations)."""
         from .vfio.files import open_vfio_path
         if self.machine.pseries is not None and path.startswith(("/dev/iommu", "/dev/vfio")):
             raise NoDevice(f"open: {path}: ppc64-pseries has no VFIO or iommufd in the model "
@@ -401,17 +432,34 @@ class Process:
         """``fdget``: the file at ``fd``, None when it is not open (a negative fd too)."""
         return self.files.get(fd)
 
-    def install(self, f: VfioFile) -> int:
-        """``get_unused_fd_flags`` + ``fd_install`` of a new file: the lowest free fd.
-        EMFILE when none is below RLIMIT_NOFILE; the caller's reference to the file is
-        dropped then, as its error path would (``fput``). O(files)."""
+    def get_unused_fd(self) -> int:
+        """``get_unused_fd_flags`` (``alloc_fd``): the lowest free fd, which the caller
+        then gives a file (:meth:`fd_install`). EMFILE when none is below RLIMIT_NOFILE;
+        past the fd table, ``expand_files`` first makes a larger one (ENOMEM, the table
+        as it was). O(files)."""
         fd = next(i for i in range(3, len(self.files) + 4) if i not in self.files)
         if fd >= self.nofile_limit:
-            fput(f)
             raise kernel_error(errno.EMFILE, f"no fd below RLIMIT_NOFILE "
                                f"({self.nofile_limit}): {len(self.files)} files open")
+        if fd >= self.max_fds:
+            self.max_fds = _alloc_fdtable(self.machine.mem.fail_nth, fd + 1)  # expand_fdtable
+        return fd
+
+    def fd_install(self, fd: int, f: VfioFile) -> int:
+        """``fd_install``: ``f`` at ``fd`` (from :meth:`get_unused_fd`); returns ``fd``."""
         self.files[fd] = f
         return fd
+
+    def install(self, f: VfioFile) -> int:
+        """:meth:`get_unused_fd` + :meth:`fd_install` of a file already made, for the
+        callers whose kernel path takes the fd after the file; when no fd can be had the
+        caller's reference to the file is dropped, as its error path would (``fput``)."""
+        try:
+            fd = self.get_unused_fd()
+        except KernelError:
+            fput(f)
+            raise
+        return self.fd_install(fd, f)
 
     def close(self, fd: int) -> None:
         f = self._file(fd)
@@ -419,13 +467,39 @@ class Process:
         fput(f)
 
     def fork(self) -> Process:
-        """``fork``: a child with the same credentials and limits, the address space as
-        ``dup_mmap`` gives it (:meth:`MmStruct.fork`: private memory shared until written,
-        pages that may be pinned copied now) and the same open files."""
+        """``fork``: a child with the same credentials and limits, the same open files
+        and the address space as ``dup_mmap`` gives it (:meth:`MmStruct.fork`: private
+        memory shared until written, pages that may be pinned copied now).
+
+        ``copy_process``'s allocations, in its order, where the model has what they
+        hold: the task (``dup_task_struct``), its credentials (``copy_creds``), the file
+        table (``dup_fd``, a larger fd table when the parent's open fds pass
+        NR_OPEN_DEFAULT), the rlimits (``copy_signal``), the address space (``dup_mm``).
+        ENOMEM undoes what was made: the child's file references are dropped and its
+        half-built mm torn down (what the parent's pages keep from it:
+        :meth:`MmStruct.fork`). Lab: the thread stack, fs_struct, sighand, page tables,
+        maple tree nodes and the pid have no state in the model and are no points."""
+        fail = self.machine.mem.fail_nth
+        fail.check("alloc_task_struct_node(dup_task_struct)")
+        fail.check("kmem_cache_alloc(cred_jar)")  # prepare_creds
+        fail.check("kmem_cache_alloc(files_cachep)")  # dup_fd
+        max_fds = NR_OPEN_DEFAULT
+        open_files = (max(self.files) // NR_OPEN_DEFAULT + 1) * NR_OPEN_DEFAULT \
+            if self.files else 0  # sane_fdtable_size: whole words of the open fds bitmap
+        if open_files > max_fds:
+            max_fds = _alloc_fdtable(fail, open_files)
+        files = {fd: get_file(f) for fd, f in self.files.items()}
+        try:
+            fail.check("kmem_cache_alloc(signal_cachep)")  # copy_signal
+            mm = self.mm.fork()
+        except KernelError:
+            for f in files.values():
+                fput(f)
+            raise
         child = Process(self.machine, self.memlock_limit, self.cap_ipc_lock, self.uid,
                         self.cap_sys_resource, self.nofile_limit)
-        child.mm = self.mm.fork()
-        child.files = {fd: get_file(f) for fd, f in self.files.items()}
+        child.mm.close()  # lab: the empty mm Process made is replaced by the copy
+        child.mm, child.files, child.max_fds = mm, files, max_fds
         return child
 
     def ioctl(self, fd: int, request: int, arg: int | bytes | bytearray = 0) -> int:

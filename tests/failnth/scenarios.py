@@ -10,6 +10,7 @@ CONFIG_IOMMUFD_TEST kernel), IOAS_MAP_FILE Linux 7.0, the VFIO files a vfio-pci 
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,16 +20,30 @@ from iommulab.iommufd import uapi as iu
 from iommulab.iommufd.selftest import (
     MOCK_ACCESS_RW_SLOW_PATH,
     MOCK_ACCESS_RW_WRITE,
+    MOCK_FLAGS_DEVICE_NO_DIRTY,
+    OP_ACCESS_PAGES,
+    OP_ACCESS_REPLACE_IOAS,
+    OP_ACCESS_RW,
+    OP_ADD_RESERVED,
+    OP_CREATE_ACCESS,
     OP_DESTROY_ACCESS_PAGES,
+    OP_DIRTY,
+    OP_MD_CHECK_IOTLB,
+    OP_MD_CHECK_MAP,
     OP_MD_CHECK_REFS,
+    OP_MOCK_DOMAIN,
+    OP_MOCK_DOMAIN_FLAGS,
+    OP_MOCK_DOMAIN_REPLACE,
+    OP_SET_TEMP_MEMORY_LIMIT,
     OP_TRIGGER_IOPF,
 )
 from iommulab.vfio import uapi as vu
 
 from ..iommufd.selftest_lib import FIXED, RW, Selftest
+from .state import State
 from .sweep import World, new_world
 
-__all__ = ["KERNELS", "PLATFORMS", "SCENARIOS", "Scenario"]
+__all__ = ["KERNELS", "PLATFORMS", "SCENARIOS", "Call", "Scenario", "on"]
 
 PAGE = 4096
 BUF = 64 * PAGE  # 256K, the kernel's fail_nth tests' map size
@@ -41,17 +56,50 @@ IOVA = 1 << 24  # inside the mock aperture and every platform's
 _INCOMPATIBLE = ("iommufd_should_fail(iopt_table_enforce_dev_resv_regions)",)
 
 
+#: The dispatch tables a call goes through: the iommufd ioctls (``uapi.COMMANDS``), the
+#: selftest ops of IOMMU_TEST_CMD, the VFIO container ioctls /dev/iommu answers, a VFIO
+#: container's, a group's, a device file's own and vfio-pci's; then the process calls
+#: (``open`` by path, ``mmap`` by kind of mapping, the others by name).
+IOMMUFD, SELFTEST, COMPAT, CONTAINER, GROUP, DEVICE, VFIO_PCI = (
+    "iommufd", "selftest", "compat", "container", "group", "device", "vfio-pci")
+OPEN, MMAP, PROC = "open", "mmap", "process"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One entry point of the model: a request (or op, or path, or call) of a table."""
+
+    table: str
+    request: int | str
+
+    def __repr__(self) -> str:
+        what = self.request if isinstance(self.request, str) else f"{self.request:#x}"
+        return f"{self.table}:{what}"
+
+
+def on(table: str, *requests: int | str) -> tuple[Call, ...]:
+    return tuple(Call(table, r) for r in requests)
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """``name`` (the ioctl and what it is given), the platforms and kernels it runs on,
-    ``setup`` (platform, kernel) -> World, ``op`` the call."""
+    """``name`` (the call and what it is given), ``covers`` (the entry points ``op``
+    calls, checked by test_coverage), ``setup`` (platform, kernel) -> World, ``op`` the
+    call, the platforms and kernels it runs on. ``absorbs``: sites whose failure this
+    call's kernel path absorbs; ``expect``: the errno the call fails with when nothing is
+    injected (a call the model can only refuse, as the kernel does in that state);
+    ``relax``: what a failed call may leave changed, as the kernel leaves it
+    (:func:`.sweep.sweep`)."""
 
     name: str
+    covers: tuple[Call, ...]
     setup: Callable[[str, str], World]
     op: Callable[[World], object]
     platforms: tuple[str, ...] = PLATFORMS
     kernels: tuple[str, ...] = KERNELS
-    absorbs: tuple[str, ...] = ()  # sites whose failure this call's kernel path absorbs
+    absorbs: tuple[str, ...] = ()
+    expect: int | None = None
+    relax: Callable[[State], State] | None = None
 
 
 class Fd(Selftest):
@@ -270,96 +318,130 @@ def _rw_setup(length: int) -> Callable[[str, str], World]:
 
 SCENARIOS: list[Scenario] = [
     # iommufd core
-    Scenario("IOAS_ALLOC", lambda p, k: _iommufd(p, k), lambda w: _t(w).ioas_alloc()),
-    Scenario("DESTROY(ioas)", _ioas(0, True), lambda w: _t(w).destroy(w.h["ioas"])),
-    Scenario("IOAS_IOVA_RANGES", _ioas(1), lambda w: _t(w).ioctl(
-        iu.IOMMU_IOAS_IOVA_RANGES, iu.IOAS_IOVA_RANGES.pack(32, w.h["ioas"], 4, 0,
-                                                            w.h["bitmap"], 0))),
-    Scenario("IOAS_ALLOW_IOVAS", _ioas(), lambda w: _t(w).ioctl(
-        iu.IOMMU_IOAS_ALLOW_IOVAS, iu.IOAS_ALLOW_IOVAS.pack(24, w.h["ioas"], 2, 0,
-                                                            w.h["ranges"]))),
-    Scenario("IOAS_MAP(no domain)", _ioas(), _map),
-    Scenario("IOAS_MAP(1 domain)", _ioas(1), _map),
-    Scenario("IOAS_MAP(2 domains)", _ioas(2), _map),
-    Scenario("IOAS_MAP(1 domain, limit 32)", _ioas(1, limit=32), _map, ("mock",)),
-    Scenario("IOAS_MAP(1 domain, RLIMIT)", _ioas(1, memlock_limit=1 << 20), _map),
-    Scenario("IOAS_MAP_FILE(1 domain)", _memfd(1), lambda w: _t(w).map_file(
-        w.h["ioas"], w.h["memfd"], 0, BUF, IOVA, RW | FIXED), kernels=("7.0",)),
-    Scenario("IOAS_COPY", _two_ioas, lambda w: _t(w).copy(w.h["ioas2"], w.h["ioas"], IOVA,
-                                                           BUF, IOVA)),
-    Scenario("IOAS_UNMAP(1 domain)", _ioas(1, True), lambda w: _t(w).unmap(
-        w.h["ioas"], IOVA, BUF)),
-    Scenario("IOAS_UNMAP(2 domains)", _ioas(2, True), lambda w: _t(w).unmap(
-        w.h["ioas"], IOVA, BUF)),
-    Scenario("OPTION(HUGE_PAGES=0)", _ioas(), lambda w: _t(w).option(
-        iu.IOMMU_OPTION_HUGE_PAGES, iu.IOMMU_OPTION_OP_SET, w.h["ioas"], 0)),
-    Scenario("VFIO_IOAS(SET)", _ioas(), lambda w: _t(w).ioctl(
-        iu.IOMMU_VFIO_IOAS, iu.VFIO_IOAS.pack(12, w.h["ioas"], iu.IOMMU_VFIO_IOAS_SET, 0))),
-    Scenario("HWPT_ALLOC", _ioas(1, True), lambda w: _t(w).hwpt_alloc(
-        w.h["devs"][0][0], w.h["ioas"])),
-    Scenario("HWPT_ALLOC(DIRTY_TRACKING)", _ioas(1, True), lambda w: _t(w).hwpt_alloc(
-        w.h["devs"][0][0], w.h["ioas"], iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING), ("mock",)),
-    Scenario("HWPT_SET_DIRTY_TRACKING", _hwpt(iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
+    Scenario("IOAS_ALLOC", on(IOMMUFD, iu.IOMMU_IOAS_ALLOC),
+             lambda p, k: _iommufd(p, k), lambda w: _t(w).ioas_alloc()),
+    Scenario("DESTROY(ioas)", on(IOMMUFD, iu.IOMMU_DESTROY),
+             _ioas(0, True), lambda w: _t(w).destroy(w.h["ioas"])),
+    Scenario("IOAS_IOVA_RANGES", on(IOMMUFD, iu.IOMMU_IOAS_IOVA_RANGES),
+             _ioas(1), lambda w: _t(w).ioctl(
+                 iu.IOMMU_IOAS_IOVA_RANGES,
+                 iu.IOAS_IOVA_RANGES.pack(32, w.h["ioas"], 4, 0, w.h["bitmap"], 0))),
+    Scenario("IOAS_ALLOW_IOVAS", on(IOMMUFD, iu.IOMMU_IOAS_ALLOW_IOVAS),
+             _ioas(), lambda w: _t(w).ioctl(
+                 iu.IOMMU_IOAS_ALLOW_IOVAS,
+                 iu.IOAS_ALLOW_IOVAS.pack(24, w.h["ioas"], 2, 0, w.h["ranges"]))),
+    Scenario("IOAS_MAP(no domain)", on(IOMMUFD, iu.IOMMU_IOAS_MAP), _ioas(), _map),
+    Scenario("IOAS_MAP(1 domain)", on(IOMMUFD, iu.IOMMU_IOAS_MAP), _ioas(1), _map),
+    Scenario("IOAS_MAP(2 domains)", on(IOMMUFD, iu.IOMMU_IOAS_MAP), _ioas(2), _map),
+    Scenario("IOAS_MAP(1 domain, limit 32)", on(IOMMUFD, iu.IOMMU_IOAS_MAP),
+             _ioas(1, limit=32), _map, ("mock",)),
+    Scenario("IOAS_MAP(1 domain, RLIMIT)", on(IOMMUFD, iu.IOMMU_IOAS_MAP),
+             _ioas(1, memlock_limit=1 << 20), _map),
+    Scenario("IOAS_MAP_FILE(1 domain)", on(IOMMUFD, iu.IOMMU_IOAS_MAP_FILE),
+             _memfd(1), lambda w: _t(w).map_file(
+                 w.h["ioas"], w.h["memfd"], 0, BUF, IOVA, RW | FIXED), kernels=("7.0",)),
+    Scenario("IOAS_COPY", on(IOMMUFD, iu.IOMMU_IOAS_COPY),
+             _two_ioas, lambda w: _t(w).copy(w.h["ioas2"], w.h["ioas"], IOVA, BUF, IOVA)),
+    Scenario("IOAS_UNMAP(1 domain)", on(IOMMUFD, iu.IOMMU_IOAS_UNMAP),
+             _ioas(1, True), lambda w: _t(w).unmap(w.h["ioas"], IOVA, BUF)),
+    Scenario("IOAS_UNMAP(2 domains)", on(IOMMUFD, iu.IOMMU_IOAS_UNMAP),
+             _ioas(2, True), lambda w: _t(w).unmap(w.h["ioas"], IOVA, BUF)),
+    Scenario("OPTION(HUGE_PAGES=0)", on(IOMMUFD, iu.IOMMU_OPTION),
+             _ioas(), lambda w: _t(w).option(
+                 iu.IOMMU_OPTION_HUGE_PAGES, iu.IOMMU_OPTION_OP_SET, w.h["ioas"], 0)),
+    Scenario("VFIO_IOAS(SET)", on(IOMMUFD, iu.IOMMU_VFIO_IOAS),
+             _ioas(), lambda w: _t(w).ioctl(
+                 iu.IOMMU_VFIO_IOAS,
+                 iu.VFIO_IOAS.pack(12, w.h["ioas"], iu.IOMMU_VFIO_IOAS_SET, 0))),
+    Scenario("HWPT_ALLOC", on(IOMMUFD, iu.IOMMU_HWPT_ALLOC),
+             _ioas(1, True), lambda w: _t(w).hwpt_alloc(w.h["devs"][0][0], w.h["ioas"])),
+    Scenario("HWPT_ALLOC(DIRTY_TRACKING)", on(IOMMUFD, iu.IOMMU_HWPT_ALLOC),
+             _ioas(1, True), lambda w: _t(w).hwpt_alloc(
+                 w.h["devs"][0][0], w.h["ioas"], iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
+             ("mock",)),
+    Scenario("HWPT_SET_DIRTY_TRACKING", on(IOMMUFD, iu.IOMMU_HWPT_SET_DIRTY_TRACKING),
+             _hwpt(iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
              lambda w: _t(w).set_dirty_tracking(w.h["hwpt"], True), ("mock",)),
-    Scenario("HWPT_GET_DIRTY_BITMAP", _dirty, lambda w: _t(w).get_dirty_bitmap(
-        w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]), ("mock",)),
-    Scenario("GET_HW_INFO", _ioas(1), lambda w: _t(w).ioctl(
-        iu.IOMMU_GET_HW_INFO, iu.HW_INFO.pack(
-            40, 0, w.h["devs"][0][0], 64, w.h["bitmap"], 0, 0, b"\0" * 3, 0))),
+    Scenario("HWPT_GET_DIRTY_BITMAP", on(IOMMUFD, iu.IOMMU_HWPT_GET_DIRTY_BITMAP),
+             _dirty, lambda w: _t(w).get_dirty_bitmap(
+                 w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]), ("mock",)),
+    Scenario("GET_HW_INFO", on(IOMMUFD, iu.IOMMU_GET_HW_INFO),
+             _ioas(1), lambda w: _t(w).ioctl(iu.IOMMU_GET_HW_INFO, iu.HW_INFO.pack(
+                 40, 0, w.h["devs"][0][0], 64, w.h["bitmap"], 0, 0, b"\0" * 3, 0))),
     # VFIO compatibility on /dev/iommu
-    Scenario("compat VFIO_SET_IOMMU", _ioas(1), lambda w: (
-        _t(w).ioctl(iu.IOMMU_VFIO_IOAS, iu.VFIO_IOAS.pack(12, w.h["ioas"],
-                                                          iu.IOMMU_VFIO_IOAS_SET, 0)),
-        w.p.ioctl(_t(w).fd, vu.VFIO_SET_IOMMU, vu.VFIO_TYPE1_IOMMU))),
-    Scenario("compat VFIO_IOMMU_MAP_DMA", _compat, _compat_map),
-    Scenario("compat VFIO_IOMMU_UNMAP_DMA(v1 cut)", _compat_v1_mapped, lambda w: w.p.ioctl(
-        _t(w).fd, vu.VFIO_IOMMU_UNMAP_DMA, bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, PAGE)))),
-    Scenario("compat VFIO_IOMMU_GET_INFO", _compat, lambda w: w.p.ioctl(
-        _t(w).fd, vu.VFIO_IOMMU_GET_INFO, bytearray(vu.IOMMU_INFO.pack(64, 0, 0, 0, 0)) +
-        bytearray(40))),
+    Scenario("compat VFIO_SET_IOMMU", on(COMPAT, vu.VFIO_SET_IOMMU),
+             _ioas(1), lambda w: (
+                 _t(w).ioctl(iu.IOMMU_VFIO_IOAS,
+                             iu.VFIO_IOAS.pack(12, w.h["ioas"], iu.IOMMU_VFIO_IOAS_SET, 0)),
+                 w.p.ioctl(_t(w).fd, vu.VFIO_SET_IOMMU, vu.VFIO_TYPE1_IOMMU))),
+    Scenario("compat VFIO_IOMMU_MAP_DMA", on(COMPAT, vu.VFIO_IOMMU_MAP_DMA),
+             _compat, _compat_map),
+    Scenario("compat VFIO_IOMMU_UNMAP_DMA(v1 cut)", on(COMPAT, vu.VFIO_IOMMU_UNMAP_DMA),
+             _compat_v1_mapped, lambda w: w.p.ioctl(
+                 _t(w).fd, vu.VFIO_IOMMU_UNMAP_DMA,
+                 bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, PAGE)))),
+    Scenario("compat VFIO_IOMMU_GET_INFO", on(COMPAT, vu.VFIO_IOMMU_GET_INFO),
+             _compat, lambda w: w.p.ioctl(
+                 _t(w).fd, vu.VFIO_IOMMU_GET_INFO,
+                 bytearray(vu.IOMMU_INFO.pack(64, 0, 0, 0, 0)) + bytearray(40))),
     # the selftest commands
-    Scenario("TEST MOCK_DOMAIN", _ioas(0, True), lambda w: _t(w).mock_domain(w.h["ioas"]),
+    Scenario("TEST MOCK_DOMAIN", on(SELFTEST, OP_MOCK_DOMAIN),
+             _ioas(0, True), lambda w: _t(w).mock_domain(w.h["ioas"]), ("mock",)),
+    Scenario("TEST MOCK_DOMAIN_REPLACE(ioas)", on(SELFTEST, OP_MOCK_DOMAIN_REPLACE),
+             _two_ioas, lambda w: _t(w).mock_domain_replace(w.h["stdevs"][0], w.h["ioas2"]),
+             ("mock",), absorbs=_INCOMPATIBLE),
+    Scenario("TEST MOCK_DOMAIN_REPLACE(hwpt)", on(SELFTEST, OP_MOCK_DOMAIN_REPLACE),
+             _hwpt(), lambda w: _t(w).mock_domain_replace(w.h["stdevs"][0], w.h["hwpt"]),
              ("mock",)),
-    Scenario("TEST MOCK_DOMAIN_REPLACE(ioas)", _two_ioas, lambda w: _t(w).mock_domain_replace(
-        w.h["stdevs"][0], w.h["ioas2"]), ("mock",), absorbs=_INCOMPATIBLE),
-    Scenario("TEST MOCK_DOMAIN_REPLACE(hwpt)", _hwpt(), lambda w: _t(w).mock_domain_replace(
-        w.h["stdevs"][0], w.h["hwpt"]), ("mock",)),
-    Scenario("TEST ADD_RESERVED", _ioas(), lambda w: _t(w).add_reserved(
-        w.h["ioas"], 1 << 40, PAGE), ("mock",)),
-    Scenario("TEST CREATE_ACCESS", _ioas(0, True), lambda w: _t(w).create_access(
-        w.h["ioas"], 1), ("mock",)),
-    Scenario("TEST ACCESS_PAGES(no domain)", _access(True), lambda w: _t(w).access_pages(
-        w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
-    Scenario("TEST ACCESS_PAGES(1 domain)", _access(True, 1), lambda w: _t(w).access_pages(
-        w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
-    Scenario("TEST DESTROY_ACCESS_PAGES", _access_item, lambda w: _t(w).test_cmd(
-        OP_DESTROY_ACCESS_PAGES, w.h["access"], struct.pack("<I", w.h["item"])), ("mock",)),
-    Scenario("TEST ACCESS_RW(read)", _rw_setup(64), _access_rw(0), ("mock",)),
-    Scenario("TEST ACCESS_RW(write)", _rw_setup(64), _access_rw(MOCK_ACCESS_RW_WRITE),
+    Scenario("TEST ADD_RESERVED", on(SELFTEST, OP_ADD_RESERVED),
+             _ioas(), lambda w: _t(w).add_reserved(w.h["ioas"], 1 << 40, PAGE), ("mock",)),
+    Scenario("TEST CREATE_ACCESS", on(SELFTEST, OP_CREATE_ACCESS),
+             _ioas(0, True), lambda w: _t(w).create_access(w.h["ioas"], 1), ("mock",)),
+    Scenario("TEST ACCESS_PAGES(no domain)", on(SELFTEST, OP_ACCESS_PAGES),
+             _access(True), lambda w: _t(w).access_pages(
+                 w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
+    Scenario("TEST ACCESS_PAGES(1 domain)", on(SELFTEST, OP_ACCESS_PAGES),
+             _access(True, 1), lambda w: _t(w).access_pages(
+                 w.h["access"], IOVA, BUF, w.h["buf"]), ("mock",)),
+    Scenario("TEST DESTROY_ACCESS_PAGES", on(SELFTEST, OP_DESTROY_ACCESS_PAGES),
+             _access_item, lambda w: _t(w).test_cmd(
+                 OP_DESTROY_ACCESS_PAGES, w.h["access"], struct.pack("<I", w.h["item"])),
              ("mock",)),
-    Scenario("TEST ACCESS_RW(slow, one page)", _rw_setup(64),
-             _access_rw(MOCK_ACCESS_RW_SLOW_PATH), ("mock",)),
-    Scenario("TEST ACCESS_RW(slow, 16 pages)", _rw_setup(16 * PAGE),
-             _access_rw(MOCK_ACCESS_RW_SLOW_PATH, 16 * PAGE), ("mock",)),
-    Scenario("TEST ACCESS_REPLACE_IOAS", _access_and_ioas, lambda w: _t(w).access_replace_ioas(
-        w.h["access"], w.h["ioas2"]), ("mock",)),
-    Scenario("TEST DIRTY", _dirty, lambda w: _t(w).mock_dirty(
-        w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]), ("mock",)),
-    Scenario("TEST MD_CHECK_REFS", _ioas(1, True), lambda w: _t(w).test_cmd(
-        OP_MD_CHECK_REFS, 0, struct.pack("<QQI", BUF, w.h["buf"], 1)), ("mock",)),
-    Scenario("TEST TRIGGER_IOPF", _ioas(1), lambda w: _t(w).test_cmd(
-        OP_TRIGGER_IOPF, 0, struct.pack("<I", w.h["devs"][0][0])), ("mock",)),
+    Scenario("TEST ACCESS_RW(read)", on(SELFTEST, OP_ACCESS_RW),
+             _rw_setup(64), _access_rw(0), ("mock",)),
+    Scenario("TEST ACCESS_RW(write)", on(SELFTEST, OP_ACCESS_RW),
+             _rw_setup(64), _access_rw(MOCK_ACCESS_RW_WRITE), ("mock",)),
+    Scenario("TEST ACCESS_RW(slow, one page)", on(SELFTEST, OP_ACCESS_RW),
+             _rw_setup(64), _access_rw(MOCK_ACCESS_RW_SLOW_PATH), ("mock",)),
+    Scenario("TEST ACCESS_RW(slow, 16 pages)", on(SELFTEST, OP_ACCESS_RW),
+             _rw_setup(16 * PAGE), _access_rw(MOCK_ACCESS_RW_SLOW_PATH, 16 * PAGE), ("mock",)),
+    Scenario("TEST ACCESS_REPLACE_IOAS", on(SELFTEST, OP_ACCESS_REPLACE_IOAS),
+             _access_and_ioas, lambda w: _t(w).access_replace_ioas(
+                 w.h["access"], w.h["ioas2"]), ("mock",)),
+    Scenario("TEST DIRTY", on(SELFTEST, OP_DIRTY),
+             _dirty, lambda w: _t(w).mock_dirty(w.h["hwpt"], IOVA, BUF, PAGE, w.h["bitmap"]),
+             ("mock",)),
+    Scenario("TEST MD_CHECK_REFS", on(SELFTEST, OP_MD_CHECK_REFS),
+             _ioas(1, True), lambda w: _t(w).test_cmd(
+                 OP_MD_CHECK_REFS, 0, struct.pack("<QQI", BUF, w.h["buf"], 1)), ("mock",)),
+    Scenario("TEST TRIGGER_IOPF", on(SELFTEST, OP_TRIGGER_IOPF),
+             _ioas(1), lambda w: _t(w).test_cmd(
+                 OP_TRIGGER_IOPF, 0, struct.pack("<I", w.h["devs"][0][0])), ("mock",)),
     # VFIO device cdevs
-    Scenario("cdev BIND_IOMMUFD", _cdev(bound=False), lambda w: _bind_fd(w, w.h["cdev"]),
+    Scenario("cdev BIND_IOMMUFD", on(DEVICE, vu.VFIO_DEVICE_BIND_IOMMUFD),
+             _cdev(bound=False), lambda w: _bind_fd(w, w.h["cdev"]), DEV_PLATFORMS),
+    Scenario("cdev ATTACH_IOMMUFD_PT(ioas)", on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+             _cdev(bound=True), lambda w: _attach_pt(w, w.h["cdev"], w.h["ioas"]),
              DEV_PLATFORMS),
-    Scenario("cdev ATTACH_IOMMUFD_PT(ioas)", _cdev(bound=True), lambda w: _attach_pt(
-        w, w.h["cdev"], w.h["ioas"]), DEV_PLATFORMS),
-    Scenario("cdev ATTACH_IOMMUFD_PT(hwpt)", _cdev(bound=True, hwpt=True), lambda w: _attach_pt(
-        w, w.h["cdev"], w.h["hwpt"]), DEV_PLATFORMS),
-    Scenario("cdev ATTACH_IOMMUFD_PT(replace, ioas)", _two_ioas, lambda w: _attach_pt(
-        w, w.h["cdevs"][0], w.h["ioas2"]), DEV_PLATFORMS, absorbs=_INCOMPATIBLE),
-    Scenario("cdev DETACH_IOMMUFD_PT", _ioas(1, True), lambda w: _detach(w, w.h["cdevs"][0]),
+    Scenario("cdev ATTACH_IOMMUFD_PT(hwpt)", on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+             _cdev(bound=True, hwpt=True), lambda w: _attach_pt(w, w.h["cdev"], w.h["hwpt"]),
              DEV_PLATFORMS),
+    Scenario("cdev ATTACH_IOMMUFD_PT(replace, ioas)",
+             on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+             _two_ioas, lambda w: _attach_pt(w, w.h["cdevs"][0], w.h["ioas2"]),
+             DEV_PLATFORMS, absorbs=_INCOMPATIBLE),
+    Scenario("cdev DETACH_IOMMUFD_PT", on(DEVICE, vu.VFIO_DEVICE_DETACH_IOMMUFD_PT),
+             _ioas(1, True), lambda w: _detach(w, w.h["cdevs"][0]), DEV_PLATFORMS),
 ]
 
 
@@ -411,40 +493,334 @@ def _dirty_pages(w: World, flags: int) -> object:
 
 V2 = vu.VFIO_TYPE1v2_IOMMU
 SCENARIOS += [
-    Scenario("open(/dev/vfio/vfio)", _vfio(container=False, group=False),
-             lambda w: w.p.open("/dev/vfio/vfio"), DEV_PLATFORMS),
-    Scenario("open(/dev/iommu)", _vfio(container=False, group=False),
-             lambda w: w.p.open("/dev/iommu"), DEV_PLATFORMS),
-    Scenario("open(/dev/vfio/devices/vfio0)", _vfio(container=False, group=False),
-             lambda w: w.p.open("/dev/vfio/devices/vfio0"), DEV_PLATFORMS),
-    Scenario("VFIO_GROUP_SET_CONTAINER", _vfio(set_container=False), lambda w: w.p.ioctl(
-        w.h["g"], vu.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", w.h["c"]))),
-        DEV_PLATFORMS),
-    Scenario("VFIO_GROUP_SET_CONTAINER(second group)", _vfio(iommu=V2, mapped=True,
-                                                             second=True),
-             lambda w: w.p.ioctl(w.h["g2"], vu.VFIO_GROUP_SET_CONTAINER,
-                                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
-    Scenario("VFIO_SET_IOMMU(TYPE1v2)", _vfio(), lambda w: w.p.ioctl(
-        w.h["c"], vu.VFIO_SET_IOMMU, V2), DEV_PLATFORMS),
-    Scenario("VFIO_GROUP_GET_DEVICE_FD", _vfio(iommu=V2), lambda w: w.p.ioctl(
-        w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
-        DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_GET_INFO", _vfio(iommu=V2), lambda w: w.p.ioctl(
-        w.h["c"], vu.VFIO_IOMMU_GET_INFO, bytearray(vu.IOMMU_INFO.pack(256, 0, 0, 0, 0)) +
-        bytearray(232)), DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_MAP_DMA", _vfio(iommu=V2), _vfio_map, DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_MAP_DMA(tracking)", _vfio(iommu=V2, tracking=True), _vfio_map,
+    Scenario("open(/dev/vfio/vfio)", on(OPEN, "/dev/vfio/vfio"),
+             _vfio(container=False, group=False), lambda w: w.p.open("/dev/vfio/vfio"),
              DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_UNMAP_DMA", _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
-        w.h["c"], vu.VFIO_IOMMU_UNMAP_DMA, bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, BUF))),
-        DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_DIRTY_PAGES(START)", _vfio(iommu=V2, mapped=True), lambda w:
-             _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_START), DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)", _vfio(iommu=V2, mapped=True, tracking=True),
+    Scenario("open(/dev/iommu)", on(OPEN, "/dev/iommu"),
+             _vfio(container=False, group=False), lambda w: w.p.open("/dev/iommu"),
+             DEV_PLATFORMS),
+    Scenario("open(/dev/vfio/devices/vfio0)", on(OPEN, "/dev/vfio/devices/vfio<N>"),
+             _vfio(container=False, group=False),
+             lambda w: w.p.open("/dev/vfio/devices/vfio0"), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_SET_CONTAINER", on(GROUP, vu.VFIO_GROUP_SET_CONTAINER),
+             _vfio(set_container=False), lambda w: w.p.ioctl(
+                 w.h["g"], vu.VFIO_GROUP_SET_CONTAINER,
+                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_SET_CONTAINER(second group)", on(GROUP, vu.VFIO_GROUP_SET_CONTAINER),
+             _vfio(iommu=V2, mapped=True, second=True), lambda w: w.p.ioctl(
+                 w.h["g2"], vu.VFIO_GROUP_SET_CONTAINER,
+                 bytearray(struct.pack("<i", w.h["c"]))), DEV_PLATFORMS),
+    Scenario("VFIO_SET_IOMMU(TYPE1v2)", on(CONTAINER, vu.VFIO_SET_IOMMU),
+             _vfio(), lambda w: w.p.ioctl(w.h["c"], vu.VFIO_SET_IOMMU, V2), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_GET_DEVICE_FD", on(GROUP, vu.VFIO_GROUP_GET_DEVICE_FD),
+             _vfio(iommu=V2), lambda w: w.p.ioctl(
+                 w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
+             DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_GET_INFO", on(CONTAINER, vu.VFIO_IOMMU_GET_INFO),
+             _vfio(iommu=V2), lambda w: w.p.ioctl(
+                 w.h["c"], vu.VFIO_IOMMU_GET_INFO,
+                 bytearray(vu.IOMMU_INFO.pack(256, 0, 0, 0, 0)) + bytearray(232)),
+             DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_MAP_DMA", on(CONTAINER, vu.VFIO_IOMMU_MAP_DMA),
+             _vfio(iommu=V2), _vfio_map, DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_MAP_DMA(tracking)", on(CONTAINER, vu.VFIO_IOMMU_MAP_DMA),
+             _vfio(iommu=V2, tracking=True), _vfio_map, DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_UNMAP_DMA", on(CONTAINER, vu.VFIO_IOMMU_UNMAP_DMA),
+             _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
+                 w.h["c"], vu.VFIO_IOMMU_UNMAP_DMA,
+                 bytearray(vu.DMA_UNMAP.pack(24, 0, IOVA, BUF))), DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_DIRTY_PAGES(START)", on(CONTAINER, vu.VFIO_IOMMU_DIRTY_PAGES),
+             _vfio(iommu=V2, mapped=True),
+             lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_START), DEV_PLATFORMS),
+    Scenario("VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)", on(CONTAINER, vu.VFIO_IOMMU_DIRTY_PAGES),
+             _vfio(iommu=V2, mapped=True, tracking=True),
              lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP),
              DEV_PLATFORMS),
-    Scenario("VFIO_IOMMU_DIRTY_PAGES(STOP)", _vfio(iommu=V2, mapped=True, tracking=True),
+    Scenario("VFIO_IOMMU_DIRTY_PAGES(STOP)", on(CONTAINER, vu.VFIO_IOMMU_DIRTY_PAGES),
+             _vfio(iommu=V2, mapped=True, tracking=True),
              lambda w: _dirty_pages(w, vu.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), DEV_PLATFORMS),
-    Scenario("VFIO_GROUP_UNSET_CONTAINER", _vfio(iommu=V2, mapped=True), lambda w: w.p.ioctl(
-        w.h["g"], vu.VFIO_GROUP_UNSET_CONTAINER), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_UNSET_CONTAINER", on(GROUP, vu.VFIO_GROUP_UNSET_CONTAINER),
+             _vfio(iommu=V2, mapped=True),
+             lambda w: w.p.ioctl(w.h["g"], vu.VFIO_GROUP_UNSET_CONTAINER), DEV_PLATFORMS),
+]
+
+
+# -- the rest of the ioctl tables -------------------------------------------------------------
+def _invalidate(w: World) -> object:
+    """HWPT_INVALIDATE of no entries, to a paging HWPT: the model has no nested HWPT or
+    vIOMMU, so the kernel's lookup refuses it before anything is allocated."""
+    return _t(w).ioctl(iu.IOMMU_HWPT_INVALIDATE,
+                       iu.HWPT_INVALIDATE.pack(32, w.h["hwpt"], 0, 0, 0, 0, 0))
+
+
+def _changed_process(platform: str, kernel: str) -> World:
+    """A memfd mapped into an IOAS with a device (IOAS_MAP_FILE) and a forked child
+    (``w.procs[1]``), the process the pages move to."""
+    w = _memfd(1)(platform, kernel)
+    _t(w).map_file(w.h["ioas"], w.h["memfd"], 0, BUF, IOVA, RW | FIXED)
+    w.procs.append(w.p.fork())
+    return w
+
+
+def _device_fd(platform: str, kernel: str) -> World:
+    """Device 0's fd from its group (``h["dev"]``), the group in a type1 container."""
+    w = _vfio(iommu=V2)(platform, kernel)
+    w.h["dev"] = w.p.ioctl(w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD,
+                           bytearray(b"0000:00:01.0\0"))
+    return w
+
+
+def _bound_cdev(platform: str, kernel: str) -> World:
+    w = _cdev(bound=True)(platform, kernel)
+    w.h["dev"] = w.h["cdev"]
+    return w
+
+
+def _device_info(w: World) -> object:
+    return w.p.ioctl(w.h["dev"], vu.VFIO_DEVICE_GET_INFO,
+                     bytearray(vu.DEVICE_INFO.pack(vu.DEVICE_INFO.size, 0, 0, 0, 0, 0)))
+
+
+def _region_info(w: World) -> object:
+    return w.p.ioctl(w.h["dev"], vu.VFIO_DEVICE_GET_REGION_INFO, bytearray(
+        vu.REGION_INFO.pack(vu.REGION_INFO.size, 0, vu.VFIO_PCI_BAR0_REGION_INDEX, 0, 0, 0)))
+
+
+def _group_on_iommufd(platform: str, kernel: str) -> World:
+    """Device 0's group (``h["g"]``) given /dev/iommu as its container: the context's
+    compatibility IOAS holds the buffer mapped."""
+    w = _iommufd(platform, kernel)
+    w.h["g"] = w.p.open(f"/dev/vfio/{w.m.devices['0000:00:01.0'].iommu_group}")
+    w.p.ioctl(w.h["g"], vu.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", _t(w).fd)))
+    w.p.ioctl(_t(w).fd, vu.VFIO_SET_IOMMU, V2)
+    _compat_map(w)
+    return w
+
+
+def _iommufd_container(platform: str, kernel: str) -> World:
+    """CONFIG_IOMMUFD_VFIO_CONTAINER: /dev/vfio/vfio is iommufd."""
+    w = _vfio(container=False, group=False)(platform, kernel)
+    w.m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"] = True
+    return w
+
+
+def _test_op(op: int, id_of: Callable[[World], int], union: bytes) -> Callable[[World], object]:
+    return lambda w: _t(w).test_cmd(op, id_of(w), union)
+
+
+
+SCENARIOS += [
+    Scenario("HWPT_INVALIDATE(paging HWPT)", on(IOMMUFD, iu.IOMMU_HWPT_INVALIDATE),
+             _hwpt(), _invalidate, kernels=("6.12",), expect=errno.ENOENT),
+    Scenario("HWPT_INVALIDATE(paging HWPT)", on(IOMMUFD, iu.IOMMU_HWPT_INVALIDATE),
+             _hwpt(), _invalidate, kernels=("7.0",), expect=errno.EINVAL),
+    Scenario("IOAS_CHANGE_PROCESS", on(IOMMUFD, iu.IOMMU_IOAS_CHANGE_PROCESS),
+             _changed_process, lambda w: w.procs[1].ioctl(
+                 _t(w).fd, iu.IOMMU_IOAS_CHANGE_PROCESS, iu.IOAS_CHANGE_PROCESS.pack(8, 0)),
+             kernels=("7.0",)),
+    Scenario("TEST MOCK_DOMAIN_FLAGS", on(SELFTEST, OP_MOCK_DOMAIN_FLAGS), _ioas(0, True),
+             lambda w: _t(w).mock_domain(w.h["ioas"], MOCK_FLAGS_DEVICE_NO_DIRTY), ("mock",)),
+    Scenario("TEST MD_CHECK_MAP", on(SELFTEST, OP_MD_CHECK_MAP), _ioas(1, True),
+             lambda w: _t(w).check_map(w.h["devs"][0][1], IOVA, w.h["buf"], BUF), ("mock",)),
+    Scenario("TEST MD_CHECK_IOTLB", on(SELFTEST, OP_MD_CHECK_IOTLB), _ioas(1, True),
+             _test_op(OP_MD_CHECK_IOTLB, lambda w: w.h["devs"][0][1], bytes(8)), ("mock",),
+             expect=errno.ENOENT),
+    Scenario("TEST SET_TEMP_MEMORY_LIMIT", on(SELFTEST, OP_SET_TEMP_MEMORY_LIMIT), _ioas(),
+             _test_op(OP_SET_TEMP_MEMORY_LIMIT, lambda w: 0, struct.pack("<I", 64)),
+             ("mock",)),
+    Scenario("compat VFIO_GET_API_VERSION", on(COMPAT, vu.VFIO_GET_API_VERSION), _compat,
+             lambda w: w.p.ioctl(_t(w).fd, vu.VFIO_GET_API_VERSION)),
+    Scenario("compat VFIO_CHECK_EXTENSION(DMA_CC)", on(COMPAT, vu.VFIO_CHECK_EXTENSION),
+             _compat, lambda w: w.p.ioctl(_t(w).fd, vu.VFIO_CHECK_EXTENSION,
+                                          vu.VFIO_DMA_CC_IOMMU)),
+    Scenario("VFIO_GET_API_VERSION", on(CONTAINER, vu.VFIO_GET_API_VERSION), _vfio(iommu=V2),
+             lambda w: w.p.ioctl(w.h["c"], vu.VFIO_GET_API_VERSION), DEV_PLATFORMS),
+    Scenario("VFIO_CHECK_EXTENSION(DMA_CC)", on(CONTAINER, vu.VFIO_CHECK_EXTENSION),
+             _vfio(iommu=V2), lambda w: w.p.ioctl(w.h["c"], vu.VFIO_CHECK_EXTENSION,
+                                                  vu.VFIO_DMA_CC_IOMMU), DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_GET_STATUS", on(GROUP, vu.VFIO_GROUP_GET_STATUS), _vfio(),
+             lambda w: w.p.ioctl(w.h["g"], vu.VFIO_GROUP_GET_STATUS,
+                                 bytearray(vu.GROUP_STATUS.pack(8, 0))), DEV_PLATFORMS),
+    Scenario("group device fd VFIO_DEVICE_GET_INFO", on(VFIO_PCI, vu.VFIO_DEVICE_GET_INFO),
+             _device_fd, _device_info, DEV_PLATFORMS),
+    Scenario("group device fd VFIO_DEVICE_GET_REGION_INFO(BAR0)",
+             on(VFIO_PCI, vu.VFIO_DEVICE_GET_REGION_INFO), _device_fd, _region_info,
+             DEV_PLATFORMS),
+    Scenario("cdev VFIO_DEVICE_GET_INFO", on(VFIO_PCI, vu.VFIO_DEVICE_GET_INFO),
+             _bound_cdev, _device_info, DEV_PLATFORMS),
+    Scenario("cdev VFIO_DEVICE_GET_REGION_INFO(BAR0)",
+             on(VFIO_PCI, vu.VFIO_DEVICE_GET_REGION_INFO), _bound_cdev, _region_info,
+             DEV_PLATFORMS),
+    Scenario("VFIO_GROUP_GET_DEVICE_FD(iommufd)", on(GROUP, vu.VFIO_GROUP_GET_DEVICE_FD),
+             _group_on_iommufd, lambda w: w.p.ioctl(
+                 w.h["g"], vu.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:01.0\0")),
+             DEV_PLATFORMS),
+    Scenario("open(/dev/vfio/<group>)", on(OPEN, "/dev/vfio/<group>"),
+             _vfio(container=False, group=False), lambda w: w.p.open(
+                 f"/dev/vfio/{w.m.devices['0000:00:01.0'].iommu_group}"), DEV_PLATFORMS),
+    Scenario("open(/dev/vfio/vfio, IOMMUFD_VFIO_CONTAINER)",
+             on(OPEN, "/dev/vfio/vfio (iommufd)"), _iommufd_container,
+             lambda w: w.p.open("/dev/vfio/vfio"), DEV_PLATFORMS),
+]
+
+
+# -- process calls ----------------------------------------------------------------------------
+MM_PLATFORMS = ("mock",)  # the address space is the same on every platform
+HUGE = 2 << 20
+_PAGE_FAULTS = ("alloc_pages(page fault)",)  # mm_populate ignores a failed fault
+_FILE_FAULTS = ("shmem_alloc_folio",)
+_COW_FAULTS = ("alloc_pages(copy on write)",)
+
+
+def _proc(*, ram: str = "256M", memfd: int | str | None = None, hugetlb: str | None = None,
+          files: int = 0, device: bool = False) -> Callable[[str, str], World]:
+    """One process; ``memfd``: a memfd of that size (``h["memfd"]``, hugetlb pages of
+    ``hugetlb``) with its pages made (``h["memfd_va"]``); ``files``: that many fds of
+    /dev/iommu open; ``device``: device 0's fd from its group (``h["dev"]``)."""
+    def setup(platform: str, kernel: str) -> World:
+        w = _device_fd(platform, kernel) if device else new_world(platform, kernel, ram=ram)
+        for _ in range(files):
+            w.p.open("/dev/iommu")
+        if memfd is not None:
+            w.h["memfd"] = w.p.memfd_create("guest", memfd, hugetlb)
+            va = w.h["memfd_va"] = w.p.mmap(memfd, fd=w.h["memfd"], shared=True)
+            w.p.write(va, b"\1" * 64)
+        return w
+    return setup
+
+
+def _mmap(length: int, backing: str = "anon", *, populate: bool = False, shared: bool = False,
+          fd: str | None = None, private: bool = False) -> Callable[[World], object]:
+    def op(w: World) -> object:
+        return w.p.mmap(length, backing, populate=populate, shared=shared, private=private,
+                        fd=None if fd is None else w.h[fd])
+    return op
+
+
+def _mapped(platform: str, kernel: str) -> World:
+    """A populated anonymous buffer (``h["buf"]``)."""
+    w = new_world(platform, kernel)
+    w.h["buf"] = w.p.mmap(BUF, populate=True)
+    return w
+
+
+def _forkable(platform: str, kernel: str) -> World:
+    """A process with private, shared and memfd memory written and /dev/iommu open."""
+    w = _proc(memfd=BUF)(platform, kernel)
+    w.h["buf"] = w.p.mmap(BUF, populate=True)
+    w.h["shared"] = w.p.mmap(BUF, shared=True)
+    w.p.write(w.h["shared"], b"\2" * 64)
+    w.p.open("/dev/iommu")
+    return w
+
+
+def _pinned(platform: str, kernel: str) -> World:
+    """The buffer pinned by an IOAS map into a domain: fork copies it for the child."""
+    return _ioas(1, True)(platform, kernel)
+
+
+def _fork(w: World) -> object:
+    w.procs.append(w.p.fork())
+    return None
+
+
+def _child(platform: str, kernel: str) -> World:
+    """:func:`_forkable` and a child of it (``w.procs[1]``)."""
+    w = _forkable(platform, kernel)
+    w.procs.append(w.p.fork())
+    return w
+
+
+def _fork_keeps_pages_shared(s: State) -> State:
+    """``dup_mmap`` write-protects the parent's anonymous pages VMA by VMA as it shares
+    them (``folio_try_dup_anon_rmap`` clears PageAnonExclusive), and a fork that fails
+    later does not give that back: the parent's next write finds the page mapped once
+    and reuses it (``do_wp_page``). So a failed fork may leave the parent's pages not
+    exclusive, and nothing else."""
+    procs = [(*p[:4], [(*v[:7], None, *v[8:]) for v in p[4]], *p[5:]) for p in s["procs"]]
+    return {**s, "procs": procs}
+
+
+def _first_cut_stays(s: State) -> State:
+    """``vms_gather_munmap_vmas`` splits the VMA at the start of the range, then at its
+    end; when the second ``__split_vma`` fails, the first cut stays (its error path only
+    puts back what it detached). So a VMA may be left in two pieces, end to end: they
+    are compared as the one VMA they were."""
+    def merged(vmas: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for v in vmas:
+            last = out[-1] if out else None
+            if last is not None and last[1] == v[0] and last[2:5] == v[2:5] \
+                    and last[6] == v[6]:
+                out[-1] = (last[0], v[1], *last[2:5], last[5] + v[5], last[6],
+                           last[7] + v[7], tuple(sorted(last[8] + v[8])))
+            else:
+                out.append(v)
+        return out
+    return {**s, "procs": [(*p[:4], merged(p[4]), *p[5:]) for p in s["procs"]]}
+
+
+def _fd_table_stays(s: State) -> State:
+    """A fd table ``expand_files`` made larger stays so when the call fails after it
+    (nothing shrinks a ``files_struct``'s table): the size may differ, nothing else."""
+    return {**s, "procs": [p[:-1] for p in s["procs"]]}
+
+
+SCENARIOS += [
+    Scenario("mmap(anon)", on(MMAP, "anon"), _proc(), _mmap(BUF), MM_PLATFORMS),
+    Scenario("mmap(anon, MAP_POPULATE)", on(MMAP, "anon"), _proc(),
+             _mmap(BUF, populate=True), MM_PLATFORMS, absorbs=_PAGE_FAULTS),
+    Scenario("mmap(thp 4M, MAP_POPULATE)", on(MMAP, "thp"), _proc(),
+             _mmap(2 * HUGE, "thp", populate=True), MM_PLATFORMS, absorbs=_PAGE_FAULTS),
+    Scenario("mmap(hugetlb-2M)", on(MMAP, "hugetlb-2M"), _proc(),
+             _mmap(2 * HUGE, "hugetlb-2M"), MM_PLATFORMS),
+    Scenario("mmap(hugetlb-1G)", on(MMAP, "hugetlb-1G"), _proc(ram="2G"),
+             _mmap(1 << 30, "hugetlb-1G"), MM_PLATFORMS),
+    Scenario("mmap(anon shared, MAP_POPULATE)", on(MMAP, "anon shared"), _proc(),
+             _mmap(BUF, shared=True, populate=True), MM_PLATFORMS, absorbs=_FILE_FAULTS),
+    Scenario("mmap(hugetlb-2M shared)", on(MMAP, "hugetlb shared"), _proc(),
+             _mmap(2 * HUGE, "hugetlb-2M", shared=True), MM_PLATFORMS),
+    Scenario("mmap(memfd, MAP_POPULATE)", on(MMAP, "memfd"), _proc(memfd=BUF),
+             _mmap(BUF, fd="memfd", populate=True), MM_PLATFORMS, absorbs=_FILE_FAULTS),
+    Scenario("mmap(memfd MAP_PRIVATE, MAP_POPULATE)", on(MMAP, "memfd private"),
+             _proc(memfd=BUF), _mmap(BUF, fd="memfd", private=True, populate=True),
+             MM_PLATFORMS, absorbs=_FILE_FAULTS + _COW_FAULTS),
+    Scenario("mmap(memfd hugetlb-2M)", on(MMAP, "memfd hugetlb"),
+             _proc(memfd="4M", hugetlb="2M"), _mmap(2 * HUGE, fd="memfd"), MM_PLATFORMS),
+    Scenario("mmap(memfd hugetlb-2M MAP_PRIVATE)", on(MMAP, "memfd hugetlb"),
+             _proc(memfd="4M", hugetlb="2M"), _mmap(2 * HUGE, fd="memfd", private=True),
+             MM_PLATFORMS),
+    Scenario("mmap(vfio-pci BAR0)", on(MMAP, "device region"), _proc(device=True),
+             _mmap(PAGE, fd="dev"), DEV_PLATFORMS),
+    Scenario("munmap(a whole VMA)", on(PROC, "munmap"), _mapped,
+             lambda w: w.p.munmap(w.h["buf"], BUF), MM_PLATFORMS),
+    Scenario("munmap(the head of a VMA)", on(PROC, "munmap"), _mapped,
+             lambda w: w.p.munmap(w.h["buf"], PAGE), MM_PLATFORMS),
+    Scenario("munmap(the middle of a VMA)", on(PROC, "munmap"), _mapped,
+             lambda w: w.p.munmap(w.h["buf"] + PAGE, PAGE), MM_PLATFORMS,
+             relax=_first_cut_stays),
+    Scenario("fork", on(PROC, "fork"), _forkable, _fork, MM_PLATFORMS,
+             relax=_fork_keeps_pages_shared),
+    Scenario("fork(pinned pages)", on(PROC, "fork"), _pinned, _fork, MM_PLATFORMS,
+             relax=_fork_keeps_pages_shared),
+    Scenario("fork(a fd past NR_OPEN_DEFAULT)", on(PROC, "fork"), _proc(files=62), _fork,
+             MM_PLATFORMS),
+    Scenario("open(/dev/iommu, the fd table full)", on(OPEN, "/dev/iommu"), _proc(files=61),
+             lambda w: w.p.open("/dev/iommu"), MM_PLATFORMS, relax=_fd_table_stays),
+    Scenario("memfd_create", on(PROC, "memfd_create"), _proc(),
+             lambda w: w.p.memfd_create("guest", BUF), MM_PLATFORMS),
+    Scenario("memfd_create(hugetlb 2M)", on(PROC, "memfd_create"), _proc(),
+             lambda w: w.p.memfd_create("guest", "4M", "2M"), MM_PLATFORMS),
+    Scenario("ftruncate(grow)", on(PROC, "ftruncate"), _proc(memfd=BUF),
+             lambda w: w.p.ftruncate(w.h["memfd"], 2 * BUF), MM_PLATFORMS),
+    Scenario("ftruncate(shrink)", on(PROC, "ftruncate"), _proc(memfd=BUF),
+             lambda w: w.p.ftruncate(w.h["memfd"], PAGE), MM_PLATFORMS),
+    Scenario("close(/dev/iommu, an IOAS mapped into a domain)", on(PROC, "close"),
+             _ioas(1, True), lambda w: w.p.close(_t(w).fd)),
+    Scenario("close(a type1 container's group)", on(PROC, "close"),
+             _vfio(iommu=V2, mapped=True), lambda w: w.p.close(w.h["g"]), DEV_PLATFORMS),
+    Scenario("close(a bound device cdev)", on(PROC, "close"), _ioas(1, True),
+             lambda w: w.p.close(w.h["cdevs"][0]), DEV_PLATFORMS),
+    Scenario("exit(a forked child)", on(PROC, "exit"), _child,
+             lambda w: w.procs[1].exit(), MM_PLATFORMS),
 ]

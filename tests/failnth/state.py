@@ -81,7 +81,7 @@ def _proc(p: Process) -> tuple[Any, ...]:
              id(v.file), _digest(v.excl()),
              tuple(sorted(v.folios.items()))) for v in mm.vmas]
     return (mm.locked_vm, mm.pinned_vm, mm.pinned_pages, mm.gone, vmas,
-            {fd: id(f) for fd, f in p.files.items()})
+            {fd: id(f) for fd, f in p.files.items()}, p.max_fds)
 
 
 def _digest(a: np.ndarray) -> bytes:

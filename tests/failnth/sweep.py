@@ -22,7 +22,7 @@ from typing import Any
 
 from iommulab import Machine, Process
 
-from .state import check_tables, diff, snapshot
+from .state import State, check_tables, diff, snapshot
 
 __all__ = ["SWALLOWED", "Point", "World", "new_world", "site_errno", "sweep"]
 
@@ -45,7 +45,8 @@ SHOULD_FAIL_ERRNO = {
 #: batch; unmap_unpin_fast falls back to the slow unmap; the reserved regions a driver
 #: fails to allocate are left out (``iommu_get_resv_regions`` reports no error); 6.12's
 #: fine-grained superpage probe is skipped; a nofail detach WARNs and goes on; a type1
-#: detach keeps its IOVA list; a compatible domain that refuses the group is not used.
+#: detach keeps its IOVA list; a compatible domain that refuses the group is not used; a
+#: THP fault whose folio cannot be had falls back to 4K pages (VM_FAULT_FALLBACK).
 SWALLOWED = (
     "xas_alloc(",
     "kvmalloc(",
@@ -58,6 +59,7 @@ SWALLOWED = (
     "__iommu_group_set_domain_nofail:",
     "vfio_iommu_type1_detach_group:",
     "vfio_iommu_type1_attach_group: iommu_attach_group(compatible)",
+    "vma_alloc_folio(THP)",
 )
 
 
@@ -129,13 +131,21 @@ def _check_world(w: World) -> None:
 
 def sweep(setup: Callable[[], World], op: Callable[[World], object], *,
           errnos: dict[str, int] | None = None, absorbs: tuple[str, ...] = (),
+          expect: int | None = None, relax: Callable[[State], State] | None = None,
           limit: int = 400) -> list[Point]:
     """Fail the 1st, 2nd, … allocation point of ``op`` until it succeeds untouched; the
     points met, in order (see the module docstring). ``absorbs``: sites whose failure
-    this call's path absorbs besides :data:`SWALLOWED`."""
+    this call's path absorbs besides :data:`SWALLOWED`. ``expect``: ``op`` ends by
+    failing with this errno when nothing is injected (it must then leave no trace
+    either). ``relax``: applied to both snapshots, for what the kernel leaves changed
+    after a failed call (each use says where the kernel does so)."""
+    def state(w: World) -> State:
+        s = snapshot(w.m, w.procs)
+        return relax(s) if relax is not None else s
+
     points: list[Point] = []
     w = setup()
-    before = snapshot(w.m, w.procs)
+    before = state(w)
     n = 1
     while True:
         assert n <= limit, f"more than {limit} failure points"
@@ -146,12 +156,17 @@ def sweep(setup: Callable[[], World], op: Callable[[World], object], *,
         except OSError as e:
             fail.disarm()
             site = fail.fired
+            if site is None and expect is not None and e.errno == expect:
+                after = state(w)
+                assert after == before, "the refused call left a trace: " + \
+                    "; ".join(diff(before, after))
+                break
             assert site is not None, f"n={n}: {e!r} without an injected failure"
             want = site_errno(site, errnos)
             assert e.errno == want, \
                 f"n={n} at {site}: errno {errno.errorcode.get(e.errno or 0)}, the kernel " \
                 f"returns {errno.errorcode[want]} ({e})"
-            after = snapshot(w.m, w.procs)
+            after = state(w)
             assert after == before, f"n={n} at {site} left a trace: " + \
                 "; ".join(diff(before, after))
             check_tables(w.m, w.procs)
@@ -160,6 +175,7 @@ def sweep(setup: Callable[[], World], op: Callable[[World], object], *,
         else:
             fail.disarm()
             if not fail.triggered:
+                assert expect is None, f"n={n}: the call succeeded; the kernel refuses it"
                 break
             site = fail.fired or ""
             assert site.startswith(SWALLOWED + absorbs), \
@@ -168,7 +184,7 @@ def sweep(setup: Callable[[], World], op: Callable[[World], object], *,
             check_tables(w.m, w.procs)
             w.close()
             w = setup()
-            before = snapshot(w.m, w.procs)
+            before = state(w)
         n += 1
     check_tables(w.m, w.procs)
     _check_world(w)

@@ -16,4 +16,5 @@ CASES = [pytest.param(s, p, k, id=f"{s.name}-{p}-{k}")
 def test_fail_nth_sweep(scenario: Scenario, platform: str, kernel: str) -> None:
     """Each allocation point of the call failed in turn: the kernel's errno, no trace;
     then the call succeeds and everything is released at exit."""
-    sweep(lambda: scenario.setup(platform, kernel), scenario.op, absorbs=scenario.absorbs)
+    sweep(lambda: scenario.setup(platform, kernel), scenario.op, absorbs=scenario.absorbs,
+          expect=scenario.expect, relax=scenario.relax)

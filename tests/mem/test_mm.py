@@ -98,6 +98,23 @@ def test_munmap_may_not_cut_a_hugetlb_page_and_then_changes_nothing() -> None:
     assert mem.frames.allocated_blocks == 0
 
 
+def test_munmap_whose_end_cuts_a_hugetlb_page_keeps_its_first_cut() -> None:
+    """``vms_gather_munmap_vmas`` splits at the start before it tries the end: when the
+    end cuts a huge page (``hugetlb_vm_op_split``: EINVAL), the mapping stays split at
+    the start, every page still mapped."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(4 << 20, "hugetlb-2M")
+    with pytest.raises(InvalidArgument, match="cuts a hugetlb-2M page"):
+        mm.munmap(va + (2 << 20), 1 << 20)
+    assert [(v.start, v.end) for v in mm.vmas] == [(va, va + (2 << 20)),
+                                                   (va + (2 << 20), va + (4 << 20))]
+    assert mem.frames.free_frames == mem.frames.total_frames - 1024
+    mm._check()
+    mm.close()
+    assert mem.frames.allocated_blocks == 0
+
+
 def test_munmap_of_pages_in_a_pinned_thp_frees_them_on_the_last_unpin() -> None:
     mem = PhysMem("64M")
     mm = MmStruct(mem)
@@ -315,3 +332,44 @@ def test_populate_is_best_effort(backing: str) -> None:
     p.exit()
     m.mem._check()
     assert frames.free_frames == frames.total_frames
+
+
+def test_a_thp_folio_that_cannot_be_had_falls_back_to_a_4k_page() -> None:
+    """``do_huge_pmd_anonymous_page`` answers VM_FAULT_FALLBACK when its folio cannot be
+    allocated: the fault is served by one 4K page, and the write succeeds."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    va = mm.mmap(2 << 20, "thp")
+    mem.fail_nth.arm(1)
+    mm.write(va, b"4K")
+    mem.fail_nth.disarm()
+    assert mem.fail_nth.fired == "vma_alloc_folio(THP)"
+    vma = mm.find_vma(va)
+    assert vma is not None and not vma.folios and int((vma.pfns() >= 0).sum()) == 1
+    assert mm.read(va, 2) == b"4K"
+    mm.close()
+    assert mem.frames.allocated_blocks == 0
+
+
+@pytest.mark.parametrize(("shared", "sites"), [
+    (False, ["vm_area_alloc"]),
+    (True, ["vm_area_alloc", "alloc_inode_sb(shmem_inode_cachep)",
+            "d_alloc_pseudo(alloc_file_pseudo)", "alloc_empty_file(alloc_file_pseudo)"]),
+])
+def test_each_allocation_of_mmap_fails_it_with_enomem_and_no_mapping(
+        shared: bool, sites: list[str]) -> None:
+    """``mmap_region``'s ``vm_area_alloc`` and, for shared anonymous memory,
+    ``shmem_zero_setup``'s inode, dentry and file: each failed is ENOMEM with nothing
+    mapped."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    mem.fail_nth.log = []
+    mm.munmap(mm.mmap(1 << 20, shared=shared), 1 << 20)
+    assert mem.fail_nth.log == sites
+    mem.fail_nth.log = None
+    for n in range(1, len(sites) + 1):
+        mem.fail_nth.arm(n)
+        with pytest.raises(OutOfMemory):
+            mm.mmap(1 << 20, shared=shared)
+        assert not mm.vmas
+    mem.fail_nth.disarm()

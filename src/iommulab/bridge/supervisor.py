@@ -161,6 +161,7 @@ class Bridge:
         self._calls: dict[int, _Call] = self._dispatch()
         self._caller = 0  # the thread whose ioctl the handler is answering (0: none)
         self._pending: list[_Pending] = []
+        self._reserved: set[int] = set()  # fd numbers reserved by the call being answered
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -270,24 +271,32 @@ class Bridge:
         """Whether ``fd`` is open in ``tid`` (any file, the bridge's or not)."""
         return 0 <= fd < 1 << 31 and os.path.lexists(f"/proc/{tid}/fd/{fd}")
 
-    def install(self, tid: int, path: str, node: Node, handle: object, *,
-                cloexec: bool = True) -> int:
-        """A new file for ``handle`` in the caller's fd table: its fd number.
-
-        Only while answering an ioctl of ``tid`` (a driver's ``get_unused_fd_flags``
-        then ``fd_install``). The number is reserved now and the file installed after
-        the handler returns, before the answer; if the handler raises, nothing is
-        installed and ``release(handle)`` is called, as the kernel's error paths
-        ``put_unused_fd`` and ``fput``.
-        """
+    def reserve_fd(self, tid: int) -> int:
+        """A free fd number in the caller's table, for a file the handler is about to
+        hand out (a driver's ``get_unused_fd_flags``): taken from the top of the window,
+        kept from other reservations of the same call. Only while answering an ioctl of
+        ``tid``; EMFILE when the window is full. A reservation no :meth:`install_at`
+        uses is dropped when the call ends (``put_unused_fd``)."""
         if tid != self._caller:
-            raise RuntimeError("Bridge.install outside an ioctl of that thread")
-        taken = {p.slot for p in self._pending}
-        slot = self._free_slot(tid, exclude=taken)
+            raise RuntimeError("Bridge.reserve_fd outside an ioctl of that thread")
+        slot = self._free_slot(tid, exclude=self._reserved)
         if slot is None:
             raise OSError(errno.EMFILE, "no free fd in the window")
-        self._pending.append(_Pending(path, node, handle, slot, cloexec))
+        self._reserved.add(slot)
         return slot
+
+    def install_at(self, tid: int, fd: int, path: str, node: Node, handle: object, *,
+                   cloexec: bool = True) -> int:
+        """``fd_install``: ``handle``'s new file at ``fd`` (from :meth:`reserve_fd`).
+
+        The file is installed after the handler returns, before the answer; if the
+        handler raises, nothing is installed and ``release(handle)`` is called, as the
+        kernel's error paths ``put_unused_fd`` and ``fput``.
+        """
+        if tid != self._caller or fd not in self._reserved:
+            raise RuntimeError(f"Bridge.install_at: fd {fd} was not reserved by this call")
+        self._pending.append(_Pending(path, node, handle, fd, cloexec))
+        return fd
 
     def _install_pending(self, nid: int, tid: int) -> None:
         """Install what the handler asked for (ADDFD at the reserved numbers, no SEND)."""
@@ -677,7 +686,7 @@ class Bridge:
         if f is None or req in _VFS_IOCTLS:
             return None
         self._valid(nid)
-        self._caller, self._pending = tid, []
+        self._caller, self._pending, self._reserved = tid, [], set()
         try:
             ret = self.handler.ioctl(tgid, f.handle, req, a[2], TargetMemory(tid))
         except BaseException:
@@ -685,7 +694,7 @@ class Bridge:
             self._pending = []
             raise
         finally:
-            self._caller = 0
+            self._caller, self._reserved = 0, set()
         if self._pending:
             self._install_pending(nid, tid)
         return ret

@@ -8,7 +8,8 @@ its address space torn down at ``exit``) whose ``mm`` is the program's own memor
 model file (the bridge's handle is a :class:`ModelFile`); its ``release`` is the
 model's last ``fput``. File descriptors the model reads from ioctl arguments are the
 program's own numbers, looked up through the bridge (``fdget``); files the model hands
-out (``proc.install``: device fds, selftest accesses) are installed into the program.
+out (``get_unused_fd`` + ``fd_install``: device fds, selftest accesses) are installed
+into the program.
 """
 
 from __future__ import annotations
@@ -129,18 +130,20 @@ class ExecProcess(Process):
             return handle.file
         return ForeignFile() if bridge.fd_is_open(self.tid, fd) else None
 
-    def install(self, f: VfioFile) -> int:
-        """``get_unused_fd_flags(O_CLOEXEC)`` + ``fd_install`` in the program."""
+    def get_unused_fd(self) -> int:
+        """``get_unused_fd_flags(O_CLOEXEC)`` in the program: a number reserved in the
+        bridge's fd window (EMFILE when it is full)."""
         bridge = self._handler.bridge
         if bridge is None:
-            fput(f)
             raise kernel_error(24, "no program to install a file into")  # EMFILE
+        return bridge.reserve_fd(self.tid)
+
+    def fd_install(self, fd: int, f: VfioFile) -> int:
+        """``fd_install`` in the program, done by the bridge once the call succeeds."""
+        bridge = self._handler.bridge
+        assert bridge is not None, "get_unused_fd reserved the number"
         name = f"anon_inode:[{type(f).__name__}]"
-        try:
-            return bridge.install(self.tid, name, _ANON, ModelFile(f, name))
-        except OSError:
-            fput(f)
-            raise
+        return bridge.install_at(self.tid, fd, name, _ANON, ModelFile(f, name))
 
 
 def _memlock(pid: int) -> int | None:

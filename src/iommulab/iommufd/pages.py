@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BadAddress, KernelError, OutOfMemory
+from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory
+from ..mem.fault import XA_CHUNK_SHIFT, xa_nodes_needed
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -584,34 +585,90 @@ class IoptPages:
     def add_access(self, first: int, last: int) -> I64Array:
         """``iopt_area_add_access``: hold ``[first, last]`` in the xarray (shared with an
         access of exactly the same range, which allocates nothing); else the access's
-        node (``kzalloc``), then the pages read and charged. The PFNs."""
+        node (``kzalloc``), then :meth:`_fill_xarray`. The PFNs."""
         key = (first, last)
         if key in self.accesses:
             self.accesses[key] += 1
             return self._xarray[key].copy()
         self.fail_nth.check("kzalloc(iopt_pages_access)")
-        pfns, fresh = self.read(first, last)
-        try:
-            self.update_pinned()
-        except KernelError:
-            self.release(pfns, fresh)
-            self.update_pinned()
-            raise
+        pfns = self._fill_xarray(first, last)
         self._xarray[key] = pfns
         self.accesses[key] = 1
         return pfns
 
+    def _fill_xarray(self, first: int, last: int) -> I64Array:
+        """``iopt_pages_fill_xarray``: no pfn_reader and no batch. Span by span over the
+        accesses and domains: what an access holds is read from the xarray; what a domain
+        holds is read from it, what nothing holds is pinned from the origin in GUP calls
+        into the caller's page array (the whole hole at once); each of those two is then
+        stored (``pages_to_xarray``). Then the charge. On an error what this call pinned
+        is unpinned and the xarray is as before. The PFNs."""
+        out = np.empty(last - first + 1, dtype=np.int64)
+        fresh = np.zeros(last - first + 1, dtype=np.bool_)
+        stored: list[tuple[int, int]] = []  # ranges this call stored, for the node count
+        try:
+            for kind, lo, hi in self._spans(first, last):
+                if kind == 1:
+                    out[lo - first:hi - first + 1] = self._xarray_load(lo, hi)
+                    continue
+                if kind == 2:
+                    out[lo - first:hi - first + 1] = self._from_domain(lo, hi)
+                else:
+                    got, err = self._pin(lo, hi, hi - lo + 1)
+                    out[lo - first:lo - first + len(got)] = got
+                    fresh[lo - first:lo - first + len(got)] = True
+                    if err is not None:
+                        raise err
+                self._pages_to_xarray(lo, hi, stored)
+                stored.append((lo, hi))
+            self.update_pinned()
+        except KernelError:
+            self.release(out, fresh)
+            raise
+        return out
+
+    def _pages_to_xarray(self, lo: int, hi: int, stored: list[tuple[int, int]]) -> None:
+        """``pages_to_xarray``: store ``[lo, hi]``; the xarray's node allocations of the
+        first half, ``iommufd_should_fail()`` when half the entries are in (EINVAL, the
+        half cleared again), then the second half's. ``stored``: ranges this fill already
+        put in. O(ranges held x levels)."""
+        mid = lo + (hi - lo + 1) // 2
+        held = self._xarray_reps(stored)
+        self.fail_nth.xa_nodes("pages->pinned_pfns", xa_nodes_needed(held, lo, mid - 1))
+        if self.fail_nth.iommufd_should_fail("pages_to_xarray"):
+            raise InvalidArgument("pages_to_xarray: injected failure")
+        held = self._xarray_reps([*stored, (lo, mid - 1)])
+        self.fail_nth.xa_nodes("pages->pinned_pfns", xa_nodes_needed(held, mid, hi))
+
+    def _xarray_reps(self, extra: list[tuple[int, int]]) -> I64Array:
+        """Indexes standing for what the xarray holds (the accesses' ranges and
+        ``extra``) as far as its nodes go: each range's first index of every 64-slot
+        chunk it touches, and its last index; sorted, unique. O(pages held / 64)."""
+        ranges = [r for r in [*self._xarray, *extra] if r[0] <= r[1]]
+        if not ranges:
+            return np.zeros(0, dtype=np.int64)
+        parts = [np.arange(lo >> XA_CHUNK_SHIFT, (hi >> XA_CHUNK_SHIFT) + 1,
+                           dtype=np.int64) << XA_CHUNK_SHIFT for lo, hi in ranges]
+        parts.append(np.array([lo for lo, _ in ranges] + [hi for _, hi in ranges],
+                              dtype=np.int64))
+        return np.unique(np.concatenate(parts))
+
     def remove_access(self, first: int, last: int) -> None:
         """``iopt_area_remove_access``: the last user of the range unpins what nothing
-        else holds (``iopt_pages_unfill_xarray``)."""
+        else holds (``iopt_pages_unfill_xarray``: a batch with its stack backup for the
+        first such hole, which cannot fail)."""
         key = (first, last)
         self.accesses[key] -= 1
         if self.accesses[key]:
             return
         del self.accesses[key]
         pfns = self._xarray.pop(key)
+        batch_inited = False
         for kind, lo, hi in self._spans(first, last):
             if kind == 0:
+                if not batch_inited:
+                    self._batch_init(last - first + 1, backup=True)
+                    batch_inited = True
                 self._unpin(pfns[lo - first:hi - first + 1].copy())
         self.update_pinned()
 

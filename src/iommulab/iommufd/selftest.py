@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .file import IommufdFile
     from .io_pagetable import IoPagetable
 
-__all__ = ["TEST_CMD", "syz_conv_iova", "test_cmd"]
+__all__ = ["TEST_CMD", "TEST_OPS", "syz_conv_iova", "test_cmd"]
 
 I64Array = npt.NDArray[np.int64]
 U64Array = npt.NDArray[np.uint64]
@@ -545,6 +545,8 @@ _HANDLERS = {
     OP_SET_TEMP_MEMORY_LIMIT: _set_temp_memory_limit, OP_DIRTY: _dirty,
     OP_TRIGGER_IOPF: _trigger_iopf,
 }
+#: the IOMMU_TEST_CMD ops ``iommufd_test`` answers (the others are EOPNOTSUPP)
+TEST_OPS: tuple[int, ...] = tuple(_HANDLERS)
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ kernel documents it (reference §2.15):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument, KernelError, NoDevice, NotATty
@@ -33,28 +34,21 @@ if TYPE_CHECKING:
     from ..machine import Process
     from .file import IommufdFile
 
-__all__ = ["vfio_compat_ioctl"]
+__all__ = ["COMPAT_IOCTLS", "vfio_compat_ioctl"]
 
 U32_MAX = (1 << 32) - 1
+
+_Handler = Callable[["IommufdFile", "Process", "int | bytes | bytearray"], int]
 
 
 def vfio_compat_ioctl(f: IommufdFile, proc: Process, request: int,
                       arg: int | bytes | bytearray) -> int:
     """``iommufd_vfio_ioctl``: ENOTTY (the kernel's ENOIOCTLCMD) for anything else,
     VFIO_IOMMU_DIRTY_PAGES included."""
-    if request == v.VFIO_GET_API_VERSION:
-        return v.VFIO_API_VERSION
-    if request == v.VFIO_SET_IOMMU:
-        return _set_iommu(f, _int(arg))
-    if request == v.VFIO_CHECK_EXTENSION:
-        return _check_extension(f, _int(arg))
-    if request == v.VFIO_IOMMU_GET_INFO:
-        return _get_info(f, _Arg(arg))
-    if request == v.VFIO_IOMMU_MAP_DMA:
-        return _map_dma(f, proc, _Arg(arg))
-    if request == v.VFIO_IOMMU_UNMAP_DMA:
-        return _unmap_dma(f, _Arg(arg))
-    raise NotATty(f"ioctl {request:#x}: neither an iommufd nor a VFIO compat command")
+    handler = _IOCTLS.get(request)
+    if handler is None:
+        raise NotATty(f"ioctl {request:#x}: neither an iommufd nor a VFIO compat command")
+    return handler(f, proc, arg)
 
 
 def compat_ioas(f: IommufdFile) -> Ioas:
@@ -193,3 +187,15 @@ def _pagesizes(ioas: Ioas) -> int:
     if bitmap & (PAGE_SIZE - 1):
         bitmap = (bitmap & ~(PAGE_SIZE - 1) & ULONG_MAX) | PAGE_SIZE
     return max(bitmap, ioas.iopt.iova_alignment)
+
+
+#: ``iommufd_vfio_ioctl``'s switch: request -> handler (``COMPAT_IOCTLS``: its requests)
+_IOCTLS: dict[int, _Handler] = {
+    v.VFIO_GET_API_VERSION: lambda f, proc, arg: v.VFIO_API_VERSION,
+    v.VFIO_SET_IOMMU: lambda f, proc, arg: _set_iommu(f, _int(arg)),
+    v.VFIO_CHECK_EXTENSION: lambda f, proc, arg: _check_extension(f, _int(arg)),
+    v.VFIO_IOMMU_GET_INFO: lambda f, proc, arg: _get_info(f, _Arg(arg)),
+    v.VFIO_IOMMU_MAP_DMA: lambda f, proc, arg: _map_dma(f, proc, _Arg(arg)),
+    v.VFIO_IOMMU_UNMAP_DMA: lambda f, proc, arg: _unmap_dma(f, _Arg(arg)),
+}
+COMPAT_IOCTLS: tuple[int, ...] = tuple(_IOCTLS)

@@ -18,10 +18,12 @@ import numpy.typing as npt
 
 from ..errors import InvalidArgument, OutOfMemory
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
+from .fault import FailNth
 from .physmem import PhysMem, pfn_runs
 from .sparse import SparsePages
 
-__all__ = ["HUGETLB_ORDERS", "MAX_LFS_FILESIZE", "MFD_NAME_MAX_LEN", "MemFd"]
+__all__ = ["HUGETLB_ORDERS", "MAX_LFS_FILESIZE", "MFD_NAME_MAX_LEN", "MemFd", "file_setup",
+           "resv_map_alloc"]
 
 I64Array = npt.NDArray[np.int64]
 HUGETLB_ORDERS = {None: 0, "2M": 9, "1G": 18}
@@ -29,6 +31,29 @@ HUGETLB_ORDERS = {None: 0, "2M": 9, "1G": 18}
 MAX_LFS_FILESIZE = (1 << 63) - 1
 #: the longest name ``memfd_create`` takes (mm/memfd.c)
 MFD_NAME_MAX_LEN = 255 - len("memfd:")
+
+
+def resv_map_alloc(fail: FailNth) -> None:
+    """``resv_map_alloc``: the ``resv_map`` of a hugetlbfs inode or of a private hugetlb
+    mapping, and the ``file_region`` it keeps in its cache (ENOMEM, nothing kept)."""
+    fail.check("kmalloc(resv_map)")
+    fail.check("kmalloc(file_region)")
+
+
+def file_setup(fail: FailNth, hugetlb: bool) -> None:
+    """The allocations of ``shmem_file_setup`` (``shmem_kernel_file_setup``, as
+    ``shmem_zero_setup`` calls it) or, for a hugetlbfs file, ``hugetlb_file_setup``: the
+    inode (hugetlbfs: its ``resv_map`` first, ``hugetlbfs_get_inode``), then
+    ``alloc_file_pseudo``'s dentry and file. ENOMEM leaves nothing. The reservation of a
+    hugetlb file made with VM_NORESERVE, as memfd_create and MAP_HUGETLB do, allocates
+    nothing."""
+    if hugetlb:
+        resv_map_alloc(fail)
+        fail.check("alloc_inode_sb(hugetlbfs_inode_cachep)")  # hugetlbfs_alloc_inode
+    else:
+        fail.check("alloc_inode_sb(shmem_inode_cachep)")  # shmem_alloc_inode
+    fail.check("d_alloc_pseudo(alloc_file_pseudo)")
+    fail.check("alloc_empty_file(alloc_file_pseudo)")
 
 
 class MemFd:

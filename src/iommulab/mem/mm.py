@@ -46,6 +46,7 @@ import numpy.typing as npt
 from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory, Overflow
 from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..sizes import parse_size
+from .memfd import file_setup, resv_map_alloc
 from .physmem import PhysMem, pfn_runs
 from .sparse import Extent
 from .vma import BACKINGS, PAGE_SHIFT, PAGE_SIZE, Vma
@@ -167,6 +168,8 @@ class MmStruct:
         huge = PAGE_SIZE << order
         if anon_hugetlb or (file is not None and file.order):
             nbytes = (nbytes + huge - 1) & ~(huge - 1) & U64_MAX  # ALIGN may wrap to 0
+        if anon_hugetlb:  # ksys_mmap_pgoff: MAP_HUGETLB memory is a hugetlbfs file's
+            file_setup(self.mem.fail_nth, hugetlb=True)
         if not nbytes:
             raise InvalidArgument(f"mmap: length {length!r} is 0 (after rounding to "
                                   f"{huge:#x})" if anon_hugetlb else "mmap: length 0")
@@ -229,15 +232,23 @@ class MmStruct:
         """``mmap_region``: the VMA, the driver's or the file's mmap (a device region's
         address; hugetlb's reservation, taken whole here, undone on failure), then
         MAP_POPULATE, whose failures are ignored as ``mm_populate`` ignores them."""
+        fail = self.mem.fail_nth
+        fail.check("vm_area_alloc")
         vma = Vma(start, start + nbytes, backing, writable)
+        hugetlb = backing.split("-")[1] if backing.startswith("hugetlb") else None
         if device is not None:
             vma.pfnmap, vma.mmio_pfn = True, device(nbytes) >> PAGE_SHIFT
         elif shared_anon:
             from .memfd import MemFd
-            hugetlb = backing.split("-")[1] if backing.startswith("hugetlb") else None
-            vma.file = MemFd(self.mem, "/dev/zero (deleted)", nbytes, hugetlb)  # shmem_zero_setup
+            if hugetlb is None:
+                file_setup(fail, hugetlb=False)  # shmem_zero_setup
+            vma.file = MemFd(self.mem, "/dev/zero (deleted)", nbytes, hugetlb)
         elif file is not None:
+            if file.order and private:  # hugetlb_reserve_pages of a private mapping
+                resv_map_alloc(fail)
             vma.file, vma.pgoff, vma.private = file.get(), offset >> PAGE_SHIFT, private
+        elif hugetlb is not None:  # the hugetlbfs file's mapping is private
+            resv_map_alloc(fail)
         self._link(vma)
         try:
             if vma.file is not None and vma.file.order:
@@ -287,7 +298,9 @@ class MmStruct:
         splitting the VMAs it cuts (``__split_vma``). EINVAL for an unaligned ``addr``, a
         range past ``TASK_SIZE`` (a negative length is a huge ``size_t``), a length of 0,
         or a cut through a hugetlb page; ENOMEM when a cut inside one VMA would pass
-        vm.max_map_count. Nothing is changed on failure.
+        vm.max_map_count. As ``vms_gather_munmap_vmas``, the cut at ``addr`` is made
+        before the one at the end is tried: when the end's fails (EINVAL, or ENOMEM from
+        ``__split_vma``), the first cut stays and nothing else is changed.
 
         A THP folio the cut goes through is mapped by 4K pages from then on (its PMD is
         split); the pages no process maps any more are freed unless pinned, in which
@@ -303,22 +316,29 @@ class MmStruct:
         hit = self._overlapping(addr, end)
         if not hit:
             return
-        first, last = hit[0], hit[-1]
-        if first.start < addr and end < first.end and self.map_count >= self.max_map_count:
-            raise OutOfMemory(f"munmap: splitting {first!r} would pass vm.max_map_count "
-                              f"({self.max_map_count})")
-        for vma, at in ((first, addr), (last, end)):
-            huge = vma.hugetlb_bytes
-            if huge and vma.start < at < vma.end and at % huge:
-                kind = vma.backing if vma.file is None else f"hugetlbfs {huge:#x}"
-                raise InvalidArgument(f"munmap: [{addr:#x}, {end:#x}) cuts a {kind} page "
-                                      f"of {vma!r}")
+        first = hit[0]
         if first.start < addr:
+            if end < first.end and self.map_count >= self.max_map_count:
+                raise OutOfMemory(f"munmap: splitting {first!r} would pass "
+                                  f"vm.max_map_count ({self.max_map_count})")
+            self._may_split(first, addr, end)
             hit[0] = self._split_vma(first, (addr - first.start) >> PAGE_SHIFT)[1]
-        if end < hit[-1].end:
+        if end < hit[-1].end:  # a failure from here on keeps the first cut
+            self._may_split(hit[-1], end, addr)
             hit[-1] = self._split_vma(hit[-1], (end - hit[-1].start) >> PAGE_SHIFT)[0]
         for vma in hit:
             self._drop(vma)
+
+    @staticmethod
+    def _may_split(vma: Vma, at: int, other: int) -> None:
+        """``hugetlb_vm_op_split``, ``vm_ops->may_split`` of a hugetlb mapping: EINVAL for a
+        cut at ``at`` inside a huge page (``other``: the range's other end, for the
+        message)."""
+        huge = vma.hugetlb_bytes
+        if huge and at % huge:
+            kind = vma.backing if vma.file is None else f"hugetlbfs {huge:#x}"
+            lo, hi = sorted((at, other))
+            raise InvalidArgument(f"munmap: [{lo:#x}, {hi:#x}) cuts a {kind} page of {vma!r}")
 
     def close(self) -> None:
         """exit_mmap: every mapping goes; the mm can no longer be pinned from."""
@@ -357,6 +377,7 @@ class MmStruct:
         """``__split_vma`` at page ``at``: two VMAs end to end over the same pages. A THP
         the cut goes through stays mapped by 4K pages on either side
         (``__split_huge_pmd``). O(pages kept)."""
+        self.mem.fail_nth.check("vm_area_dup(__split_vma)")
         starts, heads = vma.pmd_slots()
         per = 1 << vma.order
         left = self._piece(vma, 0, at, heads[starts + per <= at])
@@ -402,11 +423,14 @@ class MmStruct:
         torn down as ``dup_mmap``'s error path does (``exit_mmap`` of it): its shares of
         the parent's pages, its copies and its file references go; the parent keeps
         what fork did to it (PMDs split, pages no longer exclusive), as in Linux."""
+        fail = self.mem.fail_nth
+        fail.check("allocate_mm(dup_mm)")
         child = MmStruct(self.mem, self.kernel)
         child.max_map_count = self.max_map_count
         pinned = self._pinned_folios()
         try:
             for vma in self.vmas:
+                fail.check("vm_area_dup(dup_mmap)")
                 copy = Vma(vma.start, vma.end, vma.backing, vma.writable, vma.pfnmap,
                            vma.mmio_pfn, file=vma.file.get() if vma.file is not None else None,
                            pgoff=vma.pgoff, private=vma.private)
@@ -574,6 +598,7 @@ class MmStruct:
             return 0
         s_lo, s_hi = off + lo * per, off + hi * per
         hugetlb = vma.backing.startswith("hugetlb")
+        fail = self.mem.fail_nth
         if hugetlb:
             need = (s_hi - s_lo - vma.pages.count(s_lo, s_hi)) // per
             free = self.mem.frames.free_blocks_of(order)
@@ -588,7 +613,9 @@ class MmStruct:
         got: list[int] = []
         try:
             for row in np.flatnonzero((stretches < 0).all(axis=1)).tolist():
-                pfn = self.mem.frames.alloc(order)
+                # a THP that cannot be had falls back to 4K pages (VM_FAULT_FALLBACK)
+                thp_fails = not hugetlb and fail.fails("vma_alloc_folio(THP)")
+                pfn = None if thp_fails else self.mem.frames.alloc(order)
                 if pfn is not None:
                     rows.append(row)
                     got.append(pfn)

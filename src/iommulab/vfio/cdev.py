@@ -21,6 +21,7 @@ struct.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import (
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
     from ..machine import Machine, PciDevice, Process
 
-__all__ = ["DeviceCdev", "attach_pt", "bind_iommufd", "cdev_devices", "detach_pt"]
+__all__ = ["DEVICE_FILE_IOCTLS", "PT_IOCTLS", "DeviceCdev", "attach_pt", "bind_iommufd",
+           "cdev_devices", "detach_pt"]
 
 #: ATTACH/DETACH_IOMMUFD_PT take VFIO_DEVICE_[AT|DE]TACH_PASID from this release on.
 PASID_RELEASE = (6, 15)
@@ -205,3 +207,14 @@ def _read_pasid(a: _Arg, argsz: int, minsz: int, what: str) -> int:
     if argsz < minsz + 4:
         raise InvalidArgument(f"{what}_IOMMUFD_PT: argsz {argsz} does not cover pasid")
     return int.from_bytes(a.read(minsz, 4), "little")
+
+
+#: the requests a bound device cdev answers before vfio-pci's (a group's device fd passes
+#: them on to vfio-pci, which does not know them)
+PT_IOCTLS: dict[int, Callable[[VfioDeviceFile, _Arg], int]] = {
+    u.VFIO_DEVICE_ATTACH_IOMMUFD_PT: attach_pt,
+    u.VFIO_DEVICE_DETACH_IOMMUFD_PT: detach_pt,
+}
+#: ``vfio_device_fops_unl_ioctl``'s own requests (vfio-pci's follow them:
+#: :data:`~.device.VFIO_PCI_IOCTLS`)
+DEVICE_FILE_IOCTLS: tuple[int, ...] = (u.VFIO_DEVICE_BIND_IOMMUFD, *PT_IOCTLS)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..machine import Machine, PciDevice, Process
     from .files import GroupFile
 
-__all__ = ["DeviceFile", "VfioDevice", "VfioDeviceFile", "vfio_device"]
+__all__ = ["VFIO_PCI_IOCTLS", "DeviceFile", "VfioDevice", "VfioDeviceFile", "vfio_device"]
 
 #: the PASID of the device's own DMA, without a PASID (include/linux/iommu.h)
 IOMMU_NO_PASID = 0
@@ -198,11 +198,10 @@ class VfioDevice:
     def pci_ioctl(self, request: int, a: _Arg) -> int:
         """``vfio_pci_core_ioctl``: GET_INFO and GET_REGION_INFO; ENOTTY for a request
         vfio-pci does not know (the model has no IRQ, reset or config-space ioctls)."""
-        if request == u.VFIO_DEVICE_GET_INFO:
-            return self._get_info(a)
-        if request == u.VFIO_DEVICE_GET_REGION_INFO:
-            return self._get_region_info(a)
-        raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
+        handler = _PCI_IOCTLS.get(request)
+        if handler is None:
+            raise NotATty(f"ioctl {request:#x}: unknown to a vfio-pci device")
+        return handler(self, a)
 
     def _get_info(self, a: _Arg) -> int:
         """``vfio_pci_ioctl_get_info``: writes back ``min(argsz, sizeof(info))`` bytes,
@@ -247,6 +246,14 @@ class VfioDevice:
             raise InvalidArgument(f"mmap: offset {offset:#x} length {length:#x} is not "
                                   "inside BAR 0")
         return self.dev.bar0 + start
+
+
+#: ``vfio_pci_core_ioctl``'s switch as modelled (VFIO_PCI_IOCTLS: its requests)
+_PCI_IOCTLS = {
+    u.VFIO_DEVICE_GET_INFO: VfioDevice._get_info,
+    u.VFIO_DEVICE_GET_REGION_INFO: VfioDevice._get_region_info,
+}
+VFIO_PCI_IOCTLS: tuple[int, ...] = tuple(_PCI_IOCTLS)
 
 
 def _group_use_container(group: GroupFile) -> None:
@@ -294,11 +301,9 @@ class VfioDeviceFile(VfioFile):
         if not self.access_granted:
             raise InvalidArgument(f"ioctl {request:#x}: the device cdev is not bound to an "
                                   "iommufd")
-        if self.group is None:
-            if request == u.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
-                return cdev.attach_pt(self, _Arg(arg))
-            if request == u.VFIO_DEVICE_DETACH_IOMMUFD_PT:
-                return cdev.detach_pt(self, _Arg(arg))
+        handler = cdev.PT_IOCTLS.get(request) if self.group is None else None
+        if handler is not None:
+            return handler(self, _Arg(arg))
         return self.vdev.pci_ioctl(request, _Arg(arg))
 
     def holds(self) -> list[VfioFile]:

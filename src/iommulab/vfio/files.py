@@ -11,6 +11,7 @@ gives EFAULT.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import (
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
 EBADFD = 77
 
-__all__ = ["Container", "GroupFile", "VfioFile", "fput", "get_file", "open_vfio_path"]
+__all__ = ["CONTAINER_IOCTLS", "GROUP_IOCTLS", "Container", "GroupFile", "VfioFile", "fput",
+           "get_file", "open_vfio_path"]
 
 
 class _Arg:
@@ -198,6 +200,9 @@ class Container(VfioFile):
         return self.iommu.report()
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
+        """``vfio_fops_unl_ioctl``: its own requests (:data:`CONTAINER_IOCTLS`), then the
+        IOMMU driver's (``vfio_iommu_type1_ioctl``, :data:`TYPE1_IOCTLS`); EINVAL for
+        anything else before a driver is set, ENOTTY after."""
         if request == u.VFIO_GET_API_VERSION:
             return u.VFIO_API_VERSION
         if request == u.VFIO_CHECK_EXTENSION:
@@ -207,15 +212,10 @@ class Container(VfioFile):
             return 0
         if self.iommu is None:  # no driver: the kernel's default -EINVAL
             raise InvalidArgument(f"ioctl {request:#x}: no IOMMU driver set on the container")
-        if request == u.VFIO_IOMMU_GET_INFO:
-            return self._get_info(_Arg(arg))
-        if request == u.VFIO_IOMMU_MAP_DMA:
-            return self._map_dma(proc, _Arg(arg))
-        if request == u.VFIO_IOMMU_UNMAP_DMA:
-            return self._unmap_dma(proc, _Arg(arg))
-        if request == u.VFIO_IOMMU_DIRTY_PAGES:
-            return self._dirty_pages(proc, _Arg(arg))
-        raise NotATty(f"ioctl {request:#x}: unknown to the type1 IOMMU")
+        handler = _TYPE1_IOCTLS.get(request)
+        if handler is None:
+            raise NotATty(f"ioctl {request:#x}: unknown to the type1 IOMMU")
+        return handler(self, proc, _Arg(arg))
 
     # -- SET_IOMMU and groups ----------------------------------------------------------------------
     def _set_iommu(self, type: int, proc: Process) -> None:
@@ -464,25 +464,29 @@ class GroupFile(VfioFile):
         self.group = group
 
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
-        if request == u.VFIO_GROUP_GET_STATUS:
-            return self._get_status(_Arg(arg))
-        if request == u.VFIO_GROUP_SET_CONTAINER:
-            fd = int.from_bytes(_Arg(arg).read(0, 4), "little", signed=True)
-            f = proc.fget(fd)
-            if f is None:  # fdget(): a negative fd is as closed as any other
-                raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
-            self._set_container(f, proc)
-            return 0
-        if request == u.VFIO_GROUP_UNSET_CONTAINER:
-            if self.container is None and self.iommufd is None:
-                raise InvalidArgument("GROUP_UNSET_CONTAINER: no container")
-            if self.container is not None and self.devices_open:
-                raise Busy("GROUP_UNSET_CONTAINER: device fds are open")
-            self.unset_container()
-            return 0
-        if request == u.VFIO_GROUP_GET_DEVICE_FD:
-            return self._get_device_fd(proc, _Arg(arg))
-        raise NotATty(f"ioctl {request:#x}: unknown to a VFIO group")
+        """``vfio_group_fops_unl_ioctl`` (:data:`GROUP_IOCTLS`); ENOTTY for others."""
+        handler = _GROUP_IOCTLS.get(request)
+        if handler is None:
+            raise NotATty(f"ioctl {request:#x}: unknown to a VFIO group")
+        return handler(self, proc, arg)
+
+    def _ioctl_set_container(self, proc: Process, arg: int | bytes | bytearray) -> int:
+        fd = int.from_bytes(_Arg(arg).read(0, 4), "little", signed=True)
+        f = proc.fget(fd)
+        if f is None:  # fdget(): a negative fd is as closed as any other
+            raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
+        self._set_container(f, proc)
+        return 0
+
+    def _ioctl_unset_container(self, proc: Process, arg: int | bytes | bytearray) -> int:
+        """``vfio_group_ioctl_unset_container``: EINVAL without one, EBUSY while device
+        fds use the container."""
+        if self.container is None and self.iommufd is None:
+            raise InvalidArgument("GROUP_UNSET_CONTAINER: no container")
+        if self.container is not None and self.devices_open:
+            raise Busy("GROUP_UNSET_CONTAINER: device fds are open")
+        self.unset_container()
+        return 0
 
     def has_iommu(self) -> bool:
         """``vfio_group_has_iommu``: a container or an iommufd."""
@@ -507,14 +511,16 @@ class GroupFile(VfioFile):
 
     def _get_device_fd(self, proc: Process, a: _Arg) -> int:
         """``vfio_group_ioctl_get_device_fd``: ENODEV for a name no device of the group
-        has, then ``vfio_device_open_file`` (EINVAL without a container or iommufd)."""
+        has, then the fd (EMFILE), then ``vfio_device_open_file`` (EINVAL without a
+        container or iommufd), installed at that fd."""
         from .device import DeviceFile
         self.machine.mem.fail_nth.check("strndup_user")  # the name, copied in
         name = bytes(a.buf).split(b"\0", 1)[0].decode(errors="replace")
         dev = next((d for d in self.machine.group_devices(self.id) if d.bdf == name), None)
         if dev is None:
             raise NoDevice(f"GROUP_GET_DEVICE_FD: no device {name!r} in group {self.id}")
-        return proc.install(DeviceFile.open(self, dev))
+        fd = proc.get_unused_fd()
+        return proc.fd_install(fd, DeviceFile.open(self, dev))
 
     def _set_container(self, f: VfioFile, proc: Process) -> None:
         """``vfio_group_ioctl_set_container``: EINVAL when already set; a type1 container
@@ -547,3 +553,23 @@ class GroupFile(VfioFile):
     def release(self) -> None:
         self.unset_container()
         self.machine.open_groups.discard(self.id)
+
+
+#: the IOMMU driver's requests a container passes on (``vfio_iommu_type1_ioctl``)
+_TYPE1_IOCTLS: dict[int, Callable[[Container, Process, _Arg], int]] = {
+    u.VFIO_IOMMU_GET_INFO: lambda c, proc, a: c._get_info(a),
+    u.VFIO_IOMMU_MAP_DMA: Container._map_dma,
+    u.VFIO_IOMMU_UNMAP_DMA: Container._unmap_dma,
+    u.VFIO_IOMMU_DIRTY_PAGES: Container._dirty_pages,
+}
+#: what a container fd answers: ``vfio_fops_unl_ioctl``'s own requests, then the driver's
+CONTAINER_IOCTLS: tuple[int, ...] = (u.VFIO_GET_API_VERSION, u.VFIO_CHECK_EXTENSION,
+                                     u.VFIO_SET_IOMMU, *_TYPE1_IOCTLS)
+#: ``vfio_group_fops_unl_ioctl``'s switch
+_GROUP_IOCTLS: dict[int, Callable[[GroupFile, Process, int | bytes | bytearray], int]] = {
+    u.VFIO_GROUP_GET_DEVICE_FD: lambda g, proc, arg: g._get_device_fd(proc, _Arg(arg)),
+    u.VFIO_GROUP_GET_STATUS: lambda g, proc, arg: g._get_status(_Arg(arg)),
+    u.VFIO_GROUP_SET_CONTAINER: GroupFile._ioctl_set_container,
+    u.VFIO_GROUP_UNSET_CONTAINER: GroupFile._ioctl_unset_container,
+}
+GROUP_IOCTLS: tuple[int, ...] = tuple(_GROUP_IOCTLS)
