@@ -86,3 +86,4 @@ def test_memlock_is_the_programs_own_at_the_call(build: Build, tmp_path: Path) -
     assert out.read_text().splitlines() == [
         "mock_domain 0", "child_map_1M -1 12", "child_map_32K 0 0", "parent_map_1M 0 0"]
     assert not (diff := fresh.diff(leak_snapshot(m))), diff
+

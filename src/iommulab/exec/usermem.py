@@ -163,7 +163,8 @@ class TargetMm(MmStruct):
             real = [v for v in read_smaps(self.pid) if self._mirrorable(v)]
         except OSError:
             return  # the process is gone: its exit tears the mirror down
-        wanted = [(v, self._sig(v)) for v in real]
+        with self.mem.fail_nth.paused():
+            wanted = [(v, self._sig(v)) for v in real]  # may make a model file
         starts = [v.start for v, _ in wanted]
         drop: list[tuple[int, int]] = []
         for m in list(self.vmas):
@@ -187,11 +188,12 @@ class TargetMm(MmStruct):
                     drop.append((pos, stop))
                 pos = stop
                 i += 1
-        for lo, hi in _merge(drop):
-            self._unmap_mirror(lo, hi)
-        for v, _ in wanted:
-            for lo, hi in self._uncovered(v.start, v.end):
-                self._map_mirror(v, lo, hi)
+        with self.mem.fail_nth.paused():  # the mirror's upkeep is no kernel allocation
+            for lo, hi in _merge(drop):
+                self._unmap_mirror(lo, hi)
+            for v, _ in wanted:
+                for lo, hi in self._uncovered(v.start, v.end):
+                    self._map_mirror(v, lo, hi)
 
     def _mirrorable(self, v: RealVma) -> bool:
         return (v.readable and v.end <= TASK_SIZE_MAX and v.path not in _SPECIAL
