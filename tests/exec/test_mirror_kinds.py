@@ -15,7 +15,8 @@ from iommulab.testing import leak_snapshot
 Build = Callable[..., Path]
 
 # what the kernel answers: a writeable pin of a read-only mapping and a range with a
-# hole fail with EFAULT (pin_user_pages stops there); everything else maps
+# hole fail with EFAULT (pin_user_pages stops there); everything else maps, and a
+# buffer mapped twice around an mprotect holds two pins on each of its pages
 EXPECTED = """mock_domain 0
 create_access 0
 map_memfd 0 0
@@ -25,6 +26,9 @@ map_ro_writeable -1 14
 map_hole -1 14
 map_before_grow 0 0
 map_after_grow 0 0
+map_before_mprotect 0 0
+map_readonly_after_mprotect 0 0
+check_refs_two_maps 0 0
 map_thp 0 0
 thread_map 0 0
 done 0""".splitlines()

@@ -156,7 +156,8 @@ class TargetMm(MmStruct):
         mapping with the same signature covers are unmapped (their pinned pages stay
         pinned, as the kernel keeps a page that was unmapped while pinned); real mappings
         not yet mirrored are mapped. A mapping that only grew (the heap) keeps the
-        mirror's pages. O(mappings)."""
+        mirror's pages, and one whose protection changed (``mprotect``) keeps its pages
+        with the new writability, as the kernel's VMA keeps its pages. O(mappings)."""
         self.stale = False
         self.syncs += 1
         try:
@@ -167,6 +168,7 @@ class TargetMm(MmStruct):
             wanted = [(v, self._sig(v)) for v in real]  # may make a model file
         starts = [v.start for v, _ in wanted]
         drop: list[tuple[int, int]] = []
+        retag: list[tuple[int, int, bool]] = []  # (lo, hi, writable) of kept pages
         for m in list(self.vmas):
             sig = self._vma_sig(m)
             pos = m.start
@@ -184,13 +186,17 @@ class TargetMm(MmStruct):
                     pos = min(v.start, m.end)
                     continue
                 stop = min(v.end, m.end)
-                if s != sig:
+                if (s[0], s[2], s[3]) != (sig[0], sig[2], sig[3]):
                     drop.append((pos, stop))
+                elif s[1] != sig[1]:
+                    retag.append((pos, stop, s[1]))
                 pos = stop
                 i += 1
         with self.mem.fail_nth.paused():  # the mirror's upkeep is no kernel allocation
             for lo, hi in _merge(drop):
                 self._unmap_mirror(lo, hi)
+            for lo, hi, writable in retag:
+                self._protect_mirror(lo, hi, writable)
             for v, _ in wanted:
                 for lo, hi in self._uncovered(v.start, v.end):
                     self._map_mirror(v, lo, hi)
@@ -236,6 +242,18 @@ class TargetMm(MmStruct):
         elif v.thp_eligible:
             backing = "thp"
         self._mmap_region(lo, hi - lo, backing, v.writable, False, None, None, 0, False, False)
+
+    def _protect_mirror(self, lo: int, hi: int, writable: bool) -> None:
+        """``mprotect`` of ``[lo, hi)`` in the mirror: the VMAs there are cut at its ends
+        (``__split_vma``) and take the new writability; their pages stay."""
+        for m in self._overlapping(lo, hi):
+            if m.writable == writable:
+                continue
+            if m.start < lo:
+                m = self._split_vma(m, (lo - m.start) >> PAGE_SHIFT)[1]
+            if m.end > hi:
+                m = self._split_vma(m, (hi - m.start) >> PAGE_SHIFT)[0]
+            m.writable = writable
 
     def _unmap_mirror(self, lo: int, hi: int) -> None:
         self.external.drop_owner(self, lo, hi)

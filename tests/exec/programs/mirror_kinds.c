@@ -2,7 +2,8 @@
  * read and written by the selftest access's slow path (the pinned pages themselves):
  * a memfd mapped twice (MAP_SHARED, one page cache), MAP_SHARED|MAP_ANONYMOUS memory
  * shared with a forked child, a read-only mapping, a range with a hole, a buffer the
- * program grows with mremap, a 2M THP-eligible region, and a thread making the calls.
+ * program grows with mremap, one mprotect'ed between two maps, a 2M THP-eligible
+ * region, and a thread making the calls.
  * Prints "<step> <ret> <errno>" per call and "FAIL ..." when the data is wrong. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -87,6 +88,7 @@ int main(void)
 	ioas = alloc[2];
 	struct test_arg t = { .size = sizeof t, .op = 2, .id = ioas };
 	printf("mock_domain %d\n", ioctl(fd, _IO(T, 0xa0), &t));
+	uint32_t stdev = t.mock.out_stdev_id;
 	memset(&t, 0, sizeof t);
 	t.size = sizeof t;
 	t.op = 5;
@@ -150,6 +152,26 @@ int main(void)
 	check(rw(A + 0x500000 + 4096, out, 4, 0) == 0 && out[0] == 0x44, "grown page");
 	unmap(A + 0x400000, 4096);
 	unmap(A + 0x500000, 8192);
+
+	/* mprotect between two maps of one buffer: its pages stay the pinned pages */
+	uint8_t *pb = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
+	memset(pb, 0x55, 8192);
+	map("map_before_mprotect", pb, 8192, A + 0x600000, RW);
+	mprotect(pb, 8192, PROT_READ);
+	map("map_readonly_after_mprotect", pb, 8192, A + 0x680000, 4u | 1u);
+	mprotect(pb, 8192, PROT_READ | PROT_WRITE);
+	memcpy(pb + 4096, "after mprotect", 14);
+	check(rw(A + 0x600000 + 4096, out, 14, 0) == 0 && memcmp(out, "after mprotect", 14) == 0,
+	      "the first map's pages are still the buffer's");
+	struct test_arg refs = { .size = sizeof refs, .op = 4, .id = stdev };
+	memcpy(refs.raw, &(uint64_t){ 8192 }, 8);
+	memcpy(refs.raw + 8, &(uint64_t){ (uintptr_t)pb }, 8);
+	memcpy(refs.raw + 16, &(uint32_t){ 2 }, 4);
+	int rrc = ioctl(fd, _IO(T, 0xa0), &refs);
+	printf("check_refs_two_maps %d %d\n", rrc, rrc < 0 ? errno : 0);
+	unmap(A + 0x600000, 8192);
+	unmap(A + 0x680000, 8192);
 
 	/* 2 MiB of THP-eligible memory */
 	uint8_t *big = mmap(NULL, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
