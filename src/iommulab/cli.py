@@ -1,4 +1,5 @@
-"""The ``iommulab`` command: ``demo``, ``run SCENARIO``, ``replay TRACE``, ``inspect STATE``."""
+"""The ``iommulab`` command: ``demo``, ``run SCENARIO``, ``replay TRACE``, ``inspect STATE``,
+``exec -- PROGRAM``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from . import __version__
 from .inspect import BadState, load_states, page_table_tree, render_address_space
 from .kernel import DEFAULT_KERNEL, KERNEL_VERSIONS
-from .machine import PLATFORMS
+from .machine import PLATFORMS, Machine
 from .report import format_size, format_table
 from .report.html import render_html
 from .report.json_report import report_document
@@ -148,6 +149,90 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: the device a machine under ``exec`` has unless told otherwise (QEMU q35's first free slot)
+EXEC_DEFAULT_DEVICE = "0000:00:02.0"
+
+
+def _exec_machine(args: argparse.Namespace) -> Machine:
+    """The machine ``exec`` runs the program against, with ``--set`` applied:
+    ``ram=SIZE``, ``device=BDF`` (repeatable; the first replaces the default device,
+    ``device=none`` leaves none), ``CONFIG_IOMMUFD_VFIO_CONTAINER=0|1`` and the
+    ``vfio_iommu_type1.*`` module parameters."""
+    ram, devices, params, kconfig = "4G", [], {}, {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"--set {item!r}: want KEY=VALUE")
+        if key == "ram":
+            ram = value
+        elif key == "device":
+            devices.append(value)
+        elif key == "CONFIG_IOMMUFD_VFIO_CONTAINER":
+            kconfig[key] = value not in ("0", "n", "no", "false")
+        elif key.startswith("vfio_iommu_type1."):
+            params[key] = _int(value)
+        else:
+            raise UsageError(f"--set {key}: not a machine setting (ram, device, "
+                             "CONFIG_IOMMUFD_VFIO_CONTAINER, vfio_iommu_type1.*)")
+    try:
+        m = Machine(args.platform, ram, kernel=args.kernel)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for key in params:
+        if key not in m.module_params:
+            raise UsageError(f"--set {key}: no such module parameter")
+    m.module_params.update(params)
+    m.kconfig.update(kconfig)
+    if not devices and args.platform not in ("mock", "ppc64-pseries"):
+        devices = [EXEC_DEFAULT_DEVICE]
+    for bdf in devices:
+        if bdf != "none":
+            try:
+                m.add_pci_device(bdf)
+            except ValueError as e:
+                raise UsageError(f"--set device={bdf}: {e}") from None
+    return m
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    argv = list(args.program)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("name a program: iommulab exec [options] -- PROGRAM ARGS...")
+    from .exec import ExecLog, run_exec
+    from .testing import leak_snapshot
+    m = _exec_machine(args)
+    fresh = leak_snapshot(m)
+    log = ExecLog(m) if args.report or args.html or args.text_report else None
+    try:
+        result = run_exec(m, argv, log=log)
+    except FileNotFoundError as e:
+        raise FileError(f"{argv[0]}: {e.strerror}") from None
+    if log is not None:
+        report = log.result(argv, result.status, kernel=args.kernel,
+                            left=fresh.diff(leak_snapshot(m)))
+        if args.text_report:
+            print(render_text(report), file=sys.stderr)
+        if args.report:
+            _write(args.report, json.dumps(report_document(report), indent=1) + "\n")
+        if args.html:
+            _write(args.html, render_html([report]))
+    for err in result.handler_errors:
+        print(f"iommulab exec: model error (answered EIO): {type(err).__name__}: {err}",
+              file=sys.stderr)
+    if args.summary:
+        st = result.stats
+        left = fresh.diff(leak_snapshot(m))
+        print(f"iommulab exec: {result.ioctls} model ioctls, {st.received} trapped calls "
+              f"({st.answered} answered, {st.continued} passed on), {st.installed} fds "
+              f"installed, {st.released} released; machine "
+              f"{'back to fresh' if not left else 'left: ' + '; '.join(left)}",
+              file=sys.stderr)
+    status = result.status
+    return 128 - status if status < 0 else status  # killed by signal N: 128 + N, as a shell
+
+
 def _int(text: str) -> int:
     try:
         return int(text, 0)
@@ -206,6 +291,23 @@ def _parser() -> argparse.ArgumentParser:
                      "with the trace")
     outputs(rep, "each replayed domain's page table")
 
+    ex = sub.add_parser("exec", help="run a real program with its calls on /dev/iommu and "
+                        "/dev/vfio answered by the model (exit status: the program's)")
+    ex.add_argument("--platform", choices=sorted(PLATFORMS), default="x86-vtd")
+    ex.add_argument("--kernel", choices=KERNEL_VERSIONS, default=str(DEFAULT_KERNEL),
+                    help=f"the Linux release the model answers as (default {DEFAULT_KERNEL})")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a machine setting: ram=SIZE, device=BDF (repeatable; default "
+                    f"{EXEC_DEFAULT_DEVICE} off the mock platform), "
+                    "CONFIG_IOMMUFD_VFIO_CONTAINER=0|1, vfio_iommu_type1.PARAM=N")
+    ex.add_argument("--summary", action="store_true", help="print what the model did, and "
+                    "whether the machine is back to its fresh state, on stderr")
+    ex.add_argument("--report", metavar="FILE", help="write the report of what the "
+                    "program did as JSON (schema iommulab.report, version 1)")
+    ex.add_argument("--html", metavar="FILE", help="write the report as self-contained HTML")
+    ex.add_argument("--text-report", action="store_true", help="print the report on stderr")
+    ex.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
+
     ins = sub.add_parser("inspect", help="a saved domain state as a page-table tree and an "
                          "address-space map")
     ins.add_argument("state", help="a file written by --save-state")
@@ -219,7 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "replay": _cmd_replay, "inspect": _cmd_inspect}
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "replay": _cmd_replay, "inspect": _cmd_inspect,
+             "exec": _cmd_exec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

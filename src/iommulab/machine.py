@@ -453,22 +453,31 @@ class Process:
         ``/dev/vfio/devices/vfio<N>``. ``do_sys_openat2``'s order: the path's copy
         (``getname``: a names_cache allocation), the fd (EMFILE, before the path is
         looked at), the file (``alloc_empty_file`` in ``path_openat``, before it walks
-        the path), the lookup (ENOENT), then the device's ``open``; an allocation
-        failing is ENOMEM with nothing done."""
-        from .vfio.files import open_vfio_path
+        the path), then :meth:`open_file`; an allocation failing is ENOMEM with nothing
+        done."""
         fail = self.machine.mem.fail_nth
         fail.check("getname(do_sys_openat2)")
         fd = self.get_unused_fd()
         fail.check("alloc_empty_file(path_openat)")
+        return self.fd_install(fd, self.open_file(path))
+
+    def open_file(self, path: str) -> VfioFile:
+        """The lookup (ENOENT) and the device's ``open`` of ``path``: the new file, in no
+        fd table yet (what follows the VFS's own allocations)."""
+        from .vfio.files import open_vfio_path
         if self.machine.pseries is not None and path.startswith(("/dev/iommu", "/dev/vfio")):
             raise NoDevice(f"open: {path}: ppc64-pseries has no VFIO or iommufd in the model "
                            "(SPAPR TCE is not modelled)")
         if path == "/dev/iommu":
             from .iommufd.file import IommufdFile
-            return self.fd_install(fd, IommufdFile(self.machine))
+            return IommufdFile(self.machine)
         if not path.startswith("/dev/vfio/"):
             raise NoEntry(f"open: {path}: No such file or directory")
-        return self.fd_install(fd, open_vfio_path(self, path))
+        return open_vfio_path(self, path)
+
+    def fget(self, fd: int) -> VfioFile | None:
+        """``fdget``: the file at ``fd``, None when it is not open (a negative fd too)."""
+        return self.files.get(fd)
 
     def get_unused_fd(self) -> int:
         """``get_unused_fd_flags`` (``alloc_fd``): the lowest free fd, which the caller

@@ -86,6 +86,17 @@ class _File:
 
 
 @dataclass
+class _Pending:
+    """A file the handler installs during the call it is answering (:meth:`Bridge.install`)."""
+
+    path: str
+    node: Node
+    handle: object
+    slot: int
+    cloexec: bool
+
+
+@dataclass
 class BridgeStats:
     """Counts of what the supervisor did, by outcome and by syscall number."""
 
@@ -148,6 +159,9 @@ class Bridge:
         self._dev = os.stat("/dev").st_dev if os.path.isdir("/dev") else 5
         self._epoch = int(time.time())
         self._calls: dict[int, _Call] = self._dispatch()
+        self._caller = 0  # the thread whose ioctl the handler is answering (0: none)
+        self._pending: list[_Pending] = []
+        self._reserved: set[int] = set()  # fd numbers reserved by the call being answered
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -241,6 +255,72 @@ class Bridge:
             self._inotify = -1
         with contextlib.suppress(OSError):
             os.rmdir(self._shm)
+
+    # ------------------------------------------------------- for the handler
+    @property
+    def backing_dir(self) -> str:
+        """The directory of the backing inodes (what a program's maps show for them)."""
+        return self._shm
+
+    def handle_at(self, tid: int, fd: int) -> object | None:
+        """The handle of the bridge's file at thread ``tid``'s ``fd`` (None for any other)."""
+        f = self._file_at(tid, fd)
+        return None if f is None else f.handle
+
+    def fd_is_open(self, tid: int, fd: int) -> bool:
+        """Whether ``fd`` is open in ``tid`` (any file, the bridge's or not)."""
+        return 0 <= fd < 1 << 31 and os.path.lexists(f"/proc/{tid}/fd/{fd}")
+
+    def reserve_fd(self, tid: int) -> int:
+        """A free fd number in the caller's table, for a file the handler is about to
+        hand out (a driver's ``get_unused_fd_flags``): taken from the top of the window,
+        kept from other reservations of the same call. Only while answering an ioctl of
+        ``tid``; EMFILE when the window is full. A reservation no :meth:`install_at`
+        uses is dropped when the call ends (``put_unused_fd``)."""
+        if tid != self._caller:
+            raise RuntimeError("Bridge.reserve_fd outside an ioctl of that thread")
+        slot = self._free_slot(tid, exclude=self._reserved)
+        if slot is None:
+            raise OSError(errno.EMFILE, "no free fd in the window")
+        self._reserved.add(slot)
+        return slot
+
+    def install_at(self, tid: int, fd: int, path: str, node: Node, handle: object, *,
+                   cloexec: bool = True) -> int:
+        """``fd_install``: ``handle``'s new file at ``fd`` (from :meth:`reserve_fd`).
+
+        The file is installed after the handler returns, before the answer; if the
+        handler raises, nothing is installed and ``release(handle)`` is called, as the
+        kernel's error paths ``put_unused_fd`` and ``fput``.
+        """
+        if tid != self._caller or fd not in self._reserved:
+            raise RuntimeError(f"Bridge.install_at: fd {fd} was not reserved by this call")
+        self._pending.append(_Pending(path, node, handle, fd, cloexec))
+        return fd
+
+    def _install_pending(self, nid: int, tid: int) -> None:
+        """Install what the handler asked for (ADDFD at the reserved numbers, no SEND)."""
+        pending, self._pending = self._pending, []
+        for i, p in enumerate(pending):
+            try:
+                target = self._register(p.path, p.node, os.O_RDWR, p.handle)
+            except BaseException:
+                self._release_pending(pending[i + 1:])
+                raise
+            try:
+                self._install(nid, tid, target, cloexec=p.cloexec, slot=p.slot, send=False)
+            except BaseException:
+                os.close(target)  # never reached the program: this is its release
+                self._release_pending(pending[i + 1:])
+                raise
+            os.close(target)
+
+    def _release_pending(self, pending: list[_Pending]) -> None:
+        for p in pending:
+            try:
+                self.handler.release(p.handle)
+            except Exception as e:
+                self.handler_errors.append(e)
 
     # ------------------------------------------------------------------ loop
     def serve(self, timeout: float | None = None) -> None:
@@ -461,6 +541,19 @@ class Bridge:
         except BaseException:
             os.close(backing)
             raise
+        return self._register(path, node, flags, handle, backing)
+
+    def _register(self, path: str, node: Node, flags: int, handle: object,
+                  backing: int = -1) -> int:
+        """Watch a backing inode (a new one unless given) for ``handle``: the supervisor fd
+        of the program's description, for the caller to install and close. If this
+        fails, ``handle`` is released."""
+        if backing < 0:
+            try:
+                backing = os.open(self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except BaseException:
+                self.handler.release(handle)
+                raise
         acc = flags & os.O_ACCMODE
         mode = os.O_RDWR if acc == os.O_ACCMODE else acc
         try:
@@ -481,10 +574,11 @@ class Bridge:
         self._by_wd[wd] = key
         return target
 
-    def _free_slot(self, tid: int, low: int | None = None) -> int | None:
+    def _free_slot(self, tid: int, low: int | None = None,
+                   exclude: set[int] | frozenset[int] = frozenset()) -> int | None:
         base, top = self.window
         try:
-            used = {int(n) for n in os.listdir(f"/proc/{tid}/fd")}
+            used = {int(n) for n in os.listdir(f"/proc/{tid}/fd")} | exclude
         except OSError:
             raise _Gone from None
         if low is None:  # from the top down, away from the kernel's lowest-first choice
@@ -498,10 +592,10 @@ class Bridge:
         return next((n for n in range(max(low, 0), limit) if n not in used), None)
 
     def _install(self, nid: int, tid: int, src: int, *, cloexec: bool,
-                 slot: int | None) -> int:
-        """SECCOMP_IOCTL_NOTIF_ADDFD with SEND: ``src``'s description becomes the answer."""
-        flags = A.SECCOMP_ADDFD_FLAG_SEND | (A.SECCOMP_ADDFD_FLAG_SETFD if slot is not None
-                                             else 0)
+                 slot: int | None, send: bool = True) -> int:
+        """SECCOMP_IOCTL_NOTIF_ADDFD, with SEND: ``src``'s description becomes the answer."""
+        flags = (A.SECCOMP_ADDFD_FLAG_SEND if send else 0) | (
+            A.SECCOMP_ADDFD_FLAG_SETFD if slot is not None else 0)
         req = bytearray(A.NOTIF_ADDFD.pack(nid, flags, src, slot or 0,
                                            os.O_CLOEXEC if cloexec else 0))
         try:
@@ -592,7 +686,18 @@ class Bridge:
         if f is None or req in _VFS_IOCTLS:
             return None
         self._valid(nid)
-        return self.handler.ioctl(tgid, f.handle, req, a[2], TargetMemory(tid))
+        self._caller, self._pending, self._reserved = tid, [], set()
+        try:
+            ret = self.handler.ioctl(tgid, f.handle, req, a[2], TargetMemory(tid))
+        except BaseException:
+            self._release_pending(self._pending)
+            self._pending = []
+            raise
+        finally:
+            self._caller, self._reserved = 0, set()
+        if self._pending:
+            self._install_pending(nid, tid)
+        return ret
 
     def _read_path(self, tid: int, addr: int) -> bytes | None:
         try:

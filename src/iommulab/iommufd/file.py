@@ -188,11 +188,19 @@ class IommufdFile(VfioFile):
 
     def _ioas_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
                     out: int) -> int:
-        """``iommufd_ioas_alloc_ioctl``: EOPNOTSUPP for any flag."""
+        """``iommufd_ioas_alloc_ioctl``: EOPNOTSUPP for any flag; the id is written back
+        before the IOAS is published, and an EFAULT there destroys it again
+        (``iommufd_object_abort_and_destroy``: the id is free for the next object)."""
         if flags:
             raise NotSupported(f"IOAS_ALLOC: flags {flags:#x}")
-        ioas = self.ctx.ioas_alloc()
-        self._respond(buf, u.IOMMU_IOAS_ALLOC, usize, flags, ioas.id)
+        id, ioas = self.ctx.ioas_new()
+        try:
+            self._respond(buf, u.IOMMU_IOAS_ALLOC, usize, flags, id)
+        except KernelError:
+            ioas.destroy(self.ctx)
+            self.ctx.abort_id(id)
+            raise
+        self.ctx.add(ioas, id)
         return 0
 
     def _ioas_iova_ranges(self, proc: Process, buf: bytearray, usize: int, ioas_id: int,
@@ -253,7 +261,7 @@ class IommufdFile(VfioFile):
             raise InvalidArgument("IOAS_MAP_FILE: length 0")
         if start + length - 1 > ULONG_MAX:
             raise Overflow(f"IOAS_MAP_FILE: start {start:#x} + length {length:#x} wraps")
-        f = proc.files.get(fd)
+        f = proc.fget(fd)
         if f is None:
             raise BadFileDescriptor(f"IOAS_MAP_FILE: fd {fd} is not open")
         start_byte = start % PAGE_SIZE
@@ -393,8 +401,12 @@ class IommufdFile(VfioFile):
         if flags & u.IOMMU_HWPT_FAULT_ID_VALID:  # iommufd_get_fault
             self.ctx.abort_hwpt(hwpt)
             raise NoEntry(f"HWPT_ALLOC: no fault object {fault_id}")
-        self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id, rsvd,
-                      data_type, data_len, data_uptr, fault_id, rsvd2)
+        try:  # responded before the HWPT is published: an EFAULT destroys it (out_hwpt)
+            self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id,
+                          rsvd, data_type, data_len, data_uptr, fault_id, rsvd2)
+        except KernelError:
+            self.ctx.abort_hwpt(hwpt)
+            raise
         self.ctx.add(hwpt, hwpt.id)
         return 0
 

@@ -355,11 +355,16 @@ class IommufdCtx:
 
     # -- IOAS ------------------------------------------------------------------------------
     def ioas_alloc(self) -> Ioas:
-        """``iommufd_ioas_alloc``."""
-        id = self.object_alloc("iommufd_ioas")
-        ioas = Ioas(iopt=IoPagetable(self.mem.fail_nth, self.cache_flush))
+        """``iommufd_ioas_alloc``, published at once (the compatibility IOAS)."""
+        id, ioas = self.ioas_new()
         self.add(ioas, id)
         return ioas
+
+    def ioas_new(self) -> tuple[int, Ioas]:
+        """``iommufd_ioas_alloc`` before ``iommufd_object_finalize``: its reserved id and
+        the IOAS, for the caller to :meth:`add` or give back (:meth:`abort_id`)."""
+        id = self.object_alloc("iommufd_ioas")
+        return id, Ioas(iopt=IoPagetable(self.mem.fail_nth, self.cache_flush))
 
     def compat_ioas_create(self) -> Ioas:
         """``iommufd_vfio_compat_ioas_create``: the compatibility IOAS, allocated (as an

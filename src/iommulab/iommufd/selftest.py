@@ -163,8 +163,23 @@ def test_cmd(file: IommufdFile, proc: Process, buf: bytearray) -> int:
     if handler is None:
         raise NotSupported(f"IOMMU_TEST_CMD: op {op}")
     if handler(file, proc, cmd):
-        u.respond(buf, _CMD, usize, (usize, op, id, rsvd, bytes(cmd.union), last))
+        try:
+            u.respond(buf, _CMD, usize, (usize, op, id, rsvd, bytes(cmd.union), last))
+        except KernelError:
+            _undo_unanswered(file, cmd)
+            raise
     return 0
+
+
+def _undo_unanswered(file: IommufdFile, cmd: _Cmd) -> None:
+    """What the kernel's error path after a failed ``iommufd_ucmd_respond`` undoes:
+    MOCK_DOMAIN detaches, unbinds and destroys its device and aborts the selftest object
+    (``out_detach`` ... ``out_sobj``: the id is free again). CREATE_ACCESS's
+    ``out_destroy`` is the caller's fd table's to do: the file it installed is put
+    (under exec the fd is only installed once the call succeeds)."""
+    if cmd.op in (OP_MOCK_DOMAIN, OP_MOCK_DOMAIN_FLAGS):
+        (stdev_id,) = struct.unpack_from("<I", cmd.union)
+        file.ctx.destroy(stdev_id)
 
 
 # Each handler returns whether the command is copied back.
@@ -577,7 +592,7 @@ def _mock_hwpt(ctx: IommufdCtx, hwpt_id: int) -> HwptPaging:
 
 def _access_file(proc: Process, fd: int) -> AccessFile:
     """``iommufd_access_get``: EBADFD for a closed fd or a file that is no access."""
-    f = proc.files.get(fd)
+    f = proc.fget(fd)
     if not isinstance(f, AccessFile):
         raise kernel_error(errno.EBADFD, f"access fd {fd} is not a selftest access")
     return f

@@ -76,6 +76,19 @@ class FailNth:
         finally:
             self._within.pop()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Lab: the points reached inside are none of the kernel's (the model's own
+        bookkeeping, e.g. ``iommulab exec`` mirroring a program's mappings): they are
+        neither counted, logged nor failed."""
+        saved = self._remaining, self.log, self.calls
+        self._remaining, self.log = 0, None
+        try:
+            yield
+        finally:
+            self._remaining, self.log = saved[0], saved[1]
+            self.calls = saved[2]
+
     def fails(self, site: str) -> bool:
         """Like :meth:`check`, for allocation points that return NULL instead of raising."""
         if self._within:

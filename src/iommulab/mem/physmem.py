@@ -21,6 +21,7 @@ from ..sizes import parse_size
 from .anon import AnonPages
 from .contents import PAGE_BYTES, SparseContents
 from .cpu_cache import CpuCache
+from .external import ExternalFrames
 from .fault import FailNth
 from .frames import MAX_ORDER, FrameAllocator
 from .pins import FrameCounts, PinCounts, pfn_runs
@@ -81,6 +82,8 @@ class PhysMem:
         self.fail_nth = FailNth()
         self.iommu_pages = 0  # NR_IOMMU_PAGES: frames holding IOMMU page tables
         self.cpu_cache: CpuCache | None = None  # lab: set when a device does not snoop
+        #: lab: frames whose bytes are a real program's (``iommulab exec``), None if none
+        self.external: ExternalFrames | None = None
         self._fragment_frames: list[int] = []
         self._mmio_writes: dict[int, MmioWrite] = {}
         self._mmio_reads: dict[int, MmioRead] = {}
@@ -406,6 +409,9 @@ class PhysMem:
         region = self._check_range(pa, n)
         if region.kind == "mmio" and region.start in self._mmio_reads:
             return self._mmio_reads[region.start](pa, n)
+        ext = self.external
+        if ext is not None and len(ext):
+            return ext.read(pa, n, self.contents.read)
         return self.contents.read(pa, n)
 
     def write(self, pa: int, data: bytes | bytearray | memoryview, *,
@@ -413,6 +419,10 @@ class PhysMem:
         region = self._check_range(pa, len(data))
         if region.kind == "mmio" and region.start in self._mmio_writes:
             self._mmio_writes[region.start](pa, bytes(data), source)
+            return
+        ext = self.external
+        if ext is not None and len(ext):
+            ext.write(pa, data, self.contents.write)
             return
         self.contents.write(pa, data)
 

@@ -147,7 +147,7 @@ def _iommufd_from_fd(proc: Process, fd: int) -> IommufdFile:
     """``iommufd_ctx_from_fd``: EBADF for no file, EBADFD for one that is not an iommufd
     (``/dev/vfio/vfio`` is one under CONFIG_IOMMUFD_VFIO_CONTAINER)."""
     from ..iommufd.file import IommufdFile
-    f = proc.files.get(fd)
+    f = proc.fget(fd)
     if f is None:
         raise BadFileDescriptor(f"BIND_IOMMUFD: fd {fd} is not open")
     if not isinstance(f, IommufdFile):

@@ -492,7 +492,7 @@ class GroupFile(VfioFile):
 
     def _ioctl_set_container(self, proc: Process, arg: int | bytes | bytearray) -> int:
         fd = int.from_bytes(_Arg(arg).read(0, 4), "little", signed=True)
-        f = proc.files.get(fd)
+        f = proc.fget(fd)
         if f is None:  # fdget(): a negative fd is as closed as any other
             raise BadFileDescriptor(f"GROUP_SET_CONTAINER: fd {fd} is not open")
         self._set_container(f, proc)
