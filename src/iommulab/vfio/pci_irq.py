@@ -58,15 +58,32 @@ class _Virqfd:
     def __init__(self, ctx: EventFdCtx, handler: Callable[[], bool],
                  thread: Callable[[], None], owner: Callable[[], None]) -> None:
         self.eventfd, self.handler, self.thread, self._deactivate = ctx, handler, thread, owner
+        self._injecting = False
 
     def wake(self, flags: int) -> None:
-        """``virqfd_wakeup``: EPOLLIN consumes the count and runs the handler."""
+        """``virqfd_wakeup``: EPOLLIN consumes the count and runs the handler, whose
+        true schedules the thread (:meth:`_inject`)."""
         if flags & EPOLLIN:
             self.eventfd.count = 0  # eventfd_ctx_do_read
             if self.handler():
-                self.thread()
+                self._inject()
         if flags & EPOLLHUP:
             self._deactivate()
+
+    def _inject(self) -> None:
+        """``schedule_work(&virqfd->inject)``, whose ``virqfd_inject`` runs the thread.
+        Lab: the work runs at once, unless it is the running work that woke this
+        virqfd (its thread signalled this very eventfd, as when one eventfd is both an
+        INTx trigger and its unmask eventfd). The kernel then queues the work again, and
+        again for as long as the handler finds the line pending: a kworker loop the
+        model does not follow; it drops the wakeup instead."""
+        if self._injecting:
+            return
+        self._injecting = True
+        try:
+            self.thread()
+        finally:
+            self._injecting = False
 
 
 class VfioPciIrqs:
