@@ -399,10 +399,7 @@ class Process:
                                 file=f.memfd, offset=offset, private=private)
 
         def region(nbytes: int) -> int:
-            pa = f.mmap_region(nbytes, offset)  # the file's ->mmap: ENODEV where none
-            if private:
-                raise InvalidArgument("mmap: a device region needs MAP_SHARED")
-            return pa
+            return f.mmap_region(nbytes, offset, not private)  # ENODEV where none
 
         return self.mm.mmap(length, backing, writable=prot == "rw", populate=populate,
                             device=region, offset=offset)

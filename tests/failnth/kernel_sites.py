@@ -13,7 +13,7 @@ point per call in the model and here.
 
 from __future__ import annotations
 
-__all__ = ["SCENARIO_SITES", "SEQUENCE_SITES", "Site", "xa_nodes_empty"]
+__all__ = ["PCI_SCENARIO_SITES", "SCENARIO_SITES", "SEQUENCE_SITES", "Site", "xa_nodes_empty"]
 
 Site = tuple[str, str]
 PAGE_SLOTS = 2  # the mock's MOCK_IO_PAGE_SIZE is 2K: two xarray slots per 4K page
@@ -353,4 +353,94 @@ SEQUENCE_SITES: dict[str, list[Site]] = {
     "device": [*mock_domain(first_domain=True, npages=1), *get_hw_info(), *hwpt_alloc(1),
                *mock_domain_replace(new_domain=True, npages=1),
                *mock_domain_replace()],
+}
+
+
+# -- vfio-pci (drivers/vfio/pci/, paths under it unless given) -----------------------------------
+_VP = "drivers/vfio/pci/"
+MEMDUP_IRQ_SET = ("memdup_user(vfio_irq_set data)",
+                  _VP + "vfio_pci_core.c:vfio_pci_ioctl_set_irqs: memdup_user")
+GROUP_DEVICE_FILE = [("strndup_user", "drivers/vfio/group.c:vfio_group_ioctl_get_device_fd"),
+                     ("kzalloc(vfio_device_file)",
+                      "drivers/vfio/vfio_main.c:vfio_allocate_device_file")]
+ANON_INODE_FILE = [("d_alloc_pseudo(anon_inode_getfile)",
+                    "fs/file_table.c:alloc_file_pseudo <- drivers/vfio/group.c:"
+                    "vfio_device_open_file"),
+                   ("alloc_empty_file(anon_inode_getfile)", "fs/file_table.c:alloc_file")]
+
+
+def pci_core_enable(msi_cap: bool) -> list[Site]:
+    """vfio_pci_core.c:vfio_pci_core_enable: the stored config state (whose failure it
+    ignores), then vfio_pci_config.c:vfio_config_init's map and vconfig and, for an MSI
+    capability, vfio_msi_cap_len's ``perm_bits`` and alloc_perm_bits' two arrays.
+    (pci_enable_device and pci_try_reset_function allocate nothing; a conventional
+    function has no extended capability to walk.)"""
+    out = [("kzalloc(pci_store_saved_state)", "drivers/pci/pci.c:pci_store_saved_state"),
+           ("kmalloc(pci_config_map)", _VP + "vfio_pci_config.c:vfio_config_init"),
+           ("kmalloc(vconfig)", _VP + "vfio_pci_config.c:vfio_config_init")]
+    if msi_cap:
+        out += [("kmalloc(msi_perm)", _VP + "vfio_pci_config.c:vfio_msi_cap_len"),
+                ("kzalloc(perm_bits virt)", _VP + "vfio_pci_config.c:alloc_perm_bits"),
+                ("kzalloc(perm_bits write)", _VP + "vfio_pci_config.c:alloc_perm_bits")]
+    return out
+
+
+def request_irq(caller: str) -> Site:
+    """kernel/irq/manage.c:request_threaded_irq's ``irqaction`` (the /proc/irq entries
+    __setup_irq makes, unchecked, are left out)."""
+    return ("kzalloc(irqaction)", f"kernel/irq/manage.c:request_threaded_irq <- {caller}")
+
+
+def irq_ctx(caller: str) -> Site:
+    """vfio_pci_intrs.c:vfio_irq_ctx_alloc's context (its xa_insert at vector 0 of an
+    empty ``vdev->ctx`` needs no node)."""
+    return ("kzalloc(vfio_pci_irq_ctx)", f"{_VP}vfio_pci_intrs.c:vfio_irq_ctx_alloc <- {caller}")
+
+
+def msi_vector_signal() -> list[Site]:
+    """vfio_pci_intrs.c:vfio_msi_set_vector_signal of a vector with no context: the
+    context, its name, eventfd_ctx_fdget (nothing), request_irq."""
+    return [irq_ctx("vfio_msi_set_vector_signal"),
+            ("kasprintf(vfio-msi name)", _VP + "vfio_pci_intrs.c:vfio_msi_set_vector_signal"),
+            request_irq("vfio_msi_set_vector_signal")]
+
+
+def msi_enable(nvec: int) -> list[Site]:
+    """vfio_pci_intrs.c:vfio_msi_enable -> pci_alloc_irq_vectors on x86: the MSI
+    descriptor (drivers/pci/msi/msi.c:msi_setup_msi_desc -> kernel/irq/msi.c:
+    msi_insert_msi_desc), one irq_desc per vector (kernel/irq/irqdesc.c:
+    __irq_alloc_descs). The per-device MSI domain and the interrupt hierarchy's own
+    allocations are one-off or left out (iommulab.vfio.pci_irq says which)."""
+    return [("kzalloc(msi_desc)", "kernel/irq/msi.c:msi_alloc_desc <- drivers/pci/msi/msi.c:"
+             "msi_setup_msi_desc"),
+            *_n(("kzalloc(irq_desc)", "kernel/irq/irqdesc.c:alloc_desc <- __irq_alloc_descs"),
+                nvec)]
+
+
+#: scenario (tests/failnth/scenarios.py) -> its 6.12 points on x86-vtd, in order
+PCI_SCENARIO_SITES: dict[str, list[Site]] = {
+    "VFIO_GROUP_GET_DEVICE_FD": [*GROUP_DEVICE_FILE, *pci_core_enable(False),
+                                 *ANON_INODE_FILE],
+    "VFIO_GROUP_GET_DEVICE_FD(edu: MSI capability)": [*GROUP_DEVICE_FILE,
+                                                      *pci_core_enable(True),
+                                                      *ANON_INODE_FILE],
+    "edu VFIO_DEVICE_GET_IRQ_INFO(INTx)": [],
+    "edu SET_IRQS(INTx trigger eventfd: enable)": [
+        MEMDUP_IRQ_SET, ("kasprintf(vfio-intx name)", _VP + "vfio_pci_intrs.c:vfio_intx_enable"),
+        irq_ctx("vfio_intx_enable"), request_irq("vfio_intx_enable")],
+    "edu SET_IRQS(INTx trigger eventfd: replace)": [MEMDUP_IRQ_SET],
+    "edu SET_IRQS(INTx trigger none: disable)": [],
+    "edu SET_IRQS(INTx unmask eventfd)": [
+        MEMDUP_IRQ_SET, ("kzalloc(virqfd)", "drivers/vfio/virqfd.c:vfio_virqfd_enable")],
+    "edu SET_IRQS(MSI trigger eventfd: enable)": [MEMDUP_IRQ_SET, *msi_enable(1),
+                                                  *msi_vector_signal()],
+    "edu SET_IRQS(MSI trigger eventfd: vector 0 of enabled MSI)": [MEMDUP_IRQ_SET,
+                                                                   *msi_vector_signal()],
+    "edu SET_IRQS(REQ trigger eventfd)": [MEMDUP_IRQ_SET],
+    "mmap(vfio-pci BAR0)": [
+        ("vm_area_alloc", "kernel/fork.c:vm_area_alloc <- mm/mmap.c:mmap_region"),
+        ("kzalloc(resource)", "kernel/resource.c:__request_region <- drivers/pci/pci.c:"
+         "pci_request_selected_regions <- " + _VP + "vfio_pci_core.c:vfio_pci_core_mmap"),
+        ("ioremap(pci_iomap)", "arch/x86/mm/ioremap.c:__ioremap_caller <- lib/pci_iomap.c:"
+         "pci_iomap_range")],
 }

@@ -23,12 +23,14 @@ import numpy as np
 from iommulab import Machine, Process
 from iommulab.dma.cookie import MsiCookie
 from iommulab.drivers.mock import MockDomainOps
+from iommulab.eventfd import EventFdCtx, EventFdFile
 from iommulab.iommu.domain import IommuDomain
 from iommulab.iommufd.file import IommufdFile, MemFdFile
 from iommulab.iommufd.objects import Access, Device, HwptPaging, Ioas, IommufdCtx
 from iommulab.iommufd.selftest import AccessFile
 from iommulab.vfio.device import VfioDeviceFile
 from iommulab.vfio.files import Container, GroupFile, VfioFile
+from iommulab.vfio.pci_core import VfioPciCore
 
 __all__ = ["check_tables", "live_domains", "snapshot"]
 
@@ -50,9 +52,10 @@ def snapshot(m: Machine, procs: list[Process]) -> State:
         "containers": [_container(f) for f in files if isinstance(f, Container)],
         "open_groups": sorted(m.open_groups),
         "vfio_devices": {bdf: (vd.open_count, id(vd.idev), vd.iommufd_attached,
-                               sorted(vd.pasids), vd.cdev_opened)
+                               sorted(vd.pasids), vd.cdev_opened, _pci(vd.pci))
                          for bdf, vd in m.vfio_devices.items()
                          if vd.open_count or vd.idev is not None},  # else: no state yet
+        "host_msi": (sorted(m.host_msi.allocated), sorted(m.host_msi.handlers)),
         "devices": sorted(m.devices),
         "driver": _driver(m),
     }
@@ -121,12 +124,16 @@ def _file(f: VfioFile) -> tuple[Any, ...]:
     base: tuple[Any, ...] = (type(f).__name__, f.refs)
     if isinstance(f, GroupFile):
         return (*base, id(f.container), id(f.iommufd), f.devices_open)
+    # a BIND_IOMMUFD whose open fails after vfio_df_iommufd_bind leaves df->devid written
+    # (vfio_df_ioctl_bind_iommufd does not clear it); nothing reads it before a bind succeeds
     if isinstance(f, VfioDeviceFile):
-        return (*base, id(f.iommufd), f.access_granted, f.devid)
+        return (*base, id(f.iommufd), f.access_granted, f.devid if f.access_granted else None)
     if isinstance(f, MemFdFile):
         return (*base, f.memfd.refs, f.memfd.size, _digest(f.memfd.cache.get(0, f.memfd.npages)))
     if isinstance(f, AccessFile):
         return (*base, dict(f.items), f.next_id, id(f.access))
+    if isinstance(f, EventFdFile):  # the drivers' references and the virqfds waiting
+        return (*base, f.ctx.kref, f.ctx.count, [id(w) for w in f.ctx.waiters])
     return base
 
 
@@ -136,6 +143,26 @@ def _ctxs(files: list[VfioFile]) -> list[IommufdCtx]:
         if isinstance(f, IommufdFile | AccessFile):
             out[id(f.ctx)] = f.ctx
     return list(out.values())
+
+
+# -- vfio-pci ---------------------------------------------------------------------------------
+def _pci(c: VfioPciCore | None) -> tuple[Any, ...] | None:
+    """An open device's vfio-pci state: the IRQ type, each IRQ context (trigger, mask,
+    unmask virqfd, host vector), ``virq_disabled``, the host vectors allocated, the
+    ERR/REQ triggers, the BARs mapped, whether a saved state is stored. (``msi_qmax``
+    is left out: ``vfio_msi_disable`` leaves it as ``vfio_msi_enable`` set it.)"""
+    if c is None:
+        return None
+    irqs = c.irqs
+
+    def ref(e: EventFdCtx | None) -> int | None:
+        return None if e is None else id(e)
+
+    ctx = {v: (ref(x.trigger), x.masked, None if x.unmask is None else
+               (id(x.unmask), id(x.unmask.eventfd)), x.msg) for v, x in sorted(irqs.ctx.items())}
+    return (irqs.irq_type, ctx, irqs.virq_disabled, list(irqs.msi_msgs),
+            ref(irqs.err_trigger), ref(irqs.req_trigger), sorted(c.barmap),
+            c.saved_state is not None, id(c.config))
 
 
 # -- iommufd ----------------------------------------------------------------------------------

@@ -39,6 +39,13 @@ SHOULD_FAIL_ERRNO = {
     "pfn_reader_user_update_pinned": errno.ENOMEM,
 }
 
+#: Allocation points whose failure the caller reports as another errno than ENOMEM:
+#: kernel/resource.c:__request_region returns NULL when its ``struct resource`` cannot be
+#: had, which drivers/pci/pci.c:__pci_request_region turns into EBUSY
+ALLOC_ERRNO = {
+    "kzalloc(resource)": errno.EBUSY,
+}
+
 #: Allocation points whose failure the kernel absorbs (prefixes): an xarray node
 #: allocation is retried; kvmalloc past a page falls back to vmalloc; temp_kmalloc
 #: falls back to a page and then to the stack; vfio_batch_init falls back to a one-page
@@ -47,7 +54,8 @@ SHOULD_FAIL_ERRNO = {
 #: fine-grained superpage probe is skipped; a nofail detach WARNs and goes on; a type1
 #: detach keeps its IOVA list; a compatible domain that refuses the group is not used; a
 #: THP fault whose folio cannot be had falls back to 4K pages (VM_FAULT_FALLBACK);
-#: device_del does not check its KOBJ_REMOVE uevent.
+#: device_del does not check its KOBJ_REMOVE uevent; vfio_pci_core_enable goes on
+#: without a stored config state when pci_store_saved_state fails.
 SWALLOWED = (
     "xas_alloc(",
     "kvmalloc(",
@@ -62,6 +70,7 @@ SWALLOWED = (
     "device_del:",
     "vfio_iommu_type1_attach_group: iommu_attach_group(compatible)",
     "vma_alloc_folio(THP)",
+    "kzalloc(pci_store_saved_state)",
 )
 
 
@@ -71,7 +80,7 @@ def site_errno(site: str, overrides: dict[str, int] | None = None) -> int:
         return overrides[site]
     if site.startswith("iommufd_should_fail("):
         return SHOULD_FAIL_ERRNO[site[len("iommufd_should_fail("):-1]]
-    return errno.ENOMEM
+    return ALLOC_ERRNO.get(site, errno.ENOMEM)
 
 
 @dataclass
@@ -103,12 +112,12 @@ class World:
 
 
 def new_world(platform: str, kernel: str, *, devices: int = 0, ram: str = "256M",
-              **proc: Any) -> World:
-    """A machine with ``devices`` vfio-pci devices, each in its own group, and one
-    process (``proc``: :meth:`Machine.spawn_process` arguments)."""
+              model: str | None = None, **proc: Any) -> World:
+    """A machine with ``devices`` vfio-pci devices (of ``model``), each in its own group,
+    and one process (``proc``: :meth:`Machine.spawn_process` arguments)."""
     m = Machine(platform, ram=ram, kernel=kernel)
     for i in range(devices):
-        m.add_pci_device(f"0000:00:{i + 1:02x}.0")
+        m.add_pci_device(f"0000:00:{i + 1:02x}.0", model=model)
     w = World(m, [])
     w.fresh_frames = m.mem.frames.total_frames - m.mem.frames.free_frames - m.mem.iommu_pages
     w.fresh_tables = m.mem.iommu_pages

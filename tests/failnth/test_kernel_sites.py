@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .kernel_sequences import SEQUENCES, Sequence, logged_sites
-from .kernel_sites import SCENARIO_SITES, SEQUENCE_SITES, Site, xa_nodes_empty
+from .kernel_sites import PCI_SCENARIO_SITES, SCENARIO_SITES, SEQUENCE_SITES, Site, xa_nodes_empty
 from .scenarios import SCENARIOS
 from .sweep import sites
 
@@ -29,6 +29,16 @@ def test_scenario_points_follow_the_kernel(name: str) -> None:
     s = BY_NAME[name]
     model = sites(lambda: s.setup("mock", "6.12"), s.op)
     kernel = SCENARIO_SITES[name]
+    assert model == [site for site, _ in kernel], _diff(model, kernel)
+
+
+@pytest.mark.parametrize("name", sorted(PCI_SCENARIO_SITES))
+def test_pci_scenario_points_follow_the_kernel(name: str) -> None:
+    """One vfio-pci call (device open, SET_IRQS, a BAR mmap) in its scenario's state on
+    x86-vtd, 6.12: the model's points are the kernel's, in the kernel's order."""
+    s = BY_NAME[name]
+    model = sites(lambda: s.setup("x86-vtd", "6.12"), s.op)
+    kernel = PCI_SCENARIO_SITES[name]
     assert model == [site for site, _ in kernel], _diff(model, kernel)
 
 

@@ -254,10 +254,15 @@ def test_eventfd_counts_like_eventfd2() -> None:
     p.exit()
 
 
-def test_bound_cdev_drives_edu_through_an_ioas() -> None:
+@pytest.mark.parametrize(("platform", "kernel"), [
+    ("x86-vtd", "6.12"), ("arm64-smmuv3", "6.12"), ("arm64-smmuv3", "7.0")])
+def test_bound_cdev_drives_edu_through_an_ioas(platform: str, kernel: str) -> None:
     """The same device through /dev/vfio/devices/vfio0 bound to an iommufd: the device
-    ioctls, regions and interrupts are the device file's, whichever way it was opened."""
-    m = Machine("x86-vtd", ram="1G")
+    ioctls, regions and interrupts are the device file's, whichever way it was opened.
+    On arm64 the MSI doorbell is mapped at the start of the software MSI window of the
+    HWPT's domain: by the MSI cookie iommufd gave it (6.12), or by ``iommufd_sw_msi``
+    (7.0, which makes no cookie)."""
+    m = Machine(platform, ram="1G", kernel=kernel)
     dev = m.add_pci_device(BDF, model="edu")
     fresh = leak_snapshot(m)
     p = m.spawn_process()
@@ -280,6 +285,8 @@ def test_bound_cdev_drives_edu_through_an_ioas() -> None:
                     struct.pack("<i", efd))
     p.ioctl(cdev, u.VFIO_DEVICE_SET_IRQS, arg)
     assert dev.fn.msi_enabled and dev.fn.bus_master
+    if platform == "arm64-smmuv3":
+        assert dev.fn.cfg_read(0x44, 4) & ~0xFFF == MSI_IOVA_BASE
     p.write(ram, b"through an IOAS")
     p.pwrite(cdev, struct.pack("<QQQQ", IOVA, 0x40000, 15, 1 | 4), BAR0 + 0x80)
     p.pwrite(cdev, struct.pack("<QQQQ", 0x40000, IOVA + 0x100, 15, 1 | 2), BAR0 + 0x80)
@@ -317,3 +324,44 @@ def test_mmapped_bar_reaches_edu_and_msi_takes_over_from_intx() -> None:
     assert v.count(msi) == 1 and v.count(intx) == 0
     p.munmap(bar, 1 << 20)
     v.close()
+
+
+def test_a_replace_installs_the_doorbell_the_group_uses_in_the_new_hwpt() -> None:
+    """Linux 7.0: the doorbell page ``iommufd_sw_msi`` mapped for edu's MSI is the
+    context's (one IOVA for every domain) and the group's (``required_sw_msi``), so
+    moving the device to another IOAS maps it in the new HWPT's domain at the same
+    IOVA (``iommufd_group_setup_msi``) and the MSI still arrives, without a new
+    SET_IRQS."""
+    m = Machine("arm64-smmuv3", ram="1G", kernel="7.0")
+    dev = m.add_pci_device(BDF, model="edu")
+    fresh = leak_snapshot(m)
+    p = m.spawn_process()
+    iommufd, cdev = p.open("/dev/iommu"), p.open("/dev/vfio/devices/vfio0")
+    p.ioctl(cdev, u.VFIO_DEVICE_BIND_IOMMUFD,
+            bytearray(u.BIND_IOMMUFD.pack(16, 0, iommufd, 0)))
+    ioases = []
+    for _ in range(2):
+        alloc = bytearray(iu.IOAS_ALLOC.pack(12, 0, 0))
+        p.ioctl(iommufd, iu.IOMMU_IOAS_ALLOC, alloc)
+        ioases.append(iu.IOAS_ALLOC.unpack(alloc)[2])
+
+    def attach(ioas: int) -> None:
+        p.ioctl(cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                bytearray(u.ATTACH_IOMMUFD_PT.pack(16, 0, ioas, 0)))
+    attach(ioases[0])
+    p.pwrite(cdev, struct.pack("<H", 0x6), CFG + 4)
+    efd = p.eventfd()
+    p.ioctl(cdev, u.VFIO_DEVICE_SET_IRQS, bytearray(
+        u.IRQ_SET.pack(24, TRIGGER_EVENTFD, u.VFIO_PCI_MSI_IRQ_INDEX, 0, 1) +
+        struct.pack("<i", efd)))
+    assert dev.fn.cfg_read(0x44, 4) & ~0xFFF == MSI_IOVA_BASE
+    attach(ioases[1])  # a replace: the new HWPT gets the doorbell page
+    assert dev.group is not None and dev.group.domain is not None
+    domain = dev.group.domain
+    assert domain.iova_to_phys(MSI_IOVA_BASE) == m.host_msi.its().doorbell & ~0xFFF
+    p.pwrite(cdev, struct.pack("<I", 1), BAR0 + 0x60)  # edu raises its interrupt
+    assert p.read_fd(efd, 8) == (1).to_bytes(8, "little")
+    check_invariants([m, p])
+    p.exit()
+    check_invariants([m, p])
+    assert not (diff := fresh.diff(leak_snapshot(m, processes=[p]))), diff

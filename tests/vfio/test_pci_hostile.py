@@ -211,3 +211,31 @@ def test_hot_reset_header_checks_then_enodev(v: EduVmm) -> None:
     expect_errno(errno.ENODEV, v.p.ioctl, v.d, reset,
                  bytearray(u.HOT_RESET.pack(16, 0, 1) + struct.pack("<i", v.g)))
     v.close()
+
+
+def test_one_eventfd_as_intx_trigger_and_unmask_eventfd_returns(v: EduVmm) -> None:
+    """One eventfd both INTx's trigger and its unmask eventfd, while edu holds its line
+    asserted: each signal of the trigger wakes the unmask virqfd, whose handler finds the
+    line still pending and schedules the thread that signals the trigger again. The
+    kernel runs that thread as deferred work; the model runs it at once but not from
+    inside itself, so the write that raises the interrupt and an unmask both return,
+    with INTx masked (found by the fail-nth random run of the fuzzer's device calls:
+    unbounded recursion before)."""
+    efd = v.p.eventfd()
+    fd = struct.pack("<i", efd)
+    v.set_irqs(TRIGGER_EVENTFD, u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1, fd)
+    v.set_irqs(u.VFIO_IRQ_SET_DATA_EVENTFD | u.VFIO_IRQ_SET_ACTION_UNMASK,
+               u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1, fd)
+    ctx = v.p.files[efd].ctx  # type: ignore[attr-defined]
+    v.set_reg(0x60, 1)  # edu raises its interrupt and keeps the line asserted
+    irqs = v.m.vfio_devices[v.dev.bdf].pci.irqs  # type: ignore[union-attr]
+    assert irqs.ctx[0].masked and ctx.signals == 2  # the handler's, the thread's
+    v.set_irqs(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_UNMASK,
+               u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1)  # still pending: sent again, masked
+    assert irqs.ctx[0].masked and ctx.signals == 4
+    v.set_reg(0x64, 1)  # acknowledged: the line drops; the next unmask unmasks
+    v.set_irqs(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_UNMASK,
+               u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1)
+    assert not irqs.ctx[0].masked
+    irqs._check()
+    v.close()

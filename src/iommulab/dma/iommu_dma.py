@@ -491,13 +491,17 @@ def prepare_msi(dev: DmaDevice, msi_addr: int) -> int:
 
     No domain, an identity domain, and (6.12: ``if (!domain || !domain->iova_cookie)``)
     any domain without a cookie pass the doorbell's physical address through
-    untranslated; in 7.0 a domain whose cookie is neither DMA nor MSI is EOPNOTSUPP
-    (``default: ret = -EOPNOTSUPP``). ENOMEM when the doorbell page cannot be mapped.
+    untranslated; in 7.0 an iommufd HWPT's domain goes to ``iommufd_sw_msi``
+    (:meth:`~iommulab.iommufd.objects.IommufdCtx.sw_msi`) and any other domain whose
+    cookie is neither DMA nor MSI is EOPNOTSUPP (``default: ret = -EOPNOTSUPP``). ENOMEM
+    when the doorbell page cannot be mapped.
     """
     group = dev.group
     domain = group.domain if group is not None else None
     if domain is None or domain.type == DomainType.IDENTITY:
         return msi_addr
+    if domain.iommufd_sw_msi is not None:  # 7.0: cookie_type IOMMU_COOKIE_IOMMUFD
+        return domain.iommufd_sw_msi(dev, msi_addr)
     cookie = domain.cookie
     if not isinstance(cookie, (DmaCookie, MsiCookie)):
         assert group is not None

@@ -15,7 +15,7 @@ import enum
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidArgument, KernelError, NoDevice, NotSupported
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
@@ -162,6 +162,9 @@ class IommuDomain:
         self.max_bbm_level = 0
         self.dirty_granule: int | None = None  # lab: granule blocks were split to, if any
         self.cookie: DmaCookie | MsiCookie | None = None  # iova_cookie / msi_cookie
+        # Linux 7.0: an iommufd HWPT's domain (cookie_type IOMMU_COOKIE_IOMMUFD) answers
+        # iommu_dma_prepare_msi itself: iommufd_sw_msi(dev, msi_addr) -> the MSI address
+        self.iommufd_sw_msi: Callable[[Any, int], int] | None = None
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"

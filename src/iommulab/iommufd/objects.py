@@ -21,6 +21,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,6 +105,21 @@ class Ioas(IommufdObject):
                          f"{errno.errorcode.get(e.errno or 0, e.errno)}"] += 1
 
 
+#: ids a ``struct iommufd_sw_msi_maps`` bitmap holds (a u64)
+_SW_MSI_IDS = 64
+
+
+@dataclass
+class SwMsiMap:
+    """``struct iommufd_sw_msi_map`` (Linux 7.0): one doorbell page of the context, at
+    page ``pgoff`` of a software MSI window, with the id HWPTs and groups note it by."""
+
+    sw_msi_start: int
+    msi_addr: int
+    pgoff: int
+    id: int
+
+
 @dataclass(eq=False, kw_only=True)
 class HwptPaging(IommufdObject):
     """``struct iommufd_hwpt_paging``."""
@@ -115,6 +131,7 @@ class HwptPaging(IommufdObject):
     enforce_cache_coherency: bool = False
     msi_cookie: bool = False  # 6.12: iommu_get_msi_cookie was called on the domain
     devices: list[Device] = field(default_factory=list, repr=False)
+    present_sw_msi: set[int] = field(default_factory=set)  # 7.0: doorbells mapped (ids)
 
     def destroy(self, ctx: IommufdCtx) -> None:
         """``iommufd_hwpt_paging_destroy``: out of the IOAS, domain freed."""
@@ -191,6 +208,11 @@ class IommufdCtx:
         # iommufd_group.sw_msi_start of each group a bound device is in (by group id):
         # the last IOMMU_RESV_SW_MSI start an attach found, kept while the group is
         self.sw_msi_start: dict[int, int] = {}
+        # Linux 7.0's fd-global doorbell pages (ictx->sw_msi_list, sw_msi_id) and the ids
+        # each group's devices use (iommufd_group.required_sw_msi, by group id)
+        self.sw_msi_list: list[SwMsiMap] = []
+        self.sw_msi_id = 0
+        self.required_sw_msi: dict[int, set[int]] = {}
 
     # -- the context's file ------------------------------------------------------------
     def ctx_get(self) -> None:
@@ -424,6 +446,8 @@ class IommufdCtx:
             domain = driver.domain_alloc_paging(master, DomainType.UNMANAGED)
         hwpt = HwptPaging(domain=domain, ioas=ioas, auto_domain=auto,
                           nest_parent=bool(flags & _NEST_PARENT))
+        if self.kernel >= LINUX_7_0:  # iommufd_hwpt_paging_alloc: cookie_type IOMMUFD
+            domain.iommufd_sw_msi = partial(self.sw_msi, hwpt)
         immediate_attach = auto and idev.hwpt is None  # not for a replace
         try:
             if idev.enforce_cache_coherency:
@@ -516,11 +540,13 @@ class IommufdCtx:
 
     def put_igroup(self, dev: DmaDevice) -> None:
         """``iommufd_put_group`` of a destroyed device: the ``iommufd_group`` (and its
-        ``sw_msi_start``) goes with the last bound device of its group."""
+        ``sw_msi_start`` and ``required_sw_msi``) goes with the last bound device of its
+        group."""
         group = dev.group
         if group is not None and not any(
                 isinstance(o, Device) and o.dev.group is group for o in self.objects.values()):
             self.sw_msi_start.pop(group.id, None)
+            self.required_sw_msi.pop(group.id, None)
 
     def attach(self, idev: Device, pt_id: int) -> int:
         """``iommufd_device_attach``: to a HWPT, or to an IOAS through an automatic HWPT;
@@ -700,14 +726,68 @@ class IommufdCtx:
         keeps the cookie when the attach fails after it (the HWPT keeps its domain, and
         a later attach finds ``msi_cookie`` set): a wart, not a leak, as the cookie goes
         with the domain. Linux 7.0 (``iommufd_sw_msi``) makes no cookie: the domain
-        answers MSI requests itself, and the attach only installs the doorbell pages the
-        group's devices already use (``ictx->sw_msi_list``); the model's devices request
-        no interrupt, so there are none and nothing is allocated."""
+        answers MSI requests itself (:meth:`sw_msi`), and the attach only installs the
+        doorbell pages the group's devices already use (the maps of
+        ``ictx->sw_msi_list`` in this window that ``required_sw_msi`` names:
+        ``iommu_map``, whose error fails the attach; a page mapped stays)."""
         start = self.sw_msi_start.get(group_id)
-        if start is None or self.kernel >= LINUX_7_0 or hwpt.msi_cookie:
+        if start is None:
+            return
+        if self.kernel >= LINUX_7_0:
+            required = self.required_sw_msi.get(group_id, set())
+            for m in self.sw_msi_list:
+                if m.sw_msi_start == start and m.id in required:
+                    self._sw_msi_install(hwpt, m)
+            return
+        if hwpt.msi_cookie:
             return
         get_msi_cookie(hwpt.domain, start, self.mem.fail_nth, self.kernel)
         hwpt.msi_cookie = True
+
+    # -- Linux 7.0's software MSI (drivers/iommu/iommufd/driver.c) -----------------------------
+    def sw_msi(self, hwpt: HwptPaging, dev: Any, msi_addr: int) -> int:
+        """``iommufd_sw_msi``, which ``iommu_dma_prepare_msi`` calls for a HWPT's domain:
+        the doorbell untranslated when the device's group has no software MSI window;
+        else the context's map of the doorbell page (:meth:`_sw_msi_get_map`) installed
+        in the HWPT (:meth:`_sw_msi_install`) and noted as the group's; the IOVA the
+        device writes its MSI to. A map made stays in the context when the install
+        fails, as in the kernel."""
+        group = dev.group
+        start = self.sw_msi_start.get(group.id) if group is not None else None
+        if start is None:  # PHYS_ADDR_MAX: no IOMMU_RESV_SW_MSI
+            return int(msi_addr)
+        m = self._sw_msi_get_map(msi_addr & ~(PAGE_SIZE - 1), start)
+        self._sw_msi_install(hwpt, m)
+        self.required_sw_msi.setdefault(group.id, set()).add(m.id)
+        return m.sw_msi_start + m.pgoff * PAGE_SIZE + (msi_addr & (PAGE_SIZE - 1))
+
+    def _sw_msi_get_map(self, msi_addr: int, sw_msi_start: int) -> SwMsiMap:
+        """``iommufd_sw_msi_get_map``: the map of ``msi_addr`` in this window if there is
+        one; else EOVERFLOW past the 64 ids of a ``struct iommufd_sw_msi_maps`` bitmap,
+        then a new map (kzalloc, ENOMEM) at the window's next page."""
+        max_pgoff = 0
+        for m in self.sw_msi_list:
+            if m.sw_msi_start != sw_msi_start:
+                continue
+            max_pgoff = max(max_pgoff, m.pgoff + 1)
+            if m.msi_addr == msi_addr:
+                return m
+        if self.sw_msi_id >= _SW_MSI_IDS:
+            raise Overflow(f"iommufd_sw_msi_get_map: {self.sw_msi_id} doorbell pages")
+        self.mem.fail_nth.check("kzalloc(iommufd_sw_msi_map)")
+        m = SwMsiMap(sw_msi_start, msi_addr, max_pgoff, self.sw_msi_id)
+        self.sw_msi_id += 1
+        self.sw_msi_list.append(m)
+        return m
+
+    def _sw_msi_install(self, hwpt: HwptPaging, m: SwMsiMap) -> None:
+        """``iommufd_sw_msi_install``: the doorbell page mapped READ|WRITE|MMIO at its
+        IOVA in the HWPT's domain unless it is there already (``present_sw_msi``)."""
+        if m.id in hwpt.present_sw_msi:
+            return
+        hwpt.domain.map(m.sw_msi_start + m.pgoff * PAGE_SIZE, m.msi_addr, PAGE_SIZE,
+                        Prot.READ | Prot.WRITE | Prot.MMIO)
+        hwpt.present_sw_msi.add(m.id)
 
     def detach(self, idev: Device) -> None:
         """``iommufd_device_detach``: back to blocking; an automatic HWPT goes with its

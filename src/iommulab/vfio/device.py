@@ -106,13 +106,22 @@ class VfioDevice:
 
     def _first_open(self, df: VfioDeviceFile) -> None:
         """``vfio_df_device_first_open``: ``vfio_df_iommufd_bind`` or
-        ``vfio_device_group_use_iommu``, as the opening file says."""
+        ``vfio_device_group_use_iommu``, as the opening file says, then the driver's
+        ``open_device``; if that fails, the bind or use is undone (``err_unuse_iommu``)."""
         if df.iommufd is not None:
             df.devid = self.physical_bind(df.iommufd)
         else:
             assert df.group is not None
             _group_use_container(df.group)
-        self.pci = VfioPciCore(self.dev)  # ops->open_device: vfio_pci_core_enable
+        try:
+            self.pci = VfioPciCore(self.dev)  # ops->open_device: vfio_pci_core_enable
+        except KernelError:  # err_unuse_iommu
+            if df.iommufd is not None:
+                self.physical_unbind()
+            else:
+                assert df.group is not None
+                _group_unuse_container(df.group)
+            raise
 
     def _last_close(self, df: VfioDeviceFile) -> None:
         """``vfio_df_device_last_close``: vfio-pci's close first, then the unbind or
@@ -268,15 +277,20 @@ class VfioDevice:
                                       index << u.VFIO_PCI_OFFSET_SHIFT))
         return 0
 
-    def pci_mmap(self, length: int, offset: int) -> int:
-        """``vfio_pci_core_mmap``: BAR 0 only, within its size; the BAR's physical
-        address."""
+    def pci_mmap(self, length: int, offset: int, shared: bool = True) -> int:
+        """``vfio_pci_core_mmap``: EINVAL for a mapping that is not MAP_SHARED, then for
+        anything but BAR 0 within its size; the BAR requested and iomapped once
+        (:meth:`VfioPciCore.setup_barmap`); the BAR's physical address."""
+        if not shared:
+            raise InvalidArgument("mmap: a device region needs MAP_SHARED")
         index = offset >> u.VFIO_PCI_OFFSET_SHIFT
         start = offset & ((1 << u.VFIO_PCI_OFFSET_SHIFT) - 1)
         if index != u.VFIO_PCI_BAR0_REGION_INDEX or start & 0xFFF or \
                 start + length > self.dev.bar0_size:
             raise InvalidArgument(f"mmap: offset {offset:#x} length {length:#x} is not "
                                   "inside BAR 0")
+        assert self.pci is not None
+        self.pci.setup_barmap(index)
         return self.dev.bar0 + start
 
 
@@ -359,11 +373,11 @@ class VfioDeviceFile(VfioFile):
             held += [vdev.iommufd] * (2 if vdev.idev.holds_ctx else 1)
         return held
 
-    def mmap_region(self, length: int, offset: int) -> int:
+    def mmap_region(self, length: int, offset: int, shared: bool = True) -> int:
         """``vfio_device_fops_mmap``: EINVAL until access is granted, then vfio-pci's."""
         if not self.access_granted:
             raise InvalidArgument("mmap: the device cdev is not bound to an iommufd")
-        return self.vdev.pci_mmap(length, offset)
+        return self.vdev.pci_mmap(length, offset, shared)
 
     f_pos = 0  # the file position read(2) and write(2) use
 

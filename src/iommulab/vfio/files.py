@@ -74,7 +74,7 @@ class VfioFile:
     def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         raise NotATty(f"ioctl {request:#x}: not supported by this file")
 
-    def mmap_region(self, length: int, offset: int) -> int:
+    def mmap_region(self, length: int, offset: int, shared: bool = True) -> int:
         raise NoDevice("mmap: this file cannot be mapped")
 
     #: FMODE_PREAD | FMODE_PWRITE: the open of a character device sets them, an anon

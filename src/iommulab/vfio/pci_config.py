@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import BadAddress
+from ..errors import BadAddress, OutOfMemory
 from ..pcihw import (
     PCI_BASE_ADDRESS_0,
     PCI_CAP_ID_MSI,
@@ -46,6 +46,7 @@ from ..pcihw import (
 from . import uapi as u
 
 if TYPE_CHECKING:
+    from ..mem import FailNth
     from .pci_irq import VfioPciIrqs
 
 __all__ = ["VfioPciConfig"]
@@ -123,13 +124,17 @@ class VfioPciConfig:
     (``bardirty``, ``rbar``, ``msi_perm``), built by ``vfio_config_init`` at the
     device's first open and dropped at its last close."""
 
-    def __init__(self, fn: PciFunction, irqs: VfioPciIrqs) -> None:
-        """``vfio_config_init``: the header and each capability copied from the
-        hardware. Lab: the model's functions have no capability but MSI, so only MSI's
-        length (``vfio_msi_cap_len``) is known; any other would be hidden as a length-0
-        one is."""
-        self.fn, self.irqs = fn, irqs
+    def __init__(self, fn: PciFunction, irqs: VfioPciIrqs, fail: FailNth) -> None:
+        """``vfio_config_init``: ``pci_config_map`` and ``vconfig`` allocated (ENOMEM,
+        the first freed if the second fails), the header and each capability copied
+        from the hardware. Lab: the model's functions have no capability but MSI, so
+        only MSI's length (``vfio_msi_cap_len``) is known; any other would be hidden as
+        a length-0 one is. No extended capability (conventional PCI):
+        ``vfio_ecap_init`` allocates nothing."""
+        self.fn, self.irqs, self._fail = fn, irqs, fail
         size = PCI_CFG_SPACE_SIZE  # pdev->cfg_size: conventional PCI
+        fail.check("kmalloc(pci_config_map)")
+        fail.check("kmalloc(vconfig)")
         self.cfg_size = size
         self.map = bytearray([PCI_CAP_ID_BASIC] * PCI_STD_HEADER_SIZEOF +
                              [PCI_CAP_ID_INVALID] * (size - PCI_STD_HEADER_SIZEOF))
@@ -179,11 +184,20 @@ class VfioPciConfig:
 
     def _msi_cap_len(self, pos: int) -> int:
         """``vfio_msi_cap_len``: 10 bytes, 4 more for 64-bit addresses, 10 more for
-        per-vector masking; the first call builds ``msi_perm``."""
+        per-vector masking; the first call builds ``msi_perm``: the ``perm_bits``
+        (kmalloc), then ``alloc_perm_bits``' two arrays, both tried before either is
+        checked (ENOMEM; ``vfio_config_init`` then frees its map and vconfig)."""
         flags = self.fn.cfg_read(pos + PCI_MSI_FLAGS, 2)
         length = 10 + (4 if flags & PCI_MSI_FLAGS_64BIT else 0) + \
             (10 if flags & PCI_MSI_FLAGS_MASKBIT else 0)
         if self.msi_perm is None:
+            fail = self._fail
+            fail.check("kmalloc(msi_perm)")
+            virt = fail.fails("kzalloc(perm_bits virt)")
+            write = fail.fails("kzalloc(perm_bits write)")
+            if virt or write:
+                raise OutOfMemory("injected allocation failure at alloc_perm_bits "
+                                  "(fail-nth)")
             self.msi_perm = _msi_perm(length, flags)
         return length
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidArgument, IoError, NoDevice
+from ..errors import Busy, InvalidArgument, IoError, KernelError, NoDevice
 from ..pcihw import PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 from . import uapi as u
 from .pci_config import VfioPciConfig
@@ -29,34 +29,69 @@ class VfioPciCore:
     def __init__(self, dev: PciDevice) -> None:
         """``vfio_pci_core_enable``: bus mastering off, the device enabled (memory
         decoding on), reset once if a reset method works (``reset_works``), its config
-        saved, INTx disable cleared, then ``vfio_config_init``."""
+        saved and stored (``pci_store_saved_state``, whose failed allocation only leaves
+        no stored state), INTx disable cleared, then ``vfio_config_init``; if that
+        fails the stored state is freed and the device disabled (bus mastering off;
+        the reset and the command bits stay, as in the kernel)."""
         self.dev = fn = dev.fn
         self.pdev = dev
+        self._fail = fail = dev.machine.mem.fail_nth
         fn.cfg_write(PCI_COMMAND, 2, fn.command & ~PCI_COMMAND_MASTER)  # pci_clear_master
         fn.cfg_write(PCI_COMMAND, 2, fn.command | PCI_COMMAND_MEMORY)  # pci_enable_device
         self.reset_works = fn.ident.reset
         self.resets = 0
         if self.reset_works:
             self._try_reset_function()
-        self.saved_state = bytes(fn.cfg)  # pci_save_state
+        # pci_save_state, then pci_store_saved_state's copy (None: the kernel's NULL)
+        self.saved_state: bytes | None = None if fail.fails(
+            "kzalloc(pci_store_saved_state)") else bytes(fn.cfg)
         fn.intx(True)
+        self.barmap: set[int] = set()  # vdev->barmap: BARs requested and iomapped
         self.irqs = VfioPciIrqs(dev)
-        self.config = VfioPciConfig(fn, self.irqs)
+        try:
+            self.config = VfioPciConfig(fn, self.irqs, fail)
+        except KernelError:
+            self.saved_state = None  # kfree(vdev->pci_saved_state)
+            fn.cfg_write(PCI_COMMAND, 2, fn.command & ~PCI_COMMAND_MASTER)  # pci_disable_device
+            raise
         self.irqs.config = self.config
 
     def close(self) -> None:
         """``vfio_pci_core_disable`` and ``vfio_pci_core_close_device``: bus mastering
-        off, every interrupt torn down (eventfds put), the command register cleared to
-        INTx disable, a reset if one works, the saved state restored."""
+        off, every interrupt torn down (eventfds put), the BAR maps unmapped and their
+        regions released; then, with a stored state (or none but a working reset, when
+        the current state is saved instead), the command register cleared to INTx
+        disable, a reset if one works and the state restored; the device disabled."""
         fn = self.dev
         fn.cfg_write(PCI_COMMAND, 2, fn.command & ~PCI_COMMAND_MASTER)
         self.irqs.disable_all()
-        fn.cfg_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE)
-        if self.reset_works:
-            fn.function_reset()
-            self.resets += 1
-        self._restore(self.saved_state)
+        self.barmap.clear()  # pci_iounmap, pci_release_selected_regions
+        state = self.saved_state
+        if state is None and self.reset_works:
+            state = bytes(fn.cfg)  # pci_save_state
+        if state is not None:
+            fn.cfg_write(PCI_COMMAND, 2, PCI_COMMAND_INTX_DISABLE)
+            if self.reset_works:
+                fn.function_reset()
+                self.resets += 1
+            self._restore(state)
         fn.cfg_write(PCI_COMMAND, 2, fn.command & ~PCI_COMMAND_MASTER)  # pci_disable_device
+
+    def setup_barmap(self, bar: int) -> None:
+        """``vfio_pci_core_setup_barmap`` (and the same steps in
+        ``vfio_pci_core_mmap``): once per BAR, ``pci_request_selected_regions`` (its
+        ``struct resource``, whose failed allocation ``__request_region`` reports as
+        NULL and ``pci_request_region`` as EBUSY), then ``pci_iomap`` (ENOMEM, the
+        region released again). Lab: ``ioremap``'s vmap area and page tables are one
+        point."""
+        if bar in self.barmap:
+            return
+        fail = self._fail
+        if fail.fails("kzalloc(resource)"):
+            raise Busy(f"{self.pdev.bdf}: BAR {bar}: pci_request_selected_regions failed "
+                       "(injected allocation failure, fail-nth)")
+        fail.check("ioremap(pci_iomap)")
+        self.barmap.add(bar)
 
     def _restore(self, state: bytes) -> None:
         """``pci_restore_state``: the saved header and capabilities, written back."""
@@ -146,6 +181,7 @@ class VfioPciCore:
             raise InvalidArgument(f"pread/pwrite: offset {pos:#x} is past BAR 0's "
                                   f"{end:#x} bytes")
         count = min(count, end - pos)
+        self.setup_barmap(u.VFIO_PCI_BAR0_REGION_INDEX)
         if not self.config.memory_enabled():
             raise IoError(f"{pdev.bdf}: BAR 0 access with memory decoding disabled")
         mem, base = pdev.mem, pdev.bar0 + pos

@@ -15,8 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import Busy, InvalidArgument, NoDevice, NotATty, kernel_error
+import numpy as np
+
+from ..errors import Busy, InvalidArgument, KernelError, NoDevice, NotATty, kernel_error
 from ..eventfd import EPOLLHUP, EPOLLIN, EventFdCtx, eventfd_ctx_fdget
+from ..mem.fault import xa_nodes_needed
 from ..pcihw import (
     PCI_COMMAND_INTX_DISABLE,
     PCI_INTERRUPT_PIN,
@@ -55,15 +58,32 @@ class _Virqfd:
     def __init__(self, ctx: EventFdCtx, handler: Callable[[], bool],
                  thread: Callable[[], None], owner: Callable[[], None]) -> None:
         self.eventfd, self.handler, self.thread, self._deactivate = ctx, handler, thread, owner
+        self._injecting = False
 
     def wake(self, flags: int) -> None:
-        """``virqfd_wakeup``: EPOLLIN consumes the count and runs the handler."""
+        """``virqfd_wakeup``: EPOLLIN consumes the count and runs the handler, whose
+        true schedules the thread (:meth:`_inject`)."""
         if flags & EPOLLIN:
             self.eventfd.count = 0  # eventfd_ctx_do_read
             if self.handler():
-                self.thread()
+                self._inject()
         if flags & EPOLLHUP:
             self._deactivate()
+
+    def _inject(self) -> None:
+        """``schedule_work(&virqfd->inject)``, whose ``virqfd_inject`` runs the thread.
+        Lab: the work runs at once, unless it is the running work that woke this
+        virqfd (its thread signalled this very eventfd, as when one eventfd is both an
+        INTx trigger and its unmask eventfd). The kernel then queues the work again, and
+        again for as long as the handler finds the line pending: a kworker loop the
+        model does not follow; it drops the wakeup instead."""
+        if self._injecting:
+            return
+        self._injecting = True
+        try:
+            self.thread()
+        finally:
+            self._injecting = False
 
 
 class VfioPciIrqs:
@@ -81,6 +101,16 @@ class VfioPciIrqs:
         self.pci_2_3 = True  # pci_intx_mask_supported: the model's functions have DisINTx
         self.msi_msgs: list[int] = []  # the host message data of each allocated vector
         self.config: VfioPciConfig | None = None
+        self._fail = dev.machine.mem.fail_nth
+
+    def _ctx_alloc(self, vector: int) -> None:
+        """``vfio_irq_ctx_alloc``'s allocations: the context (kzalloc), then the
+        ``vdev->ctx`` xarray's nodes for ``vector`` (``xa_insert``: index 0 alone lives
+        in the head), ENOMEM; the caller stores the context."""
+        fail = self._fail
+        fail.check("kzalloc(vfio_pci_irq_ctx)")
+        present = np.array(sorted(self.ctx), dtype=np.int64)
+        fail.xa_nodes("vdev->ctx", xa_nodes_needed(present, vector, vector))
 
     def _check(self) -> None:
         """Invariants (tests only): contexts exist only for the IRQ type in use (INTx:
@@ -164,15 +194,23 @@ class VfioPciIrqs:
             self._send_intx()
 
     def _intx_enable(self, trigger: EventFdCtx | None) -> None:
-        """``vfio_intx_enable``: EINVAL unless no interrupt is set up; the initial mask
-        is ``virq_disabled``; the handler goes on the line (run at once if the line is
-        already asserted, as a level-triggered line would)."""
+        """``vfio_intx_enable``: EINVAL unless no interrupt is set up, ENODEV without a
+        line; the name (``kasprintf``) and the context (:meth:`_ctx_alloc`), ENOMEM; the
+        initial mask is ``virq_disabled`` (written to DisINTx, which a failed
+        ``request_irq`` leaves so); ``request_irq`` (its ``irqaction``, ENOMEM) puts the
+        handler on the line (run at once if the line is already asserted, as a
+        level-triggered line would)."""
         if self.irq_type != _IRQ_NONE:
             raise InvalidArgument("SET_IRQS: another interrupt type is enabled")
         if not self.fn.ident.interrupt_pin:  # !pdev->irq
             raise NoDevice("SET_IRQS: the function has no INTx line")
-        ctx = self.ctx[0] = _IrqCtx(trigger, masked=self.virq_disabled)
+        fail = self._fail
+        fail.check("kasprintf(vfio-intx name)")
+        self._ctx_alloc(0)
+        ctx = _IrqCtx(trigger, masked=self.virq_disabled)
         self.fn.intx(not ctx.masked)
+        fail.check("kzalloc(irqaction)")  # request_irq; on failure all but DisINTx undone
+        self.ctx[0] = ctx
         self.irq_type = u.VFIO_PCI_INTX_IRQ_INDEX
         self.fn.intx_handler = self._intx_handler
         if self.fn.intx_level and not self.fn.command & PCI_COMMAND_INTX_DISABLE:
@@ -212,8 +250,10 @@ class VfioPciIrqs:
                 self._virqfd_disable(ctx)
 
     def _virqfd_enable(self, proc: Process, ctx: _IrqCtx, fd: int) -> None:
-        """``vfio_virqfd_enable``: EBADF/EINVAL for a bad fd, EBUSY while one is set; an
-        eventfd that already counts runs the handler at once."""
+        """``vfio_virqfd_enable``: the ``struct virqfd`` (kzalloc, ENOMEM) before the fd
+        is looked at; EBADF/EINVAL for a bad fd, EBUSY while one is set; an eventfd that
+        already counts runs the handler at once."""
+        self._fail.check("kzalloc(virqfd)")
         efd = eventfd_ctx_fdget(proc, fd)
         if ctx.unmask is not None:
             efd.put()
@@ -257,7 +297,7 @@ class VfioPciIrqs:
                 return
             try:
                 self._intx_enable(trigger)
-            except (InvalidArgument, NoDevice):
+            except KernelError:  # any failure of vfio_intx_enable puts the trigger
                 if trigger is not None:
                     trigger.put()
                 raise
@@ -273,7 +313,12 @@ class VfioPciIrqs:
         (``pci_alloc_irq_vectors(pdev, 1, 0)``: a SET_IRQS with count 0 and eventfd
         data gets there); the host allocates ``nvec`` vectors (each a message from the
         platform, vector 0's written to the function, MSI enabled there and INTx
-        disabled) or returns how many it could give when fewer."""
+        disabled) or returns how many it could give when fewer. The allocations of
+        ``pci_alloc_irq_vectors``: the MSI descriptor (``msi_alloc_desc``), one
+        ``irq_desc`` per vector (``alloc_desc``), then the platform's (x86 none; arm64
+        ``iommu_dma_prepare_msi``'s); ENOMEM, all freed. Lab: the per-device
+        ``msi_device_data`` and MSI domain, the hierarchy's ``irq_data`` and the
+        vector's ``apic_chip_data`` are not points."""
         if self.irq_type != _IRQ_NONE:
             raise InvalidArgument("SET_IRQS: another interrupt type is enabled")
         if nvec < 1:  # __pci_enable_msi_range: maxvec below minvec (1)
@@ -283,6 +328,10 @@ class VfioPciIrqs:
         if supported < nvec:
             return supported
         host = self.dev.machine.host_msi
+        fail = self._fail
+        fail.check("kzalloc(msi_desc)")  # msi_setup_msi_desc: one descriptor for nvec
+        for _ in range(nvec):  # __irq_alloc_descs
+            fail.check("kzalloc(irq_desc)")
         msgs: list[int] = []
         address = 0
         try:
@@ -302,8 +351,12 @@ class VfioPciIrqs:
 
     def _msi_set_vector_signal(self, proc: Process, vector: int, fd: int) -> None:
         """``vfio_msi_set_vector_signal``: free the vector's handler and trigger, then
-        (``fd`` >= 0) request it again with the new eventfd; EINVAL for a vector the
-        host did not allocate, EBADF/EINVAL for an fd that is not an eventfd."""
+        (``fd`` >= 0) request it again with the new eventfd: EINVAL for a vector the
+        host did not allocate, then the context (:meth:`_ctx_alloc`) and its name
+        (ENOMEM), EBADF/EINVAL for an fd that is not an eventfd, ``request_irq``'s
+        ``irqaction`` (ENOMEM, the trigger put); each failure frees the context. Lab:
+        the /proc/irq entries ``request_irq`` makes, whose failures it ignores, are not
+        points."""
         host = self.dev.machine.host_msi
         ctx = self.ctx.pop(vector, None)
         if ctx is not None:
@@ -314,7 +367,14 @@ class VfioPciIrqs:
             return
         if vector >= len(self.msi_msgs):  # pci_irq_vector: -EINVAL
             raise InvalidArgument(f"SET_IRQS: MSI vector {vector} is not allocated")
+        self._ctx_alloc(vector)
+        self._fail.check("kasprintf(vfio-msi name)")
         trigger = eventfd_ctx_fdget(proc, fd)
+        try:
+            self._fail.check("kzalloc(irqaction)")  # request_irq
+        except KernelError:
+            trigger.put()
+            raise
         msg = self.msi_msgs[vector]
         host.request(self.dev, msg, trigger.signal)
         self.ctx[vector] = _IrqCtx(trigger, msg=msg)
@@ -485,6 +545,8 @@ def set_irqs(irqs: VfioPciIrqs, proc: Process, a: _Arg) -> int:
     argsz, flags, index, start, count = u.IRQ_SET.unpack(a.read(0, u.IRQ_SET.size))
     size = validate_and_prepare(argsz, flags, index, start, count, irqs.irq_count(index),
                                 u.VFIO_PCI_NUM_IRQS)
+    if size:  # memdup_user: the copy's allocation, then the copy (EFAULT)
+        irqs._fail.check("memdup_user(vfio_irq_set data)")
     data = a.read(u.IRQ_SET.size, size) if size else b""
     return irqs.set_irqs_ioctl(proc, flags, index, start, count, data)
 

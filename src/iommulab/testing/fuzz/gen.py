@@ -625,8 +625,29 @@ class Gen:
             if edu and rng.random() < 0.8:
                 fd = self.pick(edu)
             return self._set_irqs(pi, fd) if r < 0.6 else self._region_rw(pi, fd)
+        if r < 0.95:
+            return self._hot_reset(pi, fd)
         return [Op(pi, "ioctl", (fd, rng.choice([vu.VFIO_DEVICE_RESET, vu.VFIO_IOMMU_MAP_DMA,
                                                  iu.IOMMU_IOAS_ALLOC]), bytes(32)))]
+
+    def _hot_reset(self, pi: int, fd: int) -> list[Op]:
+        """GET_PCI_HOT_RESET_INFO with room for a few devices, or PCI_HOT_RESET with the
+        process's group fds (none, as a cdev wants, at times)."""
+        rng = self.rng
+        if rng.random() < 0.5:
+            room = rng.choice([0, 1, 4])
+            ops = self.ioctl(pi, fd, specs.VFIO["HOT_RESET_INFO"],
+                             {"argsz": vu.HOT_RESET_INFO.size + 16 * room})
+            tail = bytes(16 * room)
+        else:
+            groups = self.files(pi, GroupFile)[:rng.choice([0, 1, 2])]
+            tail = b"".join(struct.pack("<i", g) for g in groups)
+            ops = self.ioctl(pi, fd, specs.VFIO["HOT_RESET"],
+                             {"argsz": vu.HOT_RESET.size + len(tail), "count": len(groups)})
+        op = ops[0]
+        if isinstance(op.args[2], bytes):
+            op = Op(op.who, op.call, (op.args[0], op.args[1], op.args[2] + tail), note=op.note)
+        return [op]
 
     def _eventfd(self, pi: int) -> int:
         """An eventfd of the process, mostly; else a bad fd (or -1, which clears)."""
@@ -684,7 +705,7 @@ class Gen:
             return [Op(pi, "pwrite", (fd, value.to_bytes(4, "little")[:min(n, 4)], off))]
         if r < 0.8:  # edu's DMA engine: source, destination, count, command
             h = self.hint()
-            ram = h.iova + rng.choice([0, 0, PAGE, h.length])
+            ram = (h.iova + rng.choice([0, 0, PAGE, h.length])) & U64  # a 64-bit register
             buf = 0x40000 + rng.choice([0, 0, 0x800, 0xFF8, 0x1000])
             to_ram = rng.random() < 0.5
             cnt = rng.choice([8, 64, PAGE, 0x801, 1 << 40])
