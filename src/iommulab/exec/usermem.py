@@ -57,11 +57,14 @@ Sig = tuple[int, bool, int, int]
 class SharedFiles:
     """The model file of each real inode mapped MAP_SHARED (shmem, memfd, tmpfs, SysV
     shm), shared by every process of the run so both sides of a fork map one page cache.
-    Holds one reference to each until :meth:`close`."""
+    Holds one reference to each until :meth:`close`. ``mms`` are the live mirrors of the
+    run: where a file's pinned pages can still be read once the process that pinned
+    them has gone."""
 
     def __init__(self, mem: PhysMem) -> None:
         self.mem = mem
         self.files: dict[tuple[int, int, int], MemFd] = {}
+        self.mms: list[TargetMm] = []
 
     def get(self, vma: RealVma) -> MemFd:
         """The model file of ``vma``'s inode, grown to cover what ``vma`` maps."""
@@ -98,6 +101,7 @@ class TargetMm(MmStruct):
         if mem.external is None:
             mem.external = ExternalFrames()
         self.external = mem.external
+        shared.mms.append(self)
 
     # -- uaccess -----------------------------------------------------------------------------------
     def read(self, addr: int, n: int) -> bytes:
@@ -308,8 +312,47 @@ class TargetMm(MmStruct):
         self._fresh()
         return super().follow_pfn(addr, write)
 
+    def _hand_over_shared(self) -> None:
+        """Pinned pages of a MAP_SHARED file outlive the exit (they are the file's page
+        cache, ``exit_mmap`` only drops this mm's references): their bytes are read and
+        written from then on through another live process of the run that maps the same
+        page of the same file (e.g. the parent of a child that pinned a shared buffer
+        and exited: the selftest's ``fork_gone``). Pages nobody else maps keep their
+        pins, not their bytes. O(runs x mappings)."""
+        others = [mm for mm in self.shared.mms if mm is not self]
+        if not others:
+            return
+        for pfn, n, va in self.external.runs_of(self):
+            for m in self._overlapping(va, va + (n << PAGE_SHIFT)):
+                if m.file is None or m.private:
+                    continue
+                lo, hi = max(va, m.start), min(va + (n << PAGE_SHIFT), m.end)
+                self._hand_over(others, m.file, pfn + ((lo - va) >> PAGE_SHIFT),
+                                m.pgoff + ((lo - m.start) >> PAGE_SHIFT),
+                                (hi - lo) >> PAGE_SHIFT)
+
+    def _hand_over(self, others: list[TargetMm], f: MemFd, pfn: int, pgoff: int,
+                   n: int) -> None:
+        """Frames ``[pfn, pfn + n)`` (pages ``pgoff``... of ``f``) to the first of
+        ``others`` mapping those pages (their mirrors brought up to date first)."""
+        for mm in others:
+            mm._fresh()
+            for m in mm.vmas:
+                if m.file is not f or m.private:
+                    continue
+                lo = max(pgoff, m.pgoff)
+                hi = min(pgoff + n, m.pgoff + m.npages)
+                if lo < hi:
+                    self.external.add(pfn + lo - pgoff, hi - lo, mm,
+                                      m.start + ((lo - m.pgoff) << PAGE_SHIFT))
+
     def close(self) -> None:
-        """``exit_mmap``: the mirror goes; pinned frames keep their pins, not their bytes."""
+        """``exit_mmap``: the mirror goes; pinned frames keep their pins, and their bytes
+        too where another process maps them (:meth:`_hand_over_shared`)."""
+        with contextlib.suppress(ValueError):
+            self.shared.mms.remove(self)
+        with self.mem.fail_nth.paused():  # the mirror's upkeep is no kernel allocation
+            self._hand_over_shared()
         self.external.drop_owner(self)
         super().close()
         if self._memfd >= 0:
