@@ -36,7 +36,7 @@ from ..mem.external import ExternalFrames
 from ..mem.memfd import MemFd
 from ..mem.mm import TASK_SIZE_MAX, MmStruct, pfn_runs
 from ..mem.physmem import PhysMem
-from .procmaps import RealVma, read_smaps
+from .procmaps import RealVma, read_maps, read_smaps
 
 if TYPE_CHECKING:
     from ..mem.mm import I64Array
@@ -96,6 +96,7 @@ class TargetMm(MmStruct):
         self.skip_prefix = skip_prefix  # the bridge's own backing files: not memory
         self.stale = True
         self.syncs = 0
+        self._maps = b""  # the maps text the mirror was last brought in line with
         self._uaccess = TargetMemory(pid)
         self._memfd = -1
         if mem.external is None:
@@ -161,13 +162,22 @@ class TargetMm(MmStruct):
         pinned, as the kernel keeps a page that was unmapped while pinned); real mappings
         not yet mirrored are mapped. A mapping that only grew (the heap) keeps the
         mirror's pages, and one whose protection changed (``mprotect``) keeps its pages
-        with the new writability, as the kernel's VMA keeps its pages. O(mappings)."""
+        with the new writability, as the kernel's VMA keeps its pages. O(mappings).
+        When ``maps`` reads as it did at the last sync nothing has changed that the
+        mirror follows (what ``smaps`` adds, the page size and THP eligibility, is read
+        only for new mappings), so ``smaps`` is not read: most calls of a program that
+        stopped mapping cost one small read. ``maps`` is read before ``smaps``, so the
+        text kept is never newer than the mirror."""
         self.stale = False
-        self.syncs += 1
         try:
+            maps = read_maps(self.pid)
+            if maps == self._maps:
+                return
             real = [v for v in read_smaps(self.pid) if self._mirrorable(v)]
         except OSError:
             return  # the process is gone: its exit tears the mirror down
+        self._maps = maps
+        self.syncs += 1
         with self.mem.fail_nth.paused():
             wanted = [(v, self._sig(v)) for v in real]  # may make a model file
         starts = [v.start for v, _ in wanted]
