@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["COMPAT_HEADER", "SELFTEST_FILES", "TapResult", "build_selftest", "find_source",
-           "needs_compat", "parse_tap", "selftest_cflags"]
+if TYPE_CHECKING:
+    from ..machine import Machine
+
+__all__ = ["COMPAT_HEADER", "SELFTEST_FILES", "SelftestRun", "TapResult", "build_selftest",
+           "find_source", "needs_compat", "parse_tap", "run_selftest", "selftest_cflags"]
 
 VERSION = "6.12"
 TREE = f"linux-source-{VERSION}"
@@ -185,3 +193,49 @@ def parse_tap(text: str) -> list[TapResult]:
                                      "" if directive == "error" else directive,
                                      m.group(5) or ""))
     return results
+
+
+@dataclass
+class SelftestRun:
+    """One run of the selftest under ``iommulab exec``: its results and output, the exit
+    status, the model ioctls answered, the model's own errors, wall time, the CPU time of
+    the supervisor (model included) and of the program tree."""
+
+    results: list[TapResult]
+    plan: int | None
+    status: int
+    ioctls: int
+    handler_errors: list[BaseException]
+    stdout: str
+    stderr: str
+    wall: float
+    cpu_model: float
+    cpu_program: float
+
+    def outcome(self) -> dict[str, str]:
+        """Test name -> ``pass``/``fail``/``skip``/``xfail``/``xpass``."""
+        return {r.name: r.outcome for r in self.results}
+
+
+def run_selftest(machine: Machine, exe: Path, args: Sequence[str] = (), *,
+                 timeout: float = 600) -> SelftestRun:
+    """Run the built selftest (harness options in ``args``, e.g. ``-f iommufd``) with
+    ``machine`` answering its /dev/iommu calls."""
+    from ..exec import run_exec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start, cpu = time.perf_counter(), time.process_time()
+        with out.open("wb") as fo, err.open("wb") as fe:
+            result = run_exec(machine, [str(exe), *args], timeout=timeout, stdout=fo,
+                              stderr=fe, cwd=str(exe.parent))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        text = out.read_text(errors="replace")
+        plan = re.search(r"^1\.\.(\d+)$", text, re.M)
+        return SelftestRun(parse_tap(text), int(plan.group(1)) if plan else None,
+                           result.status, result.ioctls, list(result.handler_errors), text,
+                           err.read_text(errors="replace"), wall, cpu,
+                           kids_after.ru_utime + kids_after.ru_stime - kids.ru_utime
+                           - kids.ru_stime)
