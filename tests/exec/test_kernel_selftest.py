@@ -11,7 +11,15 @@ import pytest
 
 from iommulab.machine import Machine
 from iommulab.testing import leak_snapshot
-from iommulab.testing.kselftest import SelftestRun, build_selftest, parse_tap, run_selftest
+from iommulab.testing.kselftest import (
+    SelftestRun,
+    build_selftest,
+    find_source,
+    install_headers,
+    needs_compat,
+    parse_tap,
+    run_selftest,
+)
 
 #: Tests expected to fail on the model answering as 6.12, and why (patterns of the
 #: harness's ``fixture.variant.test`` names).
@@ -141,3 +149,19 @@ def test_parse_tap_reads_the_harness_lines() -> None:
                    (2, "iommufd_ioas.mock_domain.area", "fail", ""),
                    (3, "iommufd.cmd_length", "skip", "no device"),
                    (4, "iommufd.x", "fail", "timeout")]
+
+
+def test_headers_installed_as_make_headers_does(tmp_path: Path) -> None:
+    """The tree's uapi headers lose the kernel-only annotations and the _UAPI guard
+    prefix (scripts/headers_install.sh); the 6.12.118 tree needs the compat header."""
+    try:
+        top = find_source()
+    except FileNotFoundError as e:
+        pytest.skip(f"no 6.12 source: {e}")
+    inc = install_headers(top, tmp_path)
+    vfio = (inc / "linux" / "vfio.h").read_text()
+    assert "__user" not in vfio and "__u64 *data;" in vfio
+    assert "#ifndef _UAPI" not in vfio and "#ifndef VFIO_H" in vfio
+    iommufd = (inc / "linux" / "iommufd.h").read_text()
+    assert "struct iommu_hw_info {" in iommufd and "in_data_type" not in iommufd
+    assert needs_compat(top)

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from ..machine import Machine
 
 __all__ = ["COMPAT_HEADER", "SELFTEST_FILES", "SelftestRun", "TapResult", "build_selftest",
-           "find_source", "needs_compat", "parse_tap", "run_selftest", "selftest_cflags"]
+           "find_source", "install_headers", "needs_compat", "parse_tap", "run_selftest",
+           "selftest_cflags"]
 
 VERSION = "6.12"
 TREE = f"linux-source-{VERSION}"
