@@ -68,3 +68,40 @@ def test_mirror_upkeep_takes_no_fail_nth_point() -> None:
     assert m.mem.fail_nth.armed
     m.mem.fail_nth.disarm()
     mm.close()
+
+
+def test_shared_pages_pinned_by_a_gone_process_keep_their_bytes() -> None:
+    """A child pins a MAP_SHARED buffer it inherited and exits: the pages stay the
+    file's (shmem) page cache, so device reads and writes still reach the bytes the
+    parent sees (the selftest's ``fork_gone``); before, they read as zeros."""
+    m = Machine("mock")
+    shared = SharedFiles(m.mem)
+    parent = TargetMm(m.mem, m.kernel, os.getpid(), shared)
+    buf = mmap.mmap(-1, 4 * PAGE)  # MAP_SHARED | MAP_ANONYMOUS: inherited by the fork
+    view = np.frombuffer(buf, dtype=np.uint8)
+    addr = view.ctypes.data
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child only waits to be told to go
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        child = TargetMm(m.mem, m.kernel, pid, shared)
+        runs = child.pin_user_page_runs(addr, 4, True)
+        pa = runs[0][0] * PAGE
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+    child.close()  # the child's exit: its mirror goes, its pins stay
+    buf[PAGE:PAGE + 5] = b"after"
+    assert m.mem.read(pa + PAGE, 5) == b"after"
+    m.mem.write(pa + 2 * PAGE, b"dma")
+    assert buf[2 * PAGE:2 * PAGE + 3] == b"dma"
+    child.unpin_user_page_runs(runs)
+    parent.close()
+    shared.close()
+    assert m.mem.external is not None and len(m.mem.external) == 0
+    del view
+    buf.close()

@@ -45,6 +45,11 @@ _CDEV_MAJOR = 237
 _DIR = Node(stat.S_IFDIR | 0o755)
 _ANON = Node(0o600)  # an anon_inode file: no type bits
 _CAP_IPC_LOCK = 14
+_CAP_SYS_RESOURCE = 24
+
+
+#: RLIMIT_MEMLOCK (None: unlimited), CAP_IPC_LOCK, real uid, CAP_SYS_RESOURCE
+_Creds = tuple[int | None, bool, int, bool]
 
 
 @dataclass(eq=False)
@@ -63,7 +68,8 @@ class ForeignFile(VfioFile):
 class ExecProcess(Process):
     """A real process as the model sees it: its ``mm`` is the program's memory
     (:class:`~.usermem.TargetMm`), its files are the program's fd table, and its
-    RLIMIT_MEMLOCK, CAP_IPC_LOCK and uid are the program's at the time of the call
+    RLIMIT_MEMLOCK, CAP_IPC_LOCK, CAP_SYS_RESOURCE and uid are the program's at the
+    time of the call
     (read when the model first asks during a call: the kernel reads them at each call,
     so a child that lowered its limit or dropped the capability is charged by the new
     ones)."""
@@ -72,8 +78,8 @@ class ExecProcess(Process):
         self.pid = pid
         self.tid = pid  # the thread of the call being answered
         self._handler = handler
-        self._creds: tuple[int | None, bool, int] | None = None
-        self._last_creds: tuple[int | None, bool, int] = (None, False, 0)
+        self._creds: _Creds | None = None
+        self._last_creds: _Creds = (None, False, 0, False)
         super().__init__(handler.machine, None, False, 0)
 
     def __post_init__(self) -> None:
@@ -87,11 +93,12 @@ class ExecProcess(Process):
         self.target_mm.stale = True
         self._creds = None
 
-    def _now(self) -> tuple[int | None, bool, int]:
+    def _now(self) -> _Creds:
         if self._creds is None:
             try:
                 uid, caps = _creds(self.pid)
-                self._creds = (_memlock(self.pid), bool(caps >> _CAP_IPC_LOCK & 1), uid)
+                self._creds = (_memlock(self.pid), bool(caps >> _CAP_IPC_LOCK & 1), uid,
+                               bool(caps >> _CAP_SYS_RESOURCE & 1))
             except OSError:  # gone meanwhile: what was last known
                 return self._last_creds
             self._last_creds = self._creds
@@ -119,6 +126,15 @@ class ExecProcess(Process):
 
     @uid.setter
     def uid(self, value: int) -> None:
+        """Set by ``Process.__init__`` only."""
+
+    @property
+    def cap_sys_resource(self) -> bool:
+        """``capable(CAP_SYS_RESOURCE)`` (IOMMU_OPTION_RLIMIT_MODE's set)."""
+        return self._now()[3]
+
+    @cap_sys_resource.setter
+    def cap_sys_resource(self, value: bool) -> None:
         """Set by ``Process.__init__`` only."""
 
     def fget(self, fd: int) -> VfioFile | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RealVma", "parse_smaps", "read_smaps"]
+__all__ = ["RealVma", "parse_smaps", "read_maps", "read_smaps"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,11 @@ def read_smaps(pid: int) -> list[RealVma]:
     """``/proc/PID/smaps`` of a live process (OSError when it is gone)."""
     with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as f:
         return parse_smaps(f.read())
+
+
+def read_maps(pid: int) -> bytes:
+    """``/proc/PID/maps`` as bytes (OSError when the process is gone): what identifies
+    the mappings (range, permissions, offset, device, inode, path) without the page
+    walk and the text ``smaps`` adds; equal texts mean the same mappings."""
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        return f.read()

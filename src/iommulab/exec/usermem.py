@@ -36,7 +36,7 @@ from ..mem.external import ExternalFrames
 from ..mem.memfd import MemFd
 from ..mem.mm import TASK_SIZE_MAX, MmStruct, pfn_runs
 from ..mem.physmem import PhysMem
-from .procmaps import RealVma, read_smaps
+from .procmaps import RealVma, read_maps, read_smaps
 
 if TYPE_CHECKING:
     from ..mem.mm import I64Array
@@ -57,11 +57,14 @@ Sig = tuple[int, bool, int, int]
 class SharedFiles:
     """The model file of each real inode mapped MAP_SHARED (shmem, memfd, tmpfs, SysV
     shm), shared by every process of the run so both sides of a fork map one page cache.
-    Holds one reference to each until :meth:`close`."""
+    Holds one reference to each until :meth:`close`. ``mms`` are the live mirrors of the
+    run: where a file's pinned pages can still be read once the process that pinned
+    them has gone."""
 
     def __init__(self, mem: PhysMem) -> None:
         self.mem = mem
         self.files: dict[tuple[int, int, int], MemFd] = {}
+        self.mms: list[TargetMm] = []
 
     def get(self, vma: RealVma) -> MemFd:
         """The model file of ``vma``'s inode, grown to cover what ``vma`` maps."""
@@ -93,11 +96,13 @@ class TargetMm(MmStruct):
         self.skip_prefix = skip_prefix  # the bridge's own backing files: not memory
         self.stale = True
         self.syncs = 0
+        self._maps = b""  # the maps text the mirror was last brought in line with
         self._uaccess = TargetMemory(pid)
         self._memfd = -1
         if mem.external is None:
             mem.external = ExternalFrames()
         self.external = mem.external
+        shared.mms.append(self)
 
     # -- uaccess -----------------------------------------------------------------------------------
     def read(self, addr: int, n: int) -> bytes:
@@ -157,13 +162,22 @@ class TargetMm(MmStruct):
         pinned, as the kernel keeps a page that was unmapped while pinned); real mappings
         not yet mirrored are mapped. A mapping that only grew (the heap) keeps the
         mirror's pages, and one whose protection changed (``mprotect``) keeps its pages
-        with the new writability, as the kernel's VMA keeps its pages. O(mappings)."""
+        with the new writability, as the kernel's VMA keeps its pages. O(mappings).
+        When ``maps`` reads as it did at the last sync nothing has changed that the
+        mirror follows (what ``smaps`` adds, the page size and THP eligibility, is read
+        only for new mappings), so ``smaps`` is not read: most calls of a program that
+        stopped mapping cost one small read. ``maps`` is read before ``smaps``, so the
+        text kept is never newer than the mirror."""
         self.stale = False
-        self.syncs += 1
         try:
+            maps = read_maps(self.pid)
+            if maps == self._maps:
+                return
             real = [v for v in read_smaps(self.pid) if self._mirrorable(v)]
         except OSError:
             return  # the process is gone: its exit tears the mirror down
+        self._maps = maps
+        self.syncs += 1
         with self.mem.fail_nth.paused():
             wanted = [(v, self._sig(v)) for v in real]  # may make a model file
         starts = [v.start for v, _ in wanted]
@@ -308,8 +322,47 @@ class TargetMm(MmStruct):
         self._fresh()
         return super().follow_pfn(addr, write)
 
+    def _hand_over_shared(self) -> None:
+        """Pinned pages of a MAP_SHARED file outlive the exit (they are the file's page
+        cache, ``exit_mmap`` only drops this mm's references): their bytes are read and
+        written from then on through another live process of the run that maps the same
+        page of the same file (e.g. the parent of a child that pinned a shared buffer
+        and exited: the selftest's ``fork_gone``). Pages nobody else maps keep their
+        pins, not their bytes. O(runs x mappings)."""
+        others = [mm for mm in self.shared.mms if mm is not self]
+        if not others:
+            return
+        for pfn, n, va in self.external.runs_of(self):
+            for m in self._overlapping(va, va + (n << PAGE_SHIFT)):
+                if m.file is None or m.private:
+                    continue
+                lo, hi = max(va, m.start), min(va + (n << PAGE_SHIFT), m.end)
+                self._hand_over(others, m.file, pfn + ((lo - va) >> PAGE_SHIFT),
+                                m.pgoff + ((lo - m.start) >> PAGE_SHIFT),
+                                (hi - lo) >> PAGE_SHIFT)
+
+    def _hand_over(self, others: list[TargetMm], f: MemFd, pfn: int, pgoff: int,
+                   n: int) -> None:
+        """Frames ``[pfn, pfn + n)`` (pages ``pgoff``... of ``f``) to the first of
+        ``others`` mapping those pages (their mirrors brought up to date first)."""
+        for mm in others:
+            mm._fresh()
+            for m in mm.vmas:
+                if m.file is not f or m.private:
+                    continue
+                lo = max(pgoff, m.pgoff)
+                hi = min(pgoff + n, m.pgoff + m.npages)
+                if lo < hi:
+                    self.external.add(pfn + lo - pgoff, hi - lo, mm,
+                                      m.start + ((lo - m.pgoff) << PAGE_SHIFT))
+
     def close(self) -> None:
-        """``exit_mmap``: the mirror goes; pinned frames keep their pins, not their bytes."""
+        """``exit_mmap``: the mirror goes; pinned frames keep their pins, and their bytes
+        too where another process maps them (:meth:`_hand_over_shared`)."""
+        with contextlib.suppress(ValueError):
+            self.shared.mms.remove(self)
+        with self.mem.fail_nth.paused():  # the mirror's upkeep is no kernel allocation
+            self._hand_over_shared()
         self.external.drop_owner(self)
         super().close()
         if self._memfd >= 0:

@@ -82,6 +82,10 @@ class ExternalFrames:
             if a < b:
                 self.drop(p + ((a - va) >> PAGE_SHIFT), (b - a) >> PAGE_SHIFT)
 
+    def runs_of(self, owner: FrameOwner) -> list[tuple[int, int, int]]:
+        """``owner``'s runs as (first pfn, count, virtual address). O(runs)."""
+        return [(p, n, va) for p, n, o, va in self._runs if o is owner]
+
     def owners(self) -> set[int]:
         """ids of the owners with frames here (lab checks)."""
         return {id(r[2]) for r in self._runs}
