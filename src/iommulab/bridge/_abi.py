@@ -33,6 +33,7 @@ NR_fsync = 74
 NR_fdatasync = 75
 NR_ftruncate = 77
 NR_creat = 85
+NR_getdents64 = 217
 NR_readlink = 89
 NR_openat = 257
 NR_newfstatat = 262
