@@ -6,6 +6,7 @@ it was."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from iommulab.machine import Machine
 from iommulab.testing import leak_snapshot
 
 from ..failnth.kernel_sequences import SEQUENCES, run_fail_nth
-from .kselftest_fail_nth import TESTS, build_fail_nth, run_fail_nth_exec
+from .kselftest_fail_nth import (
+    SELFTEST,
+    TESTS,
+    build_fail_nth,
+    run_fail_nth_exec,
+    source_tree,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +36,16 @@ def fail_nth_exe(tmp_path_factory: pytest.TempPathFactory, bridge_ok: None) -> P
         pytest.skip(f"no Linux 6.12 source: {e}")
 
 
-def test_the_tests_are_the_sequences() -> None:
-    """The C file's TEST_FAIL_NTHs are the seven the Python replays."""
-    assert TESTS == tuple(s.name for s in SEQUENCES)
+def test_the_tests_are_the_sequences(tmp_path: Path) -> None:
+    """The C file's TEST_FAIL_NTHs are the seven the Python replays, in its order."""
+    try:
+        tree = source_tree(tmp_path)
+    except FileNotFoundError as e:
+        pytest.skip(f"no Linux 6.12 source: {e}")
+    text = (tree / SELFTEST).read_text()
+    names = re.findall(r"^TEST_FAIL_NTH\(basic_fail_nth, (\w+)\)", text, re.M)
+    assert tuple(names) == TESTS
+    assert tuple(s.name for s in SEQUENCES) == TESTS
 
 
 @pytest.mark.parametrize("kernel", ["6.12", "7.0"])
