@@ -69,7 +69,13 @@ set_verbose 1 0
 verbose_now 2 0 0|
 set_times 2 0
 times_now 3 0 -1|
-nonesuch -1 2""".splitlines()
+nonesuch -1 2
+dir_rdwr -1 21
+dir_read -1 21
+getdents_small -1 22
+getdents_first 48 0 .
+knob_as_dir -1 20
+ioctl_fail_nth -1 25""".splitlines()
 
 PAGES = 16
 

@@ -180,6 +180,22 @@ int main(void)
 		printf("nonesuch %d %d\n", k < 0 ? -1 : 0, k < 0 ? errno : 0);
 		closedir(d);
 	}
+	/* a served directory: no write open, no read; a knob is no directory */
+	int dfd = open("/sys/kernel/debug", O_RDWR | O_DIRECTORY);
+	printf("dir_rdwr %d %d\n", dfd < 0 ? -1 : 0, dfd < 0 ? errno : 0);
+	dfd = open("/sys/kernel/debug/failslab", O_RDONLY | O_DIRECTORY);
+	char small[64];
+	r = read(dfd, small, sizeof(small));
+	printf("dir_read %zd %d\n", r, r < 0 ? errno : 0);
+	r = syscall(SYS_getdents64, dfd, small, 8);
+	printf("getdents_small %zd %d\n", r, r < 0 ? errno : 0);
+	r = syscall(SYS_getdents64, dfd, small, sizeof(small));
+	printf("getdents_first %zd %d %s\n", r, r < 0 ? errno : 0, small + 19);
+	close(dfd);
+	dfd = open("/sys/kernel/debug/failslab/verbose", O_RDONLY | O_DIRECTORY);
+	printf("knob_as_dir %d %d\n", dfd < 0 ? -1 : 0, dfd < 0 ? errno : 0);
+	r = ioctl(fd, 0x3b00);
+	printf("ioctl_fail_nth %zd %d\n", r, r < 0 ? errno : 0);
 
 	/* IOAS_MAP's points: memory the program touched is adopted, not faulted */
 	iommufd = open("/dev/iommu", O_RDWR);
