@@ -89,7 +89,7 @@ def map_points_from_python(kernel: str) -> list[int]:
     t.fd = t.p.open("/dev/iommu")
     ioas = t.ioas_alloc()
     t.mock_domain(ioas)
-    out = []
+    out, bufs = [], []
     for populate, shared in ((False, False), (True, False), (True, True)):
         buf = t.p.mmap(PAGES * 4096, populate=populate, shared=shared)
         fail = m.mem.fail_nth
@@ -98,6 +98,13 @@ def map_points_from_python(kernel: str) -> list[int]:
         out.append(1000 - fail.remaining)
         fail.disarm()
         t.unmap(ioas, iova, PAGES * 4096)
+        bufs.append(buf)
+    t.map(ioas, bufs[1], PAGES * 4096, flags=6)  # the private touched pages, kept
+    fail = m.mem.fail_nth
+    fail.arm(1000)
+    t.p.close(t.fd)
+    out.append(1000 - fail.remaining)
+    fail.disarm()
     return out
 
 
@@ -117,7 +124,10 @@ def test_fail_nth_and_debugfs_files(build: Build, tmp_path: Path, kernel: str) -
     assert want[0] > want[1], want  # faulting pages in takes points of its own
     assert [ln.split()[:3] for ln in lines[len(FILE_LINES):]] == [
         ["map_untouched", "0", "0"], ["map_touched", "0", "0"],
-        ["map_shared_touched", "0", "0"]]
+        ["map_shared_touched", "0", "0"], ["close_points", "0", "0"]]
+    # the points of the iommufd's release (its mock device's device_del, the unmap) are
+    # the closing thread's
+    assert want[3] > 0
     assert points == want
     # a counter is set by each write to a fail-nth file, of the thread it names
     assert [v for _, _, v in result.fail_nth_writes][:3] == [12, 31, 15]

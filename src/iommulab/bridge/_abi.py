@@ -14,6 +14,7 @@ import struct
 # --- syscall numbers (x86_64) --------------------------------------------------------
 NR_read = 0
 NR_write = 1
+NR_close = 3
 NR_open = 2
 NR_stat = 4
 NR_fstat = 5

@@ -168,6 +168,9 @@ class Bridge:
         self.current_tid = 0
         self._pending: list[_Pending] = []
         self._reserved: set[int] = set()  # fd numbers reserved by the call being answered
+        #: the thread whose close of a file of ours may free it (key -> tid), until
+        #: that release or that thread's next trapped call
+        self._closers: dict[tuple[int, int], int] = {}
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -384,6 +387,9 @@ class Bridge:
         st.by_nr[nr] += 1
         call = self._calls.get(nr)
         val = err = flags = 0
+        if self._closers:  # its close freed nothing (another reference holds the file)
+            for key in [k for k, t in self._closers.items() if t == tid]:
+                del self._closers[key]
         try:
             tgid = self._tids.get(tid) or self._discover(tid)
             self.current_tid = tid
@@ -529,14 +535,21 @@ class Bridge:
                     self._release(key)
 
     def _release(self, key: tuple[int, int]) -> None:
+        """The handler's ``release``, as the thread whose ``close`` freed the file
+        (:attr:`current_tid`; the kernel runs the last ``fput`` of a ``close`` in the
+        closing task before the call returns) or, freed otherwise (exit, munmap, a close
+        the bridge did not see), as no thread (0)."""
         f = self._files.pop(key)
         del self._by_wd[f.wd]
         os.close(f.backing)  # frees the inode; inotify drops the watch (IN_IGNORED)
         self.stats.released += 1
+        saved, self.current_tid = self.current_tid, self._closers.pop(key, 0)
         try:
             self.handler.release(f.handle)
         except Exception as e:
             self.handler_errors.append(e)
+        finally:
+            self.current_tid = saved
 
     def _new_file(self, tgid: int, path: str, node: Node, flags: int) -> int:
         """Open the model file: a backing inode, the handler's ``open``, the fd to install.
@@ -680,6 +693,7 @@ class Bridge:
                                                         a[2]),
             A.NR_fcntl: self._sys_fcntl,
             A.NR_getdents64: self._sys_getdents64,
+            A.NR_close: self._sys_close,
             A.NR_ftruncate: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
             A.NR_fsync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
             A.NR_fdatasync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
@@ -985,6 +999,15 @@ class Bridge:
             f = self._file_at(tid, fd & 0xFFFFFFFF)
             if f is not None and stat.S_ISCHR(f.node.mode):
                 raise OSError(errno.EINVAL, "no splice on a device file")
+        return None
+
+    def _sys_close(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> None:
+        """Note the closing thread of a file of ours, then let the kernel close it: if
+        that was the last reference, the release (inotify) is that thread's."""
+        f = self._file_at(tid, a[0] & 0xFFFFFFFF)
+        if f is not None:
+            st = os.fstat(f.backing)
+            self._closers[(st.st_dev, st.st_ino)] = tid
         return None
 
     def _served_dir(self, tid: int, fd: int) -> str | None:

@@ -303,9 +303,16 @@ class ModelHandler(Handler):
             return ModelFile(proc.open_file(path), path)
 
     def release(self, handle: object) -> None:
-        """The last ``fput``: a model file's ``release`` (its points count for no thread:
-        the bridge learns of a release, not of which thread's ``close`` made it)."""
-        if isinstance(handle, ModelFile):
+        """The last ``fput``: a model file's ``release``, its points counted against the
+        thread whose ``close`` freed it (``____fput`` runs as task work of the closing
+        task), or no thread's when the bridge saw no such close (exit, munmap)."""
+        if not isinstance(handle, ModelFile):
+            return
+        tid = self.bridge.current_tid if self.bridge is not None else 0
+        if not tid:
+            fput(handle.file)
+            return
+        with self._current(self._task_pid.get(tid, tid), tid):
             fput(handle.file)
 
     def readdir(self, pid: int, handle: object, path: str) -> list[tuple[str, Node]]:

@@ -215,6 +215,15 @@ int main(void)
 	map_points("map_untouched", cold, len);
 	map_points("map_touched", warm, len);
 	map_points("map_shared_touched", shm, len);
+	/* the release of a close counts against the closing thread */
+	struct map_arg m = { .size = sizeof(m), .flags = 6, .ioas_id = ioas,
+			     .user_va = (uintptr_t)warm, .length = len };
+	ioctl(iommufd, CMD_IOAS_MAP, &m);
+	char buf[32] = { 0 };
+	pwrite(fd, "1000", 4, 0);
 	close(iommufd);
+	pread(fd, buf, sizeof(buf), 0);
+	pwrite(fd, "0", 1, 0);
+	printf("close_points 0 0 %ld\n", 1000 - atol(buf));
 	return 0;
 }
