@@ -58,6 +58,10 @@ parent_set 1 0
 child_own 2 0 0|
 parent_kept 2 0 4|
 disarm 1 0
+open_child 0 0
+arm_child 1 0
+child_armed_by_parent 2 0 6|
+disarm 1 0
 opendir 0 0
 entries failslab fail_page_alloc fail_iommufd
 ignore_gfp_wait 2 0 Y|

@@ -129,3 +129,8 @@ class Handler(Protocol):
 
     def exit(self, pid: int) -> None:
         """Process ``pid`` has exited (all its threads)."""
+
+    def thread_exit(self, tid: int) -> None:
+        """Thread ``tid`` (not a process's leader, and one the bridge has met) has exited
+        while its process lives on."""
+        return None

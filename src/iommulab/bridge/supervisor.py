@@ -502,6 +502,10 @@ class Bridge:
             del self._pidfds[pidfd]
             os.close(pidfd)
             self._tids.pop(tid, None)
+            try:
+                self.handler.thread_exit(tid)
+            except Exception as e:
+                self.handler_errors.append(e)
 
     def _pidfd(self, tid: int) -> int:
         fd = self._thread_pidfds.get(tid) or self._procs.get(tid)

@@ -169,6 +169,18 @@ def _memlock(pid: int) -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def _ppid(pid: int) -> int:
+    """The parent of ``pid`` (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"PPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _creds(pid: int) -> tuple[int, int]:
     """(real uid, CapEff) of ``pid``."""
     with open(f"/proc/{pid}/status", "rb") as f:
@@ -249,9 +261,26 @@ class ModelHandler(Handler):
             del self._task_pid[tid]
             self.fail_nth.pop(tid, None)
 
+    def thread_exit(self, tid: int) -> None:
+        """A thread's ``fail_nth`` goes with it (a later task with its number starts at
+        0)."""
+        self._task_pid.pop(tid, None)
+        self.fail_nth.pop(tid, None)
+
     def _our_task(self, pid: int, tid: int) -> bool:
-        """Whether thread ``tid`` of process ``pid`` is one of the program tree's."""
-        return pid in self.procs and os.path.isdir(f"/proc/{pid}/task/{tid}")
+        """Whether thread ``tid`` of process ``pid`` is one of the program tree's: a
+        process the bridge has met, or one forked from such a process that has not made
+        a trapped call yet (its parents read from ``/proc/PID/status``)."""
+        if not os.path.isdir(f"/proc/{pid}/task/{tid}"):
+            return False
+        p = pid
+        for _ in range(64):
+            if p in self.procs:
+                return True
+            p = _ppid(p)
+            if p <= 1:
+                return False
+        return False
 
     @contextlib.contextmanager
     def _current(self, pid: int, tid: int) -> Iterator[None]:

@@ -150,6 +150,36 @@ int main(void)
 	waitpid(child, NULL, 0);
 	show_read("parent_kept", fd, 32, 0);
 	show_write("disarm", fd, "0", 1);
+	/* a parent may arm its child's counter, opened before the child did anything */
+	int go[2], back[2];
+	char c;
+	if (pipe(go) || pipe(back))
+		return 1;
+	fflush(stdout);
+	child = fork();
+	if (!child) {
+		if (read(go[0], &c, 1) != 1)
+			_exit(1);
+		snprintf(path, sizeof(path), "/proc/self/task/%d/fail-nth", gettid_());
+		int cfd = open(path, O_RDONLY);
+		if (write(back[1], "x", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(1);
+		show_read("child_armed_by_parent", cfd, 32, 0);
+		fflush(stdout);
+		_exit(0);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/fail-nth", child, child);
+	int cfd = open(path, O_WRONLY);
+	printf("open_child %d %d\n", cfd < 0 ? -1 : 0, cfd < 0 ? errno : 0);
+	if (write(go[1], "x", 1) != 1 || read(back[0], &c, 1) != 1)
+		return 1;
+	show_write("arm_child", cfd, "6", 1);
+	fflush(stdout);
+	close(cfd);
+	if (write(go[1], "x", 1) != 1)
+		return 1;
+	waitpid(child, NULL, 0);
+	show_write("disarm", fd, "0", 1);
 
 	/* the debugfs stand-ins */
 	DIR *d = opendir("/sys/kernel/debug/");
