@@ -315,6 +315,7 @@ class ModelHandler(Handler):
         counts them) then the file's own ``open``: a device's, a fail-nth or debugfs
         stand-in's, or a served directory's."""
         tid = self._tid(pid)
+        proc = self._proc(pid, tid)  # (made at fork; here only if that read failed)
         with self._current(pid, tid):
             fail = self.machine.mem.fail_nth
             fail.check("getname(do_sys_openat2)")
@@ -328,7 +329,6 @@ class ModelHandler(Handler):
             if path.startswith("/sys/kernel/debug/"):
                 d, _, knob = path.removeprefix("/sys/kernel/debug/").partition("/")
                 return DebugfsFile(self.knobs, d, knob)
-            proc = self._proc(pid, tid)
             return ModelFile(proc.open_file(path), path)
 
     def release(self, handle: object) -> None:
