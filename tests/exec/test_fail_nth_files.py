@@ -103,6 +103,15 @@ def map_points_from_python(kernel: str) -> list[int]:
         fail.disarm()
         t.unmap(ioas, iova, PAGES * 4096)
         bufs.append(buf)
+    child = Selftest.__new__(Selftest)
+    child.m, child.p, child.fd = m, t.p.fork(), t.fd
+    fail = m.mem.fail_nth
+    fail.arm(1000)
+    iova = child.map(ioas, bufs[1], PAGES * 4096, flags=6)
+    out.append(1000 - fail.remaining)
+    fail.disarm()
+    child.unmap(ioas, iova, PAGES * 4096)
+    child.p.exit()
     t.map(ioas, bufs[1], PAGES * 4096, flags=6)  # the private touched pages, kept
     fail = m.mem.fail_nth
     fail.arm(1000)
@@ -128,10 +137,11 @@ def test_fail_nth_and_debugfs_files(build: Build, tmp_path: Path, kernel: str) -
     assert want[0] > want[1], want  # faulting pages in takes points of its own
     assert [ln.split()[:3] for ln in lines[len(FILE_LINES):]] == [
         ["map_untouched", "0", "0"], ["map_touched", "0", "0"],
-        ["map_shared_touched", "0", "0"], ["close_points", "0", "0"]]
+        ["map_shared_touched", "0", "0"], ["map_after_fork", "0", "0"],
+        ["close_points", "0", "0"]]
     # the points of the iommufd's release (its mock device's device_del, the unmap) are
     # the closing thread's
-    assert want[3] > 0
+    assert want[4] > 0
     assert points == want
     # a counter is set by each write to a fail-nth file, of the thread it names
     assert [v for _, _, v in result.fail_nth_writes][:3] == [12, 31, 15]

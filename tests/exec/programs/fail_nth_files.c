@@ -245,6 +245,17 @@ int main(void)
 	map_points("map_untouched", cold, len);
 	map_points("map_touched", warm, len);
 	map_points("map_shared_touched", shm, len);
+	/* after a fork the pages the parent touched are shared: the child's pin copies them */
+	fflush(stdout);
+	child = fork();
+	if (!child) {
+		snprintf(path, sizeof(path), "/proc/self/task/%d/fail-nth", gettid_());
+		nth_fd = open(path, O_RDWR);
+		map_points("map_after_fork", warm, len);
+		fflush(stdout);
+		_exit(0);
+	}
+	waitpid(child, NULL, 0);
 	/* the release of a close counts against the closing thread */
 	struct map_arg m = { .size = sizeof(m), .flags = 6, .ioas_id = ioas,
 			     .user_va = (uintptr_t)warm, .length = len };
