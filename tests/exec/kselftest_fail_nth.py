@@ -44,6 +44,7 @@ def source_tree(cache: Path) -> Path:
         return out
     if not TARBALL.is_file():
         raise FileNotFoundError(f"neither {TREE} nor {TARBALL}")
+    found = 0
     with tarfile.open(TARBALL) as tar:
         for member in tar:
             name = member.name.split("/", 1)[-1]
@@ -52,6 +53,9 @@ def source_tree(cache: Path) -> Path:
                 assert data is not None
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
                 (out / name).write_bytes(data.read())
+                found += 1
+                if found == len(NEEDED):
+                    break
     missing = [f for f in NEEDED if not (out / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{TARBALL} lacks {missing}")
