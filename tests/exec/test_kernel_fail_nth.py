@@ -36,13 +36,9 @@ def fail_nth_exe(tmp_path_factory: pytest.TempPathFactory, bridge_ok: None) -> P
         pytest.skip(f"no Linux 6.12 source: {e}")
 
 
-def test_the_tests_are_the_sequences(tmp_path: Path) -> None:
+def test_the_tests_are_the_sequences(fail_nth_exe: Path) -> None:
     """The C file's TEST_FAIL_NTHs are the seven the Python replays, in its order."""
-    try:
-        tree = source_tree(tmp_path)
-    except FileNotFoundError as e:
-        pytest.skip(f"no Linux 6.12 source: {e}")
-    text = (tree / SELFTEST).read_text()
+    text = (source_tree(fail_nth_exe.parent) / SELFTEST).read_text()
     names = re.findall(r"^TEST_FAIL_NTH\(basic_fail_nth, (\w+)\)", text, re.M)
     assert tuple(names) == TESTS
     assert tuple(s.name for s in SEQUENCES) == TESTS
