@@ -85,8 +85,10 @@ PAGES = 16
 
 
 def map_points_from_python(kernel: str) -> list[int]:
-    """The points of IOAS_MAP (a mock domain attached) of 16 pages not yet faulted in,
-    of 16 pages present (private), and of 16 present shared pages, from Python."""
+    """From Python, the points of: IOAS_MAP (a mock domain attached) of 16 pages not yet
+    faulted in, of 16 present private pages, of 16 present shared pages; a second
+    thread's IOAS_ALLOC (and the main thread's none meanwhile); a forked child's IOAS_MAP
+    of the private pages its parent touched; the release of the iommufd at its close."""
     m = Machine("mock", kernel=kernel)
     t = Selftest.__new__(Selftest)
     t.m, t.p = m, m.spawn_process(cap_ipc_lock=True)
@@ -103,6 +105,11 @@ def map_points_from_python(kernel: str) -> list[int]:
         fail.disarm()
         t.unmap(ioas, iova, PAGES * 4096)
         bufs.append(buf)
+    fail = m.mem.fail_nth
+    fail.arm(1000)
+    t.ioas_alloc()  # another thread's IOAS_ALLOC
+    out += [1000 - fail.remaining, 0]  # ... and none of the main thread's points
+    fail.disarm()
     child = Selftest.__new__(Selftest)
     child.m, child.p, child.fd = m, t.p.fork(), t.fd
     fail = m.mem.fail_nth
@@ -137,11 +144,12 @@ def test_fail_nth_and_debugfs_files(build: Build, tmp_path: Path, kernel: str) -
     assert want[0] > want[1], want  # faulting pages in takes points of its own
     assert [ln.split()[:3] for ln in lines[len(FILE_LINES):]] == [
         ["map_untouched", "0", "0"], ["map_touched", "0", "0"],
-        ["map_shared_touched", "0", "0"], ["map_after_fork", "0", "0"],
+        ["map_shared_touched", "0", "0"], ["thread_alloc_points", "0", "0"],
+        ["main_alloc_points", "0", "0"], ["map_after_fork", "0", "0"],
         ["close_points", "0", "0"]]
     # the points of the iommufd's release (its mock device's device_del, the unmap) are
     # the closing thread's
-    assert want[4] > 0
+    assert want[3] > 0 and want[6] > 0
     assert points == want
     # a counter is set by each write to a fail-nth file, of the thread it names
     assert [v for _, _, v in result.fail_nth_writes][:3] == [12, 31, 15]

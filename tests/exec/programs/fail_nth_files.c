@@ -71,6 +71,23 @@ static void map_points(const char *step, void *va, size_t len)
 	ioctl(iommufd, CMD_IOAS_UNMAP, &u);
 }
 
+/* a thread's calls into the model take its own counter's points, not the main one's */
+static void *alloc_thread(void *arg)
+{
+	char path[96], buf[32] = { 0 };
+	struct ioas_alloc_arg a = { .size = sizeof(a) };
+	(void)arg;
+	snprintf(path, sizeof(path), "/proc/thread-self/fail-nth");
+	int fd = open(path, O_RDWR);
+	pwrite(fd, "1000", 4, 0);
+	int rc = ioctl(iommufd, CMD_IOAS_ALLOC, &a);
+	pread(fd, buf, sizeof(buf), 0);
+	pwrite(fd, "0", 1, 0);
+	printf("thread_alloc_points %d %d %ld\n", rc, rc < 0 ? errno : 0, 1000 - atol(buf));
+	close(fd);
+	return NULL;
+}
+
 static void *thread_main(void *arg)
 {
 	char path[96];
@@ -245,6 +262,14 @@ int main(void)
 	map_points("map_untouched", cold, len);
 	map_points("map_touched", warm, len);
 	map_points("map_shared_touched", shm, len);
+	pwrite(fd, "1000", 4, 0);
+	pthread_t at;
+	pthread_create(&at, NULL, alloc_thread, NULL);
+	pthread_join(at, NULL);
+	char mine[32] = { 0 };
+	pread(fd, mine, sizeof(mine), 0);
+	pwrite(fd, "0", 1, 0);
+	printf("main_alloc_points 0 0 %ld\n", 1000 - atol(mine));
 	/* after a fork the pages the parent touched are shared: the child's pin copies them */
 	fflush(stdout);
 	child = fork();
