@@ -14,6 +14,7 @@ import struct
 # --- syscall numbers (x86_64) --------------------------------------------------------
 NR_read = 0
 NR_write = 1
+NR_close = 3
 NR_open = 2
 NR_stat = 4
 NR_fstat = 5
@@ -33,6 +34,7 @@ NR_fsync = 74
 NR_fdatasync = 75
 NR_ftruncate = 77
 NR_creat = 85
+NR_getdents64 = 217
 NR_readlink = 89
 NR_openat = 257
 NR_newfstatat = 262

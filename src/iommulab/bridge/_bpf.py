@@ -7,7 +7,8 @@ Three kinds of trap (``SECCOMP_RET_USER_NOTIF``):
 * **fd syscalls**, when an fd argument lies in the *fd window* ``[base, top)``, the range
   the supervisor installs its files into (``SECCOMP_ADDFD_FLAG_SETFD``): read/write and
   their vector and positional forms, mmap, fstat, dup/dup2/dup3, fcntl(F_DUPFD*),
-  ftruncate, fallocate, fsync, sendfile/splice/tee/copy_file_range;
+  getdents64, close (only to learn which thread a release belongs to), ftruncate,
+  fallocate, fsync, sendfile/splice/tee/copy_file_range;
 * **ioctl**, when the request's type byte is ``';'`` (VFIO and iommufd, ``_IO(';', n)``),
   on any fd, or when the fd lies in the window.
 
@@ -44,7 +45,8 @@ PATH_SYSCALLS = (
 FD0_SYSCALLS = (
     A.NR_read, A.NR_write, A.NR_pread64, A.NR_pwrite64, A.NR_readv, A.NR_writev,
     A.NR_preadv, A.NR_pwritev, A.NR_preadv2, A.NR_pwritev2, A.NR_fstat, A.NR_dup,
-    A.NR_ftruncate, A.NR_fallocate, A.NR_fsync, A.NR_fdatasync,
+    A.NR_ftruncate, A.NR_fallocate, A.NR_fsync, A.NR_fdatasync, A.NR_getdents64,
+    A.NR_close,
 )
 #: Syscalls trapped when argument 0 or 1 is in the window (dup2/dup3: old or new fd).
 FD01_SYSCALLS = (A.NR_dup2, A.NR_dup3, A.NR_sendfile, A.NR_tee)

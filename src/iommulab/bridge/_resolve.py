@@ -55,12 +55,19 @@ class Resolver:
     """Walks paths for one bridge: ``lookup`` is the handler's, ``ours`` maps (dev, ino)."""
 
     def __init__(self, lookup: Callable[[str], Node | None],
-                 ours: Callable[[int, int], bool]) -> None:
+                 ours: Callable[[int, int], bool],
+                 served_dir: Callable[[int, int], str | None] = lambda t, fd: None) -> None:
         self._lookup = lookup
         self._ours = ours
+        self._served_dir = served_dir
 
     def start_dir(self, tid: int, dirfd: int) -> str | None:
-        """The directory a relative path starts from, in the program's view."""
+        """The directory a relative path starts from, in the program's view (a dirfd of
+        a served directory starts from that directory's path)."""
+        if dirfd != A.AT_FDCWD and dirfd >= 0:
+            served = self._served_dir(tid, dirfd)
+            if served is not None:
+                return served
         link = f"/proc/{tid}/cwd" if dirfd == A.AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
         try:
             where = os.readlink(link)
@@ -90,7 +97,7 @@ class Resolver:
         must_be_dir = text.endswith("/")
         todo = [c for c in text.split("/") if c][::-1]  # a stack: next component last
         links = 0
-        served_dir = False  # inside a served directory: the real tree is hidden
+        served_dir = self._is_served_dir(stack)  # inside one: the real tree is hidden
         while todo:
             comp = todo.pop()
             last = not todo

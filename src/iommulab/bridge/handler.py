@@ -118,8 +118,19 @@ class Handler(Protocol):
         """Accept the mapping (:data:`CONTINUE`: the kernel maps the backing) or raise."""
         raise kernel_error(19, "mmap not supported")  # ENODEV
 
+    def readdir(self, pid: int, handle: object, path: str) -> list[tuple[str, Node]]:
+        """The entries of the served directory ``path`` (opened as ``handle``), without
+        ``.`` and ``..`` (the bridge adds those), in the order ``getdents64`` lists
+        them: what ``lookup`` serves beneath it."""
+        return []
+
     def fork(self, parent: int | None, child: int) -> None:
         """``child`` exists, forked from ``parent`` (None: the launched program itself)."""
 
     def exit(self, pid: int) -> None:
         """Process ``pid`` has exited (all its threads)."""
+
+    def thread_exit(self, tid: int) -> None:
+        """Thread ``tid`` (not a process's leader, and one the bridge has met) has exited
+        while its process lives on."""
+        return None

@@ -26,6 +26,7 @@ import resource
 import select
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ class _File:
     path: str
     backing: int  # the supervisor's own read-write description of the inode
     wd: int
+    flags: int = os.O_RDWR  # the program's open flags (its access mode)
 
 
 @dataclass
@@ -150,7 +152,8 @@ class Bridge:
         self._poll.register(self._inotify, select.POLLIN)
         self._shm = tempfile.mkdtemp(prefix="iommulab-bridge-",
                                      dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        self._resolver = Resolver(handler.lookup, lambda d, i: (d, i) in self._files)
+        self._resolver = Resolver(handler.lookup, lambda d, i: (d, i) in self._files,
+                                  self._served_dir)
         self._protected = self._protected_devices()
         self._buf = bytearray(A.NOTIF.size)
         self._resp = bytearray(A.NOTIF_RESP.size)
@@ -160,8 +163,14 @@ class Bridge:
         self._epoch = int(time.time())
         self._calls: dict[int, _Call] = self._dispatch()
         self._caller = 0  # the thread whose ioctl the handler is answering (0: none)
+        #: The thread whose syscall is being answered (0 between calls): what a handler
+        #: needs for per-thread state (``current``) in calls that only carry the pid.
+        self.current_tid = 0
         self._pending: list[_Pending] = []
         self._reserved: set[int] = set()  # fd numbers reserved by the call being answered
+        #: the thread whose close of a file of ours may free it (key -> tid), until
+        #: that release or that thread's next trapped call
+        self._closers: dict[tuple[int, int], int] = {}
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -378,8 +387,12 @@ class Bridge:
         st.by_nr[nr] += 1
         call = self._calls.get(nr)
         val = err = flags = 0
+        if self._closers:  # its close freed nothing (another reference holds the file)
+            for key in [k for k, t in self._closers.items() if t == tid]:
+                del self._closers[key]
         try:
             tgid = self._tids.get(tid) or self._discover(tid)
+            self.current_tid = tid
             ret = call(nid, tid, tgid, tuple(args)) if call is not None else None
             if ret is None:
                 flags = A.SECCOMP_USER_NOTIF_FLAG_CONTINUE
@@ -396,6 +409,8 @@ class Bridge:
         except Exception as e:  # a handler bug: the program gets EIO, the bridge lives
             self.handler_errors.append(e)
             err = errno.EIO
+        finally:
+            self.current_tid = 0
         if not self._send(nid, val, -err, flags):
             st.gone += 1
         elif flags:
@@ -487,6 +502,10 @@ class Bridge:
             del self._pidfds[pidfd]
             os.close(pidfd)
             self._tids.pop(tid, None)
+            try:
+                self.handler.thread_exit(tid)
+            except Exception as e:
+                self.handler_errors.append(e)
 
     def _pidfd(self, tid: int) -> int:
         fd = self._thread_pidfds.get(tid) or self._procs.get(tid)
@@ -520,14 +539,21 @@ class Bridge:
                     self._release(key)
 
     def _release(self, key: tuple[int, int]) -> None:
+        """The handler's ``release``, as the thread whose ``close`` freed the file
+        (:attr:`current_tid`; the kernel runs the last ``fput`` of a ``close`` in the
+        closing task before the call returns) or, freed otherwise (exit, munmap, a close
+        the bridge did not see), as no thread (0)."""
         f = self._files.pop(key)
         del self._by_wd[f.wd]
         os.close(f.backing)  # frees the inode; inotify drops the watch (IN_IGNORED)
         self.stats.released += 1
+        saved, self.current_tid = self.current_tid, self._closers.pop(key, 0)
         try:
             self.handler.release(f.handle)
         except Exception as e:
             self.handler_errors.append(e)
+        finally:
+            self.current_tid = saved
 
     def _new_file(self, tgid: int, path: str, node: Node, flags: int) -> int:
         """Open the model file: a backing inode, the handler's ``open``, the fd to install.
@@ -570,7 +596,7 @@ class Bridge:
             raise
         st = os.fstat(backing)
         key = (st.st_dev, st.st_ino)
-        self._files[key] = _File(handle, node, path, backing, wd)
+        self._files[key] = _File(handle, node, path, backing, wd, flags)
         self._by_wd[wd] = key
         return target
 
@@ -670,6 +696,8 @@ class Bridge:
             A.NR_dup3: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF,
                                                         a[2]),
             A.NR_fcntl: self._sys_fcntl,
+            A.NR_getdents64: self._sys_getdents64,
+            A.NR_close: self._sys_close,
             A.NR_ftruncate: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
             A.NR_fsync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
             A.NR_fdatasync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
@@ -735,12 +763,14 @@ class Bridge:
             return None
         if flags & os.O_CREAT and flags & os.O_EXCL:
             raise OSError(errno.EEXIST, path)
-        if node.is_dir:
-            raise OSError(errno.EOPNOTSUPP, f"{path} is a served directory")
-        if flags & os.O_DIRECTORY:
-            raise OSError(errno.ENOTDIR, path)
         if flags & A.O_PATH:
             return None  # an O_PATH open calls no driver; the kernel answers (ENOENT)
+        if node.is_dir:
+            # do_open: O_CREAT on a directory, then may_open: a write access, EISDIR
+            if flags & os.O_CREAT or flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                raise OSError(errno.EISDIR, path)
+        elif flags & os.O_DIRECTORY:
+            raise OSError(errno.ENOTDIR, path)
         target = self._new_file(tgid, path, node, flags)
         try:
             self._install_new(nid, tid, target, bool(flags & os.O_CLOEXEC))
@@ -870,6 +900,7 @@ class Bridge:
         f = self._file_at(tid, fd)
         if f is None:
             return None
+        _check_rw(f, write)
         if pos is not None and pos < 0:
             raise OSError(errno.EINVAL, "negative offset")
         at = self._file_pos(tid, fd) if pos is None else pos
@@ -889,6 +920,7 @@ class Bridge:
         f = self._file_at(tid, fd)
         if f is None:
             return None
+        _check_rw(f, write)
         if cnt > _UIO_MAXIOV:
             raise OSError(errno.EINVAL, f"{cnt} iovecs")
         if pos is not None and pos < 0:
@@ -973,6 +1005,57 @@ class Bridge:
                 raise OSError(errno.EINVAL, "no splice on a device file")
         return None
 
+    def _sys_close(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> None:
+        """Note the closing thread of a file of ours, then let the kernel close it: if
+        that was the last reference, the release (inotify) is that thread's."""
+        f = self._file_at(tid, a[0] & 0xFFFFFFFF)
+        if f is not None:
+            st = os.fstat(f.backing)
+            self._closers[(st.st_dev, st.st_ino)] = tid
+        return None
+
+    def _served_dir(self, tid: int, fd: int) -> str | None:
+        """The served directory open at the caller's ``fd`` (a dirfd), or None."""
+        f = self._file_at(tid, fd)
+        return f.path if f is not None and f.node.is_dir else None
+
+    def _sys_getdents64(self, nid: int, tid: int, tgid: int,
+                        a: tuple[int, ...]) -> int | None:
+        """``getdents64`` of a served directory, as ``dcache_readdir`` lists one: ``.``,
+        ``..``, then the entries; the file position is the index of the next entry.
+        ENOTDIR on any other file of ours, EINVAL when the first entry does not fit."""
+        fd = a[0] & 0xFFFFFFFF
+        f = self._file_at(tid, fd)
+        if f is None:
+            return None
+        if not f.node.is_dir:
+            raise OSError(errno.ENOTDIR, f.path)
+        count = a[2] & 0xFFFFFFFF
+        pos = self._file_pos(tid, fd)
+        self._valid(nid)
+        parent = os.path.dirname(f.path)
+        entries = [(".", f.path, f.node), ("..", parent, _DIR_NODE)] + [
+            (name, os.path.join(f.path, name), node)
+            for name, node in self.handler.readdir(tgid, f.handle, f.path)]
+        out = bytearray()
+        at = pos
+        while at < len(entries):
+            name, path, node = entries[at]
+            raw = os.fsencode(name) + b"\0"
+            reclen = (19 + len(raw) + 7) & ~7  # offsetof(d_name) 19, 8-byte aligned
+            if len(out) + reclen > count:
+                break
+            ino = self._inos.setdefault(path, 0x1000 + len(self._inos))
+            out += struct.pack("<QqHB", ino, at + 1, reclen, _dtype(node.mode))
+            out += raw.ljust(reclen - 19, b"\0")
+            at += 1
+        if not out and at < len(entries):
+            raise OSError(errno.EINVAL, "getdents64: buffer too small")
+        if out:
+            TargetMemory(tid).write(a[1], bytes(out))
+            self._set_pos(tid, fd, at)
+        return len(out)
+
     # ----------------------------------------------------------------- fence
     def _protected_devices(self) -> frozenset[int]:
         """Device numbers of the protected char devices that exist now."""
@@ -990,6 +1073,24 @@ class Bridge:
 
     def _is_protected(self, st: os.stat_result) -> bool:
         return stat.S_ISCHR(st.st_mode) and st.st_rdev in self._protected
+
+
+_DIR_NODE = Node(stat.S_IFDIR | 0o755)
+
+
+def _dtype(mode: int) -> int:
+    """``d_type`` of a mode (``fs_umode_to_dtype``): the type bits shifted down."""
+    return stat.S_IFMT(mode) >> 12
+
+
+def _check_rw(f: _File, write: bool) -> None:
+    """``vfs_read``/``vfs_write``'s first checks: EBADF without the access mode, and a
+    directory has no ``read`` (``generic_read_dir``: EISDIR)."""
+    acc = f.flags & os.O_ACCMODE
+    if acc != os.O_RDWR and acc != (os.O_WRONLY if write else os.O_RDONLY):
+        raise OSError(errno.EBADF, f"{f.path}: not open for that")
+    if f.node.is_dir and not write:
+        raise OSError(errno.EISDIR, f.path)
 
 
 def _status(pid: int) -> tuple[int, int, bool]:

@@ -15,8 +15,11 @@ into the program.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import resource
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +31,13 @@ from ..vfio.cdev import cdev_devices
 from ..vfio.device import VfioDeviceFile
 from ..vfio.files import VfioFile, fput
 from .argmarshal import marshal
+from .faultinject import (
+    FAIL_NTH_NODE,
+    DebugfsFile,
+    FailNthFile,
+    FaultKnobs,
+    fail_nth_target,
+)
 from .report import ExecLog
 from .usermem import SharedFiles, TargetMm
 
@@ -57,6 +67,13 @@ class ModelFile:
     """The bridge's handle of one file description: the model file behind it."""
 
     file: VfioFile
+    path: str
+
+
+@dataclass(eq=False)
+class DirFile:
+    """The bridge's handle of a served directory opened (``opendir``)."""
+
     path: str
 
 
@@ -168,6 +185,18 @@ def _memlock(pid: int) -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def _ppid(pid: int) -> int:
+    """The parent of ``pid`` (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"PPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _creds(pid: int) -> tuple[int, int]:
     """(real uid, CapEff) of ``pid``."""
     with open(f"/proc/{pid}/status", "rb") as f:
@@ -196,10 +225,22 @@ class ModelHandler(Handler):
         self.shared = SharedFiles(machine.mem)
         self.procs: dict[int, ExecProcess] = {}
         self.ioctls = 0
+        #: each thread's ``fail_nth`` (tid -> counter; absent: 0), and its process
+        self.fail_nth: dict[int, int] = {}
+        self._task_pid: dict[int, int] = {}
+        #: every write to a fail-nth file that set a counter: (pid, tid, value)
+        self.fail_nth_writes: list[tuple[int, int, int]] = []
+        self.knobs = FaultKnobs(machine.mem.fail_nth.iommufd_test)
 
     # -- the tree of served paths ------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
         m = self.machine
+        task = fail_nth_target(path)
+        if task is not None:
+            return FAIL_NTH_NODE if self._our_task(*task) else None
+        knob = self.knobs.lookup(path)
+        if knob is not None:
+            return knob
         if m.pseries is not None:
             return None
         if path == "/dev/iommu":
@@ -227,10 +268,54 @@ class ModelHandler(Handler):
             self.procs[child] = ExecProcess(self, child)
 
     def exit(self, pid: int) -> None:
-        """``exit_mm``: the mirror goes; the files go with their releases."""
+        """``exit_mm``: the mirror goes; the files go with their releases. Its threads'
+        fail-nth counters go too (a new task starts at 0: ``dup_task_struct``)."""
         proc = self.procs.pop(pid, None)
         if proc is not None:
             proc.target_mm.close()
+        for tid in [t for t, p in self._task_pid.items() if p == pid]:
+            del self._task_pid[tid]
+            self.fail_nth.pop(tid, None)
+
+    def thread_exit(self, tid: int) -> None:
+        """A thread's ``fail_nth`` goes with it (a later task with its number starts at
+        0)."""
+        self._task_pid.pop(tid, None)
+        self.fail_nth.pop(tid, None)
+
+    def _our_task(self, pid: int, tid: int) -> bool:
+        """Whether thread ``tid`` of process ``pid`` is one of the program tree's: a
+        process the bridge has met, or one forked from such a process that has not made
+        a trapped call yet (its parents read from ``/proc/PID/status``)."""
+        if not os.path.isdir(f"/proc/{pid}/task/{tid}"):
+            return False
+        p = pid
+        for _ in range(64):
+            if p in self.procs:
+                return True
+            p = _ppid(p)
+            if p <= 1:
+                return False
+        return False
+
+    @contextlib.contextmanager
+    def _current(self, pid: int, tid: int) -> Iterator[None]:
+        """The model's kernel runs as thread ``tid``: its ``fail_nth`` is the model's
+        counter for the call, what is left of it kept afterwards; between calls (the
+        bridge's own work, mirror upkeep at fork and exit, releases) nothing is armed."""
+        fail = self.machine.mem.fail_nth
+        fail.load(self.fail_nth.get(tid, 0))
+        try:
+            yield
+        finally:
+            left = fail.remaining
+            fail.load(0)
+            if left or tid in self.fail_nth:
+                self.fail_nth[tid] = left
+                self._task_pid[tid] = pid
+
+    def _tid(self, pid: int) -> int:
+        return (self.bridge.current_tid if self.bridge is not None else 0) or pid
 
     def _proc(self, pid: int, tid: int) -> ExecProcess:
         proc = self.procs.get(pid)
@@ -241,24 +326,104 @@ class ModelHandler(Handler):
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
-        proc = self._proc(pid, pid)
-        return ModelFile(proc.open_file(path), path)
+        """``do_sys_openat2`` past the bridge: the path's copy and the file
+        (``getname``, ``alloc_empty_file``: allocation points, as ``Process.open``
+        counts them) then the file's own ``open``: a device's, a fail-nth or debugfs
+        stand-in's, or a served directory's."""
+        tid = self._tid(pid)
+        proc = self._proc(pid, tid)  # (made at fork; here only if that read failed)
+        with self._current(pid, tid):
+            fail = self.machine.mem.fail_nth
+            fail.check("getname(do_sys_openat2)")
+            fail.check("alloc_empty_file(path_openat)")
+            task = fail_nth_target(path)
+            if task is not None:
+                return FailNthFile(task[1], self.fail_nth)
+            node = self.lookup(path)
+            if node is not None and node.is_dir:
+                return DirFile(path)
+            if path.startswith("/sys/kernel/debug/"):
+                d, _, knob = path.removeprefix("/sys/kernel/debug/").partition("/")
+                return DebugfsFile(self.knobs, d, knob)
+            return ModelFile(proc.open_file(path), path)
 
     def release(self, handle: object) -> None:
-        assert isinstance(handle, ModelFile)
-        fput(handle.file)
+        """The last ``fput``: a model file's ``release``, its points counted against the
+        thread whose ``close`` freed it (``____fput`` runs as task work of the closing
+        task), or no thread's when the bridge saw no such close (exit, munmap)."""
+        if not isinstance(handle, ModelFile):
+            return
+        tid = self.bridge.current_tid if self.bridge is not None else 0
+        if not tid:
+            fput(handle.file)
+            return
+        with self._current(self._task_pid.get(tid, tid), tid):
+            fput(handle.file)
+
+    def readdir(self, pid: int, handle: object, path: str) -> list[tuple[str, Node]]:
+        """The debugfs stand-in's entries; the device directories list what ``lookup``
+        serves in them."""
+        if path.startswith("/sys/kernel/debug"):
+            return self.knobs.readdir(path)
+        names: list[str] = []
+        if path == "/dev/vfio":
+            names = ["vfio", "devices"] + [str(g) for g in range(256)]
+        elif path == "/dev/vfio/devices":
+            names = [f"vfio{n}" for n in range(len(cdev_devices(self.machine)))]
+        out = []
+        for name in names:
+            node = self.lookup(f"{path}/{name}")
+            if node is not None:
+                out.append((name, node))
+        return out
+
+    def read(self, pid: int, handle: object, buf: int, count: int, offset: int,
+             mem: TargetMemory) -> int:
+        if isinstance(handle, FailNthFile):
+            return handle.read(mem, buf, count, offset, self._alive(handle.tid))
+        if isinstance(handle, DebugfsFile):
+            return handle.read(mem, buf, count, offset)
+        raise kernel_error(errno.EINVAL, "read not supported")  # no ->read: vfs_read
+
+    def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
+              mem: TargetMemory) -> int:
+        if isinstance(handle, FailNthFile):
+            done = handle.write(mem, buf, count, self._alive(handle.tid))
+            self._task_pid.setdefault(handle.tid, self._pid_of(handle.tid, pid))
+            self.fail_nth_writes.append((pid, handle.tid, self.fail_nth[handle.tid]))
+            return done
+        if isinstance(handle, DebugfsFile):
+            return handle.write(mem, buf, count)
+        raise kernel_error(errno.EINVAL, "write not supported")  # no ->write
+
+    @staticmethod
+    def _alive(tid: int) -> bool:
+        return os.path.exists(f"/proc/{tid}/status")
+
+    def _pid_of(self, tid: int, default: int) -> int:
+        try:
+            with open(f"/proc/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return default
 
     def ioctl(self, pid: int, handle: object, request: int, arg: int,
               mem: TargetMemory) -> int:
-        assert isinstance(handle, ModelFile)
+        if not isinstance(handle, ModelFile):  # no unlocked_ioctl: vfs_ioctl's ENOTTY
+            raise kernel_error(errno.ENOTTY, f"ioctl {request:#x} on a file with none")
         self.ioctls += 1
         proc = self._proc(pid, mem.tid)
         proc.new_call(mem.tid)
         if self.log is None:
-            return handle.file.ioctl(proc, request, marshal(request, arg, mem))
+            with self._current(pid, mem.tid):
+                return handle.file.ioctl(proc, request, marshal(request, arg, mem))
         device = isinstance(handle.file, VfioDeviceFile)
         try:
-            ret = handle.file.ioctl(proc, request, marshal(request, arg, mem))
+            with self._current(pid, mem.tid):
+                ret = handle.file.ioctl(proc, request, marshal(request, arg, mem))
         except OSError as e:
             self.log.record(pid, request, e.errno or 0, device=device)
             raise

@@ -22,6 +22,8 @@ class ExecResult:
     ioctls: int
     stats: BridgeStats
     handler_errors: list[BaseException] = field(default_factory=list)
+    #: each write to a ``fail-nth`` file: (pid, tid, the counter it set)
+    fail_nth_writes: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def run_exec(machine: Machine, argv: Sequence[str], *, timeout: float | None = None,
@@ -41,4 +43,5 @@ def run_exec(machine: Machine, argv: Sequence[str], *, timeout: float | None = N
                             stdout=stdout, stderr=stderr)
     finally:
         handler.close()
-    return ExecResult(status, handler.ioctls, bridge.stats, list(bridge.handler_errors))
+    return ExecResult(status, handler.ioctls, bridge.stats, list(bridge.handler_errors),
+                      handler.fail_nth_writes)

@@ -28,6 +28,7 @@ import os
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from ..bridge.memory import TargetMemory
 from ..errors import BadAddress, InvalidArgument
@@ -99,6 +100,8 @@ class TargetMm(MmStruct):
         self._maps = b""  # the maps text the mirror was last brought in line with
         self._uaccess = TargetMemory(pid)
         self._memfd = -1
+        self._pagemap_fd = -1
+        self.adopted = 0  # pages taken over from the program's page tables (lab statistic)
         if mem.external is None:
             mem.external = ExternalFrames()
         self.external = mem.external
@@ -282,6 +285,64 @@ class TargetMm(MmStruct):
         if self.stale:
             self.sync()
 
+    # -- pages the program already has -------------------------------------------------------------
+    def _pagemap(self, addr: int, npages: int) -> npt.NDArray[np.uint64] | None:
+        """``/proc/PID/pagemap`` of ``npages`` pages from ``addr`` (None once it is gone)."""
+        if self._pagemap_fd < 0:
+            try:
+                self._pagemap_fd = os.open(f"/proc/{self.pid}/pagemap",
+                                           os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            raw = os.pread(self._pagemap_fd, 8 * npages, (addr >> PAGE_SHIFT) * 8)
+        except OSError:
+            return None
+        return np.frombuffer(raw[:len(raw) & ~7], dtype=np.uint64)
+
+    def adopt(self, addr: int, npages: int) -> int:
+        """Make the pages of ``[addr, addr + npages pages)`` that the program has present
+        (``/proc/PID/pagemap``: PM_PRESENT) present in the mirror too, before a GUP
+        looks at them, with no fail-nth point: the kernel's GUP finds such a page in the
+        page table and allocates nothing. A shared mapping takes every present page (its
+        page cache holds it); a private one only its own anonymous pages (not
+        PM_FILE, PM_MMAP_EXCLUSIVE): a page still the file's, or shared with another
+        process since a fork, is copied by a write pin in the kernel, so the mirror
+        leaves it to its own fault. Returns how many pages were adopted."""
+        if npages <= 0:
+            return 0
+        lo = addr & ~(PAGE_SIZE - 1)
+        hi = min(lo + (npages << PAGE_SHIFT), TASK_SIZE_MAX)
+        vmas = self._overlapping(lo, hi)
+        if not vmas:
+            return 0
+        first_va = max(lo, vmas[0].start)
+        last_va = min(hi, vmas[-1].end)
+        entries = self._pagemap(first_va, (last_va - first_va) >> PAGE_SHIFT)
+        if entries is None:
+            return 0
+        adopted = 0
+        with self.mem.fail_nth.paused():
+            for vma in vmas:
+                if vma.pfnmap:
+                    continue
+                a, b = max(first_va, vma.start), min(last_va, vma.end)
+                e = entries[(a - first_va) >> PAGE_SHIFT:(b - first_va) >> PAGE_SHIFT]
+                want = (e >> np.uint64(63)) & np.uint64(1) != 0
+                if not vma.shared:
+                    want &= ((e >> np.uint64(61)) & np.uint64(1) == 0) & \
+                        ((e >> np.uint64(56)) & np.uint64(1) != 0)
+                first = (a - vma.start) >> PAGE_SHIFT
+                n = min(len(want), vma.file_end - first)
+                if n <= 0:
+                    continue
+                want = want[:n] & (vma.pfns(first, first + n) < 0)
+                for run_lo, run_n in _true_runs(want):
+                    self._fault(vma, first + run_lo, run_n)
+                    adopted += run_n
+        self.adopted += adopted
+        return adopted
+
     # -- GUP on the mirror, pinned frames registered -----------------------------------------------
     def _register(self, addr: int, runs: list[tuple[int, int]]) -> None:
         va = addr
@@ -291,18 +352,21 @@ class TargetMm(MmStruct):
 
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
         self._fresh()
+        self.adopt(addr, npages)
         pfns = super().pin_user_pages(addr, npages, write)
         self._register(addr, pfn_runs(pfns))
         return pfns
 
     def pin_user_page_runs(self, addr: int, npages: int, write: bool) -> list[tuple[int, int]]:
         self._fresh()
+        self.adopt(addr, npages)
         runs = super().pin_user_page_runs(addr, npages, write)
         self._register(addr, runs)
         return runs
 
     def get_user_pages(self, addr: int, npages: int) -> I64Array:
         self._fresh()
+        self.adopt(addr, npages)
         pfns = super().get_user_pages(addr, npages)
         if len(pfns):
             self._register(addr, pfn_runs(np.asarray(pfns, dtype=np.int64)))
@@ -310,6 +374,7 @@ class TargetMm(MmStruct):
 
     def gup_fast(self, addr: int, npages: int, write: bool) -> int:
         self._fresh()
+        self.adopt(addr, npages)
         return super().gup_fast(addr, npages, write)
 
     def find_vma(self, addr: int) -> Vma | None:
@@ -368,6 +433,17 @@ class TargetMm(MmStruct):
         if self._memfd >= 0:
             os.close(self._memfd)
             self._memfd = -1
+        if self._pagemap_fd >= 0:
+            os.close(self._pagemap_fd)
+            self._pagemap_fd = -1
+
+
+def _true_runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """(start, length) of each run of True in ``mask``."""
+    if not mask.any():
+        return []
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -65,6 +65,19 @@ class FailNth:
     def armed(self) -> bool:
         return self._remaining != 0
 
+    @property
+    def remaining(self) -> int:
+        """The counter as ``/proc/.../fail-nth`` reads it: 0 when disarmed or fired."""
+        return self._remaining
+
+    def load(self, remaining: int) -> None:
+        """Lab: make ``remaining`` the counter as it is, with no fresh :meth:`arm` (a
+        task's saved ``fail_nth`` coming back: ``iommulab exec`` keeps one a thread and
+        loads it around that thread's calls into the model)."""
+        if remaining < 0:
+            raise ValueError(f"fail-nth counter {remaining} < 0")
+        self._remaining = remaining
+
     @contextlib.contextmanager
     def within(self, caller: str) -> Iterator[None]:
         """Name the points reached inside ``caller`` after it (``caller: site``): a
