@@ -271,6 +271,12 @@ class Bridge:
         """Whether ``fd`` is open in ``tid`` (any file, the bridge's or not)."""
         return 0 <= fd < 1 << 31 and os.path.lexists(f"/proc/{tid}/fd/{fd}")
 
+    def take_fd(self, tid: int, fd: int) -> int:
+        """A supervisor fd for the open file description at thread ``tid``'s ``fd``
+        (``pidfd_getfd``): the program's own file, shared, for the handler to keep (an
+        eventfd it signals) and close when done. EBADF when ``fd`` is not open."""
+        return A.pidfd_getfd(self._pidfd(tid), fd)
+
     def reserve_fd(self, tid: int) -> int:
         """A free fd number in the caller's table, for a file the handler is about to
         hand out (a driver's ``get_unused_fd_flags``): taken from the top of the window,
@@ -677,7 +683,8 @@ class Bridge:
             A.NR_sendfile: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[1]),
             A.NR_tee: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[1]),
             A.NR_splice: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2]),
-            A.NR_copy_file_range: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2]),
+            A.NR_copy_file_range: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2],
+                                                                      copy=True),
         }
 
     def _sys_ioctl(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
@@ -966,11 +973,19 @@ class Bridge:
             return None
         raise OSError(err, os.strerror(err))
 
-    def _sys_splice(self, nid: int, tid: int, fd_in: int, fd_out: int) -> None:
+    def _sys_splice(self, nid: int, tid: int, fd_in: int, fd_out: int,
+                    copy: bool = False) -> None:
+        """A device file has no splice (EINVAL). A served regular file (sysfs) is not
+        spliced either (lab: the backing is empty): EXDEV for ``copy_file_range`` (as
+        between two filesystems without the op), EINVAL for the others, so that a
+        program falls back to read and write."""
         for fd in (fd_in, fd_out):
             f = self._file_at(tid, fd & 0xFFFFFFFF)
-            if f is not None and stat.S_ISCHR(f.node.mode):
+            if f is None:
+                continue
+            if stat.S_ISCHR(f.node.mode):
                 raise OSError(errno.EINVAL, "no splice on a device file")
+            raise OSError(errno.EXDEV if copy else errno.EINVAL, "no splice of a served file")
         return None
 
     # ----------------------------------------------------------------- fence

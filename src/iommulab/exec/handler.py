@@ -15,12 +15,14 @@ into the program.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import resource
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..bridge.handler import Backing, Handler, Node
+from ..bridge.handler import Backing, Continue, Handler, Node
 from ..bridge.memory import TargetMemory
 from ..errors import kernel_error
 from ..machine import Machine, Process
@@ -28,7 +30,10 @@ from ..vfio.cdev import cdev_devices
 from ..vfio.device import VfioDeviceFile
 from ..vfio.files import VfioFile, fput
 from .argmarshal import marshal
+from .devrw import read_file, write_file
+from .realeventfd import RealEventFdCtx, RealEventFdFile, eventfd_id
 from .report import ExecLog
+from .sysfs import sysfs_lookup, sysfs_open
 from .usermem import SharedFiles, TargetMm
 
 if TYPE_CHECKING:
@@ -53,6 +58,7 @@ class ModelFile:
 
     file: VfioFile
     path: str
+    flags: int = os.O_RDWR  # the open's flags (FMODE_READ, FMODE_WRITE)
 
 
 class ForeignFile(VfioFile):
@@ -129,7 +135,10 @@ class ExecProcess(Process):
         handle = bridge.handle_at(self.tid, fd)
         if isinstance(handle, ModelFile):
             return handle.file
-        return ForeignFile() if bridge.fd_is_open(self.tid, fd) else None
+        if not bridge.fd_is_open(self.tid, fd):
+            return None
+        real = self._handler.real_eventfd(self.tid, fd)
+        return real if real is not None else ForeignFile()
 
     def get_unused_fd(self) -> int:
         """``get_unused_fd_flags(O_CLOEXEC)`` in the program: a number reserved in the
@@ -180,12 +189,17 @@ class ModelHandler(Handler):
         self.shared = SharedFiles(machine.mem)
         self.procs: dict[int, ExecProcess] = {}
         self.ioctls = 0
+        #: the program's eventfds the model holds, by eventfd-id (:mod:`.realeventfd`)
+        self.eventfds: dict[int, RealEventFdCtx] = {}
+        machine.vfio_bar_mmap = False  # no faithful BAR mmap under exec (see mmap)
 
     # -- the tree of served paths ------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
         m = self.machine
         if m.pseries is not None:
             return None
+        if path.startswith("/sys/"):
+            return sysfs_lookup(m, path)
         if path == "/dev/iommu":
             return _IOMMUFD_NODE
         if path in ("/dev/vfio", "/dev/vfio/devices"):
@@ -225,15 +239,17 @@ class ModelHandler(Handler):
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
+        if path.startswith("/sys/"):
+            return ModelFile(sysfs_open(self.machine, path, flags), path, flags)
         proc = self._proc(pid, pid)
-        return ModelFile(proc.open_file(path), path)
+        return ModelFile(proc.open_file(path), path, flags)
 
     def release(self, handle: object) -> None:
         assert isinstance(handle, ModelFile)
         fput(handle.file)
 
-    def ioctl(self, pid: int, handle: object, request: int, arg: int,
-              mem: TargetMemory) -> int:
+    def _ioctl(self, pid: int, handle: object, request: int, arg: int,
+               mem: TargetMemory) -> int:
         assert isinstance(handle, ModelFile)
         self.ioctls += 1
         proc = self._proc(pid, mem.tid)
@@ -249,9 +265,90 @@ class ModelHandler(Handler):
         self.log.record(pid, request, 0, device=device)
         return ret
 
+    def ioctl(self, pid: int, handle: object, request: int, arg: int,
+              mem: TargetMemory) -> int:
+        """``unlocked_ioctl`` of the model file; afterwards the program's eventfds that
+        ``fdget`` found but no driver kept are let go (``fdput``)."""
+        try:
+            return self._ioctl(pid, handle, request, arg, mem)
+        finally:
+            for key, ctx in list(self.eventfds.items()):
+                if ctx.kref == 1:
+                    del self.eventfds[key]
+                    os.close(ctx.fd)
+                    ctx.fd = -1
+
+    # -- the program's eventfds ------------------------------------------------------------
+    def real_eventfd(self, tid: int, fd: int) -> RealEventFdFile | None:
+        """``fdget`` of a program fd that is not the model's: its eventfd as a model
+        eventfd (:mod:`.realeventfd`), or None for any other kind of file."""
+        assert self.bridge is not None
+        try:
+            if os.readlink(f"/proc/{tid}/fd/{fd}") != "anon_inode:[eventfd]":
+                return None
+            mine = self.bridge.take_fd(tid, fd)
+        except OSError:
+            return None
+        key = eventfd_id(mine)
+        if key is None:
+            os.close(mine)
+            return None
+        ctx = self.eventfds.get(key)
+        if ctx is not None:
+            os.close(mine)
+        else:
+            ctx = self.eventfds[key] = RealEventFdCtx(mine, self._eventfd_freed)
+        return RealEventFdFile(ctx)
+
+    def _eventfd_freed(self, ctx: RealEventFdCtx) -> None:
+        for key, held in list(self.eventfds.items()):
+            if held is ctx:
+                del self.eventfds[key]
+
+    # -- read, write, mmap ----------------------------------------------------------------
+    def read(self, pid: int, handle: object, buf: int, count: int, offset: int,
+             mem: TargetMemory) -> int | Continue:
+        """``vfs_read`` of the model file into the program's ``buf`` (:mod:`.devrw`)."""
+        assert isinstance(handle, ModelFile)
+        proc = self._proc(pid, mem.tid)
+        proc.new_call(mem.tid)
+        return read_file(handle.file, handle.flags, buf, count, offset, mem)
+
+    def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
+              mem: TargetMemory) -> int | Continue:
+        """``vfs_write`` from the program's ``buf`` to the model file (:mod:`.devrw`)."""
+        assert isinstance(handle, ModelFile)
+        proc = self._proc(pid, mem.tid)
+        proc.new_call(mem.tid)
+        return write_file(handle.file, handle.flags, buf, count, offset, mem)
+
+    def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
+             flags: int, offset: int) -> Continue:
+        """The file's ``mmap``: a device fd asks vfio-pci, which refuses BAR 0 under exec
+        (EINVAL, ``vfio_pci_core_mmap`` without ``bar_mmap_supported``; GET_REGION_INFO
+        does not offer VFIO_REGION_INFO_FLAG_MMAP, so a VMM falls back to pread/pwrite);
+        the other files have no ``mmap`` (ENODEV)."""
+        assert isinstance(handle, ModelFile)
+        kind = flags & 0x0F  # MAP_TYPE
+        if offset & 0xFFF or not length or kind not in (1, 2, 3):
+            raise kernel_error(errno.EINVAL, "mmap: offset, length or map type")  # do_mmap
+        if kind != 2 and prot & 0x2 and handle.flags & os.O_ACCMODE == os.O_RDONLY:
+            raise kernel_error(errno.EACCES, "mmap: a shared writable map of a read-only fd")
+        if isinstance(handle.file, VfioDeviceFile):
+            if kind == 2:  # vfio_pci_core_mmap: no VM_SHARED
+                raise kernel_error(errno.EINVAL, "mmap of a device region wants MAP_SHARED")
+            handle.file.mmap_region(length, offset)
+            raise AssertionError("no BAR is mmap-able under exec")
+        raise kernel_error(errno.ENODEV, f"{handle.path} has no mmap")
+
     def close(self) -> None:
         """After the run: the model files of shared mappings go."""
         for pid in list(self.procs):
             self.exit(pid)
         self.shared.close()
+        for ctx in self.eventfds.values():  # none once every device file is released
+            os.close(ctx.fd)
+            ctx.fd = -1
+        self.eventfds.clear()
+        self.machine.vfio_bar_mmap = True
 
