@@ -37,17 +37,19 @@ def test_vmm_drives_edu_through_exec(build: Build, tmp_path: Path, platform: str
                                      static: bool, type_: str) -> None:
     m = Machine(platform)
     dev = m.add_pci_device(BDF, model="edu")
+    group = dev.iommu_group
+    assert group is not None
     fresh = leak_snapshot(m)
     own_fds = set(os.listdir("/proc/self/fd"))
     out = tmp_path / "stdout"
     with out.open("wb") as f:
         start = time.monotonic()
-        result = run_exec(m, [str(build("vmm_edu", static=static)), str(dev.iommu_group),
-                              BDF], timeout=60, stdout=f)
+        result = run_exec(m, [str(build("vmm_edu", static=static)), str(group), BDF],
+                          timeout=60, stdout=f)
         wall = time.monotonic() - start
     assert result.handler_errors == []
     assert result.status == 0, out.read_text()
-    assert out.read_text().splitlines() == expected(dev.iommu_group, type_)
+    assert out.read_text().splitlines() == expected(group, type_)
     edu = dev.model
     assert edu is not None and edu.dma_runs == 2 and edu.dma_faults == 0
     assert m.host_msi.handlers == {} and not dev.fn.msi_enabled

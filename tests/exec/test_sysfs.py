@@ -1,0 +1,78 @@
+"""The sysfs files a VMM reads under ``iommulab exec``: an IOMMU group's ``type`` and
+``reserved_regions`` (``iommu_group_show_type``, ``iommu_group_show_resv_regions``) and
+vfio_iommu_type1's module parameters, with the kernel's formats and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from iommulab.exec import run_exec
+from iommulab.machine import Machine
+from iommulab.testing import leak_snapshot
+
+Build = Callable[..., Path]
+GROUPS = "/sys/kernel/iommu_groups/0"
+PARAMS = "/sys/module/vfio_iommu_type1/parameters"
+
+#: what 6.12 shows for a lone PCI device's group: VT-d reserves the interrupt range as
+#: MSI (IOAPIC_RANGE_START..END), SMMUv3 its software MSI window (MSI_IOVA_BASE, 1M);
+#: x86 defaults to lazy invalidation (DMA-FQ), arm64 to strict (DMA)
+SHOWN = {"x86-vtd": ("DMA-FQ", "0x00000000fee00000 0x00000000feefffff msi"),
+         "arm64-smmuv3": ("DMA", "0x0000000008000000 0x00000000080fffff msi")}
+
+
+@pytest.mark.parametrize("platform", ["x86-vtd", "arm64-smmuv3"])
+def test_sysfs_files(build: Build, tmp_path: Path, platform: str) -> None:
+    m = Machine(platform)
+    m.add_pci_device("0000:00:02.0", model="edu")
+    m.module_params["vfio_iommu_type1.dma_entry_limit"] = 1000
+    m.module_params["vfio_iommu_type1.disable_hugepages"] = 1
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("sysfs")), "0"], timeout=60, stdout=f)
+    assert result.handler_errors == [] and result.status == 0
+    type_, regions = SHOWN[platform]
+    assert out.read_text().splitlines() == [
+        f"{GROUPS}/type: {type_}",
+        f"{GROUPS}/reserved_regions: {regions}",
+        f"{PARAMS}/dma_entry_limit: 1000",  # param_get_uint
+        f"{PARAMS}/allow_unsafe_interrupts: N",  # param_get_bool
+        f"{PARAMS}/disable_hugepages: Y",
+        "pieces 2 3 1000", "read_at_end 0 0", "pread_2 3 0",
+        "fstat 0 0", "mode 100644 size 4096",  # a sysfs attribute: PAGE_SIZE bytes
+        "write_rdonly -1 9",  # EBADF: not open for writing
+        "mmap -1 19",  # ENODEV: kernfs without KERNFS_HAS_MMAP
+        "sendfile -1 22", "copy_file_range -1 18",  # lab: not spliced, see bridge
+        "stat_regions 0 0", "mode 100444 size 4096",
+        "open_wronly -1 13",  # lab: read-only under exec
+        "open_directory -1 20",  # ENOTDIR
+        "stat_group_dir 0 0", "dir 1",
+        "open_missing -1 2", "open_group_99 -1 2", "open_param_missing -1 2",
+        "access_type 0 0"]
+    assert result.stats.installed == result.stats.released == 6
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff
+
+
+def test_sysfs_shows_what_the_machine_has(build: Build, tmp_path: Path) -> None:
+    """No device: no group directory; a group's files follow the machine, read at each
+    open (a second group, its own regions)."""
+    m = Machine("x86-vtd")
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("sysfs")), "0"], timeout=60, stdout=f)
+    assert result.status == 0
+    lines = out.read_text().splitlines()
+    assert lines[:2] == [f"{GROUPS}/type: errno 2", f"{GROUPS}/reserved_regions: errno 2"]
+    m.add_pci_device("0000:00:02.0")
+    m.add_pci_device("0000:00:03.0")
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("sysfs")), "1"], timeout=60, stdout=f)
+    assert result.status == 0
+    lines = out.read_text().splitlines()
+    assert lines[:2] == ["/sys/kernel/iommu_groups/1/type: DMA-FQ",
+                         "/sys/kernel/iommu_groups/1/reserved_regions: "
+                         "0x00000000fee00000 0x00000000feefffff msi"]
