@@ -55,12 +55,19 @@ class Resolver:
     """Walks paths for one bridge: ``lookup`` is the handler's, ``ours`` maps (dev, ino)."""
 
     def __init__(self, lookup: Callable[[str], Node | None],
-                 ours: Callable[[int, int], bool]) -> None:
+                 ours: Callable[[int, int], bool],
+                 dir_at: Callable[[int, int], str | None] = lambda tid, fd: None) -> None:
         self._lookup = lookup
         self._ours = ours
+        self._dir_at = dir_at  # the served directory a program fd is open on, if any
 
     def start_dir(self, tid: int, dirfd: int) -> str | None:
-        """The directory a relative path starts from, in the program's view."""
+        """The directory a relative path starts from, in the program's view (a served
+        directory for a dirfd the bridge opened on one)."""
+        if dirfd != A.AT_FDCWD:
+            served = self._dir_at(tid, dirfd)
+            if served is not None:
+                return served
         link = f"/proc/{tid}/cwd" if dirfd == A.AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
         try:
             where = os.readlink(link)

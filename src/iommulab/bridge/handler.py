@@ -53,6 +53,11 @@ class Node:
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
+    @property
+    def d_type(self) -> int:
+        """The ``DT_*`` of a directory entry for this node (``fs_umode_to_dtype``)."""
+        return stat.S_IFMT(self.mode) >> 12
+
 
 class Backing:
     """The real file behind one opened model file: an unlinked tmpfs inode.
@@ -90,6 +95,11 @@ class Handler(Protocol):
     def lookup(self, path: str) -> Node | None:
         """The node at the absolute, normalised ``path``, or None if not served."""
         return None
+
+    def readdir(self, path: str) -> list[tuple[str, Node]]:
+        """The entries of the served directory ``path`` (without ``.`` and ``..``), for
+        ``getdents``. The bridge opens served directories itself (no :meth:`open`)."""
+        return []
 
     def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
         """The driver's ``open``: a handle for the new file description, or raise."""

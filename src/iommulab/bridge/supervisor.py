@@ -55,6 +55,16 @@ _IOV = 16  # sizeof(struct iovec)
 _UIO_MAXIOV = 1024
 
 
+class _ServedDir:
+    """The handle of a served directory the program opened (the bridge's own: no
+    handler ``open`` or ``release``; ``getdents`` lists :meth:`Handler.readdir`)."""
+
+    __slots__ = ()
+
+
+_DIR_HANDLE: Final = _ServedDir()
+
+
 class _Gone(Exception):
     """The notification is no longer valid: the caller died or its syscall was restarted."""
 
@@ -150,7 +160,8 @@ class Bridge:
         self._poll.register(self._inotify, select.POLLIN)
         self._shm = tempfile.mkdtemp(prefix="iommulab-bridge-",
                                      dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        self._resolver = Resolver(handler.lookup, lambda d, i: (d, i) in self._files)
+        self._resolver = Resolver(handler.lookup, lambda d, i: (d, i) in self._files,
+                                  self._served_dir_at)
         self._protected = self._protected_devices()
         self._buf = bytearray(A.NOTIF.size)
         self._resp = bytearray(A.NOTIF_RESP.size)
@@ -508,6 +519,10 @@ class Bridge:
             return None
         return self._files.get((st.st_dev, st.st_ino))
 
+    def _served_dir_at(self, tid: int, fd: int) -> str | None:
+        f = self._file_at(tid, fd & 0xFFFFFFFF) if fd >= 0 else None
+        return f.path if f is not None and f.handle is _DIR_HANDLE else None
+
     def _reap_releases(self) -> None:
         """Turn inotify's IN_CLOSE on a backing inode into the handler's ``release``."""
         if self._inotify < 0:
@@ -530,6 +545,8 @@ class Bridge:
         del self._by_wd[f.wd]
         os.close(f.backing)  # frees the inode; inotify drops the watch (IN_IGNORED)
         self.stats.released += 1
+        if f.handle is _DIR_HANDLE:
+            return
         try:
             self.handler.release(f.handle)
         except Exception as e:
@@ -558,7 +575,8 @@ class Bridge:
             try:
                 backing = os.open(self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
             except BaseException:
-                self.handler.release(handle)
+                if handle is not _DIR_HANDLE:
+                    self.handler.release(handle)
                 raise
         acc = flags & os.O_ACCMODE
         mode = os.O_RDWR if acc == os.O_ACCMODE else acc
@@ -572,7 +590,8 @@ class Bridge:
                 raise
         except BaseException:  # the file never reached the program: release it here
             os.close(backing)
-            self.handler.release(handle)
+            if handle is not _DIR_HANDLE:
+                self.handler.release(handle)
             raise
         st = os.fstat(backing)
         key = (st.st_dev, st.st_ino)
@@ -652,6 +671,11 @@ class Bridge:
                                                                  a[1], a[2]),
             A.NR_readlinkat: lambda n, t, g, a: self._sys_readlink(n, t, g, _int(a[0]), a[1],
                                                                    a[2], a[3]),
+            A.NR_getxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], True, True),
+            A.NR_lgetxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], False, True),
+            A.NR_listxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], True, False),
+            A.NR_llistxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], False,
+                                                               False),
             A.NR_mmap: self._sys_mmap,
             A.NR_read: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2], None, False),
             A.NR_write: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2], None, True),
@@ -672,6 +696,8 @@ class Bridge:
             A.NR_pwritev2: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2],
                                                             _pos2(a[3]), True),
             A.NR_dup: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], None, 0),
+            A.NR_getdents64: lambda n, t, g, a: self._sys_getdents(n, t, g, a, True),
+            A.NR_getdents: lambda n, t, g, a: self._sys_getdents(n, t, g, a, False),
             A.NR_dup2: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF, 0),
             A.NR_dup3: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF,
                                                         a[2]),
@@ -692,6 +718,8 @@ class Bridge:
         req = a[1] & 0xFFFFFFFF
         if f is None or req in _VFS_IOCTLS:
             return None
+        if f.handle is _DIR_HANDLE:
+            raise OSError(errno.ENOTTY, "a served directory has no ioctl")
         self._valid(nid)
         self._caller, self._pending, self._reserved = tid, [], set()
         try:
@@ -742,13 +770,16 @@ class Bridge:
             return None
         if flags & os.O_CREAT and flags & os.O_EXCL:
             raise OSError(errno.EEXIST, path)
-        if node.is_dir:
-            raise OSError(errno.EOPNOTSUPP, f"{path} is a served directory")
-        if flags & os.O_DIRECTORY:
-            raise OSError(errno.ENOTDIR, path)
         if flags & A.O_PATH:
             return None  # an O_PATH open calls no driver; the kernel answers (ENOENT)
-        target = self._new_file(tgid, path, node, flags)
+        if node.is_dir:  # do_open: EISDIR for a write or a create
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_CREAT:
+                raise OSError(errno.EISDIR, path)
+            target = self._register(path, node, flags, _DIR_HANDLE)
+        elif flags & os.O_DIRECTORY:
+            raise OSError(errno.ENOTDIR, path)
+        else:
+            target = self._new_file(tgid, path, node, flags)
         try:
             self._install_new(nid, tid, target, bool(flags & os.O_CLOEXEC))
         finally:
@@ -842,6 +873,20 @@ class Bridge:
         TargetMemory(tid).write(buf, data)
         return len(data)
 
+    def _sys_xattr(self, nid: int, tid: int, tgid: int, addr: int, follow: bool,
+                   get: bool) -> int | None:
+        """``getxattr``/``listxattr`` of a served path: served nodes carry no extended
+        attributes (ENODATA, an empty list), as devtmpfs and sysfs nodes without an LSM
+        label or ACL."""
+        res = self._resolve(nid, tid, tgid, A.AT_FDCWD, addr, follow)
+        if res is None or (res.served is None and res.reopen not in self._files):
+            if res is not None and res.error:
+                raise OSError(res.error, os.strerror(res.error))
+            return None
+        if get:
+            raise OSError(errno.ENODATA, "no such attribute")
+        return 0
+
     def _sys_mmap(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
         addr, length, prot, flags, fd, off = a
         if flags & A.MAP_ANONYMOUS:
@@ -850,6 +895,8 @@ class Bridge:
         if f is None:
             return None
         self._valid(nid)
+        if f.handle is _DIR_HANDLE:
+            raise OSError(errno.ENODEV, "a directory has no mmap")
         ret = self.handler.mmap(tgid, f.handle, addr, length, prot & 0xFFFFFFFF,
                                 flags & 0xFFFFFFFF, off)
         if isinstance(ret, Continue):
@@ -877,6 +924,8 @@ class Bridge:
         f = self._file_at(tid, fd)
         if f is None:
             return None
+        if f.handle is _DIR_HANDLE:
+            raise OSError(errno.EISDIR, "read or write of a directory")
         if pos is not None and pos < 0:
             raise OSError(errno.EINVAL, "negative offset")
         at = self._file_pos(tid, fd) if pos is None else pos
@@ -896,6 +945,8 @@ class Bridge:
         f = self._file_at(tid, fd)
         if f is None:
             return None
+        if f.handle is _DIR_HANDLE:
+            raise OSError(errno.EISDIR, "read or write of a directory")
         if cnt > _UIO_MAXIOV:
             raise OSError(errno.EINVAL, f"{cnt} iovecs")
         if pos is not None and pos < 0:
@@ -927,6 +978,41 @@ class Bridge:
         if pos is None and total > 0:
             self._set_pos(tid, fd, at + total)
         return total
+
+    def _sys_getdents(self, nid: int, tid: int, tgid: int, a: tuple[int, ...],
+                      wide: bool) -> int | None:
+        """``getdents64`` (``wide``) or ``getdents`` of a served directory: ``.``, ``..``
+        and the handler's entries from the file position (an entry index, as
+        ``dcache_readdir``'s), as many whole records as ``count`` holds; EINVAL when
+        not even the next one does (``filldir``), ENOTDIR on a file."""
+        fd = a[0] & 0xFFFFFFFF
+        f = self._file_at(tid, fd)
+        if f is None:
+            return None
+        if f.handle is not _DIR_HANDLE:
+            raise OSError(errno.ENOTDIR, "getdents of a file")
+        count = a[2] & 0xFFFFFFFF
+        pos = self._file_pos(tid, fd)
+        self._valid(nid)
+        parent = os.path.dirname(f.path)
+        entries = [(".", f.path, f.node), ("..", parent, Node(stat.S_IFDIR | 0o755))] + [
+            (name, f"{f.path}/{name}", node) for name, node in self.handler.readdir(f.path)]
+        out = bytearray()
+        at = pos
+        while at < len(entries):
+            name, path, node = entries[at]
+            ino = self._inos.setdefault(path, 0x1000 + len(self._inos))
+            rec = _dirent(ino, at + 1, node.d_type, os.fsencode(name), wide)
+            if len(out) + len(rec) > count:
+                break
+            out += rec
+            at += 1
+        if not out and at < len(entries):
+            raise OSError(errno.EINVAL, "the buffer cannot hold the next entry")
+        if out:
+            TargetMemory(tid).write(a[1], bytes(out))
+            self._set_pos(tid, fd, at)
+        return len(out)
 
     def _sys_dup(self, nid: int, tid: int, tgid: int, old: int, new: int | None,
                  flags: int) -> int | None:
@@ -1020,6 +1106,22 @@ def _status(pid: int) -> tuple[int, int, bool]:
             elif line.startswith(b"Seccomp:"):
                 filtered = line.split()[1] == b"2"
     return tgid, ppid, filtered
+
+
+def _dirent(ino: int, off: int, dtype: int, name: bytes, wide: bool) -> bytes:
+    """One ``linux_dirent64`` (``wide``) or ``linux_dirent`` record, 8-byte aligned:
+    inode, offset of the next, length, type (last byte of the old form), name, NUL."""
+    head = 19 if wide else 18
+    reclen = (head + len(name) + (1 if wide else 2) + 7) & ~7
+    rec = bytearray(reclen)
+    rec[0:16] = ino.to_bytes(8, "little") + off.to_bytes(8, "little")
+    rec[16:18] = reclen.to_bytes(2, "little")
+    if wide:
+        rec[18] = dtype
+    else:
+        rec[reclen - 1] = dtype
+    rec[head:head + len(name)] = name
+    return bytes(rec)
 
 
 def _int(v: int) -> int:

@@ -33,7 +33,7 @@ from .argmarshal import marshal
 from .devrw import read_file, write_file
 from .realeventfd import RealEventFdCtx, RealEventFdFile, eventfd_id
 from .report import ExecLog
-from .sysfs import sysfs_lookup, sysfs_open
+from .sysfs import sysfs_lookup, sysfs_open, sysfs_readdir
 from .usermem import SharedFiles, TargetMm
 
 if TYPE_CHECKING:
@@ -216,6 +216,24 @@ class ModelHandler(Handler):
             if n < len(cdev_devices(m)) and name[12:] == str(n):
                 return Node.chardev(_CDEV_MAJOR, n)
         return None
+
+    def readdir(self, path: str) -> list[tuple[str, Node]]:
+        """The entries of a served directory: ``/dev/vfio`` (``vfio``, the groups,
+        ``devices``), ``/dev/vfio/devices`` (the cdevs), the sysfs directories."""
+        if path.startswith("/sys/"):
+            return sysfs_readdir(self.machine, path)
+        if path == "/dev/vfio/devices":
+            names = [f"vfio{n}" for n in range(len(cdev_devices(self.machine)))]
+        else:
+            groups = sorted({d.iommu_group for d in self.machine.devices.values()
+                             if d.driver == "vfio-pci" and d.iommu_group is not None})
+            names = ["devices", *(str(g) for g in groups), "vfio"]
+        out = []
+        for name in names:
+            node = self.lookup(f"{path}/{name}")
+            if node is not None:
+                out.append((name, node))
+        return out
 
     # -- processes ---------------------------------------------------------------------------------
     def fork(self, parent: int | None, child: int) -> None:

@@ -27,7 +27,7 @@ from ..iommu.domain import DomainType
 from ..machine import Machine
 from ..vfio.files import VfioFile
 
-__all__ = ["SysfsFile", "sysfs_lookup", "sysfs_open"]
+__all__ = ["SysfsFile", "sysfs_lookup", "sysfs_open", "sysfs_readdir"]
 
 _DIR = Node(stat.S_IFDIR | 0o755)
 _PAGE = 4096
@@ -69,6 +69,25 @@ def sysfs_lookup(m: Machine, path: str) -> Node | None:
     if len(parts) == 2 and parts[1] == "reserved_regions":
         return _attr(0o444)
     return None
+
+
+def sysfs_readdir(m: Machine, path: str) -> list[tuple[str, Node]]:
+    """The entries of a served sysfs directory, sorted (kernfs lists by name hash;
+    lab: by name)."""
+    if path == "/sys/kernel/iommu_groups":
+        names = [str(g) for g in sorted(_groups(m))]
+    elif path == "/sys/module/vfio_iommu_type1":
+        names = ["parameters"]
+    elif path == _PARAMS:
+        names = sorted(_PARAM_BOOL)
+    else:
+        names = ["reserved_regions", "type"]
+    out = []
+    for name in names:
+        node = sysfs_lookup(m, f"{path}/{name}")
+        assert node is not None
+        out.append((name, node))
+    return out
 
 
 class SysfsFile(VfioFile):
