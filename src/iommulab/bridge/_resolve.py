@@ -115,6 +115,17 @@ class Resolver:
                 continue
             cand = "/" + "/".join([*stack, comp])
             node = self._lookup(cand)
+            if node is not None and node.is_link and (not last or follow or must_be_dir):
+                links += 1  # a served symlink, followed as pick_link would
+                if links > _MAXSYMLINKS:
+                    return Resolution(error=errno.ELOOP)
+                if node.target.startswith("/"):
+                    stack = []
+                served_dir = self._is_served_dir(stack)
+                if node.target.endswith("/"):
+                    must_be_dir = must_be_dir or last
+                todo += [c for c in node.target.split("/") if c][::-1]
+                continue
             if node is not None:
                 if node.is_dir:
                     stack.append(comp)

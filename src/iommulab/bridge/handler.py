@@ -37,17 +37,28 @@ CONTINUE: Final = Continue()
 class Node:
     """What ``stat`` shows for a served path and for ``fstat`` on a file opened on it.
 
-    ``mode`` holds the type bits (``stat.S_IFCHR``, ``S_IFREG``, ``S_IFDIR``) and the
-    permission bits; ``rdev`` the device number of a character device.
+    ``mode`` holds the type bits (``stat.S_IFCHR``, ``S_IFREG``, ``S_IFDIR``,
+    ``S_IFLNK``) and the permission bits; ``rdev`` the device number of a character
+    device; ``target`` what a symbolic link points at (the walk follows it as the
+    kernel's would, ``readlink`` gives it).
     """
 
     mode: int
     rdev: int = 0
     size: int = 0
+    target: str = ""
 
     @classmethod
     def chardev(cls, major: int, minor: int, perm: int = 0o600) -> Node:
         return cls(stat.S_IFCHR | perm, os.makedev(major, minor))
+
+    @classmethod
+    def symlink(cls, target: str) -> Node:
+        return cls(stat.S_IFLNK | 0o777, size=len(os.fsencode(target)), target=target)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
 
     @property
     def is_dir(self) -> bool:

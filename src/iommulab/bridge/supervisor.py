@@ -772,6 +772,8 @@ class Bridge:
             raise OSError(errno.EEXIST, path)
         if flags & A.O_PATH:
             return None  # an O_PATH open calls no driver; the kernel answers (ENOENT)
+        if node.is_link:  # reached only with O_NOFOLLOW (do_open: ELOOP)
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link")
         if node.is_dir:  # do_open: EISDIR for a write or a create
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_CREAT:
                 raise OSError(errno.EISDIR, path)
@@ -863,7 +865,13 @@ class Bridge:
         if res.error:
             raise OSError(res.error, os.strerror(res.error))
         if res.served is not None:
-            raise OSError(errno.EINVAL, "not a symlink")
+            if res.node is None or not res.node.is_link:
+                raise OSError(errno.EINVAL, "not a symlink")
+            if _int(size) <= 0:
+                raise OSError(errno.EINVAL, "bufsiz")
+            target = os.fsencode(res.node.target)[:size]
+            TargetMemory(tid).write(buf, target)
+            return len(target)
         f = self._files.get(res.link_to) if res.link_to is not None else None
         if f is None:
             return None

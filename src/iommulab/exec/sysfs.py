@@ -1,6 +1,10 @@
 """The sysfs files a VMM reads before it opens a VFIO group, from the model (lab:
-``iommulab exec``): ``/sys/kernel/iommu_groups/N/{type,reserved_regions}`` and
-``/sys/module/vfio_iommu_type1/parameters/*``.
+``iommulab exec``): ``/sys/kernel/iommu_groups/N/{type,reserved_regions,devices/}``,
+``/sys/module/vfio_iommu_type1/parameters/*``, and for each PCI function
+``/sys/bus/pci/devices/BDF`` (a link to ``/sys/devices/pciDDDD:BB/BDF``) with its
+``iommu_group`` link (``iommu_group_add_device``) and, bound to vfio-pci,
+``vfio-dev/vfioN/dev`` (the cdev's ``major:minor``, what a VMM reads to find its
+``/dev/vfio/devices/vfioN``).
 
 Each attribute is generated at every read from the machine's state, as kernfs runs the
 attribute's ``show`` (``sysfs_kf_seq_show``) for a read: ``iommu_group_show_type``,
@@ -25,11 +29,13 @@ from ..bridge.handler import Node
 from ..errors import InvalidArgument, kernel_error
 from ..iommu.domain import DomainType
 from ..machine import Machine
+from ..vfio.cdev import cdev_devices
 from ..vfio.files import VfioFile
 
 __all__ = ["SysfsFile", "sysfs_lookup", "sysfs_open", "sysfs_readdir"]
 
 _DIR = Node(stat.S_IFDIR | 0o755)
+_CDEV_MAJOR = 237  # the vfio-dev major exec's /dev/vfio/devices/vfioN nodes show
 _PAGE = 4096
 _GROUPS = "/sys/kernel/iommu_groups"
 _PARAMS = "/sys/module/vfio_iommu_type1/parameters"
@@ -50,44 +56,52 @@ def _groups(m: Machine) -> set[int]:
     return {gid for gid, g in m.core.groups.items() if g.devices}
 
 
+def _device_dir(bdf: str) -> str:
+    """Where a root-bus function sits: ``/sys/devices/pciDDDD:BB/DDDD:BB:DD.F``."""
+    return f"/sys/devices/pci{bdf[:7]}/{bdf}"
+
+
+def _tree(m: Machine) -> dict[str, Node]:
+    """Every served sysfs path and its node. O(devices)."""
+    tree = {_GROUPS: _DIR, "/sys/module/vfio_iommu_type1": _DIR, _PARAMS: _DIR}
+    tree.update({f"{_PARAMS}/{name}": _attr(0o644) for name in _PARAM_BOOL})
+    for gid in _groups(m):
+        tree.update({f"{_GROUPS}/{gid}": _DIR, f"{_GROUPS}/{gid}/type": _attr(0o644),
+                     f"{_GROUPS}/{gid}/reserved_regions": _attr(0o444),
+                     f"{_GROUPS}/{gid}/devices": _DIR})
+    cdevs = cdev_devices(m)
+    for bdf, dev in m.devices.items():
+        where = _device_dir(bdf)
+        root = os.path.dirname(where)
+        if root not in tree and not os.path.isdir(root):
+            tree[root] = _DIR  # the host has no such root bus: the model's stands in
+        tree[f"/sys/bus/pci/devices/{bdf}"] = Node.symlink(f"../../..{where[4:]}")
+        tree[where] = _DIR
+        if dev.iommu_group is not None:
+            gid = dev.iommu_group
+            tree[f"{where}/iommu_group"] = Node.symlink(f"../../../kernel/iommu_groups/{gid}")
+            tree[f"{_GROUPS}/{gid}/devices/{bdf}"] = Node.symlink(f"../../../..{where[4:]}")
+        if dev in cdevs:  # vfio_device_add: vfio-dev/vfioN with its dev attribute
+            n = cdevs.index(dev)
+            tree.update({f"{where}/vfio-dev": _DIR, f"{where}/vfio-dev/vfio{n}": _DIR,
+                         f"{where}/vfio-dev/vfio{n}/dev": _attr(0o444)})
+    return tree
+
+
 def sysfs_lookup(m: Machine, path: str) -> Node | None:
     """The node at ``path`` if it is one of the served sysfs paths."""
-    if path in ("/sys/kernel/iommu_groups", "/sys/module/vfio_iommu_type1", _PARAMS):
-        return _DIR
-    if path.startswith(_PARAMS + "/"):
-        return _attr(0o644) if path[len(_PARAMS) + 1:] in _PARAM_BOOL else None
-    if not path.startswith(_GROUPS + "/"):
+    if not path.startswith(("/sys/kernel/iommu_groups", "/sys/module/vfio_iommu_type1",
+                            "/sys/bus/pci/devices/", "/sys/devices/pci")):
         return None
-    parts = path[len(_GROUPS) + 1:].split("/")
-    if not parts[0].isdigit() or parts[0] != str(int(parts[0])) or \
-            int(parts[0]) not in _groups(m):
-        return None
-    if len(parts) == 1:
-        return _DIR
-    if len(parts) == 2 and parts[1] == "type":
-        return _attr(0o644)
-    if len(parts) == 2 and parts[1] == "reserved_regions":
-        return _attr(0o444)
-    return None
+    return _tree(m).get(path)
 
 
 def sysfs_readdir(m: Machine, path: str) -> list[tuple[str, Node]]:
     """The entries of a served sysfs directory, sorted (kernfs lists by name hash;
     lab: by name)."""
-    if path == "/sys/kernel/iommu_groups":
-        names = [str(g) for g in sorted(_groups(m))]
-    elif path == "/sys/module/vfio_iommu_type1":
-        names = ["parameters"]
-    elif path == _PARAMS:
-        names = sorted(_PARAM_BOOL)
-    else:
-        names = ["reserved_regions", "type"]
-    out = []
-    for name in names:
-        node = sysfs_lookup(m, f"{path}/{name}")
-        assert node is not None
-        out.append((name, node))
-    return out
+    prefix = path + "/"
+    return sorted((p[len(prefix):], node) for p, node in _tree(m).items()
+                  if p.startswith(prefix) and "/" not in p[len(prefix):])
 
 
 class SysfsFile(VfioFile):
@@ -104,6 +118,8 @@ class SysfsFile(VfioFile):
             value = m.module_params[f"vfio_iommu_type1.{name}"]
             text = ("Y" if value else "N") if _PARAM_BOOL[name] else str(value)
             return f"{text}\n".encode()
+        if name == "dev":  # vfio-dev/vfioN/dev: the cdev's major:minor
+            return f"{_CDEV_MAJOR}:{self.path.split('/')[-2][4:]}\n".encode()
         group = m.core.groups[int(self.path.split("/")[-2])]
         if name == "type":  # iommu_group_show_type
             dom = group.default_domain
