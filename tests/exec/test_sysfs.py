@@ -76,3 +76,45 @@ def test_sysfs_shows_what_the_machine_has(build: Build, tmp_path: Path) -> None:
     assert lines[:2] == ["/sys/kernel/iommu_groups/1/type: DMA-FQ",
                          "/sys/kernel/iommu_groups/1/reserved_regions: "
                          "0x00000000fee00000 0x00000000feefffff msi"]
+
+
+def test_sysfs_links_and_listings(build: Build, tmp_path: Path) -> None:
+    """A device's links (``/sys/bus/pci/devices/BDF``, its ``iommu_group``, the group's
+    ``devices/``), ``vfio-dev``, directory listings with their types, ``openat`` from a
+    directory fd, ``getdents64``'s buffer rules and a directory's errors."""
+    m = Machine("x86-vtd")
+    m.add_pci_device("0000:00:02.0", model="edu")
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("sysfs_tree")), "0000:00:02.0"], timeout=60,
+                          stdout=f)
+    assert result.handler_errors == [] and result.status == 0
+    dev = "/sys/bus/pci/devices/0000:00:02.0"
+    assert out.read_text().splitlines() == [
+        f"readlink {dev}: ../../../devices/pci0000:00/0000:00:02.0",
+        f"readlink {dev}/iommu_group: ../../../kernel/iommu_groups/0",
+        "realpath /sys/kernel/iommu_groups/0",
+        "lstat_link 0 0", "link 1 size 30", "stat_link 0 0", "dir 1",
+        "open_nofollow -1 40",  # ELOOP
+        "readlink_file -1 22", "readlink_zero -1 22",  # EINVAL
+        # DT_DIR 4, DT_REG 8, DT_LNK 10, DT_CHR 2
+        "ls /sys/kernel/iommu_groups: ./4 ../4 0/4",
+        "ls /sys/kernel/iommu_groups/0: ./4 ../4 devices/4 reserved_regions/8 type/8",
+        "ls /sys/kernel/iommu_groups/0/devices: ./4 ../4 0000:00:02.0/10",
+        "ls /sys/module/vfio_iommu_type1/parameters: ./4 ../4 allow_unsafe_interrupts/8 "
+        "disable_hugepages/8 dma_entry_limit/8",
+        f"ls {dev}: ./4 ../4 iommu_group/10 vfio-dev/4",
+        "ls /dev/vfio: ./4 ../4 devices/4 0/2 vfio/2",
+        "ls /dev/vfio/devices: ./4 ../4 vfio0/2",
+        "vfio-dev 237:0",
+        "open_dir 0 0", "fstat_dir 0 0", "dir 1", "openat type: DMA-FQ",
+        "openat_missing -1 2",  # ENOENT inside a served directory
+        "getdents_small -1 22",  # EINVAL: not even one record fits
+        "getdents 144 bytes in 4 calls, last 0", "getdents_again 144 0",  # after rewind
+        "read_dir -1 21",  # EISDIR
+        "getdents_file -1 20",  # ENOTDIR
+        "open_dir_write -1 21",  # EISDIR
+        "open_dir_plain 0 0"]
+    assert result.stats.installed == result.stats.released
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff

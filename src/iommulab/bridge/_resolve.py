@@ -97,7 +97,7 @@ class Resolver:
         must_be_dir = text.endswith("/")
         todo = [c for c in text.split("/") if c][::-1]  # a stack: next component last
         links = 0
-        served_dir = False  # inside a served directory: the real tree is hidden
+        served_dir = self._is_served_dir(stack)  # inside one: the real tree is hidden
         while todo:
             comp = todo.pop()
             last = not todo
