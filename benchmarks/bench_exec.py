@@ -3,8 +3,9 @@
 ``tests/exec/programs/model_ioctl_loop.c`` is compiled with the system gcc and run under
 the bridge with the model handler on an x86-vtd machine: each kind of call is timed
 ``--calls`` times inside the program and the figure is the median over ``--repeat``
-runs of the per-run medians; the device kinds drive QEMU's edu device. Issue 20 item 6 sets 50 us for a small ioctl, model
-included. On a loaded machine the supervisor's wake-up dominates: run it on an idle one.
+runs of the per-run medians; the device kinds drive QEMU's edu device. Issue 20 item 6
+sets 50 us for a small ioctl, model included. On a loaded machine the supervisor's
+wake-up dominates: run it on an idle one.
 """
 
 from __future__ import annotations
