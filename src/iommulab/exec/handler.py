@@ -191,6 +191,7 @@ class ModelHandler(Handler):
         self.ioctls = 0
         #: the program's eventfds the model holds, by eventfd-id (:mod:`.realeventfd`)
         self.eventfds: dict[int, RealEventFdCtx] = {}
+        self._bar_mmap = machine.vfio_bar_mmap
         machine.vfio_bar_mmap = False  # no faithful BAR mmap under exec (see mmap)
 
     # -- the tree of served paths ------------------------------------------------------------------
@@ -368,5 +369,5 @@ class ModelHandler(Handler):
             os.close(ctx.fd)
             ctx.fd = -1
         self.eventfds.clear()
-        self.machine.vfio_bar_mmap = True
+        self.machine.vfio_bar_mmap = self._bar_mmap
 
