@@ -97,3 +97,21 @@ def test_exec_machine_devices() -> None:
         _machine("device=0000:00:05.0", "device=0000:00:05.0:plain")
     with pytest.raises(UsageError, match="device=nonsense"):
         _machine("device=nonsense")
+
+
+def test_report_counts_region_accesses_and_interrupts(build: Build, tmp_path: Path) -> None:
+    import json
+
+    import jsonschema
+
+    from iommulab.report.json_report import load_schema
+    report = tmp_path / "r.json"
+    assert main(["exec", "--report", str(report), "--", str(build("vmm_edu")), "0",
+                 EXEC_DEFAULT_DEVICE]) == 0
+    doc = json.loads(report.read_text())
+    jsonschema.validate(doc, load_schema())
+    assert doc["headline"]["interrupts signalled"] == 3  # the factorial and two DMAs
+    assert doc["headline"]["machine afterwards"] == "fresh"
+    table = next(t for t in doc["tables"] if t["title"] == "device region reads and writes")
+    assert table["rows"] == [["BAR0", "read", 5, 20, 0], ["BAR0", "write", 14, 88, 0],
+                             ["config", "read", 2, 6, 0], ["config", "write", 1, 2, 0]]

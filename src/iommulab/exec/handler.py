@@ -320,6 +320,8 @@ class ModelHandler(Handler):
         return RealEventFdFile(ctx)
 
     def _eventfd_freed(self, ctx: RealEventFdCtx) -> None:
+        if self.log is not None:
+            self.log.eventfd_signals += ctx.signals
         for key, held in list(self.eventfds.items()):
             if held is ctx:
                 del self.eventfds[key]
@@ -331,7 +333,15 @@ class ModelHandler(Handler):
         assert isinstance(handle, ModelFile)
         proc = self._proc(pid, mem.tid)
         proc.new_call(mem.tid)
-        return read_file(handle.file, handle.flags, buf, count, offset, mem)
+        if self.log is None or not isinstance(handle.file, VfioDeviceFile):
+            return read_file(handle.file, handle.flags, buf, count, offset, mem)
+        try:
+            done = read_file(handle.file, handle.flags, buf, count, offset, mem)
+        except OSError as e:
+            self.log.record_rw(pid, offset, False, 0, e.errno or 0)
+            raise
+        self.log.record_rw(pid, offset, False, done, 0)
+        return done
 
     def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
               mem: TargetMemory) -> int | Continue:
@@ -339,7 +349,15 @@ class ModelHandler(Handler):
         assert isinstance(handle, ModelFile)
         proc = self._proc(pid, mem.tid)
         proc.new_call(mem.tid)
-        return write_file(handle.file, handle.flags, buf, count, offset, mem)
+        if self.log is None or not isinstance(handle.file, VfioDeviceFile):
+            return write_file(handle.file, handle.flags, buf, count, offset, mem)
+        try:
+            done = write_file(handle.file, handle.flags, buf, count, offset, mem)
+        except OSError as e:
+            self.log.record_rw(pid, offset, True, 0, e.errno or 0)
+            raise
+        self.log.record_rw(pid, offset, True, done, 0)
+        return done
 
     def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
              flags: int, offset: int) -> Continue:
@@ -366,6 +384,8 @@ class ModelHandler(Handler):
             self.exit(pid)
         self.shared.close()
         for ctx in self.eventfds.values():  # none once every device file is released
+            if self.log is not None:
+                self.log.eventfd_signals += ctx.signals
             os.close(ctx.fd)
             ctx.fd = -1
         self.eventfds.clear()
