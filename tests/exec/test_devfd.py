@@ -81,7 +81,11 @@ def test_real_eventfd_context() -> None:
         ctx.get()
         ctx.signal()
         ctx.signal()
-        assert os.eventfd_read(efd) == 2 and ctx.signals == 2
+        assert ctx.count == 2  # the real counter, from fdinfo
+        ctx.count = 0  # eventfd_ctx_do_read: a real read
+        ctx.signal()
+        ctx.signal()
+        assert os.eventfd_read(efd) == 2 and ctx.signals == 4
         os.eventfd_write(efd, (1 << 64) - 2)  # full: a write would block
         ctx.signal()
         assert os.eventfd_read(efd) == (1 << 64) - 2
@@ -100,3 +104,27 @@ def test_real_eventfd_context() -> None:
     assert eventfd_id(r) is None  # not an eventfd
     os.close(r)
     os.close(w)
+
+
+def test_intx_with_a_real_unmask_eventfd(build: Build, tmp_path: Path) -> None:
+    """INTx: the trigger is the program's eventfd, and so is the unmask eventfd the
+    model waits on (virqfd): the program's write to it unmasks the line, which, still
+    asserted, fires again; after the unmask eventfd is torn down its writes stay
+    unread. Same answers as the model gives the same calls from Python."""
+    m = Machine("x86-vtd")
+    m.add_pci_device(BDF, model="edu")
+    fresh = leak_snapshot(m)
+    own_fds = set(os.listdir("/proc/self/fd"))
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("intx")), "0", BDF], timeout=60, stdout=f)
+    assert result.handler_errors == [] and result.status == 0
+    assert out.read_text().splitlines() == [
+        "trigger 0 0", "unmask_fd 0 0", f"unmask_fd_again -1 {errno.EBUSY}",
+        "first 1 0", f"while_masked -1 {EAGAIN}",  # automasked
+        "write_unmask 8 0", "poll 1 0", "after_unmask 1 0",
+        f"unmask_consumed -1 {EAGAIN}",  # virqfd_wakeup read it
+        "unmask_off 0 0", f"third -1 {EAGAIN}",  # masked again after the last one
+        "write_unmask_off 8 0", "poll_off 0 0", "unmask_kept 1 0", "done"]
+    assert set(os.listdir("/proc/self/fd")) == own_fds
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff

@@ -173,6 +173,7 @@ class Bridge:
         self._caller = 0  # the thread whose ioctl the handler is answering (0: none)
         self._pending: list[_Pending] = []
         self._reserved: set[int] = set()  # fd numbers reserved by the call being answered
+        self._watched: dict[int, Callable[[], None]] = {}  # handler fds polled (watch)
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -288,6 +289,19 @@ class Bridge:
         eventfd it signals) and close when done. EBADF when ``fd`` is not open."""
         return A.pidfd_getfd(self._pidfd(tid), fd)
 
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the handler's own ``fd`` is readable (POLLIN), in
+        the serving loop: after the exits and releases of a round, before its call (an
+        eventfd the program writes, that the model waits on). Until :meth:`unwatch`."""
+        if fd not in self._watched:
+            self._poll.register(fd, select.POLLIN)
+        self._watched[fd] = callback
+
+    def unwatch(self, fd: int) -> None:
+        """Stop :meth:`watch`ing ``fd`` (before the handler closes it)."""
+        if self._watched.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
     def reserve_fd(self, tid: int) -> int:
         """A free fd number in the caller's table, for a file the handler is about to
         hand out (a driver's ``get_unused_fd_flags``): taken from the top of the window,
@@ -357,12 +371,15 @@ class Bridge:
             # and both before any later call
             hup = False
             calls = releases = False
+            woken: list[int] = []
             for fd, ev in ready:
                 if fd == listener:
                     calls = bool(ev & select.POLLIN)
                     hup = not calls and bool(ev & (select.POLLHUP | select.POLLERR))
                 elif fd == self._inotify:
                     releases = True
+                elif fd in self._watched:
+                    woken.append(fd)
                 else:
                     who = self._pidfds.get(fd)
                     if who is not None and who[1]:
@@ -371,6 +388,13 @@ class Bridge:
                         self._thread_exit(who[0])
             if releases:
                 self._reap_releases()
+            for fd in woken:  # before the calls: the program's write came first
+                callback = self._watched.get(fd)
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception as e:
+                        self.handler_errors.append(e)
             if calls:
                 self._handle_one()
             if hup:

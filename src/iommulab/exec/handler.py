@@ -296,6 +296,21 @@ class ModelHandler(Handler):
                     del self.eventfds[key]
                     os.close(ctx.fd)
                     ctx.fd = -1
+                elif bool(ctx.waiters) != ctx.watched:
+                    self._watch(ctx, bool(ctx.waiters))
+
+    def _watch(self, ctx: RealEventFdCtx, on: bool) -> None:
+        """Have the bridge poll ``ctx``'s real eventfd for its waiters, or stop."""
+        assert self.bridge is not None
+        ctx.watched = on
+        if not on:
+            self.bridge.unwatch(ctx.fd)
+            return
+
+        def wake() -> None:
+            if not ctx.poll_wake() and ctx.watched:
+                self._watch(ctx, False)
+        self.bridge.watch(ctx.fd, wake)
 
     # -- the program's eventfds ------------------------------------------------------------
     def real_eventfd(self, tid: int, fd: int) -> RealEventFdFile | None:
@@ -320,6 +335,9 @@ class ModelHandler(Handler):
         return RealEventFdFile(ctx)
 
     def _eventfd_freed(self, ctx: RealEventFdCtx) -> None:
+        """The model's last reference to ``ctx`` is going; it closes the real fd next."""
+        if ctx.watched:
+            self._watch(ctx, False)
         if self.log is not None:
             self.log.eventfd_signals += ctx.signals
         for key, held in list(self.eventfds.items()):

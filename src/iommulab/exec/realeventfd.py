@@ -12,6 +12,16 @@ last close).
 Each real eventfd is one context however many fds or processes name it: contexts are
 keyed by the ``eventfd-id`` of ``/proc/self/fdinfo`` (``eventfd_show_fdinfo``: the
 context's ida id, unique while the context lives, which holding the file ensures).
+
+The other direction, an eventfd the model waits on (a ``virqfd``: INTx unmask through an
+eventfd): the context's ``count`` is the real counter (``eventfd-count`` in fdinfo), and
+``eventfd_ctx_do_read`` (the waiter setting it to 0) is a real ``read``, which takes one
+from an EFD_SEMAPHORE eventfd as the kernel's does. While the model waits on it, the
+handler has the bridge poll the real eventfd (:meth:`RealEventFdCtx.poll_wake`), so a
+``write`` by the program wakes the waiter before the program's next trapped call is
+answered. Lab: the kernel runs the waiter inside the program's ``write``; here it runs
+in the supervisor just after (before any later model call of the program, not before
+its untrapped calls).
 """
 
 from __future__ import annotations
@@ -45,9 +55,40 @@ class RealEventFdCtx(EventFdCtx):
     the file's own one). ``on_free`` is told when the last model reference goes."""
 
     def __init__(self, fd: int, on_free: Callable[[RealEventFdCtx], None]) -> None:
-        super().__init__()
         self.fd = fd
+        super().__init__()
         self._on_free = on_free
+        self.watched = False  # the bridge polls ``fd`` for the waiters
+
+    @property
+    def count(self) -> int:
+        """The real counter (``eventfd-count`` in the supervisor's fdinfo); 0 once let go."""
+        if getattr(self, "fd", -1) < 0:
+            return 0
+        with open(f"/proc/self/fdinfo/{self.fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"eventfd-count:"):
+                    return int(line.split()[1], 16)
+        return 0
+
+    @count.setter
+    def count(self, value: int) -> None:
+        """Only ``eventfd_ctx_do_read`` sets it, to 0: one real ``read`` (all of the
+        counter, or one of an EFD_SEMAPHORE eventfd), if there is anything to read."""
+        if getattr(self, "fd", -1) < 0:
+            return
+        assert value == 0, "the model only ever resets an eventfd's count"
+        if self.count:
+            os.read(self.fd, 8)
+
+    def poll_wake(self) -> bool:
+        """The bridge saw the real eventfd readable: wake the waiters (EPOLLIN). False
+        when nobody waits any more (stop polling it)."""
+        if not self.waiters or self.fd < 0:
+            return False
+        if self.count:
+            self._wake(1)  # EPOLLIN
+        return True
 
     def signal(self) -> None:
         """``eventfd_signal``: one more on the real counter. The kernel's saturates
@@ -66,9 +107,9 @@ class RealEventFdCtx(EventFdCtx):
         let go."""
         super().put()
         if self.kref == 1 and self.fd >= 0:
+            self._on_free(self)  # first: the handler stops polling the fd
             os.close(self.fd)
             self.fd = -1
-            self._on_free(self)
 
 
 class RealEventFdFile(EventFdFile):
