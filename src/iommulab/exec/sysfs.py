@@ -13,9 +13,10 @@ getters (kernel/params.c: ``param_get_bool`` gives ``Y``/``N``, ``param_get_uint
 ``%u``). A stat shows a regular file of PAGE_SIZE bytes, as sysfs does; the mode is the
 attribute's (``type`` 0644, ``reserved_regions`` 0444, the parameters 0644).
 
-Lab: the files are read-only under exec. Opening one for writing answers EACCES, which
-the kernel gives only to a user without write permission; root may write ``type`` and
-the parameters on a real host (the model's parameters are set with
+Opening ``reserved_regions`` (no ``store``) for writing is EACCES, for root too
+(``kernfs_fop_open`` under sysfs's KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK). Lab: the other
+files are read-only under exec too, with the same EACCES, where root may write ``type``
+and the parameters on a real host (the model's parameters are set with
 ``--set vfio_iommu_type1.PARAM=N`` instead).
 """
 
