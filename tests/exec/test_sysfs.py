@@ -4,6 +4,7 @@ vfio_iommu_type1's module parameters, with the kernel's formats and errors."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from iommulab.machine import Machine
 from iommulab.testing import leak_snapshot
 
 Build = Callable[..., Path]
+ROOT = os.getuid() == 0
 GROUPS = "/sys/kernel/iommu_groups/0"
 PARAMS = "/sys/module/vfio_iommu_type1/parameters"
 
@@ -52,8 +54,18 @@ def test_sysfs_files(build: Build, tmp_path: Path, platform: str) -> None:
         "open_directory -1 20",  # ENOTDIR
         "stat_group_dir 0 0", "dir 1",
         "open_missing -1 2", "open_group_99 -1 2", "open_param_missing -1 2",
-        "access_type 0 0"]
-    assert result.stats.installed == result.stats.released == 6
+        "access_type 0 0",
+        "open_type_wronly -1 13",  # lab: type is read-only under exec
+        *(["open_param_wronly 0 0", "write_hex 5 0", "write_bad -1 22",
+            "write_range -1 34",  # kstrtouint: EINVAL, ERANGE
+            f"{PARAMS}/dma_entry_limit: 32", "write_on 2 0", "write_x -1 22",
+            f"{PARAMS}/allow_unsafe_interrupts: Y"] if ROOT else
+          ["open_param_wronly -1 13", "write_hex -1 9", "write_bad -1 9",
+           "write_range -1 9", f"{PARAMS}/dma_entry_limit: 1000",
+           "write_on -1 9", "write_x -1 9", f"{PARAMS}/allow_unsafe_interrupts: N"])]
+    assert m.module_params["vfio_iommu_type1.dma_entry_limit"] == (32 if ROOT else 1000)
+    assert m.module_params["vfio_iommu_type1.allow_unsafe_interrupts"] == int(ROOT)
+    assert result.stats.installed == result.stats.released == (10 if ROOT else 8)
     assert not (diff := fresh.diff(leak_snapshot(m))), diff
 
 

@@ -258,9 +258,9 @@ class ModelHandler(Handler):
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
-        if path.startswith("/sys/"):
-            return ModelFile(sysfs_open(self.machine, path, flags), path, flags)
         proc = self._proc(pid, pid)
+        if path.startswith("/sys/"):
+            return ModelFile(sysfs_open(self.machine, path, flags, proc.uid), path, flags)
         return ModelFile(proc.open_file(path), path, flags)
 
     def release(self, handle: object) -> None:

@@ -14,10 +14,12 @@ getters (kernel/params.c: ``param_get_bool`` gives ``Y``/``N``, ``param_get_uint
 attribute's (``type`` 0644, ``reserved_regions`` 0444, the parameters 0644).
 
 Opening ``reserved_regions`` (no ``store``) for writing is EACCES, for root too
-(``kernfs_fop_open`` under sysfs's KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK). Lab: the other
-files are read-only under exec too, with the same EACCES, where root may write ``type``
-and the parameters on a real host (the model's parameters are set with
-``--set vfio_iommu_type1.PARAM=N`` instead).
+(``kernfs_fop_open`` under sysfs's KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK); the parameters
+are root's to write (0644, DAC: EACCES for another uid; lab: the real uid, no
+capabilities), through ``param_attr_store``: ``param_set_bool`` (``kstrtobool``) and
+``param_set_uint`` (``kstrtouint``), EINVAL or ERANGE for what they refuse, the new
+value in the machine's ``module_params`` at once. Lab: ``type`` is read-only under
+exec (EACCES for a write open), where root may write it on a host.
 """
 
 from __future__ import annotations
@@ -136,12 +138,53 @@ class SysfsFile(VfioFile):
         return self.show()[pos:pos + n]
 
     def pwrite(self, data: bytes, pos: int) -> int:
-        """Never reached: the file is not open for writing (see the module's note)."""
-        raise kernel_error(errno.EBADF, f"{self.path} is read-only under exec")
+        """``sysfs_kf_write`` of a parameter (only they open for writing): the store of
+        at most a page; the count, or the setter's error."""
+        data = data[:_PAGE]
+        if not data:
+            return 0
+        name = os.path.basename(self.path)
+        text = data.split(b"\0", 1)[0]
+        value = _kstrtobool(text) if _PARAM_BOOL[name] else _kstrtouint(text)
+        self.machine.module_params[f"vfio_iommu_type1.{name}"] = value
+        return len(data)
 
 
-def sysfs_open(m: Machine, path: str, flags: int) -> SysfsFile:
-    """``kernfs_fop_open``: the file, or EACCES for a write (lab: read-only, see above)."""
-    if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-        raise kernel_error(errno.EACCES, f"{path}: read-only under exec")
+def _kstrtobool(s: bytes) -> int:
+    """``kstrtobool``: y/Y/t/T/1 and on; n/N/f/F/0 and off; EINVAL otherwise."""
+    if s[:1] in (b"y", b"Y", b"t", b"T", b"1") or s[:2].lower() == b"on":
+        return 1
+    if s[:1] in (b"n", b"N", b"f", b"F", b"0") or s[:2].lower() == b"of":
+        return 0
+    raise InvalidArgument(f"kstrtobool: {s!r}")
+
+
+def _kstrtouint(s: bytes) -> int:
+    """``kstrtouint(s, 0)``: an optional '+', 0x for hex, a leading 0 for octal, one
+    trailing newline; EINVAL for anything else, ERANGE past 32 bits."""
+    if s.startswith(b"+"):
+        s = s[1:]
+    base = 10
+    if s.startswith(b"0"):
+        base = 16 if s[1:2] in (b"x", b"X") and s[2:3].isalnum() and \
+            s[2:3].lower() in b"0123456789abcdef" else 8
+        if base == 16:
+            s = s[2:]
+    end = len(s) - 1 if s.endswith(b"\n") else len(s)
+    digits = s[:end]
+    if not digits or any(chr(c).lower() not in "0123456789abcdef"[:base] for c in digits):
+        raise InvalidArgument(f"kstrtouint: {s!r}")
+    value = int(digits, base)
+    if value > 0xFFFF_FFFF:
+        raise kernel_error(errno.ERANGE, f"kstrtouint: {s!r} does not fit 32 bits")
+    return value
+
+
+def sysfs_open(m: Machine, path: str, flags: int, uid: int) -> SysfsFile:
+    """``kernfs_fop_open`` (and the VFS's permission check before it): the file, or
+    EACCES for a write of ``reserved_regions`` or ``type`` (see the module's note) or of
+    a parameter by a uid other than root."""
+    writes = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+    if writes and (not path.startswith(_PARAMS + "/") or uid != 0):
+        raise kernel_error(errno.EACCES, f"{path}: not writable here")
     return SysfsFile(m, path)

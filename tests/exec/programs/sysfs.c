@@ -73,5 +73,21 @@ int main(int argc, char **argv)
 	out("open_param_missing", open("/sys/module/vfio_iommu_type1/parameters/nope", O_RDONLY));
 	out("access_type", access("/sys/module/vfio_iommu_type1/parameters/disable_hugepages",
 				  R_OK));
+
+	/* writes: the parameters are root's (param_set_uint, param_set_bool); type is not */
+	snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%s/type", argv[1]);
+	out("open_type_wronly", open(path, O_WRONLY));
+	fd = open("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit", O_WRONLY);
+	out("open_param_wronly", fd < 0 ? -1 : 0);
+	out("write_hex", write(fd, "0x20\n", 5));
+	out("write_bad", write(fd, "12a", 3));
+	out("write_range", write(fd, "4294967296", 10));
+	close(fd);
+	cat("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit");
+	fd = open("/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts", O_RDWR);
+	out("write_on", write(fd, "on", 2));
+	out("write_x", write(fd, "x", 1));
+	close(fd);
+	cat("/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts");
 	return 0;
 }
