@@ -115,3 +115,21 @@ def test_report_counts_region_accesses_and_interrupts(build: Build, tmp_path: Pa
     table = next(t for t in doc["tables"] if t["title"] == "device region reads and writes")
     assert table["rows"] == [["BAR0", "read", 5, 20, 0], ["BAR0", "write", 14, 88, 0],
                              ["config", "read", 2, 6, 0], ["config", "write", 1, 2, 0]]
+
+
+@pytest.mark.parametrize("platform", ["x86-vtd", "arm64-smmuv3"])
+def test_vmm_drives_edu_through_the_cdev_and_iommufd(build: Build, tmp_path: Path,
+                                                      platform: str) -> None:
+    """The same DMA through the device cdev bound to an iommufd and attached to an IOAS
+    (ATTACH writes back the automatic domain's HWPT id)."""
+    m = Machine(platform)
+    m.add_pci_device(BDF, model="edu")
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("vmm_edu_cdev")), "0"], timeout=60, stdout=f)
+    assert result.handler_errors == [] and result.status == 0, out.read_text()
+    assert out.read_text().splitlines() == [
+        "ioas 1, devid 2, hwpt 3", "to device: interrupts 1", "to RAM: interrupts 1",
+        "dma copy matches"]
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff
