@@ -3,8 +3,9 @@
 ``tests/exec/programs/model_ioctl_loop.c`` is compiled with the system gcc and run under
 the bridge with the model handler on an x86-vtd machine: each kind of call is timed
 ``--calls`` times inside the program and the figure is the median over ``--repeat``
-runs of the per-run medians. Issue 20 item 6 sets 50 us for a small ioctl, model
-included. On a loaded machine the supervisor's wake-up dominates: run it on an idle one.
+runs of the per-run medians; the device kinds drive QEMU's edu device. Issue 20 item 6
+sets 50 us for a small ioctl, model included. On a loaded machine the supervisor's
+wake-up dominates: run it on an idle one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ KINDS = {
     "ranges": ("IOMMU_IOAS_IOVA_RANGES: struct + array via its pointer", 50.0),
     "enoent": ("IOMMU_DESTROY of no object: the error path", 50.0),
     "mapunmap": ("IOMMU_IOAS_MAP + UNMAP of one page (two calls, mirror read)", None),
+    "barread": ("pread of 4 bytes of edu's BAR 0 (vfio_pci_bar_rw)", 50.0),
+    "barwrite": ("pwrite of 4 bytes of edu's BAR 0", 50.0),
+    "msi": ("edu raises MSI (BAR 0 pwrite), the program reads its eventfd", None),
 }
 
 
@@ -47,7 +51,7 @@ def main() -> None:
         per_kind: dict[str, list[float]] = {k: [] for k in KINDS}
         for _ in range(args.repeat):
             m = Machine("x86-vtd")
-            m.add_pci_device("0000:00:02.0")
+            m.add_pci_device("0000:00:02.0", model="edu")
             out = Path(tmp) / "out"
             with out.open("wb") as f:
                 result = run_exec(m, [exe, str(args.calls), *KINDS], timeout=3600, stdout=f)

@@ -155,9 +155,11 @@ EXEC_DEFAULT_DEVICE = "0000:00:02.0"
 
 def _exec_machine(args: argparse.Namespace) -> Machine:
     """The machine ``exec`` runs the program against, with ``--set`` applied:
-    ``ram=SIZE``, ``device=BDF`` (repeatable; the first replaces the default device,
-    ``device=none`` leaves none), ``CONFIG_IOMMUFD_VFIO_CONTAINER=0|1`` and the
-    ``vfio_iommu_type1.*`` module parameters."""
+    ``ram=SIZE``, ``device=BDF`` (QEMU's edu device; ``BDF:plain`` a plain DMA device
+    whose BAR 0 is memory; repeatable; the first replaces the default edu device at
+    :data:`EXEC_DEFAULT_DEVICE`, ``device=none`` leaves none),
+    ``CONFIG_IOMMUFD_VFIO_CONTAINER=0|1`` and the ``vfio_iommu_type1.*`` module
+    parameters."""
     ram, devices, params, kconfig = "4G", [], {}, {}
     for item in args.set:
         key, eq, value = item.partition("=")
@@ -185,12 +187,16 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
     m.kconfig.update(kconfig)
     if not devices and args.platform not in ("mock", "ppc64-pseries"):
         devices = [EXEC_DEFAULT_DEVICE]
-    for bdf in devices:
-        if bdf != "none":
-            try:
-                m.add_pci_device(bdf)
-            except ValueError as e:
-                raise UsageError(f"--set device={bdf}: {e}") from None
+    for spec in devices:
+        if spec == "none":
+            continue
+        bdf, kind = spec, "edu"
+        if spec.endswith((":plain", ":edu")):
+            bdf, _, kind = spec.rpartition(":")
+        try:
+            m.add_pci_device(bdf, model=None if kind == "plain" else "edu")
+        except ValueError as e:
+            raise UsageError(f"--set device={spec}: {e}") from None
     return m
 
 
@@ -297,7 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--kernel", choices=KERNEL_VERSIONS, default=str(DEFAULT_KERNEL),
                     help=f"the Linux release the model answers as (default {DEFAULT_KERNEL})")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a machine setting: ram=SIZE, device=BDF (repeatable; default "
+                    help="a machine setting: ram=SIZE, device=BDF (QEMU's edu device "
+                    "bound to vfio-pci; BDF:plain for a plain DMA device whose BAR 0 is "
+                    "memory; device=none for no device; repeatable; default an edu at "
                     f"{EXEC_DEFAULT_DEVICE} off the mock platform), "
                     "CONFIG_IOMMUFD_VFIO_CONTAINER=0|1, vfio_iommu_type1.PARAM=N")
     ex.add_argument("--summary", action="store_true", help="print what the model did, and "

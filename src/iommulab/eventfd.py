@@ -57,6 +57,10 @@ class EventFdCtx:
         self.signals += 1
         self._wake(EPOLLIN)
 
+    def get(self) -> None:
+        """``kref_get`` on the context (what ``eventfd_ctx_fdget`` takes)."""
+        self.kref += 1
+
     def put(self) -> None:
         """``eventfd_ctx_put``."""
         assert self.kref > 0
@@ -112,10 +116,10 @@ class EventFdFile(VfioFile):
 def eventfd_ctx_fdget(proc: Process, fd: int) -> EventFdCtx:
     """``eventfd_ctx_fdget``: EBADF for an fd that is not open, EINVAL for a file that
     is not an eventfd; the context with one more reference."""
-    f = proc.files.get(fd)
+    f = proc.fget(fd)
     if f is None:
         raise BadFileDescriptor(f"eventfd_ctx_fdget: fd {fd} is not open")
     if not isinstance(f, EventFdFile):
         raise InvalidArgument(f"eventfd_ctx_fdget: fd {fd} is not an eventfd")
-    f.ctx.kref += 1
+    f.ctx.get()
     return f.ctx

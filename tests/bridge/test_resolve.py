@@ -102,3 +102,42 @@ def test_undecodable_and_real_inode() -> None:
     r = Resolver(SERVED.get, lambda d, i: False)
     res = r.resolve(ME, ME, A.AT_FDCWD, b"/dev/null")
     assert res.real is not None and stat.S_ISCHR(res.real.st_mode)
+
+
+def test_served_symlinks() -> None:
+    """A served link is followed as the kernel's walk follows one (relative to its
+    directory, absolute from the root, into the served or the real tree, ELOOP past 40
+    links); the last one is not with ``follow=False``."""
+    tree = {**SERVED, "/dev/vfio/grp": Node.symlink("devices/vfio0"),
+            "/dev/vfio/up": Node.symlink("../iommu"), "/dev/vfio/abs": Node.symlink("/dev/vfio"),
+            "/dev/vfio/etc": Node.symlink("/etc"), "/dev/vfio/loop": Node.symlink("loop")}
+    r = Resolver(tree.get, lambda d, i: False)
+
+    def go(path: str, follow: bool = True) -> tuple[str | None, int, bool]:
+        res = r.resolve(ME, ME, A.AT_FDCWD, os.fsencode(path), follow=follow)
+        return res.served, res.error, res.real is not None
+
+    assert go("/dev/vfio/grp") == ("/dev/vfio/devices/vfio0", 0, False)
+    assert go("/dev/vfio/up") == ("/dev/iommu", 0, False)
+    assert go("/dev/vfio/abs/vfio") == ("/dev/vfio/vfio", 0, False)
+    assert go("/dev/vfio/etc/passwd") == (None, 0, True)  # into the real tree
+    assert go("/dev/vfio/grp", follow=False) == ("/dev/vfio/grp", 0, False)
+    assert go("/dev/vfio/up/", follow=False) == (None, errno.ENOTDIR, False)
+    assert go("/dev/vfio/loop") == (None, errno.ELOOP, False)
+    assert Node.symlink("../iommu").is_link and Node.symlink("x").size == 1
+
+
+def test_dirfd_of_a_served_directory() -> None:
+    """A relative path from a dirfd open on a served directory starts there, inside the
+    served tree (a missing name is ENOENT, not the real tree's answer)."""
+    r = Resolver(SERVED.get, lambda d, i: False,
+                 lambda tid, fd: "/dev/vfio" if fd == 900 else None)
+
+    def go(path: str) -> tuple[str | None, int]:
+        res = r.resolve(ME, ME, 900, os.fsencode(path))
+        return res.served, res.error
+
+    assert go("vfio") == ("/dev/vfio/vfio", 0)
+    assert go("devices/vfio0") == ("/dev/vfio/devices/vfio0", 0)
+    assert go("../iommu") == ("/dev/iommu", 0)
+    assert go("nope") == (None, errno.ENOENT)

@@ -19,5 +19,5 @@ def test_bench_exec_smoke() -> None:
                            "--calls", "50", "--repeat", "1"], capture_output=True, text=True,
                           check=True, timeout=120, env=env)
     figures = [ln for ln in done.stdout.splitlines()[1:] if ln.strip()]
-    assert len(figures) == 5, done.stdout
+    assert len(figures) == 8, done.stdout
     assert all(any(ch.isdigit() for ch in ln) for ln in figures)

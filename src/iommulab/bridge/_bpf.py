@@ -40,13 +40,14 @@ PATH_SYSCALLS = (
     A.NR_stat, A.NR_lstat, A.NR_newfstatat, A.NR_statx,
     A.NR_access, A.NR_faccessat, A.NR_faccessat2,
     A.NR_readlink, A.NR_readlinkat,
+    A.NR_getxattr, A.NR_lgetxattr, A.NR_listxattr, A.NR_llistxattr,
 )
 #: Syscalls trapped when argument 0 is in the fd window.
 FD0_SYSCALLS = (
     A.NR_read, A.NR_write, A.NR_pread64, A.NR_pwrite64, A.NR_readv, A.NR_writev,
     A.NR_preadv, A.NR_pwritev, A.NR_preadv2, A.NR_pwritev2, A.NR_fstat, A.NR_dup,
-    A.NR_ftruncate, A.NR_fallocate, A.NR_fsync, A.NR_fdatasync, A.NR_getdents64,
-    A.NR_close,
+    A.NR_ftruncate, A.NR_fallocate, A.NR_fsync, A.NR_fdatasync, A.NR_getdents,
+    A.NR_getdents64, A.NR_close,
 )
 #: Syscalls trapped when argument 0 or 1 is in the window (dup2/dup3: old or new fd).
 FD01_SYSCALLS = (A.NR_dup2, A.NR_dup3, A.NR_sendfile, A.NR_tee)

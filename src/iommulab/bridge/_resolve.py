@@ -56,16 +56,16 @@ class Resolver:
 
     def __init__(self, lookup: Callable[[str], Node | None],
                  ours: Callable[[int, int], bool],
-                 served_dir: Callable[[int, int], str | None] = lambda t, fd: None) -> None:
+                 dir_at: Callable[[int, int], str | None] = lambda tid, fd: None) -> None:
         self._lookup = lookup
         self._ours = ours
-        self._served_dir = served_dir
+        self._dir_at = dir_at  # the served directory a program fd is open on, if any
 
     def start_dir(self, tid: int, dirfd: int) -> str | None:
-        """The directory a relative path starts from, in the program's view (a dirfd of
-        a served directory starts from that directory's path)."""
-        if dirfd != A.AT_FDCWD and dirfd >= 0:
-            served = self._served_dir(tid, dirfd)
+        """The directory a relative path starts from, in the program's view (a served
+        directory for a dirfd the bridge opened on one)."""
+        if dirfd != A.AT_FDCWD:
+            served = self._dir_at(tid, dirfd)
             if served is not None:
                 return served
         link = f"/proc/{tid}/cwd" if dirfd == A.AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
@@ -115,6 +115,17 @@ class Resolver:
                 continue
             cand = "/" + "/".join([*stack, comp])
             node = self._lookup(cand)
+            if node is not None and node.is_link and (not last or follow or must_be_dir):
+                links += 1  # a served symlink, followed as pick_link would
+                if links > _MAXSYMLINKS:
+                    return Resolution(error=errno.ELOOP)
+                if node.target.startswith("/"):
+                    stack = []
+                served_dir = self._is_served_dir(stack)
+                if node.target.endswith("/"):
+                    must_be_dir = must_be_dir or last
+                todo += [c for c in node.target.split("/") if c][::-1]
+                continue
             if node is not None:
                 if node.is_dir:
                     stack.append(comp)

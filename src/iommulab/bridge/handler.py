@@ -37,21 +37,37 @@ CONTINUE: Final = Continue()
 class Node:
     """What ``stat`` shows for a served path and for ``fstat`` on a file opened on it.
 
-    ``mode`` holds the type bits (``stat.S_IFCHR``, ``S_IFREG``, ``S_IFDIR``) and the
-    permission bits; ``rdev`` the device number of a character device.
+    ``mode`` holds the type bits (``stat.S_IFCHR``, ``S_IFREG``, ``S_IFDIR``,
+    ``S_IFLNK``) and the permission bits; ``rdev`` the device number of a character
+    device; ``target`` what a symbolic link points at (the walk follows it as the
+    kernel's would, ``readlink`` gives it).
     """
 
     mode: int
     rdev: int = 0
     size: int = 0
+    target: str = ""
 
     @classmethod
     def chardev(cls, major: int, minor: int, perm: int = 0o600) -> Node:
         return cls(stat.S_IFCHR | perm, os.makedev(major, minor))
 
+    @classmethod
+    def symlink(cls, target: str) -> Node:
+        return cls(stat.S_IFLNK | 0o777, size=len(os.fsencode(target)), target=target)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+    @property
+    def d_type(self) -> int:
+        """The ``DT_*`` of a directory entry for this node (``fs_umode_to_dtype``)."""
+        return stat.S_IFMT(self.mode) >> 12
 
 
 class Backing:
@@ -91,6 +107,11 @@ class Handler(Protocol):
         """The node at the absolute, normalised ``path``, or None if not served."""
         return None
 
+    def readdir(self, path: str) -> list[tuple[str, Node]]:
+        """The entries of the served directory ``path`` (without ``.`` and ``..``), for
+        ``getdents``. The bridge opens served directories itself (no :meth:`open`)."""
+        return []
+
     def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
         """The driver's ``open``: a handle for the new file description, or raise."""
         raise kernel_error(19, f"no device at {path}")  # ENODEV
@@ -117,12 +138,6 @@ class Handler(Protocol):
              flags: int, offset: int) -> Continue:
         """Accept the mapping (:data:`CONTINUE`: the kernel maps the backing) or raise."""
         raise kernel_error(19, "mmap not supported")  # ENODEV
-
-    def readdir(self, pid: int, handle: object, path: str) -> list[tuple[str, Node]]:
-        """The entries of the served directory ``path`` (opened as ``handle``), without
-        ``.`` and ``..`` (the bridge adds those), in the order ``getdents64`` lists
-        them: what ``lookup`` serves beneath it."""
-        return []
 
     def fork(self, parent: int | None, child: int) -> None:
         """``child`` exists, forked from ``parent`` (None: the launched program itself)."""

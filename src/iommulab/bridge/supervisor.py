@@ -26,7 +26,6 @@ import resource
 import select
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,16 @@ _WATCH = A.IN_CLOSE_WRITE | A.IN_CLOSE_NOWRITE
 _ZERO_NOTIF = bytes(A.NOTIF.size)
 _IOV = 16  # sizeof(struct iovec)
 _UIO_MAXIOV = 1024
+
+
+class _ServedDir:
+    """The handle of a served directory the program opened (the bridge's own: no
+    handler ``open`` or ``release``; ``getdents`` lists :meth:`Handler.readdir`)."""
+
+    __slots__ = ()
+
+
+_DIR_HANDLE: Final = _ServedDir()
 
 
 class _Gone(Exception):
@@ -153,7 +162,7 @@ class Bridge:
         self._shm = tempfile.mkdtemp(prefix="iommulab-bridge-",
                                      dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self._resolver = Resolver(handler.lookup, lambda d, i: (d, i) in self._files,
-                                  self._served_dir)
+                                  self._served_dir_at)
         self._protected = self._protected_devices()
         self._buf = bytearray(A.NOTIF.size)
         self._resp = bytearray(A.NOTIF_RESP.size)
@@ -171,6 +180,7 @@ class Bridge:
         #: the thread whose close of a file of ours may free it (key -> tid), until
         #: that release or that thread's next trapped call
         self._closers: dict[tuple[int, int], int] = {}
+        self._watched: dict[int, Callable[[], None]] = {}  # handler fds polled (watch)
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -280,6 +290,25 @@ class Bridge:
         """Whether ``fd`` is open in ``tid`` (any file, the bridge's or not)."""
         return 0 <= fd < 1 << 31 and os.path.lexists(f"/proc/{tid}/fd/{fd}")
 
+    def take_fd(self, tid: int, fd: int) -> int:
+        """A supervisor fd for the open file description at thread ``tid``'s ``fd``
+        (``pidfd_getfd``): the program's own file, shared, for the handler to keep (an
+        eventfd it signals) and close when done. EBADF when ``fd`` is not open."""
+        return A.pidfd_getfd(self._pidfd(tid), fd)
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the handler's own ``fd`` is readable (POLLIN), in
+        the serving loop: after the exits and releases of a round, before its call (an
+        eventfd the program writes, that the model waits on). Until :meth:`unwatch`."""
+        if fd not in self._watched:
+            self._poll.register(fd, select.POLLIN)
+        self._watched[fd] = callback
+
+    def unwatch(self, fd: int) -> None:
+        """Stop :meth:`watch`ing ``fd`` (before the handler closes it)."""
+        if self._watched.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
     def reserve_fd(self, tid: int) -> int:
         """A free fd number in the caller's table, for a file the handler is about to
         hand out (a driver's ``get_unused_fd_flags``): taken from the top of the window,
@@ -349,12 +378,15 @@ class Bridge:
             # and both before any later call
             hup = False
             calls = releases = False
+            woken: list[int] = []
             for fd, ev in ready:
                 if fd == listener:
                     calls = bool(ev & select.POLLIN)
                     hup = not calls and bool(ev & (select.POLLHUP | select.POLLERR))
                 elif fd == self._inotify:
                     releases = True
+                elif fd in self._watched:
+                    woken.append(fd)
                 else:
                     who = self._pidfds.get(fd)
                     if who is not None and who[1]:
@@ -363,6 +395,13 @@ class Bridge:
                         self._thread_exit(who[0])
             if releases:
                 self._reap_releases()
+            for fd in woken:  # before the calls: the program's write came first
+                callback = self._watched.get(fd)
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception as e:
+                        self.handler_errors.append(e)
             if calls:
                 self._handle_one()
             if hup:
@@ -521,6 +560,10 @@ class Bridge:
             return None
         return self._files.get((st.st_dev, st.st_ino))
 
+    def _served_dir_at(self, tid: int, fd: int) -> str | None:
+        f = self._file_at(tid, fd & 0xFFFFFFFF) if fd >= 0 else None
+        return f.path if f is not None and f.handle is _DIR_HANDLE else None
+
     def _reap_releases(self) -> None:
         """Turn inotify's IN_CLOSE on a backing inode into the handler's ``release``."""
         if self._inotify < 0:
@@ -547,7 +590,10 @@ class Bridge:
         del self._by_wd[f.wd]
         os.close(f.backing)  # frees the inode; inotify drops the watch (IN_IGNORED)
         self.stats.released += 1
-        saved, self.current_tid = self.current_tid, self._closers.pop(key, 0)
+        _closer = self._closers.pop(key, 0)
+        if f.handle is _DIR_HANDLE:
+            return
+        saved, self.current_tid = self.current_tid, _closer
         try:
             self.handler.release(f.handle)
         except Exception as e:
@@ -578,7 +624,8 @@ class Bridge:
             try:
                 backing = os.open(self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
             except BaseException:
-                self.handler.release(handle)
+                if handle is not _DIR_HANDLE:
+                    self.handler.release(handle)
                 raise
         acc = flags & os.O_ACCMODE
         mode = os.O_RDWR if acc == os.O_ACCMODE else acc
@@ -592,7 +639,8 @@ class Bridge:
                 raise
         except BaseException:  # the file never reached the program: release it here
             os.close(backing)
-            self.handler.release(handle)
+            if handle is not _DIR_HANDLE:
+                self.handler.release(handle)
             raise
         st = os.fstat(backing)
         key = (st.st_dev, st.st_ino)
@@ -672,6 +720,11 @@ class Bridge:
                                                                  a[1], a[2]),
             A.NR_readlinkat: lambda n, t, g, a: self._sys_readlink(n, t, g, _int(a[0]), a[1],
                                                                    a[2], a[3]),
+            A.NR_getxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], True, True),
+            A.NR_lgetxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], False, True),
+            A.NR_listxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], True, False),
+            A.NR_llistxattr: lambda n, t, g, a: self._sys_xattr(n, t, g, a[0], False,
+                                                               False),
             A.NR_mmap: self._sys_mmap,
             A.NR_read: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2], None, False),
             A.NR_write: lambda n, t, g, a: self._sys_rw(n, t, g, a[0], a[1], a[2], None, True),
@@ -692,11 +745,12 @@ class Bridge:
             A.NR_pwritev2: lambda n, t, g, a: self._sys_rwv(n, t, g, a[0], a[1], a[2],
                                                             _pos2(a[3]), True),
             A.NR_dup: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], None, 0),
+            A.NR_getdents64: lambda n, t, g, a: self._sys_getdents(n, t, g, a, True),
+            A.NR_getdents: lambda n, t, g, a: self._sys_getdents(n, t, g, a, False),
             A.NR_dup2: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF, 0),
             A.NR_dup3: lambda n, t, g, a: self._sys_dup(n, t, g, a[0], a[1] & 0xFFFFFFFF,
                                                         a[2]),
             A.NR_fcntl: self._sys_fcntl,
-            A.NR_getdents64: self._sys_getdents64,
             A.NR_close: self._sys_close,
             A.NR_ftruncate: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
             A.NR_fsync: lambda n, t, g, a: self._sys_chardev_only(n, t, a, errno.EINVAL),
@@ -705,7 +759,8 @@ class Bridge:
             A.NR_sendfile: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[1]),
             A.NR_tee: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[1]),
             A.NR_splice: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2]),
-            A.NR_copy_file_range: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2]),
+            A.NR_copy_file_range: lambda n, t, g, a: self._sys_splice(n, t, a[0], a[2],
+                                                                      copy=True),
         }
 
     def _sys_ioctl(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
@@ -713,6 +768,8 @@ class Bridge:
         req = a[1] & 0xFFFFFFFF
         if f is None or req in _VFS_IOCTLS:
             return None
+        if f.handle is _DIR_HANDLE:
+            raise OSError(errno.ENOTTY, "a served directory has no ioctl")
         self._valid(nid)
         self._caller, self._pending, self._reserved = tid, [], set()
         try:
@@ -765,13 +822,16 @@ class Bridge:
             raise OSError(errno.EEXIST, path)
         if flags & A.O_PATH:
             return None  # an O_PATH open calls no driver; the kernel answers (ENOENT)
-        if node.is_dir:
-            # do_open: O_CREAT on a directory, then may_open: a write access, EISDIR
-            if flags & os.O_CREAT or flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+        if node.is_link:  # reached only with O_NOFOLLOW (do_open: ELOOP)
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link")
+        if node.is_dir:  # do_open: EISDIR for a write or a create
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_CREAT:
                 raise OSError(errno.EISDIR, path)
+            target = self._register(path, node, flags, _DIR_HANDLE)
         elif flags & os.O_DIRECTORY:
             raise OSError(errno.ENOTDIR, path)
-        target = self._new_file(tgid, path, node, flags)
+        else:
+            target = self._new_file(tgid, path, node, flags)
         try:
             self._install_new(nid, tid, target, bool(flags & os.O_CLOEXEC))
         finally:
@@ -855,7 +915,13 @@ class Bridge:
         if res.error:
             raise OSError(res.error, os.strerror(res.error))
         if res.served is not None:
-            raise OSError(errno.EINVAL, "not a symlink")
+            if res.node is None or not res.node.is_link:
+                raise OSError(errno.EINVAL, "not a symlink")
+            if _int(size) <= 0:
+                raise OSError(errno.EINVAL, "bufsiz")
+            target = os.fsencode(res.node.target)[:size]
+            TargetMemory(tid).write(buf, target)
+            return len(target)
         f = self._files.get(res.link_to) if res.link_to is not None else None
         if f is None:
             return None
@@ -865,6 +931,20 @@ class Bridge:
         TargetMemory(tid).write(buf, data)
         return len(data)
 
+    def _sys_xattr(self, nid: int, tid: int, tgid: int, addr: int, follow: bool,
+                   get: bool) -> int | None:
+        """``getxattr``/``listxattr`` of a served path: served nodes carry no extended
+        attributes (ENODATA, an empty list), as devtmpfs and sysfs nodes without an LSM
+        label or ACL."""
+        res = self._resolve(nid, tid, tgid, A.AT_FDCWD, addr, follow)
+        if res is None or (res.served is None and res.reopen not in self._files):
+            if res is not None and res.error:
+                raise OSError(res.error, os.strerror(res.error))
+            return None
+        if get:
+            raise OSError(errno.ENODATA, "no such attribute")
+        return 0
+
     def _sys_mmap(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> int | None:
         addr, length, prot, flags, fd, off = a
         if flags & A.MAP_ANONYMOUS:
@@ -873,6 +953,8 @@ class Bridge:
         if f is None:
             return None
         self._valid(nid)
+        if f.handle is _DIR_HANDLE:
+            raise OSError(errno.ENODEV, "a directory has no mmap")
         ret = self.handler.mmap(tgid, f.handle, addr, length, prot & 0xFFFFFFFF,
                                 flags & 0xFFFFFFFF, off)
         if isinstance(ret, Continue):
@@ -953,6 +1035,41 @@ class Bridge:
             self._set_pos(tid, fd, at + total)
         return total
 
+    def _sys_getdents(self, nid: int, tid: int, tgid: int, a: tuple[int, ...],
+                      wide: bool) -> int | None:
+        """``getdents64`` (``wide``) or ``getdents`` of a served directory: ``.``, ``..``
+        and the handler's entries from the file position (an entry index, as
+        ``dcache_readdir``'s), as many whole records as ``count`` holds; EINVAL when
+        not even the next one does (``filldir``), ENOTDIR on a file."""
+        fd = a[0] & 0xFFFFFFFF
+        f = self._file_at(tid, fd)
+        if f is None:
+            return None
+        if f.handle is not _DIR_HANDLE:
+            raise OSError(errno.ENOTDIR, "getdents of a file")
+        count = a[2] & 0xFFFFFFFF
+        pos = self._file_pos(tid, fd)
+        self._valid(nid)
+        parent = os.path.dirname(f.path)
+        entries = [(".", f.path, f.node), ("..", parent, Node(stat.S_IFDIR | 0o755))] + [
+            (name, f"{f.path}/{name}", node) for name, node in self.handler.readdir(f.path)]
+        out = bytearray()
+        at = pos
+        while at < len(entries):
+            name, path, node = entries[at]
+            ino = self._inos.setdefault(path, 0x1000 + len(self._inos))
+            rec = _dirent(ino, at + 1, node.d_type, os.fsencode(name), wide)
+            if len(out) + len(rec) > count:
+                break
+            out += rec
+            at += 1
+        if not out and at < len(entries):
+            raise OSError(errno.EINVAL, "the buffer cannot hold the next entry")
+        if out:
+            TargetMemory(tid).write(a[1], bytes(out))
+            self._set_pos(tid, fd, at)
+        return len(out)
+
     def _sys_dup(self, nid: int, tid: int, tgid: int, old: int, new: int | None,
                  flags: int) -> int | None:
         old &= 0xFFFFFFFF
@@ -998,11 +1115,19 @@ class Bridge:
             return None
         raise OSError(err, os.strerror(err))
 
-    def _sys_splice(self, nid: int, tid: int, fd_in: int, fd_out: int) -> None:
+    def _sys_splice(self, nid: int, tid: int, fd_in: int, fd_out: int,
+                    copy: bool = False) -> None:
+        """A device file has no splice (EINVAL). A served regular file (sysfs) is not
+        spliced either (lab: the backing is empty): EXDEV for ``copy_file_range`` (as
+        between two filesystems without the op), EINVAL for the others, so that a
+        program falls back to read and write."""
         for fd in (fd_in, fd_out):
             f = self._file_at(tid, fd & 0xFFFFFFFF)
-            if f is not None and stat.S_ISCHR(f.node.mode):
+            if f is None:
+                continue
+            if stat.S_ISCHR(f.node.mode):
                 raise OSError(errno.EINVAL, "no splice on a device file")
+            raise OSError(errno.EXDEV if copy else errno.EINVAL, "no splice of a served file")
         return None
 
     def _sys_close(self, nid: int, tid: int, tgid: int, a: tuple[int, ...]) -> None:
@@ -1013,48 +1138,6 @@ class Bridge:
             st = os.fstat(f.backing)
             self._closers[(st.st_dev, st.st_ino)] = tid
         return None
-
-    def _served_dir(self, tid: int, fd: int) -> str | None:
-        """The served directory open at the caller's ``fd`` (a dirfd), or None."""
-        f = self._file_at(tid, fd)
-        return f.path if f is not None and f.node.is_dir else None
-
-    def _sys_getdents64(self, nid: int, tid: int, tgid: int,
-                        a: tuple[int, ...]) -> int | None:
-        """``getdents64`` of a served directory, as ``dcache_readdir`` lists one: ``.``,
-        ``..``, then the entries; the file position is the index of the next entry.
-        ENOTDIR on any other file of ours, EINVAL when the first entry does not fit."""
-        fd = a[0] & 0xFFFFFFFF
-        f = self._file_at(tid, fd)
-        if f is None:
-            return None
-        if not f.node.is_dir:
-            raise OSError(errno.ENOTDIR, f.path)
-        count = a[2] & 0xFFFFFFFF
-        pos = self._file_pos(tid, fd)
-        self._valid(nid)
-        parent = os.path.dirname(f.path)
-        entries = [(".", f.path, f.node), ("..", parent, _DIR_NODE)] + [
-            (name, os.path.join(f.path, name), node)
-            for name, node in self.handler.readdir(tgid, f.handle, f.path)]
-        out = bytearray()
-        at = pos
-        while at < len(entries):
-            name, path, node = entries[at]
-            raw = os.fsencode(name) + b"\0"
-            reclen = (19 + len(raw) + 7) & ~7  # offsetof(d_name) 19, 8-byte aligned
-            if len(out) + reclen > count:
-                break
-            ino = self._inos.setdefault(path, 0x1000 + len(self._inos))
-            out += struct.pack("<QqHB", ino, at + 1, reclen, _dtype(node.mode))
-            out += raw.ljust(reclen - 19, b"\0")
-            at += 1
-        if not out and at < len(entries):
-            raise OSError(errno.EINVAL, "getdents64: buffer too small")
-        if out:
-            TargetMemory(tid).write(a[1], bytes(out))
-            self._set_pos(tid, fd, at)
-        return len(out)
 
     # ----------------------------------------------------------------- fence
     def _protected_devices(self) -> frozenset[int]:
@@ -1073,14 +1156,6 @@ class Bridge:
 
     def _is_protected(self, st: os.stat_result) -> bool:
         return stat.S_ISCHR(st.st_mode) and st.st_rdev in self._protected
-
-
-_DIR_NODE = Node(stat.S_IFDIR | 0o755)
-
-
-def _dtype(mode: int) -> int:
-    """``d_type`` of a mode (``fs_umode_to_dtype``): the type bits shifted down."""
-    return stat.S_IFMT(mode) >> 12
 
 
 def _check_rw(f: _File, write: bool) -> None:
@@ -1106,6 +1181,22 @@ def _status(pid: int) -> tuple[int, int, bool]:
             elif line.startswith(b"Seccomp:"):
                 filtered = line.split()[1] == b"2"
     return tgid, ppid, filtered
+
+
+def _dirent(ino: int, off: int, dtype: int, name: bytes, wide: bool) -> bytes:
+    """One ``linux_dirent64`` (``wide``) or ``linux_dirent`` record, 8-byte aligned:
+    inode, offset of the next, length, type (last byte of the old form), name, NUL."""
+    head = 19 if wide else 18
+    reclen = (head + len(name) + (1 if wide else 2) + 7) & ~7
+    rec = bytearray(reclen)
+    rec[0:16] = ino.to_bytes(8, "little") + off.to_bytes(8, "little")
+    rec[16:18] = reclen.to_bytes(2, "little")
+    if wide:
+        rec[18] = dtype
+    else:
+        rec[reclen - 1] = dtype
+    rec[head:head + len(name)] = name
+    return bytes(rec)
 
 
 def _int(v: int) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..bridge.handler import Backing, Handler, Node
+from ..bridge.handler import Backing, Continue, Handler, Node
 from ..bridge.memory import TargetMemory
 from ..errors import kernel_error
 from ..machine import Machine, Process
@@ -31,6 +31,7 @@ from ..vfio.cdev import cdev_devices
 from ..vfio.device import VfioDeviceFile
 from ..vfio.files import VfioFile, fput
 from .argmarshal import marshal
+from .devrw import read_file, write_file
 from .faultinject import (
     FAIL_NTH_NODE,
     DebugfsFile,
@@ -38,7 +39,9 @@ from .faultinject import (
     FaultKnobs,
     fail_nth_target,
 )
+from .realeventfd import RealEventFdCtx, RealEventFdFile, eventfd_id
 from .report import ExecLog
+from .sysfs import sysfs_lookup, sysfs_open, sysfs_readdir
 from .usermem import SharedFiles, TargetMm
 
 if TYPE_CHECKING:
@@ -68,13 +71,7 @@ class ModelFile:
 
     file: VfioFile
     path: str
-
-
-@dataclass(eq=False)
-class DirFile:
-    """The bridge's handle of a served directory opened (``opendir``)."""
-
-    path: str
+    flags: int = os.O_RDWR  # the open's flags (FMODE_READ, FMODE_WRITE)
 
 
 class ForeignFile(VfioFile):
@@ -162,7 +159,10 @@ class ExecProcess(Process):
         handle = bridge.handle_at(self.tid, fd)
         if isinstance(handle, ModelFile):
             return handle.file
-        return ForeignFile() if bridge.fd_is_open(self.tid, fd) else None
+        if not bridge.fd_is_open(self.tid, fd):
+            return None
+        real = self._handler.real_eventfd(self.tid, fd)
+        return real if real is not None else ForeignFile()
 
     def get_unused_fd(self) -> int:
         """``get_unused_fd_flags(O_CLOEXEC)`` in the program: a number reserved in the
@@ -231,6 +231,10 @@ class ModelHandler(Handler):
         #: every write to a fail-nth file that set a counter: (pid, tid, value)
         self.fail_nth_writes: list[tuple[int, int, int]] = []
         self.knobs = FaultKnobs(machine.mem.fail_nth.iommufd_test)
+        #: the program's eventfds the model holds, by eventfd-id (:mod:`.realeventfd`)
+        self.eventfds: dict[int, RealEventFdCtx] = {}
+        self._bar_mmap = machine.vfio_bar_mmap
+        machine.vfio_bar_mmap = False  # no faithful BAR mmap under exec (see mmap)
 
     # -- the tree of served paths ------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
@@ -243,6 +247,8 @@ class ModelHandler(Handler):
             return knob
         if m.pseries is not None:
             return None
+        if path.startswith("/sys/"):
+            return sysfs_lookup(m, path)
         if path == "/dev/iommu":
             return _IOMMUFD_NODE
         if path in ("/dev/vfio", "/dev/vfio/devices"):
@@ -259,6 +265,27 @@ class ModelHandler(Handler):
             if n < len(cdev_devices(m)) and name[12:] == str(n):
                 return Node.chardev(_CDEV_MAJOR, n)
         return None
+
+    def readdir(self, path: str) -> list[tuple[str, Node]]:
+        """The entries of a served directory: ``/dev/vfio`` (``vfio``, the groups,
+        ``devices``), ``/dev/vfio/devices`` (the cdevs), the debugfs stand-in's and the
+        sysfs directories."""
+        if path.startswith("/sys/kernel/debug"):
+            return self.knobs.readdir(path)
+        if path.startswith("/sys/"):
+            return sysfs_readdir(self.machine, path)
+        if path == "/dev/vfio/devices":
+            names = [f"vfio{n}" for n in range(len(cdev_devices(self.machine)))]
+        else:
+            groups = sorted({d.iommu_group for d in self.machine.devices.values()
+                             if d.driver == "vfio-pci" and d.iommu_group is not None})
+            names = ["devices", *(str(g) for g in groups), "vfio"]
+        out = []
+        for name in names:
+            node = self.lookup(f"{path}/{name}")
+            if node is not None:
+                out.append((name, node))
+        return out
 
     # -- processes ---------------------------------------------------------------------------------
     def fork(self, parent: int | None, child: int) -> None:
@@ -328,8 +355,8 @@ class ModelHandler(Handler):
     def open(self, pid: int, path: str, flags: int, backing: Backing) -> object:
         """``do_sys_openat2`` past the bridge: the path's copy and the file
         (``getname``, ``alloc_empty_file``: allocation points, as ``Process.open``
-        counts them) then the file's own ``open``: a device's, a fail-nth or debugfs
-        stand-in's, or a served directory's."""
+        counts them) then the file's own ``open``: a device's, a sysfs file's, or a
+        fail-nth or debugfs stand-in's (the bridge opens served directories itself)."""
         tid = self._tid(pid)
         proc = self._proc(pid, tid)  # (made at fork; here only if that read failed)
         with self._current(pid, tid):
@@ -339,13 +366,13 @@ class ModelHandler(Handler):
             task = fail_nth_target(path)
             if task is not None:
                 return FailNthFile(task[1], self.fail_nth)
-            node = self.lookup(path)
-            if node is not None and node.is_dir:
-                return DirFile(path)
             if path.startswith("/sys/kernel/debug/"):
                 d, _, knob = path.removeprefix("/sys/kernel/debug/").partition("/")
                 return DebugfsFile(self.knobs, d, knob)
-            return ModelFile(proc.open_file(path), path)
+            if path.startswith("/sys/"):
+                return ModelFile(sysfs_open(self.machine, path, flags, proc.uid), path,
+                                 flags)
+            return ModelFile(proc.open_file(path), path, flags)
 
     def release(self, handle: object) -> None:
         """The last ``fput``: a model file's ``release``, its points counted against the
@@ -359,42 +386,6 @@ class ModelHandler(Handler):
             return
         with self._current(self._task_pid.get(tid, tid), tid):
             fput(handle.file)
-
-    def readdir(self, pid: int, handle: object, path: str) -> list[tuple[str, Node]]:
-        """The debugfs stand-in's entries; the device directories list what ``lookup``
-        serves in them."""
-        if path.startswith("/sys/kernel/debug"):
-            return self.knobs.readdir(path)
-        names: list[str] = []
-        if path == "/dev/vfio":
-            names = ["vfio", "devices"] + [str(g) for g in range(256)]
-        elif path == "/dev/vfio/devices":
-            names = [f"vfio{n}" for n in range(len(cdev_devices(self.machine)))]
-        out = []
-        for name in names:
-            node = self.lookup(f"{path}/{name}")
-            if node is not None:
-                out.append((name, node))
-        return out
-
-    def read(self, pid: int, handle: object, buf: int, count: int, offset: int,
-             mem: TargetMemory) -> int:
-        if isinstance(handle, FailNthFile):
-            return handle.read(mem, buf, count, offset, self._alive(handle.tid))
-        if isinstance(handle, DebugfsFile):
-            return handle.read(mem, buf, count, offset)
-        raise kernel_error(errno.EINVAL, "read not supported")  # no ->read: vfs_read
-
-    def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
-              mem: TargetMemory) -> int:
-        if isinstance(handle, FailNthFile):
-            done = handle.write(mem, buf, count, self._alive(handle.tid))
-            self._task_pid.setdefault(handle.tid, self._pid_of(handle.tid, pid))
-            self.fail_nth_writes.append((pid, handle.tid, self.fail_nth[handle.tid]))
-            return done
-        if isinstance(handle, DebugfsFile):
-            return handle.write(mem, buf, count)
-        raise kernel_error(errno.EINVAL, "write not supported")  # no ->write
 
     @staticmethod
     def _alive(tid: int) -> bool:
@@ -410,8 +401,8 @@ class ModelHandler(Handler):
             pass
         return default
 
-    def ioctl(self, pid: int, handle: object, request: int, arg: int,
-              mem: TargetMemory) -> int:
+    def _ioctl(self, pid: int, handle: object, request: int, arg: int,
+               mem: TargetMemory) -> int:
         if not isinstance(handle, ModelFile):  # no unlocked_ioctl: vfs_ioctl's ENOTTY
             raise kernel_error(errno.ENOTTY, f"ioctl {request:#x} on a file with none")
         self.ioctls += 1
@@ -430,9 +421,142 @@ class ModelHandler(Handler):
         self.log.record(pid, request, 0, device=device)
         return ret
 
+    def ioctl(self, pid: int, handle: object, request: int, arg: int,
+              mem: TargetMemory) -> int:
+        """``unlocked_ioctl`` of the model file; afterwards the program's eventfds that
+        ``fdget`` found but no driver kept are let go (``fdput``)."""
+        try:
+            return self._ioctl(pid, handle, request, arg, mem)
+        finally:
+            for key, ctx in list(self.eventfds.items()):
+                if ctx.kref == 1:
+                    del self.eventfds[key]
+                    os.close(ctx.fd)
+                    ctx.fd = -1
+                elif bool(ctx.waiters) != ctx.watched:
+                    self._watch(ctx, bool(ctx.waiters))
+
+    def _watch(self, ctx: RealEventFdCtx, on: bool) -> None:
+        """Have the bridge poll ``ctx``'s real eventfd for its waiters, or stop."""
+        assert self.bridge is not None
+        ctx.watched = on
+        if not on:
+            self.bridge.unwatch(ctx.fd)
+            return
+
+        def wake() -> None:
+            if not ctx.poll_wake() and ctx.watched:
+                self._watch(ctx, False)
+        self.bridge.watch(ctx.fd, wake)
+
+    # -- the program's eventfds ------------------------------------------------------------
+    def real_eventfd(self, tid: int, fd: int) -> RealEventFdFile | None:
+        """``fdget`` of a program fd that is not the model's: its eventfd as a model
+        eventfd (:mod:`.realeventfd`), or None for any other kind of file."""
+        assert self.bridge is not None
+        try:
+            if os.readlink(f"/proc/{tid}/fd/{fd}") != "anon_inode:[eventfd]":
+                return None
+            mine = self.bridge.take_fd(tid, fd)
+        except OSError:
+            return None
+        key = eventfd_id(mine)
+        if key is None:
+            os.close(mine)
+            return None
+        ctx = self.eventfds.get(key)
+        if ctx is not None:
+            os.close(mine)
+        else:
+            ctx = self.eventfds[key] = RealEventFdCtx(mine, self._eventfd_freed)
+        return RealEventFdFile(ctx)
+
+    def _eventfd_freed(self, ctx: RealEventFdCtx) -> None:
+        """The model's last reference to ``ctx`` is going; it closes the real fd next."""
+        if ctx.watched:
+            self._watch(ctx, False)
+        if self.log is not None:
+            self.log.eventfd_signals += ctx.signals
+        for key, held in list(self.eventfds.items()):
+            if held is ctx:
+                del self.eventfds[key]
+
+    # -- read, write, mmap ----------------------------------------------------------------
+    def read(self, pid: int, handle: object, buf: int, count: int, offset: int,
+             mem: TargetMemory) -> int | Continue:
+        """``vfs_read`` of the model file into the program's ``buf`` (:mod:`.devrw`), or
+        of a fail-nth or debugfs stand-in."""
+        if isinstance(handle, FailNthFile):
+            return handle.read(mem, buf, count, offset, self._alive(handle.tid))
+        if isinstance(handle, DebugfsFile):
+            return handle.read(mem, buf, count, offset)
+        assert isinstance(handle, ModelFile)
+        proc = self._proc(pid, mem.tid)
+        proc.new_call(mem.tid)
+        if self.log is None or not isinstance(handle.file, VfioDeviceFile):
+            return read_file(handle.file, handle.flags, buf, count, offset, mem)
+        try:
+            done = read_file(handle.file, handle.flags, buf, count, offset, mem)
+        except OSError as e:
+            self.log.record_rw(pid, offset, False, 0, e.errno or 0)
+            raise
+        self.log.record_rw(pid, offset, False, done, 0)
+        return done
+
+    def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
+              mem: TargetMemory) -> int | Continue:
+        """``vfs_write`` from the program's ``buf`` to the model file (:mod:`.devrw`), or
+        to a fail-nth or debugfs stand-in."""
+        if isinstance(handle, FailNthFile):
+            done = handle.write(mem, buf, count, self._alive(handle.tid))
+            self._task_pid.setdefault(handle.tid, self._pid_of(handle.tid, pid))
+            self.fail_nth_writes.append((pid, handle.tid, self.fail_nth[handle.tid]))
+            return done
+        if isinstance(handle, DebugfsFile):
+            return handle.write(mem, buf, count)
+        assert isinstance(handle, ModelFile)
+        proc = self._proc(pid, mem.tid)
+        proc.new_call(mem.tid)
+        if self.log is None or not isinstance(handle.file, VfioDeviceFile):
+            return write_file(handle.file, handle.flags, buf, count, offset, mem)
+        try:
+            done = write_file(handle.file, handle.flags, buf, count, offset, mem)
+        except OSError as e:
+            self.log.record_rw(pid, offset, True, 0, e.errno or 0)
+            raise
+        self.log.record_rw(pid, offset, True, done, 0)
+        return done
+
+    def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
+             flags: int, offset: int) -> Continue:
+        """The file's ``mmap``: a device fd asks vfio-pci, which refuses BAR 0 under exec
+        (EINVAL, ``vfio_pci_core_mmap`` without ``bar_mmap_supported``; GET_REGION_INFO
+        does not offer VFIO_REGION_INFO_FLAG_MMAP, so a VMM falls back to pread/pwrite);
+        the other files have no ``mmap`` (ENODEV)."""
+        if not isinstance(handle, ModelFile):
+            raise kernel_error(errno.ENODEV, "a fault-injection file has no mmap")
+        kind = flags & 0x0F  # MAP_TYPE
+        if offset & 0xFFF or not length or kind not in (1, 2, 3):
+            raise kernel_error(errno.EINVAL, "mmap: offset, length or map type")  # do_mmap
+        if kind != 2 and prot & 0x2 and handle.flags & os.O_ACCMODE == os.O_RDONLY:
+            raise kernel_error(errno.EACCES, "mmap: a shared writable map of a read-only fd")
+        if isinstance(handle.file, VfioDeviceFile):
+            if kind == 2:  # vfio_pci_core_mmap: no VM_SHARED
+                raise kernel_error(errno.EINVAL, "mmap of a device region wants MAP_SHARED")
+            handle.file.mmap_region(length, offset)
+            raise AssertionError("no BAR is mmap-able under exec")
+        raise kernel_error(errno.ENODEV, f"{handle.path} has no mmap")
+
     def close(self) -> None:
         """After the run: the model files of shared mappings go."""
         for pid in list(self.procs):
             self.exit(pid)
         self.shared.close()
+        for ctx in self.eventfds.values():  # none once every device file is released
+            if self.log is not None:
+                self.log.eventfd_signals += ctx.signals
+            os.close(ctx.fd)
+            ctx.fd = -1
+        self.eventfds.clear()
+        self.machine.vfio_bar_mmap = self._bar_mmap
 

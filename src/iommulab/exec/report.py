@@ -42,6 +42,8 @@ _MAPPING = frozenset({"IOMMU_IOAS_MAP", "IOMMU_IOAS_MAP_FILE", "IOMMU_IOAS_COPY"
                       "VFIO_SET_IOMMU", "VFIO_GROUP_SET_CONTAINER",
                       "VFIO_DEVICE_ATTACH_IOMMUFD_PT"})
 _PAGING = int(DomainType.UNMANAGED)
+#: vfio-pci's region indexes (VFIO_PCI_*_REGION_INDEX)
+_REGIONS = {**{i: f"BAR{i}" for i in range(6)}, 6: "ROM", 7: "config", 8: "VGA"}
 
 
 def request_name(request: int, *, device: bool = False) -> str:
@@ -64,6 +66,20 @@ class ExecLog:
         self.peak_mapped = 0
         self.peak_iopte: dict[int, int] = {}
         self.domains: dict[int, IommuDomain] = {}
+        #: device region accesses: (region, "read"/"write") -> [calls, bytes, failed]
+        self.regions: dict[tuple[str, str], list[int]] = {}
+        self.eventfd_signals = 0  # interrupts the model signalled into the program
+
+    def record_rw(self, pid: int, pos: int, write: bool, done: int, err: int) -> None:
+        """After a read or write of a VFIO device fd at ``pos`` (``done`` bytes moved,
+        ``err``: 0 or its errno)."""
+        index = pos >> vu.VFIO_PCI_OFFSET_SHIFT
+        region = _REGIONS.get(index, f"region {index}")
+        row = self.regions.setdefault((region, "write" if write else "read"), [0, 0, 0])
+        row[0] += 1
+        row[1] += done
+        row[2] += bool(err)
+        self.pids.add(pid)
 
     def record(self, pid: int, request: int, err: int, *, device: bool = False) -> None:
         """After the model answered ``request`` of ``pid`` (``err``: 0 or its errno;
@@ -130,6 +146,11 @@ class ExecLog:
             tables.append(Table("invalidations of the paging domains met",
                                 ["counter", "value"], [[k, v] for k, v in flush.items()],
                                 "lr"))
+        if self.regions:
+            tables.append(Table("device region reads and writes",
+                                ["region", "op", "calls", "bytes", "failed"],
+                                [[r, op, *v] for (r, op), v in sorted(self.regions.items())],
+                                "llrrr"))
         faults = len(m.faults)
         headline: dict[str, int | float | str] = {
             "exit status": status, "model ioctls": ok + failed, "failed ioctls": failed,
@@ -138,6 +159,7 @@ class ExecLog:
             "peak locked_vm": format_size(self.peak_locked_vm << 12),
             "peak IOMMU table pages": self.peak_iommu_pages,
             "peak bytes mapped": format_size(self.peak_mapped), "IOMMU faults": faults,
+            "interrupts signalled": self.eventfd_signals,
             "machine afterwards": "fresh" if not left else "; ".join(left)}
         return ScenarioResult(
             scenario="exec", title=f"iommulab exec {os.path.basename(argv[0])}",

@@ -268,8 +268,9 @@ class VfioDevice:
         size, flags = 0, 0
         if index == u.VFIO_PCI_BAR0_REGION_INDEX:
             size = self.dev.bar0_size
-            flags = (u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE |
-                     u.VFIO_REGION_INFO_FLAG_MMAP)
+            flags = u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE
+            if self.dev.machine.vfio_bar_mmap:  # vdev->bar_mmap_supported[0]
+                flags |= u.VFIO_REGION_INFO_FLAG_MMAP
         elif index == u.VFIO_PCI_CONFIG_REGION_INDEX:
             size = 256
             flags = u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE
@@ -279,12 +280,15 @@ class VfioDevice:
 
     def pci_mmap(self, length: int, offset: int, shared: bool = True) -> int:
         """``vfio_pci_core_mmap``: EINVAL for a mapping that is not MAP_SHARED, then for
-        anything but BAR 0 within its size; the BAR requested and iomapped once
-        (:meth:`VfioPciCore.setup_barmap`); the BAR's physical address."""
+        anything but BAR 0 when ``bar_mmap_supported``, within its size; the BAR
+        requested and iomapped once (:meth:`VfioPciCore.setup_barmap`); the BAR's
+        physical address."""
         if not shared:
             raise InvalidArgument("mmap: a device region needs MAP_SHARED")
         index = offset >> u.VFIO_PCI_OFFSET_SHIFT
         start = offset & ((1 << u.VFIO_PCI_OFFSET_SHIFT) - 1)
+        if index == u.VFIO_PCI_BAR0_REGION_INDEX and not self.dev.machine.vfio_bar_mmap:
+            raise InvalidArgument("mmap: BAR 0 is not mmap-able (no bar_mmap_supported)")
         if index != u.VFIO_PCI_BAR0_REGION_INDEX or start & 0xFFF or \
                 start + length > self.dev.bar0_size:
             raise InvalidArgument(f"mmap: offset {offset:#x} length {length:#x} is not "

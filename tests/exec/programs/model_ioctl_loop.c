@@ -5,6 +5,10 @@
  *   ranges    IOMMU_IOAS_IOVA_RANGES: the struct, and the range array through its pointer
  *   enoent    IOMMU_DESTROY of an id that does not exist: the error path
  *   mapunmap  IOMMU_IOAS_MAP then IOMMU_IOAS_UNMAP of one page of the program (two calls)
+ *   barread   pread of 4 bytes of BAR 0 (edu's liveness register) on group 0's device
+ *   barwrite  pwrite of 4 bytes of BAR 0 (the same register)
+ *   msi       edu raises its MSI (a BAR 0 pwrite), the program reads its eventfd
+ * (the device kinds need an edu at 0000:00:02.0 in group 0)
  * Prints "KIND median p90 min" (us) per kind; "FAIL ..." when a call misbehaves. */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -28,6 +33,23 @@ static double now_ns(void)
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+/* Group 0's device fd through a type1 container, bus mastering on, edu's MSI into an
+ * eventfd (*efd); -1 on failure. */
+static int edu_device(int c, int *efd)
+{
+	int g = open("/dev/vfio/0", O_RDWR);
+	if (g < 0 || ioctl(g, _IO(T, 104), &c) || ioctl(c, _IO(T, 102), 3)) /* SET_CONTAINER, */
+		return -1;                                                   /* SET_IOMMU v2 */
+	int d = ioctl(g, _IO(T, 106), "0000:00:02.0"); /* GROUP_GET_DEVICE_FD */
+	uint16_t cmd = 6;
+	if (d < 0 || pwrite(d, &cmd, 2, (7ull << 40) + 4) != 2)
+		return -1;
+	*efd = eventfd(0, 0);
+	struct { uint32_t argsz, flags, index, start, count; int32_t fd; } s = {
+		sizeof s, 4 | 32, 1, 0, 1, *efd }; /* DATA_EVENTFD | ACTION_TRIGGER, MSI */
+	return ioctl(d, _IO(T, 110), &s) ? -1 : d; /* DEVICE_SET_IRQS */
 }
 
 static int cmp(const void *a, const void *b)
@@ -50,7 +72,15 @@ int main(int argc, char **argv)
 	uint64_t ranges[16];
 	uint8_t *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	page[0] = 1;
+	int dev = -1, efd = -1;
+	uint32_t reg = 0x100;
+	uint64_t count;
 	for (int k = 2; k < argc; k++) {
+		if (dev < 0 && (!strcmp(argv[k], "barread") || !strcmp(argv[k], "barwrite") ||
+				!strcmp(argv[k], "msi")) && (dev = edu_device(c, &efd)) < 0) {
+			printf("FAIL edu device errno %d\n", errno);
+			return 1;
+		}
 		const char *kind = argv[k];
 		for (int i = 0; i < n; i++) {
 			long r = 0;
@@ -72,6 +102,13 @@ int main(int argc, char **argv)
 						     1ull << 32 };
 				struct unmap_arg u = { sizeof u, ioas, 1ull << 32, 4096 };
 				r = ioctl(fd, _IO(T, 0x85), &m) | ioctl(fd, _IO(T, 0x86), &u);
+			} else if (!strcmp(kind, "barread")) {
+				r = pread(dev, &reg, 4, 0x04) != 4;
+			} else if (!strcmp(kind, "barwrite")) {
+				r = pwrite(dev, &reg, 4, 0x04) != 4;
+			} else if (!strcmp(kind, "msi")) {
+				reg = 0x100; /* edu: raise, then the interrupt arrives */
+				r = pwrite(dev, &reg, 4, 0x60) != 4 || read(efd, &count, 8) != 8;
 			} else {
 				printf("FAIL unknown kind %s\n", kind);
 				return 2;
