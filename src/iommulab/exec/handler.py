@@ -15,34 +15,28 @@ into the program.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
-import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..bridge.handler import Backing, Handler, Node
 from ..bridge.memory import TargetMemory
 from ..errors import kernel_error
-from ..machine import Machine, Process
-from ..vfio.cdev import cdev_devices
+from ..syscall.devtable import DEVICE_FILES
+from ..syscall.file import File, fput
+from ..syscall.process import Process
 from ..vfio.device import VfioDeviceFile
-from ..vfio.files import VfioFile, fput
 from .argmarshal import marshal
 from .report import ExecLog
 from .usermem import SharedFiles, TargetMm
 
 if TYPE_CHECKING:
     from ..bridge.supervisor import Bridge
+    from ..syscall.host import Host
 
 __all__ = ["ExecProcess", "ForeignFile", "ModelFile", "ModelHandler"]
 
-#: device numbers the served nodes show (misc 10: VFIO_MINOR 196; iommufd's misc minor
-#: and the vfio group and vfio-dev majors are dynamic: values a typical boot gives)
-_IOMMUFD_NODE = Node.chardev(10, 124, 0o666)
-_VFIO_NODE = Node.chardev(10, 196, 0o666)
-_GROUP_MAJOR = 243
-_CDEV_MAJOR = 237
-_DIR = Node(stat.S_IFDIR | 0o755)
 _ANON = Node(0o600)  # an anon_inode file: no type bits
 _CAP_IPC_LOCK = 14
 
@@ -51,11 +45,11 @@ _CAP_IPC_LOCK = 14
 class ModelFile:
     """The bridge's handle of one file description: the model file behind it."""
 
-    file: VfioFile
+    file: File
     path: str
 
 
-class ForeignFile(VfioFile):
+class ForeignFile(File):
     """A file of the program the model does not serve (a pipe, a real file): what
     ``fdget`` finds at an fd number the program passes that is open but not ours."""
 
@@ -121,7 +115,7 @@ class ExecProcess(Process):
     def uid(self, value: int) -> None:
         """Set by ``Process.__init__`` only."""
 
-    def fget(self, fd: int) -> VfioFile | None:
+    def fget(self, fd: int) -> File | None:
         """``fdget`` in the program's own fd table."""
         bridge = self._handler.bridge
         if bridge is None or fd < 0:
@@ -139,7 +133,7 @@ class ExecProcess(Process):
             raise kernel_error(24, "no program to install a file into")  # EMFILE
         return bridge.reserve_fd(self.tid)
 
-    def fd_install(self, fd: int, f: VfioFile) -> int:
+    def fd_install(self, fd: int, f: File) -> int:
         """``fd_install`` in the program, done by the bridge once the call succeeds."""
         bridge = self._handler.bridge
         assert bridge is not None, "get_unused_fd reserved the number"
@@ -165,13 +159,13 @@ def _creds(pid: int) -> tuple[int, int]:
 
 
 class ModelHandler(Handler):
-    """Serves a :class:`Machine`'s device paths to a program tree under a bridge.
+    """Serves a :class:`~iommulab.machine.Machine`'s device paths to a program tree under a bridge.
 
     Set :attr:`bridge` before the program runs (``run_exec`` does): it is how the
     model reads the program's fd numbers and installs files into it.
     """
 
-    def __init__(self, machine: Machine, *, backing_dir: str = "",
+    def __init__(self, machine: Host, *, backing_dir: str = "",
                  log: ExecLog | None = None) -> None:
         self.machine = machine
         self.log = log  # told of every model ioctl, for the report
@@ -183,25 +177,14 @@ class ModelHandler(Handler):
 
     # -- the tree of served paths ------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
-        m = self.machine
-        if m.pseries is not None:
+        """The node the device-file table shows at ``path`` (:data:`~iommulab.syscall.
+        DEVICE_FILES`, where the front ends registered their paths)."""
+        node = DEVICE_FILES.lookup(self.machine, path)
+        if node is None:
             return None
-        if path == "/dev/iommu":
-            return _IOMMUFD_NODE
-        if path in ("/dev/vfio", "/dev/vfio/devices"):
-            return _DIR
-        if path == "/dev/vfio/vfio":
-            return _VFIO_NODE
-        name = path.removeprefix("/dev/vfio/")
-        if name.isdigit() and name == str(int(name)):
-            devices = m.group_devices(int(name))
-            if devices and any(d.driver == "vfio-pci" for d in devices):
-                return Node.chardev(_GROUP_MAJOR, int(name))
-        if name.startswith("devices/vfio") and name[12:].isdigit():
-            n = int(name[12:])
-            if n < len(cdev_devices(m)) and name[12:] == str(n):
-                return Node.chardev(_CDEV_MAJOR, n)
-        return None
+        if node.is_dir:
+            return Node(node.mode)
+        return Node(node.mode, os.makedev(node.major, node.minor))
 
     # -- processes ---------------------------------------------------------------------------------
     def fork(self, parent: int | None, child: int) -> None:
