@@ -159,7 +159,7 @@ def _creds(pid: int) -> tuple[int, int]:
 
 
 class ModelHandler(Handler):
-    """Serves a :class:`~iommulab.machine.Machine`'s device paths to a program tree under a bridge.
+    """Serves a :class:`Machine`'s device paths to a program tree under a bridge.
 
     Set :attr:`bridge` before the program runs (``run_exec`` does): it is how the
     model reads the program's fd numbers and installs files into it.
