@@ -237,3 +237,45 @@ def test_device_files_are_registered() -> None:
     assert DEVICE_FILES.lookup(m, "/dev/vfio/devices/vfio1") is None
     assert DEVICE_FILES.lookup(m, f"/dev/vfio/0{dev.iommu_group}") is None
     assert {"/dev/vfio", "/dev/vfio/devices"} == DEVICE_FILES.directories()
+
+
+def test_both_doors_resolve_through_the_table() -> None:
+    """The exec handler shows the table's nodes; the process opens the registration the
+    machine's kconfig selects for ``/dev/vfio/vfio``; ppc64-pseries serves none."""
+    import errno
+    import os
+    import stat
+
+    from iommulab.exec.handler import ModelHandler
+    from iommulab.iommufd.file import IommufdFile
+    from iommulab.machine import Machine
+    from iommulab.syscall import DEVICE_FILES
+    from iommulab.vfio.files import Container
+
+    m = Machine("x86-vtd")
+    m.add_pci_device("0000:00:01.0")
+    h = ModelHandler(m)
+    for path in ("/dev/iommu", "/dev/vfio/vfio", "/dev/vfio", "/dev/vfio/devices",
+                 "/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1", "/dev/nope"):
+        node, shown = DEVICE_FILES.lookup(m, path), h.lookup(path)
+        assert (node is None) == (shown is None), path
+        if node is not None and shown is not None:
+            assert shown.mode == node.mode, path
+            if stat.S_ISCHR(node.mode):
+                assert shown.rdev == os.makedev(node.major, node.minor), path
+    p = m.spawn_process()
+    assert isinstance(p.files[p.open("/dev/vfio/vfio")], Container)
+    m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"] = True
+    assert isinstance(p.files[p.open("/dev/vfio/vfio")], IommufdFile)
+    with pytest.raises(OSError) as e:
+        p.open("/dev/vfio/devices/vfio1")
+    assert e.value.errno == errno.ENOENT
+    p.exit()
+
+    ppc = Machine("ppc64-pseries")
+    assert ModelHandler(ppc).lookup("/dev/iommu") is None
+    q = ppc.spawn_process()
+    with pytest.raises(OSError) as e:
+        q.open("/dev/iommu")
+    assert e.value.errno == errno.ENODEV and not q.files
+    q.exit()
