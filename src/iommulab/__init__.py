@@ -1,6 +1,10 @@
 """iommulab: an executable model of the Linux IOMMU stack."""
 
-from . import errors, sizes
+from . import (
+    errors,
+    frontends,  # noqa: F401  (registers the device files, once)
+    sizes,
+)
 from .machine import Machine, PciDevice, Process
 from .prot import Prot
 

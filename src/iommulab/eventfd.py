@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import BadFileDescriptor, InvalidArgument, kernel_error
-from .vfio.files import VfioFile
+from .syscall.file import File
 
 if TYPE_CHECKING:
-    from .machine import Process
+    from .syscall.process import Process
 
 __all__ = ["EventFdCtx", "EventFdFile", "eventfd_ctx_fdget"]
 
@@ -67,7 +67,7 @@ class EventFdCtx:
         self.kref -= 1
 
 
-class EventFdFile(VfioFile):
+class EventFdFile(File):
     """The file ``eventfd(initval, flags)`` returns. Lab: the model cannot block, so a
     read of a zero counter and a write that would overflow it answer EAGAIN, as they do
     with EFD_NONBLOCK. EFD_SEMAPHORE is honoured."""

@@ -117,7 +117,7 @@ def test_an_enabled_msi_block_is_left_unset_by_a_failed_set() -> None:
         return Op(0, "ioctl", (fd, vu.VFIO_DEVICE_SET_IRQS, vu.IRQ_SET.pack(
             vu.IRQ_SET.size + 4, flags, vu.VFIO_PCI_MSI_IRQ_INDEX, 0, 1) + struct.pack("<i", e)))
     w.apply(set_msi(efd))
-    irqs = w.machine.vfio_devices[next(iter(w.machine.devices))].pci.irqs  # type: ignore[union-attr]
+    irqs = w.machine.vfio_devices[next(iter(w.machine.devices))].pci.irqs
     old = irqs.ctx[0].trigger
     assert old is not None and old.kref == 2
     fail = w.machine.mem.fail_nth

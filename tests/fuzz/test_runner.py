@@ -62,7 +62,7 @@ def test_an_op_that_never_returns_is_a_hang(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(MmStruct, "read", spin)
     found = replay(CONFIG, [Op(0, "read", (0, 8))], Guard(hang_seconds=0.2))
-    assert [(f.kind, f.key) for f in found] == [("hang", "hang: Hang at machine.py:read")]
+    assert [(f.kind, f.key) for f in found] == [("hang", "hang: Hang at syscall/process.py:read")]
 
 
 def test_what_is_left_after_every_process_exited_is_a_leak(

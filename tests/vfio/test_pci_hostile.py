@@ -228,7 +228,7 @@ def test_one_eventfd_as_intx_trigger_and_unmask_eventfd_returns(v: EduVmm) -> No
                u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1, fd)
     ctx = v.p.files[efd].ctx  # type: ignore[attr-defined]
     v.set_reg(0x60, 1)  # edu raises its interrupt and keeps the line asserted
-    irqs = v.m.vfio_devices[v.dev.bdf].pci.irqs  # type: ignore[union-attr]
+    irqs = v.m.vfio_devices[v.dev.bdf].pci.irqs
     assert irqs.ctx[0].masked and ctx.signals == 2  # the handler's, the thread's
     v.set_irqs(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_UNMASK,
                u.VFIO_PCI_INTX_IRQ_INDEX, 0, 1)  # still pending: sent again, masked

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import os
 import resource
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,10 +25,11 @@ from typing import TYPE_CHECKING
 from ..bridge.handler import Backing, Continue, Handler, Node
 from ..bridge.memory import TargetMemory
 from ..errors import kernel_error
-from ..machine import Machine, Process
+from ..syscall.devtable import DEVICE_FILES
+from ..syscall.file import File, fput
+from ..syscall.process import Process
 from ..vfio.cdev import cdev_devices
 from ..vfio.device import VfioDeviceFile
-from ..vfio.files import VfioFile, fput
 from .argmarshal import marshal
 from .devrw import read_file, write_file
 from .faultinject import (
@@ -46,16 +46,10 @@ from .usermem import SharedFiles, TargetMm
 
 if TYPE_CHECKING:
     from ..bridge.supervisor import Bridge
+    from ..syscall.host import Host
 
 __all__ = ["ExecProcess", "ForeignFile", "ModelFile", "ModelHandler"]
 
-#: device numbers the served nodes show (misc 10: VFIO_MINOR 196; iommufd's misc minor
-#: and the vfio group and vfio-dev majors are dynamic: values a typical boot gives)
-_IOMMUFD_NODE = Node.chardev(10, 124, 0o666)
-_VFIO_NODE = Node.chardev(10, 196, 0o666)
-_GROUP_MAJOR = 243
-_CDEV_MAJOR = 237
-_DIR = Node(stat.S_IFDIR | 0o755)
 _ANON = Node(0o600)  # an anon_inode file: no type bits
 _CAP_IPC_LOCK = 14
 _CAP_SYS_RESOURCE = 24
@@ -69,12 +63,12 @@ _Creds = tuple[int | None, bool, int, bool]
 class ModelFile:
     """The bridge's handle of one file description: the model file behind it."""
 
-    file: VfioFile
+    file: File
     path: str
     flags: int = os.O_RDWR  # the open's flags (FMODE_READ, FMODE_WRITE)
 
 
-class ForeignFile(VfioFile):
+class ForeignFile(File):
     """A file of the program the model does not serve (a pipe, a real file): what
     ``fdget`` finds at an fd number the program passes that is open but not ours."""
 
@@ -151,7 +145,7 @@ class ExecProcess(Process):
     def cap_sys_resource(self, value: bool) -> None:
         """Set by ``Process.__init__`` only."""
 
-    def fget(self, fd: int) -> VfioFile | None:
+    def fget(self, fd: int) -> File | None:
         """``fdget`` in the program's own fd table."""
         bridge = self._handler.bridge
         if bridge is None or fd < 0:
@@ -172,7 +166,7 @@ class ExecProcess(Process):
             raise kernel_error(24, "no program to install a file into")  # EMFILE
         return bridge.reserve_fd(self.tid)
 
-    def fd_install(self, fd: int, f: VfioFile) -> int:
+    def fd_install(self, fd: int, f: File) -> int:
         """``fd_install`` in the program, done by the bridge once the call succeeds."""
         bridge = self._handler.bridge
         assert bridge is not None, "get_unused_fd reserved the number"
@@ -216,7 +210,7 @@ class ModelHandler(Handler):
     model reads the program's fd numbers and installs files into it.
     """
 
-    def __init__(self, machine: Machine, *, backing_dir: str = "",
+    def __init__(self, machine: Host, *, backing_dir: str = "",
                  log: ExecLog | None = None) -> None:
         self.machine = machine
         self.log = log  # told of every model ioctl, for the report
@@ -238,6 +232,9 @@ class ModelHandler(Handler):
 
     # -- the tree of served paths ------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
+        """The fail-nth and debugfs stand-ins, the sysfs files, then the node the
+        device-file table shows at ``path`` (:data:`~iommulab.syscall.devtable.
+        DEVICE_FILES`, where the front ends registered their paths)."""
         m = self.machine
         task = fail_nth_target(path)
         if task is not None:
@@ -249,22 +246,12 @@ class ModelHandler(Handler):
             return None
         if path.startswith("/sys/"):
             return sysfs_lookup(m, path)
-        if path == "/dev/iommu":
-            return _IOMMUFD_NODE
-        if path in ("/dev/vfio", "/dev/vfio/devices"):
-            return _DIR
-        if path == "/dev/vfio/vfio":
-            return _VFIO_NODE
-        name = path.removeprefix("/dev/vfio/")
-        if name.isdigit() and name == str(int(name)):
-            devices = m.group_devices(int(name))
-            if devices and any(d.driver == "vfio-pci" for d in devices):
-                return Node.chardev(_GROUP_MAJOR, int(name))
-        if name.startswith("devices/vfio") and name[12:].isdigit():
-            n = int(name[12:])
-            if n < len(cdev_devices(m)) and name[12:] == str(n):
-                return Node.chardev(_CDEV_MAJOR, n)
-        return None
+        node = DEVICE_FILES.lookup(m, path)
+        if node is None:
+            return None
+        if node.is_dir:
+            return Node(node.mode)
+        return Node(node.mode, os.makedev(node.major, node.minor))
 
     def readdir(self, path: str) -> list[tuple[str, Node]]:
         """The entries of a served directory: ``/dev/vfio`` (``vfio``, the groups,

@@ -23,7 +23,7 @@ from ..scenarios.base import ScenarioResult, Table
 from ..vfio import uapi as vu
 
 if TYPE_CHECKING:
-    from ..machine import Machine
+    from ..syscall.host import Host
 
 __all__ = ["ExecLog", "request_name"]
 
@@ -57,7 +57,7 @@ def request_name(request: int, *, device: bool = False) -> str:
 class ExecLog:
     """Counts and peaks of one run (see the module docstring)."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Host) -> None:
         self.machine = machine
         self.calls: Counter[tuple[str, int]] = Counter()  # (name, errno or 0)
         self.pids: set[int] = set()

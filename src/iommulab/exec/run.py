@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from ..bridge import Bridge, BridgeStats
-from ..machine import Machine
 from .handler import ModelHandler
 from .report import ExecLog
+
+if TYPE_CHECKING:
+    from ..syscall.host import Host
 
 __all__ = ["ExecResult", "run_exec"]
 
@@ -26,7 +28,7 @@ class ExecResult:
     fail_nth_writes: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-def run_exec(machine: Machine, argv: Sequence[str], *, timeout: float | None = None,
+def run_exec(machine: Host, argv: Sequence[str], *, timeout: float | None = None,
              env: dict[str, str] | None = None, cwd: str | None = None,
              stdin: int | IO[bytes] | None = None, stdout: int | IO[bytes] | None = None,
              stderr: int | IO[bytes] | None = None, log: ExecLog | None = None) -> ExecResult:

@@ -31,7 +31,7 @@ import stat
 from ..bridge.handler import Node
 from ..errors import InvalidArgument, kernel_error
 from ..iommu.domain import DomainType
-from ..machine import Machine
+from ..syscall.host import Host
 from ..vfio.cdev import cdev_devices
 from ..vfio.files import VfioFile
 
@@ -54,7 +54,7 @@ def _attr(perm: int) -> Node:
     return Node(stat.S_IFREG | perm, size=_PAGE)
 
 
-def _groups(m: Machine) -> set[int]:
+def _groups(m: Host) -> set[int]:
     """The ids of the groups that have devices (an empty group has no sysfs directory)."""
     return {gid for gid, g in m.core.groups.items() if g.devices}
 
@@ -64,7 +64,7 @@ def _device_dir(bdf: str) -> str:
     return f"/sys/devices/pci{bdf[:7]}/{bdf}"
 
 
-def _tree(m: Machine) -> dict[str, Node]:
+def _tree(m: Host) -> dict[str, Node]:
     """Every served sysfs path and its node. O(devices)."""
     tree = {_GROUPS: _DIR, "/sys/module/vfio_iommu_type1": _DIR, _PARAMS: _DIR}
     tree.update({f"{_PARAMS}/{name}": _attr(0o644) for name in _PARAM_BOOL})
@@ -91,7 +91,7 @@ def _tree(m: Machine) -> dict[str, Node]:
     return tree
 
 
-def sysfs_lookup(m: Machine, path: str) -> Node | None:
+def sysfs_lookup(m: Host, path: str) -> Node | None:
     """The node at ``path`` if it is one of the served sysfs paths."""
     if not path.startswith(("/sys/kernel/iommu_groups", "/sys/module/vfio_iommu_type1",
                             "/sys/bus/pci/devices/", "/sys/devices/pci")):
@@ -99,7 +99,7 @@ def sysfs_lookup(m: Machine, path: str) -> Node | None:
     return _tree(m).get(path)
 
 
-def sysfs_readdir(m: Machine, path: str) -> list[tuple[str, Node]]:
+def sysfs_readdir(m: Host, path: str) -> list[tuple[str, Node]]:
     """The entries of a served sysfs directory, sorted (kernfs lists by name hash;
     lab: by name)."""
     prefix = path + "/"
@@ -110,7 +110,7 @@ def sysfs_readdir(m: Machine, path: str) -> list[tuple[str, Node]]:
 class SysfsFile(VfioFile):
     """An open sysfs attribute: its text, made at each read (``show``)."""
 
-    def __init__(self, m: Machine, path: str) -> None:
+    def __init__(self, m: Host, path: str) -> None:
         self.machine = m
         self.path = path
 
@@ -180,7 +180,7 @@ def _kstrtouint(s: bytes) -> int:
     return value
 
 
-def sysfs_open(m: Machine, path: str, flags: int, uid: int) -> SysfsFile:
+def sysfs_open(m: Host, path: str, flags: int, uid: int) -> SysfsFile:
     """``kernfs_fop_open`` (and the VFS's permission check before it): the file, or
     EACCES for a write of ``reserved_regions`` or ``type`` (see the module's note) or of
     a parameter by a uid other than root."""

@@ -37,11 +37,11 @@ from ..iommu.resv import IommuCap
 from ..iommu.user_data import IommuUserData
 from ..kernel import LINUX_7_0
 from ..mem.fault import FailNth, xa_nodes_needed
-from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct, access_ok
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
-from ..vfio.files import VfioFile
+from ..syscall.file import File
+from ..syscall.memfd import MemFdFile
 from . import uapi as u
 from .io_pagetable import PagesSlice
 from .iova_space import ULONG_MAX
@@ -50,24 +50,16 @@ from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages, P
 from .sources import FileSource, OtherFileSource, UserSource
 
 if TYPE_CHECKING:
-    from ..machine import Machine, Process
+    from ..syscall.devtable import DeviceTable
+    from ..syscall.host import Host
+    from ..syscall.process import Process
 
-__all__ = ["IommufdFile", "MemFdFile"]
+__all__ = ["IommufdFile", "MemFdFile", "iommufd_init", "open_iommufd", "open_vfio_compat"]
 
 _ZEROS = bytes(1 << 20)  # what _clear_user writes, a chunk at a time
 _MAP_FLAGS = u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_WRITEABLE | \
     u.IOMMU_IOAS_MAP_READABLE
 _SIZE_MAX = ULONG_MAX
-
-
-class MemFdFile(VfioFile):
-    """The fd ``memfd_create`` returns."""
-
-    def __init__(self, memfd: MemFd) -> None:
-        self.memfd = memfd
-
-    def release(self) -> None:
-        self.memfd.put()
 
 
 def _prot(flags: int) -> int:
@@ -80,11 +72,11 @@ def _prot(flags: int) -> int:
     return prot
 
 
-class IommufdFile(VfioFile):
+class IommufdFile(File):
     """One open of ``/dev/iommu`` (or of ``/dev/vfio/vfio`` when iommufd provides it:
     ``vfio_container``): an :class:`IommufdCtx` and its ioctls."""
 
-    def __init__(self, machine: Machine, *, vfio_container: bool = False) -> None:
+    def __init__(self, machine: Host, *, vfio_container: bool = False) -> None:
         machine.mem.fail_nth.check("kzalloc(iommufd_ctx)")  # iommufd_fops_open
         self.machine = machine
         self.ctx = IommufdCtx(machine.core, machine.mem, machine.iommufd_test_memory_limit,
@@ -94,10 +86,10 @@ class IommufdFile(VfioFile):
     def release(self) -> None:
         self.ctx.release()
 
-    def holds(self) -> list[VfioFile]:
+    def holds(self) -> list[File]:
         """The files its IOASes' pages hold (IOAS_MAP_FILE of a file that is not a
         memfd), once per pages. O(areas)."""
-        held: dict[int, VfioFile] = {}
+        held: dict[int, File] = {}
         for obj in list(self.ctx.objects.values()):
             if isinstance(obj, Ioas):
                 for area in obj.iopt.areas():
@@ -711,7 +703,7 @@ def _source_addr(pages: IoptPages) -> int:
     return src.start
 
 
-def _hw_info(machine: Machine, master: Any, in_type: int) -> tuple[int, bytes]:
+def _hw_info(machine: Host, master: Any, in_type: int) -> tuple[int, bytes]:
     """The driver's ``hw_info``: type and data, EOPNOTSUPP (7.0) when the caller asks for
     a type other than the driver's own. Mock (``mock_domain_hw_info``): the test
     register. SMMUv3 (``arm_smmu_hw_info``, 7.0; 6.12's driver has no ``hw_info`` and
@@ -739,3 +731,28 @@ def _hw_info(machine: Machine, master: Any, in_type: int) -> tuple[int, bytes]:
         raise NotSupported(f"GET_HW_INFO: data type {in_type:#x}; this IOMMU reports {own:#x}")
     machine.mem.fail_nth.check("kzalloc(hw_info)")  # the driver's copy of its info
     return own, data
+
+
+#: ``/dev/iommu``'s misc minor (MISC_DYNAMIC_MINOR: the value a typical boot gives)
+IOMMUFD_MINOR = 124
+#: VFIO_MINOR (include/linux/miscdevice.h), ``/dev/vfio/vfio`` when iommufd provides it
+VFIO_MINOR = 196
+
+
+def open_iommufd(proc: Process, path: str) -> IommufdFile:
+    """``/dev/iommu``: ``iommufd_fops_open``."""
+    return IommufdFile(proc.machine)
+
+
+def open_vfio_compat(proc: Process, path: str) -> IommufdFile:
+    """``/dev/vfio/vfio`` under CONFIG_IOMMUFD_VFIO_CONTAINER: ``iommufd_fops_open`` of
+    ``vfio_misc_dev``, a context that answers the VFIO container's ioctls."""
+    return IommufdFile(proc.machine, vfio_container=True)
+
+
+def iommufd_init(table: DeviceTable) -> None:
+    """iommufd's ``module_init`` (``iommufd_init``): ``/dev/iommu``, and ``/dev/vfio/vfio``
+    when the machine's kconfig has CONFIG_IOMMUFD_VFIO_CONTAINER."""
+    table.misc_register("/dev/iommu", IOMMUFD_MINOR, open_iommufd)
+    table.misc_register("/dev/vfio/vfio", VFIO_MINOR, open_vfio_compat,
+                        present=lambda m, minor: m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"])

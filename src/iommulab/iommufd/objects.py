@@ -44,7 +44,7 @@ from ..mem.fault import xa_nodes_needed
 from ..mem.mm import pfn_runs
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
-from ..vfio.files import fput, get_file
+from ..syscall.file import fput, get_file
 from .io_pagetable import IoPagetable
 from .iova_space import ULONG_MAX
 from .pages import ACCOUNT_MM, ACCOUNT_USER, PagesStats
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ..iommu.core import IommuCore
     from ..mem import PhysMem
     from ..mem.mm import MmStruct
-    from ..vfio.files import VfioFile
+    from ..syscall.file import File
     from .area import IoptArea
     from .cache_flush import CacheFlush
     from .pages import IoptPages
@@ -191,7 +191,7 @@ class IommufdCtx:
     def __init__(self, core: IommuCore, mem: PhysMem, temp_memory_limit: list[int],
                  cache_flush: CacheFlush | None = None, *,
                  kernel: KernelVersion = DEFAULT_KERNEL, vfio_container: bool = False,
-                 file: VfioFile | None = None) -> None:
+                 file: File | None = None) -> None:
         self.core = core
         self.mem = mem
         self.kernel = kernel

@@ -39,7 +39,7 @@ from ..errors import (
 from ..kernel import LINUX_7_0
 from ..mem.mm import access_ok, pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
-from ..vfio.files import VfioFile
+from ..syscall.file import File
 from . import uapi as u
 from .iova_space import ULONG_MAX
 from .objects import Access, Device, HwptPaging, Ioas, IommufdCtx, IommufdObject
@@ -47,7 +47,7 @@ from .pages import _BATCH_ELEMENT
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
-    from ..machine import Process
+    from ..syscall.process import Process
     from .file import IommufdFile
     from .io_pagetable import IoPagetable
 
@@ -109,7 +109,7 @@ def mock_dev_destroy(machine: Any, dev: DmaDevice) -> None:
             fail.fails("kzalloc(kobject_get_path)")
 
 
-class AccessFile(VfioFile):
+class AccessFile(File):
     """``struct selftest_access``, the fd of a selftest access: its pinned items (ids
     from 0, never reused), released on close."""
 
@@ -129,7 +129,7 @@ class AccessFile(VfioFile):
             del self.items[item_id]
             self.ctx.access_unpin(self.access, start, n)
 
-    def holds(self) -> list[VfioFile]:
+    def holds(self) -> list[File]:
         """The context's file (``iommufd_access_create``'s ``iommufd_ctx_get``)."""
         return [self.ctx.file] if self.ctx.file is not None else []
 

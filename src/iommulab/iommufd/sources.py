@@ -13,7 +13,7 @@ from ..errors import BadAddress, InvalidArgument
 from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct
 from ..sizes import PAGE_SHIFT
-from ..vfio.files import VfioFile, fput, get_file
+from ..syscall.file import File, fput, get_file
 
 __all__ = ["FileSource", "OtherFileSource", "UserSource"]
 
@@ -71,7 +71,7 @@ class OtherFileSource:
     ``iopt_alloc_file_pages`` takes any file): it maps while no domain or access needs
     its pages, and every pin is ``memfd_pin_folios``' EINVAL. The pages hold the file."""
 
-    file: VfioFile
+    file: File
     start: int
     is_file = True
 

@@ -31,7 +31,7 @@ from .iova_space import ULONG_MAX
 from .objects import Ioas
 
 if TYPE_CHECKING:
-    from ..machine import Process
+    from ..syscall.process import Process
     from .file import IommufdFile
 
 __all__ = ["COMPAT_IOCTLS", "vfio_compat_ioctl"]

@@ -38,10 +38,13 @@ from .files import EBADFD, _Arg, fput, get_file
 
 if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
-    from ..machine import Machine, PciDevice, Process
+    from ..pcidev import PciDevice
+    from ..syscall.devtable import DeviceTable
+    from ..syscall.host import Host
+    from ..syscall.process import Process
 
 __all__ = ["DEVICE_FILE_IOCTLS", "PT_IOCTLS", "DeviceCdev", "attach_pt", "bind_iommufd",
-           "cdev_devices", "detach_pt"]
+           "cdev_devices", "detach_pt", "open_cdev", "vfio_cdev_init"]
 
 #: ATTACH/DETACH_IOMMUFD_PT take VFIO_DEVICE_[AT|DE]TACH_PASID from this release on.
 PASID_RELEASE = (6, 15)
@@ -52,15 +55,33 @@ PASID_RELEASE = (6, 15)
 BIND_TOKEN_RELEASE = (6, 17)
 
 
-def cdev_devices(machine: Machine) -> list[PciDevice]:
+#: the device cdevs' major (``vfio_cdev_init``'s ``alloc_chrdev_region``: dynamic, the
+#: value a typical boot gives)
+CDEV_MAJOR = 237
+
+
+def cdev_devices(machine: Host) -> list[PciDevice]:
     """The devices with a cdev, in the order they were added (vfio0, vfio1, ...)."""
     return [d for d in machine.devices.values() if d.driver == "vfio-pci"]
+
+
+def open_cdev(proc: Process, path: str) -> DeviceCdev:
+    """``/dev/vfio/devices/vfio<N>``: ``vfio_device_fops_cdev_open``."""
+    m = proc.machine
+    return DeviceCdev(m, cdev_devices(m)[int(path.removeprefix("/dev/vfio/devices/vfio"))])
+
+
+def vfio_cdev_init(table: DeviceTable) -> None:
+    """``vfio_cdev_init``: the region of device nodes ``/dev/vfio/devices/vfio<N>``, one
+    per device bound to vfio-pci."""
+    table.cdev_add("/dev/vfio/devices/vfio", CDEV_MAJOR, open_cdev,
+                   lambda m, n: n < len(cdev_devices(m)))
 
 
 class DeviceCdev(VfioDeviceFile):
     """One open of a device cdev (``vfio_device_fops_cdev_open``): no access until bound."""
 
-    def __init__(self, machine: Machine, dev: PciDevice) -> None:
+    def __init__(self, machine: Host, dev: PciDevice) -> None:
         super().__init__(machine, vfio_device(machine, dev), None)
 
     def release(self) -> None:

@@ -26,7 +26,9 @@ from .pci_core import VfioPciCore
 if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
     from ..iommufd.objects import Device as IommufdDevice
-    from ..machine import Machine, PciDevice, Process
+    from ..pcidev import PciDevice
+    from ..syscall.host import Host
+    from ..syscall.process import Process
     from .files import GroupFile
 
 __all__ = ["VFIO_PCI_IOCTLS", "DeviceFile", "VfioDevice", "VfioDeviceFile", "vfio_device"]
@@ -36,7 +38,7 @@ IOMMU_NO_PASID = 0
 #: ``ida_alloc_range`` refuses an id that does not fit an int
 _INT_MAX = (1 << 31) - 1
 
-def vfio_device(machine: Machine, dev: PciDevice) -> VfioDevice:
+def vfio_device(machine: Host, dev: PciDevice) -> VfioDevice:
     """The ``struct vfio_device`` vfio-pci registered for ``dev``."""
     vdev = machine.vfio_devices.get(dev.bdf)
     if vdev is None:
@@ -333,7 +335,7 @@ class VfioDeviceFile(VfioFile):
     """``struct vfio_device_file`` and ``vfio_device_fops``: the file of a group's device
     fd (``group`` set) or of a device cdev (``group`` None)."""
 
-    def __init__(self, machine: Machine, vdev: VfioDevice, group: GroupFile | None) -> None:
+    def __init__(self, machine: Host, vdev: VfioDevice, group: GroupFile | None) -> None:
         machine.mem.fail_nth.check("kzalloc(vfio_device_file)")  # vfio_allocate_device_file
         self.machine = machine
         self.vdev = vdev

@@ -10,9 +10,8 @@ gives EFAULT.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from ..errors import (
     BadAddress,
@@ -29,18 +28,27 @@ from ..errors import (
 from ..iommu.domain import DomainType, IommuDomain
 from ..kernel import LINUX_7_0
 from ..mem.mm import access_ok
+from ..syscall.file import File, collect_cycles, fput, get_file
 from . import uapi as u
 from .type1 import Type1Report, VfioIommu, _ffs, check_range_7_0, type1_check_extension
 
 if TYPE_CHECKING:
     from ..iommufd.file import IommufdFile
-    from ..machine import Machine, Process
+    from ..syscall.devtable import DeviceTable
+    from ..syscall.host import Host
+    from ..syscall.process import Process
     from .device import VfioDevice
 
 EBADFD = 77
+#: VFIO_MINOR (include/linux/miscdevice.h)
+VFIO_MINOR = 196
 
-__all__ = ["CONTAINER_IOCTLS", "GROUP_IOCTLS", "Container", "GroupFile", "VfioFile", "fput",
-           "get_file", "open_vfio_path"]
+__all__ = ["CONTAINER_IOCTLS", "GROUP_IOCTLS", "Container", "GroupFile", "VfioFile",
+           "collect_cycles", "fput", "get_file", "open_container", "open_group", "vfio_init"]
+
+#: The open file (the syscall layer's :class:`~iommulab.syscall.file.File`), by the name
+#: the VFIO and iommufd code has always used for it.
+VfioFile = File
 
 
 class _Arg:
@@ -65,142 +73,51 @@ class _Arg:
             self.buf[offset:offset + len(data)] = data
 
 
-class VfioFile:
-    """An open file; ``ioctl`` dispatches, ``release`` is the last close (``refs`` counts
-    the fds pointing at it, in this process and in children that inherited it)."""
-
-    refs = 1
-
-    def ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
-        raise NotATty(f"ioctl {request:#x}: not supported by this file")
-
-    def mmap_region(self, length: int, offset: int, shared: bool = True) -> int:
-        raise NoDevice("mmap: this file cannot be mapped")
-
-    #: FMODE_PREAD | FMODE_PWRITE: the open of a character device sets them, an anon
-    #: inode's file (an eventfd) lacks them, so pread/pwrite on it are ESPIPE
-    positional = True
-
-    def read_fd(self, n: int) -> bytes:
-        """``vfs_read`` at the file position: EINVAL for a file with no ``read``
-        (FMODE_CAN_READ unset), as the container, group and iommufd files are."""
-        raise InvalidArgument("read: this file has no read operation")
-
-    def write_fd(self, data: bytes) -> int:
-        """``vfs_write``: EINVAL for a file with no ``write``."""
-        raise InvalidArgument("write: this file has no write operation")
-
-    def pread(self, n: int, pos: int) -> bytes:
-        """``vfs_read`` at ``pos``: EINVAL for a file with no ``read``."""
-        raise InvalidArgument("pread: this file has no read operation")
-
-    def pwrite(self, data: bytes, pos: int) -> int:
-        """``vfs_write`` at ``pos``: EINVAL for a file with no ``write``."""
-        raise InvalidArgument("pwrite: this file has no write operation")
-
-    def release(self) -> None:
-        """Nothing to undo."""
-
-    def holds(self) -> list[VfioFile]:
-        """The files this one holds a reference to, one entry per reference it took
-        (lab: what :func:`collect_cycles` follows). Listing fewer than it holds is safe
-        (the rest then looks held from outside); listing more is not."""
-        return []
-
-    def collect(self) -> None:
-        """Drop what this file holds, as its release will, for a file that only files it
-        holds (directly or not) still hold (lab: :func:`collect_cycles`)."""
+#: the group nodes' major (``vfio_group_init``'s ``alloc_chrdev_region``: dynamic, the
+#: value a typical boot gives)
+GROUP_MAJOR = 243
 
 
-VfioFileT = TypeVar("VfioFileT", bound=VfioFile)
+def open_container(proc: Process, path: str) -> VfioFile:
+    """``/dev/vfio/vfio``: ``vfio_fops_open``, a new container."""
+    return Container(proc.machine)
 
 
-def get_file(f: VfioFileT) -> VfioFileT:
-    """``get_file``: one more reference to ``f``, for an fd a fork copies (``dup_fd``) or
-    where the kernel keeps ``f`` open whatever the process closes (a bound device its
-    iommufd, a group its iommufd, a device its group)."""
-    f.refs += 1
-    return f
+def _group_present(m: Host, group_id: int) -> bool:
+    """``/dev/vfio/<group>`` exists once a device of the group is bound to vfio-pci
+    (``vfio_group_find_or_alloc`` at its probe)."""
+    return any(d.driver == "vfio-pci" for d in m.group_devices(group_id))
 
 
-def fput(f: VfioFile) -> None:
-    """``fput``: drop such a reference (``close`` drops its fd's); the last one releases
-    the file, another may leave it held only from inside a cycle
-    (:func:`collect_cycles`)."""
-    f.refs -= 1
-    if not f.refs:
-        f.release()
-    else:
-        collect_cycles(f)
-
-
-def collect_cycles(f: VfioFile) -> None:
-    """Lab: collect the files nothing outside holds any more, now that ``f`` lost a
-    reference, as the kernel does not. 7.0's IOMMU_IOAS_MAP_FILE lets an iommufd's pages
-    hold any file (``iopt_alloc_file_pages``: ``get_file``), the iommufd itself or one
-    that holds it (a cdev bound to it, a group set to it, a selftest access); once the
-    process closes its fds, each holds the other and neither is ever released, a
-    kernel leak the model does not keep. Every file ``f`` reaches through
-    :meth:`VfioFile.holds` whose ``refs`` all come from there, and that no file held from
-    outside reaches, is garbage: each is told to :meth:`~VfioFile.collect`, and the
-    references it drops release the rest. O(files reachable from ``f`` and what they
-    hold); nothing for a file that holds nothing."""
-    if not f.holds():
-        return
-    nodes: dict[int, VfioFile] = {id(f): f}
-    inbound: Counter[int] = Counter()
-    todo = [f]
-    while todo:
-        for g in todo.pop().holds():
-            inbound[id(g)] += 1
-            if id(g) not in nodes:
-                nodes[id(g)] = g
-                todo.append(g)
-    live = [n for n in nodes.values() if n.refs > inbound[id(n)]]
-    reached = {id(n) for n in live}
-    while live:
-        for g in live.pop().holds():
-            if id(g) not in reached:
-                reached.add(id(g))
-                live.append(g)
-    for key, node in nodes.items():
-        if key not in reached:
-            node.collect()
-
-
-def open_vfio_path(proc: Process, path: str) -> VfioFile:
-    """``/dev/vfio/vfio`` (a new container), ``/dev/vfio/<group>`` or a device cdev
-    ``/dev/vfio/devices/vfio<N>``."""
+def open_group(proc: Process, path: str) -> VfioFile:
+    """``/dev/vfio/<group>``: ``vfio_group_fops_open``."""
     m = proc.machine
     name = path.removeprefix("/dev/vfio/")
-    if name == "vfio":
-        if m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"]:
-            from ..iommufd.file import IommufdFile
-            return IommufdFile(m, vfio_container=True)
-        return Container(m)
-    if name.startswith("devices/vfio") and name[12:].isdigit():
-        from .cdev import DeviceCdev, cdev_devices
-        devices = cdev_devices(m)
-        if int(name[12:]) < len(devices):
-            return DeviceCdev(m, devices[int(name[12:])])
-    if name.isdigit() and m.group_devices(int(name)):
-        group_id = int(name)
-        devices = m.group_devices(group_id)
-        if any(d.driver != "vfio-pci" for d in devices):
-            raise NoEntry(f"open: {path}: the group's devices are not bound to vfio-pci")
-        # vfio_group_fops_open: EBUSY while a cdev of one of its devices is bound
-        # (cdev_device_open_cnt), then while the group is open
-        bound = [vd.dev.bdf for vd in _vfio_devices(m, group_id) if vd.cdev_opened]
-        if bound:
-            raise Busy(f"open: {path}: the cdev of {', '.join(bound)} is bound to an iommufd")
-        if group_id in m.open_groups:
-            raise Busy(f"open: {path}: the group is already open")
-        m.open_groups.add(group_id)
-        return GroupFile(m, group_id)
-    raise NoEntry(f"open: {path}: No such file or directory")
+    group_id = int(name)
+    devices = m.group_devices(group_id)
+    if any(d.driver != "vfio-pci" for d in devices):
+        raise NoEntry(f"open: {path}: the group's devices are not bound to vfio-pci")
+    # vfio_group_fops_open: EBUSY while a cdev of one of its devices is bound
+    # (cdev_device_open_cnt), then while the group is open
+    bound = [vd.dev.bdf for vd in _vfio_devices(m, group_id) if vd.cdev_opened]
+    if bound:
+        raise Busy(f"open: {path}: the cdev of {', '.join(bound)} is bound to an iommufd")
+    if group_id in m.open_groups:
+        raise Busy(f"open: {path}: the group is already open")
+    m.open_groups.add(group_id)
+    return GroupFile(m, group_id)
 
 
-def _vfio_devices(m: Machine, group_id: int) -> list[VfioDevice]:
+def vfio_init(table: DeviceTable) -> None:
+    """VFIO's ``module_init`` (``vfio_init``): ``/dev/vfio/vfio``, the type1 container,
+    unless CONFIG_IOMMUFD_VFIO_CONTAINER has iommufd provide it (container.c is then not
+    built), and the region of group nodes ``/dev/vfio/<group>``."""
+    table.misc_register("/dev/vfio/vfio", VFIO_MINOR, open_container,
+                        present=lambda m, minor: not m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"])
+    table.cdev_add("/dev/vfio/", GROUP_MAJOR, open_group, _group_present)
+
+
+def _vfio_devices(m: Host, group_id: int) -> list[VfioDevice]:
     """The ``struct vfio_device`` of each device of the group that has been opened."""
     return [vd for d in m.group_devices(group_id) if (vd := m.vfio_devices.get(d.bdf))]
 
@@ -208,7 +125,7 @@ def _vfio_devices(m: Machine, group_id: int) -> list[VfioDevice]:
 class Container(VfioFile):
     """``struct vfio_container``: groups, and the type1 IOMMU once SET_IOMMU ran."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Host) -> None:
         machine.mem.fail_nth.check("kzalloc(vfio_container)")  # vfio_fops_open
         self.machine = machine
         self.groups: list[GroupFile] = []
@@ -474,7 +391,7 @@ class GroupFile(VfioFile):
     """``/dev/vfio/<group>``. ``devices_open`` counts the devices using its container
     (``container_users`` - 1); each holds the group file open."""
 
-    def __init__(self, machine: Machine, group_id: int) -> None:
+    def __init__(self, machine: Host, group_id: int) -> None:
         self.machine = machine
         self.id = group_id
         self.container: Container | None = None

@@ -15,7 +15,8 @@ from .pci_config import VfioPciConfig
 from .pci_irq import VfioPciIrqs, get_irq_info, set_irqs
 
 if TYPE_CHECKING:
-    from ..machine import PciDevice, Process
+    from ..pcidev import PciDevice
+    from ..syscall.process import Process
     from .files import _Arg
 
 __all__ = ["VfioPciCore"]

@@ -29,7 +29,8 @@ from ..pcihw import (
 from . import uapi as u
 
 if TYPE_CHECKING:
-    from ..machine import PciDevice, Process
+    from ..pcidev import PciDevice
+    from ..syscall.process import Process
     from .files import _Arg
     from .pci_config import VfioPciConfig
 
