@@ -40,9 +40,10 @@ class EventFdCtx:
         self.waiters: list[Waiter] = []  # wqh
 
     def _check(self) -> None:
-        """Invariants (tests only): a u64 counter below ULLONG_MAX, no negative kref,
+        """Invariants (tests only): a u64 counter (ULLONG_MAX is reachable only by
+        ``eventfd_signal``, the overflow poll reports as EPOLLERR), no negative kref,
         nobody waiting on a context nobody holds."""
-        assert 0 <= self.count < _ULLONG_MAX and self.kref >= 0
+        assert 0 <= self.count <= _ULLONG_MAX and self.kref >= 0
         assert self.kref or not self.waiters
 
     def _wake(self, flags: int) -> None:
