@@ -14,6 +14,7 @@ import pytest
 
 from iommulab.machine import Machine
 from iommulab.testing import leak_snapshot
+from iommulab.testing.kselftest import find_source
 
 from ..failnth.kernel_sequences import SEQUENCES, run_fail_nth
 from .kselftest_fail_nth import (
@@ -21,7 +22,6 @@ from .kselftest_fail_nth import (
     TESTS,
     build_fail_nth,
     run_fail_nth_exec,
-    source_tree,
 )
 
 
@@ -38,7 +38,7 @@ def fail_nth_exe(tmp_path_factory: pytest.TempPathFactory, bridge_ok: None) -> P
 
 def test_the_tests_are_the_sequences(fail_nth_exe: Path) -> None:
     """The C file's TEST_FAIL_NTHs are the seven the Python replays, in its order."""
-    text = (source_tree(fail_nth_exe.parent) / SELFTEST).read_text()
+    text = (find_source() / SELFTEST).read_text()
     names = re.findall(r"^TEST_FAIL_NTH\(basic_fail_nth, (\w+)\)", text, re.M)
     assert tuple(names) == TESTS
     assert tuple(s.name for s in SEQUENCES) == TESTS

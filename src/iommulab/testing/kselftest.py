@@ -37,6 +37,7 @@ EXTRACTED = Path(f"/work/linux/{TREE}")
 #: What the selftest's build reads, relative to the top of the tree.
 SELFTEST_FILES = (
     "tools/testing/selftests/iommu/iommufd.c",
+    "tools/testing/selftests/iommu/iommufd_fail_nth.c",
     "tools/testing/selftests/iommu/iommufd_utils.h",
     "tools/testing/selftests/iommu/Makefile",
     "tools/testing/selftests/kselftest_harness.h",
@@ -141,16 +142,17 @@ def selftest_cflags(khdr_includes: Path, *, compat: bool = False) -> list[str]:
 
 
 def build_selftest(out: Path, *, top: Path | None = None, static: bool = False,
-                   cc: str | None = None) -> Path:
-    """Compile ``iommufd`` into ``out`` (``out/iommufd``), rebuilt only when missing."""
+                   cc: str | None = None, name: str = "iommufd") -> Path:
+    """Compile the selftest ``name`` (``iommufd`` or ``iommufd_fail_nth``) into
+    ``out/name``, rebuilt only when missing or older than its source."""
     top = top or find_source()
     gcc = cc or shutil.which("gcc")
     if gcc is None:
         raise FileNotFoundError("gcc is not installed")
     out.mkdir(parents=True, exist_ok=True)
     inc = install_headers(top, out)
-    exe = out / ("iommufd-static" if static else "iommufd")
-    src = top / "tools/testing/selftests/iommu/iommufd.c"
+    exe = out / (name + ("-static" if static else ""))
+    src = top / f"tools/testing/selftests/iommu/{name}.c"
     if not exe.is_file() or exe.stat().st_mtime < max(src.stat().st_mtime,
                                                       COMPAT_HEADER.stat().st_mtime):
         cmd = [gcc, *selftest_cflags(inc, compat=needs_compat(top)),
