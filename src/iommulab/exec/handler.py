@@ -179,16 +179,22 @@ def _memlock(pid: int) -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def _ppid(pid: int) -> int:
-    """The parent of ``pid`` (0 when it is gone)."""
+def _status_field(pid: int, name: bytes) -> int | None:
+    """The number after ``name`` (``b"PPid:"``, ``b"Tgid:"``) in ``/proc/PID/status``;
+    None when the process is gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"PPid:"):
+                if line.startswith(name):
                     return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return None
+
+
+def _ppid(pid: int) -> int:
+    """The parent of ``pid`` (0 when it is gone)."""
+    return _status_field(pid, b"PPid:") or 0
 
 
 def _creds(pid: int) -> tuple[int, int]:
@@ -379,14 +385,8 @@ class ModelHandler(Handler):
         return os.path.exists(f"/proc/{tid}/status")
 
     def _pid_of(self, tid: int, default: int) -> int:
-        try:
-            with open(f"/proc/{tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Tgid:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return default
+        tgid = _status_field(tid, b"Tgid:")
+        return default if tgid is None else tgid
 
     def _ioctl(self, pid: int, handle: object, request: int, arg: int,
                mem: TargetMemory) -> int:
@@ -478,17 +478,7 @@ class ModelHandler(Handler):
         if isinstance(handle, DebugfsFile):
             return handle.read(mem, buf, count, offset)
         assert isinstance(handle, ModelFile)
-        proc = self._proc(pid, mem.tid)
-        proc.new_call(mem.tid)
-        if self.log is None or not isinstance(handle.file, VfioDeviceFile):
-            return read_file(handle.file, handle.flags, buf, count, offset, mem)
-        try:
-            done = read_file(handle.file, handle.flags, buf, count, offset, mem)
-        except OSError as e:
-            self.log.record_rw(pid, offset, False, 0, e.errno or 0)
-            raise
-        self.log.record_rw(pid, offset, False, done, 0)
-        return done
+        return self._rw(pid, handle, buf, count, offset, mem, write=False)
 
     def write(self, pid: int, handle: object, buf: int, count: int, offset: int,
               mem: TargetMemory) -> int | Continue:
@@ -502,16 +492,23 @@ class ModelHandler(Handler):
         if isinstance(handle, DebugfsFile):
             return handle.write(mem, buf, count)
         assert isinstance(handle, ModelFile)
+        return self._rw(pid, handle, buf, count, offset, mem, write=True)
+
+    def _rw(self, pid: int, handle: ModelFile, buf: int, count: int, offset: int,
+            mem: TargetMemory, *, write: bool) -> int:
+        """A model file's read or write (:mod:`.devrw`), a device's logged for the
+        report with its outcome."""
         proc = self._proc(pid, mem.tid)
         proc.new_call(mem.tid)
+        rw = write_file if write else read_file
         if self.log is None or not isinstance(handle.file, VfioDeviceFile):
-            return write_file(handle.file, handle.flags, buf, count, offset, mem)
+            return rw(handle.file, handle.flags, buf, count, offset, mem)
         try:
-            done = write_file(handle.file, handle.flags, buf, count, offset, mem)
+            done = rw(handle.file, handle.flags, buf, count, offset, mem)
         except OSError as e:
-            self.log.record_rw(pid, offset, True, 0, e.errno or 0)
+            self.log.record_rw(pid, offset, write, 0, e.errno or 0)
             raise
-        self.log.record_rw(pid, offset, True, done, 0)
+        self.log.record_rw(pid, offset, write, done, 0)
         return done
 
     def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
