@@ -53,7 +53,7 @@ class _Repr:
     def __eq__(self, other: Any) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return bytes(cast(Any, self)) == bytes(other)
+        return bytes(cast(Any, self)) == bytes(cast(Any, other))
 
     __hash__ = None  # type: ignore[assignment]  # mutable, as ctypes objects are
 
