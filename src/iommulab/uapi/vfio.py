@@ -56,7 +56,8 @@ VFIO_SPAPR_TCE_IOMMU = 2
 VFIO_TYPE1v2_IOMMU = 3
 VFIO_DMA_CC_IOMMU = 4
 VFIO_EEH = 5
-__VFIO_RESERVED_TYPE1_NESTING_IOMMU = 6
+VFIO_TYPE1_NESTING_IOMMU = 6  # 6.12's name; 7.0 reserves the number (opened as v2)
+__VFIO_RESERVED_TYPE1_NESTING_IOMMU = 6  # 7.0's name
 VFIO_SPAPR_TCE_v2_IOMMU = 7
 VFIO_NOIOMMU_IOMMU = 8
 VFIO_UNMAP_ALL = 9
@@ -467,6 +468,7 @@ class vfio_iommu_type1_dirty_bitmap_get(UapiStruct):
 
 #: Names here that 6.12's header lacks (7.0 has them): structs, ``struct.member``s, constants.
 NOT_IN_6_12 = frozenset({
+    "__VFIO_RESERVED_TYPE1_NESTING_IOMMU",
     "vfio_device_bind_iommufd.token_uuid_ptr",
     "vfio_device_attach_iommufd_pt.pasid",
     "vfio_device_detach_iommufd_pt.pasid",
