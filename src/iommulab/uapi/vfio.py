@@ -37,18 +37,20 @@ VFIO_DEVICE_GET_REGION_INFO = _io(8)
 VFIO_DEVICE_GET_IRQ_INFO = _io(9)
 VFIO_DEVICE_SET_IRQS = _io(10)
 VFIO_DEVICE_RESET = _io(11)
-VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)  # on a device fd; VFIO_IOMMU_GET_INFO's number
 VFIO_IOMMU_GET_INFO = _io(12)
-VFIO_DEVICE_PCI_HOT_RESET = _io(13)  # on a device fd; VFIO_IOMMU_MAP_DMA's number
 VFIO_IOMMU_MAP_DMA = _io(13)
 VFIO_IOMMU_UNMAP_DMA = _io(14)
-VFIO_DEVICE_QUERY_GFX_PLANE = _io(14)  # on a device fd (not modelled)
 VFIO_DEVICE_IOEVENTFD = _io(16)  # on a device fd (not modelled)
-VFIO_DEVICE_FEATURE = _io(17)  # on a device fd (not modelled: the model answers ENOTTY)
 VFIO_IOMMU_DIRTY_PAGES = _io(17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(20)
+# on a device fd, the numbers of container requests (after them, so a table keyed by
+# number built from this module keeps the container's names)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)
+VFIO_DEVICE_PCI_HOT_RESET = _io(13)
+VFIO_DEVICE_QUERY_GFX_PLANE = _io(14)  # not modelled
+VFIO_DEVICE_FEATURE = _io(17)  # not modelled: the model answers ENOTTY
 
 # ---- VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU ------------------------------------------------
 VFIO_TYPE1_IOMMU = 1
