@@ -261,3 +261,12 @@ def test_internal_tables_use_the_typed_module() -> None:
     assert derived.format == internal_vfio.DMA_MAP.format
     minsz = offsetofend(vfio.vfio_iommu_type1_info, "iova_pgsizes")
     assert minsz == internal_vfio.IOMMU_INFO_MINSZ == 16
+
+
+def test_sized_fills_the_size_member() -> None:
+    cmd = iommufd.iommu_ioas_map.sized(ioas_id=3, length=4096)
+    assert (cmd.size, cmd.ioas_id, cmd.length, cmd.iova) == (40, 3, 4096, 0)
+    assert vfio.vfio_iommu_type1_dma_map.sized(size=8).argsz == 32
+    assert iommufd.iommu_ioas_map.from_buffer_copy(bytes(cmd)) == cmd
+    with pytest.raises(TypeError):
+        vfio.vfio_iova_range.sized()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Any, cast
+from typing import Any, Self, cast
 
 __all__ = ["UapiStruct", "UapiUnion", "field_names", "ioc_io", "offsetofend", "struct_layout"]
 
@@ -114,8 +114,18 @@ class UapiStruct(_Repr, ctypes.Structure):
     """A ctypes ``Structure`` laid out as the x86_64 C compiler lays out the header's
     struct (natural alignment; ``__aligned_u64`` is 8-aligned there as ``__u64`` is).
 
-    ``bytes(s)`` is the argument for ``fcntl.ioctl``; ``cls.from_buffer_copy(b)`` reads
-    one back; :func:`offsetofend` gives a ``minsz``."""
+    The object itself is a writable buffer, so ``fcntl.ioctl(fd, req, s)`` fills it in
+    place; ``bytes(s)`` and ``cls.from_buffer_copy(b)`` convert; :func:`offsetofend`
+    gives a ``minsz``."""
+
+    @classmethod
+    def sized(cls, **fields: Any) -> Self:
+        """The struct with ``fields`` set and its leading size member (iommufd's
+        ``size``, VFIO's ``argsz``) set to ``sizeof(cls)``, as callers of the kernel do."""
+        first = cls._fields_[0][0]
+        if first not in ("size", "argsz"):
+            raise TypeError(f"{cls.__name__} has no leading size member")
+        return cls(**{first: ctypes.sizeof(cls), **fields})
 
 
 class UapiUnion(_Repr, ctypes.Union):
