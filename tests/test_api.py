@@ -141,6 +141,18 @@ def test_iommufd_selftest_helpers_on_the_model() -> None:
     assert_groups_released(m)
 
 
+def test_objects_built_from_one_process_share_its_kernel() -> None:
+    m = Machine("mock", ram="256M")
+    p = m.spawn_process(memlock_limit="16M")
+    a, b = Iommufd.open(p), Iommufd.open(p)
+    assert a.kernel is b.kernel and isinstance(a.kernel, ModelKernel)
+    a.ioas_alloc()
+    b.ioas_alloc()
+    assert [req for req, _ in a.kernel.calls] == [iu.IOMMU_IOAS_ALLOC] * 2
+    assert isinstance(Iommufd(a.fd).kernel, RealKernel)  # an fd alone: the running kernel
+    p.exit()
+
+
 def test_dirty_tracking_on_the_model() -> None:
     """SMMUv3 tracks dirty pages (4K granule: the lab's split); QEMU's VT-d unit does not
     and refuses a dirty-tracking HWPT."""

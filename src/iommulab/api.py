@@ -19,6 +19,7 @@ import errno
 import fcntl
 import mmap
 import os
+import weakref
 from ctypes import sizeof
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
@@ -155,13 +156,23 @@ class ModelKernel(Kernel):
 
 
 def kernel_of(backend: Kernel | Process | None) -> Kernel:
-    """A :class:`Kernel` for ``backend``: None is the running kernel, a model process
-    its :class:`ModelKernel`."""
+    """A :class:`Kernel` for ``backend``: None is the running kernel (a new
+    :class:`RealKernel`), a model process its :class:`ModelKernel` (the same one for
+    every object built from that process)."""
     if backend is None:
         return RealKernel()
     if isinstance(backend, Kernel):
         return backend
-    return ModelKernel(backend)
+    kernel = _MODEL_KERNELS.get(id(backend))
+    if kernel is None or kernel.proc is not backend:
+        kernel = _MODEL_KERNELS[id(backend)] = ModelKernel(backend)
+    return kernel
+
+
+#: the ModelKernel of each process some API object still uses, so that the objects built
+#: from one process share one ``calls`` log (an entry goes with its last user; while it
+#: lives it holds the process, so the id is that process's)
+_MODEL_KERNELS: weakref.WeakValueDictionary[int, ModelKernel] = weakref.WeakValueDictionary()
 
 
 class _Fd:
