@@ -51,6 +51,8 @@ PUBLIC = {
                               "find_device", "minimize", "random_config", "render", "replay",
                               "run_sequence"},
     "iommulab.report": {"format_size", "format_table"},
+    "iommulab.uapi": {"UapiStruct", "UapiUnion", "field_names", "ioc_io", "iommufd",
+                      "offsetofend", "struct_layout", "vfio"},
 }
 
 

@@ -25,7 +25,8 @@ import pytest
 
 from iommulab.iommufd import uapi as internal_iommufd
 from iommulab.testing import kselftest
-from iommulab.uapi import UapiStruct, field_names, iommufd, offsetofend, vfio
+from iommulab.uapi import UapiStruct, field_names, iommufd, offsetofend, struct_layout, vfio
+from iommulab.vfio import uapi as internal_vfio
 
 MODULES = {"linux/vfio.h": vfio, "linux/iommufd.h": iommufd}
 
@@ -210,10 +211,53 @@ def test_every_struct_is_listed(mod: ModuleType) -> None:
     assert defined == set(mod.STRUCTS)
 
 
-def test_internal_layouts_agree() -> None:
-    """The model's ``struct.Struct`` tables have the size of the typed structs."""
-    pairs = [
-        (internal_iommufd.COMMANDS[iommufd.IOMMU_IOAS_MAP].layout, iommufd.iommu_ioas_map),
-    ]
-    for layout, struct in pairs:
-        assert layout.size == ctypes.sizeof(struct), struct.__name__
+def _flat(obj: Any) -> list[Any]:
+    """A ctypes value's members in ``struct_layout`` order: nested structs flattened, a
+    union as its first member, ``__u8`` arrays as bytes, other arrays item by item."""
+    if isinstance(obj, int):
+        return [obj]
+    if isinstance(obj, ctypes.Array):
+        if obj._type_ is ctypes.c_uint8:
+            return [bytes(obj)] if len(obj) else []
+        return [v for item in obj for v in _flat(item)]
+    if isinstance(obj, ctypes.Union):
+        return _flat(getattr(obj, obj._fields_[0][0]))
+    return [v for name, *_ in obj._fields_ for v in _flat(getattr(obj, name))]
+
+
+def test_struct_layout_matches_ctypes() -> None:
+    """:func:`struct_layout` (what the model's handlers unpack with) puts each member
+    where ctypes (checked against the header above) has it: distinct values packed by
+    position read back from the same members of the ctypes struct."""
+    for mod in MODULES.values():
+        for struct in structs(mod):
+            layout = struct_layout(struct)
+            assert layout.size == ctypes.sizeof(struct), struct.__name__
+            values = [bytes(range(n + 1, n + 1 + len(item))) if isinstance(item, bytes)
+                      else n + 1 for n, item in enumerate(layout.unpack(bytes(layout.size)))]
+            packed = layout.pack(*values)
+            assert _flat(struct.from_buffer_copy(packed)) == values, struct.__name__
+
+
+def test_shorter_layouts_end_at_the_member() -> None:
+    assert struct_layout(vfio.vfio_device_bind_iommufd, "out_devid").size == 16
+    assert struct_layout(iommufd.iommu_hw_info, "out_data_type").size == 28
+    with pytest.raises(KeyError):
+        struct_layout(vfio.vfio_group_status, "nope")
+
+
+def test_internal_tables_use_the_typed_module() -> None:
+    """The model's request numbers are the typed module's objects (defined once) and its
+    layouts are derived from the typed structs."""
+    assert internal_iommufd.IOMMU_IOAS_MAP is iommufd.IOMMU_IOAS_MAP
+    assert internal_vfio.VFIO_IOMMU_MAP_DMA is vfio.VFIO_IOMMU_MAP_DMA
+    for cmd in internal_iommufd.COMMANDS.values():
+        assert cmd.request == getattr(iommufd, cmd.name)
+        typed = getattr(iommufd, "iommu_" + cmd.name.removeprefix("IOMMU_").lower(), None)
+        if typed is not None:
+            assert cmd.layout.size == ctypes.sizeof(typed), cmd.name
+            assert cmd.min_size <= cmd.layout.size
+    derived = struct_layout(vfio.vfio_iommu_type1_dma_map)
+    assert derived.format == internal_vfio.DMA_MAP.format
+    minsz = offsetofend(vfio.vfio_iommu_type1_info, "iova_pgsizes")
+    assert minsz == internal_vfio.IOMMU_INFO_MINSZ == 16

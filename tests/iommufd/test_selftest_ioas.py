@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from iommulab.iommufd import uapi as u
+from iommulab.uapi import ioc_io
 
 from ..helpers import expect_errno
 from .selftest_lib import (
@@ -46,7 +47,7 @@ def test_simple_close(t: Selftest) -> None:
 def test_cmd_fail(t: Selftest) -> None:
     expect_errno(errno.ENOENT, t.destroy, 0)
     expect_errno(errno.EFAULT, t.p.ioctl, t.fd, u.IOMMU_DESTROY, 0)  # NULL argument
-    expect_errno(errno.ENOTTY, t.p.ioctl, t.fd, u._io(0x7F), bytearray(8))
+    expect_errno(errno.ENOTTY, t.p.ioctl, t.fd, ioc_io(u.IOMMUFD_TYPE, 0x7F), bytearray(8))
 
 
 _CMDS = [u.COMMANDS[r] for r in sorted(u.COMMANDS)]

@@ -160,7 +160,7 @@ def parse_info(buf: bytes, argsz_in: int) -> dict[str, Any]:
             cid, ver, nxt = u.CAP_HEADER.unpack_from(buf, off)
             cap: dict[str, Any] = {"id": cid, "version": ver, "next": nxt}
             if cid == u.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
-                _, _, _, fl, _, pg, mx = u.CAP_MIGRATION.unpack_from(buf, off)
+                _, _, _, fl, pg, mx = u.CAP_MIGRATION.unpack_from(buf, off)
                 cap.update(name="MIGRATION", flags=fl, pgsize_bitmap=pg,
                            max_dirty_bitmap_size=mx)
             elif cid == u.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:

@@ -20,96 +20,137 @@ from typing import Any
 
 from ..errors import BadAddress, InvalidArgument, TooBig
 from ..kernel import LINUX_6_12, LINUX_7_0, KernelVersion
+from ..uapi import iommufd as _h
+from ..uapi._base import ioc_io, struct_layout
+from ..uapi.iommufd import (  # the numbers, flags and enums: defined once, there
+    IOMMU_DESTROY,
+    IOMMU_FAULT_QUEUE_ALLOC,
+    IOMMU_GET_HW_INFO,
+    IOMMU_HW_CAP_DIRTY_TRACKING,
+    IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED,
+    IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+    IOMMU_HW_INFO_TYPE_ARM_SMMUV3,
+    IOMMU_HW_INFO_TYPE_DEFAULT,
+    IOMMU_HW_INFO_TYPE_INTEL_VTD,
+    IOMMU_HW_INFO_TYPE_NONE,
+    IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17,
+    IOMMU_HWPT_ALLOC,
+    IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+    IOMMU_HWPT_ALLOC_NEST_PARENT,
+    IOMMU_HWPT_ALLOC_PASID,
+    IOMMU_HWPT_DATA_NONE,
+    IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
+    IOMMU_HWPT_FAULT_ID_VALID,
+    IOMMU_HWPT_GET_DIRTY_BITMAP,
+    IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+    IOMMU_HWPT_INVALIDATE,
+    IOMMU_HWPT_SET_DIRTY_TRACKING,
+    IOMMU_IOAS_ALLOC,
+    IOMMU_IOAS_ALLOW_IOVAS,
+    IOMMU_IOAS_CHANGE_PROCESS,
+    IOMMU_IOAS_COPY,
+    IOMMU_IOAS_IOVA_RANGES,
+    IOMMU_IOAS_MAP,
+    IOMMU_IOAS_MAP_FILE,
+    IOMMU_IOAS_MAP_FIXED_IOVA,
+    IOMMU_IOAS_MAP_READABLE,
+    IOMMU_IOAS_MAP_WRITEABLE,
+    IOMMU_IOAS_UNMAP,
+    IOMMU_OPTION,
+    IOMMU_OPTION_HUGE_PAGES,
+    IOMMU_OPTION_OP_GET,
+    IOMMU_OPTION_OP_SET,
+    IOMMU_OPTION_RLIMIT_MODE,
+    IOMMU_VDEVICE_ALLOC,
+    IOMMU_VEVENTQ_ALLOC,
+    IOMMU_VFIO_IOAS,
+    IOMMU_VFIO_IOAS_CLEAR,
+    IOMMU_VFIO_IOAS_GET,
+    IOMMU_VFIO_IOAS_SET,
+    IOMMU_VIOMMU_ALLOC,
+    IOMMUFD_TYPE,
+)
 
-__all__ = [
+__all__ = [  # and the header names imported above
     "COMMANDS",
     "IOMMUFD_TYPE",
+    "IOMMU_DESTROY",
+    "IOMMU_FAULT_QUEUE_ALLOC",
+    "IOMMU_GET_HW_INFO",
+    "IOMMU_HWPT_ALLOC",
+    "IOMMU_HWPT_ALLOC_DIRTY_TRACKING",
+    "IOMMU_HWPT_ALLOC_NEST_PARENT",
+    "IOMMU_HWPT_ALLOC_PASID",
+    "IOMMU_HWPT_DATA_NONE",
+    "IOMMU_HWPT_DIRTY_TRACKING_ENABLE",
+    "IOMMU_HWPT_FAULT_ID_VALID",
+    "IOMMU_HWPT_GET_DIRTY_BITMAP",
+    "IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR",
+    "IOMMU_HWPT_INVALIDATE",
+    "IOMMU_HWPT_SET_DIRTY_TRACKING",
+    "IOMMU_HW_CAP_DIRTY_TRACKING",
+    "IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED",
+    "IOMMU_HW_INFO_FLAG_INPUT_TYPE",
+    "IOMMU_HW_INFO_TYPE_ARM_SMMUV3",
+    "IOMMU_HW_INFO_TYPE_DEFAULT",
+    "IOMMU_HW_INFO_TYPE_INTEL_VTD",
+    "IOMMU_HW_INFO_TYPE_NONE",
+    "IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17",
+    "IOMMU_IOAS_ALLOC",
+    "IOMMU_IOAS_ALLOW_IOVAS",
+    "IOMMU_IOAS_CHANGE_PROCESS",
+    "IOMMU_IOAS_COPY",
+    "IOMMU_IOAS_IOVA_RANGES",
+    "IOMMU_IOAS_MAP",
+    "IOMMU_IOAS_MAP_FILE",
+    "IOMMU_IOAS_MAP_FIXED_IOVA",
+    "IOMMU_IOAS_MAP_READABLE",
+    "IOMMU_IOAS_MAP_WRITEABLE",
+    "IOMMU_IOAS_UNMAP",
+    "IOMMU_OPTION",
+    "IOMMU_OPTION_HUGE_PAGES",
+    "IOMMU_OPTION_OP_GET",
+    "IOMMU_OPTION_OP_SET",
+    "IOMMU_OPTION_RLIMIT_MODE",
+    "IOMMU_VDEVICE_ALLOC",
+    "IOMMU_VEVENTQ_ALLOC",
+    "IOMMU_VFIO_IOAS",
+    "IOMMU_VFIO_IOAS_CLEAR",
+    "IOMMU_VFIO_IOAS_GET",
+    "IOMMU_VFIO_IOAS_SET",
+    "IOMMU_VIOMMU_ALLOC",
     "Command",
     "command",
     "read_ucmd",
     "respond",
 ]
 
-IOMMUFD_TYPE = ord(";")
-
-
-def _io(nr: int) -> int:
-    """``_IO(IOMMUFD_TYPE, nr)``."""
-    return IOMMUFD_TYPE << 8 | nr
-
-
-IOMMU_DESTROY = _io(0x80)
-IOMMU_IOAS_ALLOC = _io(0x81)
-IOMMU_IOAS_ALLOW_IOVAS = _io(0x82)
-IOMMU_IOAS_COPY = _io(0x83)
-IOMMU_IOAS_IOVA_RANGES = _io(0x84)
-IOMMU_IOAS_MAP = _io(0x85)
-IOMMU_IOAS_UNMAP = _io(0x86)
-IOMMU_OPTION = _io(0x87)
-IOMMU_VFIO_IOAS = _io(0x88)
-IOMMU_HWPT_ALLOC = _io(0x89)
-IOMMU_GET_HW_INFO = _io(0x8A)
-IOMMU_HWPT_SET_DIRTY_TRACKING = _io(0x8B)
-IOMMU_HWPT_GET_DIRTY_BITMAP = _io(0x8C)
-IOMMU_HWPT_INVALIDATE = _io(0x8D)
-IOMMU_FAULT_QUEUE_ALLOC = _io(0x8E)
-IOMMU_IOAS_MAP_FILE = _io(0x8F)
-IOMMU_VIOMMU_ALLOC = _io(0x90)
-IOMMU_VDEVICE_ALLOC = _io(0x91)
-IOMMU_IOAS_CHANGE_PROCESS = _io(0x92)
-IOMMU_VEVENTQ_ALLOC = _io(0x93)
-IOMMU_TEST_CMD = _io(0x80 + 32)  # iommufd_test.h: IOMMUFD_CMD_BASE + 32 (CONFIG_IOMMUFD_TEST)
-
-# flags and enums
-IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
-IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
-IOMMU_IOAS_MAP_READABLE = 1 << 2
-IOMMU_OPTION_RLIMIT_MODE = 0
-IOMMU_OPTION_HUGE_PAGES = 1
-IOMMU_OPTION_OP_SET = 0
-IOMMU_OPTION_OP_GET = 1
-IOMMU_VFIO_IOAS_GET = 0
-IOMMU_VFIO_IOAS_SET = 1
-IOMMU_VFIO_IOAS_CLEAR = 2
-IOMMU_HWPT_ALLOC_NEST_PARENT = 1 << 0
-IOMMU_HWPT_ALLOC_DIRTY_TRACKING = 1 << 1
-IOMMU_HWPT_FAULT_ID_VALID = 1 << 2
-IOMMU_HWPT_ALLOC_PASID = 1 << 3
-IOMMU_HWPT_DATA_NONE = 0
-IOMMU_HW_INFO_TYPE_NONE = 0
-IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
-IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2
+IOMMU_TEST_CMD = ioc_io(IOMMUFD_TYPE, 0x80 + 32)  # iommufd_test.h: IOMMUFD_CMD_BASE + 32
 IOMMU_HW_INFO_TYPE_SELFTEST = 0xFEEDBEEF  # iommufd_test.h
 IOMMU_HW_INFO_SELFTEST_REGVAL = 0xDEADBEEF
-IOMMU_HW_INFO_TYPE_DEFAULT = 0  # an input type: "whatever the driver reports"
-IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1 << 0
-IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17 = 1 << 0
-IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0
-IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED = 1 << 3
-IOMMU_HWPT_DIRTY_TRACKING_ENABLE = 1
-IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR = 1
 
-# struct layouts (little-endian x86_64; __aligned_u64 fields fall on 8-byte offsets)
-DESTROY = struct.Struct("<II")  # size, id
-IOAS_ALLOC = struct.Struct("<III")  # size, flags, out_ioas_id
-IOVA_RANGE = struct.Struct("<QQ")  # start, last (inclusive)
-IOAS_IOVA_RANGES = struct.Struct("<IIIIQQ")  # size, ioas_id, num_iovas, rsvd, allowed, align
-IOAS_ALLOW_IOVAS = struct.Struct("<IIIIQ")  # size, ioas_id, num_iovas, rsvd, allowed_iovas
-IOAS_MAP = struct.Struct("<IIIIQQQ")  # size, flags, ioas_id, rsvd, user_va, length, iova
-IOAS_MAP_FILE = struct.Struct("<IIIiQQQ")  # size, flags, ioas_id, fd, start, length, iova
-IOAS_COPY = struct.Struct("<IIIIQQQ")  # size, flags, dst_ioas, src_ioas, length, dst, src
-IOAS_UNMAP = struct.Struct("<IIQQ")  # size, ioas_id, iova, length
-OPTION = struct.Struct("<IIHHIQ")  # size, option_id, op, rsvd, object_id, val64
-VFIO_IOAS = struct.Struct("<IIHH")  # size, ioas_id, op, rsvd
-HWPT_ALLOC = struct.Struct("<IIIIIIIIQII")  # size flags dev pt out rsvd type len uptr fault rsvd2
-HW_INFO_ARM_SMMUV3 = struct.Struct("<II6III")  # flags __reserved idr[6] iidr aidr
-HW_INFO_VTD = struct.Struct("<IIQQ")  # flags __reserved cap_reg ecap_reg
-HW_INFO_SELFTEST = struct.Struct("<II")  # flags test_reg (iommufd_test.h)
-HW_INFO = struct.Struct("<IIIIQIB3sQ")  # size flags dev_id data_len data_uptr type pasid rsvd caps
-HWPT_SET_DIRTY_TRACKING = struct.Struct("<IIII")  # size, flags, hwpt_id, rsvd
-HWPT_GET_DIRTY_BITMAP = struct.Struct("<IIIIQQQQ")  # size hwpt flags rsvd iova len pgsz data
-IOAS_CHANGE_PROCESS = struct.Struct("<II")  # size, rsvd
-HWPT_INVALIDATE = struct.Struct("<IIQIIII")  # size hwpt_id data_uptr type entry_len num rsvd
+# struct layouts, derived from the typed structs of :mod:`iommulab.uapi.iommufd`
+# (little-endian x86_64; __aligned_u64 fields fall on 8-byte offsets)
+DESTROY = struct_layout(_h.iommu_destroy)  # size, id
+IOAS_ALLOC = struct_layout(_h.iommu_ioas_alloc)  # size, flags, out_ioas_id
+IOVA_RANGE = struct_layout(_h.iommu_iova_range)  # start, last (inclusive)
+IOAS_IOVA_RANGES = struct_layout(_h.iommu_ioas_iova_ranges)  # size ioas num rsvd allowed align
+IOAS_ALLOW_IOVAS = struct_layout(_h.iommu_ioas_allow_iovas)  # size ioas num rsvd allowed
+IOAS_MAP = struct_layout(_h.iommu_ioas_map)  # size flags ioas_id rsvd user_va length iova
+IOAS_MAP_FILE = struct_layout(_h.iommu_ioas_map_file)  # size flags ioas_id fd start length iova
+IOAS_COPY = struct_layout(_h.iommu_ioas_copy)  # size flags dst_ioas src_ioas length dst src
+IOAS_UNMAP = struct_layout(_h.iommu_ioas_unmap)  # size, ioas_id, iova, length
+OPTION = struct_layout(_h.iommu_option)  # size, option_id, op, rsvd, object_id, val64
+VFIO_IOAS = struct_layout(_h.iommu_vfio_ioas)  # size, ioas_id, op, rsvd
+HWPT_ALLOC = struct_layout(_h.iommu_hwpt_alloc)  # ... data_uptr, fault_id, rsvd2
+HW_INFO_ARM_SMMUV3 = struct_layout(_h.iommu_hw_info_arm_smmuv3)  # flags rsvd idr[6] iidr aidr
+HW_INFO_VTD = struct_layout(_h.iommu_hw_info_vtd)  # flags __reserved cap_reg ecap_reg
+HW_INFO_SELFTEST = struct.Struct("<II")  # flags test_reg (iommufd_test.h, not uapi)
+HW_INFO = struct_layout(_h.iommu_hw_info)  # size flags dev_id data_len uptr type pasid rsvd caps
+HWPT_SET_DIRTY_TRACKING = struct_layout(_h.iommu_hwpt_set_dirty_tracking)  # size flags hwpt rsvd
+HWPT_GET_DIRTY_BITMAP = struct_layout(_h.iommu_hwpt_get_dirty_bitmap)  # ... page_size, data
+IOAS_CHANGE_PROCESS = struct_layout(_h.iommu_ioas_change_process)  # size, rsvd
+HWPT_INVALIDATE = struct_layout(_h.iommu_hwpt_invalidate)  # size hwpt uptr type entry_len num rsvd
 
 
 @dataclass(frozen=True)

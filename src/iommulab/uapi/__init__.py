@@ -16,6 +16,7 @@ takes, and ``type(s).from_buffer_copy(b)`` reads an answer back::
 from __future__ import annotations
 
 from . import iommufd, vfio
-from ._base import UapiStruct, UapiUnion, field_names, offsetofend
+from ._base import UapiStruct, UapiUnion, field_names, ioc_io, offsetofend, struct_layout
 
-__all__ = ["UapiStruct", "UapiUnion", "field_names", "iommufd", "offsetofend", "vfio"]
+__all__ = ["UapiStruct", "UapiUnion", "field_names", "ioc_io", "iommufd", "offsetofend",
+           "struct_layout", "vfio"]

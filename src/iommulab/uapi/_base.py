@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import Any, cast
 
-__all__ = ["UapiStruct", "UapiUnion", "field_names", "ioc_io", "offsetofend"]
+__all__ = ["UapiStruct", "UapiUnion", "field_names", "ioc_io", "offsetofend", "struct_layout"]
 
 # include/uapi/asm-generic/ioctl.h (x86_64 uses the generic encoding)
 _IOC_NRBITS = 8
@@ -38,6 +39,57 @@ def offsetofend(cls: type[ctypes.Structure], field: str) -> int:
     ``minsz`` for a struct whose last mandatory member is ``field``."""
     desc = getattr(cls, field)
     return int(desc.offset) + int(desc.size)
+
+
+#: ``struct`` codes of the scalar ctypes the headers' types map to (``__u64`` is a C
+#: ``unsigned long`` on x86_64, whose ctypes code ``L`` means 4 bytes to ``struct``'s ``<``).
+_CODES: dict[Any, str] = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I",
+                          ctypes.c_int32: "i", ctypes.c_uint64: "Q"}
+
+
+def _code(ftype: Any) -> str:
+    """The ``struct`` format of one member: nested structs flattened, a union as its first
+    member, ``__u8`` arrays as ``bytes``, other arrays as that many items."""
+    if issubclass(ftype, ctypes.Array):
+        n, elem = int(ftype._length_), ftype._type_
+        if n == 0:
+            return ""
+        return f"{n}s" if elem is ctypes.c_uint8 else _code(elem) * n
+    if issubclass(ftype, ctypes.Union):
+        first = ftype._fields_[0][1]
+        if ctypes.sizeof(first) != ctypes.sizeof(ftype):
+            raise TypeError(f"{ftype.__name__}: members of different sizes")
+        return _code(first)
+    if issubclass(ftype, ctypes.Structure):
+        return struct_layout(ftype).format[1:]
+    return _CODES[ftype]
+
+
+def struct_layout(cls: type[ctypes.Structure], upto: str | None = None) -> struct.Struct:
+    """``cls`` as a little-endian ``struct.Struct`` (C padding as pad bytes, which unpack
+    to nothing), whole or, with ``upto``, ending at that member (``offsetofend``), as an
+    older release's shorter struct. Flexible array members take no room."""
+    fmt, pos = "<", 0
+    for name, ftype, *_ in cls._fields_:
+        off = int(getattr(cls, name).offset)
+        if off > pos:
+            fmt += f"{off - pos}x"
+        fmt += _code(ftype)
+        pos = off + ctypes.sizeof(ftype)
+        if upto is not None and upto in (name, *field_names_of(ftype)):
+            return struct.Struct(fmt)
+    if upto is not None:
+        raise KeyError(f"{cls.__name__} has no member {upto}")
+    if ctypes.sizeof(cls) > pos:
+        fmt += f"{ctypes.sizeof(cls) - pos}x"
+    return struct.Struct(fmt)
+
+
+def field_names_of(ftype: Any) -> list[str]:
+    """The members of an anonymous union or struct type, none for a scalar or array."""
+    if issubclass(ftype, ctypes.Structure | ctypes.Union):
+        return field_names(ftype)
+    return []
 
 
 class _Repr:

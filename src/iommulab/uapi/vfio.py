@@ -37,18 +37,20 @@ VFIO_DEVICE_GET_REGION_INFO = _io(8)
 VFIO_DEVICE_GET_IRQ_INFO = _io(9)
 VFIO_DEVICE_SET_IRQS = _io(10)
 VFIO_DEVICE_RESET = _io(11)
-VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)  # on a device fd; VFIO_IOMMU_GET_INFO's number
 VFIO_IOMMU_GET_INFO = _io(12)
-VFIO_DEVICE_PCI_HOT_RESET = _io(13)  # on a device fd; VFIO_IOMMU_MAP_DMA's number
 VFIO_IOMMU_MAP_DMA = _io(13)
 VFIO_IOMMU_UNMAP_DMA = _io(14)
-VFIO_DEVICE_QUERY_GFX_PLANE = _io(14)  # on a device fd (not modelled)
 VFIO_DEVICE_IOEVENTFD = _io(16)  # on a device fd (not modelled)
-VFIO_DEVICE_FEATURE = _io(17)  # on a device fd (not modelled: the model answers ENOTTY)
 VFIO_IOMMU_DIRTY_PAGES = _io(17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(20)
+# on a device fd, the numbers of container requests (after them, so a table keyed by
+# number built from this module keeps the container's names)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(12)
+VFIO_DEVICE_PCI_HOT_RESET = _io(13)
+VFIO_DEVICE_QUERY_GFX_PLANE = _io(14)  # not modelled
+VFIO_DEVICE_FEATURE = _io(17)  # not modelled: the model answers ENOTTY
 
 # ---- VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU ------------------------------------------------
 VFIO_TYPE1_IOMMU = 1
@@ -140,6 +142,16 @@ VFIO_DEVICE_FEATURE_BUS_MASTER = 10
 VFIO_MIGRATION_STOP_COPY = 1 << 0
 VFIO_MIGRATION_P2P = 1 << 1
 VFIO_MIGRATION_PRE_COPY = 1 << 2
+# enum vfio_device_mig_state
+VFIO_DEVICE_STATE_ERROR = 0
+VFIO_DEVICE_STATE_STOP = 1
+VFIO_DEVICE_STATE_RUNNING = 2
+VFIO_DEVICE_STATE_STOP_COPY = 3
+VFIO_DEVICE_STATE_RESUMING = 4
+VFIO_DEVICE_STATE_RUNNING_P2P = 5
+VFIO_DEVICE_STATE_PRE_COPY = 6
+VFIO_DEVICE_STATE_PRE_COPY_P2P = 7
+VFIO_DEVICE_STATE_NR = 8
 
 # ---- the device cdev (/dev/vfio/devices/vfioN) --------------------------------------------
 VFIO_DEVICE_BIND_FLAG_TOKEN = 1 << 0  # not in 6.12
@@ -292,6 +304,15 @@ class vfio_device_feature_migration(UapiStruct):
 
     _fields_ = (("flags", c_uint64),)
     flags: int
+
+
+class vfio_device_feature_mig_state(UapiStruct):
+    """``struct vfio_device_feature_mig_state``: VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE's
+    data (``device_state`` from enum vfio_device_mig_state)."""
+
+    _fields_ = (("device_state", c_uint32), ("data_fd", c_int32))
+    device_state: int
+    data_fd: int
 
 
 class vfio_device_feature_dma_logging_control(UapiStruct):
@@ -486,7 +507,8 @@ STRUCTS: tuple[type[UapiStruct], ...] = (
     vfio_irq_info, vfio_irq_set, vfio_pci_dependent_device, vfio_pci_hot_reset_info,
     vfio_pci_hot_reset, vfio_device_feature, vfio_device_bind_iommufd,
     vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt,
-    vfio_device_feature_migration, vfio_device_feature_dma_logging_control,
+    vfio_device_feature_migration, vfio_device_feature_mig_state,
+    vfio_device_feature_dma_logging_control,
     vfio_device_feature_dma_logging_range, vfio_device_feature_dma_logging_report,
     vfio_iommu_type1_info, vfio_iova_range, vfio_iommu_type1_info_cap_iova_range,
     vfio_iommu_type1_info_cap_migration, vfio_iommu_type1_info_dma_avail,

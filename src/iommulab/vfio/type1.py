@@ -853,7 +853,7 @@ class VfioIommu:
             caps.append(cap)
 
         caps: list[bytes] = []
-        add(u.CAP_MIGRATION.pack(u.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, 1, 0, 0, 0,
+        add(u.CAP_MIGRATION.pack(u.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, 1, 0, 0,
                                  self.pgsize, u.DIRTY_BITMAP_SIZE_MAX))
         add(u.CAP_DMA_AVAIL.pack(u.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1, 0, self.dma_avail))
         if self.iova_list:

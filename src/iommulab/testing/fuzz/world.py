@@ -25,11 +25,14 @@ __all__ = ["REQUEST_NAMES", "Op", "ProcSpec", "Skip", "World", "WorldConfig", "f
 
 
 def _request_names() -> dict[int, str]:
-    """Every VFIO_* and IOMMU_* request number (type ';' in the high byte)."""
+    """Every VFIO_* and IOMMU_* request number (type ';' in the high byte). A device fd's
+    requests that reuse a container request's number keep the container's name."""
+    device_aliases = {"VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", "VFIO_DEVICE_PCI_HOT_RESET"}
     names: dict[int, str] = {}
     for mod, prefix in ((vu, "VFIO_"), (iu, "IOMMU_")):
         for k, v in vars(mod).items():
-            if k.startswith(prefix) and isinstance(v, int) and v >> 8 == vu.VFIO_TYPE:
+            if k.startswith(prefix) and isinstance(v, int) and v >> 8 == vu.VFIO_TYPE \
+                    and k not in device_aliases:
                 names.setdefault(v, k)
     return names
 
