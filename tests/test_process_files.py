@@ -31,7 +31,7 @@ def test_files_past_rlimit_nofile_are_emfile_and_leave_no_trace() -> None:
     expect_errno(errno.EMFILE, child.open, "/dev/iommu")
     child.exit()
     p.close(fds[0])
-    dfd = p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:02.0\0")
+    dfd = p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:02.0\0"))
     assert dfd == fds[0] and len(p.files) == 5
     p.close(last)
     p.exit()

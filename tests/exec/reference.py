@@ -158,8 +158,10 @@ def vfio_type1_answers(platform: str, bdf: str = "0000:00:02.0") -> list[str]:
     lines: list[str] = []
 
     def call(fd: int, request: int, arg: bytearray | bytes | int) -> tuple[int, int]:
+        """The C program's ``ioctl``: the return value (a bytes argument is passed as
+        a mutable copy so that fcntl's rules give the int back)."""
         try:
-            return proc.ioctl(fd, request, arg), 0
+            return proc.ioctl(fd, request, bytearray(arg) if isinstance(arg, bytes) else arg), 0
         except OSError as e:
             return -1, e.errno or 0
 
@@ -233,10 +235,10 @@ def vfio_type1_answers(platform: str, bdf: str = "0000:00:02.0") -> list[str]:
     un = bytearray(v.DMA_UNMAP.pack(24, 0, 0x2_0000_0000, 4096))
     rc, err = call(c, v.VFIO_IOMMU_UNMAP_DMA, un)
     lines.append(f"unmap_page {rc} {err} {_hex(v.DMA_UNMAP.unpack(un)[3])}")
-    dev, err = call(g, v.VFIO_GROUP_GET_DEVICE_FD, bdf.encode() + b"\0")
+    dev, err = call(g, v.VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"))
     lines.append(f"get_device_fd {min(dev, 0)} {err}")
     lines.append("get_device_fd_unknown {} {}".format(
-        *call(g, v.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:1f.7\0")))
+        *call(g, v.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:1f.7\0"))))
     di = bytearray(v.DEVICE_INFO.pack(24, 0, 0, 0, 0, 0))
     rc, err = call(dev, v.VFIO_DEVICE_GET_INFO, di)
     _, flags, regions, irqs, _, _ = v.DEVICE_INFO.unpack(di)

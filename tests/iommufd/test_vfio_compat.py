@@ -275,7 +275,7 @@ def test_legacy_vmm_on_iommufd(platform: str) -> None:
     vm = _legacy_vm(platform)
     expect_errno(errno.EINVAL, vm.p.ioctl, vm.g, v.VFIO_GROUP_SET_CONTAINER,
                  bytearray(struct.pack("<i", vm.c)))  # already set
-    dfd = vm.p.ioctl(vm.g, v.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:02.0\0")
+    dfd = vm.p.ioctl(vm.g, v.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:02.0\0"))
     buf = vm.p.mmap(4 << 20, "thp", populate=True)
     vm.map(buf, 1 << 30, 4 << 20)
     vm.dev.dma_write((1 << 30) + 100, b"legacy ABI, iommufd inside")
@@ -296,7 +296,7 @@ def test_legacy_vmm_on_iommufd(platform: str) -> None:
 
 def test_legacy_vmm_v1_on_iommufd() -> None:
     vm = _legacy_vm("x86-vtd", v2=False)
-    dfd = vm.p.ioctl(vm.g, v.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:02.0\0")
+    dfd = vm.p.ioctl(vm.g, v.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:02.0\0"))
     buf = vm.p.mmap(4 << 20, "thp", populate=True)
     vm.map(buf, 1 << 30, 4 << 20)
     assert vm.histogram() == {4096: 1024}  # v1: large pages off

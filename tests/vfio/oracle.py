@@ -118,7 +118,7 @@ class Type1Replayer:
 
     def op_VFIO_GROUP_GET_DEVICE_FD(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         fd = self.p.ioctl(self.group, u.VFIO_GROUP_GET_DEVICE_FD,
-                          args["device"].encode() + b"\0")
+                          bytearray(args["device"].encode() + b"\0"))
         self.p.close(fd)
         return 0 if fd >= 0 else fd, {}
 

@@ -88,7 +88,7 @@ class VfioHost(Host):
         if kind == "cdev":
             return self.bind(0)[0]
         return self.p.ioctl(self.group_on_iommufd(), u.VFIO_GROUP_GET_DEVICE_FD,
-                            BDF.encode() + b"\0")
+                            bytearray(BDF.encode() + b"\0"))
 
     def close(self) -> None:
         self.check()
@@ -139,7 +139,7 @@ def test_group_status_not_viable_while_an_iommufd_owns_its_dma(h: VfioHost) -> N
     of the iommufd path outlives its group fd (it holds no reference to it), keeps the
     device bound, and the group opened again is not viable."""
     g = h.group_on_iommufd()
-    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
     h.p.close(g)
     g = h.p.open(h.group_path)
     assert h.group_status(g) == 0
@@ -177,7 +177,7 @@ def test_group_device_fd_refuses_the_cdev_ioctls(h: VfioHost) -> None:
     """BIND_IOMMUFD on a group's device fd reads its struct then is EINVAL (``df->group``);
     ATTACH/DETACH are cdev-only, so vfio-pci gets them and answers ENOTTY."""
     g = h.group_on_iommufd()
-    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
     expect_errno(errno.EINVAL, h.p.ioctl, dfd, u.VFIO_DEVICE_BIND_IOMMUFD,
                  bytearray(u.BIND_IOMMUFD.pack(16, 0, h.iommufd, 0)))
     expect_errno(errno.EFAULT, h.p.ioctl, dfd, u.VFIO_DEVICE_BIND_IOMMUFD,
@@ -328,7 +328,7 @@ def test_bind_of_a_second_cdev_fd_is_einval(h: VfioHost) -> None:
     h.bind_cdev(second)  # the device is closed now
     h.p.close(second)
     g = h.group_on_iommufd()
-    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
     h.p.close(g)  # the iommufd path's device fd holds no reference to the group
     cdev = h.open_cdev()
     expect_errno(errno.EINVAL, h.bind_cdev, cdev)
@@ -341,8 +341,8 @@ def test_group_iommufd_binds_on_first_open_and_keeps_it_until_the_last(h: VfioHo
     the compatibility IOAS only when ``open_count == 1``; a second device fd only counts,
     and closing one of the two keeps the binding and the attachment."""
     g = h.group_on_iommufd()
-    d1 = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
-    d2 = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+    d1 = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
+    d2 = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
     assert h.devices() == 1
     buf = h.p.mmap(SZ_2M, "thp", populate=True)
     h.p.ioctl(h.iommufd, u.VFIO_SET_IOMMU, u.VFIO_TYPE1v2_IOMMU)
@@ -409,7 +409,7 @@ def test_a_group_keeps_its_iommufd_open(h: VfioHost) -> None:
     device fd can still be had."""
     g = h.group_on_iommufd()
     h.p.close(h.iommufd)
-    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+    dfd = h.p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
     assert h.devices() == 1
     h.p.close(dfd)
     h.p.close(g)
@@ -425,7 +425,7 @@ def test_a_container_device_fd_keeps_its_group_open() -> None:
     c, g = p.open("/dev/vfio/vfio"), p.open(f"/dev/vfio/{dev.iommu_group}")
     p.ioctl(g, u.VFIO_GROUP_SET_CONTAINER, bytearray(struct.pack("<i", c)))
     p.ioctl(c, u.VFIO_SET_IOMMU, u.VFIO_TYPE1v2_IOMMU)
-    dfd = p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+    dfd = p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(BDF.encode() + b"\0"))
     expect_errno(errno.EBUSY, p.ioctl, g, u.VFIO_GROUP_UNSET_CONTAINER)
     buf = p.mmap(SZ_2M, "thp", populate=True)
     p.ioctl(c, u.VFIO_IOMMU_MAP_DMA, bytearray(u.DMA_MAP.pack(32, 3, buf, 1 << 30, SZ_2M)))

@@ -163,7 +163,8 @@ class CdevGroupMachine(RuleBasedStateMachine):
         if self.group is None:
             return -1
         try:
-            fd = self.p.ioctl(self.group, u.VFIO_GROUP_GET_DEVICE_FD, BDF.encode() + b"\0")
+            fd = self.p.ioctl(self.group, u.VFIO_GROUP_GET_DEVICE_FD,
+                              bytearray(BDF.encode() + b"\0"))
         except OSError as err:
             assert err.errno == errno.EINVAL and not self.group_on_iommufd
             return -1

@@ -78,7 +78,7 @@ def test_memlock_limit_refuses_and_leaves_nothing() -> None:
 
 def test_mmio_bar_is_mapped_but_not_pinned_or_charged() -> None:
     v = Vm(memlock=4096)
-    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:02.0\0")
+    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:02.0\0"))
     info = bytearray(u.REGION_INFO.pack(32, 0, 0, 0, 0, 0))
     v.p.ioctl(dfd, u.VFIO_DEVICE_GET_REGION_INFO, info)
     _, flags, _, _, size, offset = u.REGION_INFO.unpack(info)

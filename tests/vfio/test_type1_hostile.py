@@ -33,7 +33,7 @@ def test_a_bar_mapping_has_no_pages_and_a_partial_munmap_splits_it() -> None:
     dev = m.add_pci_device("0000:00:03.0", bar0_size="64G")
     machine_only = _used(m)
     v = Vm.on(m, bdf=dev.bdf)
-    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:03.0\0")
+    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:03.0\0"))
     used = _used(m)
     bar = 0
 

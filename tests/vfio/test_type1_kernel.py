@@ -635,7 +635,7 @@ def test_a_map_that_fits_the_limit_pins_everything_by_runs() -> None:
 
 
 def _bar(v: Vm, prot: str) -> tuple[int, int, int]:
-    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, b"0000:00:02.0\0")
+    dfd = v.p.ioctl(v.g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(b"0000:00:02.0\0"))
     info = bytearray(u.REGION_INFO.pack(32, 0, 0, 0, 0, 0))
     v.p.ioctl(dfd, u.VFIO_DEVICE_GET_REGION_INFO, info)
     size, offset = u.REGION_INFO.unpack(info)[4:6]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..errors import BadFileDescriptor, InvalidArgument, KernelError, kernel_error
 from ..iommufd.pages import UserStruct
@@ -21,9 +21,14 @@ from ..mem.mm import MmStruct
 from ..sizes import parse_size
 from .devtable import DEVICE_FILES
 from .file import File, fput, get_file
+from .ioctlarg import fcntl_ioctl
 from .memfd import MemFdFile
 
 if TYPE_CHECKING:
+    from array import array
+
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
     from .host import Host
 
 __all__ = ["MAX_RW_COUNT", "NR_OPEN_DEFAULT", "RLIMIT_NOFILE_DEFAULT", "Process"]
@@ -296,9 +301,39 @@ class Process:
         child.mm, child.files, child.max_fds = mm, files, max_fds
         return child
 
-    def ioctl(self, fd: int, request: int, arg: int | bytes | bytearray = 0) -> int:
-        """``ioctl(2)``: the return value, or OSError with the kernel's errno."""
-        return self._file(fd).ioctl(self, request, arg)
+    @overload
+    def ioctl(self, fd: int, request: int, arg: int = 0, mutate_flag: bool = True) -> int: ...
+    @overload
+    def ioctl(self, fd: int, request: int, arg: bytes | str,
+              mutate_flag: bool = True) -> bytes: ...
+    @overload
+    def ioctl(self, fd: int, request: int, arg: bytearray | array[Any],
+              mutate_flag: Literal[True] = True) -> int: ...
+    @overload
+    def ioctl(self, fd: int, request: int, arg: WriteableBuffer,
+              mutate_flag: Literal[False]) -> bytes: ...
+    @overload
+    def ioctl(self, fd: int, request: int, arg: ReadableBuffer,
+              mutate_flag: bool = True) -> Any: ...
+
+    def ioctl(self, fd: int, request: int, arg: object = 0,
+              mutate_flag: bool = True) -> int | bytes:
+        """``ioctl(2)`` called as ``fcntl.ioctl(fd, request, arg, mutate_flag)`` calls it
+        (:func:`.ioctlarg.fcntl_ioctl`: an int is the value; a mutable buffer is written
+        in place and the int returned, unless ``mutate_flag`` is false; anything else
+        with the buffer protocol gives new bytes of what the kernel wrote). fcntl's
+        ValueError for a negative fd and the argument's own errors (TypeError,
+        OverflowError, ValueError) come first, then :meth:`sys_ioctl`."""
+        if fd < 0:  # fcntl's fildes converter
+            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+        return fcntl_ioctl(lambda a: self.sys_ioctl(fd, request, a), arg, mutate_flag)
+
+    def sys_ioctl(self, fd: int, request: int, arg: int | bytearray = 0) -> int:
+        """``SYSCALL_DEFINE3(ioctl)`` as a C program makes it: the request as an unsigned
+        int, EBADF for an fd not open, then the file's ``unlocked_ioctl`` with ``arg``
+        the unsigned long value or the user memory it points at (written in place); the
+        return value, or OSError with the kernel's errno."""
+        return self._file(fd).ioctl(self, request & 0xFFFF_FFFF, arg)
 
     def exit(self) -> None:
         """Close every file, then drop the address space."""

@@ -191,7 +191,7 @@ class World:
         if op.call == "ioctl":
             fd, req, arg = op.args
             buf: int | bytearray = arg if isinstance(arg, int) else bytearray(arg)
-            return p.ioctl(fd, req, buf), buf
+            return p.sys_ioctl(fd, req, buf), buf
         return getattr(p, op.call)(*op.args, **dict(op.kwargs))
 
 
@@ -252,6 +252,8 @@ def render(config: WorldConfig, ops: Iterable[Op], *, teardown: bool = True) -> 
         elif op.call == "fork":
             lines.append(f"p.append(p[{op.who}].fork()){comment}")
             continue
+        elif op.call == "ioctl":  # the syscall, whatever fcntl would make of the value
+            target = f"p[{op.who}].sys_ioctl"
         else:
             target = f"p[{op.who}].{op.call}"
         lines.append(f"call({', '.join([target, *args])}){comment}")
