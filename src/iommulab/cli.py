@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from . import __version__
 from .inspect import BadState, load_states, page_table_tree, render_address_space
@@ -21,7 +22,7 @@ from .scenarios import SCENARIOS, Progress, ScenarioResult, UsageError, run_scen
 from .trace import REPLAY_PLATFORMS, TraceError, parse_trace_file, replay
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "FileError", "add_output_options", "main", "register"]
 
 
 def _render_tour(r: TourResult) -> str:
@@ -246,29 +247,45 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iommulab", description=(
-        "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
-        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
-        "4 internal error."))
-    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_output_options(p: argparse.ArgumentParser, save: str) -> None:
+    """--json, --html, --save-state and --no-progress, as run and replay take them."""
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON "
+                   "(schema iommulab.report, version 1)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
+                   "with plots")
+    p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    def outputs(p: argparse.ArgumentParser, save: str) -> None:
-        p.add_argument("--json", metavar="FILE", help="write the report as JSON "
-                       "(schema iommulab.report, version 1)")
-        p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
-                       "with plots")
-        p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    demo = sub.add_parser("demo", help="a quick tour: one paging domain walked, then every "
-                          "scenario in --quick mode")
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``configure`` adds its arguments, ``run`` returns the exit status
+    (raising :class:`UsageError` for exit 2 and :class:`FileError` for exit 3)."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: the subcommands in the order ``iommulab --help`` lists them; a new one is a
+#: ``configure`` and a ``run`` function and one :func:`register` call
+COMMANDS: dict[str, Command] = {}
+
+
+def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int]) -> None:
+    """Add subcommand ``name`` (see :class:`Command`)."""
+    COMMANDS[name] = Command(name, help, configure, run)
+
+
+def _configure_demo(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
     demo.add_argument("--html", metavar="FILE", help="also write the HTML report")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    run = sub.add_parser("run", help="run a built-in scenario")
+
+def _configure_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
     run.add_argument("--list", action="store_true", help="list scenarios and parameters")
     run.add_argument("--platform", choices=sorted(PLATFORMS), help="default: the "
@@ -277,9 +294,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="set a scenario parameter (repeatable)")
     run.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
     run.add_argument("--quick", action="store_true", help="small sizes (seconds)")
-    outputs(run, "the domains' page tables")
+    add_output_options(run, "the domains' page tables")
 
-    rep = sub.add_parser("replay", help="replay an ftrace text trace of iommu and dma events")
+
+def _configure_replay(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("trace", help="ftrace text output (/sys/kernel/tracing/trace, a "
                      "trace_event= boot log or a pasted excerpt)")
     rep.add_argument("--platform", choices=REPLAY_PLATFORMS, default="x86-vtd")
@@ -295,10 +313,10 @@ def _parser() -> argparse.ArgumentParser:
                      "cannot be parsed (exit 3)")
     rep.add_argument("--check", action="store_true", help="exit 1 when the model disagrees "
                      "with the trace")
-    outputs(rep, "each replayed domain's page table")
+    add_output_options(rep, "each replayed domain's page table")
 
-    ex = sub.add_parser("exec", help="run a real program with its calls on /dev/iommu and "
-                        "/dev/vfio answered by the model (exit status: the program's)")
+
+def _configure_exec(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--platform", choices=sorted(PLATFORMS), default="x86-vtd")
     ex.add_argument("--kernel", choices=KERNEL_VERSIONS, default=str(DEFAULT_KERNEL),
                     help=f"the Linux release the model answers as (default {DEFAULT_KERNEL})")
@@ -316,8 +334,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--text-report", action="store_true", help="print the report on stderr")
     ex.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
 
-    ins = sub.add_parser("inspect", help="a saved domain state as a page-table tree and an "
-                         "address-space map")
+
+def _configure_inspect(ins: argparse.ArgumentParser) -> None:
     ins.add_argument("state", help="a file written by --save-state")
     ins.add_argument("--domain", help="only this domain (default: all)")
     ins.add_argument("--iova", type=_int, help="only the walk to this address")
@@ -326,18 +344,36 @@ def _parser() -> argparse.ArgumentParser:
     view = ins.add_mutually_exclusive_group()
     view.add_argument("--tree-only", action="store_true")
     view.add_argument("--map-only", action="store_true")
+
+
+register("demo", "a quick tour: one paging domain walked, then every scenario in --quick "
+         "mode", _configure_demo, _cmd_demo)
+register("run", "run a built-in scenario", _configure_run, _cmd_run)
+register("replay", "replay an ftrace text trace of iommu and dma events", _configure_replay,
+         _cmd_replay)
+register("exec", "run a real program with its calls on /dev/iommu and /dev/vfio answered "
+         "by the model (exit status: the program's)", _configure_exec, _cmd_exec)
+register("inspect", "a saved domain state as a page-table tree and an address-space map",
+         _configure_inspect, _cmd_inspect)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iommulab", description=(
+        "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
+        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
+        "4 internal error."))
+    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd in COMMANDS.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help))
     return parser
-
-
-_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "replay": _cmd_replay, "inspect": _cmd_inspect,
-             "exec": _cmd_exec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on bad usage
     try:
-        return _COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except UsageError as e:
         print(f"iommulab {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
