@@ -19,9 +19,13 @@ Parameters: ``rams`` (guest RAM sizes), ``offers``.
 from __future__ import annotations
 
 from ..drivers.pseries import DdwOffer
+from ..machine import PLATFORMS
 from ..report import format_size
 from ..workload.ddw import DdwCase, run_ddw
 from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
+
+#: QEMU's SPAPR_MEMORY_BLOCK_SIZE: spapr refuses RAM that is not a multiple of it
+SPAPR_MEMORY_BLOCK_SIZE = 256 << 20
 
 #: offer name -> (offer, the driver keeps its 32-bit mapping)
 OFFERS: dict[str, tuple[DdwOffer, bool]] = {
@@ -34,7 +38,11 @@ OFFERS: dict[str, tuple[DdwOffer, bool]] = {
 
 PARAMS = (
     Param("rams", "size", (8 << 30, 64 << 30, 1 << 40), "guest RAM sizes", quick=(8 << 30,),
-          many=True, minimum=1 << 30),
+          many=True, minimum=1 << 30, maximum=PLATFORMS["ppc64-pseries"][1],
+          multiple=SPAPR_MEMORY_BLOCK_SIZE,
+          why="QEMU spapr takes RAM in 256M memory blocks; RAM from 0 must end below the "
+              "PHB's 32-bit MMIO window at 0x200080000000; at least 1G (the driver's "
+              "32-bit mapping)"),
     Param("offers", "str", tuple(OFFERS), "hypervisor offers", many=True,
           choices=tuple(OFFERS)),
 )

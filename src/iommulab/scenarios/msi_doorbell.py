@@ -38,10 +38,16 @@ from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
 
 CASES = ("dma-domain", "vfio-cookie", "two-its", "no-cookie", "identity")
 _SECOND_ITS = 0x080A_0000  # lab: a second ITS right after QEMU virt's (0x08080000)
+_FIRST_SID, _SID_STEP = 0x10, 8
+#: devices whose StreamIDs fit the default SMMU's stream table
+_MAX_DEVICES = ((1 << SmmuV3Config().sid_bits) - 1 - _FIRST_SID) // _SID_STEP + 1
 
 PARAMS = (
-    Param("devices", "int", 4, "devices, one group each", quick=2, minimum=1),
-    Param("messages", "int", 16, "MSIs each device sends", quick=4, minimum=1),
+    Param("devices", "int", 4, "devices, one group each", quick=2, minimum=1,
+          maximum=_MAX_DEVICES, why="StreamIDs 0x10, 0x18, ... must fit the SMMU's "
+          f"{1 << SmmuV3Config().sid_bits}-entry stream table (IDR1.SIDSIZE)"),
+    Param("messages", "int", 16, "MSIs each device sends", quick=4, minimum=1,
+          maximum=2048, why="one EventID per vector: PCI MSI-X has at most 2048 vectors"),
     Param("cases", "str", CASES, "domain set-ups", many=True, choices=CASES),
 )
 
@@ -68,7 +74,7 @@ def run_case(case: str, devices: int, messages: int) -> MsiCaseResult:
     its = [GicV3Its(mem)]
     if case == "two-its":
         its.append(GicV3Its(mem, base=_SECOND_ITS))
-    devs = [DmaDevice(f"dev{i}", mem, hw, 0x10 + 8 * i) for i in range(devices)]
+    devs = [DmaDevice(f"dev{i}", mem, hw, _FIRST_SID + _SID_STEP * i) for i in range(devices)]
     for dev in devs:
         core.probe_device(dev)
     shared = None

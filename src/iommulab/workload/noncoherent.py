@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..devices import DmaDevice
     from ..machine import Process
 
-__all__ = ["NoncoherentResult", "run_noncoherent"]
+__all__ = ["WORKLOAD_RAM", "NoncoherentResult", "run_noncoherent"]
 
 _PAGE = 4096
 _RW = u.IOMMU_IOAS_MAP_READABLE | u.IOMMU_IOAS_MAP_WRITEABLE
@@ -120,11 +120,15 @@ def _stream(vmm: _Vmm, ioas: int, gpus: Sequence[DmaDevice], rounds: int, pages:
     return reads
 
 
+#: RAM of the workload's machine
+WORKLOAD_RAM = 1 << 30
+
+
 def run_noncoherent(policy: str, *, rounds: int = 16, ram: int = 4 << 20,
                     buffer_pages: int = 4) -> NoncoherentResult:
     """The workload of the module docstring under ``policy``."""
     from ..machine import Machine
-    m = Machine("x86-vtd", ram="1G")
+    m = Machine("x86-vtd", ram=WORKLOAD_RAM)
     m.cache_flush.policy = policy
     sc_unit = m.add_iommu_unit(snoop_control=True)
     m.add_pci_device("0000:00:02.0", iommu_unit=sc_unit, snoop=False)  # the NIC
