@@ -19,8 +19,8 @@ Parameters: ``guest_ram``, ``rounds``, ``writes_per_round``, ``modes``,
 
 from __future__ import annotations
 
-from ..report import format_size
 from ..mem.frames import MAX_ORDER
+from ..report import format_size
 from ..sizes import SZ_2M, SZ_4K
 from ..workload.bbm_window import run_bbm_window
 from ..workload.migration import run_migration
