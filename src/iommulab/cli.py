@@ -70,10 +70,33 @@ def _write(path: str, text: str) -> None:
         raise FileError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
+def check_output_paths(args: argparse.Namespace, *names: str) -> None:
+    """Before any work: each output file option in ``names`` that is set must name a file
+    that can be written (``-`` is standard output), else a usage error naming the path."""
+    for name in names:
+        path = getattr(args, name, None)
+        if not path or path == "-":
+            continue
+        option = "--" + name.replace("_", "-")
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise UsageError(f"{option} {path}: is a directory")
+        if not os.path.isdir(parent):
+            raise UsageError(f"{option} {path}: no directory {parent}")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path}: not writable")
+        if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path}: directory {parent} is not writable")
+
+
 def _emit(result: ScenarioResult, args: argparse.Namespace) -> None:
-    """Print ``result`` and write the files the options of run and replay ask for."""
-    print(render_text(result))
-    if args.json:
+    """Print ``result`` (unless ``--quiet``, or ``--json -`` takes standard output) and
+    write the files the options of run and replay ask for."""
+    if not args.quiet and args.json != "-":
+        print(render_text(result))
+    if args.json == "-":
+        sys.stdout.write(json.dumps(report_document(result), indent=1) + "\n")
+    elif args.json:
         _write(args.json, json.dumps(report_document(result), indent=1) + "\n")
     if args.html:
         _write(args.html, render_html([result]))
@@ -90,11 +113,18 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.help:
+        scenario = SCENARIOS.get(args.scenario or "")
+        if args.scenario and scenario is None:
+            raise UsageError(f"no scenario {args.scenario!r} (scenarios: {', '.join(SCENARIOS)})")
+        print(args.parser.format_help() if scenario is None else scenario.help())
+        return EXIT_OK
     if args.list or not args.scenario:
         if not args.list:
             raise UsageError("name a scenario (iommulab run --list shows them)")
         print("\n\n".join(s.describe() for s in SCENARIOS.values()))
         return EXIT_OK
+    check_output_paths(args, "json", "html", "save_state")
     result = run_scenario(args.scenario, platform=args.platform, settings=tuple(args.set),
                           seed=args.seed, quick=args.quick, progress=_progress(args),
                           save_states=bool(args.save_state))
@@ -103,6 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_output_paths(args, "html")
     print(_render_tour(run_pgtable_tour(seed=args.seed)))
     results = []
     for name in SCENARIOS:
@@ -116,6 +147,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    check_output_paths(args, "json", "html", "save_state")
     try:
         trace = parse_trace_file(args.trace, strict=args.strict)
     except TraceError as e:
@@ -207,6 +239,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise UsageError("name a program: iommulab exec [options] -- PROGRAM ARGS...")
+    check_output_paths(args, "report", "html")
     from .exec import ExecLog, run_exec
     from .testing import leak_snapshot
     m = _exec_machine(args)
@@ -250,11 +283,14 @@ def _int(text: str) -> int:
 def add_output_options(p: argparse.ArgumentParser, save: str) -> None:
     """--json, --html, --save-state and --no-progress, as run and replay take them."""
     p.add_argument("--json", metavar="FILE", help="write the report as JSON "
-                   "(schema iommulab.report, version 1)")
+                   "(schema iommulab.report, version 1); - for standard output, "
+                   "instead of the tables")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
                    "with plots")
     p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="print no tables (files "
+                   "are still written)")
 
 
 @dataclass(frozen=True)
@@ -266,6 +302,7 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    add_help: bool = True  # False: ``configure`` adds its own -h/--help
 
 
 #: the subcommands in the order ``iommulab --help`` lists them; a new one is a
@@ -274,9 +311,9 @@ COMMANDS: dict[str, Command] = {}
 
 
 def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
-             run: Callable[[argparse.Namespace], int]) -> None:
+             run: Callable[[argparse.Namespace], int], *, add_help: bool = True) -> None:
     """Add subcommand ``name`` (see :class:`Command`)."""
-    COMMANDS[name] = Command(name, help, configure, run)
+    COMMANDS[name] = Command(name, help, configure, run, add_help)
 
 
 def _configure_demo(demo: argparse.ArgumentParser) -> None:
@@ -286,6 +323,10 @@ def _configure_demo(demo: argparse.ArgumentParser) -> None:
 
 
 def _configure_run(run: argparse.ArgumentParser) -> None:
+    # its own --help (registered with add_help=False): with a scenario, the scenario's
+    run.add_argument("-h", "--help", action="store_true", help="show this help, or with "
+                     "SCENARIO its parameters, their bounds and platforms")
+    run.set_defaults(parser=run)
     run.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
     run.add_argument("--list", action="store_true", help="list scenarios and parameters")
     run.add_argument("--platform", choices=sorted(PLATFORMS), help="default: the "
@@ -348,7 +389,7 @@ def _configure_inspect(ins: argparse.ArgumentParser) -> None:
 
 register("demo", "a quick tour: one paging domain walked, then every scenario in --quick "
          "mode", _configure_demo, _cmd_demo)
-register("run", "run a built-in scenario", _configure_run, _cmd_run)
+register("run", "run a built-in scenario", _configure_run, _cmd_run, add_help=False)
 register("replay", "replay an ftrace text trace of iommu and dma events", _configure_replay,
          _cmd_replay)
 register("exec", "run a real program with its calls on /dev/iommu and /dev/vfio answered "
@@ -365,8 +406,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():
-        cmd.configure(sub.add_parser(cmd.name, help=cmd.help))
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, add_help=cmd.add_help))
     return parser
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so the flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -380,6 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileError as e:
         print(f"iommulab {args.command}: {e}", file=sys.stderr)
         return EXIT_BAD_FILE
+    except BrokenPipeError:  # a reader that stopped early (| head): quiet, as head expects
+        _silence_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"iommulab {args.command}: interrupted", file=sys.stderr)
+        return 128 + 2  # SIGINT, as a shell reports it
     except Exception as e:  # a bug of ours: one line, the traceback on request
         if os.environ.get("IOMMULAB_DEBUG"):
             raise

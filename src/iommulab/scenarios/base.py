@@ -11,6 +11,7 @@ function of the parameters and the seed.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,19 +233,32 @@ class Progress:
         self.stream = stream
         self.width = width
         self._shown = False
+        self._start: float | None = None
+
+    def eta(self, done: int, total: int, now: float | None = None) -> str:
+        """Time left at the mean pace so far (``--:--`` before the first step is done)."""
+        now = time.monotonic() if now is None else now
+        if self._start is None:
+            self._start = now
+        if done <= 0 or done >= total:
+            return "--:--" if done < total else "00:00"
+        left = round((now - self._start) / done * (total - done))
+        return f"{left // 3600}:{left // 60 % 60:02}:{left % 60:02}" if left >= 3600 else \
+            f"{left // 60:02}:{left % 60:02}"
 
     def __call__(self, done: int, total: int, what: str = "") -> None:
         if self.stream is None or total <= 0:
             return
         filled = self.width * done // total
         bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{total} {what[:40]:<40}")
+        self.stream.write(f"\r[{bar}] {done}/{total} ETA {self.eta(done, total)} "
+                          f"{what[:40]:<40}")
         self.stream.flush()
         self._shown = True
 
     def close(self) -> None:
         if self._shown and self.stream is not None:
-            self.stream.write("\r" + " " * (self.width + 50) + "\r")
+            self.stream.write("\r" + " " * (self.width + 60) + "\r")
             self.stream.flush()
             self._shown = False
 
@@ -285,6 +299,11 @@ class Scenario:
         return ScenarioResult(self.name, title, ctx.platform, ctx.seed, ctx.quick,
                               dict(ctx.params), param_text={
                                   p.name: p.text(ctx.params[p.name]) for p in self.params})
+
+    def help(self) -> str:
+        """``iommulab run NAME --help``: the module docstring, then :meth:`describe`."""
+        return f"usage: iommulab run {self.name} [--platform P] [--set KEY=VALUE ...]\n\n" \
+               f"{self.doc.strip()}\n\n{self.describe()}"
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.summary}", f"  platforms: {', '.join(self.platforms)}",
