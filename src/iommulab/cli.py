@@ -125,6 +125,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("\n\n".join(s.describe() for s in SCENARIOS.values()))
         return EXIT_OK
     check_output_paths(args, "json", "html", "save_state")
+    scenario = SCENARIOS.get(args.scenario)
+    if args.save_state and scenario is not None and not scenario.saves_state:
+        raise UsageError(f"--save-state: {args.scenario} builds no IOMMU domain to save")
     result = run_scenario(args.scenario, platform=args.platform, settings=tuple(args.set),
                           seed=args.seed, quick=args.quick, progress=_progress(args),
                           save_states=bool(args.save_state))

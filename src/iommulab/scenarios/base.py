@@ -288,6 +288,8 @@ class Scenario:
     #: checks across parameters and against the host, before any work starts: raises
     #: :class:`UsageError` (``params``, ``platform``)
     check: Callable[[dict[str, Any], str], None] | None = None
+    #: builds IOMMU domains whose page tables ``--save-state`` can keep
+    saves_state: bool = True
 
     @property
     def summary(self) -> str:

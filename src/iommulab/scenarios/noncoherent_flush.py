@@ -57,7 +57,9 @@ def run(ctx: RunContext) -> ScenarioResult:
     for n, policy in enumerate(p["policies"]):
         ctx.progress(n, len(p["policies"]), policy)
         results.append(run_noncoherent(policy, rounds=p["rounds"], ram=p["ram"],
-                                       buffer_pages=p["buffer_pages"]))
+                                       buffer_pages=p["buffer_pages"],
+                                       save_state=ctx.save_states))
+        res.states.update({f"{policy}.{k}": v for k, v in results[-1].states.items()})
     ctx.progress(len(results), len(results))
     res.tables.append(Table("flush policies side by side", [
         "policy", "stale reads", "unflushed unpins", "flushes", "pages flushed", "by point"],

@@ -47,7 +47,10 @@ def run(ctx: RunContext) -> ScenarioResult:
     for n, mode in enumerate(p["modes"]):
         ctx.progress(n, len(p["modes"]), mode)
         r = run_streaming(mode, packets=p["packets"], buffer_size=p["buffer_size"],
-                          interval_ns=p["interval_ns"], hz=p["hz"])
+                          interval_ns=p["interval_ns"], hz=p["hz"],
+                          save_state=ctx.save_states)
+        if r.state is not None:
+            res.states[mode] = r.state
         hit_rate = r.iotlb_hits / r.iotlb_lookups if r.iotlb_lookups else 0.0
         rows.append([mode, f"{hit_rate:.1%}", r.iotlb_syncs, r.flush_all, r.tlbi_commands,
                      f"{r.tlbi_commands / r.packets:.2f}", r.iova_rcache_hits,
