@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from . import __version__
 from .inspect import BadState, load_states, page_table_tree, render_address_space
@@ -283,6 +284,14 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+def _seed(text: str) -> int:
+    """A seed: numpy's SeedSequence takes non-negative integers."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {value}")
+    return value
+
+
 def add_output_options(p: argparse.ArgumentParser, save: str) -> None:
     """--json, --html, --save-state and --no-progress, as run and replay take them."""
     p.add_argument("--json", metavar="FILE", help="write the report as JSON "
@@ -320,7 +329,7 @@ def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 
 
 def _configure_demo(demo: argparse.ArgumentParser) -> None:
-    demo.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the random choices")
     demo.add_argument("--html", metavar="FILE", help="also write the HTML report")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -336,7 +345,7 @@ def _configure_run(run: argparse.ArgumentParser) -> None:
                      "scenario's first platform")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="set a scenario parameter (repeatable)")
-    run.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
+    run.add_argument("--seed", type=_seed, default=0, help="seed of the random choices")
     run.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     add_output_options(run, "the domains' page tables")
 
@@ -401,13 +410,20 @@ register("inspect", "a saved domain state as a page-table tree and an address-sp
          _configure_inspect, _cmd_inspect)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), as the commands' own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (--help shows the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iommulab", description=(
+    parser = _Parser(prog="iommulab", description=(
         "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
         "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
         "4 internal error."))
     parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for cmd in COMMANDS.values():
         cmd.configure(sub.add_parser(cmd.name, help=cmd.help, add_help=cmd.add_help))
     return parser

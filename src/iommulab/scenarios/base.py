@@ -37,7 +37,10 @@ class UsageError(ValueError):
 
 
 def _as_int(text: str) -> int:
-    return int(text, 0)
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
 
 
 def _as_bool(text: str) -> bool:
@@ -109,6 +112,8 @@ class Param:
         return text
 
     def parse(self, text: str, platform: str = "") -> Any:
+        if not text.strip():
+            raise UsageError(f"--set {self.name}=: give a value")
         items = [t.strip() for t in text.split(",")] if self.many else [text.strip()]
         values = []
         for item in items:
