@@ -61,6 +61,15 @@ BAD_INPUTS = [
     (["run", "msi-doorbell", "--html", "/"], "--html /: is a directory"),
     (["demo", "--html", "/nonexistent-dir/d.html"], "--html /nonexistent-dir/d.html"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["exec", "--set", "ram=1E", "--", "true"], "1E: above the maximum 508G on x86-vtd"),
+    (["exec", "--platform", "ppc64-pseries", "--set", "ram=33T", "--", "true"],
+     "above the maximum 32T on ppc64-pseries"),
+    (["exec", "--set", "ram=-1", "--", "true"], "cannot parse size '-1'"),
+    (["exec", "--set", "ram=0", "--", "true"], "too little RAM for the machine's own"),
+    (["exec", "--platform", "arm64-smmuv3", "--set", "ram=16K", "--", "true"],
+     "dma_alloc_coherent"),
+    (["exec", "--set", "vfio_iommu_type1.dma_entry_limit=x", "--", "true"], "not an integer"),
+    (["exec", "--report", "/nonexistent-dir/r.json", "--", "true"], "--report /nonexistent"),
 ]
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import __version__
+from .errors import OutOfMemory
 from .inspect import BadState, load_states, page_table_tree, render_address_space
 from .kernel import DEFAULT_KERNEL, KERNEL_VERSIONS
 from .machine import PLATFORMS, Machine
@@ -20,6 +21,7 @@ from .report.html import render_html
 from .report.json_report import report_document
 from .report.scenario_text import render_text
 from .scenarios import SCENARIOS, Progress, ScenarioResult, UsageError, run_scenario
+from .sizes import parse_size
 from .trace import REPLAY_PLATFORMS, TraceError, parse_trace_file, replay
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
 
@@ -190,6 +192,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 EXEC_DEFAULT_DEVICE = "0000:00:02.0"
 
 
+def exec_ram_max(platform: str) -> int:
+    """The most RAM a machine of ``platform`` can have: RAM from the platform's base must
+    end where the IOMMU can still address it. VT-d: QEMU's intel-iommu sets the host
+    address width to aw-bits (the unit's MGAW); SMMUv3 and the mock: the SMMU's OAS;
+    pSeries: below the PHB's 32-bit MMIO window."""
+    base, first_bar, _ = PLATFORMS[platform]
+    if platform == "ppc64-pseries":
+        return first_bar - base
+    from .drivers.smmuv3 import SmmuV3Config
+    from .drivers.vtd import VtdHw
+    bits = VtdHw.aw if platform == "x86-vtd" else SmmuV3Config().oas
+    return (1 << bits) - base
+
+
 def _exec_machine(args: argparse.Namespace) -> Machine:
     """The machine ``exec`` runs the program against, with ``--set`` applied:
     ``ram=SIZE``, ``device=BDF`` (QEMU's edu device; ``BDF:plain`` a plain DMA device
@@ -209,14 +225,29 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
         elif key == "CONFIG_IOMMUFD_VFIO_CONTAINER":
             kconfig[key] = value not in ("0", "n", "no", "false")
         elif key.startswith("vfio_iommu_type1."):
-            params[key] = _int(value)
+            try:
+                params[key] = int(value, 0)
+            except ValueError:
+                raise UsageError(f"--set {item}: not an integer") from None
         else:
             raise UsageError(f"--set {key}: not a machine setting (ram, device, "
                              "CONFIG_IOMMUFD_VFIO_CONTAINER, vfio_iommu_type1.*)")
     try:
-        m = Machine(args.platform, ram, kernel=args.kernel)
+        size = parse_size(ram)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--set ram={ram}: {e}") from None
+    top = exec_ram_max(args.platform)
+    if size > top:
+        raise UsageError(f"--set ram={ram}: above the maximum {format_size(top)} on "
+                         f"{args.platform} (where RAM from the platform's base must end: the "
+                         "IOMMU's output address width, pSeries' 32-bit MMIO window)")
+    try:
+        m = Machine(args.platform, size, kernel=args.kernel)
+    except ValueError as e:
+        raise UsageError(f"--set ram={ram}: {e}") from None
+    except OutOfMemory as e:
+        raise UsageError(f"--set ram={ram}: too little RAM for the machine's own "
+                         f"allocations at boot ({e})") from None
     for key in params:
         if key not in m.module_params:
             raise UsageError(f"--set {key}: no such module parameter")
@@ -234,6 +265,9 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
             m.add_pci_device(bdf, model=None if kind == "plain" else "edu")
         except ValueError as e:
             raise UsageError(f"--set device={spec}: {e}") from None
+        except OutOfMemory as e:
+            raise UsageError(f"--set ram={ram}: too little RAM for the machine's own "
+                             f"allocations at boot ({e})") from None
     return m
 
 
