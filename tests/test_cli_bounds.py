@@ -106,6 +106,10 @@ def test_host_memory_is_checked_before_the_run(monkeypatch: pytest.MonkeyPatch,
     assert main(["run", "vfio-hugepages", "--set", "guest_ram=64G"]) == 2
     err = capsys.readouterr().err
     assert "guest_ram=64G needs about" in err and "1G is available" in err
+    # 8T under 64K TCEs (QEMU before 7.1) is 128M TCEs; with 16M TCEs only, 512K
+    assert main(["run", "ddw", "--set", "rams=8T"]) == 2
+    assert "rams=8T needs about" in capsys.readouterr().err
+    assert main(["run", "ddw", "--set", "rams=8T", "--set", "offers=qemu", "-q"]) == 0
 
 
 PAIRS = [(name, platform) for name, s in SCENARIOS.items() for platform in s.platforms]

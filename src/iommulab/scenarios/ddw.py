@@ -18,11 +18,13 @@ Parameters: ``rams`` (guest RAM sizes), ``offers``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..drivers.pseries import DdwOffer
 from ..machine import PLATFORMS
 from ..report import format_size
 from ..workload.ddw import DdwCase, run_ddw
-from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, check_host_memory
 
 #: QEMU's SPAPR_MEMORY_BLOCK_SIZE: spapr refuses RAM that is not a multiple of it
 SPAPR_MEMORY_BLOCK_SIZE = 256 << 20
@@ -46,6 +48,20 @@ PARAMS = (
     Param("offers", "str", tuple(OFFERS), "hypervisor offers", many=True,
           choices=tuple(OFFERS)),
 )
+
+
+#: host bytes the model spends per TCE of a direct window (measured: 16), and its fixed cost
+_HOST_BYTES_PER_TCE = 20
+_HOST_BYTES_BASE = 100 << 20
+
+
+def check(params: dict[str, Any], platform: str) -> None:
+    """A direct window holds one TCE per page of its largest page size over all RAM: the
+    host must hold the model's TCE table for the largest RAM and smallest such page."""
+    shift = min(max(OFFERS[name][0].page_shifts) for name in params["offers"])
+    ram = max(params["rams"])
+    check_host_memory(_HOST_BYTES_BASE + (ram >> shift) * _HOST_BYTES_PER_TCE,
+                      f"rams={format_size(ram)}")
 
 
 def run(ctx: RunContext) -> ScenarioResult:
@@ -83,4 +99,5 @@ def run(ctx: RunContext) -> ScenarioResult:
 
 
 #: pSeries DMA goes through TCE tables of the hypervisor, not IOMMU domains: no state
-SCENARIO = Scenario("ddw", __doc__ or "", PARAMS, ("ppc64-pseries",), run, saves_state=False)
+SCENARIO = Scenario("ddw", __doc__ or "", PARAMS, ("ppc64-pseries",), run, check,
+                    saves_state=False)

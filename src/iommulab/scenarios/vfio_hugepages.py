@@ -35,9 +35,9 @@ from .base import (
 )
 
 #: host bytes the model spends per 4K page of guest RAM (measured: a fragmented host keeps
-#: one 4K entry per page, 180 B; THP and hugetlb runs, 17 B), and its fixed cost
+#: one 4K entry per page, 180 B; THP and hugetlb runs, 17 to 23 B), and its fixed cost
 _HOST_BYTES_PER_PAGE = {"fragmented": 200}
-_HOST_BYTES_PER_PAGE_RUNS = 20
+_HOST_BYTES_PER_PAGE_RUNS = 24
 _HOST_BYTES_BASE = 200 << 20
 
 
