@@ -194,9 +194,9 @@ EXEC_DEFAULT_DEVICE = "0000:00:02.0"
 
 def exec_ram_max(platform: str) -> int:
     """The most RAM a machine of ``platform`` can have: RAM from the platform's base must
-    end where the IOMMU can still address it. VT-d: QEMU's intel-iommu sets the host
-    address width to aw-bits (the unit's MGAW); SMMUv3 and the mock: the SMMU's OAS;
-    pSeries: below the PHB's 32-bit MMIO window."""
+    end where the IOMMU can still address it. VT-d: QEMU's intel-iommu masks the
+    addresses in second-level entries to aw-bits (the unit's MGAW, 39 by default);
+    SMMUv3 and the mock: the SMMU's OAS; pSeries: below the PHB's 32-bit MMIO window."""
     base, first_bar, _ = PLATFORMS[platform]
     if platform == "ppc64-pseries":
         return first_bar - base
