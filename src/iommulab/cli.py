@@ -7,9 +7,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
 
 from . import __version__
+from .errors import OutOfMemory
 from .inspect import BadState, load_states, page_table_tree, render_address_space
 from .kernel import DEFAULT_KERNEL, KERNEL_VERSIONS
 from .machine import PLATFORMS, Machine
@@ -18,10 +21,11 @@ from .report.html import render_html
 from .report.json_report import report_document
 from .report.scenario_text import render_text
 from .scenarios import SCENARIOS, Progress, ScenarioResult, UsageError, run_scenario
+from .sizes import parse_size
 from .trace import REPLAY_PLATFORMS, TraceError, parse_trace_file, replay
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "FileError", "add_output_options", "main", "register"]
 
 
 def _render_tour(r: TourResult) -> str:
@@ -69,10 +73,33 @@ def _write(path: str, text: str) -> None:
         raise FileError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
+def check_output_paths(args: argparse.Namespace, *names: str) -> None:
+    """Before any work: each output file option in ``names`` that is set must name a file
+    that can be written (``-`` is standard output), else a usage error naming the path."""
+    for name in names:
+        path = getattr(args, name, None)
+        if not path or path == "-":
+            continue
+        option = "--" + name.replace("_", "-")
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise UsageError(f"{option} {path}: is a directory")
+        if not os.path.isdir(parent):
+            raise UsageError(f"{option} {path}: no directory {parent}")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path}: not writable")
+        if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path}: directory {parent} is not writable")
+
+
 def _emit(result: ScenarioResult, args: argparse.Namespace) -> None:
-    """Print ``result`` and write the files the options of run and replay ask for."""
-    print(render_text(result))
-    if args.json:
+    """Print ``result`` (unless ``--quiet``, or ``--json -`` takes standard output) and
+    write the files the options of run and replay ask for."""
+    if not args.quiet and args.json != "-":
+        print(render_text(result))
+    if args.json == "-":
+        sys.stdout.write(json.dumps(report_document(result), indent=1) + "\n")
+    elif args.json:
         _write(args.json, json.dumps(report_document(result), indent=1) + "\n")
     if args.html:
         _write(args.html, render_html([result]))
@@ -89,11 +116,21 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.help:
+        scenario = SCENARIOS.get(args.scenario or "")
+        if args.scenario and scenario is None:
+            raise UsageError(f"no scenario {args.scenario!r} (scenarios: {', '.join(SCENARIOS)})")
+        print(args.parser.format_help() if scenario is None else scenario.help())
+        return EXIT_OK
     if args.list or not args.scenario:
         if not args.list:
             raise UsageError("name a scenario (iommulab run --list shows them)")
         print("\n\n".join(s.describe() for s in SCENARIOS.values()))
         return EXIT_OK
+    check_output_paths(args, "json", "html", "save_state")
+    scenario = SCENARIOS.get(args.scenario)
+    if args.save_state and scenario is not None and not scenario.saves_state:
+        raise UsageError(f"--save-state: {args.scenario} builds no IOMMU domain to save")
     result = run_scenario(args.scenario, platform=args.platform, settings=tuple(args.set),
                           seed=args.seed, quick=args.quick, progress=_progress(args),
                           save_states=bool(args.save_state))
@@ -102,6 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_output_paths(args, "html")
     print(_render_tour(run_pgtable_tour(seed=args.seed)))
     results = []
     for name in SCENARIOS:
@@ -115,6 +153,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    check_output_paths(args, "json", "html", "save_state")
     try:
         trace = parse_trace_file(args.trace, strict=args.strict)
     except TraceError as e:
@@ -153,6 +192,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 EXEC_DEFAULT_DEVICE = "0000:00:02.0"
 
 
+def exec_ram_max(platform: str) -> int:
+    """The most RAM a machine of ``platform`` can have: RAM from the platform's base must
+    end where the IOMMU can still address it. VT-d: QEMU's intel-iommu masks the
+    addresses in second-level entries to aw-bits (the unit's MGAW, 39 by default);
+    SMMUv3 and the mock: the SMMU's OAS; pSeries: below the PHB's 32-bit MMIO window."""
+    base, first_bar, _ = PLATFORMS[platform]
+    if platform == "ppc64-pseries":
+        return first_bar - base
+    from .drivers.smmuv3 import SmmuV3Config
+    from .drivers.vtd import VtdHw
+    bits = VtdHw.aw if platform == "x86-vtd" else SmmuV3Config().oas
+    return (1 << bits) - base
+
+
 def _exec_machine(args: argparse.Namespace) -> Machine:
     """The machine ``exec`` runs the program against, with ``--set`` applied:
     ``ram=SIZE``, ``device=BDF`` (QEMU's edu device; ``BDF:plain`` a plain DMA device
@@ -172,14 +225,29 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
         elif key == "CONFIG_IOMMUFD_VFIO_CONTAINER":
             kconfig[key] = value not in ("0", "n", "no", "false")
         elif key.startswith("vfio_iommu_type1."):
-            params[key] = _int(value)
+            try:
+                params[key] = int(value, 0)
+            except ValueError:
+                raise UsageError(f"--set {item}: not an integer") from None
         else:
             raise UsageError(f"--set {key}: not a machine setting (ram, device, "
                              "CONFIG_IOMMUFD_VFIO_CONTAINER, vfio_iommu_type1.*)")
     try:
-        m = Machine(args.platform, ram, kernel=args.kernel)
+        size = parse_size(ram)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--set ram={ram}: {e}") from None
+    top = exec_ram_max(args.platform)
+    if size > top:
+        raise UsageError(f"--set ram={ram}: above the maximum {format_size(top)} on "
+                         f"{args.platform} (where RAM from the platform's base must end: the "
+                         "IOMMU's output address width, pSeries' 32-bit MMIO window)")
+    try:
+        m = Machine(args.platform, size, kernel=args.kernel)
+    except ValueError as e:
+        raise UsageError(f"--set ram={ram}: {e}") from None
+    except OutOfMemory as e:
+        raise UsageError(f"--set ram={ram}: too little RAM for the machine's own "
+                         f"allocations at boot ({e})") from None
     for key in params:
         if key not in m.module_params:
             raise UsageError(f"--set {key}: no such module parameter")
@@ -197,6 +265,9 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
             m.add_pci_device(bdf, model=None if kind == "plain" else "edu")
         except ValueError as e:
             raise UsageError(f"--set device={spec}: {e}") from None
+        except OutOfMemory as e:
+            raise UsageError(f"--set ram={ram}: too little RAM for the machine's own "
+                             f"allocations at boot ({e})") from None
     return m
 
 
@@ -206,6 +277,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise UsageError("name a program: iommulab exec [options] -- PROGRAM ARGS...")
+    check_output_paths(args, "report", "html")
     from .exec import ExecLog, run_exec
     from .testing import leak_snapshot
     m = _exec_machine(args)
@@ -246,40 +318,73 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iommulab", description=(
-        "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
-        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
-        "4 internal error."))
-    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _seed(text: str) -> int:
+    """A seed: numpy's SeedSequence takes non-negative integers."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {value}")
+    return value
 
-    def outputs(p: argparse.ArgumentParser, save: str) -> None:
-        p.add_argument("--json", metavar="FILE", help="write the report as JSON "
-                       "(schema iommulab.report, version 1)")
-        p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
-                       "with plots")
-        p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    demo = sub.add_parser("demo", help="a quick tour: one paging domain walked, then every "
-                          "scenario in --quick mode")
-    demo.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
+def add_output_options(p: argparse.ArgumentParser, save: str) -> None:
+    """--json, --html, --save-state and --no-progress, as run and replay take them."""
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON "
+                   "(schema iommulab.report, version 1); - for standard output, "
+                   "instead of the tables")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
+                   "with plots")
+    p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="print no tables (files "
+                   "are still written)")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``configure`` adds its arguments, ``run`` returns the exit status
+    (raising :class:`UsageError` for exit 2 and :class:`FileError` for exit 3)."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    add_help: bool = True  # False: ``configure`` adds its own -h/--help
+
+
+#: the subcommands in the order ``iommulab --help`` lists them; a new one is a
+#: ``configure`` and a ``run`` function and one :func:`register` call
+COMMANDS: dict[str, Command] = {}
+
+
+def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int], *, add_help: bool = True) -> None:
+    """Add subcommand ``name`` (see :class:`Command`)."""
+    COMMANDS[name] = Command(name, help, configure, run, add_help)
+
+
+def _configure_demo(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the random choices")
     demo.add_argument("--html", metavar="FILE", help="also write the HTML report")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    run = sub.add_parser("run", help="run a built-in scenario")
+
+def _configure_run(run: argparse.ArgumentParser) -> None:
+    # its own --help (registered with add_help=False): with a scenario, the scenario's
+    run.add_argument("-h", "--help", action="store_true", help="show this help, or with "
+                     "SCENARIO its parameters, their bounds and platforms")
+    run.set_defaults(parser=run)
     run.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
     run.add_argument("--list", action="store_true", help="list scenarios and parameters")
     run.add_argument("--platform", choices=sorted(PLATFORMS), help="default: the "
                      "scenario's first platform")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="set a scenario parameter (repeatable)")
-    run.add_argument("--seed", type=_int, default=0, help="seed of the random choices")
+    run.add_argument("--seed", type=_seed, default=0, help="seed of the random choices")
     run.add_argument("--quick", action="store_true", help="small sizes (seconds)")
-    outputs(run, "the domains' page tables")
+    add_output_options(run, "the domains' page tables")
 
-    rep = sub.add_parser("replay", help="replay an ftrace text trace of iommu and dma events")
+
+def _configure_replay(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("trace", help="ftrace text output (/sys/kernel/tracing/trace, a "
                      "trace_event= boot log or a pasted excerpt)")
     rep.add_argument("--platform", choices=REPLAY_PLATFORMS, default="x86-vtd")
@@ -295,10 +400,10 @@ def _parser() -> argparse.ArgumentParser:
                      "cannot be parsed (exit 3)")
     rep.add_argument("--check", action="store_true", help="exit 1 when the model disagrees "
                      "with the trace")
-    outputs(rep, "each replayed domain's page table")
+    add_output_options(rep, "each replayed domain's page table")
 
-    ex = sub.add_parser("exec", help="run a real program with its calls on /dev/iommu and "
-                        "/dev/vfio answered by the model (exit status: the program's)")
+
+def _configure_exec(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--platform", choices=sorted(PLATFORMS), default="x86-vtd")
     ex.add_argument("--kernel", choices=KERNEL_VERSIONS, default=str(DEFAULT_KERNEL),
                     help=f"the Linux release the model answers as (default {DEFAULT_KERNEL})")
@@ -316,8 +421,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--text-report", action="store_true", help="print the report on stderr")
     ex.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
 
-    ins = sub.add_parser("inspect", help="a saved domain state as a page-table tree and an "
-                         "address-space map")
+
+def _configure_inspect(ins: argparse.ArgumentParser) -> None:
     ins.add_argument("state", help="a file written by --save-state")
     ins.add_argument("--domain", help="only this domain (default: all)")
     ins.add_argument("--iova", type=_int, help="only the walk to this address")
@@ -326,24 +431,66 @@ def _parser() -> argparse.ArgumentParser:
     view = ins.add_mutually_exclusive_group()
     view.add_argument("--tree-only", action="store_true")
     view.add_argument("--map-only", action="store_true")
+
+
+register("demo", "a quick tour: one paging domain walked, then every scenario in --quick "
+         "mode", _configure_demo, _cmd_demo)
+register("run", "run a built-in scenario", _configure_run, _cmd_run, add_help=False)
+register("replay", "replay an ftrace text trace of iommu and dma events", _configure_replay,
+         _cmd_replay)
+register("exec", "run a real program with its calls on /dev/iommu and /dev/vfio answered "
+         "by the model (exit status: the program's)", _configure_exec, _cmd_exec)
+register("inspect", "a saved domain state as a page-table tree and an address-space map",
+         _configure_inspect, _cmd_inspect)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), as the commands' own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (--help shows the options)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="iommulab", description=(
+        "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
+        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
+        "4 internal error."))
+    parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for cmd in COMMANDS.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, add_help=cmd.add_help))
     return parser
 
 
-_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "replay": _cmd_replay, "inspect": _cmd_inspect,
-             "exec": _cmd_exec}
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so the flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on bad usage
     try:
-        return _COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except UsageError as e:
         print(f"iommulab {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except FileError as e:
         print(f"iommulab {args.command}: {e}", file=sys.stderr)
         return EXIT_BAD_FILE
+    except BrokenPipeError:  # a reader that stopped early (| head): quiet, as head expects
+        _silence_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"iommulab {args.command}: interrupted", file=sys.stderr)
+        return 128 + 2  # SIGINT, as a shell reports it
     except Exception as e:  # a bug of ours: one line, the traceback on request
         if os.environ.get("IOMMULAB_DEBUG"):
             raise

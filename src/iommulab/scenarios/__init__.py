@@ -14,6 +14,7 @@ from .base import (
     ScenarioResult,
     Table,
     UsageError,
+    check_host_memory,
     parse_params,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "ScenarioResult",
     "Table",
     "UsageError",
+    "check_host_memory",
     "parse_params",
     "run_scenario",
 ]
@@ -47,7 +49,12 @@ def run_scenario(name: str, *, platform: str | None = None, settings: tuple[str,
     platform = platform or scenario.platforms[0]
     if platform not in scenario.platforms:
         raise UsageError(f"{name} runs on {', '.join(scenario.platforms)}, not {platform}")
-    params = parse_params(scenario.params, settings, quick)
+    try:
+        params = parse_params(scenario.params, settings, quick, platform)
+        if scenario.check is not None:
+            scenario.check(params, platform)
+    except UsageError as e:
+        raise UsageError(f"{name}: {e} (bounds: iommulab run {name} --help)") from None
     ctx = RunContext(params, seed, platform, quick, progress or Progress(), save_states)
     start = time.perf_counter()
     try:

@@ -11,6 +11,7 @@ function of the parameters and the seed.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "ScenarioResult",
     "Table",
     "UsageError",
+    "check_host_memory",
     "parse_params",
 ]
 
@@ -35,7 +37,10 @@ class UsageError(ValueError):
 
 
 def _as_int(text: str) -> int:
-    return int(text, 0)
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
 
 
 def _as_bool(text: str) -> bool:
@@ -50,11 +55,19 @@ _KINDS: dict[str, Callable[[str], Any]] = {"int": _as_int, "size": parse_size, "
                                            "str": str}
 
 
+def _bound_text(kind: str, value: int) -> str:
+    from ..report import format_size
+    return format_size(value) if kind == "size" else str(value)
+
+
 @dataclass(frozen=True)
 class Param:
     """One ``--set`` parameter: ``kind`` is int, size (``64M``), bool or str;
-    ``many`` takes a comma-separated list; ``choices`` bounds str values;
-    ``quick`` replaces the default under ``--quick``."""
+    ``many`` takes a comma-separated list; ``quick`` replaces the default under ``--quick``.
+
+    Bounds: ``choices`` (the allowed values), ``minimum``, ``maximum`` (a number, or a
+    function of the platform for limits such as an address width), ``multiple`` (each
+    value a multiple of it); ``why`` says where the bounds come from."""
 
     name: str
     kind: str
@@ -62,8 +75,11 @@ class Param:
     doc: str
     quick: Any = None
     many: bool = False
-    choices: tuple[str, ...] = ()
+    choices: tuple[Any, ...] = ()
     minimum: int | None = None
+    maximum: int | Callable[[str], int] | None = None
+    multiple: int | None = None
+    why: str = ""
 
     def text(self, value: Any) -> str:
         """``value`` as ``--set`` would take it (sizes as ``64M``)."""
@@ -71,7 +87,33 @@ class Param:
         one = format_size if self.kind == "size" else str
         return ",".join(map(one, value)) if self.many else one(value)
 
-    def parse(self, text: str) -> Any:
+    def max_on(self, platform: str) -> int | None:
+        """The maximum on ``platform`` (None: no upper bound)."""
+        return self.maximum(platform) if callable(self.maximum) else self.maximum
+
+    def bounds(self, platforms: Sequence[str]) -> str:
+        """The bounds as ``--list`` shows them, e.g. ``2M..512M, a multiple of 2M``."""
+        k = self.kind
+        if self.choices:
+            return "one of " + "|".join(map(str, self.choices)) + (", comma-separated"
+                                                                  if self.many else "")
+        lo = "" if self.minimum is None else _bound_text(k, self.minimum)
+        if callable(self.maximum):
+            his = {pl: _bound_text(k, self.maximum(pl)) for pl in platforms}
+            hi = (next(iter(his.values())) if len(set(his.values())) == 1 else
+                  "max " + ", ".join(f"{v} on {pl}" for pl, v in his.items()))
+            text = f"{lo}.." if hi.startswith("max ") else f"{lo}..{hi}"
+            text = f"{text} ({hi})" if hi.startswith("max ") else text
+        else:
+            hi = "" if self.maximum is None else _bound_text(k, self.maximum)
+            text = f"{lo}..{hi}" if hi else f"at least {lo}" if lo else "any"
+        if self.multiple:
+            text += f", a multiple of {_bound_text(k, self.multiple)}"
+        return text
+
+    def parse(self, text: str, platform: str = "") -> Any:
+        if not text.strip():
+            raise UsageError(f"--set {self.name}=: give a value")
         items = [t.strip() for t in text.split(",")] if self.many else [text.strip()]
         values = []
         for item in items:
@@ -79,19 +121,36 @@ class Param:
                 value = _KINDS[self.kind](item)
             except ValueError as e:
                 raise UsageError(f"--set {self.name}={text}: {e}") from None
-            if self.choices and value not in self.choices:
-                raise UsageError(f"--set {self.name}={text}: {item!r} is not one of "
-                                 f"{', '.join(self.choices)}")
-            if self.minimum is not None and value < self.minimum:
-                raise UsageError(f"--set {self.name}={text}: {item} is below {self.minimum}")
+            self.check(value, platform, f"--set {self.name}={text}: {item}")
             values.append(value)
         if self.many and not values:
             raise UsageError(f"--set {self.name}=: give at least one value")
         return tuple(values) if self.many else values[0]
 
+    def check(self, value: Any, platform: str, where: str) -> None:
+        """Raise :class:`UsageError` naming the bound ``value`` breaks."""
+        why = ""  # the reasons are in --help and --list; the message names the bound
+        if self.choices and value not in self.choices:
+            raise UsageError(f"{where} is not one of {', '.join(map(str, self.choices))}")
+        if self.kind not in ("int", "size"):
+            return
+        if self.minimum is not None and value < self.minimum:
+            raise UsageError(f"{where} is below the minimum "
+                             f"{_bound_text(self.kind, self.minimum)}{why}")
+        hi = self.max_on(platform) if platform else None
+        if hi is not None and value > hi:
+            on = f" on {platform}" if callable(self.maximum) else ""
+            raise UsageError(f"{where} is above the maximum {_bound_text(self.kind, hi)}"
+                             f"{on}{why}")
+        if self.multiple and value % self.multiple:
+            raise UsageError(f"{where} is not a multiple of "
+                             f"{_bound_text(self.kind, self.multiple)}{why}")
 
-def parse_params(params: Sequence[Param], settings: Sequence[str], quick: bool) -> dict[str, Any]:
-    """Defaults (``quick`` ones under ``--quick``) overridden by ``key=value`` settings."""
+
+def parse_params(params: Sequence[Param], settings: Sequence[str], quick: bool,
+                 platform: str = "") -> dict[str, Any]:
+    """Defaults (``quick`` ones under ``--quick``) overridden by ``key=value`` settings,
+    each checked against its bounds on ``platform``."""
     by_name = {p.name: p for p in params}
     values = {p.name: p.quick if quick and p.quick is not None else p.default for p in params}
     for setting in settings:
@@ -101,8 +160,30 @@ def parse_params(params: Sequence[Param], settings: Sequence[str], quick: bool) 
         if key not in by_name:
             known = ", ".join(sorted(by_name)) or "none"
             raise UsageError(f"--set {key}: no such parameter (parameters: {known})")
-        values[key] = by_name[key].parse(text)
+        values[key] = by_name[key].parse(text, platform)
     return values
+
+
+def host_memory_available() -> int | None:
+    """MemAvailable of this host in bytes (None where /proc/meminfo does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(need: int, what: str) -> None:
+    """Raise :class:`UsageError` when the model's ``need`` bytes for ``what`` exceed the
+    memory this host has available (lab: the model's own arrays, not the modelled RAM)."""
+    have = host_memory_available()
+    if have is not None and need > have:
+        from ..report import format_size
+        raise UsageError(f"{what} needs about {format_size(need)} of this host's memory "
+                         f"for the model, and {format_size(have)} is available")
 
 
 @dataclass(frozen=True)
@@ -157,19 +238,32 @@ class Progress:
         self.stream = stream
         self.width = width
         self._shown = False
+        self._start: float | None = None
+
+    def eta(self, done: int, total: int, now: float | None = None) -> str:
+        """Time left at the mean pace so far (``--:--`` before the first step is done)."""
+        now = time.monotonic() if now is None else now
+        if self._start is None:
+            self._start = now
+        if done <= 0 or done >= total:
+            return "--:--" if done < total else "00:00"
+        left = round((now - self._start) / done * (total - done))
+        return f"{left // 3600}:{left // 60 % 60:02}:{left % 60:02}" if left >= 3600 else \
+            f"{left // 60:02}:{left % 60:02}"
 
     def __call__(self, done: int, total: int, what: str = "") -> None:
         if self.stream is None or total <= 0:
             return
         filled = self.width * done // total
         bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{total} {what[:40]:<40}")
+        self.stream.write(f"\r[{bar}] {done}/{total} ETA {self.eta(done, total)} "
+                          f"{what[:40]:<40}")
         self.stream.flush()
         self._shown = True
 
     def close(self) -> None:
         if self._shown and self.stream is not None:
-            self.stream.write("\r" + " " * (self.width + 50) + "\r")
+            self.stream.write("\r" + " " * (self.width + 60) + "\r")
             self.stream.flush()
             self._shown = False
 
@@ -196,6 +290,11 @@ class Scenario:
     params: tuple[Param, ...]
     platforms: tuple[str, ...]
     run: Callable[[RunContext], ScenarioResult]
+    #: checks across parameters and against the host, before any work starts: raises
+    #: :class:`UsageError` (``params``, ``platform``)
+    check: Callable[[dict[str, Any], str], None] | None = None
+    #: builds IOMMU domains whose page tables ``--save-state`` can keep
+    saves_state: bool = True
 
     @property
     def summary(self) -> str:
@@ -208,14 +307,20 @@ class Scenario:
                               dict(ctx.params), param_text={
                                   p.name: p.text(ctx.params[p.name]) for p in self.params})
 
+    def help(self) -> str:
+        """``iommulab run NAME --help``: the module docstring, then :meth:`describe`."""
+        return f"usage: iommulab run {self.name} [--platform P] [--set KEY=VALUE ...]\n\n" \
+               f"{self.doc.strip()}\n\n{self.describe()}"
+
     def describe(self) -> str:
         lines = [f"{self.name}: {self.summary}", f"  platforms: {', '.join(self.platforms)}",
                  "  parameters (--set key=value):"]
         for p in self.params:
             default = p.text(p.default)
             quick = "" if p.quick is None else f"; --quick: {p.text(p.quick)}"
-            choices = f" ({'|'.join(p.choices)})" if p.choices else ""
-            lines.append(f"    {p.name}={default}{quick}  {p.doc}{choices}")
+            lines.append(f"    {p.name}={default}{quick}  {p.doc}")
+            why = f" ({p.why})" if p.why else ""
+            lines.append(f"      bounds: {p.bounds(self.platforms)}{why}")
         return "\n".join(lines)
 
 

@@ -18,10 +18,16 @@ Parameters: ``rams`` (guest RAM sizes), ``offers``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..drivers.pseries import DdwOffer
+from ..machine import PLATFORMS
 from ..report import format_size
 from ..workload.ddw import DdwCase, run_ddw
-from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, check_host_memory
+
+#: QEMU's SPAPR_MEMORY_BLOCK_SIZE: spapr refuses RAM that is not a multiple of it
+SPAPR_MEMORY_BLOCK_SIZE = 256 << 20
 
 #: offer name -> (offer, the driver keeps its 32-bit mapping)
 OFFERS: dict[str, tuple[DdwOffer, bool]] = {
@@ -34,10 +40,28 @@ OFFERS: dict[str, tuple[DdwOffer, bool]] = {
 
 PARAMS = (
     Param("rams", "size", (8 << 30, 64 << 30, 1 << 40), "guest RAM sizes", quick=(8 << 30,),
-          many=True, minimum=1 << 30),
+          many=True, minimum=1 << 30, maximum=PLATFORMS["ppc64-pseries"][1],
+          multiple=SPAPR_MEMORY_BLOCK_SIZE,
+          why="QEMU spapr takes RAM in 256M memory blocks; RAM from 0 must end below the "
+              "PHB's 32-bit MMIO window at 0x200080000000; at least 1G (the driver's "
+              "32-bit mapping)"),
     Param("offers", "str", tuple(OFFERS), "hypervisor offers", many=True,
           choices=tuple(OFFERS)),
 )
+
+
+#: host bytes the model spends per TCE of a direct window (measured: 16), and its fixed cost
+_HOST_BYTES_PER_TCE = 20
+_HOST_BYTES_BASE = 100 << 20
+
+
+def check(params: dict[str, Any], platform: str) -> None:
+    """A direct window holds one TCE per page of its largest page size over all RAM: the
+    host must hold the model's TCE table for the largest RAM and smallest such page."""
+    shift = min(max(OFFERS[name][0].page_shifts) for name in params["offers"])
+    ram = max(params["rams"])
+    check_host_memory(_HOST_BYTES_BASE + (ram >> shift) * _HOST_BYTES_PER_TCE,
+                      f"rams={format_size(ram)}")
 
 
 def run(ctx: RunContext) -> ScenarioResult:
@@ -74,5 +98,6 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("ddw", __doc__ or "", PARAMS,
-                    ("ppc64-pseries",), run)
+#: pSeries DMA goes through TCE tables of the hypervisor, not IOMMU domains: no state
+SCENARIO = Scenario("ddw", __doc__ or "", PARAMS, ("ppc64-pseries",), run, check,
+                    saves_state=False)

@@ -19,8 +19,9 @@ Parameters: ``guest_ram``, ``rounds``, ``writes_per_round``, ``modes``,
 
 from __future__ import annotations
 
+from ..mem.frames import MAX_ORDER
 from ..report import format_size
-from ..sizes import SZ_2M
+from ..sizes import SZ_2M, SZ_4K
 from ..workload.bbm_window import run_bbm_window
 from ..workload.migration import run_migration
 from .base import (
@@ -30,30 +31,34 @@ from .base import (
     Scenario,
     ScenarioResult,
     Table,
-    UsageError,
 )
+
+#: (1 << MAX_ORDER) 4K pages hold twice the guest RAM: 512M
+_MAX_GUEST_RAM = (SZ_4K << MAX_ORDER) // 2
 
 MODES = ("upstream", "split", "sync_fix")
 
 PARAMS = (
-    Param("guest_ram", "size", 256 << 20, "guest RAM (a multiple of 2M)", quick=64 << 20,
-          minimum=SZ_2M),
-    Param("rounds", "int", 4, "dirty-tracking rounds", quick=2, minimum=1),
+    Param("guest_ram", "size", 256 << 20, "guest RAM on 2M blocks", quick=64 << 20,
+          minimum=SZ_2M, maximum=_MAX_GUEST_RAM, multiple=SZ_2M,
+          why="2M blocks; the workload takes RAM as one buddy block of twice its size "
+              f"(to align it to 2M, not 1G), and the largest block is order {MAX_ORDER}"),
+    Param("rounds", "int", 4, "dirty-tracking rounds", quick=2, minimum=1,
+          why="no upper bound: time grows with it"),
     Param("writes_per_round", "int", 300, "packets the device writes per round", quick=100,
-          minimum=0),
+          minimum=0, why="no upper bound: time grows with it"),
     Param("modes", "str", MODES, "tracking modes", many=True, choices=MODES),
     Param("bbm_levels", "int", (0, 1, 2), "break-before-make levels of split and merge",
-          many=True, minimum=0),
+          many=True, choices=(0, 1, 2), why="SMMUv3 IDR3.BBML levels 0, 1 and 2"),
     Param("bbm_ram", "size", 32 << 20, "RAM the transient-fault stream covers",
-          quick=8 << 20, minimum=SZ_2M),
+          quick=8 << 20, minimum=SZ_2M, maximum=_MAX_GUEST_RAM, multiple=SZ_2M,
+          why="2M blocks, at most guest_ram's maximum; the stream touches every 4K page "
+              "at each step, so time grows with it"),
 )
 
 
 def run(ctx: RunContext) -> ScenarioResult:
     p = ctx.params
-    for level in p["bbm_levels"]:
-        if level > 2:
-            raise UsageError(f"--set bbm_levels: {level} is not a BBM level (0, 1, 2)")
     res = SCENARIO.result(ctx, f"live migration through the SMMUv3 model: "
                                f"{format_size(p['guest_ram'])} of guest RAM on 2M blocks")
     runs = [(mode, None if mode == "upstream" else level) for mode in p["modes"]

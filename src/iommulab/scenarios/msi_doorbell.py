@@ -24,6 +24,7 @@ Parameters: ``devices``, ``messages`` (MSIs each device sends), ``cases``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..clock import Clock
 from ..devices import DmaDevice
@@ -38,10 +39,16 @@ from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
 
 CASES = ("dma-domain", "vfio-cookie", "two-its", "no-cookie", "identity")
 _SECOND_ITS = 0x080A_0000  # lab: a second ITS right after QEMU virt's (0x08080000)
+_FIRST_SID, _SID_STEP = 0x10, 8
+#: devices whose StreamIDs fit the default SMMU's stream table
+_MAX_DEVICES = ((1 << SmmuV3Config().sid_bits) - 1 - _FIRST_SID) // _SID_STEP + 1
 
 PARAMS = (
-    Param("devices", "int", 4, "devices, one group each", quick=2, minimum=1),
-    Param("messages", "int", 16, "MSIs each device sends", quick=4, minimum=1),
+    Param("devices", "int", 4, "devices, one group each", quick=2, minimum=1,
+          maximum=_MAX_DEVICES, why="StreamIDs 0x10, 0x18, ... must fit the SMMU's "
+          f"{1 << SmmuV3Config().sid_bits}-entry stream table (IDR1.SIDSIZE)"),
+    Param("messages", "int", 16, "MSIs each device sends", quick=4, minimum=1,
+          maximum=2048, why="one EventID per vector: PCI MSI-X has at most 2048 vectors"),
     Param("cases", "str", CASES, "domain set-ups", many=True, choices=CASES),
 )
 
@@ -57,9 +64,12 @@ class MsiCaseResult:
     fault_events: int = 0
     doorbell_iovas: list[int] = field(default_factory=list)
     pages_mapped: int = 0  # doorbell pages mapped over all domains
+    #: saved states of the paging domains (doorbell pages mapped), when asked for
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def run_case(case: str, devices: int, messages: int) -> MsiCaseResult:
+def run_case(case: str, devices: int, messages: int, save_state: bool = False
+             ) -> MsiCaseResult:
     """One set-up of :data:`CASES`; everything is released before it returns."""
     mem = PhysMem("4G")
     hw = SmmuV3Hw(mem, SmmuV3Config())
@@ -68,7 +78,7 @@ def run_case(case: str, devices: int, messages: int) -> MsiCaseResult:
     its = [GicV3Its(mem)]
     if case == "two-its":
         its.append(GicV3Its(mem, base=_SECOND_ITS))
-    devs = [DmaDevice(f"dev{i}", mem, hw, 0x10 + 8 * i) for i in range(devices)]
+    devs = [DmaDevice(f"dev{i}", mem, hw, _FIRST_SID + _SID_STEP * i) for i in range(devices)]
     for dev in devs:
         core.probe_device(dev)
     shared = None
@@ -110,6 +120,14 @@ def run_case(case: str, devices: int, messages: int) -> MsiCaseResult:
                                                 if dev.group is not None)) if d is not None}
         out.pages_mapped = sum(len(d.cookie.msi_pages) for d in domains.values()
                                if isinstance(d.cookie, (MsiCookie, DmaCookie)))
+        if save_state:
+            from ..inspect import save_domain
+            for dev in devs:
+                d, group = dev.group.domain if dev.group else None, dev.group
+                if d is not None and group is not None and d.pgtbl is not None:
+                    key = "shared" if d is shared else dev.name
+                    out.states.setdefault(key, save_domain(d, name=f"{case} {key}",
+                                                           resv=group.resv_regions()))
     finally:
         for dev in devs:
             if shared is not None and dev.group is not None and dev.group.default_domain:
@@ -128,7 +146,8 @@ def run(ctx: RunContext) -> ScenarioResult:
     results = []
     for n, case in enumerate(p["cases"]):
         ctx.progress(n, len(p["cases"]), case)
-        results.append(run_case(case, p["devices"], p["messages"]))
+        results.append(run_case(case, p["devices"], p["messages"], ctx.save_states))
+        res.states.update({f"{case}.{k}": v for k, v in results[-1].states.items()})
     ctx.progress(len(results), len(results))
     res.tables.append(Table("MSI writes by domain set-up", [
         "case", "setup refused", "sent", "delivered", "wrong DeviceID", "faulted",

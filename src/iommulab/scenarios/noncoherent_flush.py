@@ -17,14 +17,34 @@ Parameters: ``rounds`` (buffers per stream phase), ``ram`` (guest RAM),
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..iommufd.cache_flush import POLICIES
-from ..workload.noncoherent import run_noncoherent
-from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table
+from ..workload.noncoherent import WORKLOAD_RAM, run_noncoherent
+from .base import Param, Plot, RunContext, Scenario, ScenarioResult, Table, UsageError
+
+#: guest RAM plus one buffer: the workload machine's RAM less 4M for tables and rings
+MAX_RAM = WORKLOAD_RAM - (4 << 20)
+
+
+def check(params: dict[str, Any], platform: str) -> None:
+    """Guest RAM and one buffer are populated at once on the workload's machine."""
+    need = params["ram"] + params["buffer_pages"] * 4096
+    if need > MAX_RAM:
+        raise UsageError(f"--set ram + buffer_pages: {need >> 20}M of RAM and buffer is "
+                         f"above the maximum {MAX_RAM >> 20}M (the workload machine's "
+                         f"{WORKLOAD_RAM >> 30}G of RAM, less 4M for page tables)")
 
 PARAMS = (
-    Param("rounds", "int", 16, "buffers per stream phase", quick=4, minimum=0),
-    Param("ram", "size", 4 << 20, "guest RAM in the IOAS", minimum=1 << 16),
-    Param("buffer_pages", "int", 4, "4K pages per streamed buffer", minimum=1),
+    Param("rounds", "int", 16, "buffers per stream phase", quick=4, minimum=0,
+          why="no upper bound: time grows with it"),
+    Param("ram", "size", 4 << 20, "guest RAM in the IOAS", minimum=1 << 16,
+          maximum=MAX_RAM, multiple=1 << 12,
+          why="whole pages; it and one buffer fit the workload machine's "
+              f"{WORKLOAD_RAM >> 30}G of RAM, with 4M for page tables"),
+    Param("buffer_pages", "int", 4, "4K pages per streamed buffer", minimum=1,
+          maximum=MAX_RAM >> 12, why="a buffer fits the workload machine's RAM beside the "
+          "guest's"),
     Param("policies", "str", POLICIES, "cache flush policies", many=True, choices=POLICIES),
 )
 
@@ -37,7 +57,9 @@ def run(ctx: RunContext) -> ScenarioResult:
     for n, policy in enumerate(p["policies"]):
         ctx.progress(n, len(p["policies"]), policy)
         results.append(run_noncoherent(policy, rounds=p["rounds"], ram=p["ram"],
-                                       buffer_pages=p["buffer_pages"]))
+                                       buffer_pages=p["buffer_pages"],
+                                       save_state=ctx.save_states))
+        res.states.update({f"{policy}.{k}": v for k, v in results[-1].states.items()})
     ctx.progress(len(results), len(results))
     res.tables.append(Table("flush policies side by side", [
         "policy", "stale reads", "unflushed unpins", "flushes", "pages flushed", "by point"],
@@ -65,4 +87,4 @@ def run(ctx: RunContext) -> ScenarioResult:
     return res
 
 
-SCENARIO = Scenario("noncoherent-flush", __doc__ or "", PARAMS, ("x86-vtd",), run)
+SCENARIO = Scenario("noncoherent-flush", __doc__ or "", PARAMS, ("x86-vtd",), run, check)

@@ -27,17 +27,17 @@ is the boundary: data written before a map and device writes before an unpin.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..iommufd import uapi as u
 from ..vfio import uapi as v
 
 if TYPE_CHECKING:
     from ..devices import DmaDevice
-    from ..machine import Process
+    from ..machine import Machine, Process
 
-__all__ = ["NoncoherentResult", "run_noncoherent"]
+__all__ = ["WORKLOAD_RAM", "NoncoherentResult", "run_noncoherent"]
 
 _PAGE = 4096
 _RW = u.IOMMU_IOAS_MAP_READABLE | u.IOMMU_IOAS_MAP_WRITEABLE
@@ -53,6 +53,8 @@ class NoncoherentResult:
     flush_pages: int
     flush_pages_by_point: dict[str, int]
     dma_reads: int
+    #: saved states of the domains with guest RAM mapped, by the devices on each
+    states: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 class _Vmm:
@@ -120,11 +122,30 @@ def _stream(vmm: _Vmm, ioas: int, gpus: Sequence[DmaDevice], rounds: int, pages:
     return reads
 
 
+def _save_domains(m: Machine, names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """The saved state of each distinct domain the devices are attached to, named by the
+    devices on it (guest RAM mapped, both GPUs attached)."""
+    from ..inspect import save_domain
+    on: dict[int, list[str]] = {}
+    domains: dict[int, tuple[Any, Any]] = {}
+    for name, dev in zip(names, m.devices.values(), strict=True):
+        group = m.core.groups[dev.iommu_group]
+        if group.domain is not None and group.domain.pgtbl is not None:
+            domains[id(group.domain)] = (group.domain, group)
+            on.setdefault(id(group.domain), []).append(name)
+    return {"+".join(on[k]): save_domain(d, name="+".join(on[k]), resv=g.resv_regions())
+            for k, (d, g) in domains.items()}
+
+
+#: RAM of the workload's machine
+WORKLOAD_RAM = 1 << 30
+
+
 def run_noncoherent(policy: str, *, rounds: int = 16, ram: int = 4 << 20,
-                    buffer_pages: int = 4) -> NoncoherentResult:
+                    buffer_pages: int = 4, save_state: bool = False) -> NoncoherentResult:
     """The workload of the module docstring under ``policy``."""
     from ..machine import Machine
-    m = Machine("x86-vtd", ram="1G")
+    m = Machine("x86-vtd", ram=WORKLOAD_RAM)
     m.cache_flush.policy = policy
     sc_unit = m.add_iommu_unit(snoop_control=True)
     m.add_pci_device("0000:00:02.0", iommu_unit=sc_unit, snoop=False)  # the NIC
@@ -144,6 +165,7 @@ def run_noncoherent(policy: str, *, rounds: int = 16, ram: int = 4 << 20,
     gpus[0].dma_read(ram_iova + 4096, 19)
     reads += 1 + _stream(vmm, ioas, gpus[:1], rounds, buffer_pages)
     gpu_fds.append(vmm.plug(2, ioas, own_hwpt=True))
+    states = _save_domains(m, ("nic", "gpu0", "gpu1")) if save_state else {}
     reads += _stream(vmm, ioas, gpus, rounds, buffer_pages)
     vmm.unplug(nic_fd)
     vmm.plug(0, ioas, own_hwpt=True)
@@ -157,5 +179,5 @@ def run_noncoherent(policy: str, *, rounds: int = 16, ram: int = 4 << 20,
     flushes = m.cache_flush.stats
     return NoncoherentResult(policy, cache.stats.stale_reads, cache.stats.stale_lines,
                              cache.stats.unflushed_unpins, flushes.total_calls,
-                             flushes.total_pages, dict(flushes.pages), reads)
+                             flushes.total_pages, dict(flushes.pages), reads, states)
 

@@ -48,6 +48,8 @@ class StreamingResult:
     iova_tree_allocs: int
     iotlb_lookups: int
     iotlb_hits: int
+    #: the DMA domain's saved state with the last buffer mapped, when asked for
+    state: dict[str, object] | None = None
 
 
 def _probe(dev: DmaDevice, stale: dict[int, int], windows: list[int], now: int) -> int:
@@ -64,7 +66,8 @@ def _probe(dev: DmaDevice, stale: dict[int, int], windows: list[int], now: int) 
 
 
 def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int = 1536,
-                  interval_ns: int = 5_000, hz: int = 250) -> StreamingResult:
+                  interval_ns: int = 5_000, hz: int = 250, save_state: bool = False
+                  ) -> StreamingResult:
     """Stream ``packets`` receive buffers in ``mode`` ("strict" or "lazy")."""
     if mode not in ("strict", "lazy"):
         raise ValueError(f"mode must be 'strict' or 'lazy', not {mode!r}")
@@ -92,6 +95,7 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
     payload = bytes(range(256)) * (buffer_size // 256 + 1)
     clock = core.clock
     i = 0
+    state = None
     while i < packets or stale:  # after the last packet, until every window has ended
         clock.advance(interval_ns)
         reached = _probe(nic, stale, windows, clock.now_ns)
@@ -108,6 +112,10 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
         nic.dma_read(addr - off, off)  # everything before the buffer in its pages
         nic.dma_read(addr + buffer_size, end - off - buffer_size)  # and after it
         exposed += end - buffer_size
+        if save_state and i == packets - 1:
+            from ..inspect import save_domain
+            state = save_domain(domain, name=f"{mode} DMA domain, last buffer mapped",
+                                resv=group.resv_regions())
         dma_unmap_page(nic, addr, buffer_size, DmaDirection.FROM_DEVICE)
         stale[addr] = clock.now_ns
         i += 1
@@ -119,7 +127,7 @@ def run_streaming(mode: str = "lazy", *, packets: int = 2000, buffer_size: int =
         stale_max, stale_reads, max(windows, default=0),
         sum(windows) / len(windows) if windows else 0.0, exposed,
         cookie.iovad.stats.rcache_hits, cookie.iovad.stats.tree_allocs,
-        hw.iotlb.stats.lookups, hw.iotlb.stats.hits)
+        hw.iotlb.stats.lookups, hw.iotlb.stats.hits, state)
     core.release_device(nic)
     smmu.remove()
     mem.free_pages(base >> 12, 6)
