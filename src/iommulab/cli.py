@@ -250,7 +250,7 @@ def _int(text: str) -> int:
 def add_output_options(p: argparse.ArgumentParser, save: str) -> None:
     """--json, --html, --save-state and --no-progress, as run and replay take them."""
     p.add_argument("--json", metavar="FILE", help="write the report as JSON "
-                   "(schema iommulab.report, version 1)")
+                   "(schema iommulab.report, version 2)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
                    "with plots")
     p.add_argument("--save-state", metavar="FILE", help=f"save {save} for inspect")
@@ -329,7 +329,7 @@ def _configure_exec(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--summary", action="store_true", help="print what the model did, and "
                     "whether the machine is back to its fresh state, on stderr")
     ex.add_argument("--report", metavar="FILE", help="write the report of what the "
-                    "program did as JSON (schema iommulab.report, version 1)")
+                    "program did as JSON (schema iommulab.report, version 2)")
     ex.add_argument("--html", metavar="FILE", help="write the report as self-contained HTML")
     ex.add_argument("--text-report", action="store_true", help="print the report on stderr")
     ex.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
