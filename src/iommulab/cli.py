@@ -14,6 +14,7 @@ from . import __version__
 from .inspect import BadState, load_states, page_table_tree, render_address_space
 from .kernel import DEFAULT_KERNEL, KERNEL_VERSIONS
 from .machine import PLATFORMS, Machine
+from .report import diff as report_diff
 from .report import format_size, format_table
 from .report.html import render_html
 from .report.json_report import report_document
@@ -355,6 +356,7 @@ register("exec", "run a real program with its calls on /dev/iommu and /dev/vfio 
          "by the model (exit status: the program's)", _configure_exec, _cmd_exec)
 register("inspect", "a saved domain state as a page-table tree and an address-space map",
          _configure_inspect, _cmd_inspect)
+register("diff", report_diff.HELP, report_diff.configure, report_diff.run)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -466,7 +466,7 @@ def replay(trace: ParsedTrace, *, platform: str = "x86-vtd", strict_invalidation
                               [s.key for s in r.streams.values()],
                               {f"{format_size(z)}": [float(s.iopte.get(z, 0))
                                                      for s in r.streams.values()]
-                               for z in sizes}, log=True))
+                               for z in sizes}))
     res.timeline = r.timeline.document()
     res.details = {"disagreements": r.disagreements,
                    "unparsed": [{"line": u.line, "reason": u.reason, "text": u.text}
