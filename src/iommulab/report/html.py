@@ -81,9 +81,11 @@ def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
     rotate = any(w > group - 6 for w in cat_w)
     if rotate:  # anchored at the end under the group's middle, 30 degrees up to the left
         cos, sin = math.cos(math.pi / 6), math.sin(math.pi / 6)
-        for c, w in enumerate(cat_w):
-            left = max(left, w * cos + 4 - c * group - group / 2)
-            group = (width - left - right) / ncat
+        span = width - right
+        for c, w in enumerate(cat_w):  # label c ends at left + (c + 1/2) (span - left) / ncat
+            k = (c + 0.5) / ncat
+            left = max(left, (w * cos + 4 - span * k) / (1 - k))
+        group = (width - left - right) / ncat
         bottom = max((w * sin + _FONT * cos for w in cat_w), default=0.0) + 20
     else:
         bottom = _FONT + 16
@@ -92,7 +94,7 @@ def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
                                                for s in range(len(plot.series))], left,
                            w)
     y_title = f"{plot.y_label} (log scale)" if log else plot.y_label
-    top = 6 + _ROW * rows + 24
+    top = 6 + _ROW * rows + 30
     height = math.ceil(top + plot_height + bottom)
     lo, hi = ticks[0], ticks[-1]
 
@@ -109,7 +111,7 @@ def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
              f'aria-label="{_esc(plot.title)}" data-scale="{"log" if log else "linear"}">',
              f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
     parts.extend(legend)
-    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 8:.0f}">'
+    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 14:.0f}">'
                  f"{_esc(y_title)}</text>")
     for t, label in zip(ticks, labels, strict=True):
         y = y_of(t)
