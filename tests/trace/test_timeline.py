@@ -77,3 +77,19 @@ def test_a_scenario_report_has_no_timeline_and_both_schemas_load() -> None:
         jsonschema.validate(doc, load_schema(1))
     with pytest.raises(ValueError, match="no report schema version 3"):
         load_schema(3)
+
+
+def test_faults_beyond_the_listed_ones_are_still_counted_and_drawn() -> None:
+    from iommulab.report.timeline_svg import svg_timeline
+    from iommulab.trace.timeline import TimelineRecorder
+
+    rec = TimelineRecorder()
+    for n in range(5):
+        rec.add("fault", "0000:05:00.0", "0000:05:00.0", t=1.0 + n, order=n, iova=n << 12,
+                line=n + 1, agreed=False)
+    doc = rec.document(bins=4, max_faults=2)
+    assert doc["faults_total"] == 5 and len(doc["fault_events"]) == 2
+    assert doc["lanes"][0]["faults"] == [1, 1, 1, 2]
+    svg = svg_timeline(doc)
+    assert svg.count('class="fault"') == 2 and svg.count('class="faults"') == 4
+    assert "<title>2 faults</title>" in svg and "<title>1 fault</title>" in svg

@@ -1,7 +1,8 @@
 """A replay's timeline as SVG (model's own presentation): one lane per device, time on x.
 
 Each lane has three rows: maps and unmaps as slices shaded by how many fell in
-each time bin, faults as a mark at each fault's own time (red when the model
+each time bin, faults as a mark at each listed fault's own time (and as shaded
+slices too when the report lists only the first of many) (red when the model
 agrees there is no translation, black outlined when it does not or cannot tell).
 Drawn from the report's ``timeline`` object, so the HTML shows what the JSON holds.
 """
@@ -82,7 +83,10 @@ def svg_timeline(tl: dict[str, Any], width: int = 760) -> str:
                      f'{_esc(lane["name"])}</text>')
         parts.append(f'<rect x="{left:.1f}" y="{y0}" width="{w:.1f}" height="{3 * _ROW_H}" '
                      'fill="none" stroke="#ddd"/>')
-        for row, key in enumerate(("maps", "unmaps")):
+        # faults beyond the listed ones are drawn from their counts
+        rows = ("maps", "unmaps", "faults") if tl["faults_total"] > len(tl["fault_events"]) \
+            else ("maps", "unmaps")
+        for row, key in enumerate(rows):
             counts = lane[key]
             peak = max(counts, default=0)
             for b, count in enumerate(counts):

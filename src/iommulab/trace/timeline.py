@@ -44,7 +44,7 @@ class TimelineRecorder:
         self.devices.setdefault(lane, device)
         self.marks.append(_Mark(t, order, kind, lane, iova, line, agreed))
 
-    def document(self, bins: int = TIMELINE_BINS) -> dict[str, Any]:
+    def document(self, bins: int = TIMELINE_BINS, max_faults: int = MAX_FAULTS) -> dict[str, Any]:
         """The ``timeline`` object of the JSON report (``report-v2.schema.json``)."""
         timed = all(m.t >= 0 for m in self.marks)
         clock = [m.t if timed else float(m.order) for m in self.marks]
@@ -55,7 +55,7 @@ class TimelineRecorder:
         for m, c in zip(self.marks, clock, strict=True):
             b = min(int((c - start) / span * bins), bins - 1) if span > 0 else 0
             counts[m.lane][m.kind][b] += 1
-            if m.kind == "fault" and len(faults) < MAX_FAULTS:
+            if m.kind == "fault" and len(faults) < max_faults:
                 faults.append({"lane": m.lane, "t": c, "iova": m.iova, "line": m.line,
                                "agreed": m.agreed})
         return {
