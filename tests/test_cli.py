@@ -89,7 +89,7 @@ def test_run_writes_json_html_and_a_state_inspect_reads(
     text = capsys.readouterr().out
     assert "1G IOPTEs" in text and "backings=hugetlb-1G" in text
     doc = json.loads(out["json"].read_text())
-    assert doc["schema"] == "iommulab.report" and doc["version"] == 1
+    assert doc["schema"] == "iommulab.report" and doc["version"] == 2
     assert doc["headline"]["hugetlb-1G.iopte_1G"] == 2
     assert out["html"].read_text().startswith("<!DOCTYPE html>")
     assert main(["inspect", str(out["state"]), "--map-only"]) == 0

@@ -16,6 +16,7 @@ from .errors import OutOfMemory
 from .inspect import BadState, load_states, page_table_tree, render_address_space
 from .kernel import DEFAULT_KERNEL, KERNEL_VERSIONS
 from .machine import PLATFORMS, Machine
+from .report import diff as report_diff
 from .report import format_size, format_table
 from .report.html import render_html
 from .report.json_report import report_document
@@ -329,7 +330,7 @@ def _seed(text: str) -> int:
 def add_output_options(p: argparse.ArgumentParser, save: str) -> None:
     """--json, --html, --save-state and --no-progress, as run and replay take them."""
     p.add_argument("--json", metavar="FILE", help="write the report as JSON "
-                   "(schema iommulab.report, version 1); - for standard output, "
+                   "(schema iommulab.report, version 2); - for standard output, "
                    "instead of the tables")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report "
                    "with plots")
@@ -416,7 +417,7 @@ def _configure_exec(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--summary", action="store_true", help="print what the model did, and "
                     "whether the machine is back to its fresh state, on stderr")
     ex.add_argument("--report", metavar="FILE", help="write the report of what the "
-                    "program did as JSON (schema iommulab.report, version 1)")
+                    "program did as JSON (schema iommulab.report, version 2)")
     ex.add_argument("--html", metavar="FILE", help="write the report as self-contained HTML")
     ex.add_argument("--text-report", action="store_true", help="print the report on stderr")
     ex.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
@@ -442,6 +443,7 @@ register("exec", "run a real program with its calls on /dev/iommu and /dev/vfio 
          "by the model (exit status: the program's)", _configure_exec, _cmd_exec)
 register("inspect", "a saved domain state as a page-table tree and an address-space map",
          _configure_inspect, _cmd_inspect)
+register("diff", report_diff.HELP, report_diff.configure, report_diff.run)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,8 +1,10 @@
 """The HTML report: one self-contained file (inline CSS and SVG, no script, no fetch).
 
-Each result becomes a section with its settings, headline numbers, plots as
-grouped bar charts drawn in SVG (log scale where the plot asks for it), tables
-and notes. Bars carry their value in a ``<title>`` so a browser shows it.
+Each result becomes a section: its settings, then its plots as grouped bar
+charts drawn in SVG (log scale when the values span two orders of magnitude,
+see :mod:`.axes`), a replay's timeline of maps, unmaps and faults per device,
+then the headline values as a table, the other tables and notes. Bars carry
+their value in a ``<title>`` so a browser shows it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from .axes import linear_ticks, log_ticks, plot_is_log, text_width, tick_label
 from .scenario_text import param_text
+from .timeline_svg import svg_timeline
 
 if TYPE_CHECKING:
     from ..scenarios import Plot, ScenarioResult
@@ -24,7 +28,8 @@ __all__ = ["SERIES_COLOURS", "render_html", "svg_bar_chart"]
 SERIES_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00",
                   "#f0e442", "#000000")
 
-_LEGEND_STEP = 140  # pixels per legend entry
+_FONT = 11.0  # px, the charts' text
+_ROW = 18  # px per legend row
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -34,7 +39,7 @@ table { border-collapse: collapse; margin: .5em 0 1em; font-variant-numeric: tab
 th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .settings, .host { color: #555; font-size: .9em; }
-.headline { columns: 3; font-size: .9em; }
+table.headline { font-size: .9em; } table.headline td:first-child { font-family: monospace; }
 svg.chart { display: block; margin: .5em 0 1em; }
 svg.chart text { font: 11px system-ui, sans-serif; fill: #333; }
 """
@@ -44,57 +49,76 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _ticks(top: float, log: bool) -> list[float]:
-    if log:
-        return [10.0 ** e for e in range(0, max(1, math.ceil(math.log10(max(top, 1)))) + 1)]
-    step = 10 ** math.floor(math.log10(top)) if top > 0 else 1
-    for mult in (1, 2, 5, 10):
-        if top / (step * mult) <= 5:
-            step *= mult
-            break
-    return [step * i for i in range(0, int(top / step) + 2)]
+def _legend(names: Sequence[str], colours: Sequence[str], x0: float, width: float) -> \
+        tuple[list[str], int]:
+    """Swatches and names laid out in rows that fit ``width``; (SVG parts, rows used)."""
+    parts: list[str] = []
+    x, row = x0, 0
+    for name, colour in zip(names, colours, strict=True):
+        step = 16 + text_width(name, _FONT) + 14
+        if x > x0 and x + step > x0 + width:
+            x, row = x0, row + 1
+        y = 6 + _ROW * row
+        parts.append(f'<rect x="{x:.1f}" y="{y}" width="12" height="12" fill="{colour}"/>'
+                     f'<text x="{x + 16:.1f}" y="{y + 10}">{_esc(name)}</text>')
+        x += step
+    return parts, row + 1 if names else 0
 
 
-def _tick_label(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:g}{unit}"
-    return f"{v:g}"
-
-
-def svg_bar_chart(plot: Plot, width: int = 760, height: int = 300) -> str:
-    """``plot`` as an SVG grouped bar chart (one colour per series, a legend on top)."""
-    per_row = max(1, (width - 60) // _LEGEND_STEP)
-    legend_rows = -(-max(len(plot.series), 1) // per_row)
-    left, right, top, bottom = 60, 10, 22 + 18 * legend_rows, 70
-    w, h = width - left - right, height + 18 * legend_rows - top - bottom
-    height += 18 * legend_rows
+def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
+    """``plot`` as an SVG grouped bar chart: a legend on top, the y axis's label above
+    it, log scale (ticks at powers of ten) when :func:`plot_is_log` says so; margins
+    grow to fit the labels, which turn 30 degrees when they do not fit under their bars."""
+    log = plot_is_log(plot)
     values = [v for vals in plot.series.values() for v in vals]
-    peak = max(values, default=0.0)
-    ticks = _ticks(peak, plot.log)
-    ymax = ticks[-1] if ticks[-1] > 0 else 1.0
+    ticks = log_ticks(values) if log else linear_ticks(max(values, default=0.0))
+    labels = [tick_label(t) for t in ticks]
+    ncat, nser = max(len(plot.categories), 1), max(len(plot.series), 1)
+    cat_w = [text_width(c, _FONT) for c in plot.categories]
+    left = max(text_width(t, _FONT) for t in labels) + 14
+    right = 10.0
+    group = (width - left - right) / ncat
+    rotate = any(w > group - 6 for w in cat_w)
+    if rotate:  # anchored at the end under the group's middle, 30 degrees up to the left
+        cos, sin = math.cos(math.pi / 6), math.sin(math.pi / 6)
+        span = width - right
+        for c, w in enumerate(cat_w):  # label c ends at left + (c + 1/2) (span - left) / ncat
+            k = (c + 0.5) / ncat
+            left = max(left, (w * cos + 4 - span * k) / (1 - k))
+        group = (width - left - right) / ncat
+        bottom = max((w * sin + _FONT * cos for w in cat_w), default=0.0) + 20
+    else:
+        bottom = _FONT + 16
+    w = width - left - right
+    legend, rows = _legend(list(plot.series), [SERIES_COLOURS[s % len(SERIES_COLOURS)]
+                                               for s in range(len(plot.series))], left,
+                           w)
+    y_title = f"{plot.y_label} (log scale)" if log else plot.y_label
+    top = 6 + _ROW * rows + 30
+    height = math.ceil(top + plot_height + bottom)
+    lo, hi = ticks[0], ticks[-1]
 
     def y_of(v: float) -> float:
-        if plot.log:
-            frac = math.log10(max(v, 1)) / math.log10(ymax) if ymax > 1 else 0.0
+        if log:
+            frac = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) \
+                if v > 0 else 0.0
         else:
-            frac = v / ymax
-        return top + h - frac * h
+            frac = (v - lo) / (hi - lo) if hi > lo else 0.0
+        return top + plot_height - max(frac, 0.0) * plot_height
 
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-             f'height="{height}" role="img" aria-label="{_esc(plot.title)}">',
+    parts = [f'<svg class="chart bars" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{_esc(plot.title)}" data-scale="{"log" if log else "linear"}">',
              f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
-    for t in ticks:
+    parts.extend(legend)
+    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 14:.0f}">'
+                 f"{_esc(y_title)}</text>")
+    for t, label in zip(ticks, labels, strict=True):
         y = y_of(t)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" '
+        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '
                      'stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                     f'{_tick_label(t)}</text>')
-    parts.append(f'<text x="14" y="{top + h / 2:.0f}" transform="rotate(-90 14 '
-                 f'{top + h / 2:.0f})" text-anchor="middle">{_esc(plot.y_label)}'
-                 f'{" (log)" if plot.log else ""}</text>')
-    ncat, nser = max(len(plot.categories), 1), max(len(plot.series), 1)
-    group = w / ncat
+        parts.append(f'<text class="tick" x="{left - 6:.1f}" y="{y + 4:.1f}" '
+                     f'text-anchor="end">{label}</text>')
     bar = max(group * 0.8 / nser, 1.0)
     for s, (name, vals) in enumerate(plot.series.items()):
         colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]
@@ -102,41 +126,47 @@ def svg_bar_chart(plot: Plot, width: int = 760, height: int = 300) -> str:
             x = left + c * group + group * 0.1 + s * bar
             y = y_of(v)
             parts.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar - 1:.1f}" '
-                         f'height="{top + h - y:.1f}" fill="{colour}"><title>'
+                         f'height="{top + plot_height - y:.1f}" fill="{colour}"><title>'
                          f'{_esc(name)} / {_esc(plot.categories[c])}: {v:g}</title></rect>')
-        lx = left + (s % per_row) * _LEGEND_STEP
-        ly = 8 + 18 * (s // per_row)
-        parts.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colour}"/>'
-                     f'<text x="{lx + 16}" y="{ly + 10}">{_esc(name)}</text>')
-    parts.append(f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" '
+    base = top + plot_height
+    parts.append(f'<line x1="{left:.1f}" y1="{base}" x2="{left + w:.1f}" y2="{base}" '
                  'stroke="#333"/>')
     for c, cat in enumerate(plot.categories):
         x = left + c * group + group / 2
-        parts.append(f'<text x="{x:.1f}" y="{top + h + 14}" text-anchor="end" '
-                     f'transform="rotate(-30 {x:.1f} {top + h + 14})">{_esc(cat)}</text>')
+        if rotate:
+            parts.append(f'<text class="category" x="{x:.1f}" y="{base + 14}" '
+                         f'text-anchor="end" transform="rotate(-30 {x:.1f} {base + 14})">'
+                         f"{_esc(cat)}</text>")
+        else:
+            parts.append(f'<text class="category" x="{x:.1f}" y="{base + 15}" '
+                         f'text-anchor="middle">{_esc(cat)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _section(r: ScenarioResult) -> str:
+    """Plots and the timeline first, then the headline values, tables and notes."""
     settings = ", ".join(f"{k}={v}" for k, v in param_text(r).items())
     out = [f'<section class="result" id="{_esc(r.name or r.scenario)}">',
            f"<h2>{_esc(r.title)}</h2>",
            f'<p class="settings">{_esc(r.name or r.scenario)} on {_esc(r.platform)}, seed '
            f"{r.seed}{', quick' if r.quick else ''}. {_esc(settings)}</p>"]
-    if r.headline:
-        out.append('<ul class="headline">' + "".join(
-            f"<li><code>{_esc(k)}</code> = {_esc(v)}</li>" for k, v in r.headline.items())
-            + "</ul>")
     for plot in r.plots:
         out.append(f"<h3>{_esc(plot.title)}</h3>{svg_bar_chart(plot)}")
+    if r.timeline is not None and r.timeline["lanes"]:
+        out.append("<h3>Maps, unmaps and faults per device over time</h3>"
+                   f"{svg_timeline(r.timeline)}")
+    if r.headline:
+        out.append("<h3>Headline values</h3>" + _table(["key", "value"], [
+            [k, v] for k, v in r.headline.items()], "headline"))
     for t in r.tables:
         out.append(f"<h3>{_esc(t.title)}</h3>{_table(t.headers, t.rows)}")
     out.extend(f"<p>{_esc(n)}</p>" for n in r.notes)

@@ -198,13 +198,14 @@ class Table:
 
 @dataclass(frozen=True)
 class Plot:
-    """A grouped bar chart: one bar per series in each category (``log``: log-scale y)."""
+    """A grouped bar chart: one bar per series in each category (``log``: log-scale y;
+    ``None``: decided from the data, see :func:`iommulab.report.axes.plot_is_log`)."""
 
     title: str
     y_label: str
     categories: list[str]
     series: dict[str, list[float]]
-    log: bool = False
+    log: bool | None = None
 
 
 @dataclass
@@ -229,6 +230,9 @@ class ScenarioResult:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: host times (seconds): the only figures that are not a function of params and seed
     host: dict[str, float] = field(default_factory=dict)
+    #: a replay's maps, unmaps and faults per device over time (see
+    #: :mod:`iommulab.trace.timeline`); None for a scenario
+    timeline: dict[str, Any] | None = None
 
 
 class Progress:

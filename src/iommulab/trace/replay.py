@@ -48,6 +48,7 @@ from ..report import format_size
 from ..scenarios.base import Plot, Progress, ScenarioResult, Table, UsageError
 from ..sizes import SZ_1G, SZ_2M, SZ_4K
 from .parse import ParsedTrace, TraceEvent
+from .timeline import TimelineRecorder
 
 __all__ = ["PAIR_EVENTS", "PAIR_WINDOW", "REPLAY_PLATFORMS", "replay"]
 
@@ -186,6 +187,7 @@ class _Replay:
         for i, dev in self.pairs.items():
             self.task_devices[trace.events[i].task].add(dev)
         self.faults_seen: set[tuple[str, int]] = set()
+        self.timeline = TimelineRecorder()
 
     # -- attribution -----------------------------------------------------------------------------
     def _pair(self) -> dict[int, str]:
@@ -289,13 +291,21 @@ class _Replay:
                            f"unmap of {format_size(size)} at {iova:#x}: the trace says "
                            f"unmapped_size={recorded}, the model unmapped {got}")
 
-    def _fault(self, ev: TraceEvent) -> None:
+    def _fault(self, i: int, ev: TraceEvent) -> None:
         dev, iova = ev.fields["device"], ev.fields["iova"]
         self.faults_seen.add((dev, iova & ~(SZ_4K - 1)))
         s = self.streams.get(dev)
         if s is None:
             self.unattributed_faults.append(ev.line)
+            self.timeline.add("fault", dev, dev, t=ev.ts, order=i, iova=iova, line=ev.line,
+                              agreed=False)
             return
+        agreed_before = s.faults_agreed
+        self._check_fault(ev, s, dev, iova)
+        self.timeline.add("fault", s.key, s.device, t=ev.ts, order=i, iova=iova, line=ev.line,
+                          agreed=s.faults_agreed > agreed_before)
+
+    def _check_fault(self, ev: TraceEvent, s: Stream, dev: str, iova: int) -> None:
         s.faults += 1
         self._flush_stale(s, ev.ts)
         pa = s.domain.iova_to_phys(iova)
@@ -337,8 +347,10 @@ class _Replay:
                     self._map(ev, s)
                 else:
                     self._unmap(ev, s)
+                self.timeline.add(name, s.key, s.device, t=ev.ts, order=i,
+                                  iova=ev.fields["iova"], line=ev.line)
             elif name == "io_page_fault":
-                self._fault(ev)
+                self._fault(i, ev)
             elif name in ("add_device_to_group", "remove_device_from_group"):
                 self.groups[ev.fields["device"]] = ev.fields["group"]
             elif name in ("attach_device_to_domain", "detach_device_from_domain"):
@@ -454,7 +466,8 @@ def replay(trace: ParsedTrace, *, platform: str = "x86-vtd", strict_invalidation
                               [s.key for s in r.streams.values()],
                               {f"{format_size(z)}": [float(s.iopte.get(z, 0))
                                                      for s in r.streams.values()]
-                               for z in sizes}, log=True))
+                               for z in sizes}))
+    res.timeline = r.timeline.document()
     res.details = {"disagreements": r.disagreements,
                    "unparsed": [{"line": u.line, "reason": u.reason, "text": u.text}
                                 for u in trace.unparsed]}
