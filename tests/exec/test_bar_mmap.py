@@ -52,9 +52,10 @@ def test_program_maps_a_plain_bar(build: Build, tmp_path: Path, platform: str,
         "bar0: 1024 KiB at 0, flags 0x7",
         "refused: MAP_PRIVATE, past the end, unaligned, other regions",
         "mapped: stores and pread/pwrite agree",
+        "edu: flags 0x3, mmap refused",
+        "peer to peer: edu copied 64 bytes within the BAR",
         "fork: the child's store is the parent's",
         "after close and munmap: the device keeps the bytes",
-        "edu: flags 0x3, mmap refused",
         "cdev: stores and pread/pwrite agree"]
     # the program's last stores through the cdev's mapping are the device's BAR bytes
     data = m.mem.read(plain.bar0, SZ_1M)
@@ -62,6 +63,7 @@ def test_program_maps_a_plain_bar(build: Build, tmp_path: Path, platform: str,
     assert data[8192 + 3:8192 + 3 + 4] == bytes(0xA5 ^ i ^ 2 for i in range(4))
     assert data[-1] == (SZ_1M - 1) * 7 + 2 & 0xFF
     assert m.mem.external is not None and len(m.mem.external) == 0
+    assert edu.model is not None and edu.model.dma_runs == 2 and edu.model.dma_faults == 0
     assert edu.bar0_mmap and plain.bar0_mmap and m.vfio_bar_mmap  # as before the run
     check_invariants([m])
     assert not (diff := fresh.diff(leak_snapshot(m))), diff

@@ -31,6 +31,7 @@ from ..mem.external import ExternalFrames
 if TYPE_CHECKING:
     from ..mem.physmem import PhysMem
     from ..pcidev import PciDevice
+    from .usermem import SharedFiles
 
 __all__ = ["BarMaps", "MappedBar"]
 
@@ -41,12 +42,15 @@ class MappedBar:
     """A device's BAR 0 whose bytes are a backing file's: the frames' owner, by file
     offset (BAR 0 is region 0, so its file offset is its BAR offset)."""
 
-    __slots__ = ("dev", "fd", "handle")
+    __slots__ = ("dev", "fd", "handle", "inode")
 
     def __init__(self, dev: PciDevice, handle: object, fd: int) -> None:
         self.dev = dev
         self.handle = handle  # the file description whose inode holds the bytes
         self.fd = fd  # a dup of the supervisor's description: shares it, adds no close
+        st = os.fstat(fd)
+        #: the inode as ``/proc/PID/maps`` names it: (major, minor, inode)
+        self.inode = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
 
     def frame_read(self, va: int, n: int) -> bytes:
         data = os.pread(self.fd, n, va)
@@ -60,10 +64,12 @@ class MappedBar:
 
 
 class BarMaps:
-    """The BARs whose bytes are a backing file's, by device."""
+    """The BARs whose bytes are a backing file's, by device; the program mirrors learn
+    their inodes through ``shared.bars`` (a mapping of one is the BAR's pages)."""
 
-    def __init__(self, mem: PhysMem) -> None:
+    def __init__(self, mem: PhysMem, shared: SharedFiles) -> None:
         self.mem = mem
+        self.shared = shared
         self._bars: dict[str, MappedBar] = {}
 
     def __len__(self) -> int:
@@ -84,8 +90,8 @@ class BarMaps:
             raise kernel_error(errno.EBUSY, f"mmap: {dev.bdf}'s BAR 0 is mapped through "
                                "another file description (one per device under exec)")
         fd = os.dup(backing.fd)
-        bar = MappedBar(dev, handle, fd)
         try:
+            bar = MappedBar(dev, handle, fd)
             if os.fstat(fd).st_size < dev.bar0_size:
                 os.ftruncate(fd, dev.bar0_size)
             bar.frame_write(0, self.mem.read(dev.bar0, dev.bar0_size))
@@ -96,6 +102,7 @@ class BarMaps:
             self.mem.external = ExternalFrames()
         self.mem.external.add(dev.bar0 >> PAGE_SHIFT, dev.bar0_size >> PAGE_SHIFT, bar, 0)
         self._bars[dev.bdf] = bar
+        self.shared.bars[bar.inode] = dev.bar0
 
     def release(self, handle: object) -> None:
         """``handle``'s description is gone (no fd, no mapping): a BAR it backed takes
@@ -110,6 +117,7 @@ class BarMaps:
 
     def _unmap(self, bdf: str) -> None:
         bar = self._bars.pop(bdf)
+        del self.shared.bars[bar.inode]
         dev = bar.dev
         data = bar.frame_read(0, dev.bar0_size)
         assert self.mem.external is not None

@@ -235,7 +235,7 @@ class ModelHandler(Handler):
         #: the program's eventfds the model holds, by eventfd-id (:mod:`.realeventfd`)
         self.eventfds: dict[int, RealEventFdCtx] = {}
         #: the BARs a program has mapped, their bytes in the backing inode (:mod:`.barmap`)
-        self.bars = BarMaps(machine.mem)
+        self.bars = BarMaps(machine.mem, self.shared)
         #: devices whose BAR 0 is registers: not mmap-able for the run (see :meth:`mmap`)
         self._register_bars = [d for d in machine.devices.values()
                                if d.bar0_mmap and machine.mem.has_mmio_ops(d.bar0)]

@@ -5,7 +5,9 @@
  * offers MMAP, a MAP_SHARED mapping and pread/pwrite of the region see each other's
  * bytes, vfio_pci_core_mmap's refusals (EINVAL), a forked child's stores, the mapping
  * outliving the fd and the bytes outliving the mapping; the same through the device
- * cdev bound to an iommufd; edu's BAR (registers) neither offers MMAP nor maps.
+ * cdev bound to an iommufd; edu's BAR (registers) neither offers MMAP nor maps, but
+ * edu's DMA engine reaches the plain BAR through the IOMMU once type1 maps the BAR's
+ * mapping (peer to peer).
  * Prints one line per step; exits 0 if all is right. */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +29,21 @@
 /* 6.12's struct vfio_device_bind_iommufd, spelled out for older headers */
 struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; };
 #define BIND_IOMMUFD _IO(';', 100 + 18)
+#define P2P_IOVA 0x200000UL /* below edu's 28-bit DMA mask */
+#define EDU_BUF 0x40000UL
+
+static void wr64(int dev, uint64_t off, uint64_t v) { CHECK(pwrite(dev, &v, 8, off) == 8); }
+
+/* one run of edu's DMA engine; lab: done before the starting write returns */
+static void edu_dma(int edu, uint64_t bar, uint64_t src, uint64_t dst, int to_ram)
+{
+	uint64_t st;
+	wr64(edu, bar + 0x80, src);
+	wr64(edu, bar + 0x88, dst);
+	wr64(edu, bar + 0x90, 64);
+	wr64(edu, bar + 0x98, 1 | (to_ram ? 2 : 0));
+	CHECK(pread(edu, &st, 8, bar + 0x98) == 8 && !(st & 1));
+}
 
 static int open_group(int container, const char *n)
 {
@@ -62,7 +79,7 @@ static void memory_on(int dev)
 {
 	uint16_t cmd;
 	CHECK(pread(dev, &cmd, 2, CFG + 4) == 2);
-	cmd |= 2; /* PCI_COMMAND_MEMORY: BAR accesses work */
+	cmd |= 6; /* PCI_COMMAND_MEMORY and _MASTER: BAR accesses and DMA work */
 	CHECK(pwrite(dev, &cmd, 2, CFG + 4) == 2);
 }
 
@@ -129,6 +146,32 @@ int main(int argc, char **argv)
 	CHECK(q[5] == 0x42);
 	printf("mapped: stores and pread/pwrite agree\n");
 
+	/* edu: registers behind BAR 0, no mapping */
+	int egroup = open_group(container, argv[3]);
+	int edu = ioctl(egroup, VFIO_GROUP_GET_DEVICE_FD, argv[4]);
+	CHECK(edu >= 0);
+	struct vfio_region_info ebar = region(edu, VFIO_PCI_BAR0_REGION_INDEX);
+	CHECK(ebar.flags == (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE));
+	refused(edu, PG, MAP_SHARED, ebar.offset, EINVAL, "edu's BAR 0");
+	printf("edu: flags %#x, mmap refused\n", ebar.flags);
+
+	/* peer to peer: type1 maps the BAR mapping (VM_PFNMAP: nothing pinned), and edu's
+	 * DMA engine reads and writes the plain device's BAR through the IOMMU */
+	struct vfio_iommu_type1_dma_map dm = { .argsz = sizeof(dm),
+		.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+		.vaddr = (uintptr_t)p, .iova = P2P_IOVA, .size = size };
+	CHECK(ioctl(container, VFIO_IOMMU_MAP_DMA, &dm) == 0);
+	memory_on(edu);
+	for (int i = 0; i < 64; i++)
+		p[0x100 + i] = (uint8_t)(i ^ 0x3c);
+	edu_dma(edu, ebar.offset, P2P_IOVA + 0x100, EDU_BUF, 0);
+	edu_dma(edu, ebar.offset, EDU_BUF, P2P_IOVA + 0x1000, 1);
+	CHECK(!memcmp((void *)(p + 0x1000), (void *)(p + 0x100), 64));
+	struct vfio_iommu_type1_dma_unmap um = { .argsz = sizeof(um), .iova = P2P_IOVA,
+		.size = size };
+	CHECK(ioctl(container, VFIO_IOMMU_UNMAP_DMA, &um) == 0 && um.size == size);
+	printf("peer to peer: edu copied 64 bytes within the BAR\n");
+
 	/* a second device fd of the device cannot map the BAR while the first backs it */
 	int dev2 = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, argv[2]);
 	CHECK(dev2 >= 0);
@@ -166,14 +209,6 @@ int main(int argc, char **argv)
 	CHECK(munmap((void *)p, size) == 0);
 	printf("after close and munmap: the device keeps the bytes\n");
 
-	/* edu: registers behind BAR 0, no mapping */
-	int egroup = open_group(container, argv[3]);
-	int edu = ioctl(egroup, VFIO_GROUP_GET_DEVICE_FD, argv[4]);
-	CHECK(edu >= 0);
-	struct vfio_region_info ebar = region(edu, VFIO_PCI_BAR0_REGION_INDEX);
-	CHECK(ebar.flags == (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE));
-	refused(edu, PG, MAP_SHARED, ebar.offset, EINVAL, "edu's BAR 0");
-	printf("edu: flags %#x, mmap refused\n", ebar.flags);
 	close(edu);
 	close(egroup);
 	close(dev);
