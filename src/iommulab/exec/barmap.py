@@ -11,7 +11,9 @@ to the file by :class:`~iommulab.mem.external.ExternalFrames` (so ``pread``/``pw
 of the region, DMA and Python reads of physical memory see the program's stores, and
 the program sees theirs), and copied back when the description is released, which the
 kernel does only once its last fd and its last mapping are gone. ``fork`` needs nothing:
-the child's mapping is of the same inode.
+the child's mapping is of the same inode. The inode is named in ``SharedFiles.bars`` so
+the program's mirror maps it as the BAR's pages (VM_PFNMAP), which VFIO type1 maps for
+peer-to-peer DMA.
 
 Only a BAR of plain memory can be given this way: a BAR of registers (edu) acts on each
 access, and a load or store through a mapping never reaches the model. The handler
