@@ -29,6 +29,10 @@
 /* 6.12's struct vfio_device_bind_iommufd, spelled out for older headers */
 struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; };
 #define BIND_IOMMUFD _IO(';', 100 + 18)
+struct attach { uint32_t argsz, flags, pt_id; };
+#define ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
+struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
+struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
 #define P2P_IOVA 0x200000UL /* below edu's 28-bit DMA mask */
 #define EDU_BUF 0x40000UL
 
@@ -233,6 +237,16 @@ int main(int argc, char **argv)
 	CHECK(p[size - 1] == 0x77 && p[17] == 0x99);
 	coherent(cdev, p, bar.offset, size, 2);
 	printf("cdev: stores and pread/pwrite agree\n");
+	/* iommufd pins with pin_user_pages, which refuses a VM_PFNMAP mapping */
+	struct ioas_alloc ia = { sizeof(ia) };
+	CHECK(ioctl(iommufd, _IO(';', 0x81), &ia) == 0); /* IOMMU_IOAS_ALLOC */
+	struct attach at = { sizeof(at), 0, ia.out_ioas_id };
+	CHECK(ioctl(cdev, ATTACH_IOMMUFD_PT, &at) == 0);
+	struct ioas_map im = { sizeof(im), 1 | 2 | 4, ia.out_ioas_id, 0, (uintptr_t)p, size,
+		P2P_IOVA };
+	errno = 0;
+	CHECK(ioctl(iommufd, _IO(';', 0x85), &im) == -1 && errno == EFAULT); /* IOAS_MAP */
+	printf("iommufd: IOAS_MAP of the BAR mapping is EFAULT\n");
 	CHECK(munmap((void *)p, size) == 0);
 	close(cdev);
 	close(iommufd);
