@@ -77,9 +77,9 @@ class Machine:
             "vfio_iommu_type1.disable_hugepages": 0,
             "vfio_iommu_type1.allow_unsafe_interrupts": 0,
         }
-        # vfio-pci's bar_mmap_supported for BAR 0 (vfio_pci_probe_mmaps). Lab: True as on
-        # a host with a memory BAR of a page or more; iommulab exec clears it, since it
-        # cannot give a program a faithful mapping of a BAR whose accesses have effects
+        # Lab: the switch over every device's bar_mmap_supported (vfio_pci_probe_mmaps):
+        # off as on a host without CONFIG_VFIO_PCI_MMAP. Each device has its own answer
+        # too (PciDevice.bar0_mmap), which iommulab exec clears for a BAR of registers
         self.vfio_bar_mmap = True
         # CONFIG_IOMMUFD_VFIO_CONTAINER: /dev/vfio/vfio is iommufd's compatibility
         # container instead of the VFIO type1 one

@@ -24,7 +24,9 @@ GENERIC_IDENTITY = PciIdentity(vendor=0x1B36, device=0x0005, class_code=0x00FF, 
 class PciDevice(DmaDevice):
     """A PCI function at ``bdf`` with BAR 0 (MMIO) and the driver bound to it; ``fn``
     is its config space and interrupt pins, ``model`` the registers behind BAR 0
-    (None: plain memory)."""
+    (None: plain memory). ``bar0_mmap`` is vfio-pci's ``bar_mmap_supported[0]`` for it
+    (``vfio_pci_probe_mmaps``: a memory BAR of at least a page, which every model BAR
+    is); a front end whose mappings would bypass the BAR's registers clears it."""
 
     def __init__(self, machine: Host, bdf: str, driver: str, bar0: int,
                  bar0_size: int, translator: Any, ident: PciIdentity = GENERIC_IDENTITY
@@ -37,6 +39,7 @@ class PciDevice(DmaDevice):
         self.machine = machine
         self.fn = PciFunction(ident, bar0, bar0_size)
         self.model: EduDevice | None = None
+        self.bar0_mmap = True
 
 
 def _parse_bdf(bdf: str) -> tuple[int, int]:

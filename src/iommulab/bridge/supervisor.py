@@ -286,6 +286,16 @@ class Bridge:
         f = self._file_at(tid, fd)
         return None if f is None else f.handle
 
+    def backing_of(self, handle: object) -> Backing | None:
+        """The backing inode of the bridge's file whose handle is ``handle`` (the one an
+        ``mmap`` answered CONTINUE maps), the supervisor's own description of it; None
+        once released. For the handler to ``os.dup`` and keep: closing a new
+        description of the inode instead would read as the program's release. O(files)."""
+        for f in self._files.values():
+            if f.handle is handle:
+                return Backing(f.backing)
+        return None
+
     def fd_is_open(self, tid: int, fd: int) -> bool:
         """Whether ``fd`` is open in ``tid`` (any file, the bridge's or not)."""
         return 0 <= fd < 1 << 31 and os.path.lexists(f"/proc/{tid}/fd/{fd}")

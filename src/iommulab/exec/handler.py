@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..bridge.handler import Backing, Continue, Handler, Node
+from ..bridge.handler import CONTINUE, Backing, Continue, Handler, Node
 from ..bridge.memory import TargetMemory
 from ..errors import kernel_error
 from ..syscall.devtable import DEVICE_FILES
@@ -31,6 +31,7 @@ from ..syscall.process import Process
 from ..vfio.cdev import cdev_devices
 from ..vfio.device import VfioDeviceFile
 from .argmarshal import marshal
+from .barmap import BarMaps
 from .devrw import read_file, write_file
 from .faultinject import (
     FAIL_NTH_NODE,
@@ -233,8 +234,13 @@ class ModelHandler(Handler):
         self.knobs = FaultKnobs(machine.mem.fail_nth.iommufd_test)
         #: the program's eventfds the model holds, by eventfd-id (:mod:`.realeventfd`)
         self.eventfds: dict[int, RealEventFdCtx] = {}
-        self._bar_mmap = machine.vfio_bar_mmap
-        machine.vfio_bar_mmap = False  # no faithful BAR mmap under exec (see mmap)
+        #: the BARs a program has mapped, their bytes in the backing inode (:mod:`.barmap`)
+        self.bars = BarMaps(machine.mem, self.shared)
+        #: devices whose BAR 0 is registers: not mmap-able for the run (see :meth:`mmap`)
+        self._register_bars = [d for d in machine.devices.values()
+                               if d.bar0_mmap and machine.mem.has_mmio_ops(d.bar0)]
+        for dev in self._register_bars:
+            dev.bar0_mmap = False
 
     # -- the tree of served paths ------------------------------------------------------------------
     def lookup(self, path: str) -> Node | None:
@@ -373,6 +379,7 @@ class ModelHandler(Handler):
         task), or no thread's when the bridge saw no such close (exit, munmap)."""
         if not isinstance(handle, ModelFile):
             return
+        self.bars.release(handle)  # before vfio-pci's close: the mapping is gone
         tid = self.bridge.current_tid if self.bridge is not None else 0
         if not tid:
             fput(handle.file)
@@ -513,10 +520,12 @@ class ModelHandler(Handler):
 
     def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
              flags: int, offset: int) -> Continue:
-        """The file's ``mmap``: a device fd asks vfio-pci, which refuses BAR 0 under exec
-        (EINVAL, ``vfio_pci_core_mmap`` without ``bar_mmap_supported``; GET_REGION_INFO
-        does not offer VFIO_REGION_INFO_FLAG_MMAP, so a VMM falls back to pread/pwrite);
-        the other files have no ``mmap`` (ENODEV)."""
+        """The file's ``mmap``: ``do_mmap``'s checks, then a device fd asks vfio-pci
+        (``vfio_device_fops_mmap``, ``vfio_pci_core_mmap``: EINVAL for MAP_PRIVATE, a
+        region other than BAR 0, a BAR of registers, a range past the BAR). An accepted
+        mapping is the backing inode, which holds the BAR's bytes from now until the
+        description's release (:mod:`.barmap`); the kernel maps it (CONTINUE). The other
+        files have no ``mmap`` (ENODEV)."""
         if not isinstance(handle, ModelFile):
             raise kernel_error(errno.ENODEV, "a fault-injection file has no mmap")
         kind = flags & 0x0F  # MAP_TYPE
@@ -528,7 +537,11 @@ class ModelHandler(Handler):
             if kind == 2:  # vfio_pci_core_mmap: no VM_SHARED
                 raise kernel_error(errno.EINVAL, "mmap of a device region wants MAP_SHARED")
             handle.file.mmap_region(length, offset)
-            raise AssertionError("no BAR is mmap-able under exec")
+            backing = self.bridge.backing_of(handle) if self.bridge is not None else None
+            if backing is None:  # no program holds the file: nothing to map into
+                raise kernel_error(errno.EBADF, f"mmap: {handle.path} is not open")
+            self.bars.map(handle.file.dev, handle, backing)
+            return CONTINUE
         raise kernel_error(errno.ENODEV, f"{handle.path} has no mmap")
 
     def close(self) -> None:
@@ -542,5 +555,8 @@ class ModelHandler(Handler):
             os.close(ctx.fd)
             ctx.fd = -1
         self.eventfds.clear()
-        self.machine.vfio_bar_mmap = self._bar_mmap
+        self.bars.close()  # none once every device file is released
+        for dev in self._register_bars:
+            dev.bar0_mmap = True
+        self._register_bars = []
 

@@ -60,12 +60,20 @@ class SharedFiles:
     shm), shared by every process of the run so both sides of a fork map one page cache.
     Holds one reference to each until :meth:`close`. ``mms`` are the live mirrors of the
     run: where a file's pinned pages can still be read once the process that pinned
-    them has gone."""
+    them has gone. ``bars`` are the backing inodes that hold a device BAR's bytes
+    (:mod:`.barmap`): (major, minor, inode) -> the BAR's physical address."""
 
     def __init__(self, mem: PhysMem) -> None:
         self.mem = mem
         self.files: dict[tuple[int, int, int], MemFd] = {}
         self.mms: list[TargetMm] = []
+        self.bars: dict[tuple[int, int, int], int] = {}
+
+    def bar_of(self, vma: RealVma) -> int | None:
+        """The physical address that ``vma``'s first page maps when it is a device BAR
+        (None for any other mapping)."""
+        pa = self.bars.get((*vma.dev, vma.inode)) if vma.inode else None
+        return None if pa is None else pa + vma.offset
 
     def get(self, vma: RealVma) -> MemFd:
         """The model file of ``vma``'s inode, grown to cover what ``vma`` maps."""
@@ -219,10 +227,17 @@ class TargetMm(MmStruct):
                     self._map_mirror(v, lo, hi)
 
     def _mirrorable(self, v: RealVma) -> bool:
+        """A mapping GUP would see: not the bridge's own backing files, except those
+        that hold a device BAR (vfio-pci's VM_PFNMAP mapping, which ``follow_pfn``
+        reads: VFIO type1 maps it for peer-to-peer DMA)."""
         return (v.readable and v.end <= TASK_SIZE_MAX and v.path not in _SPECIAL
-                and not (self.skip_prefix and v.path.startswith(self.skip_prefix)))
+                and not (self.skip_prefix and v.path.startswith(self.skip_prefix)
+                         and self.shared.bar_of(v) is None))
 
     def _sig(self, v: RealVma) -> Sig:
+        bar = self.shared.bar_of(v)
+        if bar is not None:
+            return (0, v.writable, -1, (bar >> PAGE_SHIFT) - (v.start >> PAGE_SHIFT))
         if v.shared:
             f = self.shared.get(v)
             return (f.order, v.writable, id(f), (v.offset >> PAGE_SHIFT) - (v.start >> PAGE_SHIFT))
@@ -231,6 +246,8 @@ class TargetMm(MmStruct):
 
     @staticmethod
     def _vma_sig(m: Vma) -> Sig:
+        if m.pfnmap:
+            return (0, m.writable, -1, m.mmio_pfn - (m.start >> PAGE_SHIFT))
         if m.file is not None and not m.private:
             return (m.file.order, m.writable, id(m.file), m.pgoff - (m.start >> PAGE_SHIFT))
         return (m.order if m.backing.startswith("hugetlb") else 0, m.writable, 0, 0)
@@ -247,7 +264,14 @@ class TargetMm(MmStruct):
         return out
 
     def _map_mirror(self, v: RealVma, lo: int, hi: int) -> None:
-        """A mirror VMA for ``[lo, hi)`` of the real mapping ``v``."""
+        """A mirror VMA for ``[lo, hi)`` of the real mapping ``v``: a device BAR's is a
+        VM_PFNMAP mapping of its pages, as ``vfio_pci_core_mmap`` makes."""
+        bar = self.shared.bar_of(v)
+        if bar is not None:
+            pa = bar + lo - v.start
+            self._mmap_region(lo, hi - lo, "anon", v.writable, False, lambda n: pa, None, 0,
+                              False, False)
+            return
         if v.shared:
             f = self.shared.get(v)
             self._mmap_region(lo, hi - lo, "anon", v.writable, False, None, f,

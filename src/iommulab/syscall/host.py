@@ -37,7 +37,7 @@ class Host(Protocol):
     pseries: Any
     module_params: dict[str, int]
     kconfig: dict[str, bool]
-    #: vfio-pci's bar_mmap_supported for BAR 0 (exec clears it)
+    #: lab: the switch over every device's bar_mmap_supported (PciDevice.bar0_mmap)
     vfio_bar_mmap: bool
     cache_flush: CacheFlush
     devices: dict[str, PciDevice]

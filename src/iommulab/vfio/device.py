@@ -216,6 +216,13 @@ class VfioDevice:
         self.pasids.discard(pasid)
 
     # -- vfio-pci's ops (vfio_pci_core.c) ----------------------------------------------------
+    @property
+    def bar_mmap_supported(self) -> bool:
+        """``vdev->bar_mmap_supported[0]``: the device's own answer
+        (:attr:`PciDevice.bar0_mmap`) unless the machine's switch
+        (``Machine.vfio_bar_mmap``, lab: a host without CONFIG_VFIO_PCI_MMAP) is off."""
+        return self.dev.machine.vfio_bar_mmap and self.dev.bar0_mmap
+
     def pci_ioctl(self, proc: Process, request: int, arg: int | bytes | bytearray) -> int:
         """``vfio_pci_core_ioctl``: GET_INFO, GET_REGION_INFO, GET_IRQ_INFO, SET_IRQS,
         RESET (which takes no argument) and the hot reset pair (ENODEV after their
@@ -271,7 +278,7 @@ class VfioDevice:
         if index == u.VFIO_PCI_BAR0_REGION_INDEX:
             size = self.dev.bar0_size
             flags = u.VFIO_REGION_INFO_FLAG_READ | u.VFIO_REGION_INFO_FLAG_WRITE
-            if self.dev.machine.vfio_bar_mmap:  # vdev->bar_mmap_supported[0]
+            if self.bar_mmap_supported:
                 flags |= u.VFIO_REGION_INFO_FLAG_MMAP
         elif index == u.VFIO_PCI_CONFIG_REGION_INDEX:
             size = 256
@@ -289,7 +296,7 @@ class VfioDevice:
             raise InvalidArgument("mmap: a device region needs MAP_SHARED")
         index = offset >> u.VFIO_PCI_OFFSET_SHIFT
         start = offset & ((1 << u.VFIO_PCI_OFFSET_SHIFT) - 1)
-        if index == u.VFIO_PCI_BAR0_REGION_INDEX and not self.dev.machine.vfio_bar_mmap:
+        if index == u.VFIO_PCI_BAR0_REGION_INDEX and not self.bar_mmap_supported:
             raise InvalidArgument("mmap: BAR 0 is not mmap-able (no bar_mmap_supported)")
         if index != u.VFIO_PCI_BAR0_REGION_INDEX or start & 0xFFF or \
                 start + length > self.dev.bar0_size:
