@@ -389,11 +389,11 @@ def test_parser_reads_what_it_should() -> None:
           "- item\n\n  continued\n\n      code in an item\n")
     blocks = parse_blocks(md)
     assert [(b.line, b.lang, b.section) for b in blocks] == [
-        (3, "console", "A"), (14, "python", "B"), (18, "text", "B")]
+        (3, "console", "A"), (13, "python", "B"), (17, "text", "B")]
     assert blocks[2].follows is blocks[1] and blocks[1].follows is None
     assert session_commands(blocks[0].text) == [("echo hi \\\n  there", "hi there"),
                                                  ("echo $?", "0")]
-    assert indented_code_lines(md) == [22, 28]
+    assert indented_code_lines(md) == [21, 27]
     assert output_matches("a\n...\nz 1.5 s", "a\nb\nc\nz 0.25 s  \n")
     assert not output_matches("a 1 K", "a 2 K")
     assert not output_matches("a\nz", "a\nb\nz")
