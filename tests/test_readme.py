@@ -382,6 +382,87 @@ def test_skip_list_is_current() -> None:
     assert not stale, f"SKIP names commands the README no longer has: {stale}"
 
 
+def _inline_spans(markdown: str) -> list[str]:
+    """The inline code spans of the prose (outside fenced blocks), line breaks as spaces."""
+    prose = re.sub(r"^(`{3,}|~{3,}).*?^\1\s*$", "", markdown, flags=re.S | re.M)
+    return [" ".join(m.split()) for m in re.findall(r"(?<!`)`([^`]+)`(?!`)", prose)]
+
+
+def test_files_the_prose_names_exist() -> None:
+    """A path of the checkout the README names (``tests/...``, ``benchmarks/...``) is there."""
+    missing = []
+    for span in _inline_spans(README.read_text()):
+        for word in span.split():
+            if (re.match(r"^(\.ci|src|tests|benchmarks|docs|scripts)/", word)
+                    and not (ROOT / word.rstrip(".,;:)")).exists()):
+                missing.append(word)
+    assert not missing, f"the README names files the checkout lacks: {missing}"
+
+
+def test_python_names_the_prose_gives_exist() -> None:
+    """``iommulab.x.y`` in the prose imports (module, then attributes)."""
+    import importlib
+    bad = []
+    for span in _inline_spans(README.read_text()):
+        m = re.fullmatch(r"(iommulab(?:\.\w+)+)(?:\(.*\))?", span)
+        if not m:
+            continue
+        parts = m.group(1).split(".")
+        for k in range(len(parts), 0, -1):
+            try:
+                obj: object = importlib.import_module(".".join(parts[:k]))
+            except ModuleNotFoundError:
+                continue
+            try:
+                for attr in parts[k:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                bad.append(m.group(1))
+            break
+        else:
+            bad.append(m.group(1))
+    assert not bad, f"the README names what iommulab does not have: {bad}"
+
+
+def test_commands_the_prose_gives_exist(env: dict[str, str]) -> None:
+    """``iommulab SUB --opt`` in the prose: the subcommand and each option exist.
+
+    A span is a mention, not a complete command (``iommulab exec``), so it is not run;
+    its ``--help`` must list every option it uses. ``A|B`` alternatives count as A.
+    """
+    spans = sorted({s for s in _inline_spans(README.read_text()) if s.startswith("iommulab ")})
+    assert spans
+    probe = textwrap.dedent("""
+        import contextlib, io, json, sys
+        from iommulab.cli import main
+        out = {}
+        for argv in json.load(sys.stdin):
+            buf = io.StringIO()
+            code = None
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                try:
+                    code = main(argv + ["--help"])
+                except SystemExit as e:
+                    code = e.code
+            out[" ".join(argv)] = [code, buf.getvalue()]
+        sys.stdout.write(json.dumps(out))
+    """)
+    argvs = []
+    for span in spans:
+        words = [w.split("|")[0] for w in span.split()[1:]]
+        argvs.append([w for w in words if w.startswith("-") or not re.search(r"[A-Z]", w)])
+    proc = subprocess.run([sys.executable, "-c", probe], input=json.dumps(argvs), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    helps = json.loads(proc.stdout)
+    for span, argv in zip(spans, argvs, strict=True):
+        code, text = helps[" ".join(argv)]
+        assert code == 0, f"README: `{span}`: {text}"
+        for opt in (w.split("=")[0] for w in argv if w.startswith("--")):
+            assert re.search(re.escape(opt) + r"(?![\w-])", text), (
+                f"README: `{span}`: {opt} is not an option:\n{text}")
+
+
 def test_parser_reads_what_it_should() -> None:
     """The parsing helpers on small inputs, so a README that parses to nothing cannot pass."""
     md = ("# A\n\n```console\n$ echo hi \\\n  there\nhi there\n$ echo $?\n0\n```\n\n"
