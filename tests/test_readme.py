@@ -286,8 +286,8 @@ def _shell_cases() -> list[Block]:
     return _blocks_of(SESSION_LANGS | COMMAND_LANGS)
 
 
-@pytest.mark.parametrize("block", _shell_cases(), ids=lambda b: b.id)
-def test_commands(block: Block, workdir: Path, env: dict[str, str]) -> None:
+def _command_failures(block: Block, cwd: Path, env: dict[str, str]) -> list[str]:
+    """Run a console or sh block's commands in one bash; what went wrong."""
     if block.lang in SESSION_LANGS:
         pairs = session_commands(block.text)
     else:
@@ -297,15 +297,23 @@ def test_commands(block: Block, workdir: Path, env: dict[str, str]) -> None:
         pytest.skip("; ".join(SKIP[c] for c in script_commands(block.text) if c in SKIP)
                     or "no commands")
     _check_needs([c for c, _ in pairs])
-    results = _run_shell([c for c, _ in pairs], workdir, env)
+    results = _run_shell([c for c, _ in pairs], cwd, env)
+    failures = []
     for k, ((cmd, shown), (status, out)) in enumerate(zip(pairs, results, strict=True)):
         where = f"README.md:{block.line}: $ {cmd}"
         echoed = k + 1 < len(pairs) and pairs[k + 1][0].strip() == "echo $?"
-        if not echoed:
-            assert status == 0, f"{where}\nexited {status}:\n{out}"
-        if shown.strip():
-            assert output_matches(shown, out), (
-                f"{where}\nthe README shows:\n{shown}\nthe command printed:\n{out}")
+        if not echoed and status != 0:
+            failures.append(f"{where}\nexited {status}:\n{out}")
+        if shown.strip() and not output_matches(shown, out):
+            failures.append(f"{where}\nthe README shows:\n{shown}\nthe command printed:\n"
+                            f"{out}")
+    return failures
+
+
+@pytest.mark.parametrize("block", _shell_cases(), ids=lambda b: b.id)
+def test_commands(block: Block, workdir: Path, env: dict[str, str]) -> None:
+    failures = _command_failures(block, workdir, env)
+    assert not failures, "\n".join(failures)
 
 
 DRIVER = textwrap.dedent('''
@@ -348,30 +356,61 @@ def _python_sections() -> list[list[Block]]:
     return list(groups.values())
 
 
-def _expected_output(block: Block) -> str | None:
+def _expected_output(block: Block, blocks: list[Block]) -> str | None:
     """The ``text`` block that directly follows a python block: what it prints."""
-    for b in BLOCKS:
+    for b in blocks:
         if b.follows is block and b.lang in INERT_LANGS:
             return b.text
     return None
 
 
-@pytest.mark.parametrize("blocks", _python_sections(),
-                         ids=lambda bs: f"L{bs[0].line}-{bs[0].section[:40]}")
-def test_python(blocks: list[Block], workdir: Path, env: dict[str, str]) -> None:
-    payload = json.dumps([{"line": b.line, "lang": b.lang, "text": b.text} for b in blocks])
-    proc = subprocess.run([sys.executable, "-c", DRIVER], input=payload, cwd=workdir,
+def _python_failures(section: list[Block], blocks: list[Block], cwd: Path,
+                     env: dict[str, str]) -> list[str]:
+    """Run one section's python and pycon blocks in one fresh interpreter; what went wrong."""
+    payload = json.dumps([{"line": b.line, "lang": b.lang, "text": b.text} for b in section])
+    proc = subprocess.run([sys.executable, "-c", DRIVER], input=payload, cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
-    for b, r in zip(blocks, results, strict=False):
-        assert r["error"] is None, f"README.md:{b.line} ({b.section}):\n{r['error']}"
-        if b.lang == "python":
-            shown = _expected_output(b)
-            assert output_matches(shown or "", r["out"]), (
-                f"README.md:{b.line}: the README shows:\n{shown}\nthe block printed:\n"
-                f"{r['out']}")
-    assert len(results) == len(blocks)
+    if proc.returncode != 0:
+        return [proc.stderr]
+    failures = []
+    for b, r in zip(section, json.loads(proc.stdout), strict=False):
+        if r["error"] is not None:
+            failures.append(f"README.md:{b.line} ({b.section}):\n{r['error']}")
+        elif b.lang == "python":
+            shown = _expected_output(b, blocks)
+            if not output_matches(shown or "", r["out"]):
+                failures.append(f"README.md:{b.line}: the README shows:\n{shown}\n"
+                                f"the block printed:\n{r['out']}")
+    return failures
+
+
+@pytest.mark.parametrize("section", _python_sections(),
+                         ids=lambda bs: f"L{bs[0].line}-{bs[0].section[:40]}")
+def test_python(section: list[Block], workdir: Path, env: dict[str, str]) -> None:
+    failures = _python_failures(section, BLOCKS, workdir, env)
+    assert not failures, "\n".join(failures)
+
+
+def test_harness_catches_what_it_should(tmp_path: Path, env: dict[str, str]) -> None:
+    """The runners on a small README: state shared in a section, outputs compared."""
+    md = ("## S\n\n```python\nx = 6 * 7\nprint(x)\n```\n\n```text\n42\n```\n\n"
+          "```pycon\n>>> x + 1\n43\n```\n\n## T\n\n```python\nprint(x)\n```\n\n"
+          "```pycon\n>>> 1 + 1\n3\n```\n\n"
+          "```console\n$ sh -c 'echo one; exit 3'\none\n$ echo $?\n3\n$ echo two\ntwo\n```\n\n"
+          "```console\n$ echo three\nfour\n```\n\n```sh\nfalse\n```\n")
+    blocks = parse_blocks(md)
+    groups: dict[int, list[Block]] = {}
+    for b in blocks:
+        if b.lang in PYTHON_LANGS:
+            groups.setdefault(b.section_line, []).append(b)
+    s, t = groups.values()
+    assert _python_failures(s, blocks, tmp_path, env) == []
+    bad = _python_failures(t, blocks, tmp_path, env)
+    assert len(bad) == 1 and "NameError" in bad[0]  # sections do not share state
+    assert "Expected:\n    3\nGot:\n    2" in _python_failures(t[1:], blocks, tmp_path,
+                                                              env)[0]
+    shells = [b for b in blocks if b.lang in SESSION_LANGS | COMMAND_LANGS]
+    assert [len(_command_failures(b, tmp_path, env)) for b in shells] == [0, 1, 1]
 
 
 def test_every_block_has_a_known_tag() -> None:
