@@ -81,7 +81,7 @@ def _region_flags(m: Machine, bdf: str) -> tuple[int, int]:
     g = p.open(f"/dev/vfio/{group}")
     p.ioctl(g, u.VFIO_GROUP_SET_CONTAINER, c.to_bytes(4, "little"))
     p.ioctl(c, u.VFIO_SET_IOMMU, u.VFIO_TYPE1v2_IOMMU)
-    d = p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bdf.encode() + b"\0")
+    d = p.ioctl(g, u.VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"))
     buf = bytearray(u.REGION_INFO.pack(u.REGION_INFO.size, 0, 0, 0, 0, 0))
     p.ioctl(d, u.VFIO_DEVICE_GET_REGION_INFO, buf)
     flags = u.REGION_INFO.unpack(buf)[1]
