@@ -22,6 +22,7 @@ from .report.html import render_html
 from .report.json_report import report_document
 from .report.scenario_text import render_text
 from .scenarios import SCENARIOS, Progress, ScenarioResult, UsageError, run_scenario
+from .scenarios.base import FileError
 from .sizes import parse_size
 from .trace import REPLAY_PLATFORMS, TraceError, parse_trace_file, replay
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
@@ -56,10 +57,6 @@ def _render_tour(r: TourResult) -> str:
     out.append(f"walk of {reg.iova:#x} ({reg.name}):")
     out.extend(f"  level {lvl}: {desc}" for lvl, desc in reg.walk)
     return "\n".join(out)
-
-
-class FileError(Exception):
-    """A file the command cannot use: exit status 3, with a one-line message."""
 
 
 #: exit statuses

@@ -109,7 +109,7 @@ def _bad(tmp: Path, name: str, text: str) -> str:
     return str(path)
 
 
-def test_files_it_cannot_use_exit_2_naming_the_file(
+def test_files_it_cannot_use_exit_3_naming_the_file(
         reports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = str(reports["s300"])
     doc = _load(reports["s300"])
@@ -140,7 +140,7 @@ def test_files_it_cannot_use_exit_2_naming_the_file(
             if path.endswith("v1.json"):  # valid alone; of another version than the other
                 assert rc == 2 and "compare reports of one version" in err
                 continue
-            assert (rc, out) == (2, ""), path
+            assert (rc, out) == (3, ""), path
             assert err.startswith(f"iommulab diff: {path}: {message}"), err
             assert len(err.strip().splitlines()) == 1
     # an output file that cannot be written

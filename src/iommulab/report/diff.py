@@ -6,8 +6,9 @@ unknown fields, headline values numbers or strings) before anything is compared.
 The comparison lists the parameters that differ, every headline key with its
 value in A and in B, the absolute change ``B - A`` and the relative change
 ``(B - A) / |A|`` of numbers, the keys only one side has, and the host times.
-A file that cannot be read or is not such a report is a usage error (exit 2)
-with one line naming the file and what is wrong.
+A file that cannot be read or is not such a report exits 3 (two valid reports of
+different versions, or an output file that cannot be written, exit 2), each with
+one line naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from ..scenarios.base import UsageError
+from ..scenarios.base import FileError, UsageError
 from .json_report import REPORT_SCHEMA, REPORT_VERSIONS, load_schema
 from .text import format_table
 
@@ -46,50 +47,50 @@ def _check(path: str, doc: dict[str, Any], schema: dict[str, Any]) -> None:
     props: dict[str, Any] = schema["properties"]
     missing = [k for k in schema["required"] if k not in doc]
     if missing:
-        raise UsageError(f"{path}: not a valid report: no {', '.join(missing)}")
+        raise FileError(f"{path}: not a valid report: no {', '.join(missing)}")
     unknown = sorted(set(doc) - set(props))
     if unknown:
-        raise UsageError(f"{path}: not a valid report: unknown field {', '.join(unknown)}")
+        raise FileError(f"{path}: not a valid report: unknown field {', '.join(unknown)}")
     for key, rule in props.items():
         value = doc[key]
         kinds = rule.get("type") or [k for alt in rule.get("oneOf", []) for k in
                                      ([alt["type"]] if isinstance(alt.get("type"), str)
                                       else alt.get("type", []))]
         if kinds and not _is(value, kinds):
-            raise UsageError(f"{path}: not a valid report: {key} is {type(value).__name__}, "
+            raise FileError(f"{path}: not a valid report: {key} is {type(value).__name__}, "
                              f"not {kinds if isinstance(kinds, str) else ' or '.join(kinds)}")
         if "const" in rule and value != rule["const"]:
-            raise UsageError(f"{path}: not a valid report: {key} is {value!r}, not "
+            raise FileError(f"{path}: not a valid report: {key} is {value!r}, not "
                              f"{rule['const']!r}")
         if "enum" in rule and value not in rule["enum"]:
-            raise UsageError(f"{path}: not a valid report: {key} {value!r} is not one of "
+            raise FileError(f"{path}: not a valid report: {key} {value!r} is not one of "
                              f"{', '.join(map(str, rule['enum']))}")
     for key, value in doc["headline"].items():
         if not _is(value, ["integer", "number", "string"]):
-            raise UsageError(f"{path}: not a valid report: headline {key} is "
+            raise FileError(f"{path}: not a valid report: headline {key} is "
                              f"{type(value).__name__}, not a number or a string")
 
 
 def load_report(path: str) -> dict[str, Any]:
-    """The report in ``path``, checked; :class:`UsageError` names what is wrong."""
+    """The report in ``path``, checked; :class:`FileError` names what is wrong."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise FileError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a JSON report (not UTF-8 text)") from None
+        raise FileError(f"{path}: not a JSON report (not UTF-8 text)") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not JSON: {e.msg} at line {e.lineno} column "
+        raise FileError(f"{path}: not JSON: {e.msg} at line {e.lineno} column "
                          f"{e.colno}") from None
     if not isinstance(doc, dict) or doc.get("schema") != REPORT_SCHEMA:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise UsageError(f"{path}: not an {REPORT_SCHEMA} document (schema: {got!r})")
+        raise FileError(f"{path}: not an {REPORT_SCHEMA} document (schema: {got!r})")
     version = doc.get("version")
     if version not in REPORT_VERSIONS or isinstance(version, bool):
-        raise UsageError(f"{path}: {REPORT_SCHEMA} version {version!r}; this iommulab reads "
+        raise FileError(f"{path}: {REPORT_SCHEMA} version {version!r}; this iommulab reads "
                          f"versions {', '.join(map(str, REPORT_VERSIONS))}")
     _check(path, doc, load_schema(version))
     return doc

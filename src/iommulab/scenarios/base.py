@@ -19,6 +19,7 @@ from typing import Any
 from ..sizes import parse_size
 
 __all__ = [
+    "FileError",
     "Param",
     "Plot",
     "Progress",
@@ -34,6 +35,10 @@ __all__ = [
 
 class UsageError(ValueError):
     """A bad scenario name, parameter or value (the command exits with status 2)."""
+
+
+class FileError(Exception):
+    """A file the command cannot use: exit status 3, with a one-line message."""
 
 
 def _as_int(text: str) -> int:
