@@ -161,6 +161,49 @@ class FrameAllocator:
             order += 1
         self._push(pfn, order)
 
+    def contiguous_allocs(self, order: int, limit: int) -> tuple[int, int] | None:
+        """Lab: ``(first pfn, n)`` where the next ``n`` calls of ``alloc(order)`` (at most
+        ``limit``) are certain to return ``first``, ``first + (1 << order)``, ... in
+        turn; None when no block of ``order`` is free. The next call splits the lowest
+        block of the smallest non-empty order ``k >= order``, the calls after it walk
+        through that block, and then through each free block of order ``k`` that
+        follows it directly. O(n >> (k - order)) set lookups."""
+        for k in range(order, MAX_ORDER + 1):
+            if self._free[k]:
+                break
+        else:
+            return None
+        heap, free = self._heap[k], self._free[k]
+        while heap[0] not in free:  # stale entries: the next _pop would skip them too
+            heapq.heappop(heap)
+        first = heap[0]
+        per, n = 1 << (k - order), 1 << (k - order)
+        nxt = first + (1 << k)
+        while n < limit and nxt in free:
+            n += per
+            nxt += 1 << k
+        return first, min(n, limit)
+
+    def alloc_contiguous(self, order: int, n: int) -> int | None:
+        """Lab: ``n`` calls of ``alloc(order)`` in one step when :meth:`contiguous_allocs`
+        is certain they give consecutive blocks: their first pfn (the blocks follow it
+        ``1 << order`` frames apart), or None, nothing taken, when it is not. The free
+        lists end as those calls leave them: the whole blocks of order ``k`` the calls
+        walk through are gone and the rest of the last one is free as aligned blocks."""
+        nxt = self.contiguous_allocs(order, n) if n > 0 else None
+        if nxt is None or nxt[1] < n:
+            return None
+        first = nxt[0]
+        k = next(o for o in range(order, MAX_ORDER + 1) if self._free[o])
+        end = first + (n << order)
+        top = -(-end >> k) << k  # the end of the last block of order k walked through
+        for block in range(first, top, 1 << k):
+            self._free[k].discard(block)  # its heap entry goes stale
+        self._push_range(end, top - end)
+        self._allocated.update(dict.fromkeys(range(first, end, 1 << order), order))
+        self.free_frames -= n << order
+        return first
+
     def order_of(self, pfn: int) -> int | None:
         """Order of the allocated block starting at ``pfn``, or None."""
         return self._allocated.get(pfn)
