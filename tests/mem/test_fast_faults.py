@@ -94,3 +94,46 @@ def test_map_dma_fast_faults_equal_batch_faults(case: dict[str, object]) -> None
     assert fast == slow
     if case.get("limit"):
         assert fast[0] == errno.ENOMEM
+
+
+def _ioas_map(fast: bool, *, fragment: float = 0.0, touch: int | None = None
+              ) -> tuple[object, ...]:
+    """IOMMU_IOAS_MAP of 1 GiB of THP into an IOAS with a VT-d domain; what it left."""
+    from iommulab.iommufd import uapi as iu
+
+    m = Machine("x86-vtd", ram="2G")
+    if fragment:
+        m.mem.fragment(order=9, fraction=fragment)
+    dev = m.add_pci_device("0000:00:02.0")
+    p = m.spawn_process(cap_ipc_lock=True)
+    p.mm.fast_faults = fast
+    fd = p.open("/dev/iommu")
+    out = bytearray(iu.IOAS_ALLOC.pack(12, 0, 0))
+    p.ioctl(fd, iu.IOMMU_IOAS_ALLOC, out)
+    ioas = iu.IOAS_ALLOC.unpack(out)[2]
+    cdev = p.open("/dev/vfio/devices/vfio0")
+    p.ioctl(cdev, u.VFIO_DEVICE_BIND_IOMMUFD, bytearray(u.BIND_IOMMUFD.pack(16, 0, fd, 0)))
+    p.ioctl(cdev, u.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+            bytearray(u.ATTACH_IOMMUFD_PT.pack(16, 0, ioas, 0)))
+    va = p.mmap(1 << 30, "thp")
+    if touch is not None:
+        p.write(va + touch, b"x")
+    p.ioctl(fd, iu.IOMMU_IOAS_MAP, bytearray(iu.IOAS_MAP.pack(40, 7, ioas, 0, va, 1 << 30,
+                                                              1 << 32)))
+    domain = dev.group.domain if dev.group is not None else None
+    assert domain is not None
+    res = (domain.leaf_runs(1 << 32, 1 << 30), _state(m.mem.frames), m.mem.pins.pins,
+           p.mm.faulted_ahead > 0)
+    p.exit()
+    assert m.mem.pins.pins == 0
+    return res
+
+
+@pytest.mark.parametrize("case", [{}, {"fragment": 0.3}, {"touch": 0x2345678}])
+def test_ioas_map_fast_faults_equal_gup_faults(case: dict[str, object]) -> None:
+    fast = _ioas_map(True, **case)  # type: ignore[arg-type]
+    slow = _ioas_map(False, **case)  # type: ignore[arg-type]
+    assert fast[:3] == slow[:3]
+    assert not slow[3]
+    if not case:  # the fast path ran
+        assert fast[3]
