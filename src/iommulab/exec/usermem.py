@@ -100,6 +100,9 @@ class TargetMm(MmStruct):
     def __init__(self, mem: PhysMem, kernel: KernelVersion, pid: int,
                  shared: SharedFiles, *, skip_prefix: str = "") -> None:
         super().__init__(mem, kernel)
+        # the mirror adopts the program's present pages before a GUP faults any: no
+        # faulting ahead of the GUP that adopts them
+        self.fast_faults = False
         self.pid = pid
         self.shared = shared
         self.skip_prefix = skip_prefix  # the bridge's own backing files: not memory

@@ -137,6 +137,11 @@ class PfnSource(Protocol):
         """Pin up to ``n`` pages from page ``index`` of the source; at least one."""
         ...
 
+    def prefault(self, index: int, n: int) -> None:
+        """Lab: fault in now what pinning ``n`` pages from ``index`` would, where that
+        changes nothing the pins would see (or do nothing)."""
+        ...
+
     def unpin(self, pfns: I64Array) -> None: ...
 
     def close(self) -> None:
@@ -339,6 +344,10 @@ class IoptPages:
         parts: list[I64Array] = []
         index = lo
         err: KernelError | None = None
+        if not self.fail_nth.armed and self.fail_nth.log is None:
+            # lab: the model reads the whole hole before it maps a batch, so nothing
+            # allocates between these GUP calls but their faults: those can come at once
+            self.source.prefault(lo, hi - lo + 1)
         try:
             while index <= hi:
                 if self.fail_nth.iommufd_should_fail("pfn_reader_user_pin"):

@@ -35,6 +35,11 @@ class UserSource:
             raise BadAddress("iommufd: the process that mapped these pages is gone")
         return self.mm.pin_user_pages(self.uptr + (index << PAGE_SHIFT), n, write)
 
+    def prefault(self, index: int, n: int) -> None:
+        """Lab: :meth:`MmStruct.fault_ahead` of the pages a run of GUP calls will pin."""
+        if not self.mm.gone:
+            self.mm.fault_ahead(self.uptr + (index << PAGE_SHIFT), n, None)
+
     def unpin(self, pfns: I64Array) -> None:
         self.mm.unpin_user_pages(pfns)
 
@@ -57,6 +62,9 @@ class FileSource:
 
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         return self.file.pin((self.start >> PAGE_SHIFT) + index, n, write)
+
+    def prefault(self, index: int, n: int) -> None:
+        """The page cache's pages are found or made by :meth:`pin` itself."""
 
     def unpin(self, pfns: I64Array) -> None:
         self.file.unpin(pfns)
@@ -81,6 +89,9 @@ class OtherFileSource:
 
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         raise InvalidArgument("memfd_pin_folios: the file is not a memfd or hugetlbfs file")
+
+    def prefault(self, index: int, n: int) -> None:
+        """Nothing to fault: every pin is refused."""
 
     def unpin(self, pfns: I64Array) -> None:
         """Nothing was ever pinned."""

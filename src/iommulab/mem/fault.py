@@ -117,6 +117,16 @@ class FailNth:
                 return True
         return False
 
+    def passes(self, site: str, n: int) -> None:
+        """``n`` allocation points at ``site`` in a row while nothing is armed: counted
+        and logged as ``n`` calls of :meth:`fails` (that would all pass) are."""
+        assert not self._remaining, "passes() while a failure is armed"
+        if self._within:
+            site = f"{self._within[-1]}: {site}"
+        self.calls += n
+        if self.log is not None:
+            self.log.extend([site] * n)
+
     def check(self, site: str) -> None:
         """Called by an allocation point; raises ENOMEM if this is the armed call."""
         if self.fails(site):

@@ -161,6 +161,64 @@ class FrameAllocator:
             order += 1
         self._push(pfn, order)
 
+    def contiguous_allocs(self, order: int, limit: int) -> tuple[int, int] | None:
+        """Lab: ``(first pfn, n)`` where the next ``n`` calls of ``alloc(order)`` (at most
+        ``limit``) are certain to return ``first``, ``first + (1 << order)``, ... in
+        turn; None when no block of ``order`` is free. See :meth:`_walk`."""
+        blocks = self._walk(order, limit)
+        if not blocks:
+            return None
+        n = sum(1 << (k - order) for _, k in blocks)
+        return blocks[0][0], min(n, limit)
+
+    def alloc_contiguous(self, order: int, n: int) -> int | None:
+        """Lab: ``n`` calls of ``alloc(order)`` in one step when :meth:`contiguous_allocs`
+        is certain they give consecutive blocks: their first pfn (the blocks follow it
+        ``1 << order`` frames apart), or None, nothing taken, when it is not. The free
+        lists end as those calls leave them: the free blocks the calls walk through are
+        gone and the rest of the last one is free as aligned blocks."""
+        blocks = self._walk(order, n) if n > 0 else []
+        if not blocks or sum(1 << (k - order) for _, k in blocks) < n:
+            return None
+        first = blocks[0][0]
+        end = first + (n << order)
+        for block, k in blocks:
+            self._free[k].discard(block)  # its heap entry goes stale
+        last, k = blocks[-1]
+        self._push_range(end, last + (1 << k) - end)
+        self._allocated.update(dict.fromkeys(range(first, end, 1 << order), order))
+        self.free_frames -= n << order
+        return first
+
+    def _walk(self, order: int, limit: int) -> list[tuple[int, int]]:
+        """The free blocks ``(pfn, order k)`` that the next calls of ``alloc(order)`` walk
+        through while each continues where the last ended, until they give ``limit``
+        blocks. Each call splits the lowest block of the smallest non-empty order
+        ``k >= order`` and the calls after it take the rest of that block in address
+        order; then the smallest non-empty order's lowest block comes next, which
+        continues the walk only if it is the block right after (none of its order lies
+        below the walk's start). O(blocks walked x MAX_ORDER) set lookups."""
+        blocks: list[tuple[int, int]] = []
+        used = [0] * (MAX_ORDER + 1)
+        got, first, nxt = 0, -1, -1
+        while got < limit:
+            k = next((o for o in range(order, MAX_ORDER + 1)
+                      if len(self._free[o]) > used[o]), None)
+            if k is None:
+                break
+            heap, free = self._heap[k], self._free[k]
+            while heap[0] not in free:  # stale entries: the next _pop would skip them too
+                heapq.heappop(heap)
+            if not blocks:
+                first = nxt = heap[0]
+            elif heap[0] < first or nxt not in free:
+                break
+            blocks.append((nxt, k))
+            used[k] += 1
+            got += 1 << (k - order)
+            nxt += 1 << k
+        return blocks
+
     def order_of(self, pfn: int) -> int | None:
         """Order of the allocated block starting at ``pfn``, or None."""
         return self._allocated.get(pfn)

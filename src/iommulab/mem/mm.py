@@ -123,6 +123,10 @@ class MmStruct:
         self.pinned_vm = 0  # mm->pinned_vm (iommufd charges it in every account mode)
         self.pinned_pages = 0  # pages this mm's GUP pins hold (lab)
         self.has_pinned = False  # MMF_HAS_PINNED: FOLL_PIN has run on this mm, never cleared
+        # lab: fault runs of THP folios in one step where that gives the same folios as
+        # the kernel's batch-by-batch faults (fault_ahead, _fault_folios); False: never
+        self.fast_faults = True
+        self.faulted_ahead = 0  # lab: pages fault_ahead faulted
         self.anon = mem.anon  # the mapcounts it shares with the machine's other processes
         self.anon.mms.add(self)
         self.gone = False  # exit_mmap ran: mmget_not_zero() fails from now on
@@ -611,8 +615,16 @@ class MmStruct:
         excl = window.excl.reshape(hi - lo, per)
         rows: list[int] = []
         got: list[int] = []
+        empty = np.flatnonzero((stretches < 0).all(axis=1))
+        bulk = None if fail.armed or not self.fast_faults else \
+            self.mem.frames.alloc_contiguous(order, len(empty))
+        if bulk is not None:  # lab: the same folios as the loop below, in one step
+            if not hugetlb:
+                fail.passes("vma_alloc_folio(THP)", len(empty))
+            rows, got = empty.tolist(), list(range(bulk, bulk + (len(empty) << order), per))
+            empty = empty[:0]
         try:
-            for row in np.flatnonzero((stretches < 0).all(axis=1)).tolist():
+            for row in empty.tolist():
                 # a THP that cannot be had falls back to 4K pages (VM_FAULT_FALLBACK)
                 thp_fails = not hugetlb and fail.fails("vma_alloc_folio(THP)")
                 pfn = None if thp_fails else self.mem.frames.alloc(order)
@@ -630,9 +642,8 @@ class MmStruct:
                 stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                        dtype=np.int64)[:, None] + offsets
             excl[rows] = True
-        end = first + count
-        return sum(min(s + per, end) - max(s, first)
-                   for s in ((row + lo) * per + off for row in rows))
+        starts = (np.array(rows, dtype=np.int64) + lo) * per + off
+        return int((np.minimum(starts + per, first + count) - np.maximum(starts, first)).sum())
 
     # -- copy on write ---------------------------------------------------------------------------
     def _break_cow(self, vma: Vma, first: int, count: int) -> None:
@@ -814,6 +825,36 @@ class MmStruct:
         if not views:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
         return views
+
+    def fault_ahead(self, addr: int, npages: int, follows: int | None) -> None:
+        """Lab fast path for a pinner that faults ``[addr, addr + npages pages)`` a batch at
+        a time and stops at the first page that does not continue its run: fault in
+        now, in one step, the THP folios of that range that its batches would fault one
+        after another with nothing else allocated in between, so that its next refills
+        find them present. That holds for aligned, wholly unpopulated THP stretches
+        while the frame allocator is certain to hand out contiguous folios (the first
+        one continuing the run, when ``follows`` names the pfn that would): the folios,
+        their order and each allocation's fault-injection point are those of the batch
+        by batch faults. Nothing is done while a failure is armed (the fallback to 4K
+        pages would break the run) or where any of this does not hold."""
+        vma = self.find_vma(addr)
+        if vma is None or vma.file is not None or vma.pfnmap or \
+                vma.backing.startswith("hugetlb") or self.mem.fail_nth.armed or \
+                not self.fast_faults:
+            return
+        order = BACKINGS[vma.backing]
+        per = 1 << order
+        first = (addr - vma.start) >> PAGE_SHIFT
+        if not order or (addr >> PAGE_SHIFT) % per:
+            return
+        folios = min(npages, vma.npages - first) >> order
+        if folios < 2 or vma.pages.count(first, first + (folios << order)):
+            return
+        nxt = self.mem.frames.contiguous_allocs(order, folios)
+        if nxt is None or (follows is not None and nxt[0] != follows) or nxt[1] < 2:
+            return
+        self._fault(vma, first, nxt[1] << order)
+        self.faulted_ahead += nxt[1] << order
 
     def gup_fast(self, addr: int, npages: int, write: bool) -> int:
         """How many pages from ``addr`` (up to ``npages``) GUP would pin as they are:

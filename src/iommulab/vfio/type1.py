@@ -314,6 +314,10 @@ class VfioIommu:
         try:
             while npage:
                 if not batch.runs:
+                    # lab: the THP folios the next refills would fault, in one step
+                    ahead = npage if budget is None or rsvd else \
+                        (max(budget - pinned, 0) // batch.capacity + 1) * batch.capacity
+                    mm.fault_ahead(vaddr, min(npage, ahead), base + pinned if pinned else None)
                     self._refill(dma, mm, vaddr, npage, batch)
                 pfn, count = batch.runs[0]
                 if not pinned:
