@@ -10,7 +10,7 @@ import pytest
 from iommulab import Machine
 from iommulab.errors import BadAddress, InvalidArgument, OutOfMemory
 from iommulab.mem import PhysMem
-from iommulab.mem.mm import MmStruct, pfn_runs
+from iommulab.mem.mm import MMAP_BASE, MmStruct, pfn_runs
 from iommulab.mem.pins import _BREAKS_CHUNK
 
 
@@ -167,6 +167,29 @@ def test_a_thp_stretch_with_4k_pages_keeps_faulting_4k_pages() -> None:
     assert mm.read(va, 4) == b"kept" and mm.read(va + 0x1000, 4) == b"next"
     vma = mm.find_vma(va)
     assert vma is not None and not vma.folios and int((vma.pfns() >= 0).sum()) == 2
+    mm.close()
+    assert mem.frames.allocated_blocks == 0
+
+
+def test_private_anonymous_mappings_of_whole_pmds_are_pmd_aligned() -> None:
+    """6.12's ``__get_unmapped_area``: a private anonymous mapping whose length is a
+    multiple of 2M is 2M-aligned, THP or not (``thp_get_unmapped_area_vmflags`` looks
+    for 2M more and aligns up inside that; top-down, an area already aligned gives its
+    upper part); other lengths and shared anonymous memory (shmem, huge pages off) go
+    where they fall. Addresses worked out by hand from that rule and the model's
+    top-down search (a guard page between mappings, the model's own)."""
+    mem = PhysMem("64M")
+    mm = MmStruct(mem)
+    base, mb, guard = MMAP_BASE, 1 << 20, 0x1000
+    assert base % (2 * mb) == 0
+    assert mm.mmap(2 * mb) == base - 2 * mb  # the padded area [base - 4M, base) is aligned
+    b = mm.mmap(0x2000)
+    assert b == base - 2 * mb - guard - 0x2000
+    # padded 6M below b starts 16K under a 2M line: aligned up to it
+    assert mm.mmap(4 * mb, "thp") == base - 8 * mb
+    assert mm.mmap(3 * mb, "thp") == base - 11 * mb - guard  # not whole PMDs: as it falls
+    assert mm.mmap(mb) == base - 3 * mb - 4 * guard  # the hole the alignment left
+    assert mm.mmap(2 * mb, shared=True) == base - 13 * mb - 2 * guard  # shmem: no alignment
     mm.close()
     assert mem.frames.allocated_blocks == 0
 

@@ -61,6 +61,8 @@ __all__ = ["BACKINGS", "DEFAULT_MAX_MAP_COUNT", "TASK_SIZE_MAX", "MmStruct", "Vm
 TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
 #: ``mmap_base``: mappings go top-down from here (the stack's gap above it)
 MMAP_BASE = 0x7FFF_F000_0000
+#: a PMD's span: what __get_unmapped_area aligns larger anonymous mappings to
+PMD_SIZE = PAGE_SIZE << 9
 #: ``mmap_min_addr`` (CONFIG_DEFAULT_MMAP_MIN_ADDR on x86_64): nothing is mapped below
 MMAP_MIN_ADDR = 0x10000
 #: ``sysctl_max_map_count``'s default (USHRT_MAX - MAPCOUNT_ELF_CORE_MARGIN)
@@ -149,10 +151,11 @@ class MmStruct:
         rounding wraps to 0) or an unaligned offset; ENOMEM for a length past the
         address space, too many mappings, no hole, an accountable mapping longer than
         RAM, hugetlb pages the machine lacks; EOVERFLOW for a file range past
-        MAX_LFS_FILESIZE. THP and hugetlb mappings of 2M or more are aligned to their
-        huge size; ``backing`` is ignored for a file or a device region, whose pages are
-        what they are (the model's contract, where Linux refuses MAP_HUGETLB of a file
-        that is not on hugetlbfs). O(VMAs) to find the
+        MAX_LFS_FILESIZE. hugetlb mappings are aligned to their huge size, private
+        anonymous ones whose length is a multiple of 2M (THP or not) to 2M, as 6.12's
+        ``__get_unmapped_area`` aligns them; ``backing`` is ignored for a file or a
+        device region, whose pages are what they are (the model's contract, where Linux
+        refuses MAP_HUGETLB of a file that is not on hugetlbfs). O(VMAs) to find the
         hole; no host memory in proportion to the length."""
         if mmio_pa is not None:
             device = self._fixed_region(mmio_pa)
@@ -186,7 +189,12 @@ class MmStruct:
         if aligned > TASK_SIZE_MAX:
             raise OutOfMemory(f"mmap: length {aligned:#x} exceeds the address space "
                               f"(TASK_SIZE {TASK_SIZE_MAX:#x})")
-        start = self._unmapped_area(aligned, huge if order and aligned >= huge else PAGE_SIZE)
+        if anon_hugetlb or (file is not None and file.order):
+            start = self._unmapped_area(aligned, huge)  # hugetlb_get_unmapped_area
+        elif file is None and device is None and not shared and not aligned % PMD_SIZE:
+            start = self._thp_unmapped_area(aligned)
+        else:
+            start = self._unmapped_area(aligned, PAGE_SIZE)
         if file is not None and aligned + offset > MAX_LFS_FILESIZE:
             raise Overflow(f"mmap: [{offset:#x}, +{aligned:#x}) of {file.name} passes "
                            f"MAX_LFS_FILESIZE")
@@ -229,6 +237,19 @@ class MmStruct:
         if start >= MMAP_MIN_ADDR:
             return start
         raise OutOfMemory(f"mmap: no hole of {nbytes:#x} bytes left in the address space")
+
+    def _thp_unmapped_area(self, nbytes: int) -> int:
+        """``__get_unmapped_area`` for a private anonymous mapping whose length is a
+        multiple of PMD_SIZE (6.12, CONFIG_TRANSPARENT_HUGEPAGE, whatever the THP
+        mode): ``thp_get_unmapped_area_vmflags`` looks for the length plus PMD_SIZE,
+        then aligns up inside it (top-down: an area already aligned gives its upper
+        part); without room for the padding, the plain search."""
+        try:
+            ret = self._unmapped_area(nbytes + PMD_SIZE, PAGE_SIZE)
+        except OutOfMemory:
+            return self._unmapped_area(nbytes, PAGE_SIZE)
+        off_sub = -ret & (PMD_SIZE - 1)
+        return ret + PMD_SIZE if not off_sub else ret + off_sub
 
     def _mmap_region(self, start: int, nbytes: int, backing: str, writable: bool,
                      populate: bool, device: DeviceMmap | None, file: MemFd | None,
