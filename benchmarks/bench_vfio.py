@@ -1,70 +1,124 @@
-"""VFIO_IOMMU_MAP_DMA and UNMAP_DMA of 64 GiB into an x86-vtd container.
+"""VFIO_IOMMU_MAP_DMA, UNMAP_DMA and DIRTY_PAGES GET_BITMAP into an x86-vtd container.
 
-Guest RAM backed by THP (2M folios) and by hugetlb 1G pages; the kernel
-pins and maps by physically contiguous runs, so the IOMMU gets 2M/1G
-entries. A third pair maps 4K anonymous memory of a fragmented host
-(faulted in and freed by runs of frames, not page by page). Each figure is
-one wall-clock run (the memory is faulted in by the pin, inside the MAP
-figure, as the kernel's GUP does it; hugetlb pages are taken at mmap time).
-Target: <= 2 s each for the 64 GiB maps and unmaps.
+Guest RAM backed by THP (2M folios) and by hugetlb 1G pages; the kernel pins and maps by
+physically contiguous runs, so the IOMMU gets 2M/1G entries. THP is mapped "prefaulted"
+(MAP_POPULATE: already touched) and "first touch" (faulted in by the pin, inside the
+MAP figure, as the kernel's GUP does it); hugetlb's first map and a second map of the
+same pages after an unmap. A last group maps 4K anonymous memory of a fragmented host
+(faulted in and freed by runs of frames, not page by page). Each figure is the median
+wall time over ``--repeat`` fresh machines, process CPU beside it, at the largest of
+``--sizes``; the sweep then prints the cost per GiB at every size, so that a cost that
+grows faster than the size shows. Targets (issue 22, at 64 GiB): MAP_DMA THP <= 0.25 s,
+hugetlb-1G <= 0.05 s, UNMAP_DMA <= 0.25 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
+from _bulk import Container, container, sizes_arg, timed
 from _common import Figure, print_figures
-from iommulab import Machine
 from iommulab.report import format_size
 from iommulab.vfio import uapi as u
 
+START = u.VFIO_IOMMU_DIRTY_PAGES_FLAG_START
 
-def run(backing: str, gib: int, fragment: bool = False
-        ) -> tuple[float, float, float, dict[int, int]]:
-    m = Machine("x86-vtd", ram=f"{gib + 4}G")
-    if fragment:  # a used 4K frame in every free 2M region: 4K folios, short runs
-        m.mem.fragment(order=9)
-    dev = m.add_pci_device("0000:00:02.0")
-    p = m.spawn_process(cap_ipc_lock=True)
-    c, g = p.open("/dev/vfio/vfio"), p.open(f"/dev/vfio/{dev.iommu_group}")
-    p.ioctl(g, u.VFIO_GROUP_SET_CONTAINER, bytearray(c.to_bytes(4, "little")))
-    p.ioctl(c, u.VFIO_SET_IOMMU, u.VFIO_TYPE1v2_IOMMU)
-    size = gib << 30
-    va = p.mmap(size, backing)
-    t0 = time.perf_counter()
-    p.ioctl(c, u.VFIO_IOMMU_MAP_DMA, bytearray(u.DMA_MAP.pack(32, 3, va, 1 << 32, size)))
-    t_map = time.perf_counter() - t0
-    domain = dev.group.domain if dev.group is not None else None
-    hist = domain.leaf_histogram() if domain is not None else {}
-    t0 = time.perf_counter()
-    p.ioctl(c, u.VFIO_IOMMU_UNMAP_DMA, bytearray(u.DMA_UNMAP.pack(24, 0, 1 << 32, size)))
-    t_unmap = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    p.exit()  # the unpinned pages are freed with the address space
-    t_exit = time.perf_counter() - t0
-    assert m.mem.pins.pins == 0
-    return t_map, t_unmap, t_exit, hist
+
+def _thp_pre(gib: int) -> Container:
+    return container("thp", gib, populate=True)
+
+
+def _thp(gib: int) -> Container:
+    return container("thp", gib)
+
+
+def _huge(gib: int) -> Container:
+    return container("hugetlb-1G", gib)
+
+
+def _remap(ct: Container) -> None:
+    ct.map()
+    ct.unmap()
+
+
+def _tracking(ct: Container) -> None:
+    ct.map()
+    ct.extra["bitmap"] = ct.p.mmap(u.DIRTY_BITMAP_BYTES(ct.size >> 12) + 4096,
+                                   populate=True)
+    ct.dirty(START)
+
+
+def _unmap_after_map(ct: Container) -> None:
+    ct.map()
+
+
+# (name, backing setup, untimed step first, timed step, target in s at 64 GiB)
+CASES = (
+    ("MAP_DMA {} THP prefaulted", _thp_pre, None, Container.map, 0.25),
+    ("MAP_DMA {} THP first touch", _thp, None, Container.map, 0.25),
+    ("UNMAP_DMA {} THP", _thp, _unmap_after_map, Container.unmap, 0.25),
+    ("MAP_DMA {} hugetlb-1G first map", _huge, None, Container.map, 0.05),
+    ("MAP_DMA {} hugetlb-1G second map", _huge, _remap, Container.map, 0.05),
+    ("UNMAP_DMA {} hugetlb-1G", _huge, _unmap_after_map, Container.unmap, 0.25),
+    ("DIRTY GET_BITMAP {} THP", _thp, _tracking, Container.get_bitmap, None),
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gib", type=int, default=64)
+    ap.add_argument("--sizes", type=sizes_arg, default=[64],
+                    help="GiB of guest RAM, comma separated (a sweep); the figures are "
+                         "at the largest, the sweep at each")
+    ap.add_argument("--gib", type=int, default=None, help="one size (same as --sizes N)")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--frag-gib", type=int, default=3,
                     help="size of the 4K-anon map on a fragmented host")
     args = ap.parse_args()
+    sizes: list[int] = [args.gib] if args.gib else args.sizes
+    top = sizes[-1]
     figs = []
-    for backing, gib, frag in (("thp", args.gib, False), ("hugetlb-1G", args.gib, False),
-                               ("anon", args.frag_gib, True)):
-        t_map, t_unmap, t_exit, hist = run(backing, gib, frag)
-        sizes = ", ".join(f"{n} x {format_size(s)}" for s, n in hist.items())
-        what = f"{gib} GiB {backing}" + (", fragmented host" if frag else "")
-        target = None if frag else 2.0
-        figs.append(Figure(f"MAP_DMA {what} ({sizes})", t_map, "s", target))
-        figs.append(Figure(f"UNMAP_DMA {what}", t_unmap, "s", target))
-        if frag:
-            figs.append(Figure(f"exit, freeing the {what}", t_exit, "s"))
-    print_figures(f"bench_vfio: x86-vtd, {args.gib} GiB", figs)
+    per_gib: dict[str, list[tuple[int, float, float]]] = {}
+    for name, setup, before, step, target in CASES:
+        for gib in sizes:
+            wall, cpu = timed(functools.partial(setup, gib), step, args.repeat, before)
+            per_gib.setdefault(name, []).append((gib, wall, cpu))
+            if gib == top:
+                figs.append(Figure(name.format(f"{gib} GiB"), wall * 1e3, "ms",
+                                   target * 1e3 if target and gib == 64 else None,
+                                   cpu=cpu * 1e3))
+    ct = container("thp", top)
+    ct.map()
+    sizes_txt = ", ".join(f"{n} x {format_size(s)}" for s, n in ct.leaf_histogram().items())
+    ct.unmap()
+    ct.close()
+    ct = container("hugetlb-1G", top)
+    ct.map()
+    sizes_txt += "; " + ", ".join(f"{n} x {format_size(s)}"
+                                  for s, n in ct.leaf_histogram().items())
+    ct.unmap()
+    ct.close()
+    frag = args.frag_gib
+    wall, cpu = timed(lambda: container("anon", frag, fragment=True), Container.map, 1)
+    figs.append(Figure(f"MAP_DMA {frag} GiB anon, fragmented host", wall, "s", cpu=cpu))
+    wall, cpu = timed(lambda: container("anon", frag, fragment=True), Container.unmap, 1,
+                      _unmap_after_map)
+    figs.append(Figure(f"UNMAP_DMA {frag} GiB anon, fragmented host", wall, "s", cpu=cpu))
+
+    wall, cpu = timed(lambda: container("anon", frag, fragment=True), Container.close, 1,
+                      _remap)
+    figs.append(Figure(f"exit, freeing the {frag} GiB anon, fragmented host", wall, "s",
+                       cpu=cpu))
+    print_figures(f"bench_vfio: x86-vtd, {top} GiB, median of {args.repeat} "
+                  f"(IOPTEs: {sizes_txt})", figs)
+    if len(sizes) > 1:
+        sweep = []
+        for name, rows in per_gib.items():
+            for gib, wall, cpu in rows:
+                sweep.append(Figure(name.format(f"{gib} GiB") + ", per GiB", wall / gib * 1e3,
+                                    "ms", cpu=cpu / gib * 1e3))
+        print_figures(f"sweep over {','.join(map(str, sizes))} GiB: cost per GiB (a rise "
+                      "with the size is a super-linear cost)", sweep)
 
 
 if __name__ == "__main__":
