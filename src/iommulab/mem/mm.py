@@ -48,6 +48,7 @@ from ..kernel import DEFAULT_KERNEL, KernelVersion
 from ..sizes import parse_size
 from .memfd import file_setup, resv_map_alloc
 from .physmem import PhysMem, pfn_runs
+from .runs import first_not_ready, present_count, view_runs
 from .sparse import Extent
 from .vma import BACKINGS, PAGE_SHIFT, PAGE_SIZE, Vma
 
@@ -583,7 +584,7 @@ class MmStruct:
         if vma.file is not None:
             vma.file.pages(vma.pgoff + first, count)  # the page cache's (checked there)
             return
-        missing = count - vma.pages.count(first, first + count)
+        missing = count - present_count(vma, first, first + count)
         if not missing:
             return
         where = f"page fault in [{vma.start + (first << PAGE_SHIFT):#x}, " \
@@ -625,7 +626,7 @@ class MmStruct:
         hugetlb = vma.backing.startswith("hugetlb")
         fail = self.mem.fail_nth
         if hugetlb:
-            need = (s_hi - s_lo - vma.pages.count(s_lo, s_hi)) // per
+            need = (s_hi - s_lo - present_count(vma, s_lo, s_hi)) // per
             free = self.mem.frames.free_blocks_of(order)
             if need > free:
                 raise OutOfMemory(f"hugetlb: {need} pages of {PAGE_SIZE << order:#x} wanted "
@@ -824,8 +825,8 @@ class MmStruct:
         VMA by VMA in the pages' own arrays (no array of the pages is made); a run that
         goes on across a VMA boundary is one run."""
         runs: list[tuple[int, int]] = []
-        for view in self._gup(addr, npages, write):
-            more = pfn_runs(view)
+        for vma, lo, view in self._gup_pieces(addr, npages, write):
+            more = pfn_runs(view) if vma is None else view_runs(vma, lo, lo + len(view), view)
             if runs and runs[-1][0] + runs[-1][1] == more[0][0]:
                 pfn, count = runs.pop()
                 more[0] = (pfn, count + more[0][1])
@@ -837,15 +838,25 @@ class MmStruct:
     def _gup(self, addr: int, npages: int, write: bool) -> list[I64Array]:
         """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own:
         views of their pfns, in address order (valid until the mm next changes)."""
+        return [view for _, _, view in self._gup_pieces(addr, npages, write)]
+
+    def _gup_pieces(self, addr: int, npages: int, write: bool
+                    ) -> list[tuple[Vma | None, int, I64Array]]:
+        """:meth:`_gup` with, beside each view, the VMA whose own pages it is and the
+        index of its first page (None, 0 for a shared file's page cache): what
+        :func:`~iommulab.mem.runs.view_runs` needs to find runs by folio."""
         self.has_pinned = True
-        views: list[I64Array] = []
+        out: list[tuple[Vma | None, int, I64Array]] = []
         for vma, first, n in self._gup_vmas(addr, npages, write):
             self._fault(vma, first, n)
             self._break_cow(vma, first, n)
-            views += vma.views(first, first + n)
-        if not views:
+            if vma.file is not None and not vma.private:
+                out += [(None, 0, view) for view in vma.views(first, first + n)]
+            else:
+                out += [(vma, e.lo, e.pfns) for e in vma.pages.pieces(first, first + n)]
+        if not out:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
-        return views
+        return out
 
     def fault_ahead(self, addr: int, npages: int, follows: int | None) -> None:
         """Lab fast path for a pinner that faults ``[addr, addr + npages pages)`` a batch at
@@ -869,7 +880,7 @@ class MmStruct:
         if not order or (addr >> PAGE_SHIFT) % per:
             return
         folios = min(npages, vma.npages - first) >> order
-        if folios < 2 or vma.pages.count(first, first + (folios << order)):
+        if folios < 2 or present_count(vma, first, first + (folios << order)):
             return
         nxt = self.mem.frames.contiguous_allocs(order, folios)
         if nxt is None or (follows is not None and nxt[0] != follows) or nxt[1] < 2:
@@ -884,7 +895,7 @@ class MmStruct:
         the kernel's batches do). O(the answer) numpy work, no copies."""
         done = 0
         for vma, first, n in self._gup_vmas(addr, npages, write):
-            ready = vma.ready(first, first + n)
+            ready = first_not_ready(vma, first, first + n)
             if ready < first + n:
                 return done + ready - first
             done += n
