@@ -70,6 +70,8 @@ MMAP_MIN_ADDR = 0x10000
 DEFAULT_MAX_MAP_COUNT = 65530
 #: the largest file offset a memfd (shmem) maps: MAX_LFS_FILESIZE (``file_mmap_ok``)
 MAX_LFS_FILESIZE = (1 << 63) - 1
+#: entries per temporary when filling a long run of pfns (8 MiB)
+_FILL_CHUNK = 1 << 20
 U64_MAX = (1 << 64) - 1
 #: the release whose do_wp_page reuses a page of a PTE-mapped THP the writer's mm alone
 #: maps (``__wp_can_reuse_large_anon_folio``, commit 1da190f4d0a6); 6.12 always copies it
@@ -92,6 +94,14 @@ def _offsets(order: int) -> I64Array:
     out = np.arange(1 << order, dtype=np.int64)
     out.flags.writeable = False
     return out
+
+
+def _fill_run(out: I64Array, first: int) -> None:
+    """``out[:] = first + arange(len(out))`` with temporaries of at most ``_FILL_CHUNK``
+    entries (a fresh 16M-entry one costs the host more page faults than the fill)."""
+    for i in range(0, len(out), _FILL_CHUNK):
+        j = min(len(out), i + _FILL_CHUNK)
+        out[i:j] = np.arange(first + i, first + j, dtype=np.int64)
 
 
 def _aranges(runs: list[tuple[int, int]]) -> I64Array:
@@ -631,19 +641,23 @@ class MmStruct:
             if need > free:
                 raise OutOfMemory(f"hugetlb: {need} pages of {PAGE_SIZE << order:#x} wanted "
                                   f"at {vma.start + (s_lo << PAGE_SHIFT):#x}, {free} free")
+        fresh = not vma.pages.pieces(s_lo, s_hi)  # nothing kept: every stretch is empty
         window = vma.pages.window(s_lo, s_hi)
         assert window.excl is not None
         stretches = window.pfns.reshape(hi - lo, per)
         excl = window.excl.reshape(hi - lo, per)
         rows: list[int] = []
         got: list[int] = []
-        empty = np.flatnonzero((stretches < 0).all(axis=1))
+        empty = np.arange(hi - lo, dtype=np.int64) if fresh else \
+            np.flatnonzero((stretches < 0).all(axis=1))
         bulk = None if fail.armed or not self.fast_faults else \
             self.mem.frames.alloc_contiguous(order, len(empty))
+        whole = None  # the first pfn when the window gets one run of folios from its start
         if bulk is not None:  # lab: the same folios as the loop below, in one step
             if not hugetlb:
                 fail.passes("vma_alloc_folio(THP)", len(empty))
             rows, got = empty.tolist(), list(range(bulk, bulk + (len(empty) << order), per))
+            whole = bulk if fresh else None
             empty = empty[:0]
         try:
             for row in empty.tolist():
@@ -659,11 +673,15 @@ class MmStruct:
         finally:  # the folios taken so far are mapped (whoever fails unmaps them)
             vma.folios.update(dict.fromkeys(got, order))
             self.anon.new_folios(got, order)
-            offsets = _offsets(order)
-            for i in range(0, len(rows), 4096):  # bounded temporaries
-                stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
-                                                       dtype=np.int64)[:, None] + offsets
-            excl[rows] = True
+            if whole is not None:  # slices, not rows: the same pfns in one pass
+                _fill_run(window.pfns, whole)
+                window.excl[:] = True
+            else:
+                offsets = _offsets(order)
+                for i in range(0, len(rows), 4096):  # bounded temporaries
+                    stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
+                                                           dtype=np.int64)[:, None] + offsets
+                excl[rows] = True
         starts = (np.array(rows, dtype=np.int64) + lo) * per + off
         return int((np.minimum(starts + per, first + count) - np.maximum(starts, first)).sum())
 
