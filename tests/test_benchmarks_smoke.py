@@ -17,7 +17,6 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_dma.py", ["--calls", "200", "--repeat", "1"], 4),
     ("bench_iova.py", ["--calls", "600", "--pairs", "2000", "--live", "100", "--repeat", "1"],
      3),
-    ("bench_vfio.py", ["--gib", "1", "--frag-gib", "1", "--repeat", "1"], 10),
     ("bench_vfio.py", ["--sizes", "1,2", "--frag-gib", "1", "--repeat", "1"], 25),
     ("bench_fork.py", ["--gib", "1", "--pinned-gib", "1"], 8),
     ("bench_iommufd.py", ["--gib", "1"], 4),
