@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,11 +58,14 @@ __all__ = [
     "Account",
     "IoptPages",
     "PagesStats",
+    "PfnRuns",
     "PfnSource",
     "UserStruct",
+    "area_pfn_runs",
     "domain_pfns",
     "fill_batches",
     "unfill_batches",
+    "unfill_batches_runs",
 ]
 
 I64Array = npt.NDArray[np.int64]
@@ -144,6 +148,10 @@ class PfnSource(Protocol):
 
     def unpin(self, pfns: I64Array) -> None: ...
 
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`unpin` of ``(first pfn, pages)`` runs, with no array per page."""
+        ...
+
     def close(self) -> None:
         """The pages are freed: drop what the source holds (a file reference)."""
 
@@ -175,6 +183,77 @@ def _area_pfns(area: IoptArea, domain: IommuDomain, lo: int, hi: int) -> I64Arra
     iovas = area.iova - area.page_offset + (idx - area.index) * PAGE_SIZE
     iovas[idx == area.index] = area.iova
     return domain_pfns(domain, iovas)
+
+
+class PfnRuns(NamedTuple):
+    """Pages ``starts[i] .. starts[i] + counts[i] - 1`` map PFNs ``pfn0[i] ..``, one run
+    of contiguous PFNs each, a break between any two: what one PFN per page would show
+    (``np.diff(pfns) != 1``), in O(runs) memory."""
+
+    starts: I64Array
+    pfn0: I64Array
+    counts: I64Array
+
+    @property
+    def last(self) -> int:
+        return int(self.starts[-1] + self.counts[-1] - 1)
+
+    def clip(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``(first pfn, pages)`` of the runs over pages ``[lo, hi]``, as :func:`pfn_runs`
+        of their PFNs gives them. O(log runs + runs inside)."""
+        a = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        b = int(np.searchsorted(self.starts, hi, side="right"))
+        st, p0, n = self.starts[a:b], self.pfn0[a:b], self.counts[a:b]
+        head = np.maximum(st, lo)
+        tail = np.minimum(st + n - 1, hi)
+        return list(zip((p0 + head - st).tolist(), (tail - head + 1).tolist(), strict=True))
+
+    def expand(self) -> I64Array:
+        """One PFN per page (the lab's flush policies want them); O(pages)."""
+        return _expand(list(zip(self.pfn0.tolist(), self.counts.tolist(), strict=True)))
+
+
+def _expand(runs: list[tuple[int, int]]) -> I64Array:
+    if not runs:
+        return _NO_PFNS
+    return np.concatenate([np.arange(pfn, pfn + n, dtype=np.int64) for pfn, n in runs])
+
+
+def area_pfn_runs(area: IoptArea, domain: IommuDomain, lo: int, hi: int
+                  ) -> PfnRuns | None:
+    """:func:`_area_pfns` of pages ``[lo, hi]`` as runs, from the domain's leaf runs
+    (``iommu_iova_to_phys`` of each page's ``iopt_area_index_to_iova``), or None when
+    some page is not mapped (where one PFN per page reads 0). O(leaf runs)."""
+    start, end = area.index_to_iova(lo), area.index_to_iova(hi)
+    leaves = domain.leaf_runs(start, end - start + 1)
+    if not leaves:
+        return None
+    r = np.array(leaves, dtype=np.int64).reshape(-1, 3)
+    base = area.iova - area.page_offset  # page index i is probed at base + (i - index) * 4K
+    idx = area.index
+    r_lo, r_hi = r[:, 0], r[:, 0] + r[:, 2] - 1
+    # the first and last page probed inside each leaf run (the area's first page is
+    # probed at area.iova, the others at their page's start)
+    i0 = np.where(r_lo <= area.iova, idx, idx + ((r_lo - base + PAGE_SIZE - 1) >> PAGE_SHIFT))
+    i1 = np.where(r_hi < area.iova, idx - 1, idx + ((r_hi - base) >> PAGE_SHIFT))
+    i0, i1 = np.maximum(i0, lo), np.minimum(i1, hi)
+    keep = i0 <= i1
+    i0, i1, delta = i0[keep], i1[keep], (r[:, 1] - r[:, 0])[keep]
+    if int((i1 - i0 + 1).sum()) != hi - lo + 1:
+        return None
+    probe = np.where(i0 == idx, area.iova, base + (i0 - idx) * PAGE_SIZE)
+    pfn0 = (probe + delta) >> PAGE_SHIFT
+    if area.page_offset and i0[0] == idx and i1[0] > idx:
+        # the first page is probed mid-page: its PFN need not precede the next page's
+        nxt = (base + PAGE_SIZE + int(delta[0])) >> PAGE_SHIFT
+        i0 = np.concatenate(([idx, idx + 1], i0[1:]))
+        i1 = np.concatenate(([idx], i1))
+        pfn0 = np.concatenate((pfn0[:1], [nxt], pfn0[1:]))
+    counts = i1 - i0 + 1
+    cut = np.flatnonzero(pfn0[1:] != pfn0[:-1] + counts[:-1]) + 1  # runs that break
+    heads = np.concatenate(([0], cut))
+    ends = np.append(cut, len(i0))
+    return PfnRuns(i0[heads], pfn0[heads], i1[ends - 1] - i0[heads] + 1)
 
 
 def _run_starts(pfns: I64Array) -> I64Array:
@@ -211,6 +290,29 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
     is left after the last hole is unmapped in one call. One loop turn per batch."""
     last = first + len(pfns) - 1
     brk = np.flatnonzero(np.diff(pfns) != 1) + 1 + first  # where a PFN run starts
+    return _unfill_batches(brk, lambda i: int(pfns[i - first]), first, last, spans, cap)
+
+
+def unfill_batches_runs(runs: PfnRuns, spans: list[tuple[int, int, int]], cap: int
+                        ) -> list[tuple[int, int]]:
+    """:func:`unfill_batches` of the pages ``runs`` cover, read by runs of contiguous
+    PFNs (:func:`area_pfn_runs`) instead of one PFN per page: the same unmaps, in
+    O(runs + batches) whatever the number of pages."""
+    starts, pfn0, _ = runs
+    first, last = int(starts[0]), runs.last
+
+    def pfn_at(i: int) -> int:
+        r = int(np.searchsorted(starts, i, side="right")) - 1
+        return int(pfn0[r]) + i - int(starts[r])
+
+    return _unfill_batches(starts[1:], pfn_at, first, last, spans, cap)
+
+
+def _unfill_batches(brk: I64Array, pfn_at: Callable[[int], int], first: int, last: int,
+                    spans: list[tuple[int, int, int]], cap: int) -> list[tuple[int, int]]:
+    """:func:`unfill_batches` over pages ``[first, last]`` whose PFN runs start at
+    ``brk`` (page indexes, the first page left out) and whose page ``i`` has PFN
+    ``pfn_at(i)``."""
     out: list[tuple[int, int]] = []
     unmapped_end, carry, entry0 = first, 0, False  # entry0: batch->end is 1, not 0
     for kind, lo, hi in spans:
@@ -224,8 +326,7 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
                 read_from = max(start, unmapped_end)
                 # entry 0 ends at the PFN after page unmapped_end - 1's (a break when
                 # read_from is unmapped_end, so only a swallowed carry's entry can join)
-                joins = entry0 and int(pfns[read_from - first]) == \
-                    int(pfns[unmapped_end - 1 - first]) + 1
+                joins = entry0 and pfn_at(read_from) == pfn_at(unmapped_end - 1) + 1
                 runs = cap - entry0 + joins
                 i = int(np.searchsorted(brk, read_from, side="right"))
                 stop = read_from if not runs else \
@@ -429,6 +530,14 @@ class IoptPages:
             self.source.unpin(pfns)
             self.npinned -= len(pfns)
 
+    def _unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`_unpin` of ``(first pfn, pages)`` runs."""
+        if runs:
+            if self.flusher is not None and self.flusher.at_unpin(self):
+                self.flusher.flush(_expand(runs), "unpin")
+            self.source.unpin_runs(runs)
+            self.npinned -= sum(n for _, n in runs)
+
     # -- accounting ----------------------------------------------------------------------
     def update_pinned(self) -> None:
         """``pfn_reader_user_update_pinned``: charge or release the change since the last
@@ -575,10 +684,37 @@ class IoptPages:
         if pfns is not None and self.flusher is not None:
             self.flusher.flush(pfns, flush)
 
+    #: read the domain's PFNs by leaf runs on unfill (False: one per page, the reference)
+    unfill_by_runs = True
+
     def unfill(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
         """``iopt_area_unfill_domain`` (``area`` already out of domains_itree): unmap a
         batch at a time (:meth:`_unfill_unmaps`), the lab's flush, then unpin the pages
-        nobody else holds."""
+        nobody else holds.
+
+        The domain's PFNs are read as runs (:func:`area_pfn_runs`) and the batches and
+        unpins computed over runs, so the work and memory go with the number of PFN
+        runs, not pages; :meth:`unfill_per_page` is the same with one PFN per page (the
+        reference, and the path where some page is not mapped)."""
+        first, last = area.index, area.last_index
+        runs = area_pfn_runs(area, domain, first, last) if self.unfill_by_runs else None
+        if runs is None:
+            self.unfill_per_page(area, domain, flush=flush)
+            return
+        spans = self._spans(first, last)
+        drop = [runs.clip(lo, hi) for kind, lo, hi in spans if kind == 0]
+        cap = self._batch_init(last + 1, backup=True)
+        for lo, hi in unfill_batches_runs(runs, spans, cap):
+            self._unmap_range(area, domain, lo, hi)
+        if flush and self.flusher is not None:
+            self.flusher.flush(runs.expand(), flush)
+        for unpin in drop:
+            self._unpin_runs(unpin)
+        self.update_pinned()
+
+    def unfill_per_page(self, area: IoptArea, domain: IommuDomain, *,
+                        flush: str = "") -> None:
+        """:meth:`unfill` reading one PFN per page (O(pages) memory)."""
         first, last = area.index, area.last_index
         pfns = _area_pfns(area, domain, first, last)
         drop = [pfns[lo - first:hi - first + 1] for kind, lo, hi in self._spans(first, last)

@@ -43,6 +43,9 @@ class UserSource:
     def unpin(self, pfns: I64Array) -> None:
         self.mm.unpin_user_pages(pfns)
 
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        self.mm.unpin_user_page_runs(runs)
+
     def close(self) -> None:
         """The mm is only grabbed (``mmgrab``): nothing to drop in the model."""
 
@@ -69,6 +72,10 @@ class FileSource:
     def unpin(self, pfns: I64Array) -> None:
         self.file.unpin(pfns)
 
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """``unpin_folios`` by runs: :meth:`MemFd.unpin` is the pins' own unpin."""
+        self.file.mem.unpin_runs(runs)
+
     def close(self) -> None:
         self.file.put()
 
@@ -94,6 +101,9 @@ class OtherFileSource:
         """Nothing to fault: every pin is refused."""
 
     def unpin(self, pfns: I64Array) -> None:
+        """Nothing was ever pinned."""
+
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
         """Nothing was ever pinned."""
 
     def close(self) -> None:
