@@ -1,7 +1,8 @@
-"""Unfill by PFN runs (:func:`area_pfn_runs`, :func:`unfill_batches_runs`) against the
-per-page reference (:meth:`IoptPages.unfill_per_page`, :func:`unfill_batches`): the same
-unmaps, unpins, counts, errors and domain contents, on random inputs and on whole
-scenarios (areas shared by two domains, accesses, split domains, fail-nth)."""
+"""Fill and unfill by PFN runs (:func:`area_pfn_runs`, :func:`unfill_batches_runs`,
+``_read_prefix_runs``) against the per-page reference (:meth:`IoptPages.fill_per_page`,
+:meth:`IoptPages.unfill_per_page`, :func:`unfill_batches`): the same maps, unmaps,
+unpins, counts, errors and domain contents, on random inputs and on whole scenarios
+(areas shared by two domains, accesses, split domains, fail-nth)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,7 @@ def test_unfill_by_runs_is_the_per_page_unfill(seed: int, monkeypatch: pytest.Mo
         by_runs = _scenario(seed, nth)
         with monkeypatch.context() as mp:
             mp.setattr(IoptPages, "unfill_by_runs", False)
+            mp.setattr(IoptPages, "fill_by_runs", False)
             per_page = _scenario(seed, nth)
         assert by_runs == per_page
 
@@ -248,6 +250,7 @@ def test_split_domain_unfill_by_runs_is_per_page(seed: int, monkeypatch: pytest.
                                                  ) -> None:
     by_runs = _split_scenario(seed)
     monkeypatch.setattr(IoptPages, "unfill_by_runs", False)
+    monkeypatch.setattr(IoptPages, "fill_by_runs", False)
     assert _split_scenario(seed) == by_runs
 
 
@@ -294,4 +297,64 @@ def test_fail_nth_over_unmap_two_domains(monkeypatch: pytest.MonkeyPatch) -> Non
         by_runs = run(nth)
         with monkeypatch.context() as mp:
             mp.setattr(IoptPages, "unfill_by_runs", False)
+            mp.setattr(IoptPages, "fill_by_runs", False)
             assert run(nth) == by_runs
+
+
+def _map_trace(nth: int, seed: int) -> list[Any]:
+    """IOAS_MAP into two mock domains of pages part held by an access, with a memlock
+    limit, fail-nth ``nth`` armed over the map; then a third domain filled from the
+    storage domain. The trace of results and states."""
+    rng = random.Random(seed)
+    t = Selftest(cap_ipc_lock=False, memlock=rng.choice((None, 24 * PAGE_SIZE)))
+    ioas = t.ioas_alloc()
+    md = t.mock_domain(ioas)
+    out = t.ioctl(u.IOMMU_HWPT_ALLOC, u.HWPT_ALLOC.pack(48, 0, md.idev_id, ioas, 0, 0, 0, 0,
+                                                        0, 0, 0))
+    ctx = t.p.files[t.fd].ctx  # type: ignore[attr-defined]
+    hwpts = [md.hwpt_id, int(u.HWPT_ALLOC.unpack(out)[4])]
+    domains = [ctx.objects[h].domain for h in hwpts]
+    t.set_temp_memory_limit(rng.choice((48, 96, 4096)))
+    npages = rng.randrange(4, 30)
+    va = t.p.mmap(npages * PAGE_SIZE, rng.choice(("anon", "thp")))
+    order = rng.sample(range(npages), npages)
+    for i in order:
+        t.p.write(va + i * PAGE_SIZE, b"a")
+    # an access holds some pages through an area over the same memory first
+    t.map_fixed(ioas, va, npages * PAGE_SIZE, MOCK_APERTURE_START + (8 << 20))
+    access = t.create_access(ioas, 1)
+    lo = rng.randrange(npages - 1)
+    n = rng.randrange(1, npages - lo)
+    item = t.access_pages(access, MOCK_APERTURE_START + (8 << 20) + lo * PAGE_SIZE,
+                          n * PAGE_SIZE, va + lo * PAGE_SIZE)
+    trace: list[Any] = [_state(t, domains)]
+    t.m.mem.fail_nth.arm(nth)
+    try:
+        trace.append(t.map_fixed(ioas, va, npages * PAGE_SIZE, MOCK_APERTURE_START))
+    except OSError as e:
+        trace.append(e.errno)
+    finally:
+        trace.append(t.m.mem.fail_nth.triggered)
+        t.m.mem.fail_nth.disarm()
+    trace.append(_state(t, domains))
+    md2 = t.mock_domain(ioas)  # filled from the storage domain and the access
+    domains.append(ctx.objects[md2.hwpt_id].domain)
+    trace.append(_state(t, domains))
+    t.destroy_access_pages(access, item)
+    t.p.close(access)
+    trace.append(_state(t, domains))
+    t.close()
+    return trace
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fail_nth_over_map_by_runs_is_per_page(seed: int, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    for nth in range(1, 60):
+        by_runs = _map_trace(nth, seed)
+        with monkeypatch.context() as mp:
+            mp.setattr(IoptPages, "unfill_by_runs", False)
+            mp.setattr(IoptPages, "fill_by_runs", False)
+            assert _map_trace(nth, seed) == by_runs
+        if not by_runs[2]:
+            break

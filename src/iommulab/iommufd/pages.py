@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory
 from ..mem.fault import XA_CHUNK_SHIFT, xa_nodes_needed
+from ..mem.pins import pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -141,6 +142,10 @@ class PfnSource(Protocol):
         """Pin up to ``n`` pages from page ``index`` of the source; at least one."""
         ...
 
+    def pin_runs(self, index: int, n: int, write: bool) -> list[tuple[int, int]]:
+        """:meth:`pin` answering with ``(first pfn, pages)`` runs."""
+        ...
+
     def prefault(self, index: int, n: int) -> None:
         """Lab: fault in now what pinning ``n`` pages from ``index`` would, where that
         changes nothing the pins would see (or do nothing)."""
@@ -207,6 +212,32 @@ class PfnRuns(NamedTuple):
         head = np.maximum(st, lo)
         tail = np.minimum(st + n - 1, hi)
         return list(zip((p0 + head - st).tolist(), (tail - head + 1).tolist(), strict=True))
+
+    def head(self, n: int) -> PfnRuns:
+        """The runs of the first ``n`` pages (``n`` > 0)."""
+        end = int(self.starts[0]) + n
+        k = int(np.searchsorted(self.starts, end, side="left"))
+        counts = self.counts[:k].copy()
+        counts[-1] = end - int(self.starts[k - 1])
+        return PfnRuns(self.starts[:k], self.pfn0[:k], counts)
+
+    @staticmethod
+    def join(pieces: list[tuple[int, list[tuple[int, int]]]]) -> PfnRuns | None:
+        """The runs of consecutive pieces, each ``(first page, [(first pfn, pages)])``,
+        merged where a PFN continues the one before (as ``batch_add_pfn`` does whatever
+        span it came from); None for no pages."""
+        flat = [run for _, runs in pieces for run in runs]
+        if not flat:
+            return None
+        arr = np.array(flat, dtype=np.int64).reshape(-1, 2)
+        pfn0, counts = arr[:, 0], arr[:, 1]
+        base = pieces[0][0]
+        starts = base + np.concatenate(([0], np.cumsum(counts[:-1])))
+        cut = np.flatnonzero(pfn0[1:] != pfn0[:-1] + counts[:-1]) + 1
+        heads = np.concatenate(([0], cut)).astype(np.int64)
+        ends = np.append(cut, len(pfn0))
+        return PfnRuns(starts[heads], pfn0[heads],
+                       starts[ends - 1] + counts[ends - 1] - starts[heads])
 
     def expand(self) -> I64Array:
         """One PFN per page (the lab's flush policies want them); O(pages)."""
@@ -589,7 +620,147 @@ class IoptPages:
         unwinding runs: the failing batch's own maps go in one unmap; every domain but
         the last is unmapped in one call up to where it was filled, and the last is
         unfilled batch by batch as :meth:`unfill` does; then nothing stays mapped or
-        pinned. The lab's flush policy runs on the PFNs read, before mapping."""
+        pinned. The lab's flush policy runs on the PFNs read, before mapping.
+
+        The PFNs are read and batched as runs (:meth:`_read_prefix_runs`), so time and
+        memory go with the number of runs; :meth:`fill_per_page` is the reference that
+        reads one PFN per page."""
+        if not self.fill_by_runs:
+            self.fill_per_page(area, domains, small, flush=flush)
+            return
+        first, last = area.index, area.last_index
+        cap = self._batch_init(last - first + 1)
+        runs, fresh, stop, err = self._read_prefix_runs(first, last)
+        starts = _NO_PFNS if runs is None else runs.starts - first
+        nbatch = fill_batches(len(starts), err is None, cap)
+        end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
+        bounds = np.append(starts[::cap][:nbatch], end)
+        entries = self._entries_runs(area, runs, stop) if nbatch and runs is not None else []
+        b = k = 0  # the batch being mapped and the domain it is going into
+        try:
+            if flush and self.flusher is not None:
+                self.flusher.flush(_NO_PFNS if runs is None else runs.expand(), "map")
+            for b in range(nbatch):
+                batch = entries[b * cap:(b + 1) * cap]
+                for k in range(len(domains)):
+                    self._batch_to_domain(domains[k], batch, area.prot, small)
+                self.stats.batches += 1
+            b, k = nbatch, 0
+            if err is not None:
+                raise err
+            self.update_pinned()
+        except KernelError:
+            for i, domain in enumerate(domains):  # domains before k hold batch b too
+                end = int(bounds[b + (i < k)])
+                if not end:
+                    continue
+                assert runs is not None
+                if i < len(domains) - 1:
+                    self._unmap_range(area, domain, first, first + end - 1)
+                else:
+                    spans = self._spans(first, first + end - 1)
+                    cap_u = self._batch_init(first + end, backup=True)
+                    for lo, hi in unfill_batches_runs(runs.head(end), spans, cap_u):
+                        self._unmap_range(area, domain, lo, hi)
+            if runs is not None:
+                self._unpin_runs([r for lo, n in fresh for r in runs.clip(lo, lo + n - 1)])
+            self.update_pinned()
+            raise
+
+    #: read and batch PFNs by runs on fill (False: one per page, the reference)
+    fill_by_runs = True
+
+    def _entries_runs(self, area: IoptArea, runs: PfnRuns, stop: int
+                      ) -> list[tuple[int, int, int]]:
+        """:meth:`_entries` of the runs over the first ``stop`` pages read."""
+        first = area.index
+        end_byte = area.start_byte + area.length
+        st = runs.starts - first
+        lo = np.maximum((first + st) * PAGE_SIZE, area.start_byte)
+        hi = np.minimum((first + np.append(st[1:], stop)) * PAGE_SIZE, end_byte)
+        pa = (runs.pfn0 << PAGE_SHIFT) + lo - (first + st) * PAGE_SIZE
+        iova = area.iova + lo - area.start_byte
+        return list(zip(iova.tolist(), pa.tolist(), (hi - lo).tolist(), strict=True))
+
+    def _read_prefix_runs(self, first: int, last: int) -> tuple[
+            PfnRuns | None, list[tuple[int, int]], int, KernelError | None]:
+        """:meth:`_read_prefix` as runs: the runs read (None for nothing), the ``(first
+        page, pages)`` this read pinned from the origin, how many pages were read and
+        the error. The same GUP calls, batch allocations and failure points."""
+        pieces: list[tuple[int, list[tuple[int, int]]]] = []
+        fresh: list[tuple[int, int]] = []
+        err: KernelError | None = None
+        chunk = 0  # the page array temp_kmalloc'ed for the first hole, then reused
+        stop = 0
+        for kind, lo, hi in self._spans(first, last):
+            if kind == 1:
+                got = pfn_runs(self._xarray_load(lo, hi))
+            elif kind == 2:
+                got = self._from_domain_runs(lo, hi)
+            else:
+                if not chunk:  # pfn_reader_user_pin's first call: user->upages
+                    size = temp_kmalloc(self.fail_nth, (hi - lo + 1) * _UPAGE,
+                                        self._limit[0])
+                    if not size:
+                        err = OutOfMemory("pfn_reader_user_pin: no page array "
+                                          "(temp_kmalloc)")
+                        break
+                    chunk = max(1, size // _UPAGE)
+                got, err = self._pin_runs(lo, hi, chunk)
+            n = sum(c for _, c in got)
+            pieces.append((lo, got))
+            if kind == 0 and n:
+                fresh.append((lo, n))
+            stop += n
+            if err is not None:
+                break
+        return PfnRuns.join(pieces), fresh, stop, err
+
+    def _from_domain_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """:meth:`_from_domain` as ``(first pfn, pages)`` runs."""
+        out: list[tuple[int, int]] = []
+        index = lo
+        while index <= hi:
+            area = next(a for a in self.domain_areas if a.index <= index <= a.last_index)
+            end = min(area.last_index, hi)
+            assert area.storage_domain is not None
+            runs = area_pfn_runs(area, area.storage_domain, index, end)
+            out += pfn_runs(_area_pfns(area, area.storage_domain, index, end)) \
+                if runs is None else runs.clip(index, end)
+            index = end + 1
+        self.stats.read_from_domain += hi - lo + 1
+        return out
+
+    def _pin_runs(self, lo: int, hi: int, chunk: int
+                  ) -> tuple[list[tuple[int, int]], KernelError | None]:
+        """:meth:`_pin` answering with ``(first pfn, pages)`` runs."""
+        runs: list[tuple[int, int]] = []
+        index = lo
+        err: KernelError | None = None
+        if not self.fail_nth.armed and self.fail_nth.log is None:
+            self.source.prefault(lo, hi - lo + 1)  # see _pin
+        try:
+            while index <= hi:
+                if self.fail_nth.iommufd_should_fail("pfn_reader_user_pin"):
+                    raise BadAddress("pfn_reader_user_pin: injected failure")
+                self.stats.gup_calls += 1
+                got = self.source.pin_runs(index, min(chunk, hi - index + 1), self.writable)
+                n = sum(c for _, c in got)
+                if runs and got and runs[-1][0] + runs[-1][1] == got[0][0]:
+                    pfn, count = runs.pop()
+                    got = [(pfn, count + got[0][1]), *got[1:]]
+                runs += got
+                self.npinned += n
+                index += n
+        except KernelError as e:
+            err = e
+        else:
+            self.stats.pinned_from_origin += hi - lo + 1
+        return runs, err
+
+    def fill_per_page(self, area: IoptArea, domains: list[IommuDomain], small: bool, *,
+                      flush: bool = False) -> None:
+        """:meth:`fill` reading one PFN per page (O(pages) memory): the reference."""
         first, last = area.index, area.last_index
         cap = self._batch_init(last - first + 1)
         pfns, fresh, stop, err = self._read_prefix(first, last)
