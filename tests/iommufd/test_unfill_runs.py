@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from iommulab import Machine
+from iommulab.iommufd import pages as pages_mod
 from iommulab.iommufd import uapi as u
 from iommulab.iommufd.pages import (
     IoptPages,
@@ -358,3 +359,13 @@ def test_fail_nth_over_map_by_runs_is_per_page(seed: int, monkeypatch: pytest.Mo
             assert _map_trace(nth, seed) == by_runs
         if not by_runs[2]:
             break
+
+
+@pytest.mark.parametrize("seed", range(0, 40, 5))
+def test_leaf_windows_change_nothing(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """area_pfn_runs asks for leaves a window at a time; 8K windows (every boundary inside
+    the areas) give the same traces as one window."""
+    want = _scenario(seed, 2)
+    monkeypatch.setattr(pages_mod, "_LEAF_WINDOW", 1 << 13)
+    assert _scenario(seed, 2) == want
+    test_area_pfn_runs_match_the_pfns_per_page()

@@ -77,6 +77,10 @@ _BATCH_ELEMENT = 8 + 4  # sizeof(*batch->pfns) + sizeof(*batch->npfns)
 _UPAGE = 8  # sizeof(struct page *)
 _BATCH_BACKUP_BYTES = 32 * 8  # u64 backup[BATCH_BACKUP_SIZE] of the unfill paths
 _NO_PFNS = np.zeros(0, dtype=np.int64)
+#: IOVA bytes whose leaves area_pfn_runs asks for at once: leaf_runs builds arrays per
+#: leaf before merging them into runs, 24 bytes per 4K leaf of a split domain, so a
+#: window bounds that to 6 MiB whatever the area's size
+_LEAF_WINDOW = 1 << 30
 
 
 @dataclass
@@ -256,7 +260,12 @@ def area_pfn_runs(area: IoptArea, domain: IommuDomain, lo: int, hi: int
     (``iommu_iova_to_phys`` of each page's ``iopt_area_index_to_iova``), or None when
     some page is not mapped (where one PFN per page reads 0). O(leaf runs)."""
     start, end = area.index_to_iova(lo), area.index_to_iova(hi)
-    leaves = domain.leaf_runs(start, end - start + 1)
+    leaves: list[tuple[int, int, int]] = []
+    at = start
+    while at <= end:  # windows between aligned boundaries: see _LEAF_WINDOW
+        stop = min((at | (_LEAF_WINDOW - 1)) + 1, end + 1)
+        leaves += domain.leaf_runs(at, stop - at)
+        at = stop
     if not leaves:
         return None
     r = np.array(leaves, dtype=np.int64).reshape(-1, 3)
