@@ -21,10 +21,13 @@ Fill and unfill go a batch at a time as the kernel's do: a batch holds at most
 sources), each run is one ``iommu_map`` into each domain in turn, and an
 unfill unmaps batch by batch (:func:`unfill_batches`); GUP calls pin at most
 as many pages as the reader's first hole had, up to ``temp_memory_limit / 8``.
-The model reads the PFNs of a whole area at once and then replays the
-batches (one numpy pass, one loop turn per batch); where a read fails it
-replays only the batches the kernel would have completed before the error,
-so the map and unmap calls, and the IOTLB syncs they cause, are the kernel's.
+The model reads the PFNs of a whole area at once, as runs of contiguous PFNs
+(GUP's runs, a domain's leaf runs: :class:`PfnRuns`, so time and memory go with
+the runs, not the pages), and then replays the batches (one loop turn per
+batch); where a read fails it replays only the batches the kernel would have
+completed before the error, so the map and unmap calls, and the IOTLB syncs
+they cause, are the kernel's. The per-page reads (``fill_per_page``,
+``unfill_per_page``) stay as the reference the tests compare with.
 Calls are counted in :class:`PagesStats`.
 """
 
