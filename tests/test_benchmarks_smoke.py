@@ -31,3 +31,14 @@ def test_benchmark_smoke(script: str, args: list[str], lines: int) -> None:
     figures = [ln for ln in done.stdout.splitlines()[1:] if ln.strip()]
     assert len(figures) == lines, done.stdout
     assert all(any(ch.isdigit() for ch in ln) for ln in figures)
+
+
+def test_bench_1tib_smoke() -> None:
+    """bench_1tib at 1 GiB: every step of both paths, the peak RSS and the state table."""
+    done = subprocess.run([sys.executable, str(BENCH / "bench_1tib.py"), "--gib", "1",
+                           "--state"], capture_output=True, text=True, check=True, timeout=120)
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    steps = [ln for ln in lines if ln.strip().startswith(("VFIO type1:", "iommufd:"))]
+    assert len(steps) == 14, done.stdout
+    assert any(ln.strip().startswith("peak RSS") for ln in lines), done.stdout
+    assert any("whole state / real table bytes" in ln for ln in lines), done.stdout

@@ -31,7 +31,7 @@ from ..errors import (
     Overflow,
     kernel_error,
 )
-from ..iommu.dirty import IommuDirtyBitmap, IovaBitmap, user_iova_bitmap
+from ..iommu.dirty import BatchedDirtyBitmap, IommuDirtyBitmap, IovaBitmap, user_iova_bitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
 from ..iommu.user_data import IommuUserData
@@ -491,7 +491,7 @@ class IommufdFile(File):
         bitmap = user_iova_bitmap(self.machine.kernel, iova, length, page_size & -page_size,
                                   data)
         gather = IommuIotlbGather()
-        dirty = IommuDirtyBitmap(bitmap, gather)
+        dirty = BatchedDirtyBitmap(bitmap, gather)  # records set a batch at a time
         err: KernelError | None = None
         try:
             for area in areas:
@@ -502,6 +502,8 @@ class IommufdFile(File):
                                       "covered by contiguous areas")
         except KernelError as e:
             err = e
+        finally:
+            dirty.flush()  # what was recorded before an error stays set
         if not flags & u.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR:
             domain.iotlb_sync(gather)
         self._or_bitmap(proc, data, bitmap)

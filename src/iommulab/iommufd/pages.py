@@ -21,10 +21,13 @@ Fill and unfill go a batch at a time as the kernel's do: a batch holds at most
 sources), each run is one ``iommu_map`` into each domain in turn, and an
 unfill unmaps batch by batch (:func:`unfill_batches`); GUP calls pin at most
 as many pages as the reader's first hole had, up to ``temp_memory_limit / 8``.
-The model reads the PFNs of a whole area at once and then replays the
-batches (one numpy pass, one loop turn per batch); where a read fails it
-replays only the batches the kernel would have completed before the error,
-so the map and unmap calls, and the IOTLB syncs they cause, are the kernel's.
+The model reads the PFNs of a whole area at once, as runs of contiguous PFNs
+(GUP's runs, a domain's leaf runs: :class:`PfnRuns`, so time and memory go with
+the runs, not the pages), and then replays the batches (one loop turn per
+batch); where a read fails it replays only the batches the kernel would have
+completed before the error, so the map and unmap calls, and the IOTLB syncs
+they cause, are the kernel's. The per-page reads (``fill_per_page``,
+``unfill_per_page``) stay as the reference the tests compare with.
 Calls are counted in :class:`PagesStats`.
 """
 
@@ -32,14 +35,16 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import BadAddress, InvalidArgument, KernelError, OutOfMemory
 from ..mem.fault import XA_CHUNK_SHIFT, xa_nodes_needed
+from ..mem.pins import pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -57,11 +62,14 @@ __all__ = [
     "Account",
     "IoptPages",
     "PagesStats",
+    "PfnRuns",
     "PfnSource",
     "UserStruct",
+    "area_pfn_runs",
     "domain_pfns",
     "fill_batches",
     "unfill_batches",
+    "unfill_batches_runs",
 ]
 
 I64Array = npt.NDArray[np.int64]
@@ -72,6 +80,10 @@ _BATCH_ELEMENT = 8 + 4  # sizeof(*batch->pfns) + sizeof(*batch->npfns)
 _UPAGE = 8  # sizeof(struct page *)
 _BATCH_BACKUP_BYTES = 32 * 8  # u64 backup[BATCH_BACKUP_SIZE] of the unfill paths
 _NO_PFNS = np.zeros(0, dtype=np.int64)
+#: IOVA bytes whose leaves area_pfn_runs asks for at once: leaf_runs builds arrays per
+#: leaf before merging them into runs, 24 bytes per 4K leaf of a split domain, so a
+#: window bounds that to 6 MiB whatever the area's size
+_LEAF_WINDOW = 1 << 30
 
 
 @dataclass
@@ -137,12 +149,20 @@ class PfnSource(Protocol):
         """Pin up to ``n`` pages from page ``index`` of the source; at least one."""
         ...
 
+    def pin_runs(self, index: int, n: int, write: bool) -> list[tuple[int, int]]:
+        """:meth:`pin` answering with ``(first pfn, pages)`` runs."""
+        ...
+
     def prefault(self, index: int, n: int) -> None:
         """Lab: fault in now what pinning ``n`` pages from ``index`` would, where that
         changes nothing the pins would see (or do nothing)."""
         ...
 
     def unpin(self, pfns: I64Array) -> None: ...
+
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`unpin` of ``(first pfn, pages)`` runs, with no array per page."""
+        ...
 
     def close(self) -> None:
         """The pages are freed: drop what the source holds (a file reference)."""
@@ -175,6 +195,108 @@ def _area_pfns(area: IoptArea, domain: IommuDomain, lo: int, hi: int) -> I64Arra
     iovas = area.iova - area.page_offset + (idx - area.index) * PAGE_SIZE
     iovas[idx == area.index] = area.iova
     return domain_pfns(domain, iovas)
+
+
+class PfnRuns(NamedTuple):
+    """Pages ``starts[i] .. starts[i] + counts[i] - 1`` map PFNs ``pfn0[i] ..``, one run
+    of contiguous PFNs each, a break between any two: what one PFN per page would show
+    (``np.diff(pfns) != 1``), in O(runs) memory."""
+
+    starts: I64Array
+    pfn0: I64Array
+    counts: I64Array
+
+    @property
+    def last(self) -> int:
+        return int(self.starts[-1] + self.counts[-1] - 1)
+
+    def clip(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``(first pfn, pages)`` of the runs over pages ``[lo, hi]``, as :func:`pfn_runs`
+        of their PFNs gives them. O(log runs + runs inside)."""
+        a = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        b = int(np.searchsorted(self.starts, hi, side="right"))
+        st, p0, n = self.starts[a:b], self.pfn0[a:b], self.counts[a:b]
+        head = np.maximum(st, lo)
+        tail = np.minimum(st + n - 1, hi)
+        return list(zip((p0 + head - st).tolist(), (tail - head + 1).tolist(), strict=True))
+
+    def head(self, n: int) -> PfnRuns:
+        """The runs of the first ``n`` pages (``n`` > 0)."""
+        end = int(self.starts[0]) + n
+        k = int(np.searchsorted(self.starts, end, side="left"))
+        counts = self.counts[:k].copy()
+        counts[-1] = end - int(self.starts[k - 1])
+        return PfnRuns(self.starts[:k], self.pfn0[:k], counts)
+
+    @staticmethod
+    def join(pieces: list[tuple[int, list[tuple[int, int]]]]) -> PfnRuns | None:
+        """The runs of consecutive pieces, each ``(first page, [(first pfn, pages)])``,
+        merged where a PFN continues the one before (as ``batch_add_pfn`` does whatever
+        span it came from); None for no pages."""
+        flat = [run for _, runs in pieces for run in runs]
+        if not flat:
+            return None
+        arr = np.array(flat, dtype=np.int64).reshape(-1, 2)
+        pfn0, counts = arr[:, 0], arr[:, 1]
+        base = pieces[0][0]
+        starts = base + np.concatenate(([0], np.cumsum(counts[:-1])))
+        cut = np.flatnonzero(pfn0[1:] != pfn0[:-1] + counts[:-1]) + 1
+        heads = np.concatenate(([0], cut)).astype(np.int64)
+        ends = np.append(cut, len(pfn0))
+        return PfnRuns(starts[heads], pfn0[heads],
+                       starts[ends - 1] + counts[ends - 1] - starts[heads])
+
+    def expand(self) -> I64Array:
+        """One PFN per page (the lab's flush policies want them); O(pages)."""
+        return _expand(list(zip(self.pfn0.tolist(), self.counts.tolist(), strict=True)))
+
+
+def _expand(runs: list[tuple[int, int]]) -> I64Array:
+    if not runs:
+        return _NO_PFNS
+    return np.concatenate([np.arange(pfn, pfn + n, dtype=np.int64) for pfn, n in runs])
+
+
+def area_pfn_runs(area: IoptArea, domain: IommuDomain, lo: int, hi: int
+                  ) -> PfnRuns | None:
+    """:func:`_area_pfns` of pages ``[lo, hi]`` as runs, from the domain's leaf runs
+    (``iommu_iova_to_phys`` of each page's ``iopt_area_index_to_iova``), or None when
+    some page is not mapped (where one PFN per page reads 0). O(leaf runs)."""
+    start, end = area.index_to_iova(lo), area.index_to_iova(hi)
+    leaves: list[tuple[int, int, int]] = []
+    at = start
+    while at <= end:  # windows between aligned boundaries: see _LEAF_WINDOW
+        stop = min((at | (_LEAF_WINDOW - 1)) + 1, end + 1)
+        leaves += domain.leaf_runs(at, stop - at)
+        at = stop
+    if not leaves:
+        return None
+    r = np.array(leaves, dtype=np.int64).reshape(-1, 3)
+    base = area.iova - area.page_offset  # page index i is probed at base + (i - index) * 4K
+    idx = area.index
+    r_lo, r_hi = r[:, 0], r[:, 0] + r[:, 2] - 1
+    # the first and last page probed inside each leaf run (the area's first page is
+    # probed at area.iova, the others at their page's start)
+    i0 = np.where(r_lo <= area.iova, idx, idx + ((r_lo - base + PAGE_SIZE - 1) >> PAGE_SHIFT))
+    i1 = np.where(r_hi < area.iova, idx - 1, idx + ((r_hi - base) >> PAGE_SHIFT))
+    i0, i1 = np.maximum(i0, lo), np.minimum(i1, hi)
+    keep = i0 <= i1
+    i0, i1, delta = i0[keep], i1[keep], (r[:, 1] - r[:, 0])[keep]
+    if int((i1 - i0 + 1).sum()) != hi - lo + 1:
+        return None
+    probe = np.where(i0 == idx, area.iova, base + (i0 - idx) * PAGE_SIZE)
+    pfn0 = (probe + delta) >> PAGE_SHIFT
+    if area.page_offset and i0[0] == idx and i1[0] > idx:
+        # the first page is probed mid-page: its PFN need not precede the next page's
+        nxt = (base + PAGE_SIZE + int(delta[0])) >> PAGE_SHIFT
+        i0 = np.concatenate(([idx, idx + 1], i0[1:]))
+        i1 = np.concatenate(([idx], i1))
+        pfn0 = np.concatenate((pfn0[:1], [nxt], pfn0[1:]))
+    counts = i1 - i0 + 1
+    cut = np.flatnonzero(pfn0[1:] != pfn0[:-1] + counts[:-1]) + 1  # runs that break
+    heads = np.concatenate(([0], cut))
+    ends = np.append(cut, len(i0))
+    return PfnRuns(i0[heads], pfn0[heads], i1[ends - 1] - i0[heads] + 1)
 
 
 def _run_starts(pfns: I64Array) -> I64Array:
@@ -211,6 +333,29 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
     is left after the last hole is unmapped in one call. One loop turn per batch."""
     last = first + len(pfns) - 1
     brk = np.flatnonzero(np.diff(pfns) != 1) + 1 + first  # where a PFN run starts
+    return _unfill_batches(brk, lambda i: int(pfns[i - first]), first, last, spans, cap)
+
+
+def unfill_batches_runs(runs: PfnRuns, spans: list[tuple[int, int, int]], cap: int
+                        ) -> list[tuple[int, int]]:
+    """:func:`unfill_batches` of the pages ``runs`` cover, read by runs of contiguous
+    PFNs (:func:`area_pfn_runs`) instead of one PFN per page: the same unmaps, in
+    O(runs + batches) whatever the number of pages."""
+    starts, pfn0, _ = runs
+    first, last = int(starts[0]), runs.last
+
+    def pfn_at(i: int) -> int:
+        r = int(np.searchsorted(starts, i, side="right")) - 1
+        return int(pfn0[r]) + i - int(starts[r])
+
+    return _unfill_batches(starts[1:], pfn_at, first, last, spans, cap)
+
+
+def _unfill_batches(brk: I64Array, pfn_at: Callable[[int], int], first: int, last: int,
+                    spans: list[tuple[int, int, int]], cap: int) -> list[tuple[int, int]]:
+    """:func:`unfill_batches` over pages ``[first, last]`` whose PFN runs start at
+    ``brk`` (page indexes, the first page left out) and whose page ``i`` has PFN
+    ``pfn_at(i)``."""
     out: list[tuple[int, int]] = []
     unmapped_end, carry, entry0 = first, 0, False  # entry0: batch->end is 1, not 0
     for kind, lo, hi in spans:
@@ -224,8 +369,7 @@ def unfill_batches(pfns: I64Array, first: int, spans: list[tuple[int, int, int]]
                 read_from = max(start, unmapped_end)
                 # entry 0 ends at the PFN after page unmapped_end - 1's (a break when
                 # read_from is unmapped_end, so only a swallowed carry's entry can join)
-                joins = entry0 and int(pfns[read_from - first]) == \
-                    int(pfns[unmapped_end - 1 - first]) + 1
+                joins = entry0 and pfn_at(read_from) == pfn_at(unmapped_end - 1) + 1
                 runs = cap - entry0 + joins
                 i = int(np.searchsorted(brk, read_from, side="right"))
                 stop = read_from if not runs else \
@@ -429,6 +573,14 @@ class IoptPages:
             self.source.unpin(pfns)
             self.npinned -= len(pfns)
 
+    def _unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """:meth:`_unpin` of ``(first pfn, pages)`` runs."""
+        if runs:
+            if self.flusher is not None and self.flusher.at_unpin(self):
+                self.flusher.flush(_expand(runs), "unpin")
+            self.source.unpin_runs(runs)
+            self.npinned -= sum(n for _, n in runs)
+
     # -- accounting ----------------------------------------------------------------------
     def update_pinned(self) -> None:
         """``pfn_reader_user_update_pinned``: charge or release the change since the last
@@ -480,7 +632,147 @@ class IoptPages:
         unwinding runs: the failing batch's own maps go in one unmap; every domain but
         the last is unmapped in one call up to where it was filled, and the last is
         unfilled batch by batch as :meth:`unfill` does; then nothing stays mapped or
-        pinned. The lab's flush policy runs on the PFNs read, before mapping."""
+        pinned. The lab's flush policy runs on the PFNs read, before mapping.
+
+        The PFNs are read and batched as runs (:meth:`_read_prefix_runs`), so time and
+        memory go with the number of runs; :meth:`fill_per_page` is the reference that
+        reads one PFN per page."""
+        if not self.fill_by_runs:
+            self.fill_per_page(area, domains, small, flush=flush)
+            return
+        first, last = area.index, area.last_index
+        cap = self._batch_init(last - first + 1)
+        runs, fresh, stop, err = self._read_prefix_runs(first, last)
+        starts = _NO_PFNS if runs is None else runs.starts - first
+        nbatch = fill_batches(len(starts), err is None, cap)
+        end = starts[nbatch * cap] if nbatch * cap < len(starts) else stop
+        bounds = np.append(starts[::cap][:nbatch], end)
+        entries = self._entries_runs(area, runs, stop) if nbatch and runs is not None else []
+        b = k = 0  # the batch being mapped and the domain it is going into
+        try:
+            if flush and self.flusher is not None:
+                self.flusher.flush(_NO_PFNS if runs is None else runs.expand(), "map")
+            for b in range(nbatch):
+                batch = entries[b * cap:(b + 1) * cap]
+                for k in range(len(domains)):
+                    self._batch_to_domain(domains[k], batch, area.prot, small)
+                self.stats.batches += 1
+            b, k = nbatch, 0
+            if err is not None:
+                raise err
+            self.update_pinned()
+        except KernelError:
+            for i, domain in enumerate(domains):  # domains before k hold batch b too
+                end = int(bounds[b + (i < k)])
+                if not end:
+                    continue
+                assert runs is not None
+                if i < len(domains) - 1:
+                    self._unmap_range(area, domain, first, first + end - 1)
+                else:
+                    spans = self._spans(first, first + end - 1)
+                    cap_u = self._batch_init(first + end, backup=True)
+                    for lo, hi in unfill_batches_runs(runs.head(end), spans, cap_u):
+                        self._unmap_range(area, domain, lo, hi)
+            if runs is not None:
+                self._unpin_runs([r for lo, n in fresh for r in runs.clip(lo, lo + n - 1)])
+            self.update_pinned()
+            raise
+
+    #: read and batch PFNs by runs on fill (False: one per page, the reference)
+    fill_by_runs = True
+
+    def _entries_runs(self, area: IoptArea, runs: PfnRuns, stop: int
+                      ) -> list[tuple[int, int, int]]:
+        """:meth:`_entries` of the runs over the first ``stop`` pages read."""
+        first = area.index
+        end_byte = area.start_byte + area.length
+        st = runs.starts - first
+        lo = np.maximum((first + st) * PAGE_SIZE, area.start_byte)
+        hi = np.minimum((first + np.append(st[1:], stop)) * PAGE_SIZE, end_byte)
+        pa = (runs.pfn0 << PAGE_SHIFT) + lo - (first + st) * PAGE_SIZE
+        iova = area.iova + lo - area.start_byte
+        return list(zip(iova.tolist(), pa.tolist(), (hi - lo).tolist(), strict=True))
+
+    def _read_prefix_runs(self, first: int, last: int) -> tuple[
+            PfnRuns | None, list[tuple[int, int]], int, KernelError | None]:
+        """:meth:`_read_prefix` as runs: the runs read (None for nothing), the ``(first
+        page, pages)`` this read pinned from the origin, how many pages were read and
+        the error. The same GUP calls, batch allocations and failure points."""
+        pieces: list[tuple[int, list[tuple[int, int]]]] = []
+        fresh: list[tuple[int, int]] = []
+        err: KernelError | None = None
+        chunk = 0  # the page array temp_kmalloc'ed for the first hole, then reused
+        stop = 0
+        for kind, lo, hi in self._spans(first, last):
+            if kind == 1:
+                got = pfn_runs(self._xarray_load(lo, hi))
+            elif kind == 2:
+                got = self._from_domain_runs(lo, hi)
+            else:
+                if not chunk:  # pfn_reader_user_pin's first call: user->upages
+                    size = temp_kmalloc(self.fail_nth, (hi - lo + 1) * _UPAGE,
+                                        self._limit[0])
+                    if not size:
+                        err = OutOfMemory("pfn_reader_user_pin: no page array "
+                                          "(temp_kmalloc)")
+                        break
+                    chunk = max(1, size // _UPAGE)
+                got, err = self._pin_runs(lo, hi, chunk)
+            n = sum(c for _, c in got)
+            pieces.append((lo, got))
+            if kind == 0 and n:
+                fresh.append((lo, n))
+            stop += n
+            if err is not None:
+                break
+        return PfnRuns.join(pieces), fresh, stop, err
+
+    def _from_domain_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """:meth:`_from_domain` as ``(first pfn, pages)`` runs."""
+        out: list[tuple[int, int]] = []
+        index = lo
+        while index <= hi:
+            area = next(a for a in self.domain_areas if a.index <= index <= a.last_index)
+            end = min(area.last_index, hi)
+            assert area.storage_domain is not None
+            runs = area_pfn_runs(area, area.storage_domain, index, end)
+            out += pfn_runs(_area_pfns(area, area.storage_domain, index, end)) \
+                if runs is None else runs.clip(index, end)
+            index = end + 1
+        self.stats.read_from_domain += hi - lo + 1
+        return out
+
+    def _pin_runs(self, lo: int, hi: int, chunk: int
+                  ) -> tuple[list[tuple[int, int]], KernelError | None]:
+        """:meth:`_pin` answering with ``(first pfn, pages)`` runs."""
+        runs: list[tuple[int, int]] = []
+        index = lo
+        err: KernelError | None = None
+        if not self.fail_nth.armed and self.fail_nth.log is None:
+            self.source.prefault(lo, hi - lo + 1)  # see _pin
+        try:
+            while index <= hi:
+                if self.fail_nth.iommufd_should_fail("pfn_reader_user_pin"):
+                    raise BadAddress("pfn_reader_user_pin: injected failure")
+                self.stats.gup_calls += 1
+                got = self.source.pin_runs(index, min(chunk, hi - index + 1), self.writable)
+                n = sum(c for _, c in got)
+                if runs and got and runs[-1][0] + runs[-1][1] == got[0][0]:
+                    pfn, count = runs.pop()
+                    got = [(pfn, count + got[0][1]), *got[1:]]
+                runs += got
+                self.npinned += n
+                index += n
+        except KernelError as e:
+            err = e
+        else:
+            self.stats.pinned_from_origin += hi - lo + 1
+        return runs, err
+
+    def fill_per_page(self, area: IoptArea, domains: list[IommuDomain], small: bool, *,
+                      flush: bool = False) -> None:
+        """:meth:`fill` reading one PFN per page (O(pages) memory): the reference."""
         first, last = area.index, area.last_index
         cap = self._batch_init(last - first + 1)
         pfns, fresh, stop, err = self._read_prefix(first, last)
@@ -575,10 +867,37 @@ class IoptPages:
         if pfns is not None and self.flusher is not None:
             self.flusher.flush(pfns, flush)
 
+    #: read the domain's PFNs by leaf runs on unfill (False: one per page, the reference)
+    unfill_by_runs = True
+
     def unfill(self, area: IoptArea, domain: IommuDomain, *, flush: str = "") -> None:
         """``iopt_area_unfill_domain`` (``area`` already out of domains_itree): unmap a
         batch at a time (:meth:`_unfill_unmaps`), the lab's flush, then unpin the pages
-        nobody else holds."""
+        nobody else holds.
+
+        The domain's PFNs are read as runs (:func:`area_pfn_runs`) and the batches and
+        unpins computed over runs, so the work and memory go with the number of PFN
+        runs, not pages; :meth:`unfill_per_page` is the same with one PFN per page (the
+        reference, and the path where some page is not mapped)."""
+        first, last = area.index, area.last_index
+        runs = area_pfn_runs(area, domain, first, last) if self.unfill_by_runs else None
+        if runs is None:
+            self.unfill_per_page(area, domain, flush=flush)
+            return
+        spans = self._spans(first, last)
+        drop = [runs.clip(lo, hi) for kind, lo, hi in spans if kind == 0]
+        cap = self._batch_init(last + 1, backup=True)
+        for lo, hi in unfill_batches_runs(runs, spans, cap):
+            self._unmap_range(area, domain, lo, hi)
+        if flush and self.flusher is not None:
+            self.flusher.flush(runs.expand(), flush)
+        for unpin in drop:
+            self._unpin_runs(unpin)
+        self.update_pinned()
+
+    def unfill_per_page(self, area: IoptArea, domain: IommuDomain, *,
+                        flush: str = "") -> None:
+        """:meth:`unfill` reading one PFN per page (O(pages) memory)."""
         first, last = area.index, area.last_index
         pfns = _area_pfns(area, domain, first, last)
         drop = [pfns[lo - first:hi - first + 1] for kind, lo, hi in self._spans(first, last)

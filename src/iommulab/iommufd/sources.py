@@ -12,6 +12,7 @@ import numpy.typing as npt
 from ..errors import BadAddress, InvalidArgument
 from ..mem.memfd import MemFd
 from ..mem.mm import MmStruct
+from ..mem.pins import pfn_runs
 from ..sizes import PAGE_SHIFT
 from ..syscall.file import File, fput, get_file
 
@@ -35,6 +36,12 @@ class UserSource:
             raise BadAddress("iommufd: the process that mapped these pages is gone")
         return self.mm.pin_user_pages(self.uptr + (index << PAGE_SHIFT), n, write)
 
+    def pin_runs(self, index: int, n: int, write: bool) -> list[tuple[int, int]]:
+        """:meth:`pin` as ``(first pfn, pages)`` runs (no array per page)."""
+        if self.mm.gone:
+            raise BadAddress("iommufd: the process that mapped these pages is gone")
+        return self.mm.pin_user_page_runs(self.uptr + (index << PAGE_SHIFT), n, write)
+
     def prefault(self, index: int, n: int) -> None:
         """Lab: :meth:`MmStruct.fault_ahead` of the pages a run of GUP calls will pin."""
         if not self.mm.gone:
@@ -42,6 +49,9 @@ class UserSource:
 
     def unpin(self, pfns: I64Array) -> None:
         self.mm.unpin_user_pages(pfns)
+
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        self.mm.unpin_user_page_runs(runs)
 
     def close(self) -> None:
         """The mm is only grabbed (``mmgrab``): nothing to drop in the model."""
@@ -63,11 +73,18 @@ class FileSource:
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         return self.file.pin((self.start >> PAGE_SHIFT) + index, n, write)
 
+    def pin_runs(self, index: int, n: int, write: bool) -> list[tuple[int, int]]:
+        return pfn_runs(self.pin(index, n, write))
+
     def prefault(self, index: int, n: int) -> None:
         """The page cache's pages are found or made by :meth:`pin` itself."""
 
     def unpin(self, pfns: I64Array) -> None:
         self.file.unpin(pfns)
+
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
+        """``unpin_folios`` by runs: :meth:`MemFd.unpin` is the pins' own unpin."""
+        self.file.mem.unpin_runs(runs)
 
     def close(self) -> None:
         self.file.put()
@@ -90,10 +107,16 @@ class OtherFileSource:
     def pin(self, index: int, n: int, write: bool) -> I64Array:
         raise InvalidArgument("memfd_pin_folios: the file is not a memfd or hugetlbfs file")
 
+    def pin_runs(self, index: int, n: int, write: bool) -> list[tuple[int, int]]:
+        return pfn_runs(self.pin(index, n, write))
+
     def prefault(self, index: int, n: int) -> None:
         """Nothing to fault: every pin is refused."""
 
     def unpin(self, pfns: I64Array) -> None:
+        """Nothing was ever pinned."""
+
+    def unpin_runs(self, runs: list[tuple[int, int]]) -> None:
         """Nothing was ever pinned."""
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ pages.
 Linux keeps a pin count in each ``struct page`` (``GUP_PIN_COUNTING_BIAS``) and a
 mapcount (``page->_mapcount``); the model keeps one ``int32`` per frame in an array
 per memory section (128 MiB, x86_64's ``SECTION_SIZE_BITS = 27``), created when a
-frame of the section is first counted. A range is a slice update per section; a set
+frame of the section is first counted, or one number for a section whose frames all
+have the same count. A range is a slice update per section; a set
 of scattered frames is one fancy-indexed update per stretch of the set that stays in
 one section (O(n) numpy work, a Python step per section change).
 """
@@ -56,10 +57,18 @@ def _runs_at(pfns: I64Array, brk: I64Array) -> list[tuple[int, int]]:
 
 class FrameCounts:
     """A non-negative count per pfn; ``nonzero_frames`` and ``total`` are kept up to date.
-    Every mutation is checked first (a count may not go below zero), then applied."""
+    Every mutation is checked first (a count may not go below zero), then applied.
+
+    A section whose frames all have the same non-zero count is kept as that one value
+    (``_uniform``), so a TiB pinned or mapped by whole sections costs a few bytes per
+    section instead of 4 per frame; it becomes an array again (:meth:`_section`) when a
+    part of it changes, and an array whose counts are all equal again is folded back
+    (:meth:`_compress`) after an update that reaches one of the section's ends (so a
+    section filled piece by piece from one end folds once its last piece is in)."""
 
     def __init__(self) -> None:
         self._sections: dict[int, I32Array] = {}
+        self._uniform: dict[int, int] = {}  # section -> the count of each of its frames
         self.nonzero_frames = 0  # frames with a non-zero count
         self.total = 0  # sum of all counts
 
@@ -79,10 +88,28 @@ class FrameCounts:
         return spans
 
     def _section(self, sec: int) -> I32Array:
+        """The section's array, made (zeros, or the uniform count) if need be."""
         arr = self._sections.get(sec)
         if arr is None:
-            arr = self._sections[sec] = np.zeros(SECTION_FRAMES, dtype=np.int32)
+            value = self._uniform.pop(sec, 0)
+            arr = self._sections[sec] = np.full(SECTION_FRAMES, value, dtype=np.int32)
         return arr
+
+    def _compress(self, sec: int) -> None:
+        """Keep the section as one value if all its counts are equal (dropped if 0)."""
+        arr = self._sections[sec]
+        first = int(arr[0])
+        if arr[-1] == first and arr.min() == first and arr.max() == first:
+            del self._sections[sec]
+            if first:
+                self._uniform[sec] = first
+
+    def _low(self, sec: int, lo: int, hi: int, need: int) -> bool:
+        """Whether some count of ``[lo, hi)`` of the section is below ``need``."""
+        arr = self._sections.get(sec)
+        if arr is not None:
+            return bool((arr[lo:hi] < need).any())
+        return self._uniform.get(sec, 0) < need
 
     def add_range(self, pfn: int, count: int, delta: int) -> None:
         """Add ``delta`` to the count of each of ``count`` frames from ``pfn``."""
@@ -96,21 +123,32 @@ class FrameCounts:
             [span for pfn, count in runs for span in self._spans(pfn, count)]
         if delta < 0:
             for sec, lo, hi in spans:
-                arr = self._sections.get(sec)
-                if arr is None or (arr[lo:hi] < -delta).any():
+                if self._low(sec, lo, hi, -delta):
                     raise ValueError(f"count of some frame of [{(sec << SECTION_SHIFT) + lo:#x}"
                                      f", {(sec << SECTION_SHIFT) + hi:#x}) would go below zero")
         found: list[I64Array] = []
         for sec, lo, hi in spans:
-            seg = self._section(sec)[lo:hi]
-            before = int(np.count_nonzero(seg))
-            seg += delta
-            after = int(np.count_nonzero(seg))
-            self.nonzero_frames += after - before
             self.total += delta * (hi - lo)
-            if zeros and delta < 0 and after < hi - lo:
+            if hi - lo == SECTION_FRAMES and sec not in self._sections:  # a whole section
+                before = self._uniform.pop(sec, 0)
+                after = before + delta
+                if after:
+                    self._uniform[sec] = after
+                self.nonzero_frames += SECTION_FRAMES * ((after != 0) - (before != 0))
+                if zeros and delta < 0 and not after:
+                    found.append(np.arange(SECTION_FRAMES, dtype=np.int64)
+                                 + (sec << SECTION_SHIFT))
+                continue
+            seg = self._section(sec)[lo:hi]
+            before_nz = int(np.count_nonzero(seg))
+            seg += delta
+            after_nz = int(np.count_nonzero(seg))
+            self.nonzero_frames += after_nz - before_nz
+            if zeros and delta < 0 and after_nz < hi - lo:
                 found.append(np.flatnonzero(seg == 0).astype(np.int64)
                              + ((sec << SECTION_SHIFT) + lo))
+            if not lo or hi == SECTION_FRAMES:
+                self._compress(sec)
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def range(self, pfn: int, count: int) -> I32Array:
@@ -121,6 +159,8 @@ class FrameCounts:
             arr = self._sections.get(sec)
             if arr is not None:
                 out[done:done + hi - lo] = arr[lo:hi]
+            elif sec in self._uniform:
+                out[done:done + hi - lo] = self._uniform[sec]
             done += hi - lo
         return out
 
@@ -154,7 +194,9 @@ class FrameCounts:
         if delta < 0:
             for sec, a, b in stretches:
                 arr = self._sections.get(sec)
-                if arr is None or (arr[pfns[a:b] & mask] < -delta).any():
+                low = self._uniform.get(sec, 0) < -delta if arr is None else \
+                    bool((arr[pfns[a:b] & mask] < -delta).any())
+                if low:
                     raise ValueError(f"count of some frame of {len(pfns)} from "
                                      f"{int(pfns[0]):#x} would go below zero")
         zeros: list[I64Array] = []
@@ -182,6 +224,8 @@ class FrameCounts:
             arr = self._sections.get(sec)
             if arr is not None:
                 out[a:b] = arr[pfns[a:b] & mask]
+            elif sec in self._uniform:
+                out[a:b] = self._uniform[sec]
         return out
 
     def nonzero_in(self, pfn: int, count: int) -> I64Array:
@@ -190,25 +234,42 @@ class FrameCounts:
         parts = []
         for sec, lo, hi in self._spans(pfn, count):
             arr = self._sections.get(sec)
+            base = (sec << SECTION_SHIFT) + lo
             if arr is not None:
-                parts.append(np.flatnonzero(arr[lo:hi]).astype(np.int64)
-                             + ((sec << SECTION_SHIFT) + lo))
+                parts.append(np.flatnonzero(arr[lo:hi]).astype(np.int64) + base)
+            elif sec in self._uniform:
+                parts.append(np.arange(base, base + hi - lo, dtype=np.int64))
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def nonzero(self) -> I64Array:
         """The frames with a non-zero count, in address order. O(counted sections)."""
-        parts = [np.flatnonzero(self._sections[sec]).astype(np.int64) + (sec << SECTION_SHIFT)
-                 for sec in sorted(self._sections)]
+        parts = []
+        for sec in sorted(self._sections.keys() | self._uniform.keys()):
+            arr = self._sections.get(sec)
+            base = sec << SECTION_SHIFT
+            parts.append(np.flatnonzero(arr).astype(np.int64) + base if arr is not None
+                         else np.arange(base, base + SECTION_FRAMES, dtype=np.int64))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def model_bytes(self) -> int:
+        """Lab: the bytes this model keeps for the counts (arrays, plus a rough 100 bytes
+        per dict entry of either kind), for the memory accounting of the benchmarks."""
+        return sum(arr.nbytes for arr in self._sections.values()) + \
+            100 * (len(self._sections) + len(self._uniform))
 
     def _check(self) -> None:
         frames = total = 0
+        assert not self._sections.keys() & self._uniform.keys(), "section kept twice"
         for arr in self._sections.values():
             assert (arr >= 0).all(), "negative count"
             frames += int(np.count_nonzero(arr))
             total += int(arr.sum())
+        for value in self._uniform.values():
+            assert value > 0, "a uniform section of count 0 is kept"
+            frames += SECTION_FRAMES
+            total += value * SECTION_FRAMES
         assert frames == self.nonzero_frames and total == self.total, "count totals drifted"
 
 
@@ -234,8 +295,11 @@ class PinCounts(FrameCounts):
                              "pinned") from None
 
     def count(self, pfn: int) -> int:
-        arr = self._sections.get(pfn >> SECTION_SHIFT)
-        return 0 if arr is None else int(arr[pfn & (SECTION_FRAMES - 1)])
+        sec = pfn >> SECTION_SHIFT
+        arr = self._sections.get(sec)
+        if arr is None:
+            return self._uniform.get(sec, 0)
+        return int(arr[pfn & (SECTION_FRAMES - 1)])
 
     def counts(self, pfn: int, count: int) -> I32Array:
         """Pin counts of ``count`` frames from ``pfn`` (a copy)."""
