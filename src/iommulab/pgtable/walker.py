@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, OutOfRange
+from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, KernelError, OutOfRange
 from ..kernel import LINUX_7_0
 from ..mem import PhysMem
 from ..prot import Prot
@@ -30,6 +30,11 @@ from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array
 from .reshape import StepHook, merge_pages, split_blocks
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
+
+#: Lab switch: new tables' default for :attr:`IoPgtable.bulk_passes` (False: every
+#: operation takes the per-table-page path, the reference the bulk passes are tested
+#: against).
+BULK_PASSES = True
 
 #: ``IOMMU_DIRTY_NO_CLEAR``: read dirty bits without clearing them.
 IOMMU_DIRTY_NO_CLEAR = 1 << 0
@@ -89,6 +94,9 @@ class IoPgtable:
         self._no_warn = bool(cfg.quirks & Quirk.NO_WARN)
         self._warned_once: set[str] = set()
         self._freed = False
+        #: Lab: whole table pages in one vector step (map runs, dirty scans); the
+        #: results are the per-table-page code's, which False forces.
+        self.bulk_passes = BULK_PASSES
         # Lab memo: last-level tables by iova >> (shift of the level above). A
         # path of tables only changes when a table is freed, which clears it;
         # single-page maps, unmaps and lookups then skip the upper levels.
@@ -247,11 +255,15 @@ class IoPgtable:
             attrs = self._attrs[prot] = pt.prot_to_attrs(int(prot))
 
         depth = self._depth_of.get(pgsize, -1)
+        per = self._per
+        if depth == self._last and self.bulk_passes and depth and (
+                pgcount > per - ((iova >> self._shifts[depth]) & (per - 1))):
+            self.stats.map_pages -= 1  # each table page's step below counts itself
+            return self._map_run(iova, paddr, pgsize, pgcount, prot, attrs)
         table = self._leaf_tables.get(iova >> self._above_last) if depth == self._last else None
         if table is None:
             table = self._map_descend(iova, pgsize, depth)
         idx = (iova >> self._shifts[depth]) & self._masks[depth]
-        per = self._per
         n = per - (idx & (per - 1))  # arm_lpae_max_entries
         if pgcount < n:
             n = pgcount
@@ -265,6 +277,66 @@ class IoPgtable:
         if not cfg.coherent_walk:
             self._sync(8 * n)
         return n * pgsize
+
+    def _map_run(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int,
+                 attrs: int) -> int:
+        """Model-only: the core's ``__iommu_map`` loop of ``arm_lpae_map_pages`` calls over
+        a run of last-level pages that crosses table pages, finished here.
+
+        The kernel maps one table page per call and the core calls again; here whole
+        new table pages go ``k`` at a time through :meth:`_map_full_tables` and the
+        others (head, tail, tables that exist) through :meth:`map_pages` one page at a
+        time. Tables, entries, allocations (order and fail-nth points) and counters
+        (``stats.map_pages`` once per table page) are those of the calls; the return is
+        the whole run, and an error's ``mapped`` counts the earlier table pages too.
+        O(tables / 512 + pgcount / vector width).
+        """
+        per, shift = self._per, self._shifts[self._last]
+        done = 0
+        try:
+            while done < pgcount:
+                va, pa, left = iova + done * pgsize, paddr + done * pgsize, pgcount - done
+                if not (va >> shift) & (per - 1) and left >= per:
+                    self.stats.map_pages += 1  # a failing descent was a call too
+                    k = self._map_full_tables(va, pa, pgsize, left // per, attrs)
+                    self.stats.map_pages += k - 1
+                    if k:
+                        done += k * per
+                        continue
+                n = per - ((va >> shift) & (per - 1))
+                done += self.map_pages(va, pa, pgsize, min(n, left), prot) // pgsize
+        except KernelError as err:
+            err.mapped += done * pgsize
+            raise
+        return done * pgsize
+
+    def _map_full_tables(self, iova: int, paddr: int, pgsize: int, ntables: int,
+                         attrs: int) -> int:
+        """Model-only bulk of ``__arm_lpae_map`` calls that each find an empty entry at
+        the level above the leaves, allocate a table there and fill all of it: up to
+        ``ntables`` of them, stopping at the end of the upper table or at an entry in
+        use. Tables come from one bulk allocation as the rows of one array, filled by
+        :meth:`~.format.PtFormat.fill_leaf_rows` in one vector step. Returns the tables
+        mapped; 0 when the per-call path must do it (non-coherent walker, whose syncs
+        are counted per call; an armed fail-nth; too few free frames; no empty entry).
+        The descent above is ``__arm_lpae_map``'s (it may allocate, or raise EEXIST).
+        """
+        if not self.cfg.coherent_walk:
+            return 0
+        up = self._last - 1
+        parent = self._map_descend(iova, pgsize, up)
+        j = (iova >> self._shifts[up]) & self._masks[up]
+        slots = parent[j:min(j + ntables, self._levels[up].entries)]
+        used = np.flatnonzero(slots)
+        k = int(used[0]) if len(used) else len(slots)
+        mem = self.mem
+        if not k or mem.fail_nth.armed or mem.frames.free_frames < k:
+            return 0
+        pas, rows = self._alloc_tables(k)
+        pt = self.format
+        pt.fill_leaf_rows(rows, attrs, self._last, paddr, pgsize)
+        slots[:k] = np.array([pt.make_table(pa, up) for pa in pas], dtype=np.uint64)
+        return k
 
     def _map_descend(self, iova: int, pgsize: int, target: int) -> U64Array:
         """``__arm_lpae_map`` above the leaf level: the table at depth ``target``.
