@@ -569,8 +569,10 @@ class IoPgtable:
         stops = np.flatnonzero(~pt.leaf_mask(seg, depth)).tolist()  # tables and holes
         stops.append(len(seg))
         clear = not w.flags & IOMMU_DIRTY_NO_CLEAR
-        pos = 0
-        for stop in stops:
+        bulk = self.bulk_passes and depth == self._last - 1
+        pos = si = 0
+        while True:
+            stop = stops[si]
             if stop > pos:
                 n = min(stop - pos, -(-(w.end - w.addr) // size))
                 run = seg[pos:pos + n]
@@ -589,10 +591,58 @@ class IoPgtable:
                 if self.cfg.kernel < LINUX_7_0:  # 6.12: WARN_ON(!iopte_table(pte, lvl))
                     self._warn("read_and_clear_dirty: hole")
                 raise InvalidArgument(f"read_and_clear_dirty: hole at iova {w.addr:#x}")
-            self._walk_dirty(self._deref(pte), depth + 1, w)
+            m = self._dirty_tables(seg, stop, depth, w, clear) if bulk else 0
+            if not m:
+                self._walk_dirty(self._deref(pte), depth + 1, w)
+                m = 1
             if w.addr >= w.end:
                 return
-            pos = stop + 1
+            pos = stop + m
+            si += m  # the m entries were consecutive tables, each one of the stops
+
+    def _dirty_tables(self, seg: U64Array, stop: int, depth: int, w: _DirtyWalk,
+                      clear: bool) -> int:
+        """Model-only bulk of ``__arm_lpae_iopte_walk``'s descent into the consecutive
+        tables at ``seg[stop:]`` (depth ``depth``, the level above the leaves) that the
+        walk covers whole and that hold only leaves: their entries are gathered as the
+        rows of one 2-D array, ``visit_dirty``'s test (``iopte_writeable_dirty``) and
+        clear (``iopte_set_writeable_clean``) run on it once, and the dirty leaves go to
+        one ``record_run`` (the same records and gather widening as one per table).
+        Stops before the first table with a hole or that the walk covers in part (the
+        per-table walk then does it, raising where the kernel does); returns the tables
+        done. O(tables) Python steps of a dict look-up, the rest vector work.
+        """
+        size = self._sizes[depth]
+        if w.addr & (size - 1):  # a walk cursor inside a block (started mid-leaf)
+            return 0
+        limit = min(len(seg) - stop, (w.end - w.addr) // size)
+        if limit <= 0:
+            return 0
+        pt = self.format
+        tabs = pt.table_mask(seg[stop:stop + limit], depth)
+        m = limit if tabs.all() else int(np.argmin(tabs))
+        if not m:
+            return 0
+        last = depth + 1
+        entries = self._levels[last].entries
+        deref = self._deref
+        tables = [deref(pte) for pte in seg[stop:stop + m].tolist()]
+        rows = np.stack([t[:entries] for t in tables])
+        full = pt.leaf_mask(rows, last).all(axis=1)
+        if not full.all():
+            m = int(np.argmin(full))
+            if not m:
+                return 0
+            rows = rows[:m]
+        hit = pt.write_dirty_mask(rows)
+        if hit.any():
+            w.dirty.record_run(w.addr, self._sizes[last], hit.reshape(-1))
+            if clear:
+                pt.make_write_clean(rows, hit)
+                for i in np.flatnonzero(hit.any(axis=1)).tolist():
+                    tables[i][:entries] = rows[i]
+        w.addr += m * size
+        return m
 
     # -- lab: split and merge ------------------------------------------------------------------
     def split_blocks(self, iova: int, size: int, granule: int | None = None, *,
