@@ -101,6 +101,9 @@ class IoPgtable:
         # path of tables only changes when a table is freed, which clears it;
         # single-page maps, unmaps and lookups then skip the upper levels.
         self._leaf_tables: dict[int, U64Array] = {}
+        # Lab: tables allocated together, by the key of the first: (their entries as
+        # the rows of one array, their keys). Entries go when the first table is freed.
+        self._blocks: dict[int, tuple[U64Array, U64Array]] = {}
         self._set_format(pt)
         self.pgd_pa, self._pgd = self._alloc_table(pt.levels[0].table_bytes)
 
@@ -155,8 +158,11 @@ class IoPgtable:
         size = self.format.granule
         pas, rows = self.mem.alloc_iommu_pages_bulk(size, count)
         tables = self._tables
-        for key, row in zip(self._keys(pas), rows, strict=True):
+        keys = self._keys(pas)
+        for key, row in zip(keys, rows, strict=True):
             tables[key] = row
+        if count > 1:  # lab: scans of these tables can work on ``rows`` in place
+            self._blocks[keys[0]] = rows, np.array(keys, dtype=np.uint64)
         self.stats.tables_allocated += count
         self.stats.table_bytes += rows.nbytes
         if not self.cfg.coherent_walk:
@@ -171,15 +177,19 @@ class IoPgtable:
         self._leaf_tables.clear()
         tables = self._tables
         freed = 0
+        blocks = self._blocks
         for key in self._keys(pas):
             freed += tables.pop(key).nbytes
+            blocks.pop(key, None)
         self.mem.free_iommu_pages_bulk(pas)
         self.stats.tables_freed += len(pas)
         self.stats.table_bytes -= freed
 
     def _free_table_pages(self, pa: int) -> None:
         self._leaf_tables.clear()
-        table = self._tables.pop(self._key(pa))
+        key = self._key(pa)
+        table = self._tables.pop(key)
+        self._blocks.pop(key, None)
         self.mem.free_iommu_pages(pa)
         self.stats.tables_freed += 1
         self.stats.table_bytes -= table.nbytes
@@ -604,10 +614,12 @@ class IoPgtable:
                       clear: bool) -> int:
         """Model-only bulk of ``__arm_lpae_iopte_walk``'s descent into the consecutive
         tables at ``seg[stop:]`` (depth ``depth``, the level above the leaves) that the
-        walk covers whole and that hold only leaves: their entries are gathered as the
-        rows of one 2-D array, ``visit_dirty``'s test (``iopte_writeable_dirty``) and
-        clear (``iopte_set_writeable_clean``) run on it once, and the dirty leaves go to
-        one ``record_run`` (the same records and gather widening as one per table).
+        walk covers whole and that hold only leaves: their entries, as the rows of one
+        2-D array (the rows of their bulk allocation, in place, when they are that in
+        order; else gathered copies, written back where cleared), get
+        ``visit_dirty``'s test (``iopte_writeable_dirty``) and clear
+        (``iopte_set_writeable_clean``) once, and the dirty leaves go to one
+        ``record_run`` (the same records and gather widening as one per table).
         Stops before the first table with a hole or that the walk covers in part (the
         per-table walk then does it, raising where the kernel does); returns the tables
         done. O(tables) Python steps of a dict look-up, the rest vector work.
@@ -620,14 +632,17 @@ class IoPgtable:
             return 0
         pt = self.format
         tabs = pt.table_mask(seg[stop:stop + limit], depth)
-        m = limit if tabs.all() else int(np.argmin(tabs))
-        if not m:
+        count = limit if tabs.all() else int(np.argmin(tabs))
+        if not count:
             return 0
         last = depth + 1
         entries = self._levels[last].entries
-        deref = self._deref
-        tables = [deref(pte) for pte in seg[stop:stop + m].tolist()]
-        rows = np.stack([t[:entries] for t in tables])
+        rows, m = self._rows_in_place(seg[stop:stop + count], entries)
+        tables: list[U64Array] | None = None
+        if not m:  # not one bulk allocation's rows in order: gather copies
+            m = count
+            tables = [self._deref(pte) for pte in seg[stop:stop + m].tolist()]
+            rows = np.stack([t[:entries] for t in tables])
         full = pt.leaf_mask(rows, last).all(axis=1)
         if not full.all():
             m = int(np.argmin(full))
@@ -639,10 +654,29 @@ class IoPgtable:
             w.dirty.record_run(w.addr, self._sizes[last], hit.reshape(-1))
             if clear:
                 pt.make_write_clean(rows, hit)
-                for i in np.flatnonzero(hit.any(axis=1)).tolist():
-                    tables[i][:entries] = rows[i]
+                if tables is not None:  # write the gathered copies back
+                    for i in np.flatnonzero(hit.any(axis=1)).tolist():
+                        tables[i][:entries] = rows[i]
         w.addr += m * size
         return m
+
+    def _rows_in_place(self, ptes: U64Array, entries: int) -> tuple[U64Array, int]:
+        """Lab: the tables ``ptes`` point at, from the first, as a view of the rows of
+        the one bulk allocation (:meth:`_alloc_tables`) they are consecutive rows of,
+        and how many; ``(empty, 0)`` when the first is not such a row. A table freed
+        and allocated again is another array's row, which the base check sees."""
+        blk = self._blocks.get(ptes.item(0) & self._key_mask)
+        if blk is None:
+            return ptes[:0], 0
+        rows, keys = blk
+        n = min(len(ptes), len(keys))
+        owner = rows.base if rows.base is not None else rows
+        tables = self._tables
+        if not np.array_equal(keys[:n], ptes[:n] & np.uint64(self._key_mask)) or any(
+                (t := tables.get(k)) is None or t.base is not owner
+                for k in keys[:n].tolist()):
+            return ptes[:0], 0
+        return rows[:n, :entries], n
 
     # -- lab: split and merge ------------------------------------------------------------------
     def split_blocks(self, iova: int, size: int, granule: int | None = None, *,
