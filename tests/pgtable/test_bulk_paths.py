@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iommulab import Prot
+from iommulab.drivers.mock_pt import MOCK_IOMMUPT_HUGE, HwptSelftest, mock_domain_alloc_pgtable
+from iommulab.drivers.vtd import IntelIommu, VtdHw
 from iommulab.errors import KernelError
 from iommulab.kernel import LINUX_6_12, LINUX_7_0
 from iommulab.mem import PhysMem
@@ -196,3 +198,81 @@ def test_fail_nth_in_a_bulk_map_leaves_the_reference_state() -> None:
             break
         n += 1
     assert n > 3
+
+
+def _domains(kind: str) -> list[tuple[Any, IoPgtable]]:
+    """The same domain twice, reference then bulk: VT-d second stage under 6.12 (its own
+    ``__domain_mapping``) and 7.0 (generic_pt), and the 7.0 iommufd mock (AMDv1)."""
+    out = []
+    for bulk in (False, True):
+        mem = PhysMem("256M")
+        if kind == "mock":
+            d = mock_domain_alloc_pgtable(mem, HwptSelftest(0, MOCK_IOMMUPT_HUGE), True,
+                                          LINUX_7_0)
+        else:
+            drv = IntelIommu(VtdHw(mem, aw=48), kernel=LINUX_6_12 if kind == "vtd612"
+                             else LINUX_7_0)
+            master = drv.probe_device(0x10)
+            d = drv.domain_alloc_paging(master)
+            drv.attach_dev(d, master)
+        pgtbl = d.pgtbl if kind != "mock" else d.ops.pgtbl  # type: ignore[union-attr]
+        assert isinstance(pgtbl, IoPgtable)
+        pgtbl.bulk_passes = bulk
+        out.append((d, pgtbl))
+    return out
+
+
+def _same_domains(a: tuple[Any, IoPgtable], b: tuple[Any, IoPgtable]) -> None:
+    assert a[1].iter_entries() == b[1].iter_entries()
+    assert dataclasses.asdict(a[1].stats) == dataclasses.asdict(b[1].stats)
+    assert dataclasses.asdict(a[0].tlb_stats) == dataclasses.asdict(b[0].tlb_stats)
+    assert a[1].mem.fail_nth.calls == b[1].mem.fail_nth.calls
+    b[1]._check()
+
+
+_dop = st.tuples(st.sampled_from(["map", "unmap"]), st.integers(0, 3 * 512 - 1),
+                 st.integers(1, 1600), st.sampled_from([0, SZ_4K, SZ_2M]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["vtd612", "vtd70", "mock"]), st.lists(_dop, min_size=1, max_size=8))
+def test_other_formats_bulk_map_matches(kind: str, steps: list[tuple[str, int, int, int]]
+                                        ) -> None:
+    pair = _domains(kind)
+    for op, at, n, pa_shift in steps:
+        iova = at * SZ_2M // 4 if at % 3 else at * SZ_2M  # some runs start inside a table
+        outs: list[Any] = []
+        for d, _ in pair:
+            try:
+                if op == "map":
+                    d.map(iova, 0x4000_0000 + pa_shift, n * SZ_4K, RW)
+                    outs.append(None)
+                else:
+                    outs.append(d.unmap(iova, n * SZ_4K))
+            except KernelError as err:
+                outs.append((type(err), str(err)))
+        assert outs[0] == outs[1]
+        _same_domains(*pair)
+
+
+def test_fail_nth_in_a_bulk_map_of_vtd() -> None:
+    """The fail-nth sweep of a VT-d bulk map (6.12's __domain_mapping, 7.0's
+    generic_pt): errno, fail-nth calls and state are the per-table code's."""
+    for kind in ("vtd612", "vtd70"):
+        n = 1
+        while True:
+            pair = _domains(kind)
+            outs: list[Any] = []
+            for d, pg in pair:
+                pg.mem.fail_nth.load(n)
+                try:
+                    d.map(SZ_1G - SZ_4K, 0x4000_1000, 3 * SZ_2M, RW)
+                    outs.append(None)
+                except KernelError as err:
+                    outs.append((type(err), str(err)))
+            assert outs[0] == outs[1]
+            _same_domains(*pair)
+            if outs[0] is None:
+                break
+            n += 1
+        assert n > 3

@@ -336,17 +336,29 @@ class IoPgtable:
         up = self._last - 1
         parent = self._map_descend(iova, pgsize, up)
         j = (iova >> self._shifts[up]) & self._masks[up]
-        slots = parent[j:min(j + ntables, self._levels[up].entries)]
+        got = self._new_tables_at(parent[j:min(j + ntables, self._levels[up].entries)])
+        if got is None:
+            return 0
+        pas, rows = got
+        pt = self.format
+        pt.fill_leaf_rows(rows, attrs, self._last, paddr, pgsize)
+        parent[j:j + len(pas)] = np.array([pt.make_table(pa, up) for pa in pas],
+                                          dtype=np.uint64)
+        return len(pas)
+
+    def _new_tables_at(self, slots: U64Array) -> tuple[list[int], U64Array] | None:
+        """Model-only, for the bulk maps of each table code (this walker, VT-d's
+        ``__domain_mapping``, generic_pt's ``__map_range``): granule tables for the
+        leading empty entries of ``slots``, from one bulk allocation, as the rows of
+        one array (the caller fills them and points the entries at them). None where
+        the one-table-at-a-time path must run: no empty entry, an armed fail-nth (whose
+        failure must land between tables), or fewer free frames than tables."""
         used = np.flatnonzero(slots)
         k = int(used[0]) if len(used) else len(slots)
         mem = self.mem
         if not k or mem.fail_nth.armed or mem.frames.free_frames < k:
-            return 0
-        pas, rows = self._alloc_tables(k)
-        pt = self.format
-        pt.fill_leaf_rows(rows, attrs, self._last, paddr, pgsize)
-        slots[:k] = np.array([pt.make_table(pa, up) for pa in pas], dtype=np.uint64)
-        return k
+            return None
+        return self._alloc_tables(k)
 
     def _map_descend(self, iova: int, pgsize: int, target: int) -> U64Array:
         """``__arm_lpae_map`` above the leaf level: the table at depth ``target``.
