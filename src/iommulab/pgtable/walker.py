@@ -79,6 +79,18 @@ class _DirtyWalk:
     dirty: DirtyRecorder
 
 
+def _merge_runs(s: U64Array, o: U64Array, n: U64Array) -> tuple[U64Array, U64Array, U64Array]:
+    """Runs ``(start, oa, length)`` sorted by start, merged while both addresses
+    continue. O(len) vector steps."""
+    if len(s) < 2:
+        return s, o, n
+    brk = np.flatnonzero((s[1:] != s[:-1] + n[:-1]) | (o[1:] != o[:-1] + n[:-1])) + 1
+    first = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [len(s)]))
+    csum = np.concatenate((np.zeros(1, dtype=np.uint64), np.cumsum(n, dtype=np.uint64)))
+    return s[first], o[first], cast(U64Array, csum[ends] - csum[first])
+
+
 class IoPgtable:
     """``struct io_pgtable`` with its ``io_pgtable_ops``; see alloc_io_pgtable_ops."""
 
@@ -766,55 +778,59 @@ class IoPgtable:
     def leaf_runs(self, iova: int, size: int) -> list[tuple[int, int, int]]:
         """``(iova, pa, length)`` of the mapped parts of ``[iova, iova + size)``, leaves
         merged while both addresses continue: what probing ``iova_to_phys`` page by page
-        finds (``vfio_unmap_unpin``), computed per table page instead of per page.
+        finds (``vfio_unmap_unpin``), computed a level at a time instead of per page.
 
-        ``iova`` and ``size`` are in the smallest page size. O(tables touched).
+        ``iova`` and ``size`` are in the smallest page size. Each level's tables that
+        the range reaches are taken as the rows of one array: O(levels) vector steps
+        over the entries of the tables touched, plus a dict look-up per table.
         """
         end = iova + size
+        if size <= 0:
+            return []
         starts: list[U64Array] = []
         oas: list[U64Array] = []
         lens: list[U64Array] = []
         pt = self.format
         contig = pt.contig_leaves
-
-        def visit(table: U64Array, depth: int, base: int) -> None:
-            level = self._levels[depth]
-            bs = level.block_size
-            lo = max(iova, base)
-            hi = min(end, base + level.entries * bs)
-            first, last = (lo - base) // bs, (hi - 1 - base) // bs
-            entries = table[first:last + 1]
-            leaves = pt.leaf_mask(entries, depth)
-            idx = np.flatnonzero(leaves)
-            if len(idx):
-                blk = np.uint64(base) + (idx + first).astype(np.uint64) * np.uint64(bs)
-                oa = pt.leaf_oas(entries[idx])
+        lo, hi = np.uint64(iova), np.uint64(end)
+        bases = np.zeros(1, dtype=np.uint64)
+        tables = [self._pgd]
+        for depth, level in enumerate(self._levels):
+            bs = np.uint64(level.block_size)
+            n = level.entries
+            rows = tables[0][None, :n] if len(tables) == 1 else np.stack(
+                [t[:n] for t in tables])
+            at = bases[:, None] + np.arange(n, dtype=np.uint64)[None, :] * bs
+            live = (at < hi) & (at + bs > lo) & (rows != 0)
+            leaves = live & pt.leaf_mask(rows, depth)
+            if leaves.any():
+                blk = at[leaves]
+                ptes = rows[leaves]
+                oa = pt.leaf_oas(ptes)
                 if contig is not None:  # the item's own OA inside its contiguous leaf
-                    lg2 = contig.contig_lg2s(entries[idx], depth)
-                    into = (idx + first).astype(np.uint64) & ((np.uint64(1) << lg2)
-                                                              - np.uint64(1))
-                    oa = cast(U64Array, oa + into * np.uint64(bs))
-                # clip blocks that stick out of the range (a run never starts mid-leaf)
-                head = np.maximum(blk, np.uint64(iova)) - blk
-                tail = np.minimum(blk + np.uint64(bs), np.uint64(end))
-                starts.append(blk + head)
-                oas.append(oa + head)
-                lens.append(tail - blk - head)
-            for i in np.flatnonzero(pt.table_mask(entries, depth)).tolist():
-                visit(self._deref(int(entries[i])), depth + 1, base + (first + i) * bs)
-
-        if size > 0:
-            visit(self._pgd, 0, 0)
+                    lg2 = contig.contig_lg2s(ptes, depth)
+                    idx = np.nonzero(leaves)[1].astype(np.uint64)
+                    oa = cast(U64Array, oa + (idx & ((np.uint64(1) << lg2) - np.uint64(1)))
+                              * bs)
+                head = np.maximum(blk, lo) - blk  # clip leaves sticking out of the range
+                tail = np.minimum(blk + bs, hi)
+                # row-major order is IOVA order here: merge this level's runs now
+                run = _merge_runs(blk + head, oa + head, tail - blk - head)
+                starts.append(run[0])
+                oas.append(run[1])
+                lens.append(run[2])
+            subs = live & pt.table_mask(rows, depth) if depth != self._last else None
+            if subs is None or not subs.any():
+                break
+            bases = at[subs]
+            deref = self._deref
+            tables = [deref(pte) for pte in rows[subs].tolist()]
         if not starts:
             return []
-        s, o, n = (np.concatenate(a) for a in (starts, oas, lens))
+        s, o, n_ = (np.concatenate(a) for a in (starts, oas, lens))
         order = np.argsort(s, kind="stable")
-        s, o, n = s[order], o[order], n[order]
-        brk = np.flatnonzero((s[1:] != s[:-1] + n[:-1]) | (o[1:] != o[:-1] + n[:-1])) + 1
-        bounds = np.concatenate(([0], brk, [len(s)]))
-        csum = np.concatenate(([0], np.cumsum(n, dtype=np.uint64)))
-        return [(int(s[a]), int(o[a]), int(csum[b] - csum[a]))
-                for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+        s, o, n_ = _merge_runs(s[order], o[order], n_[order])
+        return list(zip(s.tolist(), o.tolist(), n_.tolist(), strict=True))
 
     def _iter_tables(self) -> list[tuple[int, U64Array]]:
         out: list[tuple[int, U64Array]] = []
