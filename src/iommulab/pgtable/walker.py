@@ -541,6 +541,8 @@ class IoPgtable:
             next_table = tables.get(pte & key_mask)
             table = next_table if next_table is not None else self._deref(pte)
             depth += 1
+            if depth == self._last:  # lab memo: bulk maps leave it empty
+                self._leaf_tables[iova >> self._above_last] = table
 
     def pgtable_walk(self, iova: int) -> list[int]:
         """``arm_lpae_pgtable_walk``: the descriptor read at each level, top first.
