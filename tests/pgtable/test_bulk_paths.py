@@ -276,3 +276,20 @@ def test_fail_nth_in_a_bulk_map_of_vtd() -> None:
                 break
             n += 1
         assert n > 3
+
+
+def test_a_bulk_run_past_the_ias_stops_where_the_calls_do() -> None:
+    """A 4K run that leaves a 32-bit IAS: the per-table calls map up to 4G and the next
+    one is ERANGE; the bulk run stops at the same place with the same error."""
+    outs = []
+    for bulk in (False, True):
+        tlb = RecordingTlb(cookie := object())
+        cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 32, 48, tlb=tlb, kernel=LINUX_7_0)
+        ops = alloc_io_pgtable_ops(IoPgtableFmt.ARM_64_LPAE_S1, cfg, cookie,
+                                   mem=PhysMem("1G"))
+        ops.bulk_passes = bulk
+        got = _core_map(ops, (1 << 32) - 3 * 512 * SZ_4K - SZ_4K, 0x4000_0000, SZ_4K, 5 * 512)
+        assert got[0] == 3 * 512 * SZ_4K + SZ_4K and got[1] is not None
+        assert "outside ias 32" in got[1][1]
+        outs.append((got, ops.iter_entries(), dataclasses.asdict(ops.stats), tlb.calls))
+    assert outs[0] == outs[1]

@@ -307,10 +307,11 @@ class IoPgtable:
 
         The kernel maps one table page per call and the core calls again; here whole
         new table pages go ``k`` at a time through :meth:`_map_full_tables` and the
-        others (head, tail, tables that exist) through :meth:`map_pages` one page at a
-        time. Tables, entries, allocations (order and fail-nth points) and counters
-        (``stats.map_pages`` once per table page) are those of the calls; the return is
-        the whole run, and an error's ``mapped`` counts the earlier table pages too.
+        others (head, tail, tables that exist, an IOVA out of range) through
+        :meth:`map_pages` one table page at a time. Tables, entries, allocations (order
+        and fail-nth points) and counters (``stats.map_pages`` once per table page) are
+        those of the calls; the return is the whole run, and an error's ``mapped``
+        counts the earlier table pages too.
         O(tables / 512 + pgcount / vector width).
         """
         per, shift = self._per, self._shifts[self._last]
@@ -318,7 +319,8 @@ class IoPgtable:
         try:
             while done < pgcount:
                 va, pa, left = iova + done * pgsize, paddr + done * pgsize, pgcount - done
-                if not (va >> shift) & (per - 1) and left >= per:
+                if not (va >> shift) & (per - 1) and left >= per and (
+                        va >> self.format.ia_shift == self.format.ia_ext):  # else ERANGE below
                     self.stats.map_pages += 1  # a failing descent was a call too
                     k = self._map_full_tables(va, pa, pgsize, left // per, attrs)
                     self.stats.map_pages += k - 1
