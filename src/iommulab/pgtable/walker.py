@@ -252,11 +252,14 @@ class IoPgtable:
         """``arm_lpae_map_pages``: map up to ``pgcount`` pages; returns bytes mapped.
 
         Stops at the end of the table page holding the first entry, like the
-        kernel; the caller loops. Errors: EINVAL (pgsize not in the bitmap, no
-        READ/WRITE), ERANGE (iova or paddr out of range), EEXIST (a leaf is in
-        the way), ENOMEM (no table memory); the exception's ``mapped`` is the
-        bytes mapped before the failure. ``gfp`` is accepted as in the kernel
-        and has no effect (the model has no allocation contexts). O(levels + pgcount).
+        kernel; the caller loops. Model-only: with :attr:`bulk_passes` a run of
+        last-level pages that goes past that end is mapped whole (:meth:`_map_run`),
+        as the caller's loop would over several calls, and the whole run is returned.
+        Errors: EINVAL (pgsize not in the bitmap, no READ/WRITE), ERANGE (iova or
+        paddr out of range), EEXIST (a leaf is in the way), ENOMEM (no table memory);
+        the exception's ``mapped`` is the bytes mapped before the failure. ``gfp`` is
+        accepted as in the kernel and has no effect (the model has no allocation
+        contexts). O(levels + pgcount).
         """
         if self._freed:
             raise self._use_after_free()
