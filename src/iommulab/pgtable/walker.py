@@ -486,6 +486,8 @@ class IoPgtable:
             next_table = tables.get(pte & key_mask)
             table = next_table if next_table is not None else self._deref(pte)
             depth += 1
+            if depth == self._last:  # lab memo, as the map descent and iova_to_phys
+                self._leaf_tables[iova >> self._above_last] = table
 
         per = self._per
         n = per - (idx & (per - 1))  # arm_lpae_max_entries
