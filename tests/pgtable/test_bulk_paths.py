@@ -293,3 +293,20 @@ def test_a_bulk_run_past_the_ias_stops_where_the_calls_do() -> None:
         assert "outside ias 32" in got[1][1]
         outs.append((got, ops.iter_entries(), dataclasses.asdict(ops.stats), tlb.calls))
     assert outs[0] == outs[1]
+
+
+def test_running_out_of_frames_in_a_bulk_map_is_the_reference_enomem() -> None:
+    """Too few free frames for the tables a bulk run wants: the run goes table by
+    table and fails with ENOMEM where the per-table calls do, with the same state."""
+    outs = []
+    for bulk in (False, True):
+        tlb = RecordingTlb(cookie := object())
+        cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 48, 48, tlb=tlb, kernel=LINUX_7_0)
+        ops = alloc_io_pgtable_ops(IoPgtableFmt.ARM_64_LPAE_S1, cfg, cookie,
+                                   mem=PhysMem("1M"))
+        ops.bulk_passes = bulk
+        got = _core_map(ops, 0, 0x4000_0000, SZ_4K, 400 * 512)
+        assert got[1] is not None and "ENOMEM" in got[1][1]
+        outs.append((got, ops.iter_entries(), dataclasses.asdict(ops.stats), tlb.calls,
+                     ops.mem.frames.free_frames))
+    assert outs[0] == outs[1]
