@@ -241,6 +241,17 @@ class Amdv1Format:
         values += np.uint64(first)
         out[:] = values if step == 1 else np.repeat(values, step)
 
+    def fill_leaf_rows(self, rows: U64Array, attrs: int, depth: int, pa: int, size: int
+                       ) -> None:
+        """:meth:`fill_leaves` of whole tables, one per row (model-only bulk form): a
+        leaf never spans two tables, so the rows fill as one run."""
+        if not rows.flags.c_contiguous:  # table by table
+            for i in range(rows.shape[0]):
+                self.fill_leaves(rows[i], attrs, depth,
+                                 pa + i * (rows.shape[1] << self._isz[depth]), size)
+            return
+        self.fill_leaves(rows.reshape(-1), attrs, depth, pa, size)
+
     def make_leaves(self, attrs: U64Array, depth: int, oas: U64Array) -> U64Array:
         """Item-size leaves elementwise (arrays broadcast)."""
         field = ((oas >> np.uint64(self._g)) << np.uint64(_OA_SHIFT)) & np.uint64(OA_MASK)

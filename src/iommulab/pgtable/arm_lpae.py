@@ -418,6 +418,19 @@ class ArmLpaeFormat:
         np.bitwise_and(pas | (pas >> np.uint64(36)), np.uint64(ADDR_MASK), out=out)
         out |= np.uint64(base)
 
+    def fill_leaf_rows(self, rows: U64Array, attrs: int, depth: int, pa: int, size: int
+                       ) -> None:
+        """:meth:`fill_leaves` of whole leaf tables, one table per row, in one vector step
+        (model-only bulk of ``__arm_lpae_init_pte`` over consecutive tables)."""
+        k, n = rows.shape
+        base = attrs | self._leaf_type[depth]
+        if not self._packed_oa and pa + k * n * size <= 1 << 48:
+            starts = np.arange(k, dtype=np.uint64) * np.uint64(n * size) + np.uint64(base | pa)
+            np.add(self._steps[depth][:n][None, :], starts[:, None], out=rows)
+            return
+        for i in range(k):
+            self.fill_leaves(rows[i], attrs, depth, pa + i * n * size, size)
+
     def make_tables(self, table_pas: U64Array) -> U64Array:
         """``make_table`` for many tables at once."""
         out = (table_pas | (table_pas >> np.uint64(36))) & np.uint64(ADDR_MASK)

@@ -211,7 +211,9 @@ class PtIommu(Generic[G]):
                     gather: G, freed: list[int]) -> int:
         """``__map_range_leaf`` for ``count`` leaves, a table page at a time; returns the
         bytes installed, or raises with ``mapped`` set to what it installed. A leaf of
-        ``step`` items first has every item in its way cleared (``clear_contig``)."""
+        ``step`` items first has every item in its way cleared (``clear_contig``). With
+        ``bulk_passes``, runs of whole new last-level tables go k at a time
+        (:meth:`_map_new_tables`)."""
         pt = self.pgtbl
         fmt = pt.format
         depth = self._leaf_depth(pgsize)
@@ -219,10 +221,18 @@ class PtIommu(Generic[G]):
         step = pgsize // isz
         per = pt._per
         done = start = 0  # leaves in finished table pages; leaves installed in this one
+        bulk = pt.bulk_passes and depth == pt._last and depth and not per % step
         try:
             while done < count:
                 at = va + done * pgsize
                 start = 0
+                if bulk and not (at >> pt._shifts[depth]) & (per - 1) and (
+                        count - done) * step >= per:
+                    k = self._map_new_tables(at, oa + done * pgsize, pgsize, attrs, depth,
+                                             (count - done) * step // per)
+                    if k:
+                        done += k * per // step
+                        continue
                 table = self._descend(at, depth)
                 idx = (at >> pt._shifts[depth]) & pt._masks[depth]
                 n = min(count - done, (per - (idx & (per - 1))) // step)
@@ -241,6 +251,27 @@ class PtIommu(Generic[G]):
             err.mapped = (done + start) * pgsize
             raise
         return done * pgsize
+
+    def _map_new_tables(self, va: int, oa: int, pgsize: int, attrs: int, depth: int,
+                        ntables: int) -> int:
+        """Model-only bulk of ``__map_range`` steps that each install a new leaf table
+        and fill all of it: up to ``ntables`` of them under the upper table of ``va``,
+        allocated together and filled in one vector step
+        (:meth:`~.walker.IoPgtable._new_tables_at`); returns the tables mapped (0: the
+        per-table path does it). The descent above is :meth:`_descend`'s."""
+        pt = self.pgtbl
+        up = depth - 1
+        parent = self._descend(va, up)
+        j = (va >> pt._shifts[up]) & pt._masks[up]
+        got = pt._new_tables_at(parent[j:min(j + ntables, pt._levels[up].entries)])
+        if got is None:
+            return 0
+        pas, rows = got
+        fmt = pt.format
+        fmt.fill_leaf_rows(rows, attrs, depth, oa, pgsize)
+        parent[j:j + len(pas)] = np.array([fmt.make_table(pa, up) for pa in pas],
+                                          dtype=np.uint64)
+        return len(pas)
 
     def _descend(self, va: int, target: int) -> U64Array:
         """``__map_range`` above the leaves: the table at depth ``target`` for ``va``,

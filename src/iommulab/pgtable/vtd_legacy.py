@@ -168,6 +168,13 @@ def domain_mapping(pt: IoPgtable, iov_pfn: int, phys_pfn: int, nr_pages: int, pr
             return
     while nr_pages > 0:
         lvl = hardware_largepage_caps(superpage, iov_pfn, phys_pfn, nr_pages)
+        if lvl == 1 and not iov_pfn & 511 and nr_pages >= 512 and pt.bulk_passes:
+            k = _map_new_tables(pt, iov_pfn, phys_pfn, nr_pages >> _STRIDE, attr)
+            if k:
+                iov_pfn += k << _STRIDE
+                phys_pfn += k << _STRIDE
+                nr_pages -= k << _STRIDE
+                continue
         where = pfn_to_dma_pte(pt, iov_pfn, lvl)
         assert where is not None  # the last pfn was checked above
         table, idx, lvl = where
@@ -183,6 +190,31 @@ def domain_mapping(pt: IoPgtable, iov_pfn: int, phys_pfn: int, nr_pages: int, pr
         iov_pfn += n * lvl_pages
         phys_pfn += n * lvl_pages
         nr_pages -= n * lvl_pages
+
+
+def _map_new_tables(pt: IoPgtable, iov_pfn: int, phys_pfn: int, ntables: int, attr: int
+                    ) -> int:
+    """Model-only bulk of ``__domain_mapping`` steps that each find an empty level-2
+    entry, allocate a last-level table under it (``pfn_to_dma_pte``) and fill all
+    512 entries: the leading empty entries of the level-2 table, up to ``ntables``,
+    get tables from one allocation filled in one vector step. Returns the tables
+    mapped (0: the per-table loop does it). The walk above level 2 is
+    ``pfn_to_dma_pte``'s, allocating where it would."""
+    where = pfn_to_dma_pte(pt, iov_pfn, 2)
+    if where is None or where.level != 2:
+        return 0
+    parent, j = where.table, where.idx
+    got = pt._new_tables_at(parent[j:min(j + ntables, 512)])
+    if got is None:
+        return 0
+    pas, rows = got
+    k = len(pas)
+    starts = np.arange(k, dtype=np.uint64) * np.uint64(512 << 12)
+    starts += np.uint64((phys_pfn << 12) | attr)
+    np.add(np.arange(512, dtype=np.uint64)[None, :] * np.uint64(1 << 12), starts[:, None],
+           out=rows)
+    parent[j:j + k] = np.array(pas, dtype=np.uint64) | np.uint64(_PRESENT)
+    return k
 
 
 def _write_leaves(pt: IoPgtable, run: U64Array, first: int, lvl_pages: int) -> None:

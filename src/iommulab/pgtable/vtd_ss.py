@@ -171,6 +171,15 @@ class VtdSsFormat:
         np.add(self._steps[depth][:len(out)], np.uint64(attrs | self._leaf_type[depth] | pa),
                out=out)
 
+    def fill_leaf_rows(self, rows: U64Array, attrs: int, depth: int, pa: int, size: int
+                       ) -> None:
+        """:meth:`fill_leaves` of whole tables, one per row, in one vector step (model-only
+        bulk of ``__domain_mapping`` over consecutive tables)."""
+        k, n = rows.shape
+        starts = np.arange(k, dtype=np.uint64) * np.uint64(n * size)
+        starts += np.uint64(attrs | self._leaf_type[depth] | pa)
+        np.add(self._steps[depth][:n][None, :], starts[:, None], out=rows)
+
     def make_tables(self, table_pas: U64Array) -> U64Array:
         return cast(U64Array, table_pas | np.uint64(_PRESENT))
 

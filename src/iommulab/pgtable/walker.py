@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, OutOfRange
+from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, KernelError, OutOfRange
 from ..kernel import LINUX_7_0
 from ..mem import PhysMem
 from ..prot import Prot
@@ -30,6 +30,11 @@ from .format import LEAF, TABLE, BoolArray, PtFormat, SplitBlkUnmap, U64Array
 from .reshape import StepHook, merge_pages, split_blocks
 
 __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "PgtableStats"]
+
+#: Lab switch: new tables' default for :attr:`IoPgtable.bulk_passes` (False: every
+#: operation takes the per-table-page path, the reference the bulk passes are tested
+#: against).
+BULK_PASSES = True
 
 #: ``IOMMU_DIRTY_NO_CLEAR``: read dirty bits without clearing them.
 IOMMU_DIRTY_NO_CLEAR = 1 << 0
@@ -74,6 +79,18 @@ class _DirtyWalk:
     dirty: DirtyRecorder
 
 
+def _merge_runs(s: U64Array, o: U64Array, n: U64Array) -> tuple[U64Array, U64Array, U64Array]:
+    """Runs ``(start, oa, length)`` sorted by start, merged while both addresses
+    continue. O(len) vector steps."""
+    if len(s) < 2:
+        return s, o, n
+    brk = np.flatnonzero((s[1:] != s[:-1] + n[:-1]) | (o[1:] != o[:-1] + n[:-1])) + 1
+    first = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [len(s)]))
+    csum = np.concatenate((np.zeros(1, dtype=np.uint64), np.cumsum(n, dtype=np.uint64)))
+    return s[first], o[first], cast(U64Array, csum[ends] - csum[first])
+
+
 class IoPgtable:
     """``struct io_pgtable`` with its ``io_pgtable_ops``; see alloc_io_pgtable_ops."""
 
@@ -89,10 +106,16 @@ class IoPgtable:
         self._no_warn = bool(cfg.quirks & Quirk.NO_WARN)
         self._warned_once: set[str] = set()
         self._freed = False
+        #: Lab: whole table pages in one vector step (map runs, dirty scans); the
+        #: results are the per-table-page code's, which False forces.
+        self.bulk_passes = BULK_PASSES
         # Lab memo: last-level tables by iova >> (shift of the level above). A
         # path of tables only changes when a table is freed, which clears it;
         # single-page maps, unmaps and lookups then skip the upper levels.
         self._leaf_tables: dict[int, U64Array] = {}
+        # Lab: tables allocated together, by the key of the first: (their entries as
+        # the rows of one array, their keys). Entries go when the first table is freed.
+        self._blocks: dict[int, tuple[U64Array, U64Array]] = {}
         self._set_format(pt)
         self.pgd_pa, self._pgd = self._alloc_table(pt.levels[0].table_bytes)
 
@@ -147,8 +170,11 @@ class IoPgtable:
         size = self.format.granule
         pas, rows = self.mem.alloc_iommu_pages_bulk(size, count)
         tables = self._tables
-        for key, row in zip(self._keys(pas), rows, strict=True):
+        keys = self._keys(pas)
+        for key, row in zip(keys, rows, strict=True):
             tables[key] = row
+        if count > 1:  # lab: scans of these tables can work on ``rows`` in place
+            self._blocks[keys[0]] = rows, np.array(keys, dtype=np.uint64)
         self.stats.tables_allocated += count
         self.stats.table_bytes += rows.nbytes
         if not self.cfg.coherent_walk:
@@ -163,15 +189,19 @@ class IoPgtable:
         self._leaf_tables.clear()
         tables = self._tables
         freed = 0
+        blocks = self._blocks
         for key in self._keys(pas):
             freed += tables.pop(key).nbytes
+            blocks.pop(key, None)
         self.mem.free_iommu_pages_bulk(pas)
         self.stats.tables_freed += len(pas)
         self.stats.table_bytes -= freed
 
     def _free_table_pages(self, pa: int) -> None:
         self._leaf_tables.clear()
-        table = self._tables.pop(self._key(pa))
+        key = self._key(pa)
+        table = self._tables.pop(key)
+        self._blocks.pop(key, None)
         self.mem.free_iommu_pages(pa)
         self.stats.tables_freed += 1
         self.stats.table_bytes -= table.nbytes
@@ -222,11 +252,14 @@ class IoPgtable:
         """``arm_lpae_map_pages``: map up to ``pgcount`` pages; returns bytes mapped.
 
         Stops at the end of the table page holding the first entry, like the
-        kernel; the caller loops. Errors: EINVAL (pgsize not in the bitmap, no
-        READ/WRITE), ERANGE (iova or paddr out of range), EEXIST (a leaf is in
-        the way), ENOMEM (no table memory); the exception's ``mapped`` is the
-        bytes mapped before the failure. ``gfp`` is accepted as in the kernel
-        and has no effect (the model has no allocation contexts). O(levels + pgcount).
+        kernel; the caller loops. Model-only: with :attr:`bulk_passes` a run of
+        last-level pages that goes past that end is mapped whole (:meth:`_map_run`),
+        as the caller's loop would over several calls, and the whole run is returned.
+        Errors: EINVAL (pgsize not in the bitmap, no READ/WRITE), ERANGE (iova or
+        paddr out of range), EEXIST (a leaf is in the way), ENOMEM (no table memory);
+        the exception's ``mapped`` is the bytes mapped before the failure. ``gfp`` is
+        accepted as in the kernel and has no effect (the model has no allocation
+        contexts). O(levels + pgcount).
         """
         if self._freed:
             raise self._use_after_free()
@@ -247,11 +280,15 @@ class IoPgtable:
             attrs = self._attrs[prot] = pt.prot_to_attrs(int(prot))
 
         depth = self._depth_of.get(pgsize, -1)
+        per = self._per
+        if depth == self._last and self.bulk_passes and depth and (
+                pgcount > per - ((iova >> self._shifts[depth]) & (per - 1))):
+            self.stats.map_pages -= 1  # each table page's step below counts itself
+            return self._map_run(iova, paddr, pgsize, pgcount, prot, attrs)
         table = self._leaf_tables.get(iova >> self._above_last) if depth == self._last else None
         if table is None:
             table = self._map_descend(iova, pgsize, depth)
         idx = (iova >> self._shifts[depth]) & self._masks[depth]
-        per = self._per
         n = per - (idx & (per - 1))  # arm_lpae_max_entries
         if pgcount < n:
             n = pgcount
@@ -265,6 +302,80 @@ class IoPgtable:
         if not cfg.coherent_walk:
             self._sync(8 * n)
         return n * pgsize
+
+    def _map_run(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int,
+                 attrs: int) -> int:
+        """Model-only: the core's ``__iommu_map`` loop of ``arm_lpae_map_pages`` calls over
+        a run of last-level pages that crosses table pages, finished here.
+
+        The kernel maps one table page per call and the core calls again; here whole
+        new table pages go ``k`` at a time through :meth:`_map_full_tables` and the
+        others (head, tail, tables that exist, an IOVA out of range) through
+        :meth:`map_pages` one table page at a time. Tables, entries, allocations (order
+        and fail-nth points) and counters (``stats.map_pages`` once per table page) are
+        those of the calls; the return is the whole run, and an error's ``mapped``
+        counts the earlier table pages too.
+        O(tables / 512 + pgcount / vector width).
+        """
+        per, shift = self._per, self._shifts[self._last]
+        done = 0
+        try:
+            while done < pgcount:
+                va, pa, left = iova + done * pgsize, paddr + done * pgsize, pgcount - done
+                if not (va >> shift) & (per - 1) and left >= per and (
+                        va >> self.format.ia_shift == self.format.ia_ext):  # else ERANGE below
+                    self.stats.map_pages += 1  # a failing descent was a call too
+                    k = self._map_full_tables(va, pa, pgsize, left // per, attrs)
+                    self.stats.map_pages += k - 1
+                    if k:
+                        done += k * per
+                        continue
+                n = per - ((va >> shift) & (per - 1))
+                done += self.map_pages(va, pa, pgsize, min(n, left), prot) // pgsize
+        except KernelError as err:
+            err.mapped += done * pgsize
+            raise
+        return done * pgsize
+
+    def _map_full_tables(self, iova: int, paddr: int, pgsize: int, ntables: int,
+                         attrs: int) -> int:
+        """Model-only bulk of ``__arm_lpae_map`` calls that each find an empty entry at
+        the level above the leaves, allocate a table there and fill all of it: up to
+        ``ntables`` of them, stopping at the end of the upper table or at an entry in
+        use. Tables come from one bulk allocation as the rows of one array, filled by
+        :meth:`~.format.PtFormat.fill_leaf_rows` in one vector step. Returns the tables
+        mapped; 0 when the per-call path must do it (non-coherent walker, whose syncs
+        are counted per call; an armed fail-nth; too few free frames; no empty entry).
+        The descent above is ``__arm_lpae_map``'s (it may allocate, or raise EEXIST).
+        """
+        if not self.cfg.coherent_walk:
+            return 0
+        up = self._last - 1
+        parent = self._map_descend(iova, pgsize, up)
+        j = (iova >> self._shifts[up]) & self._masks[up]
+        got = self._new_tables_at(parent[j:min(j + ntables, self._levels[up].entries)])
+        if got is None:
+            return 0
+        pas, rows = got
+        pt = self.format
+        pt.fill_leaf_rows(rows, attrs, self._last, paddr, pgsize)
+        parent[j:j + len(pas)] = np.array([pt.make_table(pa, up) for pa in pas],
+                                          dtype=np.uint64)
+        return len(pas)
+
+    def _new_tables_at(self, slots: U64Array) -> tuple[list[int], U64Array] | None:
+        """Model-only, for the bulk maps of each table code (this walker, VT-d's
+        ``__domain_mapping``, generic_pt's ``__map_range``): granule tables for the
+        leading empty entries of ``slots``, from one bulk allocation, as the rows of
+        one array (the caller fills them and points the entries at them). None where
+        the one-table-at-a-time path must run: no empty entry, an armed fail-nth (whose
+        failure must land between tables), or fewer free frames than tables."""
+        used = np.flatnonzero(slots)
+        k = int(used[0]) if len(used) else len(slots)
+        mem = self.mem
+        if not k or mem.fail_nth.armed or mem.frames.free_frames < k:
+            return None
+        return self._alloc_tables(k)
 
     def _map_descend(self, iova: int, pgsize: int, target: int) -> U64Array:
         """``__arm_lpae_map`` above the leaf level: the table at depth ``target``.
@@ -375,6 +486,8 @@ class IoPgtable:
             next_table = tables.get(pte & key_mask)
             table = next_table if next_table is not None else self._deref(pte)
             depth += 1
+            if depth == self._last:  # lab memo, as the map descent and iova_to_phys
+                self._leaf_tables[iova >> self._above_last] = table
 
         per = self._per
         n = per - (idx & (per - 1))  # arm_lpae_max_entries
@@ -435,6 +548,8 @@ class IoPgtable:
             next_table = tables.get(pte & key_mask)
             table = next_table if next_table is not None else self._deref(pte)
             depth += 1
+            if depth == self._last:  # lab memo: bulk maps leave it empty
+                self._leaf_tables[iova >> self._above_last] = table
 
     def pgtable_walk(self, iova: int) -> list[int]:
         """``arm_lpae_pgtable_walk``: the descriptor read at each level, top first.
@@ -497,8 +612,10 @@ class IoPgtable:
         stops = np.flatnonzero(~pt.leaf_mask(seg, depth)).tolist()  # tables and holes
         stops.append(len(seg))
         clear = not w.flags & IOMMU_DIRTY_NO_CLEAR
-        pos = 0
-        for stop in stops:
+        bulk = self.bulk_passes and depth == self._last - 1
+        pos = si = 0
+        while True:
+            stop = stops[si]
             if stop > pos:
                 n = min(stop - pos, -(-(w.end - w.addr) // size))
                 run = seg[pos:pos + n]
@@ -517,10 +634,82 @@ class IoPgtable:
                 if self.cfg.kernel < LINUX_7_0:  # 6.12: WARN_ON(!iopte_table(pte, lvl))
                     self._warn("read_and_clear_dirty: hole")
                 raise InvalidArgument(f"read_and_clear_dirty: hole at iova {w.addr:#x}")
-            self._walk_dirty(self._deref(pte), depth + 1, w)
+            m = self._dirty_tables(seg, stop, depth, w, clear) if bulk else 0
+            if not m:
+                self._walk_dirty(self._deref(pte), depth + 1, w)
+                m = 1
             if w.addr >= w.end:
                 return
-            pos = stop + 1
+            pos = stop + m
+            si += m  # the m entries were consecutive tables, each one of the stops
+
+    def _dirty_tables(self, seg: U64Array, stop: int, depth: int, w: _DirtyWalk,
+                      clear: bool) -> int:
+        """Model-only bulk of ``__arm_lpae_iopte_walk``'s descent into the consecutive
+        tables at ``seg[stop:]`` (depth ``depth``, the level above the leaves) that the
+        walk covers whole and that hold only leaves: their entries, as the rows of one
+        2-D array (the rows of their bulk allocation, in place, when they are that in
+        order; else gathered copies, written back where cleared), get
+        ``visit_dirty``'s test (``iopte_writeable_dirty``) and clear
+        (``iopte_set_writeable_clean``) once, and the dirty leaves go to one
+        ``record_run`` (the same records and gather widening as one per table).
+        Stops before the first table with a hole or that the walk covers in part (the
+        per-table walk then does it, raising where the kernel does); returns the tables
+        done. O(tables) Python steps of a dict look-up, the rest vector work.
+        """
+        size = self._sizes[depth]
+        if w.addr & (size - 1):  # a walk cursor inside a block (started mid-leaf)
+            return 0
+        limit = min(len(seg) - stop, (w.end - w.addr) // size)
+        if limit <= 0:
+            return 0
+        pt = self.format
+        tabs = pt.table_mask(seg[stop:stop + limit], depth)
+        count = limit if tabs.all() else int(np.argmin(tabs))
+        if not count:
+            return 0
+        last = depth + 1
+        entries = self._levels[last].entries
+        rows, m = self._rows_in_place(seg[stop:stop + count], entries)
+        tables: list[U64Array] | None = None
+        if not m:  # not one bulk allocation's rows in order: gather copies
+            m = count
+            tables = [self._deref(pte) for pte in seg[stop:stop + m].tolist()]
+            rows = np.stack([t[:entries] for t in tables])
+        full = pt.leaf_mask(rows, last).all(axis=1)
+        if not full.all():
+            m = int(np.argmin(full))
+            if not m:
+                return 0
+            rows = rows[:m]
+        hit = pt.write_dirty_mask(rows)
+        if hit.any():
+            w.dirty.record_run(w.addr, self._sizes[last], hit.reshape(-1))
+            if clear:
+                pt.make_write_clean(rows, hit)
+                if tables is not None:  # write the gathered copies back
+                    for i in np.flatnonzero(hit.any(axis=1)).tolist():
+                        tables[i][:entries] = rows[i]
+        w.addr += m * size
+        return m
+
+    def _rows_in_place(self, ptes: U64Array, entries: int) -> tuple[U64Array, int]:
+        """Lab: the tables ``ptes`` point at, from the first, as a view of the rows of
+        the one bulk allocation (:meth:`_alloc_tables`) they are consecutive rows of,
+        and how many; ``(empty, 0)`` when the first is not such a row. A table freed
+        and allocated again is another array's row, which the base check sees."""
+        blk = self._blocks.get(ptes.item(0) & self._key_mask)
+        if blk is None:
+            return ptes[:0], 0
+        rows, keys = blk
+        n = min(len(ptes), len(keys))
+        owner = rows.base if rows.base is not None else rows
+        tables = self._tables
+        if not np.array_equal(keys[:n], ptes[:n] & np.uint64(self._key_mask)) or any(
+                (t := tables.get(k)) is None or t.base is not owner
+                for k in keys[:n].tolist()):
+            return ptes[:0], 0
+        return rows[:n, :entries], n
 
     # -- lab: split and merge ------------------------------------------------------------------
     def split_blocks(self, iova: int, size: int, granule: int | None = None, *,
@@ -598,55 +787,59 @@ class IoPgtable:
     def leaf_runs(self, iova: int, size: int) -> list[tuple[int, int, int]]:
         """``(iova, pa, length)`` of the mapped parts of ``[iova, iova + size)``, leaves
         merged while both addresses continue: what probing ``iova_to_phys`` page by page
-        finds (``vfio_unmap_unpin``), computed per table page instead of per page.
+        finds (``vfio_unmap_unpin``), computed a level at a time instead of per page.
 
-        ``iova`` and ``size`` are in the smallest page size. O(tables touched).
+        ``iova`` and ``size`` are in the smallest page size. Each level's tables that
+        the range reaches are taken as the rows of one array: O(levels) vector steps
+        over the entries of the tables touched, plus a dict look-up per table.
         """
         end = iova + size
+        if size <= 0:
+            return []
         starts: list[U64Array] = []
         oas: list[U64Array] = []
         lens: list[U64Array] = []
         pt = self.format
         contig = pt.contig_leaves
-
-        def visit(table: U64Array, depth: int, base: int) -> None:
-            level = self._levels[depth]
-            bs = level.block_size
-            lo = max(iova, base)
-            hi = min(end, base + level.entries * bs)
-            first, last = (lo - base) // bs, (hi - 1 - base) // bs
-            entries = table[first:last + 1]
-            leaves = pt.leaf_mask(entries, depth)
-            idx = np.flatnonzero(leaves)
-            if len(idx):
-                blk = np.uint64(base) + (idx + first).astype(np.uint64) * np.uint64(bs)
-                oa = pt.leaf_oas(entries[idx])
+        lo, hi = np.uint64(iova), np.uint64(end)
+        bases = np.zeros(1, dtype=np.uint64)
+        tables = [self._pgd]
+        for depth, level in enumerate(self._levels):
+            bs = np.uint64(level.block_size)
+            n = level.entries
+            rows = tables[0][None, :n] if len(tables) == 1 else np.stack(
+                [t[:n] for t in tables])
+            at = bases[:, None] + np.arange(n, dtype=np.uint64)[None, :] * bs
+            live = (at < hi) & (at + bs > lo) & (rows != 0)
+            leaves = live & pt.leaf_mask(rows, depth)
+            if leaves.any():
+                blk = at[leaves]
+                ptes = rows[leaves]
+                oa = pt.leaf_oas(ptes)
                 if contig is not None:  # the item's own OA inside its contiguous leaf
-                    lg2 = contig.contig_lg2s(entries[idx], depth)
-                    into = (idx + first).astype(np.uint64) & ((np.uint64(1) << lg2)
-                                                              - np.uint64(1))
-                    oa = cast(U64Array, oa + into * np.uint64(bs))
-                # clip blocks that stick out of the range (a run never starts mid-leaf)
-                head = np.maximum(blk, np.uint64(iova)) - blk
-                tail = np.minimum(blk + np.uint64(bs), np.uint64(end))
-                starts.append(blk + head)
-                oas.append(oa + head)
-                lens.append(tail - blk - head)
-            for i in np.flatnonzero(pt.table_mask(entries, depth)).tolist():
-                visit(self._deref(int(entries[i])), depth + 1, base + (first + i) * bs)
-
-        if size > 0:
-            visit(self._pgd, 0, 0)
+                    lg2 = contig.contig_lg2s(ptes, depth)
+                    idx = np.nonzero(leaves)[1].astype(np.uint64)
+                    oa = cast(U64Array, oa + (idx & ((np.uint64(1) << lg2) - np.uint64(1)))
+                              * bs)
+                head = np.maximum(blk, lo) - blk  # clip leaves sticking out of the range
+                tail = np.minimum(blk + bs, hi)
+                # row-major order is IOVA order here: merge this level's runs now
+                run = _merge_runs(blk + head, oa + head, tail - blk - head)
+                starts.append(run[0])
+                oas.append(run[1])
+                lens.append(run[2])
+            subs = live & pt.table_mask(rows, depth) if depth != self._last else None
+            if subs is None or not subs.any():
+                break
+            bases = at[subs]
+            deref = self._deref
+            tables = [deref(pte) for pte in rows[subs].tolist()]
         if not starts:
             return []
-        s, o, n = (np.concatenate(a) for a in (starts, oas, lens))
+        s, o, n_ = (np.concatenate(a) for a in (starts, oas, lens))
         order = np.argsort(s, kind="stable")
-        s, o, n = s[order], o[order], n[order]
-        brk = np.flatnonzero((s[1:] != s[:-1] + n[:-1]) | (o[1:] != o[:-1] + n[:-1])) + 1
-        bounds = np.concatenate(([0], brk, [len(s)]))
-        csum = np.concatenate(([0], np.cumsum(n, dtype=np.uint64)))
-        return [(int(s[a]), int(o[a]), int(csum[b] - csum[a]))
-                for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+        s, o, n_ = _merge_runs(s[order], o[order], n_[order])
+        return list(zip(s.tolist(), o.tolist(), n_.tolist(), strict=True))
 
     def _iter_tables(self) -> list[tuple[int, U64Array]]:
         out: list[tuple[int, U64Array]] = []
