@@ -74,7 +74,7 @@ def _core_map(ops: IoPgtable, iova: int, pa: int, pgsize: int, count: int) -> tu
     done = 0
     try:
         while done < count * pgsize:
-            done += ops.map_pages(iova + done, pa + done, pgsize, count - done // pgsize, RW)
+            done += ops.map_pages_run(iova + done, pa + done, pgsize, count - done // pgsize, RW)
     except KernelError as err:
         return done + err.mapped, (type(err), str(err))
     return done, None

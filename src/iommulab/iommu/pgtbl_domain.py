@@ -63,7 +63,7 @@ class PgtblDomainOps:
 
     def map_pages(self, domain: IommuDomain, iova: int, paddr: int, pgsize: int, pgcount: int,
                   prot: int, gfp: int) -> int:
-        return self.pgtbl.map_pages(iova, paddr, pgsize, pgcount, prot, gfp)
+        return self.pgtbl.map_pages_run(iova, paddr, pgsize, pgcount, prot, gfp)
 
     def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
                     gather: IommuIotlbGather) -> int:

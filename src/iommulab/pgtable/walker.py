@@ -252,15 +252,28 @@ class IoPgtable:
         """``arm_lpae_map_pages``: map up to ``pgcount`` pages; returns bytes mapped.
 
         Stops at the end of the table page holding the first entry, like the
-        kernel; the caller loops. Model-only: with :attr:`bulk_passes` a run of
-        last-level pages that goes past that end is mapped whole (:meth:`_map_run`),
-        as the caller's loop would over several calls, and the whole run is returned.
-        Errors: EINVAL (pgsize not in the bitmap, no READ/WRITE), ERANGE (iova or
+        kernel; the caller loops (:meth:`map_pages_run` is that loop done in one
+        call). Errors: EINVAL (pgsize not in the bitmap, no READ/WRITE), ERANGE (iova or
         paddr out of range), EEXIST (a leaf is in the way), ENOMEM (no table memory);
         the exception's ``mapped`` is the bytes mapped before the failure. ``gfp`` is
         accepted as in the kernel and has no effect (the model has no allocation
         contexts). O(levels + pgcount).
         """
+        return self._map(iova, paddr, pgsize, pgcount, prot, run=False)
+
+    def map_pages_run(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int,
+                      gfp: int = 0) -> int:
+        """Model-only: the core's ``__iommu_map`` loop over :meth:`map_pages` calls, done in
+        one call where :attr:`bulk_passes` lets a run of last-level pages that crosses
+        table pages go through :meth:`_map_run`; otherwise one :meth:`map_pages` call.
+
+        Returns the bytes mapped (the whole run when the bulk path took it); errors and
+        the exception's ``mapped`` are those of the calls the loop would make.
+        """
+        return self._map(iova, paddr, pgsize, pgcount, prot, run=True)
+
+    def _map(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int, *,
+             run: bool) -> int:
         if self._freed:
             raise self._use_after_free()
         cfg, pt = self.cfg, self.format
@@ -281,7 +294,7 @@ class IoPgtable:
 
         depth = self._depth_of.get(pgsize, -1)
         per = self._per
-        if depth == self._last and self.bulk_passes and depth and (
+        if run and depth == self._last and self.bulk_passes and depth and (
                 pgcount > per - ((iova >> self._shifts[depth]) & (per - 1))):
             self.stats.map_pages -= 1  # each table page's step below counts itself
             return self._map_run(iova, paddr, pgsize, pgcount, prot, attrs)
