@@ -118,6 +118,7 @@ def single_fast_for(domain: IommuDomain) -> SingleFast | None:
     cls = type(ops)
     if cls.map_pages is not PgtblDomainOps.map_pages \
             or cls.unmap_pages is not PgtblDomainOps.unmap_pages \
+            or cls.iova_to_phys is not PgtblDomainOps.iova_to_phys \
             or ops.iotlb_sync_map is not None:
         return None
     tlb = pg.cfg.tlb

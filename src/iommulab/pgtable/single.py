@@ -11,7 +11,7 @@ path writes the same entry and counts the same statistics.
 
 from __future__ import annotations
 
-from .arm_lpae import ArmLpaeFormat
+from .arm_lpae import ADDR_MASK, ArmLpaeFormat
 from .format import LEAF
 from .walker import IoPgtable
 
@@ -25,9 +25,28 @@ class SinglePage:
     ``replace_root`` swaps the format: the path then declines until rebuilt).
     """
 
-    __slots__ = ("_above", "_attrs", "_base", "_fmt", "_ia_ext", "_ia_shift", "_idx_mask",
-                 "_idx_shift", "_kind_mask", "_leaf_kind", "_leaf_tables", "_leaf_type",
-                 "_leaf_value", "_linear", "_oas", "_stats", "pgsize", "pgtbl")
+    __slots__ = (
+        "_above",
+        "_attrs",
+        "_base",
+        "_fmt",
+        "_ia_ext",
+        "_ia_shift",
+        "_idx_mask",
+        "_idx_shift",
+        "_kind_mask",
+        "_leaf_kind",
+        "_leaf_oa",
+        "_leaf_tables",
+        "_leaf_type",
+        "_leaf_value",
+        "_linear",
+        "_oa_mask",
+        "_oas",
+        "_stats",
+        "pgsize",
+        "pgtbl",
+    )
 
     def __init__(self, pgtbl: IoPgtable) -> None:
         pt = pgtbl.format
@@ -48,6 +67,9 @@ class SinglePage:
         # ARM LPAE with OAs below 2^48: paddr_to_iopte(pa) is pa itself (its bits 47:12)
         self._linear = isinstance(pt, ArmLpaeFormat) and pgtbl.cfg.oas <= 48
         self._leaf_value = pt.leaf_value
+        self._leaf_oa = pt.leaf_oa
+        # ARM LPAE: a leaf's OA is 0 exactly when its address bits (47:12) are
+        self._oa_mask = ADDR_MASK if isinstance(pt, ArmLpaeFormat) else 0
         self._leaf_type = pt.leaf_value(0, last, 0)
         self._base: dict[int, int] = {}  # attrs | leaf type, by prot
 
@@ -98,6 +120,25 @@ class SinglePage:
         pte = table.item(idx)
         if not pte or self._leaf_kind[pte & self._kind_mask] != LEAF:
             return False  # the walker warns, or unmaps a table under the entry
+        self._stats.unmap_pages += 1
+        table[idx] = 0
+        return True
+
+    def unmap_one_mapped(self, iova: int, off: int) -> bool:
+        """:meth:`unmap_one` of the page at ``iova`` when ``arm_lpae_iova_to_phys(iova +
+        off)`` is non-zero (dma-iommu's double-unmap check, ``off`` inside the page);
+        False (nothing done) otherwise. O(1)."""
+        pg = self.pgtbl
+        table = self._leaf_tables.get(iova >> self._above)
+        if table is None or pg._freed or pg.format is not self._fmt \
+                or iova >> self._ia_shift != self._ia_ext:
+            return False
+        idx = (iova >> self._idx_shift) & self._idx_mask
+        pte = table.item(idx)
+        if not pte or self._leaf_kind[pte & self._kind_mask] != LEAF:
+            return False
+        if not off and not (pte & self._oa_mask if self._oa_mask else self._leaf_oa(pte)):
+            return False  # iova_to_phys gives 0: the caller's WARN path
         self._stats.unmap_pages += 1
         table[idx] = 0
         return True
