@@ -165,3 +165,16 @@ def test_fail_nth_sweep_same_with_and_without() -> None:
         assert a[1] == 12  # ENOMEM
         nth += 1
     assert nth > 1
+
+
+def test_changed_page_sizes_turn_the_fast_path_off() -> None:
+    """A domain whose pgsize_bitmap no longer has 4K refuses a 4K map as iommu_map does."""
+    fast, slow = _pair(IoPgtableFmt.ARM_64_LPAE_S1, SZ_4K | SZ_2M | SZ_1G)
+    for d in (fast, slow):
+        d.map(BASE, 0x1000_0000, SZ_4K, RW)
+        d.unmap(BASE, SZ_4K)
+        d.pgsize_bitmap = SZ_2M | SZ_1G
+    op = ("map", BASE + 0x1000, 0x1000_1000, SZ_4K, RW, False, 0)
+    a, b = _call(fast, op), _call(slow, op)
+    assert a == b and a[1] == 22  # EINVAL: unaligned to the smallest page
+    assert _state(fast) == _state(slow)

@@ -279,10 +279,11 @@ class _Single:
     """Lab: the per-IOVA-domain constants the single-granule paths read (model-only),
     kept on the cookie and rebuilt when its IOVA domain changes."""
 
-    __slots__ = ("cpu0", "granule", "iovad", "online", "shift")
+    __slots__ = ("cpu0", "fail", "granule", "iovad", "online", "shift")
 
     def __init__(self, iovad: IovaDomain) -> None:
         self.iovad = iovad
+        self.fail = iovad.fail_nth
         self.granule = iovad.granule
         self.shift = iovad.shift
         self.online = iovad.rcaches.online
@@ -321,8 +322,7 @@ def map_phys_single(dev: DmaDevice, phys: int, size: int, dir: DmaDirection,
             granule = one.pgsize
             off = phys & (granule - 1)
             if s is not None and 0 < size <= granule - off and s.granule == granule:
-                iovad = s.iovad
-                fail = iovad.fail_nth
+                fail = s.fail
                 if fail is None or not (fail._remaining or fail.log is not None):
                     # iommu_dma_alloc_iova
                     dma_limit = dev.dma_mask
@@ -341,9 +341,11 @@ def map_phys_single(dev: DmaDevice, phys: int, size: int, dir: DmaDirection,
                         mag = s.cpu0[cpu].loaded
                         if mag and mag[-1] <= dma_limit >> s.shift:
                             iova = mag.pop() << s.shift
-                            iovad.stats.rcache_hits += 1
+                            s.iovad.stats.rcache_hits += 1
                             paddr = phys - off
-                            if domain.ops is not one.ops or (iova | paddr) & one.mask or \
+                            if domain.ops is not one.ops or \
+                                    domain.pgsize_bitmap != one.bitmap or \
+                                    (iova | paddr) & one.mask or \
                                     not one.sp.map_one(iova, paddr, prot):
                                 try:
                                     domain.map(iova, paddr, granule, prot)
@@ -376,8 +378,9 @@ def unmap_phys_single(dev: DmaDevice, handle: int, size: int, dir: DmaDirection,
             off = handle & (granule - 1)
             iova = handle - off
             if s is not None and 0 < size <= granule - off and s.granule == granule and \
-                    domain.ops is one.ops and not iova & one.mask:
-                fail = s.iovad.fail_nth
+                    domain.ops is one.ops and domain.pgsize_bitmap == one.bitmap and \
+                    not iova & one.mask:
+                fail = s.fail
                 if (fail is None or not (fail._remaining or fail.log is not None)) and \
                         one.sp.unmap_one_mapped(iova, off):
                     pfn = iova >> s.shift

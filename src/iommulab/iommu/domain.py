@@ -97,16 +97,18 @@ class SingleFast:
     without the layered calls, fixed when :meth:`IommuDomain.enable_single_fast` found
     the domain's driver to be the plain io-pgtable one it flattens.
 
-    ``ops`` is the driver ops the path was checked against (another object in
-    ``domain.ops``, e.g. a test's recording wrapper, turns the path off);
+    ``ops`` and ``bitmap`` are the driver ops and page sizes the path was checked
+    against (another object in ``domain.ops``, e.g. a test's recording wrapper, or
+    other page sizes turn the path off; ``iotlb_sync_map`` was None then);
     ``count_sync`` says the driver's ``iotlb_sync`` only counts (PgtblDomainOps'),
     so it is done inline; ``mask`` is ``pgsize - 1``.
     """
 
-    __slots__ = ("count_sync", "mask", "ops", "pgsize", "sp")
+    __slots__ = ("bitmap", "count_sync", "mask", "ops", "pgsize", "sp")
 
-    def __init__(self, sp: SinglePage, ops: DomainOps, count_sync: bool) -> None:
+    def __init__(self, sp: SinglePage, ops: DomainOps, count_sync: bool, bitmap: int) -> None:
         self.sp = sp
+        self.bitmap = bitmap
         self.ops = ops
         self.pgsize = sp.pgsize
         self.mask = sp.pgsize - 1
@@ -214,6 +216,7 @@ class IommuDomain:
         """
         one = self._one
         if one is not None and size == one.pgsize and self.ops is one.ops \
+                and self.pgsize_bitmap == one.bitmap \
                 and not (iova | paddr) & one.mask and one.sp.map_one(iova, paddr, prot):
             return  # the layered path below, to the same entry and counters
         self.map_nosync(iova, paddr, size, prot, gfp)
@@ -311,6 +314,7 @@ class IommuDomain:
         One smallest page takes the flattened path when it is on (enable_single_fast)."""
         one = self._one
         if one is not None and size == one.pgsize and self.ops is one.ops \
+                and self.pgsize_bitmap == one.bitmap \
                 and not iova & one.mask and one.sp.unmap_one(iova):
             # what the layered path does after clearing the entry: the driver's
             # tlb_add_page into a fresh gather (io_pgtable_tlb_add_page), then
@@ -333,6 +337,7 @@ class IommuDomain:
         (a generic_pt domain's ``unmap_range`` takes the whole range)."""
         one = self._one
         if one is not None and size == one.pgsize and self.ops is one.ops \
+                and self.pgsize_bitmap == one.bitmap \
                 and not iova & one.mask and one.sp.unmap_one(iova):
             if not gather.queued:  # as io-pgtable does after clearing the entry
                 tlb = one.sp.pgtbl.cfg.tlb

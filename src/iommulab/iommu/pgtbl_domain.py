@@ -127,4 +127,5 @@ def single_fast_for(domain: IommuDomain) -> SingleFast | None:
     if domain.iommupt is not None or not domain.type & _PAGING or pg.cookie is not domain \
             or domain.pgsize_bitmap != pg.cfg.pgsize_bitmap or not SinglePage.usable(pg):
         return None
-    return SingleFast(SinglePage(pg), ops, cls.iotlb_sync is PgtblDomainOps.iotlb_sync)
+    return SingleFast(SinglePage(pg), ops, cls.iotlb_sync is PgtblDomainOps.iotlb_sync,
+                      domain.pgsize_bitmap)

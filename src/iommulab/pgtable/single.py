@@ -86,10 +86,11 @@ class SinglePage:
         """``arm_lpae_map_pages(iova, paddr, pgsize, 1, prot)`` when it would write one
         empty last-level entry of an existing table; False (nothing done) otherwise.
         O(1): two dict lookups and one entry write."""
-        pg = self.pgtbl
+        # The memo only holds tables of in-range IOVAs (it is filled by a map that
+        # passed the range check) and is emptied whenever a table is freed, so a hit
+        # also means a live table and an IOVA in range.
         table = self._leaf_tables.get(iova >> self._above)
-        if table is None or pg._freed or pg.format is not self._fmt \
-                or iova >> self._ia_shift != self._ia_ext or paddr >> self._oas:
+        if table is None or paddr >> self._oas or self.pgtbl.format is not self._fmt:
             return False
         base = self._base.get(prot)
         if base is None:
@@ -111,10 +112,8 @@ class SinglePage:
         """``arm_lpae_unmap_pages(iova, pgsize, 1, gather)`` when it would clear one page
         leaf of an existing table, without the gather (the caller adds the page); False
         (nothing done) otherwise. O(1)."""
-        pg = self.pgtbl
         table = self._leaf_tables.get(iova >> self._above)
-        if table is None or pg._freed or pg.format is not self._fmt \
-                or iova >> self._ia_shift != self._ia_ext:
+        if table is None or self.pgtbl.format is not self._fmt:  # see map_one
             return False
         idx = (iova >> self._idx_shift) & self._idx_mask
         pte = table.item(idx)
@@ -128,10 +127,8 @@ class SinglePage:
         """:meth:`unmap_one` of the page at ``iova`` when ``arm_lpae_iova_to_phys(iova +
         off)`` is non-zero (dma-iommu's double-unmap check, ``off`` inside the page);
         False (nothing done) otherwise. O(1)."""
-        pg = self.pgtbl
         table = self._leaf_tables.get(iova >> self._above)
-        if table is None or pg._freed or pg.format is not self._fmt \
-                or iova >> self._ia_shift != self._ia_ext:
+        if table is None or self.pgtbl.format is not self._fmt:  # see map_one
             return False
         idx = (iova >> self._idx_shift) & self._idx_mask
         pte = table.item(idx)
