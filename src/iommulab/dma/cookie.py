@@ -116,6 +116,7 @@ class DmaCookie:
         self.fq_timer_cpu = 0
         self.fq_domain: IommuDomain | None = None
         self.fq_stats = FqStats()
+        self.single: object = None  # lab: iommu_dma's single-granule constants
 
     def init_fq(self, domain: IommuDomain, ncpus: int) -> None:
         """``iommu_dma_init_fq``: counters at zero, one ring per CPU (or one big ring)."""

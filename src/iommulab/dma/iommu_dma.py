@@ -50,9 +50,11 @@ __all__ = [
     "get_msi_page",
     "init_domain",
     "map_phys",
+    "map_phys_single",
     "map_sg",
     "prepare_msi",
     "unmap_phys",
+    "unmap_phys_single",
     "unmap_sg",
 ]
 
@@ -265,6 +267,135 @@ def unmap_phys(dev: DmaDevice, handle: int, size: int, dir: DmaDirection, attrs:
         state[0].warnings["iommu_dma_unmap_phys: no mapping (double unmap?)"] += 1
         return
     _unmap_in(state, handle, size, cpu)
+
+
+# -- lab: the single-granule streaming fast path ------------------------------------------
+# prot by direction for attrs 0 (dma_info_to_prot), valid directions only
+_PROT_COHERENT = {d: dma_info_to_prot(d, True, 0) for d in _VALID_DIRS}
+_PROT_NONCOHERENT = {d: dma_info_to_prot(d, False, 0) for d in _VALID_DIRS}
+
+
+class _Single:
+    """Lab: the per-IOVA-domain constants the single-granule paths read (model-only),
+    kept on the cookie and rebuilt when its IOVA domain changes."""
+
+    __slots__ = ("cpu0", "fail", "granule", "iovad", "online", "shift")
+
+    def __init__(self, iovad: IovaDomain) -> None:
+        self.iovad = iovad
+        self.fail = iovad.fail_nth
+        self.granule = iovad.granule
+        self.shift = iovad.shift
+        self.online = iovad.rcaches.online
+        self.cpu0 = iovad.rcaches.classes[0].cpu  # the one-granule size class, per CPU
+
+
+def _single(cookie: DmaCookie) -> _Single | None:
+    iovad = cookie.iovad
+    if iovad is None:
+        return None
+    s = cookie.single
+    if not isinstance(s, _Single) or s.iovad is not iovad:
+        s = cookie.single = _Single(iovad)
+    return s
+
+
+def map_phys_single(dev: DmaDevice, phys: int, size: int, dir: DmaDirection,
+                    cpu: int = 0) -> int:
+    """Lab (model-only): :func:`map_phys` with attrs 0, flattened for a buffer inside
+    one IOVA granule whose IOVA comes from the top of ``cpu``'s loaded magazine and
+    whose page table exists (``iommu_dma_map_phys`` -> ``iommu_dma_alloc_iova`` ->
+    ``alloc_iova_fast`` -> ``iova_rcache_get`` and ``iommu_map`` of one page, in one
+    function). Same IOVA, entry and counters; anything else, or fail-nth armed or
+    logging, is :func:`map_phys` itself. O(1).
+    """
+    group = dev.group
+    domain = group.default_domain if group is not None else None
+    if domain is not None:
+        cookie = domain.cookie
+        one = domain._one
+        prot = (_PROT_COHERENT if dev.coherent else _PROT_NONCOHERENT).get(dir)
+        if type(cookie) is DmaCookie and one is not None and prot is not None:
+            s = cookie.single
+            if type(s) is not _Single or s.iovad is not cookie.iovad:
+                s = _single(cookie)
+            granule = one.pgsize
+            off = phys & (granule - 1)
+            if s is not None and 0 < size <= granule - off and s.granule == granule:
+                fail = s.fail
+                if fail is None or not (fail._remaining or fail.log is not None):
+                    # iommu_dma_alloc_iova
+                    dma_limit = dev.dma_mask
+                    if dev.bus_dma_limit:
+                        dma_limit = min(dma_limit, dev.bus_dma_limit) if dma_limit \
+                            else dev.bus_dma_limit
+                    geometry = domain.geometry
+                    if geometry.force_aperture and dma_limit > geometry.aperture_end:
+                        dma_limit = geometry.aperture_end
+                    dev_iommu = dev.dev_iommu
+                    if dma_limit > _DMA_BIT_MASK_32 and dev_iommu is not None and \
+                            dev_iommu.pci_32bit_workaround:
+                        dma_limit = _DMA_BIT_MASK_32
+                    # iova_rcache_get: iova_magazine_pop when the top entry fits
+                    if cpu in s.online:
+                        mag = s.cpu0[cpu].loaded
+                        if mag and mag[-1] <= dma_limit >> s.shift:
+                            iova = mag.pop() << s.shift
+                            s.iovad.stats.rcache_hits += 1
+                            paddr = phys - off
+                            if domain.ops is not one.ops or \
+                                    domain.pgsize_bitmap != one.bitmap or \
+                                    (iova | paddr) & one.mask or \
+                                    not one.sp.map_one(iova, paddr, prot):
+                                try:
+                                    domain.map(iova, paddr, granule, prot)
+                                except KernelError:
+                                    free_iova(domain, iova, granule, None, cpu)
+                                    return DMA_MAPPING_ERROR
+                            return iova + off
+    return map_phys(dev, phys, size, dir, 0, cpu)
+
+
+def unmap_phys_single(dev: DmaDevice, handle: int, size: int, dir: DmaDirection,
+                      cpu: int = 0) -> None:
+    """Lab (model-only): :func:`unmap_phys` with attrs 0, flattened for a lazy domain and
+    a mapping inside one IOVA granule (``iommu_dma_unmap_phys``'s ``iova_to_phys``
+    check, ``__iommu_dma_unmap``'s unmap of one page with a queued gather, and
+    ``queue_iova`` when the ring has room and nothing to reclaim). Same entry, ring
+    and counters; anything else, or fail-nth armed or logging, is :func:`unmap_phys`.
+    O(1).
+    """
+    group = dev.group
+    domain = group.default_domain if group is not None else None
+    if domain is not None and dir in _VALID_DIRS:
+        cookie = domain.cookie
+        one = domain._one
+        if type(cookie) is DmaCookie and one is not None and cookie.fq_domain is not None:
+            s = cookie.single
+            if type(s) is not _Single or s.iovad is not cookie.iovad:
+                s = _single(cookie)
+            granule = one.pgsize
+            off = handle & (granule - 1)
+            iova = handle - off
+            if s is not None and 0 < size <= granule - off and s.granule == granule and \
+                    domain.ops is one.ops and domain.pgsize_bitmap == one.bitmap and \
+                    not iova & one.mask:
+                fail = s.fail
+                if (fail is None or not (fail._remaining or fail.log is not None)) and \
+                        one.sp.unmap_one_mapped(iova, off):
+                    pfn = iova >> s.shift
+                    ring = cookie.rings[0 if cookie.single_queue else cpu]
+                    head, tail, mask = ring.head, ring.tail, ring.mod_mask
+                    if cookie.fq_timer_on and (tail + 1) & mask != head and (
+                            head == tail
+                            or ring.entries[head][2] >= cookie.fq_flush_finish_cnt):
+                        ring.tail = (tail + 1) & mask  # queue_iova's usual case
+                        ring.entries[tail] = (pfn, 1, cookie.fq_flush_start_cnt)
+                        cookie.fq_stats.queued += 1
+                    else:
+                        cookie.queue_iova(pfn, 1, cpu)
+                    return
+    unmap_phys(dev, handle, size, dir, 0, cpu)
 
 
 def map_sg(dev: DmaDevice, sg: list[Scatterlist], dir: DmaDirection, attrs: int = 0,

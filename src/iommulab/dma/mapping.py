@@ -88,16 +88,23 @@ def _known_attrs(dev: DmaDevice, attrs: int) -> int:
 
 def dma_map_page(dev: DmaDevice, phys: int, size: int, dir: DmaDirection, attrs: int = 0, *,
                  cpu: int = 0) -> int:
-    """``dma_map_page_attrs``/``dma_map_phys``: the DMA address or DMA_MAPPING_ERROR."""
+    """``dma_map_page_attrs``/``dma_map_phys``: the DMA address or DMA_MAPPING_ERROR.
+    Without attrs, dma-iommu's flattened single-granule path (map_phys_single) runs."""
     if dev.dma_iommu:  # use_dma_iommu()
+        if not attrs:
+            return iommu_dma.map_phys_single(dev, phys, size, dir, cpu)
         return iommu_dma.map_phys(dev, phys, size, dir, _known_attrs(dev, attrs), cpu)
     return _direct(dev, phys, size, dev.dma_mask)
 
 
 def dma_unmap_page(dev: DmaDevice, addr: int, size: int, dir: DmaDirection, attrs: int = 0,
                    *, cpu: int = 0) -> None:
-    """``dma_unmap_page_attrs``."""
+    """``dma_unmap_page_attrs``. Without attrs, dma-iommu's flattened single-granule lazy
+    path (unmap_phys_single) runs."""
     if dev.dma_iommu:  # use_dma_iommu()
+        if not attrs:
+            iommu_dma.unmap_phys_single(dev, addr, size, dir, cpu)
+            return
         iommu_dma.unmap_phys(dev, addr, size, dir, _known_attrs(dev, attrs), cpu)
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..dma.cookie import DmaCookie, MsiCookie
     from ..pgtable import IoPgtable
     from ..pgtable.reshape import StepHook
+    from ..pgtable.single import SinglePage
 
 __all__ = [
     "DirtyOps",
@@ -37,6 +38,7 @@ __all__ = [
     "IommuDomain",
     "PtIommuOps",
     "SgEntry",
+    "SingleFast",
     "TlbStats",
 ]
 
@@ -88,6 +90,29 @@ class TlbStats:
 
 
 _IDENTITY, _BLOCKED = int(DomainType.IDENTITY), int(DomainType.BLOCKED)  # plain ints: fast
+
+
+class SingleFast:
+    """Lab (model-only): what :meth:`IommuDomain.map`/``unmap`` need for one smallest page
+    without the layered calls, fixed when :meth:`IommuDomain.enable_single_fast` found
+    the domain's driver to be the plain io-pgtable one it flattens.
+
+    ``ops`` and ``bitmap`` are the driver ops and page sizes the path was checked
+    against (another object in ``domain.ops``, e.g. a test's recording wrapper, or
+    other page sizes turn the path off; ``iotlb_sync_map`` was None then);
+    ``count_sync`` says the driver's ``iotlb_sync`` only counts (PgtblDomainOps'),
+    so it is done inline; ``mask`` is ``pgsize - 1``.
+    """
+
+    __slots__ = ("bitmap", "count_sync", "mask", "ops", "pgsize", "sp")
+
+    def __init__(self, sp: SinglePage, ops: DomainOps, count_sync: bool, bitmap: int) -> None:
+        self.sp = sp
+        self.bitmap = bitmap
+        self.ops = ops
+        self.pgsize = sp.pgsize
+        self.mask = sp.pgsize - 1
+        self.count_sync = count_sync
 
 
 class DomainOps(Protocol):
@@ -165,6 +190,7 @@ class IommuDomain:
         # Linux 7.0: an iommufd HWPT's domain (cookie_type IOMMU_COOKIE_IOMMUFD) answers
         # iommu_dma_prepare_msi itself: iommufd_sw_msi(dev, msi_addr) -> the MSI address
         self.iommufd_sw_msi: Callable[[Any, int], int] | None = None
+        self._one: SingleFast | None = None  # lab: see enable_single_fast
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.type.name} pgsize_bitmap={self.pgsize_bitmap:#x}>"
@@ -186,7 +212,13 @@ class IommuDomain:
         Raises EINVAL (not a paging domain, or iova/paddr/size not aligned to
         the smallest page size), ENODEV (no map op), or the driver's errno
         (EEXIST, ENOMEM, ERANGE, …). O(pages / entries per table) calls.
+        One smallest page takes the flattened path when it is on (enable_single_fast).
         """
+        one = self._one
+        if one is not None and size == one.pgsize and self.ops is one.ops \
+                and self.pgsize_bitmap == one.bitmap \
+                and not (iova | paddr) & one.mask and one.sp.map_one(iova, paddr, prot):
+            return  # the layered path below, to the same entry and counters
         self.map_nosync(iova, paddr, size, prot, gfp)
         if self.ops is not None and self.ops.iotlb_sync_map is not None:
             try:
@@ -278,7 +310,23 @@ class IommuDomain:
     # -- unmap --------------------------------------------------------------------------------
     def unmap(self, iova: int, size: int) -> int:
         """``iommu_unmap``: bytes unmapped (may exceed ``size``; ``iova + ret`` is where it
-        stopped), then one IOTLB sync of the gathered range. Never raises for bad input."""
+        stopped), then one IOTLB sync of the gathered range. Never raises for bad input.
+        One smallest page takes the flattened path when it is on (enable_single_fast)."""
+        one = self._one
+        if one is not None and size == one.pgsize and self.ops is one.ops \
+                and self.pgsize_bitmap == one.bitmap \
+                and not iova & one.mask and one.sp.unmap_one(iova):
+            # what the layered path does after clearing the entry: the driver's
+            # tlb_add_page into a fresh gather (io_pgtable_tlb_add_page), then
+            # iommu_iotlb_sync of that one page
+            stats = self.tlb_stats
+            stats.add_page += 1
+            if one.count_sync:
+                stats.iotlb_sync += 1
+                stats.sync_bytes += size
+            else:
+                one.ops.iotlb_sync(self, IommuIotlbGather(iova, iova + size - 1, size))
+            return size
         gather = IommuIotlbGather()
         unmapped = self.unmap_fast(iova, size, gather)
         self.iotlb_sync(gather)
@@ -287,6 +335,15 @@ class IommuDomain:
     def unmap_fast(self, iova: int, size: int, gather: IommuIotlbGather) -> int:
         """``iommu_unmap_fast`` / ``__iommu_unmap_domain_pgtbl``: unmap without syncing
         (a generic_pt domain's ``unmap_range`` takes the whole range)."""
+        one = self._one
+        if one is not None and size == one.pgsize and self.ops is one.ops \
+                and self.pgsize_bitmap == one.bitmap \
+                and not iova & one.mask and one.sp.unmap_one(iova):
+            if not gather.queued:  # as io-pgtable does after clearing the entry
+                tlb = one.sp.pgtbl.cfg.tlb
+                assert tlb is not None
+                tlb.tlb_add_pages(gather, iova, size, 1, self)
+            return size
         pt = self.iommupt
         if pt is not None:
             return pt.unmap_range(iova, size, gather)
@@ -408,9 +465,31 @@ class IommuDomain:
         """Lab: number of leaf entries (IOPTEs) by mapping size."""
         return {} if self.ops is None else self.ops.leaf_histogram(self)
 
+    def enable_single_fast(self) -> bool:
+        """Lab (model-only): let :meth:`map`, :meth:`unmap` and :meth:`unmap_fast` of one
+        smallest page skip the layered calls (``iommu_map`` -> ``__iommu_map`` ->
+        ``iommu_pgsize`` -> ``map_pages`` -> ``arm_lpae_map_pages`` …) when the page
+        table has the leaf table and the entry is free (map) or a page (unmap).
+
+        On only for a paging domain whose driver is :class:`~.pgtbl_domain.PgtblDomainOps`
+        (or a subclass that keeps its map/unmap and flush callbacks) over a coherent
+        io-pgtable with no ``iotlb_sync_map``; otherwise, or after :meth:`free`, the
+        layered path runs. Gives the same entries, gathers, syncs and counters;
+        returns whether it is on.
+        """
+        from .pgtbl_domain import single_fast_for
+
+        self._one = single_fast_for(self)
+        return self._one is not None
+
+    def disable_single_fast(self) -> None:
+        """Lab: every call takes the layered path (tests compare the two)."""
+        self._one = None
+
     def free(self) -> None:
         """``iommu_domain_free``: its DMA or MSI cookie goes with it
         (``iommu_put_dma_cookie``), then the driver frees it."""
+        self._one = None
         self.cookie = None
         if self.ops is not None:
             self.ops.free(self)

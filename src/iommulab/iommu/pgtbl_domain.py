@@ -23,10 +23,11 @@ from ..pgtable import (
     alloc_io_pgtable_ops,
     free_io_pgtable_ops,
 )
-from .domain import DomainGeometry, DomainType, IommuDomain
+from ..pgtable.single import SinglePage
+from .domain import _PAGING, DomainGeometry, DomainType, IommuDomain, SingleFast
 from .gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 
-__all__ = ["PgtblDomainOps", "PgtblFlushOps", "alloc_paging_domain"]
+__all__ = ["PgtblDomainOps", "PgtblFlushOps", "alloc_paging_domain", "single_fast_for"]
 
 
 class PgtblFlushOps(IommuFlushOps):
@@ -104,4 +105,27 @@ def alloc_paging_domain(fmt: IoPgtableFmt, cfg: IoPgtableCfg, *, mem: PhysMem | 
     domain.pgtbl = pgtbl
     domain.pgsize_bitmap = pgtbl.cfg.pgsize_bitmap
     domain.geometry = DomainGeometry(0, (1 << pgtbl.cfg.ias) - 1, True)
+    domain.enable_single_fast()
     return domain
+
+
+def single_fast_for(domain: IommuDomain) -> SingleFast | None:
+    """Lab: the single-page fast path's data for ``domain``, or None when its driver or
+    table is not the one the path flattens (see IommuDomain.enable_single_fast)."""
+    ops, pg = domain.ops, domain.pgtbl
+    if ops is None or pg is None or not isinstance(ops, PgtblDomainOps) or ops.pgtbl is not pg:
+        return None
+    cls = type(ops)
+    if cls.map_pages is not PgtblDomainOps.map_pages \
+            or cls.unmap_pages is not PgtblDomainOps.unmap_pages \
+            or cls.iova_to_phys is not PgtblDomainOps.iova_to_phys \
+            or ops.iotlb_sync_map is not None:
+        return None
+    tlb = pg.cfg.tlb
+    if tlb is None or type(tlb).tlb_add_pages is not PgtblFlushOps.tlb_add_pages:
+        return None
+    if domain.iommupt is not None or not domain.type & _PAGING or pg.cookie is not domain \
+            or domain.pgsize_bitmap != pg.cfg.pgsize_bitmap or not SinglePage.usable(pg):
+        return None
+    return SingleFast(SinglePage(pg), ops, cls.iotlb_sync is PgtblDomainOps.iotlb_sync,
+                      domain.pgsize_bitmap)

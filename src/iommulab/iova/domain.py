@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from ..clock import Clock
 from ..mem.fault import FailNth
-from .rcache import IOVA_RANGE_CACHE_MAX_SIZE, Rcaches
+from .rcache import IOVA_MAG_SIZE, IOVA_RANGE_CACHE_MAX_SIZE, Rcaches
 
 __all__ = ["IOVA_ANCHOR", "Iova", "IovaDomain", "IovaStats"]
 
@@ -297,8 +297,20 @@ class IovaDomain:
             self.rcaches.free_global_cached()
 
     def free_iova_fast(self, pfn: int, size: int, cpu: int = 0) -> None:
-        """``free_iova_fast``: into ``cpu``'s cache if it takes it, else ``free_iova``."""
-        if self.rcaches.insert(pfn, size, cpu):
+        """``free_iova_fast``: into ``cpu``'s cache if it takes it, else ``free_iova``.
+
+        One granule going into a loaded magazine with room (``iova_rcache_insert``'s
+        usual case) is done here without the call into :class:`Rcaches` (lab: the
+        same push and counter). O(1) unless it goes to the tree.
+        """
+        rcaches = self.rcaches
+        if size == 1 and cpu in rcaches.online:
+            loaded = rcaches.classes[0].cpu[cpu].loaded
+            if len(loaded) < IOVA_MAG_SIZE:
+                loaded.append(pfn)
+                self.stats.rcache_inserts += 1
+                return
+        if rcaches.insert(pfn, size, cpu):
             self.stats.rcache_inserts += 1
             return
         self.stats.rcache_insert_fails += 1

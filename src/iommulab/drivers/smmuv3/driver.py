@@ -596,6 +596,7 @@ class ArmSmmuDevice:
         domain.max_bbm_level = self.bbml
         if dirty:
             domain.dirty_ops = ArmSmmuDirtyOps()
+        domain.enable_single_fast()  # lab: one-page map/unmap without the layered calls
         try:
             self._alloc_tag(domain)
         except KernelError:

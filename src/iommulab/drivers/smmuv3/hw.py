@@ -27,7 +27,7 @@ from ...mem import PhysMem
 from ...prot import Prot
 from ...sizes import SZ_4K, SZ_16K, SZ_64K
 from . import regs
-from .iotlb import IotlbConfig, IotlbEntry, make_iotlb, tlb_tag
+from .iotlb import _VPN_BITS, IotlbConfig, IotlbEntry, make_iotlb, tlb_tag
 from .regs import Cmd, Evt, Reg, SteConfig
 
 __all__ = ["HwStats", "SmmuV3Config", "SmmuV3Hw"]
@@ -39,7 +39,7 @@ _AF, _AP_UNPRIV, _AP_RDONLY, _DBM = 1 << 10, 1 << 6, 1 << 7, 1 << 51
 _S2AP_R, _S2AP_W = 1 << 6, 1 << 7
 _VMID_MASK = tlb_tag(0xFFFF, 0, False)
 _TAG_MASK = tlb_tag(0xFFFF, 0xFFFF, True)
-_WRITE, _PRIV = int(Prot.WRITE), int(Prot.PRIV)
+_READ, _WRITE, _PRIV = int(Prot.READ), int(Prot.WRITE), int(Prot.PRIV)
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,16 @@ class _StreamCfg:
     hd: bool = False
     record: bool = True
     translates: bool = field(init=False)
+    # lab: the IOTLB key of the smallest leaf size without its page number (the first
+    # probe of Iotlb.lookup), -1 when the stream does not translate
+    key0: int = field(init=False)
+    shift0: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.translates = self.mode in (SteConfig.S1_TRANS, SteConfig.S2_TRANS)
+        self.shift0 = self.shifts[0] if self.shifts else 0
+        self.key0 = (((self.tag << 7) | self.shift0) << _VPN_BITS
+                     if self.translates and self.shifts else -1)
 
 
 class _Fault(Exception):
@@ -131,6 +138,10 @@ class SmmuV3Hw:
         self.config = c = config or SmmuV3Config()
         self.stats = HwStats()
         self.iotlb = make_iotlb(c.iotlb)
+        # lab: translate's hit path reads the IOTLB's dict directly when a hit changes
+        # no replacement state (qemu's organisation, set-associative round-robin)
+        self._tlb_map = self.iotlb._map if not self.iotlb._touches else None
+        self._tlb_stats = self.iotlb.stats
         self.recent_commands: deque[tuple[Cmd, int, int]] = deque(maxlen=4096)
         self._configs: dict[int, _StreamCfg] = {}
         self._smmuen = False
@@ -273,17 +284,50 @@ class SmmuV3Hw:
         self.stats.events_recorded += 1
 
     # -- translation ------------------------------------------------------------------------------
-    def translate(self, sid: int, iova: int, access: int = Prot.READ) -> int:
+    def translate(self, sid: int, iova: int, access: int = _READ) -> int:
         """The physical address for one device access, or DmaFault with an event queued.
 
         ``access`` holds Prot bits: WRITE for a write (else a read), PRIV for
         a privileged transaction. A hit costs one IOTLB lookup; a miss walks
         the tables in memory and fills the IOTLB. With the SMMU disabled,
         everything passes through (GBPA). O(levels) on a miss, O(leaf sizes) on a hit.
+
+        Lab: a hit on the smallest leaf size of a cached stream configuration
+        is answered here (:meth:`fast_translate`'s lookup, inlined) with the
+        counters :meth:`translate_run` keeps; anything else goes there.
         """
+        cfg = self._configs.get(sid)
+        tlb_map = self._tlb_map
+        if cfg is not None and tlb_map is not None and self._smmuen and cfg.key0 >= 0:
+            entry = tlb_map.get(cfg.key0 | (iova >> cfg.shift0))
+            if entry is not None and (entry.writable if access & _WRITE else entry.readable) \
+                    and (access & _PRIV or entry.user):
+                stats = self.stats
+                stats.translations += 1
+                stats.config_hits += 1
+                tstats = self._tlb_stats
+                tstats.lookups += 1
+                tstats.hits += 1
+                return entry.pa | (iova & ((1 << entry.shift) - 1))
         access = int(access)
         pa, _ = self.translate_run(sid, iova, bool(access & _WRITE), bool(access & _PRIV))
         return pa
+
+    def fast_translate(self, sid: int, iova: int, write: bool = False,
+                       privileged: bool = False) -> IotlbEntry | None:
+        """Lab (model-only): the IOTLB entry a hit would use, keyed by its IOTLB key
+        (tag, smallest leaf size, page number), or None where :meth:`translate_run`
+        must decide (no cached configuration, a larger leaf, an LRU IOTLB, a
+        permission to check by walking). Counts nothing; O(1)."""
+        cfg = self._configs.get(sid)
+        tlb_map = self._tlb_map
+        if cfg is None or tlb_map is None or not self._smmuen or cfg.key0 < 0:
+            return None
+        entry = tlb_map.get(cfg.key0 | (iova >> cfg.shift0))
+        if entry is None or not (entry.writable if write else entry.readable) \
+                or not (privileged or entry.user):
+            return None
+        return entry
 
     def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
                       ) -> tuple[int, int]:
