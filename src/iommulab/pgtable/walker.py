@@ -259,7 +259,7 @@ class IoPgtable:
         accepted as in the kernel and has no effect (the model has no allocation
         contexts). O(levels + pgcount).
         """
-        return self._map(iova, paddr, pgsize, pgcount, prot, run=False)
+        return self._map(iova, paddr, pgsize, pgcount, prot, loop=False)
 
     def map_pages_run(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int,
                       gfp: int = 0) -> int:
@@ -270,10 +270,10 @@ class IoPgtable:
         Returns the bytes mapped (the whole run when the bulk path took it); errors and
         the exception's ``mapped`` are those of the calls the loop would make.
         """
-        return self._map(iova, paddr, pgsize, pgcount, prot, run=True)
+        return self._map(iova, paddr, pgsize, pgcount, prot, loop=True)
 
     def _map(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int, *,
-             run: bool) -> int:
+             loop: bool) -> int:
         if self._freed:
             raise self._use_after_free()
         cfg, pt = self.cfg, self.format
@@ -294,7 +294,7 @@ class IoPgtable:
 
         depth = self._depth_of.get(pgsize, -1)
         per = self._per
-        if run and depth == self._last and self.bulk_passes and depth and (
+        if loop and depth == self._last and self.bulk_passes and depth and (
                 pgcount > per - ((iova >> self._shifts[depth]) & (per - 1))):
             self.stats.map_pages -= 1  # each table page's step below counts itself
             return self._map_run(iova, paddr, pgsize, pgcount, prot, attrs)
