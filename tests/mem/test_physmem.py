@@ -157,3 +157,17 @@ def test_range_checks_still_refuse_after_a_cached_region() -> None:
         mem.read(base + (1 << 30) - 2, 4)
     with pytest.raises(BadAddress):
         mem.read(base - 8, 4)
+
+
+def test_unpin_of_runs_naming_a_page_twice_frees_it_once() -> None:
+    # unpin_user_pages of a list holding one page twice (two user addresses of one
+    # shared page) puts two references; the page its owner let go is freed once
+    mem = PhysMem("16M")
+    pfn = mem.alloc_pages(0)
+    mem.pin_runs([(pfn, 1), (pfn, 1)])
+    mem.free_unpinned([(pfn, 1)])  # the last mapping goes; the pins keep the page
+    free_before = mem.frames.free_frames
+    mem.unpin_runs([(pfn, 1), (pfn, 1)])
+    assert mem.pins.pins == 0
+    assert mem.frames.free_frames == free_before + 1
+    mem.frames._check()

@@ -255,7 +255,7 @@ class PhysMem:
         a Python step per folio freed."""
         found = [self.orphans.nonzero_in(pfn, count) for pfn, count in runs]
         kept = np.concatenate(found) if len(found) > 1 else found[0]
-        gone = np.sort(kept[self.pins.get(kept) == 0])
+        gone = np.unique(kept[self.pins.get(kept) == 0])  # runs may name a page twice
         if not len(gone):
             return
         heads = self._orphan_folio_of(gone)
