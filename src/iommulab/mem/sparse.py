@@ -10,6 +10,10 @@ extents they touch. Host memory is therefore in proportion to the granules ever
 populated, never to the length. Reads and views of a range are dense over that range,
 so callers only ask for ranges bounded by what is present or about to be allocated;
 :meth:`SparsePages.present` and :meth:`SparsePages.pieces` walk only the extents.
+
+:class:`FolioPages` keeps the same state a folio at a time for mappings whose folios are
+never split (hugetlb): the model's own storage choice (the kernel keeps a PTE, PMD or
+PUD per mapping, not this), 9 bytes per folio instead of 9 per 4K page.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GRANULE", "ROOM", "Extent", "SparsePages"]
+__all__ = ["GRANULE", "ROOM", "Extent", "FolioPages", "SparsePages"]
 
 #: pages per granule: the pages one PTE table maps (x86_64 and arm64 with 4K pages)
 GRANULE = 512
@@ -102,8 +106,10 @@ class SparsePages:
     def pieces(self, lo: int, hi: int) -> list[Extent]:
         """Views of the kept pages of ``[lo, hi)``, extent by extent in order (pages in no
         extent have no page). O(log extents + extents met); nothing is copied."""
-        i = max(0, bisect.bisect_right(self._los, lo) - 1)
         out: list[Extent] = []
+        if hi <= lo:  # an empty range meets no extent (nor makes an empty one in slice)
+            return out
+        i = max(0, bisect.bisect_right(self._los, lo) - 1)
         for run in self._runs[i:]:
             if run.lo >= hi:
                 break
@@ -308,6 +314,12 @@ class SparsePages:
         """Pages the storage has room for: what the host memory is in proportion to."""
         return sum(len(run.buf) for run in self._runs)
 
+    def model_bytes(self) -> int:
+        """Host bytes of the storage's arrays (room included): 8 per page, 9 with
+        ``excl``."""
+        return sum(run.buf.nbytes + (run.ebuf.nbytes if run.ebuf is not None else 0)
+                   for run in self._runs)
+
     def _check(self) -> None:
         """Extents ordered, disjoint, inside ``[0, npages)``, excl only on present pages."""
         assert self._los == [run.lo for run in self._runs]
@@ -320,3 +332,217 @@ class SparsePages:
             ext = run.extent
             if ext.excl is not None:
                 assert not (ext.excl & (ext.pfns < 0)).any(), "an absent page is exclusive"
+
+
+class FolioPages:
+    """:class:`SparsePages`'s reads and reshapes for ``npages`` pages that are only ever
+    set, cleared and flagged a whole aligned folio of ``order`` at a time (a hugetlb
+    VMA: its folios are never split, it is only cut at huge page boundaries and copied
+    on write a huge page at a time). The model's own storage choice: each folio's first
+    pfn and ``PageAnonExclusive`` flag, kept sparse a slot per folio (a
+    :class:`SparsePages` over the slots), so a mapping costs 9 bytes per folio; a
+    page's pfn is its folio's first plus its offset, computed when read.
+
+    Reads answer by computed ranges; :meth:`pieces` (and so :meth:`get`,
+    :meth:`present`) builds dense read-only arrays of the range asked for, which
+    callers bound. Writes go through :meth:`put` (or :meth:`scatter` of whole folios);
+    there is no :meth:`window` to write through."""
+
+    def __init__(self, npages: int, order: int, *, phase: int = 0) -> None:
+        per = 1 << order
+        assert not npages % per and not phase % per, \
+            f"{npages} pages at {phase:#x} are not whole order-{order} folios"
+        self.npages = npages
+        self.order = order
+        self.with_excl = True
+        self.phase = phase % GRANULE
+        self._slots = SparsePages(npages >> order, excl=True)
+
+    def _span(self, lo: int, hi: int) -> tuple[int, int]:
+        """The slots of the folios that hold a page of ``[lo, hi)``."""
+        return lo >> self.order, -(-hi >> self.order)
+
+    # -- reading -----------------------------------------------------------------------------
+    def folio_slots(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
+        """``(first page index, first pfn)`` of each folio present that holds a page of
+        ``[lo, hi)``, in order. O(log extents + folios there)."""
+        hi = self.npages if hi is None else hi
+        at, heads = self._slots.present(*self._span(lo, hi))
+        return at << self.order, heads
+
+    def pieces(self, lo: int, hi: int) -> list[Extent]:
+        """Dense, read-only copies of the pages of ``[lo, hi)`` the slots kept there hold,
+        extent by extent (pages in none have no page). O(pages given): the caller bounds
+        the range."""
+        mask = (1 << self.order) - 1
+        out: list[Extent] = []
+        for ext in self._slots.pieces(*self._span(lo, hi)):
+            assert ext.excl is not None
+            a, b = max(lo, ext.lo << self.order), min(hi, ext.hi << self.order)
+            pages = np.arange(a, b, dtype=np.int64)
+            at = (pages >> self.order) - ext.lo
+            heads = ext.pfns[at]
+            pfns = np.where(heads >= 0, heads + (pages & mask), -1)
+            excl = ext.excl[at]
+            pfns.flags.writeable = False
+            excl.flags.writeable = False
+            out.append(Extent(a, pfns, excl))
+        return out
+
+    def get(self, lo: int, hi: int) -> I64Array:
+        """A dense copy of the pfns of ``[lo, hi)`` (the caller bounds the range)."""
+        out = np.full(hi - lo, -1, dtype=np.int64)
+        for ext in self.pieces(lo, hi):
+            out[ext.lo - lo:ext.hi - lo] = ext.pfns
+        return out
+
+    def get_excl(self, lo: int, hi: int) -> BoolArray:
+        """A dense copy of the exclusive flags of ``[lo, hi)``."""
+        out = np.zeros(hi - lo, dtype=np.bool_)
+        for ext in self.pieces(lo, hi):
+            assert ext.excl is not None
+            out[ext.lo - lo:ext.hi - lo] = ext.excl
+        return out
+
+    def present(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
+        """``(indices, pfns)`` of the pages of ``[lo, hi)`` that have one, in order: arrays
+        as long as the pages present."""
+        hi = self.npages if hi is None else hi
+        idx: list[I64Array] = []
+        pfns: list[I64Array] = []
+        for ext in self.pieces(lo, hi):
+            at = np.flatnonzero(ext.pfns >= 0)
+            idx.append(at + ext.lo)
+            pfns.append(ext.pfns[at])
+        if not idx:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.copy()
+        return np.concatenate(idx), np.concatenate(pfns)
+
+    def first_unset(self, lo: int, hi: int, *, excl: bool) -> int:
+        """The first page of ``[lo, hi)`` with no page (with ``excl``: or not exclusive),
+        ``hi`` if none. O(folios up to the answer)."""
+        if hi <= lo:
+            return hi
+        s_lo, s_hi = self._span(lo, hi)
+        slot = self._slots.first_unset(s_lo, s_hi, excl=excl)
+        return hi if slot >= s_hi else max(lo, slot << self.order)
+
+    def count(self, lo: int, hi: int) -> int:
+        """How many pages of ``[lo, hi)`` have one. O(folios there)."""
+        if hi <= lo:
+            return 0
+        starts, _ = self.folio_slots(lo, hi)
+        ends = np.minimum(starts + (1 << self.order), hi)
+        return int((ends - np.maximum(starts, lo)).sum())
+
+    def runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``pfn_runs`` of the pfns of ``[lo, hi)``, all present (GUP's pages): a folio's
+        pages follow each other, consecutive folios whose pfns do too make one run.
+        O(folios there) numpy work, a Python step per run."""
+        starts, heads = self.folio_slots(lo, hi)
+        if hi <= lo:
+            return []
+        a = np.maximum(starts, lo)
+        firsts = heads + (a - starts)
+        lens = np.minimum(starts + (1 << self.order), hi) - a
+        assert int(lens.sum()) == hi - lo, f"pages [{lo}, {hi}) are not all present"
+        cuts = np.flatnonzero(firsts[1:] != firsts[:-1] + lens[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(firsts)]
+        return [(int(firsts[i]), int(lens[i:j].sum()))
+                for i, j in itertools.pairwise(bounds)]
+
+    def gather(self, idx: I64Array) -> I64Array:
+        """The pfns at the sorted page indices ``idx`` (each in a slot kept)."""
+        heads = self._slots.gather(idx >> self.order)
+        return np.where(heads >= 0, heads + (idx & ((1 << self.order) - 1)), -1)
+
+    def gather_excl(self, idx: I64Array) -> BoolArray:
+        """The exclusive flags at the sorted page indices ``idx`` (each in a slot kept)."""
+        return self._slots.gather_excl(idx >> self.order)
+
+    # -- writing -----------------------------------------------------------------------------
+    def window(self, lo: int, hi: int) -> Extent:
+        """No views to write through: use :meth:`put`."""
+        raise TypeError(f"FolioPages has no writable window of [{lo}, {hi}): use put()")
+
+    def put(self, starts: I64Array, heads: I64Array | int | None = None,
+            excl: BoolArray | bool | None = None) -> None:
+        """Set the first pfn (-1: none) and/or the exclusive flag of the folios at the
+        sorted page indices ``starts`` (multiples of the folio's pages); a folio with no
+        page is never exclusive. O(log extents + folios)."""
+        if not len(starts):
+            return
+        assert not (starts & ((1 << self.order) - 1)).any(), "a folio's start is unaligned"
+        slots = starts >> self.order
+        self._slots.window(int(slots[0]), int(slots[-1]) + 1)
+        self._slots.scatter(slots, heads, excl)
+        if heads is not None:
+            gone = slots[np.asarray(heads) < 0] if not isinstance(heads, int) else \
+                (slots if heads < 0 else slots[:0])
+            self._slots.scatter(gone, None, False)
+
+    def scatter(self, idx: I64Array, pfns: I64Array | int | None = None,
+                excl: BoolArray | bool | None = None) -> None:
+        """:meth:`SparsePages.scatter` of whole folios: ``idx`` (sorted) covers each folio
+        it touches, with its pages' pfns following each other from the first (or all
+        -1) and one flag for them all. O(len(idx)) numpy work."""
+        per = 1 << self.order
+        if not len(idx):
+            return
+        rows = idx.reshape(-1, per)
+        assert (rows == rows[:, :1] + np.arange(per)).all() and not (rows[:, 0] % per).any(), \
+            "scatter of pages that are not whole folios"
+        starts = rows[:, 0].copy()
+        heads: I64Array | int | None = pfns if pfns is None or isinstance(pfns, int) else \
+            pfns[::per].copy()
+        if heads is not None and not isinstance(heads, int):
+            assert isinstance(pfns, np.ndarray)
+            ok = np.where(heads[:, None] >= 0, heads[:, None] + np.arange(per), -1)
+            assert (pfns.reshape(-1, per) == ok).all(), "a folio's pfns do not follow"
+        flags: BoolArray | bool | None = excl if excl is None or isinstance(excl, bool) \
+            else excl[::per].copy()
+        if flags is not None and not isinstance(flags, bool):
+            assert isinstance(excl, np.ndarray)
+            assert (excl.reshape(-1, per) == flags[:, None]).all(), "a folio's flags differ"
+        self.put(starts, heads, flags)
+
+    # -- reshaping ---------------------------------------------------------------------------
+    def slice(self, lo: int, hi: int) -> FolioPages:
+        """A copy of pages ``[lo, hi)`` (whole folios) as pages of their own."""
+        out = FolioPages(hi - lo, self.order, phase=self.phase + lo)
+        out._slots = self._slots.slice(*self._span(lo, hi))
+        return out
+
+    def copy(self) -> FolioPages:
+        """A copy of everything (a VMA a fork duplicates)."""
+        return self.slice(0, self.npages)
+
+    def resize(self, npages: int) -> None:
+        """Pages from ``npages`` (whole folios) on are gone (shrink) or added without
+        pages (grow)."""
+        assert not npages % (1 << self.order), f"{npages} pages are not whole folios"
+        self._slots.resize(npages >> self.order)
+        self.npages = npages
+
+    def clear(self) -> None:
+        self._slots.clear()
+
+    @property
+    def kept(self) -> int:
+        """Pages the kept slots stand for, present or not."""
+        return self._slots.kept << self.order
+
+    @property
+    def host_pages(self) -> int:
+        """Slots the storage has room for (one per folio): what the host memory is in
+        proportion to."""
+        return self._slots.host_pages
+
+    def model_bytes(self) -> int:
+        """Host bytes of the slots' arrays: 9 per folio (room included)."""
+        return self._slots.model_bytes()
+
+    def _check(self) -> None:
+        self._slots._check()
+        assert self._slots.npages << self.order == self.npages

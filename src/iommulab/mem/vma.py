@@ -2,7 +2,10 @@
 
 A VMA's own page state is its anonymous pages: the pfn of each and
 ``PageAnonExclusive``, kept sparse (:class:`~iommulab.mem.sparse.SparsePages`), so a
-mapping costs host memory in proportion to what was faulted in, never to its length.
+mapping costs host memory in proportion to what was faulted in, never to its length;
+an anonymous hugetlb mapping keeps them a huge page at a time
+(:class:`~iommulab.mem.sparse.FolioPages`, the model's own storage choice: its folios
+are never split).
 The pages of a MAP_SHARED file are the file's page cache, looked up where the VMA maps
 the file; a MAP_PRIVATE file mapping adds the anonymous copies its writes made. A
 device region (VM_PFNMAP | VM_IO) has no pages at all: its pfns are the region's, in
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from .sparse import Extent, SparsePages
+from .sparse import Extent, FolioPages, SparsePages
 
 if TYPE_CHECKING:
     from .memfd import MemFd
@@ -31,6 +34,9 @@ BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
 #: pages a whole-VMA pass (unmap, fork, checks) handles at a time: bounded temporaries,
 #: a Python step per GiB, and never a folio cut in two (the largest is 1G)
 CHUNK = 1 << 18
+#: lab: anonymous hugetlb VMAs keep their pages a folio at a time (FolioPages); tests
+#: turn it off to compare against the per-page storage every other VMA has
+FOLIO_PAGES = True
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -50,11 +56,17 @@ class Vma:
     file: MemFd | None = field(default=None, repr=False)  # a mapping of a memfd
     pgoff: int = 0  # the page of the file mapped at ``start``
     private: bool = False  # MAP_PRIVATE of a file: a page is copied on its first write
-    #: the anonymous pages (of a MAP_PRIVATE file, the copies): pfn, PageAnonExclusive
-    pages: SparsePages = field(init=False, repr=False)
+    #: the anonymous pages (of a MAP_PRIVATE file, the copies): pfn, PageAnonExclusive;
+    #: a folio at a time for anonymous hugetlb
+    pages: SparsePages | FolioPages = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.pages = SparsePages(self.npages, excl=True, phase=self.start >> PAGE_SHIFT)
+        phase = self.start >> PAGE_SHIFT
+        if FOLIO_PAGES and self.backing.startswith("hugetlb") and self.file is None \
+                and not self.pfnmap:
+            self.pages = FolioPages(self.npages, BACKINGS[self.backing], phase=phase)
+        else:
+            self.pages = SparsePages(self.npages, excl=True, phase=phase)
 
     @property
     def npages(self) -> int:
@@ -146,6 +158,10 @@ class Vma:
         if not self.folios:
             return empty, empty.copy()
         hi = self.npages if hi is None else hi
+        if isinstance(self.pages, FolioPages):  # O(folios there)
+            starts, firsts = self.pages.folio_slots(lo, hi)
+            mine = np.isin(firsts, np.fromiter(self.folios, np.int64, len(self.folios)))
+            return starts[mine], firsts[mine]
         per = 1 << self.order
         base = self.start >> PAGE_SHIFT
         lo = max(0, lo - (base + lo) % per)  # from the start of the stretch ``lo`` is in

@@ -1,0 +1,199 @@
+"""FolioPages (a hugetlb VMA's pages, kept a folio at a time) answers as SparsePages does
+for the same whole-folio writes, and an mm whose hugetlb VMAs use it gives the same
+pfns, pins, exclusivity, fork and copy-on-write results and errors as one whose hugetlb
+VMAs keep a pfn per 4K page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from iommulab.errors import KernelError
+from iommulab.mem import PhysMem, vma
+from iommulab.mem.mm import MmStruct
+from iommulab.mem.pins import pfn_runs
+from iommulab.mem.sparse import FolioPages, SparsePages
+from iommulab.mem.vma import PAGE_SHIFT
+
+ORDER = 2
+PER = 1 << ORDER
+
+
+def _same(f: FolioPages, s: SparsePages, lo: int, hi: int) -> None:
+    f._check()
+    s._check()
+    n = f.npages
+    assert f.npages == s.npages
+    assert (f.get(0, n) == s.get(0, n)).all()
+    assert (f.get_excl(0, n) == s.get_excl(0, n)).all()
+    for a, b in ((f.present(), s.present()), (f.present(lo, hi), s.present(lo, hi))):
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert f.count(lo, hi) == s.count(lo, hi) and f.count(0, n) == s.count(0, n)
+    for excl in (False, True):
+        assert f.first_unset(lo, hi, excl=excl) == s.first_unset(lo, hi, excl=excl)
+    dense = np.full(max(0, hi - lo), -1, dtype=np.int64)
+    for ext in f.pieces(lo, hi):  # read-only copies that say what get() says
+        assert lo <= ext.lo <= ext.hi <= hi and not ext.pfns.flags.writeable
+        dense[ext.lo - lo:ext.hi - lo] = ext.pfns
+    assert (dense == s.get(lo, hi)).all()
+    idx, pfns = s.present()
+    if len(idx):
+        assert (f.gather(idx) == pfns).all()
+        assert (f.gather_excl(idx) == s.gather_excl(idx)).all()
+    starts, heads = f.folio_slots(lo, hi)
+    assert not (starts % PER).any() and (f.gather(starts) == heads).all()
+    at = s.first_unset(lo, hi, excl=False)
+    if at > lo:  # pages [lo, at) all present: the runs GUP pins
+        assert f.runs(lo, at) == pfn_runs(s.get(lo, at))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 3), st.data())
+def test_folio_pages_agree_with_sparse_pages(slots: int, phase: int, data: Any) -> None:
+    """Random sequences of whole-folio sets, clears, flag changes, copies, slices and
+    resizes: every read of FolioPages equals SparsePages's after the same writes."""
+    n = slots * PER
+    f = FolioPages(n, ORDER, phase=phase * PER)
+    s = SparsePages(n, excl=True, phase=phase * PER)
+    for _ in range(data.draw(st.integers(1, 12))):
+        op = data.draw(st.sampled_from(["set", "put", "clear", "flag", "copy", "slice",
+                                        "resize"]))
+        a = data.draw(st.integers(0, f.npages // PER))
+        b = data.draw(st.integers(a, f.npages // PER))
+        if op in ("set", "put") and b > a:
+            heads = np.array([data.draw(st.integers(0, 1 << 12)) * PER for _ in range(b - a)],
+                             dtype=np.int64)
+            flags = np.array([data.draw(st.booleans()) for _ in range(b - a)])
+            pfns = (heads[:, None] + np.arange(PER)).ravel()
+            excl = np.repeat(flags, PER)
+            w = s.window(a * PER, b * PER)
+            assert w.excl is not None
+            w.pfns[:] = pfns
+            w.excl[:] = excl
+            if op == "set":
+                f.scatter(np.arange(a * PER, b * PER, dtype=np.int64), pfns, excl)
+            else:
+                f.put(np.arange(a, b, dtype=np.int64) * PER, heads, flags)
+        elif op == "clear":
+            idx, _ = s.present(a * PER, b * PER)
+            s.scatter(idx, -1, False)
+            f.put(np.unique(idx // PER) * PER, -1)
+        elif op == "flag":
+            flag = data.draw(st.booleans())
+            idx, _ = s.present(a * PER, b * PER)
+            s.scatter(idx, None, flag)
+            f.put(np.unique(idx // PER) * PER, None, flag)
+        elif op == "copy":
+            f, s = f.copy(), s.copy()
+        elif op == "slice":
+            f, s = f.slice(a * PER, b * PER), s.slice(a * PER, b * PER)
+        elif op == "resize":
+            f.resize(b * PER)
+            s.resize(b * PER)
+        lo = data.draw(st.integers(0, f.npages))
+        _same(f, s, lo, data.draw(st.integers(lo, f.npages)))
+
+
+def test_folio_pages_refuse_a_window_and_part_folios() -> None:
+    f = FolioPages(4 * PER, ORDER)
+    with pytest.raises(TypeError, match="put"):
+        f.window(0, PER)
+    with pytest.raises(AssertionError, match="whole folios"):
+        f.scatter(np.arange(1, PER + 1, dtype=np.int64), 8)
+
+
+# -- mm level: the same process with hugetlb pages kept per 4K page --------------------------------
+def _state(mm: MmStruct) -> list[Any]:
+    mm._check()
+    out: list[Any] = [mm.pinned_pages, mm.mem.pins.pins, mm.mem.frames.free_frames]
+    for v in mm.vmas:
+        out += [v.start, v.end, sorted(v.folios), v.pfns().tolist(), v.excl().tolist()]
+    return out
+
+
+def _run(steps: list[tuple[str, int, int]], folio: bool) -> list[Any]:
+    """The steps on a fresh machine, the hugetlb VMAs kept a folio at a time or not:
+    every observable after each step (a step's errno included)."""
+    vma.FOLIO_PAGES = folio
+    try:
+        mem = PhysMem("64M")
+        mm = MmStruct(mem)
+        huge = 1 << 21
+        va = mm.mmap(8 * huge, "hugetlb-2M")
+        procs = [mm]
+        held: list[tuple[MmStruct, Any]] = []
+        log: list[Any] = []
+        for op, x, y in steps:
+            p = procs[x % len(procs)]
+            addr = va + (y % (8 << 9) << PAGE_SHIFT)
+            try:
+                if op == "write":
+                    p.write(addr, b"w")
+                elif op == "pin":
+                    held.append((p, p.pin_user_pages(addr, 1 + x % 700, True)))
+                elif op == "pin_runs":
+                    held.append((p, p.pin_user_page_runs(addr, 1 + x % 1300, x % 2 == 0)))
+                elif op == "unpin" and held:
+                    q, got = held.pop(x % len(held))
+                    if isinstance(got, list):
+                        q.unpin_user_page_runs(got)
+                    else:
+                        q.unpin_user_pages(got)
+                elif op == "fork" and len(procs) < 4:
+                    procs.append(p.fork())
+                elif op == "munmap":
+                    p.munmap(va + (y % 8) * huge, (1 + x % 3) * huge)
+                elif op == "munmap_cut":  # not whole huge pages: EINVAL
+                    p.munmap(addr, 4096)
+                elif op == "gup_fast":
+                    log.append(p.gup_fast(addr, 1 + x % 2000, True))
+                log.append(("ok", op))
+            except KernelError as err:
+                log.append((type(err).__name__, err.errno, str(err)))
+            log.append([_state(q) for q in procs])
+        for q, got in held:
+            if isinstance(got, list):
+                q.unpin_user_page_runs(got)
+            else:
+                q.unpin_user_pages(got)
+        for q in procs:
+            q.close()
+        assert mem.pins.pins == 0 and mem.anon.maps.total == 0
+        log.append(mem.frames.free_frames)
+        return log
+    finally:
+        vma.FOLIO_PAGES = True
+
+
+_OPS = st.sampled_from(["write", "pin", "pin_runs", "unpin", "fork", "munmap", "munmap_cut",
+                        "gup_fast"])
+
+
+@settings(max_examples=40, deadline=None)
+@example([("pin", 600, 700), ("fork", 0, 0), ("write", 1, 5), ("write", 0, 5),
+          ("write", 1, 3000), ("pin_runs", 1201, 1), ("fork", 1, 0), ("gup_fast", 1999, 0),
+          ("munmap_cut", 0, 9), ("munmap", 1, 3), ("unpin", 0, 0), ("write", 0, 700)])
+@given(st.lists(st.tuples(_OPS, st.integers(0, 5000), st.integers(0, 1 << 13)), max_size=12))
+def test_hugetlb_folio_store_is_invisible_to_the_mm(steps: list[tuple[str, int, int]]) -> None:
+    """Writes (copy on write after fork), pins and pin runs (unsharing), forks of pinned
+    huge pages (copied whole for the child), munmaps whole and cut: the same pfns, pins,
+    flags, folios, free frames and errors with either storage."""
+    assert _run(steps, True) == _run(steps, False)
+
+
+def test_hugetlb_folio_store_costs_per_folio() -> None:
+    """A 1G hugetlb mapping's pages cost their folios' slots, not 9 bytes per 4K page."""
+    mem = PhysMem("4G")
+    mm = MmStruct(mem)
+    va = mm.mmap(2 << 30, "hugetlb-1G")
+    v = mm.find_vma(va)
+    assert v is not None and isinstance(v.pages, FolioPages)
+    assert v.pages.count(0, v.npages) == v.npages and v.pages.model_bytes() <= 2 * 9
+    runs = mm.pin_user_page_runs(va + 4096, v.npages - 2, True)
+    assert sum(n for _, n in runs) == v.npages - 2 and v.pages.model_bytes() <= 2 * 9
+    mm.unpin_user_page_runs(runs)
+    mm.close()
