@@ -90,12 +90,27 @@ def test_folio_pages_agree_with_sparse_pages(slots: int, phase: int, data: Any) 
         elif op == "copy":
             f, s = f.copy(), s.copy()
         elif op == "slice":
-            f, s = f.slice(a * PER, b * PER), s.slice(a * PER, b * PER)
+            piece = f.slice(a * PER, b * PER)
+            assert isinstance(piece, FolioPages)
+            f, s = piece, s.slice(a * PER, b * PER)
         elif op == "resize":
             f.resize(b * PER)
             s.resize(b * PER)
         lo = data.draw(st.integers(0, f.npages))
         _same(f, s, lo, data.draw(st.integers(lo, f.npages)))
+
+
+def test_a_cut_inside_a_folio_gives_per_page_storage() -> None:
+    """Not hugetlb's (munmap and mprotect refuse the cut), but a caller that cuts gets
+    the pages as they are."""
+    f = FolioPages(4 * PER, ORDER)
+    f.put(np.array([0, 2 * PER]), np.array([8 * PER, 3 * PER]), np.array([True, False]))
+    for lo, hi in ((1, 3 * PER), (0, PER + 1), (PER, 3 * PER + 2)):
+        piece = f.slice(lo, hi)
+        assert isinstance(piece, SparsePages)
+        piece._check()
+        assert (piece.get(0, hi - lo) == f.get(lo, hi)).all()
+        assert (piece.get_excl(0, hi - lo) == f.get_excl(lo, hi)).all()
 
 
 def test_folio_pages_refuse_a_window_and_part_folios() -> None:

@@ -508,15 +508,33 @@ class FolioPages:
         self.put(starts, heads, flags)
 
     # -- reshaping ---------------------------------------------------------------------------
-    def slice(self, lo: int, hi: int) -> FolioPages:
-        """A copy of pages ``[lo, hi)`` (whole folios) as pages of their own."""
+    def slice(self, lo: int, hi: int) -> FolioPages | SparsePages:
+        """A copy of pages ``[lo, hi)`` as pages of their own: a folio store for whole
+        folios, per-page storage for a cut inside one (hugetlb's are never cut there:
+        munmap and mprotect refuse it; a caller that does gets the pages as they are).
+        O(folios there), O(pages) for per-page storage."""
+        mask = (1 << self.order) - 1
+        if lo & mask or hi & mask:
+            return self.to_sparse().slice(lo, hi)
         out = FolioPages(hi - lo, self.order, phase=self.phase + lo)
         out._slots = self._slots.slice(*self._span(lo, hi))
         return out
 
+    def to_sparse(self) -> SparsePages:
+        """The same pages in per-page storage. O(pages present)."""
+        out = SparsePages(self.npages, excl=True, phase=self.phase)
+        for ext in self.pieces(0, self.npages):
+            into = out.window(ext.lo, ext.hi)
+            assert into.excl is not None and ext.excl is not None
+            into.pfns[:] = ext.pfns
+            into.excl[:] = ext.excl
+        return out
+
     def copy(self) -> FolioPages:
         """A copy of everything (a VMA a fork duplicates)."""
-        return self.slice(0, self.npages)
+        out = FolioPages(self.npages, self.order, phase=self.phase)
+        out._slots = self._slots.copy()
+        return out
 
     def resize(self, npages: int) -> None:
         """Pages from ``npages`` (whole folios) on are gone (shrink) or added without

@@ -62,8 +62,9 @@ class Vma:
 
     def __post_init__(self) -> None:
         phase = self.start >> PAGE_SHIFT
+        per = 1 << BACKINGS[self.backing]
         if FOLIO_PAGES and self.backing.startswith("hugetlb") and self.file is None \
-                and not self.pfnmap:
+                and not self.pfnmap and not phase % per and not self.npages % per:
             self.pages = FolioPages(self.npages, BACKINGS[self.backing], phase=phase)
         else:
             self.pages = SparsePages(self.npages, excl=True, phase=phase)
