@@ -1,7 +1,8 @@
-"""FolioPages (a hugetlb VMA's pages, kept a folio at a time) answers as SparsePages does
-for the same whole-folio writes, and an mm whose hugetlb VMAs use it gives the same
-pfns, pins, exclusivity, fork and copy-on-write results and errors as one whose hugetlb
-VMAs keep a pfn per 4K page."""
+"""FolioPages (a hugetlb VMA's pages, kept a folio at a time) and ThpPages (a THP VMA's,
+its whole folios kept a folio at a time) answer as SparsePages does for the same
+writes, and an mm whose hugetlb and THP VMAs use them gives the same pfns, pins,
+exclusivity, fork and copy-on-write results and errors as one whose VMAs keep a pfn
+per 4K page."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from iommulab.errors import KernelError
 from iommulab.mem import PhysMem, vma
 from iommulab.mem.mm import MmStruct
 from iommulab.mem.pins import pfn_runs
-from iommulab.mem.sparse import FolioPages, SparsePages
+from iommulab.mem.sparse import GRANULE, FolioPages, SparsePages, ThpPages
 from iommulab.mem.vma import PAGE_SHIFT
 
 ORDER = 2
@@ -130,15 +131,18 @@ def _state(mm: MmStruct) -> list[Any]:
     return out
 
 
-def _run(steps: list[tuple[str, int, int]], folio: bool) -> list[Any]:
+def _run(steps: list[tuple[str, int, int]], folio: bool, backing: str = "hugetlb-2M",
+         fragment: float = 0.0) -> list[Any]:
     """The steps on a fresh machine, the hugetlb VMAs kept a folio at a time or not:
     every observable after each step (a step's errno included)."""
     vma.FOLIO_PAGES = folio
     try:
         mem = PhysMem("64M")
+        if fragment:
+            mem.fragment(order=9, fraction=fragment)
         mm = MmStruct(mem)
         huge = 1 << 21
-        va = mm.mmap(8 * huge, "hugetlb-2M")
+        va = mm.mmap(8 * huge, backing)
         procs = [mm]
         held: list[tuple[MmStruct, Any]] = []
         log: list[Any] = []
@@ -162,8 +166,8 @@ def _run(steps: list[tuple[str, int, int]], folio: bool) -> list[Any]:
                     procs.append(p.fork())
                 elif op == "munmap":
                     p.munmap(va + (y % 8) * huge, (1 + x % 3) * huge)
-                elif op == "munmap_cut":  # not whole huge pages: EINVAL
-                    p.munmap(addr, 4096)
+                elif op == "munmap_cut":  # hugetlb: not whole huge pages, EINVAL
+                    p.munmap(addr, 4096 * (1 + x % 600))
                 elif op == "gup_fast":
                     log.append(p.gup_fast(addr, 1 + x % 2000, True))
                 log.append(("ok", op))
@@ -212,3 +216,127 @@ def test_hugetlb_folio_store_costs_per_folio() -> None:
     assert sum(n for _, n in runs) == v.npages - 2 and v.pages.model_bytes() <= 2 * 9
     mm.unpin_user_page_runs(runs)
     mm.close()
+
+
+@settings(max_examples=40, deadline=None)
+@example([("write", 0, 5), ("pin", 600, 700), ("munmap_cut", 0, 1000), ("fork", 0, 0),
+          ("write", 1, 5), ("write", 0, 2000), ("pin_runs", 1201, 3), ("gup_fast", 1999, 0),
+          ("unpin", 0, 0), ("write", 0, 700)], 0.0)
+@given(st.lists(st.tuples(_OPS, st.integers(0, 5000), st.integers(0, 1 << 13)), max_size=12),
+       st.sampled_from([0.0, 0.5]))
+def test_thp_folio_store_is_invisible_to_the_mm(steps: list[tuple[str, int, int]],
+                                                fragment: float) -> None:
+    """The same on THP (whole folios, or 4K pages where the host is fragmented), with
+    cuts through folios, forks, copies on write and unaligned pins."""
+    assert _run(steps, True, "thp", fragment) == _run(steps, False, "thp", fragment)
+
+
+def _same_thp(t: ThpPages, s: SparsePages, lo: int, hi: int) -> None:
+    t._check()
+    s._check()
+    n = t.npages
+    assert n == s.npages
+    assert (t.get(0, n) == s.get(0, n)).all() and (t.get_excl(0, n) == s.get_excl(0, n)).all()
+    for a, b in ((t.present(), s.present()), (t.present(lo, hi), s.present(lo, hi))):
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert t.count(lo, hi) == s.count(lo, hi)
+    for excl in (False, True):
+        assert t.first_unset(lo, hi, excl=excl) == s.first_unset(lo, hi, excl=excl)
+    dense = np.full(max(0, hi - lo), -1, dtype=np.int64)
+    prev = lo
+    for ext in t.pieces(lo, hi):
+        assert prev <= ext.lo <= ext.hi <= hi
+        prev = ext.hi
+        dense[ext.lo - lo:ext.hi - lo] = ext.pfns
+    assert (dense == s.get(lo, hi)).all()
+    idx, pfns = s.present()
+    if len(idx):
+        assert (t.gather(idx) == pfns).all() and (t.gather_excl(idx) == s.gather_excl(idx)).all()
+    for seg_lo, seg_hi, view in t.segments(lo, hi):
+        if view is None:
+            assert t.folio_runs(seg_lo, seg_hi) == pfn_runs(s.get(seg_lo, seg_hi))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 5 * GRANULE), st.integers(0, GRANULE - 1), st.data())
+def test_thp_pages_agree_with_sparse_pages(n: int, phase: int, data: Any) -> None:
+    """Random sequences of whole-folio puts, windows written page by page (which
+    unfold the folios there), flag scatters, copies, slices anywhere and resizes: every
+    read of ThpPages equals SparsePages's after the same writes."""
+    t = ThpPages(n, 9, phase=phase)
+    s = SparsePages(n, excl=True, phase=phase)
+    per = GRANULE
+    for _ in range(data.draw(st.integers(1, 10))):
+        op = data.draw(st.sampled_from(["fold", "fold", "window", "flag", "flag_folio",
+                                        "copy", "slice", "resize"]))
+        off = -(t.phase) % per
+        slots = max(0, (t.npages - off) // per)
+        if op == "fold" and slots:
+            k = data.draw(st.integers(0, slots - 1))
+            start = off + k * per
+            head = data.draw(st.integers(0, 1 << 10)) * per
+            flag = data.draw(st.booleans())
+            t.put(np.array([start], dtype=np.int64), np.array([head]), np.array([flag]))
+            w = s.window(start, start + per)
+            assert w.excl is not None
+            w.pfns[:] = head + np.arange(per)
+            w.excl[:] = flag
+        elif op == "window" and t.npages:
+            lo = data.draw(st.integers(0, t.npages - 1))
+            hi = data.draw(st.integers(lo + 1, min(t.npages, lo + 700)))
+            vals = np.array([data.draw(st.sampled_from([-1, 7, 1 << 20])) for _ in range(3)])
+            pfns = np.resize(vals, hi - lo)
+            pfns[pfns >= 0] += np.arange(hi - lo)[pfns >= 0]
+            for store in (t, s):
+                w = store.window(lo, hi)
+                assert w.excl is not None
+                w.pfns[:] = pfns
+                w.excl[:] = pfns >= 0
+        elif op == "flag":
+            idx, _ = s.present()
+            idx = idx[::3]
+            flag = data.draw(st.booleans())
+            t.scatter(idx, None, flag)
+            s.scatter(idx, None, flag)
+        elif op == "flag_folio":
+            starts, _ = t.folio_slots()
+            if len(starts):
+                flag = data.draw(st.booleans())
+                t.put(starts[:1], None, flag)
+                s.scatter(int(starts[0]) + np.arange(per, dtype=np.int64), None, flag)
+        elif op == "copy":
+            t, s = t.copy(), s.copy()
+        elif op == "slice":
+            lo = data.draw(st.integers(0, t.npages))
+            hi = data.draw(st.integers(lo, t.npages))
+            t, s = t.slice(lo, hi), s.slice(lo, hi)
+        elif op == "resize":
+            m = data.draw(st.integers(0, 5 * GRANULE))
+            t.resize(m)
+            s.resize(m)
+        lo = data.draw(st.integers(0, t.npages))
+        _same_thp(t, s, lo, data.draw(st.integers(lo, t.npages)))
+
+
+def test_thp_store_keeps_whole_folios_a_folio_at_a_time() -> None:
+    """An unaligned pin of a THP mapping: its folios cost their slots; a fork unfolds
+    them (its copy is written page by page), a cut through one unfolds only that one."""
+    mem = PhysMem("1G")
+    mm = MmStruct(mem)
+    va = mm.mmap(256 << 20, "thp")
+    runs = mm.pin_user_page_runs(va + 5 * 4096, 60000, True)
+    v = mm.find_vma(va)
+    assert v is not None and isinstance(v.pages, ThpPages)
+    assert v.pages.count(0, v.npages) == 118 * GRANULE and v.pages._pages.kept == 0
+    assert v.pages.model_bytes() < 2000
+    mm.munmap(va + (10 << 21) + 4096, 4096)  # a cut through the 11th folio
+    kept = [w.pages._pages.kept for w in mm.vmas if isinstance(w.pages, ThpPages)]
+    assert kept == [1, GRANULE - 2]  # the cut folio's pages either side, page by page
+    child = mm.fork()
+    assert all(isinstance(w.pages, ThpPages) and not w.pages.folio_slots()[0].size
+               for w in mm.vmas + child.vmas)
+    child.close()
+    mm._check()
+    mm.unpin_user_page_runs(runs)
+    mm.close()
+    assert mem.pins.pins == 0 and mem.anon.maps.total == 0

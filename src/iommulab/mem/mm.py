@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,7 @@ from ..sizes import parse_size
 from .memfd import file_setup, resv_map_alloc
 from .physmem import PhysMem, pfn_runs
 from .runs import first_not_ready, present_count, view_runs
-from .sparse import Extent, FolioPages
+from .sparse import Extent, FolioPages, ThpPages
 from .vma import BACKINGS, PAGE_SHIFT, PAGE_SIZE, Vma
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _put_folio(vma: Vma, i: int, head: int | None, excl: bool | None) -> None:
     """Set the first pfn (``head``) and/or the exclusive flag of ``vma``'s folio at page
     ``i``, whole: by its slot where the VMA keeps its pages a folio at a time, else page
     by page (whose pages are present)."""
-    if isinstance(vma.pages, FolioPages):
+    if isinstance(vma.pages, (FolioPages, ThpPages)):
         vma.pages.put(np.array([i], dtype=np.int64), head, excl)
     else:
         span = _offsets(vma.order)
@@ -503,6 +504,8 @@ class MmStruct:
         copied."""
         if src.shared or not src.pages.kept:
             return
+        if isinstance(src.pages, ThpPages):  # the chunks below are written through
+            src.pages.unfold_all()
         dst.pages = src.pages.copy()
         starts, heads = src.pmd_slots()
         copy_folio = np.zeros(len(starts), dtype=np.bool_)
@@ -648,12 +651,29 @@ class MmStruct:
             runs = self.mem.alloc_page_runs(missing, site="alloc_pages(page fault)")
         except OutOfMemory as err:
             raise OutOfMemory(f"{where}: {err}") from None
+        if isinstance(vma.pages, ThpPages):  # windows of the missing pages only, so the
+            self._fault_pages(vma.pages, first, count, _aranges(runs))  # folios stay whole
+            return
         window = vma.pages.window(first, first + count)
         at = np.flatnonzero(window.pfns < 0)
         window.pfns[at] = _aranges(runs)
         assert window.excl is not None
         window.excl[at] = True
         self.anon.map_pages(window.pfns[at])
+
+    def _fault_pages(self, pages: ThpPages, first: int, count: int, new: I64Array) -> None:
+        """The 4K-page end of :meth:`_fault` for a THP VMA: ``new`` in the pages of
+        ``[first, first + count)`` that have none, in order, written through a window
+        per run of them (none holds a folio kept whole, which stays so)."""
+        at = np.flatnonzero(pages.get(first, first + count) < 0) + first
+        assert len(at) == len(new)
+        cuts = (np.flatnonzero(np.diff(at) != 1) + 1).tolist()
+        for a, b in itertools.pairwise([0, *cuts, len(at)]):
+            window = pages.window(int(at[a]), int(at[b - 1]) + 1)
+            assert window.excl is not None
+            window.pfns[:] = new[a:b]
+            window.excl[:] = True
+        self.anon.map_pages(new)
 
     def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> int:
         """A folio of ``order`` for each aligned stretch wholly inside ``vma`` and wholly
@@ -680,12 +700,10 @@ class MmStruct:
                                   f"at {vma.start + (s_lo << PAGE_SHIFT):#x}, {free} free")
         rows: list[int] = []
         got: list[int] = []
-        folio_pages = vma.pages if isinstance(vma.pages, FolioPages) else None
+        folio_pages = vma.pages if isinstance(vma.pages, (FolioPages, ThpPages)) else None
         if folio_pages is not None:  # kept a folio at a time: no window, put() below
             fresh, window = False, None
-            taken = np.ones(hi - lo, dtype=np.bool_)
-            taken[(folio_pages.folio_slots(s_lo, s_hi)[0] - s_lo) >> order] = False
-            empty = np.flatnonzero(taken)
+            empty = np.flatnonzero(~folio_pages.taken(s_lo, s_hi))
         else:
             fresh = not vma.pages.pieces(s_lo, s_hi)  # nothing kept: every stretch is empty
             window = vma.pages.window(s_lo, s_hi)
@@ -782,9 +800,7 @@ class MmStruct:
             only_ref = (self.anon.maps.range(head, per) == 1).all() and \
                 not self.mem.pins.range(head, per).any()
             if only_ref:
-                excl = vma.pages.window(i, i + per).excl
-                assert excl is not None
-                excl[:] = True
+                _put_folio(vma, i, None, True)
             else:
                 del vma.folios[head]
 
@@ -888,8 +904,10 @@ class MmStruct:
         runs: list[tuple[int, int]] = []
         for vma, lo, hi, view in self._gup_pieces(addr, npages, write):
             if view is None:  # a VMA kept a folio at a time: its runs come from the folios
-                assert vma is not None and isinstance(vma.pages, FolioPages)
-                more = vma.pages.runs(lo, hi)
+                assert vma is not None
+                assert isinstance(vma.pages, (FolioPages, ThpPages))
+                more = vma.pages.runs(lo, hi) if isinstance(vma.pages, FolioPages) else \
+                    vma.pages.folio_runs(lo, hi)
             else:
                 more = pfn_runs(view) if vma is None else view_runs(vma, lo, hi, view)
             if runs and runs[-1][0] + runs[-1][1] == more[0][0]:
@@ -927,6 +945,8 @@ class MmStruct:
                 out += [(None, 0, len(view), view) for view in vma.views(first, first + n)]
             elif isinstance(vma.pages, FolioPages):
                 out.append((vma, first, first + n, None))  # all present: faulted whole
+            elif isinstance(vma.pages, ThpPages):
+                out += [(vma, a, b, view) for a, b, view in vma.pages.segments(first, first + n)]
             else:
                 out += [(vma, e.lo, e.hi, e.pfns) for e in vma.pages.pieces(first, first + n)]
         if not out:

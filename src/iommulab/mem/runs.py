@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .pins import pfn_runs
-from .sparse import FolioPages
+from .sparse import FolioPages, ThpPages
 from .vma import PAGE_SHIFT, Vma
 
 __all__ = ["MIN_PAGES", "first_not_ready", "folio_rows", "present_count", "view_runs"]
@@ -81,7 +81,7 @@ def view_runs(vma: Vma, lo: int, hi: int, pfns: I64Array) -> list[tuple[int, int
 def present_count(vma: Vma, lo: int, hi: int) -> int:
     """``vma.pages.count(lo, hi)``: the pages of ``[lo, hi)`` that have one, counting a
     PMD folio's stretch whole. O(folios + pages outside them) numpy work."""
-    if isinstance(vma.pages, FolioPages):
+    if isinstance(vma.pages, (FolioPages, ThpPages)):
         return vma.pages.count(lo, hi)
     total = 0
     for ext in vma.pages.pieces(lo, hi):
@@ -101,7 +101,7 @@ def first_not_ready(vma: Vma, lo: int, hi: int) -> int:
     ``PageAnonExclusive``). O(folios + pages outside them) numpy work."""
     if vma.pfnmap or vma.file is not None:
         return vma.ready(lo, hi)
-    if isinstance(vma.pages, FolioPages):
+    if isinstance(vma.pages, (FolioPages, ThpPages)):
         return vma.pages.first_unset(lo, hi, excl=True)
     pos = lo
     for ext in vma.pages.pieces(lo, hi):

@@ -12,8 +12,10 @@ so callers only ask for ranges bounded by what is present or about to be allocat
 :meth:`SparsePages.present` and :meth:`SparsePages.pieces` walk only the extents.
 
 :class:`FolioPages` keeps the same state a folio at a time for mappings whose folios are
-never split (hugetlb): the model's own storage choice (the kernel keeps a PTE, PMD or
-PUD per mapping, not this), 9 bytes per folio instead of 9 per 4K page.
+never split (hugetlb), :class:`ThpPages` for the THP folios a mapping has whole until
+something asks for their pages one by one: the model's own storage choice (the kernel
+keeps a PTE, PMD or PUD per mapping, not this), 9 bytes per folio instead of 9 per 4K
+page.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GRANULE", "ROOM", "Extent", "FolioPages", "SparsePages"]
+__all__ = ["GRANULE", "ROOM", "Extent", "FolioPages", "SparsePages", "ThpPages"]
 
 #: pages per granule: the pages one PTE table maps (x86_64 and arm64 with 4K pages)
 GRANULE = 512
@@ -428,6 +430,12 @@ class FolioPages:
         slot = self._slots.first_unset(s_lo, s_hi, excl=excl)
         return hi if slot >= s_hi else max(lo, slot << self.order)
 
+    def taken(self, lo: int, hi: int) -> BoolArray:
+        """For the folios ``[lo, hi)`` (whole ones), whether each is present."""
+        out = np.zeros((hi - lo) >> self.order, dtype=np.bool_)
+        out[(self.folio_slots(lo, hi)[0] - lo) >> self.order] = True
+        return out
+
     def count(self, lo: int, hi: int) -> int:
         """How many pages of ``[lo, hi)`` have one. O(folios there)."""
         if hi <= lo:
@@ -564,3 +572,321 @@ class FolioPages:
     def _check(self) -> None:
         self._slots._check()
         assert self._slots.npages << self.order == self.npages
+
+
+class ThpPages:
+    """:class:`SparsePages` for a THP VMA: each PMD-sized aligned stretch faulted whole as
+    one folio while nothing else was kept there is kept a folio at a time (first pfn,
+    ``PageAnonExclusive``: a slot of a :class:`SparsePages` over the stretches), every
+    other page per page. The model's own storage choice. A stretch moves to per-page
+    storage (it *unfolds*, the pages unchanged) the first time a caller asks for a
+    writable view of it (:meth:`window`, :meth:`scatter`: a 4K fault beside it, a copy
+    on write, a fork) or a cut goes through it; it never moves back. Folio slots and
+    per-page extents never overlap (the stretches are the per-page store's granules).
+    Reads of folio stretches build dense read-only arrays, as :class:`FolioPages`'s."""
+
+    def __init__(self, npages: int, order: int, *, phase: int = 0) -> None:
+        assert 1 << order == GRANULE, f"order-{order} stretches are not granules"
+        self.npages = npages
+        self.order = order
+        self.with_excl = True
+        self.phase = phase % GRANULE
+        self._off = -phase % GRANULE  # the first aligned stretch's first page
+        self._pages = SparsePages(npages, excl=True, phase=phase)
+        self._folios = SparsePages(max(0, (npages - self._off) >> order), excl=True)
+
+    # -- the folio slots ---------------------------------------------------------------------
+    def _folio_slots(self, lo: int, hi: int) -> tuple[I64Array, I64Array, BoolArray]:
+        """``(first page, first pfn, flag)`` of each folio kept whole that holds a page of
+        ``[lo, hi)``, in order. O(log extents + folios there)."""
+        n = self._folios.npages
+        a = min(n, max(0, (lo - self._off) >> self.order))
+        b = max(a, min(n, -(-(hi - self._off) >> self.order)))
+        if hi <= lo or a >= b:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.copy(), np.zeros(0, dtype=np.bool_)
+        slots, heads = self._folios.present(a, b)
+        flags = self._folios.gather_excl(slots)
+        return (slots << self.order) + self._off, heads, flags
+
+    def folio_slots(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
+        """``(first page index, first pfn)`` of each folio kept whole that holds a page of
+        ``[lo, hi)`` (the others are in per-page storage)."""
+        starts, heads, _ = self._folio_slots(lo, self.npages if hi is None else hi)
+        return starts, heads
+
+    def _folio_runs(self, lo: int, hi: int) -> list[tuple[int, int, I64Array, I64Array,
+                                                          BoolArray]]:
+        """``(a, b, starts, heads, flags)`` per run of adjacent folios kept whole, clipped
+        to ``[lo, hi)``."""
+        starts, heads, flags = self._folio_slots(lo, hi)
+        per = 1 << self.order
+        cuts = (np.flatnonzero(np.diff(starts) != per) + 1).tolist()
+        bounds = [0, *cuts, len(starts)] if len(starts) else []
+        return [(max(lo, int(starts[i])), min(hi, int(starts[j - 1]) + per), starts[i:j],
+                 heads[i:j], flags[i:j]) for i, j in itertools.pairwise(bounds)]
+
+    def _covered(self, starts: I64Array) -> BoolArray:
+        """Which of the stretches at ``starts`` lie in per-page extents."""
+        runs = self._pages._runs
+        if not runs or not len(starts):
+            return np.zeros(len(starts), dtype=np.bool_)
+        los = np.array(self._pages._los, dtype=np.int64)
+        his = np.array([run.hi for run in runs], dtype=np.int64)
+        i = np.searchsorted(los, starts, side="right") - 1
+        out: BoolArray = (i >= 0) & (his[np.maximum(i, 0)] > starts)
+        return out
+
+    def _unfold(self, lo: int, hi: int) -> None:
+        """Move the folios kept whole that hold a page of ``[lo, hi)`` to per-page
+        storage, pages unchanged. O(their pages)."""
+        starts, heads, flags = self._folio_slots(lo, hi)
+        if not len(starts):
+            return
+        per = 1 << self.order
+        self._folios.scatter((starts - self._off) >> self.order, -1, False)
+        first = int(starts[0])
+        w = self._pages.window(first, int(starts[-1]) + per)
+        assert w.excl is not None
+        rows = (starts - first) >> self.order
+        offs = np.arange(per, dtype=np.int64)
+        for i in range(0, len(rows), 4096):  # bounded temporaries
+            w.pfns.reshape(-1, per)[rows[i:i + 4096]] = heads[i:i + 4096, None] + offs
+        w.excl.reshape(-1, per)[rows] = flags[:, None]
+
+    def unfold_all(self) -> None:
+        """Every folio kept whole moves to per-page storage (a fork's copy)."""
+        self._unfold(0, self.npages)
+
+    # -- reading -----------------------------------------------------------------------------
+    def pieces(self, lo: int, hi: int) -> list[Extent]:
+        """The per-page extents' views and dense read-only copies of the folios kept
+        whole, of ``[lo, hi)``, in order. O(pages of the folios met)."""
+        out = self._pages.pieces(lo, hi)
+        mask = (1 << self.order) - 1
+        for a, b, starts, heads, flags in self._folio_runs(lo, hi):
+            pages = np.arange(a, b, dtype=np.int64)
+            k = (pages - int(starts[0])) >> self.order
+            pfns = heads[k] + ((pages - int(starts[0])) & mask)
+            excl = flags[k]
+            pfns.flags.writeable = False
+            excl.flags.writeable = False
+            out.append(Extent(a, pfns, excl))
+        out.sort(key=lambda e: e.lo)
+        return out
+
+    def segments(self, lo: int, hi: int) -> list[tuple[int, int, I64Array | None]]:
+        """``(a, b, view)`` of ``[lo, hi)`` in order: per-page extents with their pfns'
+        view, runs of folios kept whole with None (read them by :meth:`folio_runs`)."""
+        out: list[tuple[int, int, I64Array | None]] = \
+            [(e.lo, e.hi, e.pfns) for e in self._pages.pieces(lo, hi)]
+        out += [(a, b, None) for a, b, *_ in self._folio_runs(lo, hi)]
+        out.sort(key=lambda s: s[0])
+        return out
+
+    def folio_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``pfn_runs`` of pages ``[lo, hi)``, all in folios kept whole."""
+        out: list[tuple[int, int]] = []
+        for a, b, starts, heads, _ in self._folio_runs(lo, hi):
+            firsts = heads + (np.maximum(starts, a) - starts)
+            lens = np.minimum(starts + (1 << self.order), b) - np.maximum(starts, a)
+            cuts = np.flatnonzero(firsts[1:] != firsts[:-1] + lens[:-1]) + 1
+            bounds = [0, *cuts.tolist(), len(firsts)]
+            more = [(int(firsts[i]), int(lens[i:j].sum())) for i, j in itertools.pairwise(bounds)]
+            if out and more and out[-1][0] + out[-1][1] == more[0][0]:
+                more[0] = (out[-1][0], out.pop()[1] + more[0][1])
+            out += more
+        assert sum(n for _, n in out) == hi - lo, f"pages [{lo}, {hi}) are not all folios"
+        return out
+
+    def get(self, lo: int, hi: int) -> I64Array:
+        out = np.full(hi - lo, -1, dtype=np.int64)
+        for ext in self.pieces(lo, hi):
+            out[ext.lo - lo:ext.hi - lo] = ext.pfns
+        return out
+
+    def get_excl(self, lo: int, hi: int) -> BoolArray:
+        out = np.zeros(hi - lo, dtype=np.bool_)
+        for ext in self.pieces(lo, hi):
+            assert ext.excl is not None
+            out[ext.lo - lo:ext.hi - lo] = ext.excl
+        return out
+
+    def present(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
+        hi = self.npages if hi is None else hi
+        idx: list[I64Array] = []
+        pfns: list[I64Array] = []
+        for ext in self.pieces(lo, hi):
+            at = np.flatnonzero(ext.pfns >= 0)
+            idx.append(at + ext.lo)
+            pfns.append(ext.pfns[at])
+        if not idx:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.copy()
+        return np.concatenate(idx), np.concatenate(pfns)
+
+    def first_unset(self, lo: int, hi: int, *, excl: bool) -> int:
+        """As :meth:`SparsePages.first_unset`; a folio kept whole is read once.
+        O(folios + per-page answer)."""
+        if hi <= lo:
+            return hi
+        segs: list[tuple[int, int, I64Array | None, BoolArray | None]] = \
+            [(e.lo, e.hi, None, None) for e in self._pages.pieces(lo, hi)]
+        segs += [(a, b, starts, flags) for a, b, starts, _, flags in self._folio_runs(lo, hi)]
+        segs.sort(key=lambda s: s[0])
+        pos = lo
+        for a, b, starts, flags in segs:
+            if a > pos:
+                return pos
+            if starts is None:
+                at = self._pages.first_unset(a, b, excl=excl)
+                if at < b:
+                    return at
+            elif excl and flags is not None and not flags.all():
+                return max(a, int(starts[int(np.argmin(flags))]))
+            pos = b
+        return pos
+
+    def count(self, lo: int, hi: int) -> int:
+        if hi <= lo:
+            return 0
+        starts, _, _ = self._folio_slots(lo, hi)
+        whole = int((np.minimum(starts + (1 << self.order), hi) - np.maximum(starts, lo)).sum())
+        return self._pages.count(lo, hi) + whole
+
+    def _lookup(self, idx: I64Array) -> tuple[BoolArray, I64Array, BoolArray]:
+        """For the sorted page indices ``idx``: which are in folios kept whole, and their
+        pfns and flags there."""
+        s = (idx - self._off) >> self.order
+        inside = (idx >= self._off) & (s < self._folios.npages)
+        pfns = np.full(len(idx), -1, dtype=np.int64)
+        flags = np.zeros(len(idx), dtype=np.bool_)
+        if inside.any():
+            sv = s[inside]
+            a, b = int(sv.min()), int(sv.max()) + 1
+            heads = self._folios.get(a, b)[sv - a]
+            pfns[inside] = np.where(heads >= 0, heads + ((idx[inside] - self._off)
+                                                         & ((1 << self.order) - 1)), -1)
+            flags[inside] = self._folios.get_excl(a, b)[sv - a]
+        return pfns >= 0, pfns, flags
+
+    def gather(self, idx: I64Array) -> I64Array:
+        folio, pfns, _ = self._lookup(idx)
+        if not folio.all():
+            pfns[~folio] = self._pages.gather(idx[~folio])
+        return pfns
+
+    def gather_excl(self, idx: I64Array) -> BoolArray:
+        folio, _, flags = self._lookup(idx)
+        if not folio.all():
+            flags[~folio] = self._pages.gather_excl(idx[~folio])
+        return flags
+
+    # -- writing -----------------------------------------------------------------------------
+    def window(self, lo: int, hi: int) -> Extent:
+        """:meth:`SparsePages.window`, the folios there unfolded first."""
+        self._unfold(lo, hi)
+        return self._pages.window(lo, hi)
+
+    def scatter(self, idx: I64Array, pfns: I64Array | int | None = None,
+                excl: BoolArray | bool | None = None) -> None:
+        """:meth:`SparsePages.scatter`, the folios there unfolded first."""
+        if len(idx):
+            self._unfold(int(idx[0]), int(idx[-1]) + 1)
+        self._pages.scatter(idx, pfns, excl)
+
+    def put(self, starts: I64Array, heads: I64Array | int | None = None,
+            excl: BoolArray | bool | None = None) -> None:
+        """Set the first pfn and/or the flag of the aligned stretches at the sorted page
+        indices ``starts``, whole: kept a folio at a time where no per-page extent holds
+        the stretch, else page by page (a new folio needs ``heads`` and ``excl``)."""
+        if not len(starts):
+            return
+        per = 1 << self.order
+        offs = np.arange(per, dtype=np.int64)
+        heads_a = None if heads is None else np.broadcast_to(np.asarray(heads, np.int64),
+                                                             starts.shape)
+        excl_a = None if excl is None else np.broadcast_to(np.asarray(excl, np.bool_),
+                                                           starts.shape)
+        cov = self._covered(starts)
+        if cov.any():
+            idx = (starts[cov][:, None] + offs).ravel()
+            self._pages.scatter(
+                idx, None if heads_a is None else
+                np.where(heads_a[cov][:, None] >= 0, heads_a[cov][:, None] + offs, -1).ravel(),
+                None if excl_a is None else np.repeat(excl_a[cov], per))
+        fold = ~cov
+        if fold.any():
+            slots = (starts[fold] - self._off) >> self.order
+            self._folios.window(int(slots[0]), int(slots[-1]) + 1)
+            self._folios.scatter(slots, None if heads_a is None else heads_a[fold].copy(),
+                                 None if excl_a is None else excl_a[fold].copy())
+            if heads_a is not None:
+                self._folios.scatter(slots[heads_a[fold] < 0], None, False)
+
+    def taken(self, lo: int, hi: int) -> BoolArray:
+        """For the aligned stretches ``[lo, hi)`` (whole ones), whether any page has one."""
+        per = 1 << self.order
+        out = np.zeros((hi - lo) >> self.order, dtype=np.bool_)
+        out[(self._folio_slots(lo, hi)[0] - lo) >> self.order] = True
+        idx, _ = self._pages.present(lo, hi)
+        out[(idx - lo) // per] = True
+        return out
+
+    # -- reshaping ---------------------------------------------------------------------------
+    def slice(self, lo: int, hi: int) -> ThpPages:
+        """A copy of pages ``[lo, hi)`` as pages of their own; a folio the cut goes
+        through is in per-page storage there. O(pages kept per page + folios)."""
+        out = ThpPages(hi - lo, self.order, phase=self.phase + lo)
+        out._pages = self._pages.slice(lo, hi)
+        starts, heads, flags = self._folio_slots(lo, hi)
+        per = 1 << self.order
+        inside = (starts >= lo) & (starts + per <= hi)
+        out.put(starts[inside] - lo, heads[inside], flags[inside])
+        for s, h, f in zip(starts[~inside].tolist(), heads[~inside].tolist(),
+                           flags[~inside].tolist(), strict=True):
+            a, b = max(lo, s), min(hi, s + per)
+            w = out._pages.window(a - lo, b - lo)
+            assert w.excl is not None
+            w.pfns[:] = np.arange(h + a - s, h + b - s, dtype=np.int64)
+            w.excl[:] = f
+        return out
+
+    def copy(self) -> ThpPages:
+        return self.slice(0, self.npages)
+
+    def resize(self, npages: int) -> None:
+        """Pages from ``npages`` on are gone (shrink) or added without pages (grow)."""
+        if npages < self.npages:
+            cut = self.slice(0, npages)
+            self._pages, self._folios = cut._pages, cut._folios
+        else:
+            self._pages.resize(npages)
+            self._folios.resize(max(0, (npages - self._off) >> self.order))
+        self.npages = npages
+
+    def clear(self) -> None:
+        self._pages.clear()
+        self._folios.clear()
+
+    @property
+    def kept(self) -> int:
+        """Pages the per-page extents hold, plus those of the folios kept whole."""
+        return self._pages.kept + (self._folios.count(0, self._folios.npages) << self.order)
+
+    @property
+    def host_pages(self) -> int:
+        """Entries the storage has room for (a page's or a folio's)."""
+        return self._pages.host_pages + self._folios.host_pages
+
+    def model_bytes(self) -> int:
+        """Host bytes of both stores' arrays (room included)."""
+        return self._pages.model_bytes() + self._folios.model_bytes()
+
+    def _check(self) -> None:
+        """Both stores' checks; no folio kept whole lies in a per-page extent."""
+        self._pages._check()
+        self._folios._check()
+        assert self._folios.npages == max(0, (self.npages - self._off) >> self.order)
+        starts, _, _ = self._folio_slots(0, self.npages)
+        assert not self._covered(starts).any(), "a folio is kept twice"

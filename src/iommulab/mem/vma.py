@@ -5,7 +5,8 @@ A VMA's own page state is its anonymous pages: the pfn of each and
 mapping costs host memory in proportion to what was faulted in, never to its length;
 an anonymous hugetlb mapping keeps them a huge page at a time
 (:class:`~iommulab.mem.sparse.FolioPages`, the model's own storage choice: its folios
-are never split).
+are never split), a THP mapping its whole folios a folio at a time
+(:class:`~iommulab.mem.sparse.ThpPages`).
 The pages of a MAP_SHARED file are the file's page cache, looked up where the VMA maps
 the file; a MAP_PRIVATE file mapping adds the anonymous copies its writes made. A
 device region (VM_PFNMAP | VM_IO) has no pages at all: its pfns are the region's, in
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from .sparse import Extent, FolioPages, SparsePages
+from .sparse import Extent, FolioPages, SparsePages, ThpPages
 
 if TYPE_CHECKING:
     from .memfd import MemFd
@@ -34,8 +35,8 @@ BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
 #: pages a whole-VMA pass (unmap, fork, checks) handles at a time: bounded temporaries,
 #: a Python step per GiB, and never a folio cut in two (the largest is 1G)
 CHUNK = 1 << 18
-#: lab: anonymous hugetlb VMAs keep their pages a folio at a time (FolioPages); tests
-#: turn it off to compare against the per-page storage every other VMA has
+#: lab: anonymous hugetlb and THP VMAs keep their whole folios a folio at a time
+#: (FolioPages, ThpPages); tests turn it off to compare against per-page storage
 FOLIO_PAGES = True
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -58,7 +59,7 @@ class Vma:
     private: bool = False  # MAP_PRIVATE of a file: a page is copied on its first write
     #: the anonymous pages (of a MAP_PRIVATE file, the copies): pfn, PageAnonExclusive;
     #: a folio at a time for anonymous hugetlb
-    pages: SparsePages | FolioPages = field(init=False, repr=False)
+    pages: SparsePages | FolioPages | ThpPages = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         phase = self.start >> PAGE_SHIFT
@@ -66,6 +67,8 @@ class Vma:
         if FOLIO_PAGES and self.backing.startswith("hugetlb") and self.file is None \
                 and not self.pfnmap and not phase % per and not self.npages % per:
             self.pages = FolioPages(self.npages, BACKINGS[self.backing], phase=phase)
+        elif FOLIO_PAGES and self.backing == "thp" and self.file is None and not self.pfnmap:
+            self.pages = ThpPages(self.npages, BACKINGS[self.backing], phase=phase)
         else:
             self.pages = SparsePages(self.npages, excl=True, phase=phase)
 
@@ -168,7 +171,14 @@ class Vma:
         lo = max(0, lo - (base + lo) % per)  # from the start of the stretch ``lo`` is in
         ats: list[I64Array] = []
         heads: list[I64Array] = []
-        for ext in self.pages.pieces(lo, hi):
+        exts = self.pages.pieces(lo, hi)
+        if isinstance(self.pages, ThpPages):  # its folios kept whole, then the others
+            starts, firsts = self.pages.folio_slots(lo, hi)
+            mine = np.isin(firsts, np.fromiter(self.folios, np.int64, len(self.folios)))
+            ats.append(starts[mine])
+            heads.append(firsts[mine])
+            exts = self.pages._pages.pieces(lo, hi)
+        for ext in exts:
             first = ext.lo + (-(base + ext.lo)) % per
             cand = ext.pfns[first - ext.lo::per]
             if len(cand) <= 64:  # a fault's few stretches
@@ -179,7 +189,9 @@ class Vma:
             heads.append(cand[keep])
         if not ats:
             return empty, empty.copy()
-        return np.concatenate(ats), np.concatenate(heads)
+        at, head = np.concatenate(ats), np.concatenate(heads)
+        order = np.argsort(at, kind="stable")
+        return at[order], head[order]
 
     def pmd_pages(self, ext: Extent, starts: I64Array) -> BoolArray:
         """Which pages of ``ext`` belong to the PMD-mapped folios at page indices
