@@ -319,8 +319,9 @@ def test_thp_pages_agree_with_sparse_pages(n: int, phase: int, data: Any) -> Non
 
 
 def test_thp_store_keeps_whole_folios_a_folio_at_a_time() -> None:
-    """An unaligned pin of a THP mapping: its folios cost their slots; a fork unfolds
-    them (its copy is written page by page), a cut through one unfolds only that one."""
+    """An unaligned pin of a THP mapping: its folios cost their slots; a cut through one
+    unfolds only that one; a fork while they are pinned unfolds them (copied for the
+    child page by page), one after the unpin keeps them whole on both sides."""
     mem = PhysMem("1G")
     mm = MmStruct(mem)
     va = mm.mmap(256 << 20, "thp")
@@ -338,5 +339,14 @@ def test_thp_store_keeps_whole_folios_a_folio_at_a_time() -> None:
     child.close()
     mm._check()
     mm.unpin_user_page_runs(runs)
+    va2 = mm.mmap(64 << 21, "thp", populate=True)
+    mm.has_pinned = False  # lab: as if never pinned, so the fork shares every folio
+    child = mm.fork()
+    for proc in (mm, child):
+        w = proc.find_vma(va2)
+        assert w is not None and isinstance(w.pages, ThpPages) and w.pages._pages.kept == 0
+        assert len(w.pages.folio_slots()[0]) == 64 and not w.excl().any()
+        proc._check()
+    child.close()
     mm.close()
     assert mem.pins.pins == 0 and mem.anon.maps.total == 0

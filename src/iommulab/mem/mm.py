@@ -462,7 +462,12 @@ class MmStruct:
         if isinstance(vma.pages, FolioPages):  # every page is in a folio, cut only whole
             assert inside.all(), f"{vma!r}: [{lo}, {hi}) cuts a huge page"
             return
-        for ext in vma.chunks(lo, hi):
+        per_page = isinstance(vma.pages, ThpPages)
+        if isinstance(vma.pages, ThpPages):  # folios kept whole are PMD-mapped (above)
+            whole, _ = vma.pages.folio_slots(lo, hi)
+            assert np.isin(whole, starts[inside]).all(), f"{vma!r}: a folio kept whole " \
+                f"is not unmapped whole by [{lo}, {hi})"
+        for ext in vma.chunks(lo, hi, per_page=per_page):
             pages = (ext.pfns >= 0) & ~vma.pmd_pages(ext, starts[inside])
             self.anon.unmap(ext.pfns[pages])
 
@@ -504,20 +509,25 @@ class MmStruct:
         copied."""
         if src.shared or not src.pages.kept:
             return
-        if isinstance(src.pages, ThpPages):  # the chunks below are written through
-            src.pages.unfold_all()
-        dst.pages = src.pages.copy()
         starts, heads = src.pmd_slots()
         copy_folio = np.zeros(len(starts), dtype=np.bool_)
         if pinned is not None and len(starts):
             copy_folio = np.isin(heads, pinned) & src.pages.gather_excl(starts)
         shared_heads, copy_heads = heads[~copy_folio], heads[copy_folio]
+        if isinstance(src.pages, ThpPages):  # only THPs shared by their PMD stay kept
+            src.pages.unfold_except(starts[~copy_folio])  # whole: the rest is written
+        dst.pages = src.pages.copy()  # through the chunks below
         if isinstance(src.pages, FolioPages):
             self._dup_hugetlb(src, dst, starts, heads, copy_folio)
             return
+        if isinstance(src.pages, ThpPages) and isinstance(dst.pages, ThpPages):
+            whole = src.pages.folio_slots()[0]  # shared: neither side has them alone
+            src.pages.put(whole, excl=False)
+            dst.pages.put(whole, excl=False)
         # per-page storage (vma.FOLIO_PAGES off: what FolioPages is tested against)
         copies: list[I64Array] = []
-        for s_ext, d_ext in zip(src.chunks(), dst.chunks(), strict=True):
+        for s_ext, d_ext in zip(src.chunks(per_page=True), dst.chunks(per_page=True),
+                                strict=True):
             copy_pmds = src.pmd_pages(s_ext, starts[copy_folio])
             shared_pmds = src.pmd_pages(s_ext, starts[~copy_folio])
             copies.append(self._dup_chunk(s_ext, d_ext, copy_pmds, shared_pmds, pinned)
@@ -1156,6 +1166,10 @@ class MmStruct:
     def _check_folios(self, vma: Vma) -> None:
         starts, heads = vma.pmd_slots()
         assert len(heads) == len(vma.folios), f"{vma!r}: a PMD folio is not in place"
+        if isinstance(vma.pages, ThpPages):
+            whole = vma.pages.folio_slots()[1].tolist()
+            assert all(h in vma.folios for h in whole), f"{vma!r}: a folio kept whole " \
+                "is not PMD-mapped"
         per = 1 << vma.order
         for i, head in zip(starts.tolist(), heads.tolist(), strict=True):
             assert self.anon.folios.get(head) == vma.order, f"{head:#x}: no such folio"

@@ -580,8 +580,9 @@ class ThpPages:
     ``PageAnonExclusive``: a slot of a :class:`SparsePages` over the stretches), every
     other page per page. The model's own storage choice. A stretch moves to per-page
     storage (it *unfolds*, the pages unchanged) the first time a caller asks for a
-    writable view of it (:meth:`window`, :meth:`scatter`: a 4K fault beside it, a copy
-    on write, a fork) or a cut goes through it; it never moves back. Folio slots and
+    writable view of it (:meth:`window`, :meth:`scatter`: a copy on write, a fork's
+    copy of a pinned THP) or a cut goes through it; it never moves back. A folio kept
+    whole is always one its VMA maps with a PMD (``Vma.folios``). Folio slots and
     per-page extents never overlap (the stretches are the per-page store's granules).
     Reads of folio stretches build dense read-only arrays, as :class:`FolioPages`'s."""
 
@@ -640,23 +641,36 @@ class ThpPages:
     def _unfold(self, lo: int, hi: int) -> None:
         """Move the folios kept whole that hold a page of ``[lo, hi)`` to per-page
         storage, pages unchanged. O(their pages)."""
-        starts, heads, flags = self._folio_slots(lo, hi)
+        self._unfold_at(*self._folio_slots(lo, hi))
+
+    def _unfold_at(self, starts: I64Array, heads: I64Array, flags: BoolArray) -> None:
+        """Move the folios kept whole at ``starts`` (sorted; their first pfns and flags)
+        to per-page storage, a window per run of adjacent ones."""
         if not len(starts):
             return
         per = 1 << self.order
         self._folios.scatter((starts - self._off) >> self.order, -1, False)
-        first = int(starts[0])
-        w = self._pages.window(first, int(starts[-1]) + per)
-        assert w.excl is not None
-        rows = (starts - first) >> self.order
         offs = np.arange(per, dtype=np.int64)
-        for i in range(0, len(rows), 4096):  # bounded temporaries
-            w.pfns.reshape(-1, per)[rows[i:i + 4096]] = heads[i:i + 4096, None] + offs
-        w.excl.reshape(-1, per)[rows] = flags[:, None]
+        cuts = (np.flatnonzero(np.diff(starts) != per) + 1).tolist()
+        for a, b in itertools.pairwise([0, *cuts, len(starts)]):
+            first = int(starts[a])
+            w = self._pages.window(first, int(starts[b - 1]) + per)
+            assert w.excl is not None
+            for i in range(a, b, 4096):  # bounded temporaries
+                j = min(b, i + 4096)
+                w.pfns.reshape(-1, per)[i - a:j - a] = heads[i:j, None] + offs
+            w.excl.reshape(-1, per)[:] = flags[a:b, None]
 
-    def unfold_all(self) -> None:
-        """Every folio kept whole moves to per-page storage (a fork's copy)."""
-        self._unfold(0, self.npages)
+    def unfold_except(self, keep: I64Array) -> None:
+        """Every folio kept whole but those at the page indices ``keep`` moves to
+        per-page storage (a fork writes the others through views)."""
+        starts, heads, flags = self._folio_slots(0, self.npages)
+        drop = ~np.isin(starts, keep)
+        self._unfold_at(starts[drop], heads[drop], flags[drop])
+
+    def page_pieces(self, lo: int, hi: int) -> list[Extent]:
+        """Views of the pages of ``[lo, hi)`` kept page by page (writes go through)."""
+        return self._pages.pieces(lo, hi)
 
     # -- reading -----------------------------------------------------------------------------
     def pieces(self, lo: int, hi: int) -> list[Extent]:
@@ -790,9 +804,15 @@ class ThpPages:
 
     def scatter(self, idx: I64Array, pfns: I64Array | int | None = None,
                 excl: BoolArray | bool | None = None) -> None:
-        """:meth:`SparsePages.scatter`, the folios there unfolded first."""
-        if len(idx):
-            self._unfold(int(idx[0]), int(idx[-1]) + 1)
+        """:meth:`SparsePages.scatter`, the folios holding a page of ``idx`` unfolded
+        first."""
+        folio, _, _ = self._lookup(idx)
+        if folio.any():
+            per = 1 << self.order
+            hit = np.unique((idx[folio] - self._off) // per * per + self._off)
+            starts, heads, flags = self._folio_slots(int(hit[0]), int(hit[-1]) + per)
+            at = np.isin(starts, hit)
+            self._unfold_at(starts[at], heads[at], flags[at])
         self._pages.scatter(idx, pfns, excl)
 
     def put(self, starts: I64Array, heads: I64Array | int | None = None,
@@ -808,14 +828,23 @@ class ThpPages:
                                                              starts.shape)
         excl_a = None if excl is None else np.broadcast_to(np.asarray(excl, np.bool_),
                                                            starts.shape)
-        cov = self._covered(starts)
-        if cov.any():
-            idx = (starts[cov][:, None] + offs).ravel()
-            self._pages.scatter(
-                idx, None if heads_a is None else
-                np.where(heads_a[cov][:, None] >= 0, heads_a[cov][:, None] + offs, -1).ravel(),
-                None if excl_a is None else np.repeat(excl_a[cov], per))
-        fold = ~cov
+        cov = np.flatnonzero(self._covered(starts))
+        cuts = (np.flatnonzero(np.diff(starts[cov]) != per) + 1).tolist()
+        for a, b in itertools.pairwise([0, *cuts, len(cov)] if len(cov) else []):
+            at = cov[a:b]  # adjacent stretches: one window (whole granules, so a
+            w = self._pages.window(int(starts[at[0]]),  # stretch an extent holds in part
+                                   int(starts[at[-1]]) + per)  # is then all kept)
+            assert w.excl is not None
+            if heads_a is not None:
+                h = heads_a[at][:, None]
+                w.pfns.reshape(-1, per)[:] = np.where(h >= 0, h + offs, -1)
+            if excl_a is not None:
+                w.excl.reshape(-1, per)[:] = excl_a[at][:, None]
+            if heads_a is not None:
+                w.excl.reshape(-1, per)[heads_a[at] < 0] = False
+        cov_mask = np.zeros(len(starts), dtype=np.bool_)
+        cov_mask[cov] = True
+        fold = ~cov_mask
         if fold.any():
             slots = (starts[fold] - self._off) >> self.order
             self._folios.window(int(slots[0]), int(slots[-1]) + 1)

@@ -141,13 +141,18 @@ class Vma:
             return [e.pfns for e in self.file.cache.pieces(self.pgoff + lo, self.pgoff + hi)]
         return [e.pfns for e in self.pages.pieces(lo, hi)]
 
-    def chunks(self, lo: int = 0, hi: int | None = None) -> list[Extent]:
+    def chunks(self, lo: int = 0, hi: int | None = None, *,
+               per_page: bool = False) -> list[Extent]:
         """Views of the VMA's own pages of ``[lo, hi)``, cut at every :data:`CHUNK` of
-        the address space: what whole-VMA passes walk (only where pages were kept)."""
+        the address space: what whole-VMA passes walk (only where pages were kept).
+        ``per_page``: only the pages kept page by page (of a THP VMA: not the folios
+        kept whole, whose copies are read-only), which writes go through."""
         hi = self.npages if hi is None else hi
         base = self.start >> PAGE_SHIFT
         out: list[Extent] = []
-        for ext in self.pages.pieces(lo, hi):
+        pieces = self.pages.page_pieces(lo, hi) if per_page and \
+            isinstance(self.pages, ThpPages) else self.pages.pieces(lo, hi)
+        for ext in pieces:
             pos = ext.lo
             while pos < ext.hi:
                 stop = min(ext.hi, (base + pos) // CHUNK * CHUNK + CHUNK - base)
@@ -164,27 +169,25 @@ class Vma:
         hi = self.npages if hi is None else hi
         if isinstance(self.pages, FolioPages):  # O(folios there)
             starts, firsts = self.pages.folio_slots(lo, hi)
-            mine = np.isin(firsts, np.fromiter(self.folios, np.int64, len(self.folios)))
+            mine = self._mapped_whole(firsts)
             return starts[mine], firsts[mine]
         per = 1 << self.order
         base = self.start >> PAGE_SHIFT
         lo = max(0, lo - (base + lo) % per)  # from the start of the stretch ``lo`` is in
         ats: list[I64Array] = []
         heads: list[I64Array] = []
-        exts = self.pages.pieces(lo, hi)
         if isinstance(self.pages, ThpPages):  # its folios kept whole, then the others
             starts, firsts = self.pages.folio_slots(lo, hi)
-            mine = np.isin(firsts, np.fromiter(self.folios, np.int64, len(self.folios)))
+            mine = self._mapped_whole(firsts)
             ats.append(starts[mine])
             heads.append(firsts[mine])
-            exts = self.pages._pages.pieces(lo, hi)
+            exts = self.pages.page_pieces(lo, hi)
+        else:
+            exts = self.pages.pieces(lo, hi)
         for ext in exts:
             first = ext.lo + (-(base + ext.lo)) % per
             cand = ext.pfns[first - ext.lo::per]
-            if len(cand) <= 64:  # a fault's few stretches
-                keep = np.array([h in self.folios for h in cand.tolist()], dtype=np.bool_)
-            else:
-                keep = np.isin(cand, np.fromiter(self.folios, np.int64, len(self.folios)))
+            keep = self._mapped_whole(cand)
             ats.append(np.flatnonzero(keep).astype(np.int64) * per + first)
             heads.append(cand[keep])
         if not ats:
@@ -192,6 +195,13 @@ class Vma:
         at, head = np.concatenate(ats), np.concatenate(heads)
         order = np.argsort(at, kind="stable")
         return at[order], head[order]
+
+    def _mapped_whole(self, heads: I64Array) -> BoolArray:
+        """Which of the first pfns ``heads`` are folios this VMA maps with a PMD."""
+        if len(heads) <= 64:  # a fault's few stretches: no array of every folio
+            return np.array([h in self.folios for h in heads.tolist()], dtype=np.bool_)
+        out: BoolArray = np.isin(heads, np.fromiter(self.folios, np.int64, len(self.folios)))
+        return out
 
     def pmd_pages(self, ext: Extent, starts: I64Array) -> BoolArray:
         """Which pages of ``ext`` belong to the PMD-mapped folios at page indices
