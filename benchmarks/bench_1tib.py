@@ -234,7 +234,7 @@ def _print_state(st: dict[str, Any]) -> None:
     print("model state per 4K page of guest RAM, domain split to 4K (bytes)")
     for key, name in (("real_tables", "real page tables (the kernel's)"),
                       ("tables", "page tables (model)"), ("pins", "pin counts"),
-                      ("mirror", "mm page mirror (SparsePages/FolioPages)"),
+                      ("mirror", "mm page mirror (per page, or per folio)"),
                       ("areas", "areas and pages"), ("whole", "whole state")):
         print(f"  {name:<52} {st[key] / pages:>8.2f}")
     real = st["real_tables"] or 1

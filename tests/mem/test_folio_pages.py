@@ -132,7 +132,7 @@ def _state(mm: MmStruct) -> list[Any]:
 
 
 def _run(steps: list[tuple[str, int, int]], folio: bool, backing: str = "hugetlb-2M",
-         fragment: float = 0.0) -> list[Any]:
+         fragment: float = 0.0, arm: tuple[int, int] | None = None) -> list[Any]:
     """The steps on a fresh machine, the hugetlb VMAs kept a folio at a time or not:
     every observable after each step (a step's errno included)."""
     vma.FOLIO_PAGES = folio
@@ -146,7 +146,10 @@ def _run(steps: list[tuple[str, int, int]], folio: bool, backing: str = "hugetlb
         procs = [mm]
         held: list[tuple[MmStruct, Any]] = []
         log: list[Any] = []
-        for op, x, y in steps:
+        mem.fail_nth.log = []  # every allocation point reached, in order
+        for step, (op, x, y) in enumerate(steps):
+            if arm is not None and arm[0] == step:
+                mem.fail_nth.arm(arm[1])
             p = procs[x % len(procs)]
             addr = va + (y % (8 << 9) << PAGE_SHIFT)
             try:
@@ -173,6 +176,10 @@ def _run(steps: list[tuple[str, int, int]], folio: bool, backing: str = "hugetlb
                 log.append(("ok", op))
             except KernelError as err:
                 log.append((type(err).__name__, err.errno, str(err)))
+            if arm is not None and arm[0] == step:
+                log.append(("triggered", mem.fail_nth.triggered))
+            mem.fail_nth.disarm()
+            log.append((mem.fail_nth.fired, list(mem.fail_nth.log)))
             log.append([_state(q) for q in procs])
         for q, got in held:
             if isinstance(got, list):
@@ -350,3 +357,21 @@ def test_thp_store_keeps_whole_folios_a_folio_at_a_time() -> None:
     child.close()
     mm.close()
     assert mem.pins.pins == 0 and mem.anon.maps.total == 0
+
+
+@pytest.mark.parametrize("backing", ["hugetlb-2M", "thp"])
+def test_fail_nth_sweep_is_the_same_with_either_store(backing: str) -> None:
+    """Each allocation of a fork of pinned memory, a copy on write and a pin after it
+    failed in turn (``fail_nth`` n = 1, 2, ... at each step until nothing fails): the
+    same sites, errnos, pfns, pins and state afterwards with either storage."""
+    steps = [("pin", 600, 700), ("write", 0, 2000), ("fork", 0, 0), ("write", 1, 5),
+             ("pin_runs", 1201, 3), ("write", 0, 5), ("munmap_cut", 1, 1500)]
+    fired = 0
+    for step in range(len(steps)):
+        for nth in range(1, 40):
+            got = _run(steps, True, backing, 0.0, (step, nth))
+            assert got == _run(steps, False, backing, 0.0, (step, nth)), (step, nth)
+            if ("triggered", True) not in got:  # past the step's last allocation point
+                break
+            fired += 1
+    assert fired >= (2 if backing.startswith("hugetlb") else 6), fired
