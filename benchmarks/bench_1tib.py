@@ -178,9 +178,8 @@ def model_state(m: Machine, p: Process, gib: int) -> dict[str, Any]:
     pins = m.mem.pins.model_bytes()
     mirror = 0
     for vma in p.mm.vmas:
-        for run in vma.pages._runs:
-            mirror += run.buf.nbytes + (run.ebuf.nbytes if run.ebuf is not None else 0)
-        mirror += 100 * len(vma.folios)
+        mirror += vma.pages.model_bytes()  # its arrays, room included
+        mirror += 100 * len(vma.folios)  # a dict entry and an int key per folio
     areas = 0
     for obj in gc.get_objects():
         if type(obj).__name__ in ("IoptArea", "IoptPages"):
@@ -235,7 +234,7 @@ def _print_state(st: dict[str, Any]) -> None:
     print("model state per 4K page of guest RAM, domain split to 4K (bytes)")
     for key, name in (("real_tables", "real page tables (the kernel's)"),
                       ("tables", "page tables (model)"), ("pins", "pin counts"),
-                      ("mirror", "mm page mirror (SparsePages, folios)"),
+                      ("mirror", "mm page mirror (per page, or per folio)"),
                       ("areas", "areas and pages"), ("whole", "whole state")):
         print(f"  {name:<52} {st[key] / pages:>8.2f}")
     real = st["real_tables"] or 1

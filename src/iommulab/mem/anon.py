@@ -30,6 +30,9 @@ __all__ = ["AnonPages"]
 
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+#: pages whose mapcounts :meth:`AnonPages.unmap_folios` reads at a time (16 MiB of
+#: counts: 4096 THPs, or 16 1G hugetlb folios, instead of 4 GiB for 4096 of those)
+_UNMAP_PAGES = 1 << 22
 
 
 def _folio_runs(heads: I64Array, order: int) -> list[tuple[int, int]]:
@@ -86,8 +89,9 @@ class AnonPages:
         Python step per run of folios and per folio freed."""
         per = 1 << order
         heads = np.sort(heads)
-        for i in range(0, len(heads), 4096):  # bounded temporaries
-            chunk = heads[i:i + 4096]
+        step = max(1, min(4096, _UNMAP_PAGES >> order))  # bounded temporaries: the pages'
+        for i in range(0, len(heads), step):  # counts, not the folios, bound them
+            chunk = heads[i:i + step]
             runs = _folio_runs(chunk, order)
             self.maps.add_runs(runs, -1, zeros=False)
             mapped = np.concatenate([self.maps.range(p, n) for p, n in runs]) > 0

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,7 @@ from ..sizes import parse_size
 from .memfd import file_setup, resv_map_alloc
 from .physmem import PhysMem, pfn_runs
 from .runs import first_not_ready, present_count, view_runs
-from .sparse import Extent
+from .sparse import Extent, FolioPages, ThpPages
 from .vma import BACKINGS, PAGE_SHIFT, PAGE_SIZE, Vma
 
 if TYPE_CHECKING:
@@ -102,6 +103,17 @@ def _fill_run(out: I64Array, first: int) -> None:
     for i in range(0, len(out), _FILL_CHUNK):
         j = min(len(out), i + _FILL_CHUNK)
         out[i:j] = np.arange(first + i, first + j, dtype=np.int64)
+
+
+def _put_folio(vma: Vma, i: int, head: int | None, excl: bool | None) -> None:
+    """Set the first pfn (``head``) and/or the exclusive flag of ``vma``'s folio at page
+    ``i``, whole: by its slot where the VMA keeps its pages a folio at a time, else page
+    by page (whose pages are present)."""
+    if isinstance(vma.pages, (FolioPages, ThpPages)):
+        vma.pages.put(np.array([i], dtype=np.int64), head, excl)
+    else:
+        span = _offsets(vma.order)
+        vma.pages.scatter(i + span, None if head is None else head + span, excl)
 
 
 def _aranges(runs: list[tuple[int, int]]) -> I64Array:
@@ -447,7 +459,15 @@ class MmStruct:
         per = 1 << vma.order
         inside = (starts >= lo) & (starts + per <= hi)
         self.anon.unmap_folios(heads[inside], vma.order)
-        for ext in vma.chunks(lo, hi):
+        if isinstance(vma.pages, FolioPages):  # every page is in a folio, cut only whole
+            assert inside.all(), f"{vma!r}: [{lo}, {hi}) cuts a huge page"
+            return
+        per_page = isinstance(vma.pages, ThpPages)
+        if isinstance(vma.pages, ThpPages):  # folios kept whole are PMD-mapped (above)
+            whole, _ = vma.pages.folio_slots(lo, hi)
+            assert np.isin(whole, starts[inside]).all(), f"{vma!r}: a folio kept whole " \
+                f"is not unmapped whole by [{lo}, {hi})"
+        for ext in vma.chunks(lo, hi, per_page=per_page):
             pages = (ext.pfns >= 0) & ~vma.pmd_pages(ext, starts[inside])
             self.anon.unmap(ext.pfns[pages])
 
@@ -489,14 +509,25 @@ class MmStruct:
         copied."""
         if src.shared or not src.pages.kept:
             return
-        dst.pages = src.pages.copy()
         starts, heads = src.pmd_slots()
         copy_folio = np.zeros(len(starts), dtype=np.bool_)
         if pinned is not None and len(starts):
             copy_folio = np.isin(heads, pinned) & src.pages.gather_excl(starts)
         shared_heads, copy_heads = heads[~copy_folio], heads[copy_folio]
+        if isinstance(src.pages, ThpPages):  # only THPs shared by their PMD stay kept
+            src.pages.unfold_except(starts[~copy_folio])  # whole: the rest is written
+        dst.pages = src.pages.copy()  # through the chunks below
+        if isinstance(src.pages, FolioPages):
+            self._dup_hugetlb(src, dst, starts, heads, copy_folio)
+            return
+        if isinstance(src.pages, ThpPages) and isinstance(dst.pages, ThpPages):
+            whole = src.pages.folio_slots()[0]  # shared: neither side has them alone
+            src.pages.put(whole, excl=False)
+            dst.pages.put(whole, excl=False)
+        # per-page storage (vma.FOLIO_PAGES off: what FolioPages is tested against)
         copies: list[I64Array] = []
-        for s_ext, d_ext in zip(src.chunks(), dst.chunks(), strict=True):
+        for s_ext, d_ext in zip(src.chunks(per_page=True), dst.chunks(per_page=True),
+                                strict=True):
             copy_pmds = src.pmd_pages(s_ext, starts[copy_folio])
             shared_pmds = src.pmd_pages(s_ext, starts[~copy_folio])
             copies.append(self._dup_chunk(s_ext, d_ext, copy_pmds, shared_pmds, pinned)
@@ -504,10 +535,9 @@ class MmStruct:
         self.anon.map_folios(shared_heads, src.order)
         dst.folios.update(dict.fromkeys(shared_heads.tolist(), src.order))
         if src.backing.startswith("hugetlb"):  # hugetlb_try_dup_anon_rmap failed: a copy
-            span = _offsets(src.order)
             for i, head in zip(starts[copy_folio].tolist(), copy_heads.tolist(), strict=True):
                 new = self._copy_huge(src, i, head, "fork of a pinned page")
-                dst.pages.scatter(i + span, new + span, True)
+                _put_folio(dst, i, new, True)
                 dst.folios[new] = src.order
             return
         for head in copy_heads.tolist():
@@ -516,6 +546,26 @@ class MmStruct:
         if len(idx):
             dst.pages.scatter(idx, self._copies(src.pages.gather(idx), "alloc_pages(fork)"),
                               True)
+
+    def _dup_hugetlb(self, src: Vma, dst: Vma, starts: I64Array, heads: I64Array,
+                     copy_folio: BoolArray) -> None:
+        """:meth:`_dup_anon` of a hugetlb VMA (``copy_hugetlb_page_range``), a huge page
+        at a time (``dst`` starts as a copy of ``src``; every page is in one of the
+        folios ``heads`` at ``starts``): those that may be pinned are left out of the
+        child, the others are shared (neither side keeps them exclusive); then the child
+        gets a copy of each left out (``hugetlb_try_dup_anon_rmap`` failed). O(folios)."""
+        s_pages, d_pages = src.pages, dst.pages
+        assert isinstance(s_pages, FolioPages) and isinstance(d_pages, FolioPages)
+        d_pages.put(starts[copy_folio], -1)  # nothing up to the copies can fail
+        d_pages.put(starts[~copy_folio], excl=False)
+        s_pages.put(starts[~copy_folio], excl=False)
+        self.anon.map_folios(heads[~copy_folio], src.order)
+        dst.folios.update(dict.fromkeys(heads[~copy_folio].tolist(), src.order))
+        for i, head in zip(starts[copy_folio].tolist(), heads[copy_folio].tolist(),
+                           strict=True):
+            new = self._copy_huge(src, i, head, "fork of a pinned page")
+            _put_folio(dst, i, new, True)
+            dst.folios[new] = src.order
 
     def _dup_chunk(self, src: Extent, dst: Extent, copy_pmds: BoolArray,
                    shared_pmds: BoolArray, pinned: I64Array | None) -> I64Array:
@@ -611,12 +661,29 @@ class MmStruct:
             runs = self.mem.alloc_page_runs(missing, site="alloc_pages(page fault)")
         except OutOfMemory as err:
             raise OutOfMemory(f"{where}: {err}") from None
+        if isinstance(vma.pages, ThpPages):  # windows of the missing pages only, so the
+            self._fault_pages(vma.pages, first, count, _aranges(runs))  # folios stay whole
+            return
         window = vma.pages.window(first, first + count)
         at = np.flatnonzero(window.pfns < 0)
         window.pfns[at] = _aranges(runs)
         assert window.excl is not None
         window.excl[at] = True
         self.anon.map_pages(window.pfns[at])
+
+    def _fault_pages(self, pages: ThpPages, first: int, count: int, new: I64Array) -> None:
+        """The 4K-page end of :meth:`_fault` for a THP VMA: ``new`` in the pages of
+        ``[first, first + count)`` that have none, in order, written through a window
+        per run of them (none holds a folio kept whole, which stays so)."""
+        at = np.flatnonzero(pages.get(first, first + count) < 0) + first
+        assert len(at) == len(new)
+        cuts = (np.flatnonzero(np.diff(at) != 1) + 1).tolist()
+        for a, b in itertools.pairwise([0, *cuts, len(at)]):
+            window = pages.window(int(at[a]), int(at[b - 1]) + 1)
+            assert window.excl is not None
+            window.pfns[:] = new[a:b]
+            window.excl[:] = True
+        self.anon.map_pages(new)
 
     def _fault_folios(self, vma: Vma, first: int, count: int, order: int) -> int:
         """A folio of ``order`` for each aligned stretch wholly inside ``vma`` and wholly
@@ -641,15 +708,17 @@ class MmStruct:
             if need > free:
                 raise OutOfMemory(f"hugetlb: {need} pages of {PAGE_SIZE << order:#x} wanted "
                                   f"at {vma.start + (s_lo << PAGE_SHIFT):#x}, {free} free")
-        fresh = not vma.pages.pieces(s_lo, s_hi)  # nothing kept: every stretch is empty
-        window = vma.pages.window(s_lo, s_hi)
-        assert window.excl is not None
-        stretches = window.pfns.reshape(hi - lo, per)
-        excl = window.excl.reshape(hi - lo, per)
         rows: list[int] = []
         got: list[int] = []
-        empty = np.arange(hi - lo, dtype=np.int64) if fresh else \
-            np.flatnonzero((stretches < 0).all(axis=1))
+        folio_pages = vma.pages if isinstance(vma.pages, (FolioPages, ThpPages)) else None
+        if folio_pages is not None:  # kept a folio at a time: no window, put() below
+            fresh, window = False, None
+            empty = np.flatnonzero(~folio_pages.taken(s_lo, s_hi))
+        else:
+            fresh = not vma.pages.pieces(s_lo, s_hi)  # nothing kept: every stretch is empty
+            window = vma.pages.window(s_lo, s_hi)
+            empty = np.arange(hi - lo, dtype=np.int64) if fresh else \
+                np.flatnonzero((window.pfns.reshape(hi - lo, per) < 0).all(axis=1))
         bulk = None if fail.armed or not self.fast_faults else \
             self.mem.frames.alloc_contiguous(order, len(empty))
         whole = None  # the first pfn when the window gets one run of folios from its start
@@ -673,15 +742,21 @@ class MmStruct:
         finally:  # the folios taken so far are mapped (whoever fails unmaps them)
             vma.folios.update(dict.fromkeys(got, order))
             self.anon.new_folios(got, order)
-            if whole is not None:  # slices, not rows: the same pfns in one pass
+            if folio_pages is not None:
+                folio_pages.put(np.array(rows, dtype=np.int64) * per + s_lo,
+                                np.array(got, dtype=np.int64), True)
+            elif whole is not None:  # slices, not rows: the same pfns in one pass
+                assert window is not None and window.excl is not None
                 _fill_run(window.pfns, whole)
                 window.excl[:] = True
             else:
+                assert window is not None and window.excl is not None
+                stretches = window.pfns.reshape(hi - lo, per)
                 offsets = _offsets(order)
                 for i in range(0, len(rows), 4096):  # bounded temporaries
                     stretches[rows[i:i + 4096]] = np.array(got[i:i + 4096],
                                                            dtype=np.int64)[:, None] + offsets
-                excl[rows] = True
+                window.excl.reshape(hi - lo, per)[rows] = True
         starts = (np.array(rows, dtype=np.int64) + lo) * per + off
         return int((np.minimum(starts + per, first + count) - np.maximum(starts, first)).sum())
 
@@ -735,9 +810,7 @@ class MmStruct:
             only_ref = (self.anon.maps.range(head, per) == 1).all() and \
                 not self.mem.pins.range(head, per).any()
             if only_ref:
-                excl = vma.pages.window(i, i + per).excl
-                assert excl is not None
-                excl[:] = True
+                _put_folio(vma, i, None, True)
             else:
                 del vma.folios[head]
 
@@ -808,20 +881,16 @@ class MmStruct:
         machine has none; Linux would take the page from the children when the writer
         owns the mapping's reservation, which the model does not keep)."""
         starts, heads = vma.pmd_slots(first, hi)
-        per = 1 << vma.order
         span = _offsets(vma.order)
-        for i, head in zip(starts.tolist(), heads.tolist(), strict=True):
-            if vma.excl(i, i + 1)[0]:
-                continue
-            window = vma.pages.window(i, i + per)
-            assert window.excl is not None
+        flags = vma.pages.gather_excl(starts)
+        for i, head in zip(starts[~flags].tolist(), heads[~flags].tolist(), strict=True):
             if self.anon.maps.range(head, 1)[0] != 1:
                 new = self._copy_huge(vma, i, head, "hugetlb copy on write")
                 del vma.folios[head]
                 vma.folios[new] = vma.order
-                window.pfns[:] = new + span
+                _put_folio(vma, i, new, None)
                 self.anon.unmap(head + span)
-            window.excl[:] = True
+            _put_folio(vma, i, None, True)
 
     # -- GUP -------------------------------------------------------------------------------------
     def pin_user_pages(self, addr: int, npages: int, write: bool) -> I64Array:
@@ -843,8 +912,14 @@ class MmStruct:
         VMA by VMA in the pages' own arrays (no array of the pages is made); a run that
         goes on across a VMA boundary is one run."""
         runs: list[tuple[int, int]] = []
-        for vma, lo, view in self._gup_pieces(addr, npages, write):
-            more = pfn_runs(view) if vma is None else view_runs(vma, lo, lo + len(view), view)
+        for vma, lo, hi, view in self._gup_pieces(addr, npages, write):
+            if view is None:  # a VMA kept a folio at a time: its runs come from the folios
+                assert vma is not None
+                assert isinstance(vma.pages, (FolioPages, ThpPages))
+                more = vma.pages.runs(lo, hi) if isinstance(vma.pages, FolioPages) else \
+                    vma.pages.folio_runs(lo, hi)
+            else:
+                more = pfn_runs(view) if vma is None else view_runs(vma, lo, hi, view)
             if runs and runs[-1][0] + runs[-1][1] == more[0][0]:
                 pfn, count = runs.pop()
                 more[0] = (pfn, count + more[0][1])
@@ -856,22 +931,34 @@ class MmStruct:
     def _gup(self, addr: int, npages: int, write: bool) -> list[I64Array]:
         """The pages :meth:`pin_user_pages` pins, faulted in and made the mapping's own:
         views of their pfns, in address order (valid until the mm next changes)."""
-        return [view for _, _, view in self._gup_pieces(addr, npages, write)]
+        out: list[I64Array] = []
+        for vma, lo, hi, view in self._gup_pieces(addr, npages, write):
+            if view is None:
+                assert vma is not None
+                view = vma.pages.get(lo, hi)  # built for this call
+            out.append(view)
+        return out
 
     def _gup_pieces(self, addr: int, npages: int, write: bool
-                    ) -> list[tuple[Vma | None, int, I64Array]]:
+                    ) -> list[tuple[Vma | None, int, int, I64Array | None]]:
         """:meth:`_gup` with, beside each view, the VMA whose own pages it is and the
-        index of its first page (None, 0 for a shared file's page cache): what
-        :func:`~iommulab.mem.runs.view_runs` needs to find runs by folio."""
+        indices of its pages ``[lo, hi)`` (None, 0, its length for a shared file's page
+        cache): what :func:`~iommulab.mem.runs.view_runs` needs to find runs by folio.
+        A VMA kept a folio at a time (:class:`~iommulab.mem.sparse.FolioPages`) has no
+        views: its piece's view is None, read by its folios."""
         self.has_pinned = True
-        out: list[tuple[Vma | None, int, I64Array]] = []
+        out: list[tuple[Vma | None, int, int, I64Array | None]] = []
         for vma, first, n in self._gup_vmas(addr, npages, write):
             self._fault(vma, first, n)
             self._break_cow(vma, first, n)
             if vma.file is not None and not vma.private:
-                out += [(None, 0, view) for view in vma.views(first, first + n)]
+                out += [(None, 0, len(view), view) for view in vma.views(first, first + n)]
+            elif isinstance(vma.pages, FolioPages):
+                out.append((vma, first, first + n, None))  # all present: faulted whole
+            elif isinstance(vma.pages, ThpPages):
+                out += [(vma, a, b, view) for a, b, view in vma.pages.segments(first, first + n)]
             else:
-                out += [(vma, e.lo, e.pfns) for e in vma.pages.pieces(first, first + n)]
+                out += [(vma, e.lo, e.hi, e.pfns) for e in vma.pages.pieces(first, first + n)]
         if not out:
             raise BadAddress(f"pin_user_pages: nothing pinnable at {addr:#x}")
         return out
@@ -1079,6 +1166,10 @@ class MmStruct:
     def _check_folios(self, vma: Vma) -> None:
         starts, heads = vma.pmd_slots()
         assert len(heads) == len(vma.folios), f"{vma!r}: a PMD folio is not in place"
+        if isinstance(vma.pages, ThpPages):
+            whole = vma.pages.folio_slots()[1].tolist()
+            assert all(h in vma.folios for h in whole), f"{vma!r}: a folio kept whole " \
+                "is not PMD-mapped"
         per = 1 << vma.order
         for i, head in zip(starts.tolist(), heads.tolist(), strict=True):
             assert self.anon.folios.get(head) == vma.order, f"{head:#x}: no such folio"

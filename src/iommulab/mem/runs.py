@@ -3,7 +3,9 @@ folios (THP, hugetlb), their pfns follow each other by construction
 (:meth:`~iommulab.mem.mm.MmStruct._check_folios`), so the physically contiguous runs and
 the present pages of a range come from one pfn per folio instead of one per 4K page.
 Pages outside such folios (a range's unaligned ends, 4K pages) are read page by page,
-as :func:`~iommulab.mem.pins.pfn_runs` does; the answers are the same."""
+as :func:`~iommulab.mem.pins.pfn_runs` does; the answers are the same. A hugetlb VMA's
+pages, kept a folio at a time (:class:`~iommulab.mem.sparse.FolioPages`), answer from
+their folios directly."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .pins import pfn_runs
+from .sparse import FolioPages, ThpPages
 from .vma import PAGE_SHIFT, Vma
 
 __all__ = ["MIN_PAGES", "first_not_ready", "folio_rows", "present_count", "view_runs"]
@@ -78,6 +81,8 @@ def view_runs(vma: Vma, lo: int, hi: int, pfns: I64Array) -> list[tuple[int, int
 def present_count(vma: Vma, lo: int, hi: int) -> int:
     """``vma.pages.count(lo, hi)``: the pages of ``[lo, hi)`` that have one, counting a
     PMD folio's stretch whole. O(folios + pages outside them) numpy work."""
+    if isinstance(vma.pages, (FolioPages, ThpPages)):
+        return vma.pages.count(lo, hi)
     total = 0
     for ext in vma.pages.pieces(lo, hi):
         rows = folio_rows(vma, ext.lo, ext.hi, ext.pfns)
@@ -96,6 +101,8 @@ def first_not_ready(vma: Vma, lo: int, hi: int) -> int:
     ``PageAnonExclusive``). O(folios + pages outside them) numpy work."""
     if vma.pfnmap or vma.file is not None:
         return vma.ready(lo, hi)
+    if isinstance(vma.pages, (FolioPages, ThpPages)):
+        return vma.pages.first_unset(lo, hi, excl=True)
     pos = lo
     for ext in vma.pages.pieces(lo, hi):
         if ext.lo > pos:

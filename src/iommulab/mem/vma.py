@@ -2,7 +2,11 @@
 
 A VMA's own page state is its anonymous pages: the pfn of each and
 ``PageAnonExclusive``, kept sparse (:class:`~iommulab.mem.sparse.SparsePages`), so a
-mapping costs host memory in proportion to what was faulted in, never to its length.
+mapping costs host memory in proportion to what was faulted in, never to its length;
+an anonymous hugetlb mapping keeps them a huge page at a time
+(:class:`~iommulab.mem.sparse.FolioPages`, the model's own storage choice: its folios
+are never split), a THP mapping its whole folios a folio at a time
+(:class:`~iommulab.mem.sparse.ThpPages`).
 The pages of a MAP_SHARED file are the file's page cache, looked up where the VMA maps
 the file; a MAP_PRIVATE file mapping adds the anonymous copies its writes made. A
 device region (VM_PFNMAP | VM_IO) has no pages at all: its pfns are the region's, in
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from .sparse import Extent, SparsePages
+from .sparse import Extent, FolioPages, SparsePages, ThpPages
 
 if TYPE_CHECKING:
     from .memfd import MemFd
@@ -31,6 +35,9 @@ BACKINGS = {"anon": 0, "thp": 9, "hugetlb-2M": 9, "hugetlb-1G": 18}
 #: pages a whole-VMA pass (unmap, fork, checks) handles at a time: bounded temporaries,
 #: a Python step per GiB, and never a folio cut in two (the largest is 1G)
 CHUNK = 1 << 18
+#: lab: anonymous hugetlb and THP VMAs keep their whole folios a folio at a time
+#: (FolioPages, ThpPages); tests turn it off to compare against per-page storage
+FOLIO_PAGES = True
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -50,11 +57,20 @@ class Vma:
     file: MemFd | None = field(default=None, repr=False)  # a mapping of a memfd
     pgoff: int = 0  # the page of the file mapped at ``start``
     private: bool = False  # MAP_PRIVATE of a file: a page is copied on its first write
-    #: the anonymous pages (of a MAP_PRIVATE file, the copies): pfn, PageAnonExclusive
-    pages: SparsePages = field(init=False, repr=False)
+    #: the anonymous pages (of a MAP_PRIVATE file, the copies): pfn, PageAnonExclusive;
+    #: a folio at a time for anonymous hugetlb
+    pages: SparsePages | FolioPages | ThpPages = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.pages = SparsePages(self.npages, excl=True, phase=self.start >> PAGE_SHIFT)
+        phase = self.start >> PAGE_SHIFT
+        per = 1 << BACKINGS[self.backing]
+        if FOLIO_PAGES and self.backing.startswith("hugetlb") and self.file is None \
+                and not self.pfnmap and not phase % per and not self.npages % per:
+            self.pages = FolioPages(self.npages, BACKINGS[self.backing], phase=phase)
+        elif FOLIO_PAGES and self.backing == "thp" and self.file is None and not self.pfnmap:
+            self.pages = ThpPages(self.npages, BACKINGS[self.backing], phase=phase)
+        else:
+            self.pages = SparsePages(self.npages, excl=True, phase=phase)
 
     @property
     def npages(self) -> int:
@@ -125,13 +141,18 @@ class Vma:
             return [e.pfns for e in self.file.cache.pieces(self.pgoff + lo, self.pgoff + hi)]
         return [e.pfns for e in self.pages.pieces(lo, hi)]
 
-    def chunks(self, lo: int = 0, hi: int | None = None) -> list[Extent]:
+    def chunks(self, lo: int = 0, hi: int | None = None, *,
+               per_page: bool = False) -> list[Extent]:
         """Views of the VMA's own pages of ``[lo, hi)``, cut at every :data:`CHUNK` of
-        the address space: what whole-VMA passes walk (only where pages were kept)."""
+        the address space: what whole-VMA passes walk (only where pages were kept).
+        ``per_page``: only the pages kept page by page (of a THP VMA: not the folios
+        kept whole, whose copies are read-only), which writes go through."""
         hi = self.npages if hi is None else hi
         base = self.start >> PAGE_SHIFT
         out: list[Extent] = []
-        for ext in self.pages.pieces(lo, hi):
+        pieces = self.pages.page_pieces(lo, hi) if per_page and \
+            isinstance(self.pages, ThpPages) else self.pages.pieces(lo, hi)
+        for ext in pieces:
             pos = ext.lo
             while pos < ext.hi:
                 stop = min(ext.hi, (base + pos) // CHUNK * CHUNK + CHUNK - base)
@@ -146,23 +167,41 @@ class Vma:
         if not self.folios:
             return empty, empty.copy()
         hi = self.npages if hi is None else hi
+        if isinstance(self.pages, FolioPages):  # O(folios there)
+            starts, firsts = self.pages.folio_slots(lo, hi)
+            mine = self._mapped_whole(firsts)
+            return starts[mine], firsts[mine]
         per = 1 << self.order
         base = self.start >> PAGE_SHIFT
         lo = max(0, lo - (base + lo) % per)  # from the start of the stretch ``lo`` is in
         ats: list[I64Array] = []
         heads: list[I64Array] = []
-        for ext in self.pages.pieces(lo, hi):
+        if isinstance(self.pages, ThpPages):  # its folios kept whole, then the others
+            starts, firsts = self.pages.folio_slots(lo, hi)
+            mine = self._mapped_whole(firsts)
+            ats.append(starts[mine])
+            heads.append(firsts[mine])
+            exts = self.pages.page_pieces(lo, hi)
+        else:
+            exts = self.pages.pieces(lo, hi)
+        for ext in exts:
             first = ext.lo + (-(base + ext.lo)) % per
             cand = ext.pfns[first - ext.lo::per]
-            if len(cand) <= 64:  # a fault's few stretches
-                keep = np.array([h in self.folios for h in cand.tolist()], dtype=np.bool_)
-            else:
-                keep = np.isin(cand, np.fromiter(self.folios, np.int64, len(self.folios)))
+            keep = self._mapped_whole(cand)
             ats.append(np.flatnonzero(keep).astype(np.int64) * per + first)
             heads.append(cand[keep])
         if not ats:
             return empty, empty.copy()
-        return np.concatenate(ats), np.concatenate(heads)
+        at, head = np.concatenate(ats), np.concatenate(heads)
+        order = np.argsort(at, kind="stable")
+        return at[order], head[order]
+
+    def _mapped_whole(self, heads: I64Array) -> BoolArray:
+        """Which of the first pfns ``heads`` are folios this VMA maps with a PMD."""
+        if len(heads) <= 64:  # a fault's few stretches: no array of every folio
+            return np.array([h in self.folios for h in heads.tolist()], dtype=np.bool_)
+        out: BoolArray = np.isin(heads, np.fromiter(self.folios, np.int64, len(self.folios)))
+        return out
 
     def pmd_pages(self, ext: Extent, starts: I64Array) -> BoolArray:
         """Which pages of ``ext`` belong to the PMD-mapped folios at page indices
