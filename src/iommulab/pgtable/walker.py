@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, KernelError, OutOfRange
 from ..kernel import LINUX_7_0
@@ -165,10 +166,16 @@ class IoPgtable:
             self._sync(size)
         return pa, table
 
-    def _alloc_tables(self, count: int) -> tuple[list[int], U64Array]:
-        """``count`` granule-sized tables at once; their entries as the rows of one array."""
+    def _alloc_tables(self, count: int, pfns: npt.NDArray[np.int64] | None = None
+                      ) -> tuple[list[int], U64Array]:
+        """``count`` granule-sized tables at once; their entries as the rows of one array.
+
+        ``pfns``: their frames, taken before by ``PhysMem.alloc_iommu_frames`` (the
+        allocation points were there), else taken here."""
         size = self.format.granule
-        pas, rows = self.mem.alloc_iommu_pages_bulk(size, count)
+        if pfns is None:
+            pfns = self.mem.alloc_iommu_frames(size, count)
+        pas, rows = self.mem.attach_iommu_pages(size, pfns)
         tables = self._tables
         keys = self._keys(pas)
         for key, row in zip(keys, rows, strict=True):
@@ -308,10 +315,10 @@ class IoPgtable:
         if n == 1 and not table.item(idx):
             table[idx] = pt.leaf_value(attrs, depth, paddr)
         elif n:
-            run = table[idx:idx + n]
-            if run.any():
-                self._clear_for_leaves(run, iova, depth)
-            pt.fill_leaves(run, attrs, depth, paddr, pgsize)
+            leaves = table[idx:idx + n]
+            if leaves.any():
+                self._clear_for_leaves(leaves, iova, depth)
+            pt.fill_leaves(leaves, attrs, depth, paddr, pgsize)
         if not cfg.coherent_walk:
             self._sync(8 * n)
         return n * pgsize
