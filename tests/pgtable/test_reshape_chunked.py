@@ -37,12 +37,14 @@ SPAN = 8 * SZ_1G  # the IOVA the layouts use
 
 @contextmanager
 def _mode(chunked: bool, tables_per_chunk: int) -> Iterator[None]:
-    saved = reshape.CHUNKED, reshape._CHUNK_ENTRIES
-    reshape.CHUNKED, reshape._CHUNK_ENTRIES = chunked, tables_per_chunk * 512
+    saved = reshape.CHUNKED, reshape._CHUNK_ENTRIES, reshape._STEP_ENTRIES
+    reshape.CHUNKED = chunked
+    reshape._CHUNK_ENTRIES = tables_per_chunk * 512
+    reshape._STEP_ENTRIES = max(1, tables_per_chunk // 2) * 512
     try:
         yield
     finally:
-        reshape.CHUNKED, reshape._CHUNK_ENTRIES = saved
+        reshape.CHUNKED, reshape._CHUNK_ENTRIES, reshape._STEP_ENTRIES = saved
 
 
 def _ops(fmt: IoPgtableFmt, coherent: bool) -> tuple[IoPgtable, RecordingTlb]:
