@@ -256,7 +256,7 @@ def _build_tables(pt: IoPgtable, depth: int, target: int,
         frames = pt.mem.alloc_iommu_frames(fmt.granule, count)
         for t0 in range(0, count, chunk):
             k = min(chunk, count - t0)
-            pas, rows = pt._alloc_tables(k, frames[t0:t0 + k])
+            pas, rows = pt._alloc_tables(k, frames[t0:t0 + k], per)
             allocated.extend(pas)
             if level == depth + 1:
                 top.extend(pas)
