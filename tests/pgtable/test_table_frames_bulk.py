@@ -82,13 +82,17 @@ def test_injected_failure_is_the_nth_table() -> None:
     assert mem.fail_nth.fired == "iommu_alloc_pages" and mem.frames.allocated_blocks == 0
 
 
-def test_bad_frees_raise_as_one_by_one() -> None:
-    for pas_of in (lambda p: [p[0], p[1], p[1]], lambda p: [p[0], 0x1234_5000]):
-        mem = PhysMem("16M")
-        pas, _ = mem.attach_iommu_pages(4096, mem.alloc_iommu_frames(4096, 4))
-        with pytest.raises(ValueError, match="not an allocated block"):
-            mem.free_iommu_pages_bulk(pas_of(pas))
-        assert mem.frames.order_of(pas[0] >> 12) is None  # freed before the bad one
+@pytest.mark.parametrize("bad", ["twice", "never allocated"])
+def test_bad_frees_raise_as_one_by_one(bad: str) -> None:
+    mem = PhysMem("16M")
+    pas, _ = mem.attach_iommu_pages(4096, mem.alloc_iommu_frames(4096, 4))
+    with pytest.raises(ValueError, match="not an allocated block"):
+        mem.free_iommu_pages_bulk([pas[0], pas[1], pas[1]] if bad == "twice"
+                                  else [pas[0], 0x1234_5000])
+    assert mem.frames.order_of(pas[0] >> 12) is None  # freed before the bad one
+
+
+def test_a_larger_block_goes_back_whole() -> None:
     mem = PhysMem("16M")
     big = mem.alloc_pages(2)  # a block of order 2 goes back whole, as free_iommu_pages does
     mem.free_iommu_pages_bulk([big << 12, *mem.attach_iommu_pages(
