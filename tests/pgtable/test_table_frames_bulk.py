@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,12 +43,12 @@ def test_bulk_frames_are_the_per_call_frames(seed: int, holes: int, count: int,
     bulk.fail_nth.log, loop.fail_nth.log = [], []
     got = bulk.alloc_iommu_frames(4096, count)
     want = loop.alloc_iommu_frames(4096, count)
-    assert got.tolist() == want.tolist()
+    assert got == want
     assert bulk.fail_nth.log == loop.fail_nth.log
     loop.fail_nth.disarm()
     pas, rows = bulk.attach_iommu_pages(4096, got)
     loop.attach_iommu_pages(4096, want)
-    assert rows.shape == (count, 512) and pas == [p << 12 for p in got.tolist()]
+    assert rows.shape == (count, 512) and pas == [p << 12 for p in got]
     assert _buddy(bulk) == _buddy(loop)
     order = list(range(count))
     random.Random(seed).shuffle(order)
@@ -96,5 +95,5 @@ def test_a_larger_block_goes_back_whole() -> None:
     mem = PhysMem("16M")
     big = mem.alloc_pages(2)  # a block of order 2 goes back whole, as free_iommu_pages does
     mem.free_iommu_pages_bulk([big << 12, *mem.attach_iommu_pages(
-        4096, np.array([mem.alloc_pages(0)], dtype=np.int64))[0]])
+        4096, [mem.alloc_pages(0)])[0]])
     assert mem.frames.allocated_blocks == 0

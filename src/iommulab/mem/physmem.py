@@ -334,7 +334,7 @@ class PhysMem:
         """
         return self.attach_iommu_pages(size, self.alloc_iommu_frames(size, count))
 
-    def alloc_iommu_frames(self, size: int, count: int) -> npt.NDArray[np.int64]:
+    def alloc_iommu_frames(self, size: int, count: int) -> list[int]:
         """The frames ``count`` calls of :meth:`alloc_iommu_pages` take, in that order,
         with their fault-injection points, before any memory backs them (model-only:
         :meth:`attach_iommu_pages` gives them their words, a part at a time if the
@@ -348,21 +348,20 @@ class PhysMem:
         frames = self.frames
         if order == 0 and 0 < count <= frames.free_frames and not self.fail_nth.armed:
             self.fail_nth.passes("iommu_alloc_pages", count)
-            runs = frames.alloc_bulk(count)
-            assert runs is not None  # count <= free_frames
-            return np.concatenate([np.arange(pfn, pfn + n, dtype=np.int64)
-                                   for pfn, n in runs])
-        pfns: list[int] = []
+            pfns = frames.alloc_bulk_pfns(count)
+            assert pfns is not None  # count <= free_frames
+            return pfns
+        taken: list[int] = []
         try:
             for _ in range(count):
-                pfns.append(self.alloc_pages(order, site="iommu_alloc_pages"))
+                taken.append(self.alloc_pages(order, site="iommu_alloc_pages"))
         except OutOfMemory:
-            for pfn in pfns:
+            for pfn in taken:
                 frames.free(pfn, order)
             raise
-        return np.array(pfns, dtype=np.int64)
+        return taken
 
-    def attach_iommu_pages(self, size: int, pfns: npt.NDArray[np.int64]) -> tuple[
+    def attach_iommu_pages(self, size: int, pfns: list[int]) -> tuple[
             list[int], npt.NDArray[np.uint64]]:
         """Zeroed memory for blocks of ``size`` at ``pfns`` (from :meth:`alloc_iommu_frames`),
         counted in NR_IOMMU_PAGES: their addresses, and their words as the rows of one
@@ -370,11 +369,10 @@ class PhysMem:
         order = get_order(size)
         buf = np.zeros((len(pfns), PAGE_BYTES << order), dtype=np.uint8)
         attach = self.contents.attach
-        listed: list[int] = pfns.tolist()
-        for row, pfn in enumerate(listed):
+        for row, pfn in enumerate(pfns):
             attach(pfn, buf[row])
-        self.iommu_pages += len(listed) << order
-        return [pfn << PAGE_SHIFT for pfn in listed], buf.view("<u8")
+        self.iommu_pages += len(pfns) << order
+        return [pfn << PAGE_SHIFT for pfn in pfns], buf.view("<u8")
 
     def free_iommu_pages(self, pa: int) -> None:
         """``iommu_free_pages``: give a table block back."""

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
-import numpy.typing as npt
 
 from ..errors import AlreadyExists, CorruptPageTable, InvalidArgument, KernelError, OutOfRange
 from ..kernel import LINUX_7_0
@@ -170,7 +169,7 @@ class IoPgtable:
             self._sync(size)
         return pa, table
 
-    def _alloc_tables(self, count: int, pfns: npt.NDArray[np.int64] | None = None,
+    def _alloc_tables(self, count: int, pfns: list[int] | None = None,
                       run: int = 0) -> tuple[list[int], U64Array]:
         """``count`` granule-sized tables at once; their entries as the rows of one array.
 
@@ -187,10 +186,12 @@ class IoPgtable:
         for key, row in zip(keys, rows, strict=True):
             tables[key] = row
         if count > 1:  # lab: scans of these tables can work on ``rows`` in place
-            run = run or count
             keyed = np.array(keys, dtype=np.uint64)
-            for i in range(0, count, run):
-                self._blocks[keys[i]] = rows[i:i + run], keyed[i:i + run]
+            if not run or run >= count:  # one record: no view objects to hold
+                self._blocks[keys[0]] = rows, keyed
+            else:
+                for i in range(0, count, run):
+                    self._blocks[keys[i]] = rows[i:i + run], keyed[i:i + run]
         self.stats.tables_allocated += count
         self.stats.table_bytes += rows.nbytes
         if not self.cfg.coherent_walk:
