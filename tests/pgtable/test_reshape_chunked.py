@@ -157,3 +157,21 @@ def test_split_of_1g_blocks_then_scan_and_merge_match_the_reference(
         got = _run(S1, True, layout, script, 0)
     assert got == want
     assert got[1] == 3  # three 1G blocks split (slot 5 is pages)
+
+
+@pytest.mark.parametrize(("tables_per_chunk", "run"), [(512, 512), (1024, 512), (2048, 512)])
+def test_each_tables_children_are_rows_in_place_after_a_split(tables_per_chunk: int,
+                                                              run: int) -> None:
+    """The dirty scan and the merge find the children of every new table as the rows
+    of one bulk allocation in place, when a chunk holds a table's children or more
+    (a chunk of several tables' children is recorded as one run per table)."""
+    with _mode(True, tables_per_chunk):
+        ops, _ = _ops(S1, True)
+        ops.map_pages(0, 4 * SZ_1G, SZ_1G, 2, RW)
+        assert ops.split_blocks(0, 2 * SZ_1G, SZ_4K) == 2
+    for iova in (0, SZ_1G):
+        table = ops._deref(ops.pgtable_walk(iova)[1])  # the new table of 2M entries
+        for pos in range(0, 512, run):
+            rows, m = ops._rows_in_place(table[pos:512], 512)
+            assert m == min(run, 512 - pos)
+            assert (rows[:, 0] == [ops._deref(int(p))[0] for p in table[pos:pos + m]]).all()
