@@ -268,7 +268,17 @@ def _build_tables(pt: IoPgtable, depth: int, target: int,
                 flat = t0 % (chunk * per) + np.arange(k)
                 prow[flat // per, flat % per] = fmt.make_tables(
                     np.array(pas, dtype=np.uint64)) | sync_bit
-            if level == target:
+            if level == target and span >= step:
+                # Runs of one block's tables: fill_leaf_rows (the format's bulk
+                # __arm_lpae_init_pte) writes them in place, no temporaries.
+                a = t0
+                while a < t0 + k:
+                    blk = a // span
+                    b = min(t0 + k, (blk + 1) * span)
+                    fmt.fill_leaf_rows(rows[a - t0:b - t0, :per], int(attrs[blk]), level,
+                                       int(oas[blk]) + (a % span) * above, pt._sizes[level])
+                    a = b
+            elif level == target:
                 for s0 in range(0, k, step):
                     t = np.arange(t0 + s0, t0 + min(k, s0 + step), dtype=np.uint64)
                     block = (t // np.uint64(span)).astype(np.intp)
