@@ -76,6 +76,27 @@ class FrameAllocator:
         splits it, so consecutive calls walk through that block page by page; this
         takes whole blocks instead and gives back the tail of the last one.
         """
+        runs = self._take_runs(n)
+        if runs is None:
+            return None
+        allocated = self._allocated
+        for pfn, count in runs:
+            allocated.update(dict.fromkeys(range(pfn, pfn + count), 0))
+        return runs
+
+    def alloc_bulk_pfns(self, n: int) -> list[int] | None:
+        """:meth:`alloc_bulk` as the list of the ``n`` pfns, in the order the calls take
+        them (the int objects are the allocation map's keys: a caller keying its own
+        records by them shares them)."""
+        runs = self._take_runs(n)
+        if runs is None:
+            return None
+        pfns = [p for pfn, count in runs for p in range(pfn, pfn + count)]
+        self._allocated.update(dict.fromkeys(pfns, 0))
+        return pfns
+
+    def _take_runs(self, n: int) -> list[tuple[int, int]] | None:
+        """The free-list work of :meth:`alloc_bulk`: the runs, not yet in the map."""
         if n > self.free_frames:
             return None
         runs: list[tuple[int, int]] = []
@@ -88,9 +109,6 @@ class FrameAllocator:
             self._push_range(pfn + take, (1 << order) - take)
             runs.append((pfn, take))
             left -= take
-        allocated = self._allocated
-        for pfn, count in runs:
-            allocated.update(dict.fromkeys(range(pfn, pfn + count), 0))
         self.free_frames -= n
         return runs
 

@@ -332,20 +332,46 @@ class PhysMem:
         is freed on its own; their words come back as the rows of one array.
         On ENOMEM the blocks already taken are given back.
         """
+        return self.attach_iommu_pages(size, self.alloc_iommu_frames(size, count))
+
+    def alloc_iommu_frames(self, size: int, count: int) -> list[int]:
+        """The frames ``count`` calls of :meth:`alloc_iommu_pages` take, in that order,
+        with their fault-injection points, before any memory backs them (model-only:
+        :meth:`attach_iommu_pages` gives them their words, a part at a time if the
+        caller likes). On ENOMEM the frames already taken are given back.
+
+        Single pages while no failure is armed come from
+        :meth:`~.frames.FrameAllocator.alloc_bulk` (the same frames as the calls,
+        whole free blocks at a time); otherwise one ``alloc_pages`` per block.
+        """
         order = get_order(size)
-        pfns: list[int] = []
+        frames = self.frames
+        if order == 0 and 0 < count <= frames.free_frames and not self.fail_nth.armed:
+            self.fail_nth.passes("iommu_alloc_pages", count)
+            pfns = frames.alloc_bulk_pfns(count)
+            assert pfns is not None  # count <= free_frames
+            return pfns
+        taken: list[int] = []
         try:
             for _ in range(count):
-                pfns.append(self.alloc_pages(order, site="iommu_alloc_pages"))
+                taken.append(self.alloc_pages(order, site="iommu_alloc_pages"))
         except OutOfMemory:
-            for pfn in pfns:
-                self.frames.free(pfn, order)
+            for pfn in taken:
+                frames.free(pfn, order)
             raise
-        buf = np.zeros((count, PAGE_BYTES << order), dtype=np.uint8)
+        return taken
+
+    def attach_iommu_pages(self, size: int, pfns: list[int]) -> tuple[
+            list[int], npt.NDArray[np.uint64]]:
+        """Zeroed memory for blocks of ``size`` at ``pfns`` (from :meth:`alloc_iommu_frames`),
+        counted in NR_IOMMU_PAGES: their addresses, and their words as the rows of one
+        array."""
+        order = get_order(size)
+        buf = np.zeros((len(pfns), PAGE_BYTES << order), dtype=np.uint8)
         attach = self.contents.attach
         for row, pfn in enumerate(pfns):
             attach(pfn, buf[row])
-        self.iommu_pages += count << order
+        self.iommu_pages += len(pfns) << order
         return [pfn << PAGE_SHIFT for pfn in pfns], buf.view("<u8")
 
     def free_iommu_pages(self, pa: int) -> None:
@@ -353,8 +379,32 @@ class PhysMem:
         self.free_iommu_pages_bulk([pa])
 
     def free_iommu_pages_bulk(self, pas: list[int]) -> None:
-        """:meth:`free_iommu_pages` for each of ``pas``."""
+        """:meth:`free_iommu_pages` for each of ``pas``.
+
+        Single pages go back as runs through
+        :meth:`~.frames.FrameAllocator.free_bulk` (the buddy state the frees one by
+        one leave; it refuses, changing nothing, unless each is an allocated single
+        page), else one ``free`` per block, raising at the first that is not a block.
+        """
         frames, drop = self.frames, self.contents.drop
+        if len(pas) > 1:
+            pfns = np.sort(np.array(pas, dtype=np.int64) >> PAGE_SHIFT)
+            steps = np.diff(pfns)
+            brk = np.flatnonzero(steps != 1) + 1
+            starts = np.concatenate(([0], brk))
+            counts = np.diff(np.concatenate((starts, [len(pfns)])))
+            runs = list(zip(pfns[starts].tolist(), counts.tolist(), strict=True))
+            try:
+                if not steps.all():
+                    raise ValueError("a block twice")  # the loop raises at the second
+                frames.free_bulk(runs)
+            except ValueError:
+                pass  # not all single pages: one by one below
+            else:
+                for pfn, count in runs:
+                    drop(pfn, count)
+                self.iommu_pages -= len(pas)
+                return
         for pa in pas:
             pfn = pa >> PAGE_SHIFT
             order = frames.order_of(pfn)

@@ -36,6 +36,10 @@ __all__ = ["IOMMU_DIRTY_NO_CLEAR", "DirtyRecorder", "GatherLike", "IoPgtable", "
 #: against).
 BULK_PASSES = True
 
+#: Lab: entries one vector step of the bulk dirty scan works on (temporaries under
+#: glibc's 128 KiB mmap threshold are reused memory, not freshly faulted pages).
+_SCAN_STEP_ENTRIES = 1 << 14
+
 #: ``IOMMU_DIRTY_NO_CLEAR``: read dirty bits without clearing them.
 IOMMU_DIRTY_NO_CLEAR = 1 << 0
 _READ_WRITE = int(Prot.READ | Prot.WRITE)  # a plain int: IntFlag arithmetic is slow
@@ -165,16 +169,29 @@ class IoPgtable:
             self._sync(size)
         return pa, table
 
-    def _alloc_tables(self, count: int) -> tuple[list[int], U64Array]:
-        """``count`` granule-sized tables at once; their entries as the rows of one array."""
+    def _alloc_tables(self, count: int, pfns: list[int] | None = None,
+                      run: int = 0) -> tuple[list[int], U64Array]:
+        """``count`` granule-sized tables at once; their entries as the rows of one array.
+
+        ``pfns``: their frames, taken before by ``PhysMem.alloc_iommu_frames`` (the
+        allocation points were there), else taken here. ``run``: record every ``run``
+        rows as a bulk allocation of their own in :attr:`_blocks` (the children of one
+        table above, which scans then find in place), else the whole array."""
         size = self.format.granule
-        pas, rows = self.mem.alloc_iommu_pages_bulk(size, count)
+        if pfns is None:
+            pfns = self.mem.alloc_iommu_frames(size, count)
+        pas, rows = self.mem.attach_iommu_pages(size, pfns)
         tables = self._tables
         keys = self._keys(pas)
         for key, row in zip(keys, rows, strict=True):
             tables[key] = row
         if count > 1:  # lab: scans of these tables can work on ``rows`` in place
-            self._blocks[keys[0]] = rows, np.array(keys, dtype=np.uint64)
+            keyed = np.array(keys, dtype=np.uint64)
+            if not run or run >= count:  # one record: no view objects to hold
+                self._blocks[keys[0]] = rows, keyed
+            else:
+                for i in range(0, count, run):
+                    self._blocks[keys[i]] = rows[i:i + run], keyed[i:i + run]
         self.stats.tables_allocated += count
         self.stats.table_bytes += rows.nbytes
         if not self.cfg.coherent_walk:
@@ -308,10 +325,10 @@ class IoPgtable:
         if n == 1 and not table.item(idx):
             table[idx] = pt.leaf_value(attrs, depth, paddr)
         elif n:
-            run = table[idx:idx + n]
-            if run.any():
-                self._clear_for_leaves(run, iova, depth)
-            pt.fill_leaves(run, attrs, depth, paddr, pgsize)
+            leaves = table[idx:idx + n]
+            if leaves.any():
+                self._clear_for_leaves(leaves, iova, depth)
+            pt.fill_leaves(leaves, attrs, depth, paddr, pgsize)
         if not cfg.coherent_walk:
             self._sync(8 * n)
         return n * pgsize
@@ -662,10 +679,11 @@ class IoPgtable:
         tables at ``seg[stop:]`` (depth ``depth``, the level above the leaves) that the
         walk covers whole and that hold only leaves: their entries, as the rows of one
         2-D array (the rows of their bulk allocation, in place, when they are that in
-        order; else gathered copies, written back where cleared), get
+        order; else gathered copies of up to a step, written back where cleared), get
         ``visit_dirty``'s test (``iopte_writeable_dirty``) and clear
-        (``iopte_set_writeable_clean``) once, and the dirty leaves go to one
-        ``record_run`` (the same records and gather widening as one per table).
+        (``iopte_set_writeable_clean``) a step of ``_SCAN_STEP_ENTRIES`` entries at a
+        time, and each step's dirty leaves go to one ``record_run`` (the same records
+        and gather widening as one per table).
         Stops before the first table with a hole or that the walk covers in part (the
         per-table walk then does it, raising where the kernel does); returns the tables
         done. O(tables) Python steps of a dict look-up, the rest vector work.
@@ -683,28 +701,32 @@ class IoPgtable:
             return 0
         last = depth + 1
         entries = self._levels[last].entries
+        step = max(1, _SCAN_STEP_ENTRIES // entries)
         rows, m = self._rows_in_place(seg[stop:stop + count], entries)
         tables: list[U64Array] | None = None
         if not m:  # not one bulk allocation's rows in order: gather copies
-            m = count
+            m = min(count, step)
             tables = [self._deref(pte) for pte in seg[stop:stop + m].tolist()]
             rows = np.stack([t[:entries] for t in tables])
-        full = pt.leaf_mask(rows, last).all(axis=1)
-        if not full.all():
-            m = int(np.argmin(full))
-            if not m:
-                return 0
-            rows = rows[:m]
-        hit = pt.write_dirty_mask(rows)
-        if hit.any():
-            w.dirty.record_run(w.addr, self._sizes[last], hit.reshape(-1))
-            if clear:
-                pt.make_write_clean(rows, hit)
-                if tables is not None:  # write the gathered copies back
-                    for i in np.flatnonzero(hit.any(axis=1)).tolist():
-                        tables[i][:entries] = rows[i]
-        w.addr += m * size
-        return m
+        done = 0
+        while done < m:  # a step of tables at a time: small temporaries
+            part = rows[done:done + step]
+            full = pt.leaf_mask(part, last).all(axis=1)
+            k = len(part) if full.all() else int(np.argmin(full))
+            part = part[:k]
+            hit = pt.write_dirty_mask(part)
+            if hit.any():
+                w.dirty.record_run(w.addr + done * size, self._sizes[last], hit.reshape(-1))
+                if clear:
+                    pt.make_write_clean(part, hit)
+                    if tables is not None:  # write the gathered copies back
+                        for i in np.flatnonzero(hit.any(axis=1)).tolist():
+                            tables[done + i][:entries] = part[i]
+            done += k
+            if k < step:
+                break
+        w.addr += done * size
+        return done
 
     def _rows_in_place(self, ptes: U64Array, entries: int) -> tuple[U64Array, int]:
         """Lab: the tables ``ptes`` point at, from the first, as a view of the rows of
