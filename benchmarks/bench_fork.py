@@ -25,6 +25,16 @@ from _common import Figure, print_figures
 from iommulab import Machine
 
 
+class _Clock:
+    """Wall and process CPU seconds since it was made."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def run(gib: int, pinned_gib: int) -> list[Figure]:
     m = Machine("x86-vtd", ram=f"{gib + 4}G")
     frames = m.mem.frames
@@ -32,24 +42,25 @@ def run(gib: int, pinned_gib: int) -> list[Figure]:
     va = p.mmap(gib << 30, "thp", populate=True)
     pins = p.mm.pin_user_pages(va, pinned_gib << 18, write=True) if pinned_gib else None
     used = frames.total_frames - frames.free_frames
-    t0 = time.perf_counter()
+    clock = _Clock()
     c = p.fork()
-    t_fork = time.perf_counter() - t0
+    t_fork = clock.read()
     copied = frames.total_frames - frames.free_frames - used
-    t0 = time.perf_counter()
+    clock = _Clock()
     c.write(va + (gib << 29), b"child")
-    t_write = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_write = clock.read()
+    clock = _Clock()
     c.exit()
-    t_exit = time.perf_counter() - t0
+    t_exit = clock.read()
     if pins is not None:
         p.mm.unpin_user_pages(pins)
     p.exit()
     assert m.mem.pins.pins == 0 and frames.free_frames == frames.total_frames
     what = f"{gib} GiB THP" + (f", {pinned_gib} GiB pinned" if pinned_gib else "")
-    return [Figure(f"fork of {what} ({copied} pages copied)", t_fork, "s"),
-            Figure(f"first write by the child ({what})", t_write * 1e3, "ms"),
-            Figure(f"exit of the child ({what})", t_exit, "s")]
+    return [Figure(f"fork of {what} ({copied} pages copied)", t_fork[0], "s", cpu=t_fork[1]),
+            Figure(f"first write by the child ({what})", t_write[0] * 1e3, "ms",
+                   cpu=t_write[1] * 1e3),
+            Figure(f"exit of the child ({what})", t_exit[0], "s", cpu=t_exit[1])]
 
 
 def run_pin_after_fork(gib: int, kernel: str) -> Figure:
@@ -64,14 +75,15 @@ def run_pin_after_fork(gib: int, kernel: str) -> Figure:
     vma = p.mm.find_vma(va)
     assert vma is not None
     before = vma.pfns()
-    t0 = time.perf_counter()
+    clock = _Clock()
     runs = p.mm.pin_user_page_runs(va, gib << 18, write=True)
-    t_pin = time.perf_counter() - t0
+    t_pin, cpu_pin = clock.read()
     copied = int(np.count_nonzero(vma.pfns() != before))
     p.mm.unpin_user_page_runs(runs)
     p.exit()
     assert m.mem.pins.pins == 0 and frames.free_frames == frames.total_frames
-    return Figure(f"pin of {gib} GiB THP after fork, {kernel}: {copied} copied", t_pin, "s")
+    return Figure(f"pin of {gib} GiB THP after fork, {kernel}: {copied} copied", t_pin, "s",
+                  cpu=cpu_pin)
 
 
 def main() -> None:

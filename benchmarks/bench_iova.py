@@ -12,14 +12,14 @@ import argparse
 import random
 import time
 
-from _common import Figure, median_seconds, print_figures
+from _common import Figure, median_wall_cpu, print_figures
 from iommulab.iova import IovaDomain
 
 LIMIT32 = 0xFFFFF
 LIMIT48 = (1 << 36) - 1
 
 
-def rcache_pair_us(calls: int, repeat: int) -> float:
+def rcache_pair_us(calls: int, repeat: int) -> tuple[float, float]:
     d = IovaDomain(4096, 1)
     sizes = [1, 2, 4, 8, 16, 32] * (calls // 6 + 1)
     for s in sizes[:600]:
@@ -31,12 +31,12 @@ def rcache_pair_us(calls: int, repeat: int) -> float:
         for s in work:
             free(alloc(s, LIMIT32), s)
 
-    t = median_seconds(run, None, repeat)
+    wall, cpu = median_wall_cpu(run, None, repeat)
     assert d.stats.rcache_misses < 700
-    return t * 1e6 / calls
+    return wall * 1e6 / calls, cpu * 1e6 / calls
 
 
-def random_pairs_us(pairs: int, live: int, seed: int) -> tuple[float, float]:
+def random_pairs_us(pairs: int, live: int, seed: int) -> tuple[float, float, float]:
     rng = random.Random(seed)
     d = IovaDomain(4096, 1)
     held: list[tuple[int, int]] = []
@@ -45,7 +45,7 @@ def random_pairs_us(pairs: int, live: int, seed: int) -> tuple[float, float]:
     picks = [rng.random() for _ in range(pairs)]
     for i in range(live):
         held.append((d.alloc_iova_fast(sizes[i], limits[i]), sizes[i]))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(pairs):
         k = int(picks[i] * len(held))
         pfn, size = held[k]
@@ -54,10 +54,10 @@ def random_pairs_us(pairs: int, live: int, seed: int) -> tuple[float, float]:
         d.free_iova_fast(pfn, size)
         s = sizes[live + i]
         held.append((d.alloc_iova_fast(s, limits[live + i]), s))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     d._check()
     hit_rate = d.stats.rcache_hits / (d.stats.rcache_hits + d.stats.rcache_misses)
-    return elapsed * 1e6 / pairs, hit_rate * 100
+    return elapsed * 1e6 / pairs, cpu * 1e6 / pairs, hit_rate * 100
 
 
 def main() -> None:
@@ -68,11 +68,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    mixed, hits = random_pairs_us(args.pairs, args.live, args.seed)
+    mixed, mixed_cpu, hits = random_pairs_us(args.pairs, args.live, args.seed)
+    pair, pair_cpu = rcache_pair_us(args.calls, args.repeat)
     print_figures(f"bench_iova: median of {args.repeat} x {args.calls}; {args.pairs} random pairs",
-                  [Figure("rcache-served alloc_iova_fast + free_iova_fast",
-                          rcache_pair_us(args.calls, args.repeat), "us/pair", 2),
-                   Figure(f"random mixed-size pairs, {args.live} live", mixed, "us/pair"),
+                  [Figure("rcache-served alloc_iova_fast + free_iova_fast", pair, "us/pair", 2,
+                          cpu=pair_cpu),
+                   Figure(f"random mixed-size pairs, {args.live} live", mixed, "us/pair",
+                          cpu=mixed_cpu),
                    Figure("  of which served by the rcache", hits, "%")])
 
 
