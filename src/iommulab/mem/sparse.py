@@ -91,33 +91,13 @@ class _Run:
         self.lo, self.hi = lo, hi
 
 
-class SparsePages:
-    """``npages`` pages, each with a pfn (-1 where there is none) and, with ``excl``, a
-    ``PageAnonExclusive`` flag (False where there is no page). ``phase`` is the granule
-    position of page 0 (a VMA's first virtual page number), so granules follow the
-    address space's own 2M boundaries."""
+class _DenseReads:
+    """The dense reads every page store answers from its :meth:`pieces`."""
 
-    def __init__(self, npages: int, *, excl: bool = False, phase: int = 0) -> None:
-        self.npages = npages
-        self.with_excl = excl
-        self.phase = phase % GRANULE
-        self._los: list[int] = []
-        self._runs: list[_Run] = []
+    npages: int
 
-    # -- reading -----------------------------------------------------------------------------
     def pieces(self, lo: int, hi: int) -> list[Extent]:
-        """Views of the kept pages of ``[lo, hi)``, extent by extent in order (pages in no
-        extent have no page). O(log extents + extents met); nothing is copied."""
-        out: list[Extent] = []
-        if hi <= lo:  # an empty range meets no extent (nor makes an empty one in slice)
-            return out
-        i = max(0, bisect.bisect_right(self._los, lo) - 1)
-        for run in self._runs[i:]:
-            if run.lo >= hi:
-                break
-            if run.hi > lo:
-                out.append(run.view(max(lo, run.lo), min(hi, run.hi)))
-        return out
+        raise NotImplementedError
 
     def get(self, lo: int, hi: int) -> I64Array:
         """A dense copy of the pfns of ``[lo, hi)`` (the caller bounds the range)."""
@@ -148,6 +128,35 @@ class SparsePages:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty.copy()
         return np.concatenate(idx), np.concatenate(pfns)
+
+
+class SparsePages(_DenseReads):
+    """``npages`` pages, each with a pfn (-1 where there is none) and, with ``excl``, a
+    ``PageAnonExclusive`` flag (False where there is no page). ``phase`` is the granule
+    position of page 0 (a VMA's first virtual page number), so granules follow the
+    address space's own 2M boundaries."""
+
+    def __init__(self, npages: int, *, excl: bool = False, phase: int = 0) -> None:
+        self.npages = npages
+        self.with_excl = excl
+        self.phase = phase % GRANULE
+        self._los: list[int] = []
+        self._runs: list[_Run] = []
+
+    # -- reading -----------------------------------------------------------------------------
+    def pieces(self, lo: int, hi: int) -> list[Extent]:
+        """Views of the kept pages of ``[lo, hi)``, extent by extent in order (pages in no
+        extent have no page). O(log extents + extents met); nothing is copied."""
+        out: list[Extent] = []
+        if hi <= lo:  # an empty range meets no extent (nor makes an empty one in slice)
+            return out
+        i = max(0, bisect.bisect_right(self._los, lo) - 1)
+        for run in self._runs[i:]:
+            if run.lo >= hi:
+                break
+            if run.hi > lo:
+                out.append(run.view(max(lo, run.lo), min(hi, run.hi)))
+        return out
 
     def first_unset(self, lo: int, hi: int, *, excl: bool) -> int:
         """The first page of ``[lo, hi)`` with no page (with ``excl``: or not exclusive),
@@ -336,7 +345,7 @@ class SparsePages:
                 assert not (ext.excl & (ext.pfns < 0)).any(), "an absent page is exclusive"
 
 
-class FolioPages:
+class FolioPages(_DenseReads):
     """:class:`SparsePages`'s reads and reshapes for ``npages`` pages that are only ever
     set, cleared and flagged a whole aligned folio of ``order`` at a time (a hugetlb
     VMA: its folios are never split, it is only cut at huge page boundaries and copied
@@ -390,36 +399,6 @@ class FolioPages:
             excl.flags.writeable = False
             out.append(Extent(a, pfns, excl))
         return out
-
-    def get(self, lo: int, hi: int) -> I64Array:
-        """A dense copy of the pfns of ``[lo, hi)`` (the caller bounds the range)."""
-        out = np.full(hi - lo, -1, dtype=np.int64)
-        for ext in self.pieces(lo, hi):
-            out[ext.lo - lo:ext.hi - lo] = ext.pfns
-        return out
-
-    def get_excl(self, lo: int, hi: int) -> BoolArray:
-        """A dense copy of the exclusive flags of ``[lo, hi)``."""
-        out = np.zeros(hi - lo, dtype=np.bool_)
-        for ext in self.pieces(lo, hi):
-            assert ext.excl is not None
-            out[ext.lo - lo:ext.hi - lo] = ext.excl
-        return out
-
-    def present(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
-        """``(indices, pfns)`` of the pages of ``[lo, hi)`` that have one, in order: arrays
-        as long as the pages present."""
-        hi = self.npages if hi is None else hi
-        idx: list[I64Array] = []
-        pfns: list[I64Array] = []
-        for ext in self.pieces(lo, hi):
-            at = np.flatnonzero(ext.pfns >= 0)
-            idx.append(at + ext.lo)
-            pfns.append(ext.pfns[at])
-        if not idx:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty.copy()
-        return np.concatenate(idx), np.concatenate(pfns)
 
     def first_unset(self, lo: int, hi: int, *, excl: bool) -> int:
         """The first page of ``[lo, hi)`` with no page (with ``excl``: or not exclusive),
@@ -574,7 +553,7 @@ class FolioPages:
         assert self._slots.npages << self.order == self.npages
 
 
-class ThpPages:
+class ThpPages(_DenseReads):
     """:class:`SparsePages` for a THP VMA: each PMD-sized aligned stretch faulted whole as
     one folio while nothing else was kept there is kept a folio at a time (first pfn,
     ``PageAnonExclusive``: a slot of a :class:`SparsePages` over the stretches), every
@@ -712,32 +691,6 @@ class ThpPages:
             out += more
         assert sum(n for _, n in out) == hi - lo, f"pages [{lo}, {hi}) are not all folios"
         return out
-
-    def get(self, lo: int, hi: int) -> I64Array:
-        out = np.full(hi - lo, -1, dtype=np.int64)
-        for ext in self.pieces(lo, hi):
-            out[ext.lo - lo:ext.hi - lo] = ext.pfns
-        return out
-
-    def get_excl(self, lo: int, hi: int) -> BoolArray:
-        out = np.zeros(hi - lo, dtype=np.bool_)
-        for ext in self.pieces(lo, hi):
-            assert ext.excl is not None
-            out[ext.lo - lo:ext.hi - lo] = ext.excl
-        return out
-
-    def present(self, lo: int = 0, hi: int | None = None) -> tuple[I64Array, I64Array]:
-        hi = self.npages if hi is None else hi
-        idx: list[I64Array] = []
-        pfns: list[I64Array] = []
-        for ext in self.pieces(lo, hi):
-            at = np.flatnonzero(ext.pfns >= 0)
-            idx.append(at + ext.lo)
-            pfns.append(ext.pfns[at])
-        if not idx:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty.copy()
-        return np.concatenate(idx), np.concatenate(pfns)
 
     def first_unset(self, lo: int, hi: int, *, excl: bool) -> int:
         """As :meth:`SparsePages.first_unset`; a folio kept whole is read once.
