@@ -27,17 +27,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DmaFault, InvalidArgument, NoEntry, NotSupported
+from ..errors import DmaFault, InvalidArgument, KernelError, NoEntry, NotSupported
 from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap, ResvRegion
-from ..iommu.user_data import IommuUserData
+from ..iommu.user_data import (
+    IommuUserData,
+    IommuUserDataArray,
+    iommu_copy_struct_from_user,
+    iommu_copy_struct_from_user_array,
+)
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import FailNth, PhysMem
 from ..pgtable import IOMMU_DIRTY_NO_CLEAR
 from ..sizes import PAGE_SIZE
-from .mock_pt import MockPtDomainOps, check_user_data_type, mock_domain_alloc_pgtable
+from .mock_pt import (
+    IOMMU_HWPT_DATA_SELFTEST,
+    MockPtDomainOps,
+    check_user_data_type,
+    mock_domain_alloc_pgtable,
+)
 
 __all__ = [
     "MOCK_APERTURE_LAST",
@@ -54,6 +64,7 @@ __all__ = [
     "MockFault",
     "MockHw",
     "MockIommu",
+    "MockNestedDomain",
     "MockPfns",
 ]
 
@@ -72,6 +83,9 @@ MOCK_PFN_HUGE_IOVA = MOCK_PFN_START_IOVA << 2
 MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
 MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
 HWPT_ALLOC_NEST_PARENT, HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_PASID = 1 << 0, 1 << 1, 1 << 3
+MOCK_NESTED_DOMAIN_IOTLB_ID_MAX, MOCK_NESTED_DOMAIN_IOTLB_NUM = 3, 4  # iommufd_test.h
+IOMMU_HWPT_INVALIDATE_DATA_SELFTEST = 0xDEADBEEF  # iommufd_test.h
+IOMMU_TEST_INVALIDATE_FLAG_ALL = 1 << 0
 
 _SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
 _U64 = (1 << 64) - 1
@@ -496,6 +510,46 @@ class _MockDev:
     flags: int = 0
 
 
+class MockNestedDomain(IommuDomain):
+    """``struct mock_iommu_domain_nested`` (6.12 selftest.c): a NESTED domain over a
+    mock paging ``parent``, and ``iotlb``, four u32 values standing in for a stage-1 TLB
+    (``MOCK_NESTED_DOMAIN_IOTLB_NUM``) that invalidations zero. DMA of a device attached
+    to it goes through the parent: the mock has no stage 1."""
+
+    def __init__(self, parent: IommuDomain, iotlb: int, kernel: KernelVersion) -> None:
+        super().__init__(DomainType.NESTED, kernel=kernel)
+        self.parent = parent
+        self.iotlb = np.full(MOCK_NESTED_DOMAIN_IOTLB_NUM, iotlb, dtype=np.uint32)
+
+    def cache_invalidate_user(self, array: IommuUserDataArray) -> tuple[int, KernelError | None]:
+        """``mock_domain_cache_invalidate_user``: EINVAL for another data type; then per
+        ``struct iommu_hwpt_invalidate_selftest`` (flags, iotlb_id), stopping at the first
+        bad one: the copy's EINVAL/EFAULT, EOPNOTSUPP for a flag beyond FLAG_ALL, EINVAL
+        for an id past 3; FLAG_ALL zeroes every entry (the id ignored), else entry
+        ``iotlb_id``. The entries done and the error, if any. O(entries)."""
+        if array.type != IOMMU_HWPT_INVALIDATE_DATA_SELFTEST:
+            return 0, InvalidArgument(f"mock: invalidation data type {array.type:#x}")
+        done = 0
+        for i in range(array.entry_num):
+            try:
+                raw = iommu_copy_struct_from_user_array(
+                    array, IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, i, 8, 8)
+            except KernelError as e:
+                return done, e
+            flags, iotlb_id = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
+            if flags & ~IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                return done, NotSupported(f"mock: invalidation flags {flags:#x}")
+            if iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX:
+                return done, InvalidArgument(f"mock: iotlb_id {iotlb_id} (at most "
+                                             f"{MOCK_NESTED_DOMAIN_IOTLB_ID_MAX})")
+            if flags & IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                self.iotlb[:] = 0
+            else:
+                self.iotlb[iotlb_id] = 0
+            done += 1
+        return done, None
+
+
 class MockIommu:
     """``mock_ops``: a blocking default domain, no reserved regions, and paging domains
     as ``kernel`` makes them: 6.12's xarray of 2K slots (1M pages too with
@@ -583,12 +637,30 @@ class MockIommu:
             domain.dirty_ops = MockDirtyOps()
         return domain
 
+    def domain_alloc_nested(self, dev: _MockDev | None, flags: int, parent: IommuDomain,
+                            user_data: IommuUserData) -> MockNestedDomain:
+        """6.12 ``mock_domain_alloc_user`` given a parent: EOPNOTSUPP for data that is not
+        IOMMU_HWPT_DATA_SELFTEST or any flag; EINVAL for a parent that is not a mock
+        paging domain; the ``struct iommu_hwpt_selftest`` copied (EINVAL for a length
+        other than 4, EFAULT); ``__mock_domain_alloc_nested`` (``kzalloc``) with every
+        IOTLB entry set to its ``iotlb``."""
+        if user_data.type != IOMMU_HWPT_DATA_SELFTEST or flags:
+            raise NotSupported(f"mock: nested data type {user_data.type:#x} with flags "
+                               f"{flags:#x}")
+        if not isinstance(parent.ops, MockDomainOps) or parent.type != DomainType.UNMANAGED:
+            raise InvalidArgument(f"mock: {parent!r} cannot be a nested domain's parent")
+        raw = iommu_copy_struct_from_user(user_data, IOMMU_HWPT_DATA_SELFTEST, 4, 4)
+        self.hw.fail_nth.check("kzalloc(mock_iommu_domain_nested)")
+        return MockNestedDomain(parent, int.from_bytes(raw, "little"), self.kernel)
+
     def attach_dev(self, domain: IommuDomain, dev: _MockDev) -> None:
         """``mock_domain_nop_attach``: EINVAL for a NO_DIRTY device on a dirty-tracking
         domain; the model routes the device's DMA to ``domain``."""
         if domain.dirty_ops is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise InvalidArgument("mock: a NO_DIRTY device cannot join a dirty-tracking domain")
-        if domain.type & DomainType.UNMANAGED:  # any paging domain
+        if isinstance(domain, MockNestedDomain):  # no stage 1: DMA through the parent
+            self.hw.domains[dev.sid] = domain.parent
+        elif domain.type & DomainType.UNMANAGED:  # any paging domain
             self.hw.domains[dev.sid] = domain
         else:
             self.hw.domains.pop(dev.sid, None)

@@ -34,7 +34,7 @@ from ..errors import (
 from ..iommu.dirty import BatchedDirtyBitmap, IommuDirtyBitmap, IovaBitmap, user_iova_bitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
-from ..iommu.user_data import IommuUserData
+from ..iommu.user_data import IommuUserData, IommuUserDataArray
 from ..kernel import LINUX_7_0
 from ..mem.fault import FailNth, xa_nodes_needed
 from ..mem.mm import MmStruct, access_ok
@@ -45,7 +45,7 @@ from ..syscall.memfd import MemFdFile
 from . import uapi as u
 from .io_pagetable import PagesSlice
 from .iova_space import ULONG_MAX
-from .objects import Device, HwptPaging, Ioas, IommufdCtx
+from .objects import Device, HwptNested, HwptPaging, Ioas, IommufdCtx
 from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages, PfnSource
 from .sources import FileSource, OtherFileSource, UserSource
 
@@ -366,10 +366,11 @@ class IommufdFile(File):
         """``iommufd_hwpt_alloc``: EOPNOTSUPP for ``__reserved``, EINVAL for a data type
         without data or the other way round, ENOENT for no such device, EINVAL for a
         ``pt_id`` that is no object at all. An IOAS gets a paging HWPT; a paging HWPT is
-        the parent of a nested one (checked as far as the driver, which the model does
-        not have); any other object is EINVAL. With FAULT_ID_VALID (valid from 7.0) the
-        fault object is looked up after the HWPT was made, and the HWPT is destroyed
-        again when there is none (ENOENT: the model has no fault queues)."""
+        the parent of a nested one (6.12: :meth:`IommufdCtx.hwpt_nested_alloc`; 7.0's
+        nesting is checked only as far as the driver); any other object is EINVAL.
+        With FAULT_ID_VALID (6.12: nested HWPTs only; 7.0 paging ones too) the fault
+        object is looked up after the HWPT was made, and the HWPT is destroyed again
+        when there is none (ENOENT: the model has no fault queues)."""
         if rsvd:
             raise NotSupported("HWPT_ALLOC: __reserved is not zero")
         if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
@@ -379,28 +380,37 @@ class IommufdFile(File):
         pt = self.ctx.objects.get(pt_id)
         if pt is None:  # iommufd_get_object's ENOENT becomes EINVAL here
             raise InvalidArgument(f"HWPT_ALLOC: no object {pt_id}")
+        hwpt: HwptPaging | HwptNested
+        user_data = IommuUserData(data_type, data_uptr, data_len, proc.mm.read)
         if isinstance(pt, Ioas):
-            user_data = IommuUserData(data_type, data_uptr, data_len, proc.mm.read) \
-                if data_len else None
             hwpt = self.ctx.hwpt_paging_alloc(pt, idev, flags, auto=False,
-                                              user_data=user_data, finalize=False)
+                                              user_data=user_data if data_len else None,
+                                              finalize=False)
+        elif isinstance(pt, HwptPaging) and self.machine.kernel < LINUX_7_0:
+            hwpt = self.ctx.hwpt_nested_alloc(pt, idev, flags, user_data)
         elif isinstance(pt, HwptPaging):
             self.ctx.check_nested_parent(pt, idev, flags, data_len)
-            raise NotSupported(f"HWPT_ALLOC: nested HWPTs (data type {data_type:#x} on "
-                               f"HWPT {pt_id}) are not modelled")
+            raise NotSupported(f"HWPT_ALLOC: 7.0's nested HWPTs (data type {data_type:#x} "
+                               f"on HWPT {pt_id}) are not modelled")
         else:
             raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS or a HWPT")
         if flags & u.IOMMU_HWPT_FAULT_ID_VALID:  # iommufd_get_fault
-            self.ctx.abort_hwpt(hwpt)
+            self._abort_hwpt(hwpt)
             raise NoEntry(f"HWPT_ALLOC: no fault object {fault_id}")
         try:  # responded before the HWPT is published: an EFAULT destroys it (out_hwpt)
             self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id,
                           rsvd, data_type, data_len, data_uptr, fault_id, rsvd2)
         except KernelError:
-            self.ctx.abort_hwpt(hwpt)
+            self._abort_hwpt(hwpt)
             raise
         self.ctx.add(hwpt, hwpt.id)
         return 0
+
+    def _abort_hwpt(self, hwpt: HwptPaging | HwptNested) -> None:
+        if isinstance(hwpt, HwptNested):
+            self.ctx.abort_nested(hwpt)
+        else:
+            self.ctx.abort_hwpt(hwpt)
 
     def _get_hw_info(self, proc: Process, buf: bytearray, usize: int, flags: int, dev_id: int,
                      data_len: int, data_uptr: int, data_type: int, pasid: int, rsvd: bytes,
@@ -555,12 +565,13 @@ class IommufdFile(File):
                          data_uptr: int, data_type: int, entry_len: int, entry_num: int,
                          rsvd: int) -> int:
         """``iommufd_hwpt_invalidate``: the invalidation goes to a nested HWPT (7.0: or a
-        vIOMMU), which the model never has, so after the argument checks it fails:
-        EOPNOTSUPP for ``__reserved``; EINVAL for entries without data or length (6.12
-        also for ``entry_len`` past PAGE_SIZE or more than 1 << 19 entries); 6.12 ENOENT
-        for any id (``iommufd_get_hwpt_nested``), 7.0 ENOENT for no object and EINVAL for
-        one of another kind. The command is copied back with ``entry_num`` 0 whatever
-        the error."""
+        vIOMMU, neither modelled there): EOPNOTSUPP for ``__reserved``; EINVAL for
+        entries without data or length (6.12 also for ``entry_len`` past PAGE_SIZE or
+        more than 1 << 19 entries); 6.12 ENOENT for an id that is not a nested HWPT
+        (``iommufd_get_hwpt_nested``), 7.0 ENOENT for no object and EINVAL for one of
+        another kind. In 6.12 a nested HWPT's domain runs the request array
+        (``cache_invalidate_user``) and ``entry_num`` comes back as the entries it did,
+        before its error is returned; on the other errors it comes back 0."""
         err: KernelError
         new = self.machine.kernel >= LINUX_7_0
         bad_entries = not data_uptr or not entry_len or (
@@ -572,6 +583,16 @@ class IommufdFile(File):
                                   f"bytes at {data_uptr:#x}")
         elif self.ctx.fail_nth_get_object():
             err = NoEntry("HWPT_INVALIDATE: iommufd_get_object: injected failure")
+        elif not new and isinstance(nested := self.ctx.objects.get(hwpt_id), HwptNested):
+            array = IommuUserDataArray(data_type, data_uptr, entry_len, entry_num,
+                                       proc.mm.read)
+            done, driver_err = nested.domain.cache_invalidate_user(  # type: ignore[attr-defined]
+                array)
+            self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr,
+                          data_type, entry_len, done, rsvd)
+            if driver_err is not None:
+                raise driver_err
+            return 0
         elif new and hwpt_id in self.ctx.objects:
             err = InvalidArgument(f"HWPT_INVALIDATE: object {hwpt_id} is not a nested HWPT "
                                   "or a vIOMMU")

@@ -64,6 +64,7 @@ __all__ = [
     "HWPT_ALLOC_DIRTY_TRACKING",
     "Access",
     "Device",
+    "HwptNested",
     "HwptPaging",
     "Ioas",
     "IommufdCtx",
@@ -139,6 +140,20 @@ class HwptPaging(IommufdObject):
         self.ioas.hwpts.remove(self)
         self.ioas.users -= 1
         self.domain.free()
+
+
+@dataclass(eq=False, kw_only=True)
+class HwptNested(IommufdObject):
+    """``struct iommufd_hwpt_nested``: a user-managed domain over ``parent``, which it
+    holds (a user of the parent's object)."""
+
+    domain: IommuDomain = field(repr=False)
+    parent: HwptPaging = field(repr=False)
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        """``iommufd_hwpt_nested_destroy``: domain freed, the parent let go of."""
+        self.domain.free()
+        self.parent.users -= 1
 
 
 @dataclass(eq=False, kw_only=True)
@@ -469,6 +484,40 @@ class IommufdCtx:
 
     def abort_hwpt(self, hwpt: HwptPaging) -> None:
         """``iommufd_object_abort_and_destroy`` of a HWPT that was never finalized."""
+        hwpt.destroy(self)
+        self.abort_id(hwpt.id)
+
+    def hwpt_nested_alloc(self, parent: HwptPaging, idev: Device, flags: int,
+                          user_data: IommuUserData) -> HwptNested:
+        """``iommufd_hwpt_nested_alloc`` (6.12): :meth:`check_nested_parent`, the object
+        (its id reserved, for the caller to :meth:`add` or :meth:`abort_nested`), a user
+        of the parent, the driver's nested domain (6.12 ``domain_alloc_user`` with the
+        parent; ``flags`` without FAULT_ID_VALID), which must be NESTED with
+        ``cache_invalidate_user`` (EINVAL, a kernel WARN)."""
+        self.check_nested_parent(parent, idev, flags, user_data.len)
+        id = self.object_alloc("iommufd_hwpt_nested")
+        parent.users += 1
+        # 6.12 arm-smmu-v3 and intel-iommu (without scalable-mode nesting, which the
+        # model's VT-d lacks) answer a parent with EOPNOTSUPP from domain_alloc_user
+        alloc: Any = getattr(self.core.driver, "domain_alloc_nested", None)
+        try:
+            if alloc is None:
+                raise NotSupported("HWPT_ALLOC: the driver makes no nested domains")
+            domain = alloc(
+                _master(idev.dev), flags & ~_FAULT_ID_VALID, parent.domain, user_data)
+            if domain.type != DomainType.NESTED or \
+                    not hasattr(domain, "cache_invalidate_user"):
+                self.warnings["iommufd_hwpt_nested_alloc: not a NESTED domain"] += 1
+                domain.free()
+                raise InvalidArgument(f"HWPT_ALLOC: {domain!r} is not a nested domain")
+        except KernelError:
+            parent.users -= 1
+            self.abort_id(id)
+            raise
+        return HwptNested(id=id, domain=domain, parent=parent)
+
+    def abort_nested(self, hwpt: HwptNested) -> None:
+        """``iommufd_hwpt_nested_abort`` of a nested HWPT that was never finalized."""
         hwpt.destroy(self)
         self.abort_id(hwpt.id)
 

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..drivers.mock import MOCK_IO_PAGE_SIZE, MOCK_PFN_MASK, MockDirtyOps, MockDomainOps
+from ..drivers.mock import (
+    MOCK_IO_PAGE_SIZE,
+    MOCK_PFN_MASK,
+    MockDirtyOps,
+    MockDomainOps,
+    MockNestedDomain,
+)
 from ..drivers.mock_pt import MockPtDirtyOps, MockPtDomainOps
 from ..errors import (
     BadAddress,
@@ -42,7 +48,7 @@ from ..sizes import PAGE_SHIFT, PAGE_SIZE
 from ..syscall.file import File
 from . import uapi as u
 from .iova_space import ULONG_MAX
-from .objects import Access, Device, HwptPaging, Ioas, IommufdCtx, IommufdObject
+from .objects import Access, Device, HwptNested, HwptPaging, Ioas, IommufdCtx, IommufdObject
 from .pages import _BATCH_ELEMENT
 
 if TYPE_CHECKING:
@@ -539,11 +545,20 @@ def _user_mapped(proc: Process, addr: int, n: int) -> bool:
 
 
 def _check_iotlb(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
-    """``iommufd_test_md_check_iotlb``: the id must be a nested mock HWPT
-    (``get_md_pagetable_nested``: ``iommufd_get_object``), and the model has none
-    (ENOENT)."""
+    """``iommufd_test_md_check_iotlb``: the id must be a nested HWPT
+    (``get_md_pagetable_nested``: ``iommufd_get_object``, ENOENT) of the mock (EINVAL);
+    EINVAL for an entry past ``MOCK_NESTED_DOMAIN_IOTLB_ID_MAX`` or one that does not
+    hold ``iotlb``. 7.0's nested HWPTs are not modelled: there it is always ENOENT."""
     file.ctx.get_object_should_fail()
-    raise NoEntry(f"MD_CHECK_IOTLB: no nested HWPT {cmd.id}")
+    hwpt = file.ctx.objects.get(cmd.id)
+    if not isinstance(hwpt, HwptNested):
+        raise NoEntry(f"MD_CHECK_IOTLB: no nested HWPT {cmd.id}")
+    if not isinstance(hwpt.domain, MockNestedDomain):
+        raise InvalidArgument(f"MD_CHECK_IOTLB: HWPT {cmd.id} is not a mock nested domain")
+    iotlb_id, iotlb = struct.unpack_from("<II", cmd.union)
+    if iotlb_id >= len(hwpt.domain.iotlb) or int(hwpt.domain.iotlb[iotlb_id]) != iotlb:
+        raise InvalidArgument(f"MD_CHECK_IOTLB: entry {iotlb_id} is not {iotlb:#x}")
+    return False
 
 
 def _trigger_iopf(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
