@@ -221,6 +221,19 @@ def _find_blocks(pt: IoPgtable, table: U64Array, depth: int, base: int, lo: int,
                          base + ((first + i) << level.shift), lo, hi, target, out)
 
 
+def _split_leaves(pt: IoPgtable, blocks: list[tuple[U64Array, int, int, int, int]]
+                  ) -> tuple[U64Array, U64Array, np.uint64]:
+    """Each block's output address and the attributes its smaller leaves take (the lab's
+    split mark, the block's dirty state kept), and the table entries' sync bit."""
+    fmt = pt.format
+    ptes = np.array([b[4] for b in blocks], dtype=np.uint64)
+    oas = fmt.leaf_oas(ptes)
+    attrs = fmt.leaf_attrs(ptes) | np.uint64(fmt.split_mark)
+    for i in np.flatnonzero(fmt.write_dirty_mask(ptes)).tolist():  # keep the dirty state
+        attrs[i] = fmt.with_dirty(int(attrs[i]))
+    return oas, attrs, np.uint64(0 if pt.cfg.coherent_walk else fmt.sw_sync_bit)
+
+
 def _build_tables(pt: IoPgtable, depth: int, target: int,
                   blocks: list[tuple[U64Array, int, int, int, int]],
                   allocated: list[int]) -> U64Array:
@@ -238,12 +251,7 @@ def _build_tables(pt: IoPgtable, depth: int, target: int,
     it. O(tables / chunk) Python steps, O(new entries) vector work.
     """
     fmt = pt.format
-    ptes = np.array([b[4] for b in blocks], dtype=np.uint64)
-    oas = fmt.leaf_oas(ptes)
-    attrs = fmt.leaf_attrs(ptes) | np.uint64(fmt.split_mark)
-    for i in np.flatnonzero(fmt.write_dirty_mask(ptes)).tolist():  # keep the dirty state
-        attrs[i] = fmt.with_dirty(int(attrs[i]))
-    sync_bit = np.uint64(0 if pt.cfg.coherent_walk else fmt.sw_sync_bit)
+    oas, attrs, sync_bit = _split_leaves(pt, blocks)
     per = pt._per
     chunk = max(1, _CHUNK_ENTRIES // per)  # tables per allocation
     step = max(1, _STEP_ENTRIES // per)  # tables per vector step
@@ -296,12 +304,7 @@ def _build_tables_whole(pt: IoPgtable, depth: int, target: int,
                         allocated: list[int]) -> U64Array:
     """Reference for :func:`_build_tables`: every level of every block as one array."""
     fmt = pt.format
-    ptes = np.array([b[4] for b in blocks], dtype=np.uint64)
-    oas = fmt.leaf_oas(ptes)
-    attrs = fmt.leaf_attrs(ptes) | np.uint64(fmt.split_mark)
-    for i in np.flatnonzero(fmt.write_dirty_mask(ptes)).tolist():  # keep the dirty state
-        attrs[i] = fmt.with_dirty(int(attrs[i]))
-    sync_bit = np.uint64(0 if pt.cfg.coherent_walk else fmt.sw_sync_bit)
+    oas, attrs, sync_bit = _split_leaves(pt, blocks)
     per = pt._per
     top: list[int] = []
     parent_rows: U64Array | None = None
