@@ -306,6 +306,20 @@ def _run_starts(pfns: I64Array) -> I64Array:
     return np.concatenate(([0], np.flatnonzero(np.diff(pfns) != 1) + 1)).astype(np.int64)
 
 
+def _run_entries(area: IoptArea, starts: I64Array, pfn0: I64Array, stop: int
+                 ) -> list[tuple[int, int, int]]:
+    """``(iova, paddr, size)`` of each run of contiguous PFNs over the first ``stop``
+    pages of ``area``: run ``i`` starts at page ``starts[i]`` (from the area's first)
+    with PFN ``pfn0[i]``; the area's first and last page may be partial."""
+    first = area.index
+    lo = np.maximum((first + starts) * PAGE_SIZE, area.start_byte)
+    hi = np.minimum((first + np.append(starts[1:], stop)) * PAGE_SIZE,
+                    area.start_byte + area.length)
+    pa = (pfn0 << PAGE_SHIFT) + lo - (first + starts) * PAGE_SIZE
+    iova = area.iova + lo - area.start_byte
+    return list(zip(iova.tolist(), pa.tolist(), (hi - lo).tolist(), strict=True))
+
+
 def fill_batches(nruns: int, complete: bool, cap: int) -> int:
     """How many batches of at most ``cap`` PFN runs ``pfn_reader_next`` hands over for
     ``nruns`` runs read. Unless the read was ``complete`` (it stopped at an error), a
@@ -612,13 +626,7 @@ class IoptPages:
         """``batch_to_domain``'s ``(iova, paddr, size)`` per run of contiguous PFNs of the
         area's pages (``batch_add_pfn`` merges whatever their source), the runs starting
         at ``starts``; the area's first and last page may be partial."""
-        first = area.index
-        end_byte = area.start_byte + area.length
-        lo = np.maximum((first + starts) * PAGE_SIZE, area.start_byte)
-        hi = np.minimum((first + np.append(starts[1:], len(pfns))) * PAGE_SIZE, end_byte)
-        pa = (pfns[starts] << PAGE_SHIFT) + lo - (first + starts) * PAGE_SIZE
-        iova = area.iova + lo - area.start_byte
-        return list(zip(iova.tolist(), pa.tolist(), (hi - lo).tolist(), strict=True))
+        return _run_entries(area, starts, pfns[starts], len(pfns))
 
     def fill(self, area: IoptArea, domains: list[IommuDomain], small: bool, *,
              flush: bool = False) -> None:
@@ -685,14 +693,7 @@ class IoptPages:
     def _entries_runs(self, area: IoptArea, runs: PfnRuns, stop: int
                       ) -> list[tuple[int, int, int]]:
         """:meth:`_entries` of the runs over the first ``stop`` pages read."""
-        first = area.index
-        end_byte = area.start_byte + area.length
-        st = runs.starts - first
-        lo = np.maximum((first + st) * PAGE_SIZE, area.start_byte)
-        hi = np.minimum((first + np.append(st[1:], stop)) * PAGE_SIZE, end_byte)
-        pa = (runs.pfn0 << PAGE_SHIFT) + lo - (first + st) * PAGE_SIZE
-        iova = area.iova + lo - area.start_byte
-        return list(zip(iova.tolist(), pa.tolist(), (hi - lo).tolist(), strict=True))
+        return _run_entries(area, runs.starts - area.index, runs.pfn0, stop)
 
     def _read_prefix_runs(self, first: int, last: int) -> tuple[
             PfnRuns | None, list[tuple[int, int]], int, KernelError | None]:
