@@ -56,14 +56,16 @@ class _Gather:
     queued = False
 
 
-def _pair(kernel: Any = LINUX_7_0) -> tuple[tuple[IoPgtable, RecordingTlb], ...]:
+def _pair(kernel: Any = LINUX_7_0, *, ias: int = 48, ram: str = "1G",
+          quirks: Quirk = Quirk.ARM_HD) -> tuple[tuple[IoPgtable, RecordingTlb], ...]:
+    """The per-table reference and the bulk table, alike otherwise."""
     out = []
     for bulk in (False, True):
         tlb = RecordingTlb(cookie := object())
-        cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 48, 48, quirks=Quirk.ARM_HD,
-                           tlb=tlb, kernel=kernel)
+        cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, ias, 48, quirks=quirks, tlb=tlb,
+                           kernel=kernel)
         ops = alloc_io_pgtable_ops(IoPgtableFmt.ARM_64_LPAE_S1, cfg, cookie,
-                                   mem=PhysMem("1G"))
+                                   mem=PhysMem(ram))
         ops.bulk_passes = bulk
         out.append((ops, tlb))
     return tuple(out)
@@ -282,12 +284,7 @@ def test_a_bulk_run_past_the_ias_stops_where_the_calls_do() -> None:
     """A 4K run that leaves a 32-bit IAS: the per-table calls map up to 4G and the next
     one is ERANGE; the bulk run stops at the same place with the same error."""
     outs = []
-    for bulk in (False, True):
-        tlb = RecordingTlb(cookie := object())
-        cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 32, 48, tlb=tlb, kernel=LINUX_7_0)
-        ops = alloc_io_pgtable_ops(IoPgtableFmt.ARM_64_LPAE_S1, cfg, cookie,
-                                   mem=PhysMem("1G"))
-        ops.bulk_passes = bulk
+    for ops, tlb in _pair(ias=32, quirks=Quirk(0)):
         got = _core_map(ops, (1 << 32) - 3 * 512 * SZ_4K - SZ_4K, 0x4000_0000, SZ_4K, 5 * 512)
         assert got[0] == 3 * 512 * SZ_4K + SZ_4K and got[1] is not None
         assert "outside ias 32" in got[1][1]
@@ -299,12 +296,7 @@ def test_running_out_of_frames_in_a_bulk_map_is_the_reference_enomem() -> None:
     """Too few free frames for the tables a bulk run wants: the run goes table by
     table and fails with ENOMEM where the per-table calls do, with the same state."""
     outs = []
-    for bulk in (False, True):
-        tlb = RecordingTlb(cookie := object())
-        cfg = IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 48, 48, tlb=tlb, kernel=LINUX_7_0)
-        ops = alloc_io_pgtable_ops(IoPgtableFmt.ARM_64_LPAE_S1, cfg, cookie,
-                                   mem=PhysMem("1M"))
-        ops.bulk_passes = bulk
+    for ops, tlb in _pair(ram="1M", quirks=Quirk(0)):
         got = _core_map(ops, 0, 0x4000_0000, SZ_4K, 400 * 512)
         assert got[1] is not None and "ENOMEM" in got[1][1]
         outs.append((got, ops.iter_entries(), dataclasses.asdict(ops.stats), tlb.calls,
