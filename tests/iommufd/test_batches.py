@@ -161,14 +161,18 @@ def _random_spans(rng: random.Random, first: int, n: int) -> list[tuple[int, int
     return spans
 
 
-@pytest.mark.parametrize("seed", range(600))
-def test_unfill_batches_match_the_kernel_loop(seed: int) -> None:
+def _random_unfill(seed: int) -> tuple[list[int], int, list[tuple[int, int, int]], int]:
+    """A random unfill: the area's PFNs, its first page, its spans, the batch size."""
     rng = random.Random(seed)
     n = rng.randrange(1, 40)
     first = rng.randrange(5)
     pfns = _random_pfns(rng, n, 10_000 if seed % 2 else 60)
-    spans = _random_spans(rng, first, n)
-    cap = rng.randrange(1, 6)
+    return pfns, first, _random_spans(rng, first, n), rng.randrange(1, 6)
+
+
+@pytest.mark.parametrize("seed", range(600))
+def test_unfill_batches_match_the_kernel_loop(seed: int) -> None:
+    pfns, first, spans, cap = _random_unfill(seed)
     assert unfill_batches(np.array(pfns, dtype=np.int64), first, spans, cap) == \
         _kernel_unfill(pfns, first, spans, cap)
 

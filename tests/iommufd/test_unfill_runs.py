@@ -27,7 +27,7 @@ from iommulab.mem.pins import pfn_runs
 from iommulab.vfio import uapi as v
 
 from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, Selftest
-from .test_batches import _kernel_unfill, _random_pfns, _random_spans
+from .test_batches import _kernel_unfill, _random_unfill
 
 
 def _runs_of(pfns: list[int], first: int) -> PfnRuns:
@@ -39,12 +39,7 @@ def _runs_of(pfns: list[int], first: int) -> PfnRuns:
 
 @pytest.mark.parametrize("seed", range(400))
 def test_unfill_batches_by_runs_match_per_page(seed: int) -> None:
-    rng = random.Random(seed)
-    n = rng.randrange(1, 40)
-    first = rng.randrange(5)
-    pfns = _random_pfns(rng, n, 10_000 if seed % 2 else 60)
-    spans = _random_spans(rng, first, n)
-    cap = rng.randrange(1, 6)
+    pfns, first, spans, cap = _random_unfill(seed)
     runs = _runs_of(pfns, first)
     want = unfill_batches(np.array(pfns, dtype=np.int64), first, spans, cap)
     assert unfill_batches_runs(runs, spans, cap) == want == _kernel_unfill(pfns, first,
