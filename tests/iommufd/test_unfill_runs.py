@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from iommulab import Machine
+from iommulab.api import Iommufd, VfioDevice
 from iommulab.iommufd import pages as pages_mod
 from iommulab.iommufd import uapi as u
 from iommulab.iommufd.pages import (
@@ -24,7 +25,6 @@ from iommulab.iommufd.pages import (
     unfill_batches_runs,
 )
 from iommulab.mem.pins import pfn_runs
-from iommulab.vfio import uapi as v
 
 from .selftest_lib import MOCK_APERTURE_START, PAGE_SIZE, Selftest
 from .test_batches import _kernel_unfill, _random_unfill
@@ -186,21 +186,6 @@ def test_area_pfn_runs_match_the_pfns_per_page() -> None:
     t.close()
 
 
-def _bind(p: Any, fd: int, n: int, ioas: int, flags: int = 0) -> int:
-    cdev = p.open(f"/dev/vfio/devices/vfio{n}")
-    out = bytearray(v.BIND_IOMMUFD.pack(16, 0, fd, 0))
-    p.ioctl(cdev, v.VFIO_DEVICE_BIND_IOMMUFD, out)
-    pt = ioas
-    if flags:
-        devid = v.BIND_IOMMUFD.unpack(out)[3]
-        hw = bytearray(u.HWPT_ALLOC.pack(48, flags, devid, ioas, 0, 0, 0, 0, 0, 0, 0))
-        p.ioctl(fd, u.IOMMU_HWPT_ALLOC, hw)
-        pt = u.HWPT_ALLOC.unpack(hw)[4]
-    att = bytearray(v.ATTACH_IOMMUFD_PT.pack(16, 0, pt, 0))
-    p.ioctl(cdev, v.VFIO_DEVICE_ATTACH_IOMMUFD_PT, att)
-    return int(v.ATTACH_IOMMUFD_PT.unpack(att)[2])
-
-
 def _split_scenario(seed: int) -> list[Any]:
     """An SMMUv3 dirty-tracking domain split to 4K (``dirty_granule``), THP and 4K
     memory, partial unmaps refused, whole ones done, a dirty bitmap between."""
@@ -209,11 +194,11 @@ def _split_scenario(seed: int) -> list[Any]:
     m.add_pci_device("0000:00:02.0")
     m.dirty_granule = 4096
     p = m.spawn_process(cap_ipc_lock=True)
-    fd = p.open("/dev/iommu")
-    out = bytearray(u.IOAS_ALLOC.pack(12, 0, 0))
-    p.ioctl(fd, u.IOMMU_IOAS_ALLOC, out)
-    ioas = int(u.IOAS_ALLOC.unpack(out)[2])
-    hwpt = _bind(p, fd, 0, ioas, u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    iommufd = Iommufd.open(p)
+    fd, ioas = iommufd.fd, iommufd.ioas_alloc()
+    dev = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p)
+    hwpt = dev.attach_pt(iommufd.hwpt_alloc(dev.bind_iommufd(iommufd), ioas,
+                                            u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING))
     trace: list[Any] = []
     iova = 1 << 32
     maps = []
