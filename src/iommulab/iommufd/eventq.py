@@ -136,14 +136,14 @@ class EventqObject(IommufdObject):
         self._put_file()
 
     def _put_file(self) -> None:
-        f, self.file = self.file, None
-        if f is not None:
-            fput(f)
+        if self.file is not None:
+            fput(self.file)
 
     def released(self) -> None:
         """``iommufd_fault_fops_release``: the file's user of the object and its hold on
         the context go (the object may be destroyed by then only if the file never
         reached a process)."""
+        self.file = None
         self.users -= 1
         self.ctx.ctx_put()
 
