@@ -291,6 +291,48 @@ def mock_domain_replace(*, new_domain: bool = False, other_ioas: bool = True,
     return out + ([UNFILL_BATCH] if unfill_old else [])
 
 
+def fault_alloc() -> list[Site]:
+    """fault.c:iommufd_fault_alloc: the object (the context's objects xarray has its node
+    already), its file (fs/anon_inodes.c -> alloc_file_pseudo: the dentry, the file); the
+    fd takes no allocation in a small table."""
+    return [("kzalloc(iommufd_fault)", "main.c:_iommufd_object_alloc <- "
+             "fault.c:iommufd_fault_alloc"),
+            ("d_alloc_pseudo(anon_inode_getfile)", "fs/file_table.c:alloc_file_pseudo"),
+            ("alloc_empty_file(anon_inode_getfile)", "fs/file_table.c:alloc_file")]
+
+
+def hwpt_alloc_nested_fault() -> list[Site]:
+    """hw_pagetable.c:iommufd_hwpt_alloc on a paging HWPT: the device, the parent (EINVAL
+    when missing), iommufd_hwpt_nested_alloc's object, selftest.c:
+    __mock_domain_alloc_nested's domain, then iommufd_get_fault."""
+    return [GET, ("iommufd_should_fail(iommufd_hwpt_alloc: iommufd_get_object)",
+                  "hw_pagetable.c:iommufd_hwpt_alloc"),
+            ("kzalloc(iommufd_hwpt_nested)", "main.c:_iommufd_object_alloc <- "
+             "hw_pagetable.c:iommufd_hwpt_nested_alloc"),
+            ("kzalloc(mock_iommu_domain_nested)", "selftest.c:__mock_domain_alloc_nested"),
+            ("iommufd_should_fail(iommufd_get_object)",
+             "main.c:iommufd_get_object <- iommufd_private.h:iommufd_get_fault")]
+
+
+def replace_iopf(*, enable: bool) -> list[Site]:
+    """A replace within one IOAS (no reserved regions to enforce) onto a HWPT with a
+    fault object: device.c:iommufd_hwpt_replace_device's handle, then (from a HWPT
+    without one) fault.c:iommufd_fault_iopf_enable -> selftest.c:mock_dev_enable_feat ->
+    io-pgfault.c:iopf_queue_add_device's fault parameter; iommu_replace_group_handle's
+    xa_reserve finds PASID 0 taken by the old handle."""
+    out = [GET, GET, ("kzalloc(iommufd_attach_handle)", "device.c:iommufd_hwpt_replace_device")]
+    if enable:
+        out.append(("kzalloc(iommu_fault_param)", "io-pgfault.c:iopf_queue_add_device"))
+    return out
+
+
+def trigger_iopf() -> list[Site]:
+    """selftest.c:iommufd_test_trigger_iopf: the device, then io-pgfault.c:
+    iommu_report_device_fault of a LAST_PAGE request: iopf_group_alloc's group (its
+    failure is absorbed: the request is answered FAILURE)."""
+    return [GET, ("kzalloc(iopf_group)", "io-pgfault.c:iopf_group_alloc")]
+
+
 BUF_PAGES = 64  # tests/failnth/scenarios.py's BUF
 
 #: scenario (tests/failnth/scenarios.py) -> its 6.12 points on the mock, in order
@@ -318,6 +360,11 @@ SCENARIO_SITES: dict[str, list[Site]] = {
     "TEST ACCESS_RW(write)": access_rw(64, slow=False),
     "TEST ACCESS_RW(slow, one page)": access_rw(64, slow=True),
     "TEST ACCESS_RW(slow, 16 pages)": access_rw(16 * 4096, slow=True),
+    "FAULT_QUEUE_ALLOC": fault_alloc(),
+    "HWPT_ALLOC(nested, FAULT_ID_VALID)": hwpt_alloc_nested_fault(),
+    "TEST MOCK_DOMAIN_REPLACE(nested, IOPF)": replace_iopf(enable=True),
+    "TEST MOCK_DOMAIN_REPLACE(nested IOPF -> parent)": replace_iopf(enable=False),
+    "TEST TRIGGER_IOPF(fault queue)": trigger_iopf(),
 }
 
 FAIL_NTH_PAGES = 512  # iommufd_fail_nth.c's BUFFER_SIZE, 2 MiB

@@ -361,7 +361,8 @@ def test_fault_alloc_under_fail_nth() -> None:
         t.destroy(fault_id)
         if fired is None:
             break
-    assert sites == ["kzalloc(iommufd_fault)", "anon_inode_getfile"]
+    assert sites == ["kzalloc(iommufd_fault)", "d_alloc_pseudo(anon_inode_getfile)",
+                     "alloc_empty_file(anon_inode_getfile)"]
     t.close()
 
 

@@ -750,8 +750,7 @@ class IommufdCtx:
             self._enforce_resv_regions(idev, iopt, sw_msi=attaching)
         old = idev.hwpt
         first = not (attaching and others)  # the group's first device makes the handle
-        iopf_on = first and hwpt.fault is not None and (attaching or old is None or
-                                                        old.fault is None)
+        iopf_on = first and hwpt.fault is not None and (old is None or old.fault is None)
         try:
             if not others or not attaching:
                 self._setup_msi(group.id, paging)
