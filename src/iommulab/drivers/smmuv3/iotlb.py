@@ -157,6 +157,15 @@ class Iotlb:
         self._drop(dead)
         self._count(kind, len(dead))
 
+    def invalidate_range_where(self, kind: str, pred_tag: int, mask: int, lo: int,
+                               hi: int) -> None:
+        """Drop entries whose ``tag & mask == pred_tag`` overlapping ``[lo, hi)`` (an ASID
+        wildcard: TLBI_NH_VAA). O(entries)."""
+        dead = [k for k, e in self._map.items()
+                if e.tag & mask == pred_tag and e.va < hi and e.va + (1 << e.shift) > lo]
+        self._drop(dead)
+        self._count(kind, len(dead))
+
     def _count(self, kind: str, n: int) -> None:
         inv = self.stats.invalidations
         inv[kind] = inv.get(kind, 0) + 1
