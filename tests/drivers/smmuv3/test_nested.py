@@ -337,6 +337,17 @@ def test_tlbi_nh_all_alone_rewalks_through_the_stale_stage2_entry(env: NestedEnv
     assert not _fresh(env, 0x1000, 0)
 
 
+def test_nh_all_before_s2_ipa_lets_a_walk_rebuild_a_stale_combined_entry(env: NestedEnv
+                                                                          ) -> None:
+    _move_s2(env)
+    env.issue(env.nh_all())
+    assert not _fresh(env, 0x1000, 0)  # walked: S1 afresh, the output IPA's stale S2 entry
+    env.issue(env.s2_ipa(DATA_IPA))
+    assert not _fresh(env, 0x1000, 0)  # the combined entry built in between remains
+    env.issue(env.nh_all())
+    assert _fresh(env, 0x1000, 0)
+
+
 def test_tlbi_s2_ipa_then_nh_all_or_s12_vmall_is_enough(env: NestedEnv) -> None:
     _move_s2(env)
     env.issue(env.s2_ipa(DATA_IPA), env.nh_all())
