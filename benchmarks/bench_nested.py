@@ -94,7 +94,7 @@ def main() -> None:
         for _ in calls:
             translate(SID, IOVA + 0x123)
 
-    whw = _platform(IotlbConfig.tiny())
+    whw = _platform(IotlbConfig("qemu", 1))
     wtranslate = whw.translate
     addrs = [IOVA + (i % PAGES) * SZ_4K for i in calls]
     wtranslate(SID, IOVA + SZ_4K * (PAGES - 1))  # the configuration cached
