@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ...errors import DmaFault
 from ...mem import PhysMem
@@ -56,7 +57,8 @@ _S2AP_R, _S2AP_W = 1 << 6, 1 << 7
 _VMID_MASK = tlb_tag(0xFFFF, 0, False)
 _TAG_MASK = tlb_tag(0xFFFF, 0xFFFF, True)
 _READ, _WRITE, _PRIV = int(Prot.READ), int(Prot.WRITE), int(Prot.PRIV)
-_unpack_q = struct.Struct("<Q").unpack_from
+# a numpy page is a buffer at run time; numpy's stubs do not say so
+_unpack_q: Callable[[Any, int], tuple[int]] = struct.Struct("<Q").unpack_from
 
 
 @dataclass(frozen=True)
