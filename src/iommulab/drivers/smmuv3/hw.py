@@ -704,11 +704,13 @@ class SmmuV3Hw:
                 raise _Fault(Evt.F_TRANSLATION)
             if not desc & 2 and (level == 3 or shift not in cfg.shifts):
                 raise _Fault(Evt.F_TRANSLATION)  # reserved encoding / no block here
+            if not cfg.stage1:
+                return self._leaf_s2(cfg, iova, write, desc, desc_pa, shift)
             return self._leaf(cfg, iova, write, privileged, desc, desc_pa, desc_addr, shift)
 
     def _leaf(self, cfg: _StreamCfg, iova: int, write: bool, privileged: bool, desc: int,
               desc_pa: int, desc_addr: int, shift: int) -> IotlbEntry:
-        """Check a leaf, make the HTTU updates, and build the IOTLB entry.
+        """Check a stage-1 leaf, make the HTTU updates, and build the IOTLB entry.
 
         The checks come first (AF without HA: F_ACCESS; AP/S2AP: F_PERMISSION, unless
         a DBM entry may be made dirty); then, under nesting, the output IPA goes
@@ -726,26 +728,16 @@ class SmmuV3Hw:
                 raise _Fault(Evt.F_ACCESS)
             new |= _AF
         dbm = cfg.hd and bool(desc & _DBM)
-        if cfg.stage1:
-            user = bool(desc & _AP_UNPRIV)
-            if not privileged and not user:
+        user = bool(desc & _AP_UNPRIV)
+        if not privileged and not user:
+            raise _Fault(Evt.F_PERMISSION)
+        readable, clean = True, bool(desc & _AP_RDONLY)
+        if write and clean:
+            if not dbm:
                 raise _Fault(Evt.F_PERMISSION)
-            readable, clean = True, bool(desc & _AP_RDONLY)
-            if write and clean:
-                if not dbm:
-                    raise _Fault(Evt.F_PERMISSION)
-                new &= ~_AP_RDONLY  # HTTU: writable-clean -> writable-dirty
-                clean = False
-            writable = not clean and (not dbm or self._caches_dirty)
-        else:
-            user = True
-            readable, s2w = bool(desc & _S2AP_R), bool(desc & _S2AP_W)
-            if write and not s2w and dbm:  # S2HD: writable-clean -> writable-dirty
-                new |= _S2AP_W
-                s2w = True
-            if (write and not s2w) or (not write and not readable):
-                raise _Fault(Evt.F_PERMISSION)
-            writable = s2w and (not dbm or self._caches_dirty)
+            new &= ~_AP_RDONLY  # HTTU: writable-clean -> writable-dirty
+            clean = False
+        writable = not clean and (not dbm or self._caches_dirty)
         s2 = cfg.s2
         va, pa = iova & -size, oa
         if s2 is not None:  # the output IPA through stage 2, then a combined entry
@@ -756,11 +748,37 @@ class SmmuV3Hw:
                 size = 1 << shift
                 va = iova & -size
             pa = (e.pa | (ipa & ((1 << e.shift) - 1))) & -size
-            readable = readable and e.readable
+            readable = e.readable
             writable = writable and e.writable
         if new != desc:
             self._update_desc(cfg, desc, new, desc_pa, desc_addr)
         return IotlbEntry(cfg.tag, va, shift, pa, readable, writable, user, dbm, desc_pa)
+
+    def _leaf_s2(self, cfg: _StreamCfg, ipa: int, write: bool, desc: int, desc_pa: int,
+                 shift: int) -> IotlbEntry:
+        """A stage-2 leaf: S2AP permissions, S2HA/S2HD updates (DBM: S2AP[1] set)."""
+        size = 1 << shift
+        ips = cfg.ips
+        oa = (_desc_addr(desc, 16, ips) if cfg.gshift == 16 and ips > 48
+              else desc & _DESC_ADDR) & -size
+        if oa >> ips:
+            raise _Fault(Evt.F_ADDR_SIZE)
+        new = desc
+        if not desc & _AF:
+            if not cfg.ha:
+                raise _Fault(Evt.F_ACCESS)
+            new |= _AF
+        dbm = cfg.hd and bool(desc & _DBM)
+        readable, s2w = bool(desc & _S2AP_R), bool(desc & _S2AP_W)
+        if write and not s2w and dbm:  # S2HD: writable-clean -> writable-dirty
+            new |= _S2AP_W
+            s2w = True
+        if (write and not s2w) or (not write and not readable):
+            raise _Fault(Evt.F_PERMISSION)
+        if new != desc:
+            self._update_desc(cfg, desc, new, desc_pa, desc_pa)
+        return IotlbEntry(cfg.tag, ipa & -size, shift, oa, readable,
+                          s2w and (not dbm or self._caches_dirty), True, dbm, desc_pa)
 
     def _update_desc(self, cfg: _StreamCfg, desc: int, new: int, desc_pa: int,
                      desc_addr: int) -> None:

@@ -49,7 +49,7 @@ class IotlbEntry:
 
     @property
     def key(self) -> int:
-        return _key(self.tag, self.shift, self.va >> self.shift)
+        return (((self.tag << 7) | self.shift) << _VPN_BITS) | (self.va >> self.shift)
 
 
 @dataclass(frozen=True)
