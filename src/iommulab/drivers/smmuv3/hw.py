@@ -9,18 +9,20 @@ memory, with its own decoding of the VMSAv8-64 descriptors (it shares no
 code with ``iommulab.pgtable``), including HTTU: setting AF, and clearing
 AP[2] on a write to a writable-clean DBM entry.
 
-Nesting (STE.Config 0b111, IHI 0070 5.2 and 3.3): the CD table pointer, every
-level-1 CD descriptor, the CD and every stage-1 table descriptor are IPAs,
-fetched through stage 2 (the S2 translations are cached in the IOTLB as
-stage-2-only entries, tagged by VMID); the stage-1 output IPA is translated by
-stage 2, and the IOTLB caches the composed translation as one stage-1 entry
-tagged by (VMID, ASID), of the smaller of the two leaf sizes. A stage-2 fault
-is reported with S2 = 1, the IPA, and CLASS CD (a CD or L1CD fetch), TT (a
-stage-1 descriptor fetch, or an HTTU write of one: TTRnW = 0) or IN (the
-output IPA); it is recorded per STE.S2R and stalls per STE.S2S. Stage-1 faults
-have S2 = 0 and follow CD.R and CD.S. HTTU at stage 2 (STE.S2HA, STE.S2HD with
-DBM in the S2 descriptor: S2AP[1] set on the first write), also for the
-stage-1 descriptor updates, which are writes through stage 2.
+Nesting (STE.Config 0b111, IHI 0070's STE and two-stage translation rules): the
+CD table pointer, every level-1 CD descriptor, the CD and every stage-1 table
+descriptor are IPAs, fetched through stage 2 (the S2 translations are cached
+in the IOTLB as stage-2-only entries, tagged by VMID); the stage-1 output IPA
+is translated by stage 2, and the IOTLB caches the composed translation as one
+stage-1 entry tagged by (VMID, ASID), of the smaller of the two leaf sizes. A
+stage-2 fault is reported with S2 = 1, the IPA, and CLASS CD (a CD or L1CD
+fetch), TT (a stage-1 descriptor fetch, or an HTTU write of one: TTRnW = 0) or
+IN (the output IPA); it is recorded per STE.S2R and stalls per STE.S2S.
+Stage-1 faults have S2 = 0 and follow CD.R and CD.S. HTTU at stage 2
+(STE.S2HA, STE.S2HD with DBM in the S2 descriptor: S2AP[1] set on the first
+write), also for the stage-1 descriptor updates, which are writes through
+stage 2. Substreams: S1CDMax, S1Fmt (linear, 2-level with 4K or 64K leaf
+tables) and S1DSS select the CD; ``translate_run(..., ssid=)``.
 
 Sources: IHI 0070 (SMMUv3 architecture) for STE/CD/command/event semantics;
 DDI0487 D8 for the table walk; the field layouts in :mod:`.regs`.
@@ -160,7 +162,7 @@ class _StreamCfg:
 
 
 class _Fault(Exception):
-    """A fault on its way to an event record (IHI 0070 7.3): the fields the record takes."""
+    """A fault on its way to an event record (IHI 0070 chapter 7): the fields it takes."""
 
     def __init__(self, evt: Evt, klass: int = regs.EVT_CLASS_IN, *, s2: bool = False,
                  ipa: int = 0, record: bool = True, stall: bool = False,
@@ -348,7 +350,9 @@ class SmmuV3Hw:
     # -- event queue ---------------------------------------------------------------------------
     def _record(self, f: _Fault, sid: int, ssid: int, iova: int, write: bool,
                 privileged: bool) -> None:
-        """Write one event record (IHI 0070 7.3: F_TRANSLATION and its kin share the layout)."""
+        """Write one event record (IHI 0070 chapter 7: F_TRANSLATION, F_ADDR_SIZE, F_ACCESS
+        and F_PERMISSION share the layout: StreamID, SSV/SubstreamID, Stall/STAG, PnU,
+        RnW, S2, CLASS, TTRnW, the input address, and the IPA for a stage-2 fault)."""
         if not self._regs[Reg.CR0] & regs.CR0_EVTQEN:
             return
         base = self._regs[Reg.EVTQ_BASE]
@@ -491,8 +495,8 @@ class SmmuV3Hw:
         return cfg
 
     def _decode_config(self, sid: int, ssid: int) -> _StreamCfg:
-        """The STE checks of IHI 0070 5.2 (an ILLEGAL STE is C_BAD_STE), then the stage-1
-        context: S1CDMax/S1DSS select the CD (5.4), fetched through stage 2 when nested."""
+        """The STE checks of IHI 0070 (an ILLEGAL STE is C_BAD_STE), then the stage-1
+        context: S1CDMax/S1DSS select the CD, fetched through stage 2 when nested."""
         base_cfg = self._regs[Reg.STRTAB_BASE_CFG]
         if sid >> (base_cfg & 0x3F):
             raise _Fault(Evt.C_BAD_STREAMID)
