@@ -107,7 +107,7 @@ def test_a_combined_entry_has_the_smaller_leaf_of_the_two_stages(env: NestedEnv)
     assert env.s2.pgtbl is not None and len(env.s2.pgtbl.pgtable_walk(block_ipa)) == 3  # 2M
     cases = [(0x20_0000, DATA_IPA, _pa(env, 0), 12),  # S1 2M block over S2 4K pages
              (0x40_0000, block_ipa, block_pa, 21)]  # S1 2M block over S2 2M block
-    for iova, ipa, pa, shift in cases:
+    for iova, ipa, _, _ in cases:
         env.s1_map_2m(iova, ipa)
     env.s1_map(0x1000, block_ipa + 5 * SZ_4K)  # S1 4K page over an S2 2M block
     cases.append((0x1000, block_ipa + 5 * SZ_4K, block_pa + 5 * SZ_4K, 12))
