@@ -253,9 +253,11 @@ def test_substreams_select_cds_through_stage2(s1fmt: int) -> None:
     hw = p.hw
     for ssid in (-1, 1, 70):  # without an SSID: CD 0 (S1DSS = 0b10)
         assert hw.translate_run(SID, 0x1000, False, ssid=ssid)[0] == _pa(e, 3)
-    assert _event(e, 0x1000, ssid=0).name == "C_BAD_SUBSTREAMID"  # SSID 0 with S1DSS 0b10
-    ev = _event(e, 0x1000, ssid=256)  # beyond S1CDMax
-    assert (ev.name, ev.ssv, ev.ssid) == ("C_BAD_SUBSTREAMID", True, 256)
+    ev = _event(e, 0x1000, ssid=0)  # SSID 0 with S1DSS 0b10: CD 0 is the no-SSID traffic's
+    assert (ev.name, ev.ssv, ev.ssid) == ("F_STREAM_DISABLED", True, 0)
+    ev = _event(e, 0x1000, ssid=256)  # beyond S1CDMax; this record has no SSV bit
+    assert (ev.name, ev.ssv, CMD_CFGI0["SSID"].get(ev.raw[0])) == (
+        "C_BAD_SUBSTREAMID", False, 256)
     if s1fmt:
         assert _event(e, 0x1000, ssid=130).name == "C_BAD_SUBSTREAMID"  # L1CD not valid
     assert _event(e, 0x1000, ssid=2).name == "C_BAD_CD"  # a zero CD
@@ -263,7 +265,8 @@ def test_substreams_select_cds_through_stage2(s1fmt: int) -> None:
     p.close()
 
 
-@pytest.mark.parametrize(("s1dss", "want"), [(0, "F_STREAM_DISABLED"), (1, "bypass")])
+@pytest.mark.parametrize(("s1dss", "want"), [(0, "F_STREAM_DISABLED"), (1, "bypass"),
+                                             (3, "F_STREAM_DISABLED")])
 def test_s1dss_for_transactions_without_a_substream(s1dss: int, want: str) -> None:
     p = make_platform(kernel="7.0", ssid_bits=4)
     e = NestedEnv(p, cdmax=4, s1dss=s1dss, ssids=(1,))
@@ -275,8 +278,24 @@ def test_s1dss_for_transactions_without_a_substream(s1dss: int, want: str) -> No
     p.close()
 
 
-def test_a_cdmax_beyond_ssidsize_is_an_illegal_ste(plat7: Platform) -> None:
-    e = NestedEnv(plat7, cdmax=4, ssids=(1,))  # SSIDSIZE 0
+def test_a_cdmax_beyond_ssidsize_is_an_illegal_ste() -> None:
+    p = make_platform(kernel="7.0", ssid_bits=2)
+    e = NestedEnv(p, cdmax=4, ssids=(0, 1))
+    assert _event(e, 0x1000).name == "C_BAD_STE"
+    e.close()
+    p.close()
+
+
+def test_without_substreams_s1cdmax_and_s1dss_are_ignored(plat7: Platform) -> None:
+    e = NestedEnv(plat7, cdmax=4, s1dss=0, ssids=(0,))  # SSIDSIZE 0
+    e.s1_map(0x1000, PAGE3)
+    assert plat7.hw.translate(SID, 0x1000) == _pa(e, 3)  # CD 0, no F_STREAM_DISABLED
+    assert _event(e, 0x1000, ssid=1).name == "C_BAD_SUBSTREAMID"
+    e.close()
+
+
+def test_s1stalld_needs_the_stall_and_terminate_model(plat7: Platform) -> None:
+    e = NestedEnv(plat7, ste1_extra=STE1["S1STALLD"].mask)  # STALL_MODEL 1
     assert _event(e, 0x1000).name == "C_BAD_STE"
     e.close()
 

@@ -60,6 +60,10 @@ _VMID_MASK = tlb_tag(0xFFFF, 0, False)
 _TAG_MASK = tlb_tag(0xFFFF, 0xFFFF, True)
 _READ, _WRITE, _PRIV = int(Prot.READ), int(Prot.WRITE), int(Prot.PRIV)
 # a numpy page is a buffer at run time; numpy's stubs do not say so
+_NEEDS_S1 = frozenset((Cmd.CFGI_CD, Cmd.CFGI_CD_ALL, Cmd.TLBI_NH_ALL, Cmd.TLBI_NH_ASID,
+                       Cmd.TLBI_NH_VA, Cmd.TLBI_NH_VAA))
+_NEEDS_S2 = frozenset((Cmd.TLBI_S2_IPA, Cmd.TLBI_S12_VMALL))
+_NEEDS_HYP = frozenset((Cmd.TLBI_EL2_ALL, Cmd.TLBI_EL2_ASID, Cmd.TLBI_EL2_VA))
 _unpack_q: Callable[[Any, int], tuple[int]] = struct.Struct("<Q").unpack_from
 
 
@@ -281,20 +285,24 @@ class SmmuV3Hw:
         """One command (IHI 0070 4.3 configuration and 4.4 TLB invalidation). What
         each removes:
 
-        - CFGI_STE: the STE of one StreamID and what was fetched through it
-          (its CDs); CFGI_STE_RANGE / CFGI_ALL: the same for 2^(Range+1)
-          StreamIDs. CFGI_CD: the CD of (StreamID, SSID); CFGI_CD_ALL:
-          every CD of the StreamID. The model caches an STE with the CD it led to, so
-          a CD invalidation also drops that STE (the architecture allows more).
-          No TLBI touches configuration, also not a CD fetched through stage 2.
-        - TLBI_NH_VA / NH_VAA: stage-1 and combined entries of the
-          VMID for the address, of one ASID / of every ASID. NH_ASID: the
-          ASID's entries of the VMID; NH_ALL: every stage-1 and combined entry
-          of the VMID. S2_IPA: stage-2-only entries of the VMID for the IPA
-          range; combined S1+S2 entries are not required to go (the IPA is not known
-          for them), so after a stage-2 change under nesting software must also issue
-          S12_VMALL or NH_ALL for the VMID (Linux 7.0 sends NH_ALL for a nest parent).
-          S12_VMALL: everything of the VMID. NSNH_ALL: everything.
+        - CFGI_STE (4.3.1): the STE of one StreamID and every CD and L1CD cached
+          through it; CFGI_STE_RANGE / CFGI_ALL (4.3.2, 4.3.6): the same for
+          2^(Range+1) StreamIDs. CFGI_CD (4.3.3): the CD at index SSID of the
+          StreamID's table; CFGI_CD_ALL (4.3.4): every CD of the StreamID. The
+          model caches an STE with the CD it led to, so a CD invalidation also
+          drops that STE (4.3 permits over-invalidation). No TLBI touches
+          configuration (4.3.1), also not a CD fetched through stage 2.
+        - TLBI_NH_VA / NH_VAA (4.4.2.4, 4.4.2.3): stage-1 and combined entries of
+          the VMID for the address, of one ASID / of every ASID. NH_ASID (4.4.2.2):
+          the ASID's entries of the VMID; NH_ALL (4.4.2.1): every stage-1 and
+          combined entry of the VMID. S2_IPA (4.4.3.1): stage-2-only entries of the
+          VMID for the IPA range; it "is not required to invalidate" combined S1+S2
+          entries, so after a stage-2 change under nesting software must follow it
+          with NH_ALL (or NH_VAA of the affected addresses) for the VMID, or use
+          S12_VMALL (4.4.3.2: every entry of the VMID at all stages); Linux 7.0 sends
+          NH_ALL after a nest parent's S2_IPA. NSNH_ALL (4.4.4.1): everything.
+          CFGI_CD/CD_ALL without stage 1, NH_* without stage 1, S2_IPA/S12_VMALL
+          without stage 2 and EL2_* without Hyp are CERROR_ILL.
         - ATC_INV, PRI_RESP, RESUME, CMD_SYNC, PREFETCH_CFG: nothing to model (no ATC).
         """
         op = w0 & 0xFF
@@ -302,6 +310,11 @@ class SmmuV3Hw:
             cmd = Cmd(op)
         except ValueError:
             self.stats.commands["ILLEGAL"] += 1
+            return False
+        idr0 = self._regs[Reg.IDR0]
+        if (cmd in _NEEDS_S1 and not idr0 & 2) or (cmd in _NEEDS_S2 and not idr0 & 1) or \
+                (cmd in _NEEDS_HYP and not regs.IDR0["HYP"].get(idr0)):
+            self.stats.commands["ILLEGAL"] += 1  # CERROR_ILL (4.3.3, 4.4.2, 4.4.3)
             return False
         self.stats.commands[cmd.name] += 1
         self.recent_commands.append((cmd, w0, w1))
@@ -386,7 +399,9 @@ class SmmuV3Hw:
         if f.stall:
             self._stag = stag = (self._stag + 1) & 0xFFFF
             self.stats.stalls += 1
-        self.mem.write_u64(slot, regs.EVT0.encode(ID=f.evt, SID=sid, SSV=int(ssid >= 0),
+        # C_BAD_SUBSTREAMID has no SSV: its SubstreamID is always valid (0 without one)
+        ssv = int(ssid >= 0 and f.evt != Evt.C_BAD_SUBSTREAMID)
+        self.mem.write_u64(slot, regs.EVT0.encode(ID=f.evt, SID=sid, SSV=ssv,
                                                   SSID=max(ssid, 0)))
         self.mem.write_u64(slot + 8, regs.EVT1.encode(
             RnW=int(not write), PnU=int(privileged), S2=int(f.s2), CLASS=f.klass,
@@ -534,24 +549,28 @@ class SmmuV3Hw:
             if ssid >= 0:  # a SubstreamID needs stage 1
                 raise _Fault(Evt.C_BAD_SUBSTREAMID)
             return s2 if s2 is not None else _StreamCfg(mode)
-        cdmax = regs.STE0["S1CDMAX"].get(w[0])
-        fmt = regs.STE0["S1FMT"].get(w[0]) if cdmax else regs.S1FMT_LINEAR
-        if cdmax > self.config.ssid_bits or fmt == 3 or \
-                (fmt != regs.S1FMT_LINEAR and not self.config.cd2l):
+        cfg_c = self.config
+        # S1CDMax, S1Fmt and S1DSS are IGNORED without substreams (SSIDSIZE 0, S1CDMax 0);
+        # S1Fmt 0b11 and S1DSS 0b11 behave as 0b00 (IHI 0070 5.2)
+        cdmax = regs.STE0["S1CDMAX"].get(w[0]) if cfg_c.ssid_bits else 0
+        fmt = regs.STE0["S1FMT"].get(w[0]) & (3 if cdmax else 0)
+        if cdmax > cfg_c.ssid_bits or (fmt in (1, 2) and not cfg_c.cd2l) or \
+                (regs.STE1["S1STALLD"].get(w[1]) and cfg_c.stall_model != 0):
             raise _Fault(Evt.C_BAD_STE)
-        dss = regs.STE1["S1DSS"].get(w[1])
+        fmt = regs.S1FMT_LINEAR if fmt == 3 else fmt
+        dss = regs.STE1["S1DSS"].get(w[1]) & (3 if cdmax else 0)
         if ssid < 0:
             if cdmax:  # substreams enabled: S1DSS decides for a transaction without one
-                if dss == 0:
+                if dss in (0, 3):
                     raise _Fault(Evt.F_STREAM_DISABLED)
                 if dss == 1:  # stage 1 bypassed
                     return s2 if s2 is not None else _StreamCfg(SteConfig.BYPASS)
-                if dss == 3:
-                    raise _Fault(Evt.C_BAD_STE)
             index = 0
         else:
-            if not cdmax or ssid >> cdmax or (ssid == 0 and dss == 2):
+            if not cdmax or ssid >> cdmax:
                 raise _Fault(Evt.C_BAD_SUBSTREAMID)
+            if ssid == 0 and dss == 2:  # CD 0 is the non-substream traffic's
+                raise _Fault(Evt.F_STREAM_DISABLED)
             index = ssid
         cd = self._fetch_cd(regs.STE0["S1CTXPTR"].get(w[0]), fmt, index, s2)
         if not regs.CD0["V"].get(cd[0]) or not regs.CD0["AA64"].get(cd[0]):
@@ -559,8 +578,9 @@ class SmmuV3Hw:
         tg = regs.CD0["TG0"].get(cd[0])
         stall_model = self.config.stall_model
         cd_stall = bool(regs.CD0["S"].get(cd[0]))
-        if tg not in _GRANULE_OF_TG or (cd_stall and (
-                stall_model == 1 or regs.STE1["S1STALLD"].get(w[1]))):
+        if tg not in _GRANULE_OF_TG or (cd_stall and (  # CdIllegal's stall checks
+                stall_model == 1 or regs.STE1["S1STALLD"].get(w[1]))) or \
+                (not cd_stall and stall_model == 2):
             raise _Fault(Evt.C_BAD_CD, regs.EVT_CLASS_CD)
         gshift = _GRANULE_OF_TG[tg]
         ias = 64 - regs.CD0["T0SZ"].get(cd[0])
@@ -577,7 +597,7 @@ class SmmuV3Hw:
                           regs.CD1["TTB0"].get(cd[1]), gshift, start,
                           bool(regs.CD0["HA"].get(cd[0])) and httu >= 1,
                           bool(regs.CD0["HD"].get(cd[0])) and httu >= 2,
-                          bool(regs.CD0["R"].get(cd[0])), cd_stall or stall_model == 2, s2)
+                          bool(regs.CD0["R"].get(cd[0])), cd_stall, s2)
 
     def _decode_s2(self, w: list[int]) -> _StreamCfg:
         """The stage-2 half of an STE (VTCR fields, S2TTB, S2HA/S2HD, S2R, S2S)."""
