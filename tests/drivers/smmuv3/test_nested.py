@@ -14,7 +14,7 @@ import pytest
 
 from iommulab import Prot
 from iommulab.drivers.smmuv3 import SmmuEvent, make_nested_domain_ste, validate_vste
-from iommulab.drivers.smmuv3.cmds import cfgi_cd, cfgi_ste
+from iommulab.drivers.smmuv3.cmds import cfgi_cd, cfgi_ste, tlbi_context
 from iommulab.drivers.smmuv3.nested import STE0_NESTING_ALLOWED, STE1_NESTING_ALLOWED
 from iommulab.drivers.smmuv3.regs import (
     CD0,
@@ -541,3 +541,15 @@ def test_validate_vste() -> None:
         with pytest.raises(KernelError) as exc:
             validate_vste(ste)
         assert exc.value.errno == errno.EIO
+
+
+@pytest.mark.parametrize(("stages", "cmd"), [
+    ("s2", tlbi_context(Cmd.TLBI_NH_ALL, vmid=1)), ("s2", cfgi_cd(0x10, 0)),
+    ("s1", tlbi_context(Cmd.TLBI_S12_VMALL, vmid=1)), ("s1+s2", tlbi_context(Cmd.TLBI_EL2_ALL))])
+def test_a_command_for_a_missing_stage_is_cerror_ill(stages: str, cmd: tuple[int, int]) -> None:
+    p = make_platform(stages=stages)
+    before = p.hw.stats.commands["ILLEGAL"]
+    p.smmu.issue([cmd], sync=True)
+    assert p.hw.stats.commands["ILLEGAL"] == before + 1
+    assert any("Illegal command" in line for line in p.smmu.log)
+    p.close()
