@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -489,6 +490,18 @@ class ArmSmmuDevice:
         ``domain_alloc_user`` takes a parent (and refuses it); 7.0 has no
         ``domain_alloc_nested``, its nesting goes through a vIOMMU."""
         return self.kernel < LINUX_7_0
+
+    # -- Linux 7.0's vIOMMU (arm-smmu-v3-iommufd.c, :mod:`.vsmmu`) --------------------------
+    def get_viommu_size(self, master: ArmSmmuMaster, viommu_type: int) -> int:
+        """``arm_smmu_get_viommu_size``."""
+        from .vsmmu import arm_smmu_get_viommu_size
+        return arm_smmu_get_viommu_size(self, viommu_type)
+
+    def viommu_init(self, viommu: Any, parent: IommuDomain,
+                    user_data: IommuUserData | None) -> Any:
+        """``arm_vsmmu_init``: the vIOMMU's ops (an :class:`.vsmmu.ArmVsmmu`)."""
+        from .vsmmu import arm_vsmmu_init
+        return arm_vsmmu_init(viommu, self, parent)
 
     def domain_alloc_paging_flags(self, master: ArmSmmuMaster, flags: int = 0,
                                   user_data: IommuUserData | None = None, *,
