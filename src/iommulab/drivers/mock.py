@@ -522,6 +522,8 @@ class _MockDev:
 
     sid: int
     flags: int = 0
+    viommu: Any = None  # 7.0: the vIOMMU of the nested domain it is attached to
+    vdev_id: int = 0  # and its virtual id there
     cache: npt.NDArray[np.uint32] = field(default_factory=lambda: np.full(
         MOCK_DEV_CACHE_NUM, IOMMU_TEST_DEV_CACHE_DEFAULT, dtype=np.uint32))
 
@@ -540,7 +542,9 @@ class MockViommu:
         FAULT_ID_VALID, then ``__mock_domain_alloc_nested`` over ``s2_parent``."""
         if flags & ~HWPT_FAULT_ID_VALID:
             raise NotSupported(f"mock vIOMMU: nested flags {flags:#x}")
-        return self.iommu.mock_domain_alloc_nested(self.s2_parent, user_data)
+        domain = self.iommu.mock_domain_alloc_nested(self.s2_parent, user_data)
+        domain.mock_viommu = self
+        return domain
 
     def cache_invalidate(self, array: IommuUserDataArray) -> tuple[int, KernelError | None]:
         """``mock_viommu_cache_invalidate``: an empty array of the selftest type is a
@@ -585,6 +589,7 @@ class MockNestedDomain(IommuDomain):
     def __init__(self, parent: IommuDomain, iotlb: int, kernel: KernelVersion) -> None:
         super().__init__(DomainType.NESTED, kernel=kernel)
         self.parent = parent
+        self.mock_viommu: MockViommu | None = None  # 7.0: made on a vIOMMU
         self.iotlb = np.full(MOCK_NESTED_DOMAIN_IOTLB_NUM, iotlb, dtype=np.uint32)
 
     def cache_invalidate_user(self, array: IommuUserDataArray) -> tuple[int, KernelError | None]:
@@ -767,6 +772,12 @@ class MockIommu:
         domain; the model routes the device's DMA to ``domain``."""
         if domain.dirty_ops is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise InvalidArgument("mock: a NO_DIRTY device cannot join a dirty-tracking domain")
+        new_viommu, vdev_id = None, 0
+        if isinstance(domain, MockNestedDomain) and domain.mock_viommu is not None:
+            new_viommu = domain.mock_viommu.viommu
+            vdev_id = new_viommu.get_vdev_id(dev)
+        if new_viommu is not dev.viommu:
+            dev.viommu, dev.vdev_id = new_viommu, vdev_id
         if isinstance(domain, MockNestedDomain):  # no stage 1: DMA through the parent
             self.hw.domains[dev.sid] = domain.parent
         elif domain.type & DomainType.UNMANAGED:  # any paging domain

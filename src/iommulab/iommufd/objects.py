@@ -160,6 +160,14 @@ class HwptNested(IommufdObject):
     domain: IommuDomain = field(repr=False)
     parent: HwptPaging = field(repr=False)
     viommu: Any = field(default=None, repr=False)  # viommu.Viommu (7.0)
+    devices: list[Device] = field(default_factory=list, repr=False)
+    auto_domain: bool = False
+
+    @property
+    def ioas(self) -> Ioas:
+        """The parent's IOAS: where an attached device's reserved regions go
+        (``iommufd_hw_pagetable_attach`` through ``find_hwpt_paging``)."""
+        return self.parent.ioas
 
     def destroy(self, ctx: IommufdCtx) -> None:
         """``iommufd_hwpt_nested_destroy``: domain freed, the vIOMMU (or the parent) let
@@ -173,6 +181,9 @@ class HwptNested(IommufdObject):
     def holding(self) -> list[IommufdObject]:
         return [self.viommu if self.viommu is not None else self.parent]
 
+    def own_users(self) -> int:
+        return len(self.devices)  # _check counts a paging HWPT's devices by type
+
 
 @dataclass(eq=False, kw_only=True)
 class Device(IommufdObject):
@@ -182,7 +193,7 @@ class Device(IommufdObject):
 
     dev: DmaDevice = field(repr=False)
     enforce_cache_coherency: bool = False
-    hwpt: HwptPaging | None = None
+    hwpt: HwptPaging | HwptNested | None = None
     holds_ctx: bool = True
     vdev: Any = None  # its viommu.Vdevice (7.0)
 
@@ -645,7 +656,8 @@ class IommufdCtx:
         self.get_object_should_fail()
         obj = self.objects.get(pt_id)
         old = idev.hwpt
-        if isinstance(obj, HwptPaging):
+        new: HwptPaging | HwptNested
+        if isinstance(obj, HwptPaging | HwptNested):
             if obj is old:
                 return obj.id
             self._attach_hwpt(idev, obj)
@@ -689,7 +701,7 @@ class IommufdCtx:
         idev.hwpt = hwpt
         return hwpt
 
-    def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
+    def _attach_hwpt(self, idev: Device, hwpt: HwptPaging | HwptNested) -> None:
         """``iommufd_hw_pagetable_attach`` (or, for an attached device,
         ``iommufd_device_do_replace``): the device's reserved regions into the IOAS,
         then the group onto the domain. A replace within the same IOAS keeps the
@@ -704,7 +716,8 @@ class IommufdCtx:
         hwpt.users += 1
         idev.hwpt = hwpt
 
-    def _attach_domain(self, idev: Device, hwpt: HwptPaging, reserve: bool = True) -> None:
+    def _attach_domain(self, idev: Device, hwpt: HwptPaging | HwptNested,
+                       reserve: bool = True) -> None:
         """The device's reserved regions into the HWPT's IOAS (unless ``reserve`` is
         False), the MSI window set up (:meth:`_setup_msi`: for an attach only when the
         group's first device comes, for a replace always), the attach handle
@@ -729,8 +742,9 @@ class IommufdCtx:
         if reserve:  # a replace passes no sw_msi_start (iommufd_group_do_replace_reserved_iova)
             self._enforce_resv_regions(idev, iopt, sw_msi=attaching)
         try:
-            if not others or not attaching:
-                self._setup_msi(group.id, hwpt)
+            if not others or not attaching:  # find_hwpt_paging: a nested HWPT's parent
+                self._setup_msi(group.id, hwpt if isinstance(hwpt, HwptPaging)
+                                else hwpt.parent)
             fail.check("kzalloc(iommufd_attach_handle)")
             if attaching:
                 if self.kernel >= LINUX_7_0:  # iommu_attach_group_handle's slot: XA_ZERO_ENTRY
@@ -765,7 +779,7 @@ class IommufdCtx:
         fail.xa_nodes("attach->device_array",
                       xa_nodes_needed(held, idev.id, idev.id, root_ok=False))
 
-    def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
+    def _detach_domain(self, idev: Device, hwpt: HwptPaging | HwptNested) -> None:
         """``iommu_detach_group_handle``: the group goes back to its core domain, the
         blocking one as the context owns it."""
         group = idev.dev.group
@@ -874,7 +888,7 @@ class IommufdCtx:
             return
         self._drop_device(hwpt, idev, detach=True)
 
-    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False,
+    def _drop_device(self, hwpt: HwptPaging | HwptNested, idev: Device, detach: bool = False,
                      keep_resv: bool = False) -> None:
         """The device off ``hwpt``: detached, or (a replace) its reservations out of the
         old IOAS unless it stays in it (``keep_resv``)."""

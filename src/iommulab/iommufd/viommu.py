@@ -70,9 +70,11 @@ class Viommu(IommufdObject):
         return vdev.idev.dev if vdev is not None else None
 
     def get_vdev_id(self, dev: Any) -> int:
-        """``iommufd_viommu_get_vdev_id``: the device's virtual id (ENOENT without)."""
+        """``iommufd_viommu_get_vdev_id``: the device's virtual id (ENOENT without).
+        ``dev`` is the device or the driver's handle of it (``dev_iommu.priv``)."""
         for vdev in self.vdevs.values():
-            if vdev.idev.dev is dev:
+            d = vdev.idev.dev
+            if d is dev or (d.dev_iommu is not None and d.dev_iommu.priv is dev):
                 return vdev.virt_id
         raise NoEntry(f"{dev!r} has no vDEVICE on vIOMMU {self.id}")
 

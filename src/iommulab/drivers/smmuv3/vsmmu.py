@@ -6,6 +6,7 @@ vIOMMU's vEVENTQ with the virtual StreamID. 6.12 has none of it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InvalidArgument, IoError, KernelError, NotSupported
@@ -18,14 +19,18 @@ from ...iommu.user_data import (
 )
 from ...uapi import iommufd as h
 from .cmds import CMDQ_BATCH_ENTRIES
-from .regs import EVT0, STE0, STE1, Cmd, SteConfig
+from .domain import ArmSmmuDomain
+from .entries import Entry, make_abort_ste
+from .regs import EVT0, STE0, STE1, Cmd, Evt, SteConfig
 
 if TYPE_CHECKING:
-    from .domain import ArmSmmuDomain, ArmSmmuMaster
+    from .domain import ArmSmmuMaster
     from .driver import ArmSmmuDevice
 
-__all__ = ["ArmSmmuNestedDomain", "ArmVsmmu", "arm_smmu_get_viommu_size", "arm_vsmmu_init",
-           "validate_vste"]
+__all__ = ["IOMMU_VIOMMU_TYPE_ARM_SMMUV3", "ArmSmmuNestedDomain", "ArmVmaster", "ArmVsmmu",
+           "arm_vsmmu_init", "make_nested_domain_ste", "validate_vste"]
+
+IOMMU_VIOMMU_TYPE_ARM_SMMUV3 = h.IOMMU_VIOMMU_TYPE_ARM_SMMUV3
 
 _GUEST_STE_BYTES = 16  # sizeof(struct iommu_hwpt_arm_smmuv3)
 _CMD_BYTES = 16  # sizeof(struct iommu_viommu_arm_smmuv3_invalidate)
@@ -88,6 +93,39 @@ class ArmSmmuNestedDomain(IommuDomain):
         if not STE0["V"].get(self.ste[0]):
             return int(SteConfig.ABORT)
         return STE0["CONFIG"].get(self.ste[0])
+
+
+@dataclass(frozen=True)
+class ArmVmaster:
+    """``struct arm_smmu_vmaster``: a master on a nested domain of ``vsmmu``, known to the
+    guest as ``vsid``."""
+
+    vsmmu: ArmVsmmu
+    vsid: int
+
+
+#: EVT_ID_* the driver hands to a vmaster (the record types the uAPI lists)
+VMASTER_EVENTS = frozenset({Evt.C_BAD_STE, Evt.F_STREAM_DISABLED, Evt.C_BAD_SUBSTREAMID,
+                            Evt.C_BAD_CD, Evt.F_TRANSLATION, Evt.F_ADDR_SIZE, Evt.F_ACCESS,
+                            Evt.F_PERMISSION})
+
+
+def make_nested_domain_ste(nested: ArmSmmuNestedDomain, s2_ste: Entry) -> Entry:
+    """``arm_smmu_make_nested_domain_ste`` from the parent's S2 STE (``s2_ste``, as
+    ``arm_smmu_make_s2_domain_ste`` makes it): an S1 guest STE gives V, Config nested,
+    the guest's word 0 (its Config out) and word 1 or-ed in with MEV; bypass the S2 STE
+    itself; abort (or a guest STE without V) an abort STE. Model-only minimal builder,
+    to give way to the smmuhw branch's ``nested.make_nested_domain_ste``. O(1)."""
+    cfg = nested.config
+    if cfg == SteConfig.S1_TRANS:
+        ste = list(s2_ste)
+        ste[0] = STE0.encode(V=1, CONFIG=SteConfig.NESTED) | \
+            (nested.ste[0] & ~STE0["CONFIG"].mask)
+        ste[1] |= nested.ste[1] | STE1["MEV"].mask
+        return tuple(ste)
+    if cfg == SteConfig.BYPASS:
+        return s2_ste
+    return make_abort_ste()
 
 
 class ArmVsmmu:
@@ -177,24 +215,9 @@ class ArmVsmmu:
                                  self.smmu.mem.fail_nth)
 
 
-def arm_smmu_get_viommu_size(smmu: ArmSmmuDevice, viommu_type: int) -> int:
-    """``arm_smmu_get_viommu_size``: 0 (no vIOMMU) without ARM_SMMU_FEAT_NESTING, or
-    when the VM could bypass the cache (neither a coherent device, ``canwbs``, nor
-    S2FWB), or for a type other than ARM_SMMUV3 (no impl ops in the model); else a
-    size."""
-    from .driver import Feature
-    f = smmu.features
-    if not f & Feature.NESTING:
-        return 0
-    if not f & Feature.COHERENCY and not f & Feature.S2FWB:
-        return 0
-    return 1 if viommu_type == h.IOMMU_VIOMMU_TYPE_ARM_SMMUV3 else 0
-
-
 def arm_vsmmu_init(viommu: Any, smmu: ArmSmmuDevice, parent: IommuDomain) -> ArmVsmmu:
     """``arm_vsmmu_init``: EINVAL for a parent of another SMMU; the vIOMMU takes the
     parent's VMID."""
-    from .domain import ArmSmmuDomain
     if not isinstance(parent, ArmSmmuDomain) or parent.smmu is not smmu:
         raise InvalidArgument("arm_vsmmu_init: the parent is not this SMMU's domain")
     return ArmVsmmu(viommu, smmu, parent)
