@@ -26,10 +26,10 @@ from ..mem.fault import xa_nodes_needed
 from ..syscall.file import File
 from ..uapi import iommufd as _h
 from . import uapi as u
-from .objects import HwptNested, HwptPaging, IommufdObject
+from .objects import Device, HwptNested, HwptPaging, IommufdObject
 
 if TYPE_CHECKING:
-    from .objects import Device, IommufdCtx
+    from .objects import IommufdCtx
 
 __all__ = ["Vdevice", "Veventq", "VeventqFile", "Viommu", "viommu_report_event"]
 
