@@ -78,7 +78,7 @@ def _viommu(host: Host, devid: int, parent: int) -> int:
 
 
 def test_accelerated_smmuv3_guest_walkthrough() -> None:
-    host, cdev, devid, ioas, ram = _setup()
+    host, cdev, devid, ioas, _ = _setup()
     m, smmu = host.m, host.m.core.driver
     # 1. what the VMM builds its virtual SMMU's ID registers from
     info = host.p.mmap(4096)
