@@ -171,3 +171,30 @@ def test_smmuv3_on_6_12_has_no_viommu() -> None:
     expect_errno(errno.ENOTTY, _viommu, host, devid, 1)
     host.p.close(cdev)
     host.p.exit()
+
+
+def test_the_api_methods_drive_the_same_path() -> None:
+    """``iommulab.api.Iommufd``'s vIOMMU methods on a model process: a vIOMMU, a vDEVICE,
+    a nested HWPT from a guest STE, an invalidation (the count, and ``entry_num`` on the
+    error of a bad second command), a vEVENTQ and its fd."""
+    from iommulab.api import Iommufd
+    host, cdev, devid, ioas, _ = _setup()
+    fd = Iommufd(host.iommufd, host.p)
+    parent = fd.hwpt_alloc(devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    viommu = fd.viommu_alloc(devid, parent, h.IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
+    vdev = fd.vdevice_alloc(viommu, devid, VSID)
+    nested = fd.hwpt_alloc_nested(devid, viommu, h.IOMMU_HWPT_DATA_ARM_SMMUV3,
+                                  struct.pack("<QQ", *_guest_s1_ste()))
+    inv = h.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3
+    nh_all = struct.pack("<QQ", Cmd.TLBI_NH_ALL, 0)
+    assert fd.hwpt_invalidate(viommu, inv, [nh_all, nh_all]) == 2
+    with pytest.raises(OSError) as e:
+        fd.hwpt_invalidate(viommu, inv, [nh_all, struct.pack("<QQ", Cmd.TLBI_S2_IPA, 0)])
+    assert (e.value.errno, e.value.entry_num) == (errno.EIO, 1)  # type: ignore[attr-defined]
+    q, qfd = fd.veventq_alloc(viommu, h.IOMMU_VEVENTQ_TYPE_ARM_SMMUV3, 4)
+    assert host.p.read_fd(qfd, 64) == b""
+    host.p.close(qfd)
+    for id in (q, nested, vdev, viommu, parent):
+        fd.destroy(id)
+    host.p.close(cdev)
+    host.p.exit()
