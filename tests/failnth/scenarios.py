@@ -1006,7 +1006,7 @@ def _veventq_alloc(w: World) -> object:
         32, 0, w.h["viommu"], 0xBEEFBEEF, 4, 0, 0, 0))
 
 
-def _nested_on_viommu(w: World) -> object:
+def _nested_on_viommu(w: World) -> bytearray:
     """HWPT_ALLOC of a nested HWPT on the vIOMMU: the selftest's data on the mock, a
     guest S1 STE on the SMMUv3."""
     data = w.h["bitmap"]
@@ -1039,7 +1039,7 @@ def _triggered(platform: str, kernel: str) -> World:
     the selftest type."""
     w = _viommu(vdev=True)(platform, kernel)
     out = _nested_on_viommu(w)
-    nested = int(iu.HWPT_ALLOC.unpack(bytes(out))[4])  # type: ignore[arg-type]
+    nested = int(iu.HWPT_ALLOC.unpack(out)[4])
     _t(w).mock_domain_replace(w.h["stdevs"][0], nested)
     _veventq_alloc(w)
     return w
