@@ -119,7 +119,7 @@ def test_vdevice_alloc_one_per_device_and_per_virtual_id() -> None:
 
 def test_nested_hwpt_on_a_viommu() -> None:
     """HWPT_ALLOC with a vIOMMU as ``pt_id`` (``iommufd_viommu_alloc_hwpt_nested``):
-    EOPNOTSUPP for a flag beyond FAULT_ID_VALID or no data; the mock's EOPNOTSUPP for
+    EOPNOTSUPP for a flag beyond FAULT_ID_VALID and PASID or no data; the mock's EOPNOTSUPP for
     another data type and EINVAL for a bad length; the nested HWPT holds the vIOMMU
     (EBUSY), not its parent a second time; a device can be replaced onto it once it has
     a vDEVICE there (``mock_domain_nop_attach``: ENOENT without)."""
@@ -133,6 +133,8 @@ def test_nested_hwpt_on_a_viommu() -> None:
     expect_errno(errno.EINVAL, t.hwpt_alloc_data, dev, viommu, 0, IOMMU_HWPT_DATA_SELFTEST,
                  DATA, 3)
     nested = t.hwpt_alloc_data(dev, viommu, 0, IOMMU_HWPT_DATA_SELFTEST, DATA)
+    t.destroy(t.hwpt_alloc_data(dev, viommu, u.IOMMU_HWPT_ALLOC_PASID,
+                                IOMMU_HWPT_DATA_SELFTEST, DATA))  # PASID is taken
     ctx = _ctx(t)
     assert ctx.objects[parent].users == 1  # type: ignore[attr-defined]  # the vIOMMU only
     expect_errno(errno.EBUSY, t.destroy, viommu)

@@ -96,7 +96,6 @@ IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID = 0xDADBEEF
 IOMMU_VEVENTQ_TYPE_SELFTEST = 0xBEEFBEEF
 IOMMU_TEST_DEV_CACHE_DEFAULT = 0xBADDAD
 MOCK_DEV_CACHE_ID_MAX, MOCK_DEV_CACHE_NUM = 3, 4
-HWPT_FAULT_ID_VALID = 1 << 2
 
 _SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
 _U64 = (1 << 64) - 1
@@ -538,9 +537,10 @@ class MockViommu:
         self.s2_parent = s2_parent
 
     def alloc_domain_nested(self, flags: int, user_data: IommuUserData) -> MockNestedDomain:
-        """``mock_viommu_alloc_domain_nested``: EOPNOTSUPP for a flag beyond
-        FAULT_ID_VALID, then ``__mock_domain_alloc_nested`` over ``s2_parent``."""
-        if flags & ~HWPT_FAULT_ID_VALID:
+        """``mock_viommu_alloc_domain_nested``: EOPNOTSUPP for a flag beyond PASID (the
+        core has taken FAULT_ID_VALID out), then ``__mock_domain_alloc_nested`` over
+        ``s2_parent``."""
+        if flags & ~HWPT_ALLOC_PASID:
             raise NotSupported(f"mock vIOMMU: nested flags {flags:#x}")
         domain = self.iommu.mock_domain_alloc_nested(self.s2_parent, user_data)
         domain.mock_viommu = self

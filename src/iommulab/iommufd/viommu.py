@@ -323,13 +323,13 @@ def veventq_alloc(ctx: IommufdCtx, flags: int, viommu_id: int, type: int, depth:
 
 def viommu_alloc_hwpt_nested(ctx: IommufdCtx, viommu: Viommu, flags: int,
                              user_data: Any) -> Any:
-    """``iommufd_viommu_alloc_hwpt_nested``: EOPNOTSUPP for a flag beyond FAULT_ID_VALID,
-    no driver data, or a vIOMMU without ``alloc_domain_nested``; the object (its id), a
-    user of the vIOMMU (not of the parent HWPT); the driver's domain (``flags`` without
-    FAULT_ID_VALID), which must be NESTED (EINVAL, a kernel WARN). Errors destroy the
-    object again."""
+    """``iommufd_viommu_alloc_hwpt_nested``: EOPNOTSUPP for a flag beyond FAULT_ID_VALID
+    and PASID, no driver data, or a vIOMMU without ``alloc_domain_nested``; the object
+    (its id), a user of the vIOMMU (not of the parent HWPT); the driver's domain
+    (``flags`` without FAULT_ID_VALID), which must be NESTED (EOPNOTSUPP, a kernel
+    WARN). Errors destroy the object again."""
     fault_id_valid = _h.IOMMU_HWPT_FAULT_ID_VALID
-    if flags & ~fault_id_valid or not user_data.len or \
+    if flags & ~(fault_id_valid | _h.IOMMU_HWPT_ALLOC_PASID) or not user_data.len or \
             not hasattr(viommu.ops, "alloc_domain_nested"):
         raise NotSupported(f"HWPT_ALLOC: a nested HWPT on vIOMMU {viommu.id} with flags "
                            f"{flags:#x} and {user_data.len} bytes of data")
@@ -345,5 +345,5 @@ def viommu_alloc_hwpt_nested(ctx: IommufdCtx, viommu: Viommu, flags: int,
     if domain.type != DomainType.NESTED:
         ctx.warnings["iommufd_viommu_alloc_hwpt_nested: not a NESTED domain"] += 1
         abort(ctx, hwpt)
-        raise InvalidArgument(f"HWPT_ALLOC: {domain!r} is not a nested domain")
+        raise NotSupported(f"HWPT_ALLOC: {domain!r} is not a nested domain")
     return hwpt
