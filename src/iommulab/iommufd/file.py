@@ -40,17 +40,17 @@ from ..mem.fault import FailNth, xa_nodes_needed
 from ..mem.mm import MmStruct, access_ok
 from ..prot import Prot
 from ..sizes import PAGE_SIZE
-from ..syscall.file import File, fput
+from ..syscall.file import File
 from ..syscall.memfd import MemFdFile
 from ..uapi import iommufd as _h
 from . import uapi as u
+from .eventq import FaultObject, fault_alloc
 from .io_pagetable import PagesSlice
 from .iova_space import ULONG_MAX
 from .objects import Device, HwptNested, HwptPaging, Ioas, IommufdCtx
 from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages, PfnSource
 from .sources import FileSource, OtherFileSource, UserSource
 from .viommu import (
-    VeventqFile,
     Viommu,
     abort,
     vdevice_alloc,
@@ -380,8 +380,9 @@ class IommufdFile(File):
         a vIOMMU too (EINVAL for one of another IOMMU instance, then
         ``iommufd_viommu_alloc_hwpt_nested``); any other object is EINVAL.
         With FAULT_ID_VALID (6.12: nested HWPTs only; 7.0 paging ones too) the fault
-        object is looked up after the HWPT was made, and the HWPT is destroyed again
-        when there is none (ENOENT: the model has no fault queues)."""
+        object is looked up after the HWPT was made (``iommufd_get_fault``: ENOENT,
+        and the HWPT is destroyed again); the HWPT takes a user of it and its domain
+        delivers I/O page faults to it (``iopf_handler``)."""
         if rsvd:
             raise NotSupported("HWPT_ALLOC: __reserved is not zero")
         if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
@@ -405,9 +406,15 @@ class IommufdFile(File):
             hwpt = viommu_alloc_hwpt_nested(self.ctx, pt, flags, user_data)
         else:
             raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS or a HWPT")
-        if flags & u.IOMMU_HWPT_FAULT_ID_VALID:  # iommufd_get_fault
-            self._abort_hwpt(hwpt)
-            raise NoEntry(f"HWPT_ALLOC: no fault object {fault_id}")
+        if flags & u.IOMMU_HWPT_FAULT_ID_VALID:
+            try:
+                fault: FaultObject = self.ctx.get(fault_id, FaultObject)  # iommufd_get_fault
+            except KernelError:
+                self._abort_hwpt(hwpt)
+                raise
+            hwpt.fault = fault
+            hwpt.domain.iopf_handler = fault.iopf_handler
+            fault.users += 1
         try:  # responded before the HWPT is published: an EFAULT destroys it (out_hwpt)
             self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id,
                           rsvd, data_type, data_len, data_uptr, fault_id, rsvd2)
@@ -415,6 +422,16 @@ class IommufdFile(File):
             self._abort_hwpt(hwpt)
             raise
         self.ctx.add(hwpt, hwpt.id)
+        return 0
+
+    def _fault_queue_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
+                           out_id: int, out_fd: int) -> int:
+        """``iommufd_fault_alloc`` (:func:`~.eventq.fault_alloc`): out: the fault
+        object's id and its fd in the caller."""
+        def respond(id: int, fd: int) -> None:
+            self._respond(buf, u.IOMMU_FAULT_QUEUE_ALLOC, usize, flags, id, fd)
+
+        fault_alloc(self.ctx, proc, flags, respond)
         return 0
 
     def _abort_hwpt(self, hwpt: HwptPaging | HwptNested) -> None:
@@ -662,28 +679,25 @@ class IommufdFile(File):
     def _veventq_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
                        viommu_id: int, type: int, depth: int, out_id: int, out_fd: int,
                        rsvd: int) -> int:
-        """``iommufd_veventq_alloc``: :func:`.viommu.veventq_alloc`, its file
-        (``anon_inode_getfile``, which holds the vEVENTQ and the context) and an fd
-        (``get_unused_fd_flags``), the id and fd answered, then the object published
-        and the fd installed. A failure after the file puts it and destroys the
-        object."""
+        """``iommufd_veventq_alloc``: :func:`.viommu.veventq_alloc`, its file and fd
+        (``iommufd_eventq_init``: the file holds the vEVENTQ and the context), the id
+        and fd answered, then the object published and the fd installed. A failure
+        after the file puts it and destroys the object."""
         veventq = veventq_alloc(self.ctx, flags, viommu_id, type, depth, rsvd)
         try:
-            self.machine.mem.fail_nth.check("anon_inode_getfile([iommufd-viommu-event])")
+            fd = veventq.eventq_init(proc)
         except KernelError:
             abort(self.ctx, veventq)
             raise
-        f = VeventqFile(self.ctx, veventq)
         try:
-            fd = proc.get_unused_fd()
             self._respond(buf, u.IOMMU_VEVENTQ_ALLOC, usize, flags, viommu_id, type, depth,
                           veventq.id, fd, rsvd)
         except KernelError:
-            fput(f)
+            veventq.abort()
             abort(self.ctx, veventq)
             raise
         self.ctx.add(veventq, veventq.id)
-        proc.fd_install(fd, f)
+        veventq.install(proc, fd)
         return 0
 
     def _ioas_change_process(self, proc: Process, buf: bytearray, usize: int,

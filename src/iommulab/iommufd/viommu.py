@@ -9,8 +9,8 @@ them is EBUSY). A vEVENTQ is also held by its fd (``iommufd_eventq_init``'s
 A device has at most one vDEVICE; a vIOMMU has at most one vDEVICE per virtual id
 and one vEVENTQ per type.
 
-Model-only: the event queue is written here rather than on a shared event-queue base
-(the 6.12 fault queue's, being written elsewhere); only the vEVENTQ's read is modelled.
+The vEVENTQ is built on the event-queue base of :mod:`.eventq` (its file, fd and
+poll); this module adds its records, their sequence numbers and the LOST_EVENTS rules.
 """
 
 from __future__ import annotations
@@ -20,18 +20,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import AlreadyExists, InvalidArgument, NoEntry, NotSupported, OutOfMemory
+from ..errors import (
+    AlreadyExists,
+    InvalidArgument,
+    KernelError,
+    NoEntry,
+    NotSupported,
+    OutOfMemory,
+)
 from ..iommu.domain import DomainType
 from ..mem.fault import xa_nodes_needed
-from ..syscall.file import File
 from ..uapi import iommufd as _h
 from . import uapi as u
+from .eventq import EPOLLIN, EPOLLRDNORM, CopyToUser, EventqObject
 from .objects import Device, HwptNested, HwptPaging, IommufdObject
 
 if TYPE_CHECKING:
     from .objects import IommufdCtx
 
-__all__ = ["Vdevice", "Veventq", "VeventqFile", "Viommu", "viommu_report_event"]
+__all__ = ["Vdevice", "Veventq", "Viommu", "viommu_report_event"]
 
 INT_MAX = (1 << 31) - 1
 _HEADER = u.VEVENT_HEADER.size  # sizeof(struct iommufd_vevent_header)
@@ -113,17 +120,18 @@ class _Vevent:
 
 
 @dataclass(eq=False, kw_only=True)
-class Veventq(IommufdObject):
-    """``struct iommufd_veventq``: at most ``depth`` events of ``type`` for ``viommu``, a
-    31-bit ``sequence`` and the ``deliver`` list, whose last entry may be the queue's
-    LOST_EVENTS header."""
+class Veventq(EventqObject):
+    """``struct iommufd_veventq`` on the event-queue base (:mod:`.eventq`): at most
+    ``depth`` events of ``type`` for ``viommu``, a 31-bit ``sequence``; ``deliver`` may
+    end with the queue's one LOST_EVENTS header (``lost``). Its file has ``read`` only."""
+
+    anon_name = "[iommufd-viommu-event]"
 
     viommu: Viommu = field(repr=False)
     type: int
     depth: int
     sequence: int = 0
     num_events: int = 0
-    deliver: list[_Vevent] = field(default_factory=list, repr=False)
     lost: _Vevent = field(
         default_factory=lambda: _Vevent(_h.IOMMU_VEVENTQ_FLAG_LOST_EVENTS), repr=False)
 
@@ -136,13 +144,13 @@ class Veventq(IommufdObject):
         if self.viommu.veventqs.get(self.type) is self:
             del self.viommu.veventqs[self.type]
 
-    fd_refs: int = 0  # open fds of its file (each a user)
-
     def holding(self) -> list[IommufdObject]:
         return [self.viommu]
 
-    def own_users(self) -> int:
-        return self.fd_refs
+    def poll(self) -> int:
+        """``iommufd_eventq_fops_poll`` of a vEVENTQ: readable while a record waits;
+        never writable (only a fault queue is)."""
+        return EPOLLIN | EPOLLRDNORM if self.deliver else 0
 
     def handler(self, vevent: _Vevent) -> None:
         """``iommufd_vevent_handler``: a LOST_EVENTS header at the tail goes (so it is
@@ -154,51 +162,35 @@ class Veventq(IommufdObject):
         vevent.sequence = self.sequence
         self.sequence = (self.sequence + 1) & INT_MAX
 
-    def read(self, count: int, fail: Any) -> bytes:
+    def read_records(self, count: int, copy_out: CopyToUser) -> int:
         """``iommufd_veventq_fops_read``: whole records (header and data) while they fit
         in ``count``; a LOST_EVENTS header is 8 bytes and is copied out of the list
-        (``kzalloc(GFP_ATOMIC)``: a failure ends the read). Nothing queued reads 0
-        bytes: the read never blocks. O(records read)."""
-        out = bytearray()
+        (``kzalloc(GFP_ATOMIC)``: a failure ends the read). A record that does not fit,
+        or whose copy faults (EFAULT), stays first. The bytes given, or the error when
+        none were; nothing queued reads 0: the read never blocks. O(records read)."""
+        done = 0
+        err: KernelError | None = None
+        fail = self.ctx.mem.fail_nth
         while self.deliver:
             cur = self.deliver[0]
             if cur is self.lost and fail.fails("kzalloc(iommufd_vevent lost copy)"):
                 break
             size = _HEADER + (len(cur.data) if cur.data is not None else 0)
-            if count - len(out) < size:
+            if count - done < size:
                 break  # iommufd_veventq_deliver_restore: it stays first
+            try:
+                copy_out(done, u.VEVENT_HEADER.pack(cur.flags, cur.sequence) +
+                         (cur.data or b""))
+            except KernelError as e:
+                err = e
+                break
             self.deliver.pop(0)
-            out += u.VEVENT_HEADER.pack(cur.flags, cur.sequence)
             if cur.data is not None:
-                out += cur.data
                 self.num_events -= 1
-        return bytes(out)
-
-
-class VeventqFile(File):
-    """The ``[iommufd-viommu-event]`` anon-inode file of a vEVENTQ: ``read`` gives its
-    records, there is no ``write`` (EINVAL); it holds the vEVENTQ (a user) and the
-    context's file until it is closed (``iommufd_eventq_fops_release``)."""
-
-    positional = False  # anon_inode_getfile: no FMODE_PREAD
-
-    def __init__(self, ctx: IommufdCtx, veventq: Veventq) -> None:
-        self.ctx = ctx
-        self.veventq = veventq
-        veventq.users += 1
-        veventq.fd_refs += 1
-        ctx.ctx_get()
-
-    def read_fd(self, n: int) -> bytes:
-        return self.veventq.read(n, self.ctx.mem.fail_nth)
-
-    def holds(self) -> list[File]:
-        return [self.ctx.file] if self.ctx.file is not None else []
-
-    def release(self) -> None:
-        self.veventq.users -= 1
-        self.veventq.fd_refs -= 1
-        self.ctx.ctx_put()
+            done += size
+        if not done and err is not None:
+            raise err
+        return done
 
 
 def viommu_report_event(viommu: Viommu, type: int, data: bytes, fail: Any) -> None:
@@ -315,7 +307,7 @@ def veventq_alloc(ctx: IommufdCtx, flags: int, viommu_id: int, type: int, depth:
         raise AlreadyExists(f"VEVENTQ_ALLOC: vIOMMU {viommu_id} has a vEVENTQ of type "
                             f"{type:#x}")
     id = ctx.object_alloc("iommufd_veventq")
-    veventq = Veventq(id=id, viommu=viommu, type=type, depth=depth)
+    veventq = Veventq(id=id, ctx=ctx, viommu=viommu, type=type, depth=depth)
     viommu.users += 1
     viommu.veventqs[type] = veventq
     return veventq
