@@ -239,11 +239,14 @@ def test_vevents_sequence_and_lost_events() -> None:
     for _ in range(4):
         t.test_cmd(OP_TRIGGER_VEVENT, 0, trig)
     vid = struct.pack("<I", 0x99)
+    assert t.p.poll(fd) == 0x41  # EPOLLIN | EPOLLRDNORM, never EPOLLOUT
+    expect_errno(errno.ESPIPE, t.p.pread, fd, 12, 0)
     assert t.p.read_fd(fd, 11) == b""  # the first record needs 12 bytes
     assert read_vevents(t, fd, 12) == [(0, 0, vid)]
     assert read_vevents(t, fd) == [(0, 1, vid), (1, 3, b"")]
     t.test_cmd(OP_TRIGGER_VEVENT, 0, trig)
     assert read_vevents(t, fd) == [(0, 4, vid)]
+    assert t.p.poll(fd) == 0
     t.mock_domain_replace(stdev, ioas)
     expect_errno(errno.ENOENT, t.test_cmd, OP_TRIGGER_VEVENT, 0, trig)
     t.p.close(fd)
@@ -265,4 +268,40 @@ def test_replace_onto_a_nested_hwpt(kernel: str) -> None:
     t.mock_domain_replace(stdev, parent)
     t.destroy(nested)
     t.p.munmap(t.p.mmap(PAGE_SIZE), PAGE_SIZE)
+    t.close()
+
+
+def test_a_faulting_read_leaves_the_record_queued() -> None:
+    """``iommufd_veventq_fops_read`` whose ``copy_to_user`` faults: EFAULT when nothing
+    was given, and the record stays first (``iommufd_veventq_deliver_restore``); after
+    a record was given, the read returns its length instead."""
+    from iommulab.errors import BadAddress
+    t, ioas, stdev, dev, parent = _fixture()
+    viommu = viommu_alloc(t, dev, parent)
+    nested = t.hwpt_alloc_data(dev, viommu, 0, IOMMU_HWPT_DATA_SELFTEST, DATA)
+    vdev = vdevice_alloc(t, viommu, dev, 0x99)
+    t.mock_domain_replace(stdev, nested)
+    q, fd = veventq_alloc(t, viommu, VEVENTQ_TYPE_SELFTEST, depth=4)
+    trig = struct.pack("<I", dev)
+    t.test_cmd(OP_TRIGGER_VEVENT, 0, trig)
+    t.test_cmd(OP_TRIGGER_VEVENT, 0, trig)
+    f = t.p.files[fd]
+
+    def faulting(offset: int, data: bytes) -> None:
+        raise BadAddress("copy_to_user")
+
+    expect_errno(errno.EFAULT, f.read_user, 64, faulting)  # type: ignore[attr-defined]
+    got: list[int] = []
+
+    def second_faults(offset: int, data: bytes) -> None:
+        if offset:
+            raise BadAddress("copy_to_user")
+        got.append(len(data))
+
+    assert f.read_user(64, second_faults) == 12  # type: ignore[attr-defined]
+    assert [seq for _, seq, _ in read_vevents(t, fd)] == [1]
+    t.p.close(fd)
+    t.mock_domain_replace(stdev, ioas)
+    for id in (q, nested, vdev, viommu):
+        t.destroy(id)
     t.close()
