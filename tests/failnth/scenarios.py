@@ -1136,3 +1136,27 @@ SCENARIOS += [
              _test_op(OP_TRIGGER_VEVENT, lambda w: 0, bytes(4)), ("mock",),
              kernels=("6.12",), expect=errno.EOPNOTSUPP),
 ]
+
+
+def _smmu_nested(platform: str, kernel: str) -> World:
+    """Device 0's cdev bound (not attached), a nest-parent HWPT, a vIOMMU on it, the
+    device's vDEVICE and a nested HWPT from a guest S1 STE (``h["nested"]``)."""
+    w = _cdev(bound=True)(platform, kernel)
+    cdev = w.h["cdev"]
+    ctx = w.p.files[_t(w).fd].ctx  # type: ignore[attr-defined]
+    dev_id = next(o.id for o in ctx.objects.values() if type(o).__name__ == "Device")
+    w.h["devs"] = [(dev_id, 0)]
+    w.h["hwpt"] = _t(w).hwpt_alloc(dev_id, w.h["ioas"], iu.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    w.h["viommu"] = _viommu_alloc(w)
+    _vdevice_alloc(w)
+    w.h["nested"] = int(iu.HWPT_ALLOC.unpack(_nested_on_viommu(w))[4])
+    w.h["cdev"] = cdev
+    return w
+
+
+SCENARIOS += [
+    Scenario("cdev ATTACH_IOMMUFD_PT(nested on a vIOMMU)",
+             on(DEVICE, vu.VFIO_DEVICE_ATTACH_IOMMUFD_PT), _smmu_nested,
+             lambda w: _attach_pt(w, w.h["cdev"], w.h["nested"]), ("arm64-smmuv3",),
+             kernels=("7.0",)),
+]
