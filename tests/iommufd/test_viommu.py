@@ -11,6 +11,8 @@ import errno
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iommulab.iommufd import uapi as u
 
@@ -300,6 +302,50 @@ def test_a_faulting_read_leaves_the_record_queued() -> None:
 
     assert f.read_user(64, second_faults) == 12  # type: ignore[attr-defined]
     assert [seq for _, seq, _ in read_vevents(t, fd)] == [1]
+    t.p.close(fd)
+    t.mock_domain_replace(stdev, ioas)
+    for id in (q, nested, vdev, viommu):
+        t.destroy(id)
+    t.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(depth=st.integers(1, 4),
+       ops=st.lists(st.one_of(st.integers(1, 6), st.sampled_from([-8, -12, -40, -4096])),
+                    max_size=12))
+def test_vevent_stream_properties(depth: int, ops: list[int]) -> None:
+    """Triggers (a positive count) and reads (minus the byte count) in any order: every
+    trigger spends one sequence number; a read gives normal events in sequence order,
+    each trigger either delivered once or lost; a LOST_EVENTS header only ends a read
+    and names the latest lost trigger; never more than ``depth`` events wait."""
+    t, ioas, stdev, dev, parent = _fixture()
+    viommu = viommu_alloc(t, dev, parent)
+    nested = t.hwpt_alloc_data(dev, viommu, 0, IOMMU_HWPT_DATA_SELFTEST, DATA)
+    vdev = vdevice_alloc(t, viommu, dev, 7)
+    t.mock_domain_replace(stdev, nested)
+    q, fd = veventq_alloc(t, viommu, VEVENTQ_TYPE_SELFTEST, depth=depth)
+    trig = struct.pack("<I", dev)
+    triggered, seen, lost_named = 0, [], []
+    for op in ops + [-4096]:
+        if op > 0:
+            for _ in range(op):
+                t.test_cmd(OP_TRIGGER_VEVENT, 0, trig)
+            triggered += op
+            continue
+        records = read_vevents(t, fd, -op)
+        for i, (flags, seq, data) in enumerate(records):
+            if flags:
+                assert i == len(records) - 1 and data == b""
+                lost_named.append(seq)
+            else:
+                assert data == struct.pack("<I", 7)
+                seen.append(seq)
+        waiting = _ctx(t).objects[q].num_events  # type: ignore[attr-defined]
+        assert 0 <= waiting <= depth
+    assert seen == sorted(set(seen)) and all(s < triggered for s in seen)
+    assert all(s < triggered and s not in seen for s in lost_named)
+    if triggered and triggered - 1 not in seen:  # the last trigger was lost: named at the end
+        assert lost_named and lost_named[-1] == triggered - 1
     t.p.close(fd)
     t.mock_domain_replace(stdev, ioas)
     for id in (q, nested, vdev, viommu):
