@@ -326,7 +326,7 @@ def test_vevent_stream_properties(depth: int, ops: list[int]) -> None:
     q, fd = veventq_alloc(t, viommu, VEVENTQ_TYPE_SELFTEST, depth=depth)
     trig = struct.pack("<I", dev)
     triggered, seen, lost_named = 0, [], []
-    for op in ops + [-4096]:
+    for op in [*ops, -4096]:
         if op > 0:
             for _ in range(op):
                 t.test_cmd(OP_TRIGGER_VEVENT, 0, trig)
