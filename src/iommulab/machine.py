@@ -60,7 +60,8 @@ class Machine:
     there is no IOMMU core, VFIO or iommufd on it)."""
 
     def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0, *,
-                 kernel: KernelVersion | str = DEFAULT_KERNEL) -> None:
+                 kernel: KernelVersion | str = DEFAULT_KERNEL, vtd_scalable: bool = False
+                 ) -> None:
         if platform not in PLATFORMS:
             raise ValueError(f"unknown platform {platform!r} (available: {sorted(PLATFORMS)})")
         ram_base, self._next_bar, strict = PLATFORMS[platform]
@@ -96,8 +97,9 @@ class Machine:
             self.dma = PseriesDma(self.pseries)
             self.translator = self.driver = None
         elif platform == "x86-vtd":
-            from .drivers.vtd import IntelIommu, VtdHw
-            self.translator = VtdHw(self.mem)
+            from .drivers.vtd import IntelIommu, VtdHw, nesting_unit
+            # vtd_scalable: a nesting-capable scalable-mode unit instead of QEMU's legacy one
+            self.translator = nesting_unit(self.mem) if vtd_scalable else VtdHw(self.mem)
             self.driver = IntelIommu(self.translator, kernel=self.kernel)
         elif platform == "mock":
             from .drivers.mock import MockHw, MockIommu
