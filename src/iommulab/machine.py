@@ -141,7 +141,7 @@ class Machine:
         return list(self.driver.events)
 
     def add_iommu_unit(self, *, aw: int = 39, snoop_control: bool = False,
-                       sagaw: int = 0) -> int:
+                       sagaw: int = 0, scalable: bool = False) -> int:
         """x86-vtd: another DMAR unit; returns its number for ``add_pci_device(...,
         iommu_unit=)``. ``aw`` is MGAW (13-64 bits), ``sagaw`` the CAP.SAGAW table depths
         (bit 1: 3 levels, 2: 4, 3: 5; 0 means every depth up to the one ``aw`` needs, as
@@ -149,8 +149,11 @@ class Machine:
         bits, 3 levels, no SC. ValueError for a unit the kernel would ignore."""
         if self.platform != "x86-vtd":
             raise ValueError(f"{self.platform}: only x86-vtd machines have several units")
-        from .drivers.vtd import VtdHw
-        self.driver.units.append(VtdHw(self.mem, aw, snoop_control, sagaw=sagaw))
+        from .drivers.vtd import VtdHw, nesting_unit
+        # scalable: a nesting-capable scalable-mode unit (drivers.vtd.nesting_unit)
+        unit = nesting_unit(self.mem, aw=aw, sagaw=sagaw, snoop_control=snoop_control) \
+            if scalable else VtdHw(self.mem, aw, snoop_control, sagaw=sagaw)
+        self.driver.units.append(unit)
         return len(self.driver.units) - 1
 
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",

@@ -41,7 +41,7 @@ from ..errors import (
     DmaFault,
     InvalidArgument,
     KernelError,
-    NoSuchDevice,
+    NoDevice,
     NotSupported,
     OutOfMemory,
 )
@@ -294,7 +294,7 @@ class VtdHw:
                         reason=FAULT_REASONS[reason])
 
 
-def nesting_unit(mem: PhysMem, *, aw: int = 48, **kw: bool) -> VtdHw:
+def nesting_unit(mem: PhysMem, *, aw: int = 48, sagaw: int = 0, **kw: bool) -> VtdHw:
     """A scalable-mode unit that can nest, the kind a Sapphire Rapids host reports
     (the CAP/ECAP bits intel-iommu reads for nesting and dirty tracking, spec 11.4.2 and
     11.4.3): SMTS, FLTS, SLTS, NEST, SLADS, SMPWC, SRS, snoop control, FL1GP and FL5LP,
@@ -306,7 +306,7 @@ def nesting_unit(mem: PhysMem, *, aw: int = 48, **kw: bool) -> VtdHw:
                                 smpwc=True, srs=True, eafs=False, fl1gp=True, fl5lp=True,
                                 snoop_control=True, caching_mode=False)
     cfg.update(kw)
-    return VtdHw(mem, aw, **cfg)  # type: ignore[arg-type]
+    return VtdHw(mem, aw, sagaw=sagaw, **cfg)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -785,7 +785,7 @@ class IntelIommu:
         unit.contexts.pop(master.sid, None)
         s2 = domain.s2_domain
         if unit.agaw < s2.levels - 2:
-            raise NoSuchDevice(f"attach {master.sid:#x}: Adjusted guest address width not "
+            raise NoDevice(f"attach {master.sid:#x}: Adjusted guest address width not "
                                "compatible")
         if isinstance(s2, _LegacyDomain):
             self._prepare_domain_attach_device(s2, master)

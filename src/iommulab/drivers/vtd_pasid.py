@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import Busy, InvalidArgument, NoSuchDevice, NotSupported
+from ..errors import Busy, InvalidArgument, NoDevice, NotSupported
 from .vtd_sm import (
     PASID_QW0,
     PASID_QW1,
@@ -232,7 +232,7 @@ def pasid_setup_dirty_tracking(mem: PhysMem, sm: SmState, dp: DevPasid,
     it is second-stage or nested; SSADE set or cleared, then (Table 25) a PASID-cache
     invalidation and a domain-selective IOTLB invalidation of its DID."""
     if not dp.table_pa:
-        raise NoSuchDevice(f"no PASID entry for {dp.sid:#x}")
+        raise NoDevice(f"no PASID entry for {dp.sid:#x}")
     at = dp.table_pa + IOMMU_NO_PASID * 64
     q0 = mem.read_u64(at)
     pgtt = PASID_QW0["PGTT"].get(q0)
