@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iommulab import Machine
 from iommulab.api import Iommufd, VfioDevice
@@ -56,6 +59,7 @@ class Nest:
     ram: int
     fs: FirstStageBuilder
     kernel: str = "6.12"
+    baseline: tuple[int, int] = (0, 0)  # iommu pages and domain ids before the process
     # 7.0: nested domains made with the driver's op (the model's iommufd core answers
     # 7.0's nested HWPT_ALLOC as not modelled), by a handle from 1000
     direct: dict[int, IommuDomain] = field(default_factory=dict)
@@ -116,6 +120,18 @@ class Nest:
         p.munmap(uptr, 4096)
         return err, int(u.HWPT_INVALIDATE.unpack(buf)[5])
 
+    def close(self) -> None:
+        """The process exits (its fds close): nothing pinned or charged, and the HWPTs'
+        tables and domain ids are gone (the device is back on its default domain)."""
+        self.p.exit()
+        for dom in self.direct.values():
+            dom.free()
+        assert self.m.mem.pins.pins == 0
+        assert self.p.mm.locked_vm == 0 and self.p.mm.pinned_vm == 0
+        assert all(user.locked_vm == 0 for user in self.m.users.values())
+        assert (self.m.mem.iommu_pages, len(self.m.translator.used_dids)) == self.baseline
+        self.m.mem._check()
+
     @property
     def dev(self) -> Any:
         return self.m.devices["0000:00:04.0"]
@@ -130,6 +146,7 @@ def _nest(kernel: str = "6.12", parent_flags: int = NEST_PARENT, **unit: bool) -
     for k, v in unit.items():
         setattr(m.translator, k, v)
     m.add_pci_device("0000:00:04.0")
+    baseline = (m.mem.iommu_pages, len(m.translator.used_dids))
     p = m.spawn_process(cap_ipc_lock=True)
     fd = Iommufd.open(p)
     dev = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p)
@@ -143,8 +160,21 @@ def _nest(kernel: str = "6.12", parent_flags: int = NEST_PARENT, **unit: bool) -
     def write_u64(gpa: int, value: int) -> None:
         p.write(ram + gpa - GUEST, struct.pack("<Q", value))
 
-    return Nest(m, p, fd, dev_id, ioas, parent, ram,
-                FirstStageBuilder(lambda: next(nxt), write_u64), kernel)
+    n = Nest(m, p, fd, dev_id, ioas, parent, ram,
+             FirstStageBuilder(lambda: next(nxt), write_u64), kernel, baseline)
+    _OPEN.append(n)
+    return n
+
+
+_OPEN: list[Nest] = []
+
+
+@pytest.fixture(autouse=True)
+def _closed() -> Iterator[None]:
+    """Every test's machines are closed and checked for leaks after it."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def _fs_leaf(n: Nest, iova: int) -> int:
@@ -444,3 +474,35 @@ def test_second_stage_dirty_bits_under_nesting(kernel: str) -> None:
     n.fd.hwpt_set_dirty_tracking(n.parent, False)
     n.dev.dma_write(0x4000_1000, b"off")
     assert n.sm.pasid_cache[(n.dev.sid, 0)].ssade is False
+
+
+# -- property: the two-stage walk against a plain composition --------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 63), st.integers(16, GUEST_PAGES - 1), st.booleans()),
+                min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 63), st.booleans()), min_size=1, max_size=20))
+def test_two_stage_walk_matches_the_composition(maps: list[tuple[int, int, bool]],
+                                                 accesses: list[tuple[int, bool]]) -> None:
+    """Random guest first-stage pages (IOVA page -> guest page, writable) over the IOAS's
+    guest RAM, random reads and writes: each access lands where the first stage then the
+    IOAS map put it, or faults with 0x71 (no first-stage entry) / 0x85 (read-only)."""
+    n = _nest()
+    ref: dict[int, tuple[int, bool]] = {}
+    for page, gpage, writable in maps:
+        n.fs.map(0x4000_0000 + page * 4096, GUEST + gpage * 4096, write=writable)
+        ref[page] = (gpage, writable)
+    hwpt = n.nested()
+    n.attach(hwpt)
+    for page, write in accesses:
+        iova = 0x4000_0000 + page * 4096 + 8
+        if page not in ref or (write and not ref[page][1]):
+            assert _fault_reason(n, iova, write=write) == (0x71 if page not in ref else 0x85)
+            continue
+        va = n.gpa_to_va(GUEST + ref[page][0] * 4096 + 8)
+        if write:
+            n.dev.dma_write(iova, struct.pack("<Q", iova))
+            assert n.p.read(va, 8) == struct.pack("<Q", iova)
+        else:
+            assert n.dev.dma_read(iova, 8) == n.p.read(va, 8)
+    n.sm._check()
