@@ -36,6 +36,8 @@ DMA_PTE_READ = 1 << 0
 DMA_PTE_WRITE = 1 << 1
 DMA_PTE_LARGE_PAGE = 1 << 7
 DMA_PTE_SNP = 1 << 11
+#: ``DMA_SL_PTE_DIRTY``: bit 9, which a scalable-mode unit sets with SSADE (bit 8 is A)
+DMA_SL_PTE_DIRTY = 1 << 9
 
 _R = Field("R", 0, 0, "read")
 _W = Field("W", 1, 1, "write")
@@ -49,6 +51,8 @@ VTD_SS_LEAF = Layout("VT-d second-stage leaf", (
     Field("EMT", 5, 3, "extended memory type (only with extended capability)"),
     Field("IPAT", 6, 6, "ignore PAT"),
     Field("PS", 7, 7, "superpage (2M at level 2, 1G at level 3)"),
+    Field("A", 8, 8, "accessed (scalable mode with SSADE)"),
+    Field("D", 9, 9, "dirty (scalable mode with SSADE)"),
     Field("SNP", 11, 11, "snoop: force a snooped access"),
     _ADDR, _SW_SPLIT,
 ))
@@ -112,6 +116,8 @@ class VtdSsFormat:
         self.last_depth = nlevels - 1
         self.ia_shift, self.ia_ext = cfg.ias, 0
         self.set_pte_snp = set_pte_snp
+        # 7.0 PT_FEAT_VTDSS_FORCE_WRITEABLE (nest parents: ERRATA_772415_SPR17)
+        self.force_writeable = False
         self._leaf_type = tuple(0 if d == self.last_depth else DMA_PTE_LARGE_PAGE
                                 for d in range(nlevels))
         # dma_pte_present is R|W != 0; above level 1 the PS bit makes it a leaf.
@@ -132,6 +138,10 @@ class VtdSsFormat:
             attrs |= DMA_PTE_WRITE
         if self.set_pte_snp:
             attrs |= DMA_PTE_SNP
+        if self.force_writeable and not prot & _IOMMU_WRITE:
+            raise InvalidArgument("Read-only mapping is disallowed on the domain which serves "
+                                  "as the parent in a nested configuration, due to HW errata "
+                                  "(ERRATA_772415_SPR17)")
         return attrs
 
     def is_leaf(self, pte: int, depth: int) -> bool:
@@ -204,10 +214,13 @@ class VtdSsFormat:
         return attrs  # no dirty state in legacy mode
 
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray:
-        return np.zeros(len(ptes), dtype=np.bool_)
+        """vtdss ``pt_entry_is_write_dirty``: D (bit 9), which only a scalable-mode unit
+        with SSADE sets (legacy mode ignores the bit)."""
+        return cast(BoolArray, (ptes & np.uint64(DMA_SL_PTE_DIRTY)) != 0)
 
     def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None:
-        """Nothing to clear: legacy-mode entries carry no dirty bit."""
+        """Clear D where ``mask`` says."""
+        ptes[mask] &= np.uint64(~DMA_SL_PTE_DIRTY & ((1 << 64) - 1))
 
     def describe(self, pte: int, depth: int) -> str:
         if pte == 0:
