@@ -1,0 +1,128 @@
+"""Line charts in SVG for the HTML pages (model's own presentation code).
+
+A number against one parameter, one line per value of another: the bar charts' look
+(:mod:`.html`'s colours, legend, fonts and tick rules from :mod:`.axes`). The x axis is
+proportional to the values when they are numbers (log scale when they span two orders
+of magnitude), evenly spaced otherwise; the y axis is log scale on the same rule as the
+bar charts. Each point carries its value in a ``<title>``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .axes import linear_ticks, log_ticks, spans_decades, text_width, tick_label
+from .html import _FONT, _ROW, SERIES_COLOURS, _esc, _legend
+
+__all__ = ["LinePlot", "svg_line_chart"]
+
+
+@dataclass(frozen=True)
+class LinePlot:
+    """``series`` maps a line's name to one y per x (None: no value there). ``x`` holds
+    numbers (a proportional axis) or any values (evenly spaced); ``x_labels`` is how
+    each x is written."""
+
+    title: str
+    x_label: str
+    y_label: str
+    x: Sequence[object]
+    x_labels: Sequence[str]
+    series: dict[str, list[float | None]]
+
+
+def _numeric(xs: Sequence[object]) -> bool:
+    return bool(xs) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                            for v in xs)
+
+
+def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> str:
+    """``plot`` as an SVG line chart, legend on top, margins grown to fit the labels."""
+    values = [v for vals in plot.series.values() for v in vals if v is not None]
+    log = spans_decades(values)
+    ticks = log_ticks(values) if log else linear_ticks(max(values, default=0.0))
+    if not log and values and min(values) < 0:
+        ticks = [-t for t in reversed(linear_ticks(-min(values)))][:-1] + ticks
+    labels = [tick_label(t) for t in ticks]
+    left = max(text_width(t, _FONT) for t in labels) + 14
+    right = 10.0 + max((text_width(s, _FONT) for s in plot.x_labels[-1:]), default=0) / 2
+    w = width - left - right
+    legend, rows = _legend(list(plot.series), [SERIES_COLOURS[s % len(SERIES_COLOURS)]
+                                               for s in range(len(plot.series))], left, w)
+    top = 6 + _ROW * rows + 30
+    bottom = 2 * _FONT + 24
+    height = math.ceil(top + plot_height + bottom)
+    lo, hi = ticks[0], ticks[-1]
+    numeric = _numeric(plot.x)
+    xs = [float(v) for v in plot.x] if numeric else [float(k) for k in range(len(plot.x))]  # type: ignore[arg-type]
+    xlog = numeric and min(xs) > 0 and spans_decades(xs)
+    xpos = [math.log10(v) for v in xs] if xlog else xs
+    x_lo, x_hi = min(xpos, default=0.0), max(xpos, default=1.0)
+    inset = 0.04 * w if numeric else w / max(len(xs), 1) / 2
+
+    def x_of(k: int) -> float:
+        span = x_hi - x_lo
+        frac = (xpos[k] - x_lo) / span if span else 0.5
+        return left + inset + frac * (w - 2 * inset)
+
+    def y_of(v: float) -> float:
+        if log:
+            frac = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) \
+                if v > 0 else 0.0
+        else:
+            frac = (v - lo) / (hi - lo) if hi > lo else 0.0
+        return top + plot_height - max(frac, 0.0) * plot_height
+
+    parts = [f'<svg class="chart lines" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{_esc(plot.title)}" data-scale="{"log" if log else "linear"}">',
+             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
+    parts.extend(legend)
+    y_title = f"{plot.y_label} (log scale)" if log else plot.y_label
+    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 14:.0f}">'
+                 f"{_esc(y_title)}</text>")
+    for t, label in zip(ticks, labels, strict=True):
+        y = y_of(t)
+        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '
+                     'stroke="#e5e5e5"/>')
+        parts.append(f'<text class="tick" x="{left - 6:.1f}" y="{y + 4:.1f}" '
+                     f'text-anchor="end">{label}</text>')
+    base = top + plot_height
+    parts.append(f'<line x1="{left:.1f}" y1="{base}" x2="{left + w:.1f}" y2="{base}" '
+                 'stroke="#333"/>')
+    for k, label in enumerate(plot.x_labels):
+        x = x_of(k)
+        parts.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" '
+                     'stroke="#333"/>')
+        parts.append(f'<text class="category" x="{x:.1f}" y="{base + 16}" '
+                     f'text-anchor="middle">{_esc(label)}</text>')
+    x_title = f"{plot.x_label} (log scale)" if xlog else plot.x_label
+    parts.append(f'<text class="axis-title" x="{left + w / 2:.1f}" y="{base + 34}" '
+                 f'text-anchor="middle">{_esc(x_title)}</text>')
+    for s, (name, vals) in enumerate(plot.series.items()):
+        colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]
+        run: list[str] = []
+        dots: list[str] = []
+        for k, v in enumerate(vals):
+            if v is None:  # a gap: the line stops and starts again
+                if len(run) > 1:
+                    parts.append(_polyline(run, colour))
+                run = []
+                continue
+            x, y = x_of(k), y_of(v)
+            run.append(f"{x:.1f},{y:.1f}")
+            dots.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="3.5" '
+                        f'fill="{colour}"><title>{_esc(name)} / {_esc(plot.x_labels[k])}: '
+                        f"{v:g}</title></circle>")
+        if len(run) > 1:
+            parts.append(_polyline(run, colour))
+        parts.extend(dots)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _polyline(points: list[str], colour: str) -> str:
+    return (f'<polyline class="line" points="{" ".join(points)}" fill="none" '
+            f'stroke="{colour}" stroke-width="2.5"/>')
