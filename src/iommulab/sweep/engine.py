@@ -66,21 +66,24 @@ class DaskEngine:
     ``scheduler``: the address of an existing scheduler (``tcp://HOST:PORT``), else a
     ``LocalCluster`` of ``workers`` processes, one thread each (a point is CPU-bound
     Python: threads would share one interpreter lock), is started here and stopped by
-    :meth:`close`."""
+    :meth:`close`; or ``client``, a ``distributed.Client`` the caller keeps (and closes)."""
 
     def __init__(self, workers: int | None = None, scheduler: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, client: Any = None) -> None:
         try:
             distributed = importlib.import_module("distributed")
         except ImportError:
             raise UsageError(DASK_MISSING) from None
         self._distributed = distributed
         self._cluster: Any = None
-        if scheduler is None:
+        self._own_client = client is None
+        if client is not None:
+            self.client: Any = client
+        elif scheduler is None:
             self._cluster = distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
                 dashboard_address=None, silence_logs=logging.ERROR)
-            self.client: Any = distributed.Client(self._cluster)
+            self.client = distributed.Client(self._cluster)
         else:
             try:
                 self.client = distributed.Client(scheduler, timeout=timeout)
@@ -116,6 +119,7 @@ class DaskEngine:
                 fut.cancel()
 
     def close(self) -> None:
-        self.client.close()
+        if self._own_client:
+            self.client.close()
         if self._cluster is not None:
             self._cluster.close()
