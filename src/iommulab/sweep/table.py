@@ -78,8 +78,8 @@ class ResultsTable:
 
     def render(self, width: int | None = None) -> str:
         """The table for a terminal: the grid's columns, status, and the headline
-        columns whose value is not the same in every point (those that are, listed
-        after); split into several tables, each repeating the grid's columns, when wider
+        columns whose value is not the same in every point that has one (those that
+        are, listed after); split into several tables, each repeating the grid's columns, when wider
         than ``width`` (default: the terminal's)."""
         width = width or shutil.get_terminal_size((120, 24)).columns
         keys = ["point", "platform", "seed", *self.grid]
@@ -88,7 +88,7 @@ class ResultsTable:
         varying: list[str] = []
         same: list[str] = []
         for h in self.headline:
-            vals = {json.dumps(v) for v in self.column(h)}
+            vals = {json.dumps(v) for v in self.column(h) if v is not None}
             (varying if len(vals) > 1 else same).append(h)
         head = [*keys, "status"]
         chunks: list[list[str]] = []
@@ -110,9 +110,9 @@ class ResultsTable:
             rows = [[_cell(rec[c]) for c in names] for rec in records]
             out.append(format_table(names, rows))
         if same:
-            first = self.rows[0] if self.rows else []
-            out.append("the same in every point: " + ", ".join(
-                f"{h}={_cell(first[self.columns.index(h)])}" for h in same))
+            out.append("the same in every point that has it: " + ", ".join(
+                f"{h}={_cell(next(v for v in self.column(h) if v is not None))}"
+                for h in same))
         return "\n\n".join(out)
 
 
