@@ -4,7 +4,8 @@ A number against one parameter, one line per value of another: the bar charts' l
 (:mod:`.html`'s colours, legend, fonts and tick rules from :mod:`.axes`). The x axis is
 proportional to the values when they are numbers (log scale when they span two orders
 of magnitude), evenly spaced otherwise; the y axis is log scale on the same rule as the
-bar charts. Each point carries its value in a ``<title>``.
+bar charts, when no value is zero or below (a line cannot reach zero on a log axis).
+Each point carries its value in a ``<title>``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _numeric(xs: Sequence[object]) -> bool:
 def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> str:
     """``plot`` as an SVG line chart, legend on top, margins grown to fit the labels."""
     values = [v for vals in plot.series.values() for v in vals if v is not None]
-    log = spans_decades(values)
+    log = bool(values) and min(values) > 0 and spans_decades(values)  # no zero on log
     ticks = log_ticks(values) if log else linear_ticks(max(values, default=0.0))
     if not log and values and min(values) < 0:
         ticks = [-t for t in reversed(linear_ticks(-min(values)))][:-1] + ticks
@@ -108,7 +109,7 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
         for k, v in enumerate(vals):
             if v is None:  # a gap: the line stops and starts again
                 if len(run) > 1:
-                    parts.append(_polyline(run, colour))
+                    parts.append(_polyline(run, colour, s))
                 run = []
                 continue
             x, y = x_of(k), y_of(v)
@@ -117,12 +118,18 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
                         f'fill="{colour}"><title>{_esc(name)} / {_esc(plot.x_labels[k])}: '
                         f"{v:g}</title></circle>")
         if len(run) > 1:
-            parts.append(_polyline(run, colour))
+            parts.append(_polyline(run, colour, s))
         parts.extend(dots)
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _polyline(points: list[str], colour: str) -> str:
+#: a dash pattern per series after the first, so lines drawn over each other still show
+DASHES = ("", "7 4", "2 3", "9 3 2 3")
+
+
+def _polyline(points: list[str], colour: str, series: int) -> str:
+    dash = DASHES[series % len(DASHES)]
+    attr = f' stroke-dasharray="{dash}"' if dash else ""
     return (f'<polyline class="line" points="{" ".join(points)}" fill="none" '
-            f'stroke="{colour}" stroke-width="2.5"/>')
+            f'stroke="{colour}" stroke-width="2.5"{attr}/>')

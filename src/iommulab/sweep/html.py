@@ -1,6 +1,7 @@
 """The HTML page of a sweep (lab): plots that fit the grid, then the table.
 
-For each headline number that is not the same in every point: the number against the
+For each headline number (:func:`.table.merged_metrics`) that is not the same in every
+point that has it: the number against the
 first grid parameter that varies (the first numeric one, if any), one line per value
 of the next dimension that varies (another parameter, or the platform); seeds are
 averaged (the title says over how many); each combination of any further varying
@@ -20,6 +21,7 @@ from ..report.html import _CSS, _esc, _table
 from ..report.line_svg import LinePlot, svg_line_chart
 from ..scenarios import SCENARIOS
 from .run import SweepResult
+from .table import merged_metrics
 
 __all__ = ["MAX_PLOTS", "render_sweep_html", "sweep_plots"]
 
@@ -37,6 +39,10 @@ def _label(param: str, value: Any, scenario: str) -> str:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _varies(values: list[Any]) -> bool:
+    return len({v for v in values if v is not None}) > 1
 
 
 def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
@@ -64,12 +70,12 @@ def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
 
     xs = values(x_dim)
     lines = values(line_dim) if line_dim else [None]
-    keys = [h for h in t.headline
-            if all(_is_number(r[h]) for r in recs if r[h] is not None)
-            and len({r[h] for r in recs}) > 1]
+    metrics = {name: [None if v is None else float(v) for v in vals]
+               for name, vals in merged_metrics(t.headline, recs).items()
+               if _varies(vals) and all(_is_number(v) for v in vals if v is not None)}
     plots: list[LinePlot] = []
     wanted = 0
-    for key in keys:
+    for key, vals in metrics.items():
         for combo in itertools.product(*(values(d) for d in panel_dims)):
             wanted += 1
             if len(plots) >= MAX_PLOTS:
@@ -79,9 +85,10 @@ def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
             for line in lines:
                 ys: list[float | None] = []
                 for x in xs:
-                    got = [r[key] for r in recs if r[x_dim] == x and r[key] is not None
+                    got = [v for r, v in zip(recs, vals, strict=True)
+                           if r[x_dim] == x and v is not None
                            and (line_dim is None or r[line_dim] == line)
-                           and all(r[d] == v for d, v in fixed.items())]
+                           and all(r[d] == c for d, c in fixed.items())]
                     ys.append(statistics.fmean(got) if got else None)
                 name = key if line_dim is None else f"{line_dim}={_label(line_dim, line, scenario)}"
                 series[name] = ys

@@ -41,9 +41,9 @@ class SweepResult:
         return sum(not o.skipped for o in self.outcomes)
 
     def summary(self, out: str = "") -> str:
-        where = f" in {out}" if out else ""
+        where = f"already in {out}" if out else "done before"
         return (f"{len(self.outcomes)} points: {self.ran} ran ({self.ran - self.failed} ok, "
-                f"{self.failed} failed), {self.skipped} skipped (already{where}); "
+                f"{self.failed} failed), {self.skipped} skipped ({where}); "
                 f"{self.seconds:.1f} s on {self.slots} worker"
                 f"{'s' if self.slots != 1 else ''}")
 

@@ -23,7 +23,7 @@ from typing import Any
 from ..report import format_table
 from .point import Outcome
 
-__all__ = ["TIMING_PREFIX", "ResultsTable", "results_table"]
+__all__ = ["TIMING_PREFIX", "ResultsTable", "merged_metrics", "results_table"]
 
 #: the prefix of the columns that hold host timings (they vary from run to run)
 TIMING_PREFIX = "host."
@@ -78,25 +78,30 @@ class ResultsTable:
 
     def render(self, width: int | None = None) -> str:
         """The table for a terminal: the grid's columns, status, and the headline
-        columns whose value is not the same in every point that has one (those that
-        are, listed after); split into several tables, each repeating the grid's columns, when wider
-        than ``width`` (default: the terminal's)."""
+        numbers (keys merged by :func:`merged_metrics`) whose value is not the same in
+        every point that has one (those that are, listed after); split into several
+        tables, each repeating the grid's columns, when wider than ``width`` (default:
+        the terminal's)."""
         width = width or shutil.get_terminal_size((120, 24)).columns
         keys = ["point", "platform", "seed", *self.grid]
         keys = [k for k in keys if k == "point" or k in self.grid
                 or len(set(map(str, self.column(k)))) > 1]
+        records = self.records()
+        metrics = merged_metrics(self.headline, records)
         varying: list[str] = []
         same: list[str] = []
-        for h in self.headline:
-            vals = {json.dumps(v) for v in self.column(h) if v is not None}
-            (varying if len(vals) > 1 else same).append(h)
+        for h, vals in metrics.items():
+            seen = {json.dumps(v) for v in vals if v is not None}
+            (varying if len(seen) > 1 else same).append(h)
+        cols_of = {**{k: self.column(k) for k in keys}, **metrics}
         head = [*keys, "status"]
         chunks: list[list[str]] = []
         cur: list[str] = []
-        base = sum(_width(self, k) + 2 for k in head)
+        cols_of["status"] = self.column("status")
+        base = sum(_width(k, cols_of[k]) + 2 for k in head)
         used = base
         for h in varying:
-            w = _width(self, h) + 2
+            w = _width(h, cols_of[h]) + 2
             if cur and used + w > width:
                 chunks.append(cur)
                 cur, used = [], base
@@ -104,16 +109,40 @@ class ResultsTable:
             used += w
         chunks.append(cur)
         out = []
-        records = self.records()
         for cols in chunks:
             names = [*head, *cols]
-            rows = [[_cell(rec[c]) for c in names] for rec in records]
+            rows = [[_cell(cols_of[c][n]) for c in names] for n in range(len(records))]
             out.append(format_table(names, rows))
         if same:
             out.append("the same in every point that has it: " + ", ".join(
-                f"{h}={_cell(next(v for v in self.column(h) if v is not None))}"
+                f"{h}={_cell(next(v for v in metrics[h] if v is not None))}"
                 for h in same))
         return "\n\n".join(out)
+
+
+def merged_metrics(headline: Sequence[str], recs: Sequence[dict[str, Any]]
+                   ) -> dict[str, list[Any]]:
+    """The headline as one value per record under each name, keys merged where the grid
+    names them: name -> values (None where a record has none).
+
+    Headline keys are often ``CASE.metric`` with the case a value of the grid
+    (``split_BBM1.resent_bytes`` when the grid varies ``bbm_levels``): keys that share
+    their last part and never meet in one record are one metric, named by that last
+    part (unless a key of that name is there already)."""
+    by_last: dict[str, list[str]] = {}
+    for h in headline:
+        by_last.setdefault(h.rpartition(".")[2], []).append(h)
+    groups: list[tuple[str, list[str]]] = []
+    for last, keys in by_last.items():
+        if len(keys) > 1 and last not in headline and all(
+                sum(r[k] is not None for k in keys) <= 1 for r in recs):
+            groups.append((last, keys))
+        else:
+            groups.extend((k, [k]) for k in keys)
+    order = {h: n for n, h in enumerate(headline)}
+    groups.sort(key=lambda g: order[g[1][0]])
+    return {name: [next((r[k] for k in keys if r[k] is not None), None) for r in recs]
+            for name, keys in groups}
 
 
 def _cell(v: Any) -> str:
@@ -124,8 +153,8 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def _width(t: ResultsTable, name: str) -> int:
-    return max([len(name), *(len(_cell(v)) for v in t.column(name))])
+def _width(name: str, values: Sequence[Any]) -> int:
+    return max([len(name), *(len(_cell(v)) for v in values)])
 
 
 def _uniform(values: Sequence[Any]) -> list[Any]:
