@@ -47,26 +47,50 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
     if not log and values and min(values) < 0:
         ticks = [-t for t in reversed(linear_ticks(-min(values)))][:-1] + ticks
     labels = [tick_label(t) for t in ticks]
-    left = max(text_width(t, _FONT) for t in labels) + 14
-    right = 10.0 + max((text_width(s, _FONT) for s in plot.x_labels[-1:]), default=0) / 2
-    w = width - left - right
-    legend, rows = _legend(list(plot.series), [SERIES_COLOURS[s % len(SERIES_COLOURS)]
-                                               for s in range(len(plot.series))], left, w)
-    top = 6 + _ROW * rows + 30
-    bottom = 2 * _FONT + 24
-    height = math.ceil(top + plot_height + bottom)
-    lo, hi = ticks[0], ticks[-1]
     numeric = _numeric(plot.x)
-    xs = [float(v) for v in plot.x] if numeric else [float(k) for k in range(len(plot.x))]  # type: ignore[arg-type]
+    xs = [float(v) for v in plot.x if isinstance(v, (int, float))] if numeric else \
+        [float(k) for k in range(len(plot.x))]
     xlog = numeric and min(xs) > 0 and spans_decades(xs)
     xpos = [math.log10(v) for v in xs] if xlog else xs
     x_lo, x_hi = min(xpos, default=0.0), max(xpos, default=1.0)
+    fracs = [(v - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 0.5 for v in xpos]
+    lw = [text_width(t, _FONT) for t in plot.x_labels]
+    cos, sin = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    left = max(text_width(t, _FONT) for t in labels) + 14
+    right = 10.0
+    rotate = False
+    for _ in range(30):  # margins and positions depend on each other: rounds settle them
+        w = width - left - right
+        inset = 0.04 * w if numeric else w / max(len(xs), 1) / 2
+        pos = [left + inset + f * (w - 2 * inset) for f in fracs]
+        rotate = rotate or any((lw[k] + lw[k + 1]) / 2 > pos[k + 1] - pos[k] - 6
+                               for k in range(len(pos) - 1))
+        if rotate:  # anchored at the end under its point, 30 degrees up to the left
+            need_left = max((lw[k] * cos + _FONT * sin + 4 - (pos[k] - left)
+                             for k in range(len(pos))), default=0.0)
+            need_right = 0.0
+        else:
+            need_left = max((lw[k] / 2 + 4 - (pos[k] - left) for k in range(len(pos))),
+                            default=0.0)
+            need_right = max((pos[k] + lw[k] / 2 + 4 - (width - right)
+                              for k in range(len(pos))), default=0.0)
+        if need_left <= left + 0.5 and need_right <= 0.5:
+            break
+        left = max(left, need_left)
+        right += max(need_right, 0.0)
+    w = width - left - right
     inset = 0.04 * w if numeric else w / max(len(xs), 1) / 2
+    legend, rows = _legend(list(plot.series), [SERIES_COLOURS[s % len(SERIES_COLOURS)]
+                                               for s in range(len(plot.series))], left, w)
+    top = 6 + _ROW * rows + 30
+    label_depth = max((x * sin + _FONT * cos for x in lw), default=0.0) + 8 if rotate \
+        else _FONT + 8
+    bottom = label_depth + _FONT + 18
+    height = math.ceil(top + plot_height + bottom)
+    lo, hi = ticks[0], ticks[-1]
 
     def x_of(k: int) -> float:
-        span = x_hi - x_lo
-        frac = (xpos[k] - x_lo) / span if span else 0.5
-        return left + inset + frac * (w - 2 * inset)
+        return left + inset + fracs[k] * (w - 2 * inset)
 
     def y_of(v: float) -> float:
         if log:
@@ -97,11 +121,17 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
         x = x_of(k)
         parts.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" '
                      'stroke="#333"/>')
-        parts.append(f'<text class="category" x="{x:.1f}" y="{base + 16}" '
-                     f'text-anchor="middle">{_esc(label)}</text>')
+        if rotate:
+            parts.append(f'<text class="category" x="{x:.1f}" y="{base + 14}" '
+                         f'text-anchor="end" transform="rotate(-30 {x:.1f} {base + 14})">'
+                         f"{_esc(label)}</text>")
+        else:
+            parts.append(f'<text class="category" x="{x:.1f}" y="{base + 16}" '
+                         f'text-anchor="middle">{_esc(label)}</text>')
     x_title = f"{plot.x_label} (log scale)" if xlog else plot.x_label
-    parts.append(f'<text class="axis-title" x="{left + w / 2:.1f}" y="{base + 34}" '
-                 f'text-anchor="middle">{_esc(x_title)}</text>')
+    parts.append(f'<text class="axis-title" x="{left + w / 2:.1f}" '
+                 f'y="{base + label_depth + _FONT + 8:.1f}" text-anchor="middle">'
+                 f"{_esc(x_title)}</text>")
     for s, (name, vals) in enumerate(plot.series.items()):
         colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]
         run: list[str] = []
