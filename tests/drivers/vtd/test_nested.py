@@ -506,3 +506,51 @@ def test_two_stage_walk_matches_the_composition(maps: list[tuple[int, int, bool]
         else:
             assert n.dev.dma_read(iova, 8) == n.p.read(va, 8)
     n.sm._check()
+
+
+# -- fault injection ------------------------------------------------------------------------
+
+def test_nested_alloc_and_attach_under_fail_nth() -> None:
+    """Fail the nested HWPT_ALLOC, then the attach, at their 1st, 2nd, ... fail point
+    until each succeeds: a failed allocation leaves no object and the parent's users as
+    they were; a failed attach leaves the device blocked (no PASID entry), no domain id
+    taken and the nested domain without devices."""
+    n = _nest()
+    n.fs.map(0x4000_0000, GUEST + 40 * 4096)
+    ctx = _ctx(n.p, n.fd)
+    fail = n.m.mem.fail_nth
+    before = (dict(ctx.objects), ctx.objects[n.parent].users)
+    tries = 0
+    while True:
+        tries += 1
+        fail.arm(tries)
+        try:
+            hwpt = n.nested()
+        except OSError:
+            assert fail.fired is not None
+            assert (dict(ctx.objects), ctx.objects[n.parent].users) == before, fail.fired
+            assert not ctx._reserved
+            continue
+        finally:
+            fail.disarm()
+        break
+    assert tries > 2  # the object, its id, the driver's kzalloc
+    dids = set(n.m.translator.used_dids)
+    tries = 0
+    while True:
+        tries += 1
+        fail.arm(tries)
+        try:
+            n.attach(hwpt)
+        except OSError:
+            assert fail.fired is not None
+            assert n.m.translator.used_dids <= dids, fail.fired
+            assert not ctx.objects[hwpt].domain.devices
+            fail.disarm()
+            assert _fault_reason(n, 0x4000_0000, write=False) == 0x59
+            continue
+        finally:
+            fail.disarm()
+        break
+    assert tries > 1  # the cache tag
+    n.dev.dma_write(0x4000_0000, b"ok")
