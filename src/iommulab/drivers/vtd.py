@@ -700,7 +700,8 @@ class IntelIommu:
 
     def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
         """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping
-        and the unit has no snoop control, or its ``max_addr`` (the end of the highest
+        and the unit has no snoop control, when it tracks dirty pages and the unit has no
+        SSADS, or its ``max_addr`` (the end of the highest
         map; for an iommufd domain at least the top of the width it was allocated
         with) is above what the unit can address; then the domain takes the unit's
         width (``gaw``, which may grow) and drops table levels the unit cannot walk
@@ -709,6 +710,9 @@ class IntelIommu:
         if ops.force_snooping and not unit.snoop_control:
             raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
                                   "the unit has no snoop control")
+        if ops.domain.dirty_ops is not None and not unit.ssads_supported:
+            raise InvalidArgument(f"attach {master.sid:#x}: a dirty-tracking domain on a "
+                                  "unit without SSADS")
         addr_width = unit.addr_width
         if ops.max_addr > 1 << addr_width:
             raise InvalidArgument(f"attach {master.sid:#x}: max_addr {ops.max_addr:#x} is "
@@ -751,11 +755,20 @@ class IntelIommu:
 
     @staticmethod
     def _paging_domain_compatible(ops: _SsDomain, master: _Master) -> None:
-        """7.0 ``paging_domain_compatible_second_stage``: EINVAL when the unit's MGAW is
+        """7.0 ``paging_domain_compatible_second_stage``: EINVAL for a dirty-tracking domain
+        on a unit without SSADS, a nest parent on one without nesting, a scalable unit
+        without a second stage; then (with ``paging_domain_compatible``) when the unit's MGAW is
         below the domain's IOVA width, its SAGAW lacks the table depth, it lacks a
         page size the domain uses, it is in caching mode and the domain does not sync
         on map, or the domain forces snooping and the unit has no snoop control."""
         unit, sid = master.unit, master.sid
+        if ops.domain.dirty_ops is not None and not unit.ssads_supported:
+            raise InvalidArgument(f"attach {sid:#x}: a dirty-tracking domain on a unit "
+                                  "without SSADS")
+        if ops.nested_parent and not unit.nested_supported:
+            raise InvalidArgument(f"attach {sid:#x}: a nest parent on a unit without nesting")
+        if unit.sm is not None and not unit.slts:
+            raise InvalidArgument(f"attach {sid:#x}: the unit has no second stage (SLTS)")
         if unit.aw < ops.gaw:
             raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit IOVAs on a unit with "
                                   f"MGAW {unit.aw}")
@@ -789,8 +802,6 @@ class IntelIommu:
                                "compatible")
         if isinstance(s2, _LegacyDomain):
             self._prepare_domain_attach_device(s2, master)
-            if s2.domain.dirty_ops is not None and not unit.ssads_supported:
-                raise InvalidArgument(f"attach {master.sid:#x}: dirty tracking without SSADS")
         elif isinstance(s2, _SsDomain):
             self._paging_domain_compatible(s2, master)
         assert unit.sm is not None and master.pasid is not None

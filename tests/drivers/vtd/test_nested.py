@@ -554,3 +554,26 @@ def test_nested_alloc_and_attach_under_fail_nth() -> None:
         break
     assert tries > 1  # the cache tag
     n.dev.dma_write(0x4000_0000, b"ok")
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_dirty_tracking_domain_refused_on_a_unit_without_ssads(kernel: str) -> None:
+    """6.12 ``prepare_domain_attach_device`` / 7.0 ``paging_domain_compatible_second_stage``:
+    a dirty-tracking domain cannot attach through a unit without SSADS (EINVAL)."""
+    m = Machine("x86-vtd", kernel=kernel, vtd_scalable=True)
+    m.add_pci_device("0000:00:04.0")
+    unit1 = m.add_iommu_unit(aw=48, scalable=True)
+    m.driver.units[unit1].ssads = False
+    m.add_pci_device("0000:00:05.0", iommu_unit=unit1)
+    p = m.spawn_process(cap_ipc_lock=True)
+    fd = Iommufd.open(p)
+    d0 = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p)
+    d1 = VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p)
+    id0, id1 = d0.bind_iommufd(fd), d1.bind_iommufd(fd)
+    ioas = fd.ioas_alloc()
+    dirty = fd.hwpt_alloc(id0, ioas, DIRTY)
+    expect_errno(errno.EOPNOTSUPP, fd.hwpt_alloc, id1, ioas, DIRTY)
+    assert d0.attach_pt(dirty) == dirty
+    expect_errno(errno.EINVAL, d1.attach_pt, dirty)
+    p.exit()
+    assert m.mem.pins.pins == 0
