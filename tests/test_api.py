@@ -313,3 +313,18 @@ def test_the_example_runs_on_the_model_and_skips_without_dev_iommu(
         assert ns["main"](["--real"]) == 0
         assert "skipped" in capsys.readouterr().out
     assert sys.modules  # the script did not exit the interpreter
+
+
+def test_fault_queue_alloc_on_the_model() -> None:
+    """``Iommufd.fault_queue_alloc``: an id and an fd; the object is busy while the fd
+    is open (the fd holds it) and goes once the fd is closed."""
+    m = Machine("mock", ram="256M")
+    k = ModelKernel(m.spawn_process(memlock_limit="64M"))
+    fd = Iommufd.open(k)
+    fault_id, fault_fd = fd.fault_queue_alloc()
+    assert fault_id == 1 and fault_fd > fd.fd
+    expect_errno(errno.EBUSY, fd.destroy, fault_id)
+    k.close(fault_fd)
+    fd.destroy(fault_id)
+    expect_errno(errno.ENOENT, fd.destroy, fault_id)
+    fd.close()

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_domain_single.py", ["--calls", "200", "--repeat", "1"], 1),
     ("bench_split_merge.py", ["--size", "32M", "--repeat", "1"], 5),
     ("bench_translate.py", ["--calls", "200", "--repeat", "1"], 3),
+    ("bench_nested.py", ["--calls", "200", "--repeat", "1"], 2),
     ("bench_dma.py", ["--calls", "200", "--repeat", "1"], 4),
     ("bench_iova.py", ["--calls", "600", "--pairs", "2000", "--live", "100", "--repeat", "1"],
      3),

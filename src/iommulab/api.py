@@ -292,6 +292,16 @@ class Iommufd(_Fd):
         self.ioctl(iu.IOMMU_HWPT_ALLOC, cmd)
         return int(cmd.out_hwpt_id)
 
+    def fault_queue_alloc(self) -> tuple[int, int]:
+        """IOMMU_FAULT_QUEUE_ALLOC: the fault object's id, to name in a HWPT_ALLOC with
+        IOMMU_HWPT_FAULT_ID_VALID, and its fd, which ``read`` gives whole
+        ``struct iommu_hwpt_pgfault`` groups and ``write`` takes
+        ``struct iommu_hwpt_page_response`` records (close it before the object can be
+        destroyed)."""
+        cmd = _argsz(iu.iommu_fault_alloc)
+        self.ioctl(iu.IOMMU_FAULT_QUEUE_ALLOC, cmd)
+        return int(cmd.out_fault_id), int(cmd.out_fault_fd)
+
     def hwpt_set_dirty_tracking(self, hwpt_id: int, enable: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING."""
         self.ioctl(iu.IOMMU_HWPT_SET_DIRTY_TRACKING, _argsz(

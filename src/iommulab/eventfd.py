@@ -107,6 +107,13 @@ class EventFdFile(File):
             self.ctx._wake(EPOLLIN)
         return 8
 
+    def poll(self) -> int:
+        """``eventfd_poll``: EPOLLIN above 0, EPOLLERR at ULLONG_MAX, EPOLLOUT while a
+        write of 1 fits."""
+        count = self.ctx.count
+        return (EPOLLIN if count else 0) | (0x8 if count == _ULLONG_MAX else 0) | \
+            (0x4 if count < _ULLONG_MAX - 1 else 0)
+
     def release(self) -> None:
         """``eventfd_release``: waiters see EPOLLHUP, then the file's reference to the
         context goes."""

@@ -446,6 +446,71 @@ SCENARIOS: list[Scenario] = [
 ]
 
 
+# -- nesting and fault queues (6.12's mock: docs/design/nesting.md) ---------------------------
+NESTED_DATA = struct.pack("<I", 0xBADBEEF)  # struct iommu_hwpt_selftest
+
+
+def _fault_alloc(w: World) -> tuple[int, int]:
+    """IOMMU_FAULT_QUEUE_ALLOC: (fault id, fault fd)."""
+    out = _t(w).ioctl(iu.IOMMU_FAULT_QUEUE_ALLOC, struct.pack("<IIII", 16, 0, 0, 0))
+    _, _, fault_id, fault_fd = struct.unpack("<IIII", out)
+    return fault_id, fault_fd
+
+
+def _nest(flags: int = 0, *, iopf: bool = False, on_iopf: bool = False
+          ) -> Callable[[str, str], World]:
+    """An IOAS with a device attached and the buffer mapped, a NEST_PARENT HWPT of it
+    (``h["parent"]``), a fault queue (``h["fault"]``, ``h["fault_fd"]``); with ``iopf``
+    a nested HWPT delivering to it (``h["iopf"]``), and with ``on_iopf`` the device
+    replaced onto that HWPT."""
+    def setup(platform: str, kernel: str) -> World:
+        w = _ioas(1, True)(platform, kernel)
+        t = _t(w)
+        w.h["parent"] = t.hwpt_alloc(w.h["devs"][0][0], w.h["ioas"],
+                                     iu.IOMMU_HWPT_ALLOC_NEST_PARENT | flags)
+        w.h["fault"], w.h["fault_fd"] = _fault_alloc(w)
+        w.h["data"] = w.p.mmap(PAGE, populate=True)
+        w.p.write(w.h["data"], NESTED_DATA)
+        if iopf:
+            w.h["iopf"] = _nested_alloc(w, fault=True)
+        if on_iopf:
+            t.mock_domain_replace(w.h["stdevs"][0], w.h["iopf"])
+        return w
+    return setup
+
+
+def _nested_alloc(w: World, *, fault: bool) -> int:
+    return _t(w).hwpt_alloc(w.h["devs"][0][0], w.h["parent"],
+                            iu.IOMMU_HWPT_FAULT_ID_VALID if fault else 0,
+                            data_type=0xDEAD, data_len=4, data_uptr=w.h["data"],
+                            fault_id=w.h["fault"] if fault else 0)
+
+
+def _trigger(w: World) -> object:
+    return _t(w).test_cmd(OP_TRIGGER_IOPF, 0, struct.pack(
+        "<IIIIQ", w.h["devs"][0][0], 1, 2, 3, 0xDEADBEAF))
+
+
+SCENARIOS += [
+    Scenario("FAULT_QUEUE_ALLOC", on(IOMMUFD, iu.IOMMU_FAULT_QUEUE_ALLOC),
+             _ioas(), _fault_alloc),
+    Scenario("HWPT_ALLOC(nested, FAULT_ID_VALID)", on(IOMMUFD, iu.IOMMU_HWPT_ALLOC),
+             _nest(), lambda w: _nested_alloc(w, fault=True), ("mock",), ("6.12",)),
+    Scenario("TEST MOCK_DOMAIN_REPLACE(nested, IOPF)", on(SELFTEST, OP_MOCK_DOMAIN_REPLACE),
+             _nest(iopf=True), lambda w: _t(w).mock_domain_replace(
+                 w.h["stdevs"][0], w.h["iopf"]), ("mock",), ("6.12",)),
+    Scenario("TEST MOCK_DOMAIN_REPLACE(nested IOPF -> parent)",
+             on(SELFTEST, OP_MOCK_DOMAIN_REPLACE), _nest(iopf=True, on_iopf=True),
+             lambda w: _t(w).mock_domain_replace(w.h["stdevs"][0], w.h["parent"]),
+             ("mock",), ("6.12",)),
+    # the group that cannot be allocated is answered FAILURE at once
+    # (iommu_report_device_fault's abort_group): the command succeeds either way
+    Scenario("TEST TRIGGER_IOPF(fault queue)", on(SELFTEST, OP_TRIGGER_IOPF),
+             _nest(iopf=True, on_iopf=True), _trigger, ("mock",), ("6.12",),
+             absorbs=("kzalloc(iopf_group)",)),
+]
+
+
 # -- VFIO containers and groups (type1) ---------------------------------------------------------
 def _vfio(*, container: bool = True, iommu: int = 0, group: bool = True,
           set_container: bool = True, mapped: bool = False, tracking: bool = False,

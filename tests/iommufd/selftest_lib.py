@@ -137,7 +137,8 @@ class Selftest:
         return int(u.HWPT_ALLOC.unpack(out)[4])
 
     def hwpt_alloc_data(self, dev_id: int, pt_id: int, flags: int, data_type: int,
-                        data: bytes, data_len: int | None = None) -> int:
+                        data: bytes, data_len: int | None = None, *,
+                        fault_id: int = 0) -> int:
         """HWPT_ALLOC with driver data: ``data`` copied into the process, ``data_len`` (the
         length of ``data`` by default) passed as the struct's ``data_len``."""
         uptr = self.p.mmap(PAGE_SIZE)
@@ -145,7 +146,7 @@ class Selftest:
         size = len(data) if data_len is None else data_len
         try:
             return self.hwpt_alloc(dev_id, pt_id, flags, data_type=data_type, data_len=size,
-                                   data_uptr=uptr)
+                                   data_uptr=uptr, fault_id=fault_id)
         finally:
             self.p.munmap(uptr, PAGE_SIZE)
 

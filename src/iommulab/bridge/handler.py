@@ -134,6 +134,13 @@ class Handler(Protocol):
         """``write`` of ``count`` bytes at ``buf`` to file ``offset``: bytes written."""
         raise kernel_error(22, "write not supported")  # EINVAL
 
+    def stream(self, handle: object) -> bool:
+        """Whether the file was opened as ``nonseekable_open`` does (an anon-inode queue
+        such as iommufd's fault fd): ``pread``/``pwrite`` and their vector forms are
+        ESPIPE, and ``read``/``write`` are given offset 0 and leave the file position
+        as it was."""
+        return False
+
     def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
              flags: int, offset: int) -> Continue:
         """Accept the mapping (:data:`CONTINUE`: the kernel maps the backing) or raise."""

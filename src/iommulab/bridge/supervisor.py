@@ -995,14 +995,17 @@ class Bridge:
         _check_rw(f, write)
         if pos is not None and pos < 0:
             raise OSError(errno.EINVAL, "negative offset")
-        at = self._file_pos(tid, fd) if pos is None else pos
+        stream = self.handler.stream(f.handle)
+        if stream and pos is not None:
+            raise OSError(errno.ESPIPE, f"{f.path}: no positional reads or writes")
+        at = 0 if stream else self._file_pos(tid, fd) if pos is None else pos
         self._valid(nid)
         mem = TargetMemory(tid)
         op = self.handler.write if write else self.handler.read
         done = op(tgid, f.handle, buf, min(count, 0x7FFFF000), at, mem)  # MAX_RW_COUNT
         if isinstance(done, Continue):
             return None
-        if pos is None and done > 0:
+        if pos is None and done > 0 and not stream:
             self._set_pos(tid, fd, at + done)
         return done
 
@@ -1017,9 +1020,12 @@ class Bridge:
             raise OSError(errno.EINVAL, f"{cnt} iovecs")
         if pos is not None and pos < 0:
             raise OSError(errno.EINVAL, "negative offset")
+        stream = self.handler.stream(f.handle)
+        if stream and pos is not None:
+            raise OSError(errno.ESPIPE, f"{f.path}: no positional reads or writes")
         mem = TargetMemory(tid)
         vec = mem.read(iov, cnt * _IOV)
-        at = self._file_pos(tid, fd) if pos is None else pos
+        at = 0 if stream else self._file_pos(tid, fd) if pos is None else pos
         self._valid(nid)
         op = self.handler.write if write else self.handler.read
         total = 0
@@ -1029,7 +1035,7 @@ class Bridge:
             if not ln:
                 continue
             try:
-                done = op(tgid, f.handle, base, ln, at + total, mem)
+                done = op(tgid, f.handle, base, ln, at if stream else at + total, mem)
             except OSError:
                 if total:
                     break
@@ -1041,7 +1047,7 @@ class Bridge:
             total += done
             if done < ln:
                 break
-        if pos is None and total > 0:
+        if pos is None and total > 0 and not stream:
             self._set_pos(tid, fd, at + total)
         return total
 

@@ -23,14 +23,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DmaFault, InvalidArgument, KernelError, NoEntry, NotSupported
+from ..errors import DmaFault, InvalidArgument, KernelError, NoDevice, NoEntry, NotSupported
 from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather
+from ..iommu.iopf import (
+    IOMMU_DEV_FEAT_IOPF,
+    IommuPageResponse,
+    IopfFault,
+    iopf_queue_add_device,
+    iopf_queue_remove_device,
+)
 from ..iommu.resv import IommuCap, ResvRegion
 from ..iommu.user_data import (
     IommuUserData,
@@ -561,6 +569,9 @@ class MockIommu:
     #: ``mock_ops`` has the op a nested HWPT is allocated with (6.12
     #: ``domain_alloc_user`` given a parent, 7.0 ``domain_alloc_nested``).
     has_domain_alloc_nested = True
+    #: ``mock_ops.user_pasid_table``: faults with a PASID go to a NESTED domain attached
+    #: without one (``find_fault_handler``)
+    user_pasid_table = True
 
     def __init__(self, hw: MockHw, *, kernel: KernelVersion = DEFAULT_KERNEL,
                  mem: PhysMem | None = None) -> None:
@@ -574,6 +585,9 @@ class MockIommu:
         self.identity_domain = IommuDomain(DomainType.IDENTITY)
         self.default_domain = self.blocked_domain  # mock_ops.default_domain
         self.device_flags: dict[int, int] = {}  # sid -> MOCK_FLAGS_DEVICE_*
+        #: lab: every page response the core sent (``mock_domain_page_response`` does
+        #: nothing with them), as (sid, response)
+        self.page_responses: list[tuple[int, IommuPageResponse]] = []
 
     def probe_device(self, sid: int) -> _MockDev:
         return _MockDev(sid, self.device_flags.get(sid, 0))
@@ -664,6 +678,24 @@ class MockIommu:
             self.hw.domains[dev.sid] = domain
         else:
             self.hw.domains.pop(dev.sid, None)
+
+    def dev_enable_feat(self, dev: Any, feat: int = IOMMU_DEV_FEAT_IOPF) -> None:
+        """``mock_dev_enable_feat``: ENODEV for a feature other than IOPF; the device
+        joins the mock's IOPF queue (``iopf_queue_add_device``)."""
+        if feat != IOMMU_DEV_FEAT_IOPF:
+            raise NoDevice(f"mock: device feature {feat}")
+        iopf_queue_add_device(dev.dev_iommu, dev, self, self.hw.fail_nth)
+
+    def dev_disable_feat(self, dev: Any, feat: int = IOMMU_DEV_FEAT_IOPF) -> None:
+        """``mock_dev_disable_feat``: the device leaves the queue
+        (``iopf_queue_remove_device``)."""
+        if feat != IOMMU_DEV_FEAT_IOPF:
+            raise NoDevice(f"mock: device feature {feat}")
+        iopf_queue_remove_device(dev.dev_iommu)
+
+    def page_response(self, dev: _MockDev, fault: IopfFault, resp: IommuPageResponse) -> None:
+        """``mock_domain_page_response``: nothing (lab: recorded)."""
+        self.page_responses.append((dev.sid, resp))
 
     def capable(self, dev: _MockDev, cap: IommuCap) -> bool:
         """``mock_domain_capable``: coherent, and dirty tracking unless NO_DIRTY."""

@@ -24,11 +24,12 @@ import os
 
 from ..bridge.memory import TargetMemory
 from ..errors import BadAddress, kernel_error
+from ..iommufd.eventq import EventqFile
 from ..vfio import uapi as u
 from ..vfio.device import VfioDeviceFile
 from ..vfio.files import VfioFile
 
-__all__ = ["read_file", "write_file"]
+__all__ = ["eventq_rw", "read_file", "write_file"]
 
 _TASK_SIZE = 1 << 47  # access_ok's limit (x86_64, 4-level paging)
 
@@ -94,3 +95,15 @@ def write_file(f: VfioFile, flags: int, buf: int, count: int, pos: int,
             f.pwrite(data[:done], pos)
     raise BadAddress(f"copy_from_user of {count} bytes at {buf:#x} faulted after "
                      f"{len(data)}")
+
+
+def eventq_rw(f: EventqFile, buf: int, count: int, mem: TargetMemory, *, write: bool) -> int:
+    """``vfs_read``/``vfs_write`` of an iommufd event queue's fd (opened O_RDWR, position
+    always 0): EFAULT past TASK_SIZE (``access_ok``), then the queue's own read or write,
+    each record copied to or from ``buf`` as it goes (``copy_to_user`` /
+    ``copy_from_user``: EFAULT at the record that faults)."""
+    if buf + count > _TASK_SIZE:
+        raise BadAddress(f"buffer {buf:#x}+{count:#x} is past TASK_SIZE")
+    if write:
+        return f.write_user(count, lambda offset, n: mem.read(buf + offset, n))
+    return f.read_user(count, lambda offset, data: mem.write(buf + offset, data))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from ..bridge.handler import CONTINUE, Backing, Continue, Handler, Node
 from ..bridge.memory import TargetMemory
 from ..errors import kernel_error
+from ..iommufd.eventq import EventqFile
 from ..syscall.devtable import DEVICE_FILES
 from ..syscall.file import File, fput
 from ..syscall.process import Process
@@ -32,7 +33,7 @@ from ..vfio.cdev import cdev_devices
 from ..vfio.device import VfioDeviceFile
 from .argmarshal import marshal
 from .barmap import BarMaps
-from .devrw import read_file, write_file
+from .devrw import eventq_rw, read_file, write_file
 from .faultinject import (
     FAIL_NTH_NODE,
     DebugfsFile,
@@ -171,7 +172,7 @@ class ExecProcess(Process):
         """``fd_install`` in the program, done by the bridge once the call succeeds."""
         bridge = self._handler.bridge
         assert bridge is not None, "get_unused_fd reserved the number"
-        name = f"anon_inode:[{type(f).__name__}]"
+        name = f"anon_inode:{getattr(f, 'anon_name', f'[{type(f).__name__}]')}"
         return bridge.install_at(self.tid, fd, name, _ANON, ModelFile(f, name))
 
 
@@ -501,12 +502,19 @@ class ModelHandler(Handler):
         assert isinstance(handle, ModelFile)
         return self._rw(pid, handle, buf, count, offset, mem, write=True)
 
+    def stream(self, handle: object) -> bool:
+        """A model file without positional reads (an iommufd event queue's fd)."""
+        return isinstance(handle, ModelFile) and not handle.file.positional
+
     def _rw(self, pid: int, handle: ModelFile, buf: int, count: int, offset: int,
             mem: TargetMemory, *, write: bool) -> int:
         """A model file's read or write (:mod:`.devrw`), a device's logged for the
-        report with its outcome."""
+        report with its outcome; an event queue's with the program's buffer."""
         proc = self._proc(pid, mem.tid)
         proc.new_call(mem.tid)
+        if isinstance(handle.file, EventqFile):
+            with self._current(pid, mem.tid):
+                return eventq_rw(handle.file, buf, count, mem, write=write)
         rw = write_file if write else read_file
         if self.log is None or not isinstance(handle.file, VfioDeviceFile):
             return rw(handle.file, handle.flags, buf, count, offset, mem)

@@ -57,6 +57,7 @@ class DevIommu:
     require_direct: bool = False
     pci_32bit_workaround: bool = False
     shadow_on_flush: bool = False
+    fault_param: Any = None  # iommu/iopf.py's IommuFaultParam while IOPF is enabled
 
 
 class IommuGroup:

@@ -190,6 +190,9 @@ class IommuDomain:
         # Linux 7.0: an iommufd HWPT's domain (cookie_type IOMMU_COOKIE_IOMMUFD) answers
         # iommu_dma_prepare_msi itself: iommufd_sw_msi(dev, msi_addr) -> the MSI address
         self.iommufd_sw_msi: Callable[[Any, int], int] | None = None
+        # iopf_handler (with fault_data bound in): who takes the I/O page fault groups
+        # of devices attached to this domain (iommufd: a HWPT's fault queue)
+        self.iopf_handler: Callable[[Any], None] | None = None
         self._one: SingleFast | None = None  # lab: see enable_single_fast
 
     def __repr__(self) -> str:

@@ -43,6 +43,7 @@ from ..sizes import PAGE_SIZE
 from ..syscall.file import File
 from ..syscall.memfd import MemFdFile
 from . import uapi as u
+from .eventq import FaultObject, fault_alloc
 from .io_pagetable import PagesSlice
 from .iova_space import ULONG_MAX
 from .objects import Device, HwptNested, HwptPaging, Ioas, IommufdCtx
@@ -369,8 +370,9 @@ class IommufdFile(File):
         the parent of a nested one (6.12: :meth:`IommufdCtx.hwpt_nested_alloc`; 7.0's
         nesting is checked only as far as the driver); any other object is EINVAL.
         With FAULT_ID_VALID (6.12: nested HWPTs only; 7.0 paging ones too) the fault
-        object is looked up after the HWPT was made, and the HWPT is destroyed again
-        when there is none (ENOENT: the model has no fault queues)."""
+        object is looked up after the HWPT was made (``iommufd_get_fault``: ENOENT,
+        and the HWPT is destroyed again); the HWPT takes a user of it and its domain
+        delivers I/O page faults to it (``iopf_handler``)."""
         if rsvd:
             raise NotSupported("HWPT_ALLOC: __reserved is not zero")
         if (data_type == u.IOMMU_HWPT_DATA_NONE) == bool(data_len):
@@ -394,9 +396,15 @@ class IommufdFile(File):
                                f"on HWPT {pt_id}) are not modelled")
         else:
             raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS or a HWPT")
-        if flags & u.IOMMU_HWPT_FAULT_ID_VALID:  # iommufd_get_fault
-            self._abort_hwpt(hwpt)
-            raise NoEntry(f"HWPT_ALLOC: no fault object {fault_id}")
+        if flags & u.IOMMU_HWPT_FAULT_ID_VALID:
+            try:
+                fault: FaultObject = self.ctx.get(fault_id, FaultObject)  # iommufd_get_fault
+            except KernelError:
+                self._abort_hwpt(hwpt)
+                raise
+            hwpt.fault = fault
+            hwpt.domain.iopf_handler = fault.iopf_handler
+            fault.users += 1
         try:  # responded before the HWPT is published: an EFAULT destroys it (out_hwpt)
             self._respond(buf, u.IOMMU_HWPT_ALLOC, usize, flags, dev_id, pt_id, hwpt.id,
                           rsvd, data_type, data_len, data_uptr, fault_id, rsvd2)
@@ -404,6 +412,16 @@ class IommufdFile(File):
             self._abort_hwpt(hwpt)
             raise
         self.ctx.add(hwpt, hwpt.id)
+        return 0
+
+    def _fault_queue_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
+                           out_id: int, out_fd: int) -> int:
+        """``iommufd_fault_alloc`` (:func:`~.eventq.fault_alloc`): out: the fault
+        object's id and its fd in the caller."""
+        def respond(id: int, fd: int) -> None:
+            self._respond(buf, u.IOMMU_FAULT_QUEUE_ALLOC, usize, flags, id, fd)
+
+        fault_alloc(self.ctx, proc, flags, respond)
         return 0
 
     def _abort_hwpt(self, hwpt: HwptPaging | HwptNested) -> None:

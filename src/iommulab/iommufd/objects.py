@@ -31,12 +31,14 @@ from ..errors import (
     Busy,
     InvalidArgument,
     KernelError,
+    NoDevice,
     NoEntry,
     NotPermitted,
     NotSupported,
     Overflow,
 )
 from ..iommu.domain import DomainType, IommuDomain
+from ..iommu.iopf import AttachHandle
 from ..iommu.resv import IommuCap, ResvType
 from ..iommu.user_data import IommuUserData
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
@@ -69,6 +71,7 @@ __all__ = [
     "Ioas",
     "IommufdCtx",
     "IommufdObject",
+    "find_hwpt_paging",
 ]
 
 HWPT_ALLOC_DIRTY_TRACKING = 1 << 1  # IOMMU_HWPT_ALLOC_DIRTY_TRACKING
@@ -133,13 +136,17 @@ class HwptPaging(IommufdObject):
     msi_cookie: bool = False  # 6.12: iommu_get_msi_cookie was called on the domain
     devices: list[Device] = field(default_factory=list, repr=False)
     present_sw_msi: set[int] = field(default_factory=set)  # 7.0: doorbells mapped (ids)
+    fault: Any = None  # the eventq.FaultObject it delivers I/O page faults to (7.0 only)
 
     def destroy(self, ctx: IommufdCtx) -> None:
-        """``iommufd_hwpt_paging_destroy``: out of the IOAS, domain freed."""
+        """``iommufd_hwpt_paging_destroy``: out of the IOAS, domain freed, the fault
+        object let go of."""
         self.ioas.iopt.remove_domain(self.domain)
         self.ioas.hwpts.remove(self)
         self.ioas.users -= 1
         self.domain.free()
+        if self.fault is not None:
+            self.fault.users -= 1
 
 
 @dataclass(eq=False, kw_only=True)
@@ -149,23 +156,36 @@ class HwptNested(IommufdObject):
 
     domain: IommuDomain = field(repr=False)
     parent: HwptPaging = field(repr=False)
+    devices: list[Device] = field(default_factory=list, repr=False)
+    fault: Any = None  # the eventq.FaultObject it delivers I/O page faults to
 
     def destroy(self, ctx: IommufdCtx) -> None:
-        """``iommufd_hwpt_nested_destroy``: domain freed, the parent let go of."""
+        """``iommufd_hwpt_nested_destroy``: domain freed, the fault object and the
+        parent let go of."""
         self.domain.free()
+        if self.fault is not None:
+            self.fault.users -= 1
         self.parent.users -= 1
+
+
+def find_hwpt_paging(hwpt: HwptPaging | HwptNested) -> HwptPaging:
+    """``find_hwpt_paging``: the paging HWPT whose IOAS a HWPT translates through, its
+    parent for a nested one."""
+    return hwpt.parent if isinstance(hwpt, HwptNested) else hwpt
 
 
 @dataclass(eq=False, kw_only=True)
 class Device(IommufdObject):
     """``struct iommufd_device``: a bound device and what it is attached to.
     ``holds_ctx``: the device holds the context's file (every device but a selftest
-    mock device, ``iommufd_selftest_is_mock_dev``)."""
+    mock device, ``iommufd_selftest_is_mock_dev``). ``iopf_enabled`` counts the
+    attachments of HWPTs with a fault object that enabled its I/O page faults."""
 
     dev: DmaDevice = field(repr=False)
     enforce_cache_coherency: bool = False
-    hwpt: HwptPaging | None = None
+    hwpt: HwptPaging | HwptNested | None = None
     holds_ctx: bool = True
+    iopf_enabled: int = 0
 
     def destroy(self, ctx: IommufdCtx) -> None:
         """``iommufd_device_destroy``: its DMA ownership is released (the group goes back
@@ -228,6 +248,8 @@ class IommufdCtx:
         self.sw_msi_list: list[SwMsiMap] = []
         self.sw_msi_id = 0
         self.required_sw_msi: dict[int, set[int]] = {}
+        # the attach handle each group's attachment (PASID 0) has: group->pasid_array
+        self.attach_handles: dict[int, AttachHandle] = {}
 
     # -- the context's file ------------------------------------------------------------
     def ctx_get(self) -> None:
@@ -364,13 +386,22 @@ class IommufdCtx:
         expected: dict[int, int] = {id(o): 0 for o in self.objects.values()}
         for key, obj in self.objects.items():
             assert obj.id == key, f"{obj!r} is filed under id {key}"
+            if isinstance(obj, HwptPaging | HwptNested):
+                for idev in obj.devices:
+                    assert idev.hwpt is obj and self.objects.get(idev.id) is idev
+                expected[id(obj)] += len(obj.devices)
+                if obj.fault is not None:
+                    assert self.objects.get(obj.fault.id) is obj.fault, f"{obj!r}: fault"
+                    expected[id(obj.fault)] += 1
+            if getattr(obj, "file", None) is not None and hasattr(obj, "deliver"):
+                expected[id(obj)] += 1  # an event queue's open file (eventq.EventqFile)
             if isinstance(obj, HwptPaging):
                 assert self.objects.get(obj.ioas.id) is obj.ioas, f"{obj!r}: foreign IOAS"
                 assert obj in obj.ioas.hwpts
                 expected[id(obj.ioas)] += 1
-                for idev in obj.devices:
-                    assert idev.hwpt is obj and self.objects.get(idev.id) is idev
-                expected[id(obj)] += len(obj.devices)
+            elif isinstance(obj, HwptNested):
+                assert self.objects.get(obj.parent.id) is obj.parent, f"{obj!r}: parent"
+                expected[id(obj.parent)] += 1
             elif isinstance(obj, Access):
                 assert obj.ioas is obj.ioas_unpin
                 if obj.ioas is not None:
@@ -614,10 +645,14 @@ class IommufdCtx:
         return self._change_pt(idev, pt_id)
 
     def _change_pt(self, idev: Device, pt_id: int) -> int:
+        """``iommufd_device_change_pt``: a paging or a nested HWPT is used as it is
+        (``find_hwpt_paging`` gives the IOAS its reservations go into), an IOAS through
+        an automatic HWPT; ENOENT for no object, EINVAL for another kind."""
         self.get_object_should_fail()
         obj = self.objects.get(pt_id)
         old = idev.hwpt
-        if isinstance(obj, HwptPaging):
+        new: HwptPaging | HwptNested
+        if isinstance(obj, HwptPaging | HwptNested):
             if obj is old:
                 return obj.id
             self._attach_hwpt(idev, obj)
@@ -629,7 +664,8 @@ class IommufdCtx:
         else:
             raise InvalidArgument(f"attach: object {pt_id} is not an IOAS or a HWPT")
         if old is not None and old is not new:
-            self._drop_device(old, idev, keep_resv=old.ioas is new.ioas)
+            self._drop_device(old, idev, keep_resv=find_hwpt_paging(old).ioas is
+                              find_hwpt_paging(new).ioas)
         return new.id
 
     def _auto_get_domain(self, idev: Device, ioas: Ioas) -> HwptPaging:
@@ -661,7 +697,7 @@ class IommufdCtx:
         idev.hwpt = hwpt
         return hwpt
 
-    def _attach_hwpt(self, idev: Device, hwpt: HwptPaging) -> None:
+    def _attach_hwpt(self, idev: Device, hwpt: HwptPaging | HwptNested) -> None:
         """``iommufd_hw_pagetable_attach`` (or, for an attached device,
         ``iommufd_device_do_replace``): the device's reserved regions into the IOAS,
         then the group onto the domain. A replace within the same IOAS keeps the
@@ -670,13 +706,15 @@ class IommufdCtx:
         one it was allocated with ("configured here and unchanged later",
         ``iommufd_hwpt_paging_alloc``): a device that could enforce it uses a HWPT that
         does not as it is; a driver refuses a device that cannot honour a coherent one."""
-        same_ioas = idev.hwpt is not None and idev.hwpt.ioas is hwpt.ioas
+        ioas = find_hwpt_paging(hwpt).ioas
+        same_ioas = idev.hwpt is not None and find_hwpt_paging(idev.hwpt).ioas is ioas
         self._attach_domain(idev, hwpt, reserve=not same_ioas)
         hwpt.devices.append(idev)
         hwpt.users += 1
         idev.hwpt = hwpt
 
-    def _attach_domain(self, idev: Device, hwpt: HwptPaging, reserve: bool = True) -> None:
+    def _attach_domain(self, idev: Device, hwpt: HwptPaging | HwptNested,
+                       reserve: bool = True) -> None:
         """The device's reserved regions into the HWPT's IOAS (unless ``reserve`` is
         False), the MSI window set up (:meth:`_setup_msi`: for an attach only when the
         group's first device comes, for a replace always), the attach handle
@@ -688,8 +726,18 @@ class IommufdCtx:
         (``iommufd_group_remove_reserved_iova``), even when that IOAS is the one the
         group stays attached through and no reservation was made: a kernel wart kept
         (6.12 and 7.0), after which the group's reserved ranges are free to map in its
-        own IOAS. An MSI cookie made on the way stays (see :meth:`_setup_msi`)."""
-        iopt = hwpt.ioas.iopt
+        own IOAS. An MSI cookie made on the way stays (see :meth:`_setup_msi`).
+
+        The reservations and the MSI window are the paging HWPT's a nested one sits on
+        (``find_hwpt_paging``). A HWPT with a fault object enables the device's I/O page
+        faults before the domain goes on (:meth:`_iopf_enable`, undone if it fails; a
+        replace only when the old HWPT had none), and the attachment's handle is what
+        the faults are reported through; a replace then answers INVALID to the faults
+        of the old HWPT's queue that came through the old handle and, onto a HWPT
+        without a fault object, disables them (``iommufd_hwpt_attach_device``,
+        ``iommufd_hwpt_replace_device``)."""
+        paging = find_hwpt_paging(hwpt)
+        iopt = paging.ioas.iopt
         group = idev.dev.group
         assert group is not None
         attaching = idev.hwpt is None
@@ -700,17 +748,35 @@ class IommufdCtx:
             self._reserve_attach(idev, others)
         if reserve:  # a replace passes no sw_msi_start (iommufd_group_do_replace_reserved_iova)
             self._enforce_resv_regions(idev, iopt, sw_msi=attaching)
+        old = idev.hwpt
+        first = not (attaching and others)  # the group's first device makes the handle
+        iopf_on = first and hwpt.fault is not None and (attaching or old is None or
+                                                        old.fault is None)
         try:
             if not others or not attaching:
-                self._setup_msi(group.id, hwpt)
+                self._setup_msi(group.id, paging)
             fail.check("kzalloc(iommufd_attach_handle)")
-            if attaching:
-                if self.kernel >= LINUX_7_0:  # iommu_attach_group_handle's slot: XA_ZERO_ENTRY
-                    fail.xa_nodes("group->pasid_array", xa_nodes_needed(
-                        np.array([], dtype=np.int64), 0, 0, root_ok=False))
-                self.core.attach_group(hwpt.domain, group)
-            else:
-                self.core.set_group_domain(group, hwpt.domain)
+            if iopf_on:
+                self._iopf_enable(idev)
+            try:
+                if attaching:
+                    if self.kernel >= LINUX_7_0:  # iommu_attach_group_handle: XA_ZERO_ENTRY
+                        fail.xa_nodes("group->pasid_array", xa_nodes_needed(
+                            np.array([], dtype=np.int64), 0, 0, root_ok=False))
+                    self.core.attach_group(hwpt.domain, group)
+                else:
+                    self.core.set_group_domain(group, hwpt.domain)
+            except KernelError:
+                if iopf_on:
+                    self._iopf_disable(idev)
+                raise
+            old_handle = self.attach_handles.get(group.id)
+            if first:
+                self.attach_handles[group.id] = AttachHandle(hwpt.domain, idev)
+            if not attaching and old is not None and old.fault is not None:
+                old.fault.auto_response(old_handle)
+                if hwpt.fault is None:
+                    self._iopf_disable(idev)
         except KernelError:
             if not attaching:
                 for o in list(self.objects.values()):
@@ -737,13 +803,51 @@ class IommufdCtx:
         fail.xa_nodes("attach->device_array",
                       xa_nodes_needed(held, idev.id, idev.id, root_ok=False))
 
-    def _detach_domain(self, idev: Device, hwpt: HwptPaging) -> None:
-        """``iommu_detach_group_handle``: the group goes back to its core domain, the
-        blocking one as the context owns it."""
+    def _detach_domain(self, idev: Device, hwpt: HwptPaging | HwptNested) -> None:
+        """``iommufd_hwpt_detach_device``: the group goes back to its core domain, the
+        blocking one as the context owns it (``iommu_detach_group_handle``); with a
+        fault object, the faults that came through this attachment are answered
+        INVALID (``iommufd_auto_response_faults``) and the device's I/O page faults
+        disabled; then the reservations leave the IOAS."""
         group = idev.dev.group
         assert group is not None
         self.core.detach_group(group)
-        hwpt.ioas.iopt.space.remove_reservations(idev)
+        last = not any(isinstance(o, Device) and o is not idev and o.hwpt is not None and
+                       o.dev.group is group for o in self.objects.values())
+        handle = self.attach_handles.pop(group.id, None) if last else None
+        if hwpt.fault is not None and last:
+            hwpt.fault.auto_response(handle)
+            self._iopf_disable(idev)
+        find_hwpt_paging(hwpt).ioas.iopt.space.remove_reservations(idev)
+
+    def _iopf_enable(self, idev: Device) -> None:
+        """``iommufd_fault_iopf_enable``: EINVAL for a PCI virtual function (lab: the
+        model has none); the first enable asks the driver
+        (``iommu_dev_enable_feature(IOMMU_DEV_FEAT_IOPF)``: ENODEV for a driver without
+        ``dev_enable_feat``), the others only count."""
+        idev.iopf_enabled += 1
+        if idev.iopf_enabled > 1:
+            return
+        enable = getattr(self.core.driver, "dev_enable_feat", None)
+        try:
+            if enable is None:
+                raise NoDevice(f"{idev.dev.name}: the IOMMU cannot enable I/O page faults")
+            enable(idev.dev)
+        except KernelError:
+            idev.iopf_enabled -= 1
+            raise
+
+    def _iopf_disable(self, idev: Device) -> None:
+        """``iommufd_fault_iopf_disable``: the last one asks the driver
+        (``iommu_dev_disable_feature``), whose answer is not looked at."""
+        if not idev.iopf_enabled:
+            self.warnings["iommufd_fault_iopf_disable: not enabled"] += 1
+            return
+        idev.iopf_enabled -= 1
+        if not idev.iopf_enabled:
+            disable = getattr(self.core.driver, "dev_disable_feat", None)
+            if disable is not None:
+                disable(idev.dev)
 
     def _enforce_resv_regions(self, idev: Device, iopt: IoPagetable, *,
                               sw_msi: bool = False) -> None:
@@ -846,19 +950,20 @@ class IommufdCtx:
             return
         self._drop_device(hwpt, idev, detach=True)
 
-    def _drop_device(self, hwpt: HwptPaging, idev: Device, detach: bool = False,
-                     keep_resv: bool = False) -> None:
+    def _drop_device(self, hwpt: HwptPaging | HwptNested, idev: Device,
+                     detach: bool = False, keep_resv: bool = False) -> None:
         """The device off ``hwpt``: detached, or (a replace) its reservations out of the
         old IOAS unless it stays in it (``keep_resv``)."""
         if detach:
             self._detach_domain(idev, hwpt)
         elif not keep_resv:
-            hwpt.ioas.iopt.space.remove_reservations(idev)
+            find_hwpt_paging(hwpt).ioas.iopt.space.remove_reservations(idev)
         hwpt.devices.remove(idev)
         hwpt.users -= 1
         if detach:
             idev.hwpt = None
-        if hwpt.auto_domain and not hwpt.devices:  # iommufd_object_put_and_try_destroy
+        # iommufd_object_put_and_try_destroy
+        if isinstance(hwpt, HwptPaging) and hwpt.auto_domain and not hwpt.devices:
             self.try_remove(hwpt, "iommufd_hw_pagetable_put")
 
     def unbind(self, idev: Device) -> None:

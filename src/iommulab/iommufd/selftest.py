@@ -42,6 +42,14 @@ from ..errors import (
     Overflow,
     kernel_error,
 )
+from ..iommu.iopf import (
+    IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID,
+    IOMMU_NO_PASID,
+    AttachHandle,
+    IopfFault,
+    report_device_fault,
+)
 from ..kernel import LINUX_7_0
 from ..mem.mm import access_ok, pfn_runs
 from ..sizes import PAGE_SHIFT, PAGE_SIZE
@@ -563,13 +571,35 @@ def _check_iotlb(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
 
 def _trigger_iopf(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     """``iommufd_test_trigger_iopf``: ENOENT for no such device; 6.12 then refuses one
-    that is not a mock device (EINVAL), 7.0 reports the fault on any device. The fault
-    goes nowhere (the model has no fault queues), which is success."""
-    (dev_id,) = struct.unpack_from("<I", cmd.union)
-    idev: Device = file.ctx.get(dev_id, Device)
+    that is not a mock device (EINVAL), 7.0 reports the fault on any device. A page
+    request (LAST_PAGE; PASID_VALID unless ``pasid`` is 0) with the command's pasid,
+    grpid, perm and addr is reported for the device (:func:`~iommulab.iommu.iopf.
+    report_device_fault`): with a fault queue on the HWPT its group is attached to, the
+    queue gets it; if nothing takes it the driver answers it INVALID. Success either
+    way: the report's answer is not looked at. Nothing is copied back."""
+    dev_id, pasid, grpid, perm, addr = struct.unpack_from("<IIIIQ", cmd.union)
+    ctx = file.ctx
+    idev: Device = ctx.get(dev_id, Device)
     mock = not idev.holds_ctx  # iommufd_selftest_is_mock_dev: only they leave the ctx alone
     if not mock and file.machine.kernel < LINUX_7_0:
         raise InvalidArgument(f"TRIGGER_IOPF: device {dev_id} is not a mock device")
+    flags = IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
+    if pasid != IOMMU_NO_PASID:
+        flags |= IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
+    group = idev.dev.group
+
+    def handle_get(want_pasid: int, type: int) -> AttachHandle | None:
+        """``iommu_attach_handle_get``: only PASID 0 attachments are modelled."""
+        handle = ctx.attach_handles.get(group.id) if group is not None and \
+            want_pasid == IOMMU_NO_PASID else None
+        if handle is not None and type and handle.domain.type != type:
+            return None  # EBUSY
+        return handle
+
+    if idev.dev.dev_iommu is not None and \
+            hasattr(idev.dev.dev_iommu.driver, "page_response"):
+        report_device_fault(idev.dev, IopfFault(flags, pasid, grpid, perm, addr),
+                            handle_get, file.machine.mem.fail_nth)
     return False
 
 

@@ -151,6 +151,7 @@ HWPT_SET_DIRTY_TRACKING = struct_layout(_h.iommu_hwpt_set_dirty_tracking)  # siz
 HWPT_GET_DIRTY_BITMAP = struct_layout(_h.iommu_hwpt_get_dirty_bitmap)  # ... page_size, data
 IOAS_CHANGE_PROCESS = struct_layout(_h.iommu_ioas_change_process)  # size, rsvd
 HWPT_INVALIDATE = struct_layout(_h.iommu_hwpt_invalidate)  # size hwpt uptr type entry_len num rsvd
+FAULT_ALLOC = struct_layout(_h.iommu_fault_alloc)  # size, flags, out_fault_id, out_fault_fd
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ COMMANDS: dict[int, Command] = {c.request: c for c in (
     Command("IOMMU_HWPT_GET_DIRTY_BITMAP", IOMMU_HWPT_GET_DIRTY_BITMAP,
             HWPT_GET_DIRTY_BITMAP, 48),  # data
     Command("IOMMU_HWPT_INVALIDATE", IOMMU_HWPT_INVALIDATE, HWPT_INVALIDATE, 32),  # rsvd
+    Command("IOMMU_FAULT_QUEUE_ALLOC", IOMMU_FAULT_QUEUE_ALLOC, FAULT_ALLOC, 16),  # out_fault_fd
     Command("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE, IOAS_MAP_FILE, 40,  # iova
             LINUX_7_0),
     Command("IOMMU_IOAS_CHANGE_PROCESS", IOMMU_IOAS_CHANGE_PROCESS, IOAS_CHANGE_PROCESS, 8,

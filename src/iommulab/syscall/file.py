@@ -51,6 +51,11 @@ class File:
         """``vfs_write`` at ``pos``: EINVAL for a file with no ``write``."""
         raise InvalidArgument("pwrite: this file has no write operation")
 
+    def poll(self) -> int:
+        """``vfs_poll``: a file without ``poll`` is always readable and writable
+        (DEFAULT_POLLMASK: EPOLLIN | EPOLLOUT | EPOLLRDNORM | EPOLLWRNORM)."""
+        return 0x1 | 0x4 | 0x40 | 0x100
+
     def release(self) -> None:
         """Nothing to undo."""
 

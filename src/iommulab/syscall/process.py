@@ -242,6 +242,11 @@ class Process:
         """``write(fd, data, len(data))``: the count written."""
         return self._file(fd).write_fd(bytes(data[:MAX_RW_COUNT]))
 
+    def poll(self, fd: int) -> int:
+        """``poll`` of one fd without waiting: the events the file reports (EPOLL*
+        bits); EBADF for an fd not open (lab: ``poll(2)`` itself reports POLLNVAL)."""
+        return self._file(fd).poll()
+
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         """``pread64``: EINVAL for a negative ``offset`` (before the fd is looked up),
         EBADF for an fd not open, ESPIPE for a file without positional reads (an

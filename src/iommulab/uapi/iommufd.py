@@ -397,7 +397,7 @@ class iommu_hwpt_page_response(UapiStruct):
 
 
 class iommu_fault_alloc(UapiStruct):
-    """``struct iommu_fault_alloc``: IOMMU_FAULT_QUEUE_ALLOC (the model answers ENOTTY)."""
+    """``struct iommu_fault_alloc``: IOMMU_FAULT_QUEUE_ALLOC."""
 
     _fields_ = (("size", c_uint32), ("flags", c_uint32), ("out_fault_id", c_uint32),
                 ("out_fault_fd", c_uint32))

@@ -49,7 +49,7 @@ class IotlbEntry:
 
     @property
     def key(self) -> int:
-        return _key(self.tag, self.shift, self.va >> self.shift)
+        return (((self.tag << 7) | self.shift) << _VPN_BITS) | (self.va >> self.shift)
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,15 @@ class Iotlb:
         else:
             dead = [k for k, e in self._map.items()
                     if e.tag == tag and e.va < hi and e.va + (1 << e.shift) > lo]
+        self._drop(dead)
+        self._count(kind, len(dead))
+
+    def invalidate_range_where(self, kind: str, pred_tag: int, mask: int, lo: int,
+                               hi: int) -> None:
+        """Drop entries whose ``tag & mask == pred_tag`` overlapping ``[lo, hi)`` (an ASID
+        wildcard: TLBI_NH_VAA). O(entries)."""
+        dead = [k for k, e in self._map.items()
+                if e.tag & mask == pred_tag and e.va < hi and e.va + (1 << e.shift) > lo]
         self._drop(dead)
         self._count(kind, len(dead))
 

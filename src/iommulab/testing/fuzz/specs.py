@@ -72,6 +72,7 @@ _IOMMUFD_FIELDS = {
     iu.IOMMU_HWPT_INVALIDATE: "size:size hwpt_id:id data_uptr:ptr data_type entry_len:len "
                               "entry_num:len rsvd:rsvd",
     iu.IOMMU_IOAS_CHANGE_PROCESS: "size:size rsvd:rsvd",
+    iu.IOMMU_FAULT_QUEUE_ALLOC: "size:size flags:flags out_fault_id out_fault_fd",
 }
 
 #: request -> Spec of each iommufd command the model's table has (any release).
@@ -80,8 +81,7 @@ IOMMUFD = {req: spec(c.name.removeprefix("IOMMU_"), req, c.layout, _IOMMUFD_FIEL
            for req, c in iu.COMMANDS.items()}
 
 #: iommufd commands the kernel has and the model does not (ENOTTY).
-UNKNOWN_IOMMUFD = (iu.IOMMU_FAULT_QUEUE_ALLOC, iu.IOMMU_VIOMMU_ALLOC, iu.IOMMU_VDEVICE_ALLOC,
-                   iu.IOMMU_VEVENTQ_ALLOC)
+UNKNOWN_IOMMUFD = (iu.IOMMU_VIOMMU_ALLOC, iu.IOMMU_VDEVICE_ALLOC, iu.IOMMU_VEVENTQ_ALLOC)
 
 # IOMMU_TEST_CMD: size, op, id, __reserved, a 48-byte union, last (72 bytes).
 _TEST_UNIONS = {
