@@ -487,6 +487,9 @@ class IntelIommu:
     #: ``intel_iommu_ops`` has the op a nested HWPT is allocated with (6.12
     #: ``domain_alloc_user`` given a parent, 7.0 ``domain_alloc_nested``).
     has_domain_alloc_nested = True
+    #: Lab: the model's iommufd core takes 7.0's nested HWPT_ALLOC to this driver's 7.0
+    #: ``domain_alloc_nested`` (the 7.0 mock's nesting is not modelled yet).
+    nested_hwpt_7_0 = True
 
     def __init__(self, hw: VtdHw, *, kernel: KernelVersion = DEFAULT_KERNEL) -> None:
         self.hw = hw

@@ -388,7 +388,10 @@ class IommufdFile(File):
             hwpt = self.ctx.hwpt_paging_alloc(pt, idev, flags, auto=False,
                                               user_data=user_data if data_len else None,
                                               finalize=False)
-        elif isinstance(pt, HwptPaging) and self.machine.kernel < LINUX_7_0:
+        elif isinstance(pt, HwptPaging) and (self.machine.kernel < LINUX_7_0 or getattr(
+                self.ctx.core.driver, "nested_hwpt_7_0", False)):
+            # 7.0: iommufd_hwpt_nested_alloc with ops->domain_alloc_nested, for the
+            # drivers whose 7.0 op the model has (intel-iommu's)
             hwpt = self.ctx.hwpt_nested_alloc(pt, idev, flags, user_data)
         elif isinstance(pt, HwptPaging):
             self.ctx.check_nested_parent(pt, idev, flags, data_len)
@@ -601,7 +604,7 @@ class IommufdFile(File):
                                   f"bytes at {data_uptr:#x}")
         elif self.ctx.fail_nth_get_object():
             err = NoEntry("HWPT_INVALIDATE: iommufd_get_object: injected failure")
-        elif not new and isinstance(nested := self.ctx.objects.get(hwpt_id), HwptNested):
+        elif isinstance(nested := self.ctx.objects.get(hwpt_id), HwptNested):
             array = IommuUserDataArray(data_type, data_uptr, entry_len, entry_num,
                                        proc.mm.read)
             done, driver_err = nested.domain.cache_invalidate_user(  # type: ignore[attr-defined]

@@ -4,16 +4,15 @@ stages, HWPT_INVALIDATE with ``struct iommu_hwpt_vtd_s1_invalidate`` entries, fa
 each stage and second-stage dirty tracking under nesting (drivers/iommu/intel/nested.c,
 pasid.c, cache.c; VT-d spec 3.6-3.8, 6.5.2).
 
-The device goes onto a nested HWPT with VFIO_DEVICE_ATTACH_IOMMUFD_PT; on 7.0, whose
-nested HWPT_ALLOC the model's iommufd core answers as not modelled, the tests make the
-nested domain with the driver's op and switch the group onto it themselves."""
+The device goes onto a nested HWPT with VFIO_DEVICE_ATTACH_IOMMUFD_PT, on 6.12 and
+7.0 alike."""
 
 from __future__ import annotations
 
 import errno
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -24,8 +23,6 @@ from iommulab import Machine
 from iommulab.api import Iommufd, VfioDevice
 from iommulab.drivers.vtd_sm import PGTT_NESTED, IotlbInv, PiotlbInv
 from iommulab.errors import DmaFault
-from iommulab.iommu.domain import IommuDomain
-from iommulab.iommu.user_data import IommuUserData
 from iommulab.iommufd import uapi as u
 from iommulab.machine import Process
 from iommulab.pgtable.vtd_fs import FL_A, FL_D, FirstStageBuilder
@@ -61,9 +58,6 @@ class Nest:
     fs: FirstStageBuilder
     kernel: str = "6.12"
     baseline: tuple[int, int] = (0, 0)  # iommu pages and domain ids before the process
-    # 7.0: nested domains made with the driver's op (the model's iommufd core answers
-    # 7.0's nested HWPT_ALLOC as not modelled), by a handle from 1000
-    direct: dict[int, IommuDomain] = field(default_factory=dict)
 
     def gpa_to_va(self, gpa: int) -> int:
         return self.ram + gpa - GUEST
@@ -79,14 +73,6 @@ class Nest:
         uptr = p.mmap(4096)
         root = self.fs.root if pgtbl is None else pgtbl
         p.write(uptr, struct.pack("<QQII", flags, root, addr_width, 0))
-        if self.kernel == "7.0":
-            ctx = _ctx(p, self.fd)
-            data = IommuUserData(data_type, uptr, data_len, p.mm.read)
-            dom = self.m.driver.domain_alloc_nested(
-                self.dev.dev_iommu.priv, hwpt_flags, ctx.objects[self.parent].domain, data)
-            handle = 1000 + len(self.direct)
-            self.direct[handle] = dom
-            return handle
         cmd = bytearray(u.HWPT_ALLOC.pack(48, hwpt_flags, self.dev_id,
                                           self.parent if parent is None else parent, 0, 0,
                                           data_type, data_len, 0 if null else uptr, 0, 0))
@@ -97,12 +83,8 @@ class Nest:
         return int(u.HWPT_ALLOC.unpack(cmd)[4])
 
     def attach(self, hwpt_id: int) -> None:
-        """VFIO_DEVICE_ATTACH_IOMMUFD_PT onto the HWPT (7.0: the group onto the domain the
-        driver made, see the module docstring)."""
-        if hwpt_id in self.direct:
-            self.m.core.set_group_domain(self.dev.group, self.direct[hwpt_id])
-        else:
-            assert self.vdev.attach_pt(hwpt_id) == hwpt_id
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT onto the HWPT."""
+        assert self.vdev.attach_pt(hwpt_id) == hwpt_id
 
     def invalidate(self, entries: list[tuple[int, int, int, int]], *, data_type: int = INV_VTD_S1,
                    entry_len: int = 24, hwpt: int) -> tuple[int, int]:
@@ -126,8 +108,6 @@ class Nest:
         """The process exits (its fds close): nothing pinned or charged, and the HWPTs'
         tables and domain ids are gone (the device is back on its default domain)."""
         self.p.exit()
-        for dom in self.direct.values():
-            dom.free()
         assert self.m.mem.pins.pins == 0
         assert self.p.mm.locked_vm == 0 and self.p.mm.pinned_vm == 0
         assert all(user.locked_vm == 0 for user in self.m.users.values())
@@ -222,11 +202,17 @@ def test_nest_parent_needs_ecap_nest_and_dirty_needs_ssads(kernel: str) -> None:
     assert ecap >> 43 & 1 and not ecap >> 26 & 1 and not ecap >> 45 & 1  # SMTS, no NEST/SLADS
 
 
-def test_nested_alloc_errors_in_the_kernels_order() -> None:
-    """iommufd_hwpt_nested_alloc, then intel_iommu_domain_alloc_user with a parent and
-    intel_nested_domain_alloc (6.12): each refusal leaves no object behind."""
-    n = _nest()
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_nested_alloc_errors_in_the_kernels_order(kernel: str) -> None:
+    """iommufd_hwpt_nested_alloc, then 6.12 intel_iommu_domain_alloc_user with a parent
+    and intel_nested_domain_alloc / 7.0 intel_iommu_domain_alloc_nested: each refusal
+    leaves no object behind. IOMMU_HWPT_ALLOC_PASID is 7.0's (6.12's core refuses it)."""
+    n = _nest(kernel)
     plain = n.fd.hwpt_alloc(n.dev_id, n.ioas)
+    if kernel == "7.0":
+        n.fd.destroy(n.nested(hwpt_flags=u.IOMMU_HWPT_ALLOC_PASID))
+    else:
+        expect_errno(errno.EOPNOTSUPP, n.nested, hwpt_flags=u.IOMMU_HWPT_ALLOC_PASID)
     expect_errno(errno.EOPNOTSUPP, n.nested, hwpt_flags=NEST_PARENT)  # core: flags
     expect_errno(errno.EINVAL, n.nested, parent=plain)  # core: not a nest parent
     expect_errno(errno.EOPNOTSUPP, n.nested, data_type=2)  # driver: not VTD_S1
@@ -366,11 +352,12 @@ def test_faults_of_each_stage(setup: str, iova: int, write: bool, reason: int) -
 
 # -- invalidation -----------------------------------------------------------------------------
 
-def test_missing_guest_invalidation_leaves_a_stale_iotlb_entry() -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_missing_guest_invalidation_leaves_a_stale_iotlb_entry(kernel: str) -> None:
     """The guest re-points a first-stage leaf: until it invalidates, DMA still goes to
     the old page (the IOTLB entry); a page-selective HWPT_INVALIDATE (a P_IOTLB of the
     nested domain's DID) removes it, and the next DMA walks to the new page."""
-    n = _nest()
+    n = _nest(kernel)
     n.fs.map(0x4000_0000, GUEST + 40 * 4096)
     hwpt = n.nested()
     n.attach(hwpt)
@@ -393,10 +380,12 @@ def test_missing_guest_invalidation_leaves_a_stale_iotlb_entry() -> None:
     assert _fault_reason(n, 0x4000_0000, write=False) == 0x71
 
 
-def test_invalidate_errors_and_entry_num() -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_invalidate_errors_and_entry_num(kernel: str) -> None:
     """``intel_nested_cache_invalidate_user``: the type first (0 done), then per entry,
-    stopping at the first bad one with the entries done so far."""
-    n = _nest()
+    stopping at the first bad one with the entries done so far. A paging HWPT is ENOENT
+    to 6.12's ``iommufd_get_hwpt_nested`` and EINVAL to 7.0's lookup of any object."""
+    n = _nest(kernel)
     hwpt = n.nested()
     good = (0x4000_0000, 1, 0, 0)
     assert n.invalidate([good], data_type=1, hwpt=hwpt) == (errno.EINVAL, 0)
@@ -406,7 +395,8 @@ def test_invalidate_errors_and_entry_num() -> None:
     assert n.invalidate([good, (0x1000, U64_MAX, 0, 0)], hwpt=hwpt) == (errno.EINVAL, 1)
     assert n.invalidate([good], entry_len=16, hwpt=hwpt) == (errno.EINVAL, 0)
     assert n.invalidate([good, good], hwpt=hwpt) == (0, 2)
-    assert n.invalidate([good], hwpt=n.parent) == (errno.ENOENT, 0)  # not a nested HWPT
+    assert n.invalidate([good], hwpt=n.parent) == (
+        errno.EINVAL if kernel == "7.0" else errno.ENOENT, 0)  # not a nested HWPT
 
 
 def test_parent_unmap_flushes_the_nested_translations() -> None:
