@@ -543,7 +543,21 @@ class IntelIommu:
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
         self._legacy_domain(domain, width, vtd_levels_for(width), SZ_4K, 0, max_addr=0)
+        ops = domain.ops
+        assert isinstance(ops, _LegacyDomain)
+        ops.format.first_level = self._first_level_by_default(type)
         return domain
+
+    def _first_level_by_default(self, type: DomainType) -> bool:
+        """6.12 ``first_level_by_default``: legacy mode (any unit without scalable mode)
+        has only the second stage; with one stage offered by every unit, that one; with
+        both, the first stage for every domain but UNMANAGED (VFIO type1's)."""
+        if not all(u.sm is not None for u in self.units):
+            return False
+        flts, slts = all(u.flts for u in self.units), all(u.slts for u in self.units)
+        if flts != slts:
+            return flts
+        return type != DomainType.UNMANAGED
 
     def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0,
                                   user_data: IommuUserData | None = None, *,
@@ -679,15 +693,23 @@ class IntelIommu:
             ops.devices.append(master)
             if new_unit and isinstance(ops, _LegacyDomain):
                 self._domain_update_iommu_cap(ops)
-            if isinstance(ops, _LegacyDomain) and unit.caching_mode:
+            if isinstance(ops, _LegacyDomain) and unit.caching_mode and \
+                    not ops.format.first_level:
                 ops.sync_on_map = True  # domain_need_iotlb_sync_map
         if isinstance(ops, _DmarDomain) and unit.sm is not None and master.pasid is not None:
             self._domain_attach_did(ops, unit)
-            try:  # intel_pasid_setup_second_level (6.12 and 7.0's sspt domains)
-                pasid.pasid_setup_second_level(
-                    self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
-                    pgd=ops.pgtbl.pgd_pa, agaw=ops.levels - 2, ssads=ops.dirty_tracking,
-                    smpwc=unit.smpwc, caching_mode=unit.caching_mode)
+            try:
+                if ops.format.first_level:  # domain_setup_first_level
+                    pasid.pasid_setup_first_level(
+                        self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
+                        pgd=ops.pgtbl.pgd_pa, levels=ops.levels, unit_agaw=unit.agaw,
+                        flts=unit.flts, fl5lp=unit.fl5lp, snoop=ops.force_snooping,
+                        smpwc=unit.smpwc, caching_mode=unit.caching_mode)
+                else:  # intel_pasid_setup_second_level (6.12 and 7.0's sspt domains)
+                    pasid.pasid_setup_second_level(
+                        self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
+                        pgd=ops.pgtbl.pgd_pa, agaw=ops.levels - 2, ssads=ops.dirty_tracking,
+                        smpwc=unit.smpwc, caching_mode=unit.caching_mode)
             except KernelError:
                 ops.devices.remove(master)
                 self._domain_detach_did(ops, unit)
@@ -733,6 +755,7 @@ class IntelIommu:
         pt = ops.pgtbl
         levels = ops.levels - 1
         fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.force_snooping, levels)
+        fmt.first_level = ops.format.first_level
         pt.cfg = replace(pt.cfg, ias=12 + 9 * levels)
         first = pt._pgd.item(0)
         if not first & (DMA_PTE_READ | DMA_PTE_WRITE):
@@ -749,11 +772,16 @@ class IntelIommu:
         """6.12 ``domain_update_iommu_cap``: superpages every active unit offers, the
         aperture from ``gaw``; page sizes are only ever added."""
         mask = SSLPS_2M | SSLPS_1G
+        first = ops.format.first_level
         for unit in self.units:
-            mask &= unit.sslps
+            if first:  # first stage: 2M always, 1G with CAP.FL1GP
+                mask = mask if unit.fl1gp else mask & SSLPS_2M
+            else:
+                mask &= unit.sslps
         ops.iommu_superpage = mask.bit_length()
         domain = ops.domain
-        domain.geometry = DomainGeometry(0, (1 << ops.gaw) - 1, True)
+        # a first-level input address is canonical: the top bit of gaw is left out
+        domain.geometry = DomainGeometry(0, (1 << (ops.gaw - first)) - 1, True)
         domain.pgsize_bitmap |= _super_pgsize_bitmap(ops.iommu_superpage)
 
     @staticmethod

@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iommulab import Machine
+from iommulab import Machine, Prot
 from iommulab.api import Iommufd, VfioDevice
 from iommulab.drivers.vtd_sm import PGTT_NESTED, IotlbInv, PiotlbInv
 from iommulab.errors import DmaFault
+from iommulab.iommu.domain import DomainType
 from iommulab.iommufd import uapi as u
 from iommulab.machine import Process
 from iommulab.pgtable.vtd_fs import FL_A, FL_D, FirstStageBuilder
@@ -283,6 +284,9 @@ def test_attach_enodev_when_the_unit_agaw_is_below_the_parents() -> None:
     m = Machine("x86-vtd", vtd_scalable=True)
     m.add_pci_device("0000:00:04.0")
     unit1 = m.add_iommu_unit(aw=39, scalable=True)
+    # no first stage there, so DMA domains stay second-stage (first_level_by_default):
+    # a 3-level first stage cannot be set up
+    m.driver.units[unit1].flts = False
     m.add_pci_device("0000:00:05.0", iommu_unit=unit1)
     p = m.spawn_process(cap_ipc_lock=True)
     fd = Iommufd.open(p)
@@ -574,3 +578,72 @@ def test_dirty_tracking_domain_refused_on_a_unit_without_ssads(kernel: str) -> N
     expect_errno(errno.EINVAL, d1.attach_pt, dirty)
     p.exit()
     assert m.mem.pins.pins == 0
+
+
+# -- 6.12's first-level DMA domains on a scalable unit -----------------------------------------
+
+def test_612_dma_domains_are_first_level_and_vfio_type1_second_level() -> None:
+    """6.12 ``first_level_by_default``: with both stages on every unit, a DMA-API domain
+    is first-level (a PASID entry of type first-stage over the driver's own table, with
+    US and A in every entry and D in writable leaves) and an UNMANAGED one second-level.
+    A strict unmap sends a P_IOTLB, after which the device faults."""
+    from iommulab.dma import DmaDirection, dma_map_page, dma_unmap_page
+    m = Machine("x86-vtd", kernel="6.12", vtd_scalable=True)
+    m.core.strict = True  # iommu.strict=1: the unmap flushes at once
+    dev = m.add_pci_device("0000:00:06.0", driver="nvme")
+    sm = m.translator.sm
+
+    def pe() -> Any:
+        return sm.pasid_cache[(dev.sid, 0)]
+
+    pa = m.mem.alloc_pages(0) << 12
+    addr = dma_map_page(dev, pa, 4096, DmaDirection.BIDIRECTIONAL)
+    dev.dma_write(addr + 8, b"first")
+    assert m.mem.read(pa + 8, 5) == b"first"
+    dma_domain: Any = cast(Any, dev.group).default_domain
+    assert pe().pgtt == 1 and pe().fsptptr == dma_domain.pgtbl.pgd_pa
+    assert dma_domain.geometry.aperture_end == (1 << 47) - 1
+    piotlb = sm.counts["PiotlbInv"]
+    dma_unmap_page(dev, addr, 4096, DmaDirection.BIDIRECTIONAL)
+    assert sm.counts["PiotlbInv"] > piotlb
+    with pytest.raises(DmaFault):
+        dev.dma_read(addr, 1)
+    assert m.faults[-1].reason == 0x71
+    m.mem.free_pages(pa >> 12, 0)
+    unmanaged = m.driver.domain_alloc_paging(None, DomainType.UNMANAGED)
+    assert not unmanaged.ops.format.first_level
+    unmanaged.free()
+
+
+def test_612_first_level_leaf_and_table_bits() -> None:
+    """``pfn_to_dma_pte`` and ``__domain_mapping`` of a first-level domain: tables get
+    R|W|US|A, leaves R|US|A plus W|D when writable."""
+    m = Machine("x86-vtd", kernel="6.12", vtd_scalable=True)
+    dom = m.driver.domain_alloc_paging(None, DomainType.DMA)
+    dom.map(0x20_0000, 0x1_0000_0000, 4096, Prot.READ | Prot.WRITE)
+    dom.map(0x20_1000, 0x1_0000_1000, 4096, Prot.READ)
+    pt = dom.pgtbl
+    top = int(pt._pgd[0])
+    assert top & 0x27 == 0x27  # P, RW, US, A
+    runs = {iova: pte for iova, pte in _leaves(pt)}
+    assert runs[0x20_0000] & 0x67 == 0x67 and runs[0x20_1000] & 0x67 == 0x25
+    dom.free()
+
+
+def _leaves(pt: Any) -> list[tuple[int, int]]:
+    """(IOVA, entry) of the last-level leaves of a VT-d table (a walk for the test)."""
+    out: list[tuple[int, int]] = []
+
+    def walk(table: Any, depth: int, base: int) -> None:
+        shift = 12 + 9 * (len(pt.format.levels) - 1 - depth)
+        for i in range(512):
+            pte = int(table[i])
+            if not pte & 3:
+                continue
+            if depth == len(pt.format.levels) - 1:
+                out.append((base + (i << shift), pte))
+            else:
+                walk(pt._deref(pte), depth + 1, base + (i << shift))
+
+    walk(pt._pgd, 0, 0)
+    return out
