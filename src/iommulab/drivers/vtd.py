@@ -572,6 +572,13 @@ class IntelIommu:
             raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
                                f"{user_data.type:#x} for a paging domain")
         unit = self.hw if master is None else master.unit
+        if self.generic_pt and not flags & ~HWPT_ALLOC_PASID and unit.sm is not None and \
+                unit.flts:
+            # 7.0 intel_iommu_domain_alloc_first_stage, preferred by default
+            self.hw.mem.fail_nth.check("kzalloc(dmar_domain)")  # paging_domain_alloc
+            domain = IommuDomain(type, kernel=self.kernel)
+            self._first_stage_domain(domain, unit)
+            return domain
         known = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
         if self.generic_pt:
             known |= HWPT_ALLOC_PASID
@@ -665,6 +672,26 @@ class IntelIommu:
         domain.pgsize_bitmap = _sslps_pgsizes(unit.sslps)
         domain.geometry = DomainGeometry(0, (1 << vasz) - 1, True)
 
+    def _first_stage_domain(self, domain: IommuDomain, unit: VtdHw) -> None:
+        """7.0 ``intel_iommu_domain_alloc_first_stage`` over generic_pt's x86_64 format: 4
+        levels (48 bits), 5 with CAP.FL5LP on a unit of more than 48 bits; 4K and 2M
+        pages, 1G with CAP.FL1GP; leaves U|A, RW|D when writable, tables P|RW|U|A
+        (``x86_64_pt_iommu_set_prot``, ``x86_64_pt_install_table``). The aperture stops
+        below the canonical hole (the top input bit clear). Lab: the table is the shared
+        VT-d table storage with first-stage bits (:attr:`VtdSsFormat.first_level`)."""
+        levels = 5 if unit.fl5lp and unit.aw > 48 else 4
+        vasz = 12 + 9 * levels
+        pgtbl = self._new_table(domain, vasz, levels)
+        fmt = pgtbl.format
+        assert isinstance(fmt, VtdSsFormat)
+        fmt.first_level = True
+        ops = _SsDomain(pgtbl, domain, vasz)
+        domain.ops = ops
+        domain.iommupt = ops
+        domain.pgtbl = pgtbl
+        domain.pgsize_bitmap = SZ_4K | SZ_2M | (SZ_1G if unit.fl1gp else 0)
+        domain.geometry = DomainGeometry(0, (1 << (vasz - 1)) - 1, True)
+
     # -- attach ------------------------------------------------------------------------------------
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
         """``intel_iommu_attach_device``: block the device (``device_block_translation``),
@@ -683,6 +710,8 @@ class IntelIommu:
         unit.contexts.pop(master.sid, None)
         if isinstance(ops, _LegacyDomain):
             self._prepare_domain_attach_device(ops, master)
+        elif isinstance(ops, _SsDomain) and ops.format.first_level:
+            self._paging_domain_compatible_first_stage(ops, master)
         elif isinstance(ops, _SsDomain):
             self._paging_domain_compatible(ops, master)
         fail = self.hw.mem.fail_nth
@@ -783,6 +812,21 @@ class IntelIommu:
         # a first-level input address is canonical: the top bit of gaw is left out
         domain.geometry = DomainGeometry(0, (1 << (ops.gaw - first)) - 1, True)
         domain.pgsize_bitmap |= _super_pgsize_bitmap(ops.iommu_superpage)
+
+    @staticmethod
+    def _paging_domain_compatible_first_stage(ops: _SsDomain, master: _Master) -> None:
+        """7.0 ``paging_domain_compatible_first_stage``: EINVAL on a unit without scalable
+        mode or a first stage, or without CAP.FL1GP for a domain with 1G pages; then
+        (``paging_domain_compatible``) a table wider than the unit's MGAW."""
+        unit, sid = master.unit, master.sid
+        if unit.sm is None or not unit.flts:
+            raise InvalidArgument(f"attach {sid:#x}: a first-stage domain on a unit without "
+                                  "one")
+        if not unit.fl1gp and ops.domain.pgsize_bitmap & SZ_1G:
+            raise InvalidArgument(f"attach {sid:#x}: 1G first-stage pages without FL1GP")
+        if unit.aw < ops.gaw - 1:
+            raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit first stage on a unit "
+                                  f"with MGAW {unit.aw}")
 
     @staticmethod
     def _paging_domain_compatible(ops: _SsDomain, master: _Master) -> None:

@@ -136,7 +136,12 @@ class VtdSsFormat:
                        for d, lvl in enumerate(self.levels)}
 
     def prot_to_attrs(self, prot: int) -> int:
-        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control."""
+        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control. A
+        7.0 first-stage table (``x86_64_pt_iommu_set_prot``, present added at install):
+        P|U|A, and RW|D when writable."""
+        if self.first_level:
+            return DMA_PTE_READ | FL_TABLE_BITS | (
+                DMA_PTE_WRITE | DMA_FL_PTE_DIRTY if prot & _IOMMU_WRITE else 0)
         attrs = 0
         if prot & _IOMMU_READ:
             attrs |= DMA_PTE_READ

@@ -582,13 +582,16 @@ def test_dirty_tracking_domain_refused_on_a_unit_without_ssads(kernel: str) -> N
 
 # -- 6.12's first-level DMA domains on a scalable unit -----------------------------------------
 
-def test_612_dma_domains_are_first_level_and_vfio_type1_second_level() -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_dma_domains_are_first_level(kernel: str) -> None:
     """6.12 ``first_level_by_default``: with both stages on every unit, a DMA-API domain
     is first-level (a PASID entry of type first-stage over the driver's own table, with
-    US and A in every entry and D in writable leaves) and an UNMANAGED one second-level.
-    A strict unmap sends a P_IOTLB, after which the device faults."""
+    US and A in every entry and D in writable leaves) and an UNMANAGED one second-level;
+    7.0 ``intel_iommu_domain_alloc_paging_flags`` prefers the first stage for any domain
+    without NEST_PARENT or DIRTY_TRACKING. A strict unmap sends a P_IOTLB, after which
+    the device faults."""
     from iommulab.dma import DmaDirection, dma_map_page, dma_unmap_page
-    m = Machine("x86-vtd", kernel="6.12", vtd_scalable=True)
+    m = Machine("x86-vtd", kernel=kernel, vtd_scalable=True)
     m.core.strict = True  # iommu.strict=1: the unmap flushes at once
     dev = m.add_pci_device("0000:00:06.0", driver="nvme")
     sm = m.translator.sm
@@ -611,8 +614,11 @@ def test_612_dma_domains_are_first_level_and_vfio_type1_second_level() -> None:
     assert m.faults[-1].reason == 0x71
     m.mem.free_pages(pa >> 12, 0)
     unmanaged = m.driver.domain_alloc_paging(None, DomainType.UNMANAGED)
-    assert not unmanaged.ops.format.first_level
+    assert unmanaged.ops.format.first_level == (kernel == "7.0")
     unmanaged.free()
+    parent = m.driver.domain_alloc_paging_flags(None, NEST_PARENT)
+    assert not parent.ops.format.first_level
+    parent.free()
 
 
 def test_612_first_level_leaf_and_table_bits() -> None:
@@ -647,3 +653,15 @@ def _leaves(pt: Any) -> list[tuple[int, int]]:
 
     walk(pt._pgd, 0, 0)
     return out
+
+
+@pytest.mark.parametrize(("kernel", "pgtt"), [("6.12", 2), ("7.0", 1)])
+def test_plain_iommufd_hwpt_stage_by_kernel(kernel: str, pgtt: int) -> None:
+    """A HWPT_ALLOC without flags on a scalable unit: 6.12 ``intel_iommu_domain_alloc_user``
+    always makes a second stage ("Do not use first stage for user domain translation"),
+    7.0 prefers the first stage. DMA goes through either."""
+    n = _nest(kernel, parent_flags=0)
+    assert n.vdev.attach_pt(n.parent) == n.parent
+    n.dev.dma_write(GUEST + 8, b"plain")
+    assert n.p.read(n.gpa_to_va(GUEST + 8), 5) == b"plain"
+    assert n.sm.pasid_cache[(n.dev.sid, 0)].pgtt == pgtt
