@@ -38,6 +38,10 @@ DMA_PTE_LARGE_PAGE = 1 << 7
 DMA_PTE_SNP = 1 << 11
 #: ``DMA_SL_PTE_DIRTY``: bit 9, which a scalable-mode unit sets with SSADE (bit 8 is A)
 DMA_SL_PTE_DIRTY = 1 << 9
+#: 6.12 first-level domains (``use_first_level``) put US and A in every table entry, and
+#: US, A and (writable) D in every leaf (``pfn_to_dma_pte``, ``__domain_mapping``)
+DMA_FL_PTE_US, DMA_FL_PTE_ACCESS, DMA_FL_PTE_DIRTY = 1 << 2, 1 << 5, 1 << 6
+FL_TABLE_BITS = DMA_FL_PTE_US | DMA_FL_PTE_ACCESS
 
 _R = Field("R", 0, 0, "read")
 _W = Field("W", 1, 1, "write")
@@ -118,6 +122,8 @@ class VtdSsFormat:
         self.set_pte_snp = set_pte_snp
         # 7.0 PT_FEAT_VTDSS_FORCE_WRITEABLE (nest parents: ERRATA_772415_SPR17)
         self.force_writeable = False
+        # 6.12 use_first_level: the same tables read as first-stage (IA-32e) entries
+        self.first_level = False
         self._leaf_type = tuple(0 if d == self.last_depth else DMA_PTE_LARGE_PAGE
                                 for d in range(nlevels))
         # dma_pte_present is R|W != 0; above level 1 the PS bit makes it a leaf.
@@ -130,7 +136,12 @@ class VtdSsFormat:
                        for d, lvl in enumerate(self.levels)}
 
     def prot_to_attrs(self, prot: int) -> int:
-        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control."""
+        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control. A
+        7.0 first-stage table (``x86_64_pt_iommu_set_prot``, present added at install):
+        P|U|A, and RW|D when writable."""
+        if self.first_level:
+            return DMA_PTE_READ | FL_TABLE_BITS | (
+                DMA_PTE_WRITE | DMA_FL_PTE_DIRTY if prot & _IOMMU_WRITE else 0)
         attrs = 0
         if prot & _IOMMU_READ:
             attrs |= DMA_PTE_READ
@@ -164,8 +175,8 @@ class VtdSsFormat:
 
     def make_table(self, table_pa: int, depth: int = 0) -> int:
         """``pfn_to_dma_pte``: ``virt_to_phys(table) | DMA_PTE_READ | DMA_PTE_WRITE`` at every
-        depth."""
-        return table_pa | _PRESENT
+        depth (first level: with US and A)."""
+        return table_pa | _PRESENT | (FL_TABLE_BITS if self.first_level else 0)
 
     def leaf_oa(self, pte: int) -> int:
         """``dma_pte_addr``."""
@@ -191,7 +202,8 @@ class VtdSsFormat:
         np.add(self._steps[depth][:n][None, :], starts[:, None], out=rows)
 
     def make_tables(self, table_pas: U64Array) -> U64Array:
-        return cast(U64Array, table_pas | np.uint64(_PRESENT))
+        extra = FL_TABLE_BITS if self.first_level else 0
+        return cast(U64Array, table_pas | np.uint64(_PRESENT | extra))
 
     def make_leaves(self, attrs: U64Array, depth: int, oas: U64Array) -> U64Array:
         return cast(U64Array, oas | attrs | np.uint64(self._leaf_type[depth]))
