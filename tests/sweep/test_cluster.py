@@ -47,7 +47,7 @@ SPEC = SweepSpec("msi-doorbell", {"devices": ["1", "2"],
 def client() -> Iterator[Any]:
     """A LocalCluster of two worker processes, one thread each, for the module."""
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
+                                       dashboard_address="127.0.0.1:0", silence_logs=40)
     c = distributed.Client(cluster)
     yield c
     c.close()
