@@ -108,7 +108,7 @@ from .vsmmu import (
     ArmSmmuNestedDomain,
     ArmVmaster,
     arm_vsmmu_init,
-    make_nested_domain_ste,
+    nested_domain_ste,
 )
 
 __all__ = ["ArmSmmuDevice", "Feature"]
@@ -733,8 +733,7 @@ class ArmSmmuDevice:
             self.mem.fail_nth.check("kzalloc(arm_smmu_vmaster)")
             vmaster = ArmVmaster(vsmmu, vsid)
         self.mem.fail_nth.check("kzalloc(arm_smmu_master_domain)")
-        return make_nested_domain_ste(domain, self._paging_ste(vsmmu.s2_parent, master)), \
-            vmaster
+        return nested_domain_ste(domain), vmaster
 
     def _clear_cd(self, master: ArmSmmuMaster) -> None:
         """``arm_smmu_clear_cd(master, IOMMU_NO_PASID)``: a zero CD 0, if there is a table."""

@@ -17,18 +17,20 @@ from ...iommu.user_data import (
     iommu_copy_struct_from_full_user_array,
     iommu_copy_struct_from_user,
 )
+from ...pgtable import Quirk
 from ...uapi import iommufd as h
 from .cmds import CMDQ_BATCH_ENTRIES
 from .domain import ArmSmmuDomain
-from .entries import Entry, make_abort_ste
-from .regs import EVT0, STE0, STE1, Cmd, Evt, SteConfig
+from .entries import Entry
+from .nested import make_nested_domain_ste, validate_vste
+from .regs import EVT0, STE0, Cmd, Evt, SteConfig
 
 if TYPE_CHECKING:
     from .domain import ArmSmmuMaster
     from .driver import ArmSmmuDevice
 
 __all__ = ["IOMMU_VIOMMU_TYPE_ARM_SMMUV3", "ArmSmmuNestedDomain", "ArmVmaster", "ArmVsmmu",
-           "arm_vsmmu_init", "make_nested_domain_ste", "validate_vste"]
+           "arm_vsmmu_init", "nested_domain_ste"]
 
 IOMMU_VIOMMU_TYPE_ARM_SMMUV3 = h.IOMMU_VIOMMU_TYPE_ARM_SMMUV3
 
@@ -43,36 +45,10 @@ def _mask(layout: Any, *names: str) -> int:
     return out
 
 
-#: STRTAB_STE_0_NESTING_ALLOWED / STRTAB_STE_1_NESTING_ALLOWED (arm-smmu-v3.h): the
-#: guest STE's fields a nested domain takes
-STE0_NESTING_ALLOWED = _mask(STE0, "V", "CONFIG", "S1FMT", "S1CTXPTR", "S1CDMAX")
-STE1_NESTING_ALLOWED = _mask(STE1, "S1DSS", "S1CIR", "S1COR", "S1CSH", "S1STALLD", "EATS")
-_EATS_ABT, _EATS_TRANS = 0, 1
 _CMD_OP = 0xFF
 _TLBI_VMID = 0xFFFF << 32  # CMDQ_TLBI_0_VMID
 _CFGI_SID = 0xFFFF_FFFF << 32  # CMDQ_CFGI_0_SID
 _EVT_SID = EVT0["SID"].mask
-
-
-def validate_vste(ste: list[int]) -> bool:
-    """``arm_smmu_validate_vste``: a guest STE without V reads as all zeroes (abort);
-    EIO for a bit outside the nesting-allowed fields, a Config other than abort, bypass
-    or S1, or EATS other than abort or translate. EATS is taken out of word 1 (the
-    driver sets it); whether an S1 STE enables ATS. ``ste`` is changed in place."""
-    if not STE0["V"].get(ste[0]):
-        ste[0] = ste[1] = 0
-        return False
-    if ste[0] & ~STE0_NESTING_ALLOWED or ste[1] & ~STE1_NESTING_ALLOWED:
-        raise IoError(f"guest STE {ste[0]:#018x} {ste[1]:#018x}: a field nesting does not "
-                      "allow")
-    cfg = STE0["CONFIG"].get(ste[0])
-    if cfg not in (SteConfig.ABORT, SteConfig.BYPASS, SteConfig.S1_TRANS):
-        raise IoError(f"guest STE: Config {cfg} (abort, bypass or S1 only)")
-    eats = STE1["EATS"].get(ste[1])
-    ste[1] &= ~STE1["EATS"].mask
-    if eats not in (_EATS_ABT, _EATS_TRANS):
-        raise IoError(f"guest STE: EATS {eats}")
-    return cfg == SteConfig.S1_TRANS and eats == _EATS_TRANS
 
 
 class ArmSmmuNestedDomain(IommuDomain):
@@ -110,22 +86,14 @@ VMASTER_EVENTS = frozenset({Evt.C_BAD_STE, Evt.F_STREAM_DISABLED, Evt.C_BAD_SUBS
                             Evt.F_PERMISSION})
 
 
-def make_nested_domain_ste(nested: ArmSmmuNestedDomain, s2_ste: Entry) -> Entry:
-    """``arm_smmu_make_nested_domain_ste`` from the parent's S2 STE (``s2_ste``, as
-    ``arm_smmu_make_s2_domain_ste`` makes it): an S1 guest STE gives V, Config nested,
-    the guest's word 0 (its Config out) and word 1 or-ed in with MEV; bypass the S2 STE
-    itself; abort (or a guest STE without V) an abort STE. Model-only minimal builder,
-    to give way to the smmuhw branch's ``nested.make_nested_domain_ste``. O(1)."""
-    cfg = nested.config
-    if cfg == SteConfig.S1_TRANS:
-        ste = list(s2_ste)
-        ste[0] = STE0.encode(V=1, CONFIG=SteConfig.NESTED) | \
-            (nested.ste[0] & ~STE0["CONFIG"].mask)
-        ste[1] |= nested.ste[1] | STE1["MEV"].mask
-        return tuple(ste)
-    if cfg == SteConfig.BYPASS:
-        return s2_ste
-    return make_abort_ste()
+def nested_domain_ste(nested: ArmSmmuNestedDomain) -> Entry:
+    """``arm_smmu_make_nested_domain_ste`` for ``nested`` over its vIOMMU's stage-2
+    parent (:func:`.nested.make_nested_domain_ste`), ATS off (the model has none)."""
+    parent = nested.vsmmu.s2_parent
+    pgtbl = parent.pgtbl
+    assert pgtbl is not None and pgtbl.cfg.arm_lpae_s2_cfg is not None
+    return make_nested_domain_ste(nested.ste, pgtbl.cfg.arm_lpae_s2_cfg, parent.vmid,
+                                  s2fwb=bool(pgtbl.cfg.quirks & Quirk.ARM_S2FWB))
 
 
 class ArmVsmmu:
@@ -143,15 +111,16 @@ class ArmVsmmu:
     def alloc_domain_nested(self, flags: int, user_data: IommuUserData) -> ArmSmmuNestedDomain:
         """``arm_vsmmu_alloc_domain_nested``: EOPNOTSUPP for any flag; the
         ``struct iommu_hwpt_arm_smmuv3`` (EINVAL for another type or length, EFAULT);
-        :func:`validate_vste` (EIO); the domain (``kzalloc``)."""
+        ``arm_smmu_validate_vste`` (:func:`.nested.validate_vste`, EIO); the domain
+        (``kzalloc``)."""
         if flags:
             raise NotSupported(f"arm_vsmmu: nested domain flags {flags:#x}")
         raw = iommu_copy_struct_from_user(user_data, h.IOMMU_HWPT_DATA_ARM_SMMUV3,
                                           _GUEST_STE_BYTES, _GUEST_STE_BYTES)
-        ste = [int.from_bytes(raw[0:8], "little"), int.from_bytes(raw[8:16], "little")]
-        enable_ats = validate_vste(ste)
+        ste, enable_ats = validate_vste((int.from_bytes(raw[0:8], "little"),
+                                         int.from_bytes(raw[8:16], "little")))
         self.smmu.mem.fail_nth.check("kzalloc(arm_smmu_nested_domain)")
-        return ArmSmmuNestedDomain(self, (ste[0], ste[1]), enable_ats)
+        return ArmSmmuNestedDomain(self, ste, enable_ats)
 
     def vsid_to_sid(self, vsid: int) -> int:
         """``arm_vsmmu_vsid_to_sid``: the first StreamID of the device at ``vsid`` (EIO
