@@ -97,11 +97,13 @@ def cache_tag_flush_range(domain: Any, start: int, end: int, *, ih: bool,
     first-stage (nested) domain's tags get PASID-based IOTLB invalidations, a second-stage
     domain's (and its NESTING tags) IOTLB page-selective invalidations, domain-selective
     past CAP.MAMV or for everything. Legacy units keep no IOTLB in the model."""
+    tags = _tags(domain)
+    if not tags:  # legacy units: nothing cached in the model
+        return
     addr, pages, mask = calculate_psi_aligned_address(start, end)
-    for unit, did, first_stage in _tags(domain):
+    for unit, did, first_stage in tags:
         sm = unit.sm
-        if sm is None:
-            continue
+        assert sm is not None
         if first_stage:
             desc: IotlbInv | PiotlbInv
             if all:
