@@ -112,9 +112,9 @@ def cache_tag_flush_range(domain: Any, start: int, end: int, *, ih: bool,
                 desc = PiotlbInv(3, did, 0, addr, _roundup_pow_of_two(pages).bit_length() - 1,
                                  ih)
         elif all or mask > _MAMV:
-            desc = IotlbInv(2, did)
+            desc = IotlbInv(2, did, dr=unit.dma_drain, dw=unit.dma_drain)
         else:
-            desc = IotlbInv(3, did, addr, mask, ih)
+            desc = IotlbInv(3, did, addr, mask, ih, dr=unit.dma_drain, dw=unit.dma_drain)
         sm.submit([desc])
 
 

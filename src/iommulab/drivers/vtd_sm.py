@@ -41,16 +41,21 @@ if TYPE_CHECKING:
     from ..mem import PhysMem
 
 __all__ = [
+    "ADDR_QW1",
+    "CC_QW0",
     "CTX_SM_QW0",
     "CTX_SM_QW1",
+    "IOTLB_QW0",
     "PASID_DIR_ENTRY",
     "PASID_QW0",
     "PASID_QW1",
     "PASID_QW2",
+    "PC_QW0",
     "PGTT_FL_ONLY",
     "PGTT_NESTED",
     "PGTT_PT",
     "PGTT_SL_ONLY",
+    "PIOTLB_QW0",
     "ROOT_SM_HALF",
     "SM_FAULT_REASONS",
     "ContextCacheInv",
@@ -134,6 +139,28 @@ class SmFault(Exception):
 
 
 # -- invalidation descriptors (spec 6.5.2; Linux QI_* encodings) ----------------------------
+_TYPE = Field("TYPE", 3, 0, "descriptor type")
+#: qw0 of each descriptor kind (intel/iommu.h ``QI_CC_*``, ``QI_IOTLB_*``, ``QI_EIOTLB_*``,
+#: ``QI_PC_*``); qw1 of the two IOTLB kinds (address, IH, AM)
+CC_QW0 = Layout("context-cache invalidation qw0", (
+    _TYPE, Field("G", 5, 4, "granularity: 1 global, 2 domain, 3 device"),
+    Field("DID", 31, 16, "domain id"), Field("SID", 47, 32, "source id"),
+    Field("FM", 49, 48, "function mask")))
+IOTLB_QW0 = Layout("IOTLB invalidation qw0", (
+    _TYPE, Field("G", 5, 4, "granularity: 1 global, 2 domain, 3 page"),
+    Field("DW", 6, 6, "drain writes"), Field("DR", 7, 7, "drain reads"),
+    Field("DID", 31, 16, "domain id")))
+PIOTLB_QW0 = Layout("PASID-based IOTLB invalidation qw0", (
+    _TYPE, Field("G", 5, 4, "granularity: 2 PASID, 3 page within PASID"),
+    Field("DID", 31, 16, "domain id"), Field("PASID", 51, 32, "PASID")))
+PC_QW0 = Layout("PASID-cache invalidation qw0", (
+    _TYPE, Field("G", 5, 4, "granularity: 0 domain, 1 PASID, 3 global"),
+    Field("DID", 31, 16, "domain id"), Field("PASID", 51, 32, "PASID")))
+ADDR_QW1 = Layout("IOTLB invalidation qw1", (
+    Field("AM", 5, 0, "address mask: 2^AM pages"), Field("IH", 6, 6, "invalidation hint"),
+    Field("ADDR", 63, 12, "address", address=True)))
+
+
 @dataclass(frozen=True)
 class ContextCacheInv:
     """Context-cache invalidation (type 1): ``granularity`` 1 global, 2 domain, 3 device
@@ -142,6 +169,10 @@ class ContextCacheInv:
     granularity: int
     did: int = 0
     sid: int = 0
+
+    def qwords(self) -> tuple[int, int]:
+        """(qw0, qw1) as the queue holds it (``qi_flush_context``)."""
+        return CC_QW0.encode(TYPE=1, G=self.granularity, DID=self.did, SID=self.sid), 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +185,14 @@ class IotlbInv:
     addr: int = 0
     am: int = 0
     ih: bool = False
+    dr: bool = False  # CAP.DRD
+    dw: bool = False  # CAP.DWD
+
+    def qwords(self) -> tuple[int, int]:
+        """(qw0, qw1) as ``qi_desc_iotlb`` encodes them."""
+        return (IOTLB_QW0.encode(TYPE=2, G=self.granularity, DW=int(self.dw),
+                                 DR=int(self.dr), DID=self.did),
+                ADDR_QW1.encode(AM=self.am, IH=int(self.ih), ADDR=self.addr))
 
 
 @dataclass(frozen=True)
@@ -169,6 +208,13 @@ class PiotlbInv:
     am: int = 0
     ih: bool = False
 
+    def qwords(self) -> tuple[int, int]:
+        """(qw0, qw1) as ``qi_desc_piotlb`` encodes them (qw1 0 for granularity 2)."""
+        qw1 = ADDR_QW1.encode(AM=self.am, IH=int(self.ih), ADDR=self.addr) \
+            if self.granularity == 3 else 0
+        return PIOTLB_QW0.encode(TYPE=6, G=self.granularity, DID=self.did,
+                                 PASID=self.pasid), qw1
+
 
 @dataclass(frozen=True)
 class PasidCacheInv:
@@ -178,6 +224,10 @@ class PasidCacheInv:
     granularity: int
     did: int
     pasid: int = 0
+
+    def qwords(self) -> tuple[int, int]:
+        """(qw0, qw1) as ``pasid_cache_invalidation_with_pasid`` writes them."""
+        return PC_QW0.encode(TYPE=7, G=self.granularity, DID=self.did, PASID=self.pasid), 0
 
 
 @dataclass(frozen=True)

@@ -665,3 +665,17 @@ def test_plain_iommufd_hwpt_stage_by_kernel(kernel: str, pgtt: int) -> None:
     n.dev.dma_write(GUEST + 8, b"plain")
     assert n.p.read(n.gpa_to_va(GUEST + 8), 5) == b"plain"
     assert n.sm.pasid_cache[(n.dev.sid, 0)].pgtt == pgtt
+
+
+def test_descriptor_encodings_match_the_qi_macros() -> None:
+    """Golden values from intel/iommu.h's ``QI_*`` macros, worked by hand: IOTLB PSI of
+    DID 5 with drains (``qi_desc_iotlb``), a page-selective P_IOTLB (``qi_desc_piotlb``),
+    a PASID-selective PASID-cache invalidation, a device context-cache invalidation."""
+    from iommulab.drivers.vtd_sm import ContextCacheInv, PasidCacheInv
+    assert IotlbInv(3, 5, 0x4000_0000, 2, True, dr=True, dw=True).qwords() == (
+        0x5_0000 | 0x80 | 0x40 | 0x30 | 0x2, 0x4000_0000 | 0x40 | 2)
+    assert PiotlbInv(3, 7, 0, 0x4000_1000, 0, False).qwords() == (0x7_0000 | 0x30 | 0x6,
+                                                                  0x4000_1000)
+    assert PiotlbInv(2, 7, 3).qwords() == ((3 << 32) | 0x7_0000 | 0x20 | 0x6, 0)
+    assert PasidCacheInv(1, 9, 0).qwords() == (0x9_0000 | 0x10 | 0x7, 0)
+    assert ContextCacheInv(3, sid=0x20).qwords() == ((0x20 << 32) | 0x30 | 0x1, 0)
