@@ -679,3 +679,24 @@ def test_descriptor_encodings_match_the_qi_macros() -> None:
     assert PiotlbInv(2, 7, 3).qwords() == ((3 << 32) | 0x7_0000 | 0x20 | 0x6, 0)
     assert PasidCacheInv(1, 9, 0).qwords() == (0x9_0000 | 0x10 | 0x7, 0)
     assert ContextCacheInv(3, sid=0x20).qwords() == ((0x20 << 32) | 0x30 | 0x1, 0)
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_large_first_stage_leaves_and_5_level_paging(levels: int) -> None:
+    """A 2M first-stage leaf over guest RAM the IOAS maps with 2M second-stage leaves
+    (THP backing): one 2M IOTLB entry; with addr_width 57 the unit walks 5 levels
+    (FSPM = 1, CAP.FL5LP)."""
+    n = _nest()
+    ram2m = n.p.mmap(4 << 20, "thp", populate=True)
+    gpa = 0x4000_0000
+    n.fd.ioas_map(n.ioas, ram2m, 4 << 20, gpa)
+    fs = FirstStageBuilder(n.fs.alloc, n.fs.write_u64, levels=levels)
+    iova = 1 << 50 if levels == 5 else 0x8000_0000  # 5 levels: an IOVA 4 cannot reach
+    fs.map(iova, gpa, 2 << 20)
+    hwpt = n.nested(addr_width=48 + 9 * (levels - 4), pgtbl=fs.root)
+    n.attach(hwpt)
+    n.dev.dma_write(iova + 0x12345, b"big")
+    assert n.p.read(ram2m + 0x12345, 3) == b"big"
+    assert n.dev.dma_read(iova + 0x1F_F000, 1) == n.p.read(ram2m + 0x1F_F000, 1)
+    assert [k[2] for k in n.sm.iotlb] == [2 << 20]
+    assert n.sm.pasid_cache[(n.dev.sid, 0)].fspm == levels - 4
