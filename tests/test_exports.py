@@ -43,7 +43,8 @@ PUBLIC = {
     "iommulab.drivers.smmuv3": {
         "HWPT_ALLOC_DIRTY_TRACKING", "HWPT_ALLOC_NEST_PARENT", "HWPT_ALLOC_PASID",
         "ArmSmmuDevice", "ArmSmmuDomain", "ArmSmmuMaster", "Feature", "HwStats", "Iotlb",
-        "IotlbConfig", "IotlbEntry", "IotlbStats", "SmmuEvent", "SmmuV3Config", "SmmuV3Hw"},
+        "IotlbConfig", "IotlbEntry", "IotlbStats", "SmmuEvent", "SmmuV3Config", "SmmuV3Hw",
+        "make_nested_domain_ste", "validate_vste"},
     "iommulab.devices": {"DMA_BIT_MASK", "DmaDevice", "DmaStats", "Translator"},
     "iommulab.testing": {"LeakSnapshot", "RecordingTlb", "check_invariants", "leak_snapshot"},
     "iommulab.testing.fuzz": {"Finding", "FuzzReport", "Fuzzer", "Guard", "Op", "ProcSpec",

@@ -1,5 +1,5 @@
-"""The ``iommulab`` command: ``demo``, ``run SCENARIO``, ``replay TRACE``, ``inspect STATE``,
-``exec -- PROGRAM``."""
+"""The ``iommulab`` command: ``demo``, ``run SCENARIO``, ``sweep SCENARIO``, ``replay TRACE``,
+``inspect STATE``, ``exec -- PROGRAM``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .report.scenario_text import render_text
 from .scenarios import SCENARIOS, Progress, ScenarioResult, UsageError, run_scenario
 from .scenarios.base import FileError
 from .sizes import parse_size
+from .sweep import cli as sweep_cli
 from .trace import REPLAY_PLATFORMS, TraceError, parse_trace_file, replay
 from .workload.pgtable_tour import TourResult, run_pgtable_tour
 
@@ -434,6 +435,7 @@ def _configure_inspect(ins: argparse.ArgumentParser) -> None:
 register("demo", "a quick tour: one paging domain walked, then every scenario in --quick "
          "mode", _configure_demo, _cmd_demo)
 register("run", "run a built-in scenario", _configure_run, _cmd_run, add_help=False)
+register("sweep", sweep_cli.HELP, sweep_cli.configure, sweep_cli.run)
 register("replay", "replay an ftrace text trace of iommu and dma events", _configure_replay,
          _cmd_replay)
 register("exec", "run a real program with its calls on /dev/iommu and /dev/vfio answered "
@@ -453,8 +455,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iommulab", description=(
         "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
-        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
-        "4 internal error."))
+        "1 replay --check found disagreements or a sweep point failed, 2 bad usage, 3 a "
+        "file that cannot be used, 4 internal error."))
     parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for cmd in COMMANDS.values():

@@ -60,7 +60,8 @@ class Machine:
     there is no IOMMU core, VFIO or iommufd on it)."""
 
     def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0, *,
-                 kernel: KernelVersion | str = DEFAULT_KERNEL) -> None:
+                 kernel: KernelVersion | str = DEFAULT_KERNEL, vtd_scalable: bool = False
+                 ) -> None:
         if platform not in PLATFORMS:
             raise ValueError(f"unknown platform {platform!r} (available: {sorted(PLATFORMS)})")
         ram_base, self._next_bar, strict = PLATFORMS[platform]
@@ -96,8 +97,9 @@ class Machine:
             self.dma = PseriesDma(self.pseries)
             self.translator = self.driver = None
         elif platform == "x86-vtd":
-            from .drivers.vtd import IntelIommu, VtdHw
-            self.translator = VtdHw(self.mem)
+            from .drivers.vtd import IntelIommu, VtdHw, nesting_unit
+            # vtd_scalable: a nesting-capable scalable-mode unit instead of QEMU's legacy one
+            self.translator = nesting_unit(self.mem) if vtd_scalable else VtdHw(self.mem)
             self.driver = IntelIommu(self.translator, kernel=self.kernel)
         elif platform == "mock":
             from .drivers.mock import MockHw, MockIommu
@@ -139,7 +141,7 @@ class Machine:
         return list(self.driver.events)
 
     def add_iommu_unit(self, *, aw: int = 39, snoop_control: bool = False,
-                       sagaw: int = 0) -> int:
+                       sagaw: int = 0, scalable: bool = False) -> int:
         """x86-vtd: another DMAR unit; returns its number for ``add_pci_device(...,
         iommu_unit=)``. ``aw`` is MGAW (13-64 bits), ``sagaw`` the CAP.SAGAW table depths
         (bit 1: 3 levels, 2: 4, 3: 5; 0 means every depth up to the one ``aw`` needs, as
@@ -147,8 +149,11 @@ class Machine:
         bits, 3 levels, no SC. ValueError for a unit the kernel would ignore."""
         if self.platform != "x86-vtd":
             raise ValueError(f"{self.platform}: only x86-vtd machines have several units")
-        from .drivers.vtd import VtdHw
-        self.driver.units.append(VtdHw(self.mem, aw, snoop_control, sagaw=sagaw))
+        from .drivers.vtd import VtdHw, nesting_unit
+        # scalable: a nesting-capable scalable-mode unit (drivers.vtd.nesting_unit)
+        unit = nesting_unit(self.mem, aw=aw, sagaw=sagaw, snoop_control=snoop_control) \
+            if scalable else VtdHw(self.mem, aw, snoop_control, sagaw=sagaw)
+        self.driver.units.append(unit)
         return len(self.driver.units) - 1
 
     def add_pci_device(self, bdf: str, driver: str = "vfio-pci",

@@ -36,13 +36,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..errors import BadAddress, DmaFault, InvalidArgument, NotSupported, OutOfMemory
+from ..errors import (
+    BadAddress,
+    DmaFault,
+    InvalidArgument,
+    KernelError,
+    NoDevice,
+    NotSupported,
+    OutOfMemory,
+)
+from ..iommu.dirty import IommuDirtyBitmap
 from ..iommu.domain import DomainGeometry, DomainType, IommuDomain
 from ..iommu.gather import IommuIotlbGather, iommu_iotlb_gather_add_page
 from ..iommu.pgtbl_domain import PgtblDomainOps
 from ..iommu.pt_domain import PtDomainOps
 from ..iommu.resv import IommuCap, ResvRegion, ResvType
-from ..iommu.user_data import IommuUserData
+from ..iommu.user_data import IommuUserData, iommu_copy_struct_from_user
 from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import PhysMem
 from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt
@@ -60,8 +69,12 @@ from ..pgtable.vtd_ss import (
 )
 from ..prot import Prot
 from ..sizes import SZ_1G, SZ_2M, SZ_4K
+from . import vtd_pasid as pasid
+from .vtd_nested import IOMMU_HWPT_DATA_VTD_S1, IntelNestedDomain, cache_tag_flush_range
+from .vtd_sm import SM_FAULT_REASONS, SmFault, SmState
 
-__all__ = ["IOAPIC_RANGE_END", "IOAPIC_RANGE_START", "IntelIommu", "VtdFault", "VtdHw"]
+__all__ = ["IOAPIC_RANGE_END", "IOAPIC_RANGE_START", "IntelIommu", "VtdFault", "VtdHw",
+           "nesting_unit"]
 
 IOAPIC_RANGE_START = 0xFEE0_0000
 IOAPIC_RANGE_END = 0xFEEF_FFFF
@@ -76,6 +89,7 @@ FAULT_REASONS = {
     FAULT_MGAW: "Access beyond MGAW",
     FAULT_WRITE: "PTE Write access is not set",
     FAULT_READ: "PTE Read access is not set",
+    **SM_FAULT_REASONS,
 }
 
 
@@ -111,6 +125,12 @@ CAP_DRAIN = (1 << 54) | (1 << 55)
 ECAP_QI, ECAP_DT, ECAP_IR, ECAP_EIM = 1 << 1, 1 << 2, 1 << 3, 1 << 4
 ECAP_PT, ECAP_SC = 1 << 6, 1 << 7
 ECAP_MHMV = 15 << 20
+#: Scalable-mode ECAP bits (VT-d spec 11.4.3; intel/iommu.h ``ecap_*``).
+ECAP_C, ECAP_NEST, ECAP_SRS, ECAP_EAFS = 1 << 0, 1 << 26, 1 << 31, 1 << 34
+ECAP_SMTS, ECAP_SLADS, ECAP_SLTS, ECAP_FLTS, ECAP_SMPWC = (
+    1 << 43, 1 << 45, 1 << 46, 1 << 47, 1 << 48)
+#: CAP.FL1GP (first-stage 1G pages) and CAP.FL5LP (5-level first stage).
+CAP_FL1GP, CAP_FL5LP = 1 << 56, 1 << 60
 #: CAP.SAGAW bits: 1 = 3-level (39-bit) tables, 2 = 4-level (48), 3 = 5-level (57).
 SAGAW_3LEVEL, SAGAW_4LEVEL, SAGAW_5LEVEL = 1 << 1, 1 << 2, 1 << 3
 #: CAP.SLLPS as cap_super_page_val() reads it: 2M (bit 0) and 1G (bit 1).
@@ -152,6 +172,20 @@ class VtdHw:
     pt: bool = True  # ECAP.PT (pass-through)
     device_iotlb: bool = False  # ECAP.DT (ATS)
     sagaw: int = 0  # CAP.SAGAW (0: from aw)
+    # scalable mode (x-scalable-mode=on): ECAP.SMTS, RTADDR.TTM = scalable; then the
+    # translation types and nesting features below, which legacy mode ignores
+    scalable: bool = False
+    flts: bool = False  # ECAP.FLTS (QEMU x-flts=on)
+    slts: bool = False  # ECAP.SLTS
+    nest: bool = False  # ECAP.NEST (QEMU never offers it)
+    ssads: bool = False  # ECAP.SLADS (second-stage A/D)
+    smpwc: bool = False  # ECAP.SMPWC (page-walk coherency)
+    srs: bool = False  # ECAP.SRS (supervisor requests)
+    eafs: bool = False  # ECAP.EAFS (extended accessed flag)
+    fl1gp: bool = False  # CAP.FL1GP
+    fl5lp: bool = False  # CAP.FL5LP
+    sm: SmState | None = field(default=None, repr=False)
+    used_dids: set[int] = field(default_factory=set, repr=False)  # domain ids in use
     contexts: dict[int, tuple[int, int]] = field(default_factory=dict)  # sid -> (root, levels)
     faults: list[VtdFault] = field(default_factory=list)
     walks: int = 0
@@ -165,6 +199,18 @@ class VtdHw:
         if not self.sagaw & (SAGAW_3LEVEL | SAGAW_4LEVEL | SAGAW_5LEVEL) or self.sagaw & ~0xF:
             raise ValueError(f"sagaw {self.sagaw:#x}: the unit must offer 3-, 4- or 5-level "
                              "tables (SAGAW bits 1-3); the kernel ignores one that does not")
+        if self.scalable and self.sm is None:
+            self.sm = SmState(self.mem, self.aw)
+
+    @property
+    def nested_supported(self) -> bool:
+        """``nested_supported``: scalable mode and ECAP.NEST."""
+        return self.sm is not None and self.nest
+
+    @property
+    def ssads_supported(self) -> bool:
+        """``ssads_supported``: scalable mode, ECAP.SLADS and ECAP.SMPWC."""
+        return self.sm is not None and self.ssads and self.smpwc
 
     @property
     def agaw(self) -> int:
@@ -189,6 +235,7 @@ class VtdHw:
                | CAP_MAMV | CAP_PSI | CAP_SLLPS_2M_1G | ((self.aw - 1) & 0x3F) << 16
                | self.sagaw << 8)
         cap |= CAP_DRAIN if self.dma_drain else 0
+        cap |= (CAP_FL1GP if self.fl1gp else 0) | (CAP_FL5LP if self.fl5lp else 0)
         return cap | (CAP_CM if self.caching_mode else 0)
 
     @property
@@ -199,6 +246,12 @@ class VtdHw:
             ecap |= ECAP_IR | ECAP_MHMV | (ECAP_EIM if self.eim else 0)
         ecap |= ECAP_DT if self.device_iotlb else 0
         ecap |= ECAP_PT if self.pt else 0
+        if self.scalable:
+            for on, bit in ((True, ECAP_SMTS), (self.flts, ECAP_FLTS), (self.slts, ECAP_SLTS),
+                            (self.nest, ECAP_NEST), (self.ssads, ECAP_SLADS),
+                            (self.smpwc, ECAP_SMPWC), (self.srs, ECAP_SRS),
+                            (self.eafs, ECAP_EAFS)):
+                ecap |= bit if on else 0
         return ecap | (ECAP_SC if self.snoop_control else 0)
 
     def translate_run(self, sid: int, iova: int, write: bool, privileged: bool = False
@@ -206,7 +259,13 @@ class VtdHw:
         """The physical address of ``iova`` and the end of its leaf, or DmaFault (recorded).
 
         An IOVA beyond MGAW or the context's table width faults "Access beyond MGAW"
-        (QEMU's ``vtd_iova_range_check``)."""
+        (QEMU's ``vtd_iova_range_check``). In scalable mode the walk is
+        :meth:`.vtd_sm.SmState.translate`'s (IOTLB, PASID entry, both stages)."""
+        if self.sm is not None:
+            try:
+                return self.sm.translate(sid, iova, write)
+            except SmFault as f:
+                raise self._fault(sid, iova, write, f.reason) from None
         ctx = self.contexts.get(sid)
         if ctx is None:
             raise self._fault(sid, iova, write, FAULT_NO_CONTEXT)
@@ -235,11 +294,27 @@ class VtdHw:
                         reason=FAULT_REASONS[reason])
 
 
+def nesting_unit(mem: PhysMem, *, aw: int = 48, sagaw: int = 0, **kw: bool) -> VtdHw:
+    """A scalable-mode unit that can nest, the kind a Sapphire Rapids host reports
+    (the CAP/ECAP bits intel-iommu reads for nesting and dirty tracking, spec 11.4.2 and
+    11.4.3): SMTS, FLTS, SLTS, NEST, SLADS, SMPWC, SRS, snoop control, FL1GP and FL5LP,
+    MGAW ``aw`` with 3- and 4-level second stages, no caching mode. EAFS is off. QEMU's
+    intel-iommu cannot stand in: ``x-scalable-mode=on`` gives SMTS|SRS|SLTS, and with
+    ``x-flts=on`` SMTS|FLTS and FS1GP, never NEST (hw/i386/intel_iommu.c
+    ``vtd_cap_init``). ``kw`` overrides any of the flags."""
+    cfg: dict[str, bool] = dict(scalable=True, flts=True, slts=True, nest=True, ssads=True,
+                                smpwc=True, srs=True, eafs=False, fl1gp=True, fl5lp=True,
+                                snoop_control=True, caching_mode=False)
+    cfg.update(kw)
+    return VtdHw(mem, aw, sagaw=sagaw, **cfg)  # type: ignore[arg-type]
+
+
 @dataclass
 class _Master:
     sid: int
     unit: VtdHw
     domain: IommuDomain | None = None
+    pasid: pasid.DevPasid | None = None  # scalable mode: info->pasid_table
 
 
 class _DmarDomain(PgtblDomainOps):
@@ -260,6 +335,22 @@ class _DmarDomain(PgtblDomainOps):
         self.gaw = gaw
         self.sync_on_map = False
         self.devices: list[_Master] = []
+        self.nested_parent = False  # IOMMU_HWPT_ALLOC_NEST_PARENT
+        self.dirty_tracking = False  # set_dirty_tracking's state
+        self.s1_domains: list[IntelNestedDomain] = []  # nested domains over this one
+        self.dids: dict[int, int] = {}  # id(unit) -> domain id (domain_attach_iommu)
+
+    def iotlb_sync(self, domain: IommuDomain, gather: IommuIotlbGather) -> None:
+        """``intel_iommu_tlb_sync``: counted, and on scalable units
+        ``cache_tag_flush_range`` over the gathered range."""
+        super().iotlb_sync(domain, gather)
+        if not gather.empty:
+            cache_tag_flush_range(self, gather.start, gather.end, ih=False)
+
+    def flush_iotlb_all(self, domain: IommuDomain) -> None:
+        """``intel_flush_iotlb_all``: ``cache_tag_flush_all``."""
+        super().flush_iotlb_all(domain)
+        cache_tag_flush_range(self, 0, (1 << 64) - 1, ih=False, all=True)
 
     @property
     def format(self) -> VtdSsFormat:
@@ -332,6 +423,10 @@ class _LegacyDomain(_DmarDomain):
             self.max_addr = end
         nr_pages = ((paddr & 0xFFF) + size + 0xFFF) >> 12  # aligned_nrpages
         legacy.domain_mapping_checks(self.pgtbl, iova >> 12, nr_pages, attr)
+        if not attr & DMA_PTE_WRITE and self.nested_parent:
+            raise InvalidArgument("Read-only mapping is disallowed on the domain which serves "
+                                  "as the parent in a nested configuration, due to HW errata "
+                                  "(ERRATA_772415_SPR17)")
         self.has_mappings = True  # before the first entry is written, even if none is
         legacy.domain_mapping(self.pgtbl, iova >> 12, paddr >> 12, nr_pages, attr,
                               self.iommu_superpage, self._flush_range)
@@ -405,11 +500,22 @@ class IntelIommu:
         self.default_domain: IommuDomain | None = None  # DMA domains are allocated
 
     def probe_device(self, sid: int) -> _Master:
-        return _Master(sid, self.unit_of.get(sid, self.hw))
+        """``intel_iommu_probe_device``; on a scalable unit the device's PASID table and
+        scalable-mode context entry (``intel_pasid_alloc_table``,
+        ``intel_pasid_setup_sm_context``)."""
+        master = _Master(sid, self.unit_of.get(sid, self.hw))
+        sm = master.unit.sm
+        if sm is not None:
+            master.pasid = pasid.sm_context_setup(self.hw.mem, sm, sid)
+        return master
 
     def release_device(self, master: _Master) -> None:
         self._detach(master)
         master.unit.contexts.pop(master.sid, None)
+        sm = master.unit.sm
+        if sm is not None and master.pasid is not None:
+            pasid.sm_context_teardown(self.hw.mem, sm, master.pasid)
+            master.pasid = None
 
     def get_resv_regions(self, master: _Master) -> list[ResvRegion]:
         """``intel_iommu_get_resv_regions`` with no RMRRs: the IOAPIC/MSI range, left out
@@ -434,7 +540,21 @@ class IntelIommu:
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
         self._legacy_domain(domain, width, vtd_levels_for(width), SZ_4K, 0, max_addr=0)
+        ops = domain.ops
+        assert isinstance(ops, _LegacyDomain)
+        ops.format.first_level = self._first_level_by_default(type)
         return domain
+
+    def _first_level_by_default(self, type: DomainType) -> bool:
+        """6.12 ``first_level_by_default``: legacy mode (any unit without scalable mode)
+        has only the second stage; with one stage offered by every unit, that one; with
+        both, the first stage for every domain but UNMANAGED (VFIO type1's)."""
+        if not all(u.sm is not None for u in self.units):
+            return False
+        flts, slts = all(u.flts for u in self.units), all(u.slts for u in self.units)
+        if flts != slts:
+            return flts
+        return type != DomainType.UNMANAGED
 
     def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0,
                                   user_data: IommuUserData | None = None, *,
@@ -449,21 +569,28 @@ class IntelIommu:
             raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
                                f"{user_data.type:#x} for a paging domain")
         unit = self.hw if master is None else master.unit
+        if self.generic_pt and not flags & ~HWPT_ALLOC_PASID and unit.sm is not None and \
+                unit.flts:
+            # 7.0 intel_iommu_domain_alloc_first_stage, preferred by default
+            self.hw.mem.fail_nth.check("kzalloc(dmar_domain)")  # paging_domain_alloc
+            domain = IommuDomain(type, kernel=self.kernel)
+            self._first_stage_domain(domain, unit)
+            return domain
         known = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
         if self.generic_pt:
             known |= HWPT_ALLOC_PASID
         if flags & ~known:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} are not "
                                f"supported (only {known:#x})")
-        if flags & HWPT_ALLOC_NEST_PARENT:
-            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need nesting, "
-                               "which legacy mode lacks")
+        if flags & HWPT_ALLOC_NEST_PARENT and not unit.nested_supported:
+            raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need nesting "
+                               "(scalable mode and ECAP.NEST)")
         if user_data is not None:
             raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
                                f"{user_data.type:#x} for a paging domain")
-        if flags & HWPT_ALLOC_DIRTY_TRACKING:
+        if flags & HWPT_ALLOC_DIRTY_TRACKING and not unit.ssads_supported:
             raise NotSupported(f"domain_alloc_paging_flags: flags {flags:#x} need "
-                               "second-stage dirty tracking, which legacy mode lacks")
+                               "second-stage dirty tracking (ECAP.SLADS and SMPWC)")
         self.hw.mem.fail_nth.check("kzalloc(dmar_domain)")  # paging_domain_alloc
         domain = IommuDomain(type, kernel=self.kernel)
         if self.generic_pt:
@@ -474,7 +601,39 @@ class IntelIommu:
             self._legacy_domain(domain, width, unit.agaw + 2,
                                 SZ_4K | _super_pgsize_bitmap(super_bits), super_bits,
                                 max_addr=(1 << width) - 1)  # __DOMAIN_MAX_ADDR(addr_width)
+        ops = domain.ops
+        assert isinstance(ops, _DmarDomain)
+        ops.nested_parent = bool(flags & HWPT_ALLOC_NEST_PARENT)
+        if ops.nested_parent and self.generic_pt:
+            ops.format.force_writeable = True  # PT_FEAT_VTDSS_FORCE_WRITEABLE
+        if flags & HWPT_ALLOC_DIRTY_TRACKING:
+            domain.dirty_ops = _VtdDirtyOps(self)
         return domain
+
+    def domain_alloc_nested(self, master: _Master, flags: int, parent: IommuDomain,
+                            user_data: IommuUserData) -> IntelNestedDomain:
+        """6.12 ``intel_iommu_domain_alloc_user`` given a parent: EOPNOTSUPP without
+        nesting or with any flag, then ``intel_nested_domain_alloc``. 7.0
+        ``intel_iommu_domain_alloc_nested``: EOPNOTSUPP without nesting or with a flag
+        other than PASID. Both then: EOPNOTSUPP for data other than
+        IOMMU_HWPT_DATA_VTD_S1, EINVAL for a parent that is not an intel second-stage
+        paging domain allocated as nest parent, the ``struct iommu_hwpt_vtd_s1`` copied
+        (EINVAL unless 24 bytes: its size and ``offsetofend(__reserved)``; EFAULT), the
+        domain (``kzalloc``), put on the parent's list. Nothing in the struct is checked
+        here: addr_width and the flags are the attach's."""
+        valid = HWPT_ALLOC_PASID if self.generic_pt else 0
+        if not master.unit.nested_supported or flags & ~valid:
+            raise NotSupported(f"domain_alloc_nested: flags {flags:#x}, nesting "
+                               f"{'supported' if master.unit.nested_supported else 'absent'}")
+        if user_data.type != IOMMU_HWPT_DATA_VTD_S1:
+            raise NotSupported(f"domain_alloc_nested: data type {user_data.type:#x}")
+        s2 = parent.ops
+        if not isinstance(s2, _DmarDomain) or parent.type != DomainType.UNMANAGED or \
+                not s2.nested_parent:
+            raise InvalidArgument(f"domain_alloc_nested: {parent!r} is not a nest parent")
+        raw = iommu_copy_struct_from_user(user_data, IOMMU_HWPT_DATA_VTD_S1, 24, 24)
+        self.hw.mem.fail_nth.check("kzalloc(dmar_domain nested)")
+        return IntelNestedDomain(s2, pasid.VtdS1Cfg.from_bytes(raw), self.kernel)
 
     def _new_table(self, domain: IommuDomain, width: int, levels: int) -> IoPgtable:
         cfg = IoPgtableCfg(_PGSIZES, width, VTDSS_MAX_OA_LG2, kernel=self.kernel)
@@ -510,6 +669,26 @@ class IntelIommu:
         domain.pgsize_bitmap = _sslps_pgsizes(unit.sslps)
         domain.geometry = DomainGeometry(0, (1 << vasz) - 1, True)
 
+    def _first_stage_domain(self, domain: IommuDomain, unit: VtdHw) -> None:
+        """7.0 ``intel_iommu_domain_alloc_first_stage`` over generic_pt's x86_64 format: 4
+        levels (48 bits), 5 with CAP.FL5LP on a unit of more than 48 bits; 4K and 2M
+        pages, 1G with CAP.FL1GP; leaves U|A, RW|D when writable, tables P|RW|U|A
+        (``x86_64_pt_iommu_set_prot``, ``x86_64_pt_install_table``). The aperture stops
+        below the canonical hole (the top input bit clear). Lab: the table is the shared
+        VT-d table storage with first-stage bits (:attr:`VtdSsFormat.first_level`)."""
+        levels = 5 if unit.fl5lp and unit.aw > 48 else 4
+        vasz = 12 + 9 * levels
+        pgtbl = self._new_table(domain, vasz, levels)
+        fmt = pgtbl.format
+        assert isinstance(fmt, VtdSsFormat)
+        fmt.first_level = True
+        ops = _SsDomain(pgtbl, domain, vasz)
+        domain.ops = ops
+        domain.iommupt = ops
+        domain.pgtbl = pgtbl
+        domain.pgsize_bitmap = SZ_4K | SZ_2M | (SZ_1G if unit.fl1gp else 0)
+        domain.geometry = DomainGeometry(0, (1 << (vasz - 1)) - 1, True)
+
     # -- attach ------------------------------------------------------------------------------------
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
         """``intel_iommu_attach_device``: block the device (``device_block_translation``),
@@ -519,12 +698,17 @@ class IntelIommu:
         entry), the cache tag (``kzalloc``; ENOMEM blocks the device again)."""
         if domain.type == DomainType.IDENTITY:
             raise InvalidArgument("the model's VT-d has no pass-through context")
+        if isinstance(domain, IntelNestedDomain):
+            self._nested_attach(domain, master)
+            return
         unit = master.unit
         ops = domain.ops
         self._detach(master)
         unit.contexts.pop(master.sid, None)
         if isinstance(ops, _LegacyDomain):
             self._prepare_domain_attach_device(ops, master)
+        elif isinstance(ops, _SsDomain) and ops.format.first_level:
+            self._paging_domain_compatible_first_stage(ops, master)
         elif isinstance(ops, _SsDomain):
             self._paging_domain_compatible(ops, master)
         fail = self.hw.mem.fail_nth
@@ -535,9 +719,28 @@ class IntelIommu:
             ops.devices.append(master)
             if new_unit and isinstance(ops, _LegacyDomain):
                 self._domain_update_iommu_cap(ops)
-            if isinstance(ops, _LegacyDomain) and unit.caching_mode:
+            if isinstance(ops, _LegacyDomain) and unit.caching_mode and \
+                    not ops.format.first_level:
                 ops.sync_on_map = True  # domain_need_iotlb_sync_map
-        if domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
+        if isinstance(ops, _DmarDomain) and unit.sm is not None and master.pasid is not None:
+            self._domain_attach_did(ops, unit)
+            try:
+                if ops.format.first_level:  # domain_setup_first_level
+                    pasid.pasid_setup_first_level(
+                        self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
+                        pgd=ops.pgtbl.pgd_pa, levels=ops.levels, unit_agaw=unit.agaw,
+                        flts=unit.flts, fl5lp=unit.fl5lp, snoop=ops.force_snooping,
+                        smpwc=unit.smpwc, caching_mode=unit.caching_mode)
+                else:  # intel_pasid_setup_second_level (6.12 and 7.0's sspt domains)
+                    pasid.pasid_setup_second_level(
+                        self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
+                        pgd=ops.pgtbl.pgd_pa, agaw=ops.levels - 2, ssads=ops.dirty_tracking,
+                        smpwc=unit.smpwc, caching_mode=unit.caching_mode)
+            except KernelError:
+                ops.devices.remove(master)
+                self._domain_detach_did(ops, unit)
+                raise
+        elif domain.type != DomainType.BLOCKED and domain.pgtbl is not None:
             unit.contexts[master.sid] = (domain.pgtbl.pgd_pa, len(domain.pgtbl.format.levels))
         master.domain = domain
         if isinstance(ops, _DmarDomain) and fail.fails("kzalloc(cache_tag)"):
@@ -548,7 +751,8 @@ class IntelIommu:
 
     def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
         """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping
-        and the unit has no snoop control, or its ``max_addr`` (the end of the highest
+        and the unit has no snoop control, when it tracks dirty pages and the unit has no
+        SSADS, or its ``max_addr`` (the end of the highest
         map; for an iommufd domain at least the top of the width it was allocated
         with) is above what the unit can address; then the domain takes the unit's
         width (``gaw``, which may grow) and drops table levels the unit cannot walk
@@ -557,6 +761,9 @@ class IntelIommu:
         if ops.force_snooping and not unit.snoop_control:
             raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
                                   "the unit has no snoop control")
+        if ops.domain.dirty_ops is not None and not unit.ssads_supported:
+            raise InvalidArgument(f"attach {master.sid:#x}: a dirty-tracking domain on a "
+                                  "unit without SSADS")
         addr_width = unit.addr_width
         if ops.max_addr > 1 << addr_width:
             raise InvalidArgument(f"attach {master.sid:#x}: max_addr {ops.max_addr:#x} is "
@@ -574,6 +781,7 @@ class IntelIommu:
         pt = ops.pgtbl
         levels = ops.levels - 1
         fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.force_snooping, levels)
+        fmt.first_level = ops.format.first_level
         pt.cfg = replace(pt.cfg, ias=12 + 9 * levels)
         first = pt._pgd.item(0)
         if not first & (DMA_PTE_READ | DMA_PTE_WRITE):
@@ -590,20 +798,49 @@ class IntelIommu:
         """6.12 ``domain_update_iommu_cap``: superpages every active unit offers, the
         aperture from ``gaw``; page sizes are only ever added."""
         mask = SSLPS_2M | SSLPS_1G
+        first = ops.format.first_level
         for unit in self.units:
-            mask &= unit.sslps
+            if first:  # first stage: 2M always, 1G with CAP.FL1GP
+                mask = mask if unit.fl1gp else mask & SSLPS_2M
+            else:
+                mask &= unit.sslps
         ops.iommu_superpage = mask.bit_length()
         domain = ops.domain
-        domain.geometry = DomainGeometry(0, (1 << ops.gaw) - 1, True)
+        # a first-level input address is canonical: the top bit of gaw is left out
+        domain.geometry = DomainGeometry(0, (1 << (ops.gaw - first)) - 1, True)
         domain.pgsize_bitmap |= _super_pgsize_bitmap(ops.iommu_superpage)
 
     @staticmethod
+    def _paging_domain_compatible_first_stage(ops: _SsDomain, master: _Master) -> None:
+        """7.0 ``paging_domain_compatible_first_stage``: EINVAL on a unit without scalable
+        mode or a first stage, or without CAP.FL1GP for a domain with 1G pages; then
+        (``paging_domain_compatible``) a table wider than the unit's MGAW."""
+        unit, sid = master.unit, master.sid
+        if unit.sm is None or not unit.flts:
+            raise InvalidArgument(f"attach {sid:#x}: a first-stage domain on a unit without "
+                                  "one")
+        if not unit.fl1gp and ops.domain.pgsize_bitmap & SZ_1G:
+            raise InvalidArgument(f"attach {sid:#x}: 1G first-stage pages without FL1GP")
+        if unit.aw < ops.gaw - 1:
+            raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit first stage on a unit "
+                                  f"with MGAW {unit.aw}")
+
+    @staticmethod
     def _paging_domain_compatible(ops: _SsDomain, master: _Master) -> None:
-        """7.0 ``paging_domain_compatible_second_stage``: EINVAL when the unit's MGAW is
+        """7.0 ``paging_domain_compatible_second_stage``: EINVAL for a dirty-tracking domain
+        on a unit without SSADS, a nest parent on one without nesting, a scalable unit
+        without a second stage; then (with ``paging_domain_compatible``) when the unit's MGAW is
         below the domain's IOVA width, its SAGAW lacks the table depth, it lacks a
         page size the domain uses, it is in caching mode and the domain does not sync
         on map, or the domain forces snooping and the unit has no snoop control."""
         unit, sid = master.unit, master.sid
+        if ops.domain.dirty_ops is not None and not unit.ssads_supported:
+            raise InvalidArgument(f"attach {sid:#x}: a dirty-tracking domain on a unit "
+                                  "without SSADS")
+        if ops.nested_parent and not unit.nested_supported:
+            raise InvalidArgument(f"attach {sid:#x}: a nest parent on a unit without nesting")
+        if unit.sm is not None and not unit.slts:
+            raise InvalidArgument(f"attach {sid:#x}: the unit has no second stage (SLTS)")
         if unit.aw < ops.gaw:
             raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit IOVAs on a unit with "
                                   f"MGAW {unit.aw}")
@@ -621,16 +858,79 @@ class IntelIommu:
             raise InvalidArgument(f"attach {sid:#x}: the domain forces snooping and the unit "
                                   "has no snoop control")
 
+    def _nested_attach(self, domain: IntelNestedDomain, master: _Master) -> None:
+        """``intel_nested_attach_dev``: block the device; ENODEV when the unit's AGAW is
+        below the parent's; the parent must fit the unit (6.12
+        ``prepare_domain_attach_device``, 7.0 ``paging_domain_compatible``: EINVAL);
+        ``domain_attach_iommu`` (the nested domain's DID), the cache tags (``kzalloc``:
+        ENOMEM), ``intel_pasid_setup_nested`` (its EINVAL / EBUSY); an error undoes the
+        tags and the DID and leaves the device blocked."""
+        unit = master.unit
+        self._detach(master)
+        unit.contexts.pop(master.sid, None)
+        s2 = domain.s2_domain
+        if unit.agaw < s2.levels - 2:
+            raise NoDevice(f"attach {master.sid:#x}: Adjusted guest address width not "
+                               "compatible")
+        if isinstance(s2, _LegacyDomain):
+            self._prepare_domain_attach_device(s2, master)
+        elif isinstance(s2, _SsDomain):
+            self._paging_domain_compatible(s2, master)
+        assert unit.sm is not None and master.pasid is not None
+        self._domain_attach_did(domain, unit)
+        fail = self.hw.mem.fail_nth
+        try:
+            fail.check("kzalloc(cache_tag)")  # cache_tag_assign_domain
+            domain.devices.append(master)
+            try:
+                pasid.pasid_setup_nested(
+                    self.hw.mem, unit.sm, master.pasid, domain.s1_cfg,
+                    did=domain.dids[id(unit)], s2_pgd=s2.pgtbl.pgd_pa, s2_agaw=s2.levels - 2,
+                    s2_dirty=s2.dirty_tracking, s2_snoop=s2.force_snooping, fl5lp=unit.fl5lp,
+                    srs=unit.srs, eafs=unit.eafs, smpwc=unit.smpwc,
+                    caching_mode=unit.caching_mode)
+            except KernelError:
+                domain.devices.remove(master)
+                raise
+        except KernelError:
+            self._domain_detach_did(domain, unit)
+            raise
+        master.domain = domain
+
+    @staticmethod
+    def _domain_attach_did(obj: _DmarDomain | IntelNestedDomain, unit: VtdHw) -> None:
+        """``domain_attach_iommu``: the domain's id on ``unit``, the lowest free one from
+        2 (0 is reserved, 1 is FLPT_DEFAULT_DID), for its first device there."""
+        if id(unit) not in obj.dids:
+            did = next(i for i in range(2, 1 << 16) if i not in unit.used_dids)
+            unit.used_dids.add(did)
+            obj.dids[id(unit)] = did
+
+    @staticmethod
+    def _domain_detach_did(obj: _DmarDomain | IntelNestedDomain, unit: VtdHw) -> None:
+        """``domain_detach_iommu``: the id goes with the domain's last device on ``unit``."""
+        if id(unit) in obj.dids and not any(m.unit is unit for m in obj.devices):
+            unit.used_dids.discard(obj.dids.pop(id(unit)))
+
     def _detach(self, master: _Master) -> None:
-        """``device_block_translation``: leave the domain and drop its unit reference
+        """``device_block_translation``: on a scalable unit the PASID entry torn down
+        (``intel_pasid_tear_down_entry``); leave the domain and drop its unit reference
         (``domain_detach_iommu``); in 6.12 the unit's last reference going runs
         ``domain_update_iommu_cap``."""
         old = master.domain
         master.domain = None
+        sm = master.unit.sm
+        if sm is not None and master.pasid is not None:
+            pasid.pasid_tear_down_entry(self.hw.mem, sm, master.pasid)
+        if isinstance(old, IntelNestedDomain) and master in old.devices:
+            old.devices.remove(master)
+            self._domain_detach_did(old, master.unit)
+            return
         if old is None or not isinstance(old.ops, _DmarDomain) or master not in old.ops.devices:
             return
         ops = old.ops
         ops.devices.remove(master)
+        self._domain_detach_did(ops, master.unit)
         if isinstance(ops, _LegacyDomain) and not ops.attached_through(master.unit):
             self._domain_update_iommu_cap(ops)
 
@@ -644,6 +944,8 @@ class IntelIommu:
             return master.unit.snoop_control
         if cap == IommuCap.DEFERRED_FLUSH:
             return not self.generic_pt
+        if cap == IommuCap.DIRTY_TRACKING:  # ssads_supported
+            return master.unit.ssads_supported
         return cap == IommuCap.CACHE_COHERENCY
 
     def enforce_cache_coherency(self, domain: IommuDomain) -> bool:
@@ -678,3 +980,52 @@ def _sslps_pgsizes(sslps: int) -> int:
 def _ffs(x: int) -> int:
     """``ffs``: the 1-based index of the lowest set bit, 0 for 0."""
     return (x & -x).bit_length()
+
+
+class _VtdDirtyOps:
+    """``intel_dirty_ops`` (6.12) / ``intel_second_stage_dirty_ops`` (7.0)."""
+
+    def __init__(self, driver: IntelIommu) -> None:
+        self.driver = driver
+
+    def set_dirty_tracking(self, domain: IommuDomain, enabled: bool) -> None:
+        """``intel_iommu_set_dirty_tracking``: nothing when unchanged; SSADE in the PASID
+        entry of each device (``device_set_dirty_tracking``) and, for a nest parent, of
+        each device of each nested domain (``parent_domain_set_dirty_tracking``); an
+        error puts back the old setting."""
+        ops = domain.ops
+        assert isinstance(ops, _DmarDomain)
+        if ops.dirty_tracking == enabled:
+            return
+        masters = list(ops.devices)
+        if ops.nested_parent:
+            masters += [m for s1 in ops.s1_domains for m in s1.devices]
+        done: list[_Master] = []
+        try:
+            for m in masters:
+                if m.unit.sm is not None and m.pasid is not None:
+                    pasid.pasid_setup_dirty_tracking(self.driver.hw.mem, m.unit.sm, m.pasid,
+                                                     enabled)
+                done.append(m)
+        except KernelError:
+            for m in done:
+                if m.unit.sm is not None and m.pasid is not None:
+                    pasid.pasid_setup_dirty_tracking(self.driver.hw.mem, m.unit.sm, m.pasid,
+                                                     ops.dirty_tracking)
+            raise
+        ops.dirty_tracking = enabled
+
+    def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int, flags: int,
+                             dirty: IommuDirtyBitmap) -> None:
+        """6.12 ``intel_iommu_read_and_clear_dirty``: EINVAL with a bitmap while tracking is
+        off; each present leaf from ``iova`` with D (bit 9) recorded at its size and
+        cleared unless NO_CLEAR (:func:`.vtd_legacy.read_and_clear_dirty`). 7.0: generic_pt's
+        walk over vtdss (:meth:`.PtIommu.read_and_clear_dirty`)."""
+        ops = domain.ops
+        assert isinstance(ops, _DmarDomain)
+        if isinstance(ops, _SsDomain):
+            ops.pt.read_and_clear_dirty(iova, size, flags, dirty)
+            return
+        if not ops.dirty_tracking and dirty.bitmap is not None:
+            raise InvalidArgument("read_and_clear_dirty: dirty tracking is off")
+        legacy.read_and_clear_dirty(ops.pgtbl, iova, size, flags, dirty)

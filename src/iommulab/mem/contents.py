@@ -9,6 +9,8 @@ device, the hardware table walker) see the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -71,6 +73,11 @@ class SparseContents:
     def page(self, pfn: int) -> npt.NDArray[np.uint8]:
         """The page's bytes, read-only zeros if never written."""
         return self._pages.get(pfn, _ZERO_PAGE)
+
+    def written_page_lookup(self) -> Callable[[int], npt.NDArray[np.uint8] | None]:
+        """Lab fast path for table walkers: the lookup of written pages by pfn (None for a
+        page never written, which reads as zeros). Valid for the life of this object."""
+        return self._pages.get
 
     def page_for_write(self, pfn: int) -> npt.NDArray[np.uint8]:
         page = self._pages.get(pfn)

@@ -30,13 +30,23 @@ Runs of entries in one table are numpy operations; loops step per table page.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import CorruptPageTable, InvalidArgument
 from .format import U64Array
-from .vtd_ss import ADDR_MASK, DMA_PTE_LARGE_PAGE, DMA_PTE_READ, DMA_PTE_SNP, DMA_PTE_WRITE
+from .vtd_ss import (
+    ADDR_MASK,
+    DMA_FL_PTE_DIRTY,
+    DMA_PTE_LARGE_PAGE,
+    DMA_PTE_READ,
+    DMA_PTE_SNP,
+    DMA_PTE_WRITE,
+    DMA_SL_PTE_DIRTY,
+    FL_TABLE_BITS,
+)
 from .walker import IoPgtable
 
 __all__ = [
@@ -50,6 +60,7 @@ __all__ = [
     "intel_iommu_iova_to_phys",
     "intel_iommu_unmap",
     "pfn_to_dma_pte",
+    "read_and_clear_dirty",
 ]
 
 #: ``DMA_FL_PTE_PRESENT``: bit 0, which ``__domain_mapping`` sets in every leaf.
@@ -116,7 +127,7 @@ def pfn_to_dma_pte(pt: IoPgtable, pfn: int, target_level: int) -> DmaPte | None:
             break
         if not pte & _PRESENT and not pte:  # try_cmpxchg64 of a new table into a zero entry
             table_pa, _ = pt._alloc_table(pt.format.granule)
-            pte = table[idx] = table_pa | _PRESENT
+            pte = table[idx] = pt.format.make_table(table_pa)
         if level == 1:
             break
         real = pt._tables.get(pte & ADDR_MASK)
@@ -159,6 +170,8 @@ def domain_mapping(pt: IoPgtable, iov_pfn: int, phys_pfn: int, nr_pages: int, pr
     kept with a WARN each; superpages replace what was there
     (``switch_to_super_page``). O(table pages written)."""
     attr = prot & (DMA_PTE_READ | DMA_PTE_WRITE | DMA_PTE_SNP) | DMA_FL_PTE_PRESENT
+    if getattr(pt.format, "first_level", False):  # use_first_level
+        attr |= FL_TABLE_BITS | (DMA_FL_PTE_DIRTY if prot & DMA_PTE_WRITE else 0)
     pt.stats.map_pages += 1
     if nr_pages == 1:  # lab: one page into a last-level table that exists
         table = pt._leaf_tables.get(iov_pfn >> _STRIDE)
@@ -213,7 +226,7 @@ def _map_new_tables(pt: IoPgtable, iov_pfn: int, phys_pfn: int, ntables: int, at
     starts += np.uint64((phys_pfn << 12) | attr)
     np.add(np.arange(512, dtype=np.uint64)[None, :] * np.uint64(1 << 12), starts[:, None],
            out=rows)
-    parent[j:j + k] = np.array(pas, dtype=np.uint64) | np.uint64(_PRESENT)
+    parent[j:j + k] = pt.format.make_tables(np.array(pas, dtype=np.uint64))
     return k
 
 
@@ -351,3 +364,46 @@ def intel_iommu_iova_to_phys(pt: IoPgtable, iova: int) -> int:
     if not pte & _PRESENT:
         return 0
     return (pte & _VTD_PAGE_MASK) + (iova & ((4096 << (_STRIDE * (where.level - 1))) - 1))
+
+
+class DirtyRecord(Protocol):
+    """What the dirty walk needs of ``struct iommu_dirty_bitmap``."""
+
+    def record_run(self, iova: int, size: int, hit: npt.NDArray[np.bool_]) -> None: ...
+
+
+def read_and_clear_dirty(pt: IoPgtable, iova: int, size: int, flags: int,
+                         dirty: DirtyRecord) -> None:
+    """6.12 ``intel_iommu_read_and_clear_dirty``'s loop: from ``iova`` to ``iova + size``,
+    each present leaf whose D bit (``DMA_SL_PTE_DIRTY``) is set is recorded at its size
+    and cleared (``dma_sl_pte_test_and_clear_dirty``) unless IOMMU_DIRTY_NO_CLEAR; holes
+    are stepped over at the size of the level the walk stopped at. By runs of one
+    table (a vector step each), not per page; the start is taken aligned to the leaf
+    it falls in (the kernel's cursor keeps an unaligned start's offset: iommufd's
+    bitmaps start page-aligned, where the two agree for 4K leaves)."""
+    end = iova + size
+    clear = not flags & 1  # IOMMU_DIRTY_NO_CLEAR
+    _dirty_level(pt, pt._pgd, len(pt.format.levels), 0, iova, end, clear, dirty)
+
+
+def _dirty_level(pt: IoPgtable, table: U64Array, level: int, base: int, lo: int, hi: int,
+                 clear: bool, dirty: DirtyRecord) -> None:
+    shift = 12 + _STRIDE * (level - 1)
+    size = 1 << shift
+    i0 = max(0, (lo - base) >> shift)
+    i1 = min(512, ((hi - 1 - base) >> shift) + 1)
+    if i0 >= i1:
+        return
+    run = table[i0:i1]
+    present = (run & np.uint64(_PRESENT)) != 0
+    leaf = present if level == 1 else present & ((run & np.uint64(DMA_PTE_LARGE_PAGE)) != 0)
+    hit = leaf & ((run & np.uint64(DMA_SL_PTE_DIRTY)) != 0)
+    if hit.any():
+        dirty.record_run(base + (i0 << shift), size, hit)
+        if clear:
+            run[hit] &= np.uint64(~DMA_SL_PTE_DIRTY & ((1 << 64) - 1))
+    if level > 1:
+        for i in np.flatnonzero(present & ~leaf).tolist():
+            sub = base + ((i0 + i) << shift)
+            _dirty_level(pt, _entry_table(pt, int(run[i])), level - 1, sub, max(lo, sub),
+                         min(hi, sub + size), clear, dirty)

@@ -36,6 +36,12 @@ DMA_PTE_READ = 1 << 0
 DMA_PTE_WRITE = 1 << 1
 DMA_PTE_LARGE_PAGE = 1 << 7
 DMA_PTE_SNP = 1 << 11
+#: ``DMA_SL_PTE_DIRTY``: bit 9, which a scalable-mode unit sets with SSADE (bit 8 is A)
+DMA_SL_PTE_DIRTY = 1 << 9
+#: 6.12 first-level domains (``use_first_level``) put US and A in every table entry, and
+#: US, A and (writable) D in every leaf (``pfn_to_dma_pte``, ``__domain_mapping``)
+DMA_FL_PTE_US, DMA_FL_PTE_ACCESS, DMA_FL_PTE_DIRTY = 1 << 2, 1 << 5, 1 << 6
+FL_TABLE_BITS = DMA_FL_PTE_US | DMA_FL_PTE_ACCESS
 
 _R = Field("R", 0, 0, "read")
 _W = Field("W", 1, 1, "write")
@@ -49,6 +55,8 @@ VTD_SS_LEAF = Layout("VT-d second-stage leaf", (
     Field("EMT", 5, 3, "extended memory type (only with extended capability)"),
     Field("IPAT", 6, 6, "ignore PAT"),
     Field("PS", 7, 7, "superpage (2M at level 2, 1G at level 3)"),
+    Field("A", 8, 8, "accessed (scalable mode with SSADE)"),
+    Field("D", 9, 9, "dirty (scalable mode with SSADE)"),
     Field("SNP", 11, 11, "snoop: force a snooped access"),
     _ADDR, _SW_SPLIT,
 ))
@@ -112,6 +120,10 @@ class VtdSsFormat:
         self.last_depth = nlevels - 1
         self.ia_shift, self.ia_ext = cfg.ias, 0
         self.set_pte_snp = set_pte_snp
+        # 7.0 PT_FEAT_VTDSS_FORCE_WRITEABLE (nest parents: ERRATA_772415_SPR17)
+        self.force_writeable = False
+        # 6.12 use_first_level: the same tables read as first-stage (IA-32e) entries
+        self.first_level = False
         self._leaf_type = tuple(0 if d == self.last_depth else DMA_PTE_LARGE_PAGE
                                 for d in range(nlevels))
         # dma_pte_present is R|W != 0; above level 1 the PS bit makes it a leaf.
@@ -124,7 +136,12 @@ class VtdSsFormat:
                        for d, lvl in enumerate(self.levels)}
 
     def prot_to_attrs(self, prot: int) -> int:
-        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control."""
+        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control. A
+        7.0 first-stage table (``x86_64_pt_iommu_set_prot``, present added at install):
+        P|U|A, and RW|D when writable."""
+        if self.first_level:
+            return DMA_PTE_READ | FL_TABLE_BITS | (
+                DMA_PTE_WRITE | DMA_FL_PTE_DIRTY if prot & _IOMMU_WRITE else 0)
         attrs = 0
         if prot & _IOMMU_READ:
             attrs |= DMA_PTE_READ
@@ -132,6 +149,10 @@ class VtdSsFormat:
             attrs |= DMA_PTE_WRITE
         if self.set_pte_snp:
             attrs |= DMA_PTE_SNP
+        if self.force_writeable and not prot & _IOMMU_WRITE:
+            raise InvalidArgument("Read-only mapping is disallowed on the domain which serves "
+                                  "as the parent in a nested configuration, due to HW errata "
+                                  "(ERRATA_772415_SPR17)")
         return attrs
 
     def is_leaf(self, pte: int, depth: int) -> bool:
@@ -154,8 +175,8 @@ class VtdSsFormat:
 
     def make_table(self, table_pa: int, depth: int = 0) -> int:
         """``pfn_to_dma_pte``: ``virt_to_phys(table) | DMA_PTE_READ | DMA_PTE_WRITE`` at every
-        depth."""
-        return table_pa | _PRESENT
+        depth (first level: with US and A)."""
+        return table_pa | _PRESENT | (FL_TABLE_BITS if self.first_level else 0)
 
     def leaf_oa(self, pte: int) -> int:
         """``dma_pte_addr``."""
@@ -181,7 +202,8 @@ class VtdSsFormat:
         np.add(self._steps[depth][:n][None, :], starts[:, None], out=rows)
 
     def make_tables(self, table_pas: U64Array) -> U64Array:
-        return cast(U64Array, table_pas | np.uint64(_PRESENT))
+        extra = FL_TABLE_BITS if self.first_level else 0
+        return cast(U64Array, table_pas | np.uint64(_PRESENT | extra))
 
     def make_leaves(self, attrs: U64Array, depth: int, oas: U64Array) -> U64Array:
         return cast(U64Array, oas | attrs | np.uint64(self._leaf_type[depth]))
@@ -204,10 +226,13 @@ class VtdSsFormat:
         return attrs  # no dirty state in legacy mode
 
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray:
-        return np.zeros(len(ptes), dtype=np.bool_)
+        """vtdss ``pt_entry_is_write_dirty``: D (bit 9), which only a scalable-mode unit
+        with SSADE sets (legacy mode ignores the bit)."""
+        return cast(BoolArray, (ptes & np.uint64(DMA_SL_PTE_DIRTY)) != 0)
 
     def make_write_clean(self, ptes: U64Array, mask: BoolArray) -> None:
-        """Nothing to clear: legacy-mode entries carry no dirty bit."""
+        """Clear D where ``mask`` says."""
+        ptes[mask] &= np.uint64(~DMA_SL_PTE_DIRTY & ((1 << 64) - 1))
 
     def describe(self, pte: int, depth: int) -> str:
         if pte == 0:

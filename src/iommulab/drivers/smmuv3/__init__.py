@@ -16,6 +16,7 @@ from .driver import ArmSmmuDevice, Feature
 from .events import SmmuEvent
 from .hw import HwStats, SmmuV3Config, SmmuV3Hw
 from .iotlb import Iotlb, IotlbConfig, IotlbEntry, IotlbStats
+from .nested import make_nested_domain_ste, validate_vste
 
 __all__ = [
     "HWPT_ALLOC_DIRTY_TRACKING",
@@ -33,4 +34,6 @@ __all__ = [
     "SmmuEvent",
     "SmmuV3Config",
     "SmmuV3Hw",
+    "make_nested_domain_ste",
+    "validate_vste",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "IDR1",
     "IDR3",
     "IDR5",
+    "L1CD",
     "STE0",
     "STE1",
     "STE2",
@@ -173,7 +174,7 @@ class Cmd(enum.IntEnum):
 
     PREFETCH_CFG = 0x1
     CFGI_STE = 0x3
-    CFGI_ALL = 0x4
+    CFGI_ALL = 0x4  # CMD_CFGI_STE_RANGE; CFGI_ALL is its Range = 31 form
     CFGI_CD = 0x5
     CFGI_CD_ALL = 0x6
     TLBI_NH_ALL = 0x10
@@ -244,8 +245,18 @@ EVT1 = Layout("event word 1", (
     Field("STAG", 15, 0), Field("STALL", 31, 31), Field("PnU", 33, 33, "privileged"),
     Field("InD", 34, 34, "instruction fetch"), Field("RnW", 35, 35, "1 = read"),
     Field("S2", 39, 39, "fault at stage 2"), Field("CLASS", 41, 40, "0 CD, 1 TT, 2 input"),
+    Field("TTRnW", 44, 44, "CLASS TT: 1 the table access was a read, 0 an HTTU write"),
 ))
 EVT3 = Layout("event word 3", (
     Field("IPA", 51, 12, "intermediate physical address", address=True),
 ))
 EVT_CLASS_CD, EVT_CLASS_TT, EVT_CLASS_IN = 0, 1, 2
+
+# Level-1 CD table descriptor (CTXDESC_L1_DESC_*): V and the level-2 table address.
+L1CD = Layout("L1 CD descriptor", (
+    Field("V", 0, 0, "valid"),
+    Field("L2PTR", 51, 12, "level-2 CD table address", address=True),
+))
+# STE.S1Fmt: linear; two levels with 4KB leaf tables (SSID[5:0] indexes the leaf);
+# two levels with 64KB leaf tables (SSID[9:0]; Linux STRTAB_STE_0_S1FMT_64K_L2 = 2)
+S1FMT_LINEAR, S1FMT_4K_L2, S1FMT_64K_L2 = 0, 1, 2

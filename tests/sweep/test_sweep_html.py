@@ -1,0 +1,116 @@
+"""The sweep's page opened in headless Chromium, as the report tests open the report:
+each plot's lines are drawn in their colours, every label lies inside its SVG, and the
+x labels and legend entries do not overlap."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from iommulab.report.html import SERIES_COLOURS
+from iommulab.report.line_svg import LinePlot, svg_line_chart
+from iommulab.sweep import OutputDir, SerialEngine, SweepSpec, run_sweep
+from iommulab.sweep.html import render_sweep_html, sweep_plots
+
+from ..report.browser import FLAGS, chromium, measure
+
+#: the README's example, smaller: resent bytes against writes per round, a line per mode
+SPEC = SweepSpec("migration-dirty", {"writes_per_round": ["25", "100", "400"],
+                                     "modes": ["upstream", "split", "sync_fix"]},
+                 settings=("bbm_levels=2",), quick=True)
+
+
+def _count(img: Image.Image, colour: str) -> int:
+    want = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return sum(n for n, rgb in img.getcolors(maxcolors=1 << 20) or [] if rgb == want)
+
+
+def _inside(inner: dict[str, float], outer: dict[str, float]) -> bool:
+    return (inner["l"] >= outer["l"] - 0.5 and inner["r"] <= outer["r"] + 0.5
+            and inner["t"] >= outer["t"] - 0.5 and inner["b"] <= outer["b"] + 0.5)
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return min(a["r"], b["r"]) - max(a["l"], b["l"]) > 0.5 and \
+        min(a["b"], b["b"]) - max(a["t"], b["t"]) > 0.5
+
+
+def _long_labels() -> str:
+    """Long x labels close together, many series: rotation and legend wrapping."""
+    xs = [f"thp+hugetlb-2M+hugetlb-1G, case {k}" for k in range(9)]
+    return svg_line_chart(LinePlot("long", "a parameter", "a number", xs, xs, {
+        f"a line with a long name {s}": [float(s * 10 + k) for k in range(9)]
+        for s in range(8)}))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
+    tmp = tmp_path_factory.mktemp("sweep-html")
+    result = run_sweep(SPEC, SerialEngine(), OutputDir(tmp / "out"))
+    html = render_sweep_html(result)
+    assert "<script" not in html
+    return html, result
+
+
+def test_the_page_draws_every_line(page: tuple[str, Any], tmp_path: Path) -> None:
+    html, result = page
+    plots, left_out = sweep_plots(result)
+    assert left_out == 0
+    titles = [p.title for p in plots]
+    assert titles[:2] == ["resent_bytes against writes_per_round",
+                          "missed_pages against writes_per_round"]
+    assert all(list(p.series) == ["modes=upstream", "modes=split", "modes=sync_fix"]
+               for p in plots)
+    # one plot alone on a page, screenshot: each of the three lines has its colour
+    only = html.split("<h3>")[0] + "<h3>" + html.split("<h3>")[1].split("<h3>")[0] + \
+        "</body></html>"
+    path = tmp_path / "one.html"
+    path.write_text(only)
+    png = tmp_path / "one.png"
+    subprocess.run([chromium(), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                    "--window-size=1100,700", f"--screenshot={png}", path.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    img = Image.open(png).convert("RGB")
+    counts = [_count(img, c) for c in SERIES_COLOURS[:3]]
+    assert all(n > 400 for n in counts), counts  # lines and dots, not only the swatches
+    assert _count(img, SERIES_COLOURS[3]) == 0
+
+
+def test_every_label_inside_its_svg_and_none_overlap(page: tuple[str, Any],
+                                                      tmp_path: Path) -> None:
+    html, result = page
+    html = html.replace("</body>", _long_labels() + "</body>")
+    doc = measure(html, tmp_path)
+    svgs = doc["svgs"]
+    assert len(svgs) == len(sweep_plots(result)[0]) + 1
+    for svg in svgs:
+        clipped = [t["text"] for t in svg["texts"] if not _inside(t["box"], svg["box"])]
+        assert not clipped, (svg["label"], clipped)
+        for kind in ("category", None):  # x labels, legend entries
+            boxes = [t for t in svg["texts"] if t["cls"] == kind and not t["rotated"]]
+            hits = [(a["text"], b["text"]) for a, b in itertools.combinations(boxes, 2)
+                    if _overlap(a["box"], b["box"])]
+            assert not hits, (svg["label"], hits)
+    long = svgs[-1]
+    turned = [t for t in long["texts"] if t["cls"] == "category"]
+    assert turned and all(t["rotated"] for t in turned)
+    # parallel labels 30 degrees up are a line (11 px) apart when their ends are twice
+    # that apart across (sin 30 = 1/2)
+    ends = [t["box"]["r"] for t in turned]
+    assert all(b - a >= 22 for a, b in itertools.pairwise(ends)), ends
+    assert not any(t["rotated"] for s in svgs[:-1] for t in s["texts"])
+
+
+def test_the_page_lists_failed_points(tmp_path: Path) -> None:
+    spec = SweepSpec("noncoherent-flush", {"ram": ["64K", "1020M"]},
+                     settings=("buffer_pages=1", "policies=none"), quick=True)
+    result = run_sweep(spec, SerialEngine(), OutputDir(tmp_path / "o"))
+    html = render_sweep_html(result)
+    assert "<h2>Failed points</h2>" in html
+    assert "UsageError: noncoherent-flush: --set ram + buffer_pages" in html
+    assert sweep_plots(result) == ([], 0)  # one point left: nothing to draw a line through
