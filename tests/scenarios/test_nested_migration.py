@@ -107,7 +107,8 @@ def test_quick_run_headline() -> None:
     (("kernel=7.0",), "x86-vtd", "kernel=7.0: 7.0 is not one of 6.12"),
     (("churn=101",), "x86-vtd", "above the maximum 100"),
     (("guest_ram=2M",), "x86-vtd", "below the minimum 4M"),
-    ((), "arm64-smmuv3", "nested-migration runs on x86-vtd, not arm64-smmuv3"),
+    ((), "arm64-smmuv3", r"runs on x86-vtd, not arm64-smmuv3: Linux's arm-smmu-v3 refuses "
+                         r"a nest parent with dirty tracking \(IOMMU_HWPT_ALLOC_NEST_PARENT"),
 ])
 def test_bounds(settings: tuple[str, ...], platform: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -117,3 +118,15 @@ def test_bounds(settings: tuple[str, ...], platform: str, message: str) -> None:
 def test_listed_with_its_platforms() -> None:
     text = SCENARIOS["nested-migration"].describe()
     assert "platforms: x86-vtd" in text and "guest_ad=hw,preset" in text
+
+
+def test_sweep_points_and_the_platform_refusal() -> None:
+    """``iommulab sweep`` expands the modes into points on x86-vtd, and refuses
+    arm64-smmuv3 before anything runs, with the reason."""
+    from iommulab.sweep.grid import SweepSpec, expand
+    points = expand(SweepSpec("nested-migration", {"modes": ["upstream", "split"]}))
+    assert [(pt.platform, pt.settings) for pt in points] == [
+        ("x86-vtd", ("modes=upstream",)), ("x86-vtd", ("modes=split",))]
+    with pytest.raises(UsageError, match="arm64-smmuv3: Linux's arm-smmu-v3 refuses"):
+        expand(SweepSpec("nested-migration", {"modes": ["split"]},
+                         platforms=("arm64-smmuv3",)))

@@ -56,7 +56,7 @@ def run_scenario(name: str, *, platform: str | None = None, settings: tuple[str,
         raise UsageError(f"no scenario {name!r} (scenarios: {', '.join(SCENARIOS)})")
     platform = platform or scenario.platforms[0]
     if platform not in scenario.platforms:
-        raise UsageError(f"{name} runs on {', '.join(scenario.platforms)}, not {platform}")
+        raise UsageError(scenario.platform_error(platform))
     try:
         params = parse_params(scenario.params, settings, quick, platform)
         if scenario.check is not None:
