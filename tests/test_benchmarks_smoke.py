@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_domain_single.py", ["--calls", "200", "--repeat", "1"], 1),
     ("bench_split_merge.py", ["--size", "32M", "--repeat", "1"], 5),
     ("bench_translate.py", ["--calls", "200", "--repeat", "1"], 3),
-    ("bench_nested.py", ["--calls", "200", "--repeat", "1"], 2),
+    ("bench_nested.py", ["--calls", "200", "--repeat", "1"], 3),
     ("bench_dma.py", ["--calls", "200", "--repeat", "1"], 4),
     ("bench_iova.py", ["--calls", "600", "--pairs", "2000", "--live", "100", "--repeat", "1"],
      3),
@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_iommufd.py", ["--gib", "1"], 4),
     ("bench_pseries.py", ["--pairs", "300", "--ram", "4G"], 2),
     ("bench_replay.py", ["--packets", "500"], 2),
+    ("bench_sweep.py", ["--points", "4", "--noop", "16"], 7),
     ("fuzz_long.py", ["--ops", "400", "--platform", "ppc64-pseries", "--wild", "0",
                       "--failnth-share", "0.2"], 4),
 ])

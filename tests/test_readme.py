@@ -225,8 +225,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment the README's reader has: ``iommulab`` and ``python3`` of this checkout."""
     bindir = tmp_path_factory.mktemp("bin")
     shim = bindir / "iommulab"
+    # guarded as pip's console-script wrapper is: the worker processes of a sweep's
+    # LocalCluster start by importing the main module (multiprocessing's spawn)
     shim.write_text(f"#!{sys.executable}\nimport sys\nfrom iommulab.cli import main\n"
-                    "sys.exit(main())\n")
+                    "if __name__ == '__main__':\n    sys.exit(main())\n")
     shim.chmod(0o755)
     (bindir / "python3").symlink_to(sys.executable)
     e = dict(os.environ)

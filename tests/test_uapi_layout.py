@@ -305,3 +305,35 @@ def test_sized_fills_the_size_member() -> None:
     assert iommufd.iommu_ioas_map.from_buffer_copy(bytes(cmd)) == cmd
     with pytest.raises(TypeError):
         vfio.vfio_iova_range.sized()
+
+
+#: The 7.0-only vIOMMU structs as the newer header declares them (include/uapi/linux/
+#: iommufd.h of mainline after 6.16, read from the public tree; see docs/design/nesting.md
+#: "7.0 vIOMMU facts"): size, then (member, offset) in order. Golden values from the
+#: header text, since the 6.12 tree the C check compiles against lacks them.
+VIOMMU_LAYOUTS_7_0: dict[str, tuple[int, tuple[tuple[str, int], ...]]] = {
+    "iommu_viommu_alloc": (40, (("size", 0), ("flags", 4), ("type", 8), ("dev_id", 12),
+                                ("hwpt_id", 16), ("out_viommu_id", 20), ("data_len", 24),
+                                ("__reserved", 28), ("data_uptr", 32))),
+    "iommu_vdevice_alloc": (24, (("size", 0), ("viommu_id", 4), ("dev_id", 8),
+                                 ("out_vdevice_id", 12), ("virt_id", 16))),
+    "iommu_veventq_alloc": (32, (("size", 0), ("flags", 4), ("viommu_id", 8), ("type", 12),
+                                 ("veventq_depth", 16), ("out_veventq_id", 20),
+                                 ("out_veventq_fd", 24), ("__reserved", 28))),
+    "iommufd_vevent_header": (8, (("flags", 0), ("sequence", 4))),
+    "iommu_hwpt_arm_smmuv3": (16, (("ste", 0),)),
+    "iommu_viommu_arm_smmuv3_invalidate": (16, (("cmd", 0),)),
+    "iommu_vevent_arm_smmuv3": (32, (("evt", 0),)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VIOMMU_LAYOUTS_7_0))
+def test_viommu_structs_match_the_7_0_header(name: str) -> None:
+    """Each 7.0 vIOMMU struct has the header's size, members and offsets, and is listed
+    as absent from 6.12."""
+    size, members = VIOMMU_LAYOUTS_7_0[name]
+    struct = getattr(iommufd, name)
+    assert name in iommufd.NOT_IN_6_12
+    assert ctypes.sizeof(struct) == size
+    layout = [(m, getattr(struct, m).offset) for m, *_ in struct._fields_]
+    assert tuple(layout) == members

@@ -319,6 +319,56 @@ class Iommufd(_Fd):
             length=length, page_size=page_size, data=addr))
         return self.kernel.read(addr, nbytes)
 
+    # -- Linux 7.0's nesting uAPI (ENOTTY from a 6.12 kernel) ------------------------------
+    def hwpt_alloc_nested(self, dev_id: int, pt_id: int, data_type: int, data: bytes,
+                          flags: int = 0) -> int:
+        """IOMMU_HWPT_ALLOC of a nested HWPT on ``pt_id`` (a nest-parent HWPT or a
+        vIOMMU) with the driver's ``data`` (a guest STE for IOMMU_HWPT_DATA_ARM_SMMUV3):
+        its id."""
+        addr = self.kernel.alloc(max(len(data), 8))
+        self.kernel.write(addr, data)
+        cmd = _argsz(iu.iommu_hwpt_alloc, flags=flags, dev_id=dev_id, pt_id=pt_id,
+                     data_type=data_type, data_len=len(data), data_uptr=addr)
+        self.ioctl(iu.IOMMU_HWPT_ALLOC, cmd)
+        return int(cmd.out_hwpt_id)
+
+    def hwpt_invalidate(self, id: int, data_type: int, entries: list[bytes]) -> int:
+        """IOMMU_HWPT_INVALIDATE of ``entries`` (equal lengths) at a nested HWPT or a
+        vIOMMU: the entries the kernel handled. On an error the OSError raised carries
+        that count as ``entry_num``."""
+        entry_len = len(entries[0]) if entries else 0
+        addr = self.kernel.alloc(max(entry_len * len(entries), 8))
+        self.kernel.write(addr, b"".join(entries))
+        cmd = _argsz(iu.iommu_hwpt_invalidate, hwpt_id=id, data_uptr=addr if entries else 0,
+                     data_type=data_type, entry_len=entry_len, entry_num=len(entries))
+        try:
+            self.ioctl(iu.IOMMU_HWPT_INVALIDATE, cmd)
+        except OSError as e:
+            e.entry_num = int(cmd.entry_num)  # type: ignore[attr-defined]
+            raise
+        return int(cmd.entry_num)
+
+    def viommu_alloc(self, dev_id: int, hwpt_id: int, type: int) -> int:
+        """IOMMU_VIOMMU_ALLOC of a ``type`` vIOMMU on the nest-parent ``hwpt_id``: its id."""
+        cmd = _argsz(iu.iommu_viommu_alloc, type=type, dev_id=dev_id, hwpt_id=hwpt_id)
+        self.ioctl(iu.IOMMU_VIOMMU_ALLOC, cmd)
+        return int(cmd.out_viommu_id)
+
+    def vdevice_alloc(self, viommu_id: int, dev_id: int, virt_id: int) -> int:
+        """IOMMU_VDEVICE_ALLOC: ``dev_id`` at ``virt_id`` (a vSID) of the vIOMMU; its id."""
+        cmd = _argsz(iu.iommu_vdevice_alloc, viommu_id=viommu_id, dev_id=dev_id,
+                     virt_id=virt_id)
+        self.ioctl(iu.IOMMU_VDEVICE_ALLOC, cmd)
+        return int(cmd.out_vdevice_id)
+
+    def veventq_alloc(self, viommu_id: int, type: int, depth: int) -> tuple[int, int]:
+        """IOMMU_VEVENTQ_ALLOC: (the vEVENTQ's id, its fd), which ``read`` gives
+        ``struct iommufd_vevent_header`` + record pairs."""
+        cmd = _argsz(iu.iommu_veventq_alloc, viommu_id=viommu_id, type=type,
+                     veventq_depth=depth)
+        self.ioctl(iu.IOMMU_VEVENTQ_ALLOC, cmd)
+        return int(cmd.out_veventq_id), int(cmd.out_veventq_fd)
+
 
 # -- VFIO ------------------------------------------------------------------------------------------
 

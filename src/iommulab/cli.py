@@ -455,8 +455,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iommulab", description=(
         "An executable, faithful model of the Linux IOMMU stack. Exit status: 0 done, "
-        "1 replay --check found disagreements, 2 bad usage, 3 a file that cannot be used, "
-        "4 internal error."))
+        "1 replay --check found disagreements or a sweep point failed, 2 bad usage, 3 a "
+        "file that cannot be used, 4 internal error."))
     parser.add_argument("--version", action="version", version=f"iommulab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for cmd in COMMANDS.values():

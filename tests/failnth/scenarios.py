@@ -28,6 +28,7 @@ from iommulab.iommufd.selftest import (
     OP_ADD_RESERVED,
     OP_CREATE_ACCESS,
     OP_DESTROY_ACCESS_PAGES,
+    OP_DEV_CHECK_CACHE,
     OP_DIRTY,
     OP_MD_CHECK_IOTLB,
     OP_MD_CHECK_MAP,
@@ -37,7 +38,9 @@ from iommulab.iommufd.selftest import (
     OP_MOCK_DOMAIN_REPLACE,
     OP_SET_TEMP_MEMORY_LIMIT,
     OP_TRIGGER_IOPF,
+    OP_TRIGGER_VEVENT,
 )
+from iommulab.uapi import iommufd as ih
 from iommulab.vfio import uapi as vu
 
 from ..iommufd.selftest_lib import FIXED, RW, Selftest
@@ -1032,4 +1035,104 @@ SCENARIOS += [
     Scenario("edu cdev VFIO_DEVICE_PCI_HOT_RESET(no group fd)",
              on(VFIO_PCI, vu.VFIO_DEVICE_PCI_HOT_RESET), _edu(cdev=True), _hot_reset,
              DEV_PLATFORMS, expect=errno.ENODEV),
+]
+
+
+# -- Linux 7.0's vIOMMU ----------------------------------------------------------------------
+_VIOMMU_TYPE = {"mock": 0xDEADBEEF, "arm64-smmuv3": ih.IOMMU_VIOMMU_TYPE_ARM_SMMUV3}
+_VIOMMU_PLATFORMS = ("mock", "arm64-smmuv3")
+
+
+def _viommu_alloc(w: World) -> int:
+    out = _t(w).ioctl(iu.IOMMU_VIOMMU_ALLOC, iu.VIOMMU_ALLOC.pack(
+        40, 0, _VIOMMU_TYPE[w.m.platform], w.h["devs"][0][0], w.h["hwpt"], 0, 0, 0, 0))
+    return int(iu.VIOMMU_ALLOC.unpack(out)[5])
+
+
+def _viommu(vdev: bool = False) -> Callable[[str, str], World]:
+    """A nest-parent HWPT (``h["hwpt"]``) with a device, a vIOMMU on it (``h["viommu"]``)
+    and, with ``vdev``, the device's vDEVICE at virtual id 0x99."""
+    def setup(platform: str, kernel: str) -> World:
+        w = _hwpt(iu.IOMMU_HWPT_ALLOC_NEST_PARENT)(platform, kernel)
+        w.h["viommu"] = _viommu_alloc(w)
+        if vdev:
+            _vdevice_alloc(w)
+        return w
+    return setup
+
+
+def _vdevice_alloc(w: World) -> object:
+    return _t(w).ioctl(iu.IOMMU_VDEVICE_ALLOC, iu.VDEVICE_ALLOC.pack(
+        24, w.h["viommu"], w.h["devs"][0][0], 0, 0x99))
+
+
+def _veventq_alloc(w: World) -> object:
+    return _t(w).ioctl(iu.IOMMU_VEVENTQ_ALLOC, iu.VEVENTQ_ALLOC.pack(
+        32, 0, w.h["viommu"], 0xBEEFBEEF, 4, 0, 0, 0))
+
+
+def _nested_on_viommu(w: World) -> bytearray:
+    """HWPT_ALLOC of a nested HWPT on the vIOMMU: the selftest's data on the mock, a
+    guest S1 STE on the SMMUv3."""
+    data = w.h["bitmap"]
+    if w.m.platform == "mock":
+        w.p.write(data, struct.pack("<I", 0xBADBEEF))
+        dtype, n = 0xDEAD, 4
+    else:  # V, Config S1, S1ContextPtr 0x8000; S1DSS SSID0
+        w.p.write(data, struct.pack("<QQ", 0x8000 | (5 << 1) | 1, 2))
+        dtype, n = ih.IOMMU_HWPT_DATA_ARM_SMMUV3, 16
+    return _t(w).ioctl(iu.IOMMU_HWPT_ALLOC, iu.HWPT_ALLOC.pack(
+        48, 0, w.h["devs"][0][0], w.h["viommu"], 0, 0, dtype, n, data, 0, 0))
+
+
+def _viommu_invalidate(w: World) -> object:
+    """HWPT_INVALIDATE of one command through the vIOMMU: the selftest's FLAG_ALL on the
+    mock's vDEVICE, TLBI_NH_ALL on the SMMUv3."""
+    data = w.h["bitmap"]
+    if w.m.platform == "mock":
+        w.p.write(data, struct.pack("<III", 1, 0x99, 0))
+        dtype, n = 0xDEADBEEF, 12
+    else:
+        w.p.write(data, struct.pack("<QQ", 0x10, 0))
+        dtype, n = ih.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, 16
+    return _t(w).ioctl(iu.IOMMU_HWPT_INVALIDATE,
+                       iu.HWPT_INVALIDATE.pack(32, w.h["viommu"], data, dtype, n, 1, 0))
+
+
+def _triggered(platform: str, kernel: str) -> World:
+    """The mock device on a nested HWPT of the vIOMMU, with its vDEVICE and a vEVENTQ of
+    the selftest type."""
+    w = _viommu(vdev=True)(platform, kernel)
+    out = _nested_on_viommu(w)
+    nested = int(iu.HWPT_ALLOC.unpack(out)[4])
+    _t(w).mock_domain_replace(w.h["stdevs"][0], nested)
+    _veventq_alloc(w)
+    return w
+
+
+SCENARIOS += [
+    Scenario("VIOMMU_ALLOC", on(IOMMUFD, iu.IOMMU_VIOMMU_ALLOC),
+             _hwpt(iu.IOMMU_HWPT_ALLOC_NEST_PARENT), _viommu_alloc, _VIOMMU_PLATFORMS,
+             kernels=("7.0",)),
+    Scenario("VDEVICE_ALLOC", on(IOMMUFD, iu.IOMMU_VDEVICE_ALLOC), _viommu(),
+             _vdevice_alloc, _VIOMMU_PLATFORMS, kernels=("7.0",)),
+    Scenario("VEVENTQ_ALLOC", on(IOMMUFD, iu.IOMMU_VEVENTQ_ALLOC), _viommu(),
+             _veventq_alloc, _VIOMMU_PLATFORMS, kernels=("7.0",)),
+    Scenario("HWPT_ALLOC(nested on a vIOMMU)", on(IOMMUFD, iu.IOMMU_HWPT_ALLOC),
+             _viommu(), _nested_on_viommu, _VIOMMU_PLATFORMS, kernels=("7.0",)),
+    Scenario("HWPT_INVALIDATE(vIOMMU)", on(IOMMUFD, iu.IOMMU_HWPT_INVALIDATE),
+             _viommu(vdev=True), _viommu_invalidate, _VIOMMU_PLATFORMS, kernels=("7.0",)),
+    Scenario("TEST DEV_CHECK_CACHE", on(SELFTEST, OP_DEV_CHECK_CACHE), _ioas(1),
+             _test_op(OP_DEV_CHECK_CACHE, lambda w: w.h["devs"][0][0],
+                      struct.pack("<II", 0, 0xBADDAD)), ("mock",), kernels=("7.0",)),
+    Scenario("TEST DEV_CHECK_CACHE", on(SELFTEST, OP_DEV_CHECK_CACHE), _ioas(1),
+             _test_op(OP_DEV_CHECK_CACHE, lambda w: w.h["devs"][0][0], bytes(8)),
+             ("mock",), kernels=("6.12",), expect=errno.EOPNOTSUPP),
+    Scenario("TEST TRIGGER_VEVENT", on(SELFTEST, OP_TRIGGER_VEVENT), _triggered,
+             lambda w: _t(w).test_cmd(OP_TRIGGER_VEVENT, 0,
+                                      struct.pack("<I", w.h["devs"][0][0])),
+             ("mock",), kernels=("7.0",)),
+    Scenario("TEST TRIGGER_VEVENT", on(SELFTEST, OP_TRIGGER_VEVENT), _ioas(1),
+             _test_op(OP_TRIGGER_VEVENT, lambda w: 0, bytes(4)), ("mock",),
+             kernels=("6.12",), expect=errno.EOPNOTSUPP),
 ]

@@ -363,3 +363,37 @@ def test_fault_alloc_under_fail_nth() -> None:
             break
     assert sites == ["kzalloc(iommufd_fault)", "anon_inode_getfile"]
     t.close()
+
+
+def test_attach_straight_onto_a_nested_iopf_hwpt() -> None:
+    """MOCK_DOMAIN with a nested HWPT as ``pt_id`` (``iommufd_device_attach`` through
+    ``iommufd_hw_pagetable_attach``): the new device enables IOPF and its faults reach
+    the queue with its own device id; its destruction answers them and disables IOPF
+    (``iommufd_hwpt_detach_device``)."""
+    s = Setup()
+    t = s.t
+    md = t.mock_domain(s.iopf)
+    assert md.hwpt_id == s.iopf
+    assert s.ctx.objects[md.idev_id].iopf_enabled == 1
+    assert s.ctx.objects[s.iopf].users == 1
+    trigger(t, md.idev_id, grpid=4)
+    assert HWPT_PGFAULT.unpack(t.p.read_fd(s.fault_fd, REC))[1] == md.idev_id
+    dev = s.ctx.objects[md.idev_id].dev
+    assert dev.dev_iommu.fault_param is not None
+    n = len(s.driver.page_responses)
+    t.destroy(md.stdev_id)
+    assert [(r.grpid, r.code) for _, r in s.driver.page_responses[n:]] == [(4, INVALID)]
+    assert s.ctx.objects[s.iopf].users == 0
+    s.check()
+    t.close()
+
+
+def test_trigger_refuses_before_anything_is_reported() -> None:
+    """TRIGGER_IOPF's lookups: ENOENT for an id that is not a device (an IOAS), and no
+    page response is sent."""
+    s = Setup()
+    t = s.t
+    n = len(s.driver.page_responses)
+    expect_errno(errno.ENOENT, trigger, t, s.ioas)
+    assert len(s.driver.page_responses) == n
+    t.close()

@@ -155,9 +155,9 @@ def test_hwpt_alloc_on_a_missing_pt_id_is_einval() -> None:
 def test_hwpt_alloc_on_a_paging_hwpt_goes_the_nested_way(kernel: str) -> None:
     """``iommufd_hwpt_nested_alloc``: a paging HWPT as ``pt_id`` asks for a nested HWPT:
     without driver data EOPNOTSUPP; with data, a parent that is automatic or not a nest
-    parent is EINVAL. A HWPT allocated with NEST_PARENT gets past those checks: 6.12
-    makes the mock's nested domain (tests/iommufd/test_nested.py), 7.0's is not
-    modelled."""
+    parent is EINVAL. A HWPT allocated with NEST_PARENT gets past those checks and the
+    mock makes its nested domain (6.12 ``domain_alloc_user``, 7.0
+    ``domain_alloc_nested``; tests/iommufd/test_nested.py)."""
     t = Selftest(kernel=kernel)
     ioas = t.ioas_alloc()
     md = t.mock_domain(ioas)
@@ -170,12 +170,8 @@ def test_hwpt_alloc_on_a_paging_hwpt_goes_the_nested_way(kernel: str) -> None:
                      data_len=4, data_uptr=data)
     expect_errno(errno.EOPNOTSUPP, t.hwpt_alloc, md.idev_id, parent, DIRTY,
                  data_type=0xDEAD, data_len=4, data_uptr=data)
-    if kernel == "6.12":
-        t.destroy(t.hwpt_alloc(md.idev_id, parent, 0, data_type=0xDEAD, data_len=4,
-                               data_uptr=data))
-    else:
-        with pytest.raises(OSError, match="not modelled"):
-            t.hwpt_alloc(md.idev_id, parent, 0, data_type=0xDEAD, data_len=4, data_uptr=data)
+    t.destroy(t.hwpt_alloc(md.idev_id, parent, 0, data_type=0xDEAD, data_len=4,
+                           data_uptr=data))
     for hwpt in (plain, parent):
         t.destroy(hwpt)
     t.close()

@@ -140,15 +140,40 @@ def test_close_releases_nested_before_their_parent() -> None:
     assert not ctx.objects and not ctx.warnings
 
 
-def test_7_0_still_refuses_nested_hwpts() -> None:
-    """Linux 7.0's nesting path (``domain_alloc_nested``, vIOMMUs) is not modelled yet:
-    the nested alloc still stops after the core's checks (EOPNOTSUPP)."""
+def test_7_0_nested_hwpts_through_domain_alloc_nested() -> None:
+    """Linux 7.0 makes a nested HWPT on a nest-parent HWPT through the mock's
+    ``domain_alloc_nested``: the core's checks as in 6.12 (flags beyond FAULT_ID_VALID
+    and PASID: EOPNOTSUPP; not a nest parent: EINVAL), then the mock's (another data
+    type: EOPNOTSUPP; a bad length: EINVAL), and the IOTLB set to the user's value;
+    IOMMU_HWPT_ALLOC_PASID, which 6.12 refuses, is taken."""
     t = Selftest(kernel="7.0")
     ioas = t.ioas_alloc()
     md = t.mock_domain(ioas)
-    parent = t.hwpt_alloc(md.idev_id, ioas, NEST_PARENT)
-    expect_errno(errno.EOPNOTSUPP, _nested, t, md.idev_id, parent)
+    dev = md.idev_id
+    parent = t.hwpt_alloc(dev, ioas, NEST_PARENT)
+    not_parent = t.hwpt_alloc(dev, ioas)
+    expect_errno(errno.EOPNOTSUPP, _nested, t, dev, parent, NEST_PARENT)
+    expect_errno(errno.EINVAL, _nested, t, dev, not_parent)
+    expect_errno(errno.EOPNOTSUPP, _nested, t, dev, parent,
+                 data_type=IOMMU_HWPT_DATA_SELFTEST + 1)
+    expect_errno(errno.EINVAL, _nested, t, dev, parent, data_len=3)
+    nested = _nested(t, dev, parent)
+    pasid = _nested(t, dev, parent, u.IOMMU_HWPT_ALLOC_PASID)
+    _check_iotlb(t, nested, (IOTLB_DEFAULT,) * 4)
+    assert _invalidate(t, nested, [(INV_FLAG_ALL, 0)]) == (0, 1)
+    _check_iotlb(t, nested, (0, 0, 0, 0))
+    expect_errno(errno.EBUSY, t.destroy, parent)
+    t.destroy(pasid)
+    t.destroy(nested)
+    t.destroy(parent)
+    t6 = Selftest(kernel="6.12")
+    ioas6 = t6.ioas_alloc()
+    md6 = t6.mock_domain(ioas6)
+    parent6 = t6.hwpt_alloc(md6.idev_id, ioas6, NEST_PARENT)
+    expect_errno(errno.EOPNOTSUPP, _nested, t6, md6.idev_id, parent6,
+                 u.IOMMU_HWPT_ALLOC_PASID)
     t.close()
+    t6.close()
 
 
 def test_nested_alloc_and_invalidate_under_fail_nth() -> None:

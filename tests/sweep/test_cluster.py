@@ -18,7 +18,7 @@ import pytest
 
 from iommulab.cli import main
 from iommulab.report.json_report import report_document
-from iommulab.scenarios import ScenarioResult, run_scenario
+from iommulab.scenarios import ScenarioResult, UsageError, run_scenario
 from iommulab.sweep import (
     DaskEngine,
     OutputDir,
@@ -47,7 +47,7 @@ SPEC = SweepSpec("msi-doorbell", {"devices": ["1", "2"],
 def client() -> Iterator[Any]:
     """A LocalCluster of two worker processes, one thread each, for the module."""
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
+                                       dashboard_address="127.0.0.1:0", silence_logs=40)
     c = distributed.Client(cluster)
     yield c
     c.close()
@@ -165,6 +165,12 @@ def test_a_dying_worker_is_retried_elsewhere(client: Any, tmp_path: Path) -> Non
     assert result.table.without_timings() == run_sweep(
         spec, out=OutputDir(tmp_path / "b")).table.without_timings()
     client.wait_for_workers(2, timeout=60)  # the nanny brought it back
+
+
+def test_a_scheduler_that_does_not_answer_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"--scheduler tcp://127\.0\.0\.1:1: cannot "
+                       "connect: Timed out"):
+        DaskEngine(scheduler="tcp://127.0.0.1:1", timeout=1)
 
 
 def _free_scheduler(tmp_path: Path, env: dict[str, str]) -> tuple[str, list[Any]]:

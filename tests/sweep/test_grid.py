@@ -58,6 +58,8 @@ BAD = [
      "msi-doorbell runs on arm64-smmuv3, not x86-vtd"),
     ([], "give a grid"),
     (["--grid", "devices=1", "--seeds", "0"], "at least 1"),
+    (["--grid", "devices=1", "--html", "/nonexistent-dir/p.html"],
+     "--html /nonexistent-dir/p.html: no directory /nonexistent-dir"),
 ]
 
 

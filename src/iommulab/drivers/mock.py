@@ -43,6 +43,7 @@ from ..iommu.resv import IommuCap, ResvRegion
 from ..iommu.user_data import (
     IommuUserData,
     IommuUserDataArray,
+    iommu_copy_struct_from_full_user_array,
     iommu_copy_struct_from_user,
     iommu_copy_struct_from_user_array,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "MockIommu",
     "MockNestedDomain",
     "MockPfns",
+    "MockViommu",
 ]
 
 U64Array = npt.NDArray[np.uint64]
@@ -94,6 +96,13 @@ HWPT_ALLOC_NEST_PARENT, HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_PASID = 1 << 0, 1 
 MOCK_NESTED_DOMAIN_IOTLB_ID_MAX, MOCK_NESTED_DOMAIN_IOTLB_NUM = 3, 4  # iommufd_test.h
 IOMMU_HWPT_INVALIDATE_DATA_SELFTEST = 0xDEADBEEF  # iommufd_test.h
 IOMMU_TEST_INVALIDATE_FLAG_ALL = 1 << 0
+# Linux 7.0's mock vIOMMU (iommufd_test.h)
+IOMMU_VIOMMU_TYPE_SELFTEST = 0xDEADBEEF
+IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST = 0xDEADBEEF
+IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID = 0xDADBEEF
+IOMMU_VEVENTQ_TYPE_SELFTEST = 0xBEEFBEEF
+IOMMU_TEST_DEV_CACHE_DEFAULT = 0xBADDAD
+MOCK_DEV_CACHE_ID_MAX, MOCK_DEV_CACHE_NUM = 3, 4
 
 _SHIFT = MOCK_IO_PAGE_SIZE.bit_length() - 1
 _U64 = (1 << 64) - 1
@@ -514,8 +523,68 @@ class MockHw:
 
 @dataclass
 class _MockDev:
+    """``struct mock_dev``: ``cache`` is 7.0's per-device stand-in for a device cache
+    (``MOCK_DEV_CACHE_NUM`` u32 values) a vIOMMU invalidation zeroes."""
+
     sid: int
     flags: int = 0
+    viommu: Any = None  # 7.0: the vIOMMU of the nested domain it is attached to
+    vdev_id: int = 0  # and its virtual id there
+    cache: npt.NDArray[np.uint32] = field(default_factory=lambda: np.full(
+        MOCK_DEV_CACHE_NUM, IOMMU_TEST_DEV_CACHE_DEFAULT, dtype=np.uint32))
+
+
+class MockViommu:
+    """``struct mock_viommu`` (Linux 7.0 selftest.c): the vIOMMU's driver part over the
+    mock paging ``s2_parent``. ``viommu`` is the core's object (its vDEVICEs)."""
+
+    def __init__(self, iommu: MockIommu, viommu: Any, s2_parent: IommuDomain) -> None:
+        self.iommu = iommu
+        self.viommu = viommu
+        self.s2_parent = s2_parent
+
+    def alloc_domain_nested(self, flags: int, user_data: IommuUserData) -> MockNestedDomain:
+        """``mock_viommu_alloc_domain_nested``: EOPNOTSUPP for a flag beyond PASID (the
+        core has taken FAULT_ID_VALID out), then ``__mock_domain_alloc_nested`` over
+        ``s2_parent``."""
+        if flags & ~HWPT_ALLOC_PASID:
+            raise NotSupported(f"mock vIOMMU: nested flags {flags:#x}")
+        domain = self.iommu.mock_domain_alloc_nested(self.s2_parent, user_data)
+        domain.mock_viommu = self
+        return domain
+
+    def cache_invalidate(self, array: IommuUserDataArray) -> tuple[int, KernelError | None]:
+        """``mock_viommu_cache_invalidate``: an empty array of the selftest type is a
+        probe (0 done); else the array (``kcalloc``; the whole array copied: EINVAL for
+        another type or an empty one, E2BIG, EFAULT, a short entry zero-filled), then
+        per ``struct iommu_viommu_invalidate_selftest`` (flags, vdev_id, cache_id),
+        stopping at the first bad one: EOPNOTSUPP for a flag beyond FLAG_ALL, EINVAL for
+        a cache id past 3 or a virtual id without a vDEVICE; FLAG_ALL zeroes the
+        device's whole cache, else entry ``cache_id``. O(entries)."""
+        if array.entry_num == 0 and array.type == IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST:
+            return 0, None
+        try:
+            self.iommu.hw.fail_nth.check("kcalloc(iommu_viommu_invalidate_selftest)")
+            cmds = iommu_copy_struct_from_full_user_array(
+                array, IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, 12)
+        except KernelError as e:
+            return 0, e
+        for done, raw in enumerate(cmds):
+            flags, vdev_id, cache_id = (int.from_bytes(raw[i:i + 4], "little")
+                                        for i in (0, 4, 8))
+            if flags & ~IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                return done, NotSupported(f"mock vIOMMU: invalidation flags {flags:#x}")
+            if cache_id > MOCK_DEV_CACHE_ID_MAX:
+                return done, InvalidArgument(f"mock vIOMMU: cache_id {cache_id}")
+            dev = self.viommu.find_dev(vdev_id)
+            if dev is None:
+                return done, InvalidArgument(f"mock vIOMMU: no vDEVICE {vdev_id}")
+            mdev: _MockDev = dev.dev_iommu.priv
+            if flags & IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                mdev.cache[:] = 0
+            else:
+                mdev.cache[cache_id] = 0
+        return len(cmds), None
 
 
 class MockNestedDomain(IommuDomain):
@@ -527,6 +596,7 @@ class MockNestedDomain(IommuDomain):
     def __init__(self, parent: IommuDomain, iotlb: int, kernel: KernelVersion) -> None:
         super().__init__(DomainType.NESTED, kernel=kernel)
         self.parent = parent
+        self.mock_viommu: MockViommu | None = None  # 7.0: made on a vIOMMU
         self.iotlb = np.full(MOCK_NESTED_DOMAIN_IOTLB_NUM, iotlb, dtype=np.uint32)
 
     def cache_invalidate_user(self, array: IommuUserDataArray) -> tuple[int, KernelError | None]:
@@ -657,7 +727,18 @@ class MockIommu:
         IOMMU_HWPT_DATA_SELFTEST or any flag; EINVAL for a parent that is not a mock
         paging domain; the ``struct iommu_hwpt_selftest`` copied (EINVAL for a length
         other than 4, EFAULT); ``__mock_domain_alloc_nested`` (``kzalloc``) with every
-        IOTLB entry set to its ``iotlb``."""
+        IOTLB entry set to its ``iotlb``.
+
+        7.0 ``mock_domain_alloc_nested``: EOPNOTSUPP for a flag beyond PASID first, then
+        EINVAL for a parent that is not a mock paging domain, then
+        ``__mock_domain_alloc_nested`` (the data type's EOPNOTSUPP, the copy, the
+        ``kzalloc``)."""
+        if self.kernel >= LINUX_7_0:
+            if flags & ~HWPT_ALLOC_PASID:
+                raise NotSupported(f"mock: nested flags {flags:#x}")
+            if parent.type != DomainType.UNMANAGED or not self._is_mock_paging(parent):
+                raise InvalidArgument(f"mock: {parent!r} cannot be a nested domain's parent")
+            return self.mock_domain_alloc_nested(parent, user_data)
         if user_data.type != IOMMU_HWPT_DATA_SELFTEST or flags:
             raise NotSupported(f"mock: nested data type {user_data.type:#x} with flags "
                                f"{flags:#x}")
@@ -667,11 +748,49 @@ class MockIommu:
         self.hw.fail_nth.check("kzalloc(mock_iommu_domain_nested)")
         return MockNestedDomain(parent, int.from_bytes(raw, "little"), self.kernel)
 
+    @staticmethod
+    def _is_mock_paging(domain: IommuDomain) -> bool:
+        """7.0's ``to_mock_domain``: a paging domain the mock made."""
+        return bool(domain.type & DomainType.UNMANAGED) and \
+            not isinstance(domain, MockNestedDomain)
+
+    def mock_domain_alloc_nested(self, parent: IommuDomain, user_data: IommuUserData
+                                 ) -> MockNestedDomain:
+        """7.0 ``__mock_domain_alloc_nested``: EOPNOTSUPP for data that is not
+        IOMMU_HWPT_DATA_SELFTEST, the ``struct iommu_hwpt_selftest`` (EINVAL, EFAULT),
+        the domain (``kzalloc``)."""
+        if user_data.type != IOMMU_HWPT_DATA_SELFTEST:
+            raise NotSupported(f"mock: nested data type {user_data.type:#x}")
+        raw = iommu_copy_struct_from_user(user_data, IOMMU_HWPT_DATA_SELFTEST, 4, 4)
+        self.hw.fail_nth.check("kzalloc(mock_iommu_domain_nested)")
+        return MockNestedDomain(parent, int.from_bytes(raw, "little"), self.kernel)
+
+    # -- Linux 7.0's vIOMMU (mock_get_viommu_size, mock_viommu_init) ----------------------
+    def get_viommu_size(self, dev: _MockDev, viommu_type: int) -> int:
+        """``mock_get_viommu_size``: only IOMMU_VIOMMU_TYPE_SELFTEST (0: unsupported)."""
+        return 1 if viommu_type == IOMMU_VIOMMU_TYPE_SELFTEST else 0
+
+    def viommu_init(self, viommu: Any, parent: IommuDomain,
+                    user_data: IommuUserData | None) -> MockViommu:
+        """``mock_viommu_init`` without driver data. With a ``struct
+        iommu_viommu_selftest`` the kernel's mock also makes an mmap-able page (its
+        loopback test); the model does not have that page: EOPNOTSUPP (model-only)."""
+        if user_data is not None:
+            raise NotSupported("mock vIOMMU: driver data (the mmap loopback page) is not "
+                               "modelled")
+        return MockViommu(self, viommu, parent)
+
     def attach_dev(self, domain: IommuDomain, dev: _MockDev) -> None:
         """``mock_domain_nop_attach``: EINVAL for a NO_DIRTY device on a dirty-tracking
         domain; the model routes the device's DMA to ``domain``."""
         if domain.dirty_ops is not None and dev.flags & MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise InvalidArgument("mock: a NO_DIRTY device cannot join a dirty-tracking domain")
+        new_viommu, vdev_id = None, 0
+        if isinstance(domain, MockNestedDomain) and domain.mock_viommu is not None:
+            new_viommu = domain.mock_viommu.viommu
+            vdev_id = new_viommu.get_vdev_id(dev)
+        if new_viommu is not dev.viommu:
+            dev.viommu, dev.vdev_id = new_viommu, vdev_id
         if isinstance(domain, MockNestedDomain):  # no stage 1: DMA through the parent
             self.hw.domains[dev.sid] = domain.parent
         elif domain.type & DomainType.UNMANAGED:  # any paging domain

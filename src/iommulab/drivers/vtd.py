@@ -561,7 +561,21 @@ class IntelIommu:
         domain = IommuDomain(type, kernel=self.kernel)
         width = DEFAULT_DOMAIN_ADDRESS_WIDTH
         self._legacy_domain(domain, width, vtd_levels_for(width), SZ_4K, 0, max_addr=0)
+        ops = domain.ops
+        assert isinstance(ops, _LegacyDomain)
+        ops.format.first_level = self._first_level_by_default(type)
         return domain
+
+    def _first_level_by_default(self, type: DomainType) -> bool:
+        """6.12 ``first_level_by_default``: legacy mode (any unit without scalable mode)
+        has only the second stage; with one stage offered by every unit, that one; with
+        both, the first stage for every domain but UNMANAGED (VFIO type1's)."""
+        if not all(u.sm is not None for u in self.units):
+            return False
+        flts, slts = all(u.flts for u in self.units), all(u.slts for u in self.units)
+        if flts != slts:
+            return flts
+        return type != DomainType.UNMANAGED
 
     def domain_alloc_paging_flags(self, master: _Master | None, flags: int = 0,
                                   user_data: IommuUserData | None = None, *,
@@ -576,6 +590,13 @@ class IntelIommu:
             raise NotSupported(f"domain_alloc_paging_flags: driver data of type "
                                f"{user_data.type:#x} for a paging domain")
         unit = self.hw if master is None else master.unit
+        if self.generic_pt and not flags & ~HWPT_ALLOC_PASID and unit.sm is not None and \
+                unit.flts:
+            # 7.0 intel_iommu_domain_alloc_first_stage, preferred by default
+            self.hw.mem.fail_nth.check("kzalloc(dmar_domain)")  # paging_domain_alloc
+            domain = IommuDomain(type, kernel=self.kernel)
+            self._first_stage_domain(domain, unit)
+            return domain
         known = HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_DIRTY_TRACKING
         if self.generic_pt:
             known |= HWPT_ALLOC_PASID
@@ -670,6 +691,26 @@ class IntelIommu:
         domain.pgsize_bitmap = _sslps_pgsizes(unit.sslps)
         domain.geometry = DomainGeometry(0, (1 << vasz) - 1, True)
 
+    def _first_stage_domain(self, domain: IommuDomain, unit: VtdHw) -> None:
+        """7.0 ``intel_iommu_domain_alloc_first_stage`` over generic_pt's x86_64 format: 4
+        levels (48 bits), 5 with CAP.FL5LP on a unit of more than 48 bits; 4K and 2M
+        pages, 1G with CAP.FL1GP; leaves U|A, RW|D when writable, tables P|RW|U|A
+        (``x86_64_pt_iommu_set_prot``, ``x86_64_pt_install_table``). The aperture stops
+        below the canonical hole (the top input bit clear). Lab: the table is the shared
+        VT-d table storage with first-stage bits (:attr:`VtdSsFormat.first_level`)."""
+        levels = 5 if unit.fl5lp and unit.aw > 48 else 4
+        vasz = 12 + 9 * levels
+        pgtbl = self._new_table(domain, vasz, levels)
+        fmt = pgtbl.format
+        assert isinstance(fmt, VtdSsFormat)
+        fmt.first_level = True
+        ops = _SsDomain(pgtbl, domain, vasz)
+        domain.ops = ops
+        domain.iommupt = ops
+        domain.pgtbl = pgtbl
+        domain.pgsize_bitmap = SZ_4K | SZ_2M | (SZ_1G if unit.fl1gp else 0)
+        domain.geometry = DomainGeometry(0, (1 << (vasz - 1)) - 1, True)
+
     # -- attach ------------------------------------------------------------------------------------
     def attach_dev(self, domain: IommuDomain, master: _Master) -> None:
         """``intel_iommu_attach_device``: block the device (``device_block_translation``),
@@ -688,6 +729,8 @@ class IntelIommu:
         unit.contexts.pop(master.sid, None)
         if isinstance(ops, _LegacyDomain):
             self._prepare_domain_attach_device(ops, master)
+        elif isinstance(ops, _SsDomain) and ops.format.first_level:
+            self._paging_domain_compatible_first_stage(ops, master)
         elif isinstance(ops, _SsDomain):
             self._paging_domain_compatible(ops, master)
         fail = self.hw.mem.fail_nth
@@ -698,15 +741,23 @@ class IntelIommu:
             ops.devices.append(master)
             if new_unit and isinstance(ops, _LegacyDomain):
                 self._domain_update_iommu_cap(ops)
-            if isinstance(ops, _LegacyDomain) and unit.caching_mode:
+            if isinstance(ops, _LegacyDomain) and unit.caching_mode and \
+                    not ops.format.first_level:
                 ops.sync_on_map = True  # domain_need_iotlb_sync_map
         if isinstance(ops, _DmarDomain) and unit.sm is not None and master.pasid is not None:
             self._domain_attach_did(ops, unit)
-            try:  # intel_pasid_setup_second_level (6.12 and 7.0's sspt domains)
-                pasid.pasid_setup_second_level(
-                    self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
-                    pgd=ops.pgtbl.pgd_pa, agaw=ops.levels - 2, ssads=ops.dirty_tracking,
-                    smpwc=unit.smpwc, caching_mode=unit.caching_mode)
+            try:
+                if ops.format.first_level:  # domain_setup_first_level
+                    pasid.pasid_setup_first_level(
+                        self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
+                        pgd=ops.pgtbl.pgd_pa, levels=ops.levels, unit_agaw=unit.agaw,
+                        flts=unit.flts, fl5lp=unit.fl5lp, snoop=ops.force_snooping,
+                        smpwc=unit.smpwc, caching_mode=unit.caching_mode)
+                else:  # intel_pasid_setup_second_level (6.12 and 7.0's sspt domains)
+                    pasid.pasid_setup_second_level(
+                        self.hw.mem, unit.sm, master.pasid, did=ops.dids[id(unit)],
+                        pgd=ops.pgtbl.pgd_pa, agaw=ops.levels - 2, ssads=ops.dirty_tracking,
+                        smpwc=unit.smpwc, caching_mode=unit.caching_mode)
             except KernelError:
                 ops.devices.remove(master)
                 self._domain_detach_did(ops, unit)
@@ -722,7 +773,8 @@ class IntelIommu:
 
     def _prepare_domain_attach_device(self, ops: _LegacyDomain, master: _Master) -> None:
         """6.12 ``prepare_domain_attach_device``: EINVAL when the domain forces snooping
-        and the unit has no snoop control, or its ``max_addr`` (the end of the highest
+        and the unit has no snoop control, when it tracks dirty pages and the unit has no
+        SSADS, or its ``max_addr`` (the end of the highest
         map; for an iommufd domain at least the top of the width it was allocated
         with) is above what the unit can address; then the domain takes the unit's
         width (``gaw``, which may grow) and drops table levels the unit cannot walk
@@ -731,6 +783,9 @@ class IntelIommu:
         if ops.force_snooping and not unit.snoop_control:
             raise InvalidArgument(f"attach {master.sid:#x}: the domain forces snooping and "
                                   "the unit has no snoop control")
+        if ops.domain.dirty_ops is not None and not unit.ssads_supported:
+            raise InvalidArgument(f"attach {master.sid:#x}: a dirty-tracking domain on a "
+                                  "unit without SSADS")
         addr_width = unit.addr_width
         if ops.max_addr > 1 << addr_width:
             raise InvalidArgument(f"attach {master.sid:#x}: max_addr {ops.max_addr:#x} is "
@@ -748,6 +803,7 @@ class IntelIommu:
         pt = ops.pgtbl
         levels = ops.levels - 1
         fmt = VtdSsFormat(replace(pt.cfg, ias=12 + 9 * levels), ops.force_snooping, levels)
+        fmt.first_level = ops.format.first_level
         pt.cfg = replace(pt.cfg, ias=12 + 9 * levels)
         first = pt._pgd.item(0)
         if not first & (DMA_PTE_READ | DMA_PTE_WRITE):
@@ -764,20 +820,49 @@ class IntelIommu:
         """6.12 ``domain_update_iommu_cap``: superpages every active unit offers, the
         aperture from ``gaw``; page sizes are only ever added."""
         mask = SSLPS_2M | SSLPS_1G
+        first = ops.format.first_level
         for unit in self.units:
-            mask &= unit.sslps
+            if first:  # first stage: 2M always, 1G with CAP.FL1GP
+                mask = mask if unit.fl1gp else mask & SSLPS_2M
+            else:
+                mask &= unit.sslps
         ops.iommu_superpage = mask.bit_length()
         domain = ops.domain
-        domain.geometry = DomainGeometry(0, (1 << ops.gaw) - 1, True)
+        # a first-level input address is canonical: the top bit of gaw is left out
+        domain.geometry = DomainGeometry(0, (1 << (ops.gaw - first)) - 1, True)
         domain.pgsize_bitmap |= _super_pgsize_bitmap(ops.iommu_superpage)
 
     @staticmethod
+    def _paging_domain_compatible_first_stage(ops: _SsDomain, master: _Master) -> None:
+        """7.0 ``paging_domain_compatible_first_stage``: EINVAL on a unit without scalable
+        mode or a first stage, or without CAP.FL1GP for a domain with 1G pages; then
+        (``paging_domain_compatible``) a table wider than the unit's MGAW."""
+        unit, sid = master.unit, master.sid
+        if unit.sm is None or not unit.flts:
+            raise InvalidArgument(f"attach {sid:#x}: a first-stage domain on a unit without "
+                                  "one")
+        if not unit.fl1gp and ops.domain.pgsize_bitmap & SZ_1G:
+            raise InvalidArgument(f"attach {sid:#x}: 1G first-stage pages without FL1GP")
+        if unit.aw < ops.gaw - 1:
+            raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit first stage on a unit "
+                                  f"with MGAW {unit.aw}")
+
+    @staticmethod
     def _paging_domain_compatible(ops: _SsDomain, master: _Master) -> None:
-        """7.0 ``paging_domain_compatible_second_stage``: EINVAL when the unit's MGAW is
+        """7.0 ``paging_domain_compatible_second_stage``: EINVAL for a dirty-tracking domain
+        on a unit without SSADS, a nest parent on one without nesting, a scalable unit
+        without a second stage; then (with ``paging_domain_compatible``) when the unit's MGAW is
         below the domain's IOVA width, its SAGAW lacks the table depth, it lacks a
         page size the domain uses, it is in caching mode and the domain does not sync
         on map, or the domain forces snooping and the unit has no snoop control."""
         unit, sid = master.unit, master.sid
+        if ops.domain.dirty_ops is not None and not unit.ssads_supported:
+            raise InvalidArgument(f"attach {sid:#x}: a dirty-tracking domain on a unit "
+                                  "without SSADS")
+        if ops.nested_parent and not unit.nested_supported:
+            raise InvalidArgument(f"attach {sid:#x}: a nest parent on a unit without nesting")
+        if unit.sm is not None and not unit.slts:
+            raise InvalidArgument(f"attach {sid:#x}: the unit has no second stage (SLTS)")
         if unit.aw < ops.gaw:
             raise InvalidArgument(f"attach {sid:#x}: {ops.gaw}-bit IOVAs on a unit with "
                                   f"MGAW {unit.aw}")
@@ -811,8 +896,6 @@ class IntelIommu:
                                "compatible")
         if isinstance(s2, _LegacyDomain):
             self._prepare_domain_attach_device(s2, master)
-            if s2.domain.dirty_ops is not None and not unit.ssads_supported:
-                raise InvalidArgument(f"attach {master.sid:#x}: dirty tracking without SSADS")
         elif isinstance(s2, _SsDomain):
             self._paging_domain_compatible(s2, master)
         assert unit.sm is not None and master.pasid is not None

@@ -72,7 +72,7 @@ def _tags(domain: Any) -> list[tuple[VtdHw, int, bool]]:
     devices (their DIDs)."""
     out: list[tuple[VtdHw, int, bool]] = []
     seen: set[tuple[int, int]] = set()
-    nested = isinstance(domain, IntelNestedDomain)
+    nested = isinstance(domain, IntelNestedDomain) or domain.format.first_level
     for m in domain.devices:
         if m.unit.sm is None:  # legacy units: no IOTLB in the model, no DIDs kept
             continue

@@ -18,6 +18,7 @@ from .vtd_sm import (
     PASID_QW0,
     PASID_QW1,
     PASID_QW2,
+    PGTT_FL_ONLY,
     PGTT_NESTED,
     PGTT_SL_ONLY,
     ContextCacheInv,
@@ -40,6 +41,7 @@ __all__ = [
     "VtdS1Cfg",
     "pasid_entry_present",
     "pasid_setup_dirty_tracking",
+    "pasid_setup_first_level",
     "pasid_setup_nested",
     "pasid_setup_second_level",
     "pasid_tear_down_entry",
@@ -159,6 +161,29 @@ def pasid_setup_second_level(mem: PhysMem, sm: SmState, dp: DevPasid, *, did: in
         raise Busy(f"PASID entry of {dp.sid:#x} is present")
     q0 = PASID_QW0.encode(P=1, AW=agaw, PGTT=PGTT_SL_ONLY, SSADE=int(ssads), SSPTPTR=pgd)
     _write_entry(mem, at, q0, PASID_QW1.encode(DID=did, PWSNP=int(smpwc)), 0)
+    _flush_new_entry(sm, caching_mode, did)
+
+
+def pasid_setup_first_level(mem: PhysMem, sm: SmState, dp: DevPasid, *, did: int,
+                            pgd: int, levels: int, unit_agaw: int, flts: bool, fl5lp: bool,
+                            snoop: bool, smpwc: bool, caching_mode: bool) -> None:
+    """6.12 ``domain_setup_first_level`` and ``intel_pasid_setup_first_level``: EINVAL for
+    a table of other than 4 or 5 levels, without ECAP.FLTS, or of 5 levels without
+    CAP.FL5LP; EBUSY over a present entry; FLPTR, FLPM for 5 levels, PGSNP when the
+    domain forces snooping, DID, AW of the unit, PWSNP, PGTT first-stage, present."""
+    if levels not in (4, 5):
+        raise InvalidArgument(f"domain_setup_first_level: a {levels}-level table")
+    if not flts:
+        raise InvalidArgument("intel_pasid_setup_first_level: No first level translation")
+    if levels == 5 and not fl5lp:
+        raise InvalidArgument("intel_pasid_setup_first_level: No 5-level paging support")
+    at = _entry_pa(mem, dp)
+    if mem.read_u64(at) & _QW_P:
+        raise Busy(f"PASID entry of {dp.sid:#x} is present")
+    q2 = pgd | PASID_QW2.encode(FSPM=int(levels == 5))
+    q1 = PASID_QW1.encode(DID=did, PWSNP=int(smpwc), PGSNP=int(snoop))
+    q0 = PASID_QW0.encode(P=1, AW=unit_agaw, PGTT=PGTT_FL_ONLY)
+    _write_entry(mem, at, q0, q1, q2)
     _flush_new_entry(sm, caching_mode, did)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, TooBig
 
 __all__ = [
     "IommuUserData",
     "IommuUserDataArray",
+    "iommu_copy_struct_from_full_user_array",
     "iommu_copy_struct_from_user",
     "iommu_copy_struct_from_user_array",
 ]
@@ -61,3 +62,25 @@ def iommu_copy_struct_from_user_array(array: IommuUserDataArray, data_type: int,
     one = IommuUserData(array.type, array.uptr + array.entry_len * index, array.entry_len,
                         array.read)
     return iommu_copy_struct_from_user(one, data_type, size, min_len)
+
+
+def iommu_copy_struct_from_full_user_array(array: IommuUserDataArray, data_type: int,
+                                           size: int) -> list[bytes]:
+    """``iommu_copy_struct_from_full_user_array`` (Linux 6.13+, 7.0): EINVAL for another
+    type or an empty array; then every entry by ``copy_struct_from_user``: an entry
+    shorter than ``size`` is zero-filled, a longer one must have a zero tail (E2BIG),
+    EFAULT where the memory cannot be read. Unlike the per-entry helper there is no
+    minimum length. The entries, ``size`` bytes each. O(entries)."""
+    if array.type != data_type:
+        raise InvalidArgument(f"driver data: type {array.type:#x}, not {data_type:#x}")
+    if not array.entry_num:
+        raise InvalidArgument("driver data: an empty array")
+    n, size_u = array.entry_len, array.entry_num
+    raw = array.read(array.uptr, n * size_u) if n else b""
+    out: list[bytes] = []
+    for i in range(size_u):
+        one = raw[i * n:(i + 1) * n]
+        if n > size and any(one[size:]):
+            raise TooBig(f"driver data: entry {i} has non-zero bytes past {size}")
+        out.append(one[:size].ljust(size, b"\0"))
+    return out

@@ -42,6 +42,7 @@ from ..prot import Prot
 from ..sizes import PAGE_SIZE
 from ..syscall.file import File
 from ..syscall.memfd import MemFdFile
+from ..uapi import iommufd as _h
 from . import uapi as u
 from .eventq import FaultObject, fault_alloc
 from .io_pagetable import PagesSlice
@@ -49,6 +50,14 @@ from .iova_space import ULONG_MAX
 from .objects import Device, HwptNested, HwptPaging, Ioas, IommufdCtx
 from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Account, IoptPages, PfnSource
 from .sources import FileSource, OtherFileSource, UserSource
+from .viommu import (
+    Viommu,
+    abort,
+    vdevice_alloc,
+    veventq_alloc,
+    viommu_alloc,
+    viommu_alloc_hwpt_nested,
+)
 
 if TYPE_CHECKING:
     from ..syscall.devtable import DeviceTable
@@ -367,8 +376,9 @@ class IommufdFile(File):
         """``iommufd_hwpt_alloc``: EOPNOTSUPP for ``__reserved``, EINVAL for a data type
         without data or the other way round, ENOENT for no such device, EINVAL for a
         ``pt_id`` that is no object at all. An IOAS gets a paging HWPT; a paging HWPT is
-        the parent of a nested one (6.12: :meth:`IommufdCtx.hwpt_nested_alloc`; 7.0's
-        nesting is checked only as far as the driver); any other object is EINVAL.
+        the parent of a nested one (:meth:`IommufdCtx.hwpt_nested_alloc`), and in 7.0
+        a vIOMMU too (EINVAL for one of another IOMMU instance, then
+        ``iommufd_viommu_alloc_hwpt_nested``); any other object is EINVAL.
         With FAULT_ID_VALID (6.12: nested HWPTs only; 7.0 paging ones too) the fault
         object is looked up after the HWPT was made (``iommufd_get_fault``: ENOENT,
         and the HWPT is destroyed again); the HWPT takes a user of it and its domain
@@ -388,12 +398,12 @@ class IommufdFile(File):
             hwpt = self.ctx.hwpt_paging_alloc(pt, idev, flags, auto=False,
                                               user_data=user_data if data_len else None,
                                               finalize=False)
-        elif isinstance(pt, HwptPaging) and self.machine.kernel < LINUX_7_0:
-            hwpt = self.ctx.hwpt_nested_alloc(pt, idev, flags, user_data)
         elif isinstance(pt, HwptPaging):
-            self.ctx.check_nested_parent(pt, idev, flags, data_len)
-            raise NotSupported(f"HWPT_ALLOC: 7.0's nested HWPTs (data type {data_type:#x} "
-                               f"on HWPT {pt_id}) are not modelled")
+            hwpt = self.ctx.hwpt_nested_alloc(pt, idev, flags, user_data)
+        elif isinstance(pt, Viommu):  # 7.0 only: 6.12 can make no vIOMMU
+            if pt.iommu_dev is not self.machine.core.driver:
+                raise InvalidArgument(f"HWPT_ALLOC: vIOMMU {pt_id} is of another IOMMU")
+            hwpt = viommu_alloc_hwpt_nested(self.ctx, pt, flags, user_data)
         else:
             raise InvalidArgument(f"HWPT_ALLOC: object {pt_id} is not an IOAS or a HWPT")
         if flags & u.IOMMU_HWPT_FAULT_ID_VALID:
@@ -583,13 +593,15 @@ class IommufdFile(File):
                          data_uptr: int, data_type: int, entry_len: int, entry_num: int,
                          rsvd: int) -> int:
         """``iommufd_hwpt_invalidate``: the invalidation goes to a nested HWPT (7.0: or a
-        vIOMMU, neither modelled there): EOPNOTSUPP for ``__reserved``; EINVAL for
-        entries without data or length (6.12 also for ``entry_len`` past PAGE_SIZE or
-        more than 1 << 19 entries); 6.12 ENOENT for an id that is not a nested HWPT
+        vIOMMU): EOPNOTSUPP for ``__reserved``; EINVAL for entries without data or
+        length (6.12 also for ``entry_len`` past PAGE_SIZE or more than 1 << 19
+        entries); 6.12 ENOENT for an id that is not a nested HWPT
         (``iommufd_get_hwpt_nested``), 7.0 ENOENT for no object and EINVAL for one of
-        another kind. In 6.12 a nested HWPT's domain runs the request array
-        (``cache_invalidate_user``) and ``entry_num`` comes back as the entries it did,
-        before its error is returned; on the other errors it comes back 0."""
+        another kind, EOPNOTSUPP for a nested HWPT without ``cache_invalidate_user``
+        or a vIOMMU without ``cache_invalidate``. A nested HWPT's domain
+        (``cache_invalidate_user``) or the vIOMMU (``cache_invalidate``) runs the
+        request array and ``entry_num`` comes back as the entries it did, before its
+        error is returned; on the other errors it comes back 0."""
         err: KernelError
         new = self.machine.kernel >= LINUX_7_0
         bad_entries = not data_uptr or not entry_len or (
@@ -601,24 +613,92 @@ class IommufdFile(File):
                                   f"bytes at {data_uptr:#x}")
         elif self.ctx.fail_nth_get_object():
             err = NoEntry("HWPT_INVALIDATE: iommufd_get_object: injected failure")
-        elif not new and isinstance(nested := self.ctx.objects.get(hwpt_id), HwptNested):
-            array = IommuUserDataArray(data_type, data_uptr, entry_len, entry_num,
-                                       proc.mm.read)
-            done, driver_err = nested.domain.cache_invalidate_user(  # type: ignore[attr-defined]
-                array)
-            self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr,
-                          data_type, entry_len, done, rsvd)
-            if driver_err is not None:
-                raise driver_err
-            return 0
+        elif isinstance(target := self.ctx.objects.get(hwpt_id), HwptNested | Viommu) and (
+                new or isinstance(target, HwptNested)):
+            op = getattr(target.domain, "cache_invalidate_user", None) if isinstance(
+                target, HwptNested) else getattr(target.ops, "cache_invalidate", None)
+            if op is None:
+                err = NotSupported(f"HWPT_INVALIDATE: object {hwpt_id} cannot invalidate")
+            else:
+                array = IommuUserDataArray(data_type, data_uptr, entry_len, entry_num,
+                                           proc.mm.read)
+                done, driver_err = op(array)
+                self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr,
+                              data_type, entry_len, done, rsvd)
+                if driver_err is not None:
+                    raise driver_err
+                return 0
         elif new and hwpt_id in self.ctx.objects:
             err = InvalidArgument(f"HWPT_INVALIDATE: object {hwpt_id} is not a nested HWPT "
                                   "or a vIOMMU")
         else:
-            err = NoEntry(f"HWPT_INVALIDATE: no nested HWPT {hwpt_id} (not modelled)")
+            err = NoEntry(f"HWPT_INVALIDATE: no nested HWPT {hwpt_id}")
         self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr, data_type,
                       entry_len, 0, rsvd)
         raise err
+
+    # -- Linux 7.0's vIOMMU commands (viommu.c, eventq.c; absent from 6.12's table) -------
+    def _viommu_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int, type: int,
+                      dev_id: int, hwpt_id: int, out: int, data_len: int, rsvd: int,
+                      data_uptr: int) -> int:
+        """``iommufd_viommu_alloc_ioctl``: EOPNOTSUPP for flags or the DEFAULT type (no
+        check of ``__reserved``), the device (ENOENT), then
+        :func:`.viommu.viommu_alloc`; the id answered before the object is published
+        (an EFAULT destroys it)."""
+        if flags or type == _h.IOMMU_VIOMMU_TYPE_DEFAULT:
+            raise NotSupported(f"VIOMMU_ALLOC: flags {flags:#x}, type {type:#x}")
+        idev: Device = self.ctx.get(dev_id, Device)
+        user_data = IommuUserData(type, data_uptr, data_len, proc.mm.read)
+        viommu = viommu_alloc(self.ctx, flags, type, idev, hwpt_id, user_data)
+        if viommu.ops is None:  # a driver bug (WARN_ON_ONCE)
+            abort(self.ctx, viommu)
+            raise NotSupported("VIOMMU_ALLOC: the driver set no vIOMMU ops")
+        try:
+            self._respond(buf, u.IOMMU_VIOMMU_ALLOC, usize, flags, type, dev_id, hwpt_id,
+                          viommu.id, data_len, rsvd, data_uptr)
+        except KernelError:
+            abort(self.ctx, viommu)
+            raise
+        self.ctx.add(viommu, viommu.id)
+        return 0
+
+    def _vdevice_alloc(self, proc: Process, buf: bytearray, usize: int, viommu_id: int,
+                       dev_id: int, out: int, virt_id: int) -> int:
+        """``iommufd_vdevice_alloc_ioctl`` (:func:`.viommu.vdevice_alloc`), the id
+        answered before the object is published (an EFAULT destroys it)."""
+        vdev = vdevice_alloc(self.ctx, viommu_id, dev_id, virt_id)
+        try:
+            self._respond(buf, u.IOMMU_VDEVICE_ALLOC, usize, viommu_id, dev_id, vdev.id,
+                          virt_id)
+        except KernelError:
+            abort(self.ctx, vdev)
+            raise
+        self.ctx.add(vdev, vdev.id)
+        return 0
+
+    def _veventq_alloc(self, proc: Process, buf: bytearray, usize: int, flags: int,
+                       viommu_id: int, type: int, depth: int, out_id: int, out_fd: int,
+                       rsvd: int) -> int:
+        """``iommufd_veventq_alloc``: :func:`.viommu.veventq_alloc`, its file and fd
+        (``iommufd_eventq_init``: the file holds the vEVENTQ and the context), the id
+        and fd answered, then the object published and the fd installed. A failure
+        after the file puts it and destroys the object."""
+        veventq = veventq_alloc(self.ctx, flags, viommu_id, type, depth, rsvd)
+        try:
+            fd = veventq.eventq_init(proc)
+        except KernelError:
+            abort(self.ctx, veventq)
+            raise
+        try:
+            self._respond(buf, u.IOMMU_VEVENTQ_ALLOC, usize, flags, viommu_id, type, depth,
+                          veventq.id, fd, rsvd)
+        except KernelError:
+            veventq.abort()
+            abort(self.ctx, veventq)
+            raise
+        self.ctx.add(veventq, veventq.id)
+        veventq.install(proc, fd)
+        return 0
 
     def _ioas_change_process(self, proc: Process, buf: bytearray, usize: int,
                              rsvd: int) -> int:

@@ -91,6 +91,15 @@ class IommufdObject:
     def destroy(self, ctx: IommufdCtx) -> None:
         """Undo everything the object holds (the object's ``destroy`` op)."""
 
+    def holding(self) -> list[IommufdObject]:
+        """The objects this one is a user of, beyond those :meth:`IommufdCtx._check`
+        knows by type (tests only)."""
+        return []
+
+    def own_users(self) -> int:
+        """Users of this object that are not objects (an open fd), for ``_check``."""
+        return 0
+
 
 @dataclass(eq=False, kw_only=True)
 class Ioas(IommufdObject):
@@ -152,20 +161,31 @@ class HwptPaging(IommufdObject):
 @dataclass(eq=False, kw_only=True)
 class HwptNested(IommufdObject):
     """``struct iommufd_hwpt_nested``: a user-managed domain over ``parent``, which it
-    holds (a user of the parent's object)."""
+    holds (a user of the parent's object); one made on a vIOMMU (7.0) holds the vIOMMU
+    instead and has its HWPT as ``parent``."""
 
     domain: IommuDomain = field(repr=False)
     parent: HwptPaging = field(repr=False)
+    viommu: Any = field(default=None, repr=False)  # viommu.Viommu (7.0)
     devices: list[Device] = field(default_factory=list, repr=False)
     fault: Any = None  # the eventq.FaultObject it delivers I/O page faults to
+    auto_domain: bool = False
+
+    @property
+    def ioas(self) -> Ioas:
+        """The parent's IOAS (``find_hwpt_paging``)."""
+        return self.parent.ioas
 
     def destroy(self, ctx: IommufdCtx) -> None:
         """``iommufd_hwpt_nested_destroy``: domain freed, the fault object and the
-        parent let go of."""
+        vIOMMU (7.0, made on one) or the parent let go of."""
         self.domain.free()
         if self.fault is not None:
             self.fault.users -= 1
-        self.parent.users -= 1
+        if self.viommu is not None:
+            self.viommu.users -= 1
+        else:
+            self.parent.users -= 1
 
 
 def find_hwpt_paging(hwpt: HwptPaging | HwptNested) -> HwptPaging:
@@ -186,10 +206,16 @@ class Device(IommufdObject):
     hwpt: HwptPaging | HwptNested | None = None
     holds_ctx: bool = True
     iopf_enabled: int = 0
+    vdev: Any = None  # its viommu.Vdevice (7.0)
 
     def destroy(self, ctx: IommufdCtx) -> None:
         """``iommufd_device_destroy``: its DMA ownership is released (the group goes back
-        to its default domain with the last claim), the context's file is put back."""
+        to its default domain with the last claim), the context's file is put back.
+        7.0: a vDEVICE left on it goes first (``iommufd_device_pre_destroy``; the model
+        takes it out of the table, where the kernel leaves its id unusable)."""
+        held = ctx.objects.get(self.vdev.id) if self.vdev is not None else None
+        if held is not None and held is self.vdev:
+            ctx.remove(held)
         if self.hwpt is not None:
             ctx.detach(self)
         ctx.core.device_release_dma_owner(self.dev)
@@ -400,8 +426,9 @@ class IommufdCtx:
                 assert obj in obj.ioas.hwpts
                 expected[id(obj.ioas)] += 1
             elif isinstance(obj, HwptNested):
-                assert self.objects.get(obj.parent.id) is obj.parent, f"{obj!r}: parent"
-                expected[id(obj.parent)] += 1
+                held = obj.viommu if obj.viommu is not None else obj.parent
+                assert self.objects.get(held.id) is held, f"{obj!r}: parent or vIOMMU"
+                expected[id(held)] += 1
             elif isinstance(obj, Access):
                 assert obj.ioas is obj.ioas_unpin
                 if obj.ioas is not None:
@@ -415,6 +442,10 @@ class IommufdCtx:
             elif isinstance(obj, Ioas):
                 assert all(h.ioas is obj for h in obj.hwpts)
                 obj.iopt._check()
+            for held in obj.holding():
+                assert self.objects.get(held.id) is held, f"{obj!r} holds a foreign {held!r}"
+                expected[id(held)] += 1
+            expected[id(obj)] += obj.own_users()
         for obj in self.objects.values():
             assert obj.users == expected[id(obj)], \
                 f"{obj!r} has {obj.users} users, its holders make {expected[id(obj)]}"

@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..drivers.mock import (
+    IOMMU_VEVENTQ_TYPE_SELFTEST,
+    MOCK_DEV_CACHE_ID_MAX,
     MOCK_IO_PAGE_SIZE,
     MOCK_PFN_MASK,
     MockDirtyOps,
@@ -76,7 +78,7 @@ TEST_CMD_MIN = 68  # offsetofend(last)
 (OP_ADD_RESERVED, OP_MOCK_DOMAIN, OP_MD_CHECK_MAP, OP_MD_CHECK_REFS, OP_CREATE_ACCESS,
  OP_DESTROY_ACCESS_PAGES, OP_ACCESS_PAGES, OP_ACCESS_RW, OP_SET_TEMP_MEMORY_LIMIT,
  OP_MOCK_DOMAIN_REPLACE, OP_ACCESS_REPLACE_IOAS, OP_MOCK_DOMAIN_FLAGS, OP_DIRTY,
- OP_MD_CHECK_IOTLB, OP_TRIGGER_IOPF) = range(1, 16)
+ OP_MD_CHECK_IOTLB, OP_TRIGGER_IOPF, OP_DEV_CHECK_CACHE, OP_TRIGGER_VEVENT) = range(1, 18)
 MOCK_FLAGS_ACCESS_WRITE = 1 << 0
 MOCK_FLAGS_ACCESS_SYZ = 1 << 16
 MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
@@ -174,7 +176,7 @@ def test_cmd(file: IommufdFile, proc: Process, buf: bytearray) -> int:
     (_, op, id, rsvd, union, last), usize = u.read_ucmd(buf, _CMD)
     cmd = _Cmd(usize, op, id, rsvd, bytearray(union), last)
     handler = _HANDLERS.get(op)
-    if handler is None:
+    if handler is None or (op in OPS_7_0 and file.machine.kernel < LINUX_7_0):
         raise NotSupported(f"IOMMU_TEST_CMD: op {op}")
     if handler(file, proc, cmd):
         try:
@@ -603,6 +605,40 @@ def _trigger_iopf(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
     return False
 
 
+def _dev_check_cache(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_dev_check_cache`` (7.0): the device (ENOENT), then EINVAL for a
+    cache id past ``MOCK_DEV_CACHE_ID_MAX`` or an entry that does not hold ``cache``."""
+    idev: Device = file.ctx.get(cmd.id, Device)
+    cache_id, cache = struct.unpack_from("<II", cmd.union)
+    assert idev.dev.dev_iommu is not None
+    mdev = idev.dev.dev_iommu.priv
+    if cache_id > MOCK_DEV_CACHE_ID_MAX or int(mdev.cache[cache_id]) != cache:
+        raise InvalidArgument(f"DEV_CHECK_CACHE: entry {cache_id} is not {cache:#x}")
+    return False
+
+
+def _trigger_vevent(file: IommufdFile, proc: Process, cmd: _Cmd) -> bool:
+    """``iommufd_test_trigger_vevent`` (7.0): the device (ENOENT); ENOENT unless it is
+    attached to a nested domain of a mock vIOMMU with a vDEVICE there (``mdev->viommu``
+    and ``vdev_id``, set by ``mock_domain_nop_attach``); then a ``struct
+    iommu_viommu_event_selftest`` with the virtual id reported as
+    IOMMU_VEVENTQ_TYPE_SELFTEST (EOPNOTSUPP without such a vEVENTQ, ENOMEM when the
+    event could not be allocated)."""
+    (dev_id,) = struct.unpack_from("<I", cmd.union)
+    idev: Device = file.ctx.get(dev_id, Device)
+    assert idev.dev.dev_iommu is not None
+    mdev = idev.dev.dev_iommu.priv
+    viommu = getattr(mdev, "viommu", None)
+    if viommu is None or not mdev.vdev_id:
+        raise NoEntry(f"TRIGGER_VEVENT: device {dev_id} is on no mock vIOMMU")
+    viommu.report_event(IOMMU_VEVENTQ_TYPE_SELFTEST, struct.pack("<I", mdev.vdev_id),
+                        file.machine.mem.fail_nth)
+    return False
+
+
+#: the ops 6.12's ``iommufd_test`` lacks (EOPNOTSUPP there)
+OPS_7_0 = (OP_DEV_CHECK_CACHE, OP_TRIGGER_VEVENT)
+
 _HANDLERS = {
     OP_ADD_RESERVED: _add_reserved, OP_MOCK_DOMAIN: _mock_domain,
     OP_MOCK_DOMAIN_FLAGS: _mock_domain, OP_MOCK_DOMAIN_REPLACE: _mock_domain_replace,
@@ -611,7 +647,8 @@ _HANDLERS = {
     OP_ACCESS_REPLACE_IOAS: _access_replace_ioas, OP_ACCESS_PAGES: _access_pages,
     OP_ACCESS_RW: _access_rw, OP_DESTROY_ACCESS_PAGES: _destroy_access_pages,
     OP_SET_TEMP_MEMORY_LIMIT: _set_temp_memory_limit, OP_DIRTY: _dirty,
-    OP_TRIGGER_IOPF: _trigger_iopf,
+    OP_TRIGGER_IOPF: _trigger_iopf, OP_DEV_CHECK_CACHE: _dev_check_cache,
+    OP_TRIGGER_VEVENT: _trigger_vevent,
 }
 #: the IOMMU_TEST_CMD ops ``iommufd_test`` answers (the others are EOPNOTSUPP)
 TEST_OPS: tuple[int, ...] = tuple(_HANDLERS)

@@ -9,7 +9,8 @@ longer struct whose extra bytes are not all zero (E2BIG,
 bytes. :data:`COMMANDS` holds, per command number, the layout and that
 minimum, as ``iommufd_ioctl_ops[]`` (drivers/iommu/iommufd/main.c) declares
 them, and the first release that has the command: 6.12's table lacks
-IOMMU_IOAS_MAP_FILE and IOMMU_IOAS_CHANGE_PROCESS (:func:`command`).
+IOMMU_IOAS_MAP_FILE, IOMMU_IOAS_CHANGE_PROCESS and the vIOMMU commands
+(IOMMU_VIOMMU_ALLOC, IOMMU_VDEVICE_ALLOC, IOMMU_VEVENTQ_ALLOC) (:func:`command`).
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ HWPT_GET_DIRTY_BITMAP = struct_layout(_h.iommu_hwpt_get_dirty_bitmap)  # ... pag
 IOAS_CHANGE_PROCESS = struct_layout(_h.iommu_ioas_change_process)  # size, rsvd
 HWPT_INVALIDATE = struct_layout(_h.iommu_hwpt_invalidate)  # size hwpt uptr type entry_len num rsvd
 FAULT_ALLOC = struct_layout(_h.iommu_fault_alloc)  # size, flags, out_fault_id, out_fault_fd
+VIOMMU_ALLOC = struct_layout(_h.iommu_viommu_alloc)  # size flags type dev hwpt out len rsvd uptr
+VDEVICE_ALLOC = struct_layout(_h.iommu_vdevice_alloc)  # size viommu dev out virt_id
+VEVENTQ_ALLOC = struct_layout(_h.iommu_veventq_alloc)  # size flags viommu type depth id fd rsvd
+VEVENT_HEADER = struct_layout(_h.iommufd_vevent_header)  # flags, sequence
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,12 @@ COMMANDS: dict[int, Command] = {c.request: c for c in (
     Command("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE, IOAS_MAP_FILE, 40,  # iova
             LINUX_7_0),
     Command("IOMMU_IOAS_CHANGE_PROCESS", IOMMU_IOAS_CHANGE_PROCESS, IOAS_CHANGE_PROCESS, 8,
+            LINUX_7_0),
+    Command("IOMMU_VIOMMU_ALLOC", IOMMU_VIOMMU_ALLOC, VIOMMU_ALLOC, 24,  # out_viommu_id
+            LINUX_7_0),
+    Command("IOMMU_VDEVICE_ALLOC", IOMMU_VDEVICE_ALLOC, VDEVICE_ALLOC, 24,  # virt_id
+            LINUX_7_0),
+    Command("IOMMU_VEVENTQ_ALLOC", IOMMU_VEVENTQ_ALLOC, VEVENTQ_ALLOC, 28,  # out_veventq_fd
             LINUX_7_0),
 )}
 

@@ -39,11 +39,13 @@ from ..errors import CorruptPageTable, InvalidArgument
 from .format import U64Array
 from .vtd_ss import (
     ADDR_MASK,
+    DMA_FL_PTE_DIRTY,
     DMA_PTE_LARGE_PAGE,
     DMA_PTE_READ,
     DMA_PTE_SNP,
     DMA_PTE_WRITE,
     DMA_SL_PTE_DIRTY,
+    FL_TABLE_BITS,
 )
 from .walker import IoPgtable
 
@@ -125,7 +127,7 @@ def pfn_to_dma_pte(pt: IoPgtable, pfn: int, target_level: int) -> DmaPte | None:
             break
         if not pte & _PRESENT and not pte:  # try_cmpxchg64 of a new table into a zero entry
             table_pa, _ = pt._alloc_table(pt.format.granule)
-            pte = table[idx] = table_pa | _PRESENT
+            pte = table[idx] = pt.format.make_table(table_pa)
         if level == 1:
             break
         real = pt._tables.get(pte & ADDR_MASK)
@@ -168,6 +170,8 @@ def domain_mapping(pt: IoPgtable, iov_pfn: int, phys_pfn: int, nr_pages: int, pr
     kept with a WARN each; superpages replace what was there
     (``switch_to_super_page``). O(table pages written)."""
     attr = prot & (DMA_PTE_READ | DMA_PTE_WRITE | DMA_PTE_SNP) | DMA_FL_PTE_PRESENT
+    if getattr(pt.format, "first_level", False):  # use_first_level
+        attr |= FL_TABLE_BITS | (DMA_FL_PTE_DIRTY if prot & DMA_PTE_WRITE else 0)
     pt.stats.map_pages += 1
     if nr_pages == 1:  # lab: one page into a last-level table that exists
         table = pt._leaf_tables.get(iov_pfn >> _STRIDE)
@@ -222,7 +226,7 @@ def _map_new_tables(pt: IoPgtable, iov_pfn: int, phys_pfn: int, ntables: int, at
     starts += np.uint64((phys_pfn << 12) | attr)
     np.add(np.arange(512, dtype=np.uint64)[None, :] * np.uint64(1 << 12), starts[:, None],
            out=rows)
-    parent[j:j + k] = np.array(pas, dtype=np.uint64) | np.uint64(_PRESENT)
+    parent[j:j + k] = pt.format.make_tables(np.array(pas, dtype=np.uint64))
     return k
 
 

@@ -41,6 +41,10 @@ DMA_SL_PTE_DIRTY = 1 << 9
 DMA_SL_PTE_ACCESS = 1 << 8
 #: the state a unit with SSADE writes into leaves: the lab's merge compares without it
 _HW_STATE = DMA_SL_PTE_ACCESS | DMA_SL_PTE_DIRTY
+#: 6.12 first-level domains (``use_first_level``) put US and A in every table entry, and
+#: US, A and (writable) D in every leaf (``pfn_to_dma_pte``, ``__domain_mapping``)
+DMA_FL_PTE_US, DMA_FL_PTE_ACCESS, DMA_FL_PTE_DIRTY = 1 << 2, 1 << 5, 1 << 6
+FL_TABLE_BITS = DMA_FL_PTE_US | DMA_FL_PTE_ACCESS
 
 _R = Field("R", 0, 0, "read")
 _W = Field("W", 1, 1, "write")
@@ -121,6 +125,8 @@ class VtdSsFormat:
         self.set_pte_snp = set_pte_snp
         # 7.0 PT_FEAT_VTDSS_FORCE_WRITEABLE (nest parents: ERRATA_772415_SPR17)
         self.force_writeable = False
+        # 6.12 use_first_level: the same tables read as first-stage (IA-32e) entries
+        self.first_level = False
         self._leaf_type = tuple(0 if d == self.last_depth else DMA_PTE_LARGE_PAGE
                                 for d in range(nlevels))
         # dma_pte_present is R|W != 0; above level 1 the PS bit makes it a leaf.
@@ -133,7 +139,12 @@ class VtdSsFormat:
                        for d, lvl in enumerate(self.levels)}
 
     def prot_to_attrs(self, prot: int) -> int:
-        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control."""
+        """``intel_iommu_map``: READ/WRITE from the IOMMU prot, SNP with snoop control. A
+        7.0 first-stage table (``x86_64_pt_iommu_set_prot``, present added at install):
+        P|U|A, and RW|D when writable."""
+        if self.first_level:
+            return DMA_PTE_READ | FL_TABLE_BITS | (
+                DMA_PTE_WRITE | DMA_FL_PTE_DIRTY if prot & _IOMMU_WRITE else 0)
         attrs = 0
         if prot & _IOMMU_READ:
             attrs |= DMA_PTE_READ
@@ -167,8 +178,8 @@ class VtdSsFormat:
 
     def make_table(self, table_pa: int, depth: int = 0) -> int:
         """``pfn_to_dma_pte``: ``virt_to_phys(table) | DMA_PTE_READ | DMA_PTE_WRITE`` at every
-        depth."""
-        return table_pa | _PRESENT
+        depth (first level: with US and A)."""
+        return table_pa | _PRESENT | (FL_TABLE_BITS if self.first_level else 0)
 
     def leaf_oa(self, pte: int) -> int:
         """``dma_pte_addr``."""
@@ -194,7 +205,8 @@ class VtdSsFormat:
         np.add(self._steps[depth][:n][None, :], starts[:, None], out=rows)
 
     def make_tables(self, table_pas: U64Array) -> U64Array:
-        return cast(U64Array, table_pas | np.uint64(_PRESENT))
+        extra = FL_TABLE_BITS if self.first_level else 0
+        return cast(U64Array, table_pas | np.uint64(_PRESENT | extra))
 
     def make_leaves(self, attrs: U64Array, depth: int, oas: U64Array) -> U64Array:
         return cast(U64Array, oas | attrs | np.uint64(self._leaf_type[depth]))
@@ -206,12 +218,12 @@ class VtdSsFormat:
         """The attributes without the A and D a unit with SSADE sets (hardware state, not
         software's: the lab's split and merge put D back with :meth:`with_dirty`)."""
         return cast(U64Array, ptes & np.uint64(
-            ~(ADDR_MASK | DMA_PTE_LARGE_PAGE | _HW_STATE) & (1 << 64) - 1))
+            ~(ADDR_MASK | DMA_PTE_LARGE_PAGE | self._hw_state) & (1 << 64) - 1))
 
     def run_rows(self, entries: U64Array, depth: int, ignore: int) -> BoolArray:
         """Rows that are one run: leaves with consecutive addresses and one attribute set,
         A and D aside (which pages the unit accessed or dirtied does not stop a merge)."""
-        norm = entries & np.uint64(~(ignore | _HW_STATE) & ((1 << 64) - 1))
+        norm = entries & np.uint64(~(ignore | self._hw_state) & ((1 << 64) - 1))
         expected = self._steps[depth][:entries.shape[1]] + norm[:, :1]
         ok = (norm == expected).all(axis=1)
         ok &= self.leaf_mask(norm[:, 0], depth)
@@ -220,7 +232,12 @@ class VtdSsFormat:
     def with_dirty(self, attrs: int) -> int:
         """Attributes of a dirty leaf: A and D, as the unit leaves a leaf it wrote through
         (only a scalable-mode unit with SSADE ever sets D, so legacy mode never asks)."""
-        return attrs | _HW_STATE
+        return attrs | self._hw_state
+
+    @property
+    def _hw_state(self) -> int:
+        """Second-stage A and D; a 6.12 first-level table has no second-stage state."""
+        return 0 if self.first_level else _HW_STATE
 
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray:
         """vtdss ``pt_entry_is_write_dirty``: D (bit 9), which only a scalable-mode unit

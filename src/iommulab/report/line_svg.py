@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .axes import linear_ticks, log_ticks, spans_decades, text_width, tick_label
 from .html import _FONT, _ROW, SERIES_COLOURS, _esc, _legend
 
-__all__ = ["LinePlot", "svg_line_chart"]
+__all__ = ["LinePlot", "standalone_svg", "svg_line_chart"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,14 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
         parts.extend(dots)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def standalone_svg(svg: str) -> str:
+    """A chart of this module or :mod:`.html` as an SVG file of its own: the page's text
+    style moved inside it, since no page's CSS reaches it there."""
+    head, sep, rest = svg.partition(">")
+    return (f'{head}{sep}<style>text {{ font: 11px system-ui, sans-serif; fill: #333; }}'
+            f"</style>{rest}\n")
 
 
 #: a dash pattern per series after the first, so lines drawn over each other still show

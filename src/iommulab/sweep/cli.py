@@ -17,7 +17,7 @@ from .store import OutputDir
 __all__ = ["HELP", "configure", "run"]
 
 HELP = ("run a scenario over a grid of parameters, seeds and platforms, in parallel "
-        "(Dask), into one table")
+        "(Dask), into one table (exit status 1 when a point failed)")
 
 #: exit statuses (as iommulab.cli's)
 _EXIT_OK, _EXIT_FAILED_POINTS = 0, 1
@@ -122,10 +122,14 @@ def run(args: argparse.Namespace) -> int:
     spec = _spec(args)
     expand(spec)  # every value within its bounds before a cluster starts
     out = OutputDir(args.out or f"sweep-{args.scenario}")
-    out.create()
     html = None
     if args.html is not None:
         html = args.html or str(out.path / "sweep.html")
+        parent = os.path.dirname(os.path.abspath(html))
+        if os.path.isdir(html) or not os.path.isdir(parent):
+            raise UsageError(f"--html {html}: " + ("is a directory" if os.path.isdir(html)
+                                                   else f"no directory {parent}"))
+    out.create()
     progress = Progress(sys.stderr if sys.stderr.isatty() and not args.no_progress
                         else None)
     engine = _engine(args)

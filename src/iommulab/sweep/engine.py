@@ -80,9 +80,10 @@ class DaskEngine:
         if client is not None:
             self.client: Any = client
         elif scheduler is None:
+            # the scheduler's HTTP server on a free local port (None still takes 8787)
             self._cluster = distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.ERROR)
+                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
             self.client = distributed.Client(self._cluster)
         else:
             try:

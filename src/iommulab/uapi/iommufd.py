@@ -39,6 +39,7 @@ IOMMUFD_CMD_VIOMMU_ALLOC = 0x90
 IOMMUFD_CMD_VDEVICE_ALLOC = 0x91
 IOMMUFD_CMD_IOAS_CHANGE_PROCESS = 0x92
 IOMMUFD_CMD_VEVENTQ_ALLOC = 0x93
+IOMMUFD_CMD_HW_QUEUE_ALLOC = 0x94
 
 IOMMU_DESTROY = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_DESTROY)
 IOMMU_IOAS_ALLOC = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC)
@@ -60,6 +61,7 @@ IOMMU_VIOMMU_ALLOC = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC)
 IOMMU_VDEVICE_ALLOC = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC)
 IOMMU_IOAS_CHANGE_PROCESS = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_CHANGE_PROCESS)
 IOMMU_VEVENTQ_ALLOC = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_VEVENTQ_ALLOC)
+IOMMU_HW_QUEUE_ALLOC = ioc_io(IOMMUFD_TYPE, IOMMUFD_CMD_HW_QUEUE_ALLOC)
 
 # ---- flags and enums ---------------------------------------------------------------------
 # enum iommufd_ioas_map_flags
@@ -87,6 +89,7 @@ IOMMU_VTD_S1_WPE = 1 << 2
 # enum iommu_hwpt_data_type
 IOMMU_HWPT_DATA_NONE = 0
 IOMMU_HWPT_DATA_VTD_S1 = 1
+IOMMU_HWPT_DATA_ARM_SMMUV3 = 2
 # enum iommu_hw_info_vtd_flags
 IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17 = 1 << 0
 # enum iommu_hw_info_type
@@ -106,6 +109,7 @@ IOMMU_HWPT_DIRTY_TRACKING_ENABLE = 1
 IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR = 1
 # enum iommu_hwpt_invalidate_data_type, enum iommu_hwpt_vtd_s1_invalidate_flags
 IOMMU_HWPT_INVALIDATE_DATA_VTD_S1 = 0
+IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3 = 1
 IOMMU_VTD_INV_FLAGS_LEAF = 1 << 0
 # enum iommu_hwpt_pgfault_flags, enum iommu_hwpt_pgfault_perm
 IOMMU_PGFAULT_FLAGS_PASID_VALID = 1 << 0
@@ -117,6 +121,14 @@ IOMMU_PGFAULT_PERM_PRIV = 1 << 3
 # enum iommufd_page_response_code
 IOMMUFD_PAGE_RESP_SUCCESS = 0
 IOMMUFD_PAGE_RESP_INVALID = 1
+# enum iommu_viommu_type
+IOMMU_VIOMMU_TYPE_DEFAULT = 0
+IOMMU_VIOMMU_TYPE_ARM_SMMUV3 = 1
+# enum iommu_veventq_flag
+IOMMU_VEVENTQ_FLAG_LOST_EVENTS = 1 << 0
+# enum iommu_veventq_type
+IOMMU_VEVENTQ_TYPE_DEFAULT = 0
+IOMMU_VEVENTQ_TYPE_ARM_SMMUV3 = 1
 
 
 # ---- structs -------------------------------------------------------------------------------
@@ -414,6 +426,82 @@ class iommu_ioas_change_process(UapiStruct):
     size: int
 
 
+class iommu_hwpt_arm_smmuv3(UapiStruct):
+    """``struct iommu_hwpt_arm_smmuv3``: IOMMU_HWPT_DATA_ARM_SMMUV3's data, the guest's
+    STE (two little-endian u64; not in 6.12)."""
+
+    _fields_ = (("ste", c_uint64 * 2),)
+    ste: ctypes.Array[c_uint64]
+
+
+class iommu_viommu_arm_smmuv3_invalidate(UapiStruct):
+    """``struct iommu_viommu_arm_smmuv3_invalidate``: one raw 128-bit CMDQ command
+    (little-endian) for IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3 (not in 6.12)."""
+
+    _fields_ = (("cmd", c_uint64 * 2),)
+    cmd: ctypes.Array[c_uint64]
+
+
+class iommu_viommu_alloc(UapiStruct):
+    """``struct iommu_viommu_alloc``: IOMMU_VIOMMU_ALLOC (not in 6.12)."""
+
+    _fields_ = (("size", c_uint32), ("flags", c_uint32), ("type", c_uint32),
+                ("dev_id", c_uint32), ("hwpt_id", c_uint32), ("out_viommu_id", c_uint32),
+                ("data_len", c_uint32), ("__reserved", c_uint32), ("data_uptr", c_uint64))
+    size: int
+    flags: int
+    type: int
+    dev_id: int
+    hwpt_id: int
+    out_viommu_id: int
+    data_len: int
+    data_uptr: int
+
+
+class iommu_vdevice_alloc(UapiStruct):
+    """``struct iommu_vdevice_alloc``: IOMMU_VDEVICE_ALLOC (not in 6.12)."""
+
+    _fields_ = (("size", c_uint32), ("viommu_id", c_uint32), ("dev_id", c_uint32),
+                ("out_vdevice_id", c_uint32), ("virt_id", c_uint64))
+    size: int
+    viommu_id: int
+    dev_id: int
+    out_vdevice_id: int
+    virt_id: int
+
+
+class iommufd_vevent_header(UapiStruct):
+    """``struct iommufd_vevent_header``: what a vEVENTQ fd's read gives before each
+    record (not in 6.12)."""
+
+    _fields_ = (("flags", c_uint32), ("sequence", c_uint32))
+    flags: int
+    sequence: int
+
+
+class iommu_vevent_arm_smmuv3(UapiStruct):
+    """``struct iommu_vevent_arm_smmuv3``: a 256-bit SMMUv3 event record, little-endian,
+    its StreamID the guest's virtual one (not in 6.12)."""
+
+    _fields_ = (("evt", c_uint64 * 4),)
+    evt: ctypes.Array[c_uint64]
+
+
+class iommu_veventq_alloc(UapiStruct):
+    """``struct iommu_veventq_alloc``: IOMMU_VEVENTQ_ALLOC (not in 6.12)."""
+
+    _fields_ = (("size", c_uint32), ("flags", c_uint32), ("viommu_id", c_uint32),
+                ("type", c_uint32), ("veventq_depth", c_uint32), ("out_veventq_id", c_uint32),
+                ("out_veventq_fd", c_uint32), ("__reserved", c_uint32))
+    size: int
+    flags: int
+    viommu_id: int
+    type: int
+    veventq_depth: int
+    out_veventq_id: int
+    out_veventq_fd: int
+
+
 #: Names here that 6.12's header lacks (7.0 has them): structs, ``struct.member``s, constants.
 NOT_IN_6_12 = frozenset({
     "iommu_ioas_map_file",
@@ -435,6 +523,22 @@ NOT_IN_6_12 = frozenset({
     "IOMMU_HW_INFO_TYPE_ARM_SMMUV3",
     "IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED",
     "IOMMU_HW_INFO_FLAG_INPUT_TYPE",
+    "IOMMUFD_CMD_HW_QUEUE_ALLOC",
+    "IOMMU_HW_QUEUE_ALLOC",
+    "IOMMU_HWPT_DATA_ARM_SMMUV3",
+    "IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3",
+    "IOMMU_VIOMMU_TYPE_DEFAULT",
+    "IOMMU_VIOMMU_TYPE_ARM_SMMUV3",
+    "IOMMU_VEVENTQ_FLAG_LOST_EVENTS",
+    "IOMMU_VEVENTQ_TYPE_DEFAULT",
+    "IOMMU_VEVENTQ_TYPE_ARM_SMMUV3",
+    "iommu_hwpt_arm_smmuv3",
+    "iommu_viommu_arm_smmuv3_invalidate",
+    "iommu_viommu_alloc",
+    "iommu_vdevice_alloc",
+    "iommufd_vevent_header",
+    "iommu_vevent_arm_smmuv3",
+    "iommu_veventq_alloc",
 })
 
 #: Members the header declares as user pointers (none: iommufd passes ``__aligned_u64``).
@@ -448,5 +552,7 @@ STRUCTS: tuple[type[UapiStruct], ...] = (
     iommu_hw_info_vtd, iommu_hw_info_arm_smmuv3, iommu_hw_info,
     iommu_hwpt_set_dirty_tracking, iommu_hwpt_get_dirty_bitmap, iommu_hwpt_vtd_s1_invalidate,
     iommu_hwpt_invalidate, iommu_hwpt_pgfault, iommu_hwpt_page_response, iommu_fault_alloc,
-    iommu_ioas_change_process,
+    iommu_ioas_change_process, iommu_hwpt_arm_smmuv3, iommu_viommu_arm_smmuv3_invalidate,
+    iommu_viommu_alloc, iommu_vdevice_alloc, iommufd_vevent_header, iommu_vevent_arm_smmuv3,
+    iommu_veventq_alloc,
 )

@@ -118,6 +118,18 @@ class NestedEnv:
         self.gwrite(self.s1_leaf_ipa(iova), ipa | 3 | AP_UNPRIV | (AF if af else 0)
                     | (0 if writable else AP_RDONLY) | (DBM if dbm else 0))
 
+    def s1_map_2m(self, iova: int, ipa: int) -> None:
+        """A 2 MiB stage-1 block (a level-2 leaf), read/write."""
+        table = self.pgd
+        for level in range(2):
+            slot = table + ((iova >> (39 - 9 * level)) & 511) * 8
+            desc = self.gread(slot)
+            if not desc & 1:
+                desc = self._alloc_table() | 3
+                self.gwrite(slot, desc)
+            table = desc & _ADDR
+        self.gwrite(table + ((iova >> 21) & 511) * 8, ipa | 1 | AP_UNPRIV | AF)
+
     def s1_unmap(self, iova: int) -> None:
         self.gwrite(self.s1_leaf_ipa(iova), 0)
 

@@ -45,7 +45,7 @@ from .nested_env import (
     STE2_S2S,
     NestedEnv,
 )
-from .platform import Platform, make_platform
+from .platform import RW, Platform, make_platform
 
 W = Prot.WRITE
 PAGE3 = DATA_IPA + 3 * SZ_4K
@@ -98,6 +98,26 @@ def test_nested_walk_composes_both_stages_and_caches_one_combined_entry(env: Nes
     assert hw.stats.descriptor_reads == reads
     assert hw.translate(SID, 0x2008) == _pa(env, 5, 8)  # tables' S2 entries cached
     assert hw.stats.descriptor_reads == reads + 4 + 4
+
+
+def test_a_combined_entry_has_the_smaller_leaf_of_the_two_stages(env: NestedEnv) -> None:
+    hw = env.plat.hw
+    block_ipa, block_pa = 0xC000_0000, env.plat.buffer(1 << 22, fill=False) + (1 << 21)
+    env.s2.map(block_ipa, block_pa, 1 << 21, RW)
+    assert env.s2.pgtbl is not None and len(env.s2.pgtbl.pgtable_walk(block_ipa)) == 3  # 2M
+    cases = [(0x20_0000, DATA_IPA, _pa(env, 0), 12),  # S1 2M block over S2 4K pages
+             (0x40_0000, block_ipa, block_pa, 21)]  # S1 2M block over S2 2M block
+    for iova, ipa, _, _ in cases:
+        env.s1_map_2m(iova, ipa)
+    env.s1_map(0x1000, block_ipa + 5 * SZ_4K)  # S1 4K page over an S2 2M block
+    cases.append((0x1000, block_ipa + 5 * SZ_4K, block_pa + 5 * SZ_4K, 12))
+    for iova, _, pa, shift in cases:
+        assert hw.translate(SID, iova + 0x18) == pa + 0x18
+        (e,) = [t for t in hw.iotlb.entries()
+                if t.tag & 1 and t.va <= iova < t.va + (1 << t.shift)]
+        assert (e.shift, e.pa) == (shift, pa)
+    assert hw.translate(SID, 0x40_0000 + 0x1F_FFF0) == block_pa + 0x1F_FFF0  # a hit
+    hw._check()
 
 
 def test_a_nested_stream_with_a_bypass_vste_is_stage_2_only(plat7: Platform) -> None:

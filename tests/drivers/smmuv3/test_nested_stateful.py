@@ -143,6 +143,7 @@ class NestedMachine(RuleBasedStateMachine):
         for g in range(GPAGES):
             self._access(g, False)
             self._access(g, True)
+        self.plat.hw._check()
 
 
 NestedMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25,

@@ -114,6 +114,7 @@ class SmmuDomainMachine(RuleBasedStateMachine):
                     assert self.ref.get(slot, -1) + page * SZ_4K == pa
         assert self.domain.pgtbl is not None
         self.domain.pgtbl._check()
+        self.plat.hw._check()
 
 
 SmmuDomainMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,

@@ -4,28 +4,26 @@ stages, HWPT_INVALIDATE with ``struct iommu_hwpt_vtd_s1_invalidate`` entries, fa
 each stage and second-stage dirty tracking under nesting (drivers/iommu/intel/nested.c,
 pasid.c, cache.c; VT-d spec 3.6-3.8, 6.5.2).
 
-The device goes onto the nested domain with the core's group switch, which is what
-iommufd's attach of a nested HWPT ends in (the iommufd attach path itself is another
-branch's work)."""
+The device goes onto a nested HWPT with VFIO_DEVICE_ATTACH_IOMMUFD_PT, on 6.12 and
+7.0 alike."""
 
 from __future__ import annotations
 
 import errno
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iommulab import Machine
+from iommulab import Machine, Prot
 from iommulab.api import Iommufd, VfioDevice
 from iommulab.drivers.vtd_sm import PGTT_NESTED, IotlbInv, PiotlbInv
 from iommulab.errors import DmaFault
-from iommulab.iommu.domain import IommuDomain
-from iommulab.iommu.user_data import IommuUserData
+from iommulab.iommu.domain import DomainType
 from iommulab.iommufd import uapi as u
 from iommulab.machine import Process
 from iommulab.pgtable.vtd_fs import FL_A, FL_D, FirstStageBuilder
@@ -53,6 +51,7 @@ class Nest:
     m: Machine
     p: Process
     fd: Iommufd
+    vdev: VfioDevice
     dev_id: int
     ioas: int
     parent: int
@@ -60,9 +59,6 @@ class Nest:
     fs: FirstStageBuilder
     kernel: str = "6.12"
     baseline: tuple[int, int] = (0, 0)  # iommu pages and domain ids before the process
-    # 7.0: nested domains made with the driver's op (the model's iommufd core answers
-    # 7.0's nested HWPT_ALLOC as not modelled), by a handle from 1000
-    direct: dict[int, IommuDomain] = field(default_factory=dict)
 
     def gpa_to_va(self, gpa: int) -> int:
         return self.ram + gpa - GUEST
@@ -78,14 +74,6 @@ class Nest:
         uptr = p.mmap(4096)
         root = self.fs.root if pgtbl is None else pgtbl
         p.write(uptr, struct.pack("<QQII", flags, root, addr_width, 0))
-        if self.kernel == "7.0":
-            ctx = _ctx(p, self.fd)
-            data = IommuUserData(data_type, uptr, data_len, p.mm.read)
-            dom = self.m.driver.domain_alloc_nested(
-                self.dev.dev_iommu.priv, hwpt_flags, ctx.objects[self.parent].domain, data)
-            handle = 1000 + len(self.direct)
-            self.direct[handle] = dom
-            return handle
         cmd = bytearray(u.HWPT_ALLOC.pack(48, hwpt_flags, self.dev_id,
                                           self.parent if parent is None else parent, 0, 0,
                                           data_type, data_len, 0 if null else uptr, 0, 0))
@@ -96,11 +84,8 @@ class Nest:
         return int(u.HWPT_ALLOC.unpack(cmd)[4])
 
     def attach(self, hwpt_id: int) -> None:
-        """The device's group onto the HWPT's domain (see the module docstring)."""
-        ctx = _ctx(self.p, self.fd)
-        pdev = self.m.devices["0000:00:04.0"]
-        dom = self.direct[hwpt_id] if hwpt_id in self.direct else ctx.objects[hwpt_id].domain
-        self.m.core.set_group_domain(pdev.group, dom)
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT onto the HWPT."""
+        assert self.vdev.attach_pt(hwpt_id) == hwpt_id
 
     def invalidate(self, entries: list[tuple[int, int, int, int]], *, data_type: int = INV_VTD_S1,
                    entry_len: int = 24, hwpt: int) -> tuple[int, int]:
@@ -124,8 +109,6 @@ class Nest:
         """The process exits (its fds close): nothing pinned or charged, and the HWPTs'
         tables and domain ids are gone (the device is back on its default domain)."""
         self.p.exit()
-        for dom in self.direct.values():
-            dom.free()
         assert self.m.mem.pins.pins == 0
         assert self.p.mm.locked_vm == 0 and self.p.mm.pinned_vm == 0
         assert all(user.locked_vm == 0 for user in self.m.users.values())
@@ -160,7 +143,7 @@ def _nest(kernel: str = "6.12", parent_flags: int = NEST_PARENT, **unit: bool) -
     def write_u64(gpa: int, value: int) -> None:
         p.write(ram + gpa - GUEST, struct.pack("<Q", value))
 
-    n = Nest(m, p, fd, dev_id, ioas, parent, ram,
+    n = Nest(m, p, fd, dev, dev_id, ioas, parent, ram,
              FirstStageBuilder(lambda: next(nxt), write_u64), kernel, baseline)
     _OPEN.append(n)
     return n
@@ -220,11 +203,17 @@ def test_nest_parent_needs_ecap_nest_and_dirty_needs_ssads(kernel: str) -> None:
     assert ecap >> 43 & 1 and not ecap >> 26 & 1 and not ecap >> 45 & 1  # SMTS, no NEST/SLADS
 
 
-def test_nested_alloc_errors_in_the_kernels_order() -> None:
-    """iommufd_hwpt_nested_alloc, then intel_iommu_domain_alloc_user with a parent and
-    intel_nested_domain_alloc (6.12): each refusal leaves no object behind."""
-    n = _nest()
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_nested_alloc_errors_in_the_kernels_order(kernel: str) -> None:
+    """iommufd_hwpt_nested_alloc, then 6.12 intel_iommu_domain_alloc_user with a parent
+    and intel_nested_domain_alloc / 7.0 intel_iommu_domain_alloc_nested: each refusal
+    leaves no object behind. IOMMU_HWPT_ALLOC_PASID is 7.0's (6.12's core refuses it)."""
+    n = _nest(kernel)
     plain = n.fd.hwpt_alloc(n.dev_id, n.ioas)
+    if kernel == "7.0":
+        n.fd.destroy(n.nested(hwpt_flags=u.IOMMU_HWPT_ALLOC_PASID))
+    else:
+        expect_errno(errno.EOPNOTSUPP, n.nested, hwpt_flags=u.IOMMU_HWPT_ALLOC_PASID)
     expect_errno(errno.EOPNOTSUPP, n.nested, hwpt_flags=NEST_PARENT)  # core: flags
     expect_errno(errno.EINVAL, n.nested, parent=plain)  # core: not a nest parent
     expect_errno(errno.EOPNOTSUPP, n.nested, data_type=2)  # driver: not VTD_S1
@@ -295,20 +284,24 @@ def test_attach_enodev_when_the_unit_agaw_is_below_the_parents() -> None:
     m = Machine("x86-vtd", vtd_scalable=True)
     m.add_pci_device("0000:00:04.0")
     unit1 = m.add_iommu_unit(aw=39, scalable=True)
+    # no first stage there, so DMA domains stay second-stage (first_level_by_default):
+    # a 3-level first stage cannot be set up
+    m.driver.units[unit1].flts = False
     m.add_pci_device("0000:00:05.0", iommu_unit=unit1)
     p = m.spawn_process(cap_ipc_lock=True)
     fd = Iommufd.open(p)
     d0 = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p).bind_iommufd(fd)
-    VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p).bind_iommufd(fd)
+    dev1 = VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p)
+    dev1.bind_iommufd(fd)
     ioas = fd.ioas_alloc()
     parent = fd.hwpt_alloc(d0, ioas, NEST_PARENT)
     uptr = p.mmap(4096)
     p.write(uptr, struct.pack("<QQII", 0, GUEST, 48, 0))
     cmd = bytearray(u.HWPT_ALLOC.pack(48, 0, d0, parent, 0, 0, DATA_VTD_S1, 24, uptr, 0, 0))
     p.ioctl(fd.fd, u.IOMMU_HWPT_ALLOC, cmd)
-    nested = _ctx(p, fd).objects[int(u.HWPT_ALLOC.unpack(cmd)[4])]
-    expect_errno(errno.ENODEV, m.core.set_group_domain, m.devices["0000:00:05.0"].group,
-                 nested.domain)
+    expect_errno(errno.ENODEV, dev1.attach_pt, int(u.HWPT_ALLOC.unpack(cmd)[4]))
+    p.exit()
+    assert m.mem.pins.pins == 0
 
 
 # -- two-stage DMA --------------------------------------------------------------------------
@@ -363,11 +356,12 @@ def test_faults_of_each_stage(setup: str, iova: int, write: bool, reason: int) -
 
 # -- invalidation -----------------------------------------------------------------------------
 
-def test_missing_guest_invalidation_leaves_a_stale_iotlb_entry() -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_missing_guest_invalidation_leaves_a_stale_iotlb_entry(kernel: str) -> None:
     """The guest re-points a first-stage leaf: until it invalidates, DMA still goes to
     the old page (the IOTLB entry); a page-selective HWPT_INVALIDATE (a P_IOTLB of the
     nested domain's DID) removes it, and the next DMA walks to the new page."""
-    n = _nest()
+    n = _nest(kernel)
     n.fs.map(0x4000_0000, GUEST + 40 * 4096)
     hwpt = n.nested()
     n.attach(hwpt)
@@ -390,10 +384,12 @@ def test_missing_guest_invalidation_leaves_a_stale_iotlb_entry() -> None:
     assert _fault_reason(n, 0x4000_0000, write=False) == 0x71
 
 
-def test_invalidate_errors_and_entry_num() -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_invalidate_errors_and_entry_num(kernel: str) -> None:
     """``intel_nested_cache_invalidate_user``: the type first (0 done), then per entry,
-    stopping at the first bad one with the entries done so far."""
-    n = _nest()
+    stopping at the first bad one with the entries done so far. A paging HWPT is ENOENT
+    to 6.12's ``iommufd_get_hwpt_nested`` and EINVAL to 7.0's lookup of any object."""
+    n = _nest(kernel)
     hwpt = n.nested()
     good = (0x4000_0000, 1, 0, 0)
     assert n.invalidate([good], data_type=1, hwpt=hwpt) == (errno.EINVAL, 0)
@@ -403,7 +399,8 @@ def test_invalidate_errors_and_entry_num() -> None:
     assert n.invalidate([good, (0x1000, U64_MAX, 0, 0)], hwpt=hwpt) == (errno.EINVAL, 1)
     assert n.invalidate([good], entry_len=16, hwpt=hwpt) == (errno.EINVAL, 0)
     assert n.invalidate([good, good], hwpt=hwpt) == (0, 2)
-    assert n.invalidate([good], hwpt=n.parent) == (errno.ENOENT, 0)  # not a nested HWPT
+    assert n.invalidate([good], hwpt=n.parent) == (
+        errno.EINVAL if kernel == "7.0" else errno.ENOENT, 0)  # not a nested HWPT
 
 
 def test_parent_unmap_flushes_the_nested_translations() -> None:
@@ -506,3 +503,165 @@ def test_two_stage_walk_matches_the_composition(maps: list[tuple[int, int, bool]
         else:
             assert n.dev.dma_read(iova, 8) == n.p.read(va, 8)
     n.sm._check()
+
+
+# -- fault injection ------------------------------------------------------------------------
+
+def test_nested_alloc_and_attach_under_fail_nth() -> None:
+    """Fail the nested HWPT_ALLOC, then the attach, at their 1st, 2nd, ... fail point
+    until each succeeds: a failed allocation leaves no object and the parent's users as
+    they were; a failed attach leaves the device blocked (no PASID entry), no domain id
+    taken and the nested domain without devices."""
+    n = _nest()
+    n.fs.map(0x4000_0000, GUEST + 40 * 4096)
+    ctx = _ctx(n.p, n.fd)
+    fail = n.m.mem.fail_nth
+    before = (dict(ctx.objects), ctx.objects[n.parent].users)
+    tries = 0
+    while True:
+        tries += 1
+        fail.arm(tries)
+        try:
+            hwpt = n.nested()
+        except OSError:
+            assert fail.fired is not None
+            assert (dict(ctx.objects), ctx.objects[n.parent].users) == before, fail.fired
+            assert not ctx._reserved
+            continue
+        finally:
+            fail.disarm()
+        break
+    assert tries > 2  # the object, its id, the driver's kzalloc
+    dids = set(n.m.translator.used_dids)
+    tries = 0
+    fired: list[str] = []
+    while True:
+        tries += 1
+        fail.arm(tries)
+        try:
+            n.attach(hwpt)
+        except OSError:
+            assert fail.fired is not None
+            fired.append(fail.fired)
+            assert n.m.translator.used_dids <= dids, fail.fired
+            assert not ctx.objects[hwpt].domain.devices
+            fail.disarm()
+            assert _fault_reason(n, 0x4000_0000, write=False) == 0x59
+            continue
+        finally:
+            fail.disarm()
+        if fail.fired is None:
+            break
+        n.vdev.detach_pt()  # a failure the kernel absorbs (a reserved region left out)
+    assert tries > 2 and any("cache_tag" in site for site in fired), fired
+    n.dev.dma_write(0x4000_0000, b"ok")
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_dirty_tracking_domain_refused_on_a_unit_without_ssads(kernel: str) -> None:
+    """6.12 ``prepare_domain_attach_device`` / 7.0 ``paging_domain_compatible_second_stage``:
+    a dirty-tracking domain cannot attach through a unit without SSADS (EINVAL)."""
+    m = Machine("x86-vtd", kernel=kernel, vtd_scalable=True)
+    m.add_pci_device("0000:00:04.0")
+    unit1 = m.add_iommu_unit(aw=48, scalable=True)
+    m.driver.units[unit1].ssads = False
+    m.add_pci_device("0000:00:05.0", iommu_unit=unit1)
+    p = m.spawn_process(cap_ipc_lock=True)
+    fd = Iommufd.open(p)
+    d0 = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p)
+    d1 = VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p)
+    id0, id1 = d0.bind_iommufd(fd), d1.bind_iommufd(fd)
+    ioas = fd.ioas_alloc()
+    dirty = fd.hwpt_alloc(id0, ioas, DIRTY)
+    expect_errno(errno.EOPNOTSUPP, fd.hwpt_alloc, id1, ioas, DIRTY)
+    assert d0.attach_pt(dirty) == dirty
+    expect_errno(errno.EINVAL, d1.attach_pt, dirty)
+    p.exit()
+    assert m.mem.pins.pins == 0
+
+
+# -- 6.12's first-level DMA domains on a scalable unit -----------------------------------------
+
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_dma_domains_are_first_level(kernel: str) -> None:
+    """6.12 ``first_level_by_default``: with both stages on every unit, a DMA-API domain
+    is first-level (a PASID entry of type first-stage over the driver's own table, with
+    US and A in every entry and D in writable leaves) and an UNMANAGED one second-level;
+    7.0 ``intel_iommu_domain_alloc_paging_flags`` prefers the first stage for any domain
+    without NEST_PARENT or DIRTY_TRACKING. A strict unmap sends a P_IOTLB, after which
+    the device faults."""
+    from iommulab.dma import DmaDirection, dma_map_page, dma_unmap_page
+    m = Machine("x86-vtd", kernel=kernel, vtd_scalable=True)
+    m.core.strict = True  # iommu.strict=1: the unmap flushes at once
+    dev = m.add_pci_device("0000:00:06.0", driver="nvme")
+    sm = m.translator.sm
+
+    def pe() -> Any:
+        return sm.pasid_cache[(dev.sid, 0)]
+
+    pa = m.mem.alloc_pages(0) << 12
+    addr = dma_map_page(dev, pa, 4096, DmaDirection.BIDIRECTIONAL)
+    dev.dma_write(addr + 8, b"first")
+    assert m.mem.read(pa + 8, 5) == b"first"
+    dma_domain: Any = cast(Any, dev.group).default_domain
+    assert pe().pgtt == 1 and pe().fsptptr == dma_domain.pgtbl.pgd_pa
+    assert dma_domain.geometry.aperture_end == (1 << 47) - 1
+    piotlb = sm.counts["PiotlbInv"]
+    dma_unmap_page(dev, addr, 4096, DmaDirection.BIDIRECTIONAL)
+    assert sm.counts["PiotlbInv"] > piotlb
+    with pytest.raises(DmaFault):
+        dev.dma_read(addr, 1)
+    assert m.faults[-1].reason == 0x71
+    m.mem.free_pages(pa >> 12, 0)
+    unmanaged = m.driver.domain_alloc_paging(None, DomainType.UNMANAGED)
+    assert unmanaged.ops.format.first_level == (kernel == "7.0")
+    unmanaged.free()
+    parent = m.driver.domain_alloc_paging_flags(None, NEST_PARENT)
+    assert not parent.ops.format.first_level
+    parent.free()
+
+
+def test_612_first_level_leaf_and_table_bits() -> None:
+    """``pfn_to_dma_pte`` and ``__domain_mapping`` of a first-level domain: tables get
+    R|W|US|A, leaves R|US|A plus W|D when writable."""
+    m = Machine("x86-vtd", kernel="6.12", vtd_scalable=True)
+    dom = m.driver.domain_alloc_paging(None, DomainType.DMA)
+    dom.map(0x20_0000, 0x1_0000_0000, 4096, Prot.READ | Prot.WRITE)
+    dom.map(0x20_1000, 0x1_0000_1000, 4096, Prot.READ)
+    pt = dom.pgtbl
+    top = int(pt._pgd[0])
+    assert top & 0x27 == 0x27  # P, RW, US, A
+    runs = {iova: pte for iova, pte in _leaves(pt)}
+    assert runs[0x20_0000] & 0x67 == 0x67 and runs[0x20_1000] & 0x67 == 0x25
+    dom.free()
+
+
+def _leaves(pt: Any) -> list[tuple[int, int]]:
+    """(IOVA, entry) of the last-level leaves of a VT-d table (a walk for the test)."""
+    out: list[tuple[int, int]] = []
+
+    def walk(table: Any, depth: int, base: int) -> None:
+        shift = 12 + 9 * (len(pt.format.levels) - 1 - depth)
+        for i in range(512):
+            pte = int(table[i])
+            if not pte & 3:
+                continue
+            if depth == len(pt.format.levels) - 1:
+                out.append((base + (i << shift), pte))
+            else:
+                walk(pt._deref(pte), depth + 1, base + (i << shift))
+
+    walk(pt._pgd, 0, 0)
+    return out
+
+
+@pytest.mark.parametrize(("kernel", "pgtt"), [("6.12", 2), ("7.0", 1)])
+def test_plain_iommufd_hwpt_stage_by_kernel(kernel: str, pgtt: int) -> None:
+    """A HWPT_ALLOC without flags on a scalable unit: 6.12 ``intel_iommu_domain_alloc_user``
+    always makes a second stage ("Do not use first stage for user domain translation"),
+    7.0 prefers the first stage. DMA goes through either."""
+    n = _nest(kernel, parent_flags=0)
+    assert n.vdev.attach_pt(n.parent) == n.parent
+    n.dev.dma_write(GUEST + 8, b"plain")
+    assert n.p.read(n.gpa_to_va(GUEST + 8), 5) == b"plain"
+    assert n.sm.pasid_cache[(n.dev.sid, 0)].pgtt == pgtt

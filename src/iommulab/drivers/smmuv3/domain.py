@@ -55,6 +55,7 @@ class ArmSmmuMaster:
     domain: IommuDomain | None = None
     cd_table_pa: int | None = None
     cd_table: npt.NDArray[np.uint64] | None = field(default=None, repr=False)
+    vmaster: Any = field(default=None, repr=False)  # 7.0: .vsmmu.ArmVmaster on a nested domain
 
 
 class ArmSmmuDomain(IommuDomain):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -100,9 +101,25 @@ from .entries import (
 )
 from .events import SmmuEvent, decode_event
 from .hw import OAS_BITS, SmmuV3Hw
-from .regs import Cmd, Reg
+from .regs import Cmd, Reg, SteConfig
+from .vsmmu import (
+    IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+    VMASTER_EVENTS,
+    ArmSmmuNestedDomain,
+    ArmVmaster,
+    arm_vsmmu_init,
+    make_nested_domain_ste,
+)
 
 __all__ = ["ArmSmmuDevice", "Feature"]
+
+
+def _paging_of(domain: IommuDomain | None) -> ArmSmmuDomain | None:
+    """The paging domain whose invalidations reach a master on ``domain``: itself, or a
+    nested domain's stage-2 parent (``to_smmu_domain_devices``)."""
+    if isinstance(domain, ArmSmmuNestedDomain):
+        return domain.vsmmu.s2_parent
+    return domain if isinstance(domain, ArmSmmuDomain) else None
 
 _PAGING_FLAGS = HWPT_ALLOC_DIRTY_TRACKING | HWPT_ALLOC_PASID | HWPT_ALLOC_NEST_PARENT
 _USER_FLAGS_6_12 = HWPT_ALLOC_DIRTY_TRACKING  # arm_smmu_domain_alloc_user's PAGING_FLAGS
@@ -490,6 +507,21 @@ class ArmSmmuDevice:
         ``domain_alloc_nested``, its nesting goes through a vIOMMU."""
         return self.kernel < LINUX_7_0
 
+    # -- Linux 7.0's vIOMMU (arm-smmu-v3-iommufd.c, :mod:`.vsmmu`) --------------------------
+    def get_viommu_size(self, master: ArmSmmuMaster, viommu_type: int) -> int:
+        """``arm_smmu_get_viommu_size``: 0 (no vIOMMU) without ARM_SMMU_FEAT_NESTING, or
+        when the VM could bypass the cache (neither a coherent device, ``canwbs``, nor
+        S2FWB), or for a type other than ARM_SMMUV3 (no impl ops in the model)."""
+        f = self.features
+        if not f & Feature.NESTING or not f & (Feature.COHERENCY | Feature.S2FWB):
+            return 0
+        return 1 if viommu_type == IOMMU_VIOMMU_TYPE_ARM_SMMUV3 else 0
+
+    def viommu_init(self, viommu: Any, parent: IommuDomain,
+                    user_data: IommuUserData | None) -> Any:
+        """``arm_vsmmu_init``: the vIOMMU's ops (an :class:`.vsmmu.ArmVsmmu`)."""
+        return arm_vsmmu_init(viommu, self, parent)
+
     def domain_alloc_paging_flags(self, master: ArmSmmuMaster, flags: int = 0,
                                   user_data: IommuUserData | None = None, *,
                                   type: DomainType = DomainType.UNMANAGED) -> ArmSmmuDomain:
@@ -646,6 +678,7 @@ class ArmSmmuDevice:
         """
         if master.smmu is not self:
             raise InvalidArgument(f"attach_dev: {master!r} is not behind this SMMU")
+        vmaster = None
         if domain.type == DomainType.BLOCKED:
             target = make_abort_ste()
         elif domain.type == DomainType.IDENTITY:
@@ -656,18 +689,22 @@ class ArmSmmuDevice:
             target = self._paging_ste(domain, master)
             # arm_smmu_attach_prepare (6.12 and 7.0): the master on the domain's list
             self.mem.fail_nth.check("kzalloc(arm_smmu_master_domain)")
+        elif isinstance(domain, ArmSmmuNestedDomain):
+            target, vmaster = self._nested_ste(domain, master)
         else:
             raise InvalidArgument(f"attach_dev: cannot attach {domain!r}")
         for sid in master.sids:
             self._write_ste(sid, target)
+        master.vmaster = vmaster  # arm_smmu_attach_commit_vmaster (None off a nested domain)
         stage2 = isinstance(domain, ArmSmmuDomain) and domain.stage == 2
-        if stage2:
+        if stage2 or isinstance(domain, ArmSmmuNestedDomain):
             self._clear_cd(master)
-        old = master.domain
+        old = _paging_of(master.domain)
         master.domain = domain
-        if isinstance(domain, ArmSmmuDomain) and master not in domain.masters:
-            domain.masters.append(master)
-        if isinstance(old, ArmSmmuDomain) and old is not domain:
+        new = _paging_of(domain)
+        if new is not None and master not in new.masters:
+            new.masters.append(master)
+        if old is not None and old is not new:
             old.masters.remove(master)
             if not old.masters and self.kernel >= LINUX_7_0:
                 # arm_smmu_install_old_domain_invs: the tag left the last invalidation
@@ -675,6 +712,29 @@ class ArmSmmuDevice:
                 self.submit([self._context_command(old)])
         if not isinstance(domain, ArmSmmuDomain):  # blocked, identity
             self._clear_cd(master)
+
+    def _nested_ste(self, domain: ArmSmmuNestedDomain, master: ArmSmmuMaster
+                    ) -> tuple[Entry, ArmVmaster | None]:
+        """``arm_smmu_attach_dev_nested`` (7.0) up to the STE: EINVAL for a vIOMMU of
+        another SMMU; ``arm_smmu_attach_prepare_vmaster``: the device's vSID on the
+        vIOMMU, which an S1 nested domain requires (ENOENT without a vDEVICE; abort and
+        bypass attach without one), the vmaster (``kzalloc``); the master on the
+        parent's list (``kzalloc``); the nested STE over the parent's S2 STE."""
+        vsmmu = domain.vsmmu
+        if vsmmu.smmu is not self:
+            raise InvalidArgument("attach_dev: the nested domain's vIOMMU is another SMMU's")
+        vmaster = None
+        try:
+            vsid = vsmmu.viommu.get_vdev_id(master)
+        except KernelError:
+            if domain.config not in (SteConfig.ABORT, SteConfig.BYPASS):
+                raise
+        else:
+            self.mem.fail_nth.check("kzalloc(arm_smmu_vmaster)")
+            vmaster = ArmVmaster(vsmmu, vsid)
+        self.mem.fail_nth.check("kzalloc(arm_smmu_master_domain)")
+        return make_nested_domain_ste(domain, self._paging_ste(vsmmu.s2_parent, master)), \
+            vmaster
 
     def _clear_cd(self, master: ArmSmmuMaster) -> None:
         """``arm_smmu_clear_cd(master, IOMMU_NO_PASID)``: a zero CD 0, if there is a table."""
@@ -716,21 +776,40 @@ class ArmSmmuDevice:
         hw, shift = self.hw, self.evtq_shift
         wrap = (2 << shift) - 1
         new: list[SmmuEvent] = []
+        raws: list[tuple[int, int, int, int]] = []
         prod = hw.read_reg(Reg.EVTQ_PROD)
         cons = hw.read_reg(Reg.EVTQ_CONS)
         while (cons & wrap) != (prod & wrap):
             slot = self.evtq_pa + ((cons & ((1 << shift) - 1)) << 5)
             raw = tuple(self.mem.read_u64(slot + 8 * i) for i in range(4))
             new.append(decode_event(raw))  # type: ignore[arg-type]
+            raws.append(raw)  # type: ignore[arg-type]
             cons = (cons & ~wrap) | ((cons + 1) & wrap)
         if (prod ^ cons) & regs.Q_OVERFLOW_FLAG:
             self.log.append("EVTQ overflow detected -- events lost")
             cons ^= regs.Q_OVERFLOW_FLAG
         hw.write_reg(Reg.EVTQ_CONS, cons)
-        for event in new:
+        for event, raw in zip(new, raws, strict=True):
+            if self._to_vmaster(event, raw):
+                continue
             self.log.append(f"event {event.id:#04x} received: {event!r}")
         self.events.extend(new)
         return new
+
+    def _to_vmaster(self, event: SmmuEvent, raw: tuple[int, int, int, int]) -> bool:
+        """``arm_smmu_handle_event`` (7.0): an event of the reported kinds for a stream
+        whose master is on a nested domain with a vSID, not a stage-2 fault, goes to the
+        vIOMMU (``arm_vmaster_report_event``); whether it went. O(1)."""
+        master = self.masters.get(event.sid)
+        vmaster = master.vmaster if master is not None else None
+        if vmaster is None or event.id not in VMASTER_EVENTS or \
+                regs.EVT1["S2"].get(raw[1]):
+            return False
+        try:
+            vmaster.vsmmu.report_event(vmaster.vsid, raw)
+        except KernelError:
+            return False  # no vEVENTQ (EOPNOTSUPP), or lost: logged as unhandled
+        return True
 
     # -- teardown ----------------------------------------------------------------------------
     def remove(self) -> None:

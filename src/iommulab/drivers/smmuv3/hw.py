@@ -236,6 +236,21 @@ class SmmuV3Hw:
     def enabled(self) -> bool:
         return self._smmuen
 
+    def _check(self) -> None:
+        """O(cached): the IOTLB's own check; every cached configuration decodes to one
+        stage (a nested one to stage 1 over a stage-2 configuration of the same VMID),
+        and nothing is cached while the SMMU is disabled."""
+        self.iotlb._check()
+        if not self._smmuen:
+            assert not self._configs and not self._ss_configs
+        for cfg in [*self._configs.values(), *self._ss_configs.values()]:
+            if cfg.s2 is not None:
+                assert cfg.mode == SteConfig.NESTED and cfg.stage1
+                assert cfg.s2.mode == SteConfig.S2_TRANS and cfg.s2.s2 is None
+                assert cfg.tag & _VMID_MASK == cfg.s2.tag & _VMID_MASK
+                assert set(cfg.s2.shifts) <= set(cfg.shifts)
+            assert cfg.key0 < 0 or cfg.shift0 == min(cfg.shifts)
+
     # -- command queue ------------------------------------------------------------------------
     @property
     def cmdq_error(self) -> bool:

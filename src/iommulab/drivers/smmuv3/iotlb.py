@@ -166,6 +166,18 @@ class Iotlb:
         self._drop(dead)
         self._count(kind, len(dead))
 
+    def _check(self) -> None:
+        """O(entries): every entry under its own key, aligned, within the capacity; the
+        organisation's bookkeeping holds exactly the cached keys."""
+        assert len(self._map) <= self.config.entries
+        for key, e in self._map.items():
+            assert key == e.key, f"entry {e} under key {key:#x}"
+            assert e.va & ((1 << e.shift) - 1) == 0 and e.pa & ((1 << e.shift) - 1) == 0, e
+        self._check_extra()
+
+    def _check_extra(self) -> None:
+        """The organisation's own bookkeeping (nothing for a plain hash)."""
+
     def _count(self, kind: str, n: int) -> None:
         inv = self.stats.invalidations
         inv[kind] = inv.get(kind, 0) + 1
@@ -228,6 +240,9 @@ class LruIotlb(Iotlb):
         for k in keys:
             self._order.pop(k, None)
 
+    def _check_extra(self) -> None:
+        assert set(self._order) == set(self._map)
+
     def _clear_extra(self) -> None:
         self._order.clear()
 
@@ -270,6 +285,12 @@ class SetAssocIotlb(Iotlb):
     def _forget(self, keys: list[int]) -> None:
         for k in keys:
             self._sets[self._set_of(k)].pop(k, None)
+
+    def _check_extra(self) -> None:
+        for i, ways in enumerate(self._sets):
+            assert len(ways) <= self.config.ways
+            assert all(self._set_of(k) == i for k in ways)
+        assert sorted(k for ways in self._sets for k in ways) == sorted(self._map)
 
     def _clear_extra(self) -> None:
         for ways in self._sets:

@@ -7,6 +7,7 @@ import struct
 
 from ...iommufd import selftest as st
 from ...iommufd import uapi as iu
+from ...uapi._base import ioc_io as _ioc_io
 from ...vfio import uapi as vu
 from .values import Spec, spec
 
@@ -73,6 +74,11 @@ _IOMMUFD_FIELDS = {
                               "entry_num:len rsvd:rsvd",
     iu.IOMMU_IOAS_CHANGE_PROCESS: "size:size rsvd:rsvd",
     iu.IOMMU_FAULT_QUEUE_ALLOC: "size:size flags:flags out_fault_id out_fault_fd",
+    iu.IOMMU_VIOMMU_ALLOC: "size:size flags:flags type dev_id:id hwpt_id:id out_viommu_id "
+                           "data_len:len rsvd:rsvd data_uptr:ptr",
+    iu.IOMMU_VDEVICE_ALLOC: "size:size viommu_id:id dev_id:id out_vdevice_id virt_id",
+    iu.IOMMU_VEVENTQ_ALLOC: "size:size flags:flags viommu_id:id type veventq_depth:len "
+                            "out_veventq_id out_veventq_fd rsvd:rsvd",
 }
 
 #: request -> Spec of each iommufd command the model's table has (any release).
@@ -81,7 +87,7 @@ IOMMUFD = {req: spec(c.name.removeprefix("IOMMU_"), req, c.layout, _IOMMUFD_FIEL
            for req, c in iu.COMMANDS.items()}
 
 #: iommufd commands the kernel has and the model does not (ENOTTY).
-UNKNOWN_IOMMUFD = (iu.IOMMU_VIOMMU_ALLOC, iu.IOMMU_VDEVICE_ALLOC, iu.IOMMU_VEVENTQ_ALLOC)
+UNKNOWN_IOMMUFD = (_ioc_io(iu.IOMMUFD_TYPE, 0x94),)  # IOMMU_HW_QUEUE_ALLOC
 
 # IOMMU_TEST_CMD: size, op, id, __reserved, a 48-byte union, last (72 bytes).
 _TEST_UNIONS = {
@@ -102,6 +108,8 @@ _TEST_UNIONS = {
                               "out_nr_dirty"),
     st.OP_MD_CHECK_IOTLB: ("II", "iotlb_id:id iotlb"),
     st.OP_TRIGGER_IOPF: ("IIIIQ", "dev_id:id pasid grpid perm addr:iova"),
+    st.OP_DEV_CHECK_CACHE: ("II", "cache_id:id cache"),
+    st.OP_TRIGGER_VEVENT: ("I", "dev_id:id"),
 }
 _OP_NAMES = {v: k.removeprefix("OP_") for k, v in vars(st).items()
              if k.startswith("OP_") and isinstance(v, int)}
