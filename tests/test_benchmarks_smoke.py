@@ -23,7 +23,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_iommufd.py", ["--gib", "1"], 4),
     ("bench_pseries.py", ["--pairs", "300", "--ram", "4G"], 2),
     ("bench_replay.py", ["--packets", "500"], 2),
-    ("bench_sweep.py", ["--points", "4", "--noop", "16"], 7),
+    ("bench_sweep.py", ["--points", "4", "--noop", "16"], 8),
     ("fuzz_long.py", ["--ops", "400", "--platform", "ppc64-pseries", "--wild", "0",
                       "--failnth-share", "0.2"], 4),
 ])

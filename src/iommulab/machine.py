@@ -57,7 +57,9 @@ class Machine:
     7.0's generic_pt AMDv1 table with every power of two from 2K) or
     ``"ppc64-pseries"`` (a PAPR guest: each device in its own PE behind its own PHB, DMA
     through TCE tables and DDW; :attr:`pseries` and :attr:`dma` are its DMA code, and
-    there is no IOMMU core, VFIO or iommufd on it)."""
+    there is no IOMMU core, VFIO or iommufd on it). ``vtd_scalable`` (x86-vtd) puts a
+    nesting-capable scalable-mode unit (:func:`~.drivers.vtd.nesting_unit`) in place of
+    QEMU's legacy-mode one."""
 
     def __init__(self, platform: str = "x86-vtd", ram: int | str = "4G", seed: int = 0, *,
                  kernel: KernelVersion | str = DEFAULT_KERNEL, vtd_scalable: bool = False

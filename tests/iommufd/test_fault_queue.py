@@ -398,3 +398,46 @@ def test_trigger_refuses_before_anything_is_reported() -> None:
     expect_errno(errno.ENOENT, trigger, t, s.ioas)
     assert len(s.driver.page_responses) == n
     t.close()
+
+
+def test_a_group_of_several_requests_is_read_whole() -> None:
+    """``iommu_report_device_fault``: requests that are not the last of their group wait
+    (``report_partial_fault``) and the last one makes the group, in the order they came,
+    other groups' requests left waiting. ``iommufd_fault_fops_read`` never splits it:
+    EINVAL for a count one record short, then all its records with one cookie; one
+    response answers the group (the driver is told once, for its last request)."""
+    from iommulab.iommu.iopf import (
+        IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+        IOMMU_NO_PASID,
+        IommuPageResponse,
+        IopfFault,
+        report_device_fault,
+    )
+    s = Setup()
+    t = s.t
+    t.mock_domain_replace(s.stdev, s.iopf)
+    dev = s.ctx.objects[s.dev].dev
+    group = dev.group
+
+    def handle_get(pasid: int, type: int) -> object:
+        return s.ctx.attach_handles.get(group.id) if pasid == IOMMU_NO_PASID else None
+
+    fail = t.m.mem.fail_nth
+    for addr, grpid in ((0x1000, 7), (0x2000, 8), (0x3000, 7)):
+        assert report_device_fault(dev, IopfFault(0, 0, grpid, 1, addr), handle_get, fail)
+    assert t.p.poll(s.fault_fd) == EPOLLOUT  # nothing whole yet
+    report_device_fault(dev, IopfFault(IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE, 0, 7, 1, 0x4000),
+                        handle_get, fail)
+    expect_errno(errno.EINVAL, t.p.read_fd, s.fault_fd, 2 * REC)
+    raw = t.p.read_fd(s.fault_fd, 4 * REC)
+    recs = [HWPT_PGFAULT.unpack_from(raw, i * REC) for i in range(len(raw) // REC)]
+    assert [(r[6], r[3], r[8]) for r in recs] == [(0x1000, 7, 1), (0x3000, 7, 1),
+                                                  (0x4000, 7, 1)]
+    assert dev.dev_iommu.fault_param.partial[0].grpid == 8  # grpid 8 still waits
+    n = len(s.driver.page_responses)
+    assert t.p.write_fd(s.fault_fd, response(1)) == 8
+    assert [r for _, r in s.driver.page_responses[n:]] == [IommuPageResponse(0, 7, SUCCESS)]
+    t.mock_domain_replace(s.stdev, s.parent)  # IOPF off: the partial request is dropped
+    assert dev.dev_iommu.fault_param is None
+    s.check()
+    t.close()

@@ -274,3 +274,23 @@ def test_round_trip_property(blocks: list[tuple[int, int, bool, bool]], granule:
     assert ops.merge_pages(0, 16 * SZ_1G, split_only=True) >= split
     assert _leaves(ops) == before
     ops._check()
+
+
+def test_vtd_second_stage_merge_ignores_the_units_a_and_d() -> None:
+    """A scalable-mode unit with SSADE sets A (bit 8) on every leaf it uses and D (bit 9)
+    on writes: which 4K pages of a split block the device touched must not stop the merge,
+    and the merged block is dirty (A and D) if any page was."""
+    ops = alloc_io_pgtable_ops(IoPgtableFmt.INTEL_VTD_SS,
+                               IoPgtableCfg(SZ_4K | SZ_2M | SZ_1G, 48, 48), mem=PhysMem("8G"))
+    ops.map_pages(0, 0x4000_0000, SZ_2M, 2, RW)
+    assert ops.split_blocks(0, 2 * SZ_2M, SZ_4K) == 2
+    for iova, bits in ((5 * SZ_4K, 1 << 8), (SZ_2M + 7 * SZ_4K, 3 << 8)):  # A; A and D
+        walk = ops.pgtable_walk(iova)
+        pa = (walk[-2] & 0xF_FFFF_FFFF_F000) + ((iova >> 12) & 511) * 8
+        ops.mem.write_u64(pa, ops.mem.read_u64(pa) | bits)
+    assert ops.merge_pages(0, 2 * SZ_2M, split_only=True) == 2
+    assert ops.leaf_histogram() == {SZ_2M: 2}
+    first, second = ops.pgtable_walk(0)[-1], ops.pgtable_walk(SZ_2M)[-1]
+    assert first == 0x4000_0083 and second == 0x4020_0383  # R|W|PS, then A|D too
+    ops._check()
+    ops.free()

@@ -99,6 +99,19 @@ def test_progress_shows_done_running_failed_and_eta(tmp_path: Path) -> None:
     assert shown.endswith("\r")  # cleared at the end
 
 
+def test_html_page_lands_in_the_new_output_directory(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "new" / "out"
+    assert main(["sweep", "streaming-dma", "--quick", "--grid", "packets=20,40", "--workers",
+                 "1", "--out", str(out), "--no-progress", "-q", "--html"]) == 0
+    assert (out / "sweep.html").read_text().startswith("<!DOCTYPE html>")
+    assert f"page {out / 'sweep.html'}" in capsys.readouterr().out
+    page = tmp_path / "page.html"
+    assert main(["sweep", "streaming-dma", "--quick", "--grid", "packets=20,40", "--workers",
+                 "1", "--out", str(out), "--no-progress", "-q", "--html", str(page)]) == 0
+    assert "tlbi_commands against packets" in page.read_text()
+
+
 def test_summary_counts_skipped_points(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["sweep", "streaming-dma", "--quick", "--grid", "packets=20,40", "--workers",

@@ -14,8 +14,10 @@ ignores ``prot`` and has no IOTLB.
 
 The xarray is modelled by :class:`MockPfns`, numpy chunks of slots, so maps
 and unmaps work on ranges. DMA through the mock (``MockHw``) reads the same
-slots; a missing slot is a fault recorded in ``MockHw.faults`` (a lab record:
-the mock has no fault queue).
+slots; a missing slot is a fault recorded in ``MockHw.faults`` (a lab record: the
+mock's hardware reports no translation faults; page requests come only from the
+selftest's TRIGGER_IOPF, through ``dev_enable_feat``'s IOPF queue and
+``page_response``, :mod:`iommulab.iommu.iopf`).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ drivers/iommu/generic_pt/fmt/vtdss.h (7.0).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import (
     BadAddress,
@@ -56,6 +57,7 @@ from ..kernel import DEFAULT_KERNEL, LINUX_7_0, KernelVersion
 from ..mem import PhysMem
 from ..pgtable import IoPgtable, IoPgtableCfg, IoPgtableFmt
 from ..pgtable import vtd_legacy as legacy
+from ..pgtable.flush import IommuFlushOps
 from ..pgtable.iommu_pt import PtIommu
 from ..pgtable.vtd_ss import (
     ADDR_MASK,
@@ -307,6 +309,25 @@ def nesting_unit(mem: PhysMem, *, aw: int = 48, sagaw: int = 0, **kw: bool) -> V
                                 snoop_control=True, caching_mode=False)
     cfg.update(kw)
     return VtdHw(mem, aw, sagaw=sagaw, **cfg)  # type: ignore[arg-type]
+
+
+class _ReshapeFlush(IommuFlushOps):
+    """Lab: the invalidation after the lab's split or merge of a second-stage table
+    (:mod:`..pgtable.reshape`, the only caller of these ops on a VT-d table: both
+    releases map and unmap with their own code): ``cache_tag_flush_range`` over the span
+    whose present entries changed, which for a nest parent reaches the nested domains'
+    DIDs too. Not in Linux, which never reshapes a VT-d table. Freeing a table stays
+    without a flush (``intel_iommu_domain_free``)."""
+
+    def tlb_flush_walk(self, iova: int, size: int, granule: int, cookie: Any) -> None:
+        stats = cookie.tlb_stats
+        stats.flush_walk += 1
+        stats.flush_walk_bytes += size
+        if isinstance(cookie.ops, _DmarDomain):
+            cache_tag_flush_range(cookie.ops, iova, iova + size - 1, ih=False)
+
+
+_RESHAPE_FLUSH = _ReshapeFlush()
 
 
 @dataclass
@@ -636,7 +657,8 @@ class IntelIommu:
         return IntelNestedDomain(s2, pasid.VtdS1Cfg.from_bytes(raw), self.kernel)
 
     def _new_table(self, domain: IommuDomain, width: int, levels: int) -> IoPgtable:
-        cfg = IoPgtableCfg(_PGSIZES, width, VTDSS_MAX_OA_LG2, kernel=self.kernel)
+        cfg = IoPgtableCfg(_PGSIZES, width, VTDSS_MAX_OA_LG2, kernel=self.kernel,
+                           tlb=_RESHAPE_FLUSH)
         fmt, cfg = vtd_ss_alloc(cfg, levels=levels)
         return IoPgtable(IoPgtableFmt.INTEL_VTD_SS, cfg, fmt, self.hw.mem, domain)
 

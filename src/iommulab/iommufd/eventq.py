@@ -110,12 +110,13 @@ class EventqObject(IommufdObject):
     def eventq_init(self, proc: Process) -> int:
         """What 6.12's ``iommufd_fault_alloc`` (7.0's ``iommufd_eventq_init``) does
         after the object: the anon-inode file (``anon_inode_getfile``: its dentry and
-        its file, ENOMEM), which
-        takes a user of the object and holds the context, then a free fd in ``proc``
-        (``get_unused_fd_flags(O_CLOEXEC)``: EMFILE). The fd, for :meth:`install` once
-        the command has answered, or :meth:`abort` on an error. When no fd can be had
-        the file is put here (lab: 6.12 and 7.0 leak it, and with it the context, on
-        every error after it was made; the model does not keep that leak)."""
+        its file, ENOMEM), which takes a user of the object and holds the context, then
+        a free fd in ``proc`` (``get_unused_fd_flags(O_CLOEXEC)``: EMFILE). The fd, for
+        :meth:`install` once the command has answered, or :meth:`abort` on an error.
+        When no fd can be had the file is put here, as newer kernels'
+        ``iommufd_eventq_init`` does (6.12.118's ``iommufd_fault_alloc`` never puts it
+        on its error paths, leaking it and the context it holds: a leak the model does
+        not keep)."""
         fail = self.ctx.mem.fail_nth
         fail.check("d_alloc_pseudo(anon_inode_getfile)")  # alloc_file_pseudo: the dentry
         fail.check("alloc_empty_file(anon_inode_getfile)")  # and the file

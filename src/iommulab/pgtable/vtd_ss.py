@@ -38,6 +38,9 @@ DMA_PTE_LARGE_PAGE = 1 << 7
 DMA_PTE_SNP = 1 << 11
 #: ``DMA_SL_PTE_DIRTY``: bit 9, which a scalable-mode unit sets with SSADE (bit 8 is A)
 DMA_SL_PTE_DIRTY = 1 << 9
+DMA_SL_PTE_ACCESS = 1 << 8
+#: the state a unit with SSADE writes into leaves: the lab's merge compares without it
+_HW_STATE = DMA_SL_PTE_ACCESS | DMA_SL_PTE_DIRTY
 #: 6.12 first-level domains (``use_first_level``) put US and A in every table entry, and
 #: US, A and (writable) D in every leaf (``pfn_to_dma_pte``, ``__domain_mapping``)
 DMA_FL_PTE_US, DMA_FL_PTE_ACCESS, DMA_FL_PTE_DIRTY = 1 << 2, 1 << 5, 1 << 6
@@ -212,18 +215,29 @@ class VtdSsFormat:
         return cast(U64Array, ptes & np.uint64(ADDR_MASK))
 
     def leaf_attrs(self, ptes: U64Array) -> U64Array:
-        return cast(U64Array, ptes & np.uint64(~(ADDR_MASK | DMA_PTE_LARGE_PAGE) & (1 << 64) - 1))
+        """The attributes without the A and D a unit with SSADE sets (hardware state, not
+        software's: the lab's split and merge put D back with :meth:`with_dirty`)."""
+        return cast(U64Array, ptes & np.uint64(
+            ~(ADDR_MASK | DMA_PTE_LARGE_PAGE | self._hw_state) & (1 << 64) - 1))
 
     def run_rows(self, entries: U64Array, depth: int, ignore: int) -> BoolArray:
-        """Rows that are one run: leaves with consecutive addresses and one attribute set."""
-        norm = entries & np.uint64(~ignore & ((1 << 64) - 1)) if ignore else entries
+        """Rows that are one run: leaves with consecutive addresses and one attribute set,
+        A and D aside (which pages the unit accessed or dirtied does not stop a merge)."""
+        norm = entries & np.uint64(~(ignore | self._hw_state) & ((1 << 64) - 1))
         expected = self._steps[depth][:entries.shape[1]] + norm[:, :1]
         ok = (norm == expected).all(axis=1)
         ok &= self.leaf_mask(norm[:, 0], depth)
         return cast(BoolArray, ok)
 
     def with_dirty(self, attrs: int) -> int:
-        return attrs  # no dirty state in legacy mode
+        """Attributes of a dirty leaf: A and D, as the unit leaves a leaf it wrote through
+        (only a scalable-mode unit with SSADE ever sets D, so legacy mode never asks)."""
+        return attrs | self._hw_state
+
+    @property
+    def _hw_state(self) -> int:
+        """Second-stage A and D; a 6.12 first-level table has no second-stage state."""
+        return 0 if self.first_level else _HW_STATE
 
     def write_dirty_mask(self, ptes: U64Array) -> BoolArray:
         """vtdss ``pt_entry_is_write_dirty``: D (bit 9), which only a scalable-mode unit

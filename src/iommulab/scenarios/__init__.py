@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import time
 
-from . import ddw, migration_dirty, msi_doorbell, noncoherent_flush, streaming_dma, vfio_hugepages
+from . import (
+    ddw,
+    migration_dirty,
+    msi_doorbell,
+    nested_migration,
+    noncoherent_flush,
+    streaming_dma,
+    vfio_hugepages,
+)
 from .base import (
     Param,
     Plot,
@@ -35,7 +43,7 @@ __all__ = [
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     vfio_hugepages.SCENARIO, migration_dirty.SCENARIO, msi_doorbell.SCENARIO,
-    streaming_dma.SCENARIO, noncoherent_flush.SCENARIO, ddw.SCENARIO)}
+    streaming_dma.SCENARIO, noncoherent_flush.SCENARIO, ddw.SCENARIO, nested_migration.SCENARIO)}
 
 
 def run_scenario(name: str, *, platform: str | None = None, settings: tuple[str, ...] = (),
@@ -48,7 +56,7 @@ def run_scenario(name: str, *, platform: str | None = None, settings: tuple[str,
         raise UsageError(f"no scenario {name!r} (scenarios: {', '.join(SCENARIOS)})")
     platform = platform or scenario.platforms[0]
     if platform not in scenario.platforms:
-        raise UsageError(f"{name} runs on {', '.join(scenario.platforms)}, not {platform}")
+        raise UsageError(scenario.platform_error(platform))
     try:
         params = parse_params(scenario.params, settings, quick, platform)
         if scenario.check is not None:

@@ -304,6 +304,15 @@ class Scenario:
     check: Callable[[dict[str, Any], str], None] | None = None
     #: builds IOMMU domains whose page tables ``--save-state`` can keep
     saves_state: bool = True
+    #: platforms it cannot run on, with the reason the refusal gives
+    not_on: tuple[tuple[str, str], ...] = ()
+
+    def platform_error(self, platform: str) -> str:
+        """Why ``platform`` is refused: not one of :attr:`platforms`, and what
+        :attr:`not_on` says of it."""
+        why = dict(self.not_on).get(platform)
+        return f"{self.name} runs on {', '.join(self.platforms)}, not {platform}" + (
+            f": {why}" if why else "")
 
     @property
     def summary(self) -> str:

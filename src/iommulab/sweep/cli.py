@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html is not None:
         html = args.html or str(out.path / "sweep.html")
         parent = os.path.dirname(os.path.abspath(html))
-        if os.path.isdir(html) or not os.path.isdir(parent):
+        if args.html and (os.path.isdir(html) or not os.path.isdir(parent)):
             raise UsageError(f"--html {html}: " + ("is a directory" if os.path.isdir(html)
                                                    else f"no directory {parent}"))
     out.create()

@@ -117,8 +117,7 @@ def expand(spec: SweepSpec) -> list[Point]:
     platforms = spec.platforms or scenario.platforms[:1]
     for platform in platforms:
         if platform not in scenario.platforms:
-            raise UsageError(f"{scenario.name} runs on {', '.join(scenario.platforms)}, "
-                             f"not {platform}")
+            raise UsageError(scenario.platform_error(platform))
     if not spec.seeds:
         raise UsageError("--seeds: at least one seed")
     by_name = {p.name: p for p in scenario.params}
