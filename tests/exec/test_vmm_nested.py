@@ -52,3 +52,24 @@ def test_nested_smmuv3_needs_7_0(build: Build, capfd: object) -> None:
     prog = str(build("vmm_nested_smmuv3", static=True))
     assert main(["exec", "--platform", "arm64-smmuv3", "--kernel", "6.12", "--", prog,
                  "0"]) == 1
+
+
+def test_exec_machine_vtd_scalable() -> None:
+    """``--set vtd_scalable=1`` gives exec's x86-vtd machine the scalable-mode unit that
+    can nest (ECAP.NEST), QEMU's legacy one otherwise; another platform is a usage error."""
+    import argparse
+
+    import pytest
+
+    from iommulab.cli import _exec_machine
+    from iommulab.drivers.vtd import ECAP_NEST
+    from iommulab.scenarios import UsageError
+
+    def machine(*sets: str, platform: str = "x86-vtd") -> Machine:
+        return _exec_machine(argparse.Namespace(set=list(sets), platform=platform,
+                                                kernel="6.12"))
+    assert machine("vtd_scalable=1").translator.ecap_reg & ECAP_NEST
+    assert not machine("vtd_scalable=0").translator.ecap_reg & ECAP_NEST
+    assert not machine().translator.ecap_reg & ECAP_NEST
+    with pytest.raises(UsageError, match="only on x86-vtd"):
+        machine("vtd_scalable=1", platform="arm64-smmuv3")
