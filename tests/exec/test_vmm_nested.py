@@ -73,3 +73,43 @@ def test_exec_machine_vtd_scalable() -> None:
     assert not machine().translator.ecap_reg & ECAP_NEST
     with pytest.raises(UsageError, match="only on x86-vtd"):
         machine("vtd_scalable=1", platform="arm64-smmuv3")
+
+
+VTD_OUT = [
+    "ioas 2, nest parent 3 (dirty tracking yes)",
+    "nested hwpt 4 attached",
+    "dma iova 0x801000 -> gpa 0x10081000: ok",
+    "after remap + invalidate: iova 0x801000 -> gpa 0x10082000: ok",
+    # the guest's leaf table page (the first stage sets its A bits through stage 2) and
+    # the two pages the DMA wrote
+    "dirty gpa pages: 0x10004000 0x10081000 0x10082000",
+    "nested vt-d guest: ok",
+]
+
+
+def test_nested_vtd_guest_under_exec(build: Build, tmp_path: Path) -> None:
+    """``vmm_nested_vtd.c`` on a scalable-mode unit (6.12): a NEST_PARENT |
+    DIRTY_TRACKING parent, the guest's first stage in the program's memory as a VTD_S1
+    HWPT, DMA through both stages, a remap with HWPT_INVALIDATE, the dirty bitmap."""
+    m = Machine("x86-vtd", vtd_scalable=True)
+    dev = m.add_pci_device(BDF, model="edu")
+    fresh = leak_snapshot(m)
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(build("vmm_nested_vtd", static=True)), "0"],
+                          timeout=60, stdout=f)
+    assert result.handler_errors == []
+    assert result.status == 0, out.read_text()
+    assert out.read_text().splitlines() == VTD_OUT
+    edu = dev.model
+    assert edu is not None and (edu.dma_runs, edu.dma_faults) == (3, 0)
+    assert m.faults == []
+    check_invariants([m])
+    assert not (diff := fresh.diff(leak_snapshot(m))), diff
+    assert m.mem.pins.pins == 0
+
+
+def test_nested_vtd_needs_a_scalable_unit(build: Build) -> None:
+    """On QEMU's legacy-mode unit there is no nest parent: the program stops there."""
+    prog = str(build("vmm_nested_vtd", static=True))
+    assert main(["exec", "--", prog, "0"]) == 1
