@@ -213,6 +213,7 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
     ``CONFIG_IOMMUFD_VFIO_CONTAINER=0|1`` and the ``vfio_iommu_type1.*`` module
     parameters."""
     ram, devices, params, kconfig = "4G", [], {}, {}
+    scalable = False
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
@@ -221,6 +222,10 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
             ram = value
         elif key == "device":
             devices.append(value)
+        elif key == "vtd_scalable":
+            if args.platform != "x86-vtd":
+                raise UsageError(f"--set vtd_scalable: only on x86-vtd, not {args.platform}")
+            scalable = value not in ("0", "n", "no", "false")
         elif key == "CONFIG_IOMMUFD_VFIO_CONTAINER":
             kconfig[key] = value not in ("0", "n", "no", "false")
         elif key.startswith("vfio_iommu_type1."):
@@ -230,7 +235,8 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
                 raise UsageError(f"--set {item}: not an integer") from None
         else:
             raise UsageError(f"--set {key}: not a machine setting (ram, device, "
-                             "CONFIG_IOMMUFD_VFIO_CONTAINER, vfio_iommu_type1.*)")
+                             "CONFIG_IOMMUFD_VFIO_CONTAINER, vfio_iommu_type1.*, "
+                             "vtd_scalable)")
     try:
         size = parse_size(ram)
     except ValueError as e:
@@ -241,7 +247,7 @@ def _exec_machine(args: argparse.Namespace) -> Machine:
                          f"{args.platform} (where RAM from the platform's base must end: the "
                          "IOMMU's output address width, pSeries' 32-bit MMIO window)")
     try:
-        m = Machine(args.platform, size, kernel=args.kernel)
+        m = Machine(args.platform, size, kernel=args.kernel, vtd_scalable=scalable)
     except ValueError as e:
         raise UsageError(f"--set ram={ram}: {e}") from None
     except OutOfMemory as e:
@@ -411,7 +417,8 @@ def _configure_exec(ex: argparse.ArgumentParser) -> None:
                     "bound to vfio-pci; BDF:plain for a plain DMA device whose BAR 0 is "
                     "memory; device=none for no device; repeatable; default an edu at "
                     f"{EXEC_DEFAULT_DEVICE} off the mock platform), "
-                    "CONFIG_IOMMUFD_VFIO_CONTAINER=0|1, vfio_iommu_type1.PARAM=N")
+                    "CONFIG_IOMMUFD_VFIO_CONTAINER=0|1, vfio_iommu_type1.PARAM=N, "
+                    "vtd_scalable=1 (x86-vtd: a scalable-mode unit that can nest)")
     ex.add_argument("--summary", action="store_true", help="print what the model did, and "
                     "whether the machine is back to its fresh state, on stderr")
     ex.add_argument("--report", metavar="FILE", help="write the report of what the "

@@ -33,6 +33,12 @@ def test_points_cross_platforms_grid_and_seeds_in_order() -> None:
     assert len({p.id for p in points}) == 16
 
 
+def test_a_list_parameter_of_one_item_is_that_item_in_the_table() -> None:
+    points = expand(SweepSpec("migration-dirty", {"bbm_levels": ["0", "1+2"]}))
+    assert [dict(p.grid)["bbm_levels"] for p in points] == [0, "1+2"]
+    assert [p.settings for p in points] == [("bbm_levels=0",), ("bbm_levels=1,2",)]
+
+
 def test_id_depends_only_on_what_runs() -> None:
     a = expand(SweepSpec("streaming-dma", {"packets": ["100", "200"]}))
     b = expand(SweepSpec("streaming-dma", {"packets": ["0x64"], "hz": ["250"]}))

@@ -34,15 +34,18 @@ def _changed_pages(guest_ram: int) -> tuple[list[frozenset[int]], Callable[..., 
     return rounds, hook
 
 
-@pytest.mark.parametrize("guest_ad", ["hw", "preset"])
-@pytest.mark.parametrize("mode", ["upstream", "split"])
-def test_reports_against_the_bytes_that_changed_in_guest_ram(mode: str, guest_ad: str) -> None:
+@pytest.mark.parametrize(("mode", "guest_ad", "kernel"), [
+    (mode, ad, "6.12") for mode in ("upstream", "split") for ad in ("hw", "preset")] + [
+    ("upstream", "hw", "7.0"), ("split", "hw", "7.0")])
+def test_reports_against_the_bytes_that_changed_in_guest_ram(mode: str, guest_ad: str,
+                                                             kernel: str) -> None:
     """Each round: the workload's ground truth (data pages and A/D table pages) is exactly
     the pages whose bytes changed; split reports exactly those, upstream their whole 2M
     blocks; nothing is missed. A/D table pages are pages of the guest's table pool (the
     first 2M), and there are some only when the guest leaves A and D to the unit."""
     changed, hook = _changed_pages(SMALL_RAM)
-    r = run_nested_migration(mode, guest_ad=guest_ad, guest_ram=SMALL_RAM, rounds=3,
+    r = run_nested_migration(mode, guest_ad=guest_ad, kernel=kernel, guest_ram=SMALL_RAM,
+                             rounds=3,
                              writes_per_round=80, ring=48, churn=50, seed=7, on_dma=hook)
     assert len(changed) == len(r.rounds) == 3
     for truth, rnd in zip(changed, r.rounds, strict=True):
@@ -58,19 +61,23 @@ def test_reports_against_the_bytes_that_changed_in_guest_ram(mode: str, guest_ad
     assert r.pins_left == 0 and r.iommu_pages_left == 0
 
 
-def test_split_and_merge_cover_guest_ram_and_cost_one_invalidation_each() -> None:
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_split_and_merge_cover_guest_ram_and_cost_one_invalidation_each(kernel: str) -> None:
     """The lab's split turns every 2M block of the parent into 4K pages when tracking
     starts, the merge puts them back when it stops (blocks the device touched included:
     the unit's A and D do not stop it), each with one flush more than upstream's."""
-    up = run_nested_migration("upstream", guest_ram=QUICK_RAM, rounds=1, writes_per_round=20,
-                              ring=16)
-    split = run_nested_migration("split", guest_ram=QUICK_RAM, rounds=1, writes_per_round=20,
-                                 ring=16)
+    up = run_nested_migration("upstream", kernel=kernel, guest_ram=QUICK_RAM, rounds=1,
+                              writes_per_round=20, ring=16)
+    split = run_nested_migration("split", kernel=kernel, guest_ram=QUICK_RAM, rounds=1,
+                                 writes_per_round=20, ring=16)
+    assert split.kernel == kernel
     assert (up.blocks_split, up.blocks_merged) == (0, 0)
     assert split.blocks_split == split.blocks_merged == QUICK_RAM // SZ_2M
     assert split.start_invalidations == up.start_invalidations + 1
     assert split.stop_invalidations == up.stop_invalidations + 1
     assert up.rounds[0].read_invalidations >= 1  # the sync after clearing flushes the DID
+    assert split.missed_pages == up.missed_pages == 0
+    assert split.pins_left == split.iommu_pages_left == 0
 
 
 def test_guest_invalidations_follow_its_remaps() -> None:

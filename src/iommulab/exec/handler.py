@@ -500,7 +500,21 @@ class ModelHandler(Handler):
         if isinstance(handle, DebugfsFile):
             return handle.write(mem, buf, count)
         assert isinstance(handle, ModelFile)
-        return self._rw(pid, handle, buf, count, offset, mem, write=True)
+        try:
+            return self._rw(pid, handle, buf, count, offset, mem, write=True)
+        finally:
+            if isinstance(handle.file, VfioDeviceFile):
+                self._evtq_irq()
+
+    def _evtq_irq(self) -> None:
+        """The SMMU's event-queue interrupt after a device write (which may have run a
+        DMA that faulted): ``arm_smmu_evtq_thread`` decodes the new records, reporting a
+        nested device's to its vEVENTQ. Lab: the kernel's threaded IRQ runs soon after
+        the fault; here it has run before the write returns, so the program's next
+        ``read`` of a vEVENTQ or fault fd finds the event."""
+        m = self.machine
+        if m.platform == "arm64-smmuv3":
+            m.driver.handle_events()
 
     def stream(self, handle: object) -> bool:
         """A model file without positional reads (an iommufd event queue's fd)."""

@@ -477,12 +477,22 @@ class PhysMem:
         self.contents.write(pa, data)
 
     def read_u64(self, pa: int) -> int:
-        """One little-endian 64-bit load (a descriptor fetch by a table walker)."""
+        """One little-endian 64-bit load (a descriptor fetch by a table walker). A page
+        that is a real program's (``external``, under ``iommulab exec``: a guest's CD or
+        stage-1 table in its VMM's RAM) is read from the program."""
+        ext = self.external
+        if ext is not None and len(ext):
+            return int.from_bytes(ext.read(pa, 8, self.contents.read), "little")
         page = self.contents.page(pa >> PAGE_SHIFT)
         return int(page.view("<u8")[(pa & (PAGE_BYTES - 1)) >> 3])
 
     def write_u64(self, pa: int, value: int) -> None:
-        """One little-endian 64-bit store (an HTTU descriptor update, a queue entry)."""
+        """One little-endian 64-bit store (an HTTU descriptor update, a queue entry); to
+        the program for an ``external`` page, as ``read_u64``."""
+        ext = self.external
+        if ext is not None and len(ext):
+            ext.write(pa, value.to_bytes(8, "little"), self.contents.write)
+            return
         page = self.contents.page_for_write(pa >> PAGE_SHIFT)
         page.view("<u8")[(pa & (PAGE_BYTES - 1)) >> 3] = value
 

@@ -103,9 +103,10 @@ def _check_value(scenario: Scenario, param: Param, value: str, platforms: Sequen
 
 
 def _table_value(param: Param, parsed: Any) -> Any:
-    """A grid value as the results table holds it: numbers as numbers, lists joined."""
+    """A grid value as the results table holds it: numbers as numbers, a list of
+    several items joined with ``+`` (a list of one item is that item)."""
     if param.many:
-        return ITEM_JOIN.join(map(str, parsed))
+        return parsed[0] if len(parsed) == 1 else ITEM_JOIN.join(map(str, parsed))
     return parsed
 
 

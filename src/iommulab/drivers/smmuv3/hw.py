@@ -701,7 +701,9 @@ class SmmuV3Hw:
         nesting each descriptor address is an IPA translated by stage 2 first.
 
         Lab: descriptors are read straight from the memory model's written pages
-        (a page never written reads as zeros, as ``PhysMem.read_u64``). O(levels).
+        (a page never written reads as zeros, as ``PhysMem.read_u64``), or through
+        ``PhysMem.read_u64`` while a real program's pages are frames of the machine
+        (``iommulab exec``: a guest's stage-1 table in its VMM's RAM). O(levels).
         """
         stats = self.stats
         stats.walks += 1
@@ -715,6 +717,7 @@ class SmmuV3Hw:
         table = cfg.ttb
         s2 = cfg.s2
         page_of = self._page_of
+        ext = self.mem.external
         level = cfg.start_level
         shift = g + (3 - level) * bpl
         idx = iova >> shift
@@ -727,8 +730,11 @@ class SmmuV3Hw:
                     stats.descriptor_reads += level - cfg.start_level
                     raise
                 desc_pa = e.pa | (desc_addr & ((1 << e.shift) - 1))
-            page = page_of(desc_pa >> 12)
-            desc = 0 if page is None else _unpack_q(page, desc_pa & 0xFFF)[0]
+            if ext is not None and len(ext):  # a table in a real program's memory
+                desc = self.mem.read_u64(desc_pa)
+            else:
+                page = page_of(desc_pa >> 12)
+                desc = 0 if page is None else _unpack_q(page, desc_pa & 0xFFF)[0]
             if desc & 3 == 3 and level < 3:  # table
                 table = _desc_addr(desc, g, ips) if wide else desc & _DESC_ADDR
                 if table >> ips:
