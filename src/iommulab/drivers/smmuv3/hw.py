@@ -718,6 +718,7 @@ class SmmuV3Hw:
         s2 = cfg.s2
         page_of = self._page_of
         ext = self.mem.external
+        in_program = ext is not None and len(ext) > 0  # a table in a real program's memory
         level = cfg.start_level
         shift = g + (3 - level) * bpl
         idx = iova >> shift
@@ -730,7 +731,7 @@ class SmmuV3Hw:
                     stats.descriptor_reads += level - cfg.start_level
                     raise
                 desc_pa = e.pa | (desc_addr & ((1 << e.shift) - 1))
-            if ext is not None and len(ext):  # a table in a real program's memory
+            if in_program:
                 desc = self.mem.read_u64(desc_pa)
             else:
                 page = page_of(desc_pa >> 12)
