@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -65,6 +65,36 @@ def _legend(names: Sequence[str], colours: Sequence[str], x0: float, width: floa
     return parts, row + 1 if names else 0
 
 
+def y_scale(ticks: Sequence[float], log: bool, top: float,
+            plot_height: float) -> Callable[[float], float]:
+    """The y coordinate of a value on an axis from ``ticks[0]`` to ``ticks[-1]``, linear or
+    log (a value at or below zero on a log axis sits on the axis)."""
+    lo, hi = ticks[0], ticks[-1]
+
+    def y_of(v: float) -> float:
+        if log:
+            frac = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) \
+                if v > 0 else 0.0
+        else:
+            frac = (v - lo) / (hi - lo) if hi > lo else 0.0
+        return top + plot_height - max(frac, 0.0) * plot_height
+    return y_of
+
+
+def svg_head(kind: str, title: str, width: int, height: int, log: bool, legend: list[str],
+             left: float, top: float, y_title: str) -> list[str]:
+    """The opening of a chart's SVG: the element (class ``chart KIND``), a white
+    background, the legend and the y axis's title above the plot."""
+    parts = [f'<svg class="chart {kind}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{_esc(title)}" data-scale="{"log" if log else "linear"}">',
+             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
+    parts.extend(legend)
+    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 14:.0f}">'
+                 f"{_esc(y_title)}</text>")
+    return parts
+
+
 def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
     """``plot`` as an SVG grouped bar chart: a legend on top, the y axis's label above
     it, log scale (ticks at powers of ten) when :func:`plot_is_log` says so; margins
@@ -96,23 +126,8 @@ def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
     y_title = f"{plot.y_label} (log scale)" if log else plot.y_label
     top = 6 + _ROW * rows + 30
     height = math.ceil(top + plot_height + bottom)
-    lo, hi = ticks[0], ticks[-1]
-
-    def y_of(v: float) -> float:
-        if log:
-            frac = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) \
-                if v > 0 else 0.0
-        else:
-            frac = (v - lo) / (hi - lo) if hi > lo else 0.0
-        return top + plot_height - max(frac, 0.0) * plot_height
-
-    parts = [f'<svg class="chart bars" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="{_esc(plot.title)}" data-scale="{"log" if log else "linear"}">',
-             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
-    parts.extend(legend)
-    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 14:.0f}">'
-                 f"{_esc(y_title)}</text>")
+    y_of = y_scale(ticks, log, top, plot_height)
+    parts = svg_head("bars", plot.title, width, height, log, legend, left, top, y_title)
     for t, label in zip(ticks, labels, strict=True):
         y = y_of(t)
         parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '

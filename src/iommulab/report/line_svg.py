@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .axes import linear_ticks, log_ticks, spans_decades, text_width, tick_label
-from .html import _FONT, _ROW, SERIES_COLOURS, _esc, _legend
+from .html import _FONT, _ROW, SERIES_COLOURS, _esc, _legend, svg_head, y_scale
 
 __all__ = ["LinePlot", "standalone_svg", "svg_line_chart"]
 
@@ -87,27 +87,13 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
         else _FONT + 8
     bottom = label_depth + _FONT + 18
     height = math.ceil(top + plot_height + bottom)
-    lo, hi = ticks[0], ticks[-1]
 
     def x_of(k: int) -> float:
         return left + inset + fracs[k] * (w - 2 * inset)
 
-    def y_of(v: float) -> float:
-        if log:
-            frac = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) \
-                if v > 0 else 0.0
-        else:
-            frac = (v - lo) / (hi - lo) if hi > lo else 0.0
-        return top + plot_height - max(frac, 0.0) * plot_height
-
-    parts = [f'<svg class="chart lines" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="{_esc(plot.title)}" data-scale="{"log" if log else "linear"}">',
-             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
-    parts.extend(legend)
+    y_of = y_scale(ticks, log, top, plot_height)
     y_title = f"{plot.y_label} (log scale)" if log else plot.y_label
-    parts.append(f'<text class="axis-title" x="{left - 8:.1f}" y="{top - 14:.0f}">'
-                 f"{_esc(y_title)}</text>")
+    parts = svg_head("lines", plot.title, width, height, log, legend, left, top, y_title)
     for t, label in zip(ticks, labels, strict=True):
         y = y_of(t)
         parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '
