@@ -13,6 +13,7 @@ from iommulab.iommufd import uapi as u
 
 from ..helpers import expect_errno
 from .selftest_lib import IOMMU_HWPT_DATA_SELFTEST, PAGE_SIZE, Selftest
+from .viommu_lib import invalidate
 
 OP_MD_CHECK_IOTLB = 14  # iommufd_test.h
 IOTLB_DEFAULT = 0xBADBEEF  # IOMMU_TEST_IOTLB_DEFAULT
@@ -39,18 +40,9 @@ def _invalidate(t: Selftest, hwpt: int, reqs: list[tuple[int, int]], *,
                 data_type: int = INV_SELFTEST, entry_len: int = 8, num: int | None = None,
                 null: bool = False) -> tuple[int, int]:
     """HWPT_INVALIDATE of ``reqs`` (flags, iotlb_id): (errno or 0, entry_num out)."""
-    uptr = t.p.mmap(PAGE_SIZE)
-    t.p.write(uptr, b"".join(struct.pack("<II", f, i) for f, i in reqs))
-    n = len(reqs) if num is None else num
-    buf = bytearray(u.HWPT_INVALIDATE.pack(32, hwpt, 0 if null else uptr, data_type,
-                                           entry_len, n, 0))
-    err = 0
-    try:
-        t.p.ioctl(t.fd, u.IOMMU_HWPT_INVALIDATE, buf)
-    except OSError as e:
-        err = e.errno or 0
-    t.p.munmap(uptr, PAGE_SIZE)
-    return err, int(u.HWPT_INVALIDATE.unpack(buf)[5])
+    return invalidate(t, hwpt, b"".join(struct.pack("<II", f, i) for f, i in reqs),
+                      data_type=data_type, entry_len=entry_len,
+                      num=len(reqs) if num is None else num, null=null)
 
 
 def _setup() -> tuple[Selftest, int, int, int]:

@@ -37,13 +37,14 @@ def veventq_alloc(t: Selftest, viommu: int, type: int = VEVENTQ_TYPE_SELFTEST,
 
 
 def invalidate(t: Selftest, id: int, entries: bytes, *, data_type: int, entry_len: int,
-               num: int | None = None) -> tuple[int, int]:
-    """HWPT_INVALIDATE of ``entries`` (``num`` of ``entry_len`` bytes) at ``id``:
-    (errno or 0, ``entry_num`` out)."""
+               num: int | None = None, null: bool = False) -> tuple[int, int]:
+    """HWPT_INVALIDATE of ``entries`` (``num`` of ``entry_len`` bytes) at ``id``, with a
+    NULL ``data_uptr`` when ``null``: (errno or 0, ``entry_num`` out)."""
     uptr = t.p.mmap(PAGE_SIZE)
     t.p.write(uptr, entries)
     n = len(entries) // entry_len if num is None else num
-    buf = bytearray(u.HWPT_INVALIDATE.pack(32, id, uptr, data_type, entry_len, n, 0))
+    buf = bytearray(u.HWPT_INVALIDATE.pack(32, id, 0 if null else uptr, data_type,
+                                           entry_len, n, 0))
     err = 0
     try:
         t.p.ioctl(t.fd, u.IOMMU_HWPT_INVALIDATE, buf)
