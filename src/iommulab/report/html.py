@@ -95,6 +95,19 @@ def svg_head(kind: str, title: str, width: int, height: int, log: bool, legend: 
     return parts
 
 
+def y_grid(ticks: Sequence[float], labels: Sequence[str], y_of: Callable[[float], float],
+           left: float, w: float) -> list[str]:
+    """A chart's horizontal grid lines, one per tick, each labelled left of the axis."""
+    parts = []
+    for t, label in zip(ticks, labels, strict=True):
+        y = y_of(t)
+        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '
+                     'stroke="#e5e5e5"/>')
+        parts.append(f'<text class="tick" x="{left - 6:.1f}" y="{y + 4:.1f}" '
+                     f'text-anchor="end">{label}</text>')
+    return parts
+
+
 def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
     """``plot`` as an SVG grouped bar chart: a legend on top, the y axis's label above
     it, log scale (ticks at powers of ten) when :func:`plot_is_log` says so; margins
@@ -128,12 +141,7 @@ def svg_bar_chart(plot: Plot, width: int = 760, plot_height: int = 220) -> str:
     height = math.ceil(top + plot_height + bottom)
     y_of = y_scale(ticks, log, top, plot_height)
     parts = svg_head("bars", plot.title, width, height, log, legend, left, top, y_title)
-    for t, label in zip(ticks, labels, strict=True):
-        y = y_of(t)
-        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '
-                     'stroke="#e5e5e5"/>')
-        parts.append(f'<text class="tick" x="{left - 6:.1f}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{label}</text>')
+    parts += y_grid(ticks, labels, y_of, left, w)
     bar = max(group * 0.8 / nser, 1.0)
     for s, (name, vals) in enumerate(plot.series.items()):
         colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .axes import linear_ticks, log_ticks, spans_decades, text_width, tick_label
-from .html import _FONT, _ROW, SERIES_COLOURS, _esc, _legend, svg_head, y_scale
+from .html import _FONT, _ROW, SERIES_COLOURS, _esc, _legend, svg_head, y_grid, y_scale
 
 __all__ = ["LinePlot", "standalone_svg", "svg_line_chart"]
 
@@ -94,12 +94,7 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
     y_of = y_scale(ticks, log, top, plot_height)
     y_title = f"{plot.y_label} (log scale)" if log else plot.y_label
     parts = svg_head("lines", plot.title, width, height, log, legend, left, top, y_title)
-    for t, label in zip(ticks, labels, strict=True):
-        y = y_of(t)
-        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{left + w:.1f}" y2="{y:.1f}" '
-                     'stroke="#e5e5e5"/>')
-        parts.append(f'<text class="tick" x="{left - 6:.1f}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{label}</text>')
+    parts += y_grid(ticks, labels, y_of, left, w)
     base = top + plot_height
     parts.append(f'<line x1="{left:.1f}" y1="{base}" x2="{left + w:.1f}" y2="{base}" '
                  'stroke="#333"/>')
