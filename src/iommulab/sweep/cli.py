@@ -23,21 +23,22 @@ HELP = ("run a scenario over a grid of parameters, seeds and platforms, in paral
 _EXIT_OK, _EXIT_FAILED_POINTS = 0, 1
 
 
-def _positive(text: str) -> int:
+def _int(text: str) -> int:
     try:
-        value = int(text, 0)
+        return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"at least 1, not {value}")
     return value
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {value}")
     return value
