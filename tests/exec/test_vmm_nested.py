@@ -27,17 +27,21 @@ SMMUV3_OUT = [
 ]
 
 
+def _run_ok(m: Machine, program: Path, tmp_path: Path) -> list[str]:
+    """``program 0`` under exec on ``m``: no handler error, exit 0; its output lines."""
+    out = tmp_path / "stdout"
+    with out.open("wb") as f:
+        result = run_exec(m, [str(program), "0"], timeout=60, stdout=f)
+    assert result.handler_errors == []
+    assert result.status == 0, out.read_text()
+    return out.read_text().splitlines()
+
+
 def test_nested_smmuv3_guest_under_exec(build: Build, tmp_path: Path) -> None:
     m = Machine("arm64-smmuv3", kernel="7.0")
     dev = m.add_pci_device(BDF, model="edu")
     fresh = leak_snapshot(m)
-    out = tmp_path / "stdout"
-    with out.open("wb") as f:
-        result = run_exec(m, [str(build("vmm_nested_smmuv3", static=True)), "0"],
-                          timeout=60, stdout=f)
-    assert result.handler_errors == []
-    assert result.status == 0, out.read_text()
-    assert out.read_text().splitlines() == SMMUV3_OUT
+    assert _run_ok(m, build("vmm_nested_smmuv3", static=True), tmp_path) == SMMUV3_OUT
     edu = dev.model
     assert edu is not None and (edu.dma_runs, edu.dma_faults) == (4, 1)
     (evt,) = m.driver.events  # the one fault, decoded by the evtq thread
@@ -94,13 +98,7 @@ def test_nested_vtd_guest_under_exec(build: Build, tmp_path: Path) -> None:
     m = Machine("x86-vtd", vtd_scalable=True)
     dev = m.add_pci_device(BDF, model="edu")
     fresh = leak_snapshot(m)
-    out = tmp_path / "stdout"
-    with out.open("wb") as f:
-        result = run_exec(m, [str(build("vmm_nested_vtd", static=True)), "0"],
-                          timeout=60, stdout=f)
-    assert result.handler_errors == []
-    assert result.status == 0, out.read_text()
-    assert out.read_text().splitlines() == VTD_OUT
+    assert _run_ok(m, build("vmm_nested_vtd", static=True), tmp_path) == VTD_OUT
     edu = dev.model
     assert edu is not None and (edu.dma_runs, edu.dma_faults) == (3, 0)
     assert m.faults == []
