@@ -83,12 +83,16 @@ class DaskEngine:
             # the scheduler's HTTP server on a free local port (None still takes 8787);
             # no statistical profiler in the workers: it samples the running task's
             # stack every 10 ms for a dashboard nobody looks at here, and the model's
-            # stacks are deep (bench_sweep.py: about 1 s of CPU per 64 points)
+            # stacks are deep (bench_sweep.py: about 1 s of CPU per 64 points).
+            # Logs below CRITICAL stay quiet: a worker whose heartbeat meets the
+            # scheduler closing logs an ERROR with a traceback (a race of the shutdown,
+            # seen on a loaded machine), and a lost task reaches the table anyway as
+            # the failed point's error
             dask = importlib.import_module("dask")
             with dask.config.set({"distributed.worker.profile.enabled": False}):
                 self._cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True,
-                    dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                    dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
             self.client = distributed.Client(self._cluster)
         else:
             try:
