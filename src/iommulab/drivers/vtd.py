@@ -453,11 +453,13 @@ class _LegacyDomain(_DmarDomain):
                               self.iommu_superpage, self._flush_range)
 
     def _flush_range(self, start_pfn: int, end_pfn: int) -> None:
-        """``cache_tag_flush_range`` for tables a superpage replaced (counted as a walk
-        flush)."""
+        """``switch_to_super_page``'s ``cache_tag_flush_range(domain, start_pfn << 12,
+        end_pfn << 12, 0)`` for a slot a superpage replaced (the end is the last page's
+        start, as the kernel passes it); counted as a walk flush."""
         stats = self.domain.tlb_stats
         stats.flush_walk += 1
         stats.flush_walk_bytes += (end_pfn - start_pfn + 1) << 12
+        cache_tag_flush_range(self, start_pfn << 12, end_pfn << 12, ih=False)
 
     def unmap_pages(self, domain: IommuDomain, iova: int, pgsize: int, pgcount: int,
                     gather: IommuIotlbGather) -> int:

@@ -69,8 +69,10 @@ class FirstStageBuilder:
     """Lab: a first-stage table a guest builds in its memory. ``alloc()`` returns the
     guest-physical address of a zeroed 4K page, ``write_u64(gpa, value)`` stores one
     entry there (for example through the VMM's mapping of guest RAM). Table entries get
-    P|RW|US|A, leaves P|US|A plus RW for writable maps, as Linux's first-stage code
-    writes them. O(levels) per :meth:`map`."""
+    P|RW|US|A; leaves P, RW for writable maps, US unless ``user=False``, and the bits in
+    ``extra``: Linux's first-stage code presets A, and D on writable leaves
+    (``FL_A | FL_D``); without them the unit writes A/D on first use. O(levels) per
+    :meth:`map`."""
 
     alloc: Callable[[], int]
     write_u64: Callable[[int, int], None]

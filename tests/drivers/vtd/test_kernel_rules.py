@@ -122,6 +122,28 @@ def test_612_superpage_over_small_pages_drops_them_frees_the_table_and_flushes()
     v.close()
 
 
+def test_612_superpage_switch_invalidates_on_a_scalable_unit() -> None:
+    """6.12 switch_to_super_page's cache_tag_flush_range reaches the unit: a 4K
+    translation the device has cached is gone once a 2M leaf replaces its table, so
+    the next DMA lands in the superpage (without the descriptor it would hit the old
+    page)."""
+    v = _vtd(LINUX_6_12, scalable=True, flts=True, slts=True, smpwc=True, srs=True)
+    d = v.domain
+    assert v.drv.hw.sm is not None
+    d.map(SZ_2M, 0x7000_0000, 2 * SZ_4K, RW)
+    v.dev.dma_write(SZ_2M + 8, b"old")
+    sent = dict(v.drv.hw.sm.counts)
+    d.map(SZ_2M, 0x4000_0000, SZ_2M, RW)
+    counts = v.drv.hw.sm.counts
+    assert sum(counts[k] - sent.get(k, 0) for k in ("IotlbInv", "PiotlbInv")) == 1
+    v.dev.dma_write(SZ_2M + 8, b"new")
+    assert v.mem.read(0x4000_0008, 3) == b"new" and v.mem.read(0x7000_0008, 3) == b"old"
+    d.unmap(SZ_2M, SZ_2M)
+    v.drv.release_device(v.master)
+    d.free()
+    assert v.mem.iommu_pages == 2  # the root table and the bus's context table stay
+
+
 def test_70_superpage_over_a_table_needs_it_empty() -> None:
     """7.0 clear_contig: a table with a leaf under it is -EADDRINUSE; an empty one is
     freed through the map's gather and synced once (iotlb_sync after do_map)."""
