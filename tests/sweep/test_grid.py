@@ -66,6 +66,12 @@ BAD = [
     (["--grid", "devices=1", "--seeds", "0"], "at least 1"),
     (["--grid", "devices=1", "--html", "/nonexistent-dir/p.html"],
      "--html /nonexistent-dir/p.html: no directory /nonexistent-dir"),
+    (["--grid", "devices=1,2", "--x", "devices"], "--x and --lines choose the plots of "
+     "--html: give --html too"),
+    (["--grid", "devices=1,2", "--html", "--x", "messages"], "--x messages: not a "
+     "dimension of this sweep (its dimensions: devices)"),
+    (["--grid", "devices=1,2", "--grid", "messages=1,2", "--html", "--lines", "devices",
+      "--x", "devices"], "--x and --lines both name devices"),
 ]
 
 

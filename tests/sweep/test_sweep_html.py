@@ -14,8 +14,9 @@ from PIL import Image
 
 from iommulab.report.html import SERIES_COLOURS
 from iommulab.report.line_svg import LinePlot, svg_line_chart
+from iommulab.scenarios import UsageError
 from iommulab.sweep import OutputDir, SerialEngine, SweepSpec, run_sweep
-from iommulab.sweep.html import render_sweep_html, sweep_plots
+from iommulab.sweep.html import check_plot_choice, render_sweep_html, sweep_plots
 
 from ..report.browser import FLAGS, chromium, measure
 
@@ -114,3 +115,32 @@ def test_the_page_lists_failed_points(tmp_path: Path) -> None:
     assert "<h2>Failed points</h2>" in html
     assert "UsageError: noncoherent-flush: --set ram + buffer_pages" in html
     assert sweep_plots(result) == ([], 0)  # one point left: nothing to draw a line through
+
+
+def test_x_and_lines_choose_the_axes(page: tuple[str, Any]) -> None:
+    """--x modes --lines writes_per_round: the same numbers, the other way round."""
+    _, result = page
+    auto, _ = sweep_plots(result)
+    turned, left_out = sweep_plots(result, x="modes", lines="writes_per_round")
+    assert left_out == 0 and len(turned) == len(auto)
+    for a, t in zip(auto, turned, strict=True):
+        assert t.title == a.title.replace("writes_per_round", "modes")
+        assert t.x_labels == ["upstream", "split", "sync_fix"]
+        assert list(t.series) == [f"writes_per_round={w}" for w in (25, 100, 400)]
+        for i, (name, ys) in enumerate(a.series.items()):
+            assert [t.series[s][i] for s in t.series] == ys, name
+    # --lines alone: the x axis is the other dimension
+    alone, _ = sweep_plots(result, lines="writes_per_round")
+    assert [p.title for p in alone] == [p.title for p in turned]
+
+
+def test_x_and_lines_must_name_a_swept_dimension() -> None:
+    with pytest.raises(UsageError, match=r"--x ram: not a dimension of this sweep \(its "
+                       r"dimensions: writes_per_round, modes\)"):
+        check_plot_choice(SPEC, "ram", None)
+    with pytest.raises(UsageError, match="--lines platform: not a dimension"):
+        check_plot_choice(SPEC, None, "platform")
+    with pytest.raises(UsageError, match="--x and --lines both name modes"):
+        check_plot_choice(SPEC, "modes", "modes")
+    two = SweepSpec("migration-dirty", SPEC.grid, platforms=("x86-vtd", "arm-smmu-v3"))
+    check_plot_choice(two, "platform", "modes")

@@ -73,6 +73,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "(tcp://HOST:PORT) to run the points on, instead of a local cluster")
     p.add_argument("--html", nargs="?", const="", metavar="FILE", help="also write a page "
                    "of plots and the table (default FILE: DIR/sweep.html)")
+    p.add_argument("--x", metavar="PARAM", help="the plots' x axis: a grid parameter "
+                   "(or platform; default: the first numeric one that varies)")
+    p.add_argument("--lines", metavar="PARAM", help="one line per value of this grid "
+                   "parameter (or platform; default: the next one that varies)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
 
@@ -122,6 +126,11 @@ def run(args: argparse.Namespace) -> int:
     from .grid import expand
     spec = _spec(args)
     expand(spec)  # every value within its bounds before a cluster starts
+    if args.x is not None or args.lines is not None:
+        if args.html is None:
+            raise UsageError("--x and --lines choose the plots of --html: give --html too")
+        from .html import check_plot_choice
+        check_plot_choice(spec, args.x, args.lines)
     out = OutputDir(args.out or f"sweep-{args.scenario}")
     html = None
     if args.html is not None:
@@ -140,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
     if html is not None:
         from .html import render_sweep_html
-        out.write(os.path.relpath(html, out.path), render_sweep_html(result))
+        page = render_sweep_html(result, x=args.x, lines=args.lines)
+        out.write(os.path.relpath(html, out.path), page)
     if not args.quiet:
         print(result.table.render())
         failed = [o for o in result.outcomes if not o.ok]

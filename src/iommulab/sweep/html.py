@@ -1,9 +1,9 @@
 """The HTML page of a sweep (lab): plots that fit the grid, then the table.
 
 For each headline number (:func:`.table.merged_metrics`) that is not the same in every
-point that has it: the number against the
-first grid parameter that varies (the first numeric one, if any), one line per value
-of the next dimension that varies (another parameter, or the platform); seeds are
+point that has it: the number against the first grid parameter that varies (the first
+numeric one, if any; ``--x`` picks another), one line per value of the next dimension
+that varies (another parameter, or the platform; ``--lines`` picks it); seeds are
 averaged (the title says over how many); each combination of any further varying
 parameters gets its own plot. Failed points leave gaps. Self-contained: inline CSS and
 SVG, no script.
@@ -19,11 +19,13 @@ from .. import __version__
 from ..report import format_size
 from ..report.html import _CSS, _esc, _table
 from ..report.line_svg import LinePlot, svg_line_chart
-from ..scenarios import SCENARIOS
+from ..scenarios import SCENARIOS, UsageError
+from .grid import SweepSpec
 from .run import SweepResult
 from .table import merged_metrics
 
-__all__ = ["MAX_PLOTS", "render_sweep_html", "sweep_plots"]
+__all__ = ["MAX_PLOTS", "check_plot_choice", "plot_dimensions", "render_sweep_html",
+           "sweep_plots"]
 
 #: at most this many plots on one page (the rest are named in a note)
 MAX_PLOTS = 60
@@ -45,17 +47,44 @@ def _varies(values: list[Any]) -> bool:
     return len({v for v in values if v is not None}) > 1
 
 
-def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
-    """The plots of the page and how many more would fit the grid than are drawn."""
+def plot_dimensions(spec: SweepSpec) -> list[str]:
+    """What ``--x`` and ``--lines`` may name: the grid's parameters, and ``platform``
+    when the sweep runs on more than one."""
+    return [*spec.grid, *(["platform"] if len(spec.platforms) > 1 else [])]
+
+
+def check_plot_choice(spec: SweepSpec, x: str | None, lines: str | None) -> None:
+    """A :class:`UsageError` naming the value when ``x`` or ``lines`` is not a swept
+    dimension, or both name the same one."""
+    dims = plot_dimensions(spec)
+    for option, name in (("--x", x), ("--lines", lines)):
+        if name is not None and name not in dims:
+            raise UsageError(f"{option} {name}: not a dimension of this sweep (its "
+                             f"dimensions: {', '.join(dims)})")
+    if x is not None and x == lines:
+        raise UsageError(f"--x and --lines both name {x}")
+
+
+def sweep_plots(result: SweepResult, x: str | None = None, lines: str | None = None
+                ) -> tuple[list[LinePlot], int]:
+    """The plots of the page and how many more would fit the grid than are drawn.
+    ``x`` and ``lines`` pick the x axis and the dimension drawn as one line per value
+    (:func:`check_plot_choice`); otherwise they follow the module's rule."""
     t = result.table
     recs = [r for r in t.records() if r["status"] == "ok"]
     if not recs:
         return [], 0
     dims = [d for d in [*t.grid, "platform"] if len({str(r[d]) for r in recs}) > 1]
-    if not dims:
+    auto = [d for d in dims if d not in (x, lines)]
+    if x is not None:
+        x_dim = x
+    elif auto:
+        x_dim = next((d for d in auto if all(_is_number(r[d]) for r in recs)), auto[0])
+    else:
         return [], 0
-    x_dim = next((d for d in dims if all(_is_number(r[d]) for r in recs)), dims[0])
-    rest = [d for d in dims if d != x_dim]
+    rest = [d for d in dims if d not in (x_dim, lines)]
+    if lines is not None:
+        rest.insert(0, lines)
     line_dim = rest[0] if rest else None
     panel_dims = rest[1:]
     seeds = len({r["seed"] for r in recs})
@@ -69,7 +98,7 @@ def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
         return sorted(seen) if all(_is_number(v) for v in seen) else seen
 
     xs = values(x_dim)
-    lines = values(line_dim) if line_dim else [None]
+    line_values = values(line_dim) if line_dim else [None]
     metrics = {name: [None if v is None else float(v) for v in vals]
                for name, vals in merged_metrics(t.headline, recs).items()
                if _varies(vals) and all(_is_number(v) for v in vals if v is not None)}
@@ -82,7 +111,7 @@ def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
                 continue
             fixed = dict(zip(panel_dims, combo, strict=True))
             series: dict[str, list[float | None]] = {}
-            for line in lines:
+            for line in line_values:
                 ys: list[float | None] = []
                 for x in xs:
                     got = [v for r, v in zip(recs, vals, strict=True)
@@ -100,8 +129,10 @@ def sweep_plots(result: SweepResult) -> tuple[list[LinePlot], int]:
     return plots, wanted - len(plots)
 
 
-def render_sweep_html(result: SweepResult, title: str = "") -> str:
-    """One self-contained page: what was swept, the plots, the table, the failures."""
+def render_sweep_html(result: SweepResult, title: str = "", x: str | None = None,
+                      lines: str | None = None) -> str:
+    """One self-contained page: what was swept, the plots (``x``, ``lines``: as
+    :func:`sweep_plots`), the table, the failures."""
     spec = result.spec
     title = title or f"iommulab sweep: {spec.scenario}"
     grid = "; ".join(f"{k} = {', '.join(v)}" for k, v in spec.grid.items())
@@ -112,7 +143,7 @@ def render_sweep_html(result: SweepResult, title: str = "") -> str:
             + f"; seeds {_esc(', '.join(map(str, spec.seeds)))}"
             + (f"; platforms {_esc(', '.join(spec.platforms))}" if spec.platforms else "")
             + (", quick" if spec.quick else "") + f". {_esc(result.summary())}.</p>"]
-    plots, left_out = sweep_plots(result)
+    plots, left_out = sweep_plots(result, x, lines)
     for plot in plots:
         body.append(f"<h3>{_esc(plot.title)}</h3>{svg_line_chart(plot)}")
     if left_out:
