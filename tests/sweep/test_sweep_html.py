@@ -82,13 +82,20 @@ def test_the_page_draws_every_line(page: tuple[str, Any], tmp_path: Path) -> Non
     assert _count(img, SERIES_COLOURS[3]) == 0
 
 
+def _many_points() -> str:
+    """120 evenly spaced x values: more labels than fit even rotated."""
+    xs = [f"case {k:03}" for k in range(120)]
+    return svg_line_chart(LinePlot("many", "a parameter", "a number", xs, xs,
+                                   {"one": [float(k % 7) for k in range(120)]}))
+
+
 def test_every_label_inside_its_svg_and_none_overlap(page: tuple[str, Any],
                                                       tmp_path: Path) -> None:
     html, result = page
-    html = html.replace("</body>", _long_labels() + "</body>")
+    html = html.replace("</body>", _long_labels() + _many_points() + "</body>")
     doc = measure(html, tmp_path)
     svgs = doc["svgs"]
-    assert len(svgs) == len(sweep_plots(result)[0]) + 1
+    assert len(svgs) == len(sweep_plots(result)[0]) + 2
     for svg in svgs:
         clipped = [t["text"] for t in svg["texts"] if not _inside(t["box"], svg["box"])]
         assert not clipped, (svg["label"], clipped)
@@ -97,14 +104,19 @@ def test_every_label_inside_its_svg_and_none_overlap(page: tuple[str, Any],
             hits = [(a["text"], b["text"]) for a, b in itertools.combinations(boxes, 2)
                     if _overlap(a["box"], b["box"])]
             assert not hits, (svg["label"], hits)
-    long = svgs[-1]
-    turned = [t for t in long["texts"] if t["cls"] == "category"]
-    assert turned and all(t["rotated"] for t in turned)
-    # parallel labels 30 degrees up are a line (11 px) apart when their ends are twice
-    # that apart across (sin 30 = 1/2)
-    ends = [t["box"]["r"] for t in turned]
-    assert all(b - a >= 22 for a, b in itertools.pairwise(ends)), ends
-    assert not any(t["rotated"] for s in svgs[:-1] for t in s["texts"])
+    for long, drawn in ((svgs[-2], 9), (svgs[-1], None)):
+        turned = [t for t in long["texts"] if t["cls"] == "category"]
+        assert turned and all(t["rotated"] for t in turned)
+        # parallel labels 30 degrees up are a line (11 px) apart when their ends are
+        # twice that apart across (sin 30 = 1/2)
+        ends = [t["box"]["r"] for t in turned]
+        assert all(b - a >= 22 for a, b in itertools.pairwise(ends)), ends
+        if drawn is not None:
+            assert len(turned) == drawn
+    # 120 ticks: every one drawn, a label on every third or fourth, the first labelled
+    many = [t["text"] for t in svgs[-1]["texts"] if t["cls"] == "category"]
+    assert many[0] == "case 000" and 120 // 5 < len(many) < 120 // 2, many
+    assert not any(t["rotated"] for s in svgs[:-2] for t in s["texts"])
 
 
 def test_the_page_lists_failed_points(tmp_path: Path) -> None:

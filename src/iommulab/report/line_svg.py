@@ -98,10 +98,14 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
     base = top + plot_height
     parts.append(f'<line x1="{left:.1f}" y1="{base}" x2="{left + w:.1f}" y2="{base}" '
                  'stroke="#333"/>')
+    labelled = _thinned([x_of(k) for k in range(len(plot.x_labels))]) if rotate else \
+        range(len(plot.x_labels))
     for k, label in enumerate(plot.x_labels):
         x = x_of(k)
         parts.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" '
                      'stroke="#333"/>')
+        if k not in labelled:
+            continue  # too close to the last label drawn; its dots' titles still name it
         if rotate:
             parts.append(f'<text class="category" x="{x:.1f}" y="{base + 14}" '
                          f'text-anchor="end" transform="rotate(-30 {x:.1f} {base + 14})">'
@@ -133,6 +137,19 @@ def svg_line_chart(plot: LinePlot, width: int = 760, plot_height: int = 220) -> 
         parts.extend(dots)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _thinned(pos: list[float]) -> set[int]:
+    """The ticks whose rotated label is drawn: from the first, each one that is at least
+    two lines of text (2 x 11 px across, at 30 degrees) after the last one drawn, so
+    parallel labels never touch however many points the axis has."""
+    keep: set[int] = set()
+    last = -math.inf
+    for k, x in enumerate(pos):
+        if x - last >= 2 * _FONT:
+            keep.add(k)
+            last = x
+    return keep
 
 
 def standalone_svg(svg: str) -> str:
