@@ -516,6 +516,14 @@ class ModelHandler(Handler):
         if m.platform == "arm64-smmuv3":
             m.driver.handle_events()
 
+    def poll(self, handle: object) -> int | None:
+        """``vfs_poll`` of a model file with a ``poll`` of its own (an iommufd event
+        queue's: ``iommufd_fault_fops_poll``, 7.0's ``iommufd_eventq_fops_poll``), which
+        the bridge mirrors into the program's fd; None for the others (always ready)."""
+        if isinstance(handle, ModelFile) and type(handle.file).poll is not File.poll:
+            return handle.file.poll()
+        return None
+
     def stream(self, handle: object) -> bool:
         """A model file without positional reads (an iommufd event queue's fd)."""
         return isinstance(handle, ModelFile) and not handle.file.positional
