@@ -428,7 +428,7 @@ class Bridge:
                         self.handler_errors.append(e)
             if calls:
                 self._handle_one()  # syncs the FIFOs before it answers
-            elif self._polled and (releases or woken):
+            elif self._polled:  # a release, an exit or a watched fd may have run the model
                 self._sync_polled()
             if hup:
                 self._poll.unregister(listener)

@@ -10,6 +10,13 @@ model's last ``fput``. File descriptors the model reads from ioctl arguments are
 program's own numbers, looked up through the bridge (``fdget``); files the model hands
 out (``get_unused_fd`` + ``fd_install``: device fds, selftest accesses) are installed
 into the program.
+
+A model file with a ``poll`` of its own (an iommufd event queue: a 6.12 fault queue, a
+7.0 vEVENTQ) answers :meth:`ModelHandler.poll`, so the bridge backs its fd with a FIFO
+it keeps readable while the model's ``poll`` has EPOLLIN (see
+:mod:`iommulab.bridge.supervisor`): the program's own ``poll``, ``select`` and
+``epoll`` run natively, as on its eventfds (:mod:`.realeventfd`), while its ``read``
+and ``write`` of the fd stay the model's.
 """
 
 from __future__ import annotations
