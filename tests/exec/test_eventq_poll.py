@@ -2,8 +2,9 @@
 fd by a C program under ``iommulab exec`` (``eventq_poll.c``, mock platform): the
 program's own waits see the kernel's readiness (``iommufd_fault_fops_poll`` of 6.12,
 ``iommufd_eventq_fops_poll`` of 7.0): EPOLLIN | EPOLLRDNORM exactly while a record is
-queued, EPOLLOUT always on a fault queue and never on a vEVENTQ, and a wait with a
-timeout ends when another thread or process of the program queues a record."""
+queued, EPOLLOUT always on a fault queue and never on a vEVENTQ, an EPOLLET edge per
+record queued, and a wait with a timeout ends when another thread or process of the
+program queues a record."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def _expected(fault: bool) -> list[str]:
            *_checks("read", False, fault), "trigger2 0 0", f"read_one {size}",
            f"one_left poll 1 revents={_hex(ready)}", f"read_one {size}",
            f"none_left poll {int(fault)} revents={_hex(idle)}",
+           # EPOLLET: an edge per record queued (wake_up_interruptible each time)
+           "et_empty 0", "et_trigger 0 1 again 0", "et_trigger 0 1 again 0",
+           f"et_read {2 * size} 0",
            f"wait_poll 1 revents=0x1 read {size}",
            f"wait_epoll 1 events=0x1 fd_ok=1 read {size}",
            f"wait_select 1 r=1 read {size}", "child 0",
@@ -66,8 +70,8 @@ def test_eventq_fd_readiness(build: Build, tmp_path: Path, mode: str, kernel: st
     assert result.handler_errors == []
     assert result.status == 0, out.read_text()
     assert out.read_text().splitlines() == _expected(mode == "fault")
-    if mode == "fault":  # the six faults read were answered SUCCESS, the seventh INVALID
+    if mode == "fault":  # the eight faults read were answered SUCCESS, the ninth INVALID
         codes = [r.code for _, r in m.core.driver.page_responses]
-        assert codes == [0] * 6 + [1]
+        assert codes == [0] * 8 + [1]
     assert not (diff := fresh.diff(leak_snapshot(m))), diff
     assert m.mem.pins.pins == 0

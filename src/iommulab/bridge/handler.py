@@ -157,6 +157,13 @@ class Handler(Protocol):
         EPOLLOUT, and EPOLLRDNORM beside EPOLLIN, as ``pipe_poll`` gives them)."""
         return None
 
+    def wakeups(self, handle: object) -> int:
+        """How many times the wait queue the file's ``poll`` waits on has been woken
+        (``wake_up``: a record queued), for a file :meth:`poll` answers: each new one
+        while the file stays readable is one more byte in its FIFO, a new edge for an
+        EPOLLET waiter (``pipe_write`` wakes a polled pipe's readers however full)."""
+        return 0
+
     def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
              flags: int, offset: int) -> Continue:
         """Accept the mapping (:data:`CONTINUE`: the kernel maps the backing) or raise."""

@@ -20,9 +20,11 @@ the backing. A tmpfs file is always ready, as a driver's file without ``poll`` i
 iommufd event queue: :meth:`Handler.poll`) is backed by a FIFO on tmpfs instead, and
 after every call the handler answers (and every release and watch callback) the bridge
 puts one byte in it or takes it out, so that the FIFO is readable exactly while the
-handler's ``poll`` has EPOLLIN: the program's waits in ``poll`` or ``epoll_wait`` end
-when another of its threads or processes makes the model queue a record, before that
-call returns, and its reads and writes of the fd are still trapped (the window).
+handler's ``poll`` has EPOLLIN (and one byte more for each round the handler's wait
+queue was woken in, so that EPOLLET sees an edge per record queued, as the kernel's
+``wake_up`` gives it): the program's waits in ``poll`` or ``epoll_wait`` end when
+another of its threads or processes makes the model queue a record, before that call
+returns, and its reads and writes of the fd are still trapped (the window).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class _File:
     wd: int
     flags: int = os.O_RDWR  # the program's open flags (its access mode)
     polled: bool = False  # a FIFO whose readability mirrors the handler's poll
-    ready: bool = False  # the FIFO holds its byte (the handler's poll had EPOLLIN)
+    ready: bool = False  # the FIFO holds bytes (the handler's poll had EPOLLIN)
+    wakeups: int = 0  # the handler's wakeups when last synced
 
 
 @dataclass
@@ -650,9 +653,11 @@ class Bridge:
         of the program's description, for the caller to install and close. If this
         fails, ``handle`` is released."""
         mask = None
+        wakeups = 0
         if backing < 0:
             try:
                 mask = None if handle is _DIR_HANDLE else self.handler.poll(handle)
+                wakeups = self.handler.wakeups(handle) if mask is not None else 0
                 backing = self._fifo() if mask is not None else os.open(
                     self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
             except BaseException:
@@ -679,7 +684,7 @@ class Bridge:
         st = os.fstat(backing)
         key = (st.st_dev, st.st_ino)
         f = self._files[key] = _File(handle, node, path, backing, wd, flags,
-                                     polled=mask is not None)
+                                     polled=mask is not None, wakeups=wakeups)
         if f.polled:
             self._polled[key] = f
         self._by_wd[wd] = key
@@ -698,22 +703,28 @@ class Bridge:
             os.unlink(path)
 
     def _sync_polled(self) -> None:
-        """Each FIFO-backed file's byte as its :meth:`Handler.poll` says now: there while
-        the mask has EPOLLIN, gone otherwise. O(FIFO-backed files)."""
+        """Each FIFO-backed file as its :meth:`Handler.poll` says now: bytes in it while
+        the mask has EPOLLIN (one more for new :meth:`Handler.wakeups`), none otherwise.
+        O(FIFO-backed files)."""
         for f in list(self._polled.values()):
             try:
                 mask = self.handler.poll(f.handle)
+                wakeups = self.handler.wakeups(f.handle)
             except Exception as e:
                 self.handler_errors.append(e)
                 continue
             ready = mask is not None and bool(mask & select.POLLIN)
-            if ready == f.ready:
-                continue
-            if ready:
-                os.write(f.backing, b"\0")
-            else:
-                with contextlib.suppress(BlockingIOError):
+            woken, f.wakeups = wakeups != f.wakeups, wakeups
+            if ready and (woken or not f.ready):
+                try:
+                    os.write(f.backing, b"\0")
+                except BlockingIOError:  # full (64 KiB of wakeups unread): room, then
                     os.read(f.backing, 4096)
+                    os.write(f.backing, b"\0")
+            elif f.ready and not ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(f.backing, 65536):
+                        pass
             f.ready = ready
 
     def _free_slot(self, tid: int, low: int | None = None,

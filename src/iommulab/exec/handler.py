@@ -531,6 +531,13 @@ class ModelHandler(Handler):
             return handle.file.poll()
         return None
 
+    def wakeups(self, handle: object) -> int:
+        """An event queue's wake-ups (a record queued: ``iommufd_fault_iopf_handler``,
+        ``iommufd_vevent_handler``); 0 for the other files."""
+        if isinstance(handle, ModelFile) and isinstance(handle.file, EventqFile):
+            return handle.file.eventq.wakeups
+        return 0
+
     def stream(self, handle: object) -> bool:
         """A model file without positional reads (an iommufd event queue's fd)."""
         return isinstance(handle, ModelFile) and not handle.file.positional

@@ -228,7 +228,7 @@ int main(int argc, char **argv)
 	struct pollfd p;
 	pthread_t th;
 	fd_set r;
-	int ep, n, status, dupfd;
+	int ep, et, n, status, dupfd;
 	pid_t child;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -267,6 +267,22 @@ int main(int argc, char **argv)
 	show_poll("one_left", qfd);
 	printf("read_one %ld\n", read_records(1));
 	show_poll("none_left", qfd);
+
+	/* edge-triggered: one edge per record queued, even while the fd stays readable */
+	et = epoll_create1(EPOLL_CLOEXEC);
+	ev.events = EPOLLIN | EPOLLET;
+	must("epoll_et", epoll_ctl(et, EPOLL_CTL_ADD, qfd, &ev));
+	printf("et_empty %d\n", epoll_wait(et, &ev, 1, 0));
+	for (int i = 0; i < 2; i++) {
+		n = trigger();
+		printf("et_trigger %d", n);
+		n = epoll_wait(et, &ev, 1, 0);
+		printf(" %d", n);
+		printf(" again %d\n", epoll_wait(et, &ev, 1, 0));
+	}
+	printf("et_read %ld", read_records(4));
+	printf(" %d\n", epoll_wait(et, &ev, 1, 0));
+	close(et);
 
 	/* waits that end when another thread queues a record */
 	pthread_create(&th, NULL, late_trigger, NULL);
