@@ -71,7 +71,9 @@ class Node:
 
 
 class Backing:
-    """The real file behind one opened model file: an unlinked tmpfs inode.
+    """The real file behind one opened model file: an unlinked tmpfs inode (a FIFO on
+    tmpfs for a file the handler installed that has its own ``poll``, see
+    :meth:`Handler.poll`).
 
     The program's fd is an open file description of this inode, so what the handler
     writes here is what an ``mmap`` answered with :data:`CONTINUE` maps (a vfio region
@@ -140,6 +142,27 @@ class Handler(Protocol):
         ESPIPE, and ``read``/``write`` are given offset 0 and leave the file position
         as it was."""
         return False
+
+    def poll(self, handle: object) -> int | None:
+        """The file's ``poll`` now (EPOLL* bits), for a file with a ``poll`` of its own;
+        None for one without (``vfs_poll``'s DEFAULT_POLLMASK: its tmpfs backing is
+        always ready, as the program's own ``poll`` sees it).
+
+        Asked once when the handler installs the file (:meth:`Bridge.install_at`): a
+        file with a ``poll`` is then backed by a FIFO, read-write if the mask has
+        EPOLLOUT (a file that is always writable) and read-only otherwise, and asked
+        again after every call the handler answers, the FIFO holding one byte while
+        the mask has EPOLLIN. The program's own ``poll``, ``select`` and ``epoll`` on
+        its fd then see what this says, waits included (lab: with EPOLLWRNORM beside
+        EPOLLOUT, and EPOLLRDNORM beside EPOLLIN, as ``pipe_poll`` gives them)."""
+        return None
+
+    def wakeups(self, handle: object) -> int:
+        """How many times the wait queue the file's ``poll`` waits on has been woken
+        (``wake_up``: a record queued), for a file :meth:`poll` answers: each new one
+        while the file stays readable is one more byte in its FIFO, a new edge for an
+        EPOLLET waiter (``pipe_write`` wakes a polled pipe's readers however full)."""
+        return 0
 
     def mmap(self, pid: int, handle: object, addr: int, length: int, prot: int,
              flags: int, offset: int) -> Continue:

@@ -13,6 +13,18 @@ window, which is what lets the filter pick that fd's read/write/mmap out of all 
 The bridge recognises its files by inode (``stat /proc/TID/fd/N``), and learns that the
 last reference to one has gone (close, exit, munmap, in any process) from inotify's
 ``IN_CLOSE`` on that inode: the kernel's ``release``, exactly when the kernel calls it.
+
+``poll``, ``select`` and ``epoll`` are not trapped: the program's kernel answers them on
+the backing. A tmpfs file is always ready, as a driver's file without ``poll`` is
+(DEFAULT_POLLMASK). A file the handler installs that has a ``poll`` of its own (an
+iommufd event queue: :meth:`Handler.poll`) is backed by a FIFO on tmpfs instead, and
+after every call the handler answers (and every release and watch callback) the bridge
+puts one byte in it or takes it out, so that the FIFO is readable exactly while the
+handler's ``poll`` has EPOLLIN (and one byte more for each round the handler's wait
+queue was woken in, so that EPOLLET sees an edge per record queued, as the kernel's
+``wake_up`` gives it): the program's waits in ``poll`` or ``epoll_wait`` end when
+another of its threads or processes makes the model queue a record, before that call
+returns, and its reads and writes of the fd are still trapped (the window).
 """
 
 from __future__ import annotations
@@ -94,6 +106,9 @@ class _File:
     backing: int  # the supervisor's own read-write description of the inode
     wd: int
     flags: int = os.O_RDWR  # the program's open flags (its access mode)
+    polled: bool = False  # a FIFO whose readability mirrors the handler's poll
+    ready: bool = False  # the FIFO holds bytes (the handler's poll had EPOLLIN)
+    wakeups: int = 0  # the handler's wakeups when last synced
 
 
 @dataclass
@@ -181,6 +196,8 @@ class Bridge:
         #: that release or that thread's next trapped call
         self._closers: dict[tuple[int, int], int] = {}
         self._watched: dict[int, Callable[[], None]] = {}  # handler fds polled (watch)
+        self._polled: dict[tuple[int, int], _File] = {}  # FIFO-backed files (Handler.poll)
+        self._fifos = 0  # FIFOs made, for their names
 
     # ----------------------------------------------------------------- launch
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -413,7 +430,9 @@ class Bridge:
                     except Exception as e:
                         self.handler_errors.append(e)
             if calls:
-                self._handle_one()
+                self._handle_one()  # syncs the FIFOs before it answers
+            elif self._polled:  # a release, an exit or a watched fd may have run the model
+                self._sync_polled()
             if hup:
                 self._poll.unregister(listener)
                 self._reap_releases()
@@ -460,6 +479,8 @@ class Bridge:
             err = errno.EIO
         finally:
             self.current_tid = 0
+            if self._polled:  # before the answer: the call may have queued a record
+                self._sync_polled()
         if not self._send(nid, val, -err, flags):
             st.gone += 1
         elif flags:
@@ -598,6 +619,7 @@ class Bridge:
         the bridge did not see), as no thread (0)."""
         f = self._files.pop(key)
         del self._by_wd[f.wd]
+        self._polled.pop(key, None)
         os.close(f.backing)  # frees the inode; inotify drops the watch (IN_IGNORED)
         self.stats.released += 1
         _closer = self._closers.pop(key, 0)
@@ -630,15 +652,22 @@ class Bridge:
         """Watch a backing inode (a new one unless given) for ``handle``: the supervisor fd
         of the program's description, for the caller to install and close. If this
         fails, ``handle`` is released."""
+        mask = None
+        wakeups = 0
         if backing < 0:
             try:
-                backing = os.open(self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                mask = None if handle is _DIR_HANDLE else self.handler.poll(handle)
+                wakeups = self.handler.wakeups(handle) if mask is not None else 0
+                backing = self._fifo() if mask is not None else os.open(
+                    self._shm, A.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
             except BaseException:
                 if handle is not _DIR_HANDLE:
                     self.handler.release(handle)
                 raise
         acc = flags & os.O_ACCMODE
         mode = os.O_RDWR if acc == os.O_ACCMODE else acc
+        if mask is not None and not mask & select.POLLOUT:
+            mode = os.O_RDONLY  # never writable: the FIFO's write side is not the program's
         try:
             target = os.open(f"/proc/self/fd/{backing}",
                              mode | (flags & os.O_NONBLOCK) | os.O_CLOEXEC)
@@ -654,9 +683,49 @@ class Bridge:
             raise
         st = os.fstat(backing)
         key = (st.st_dev, st.st_ino)
-        self._files[key] = _File(handle, node, path, backing, wd, flags)
+        f = self._files[key] = _File(handle, node, path, backing, wd, flags,
+                                     polled=mask is not None, wakeups=wakeups)
+        if f.polled:
+            self._polled[key] = f
         self._by_wd[wd] = key
         return target
+
+    def _fifo(self) -> int:
+        """A new FIFO in the backing directory, unlinked once open: the supervisor's
+        read-write, non-blocking description of it (a reader and a writer, so the
+        program's description never waits at open nor sees EPOLLHUP or EPOLLERR)."""
+        self._fifos += 1
+        path = os.path.join(self._shm, f"fifo{self._fifos}")
+        os.mkfifo(path, 0o600)
+        try:
+            return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        finally:
+            os.unlink(path)
+
+    def _sync_polled(self) -> None:
+        """Each FIFO-backed file as its :meth:`Handler.poll` says now: bytes in it while
+        the mask has EPOLLIN (one more for new :meth:`Handler.wakeups`), none otherwise.
+        O(FIFO-backed files)."""
+        for f in list(self._polled.values()):
+            try:
+                mask = self.handler.poll(f.handle)
+                wakeups = self.handler.wakeups(f.handle)
+            except Exception as e:
+                self.handler_errors.append(e)
+                continue
+            ready = mask is not None and bool(mask & select.POLLIN)
+            woken, f.wakeups = wakeups != f.wakeups, wakeups
+            if ready and (woken or not f.ready):
+                try:
+                    os.write(f.backing, b"\0")
+                except BlockingIOError:  # full (64 KiB of wakeups unread): room, then
+                    os.read(f.backing, 4096)
+                    os.write(f.backing, b"\0")
+            elif f.ready and not ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(f.backing, 65536):
+                        pass
+            f.ready = ready
 
     def _free_slot(self, tid: int, low: int | None = None,
                    exclude: set[int] | frozenset[int] = frozenset()) -> int | None:

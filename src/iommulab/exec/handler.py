@@ -10,6 +10,13 @@ model's last ``fput``. File descriptors the model reads from ioctl arguments are
 program's own numbers, looked up through the bridge (``fdget``); files the model hands
 out (``get_unused_fd`` + ``fd_install``: device fds, selftest accesses) are installed
 into the program.
+
+A model file with a ``poll`` of its own (an iommufd event queue: a 6.12 fault queue, a
+7.0 vEVENTQ) answers :meth:`ModelHandler.poll`, so the bridge backs its fd with a FIFO
+it keeps readable while the model's ``poll`` has EPOLLIN (see
+:mod:`iommulab.bridge.supervisor`): the program's own ``poll``, ``select`` and
+``epoll`` run natively, as on its eventfds (:mod:`.realeventfd`), while its ``read``
+and ``write`` of the fd stay the model's.
 """
 
 from __future__ import annotations
@@ -515,6 +522,21 @@ class ModelHandler(Handler):
         m = self.machine
         if m.platform == "arm64-smmuv3":
             m.driver.handle_events()
+
+    def poll(self, handle: object) -> int | None:
+        """``vfs_poll`` of a model file with a ``poll`` of its own (an iommufd event
+        queue's: ``iommufd_fault_fops_poll``, 7.0's ``iommufd_eventq_fops_poll``), which
+        the bridge mirrors into the program's fd; None for the others (always ready)."""
+        if isinstance(handle, ModelFile) and type(handle.file).poll is not File.poll:
+            return handle.file.poll()
+        return None
+
+    def wakeups(self, handle: object) -> int:
+        """An event queue's wake-ups (a record queued: ``iommufd_fault_iopf_handler``,
+        ``iommufd_vevent_handler``); 0 for the other files."""
+        if isinstance(handle, ModelFile) and isinstance(handle.file, EventqFile):
+            return handle.file.eventq.wakeups
+        return 0
 
     def stream(self, handle: object) -> bool:
         """A model file without positional reads (an iommufd event queue's fd)."""

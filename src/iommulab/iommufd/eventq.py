@@ -18,7 +18,7 @@ How a queue kind plugs in (what a vEVENTQ adds the same way):
   :meth:`EventqObject.eventq_init` (file and fd), the response, ``ctx.add``,
   :meth:`EventqObject.install`; on an error after the file, :meth:`EventqObject.abort`;
 * producers append to ``deliver`` (under the kernel's spinlock; the model has no
-  concurrency) and readers see it through ``poll``.
+  concurrency) and count the wake-up in ``wakeups``; readers see it through ``poll``.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ class EventqObject(IommufdObject):
     ctx: IommufdCtx = field(repr=False)
     file: EventqFile | None = field(default=None, repr=False)
     deliver: list[Any] = field(default_factory=list, repr=False)
+    #: ``wake_up_interruptible(&wait_queue)`` calls, one per record queued: each is a
+    #: new edge for an EPOLLET waiter even while the queue stays readable
+    wakeups: int = field(default=0, repr=False)
 
     # -- the kind's hooks ------------------------------------------------------------
     def read_records(self, count: int, copy_out: CopyToUser) -> int:
@@ -211,6 +214,7 @@ class FaultObject(EventqObject):
         of ``deliver`` (readers are woken: ``poll`` sees it)."""
         iopf_group_dequeue(group)
         self.deliver.append(group)
+        self.wakeups += 1
 
     def read_records(self, count: int, copy_out: CopyToUser) -> int:
         """``iommufd_fault_fops_read``: ESPIPE unless ``count`` is whole records. Then

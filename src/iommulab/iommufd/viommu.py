@@ -161,6 +161,7 @@ class Veventq(EventqObject):
         self.deliver.append(vevent)
         vevent.sequence = self.sequence
         self.sequence = (self.sequence + 1) & INT_MAX
+        self.wakeups += 1  # wake_up_interruptible
 
     def read_records(self, count: int, copy_out: CopyToUser) -> int:
         """``iommufd_veventq_fops_read``: whole records (header and data) while they fit

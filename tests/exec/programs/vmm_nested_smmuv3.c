@@ -190,13 +190,16 @@ int main(int argc, char **argv)
 	/* the guest unmaps DST_IOVA; the device's next DMA there is the guest's fault */
 	struct veventq_alloc q = { sizeof(q), 0, va.out_viommu_id, VEVENTQ_TYPE_ARM_SMMUV3, 8 };
 	CHECK(ioctl(iommufd, IOMMU_VEVENTQ_ALLOC, &q) == 0);
+	/* nothing queued yet, and a vEVENTQ is never writable (iommufd_eventq_fops_poll) */
+	struct pollfd p = { .fd = (int)q.out_veventq_fd, .events = POLLIN | POLLOUT };
+	CHECK(poll(&p, 1, 0) == 0);
 	pte[DST_IOVA >> 12] = 0;
 	invalidate(va.out_viommu_id, CMD_TLBI_NH_VA | (uint64_t)ASID << 48, DST_IOVA | 1);
 	edu_dma(DST_IOVA, 1);
-	struct pollfd p = { .fd = (int)q.out_veventq_fd, .events = POLLIN };
-	CHECK(poll(&p, 1, 5000) == 1);
+	CHECK(poll(&p, 1, 5000) == 1 && p.revents == POLLIN);
 	uint64_t rec[1 + 4];
 	CHECK(read((int)q.out_veventq_fd, rec, sizeof(rec)) == sizeof(rec));
+	CHECK(poll(&p, 1, 0) == 0); /* read: nothing left */
 	uint32_t evt_id = rec[1] & 0xff, sid = rec[1] >> 32;
 	printf("veventq: event %#x sid %#x stage %u iova %#llx\n", evt_id, sid,
 	       (unsigned)((rec[2] >> 39) & 1) ? 2 : 1, (unsigned long long)rec[3]);
