@@ -304,8 +304,8 @@ class SmState:
         An IOTLB hit answers without a walk, unless a write finds an entry a read
         filled (the walk then sets the dirty flags).
 
-        Lab: a 4K hit with the context and PASID entries cached is answered here, with
-        the counts :meth:`_translate` keeps; anything else goes there. O(1) on a hit."""
+        Lab: with ``fast``, the context and PASID caches are probed inline and a 4K hit
+        answered here, with the counts the full lookup keeps. O(1) on a hit."""
         ctx = self.ctx_cache.get(sid)
         if ctx is not None and self.fast:
             pasid = ctx[1]
@@ -315,12 +315,13 @@ class SmState:
                 if hit is not None and (not write or (hit.written and hit.writable)):
                     self.counts["iotlb_hit"] += 1
                     return hit.out | (iova & 0xFFF), (iova | 0xFFF) + 1
-        return self._translate(sid, iova, write)
-
-    def _translate(self, sid: int, iova: int, write: bool) -> tuple[int, int]:
-        """:meth:`translate` in full: the cached entries (or their fetch), an IOTLB
-        lookup at each page size, a walk on a miss."""
+                return self._lookup(pasid, pe, iova, write)
         pasid, pe = self._pasid_entry(sid)
+        return self._lookup(pasid, pe, iova, write)
+
+    def _lookup(self, pasid: int, pe: _PasidEntry, iova: int, write: bool
+                ) -> tuple[int, int]:
+        """The IOTLB lookup at each page size, a walk on a miss; the entry it fills."""
         for size in (1 << 12, 1 << 21, 1 << 30):
             hit = self.iotlb.get((pe.did, pasid, size, iova // size))
             if hit is not None and (hit.written or not write):
@@ -478,110 +479,114 @@ class SmState:
     def _walk_fast(self, pe: _PasidEntry, iova: int, write: bool
                    ) -> tuple[int, int, bool] | None:
         """Lab: :meth:`_walk` for second-stage, first-stage and nested entries when
-        nothing can go wrong and nothing needs writing: the same entries read in the same
-        order, straight from the memory model's written pages, with the second-stage
-        walks inlined. Every entry must be present with the permission the access needs
-        and every A/D flag the walk would set already set; otherwise (a fault, an A/D
-        update, a page never written) it returns None before any side effect and
-        :meth:`_ss` / :meth:`_fs` walk again, so faults and updates stay in one place.
-        O(levels^2) entry reads (24 for 4-level nested)."""
+        nothing can go wrong and nothing needs writing: the same entries in the same
+        order, read straight from the memory model's written pages, with the second-stage
+        walks inlined (one loop: the address of each first-stage entry, then the output
+        address, through the second stage). Every entry must be present with the
+        permission the access needs and every A/D flag the walk would set already set;
+        otherwise (a fault, an A/D update, a page never written) it returns None before
+        any side effect and :meth:`_ss` / :meth:`_fs` walk again, so faults and updates
+        stay in one place.
+
+        Nothing is written during the walk, so a second-stage walk into the 2M region
+        the previous one went through takes that walk's level-1 table: the entries above
+        it are the ones just read and checked. ``descriptor_read`` still counts every
+        entry the walk reads (24 for a 4-level nested walk). O(levels^2)."""
         page_of = self._page_of
         unpack = _unpack_q
+        pgtt = pe.pgtt
+        nested = pgtt != PGTT_FL_ONLY
         ssade = pe.ssade
-        ss_root = pe.ssptptr
         ss_levels = pe.aw + 2
         ss_width = min(self.mgaw, 12 + 9 * ss_levels)
         ss_top = 3 + 9 * ss_levels  # the shift at the top second-stage level
-        pgtt = pe.pgtt
-        reads = 0
-        size = 0
+        ss_root = pe.ssptptr
+        table_ad = _SS_A if ssade else 0  # what each second-stage entry must hold already
+        memo_hi, memo_t = -1, 0  # a 2M region and its level-1 table, from this walk
+        # the second-stage leaf of the output address: the access's permission, A and D
+        out_perm, out_ad = (_SS_W, table_ad | (_SS_D if ssade else 0)) if write else \
+            (_SS_R, table_ad)
+        reads = size = shift = need = e = hpa = ss_size = 0
         writable = True
         if pgtt == PGTT_SL_ONLY:
-            gpa = iova
+            x = iova  # the address the second stage translates next
+            final, perm, leaf_ad = True, out_perm, out_ad
         else:
             levels = 5 if pe.fspm == 1 else 4
             if not fs_canonical(iova, levels):
                 return None
-            nested = pgtt == PGTT_NESTED
+            final, perm, leaf_ad = False, _SS_R, table_ad  # a first-stage entry: a read
             need = FL_A | (_FL_EA if pe.eafe else 0)  # what the walk sets in every entry
-            table = pe.fsptptr
             shift = 3 + 9 * levels
-            while True:
-                at = table + ((iova >> shift) & 511) * 8
-                if nested:  # the entry's address through the second stage: a read
-                    if at >> ss_width:
+            x = pe.fsptptr + ((iova >> shift) & 511) * 8
+        while True:
+            if nested:
+                if x >> ss_width:
+                    return None
+                if x >> 21 == memo_hi:
+                    a = memo_t + ((x >> 12) & 511) * 8
+                    page = page_of(a >> 12)
+                    if page is None:
                         return None
+                    e = unpack(page, a & 0xFFF)[0]
+                    s = 12
+                    reads += ss_levels
+                else:
                     t, s = ss_root, ss_top
                     while True:
-                        a = t + ((at >> s) & 511) * 8
+                        a = t + ((x >> s) & 511) * 8
                         page = page_of(a >> 12)
                         if page is None:
                             return None
                         e = unpack(page, a & 0xFFF)[0]
-                        reads += 1
                         if s == 12 or e & _SS_PS:
-                            if not e & _SS_R or (ssade and not e & _SS_A):
-                                return None
-                            at = (e & _SS_ADDR & -(1 << s)) | (at & ((1 << s) - 1))
                             break
-                        if not e & (_SS_R | _SS_W) or (ssade and not e & _SS_A):
+                        if not e & (_SS_R | _SS_W) or e & table_ad != table_ad:
                             return None
                         t = e & _SS_ADDR
                         s -= 9
-                page = page_of(at >> 12)
-                if page is None:
+                        if s == 12:
+                            memo_hi, memo_t = x >> 21, t
+                    reads += (ss_top - s) // 9 + 1
+                if not e & perm or e & leaf_ad != leaf_ad:
                     return None
-                pte = unpack(page, at & 0xFFF)[0]
-                reads += 1
-                if pte & _FL_PU != _FL_PU:
-                    return None
-                if not pte & FL_RW:
-                    writable = False
-                if shift == 12 or (pte & FL_PS and shift in (21, 30)):
-                    if write:
-                        need |= FL_D
-                        if not writable:
-                            return None
-                    if pte & need != need:
-                        return None
-                    size = 1 << shift
-                    gpa = (pte & _FL_ADDR & -size) | (iova & (size - 1))
+                ss_size = 1 << s
+                hpa = (e & _SS_ADDR & -ss_size) | (x & (ss_size - 1))
+                if final:
                     break
-                if pte & need != need:
-                    return None
-                table = pte & _FL_ADDR
-                shift -= 9
-            if not nested:
-                self.counts["descriptor_read"] += reads
-                return gpa, size, writable
-            if gpa >> self.mgaw:
-                return None
-        # the output address through the second stage: the access itself
-        if gpa >> ss_width:
-            return None
-        perm = _SS_W if write else _SS_R
-        ad = (_SS_A | (_SS_D if write else 0)) if ssade else 0
-        t, s = ss_root, ss_top
-        while True:
-            a = t + ((gpa >> s) & 511) * 8
-            page = page_of(a >> 12)
+            else:
+                hpa = x
+            page = page_of(hpa >> 12)
             if page is None:
                 return None
-            e = unpack(page, a & 0xFFF)[0]
+            pte = unpack(page, hpa & 0xFFF)[0]
             reads += 1
-            if s == 12 or e & _SS_PS:
-                if not e & perm or e & ad != ad:
-                    return None
-                break
-            if not e & (_SS_R | _SS_W) or (ssade and not e & _SS_A):
+            if pte & _FL_PU != _FL_PU:
                 return None
-            t = e & _SS_ADDR
-            s -= 9
+            if not pte & FL_RW:
+                writable = False
+            if shift == 12 or (pte & FL_PS and shift in (21, 30)):
+                if write:
+                    need |= FL_D
+                    if not writable:
+                        return None
+                if pte & need != need:
+                    return None
+                size = 1 << shift
+                x = (pte & _FL_ADDR & -size) | (iova & (size - 1))
+                if not nested:
+                    self.counts["descriptor_read"] += reads
+                    return x, size, writable
+                final, perm, leaf_ad = True, out_perm, out_ad
+                continue
+            if pte & need != need:
+                return None
+            shift -= 9
+            x = (pte & _FL_ADDR) + ((iova >> shift) & 511) * 8
         self.counts["descriptor_read"] += reads
-        ss_size = 1 << s
-        hpa = (e & _SS_ADDR & -ss_size) | (gpa & (ss_size - 1))
-        return hpa, ss_size if pgtt == PGTT_SL_ONLY else min(size, ss_size), \
-            writable and bool(e & _SS_W)
+        if pgtt == PGTT_SL_ONLY:
+            return hpa, ss_size, bool(e & _SS_W)
+        return hpa, min(size, ss_size), writable and bool(e & _SS_W)
 
     # -- invalidation ----------------------------------------------------------------------
     def submit(self, descs: list[InvDesc]) -> None:

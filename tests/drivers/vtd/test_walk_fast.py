@@ -28,13 +28,19 @@ from .test_nested import _OPEN, DIRTY, GUEST, GUEST_PAGES, NEST_PARENT, Nest, _n
 IOVA = 0x4000_0000
 FAR = 0x80_0000_0000  # root entry 1, then entry 0 at each level below
 PAGES = 3
+GUEST2, GUEST2_PAGES = GUEST + (4 << 20), 16  # more guest RAM, under another level-1 table
+_RAM2: dict[int, int] = {}  # id(Nest) -> the VMM's address of GUEST2
 
 
 def _pair() -> list[tuple[Nest, int]]:
-    """Two alike machines, the guest's pages mapped as Linux maps them (A and D set)."""
+    """Two alike machines with guest RAM in two 2M regions, the guest's pages mapped as
+    Linux maps them (A and D set)."""
     out = []
     for fast in (True, False):
         n = _nest("7.0", parent_flags=NEST_PARENT | DIRTY)
+        ram2 = n.p.mmap(GUEST2_PAGES * 4096)
+        n.fd.ioas_map(n.ioas, ram2, GUEST2_PAGES * 4096, GUEST2)
+        _RAM2[id(n)] = ram2
         hwpt = n.nested()
         n.attach(hwpt)
         n.sm.fast = fast
@@ -44,12 +50,26 @@ def _pair() -> list[tuple[Nest, int]]:
     return out
 
 
+def _gpa(gpage: int) -> int:
+    """Guest page ``gpage``: 0-47 the data pages of GUEST, 48-50 past its RAM, 51-62
+    pages of GUEST2, 63 beyond the 48-bit MGAW (page 0 plus bit 48)."""
+    if gpage == 63:
+        return 1 << 48 | _gpa(0)
+    return GUEST + (16 + gpage) * 4096 if gpage < 51 else GUEST2 + (gpage - 51) * 4096
+
+
+def _write_gpa(n: Nest, gpa: int, value: int) -> None:
+    if GUEST2 <= gpa < GUEST2 + GUEST2_PAGES * 4096:
+        n.p.write(_RAM2[id(n)] + gpa - GUEST2, value.to_bytes(8, "little"))
+    elif GUEST <= gpa < GUEST + GUEST_PAGES * 4096:
+        n.fs.write_u64(gpa, value)
+
+
 def _step(n: Nest, hwpt: int, op: tuple[Any, ...]) -> Any:
     kind, page, gpage, write, extra = op
     iova = IOVA + page * 4096
     if kind == "map":
-        # gpage 48 on is past the RAM: the output address has no second-stage translation
-        n.fs.map(iova, GUEST + (16 + gpage) * 4096, write=write, user=extra != 4,
+        n.fs.map(iova, _gpa(gpage), write=write, user=extra != 4,
                  extra=(0, FL_A, FL_A | FL_D, FL_A | FL_D, FL_A | FL_D)[extra])
     elif kind == "unmap":
         if (n.fs.root, 0) in n.fs._tables:  # the builder has tables under IOVA
@@ -57,12 +77,10 @@ def _step(n: Nest, hwpt: int, op: tuple[Any, ...]) -> Any:
     elif kind == "far":
         # root entry 1 points at a table in a data page (or past the RAM) whose entry 0
         # is IOVA's level-2 table: FAR + x translates as IOVA + x through another page
-        table = GUEST + (17 + gpage * 4) * 4096
+        table = _gpa(gpage)
         flags = FL_P | FL_RW | FL_US | (FL_A if write else 0)
         n.fs.write_u64(n.fs.root + 8, table | flags)
-        if gpage < 12:
-            level2 = n.fs._tables[(n.fs._tables[(n.fs.root, 0)], 1)]
-            n.fs.write_u64(table, level2 | flags)
+        _write_gpa(n, table, n.fs._tables[(n.fs._tables[(n.fs.root, 0)], 1)] | flags)
         return None
     elif kind == "inv":
         return n.invalidate([(0, (1 << 64) - 1, 0, 0)], hwpt=hwpt)
@@ -72,7 +90,8 @@ def _step(n: Nest, hwpt: int, op: tuple[Any, ...]) -> Any:
         n.fd.hwpt_set_dirty_tracking(n.parent, write)
         return None
     elif kind == "bitmap":
-        return n.fd.hwpt_get_dirty_bitmap(n.parent, GUEST, GUEST_PAGES * 4096)
+        return (n.fd.hwpt_get_dirty_bitmap(n.parent, GUEST, GUEST_PAGES * 4096),
+                n.fd.hwpt_get_dirty_bitmap(n.parent, GUEST2, GUEST2_PAGES * 4096))
     else:
         target = FAR + page * 4096 if kind == "dma_far" else iova
         try:
@@ -96,7 +115,9 @@ def _state(n: Nest) -> Any:
 OPS = st.tuples(
     st.sampled_from(["dma", "map"] * 3 + ["dma", "iotlb", "inv"] * 2 + [
         "unmap", "far", "dirty", "dirty", "bitmap", "dma_far", "dma_far"]),
-    st.integers(0, PAGES - 1), st.integers(0, 50), st.booleans(), st.integers(0, 4))
+    st.integers(0, PAGES - 1),
+    st.one_of(st.integers(0, 63), st.sampled_from([48, 51, 52, 63])),  # the edges more often
+    st.booleans(), st.integers(0, 4))
 
 
 @given(ops=st.lists(OPS, min_size=10, max_size=50))
@@ -111,6 +132,7 @@ def test_fast_and_reference_paths_agree(ops: list[tuple[Any, ...]]) -> None:
         for n in (fast, ref):
             _OPEN.remove(n)
             n.close()
+            del _RAM2[id(n)]
 
 
 def test_a_steady_nested_miss_takes_the_fast_walk() -> None:
