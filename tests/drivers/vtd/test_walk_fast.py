@@ -2,10 +2,11 @@
 identical scalable-mode machines.
 
 One machine translates with ``SmState.fast`` on, the other with it off (every access
-through ``_translate``, ``_ss`` and ``_fs``). The guest changes its first stage with
-and without the A/D flags Linux presets, points a table entry outside its RAM, turns
-second-stage dirty tracking on and off and reads the dirty bitmap; the device reads
-and writes. After every step the results (address or fault reason), the unit's counts,
+through ``_pasid_entry``, ``_lookup``, ``_ss`` and ``_fs``). The guest changes its first
+stage with and without the A/D flags Linux presets, to pages in two 2M regions of its
+RAM, past its RAM and past MGAW, points a table entry at a data page or outside its
+RAM, turns second-stage dirty tracking on and off and reads the dirty bitmap; the
+device reads and writes. After every step the results (address or fault reason), the unit's counts,
 fault records, IOTLB and PASID cache, and every byte of physical memory (A/D updates
 included) must be the same.
 """
@@ -16,7 +17,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iommulab.drivers.vtd_sm import IotlbInv
@@ -120,7 +121,28 @@ OPS = st.tuples(
     st.booleans(), st.integers(0, 4))
 
 
+_EDGES = [  # each fast-path check once for sure: an op, then the access that meets it
+    [("map", 0, 63, True, 2), ("dma", 0, 0, False, 0)],  # output past MGAW
+    [("far", 0, 63, True, 0), ("dma_far", 0, 0, False, 0)],  # a table past MGAW
+    [("map", 0, 51, True, 2), ("dma", 0, 0, False, 0), ("iotlb", 0, 0, False, 0),
+     ("map", 1, 52, True, 2), ("dma", 1, 0, True, 0)],  # the second 2M region
+    [("dirty", 0, 0, True, 0), ("iotlb", 0, 0, False, 0), ("dma", 0, 0, True, 0),
+     ("far", 0, 5, True, 0), ("dma_far", 1, 0, False, 0)],  # SSADE: A and D to set
+    [("map", 0, 1, True, 4), ("dma", 0, 0, False, 0)],  # a leaf without US
+    [("map", 0, 1, False, 2), ("dma", 0, 0, True, 0)],  # a write to a read-only leaf
+    [("map", 0, 1, True, 1), ("dma", 0, 0, False, 0),  # a write through an entry a read
+     ("dma", 0, 0, True, 0)],  # filled: walks again and sets D
+]
+
+
 @given(ops=st.lists(OPS, min_size=10, max_size=50))
+@example(ops=_EDGES[0])
+@example(ops=_EDGES[1])
+@example(ops=_EDGES[2])
+@example(ops=_EDGES[3])
+@example(ops=_EDGES[4])
+@example(ops=_EDGES[5])
+@example(ops=_EDGES[6])
 @settings(max_examples=100, deadline=None)
 def test_fast_and_reference_paths_agree(ops: list[tuple[Any, ...]]) -> None:
     (fast, fhwpt), (ref, rhwpt) = _pair()
