@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_split_merge.py", ["--size", "32M", "--repeat", "1"], 5),
     ("bench_translate.py", ["--calls", "200", "--repeat", "1"], 3),
     ("bench_nested.py", ["--calls", "200", "--repeat", "1"], 3),
+    ("bench_nested_vtd.py", ["--calls", "200", "--repeat", "1"], 3),
     ("bench_dma.py", ["--calls", "200", "--repeat", "1"], 4),
     ("bench_iova.py", ["--calls", "600", "--pairs", "2000", "--live", "100", "--repeat", "1"],
      3),
