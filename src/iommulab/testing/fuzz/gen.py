@@ -22,7 +22,7 @@ from ...eventfd import EventFdFile
 from ...iommufd import selftest as st
 from ...iommufd import uapi as iu
 from ...iommufd.file import IommufdFile, MemFdFile
-from ...iommufd.objects import Access, Device, HwptPaging, Ioas, IommufdObject
+from ...iommufd.objects import Access, Device, HwptNested, HwptPaging, Ioas, IommufdObject
 from ...iommufd.selftest import AccessFile, SelftestDevice
 from ...kernel import LINUX_7_0, KernelVersion
 from ...mem.mm import Vma
@@ -30,6 +30,7 @@ from ...vfio import uapi as vu
 from ...vfio.device import VfioDeviceFile
 from ...vfio.files import Container, GroupFile, VfioFile
 from . import specs
+from .nested import NestedSteps
 from .values import U32, U64, Spec, boundary, fill_bytes
 from .world import Op, World
 
@@ -86,6 +87,7 @@ class Gen:
         self.has_iommu = world.machine.core is not None
         self.mapped: list[_Mapped] = []
         self.ids_seen: dict[int, set[int]] = {}  # id(ctx) -> every id ever published
+        self.nested = NestedSteps(self)
         self.families = self._families()
 
     # -- the step ----------------------------------------------------------------------------
@@ -98,6 +100,11 @@ class Gen:
             fams += [(9, self.type1), (6, self.cdev), (22, self.iommufd), (2, self.garbage)]
             if self.mock:
                 fams.append((14, self.selftest))
+            if self.w.config.vtd_scalable:  # nest parents, nested HWPTs, vIOMMUs
+                fams.append((18, self.nested.step))
+            elif self.mock or (self.w.machine.platform == "arm64-smmuv3" and
+                               self.kernel >= LINUX_7_0):
+                fams.append((10, self.nested.step))
         return fams
 
     def next(self) -> list[Op]:
@@ -302,7 +309,7 @@ class Gen:
             elif role == "rsvd":
                 vals[name] = boundary(rng, sp.bits(name)) or 1
             elif role == "id":
-                vals[name] = self.obj_id(file, Ioas, HwptPaging, Device, Access)
+                vals[name] = self.obj_id(file, Ioas, HwptPaging, HwptNested, Device, Access)
             elif role == "fd":
                 vals[name] = self.map_file_fd(pi) if sp.request == iu.IOMMU_IOAS_MAP_FILE \
                     else self.bad_fd(pi)
@@ -755,7 +762,8 @@ class Gen:
         if r < 0.5:
             flags = vu.VFIO_DEVICE_ATTACH_PASID if rng.random() < 0.1 else 0
             return self.ioctl(pi, fd, specs.VFIO["ATTACH"],
-                              {"flags": flags, "pt_id": self.obj_id(f, Ioas, HwptPaging),
+                              {"flags": flags,
+                               "pt_id": self.obj_id(f, Ioas, HwptPaging, HwptNested),
                                "pasid": rng.choice([0, 0, 1, U32])}, file=f)
         if r < 0.7:
             flags = vu.VFIO_DEVICE_DETACH_PASID if rng.random() < 0.1 else 0
@@ -1009,8 +1017,8 @@ class Gen:
 
     def _fd_destroy(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
         return self._cmd(pi, fd, f, iu.IOMMU_DESTROY,
-                         {"id": self.obj_id(f, Ioas, HwptPaging, Device, Access,
-                                            SelftestDevice)})
+                         {"id": self.obj_id(f, Ioas, HwptPaging, HwptNested, Device,
+                                            Access, SelftestDevice)})
 
     def _fd_unknown(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
         req = self.rng.choice(specs.UNKNOWN_IOMMUFD)
