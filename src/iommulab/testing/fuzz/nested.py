@@ -135,8 +135,8 @@ class NestedSteps:
             return self.map_guest(pi, fd, f)
         if not self.parents(f) or rng.random() < 0.06:
             return self.alloc_parent(pi, fd, f, guest)
-        steps = {"nested": 3, "table": 2.5, "attach": 3, "dma": 4, "invalidate": 3,
-                 "unmap": 0.8, "dirty": 1.2, "destroy": 0.8, "remap": 0.5}
+        steps = {"nested": 3, "table": 2.5 if self.vtd else 0, "attach": 3, "dma": 4,
+                 "invalidate": 3, "unmap": 0.8, "dirty": 1.2, "destroy": 0.8, "remap": 0.5}
         if self.viommu_cmds:
             steps |= {"viommu": 2, "vdevice": 1.5, "veventq": 1, "fault": 0.6,
                       "viommu_inv": 2}
@@ -177,8 +177,9 @@ class NestedSteps:
 
     # -- the guest's first stage --------------------------------------------------------------
     def _page(self, guest: _Guest) -> int:
-        n = guest.length // PAGE
-        gpa = guest.gpa + (self.cursor % n) * PAGE
+        """The next 4K guest page for a table (areas of the mock can start at 2K)."""
+        n = guest.length // PAGE - 1
+        gpa = -(-guest.gpa // PAGE) * PAGE + (self.cursor % n) * PAGE
         self.cursor += 1
         return gpa
 
@@ -203,7 +204,7 @@ class NestedSteps:
         for _ in range(rng.choice([1, 1, 2, 3])):
             iova = rng.choice([0, 0x4000_0000, 0x7F_FFFF_F000 & ~0xFFF,
                                rng.randrange(1 << 20) * PAGE])
-            gpa = guest.gpa + rng.randrange(guest.length // PAGE) * PAGE
+            gpa = self._page(guest)
             if rng.random() < 0.1:
                 gpa = boundary(rng, 52) & ~0xFFF
             extra = rng.choice([0, FL_A, FL_A | FL_D])
