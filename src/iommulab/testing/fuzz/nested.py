@@ -341,18 +341,21 @@ class NestedSteps:
         g = self.g
         rng = g.rng
         num = rng.choice([0, 1, 1, 2, 3, 5])
+        hostile = rng.random() < 0.35  # else every entry well formed
         if self.vtd:
-            elen = _VTD_S1_BYTES if rng.random() < 0.85 else \
+            elen = _VTD_S1_BYTES if not hostile or rng.random() < 0.6 else \
                 rng.choice([0, 8, 16, 23, 32, 40, 4096])
             raw = b""
             iovas = [iv for t in self.tables if t.ctx == id(f.ctx) for iv in t.iovas]
             for _ in range(num):
                 addr = rng.choice(iovas)[0] if iovas and rng.random() < 0.6 else \
                     rng.randrange(1 << 20) * PAGE
-                npages = rng.choice([1, 1, 2, 512, 0, U64])
+                npages = rng.choice([1, 1, 2, 512, 0])
+                if addr == 0 and rng.random() < 0.2:
+                    npages = U64  # everything
                 flags = rng.choice([0, 0, 1])
                 rsvd = 0
-                r = rng.random()
+                r = rng.random() if hostile else 1.0
                 if r < 0.08:
                     flags = boundary(rng, 32)
                 elif r < 0.14:
@@ -362,7 +365,8 @@ class NestedSteps:
                 elif r < 0.26:
                     addr, npages = rng.choice([(0, U64), (PAGE, U64), (U64 & ~0xFFF, 2)])
                 one = struct.pack("<QQII", addr & U64, npages, flags & U32, rsvd & U32)
-                one = one.ljust(elen, b"\0" if rng.random() < 0.8 else b"\1")[:max(elen, 1)]
+                tail = b"\1" if hostile and rng.random() < 0.2 else b"\0"
+                one = one.ljust(elen, tail)[:max(elen, 1)]
                 raw += one if elen else b""
             dtype = h.IOMMU_HWPT_INVALIDATE_DATA_VTD_S1
         elif g.mock:
