@@ -101,10 +101,10 @@ class Gen:
             if self.mock:
                 fams.append((14, self.selftest))
             if self.w.config.vtd_scalable:  # nest parents, nested HWPTs, vIOMMUs
-                fams.append((18, self.nested.step))
+                fams.append((30, self.nested.step))
             elif self.mock or (self.w.machine.platform == "arm64-smmuv3" and
                                self.kernel >= LINUX_7_0):
-                fams.append((10, self.nested.step))
+                fams.append((14, self.nested.step))
         return fams
 
     def next(self) -> list[Op]:
@@ -263,19 +263,21 @@ class Gen:
 
     # -- building an ioctl -------------------------------------------------------------------
     def ioctl(self, pi: int, fd: int, sp: Spec, values: dict[str, int], note: str = "",
-              *, file: IommufdFile | None = None) -> list[Op]:
+              *, file: IommufdFile | None = None, mutate: float | None = None) -> list[Op]:
         """The ioctl with ``sp`` filled from ``values`` (``size``/``argsz`` set to the
-        struct's size), mutated at times."""
+        struct's size), mutated at times (``mutate``: that share instead of the
+        generator's, for a step that sets up state deeper steps need)."""
+        scale = 1.0 if mutate is None else mutate / self.mutate_p if self.mutate_p else 0.0
         vals = dict(values)
         for name in sp.fields_with("size"):
             vals.setdefault(name, sp.layout.size)
         tail = b""
         cut: int | None = None
         arg: int | bytes
-        if self.rng.random() < self.mutate_p:
+        if self.rng.random() < self.mutate_p * scale:
             tail, cut = self.mutate(pi, sp, vals, file)
             note = f"{note} (mutated)".strip()
-        if self.rng.random() < 0.1 and self.mutate_p:  # the wrong file gets it
+        if self.rng.random() < 0.1 * scale and self.mutate_p:  # the wrong file gets it
             fd = self.bad_fd(pi)
         raw = sp.pack(vals) + tail
         arg = raw if cut is None else raw[:cut]

@@ -28,6 +28,7 @@ from ...iommufd import uapi as iu
 from ...iommufd.eventq import FaultObject
 from ...iommufd.file import IommufdFile
 from ...iommufd.objects import Device, HwptNested, HwptPaging, Ioas
+from ...iommufd.sources import UserSource
 from ...iommufd.viommu import Vdevice, Veventq, Viommu
 from ...kernel import LINUX_7_0
 from ...pgtable.vtd_fs import FL_A, FL_D, FirstStageBuilder
@@ -38,6 +39,7 @@ from .values import U32, U64, boundary, fill_bytes
 from .world import Op
 
 if TYPE_CHECKING:
+    from ...devices import DmaDevice
     from .gen import Gen
 
 __all__ = ["NestedSteps"]
@@ -47,6 +49,7 @@ _VTD_S1_BYTES = 24  # struct iommu_hwpt_vtd_s1 / iommu_hwpt_vtd_s1_invalidate
 _SMMU_CMD_BYTES = 16  # struct iommu_viommu_arm_smmuv3_invalidate
 # SMMUv3 vSTE words a guest may set (V, Config, S1 table fields) and CMDQ opcodes
 _STE_V, _STE_CFG_S1, _STE_CFG_BYPASS = 1, 0b101 << 1, 0b100 << 1
+_SETUP_MUTATE = 0.08
 _SMMU_OPS = [0x10, 0x11, 0x12, 0x13, 0x05, 0x06, 0x40, 0x30, 0x2A, 0x03, 0x46]
 
 
@@ -70,6 +73,8 @@ class _Table:
 
     ctx: int
     root: int
+    guest: _Guest
+    builder: FirstStageBuilder
     iovas: list[tuple[int, int]] = field(default_factory=list)
 
 
@@ -92,10 +97,11 @@ class NestedSteps:
         return self.g.kernel >= LINUX_7_0 and not self.vtd
 
     # -- state -----------------------------------------------------------------------------
-    def guest(self, f: IommufdFile) -> _Guest | None:
-        """A mapped range of one of ``f``'s IOASes whose user memory the generator knows
-        (at least two pages), mostly the one a nest parent translates."""
+    def guest(self, pi: int, f: IommufdFile) -> _Guest | None:
+        """A mapped range of one of ``f``'s IOASes backed by process ``pi``'s memory (at
+        least two pages), mostly one a nest parent translates."""
         g = self.g
+        mm = g.w.procs[pi].mm
         parents = {o.ioas.id for o in f.ctx.objects.values()
                    if isinstance(o, HwptPaging) and o.nest_parent}
         out = []
@@ -103,8 +109,11 @@ class NestedSteps:
             if not isinstance(o, Ioas):
                 continue
             for a in o.iopt.areas():
-                uptr = next((m.uptr for m in g.mapped if m.iova == a.iova and m.uptr), 0)
-                if uptr and a.length >= 2 * PAGE:
+                src = a.pages.source if a.pages is not None else None
+                if not isinstance(src, UserSource) or src.mm is not mm:
+                    continue
+                uptr = src.uptr + a.start_byte
+                if a.length >= 2 * PAGE:
                     out.append((o.id in parents, _Guest(o.id, a.iova, a.length, uptr)))
         best = [x for p, x in out if p] if any(p for p, _ in out) and \
             g.rng.random() < 0.85 else [x for _, x in out]
@@ -116,6 +125,16 @@ class NestedSteps:
     def objs(self, f: IommufdFile, kind: type) -> list:  # type: ignore[type-arg]
         return [o for o in f.ctx.objects.values() if isinstance(o, kind)]
 
+    def cmd(self, pi: int, fd: int, f: IommufdFile, req: int, values: dict[str, int],
+            note: str, *, setup: bool = False) -> list[Op]:
+        """The iommufd command, noted; a ``setup`` step (guest RAM, a parent, a nested
+        HWPT, an attach) is mutated less, so sequences get deep."""
+        return self.g.ioctl(pi, fd, specs.IOMMUFD[req], values, note, file=f,
+                            mutate=_SETUP_MUTATE if setup else None)
+
+    def _progress(self, f: IommufdFile) -> int:
+        return 2 * bool(self.parents(f)) + bool(self.g.ids(f, Device))
+
     # -- the step ------------------------------------------------------------------------------
     def step(self, pi: int) -> list[Op]:
         g = self.g
@@ -123,19 +142,21 @@ class NestedSteps:
         fds = g.files(pi, IommufdFile)
         if not fds:
             return [Op(pi, "open", ("/dev/iommu",))]
-        fd = g.pick(fds)
+        # mostly the iommufd furthest along: a nest parent, else a bound device
+        ranked = sorted(fds, key=lambda x: -self._progress(g.file(pi, x, IommufdFile)))
+        fd = ranked[0] if rng.random() < 0.85 else g.pick(fds)
         f = g.file(pi, fd, IommufdFile)
         if not g.ids(f, Ioas):
             return g._fd_alloc(pi, fd, f)
         need = g._need_device(pi, fd, f)
         if need is not None:
             return need
-        guest = self.guest(f)
+        guest = self.guest(pi, f)
         if guest is None or rng.random() < 0.03:
             return self.map_guest(pi, fd, f)
         if not self.parents(f) or rng.random() < 0.06:
             return self.alloc_parent(pi, fd, f, guest)
-        steps = {"nested": 3, "table": 2.5 if self.vtd else 0, "attach": 3, "dma": 4,
+        steps = {"nested": 3, "table": 2.5 if self.vtd else 0, "attach": 3, "dma": 6,
                  "invalidate": 3, "unmap": 0.8, "dirty": 1.2, "destroy": 0.8, "remap": 0.5}
         if self.viommu_cmds:
             steps |= {"viommu": 2, "vdevice": 1.5, "veventq": 1, "fault": 0.6,
@@ -158,27 +179,29 @@ class NestedSteps:
         base = 0x1000_0000 if g.mock else 1 << 32
         iova = base + rng.randrange(64) * (1 << 21)
         ioas = g.pick(g.ids(f, Ioas))
-        return g._cmd(pi, fd, f, iu.IOMMU_IOAS_MAP, {
+        return self.cmd(pi, fd, f, iu.IOMMU_IOAS_MAP, {
             "flags": iu.IOMMU_IOAS_MAP_FIXED_IOVA | iu.IOMMU_IOAS_MAP_READABLE |
             iu.IOMMU_IOAS_MAP_WRITEABLE, "ioas_id": ioas, "user_va": vma.start,
-            "length": length, "iova": iova})
+            "length": length, "iova": iova}, "guest RAM", setup=True)
 
     def alloc_parent(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         g = self.g
         flags = iu.IOMMU_HWPT_ALLOC_NEST_PARENT
         if g.rng.random() < 0.35:
             flags |= iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
-        return g._cmd(pi, fd, f, iu.IOMMU_HWPT_ALLOC, {
+        return self.cmd(pi, fd, f, iu.IOMMU_HWPT_ALLOC, {
             "flags": flags, "dev_id": g.obj_id(f, Device),
-            "pt_id": guest.ioas if g.rng.random() < 0.9 else g.obj_id(f, Ioas)})
+            "pt_id": guest.ioas if g.rng.random() < 0.9 else g.obj_id(f, Ioas)},
+            "nest parent", setup=True)
 
     def s_remap(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         return self.map_guest(pi, fd, f)
 
     # -- the guest's first stage --------------------------------------------------------------
     def _page(self, guest: _Guest) -> int:
-        """The next 4K guest page for a table (areas of the mock can start at 2K)."""
-        n = guest.length // PAGE - 1
+        """The next 4K guest page for a table, in the lower half of guest RAM (wrapping:
+        a new table can overwrite an old one)."""
+        n = max(1, (guest.length // PAGE) // 2)
         gpa = -(-guest.gpa // PAGE) * PAGE + (self.cursor % n) * PAGE
         self.cursor += 1
         return gpa
@@ -199,12 +222,21 @@ class NestedSteps:
         def write_u64(gpa: int, value: int) -> None:
             ops.append(Op(pi, "write", (guest.va(gpa), struct.pack("<Q", value & U64))))
 
-        fs = FirstStageBuilder(alloc, write_u64, levels=5 if rng.random() < 0.1 else 4)
-        table = _Table(id(f.ctx), fs.root)
+        old = [t for t in self.tables if t.ctx == id(f.ctx) and t.guest == guest]
+        if old and rng.random() < 0.5:  # more leaves in a table the guest has
+            table = rng.choice(old)
+            fs = table.builder
+            fs.alloc, fs.write_u64 = alloc, write_u64
+        else:
+            fs = FirstStageBuilder(alloc, write_u64, levels=5 if rng.random() < 0.1 else 4)
+            table = _Table(id(f.ctx), fs.root, guest, fs)
+            self.tables.append(table)
+            del self.tables[:-16]
+        half = guest.length // PAGE // 2
         for _ in range(rng.choice([1, 1, 2, 3])):
             iova = rng.choice([0, 0x4000_0000, 0x7F_FFFF_F000 & ~0xFFF,
                                rng.randrange(1 << 20) * PAGE])
-            gpa = self._page(guest)
+            gpa = -(-guest.gpa // PAGE) * PAGE + (half + rng.randrange(half)) * PAGE
             if rng.random() < 0.1:
                 gpa = boundary(rng, 52) & ~0xFFF
             extra = rng.choice([0, FL_A, FL_A | FL_D])
@@ -212,15 +244,13 @@ class NestedSteps:
             table.iovas.append((iova, PAGE))
         if rng.random() < 0.1:  # a hostile guest: a random entry somewhere in the table
             write_u64(fs.root + rng.randrange(512) * 8, rng.getrandbits(64))
-        self.tables.append(table)
-        del self.tables[:-16]
         return ops
 
     def _root(self, f: IommufdFile, guest: _Guest) -> int:
         rng = self.g.rng
         mine = [t.root for t in self.tables if t.ctx == id(f.ctx)]
         r = rng.random()
-        if mine and r < 0.7:
+        if mine and r < 0.8:
             return int(rng.choice(mine))
         if r < 0.85:
             return guest.gpa + rng.randrange(guest.length // PAGE) * PAGE
@@ -232,12 +262,19 @@ class NestedSteps:
         """The driver's data type and bytes: VT-d S1, the selftest's iotlb, a vSTE."""
         rng = self.g.rng
         if self.vtd:
-            flags = rng.choice([0, 0, 1, 2, 4, 7]) if rng.random() < 0.9 else \
-                boundary(rng)
-            aw = rng.choice([48, 48, 48, 57, 39, 0, 64, U32])
-            rsvd = 0 if rng.random() < 0.9 else boundary(rng, 32) or 1
-            return h.IOMMU_HWPT_DATA_VTD_S1, struct.pack(
-                "<QQII", flags, self._root(f, guest) & U64, aw, rsvd)
+            root = self._root(f, guest)
+            table = next((t for t in self.tables if t.root == root), None)
+            aw = 57 if table is not None and table.builder.levels == 5 else 48
+            flags, rsvd = rng.choice([0, 0, 0, 1, 4]), 0
+            if rng.random() < 0.3:  # hostile: a flag, width or reserved field wrong
+                r = rng.random()
+                if r < 0.4:
+                    flags = rng.choice([2, 7, 8]) if rng.random() < 0.8 else boundary(rng)
+                elif r < 0.8:
+                    aw = rng.choice([105 - aw, 39, 0, 64, U32])
+                else:
+                    rsvd = boundary(rng, 32) or 1
+            return h.IOMMU_HWPT_DATA_VTD_S1, struct.pack("<QQII", flags, root & U64, aw, rsvd)
         if self.g.mock:
             return IOMMU_HWPT_DATA_SELFTEST, struct.pack(
                 "<I", rng.choice([0, 0xBEEF, 0xFFFF_FFFF, rng.getrandbits(32)]))
@@ -259,7 +296,7 @@ class NestedSteps:
         if not (self.vtd or g.mock or viommus) and rng.random() < 0.8:
             return self.s_viommu(pi, fd, f, guest)  # SMMUv3 nests on a vIOMMU only
         if self.vtd and not any(t.ctx == id(f.ctx) for t in self.tables) and \
-                rng.random() < 0.7:
+                rng.random() < 0.95:
             return self.s_table(pi, fd, f, guest)  # a table for pgtbl_addr first
         dtype, data = self._data(pi, f, guest)
         if viommus and rng.random() < (0.9 if not (self.vtd or g.mock) else 0.4):
@@ -282,10 +319,10 @@ class NestedSteps:
         if rng.random() < 0.05:
             dtype = rng.choice([0, 1, 2, 3, IOMMU_HWPT_DATA_SELFTEST])
         return [Op(pi, "write", (ptr, data), note="nested HWPT data"),
-                *g._cmd(pi, fd, f, iu.IOMMU_HWPT_ALLOC, {
+                *self.cmd(pi, fd, f, iu.IOMMU_HWPT_ALLOC, {
                     "flags": flags, "dev_id": g.obj_id(f, Device), "pt_id": pt,
                     "data_type": dtype, "data_len": dlen, "data_uptr": ptr,
-                    "fault_id": fault})]
+                    "fault_id": fault}, "nested", setup=True)]
 
     def _nested_id(self, f: IommufdFile) -> int:
         g = self.g
@@ -307,23 +344,40 @@ class NestedSteps:
             from ...iommufd.selftest import SelftestDevice
             return g.ioctl(pi, fd, specs.TEST[st.OP_MOCK_DOMAIN_REPLACE], {
                 "op": st.OP_MOCK_DOMAIN_REPLACE, "id": g.obj_id(f, SelftestDevice),
-                "pt_id": pt}, file=f)
+                "pt_id": pt}, "onto a nested HWPT", file=f, mutate=_SETUP_MUTATE)
         cdevs = g.files(pi, VfioDeviceFile, lambda d: d.group is None and d.access_granted
                         and d.iommufd is not None and d.iommufd.ctx is f.ctx)
         if not cdevs:
             return g.cdev(pi)
-        return g.ioctl(pi, g.pick(cdevs), specs.VFIO["ATTACH"], {"pt_id": pt}, file=f)
+        cdev = g.pick(cdevs)
+        ops = g.ioctl(pi, cdev, specs.VFIO["ATTACH"], {"pt_id": pt}, "onto a nested HWPT",
+                      file=f, mutate=_SETUP_MUTATE)
+        target = f.ctx.objects.get(pt)
+        if isinstance(target, HwptNested) and rng.random() < 0.7:  # then DMA through it
+            ops += self._dma(f, guest, g.file(pi, cdev, VfioDeviceFile).dev, target.domain)
+        return ops
 
     def s_dma(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         """A device on a nested HWPT reads or writes an IOVA its guest table maps (or
         near one, or anywhere)."""
         g = self.g
         rng = g.rng
-        devs = [d.dev for n in self.objs(f, HwptNested) for d in n.devices]
-        if not devs or rng.random() < 0.05:
+        on = [(d.dev, n.domain) for n in self.objs(f, HwptNested) for d in n.devices]
+        if not on or rng.random() < 0.05:
             return self.s_attach(pi, fd, f, guest)
-        dev = rng.choice(devs)
-        iovas = [iv for t in self.tables if t.ctx == id(f.ctx) for iv in t.iovas]
+        roots = {t.root for t in self.tables if t.ctx == id(f.ctx)}
+        walked = [x for x in on if getattr(getattr(x[1], "s1_cfg", None), "pgtbl_addr",
+                                           None) in roots]
+        dev, dom = rng.choice(walked if walked and rng.random() < 0.85 else on)
+        return self._dma(f, guest, dev, dom)
+
+    def _dma(self, f: IommufdFile, guest: _Guest, dev: DmaDevice, dom: object) -> list[Op]:
+        """A read or write of ``dev`` at an IOVA the guest table of ``dom`` (a nested
+        domain) maps, mostly."""
+        rng = self.g.rng
+        root = getattr(getattr(dom, "s1_cfg", None), "pgtbl_addr", None)
+        iovas = [iv for t in self.tables if t.ctx == id(f.ctx) and
+                 (root is None or t.root == root) for iv in t.iovas]
         if iovas and rng.random() < 0.85:
             iova, size = rng.choice(iovas)
             iova += rng.choice([0, 0, 8, size - 4, size])
@@ -399,9 +453,10 @@ class NestedSteps:
         ops = [Op(pi, "write", (ptr, raw), note="invalidation entries")] if raw else []
         if rng.random() < 0.1:
             num = rng.choice([num + 1, 1 << 20, U32])
-        return ops + g._cmd(pi, fd, f, iu.IOMMU_HWPT_INVALIDATE, {
+        return ops + self.cmd(pi, fd, f, iu.IOMMU_HWPT_INVALIDATE, {
             "hwpt_id": hwpt_id, "data_uptr": ptr if rng.random() < 0.95 else 0,
-            "data_type": dtype, "entry_len": elen, "entry_num": num})
+            "data_type": dtype, "entry_len": elen, "entry_num": num}, "nested",
+            setup=True)  # the entries carry their own mutations
 
     def s_invalidate(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         """HWPT_INVALIDATE of a nested HWPT with its driver's entries (or of a paging
@@ -476,17 +531,19 @@ class NestedSteps:
         if rng.random() < 0.1:
             vtype = rng.choice([0, 1, IOMMU_VIOMMU_TYPE_SELFTEST, U32])
         dlen = 0 if rng.random() < 0.8 else rng.choice([4, 8, 16])
-        return g._cmd(pi, fd, f, iu.IOMMU_VIOMMU_ALLOC, {
+        return self.cmd(pi, fd, f, iu.IOMMU_VIOMMU_ALLOC, {
             "type": vtype, "dev_id": g.obj_id(f, Device),
             "hwpt_id": g._hwpt_id(f, g.pick(self.parents(f))), "data_len": dlen,
-            "data_uptr": g.uptr(pi, max(dlen, 1), pinnable=False) if dlen else 0})
+            "data_uptr": g.uptr(pi, max(dlen, 1), pinnable=False) if dlen else 0},
+            "", setup=True)
 
     def s_vdevice(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         g = self.g
         rng = g.rng
-        return g._cmd(pi, fd, f, iu.IOMMU_VDEVICE_ALLOC, {
+        return self.cmd(pi, fd, f, iu.IOMMU_VDEVICE_ALLOC, {
             "viommu_id": g.obj_id(f, Viommu), "dev_id": g.obj_id(f, Device),
-            "virt_id": rng.choice([0, 1, 2, 0x10, 1 << 31, U64, rng.getrandbits(64)])})
+            "virt_id": rng.choice([0, 1, 2, 0x10, 1 << 31, U64, rng.getrandbits(64)])},
+            "", setup=True)
 
     def s_veventq(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         g = self.g
