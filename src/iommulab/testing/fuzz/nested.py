@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ...drivers.mock import (
     IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
@@ -27,7 +27,7 @@ from ...drivers.mock_pt import IOMMU_HWPT_DATA_SELFTEST
 from ...iommufd import uapi as iu
 from ...iommufd.eventq import FaultObject
 from ...iommufd.file import IommufdFile
-from ...iommufd.objects import Device, HwptNested, HwptPaging, Ioas
+from ...iommufd.objects import Device, HwptNested, HwptPaging, Ioas, IommufdObject
 from ...iommufd.sources import UserSource
 from ...iommufd.viommu import Vdevice, Veventq, Viommu
 from ...kernel import LINUX_7_0
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from .gen import Gen
 
 __all__ = ["NestedSteps"]
+
+Obj = TypeVar("Obj", bound=IommufdObject)
 
 PAGE = 4096
 _VTD_S1_BYTES = 24  # struct iommu_hwpt_vtd_s1 / iommu_hwpt_vtd_s1_invalidate
@@ -122,7 +124,7 @@ class NestedSteps:
     def parents(self, f: IommufdFile) -> list[HwptPaging]:
         return [o for o in f.ctx.objects.values() if isinstance(o, HwptPaging) and o.nest_parent]
 
-    def objs(self, f: IommufdFile, kind: type) -> list:  # type: ignore[type-arg]
+    def objs(self, f: IommufdFile, kind: type[Obj]) -> list[Obj]:
         return [o for o in f.ctx.objects.values() if isinstance(o, kind)]
 
     def cmd(self, pi: int, fd: int, f: IommufdFile, req: int, values: dict[str, int],
