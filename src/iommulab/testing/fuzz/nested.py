@@ -14,6 +14,7 @@ the ioctls' arrays), so a finding replays without this module.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -24,6 +25,7 @@ from ...drivers.mock import (
     IOMMU_VIOMMU_TYPE_SELFTEST,
 )
 from ...drivers.mock_pt import IOMMU_HWPT_DATA_SELFTEST
+from ...drivers.smmuv3.regs import CD0, CD1, STE0, STE1, SteConfig
 from ...iommufd import uapi as iu
 from ...iommufd.eventq import FaultObject
 from ...iommufd.file import IommufdFile
@@ -50,7 +52,7 @@ PAGE = 4096
 _VTD_S1_BYTES = 24  # struct iommu_hwpt_vtd_s1 / iommu_hwpt_vtd_s1_invalidate
 _SMMU_CMD_BYTES = 16  # struct iommu_viommu_arm_smmuv3_invalidate
 # SMMUv3 vSTE words a guest may set (V, Config, S1 table fields) and CMDQ opcodes
-_STE_V, _STE_CFG_S1, _STE_CFG_BYPASS = 1, 0b101 << 1, 0b100 << 1
+_STE_V, _STE_CFG_BYPASS = 1, 0b100 << 1
 _SETUP_MUTATE = 0.08
 _SMMU_OPS = [0x10, 0x11, 0x12, 0x13, 0x05, 0x06, 0x40, 0x30, 0x2A, 0x03, 0x46]
 
@@ -70,14 +72,59 @@ class _Guest:
 
 
 @dataclass
+class _ArmS1Builder:
+    """A guest's SMMUv3 stage 1 in its memory: a CD (4K granule, 48-bit, ASID 5) at
+    ``root`` (what the vSTE's S1ContextPtr names) and a 4-level AArch64 table under it;
+    :meth:`map` writes table descriptors and a 4K page descriptor (AF, EL0, AP[2] for
+    read-only), as the Arm ARM's VMSAv8-64 stage-1 formats give them."""
+
+    alloc: Callable[[], int]
+    write_u64: Callable[[int, int], None]
+    levels: int = 4
+    root: int = 0
+    pgd: int = 0
+    _tables: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root, self.pgd = self.alloc(), self.alloc()
+        self.write_u64(self.root, CD0.encode(
+            T0SZ=16, TG0=0, IR0=1, OR0=1, SH0=3, EPD1=1, V=1, IPS=5, AA64=1, R=1, A=1,
+            ASET=1, ASID=5))
+        self.write_u64(self.root + 8, CD1.encode(TTB0=self.pgd))
+
+    def map(self, iova: int, gpa: int, *, write: bool = True, user: bool = True,
+            extra: int = 0) -> None:
+        table = self.pgd
+        for level in range(3):
+            idx = (iova >> (39 - 9 * level)) & 511
+            nxt = self._tables.get((table, idx))
+            if nxt is None:
+                nxt = self._tables[(table, idx)] = self.alloc()
+                self.write_u64(table + idx * 8, nxt | 3)
+            table = nxt
+        leaf = gpa | 3 | 1 << 10 | (1 << 6 if user else 0) | (0 if write else 1 << 7)
+        self.write_u64(table + ((iova >> 12) & 511) * 8, leaf)
+
+
+@dataclass
 class _Table:
-    """A first stage the generator wrote: its root, and the IOVAs its leaves map."""
+    """A stage 1 the generator wrote: its root (VT-d: the first-stage table; SMMUv3:
+    the CD), and the IOVAs its leaves map."""
 
     ctx: int
     root: int
     guest: _Guest
-    builder: FirstStageBuilder
+    builder: FirstStageBuilder | _ArmS1Builder
     iovas: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _root_of(domain: object) -> int | None:
+    """The guest table a nested domain walks: VT-d's ``pgtbl_addr``, SMMUv3's CD."""
+    cfg = getattr(domain, "s1_cfg", None)
+    if cfg is not None:
+        return int(cfg.pgtbl_addr)
+    ste = getattr(domain, "ste", None)
+    return STE0["S1CTXPTR"].get(ste[0]) if ste is not None else None
 
 
 class NestedSteps:
@@ -158,7 +205,7 @@ class NestedSteps:
             return self.map_guest(pi, fd, f)
         if not self.parents(f) or rng.random() < 0.06:
             return self.alloc_parent(pi, fd, f, guest)
-        steps = {"nested": 3, "table": 2.5 if self.vtd else 0, "attach": 3, "dma": 6,
+        steps = {"nested": 3, "table": 0 if g.mock else 2.5, "attach": 3, "dma": 6,
                  "invalidate": 3, "unmap": 0.8, "dirty": 1.2, "destroy": 0.8, "remap": 0.5}
         if self.viommu_cmds:
             steps |= {"viommu": 2, "vdevice": 1.5, "veventq": 1, "fault": 0.6,
@@ -189,7 +236,7 @@ class NestedSteps:
     def alloc_parent(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         g = self.g
         flags = iu.IOMMU_HWPT_ALLOC_NEST_PARENT
-        if g.rng.random() < 0.35:
+        if g.rng.random() < (0.35 if self.vtd else 0.05):  # SMMUv3 refuses the pair
             flags |= iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
         return self.cmd(pi, fd, f, iu.IOMMU_HWPT_ALLOC, {
             "flags": flags, "dev_id": g.obj_id(f, Device),
@@ -209,9 +256,10 @@ class NestedSteps:
         return gpa
 
     def s_table(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
-        """A guest first stage (FirstStageBuilder) written into the process's memory
-        behind ``guest``: a zeroed page per table, one entry write per entry, leaves to
-        guest pages (at times outside guest RAM: a second-stage fault)."""
+        """A guest stage 1 (VT-d: FirstStageBuilder; SMMUv3: a CD and its table) written
+        into the process's memory behind ``guest``: a zeroed page per table, one entry
+        write per entry, leaves to guest pages (at times outside guest RAM: a
+        second-stage fault)."""
         g = self.g
         rng = g.rng
         ops: list[Op] = []
@@ -230,7 +278,8 @@ class NestedSteps:
             fs = table.builder
             fs.alloc, fs.write_u64 = alloc, write_u64
         else:
-            fs = FirstStageBuilder(alloc, write_u64, levels=5 if rng.random() < 0.1 else 4)
+            fs = FirstStageBuilder(alloc, write_u64, levels=5 if rng.random() < 0.1 else 4) \
+                if self.vtd else _ArmS1Builder(alloc, write_u64)
             table = _Table(id(f.ctx), fs.root, guest, fs)
             self.tables.append(table)
             del self.tables[:-16]
@@ -280,13 +329,14 @@ class NestedSteps:
         if self.g.mock:
             return IOMMU_HWPT_DATA_SELFTEST, struct.pack(
                 "<I", rng.choice([0, 0xBEEF, 0xFFFF_FFFF, rng.getrandbits(32)]))
-        w0 = rng.choice([0, _STE_V | _STE_CFG_S1, _STE_V | _STE_CFG_BYPASS, _STE_V,
-                         _STE_V | (0b110 << 1), rng.getrandbits(64)])
-        if w0 & _STE_V and rng.random() < 0.6:  # S1ContextPtr: a guest page
-            w0 |= (guest.gpa + rng.randrange(guest.length // PAGE) * PAGE) & \
-                ((1 << 56) - 1) & ~0x3F
-        w1 = rng.choice([0, 0, 1 << 28, 2 << 28, rng.getrandbits(64)])
-        return h.IOMMU_HWPT_DATA_ARM_SMMUV3, struct.pack("<QQ", w0, w1)
+        w0 = STE0.encode(V=1, CONFIG=SteConfig.S1_TRANS,
+                         S1CTXPTR=self._root(f, guest) & ((1 << 52) - 1) & ~0x3F)
+        w1 = STE1.encode(S1DSS=2, S1CIR=1, S1COR=1, S1CSH=3)
+        if rng.random() < 0.3:  # hostile: another Config, EATS, a bit nesting forbids
+            w0 = rng.choice([0, w0, _STE_V | _STE_CFG_BYPASS, _STE_V, _STE_V | (0b110 << 1),
+                             rng.getrandbits(64)])
+            w1 = rng.choice([w1, 0, 1 << 28, 2 << 28, rng.getrandbits(64)])
+        return h.IOMMU_HWPT_DATA_ARM_SMMUV3, struct.pack("<QQ", w0 & U64, w1)
 
     def s_nested(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         """HWPT_ALLOC of a nested HWPT: the data written first, over a nest parent (or a
@@ -297,7 +347,7 @@ class NestedSteps:
         viommus = self.objs(f, Viommu)
         if not (self.vtd or g.mock or viommus) and rng.random() < 0.8:
             return self.s_viommu(pi, fd, f, guest)  # SMMUv3 nests on a vIOMMU only
-        if self.vtd and not any(t.ctx == id(f.ctx) for t in self.tables) and \
+        if not g.mock and not any(t.ctx == id(f.ctx) for t in self.tables) and \
                 rng.random() < 0.95:
             return self.s_table(pi, fd, f, guest)  # a table for pgtbl_addr first
         dtype, data = self._data(pi, f, guest)
@@ -340,6 +390,8 @@ class NestedSteps:
         rng = g.rng
         if not self.objs(f, HwptNested) and rng.random() < 0.7:
             return self.s_nested(pi, fd, f, guest)
+        if self.viommu_cmds and not self.objs(f, Vdevice) and rng.random() < 0.8:
+            return self.s_vdevice(pi, fd, f, guest)  # SMMUv3 attaches need a vSID
         pt = self._nested_id(f) if rng.random() < 0.75 else g.obj_id(f, HwptPaging, Ioas)
         if g.mock and rng.random() < 0.6:
             from ...iommufd import selftest as st
@@ -368,8 +420,7 @@ class NestedSteps:
         if not on or rng.random() < 0.05:
             return self.s_attach(pi, fd, f, guest)
         roots = {t.root for t in self.tables if t.ctx == id(f.ctx)}
-        walked = [x for x in on if getattr(getattr(x[1], "s1_cfg", None), "pgtbl_addr",
-                                           None) in roots]
+        walked = [x for x in on if _root_of(x[1]) in roots]
         dev, dom = rng.choice(walked if walked and rng.random() < 0.85 else on)
         return self._dma(f, guest, dev, dom)
 
@@ -377,7 +428,7 @@ class NestedSteps:
         """A read or write of ``dev`` at an IOVA the guest table of ``dom`` (a nested
         domain) maps, mostly."""
         rng = self.g.rng
-        root = getattr(getattr(dom, "s1_cfg", None), "pgtbl_addr", None)
+        root = _root_of(dom)
         iovas = [iv for t in self.tables if t.ctx == id(f.ctx) and
                  (root is None or t.root == root) for iv in t.iovas]
         if iovas and rng.random() < 0.85:
@@ -483,7 +534,7 @@ class NestedSteps:
         num = rng.choice([0, 1, 2, 3, 8])
         if g.mock:
             elen = rng.choice([12, 12, 12, 8, 16])
-            vdevs = [v.virt_id for v in self.objs(f, Vdevice)] or [0]
+            vdevs = [v.virt_id & U32 for v in self.objs(f, Vdevice)] or [0]
             raw = b"".join(struct.pack("<III", rng.choice([0, 0, 1, 2]), rng.choice(vdevs),
                                        rng.choice([0, 1, 3, 4])).ljust(elen, b"\0")[:elen]
                            for _ in range(num))
@@ -542,14 +593,18 @@ class NestedSteps:
     def s_vdevice(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         g = self.g
         rng = g.rng
+        if not self.objs(f, Viommu) and rng.random() < 0.8:
+            return self.s_viommu(pi, fd, f, guest)
         return self.cmd(pi, fd, f, iu.IOMMU_VDEVICE_ALLOC, {
             "viommu_id": g.obj_id(f, Viommu), "dev_id": g.obj_id(f, Device),
-            "virt_id": rng.choice([0, 1, 2, 0x10, 1 << 31, U64, rng.getrandbits(64)])},
+            "virt_id": rng.choice([0, 1, 2, 0x10, 0x10, 1 << 31, U64, rng.getrandbits(64)])},
             "", setup=True)
 
     def s_veventq(self, pi: int, fd: int, f: IommufdFile, guest: _Guest) -> list[Op]:
         g = self.g
         rng = g.rng
+        if not self.objs(f, Viommu) and rng.random() < 0.8:
+            return self.s_viommu(pi, fd, f, guest)
         vtype = IOMMU_VEVENTQ_TYPE_SELFTEST if g.mock else h.IOMMU_VEVENTQ_TYPE_ARM_SMMUV3
         if rng.random() < 0.1:
             vtype = rng.choice([0, 1, 2, U32])
