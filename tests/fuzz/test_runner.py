@@ -144,3 +144,32 @@ def _outcomes(config: WorldConfig, ops: list[Op]) -> list[str]:
     for op in ops:
         run.step(op)
     return [result for _, result in run.outcomes]
+
+
+def test_change_process_is_refused_where_the_kernel_would_strand_a_pinned_vm_charge() -> None:
+    """Pages a CAP_IPC_LOCK process pinned (ACCOUNT_NONE) from a file: IOAS_CHANGE_PROCESS
+    from another process would move their mm and not their ``pinned_vm`` (the kernel's
+    behaviour), which the leak check reports, so the generator sends it with
+    ``__reserved`` set there; from the pinning process itself it is sent as is."""
+    from iommulab.testing.fuzz.gen import Gen
+    from iommulab.testing.fuzz.world import ProcSpec, World
+
+    config = WorldConfig("x86-vtd", "7.0", devices=1, procs=(ProcSpec(cap_ipc_lock=True),))
+    w = World(config)
+    w.spawn_initial()
+    parent = w.procs[0]
+    fd = parent.open("/dev/iommu")
+    parent.ioctl(fd, iu.IOMMU_IOAS_ALLOC, bytearray(iu.IOAS_ALLOC.pack(12, 0, 0)))
+    child = parent.fork()
+    w._add(child)
+    mfd = child.memfd_create("f", 1 << 16)
+    child.ioctl(fd, iu.IOMMU_IOAS_MAP_FILE, bytearray(iu.IOAS_MAP_FILE.pack(
+        40, iu.IOMMU_IOAS_MAP_READABLE | iu.IOMMU_IOAS_MAP_WRITEABLE, 1, mfd, 0, 1 << 16, 0)))
+    gen = Gen(w, random.Random(0), mutate=0.0)
+    f = parent.files[fd]
+    assert isinstance(f, IommufdFile)
+    rsvd = {pi: struct.unpack_from("<I", gen._fd_change(pi, fd, f)[0].args[2], 4)[0]
+            for pi in (0, 1)}
+    assert rsvd == {0: 1, 1: 0}
+    child.exit()
+    parent.exit()

@@ -23,6 +23,7 @@ from ...iommufd import selftest as st
 from ...iommufd import uapi as iu
 from ...iommufd.file import IommufdFile, MemFdFile
 from ...iommufd.objects import Access, Device, HwptNested, HwptPaging, Ioas, IommufdObject
+from ...iommufd.pages import ACCOUNT_NONE
 from ...iommufd.selftest import AccessFile, SelftestDevice
 from ...kernel import LINUX_7_0, KernelVersion
 from ...mem.mm import Vma
@@ -1015,7 +1016,18 @@ class Gen:
             "entry_num": self.rng.choice([0, 1, 2])})
 
     def _fd_change(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
-        return self._cmd(pi, fd, f, iu.IOMMU_IOAS_CHANGE_PROCESS, {})
+        """IOAS_CHANGE_PROCESS; with a non-zero ``__reserved`` (refused) when it would
+        move pages pinned without accounting (CAP_IPC_LOCK, ACCOUNT_NONE) from another
+        mm: the kernel changes their mm without moving the ``pinned_vm`` charge, so the
+        old mm keeps it and the new one goes negative at unpin (a kernel wart the model
+        keeps, tests/iommufd/test_selftest_fork.py), which the leak check would report
+        on every such sequence."""
+        mm = self.w.procs[pi].mm
+        wart = any(a.pages is not None and a.pages.account.mode == ACCOUNT_NONE and
+                   a.pages.account.mm is not mm
+                   for o in f.ctx.objects.values() if isinstance(o, Ioas)
+                   for a in o.iopt.areas())
+        return self._cmd(pi, fd, f, iu.IOMMU_IOAS_CHANGE_PROCESS, {"rsvd": int(wart)})
 
     def _fd_destroy(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
         return self._cmd(pi, fd, f, iu.IOMMU_DESTROY,
