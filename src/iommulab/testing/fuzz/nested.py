@@ -206,10 +206,10 @@ class NestedSteps:
         if not self.parents(f) or rng.random() < 0.06:
             return self.alloc_parent(pi, fd, f, guest)
         steps = {"nested": 3, "table": 0 if g.mock else 2.5, "attach": 3, "dma": 6,
-                 "invalidate": 3, "unmap": 0.8, "dirty": 1.2, "destroy": 0.8, "remap": 0.5}
+                 "invalidate": 3, "unmap": 0.8, "dirty": 1.2, "destroy": 0.8, "remap": 0.5,
+                 "fault": 0.6}  # a fault queue a nested HWPT can name (FAULT_ID_VALID)
         if self.viommu_cmds:
-            steps |= {"viommu": 2, "vdevice": 1.5, "veventq": 1, "fault": 0.6,
-                      "viommu_inv": 2}
+            steps |= {"viommu": 2, "vdevice": 1.5, "veventq": 1, "viommu_inv": 2}
         name = rng.choices(list(steps), list(steps.values()))[0]
         ops: list[Op] = getattr(self, "s_" + name)(pi, fd, f, guest)
         return ops
@@ -363,7 +363,9 @@ class NestedSteps:
         ptr = g.uptr(pi, len(data), writable=True, pinnable=False)
         flags = 0
         fault = 0
-        if rng.random() < 0.15:
+        if self.objs(f, FaultObject) and rng.random() < 0.3:
+            flags, fault = iu.IOMMU_HWPT_FAULT_ID_VALID, g.obj_id(f, FaultObject)
+        if rng.random() < 0.12:
             flags = rng.choice([iu.IOMMU_HWPT_FAULT_ID_VALID, iu.IOMMU_HWPT_ALLOC_PASID,
                                 iu.IOMMU_HWPT_ALLOC_NEST_PARENT,
                                 iu.IOMMU_HWPT_ALLOC_DIRTY_TRACKING])
