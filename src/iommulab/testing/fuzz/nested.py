@@ -90,7 +90,8 @@ class _ArmS1Builder:
         self.write_u64(self.root, CD0.encode(
             T0SZ=16, TG0=0, IR0=1, OR0=1, SH0=3, EPD1=1, V=1, IPS=5, AA64=1, R=1, A=1,
             ASET=1, ASID=5))
-        self.write_u64(self.root + 8, CD1.encode(TTB0=self.pgd))
+        # guest RAM at an IPA past 52 bits (an IOAS area up high) cannot be named
+        self.write_u64(self.root + 8, CD1.encode(TTB0=self.pgd & ((1 << 52) - 1)))
 
     def map(self, iova: int, gpa: int, *, write: bool = True, user: bool = True,
             extra: int = 0) -> None:
