@@ -1,4 +1,5 @@
-"""The short seeded fuzz run: every platform, both kernels, a few thousand operations each,
+"""The short seeded fuzz run: every platform, both kernels, a few thousand operations each
+(x86-vtd more: half its worlds have a scalable-mode unit, where the nested paths run),
 no finding (crash, failed _check(), leak, hang, host memory) allowed.
 
 Each failing finding is printed with its minimal reproducer, a Python script that builds
@@ -16,6 +17,7 @@ from iommulab.testing.fuzz import Fuzzer, FuzzReport, Guard, address_space_limit
 
 SEED = 19
 OPS = 5000  # per platform: a few seconds each
+PLATFORM_OPS = {"x86-vtd": 10000}  # legacy and scalable-mode worlds
 PLATFORMS = ["x86-vtd", "arm64-smmuv3", "ppc64-pseries", "mock"]
 
 #: Calls each platform's run must have made succeed at least once: the run gets past the
@@ -30,11 +32,13 @@ _IOMMU = _COMMON | {
     "ioctl IOMMU_IOAS_UNMAP", "ioctl IOMMU_IOAS_COPY", "ioctl IOMMU_HWPT_ALLOC",
     "ioctl IOMMU_DESTROY", "ioctl IOMMU_IOAS_MAP_FILE"}
 EXPECTED = {
-    "x86-vtd": _IOMMU,
+    # dirty tracking and HWPT_INVALIDATE (of a nested HWPT): only on a scalable-mode unit
+    "x86-vtd": _IOMMU | {"ioctl IOMMU_HWPT_SET_DIRTY_TRACKING", "ioctl IOMMU_HWPT_INVALIDATE"},
     "arm64-smmuv3": _IOMMU | {"ioctl IOMMU_HWPT_SET_DIRTY_TRACKING",
-                             "ioctl IOMMU_HWPT_GET_DIRTY_BITMAP"},
+                             "ioctl IOMMU_HWPT_GET_DIRTY_BITMAP", "ioctl IOMMU_VIOMMU_ALLOC"},
     "ppc64-pseries": _COMMON - {"dma_read", "dma_write"},
-    "mock": _IOMMU | {"ioctl IOMMU_HWPT_SET_DIRTY_TRACKING",
+    "mock": _IOMMU | {"ioctl IOMMU_HWPT_SET_DIRTY_TRACKING", "ioctl IOMMU_HWPT_INVALIDATE",
+                      "ioctl IOMMU_VIOMMU_ALLOC",
                       "ioctl IOMMU_TEST_CMD TEST_MOCK_DOMAIN",
                       "ioctl IOMMU_TEST_CMD TEST_CREATE_ACCESS",
                       "ioctl IOMMU_TEST_CMD TEST_ACCESS_PAGES",
@@ -49,7 +53,7 @@ def _report(platform: str) -> FuzzReport:
     bounded by RLIMIT_AS, so they fail with MemoryError instead of taking the host)."""
     fuzzer = Fuzzer(SEED, [platform], guard=Guard(hang_seconds=60), minimize_budget=150)
     with address_space_limit(2 << 30):
-        return fuzzer.run(OPS)
+        return fuzzer.run(PLATFORM_OPS.get(platform, OPS))
 
 
 def _describe(rep: FuzzReport) -> str:
@@ -63,7 +67,7 @@ def _describe(rep: FuzzReport) -> str:
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_a_short_seeded_run_finds_no_crash_broken_invariant_or_leak(platform: str) -> None:
     rep = _report(platform)
-    assert rep.ops == OPS
+    assert rep.ops == PLATFORM_OPS.get(platform, OPS)
     assert not rep.findings, _describe(rep)
 
 
@@ -75,3 +79,13 @@ def test_the_short_run_gets_past_the_argument_checks(platform: str) -> None:
     ok = {name for name, results in rep.outcomes.items() if results["ok"]}
     assert EXPECTED[platform] <= ok, sorted(EXPECTED[platform] - ok)
     assert set(rep.ops_by_kernel) == {"6.12", "7.0"}
+
+
+def test_the_x86_run_has_legacy_and_scalable_mode_worlds() -> None:
+    """``vtd_scalable`` is drawn for x86-vtd worlds only, about half of them."""
+    rep = _report("x86-vtd")
+    fuzzer = Fuzzer(SEED, ["x86-vtd"])
+    modes = {fuzzer.sequence(i)[0].vtd_scalable for i in range(rep.sequences)}
+    assert modes == {False, True}
+    assert not any(Fuzzer(SEED, [p]).sequence(i)[0].vtd_scalable
+                   for p in PLATFORMS[1:] for i in range(40))

@@ -24,6 +24,7 @@ from iommulab.testing.fuzz import (
     replay,
     run_sequence,
 )
+from iommulab.testing.fuzz.runner import _Run
 
 CONFIG = WorldConfig("mock", "7.0", devices=1)
 IOAS_ALLOC = Op(0, "ioctl", (3, iu.IOMMU_IOAS_ALLOC, iu.IOAS_ALLOC.pack(12, 0, 0)))
@@ -116,3 +117,59 @@ def test_the_reproducer_of_an_ioctl_sequence_runs() -> None:
     assert "m.mem.fail_nth.arm(1)" in script and "p.append(p[0].fork())" in script
     exec(compile(script, "<reproducer>", "exec"), {})
     assert replay(CONFIG, ops) == []
+
+
+def test_a_scalable_mode_world_and_its_reproducer() -> None:
+    """``vtd_scalable`` builds the nesting unit, and the reproducer asks for it too: a
+    NEST_PARENT HWPT is refused by the legacy unit and made on the scalable one."""
+    ops = [Op(0, "open", ("/dev/iommu",)), IOAS_ALLOC,
+           Op(0, "open", ("/dev/vfio/devices/vfio0",)),
+           Op(0, "ioctl", (4, 0x3B76, struct.pack("<IIiIQ", 24, 0, 3, 0, 0)), note="BIND"),
+           Op(0, "ioctl", (3, iu.IOMMU_HWPT_ALLOC, iu.HWPT_ALLOC.pack(
+               48, iu.IOMMU_HWPT_ALLOC_NEST_PARENT, 2, 1, 0, 0, 0, 0, 0, 0, 0)))]
+    outcomes: dict[bool, str] = {}
+    for scalable in (False, True):
+        config = WorldConfig("x86-vtd", "6.12", devices=1, vtd_scalable=scalable)
+        script = render(config, ops)
+        assert ("vtd_scalable=True" in script) == scalable
+        assert replay(config, ops) == []
+        outcomes[scalable] = _outcomes(config, ops)[-1]
+        exec(compile(script, "<reproducer>", "exec"), {})
+    assert outcomes == {False: "95", True: "ok"}  # EOPNOTSUPP on the legacy unit
+
+
+def _outcomes(config: WorldConfig, ops: list[Op]) -> list[str]:
+    """How each of ``ops`` ended on a fresh world of ``config`` ("ok" or the errno)."""
+    run = _Run(config, Guard())
+    for op in ops:
+        run.step(op)
+    return [result for _, result in run.outcomes]
+
+
+def test_change_process_is_refused_where_the_kernel_would_strand_a_pinned_vm_charge() -> None:
+    """Pages a CAP_IPC_LOCK process pinned (ACCOUNT_NONE) from a file: IOAS_CHANGE_PROCESS
+    from another process would move their mm and not their ``pinned_vm`` (the kernel's
+    behaviour), which the leak check reports, so the generator sends it with
+    ``__reserved`` set there; from the pinning process itself it is sent as is."""
+    from iommulab.testing.fuzz.gen import Gen
+    from iommulab.testing.fuzz.world import ProcSpec, World
+
+    config = WorldConfig("x86-vtd", "7.0", devices=1, procs=(ProcSpec(cap_ipc_lock=True),))
+    w = World(config)
+    w.spawn_initial()
+    parent = w.procs[0]
+    fd = parent.open("/dev/iommu")
+    parent.ioctl(fd, iu.IOMMU_IOAS_ALLOC, bytearray(iu.IOAS_ALLOC.pack(12, 0, 0)))
+    child = parent.fork()
+    w._add(child)
+    mfd = child.memfd_create("f", 1 << 16)
+    child.ioctl(fd, iu.IOMMU_IOAS_MAP_FILE, bytearray(iu.IOAS_MAP_FILE.pack(
+        40, iu.IOMMU_IOAS_MAP_READABLE | iu.IOMMU_IOAS_MAP_WRITEABLE, 1, mfd, 0, 1 << 16, 0)))
+    gen = Gen(w, random.Random(0), mutate=0.0)
+    f = parent.files[fd]
+    assert isinstance(f, IommufdFile)
+    rsvd = {pi: struct.unpack_from("<I", gen._fd_change(pi, fd, f)[0].args[2], 4)[0]
+            for pi in (0, 1)}
+    assert rsvd == {0: 1, 1: 0}
+    child.exit()
+    parent.exit()

@@ -14,7 +14,10 @@ __all__ = [
     "iommu_copy_struct_from_full_user_array",
     "iommu_copy_struct_from_user",
     "iommu_copy_struct_from_user_array",
+    "page_cached_reader",
 ]
+
+_PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,33 @@ class IommuUserDataArray:
     entry_len: int
     entry_num: int
     read: Callable[[int, int], bytes]
+
+
+def page_cached_reader(read: Callable[[int, int], bytes]) -> Callable[[int, int], bytes]:
+    """``read`` for one request array: whole 4K pages are read once and kept, so the
+    per-entry copies of a long array (up to 2^32 entries on 7.0) cost a slice each. A
+    page that cannot be read in full falls back to ``read`` of the exact bytes, which
+    gives the EFAULT (or the bytes) the uncached copy gives. Only for a call that does
+    not write the user's memory while it reads the array. O(pages) reads."""
+    pages: dict[int, bytes] = {}
+
+    def cached(addr: int, n: int) -> bytes:
+        first, end = addr & ~(_PAGE - 1), addr + n
+        if n <= 0 or end - first > 4 * _PAGE:
+            return read(addr, n)
+        chunks = []
+        for base in range(first, end, _PAGE):
+            page = pages.get(base)
+            if page is None:
+                try:
+                    page = read(base, _PAGE)
+                except OSError:
+                    return read(addr, n)
+                pages[base] = page
+            chunks.append(page)
+        return b"".join(chunks)[addr - first:end - first]
+
+    return cached
 
 
 def iommu_copy_struct_from_user_array(array: IommuUserDataArray, data_type: int,

@@ -34,7 +34,7 @@ from ..errors import (
 from ..iommu.dirty import BatchedDirtyBitmap, IommuDirtyBitmap, IovaBitmap, user_iova_bitmap
 from ..iommu.gather import IommuIotlbGather
 from ..iommu.resv import IommuCap
-from ..iommu.user_data import IommuUserData, IommuUserDataArray
+from ..iommu.user_data import IommuUserData, IommuUserDataArray, page_cached_reader
 from ..kernel import LINUX_7_0
 from ..mem.fault import FailNth, xa_nodes_needed
 from ..mem.mm import MmStruct, access_ok
@@ -621,7 +621,7 @@ class IommufdFile(File):
                 err = NotSupported(f"HWPT_INVALIDATE: object {hwpt_id} cannot invalidate")
             else:
                 array = IommuUserDataArray(data_type, data_uptr, entry_len, entry_num,
-                                           proc.mm.read)
+                                           page_cached_reader(proc.mm.read))
                 done, driver_err = op(array)
                 self._respond(buf, u.IOMMU_HWPT_INVALIDATE, usize, hwpt_id, data_uptr,
                               data_type, entry_len, done, rsvd)

@@ -889,7 +889,13 @@ class IoPgtable:
         return out
 
     def _check(self) -> None:
-        """O(entries): every table reached once, entries well formed, nothing leaked."""
+        """O(entries): every table reached once, entries well formed, nothing leaked. A
+        freed pgtable (still reachable from an object that outlived its domain, such as
+        a closed vEVENTQ file's vIOMMU) holds no table at all."""
+        if self._freed:
+            assert not self._tables and not self._blocks and self.stats.table_bytes == 0, \
+                f"freed pgtable still holds {len(self._tables)} tables"
+            return
         pt = self.format
         seen: set[int] = set()
         stack = [(self._key(self.pgd_pa), 0)]

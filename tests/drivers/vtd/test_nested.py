@@ -403,6 +403,35 @@ def test_invalidate_errors_and_entry_num(kernel: str) -> None:
         errno.EINVAL if kernel == "7.0" else errno.ENOENT, 0)  # not a nested HWPT
 
 
+@pytest.mark.parametrize("kernel", ["6.12", "7.0"])
+def test_invalidation_array_running_off_its_mapping_stops_at_the_unreadable_entry(
+        kernel: str) -> None:
+    """Entries are copied one at a time: an array whose fourth entry straddles the end
+    of the mapping does three and answers EFAULT; one whose entries all fit in the
+    mapping's last page does them all (the array is read a page at a time)."""
+    n = _nest(kernel)
+    hwpt = n.nested()
+    p = n.p
+    va = p.mmap(2 * 4096)
+    p.munmap(va + 4096, 4096)
+    start = va + 4096 - 3 * 24 - 8  # entries 0-2 fit, entry 3 crosses into the hole
+    p.write(start, struct.pack("<QQII", 0x4000_0000, 1, 0, 0) * 3 + bytes(8))
+
+    def invalidate(num: int) -> tuple[int, int]:
+        buf = bytearray(u.HWPT_INVALIDATE.pack(32, hwpt, start, INV_VTD_S1, 24, num, 0))
+        err = 0
+        try:
+            p.ioctl(n.fd.fd, u.IOMMU_HWPT_INVALIDATE, buf)
+        except OSError as e:
+            err = e.errno or 0
+        return err, int(u.HWPT_INVALIDATE.unpack(buf)[5])
+
+    assert invalidate(3) == (0, 3)
+    assert invalidate(4) == (errno.EFAULT, 3)
+    assert invalidate(100) == (errno.EFAULT, 3)
+    p.munmap(va, 4096)
+
+
 def test_parent_unmap_flushes_the_nested_translations() -> None:
     """The parent's NESTING cache tag: unmapping guest RAM from the IOAS sends an IOTLB
     invalidation with the nested domain's DID, which drops every nested entry of it,

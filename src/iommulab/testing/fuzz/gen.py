@@ -22,7 +22,8 @@ from ...eventfd import EventFdFile
 from ...iommufd import selftest as st
 from ...iommufd import uapi as iu
 from ...iommufd.file import IommufdFile, MemFdFile
-from ...iommufd.objects import Access, Device, HwptPaging, Ioas, IommufdObject
+from ...iommufd.objects import Access, Device, HwptNested, HwptPaging, Ioas, IommufdObject
+from ...iommufd.pages import ACCOUNT_NONE
 from ...iommufd.selftest import AccessFile, SelftestDevice
 from ...kernel import LINUX_7_0, KernelVersion
 from ...mem.mm import Vma
@@ -30,6 +31,7 @@ from ...vfio import uapi as vu
 from ...vfio.device import VfioDeviceFile
 from ...vfio.files import Container, GroupFile, VfioFile
 from . import specs
+from .nested import NestedSteps
 from .values import U32, U64, Spec, boundary, fill_bytes
 from .world import Op, World
 
@@ -86,6 +88,7 @@ class Gen:
         self.has_iommu = world.machine.core is not None
         self.mapped: list[_Mapped] = []
         self.ids_seen: dict[int, set[int]] = {}  # id(ctx) -> every id ever published
+        self.nested = NestedSteps(self)
         self.families = self._families()
 
     # -- the step ----------------------------------------------------------------------------
@@ -98,6 +101,11 @@ class Gen:
             fams += [(9, self.type1), (6, self.cdev), (22, self.iommufd), (2, self.garbage)]
             if self.mock:
                 fams.append((14, self.selftest))
+            if self.w.config.vtd_scalable:  # nest parents, nested HWPTs, vIOMMUs
+                fams.append((30, self.nested.step))
+            elif self.mock or (self.w.machine.platform == "arm64-smmuv3" and
+                               self.kernel >= LINUX_7_0):
+                fams.append((14, self.nested.step))
         return fams
 
     def next(self) -> list[Op]:
@@ -256,19 +264,21 @@ class Gen:
 
     # -- building an ioctl -------------------------------------------------------------------
     def ioctl(self, pi: int, fd: int, sp: Spec, values: dict[str, int], note: str = "",
-              *, file: IommufdFile | None = None) -> list[Op]:
+              *, file: IommufdFile | None = None, mutate: float | None = None) -> list[Op]:
         """The ioctl with ``sp`` filled from ``values`` (``size``/``argsz`` set to the
-        struct's size), mutated at times."""
+        struct's size), mutated at times (``mutate``: that share instead of the
+        generator's, for a step that sets up state deeper steps need)."""
+        scale = 1.0 if mutate is None else mutate / self.mutate_p if self.mutate_p else 0.0
         vals = dict(values)
         for name in sp.fields_with("size"):
             vals.setdefault(name, sp.layout.size)
         tail = b""
         cut: int | None = None
         arg: int | bytes
-        if self.rng.random() < self.mutate_p:
+        if self.rng.random() < self.mutate_p * scale:
             tail, cut = self.mutate(pi, sp, vals, file)
             note = f"{note} (mutated)".strip()
-        if self.rng.random() < 0.1 and self.mutate_p:  # the wrong file gets it
+        if self.rng.random() < 0.1 * scale and self.mutate_p:  # the wrong file gets it
             fd = self.bad_fd(pi)
         raw = sp.pack(vals) + tail
         arg = raw if cut is None else raw[:cut]
@@ -302,7 +312,7 @@ class Gen:
             elif role == "rsvd":
                 vals[name] = boundary(rng, sp.bits(name)) or 1
             elif role == "id":
-                vals[name] = self.obj_id(file, Ioas, HwptPaging, Device, Access)
+                vals[name] = self.obj_id(file, Ioas, HwptPaging, HwptNested, Device, Access)
             elif role == "fd":
                 vals[name] = self.map_file_fd(pi) if sp.request == iu.IOMMU_IOAS_MAP_FILE \
                     else self.bad_fd(pi)
@@ -755,7 +765,8 @@ class Gen:
         if r < 0.5:
             flags = vu.VFIO_DEVICE_ATTACH_PASID if rng.random() < 0.1 else 0
             return self.ioctl(pi, fd, specs.VFIO["ATTACH"],
-                              {"flags": flags, "pt_id": self.obj_id(f, Ioas, HwptPaging),
+                              {"flags": flags,
+                               "pt_id": self.obj_id(f, Ioas, HwptPaging, HwptNested),
                                "pasid": rng.choice([0, 0, 1, U32])}, file=f)
         if r < 0.7:
             flags = vu.VFIO_DEVICE_DETACH_PASID if rng.random() < 0.1 else 0
@@ -1005,12 +1016,23 @@ class Gen:
             "entry_num": self.rng.choice([0, 1, 2])})
 
     def _fd_change(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
-        return self._cmd(pi, fd, f, iu.IOMMU_IOAS_CHANGE_PROCESS, {})
+        """IOAS_CHANGE_PROCESS; with a non-zero ``__reserved`` (refused) when it would
+        move pages pinned without accounting (CAP_IPC_LOCK, ACCOUNT_NONE) from another
+        mm: the kernel changes their mm without moving the ``pinned_vm`` charge, so the
+        old mm keeps it and the new one goes negative at unpin (a kernel wart the model
+        keeps, tests/iommufd/test_selftest_fork.py), which the leak check would report
+        on every such sequence."""
+        mm = self.w.procs[pi].mm
+        wart = any(a.pages is not None and a.pages.account.mode == ACCOUNT_NONE and
+                   a.pages.account.mm is not mm
+                   for o in f.ctx.objects.values() if isinstance(o, Ioas)
+                   for a in o.iopt.areas())
+        return self._cmd(pi, fd, f, iu.IOMMU_IOAS_CHANGE_PROCESS, {"rsvd": int(wart)})
 
     def _fd_destroy(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
         return self._cmd(pi, fd, f, iu.IOMMU_DESTROY,
-                         {"id": self.obj_id(f, Ioas, HwptPaging, Device, Access,
-                                            SelftestDevice)})
+                         {"id": self.obj_id(f, Ioas, HwptPaging, HwptNested, Device,
+                                            Access, SelftestDevice)})
 
     def _fd_unknown(self, pi: int, fd: int, f: IommufdFile) -> list[Op]:
         req = self.rng.choice(specs.UNKNOWN_IOMMUFD)

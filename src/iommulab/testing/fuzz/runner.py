@@ -350,7 +350,8 @@ def random_config(rng: random.Random, platform: str, kernel: str | None = None
                   ) -> WorldConfig:
     """A small world: 256-512M of RAM, one to three vfio-pci devices (the first QEMU's
     edu half the time), each kernel, the iommufd-backed /dev/vfio/vfio at times, limits
-    that bite at times, and one or two processes."""
+    that bite at times, one or two processes, and on x86-vtd half the time a
+    scalable-mode unit (nesting, second-stage dirty tracking)."""
     procs = [ProcSpec(rng.choice([None, 1 << 20, 16 << 20, 64 << 20]), rng.random() < 0.3,
                       1000, rng.random() < 0.3)]
     if rng.random() < 0.2:
@@ -359,7 +360,8 @@ def random_config(rng: random.Random, platform: str, kernel: str | None = None
                        rng.choice(["256M", "256M", "512M"]), rng.choice([1, 2, 2, 3]),
                        rng.random() < 0.3, rng.random() < 0.15,
                        rng.choice([65535] * 6 + [2, 8]), rng.random() < 0.1, tuple(procs),
-                       rng.random() < 0.5)
+                       rng.random() < 0.5,
+                       platform == "x86-vtd" and rng.random() < 0.5)
 
 
 @dataclass

@@ -58,7 +58,8 @@ class ProcSpec:
 @dataclass(frozen=True)
 class WorldConfig:
     """The machine a sequence runs on: ``devices`` vfio-pci devices, each in its own group
-    (the first not snooping with ``nosnoop``, QEMU's edu with ``edu``),
+    (the first not snooping with ``nosnoop``, QEMU's edu with ``edu``), a scalable-mode
+    VT-d unit that nests (x86-vtd, ``vtd_scalable``),
     CONFIG_IOMMUFD_VFIO_CONTAINER (``compat``), type1's module parameters, and the
     processes present at the start."""
 
@@ -72,10 +73,12 @@ class WorldConfig:
     disable_hugepages: bool = False
     procs: tuple[ProcSpec, ...] = (ProcSpec(),)
     edu: bool = False
+    vtd_scalable: bool = False
 
     def setup_lines(self) -> list[str]:
         """The Python that builds this world (the reproducer's first lines)."""
-        out = [f"m = Machine({self.platform!r}, ram={self.ram!r}, kernel={self.kernel!r})"]
+        sm = ", vtd_scalable=True" if self.vtd_scalable else ""
+        out = [f"m = Machine({self.platform!r}, ram={self.ram!r}, kernel={self.kernel!r}{sm})"]
         if self.compat:
             out.append("m.kconfig['CONFIG_IOMMUFD_VFIO_CONTAINER'] = True")
         if self.dma_entry_limit != 65535:
@@ -136,7 +139,8 @@ class World:
 
     def __post_init__(self) -> None:
         c = self.config
-        m = self.machine = Machine(c.platform, ram=c.ram, kernel=c.kernel)
+        m = self.machine = Machine(c.platform, ram=c.ram, kernel=c.kernel,
+                                   vtd_scalable=c.vtd_scalable)
         m.kconfig["CONFIG_IOMMUFD_VFIO_CONTAINER"] = c.compat
         m.module_params["vfio_iommu_type1.dma_entry_limit"] = c.dma_entry_limit
         m.module_params["vfio_iommu_type1.disable_hugepages"] = int(c.disable_hugepages)
