@@ -30,7 +30,7 @@ def test_a_closed_veventq_file_outliving_its_vIOMMU_passes_the_check_walk() -> N
 def test_a_vdevice_beside_one_at_a_virtual_id_past_2_to_the_63() -> None:
     """The second vDEVICE of a vIOMMU whose first has a virtual id above INT64_MAX: the
     xarray-node count (fail-nth's) took the taken ids as int64 and crashed with an
-    OverflowError; it now leaves ids it cannot count out, like a new one past 2^62."""
+    OverflowError; it now counts over the whole unsigned long range (uint64)."""
     host, _ = make_host("arm64-smmuv3", 2, kernel="7.0")
     _, dev0 = host.bind(0)
     _, dev1 = host.bind(1)

@@ -282,11 +282,9 @@ def vdevice_alloc(ctx: IommufdCtx, viommu_id: int, dev_id: int, virt_id: int) ->
         if virt_id in viommu.vdevs:
             raise AlreadyExists(f"VDEVICE_ALLOC: virtual id {virt_id:#x} is taken on "
                                 f"vIOMMU {viommu_id}")
-        # the model's xarray-node count takes int64 indices: ids past 2^62, new or
-        # taken, have no node count (nor the fail-nth points of their nodes)
-        if virt_id < 1 << 62 and all(k < 1 << 62 for k in viommu.vdevs):
-            ctx.mem.fail_nth.xa_nodes("viommu->vdevs", xa_nodes_needed(
-                np.array(sorted(viommu.vdevs), dtype=np.int64), virt_id, virt_id))
+        # xa_cmpxchg at the 64-bit index (unsigned long): the nodes it allocates
+        ctx.mem.fail_nth.xa_nodes("viommu->vdevs", xa_nodes_needed(
+            np.array(sorted(viommu.vdevs), dtype=np.uint64), virt_id, virt_id))
         viommu.vdevs[virt_id] = vdev
     except Exception:
         abort(ctx, vdev)

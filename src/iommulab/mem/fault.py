@@ -157,18 +157,21 @@ class FailNth:
                 self.check(f"xas_nomem({site})")
 
 
-def xa_nodes_needed(present: npt.NDArray[np.int64], lo: int, hi: int, *,
-                    root_ok: bool = True) -> int:
+def xa_nodes_needed(present: npt.NDArray[np.int64] | npt.NDArray[np.uint64], lo: int,
+                    hi: int, *, root_ok: bool = True) -> int:
     """How many ``xa_node``s an xarray holding the indexes ``present`` (sorted, unique)
     allocates to store ``[lo, hi]`` as well: one per 64-slot chunk, at each level of the
     tree up to the height the largest index needs, that no present index is in yet. An
     array whose only entry is index 0 keeps it in the head without a node, unless the
     entry cannot live there (``root_ok`` False: the ``XA_ZERO_ENTRY`` ``xa_alloc``
-    reserves with). Vectorised: O(levels x len(present))."""
+    reserves with). ``present`` is int64, or uint64 for indexes past 2^63 (an
+    ``unsigned long`` index up to 2^64 - 1: 11 levels). Vectorised: O(levels x
+    len(present))."""
     return _count(present, lo, hi, root_ok) - _count(present, 1, 0, root_ok)
 
 
-def _count(present: npt.NDArray[np.int64], lo: int, hi: int, root_ok: bool) -> int:
+def _count(present: npt.NDArray[np.int64] | npt.NDArray[np.uint64], lo: int, hi: int,
+           root_ok: bool) -> int:
     """Nodes of an xarray holding ``present`` and ``[lo, hi]`` (empty when lo > hi)."""
     top = max(int(present[-1]) if len(present) else -1, hi if lo <= hi else -1)
     if top < 0 or (top == 0 and root_ok):
