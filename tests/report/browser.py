@@ -67,3 +67,15 @@ def measure(html: str, tmp: Path) -> dict[str, Any]:
     text = dom[start:dom.index("</pre>", start)]
     doc: dict[str, Any] = json.loads(html_lib.unescape(text))
     return doc
+
+
+def inside(inner: dict[str, float], outer: dict[str, float]) -> bool:
+    """A measured box (``l``, ``r``, ``t``, ``b``) within another, half a pixel spared."""
+    return (inner["l"] >= outer["l"] - 0.5 and inner["r"] <= outer["r"] + 0.5
+            and inner["t"] >= outer["t"] - 0.5 and inner["b"] <= outer["b"] + 0.5)
+
+
+def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Two measured boxes share more than half a pixel each way."""
+    return min(a["r"], b["r"]) - max(a["l"], b["l"]) > 0.5 and \
+        min(a["b"], b["b"]) - max(a["t"], b["t"]) > 0.5

@@ -15,7 +15,7 @@ from iommulab.report.html import render_html
 from iommulab.scenarios import SCENARIOS, Plot, ScenarioResult, run_scenario
 from iommulab.trace import parse_trace_file, replay
 
-from .browser import measure
+from .browser import inside, measure, overlap
 
 FIXTURES = Path(__file__).parents[1] / "trace" / "fixtures"
 REPLAYED = sorted(p for p in FIXTURES.glob("*.txt") if p.name != "malformed.txt")
@@ -42,27 +42,17 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return measure(html, tmp_path_factory.mktemp("layout"))
 
 
-def _inside(inner: dict[str, float], outer: dict[str, float]) -> bool:
-    return (inner["l"] >= outer["l"] - 0.5 and inner["r"] <= outer["r"] + 0.5
-            and inner["t"] >= outer["t"] - 0.5 and inner["b"] <= outer["b"] + 0.5)
-
-
-def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
-    return min(a["r"], b["r"]) - max(a["l"], b["l"]) > 0.5 and \
-        min(a["b"], b["b"]) - max(a["t"], b["t"]) > 0.5
-
-
 def test_every_label_of_every_report_lies_inside_its_svg(measured: dict[str, Any]) -> None:
     svgs = measured["svgs"]
     # a plot per scenario, the replays' plots and timelines, the long-label plot
     assert len(svgs) >= len(SCENARIOS) + len(REPLAYED) + 1
     clipped = [(s["label"], t["text"]) for s in svgs for t in s["texts"]
-               if not _inside(t["box"], s["box"])]
+               if not inside(t["box"], s["box"])]
     assert clipped == []
     for s in svgs:  # level labels (all but the slanted ones) do not run into each other
         level = [t for t in s["texts"] if not t["rotated"]]
         hits = [(a["text"], b["text"]) for i, a in enumerate(level) for b in level[i + 1:]
-                if _overlap(a["box"], b["box"])]
+                if overlap(a["box"], b["box"])]
         assert hits == [], s["label"]
 
 

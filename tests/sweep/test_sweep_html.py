@@ -18,7 +18,7 @@ from iommulab.scenarios import UsageError
 from iommulab.sweep import OutputDir, SerialEngine, SweepSpec, run_sweep
 from iommulab.sweep.html import check_plot_choice, render_sweep_html, sweep_plots
 
-from ..report.browser import FLAGS, chromium, measure
+from ..report.browser import FLAGS, chromium, inside, measure, overlap
 
 #: the README's example, smaller: resent bytes against writes per round, a line per mode
 SPEC = SweepSpec("migration-dirty", {"writes_per_round": ["25", "100", "400"],
@@ -29,16 +29,6 @@ SPEC = SweepSpec("migration-dirty", {"writes_per_round": ["25", "100", "400"],
 def _count(img: Image.Image, colour: str) -> int:
     want = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
     return sum(n for n, rgb in img.getcolors(maxcolors=1 << 20) or [] if rgb == want)
-
-
-def _inside(inner: dict[str, float], outer: dict[str, float]) -> bool:
-    return (inner["l"] >= outer["l"] - 0.5 and inner["r"] <= outer["r"] + 0.5
-            and inner["t"] >= outer["t"] - 0.5 and inner["b"] <= outer["b"] + 0.5)
-
-
-def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
-    return min(a["r"], b["r"]) - max(a["l"], b["l"]) > 0.5 and \
-        min(a["b"], b["b"]) - max(a["t"], b["t"]) > 0.5
 
 
 def _long_labels() -> str:
@@ -89,7 +79,7 @@ def _many_points() -> str:
                                    {"one": [float(k % 7) for k in range(120)]}))
 
 
-def test_every_label_inside_its_svg_and_none_overlap(page: tuple[str, Any],
+def test_every_label_inside_its_svg_and_noneoverlap(page: tuple[str, Any],
                                                       tmp_path: Path) -> None:
     html, result = page
     html = html.replace("</body>", _long_labels() + _many_points() + "</body>")
@@ -97,12 +87,12 @@ def test_every_label_inside_its_svg_and_none_overlap(page: tuple[str, Any],
     svgs = doc["svgs"]
     assert len(svgs) == len(sweep_plots(result)[0]) + 2
     for svg in svgs:
-        clipped = [t["text"] for t in svg["texts"] if not _inside(t["box"], svg["box"])]
+        clipped = [t["text"] for t in svg["texts"] if not inside(t["box"], svg["box"])]
         assert not clipped, (svg["label"], clipped)
         for kind in ("category", None):  # x labels, legend entries
             boxes = [t for t in svg["texts"] if t["cls"] == kind and not t["rotated"]]
             hits = [(a["text"], b["text"]) for a, b in itertools.combinations(boxes, 2)
-                    if _overlap(a["box"], b["box"])]
+                    if overlap(a["box"], b["box"])]
             assert not hits, (svg["label"], hits)
     for long, drawn in ((svgs[-2], 9), (svgs[-1], None)):
         turned = [t for t in long["texts"] if t["cls"] == "category"]
