@@ -278,20 +278,30 @@ def test_setup_nested_refusals(cfg: dict[str, Any], unit: dict[str, Any], err: i
     assert not n.m.translator.used_dids
 
 
+def _two_units(kernel: str, aw: int, **unit1: bool
+               ) -> tuple[Machine, Process, Iommufd, VfioDevice, VfioDevice]:
+    """vfio0 behind the machine's scalable unit, vfio1 behind a second scalable unit of
+    ``aw`` bits with the capability flags ``unit1`` overridden; both cdevs open in one
+    process with an iommufd, neither bound."""
+    m = Machine("x86-vtd", kernel=kernel, vtd_scalable=True)
+    m.add_pci_device("0000:00:04.0")
+    unit = m.add_iommu_unit(aw=aw, scalable=True)
+    for k, v in unit1.items():
+        setattr(m.driver.units[unit], k, v)
+    m.add_pci_device("0000:00:05.0", iommu_unit=unit)
+    p = m.spawn_process(cap_ipc_lock=True)
+    fd = Iommufd.open(p)
+    return (m, p, fd, VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p),
+            VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p))
+
+
 def test_attach_enodev_when_the_unit_agaw_is_below_the_parents() -> None:
     """``intel_nested_attach_dev``: a device behind a 39-bit (3-level) unit under a
     parent made for a 48-bit (4-level) one: ENODEV, before the parent's own checks."""
-    m = Machine("x86-vtd", vtd_scalable=True)
-    m.add_pci_device("0000:00:04.0")
-    unit1 = m.add_iommu_unit(aw=39, scalable=True)
     # no first stage there, so DMA domains stay second-stage (first_level_by_default):
     # a 3-level first stage cannot be set up
-    m.driver.units[unit1].flts = False
-    m.add_pci_device("0000:00:05.0", iommu_unit=unit1)
-    p = m.spawn_process(cap_ipc_lock=True)
-    fd = Iommufd.open(p)
-    d0 = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p).bind_iommufd(fd)
-    dev1 = VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p)
+    m, p, fd, dev0, dev1 = _two_units("6.12", 39, flts=False)
+    d0 = dev0.bind_iommufd(fd)
     dev1.bind_iommufd(fd)
     ioas = fd.ioas_alloc()
     parent = fd.hwpt_alloc(d0, ioas, NEST_PARENT)
@@ -590,15 +600,7 @@ def test_nested_alloc_and_attach_under_fail_nth() -> None:
 def test_dirty_tracking_domain_refused_on_a_unit_without_ssads(kernel: str) -> None:
     """6.12 ``prepare_domain_attach_device`` / 7.0 ``paging_domain_compatible_second_stage``:
     a dirty-tracking domain cannot attach through a unit without SSADS (EINVAL)."""
-    m = Machine("x86-vtd", kernel=kernel, vtd_scalable=True)
-    m.add_pci_device("0000:00:04.0")
-    unit1 = m.add_iommu_unit(aw=48, scalable=True)
-    m.driver.units[unit1].ssads = False
-    m.add_pci_device("0000:00:05.0", iommu_unit=unit1)
-    p = m.spawn_process(cap_ipc_lock=True)
-    fd = Iommufd.open(p)
-    d0 = VfioDevice.open_cdev("/dev/vfio/devices/vfio0", p)
-    d1 = VfioDevice.open_cdev("/dev/vfio/devices/vfio1", p)
+    m, p, fd, d0, d1 = _two_units(kernel, 48, ssads=False)
     id0, id1 = d0.bind_iommufd(fd), d1.bind_iommufd(fd)
     ioas = fd.ioas_alloc()
     dirty = fd.hwpt_alloc(id0, ioas, DIRTY)
